@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages Pagoda builds and tests with. Safe to rerun: only what is missing
+# is installed.
+set -euo pipefail
+PKGS=(
+  build-essential cmake ninja-build ccache pkg-config git clang-format python3 python3-numpy
+  librocksdb-dev libfaiss-dev libopenblas-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
+  protobuf-compiler libabsl-dev libucx-dev ucx-utils rdma-core libibverbs-dev librdmacm-dev
+  libgtest-dev libgmock-dev libbenchmark-dev etcd-server etcd-client prometheus-cpp-dev
+  libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev liburing-dev
+  libxxhash-dev libnuma-dev pybind11-dev python3-dev redis-server nodejs npm
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "pagoda: installing ${#missing[@]} missing packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
