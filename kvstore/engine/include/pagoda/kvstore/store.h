@@ -1,0 +1,185 @@
+// The tiered page store: a page table over GPU / host / SSD tiers with two-phase writes,
+// bounded read leases, pins, quotas, LRU eviction and per-stream rolling windows.
+//
+// Pages are immutable once committed: a key is written once (reserve, fill, commit) and read many
+// times until it is removed or evicted. Every page is identified by (tenant, key); tenants never
+// see each other's pages, even under the same key. Bad input (unknown layout, wrong size, a key
+// already stored or being written, over quota, SSD failure, a corrupt SSD record) gets a clear
+// error and leaves the store unchanged.
+//
+// Thread safety: Store is safe for concurrent use without external synchronization. Bulk copies of
+// host pages (Put, Get) run outside the page-table lock.
+#ifndef PAGODA_KVSTORE_STORE_H_
+#define PAGODA_KVSTORE_STORE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "pagoda/kvstore/options.h"
+#include "pagoda/kvstore/page.h"
+
+namespace pagoda {
+
+// A page being written (phase one of a two-phase write). The caller fills exactly `size` bytes at
+// `arena_offset` of the host arena (through HostArena().base in-process, or a mapping of
+// HostArena().fd in another process), then calls Commit() or Abort(). Until Commit() the page is
+// invisible: Get/Exists/AcquireRead report NotFound and a second Reserve of the key fails.
+struct Reservation {
+  uint64_t id = 0;  // identifies the reservation in Commit / Abort
+  PageKey key;
+  PageLayout layout;
+  uint64_t arena_offset = 0;  // where to write, in bytes from the start of the host arena
+  uint64_t size = 0;          // == layout.PageBytes()
+};
+
+// A zero-copy read of a page in the host arena. The bytes at [arena_offset, arena_offset + size)
+// are the page's until `expiry`; after that the store may reuse the slot. Because of that, a reader
+// copies the bytes out and then checks PageChecksum(copy) == checksum; a mismatch means the lease
+// ran out mid-copy and the copy must be thrown away. Release with ReleaseRead() when done.
+struct ReadLease {
+  uint64_t lease_id = 0;
+  PageKey key;
+  PageLayout layout;
+  uint64_t arena_offset = 0;
+  uint64_t size = 0;
+  uint64_t checksum = 0;  // PageChecksum of the page's bytes
+  absl::Time expiry;
+};
+
+// What the store knows of one committed page.
+struct PageInfo {
+  PageLayout layout;
+  uint64_t size = 0;
+  uint64_t checksum = 0;
+  Tier tier = Tier::kHost;  // where the page was when it was found
+  uint32_t pins = 0;
+};
+
+// Where the host arena is, so pagodad can hand it to local clients (which mmap `fd` MAP_SHARED).
+struct HostArena {
+  int fd = -1;              // memfd; owned by the store, valid until it is destroyed
+  uint64_t size = 0;        // bytes
+  uint8_t* base = nullptr;  // the store's own mapping (for in-process zero-copy)
+};
+
+struct TierStats {
+  bool present = false;  // false: the machine or the options lack this tier
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;  // committed pages + open reservations, in page bytes
+  uint64_t pages = 0;
+  uint64_t hits = 0;        // reads that found their page in this tier
+  uint64_t evictions = 0;   // pages that left this tier to make room (demoted or, on SSD, dropped)
+  uint64_t promotions = 0;  // pages moved into this tier from a lower tier
+  uint64_t bytes_in = 0;    // page bytes moved into this tier from other tiers
+  uint64_t bytes_out = 0;   // page bytes moved out of this tier to other tiers
+};
+
+struct StoreStats {
+  TierStats tiers[kNumTiers];  // indexed by static_cast<int>(Tier)
+  uint64_t pages = 0;          // committed pages, all tiers
+  uint64_t misses = 0;         // reads of keys the store does not hold
+  uint64_t puts = 0;           // commits
+  uint64_t removes = 0;
+  uint64_t dropped = 0;             // pages evicted out of the last tier (gone from the store)
+  uint64_t window_dropped = 0;      // pages that left through a stream's rolling window
+  uint64_t checksum_failures = 0;   // corrupt pages detected (and dropped)
+  uint64_t ssd_write_failures = 0;  // failed SSD batches (their pages stayed where they were)
+  uint64_t active_leases = 0;
+  uint64_t pinned_bytes = 0;
+  uint64_t metadata_bytes = 0;  // memory of the page table and its indexes (not page bytes)
+};
+
+class Store {
+ public:
+  // Opens a store: maps the host arena, creates the GPU pool when asked and available (a GPU tier
+  // that cannot be created is an error: ask for none with gpu_capacity_bytes = 0), opens or creates
+  // the SSD tier under data_dir and rebuilds the page table from its metadata (page bytes are not
+  // read; a corrupt page is found when read). InvalidArgument for bad options.
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options);
+
+  // Flushes the SSD tier; pages in memory tiers are lost (they are a cache), pages on SSD survive.
+  virtual ~Store() = default;
+
+  // ---- Writes -------------------------------------------------------------------------------
+  // Phase one: reserves a host slot for (tenant, key). Errors: InvalidArgument (empty tenant,
+  // unregistered layout, unknown stream), AlreadyExists (key stored or being written),
+  // ResourceExhausted (over the tenant's host quota, or no slot can be freed because every
+  // candidate is pinned, leased or being read).
+  virtual absl::StatusOr<Reservation> Reserve(std::string_view tenant, const PageKey& key,
+                                              const PageLayout& layout,
+                                              const WriteOptions& options = {}) = 0;
+  // Phase two: checksums the slot and publishes the page. NotFound for an unknown (or already
+  // committed / aborted) reservation id; ResourceExhausted when options.pin is over the pin quota
+  // (the reservation is then aborted).
+  virtual absl::Status Commit(uint64_t reservation_id) = 0;
+  // Frees a reservation's slot; the key becomes writable again. NotFound for an unknown id.
+  virtual absl::Status Abort(uint64_t reservation_id) = 0;
+  // Reserve + copy + Commit. InvalidArgument when bytes.size() != layout.PageBytes().
+  virtual absl::Status Put(std::string_view tenant, const PageKey& key, const PageLayout& layout,
+                           absl::Span<const uint8_t> bytes, const WriteOptions& options = {}) = 0;
+
+  // ---- Reads --------------------------------------------------------------------------------
+  // Copies a page into `out` (which must hold at least PageBytes bytes) and verifies its checksum.
+  // NotFound for a missing key (counted as a miss); InvalidArgument for a short `out`; DataLoss
+  // for a corrupt page (it is dropped from the store and never served).
+  virtual absl::StatusOr<PageInfo> Get(std::string_view tenant, const PageKey& key,
+                                       absl::Span<uint8_t> out) = 0;
+  // Zero-copy read: brings the page into the host tier (from SSD or GPU) and leases its slot for
+  // min(duration, max_lease_duration) (duration <= 0: the default). See ReadLease.
+  virtual absl::StatusOr<ReadLease> AcquireRead(std::string_view tenant, const PageKey& key,
+                                                absl::Duration duration = absl::ZeroDuration()) = 0;
+  // Ends a lease. OK also when the lease already expired or its page is gone; NotFound for an id
+  // the store never issued or already released.
+  virtual absl::Status ReleaseRead(uint64_t lease_id) = 0;
+
+  virtual bool Exists(std::string_view tenant, const PageKey& key) = 0;
+  virtual absl::StatusOr<PageInfo> Stat(std::string_view tenant, const PageKey& key) = 0;
+  // Number of leading keys of `keys` the store holds for `tenant` (any tier), in one call.
+  virtual size_t LongestCachedPrefix(std::string_view tenant, absl::Span<const PageKey> keys) = 0;
+
+  // ---- Management ---------------------------------------------------------------------------
+  // Deletes a page from every tier. NotFound when absent. Outstanding leases of the page expire
+  // into stale bytes (their checksum check catches reuse).
+  virtual absl::Status Remove(std::string_view tenant, const PageKey& key) = 0;
+  // Pins / unpins a page: pinned pages are never evicted (they may still be moved by Prefetch /
+  // Demote). Pins nest. ResourceExhausted over the pin quota (first pin of a page only);
+  // FailedPrecondition for Unpin of an unpinned page; NotFound for a missing page.
+  virtual absl::Status Pin(std::string_view tenant, const PageKey& key) = 0;
+  virtual absl::Status Unpin(std::string_view tenant, const PageKey& key) = 0;
+  // Moves the pages of `keys` that sit below `tier` up into it (missing keys are skipped).
+  // Returns how many pages moved. Stops at the first error (capacity, quota, SSD read) and
+  // returns it; pages moved before stay moved.
+  virtual absl::StatusOr<size_t> Prefetch(std::string_view tenant, absl::Span<const PageKey> keys,
+                                          Tier tier) = 0;
+  // Moves the pages of `keys` that sit above `tier` down into it. Returns how many moved.
+  virtual absl::StatusOr<size_t> Demote(std::string_view tenant, absl::Span<const PageKey> keys,
+                                        Tier tier) = 0;
+
+  // Opens a rolling-window stream. AlreadyExists when open; InvalidArgument for stream_id 0 or
+  // window_pages 0.
+  virtual absl::Status OpenStream(std::string_view tenant, uint64_t stream_id,
+                                  const StreamOptions& options) = 0;
+  // Closes a stream; its pages stay in the store as ordinary pages. NotFound when not open.
+  virtual absl::Status CloseStream(std::string_view tenant, uint64_t stream_id) = 0;
+
+  // Makes everything written to the SSD tier durable (RocksDB flush). OK without an SSD tier.
+  virtual absl::Status Flush() = 0;
+
+  virtual StoreStats Stats() = 0;
+  virtual HostArena HostArenaInfo() const = 0;
+  // The memfd of the host arena and its size (same as HostArenaInfo().fd / .size).
+  int HostArenaFd() const { return HostArenaInfo().fd; }
+  // Whether a tier is present (capacity configured and the machine has it).
+  virtual bool HasTier(Tier tier) const = 0;
+};
+
+}  // namespace pagoda
+
+#endif  // PAGODA_KVSTORE_STORE_H_
