@@ -1,0 +1,83 @@
+// pagodad's configuration: a YAML document with an embedded single-node default, so pagodad runs
+// with no file at all; a file given with --config overrides the default field by field, and
+// command-line flags override both (see pagodad --help).
+//
+// Thread safety: plain values; copy freely.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace pagoda::service {
+
+struct TenantConfig {
+  std::string token;             // bearer token of this tenant; "" = the global token (if any)
+  uint64_t quota_bytes = 0;      // host-tier bytes this tenant may hold; 0 = unlimited
+  uint64_t ssd_quota_bytes = 0;  // SSD-tier bytes; 0 = unlimited
+  uint64_t pin_quota_bytes = 0;  // pinned bytes; 0 = the engine default
+};
+
+// One page layout the store accepts (see pagoda::PageLayout).
+struct LayoutConfig {
+  std::string dtype = "fp16";  // fp16 | bf16
+  uint32_t kv_heads = 8;
+  uint32_t head_dim = 128;
+  uint32_t page_tokens = 16;
+};
+
+struct ServiceConfig {
+  // --- network
+  std::string grpc_host = "127.0.0.1";  // "0.0.0.0" to serve remote clients
+  int grpc_port = 50051;                // 0 = any free port (printed at start)
+  std::string http_host = "127.0.0.1";
+  int http_port = 9464;                     // /metrics and /healthz; 0 = any free port; -1 = off
+  std::string local_socket;                 // zero-copy path; "" = <data_dir>/pagodad.sock; "off"
+  uint64_t max_message_bytes = 8ull << 20;  // gRPC message cap; larger messages are refused
+  uint32_t get_chunk_bytes = 1u << 20;      // default chunk of streamed Get replies
+  int local_max_connections = 256;          // concurrent zero-copy clients
+
+  // --- store (passed to the engine)
+  std::string data_dir = "./pagoda-data";
+  uint64_t host_bytes = 1ull << 30;  // host tier (shared-memory arena) capacity
+  uint64_t host_slot_bytes = 0;      // 0 = engine default
+  uint64_t ssd_bytes = 8ull << 30;   // SSD tier capacity; 0 = no SSD tier
+  uint64_t gpu_bytes = 0;            // GPU tier capacity; 0 = no GPU tier
+  bool ssd_sync_writes = false;      // fsync each SSD batch (slower demotions, no loss on crash)
+  // Layouts accepted in writes (default: fp16 and bf16, 8 KV heads, head_dim 128, 16/32/64
+  // tokens per page). A write of another layout fails with InvalidArgument.
+  std::vector<LayoutConfig> layouts;
+
+  // --- security
+  std::string token;          // global bearer token; "" = no token needed
+  std::string tls_cert;       // PEM server certificate file; "" = plaintext
+  std::string tls_key;        // PEM private key file
+  std::string tls_client_ca;  // PEM CA file; set = mTLS (clients must present a cert)
+  std::map<std::string, TenantConfig> tenants;  // known tenants; empty = any tenant name
+  bool allow_unknown_tenants = true;            // false: only tenants listed above are served
+
+  // --- logging
+  std::string log_level = "info";  // trace, debug, info, warn, error
+  bool log_json = false;           // one JSON object per line instead of text
+};
+
+// The embedded default, as YAML text (what `pagodad --print-default-config` prints).
+const char* DefaultConfigYaml();
+
+// Parses `yaml` over `base`: fields present in the text replace those of `base`. Unknown keys,
+// wrong types and out-of-range values are InvalidArgument errors naming the key.
+absl::StatusOr<ServiceConfig> ParseConfig(const std::string& yaml, const ServiceConfig& base);
+
+// The embedded default parsed, then `path` (if not empty) parsed over it.
+absl::StatusOr<ServiceConfig> LoadConfig(const std::string& path);
+
+// Checks cross-field rules (TLS key with cert, ports in range, ...).
+absl::Status ValidateConfig(const ServiceConfig& config);
+
+// The unix socket path in effect ("" when the local path is off).
+std::string LocalSocketPath(const ServiceConfig& config);
+
+}  // namespace pagoda::service

@@ -1,0 +1,332 @@
+#include "pagoda/service/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace pagoda::service {
+namespace {
+
+constexpr char kDefaultYaml[] = R"(# pagodad embedded default: one node, host + SSD tiers, no auth.
+server:
+  grpc_host: 127.0.0.1
+  grpc_port: 50051
+  http_host: 127.0.0.1
+  http_port: 9464
+  local_socket: ""          # "" = <data_dir>/pagodad.sock, "off" = no zero-copy path
+  max_message_bytes: 8MiB
+  get_chunk_bytes: 1MiB
+  local_max_connections: 256
+store:
+  data_dir: ./pagoda-data
+  host_bytes: 1GiB
+  host_slot_bytes: 0        # 0 = engine default
+  ssd_bytes: 8GiB
+  gpu_bytes: 0
+  ssd_sync_writes: false
+  layouts:                  # page shapes accepted in writes
+    - {dtype: fp16, kv_heads: 8, head_dim: 128, page_tokens: 16}
+    - {dtype: bf16, kv_heads: 8, head_dim: 128, page_tokens: 16}
+    - {dtype: fp16, kv_heads: 8, head_dim: 128, page_tokens: 32}
+    - {dtype: bf16, kv_heads: 8, head_dim: 128, page_tokens: 32}
+    - {dtype: fp16, kv_heads: 8, head_dim: 128, page_tokens: 64}
+    - {dtype: bf16, kv_heads: 8, head_dim: 128, page_tokens: 64}
+security:
+  token: ""
+  tls_cert: ""
+  tls_key: ""
+  tls_client_ca: ""
+  allow_unknown_tenants: true
+tenants: {}
+logging:
+  level: info
+  json: false
+)";
+
+// Parses "123", "64KiB", "8MiB", "1GiB", "2TiB" (also KB/MB/GB as powers of 1000).
+absl::StatusOr<uint64_t> ParseBytes(const std::string& key, const std::string& text) {
+  std::string t = std::string(absl::StripAsciiWhitespace(text));
+  size_t digits = 0;
+  while (digits < t.size() && absl::ascii_isdigit(static_cast<unsigned char>(t[digits]))) ++digits;
+  uint64_t value = 0;
+  if (digits == 0 || !absl::SimpleAtoi(t.substr(0, digits), &value)) {
+    return absl::InvalidArgumentError(absl::StrCat("config ", key, ": not a size: '", text, "'"));
+  }
+  std::string unit = absl::AsciiStrToLower(absl::StripAsciiWhitespace(t.substr(digits)));
+  uint64_t mult = 1;
+  if (unit.empty() || unit == "b") {
+    mult = 1;
+  } else if (unit == "kib" || unit == "k") {
+    mult = 1ull << 10;
+  } else if (unit == "mib" || unit == "m") {
+    mult = 1ull << 20;
+  } else if (unit == "gib" || unit == "g") {
+    mult = 1ull << 30;
+  } else if (unit == "tib" || unit == "t") {
+    mult = 1ull << 40;
+  } else if (unit == "kb") {
+    mult = 1000;
+  } else if (unit == "mb") {
+    mult = 1000 * 1000;
+  } else if (unit == "gb") {
+    mult = 1000ull * 1000 * 1000;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", key, ": unknown size unit '", unit, "' in '", text, "'"));
+  }
+  if (value > std::numeric_limits<uint64_t>::max() / mult) {
+    return absl::InvalidArgumentError(absl::StrCat("config ", key, ": size overflows: ", text));
+  }
+  return value * mult;
+}
+
+class Reader {
+ public:
+  explicit Reader(const YAML::Node& node, std::string path) : node_(node), path_(std::move(path)) {}
+
+  // Fails on keys of this mapping that were never asked for (typos must not pass silently).
+  absl::Status CheckNoUnknown() const {
+    if (!node_ || node_.IsNull()) return absl::OkStatus();
+    if (!node_.IsMap()) return absl::InvalidArgumentError("config " + path_ + ": not a mapping");
+    for (const auto& kv : node_) {
+      std::string k = kv.first.as<std::string>();
+      if (!known_.count(k)) {
+        return absl::InvalidArgumentError(absl::StrCat("config: unknown key '", Join(k), "'"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status String(const std::string& key, std::string* out) {
+    YAML::Node n = Get(key);
+    if (!n) return absl::OkStatus();
+    if (!n.IsScalar() && !n.IsNull()) return Wrong(key, "a string");
+    *out = n.IsNull() ? "" : n.as<std::string>();
+    return absl::OkStatus();
+  }
+  absl::Status Bool(const std::string& key, bool* out) {
+    YAML::Node n = Get(key);
+    if (!n) return absl::OkStatus();
+    try {
+      *out = n.as<bool>();
+    } catch (const YAML::Exception&) {
+      return Wrong(key, "true or false");
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Int(const std::string& key, int min, int max, int* out) {
+    YAML::Node n = Get(key);
+    if (!n) return absl::OkStatus();
+    int64_t v = 0;
+    if (!n.IsScalar() || !absl::SimpleAtoi(n.Scalar(), &v)) return Wrong(key, "an integer");
+    if (v < min || v > max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config ", Join(key), ": ", v, " is outside [", min, ", ", max, "]"));
+    }
+    *out = static_cast<int>(v);
+    return absl::OkStatus();
+  }
+  absl::Status Bytes(const std::string& key, uint64_t* out) {
+    YAML::Node n = Get(key);
+    if (!n) return absl::OkStatus();
+    if (!n.IsScalar()) return Wrong(key, "a size");
+    absl::StatusOr<uint64_t> v = ParseBytes(Join(key), n.Scalar());
+    if (!v.ok()) return v.status();
+    *out = *v;
+    return absl::OkStatus();
+  }
+  YAML::Node Get(const std::string& key) {
+    known_.insert(key);
+    if (!node_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+    YAML::Node n = node_[key];
+    if (!n.IsDefined()) return YAML::Node(YAML::NodeType::Undefined);
+    return n;
+  }
+  std::string Join(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+
+ private:
+  absl::Status Wrong(const std::string& key, const char* want) const {
+    return absl::InvalidArgumentError(absl::StrCat("config ", Join(key), ": expected ", want));
+  }
+  YAML::Node node_;
+  std::string path_;
+  std::set<std::string> known_;
+};
+
+#define PAGODA_RETURN_IF_ERROR(expr) \
+  do {                               \
+    absl::Status _s = (expr);        \
+    if (!_s.ok()) return _s;         \
+  } while (0)
+
+absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
+  if (!root || root.IsNull()) return absl::OkStatus();
+  if (!root.IsMap()) return absl::InvalidArgumentError("config: the document must be a mapping");
+  Reader top(root, "");
+  {
+    Reader r(top.Get("server"), "server");
+    PAGODA_RETURN_IF_ERROR(r.String("grpc_host", &c->grpc_host));
+    PAGODA_RETURN_IF_ERROR(r.Int("grpc_port", 0, 65535, &c->grpc_port));
+    PAGODA_RETURN_IF_ERROR(r.String("http_host", &c->http_host));
+    PAGODA_RETURN_IF_ERROR(r.Int("http_port", -1, 65535, &c->http_port));
+    PAGODA_RETURN_IF_ERROR(r.String("local_socket", &c->local_socket));
+    PAGODA_RETURN_IF_ERROR(r.Bytes("max_message_bytes", &c->max_message_bytes));
+    uint64_t chunk = c->get_chunk_bytes;
+    PAGODA_RETURN_IF_ERROR(r.Bytes("get_chunk_bytes", &chunk));
+    if (chunk == 0 || chunk > (64u << 20)) {
+      return absl::InvalidArgumentError("config server.get_chunk_bytes: must be 1B..64MiB");
+    }
+    c->get_chunk_bytes = static_cast<uint32_t>(chunk);
+    PAGODA_RETURN_IF_ERROR(r.Int("local_max_connections", 1, 65536, &c->local_max_connections));
+    PAGODA_RETURN_IF_ERROR(r.CheckNoUnknown());
+  }
+  {
+    Reader r(top.Get("store"), "store");
+    PAGODA_RETURN_IF_ERROR(r.String("data_dir", &c->data_dir));
+    PAGODA_RETURN_IF_ERROR(r.Bytes("host_bytes", &c->host_bytes));
+    PAGODA_RETURN_IF_ERROR(r.Bytes("host_slot_bytes", &c->host_slot_bytes));
+    PAGODA_RETURN_IF_ERROR(r.Bytes("ssd_bytes", &c->ssd_bytes));
+    PAGODA_RETURN_IF_ERROR(r.Bytes("gpu_bytes", &c->gpu_bytes));
+    PAGODA_RETURN_IF_ERROR(r.Bool("ssd_sync_writes", &c->ssd_sync_writes));
+    YAML::Node layouts = r.Get("layouts");
+    if (layouts) {
+      if (!layouts.IsSequence() || layouts.size() == 0) {
+        return absl::InvalidArgumentError("config store.layouts: expected a non-empty list");
+      }
+      c->layouts.clear();
+      for (size_t i = 0; i < layouts.size(); ++i) {
+        LayoutConfig l;
+        Reader lr(layouts[i], absl::StrCat("store.layouts[", i, "]"));
+        PAGODA_RETURN_IF_ERROR(lr.String("dtype", &l.dtype));
+        int v = static_cast<int>(l.kv_heads);
+        PAGODA_RETURN_IF_ERROR(lr.Int("kv_heads", 1, 256, &v));
+        l.kv_heads = static_cast<uint32_t>(v);
+        v = static_cast<int>(l.head_dim);
+        PAGODA_RETURN_IF_ERROR(lr.Int("head_dim", 8, 4096, &v));
+        l.head_dim = static_cast<uint32_t>(v);
+        v = static_cast<int>(l.page_tokens);
+        PAGODA_RETURN_IF_ERROR(lr.Int("page_tokens", 1, 32768, &v));
+        l.page_tokens = static_cast<uint32_t>(v);
+        if (l.dtype != "fp16" && l.dtype != "bf16") {
+          return absl::InvalidArgumentError(
+              absl::StrCat("config store.layouts[", i, "].dtype: fp16 or bf16, got ", l.dtype));
+        }
+        PAGODA_RETURN_IF_ERROR(lr.CheckNoUnknown());
+        c->layouts.push_back(l);
+      }
+    }
+    PAGODA_RETURN_IF_ERROR(r.CheckNoUnknown());
+  }
+  {
+    Reader r(top.Get("security"), "security");
+    PAGODA_RETURN_IF_ERROR(r.String("token", &c->token));
+    PAGODA_RETURN_IF_ERROR(r.String("tls_cert", &c->tls_cert));
+    PAGODA_RETURN_IF_ERROR(r.String("tls_key", &c->tls_key));
+    PAGODA_RETURN_IF_ERROR(r.String("tls_client_ca", &c->tls_client_ca));
+    PAGODA_RETURN_IF_ERROR(r.Bool("allow_unknown_tenants", &c->allow_unknown_tenants));
+    PAGODA_RETURN_IF_ERROR(r.CheckNoUnknown());
+  }
+  {
+    YAML::Node tenants = top.Get("tenants");
+    if (tenants && !tenants.IsNull()) {
+      if (!tenants.IsMap()) return absl::InvalidArgumentError("config tenants: expected a mapping");
+      for (const auto& kv : tenants) {
+        std::string name = kv.first.as<std::string>();
+        if (name.empty() || name.size() > 128) {
+          return absl::InvalidArgumentError("config tenants: names must be 1..128 bytes");
+        }
+        TenantConfig t = c->tenants[name];
+        Reader r(kv.second, "tenants." + name);
+        PAGODA_RETURN_IF_ERROR(r.String("token", &t.token));
+        PAGODA_RETURN_IF_ERROR(r.Bytes("quota_bytes", &t.quota_bytes));
+        PAGODA_RETURN_IF_ERROR(r.Bytes("ssd_quota_bytes", &t.ssd_quota_bytes));
+        PAGODA_RETURN_IF_ERROR(r.Bytes("pin_quota_bytes", &t.pin_quota_bytes));
+        PAGODA_RETURN_IF_ERROR(r.CheckNoUnknown());
+        c->tenants[name] = t;
+      }
+    }
+  }
+  {
+    Reader r(top.Get("logging"), "logging");
+    PAGODA_RETURN_IF_ERROR(r.String("level", &c->log_level));
+    PAGODA_RETURN_IF_ERROR(r.Bool("json", &c->log_json));
+    PAGODA_RETURN_IF_ERROR(r.CheckNoUnknown());
+  }
+  return top.CheckNoUnknown();
+}
+
+}  // namespace
+
+const char* DefaultConfigYaml() { return kDefaultYaml; }
+
+absl::StatusOr<ServiceConfig> ParseConfig(const std::string& yaml, const ServiceConfig& base) {
+  ServiceConfig c = base;
+  try {
+    YAML::Node root = YAML::Load(yaml);
+    absl::Status s = ParseInto(root, &c);
+    if (!s.ok()) return s;
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config: YAML error: ", e.what()));
+  }
+  return c;
+}
+
+absl::StatusOr<ServiceConfig> LoadConfig(const std::string& path) {
+  absl::StatusOr<ServiceConfig> c = ParseConfig(kDefaultYaml, ServiceConfig{});
+  if (!c.ok() || path.empty()) return c;
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("config: cannot read '", path, "'"));
+  std::stringstream text;
+  text << in.rdbuf();
+  absl::StatusOr<ServiceConfig> r = ParseConfig(text.str(), *c);
+  if (!r.ok())
+    return absl::Status(r.status().code(), absl::StrCat(path, ": ", r.status().message()));
+  return r;
+}
+
+absl::Status ValidateConfig(const ServiceConfig& c) {
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return absl::InvalidArgumentError("config: security.tls_cert and tls_key go together");
+  }
+  if (!c.tls_client_ca.empty() && c.tls_cert.empty()) {
+    return absl::InvalidArgumentError("config: mTLS (tls_client_ca) needs tls_cert and tls_key");
+  }
+  if (c.grpc_port < 0 || c.grpc_port > 65535) {
+    return absl::InvalidArgumentError("config: grpc_port must be 0..65535");
+  }
+  if (c.http_port < -1 || c.http_port > 65535) {
+    return absl::InvalidArgumentError("config: http_port must be -1..65535");
+  }
+  if (c.max_message_bytes < (64u << 10) || c.max_message_bytes > (1ull << 31)) {
+    return absl::InvalidArgumentError("config: max_message_bytes must be 64KiB..2GiB");
+  }
+  if (c.get_chunk_bytes + 1024 > c.max_message_bytes) {
+    return absl::InvalidArgumentError("config: get_chunk_bytes must be below max_message_bytes");
+  }
+  if (c.layouts.empty()) return absl::InvalidArgumentError("config: store.layouts is empty");
+  if (c.host_bytes == 0) return absl::InvalidArgumentError("config: store.host_bytes must be > 0");
+  if (c.data_dir.empty()) return absl::InvalidArgumentError("config: store.data_dir is empty");
+  static const std::set<std::string> kLevels = {"trace", "debug", "info", "warn", "error"};
+  if (!kLevels.count(c.log_level)) {
+    return absl::InvalidArgumentError("config: logging.level must be trace|debug|info|warn|error");
+  }
+  if (!c.allow_unknown_tenants && c.tenants.empty()) {
+    return absl::InvalidArgumentError("config: allow_unknown_tenants=false with no tenants listed");
+  }
+  return absl::OkStatus();
+}
+
+std::string LocalSocketPath(const ServiceConfig& c) {
+  if (c.local_socket == "off") return "";
+  if (!c.local_socket.empty()) return c.local_socket;
+  return c.data_dir + "/pagodad.sock";
+}
+
+}  // namespace pagoda::service
