@@ -50,7 +50,7 @@ void ServiceMetrics::AddBytesOut(std::string_view path, uint64_t bytes) {
   bytes_->Add({{"direction", "out"}, {"path", std::string(path)}}).Increment(double(bytes));
 }
 
-std::string ServiceMetrics::Render(const std::vector<TierSample>& tiers) const {
+std::string ServiceMetrics::Render(const std::vector<TierSample>& tiers, uint64_t misses) const {
   std::string out = prometheus::TextSerializer().Serialize(registry_->Collect());
   auto family = [&](const char* name, const char* type, const char* help, auto get) {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
@@ -66,10 +66,14 @@ std::string ServiceMetrics::Render(const std::vector<TierSample>& tiers) const {
          [](const TierSample& t) { return t.pages; });
   family("pagoda_tier_hits_total", "counter", "Reads served by each tier",
          [](const TierSample& t) { return t.hits; });
-  family("pagoda_tier_misses_total", "counter", "Reads that missed each tier",
-         [](const TierSample& t) { return t.misses; });
+  family("pagoda_tier_promotions_total", "counter", "Pages moved up into each tier",
+         [](const TierSample& t) { return t.promotions; });
   family("pagoda_tier_evictions_total", "counter", "Pages evicted (demoted or dropped) per tier",
          [](const TierSample& t) { return t.evictions; });
+  absl::StrAppend(&out,
+                  "# HELP pagoda_misses_total Reads of pages the store does not hold\n"
+                  "# TYPE pagoda_misses_total counter\npagoda_misses_total ",
+                  misses, "\n");
   return out;
 }
 

@@ -29,8 +29,8 @@ struct TierSample {
   uint64_t used_bytes = 0;
   uint64_t pages = 0;
   uint64_t hits = 0;
-  uint64_t misses = 0;
   uint64_t evictions = 0;
+  uint64_t promotions = 0;
 };
 
 class ServiceMetrics {
@@ -46,8 +46,8 @@ class ServiceMetrics {
   void AddBytesIn(std::string_view path, uint64_t bytes);
   void AddBytesOut(std::string_view path, uint64_t bytes);
 
-  // Prometheus text exposition of the registry plus the tier samples.
-  std::string Render(const std::vector<TierSample>& tiers) const;
+  // Prometheus text exposition of the registry plus the tier samples and the store's misses.
+  std::string Render(const std::vector<TierSample>& tiers, uint64_t misses) const;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

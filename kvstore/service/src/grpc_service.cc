@@ -1,0 +1,381 @@
+#include "grpc_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace pagoda::service {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+void SetStatus(const absl::Status& s, v1::PageStatus* out) {
+  out->set_code(static_cast<int32_t>(s.code()));
+  if (!s.ok()) out->set_message(std::string(s.message()));
+}
+
+PageKey FromProto(const v1::PageKey& k) { return PageKey{k.hi(), k.lo()}; }
+
+absl::Status CheckBatch(int n) {
+  if (n < 1 || n > kMaxBatchPages) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a batch holds 1..", kMaxBatchPages, " pages, got ", n));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Cancelled(grpc::ServerContext* ctx) {
+  if (!ctx->IsCancelled()) return absl::OkStatus();
+  if (ctx->deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("deadline exceeded");
+  }
+  return absl::CancelledError("cancelled by the client");
+}
+
+// Times a handler and records it in the metrics.
+class Observe {
+ public:
+  Observe(ServiceMetrics* m, const char* method) : m_(m), method_(method) {}
+  grpc::Status Done(const absl::Status& s) {
+    m_->ObserveRequest(
+        method_, "grpc", s,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+    return ToGrpc(s);
+  }
+
+ private:
+  ServiceMetrics* m_;
+  const char* method_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace
+
+GrpcService::GrpcService(Store* store, const Authorizer* auth, ServiceMetrics* metrics,
+                         const ServiceConfig& config, ServiceInfo info)
+    : store_(store), auth_(auth), metrics_(metrics), config_(config), info_(std::move(info)) {}
+
+absl::Status GrpcService::Authorize(grpc::ServerContext* ctx, const std::string& tenant) const {
+  std::string_view token;
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  if (it != md.end()) {
+    token = Authorizer::TokenFromHeader(std::string_view(it->second.data(), it->second.size()));
+  }
+  return auth_->Check(tenant, token);
+}
+
+// ---- Put ----------------------------------------------------------------------------------------
+
+grpc::Status GrpcService::Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
+                              v1::PutResponse* response) {
+  Observe obs(metrics_, "Put");
+  return obs.Done(PutImpl(ctx, reader, response));
+}
+
+absl::Status GrpcService::PutImpl(grpc::ServerContext* ctx,
+                                  grpc::ServerReader<v1::PutRequest>* reader,
+                                  v1::PutResponse* response) {
+  v1::PutRequest msg;
+  if (!reader->Read(&msg)) return absl::InvalidArgumentError("Put: empty stream");
+  if (!msg.has_begin()) return absl::InvalidArgumentError("Put: the first message must be begin");
+  const v1::PutBegin begin = std::move(*msg.mutable_begin());
+  if (absl::Status s = Authorize(ctx, begin.tenant()); !s.ok()) return s;
+  const int n = begin.pages_size();
+  if (absl::Status s = CheckBatch(n); !s.ok()) return s;
+
+  // 1. Validate the whole batch: a malformed batch reserves nothing.
+  std::vector<PageLayout> layouts(n);
+  absl::flat_hash_set<PageKey> seen;
+  for (int i = 0; i < n; ++i) {
+    const v1::PutPage& p = begin.pages(i);
+    absl::StatusOr<PageLayout> l = PageLayout::FromId(p.layout_id());
+    if (!l.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("Put: page ", i, ": unknown layout id ",
+                                                     p.layout_id(), ": ", l.status().message()));
+    }
+    if (l->PageBytes() != p.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("Put: page ", i, ": size ", p.size(),
+                                                     " does not match layout ", l->ToString(), " (",
+                                                     l->PageBytes(), " bytes)"));
+    }
+    if (!seen.insert(FromProto(p.key())).second) {
+      return absl::InvalidArgumentError(absl::StrCat("Put: page ", i, ": duplicate key"));
+    }
+    layouts[i] = *l;
+  }
+
+  // 2. Reserve (per page: a key already stored or a tenant over quota fails only that page).
+  struct Pending {
+    absl::Status status;
+    uint64_t id = 0;
+    uint64_t offset = 0;
+    uint64_t size = 0;
+    uint64_t received = 0;
+  };
+  std::vector<Pending> pages(n);
+  for (int i = 0; i < n; ++i) {
+    absl::StatusOr<Reservation> r =
+        store_->Reserve(begin.tenant(), FromProto(begin.pages(i).key()), layouts[i]);
+    pages[i].status = r.status();
+    if (r.ok()) {
+      pages[i].id = r->id;
+      pages[i].offset = r->arena_offset;
+      pages[i].size = r->size;
+    }
+  }
+  auto abort_all = [&](const absl::Status& why) {
+    for (Pending& p : pages) {
+      if (p.status.ok()) (void)store_->Abort(p.id);
+    }
+    return why;
+  };
+
+  // 3. Receive bytes straight into the reserved slots.
+  uint8_t* const base = store_->HostArenaInfo().base;
+  uint64_t bytes = 0;
+  while (reader->Read(&msg)) {
+    if (absl::Status s = Cancelled(ctx); !s.ok()) return abort_all(s);
+    if (!msg.has_chunk()) {
+      return abort_all(absl::InvalidArgumentError("Put: a second begin message"));
+    }
+    const v1::PutChunk& c = msg.chunk();
+    if (c.page_index() >= static_cast<uint32_t>(n)) {
+      return abort_all(absl::InvalidArgumentError(
+          absl::StrCat("Put: chunk for page ", c.page_index(), " of a batch of ", n)));
+    }
+    Pending& p = pages[c.page_index()];
+    if (!p.status.ok()) continue;  // the client could not know the reserve failed
+    if (c.offset() != p.received || c.data().size() > p.size - p.received) {
+      return abort_all(absl::InvalidArgumentError(
+          absl::StrCat("Put: page ", c.page_index(), ": chunk [", c.offset(), ", +",
+                       c.data().size(), ") is not the next range of a ", p.size, "-byte page")));
+    }
+    memcpy(base + p.offset + p.received, c.data().data(), c.data().size());
+    p.received += c.data().size();
+    bytes += c.data().size();
+  }
+  if (absl::Status s = Cancelled(ctx); !s.ok()) return abort_all(s);
+
+  // 4. Verify and commit each complete page; abort the rest.
+  for (int i = 0; i < n; ++i) {
+    Pending& p = pages[i];
+    if (p.status.ok()) {
+      if (p.received != p.size) {
+        (void)store_->Abort(p.id);
+        p.status = absl::DataLossError(
+            absl::StrCat("received ", p.received, " of ", p.size, " bytes; page aborted"));
+      } else if (PageChecksum(base + p.offset, p.size) != begin.pages(i).checksum()) {
+        (void)store_->Abort(p.id);
+        p.status = absl::DataLossError("checksum mismatch; page aborted");
+      } else {
+        p.status = store_->Commit(p.id);
+      }
+    }
+    SetStatus(p.status, response->add_results());
+  }
+  bytes_in_ += bytes;
+  metrics_->AddBytesIn("grpc", bytes);
+  return absl::OkStatus();
+}
+
+// ---- Get ----------------------------------------------------------------------------------------
+
+grpc::Status GrpcService::Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                              grpc::ServerWriter<v1::GetResponse>* writer) {
+  Observe obs(metrics_, "Get");
+  return obs.Done(GetImpl(ctx, request, writer));
+}
+
+absl::Status GrpcService::GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                                  grpc::ServerWriter<v1::GetResponse>* writer) {
+  if (absl::Status s = Authorize(ctx, request->tenant()); !s.ok()) return s;
+  if (absl::Status s = CheckBatch(request->keys_size()); !s.ok()) return s;
+  uint64_t chunk = request->chunk_bytes() == 0 ? config_.get_chunk_bytes : request->chunk_bytes();
+  chunk = std::min<uint64_t>(chunk, config_.max_message_bytes - 1024);
+  const uint8_t* const base = store_->HostArenaInfo().base;
+  uint64_t bytes = 0;
+  v1::GetResponse msg;
+  for (int i = 0; i < request->keys_size(); ++i) {
+    if (absl::Status s = Cancelled(ctx); !s.ok()) return s;
+    absl::StatusOr<ReadLease> lease =
+        store_->AcquireRead(request->tenant(), FromProto(request->keys(i)));
+    msg.Clear();
+    v1::GetPageHeader* h = msg.mutable_header();
+    h->set_index(i);
+    SetStatus(lease.status(), h->mutable_status());
+    if (!lease.ok()) {
+      if (!writer->Write(msg)) return absl::CancelledError("Get: client went away");
+      continue;
+    }
+    h->set_layout_id(lease->layout.Id());
+    h->set_size(lease->size);
+    h->set_checksum(lease->checksum);
+    // Bytes go straight from the leased slot into the message; the reader verifies the checksum
+    // (a lease that expired mid-copy shows up as a mismatch there, never as silent bad bytes).
+    const uint8_t* page = base + lease->arena_offset;
+    uint64_t off = std::min<uint64_t>(chunk, lease->size);
+    h->set_data(page, off);
+    bool ok = writer->Write(msg);
+    while (ok && off < lease->size) {
+      const uint64_t len = std::min<uint64_t>(chunk, lease->size - off);
+      msg.Clear();
+      v1::GetChunk* c = msg.mutable_chunk();
+      c->set_index(i);
+      c->set_offset(off);
+      c->set_data(page + off, len);
+      ok = writer->Write(msg);
+      off += len;
+    }
+    (void)store_->ReleaseRead(lease->lease_id);
+    if (!ok) return absl::CancelledError("Get: client went away");
+    bytes += lease->size;
+  }
+  bytes_out_ += bytes;
+  metrics_->AddBytesOut("grpc", bytes);
+  return absl::OkStatus();
+}
+
+// ---- Small batched calls ------------------------------------------------------------------------
+
+grpc::Status GrpcService::Exists(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                                 v1::ExistsResponse* response) {
+  Observe obs(metrics_, "Exists");
+  absl::Status s = Authorize(ctx, request->tenant());
+  if (s.ok()) s = CheckBatch(request->keys_size());
+  if (!s.ok()) return obs.Done(s);
+  for (const v1::PageKey& k : request->keys()) {
+    response->add_exists(store_->Exists(request->tenant(), FromProto(k)));
+  }
+  return obs.Done(absl::OkStatus());
+}
+
+grpc::Status GrpcService::LongestPrefix(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                                        v1::LongestPrefixResponse* response) {
+  Observe obs(metrics_, "LongestPrefix");
+  absl::Status s = Authorize(ctx, request->tenant());
+  if (s.ok()) s = CheckBatch(request->keys_size());
+  if (!s.ok()) return obs.Done(s);
+  std::vector<PageKey> keys;
+  keys.reserve(request->keys_size());
+  for (const v1::PageKey& k : request->keys()) keys.push_back(FromProto(k));
+  response->set_length(static_cast<uint32_t>(store_->LongestCachedPrefix(request->tenant(), keys)));
+  return obs.Done(absl::OkStatus());
+}
+
+template <typename Fn>
+absl::Status GrpcService::PerKey(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                                 v1::BatchResponse* response, Fn fn) {
+  absl::Status s = Authorize(ctx, request->tenant());
+  if (s.ok()) s = CheckBatch(request->keys_size());
+  if (!s.ok()) return s;
+  for (const v1::PageKey& k : request->keys()) {
+    if (absl::Status c = Cancelled(ctx); !c.ok()) return c;
+    SetStatus(fn(request->tenant(), FromProto(k)), response->add_results());
+  }
+  return absl::OkStatus();
+}
+
+grpc::Status GrpcService::Remove(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                                 v1::BatchResponse* response) {
+  Observe obs(metrics_, "Remove");
+  return obs.Done(PerKey(ctx, request, response, [this](const std::string& t, const PageKey& k) {
+    return store_->Remove(t, k);
+  }));
+}
+
+grpc::Status GrpcService::Pin(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                              v1::BatchResponse* response) {
+  Observe obs(metrics_, "Pin");
+  return obs.Done(PerKey(ctx, request, response, [this](const std::string& t, const PageKey& k) {
+    return store_->Pin(t, k);
+  }));
+}
+
+grpc::Status GrpcService::Unpin(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                                v1::BatchResponse* response) {
+  Observe obs(metrics_, "Unpin");
+  return obs.Done(PerKey(ctx, request, response, [this](const std::string& t, const PageKey& k) {
+    return store_->Unpin(t, k);
+  }));
+}
+
+grpc::Status GrpcService::Prefetch(grpc::ServerContext* ctx, const v1::PrefetchRequest* request,
+                                   v1::PrefetchResponse* response) {
+  Observe obs(metrics_, "Prefetch");
+  absl::Status s = Authorize(ctx, request->tenant());
+  if (s.ok()) s = CheckBatch(request->keys_size());
+  Tier tier = Tier::kHost;
+  if (s.ok() && !request->tier().empty() && request->tier() != "host") {
+    if (request->tier() == "gpu") {
+      tier = Tier::kGpu;
+      if (!store_->HasTier(Tier::kGpu)) s = absl::FailedPreconditionError("no GPU tier");
+    } else {
+      s = absl::InvalidArgumentError(
+          absl::StrCat("Prefetch: tier must be host or gpu, got '", request->tier(), "'"));
+    }
+  }
+  if (!s.ok()) return obs.Done(s);
+  std::vector<PageKey> keys;
+  for (const v1::PageKey& k : request->keys()) keys.push_back(FromProto(k));
+  absl::StatusOr<size_t> moved = store_->Prefetch(request->tenant(), keys, tier);
+  if (moved.ok()) response->set_moved(static_cast<uint32_t>(*moved));
+  return obs.Done(moved.status());
+}
+
+grpc::Status GrpcService::Stats(grpc::ServerContext* ctx, const v1::StatsRequest* request,
+                                v1::StatsResponse* response) {
+  Observe obs(metrics_, "Stats");
+  if (absl::Status s = Authorize(ctx, request->tenant()); !s.ok()) return obs.Done(s);
+  StoreStats st = store_->Stats();
+  for (int t = 0; t < kNumTiers; ++t) {
+    const TierStats& ts = st.tiers[t];
+    if (!ts.present) continue;
+    v1::TierStats* out = response->add_tiers();
+    out->set_name(std::string(TierName(static_cast<Tier>(t))));
+    out->set_capacity_bytes(ts.capacity_bytes);
+    out->set_used_bytes(ts.used_bytes);
+    out->set_pages(ts.pages);
+    out->set_hits(ts.hits);
+    out->set_promotions(ts.promotions);
+    out->set_evictions(ts.evictions);
+  }
+  response->set_pages(st.pages);
+  response->set_misses(st.misses);
+  auto it = config_.tenants.find(request->tenant());
+  response->set_tenant_quota_bytes(it == config_.tenants.end() ? 0 : it->second.quota_bytes);
+  response->set_bytes_in(bytes_in_.load());
+  response->set_bytes_out(bytes_out_.load());
+  response->set_uptime_s(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+  response->set_active_leases(st.active_leases);
+  response->set_pinned_bytes(st.pinned_bytes);
+  response->set_checksum_failures(st.checksum_failures);
+  response->set_local_clients(local_clients_ ? static_cast<uint64_t>(local_clients_()) : 0);
+  return obs.Done(absl::OkStatus());
+}
+
+grpc::Status GrpcService::Health(grpc::ServerContext* ctx, const v1::HealthRequest* request,
+                                 v1::HealthResponse* response) {
+  // No tenant: health is for load balancers and operators.
+  response->set_serving(serving_.load());
+  response->set_version("pagodad 0.1.0");
+  response->set_local_socket(info_.local_socket);
+  response->set_arena_bytes(store_->HostArenaInfo().size);
+  response->set_http_port(info_.http_port < 0 ? 0 : static_cast<uint32_t>(info_.http_port));
+  for (const LayoutConfig& l : config_.layouts) {
+    PageLayout pl{l.dtype == "bf16" ? DType::kBf16 : DType::kFp16, l.kv_heads, l.head_dim,
+                  l.page_tokens};
+    response->add_layouts(absl::StrCat(pl.Id(), ":", pl.ToString()));
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace pagoda::service

@@ -1,0 +1,83 @@
+// The gRPC adapter of pagodad: decodes pagoda.v1 requests, checks tenant and token, calls the
+// engine and encodes the answer. Generated proto types stop here; the engine never sees them.
+//
+// Thread safety: gRPC calls the handlers concurrently; the service holds no per-call state and
+// the engine, metrics and authorizer are thread-safe.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <string>
+
+#include "auth.h"
+#include "metrics.h"
+#include "pagoda.grpc.pb.h"
+#include "pagoda/kvstore/store.h"
+#include "pagoda/service/config.h"
+
+namespace pagoda::service {
+
+// Largest number of pages in one batched request.
+inline constexpr int kMaxBatchPages = 4096;
+
+struct ServiceInfo {
+  std::string local_socket;
+  int http_port = -1;
+};
+
+class GrpcService final : public pagoda::v1::Pagoda::Service {
+ public:
+  GrpcService(Store* store, const Authorizer* auth, ServiceMetrics* metrics,
+              const ServiceConfig& config, ServiceInfo info);
+
+  // While false, Health answers serving=false (set during shutdown).
+  void SetServing(bool serving) { serving_ = serving; }
+  void SetHttpPort(int port) { info_.http_port = port; }
+  void SetLocalClientsSource(std::function<int()> f) { local_clients_ = std::move(f); }
+
+  grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
+                   v1::PutResponse* response) override;
+  grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                   grpc::ServerWriter<v1::GetResponse>* writer) override;
+  grpc::Status Exists(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                      v1::ExistsResponse* response) override;
+  grpc::Status LongestPrefix(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                             v1::LongestPrefixResponse* response) override;
+  grpc::Status Remove(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                      v1::BatchResponse* response) override;
+  grpc::Status Pin(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                   v1::BatchResponse* response) override;
+  grpc::Status Unpin(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                     v1::BatchResponse* response) override;
+  grpc::Status Prefetch(grpc::ServerContext* ctx, const v1::PrefetchRequest* request,
+                        v1::PrefetchResponse* response) override;
+  grpc::Status Stats(grpc::ServerContext* ctx, const v1::StatsRequest* request,
+                     v1::StatsResponse* response) override;
+  grpc::Status Health(grpc::ServerContext* ctx, const v1::HealthRequest* request,
+                      v1::HealthResponse* response) override;
+
+ private:
+  absl::Status Authorize(grpc::ServerContext* ctx, const std::string& tenant) const;
+  absl::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
+                       v1::PutResponse* response);
+  absl::Status GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                       grpc::ServerWriter<v1::GetResponse>* writer);
+  // Per-key operation returning one status per key (Remove, Pin, Unpin).
+  template <typename Fn>
+  absl::Status PerKey(grpc::ServerContext* ctx, const v1::KeysRequest* request,
+                      v1::BatchResponse* response, Fn fn);
+
+  Store* const store_;
+  const Authorizer* const auth_;
+  ServiceMetrics* const metrics_;
+  const ServiceConfig config_;
+  ServiceInfo info_;
+  std::function<int()> local_clients_;
+  std::atomic<bool> serving_{true};
+  std::atomic<uint64_t> bytes_in_{0};
+  std::atomic<uint64_t> bytes_out_{0};
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace pagoda::service

@@ -1,0 +1,124 @@
+// pagodad: the per-node Pagoda sidecar. Runs on the embedded single-node default with no
+// arguments; --config FILE overrides it, flags override both. SIGTERM / SIGINT: graceful stop.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "pagoda/service/config.h"
+#include "pagoda/service/server.h"
+#include "spdlog/sinks/stdout_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+int Fail(const absl::Status& s) {
+  spdlog::critical("pagodad: {}", s.ToString());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using pagoda::service::ServiceConfig;
+  CLI::App app{"pagodad: tier-aware KV-cache store for LLM inference (per-node service)"};
+  std::string config_path, port_file;
+  bool print_default = false;
+  // Flag values land in optionals so that only flags actually given override the config.
+  std::optional<int> grpc_port, http_port;
+  std::optional<std::string> grpc_host, data_dir, token, local_socket, log_level, tls_cert, tls_key,
+      tls_client_ca;
+  std::optional<uint64_t> host_mib, ssd_mib;
+  std::optional<double> grace_s;
+  app.add_option("--config", config_path, "YAML config file (default: embedded single-node)");
+  app.add_flag("--print-default-config", print_default, "print the embedded default and exit");
+  app.add_option("--grpc-host", grpc_host, "gRPC bind address");
+  app.add_option("--grpc-port", grpc_port, "gRPC port (0 = any free port)");
+  app.add_option("--http-port", http_port, "/metrics + /healthz port (0 = any, -1 = off)");
+  app.add_option("--data-dir", data_dir, "data directory (SSD tier, local socket)");
+  app.add_option("--host-mib", host_mib, "host tier (shared arena) size in MiB");
+  app.add_option("--ssd-mib", ssd_mib, "SSD tier size in MiB (0 = no SSD tier)");
+  app.add_option("--local-socket", local_socket, "unix socket of the zero-copy path, or 'off'");
+  app.add_option("--token", token, "bearer token required from clients");
+  app.add_option("--tls-cert", tls_cert, "PEM server certificate (enables TLS)");
+  app.add_option("--tls-key", tls_key, "PEM server key");
+  app.add_option("--tls-client-ca", tls_client_ca, "PEM CA of client certificates (mTLS)");
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error");
+  app.add_option("--port-file", port_file, "write the bound ports here as JSON once serving");
+  app.add_option("--shutdown-grace-s", grace_s, "seconds in-flight calls get on SIGTERM (10)");
+  CLI11_PARSE(app, argc, argv);
+  if (print_default) {
+    std::cout << pagoda::service::DefaultConfigYaml();
+    return 0;
+  }
+
+  // Block the stop signals before any thread starts, so only sigwait below sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  absl::StatusOr<ServiceConfig> loaded = pagoda::service::LoadConfig(config_path);
+  if (!loaded.ok()) return Fail(loaded.status());
+  ServiceConfig c = *loaded;
+  if (grpc_host) c.grpc_host = *grpc_host;
+  if (grpc_port) c.grpc_port = *grpc_port;
+  if (http_port) c.http_port = *http_port;
+  if (data_dir) c.data_dir = *data_dir;
+  if (host_mib) c.host_bytes = *host_mib << 20;
+  if (ssd_mib) c.ssd_bytes = *ssd_mib << 20;
+  if (local_socket) c.local_socket = *local_socket;
+  if (token) c.token = *token;
+  if (tls_cert) c.tls_cert = *tls_cert;
+  if (tls_key) c.tls_key = *tls_key;
+  if (tls_client_ca) c.tls_client_ca = *tls_client_ca;
+  if (log_level) c.log_level = *log_level;
+
+  auto logger = spdlog::stderr_logger_mt("pagodad");
+  spdlog::set_default_logger(logger);
+  if (c.log_json) {
+    spdlog::set_pattern(
+        R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","logger":"%n","pid":%P,"msg":"%v"})",
+        spdlog::pattern_time_type::utc);
+  } else {
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%fZ %l pagodad[%P] %v", spdlog::pattern_time_type::utc);
+  }
+  spdlog::set_level(spdlog::level::from_str(c.log_level));
+  if (absl::Status s = pagoda::service::ValidateConfig(c); !s.ok()) return Fail(s);
+
+  absl::StatusOr<std::unique_ptr<pagoda::service::Server>> server =
+      pagoda::service::Server::Start(c);
+  if (!server.ok()) return Fail(server.status());
+  const int gport = (*server)->grpc_port();
+  const int hport = (*server)->http_port();
+  const std::string sock = (*server)->local_socket();
+  spdlog::info("serving: grpc={}:{} http={} local={} data_dir={} host_bytes={} ssd_bytes={}",
+               c.grpc_host, gport, hport < 0 ? "off" : absl::StrCat(c.http_host, ":", hport),
+               sock.empty() ? "off" : sock, c.data_dir, c.host_bytes, c.ssd_bytes);
+  // One machine-readable line on stdout for scripts and tests.
+  std::printf("pagodad ready grpc_port=%d http_port=%d local_socket=%s\n", gport, hport,
+              sock.empty() ? "off" : sock.c_str());
+  std::fflush(stdout);
+  if (!port_file.empty()) {
+    std::string tmp = port_file + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << "{\"grpc_port\": " << gport << ", \"http_port\": " << hport << ", \"local_socket\": \""
+          << sock << "\", \"pid\": " << getpid() << "}\n";
+    }
+    std::rename(tmp.c_str(), port_file.c_str());  // readers never see a half-written file
+  }
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  spdlog::info("signal {}: draining in-flight requests, then flushing", sig);
+  absl::Status s = (*server)->Shutdown(absl::Seconds(grace_s.value_or(10.0)));
+  server->reset();
+  if (!s.ok()) return Fail(s);
+  spdlog::info("stopped cleanly");
+  return 0;
+}

@@ -1,0 +1,194 @@
+#include "pagoda/service/server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/server_credentials.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "auth.h"
+#include "grpc_service.h"
+#include "http_server.h"
+#include "local_server.h"
+#include "metrics.h"
+#include "pagoda/kvstore/store.h"
+#include "spdlog/spdlog.h"
+
+namespace pagoda::service {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+absl::StatusOr<StoreOptions> ToStoreOptions(const ServiceConfig& c) {
+  StoreOptions o;
+  o.data_dir = c.ssd_bytes > 0 ? c.data_dir + "/ssd" : "";
+  o.host_capacity_bytes = c.host_bytes;
+  o.ssd_capacity_bytes = c.ssd_bytes;
+  o.gpu_capacity_bytes = c.gpu_bytes;
+  o.ssd_sync_writes = c.ssd_sync_writes;
+  o.layouts.clear();
+  for (const LayoutConfig& l : c.layouts) {
+    PageLayout pl{l.dtype == "bf16" ? DType::kBf16 : DType::kFp16, l.kv_heads, l.head_dim,
+                  l.page_tokens};
+    if (absl::Status s = pl.Validate(); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("config store.layouts: ", s.message()));
+    }
+    o.layouts.push_back(pl);
+  }
+  for (const auto& [name, t] : c.tenants) {
+    TenantQuota q;
+    q.tier_bytes[static_cast<int>(Tier::kHost)] = t.quota_bytes;
+    q.tier_bytes[static_cast<int>(Tier::kSsd)] = t.ssd_quota_bytes;
+    q.pinned_bytes = t.pin_quota_bytes;
+    o.tenant_quotas[name] = q;
+  }
+  return o;
+}
+
+class ServerImpl final : public Server {
+ public:
+  explicit ServerImpl(const ServiceConfig& c) : config_(c), auth_(c) {}
+  ~ServerImpl() override { (void)Shutdown(absl::Seconds(2)); }
+
+  absl::Status Init() {
+    std::error_code ec;
+    std::filesystem::create_directories(config_.data_dir, ec);
+    if (ec) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot create data dir '", config_.data_dir, "': ", ec.message()));
+    }
+    absl::StatusOr<StoreOptions> so = ToStoreOptions(config_);
+    if (!so.ok()) return so.status();
+    absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(*so);
+    if (!store.ok()) return store.status();
+    store_ = std::move(*store);
+
+    local_path_ = LocalSocketPath(config_);
+    if (!local_path_.empty()) {
+      local_ = std::make_unique<LocalServer>(
+          store_.get(), &auth_, &metrics_,
+          LocalServerOptions{.max_connections = config_.local_max_connections});
+      if (absl::Status s = local_->Start(local_path_); !s.ok()) return s;
+    }
+
+    service_ = std::make_unique<GrpcService>(store_.get(), &auth_, &metrics_, config_,
+                                             ServiceInfo{.local_socket = local_path_});
+    if (local_) service_->SetLocalClientsSource([l = local_.get()] { return l->connections(); });
+
+    std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+    if (!config_.tls_cert.empty()) {
+      grpc::SslServerCredentialsOptions ssl;
+      absl::StatusOr<std::string> cert = ReadFile(config_.tls_cert);
+      absl::StatusOr<std::string> key = ReadFile(config_.tls_key);
+      if (!cert.ok()) return cert.status();
+      if (!key.ok()) return key.status();
+      ssl.pem_key_cert_pairs.push_back({*key, *cert});
+      if (!config_.tls_client_ca.empty()) {
+        absl::StatusOr<std::string> ca = ReadFile(config_.tls_client_ca);
+        if (!ca.ok()) return ca.status();
+        ssl.pem_root_certs = *ca;
+        ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+      }
+      creds = grpc::SslServerCredentials(ssl);
+    }
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(absl::StrCat(config_.grpc_host, ":", config_.grpc_port), creds,
+                             &grpc_port_);
+    builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
+    builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
+    builder.RegisterService(service_.get());
+    grpc_ = builder.BuildAndStart();
+    if (!grpc_ || grpc_port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on gRPC ", config_.grpc_host, ":",
+                                                 config_.grpc_port, " (port in use?)"));
+    }
+
+    if (config_.http_port >= 0) {
+      http_ = std::make_unique<HttpServer>([this](const std::string& path) { return Http(path); });
+      absl::StatusOr<int> port = http_->Start(config_.http_host, config_.http_port);
+      if (!port.ok()) return port.status();
+      http_port_ = *port;
+      service_->SetHttpPort(http_port_);
+    }
+    return absl::OkStatus();
+  }
+
+  int grpc_port() const override { return grpc_port_; }
+  int http_port() const override { return http_port_; }
+  std::string local_socket() const override { return local_path_; }
+
+  absl::Status Shutdown(absl::Duration grace) override {
+    if (stopped_) return flush_status_;
+    stopped_ = true;
+    draining_ = true;
+    if (service_) service_->SetServing(false);
+    if (grpc_) {
+      grpc_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));
+      grpc_->Wait();
+    }
+    if (local_) local_->Stop();
+    if (http_) http_->Stop();
+    if (store_) {
+      flush_status_ = store_->Flush();
+      if (!flush_status_.ok()) spdlog::error("store flush failed: {}", flush_status_.ToString());
+    }
+    return flush_status_;
+  }
+
+ private:
+  HttpReply Http(const std::string& path) {
+    if (path == "/healthz") {
+      if (draining_) return {503, "text/plain", "draining\n"};
+      return {200, "text/plain", "ok\n"};
+    }
+    if (path == "/metrics") {
+      StoreStats st = store_->Stats();
+      std::vector<TierSample> tiers;
+      for (int t = 0; t < kNumTiers; ++t) {
+        const TierStats& ts = st.tiers[t];
+        if (!ts.present) continue;
+        tiers.push_back({std::string(TierName(static_cast<Tier>(t))), ts.capacity_bytes,
+                         ts.used_bytes, ts.pages, ts.hits, ts.evictions, ts.promotions});
+      }
+      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_.Render(tiers, st.misses)};
+    }
+    return {404, "text/plain", "not found (try /metrics or /healthz)\n"};
+  }
+
+  const ServiceConfig config_;
+  Authorizer auth_;
+  ServiceMetrics metrics_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<LocalServer> local_;
+  std::unique_ptr<GrpcService> service_;
+  std::unique_ptr<grpc::Server> grpc_;
+  std::unique_ptr<HttpServer> http_;
+  std::string local_path_;
+  int grpc_port_ = 0;
+  int http_port_ = -1;
+  std::atomic<bool> draining_{false};
+  bool stopped_ = false;
+  absl::Status flush_status_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServiceConfig& config) {
+  if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
+  auto server = std::make_unique<ServerImpl>(config);
+  if (absl::Status s = server->Init(); !s.ok()) {
+    (void)server->Shutdown(absl::ZeroDuration());
+    return s;
+  }
+  return server;
+}
+
+}  // namespace pagoda::service
