@@ -1,11 +1,13 @@
 // pagodad: the per-node Pagoda sidecar. Runs on the embedded single-node default with no
 // arguments; --config FILE overrides it, flags override both. SIGTERM / SIGINT: graceful stop.
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "pagoda/service/config.h"
