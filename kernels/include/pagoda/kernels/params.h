@@ -1,0 +1,199 @@
+// Parameter structs shared by the CPU references (reference.h) and the CUDA kernels (cuda.h).
+//
+// Conventions (flashinfer style): every struct is a plain value holding pointers, shapes and
+// strides; it never owns memory. Element strides are in elements, byte strides in bytes. The CPU
+// references read every pointer on the host; the CUDA entry points read every pointer on the
+// device (scalars are copied by value). Shapes are written "[a, b, c]", the last axis contiguous.
+//
+// Header-only and C++17, so .cu files can include it.
+#ifndef PAGODA_KERNELS_PARAMS_H_
+#define PAGODA_KERNELS_PARAMS_H_
+
+#include <cstdint>
+
+#include "pagoda/kernels/dtype.h"
+
+namespace pagoda::kernels {
+
+// A paged KV pool. Element (page p, KV head h, token t, dim d) of K is
+//   k[p * stride_page + h * stride_head + t * stride_token + d]
+// and likewise for V. With the store's page layout ([kv_heads, page_size, head_dim] for K and
+// then V inside one page buffer) use stride_token = head_dim, stride_head = page_size * head_dim,
+// stride_page = 2 * kv_heads * page_size * head_dim and v = k + kv_heads * page_size * head_dim.
+struct PagedKV {
+  DType dtype = DType::kBFloat16;
+  int32_t num_pages = 0;     // pages in the pool (valid page ids are [0, num_pages))
+  int32_t page_size = 16;    // tokens per page (the CUDA kernels need a power of two)
+  int32_t num_kv_heads = 0;  // KV heads stored per page
+  int32_t head_dim = 0;      // elements per head (CUDA: 64 or 128)
+  const uint16_t* k = nullptr;
+  const uint16_t* v = nullptr;  // may be null where only keys are read (summaries, k-means)
+  int64_t stride_page = 0;
+  int64_t stride_head = 0;
+  int64_t stride_token = 0;
+};
+
+// Returns a PagedKV with the store's packed page layout (see above) over `pages`.
+inline PagedKV PackedPagedKV(DType dtype, int32_t num_pages, int32_t page_size,
+                             int32_t num_kv_heads, int32_t head_dim, const uint16_t* pages) {
+  PagedKV kv;
+  kv.dtype = dtype;
+  kv.num_pages = num_pages;
+  kv.page_size = page_size;
+  kv.num_kv_heads = num_kv_heads;
+  kv.head_dim = head_dim;
+  kv.stride_token = head_dim;
+  kv.stride_head = int64_t{page_size} * head_dim;
+  kv.stride_page = 2 * int64_t{num_kv_heads} * page_size * head_dim;
+  kv.k = pages;
+  kv.v = pages == nullptr ? nullptr : pages + int64_t{num_kv_heads} * page_size * head_dim;
+  return kv;
+}
+
+// A CSR page table: row r attends the tokens of pages indices[indptr[r] .. indptr[r+1]), in
+// that order; every page is full except the row's last, which holds last_page_len[r] tokens
+// (1 <= last_page_len[r] <= page_size). An empty row (indptr[r] == indptr[r+1]) attends
+// nothing: its output is zero and its log-sum-exp is -inf.
+struct PageTable {
+  int32_t num_rows = 0;
+  const int32_t* indptr = nullptr;         // [num_rows + 1], indptr[0] == 0, non-decreasing
+  const int32_t* indices = nullptr;        // [indptr[num_rows]] page ids
+  const int32_t* last_page_len = nullptr;  // [num_rows]
+};
+
+// One decode step of attention: one query token per sequence over paged KV.
+//
+// GQA: query head hq uses KV head hq / (num_qo_heads / num_kv_heads).
+// Sparse decode: the table has one row per (sequence, KV head) when per_kv_head is true
+//   (row = b * num_kv_heads + h, a different page set per KV-head group), else one row per
+//   sequence shared by all KV heads. The result equals dense attention over exactly the listed
+//   tokens.
+// Streaming heads: the table has one row per sequence listing ALL of its pages; only KV heads
+//   with is_streaming[h] != 0 are computed (the other heads' outputs are left untouched) and they
+//   attend only the first sink_tokens tokens and the last window_tokens tokens of the row.
+struct DecodeParams {
+  PagedKV kv;
+  PageTable table;
+  int32_t batch = 0;
+  int32_t num_qo_heads = 0;
+  bool per_kv_head = true;      // sparse decode only: see above
+  const uint16_t* q = nullptr;  // [batch, num_qo_heads, head_dim], kv.dtype
+  uint16_t* o = nullptr;        // [batch, num_qo_heads, head_dim], kv.dtype
+  float* lse = nullptr;         // optional [batch, num_qo_heads], natural log of the softmax sum
+                                // of sm_scale * q.k (-inf for an empty row)
+  float sm_scale = 0.f;         // softmax scale; 0 means 1 / sqrt(head_dim)
+  // Streaming heads only.
+  const uint8_t* is_streaming = nullptr;  // [num_kv_heads]
+  int32_t sink_tokens = 0;
+  int32_t window_tokens = 0;
+};
+
+// Per-page, per-KV-head key summaries used for page selection. A physical page of page_size
+// tokens is split into sub_pages logical sub-pages of page_size / sub_pages tokens each (1 for
+// plain Quest; e.g. 4 for 64-token pages scored as 16-token sub-pages, as in LServe).
+// Summary element (page p, sub-page s, KV head h, dim d) sits at
+//   ((p * sub_pages + s) * num_kv_heads + h) * head_dim + d
+// in each of min / max / mean (stored in `dtype`; min and max are exact). count[p] is the number
+// of tokens of page p summarized so far; a sub-page that holds none of them has no summary.
+struct PageSummaries {
+  DType dtype = DType::kBFloat16;
+  int32_t num_pages = 0;
+  int32_t sub_pages = 1;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  uint16_t* min = nullptr;
+  uint16_t* max = nullptr;
+  uint16_t* mean = nullptr;
+  int32_t* count = nullptr;  // [num_pages]
+};
+
+// Summarize new tokens: for each i < num_updates, page pages[i] now holds new_count[i] tokens
+// (summaries.count[page] <= new_count[i] <= page_size). min/max merge the new tokens
+// [count, new_count) into the stored summary (reset when count == 0); the mean is recomputed over
+// all tokens [0, new_count) of each touched sub-page so it never drifts by repeated rounding.
+// Pages must not repeat in one call.
+struct SummaryUpdateParams {
+  PagedKV kv;  // keys are read; kv.page_size is the physical page size
+  PageSummaries summaries;
+  int32_t num_updates = 0;
+  const int32_t* pages = nullptr;      // [num_updates]
+  const int32_t* new_count = nullptr;  // [num_updates]
+};
+
+// How the per-query-head Quest bounds of one GQA group are combined into the group's page score.
+enum class GroupReduce : uint8_t {
+  kMax = 0,  // the page may matter to any head of the group
+  kSum = 1,  // total importance over the group's heads
+};
+
+// Quest page scoring and top-k selection, one page set per (sequence, KV head).
+//
+// For query head hq and a sub-page with key summaries (mn, mx), the bound is
+//   sum_d max(q_d * mx_d, q_d * mn_d)
+// (an upper bound of q.k over the sub-page's keys). A sub-page's group score reduces the bounds
+// of the group's query heads (GroupReduce); a physical page scores the max of the group scores of
+// its sub-pages holding tokens (-inf if none; a NaN score, from inf/NaN inputs, counts as -inf).
+// Sequence b's candidate pages are cand_pages[cand_indptr[b] .. cand_indptr[b+1]); its
+// always-kept pages (attention sinks, local window, in the order they should be listed) are
+// keep_pages[keep_indptr[b] .. keep_indptr[b+1]) and must not also be candidates.
+//
+// Outputs, with row r = b * num_kv_heads + h:
+//   scores[h * num_candidates + cand_indptr[b] + j]  the score of candidate j  (num_candidates =
+//                                                     cand_indptr[batch])
+//   out_indptr[r] .. out_indptr[r+1]                  n_sel(b) = min(top_k, n_cand(b)) selected
+//                                                     candidates, in candidate order, then the
+//                                                     kept pages of b
+//   out_last_page_len[r]                              seq_last_page_len[b] when b keeps pages
+//                                                     (the last kept page is the partial one),
+//                                                     else page_size
+// Ties: between equal scores the earlier candidate wins. out_indptr[r] = sum over rows before r.
+struct QuestParams {
+  int32_t batch = 0;
+  int32_t num_qo_heads = 0;
+  const uint16_t* q = nullptr;                 // [batch, num_qo_heads, head_dim], summaries.dtype
+  PageSummaries summaries;                     // read only; num_kv_heads and head_dim from here
+  int32_t page_size = 16;                      // physical page size (for out_last_page_len)
+  const int32_t* cand_indptr = nullptr;        // [batch + 1]
+  const int32_t* cand_pages = nullptr;         // [cand_indptr[batch]]
+  const int32_t* keep_indptr = nullptr;        // [batch + 1]
+  const int32_t* keep_pages = nullptr;         // [keep_indptr[batch]]
+  const int32_t* seq_last_page_len = nullptr;  // [batch]
+  int32_t top_k = 0;
+  GroupReduce reduce = GroupReduce::kMax;
+  float* scores = nullptr;               // [num_kv_heads, cand_indptr[batch]]
+  int32_t* out_indptr = nullptr;         // [batch * num_kv_heads + 1]
+  int32_t* out_indices = nullptr;        // [out_indptr[batch * num_kv_heads]]
+  int32_t* out_last_page_len = nullptr;  // [batch * num_kv_heads]
+};
+
+// k-means over the keys of one sequence, independently per KV head, with squared L2 distance.
+// The sequence's tokens are pages[0 .. ceil(num_tokens / page_size)) in order.
+// Assignment: assignment[h * num_tokens + t] = argmin_c |k_t - centroid_c|^2 (ties: lowest c).
+// Update: centroid_c = mean of the keys assigned to c; a cluster with no keys keeps its centroid.
+// cluster_size[h * num_clusters + c] = keys assigned to c.
+struct KMeansParams {
+  PagedKV kv;
+  const int32_t* pages = nullptr;
+  int32_t num_tokens = 0;
+  int32_t num_clusters = 0;
+  float* centroids = nullptr;       // [num_kv_heads, num_clusters, head_dim], in/out
+  int32_t* assignment = nullptr;    // [num_kv_heads, num_tokens]
+  int32_t* cluster_size = nullptr;  // [num_kv_heads, num_clusters]
+};
+
+// Page copies between a pool of fixed-size slots and a contiguous staging buffer.
+// Gather: staging[i * page_bytes ..] = pool[pages[i] * pool_stride_bytes ..], page_bytes each.
+// Scatter: the reverse; pages must not repeat (two writers of one slot).
+struct PageCopyParams {
+  uint8_t* pool = nullptr;
+  int64_t pool_pages = 0;         // slots in the pool
+  int64_t pool_stride_bytes = 0;  // >= page_bytes
+  int64_t page_bytes = 0;
+  const int32_t* pages = nullptr;  // [num_pages]
+  int32_t num_pages = 0;
+  uint8_t* staging = nullptr;  // [num_pages * page_bytes]
+};
+
+}  // namespace pagoda::kernels
+
+#endif  // PAGODA_KERNELS_PARAMS_H_

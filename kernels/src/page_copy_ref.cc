@@ -1,0 +1,42 @@
+// CPU reference of page gather (pool -> staging) and scatter (staging -> pool).
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "pagoda/kernels/reference.h"
+#include "validate.h"
+
+namespace pagoda::kernels {
+
+absl::Status GatherPagesReference(const PageCopyParams& p) {
+  if (auto s = internal::ValidatePageCopyShape(p); !s.ok()) return s;
+  if (auto s = internal::ValidatePageIdsHost(p.pages, p.num_pages, p.pool_pages, "gather");
+      !s.ok()) {
+    return s;
+  }
+  for (int32_t i = 0; i < p.num_pages; ++i) {
+    std::memcpy(p.staging + i * p.page_bytes, p.pool + p.pages[i] * p.pool_stride_bytes,
+                static_cast<size_t>(p.page_bytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ScatterPagesReference(const PageCopyParams& p) {
+  if (auto s = internal::ValidatePageCopyShape(p); !s.ok()) return s;
+  if (auto s = internal::ValidatePageIdsHost(p.pages, p.num_pages, p.pool_pages, "scatter");
+      !s.ok()) {
+    return s;
+  }
+  std::vector<int32_t> sorted(p.pages, p.pages + p.num_pages);
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    return absl::InvalidArgumentError("scatter: a pool page appears twice");
+  }
+  for (int32_t i = 0; i < p.num_pages; ++i) {
+    std::memcpy(p.pool + p.pages[i] * p.pool_stride_bytes, p.staging + i * p.page_bytes,
+                static_cast<size_t>(p.page_bytes));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace pagoda::kernels

@@ -1,0 +1,143 @@
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <tuple>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "pagoda/kernels/reference.h"
+#include "test_util.h"
+
+namespace pagoda::kernels {
+namespace {
+
+using testing::D;
+
+struct Summaries {
+  std::vector<uint16_t> min, max, mean;
+  std::vector<int32_t> count;
+  PageSummaries view(DType t, int32_t pages, int32_t subs, int32_t heads, int32_t dim) {
+    return {t, pages, subs, heads, dim, min.data(), max.data(), mean.data(), count.data()};
+  }
+};
+
+Summaries MakeSummaries(int32_t pages, int32_t subs, int32_t heads, int32_t dim) {
+  const size_t n = size_t{1} * pages * subs * heads * dim;
+  return {std::vector<uint16_t>(n, 0x7fc1), std::vector<uint16_t>(n, 0x7fc1),
+          std::vector<uint16_t>(n, 0x7fc1), std::vector<int32_t>(pages, 0)};
+}
+
+// Checks page p's summary against float64 min / max / mean of its first count[p] tokens.
+void ExpectSummaryOfPage(const testing::Pool& pool, Summaries& s, int32_t subs, int32_t p) {
+  const PagedKV kv = pool.kv();
+  const int32_t sub = kv.page_size / subs;
+  const int32_t n = s.count[p];
+  for (int32_t sp = 0; sp < subs && sp * sub < n; ++sp) {
+    const int32_t end = std::min(n, (sp + 1) * sub);
+    for (int32_t h = 0; h < kv.num_kv_heads; ++h) {
+      for (int32_t d = 0; d < kv.head_dim; ++d) {
+        double mn = INFINITY, mx = -INFINITY, sum = 0;
+        for (int32_t t = sp * sub; t < end; ++t) {
+          const double x =
+              D(kv.k[p * kv.stride_page + h * kv.stride_head + t * kv.stride_token + d], kv.dtype);
+          mn = std::min(mn, x);
+          mx = std::max(mx, x);
+          sum += x;
+        }
+        const double mean = sum / (end - sp * sub);
+        const size_t at = ((size_t{1} * p * subs + sp) * kv.num_kv_heads + h) * kv.head_dim + d;
+        ASSERT_EQ(D(s.min[at], kv.dtype), mn) << "page " << p << " sub " << sp;
+        ASSERT_EQ(D(s.max[at], kv.dtype), mx) << "page " << p << " sub " << sp;
+        ASSERT_NEAR(D(s.mean[at], kv.dtype), mean, testing::Eps(kv.dtype) * std::fabs(mean) + 1e-6)
+            << "page " << p << " sub " << sp;
+      }
+    }
+  }
+}
+
+class SummaryRef : public ::testing::TestWithParam<std::tuple<DType, int, int, int>> {};
+
+// Pages fill in random steps (one token at a time, a few, or whole); after every step the
+// summary equals the summary computed from scratch.
+TEST_P(SummaryRef, IncrementalEqualsFromScratch) {
+  const auto [dtype, dim, page_size, subs] = GetParam();
+  if (page_size % subs != 0) GTEST_SKIP();
+  std::mt19937 rng(dim + page_size * 10 + subs);
+  const int32_t pages = 23, heads = 3;
+  const testing::Pool pool = testing::RandomPool(rng, dtype, pages, page_size, heads, dim);
+  Summaries s = MakeSummaries(pages, subs, heads, dim);
+  std::uniform_int_distribution<int32_t> step(0, std::max(1, page_size / 3));
+  for (int round = 0; round < 3 * page_size + 3; ++round) {
+    std::vector<int32_t> ids, counts;
+    for (int32_t p = 0; p < pages; ++p) {
+      if ((p + round) % 3 == 0) continue;  // not every page in every call
+      ids.push_back(p);
+      counts.push_back(std::min(page_size, s.count[p] + step(rng)));
+    }
+    SummaryUpdateParams up;
+    up.kv = pool.kv();
+    up.summaries = s.view(dtype, pages, subs, heads, dim);
+    up.num_updates = static_cast<int32_t>(ids.size());
+    up.pages = ids.data();
+    up.new_count = counts.data();
+    ASSERT_TRUE(UpdateSummariesReference(up).ok());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      ASSERT_EQ(s.count[ids[i]], counts[i]);
+      ExpectSummaryOfPage(pool, s, subs, ids[i]);
+    }
+  }
+  for (int32_t p = 0; p < pages; ++p) EXPECT_EQ(s.count[p], page_size) << p;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SummaryRef,
+                         ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
+                                            ::testing::Values(64, 128),
+                                            ::testing::Values(1, 16, 64), ::testing::Values(1, 4)));
+
+TEST(SummaryRefBadInput, RejectedWithoutWriting) {
+  std::mt19937 rng(2);
+  const int32_t pages = 8, heads = 2, dim = 64, ps = 16;
+  const testing::Pool pool = testing::RandomPool(rng, DType::kBFloat16, pages, ps, heads, dim);
+  Summaries s = MakeSummaries(pages, 1, heads, dim);
+  s.count[1] = 5;
+  const Summaries before = s;
+  std::vector<int32_t> ids = {0, 1, 2}, counts = {3, 6, 16};
+  auto params = [&] {
+    SummaryUpdateParams up;
+    up.kv = pool.kv();
+    up.summaries = s.view(DType::kBFloat16, pages, 1, heads, dim);
+    up.num_updates = 3;
+    up.pages = ids.data();
+    up.new_count = counts.data();
+    return up;
+  };
+  auto expect_bad = [&](const SummaryUpdateParams& up, const char* what) {
+    EXPECT_FALSE(UpdateSummariesReference(up).ok()) << what;
+    EXPECT_EQ(s.min, before.min) << what;
+    EXPECT_EQ(s.mean, before.mean) << what;
+    EXPECT_EQ(s.count, before.count) << what;
+  };
+  ids = {0, 1, 0};
+  expect_bad(params(), "page twice");
+  ids = {0, 1, 8};
+  expect_bad(params(), "page out of range");
+  ids = {0, 1, 2};
+  counts = {3, 4, 16};
+  expect_bad(params(), "count shrinks");
+  counts = {3, 6, 17};
+  expect_bad(params(), "count past page");
+  counts = {3, 6, 16};
+  auto up = params();
+  up.summaries.dtype = DType::kFloat16;
+  expect_bad(up, "dtype mismatch");
+  up = params();
+  up.summaries.sub_pages = 3;
+  expect_bad(up, "sub_pages does not divide page_size");
+  up = params();
+  up.summaries.mean = nullptr;
+  expect_bad(up, "null mean");
+  EXPECT_TRUE(UpdateSummariesReference(params()).ok());
+}
+
+}  // namespace
+}  // namespace pagoda::kernels

@@ -1,0 +1,155 @@
+#include "validate.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace pagoda::kernels::internal {
+namespace {
+
+bool ValidDType(DType t) { return t == DType::kFloat16 || t == DType::kBFloat16; }
+
+absl::Status Bad(const char* what, const char* why) {
+  return absl::InvalidArgumentError(absl::StrCat(what, ": ", why));
+}
+
+}  // namespace
+
+absl::Status ValidatePagedKV(const PagedKV& kv, bool need_v) {
+  if (!ValidDType(kv.dtype)) return Bad("kv", "unknown dtype");
+  if (kv.num_pages <= 0 || kv.page_size <= 0 || kv.num_kv_heads <= 0 || kv.head_dim <= 0) {
+    return Bad("kv", "num_pages, page_size, num_kv_heads and head_dim must be positive");
+  }
+  if (kv.k == nullptr || (need_v && kv.v == nullptr)) return Bad("kv", "null K or V pointer");
+  if (kv.stride_token < kv.head_dim || kv.stride_head <= 0 || kv.stride_page <= 0) {
+    return Bad("kv", "strides must be positive and stride_token >= head_dim");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateDecodeShape(const DecodeParams& p, bool streaming) {
+  if (auto s = ValidatePagedKV(p.kv, /*need_v=*/true); !s.ok()) return s;
+  if (p.batch <= 0 || p.num_qo_heads <= 0) return Bad("decode", "batch and heads must be > 0");
+  if (p.num_qo_heads % p.kv.num_kv_heads != 0) {
+    return Bad("decode", "num_qo_heads must be a multiple of num_kv_heads");
+  }
+  if (p.q == nullptr || p.o == nullptr) return Bad("decode", "null q or o");
+  if (p.table.indptr == nullptr || p.table.indices == nullptr || p.table.last_page_len == nullptr) {
+    return Bad("decode", "null page table array");
+  }
+  if (!(p.sm_scale >= 0.f)) return Bad("decode", "sm_scale must be >= 0 (0: 1/sqrt(head_dim))");
+  const int64_t rows =
+      (!streaming && p.per_kv_head) ? int64_t{p.batch} * p.kv.num_kv_heads : p.batch;
+  if (p.table.num_rows != rows) {
+    return Bad("decode", "table.num_rows must be batch * num_kv_heads (per_kv_head) or batch");
+  }
+  if (streaming) {
+    if (p.is_streaming == nullptr) return Bad("streaming", "null is_streaming");
+    if (p.sink_tokens < 0 || p.window_tokens < 0) {
+      return Bad("streaming", "sink_tokens and window_tokens must be >= 0");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSummariesShape(const PageSummaries& s) {
+  if (!ValidDType(s.dtype)) return Bad("summaries", "unknown dtype");
+  if (s.num_pages <= 0 || s.sub_pages <= 0 || s.num_kv_heads <= 0 || s.head_dim <= 0) {
+    return Bad("summaries", "num_pages, sub_pages, num_kv_heads and head_dim must be positive");
+  }
+  if (s.min == nullptr || s.max == nullptr || s.count == nullptr) {
+    return Bad("summaries", "null min, max or count");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSummaryUpdateShape(const SummaryUpdateParams& p) {
+  if (auto s = ValidatePagedKV(p.kv, /*need_v=*/false); !s.ok()) return s;
+  if (auto s = ValidateSummariesShape(p.summaries); !s.ok()) return s;
+  const PageSummaries& m = p.summaries;
+  if (m.mean == nullptr) return Bad("summaries", "null mean");
+  if (m.dtype != p.kv.dtype || m.num_kv_heads != p.kv.num_kv_heads || m.head_dim != p.kv.head_dim ||
+      m.num_pages != p.kv.num_pages) {
+    return Bad("summary update", "summaries and kv disagree on dtype, heads, head_dim or pages");
+  }
+  if (p.kv.page_size % m.sub_pages != 0) {
+    return Bad("summary update", "page_size must be a multiple of sub_pages");
+  }
+  if (p.num_updates < 0) return Bad("summary update", "num_updates must be >= 0");
+  if (p.num_updates > 0 && (p.pages == nullptr || p.new_count == nullptr)) {
+    return Bad("summary update", "null pages or new_count");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateQuestShape(const QuestParams& p) {
+  if (auto s = ValidateSummariesShape(p.summaries); !s.ok()) return s;
+  if (p.batch <= 0 || p.num_qo_heads <= 0) return Bad("quest", "batch and heads must be > 0");
+  if (p.num_qo_heads % p.summaries.num_kv_heads != 0) {
+    return Bad("quest", "num_qo_heads must be a multiple of num_kv_heads");
+  }
+  if (p.page_size <= 0 || p.page_size % p.summaries.sub_pages != 0) {
+    return Bad("quest", "page_size must be a positive multiple of sub_pages");
+  }
+  if (p.top_k < 0) return Bad("quest", "top_k must be >= 0");
+  if (p.reduce != GroupReduce::kMax && p.reduce != GroupReduce::kSum) {
+    return Bad("quest", "unknown group reduction");
+  }
+  if (p.q == nullptr || p.cand_indptr == nullptr || p.keep_indptr == nullptr ||
+      p.seq_last_page_len == nullptr || p.scores == nullptr || p.out_indptr == nullptr ||
+      p.out_indices == nullptr || p.out_last_page_len == nullptr) {
+    return Bad("quest", "null input or output array");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateKMeansShape(const KMeansParams& p) {
+  if (auto s = ValidatePagedKV(p.kv, /*need_v=*/false); !s.ok()) return s;
+  if (p.num_tokens <= 0 || p.num_clusters <= 0) {
+    return Bad("kmeans", "num_tokens and num_clusters must be > 0");
+  }
+  if (p.pages == nullptr || p.centroids == nullptr || p.assignment == nullptr ||
+      p.cluster_size == nullptr) {
+    return Bad("kmeans", "null pages, centroids, assignment or cluster_size");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePageCopyShape(const PageCopyParams& p) {
+  if (p.pool_pages <= 0 || p.page_bytes <= 0 || p.pool_stride_bytes < p.page_bytes) {
+    return Bad("page copy", "need pool_pages > 0, page_bytes > 0, pool_stride >= page_bytes");
+  }
+  if (p.num_pages < 0) return Bad("page copy", "num_pages must be >= 0");
+  if (p.num_pages > 0 && (p.pool == nullptr || p.pages == nullptr || p.staging == nullptr)) {
+    return Bad("page copy", "null pool, pages or staging");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePageIdsHost(const int32_t* ids, int64_t n, int64_t num_pages,
+                                 const char* what) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= num_pages) {
+      return absl::OutOfRangeError(
+          absl::StrCat(what, ": page id ", ids[i], " at ", i, " not in [0, ", num_pages, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateCsrHost(const int32_t* indptr, const int32_t* indices,
+                             const int32_t* last_page_len, int32_t rows, int64_t num_pages,
+                             int32_t page_size, const char* what) {
+  if (indptr[0] != 0) return Bad(what, "indptr[0] must be 0");
+  for (int32_t r = 0; r < rows; ++r) {
+    if (indptr[r + 1] < indptr[r]) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": indptr decreases at row ", r));
+    }
+    if (last_page_len != nullptr && indptr[r + 1] > indptr[r] &&
+        (last_page_len[r] < 1 || last_page_len[r] > page_size)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": last_page_len[", r, "] = ", last_page_len[r], " not in [1, ", page_size, "]"));
+    }
+  }
+  return ValidatePageIdsHost(indices, indptr[rows], num_pages, what);
+}
+
+}  // namespace pagoda::kernels::internal

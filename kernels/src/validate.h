@@ -1,0 +1,33 @@
+// Input checks shared by the CPU references and the CUDA entry points. The *Shape checks look
+// only at scalars and pointer presence (valid for device pointers too); the *Host checks also read
+// the index arrays and must only be given host memory.
+#ifndef PAGODA_KERNELS_SRC_VALIDATE_H_
+#define PAGODA_KERNELS_SRC_VALIDATE_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "pagoda/kernels/params.h"
+
+namespace pagoda::kernels::internal {
+
+absl::Status ValidatePagedKV(const PagedKV& kv, bool need_v);
+absl::Status ValidateDecodeShape(const DecodeParams& p, bool streaming);
+absl::Status ValidateSummariesShape(const PageSummaries& s);
+absl::Status ValidateSummaryUpdateShape(const SummaryUpdateParams& p);
+absl::Status ValidateQuestShape(const QuestParams& p);
+absl::Status ValidateKMeansShape(const KMeansParams& p);
+absl::Status ValidatePageCopyShape(const PageCopyParams& p);
+
+// Page ids in [0, num_pages).
+absl::Status ValidatePageIdsHost(const int32_t* ids, int64_t n, int64_t num_pages,
+                                 const char* what);
+// indptr[0] == 0, non-decreasing; ids in range; last_page_len in [1, page_size] for non-empty
+// rows (when last_page_len is given).
+absl::Status ValidateCsrHost(const int32_t* indptr, const int32_t* indices,
+                             const int32_t* last_page_len, int32_t rows, int64_t num_pages,
+                             int32_t page_size, const char* what);
+
+}  // namespace pagoda::kernels::internal
+
+#endif  // PAGODA_KERNELS_SRC_VALIDATE_H_
