@@ -1,0 +1,50 @@
+// Options of a Pagoda client connection.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+
+namespace pagoda {
+
+// How page bytes move between the client and pagodad.
+enum class DataPathKind {
+  kAuto,    // local zero-copy when the server's unix socket is reachable, else remote
+  kLocal,   // shared-memory arena only; Connect fails when it is not reachable
+  kRemote,  // bytes over gRPC streaming (works across machines)
+};
+
+struct ClientOptions {
+  // pagodad's gRPC address ("host:port").
+  std::string target = "127.0.0.1:50051";
+  // Tenant every request acts as, and its bearer token ("" = none). Pages of one tenant are
+  // invisible to every other tenant.
+  std::string tenant = "default";
+  std::string token;
+
+  DataPathKind data_path = DataPathKind::kAuto;
+  // Unix socket of the zero-copy path; "" = the one pagodad reports in Health.
+  std::string local_socket;
+  // Local-path connections kept open (one batch at a time uses one); more lets more threads
+  // move pages at once, each costs a server thread.
+  int local_connections = 4;
+
+  // TLS: off unless tls_ca is set (PEM of the CA that signed the server's cert). For mTLS also
+  // give the client's cert and key.
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_server_name;  // override of the name checked in the server's cert
+
+  // Deadline of each call. Larger batches of large pages need more.
+  absl::Duration timeout = absl::Seconds(30);
+  // Threads that run the *Async calls. Each runs one batch at a time.
+  int async_threads = 2;
+  // Chunk size of remote Put / Get streams (must stay below the server's max_message_bytes).
+  uint32_t chunk_bytes = 1u << 20;
+  // Largest gRPC message the client accepts.
+  int max_message_bytes = 16 << 20;
+};
+
+}  // namespace pagoda
