@@ -1,0 +1,129 @@
+// Page selection policies behind one interface.
+//
+// One Selector serves one (sequence, layer): it sees the keys of every KV head as tokens arrive
+// and, for each decode query, returns one page set per KV head (per GQA group: all query heads
+// that read a KV head share it, so each page is read once). Budgets are in tokens and include the
+// always-kept pages (attention sinks at the start, a local window at the end).
+//
+// Usage:
+//   auto sel = MakeSelector(Policy::kQuest, options);          // validates options
+//   (*sel)->Prefill(prompt_keys, prompt_len);                  // keys [kv_heads, n, head_dim]
+//   for each decode step t:
+//     (*sel)->Append(key_t, 1);                                // the query's own token first
+//     auto s = (*sel)->Select(q_t);                            // q [q_heads, head_dim]
+//
+// Thread safety: a Selector is not synchronized; use one per (sequence, layer) per thread.
+#ifndef PAGODA_RETRIEVER_SELECTOR_H_
+#define PAGODA_RETRIEVER_SELECTOR_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "pagoda/kernels/dtype.h"
+#include "pagoda/kernels/params.h"
+#include "pagoda/retriever/selection.h"
+
+namespace pagoda::retriever {
+
+enum class Policy {
+  kOracle,        // exact top-k pages by true attention mass (keeps all keys: evaluation only)
+  kQuest,         // Quest min/max bounds, fresh selection every step
+  kHierarchical,  // LServe: logical sub-pages scored, physical = max, reused for reuse_steps
+  kBoundary,      // LouisKV: retrieve on query drift; prompt k-means clusters, generated segments
+  kAnn,           // FAISS nearest pages by mean key (flat / IVF / HNSW)
+  kStreaming,     // sinks + local window only (StreamingLLM / streaming heads)
+};
+
+enum class AnnKind { kFlat, kIvf, kHnsw };
+
+// How query heads of one GQA group combine their per-page scores (the kernels' enum).
+using GroupReduce = kernels::GroupReduce;
+
+absl::string_view PolicyName(Policy policy);
+absl::StatusOr<Policy> ParsePolicy(absl::string_view name);
+
+struct SelectorOptions {
+  // Model shape of the layer. q_heads must be a multiple of kv_heads (GQA: head h reads KV head
+  // h / (q_heads / kv_heads)).
+  int kv_heads = 4;
+  int q_heads = 12;
+  int head_dim = 64;
+  // Storage type of keys and queries handed to the selector (raw 16-bit patterns).
+  kernels::DType dtype = kernels::DType::kFloat16;
+
+  // Tokens per page (16, 32 or 64 are the store's sizes; any power of two >= 4 is accepted).
+  int page_tokens = 16;
+  // Token budget per KV head, always-kept pages included. Rounded down to whole pages. Select
+  // fails with InvalidArgument when it exceeds the visible context (read everything instead).
+  int64_t budget_tokens = 512;
+  // Always kept: the first sink_pages pages and the last window_pages pages (the current, partly
+  // filled page counts as one). Large LLMs put much attention on the first token; keep 1 there.
+  int sink_pages = 1;
+  int window_pages = 1;
+  // KV heads that are streaming heads (DuoAttention-style): they keep only sinks + window.
+  std::vector<int> streaming_kv_heads;
+  // How a group's query heads combine scores. Max keeps what any head needs.
+  GroupReduce group_reduce = GroupReduce::kMax;
+  // Prefetch hints per row: the next-best pages after the cut.
+  int prefetch_pages = 4;
+
+  // kHierarchical: tokens per logical sub-page (clamped to page_tokens), and how many decode steps
+  // one selection serves (1 = every step). More reuse saves scans but follows the query less.
+  int logical_page_tokens = 16;
+  int reuse_steps = 4;
+
+  // kBoundary: re-select when mean over query heads of cos(q at last retrieval, q_t) < threshold.
+  // Higher = more retrievals and better recall; calibrate with CalibrateBoundaryThreshold().
+  float boundary_threshold = 0.85f;
+  // kBoundary: mean prompt tokens per k-means cluster (clusters = prompt_len / this), and Lloyd
+  // iterations. Smaller clusters select more precisely but cost more centroid scans.
+  int cluster_tokens = 16;
+  int kmeans_iters = 8;
+
+  // kAnn: index kind and its knobs. HNSW efSearch below ~128 misses exact neighbours (DEPS.md).
+  AnnKind ann_kind = AnnKind::kFlat;
+  int ivf_nprobe = 8;
+  int hnsw_m = 32;
+  int hnsw_ef_search = 128;
+};
+
+// Checks shapes and knobs; InvalidArgument with the offending field otherwise.
+absl::Status ValidateOptions(const SelectorOptions& options);
+
+class Selector {
+ public:
+  virtual ~Selector() = default;
+
+  // Adds the prompt: keys [kv_heads, num_tokens, head_dim], row-major, options().dtype bits. Must
+  // be the first call and happen once; num_tokens >= 1; keys finite. On error nothing changes.
+  virtual absl::Status Prefill(absl::Span<const uint16_t> keys, int64_t num_tokens) = 0;
+
+  // Adds generated tokens (same layout as Prefill). Requires Prefill. On error nothing changes.
+  virtual absl::Status Append(absl::Span<const uint16_t> keys, int64_t num_tokens) = 0;
+
+  // Selects KV for the query of the newest token: q [q_heads, head_dim] in options().dtype (the
+  // bits the kernels see). All tokens appended so
+  // far are visible (causal, the query's own token included). Errors: FailedPrecondition before
+  // Prefill, InvalidArgument for a wrong q size, a non-finite q, or a budget larger than the
+  // visible context or smaller than the always-kept pages. On error the selector's state is
+  // unchanged.
+  virtual absl::StatusOr<Selection> Select(absl::Span<const uint16_t> q) = 0;
+
+  // Tokens appended so far.
+  virtual int64_t num_tokens() const = 0;
+  virtual const SelectorOptions& options() const = 0;
+};
+
+// Creates a selector for `policy`; InvalidArgument for bad options.
+absl::StatusOr<std::unique_ptr<Selector>> MakeSelector(Policy policy,
+                                                       const SelectorOptions& options);
+
+}  // namespace pagoda::retriever
+
+#endif  // PAGODA_RETRIEVER_SELECTOR_H_

@@ -1,0 +1,226 @@
+#include "boundary_selector.h"
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "pagoda/kernels/reference.h"
+
+namespace pagoda::retriever::internal {
+
+absl::Status BoundarySelector::OnPrefill(int64_t num_tokens) {
+  const int P = options_.page_tokens;
+  const int d = options_.head_dim;
+  const int heads = options_.kv_heads;
+  auto trigger = BoundaryTrigger::Create(options_.q_heads, d, options_.boundary_threshold);
+  if (!trigger.ok()) return trigger.status();
+  trigger_ = *std::move(trigger);
+  prompt_len_ = num_tokens;
+  sink_tokens_ =
+      static_cast<int32_t>(std::min<int64_t>(int64_t{options_.sink_pages} * P, num_tokens));
+  const int64_t tail = num_tokens - int64_t{options_.window_pages} * P;
+  natural_begin_ = std::max<int64_t>(sink_tokens_, tail > 0 ? tail / P * P : 0);
+  natural_begin_ = std::min(natural_begin_, num_tokens);
+  const int32_t clustered = static_cast<int32_t>(natural_begin_ - sink_tokens_);
+  natural_layout_ = sink_tokens_ + clustered;
+  centroids_.assign(heads, {});
+  cluster_off_.assign(heads, std::vector<int32_t>(1, 0));
+  layout_pos_.assign(heads, {});
+  num_clusters_ = 0;
+  if (clustered > 0) {
+    // The cluster region starts and ends on page boundaries, so it is whole pages of the pool.
+    num_clusters_ = std::max(1, clustered / options_.cluster_tokens);
+    std::vector<int32_t> pages(clustered / P);
+    std::iota(pages.begin(), pages.end(), sink_tokens_ / P);
+    std::vector<float> centroids(static_cast<size_t>(heads) * num_clusters_ * d);
+    std::vector<int32_t> assignment(static_cast<size_t>(heads) * clustered);
+    std::vector<int32_t> sizes(static_cast<size_t>(heads) * num_clusters_);
+    kernels::KMeansParams km;
+    km.kv = pool_.kv();
+    km.pages = pages.data();
+    km.num_tokens = clustered;
+    km.num_clusters = num_clusters_;
+    km.centroids = centroids.data();
+    km.assignment = assignment.data();
+    km.cluster_size = sizes.data();
+    if (absl::Status s = kernels::KMeansInitReference(km); !s.ok()) return s;
+    if (absl::Status s = kernels::KMeansReference(km, options_.kmeans_iters); !s.ok()) return s;
+    for (int h = 0; h < heads; ++h) {
+      const size_t cd = static_cast<size_t>(num_clusters_) * d;
+      centroids_[h].assign(centroids.begin() + h * cd, centroids.begin() + (h + 1) * cd);
+      std::vector<int32_t>& off = cluster_off_[h];
+      off.assign(num_clusters_ + 1, 0);
+      const int32_t* a = assignment.data() + static_cast<size_t>(h) * clustered;
+      for (int32_t i = 0; i < clustered; ++i) ++off[a[i] + 1];
+      for (int32_t c = 0; c < num_clusters_; ++c) off[c + 1] += off[c];
+      std::vector<int32_t> fill(off.begin(), off.end() - 1);
+      layout_pos_[h].resize(clustered);
+      for (int32_t i = 0; i < clustered; ++i) layout_pos_[h][fill[a[i]]++] = sink_tokens_ + i;
+    }
+  }
+  prefix_.assign(heads, std::vector<float>(d, 0.f));
+  boundaries_.assign(1, natural_begin_);
+  ExtendPrefix(natural_begin_, num_tokens - natural_begin_);
+  return absl::OkStatus();
+}
+
+absl::Status BoundarySelector::OnAppend(int64_t first, int64_t num_tokens) {
+  ExtendPrefix(first, num_tokens);
+  return absl::OkStatus();
+}
+
+void BoundarySelector::ExtendPrefix(int64_t first, int64_t num_tokens) {
+  const int d = options_.head_dim;
+  for (int h = 0; h < options_.kv_heads; ++h) {
+    std::vector<float>& pre = prefix_[h];
+    for (int64_t t = first; t < first + num_tokens; ++t) {
+      const uint16_t* k = pool_.key(h, t);
+      const size_t base = pre.size() - d;
+      pre.resize(pre.size() + d);
+      for (int i = 0; i < d; ++i)
+        pre[base + d + i] = pre[base + i] + kernels::ToFloat(k[i], options_.dtype);
+    }
+  }
+}
+
+void BoundarySelector::SegmentMean(int h, int64_t a, int64_t b, float* out) const {
+  const int d = options_.head_dim;
+  const float* pa = prefix_[h].data() + (a - natural_begin_) * d;
+  const float* pb = prefix_[h].data() + (b - natural_begin_) * d;
+  const float inv = 1.f / static_cast<float>(b - a);
+  for (int i = 0; i < d; ++i) out[i] = (pb[i] - pa[i]) * inv;
+}
+
+int32_t BoundarySelector::LayoutToPosition(int h, int32_t l) const {
+  if (l < sink_tokens_) return l;
+  if (l < natural_layout_) return layout_pos_[h][l - sink_tokens_];
+  return static_cast<int32_t>(natural_begin_ + (l - natural_layout_));
+}
+
+absl::StatusOr<Selection> BoundarySelector::Choose(absl::Span<const uint16_t> q,
+                                                   absl::Span<const float> q_float,
+                                                   const Plan& plan) {
+  auto fire = trigger_->Observe(q_float);
+  if (!fire.ok()) return fire.status();
+  if (!*fire) return Build(plan, false, 0);
+
+  const int d = options_.head_dim;
+  const int group = group_size();
+  const int64_t now = plan.tokens - 1;  // the query's own token opens the new segment
+  if (now > boundaries_.back()) boundaries_.push_back(now);
+  ranked_.assign(options_.kv_heads, {});
+  std::vector<float> mean(d);
+  int64_t scanned_units = 0;
+  auto score = [&](int h, const float* v) {
+    float agg =
+        options_.group_reduce == GroupReduce::kMax ? -std::numeric_limits<float>::infinity() : 0.f;
+    for (int g = 0; g < group; ++g) {
+      const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
+      float dot = 0;
+      for (int i = 0; i < d; ++i) dot += qg[i] * v[i];
+      agg = options_.group_reduce == GroupReduce::kMax ? std::max(agg, dot) : agg + dot;
+    }
+    return agg;
+  };
+  for (int h = 0; h < options_.kv_heads; ++h) {
+    if (IsStreaming(h)) continue;
+    std::vector<Unit>& units = ranked_[h];
+    for (int32_t c = 0; c < num_clusters_; ++c) {
+      const int32_t b = cluster_off_[h][c], e = cluster_off_[h][c + 1];
+      if (b == e) continue;
+      units.push_back({sink_tokens_ + b, sink_tokens_ + e, score(h, &centroids_[h][c * d])});
+    }
+    for (size_t s = 0; s + 1 < boundaries_.size(); ++s) {  // closed segments only
+      SegmentMean(h, boundaries_[s], boundaries_[s + 1], mean.data());
+      units.push_back({NaturalToLayout(boundaries_[s]), NaturalToLayout(boundaries_[s + 1]),
+                       score(h, mean.data())});
+    }
+    scanned_units += static_cast<int64_t>(units.size());
+    std::stable_sort(units.begin(), units.end(),
+                     [](const Unit& a, const Unit& b) { return a.score > b.score; });
+  }
+  return Build(plan, true, scanned_units * d * 2);
+}
+
+Selection BoundarySelector::Build(const Plan& plan, bool retrieved, int64_t summary_bytes) {
+  const int P = options_.page_tokens;
+  const int32_t T = static_cast<int32_t>(plan.tokens);
+  const int32_t pages = (T + P - 1) / P;  // the layout is a permutation of [0, T)
+  const int32_t budget = plan.budget_pages;
+  Selection out;
+  out.spans.resize(options_.kv_heads);
+  out.prefetch.resize(options_.kv_heads);
+  int64_t tokens_read = 0;
+  std::vector<char> mark(pages);
+  for (int h = 0; h < options_.kv_heads; ++h) {
+    std::fill(mark.begin(), mark.end(), 0);
+    int32_t used = 0;
+    auto mark_range = [&](int32_t first_page, int32_t last_page) {
+      for (int32_t p = first_page; p <= last_page; ++p) {
+        if (!mark[p]) {
+          mark[p] = 1;
+          ++used;
+        }
+      }
+    };
+    const int32_t sink_pages = (sink_tokens_ + P - 1) / P;
+    if (sink_pages > 0) mark_range(0, sink_pages - 1);
+    // Window and open segment, newest first, as far as the budget allows.
+    int64_t keep_from = T - int64_t{options_.window_pages} * P;
+    if (!IsStreaming(h)) keep_from = std::min<int64_t>(keep_from, boundaries_.back());
+    keep_from = std::max<int64_t>(keep_from, natural_begin_);
+    int32_t first_kept = NaturalToLayout(keep_from) / P;
+    while (first_kept < pages - 1 && used + (pages - first_kept) > budget &&
+           first_kept < pages - options_.window_pages) {
+      ++first_kept;
+    }
+    mark_range(std::max(first_kept, sink_pages), pages - 1);
+    if (!IsStreaming(h) && h < static_cast<int>(ranked_.size())) {
+      int32_t hinted = 0;
+      for (const Unit& u : ranked_[h]) {
+        const int32_t a = u.layout_begin / P, b = (u.layout_end - 1) / P;
+        if (b >= pages) continue;
+        int32_t fresh = 0;
+        for (int32_t p = a; p <= b; ++p) fresh += mark[p] ? 0 : 1;
+        if (fresh == 0) continue;
+        if (used + fresh <= budget) {
+          mark_range(a, b);
+        } else if (hinted < options_.prefetch_pages) {
+          for (int32_t p = a; p <= b && hinted < options_.prefetch_pages; ++p) {
+            if (!mark[p]) {
+              out.prefetch[h].push_back(p);
+              ++hinted;
+            }
+          }
+        }
+      }
+    }
+    std::vector<int32_t> positions;
+    for (int32_t p = 0; p < pages; ++p) {
+      if (!mark[p]) continue;
+      out.pages.indices.push_back(p);
+      for (int32_t l = p * P; l < std::min(T, (p + 1) * P); ++l) {
+        positions.push_back(LayoutToPosition(h, l));
+      }
+    }
+    out.pages.indptr.push_back(static_cast<int32_t>(out.pages.indices.size()));
+    out.pages.last_page_len.push_back(mark[pages - 1] ? T - (pages - 1) * P : P);
+    std::sort(positions.begin(), positions.end());
+    tokens_read += static_cast<int64_t>(positions.size());
+    std::vector<TokenSpan>& spans = out.spans[h];
+    for (int32_t t : positions) {
+      if (!spans.empty() && spans.back().end == t) {
+        ++spans.back().end;
+      } else {
+        spans.push_back({t, t + 1});
+      }
+    }
+  }
+  out.kv_bytes = tokens_read * options_.head_dim * 2 * 2;
+  out.retrieved = retrieved;
+  out.summary_bytes = summary_bytes;
+  return out;
+}
+
+}  // namespace pagoda::retriever::internal

@@ -1,0 +1,68 @@
+// Internal: semantic-boundary retrieval (LouisKV).
+//
+// Layout. Prompt KV is grouped per KV head into k-means clusters (the retrieval unit, scored by
+// its centroid); for the kernels each head's KV is addressed in a cluster-ordered layout:
+//   [sink tokens 0 .. S) [prompt tokens S .. N, ordered by cluster] [tokens N .. T, in order]
+// where N (page-aligned, at most prompt_len - window tokens) starts the natural region: the
+// prompt's tail and everything generated. The Selection's page ids are pages of that layout
+// (all full except the last, so a cluster's pages may carry neighbouring clusters' tokens: they
+// are attended, counted in the budget and in the bytes); its spans are the true positions.
+// Generated KV (and the prompt tail) is cut into segments at retrieval boundaries, each scored by
+// its mean key. The open segment (since the last retrieval) and the window are always kept.
+//
+// Retrieval happens only when BoundaryTrigger fires; between retrievals the ranked units of the
+// last retrieval are served again around the moving window.
+#ifndef PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_
+#define PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_
+
+#include <optional>
+#include <vector>
+
+#include "pagoda/retriever/boundary_trigger.h"
+#include "selector_base.h"
+
+namespace pagoda::retriever::internal {
+
+class BoundarySelector final : public SelectorBase {
+ public:
+  explicit BoundarySelector(const SelectorOptions& options) : SelectorBase(options, 1) {}
+
+ protected:
+  absl::Status OnPrefill(int64_t num_tokens) override;
+  absl::Status OnAppend(int64_t first, int64_t num_tokens) override;
+  absl::StatusOr<Selection> Choose(absl::Span<const uint16_t> q, absl::Span<const float> q_float,
+                                   const Plan& plan) override;
+
+ private:
+  struct Unit {
+    int32_t layout_begin = 0;  // layout positions [layout_begin, layout_end)
+    int32_t layout_end = 0;
+    float score = 0;
+  };
+  // Layout index of natural-region position t.
+  int32_t NaturalToLayout(int64_t t) const {
+    return natural_layout_ + static_cast<int32_t>(t - natural_begin_);
+  }
+  int32_t LayoutToPosition(int h, int32_t l) const;
+  void ExtendPrefix(int64_t first, int64_t num_tokens);
+  // Mean key of natural positions [a, b) of head h.
+  void SegmentMean(int h, int64_t a, int64_t b, float* out) const;
+  Selection Build(const Plan& plan, bool retrieved, int64_t summary_bytes);
+
+  int64_t prompt_len_ = 0;
+  int32_t sink_tokens_ = 0;     // S
+  int64_t natural_begin_ = 0;   // N
+  int32_t natural_layout_ = 0;  // layout index of position N (S + clustered tokens)
+  int32_t num_clusters_ = 0;
+  std::vector<std::vector<float>> centroids_;      // [h][c * d]
+  std::vector<std::vector<int32_t>> cluster_off_;  // [h][c + 1] offsets into the cluster region
+  std::vector<std::vector<int32_t>> layout_pos_;   // [h][i] position of cluster-region index i
+  std::vector<std::vector<float>> prefix_;         // [h][(t - N) * d] prefix sums of keys
+  std::vector<int64_t> boundaries_;                // segment starts in the natural region
+  std::optional<BoundaryTrigger> trigger_;
+  std::vector<std::vector<Unit>> ranked_;  // per row: units of the last retrieval, best first
+};
+
+}  // namespace pagoda::retriever::internal
+
+#endif  // PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_

@@ -1,0 +1,146 @@
+#include "selector_base.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+
+namespace pagoda::retriever::internal {
+
+std::vector<int32_t> Plan::KeptPages() const {
+  std::vector<int32_t> kept;
+  for (int32_t p = 0; p < sink_end; ++p) kept.push_back(p);
+  for (int32_t p = window_begin; p < pages; ++p) kept.push_back(p);
+  return kept;
+}
+
+SelectorBase::SelectorBase(const SelectorOptions& options, int sub_pages)
+    : options_(options),
+      pool_(options.dtype, options.kv_heads, options.head_dim, options.page_tokens, sub_pages),
+      streaming_(options.kv_heads, 0) {
+  for (int h : options.streaming_kv_heads) streaming_[h] = 1;  // validated by ValidateOptions
+}
+
+absl::Status SelectorBase::CheckKeys(absl::Span<const uint16_t> keys, int64_t num_tokens) const {
+  if (num_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("selector: need at least one token, got ", num_tokens));
+  }
+  const int64_t want = static_cast<int64_t>(options_.kv_heads) * num_tokens * options_.head_dim;
+  if (static_cast<int64_t>(keys.size()) != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("selector: keys must be [kv_heads=", options_.kv_heads, ", ", num_tokens,
+                     ", head_dim=", options_.head_dim, "] = ", want, " values, got ", keys.size()));
+  }
+  if (pool_.tokens() + num_tokens > INT32_MAX) {
+    return absl::InvalidArgumentError("selector: sequence longer than 2^31 - 1 tokens");
+  }
+  for (uint16_t k : keys) {
+    if (!std::isfinite(kernels::ToFloat(k, options_.dtype))) {
+      return absl::InvalidArgumentError("selector: non-finite key");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SelectorBase::Prefill(absl::Span<const uint16_t> keys, int64_t num_tokens) {
+  if (prefilled_) return absl::FailedPreconditionError("selector: Prefill called twice");
+  if (absl::Status s = CheckKeys(keys, num_tokens); !s.ok()) return s;
+  if (absl::Status s = pool_.Append(keys, num_tokens); !s.ok()) return s;
+  prefilled_ = true;
+  return OnPrefill(num_tokens);
+}
+
+absl::Status SelectorBase::Append(absl::Span<const uint16_t> keys, int64_t num_tokens) {
+  if (!prefilled_) return absl::FailedPreconditionError("selector: Append before Prefill");
+  if (absl::Status s = CheckKeys(keys, num_tokens); !s.ok()) return s;
+  const int64_t first = pool_.tokens();
+  if (absl::Status s = pool_.Append(keys, num_tokens); !s.ok()) return s;
+  return OnAppend(first, num_tokens);
+}
+
+absl::StatusOr<Selection> SelectorBase::Select(absl::Span<const uint16_t> q) {
+  if (!prefilled_) return absl::FailedPreconditionError("selector: Select before Prefill");
+  const size_t want = static_cast<size_t>(options_.q_heads) * options_.head_dim;
+  if (q.size() != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("selector: query must be [q_heads=", options_.q_heads,
+                     ", head_dim=", options_.head_dim, "] = ", want, " values, got ", q.size()));
+  }
+  std::vector<float> qf(want);
+  for (size_t i = 0; i < want; ++i) {
+    qf[i] = kernels::ToFloat(q[i], options_.dtype);
+    if (!std::isfinite(qf[i])) return absl::InvalidArgumentError("selector: non-finite query");
+  }
+  Plan plan;
+  plan.tokens = pool_.tokens();
+  const int P = options_.page_tokens;
+  if (options_.budget_tokens > plan.tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("selector: budget of ", options_.budget_tokens,
+                                                   " tokens is larger than the visible context of ",
+                                                   plan.tokens,
+                                                   " tokens (read the whole context instead)"));
+  }
+  plan.pages = pool_.pages();
+  plan.budget_pages = static_cast<int32_t>(options_.budget_tokens / P);
+  plan.sink_end = std::min(options_.sink_pages, plan.pages);
+  plan.window_begin = std::max(plan.sink_end, plan.pages - options_.window_pages);
+  plan.last_page_len = static_cast<int32_t>(plan.tokens - static_cast<int64_t>(plan.pages - 1) * P);
+  if (plan.kept() > plan.budget_pages) {
+    return absl::InvalidArgumentError(absl::StrCat("selector: budget of ", plan.budget_pages,
+                                                   " pages is smaller than the ", plan.kept(),
+                                                   " always-kept pages (sinks + window)"));
+  }
+  return Choose(q, qf, plan);
+}
+
+Selection SelectorBase::FromNaturalPages(std::vector<std::vector<int32_t>> rows,
+                                         const Plan& plan) const {
+  Selection out;
+  const int P = options_.page_tokens;
+  out.spans.resize(rows.size());
+  out.prefetch.resize(rows.size());
+  int64_t tokens = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::vector<int32_t>& pages = rows[r];
+    std::sort(pages.begin(), pages.end());
+    pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+    out.pages.indices.insert(out.pages.indices.end(), pages.begin(), pages.end());
+    out.pages.indptr.push_back(static_cast<int32_t>(out.pages.indices.size()));
+    int32_t last_len = 0;
+    if (!pages.empty()) last_len = pages.back() == plan.pages - 1 ? plan.last_page_len : P;
+    out.pages.last_page_len.push_back(last_len);
+    std::vector<TokenSpan>& spans = out.spans[r];
+    for (int32_t p : pages) {
+      const int32_t begin = p * P;
+      const int32_t end = static_cast<int32_t>(std::min<int64_t>(plan.tokens, begin + P));
+      if (!spans.empty() && spans.back().end == begin) {
+        spans.back().end = end;
+      } else {
+        spans.push_back({begin, end});
+      }
+      tokens += end - begin;
+    }
+  }
+  out.kv_bytes = tokens * options_.head_dim * 2 /*K and V*/ * 2 /*bytes per element*/;
+  return out;
+}
+
+void SelectorBase::AddPrefetch(const std::vector<int32_t>& cand, const float* scores,
+                               const std::vector<int32_t>& chosen,
+                               std::vector<int32_t>* out) const {
+  if (options_.prefetch_pages <= 0) return;
+  std::vector<int32_t> order;
+  for (size_t j = 0; j < cand.size(); ++j) {
+    if (!std::binary_search(chosen.begin(), chosen.end(), cand[j]) && std::isfinite(scores[j])) {
+      order.push_back(static_cast<int32_t>(j));
+    }
+  }
+  const size_t k = std::min<size_t>(order.size(), options_.prefetch_pages);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [&](int32_t a, int32_t b) { return scores[a] > scores[b]; });
+  for (size_t i = 0; i < k; ++i) out->push_back(cand[order[i]]);
+}
+
+}  // namespace pagoda::retriever::internal

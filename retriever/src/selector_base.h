@@ -1,0 +1,66 @@
+// Internal: what every policy shares — input checks, the key pool and summaries, the budget plan
+// (always-kept sinks and window, candidates), and turning per-row page lists into a Selection.
+#ifndef PAGODA_RETRIEVER_SRC_SELECTOR_BASE_H_
+#define PAGODA_RETRIEVER_SRC_SELECTOR_BASE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "key_pool.h"
+#include "pagoda/retriever/selector.h"
+
+namespace pagoda::retriever::internal {
+
+// The budget of one step in pages of the natural layout.
+struct Plan {
+  int64_t tokens = 0;         // visible tokens T
+  int32_t pages = 0;          // ceil(T / page_tokens)
+  int32_t budget_pages = 0;   // budget_tokens / page_tokens
+  int32_t sink_end = 0;       // sinks are pages [0, sink_end)
+  int32_t window_begin = 0;   // window is pages [window_begin, pages)
+  int32_t last_page_len = 0;  // tokens in page pages - 1
+  int32_t kept() const { return sink_end + (pages - window_begin); }
+  int32_t free_pages() const { return budget_pages - kept(); }
+  // Always-kept pages ascending (the partial last page last).
+  std::vector<int32_t> KeptPages() const;
+};
+
+class SelectorBase : public Selector {
+ public:
+  // `sub_pages` is the number of summary sub-pages per page kept by the pool.
+  SelectorBase(const SelectorOptions& options, int sub_pages);
+
+  absl::Status Prefill(absl::Span<const uint16_t> keys, int64_t num_tokens) final;
+  absl::Status Append(absl::Span<const uint16_t> keys, int64_t num_tokens) final;
+  absl::StatusOr<Selection> Select(absl::Span<const uint16_t> q) final;
+  int64_t num_tokens() const final { return pool_.tokens(); }
+  const SelectorOptions& options() const final { return options_; }
+
+ protected:
+  // Hooks, called after validation. OnPrefill / OnAppend run after the pool holds the new keys.
+  virtual absl::Status OnPrefill(int64_t num_tokens) { return absl::OkStatus(); }
+  virtual absl::Status OnAppend(int64_t first, int64_t num_tokens) { return absl::OkStatus(); }
+  // Chooses this step's KV; q_float is q converted to float. Must not change state on error.
+  virtual absl::StatusOr<Selection> Choose(absl::Span<const uint16_t> q,
+                                           absl::Span<const float> q_float, const Plan& plan) = 0;
+
+  // A Selection of natural pages: rows[h] lists pages of KV head h (any order, no repeats).
+  Selection FromNaturalPages(std::vector<std::vector<int32_t>> rows, const Plan& plan) const;
+  // Fills out->prefetch[row] with the best `scores` candidates (parallel to cand) not in `chosen`.
+  void AddPrefetch(const std::vector<int32_t>& cand, const float* scores,
+                   const std::vector<int32_t>& chosen, std::vector<int32_t>* out) const;
+  bool IsStreaming(int kv_head) const { return streaming_[kv_head] != 0; }
+  int group_size() const { return options_.q_heads / options_.kv_heads; }
+
+  const SelectorOptions options_;
+  KeyPool pool_;
+  bool prefilled_ = false;
+  std::vector<uint8_t> streaming_;  // [kv_heads]
+
+ private:
+  absl::Status CheckKeys(absl::Span<const uint16_t> keys, int64_t num_tokens) const;
+};
+
+}  // namespace pagoda::retriever::internal
+
+#endif  // PAGODA_RETRIEVER_SRC_SELECTOR_BASE_H_

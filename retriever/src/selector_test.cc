@@ -1,0 +1,310 @@
+#include "pagoda/retriever/selector.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "test_data.h"
+
+namespace pagoda::retriever {
+namespace {
+
+using test_data::NeedleData;
+
+bool Covers(const std::vector<TokenSpan>& spans, int64_t begin, int64_t end) {
+  for (int64_t t = begin; t < end; ++t) {
+    bool in = false;
+    for (const TokenSpan& s : spans) in = in || (t >= s.begin && t < s.end);
+    if (!in) return false;
+  }
+  return true;
+}
+
+int64_t Tokens(const std::vector<TokenSpan>& spans) {
+  int64_t n = 0;
+  for (const TokenSpan& s : spans) n += s.size();
+  return n;
+}
+
+// Every selection must be a valid CSR page table whose spans agree with its size.
+void CheckWellFormed(const Selection& s, const SelectorOptions& o, int64_t tokens) {
+  ASSERT_EQ(s.pages.num_rows(), o.kv_heads);
+  ASSERT_EQ(s.spans.size(), static_cast<size_t>(o.kv_heads));
+  EXPECT_EQ(s.pages.indptr[0], 0);
+  int64_t total = 0;
+  for (int r = 0; r < o.kv_heads; ++r) {
+    const int32_t n = s.pages.indptr[r + 1] - s.pages.indptr[r];
+    ASSERT_GE(n, 1);
+    EXPECT_LE(n * o.page_tokens, o.budget_tokens);
+    const int32_t last = s.pages.last_page_len[r];
+    EXPECT_GE(last, 1);
+    EXPECT_LE(last, o.page_tokens);
+    // Pages are unique, so the row attends (n - 1) full pages plus the last.
+    std::vector<int32_t> row(s.pages.indices.begin() + s.pages.indptr[r],
+                             s.pages.indices.begin() + s.pages.indptr[r + 1]);
+    std::sort(row.begin(), row.end());
+    EXPECT_EQ(std::adjacent_find(row.begin(), row.end()), row.end());
+    EXPECT_EQ(Tokens(s.spans[r]), int64_t{n - 1} * o.page_tokens + last);
+    for (size_t i = 0; i < s.spans[r].size(); ++i) {
+      EXPECT_LT(s.spans[r][i].begin, s.spans[r][i].end);
+      EXPECT_LE(s.spans[r][i].end, tokens);
+      if (i > 0) {
+        EXPECT_LT(s.spans[r][i - 1].end, s.spans[r][i].begin);
+      }
+    }
+    // The newest token (the query's own) is always attended.
+    EXPECT_TRUE(Covers(s.spans[r], tokens - 1, tokens));
+    total += Tokens(s.spans[r]);
+  }
+  EXPECT_EQ(s.kv_bytes, total * o.head_dim * 4);
+}
+
+SelectorOptions Options(int page_tokens, int64_t budget) {
+  SelectorOptions o;
+  o.page_tokens = page_tokens;
+  o.budget_tokens = budget;
+  o.cluster_tokens = 16;
+  return o;
+}
+
+class NeedleTest : public ::testing::TestWithParam<Policy> {};
+
+// A needle of 16 tokens at position 400 in a 1024-token prompt; a budget of 8 pages (1/8).
+TEST_P(NeedleTest, NeedlePageIsSelected) {
+  const Policy policy = GetParam();
+  for (int page : {16, 32, 64}) {
+    SCOPED_TRACE(::testing::PrintToString(page));
+    const int64_t n = 1024, needle = 400;
+    NeedleData data(n, needle, 16, 11);
+    SelectorOptions o = Options(page, 8 * page);
+    o.ann_kind = AnnKind::kHnsw;
+    auto sel = MakeSelector(policy, o);
+    ASSERT_TRUE(sel.ok()) << sel.status();
+    ASSERT_TRUE((*sel)->Prefill(data.Keys(0, n - 8), n - 8).ok());
+    for (int64_t t = n - 8; t < n; ++t) {
+      ASSERT_TRUE((*sel)->Append(data.Keys(t, t + 1), 1).ok());
+      auto s = (*sel)->Select(data.Query(3.f));
+      ASSERT_TRUE(s.ok()) << s.status();
+      CheckWellFormed(*s, o, t + 1);
+      for (int r = 0; r < o.kv_heads; ++r) {
+        EXPECT_TRUE(Covers(s->spans[r], needle, needle + 16)) << "row " << r << " step " << t;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllPolicies, NeedleTest,
+                         ::testing::Values(Policy::kOracle, Policy::kQuest, Policy::kHierarchical,
+                                           Policy::kBoundary, Policy::kAnn),
+                         [](const auto& info) { return std::string(PolicyName(info.param)); });
+
+TEST(SelectorTest, AnnKindsAllFindTheNeedle) {
+  for (AnnKind kind : {AnnKind::kFlat, AnnKind::kIvf, AnnKind::kHnsw}) {
+    NeedleData data(2048, 1000, 16, 5);
+    SelectorOptions o = Options(16, 256);
+    o.ann_kind = kind;
+    o.ivf_nprobe = 64;  // all lists: exact
+    auto sel = MakeSelector(Policy::kAnn, o);
+    ASSERT_TRUE(sel.ok());
+    ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 2048), 2048).ok());
+    auto s = (*sel)->Select(data.Query(3.f));
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_GT(s->summary_bytes, 0);
+    for (int r = 0; r < o.kv_heads; ++r) EXPECT_TRUE(Covers(s->spans[r], 1000, 1016));
+  }
+}
+
+TEST(SelectorTest, StreamingKeepsSinksAndRecentPages) {
+  NeedleData data(1024, 400, 16, 3);
+  SelectorOptions o = Options(16, 128);
+  auto sel = MakeSelector(Policy::kStreaming, o);
+  ASSERT_TRUE(sel.ok());
+  ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 1000), 1000).ok());
+  auto s = (*sel)->Select(data.Query(3.f));
+  ASSERT_TRUE(s.ok());
+  CheckWellFormed(*s, o, 1000);
+  for (int r = 0; r < o.kv_heads; ++r) {
+    // Sink page 0, then the 7 newest pages 56..62 (page 62 holds 1000 - 992 = 8 tokens).
+    ASSERT_EQ(s->spans[r].size(), 2u);
+    EXPECT_EQ(s->spans[r][0].begin, 0);
+    EXPECT_EQ(s->spans[r][0].end, 16);
+    EXPECT_EQ(s->spans[r][1].begin, 56 * 16);
+    EXPECT_EQ(s->spans[r][1].end, 1000);
+    EXPECT_FALSE(Covers(s->spans[r], 400, 416));
+  }
+}
+
+TEST(SelectorTest, StreamingHeadsKeepOnlySinksAndWindow) {
+  for (Policy policy : {Policy::kQuest, Policy::kBoundary, Policy::kOracle}) {
+    NeedleData data(1024, 400, 16, 3);
+    SelectorOptions o = Options(16, 128);
+    o.streaming_kv_heads = {1, 3};
+    auto sel = MakeSelector(policy, o);
+    ASSERT_TRUE(sel.ok());
+    ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 1024), 1024).ok());
+    auto s = (*sel)->Select(data.Query(3.f));
+    ASSERT_TRUE(s.ok());
+    for (int r : {1, 3}) {
+      ASSERT_EQ(s->spans[r].size(), 2u) << PolicyName(policy);
+      EXPECT_EQ(s->spans[r][0].begin, 0);
+      EXPECT_EQ(s->spans[r][0].end, 16);
+      EXPECT_EQ(s->spans[r][1].begin, 1024 - 16);
+    }
+    for (int r : {0, 2}) EXPECT_TRUE(Covers(s->spans[r], 400, 416)) << PolicyName(policy);
+  }
+}
+
+TEST(SelectorTest, HierarchicalReusesForReuseSteps) {
+  NeedleData data(2048, 700, 16, 9);
+  SelectorOptions o = Options(64, 512);
+  o.reuse_steps = 4;
+  auto sel = MakeSelector(Policy::kHierarchical, o);
+  ASSERT_TRUE(sel.ok());
+  ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 2040), 2040).ok());
+  std::vector<bool> retrieved;
+  for (int64_t t = 2040; t < 2048; ++t) {
+    ASSERT_TRUE((*sel)->Append(data.Keys(t, t + 1), 1).ok());
+    auto s = (*sel)->Select(data.Query(3.f));
+    ASSERT_TRUE(s.ok());
+    retrieved.push_back(s->retrieved);
+    EXPECT_EQ(s->summary_bytes > 0, s->retrieved);
+    for (int r = 0; r < 4; ++r) EXPECT_TRUE(Covers(s->spans[r], 700, 716));
+  }
+  EXPECT_EQ(retrieved, (std::vector<bool>{true, false, false, false, true, false, false, false}));
+}
+
+TEST(SelectorTest, HierarchicalSubPagesBeatCoarseBoundsOnAPartialNeedle) {
+  // In a 64-token page, a 16-token sub-page holds the needle; the other 48 tokens are noise with a
+  // wide spread. The max over 16-token sub-pages sees the needle; a plain 64-token min/max box
+  // does too (its max covers it), so both must select the page.
+  NeedleData data(4096, 64 * 20 + 32, 16, 21);
+  for (Policy p : {Policy::kQuest, Policy::kHierarchical}) {
+    SelectorOptions o = Options(64, 512);
+    auto sel = MakeSelector(p, o);
+    ASSERT_TRUE(sel.ok());
+    ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 4096), 4096).ok());
+    auto s = (*sel)->Select(data.Query(3.f));
+    ASSERT_TRUE(s.ok());
+    for (int r = 0; r < 4; ++r) EXPECT_TRUE(Covers(s->spans[r], 64 * 20, 64 * 21));
+  }
+}
+
+TEST(SelectorTest, BoundaryRetrievesOnlyWhenTheQueryDrifts) {
+  NeedleData data(2048, 900, 16, 4);
+  SelectorOptions o = Options(16, 256);
+  o.boundary_threshold = 0.8f;
+  auto sel = MakeSelector(Policy::kBoundary, o);
+  ASSERT_TRUE(sel.ok());
+  ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 2000), 2000).ok());
+  int retrievals = 0;
+  for (int64_t t = 2000; t < 2010; ++t) {
+    ASSERT_TRUE((*sel)->Append(data.Keys(t, t + 1), 1).ok());
+    auto s = (*sel)->Select(data.Query(3.f));  // the same query every step
+    ASSERT_TRUE(s.ok());
+    CheckWellFormed(*s, o, t + 1);
+    retrievals += s->retrieved ? 1 : 0;
+    EXPECT_EQ(s->summary_bytes > 0, s->retrieved);
+    for (int r = 0; r < 4; ++r) EXPECT_TRUE(Covers(s->spans[r], 900, 916));
+  }
+  EXPECT_EQ(retrievals, 1);
+  // A query pointing elsewhere is a boundary: retrieve again.
+  ASSERT_TRUE((*sel)->Append(data.Keys(2010, 2011), 1).ok());
+  auto s = (*sel)->Select(data.Query(-3.f));
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(s->retrieved);
+}
+
+TEST(SelectorTest, OneFreePageGoesToTheNeedle) {
+  // Budget for one page beyond sink and window: it must go to the needle, and hints elsewhere.
+  NeedleData data(1024, 320, 16, 8);
+  for (Policy p : {Policy::kQuest, Policy::kOracle}) {
+    SelectorOptions o = Options(16, 48);  // sink + window + 1
+    auto sel = MakeSelector(p, o);
+    ASSERT_TRUE(sel.ok());
+    ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 1024), 1024).ok());
+    auto s = (*sel)->Select(data.Query(3.f));
+    ASSERT_TRUE(s.ok());
+    for (int r = 0; r < 4; ++r) {
+      EXPECT_EQ(s->pages.indptr[r + 1] - s->pages.indptr[r], 3);
+      EXPECT_TRUE(Covers(s->spans[r], 320, 336));
+      ASSERT_FALSE(s->prefetch[r].empty());
+      EXPECT_NE(s->prefetch[r][0], 320 / 16);  // hints are never already selected
+    }
+  }
+}
+
+TEST(SelectorTest, RejectsBadOptions) {
+  SelectorOptions o;
+  o.q_heads = 10;  // not a multiple of 4
+  EXPECT_EQ(MakeSelector(Policy::kQuest, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = SelectorOptions();
+  o.page_tokens = 24;
+  EXPECT_EQ(MakeSelector(Policy::kQuest, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = SelectorOptions();
+  o.streaming_kv_heads = {4};
+  EXPECT_EQ(MakeSelector(Policy::kQuest, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = SelectorOptions();
+  o.budget_tokens = 8;
+  EXPECT_EQ(MakeSelector(Policy::kQuest, o).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(ParsePolicy("nope").ok());
+  EXPECT_EQ(*ParsePolicy("louiskv"), Policy::kBoundary);
+}
+
+TEST(SelectorTest, RejectsBadInputAndChangesNothing) {
+  for (Policy policy : {Policy::kOracle, Policy::kQuest, Policy::kHierarchical, Policy::kBoundary,
+                        Policy::kAnn, Policy::kStreaming}) {
+    SCOPED_TRACE(std::string(PolicyName(policy)));
+    NeedleData data(512, 100, 16, 2);
+    SelectorOptions o = Options(16, 128);
+    auto made = MakeSelector(policy, o);
+    ASSERT_TRUE(made.ok());
+    Selector& sel = **made;
+    // Before any prompt.
+    EXPECT_EQ(sel.Select(data.Query(1.f)).status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(sel.Append(data.Keys(0, 1), 1).code(), absl::StatusCode::kFailedPrecondition);
+    // Empty sequence and wrong dims.
+    EXPECT_EQ(sel.Prefill({}, 0).code(), absl::StatusCode::kInvalidArgument);
+    std::vector<uint16_t> keys = data.Keys(0, 64);
+    EXPECT_EQ(sel.Prefill(keys, 63).code(), absl::StatusCode::kInvalidArgument);
+    keys.pop_back();
+    EXPECT_EQ(sel.Prefill(keys, 64).code(), absl::StatusCode::kInvalidArgument);
+    std::vector<uint16_t> inf = data.Keys(0, 64);
+    inf[5] = test_data::Half(INFINITY);
+    EXPECT_EQ(sel.Prefill(inf, 64).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(sel.num_tokens(), 0);
+    // A budget (128 tokens) larger than the context (100 tokens).
+    ASSERT_TRUE(sel.Prefill(data.Keys(0, 100), 100).ok());
+    auto too_big = sel.Select(data.Query(1.f));
+    EXPECT_EQ(too_big.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(too_big.status().message().find("larger than the visible context"),
+              std::string::npos);
+    ASSERT_TRUE(sel.Append(data.Keys(100, 512), 412).ok());
+    EXPECT_EQ(sel.Prefill(data.Keys(0, 1), 1).code(), absl::StatusCode::kFailedPrecondition);
+    // Wrong query size, non-finite query.
+    std::vector<uint16_t> q = data.Query(1.f);
+    q.pop_back();
+    EXPECT_EQ(sel.Select(q).status().code(), absl::StatusCode::kInvalidArgument);
+    q = data.Query(1.f);
+    q[0] = test_data::Half(NAN);
+    EXPECT_EQ(sel.Select(q).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(sel.num_tokens(), 512);
+    auto ok = sel.Select(data.Query(3.f));
+    ASSERT_TRUE(ok.ok()) << ok.status();
+    CheckWellFormed(*ok, o, 512);
+  }
+}
+
+TEST(SelectorTest, BudgetBelowAlwaysKeptIsAnError) {
+  NeedleData data(512, 100, 16, 2);
+  SelectorOptions o = Options(16, 32);
+  o.sink_pages = 2;
+  o.window_pages = 2;
+  auto sel = MakeSelector(Policy::kQuest, o);
+  ASSERT_TRUE(sel.ok());
+  ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 512), 512).ok());
+  EXPECT_EQ((*sel)->Select(data.Query(1.f)).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace pagoda::retriever

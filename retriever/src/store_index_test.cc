@@ -1,0 +1,90 @@
+#include "pagoda/retriever/store_index.h"
+
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace pagoda::retriever {
+namespace {
+
+constexpr int kHeads = 2, kDim = 16;
+
+PageKey Key(uint64_t doc, uint64_t page) { return PageKey{doc, page}; }
+
+TEST(StoreIndexTest, FindsPagesOfOtherDocumentsAndForgetsRemovedOnes) {
+  for (AnnKind kind : {AnnKind::kFlat, AnnKind::kIvf, AnnKind::kHnsw}) {
+    StoreIndexOptions o;
+    o.kv_heads = kHeads;
+    o.index.kind = kind;
+    o.index.dim = kDim;
+    o.index.ivf_nlist = 1;  // one list: the first page trains it
+    auto index = StoreIndex::Create(o);
+    ASSERT_TRUE(index.ok());
+    std::mt19937 rng(1);
+    std::normal_distribution<float> g(0.f, 0.1f);
+    // Three documents of 50 pages; document 2, page 17, head 1 holds the "fact".
+    for (uint64_t doc = 0; doc < 3; ++doc) {
+      for (uint64_t p = 0; p < 50; ++p) {
+        std::vector<float> v(kHeads * kDim);
+        for (float& x : v) x = g(rng);
+        if (doc == 2 && p == 17) v[kDim + 5] = 5.f;
+        ASSERT_TRUE((*index)->Add(Key(doc, p), v).ok());
+      }
+    }
+    EXPECT_EQ((*index)->size(), 150);
+    std::vector<float> q(kDim, 0.f);
+    q[5] = 1.f;
+    auto hits = (*index)->Search(1, q, 3);
+    ASSERT_TRUE(hits.ok()) << hits.status();
+    ASSERT_EQ(hits->size(), 3u);
+    EXPECT_EQ((*hits)[0].key, Key(2, 17));
+    // Head 0 has no such page.
+    auto other = (*index)->Search(0, q, 1);
+    ASSERT_TRUE(other.ok());
+    EXPECT_NE((*other)[0].key, Key(2, 17));
+
+    // The store drops the page: it must never be returned again.
+    ASSERT_TRUE((*index)->Remove(Key(2, 17)).ok());
+    EXPECT_FALSE((*index)->Contains(Key(2, 17)));
+    hits = (*index)->Search(1, q, 150);
+    ASSERT_TRUE(hits.ok());
+    EXPECT_EQ(hits->size(), 149u);
+    for (const StoreHit& h : *hits) EXPECT_NE(h.key, Key(2, 17));
+
+    EXPECT_EQ((*index)->Remove(Key(2, 17)).code(), absl::StatusCode::kNotFound);
+    std::vector<float> v(kHeads * kDim, 0.f);
+    EXPECT_EQ((*index)->Add(Key(0, 0), v).code(), absl::StatusCode::kAlreadyExists);
+    EXPECT_EQ((*index)->Add(Key(9, 9), std::vector<float>(kDim, 0.f)).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ((*index)->Search(2, q, 1).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ((*index)->size(), 149);
+  }
+}
+
+TEST(StoreIndexTest, ConcurrentAddRemoveSearch) {
+  StoreIndexOptions o;
+  o.kv_heads = 1;
+  o.index.dim = kDim;
+  auto index = StoreIndex::Create(o);
+  ASSERT_TRUE(index.ok());
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w) {
+    threads.emplace_back([&, w] {
+      std::vector<float> v(kDim, static_cast<float>(w + 1));
+      for (uint64_t p = 0; p < 200; ++p) {
+        ASSERT_TRUE((*index)->Add(Key(w, p), v).ok());
+        if (p % 2 == 0) {
+          ASSERT_TRUE((*index)->Remove(Key(w, p)).ok());
+        }
+        ASSERT_TRUE((*index)->Search(0, v, 4).ok());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ((*index)->size(), 400);
+}
+
+}  // namespace
+}  // namespace pagoda::retriever
