@@ -6,60 +6,94 @@
 
 #include "absl/strings/str_cat.h"
 #include "pagoda/kernels/reference.h"
+#include "xxhash.h"
 
 namespace pagoda::retriever::internal {
 
-absl::Status BoundarySelector::OnPrefill(int64_t num_tokens) {
-  const int P = options_.page_tokens;
-  const int d = options_.head_dim;
-  const int heads = options_.kv_heads;
-  auto trigger = BoundaryTrigger::Create(options_.q_heads, d, options_.boundary_threshold);
+uint64_t KeysFingerprint(absl::Span<const uint16_t> keys) {
+  return XXH3_64bits(keys.data(), keys.size() * sizeof(uint16_t));
+}
+
+absl::StatusOr<std::shared_ptr<const PromptClusters>> BuildPromptClusters(
+    const KeyPool& pool, const SelectorOptions& options, uint64_t fingerprint) {
+  const int P = options.page_tokens;
+  const int d = options.head_dim;
+  const int heads = options.kv_heads;
+  const int64_t n = pool.tokens();
+  auto c = std::make_shared<PromptClusters>();
+  c->prompt_tokens = n;
+  c->kv_heads = heads;
+  c->head_dim = d;
+  c->page_tokens = P;
+  c->sink_pages = options.sink_pages;
+  c->window_pages = options.window_pages;
+  c->cluster_tokens = options.cluster_tokens;
+  c->keys_fingerprint = fingerprint;
+  c->sink_tokens = static_cast<int32_t>(std::min<int64_t>(int64_t{options.sink_pages} * P, n));
+  const int64_t tail = n - int64_t{options.window_pages} * P;
+  c->natural_begin = std::min(n, std::max<int64_t>(c->sink_tokens, tail > 0 ? tail / P * P : 0));
+  const int32_t clustered = static_cast<int32_t>(c->natural_begin - c->sink_tokens);
+  c->centroids.assign(heads, {});
+  c->cluster_off.assign(heads, std::vector<int32_t>(1, 0));
+  c->members.assign(heads, {});
+  if (clustered == 0) return c;
+  // The cluster region starts and ends on page boundaries, so it is whole pages of the pool.
+  c->num_clusters = std::max(1, clustered / options.cluster_tokens);
+  std::vector<int32_t> pages(clustered / P);
+  std::iota(pages.begin(), pages.end(), c->sink_tokens / P);
+  std::vector<float> centroids(static_cast<size_t>(heads) * c->num_clusters * d);
+  std::vector<int32_t> assignment(static_cast<size_t>(heads) * clustered);
+  std::vector<int32_t> sizes(static_cast<size_t>(heads) * c->num_clusters);
+  kernels::KMeansParams km;
+  km.kv = pool.kv();
+  km.pages = pages.data();
+  km.num_tokens = clustered;
+  km.num_clusters = c->num_clusters;
+  km.centroids = centroids.data();
+  km.assignment = assignment.data();
+  km.cluster_size = sizes.data();
+  if (absl::Status s = kernels::KMeansInitReference(km); !s.ok()) return s;
+  if (absl::Status s = kernels::KMeansReference(km, options.kmeans_iters); !s.ok()) return s;
+  for (int h = 0; h < heads; ++h) {
+    const size_t cd = static_cast<size_t>(c->num_clusters) * d;
+    c->centroids[h].assign(centroids.begin() + h * cd, centroids.begin() + (h + 1) * cd);
+    std::vector<int32_t>& off = c->cluster_off[h];
+    off.assign(c->num_clusters + 1, 0);
+    const int32_t* a = assignment.data() + static_cast<size_t>(h) * clustered;
+    for (int32_t i = 0; i < clustered; ++i) ++off[a[i] + 1];
+    for (int32_t k = 0; k < c->num_clusters; ++k) off[k + 1] += off[k];
+    std::vector<int32_t> fill(off.begin(), off.end() - 1);
+    c->members[h].resize(clustered);
+    for (int32_t i = 0; i < clustered; ++i) c->members[h][fill[a[i]]++] = c->sink_tokens + i;
+  }
+  return c;
+}
+
+absl::Status BoundarySelector::OnPrefill(absl::Span<const uint16_t> keys, int64_t num_tokens) {
+  auto trigger =
+      BoundaryTrigger::Create(options_.q_heads, options_.head_dim, options_.boundary_threshold);
   if (!trigger.ok()) return trigger.status();
-  trigger_ = *std::move(trigger);
-  prompt_len_ = num_tokens;
-  sink_tokens_ =
-      static_cast<int32_t>(std::min<int64_t>(int64_t{options_.sink_pages} * P, num_tokens));
-  const int64_t tail = num_tokens - int64_t{options_.window_pages} * P;
-  natural_begin_ = std::max<int64_t>(sink_tokens_, tail > 0 ? tail / P * P : 0);
-  natural_begin_ = std::min(natural_begin_, num_tokens);
-  const int32_t clustered = static_cast<int32_t>(natural_begin_ - sink_tokens_);
-  natural_layout_ = sink_tokens_ + clustered;
-  centroids_.assign(heads, {});
-  cluster_off_.assign(heads, std::vector<int32_t>(1, 0));
-  layout_pos_.assign(heads, {});
-  num_clusters_ = 0;
-  if (clustered > 0) {
-    // The cluster region starts and ends on page boundaries, so it is whole pages of the pool.
-    num_clusters_ = std::max(1, clustered / options_.cluster_tokens);
-    std::vector<int32_t> pages(clustered / P);
-    std::iota(pages.begin(), pages.end(), sink_tokens_ / P);
-    std::vector<float> centroids(static_cast<size_t>(heads) * num_clusters_ * d);
-    std::vector<int32_t> assignment(static_cast<size_t>(heads) * clustered);
-    std::vector<int32_t> sizes(static_cast<size_t>(heads) * num_clusters_);
-    kernels::KMeansParams km;
-    km.kv = pool_.kv();
-    km.pages = pages.data();
-    km.num_tokens = clustered;
-    km.num_clusters = num_clusters_;
-    km.centroids = centroids.data();
-    km.assignment = assignment.data();
-    km.cluster_size = sizes.data();
-    if (absl::Status s = kernels::KMeansInitReference(km); !s.ok()) return s;
-    if (absl::Status s = kernels::KMeansReference(km, options_.kmeans_iters); !s.ok()) return s;
-    for (int h = 0; h < heads; ++h) {
-      const size_t cd = static_cast<size_t>(num_clusters_) * d;
-      centroids_[h].assign(centroids.begin() + h * cd, centroids.begin() + (h + 1) * cd);
-      std::vector<int32_t>& off = cluster_off_[h];
-      off.assign(num_clusters_ + 1, 0);
-      const int32_t* a = assignment.data() + static_cast<size_t>(h) * clustered;
-      for (int32_t i = 0; i < clustered; ++i) ++off[a[i] + 1];
-      for (int32_t c = 0; c < num_clusters_; ++c) off[c + 1] += off[c];
-      std::vector<int32_t> fill(off.begin(), off.end() - 1);
-      layout_pos_[h].resize(clustered);
-      for (int32_t i = 0; i < clustered; ++i) layout_pos_[h][fill[a[i]]++] = sink_tokens_ + i;
+  const uint64_t fingerprint = KeysFingerprint(keys);
+  if (clusters_ == nullptr) {
+    auto built = BuildPromptClusters(pool_, options_, fingerprint);
+    if (!built.ok()) return built.status();
+    clusters_ = *std::move(built);
+  } else {
+    const PromptClusters& c = *clusters_;
+    if (c.prompt_tokens != num_tokens || c.keys_fingerprint != fingerprint ||
+        c.kv_heads != options_.kv_heads || c.head_dim != options_.head_dim ||
+        c.page_tokens != options_.page_tokens || c.sink_pages != options_.sink_pages ||
+        c.window_pages != options_.window_pages || c.cluster_tokens != options_.cluster_tokens) {
+      return absl::InvalidArgumentError(
+          "boundary selector: the supplied prompt clusters were built from another prompt or "
+          "with other options");
     }
   }
-  prefix_.assign(heads, std::vector<float>(d, 0.f));
+  trigger_ = *std::move(trigger);
+  sink_tokens_ = clusters_->sink_tokens;
+  natural_begin_ = clusters_->natural_begin;
+  natural_layout_ = static_cast<int32_t>(natural_begin_);  // sinks + clustered = N tokens
+  prefix_.assign(options_.kv_heads, std::vector<float>(options_.head_dim, 0.f));
   boundaries_.assign(1, natural_begin_);
   ExtendPrefix(natural_begin_, num_tokens - natural_begin_);
   return absl::OkStatus();
@@ -94,7 +128,7 @@ void BoundarySelector::SegmentMean(int h, int64_t a, int64_t b, float* out) cons
 
 int32_t BoundarySelector::LayoutToPosition(int h, int32_t l) const {
   if (l < sink_tokens_) return l;
-  if (l < natural_layout_) return layout_pos_[h][l - sink_tokens_];
+  if (l < natural_layout_) return clusters_->members[h][l - sink_tokens_];
   return static_cast<int32_t>(natural_begin_ + (l - natural_layout_));
 }
 
@@ -126,10 +160,11 @@ absl::StatusOr<Selection> BoundarySelector::Choose(absl::Span<const uint16_t> q,
   for (int h = 0; h < options_.kv_heads; ++h) {
     if (IsStreaming(h)) continue;
     std::vector<Unit>& units = ranked_[h];
-    for (int32_t c = 0; c < num_clusters_; ++c) {
-      const int32_t b = cluster_off_[h][c], e = cluster_off_[h][c + 1];
+    const PromptClusters& pc = *clusters_;
+    for (int32_t c = 0; c < pc.num_clusters; ++c) {
+      const int32_t b = pc.cluster_off[h][c], e = pc.cluster_off[h][c + 1];
       if (b == e) continue;
-      units.push_back({sink_tokens_ + b, sink_tokens_ + e, score(h, &centroids_[h][c * d])});
+      units.push_back({sink_tokens_ + b, sink_tokens_ + e, score(h, &pc.centroids[h][c * d])});
     }
     for (size_t s = 0; s + 1 < boundaries_.size(); ++s) {  // closed segments only
       SegmentMean(h, boundaries_[s], boundaries_[s + 1], mean.data());

@@ -15,20 +15,32 @@
 #ifndef PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_
 #define PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_
 
+#include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "pagoda/retriever/boundary_trigger.h"
+#include "pagoda/retriever/prompt_clusters.h"
 #include "selector_base.h"
 
 namespace pagoda::retriever::internal {
 
+// Builds the clusters of the prompt held by `pool` (its first `prompt_tokens` tokens).
+absl::StatusOr<std::shared_ptr<const PromptClusters>> BuildPromptClusters(
+    const KeyPool& pool, const SelectorOptions& options, uint64_t fingerprint);
+uint64_t KeysFingerprint(absl::Span<const uint16_t> keys);
+
 class BoundarySelector final : public SelectorBase {
  public:
-  explicit BoundarySelector(const SelectorOptions& options) : SelectorBase(options, 1) {}
+  // With clusters == nullptr, Prefill clusters the prompt itself.
+  BoundarySelector(const SelectorOptions& options, std::shared_ptr<const PromptClusters> clusters)
+      : SelectorBase(options, 1), clusters_(std::move(clusters)) {}
+  // The prompt's clusters (null before Prefill when none were supplied).
+  std::shared_ptr<const PromptClusters> clusters() const { return clusters_; }
 
  protected:
-  absl::Status OnPrefill(int64_t num_tokens) override;
+  absl::Status OnPrefill(absl::Span<const uint16_t> keys, int64_t num_tokens) override;
   absl::Status OnAppend(int64_t first, int64_t num_tokens) override;
   absl::StatusOr<Selection> Choose(absl::Span<const uint16_t> q, absl::Span<const float> q_float,
                                    const Plan& plan) override;
@@ -49,16 +61,12 @@ class BoundarySelector final : public SelectorBase {
   void SegmentMean(int h, int64_t a, int64_t b, float* out) const;
   Selection Build(const Plan& plan, bool retrieved, int64_t summary_bytes);
 
-  int64_t prompt_len_ = 0;
-  int32_t sink_tokens_ = 0;     // S
-  int64_t natural_begin_ = 0;   // N
-  int32_t natural_layout_ = 0;  // layout index of position N (S + clustered tokens)
-  int32_t num_clusters_ = 0;
-  std::vector<std::vector<float>> centroids_;      // [h][c * d]
-  std::vector<std::vector<int32_t>> cluster_off_;  // [h][c + 1] offsets into the cluster region
-  std::vector<std::vector<int32_t>> layout_pos_;   // [h][i] position of cluster-region index i
-  std::vector<std::vector<float>> prefix_;         // [h][(t - N) * d] prefix sums of keys
-  std::vector<int64_t> boundaries_;                // segment starts in the natural region
+  std::shared_ptr<const PromptClusters> clusters_;
+  int32_t sink_tokens_ = 0;                 // S
+  int64_t natural_begin_ = 0;               // N
+  int32_t natural_layout_ = 0;              // layout index of position N (S + clustered tokens)
+  std::vector<std::vector<float>> prefix_;  // [h][(t - N) * d] prefix sums of keys
+  std::vector<int64_t> boundaries_;         // segment starts in the natural region
   std::optional<BoundaryTrigger> trigger_;
   std::vector<std::vector<Unit>> ranked_;  // per row: units of the last retrieval, best first
 };

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "boundary_selector.h"
+#include "pagoda/retriever/prompt_clusters.h"
 #include "quest_selector.h"
 #include "simple_selectors.h"
 
@@ -94,7 +95,7 @@ absl::StatusOr<std::unique_ptr<Selector>> MakeSelector(Policy policy,
                                                        options.reuse_steps);
     }
     case Policy::kBoundary:
-      return std::make_unique<internal::BoundarySelector>(options);
+      return std::make_unique<internal::BoundarySelector>(options, nullptr);
     case Policy::kAnn: {
       auto ann = std::make_unique<internal::AnnSelector>(options);
       if (absl::Status s = ann->Init(); !s.ok()) return s;
@@ -104,6 +105,22 @@ absl::StatusOr<std::unique_ptr<Selector>> MakeSelector(Policy policy,
       return std::make_unique<internal::StreamingSelector>(options);
   }
   return absl::InvalidArgumentError("unknown retrieval policy");
+}
+
+absl::StatusOr<std::shared_ptr<const PromptClusters>> ClusterPrompt(const SelectorOptions& options,
+                                                                    absl::Span<const uint16_t> keys,
+                                                                    int64_t num_tokens) {
+  if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  internal::BoundarySelector selector(options, nullptr);
+  if (absl::Status s = selector.Prefill(keys, num_tokens); !s.ok()) return s;
+  return selector.clusters();
+}
+
+absl::StatusOr<std::unique_ptr<Selector>> MakeBoundarySelector(
+    const SelectorOptions& options, std::shared_ptr<const PromptClusters> clusters) {
+  if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  if (clusters == nullptr) return absl::InvalidArgumentError("MakeBoundarySelector: no clusters");
+  return std::make_unique<internal::BoundarySelector>(options, std::move(clusters));
 }
 
 }  // namespace pagoda::retriever

@@ -49,7 +49,13 @@ absl::Status SelectorBase::Prefill(absl::Span<const uint16_t> keys, int64_t num_
   if (absl::Status s = CheckKeys(keys, num_tokens); !s.ok()) return s;
   if (absl::Status s = pool_.Append(keys, num_tokens); !s.ok()) return s;
   prefilled_ = true;
-  return OnPrefill(num_tokens);
+  if (absl::Status s = OnPrefill(keys, num_tokens); !s.ok()) {
+    pool_ = KeyPool(options_.dtype, options_.kv_heads, options_.head_dim, options_.page_tokens,
+                    pool_.sub_pages());
+    prefilled_ = false;
+    return s;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status SelectorBase::Append(absl::Span<const uint16_t> keys, int64_t num_tokens) {

@@ -38,7 +38,9 @@ class SelectorBase : public Selector {
 
  protected:
   // Hooks, called after validation. OnPrefill / OnAppend run after the pool holds the new keys.
-  virtual absl::Status OnPrefill(int64_t num_tokens) { return absl::OkStatus(); }
+  virtual absl::Status OnPrefill(absl::Span<const uint16_t> keys, int64_t num_tokens) {
+    return absl::OkStatus();
+  }
   virtual absl::Status OnAppend(int64_t first, int64_t num_tokens) { return absl::OkStatus(); }
   // Chooses this step's KV; q_float is q converted to float. Must not change state on error.
   virtual absl::StatusOr<Selection> Choose(absl::Span<const uint16_t> q,

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "pagoda/retriever/prompt_clusters.h"
 #include "test_data.h"
 
 namespace pagoda::retriever {
@@ -304,6 +305,57 @@ TEST(SelectorTest, BudgetBelowAlwaysKeptIsAnError) {
   ASSERT_TRUE(sel.ok());
   ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 512), 512).ok());
   EXPECT_EQ((*sel)->Select(data.Query(1.f)).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace pagoda::retriever
+
+namespace pagoda::retriever {
+namespace {
+
+TEST(PromptClustersTest, SharedClustersGiveTheSameSelections) {
+  test_data::NeedleData data(2048, 900, 16, 4);
+  SelectorOptions o;
+  o.page_tokens = 32;
+  o.budget_tokens = 256;
+  auto clusters = ClusterPrompt(o, data.Keys(0, 2000), 2000);
+  ASSERT_TRUE(clusters.ok()) << clusters.status();
+  EXPECT_EQ((*clusters)->num_clusters, (2000 / 32 * 32 - 32 - 32) / o.cluster_tokens);
+  for (int h = 0; h < o.kv_heads; ++h) {
+    // Every clustered position appears once.
+    std::vector<int32_t> m = (*clusters)->members[h];
+    std::sort(m.begin(), m.end());
+    ASSERT_EQ(m.size(), static_cast<size_t>((*clusters)->natural_begin - 32));
+    for (size_t i = 0; i < m.size(); ++i) ASSERT_EQ(m[i], static_cast<int32_t>(32 + i));
+  }
+  auto own = MakeSelector(Policy::kBoundary, o);
+  auto shared = MakeBoundarySelector(o, *clusters);
+  ASSERT_TRUE(own.ok() && shared.ok());
+  ASSERT_TRUE((*own)->Prefill(data.Keys(0, 2000), 2000).ok());
+  ASSERT_TRUE((*shared)->Prefill(data.Keys(0, 2000), 2000).ok());
+  for (int64_t t = 2000; t < 2006; ++t) {
+    ASSERT_TRUE((*own)->Append(data.Keys(t, t + 1), 1).ok());
+    ASSERT_TRUE((*shared)->Append(data.Keys(t, t + 1), 1).ok());
+    const float tilt = static_cast<float>(t - 2000);
+    auto a = (*own)->Select(data.Query(3.f, tilt));
+    auto b = (*shared)->Select(data.Query(3.f, tilt));
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->pages.indices, b->pages.indices);
+    EXPECT_EQ(a->retrieved, b->retrieved);
+  }
+  // Clusters of another prompt (one key differs) or other options are refused, state unchanged.
+  std::vector<uint16_t> other = data.Keys(0, 2000);
+  other[12345] ^= 1;
+  auto wrong = MakeBoundarySelector(o, *clusters);
+  ASSERT_TRUE(wrong.ok());
+  EXPECT_EQ((*wrong)->Prefill(other, 2000).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*wrong)->num_tokens(), 0);
+  SelectorOptions o16 = o;
+  o16.page_tokens = 16;
+  auto mismatched = MakeBoundarySelector(o16, *clusters);
+  ASSERT_TRUE(mismatched.ok());
+  EXPECT_EQ((*mismatched)->Prefill(data.Keys(0, 2000), 2000).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -39,7 +39,9 @@ class AnnSelector final : public SelectorBase {
   absl::Status Init();
 
  protected:
-  absl::Status OnPrefill(int64_t num_tokens) override { return IndexFullPages(); }
+  absl::Status OnPrefill(absl::Span<const uint16_t> keys, int64_t num_tokens) override {
+    return IndexFullPages();
+  }
   absl::Status OnAppend(int64_t first, int64_t num_tokens) override { return IndexFullPages(); }
   absl::StatusOr<Selection> Choose(absl::Span<const uint16_t> q, absl::Span<const float> q_float,
                                    const Plan& plan) override;
