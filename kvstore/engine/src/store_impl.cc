@@ -1,0 +1,581 @@
+// Store: opening, tenants and layouts, two-phase writes, reads and leases.
+#include "store_impl.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#define XXH_STATIC_LINKING_ONLY
+#include "xxhash.h"
+
+namespace pagoda {
+namespace {
+
+// Copies n bytes and returns PageChecksum of them in one pass: the hash reads each chunk right
+// after it was copied, while it is still in cache, so large pages cost little more than the memcpy.
+uint64_t CopyAndChecksum(uint8_t* dst, const uint8_t* src, size_t n) {
+  constexpr size_t kChunk = 64 << 10;
+  if (n <= kChunk) {
+    std::memcpy(dst, src, n);
+    return XXH3_64bits(dst, n);
+  }
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  for (size_t done = 0; done < n; done += kChunk) {
+    const size_t len = std::min(kChunk, n - done);
+    std::memcpy(dst + done, src + done, len);
+    XXH3_64bits_update(&state, dst + done, len);
+  }
+  return XXH3_64bits_digest(&state);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
+  auto store = std::make_unique<StoreImpl>(options);
+  if (absl::Status s = store->Init(); !s.ok()) return s;
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+StoreImpl::StoreImpl(const StoreOptions& options) : options_(options), epoch_(absl::Now()) {}
+
+StoreImpl::~StoreImpl() {
+  // The SSD tier flushes on close; memory tiers are a cache and go away.
+  ssd_.reset();
+}
+
+absl::Status StoreImpl::Init() {
+  if (options_.layouts.empty()) {
+    return absl::InvalidArgumentError("store options: no page layouts registered");
+  }
+  if (options_.host_capacity_bytes == 0) {
+    return absl::InvalidArgumentError("store options: host_capacity_bytes is 0");
+  }
+  for (int t = 0; t < kNumTiers; ++t) {
+    const Watermarks& w = options_.watermarks[t];
+    if (!(w.low > 0 && w.low <= w.high && w.high <= 1.0)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "store options: %s watermarks need 0 < low <= high <= 1 (low %g, high %g)",
+          TierName(static_cast<Tier>(t)), w.low, w.high));
+    }
+  }
+  if (options_.max_lease_duration <= absl::ZeroDuration() ||
+      options_.default_lease_duration <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("store options: lease durations must be positive");
+  }
+  absl::MutexLock lock(&mu_);
+  uint64_t max_slot = 0;
+  for (const PageLayout& l : options_.layouts) {
+    if (absl::Status s = l.Validate(); !s.ok()) return s;
+    const int cls = ClassOf(l.Id(), /*add=*/true);
+    classes_[cls].accepted = true;
+    max_slot = std::max(max_slot, classes_[cls].bytes);
+  }
+  max_slot = (max_slot + SlabAllocator::kSlotAlign - 1) / SlabAllocator::kSlotAlign *
+             SlabAllocator::kSlotAlign;
+  auto segment_for = [&](uint64_t capacity) {
+    return std::min(std::max(options_.segment_bytes, max_slot), capacity);
+  };
+  if (options_.host_capacity_bytes < max_slot) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("store options: host capacity %d bytes is smaller than one page (%d bytes)",
+                        options_.host_capacity_bytes, max_slot));
+  }
+  auto host = CreateHostTier(options_.host_capacity_bytes);
+  if (!host.ok()) return host.status();
+  mem_[1] = std::move(*host);
+  alloc_[1] = std::make_unique<SlabAllocator>(options_.host_capacity_bytes,
+                                              segment_for(options_.host_capacity_bytes));
+  if (options_.gpu_capacity_bytes > 0) {
+    if (options_.gpu_capacity_bytes < max_slot) {
+      return absl::InvalidArgumentError("store options: GPU capacity is smaller than one page");
+    }
+    auto gpu = CreateGpuTier(options_.gpu_capacity_bytes, options_.gpu_device);
+    if (!gpu.ok()) return gpu.status();
+    mem_[0] = std::move(*gpu);
+    alloc_[0] = std::make_unique<SlabAllocator>(options_.gpu_capacity_bytes,
+                                                segment_for(options_.gpu_capacity_bytes));
+  }
+  if (!options_.data_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(options_.data_dir, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "store options: cannot create data_dir %s: %s", options_.data_dir, ec.message()));
+    }
+    auto ssd = SsdTier::Open(options_.data_dir, options_.ssd_env, options_.ssd_sync_writes);
+    if (!ssd.ok()) return ssd.status();
+    ssd_ = std::move(*ssd);
+    if (absl::Status s = Rebuild(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StoreImpl::Rebuild() {
+  absl::Status s = ssd_->ForEachTenant([this](uint32_t id, std::string_view name) {
+    if (id >= tenants_.size()) tenants_.resize(id + 1);
+    TenantState& t = tenants_[id];
+    t.name = std::string(name);
+    t.on_ssd = true;
+    if (auto it = options_.tenant_quotas.find(t.name); it != options_.tenant_quotas.end()) {
+      t.quota = it->second;
+    }
+    tenant_ids_[t.name] = id;
+  });
+  if (!s.ok()) return s;
+  table_.Reserve(ssd_->EstimatePages());
+  std::vector<std::pair<uint32_t, PageKey>> orphans;
+  std::vector<std::string> bad_keys;
+  s = ssd_->ForEachPage(
+      [&](const SsdPageMeta& m) {
+        const int cls = ClassOf(m.layout, /*add=*/true);
+        if (m.tenant >= tenants_.size() || tenants_[m.tenant].name.empty() || cls < 0 ||
+            classes_[cls].bytes != m.size || table_.Find(m.tenant, m.key) != kNil) {
+          orphans.emplace_back(m.tenant, m.key);
+          return;
+        }
+        const uint32_t idx = table_.Insert(m.tenant, m.key);
+        PageEntry& e = table_.at(idx);
+        e.cls = static_cast<uint16_t>(cls);
+        e.tier = Tier::kSsd;
+        e.checksum = m.checksum;
+        e.state = PageState::kReady;
+        Charge(e, Tier::kSsd);
+        table_.LinkFront(idx);
+      },
+      [&](std::string_view key) { bad_keys.emplace_back(key); });
+  if (!s.ok()) return s;
+  // Records that cannot describe a servable page are deleted, never served.
+  counters_.checksum_failures += orphans.size() + bad_keys.size();
+  if (!orphans.empty()) ssd_->Delete(orphans).IgnoreError();
+  for (const std::string& k : bad_keys) ssd_->DeleteRawMeta(k).IgnoreError();
+  return absl::OkStatus();
+}
+
+uint32_t StoreImpl::NowMs() const {
+  return static_cast<uint32_t>(absl::ToInt64Milliseconds(absl::Now() - epoch_));
+}
+
+absl::Status StoreImpl::CheckTenant(std::string_view tenant) {
+  if (tenant.empty()) return absl::InvalidArgumentError("tenant id is empty");
+  if (tenant.size() > 255) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("tenant id is %d bytes; at most 255", tenant.size()));
+  }
+  return absl::OkStatus();
+}
+
+uint32_t StoreImpl::InternTenant(std::string_view name) {
+  if (uint32_t id = FindTenant(name); id != kNil) return id;
+  const uint32_t id = static_cast<uint32_t>(tenants_.size());
+  TenantState t;
+  t.name = std::string(name);
+  if (auto it = options_.tenant_quotas.find(t.name); it != options_.tenant_quotas.end()) {
+    t.quota = it->second;
+  }
+  tenants_.push_back(std::move(t));
+  tenant_ids_[std::string(name)] = id;
+  return id;
+}
+
+uint32_t StoreImpl::FindTenant(std::string_view name) const {
+  auto it = tenant_ids_.find(absl::string_view(name.data(), name.size()));
+  return it == tenant_ids_.end() ? kNil : it->second;
+}
+
+int StoreImpl::ClassOf(LayoutId id, bool add) {
+  if (auto it = class_by_id_.find(id); it != class_by_id_.end()) return it->second;
+  if (!add) return -1;
+  auto layout = PageLayout::FromId(id);
+  if (!layout.ok()) return -1;
+  LayoutClass c;
+  c.layout = *layout;
+  c.bytes = layout->PageBytes();
+  classes_.push_back(c);
+  const int cls = static_cast<int>(classes_.size() - 1);
+  class_by_id_[id] = cls;
+  return cls;
+}
+
+uint32_t StoreImpl::FindReady(std::string_view tenant, const PageKey& key) const {
+  const uint32_t tid = FindTenant(tenant);
+  if (tid == kNil) return kNil;
+  const uint32_t idx = table_.Find(tid, key);
+  if (idx == kNil || table_.at(idx).state != PageState::kReady) return kNil;
+  return idx;
+}
+
+PageInfo StoreImpl::InfoOf(const PageEntry& e) const {
+  PageInfo info;
+  info.layout = classes_[e.cls].layout;
+  info.size = classes_[e.cls].bytes;
+  info.checksum = e.checksum;
+  info.tier = e.tier;
+  info.pins = e.pins;
+  return info;
+}
+
+void StoreImpl::Charge(const PageEntry& e, Tier t) {
+  const uint64_t n = PageBytes(e);
+  used_[static_cast<int>(t)] += n;
+  pages_[static_cast<int>(t)] += 1;
+  tenants_[e.tenant].used[static_cast<int>(t)] += n;
+}
+
+void StoreImpl::Uncharge(const PageEntry& e, Tier t) {
+  const uint64_t n = PageBytes(e);
+  used_[static_cast<int>(t)] -= n;
+  pages_[static_cast<int>(t)] -= 1;
+  tenants_[e.tenant].used[static_cast<int>(t)] -= n;
+}
+
+bool StoreImpl::OverQuota(uint32_t tenant, Tier t, uint64_t bytes) const {
+  const uint64_t quota = tenants_[tenant].quota.tier_bytes[static_cast<int>(t)];
+  return quota != 0 && tenants_[tenant].used[static_cast<int>(t)] + bytes > quota;
+}
+
+// ---- Writes ---------------------------------------------------------------------------------
+
+absl::StatusOr<Reservation> StoreImpl::Reserve(std::string_view tenant, const PageKey& key,
+                                               const PageLayout& layout,
+                                               const WriteOptions& options) {
+  if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
+  if (absl::Status s = layout.Validate(); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  const int cls = ClassOf(layout.Id(), /*add=*/false);
+  if (cls < 0 || !classes_[cls].accepted) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("layout %s is not registered with this store", layout.ToString()));
+  }
+  const uint64_t n = classes_[cls].bytes;
+  uint32_t tid = FindTenant(tenant);
+  if (options.stream_id != 0 && (tid == kNil || !streams_.contains({tid, options.stream_id}))) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("stream %d is not open for tenant %s", options.stream_id, tenant));
+  }
+  if (tid != kNil) {
+    if (const uint32_t idx = table_.Find(tid, key); idx != kNil) {
+      return table_.at(idx).state == PageState::kWriting
+                 ? absl::AlreadyExistsError(absl::StrFormat("page %s is being written", key.Hex()))
+                 : absl::AlreadyExistsError(
+                       absl::StrFormat("page %s is already stored", key.Hex()));
+    }
+  }
+  tid = InternTenant(tenant);
+  if (OverQuota(tid, Tier::kHost, n)) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("tenant %s is over its host quota (%d used + %d > %d bytes)", tenant,
+                        tenants_[tid].used[1], n, tenants_[tid].quota.tier_bytes[1]));
+  }
+  if (options.pin) {
+    const TenantState& t = tenants_[tid];
+    const uint64_t quota =
+        t.quota.pinned_bytes != 0 ? t.quota.pinned_bytes : options_.default_pin_quota_bytes;
+    if (t.pinned + n > quota) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("tenant %s is over its pin quota (%d bytes)", tenant, quota));
+    }
+  }
+  auto offset = AllocateSlot(Tier::kHost, cls);
+  if (!offset.ok()) return offset.status();
+  const uint32_t idx = table_.Insert(tid, key);
+  PageEntry& e = table_.at(idx);
+  e.cls = static_cast<uint16_t>(cls);
+  e.tier = Tier::kHost;
+  e.slot = static_cast<uint32_t>(*offset / SlabAllocator::kSlotAlign);
+  Charge(e, Tier::kHost);
+  const uint64_t rid = next_reservation_++;
+  reservations_[rid] = PendingWrite{idx, e.version, options};
+  Reservation r;
+  r.id = rid;
+  r.key = key;
+  r.layout = layout;
+  r.arena_offset = *offset;
+  r.size = n;
+  return r;
+}
+
+absl::Status StoreImpl::Commit(uint64_t reservation_id) {
+  return CommitInternal(reservation_id, nullptr);
+}
+
+absl::Status StoreImpl::CommitInternal(uint64_t reservation_id, const uint64_t* known_checksum) {
+  PendingWrite pw;
+  uint64_t offset = 0, n = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = reservations_.find(reservation_id);
+    if (it == reservations_.end()) {
+      return absl::NotFoundError(absl::StrFormat(
+          "reservation %d is not open (unknown, committed or aborted)", reservation_id));
+    }
+    pw = it->second;
+    // Taking it out first makes a concurrent Commit or Abort of the same id fail cleanly; a
+    // kWriting entry is freed by nothing else, so it stays ours while we hash outside the lock.
+    reservations_.erase(it);
+    const PageEntry& e = table_.at(pw.idx);
+    offset = SlotOffset(e);
+    n = PageBytes(e);
+  }
+  const uint64_t checksum =
+      known_checksum != nullptr ? *known_checksum : PageChecksum(mem_[1]->host_base() + offset, n);
+  absl::MutexLock lock(&mu_);
+  PageEntry& e = table_.at(pw.idx);
+  if (pw.options.pin) {
+    TenantState& t = tenants_[e.tenant];
+    const uint64_t quota =
+        t.quota.pinned_bytes != 0 ? t.quota.pinned_bytes : options_.default_pin_quota_bytes;
+    if (t.pinned + n > quota) {
+      const std::string name = t.name;
+      FreeEntry(pw.idx);
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "tenant %s is over its pin quota (%d bytes); the write was aborted", name, quota));
+    }
+    t.pinned += n;
+    pinned_bytes_ += n;
+    e.pins = 1;
+  }
+  e.checksum = checksum;
+  e.state = PageState::kReady;
+  table_.LinkFront(pw.idx);
+  counters_.puts++;
+  if (pw.options.stream_id != 0) AddToStream(pw.idx, pw.options.stream_id);
+  EnforceWatermarks(Tier::kHost);
+  return absl::OkStatus();
+}
+
+absl::Status StoreImpl::Abort(uint64_t reservation_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = reservations_.find(reservation_id);
+  if (it == reservations_.end()) {
+    return absl::NotFoundError(absl::StrFormat(
+        "reservation %d is not open (unknown, committed or aborted)", reservation_id));
+  }
+  const uint32_t idx = it->second.idx;
+  reservations_.erase(it);
+  FreeEntry(idx);
+  return absl::OkStatus();
+}
+
+absl::Status StoreImpl::Put(std::string_view tenant, const PageKey& key, const PageLayout& layout,
+                            absl::Span<const uint8_t> bytes, const WriteOptions& options) {
+  if (absl::Status s = layout.Validate(); !s.ok()) return s;
+  if (bytes.size() != layout.PageBytes()) {
+    return absl::InvalidArgumentError(absl::StrFormat("page %s: %d bytes given, layout %s needs %d",
+                                                      key.Hex(), bytes.size(), layout.ToString(),
+                                                      layout.PageBytes()));
+  }
+  auto r = Reserve(tenant, key, layout, options);
+  if (!r.ok()) return r.status();
+  const uint64_t checksum =
+      CopyAndChecksum(mem_[1]->host_base() + r->arena_offset, bytes.data(), bytes.size());
+  return CommitInternal(r->id, &checksum);
+}
+
+// ---- Reads ----------------------------------------------------------------------------------
+
+absl::Status StoreImpl::ReadSsdUnlocked(uint32_t idx, std::string* bytes) {
+  PageEntry& e = table_.at(idx);
+  const uint32_t version = e.version;
+  const uint32_t tenant = e.tenant;
+  const PageKey key = e.key;
+  const uint64_t checksum = e.checksum;
+  const uint64_t n = PageBytes(e);
+  e.readers++;
+  mu_.Unlock();
+  absl::Status s = ssd_->Read(tenant, key, bytes);
+  if (s.ok() && (bytes->size() != n || PageChecksum(bytes->data(), bytes->size()) != checksum)) {
+    s = absl::DataLossError(
+        absl::StrFormat("page %s on SSD failed its checksum (%d bytes read, %d expected); dropped",
+                        key.Hex(), bytes->size(), n));
+  } else if (absl::IsNotFound(s)) {
+    s = absl::DataLossError(
+        absl::StrFormat("page %s: metadata on SSD but its bytes are missing; dropped", key.Hex()));
+  } else if (absl::IsDataLoss(s)) {
+    s = absl::DataLossError(absl::StrCat(s.message(), "; dropped"));
+  }
+  mu_.Lock();
+  EndRead(idx);
+  if (absl::IsDataLoss(s)) {
+    counters_.checksum_failures++;
+    DropCorrupt(idx, version);
+  }
+  return s;
+}
+
+absl::StatusOr<PageInfo> StoreImpl::Get(std::string_view tenant, const PageKey& key,
+                                        absl::Span<uint8_t> out) {
+  if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  const uint32_t idx = FindReady(tenant, key);
+  if (idx == kNil) {
+    counters_.misses++;
+    return absl::NotFoundError(absl::StrFormat("page %s not found", key.Hex()));
+  }
+  PageEntry& e = table_.at(idx);
+  const uint64_t n = PageBytes(e);
+  if (out.size() < n) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "page %s: output buffer holds %d bytes, the page has %d", key.Hex(), out.size(), n));
+  }
+  const PageInfo info = InfoOf(e);
+  const uint32_t version = e.version;
+  counters_.hits[static_cast<int>(e.tier)]++;
+  table_.Touch(idx);
+  if (e.tier == Tier::kSsd) {
+    std::string bytes;
+    if (absl::Status s = ReadSsdUnlocked(idx, &bytes); !s.ok()) return s;
+    std::memcpy(out.data(), bytes.data(), n);
+    PageEntry& now = table_.at(idx);
+    if (options_.promote_on_hit && now.version == version && now.state == PageState::kReady &&
+        now.tier == Tier::kSsd && !OverQuota(now.tenant, Tier::kHost, n)) {
+      // A failed promotion (host full of pinned pages) leaves the page on SSD; the read succeeded.
+      if (PromoteFromSsd(idx, Tier::kHost, bytes).ok()) EnforceWatermarks(Tier::kHost);
+    }
+    return info;
+  }
+  const Tier tier = e.tier;
+  const uint64_t offset = SlotOffset(e);
+  e.readers++;
+  mu_.Unlock();
+  uint64_t got = 0;
+  absl::Status copied;
+  if (tier == Tier::kHost) {
+    got = CopyAndChecksum(out.data(), mem_[1]->host_base() + offset, n);
+  } else {
+    copied = mem_[0]->Read(offset, out.data(), n);
+    got = PageChecksum(out.data(), n);
+  }
+  mu_.Lock();
+  EndRead(idx);
+  if (!copied.ok()) return copied;
+  if (got != info.checksum) {
+    counters_.checksum_failures++;
+    DropCorrupt(idx, version);
+    return absl::DataLossError(absl::StrFormat(
+        "page %s in the %s tier failed its checksum; dropped", key.Hex(), TierName(tier)));
+  }
+  return info;
+}
+
+absl::StatusOr<ReadLease> StoreImpl::AcquireRead(std::string_view tenant, const PageKey& key,
+                                                 absl::Duration duration) {
+  if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
+  if (duration <= absl::ZeroDuration()) duration = options_.default_lease_duration;
+  duration = std::min(duration, options_.max_lease_duration);
+  absl::MutexLock lock(&mu_);
+  uint32_t idx = FindReady(tenant, key);
+  if (idx == kNil) {
+    counters_.misses++;
+    return absl::NotFoundError(absl::StrFormat("page %s not found", key.Hex()));
+  }
+  counters_.hits[static_cast<int>(table_.at(idx).tier)]++;
+  const uint32_t version = table_.at(idx).version;
+  if (table_.at(idx).tier == Tier::kSsd) {
+    std::string bytes;
+    if (absl::Status s = ReadSsdUnlocked(idx, &bytes); !s.ok()) return s;
+    const PageEntry& e = table_.at(idx);
+    if (e.version != version || e.state != PageState::kReady) {
+      return absl::NotFoundError(absl::StrFormat("page %s was removed while read", key.Hex()));
+    }
+    if (e.tier == Tier::kSsd) {
+      if (OverQuota(e.tenant, Tier::kHost, PageBytes(e))) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "page %s: tenant %s is over its host quota; cannot lease", key.Hex(), tenant));
+      }
+      if (absl::Status s = PromoteFromSsd(idx, Tier::kHost, bytes); !s.ok()) return s;
+    }
+  }
+  if (table_.at(idx).tier == Tier::kGpu) {
+    if (absl::Status s = MoveBetweenMemory(idx, Tier::kHost); !s.ok()) return s;
+  }
+  PageEntry& e = table_.at(idx);
+  const uint32_t now = NowMs();
+  const uint32_t deadline =
+      now +
+      static_cast<uint32_t>(absl::ToInt64Milliseconds(absl::Ceil(duration, absl::Milliseconds(1))));
+  e.leases++;
+  e.lease_deadline_ms = std::max(e.lease_deadline_ms, deadline);
+  table_.Touch(idx);
+  const uint64_t id = next_lease_++;
+  leases_[id] = LeaseRecord{idx, e.version, deadline};
+  ReadLease lease;
+  lease.lease_id = id;
+  lease.key = key;
+  lease.layout = classes_[e.cls].layout;
+  lease.arena_offset = SlotOffset(e);
+  lease.size = PageBytes(e);
+  lease.checksum = e.checksum;
+  lease.expiry = epoch_ + absl::Milliseconds(deadline);
+  if (leases_.size() >= lease_sweep_at_) SweepLeases(now);
+  EnforceWatermarks(Tier::kHost);
+  return lease;
+}
+
+absl::Status StoreImpl::ReleaseRead(uint64_t lease_id) {
+  absl::MutexLock lock(&mu_);
+  if (lease_id == 0 || lease_id >= next_lease_) {
+    return absl::NotFoundError(absl::StrFormat("lease %d was never issued", lease_id));
+  }
+  auto it = leases_.find(lease_id);
+  if (it == leases_.end()) return absl::OkStatus();  // released before or swept after expiry
+  const LeaseRecord rec = it->second;
+  leases_.erase(it);
+  PageEntry& e = table_.at(rec.idx);
+  if (e.version == rec.version && e.leases > 0) e.leases--;
+  return absl::OkStatus();
+}
+
+void StoreImpl::SweepLeases(uint32_t now_ms) {
+  for (auto it = leases_.begin(); it != leases_.end();) {
+    if (it->second.deadline_ms <= now_ms) {
+      PageEntry& e = table_.at(it->second.idx);
+      if (e.version == it->second.version && e.leases > 0) e.leases--;
+      leases_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  lease_sweep_at_ = std::max<size_t>(4096, 2 * leases_.size());
+}
+
+bool StoreImpl::Exists(std::string_view tenant, const PageKey& key) {
+  if (!CheckTenant(tenant).ok()) return false;
+  absl::MutexLock lock(&mu_);
+  return FindReady(tenant, key) != kNil;
+}
+
+absl::StatusOr<PageInfo> StoreImpl::Stat(std::string_view tenant, const PageKey& key) {
+  if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  const uint32_t idx = FindReady(tenant, key);
+  if (idx == kNil) return absl::NotFoundError(absl::StrFormat("page %s not found", key.Hex()));
+  return InfoOf(table_.at(idx));
+}
+
+size_t StoreImpl::LongestCachedPrefix(std::string_view tenant, absl::Span<const PageKey> keys) {
+  if (!CheckTenant(tenant).ok()) return 0;
+  absl::MutexLock lock(&mu_);
+  size_t n = 0;
+  while (n < keys.size() && FindReady(tenant, keys[n]) != kNil) ++n;
+  return n;
+}
+
+HostArena StoreImpl::HostArenaInfo() const {
+  HostArena a;
+  a.fd = mem_[1]->fd();
+  a.size = mem_[1]->capacity_bytes();
+  a.base = mem_[1]->host_base();
+  return a;
+}
+
+bool StoreImpl::HasTier(Tier tier) const { return Present(tier); }
+
+absl::Status StoreImpl::Flush() {
+  absl::MutexLock lock(&mu_);
+  return ssd_ != nullptr ? ssd_->Flush() : absl::OkStatus();
+}
+
+}  // namespace pagoda

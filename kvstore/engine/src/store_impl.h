@@ -1,0 +1,191 @@
+// The Store implementation: one page table under one lock, memory tiers, the SSD tier.
+//
+// Locking: mu_ guards the page table and every piece of bookkeeping. Bulk copies of host and GPU
+// pages (Put, Get) and SSD reads run outside mu_; while one runs, the entry's `readers` count keeps
+// its slot (or SSD record) from being freed, evicted or moved. SSD writes (demotion) and deletes
+// run under mu_ (a known serialization point: demotion batches amortize it).
+#ifndef PAGODA_KVSTORE_STORE_IMPL_H_
+#define PAGODA_KVSTORE_STORE_IMPL_H_
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "memory_tier.h"
+#include "page_table.h"
+#include "pagoda/kvstore/store.h"
+#include "slab_allocator.h"
+#include "ssd_tier.h"
+
+namespace pagoda {
+
+class StoreImpl final : public Store {
+ public:
+  explicit StoreImpl(const StoreOptions& options);
+  ~StoreImpl() override;
+  absl::Status Init();
+
+  absl::StatusOr<Reservation> Reserve(std::string_view tenant, const PageKey& key,
+                                      const PageLayout& layout,
+                                      const WriteOptions& options) override;
+  absl::Status Commit(uint64_t reservation_id) override;
+  absl::Status Abort(uint64_t reservation_id) override;
+  absl::Status Put(std::string_view tenant, const PageKey& key, const PageLayout& layout,
+                   absl::Span<const uint8_t> bytes, const WriteOptions& options) override;
+  absl::StatusOr<PageInfo> Get(std::string_view tenant, const PageKey& key,
+                               absl::Span<uint8_t> out) override;
+  absl::StatusOr<ReadLease> AcquireRead(std::string_view tenant, const PageKey& key,
+                                        absl::Duration duration) override;
+  absl::Status ReleaseRead(uint64_t lease_id) override;
+  bool Exists(std::string_view tenant, const PageKey& key) override;
+  absl::StatusOr<PageInfo> Stat(std::string_view tenant, const PageKey& key) override;
+  size_t LongestCachedPrefix(std::string_view tenant, absl::Span<const PageKey> keys) override;
+  absl::Status Remove(std::string_view tenant, const PageKey& key) override;
+  absl::Status Pin(std::string_view tenant, const PageKey& key) override;
+  absl::Status Unpin(std::string_view tenant, const PageKey& key) override;
+  absl::StatusOr<size_t> Prefetch(std::string_view tenant, absl::Span<const PageKey> keys,
+                                  Tier tier) override;
+  absl::StatusOr<size_t> Demote(std::string_view tenant, absl::Span<const PageKey> keys,
+                                Tier tier) override;
+  absl::Status OpenStream(std::string_view tenant, uint64_t stream_id,
+                          const StreamOptions& options) override;
+  absl::Status CloseStream(std::string_view tenant, uint64_t stream_id) override;
+  absl::Status Flush() override;
+  StoreStats Stats() override;
+  HostArena HostArenaInfo() const override;
+  bool HasTier(Tier tier) const override;
+
+ private:
+  struct LayoutClass {
+    PageLayout layout;
+    uint64_t bytes = 0;
+    bool accepted = false;          // listed in StoreOptions::layouts (else only found on SSD)
+    int alloc_class[2] = {-1, -1};  // class index in the GPU / host allocator
+  };
+  struct TenantState {
+    std::string name;
+    TenantQuota quota;
+    uint64_t used[kNumTiers] = {0, 0, 0};
+    uint64_t pinned = 0;
+    bool on_ssd = false;  // its name is stored in the SSD tier
+  };
+  struct PendingWrite {
+    uint32_t idx;
+    uint32_t version;
+    WriteOptions options;
+  };
+  struct LeaseRecord {
+    uint32_t idx;
+    uint32_t version;
+    uint32_t deadline_ms;
+  };
+  struct EntryRef {
+    uint32_t idx;
+    uint32_t version;
+  };
+  struct StreamState {
+    StreamOptions options;
+    uint32_t sinks_taken = 0;
+    std::deque<EntryRef> window;
+  };
+  struct Counters {
+    uint64_t hits[kNumTiers] = {0, 0, 0};
+    uint64_t evictions[kNumTiers] = {0, 0, 0};
+    uint64_t promotions[kNumTiers] = {0, 0, 0};
+    uint64_t bytes_in[kNumTiers] = {0, 0, 0};
+    uint64_t bytes_out[kNumTiers] = {0, 0, 0};
+    uint64_t misses = 0, puts = 0, removes = 0, dropped = 0, window_dropped = 0;
+    uint64_t checksum_failures = 0, ssd_write_failures = 0;
+  };
+
+  static int MemIndex(Tier t) { return t == Tier::kGpu ? 0 : 1; }
+  uint32_t NowMs() const;
+  static absl::Status CheckTenant(std::string_view tenant);
+  uint64_t PageBytes(const PageEntry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return classes_[e.cls].bytes;
+  }
+  uint64_t SlotOffset(const PageEntry& e) const {
+    return static_cast<uint64_t>(e.slot) * SlabAllocator::kSlotAlign;
+  }
+  bool Present(Tier t) const {
+    return t == Tier::kSsd ? ssd_ != nullptr : mem_[MemIndex(t)] != nullptr;
+  }
+
+  // Tenants and layouts.
+  uint32_t InternTenant(std::string_view name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t FindTenant(std::string_view name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int ClassOf(LayoutId id, bool add) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ready entry of (tenant, key) or kNil.
+  uint32_t FindReady(std::string_view tenant, const PageKey& key) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  PageInfo InfoOf(const PageEntry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Accounting of an entry entering / leaving a tier.
+  void Charge(const PageEntry& e, Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Uncharge(const PageEntry& e, Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool OverQuota(uint32_t tenant, Tier t, uint64_t bytes) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Whether eviction may move or drop the entry now.
+  bool Evictable(const PageEntry& e, uint32_t now_ms) const;
+  // Allocates a slot of class `cls` in memory tier t, evicting LRU pages of that class when full.
+  absl::StatusOr<uint64_t> AllocateSlot(Tier t, int cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Demotes (or, from the last tier, drops) `victims` of tier `from`, batching SSD writes.
+  absl::Status EvictBatch(Tier from, const std::vector<uint32_t>& victims)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Evicts LRU pages of tier t down to its low watermark when above its high watermark.
+  void EnforceWatermarks(Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees an entry everywhere (slot or SSD record, pins, accounting, index).
+  void FreeEntry(uint32_t idx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes a ready entry now, or dooms it while readers run.
+  void RemoveEntry(uint32_t idx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends a copy that ran outside the lock; frees the entry if it was doomed meanwhile.
+  void EndRead(uint32_t idx) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops a page found corrupt.
+  void DropCorrupt(uint32_t idx, uint32_t version) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Moves a ready entry from memory tier `from` to memory tier `to` (either direction).
+  absl::Status MoveBetweenMemory(uint32_t idx, Tier to) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Installs SSD bytes (already verified) of entry idx into memory tier `to`.
+  absl::Status PromoteFromSsd(uint32_t idx, Tier to, const std::string& bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads and verifies an SSD page outside the lock. On return the lock is held again; the entry
+  // may have changed (check its version). DataLoss drops the page.
+  absl::Status ReadSsdUnlocked(uint32_t idx, std::string* bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::Status CommitInternal(uint64_t reservation_id, const uint64_t* known_checksum);
+  void AddToStream(uint32_t idx, uint64_t stream_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SweepLeases(uint32_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Rebuild() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const StoreOptions options_;
+  const absl::Time epoch_;
+  std::unique_ptr<MemoryTier> mem_[2];  // [0] GPU, [1] host; null when absent
+  std::unique_ptr<SsdTier> ssd_;
+
+  mutable absl::Mutex mu_;
+  std::unique_ptr<SlabAllocator> alloc_[2] ABSL_GUARDED_BY(mu_);
+  PageTable table_ ABSL_GUARDED_BY(mu_);
+  std::vector<LayoutClass> classes_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<LayoutId, int> class_by_id_ ABSL_GUARDED_BY(mu_);
+  std::vector<TenantState> tenants_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint32_t> tenant_ids_ ABSL_GUARDED_BY(mu_);
+  uint64_t used_[kNumTiers] ABSL_GUARDED_BY(mu_) = {0, 0, 0};
+  uint64_t pages_[kNumTiers] ABSL_GUARDED_BY(mu_) = {0, 0, 0};
+  absl::flat_hash_map<uint64_t, PendingWrite> reservations_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_reservation_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, LeaseRecord> leases_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_lease_ ABSL_GUARDED_BY(mu_) = 1;
+  size_t lease_sweep_at_ ABSL_GUARDED_BY(mu_) = 4096;
+  absl::flat_hash_map<std::pair<uint32_t, uint64_t>, StreamState> streams_ ABSL_GUARDED_BY(mu_);
+  uint64_t pinned_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  Counters counters_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace pagoda
+
+#endif  // PAGODA_KVSTORE_STORE_IMPL_H_

@@ -1,0 +1,334 @@
+// Store: slot allocation, eviction under watermarks, demotion and promotion between tiers.
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "store_impl.h"
+
+namespace pagoda {
+namespace {
+// One SSD write batch carries at most this many page bytes (bounds the memory of a batch).
+constexpr uint64_t kMaxBatchBytes = 32ULL << 20;
+}  // namespace
+
+bool StoreImpl::Evictable(const PageEntry& e, uint32_t now_ms) const {
+  return e.state == PageState::kReady && e.pins == 0 && e.readers == 0 &&
+         (e.leases == 0 || e.lease_deadline_ms <= now_ms);
+}
+
+absl::StatusOr<uint64_t> StoreImpl::AllocateSlot(Tier t, int cls) {
+  const int mi = MemIndex(t);
+  SlabAllocator& alloc = *alloc_[mi];
+  int ac = classes_[cls].alloc_class[mi];
+  if (ac < 0) {
+    ac = alloc.AddClass(classes_[cls].bytes);
+    classes_[cls].alloc_class[mi] = ac;
+  }
+  for (;;) {
+    if (std::optional<uint64_t> off = alloc.Allocate(ac)) return *off;
+    // Full for this class: evict least-recently-used pages of the same class.
+    const uint32_t now = NowMs();
+    std::vector<uint32_t> victims;
+    for (uint32_t v = table_.Tail(t); v != kNil && victims.empty(); v = table_.Prev(v)) {
+      const PageEntry& e = table_.at(v);
+      if (e.cls == cls && Evictable(e, now)) victims.push_back(v);
+    }
+    if (victims.empty()) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "%s tier is full for layout %s: every page is pinned, leased or being read", TierName(t),
+          classes_[cls].layout.ToString()));
+    }
+    if (absl::Status s = EvictBatch(t, victims); !s.ok()) {
+      return absl::Status(s.code(), absl::StrFormat("%s tier is full and eviction failed: %s",
+                                                    TierName(t), s.message()));
+    }
+  }
+}
+
+absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victims) {
+  const int fi = static_cast<int>(from);
+  if (from == Tier::kGpu) {
+    for (uint32_t v : victims) {
+      if (absl::Status s = MoveBetweenMemory(v, Tier::kHost); !s.ok()) return s;
+      counters_.evictions[fi]++;
+    }
+    EnforceWatermarks(Tier::kHost);
+    return absl::OkStatus();
+  }
+  if (from == Tier::kSsd || ssd_ == nullptr) {
+    // The last tier evicts by deletion.
+    for (uint32_t v : victims) {
+      counters_.evictions[fi]++;
+      counters_.dropped++;
+      FreeEntry(v);
+    }
+    return absl::OkStatus();
+  }
+  // Host -> SSD, in batches of bounded size, one RocksDB write (and at most one sync) each.
+  uint8_t* base = mem_[1]->host_base();
+  size_t i = 0;
+  while (i < victims.size()) {
+    std::vector<SsdPageWrite> writes;
+    std::vector<uint32_t> written;
+    std::vector<std::pair<uint32_t, std::string>> new_tenants;
+    uint64_t bytes = 0;
+    for (; i < victims.size() && bytes < kMaxBatchBytes; ++i) {
+      const uint32_t v = victims[i];
+      PageEntry& e = table_.at(v);
+      const uint64_t n = PageBytes(e);
+      if (OverQuota(e.tenant, Tier::kSsd, n)) {  // no room for it below: it leaves the store
+        counters_.evictions[fi]++;
+        counters_.dropped++;
+        FreeEntry(v);
+        continue;
+      }
+      SsdPageWrite w;
+      w.meta.tenant = e.tenant;
+      w.meta.key = e.key;
+      w.meta.layout = classes_[e.cls].layout.Id();
+      w.meta.size = static_cast<uint32_t>(n);
+      w.meta.checksum = e.checksum;
+      w.bytes = base + SlotOffset(e);
+      writes.push_back(w);
+      written.push_back(v);
+      bytes += n;
+      TenantState& t = tenants_[e.tenant];
+      if (!t.on_ssd && std::none_of(new_tenants.begin(), new_tenants.end(),
+                                    [&](const auto& p) { return p.first == e.tenant; })) {
+        new_tenants.emplace_back(e.tenant, t.name);
+      }
+    }
+    if (writes.empty()) continue;
+    if (absl::Status s = ssd_->WriteBatch(writes, new_tenants); !s.ok()) {
+      counters_.ssd_write_failures++;
+      return s;  // the batch's pages stay in the host tier, unchanged
+    }
+    for (const auto& p : new_tenants) tenants_[p.first].on_ssd = true;
+    for (uint32_t v : written) {
+      PageEntry& e = table_.at(v);
+      const uint64_t n = PageBytes(e);
+      alloc_[1]->Free(classes_[e.cls].alloc_class[1], SlotOffset(e));
+      table_.Unlink(v);
+      Uncharge(e, Tier::kHost);
+      e.tier = Tier::kSsd;
+      e.slot = 0;
+      Charge(e, Tier::kSsd);
+      table_.LinkFront(v);
+      counters_.evictions[fi]++;
+      counters_.bytes_out[fi] += n;
+      counters_.bytes_in[static_cast<int>(Tier::kSsd)] += n;
+    }
+  }
+  EnforceWatermarks(Tier::kSsd);
+  return absl::OkStatus();
+}
+
+void StoreImpl::EnforceWatermarks(Tier t) {
+  if (!Present(t)) return;
+  const int ti = static_cast<int>(t);
+  const uint64_t capacity =
+      t == Tier::kSsd ? options_.ssd_capacity_bytes : mem_[MemIndex(t)]->capacity_bytes();
+  if (capacity == 0) return;  // unbounded SSD tier
+  const Watermarks& w = options_.watermarks[ti];
+  if (static_cast<double>(used_[ti]) <= w.high * static_cast<double>(capacity)) return;
+  const double target = w.low * static_cast<double>(capacity);
+  const uint32_t now = NowMs();
+  std::vector<uint32_t> victims;
+  uint64_t freeing = 0;
+  for (uint32_t v = table_.Tail(t); v != kNil && static_cast<double>(used_[ti] - freeing) > target;
+       v = table_.Prev(v)) {
+    const PageEntry& e = table_.at(v);
+    if (Evictable(e, now)) {
+      victims.push_back(v);
+      freeing += PageBytes(e);
+    }
+  }
+  // A failure (SSD write error) leaves the pages where they are; the next commit retries.
+  EvictBatch(t, victims).IgnoreError();
+}
+
+void StoreImpl::FreeEntry(uint32_t idx) {
+  PageEntry& e = table_.at(idx);
+  if (e.tier == Tier::kSsd) {
+    if (ssd_ != nullptr) {
+      const std::pair<uint32_t, PageKey> k(e.tenant, e.key);
+      ssd_->Delete({&k, 1}).IgnoreError();
+    }
+  } else {
+    const int mi = MemIndex(e.tier);
+    alloc_[mi]->Free(classes_[e.cls].alloc_class[mi], SlotOffset(e));
+  }
+  Uncharge(e, e.tier);
+  if (e.pins > 0) {
+    tenants_[e.tenant].pinned -= PageBytes(e);
+    pinned_bytes_ -= PageBytes(e);
+  }
+  table_.Release(idx);
+}
+
+void StoreImpl::RemoveEntry(uint32_t idx) {
+  PageEntry& e = table_.at(idx);
+  if (e.readers > 0) {
+    // Copies of it run outside the lock: hide it now, free it when the last one ends.
+    table_.Unindex(idx);
+    if (e.linked) table_.Unlink(idx);
+    e.state = PageState::kDoomed;
+    return;
+  }
+  FreeEntry(idx);
+}
+
+void StoreImpl::EndRead(uint32_t idx) {
+  PageEntry& e = table_.at(idx);
+  e.readers--;
+  if (e.readers == 0 && e.state == PageState::kDoomed) FreeEntry(idx);
+}
+
+void StoreImpl::DropCorrupt(uint32_t idx, uint32_t version) {
+  const PageEntry& e = table_.at(idx);
+  if (e.version != version || e.state != PageState::kReady) return;
+  RemoveEntry(idx);
+}
+
+absl::Status StoreImpl::MoveBetweenMemory(uint32_t idx, Tier to) {
+  PageEntry* e = &table_.at(idx);
+  const Tier from = e->tier;
+  const uint64_t n = PageBytes(*e);
+  if (!Present(to)) {
+    return absl::FailedPreconditionError(absl::StrFormat("no %s tier", TierName(to)));
+  }
+  if (OverQuota(e->tenant, to, n)) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("tenant %s is over its %s quota", tenants_[e->tenant].name, TierName(to)));
+  }
+  e->readers++;  // keeps eviction (which AllocateSlot may run) away from this page
+  absl::StatusOr<uint64_t> off = AllocateSlot(to, e->cls);
+  e = &table_.at(idx);
+  e->readers--;
+  if (!off.ok()) return off.status();
+  absl::Status copied = from == Tier::kHost
+                            ? mem_[0]->Write(*off, mem_[1]->host_base() + SlotOffset(*e), n)
+                            : mem_[0]->Read(SlotOffset(*e), mem_[1]->host_base() + *off, n);
+  const int ti = MemIndex(to), fi = MemIndex(from);
+  if (!copied.ok()) {
+    alloc_[ti]->Free(classes_[e->cls].alloc_class[ti], *off);
+    return copied;
+  }
+  alloc_[fi]->Free(classes_[e->cls].alloc_class[fi], SlotOffset(*e));
+  table_.Unlink(idx);
+  Uncharge(*e, from);
+  e->tier = to;
+  e->slot = static_cast<uint32_t>(*off / SlabAllocator::kSlotAlign);
+  Charge(*e, to);
+  table_.LinkFront(idx);
+  counters_.bytes_out[static_cast<int>(from)] += n;
+  counters_.bytes_in[static_cast<int>(to)] += n;
+  if (to < from) counters_.promotions[static_cast<int>(to)]++;
+  return absl::OkStatus();
+}
+
+absl::Status StoreImpl::PromoteFromSsd(uint32_t idx, Tier to, const std::string& bytes) {
+  PageEntry* e = &table_.at(idx);
+  const uint64_t n = PageBytes(*e);
+  if (!Present(to)) {
+    return absl::FailedPreconditionError(absl::StrFormat("no %s tier", TierName(to)));
+  }
+  if (OverQuota(e->tenant, to, n)) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("tenant %s is over its %s quota", tenants_[e->tenant].name, TierName(to)));
+  }
+  e->readers++;  // keeps SSD eviction (which a cascade may run) away from this page
+  absl::StatusOr<uint64_t> off = AllocateSlot(to, e->cls);
+  e = &table_.at(idx);
+  e->readers--;
+  if (!off.ok()) return off.status();
+  const int ti = MemIndex(to);
+  absl::Status copied = mem_[ti]->Write(*off, bytes.data(), n);
+  if (!copied.ok()) {
+    alloc_[ti]->Free(classes_[e->cls].alloc_class[ti], *off);
+    return copied;
+  }
+  const std::pair<uint32_t, PageKey> k(e->tenant, e->key);
+  if (absl::Status s = ssd_->Delete({&k, 1}); !s.ok()) {
+    alloc_[ti]->Free(classes_[e->cls].alloc_class[ti], *off);
+    return s;
+  }
+  table_.Unlink(idx);
+  Uncharge(*e, Tier::kSsd);
+  e->tier = to;
+  e->slot = static_cast<uint32_t>(*off / SlabAllocator::kSlotAlign);
+  Charge(*e, to);
+  table_.LinkFront(idx);
+  counters_.bytes_out[static_cast<int>(Tier::kSsd)] += n;
+  counters_.bytes_in[static_cast<int>(to)] += n;
+  counters_.promotions[static_cast<int>(to)]++;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<size_t> StoreImpl::Prefetch(std::string_view tenant, absl::Span<const PageKey> keys,
+                                           Tier tier) {
+  if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
+  if (tier == Tier::kSsd)
+    return absl::InvalidArgumentError("prefetch into the SSD tier: use Demote");
+  absl::MutexLock lock(&mu_);
+  if (!Present(tier)) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("prefetch: this store has no %s tier", TierName(tier)));
+  }
+  size_t moved = 0;
+  for (const PageKey& key : keys) {
+    const uint32_t idx = FindReady(tenant, key);
+    if (idx == kNil || table_.at(idx).tier <= tier) continue;
+    const PageEntry& e = table_.at(idx);
+    if (e.readers > 0 || (e.leases > 0 && e.lease_deadline_ms > NowMs())) continue;
+    if (e.tier == Tier::kSsd) {
+      const uint32_t version = e.version;
+      std::string bytes;
+      if (absl::Status s = ReadSsdUnlocked(idx, &bytes); !s.ok()) return s;
+      const PageEntry& now = table_.at(idx);
+      if (now.version != version || now.state != PageState::kReady || now.tier != Tier::kSsd) {
+        continue;
+      }
+      if (absl::Status s = PromoteFromSsd(idx, tier, bytes); !s.ok()) return s;
+    } else {
+      if (absl::Status s = MoveBetweenMemory(idx, tier); !s.ok()) return s;
+    }
+    ++moved;
+  }
+  EnforceWatermarks(tier);
+  return moved;
+}
+
+absl::StatusOr<size_t> StoreImpl::Demote(std::string_view tenant, absl::Span<const PageKey> keys,
+                                         Tier tier) {
+  if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
+  if (tier == Tier::kGpu)
+    return absl::InvalidArgumentError("demote into the GPU tier: use Prefetch");
+  absl::MutexLock lock(&mu_);
+  if (!Present(tier)) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("demote: this store has no %s tier", TierName(tier)));
+  }
+  size_t moved = 0;
+  for (const PageKey& key : keys) {
+    const uint32_t idx = FindReady(tenant, key);
+    if (idx == kNil || table_.at(idx).tier >= tier) continue;
+    const PageEntry& e = table_.at(idx);
+    if (e.readers > 0 || (e.leases > 0 && e.lease_deadline_ms > NowMs())) continue;
+    if (tier == Tier::kSsd && OverQuota(e.tenant, Tier::kSsd, PageBytes(e))) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("tenant %s is over its ssd quota", tenant));
+    }
+    if (e.tier == Tier::kGpu) {
+      if (absl::Status s = MoveBetweenMemory(idx, Tier::kHost); !s.ok()) return s;
+    }
+    if (tier == Tier::kSsd) {
+      if (absl::Status s = EvictBatch(Tier::kHost, {idx}); !s.ok()) return s;
+    }
+    ++moved;
+  }
+  EnforceWatermarks(tier);
+  return moved;
+}
+
+}  // namespace pagoda
