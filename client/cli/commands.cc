@@ -52,7 +52,7 @@ int Status(Client& client) {
     std::cerr << "pagoda: " << h.status() << "\n";
     return 1;
   }
-  Table t({"field", "value"});
+  Table t({"field", "value"}, false);
   t.Add({"serving", h->serving ? "yes" : "NO (draining)"});
   t.Add({"version", h->version});
   t.Add({"data path (this client)", client.data_path()});
@@ -79,7 +79,7 @@ int Stats(Client& client) {
            std::to_string(u.hits), std::to_string(u.promotions), std::to_string(u.evictions)});
   }
   std::cout << "\n" << t.Render() << "\n";
-  Table g({"store", "value"});
+  Table g({"store", "value"}, false);
   g.Add({"pages", std::to_string(s->pages)});
   g.Add({"misses", std::to_string(s->misses)});
   g.Add({"active leases", std::to_string(s->active_leases)});

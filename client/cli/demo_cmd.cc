@@ -169,7 +169,7 @@ int Demo(const ClientOptions& options, const DemoArgs& a) {
     }
   }
 
-  Table t({"summary", "value"});
+  Table t({"summary", "value"}, false);
   t.Add({"requests served",
          absl::StrFormat("%d of %d%s", done_requests, a.requests, g_stop ? " (interrupted)" : "")});
   t.Add(

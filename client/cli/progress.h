@@ -14,7 +14,8 @@ class Progress {
   // Redraws at most every 100 ms (and at the end).
   void Update(uint64_t done, double bytes) {
     auto now = std::chrono::steady_clock::now();
-    if (done < total_ && now - last_ < std::chrono::milliseconds(100)) return;
+    if (finished_ || (done < total_ && now - last_ < std::chrono::milliseconds(100))) return;
+    finished_ = done >= total_;
     last_ = now;
     const double secs = std::chrono::duration<double>(now - start_).count();
     const int width = 30;
@@ -33,6 +34,7 @@ class Progress {
   uint64_t total_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point last_{};
+  bool finished_ = false;
 };
 
 }  // namespace pagoda::cli

@@ -16,7 +16,8 @@ std::string Table::Render() const {
   auto line = [&](const std::vector<std::string>& r) {
     for (size_t i = 0; i < w.size(); ++i) {
       const std::string cell = i < r.size() ? r[i] : "";
-      const bool num = !cell.empty() && std::isdigit(static_cast<unsigned char>(cell[0]));
+      const bool num =
+          align_numbers_ && !cell.empty() && std::isdigit(static_cast<unsigned char>(cell[0]));
       const std::string pad(w[i] - cell.size(), ' ');
       out += i ? "  " : "";
       out += num ? pad + cell : cell + pad;

@@ -59,8 +59,13 @@ class Observe {
 }  // namespace
 
 GrpcService::GrpcService(Store* store, const Authorizer* auth, ServiceMetrics* metrics,
-                         const ServiceConfig& config, ServiceInfo info)
-    : store_(store), auth_(auth), metrics_(metrics), config_(config), info_(std::move(info)) {}
+                         CommittedIndex* committed, const ServiceConfig& config, ServiceInfo info)
+    : store_(store),
+      auth_(auth),
+      metrics_(metrics),
+      committed_(committed),
+      config_(config),
+      info_(std::move(info)) {}
 
 absl::Status GrpcService::Authorize(grpc::ServerContext* ctx, const std::string& tenant) const {
   std::string_view token;
@@ -177,6 +182,9 @@ absl::Status GrpcService::PutImpl(grpc::ServerContext* ctx,
         p.status = absl::DataLossError("checksum mismatch; page aborted");
       } else {
         p.status = store_->Commit(p.id);
+        if (p.status.ok() && committed_ != nullptr) {
+          committed_->Add(begin.tenant(), FromProto(begin.pages(i).key()));
+        }
       }
     }
     SetStatus(p.status, response->add_results());
@@ -287,7 +295,9 @@ grpc::Status GrpcService::Remove(grpc::ServerContext* ctx, const v1::KeysRequest
                                  v1::BatchResponse* response) {
   Observe obs(metrics_, "Remove");
   return obs.Done(PerKey(ctx, request, response, [this](const std::string& t, const PageKey& k) {
-    return store_->Remove(t, k);
+    absl::Status s = store_->Remove(t, k);
+    if (s.ok() && committed_ != nullptr) committed_->Erase(t, k);
+    return s;
   }));
 }
 

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "auth.h"
+#include "committed_index.h"
 #include "metrics.h"
 #include "pagoda.grpc.pb.h"
 #include "pagoda/kvstore/store.h"
@@ -28,8 +29,9 @@ struct ServiceInfo {
 
 class GrpcService final : public pagoda::v1::Pagoda::Service {
  public:
+  // `committed` (may be null) learns every page committed or removed through this API.
   GrpcService(Store* store, const Authorizer* auth, ServiceMetrics* metrics,
-              const ServiceConfig& config, ServiceInfo info);
+              CommittedIndex* committed, const ServiceConfig& config, ServiceInfo info);
 
   // While false, Health answers serving=false (set during shutdown).
   void SetServing(bool serving) { serving_ = serving; }
@@ -71,6 +73,7 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   Store* const store_;
   const Authorizer* const auth_;
   ServiceMetrics* const metrics_;
+  CommittedIndex* const committed_;
   const ServiceConfig config_;
   ServiceInfo info_;
   std::function<int()> local_clients_;

@@ -24,6 +24,7 @@ struct LocalServer::Connection {
   struct Slot {
     uint64_t offset = 0;
     uint64_t size = 0;
+    PageKey key;
   };
   absl::flat_hash_map<uint64_t, Slot> reservations;  // engine reservation id -> slot
   absl::flat_hash_set<uint64_t> leases;
@@ -92,8 +93,8 @@ void SendError(int fd, const absl::Status& s) {
 }  // namespace
 
 LocalServer::LocalServer(Store* store, const Authorizer* auth, ServiceMetrics* metrics,
-                         LocalServerOptions options)
-    : store_(store), auth_(auth), metrics_(metrics), options_(options) {}
+                         CommittedIndex* committed, LocalServerOptions options)
+    : store_(store), auth_(auth), metrics_(metrics), committed_(committed), options_(options) {}
 
 LocalServer::~LocalServer() { Stop(); }
 
@@ -283,7 +284,7 @@ void LocalServer::Serve(std::shared_ptr<Connection> conn) {
             absl::StatusOr<Reservation> res =
                 store_->Reserve(conn->tenant, PageKey{reqs[i].key_hi, reqs[i].key_lo}, layouts[i]);
             if (res.ok()) {
-              conn->reservations[res->id] = {res->arena_offset, res->size};
+              conn->reservations[res->id] = {res->arena_offset, res->size, res->key};
               r.handle = res->id;
               r.offset = res->arena_offset;
             }
@@ -318,7 +319,10 @@ void LocalServer::Serve(std::shared_ptr<Connection> conn) {
                   "checksum of the slot does not match the client's; page aborted");
             } else {
               st = store_->Commit(req.handle);
-              if (st.ok()) bytes += slot.size;
+              if (st.ok()) {
+                bytes += slot.size;
+                if (committed_ != nullptr) committed_->Add(conn->tenant, slot.key);
+              }
             }
           }
           note(i, st);

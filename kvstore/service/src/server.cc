@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "auth.h"
+#include "committed_index.h"
 #include "grpc_service.h"
 #include "http_server.h"
 #include "local_server.h"
@@ -70,17 +71,23 @@ class ServerImpl final : public Server {
     absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(*so);
     if (!store.ok()) return store.status();
     store_ = std::move(*store);
+    if (config_.persist_on_shutdown && store_->HasTier(Tier::kSsd)) {
+      uint64_t smallest = ~uint64_t{0};
+      for (const PageLayout& l : so->layouts) smallest = std::min(smallest, l.PageBytes());
+      committed_ = std::make_unique<CommittedIndex>(
+          store_.get(), static_cast<size_t>(config_.host_bytes / smallest + 1024));
+    }
 
     local_path_ = LocalSocketPath(config_);
     if (!local_path_.empty()) {
       local_ = std::make_unique<LocalServer>(
-          store_.get(), &auth_, &metrics_,
+          store_.get(), &auth_, &metrics_, committed_.get(),
           LocalServerOptions{.max_connections = config_.local_max_connections});
       if (absl::Status s = local_->Start(local_path_); !s.ok()) return s;
     }
 
-    service_ = std::make_unique<GrpcService>(store_.get(), &auth_, &metrics_, config_,
-                                             ServiceInfo{.local_socket = local_path_});
+    service_ = std::make_unique<GrpcService>(store_.get(), &auth_, &metrics_, committed_.get(),
+                                             config_, ServiceInfo{.local_socket = local_path_});
     if (local_) service_->SetLocalClientsSource([l = local_.get()] { return l->connections(); });
 
     std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
@@ -136,6 +143,16 @@ class ServerImpl final : public Server {
     }
     if (local_) local_->Stop();
     if (http_) http_->Stop();
+    if (committed_) {
+      // Every acknowledged page survives a graceful stop: memory tiers go down to SSD.
+      const size_t n = committed_->size();
+      absl::StatusOr<size_t> moved = committed_->DemoteAllToSsd();
+      if (moved.ok()) {
+        spdlog::info("shutdown: moved {} of {} committed pages from memory to SSD", *moved, n);
+      } else {
+        spdlog::error("shutdown: demoting pages to SSD failed: {}", moved.status().ToString());
+      }
+    }
     if (store_) {
       flush_status_ = store_->Flush();
       if (!flush_status_.ok()) spdlog::error("store flush failed: {}", flush_status_.ToString());
@@ -167,6 +184,7 @@ class ServerImpl final : public Server {
   Authorizer auth_;
   ServiceMetrics metrics_;
   std::unique_ptr<Store> store_;
+  std::unique_ptr<CommittedIndex> committed_;
   std::unique_ptr<LocalServer> local_;
   std::unique_ptr<GrpcService> service_;
   std::unique_ptr<grpc::Server> grpc_;

@@ -47,6 +47,9 @@ struct ServiceConfig {
   uint64_t ssd_bytes = 8ull << 30;   // SSD tier capacity; 0 = no SSD tier
   uint64_t gpu_bytes = 0;            // GPU tier capacity; 0 = no GPU tier
   bool ssd_sync_writes = false;      // fsync each SSD batch (slower demotions, no loss on crash)
+  // On graceful stop, move pages still in memory tiers to SSD so a restart serves them (costs
+  // shutdown time proportional to the host tier's content). Needs an SSD tier.
+  bool persist_on_shutdown = true;
   // Layouts accepted in writes (default: fp16 and bf16, 8 KV heads, head_dim 128, 16/32/64
   // tokens per page). A write of another layout fails with InvalidArgument.
   std::vector<LayoutConfig> layouts;
