@@ -1,0 +1,205 @@
+#include "pagoda/cluster/etcd_client.h"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "kvstore/cluster/testing/etcd_process.h"
+
+namespace pagoda::cluster {
+namespace {
+
+using testing::EtcdProcess;
+
+class EtcdClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto etcd = EtcdProcess::Start();
+    ASSERT_TRUE(etcd.ok()) << etcd.status();
+    etcd_ = std::move(*etcd);
+    EtcdOptions options;
+    options.endpoints = {etcd_->endpoint()};
+    auto client = EtcdClient::Create(options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = std::move(*client);
+  }
+
+  std::unique_ptr<EtcdProcess> etcd_;
+  std::unique_ptr<EtcdClient> client_;
+};
+
+TEST(EtcdClientCreate, RejectsBadOptions) {
+  EXPECT_TRUE(absl::IsInvalidArgument(EtcdClient::Create({}).status()));
+  for (const char* bad : {"", "localhost", "localhost:", ":2379", "host:12x", "https://h:1"}) {
+    EtcdOptions o;
+    o.endpoints = {bad};
+    EXPECT_TRUE(absl::IsInvalidArgument(EtcdClient::Create(o).status())) << bad;
+  }
+  EtcdOptions o;
+  o.endpoints = {"http://127.0.0.1:2379"};
+  EXPECT_TRUE(EtcdClient::Create(o).ok());
+  o.rpc_timeout = absl::ZeroDuration();
+  EXPECT_TRUE(absl::IsInvalidArgument(EtcdClient::Create(o).status()));
+}
+
+TEST(PrefixRangeEnd, IncrementsLastByte) {
+  EXPECT_EQ(PrefixRangeEnd("/a/"), "/a0");
+  EXPECT_EQ(PrefixRangeEnd(std::string("a\xff", 2)), "b");
+  EXPECT_EQ(PrefixRangeEnd(std::string("\xff\xff", 2)), std::string(1, '\0'));
+}
+
+TEST_F(EtcdClientTest, PutGetDeleteRoundTrip) {
+  auto rev1 = client_->Put("/t/a", "1");
+  ASSERT_TRUE(rev1.ok()) << rev1.status();
+  auto rev2 = client_->Put("/t/b", std::string("bin\0ary", 7));
+  ASSERT_TRUE(rev2.ok());
+  EXPECT_GT(*rev2, *rev1);
+  ASSERT_TRUE(client_->Put("/u/c", "other prefix").ok());
+
+  auto a = client_->Get("/t/a");
+  ASSERT_TRUE(a.ok());
+  ASSERT_EQ(a->kvs.size(), 1u);
+  EXPECT_EQ(a->kvs[0].value, "1");
+  EXPECT_EQ(a->kvs[0].mod_revision, *rev1);
+  EXPECT_GE(a->revision, *rev2);
+
+  auto all = client_->GetPrefix("/t/");
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->kvs.size(), 2u);
+  EXPECT_EQ(all->kvs[0].key, "/t/a");
+  EXPECT_EQ(all->kvs[1].key, "/t/b");
+  EXPECT_EQ(all->kvs[1].value, std::string("bin\0ary", 7));
+
+  auto missing = client_->Get("/t/zzz");
+  ASSERT_TRUE(missing.ok());
+  EXPECT_TRUE(missing->kvs.empty());
+
+  auto deleted = client_->DeletePrefix("/t/");
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_EQ(*deleted, 2);
+  EXPECT_TRUE(client_->GetPrefix("/t/")->kvs.empty());
+  EXPECT_EQ(client_->GetPrefix("/u/")->kvs.size(), 1u);  // untouched
+  EXPECT_EQ(*client_->Delete("/u/c"), 1);
+  EXPECT_EQ(*client_->Delete("/u/c"), 0);
+}
+
+TEST_F(EtcdClientTest, BadInputIsRejectedAndChangesNothing) {
+  ASSERT_TRUE(client_->Put("/keep", "v").ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(client_->Put("", "v").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(client_->Get("").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(client_->GetPrefix("").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(client_->DeletePrefix("").status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(client_->GrantLease(0).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(client_->WatchPrefix("", 0).status()));
+  EXPECT_EQ(client_->Get("/keep")->kvs.size(), 1u);
+}
+
+TEST_F(EtcdClientTest, PutIfAbsentOnlyCreates) {
+  auto first = client_->PutIfAbsent("/once", "a");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(*first);
+  auto second = client_->PutIfAbsent("/once", "b");
+  ASSERT_TRUE(second.ok());
+  EXPECT_FALSE(*second);
+  EXPECT_EQ(client_->Get("/once")->kvs[0].value, "a");
+}
+
+TEST_F(EtcdClientTest, LeaseExpiryDeletesKeys) {
+  auto lease = client_->GrantLease(2);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  EXPECT_EQ(lease->ttl_seconds, 2);
+  ASSERT_TRUE(client_->Put("/leased", "x", lease->id).ok());
+  EXPECT_EQ(client_->Get("/leased")->kvs[0].lease, lease->id);
+  auto ttl = client_->KeepAliveOnce(lease->id);
+  ASSERT_TRUE(ttl.ok()) << ttl.status();
+  EXPECT_EQ(*ttl, 2);
+  // Without keep-alives the lease expires (etcd checks expiry every 500 ms).
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline && !client_->Get("/leased")->kvs.empty()) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(client_->Get("/leased")->kvs.empty());
+  EXPECT_TRUE(absl::IsNotFound(client_->KeepAliveOnce(lease->id).status()));
+}
+
+TEST_F(EtcdClientTest, RevokeDeletesKeysAtOnce) {
+  auto lease = client_->GrantLease(60);
+  ASSERT_TRUE(lease.ok());
+  ASSERT_TRUE(client_->Put("/r", "x", lease->id).ok());
+  ASSERT_TRUE(client_->RevokeLease(lease->id).ok());
+  EXPECT_TRUE(client_->Get("/r")->kvs.empty());
+  EXPECT_TRUE(absl::IsNotFound(client_->RevokeLease(lease->id)));
+  // A put on a revoked lease fails and writes nothing.
+  EXPECT_FALSE(client_->Put("/r", "y", lease->id).ok());
+  EXPECT_TRUE(client_->Get("/r")->kvs.empty());
+}
+
+TEST_F(EtcdClientTest, WatchSeesPutsAndDeletesInOrder) {
+  auto start = client_->Put("/w/0", "before");
+  ASSERT_TRUE(start.ok());
+  auto watch = client_->WatchPrefix("/w/", *start + 1);
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  ASSERT_TRUE(client_->Put("/w/1", "one").ok());
+  ASSERT_TRUE(client_->Put("/other", "not watched").ok());
+  ASSERT_TRUE(client_->Delete("/w/0").ok());
+  std::vector<EtcdEvent> seen;
+  while (seen.size() < 2) {
+    auto batch = (*watch)->Next();
+    ASSERT_TRUE(batch.ok()) << batch.status();
+    seen.insert(seen.end(), batch->begin(), batch->end());
+  }
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].type, EtcdEvent::Type::kPut);
+  EXPECT_EQ(seen[0].kv.key, "/w/1");
+  EXPECT_EQ(seen[0].kv.value, "one");
+  EXPECT_EQ(seen[1].type, EtcdEvent::Type::kDelete);
+  EXPECT_EQ(seen[1].kv.key, "/w/0");
+}
+
+TEST_F(EtcdClientTest, WatchCancelUnblocksNext) {
+  auto watch = client_->WatchPrefix("/idle/", 0);
+  ASSERT_TRUE(watch.ok());
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    (*watch)->Cancel();
+  });
+  auto r = (*watch)->Next();
+  canceller.join();
+  EXPECT_TRUE(absl::IsCancelled(r.status())) << r.status();
+}
+
+TEST_F(EtcdClientTest, WatchEndsWhenEtcdDiesAndClientRecoversAfterRestart) {
+  auto watch = client_->WatchPrefix("/x/", 0);
+  ASSERT_TRUE(watch.ok());
+  ASSERT_TRUE(client_->Put("/x/kept", "v").ok());
+  ASSERT_TRUE((*watch)->Next().ok());
+  etcd_->Kill();
+  auto r = (*watch)->Next();
+  EXPECT_TRUE(absl::IsUnavailable(r.status())) << r.status();
+  EXPECT_FALSE(client_->Put("/x/during", "v").ok());
+  ASSERT_TRUE(etcd_->Restart().ok());
+  // The same client reconnects within its reconnect backoff; the data survived the restart.
+  absl::StatusOr<EtcdRangeResult> got = absl::UnavailableError("not yet");
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline && !(got = client_->Get("/x/kept")).ok()) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->kvs.size(), 1u);
+  EXPECT_EQ(got->kvs[0].value, "v");
+}
+
+TEST_F(EtcdClientTest, FailsOverToASecondEndpoint) {
+  auto dead_port = testing::PickFreePort();
+  ASSERT_TRUE(dead_port.ok());
+  EtcdOptions options;
+  options.endpoints = {absl::StrCat("127.0.0.1:", *dead_port), etcd_->endpoint()};
+  auto client = EtcdClient::Create(options);
+  ASSERT_TRUE(client.ok());
+  EXPECT_TRUE((*client)->Put("/fo", "v").ok());
+  EXPECT_TRUE((*client)->Get("/fo").ok());
+}
+
+}  // namespace
+}  // namespace pagoda::cluster

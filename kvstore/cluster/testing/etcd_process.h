@@ -1,0 +1,46 @@
+// A real single-member etcd on 127.0.0.1 with free ports and a temp data dir, started and stopped
+// by a test fixture itself (tests never rely on an etcd started by CI).
+#ifndef PAGODA_KVSTORE_CLUSTER_TESTING_ETCD_PROCESS_H_
+#define PAGODA_KVSTORE_CLUSTER_TESTING_ETCD_PROCESS_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "kvstore/cluster/testing/subprocess.h"
+
+namespace pagoda::cluster::testing {
+
+// Thread safety: not thread-safe; one test thread drives it.
+class EtcdProcess {
+ public:
+  // Picks ports and a data dir and starts etcd; returns once it answers a Range.
+  static absl::StatusOr<std::unique_ptr<EtcdProcess>> Start();
+  ~EtcdProcess();  // kills etcd, removes the data dir
+
+  std::string endpoint() const;  // "127.0.0.1:<client port>"
+  const std::string& data_dir() const { return data_dir_; }
+
+  void Kill();              // SIGKILL, keeps the data
+  absl::Status Stop();      // SIGTERM, keeps the data
+  absl::Status WipeData();  // only while stopped: a restart then starts an empty etcd
+  absl::Status Restart();   // same ports, same data dir; returns once ready
+  bool Running();
+
+ private:
+  EtcdProcess() = default;
+  absl::Status Launch();
+  absl::Status WaitReady(absl::Duration timeout);
+
+  std::string data_dir_;
+  std::string work_dir_;
+  int client_port_ = 0;
+  int peer_port_ = 0;
+  std::unique_ptr<Subprocess> proc_;
+};
+
+}  // namespace pagoda::cluster::testing
+
+#endif  // PAGODA_KVSTORE_CLUSTER_TESTING_ETCD_PROCESS_H_
