@@ -24,7 +24,11 @@ absl::StatusOr<std::unique_ptr<NodeRegistration>> NodeRegistration::Start(
   std::unique_ptr<NodeRegistration> reg(
       new NodeRegistration(etcd, std::move(node), std::move(options)));
   st = reg->Register();
-  if (!st.ok()) return st;
+  if (!st.ok()) {
+    if (reg->options_.require_first_registration) return st;
+    spdlog::warn("cluster: node {} not registered yet ({}); retrying in the background",
+                 reg->node_.id, st.ToString());
+  }
   reg->thread_ = std::thread([r = reg.get()] { r->Loop(); });
   return reg;
 }

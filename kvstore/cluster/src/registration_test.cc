@@ -165,5 +165,18 @@ TEST_F(RegistrationTest, StartFailsWhenEtcdIsDown) {
   EXPECT_FALSE(reg.ok());
 }
 
+TEST_F(RegistrationTest, CanStartUnregisteredAndRegisterOnceEtcdAnswers) {
+  ASSERT_TRUE(etcd_->Stop().ok());
+  RegistrationOptions o = FastOptions();
+  o.require_first_registration = false;
+  auto reg = NodeRegistration::Start(client_.get(), Node("n1", 7001), o);
+  ASSERT_TRUE(reg.ok()) << reg.status();
+  EXPECT_FALSE((*reg)->registered());
+  EXPECT_EQ((*reg)->registrations(), 0);
+  ASSERT_TRUE(etcd_->Restart().ok());
+  ASSERT_TRUE(WaitForKey((*reg)->key(), true, absl::Seconds(10)));
+  EXPECT_EQ((*reg)->registrations(), 1);
+}
+
 }  // namespace
 }  // namespace pagoda::cluster

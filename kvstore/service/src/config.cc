@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace pagoda::service {
 namespace {
@@ -46,6 +47,12 @@ security:
   tls_client_ca: ""
   allow_unknown_tenants: true
 tenants: {}
+cluster:                    # registration in etcd (issue 7); no endpoints = standalone node
+  etcd_endpoints: ""        # comma-separated host:port list of etcd's client API
+  node_id: ""               # "" = the host name
+  advertise_address: ""     # address clients dial; "" = grpc_host (host name if 0.0.0.0)
+  prefix: /pagoda/v1/nodes/
+  lease_ttl_s: 5
 logging:
   level: info
   json: false
@@ -256,6 +263,23 @@ absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
     }
   }
   {
+    Reader r(top.Get("cluster"), "cluster");
+    std::string endpoints;
+    for (size_t i = 0; i < c->etcd_endpoints.size(); ++i) {
+      endpoints += (i ? "," : "") + c->etcd_endpoints[i];
+    }
+    PAGODA_RETURN_IF_ERROR(r.String("etcd_endpoints", &endpoints));
+    c->etcd_endpoints.clear();
+    for (absl::string_view e : absl::StrSplit(endpoints, ',', absl::SkipWhitespace())) {
+      c->etcd_endpoints.emplace_back(absl::StripAsciiWhitespace(e));
+    }
+    PAGODA_RETURN_IF_ERROR(r.String("node_id", &c->node_id));
+    PAGODA_RETURN_IF_ERROR(r.String("advertise_address", &c->advertise_address));
+    PAGODA_RETURN_IF_ERROR(r.String("prefix", &c->cluster_prefix));
+    PAGODA_RETURN_IF_ERROR(r.Int("lease_ttl_s", 2, 3600, &c->lease_ttl_s));
+    PAGODA_RETURN_IF_ERROR(r.CheckNoUnknown());
+  }
+  {
     Reader r(top.Get("logging"), "logging");
     PAGODA_RETURN_IF_ERROR(r.String("level", &c->log_level));
     PAGODA_RETURN_IF_ERROR(r.Bool("json", &c->log_json));
@@ -319,6 +343,11 @@ absl::Status ValidateConfig(const ServiceConfig& c) {
   if (!kLevels.count(c.log_level)) {
     return absl::InvalidArgumentError("config: logging.level must be trace|debug|info|warn|error");
   }
+  if (!c.etcd_endpoints.empty() && c.cluster_prefix.empty()) {
+    return absl::InvalidArgumentError("config: cluster.prefix is empty");
+  }
+  if (c.lease_ttl_s < 2)
+    return absl::InvalidArgumentError("config: cluster.lease_ttl_s must be >= 2");
   if (!c.allow_unknown_tenants && c.tenants.empty()) {
     return absl::InvalidArgumentError("config: allow_unknown_tenants=false with no tenants listed");
   }

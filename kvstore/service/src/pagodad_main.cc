@@ -10,6 +10,10 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "pagoda/cluster/etcd_client.h"
+#include "pagoda/cluster/registration.h"
 #include "pagoda/service/config.h"
 #include "pagoda/service/server.h"
 #include "spdlog/sinks/stdout_sinks.h"
@@ -20,6 +24,60 @@ namespace {
 int Fail(const absl::Status& s) {
   spdlog::critical("pagodad: {}", s.ToString());
   return 1;
+}
+
+std::string HostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "localhost";
+  return name;
+}
+
+// Registration of this node in etcd (cluster mode): its NodeInfo under a kept-alive lease.
+struct ClusterMembership {
+  std::unique_ptr<pagoda::cluster::EtcdClient> etcd;
+  std::unique_ptr<pagoda::cluster::NodeRegistration> registration;
+};
+
+absl::StatusOr<ClusterMembership> JoinCluster(const pagoda::service::ServiceConfig& c, int gport,
+                                              int hport) {
+  ClusterMembership m;
+  pagoda::cluster::EtcdOptions eo;
+  eo.endpoints = c.etcd_endpoints;
+  absl::StatusOr<std::unique_ptr<pagoda::cluster::EtcdClient>> etcd =
+      pagoda::cluster::EtcdClient::Create(eo);
+  if (!etcd.ok()) return etcd.status();
+  m.etcd = std::move(*etcd);
+  pagoda::cluster::NodeInfo node;
+  node.id = c.node_id.empty() ? HostName() : c.node_id;
+  node.address = c.advertise_address;
+  if (node.address.empty()) {
+    node.address = (c.grpc_host == "0.0.0.0" || c.grpc_host == "::") ? HostName() : c.grpc_host;
+  }
+  node.grpc_port = gport;
+  node.http_port = hport > 0 ? hport : 0;
+  node.tiers.push_back("host");
+  node.capacity_bytes["host"] = c.host_bytes;
+  if (c.ssd_bytes > 0) {
+    node.tiers.push_back("ssd");
+    node.capacity_bytes["ssd"] = c.ssd_bytes;
+  }
+  if (c.gpu_bytes > 0) {
+    node.tiers.push_back("gpu");
+    node.capacity_bytes["gpu"] = c.gpu_bytes;
+  }
+  node.version = "0.1.0";
+  pagoda::cluster::RegistrationOptions ro;
+  ro.prefix = c.cluster_prefix;
+  ro.lease_ttl_seconds = c.lease_ttl_s;
+  ro.keepalive_interval = absl::Seconds(c.lease_ttl_s) / 3;
+  ro.require_first_registration = false;  // keep serving local clients while etcd is down
+  absl::StatusOr<std::unique_ptr<pagoda::cluster::NodeRegistration>> reg =
+      pagoda::cluster::NodeRegistration::Start(m.etcd.get(), node, ro);
+  if (!reg.ok()) return reg.status();
+  m.registration = std::move(*reg);
+  spdlog::info("cluster: node {} ({}:{}) joins via etcd {} under {}", node.id, node.address,
+               node.grpc_port, absl::StrJoin(c.etcd_endpoints, ","), c.cluster_prefix);
+  return m;
 }
 
 }  // namespace
@@ -35,6 +93,7 @@ int main(int argc, char** argv) {
       tls_client_ca;
   std::optional<uint64_t> host_mib, ssd_mib;
   std::optional<double> grace_s;
+  std::optional<std::string> etcd_endpoints, node_id, advertise_address;
   app.add_option("--config", config_path, "YAML config file (default: embedded single-node)");
   app.add_flag("--print-default-config", print_default, "print the embedded default and exit");
   app.add_option("--grpc-host", grpc_host, "gRPC bind address");
@@ -51,6 +110,10 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error");
   app.add_option("--port-file", port_file, "write the bound ports here as JSON once serving");
   app.add_option("--shutdown-grace-s", grace_s, "seconds in-flight calls get on SIGTERM (10)");
+  app.add_option("--etcd", etcd_endpoints,
+                 "comma-separated etcd host:port list; joins the cluster (\"\" = standalone)");
+  app.add_option("--node-id", node_id, "this node's id in the cluster (default: host name)");
+  app.add_option("--advertise-address", advertise_address, "address other machines dial");
   CLI11_PARSE(app, argc, argv);
   if (print_default) {
     std::cout << pagoda::service::DefaultConfigYaml();
@@ -79,6 +142,14 @@ int main(int argc, char** argv) {
   if (tls_key) c.tls_key = *tls_key;
   if (tls_client_ca) c.tls_client_ca = *tls_client_ca;
   if (log_level) c.log_level = *log_level;
+  if (etcd_endpoints) {
+    c.etcd_endpoints.clear();
+    for (absl::string_view e : absl::StrSplit(*etcd_endpoints, ',', absl::SkipWhitespace())) {
+      c.etcd_endpoints.emplace_back(e);
+    }
+  }
+  if (node_id) c.node_id = *node_id;
+  if (advertise_address) c.advertise_address = *advertise_address;
 
   auto logger = spdlog::stderr_logger_mt("pagodad");
   spdlog::set_default_logger(logger);
@@ -115,8 +186,20 @@ int main(int argc, char** argv) {
     std::rename(tmp.c_str(), port_file.c_str());  // readers never see a half-written file
   }
 
+  std::optional<ClusterMembership> cluster;
+  if (!c.etcd_endpoints.empty()) {
+    absl::StatusOr<ClusterMembership> joined = JoinCluster(c, gport, hport);
+    if (!joined.ok()) return Fail(joined.status());
+    cluster = std::move(*joined);
+  }
+
   int sig = 0;
   sigwait(&stop_signals, &sig);
+  if (cluster) {
+    // Leave first, so clients stop routing new pages here while in-flight calls drain.
+    cluster->registration->Stop(/*deregister=*/true);
+    spdlog::info("cluster: left the cluster");
+  }
   spdlog::info("signal {}: draining in-flight requests, then flushing", sig);
   absl::Status s = (*server)->Shutdown(absl::Seconds(grace_s.value_or(10.0)));
   server->reset();

@@ -33,6 +33,10 @@ struct RegistrationOptions {
   absl::Duration keepalive_interval = absl::Seconds(5) / 3;
   // Wait between attempts while etcd is unreachable.
   absl::Duration retry_interval = absl::Milliseconds(250);
+  // When false, Start() succeeds even if etcd is unreachable and the node registers as soon as
+  // it answers (a node keeps serving local clients while etcd is down). When true, Start()
+  // fails with Unavailable instead.
+  bool require_first_registration = true;
 };
 
 // Thread safety: safe for concurrent use without external synchronization.
@@ -40,8 +44,8 @@ class NodeRegistration {
  public:
   // Validates `node`, registers it once synchronously (so the node is routable when this
   // returns), then keeps it registered from a background thread. `etcd` must outlive the
-  // registration. Errors: InvalidArgument for a bad node or options, Unavailable when etcd cannot
-  // be reached for the first registration.
+  // registration. Errors: InvalidArgument for a bad node or options; the first registration's
+  // error when it fails and options.require_first_registration is set.
   static absl::StatusOr<std::unique_ptr<NodeRegistration>> Start(EtcdClient* etcd, NodeInfo node,
                                                                  RegistrationOptions options = {});
   // Same as Stop(/*deregister=*/true).

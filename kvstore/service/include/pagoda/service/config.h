@@ -62,6 +62,13 @@ struct ServiceConfig {
   std::map<std::string, TenantConfig> tenants;  // known tenants; empty = any tenant name
   bool allow_unknown_tenants = true;            // false: only tenants listed above are served
 
+  // --- cluster (issue 7): registration in etcd; empty etcd_endpoints = a standalone node
+  std::vector<std::string> etcd_endpoints;  // "host:port" of etcd's client API
+  std::string node_id;                      // "" = this machine's host name
+  std::string advertise_address;  // address clients dial; "" = grpc_host, or the host name
+  std::string cluster_prefix = "/pagoda/v1/nodes/";  // etcd key prefix of this cluster's nodes
+  int lease_ttl_s = 5;  // a crashed node leaves the cluster this long after its last keep-alive
+
   // --- logging
   std::string log_level = "info";  // trace, debug, info, warn, error
   bool log_json = false;           // one JSON object per line instead of text
