@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds, tests and benchmarks ALL of Pagoda's CUDA code in one device call; prints a table last.
+#
+# Where it builds: on the GPU machine, which has nvcc 13, cmake, ninja and PyTorch but no Debian
+# -dev packages. The CUDA code therefore builds standalone (`cmake -S bench/gpu`, which adds
+# kernels/; see bench/gpu/CMakeLists.txt) against absl and GTest taken from Debian 12's own .debs
+# (libabsl-dev, libabsl20220623, libgtest-dev, libgmock-dev), unpacked into .devcarry/ (ignored by
+# git) on the dev machine and carried along:
+#   here:   bench/gpu/run.sh --prepare
+#   device: run(command="bench/gpu/run.sh", carry=[".devcarry"])
+# Results: each step's log goes to $OUT/<step>.log ($OUT defaults to ./gpu-out); the table printed
+# last is also written to $OUT/summary.md.
+#
+# Adding a step (another part's CUDA test or benchmark): write a function step_<name> that runs
+# from the repository root with the build in $BUILD and returns non-zero on failure, and add
+# <name> to STEPS. Targets that need only CUDA + absl + GTest can join the standalone build in
+# bench/gpu/CMakeLists.txt. Environment: STEPS="build kernels_test" runs a subset.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+CARRY=$ROOT/.devcarry
+
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  rm -rf "$CARRY" && mkdir -p "$CARRY/debs"
+  (cd "$CARRY/debs" && apt-get download libabsl-dev libabsl20220623 libgtest-dev libgmock-dev)
+  for f in "$CARRY"/debs/*.deb; do dpkg -x "$f" "$CARRY/root"; done
+  rm -rf "$CARRY/debs" "$CARRY"/root/usr/lib/x86_64-linux-gnu/libabsl*.a "$CARRY/root/usr/share"
+  du -sh "$CARRY"
+  exit 0
+fi
+
+OUT=${OUT:-$ROOT/gpu-out}
+mkdir -p "$OUT"
+BUILD=${BUILD:-$ROOT/build-gpu}
+PREFIX=$CARRY/root/usr
+LIBDIR=$PREFIX/lib/x86_64-linux-gnu
+export LD_LIBRARY_PATH=$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+step_build() {
+  [ -d "$PREFIX" ] || { echo "no $PREFIX: run bench/gpu/run.sh --prepare and carry .devcarry"; return 1; }
+  cmake -S bench/gpu -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" \
+    -DCMAKE_PREFIX_PATH="$PREFIX" -Dabsl_DIR="$LIBDIR/cmake/absl" -DGTest_DIR="$LIBDIR/cmake/GTest" &&
+    cmake --build "$BUILD" -j "$(nproc)"
+}
+step_kernels_ref_test() { "$BUILD/kernels/kernels_ref_test" --gtest_brief=1; }
+step_kernels_test() { "$BUILD/kernels/kernels_cuda_test" --gtest_brief=1; }
+step_sdpa() { python3 bench/gpu/sdpa_baseline.py | tee "$OUT/sdpa.txt"; }
+step_kernels_bench() { "$BUILD/bench/gpu/kernels_bench" "$OUT/sdpa.txt"; }
+
+STEPS=${STEPS:-"build kernels_test sdpa kernels_bench"}  # kernels_ref_test: CI runs it
+declare -A STATUS SECS
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
+  tee "$OUT/device.txt"
+for s in $STEPS; do
+  echo "=== step $s"
+  t0=$(date +%s)
+  if "step_$s" >"$OUT/$s.log" 2>&1; then STATUS[$s]=ok; else STATUS[$s]="FAILED ($?)"; fi
+  SECS[$s]=$(($(date +%s) - t0))
+  tail -n 15 "$OUT/$s.log"
+  if [ "$s" = build ] && [ "${STATUS[$s]}" != ok ]; then break; fi
+done
+{
+  echo "## bench/gpu/run.sh on $(head -1 "$OUT/device.txt"), $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "| step | status | seconds |"
+  echo "|---|---|---|"
+  for s in $STEPS; do echo "| $s | ${STATUS[$s]:-not run} | ${SECS[$s]:-} |"; done
+  echo
+  [ -f "$OUT/kernels_bench.log" ] && sed -n '/^| measurement/,$p' "$OUT/kernels_bench.log"
+} | tee "$OUT/summary.md"
+for s in $STEPS; do [ "${STATUS[$s]:-}" = ok ] || exit 1; done

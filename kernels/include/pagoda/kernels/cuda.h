@@ -1,0 +1,101 @@
+// CUDA kernels (sm_90) computing the same functions as reference.h, on device memory.
+//
+// Supported on the GPU: fp16 and bf16; head_dim 64 and 128; up to 8 query heads per KV head;
+// power-of-two page sizes (1 .. 1024; 16/32/64 are the tuned ones). Other shapes are rejected
+// with InvalidArgument (use the reference).
+//
+// Plan, then run: Plan* functions look only at shapes (host scalars), may query the device, and
+// return the launch configuration and the workspace size. Run functions only enqueue kernels on
+// `stream` (no allocation, no synchronization, no host reads of device data), so a run can be
+// captured in a CUDA graph and replayed with new data in the same buffers. All pointers in the
+// params are device pointers; workspaces are caller-owned device buffers of at least
+// plan.workspace_bytes, 256-byte aligned, not shared by concurrent runs.
+//
+// Device data is trusted: page ids, CSR arrays and counts must satisfy the preconditions stated
+// in params.h (the references check them; run those checks on the host where inputs are not
+// already known to be valid). A run returns an error status only for bad shapes or a failed
+// launch.
+//
+// Thread safety: functions are stateless; concurrent calls are safe on distinct outputs and
+// workspaces.
+#ifndef PAGODA_KERNELS_CUDA_H_
+#define PAGODA_KERNELS_CUDA_H_
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "pagoda/kernels/params.h"
+
+namespace pagoda::kernels::gpu {
+
+struct DecodePlanOptions {
+  // Multiprocessors to fill; 0 queries the current device.
+  int32_t num_sms = 0;
+  // Blocks per multiprocessor the split aims for; more hides latency better but adds merge work.
+  int32_t blocks_per_sm = 4;
+  // Smallest KV chunk one block handles when a row is split (tokens).
+  int32_t min_chunk_tokens = 256;
+  // Upper bound on chunks per row (bounds the workspace and the merge).
+  int32_t max_chunks = 64;
+};
+
+struct DecodePlan {
+  bool streaming = false;
+  int32_t batch = 0, num_qo_heads = 0, num_kv_heads = 0, head_dim = 0;
+  DType dtype = DType::kBFloat16;
+  int32_t num_chunks = 1;      // KV chunks per (sequence, KV head); 1 = no split, no merge
+  int32_t chunk_tokens = 0;    // tokens per chunk (the last chunk takes any excess)
+  size_t workspace_bytes = 0;  // partial outputs and log-sum-exps of the split
+};
+
+// Plans sparse decode (streaming = false) or streaming-head attention (streaming = true) for the
+// shapes in `shape` (pointers unused). max_tokens_per_row bounds the tokens a row attends (for
+// streaming heads: sink_tokens + window_tokens); rows with more tokens are still computed
+// correctly, only with less parallelism.
+absl::StatusOr<DecodePlan> PlanDecode(const DecodeParams& shape, bool streaming,
+                                      int64_t max_tokens_per_row,
+                                      const DecodePlanOptions& options = {});
+
+// Sparse paged decode attention (see DecodeParams). The shapes must match the plan.
+absl::Status SparseDecode(const DecodePlan& plan, const DecodeParams& p, void* workspace,
+                          cudaStream_t stream);
+
+// Streaming-head attention (see DecodeParams). The shapes must match the plan.
+absl::Status StreamingDecode(const DecodePlan& plan, const DecodeParams& p, void* workspace,
+                             cudaStream_t stream);
+
+// Page summary update (see SummaryUpdateParams). No workspace.
+absl::Status UpdateSummaries(const SummaryUpdateParams& p, cudaStream_t stream);
+
+struct QuestPlan {
+  int32_t batch = 0, num_qo_heads = 0, num_kv_heads = 0, head_dim = 0, sub_pages = 1;
+  int32_t max_candidates = 0;  // per sequence
+  size_t workspace_bytes = 0;  // none needed today; kept so callers allocate through the plan
+};
+
+// Plans Quest scoring + top-k for the shapes in `shape`; max_candidates_per_seq bounds
+// cand_indptr[b+1] - cand_indptr[b] (a larger count is a precondition violation: the extra
+// candidates are not scored).
+absl::StatusOr<QuestPlan> PlanQuest(const QuestParams& shape, int32_t max_candidates_per_seq);
+
+// Quest scoring and top-k selection (see QuestParams), writing scores and the output CSR table.
+absl::Status QuestSelect(const QuestPlan& plan, const QuestParams& p, void* workspace,
+                         cudaStream_t stream);
+
+// k-means steps (see KMeansParams). Update needs KMeansWorkspaceBytes(p) of workspace.
+size_t KMeansWorkspaceBytes(const KMeansParams& p);
+absl::Status KMeansAssign(const KMeansParams& p, cudaStream_t stream);
+absl::Status KMeansUpdate(const KMeansParams& p, void* workspace, cudaStream_t stream);
+
+// Page gather / scatter (see PageCopyParams). 16-byte copies when pool, staging, the stride and
+// page_bytes are all 16-byte aligned, byte copies otherwise.
+absl::Status GatherPages(const PageCopyParams& p, cudaStream_t stream);
+absl::Status ScatterPages(const PageCopyParams& p, cudaStream_t stream);
+
+}  // namespace pagoda::kernels::gpu
+
+#endif  // PAGODA_KERNELS_CUDA_H_

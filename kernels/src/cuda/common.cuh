@@ -1,0 +1,84 @@
+// Device helpers shared by the CUDA kernels: 16-byte loads of 8 fp16/bf16 values, fast exp2,
+// warp reductions, and the one place CUDA errors become absl::Status.
+#ifndef PAGODA_KERNELS_SRC_CUDA_COMMON_CUH_
+#define PAGODA_KERNELS_SRC_CUDA_COMMON_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "pagoda/kernels/dtype.h"
+
+namespace pagoda::kernels::gpu::internal {
+
+inline absl::Status CudaStatus(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(err)));
+}
+
+// Checks the launch just enqueued.
+inline absl::Status LaunchStatus(const char* what) { return CudaStatus(cudaGetLastError(), what); }
+
+// Eight 16-bit values held in 16 bytes, converted to float.
+template <bool kBf16>
+__device__ __forceinline__ void Unpack8(const uint4& raw, float (&out)[8]) {
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (kBf16) {
+      out[2 * i] = __uint_as_float(w[i] << 16);
+      out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    } else {
+      __half2 h;
+      memcpy(&h, &w[i], 4);
+      const float2 f = __half22float2(h);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+}
+
+template <bool kBf16>
+__device__ __forceinline__ uint16_t Pack1(float f) {
+  if constexpr (kBf16) {
+    const __nv_bfloat16 b = __float2bfloat16_rn(f);
+    return *reinterpret_cast<const uint16_t*>(&b);
+  } else {
+    const __half h = __float2half_rn(f);
+    return *reinterpret_cast<const uint16_t*>(&h);
+  }
+}
+
+template <bool kBf16>
+__device__ __forceinline__ float Unpack1(uint16_t v) {
+  return kBf16 ? __uint_as_float(static_cast<uint32_t>(v) << 16)
+               : __half2float(__ushort_as_half(v));
+}
+
+// Streaming 16-byte load that skips L1 (each KV byte is read once per step).
+__device__ __forceinline__ uint4 LoadStream(const uint16_t* p) {
+  return __ldcs(reinterpret_cast<const uint4*>(p));
+}
+
+__device__ __forceinline__ float FastExp2(float x) {
+  float y;
+  asm volatile("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Float key whose unsigned order is the float order (NaN must be mapped away first).
+__device__ __forceinline__ uint32_t OrderedKey(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+}  // namespace pagoda::kernels::gpu::internal
+
+#endif  // PAGODA_KERNELS_SRC_CUDA_COMMON_CUH_

@@ -1,0 +1,464 @@
+// Sparse paged decode attention and streaming-head attention (split-KV + merge).
+//
+// One block handles one (sequence, KV head, KV chunk) and all query heads of the GQA group, so
+// every KV byte is read once per step. Each token row is read by kDim/8 threads with 16-byte
+// loads; the block walks its chunk kStep tokens at a time with a two-deep software pipeline (page
+// ids two steps ahead, K/V one step ahead). Thread groups keep private online-softmax states that
+// are merged through shared memory at the end; a split row writes partial (o, lse) states that
+// MergeKernel combines.
+#include <algorithm>
+#include <cmath>
+
+#include "common.cuh"
+#include "pagoda/kernels/cuda.h"
+#include "validate.h"
+
+namespace pagoda::kernels::gpu {
+namespace {
+
+using internal::FastExp2;
+using internal::kLn2;
+using internal::kLog2e;
+
+constexpr int kThreads = 128;
+constexpr int kMaxStep = 64;  // largest tokens-per-step of any instantiation
+
+struct DecodeArgs {
+  const uint16_t* q;
+  uint16_t* o;
+  float* lse;
+  const uint16_t* k;
+  const uint16_t* v;
+  int64_t stride_page, stride_head, stride_token;
+  const int32_t* indptr;
+  const int32_t* indices;
+  const int32_t* last_page_len;
+  const uint8_t* is_streaming;
+  float* part_o;
+  float* part_lse;
+  int32_t num_qo_heads, num_kv_heads, group;
+  int32_t log2_page;
+  int32_t num_chunks, chunk_tokens;
+  int32_t sink, window;
+  float scale_log2;
+  bool streaming, per_kv_head;
+};
+
+template <bool kBf16, int kDim, int kGMax, int kUnroll>
+__global__ void __launch_bounds__(kThreads) DecodeKernel(const __grid_constant__ DecodeArgs a) {
+  constexpr int kVec = 8;
+  constexpr int kTpt = kDim / kVec;         // threads per token row
+  constexpr int kGroups = kThreads / kTpt;  // token groups per block
+  constexpr int kStep = kGroups * kUnroll;  // tokens per block step
+  static_assert(kStep <= kMaxStep);
+  const int chunk = blockIdx.x;
+  const int bh = blockIdx.y;
+  const int b = bh / a.num_kv_heads;
+  const int h = bh - b * a.num_kv_heads;
+  if (a.streaming && a.is_streaming[h] == 0) return;
+  const int row = (a.streaming || !a.per_kv_head) ? b : bh;
+  const int tid = threadIdx.x;
+  const int tg = tid / kTpt;
+  const int lane_in = tid % kTpt;
+
+  const int page_begin = a.indptr[row];
+  const int npages = a.indptr[row + 1] - page_begin;
+  const int len = npages == 0 ? 0 : ((npages - 1) << a.log2_page) + a.last_page_len[row];
+  int s0 = len, gap = 0, n = len;
+  if (a.streaming) {
+    s0 = min(a.sink, len);
+    const int w0 = max(s0, len - a.window);
+    gap = w0 - s0;
+    n = s0 + (len - w0);
+  }
+  const int begin = chunk * a.chunk_tokens;
+  const int end = chunk == a.num_chunks - 1 ? n : min(n, begin + a.chunk_tokens);
+  const int page_mask = (1 << a.log2_page) - 1;
+
+  float q[kGMax][kVec];
+#pragma unroll
+  for (int g = 0; g < kGMax; ++g) {
+    if (g < a.group) {
+      const uint16_t* qp = a.q +
+                           (static_cast<int64_t>(b) * a.num_qo_heads + h * a.group + g) * kDim +
+                           lane_in * kVec;
+      internal::Unpack8<kBf16>(*reinterpret_cast<const uint4*>(qp), q[g]);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) q[g][i] *= a.scale_log2;
+    } else {
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) q[g][i] = 0.f;
+    }
+  }
+
+  auto page_of = [&](int j) -> int {
+    if (j >= end) return -1;
+    const int t = j < s0 ? j : j + gap;
+    return __ldg(a.indices + page_begin + (t >> a.log2_page));
+  };
+  auto offset_of = [&](int j, int page) -> int64_t {
+    const int t = j < s0 ? j : j + gap;
+    return page * a.stride_page + h * a.stride_head + (t & page_mask) * a.stride_token +
+           lane_in * kVec;
+  };
+
+  float m[kGMax], d[kGMax], acc[kGMax][kVec];
+#pragma unroll
+  for (int g = 0; g < kGMax; ++g) {
+    m[g] = -INFINITY;
+    d[g] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) acc[g][i] = 0.f;
+  }
+
+  int pg_next[kUnroll];
+  uint4 kc[kUnroll], vc[kUnroll];
+  {
+    int pg_cur[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) pg_cur[u] = page_of(begin + u * kGroups + tg);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) pg_next[u] = page_of(begin + kStep + u * kGroups + tg);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (pg_cur[u] >= 0) {
+        const int64_t off = offset_of(begin + u * kGroups + tg, pg_cur[u]);
+        kc[u] = internal::LoadStream(a.k + off);
+        vc[u] = internal::LoadStream(a.v + off);
+      } else {
+        kc[u] = vc[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  }
+
+  for (int base = begin; base < end; base += kStep) {
+    int pg_after[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) pg_after[u] = page_of(base + 2 * kStep + u * kGroups + tg);
+    uint4 kn[kUnroll], vn[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (pg_next[u] >= 0) {
+        const int64_t off = offset_of(base + kStep + u * kGroups + tg, pg_next[u]);
+        kn[u] = internal::LoadStream(a.k + off);
+        vn[u] = internal::LoadStream(a.v + off);
+      } else {
+        kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+
+    float s[kUnroll][kGMax];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float kf[kVec];
+      internal::Unpack8<kBf16>(kc[u], kf);
+#pragma unroll
+      for (int g = 0; g < kGMax; ++g) {
+        float x = 0.f;
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) x = fmaf(q[g][i], kf[i], x);
+        s[u][g] = x;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int g = 0; g < kGMax; ++g) {
+#pragma unroll
+        for (int mask = kTpt / 2; mask > 0; mask >>= 1) {
+          s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], mask);
+        }
+      }
+      if (base + u * kGroups + tg >= end) {
+#pragma unroll
+        for (int g = 0; g < kGMax; ++g) s[u][g] = -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < kGMax; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) mx = fmaxf(mx, s[u][g]);
+      if (mx == -INFINITY) {
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) s[u][g] = 0.f;
+        continue;
+      }
+      const float sc = FastExp2(m[g] - mx);
+      d[g] *= sc;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) acc[g][i] *= sc;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        s[u][g] = FastExp2(s[u][g] - mx);
+        d[g] += s[u][g];
+      }
+      m[g] = mx;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float vf[kVec];
+      internal::Unpack8<kBf16>(vc[u], vf);
+#pragma unroll
+      for (int g = 0; g < kGMax; ++g) {
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) acc[g][i] = fmaf(s[u][g], vf[i], acc[g][i]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      kc[u] = kn[u];
+      vc[u] = vn[u];
+      pg_next[u] = pg_after[u];
+    }
+  }
+
+  // Merge the thread groups' states.
+  __shared__ float sm_m[kGroups][kGMax];
+  __shared__ float sm_d[kGroups][kGMax];
+  __shared__ float sm_o[kGroups][kGMax][kDim];
+#pragma unroll
+  for (int g = 0; g < kGMax; ++g) {
+    if (lane_in == 0) {
+      sm_m[tg][g] = m[g];
+      sm_d[tg][g] = d[g];
+    }
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) sm_o[tg][g][lane_in * kVec + i] = acc[g][i];
+  }
+  __syncthreads();
+  for (int idx = tid; idx < a.group * kDim; idx += kThreads) {
+    const int g = idx / kDim;
+    const int dim = idx - g * kDim;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < kGroups; ++t) mx = fmaxf(mx, sm_m[t][g]);
+    float den = 0.f, num = 0.f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int t = 0; t < kGroups; ++t) {
+        const float w = FastExp2(sm_m[t][g] - mx);
+        den = fmaf(sm_d[t][g], w, den);
+        num = fmaf(sm_o[t][g][dim], w, num);
+      }
+    }
+    const int64_t hq = static_cast<int64_t>(b) * a.num_qo_heads + h * a.group + g;
+    const float out = den > 0.f ? num / den : 0.f;
+    const float lse2 = den > 0.f ? mx + log2f(den) : -INFINITY;
+    if (a.num_chunks == 1) {
+      a.o[hq * kDim + dim] = internal::Pack1<kBf16>(out);
+      if (dim == 0 && a.lse != nullptr) a.lse[hq] = lse2 * kLn2;
+    } else {
+      const int64_t part = hq * a.num_chunks + chunk;
+      a.part_o[part * kDim + dim] = out;
+      if (dim == 0) a.part_lse[part] = lse2;
+    }
+  }
+}
+
+// Combines the chunks' partial states: one warp per (sequence, query head).
+template <bool kBf16, int kDim>
+__global__ void __launch_bounds__(kThreads)
+    MergeKernel(const __grid_constant__ DecodeArgs a, int total) {
+  const int warp = (blockIdx.x * kThreads + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (warp >= total) return;
+  const int hq = warp % a.num_qo_heads;
+  if (a.streaming && a.is_streaming[hq / a.group] == 0) return;
+  const float* pl = a.part_lse + static_cast<int64_t>(warp) * a.num_chunks;
+  float mx = -INFINITY;
+  for (int c = lane; c < a.num_chunks; c += 32) mx = fmaxf(mx, pl[c]);
+#pragma unroll
+  for (int mask = 16; mask > 0; mask >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, mask));
+  constexpr int kPer = kDim / 32;
+  float num[kPer] = {};
+  float den = 0.f;
+  if (mx != -INFINITY) {
+    const float* po = a.part_o + static_cast<int64_t>(warp) * a.num_chunks * kDim;
+    for (int c = 0; c < a.num_chunks; ++c) {
+      const float w = FastExp2(pl[c] - mx);
+      den += w;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) num[i] = fmaf(w, po[c * kDim + lane + 32 * i], num[i]);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    a.o[static_cast<int64_t>(warp) * kDim + lane + 32 * i] =
+        internal::Pack1<kBf16>(den > 0.f ? num[i] / den : 0.f);
+  }
+  if (lane == 0 && a.lse != nullptr) a.lse[warp] = den > 0.f ? (mx + log2f(den)) * kLn2 : -INFINITY;
+}
+
+template <bool kBf16, int kDim, int kGMax>
+cudaError_t LaunchTyped(const DecodeArgs& a, int rows, cudaStream_t stream) {
+  constexpr int kUnroll = kGMax >= 8 ? 2 : 4;
+  const dim3 grid(a.num_chunks, rows);
+  DecodeKernel<kBf16, kDim, kGMax, kUnroll><<<grid, kThreads, 0, stream>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || a.num_chunks == 1) return err;
+  const int total = rows * a.group;  // (sequence, query head) pairs
+  MergeKernel<kBf16, kDim>
+      <<<(total * 32 + kThreads - 1) / kThreads, kThreads, 0, stream>>>(a, total);
+  return cudaGetLastError();
+}
+
+template <bool kBf16, int kDim>
+cudaError_t LaunchGroup(const DecodeArgs& a, int rows, cudaStream_t stream) {
+  if (a.group <= 1) return LaunchTyped<kBf16, kDim, 1>(a, rows, stream);
+  if (a.group <= 2) return LaunchTyped<kBf16, kDim, 2>(a, rows, stream);
+  if (a.group <= 4) return LaunchTyped<kBf16, kDim, 4>(a, rows, stream);
+  return LaunchTyped<kBf16, kDim, 8>(a, rows, stream);
+}
+
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+absl::Status CheckGpuShape(const DecodeParams& p) {
+  const PagedKV& kv = p.kv;
+  if (kv.head_dim != 64 && kv.head_dim != 128) {
+    return absl::InvalidArgumentError("gpu decode: head_dim must be 64 or 128");
+  }
+  if (p.num_qo_heads / kv.num_kv_heads > 8) {
+    return absl::InvalidArgumentError("gpu decode: at most 8 query heads per KV head");
+  }
+  if (kv.page_size > 1024 || (kv.page_size & (kv.page_size - 1)) != 0) {
+    return absl::InvalidArgumentError("gpu decode: page_size must be a power of two <= 1024");
+  }
+  if (!Aligned16(kv.k) || !Aligned16(kv.v) || !Aligned16(p.q) || kv.stride_page % 8 != 0 ||
+      kv.stride_head % 8 != 0 || kv.stride_token % 8 != 0) {
+    return absl::InvalidArgumentError(
+        "gpu decode: q, K, V must be 16-byte aligned and strides multiples of 8 elements");
+  }
+  return absl::OkStatus();
+}
+
+int Log2(int x) {
+  int l = 0;
+  while ((1 << l) < x) ++l;
+  return l;
+}
+
+absl::Status Run(const DecodePlan& plan, const DecodeParams& p, void* workspace, bool streaming,
+                 cudaStream_t stream) {
+  if (auto s = kernels::internal::ValidateDecodeShape(p, streaming); !s.ok()) return s;
+  if (auto s = CheckGpuShape(p); !s.ok()) return s;
+  if (plan.streaming != streaming || plan.batch != p.batch || plan.num_qo_heads != p.num_qo_heads ||
+      plan.num_kv_heads != p.kv.num_kv_heads || plan.head_dim != p.kv.head_dim ||
+      plan.dtype != p.kv.dtype) {
+    return absl::InvalidArgumentError("gpu decode: params do not match the plan");
+  }
+  if (plan.num_chunks > 1 && workspace == nullptr) {
+    return absl::InvalidArgumentError("gpu decode: the plan needs a workspace");
+  }
+  DecodeArgs a;
+  a.q = p.q;
+  a.o = p.o;
+  a.lse = p.lse;
+  a.k = p.kv.k;
+  a.v = p.kv.v;
+  a.stride_page = p.kv.stride_page;
+  a.stride_head = p.kv.stride_head;
+  a.stride_token = p.kv.stride_token;
+  a.indptr = p.table.indptr;
+  a.indices = p.table.indices;
+  a.last_page_len = p.table.last_page_len;
+  a.is_streaming = p.is_streaming;
+  const size_t part_o_bytes =
+      static_cast<size_t>(p.batch) * p.num_qo_heads * plan.num_chunks * p.kv.head_dim * 4;
+  a.part_o = static_cast<float*>(workspace);
+  a.part_lse = workspace == nullptr
+                   ? nullptr
+                   : reinterpret_cast<float*>(static_cast<char*>(workspace) + part_o_bytes);
+  a.num_qo_heads = p.num_qo_heads;
+  a.num_kv_heads = p.kv.num_kv_heads;
+  a.group = p.num_qo_heads / p.kv.num_kv_heads;
+  a.log2_page = Log2(p.kv.page_size);
+  a.num_chunks = plan.num_chunks;
+  a.chunk_tokens = plan.chunk_tokens;
+  a.sink = p.sink_tokens;
+  a.window = p.window_tokens;
+  const float scale = p.sm_scale > 0.f ? p.sm_scale : 1.f / std::sqrt(float(p.kv.head_dim));
+  a.scale_log2 = scale * kLog2e;
+  a.streaming = streaming;
+  a.per_kv_head = p.per_kv_head;
+  const int rows = p.batch * p.kv.num_kv_heads;
+  const bool bf16 = p.kv.dtype == DType::kBFloat16;
+  cudaError_t err;
+  if (p.kv.head_dim == 64) {
+    err = bf16 ? LaunchGroup<true, 64>(a, rows, stream) : LaunchGroup<false, 64>(a, rows, stream);
+  } else {
+    err = bf16 ? LaunchGroup<true, 128>(a, rows, stream) : LaunchGroup<false, 128>(a, rows, stream);
+  }
+  return internal::CudaStatus(err, streaming ? "streaming decode launch" : "sparse decode launch");
+}
+
+}  // namespace
+
+absl::StatusOr<DecodePlan> PlanDecode(const DecodeParams& shape, bool streaming,
+                                      int64_t max_tokens_per_row,
+                                      const DecodePlanOptions& options) {
+  const PagedKV& kv = shape.kv;
+  if (shape.batch <= 0 || shape.num_qo_heads <= 0 || kv.num_kv_heads <= 0 ||
+      shape.num_qo_heads % kv.num_kv_heads != 0) {
+    return absl::InvalidArgumentError("plan decode: bad batch or head counts");
+  }
+  if (kv.head_dim != 64 && kv.head_dim != 128) {
+    return absl::InvalidArgumentError("plan decode: head_dim must be 64 or 128");
+  }
+  if (kv.dtype != DType::kFloat16 && kv.dtype != DType::kBFloat16) {
+    return absl::InvalidArgumentError("plan decode: unknown dtype");
+  }
+  if (shape.num_qo_heads / kv.num_kv_heads > 8) {
+    return absl::InvalidArgumentError("plan decode: at most 8 query heads per KV head");
+  }
+  if (max_tokens_per_row < 0 || max_tokens_per_row > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError("plan decode: max_tokens_per_row out of range");
+  }
+  if (options.blocks_per_sm <= 0 || options.min_chunk_tokens <= 0 || options.max_chunks <= 0) {
+    return absl::InvalidArgumentError("plan decode: options must be positive");
+  }
+  int sms = options.num_sms;
+  if (sms <= 0) {
+    int dev = 0;
+    if (auto s = internal::CudaStatus(cudaGetDevice(&dev), "cudaGetDevice"); !s.ok()) return s;
+    if (auto s = internal::CudaStatus(
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "sm count");
+        !s.ok()) {
+      return s;
+    }
+  }
+  DecodePlan plan;
+  plan.streaming = streaming;
+  plan.batch = shape.batch;
+  plan.num_qo_heads = shape.num_qo_heads;
+  plan.num_kv_heads = kv.num_kv_heads;
+  plan.head_dim = kv.head_dim;
+  plan.dtype = kv.dtype;
+  const int64_t rows = int64_t{shape.batch} * kv.num_kv_heads;
+  const int64_t want = (int64_t{sms} * options.blocks_per_sm + rows - 1) / rows;
+  const int64_t most = std::max<int64_t>(
+      1, (max_tokens_per_row + options.min_chunk_tokens - 1) / options.min_chunk_tokens);
+  int64_t chunks = std::clamp<int64_t>(want, 1, std::min<int64_t>(most, options.max_chunks));
+  int64_t chunk_tokens = (max_tokens_per_row + chunks - 1) / chunks;
+  chunk_tokens = std::max<int64_t>(kMaxStep, (chunk_tokens + kMaxStep - 1) / kMaxStep * kMaxStep);
+  chunks = std::max<int64_t>(1, (max_tokens_per_row + chunk_tokens - 1) / chunk_tokens);
+  plan.num_chunks = static_cast<int32_t>(chunks);
+  plan.chunk_tokens = static_cast<int32_t>(chunk_tokens);
+  if (chunks > 1) {
+    const size_t states = static_cast<size_t>(shape.batch) * shape.num_qo_heads * chunks;
+    plan.workspace_bytes = states * kv.head_dim * 4 + states * 4;
+  }
+  return plan;
+}
+
+absl::Status SparseDecode(const DecodePlan& plan, const DecodeParams& p, void* workspace,
+                          cudaStream_t stream) {
+  return Run(plan, p, workspace, /*streaming=*/false, stream);
+}
+
+absl::Status StreamingDecode(const DecodePlan& plan, const DecodeParams& p, void* workspace,
+                             cudaStream_t stream) {
+  return Run(plan, p, workspace, /*streaming=*/true, stream);
+}
+
+}  // namespace pagoda::kernels::gpu

@@ -1,0 +1,51 @@
+// Page gather / scatter between a slot pool and a contiguous staging buffer: one block per page,
+// 16-byte copies when everything is 16-byte aligned.
+#include "common.cuh"
+#include "pagoda/kernels/cuda.h"
+#include "validate.h"
+
+namespace pagoda::kernels::gpu {
+namespace {
+
+constexpr int kCopyThreads = 256;
+
+template <typename Word, bool kGather>
+__global__ void __launch_bounds__(kCopyThreads)
+    CopyKernel(const __grid_constant__ PageCopyParams p) {
+  const int i = blockIdx.x;
+  const int64_t words = p.page_bytes / static_cast<int64_t>(sizeof(Word));
+  Word* slot = reinterpret_cast<Word*>(p.pool + p.pages[i] * p.pool_stride_bytes);
+  Word* stage = reinterpret_cast<Word*>(p.staging + i * p.page_bytes);
+  const Word* src = kGather ? slot : stage;
+  Word* dst = kGather ? stage : slot;
+  for (int64_t w = threadIdx.x; w < words; w += kCopyThreads) dst[w] = src[w];
+}
+
+absl::Status Copy(const PageCopyParams& p, bool gather, cudaStream_t stream) {
+  if (auto s = kernels::internal::ValidatePageCopyShape(p); !s.ok()) return s;
+  if (p.num_pages == 0) return absl::OkStatus();
+  const bool wide =
+      ((reinterpret_cast<uintptr_t>(p.pool) | reinterpret_cast<uintptr_t>(p.staging) |
+        static_cast<uintptr_t>(p.pool_stride_bytes) | static_cast<uintptr_t>(p.page_bytes)) &
+       15u) == 0;
+  if (wide) {
+    gather ? CopyKernel<uint4, true><<<p.num_pages, kCopyThreads, 0, stream>>>(p)
+           : CopyKernel<uint4, false><<<p.num_pages, kCopyThreads, 0, stream>>>(p);
+  } else {
+    gather ? CopyKernel<uint8_t, true><<<p.num_pages, kCopyThreads, 0, stream>>>(p)
+           : CopyKernel<uint8_t, false><<<p.num_pages, kCopyThreads, 0, stream>>>(p);
+  }
+  return internal::LaunchStatus(gather ? "gather launch" : "scatter launch");
+}
+
+}  // namespace
+
+absl::Status GatherPages(const PageCopyParams& p, cudaStream_t stream) {
+  return Copy(p, /*gather=*/true, stream);
+}
+
+absl::Status ScatterPages(const PageCopyParams& p, cudaStream_t stream) {
+  return Copy(p, /*gather=*/false, stream);
+}
+
+}  // namespace pagoda::kernels::gpu

@@ -1,0 +1,28 @@
+# Setup shared by the standalone builds (no top-level Pagoda project): kernels/ alone, or
+# bench/gpu/ (which adds kernels/). Needs only a C++20 compiler, optionally CUDA, absl and GTest;
+# on the GPU machine absl and GTest come from Debian .debs unpacked into .devcarry/ (see
+# bench/gpu/run.sh). Call after project().
+set(CMAKE_CXX_STANDARD 20)
+set(CMAKE_CXX_STANDARD_REQUIRED ON)
+set(CMAKE_CXX_EXTENSIONS OFF)
+set(CMAKE_POSITION_INDEPENDENT_CODE ON)
+if(NOT CMAKE_BUILD_TYPE)
+  set(CMAKE_BUILD_TYPE RelWithDebInfo)
+endif()
+set(PAGODA_HAVE_CUDA OFF)
+include(CheckLanguage)
+check_language(CUDA)
+if(CMAKE_CUDA_COMPILER)
+  set(CMAKE_CUDA_ARCHITECTURES 90)
+  set(CMAKE_CUDA_STANDARD 17)
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  enable_language(CUDA)
+  find_package(CUDAToolkit REQUIRED)
+  set(PAGODA_HAVE_CUDA ON)
+endif()
+find_package(Threads REQUIRED)
+find_package(absl CONFIG REQUIRED)
+find_package(GTest CONFIG REQUIRED)
+include(GoogleTest)
+include(${CMAKE_CURRENT_LIST_DIR}/../cmake/PagodaWarnings.cmake)
+enable_testing()
