@@ -40,9 +40,18 @@ absl::Status Cancelled(grpc::ServerContext* ctx) {
 }
 
 // Times a handler and records it in the metrics.
+// Also counts the call as in flight, so a graceful stop can wait for exactly these; a call that
+// arrives once the service stopped serving is rejected (rejected() is true).
 class Observe {
  public:
-  Observe(ServiceMetrics* m, const char* method) : m_(m), method_(method) {}
+  Observe(ServiceMetrics* m, const char* method, std::atomic<int>* in_flight,
+          const std::atomic<bool>* serving)
+      : m_(m), method_(method), in_flight_(in_flight) {
+    in_flight_->fetch_add(1);
+    rejected_ = !serving->load();
+  }
+  ~Observe() { in_flight_->fetch_sub(1); }
+  bool rejected() const { return rejected_; }
   grpc::Status Done(const absl::Status& s) {
     m_->ObserveRequest(
         method_, "grpc", s,
@@ -53,6 +62,8 @@ class Observe {
  private:
   ServiceMetrics* m_;
   const char* method_;
+  std::atomic<int>* in_flight_;
+  bool rejected_ = false;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
@@ -81,7 +92,8 @@ absl::Status GrpcService::Authorize(grpc::ServerContext* ctx, const std::string&
 
 grpc::Status GrpcService::Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                               v1::PutResponse* response) {
-  Observe obs(metrics_, "Put");
+  Observe obs(metrics_, "Put", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   return obs.Done(PutImpl(ctx, reader, response));
 }
 
@@ -198,7 +210,8 @@ absl::Status GrpcService::PutImpl(grpc::ServerContext* ctx,
 
 grpc::Status GrpcService::Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
                               grpc::ServerWriter<v1::GetResponse>* writer) {
-  Observe obs(metrics_, "Get");
+  Observe obs(metrics_, "Get", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   return obs.Done(GetImpl(ctx, request, writer));
 }
 
@@ -255,7 +268,8 @@ absl::Status GrpcService::GetImpl(grpc::ServerContext* ctx, const v1::GetRequest
 
 grpc::Status GrpcService::Exists(grpc::ServerContext* ctx, const v1::KeysRequest* request,
                                  v1::ExistsResponse* response) {
-  Observe obs(metrics_, "Exists");
+  Observe obs(metrics_, "Exists", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   absl::Status s = Authorize(ctx, request->tenant());
   if (s.ok()) s = CheckBatch(request->keys_size());
   if (!s.ok()) return obs.Done(s);
@@ -267,7 +281,8 @@ grpc::Status GrpcService::Exists(grpc::ServerContext* ctx, const v1::KeysRequest
 
 grpc::Status GrpcService::LongestPrefix(grpc::ServerContext* ctx, const v1::KeysRequest* request,
                                         v1::LongestPrefixResponse* response) {
-  Observe obs(metrics_, "LongestPrefix");
+  Observe obs(metrics_, "LongestPrefix", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   absl::Status s = Authorize(ctx, request->tenant());
   if (s.ok()) s = CheckBatch(request->keys_size());
   if (!s.ok()) return obs.Done(s);
@@ -293,7 +308,8 @@ absl::Status GrpcService::PerKey(grpc::ServerContext* ctx, const v1::KeysRequest
 
 grpc::Status GrpcService::Remove(grpc::ServerContext* ctx, const v1::KeysRequest* request,
                                  v1::BatchResponse* response) {
-  Observe obs(metrics_, "Remove");
+  Observe obs(metrics_, "Remove", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   return obs.Done(PerKey(ctx, request, response, [this](const std::string& t, const PageKey& k) {
     absl::Status s = store_->Remove(t, k);
     if (s.ok() && committed_ != nullptr) committed_->Erase(t, k);
@@ -303,7 +319,8 @@ grpc::Status GrpcService::Remove(grpc::ServerContext* ctx, const v1::KeysRequest
 
 grpc::Status GrpcService::Pin(grpc::ServerContext* ctx, const v1::KeysRequest* request,
                               v1::BatchResponse* response) {
-  Observe obs(metrics_, "Pin");
+  Observe obs(metrics_, "Pin", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   return obs.Done(PerKey(ctx, request, response, [this](const std::string& t, const PageKey& k) {
     return store_->Pin(t, k);
   }));
@@ -311,7 +328,8 @@ grpc::Status GrpcService::Pin(grpc::ServerContext* ctx, const v1::KeysRequest* r
 
 grpc::Status GrpcService::Unpin(grpc::ServerContext* ctx, const v1::KeysRequest* request,
                                 v1::BatchResponse* response) {
-  Observe obs(metrics_, "Unpin");
+  Observe obs(metrics_, "Unpin", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   return obs.Done(PerKey(ctx, request, response, [this](const std::string& t, const PageKey& k) {
     return store_->Unpin(t, k);
   }));
@@ -319,7 +337,8 @@ grpc::Status GrpcService::Unpin(grpc::ServerContext* ctx, const v1::KeysRequest*
 
 grpc::Status GrpcService::Prefetch(grpc::ServerContext* ctx, const v1::PrefetchRequest* request,
                                    v1::PrefetchResponse* response) {
-  Observe obs(metrics_, "Prefetch");
+  Observe obs(metrics_, "Prefetch", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   absl::Status s = Authorize(ctx, request->tenant());
   if (s.ok()) s = CheckBatch(request->keys_size());
   Tier tier = Tier::kHost;
@@ -342,7 +361,8 @@ grpc::Status GrpcService::Prefetch(grpc::ServerContext* ctx, const v1::PrefetchR
 
 grpc::Status GrpcService::Stats(grpc::ServerContext* ctx, const v1::StatsRequest* request,
                                 v1::StatsResponse* response) {
-  Observe obs(metrics_, "Stats");
+  Observe obs(metrics_, "Stats", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   if (absl::Status s = Authorize(ctx, request->tenant()); !s.ok()) return obs.Done(s);
   StoreStats st = store_->Stats();
   for (int t = 0; t < kNumTiers; ++t) {

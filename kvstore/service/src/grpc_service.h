@@ -33,8 +33,11 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   GrpcService(Store* store, const Authorizer* auth, ServiceMetrics* metrics,
               CommittedIndex* committed, const ServiceConfig& config, ServiceInfo info);
 
-  // While false, Health answers serving=false (set during shutdown).
+  // While false, Health answers serving=false and every other call is rejected with
+  // Unavailable (set at the start of a graceful stop).
   void SetServing(bool serving) { serving_ = serving; }
+  // Calls being served now (for draining).
+  int in_flight() const { return in_flight_.load(); }
   void SetHttpPort(int port) { info_.http_port = port; }
   void SetLocalClientsSource(std::function<int()> f) { local_clients_ = std::move(f); }
 
@@ -78,6 +81,7 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   ServiceInfo info_;
   std::function<int()> local_clients_;
   std::atomic<bool> serving_{true};
+  std::atomic<int> in_flight_{0};
   std::atomic<uint64_t> bytes_in_{0};
   std::atomic<uint64_t> bytes_out_{0};
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();

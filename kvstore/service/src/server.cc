@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "auth.h"
 #include "committed_index.h"
 #include "grpc_service.h"
@@ -138,10 +139,17 @@ class ServerImpl final : public Server {
     draining_ = true;
     if (service_) service_->SetServing(false);
     if (grpc_) {
-      grpc_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(grace));
+      // Wait for the calls in flight ourselves: grpc::Server::Shutdown(deadline) also waits for
+      // idle client connections to go away, i.e. always the whole grace with clients connected.
+      const absl::Time until = absl::Now() + grace;
+      while (service_->in_flight() > 0 && absl::Now() < until)
+        absl::SleepFor(absl::Milliseconds(2));
+      grpc_->Shutdown(std::chrono::system_clock::now());  // cancels what is still running
       grpc_->Wait();
     }
+    spdlog::info("shutdown: gRPC drained");
     if (local_) local_->Stop();
+    spdlog::info("shutdown: local clients closed");
     if (http_) http_->Stop();
     if (committed_) {
       // Every acknowledged page survives a graceful stop: memory tiers go down to SSD.
