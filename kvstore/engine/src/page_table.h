@@ -42,7 +42,8 @@ struct PageEntry {
   uint16_t readers = 0;  // copies in flight outside the store lock
   Tier tier = Tier::kHost;
   PageState state = PageState::kFree;
-  bool linked = false;  // on its tier's LRU list
+  bool linked = false;    // on its tier's LRU list
+  uint8_t ssd_moves = 0;  // bumped when its SSD record is deleted by a promotion (wraps)
 };
 static_assert(sizeof(PageEntry) <= 64, "keep per-page metadata small");
 

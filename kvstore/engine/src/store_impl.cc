@@ -379,6 +379,7 @@ absl::Status StoreImpl::Put(std::string_view tenant, const PageKey& key, const P
 absl::Status StoreImpl::ReadSsdUnlocked(uint32_t idx, std::string* bytes) {
   PageEntry& e = table_.at(idx);
   const uint32_t version = e.version;
+  const uint8_t moves = e.ssd_moves;
   const uint32_t tenant = e.tenant;
   const PageKey key = e.key;
   const uint64_t checksum = e.checksum;
@@ -386,7 +387,21 @@ absl::Status StoreImpl::ReadSsdUnlocked(uint32_t idx, std::string* bytes) {
   e.readers++;
   mu_.Unlock();
   absl::Status s = ssd_->Read(tenant, key, bytes);
-  if (s.ok() && (bytes->size() != n || PageChecksum(bytes->data(), bytes->size()) != checksum)) {
+  const bool bad_bytes =
+      s.ok() && (bytes->size() != n || PageChecksum(bytes->data(), bytes->size()) != checksum);
+  mu_.Lock();
+  EndRead(idx);
+  if (s.ok() && !bad_bytes) return s;
+  const PageEntry& now = table_.at(idx);
+  if (now.version != version || now.state != PageState::kReady) {
+    return absl::NotFoundError(absl::StrFormat("page %s was removed while read", key.Hex()));
+  }
+  if (now.tier != Tier::kSsd || now.ssd_moves != moves) {
+    // Another reader promoted the page (deleting its SSD record) while this one read it: not
+    // corruption. The caller looks the page up again.
+    return absl::AbortedError(absl::StrFormat("page %s moved while read", key.Hex()));
+  }
+  if (bad_bytes) {
     s = absl::DataLossError(
         absl::StrFormat("page %s on SSD failed its checksum (%d bytes read, %d expected); dropped",
                         key.Hex(), bytes->size(), n));
@@ -395,13 +410,11 @@ absl::Status StoreImpl::ReadSsdUnlocked(uint32_t idx, std::string* bytes) {
         absl::StrFormat("page %s: metadata on SSD but its bytes are missing; dropped", key.Hex()));
   } else if (absl::IsDataLoss(s)) {
     s = absl::DataLossError(absl::StrCat(s.message(), "; dropped"));
+  } else {
+    return s;  // an I/O error: the page may be fine; keep it
   }
-  mu_.Lock();
-  EndRead(idx);
-  if (absl::IsDataLoss(s)) {
-    counters_.checksum_failures++;
-    DropCorrupt(idx, version);
-  }
+  counters_.checksum_failures++;
+  DropCorrupt(idx, version);
   return s;
 }
 
@@ -409,6 +422,14 @@ absl::StatusOr<PageInfo> StoreImpl::Get(std::string_view tenant, const PageKey& 
                                         absl::Span<uint8_t> out) {
   if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
+  for (;;) {
+    absl::StatusOr<PageInfo> r = GetLocked(tenant, key, out);
+    if (!absl::IsAborted(r.status())) return r;
+  }
+}
+
+absl::StatusOr<PageInfo> StoreImpl::GetLocked(std::string_view tenant, const PageKey& key,
+                                              absl::Span<uint8_t> out) {
   const uint32_t idx = FindReady(tenant, key);
   if (idx == kNil) {
     counters_.misses++;
@@ -466,16 +487,21 @@ absl::StatusOr<ReadLease> StoreImpl::AcquireRead(std::string_view tenant, const 
   if (duration <= absl::ZeroDuration()) duration = options_.default_lease_duration;
   duration = std::min(duration, options_.max_lease_duration);
   absl::MutexLock lock(&mu_);
-  uint32_t idx = FindReady(tenant, key);
-  if (idx == kNil) {
-    counters_.misses++;
-    return absl::NotFoundError(absl::StrFormat("page %s not found", key.Hex()));
-  }
-  counters_.hits[static_cast<int>(table_.at(idx).tier)]++;
-  const uint32_t version = table_.at(idx).version;
-  if (table_.at(idx).tier == Tier::kSsd) {
+  uint32_t idx = kNil;
+  Tier found = Tier::kHost;
+  for (;;) {
+    idx = FindReady(tenant, key);
+    if (idx == kNil) {
+      counters_.misses++;
+      return absl::NotFoundError(absl::StrFormat("page %s not found", key.Hex()));
+    }
+    found = table_.at(idx).tier;
+    if (found != Tier::kSsd) break;
     std::string bytes;
-    if (absl::Status s = ReadSsdUnlocked(idx, &bytes); !s.ok()) return s;
+    const uint32_t version = table_.at(idx).version;
+    absl::Status s = ReadSsdUnlocked(idx, &bytes);
+    if (absl::IsAborted(s)) continue;
+    if (!s.ok()) return s;
     const PageEntry& e = table_.at(idx);
     if (e.version != version || e.state != PageState::kReady) {
       return absl::NotFoundError(absl::StrFormat("page %s was removed while read", key.Hex()));
@@ -487,7 +513,9 @@ absl::StatusOr<ReadLease> StoreImpl::AcquireRead(std::string_view tenant, const 
       }
       if (absl::Status s = PromoteFromSsd(idx, Tier::kHost, bytes); !s.ok()) return s;
     }
+    break;
   }
+  counters_.hits[static_cast<int>(found)]++;
   if (table_.at(idx).tier == Tier::kGpu) {
     if (absl::Status s = MoveBetweenMemory(idx, Tier::kHost); !s.ok()) return s;
   }

@@ -154,9 +154,12 @@ class StoreImpl final : public Store {
   absl::Status PromoteFromSsd(uint32_t idx, Tier to, const std::string& bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Reads and verifies an SSD page outside the lock. On return the lock is held again; the entry
-  // may have changed (check its version). DataLoss drops the page.
+  // may have changed (check its version). DataLoss drops the page; Aborted means another reader
+  // moved the page meanwhile (look it up again); NotFound that it was removed.
   absl::Status ReadSsdUnlocked(uint32_t idx, std::string* bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  absl::StatusOr<PageInfo> GetLocked(std::string_view tenant, const PageKey& key,
+                                     absl::Span<uint8_t> out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CommitInternal(uint64_t reservation_id, const uint64_t* known_checksum);
   void AddToStream(uint32_t idx, uint64_t stream_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SweepLeases(uint32_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -150,7 +150,8 @@ void StoreImpl::EnforceWatermarks(Tier t) {
 void StoreImpl::FreeEntry(uint32_t idx) {
   PageEntry& e = table_.at(idx);
   if (e.tier == Tier::kSsd) {
-    if (ssd_ != nullptr) {
+    // A doomed SSD page lost its record when it was removed (see RemoveEntry).
+    if (ssd_ != nullptr && e.state != PageState::kDoomed) {
       const std::pair<uint32_t, PageKey> k(e.tenant, e.key);
       ssd_->Delete({&k, 1}).IgnoreError();
     }
@@ -169,7 +170,14 @@ void StoreImpl::FreeEntry(uint32_t idx) {
 void StoreImpl::RemoveEntry(uint32_t idx) {
   PageEntry& e = table_.at(idx);
   if (e.readers > 0) {
-    // Copies of it run outside the lock: hide it now, free it when the last one ends.
+    // Copies of it run outside the lock: hide it now, free it when the last one ends. An SSD
+    // record is keyed by (tenant, key) and a new page of the same key may be written before the
+    // readers end, so it goes now; a reader then sees NotFound (never partial bytes: RocksDB reads
+    // are atomic) and reports the page removed.
+    if (e.tier == Tier::kSsd && ssd_ != nullptr) {
+      const std::pair<uint32_t, PageKey> k(e.tenant, e.key);
+      ssd_->Delete({&k, 1}).IgnoreError();
+    }
     table_.Unindex(idx);
     if (e.linked) table_.Unlink(idx);
     e.state = PageState::kDoomed;
@@ -255,6 +263,7 @@ absl::Status StoreImpl::PromoteFromSsd(uint32_t idx, Tier to, const std::string&
   }
   table_.Unlink(idx);
   Uncharge(*e, Tier::kSsd);
+  e->ssd_moves++;
   e->tier = to;
   e->slot = static_cast<uint32_t>(*off / SlabAllocator::kSlotAlign);
   Charge(*e, to);
@@ -284,7 +293,9 @@ absl::StatusOr<size_t> StoreImpl::Prefetch(std::string_view tenant, absl::Span<c
     if (e.tier == Tier::kSsd) {
       const uint32_t version = e.version;
       std::string bytes;
-      if (absl::Status s = ReadSsdUnlocked(idx, &bytes); !s.ok()) return s;
+      absl::Status read = ReadSsdUnlocked(idx, &bytes);
+      if (absl::IsAborted(read) || absl::IsNotFound(read)) continue;  // moved or removed meanwhile
+      if (!read.ok()) return read;
       const PageEntry& now = table_.at(idx);
       if (now.version != version || now.state != PageState::kReady || now.tier != Tier::kSsd) {
         continue;
