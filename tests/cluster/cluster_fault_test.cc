@@ -1,0 +1,409 @@
+// Fault tests of a Pagoda cluster with real processes on loopback: one etcd and three pagodad
+// nodes, driven through pagoda::ClusterClient. Every loop is bounded by a deadline. The measured
+// recovery times are printed as "RESULT name=value" lines (bench/RESULTS.md, "Cluster").
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "kvstore/cluster/testing/etcd_process.h"
+#include "pagoda/client/cluster_client.h"
+#include "pagoda/cluster/etcd_client.h"
+#include "pagodad_process.h"
+
+namespace pagoda {
+namespace {
+
+using cluster::testing::EtcdProcess;
+using pagoda::testing::PagodadProcess;
+
+constexpr int kLeaseTtlS = 2;
+constexpr int kNodes = 3;
+
+PageLayout Layout() { return pagoda::testing::SmallLayout(); }
+
+std::vector<PageKey> MakeKeys(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<PageKey> keys(n);
+  for (PageKey& k : keys) k = PageKey{rng(), rng()};
+  return keys;
+}
+
+std::vector<uint8_t> Bytes(const PageKey& k) {
+  return pagoda::testing::PageBytes(k, Layout().PageBytes(), /*seed=*/k.lo ^ 0x5a);
+}
+
+void Report(const std::string& name, double value) {
+  std::printf("RESULT %s=%.0f\n", name.c_str(), value);
+  std::fflush(stdout);
+}
+
+// What a read pass saw. `wrong` must stay 0 in every test: a served page with other bytes.
+struct ReadPass {
+  size_t hits = 0;
+  size_t misses = 0;
+  size_t errors = 0;  // anything but OK / NotFound
+  size_t wrong = 0;
+};
+
+class ClusterFaultTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto etcd = EtcdProcess::Start();
+    ASSERT_TRUE(etcd.ok()) << etcd.status();
+    etcd_ = std::move(*etcd);
+    for (int i = 0; i < kNodes; ++i) {
+      auto node = StartNode(i, "");
+      ASSERT_TRUE(node.ok()) << node.status();
+      nodes_.push_back(std::move(*node));
+    }
+  }
+
+  static std::string NodeId(int i) { return absl::StrCat("node-", i); }
+
+  absl::StatusOr<std::unique_ptr<PagodadProcess>> StartNode(int i, const std::string& data_dir) {
+    PagodadProcess::Options o;
+    o.config_yaml = pagoda::testing::TestConfigYaml() +
+                    absl::StrCat("cluster: {lease_ttl_s: ", kLeaseTtlS, "}\n");
+    o.extra_args = {"--etcd", etcd_->endpoint(), "--node-id", NodeId(i)};
+    o.data_dir = data_dir;
+    return PagodadProcess::Start(o);
+  }
+
+  std::unique_ptr<ClusterClient> Connect(int replication) {
+    ClusterClientOptions o;
+    o.etcd_endpoints = {etcd_->endpoint()};
+    o.replication = replication;
+    o.node.data_path = DataPathKind::kRemote;  // as a worker on another machine
+    o.node.tenant = "fault";
+    o.node_timeout = absl::Milliseconds(800);
+    o.suspect_for = absl::Seconds(2);
+    auto c = ClusterClient::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  static bool WaitLive(ClusterClient& c, size_t n, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      if (c.LiveNodes().size() == n) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
+
+  static std::vector<absl::Status> PutAll(ClusterClient& c, absl::Span<const PageKey> keys) {
+    std::vector<std::vector<uint8_t>> bytes;
+    std::vector<PutPage> pages;
+    bytes.reserve(keys.size());
+    for (const PageKey& k : keys) bytes.push_back(Bytes(k));
+    for (size_t i = 0; i < keys.size(); ++i) pages.push_back({keys[i], Layout().Id(), bytes[i]});
+    return c.Put(pages);
+  }
+
+  static ReadPass ReadAll(ClusterClient& c, absl::Span<const PageKey> keys) {
+    const size_t size = Layout().PageBytes();
+    std::vector<uint8_t> buf(keys.size() * size);
+    std::vector<GetPage> gets;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      gets.push_back({keys[i], absl::Span<uint8_t>(buf.data() + i * size, size)});
+    }
+    std::vector<GetResult> got = c.Get(gets);
+    ReadPass pass;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (got[i].status.ok()) {
+        ++pass.hits;
+        const std::vector<uint8_t> want = Bytes(keys[i]);
+        if (got[i].size != size || std::memcmp(want.data(), buf.data() + i * size, size) != 0) {
+          ++pass.wrong;
+        }
+      } else if (absl::IsNotFound(got[i].status)) {
+        ++pass.misses;
+      } else {
+        ++pass.errors;
+      }
+    }
+    return pass;
+  }
+
+  // Index of the node that is the first replica of the most keys (so a fault there matters).
+  int BusiestNode(ClusterClient& c, absl::Span<const PageKey> keys) {
+    std::map<std::string, int> count;
+    for (const PageKey& k : keys) ++count[c.ReplicasOf(k).at(0)];
+    int best = 0;
+    for (int i = 0; i < kNodes; ++i) {
+      if (count[NodeId(i)] > count[NodeId(best)]) best = i;
+    }
+    return best;
+  }
+
+  std::unique_ptr<EtcdProcess> etcd_;
+  std::vector<std::unique_ptr<PagodadProcess>> nodes_;
+};
+
+// Readers and a writer run while a node is killed with SIGKILL. With R=2 every acknowledged page
+// keeps a live copy, so every read must hit, with the right bytes, during and after the fault.
+TEST_F(ClusterFaultTest, KillNineUnderLoadNeverServesWrongBytes) {
+  auto client = Connect(/*replication=*/2);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(WaitLive(*client, kNodes, absl::Seconds(10)));
+  const std::vector<PageKey> keys = MakeKeys(600, 1);
+  for (const absl::Status& s : PutAll(*client, keys)) ASSERT_TRUE(s.ok()) << s;
+  ASSERT_EQ(ReadAll(*client, keys).hits, keys.size());
+
+  std::atomic<bool> stop{false};
+  std::atomic<size_t> wrong{0}, misses{0}, errors{0}, reads{0};
+  absl::Mutex mu;
+  std::vector<PageKey> acked;  // pages the writer got acknowledged during the run
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(100 + t);
+      while (!stop.load()) {
+        std::vector<PageKey> batch;
+        for (int i = 0; i < 32; ++i) batch.push_back(keys[rng() % keys.size()]);
+        ReadPass p = ReadAll(*client, batch);
+        wrong += p.wrong;
+        misses += p.misses;
+        errors += p.errors;
+        reads += batch.size();
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    uint64_t seed = 1000;
+    while (!stop.load()) {
+      std::vector<PageKey> batch = MakeKeys(16, seed++);
+      std::vector<absl::Status> st = PutAll(*client, batch);
+      absl::MutexLock l(&mu);
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (st[i].ok()) acked.push_back(batch[i]);
+      }
+    }
+  });
+
+  absl::SleepFor(absl::Milliseconds(500));
+  const int victim = BusiestNode(*client, keys);
+  const absl::Time killed = absl::Now();
+  ASSERT_TRUE(nodes_[victim]->Stop(SIGKILL).ok());
+
+  // Recovered: a fresh batch of puts is fully acknowledged (two copies on the survivors) and a
+  // full read pass hits everything. Bounded by the lease TTL plus slack.
+  absl::Duration recovery = absl::InfiniteDuration();
+  uint64_t seed = 50000;
+  while (absl::Now() - killed < absl::Seconds(kLeaseTtlS + 8)) {
+    std::vector<PageKey> probe = MakeKeys(32, seed++);
+    bool all_ok = true;
+    for (const absl::Status& s : PutAll(*client, probe)) all_ok &= s.ok();
+    if (all_ok && ReadAll(*client, keys).hits == keys.size()) {
+      recovery = absl::Now() - killed;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  const bool dropped = WaitLive(*client, kNodes - 1, absl::Seconds(kLeaseTtlS + 5));
+  const absl::Duration drop_time = absl::Now() - killed;
+  absl::SleepFor(absl::Milliseconds(300));  // keep the load running past the membership change
+  stop = true;
+  for (std::thread& t : threads) t.join();
+
+  EXPECT_EQ(wrong.load(), 0u);
+  EXPECT_EQ(misses.load(), 0u) << "R=2: every acknowledged page has a live copy";
+  EXPECT_EQ(errors.load(), 0u);
+  EXPECT_GT(reads.load(), 0u);
+  ASSERT_LT(recovery, absl::Seconds(kLeaseTtlS + 8)) << "no recovery";
+  EXPECT_TRUE(dropped);
+  // Every page acknowledged during the run (two copies) is still readable.
+  ReadPass after = ReadAll(*client, acked);
+  EXPECT_EQ(after.wrong, 0u);
+  EXPECT_EQ(after.hits, acked.size());
+  const ClusterReadStats rs = client->read_stats();
+  EXPECT_GT(rs.replica_hits + rs.primary_hits, 0u);
+  Report("kill9_r2_recovery_ms", absl::ToDoubleMilliseconds(recovery));
+  Report("kill9_membership_drop_ms", absl::ToDoubleMilliseconds(drop_time));
+  Report("kill9_r2_reads_during_fault", static_cast<double>(reads.load()));
+  Report("kill9_r2_replica_hits", static_cast<double>(rs.replica_hits));
+}
+
+// With R=1 a killed node's pages are lost: reads of them are misses, never errors or wrong
+// bytes; writes route to the survivors at once.
+TEST_F(ClusterFaultTest, KillNineWithoutReplicasTurnsItsPagesIntoMisses) {
+  auto client = Connect(/*replication=*/1);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(WaitLive(*client, kNodes, absl::Seconds(10)));
+  const std::vector<PageKey> keys = MakeKeys(600, 2);
+  for (const absl::Status& s : PutAll(*client, keys)) ASSERT_TRUE(s.ok()) << s;
+  const int victim = BusiestNode(*client, keys);
+  size_t on_victim = 0;
+  for (const PageKey& k : keys) on_victim += client->ReplicasOf(k)[0] == NodeId(victim);
+  const absl::Time killed = absl::Now();
+  ASSERT_TRUE(nodes_[victim]->Stop(SIGKILL).ok());
+
+  absl::Duration recovery = absl::InfiniteDuration();
+  uint64_t seed = 70000;
+  while (absl::Now() - killed < absl::Seconds(10)) {
+    ReadPass p = ReadAll(*client, keys);
+    ASSERT_EQ(p.wrong, 0u);
+    ASSERT_EQ(p.errors, 0u) << "a lost page is a miss";
+    ASSERT_EQ(p.hits, keys.size() - p.misses);
+    bool all_ok = true;
+    for (const absl::Status& s : PutAll(*client, MakeKeys(32, seed++))) all_ok &= s.ok();
+    if (all_ok && p.misses == on_victim) {
+      recovery = absl::Now() - killed;
+      break;
+    }
+  }
+  ASSERT_LT(recovery, absl::Seconds(10));
+  Report("kill9_r1_recovery_ms", absl::ToDoubleMilliseconds(recovery));
+}
+
+// A node stopped gracefully and started again on its data dir serves its pages again (they were
+// flushed to its SSD tier); one killed with SIGKILL serves whatever it had on SSD, never wrong
+// bytes.
+TEST_F(ClusterFaultTest, RestartedNodeServesItsSsdPagesAgain) {
+  auto client = Connect(/*replication=*/1);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(WaitLive(*client, kNodes, absl::Seconds(10)));
+  const std::vector<PageKey> keys = MakeKeys(600, 3);
+  for (const absl::Status& s : PutAll(*client, keys)) ASSERT_TRUE(s.ok()) << s;
+  const int victim = BusiestNode(*client, keys);
+  std::vector<PageKey> mine;
+  for (const PageKey& k : keys) {
+    if (client->ReplicasOf(k)[0] == NodeId(victim)) mine.push_back(k);
+  }
+  ASSERT_FALSE(mine.empty());
+
+  const std::string dir = nodes_[victim]->data_dir();
+  nodes_[victim]->KeepDataDir();
+  auto code = nodes_[victim]->Stop(SIGTERM);
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0);
+  ASSERT_TRUE(WaitLive(*client, kNodes - 1, absl::Seconds(5)));  // it left at once
+  ReadPass gone = ReadAll(*client, mine);
+  EXPECT_EQ(gone.hits, 0u);
+  EXPECT_EQ(gone.wrong, 0u);
+
+  const absl::Time restarted = absl::Now();
+  auto back = StartNode(victim, dir);
+  ASSERT_TRUE(back.ok()) << back.status();
+  nodes_[victim] = std::move(*back);
+  ASSERT_TRUE(WaitLive(*client, kNodes, absl::Seconds(10)));
+  // The client may still route around the node it saw fail; wait that out (bounded).
+  ReadPass again;
+  while (absl::Now() - restarted < absl::Seconds(10)) {
+    again = ReadAll(*client, mine);
+    ASSERT_EQ(again.wrong, 0u);
+    if (again.hits == mine.size()) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(again.hits, mine.size());
+  Report("graceful_restart_serving_again_ms", absl::ToDoubleMilliseconds(absl::Now() - restarted));
+
+  // kill -9, restart on the same data: pages served must be exactly right; some may be lost.
+  nodes_[victim]->KeepDataDir();
+  ASSERT_TRUE(nodes_[victim]->Stop(SIGKILL).ok());
+  auto again_back = StartNode(victim, dir);
+  ASSERT_TRUE(again_back.ok()) << again_back.status();
+  nodes_[victim] = std::move(*again_back);
+  ASSERT_TRUE(WaitLive(*client, kNodes, absl::Seconds(10)));
+  absl::SleepFor(absl::Seconds(2));  // past the client's suspicion of the killed node
+  ReadPass after_kill = ReadAll(*client, mine);
+  EXPECT_EQ(after_kill.wrong, 0u);
+  EXPECT_EQ(after_kill.errors, 0u);
+  Report("kill9_restart_pages_served_pct", 100.0 * after_kill.hits / mine.size());
+}
+
+// etcd restarts empty (data lost): every node registers again, clients see the full cluster
+// again, and reads keep hitting meanwhile (the client keeps its last view of the nodes).
+TEST_F(ClusterFaultTest, EtcdRestartNodesReRegister) {
+  auto client = Connect(/*replication=*/1);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(WaitLive(*client, kNodes, absl::Seconds(10)));
+  const std::vector<PageKey> keys = MakeKeys(300, 4);
+  for (const absl::Status& s : PutAll(*client, keys)) ASSERT_TRUE(s.ok()) << s;
+
+  etcd_->Kill();
+  ASSERT_TRUE(etcd_->WipeData().ok());
+  ReadPass during = ReadAll(*client, keys);
+  EXPECT_EQ(during.hits, keys.size()) << "etcd down must not stop reads";
+  EXPECT_EQ(during.wrong, 0u);
+  const absl::Time restarted = absl::Now();
+  ASSERT_TRUE(etcd_->Restart().ok());
+  // The watcher re-lists an empty etcd first, then sees the nodes come back.
+  bool all_back = false;
+  cluster::EtcdOptions eo;
+  eo.endpoints = {etcd_->endpoint()};
+  auto etcd_view = cluster::EtcdClient::Create(eo);
+  ASSERT_TRUE(etcd_view.ok());
+  while (absl::Now() - restarted < absl::Seconds(15)) {
+    auto listed = (*etcd_view)->GetPrefix("/pagoda/v1/nodes/");
+    if (listed.ok() && listed->kvs.size() == kNodes && client->LiveNodes().size() == kNodes) {
+      all_back = true;
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(all_back);
+  Report("etcd_restart_reregister_ms", absl::ToDoubleMilliseconds(absl::Now() - restarted));
+  ReadPass after = ReadAll(*client, keys);
+  EXPECT_EQ(after.hits, keys.size());
+  EXPECT_EQ(after.wrong, 0u);
+}
+
+// A node that stops answering (SIGSTOP: its sockets accept but nothing replies, like a network
+// partition) is routed around: writes succeed again within a bounded time, reads of its pages
+// are misses, not hangs; it drops out once its lease expires and is used again after SIGCONT.
+TEST_F(ClusterFaultTest, PartitionedNodeIsRoutedAround) {
+  auto client = Connect(/*replication=*/1);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(WaitLive(*client, kNodes, absl::Seconds(10)));
+  const std::vector<PageKey> keys = MakeKeys(300, 5);
+  for (const absl::Status& s : PutAll(*client, keys)) ASSERT_TRUE(s.ok()) << s;
+  const int victim = BusiestNode(*client, keys);
+  const pid_t pid = nodes_[victim]->pid();
+  const absl::Time cut = absl::Now();
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+
+  absl::Duration recovery = absl::InfiniteDuration();
+  uint64_t seed = 90000;
+  while (absl::Now() - cut < absl::Seconds(10)) {
+    bool all_ok = true;
+    for (const absl::Status& s : PutAll(*client, MakeKeys(32, seed++))) all_ok &= s.ok();
+    if (all_ok) {
+      recovery = absl::Now() - cut;
+      break;
+    }
+  }
+  ReadPass during = ReadAll(*client, keys);
+  EXPECT_EQ(during.wrong, 0u);
+  EXPECT_EQ(during.errors, 0u);
+  EXPECT_GT(during.misses, 0u);
+  const bool dropped = WaitLive(*client, kNodes - 1, absl::Seconds(kLeaseTtlS + 5));
+  ASSERT_EQ(kill(pid, SIGCONT), 0);
+  ASSERT_LT(recovery, absl::Seconds(10));
+  EXPECT_TRUE(dropped);
+  Report("partition_route_around_ms", absl::ToDoubleMilliseconds(recovery));
+
+  // Healed: the node re-registers (its lease expired) and its pages are served again.
+  ASSERT_TRUE(WaitLive(*client, kNodes, absl::Seconds(10)));
+  ReadPass healed;
+  const absl::Time t0 = absl::Now();
+  while (absl::Now() - t0 < absl::Seconds(10)) {
+    healed = ReadAll(*client, keys);
+    ASSERT_EQ(healed.wrong, 0u);
+    if (healed.hits == keys.size()) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(healed.hits, keys.size());
+}
+
+}  // namespace
+}  // namespace pagoda
