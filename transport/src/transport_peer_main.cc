@@ -1,0 +1,81 @@
+// A transport peer in its own process, for tests that must kill a peer mid-transfer (and for
+// manual experiments). It registers `--bytes` of host memory filled with pattern `--seed`, prints
+//   ADDR <hex of Transport::address()>
+//   KEY <hex of the packed remote key>
+// and then serves until killed or until stdin closes. Commands on stdin:
+//   CHECK <offset> <length> <seed>   -> "OK" or "BAD <first bad offset>"
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "pagoda/transport/transport.h"
+#include "transport/src/test_pattern.h"
+
+int main(int argc, char** argv) {
+  uint64_t bytes = 64 << 20;
+  uint64_t seed = 1;
+  std::string tls;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    bool ok = true;
+    if (flag == "--bytes") {
+      ok = absl::SimpleAtoi(argv[i + 1], &bytes);
+    } else if (flag == "--seed") {
+      ok = absl::SimpleAtoi(argv[i + 1], &seed);
+    } else if (flag == "--tls") {
+      tls = argv[i + 1];
+    } else {
+      ok = false;
+    }
+    if (!ok) {
+      std::fprintf(stderr, "usage: %s [--bytes N] [--seed S] [--tls UCX_TLS]\n", argv[0]);
+      return 2;
+    }
+  }
+  pagoda::TransportOptions opts;
+  opts.ucx_tls = tls;
+  auto transport = pagoda::Transport::Create(opts);
+  if (!transport.ok()) {
+    std::fprintf(stderr, "transport: %s\n", transport.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<uint8_t> buf(bytes);
+  pagoda::testing::FillPattern(buf.data(), buf.size(), seed, 0);
+  auto mem = (*transport)->Register(buf.data(), buf.size(), pagoda::MemoryKind::kHost);
+  if (!mem.ok()) {
+    std::fprintf(stderr, "register: %s\n", mem.status().ToString().c_str());
+    return 1;
+  }
+  auto key = (*mem)->PackRemoteKey();
+  if (!key.ok()) {
+    std::fprintf(stderr, "pack: %s\n", key.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("ADDR %s\nKEY %s\n", absl::BytesToHexString((*transport)->address()).c_str(),
+              absl::BytesToHexString(*key).c_str());
+  std::fflush(stdout);
+  std::string cmd;
+  while (std::cin >> cmd) {
+    if (cmd == "CHECK") {
+      uint64_t off = 0, len = 0, s = 0;
+      std::cin >> off >> len >> s;
+      if (off > buf.size() || len > buf.size() - off) {
+        std::printf("BAD range\n");
+      } else {
+        size_t bad = pagoda::testing::FirstMismatch(buf.data() + off, len, s, off);
+        if (bad == len) {
+          std::printf("OK\n");
+        } else {
+          std::printf("BAD %zu\n", static_cast<size_t>(off + bad));
+        }
+      }
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
