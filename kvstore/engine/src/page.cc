@@ -3,7 +3,7 @@
 #include <bit>
 
 #include "absl/strings/str_format.h"
-#include "xxhash.h"
+#include "checksum.h"
 
 namespace pagoda {
 
@@ -105,6 +105,6 @@ absl::StatusOr<PageKey> PageKey::FromHex(std::string_view hex) {
   return PageKey{parts[0], parts[1]};
 }
 
-uint64_t PageChecksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
+uint64_t PageChecksum(const void* data, size_t size) { return Xxh3(data, size); }
 
 }  // namespace pagoda

@@ -7,31 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#define XXH_STATIC_LINKING_ONLY
-#include "xxhash.h"
+#include "checksum.h"
 
 namespace pagoda {
-namespace {
-
-// Copies n bytes and returns PageChecksum of them in one pass: the hash reads each chunk right
-// after it was copied, while it is still in cache, so large pages cost little more than the memcpy.
-uint64_t CopyAndChecksum(uint8_t* dst, const uint8_t* src, size_t n) {
-  constexpr size_t kChunk = 64 << 10;
-  if (n <= kChunk) {
-    std::memcpy(dst, src, n);
-    return XXH3_64bits(dst, n);
-  }
-  XXH3_state_t state;
-  XXH3_64bits_reset(&state);
-  for (size_t done = 0; done < n; done += kChunk) {
-    const size_t len = std::min(kChunk, n - done);
-    std::memcpy(dst + done, src + done, len);
-    XXH3_64bits_update(&state, dst + done, len);
-  }
-  return XXH3_64bits_digest(&state);
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
   auto store = std::make_unique<StoreImpl>(options);
@@ -244,6 +222,23 @@ absl::StatusOr<Reservation> StoreImpl::Reserve(std::string_view tenant, const Pa
   if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
   if (absl::Status s = layout.Validate(); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
+  auto idx = ReserveLocked(tenant, key, layout, options);
+  if (!idx.ok()) return idx.status();
+  const PageEntry& e = table_.at(*idx);
+  const uint64_t rid = next_reservation_++;
+  reservations_[rid] = PendingWrite{*idx, e.version, options};
+  Reservation r;
+  r.id = rid;
+  r.key = key;
+  r.layout = layout;
+  r.arena_offset = SlotOffset(e);
+  r.size = PageBytes(e);
+  return r;
+}
+
+absl::StatusOr<uint32_t> StoreImpl::ReserveLocked(std::string_view tenant, const PageKey& key,
+                                                  const PageLayout& layout,
+                                                  const WriteOptions& options) {
   const int cls = ClassOf(layout.Id(), /*add=*/false);
   if (cls < 0 || !classes_[cls].accepted) {
     return absl::InvalidArgumentError(
@@ -286,22 +281,10 @@ absl::StatusOr<Reservation> StoreImpl::Reserve(std::string_view tenant, const Pa
   e.tier = Tier::kHost;
   e.slot = static_cast<uint32_t>(*offset / SlabAllocator::kSlotAlign);
   Charge(e, Tier::kHost);
-  const uint64_t rid = next_reservation_++;
-  reservations_[rid] = PendingWrite{idx, e.version, options};
-  Reservation r;
-  r.id = rid;
-  r.key = key;
-  r.layout = layout;
-  r.arena_offset = *offset;
-  r.size = n;
-  return r;
+  return idx;
 }
 
 absl::Status StoreImpl::Commit(uint64_t reservation_id) {
-  return CommitInternal(reservation_id, nullptr);
-}
-
-absl::Status StoreImpl::CommitInternal(uint64_t reservation_id, const uint64_t* known_checksum) {
   PendingWrite pw;
   uint64_t offset = 0, n = 0;
   {
@@ -319,17 +302,21 @@ absl::Status StoreImpl::CommitInternal(uint64_t reservation_id, const uint64_t* 
     offset = SlotOffset(e);
     n = PageBytes(e);
   }
-  const uint64_t checksum =
-      known_checksum != nullptr ? *known_checksum : PageChecksum(mem_[1]->host_base() + offset, n);
+  const uint64_t checksum = PageChecksum(mem_[1]->host_base() + offset, n);
   absl::MutexLock lock(&mu_);
-  PageEntry& e = table_.at(pw.idx);
-  if (pw.options.pin) {
+  return CommitLocked(pw.idx, pw.options, checksum);
+}
+
+absl::Status StoreImpl::CommitLocked(uint32_t idx, const WriteOptions& options, uint64_t checksum) {
+  PageEntry& e = table_.at(idx);
+  const uint64_t n = PageBytes(e);
+  if (options.pin) {
     TenantState& t = tenants_[e.tenant];
     const uint64_t quota =
         t.quota.pinned_bytes != 0 ? t.quota.pinned_bytes : options_.default_pin_quota_bytes;
     if (t.pinned + n > quota) {
       const std::string name = t.name;
-      FreeEntry(pw.idx);
+      FreeEntry(idx);
       return absl::ResourceExhaustedError(absl::StrFormat(
           "tenant %s is over its pin quota (%d bytes); the write was aborted", name, quota));
     }
@@ -339,9 +326,9 @@ absl::Status StoreImpl::CommitInternal(uint64_t reservation_id, const uint64_t* 
   }
   e.checksum = checksum;
   e.state = PageState::kReady;
-  table_.LinkFront(pw.idx);
+  table_.LinkFront(idx);
   counters_.puts++;
-  if (pw.options.stream_id != 0) AddToStream(pw.idx, pw.options.stream_id);
+  if (options.stream_id != 0) AddToStream(idx, options.stream_id);
   EnforceWatermarks(Tier::kHost);
   return absl::OkStatus();
 }
@@ -367,11 +354,20 @@ absl::Status StoreImpl::Put(std::string_view tenant, const PageKey& key, const P
                                                       key.Hex(), bytes.size(), layout.ToString(),
                                                       layout.PageBytes()));
   }
-  auto r = Reserve(tenant, key, layout, options);
-  if (!r.ok()) return r.status();
-  const uint64_t checksum =
-      CopyAndChecksum(mem_[1]->host_base() + r->arena_offset, bytes.data(), bytes.size());
-  return CommitInternal(r->id, &checksum);
+  if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
+  uint8_t* slot = nullptr;
+  uint32_t idx = kNil;
+  {
+    absl::MutexLock lock(&mu_);
+    auto reserved = ReserveLocked(tenant, key, layout, options);
+    if (!reserved.ok()) return reserved.status();
+    idx = *reserved;
+    slot = mem_[1]->host_base() + SlotOffset(table_.at(idx));
+  }
+  // The kWriting entry is in no reservation table: nothing else can commit, abort or free it.
+  const uint64_t checksum = CopyAndChecksum(slot, bytes.data(), bytes.size());
+  absl::MutexLock lock(&mu_);
+  return CommitLocked(idx, options, checksum);
 }
 
 // ---- Reads ----------------------------------------------------------------------------------

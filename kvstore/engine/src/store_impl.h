@@ -160,7 +160,13 @@ class StoreImpl final : public Store {
 
   absl::StatusOr<PageInfo> GetLocked(std::string_view tenant, const PageKey& key,
                                      absl::Span<uint8_t> out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status CommitInternal(uint64_t reservation_id, const uint64_t* known_checksum);
+  // Phase one under the lock: validates, allocates a host slot and inserts a kWriting entry.
+  absl::StatusOr<uint32_t> ReserveLocked(std::string_view tenant, const PageKey& key,
+                                         const PageLayout& layout, const WriteOptions& options)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Phase two under the lock: publishes a kWriting entry whose bytes have `checksum`.
+  absl::Status CommitLocked(uint32_t idx, const WriteOptions& options, uint64_t checksum)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddToStream(uint32_t idx, uint64_t stream_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SweepLeases(uint32_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Rebuild() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1,0 +1,3 @@
+// Checksum variant: avx512 (see checksum_impl.inc).
+#define PAGODA_CHECKSUM_SUFFIX Avx512
+#include "checksum_impl.inc"
