@@ -203,7 +203,7 @@ void LocalServer::Serve(std::shared_ptr<Connection> conn) {
     absl::Status request_status;
     auto note = [&](size_t i, const absl::Status& st) {
       if (!st.ok() && first_error.empty()) {
-        first_error = absl::StrCat("page ", i, ": ", st.ToString());
+        first_error = absl::StrCat("page ", i, ": ", std::string(st.message()));
         request_status = st;
       }
     };
@@ -294,7 +294,8 @@ void LocalServer::Serve(std::shared_ptr<Connection> conn) {
           note(i, st);
           Append(&out, r);
         }
-        if (!bad.ok()) first_error = absl::StrCat("page ", bad_index, ": ", bad.ToString());
+        if (!bad.ok())
+          first_error = absl::StrCat("page ", bad_index, ": ", std::string(bad.message()));
         break;
       }
       case Op::kCommit: {
