@@ -44,10 +44,14 @@ step_build() {
     -DCMAKE_PREFIX_PATH="$PREFIX" -Dabsl_DIR="$LIBDIR/cmake/absl" -DGTest_DIR="$LIBDIR/cmake/GTest" &&
     cmake --build "$BUILD" -j "$(nproc)"
 }
-step_kernels_ref_test() { "$BUILD/kernels/kernels_ref_test" --gtest_brief=1; }
-step_kernels_test() { "$BUILD/kernels/kernels_cuda_test" --gtest_brief=1; }
+step_kernels_ref_test() { "$BUILD/kernels/kernels_ref_test"; }
+step_kernels_test() { "$BUILD/kernels/kernels_cuda_test"; }
 step_sdpa() { python3 bench/gpu/sdpa_baseline.py | tee "$OUT/sdpa.txt"; }
-step_kernels_bench() { "$BUILD/bench/gpu/kernels_bench" "$OUT/sdpa.txt"; }
+step_kernels_bench() {
+  local bin=$BUILD/kernels_bench
+  [ -x "$bin" ] || bin=$BUILD/bench/gpu/kernels_bench  # inside the project build
+  "$bin" "$OUT/sdpa.txt"
+}
 
 STEPS=${STEPS:-"build kernels_test sdpa kernels_bench"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
@@ -58,7 +62,7 @@ for s in $STEPS; do
   t0=$(date +%s)
   if "step_$s" >"$OUT/$s.log" 2>&1; then STATUS[$s]=ok; else STATUS[$s]="FAILED ($?)"; fi
   SECS[$s]=$(($(date +%s) - t0))
-  tail -n 15 "$OUT/$s.log"
+  grep -v "^\[ \+\(RUN\|OK\) \+\]" "$OUT/$s.log" | tail -n 15
   if [ "$s" = build ] && [ "${STATUS[$s]}" != ok ]; then break; fi
 done
 {

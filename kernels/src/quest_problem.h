@@ -4,6 +4,7 @@
 #define PAGODA_KERNELS_SRC_QUEST_PROBLEM_H_
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -26,6 +27,9 @@ struct QuestCase {
   int32_t keep = 3;            // always-kept pages per sequence (the last ones, partial last)
   int32_t top_k = 8;
   GroupReduce reduce = GroupReduce::kMax;
+  // Fill min/max with random values (min <= max) instead of summarizing a random pool: same
+  // scoring work, far less set-up for thousands of pages.
+  bool direct_summaries = false;
 };
 
 struct QuestProblem {
@@ -62,6 +66,29 @@ struct QuestProblem {
   }
 };
 
+// Summarizes a random pool (pages shifted by random means so scores spread out) into pr.
+inline void SummarizeRandomPool(std::mt19937& rng, const QuestCase& c,
+                                const std::vector<int32_t>& ids, const std::vector<int32_t>& counts,
+                                QuestProblem* pr) {
+  Pool pool = RandomPool(rng, c.dtype, pr->pool_pages, c.page_size, c.kv_heads, c.head_dim);
+  // Give pages different means so scores spread out.
+  std::normal_distribution<float> shift(0.f, 0.5f);
+  for (int32_t p = 0; p < pr->pool_pages; ++p) {
+    const float s = shift(rng);
+    for (size_t i = 0; i < pool.page_elems() / 2; ++i) {
+      uint16_t& x = pool.data[p * pool.page_elems() + i];
+      x = FromFloat(ToFloat(x, c.dtype) + s, c.dtype);
+    }
+  }
+  SummaryUpdateParams up;
+  up.kv = pool.kv();
+  up.summaries = pr->summaries();
+  up.num_updates = static_cast<int32_t>(ids.size());
+  up.pages = ids.data();
+  up.new_count = counts.data();
+  (void)UpdateSummariesReference(up);
+}
+
 // Sequence b owns pool pages [b * pages_per_seq, (b+1) * pages_per_seq) in a shuffled order; its
 // last `keep` pages are kept (the last partial), the others are candidates. Sequences vary in
 // length so candidate counts differ (some below top_k).
@@ -69,16 +96,6 @@ inline QuestProblem MakeQuestProblem(std::mt19937& rng, const QuestCase& c) {
   QuestProblem pr;
   pr.c = c;
   pr.pool_pages = c.batch * c.pages_per_seq;
-  Pool pool = RandomPool(rng, c.dtype, pr.pool_pages, c.page_size, c.kv_heads, c.head_dim);
-  // Give pages different means so scores spread out.
-  std::normal_distribution<float> shift(0.f, 0.5f);
-  for (int32_t p = 0; p < pr.pool_pages; ++p) {
-    const float s = shift(rng);
-    for (size_t i = 0; i < pool.page_elems() / 2; ++i) {
-      uint16_t& x = pool.data[p * pool.page_elems() + i];
-      x = FromFloat(ToFloat(x, c.dtype) + s, c.dtype);
-    }
-  }
   const size_t n = size_t{1} * pr.pool_pages * c.sub_pages * c.kv_heads * c.head_dim;
   pr.smin.assign(n, 0);
   pr.smax.assign(n, 0);
@@ -106,13 +123,17 @@ inline QuestProblem MakeQuestProblem(std::mt19937& rng, const QuestCase& c) {
     pr.keep_indptr.push_back(static_cast<int32_t>(pr.keep.size()));
     pr.seq_last.push_back(lastlen);
   }
-  SummaryUpdateParams up;
-  up.kv = pool.kv();
-  up.summaries = pr.summaries();
-  up.num_updates = static_cast<int32_t>(ids.size());
-  up.pages = ids.data();
-  up.new_count = counts.data();
-  (void)UpdateSummariesReference(up);
+  if (c.direct_summaries) {
+    std::normal_distribution<float> normal(0.f, 1.f);
+    for (size_t i = 0; i < n; ++i) {
+      const float a = normal(rng), w = std::fabs(normal(rng));
+      pr.smin[i] = FromFloat(a - w, c.dtype);
+      pr.smax[i] = FromFloat(a + w, c.dtype);
+    }
+    for (size_t i = 0; i < ids.size(); ++i) pr.count[ids[i]] = counts[i];
+  } else {
+    SummarizeRandomPool(rng, c, ids, counts, &pr);
+  }
   pr.q = RandomValues(rng, size_t{1} * c.batch * c.kv_heads * c.group * c.head_dim, c.dtype);
   pr.cand.push_back(0);  // keep data() non-null when empty
   pr.keep.push_back(0);

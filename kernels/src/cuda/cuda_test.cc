@@ -347,6 +347,7 @@ TEST_P(GpuQuest, ScoresAndTopKMatchReference) {
   c.pages_per_seq = per_seq;
   c.top_k = per_seq / 8 + 1;
   c.batch = per_seq > 1000 ? 5 : 17;
+  c.direct_summaries = per_seq > 1000;
   testing::QuestProblem pr = testing::MakeQuestProblem(rng, c);
   Dev<uint16_t> q(pr.q), mn(pr.smin), mx(pr.smax);
   Dev<int32_t> count(pr.count), ci(pr.cand_indptr), cand(pr.cand), ki(pr.keep_indptr),
@@ -426,6 +427,7 @@ TEST_F(GpuTest, QuestTiesGoToTheEarlierCandidate) {
   c.pages_per_seq = 1200;
   c.keep = 0;
   c.top_k = 300;
+  c.direct_summaries = true;
   testing::QuestProblem pr = testing::MakeQuestProblem(rng, c);
   for (int32_t p = 1; p < pr.pool_pages; ++p) {  // identical summaries: every score ties
     std::copy_n(pr.smin.begin(), 64, pr.smin.begin() + p * 64);
