@@ -1,6 +1,7 @@
 #include "boundary_selector.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 
@@ -137,45 +138,97 @@ absl::StatusOr<Selection> BoundarySelector::Choose(absl::Span<const uint16_t> q,
                                                    const Plan& plan) {
   auto fire = trigger_->Observe(q_float);
   if (!fire.ok()) return fire.status();
-  if (!*fire) return Build(plan, false, 0);
+  if (*fire) {
+    const int64_t now = plan.tokens - 1;  // the query's own token opens the new segment
+    if (now > boundaries_.back()) boundaries_.push_back(now);
+    const int64_t scanned = Rank(q_float, plan, /*resident_only=*/false);
+    return Build(plan, true, scanned * options_.head_dim * 2);
+  }
+  if (options_.resident_factor > 1.0 && !resident_.empty()) {
+    const int64_t scanned = Rank(q_float, plan, /*resident_only=*/true);
+    return Build(plan, false, scanned * options_.head_dim * 2);
+  }
+  return Build(plan, false, 0);
+}
 
+int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan,
+                               bool resident_only) {
   const int d = options_.head_dim;
+  const int P = options_.page_tokens;
   const int group = group_size();
-  const int64_t now = plan.tokens - 1;  // the query's own token opens the new segment
-  if (now > boundaries_.back()) boundaries_.push_back(now);
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  const int32_t pages = static_cast<int32_t>((plan.tokens + P - 1) / P);
+  const PromptClusters& pc = *clusters_;
   ranked_.assign(options_.kv_heads, {});
-  std::vector<float> mean(d);
+  std::vector<Unit> units;
+  std::vector<float> logits, mean(d), page_mass(pages);
   int64_t scanned_units = 0;
-  auto score = [&](int h, const float* v) {
-    float agg =
-        options_.group_reduce == GroupReduce::kMax ? -std::numeric_limits<float>::infinity() : 0.f;
-    for (int g = 0; g < group; ++g) {
-      const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
-      float dot = 0;
-      for (int i = 0; i < d; ++i) dot += qg[i] * v[i];
-      agg = options_.group_reduce == GroupReduce::kMax ? std::max(agg, dot) : agg + dot;
-    }
-    return agg;
-  };
   for (int h = 0; h < options_.kv_heads; ++h) {
     if (IsStreaming(h)) continue;
-    std::vector<Unit>& units = ranked_[h];
-    const PromptClusters& pc = *clusters_;
+    // The retrieval units: prompt clusters (by centroid) and closed segments (by mean key).
+    units.clear();
     for (int32_t c = 0; c < pc.num_clusters; ++c) {
       const int32_t b = pc.cluster_off[h][c], e = pc.cluster_off[h][c + 1];
-      if (b == e) continue;
-      units.push_back({sink_tokens_ + b, sink_tokens_ + e, score(h, &pc.centroids[h][c * d])});
+      if (b < e) units.push_back({sink_tokens_ + b, sink_tokens_ + e, c, -1});
     }
-    for (size_t s = 0; s + 1 < boundaries_.size(); ++s) {  // closed segments only
-      SegmentMean(h, boundaries_[s], boundaries_[s + 1], mean.data());
-      units.push_back({NaturalToLayout(boundaries_[s]), NaturalToLayout(boundaries_[s + 1]),
-                       score(h, mean.data())});
+    for (size_t s = 0; s + 1 < boundaries_.size(); ++s) {
+      units.push_back({NaturalToLayout(boundaries_[s]), NaturalToLayout(boundaries_[s + 1]), -1,
+                       static_cast<int32_t>(s)});
     }
     scanned_units += static_cast<int64_t>(units.size());
-    std::stable_sort(units.begin(), units.end(),
-                     [](const Unit& a, const Unit& b) { return a.score > b.score; });
+    // Each unit's estimated attention probability per token, per query head: a unit of n keys
+    // around mean m gets about n * exp(q.m * scale) of the softmax mass. Normalizing per head
+    // before summing over the group (group_reduce) keeps one sharp head from drowning the rest.
+    std::vector<float> density(units.size(), 0.f);
+    logits.resize(units.size());
+    for (int g = 0; g < group; ++g) {
+      const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
+      float top = -std::numeric_limits<float>::infinity();
+      for (size_t u = 0; u < units.size(); ++u) {
+        const float* v = mean.data();
+        if (units[u].cluster >= 0) {
+          v = &pc.centroids[h][static_cast<size_t>(units[u].cluster) * d];
+        } else {
+          SegmentMean(h, boundaries_[units[u].segment], boundaries_[units[u].segment + 1],
+                      mean.data());
+        }
+        float dot = 0;
+        for (int i = 0; i < d; ++i) dot += qg[i] * v[i];
+        logits[u] = dot * scale;
+        top = std::max(top, logits[u]);
+      }
+      double z = 0;
+      for (size_t u = 0; u < units.size(); ++u) {
+        z += (units[u].layout_end - units[u].layout_begin) * std::exp(double{logits[u]} - top);
+      }
+      for (size_t u = 0; u < units.size(); ++u) {
+        const float prob = static_cast<float>(std::exp(double{logits[u]} - top) / z);
+        density[u] = options_.group_reduce == GroupReduce::kMax ? std::max(density[u], prob)
+                                                                : density[u] + prob;
+      }
+    }
+    // A layout page is worth the estimated mass of the unit tokens it holds.
+    std::fill(page_mass.begin(), page_mass.end(), 0.f);
+    for (size_t u = 0; u < units.size(); ++u) {
+      for (int32_t l = units[u].layout_begin; l < units[u].layout_end;) {
+        const int32_t p = l / P;
+        const int32_t end = std::min(units[u].layout_end, (p + 1) * P);
+        page_mass[p] += density[u] * static_cast<float>(end - l);
+        l = end;
+      }
+    }
+    std::vector<int32_t>& ranked = ranked_[h];
+    if (resident_only) {
+      ranked = resident_[h];
+    } else {
+      for (int32_t p = 0; p < pages; ++p) {
+        if (page_mass[p] > 0) ranked.push_back(p);
+      }
+    }
+    std::stable_sort(ranked.begin(), ranked.end(),
+                     [&](int32_t a, int32_t b) { return page_mass[a] > page_mass[b]; });
   }
-  return Build(plan, true, scanned_units * d * 2);
+  return scanned_units;
 }
 
 Selection BoundarySelector::Build(const Plan& plan, bool retrieved, int64_t summary_bytes) {
@@ -191,44 +244,56 @@ Selection BoundarySelector::Build(const Plan& plan, bool retrieved, int64_t summ
   for (int h = 0; h < options_.kv_heads; ++h) {
     std::fill(mark.begin(), mark.end(), 0);
     int32_t used = 0;
-    auto mark_range = [&](int32_t first_page, int32_t last_page) {
-      for (int32_t p = first_page; p <= last_page; ++p) {
-        if (!mark[p]) {
-          mark[p] = 1;
-          ++used;
-        }
+    auto mark_page = [&](int32_t p) {
+      if (!mark[p]) {
+        mark[p] = 1;
+        ++used;
       }
     };
     const int32_t sink_pages = (sink_tokens_ + P - 1) / P;
-    if (sink_pages > 0) mark_range(0, sink_pages - 1);
-    // Window and open segment, newest first, as far as the budget allows.
-    int64_t keep_from = T - int64_t{options_.window_pages} * P;
-    if (!IsStreaming(h)) keep_from = std::min<int64_t>(keep_from, boundaries_.back());
-    keep_from = std::max<int64_t>(keep_from, natural_begin_);
-    int32_t first_kept = NaturalToLayout(keep_from) / P;
-    while (first_kept < pages - 1 && used + (pages - first_kept) > budget &&
-           first_kept < pages - options_.window_pages) {
-      ++first_kept;
+    for (int32_t p = 0; p < sink_pages; ++p) mark_page(p);
+    // The local window: the last window_pages pages (the natural region is page-aligned in the
+    // layout, so these are the pages the page policies keep), widened over the tokens generated
+    // since the last retrieval (they have no score yet) up to a quarter of the budget.
+    const int32_t natural_first_page = natural_layout_ / P;
+    int32_t first = pages - options_.window_pages;
+    if (!IsStreaming(h)) {
+      const int32_t open_first = NaturalToLayout(boundaries_.back()) / P;
+      const int32_t open_cap = std::max(options_.window_pages, budget / 4);
+      first = std::min(first, std::max(open_first, pages - open_cap));
     }
-    mark_range(std::max(first_kept, sink_pages), pages - 1);
+    first = std::max({first, sink_pages, natural_first_page});
+    for (int32_t p = first; p < pages; ++p) mark_page(p);
     if (!IsStreaming(h) && h < static_cast<int>(ranked_.size())) {
+      // A retrieval makes the best resident_factor x budget pages resident (the ones past the
+      // budget go out as prefetch hints); later steps choose among them.
+      const int32_t extra =
+          retrieved ? static_cast<int32_t>((options_.resident_factor - 1.0) * budget) : 0;
       int32_t hinted = 0;
-      for (const Unit& u : ranked_[h]) {
-        const int32_t a = u.layout_begin / P, b = (u.layout_end - 1) / P;
-        if (b >= pages) continue;
-        int32_t fresh = 0;
-        for (int32_t p = a; p <= b; ++p) fresh += mark[p] ? 0 : 1;
-        if (fresh == 0) continue;
-        if (used + fresh <= budget) {
-          mark_range(a, b);
-        } else if (hinted < options_.prefetch_pages) {
-          for (int32_t p = a; p <= b && hinted < options_.prefetch_pages; ++p) {
-            if (!mark[p]) {
-              out.prefetch[h].push_back(p);
-              ++hinted;
-            }
-          }
+      for (int32_t p : ranked_[h]) {
+        if (p >= pages || mark[p]) continue;
+        if (used < budget) {
+          mark_page(p);
+        } else if (retrieved && hinted < std::max(extra, options_.prefetch_pages)) {
+          out.prefetch[h].push_back(p);
+          ++hinted;
+        } else if (!retrieved && options_.resident_factor > 1.0) {
+          out.prefetch[h].push_back(p);  // still resident, not attended this step
+        } else if (!retrieved) {
+          continue;
+        } else {
+          break;
         }
+      }
+      if (retrieved) {
+        resident_.resize(options_.kv_heads);
+        resident_[h].clear();
+        for (int32_t p = 0; p < pages; ++p) {
+          if (mark[p]) resident_[h].push_back(p);
+        }
+        resident_[h].insert(
+            resident_[h].end(), out.prefetch[h].begin(),
+            out.prefetch[h].begin() + std::min<size_t>(extra, out.prefetch[h].size()));
       }
     }
     std::vector<int32_t> positions;

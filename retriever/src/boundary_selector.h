@@ -8,7 +8,7 @@
 // (all full except the last, so a cluster's pages may carry neighbouring clusters' tokens: they
 // are attended, counted in the budget and in the bytes); its spans are the true positions.
 // Generated KV (and the prompt tail) is cut into segments at retrieval boundaries, each scored by
-// its mean key. The open segment (since the last retrieval) and the window are always kept.
+// its mean key. The sinks and the window are always kept.
 //
 // Retrieval happens only when BoundaryTrigger fires; between retrievals the ranked units of the
 // last retrieval are served again around the moving window.
@@ -49,7 +49,8 @@ class BoundarySelector final : public SelectorBase {
   struct Unit {
     int32_t layout_begin = 0;  // layout positions [layout_begin, layout_end)
     int32_t layout_end = 0;
-    float score = 0;
+    int32_t cluster = -1;  // its cluster, or -1 for segment `segment`
+    int32_t segment = -1;
   };
   // Layout index of natural-region position t.
   int32_t NaturalToLayout(int64_t t) const {
@@ -59,6 +60,9 @@ class BoundarySelector final : public SelectorBase {
   void ExtendPrefix(int64_t first, int64_t num_tokens);
   // Mean key of natural positions [a, b) of head h.
   void SegmentMean(int h, int64_t a, int64_t b, float* out) const;
+  // Ranks layout pages by estimated attention mass for the query (all pages, or only the
+  // resident ones); returns the number of units scored.
+  int64_t Rank(absl::Span<const float> q_float, const Plan& plan, bool resident_only);
   Selection Build(const Plan& plan, bool retrieved, int64_t summary_bytes);
 
   std::shared_ptr<const PromptClusters> clusters_;
@@ -68,7 +72,9 @@ class BoundarySelector final : public SelectorBase {
   std::vector<std::vector<float>> prefix_;  // [h][(t - N) * d] prefix sums of keys
   std::vector<int64_t> boundaries_;         // segment starts in the natural region
   std::optional<BoundaryTrigger> trigger_;
-  std::vector<std::vector<Unit>> ranked_;  // per row: units of the last retrieval, best first
+  std::vector<std::vector<int32_t>> resident_;  // per row: pages fetched by the last retrieval
+  std::vector<std::vector<int32_t>> ranked_;    // per row: layout pages of the last retrieval,
+                                                // best first by estimated attention mass
 };
 
 }  // namespace pagoda::retriever::internal

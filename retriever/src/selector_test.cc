@@ -195,6 +195,7 @@ TEST(SelectorTest, BoundaryRetrievesOnlyWhenTheQueryDrifts) {
   NeedleData data(2048, 900, 16, 4);
   SelectorOptions o = Options(16, 256);
   o.boundary_threshold = 0.8f;
+  o.resident_factor = 1.0;  // plain LouisKV: no rescoring between retrievals
   auto sel = MakeSelector(Policy::kBoundary, o);
   ASSERT_TRUE(sel.ok());
   ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 2000), 2000).ok());
@@ -214,6 +215,53 @@ TEST(SelectorTest, BoundaryRetrievesOnlyWhenTheQueryDrifts) {
   auto s = (*sel)->Select(data.Query(-3.f));
   ASSERT_TRUE(s.ok());
   EXPECT_TRUE(s->retrieved);
+}
+
+TEST(SelectorTest, BoundaryRescoresResidentPagesBetweenRetrievals) {
+  // Two needles; the query moves from one to the other with the trigger held off. Each needle
+  // cluster straddles two layout pages; the three free pages hold needle A whole and part of B.
+  // With a resident set four times the budget, B is resident after the first retrieval and the
+  // second step attends all of it without a new retrieval; plain reuse does not.
+  test_data::NeedleData a(2048, 480, 16, 4);
+  test_data::NeedleData b(2048, 1200, 16, 6);
+  std::vector<float> keys = a.keys;
+  for (int h = 0; h < 4; ++h) {
+    for (int64_t t = 1200; t < 1216; ++t) {
+      for (int d = 0; d < 64; ++d) keys[(h * 2048 + t) * 64 + d] = b.keys[(h * 2048 + t) * 64 + d];
+    }
+  }
+  a.keys = keys;
+  auto query = [&](float wa, float wb) {
+    std::vector<uint16_t> q;
+    for (int hq = 0; hq < 12; ++hq) {
+      for (int d = 0; d < 64; ++d) {
+        q.push_back(test_data::Half(wa * a.directions[(hq / 3) * 64 + d] +
+                                    wb * b.directions[(hq / 3) * 64 + d]));
+      }
+    }
+    return q;
+  };
+  for (double factor : {1.0, 4.0}) {
+    SelectorOptions o = Options(16, 80);  // sink, window and three free pages
+    o.boundary_threshold = -1.f;          // retrieve only on the first step
+    o.resident_factor = factor;
+    auto sel = MakeSelector(Policy::kBoundary, o);
+    ASSERT_TRUE(sel.ok());
+    ASSERT_TRUE((*sel)->Prefill(a.Keys(0, 2040), 2040).ok());
+    ASSERT_TRUE((*sel)->Append(a.Keys(2040, 2041), 1).ok());
+    auto first = (*sel)->Select(query(3.f, 1.5f));  // both needles score; the first more
+    ASSERT_TRUE(first.ok());
+    EXPECT_TRUE(first->retrieved);
+    ASSERT_TRUE((*sel)->Append(a.Keys(2041, 2042), 1).ok());
+    auto second = (*sel)->Select(query(0.f, 3.f));
+    ASSERT_TRUE(second.ok());
+    EXPECT_FALSE(second->retrieved);
+    for (int r = 0; r < 4; ++r) {
+      EXPECT_TRUE(Covers(first->spans[r], 480, 496));
+      EXPECT_EQ(Covers(second->spans[r], 1200, 1216), factor > 1.0) << factor;
+    }
+    EXPECT_EQ(second->summary_bytes > 0, factor > 1.0);
+  }
 }
 
 TEST(SelectorTest, OneFreePageGoesToTheNeedle) {

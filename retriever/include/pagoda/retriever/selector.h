@@ -68,8 +68,9 @@ struct SelectorOptions {
   int window_pages = 1;
   // KV heads that are streaming heads (DuoAttention-style): they keep only sinks + window.
   std::vector<int> streaming_kv_heads;
-  // How a group's query heads combine scores. Max keeps what any head needs.
-  GroupReduce group_reduce = GroupReduce::kMax;
+  // How a group's query heads combine scores. Sum measured better than max on real attention
+  // (bench/RESULTS.md, "Retriever"): it ranks by the group's total need.
+  GroupReduce group_reduce = GroupReduce::kSum;
   // Prefetch hints per row: the next-best pages after the cut.
   int prefetch_pages = 4;
 
@@ -85,6 +86,12 @@ struct SelectorOptions {
   // iterations. Smaller clusters select more precisely but cost more centroid scans.
   int cluster_tokens = 16;
   int kmeans_iters = 8;
+  // kBoundary: a retrieval fetches the best resident_factor x budget pages; every step then
+  // attends the best budget pages among them for its own query (rescored from the centroids, no
+  // store traffic). 1 = plain LouisKV (the retrieved set is reused as is).
+  // More residency follows the query better at the cost of GPU memory (4 x a 1/16 budget = 1/4 of
+  // the context).
+  double resident_factor = 4.0;
 
   // kAnn: index kind and its knobs. HNSW efSearch below ~128 misses exact neighbours (DEPS.md).
   AnnKind ann_kind = AnnKind::kFlat;
