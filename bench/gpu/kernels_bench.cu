@@ -56,6 +56,14 @@ __global__ void FillRandom(uint16_t* p, size_t n, uint32_t seed, float scale) {
   }
 }
 
+// SM-driven copy (what torch's copy_ does): grid-stride 16-byte loads and stores.
+__global__ void CopyKernel(const uint4* __restrict__ src, uint4* __restrict__ dst, size_t n) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    dst[i] = src[i];
+  }
+}
+
 template <typename T>
 T* DevAlloc(size_t n) {
   T* p = nullptr;
@@ -245,10 +253,20 @@ int main(int argc, char** argv) {
   uint8_t* src = DevAlloc<uint8_t>(copy_bytes);
   uint8_t* dst = DevAlloc<uint8_t>(copy_bytes);
   CK(cudaMemset(src, 1, copy_bytes));
-  const double copy_ms = MedianMs(
+  const double memcpy_ms = MedianMs(
       [&] { CK(cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice, g_stream)); }, 1);
-  const double copy_tbps = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e12;
-  Report("d2d copy 1 GiB (read+write)", copy_tbps, "TB/s", "-", 1.0, "baseline");
+  const double kernel_ms = MedianMs(
+      [&] {
+        CopyKernel<<<prop.multiProcessorCount * 8, 512, 0, g_stream>>>(
+            reinterpret_cast<const uint4*>(src), reinterpret_cast<uint4*>(dst), copy_bytes / 16);
+        CK(cudaGetLastError());
+      },
+      1);
+  const double memcpy_tbps = 2.0 * copy_bytes / (memcpy_ms * 1e-3) / 1e12;
+  const double kernel_tbps = 2.0 * copy_bytes / (kernel_ms * 1e-3) / 1e12;
+  const double copy_tbps = std::max(memcpy_tbps, kernel_tbps);  // the faster one is the bar
+  Report("d2d cudaMemcpy 1 GiB (read+write)", memcpy_tbps, "TB/s", "-", 1.0, "info");
+  Report("d2d copy kernel 1 GiB (read+write)", kernel_tbps, "TB/s", "-", 1.0, "baseline");
   CK(cudaFree(src));
   CK(cudaFree(dst));
 

@@ -64,6 +64,17 @@ __device__ __forceinline__ uint4 LoadStream(const uint16_t* p) {
   return __ldcs(reinterpret_cast<const uint4*>(p));
 }
 
+// Asynchronous 16-byte global -> shared copy (L2 only), grouped by commit, awaited by count.
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(addr), "l"(gmem));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
 __device__ __forceinline__ float FastExp2(float x) {
   float y;
   asm volatile("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

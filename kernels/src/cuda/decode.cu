@@ -44,7 +44,7 @@ struct DecodeArgs {
   bool streaming, per_kv_head;
 };
 
-template <bool kBf16, int kDim, int kGMax, int kUnroll>
+template <bool kBf16, int kDim, int kGMax, int kUnroll, int kStages>
 __global__ void __launch_bounds__(kThreads) DecodeKernel(const __grid_constant__ DecodeArgs a) {
   constexpr int kVec = 8;
   constexpr int kTpt = kDim / kVec;         // threads per token row
@@ -111,41 +111,53 @@ __global__ void __launch_bounds__(kThreads) DecodeKernel(const __grid_constant__
     for (int i = 0; i < kVec; ++i) acc[g][i] = 0.f;
   }
 
-  int pg_next[kUnroll];
-  uint4 kc[kUnroll], vc[kUnroll];
-  {
-    int pg_cur[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) pg_cur[u] = page_of(begin + u * kGroups + tg);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) pg_next[u] = page_of(begin + kStep + u * kGroups + tg);
+  // K/V pipeline in shared memory: slot (stage, K or V, u) holds this thread's 16 bytes of token
+  // u of a step. Each thread reads back only what it copied itself, so cp.async.wait_group
+  // suffices (no barrier) until the final merge reuses the buffer.
+  extern __shared__ uint4 smem[];
+  auto slot = [&](int stage, int kv, int u) -> uint4* {
+    return smem + ((stage * 2 + kv) * kUnroll + u) * kThreads + tid;
+  };
+  auto issue = [&](int stage, int base, const int(&pg)[kUnroll]) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      if (pg_cur[u] >= 0) {
-        const int64_t off = offset_of(begin + u * kGroups + tg, pg_cur[u]);
-        kc[u] = internal::LoadStream(a.k + off);
-        vc[u] = internal::LoadStream(a.v + off);
-      } else {
-        kc[u] = vc[u] = make_uint4(0, 0, 0, 0);
+      if (pg[u] >= 0) {
+        const int64_t off = offset_of(base + u * kGroups + tg, pg[u]);
+        internal::CpAsync16(slot(stage, 0, u), a.k + off);
+        internal::CpAsync16(slot(stage, 1, u), a.v + off);
       }
     }
+    internal::CpAsyncCommit();  // one group per step, empty or not, so counting stays uniform
+  };
+  int pg_pending[kUnroll];
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    int pg[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) pg[u] = page_of(begin + st * kStep + u * kGroups + tg);
+    issue(st, begin + st * kStep, pg);
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    pg_pending[u] = page_of(begin + (kStages - 1) * kStep + u * kGroups + tg);
   }
 
+  int stage = 0;
   for (int base = begin; base < end; base += kStep) {
-    int pg_after[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) pg_after[u] = page_of(base + 2 * kStep + u * kGroups + tg);
-    uint4 kn[kUnroll], vn[kUnroll];
+    issue(stage == 0 ? kStages - 1 : stage - 1, base + (kStages - 1) * kStep, pg_pending);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      if (pg_next[u] >= 0) {
-        const int64_t off = offset_of(base + kStep + u * kGroups + tg, pg_next[u]);
-        kn[u] = internal::LoadStream(a.k + off);
-        vn[u] = internal::LoadStream(a.v + off);
-      } else {
-        kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
-      }
+      pg_pending[u] = page_of(base + kStages * kStep + u * kGroups + tg);
     }
+    internal::CpAsyncWait<kStages - 1>();  // this step's group has landed
+    uint4 kc[kUnroll], vc[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const bool valid = base + u * kGroups + tg < end;
+      kc[u] = valid ? *slot(stage, 0, u) : make_uint4(0, 0, 0, 0);
+      vc[u] = valid ? *slot(stage, 1, u) : make_uint4(0, 0, 0, 0);
+    }
+    stage = stage == kStages - 1 ? 0 : stage + 1;
 
     float s[kUnroll][kGMax];
 #pragma unroll
@@ -205,18 +217,16 @@ __global__ void __launch_bounds__(kThreads) DecodeKernel(const __grid_constant__
         for (int i = 0; i < kVec; ++i) acc[g][i] = fmaf(s[u][g], vf[i], acc[g][i]);
       }
     }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      kc[u] = kn[u];
-      vc[u] = vn[u];
-      pg_next[u] = pg_after[u];
-    }
   }
+  internal::CpAsyncWait<0>();
+  __syncthreads();  // the pipeline buffer becomes the merge buffer
 
   // Merge the thread groups' states.
-  __shared__ float sm_m[kGroups][kGMax];
-  __shared__ float sm_d[kGroups][kGMax];
-  __shared__ float sm_o[kGroups][kGMax][kDim];
+  auto& sm_o = *reinterpret_cast<float(*)[kGroups][kGMax][kDim]>(smem);
+  auto& sm_m = *reinterpret_cast<float(*)[kGroups][kGMax]>(reinterpret_cast<float*>(smem) +
+                                                           kGroups * kGMax * kDim);
+  auto& sm_d = *reinterpret_cast<float(*)[kGroups][kGMax]>(reinterpret_cast<float*>(smem) +
+                                                           kGroups * kGMax * (kDim + 1));
 #pragma unroll
   for (int g = 0; g < kGMax; ++g) {
     if (lane_in == 0) {
@@ -290,11 +300,25 @@ __global__ void __launch_bounds__(kThreads)
   if (lane == 0 && a.lse != nullptr) a.lse[warp] = den > 0.f ? (mx + log2f(den)) * kLn2 : -INFINITY;
 }
 
+template <int kDim, int kGMax, int kUnroll, int kStages>
+constexpr size_t DecodeSmemBytes() {
+  constexpr size_t pipeline = size_t{kStages} * 2 * kUnroll * kThreads * 16;
+  constexpr size_t merge = size_t{kThreads / (kDim / 8)} * kGMax * (kDim + 2) * 4;
+  return pipeline > merge ? pipeline : merge;
+}
+
 template <bool kBf16, int kDim, int kGMax>
 cudaError_t LaunchTyped(const DecodeArgs& a, int rows, cudaStream_t stream) {
   constexpr int kUnroll = kGMax >= 8 ? 2 : 4;
+  constexpr int kStages = 4;
+  constexpr size_t kSmem = DecodeSmemBytes<kDim, kGMax, kUnroll, kStages>();
+  auto kernel = DecodeKernel<kBf16, kDim, kGMax, kUnroll, kStages>;
+  static const cudaError_t attr =  // once per instantiation, before any capture (see PlanDecode)
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (attr != cudaSuccess) return attr;
+  if (a.q == nullptr) return cudaSuccess;  // PlanDecode's warm-up call: attribute only
   const dim3 grid(a.num_chunks, rows);
-  DecodeKernel<kBf16, kDim, kGMax, kUnroll><<<grid, kThreads, 0, stream>>>(a);
+  kernel<<<grid, kThreads, kSmem, stream>>>(a);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || a.num_chunks == 1) return err;
   const int total = rows * a.group;  // (sequence, query head) pairs
@@ -442,6 +466,16 @@ absl::StatusOr<DecodePlan> PlanDecode(const DecodeParams& shape, bool streaming,
   int64_t chunk_tokens = (max_tokens_per_row + chunks - 1) / chunks;
   chunk_tokens = std::max<int64_t>(kMaxStep, (chunk_tokens + kMaxStep - 1) / kMaxStep * kMaxStep);
   chunks = std::max<int64_t>(1, (max_tokens_per_row + chunk_tokens - 1) / chunk_tokens);
+  // Raise the kernel's shared-memory limit now, outside any graph capture.
+  DecodeArgs probe{};
+  probe.group = shape.num_qo_heads / kv.num_kv_heads;
+  const cudaError_t attr =
+      kv.head_dim == 64
+          ? (kv.dtype == DType::kBFloat16 ? LaunchGroup<true, 64>(probe, 0, nullptr)
+                                          : LaunchGroup<false, 64>(probe, 0, nullptr))
+          : (kv.dtype == DType::kBFloat16 ? LaunchGroup<true, 128>(probe, 0, nullptr)
+                                          : LaunchGroup<false, 128>(probe, 0, nullptr));
+  if (auto s = internal::CudaStatus(attr, "decode kernel attribute"); !s.ok()) return s;
   plan.num_chunks = static_cast<int32_t>(chunks);
   plan.chunk_tokens = static_cast<int32_t>(chunk_tokens);
   if (chunks > 1) {
