@@ -65,12 +65,16 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir, S
   db_opts.create_if_missing = true;
   db_opts.create_missing_column_families = true;
   db_opts.max_background_jobs = 2;
+  // Both column families flush together, so a page's bytes and its metadata reach disk together
+  // even when the WAL is off.
+  db_opts.atomic_flush = true;
   rocksdb::ColumnFamilyOptions pages_opts;
   pages_opts.enable_blob_files = true;
   pages_opts.min_blob_size = 0;  // every page's bytes go to blob files; the LSM holds references
   pages_opts.blob_file_size = 256ULL << 20;
   pages_opts.enable_blob_garbage_collection = true;
   pages_opts.write_buffer_size = 64ULL << 20;
+  pages_opts.max_write_buffer_number = 3;
   rocksdb::ColumnFamilyOptions meta_opts;
   meta_opts.write_buffer_size = 16ULL << 20;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
@@ -145,6 +149,11 @@ absl::Status SsdTier::WriteBatch(absl::Span<const SsdPageWrite> pages,
     }
   }
   rocksdb::WriteOptions wo;
+  // Without sync_writes the WAL is skipped: page bytes would be written twice (WAL, then blob
+  // file) for a durability the cache does not need. A crash then loses the pages demoted since the
+  // last flush (and may bring back pages promoted or removed since then, with their right bytes);
+  // it never tears a page, because bytes and metadata flush atomically.
+  wo.disableWAL = !sync_writes_;
   if (absl::Status s = FromRocks(db_->Write(wo, &batch), "write"); !s.ok()) return s;
   absl::Status synced = env_->Sync([this]() -> absl::Status {
     if (!sync_writes_) return absl::OkStatus();
@@ -174,12 +183,15 @@ absl::Status SsdTier::Delete(absl::Span<const std::pair<uint32_t, PageKey>> page
     batch.Delete(pages_cf_, k.data()).PermitUncheckedError();
     batch.Delete(meta_cf_, k.meta()).PermitUncheckedError();
   }
-  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "delete");
+  rocksdb::WriteOptions wo;
+  wo.disableWAL = !sync_writes_;
+  return FromRocks(db_->Write(wo, &batch), "delete");
 }
 
 absl::Status SsdTier::DeleteRawMeta(std::string_view meta_key) {
-  return FromRocks(db_->Delete(rocksdb::WriteOptions(), meta_cf_,
-                               rocksdb::Slice(meta_key.data(), meta_key.size())),
+  rocksdb::WriteOptions wo;
+  wo.disableWAL = !sync_writes_;
+  return FromRocks(db_->Delete(wo, meta_cf_, rocksdb::Slice(meta_key.data(), meta_key.size())),
                    "delete meta");
 }
 

@@ -69,9 +69,11 @@ struct StoreOptions {
   // Per-tenant quotas by tenant id; tenants not listed have none (besides the pin quota).
   absl::flat_hash_map<std::string, TenantQuota> tenant_quotas;
 
-  // Sync RocksDB's WAL after each batch of SSD writes. Off: a crash may lose the last demoted
-  // pages (never corrupt them: the checksum catches a torn record); on: each demotion batch pays an
-  // fsync.
+  // Write RocksDB's WAL and sync it after each batch of SSD writes. Off (the default): no WAL;
+  // pages reach disk when RocksDB flushes (Flush(), close, or a full memtable), so a crash loses
+  // the pages demoted since the last flush and may bring back pages promoted or removed since then
+  // (with their right bytes: a page's bytes and metadata flush atomically, and the checksum catches
+  // anything torn). On: every page is written twice (WAL + blob file) and each batch pays an fsync.
   bool ssd_sync_writes = false;
   // Fault seam of the SSD tier (null: the default SsdEnv). Not owned; must outlive the store.
   SsdEnv* ssd_env = nullptr;
