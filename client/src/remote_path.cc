@@ -40,8 +40,18 @@ std::vector<absl::Status> RemotePath::Put(absl::Span<const PutPage> pages) {
     pp->set_size(p.bytes.size());
     pp->set_checksum(PageChecksum(p.bytes.data(), p.bytes.size()));
   }
-  bool ok = w->Write(msg);
-  for (size_t i = 0; ok && i < pages.size(); ++i) {
+  // Small batches travel whole in the first message; larger ones stream in chunks.
+  size_t total = 0;
+  for (const PutPage& p : pages) total += p.bytes.size();
+  const bool inline_all = total <= chunk_bytes_;
+  if (inline_all) {
+    for (size_t i = 0; i < pages.size(); ++i) {
+      begin->mutable_pages(static_cast<int>(i))
+          ->set_data(pages[i].bytes.data(), pages[i].bytes.size());
+    }
+  }
+  bool ok = inline_all ? w->Write(msg, grpc::WriteOptions().set_last_message()) : w->Write(msg);
+  for (size_t i = 0; ok && !inline_all && i < pages.size(); ++i) {
     const absl::Span<const uint8_t> b = pages[i].bytes;
     for (size_t off = 0; ok && off < b.size(); off += chunk_bytes_) {
       msg.Clear();
@@ -52,7 +62,7 @@ std::vector<absl::Status> RemotePath::Put(absl::Span<const PutPage> pages) {
       ok = w->Write(msg);
     }
   }
-  if (ok) w->WritesDone();
+  if (ok && !inline_all) w->WritesDone();
   absl::Status s = FromGrpc(w->Finish());
   if (s.ok() && response.results_size() != static_cast<int>(pages.size())) {
     s = absl::InternalError("Put: the server answered for a different number of pages");

@@ -155,9 +155,21 @@ absl::Status GrpcService::PutImpl(grpc::ServerContext* ctx,
     return why;
   };
 
-  // 3. Receive bytes straight into the reserved slots.
+  // 3. Receive bytes straight into the reserved slots: first what came inline, then chunks.
   uint8_t* const base = store_->HostArenaInfo().base;
   uint64_t bytes = 0;
+  for (int i = 0; i < n; ++i) {
+    const std::string& inline_data = begin.pages(i).data();
+    Pending& p = pages[i];
+    if (inline_data.empty() || !p.status.ok()) continue;
+    if (inline_data.size() > p.size) {
+      return abort_all(absl::InvalidArgumentError(
+          absl::StrCat("Put: page ", i, ": inline data longer than the page")));
+    }
+    memcpy(base + p.offset, inline_data.data(), inline_data.size());
+    p.received = inline_data.size();
+    bytes += inline_data.size();
+  }
   while (reader->Read(&msg)) {
     if (absl::Status s = Cancelled(ctx); !s.ok()) return abort_all(s);
     if (!msg.has_chunk()) {
