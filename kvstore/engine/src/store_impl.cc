@@ -106,11 +106,18 @@ absl::Status StoreImpl::Rebuild() {
   table_.Reserve(ssd_->EstimatePages());
   std::vector<std::pair<uint32_t, PageKey>> orphans;
   std::vector<std::string> bad_keys;
+  LayoutId last_layout = 0;
+  int last_cls = -1;
   s = ssd_->ForEachPage(
       [&](const SsdPageMeta& m) {
-        const int cls = ClassOf(m.layout, /*add=*/true);
+        // Records arrive sorted by key, and (tenant, key) is the RocksDB key, so no duplicates.
+        if (m.layout != last_layout) {
+          last_layout = m.layout;
+          last_cls = ClassOf(m.layout, /*add=*/true);
+        }
+        const int cls = last_cls;
         if (m.tenant >= tenants_.size() || tenants_[m.tenant].name.empty() || cls < 0 ||
-            classes_[cls].bytes != m.size || table_.Find(m.tenant, m.key) != kNil) {
+            classes_[cls].bytes != m.size) {
           orphans.emplace_back(m.tenant, m.key);
           return;
         }
