@@ -476,6 +476,14 @@ absl::StatusOr<PageInfo> StoreImpl::GetLocked(std::string_view tenant, const Pag
   EndRead(idx);
   if (!copied.ok()) return copied;
   if (got != info.checksum) {
+    const PageEntry& now = table_.at(idx);
+    if (now.version != version || now.state != PageState::kReady) {
+      return absl::NotFoundError(absl::StrFormat("page %s was removed while read", key.Hex()));
+    }
+    if (now.tier != tier || SlotOffset(now) != offset) {
+      // A lease moved it from the GPU to the host arena mid-copy: read it again where it is now.
+      return absl::AbortedError(absl::StrFormat("page %s moved while read", key.Hex()));
+    }
     counters_.checksum_failures++;
     DropCorrupt(idx, version);
     return absl::DataLossError(absl::StrFormat(
