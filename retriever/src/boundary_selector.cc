@@ -128,9 +128,7 @@ void BoundarySelector::SegmentMean(int h, int64_t a, int64_t b, float* out) cons
 }
 
 int32_t BoundarySelector::LayoutToPosition(int h, int32_t l) const {
-  if (l < sink_tokens_) return l;
-  if (l < natural_layout_) return clusters_->members[h][l - sink_tokens_];
-  return static_cast<int32_t>(natural_begin_ + (l - natural_layout_));
+  return static_cast<int32_t>(LayoutPosition(*clusters_, h, l));
 }
 
 absl::StatusOr<Selection> BoundarySelector::Choose(absl::Span<const uint16_t> q,

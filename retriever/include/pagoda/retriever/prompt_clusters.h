@@ -44,6 +44,17 @@ struct PromptClusters {
                                                   // ascending within a cluster
 };
 
+// The position held at `layout_index` of KV head `kv_head`'s cluster-ordered layout (the page ids
+// a boundary selector returns address this layout: page p holds layout indices [p * page_tokens,
+// (p + 1) * page_tokens)). Valid for 0 <= layout_index < tokens of the sequence.
+inline int64_t LayoutPosition(const PromptClusters& c, int kv_head, int64_t layout_index) {
+  if (layout_index < c.natural_begin) {
+    return layout_index < c.sink_tokens ? layout_index
+                                        : c.members[kv_head][layout_index - c.sink_tokens];
+  }
+  return layout_index;  // the natural region keeps its positions
+}
+
 // Clusters prompt keys [kv_heads, num_tokens, head_dim] (options.dtype bits) for the boundary
 // policy with `options` (page_tokens, sink/window pages, cluster_tokens, kmeans_iters matter).
 // InvalidArgument for bad options or keys (as Selector::Prefill).

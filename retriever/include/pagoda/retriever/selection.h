@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "pagoda/kernels/params.h"
+
 namespace pagoda::retriever {
 
 // CSR page table. Row r reads pages indices[indptr[r] .. indptr[r+1]), in that order; every page
@@ -46,6 +48,16 @@ struct Selection {
   // Bytes of K and V (fp16) held by the selected pages, all rows.
   int64_t kv_bytes = 0;
 };
+
+// A view of `table` in the kernels' CSR struct (valid while `table` lives and is not changed).
+inline kernels::PageTable AsKernelTable(const PageTable& table) {
+  kernels::PageTable t;
+  t.num_rows = table.num_rows();
+  t.indptr = table.indptr.data();
+  t.indices = table.indices.data();
+  t.last_page_len = table.last_page_len.data();
+  return t;
+}
 
 }  // namespace pagoda::retriever
 
