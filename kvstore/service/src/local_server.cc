@@ -118,12 +118,15 @@ void LocalServer::Stop() {
     absl::MutexLock l(&mu_);
     for (auto& [id, c] : conns_) ::shutdown(c->fd, SHUT_RD);
   }
+  // Join every connection thread (joining, not waiting on a flag, so no thread still touches
+  // this object when Stop returns).
+  absl::flat_hash_map<uint64_t, std::thread> threads;
   {
     absl::MutexLock l(&mu_);
-    mu_.Await(absl::Condition(
-        +[](absl::flat_hash_map<uint64_t, std::shared_ptr<Connection>>* c) { return c->empty(); },
-        &conns_));
+    threads.swap(threads_);
+    finished_.clear();
   }
+  for (auto& [id, t] : threads) t.join();
   if (!path_.empty()) ::unlink(path_.c_str());
 }
 
@@ -139,18 +142,30 @@ void LocalServer::AcceptLoop() {
     }
     auto conn = std::make_shared<Connection>();
     conn->fd = fd;
-    absl::MutexLock l(&mu_);
-    uint64_t id = next_id_++;
-    conns_[id] = conn;
-    active_++;
-    // Detached: Stop() waits for conns_ to drain instead of joining.
-    std::thread([this, conn, id] {
-      Serve(conn);
+    std::vector<std::thread> done;  // threads of connections that ended, joined outside the lock
+    {
       absl::MutexLock l(&mu_);
-      conns_.erase(id);
-      ::close(conn->fd);  // after the erase: Stop() never touches a closed (reused) fd
-      active_--;
-    }).detach();
+      for (uint64_t f : finished_) {
+        auto it = threads_.find(f);
+        if (it != threads_.end()) {
+          done.push_back(std::move(it->second));
+          threads_.erase(it);
+        }
+      }
+      finished_.clear();
+      uint64_t id = next_id_++;
+      conns_[id] = conn;
+      active_++;
+      threads_[id] = std::thread([this, conn, id] {
+        Serve(conn);
+        absl::MutexLock l(&mu_);
+        conns_.erase(id);
+        ::close(conn->fd);  // after the erase: Stop() never touches a closed (reused) fd
+        active_--;
+        finished_.push_back(id);
+      });
+    }
+    for (std::thread& t : done) t.join();
   }
 }
 
