@@ -74,8 +74,9 @@ struct TierStats {
   uint64_t capacity_bytes = 0;
   uint64_t used_bytes = 0;  // committed pages + open reservations, in page bytes
   uint64_t pages = 0;
-  uint64_t hits = 0;        // reads that found their page in this tier
-  uint64_t evictions = 0;   // pages that left this tier to make room (demoted or, on SSD, dropped)
+  uint64_t hits = 0;  // reads that found their page in this tier
+  uint64_t evictions =
+      0;  // pages demoted out of this tier (eviction or Demote) or, on SSD, dropped
   uint64_t promotions = 0;  // pages moved into this tier from a lower tier
   uint64_t bytes_in = 0;    // page bytes moved into this tier from other tiers
   uint64_t bytes_out = 0;   // page bytes moved out of this tier to other tiers
@@ -135,8 +136,8 @@ class Store {
   // min(duration, max_lease_duration) (duration <= 0: the default). See ReadLease.
   virtual absl::StatusOr<ReadLease> AcquireRead(std::string_view tenant, const PageKey& key,
                                                 absl::Duration duration = absl::ZeroDuration()) = 0;
-  // Ends a lease. OK also when the lease already expired or its page is gone; NotFound for an id
-  // the store never issued or already released.
+  // Ends a lease. Idempotent: OK for any id the store issued, also when the lease was released
+  // before, already expired, or its page is gone. NotFound for an id the store never issued.
   virtual absl::Status ReleaseRead(uint64_t lease_id) = 0;
 
   virtual bool Exists(std::string_view tenant, const PageKey& key) = 0;
