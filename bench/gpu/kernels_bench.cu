@@ -212,6 +212,8 @@ Decoder MakeDecoder(const pk::PagedKV& kv, const Table& t, int batch, bool per_h
   auto plan = gpu::PlanDecode(d.p, false, t.max_tokens);
   OK(plan.status());
   d.plan = *plan;
+  std::printf("  plan: batch %d, max %lld tokens/row -> %d chunks of %d tokens\n", batch,
+              static_cast<long long>(t.max_tokens), d.plan.num_chunks, d.plan.chunk_tokens);
   d.ws = DevAlloc<uint8_t>(d.plan.workspace_bytes);
   return d;
 }

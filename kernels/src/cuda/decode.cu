@@ -307,8 +307,10 @@ constexpr size_t DecodeSmemBytes() {
   return pipeline > merge ? pipeline : merge;
 }
 
+// Launches decode (+ merge). With a.q == nullptr it only prepares the kernel (shared-memory
+// limit) and reports how many blocks fit on one multiprocessor in *resident.
 template <bool kBf16, int kDim, int kGMax>
-cudaError_t LaunchTyped(const DecodeArgs& a, int rows, cudaStream_t stream) {
+cudaError_t LaunchTyped(const DecodeArgs& a, int rows, cudaStream_t stream, int* resident) {
   constexpr int kUnroll = kGMax >= 8 ? 2 : 4;
   constexpr int kStages = 4;
   constexpr size_t kSmem = DecodeSmemBytes<kDim, kGMax, kUnroll, kStages>();
@@ -316,7 +318,11 @@ cudaError_t LaunchTyped(const DecodeArgs& a, int rows, cudaStream_t stream) {
   static const cudaError_t attr =  // once per instantiation, before any capture (see PlanDecode)
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (attr != cudaSuccess) return attr;
-  if (a.q == nullptr) return cudaSuccess;  // PlanDecode's warm-up call: attribute only
+  if (a.q == nullptr) {
+    return resident == nullptr
+               ? cudaSuccess
+               : cudaOccupancyMaxActiveBlocksPerMultiprocessor(resident, kernel, kThreads, kSmem);
+  }
   const dim3 grid(a.num_chunks, rows);
   kernel<<<grid, kThreads, kSmem, stream>>>(a);
   cudaError_t err = cudaGetLastError();
@@ -328,11 +334,12 @@ cudaError_t LaunchTyped(const DecodeArgs& a, int rows, cudaStream_t stream) {
 }
 
 template <bool kBf16, int kDim>
-cudaError_t LaunchGroup(const DecodeArgs& a, int rows, cudaStream_t stream) {
-  if (a.group <= 1) return LaunchTyped<kBf16, kDim, 1>(a, rows, stream);
-  if (a.group <= 2) return LaunchTyped<kBf16, kDim, 2>(a, rows, stream);
-  if (a.group <= 4) return LaunchTyped<kBf16, kDim, 4>(a, rows, stream);
-  return LaunchTyped<kBf16, kDim, 8>(a, rows, stream);
+cudaError_t LaunchGroup(const DecodeArgs& a, int rows, cudaStream_t stream,
+                        int* resident = nullptr) {
+  if (a.group <= 1) return LaunchTyped<kBf16, kDim, 1>(a, rows, stream, resident);
+  if (a.group <= 2) return LaunchTyped<kBf16, kDim, 2>(a, rows, stream, resident);
+  if (a.group <= 4) return LaunchTyped<kBf16, kDim, 4>(a, rows, stream, resident);
+  return LaunchTyped<kBf16, kDim, 8>(a, rows, stream, resident);
 }
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -438,7 +445,8 @@ absl::StatusOr<DecodePlan> PlanDecode(const DecodeParams& shape, bool streaming,
   if (max_tokens_per_row < 0 || max_tokens_per_row > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError("plan decode: max_tokens_per_row out of range");
   }
-  if (options.blocks_per_sm <= 0 || options.min_chunk_tokens <= 0 || options.max_chunks <= 0) {
+  if (options.blocks_per_sm < 0 || options.min_chunk_tokens <= 0 || options.max_chunks <= 0 ||
+      options.chunk_overhead_tokens < 0) {
     return absl::InvalidArgumentError("plan decode: options must be positive");
   }
   int sms = options.num_sms;
@@ -458,24 +466,40 @@ absl::StatusOr<DecodePlan> PlanDecode(const DecodeParams& shape, bool streaming,
   plan.num_kv_heads = kv.num_kv_heads;
   plan.head_dim = kv.head_dim;
   plan.dtype = kv.dtype;
+  // Prepare the kernel now (outside any graph capture) and ask how many blocks fit per SM.
+  DecodeArgs probe{};
+  probe.group = shape.num_qo_heads / kv.num_kv_heads;
+  int resident = 0;
+  const cudaError_t attr =
+      kv.head_dim == 64
+          ? (kv.dtype == DType::kBFloat16 ? LaunchGroup<true, 64>(probe, 0, nullptr, &resident)
+                                          : LaunchGroup<false, 64>(probe, 0, nullptr, &resident))
+          : (kv.dtype == DType::kBFloat16 ? LaunchGroup<true, 128>(probe, 0, nullptr, &resident)
+                                          : LaunchGroup<false, 128>(probe, 0, nullptr, &resident));
+  if (auto s = internal::CudaStatus(attr, "decode kernel attribute"); !s.ok()) return s;
+  if (options.blocks_per_sm > 0) resident = options.blocks_per_sm;
+  // Split each row into c chunks minimizing waves(c) * (tokens per chunk + per-block overhead):
+  // enough blocks to fill the GPU, few enough that a last partial wave and the fixed cost of
+  // each block (page-table reads, pipeline fill, merge) stay small.
   const int64_t rows = int64_t{shape.batch} * kv.num_kv_heads;
-  const int64_t want = (int64_t{sms} * options.blocks_per_sm + rows - 1) / rows;
-  const int64_t most = std::max<int64_t>(
-      1, (max_tokens_per_row + options.min_chunk_tokens - 1) / options.min_chunk_tokens);
-  int64_t chunks = std::clamp<int64_t>(want, 1, std::min<int64_t>(most, options.max_chunks));
+  const int64_t slots = std::max<int64_t>(1, int64_t{sms} * std::max(resident, 1));
+  const int64_t most = std::min<int64_t>(
+      options.max_chunks, std::max<int64_t>(1, (max_tokens_per_row + options.min_chunk_tokens - 1) /
+                                                   options.min_chunk_tokens));
+  int64_t chunks = 1;
+  double best = -1;
+  for (int64_t c = 1; c <= most; ++c) {
+    const double waves = static_cast<double>((rows * c + slots - 1) / slots);
+    const double cost = waves * (static_cast<double>(max_tokens_per_row) / static_cast<double>(c) +
+                                 options.chunk_overhead_tokens);
+    if (best < 0 || cost < best) {
+      best = cost;
+      chunks = c;
+    }
+  }
   int64_t chunk_tokens = (max_tokens_per_row + chunks - 1) / chunks;
   chunk_tokens = std::max<int64_t>(kMaxStep, (chunk_tokens + kMaxStep - 1) / kMaxStep * kMaxStep);
   chunks = std::max<int64_t>(1, (max_tokens_per_row + chunk_tokens - 1) / chunk_tokens);
-  // Raise the kernel's shared-memory limit now, outside any graph capture.
-  DecodeArgs probe{};
-  probe.group = shape.num_qo_heads / kv.num_kv_heads;
-  const cudaError_t attr =
-      kv.head_dim == 64
-          ? (kv.dtype == DType::kBFloat16 ? LaunchGroup<true, 64>(probe, 0, nullptr)
-                                          : LaunchGroup<false, 64>(probe, 0, nullptr))
-          : (kv.dtype == DType::kBFloat16 ? LaunchGroup<true, 128>(probe, 0, nullptr)
-                                          : LaunchGroup<false, 128>(probe, 0, nullptr));
-  if (auto s = internal::CudaStatus(attr, "decode kernel attribute"); !s.ok()) return s;
   plan.num_chunks = static_cast<int32_t>(chunks);
   plan.chunk_tokens = static_cast<int32_t>(chunk_tokens);
   if (chunks > 1) {

@@ -35,10 +35,11 @@ namespace pagoda::kernels::gpu {
 struct DecodePlanOptions {
   // Multiprocessors to fill; 0 queries the current device.
   int32_t num_sms = 0;
-  // Blocks per multiprocessor the split aims for. About 3 decode blocks are resident per
-  // multiprocessor; aiming for ~4 waves keeps the last wave's tail small, at the price of more
-  // partial states to merge (a few % of the KV bytes at 128-token chunks).
-  int32_t blocks_per_sm = 12;
+  // Decode blocks resident per multiprocessor; 0 asks the occupancy calculator. The split picks
+  // the chunk count c minimizing waves(c) * (tokens per chunk + chunk_overhead_tokens).
+  int32_t blocks_per_sm = 0;
+  // Fixed cost of one block (page-table reads, pipeline fill, merge), in tokens of KV work.
+  int32_t chunk_overhead_tokens = 128;
   // Smallest KV chunk one block handles when a row is split (tokens).
   int32_t min_chunk_tokens = 128;
   // Upper bound on chunks per row (bounds the workspace and the merge).
