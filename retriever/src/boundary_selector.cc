@@ -173,6 +173,23 @@ int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan
       units.push_back({NaturalToLayout(boundaries_[s]), NaturalToLayout(boundaries_[s + 1]), -1,
                        static_cast<int32_t>(s)});
     }
+    if (resident_only) {
+      // Between retrievals only the resident pages compete: score just the units on them (the
+      // softmax normalization below then runs over those units, which is all the ranking needs).
+      std::vector<char> resident(pages, 0);
+      for (int32_t p : resident_[h]) {
+        if (p < pages) resident[p] = 1;
+      }
+      units.erase(std::remove_if(units.begin(), units.end(),
+                                 [&](const Unit& u) {
+                                   for (int32_t p = u.layout_begin / P;
+                                        p <= (u.layout_end - 1) / P && p < pages; ++p) {
+                                     if (resident[p]) return false;
+                                   }
+                                   return true;
+                                 }),
+                  units.end());
+    }
     scanned_units += static_cast<int64_t>(units.size());
     // Each unit's estimated attention probability per token, per query head: a unit of n keys
     // around mean m gets about n * exp(q.m * scale) of the softmax mass. Normalizing per head
