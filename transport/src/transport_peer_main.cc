@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   uint64_t bytes = 64 << 20;
   uint64_t seed = 1;
   std::string tls;
+  bool alloc = false, detect = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     bool ok = true;
@@ -27,30 +28,45 @@ int main(int argc, char** argv) {
       ok = absl::SimpleAtoi(argv[i + 1], &bytes);
     } else if (flag == "--seed") {
       ok = absl::SimpleAtoi(argv[i + 1], &seed);
+    } else if (flag == "--alloc") {
+      alloc = std::string(argv[i + 1]) == "1";
+    } else if (flag == "--detect") {
+      detect = std::string(argv[i + 1]) == "1";
     } else if (flag == "--tls") {
       tls = argv[i + 1];
     } else {
       ok = false;
     }
     if (!ok) {
-      std::fprintf(stderr, "usage: %s [--bytes N] [--seed S] [--tls UCX_TLS]\n", argv[0]);
+      std::fprintf(
+          stderr, "usage: %s [--bytes N] [--seed S] [--tls UCX_TLS] [--alloc 0|1] [--detect 0|1]\n",
+          argv[0]);
       return 2;
     }
   }
   pagoda::TransportOptions opts;
   opts.ucx_tls = tls;
+  opts.detect_peer_failure = detect;
   auto transport = pagoda::Transport::Create(opts);
   if (!transport.ok()) {
     std::fprintf(stderr, "transport: %s\n", transport.status().ToString().c_str());
     return 1;
   }
-  std::vector<uint8_t> buf(bytes);
-  pagoda::testing::FillPattern(buf.data(), buf.size(), seed, 0);
-  auto mem = (*transport)->Register(buf.data(), buf.size(), pagoda::MemoryKind::kHost);
+  // Host memory of our own (Register) or from the transport (Allocate, --alloc 1).
+  std::vector<uint8_t> own;
+  absl::StatusOr<std::unique_ptr<pagoda::RegisteredMemory>> mem;
+  if (alloc) {
+    mem = (*transport)->Allocate(bytes);
+  } else {
+    own.resize(bytes);
+    mem = (*transport)->Register(own.data(), own.size(), pagoda::MemoryKind::kHost);
+  }
   if (!mem.ok()) {
     std::fprintf(stderr, "register: %s\n", mem.status().ToString().c_str());
     return 1;
   }
+  uint8_t* base = static_cast<uint8_t*>((*mem)->base());
+  pagoda::testing::FillPattern(base, bytes, seed, 0);
   auto key = (*mem)->PackRemoteKey();
   if (!key.ok()) {
     std::fprintf(stderr, "pack: %s\n", key.status().ToString().c_str());
@@ -64,10 +80,10 @@ int main(int argc, char** argv) {
     if (cmd == "CHECK") {
       uint64_t off = 0, len = 0, s = 0;
       std::cin >> off >> len >> s;
-      if (off > buf.size() || len > buf.size() - off) {
+      if (off > bytes || len > bytes - off) {
         std::printf("BAD range\n");
       } else {
-        size_t bad = pagoda::testing::FirstMismatch(buf.data() + off, len, s, off);
+        size_t bad = pagoda::testing::FirstMismatch(base + off, len, s, off);
         if (bad == len) {
           std::printf("OK\n");
         } else {

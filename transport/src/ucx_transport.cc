@@ -328,6 +328,7 @@ void Launch(Batch* b, ucp_rkey_h rkey, uint64_t remote_base) {
 
 class UcxRegisteredMemory final : public RegisteredMemory {
  public:
+  // `memh` either registers caller memory or owns memory UCX allocated (Transport::Allocate).
   UcxRegisteredMemory(std::shared_ptr<UcxCore> core, ucp_mem_h memh, void* base, size_t length,
                       MemoryKind kind)
       : core_(std::move(core)), memh_(memh), base_(base), length_(length), kind_(kind) {}
@@ -533,6 +534,26 @@ class UcxTransport final : public Transport {
     return std::make_unique<UcxRegisteredMemory>(core_, memh, addr, length, kind);
   }
 
+  absl::StatusOr<std::unique_ptr<RegisteredMemory>> Allocate(size_t length) override {
+    if (length == 0) return absl::InvalidArgumentError("Allocate: zero length");
+    ucp_mem_map_params_t params{};
+    params.field_mask = UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    params.length = length;
+    params.flags = UCP_MEM_MAP_ALLOCATE;
+    ucp_mem_h memh = nullptr;
+    ucs_status_t s = ucp_mem_map(core_->context(), &params, &memh);
+    if (s != UCS_OK) return FromUcs(s, "ucp_mem_map(ALLOCATE)");
+    ucp_mem_attr_t attr{};
+    attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+    s = ucp_mem_query(memh, &attr);
+    if (s != UCS_OK) {
+      ucp_mem_unmap(core_->context(), memh);
+      return FromUcs(s, "ucp_mem_query");
+    }
+    return std::make_unique<UcxRegisteredMemory>(core_, memh, attr.address, length,
+                                                 MemoryKind::kHost);
+  }
+
   std::string address() const override { return EncodePeerAddress(core_->worker().address()); }
 
   absl::StatusOr<std::unique_ptr<TransportEndpoint>> Connect(
@@ -547,7 +568,8 @@ class UcxTransport final : public Transport {
       params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                           UCP_EP_PARAM_FIELD_ERR_HANDLER;
       params.address = reinterpret_cast<const ucp_address_t*>(addr->data());
-      params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+      params.err_mode = core_->options().detect_peer_failure ? UCP_ERR_HANDLING_MODE_PEER
+                                                             : UCP_ERR_HANDLING_MODE_NONE;
       params.err_handler.cb = &OnEndpointError;
       params.err_handler.arg = st.get();
       ucs_status_t s = ucp_ep_create(core_->worker().handle(), &params, &st->ep);

@@ -27,6 +27,8 @@ class Loopback {
     TransportOptions opts;
     opts.ucx_tls = tls;
     opts.op_timeout = timeout;
+    // Shared memory is only used without UCX's peer-failure mode (see TransportOptions).
+    opts.detect_peer_failure = tls == "tcp";
     auto s = Transport::Create(opts);
     EXPECT_TRUE(s.ok()) << s.status();
     server = std::move(*s);
@@ -298,6 +300,30 @@ TEST_P(UcxLoopbackTest, RegisterRejectsBadRangesAndUnreachableKinds) {
     EXPECT_EQ((*t)->Register(buf.data(), buf.size(), MemoryKind::kCuda).status().code(),
               absl::StatusCode::kFailedPrecondition);
   }
+}
+
+TEST_P(UcxLoopbackTest, TransportAllocatedMemoryMovesExactBytes) {
+  Loopback lb(GetParam(), 4096);
+  auto pool = lb.server->Allocate(1 << 20);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  ASSERT_NE((*pool)->base(), nullptr);
+  EXPECT_EQ((*pool)->length(), size_t{1} << 20);
+  FillPattern((*pool)->base(), 1 << 20, 99, 0);
+  auto remote = lb.endpoint->ImportRemoteKey(*(*pool)->PackRemoteKey());
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  auto local = lb.client->Allocate(256 << 10);
+  ASSERT_TRUE(local.ok());
+  auto* dst = static_cast<uint8_t*>((*local)->base());
+  std::vector<TransferOp> ops;
+  for (int i = 0; i < 4; ++i)
+    ops.push_back({dst + i * (64 << 10), (3 - i) * uint64_t{200000}, 64 << 10});
+  auto f = lb.endpoint->Post(TransferDirection::kRead, **remote, ops);
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(f->WaitAll().ok()) << f->WaitAll();
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(FirstMismatch(dst + i * (64 << 10), 64 << 10, 99, (3 - i) * 200000), 64u << 10);
+  }
+  EXPECT_EQ(lb.server->Allocate(0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(UcxTransportTest, RejectsNonsenseOptions) {

@@ -35,10 +35,11 @@ absl::StatusOr<std::unique_ptr<UcxWorker>> UcxWorker::Create(ucp_context_h conte
 
   int efd = -1;
   st = ucp_worker_get_efd(w->worker_, &efd);
-  if (st != UCS_OK) {
-    ucp_worker_destroy(w->worker_);
-    w->worker_ = nullptr;
-    return FromUcs(st, "ucp_worker_get_efd");
+  if (st != UCS_OK) efd = -1;  // no wakeup support: the loop naps instead of sleeping on an fd
+  if (efd < 0) {
+    UcxWorker* raw = w.get();
+    w->thread_ = std::thread([raw] { raw->Loop(); });
+    return w;
   }
   w->epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   epoll_event ev{};
@@ -62,7 +63,7 @@ UcxWorker::~UcxWorker() {
       absl::MutexLock lock(&mu_);
       stop_ = true;
     }
-    ucp_worker_signal(worker_);
+    if (epoll_fd_ >= 0) ucp_worker_signal(worker_);
     thread_.join();
   }
   if (epoll_fd_ >= 0) close(epoll_fd_);
@@ -74,7 +75,7 @@ void UcxWorker::Post(absl::AnyInvocable<void() &&> fn) {
     absl::MutexLock lock(&mu_);
     queue_.push_back(std::move(fn));
   }
-  ucp_worker_signal(worker_);  // thread-safe by UCX's contract; wakes a sleeping Loop
+  if (epoll_fd_ >= 0) ucp_worker_signal(worker_);  // thread-safe by UCX's contract
 }
 
 void UcxWorker::Run(absl::AnyInvocable<void() &&> fn) {
@@ -121,6 +122,10 @@ void UcxWorker::Loop() {
     }
     if (busy || now - last_activity < spin_) continue;
 
+    if (epoll_fd_ < 0) {
+      absl::SleepFor(absl::Microseconds(50));
+      continue;
+    }
     // Idle: sleep until UCX or Post signals the event fd.
     ucs_status_t st = ucp_worker_arm(worker_);
     if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile

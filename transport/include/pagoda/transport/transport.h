@@ -85,6 +85,12 @@ struct TransportOptions {
   std::string ucx_tls;
   // A batch still incomplete after this long fails with DeadlineExceeded and closes its endpoint.
   absl::Duration op_timeout = absl::Seconds(30);
+  // Connect endpoints in UCX's peer-failure mode: a peer that dies fails its transfers with
+  // Unavailable instead of hanging or aborting. UCX 1.13 offers this only on transports that can
+  // notice a dead peer (tcp; rc/ud/dc on RDMA NICs), so shared memory and cma are not used. Turn it
+  // off only between trusted processes of one node (e.g. a local sidecar and its workers) to get
+  // shared-memory speed; a peer crash may then go unnoticed until op_timeout.
+  bool detect_peer_failure = true;
   // How long the progress thread busy-polls after the last activity before sleeping on the event
   // fd. Longer: lower latency for sparse batches, more CPU burnt.
   absl::Duration spin_before_sleep = absl::Microseconds(50);
@@ -113,6 +119,11 @@ class Transport {
   // host-staged path, staged_gpu.h).
   virtual absl::StatusOr<std::unique_ptr<RegisteredMemory>> Register(void* addr, size_t length,
                                                                      MemoryKind kind) = 0;
+  // Allocates `length` bytes of host memory through the transport and registers it; freed when the
+  // registration is destroyed. Prefer it for long-lived pools: UCX places it where its fastest
+  // transports reach it directly (e.g. a shared-memory segment peers of this node map), which
+  // caller memory from Register cannot offer.
+  virtual absl::StatusOr<std::unique_ptr<RegisteredMemory>> Allocate(size_t length) = 0;
   // This transport's address: opaque bytes a peer passes to Connect.
   virtual std::string address() const = 0;
   // Connects to the peer whose address() is `peer_address`. InvalidArgument for damaged bytes;
