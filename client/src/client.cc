@@ -106,7 +106,7 @@ class ClientImpl final : public Client {
     if (!socket.empty()) {
       absl::StatusOr<std::unique_ptr<client_internal::LocalPath>> l =
           client_internal::LocalPath::Open(socket, options_.tenant, options_.token,
-                                           options_.local_connections);
+                                           options_.local_connections, options_.prefault_arena);
       if (l.ok()) {
         local_ = std::move(*l);
         path_ = local_.get();

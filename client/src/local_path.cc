@@ -32,11 +32,13 @@ absl::Status CodeStatus(int32_t code, const std::string& text) {
 
 }  // namespace
 
-LocalPath::LocalPath(std::string socket, std::string tenant, std::string token, int max_connections)
+LocalPath::LocalPath(std::string socket, std::string tenant, std::string token, int max_connections,
+                     bool prefault)
     : socket_(std::move(socket)),
       tenant_(std::move(tenant)),
       token_(std::move(token)),
-      max_connections_(max_connections < 1 ? 1 : max_connections) {}
+      max_connections_(max_connections < 1 ? 1 : max_connections),
+      prefault_(prefault) {}
 
 LocalPath::~LocalPath() {
   {
@@ -49,8 +51,8 @@ LocalPath::~LocalPath() {
 absl::StatusOr<std::unique_ptr<LocalPath>> LocalPath::Open(const std::string& socket,
                                                            const std::string& tenant,
                                                            const std::string& token,
-                                                           int max_connections) {
-  std::unique_ptr<LocalPath> p(new LocalPath(socket, tenant, token, max_connections));
+                                                           int max_connections, bool prefault) {
+  std::unique_ptr<LocalPath> p(new LocalPath(socket, tenant, token, max_connections, prefault));
   absl::StatusOr<std::unique_ptr<Conn>> first = p->Dial();
   if (!first.ok()) return first.status();
   absl::MutexLock l(&p->mu_);
@@ -108,7 +110,8 @@ absl::StatusOr<std::unique_ptr<LocalPath::Conn>> LocalPath::Dial() {
   }
   if (*arena_fd < 0) return absl::InternalError("local path: server sent no arena descriptor");
   if (arena_ == nullptr) {
-    void* m = ::mmap(nullptr, reply.arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, *arena_fd, 0);
+    void* m = ::mmap(nullptr, reply.arena_bytes, PROT_READ | PROT_WRITE,
+                     MAP_SHARED | (prefault_ ? MAP_POPULATE : 0), *arena_fd, 0);
     close_fd();
     if (m == MAP_FAILED) {
       return absl::InternalError(absl::StrCat("local path: mmap of the arena failed: ", errno));

@@ -22,7 +22,7 @@ class LocalPath final : public DataPath {
   static absl::StatusOr<std::unique_ptr<LocalPath>> Open(const std::string& socket,
                                                          const std::string& tenant,
                                                          const std::string& token,
-                                                         int max_connections);
+                                                         int max_connections, bool prefault = true);
   ~LocalPath() override;
 
   const char* name() const override { return "local"; }
@@ -31,7 +31,8 @@ class LocalPath final : public DataPath {
 
  private:
   struct Conn;
-  LocalPath(std::string socket, std::string tenant, std::string token, int max_connections);
+  LocalPath(std::string socket, std::string tenant, std::string token, int max_connections,
+            bool prefault);
   // Opens a connection and says Hello; fills arena_/arena_bytes_ on the first one.
   absl::StatusOr<std::unique_ptr<Conn>> Dial();
   absl::StatusOr<std::unique_ptr<Conn>> Borrow();
@@ -45,6 +46,7 @@ class LocalPath final : public DataPath {
   const std::string tenant_;
   const std::string token_;
   const int max_connections_;
+  const bool prefault_;
   uint8_t* arena_ = nullptr;
   uint64_t arena_bytes_ = 0;
 
