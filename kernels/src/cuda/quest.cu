@@ -17,11 +17,10 @@ namespace {
 
 constexpr int kScoreThreads = 128;
 constexpr int kTopKThreads = 512;
-constexpr int kCandPerBlock = 64;  // candidates scored per block
 
 template <bool kBf16, int kDim, int kGMax>
 __global__ void __launch_bounds__(kScoreThreads)
-    ScoreKernel(const __grid_constant__ QuestParams p) {
+    ScoreKernel(const __grid_constant__ QuestParams p, int cand_per_block) {
   constexpr int kVec = 8;
   constexpr int kTpt = kDim / kVec;
   constexpr int kGroups = kScoreThreads / kTpt;
@@ -33,8 +32,8 @@ __global__ void __launch_bounds__(kScoreThreads)
   const int c0 = p.cand_indptr[b];
   const int n = p.cand_indptr[b + 1] - c0;
   const int total = p.cand_indptr[p.batch];
-  const int j0 = blockIdx.x * kCandPerBlock;
-  const int j1 = min(n, j0 + kCandPerBlock);
+  const int j0 = blockIdx.x * cand_per_block;
+  const int j1 = min(n, j0 + cand_per_block);
   if (j0 >= j1) return;
   const int tid = threadIdx.x;
   const int tg = tid / kTpt;
@@ -54,51 +53,22 @@ __global__ void __launch_bounds__(kScoreThreads)
     }
   }
   const int sub = p.page_size / sm.sub_pages;
-  // Candidate ids, counts and sub-page 0's summaries of all of this thread group's candidates
-  // are loaded up front, so their latencies overlap instead of chaining per candidate.
-  constexpr int kPer = kCandPerBlock / kGroups;
-  int pages[kPer], valid[kPer];
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int j = j0 + tg + i * kGroups;
-    pages[i] = j < j1 ? __ldg(p.cand_pages + c0 + j) : -1;
-  }
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    valid[i] = pages[i] < 0 ? 0 : min(sm.sub_pages, (__ldg(sm.count + pages[i]) + sub - 1) / sub);
-  }
-  auto at = [&](int page, int s) {
-    return ((static_cast<int64_t>(page) * sm.sub_pages + s) * heads + h) * kDim + lane_in * kVec;
-  };
-  uint4 first_mn[kPer], first_mx[kPer];
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    if (valid[i] > 0) {
-      first_mn[i] = __ldg(reinterpret_cast<const uint4*>(sm.min + at(pages[i], 0)));
-      first_mx[i] = __ldg(reinterpret_cast<const uint4*>(sm.max + at(pages[i], 0)));
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    if (pages[i] < 0) continue;  // uniform within the thread group
+  for (int j = j0 + tg; j < j1; j += kGroups) {
+    const int page = p.cand_pages[c0 + j];
+    const int valid = min(sm.sub_pages, (sm.count[page] + sub - 1) / sub);
     float best = -INFINITY;
-    for (int s = 0; s < valid[i]; ++s) {
+    for (int s = 0; s < valid; ++s) {
+      const int64_t at =
+          ((static_cast<int64_t>(page) * sm.sub_pages + s) * heads + h) * kDim + lane_in * kVec;
       float mn[kVec], mx[kVec];
-      if (s == 0) {
-        internal::Unpack8<kBf16>(first_mn[i], mn);
-        internal::Unpack8<kBf16>(first_mx[i], mx);
-      } else {
-        internal::Unpack8<kBf16>(__ldg(reinterpret_cast<const uint4*>(sm.min + at(pages[i], s))),
-                                 mn);
-        internal::Unpack8<kBf16>(__ldg(reinterpret_cast<const uint4*>(sm.max + at(pages[i], s))),
-                                 mx);
-      }
+      internal::Unpack8<kBf16>(__ldg(reinterpret_cast<const uint4*>(sm.min + at)), mn);
+      internal::Unpack8<kBf16>(__ldg(reinterpret_cast<const uint4*>(sm.max + at)), mx);
       float agg = p.reduce == GroupReduce::kMax ? -INFINITY : 0.f;
 #pragma unroll
       for (int g = 0; g < kGMax; ++g) {
         float bound = 0.f;
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) bound += fmaxf(q[g][e] * mx[e], q[g][e] * mn[e]);
+        for (int i = 0; i < kVec; ++i) bound += fmaxf(q[g][i] * mx[i], q[g][i] * mn[i]);
 #pragma unroll
         for (int off = kTpt / 2; off > 0; off >>= 1) bound += __shfl_xor_sync(mask, bound, off);
         if (g < group) agg = p.reduce == GroupReduce::kMax ? fmaxf(agg, bound) : agg + bound;
@@ -106,9 +76,7 @@ __global__ void __launch_bounds__(kScoreThreads)
       if (isnan(agg)) agg = -INFINITY;
       best = fmaxf(best, agg);
     }
-    if (lane_in == 0) {
-      p.scores[static_cast<int64_t>(h) * total + c0 + j0 + tg + i * kGroups] = best;
-    }
+    if (lane_in == 0) p.scores[static_cast<int64_t>(h) * total + c0 + j] = best;
   }
 }
 
@@ -152,22 +120,9 @@ __global__ void __launch_bounds__(kTopKThreads) TopKKernel(const __grid_constant
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int i = tid; i < 256; i += kTopKThreads) hist[i] = 0;
       __syncthreads();
-      // Scores cluster in few bins, so lanes of a warp that share a bin add once together
-      // (one shared-memory atomic per distinct bin instead of one per lane).
-      const int n_round = (n + kTopKThreads - 1) / kTopKThreads * kTopKThreads;
-      for (int i = tid; i < n_round; i += kTopKThreads) {
-        uint32_t bin = 0;
-        bool match = false;
-        if (i < n) {
-          const uint32_t key = internal::OrderedKey(sc[i]);
-          match = (key & prefix_mask) == prefix;
-          bin = (key >> shift) & 255u;
-        }
-        const unsigned active = __ballot_sync(0xffffffffu, match);
-        if (match) {
-          const unsigned peers = __match_any_sync(active, bin);
-          if ((tid & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
-        }
+      for (int i = tid; i < n; i += kTopKThreads) {
+        const uint32_t key = internal::OrderedKey(sc[i]);
+        if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
       }
       __syncthreads();
       if (tid < 32) {  // find the bin holding the remaining-th largest key, from the top
@@ -236,18 +191,20 @@ __global__ void __launch_bounds__(kTopKThreads) TopKKernel(const __grid_constant
 }
 
 template <bool kBf16, int kDim>
-void LaunchScore(const QuestParams& p, dim3 grid, cudaStream_t stream) {
+void LaunchScore(const QuestParams& p, dim3 grid, int cand_per_block, cudaStream_t stream) {
   const int group = p.num_qo_heads / p.summaries.num_kv_heads;
   if (group <= 1) {
-    ScoreKernel<kBf16, kDim, 1><<<grid, kScoreThreads, 0, stream>>>(p);
+    ScoreKernel<kBf16, kDim, 1><<<grid, kScoreThreads, 0, stream>>>(p, cand_per_block);
   } else if (group <= 2) {
-    ScoreKernel<kBf16, kDim, 2><<<grid, kScoreThreads, 0, stream>>>(p);
+    ScoreKernel<kBf16, kDim, 2><<<grid, kScoreThreads, 0, stream>>>(p, cand_per_block);
   } else if (group <= 4) {
-    ScoreKernel<kBf16, kDim, 4><<<grid, kScoreThreads, 0, stream>>>(p);
+    ScoreKernel<kBf16, kDim, 4><<<grid, kScoreThreads, 0, stream>>>(p, cand_per_block);
   } else {
-    ScoreKernel<kBf16, kDim, 8><<<grid, kScoreThreads, 0, stream>>>(p);
+    ScoreKernel<kBf16, kDim, 8><<<grid, kScoreThreads, 0, stream>>>(p, cand_per_block);
   }
 }
+
+constexpr int kCandPerBlock = 64;
 
 }  // namespace
 
@@ -292,9 +249,11 @@ absl::Status QuestSelect(const QuestPlan& plan, const QuestParams& p, void* work
                     sm.num_kv_heads);
     const bool bf16 = sm.dtype == DType::kBFloat16;
     if (sm.head_dim == 64) {
-      bf16 ? LaunchScore<true, 64>(p, grid, stream) : LaunchScore<false, 64>(p, grid, stream);
+      bf16 ? LaunchScore<true, 64>(p, grid, kCandPerBlock, stream)
+           : LaunchScore<false, 64>(p, grid, kCandPerBlock, stream);
     } else {
-      bf16 ? LaunchScore<true, 128>(p, grid, stream) : LaunchScore<false, 128>(p, grid, stream);
+      bf16 ? LaunchScore<true, 128>(p, grid, kCandPerBlock, stream)
+           : LaunchScore<false, 128>(p, grid, kCandPerBlock, stream);
     }
     if (auto s = internal::LaunchStatus("quest score launch"); !s.ok()) return s;
   }
