@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <filesystem>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -104,33 +106,78 @@ absl::Status StoreImpl::Rebuild() {
   });
   if (!s.ok()) return s;
   table_.Reserve(ssd_->EstimatePages());
-  std::vector<std::pair<uint32_t, PageKey>> orphans;
+  // Two stages on two threads: a scanner decodes metadata records out of RocksDB into batches,
+  // this thread builds the page table from them. On a restart either one alone would be the
+  // bottleneck; overlapped, the rebuild costs about the slower of the two.
+  constexpr size_t kBatch = 16384, kMaxQueued = 8;
+  absl::Mutex qmu;
+  absl::CondVar qcv;
+  std::deque<std::vector<SsdPageMeta>> queue;
+  bool scan_done = false;
+  absl::Status scan_status;
   std::vector<std::string> bad_keys;
+  auto push = [&](std::vector<SsdPageMeta> batch) {
+    absl::MutexLock l(&qmu);
+    while (queue.size() >= kMaxQueued) qcv.Wait(&qmu);
+    queue.push_back(std::move(batch));
+    qcv.SignalAll();
+  };
+  std::thread scanner([&] {
+    std::vector<SsdPageMeta> cur;
+    cur.reserve(kBatch);
+    absl::Status st = ssd_->ForEachPage(
+        [&](const SsdPageMeta& m) {
+          cur.push_back(m);
+          if (cur.size() == kBatch) {
+            push(std::move(cur));
+            cur = {};
+            cur.reserve(kBatch);
+          }
+        },
+        [&](std::string_view key) { bad_keys.emplace_back(key); });
+    if (!cur.empty()) push(std::move(cur));
+    absl::MutexLock l(&qmu);
+    scan_status = st;
+    scan_done = true;
+    qcv.SignalAll();
+  });
+  std::vector<std::pair<uint32_t, PageKey>> orphans;
   LayoutId last_layout = 0;
   int last_cls = -1;
-  s = ssd_->ForEachPage(
-      [&](const SsdPageMeta& m) {
-        // Records arrive sorted by key, and (tenant, key) is the RocksDB key, so no duplicates.
-        if (m.layout != last_layout) {
-          last_layout = m.layout;
-          last_cls = ClassOf(m.layout, /*add=*/true);
-        }
-        const int cls = last_cls;
-        if (m.tenant >= tenants_.size() || tenants_[m.tenant].name.empty() || cls < 0 ||
-            classes_[cls].bytes != m.size) {
-          orphans.emplace_back(m.tenant, m.key);
-          return;
-        }
-        const uint32_t idx = table_.Insert(m.tenant, m.key);
-        PageEntry& e = table_.at(idx);
-        e.cls = static_cast<uint16_t>(cls);
-        e.tier = Tier::kSsd;
-        e.checksum = m.checksum;
-        e.state = PageState::kReady;
-        Charge(e, Tier::kSsd);
-        table_.LinkFront(idx);
-      },
-      [&](std::string_view key) { bad_keys.emplace_back(key); });
+  for (;;) {
+    std::vector<SsdPageMeta> batch;
+    {
+      absl::MutexLock l(&qmu);
+      while (queue.empty() && !scan_done) qcv.Wait(&qmu);
+      if (queue.empty()) break;
+      batch = std::move(queue.front());
+      queue.pop_front();
+      qcv.SignalAll();
+    }
+    for (const SsdPageMeta& m : batch) {
+      // Records arrive sorted by key, and (tenant, key) is the RocksDB key: no duplicates.
+      if (m.layout != last_layout) {
+        last_layout = m.layout;
+        last_cls = ClassOf(m.layout, /*add=*/true);
+      }
+      const int cls = last_cls;
+      if (m.tenant >= tenants_.size() || tenants_[m.tenant].name.empty() || cls < 0 ||
+          classes_[cls].bytes != m.size) {
+        orphans.emplace_back(m.tenant, m.key);
+        continue;
+      }
+      const uint32_t idx = table_.Insert(m.tenant, m.key);
+      PageEntry& e = table_.at(idx);
+      e.cls = static_cast<uint16_t>(cls);
+      e.tier = Tier::kSsd;
+      e.checksum = m.checksum;
+      e.state = PageState::kReady;
+      Charge(e, Tier::kSsd);
+      table_.LinkFront(idx);
+    }
+  }
+  scanner.join();
+  s = scan_status;
   if (!s.ok()) return s;
   // Records that cannot describe a servable page are deleted, never served.
   counters_.checksum_failures += orphans.size() + bad_keys.size();
