@@ -307,21 +307,20 @@ constexpr size_t DecodeSmemBytes() {
   return pipeline > merge ? pipeline : merge;
 }
 
-// Launches decode (+ merge). With a.q == nullptr it only prepares the kernel (shared-memory
-// limit) and reports how many blocks fit on one multiprocessor in *resident.
+// Launches decode (+ merge). With a.q == nullptr it only prepares the kernel for the current
+// device (shared-memory limit above 48 KB; a launch before that fails cleanly with an error) and
+// reports how many blocks fit on one multiprocessor in *resident.
 template <bool kBf16, int kDim, int kGMax>
 cudaError_t LaunchTyped(const DecodeArgs& a, int rows, cudaStream_t stream, int* resident) {
   constexpr int kUnroll = kGMax >= 8 ? 2 : 4;
   constexpr int kStages = 4;
   constexpr size_t kSmem = DecodeSmemBytes<kDim, kGMax, kUnroll, kStages>();
   auto kernel = DecodeKernel<kBf16, kDim, kGMax, kUnroll, kStages>;
-  static const cudaError_t attr =  // once per instantiation, before any capture (see PlanDecode)
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (attr != cudaSuccess) return attr;
-  if (a.q == nullptr) {
-    return resident == nullptr
-               ? cudaSuccess
-               : cudaOccupancyMaxActiveBlocksPerMultiprocessor(resident, kernel, kThreads, kSmem);
+  if (a.q == nullptr) {  // PlanDecode: raise the shared-memory limit on the current device
+    const cudaError_t attr =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (attr != cudaSuccess || resident == nullptr) return attr;
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(resident, kernel, kThreads, kSmem);
   }
   const dim3 grid(a.num_chunks, rows);
   kernel<<<grid, kThreads, kSmem, stream>>>(a);

@@ -56,9 +56,10 @@ struct DecodePlan {
 };
 
 // Plans sparse decode (streaming = false) or streaming-head attention (streaming = true) for the
-// shapes in `shape` (pointers unused). max_tokens_per_row bounds the tokens a row attends (for
-// streaming heads: sink_tokens + window_tokens); rows with more tokens are still computed
-// correctly, only with less parallelism.
+// current device (it also prepares the kernels there: plan on each device you run on, before any
+// graph capture) and the shapes in `shape` (pointers unused). max_tokens_per_row bounds the tokens
+// a row attends (for streaming heads: sink_tokens + window_tokens); rows with more tokens are still
+// computed correctly, only with less parallelism.
 absl::StatusOr<DecodePlan> PlanDecode(const DecodeParams& shape, bool streaming,
                                       int64_t max_tokens_per_row,
                                       const DecodePlanOptions& options = {});
