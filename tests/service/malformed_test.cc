@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <thread>
 
 #include "pagoda.grpc.pb.h"
 #include "pagoda/service/local_protocol.h"
@@ -261,20 +262,58 @@ TEST_F(MalformedTest, LyingPutStreamsCommitNothing) {
 
 TEST_F(MalformedTest, DeadlinesAreHonoured) {
   StartServer();
-  ClientOptions o = server_->ClientOpts("t", DataPathKind::kRemote);
-  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
-  ASSERT_TRUE(c.ok());
-  o.timeout = absl::Nanoseconds(1);
-  // Connect's own Health call would time out too; build the deadline-bound call by hand.
   auto stub = v1::Pagoda::NewStub(
       grpc::CreateChannel(server_->target(), grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() - std::chrono::seconds(1));
-  v1::KeysRequest req;
-  req.set_tenant("t");
-  req.add_keys()->set_hi(1);
-  v1::ExistsResponse resp;
-  EXPECT_EQ(stub->Exists(&ctx, req, &resp).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  {  // Already past its deadline: refused.
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() - std::chrono::seconds(1));
+    v1::KeysRequest req;
+    req.set_tenant("t");
+    req.add_keys()->set_hi(1);
+    v1::ExistsResponse resp;
+    EXPECT_EQ(stub->Exists(&ctx, req, &resp).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  // A Put that stalls past its deadline after reserving: the server gives up, aborts the
+  // reservation (the key stays writable) and nothing becomes visible.
+  const PageLayout l = SmallLayout();
+  std::vector<uint8_t> data = PageBytes(PageKey{11, 11}, l.PageBytes());
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    v1::PutResponse resp;
+    auto w = stub->Put(&ctx, &resp);
+    v1::PutRequest msg;
+    msg.mutable_begin()->set_tenant("t");
+    v1::PutPage* p = msg.mutable_begin()->add_pages();
+    p->mutable_key()->set_hi(11);
+    p->mutable_key()->set_lo(11);
+    p->set_layout_id(l.Id());
+    p->set_size(data.size());
+    p->set_checksum(PageChecksum(data.data(), data.size()));
+    ASSERT_TRUE(w->Write(msg));
+    msg.Clear();
+    msg.mutable_chunk()->set_page_index(0);
+    msg.mutable_chunk()->set_data(data.data(), data.size() / 2);
+    w->Write(msg);
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    msg.Clear();
+    msg.mutable_chunk()->set_page_index(0);
+    msg.mutable_chunk()->set_offset(data.size() / 2);
+    msg.mutable_chunk()->set_data(data.data() + data.size() / 2, data.size() - data.size() / 2);
+    w->Write(msg);
+    w->WritesDone();
+    EXPECT_EQ(w->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  std::unique_ptr<Client> c = Connect(DataPathKind::kRemote);
+  EXPECT_FALSE((*c->Exists({PageKey{11, 11}}))[0]);
+  // The reservation is gone: the key can be written (it would be AlreadyExists if it leaked).
+  absl::Status s;
+  for (int i = 0; i < 50; ++i) {  // the server notices the cancellation asynchronously
+    s = c->Put({{PageKey{11, 11}, l.Id(), data}})[0];
+    if (!absl::IsAlreadyExists(s)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(s.ok()) << s;
   ExpectStillServing();
 }
 
