@@ -63,4 +63,11 @@ absl::StatusOr<std::unique_ptr<MemoryTier>> CreateGpuTier(uint64_t capacity_byte
   return std::make_unique<GpuTier>(device, static_cast<uint8_t*>(p), capacity_bytes);
 }
 
+absl::Status PinHostMemoryForGpu(void* base, uint64_t size, int device) {
+  if (absl::Status s = CudaStatus(cudaSetDevice(device), "cudaSetDevice"); !s.ok()) return s;
+  return CudaStatus(cudaHostRegister(base, size, cudaHostRegisterPortable), "cudaHostRegister");
+}
+
+void UnpinHostMemoryForGpu(void* base) { cudaHostUnregister(base); }
+
 }  // namespace pagoda

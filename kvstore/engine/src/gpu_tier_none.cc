@@ -7,4 +7,10 @@ absl::StatusOr<std::unique_ptr<MemoryTier>> CreateGpuTier(uint64_t capacity_byte
   return absl::UnavailableError("GPU tier: Pagoda was built without CUDA");
 }
 
+absl::Status PinHostMemoryForGpu(void* base, uint64_t size, int device) {
+  return absl::UnavailableError("GPU tier: Pagoda was built without CUDA");
+}
+
+void UnpinHostMemoryForGpu(void* base) {}
+
 }  // namespace pagoda

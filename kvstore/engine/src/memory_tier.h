@@ -39,6 +39,13 @@ absl::StatusOr<std::unique_ptr<MemoryTier>> CreateHostTier(uint64_t capacity_byt
 // CUDA or the machine has no such device; Internal for other CUDA errors.
 absl::StatusOr<std::unique_ptr<MemoryTier>> CreateGpuTier(uint64_t capacity_bytes, int device);
 
+// Page-locks [base, base + size) for DMA by `device` (cudaHostRegister, portable), so host <-> GPU
+// copies of the host arena run at full PCIe speed; the registration lasts until
+// UnpinHostMemoryForGpu. Unavailable without CUDA; Internal when the driver refuses (e.g.
+// RLIMIT_MEMLOCK).
+absl::Status PinHostMemoryForGpu(void* base, uint64_t size, int device);
+void UnpinHostMemoryForGpu(void* base);
+
 }  // namespace pagoda
 
 #endif  // PAGODA_KVSTORE_MEMORY_TIER_H_

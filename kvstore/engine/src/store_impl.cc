@@ -24,6 +24,7 @@ StoreImpl::StoreImpl(const StoreOptions& options) : options_(options), epoch_(ab
 StoreImpl::~StoreImpl() {
   // The SSD tier flushes on close; memory tiers are a cache and go away.
   ssd_.reset();
+  if (host_pinned_) UnpinHostMemoryForGpu(mem_[1]->host_base());
 }
 
 absl::Status StoreImpl::Init() {
@@ -75,6 +76,11 @@ absl::Status StoreImpl::Init() {
     auto gpu = CreateGpuTier(options_.gpu_capacity_bytes, options_.gpu_device);
     if (!gpu.ok()) return gpu.status();
     mem_[0] = std::move(*gpu);
+    // Page-lock the host arena so GPU <-> host copies (here and by local clients that map it) run
+    // as DMA at full speed. A refusal (memlock limits) only costs speed.
+    host_pinned_ =
+        PinHostMemoryForGpu(mem_[1]->host_base(), mem_[1]->capacity_bytes(), options_.gpu_device)
+            .ok();
     alloc_[0] = std::make_unique<SlabAllocator>(options_.gpu_capacity_bytes,
                                                 segment_for(options_.gpu_capacity_bytes));
   }

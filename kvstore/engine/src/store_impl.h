@@ -175,6 +175,7 @@ class StoreImpl final : public Store {
   const absl::Time epoch_;
   std::unique_ptr<MemoryTier> mem_[2];  // [0] GPU, [1] host; null when absent
   std::unique_ptr<SsdTier> ssd_;
+  bool host_pinned_ = false;  // the host arena is registered with CUDA (GPU tier present)
 
   mutable absl::Mutex mu_;
   std::unique_ptr<SlabAllocator> alloc_[2] ABSL_GUARDED_BY(mu_);
