@@ -45,8 +45,26 @@ std::vector<uint8_t> Bytes(const PageKey& k) {
 }
 
 void Report(const std::string& name, double value) {
-  std::printf("RESULT %s=%.0f\n", name.c_str(), value);
+  std::printf("RESULT %s=%.3f\n", name.c_str(), value);
   std::fflush(stdout);
+}
+
+// Waits until `pid` is in the stopped state ('T' in /proc/pid/stat), so a measurement starts
+// when the node really stopped answering.
+bool WaitStopped(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    std::FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/stat").c_str(), "r");
+    if (f != nullptr) {
+      char buf[512] = {};
+      const size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+      std::fclose(f);
+      const char* close = std::strrchr(buf, ')');
+      if (n > 0 && close != nullptr && close[1] == ' ' && close[2] == 'T') return true;
+    }
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return false;
 }
 
 // What a read pass saw. `wrong` must stay 0 in every test: a served page with other bytes.
@@ -233,6 +251,8 @@ TEST_F(ClusterFaultTest, KillNineUnderLoadNeverServesWrongBytes) {
   EXPECT_GT(rs.replica_hits + rs.primary_hits, 0u);
   Report("kill9_r2_recovery_ms", absl::ToDoubleMilliseconds(recovery));
   Report("kill9_membership_drop_ms", absl::ToDoubleMilliseconds(drop_time));
+  // Baseline measured in the same run: how long etcd alone takes to drop the dead node.
+  Report("kill9_r2_recovery_over_membership_drop", absl::FDivDuration(recovery, drop_time));
   Report("kill9_r2_reads_during_fault", static_cast<double>(reads.load()));
   Report("kill9_r2_replica_hits", static_cast<double>(rs.replica_hits));
 }
@@ -373,8 +393,9 @@ TEST_F(ClusterFaultTest, PartitionedNodeIsRoutedAround) {
   for (const absl::Status& s : PutAll(*client, keys)) ASSERT_TRUE(s.ok()) << s;
   const int victim = BusiestNode(*client, keys);
   const pid_t pid = nodes_[victim]->pid();
-  const absl::Time cut = absl::Now();
   ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  ASSERT_TRUE(WaitStopped(pid, absl::Seconds(5)));
+  const absl::Time cut = absl::Now();
 
   absl::Duration recovery = absl::InfiniteDuration();
   uint64_t seed = 90000;
