@@ -4,6 +4,7 @@
 #include <limits>
 #include <vector>
 
+#include "convert.h"
 #include "pagoda/kernels/reference.h"
 #include "validate.h"
 
@@ -33,7 +34,7 @@ class RowAttention {
     const int32_t hq0 = h * group_;
     for (int32_t g = 0; g < group_; ++g) {
       const uint16_t* q = p_.q + (int64_t{b} * p_.num_qo_heads + hq0 + g) * dim_;
-      for (int32_t d = 0; d < dim_; ++d) q_[g * dim_ + d] = ToFloat(q[d], kv.dtype) * scale_;
+      internal::RowToFloat(q, dim_, kv.dtype, &q_[g * dim_], scale_);
     }
     logits_.assign(static_cast<size_t>(group_) * n, 0.f);
     std::fill(acc_.begin(), acc_.end(), 0.f);
@@ -45,12 +46,9 @@ class RowAttention {
     };
     for (int64_t j = 0; j < n; ++j) {  // logits, K converted once for the whole group
       const uint16_t* k = token_ptr(kv.k, j);
-      for (int32_t d = 0; d < dim_; ++d) kv_[d] = ToFloat(k[d], kv.dtype);
+      internal::RowToFloat(k, dim_, kv.dtype, kv_.data());
       for (int32_t g = 0; g < group_; ++g) {
-        const float* q = &q_[g * dim_];
-        float s = 0.f;
-        for (int32_t d = 0; d < dim_; ++d) s += q[d] * kv_[d];
-        logits_[g * n + j] = s;
+        logits_[g * n + j] = internal::Dot(&q_[g * dim_], kv_.data(), dim_);
       }
     }
     std::vector<float> max(group_, -std::numeric_limits<float>::infinity());
@@ -64,7 +62,7 @@ class RowAttention {
     }
     for (int64_t j = 0; j < n; ++j) {  // weighted V, converted once for the whole group
       const uint16_t* v = token_ptr(kv.v, j);
-      for (int32_t d = 0; d < dim_; ++d) kv_[d] = ToFloat(v[d], kv.dtype);
+      internal::RowToFloat(v, dim_, kv.dtype, kv_.data());
       for (int32_t g = 0; g < group_; ++g) {
         const float w = logits_[g * n + j];
         float* acc = &acc_[g * dim_];

@@ -3,6 +3,7 @@
 #include <limits>
 #include <vector>
 
+#include "convert.h"
 #include "pagoda/kernels/reference.h"
 #include "validate.h"
 
@@ -34,7 +35,7 @@ absl::Status KMeansInitReference(const KMeansParams& p) {
       const int32_t t = static_cast<int32_t>(int64_t{c} * p.num_tokens / p.num_clusters);
       const uint16_t* k = KeyAt(p, h, t);
       float* out = p.centroids + (int64_t{h} * p.num_clusters + c) * dim;
-      for (int32_t d = 0; d < dim; ++d) out[d] = ToFloat(k[d], p.kv.dtype);
+      internal::RowToFloat(k, dim, p.kv.dtype, out);
     }
   }
   return absl::OkStatus();
@@ -48,16 +49,11 @@ absl::Status KMeansAssignReference(const KMeansParams& p) {
     const float* cent = p.centroids + int64_t{h} * p.num_clusters * dim;
     for (int32_t t = 0; t < p.num_tokens; ++t) {
       const uint16_t* k = KeyAt(p, h, t);
-      for (int32_t d = 0; d < dim; ++d) x[d] = ToFloat(k[d], p.kv.dtype);
+      internal::RowToFloat(k, dim, p.kv.dtype, x.data());
       float best = std::numeric_limits<float>::infinity();
       int32_t arg = 0;
       for (int32_t c = 0; c < p.num_clusters; ++c) {
-        const float* cc = cent + int64_t{c} * dim;
-        float dist = 0.f;
-        for (int32_t d = 0; d < dim; ++d) {
-          const float e = x[d] - cc[d];
-          dist += e * e;
-        }
+        const float dist = internal::SquaredDistance(x.data(), cent + int64_t{c} * dim, dim);
         if (dist < best) {
           best = dist;
           arg = c;

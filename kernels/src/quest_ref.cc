@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "convert.h"
 #include "pagoda/kernels/reference.h"
 #include "validate.h"
 
@@ -82,7 +83,7 @@ absl::Status QuestSelectReference(const QuestParams& p) {
     for (int32_t h = 0; h < heads; ++h) {
       for (int32_t g = 0; g < group; ++g) {
         const uint16_t* src = p.q + (int64_t{b} * p.num_qo_heads + h * group + g) * dim;
-        for (int32_t d = 0; d < dim; ++d) q[g * dim + d] = ToFloat(src[d], sm.dtype);
+        internal::RowToFloat(src, dim, sm.dtype, &q[g * dim]);
       }
       float* scores = p.scores + h * num_cand + c0;
       for (int32_t j = 0; j < n; ++j) {
@@ -91,15 +92,11 @@ absl::Status QuestSelectReference(const QuestParams& p) {
         float best = -std::numeric_limits<float>::infinity();
         for (int32_t s = 0; s < valid_subs; ++s) {
           const int64_t at = ((int64_t{page} * sm.sub_pages + s) * heads + h) * dim;
-          for (int32_t d = 0; d < dim; ++d) {
-            mn[d] = ToFloat(sm.min[at + d], sm.dtype);
-            mx[d] = ToFloat(sm.max[at + d], sm.dtype);
-          }
+          internal::RowToFloat(sm.min + at, dim, sm.dtype, mn.data());
+          internal::RowToFloat(sm.max + at, dim, sm.dtype, mx.data());
           float agg = p.reduce == GroupReduce::kMax ? -std::numeric_limits<float>::infinity() : 0.f;
           for (int32_t g = 0; g < group; ++g) {
-            const float* qg = &q[g * dim];
-            float bound = 0.f;
-            for (int32_t d = 0; d < dim; ++d) bound += std::max(qg[d] * mx[d], qg[d] * mn[d]);
+            const float bound = internal::QuestBound(&q[g * dim], mx.data(), mn.data(), dim);
             agg = p.reduce == GroupReduce::kMax ? std::max(agg, bound) : agg + bound;
           }
           if (std::isnan(agg)) agg = -std::numeric_limits<float>::infinity();
