@@ -38,7 +38,7 @@ for tls in "tcp" "tcp,sm,self"; do
              o=$($BENCH --tls "$tls" --detect $detect --op get --page $PAGE --batch $BATCH --pages $PAGES | sed 's/.*MBps=//') ;;
         put) b=$(perftest "$tls" ucp_put_bw $PAGE $PAGES $BATCH 6)
              o=$($BENCH --tls "$tls" --detect $detect --op put --page $PAGE --batch $BATCH --pages $PAGES | sed 's/.*MBps=//') ;;
-        lat) b=$(perftest "$tls" ucp_get 8 $LATN 1 2)
+        lat) b=$(perftest "$tls" ucp_get 8 $LATN 1 3)
              o=$($BENCH --tls "$tls" --detect $detect --op lat --pages $LATN | sed 's/.*median_usec=\([0-9.]*\).*/\1/') ;;
       esac
       if [ "$op" = lat ]; then ratio=$(awk -v a="$b" -v o="$o" 'BEGIN{printf "%.3f", a/o}')
