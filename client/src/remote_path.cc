@@ -25,6 +25,33 @@ RemotePath::RemotePath(v1::Pagoda::Stub* stub, std::string tenant, uint32_t chun
 
 std::vector<absl::Status> RemotePath::Put(absl::Span<const PutPage> pages) {
   if (pages.empty()) return {};
+  size_t total_bytes = 0;
+  for (const PutPage& p : pages) total_bytes += p.bytes.size();
+  if (total_bytes <= chunk_bytes_) {
+    // Small batch: one unary call with every page inline.
+    grpc::ClientContext ctx;
+    prepare_(&ctx);
+    v1::PutBegin begin;
+    begin.set_tenant(tenant_);
+    for (const PutPage& p : pages) {
+      v1::PutPage* pp = begin.add_pages();
+      pp->mutable_key()->set_hi(p.key.hi);
+      pp->mutable_key()->set_lo(p.key.lo);
+      pp->set_layout_id(p.layout);
+      pp->set_size(p.bytes.size());
+      pp->set_checksum(PageChecksum(p.bytes.data(), p.bytes.size()));
+      pp->set_data(p.bytes.data(), p.bytes.size());
+    }
+    v1::PutResponse response;
+    absl::Status s = FromGrpc(stub_->PutInline(&ctx, begin, &response));
+    if (s.ok() && response.results_size() != static_cast<int>(pages.size())) {
+      s = absl::InternalError("Put: the server answered for a different number of pages");
+    }
+    if (!s.ok()) return std::vector<absl::Status>(pages.size(), s);
+    std::vector<absl::Status> out;
+    for (const v1::PageStatus& r : response.results()) out.push_back(FromPageStatus(r));
+    return out;
+  }
   grpc::ClientContext ctx;
   prepare_(&ctx);
   v1::PutResponse response;
@@ -74,7 +101,58 @@ std::vector<absl::Status> RemotePath::Put(absl::Span<const PutPage> pages) {
   return out;
 }
 
+std::vector<GetResult> RemotePath::GetInline(absl::Span<const GetPage> pages, bool* fits) {
+  std::vector<GetResult> out(pages.size());
+  grpc::ClientContext ctx;
+  prepare_(&ctx);
+  v1::GetRequest req;
+  req.set_tenant(tenant_);
+  for (const GetPage& p : pages) {
+    v1::PageKey* k = req.add_keys();
+    k->set_hi(p.key.hi);
+    k->set_lo(p.key.lo);
+  }
+  v1::GetInlineResponse resp;
+  absl::Status s = FromGrpc(stub_->GetInline(&ctx, req, &resp));
+  *fits = !absl::IsResourceExhausted(s);
+  if (s.ok() && resp.pages_size() != static_cast<int>(pages.size())) {
+    s = absl::InternalError("Get: the server answered for a different number of pages");
+  }
+  for (size_t i = 0; i < pages.size(); ++i) {
+    if (!s.ok()) {
+      out[i].status = s;
+      continue;
+    }
+    const v1::GetPageHeader& h = resp.pages(static_cast<int>(i));
+    out[i].status = FromPageStatus(h.status());
+    if (!out[i].status.ok()) continue;
+    if (h.data().size() != h.size()) {
+      out[i].status = absl::DataLossError("Get: page bytes incomplete");
+    } else if (pages[i].out.size() < h.size()) {
+      out[i].status = absl::InvalidArgumentError(absl::StrCat(
+          "output buffer of ", pages[i].out.size(), " bytes for a ", h.size(), "-byte page"));
+    } else {
+      memcpy(pages[i].out.data(), h.data().data(), h.size());
+      if (PageChecksum(pages[i].out.data(), h.size()) != h.checksum()) {
+        out[i].status = absl::DataLossError("Get: checksum mismatch");
+      } else {
+        out[i].layout = h.layout_id();
+        out[i].size = h.size();
+      }
+    }
+  }
+  return out;
+}
+
 std::vector<GetResult> RemotePath::GetOnce(absl::Span<const GetPage> pages) {
+  // Batches whose buffers fit one message go unary (the server says so if the pages do not).
+  size_t want = 0;
+  for (const GetPage& p : pages) want += p.out.size();
+  if (want <= chunk_bytes_) {
+    bool fits = true;
+    std::vector<GetResult> r = GetInline(pages, &fits);
+    if (fits) return r;
+  }
   std::vector<GetResult> out(pages.size());
   grpc::ClientContext ctx;
   prepare_(&ctx);

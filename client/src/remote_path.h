@@ -23,6 +23,8 @@ class RemotePath final : public DataPath {
 
  private:
   std::vector<GetResult> GetOnce(absl::Span<const GetPage> pages);
+  // One unary call; *fits is false when the server says the pages exceed one message.
+  std::vector<GetResult> GetInline(absl::Span<const GetPage> pages, bool* fits);
 
   v1::Pagoda::Stub* const stub_;
   const std::string tenant_;

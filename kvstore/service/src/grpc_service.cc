@@ -104,6 +104,22 @@ absl::Status GrpcService::PutImpl(grpc::ServerContext* ctx,
   if (!reader->Read(&msg)) return absl::InvalidArgumentError("Put: empty stream");
   if (!msg.has_begin()) return absl::InvalidArgumentError("Put: the first message must be begin");
   const v1::PutBegin begin = std::move(*msg.mutable_begin());
+  return PutBatch(
+      ctx, begin, [reader](v1::PutRequest* m) { return reader->Read(m); }, response);
+}
+
+grpc::Status GrpcService::PutInline(grpc::ServerContext* ctx, const v1::PutBegin* request,
+                                    v1::PutResponse* response) {
+  Observe obs(metrics_, "PutInline", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
+  return obs.Done(PutBatch(
+      ctx, *request, [](v1::PutRequest*) { return false; }, response));
+}
+
+absl::Status GrpcService::PutBatch(grpc::ServerContext* ctx, const v1::PutBegin& begin,
+                                   const std::function<bool(v1::PutRequest*)>& next_chunk,
+                                   v1::PutResponse* response) {
+  v1::PutRequest msg;
   if (absl::Status s = Authorize(ctx, begin.tenant()); !s.ok()) return s;
   const int n = begin.pages_size();
   if (absl::Status s = CheckBatch(n); !s.ok()) return s;
@@ -170,7 +186,7 @@ absl::Status GrpcService::PutImpl(grpc::ServerContext* ctx,
     p.received = inline_data.size();
     bytes += inline_data.size();
   }
-  while (reader->Read(&msg)) {
+  while (next_chunk(&msg)) {
     if (absl::Status s = Cancelled(ctx); !s.ok()) return abort_all(s);
     if (!msg.has_chunk()) {
       return abort_all(absl::InvalidArgumentError("Put: a second begin message"));
@@ -274,6 +290,41 @@ absl::Status GrpcService::GetImpl(grpc::ServerContext* ctx, const v1::GetRequest
   bytes_out_ += bytes;
   metrics_->AddBytesOut("grpc", bytes);
   return absl::OkStatus();
+}
+
+grpc::Status GrpcService::GetInline(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                                    v1::GetInlineResponse* response) {
+  Observe obs(metrics_, "GetInline", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
+  absl::Status s = Authorize(ctx, request->tenant());
+  if (s.ok()) s = CheckBatch(request->keys_size());
+  if (!s.ok()) return obs.Done(s);
+  const uint8_t* const base = store_->HostArenaInfo().base;
+  const uint64_t cap = config_.max_message_bytes - 4096;
+  uint64_t bytes = 0;
+  for (int i = 0; i < request->keys_size(); ++i) {
+    if (absl::Status c = Cancelled(ctx); !c.ok()) return obs.Done(c);
+    absl::StatusOr<ReadLease> lease =
+        store_->AcquireRead(request->tenant(), FromProto(request->keys(i)));
+    v1::GetPageHeader* h = response->add_pages();
+    h->set_index(i);
+    if (lease.ok() && bytes + lease->size > cap) {
+      (void)store_->ReleaseRead(lease->lease_id);
+      return obs.Done(absl::ResourceExhaustedError(
+          absl::StrCat("GetInline: the pages exceed one message (", cap, " bytes); use Get")));
+    }
+    SetStatus(lease.status(), h->mutable_status());
+    if (!lease.ok()) continue;
+    h->set_layout_id(lease->layout.Id());
+    h->set_size(lease->size);
+    h->set_checksum(lease->checksum);
+    h->set_data(base + lease->arena_offset, lease->size);  // the reader verifies the checksum
+    (void)store_->ReleaseRead(lease->lease_id);
+    bytes += lease->size;
+  }
+  bytes_out_ += bytes;
+  metrics_->AddBytesOut("grpc", bytes);
+  return obs.Done(absl::OkStatus());
 }
 
 // ---- Small batched calls ------------------------------------------------------------------------

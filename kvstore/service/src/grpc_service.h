@@ -45,6 +45,10 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
                    v1::PutResponse* response) override;
   grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* request,
                    grpc::ServerWriter<v1::GetResponse>* writer) override;
+  grpc::Status PutInline(grpc::ServerContext* ctx, const v1::PutBegin* request,
+                         v1::PutResponse* response) override;
+  grpc::Status GetInline(grpc::ServerContext* ctx, const v1::GetRequest* request,
+                         v1::GetInlineResponse* response) override;
   grpc::Status Exists(grpc::ServerContext* ctx, const v1::KeysRequest* request,
                       v1::ExistsResponse* response) override;
   grpc::Status LongestPrefix(grpc::ServerContext* ctx, const v1::KeysRequest* request,
@@ -66,6 +70,10 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   absl::Status Authorize(grpc::ServerContext* ctx, const std::string& tenant) const;
   absl::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                        v1::PutResponse* response);
+  // The two-phase batch write shared by Put (chunks from the stream) and PutInline (none).
+  absl::Status PutBatch(grpc::ServerContext* ctx, const v1::PutBegin& begin,
+                        const std::function<bool(v1::PutRequest*)>& next_chunk,
+                        v1::PutResponse* response);
   absl::Status GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
                        grpc::ServerWriter<v1::GetResponse>* writer);
   // Per-key operation returning one status per key (Remove, Pin, Unpin).
