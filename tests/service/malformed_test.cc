@@ -229,6 +229,23 @@ TEST_F(MalformedTest, LyingPutStreamsCommitNothing) {
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(r4.results(0).code(), static_cast<int>(absl::StatusCode::kDataLoss));
   EXPECT_NE(r4.results(0).message().find("checksum"), std::string::npos);
+  // The unary form: inline bytes that are short, or that the checksum does not describe.
+  for (size_t len : {data.size() / 2, data.size()}) {
+    grpc::ClientContext ctx;
+    v1::PutBegin begin;
+    begin.set_tenant("t");
+    v1::PutPage* p = begin.add_pages();
+    p->mutable_key()->set_hi(4);
+    p->mutable_key()->set_lo(4);
+    p->set_layout_id(l.Id());
+    p->set_size(data.size());
+    p->set_checksum(right ^ 1);
+    p->set_data(data.data(), len);
+    v1::PutResponse resp;
+    ASSERT_TRUE(stub->PutInline(&ctx, begin, &resp).ok());
+    ASSERT_EQ(resp.results_size(), 1);
+    EXPECT_EQ(resp.results(0).code(), static_cast<int>(absl::StatusCode::kDataLoss)) << len;
+  }
   std::unique_ptr<Client> c = Connect(DataPathKind::kRemote);
   EXPECT_FALSE((*c->Exists({PageKey{4, 4}}))[0]);
   // Begin-less and empty streams.
