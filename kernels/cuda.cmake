@@ -19,3 +19,6 @@ add_executable(kernels_cuda_test src/cuda/cuda_test.cc)
 target_include_directories(kernels_cuda_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
 target_link_libraries(kernels_cuda_test PRIVATE pagoda_kernels_cuda GTest::gtest
                       GTest::gtest_main pagoda_warnings)
+
+# Host-side argument checks of the CUDA entry points: no GPU needed, so CI runs them.
+pagoda_test(kernels_cuda_args_test SOURCES src/cuda/cuda_args_test.cc LIBS pagoda_kernels_cuda)
