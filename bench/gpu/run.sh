@@ -53,7 +53,12 @@ step_kernels_bench() {
   "$bin" "$OUT/sdpa.txt"
 }
 
-STEPS=${STEPS:-"build kernels_test sdpa kernels_bench"}  # kernels_ref_test: CI runs it
+# --- transport (issue 6): GPU tests of transport's CUDA paths, then its benchmark (host<->GPU page
+# batches, peer copies, prefill -> decode over CUDA IPC; two GPUs for the last two).
+step_transport_test() { "$BUILD/pagoda_transport_cuda_test"; }
+step_transport_bench() { "$BUILD/bench/transport/gpu_transport_bench"; }
+
+STEPS=${STEPS:-"build kernels_test sdpa kernels_bench transport_test transport_bench"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"
@@ -73,5 +78,6 @@ done
   for s in $STEPS; do echo "| $s | ${STATUS[$s]:-not run} | ${SECS[$s]:-} |"; done
   echo
   [ -f "$OUT/kernels_bench.log" ] && sed -n '/^| measurement/,$p' "$OUT/kernels_bench.log"
+  [ -f "$OUT/transport_bench.log" ] && { echo; grep '^[|#]' "$OUT/transport_bench.log"; }
 } | tee "$OUT/summary.md"
 for s in $STEPS; do [ "${STATUS[$s]:-}" = ok ] || exit 1; done
