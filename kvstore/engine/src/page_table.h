@@ -30,13 +30,13 @@ enum class PageState : uint8_t {
 struct PageEntry {
   PageKey key;
   uint64_t checksum = 0;
+  uint64_t lease_deadline_ms = 0;  // latest expiry of its leases, ms since the store's epoch
   uint32_t tenant = 0;
   uint32_t slot = 0;  // memory tiers: offset / SlabAllocator::kSlotAlign
   uint32_t prev = kNil;
   uint32_t next = kNil;  // LRU neighbours (or the free-list link when kFree)
   uint32_t version = 0;
-  uint32_t lease_deadline_ms = 0;  // latest expiry of its leases, ms since the store's epoch
-  uint16_t cls = 0;                // layout class
+  uint16_t cls = 0;  // layout class
   uint16_t pins = 0;
   uint16_t leases = 0;
   uint16_t readers = 0;  // copies in flight outside the store lock

@@ -192,8 +192,8 @@ absl::Status StoreImpl::Rebuild() {
   return absl::OkStatus();
 }
 
-uint32_t StoreImpl::NowMs() const {
-  return static_cast<uint32_t>(absl::ToInt64Milliseconds(absl::Now() - epoch_));
+uint64_t StoreImpl::NowMs() const {
+  return static_cast<uint64_t>(absl::ToInt64Milliseconds(absl::Now() - epoch_));
 }
 
 absl::Status StoreImpl::CheckTenant(std::string_view tenant) {
@@ -584,10 +584,10 @@ absl::StatusOr<ReadLease> StoreImpl::AcquireRead(std::string_view tenant, const 
     if (absl::Status s = MoveBetweenMemory(idx, Tier::kHost); !s.ok()) return s;
   }
   PageEntry& e = table_.at(idx);
-  const uint32_t now = NowMs();
-  const uint32_t deadline =
+  const uint64_t now = NowMs();
+  const uint64_t deadline =
       now +
-      static_cast<uint32_t>(absl::ToInt64Milliseconds(absl::Ceil(duration, absl::Milliseconds(1))));
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(absl::Ceil(duration, absl::Milliseconds(1))));
   e.leases++;
   e.lease_deadline_ms = std::max(e.lease_deadline_ms, deadline);
   table_.Touch(idx);
@@ -620,7 +620,7 @@ absl::Status StoreImpl::ReleaseRead(uint64_t lease_id) {
   return absl::OkStatus();
 }
 
-void StoreImpl::SweepLeases(uint32_t now_ms) {
+void StoreImpl::SweepLeases(uint64_t now_ms) {
   for (auto it = leases_.begin(); it != leases_.end();) {
     if (it->second.deadline_ms <= now_ms) {
       PageEntry& e = table_.at(it->second.idx);

@@ -82,7 +82,7 @@ class StoreImpl final : public Store {
   struct LeaseRecord {
     uint32_t idx;
     uint32_t version;
-    uint32_t deadline_ms;
+    uint64_t deadline_ms;
   };
   struct EntryRef {
     uint32_t idx;
@@ -104,7 +104,7 @@ class StoreImpl final : public Store {
   };
 
   static int MemIndex(Tier t) { return t == Tier::kGpu ? 0 : 1; }
-  uint32_t NowMs() const;
+  uint64_t NowMs() const;
   static absl::Status CheckTenant(std::string_view tenant);
   uint64_t PageBytes(const PageEntry& e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return classes_[e.cls].bytes;
@@ -131,7 +131,7 @@ class StoreImpl final : public Store {
   bool OverQuota(uint32_t tenant, Tier t, uint64_t bytes) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Whether eviction may move or drop the entry now.
-  bool Evictable(const PageEntry& e, uint32_t now_ms) const;
+  bool Evictable(const PageEntry& e, uint64_t now_ms) const;
   // Allocates a slot of class `cls` in memory tier t, evicting LRU pages of that class when full.
   absl::StatusOr<uint64_t> AllocateSlot(Tier t, int cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Demotes (or, from the last tier, drops) `victims` of tier `from`, batching SSD writes.
@@ -168,7 +168,7 @@ class StoreImpl final : public Store {
   absl::Status CommitLocked(uint32_t idx, const WriteOptions& options, uint64_t checksum)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddToStream(uint32_t idx, uint64_t stream_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SweepLeases(uint32_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SweepLeases(uint64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Rebuild() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StoreOptions options_;

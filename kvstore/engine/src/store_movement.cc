@@ -11,7 +11,7 @@ namespace {
 constexpr uint64_t kMaxBatchBytes = 32ULL << 20;
 }  // namespace
 
-bool StoreImpl::Evictable(const PageEntry& e, uint32_t now_ms) const {
+bool StoreImpl::Evictable(const PageEntry& e, uint64_t now_ms) const {
   return e.state == PageState::kReady && e.pins == 0 && e.readers == 0 &&
          (e.leases == 0 || e.lease_deadline_ms <= now_ms);
 }
@@ -27,7 +27,7 @@ absl::StatusOr<uint64_t> StoreImpl::AllocateSlot(Tier t, int cls) {
   for (;;) {
     if (std::optional<uint64_t> off = alloc.Allocate(ac)) return *off;
     // Full for this class: evict least-recently-used pages of the same class.
-    const uint32_t now = NowMs();
+    const uint64_t now = NowMs();
     std::vector<uint32_t> victims;
     for (uint32_t v = table_.Tail(t); v != kNil && victims.empty(); v = table_.Prev(v)) {
       const PageEntry& e = table_.at(v);
@@ -132,7 +132,7 @@ void StoreImpl::EnforceWatermarks(Tier t) {
   const Watermarks& w = options_.watermarks[ti];
   if (static_cast<double>(used_[ti]) <= w.high * static_cast<double>(capacity)) return;
   const double target = w.low * static_cast<double>(capacity);
-  const uint32_t now = NowMs();
+  const uint64_t now = NowMs();
   std::vector<uint32_t> victims;
   uint64_t freeing = 0;
   for (uint32_t v = table_.Tail(t); v != kNil && static_cast<double>(used_[ti] - freeing) > target;
