@@ -3,9 +3,11 @@
 // recovery times are printed as "RESULT name=value" lines (bench/RESULTS.md, "Cluster").
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <random>
@@ -89,6 +91,18 @@ class ClusterFaultTest : public ::testing::Test {
     }
   }
 
+  void TearDown() override {
+    nodes_.clear();
+    for (const std::string& dir : kept_dirs_) cluster::testing::RemoveTree(dir);
+  }
+
+  // Keeps node i's data dir across its stop (for a restart); TearDown removes it.
+  std::string KeepDir(int i) {
+    nodes_[i]->KeepDataDir();
+    kept_dirs_.push_back(nodes_[i]->data_dir());
+    return nodes_[i]->data_dir();
+  }
+
   static std::string NodeId(int i) { return absl::StrCat("node-", i); }
 
   absl::StatusOr<std::unique_ptr<PagodadProcess>> StartNode(int i, const std::string& data_dir) {
@@ -167,6 +181,7 @@ class ClusterFaultTest : public ::testing::Test {
   }
 
   std::string config_yaml_ = pagoda::testing::TestConfigYaml();
+  std::vector<std::string> kept_dirs_;
   std::unique_ptr<EtcdProcess> etcd_;
   std::vector<std::unique_ptr<PagodadProcess>> nodes_;
 };
@@ -306,8 +321,7 @@ TEST_F(ClusterFaultTest, RestartedNodeServesItsSsdPagesAgain) {
   }
   ASSERT_FALSE(mine.empty());
 
-  const std::string dir = nodes_[victim]->data_dir();
-  nodes_[victim]->KeepDataDir();
+  const std::string dir = KeepDir(victim);
   auto code = nodes_[victim]->Stop(SIGTERM);
   ASSERT_TRUE(code.ok()) << code.status();
   EXPECT_EQ(*code, 0);
@@ -333,7 +347,7 @@ TEST_F(ClusterFaultTest, RestartedNodeServesItsSsdPagesAgain) {
   Report("graceful_restart_serving_again_ms", absl::ToDoubleMilliseconds(absl::Now() - restarted));
 
   // kill -9, restart on the same data: pages served must be exactly right; some may be lost.
-  nodes_[victim]->KeepDataDir();
+  KeepDir(victim);
   ASSERT_TRUE(nodes_[victim]->Stop(SIGKILL).ok());
   auto again_back = StartNode(victim, dir);
   ASSERT_TRUE(again_back.ok()) << again_back.status();
@@ -481,8 +495,7 @@ TEST_F(ClusterSsdFaultTest, KilledNodeServesItsSsdPagesAfterRestart) {
     }
     return out;
   };
-  const std::string dir = nodes_[victim]->data_dir();
-  nodes_[victim]->KeepDataDir();
+  const std::string dir = KeepDir(victim);
   ASSERT_TRUE(nodes_[victim]->Stop(SIGKILL).ok());  // no flush: only what was on SSD survives
 
   const absl::Time killed = absl::Now();
@@ -501,6 +514,150 @@ TEST_F(ClusterSsdFaultTest, KilledNodeServesItsSsdPagesAfterRestart) {
   EXPECT_GE(after.hits + host_pages, mine.size()) << tiers();
   Report("kill9_ssd_restart_serving_ms", absl::ToDoubleMilliseconds(absl::Now() - killed));
   Report("kill9_ssd_restart_pages_served_pct", 100.0 * after.hits / mine.size());
+}
+
+}  // namespace
+}  // namespace pagoda
+
+namespace pagoda {
+namespace {
+
+using cluster::testing::Subprocess;
+
+int Sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
+
+// A real network partition: node-2 runs in its own network namespace, reached through a veth
+// pair; taking the link down cuts it off from the clients and from etcd alike. Needs root and
+// `ip netns` (skipped otherwise; the SIGSTOP test above covers the route-around then).
+class ClusterNetnsTest : public ClusterFaultTest {
+ protected:
+  void SetUp() override {
+    g_layout = pagoda::testing::SmallLayout();
+    const int tag = static_cast<int>(getpid() % 200) + 20;
+    ns_ = absl::StrCat("pgfault", getpid());
+    host_if_ = absl::StrCat("pgh", getpid() % 1000000);
+    ns_if_ = absl::StrCat("pgn", getpid() % 1000000);
+    host_ip_ = absl::StrCat("10.233.", tag, ".1");
+    ns_ip_ = absl::StrCat("10.233.", tag, ".2");
+    if (geteuid() != 0 || Sh("ip netns add " + ns_) != 0) {
+      GTEST_SKIP() << "network namespaces need root and iproute2";
+    }
+    have_ns_ = true;
+    ASSERT_EQ(Sh(absl::StrCat("ip link add ", host_if_, " type veth peer name ", ns_if_)), 0);
+    ASSERT_EQ(Sh(absl::StrCat("ip link set ", ns_if_, " netns ", ns_)), 0);
+    ASSERT_EQ(Sh(absl::StrCat("ip addr add ", host_ip_, "/30 dev ", host_if_)), 0);
+    ASSERT_EQ(Sh(absl::StrCat("ip link set ", host_if_, " up")), 0);
+    const std::string in_ns = "ip netns exec " + ns_ + " ";
+    ASSERT_EQ(Sh(in_ns + absl::StrCat("ip addr add ", ns_ip_, "/30 dev ", ns_if_)), 0);
+    ASSERT_EQ(Sh(in_ns + absl::StrCat("ip link set ", ns_if_, " up")), 0);
+    ASSERT_EQ(Sh(in_ns + "ip link set lo up"), 0);
+
+    auto etcd = EtcdProcess::Start(host_ip_);
+    ASSERT_TRUE(etcd.ok()) << etcd.status();
+    etcd_ = std::move(*etcd);
+    for (int i = 0; i < kNodes - 1; ++i) {
+      auto node = StartNode(i, "");
+      ASSERT_TRUE(node.ok()) << node.status();
+      nodes_.push_back(std::move(*node));
+    }
+    auto dir = cluster::testing::MakeTempDir("pgns");
+    ASSERT_TRUE(dir.ok());
+    ns_dir_ = *dir;
+    {
+      std::FILE* f = std::fopen((ns_dir_ + "/config.yaml").c_str(), "w");
+      ASSERT_NE(f, nullptr);
+      const std::string yaml =
+          config_yaml_ + absl::StrCat("cluster: {lease_ttl_s: ", kLeaseTtlS, "}\n");
+      std::fwrite(yaml.data(), 1, yaml.size(), f);
+      std::fclose(f);
+    }
+    auto proc = Subprocess::Start({"ip",
+                                   "netns",
+                                   "exec",
+                                   ns_,
+                                   PAGODAD_BIN,
+                                   "--config",
+                                   ns_dir_ + "/config.yaml",
+                                   "--data-dir",
+                                   ns_dir_,
+                                   "--port-file",
+                                   ns_dir_ + "/ports.json",
+                                   "--grpc-host",
+                                   ns_ip_,
+                                   "--grpc-port",
+                                   "0",
+                                   "--http-port",
+                                   "0",
+                                   "--local-socket",
+                                   "off",
+                                   "--etcd",
+                                   absl::StrCat(host_ip_, ":", etcd_->client_port()),
+                                   "--node-id",
+                                   NodeId(kNodes - 1),
+                                   "--advertise-address",
+                                   ns_ip_},
+                                  ns_dir_ + "/pagodad.log");
+    ASSERT_TRUE(proc.ok()) << proc.status();
+    ns_node_ = std::move(*proc);
+  }
+
+  void TearDown() override {
+    ns_node_.reset();                         // SIGKILL
+    if (have_ns_) Sh("ip netns del " + ns_);  // removes the veth pair too
+    if (!ns_dir_.empty()) cluster::testing::RemoveTree(ns_dir_);
+    ClusterFaultTest::TearDown();
+  }
+
+  bool have_ns_ = false;
+  std::string ns_, host_if_, ns_if_, host_ip_, ns_ip_, ns_dir_;
+  std::unique_ptr<Subprocess> ns_node_;
+};
+
+TEST_F(ClusterNetnsTest, PartitionedNodeIsRoutedAroundAndRejoins) {
+  auto client = Connect(/*replication=*/1);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(WaitLive(*client, kNodes, absl::Seconds(15)));
+  const std::vector<PageKey> keys = MakeKeys(300, 7);
+  for (const absl::Status& s : PutAll(*client, keys)) ASSERT_TRUE(s.ok()) << s;
+  std::vector<PageKey> cut_off;
+  for (const PageKey& k : keys) {
+    if (client->ReplicasOf(k)[0] == NodeId(kNodes - 1)) cut_off.push_back(k);
+  }
+  ASSERT_FALSE(cut_off.empty());
+
+  const absl::Time cut = absl::Now();
+  ASSERT_EQ(Sh(absl::StrCat("ip link set ", host_if_, " down")), 0);
+  absl::Duration recovery = absl::InfiniteDuration();
+  uint64_t seed = 110000;
+  while (absl::Now() - cut < absl::Seconds(10)) {
+    bool all_ok = true;
+    for (const absl::Status& s : PutAll(*client, MakeKeys(32, seed++))) all_ok &= s.ok();
+    if (all_ok) {
+      recovery = absl::Now() - cut;
+      break;
+    }
+  }
+  ASSERT_LT(recovery, absl::Seconds(10));
+  ReadPass during = ReadAll(*client, keys);
+  EXPECT_EQ(during.wrong, 0u);
+  EXPECT_EQ(during.errors, 0u);
+  EXPECT_EQ(during.misses, cut_off.size());
+  // Cut off from etcd too, the node's lease runs out and it leaves the membership.
+  EXPECT_TRUE(WaitLive(*client, kNodes - 1, absl::Seconds(kLeaseTtlS + 5)));
+  Report("netns_partition_route_around_ms", absl::ToDoubleMilliseconds(recovery));
+
+  const absl::Time healed = absl::Now();
+  ASSERT_EQ(Sh(absl::StrCat("ip link set ", host_if_, " up")), 0);
+  ASSERT_TRUE(WaitLive(*client, kNodes, absl::Seconds(15))) << "the node must register again";
+  ReadPass after;
+  while (absl::Now() - healed < absl::Seconds(15)) {
+    after = ReadAll(*client, cut_off);
+    ASSERT_EQ(after.wrong, 0u);
+    if (after.hits == cut_off.size()) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(after.hits, cut_off.size()) << "its pages (still in its memory) serve again";
+  Report("netns_heal_serving_again_ms", absl::ToDoubleMilliseconds(absl::Now() - healed));
 }
 
 }  // namespace

@@ -9,8 +9,10 @@
 
 namespace pagoda::cluster::testing {
 
-absl::StatusOr<std::unique_ptr<EtcdProcess>> EtcdProcess::Start() {
+absl::StatusOr<std::unique_ptr<EtcdProcess>> EtcdProcess::Start(
+    const std::string& extra_listen_ip) {
   std::unique_ptr<EtcdProcess> etcd(new EtcdProcess());
+  etcd->extra_listen_ip_ = extra_listen_ip;
   absl::StatusOr<std::string> dir = MakeTempDir("pagoda-etcd");
   if (!dir.ok()) return dir.status();
   etcd->work_dir_ = *dir;
@@ -37,10 +39,14 @@ std::string EtcdProcess::endpoint() const { return absl::StrCat("127.0.0.1:", cl
 absl::Status EtcdProcess::Launch() {
   const std::string client_url = absl::StrCat("http://127.0.0.1:", client_port_);
   const std::string peer_url = absl::StrCat("http://127.0.0.1:", peer_port_);
+  std::string listen = client_url;
+  if (!extra_listen_ip_.empty()) {
+    absl::StrAppend(&listen, ",http://", extra_listen_ip_, ":", client_port_);
+  }
   std::vector<std::string> argv = {"etcd",
                                    "--name=pagoda-test",
                                    "--data-dir=" + data_dir_,
-                                   "--listen-client-urls=" + client_url,
+                                   "--listen-client-urls=" + listen,
                                    "--advertise-client-urls=" + client_url,
                                    "--listen-peer-urls=" + peer_url,
                                    "--initial-advertise-peer-urls=" + peer_url,

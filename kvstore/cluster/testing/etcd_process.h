@@ -16,11 +16,15 @@ namespace pagoda::cluster::testing {
 // Thread safety: not thread-safe; one test thread drives it.
 class EtcdProcess {
  public:
-  // Picks ports and a data dir and starts etcd; returns once it answers a Range.
-  static absl::StatusOr<std::unique_ptr<EtcdProcess>> Start();
+  // Picks ports and a data dir and starts etcd; returns once it answers a Range. etcd listens
+  // on 127.0.0.1 and, when given, also on `extra_listen_ip` (e.g. a veth address that a node in
+  // another network namespace dials).
+  static absl::StatusOr<std::unique_ptr<EtcdProcess>> Start(
+      const std::string& extra_listen_ip = "");
   ~EtcdProcess();  // kills etcd, removes the data dir
 
   std::string endpoint() const;  // "127.0.0.1:<client port>"
+  int client_port() const { return client_port_; }
   const std::string& data_dir() const { return data_dir_; }
 
   void Kill();              // SIGKILL, keeps the data
@@ -38,6 +42,7 @@ class EtcdProcess {
   std::string work_dir_;
   int client_port_ = 0;
   int peer_port_ = 0;
+  std::string extra_listen_ip_;
   std::unique_ptr<Subprocess> proc_;
 };
 
