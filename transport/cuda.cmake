@@ -15,6 +15,12 @@ target_link_libraries(pagoda_transport_cuda
   PUBLIC absl::status absl::statusor absl::span absl::time CUDA::cudart
   PRIVATE absl::strings CUDA::cuda_driver Threads::Threads pagoda_warnings)
 
+# Pool-to-pool copies through the kernels' gather/scatter, where the kernels are built.
+if(TARGET pagoda_kernels_cuda)
+  target_sources(pagoda_transport_cuda PRIVATE ${_pagoda_transport_dir}/src/cuda/pool_copy.cc)
+  target_link_libraries(pagoda_transport_cuda PUBLIC pagoda_kernels_cuda)
+endif()
+
 # GPU tests: need a GPU, so built everywhere (CI compiles them) but not registered with CTest;
 # bench/gpu/run.sh runs them on the GPU machine.
 add_executable(pagoda_transport_cuda_test ${_pagoda_transport_dir}/src/cuda/gpu_transport_test.cc)

@@ -28,6 +28,7 @@
 #include "pagoda/transport/cuda_ipc.h"
 #include "pagoda/transport/gpu_copy.h"
 #include "pagoda/transport/kv_handoff.h"
+#include "pagoda/transport/pool_copy.h"
 
 namespace {
 
@@ -182,6 +183,51 @@ void Peer(size_t page, size_t n, size_t slots) {
       TimeMs(s, [&] { CHECK_OK(pagoda::CopyPagesAsync(c, page, s)); }), base, "peer");
   Row("GPU0->GPU1 scattered one cudaMemcpyPeerAsync per page", page, n,
       TimeMs(s, [&] { CHECK_OK(pagoda::CopyPagesOneByOne(c, page, s)); }), base, "peer");
+  // The kernels' gather reading GPU0's pool over NVLink into GPU1 staging, then (optionally) the
+  // scatter into GPU1's pool slots.
+  int32_t *src_idx, *dst_idx;
+  uint8_t* staging;
+  CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&src_idx), n * sizeof(int32_t)));
+  CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&dst_idx), n * sizeof(int32_t)));
+  CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&staging), n * page));
+  CHECK_CUDA(cudaMemcpy(src_idx, ss.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(dst_idx, ds.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice));
+  pagoda::PagePool sp{src, int64_t(slots), int64_t(page)}, dp{dst, int64_t(slots), int64_t(page)};
+  Row("GPU0->GPU1 scattered kernels gather (pool -> contiguous)", page, n,
+      TimeMs(s,
+             [&] {
+               CHECK_OK(pagoda::CopyPoolPagesAsync(sp, src_idx, dp, nullptr, n, page, staging, s));
+             }),
+      base, "peer");
+  Row("GPU0->GPU1 scattered kernels gather + scatter (pool -> pool)", page, n,
+      TimeMs(s,
+             [&] {
+               CHECK_OK(pagoda::CopyPoolPagesAsync(sp, src_idx, dp, dst_idx, n, page, staging, s));
+             }),
+      base, "peer");
+  // Bytes right: page ss[i] of GPU0 (filled with its index) must sit in slot ds[i] of GPU1.
+  {
+    std::vector<uint32_t> fill(page / 4);
+    CHECK_CUDA(cudaSetDevice(0));
+    for (size_t i = 0; i < n; ++i) {
+      std::fill(fill.begin(), fill.end(), uint32_t(ss[i] * 2654435761u));
+      CHECK_CUDA(cudaMemcpy(src + size_t(ss[i]) * page, fill.data(), page, cudaMemcpyHostToDevice));
+    }
+    CHECK_CUDA(cudaSetDevice(1));
+    CHECK_OK(pagoda::CopyPoolPagesAsync(sp, src_idx, dp, dst_idx, n, page, staging, s));
+    CHECK_CUDA(cudaStreamSynchronize(s));
+    size_t bad = 0;
+    for (size_t i = 0; i < n; ++i) {
+      CHECK_CUDA(cudaMemcpy(fill.data(), dst + size_t(ds[i]) * page, page, cudaMemcpyDeviceToHost));
+      for (uint32_t w : fill) bad += w != uint32_t(ss[i] * 2654435761u);
+    }
+    std::printf("| kernels pool -> pool peer copy check | %zu pages | | | wrong words: %zu |\n", n,
+                bad);
+    if (bad != 0) std::exit(1);
+  }
+  cudaFree(src_idx);
+  cudaFree(dst_idx);
+  cudaFree(staging);
   cudaFree(dst);
   cudaStreamDestroy(s);
   CHECK_CUDA(cudaSetDevice(0));

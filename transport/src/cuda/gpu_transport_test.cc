@@ -12,6 +12,7 @@
 #include "pagoda/transport/cuda_ipc.h"
 #include "pagoda/transport/gpu_copy.h"
 #include "pagoda/transport/kv_handoff.h"
+#include "pagoda/transport/pool_copy.h"
 
 namespace pagoda {
 namespace {
@@ -113,6 +114,58 @@ TEST_P(GpuCopyTest, BadBatchesAreRejectedBeforeAnythingIsEnqueued) {
   CUDA_OK(cudaMemcpy(back.data(), dev, 2 * pb, cudaMemcpyDeviceToHost));
   for (uint8_t b : back) ASSERT_EQ(b, 0x11);  // the first (valid) copy did not run either
   cudaFree(dev);
+}
+
+// Pinned host pool -> device pool through the kernels (gather + scatter), slot for slot.
+TEST_P(GpuCopyTest, PoolToPoolThroughKernelsIsByteExact) {
+  const size_t pb = GetParam();
+  const int32_t slots = 37, n = 20;
+  uint8_t *host, *dev, *staging;
+  int32_t *src_idx, *dst_idx;
+  CUDA_OK(cudaHostAlloc(reinterpret_cast<void**>(&host), slots * pb, cudaHostAllocDefault));
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&dev), slots * pb));
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&staging), n * pb));
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&src_idx), n * 4));
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&dst_idx), n * 4));
+  for (int32_t s = 0; s < slots; ++s) {
+    for (size_t i = 0; i < pb; ++i) host[s * pb + i] = Byte(s, i);
+  }
+  CUDA_OK(cudaMemset(dev, 0x77, slots * pb));
+  std::vector<int32_t> from(slots), to(slots);
+  std::iota(from.begin(), from.end(), 0);
+  std::iota(to.begin(), to.end(), 0);
+  std::mt19937 rng(9);
+  std::shuffle(from.begin(), from.end(), rng);
+  std::shuffle(to.begin(), to.end(), rng);
+  CUDA_OK(cudaMemcpy(src_idx, from.data(), n * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dst_idx, to.data(), n * 4, cudaMemcpyHostToDevice));
+  PagePool hp{host, slots, int64_t(pb)}, dp{dev, slots, int64_t(pb)};
+  ASSERT_TRUE(CopyPoolPagesAsync(hp, src_idx, dp, dst_idx, n, pb, staging, stream_).ok());
+  CUDA_OK(cudaStreamSynchronize(stream_));
+  std::vector<uint8_t> back(slots * pb);
+  CUDA_OK(cudaMemcpy(back.data(), dev, slots * pb, cudaMemcpyDeviceToHost));
+  std::vector<bool> hit(slots);
+  for (int32_t k = 0; k < n; ++k) {
+    hit[to[k]] = true;
+    for (size_t i = 0; i < pb; ++i) ASSERT_EQ(back[to[k] * pb + i], Byte(from[k], i)) << k;
+  }
+  for (int32_t s = 0; s < slots; ++s) {
+    if (!hit[s]) {
+      ASSERT_EQ(back[s * pb], 0x77) << "slot " << s << " was written";
+    }
+  }
+  EXPECT_EQ(CopyPoolPagesAsync(hp, src_idx, dp, dst_idx, 0, pb, staging, stream_).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CopyPoolPagesAsync(hp, nullptr, dp, nullptr, n, pb, staging, stream_).code(),
+            absl::StatusCode::kInvalidArgument);
+  PagePool narrow{dev, slots, int64_t(pb) - 1};
+  EXPECT_EQ(CopyPoolPagesAsync(hp, src_idx, narrow, dst_idx, n, pb, staging, stream_).code(),
+            absl::StatusCode::kInvalidArgument);
+  cudaFreeHost(host);
+  cudaFree(dev);
+  cudaFree(staging);
+  cudaFree(src_idx);
+  cudaFree(dst_idx);
 }
 
 TEST(CudaIpcTest, HandlesRoundTripAndDamageIsRejected) {
