@@ -71,12 +71,14 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
     std::vector<SsdPageWrite> writes;
     std::vector<uint32_t> written;
     std::vector<std::pair<uint32_t, std::string>> new_tenants;
+    absl::flat_hash_map<uint32_t, uint64_t> pending_by_tenant;
     uint64_t bytes = 0;
     for (; i < victims.size() && bytes < kMaxBatchBytes; ++i) {
       const uint32_t v = victims[i];
       PageEntry& e = table_.at(v);
       const uint64_t n = PageBytes(e);
-      if (OverQuota(e.tenant, Tier::kSsd, n)) {  // no room for it below: it leaves the store
+      uint64_t& tenant_pending = pending_by_tenant[e.tenant];
+      if (OverQuota(e.tenant, Tier::kSsd, tenant_pending + n)) {  // no room below: it leaves
         counters_.evictions[fi]++;
         counters_.dropped++;
         FreeEntry(v);
@@ -92,6 +94,7 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
       writes.push_back(w);
       written.push_back(v);
       bytes += n;
+      tenant_pending += n;
       TenantState& t = tenants_[e.tenant];
       if (!t.on_ssd && std::none_of(new_tenants.begin(), new_tenants.end(),
                                     [&](const auto& p) { return p.first == e.tenant; })) {
@@ -321,23 +324,41 @@ absl::StatusOr<size_t> StoreImpl::Demote(std::string_view tenant, absl::Span<con
         absl::StrFormat("demote: this store has no %s tier", TierName(tier)));
   }
   size_t moved = 0;
+  // Host pages bound for SSD go down in one batched write at the end. Until then `readers` holds
+  // them in place: moving a later GPU page to the host may evict, and must not pick them.
+  std::vector<uint32_t> to_ssd;
+  uint64_t pending = 0;
+  absl::Status status;
   for (const PageKey& key : keys) {
     const uint32_t idx = FindReady(tenant, key);
     if (idx == kNil || table_.at(idx).tier >= tier) continue;
     const PageEntry& e = table_.at(idx);
     if (e.readers > 0 || (e.leases > 0 && e.lease_deadline_ms > NowMs())) continue;
-    if (tier == Tier::kSsd && OverQuota(e.tenant, Tier::kSsd, PageBytes(e))) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("tenant %s is over its ssd quota", tenant));
+    if (tier == Tier::kSsd && OverQuota(e.tenant, Tier::kSsd, pending + PageBytes(e))) {
+      status =
+          absl::ResourceExhaustedError(absl::StrFormat("tenant %s is over its ssd quota", tenant));
+      break;
     }
     if (e.tier == Tier::kGpu) {
-      if (absl::Status s = MoveBetweenMemory(idx, Tier::kHost); !s.ok()) return s;
+      if (absl::Status s = MoveBetweenMemory(idx, Tier::kHost); !s.ok()) {
+        status = s;
+        break;
+      }
     }
     if (tier == Tier::kSsd) {
-      if (absl::Status s = EvictBatch(Tier::kHost, {idx}); !s.ok()) return s;
+      table_.at(idx).readers++;
+      to_ssd.push_back(idx);
+      pending += PageBytes(table_.at(idx));
+    } else {
+      ++moved;
     }
-    ++moved;
   }
+  for (uint32_t idx : to_ssd) table_.at(idx).readers--;
+  if (!to_ssd.empty()) {
+    if (absl::Status s = EvictBatch(Tier::kHost, to_ssd); !s.ok()) return s;
+    moved += to_ssd.size();
+  }
+  if (!status.ok()) return status;
   EnforceWatermarks(tier);
   return moved;
 }
