@@ -8,7 +8,7 @@
 namespace pagoda {
 namespace {
 // One SSD write batch carries at most this many page bytes (bounds the memory of a batch).
-constexpr uint64_t kMaxBatchBytes = 32ULL << 20;
+constexpr uint64_t kMaxBatchBytes = 4ULL << 20;
 }  // namespace
 
 bool StoreImpl::Evictable(const PageEntry& e, uint64_t now_ms) const {
