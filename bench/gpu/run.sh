@@ -57,6 +57,14 @@ step_kernels_bench() {
 # batches, peer copies, prefill -> decode over CUDA IPC; two GPUs for the last two).
 step_transport_test() { "$BUILD/pagoda_transport_cuda_test"; }
 step_transport_bench() { "$BUILD/bench/transport/gpu_transport_bench"; }
+# The host-staged path needs UCX: built on the dev machine and carried with its libraries
+# (bench/transport/carry_staged_test.sh fills .devcarry/transport).
+step_transport_staged() {
+  local d=$CARRY/transport
+  [ -x "$d/pagoda_transport_staged_test" ] || { echo "no $d: run bench/transport/carry_staged_test.sh"; return 1; }
+  LD_LIBRARY_PATH=$d/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} UCX_MODULE_DIR=$d/ucx \
+    "$d/pagoda_transport_staged_test"
+}
 
 STEPS=${STEPS:-"build kernels_test sdpa kernels_bench transport_test transport_bench"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
