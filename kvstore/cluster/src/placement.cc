@@ -46,25 +46,63 @@ Placement::Placement(std::vector<NodeInfo> nodes) {
     }
   }
   seeds_.reserve(nodes_.size());
-  for (const NodeInfo& n : nodes_) seeds_.push_back(NodeSeed(n.id));
+  for (const NodeInfo& n : nodes_) {
+    seeds_.push_back(NodeSeed(n.id));
+    uniform_weights_ = uniform_weights_ && n.weight == nodes_.front().weight;
+  }
 }
 
-std::vector<size_t> Placement::Rank(absl::uint128 key, size_t count) const {
-  std::vector<std::pair<double, size_t>> scored;
-  scored.reserve(nodes_.size());
-  for (size_t i = 0; i < nodes_.size(); ++i) {
-    scored.emplace_back(Score(key, seeds_[i], nodes_[i].weight), i);
-  }
-  count = std::min(count, scored.size());
-  // Higher score first; nodes_ is sorted by id, so the lower index is the lower id on ties.
-  auto better = [](const std::pair<double, size_t>& a, const std::pair<double, size_t>& b) {
+namespace {
+
+// The best `count` indices by score (higher first, then lower index), without allocating beyond
+// the result for the usual tiny counts (the replication factor).
+template <typename Score, typename ScoreFn>
+std::vector<size_t> TopK(size_t n, size_t count, ScoreFn score) {
+  count = std::min(count, n);
+  std::vector<size_t> out;
+  if (count == 0) return out;
+  using Entry = std::pair<Score, size_t>;
+  auto better = [](const Entry& a, const Entry& b) {
     return a.first != b.first ? a.first > b.first : a.second < b.second;
   };
+  constexpr size_t kSmall = 8;
+  if (count <= kSmall) {
+    Entry best[kSmall];
+    size_t have = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const Entry e{score(i), i};
+      if (have == count && !better(e, best[count - 1])) continue;
+      size_t pos = have < count ? have++ : count - 1;
+      while (pos > 0 && better(e, best[pos - 1])) {
+        best[pos] = best[pos - 1];
+        --pos;
+      }
+      best[pos] = e;
+    }
+    out.reserve(count);
+    for (size_t i = 0; i < count; ++i) out.push_back(best[i].second);
+    return out;
+  }
+  std::vector<Entry> scored;
+  scored.reserve(n);
+  for (size_t i = 0; i < n; ++i) scored.emplace_back(score(i), i);
   std::partial_sort(scored.begin(), scored.begin() + count, scored.end(), better);
-  std::vector<size_t> out;
   out.reserve(count);
   for (size_t i = 0; i < count; ++i) out.push_back(scored[i].second);
   return out;
+}
+
+}  // namespace
+
+std::vector<size_t> Placement::Rank(absl::uint128 key, size_t count) const {
+  // nodes_ is sorted by id, so the lower index is the lower id on ties.
+  if (uniform_weights_) {
+    // weight / -ln(u) with one weight for all is monotonic in the hash: compare hashes, no log.
+    return TopK<uint64_t>(nodes_.size(), count,
+                          [&](size_t i) { return RendezvousHash(key, seeds_[i]); });
+  }
+  return TopK<double>(nodes_.size(), count,
+                      [&](size_t i) { return Score(key, seeds_[i], nodes_[i].weight); });
 }
 
 int Placement::Find(std::string_view id) const {

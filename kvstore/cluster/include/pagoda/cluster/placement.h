@@ -28,7 +28,8 @@ class Placement {
 
   // Indices into nodes() of the best `count` nodes for `key`, best first (fewer when the set is
   // smaller). Score: weight / -ln(u) with u uniform from RendezvousHash (weighted rendezvous);
-  // ties break by id.
+  // ties break by id. With equal weights that order is the hash's order, ranked without the log.
+  // Cost: O(size()) hashes per call.
   std::vector<size_t> Rank(absl::uint128 key, size_t count) const;
 
   const std::vector<NodeInfo>& nodes() const { return nodes_; }
@@ -39,6 +40,7 @@ class Placement {
  private:
   std::vector<NodeInfo> nodes_;
   std::vector<uint64_t> seeds_;
+  bool uniform_weights_ = true;  // every node has the same weight: rank by the hash alone
 };
 
 }  // namespace pagoda::cluster
