@@ -662,3 +662,64 @@ TEST_F(ClusterNetnsTest, PartitionedNodeIsRoutedAroundAndRejoins) {
 
 }  // namespace
 }  // namespace pagoda
+
+namespace pagoda {
+namespace {
+
+// ClusterClient's contract on a healthy 3-node cluster: bad options, R copies or nothing,
+// immutable pages, prefix lookups and removal across nodes.
+TEST_F(ClusterFaultTest, ClusterClientContract) {
+  ClusterClientOptions bad;
+  EXPECT_TRUE(absl::IsInvalidArgument(ClusterClient::Connect(bad).status()));
+  bad.etcd_endpoints = {etcd_->endpoint()};
+  bad.replication = 0;
+  EXPECT_TRUE(absl::IsInvalidArgument(ClusterClient::Connect(bad).status()));
+  bad.replication = 1;
+  bad.node_timeout = absl::ZeroDuration();
+  EXPECT_TRUE(absl::IsInvalidArgument(ClusterClient::Connect(bad).status()));
+
+  auto r2 = Connect(/*replication=*/2);
+  ASSERT_NE(r2, nullptr);
+  ASSERT_TRUE(WaitLive(*r2, kNodes, absl::Seconds(10)));
+  EXPECT_EQ(r2->LiveNodes().size(), static_cast<size_t>(kNodes));
+
+  // More copies than nodes: refused, and nothing is stored anywhere.
+  auto r4 = Connect(/*replication=*/4);
+  ASSERT_NE(r4, nullptr);
+  ASSERT_TRUE(WaitLive(*r4, kNodes, absl::Seconds(10)));
+  const std::vector<PageKey> refused = MakeKeys(20, 8);
+  for (const absl::Status& s : PutAll(*r4, refused)) EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  auto exists = r2->Exists(refused);
+  ASSERT_TRUE(exists.ok());
+  for (bool e : *exists) EXPECT_FALSE(e);
+
+  // Two copies land on the two ranked nodes; writing the same page again is AlreadyExists.
+  const std::vector<PageKey> keys = MakeKeys(40, 9);
+  for (const absl::Status& s : PutAll(*r2, keys)) ASSERT_TRUE(s.ok()) << s;
+  for (const absl::Status& s : PutAll(*r2, keys)) EXPECT_TRUE(absl::IsAlreadyExists(s)) << s;
+  auto stats = r2->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->pages, 2 * keys.size());
+  ReadPass pass = ReadAll(*r2, keys);
+  EXPECT_EQ(pass.hits, keys.size());
+  EXPECT_EQ(pass.wrong, 0u);
+
+  // LongestPrefix over a chain spread across nodes: stops at the first page not stored.
+  std::vector<PageKey> chain = MakeKeys(10, 10);
+  std::vector<PageKey> stored = chain;
+  stored.erase(stored.begin() + 6);
+  for (const absl::Status& s : PutAll(*r2, stored)) ASSERT_TRUE(s.ok()) << s;
+  auto prefix = r2->LongestPrefix(chain);
+  ASSERT_TRUE(prefix.ok()) << prefix.status();
+  EXPECT_EQ(*prefix, 6u);
+
+  // Remove takes every copy; a second Remove is NotFound.
+  for (const absl::Status& s : r2->Remove(keys)) EXPECT_TRUE(s.ok()) << s;
+  for (const absl::Status& s : r2->Remove(keys)) EXPECT_TRUE(absl::IsNotFound(s)) << s;
+  pass = ReadAll(*r2, keys);
+  EXPECT_EQ(pass.hits, 0u);
+  EXPECT_EQ(pass.misses, keys.size());
+}
+
+}  // namespace
+}  // namespace pagoda
