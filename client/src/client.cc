@@ -106,7 +106,8 @@ class ClientImpl final : public Client {
     if (!socket.empty()) {
       absl::StatusOr<std::unique_ptr<client_internal::LocalPath>> l =
           client_internal::LocalPath::Open(socket, options_.tenant, options_.token,
-                                           options_.local_connections, options_.prefault_arena);
+                                           options_.local_connections, options_.prefault_arena,
+                                           h->instance_id);
       if (l.ok()) {
         local_ = std::move(*l);
         path_ = local_.get();
@@ -271,6 +272,7 @@ class ClientImpl final : public Client {
     h.serving = r.serving();
     h.version = r.version();
     h.local_socket = r.local_socket();
+    h.instance_id = r.instance_id();
     h.arena_bytes = r.arena_bytes();
     h.http_port = static_cast<int>(r.http_port());
     for (const std::string& l : r.layouts()) h.layouts.push_back(l);

@@ -365,6 +365,7 @@ class ClusterClientImpl final : public ClusterClient {
     ClientOptions o = options_.node;
     o.target = target;
     o.timeout = options_.node_timeout;
+    if (node.id != options_.local_node_id) o.data_path = DataPathKind::kRemote;
     absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
     if (!c.ok()) {
       router_->ReportFailure(node.id);

@@ -33,12 +33,13 @@ absl::Status CodeStatus(int32_t code, const std::string& text) {
 }  // namespace
 
 LocalPath::LocalPath(std::string socket, std::string tenant, std::string token, int max_connections,
-                     bool prefault)
+                     bool prefault, uint64_t expect_instance)
     : socket_(std::move(socket)),
       tenant_(std::move(tenant)),
       token_(std::move(token)),
       max_connections_(max_connections < 1 ? 1 : max_connections),
-      prefault_(prefault) {}
+      prefault_(prefault),
+      expect_instance_(expect_instance) {}
 
 LocalPath::~LocalPath() {
   {
@@ -51,8 +52,10 @@ LocalPath::~LocalPath() {
 absl::StatusOr<std::unique_ptr<LocalPath>> LocalPath::Open(const std::string& socket,
                                                            const std::string& tenant,
                                                            const std::string& token,
-                                                           int max_connections, bool prefault) {
-  std::unique_ptr<LocalPath> p(new LocalPath(socket, tenant, token, max_connections, prefault));
+                                                           int max_connections, bool prefault,
+                                                           uint64_t expect_instance) {
+  std::unique_ptr<LocalPath> p(
+      new LocalPath(socket, tenant, token, max_connections, prefault, expect_instance));
   absl::StatusOr<std::unique_ptr<Conn>> first = p->Dial();
   if (!first.ok()) return first.status();
   absl::MutexLock l(&p->mu_);
@@ -109,6 +112,11 @@ absl::StatusOr<std::unique_ptr<LocalPath::Conn>> LocalPath::Dial() {
                         "local path: " + body.substr(sizeof(reply) + 4));
   }
   if (*arena_fd < 0) return absl::InternalError("local path: server sent no arena descriptor");
+  if (expect_instance_ != 0 && reply.instance_id != expect_instance_) {
+    close_fd();
+    return absl::FailedPreconditionError(
+        "local path: the socket belongs to another pagodad than the gRPC target");
+  }
   if (arena_ == nullptr) {
     void* m = ::mmap(nullptr, reply.arena_bytes, PROT_READ | PROT_WRITE,
                      MAP_SHARED | (prefault_ ? MAP_POPULATE : 0), *arena_fd, 0);

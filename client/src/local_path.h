@@ -22,7 +22,8 @@ class LocalPath final : public DataPath {
   static absl::StatusOr<std::unique_ptr<LocalPath>> Open(const std::string& socket,
                                                          const std::string& tenant,
                                                          const std::string& token,
-                                                         int max_connections, bool prefault = true);
+                                                         int max_connections, bool prefault = true,
+                                                         uint64_t expect_instance = 0);
   ~LocalPath() override;
 
   const char* name() const override { return "local"; }
@@ -32,7 +33,7 @@ class LocalPath final : public DataPath {
  private:
   struct Conn;
   LocalPath(std::string socket, std::string tenant, std::string token, int max_connections,
-            bool prefault);
+            bool prefault, uint64_t expect_instance);
   // Opens a connection and says Hello; fills arena_/arena_bytes_ on the first one.
   absl::StatusOr<std::unique_ptr<Conn>> Dial();
   absl::StatusOr<std::unique_ptr<Conn>> Borrow();
@@ -47,6 +48,7 @@ class LocalPath final : public DataPath {
   const std::string token_;
   const int max_connections_;
   const bool prefault_;
+  const uint64_t expect_instance_;  // 0 = do not check
   uint8_t* arena_ = nullptr;
   uint64_t arena_bytes_ = 0;
 

@@ -274,3 +274,32 @@ TEST(LocalZeroCopyTest, PageBytesLiveInTheSharedArena) {
 
 }  // namespace
 }  // namespace pagoda::testing
+
+namespace pagoda::testing {
+namespace {
+
+// A client never uses another pagodad's arena: the socket must belong to its gRPC target.
+TEST(LocalZeroCopyTest, RefusesTheSocketOfAnotherServer) {
+  absl::StatusOr<std::unique_ptr<PagodadProcess>> a = PagodadProcess::Start({});
+  absl::StatusOr<std::unique_ptr<PagodadProcess>> b = PagodadProcess::Start({});
+  ASSERT_TRUE(a.ok() && b.ok());
+  ClientOptions o = (*a)->ClientOpts("x", DataPathKind::kLocal);
+  o.local_socket = (*b)->local_socket();
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  ASSERT_FALSE(c.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(c.status())) << c.status();
+  o.data_path = DataPathKind::kAuto;  // falls back to moving bytes over gRPC to `a`
+  c = Client::Connect(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->data_path(), "remote");
+  const PageLayout l = SmallLayout();
+  std::vector<uint8_t> data = PageBytes(PageKey{8, 8}, l.PageBytes());
+  ASSERT_TRUE((*c)->Put({{PageKey{8, 8}, l.Id(), data}})[0].ok());
+  absl::StatusOr<std::unique_ptr<Client>> on_b =
+      Client::Connect((*b)->ClientOpts("x", DataPathKind::kRemote));
+  ASSERT_TRUE(on_b.ok());
+  EXPECT_FALSE((*(*on_b)->Exists({PageKey{8, 8}}))[0]);
+}
+
+}  // namespace
+}  // namespace pagoda::testing

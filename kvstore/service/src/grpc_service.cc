@@ -461,6 +461,7 @@ grpc::Status GrpcService::Health(grpc::ServerContext* ctx, const v1::HealthReque
   response->set_serving(serving_.load());
   response->set_version("pagodad 0.1.0");
   response->set_local_socket(info_.local_socket);
+  response->set_instance_id(info_.instance_id);
   response->set_arena_bytes(store_->HostArenaInfo().size);
   response->set_http_port(info_.http_port < 0 ? 0 : static_cast<uint32_t>(info_.http_port));
   for (const LayoutConfig& l : config_.layouts) {

@@ -24,6 +24,7 @@ inline constexpr int kMaxBatchPages = 4096;
 
 struct ServiceInfo {
   std::string local_socket;
+  uint64_t instance_id = 0;
   int http_port = -1;
 };
 

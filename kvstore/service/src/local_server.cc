@@ -245,6 +245,7 @@ void LocalServer::Serve(std::shared_ptr<Connection> conn) {
       }
       reply.code = static_cast<int32_t>(st.code());
       reply.arena_bytes = st.ok() ? arena.size : 0;
+      reply.instance_id = options_.instance_id;
       rh.payload_bytes = sizeof(reply) + 4 + static_cast<uint32_t>(st.message().size());
       Append(&out, rh);
       Append(&out, reply);

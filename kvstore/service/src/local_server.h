@@ -29,6 +29,7 @@ namespace pagoda::service {
 struct LocalServerOptions {
   int max_connections = 256;                 // further connections are refused at Hello
   size_t max_open_per_connection = 1 << 16;  // reservations + leases one client may hold
+  uint64_t instance_id = 0;                  // reported in Hello replies
 };
 
 class LocalServer {

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "auth.h"
@@ -83,12 +84,14 @@ class ServerImpl final : public Server {
     if (!local_path_.empty()) {
       local_ = std::make_unique<LocalServer>(
           store_.get(), &auth_, &metrics_, committed_.get(),
-          LocalServerOptions{.max_connections = config_.local_max_connections});
+          LocalServerOptions{.max_connections = config_.local_max_connections,
+                             .instance_id = instance_id_});
       if (absl::Status s = local_->Start(local_path_); !s.ok()) return s;
     }
 
-    service_ = std::make_unique<GrpcService>(store_.get(), &auth_, &metrics_, committed_.get(),
-                                             config_, ServiceInfo{.local_socket = local_path_});
+    service_ = std::make_unique<GrpcService>(
+        store_.get(), &auth_, &metrics_, committed_.get(), config_,
+        ServiceInfo{.local_socket = local_path_, .instance_id = instance_id_});
     if (local_) service_->SetLocalClientsSource([l = local_.get()] { return l->connections(); });
 
     std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
@@ -198,6 +201,7 @@ class ServerImpl final : public Server {
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<HttpServer> http_;
   std::string local_path_;
+  const uint64_t instance_id_ = absl::Uniform<uint64_t>(absl::BitGen()) | 1;  // never 0
   int grpc_port_ = 0;
   int http_port_ = -1;
   std::atomic<bool> draining_{false};

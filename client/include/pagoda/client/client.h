@@ -78,6 +78,7 @@ struct ServiceHealth {
   bool serving = false;
   std::string version;
   std::string local_socket;
+  uint64_t instance_id = 0;
   uint64_t arena_bytes = 0;
   int http_port = 0;
   std::vector<std::string> layouts;  // "id:description"

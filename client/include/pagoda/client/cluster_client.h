@@ -27,9 +27,15 @@
 namespace pagoda {
 
 struct ClusterClientOptions {
-  // Options of each per-node connection (tenant, token, TLS, data path, ...); `target` is
-  // ignored, each node's address comes from etcd.
+  // Options of each per-node connection (tenant, token, TLS, timeouts, ...); `target` is
+  // ignored, each node's address comes from etcd. `data_path` applies to the local node only
+  // (see local_node_id); every other node is reached over gRPC.
   ClientOptions node;
+  // Id of the pagodad on this machine, whose zero-copy shared-memory path may be used (e.g. the
+  // Kubernetes node name). "" = every node over gRPC. Only the local node may use it: in a
+  // DaemonSet every node's socket has the same path, so a socket found on this machine always
+  // belongs to the local node, never to the remote one being dialed.
+  std::string local_node_id;
   // etcd client endpoints ("host:port"); required.
   std::vector<std::string> etcd_endpoints;
   // etcd key prefix of the cluster's nodes (pagodad's cluster.prefix).

@@ -54,6 +54,9 @@ struct HelloReply {
   int32_t code = 0;  // absl::StatusCode
   uint32_t reserved = 0;
   uint64_t arena_bytes = 0;
+  // Random id of this pagodad run, also in the gRPC Health answer: a client checks that the
+  // socket it found belongs to the server it talks gRPC to (not another pagodad on this machine).
+  uint64_t instance_id = 0;
 };
 
 struct ReserveRequest {
