@@ -113,11 +113,13 @@ class ClusterFaultTest : public ::testing::Test {
     return PagodadProcess::Start(o);
   }
 
-  std::unique_ptr<ClusterClient> Connect(int replication) {
+  // `local_node` (if any) is reached through its zero-copy path, the others over gRPC.
+  std::unique_ptr<ClusterClient> Connect(int replication, const std::string& local_node = "") {
     ClusterClientOptions o;
     o.etcd_endpoints = {etcd_->endpoint()};
     o.replication = replication;
-    o.node.data_path = DataPathKind::kRemote;  // as a worker on another machine
+    o.local_node_id = local_node;
+    o.node.data_path = local_node.empty() ? DataPathKind::kRemote : DataPathKind::kLocal;
     o.node.tenant = "fault";
     o.node_timeout = absl::Milliseconds(800);
     o.suspect_for = absl::Seconds(2);
@@ -678,7 +680,8 @@ TEST_F(ClusterFaultTest, ClusterClientContract) {
   bad.node_timeout = absl::ZeroDuration();
   EXPECT_TRUE(absl::IsInvalidArgument(ClusterClient::Connect(bad).status()));
 
-  auto r2 = Connect(/*replication=*/2);
+  // node-0 through its zero-copy path (kLocal fails rather than fall back), the rest over gRPC.
+  auto r2 = Connect(/*replication=*/2, /*local_node=*/NodeId(0));
   ASSERT_NE(r2, nullptr);
   ASSERT_TRUE(WaitLive(*r2, kNodes, absl::Seconds(10)));
   EXPECT_EQ(r2->LiveNodes().size(), static_cast<size_t>(kNodes));
