@@ -107,7 +107,7 @@ class ClientImpl final : public Client {
       absl::StatusOr<std::unique_ptr<client_internal::LocalPath>> l =
           client_internal::LocalPath::Open(socket, options_.tenant, options_.token,
                                            options_.local_connections, options_.prefault_arena,
-                                           h->instance_id);
+                                           h->instance_id, options_.timeout);
       if (l.ok()) {
         local_ = std::move(*l);
         path_ = local_.get();

@@ -1,6 +1,7 @@
 #include "local_path.h"
 
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -33,13 +34,14 @@ absl::Status CodeStatus(int32_t code, const std::string& text) {
 }  // namespace
 
 LocalPath::LocalPath(std::string socket, std::string tenant, std::string token, int max_connections,
-                     bool prefault, uint64_t expect_instance)
+                     bool prefault, uint64_t expect_instance, absl::Duration timeout)
     : socket_(std::move(socket)),
       tenant_(std::move(tenant)),
       token_(std::move(token)),
       max_connections_(max_connections < 1 ? 1 : max_connections),
       prefault_(prefault),
-      expect_instance_(expect_instance) {}
+      expect_instance_(expect_instance),
+      timeout_(timeout) {}
 
 LocalPath::~LocalPath() {
   {
@@ -49,13 +51,11 @@ LocalPath::~LocalPath() {
   if (arena_ != nullptr) ::munmap(arena_, arena_bytes_);
 }
 
-absl::StatusOr<std::unique_ptr<LocalPath>> LocalPath::Open(const std::string& socket,
-                                                           const std::string& tenant,
-                                                           const std::string& token,
-                                                           int max_connections, bool prefault,
-                                                           uint64_t expect_instance) {
+absl::StatusOr<std::unique_ptr<LocalPath>> LocalPath::Open(
+    const std::string& socket, const std::string& tenant, const std::string& token,
+    int max_connections, bool prefault, uint64_t expect_instance, absl::Duration timeout) {
   std::unique_ptr<LocalPath> p(
-      new LocalPath(socket, tenant, token, max_connections, prefault, expect_instance));
+      new LocalPath(socket, tenant, token, max_connections, prefault, expect_instance, timeout));
   absl::StatusOr<std::unique_ptr<Conn>> first = p->Dial();
   if (!first.ok()) return first.status();
   absl::MutexLock l(&p->mu_);
@@ -69,6 +69,11 @@ absl::StatusOr<std::unique_ptr<LocalPath::Conn>> LocalPath::Dial() {
   if (!fd.ok()) return fd.status();
   auto conn = std::make_unique<Conn>();
   conn->fd = *fd;
+  if (timeout_ != absl::InfiniteDuration() && timeout_ > absl::ZeroDuration()) {
+    const timeval tv = absl::ToTimeval(timeout_);
+    setsockopt(conn->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(conn->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  }
   std::string msg;
   FrameHeader h;
   h.op = static_cast<uint16_t>(Op::kHello);

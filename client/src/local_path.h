@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "data_path.h"
 
 namespace pagoda::client_internal {
@@ -19,11 +20,10 @@ class LocalPath final : public DataPath {
  public:
   // Connects to `socket`, says Hello as `tenant` with `token`, maps the arena. At most
   // `max_connections` sockets are opened (lazily).
-  static absl::StatusOr<std::unique_ptr<LocalPath>> Open(const std::string& socket,
-                                                         const std::string& tenant,
-                                                         const std::string& token,
-                                                         int max_connections, bool prefault = true,
-                                                         uint64_t expect_instance = 0);
+  static absl::StatusOr<std::unique_ptr<LocalPath>> Open(
+      const std::string& socket, const std::string& tenant, const std::string& token,
+      int max_connections, bool prefault = true, uint64_t expect_instance = 0,
+      absl::Duration timeout = absl::InfiniteDuration());
   ~LocalPath() override;
 
   const char* name() const override { return "local"; }
@@ -33,7 +33,7 @@ class LocalPath final : public DataPath {
  private:
   struct Conn;
   LocalPath(std::string socket, std::string tenant, std::string token, int max_connections,
-            bool prefault, uint64_t expect_instance);
+            bool prefault, uint64_t expect_instance, absl::Duration timeout);
   // Opens a connection and says Hello; fills arena_/arena_bytes_ on the first one.
   absl::StatusOr<std::unique_ptr<Conn>> Dial();
   absl::StatusOr<std::unique_ptr<Conn>> Borrow();
@@ -49,6 +49,7 @@ class LocalPath final : public DataPath {
   const int max_connections_;
   const bool prefault_;
   const uint64_t expect_instance_;  // 0 = do not check
+  const absl::Duration timeout_;    // per socket read / write; a stuck server fails the call
   uint8_t* arena_ = nullptr;
   uint64_t arena_bytes_ = 0;
 

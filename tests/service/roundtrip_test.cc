@@ -2,9 +2,11 @@
 // the async API, the zero-copy local path seen from the shared arena itself.
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 
@@ -299,6 +301,65 @@ TEST(LocalZeroCopyTest, RefusesTheSocketOfAnotherServer) {
       Client::Connect((*b)->ClientOpts("x", DataPathKind::kRemote));
   ASSERT_TRUE(on_b.ok());
   EXPECT_FALSE((*(*on_b)->Exists({PageKey{8, 8}}))[0]);
+}
+
+}  // namespace
+}  // namespace pagoda::testing
+
+namespace pagoda::testing {
+namespace {
+
+// A local-path server that accepts the Hello and then never answers: the client's call fails
+// within its timeout instead of hanging.
+TEST(LocalZeroCopyTest, AStuckServerTimesOut) {
+  absl::StatusOr<std::unique_ptr<PagodadProcess>> real = PagodadProcess::Start({});
+  ASSERT_TRUE(real.ok());
+  absl::StatusOr<std::unique_ptr<Client>> probe =
+      Client::Connect((*real)->ClientOpts("x", DataPathKind::kRemote));
+  ASSERT_TRUE(probe.ok());
+  const uint64_t instance = (*probe)->Health()->instance_id;
+  ASSERT_NE(instance, 0u);
+
+  const std::string path = (*real)->data_dir() + "/stuck.sock";
+  absl::StatusOr<int> listen_fd = local::ListenUnix(path, 4);
+  ASSERT_TRUE(listen_fd.ok());
+  int arena = memfd_create("stuck-arena", MFD_CLOEXEC);
+  ASSERT_EQ(ftruncate(arena, 1 << 20), 0);
+  std::atomic<bool> done{false};
+  std::thread fake([&] {
+    int c = accept(*listen_fd, nullptr, nullptr);
+    local::FrameHeader h;
+    ASSERT_TRUE(local::ReadAll(c, &h, sizeof(h)).ok());
+    std::string payload(h.payload_bytes, '\0');
+    ASSERT_TRUE(local::ReadAll(c, payload.data(), payload.size()).ok());
+    local::HelloReply reply;
+    reply.arena_bytes = 1 << 20;
+    reply.instance_id = instance;
+    std::string out(reinterpret_cast<char*>(&h), sizeof(h));
+    local::FrameHeader* rh = reinterpret_cast<local::FrameHeader*>(out.data());
+    rh->payload_bytes = sizeof(reply) + 4;
+    out.append(reinterpret_cast<char*>(&reply), sizeof(reply));
+    out.append(4, '\0');
+    ASSERT_TRUE(local::WriteWithFd(c, out.data(), out.size(), arena).ok());
+    while (!done) std::this_thread::sleep_for(std::chrono::milliseconds(10));  // never answers
+    close(c);
+  });
+  ClientOptions o = (*real)->ClientOpts("x", DataPathKind::kLocal);
+  o.local_socket = path;
+  o.timeout = absl::Milliseconds(300);
+  o.prefault_arena = false;
+  absl::StatusOr<std::unique_ptr<Client>> c = Client::Connect(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<uint8_t> out(SmallLayout().PageBytes());
+  const auto t0 = std::chrono::steady_clock::now();
+  GetResult r = (*c)->Get({{PageKey{1, 2}, absl::MakeSpan(out)}})[0];
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_FALSE(r.status.ok());
+  EXPECT_LT(secs, 5.0) << "the call should fail after about the 300 ms timeout";
+  done = true;
+  fake.join();
+  close(arena);
+  close(*listen_fd);
 }
 
 }  // namespace

@@ -40,7 +40,8 @@ struct ClientOptions {
   std::string tls_key;
   std::string tls_server_name;  // override of the name checked in the server's cert
 
-  // Deadline of each call. Larger batches of large pages need more.
+  // Deadline of each call (gRPC deadline; on the local path, the socket read/write timeout).
+  // Larger batches of large pages need more.
   absl::Duration timeout = absl::Seconds(30);
   // Threads that run the *Async calls. Each runs one batch at a time.
   int async_threads = 2;
