@@ -151,7 +151,14 @@ TEST(SigtermUnderLoadTest, LosesNoAcknowledgedPage) {
       });
     }
     while (writing.load() < 3) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    // Stop as soon as some pages are acknowledged, while the writers are in full flow.
+    for (int i = 0; i < 1000; ++i) {
+      {
+        absl::MutexLock lock(&mu);
+        if (acked.size() >= 64) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     absl::StatusOr<int> rc = s->Stop(SIGTERM);
     for (std::thread& t : writers) t.join();
     ASSERT_TRUE(rc.ok()) << rc.status();
