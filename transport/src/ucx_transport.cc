@@ -90,6 +90,7 @@ class UcxCore {
     auto w = UcxWorker::Create(context_, options_.spin_before_sleep);
     if (!w.ok()) return w.status();
     worker_ = std::move(*w);
+    worker_raw_ = worker_.get();
     worker_->Run([this] { worker_->SetTick([this](absl::Time now) { Tick(now); }); });
     absl::MutexLock lock(&life_mu_);
     alive_ = true;
@@ -129,7 +130,10 @@ class UcxCore {
           },
           absl::Now() + absl::Seconds(1));
     });
-    worker_.reset();
+    // Destroying the UCP worker purges requests still pending on force-closed endpoints, and their
+    // callbacks reach worker() (busy counter): keep the raw pointer valid while it is destroyed.
+    delete worker_.release();
+    worker_raw_ = nullptr;
     // The worker is gone, so no callback can reach batches that were still pending.
     for (EndpointState* st : eps) {
       for (Batch* b : st->batches) delete b;
@@ -139,7 +143,7 @@ class UcxCore {
   }
 
   ucp_context_h context() const { return context_; }
-  UcxWorker& worker() { return *worker_; }
+  UcxWorker& worker() { return *worker_raw_; }
   bool cuda_memory() const { return cuda_memory_; }
   const TransportOptions& options() const { return options_; }
   const std::string& tls() const { return tls_; }
@@ -171,6 +175,7 @@ class UcxCore {
   TransportOptions options_;
   std::string tls_;
   std::unique_ptr<UcxWorker> worker_;
+  UcxWorker* worker_raw_ = nullptr;  // == worker_.get(), also while the worker is destroyed
   absl::flat_hash_set<EndpointState*> endpoints_;  // progress thread only
 
   absl::Mutex life_mu_;
