@@ -82,6 +82,12 @@ class ServerImpl final : public Server {
 
     local_path_ = LocalSocketPath(config_);
     if (!local_path_.empty()) {
+      // Health reports this path to clients, which may run in another directory.
+      std::error_code aec;
+      std::string abs = std::filesystem::absolute(local_path_, aec).lexically_normal().string();
+      if (!aec && abs.size() < 108) local_path_ = abs;
+    }
+    if (!local_path_.empty()) {
       local_ = std::make_unique<LocalServer>(
           store_.get(), &auth_, &metrics_, committed_.get(),
           LocalServerOptions{.max_connections = config_.local_max_connections,
