@@ -280,18 +280,16 @@ class GrpcEtcdClient final : public EtcdClient {
       create->set_key(std::string(prefix));
       create->set_range_end(PrefixRangeEnd(prefix));
       create->set_start_revision(start_revision);
-      etcdserverpb::WatchResponse resp;
-      if (stream->Write(req) && stream->Read(&resp) && resp.created() && !resp.canceled()) {
+      // Only the create request is sent here; its confirmation is read by Next(). Waiting for it
+      // here could block without end on a hung etcd, out of reach of EtcdWatch::Cancel().
+      if (stream->Write(req)) {
         return std::unique_ptr<EtcdWatch>(new GrpcEtcdWatch(std::move(ctx), std::move(stream)));
       }
       ctx->TryCancel();
+      etcdserverpb::WatchResponse resp;
       while (stream->Read(&resp)) {
       }
       grpc::Status s = stream->Finish();
-      if (resp.canceled() && resp.compact_revision() > 0) {
-        return absl::OutOfRangeError(
-            absl::StrCat("etcd watch: revision compacted at ", resp.compact_revision()));
-      }
       last = s.ok() ? absl::UnavailableError("etcd watch: not created")
                     : absl::UnavailableError(FromGrpc(s, "watch").message());
       current_.compare_exchange_strong(idx, (idx + 1) % endpoints_.size());

@@ -1,6 +1,7 @@
 #include "pagoda/cluster/membership.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include "absl/strings/str_cat.h"
 #include "kvstore/cluster/testing/etcd_process.h"
@@ -112,6 +113,23 @@ TEST_F(MembershipTest, KeepsLastViewWhileEtcdIsDownAndResyncsAfter) {
   ASSERT_TRUE(etcd_->Restart().ok());
   // Only a re-registers into the empty etcd; the watcher re-lists and sees just a.
   ASSERT_TRUE((*m)->WaitUntil(HasIds({"a"}), absl::Seconds(10)));
+}
+
+TEST_F(MembershipTest, StopsPromptlyWhileEtcdHangs) {
+  auto a = NodeRegistration::Start(nodes_client_.get(), Node("a"), FastOptions());
+  ASSERT_TRUE(a.ok());
+  auto m = Membership::Start(watcher_client_.get());
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE((*m)->WaitUntil(HasIds({"a"}), absl::Seconds(5)));
+  etcd_->Signal(SIGSTOP);  // connections stay open, nothing answers
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_TRUE(HasIds({"a"})(*(*m)->placement()));
+  const absl::Time t0 = absl::Now();
+  m->reset();
+  (*a)->Stop(/*deregister=*/false);
+  // Bounded by the etcd client's per-call deadline (500 ms here), never by etcd coming back.
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
+  etcd_->Signal(SIGCONT);
 }
 
 TEST_F(MembershipTest, RejectsBadOptions) {

@@ -82,6 +82,10 @@ absl::Status EtcdProcess::WaitReady(absl::Duration timeout) {
   return absl::DeadlineExceededError(absl::StrCat("etcd not ready: ", last.message()));
 }
 
+void EtcdProcess::Signal(int sig) {
+  if (proc_) proc_->Signal(sig);
+}
+
 void EtcdProcess::Kill() {
   if (proc_) proc_->Kill();
 }

@@ -28,6 +28,7 @@ class EtcdProcess {
   const std::string& data_dir() const { return data_dir_; }
 
   void Kill();              // SIGKILL, keeps the data
+  void Signal(int sig);     // e.g. SIGSTOP / SIGCONT: a hung etcd
   absl::Status Stop();      // SIGTERM, keeps the data
   absl::Status WipeData();  // only while stopped: a restart then starts an empty etcd
   absl::Status Restart();   // same ports, same data dir; returns once ready
