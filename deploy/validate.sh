@@ -60,9 +60,21 @@ if [ -x "$pagodad" ]; then
       kill "$pid" 2>/dev/null || true
       exit 1
     fi
+    # The probes' path and the scrape path answer on the HTTP port.
+    http_port=$(sed -n 's/.*"http_port": *\([0-9]*\).*/\1/p' "$dir/ports.json")
+    for path in /healthz /metrics; do
+      exec 3<>"/dev/tcp/127.0.0.1/$http_port"
+      printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$path" >&3
+      status=$(head -n 1 <&3 | tr -d '\r')
+      exec 3<&-
+      case "$status" in
+        *" 200"*) ;;
+        *) echo "deploy: $path answered '$status' with $cfg" >&2; kill "$pid"; exit 1 ;;
+      esac
+    done
     kill -TERM "$pid"
     wait "$pid"
-    echo "$cfg: pagodad starts with it"
+    echo "$cfg: pagodad starts with it; /healthz and /metrics answer 200"
   done
 else
   echo "deploy: no pagodad at $pagodad; config start check skipped"
