@@ -40,12 +40,16 @@ bool SpawnPeer(const std::string& tls, uint64_t bytes, bool alloc, bool detect, 
   posix_spawn_file_actions_addclose(&fa, out[0]);
   posix_spawn_file_actions_adddup2(&fa, in[0], 0);
   posix_spawn_file_actions_addclose(&fa, in[1]);
-  std::string b = std::to_string(bytes);
+  std::string b = std::to_string(bytes), a = alloc ? "1" : "0", d = detect ? "1" : "0";
   std::vector<char*> argv = {const_cast<char*>(PAGODA_TRANSPORT_PEER_BIN),
                              const_cast<char*>("--bytes"),
                              b.data(),
                              const_cast<char*>("--tls"),
                              const_cast<char*>(tls.c_str()),
+                             const_cast<char*>("--alloc"),
+                             a.data(),
+                             const_cast<char*>("--detect"),
+                             d.data(),
                              nullptr};
   // The peer serves while its stdin stays open: we keep the write end until we kill it.
   if (posix_spawn(&peer->pid, PAGODA_TRANSPORT_PEER_BIN, &fa, nullptr, argv.data(), environ) != 0) {
