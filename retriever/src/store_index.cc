@@ -1,5 +1,6 @@
 #include "pagoda/retriever/store_index.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -27,29 +28,69 @@ absl::StatusOr<std::unique_ptr<StoreIndex>> StoreIndex::Create(const StoreIndexO
   return index;
 }
 
-absl::Status StoreIndex::Add(const PageKey& key, absl::Span<const float> vectors) {
+absl::Status StoreIndex::Train(absl::Span<const float> samples) {
   const size_t d = options_.index.dim;
-  if (vectors.size() != d * options_.kv_heads) {
-    return absl::InvalidArgumentError(absl::StrCat("StoreIndex: page vectors must be [",
-                                                   options_.kv_heads, ", ", d, "], got ",
-                                                   vectors.size(), " values"));
+  const size_t per_page = d * options_.kv_heads;
+  if (samples.empty() || samples.size() % per_page != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("StoreIndex: Train needs [n >= 1, ", options_.kv_heads, ", ", d, "] samples"));
   }
+  const size_t n = samples.size() / per_page;
   absl::MutexLock lock(&mu_);
-  if (ids_.contains(key)) {
-    return absl::AlreadyExistsError(absl::StrCat("StoreIndex: page ", KeyHex(key), " present"));
-  }
-  const int64_t id = next_id_;
   for (int h = 0; h < options_.kv_heads; ++h) {
-    const int64_t ids[1] = {id};
-    absl::Status s = heads_[h]->Add(ids, vectors.subspan(h * d, d));
+    if (heads_[h]->trained() && options_.index.kind == AnnKind::kIvf) {
+      return absl::FailedPreconditionError("StoreIndex: already trained");
+    }
+  }
+  std::vector<float> head(n * d);
+  for (int h = 0; h < options_.kv_heads; ++h) {
+    for (size_t i = 0; i < n; ++i) {
+      std::copy_n(samples.data() + i * per_page + h * d, d, head.data() + i * d);
+    }
+    if (absl::Status s = heads_[h]->Train(head); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StoreIndex::Add(const PageKey& key, absl::Span<const float> vectors) {
+  return AddBatch(absl::MakeConstSpan(&key, 1), vectors);
+}
+
+absl::Status StoreIndex::AddBatch(absl::Span<const PageKey> keys, absl::Span<const float> vectors) {
+  const size_t d = options_.index.dim;
+  const size_t per_page = d * options_.kv_heads;
+  if (vectors.size() != per_page * keys.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("StoreIndex: page vectors must be [",
+                                                   keys.size(), ", ", options_.kv_heads, ", ", d,
+                                                   "], got ", vectors.size(), " values"));
+  }
+  if (keys.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  absl::flat_hash_map<PageKey, int64_t> batch;
+  std::vector<int64_t> ids(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    ids[i] = next_id_ + static_cast<int64_t>(i);
+    if (ids_.contains(keys[i]) || !batch.emplace(keys[i], ids[i]).second) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("StoreIndex: page ", KeyHex(keys[i]), " present"));
+    }
+  }
+  std::vector<float> head(keys.size() * d);
+  for (int h = 0; h < options_.kv_heads; ++h) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      std::copy_n(vectors.data() + i * per_page + h * d, d, head.data() + i * d);
+    }
+    absl::Status s = heads_[h]->Add(ids, head);
     if (!s.ok()) {
-      for (int g = 0; g < h; ++g) heads_[g]->Remove(ids).IgnoreError();  // was just added
+      for (int g = 0; g < h; ++g) heads_[g]->Remove(ids).IgnoreError();  // were just added
       return s;
     }
   }
-  ++next_id_;
-  ids_.emplace(key, id);
-  keys_.emplace(id, key);
+  next_id_ += static_cast<int64_t>(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    ids_.emplace(keys[i], ids[i]);
+    keys_.emplace(ids[i], keys[i]);
+  }
   return absl::OkStatus();
 }
 

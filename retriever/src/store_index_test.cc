@@ -63,6 +63,62 @@ TEST(StoreIndexTest, FindsPagesOfOtherDocumentsAndForgetsRemovedOnes) {
   }
 }
 
+TEST(StoreIndexTest, AddBatchIsAllOrNothing) {
+  StoreIndexOptions o;
+  o.kv_heads = kHeads;
+  o.index.kind = AnnKind::kHnsw;
+  o.index.dim = kDim;
+  auto index = StoreIndex::Create(o);
+  ASSERT_TRUE(index.ok());
+  std::vector<float> v(3 * kHeads * kDim, 0.5f);
+  v[kHeads * kDim + 2] = 9.f;  // page (5, 1), head 0
+  const PageKey dup[3] = {Key(5, 0), Key(5, 1), Key(5, 0)};
+  EXPECT_EQ((*index)->AddBatch(dup, v).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ((*index)->size(), 0);
+  const PageKey keys[3] = {Key(5, 0), Key(5, 1), Key(5, 2)};
+  EXPECT_EQ((*index)->AddBatch(keys, absl::MakeConstSpan(v).subspan(1)).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*index)->AddBatch(keys, v).ok());
+  EXPECT_EQ((*index)->size(), 3);
+  std::vector<float> q(kDim, 0.f);
+  q[2] = 1.f;
+  auto hits = (*index)->Search(0, q, 1);
+  ASSERT_TRUE(hits.ok());
+  EXPECT_EQ((*hits)[0].key, Key(5, 1));
+  const PageKey again[1] = {Key(5, 2)};
+  EXPECT_EQ((*index)->AddBatch(again, absl::MakeConstSpan(v).subspan(0, kHeads * kDim)).code(),
+            absl::StatusCode::kAlreadyExists);
+}
+
+TEST(StoreIndexTest, TrainsIvfOnSamples) {
+  StoreIndexOptions o;
+  o.kv_heads = kHeads;
+  o.index.kind = AnnKind::kIvf;
+  o.index.dim = kDim;
+  o.index.ivf_nprobe = 1;
+  auto index = StoreIndex::Create(o);
+  ASSERT_TRUE(index.ok());
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g;
+  std::vector<float> samples(400 * kHeads * kDim);
+  for (float& x : samples) x = g(rng);
+  EXPECT_EQ((*index)->Train(absl::MakeConstSpan(samples).subspan(1)).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*index)->Train(samples).ok());
+  EXPECT_EQ((*index)->Train(samples).code(), absl::StatusCode::kFailedPrecondition);
+  // Trained with several lists, nprobe 1 scans only part of the index.
+  for (uint64_t p = 0; p < 400; ++p) {
+    ASSERT_TRUE(
+        (*index)
+            ->Add(Key(1, p), absl::MakeConstSpan(samples).subspan(p * kHeads * kDim, kHeads * kDim))
+            .ok());
+  }
+  std::vector<float> q(samples.begin(), samples.begin() + kDim);
+  auto hits = (*index)->Search(0, q, 1);
+  ASSERT_TRUE(hits.ok());
+  ASSERT_EQ(hits->size(), 1u);
+}
+
 TEST(StoreIndexTest, ConcurrentAddRemoveSearch) {
   StoreIndexOptions o;
   o.kv_heads = 1;

@@ -41,9 +41,19 @@ class StoreIndex {
   // InvalidArgument for kv_heads < 1 or bad index options.
   static absl::StatusOr<std::unique_ptr<StoreIndex>> Create(const StoreIndexOptions& options);
 
+  // IVF: trains every head's coarse quantizer on sample pages [n, kv_heads, dim] before the
+  // first Add (otherwise the first Add trains on that one page: a single list). Other kinds:
+  // no-op. FailedPrecondition once trained; InvalidArgument for a bad size.
+  absl::Status Train(absl::Span<const float> samples);
+
   // Adds a page: vectors [kv_heads, dim]. AlreadyExists for a key already present,
   // InvalidArgument for a wrong size or non-finite values; on error nothing is added.
   absl::Status Add(const PageKey& key, absl::Span<const float> vectors);
+
+  // Adds pages in one call: vectors [keys.size(), kv_heads, dim]. All or nothing, with Add's
+  // errors (a key repeated in the batch is AlreadyExists). Prefer it for many pages: FAISS's HNSW
+  // pays O(index size) per insertion call.
+  absl::Status AddBatch(absl::Span<const PageKey> keys, absl::Span<const float> vectors);
 
   // Removes a page; NotFound if absent.
   absl::Status Remove(const PageKey& key);
