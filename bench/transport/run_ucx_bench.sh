@@ -30,12 +30,15 @@ echo "# $(date -u +%FT%TZ) $(uname -n) $(nproc) cores; page=$PAGE batch=$BATCH; 
 # tcp with peer-failure detection (the default); shared memory needs it off (see TransportOptions).
 for tls in "tcp" "tcp,sm,self"; do
   detect=$([ "$tls" = tcp ] && echo 1 || echo 0)
-  for op in get put lat; do
+  for op in get get1 put lat; do
     ours=(); base=(); ratios=()
     for r in $(seq 1 "$RUNS"); do
       case $op in
         get) b=$(perftest "$tls" ucp_get $PAGE $PAGES $BATCH 6)
              o=$($BENCH --tls "$tls" --detect $detect --op get --page $PAGE --batch $BATCH --pages $PAGES | sed 's/.*MBps=//') ;;
+        # get1: every op reads the same remote page, the footprint ucx_perftest uses (cache-resident).
+        get1) b=$(perftest "$tls" ucp_get $PAGE $PAGES $BATCH 6)
+             o=$($BENCH --tls "$tls" --detect $detect --op get --region-pages 1 --page $PAGE --batch $BATCH --pages $PAGES | sed 's/.*MBps=//') ;;
         put) b=$(perftest "$tls" ucp_put_bw $PAGE $PAGES $BATCH 6)
              o=$($BENCH --tls "$tls" --detect $detect --op put --page $PAGE --batch $BATCH --pages $PAGES | sed 's/.*MBps=//') ;;
         lat) b=$(perftest "$tls" ucp_get 8 $LATN 1 3)

@@ -83,6 +83,7 @@ double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_cloc
 int main(int argc, char** argv) {
   std::string tls = "tcp,sm,self", op = "get";
   uint64_t page = 64 << 10, batch = 64, pages = 100000, depth = 2, alloc = 1, detect = 1;
+  uint64_t region = 0;  // remote slots; 0: max(4 x batch, 256)
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string f = argv[i];
     bool ok = true;
@@ -96,6 +97,8 @@ int main(int argc, char** argv) {
       ok = absl::SimpleAtoi(argv[i + 1], &batch);
     } else if (f == "--pages") {
       ok = absl::SimpleAtoi(argv[i + 1], &pages);
+    } else if (f == "--region-pages") {
+      ok = absl::SimpleAtoi(argv[i + 1], &region);
     } else if (f == "--alloc") {
       ok = absl::SimpleAtoi(argv[i + 1], &alloc);
     } else if (f == "--detect") {
@@ -116,7 +119,7 @@ int main(int argc, char** argv) {
     batch = 1;
     depth = 1;
   }
-  const uint64_t region_pages = std::max<uint64_t>(batch * 4, 256);
+  const uint64_t region_pages = region != 0 ? region : std::max<uint64_t>(batch * 4, 256);
   Peer peer;
   if (!SpawnPeer(tls, region_pages * page, alloc != 0, detect != 0, &peer)) {
     std::fprintf(stderr, "cannot start peer\n");
