@@ -8,7 +8,7 @@ PKGS=(
   protobuf-compiler libabsl-dev libucx-dev ucx-utils rdma-core libibverbs-dev librdmacm-dev
   libgtest-dev libgmock-dev libbenchmark-dev etcd-server etcd-client prometheus-cpp-dev
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev liburing-dev
-  libxxhash-dev libnuma-dev pybind11-dev python3-dev redis-server nodejs npm
+  libxxhash-dev libnuma-dev pybind11-dev python3-dev redis-server iproute2
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -20,4 +20,10 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# deploy/validate.sh needs node + npm. Some images ship NodeSource's nodejs (npm included), which
+# conflicts with Debian's npm package: install Debian's only when no npm is present at all.
+if ! command -v npm >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
