@@ -66,7 +66,10 @@ step_transport_staged() {
     "$d/pagoda_transport_staged_test"
 }
 
-STEPS=${STEPS:-"build kernels_test sdpa kernels_bench transport_test transport_bench"}  # kernels_ref_test: CI runs it
+# --- kvstore engine (issue 2): the GPU tier (cudaMalloc'd fixed-slot pool) against real device memory.
+step_gpu_tier_test() { "$BUILD/pagoda_kvstore_gpu_tier_test"; }
+
+STEPS=${STEPS:-"build kernels_test gpu_tier_test sdpa kernels_bench transport_test transport_bench"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"
