@@ -69,7 +69,10 @@ step_transport_staged() {
 # --- kvstore engine (issue 2): the GPU tier (cudaMalloc'd fixed-slot pool) against real device memory.
 step_gpu_tier_test() { "$BUILD/pagoda_kvstore_gpu_tier_test"; }
 
-STEPS=${STEPS:-"build kernels_test gpu_tier_test sdpa kernels_bench transport_test transport_bench"}  # kernels_ref_test: CI runs it
+# --- end to end (issue 8): a synthetic 32K/128K decode step (select + batched fetch + sparse decode).
+step_e2e_gpu_step() { "$BUILD/bench/e2e/e2e_gpu_step_bench"; }
+
+STEPS=${STEPS:-"build kernels_test gpu_tier_test sdpa kernels_bench transport_test transport_bench e2e_gpu_step"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"
