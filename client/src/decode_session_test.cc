@@ -334,6 +334,37 @@ TEST(DecodeSessionTest, BadInputIsRejectedAndChangesNothing) {
   ExpectClose(out, Reference(seq, q, session.last_rows(), prompt + 1), 0);
 }
 
+TEST(DecodeSessionTest, ACorruptStoredPageFailsTheStepAndIsNeverAttended) {
+  TempDir dir;
+  auto store = OpenStore(dir.path(), 64);  // every page stays in the host arena
+  DecodeSessionOptions o = QuestOptions();
+  o.selector.budget_tokens = 8 * kPage;  // dense: the first step reads every page
+  o.pool_pages = 17;
+  const int64_t prompt = 20;
+  Sequence seq(prompt + 2, 12);
+  auto s = DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE((*s)->Prefill(absl::MakeConstSpan(seq.ids).subspan(0, prompt),
+                            seq.Prompt(seq.k16, prompt), seq.Prompt(seq.v16, prompt))
+                  .ok());
+  // Flip one byte of page 2 where it sits in the host arena.
+  auto lease = store->AcquireRead("decode", (*s)->page_keys()[2]);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_TRUE(store->ReleaseRead(lease->lease_id).ok());
+  store->HostArenaInfo().base[lease->arena_offset + 100] ^= 0x40;
+
+  std::vector<uint16_t> q(kQ * kDim, kernels::FloatToHalf(0.3f)), out(kQ * kDim, 0xBEEF);
+  auto st = (*s)->Step(seq.ids[prompt], q, seq.At(seq.k16, prompt), seq.At(seq.v16, prompt),
+                       absl::MakeSpan(out));
+  EXPECT_TRUE(absl::IsDataLoss(st.status())) << st.status();
+  for (uint16_t x : out) ASSERT_EQ(x, 0xBEEF);  // nothing computed from wrong bytes
+  EXPECT_EQ(store->Stats().checksum_failures, 1u);
+  // The session stays failed rather than attend a sequence with a hole in it.
+  st = (*s)->Step(seq.ids[prompt + 1], q, seq.At(seq.k16, prompt + 1), seq.At(seq.v16, prompt + 1),
+                  absl::MakeSpan(out));
+  EXPECT_TRUE(absl::IsFailedPrecondition(st.status())) << st.status();
+}
+
 TEST(DecodeSessionTest, RollingWindowStreamKeepsPinnedPrefixSinksAndWindow) {
   TempDir dir;
   auto store = OpenStore(dir.path(), 64);
