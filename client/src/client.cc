@@ -12,6 +12,7 @@
 #include "local_path.h"
 #include "pagoda.grpc.pb.h"
 #include "remote_path.h"
+#include "ucx_path.h"
 
 namespace pagoda {
 namespace {
@@ -97,10 +98,7 @@ class ClientImpl final : public Client {
     remote_ = std::make_unique<client_internal::RemotePath>(
         stub_.get(), options_.tenant, options_.chunk_bytes,
         [this](grpc::ClientContext* c) { Prepare(c); });
-    if (options_.data_path == DataPathKind::kRemote) {
-      path_ = remote_.get();
-      return absl::OkStatus();
-    }
+    if (options_.data_path == DataPathKind::kRemote) return UseRemote();
     std::string socket = options_.local_socket.empty() ? h->local_socket : options_.local_socket;
     absl::Status local_status = absl::FailedPreconditionError("the server has no local path");
     if (!socket.empty()) {
@@ -121,7 +119,22 @@ class ClientImpl final : public Client {
       }
     }
     if (options_.data_path == DataPathKind::kLocal) return local_status;
+    return UseRemote();
+  }
+
+  // Bytes over UCX when asked for and offered, else over gRPC.
+  absl::Status UseRemote() {
     path_ = remote_.get();
+    if (!options_.ucx) return absl::OkStatus();
+    absl::StatusOr<std::unique_ptr<client_internal::UcxPath>> u = client_internal::UcxPath::Open(
+        stub_.get(), options_.tenant, [this](grpc::ClientContext* c) { Prepare(c); },
+        options_.timeout);
+    if (u.ok()) {
+      ucx_ = std::move(*u);
+      path_ = ucx_.get();
+    } else if (absl::IsUnauthenticated(u.status()) || absl::IsPermissionDenied(u.status())) {
+      return u.status();
+    }
     return absl::OkStatus();
   }
 
@@ -294,6 +307,7 @@ class ClientImpl final : public Client {
   std::unique_ptr<v1::Pagoda::Stub> stub_;
   std::unique_ptr<client_internal::RemotePath> remote_;
   std::unique_ptr<client_internal::LocalPath> local_;
+  std::unique_ptr<client_internal::UcxPath> ucx_;
   DataPath* path_ = nullptr;
   std::unique_ptr<TaskPool> pool_;
 };

@@ -25,6 +25,8 @@ server:
   max_message_bytes: 8MiB
   get_chunk_bytes: 1MiB
   local_max_connections: 256
+  ucx: true                 # remote page bytes over UCX one-sided reads/writes when UCX works
+  ucx_lease_ms: 5000        # UCX read leases: default and longest duration
 store:
   data_dir: ./pagoda-data
   host_bytes: 1GiB
@@ -193,6 +195,8 @@ absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
     }
     c->get_chunk_bytes = static_cast<uint32_t>(chunk);
     PAGODA_RETURN_IF_ERROR(r.Int("local_max_connections", 1, 65536, &c->local_max_connections));
+    PAGODA_RETURN_IF_ERROR(r.Bool("ucx", &c->ucx));
+    PAGODA_RETURN_IF_ERROR(r.Int("ucx_lease_ms", 1, 3600000, &c->ucx_lease_ms));
     PAGODA_RETURN_IF_ERROR(r.CheckNoUnknown());
   }
   {

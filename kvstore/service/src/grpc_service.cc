@@ -7,6 +7,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "spdlog/spdlog.h"
+#include "ucx_control.h"
 
 namespace pagoda::service {
 namespace {
@@ -471,5 +472,33 @@ grpc::Status GrpcService::Health(grpc::ServerContext* ctx, const v1::HealthReque
   }
   return grpc::Status::OK;
 }
+
+// ---- UCX data path: control only (see ucx_control.h)
+// ---------------------------------------------
+
+#define PAGODA_UCX_HANDLER(Method, Request, Response, call)                                  \
+  grpc::Status GrpcService::Method(grpc::ServerContext* ctx, const Request* request,         \
+                                   Response* response) {                                     \
+    Observe obs(metrics_, #Method, &in_flight_, &serving_);                                  \
+    if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down")); \
+    absl::Status s = Authorize(ctx, request->tenant());                                      \
+    if (s.ok() && ucx_ == nullptr) {                                                         \
+      s = absl::FailedPreconditionError("this pagodad serves no UCX data path");             \
+    }                                                                                        \
+    if (s.ok()) s = call;                                                                    \
+    return obs.Done(s);                                                                      \
+  }
+
+PAGODA_UCX_HANDLER(UcxHello, v1::UcxHelloRequest, v1::UcxHelloResponse, ucx_->Hello(response))
+PAGODA_UCX_HANDLER(UcxAcquire, v1::UcxAcquireRequest, v1::UcxAcquireResponse,
+                   ucx_->Acquire(*request, response))
+PAGODA_UCX_HANDLER(UcxRelease, v1::UcxReleaseRequest, v1::BatchResponse,
+                   ucx_->Release(*request, response))
+PAGODA_UCX_HANDLER(UcxReserve, v1::PutBegin, v1::UcxReserveResponse,
+                   ucx_->Reserve(*request, response))
+PAGODA_UCX_HANDLER(UcxCommit, v1::UcxCommitRequest, v1::PutResponse,
+                   ucx_->Commit(*request, response))
+
+#undef PAGODA_UCX_HANDLER
 
 }  // namespace pagoda::service

@@ -19,6 +19,8 @@
 
 namespace pagoda::service {
 
+class UcxControl;
+
 // Largest number of pages in one batched request.
 inline constexpr int kMaxBatchPages = 4096;
 
@@ -41,6 +43,8 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   int in_flight() const { return in_flight_.load(); }
   void SetHttpPort(int port) { info_.http_port = port; }
   void SetLocalClientsSource(std::function<int()> f) { local_clients_ = std::move(f); }
+  // The UCX data path (null = none: the Ucx* calls answer FailedPrecondition). Set before serving.
+  void SetUcx(UcxControl* ucx) { ucx_ = ucx; }
 
   grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                    v1::PutResponse* response) override;
@@ -66,6 +70,16 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
                      v1::StatsResponse* response) override;
   grpc::Status Health(grpc::ServerContext* ctx, const v1::HealthRequest* request,
                       v1::HealthResponse* response) override;
+  grpc::Status UcxHello(grpc::ServerContext* ctx, const v1::UcxHelloRequest* request,
+                        v1::UcxHelloResponse* response) override;
+  grpc::Status UcxAcquire(grpc::ServerContext* ctx, const v1::UcxAcquireRequest* request,
+                          v1::UcxAcquireResponse* response) override;
+  grpc::Status UcxRelease(grpc::ServerContext* ctx, const v1::UcxReleaseRequest* request,
+                          v1::BatchResponse* response) override;
+  grpc::Status UcxReserve(grpc::ServerContext* ctx, const v1::PutBegin* request,
+                          v1::UcxReserveResponse* response) override;
+  grpc::Status UcxCommit(grpc::ServerContext* ctx, const v1::UcxCommitRequest* request,
+                         v1::PutResponse* response) override;
 
  private:
   absl::Status Authorize(grpc::ServerContext* ctx, const std::string& tenant) const;
@@ -89,6 +103,7 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   const ServiceConfig config_;
   ServiceInfo info_;
   std::function<int()> local_clients_;
+  UcxControl* ucx_ = nullptr;
   std::atomic<bool> serving_{true};
   std::atomic<int> in_flight_{0};
   std::atomic<uint64_t> bytes_in_{0};

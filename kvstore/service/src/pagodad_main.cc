@@ -103,6 +103,8 @@ int main(int argc, char** argv) {
   app.add_option("--host-mib", host_mib, "host tier (shared arena) size in MiB");
   app.add_option("--ssd-mib", ssd_mib, "SSD tier size in MiB (0 = no SSD tier)");
   app.add_option("--local-socket", local_socket, "unix socket of the zero-copy path, or 'off'");
+  std::optional<bool> ucx;
+  app.add_option("--ucx", ucx, "serve remote page bytes over UCX (true/false; default true)");
   app.add_option("--token", token, "bearer token required from clients");
   app.add_option("--tls-cert", tls_cert, "PEM server certificate (enables TLS)");
   app.add_option("--tls-key", tls_key, "PEM server key");
@@ -137,6 +139,7 @@ int main(int argc, char** argv) {
   if (host_mib) c.host_bytes = *host_mib << 20;
   if (ssd_mib) c.ssd_bytes = *ssd_mib << 20;
   if (local_socket) c.local_socket = *local_socket;
+  if (ucx) c.ucx = *ucx;
   if (token) c.token = *token;
   if (tls_cert) c.tls_cert = *tls_cert;
   if (tls_key) c.tls_key = *tls_key;

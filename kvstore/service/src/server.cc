@@ -18,6 +18,7 @@
 #include "metrics.h"
 #include "pagoda/kvstore/store.h"
 #include "spdlog/spdlog.h"
+#include "ucx_control.h"
 
 namespace pagoda::service {
 namespace {
@@ -99,6 +100,20 @@ class ServerImpl final : public Server {
         store_.get(), &auth_, &metrics_, committed_.get(), config_,
         ServiceInfo{.local_socket = local_path_, .instance_id = instance_id_});
     if (local_) service_->SetLocalClientsSource([l = local_.get()] { return l->connections(); });
+    if (config_.ucx) {
+      // On by default where UCX works; a machine without it still serves gRPC bytes.
+      absl::StatusOr<std::unique_ptr<UcxControl>> ucx = UcxControl::Create(
+          store_.get(), &metrics_, committed_.get(),
+          UcxControlOptions{.instance_id = instance_id_,
+                            .default_lease = absl::Milliseconds(config_.ucx_lease_ms)});
+      if (ucx.ok()) {
+        ucx_ = std::move(*ucx);
+        service_->SetUcx(ucx_.get());
+      } else {
+        spdlog::warn("UCX path unavailable, remote bytes go over gRPC: {}",
+                     ucx.status().ToString());
+      }
+    }
 
     std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
     if (!config_.tls_cert.empty()) {
@@ -157,6 +172,7 @@ class ServerImpl final : public Server {
       grpc_->Wait();
     }
     spdlog::info("shutdown: gRPC drained");
+    ucx_.reset();  // no control call runs any more: drop its leases, reservations, registration
     if (local_) local_->Stop();
     spdlog::info("shutdown: local clients closed");
     if (http_) http_->Stop();
@@ -202,6 +218,7 @@ class ServerImpl final : public Server {
   ServiceMetrics metrics_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<CommittedIndex> committed_;
+  std::unique_ptr<UcxControl> ucx_;
   std::unique_ptr<LocalServer> local_;
   std::unique_ptr<GrpcService> service_;
   std::unique_ptr<grpc::Server> grpc_;

@@ -24,6 +24,11 @@ struct ClientOptions {
   std::string token;
 
   DataPathKind data_path = DataPathKind::kAuto;
+  // Remote page bytes over UCX: when the client would move bytes over gRPC (kRemote, or kAuto
+  // without a reachable local path) and the server offers its UCX path, pages are read and
+  // written with one-sided UCX operations on pagodad's arena and gRPC carries only control
+  // (data_path() reports "ucx"). A server without UCX: bytes over gRPC as before.
+  bool ucx = false;
   // Unix socket of the zero-copy path; "" = the one pagodad reports in Health.
   std::string local_socket;
   // Local-path connections kept open (one batch at a time uses one); more lets more threads

@@ -39,6 +39,8 @@ struct ServiceConfig {
   uint64_t max_message_bytes = 8ull << 20;  // gRPC message cap; larger messages are refused
   uint32_t get_chunk_bytes = 1u << 20;      // default chunk of streamed Get replies
   int local_max_connections = 256;          // concurrent zero-copy clients
+  bool ucx = true;  // serve remote page bytes over UCX (when UCX works here; gRPC bytes always)
+  int ucx_lease_ms = 5000;  // UCX read leases: default and longest (the store caps it too)
 
   // --- store (passed to the engine)
   std::string data_dir = "./pagoda-data";

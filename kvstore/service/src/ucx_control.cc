@@ -1,0 +1,261 @@
+#include "ucx_control.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "pagoda/transport/remote_key.h"
+#include "pagoda/transport/transport.h"
+#include "spdlog/spdlog.h"
+
+namespace pagoda::service {
+namespace {
+
+void SetStatus(const absl::Status& s, v1::PageStatus* out) {
+  out->set_code(static_cast<int32_t>(s.code()));
+  if (!s.ok()) out->set_message(std::string(s.message()));
+}
+
+absl::Status CheckCount(int n, const char* what) {
+  if (n < 1 || n > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": a batch holds 1..4096 entries, got ", n));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+UcxControl::UcxControl(Store* store, ServiceMetrics* metrics, CommittedIndex* committed,
+                       UcxControlOptions options)
+    : store_(store), metrics_(metrics), committed_(committed), options_(options) {}
+
+absl::StatusOr<std::unique_ptr<UcxControl>> UcxControl::Create(Store* store,
+                                                               ServiceMetrics* metrics,
+                                                               CommittedIndex* committed,
+                                                               UcxControlOptions options) {
+  std::unique_ptr<UcxControl> c(new UcxControl(store, metrics, committed, options));
+  c->arena_ = store->HostArenaInfo();
+  if (c->arena_.base == nullptr || c->arena_.size == 0) {
+    return absl::FailedPreconditionError("UCX path: the store has no host arena");
+  }
+  absl::StatusOr<std::unique_ptr<Transport>> t = Transport::Create();
+  if (!t.ok()) return t.status();
+  c->transport_ = std::move(*t);
+  absl::StatusOr<std::unique_ptr<RegisteredMemory>> reg =
+      c->transport_->Register(c->arena_.base, c->arena_.size, MemoryKind::kHost);
+  if (!reg.ok()) return reg.status();
+  c->registration_ = std::move(*reg);
+  absl::StatusOr<std::string> packed = c->registration_->PackRemoteKey();
+  if (!packed.ok()) return packed.status();
+  c->key_ = *packed;
+  c->address_ = EncodePeerAddress(c->transport_->address());
+  spdlog::info("UCX path: {} serves the {}-byte host arena", c->transport_->name(), c->arena_.size);
+  return c;
+}
+
+UcxControl::~UcxControl() {
+  absl::MutexLock l(&mu_);
+  for (const auto& [id, slot] : slots_) (void)store_->Abort(id);
+  for (const auto& [id, lease] : leases_) (void)store_->ReleaseRead(id);
+  slots_.clear();
+  leases_.clear();
+  // The registration goes before the transport (members are destroyed in reverse order anyway).
+  registration_.reset();
+}
+
+size_t UcxControl::open_leases() const {
+  absl::MutexLock l(&mu_);
+  return leases_.size();
+}
+
+size_t UcxControl::open_reservations() const {
+  absl::MutexLock l(&mu_);
+  return slots_.size();
+}
+
+void UcxControl::Sweep() {
+  const absl::Time now = absl::Now();
+  if (now < next_sweep_) return;
+  next_sweep_ = now + absl::Milliseconds(100);
+  std::vector<uint64_t> gone;
+  for (const auto& [id, lease] : leases_) {
+    if (lease.expiry <= now) gone.push_back(id);
+  }
+  for (uint64_t id : gone) {
+    (void)store_->ReleaseRead(id);
+    leases_.erase(id);
+  }
+  gone.clear();
+  for (const auto& [id, slot] : slots_) {
+    if (slot.deadline <= now) gone.push_back(id);
+  }
+  for (uint64_t id : gone) {
+    spdlog::info("UCX path: reservation {} of tenant {} expired uncommitted; aborted", id,
+                 slots_[id].tenant);
+    (void)store_->Abort(id);
+    slots_.erase(id);
+  }
+}
+
+absl::Status UcxControl::Hello(v1::UcxHelloResponse* response) const {
+  response->set_worker_address(address_);
+  response->set_arena_key(key_);
+  response->set_arena_bytes(arena_.size);
+  response->set_instance_id(options_.instance_id);
+  response->set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.default_lease)));
+  return absl::OkStatus();
+}
+
+absl::Status UcxControl::Acquire(const v1::UcxAcquireRequest& request,
+                                 v1::UcxAcquireResponse* response) {
+  if (absl::Status s = CheckCount(request.keys_size(), "UcxAcquire"); !s.ok()) return s;
+  const absl::Duration want =
+      request.lease_ms() == 0 ? options_.default_lease : absl::Milliseconds(request.lease_ms());
+  absl::MutexLock l(&mu_);
+  Sweep();
+  uint64_t bytes = 0;
+  for (const v1::PageKey& k : request.keys()) {
+    v1::UcxLease* out = response->add_leases();
+    absl::Status st;
+    if (leases_.size() + slots_.size() >= options_.max_open) {
+      st = absl::ResourceExhaustedError("UCX path: too many open leases and reservations");
+    } else {
+      absl::StatusOr<ReadLease> lease =
+          store_->AcquireRead(request.tenant(), PageKey{k.hi(), k.lo()}, want);
+      st = lease.status();
+      if (lease.ok()) {
+        leases_[lease->lease_id] = Lease{request.tenant(), lease->expiry};
+        out->set_lease(lease->lease_id);
+        out->set_offset(lease->arena_offset);
+        out->set_size(lease->size);
+        out->set_checksum(lease->checksum);
+        out->set_layout_id(lease->layout.Id());
+        bytes += lease->size;
+      }
+    }
+    SetStatus(st, out->mutable_status());
+  }
+  metrics_->AddBytesOut("ucx", bytes);
+  return absl::OkStatus();
+}
+
+absl::Status UcxControl::Release(const v1::UcxReleaseRequest& request,
+                                 v1::BatchResponse* response) {
+  if (absl::Status s = CheckCount(request.leases_size(), "UcxRelease"); !s.ok()) return s;
+  absl::MutexLock l(&mu_);
+  for (uint64_t id : request.leases()) {
+    absl::Status st;
+    auto it = leases_.find(id);
+    if (it == leases_.end() || it->second.tenant != request.tenant()) {
+      st = absl::NotFoundError(
+          absl::StrCat("no open lease ", id, " of this tenant (released or expired)"));
+    } else {
+      leases_.erase(it);
+      st = store_->ReleaseRead(id);
+    }
+    SetStatus(st, response->add_results());
+  }
+  Sweep();
+  return absl::OkStatus();
+}
+
+absl::Status UcxControl::Reserve(const v1::PutBegin& request, v1::UcxReserveResponse* response) {
+  const int n = request.pages_size();
+  if (absl::Status s = CheckCount(n, "UcxReserve"); !s.ok()) return s;
+  // Validate the whole batch first: a malformed batch reserves nothing.
+  std::vector<PageLayout> layouts(n);
+  absl::flat_hash_set<PageKey> seen;
+  for (int i = 0; i < n; ++i) {
+    const v1::PutPage& p = request.pages(i);
+    absl::StatusOr<PageLayout> lay = PageLayout::FromId(p.layout_id());
+    if (!lay.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("UcxReserve: page ", i, ": unknown layout id ",
+                                                     p.layout_id(), ": ", lay.status().message()));
+    }
+    if (lay->PageBytes() != p.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("UcxReserve: page ", i, ": size ", p.size(),
+                                                     " does not match layout ", lay->ToString(),
+                                                     " (", lay->PageBytes(), " bytes)"));
+    }
+    if (!p.data().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("UcxReserve: page ", i, ": carries bytes (they go over UCX)"));
+    }
+    if (!seen.insert(PageKey{p.key().hi(), p.key().lo()}).second) {
+      return absl::InvalidArgumentError(absl::StrCat("UcxReserve: page ", i, ": duplicate key"));
+    }
+    layouts[i] = *lay;
+  }
+  absl::MutexLock l(&mu_);
+  Sweep();
+  if (leases_.size() + slots_.size() + n > options_.max_open) {
+    return absl::ResourceExhaustedError("UCX path: too many open leases and reservations");
+  }
+  const absl::Time deadline = absl::Now() + options_.reservation_ttl;
+  for (int i = 0; i < n; ++i) {
+    const v1::PutPage& p = request.pages(i);
+    v1::UcxSlot* out = response->add_slots();
+    absl::StatusOr<Reservation> r =
+        store_->Reserve(request.tenant(), PageKey{p.key().hi(), p.key().lo()}, layouts[i]);
+    if (r.ok()) {
+      slots_[r->id] =
+          Slot{request.tenant(), r->key, r->arena_offset, r->size, p.checksum(), deadline};
+      out->set_handle(r->id);
+      out->set_offset(r->arena_offset);
+    }
+    SetStatus(r.status(), out->mutable_status());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status UcxControl::Commit(const v1::UcxCommitRequest& request, v1::PutResponse* response) {
+  if (request.commit_size() + request.abort_size() < 1 ||
+      request.commit_size() + request.abort_size() > 8192) {
+    return absl::InvalidArgumentError("UcxCommit: 1..8192 handles per call");
+  }
+  absl::MutexLock l(&mu_);
+  Sweep();
+  // Take the tenant's own handles out of the table first, so none is used twice.
+  auto take = [&](uint64_t id, Slot* slot) -> absl::Status {
+    auto it = slots_.find(id);
+    if (it == slots_.end() || it->second.tenant != request.tenant()) {
+      return absl::NotFoundError(absl::StrCat("no open reservation ", id,
+                                              " of this tenant (committed, aborted or expired)"));
+    }
+    *slot = it->second;
+    slots_.erase(it);
+    return absl::OkStatus();
+  };
+  for (uint64_t id : request.abort()) {
+    Slot slot;
+    if (take(id, &slot).ok()) (void)store_->Abort(id);
+  }
+  uint64_t bytes = 0;
+  for (uint64_t id : request.commit()) {
+    Slot slot;
+    absl::Status st = take(id, &slot);
+    if (st.ok()) {
+      // The client hashed what it meant to write; the slot must hold exactly that.
+      if (PageChecksum(arena_.base + slot.offset, slot.size) != slot.checksum) {
+        (void)store_->Abort(id);
+        st = absl::DataLossError(
+            "checksum of the slot does not match the reserved one (incomplete or damaged "
+            "write); page aborted");
+      } else {
+        st = store_->Commit(id);
+        if (st.ok()) {
+          bytes += slot.size;
+          if (committed_ != nullptr) committed_->Add(slot.tenant, slot.key);
+        }
+      }
+    }
+    SetStatus(st, response->add_results());
+  }
+  metrics_->AddBytesIn("ucx", bytes);
+  return absl::OkStatus();
+}
+
+}  // namespace pagoda::service
