@@ -182,7 +182,9 @@ int main(int argc, char** argv) {
       clients, repeats, static_cast<unsigned long long>(phase_mib), host,
       std::thread::hardware_concurrency());
 
-  const char* systems[] = {"redis", "pagoda-local", "pagoda-remote"};
+  // pagoda-ucx: a remote client whose page bytes move by UCX one-sided reads/writes of pagodad's
+  // arena (gRPC only for control), compared with pagoda-remote (bytes over gRPC) in the same run.
+  const char* systems[] = {"redis", "pagoda-local", "pagoda-remote", "pagoda-ucx"};
   // results[size][system][op] = samples over repeats
   std::map<uint64_t, std::map<std::string, std::map<std::string, std::vector<Sample>>>> results;
   uint64_t key_base = 1;
@@ -220,9 +222,14 @@ int main(int argc, char** argv) {
           o.tenant = "bench";
           o.local_connections = 1;
           o.data_path = name == "pagoda-local" ? DataPathKind::kLocal : DataPathKind::kRemote;
+          o.ucx = name == "pagoda-ucx";
           absl::StatusOr<std::unique_ptr<Client>> cl = Client::Connect(o);
           if (!cl.ok()) {
             std::cerr << cl.status() << "\n";
+            return 1;
+          }
+          if (o.ucx && (*cl)->data_path() != "ucx") {
+            std::cerr << "pagodad offers no UCX path (see its log)\n";
             return 1;
           }
           pc.push_back(std::move(*cl));
@@ -282,7 +289,32 @@ int main(int argc, char** argv) {
           med["pagoda-remote"].p99_us);
     }
   }
-  if (markdown) std::printf("\n%s", md.c_str());
+  std::string ucx_md =
+      "| page | op | gRPC bytes GiB/s | UCX GiB/s (x gRPC) | gRPC p50/p99 us | UCX p50/p99 us "
+      "|\n|---|---|---|---|---|---|\n";
+  for (uint64_t size : sizes) {
+    for (const char* op : {"put", "get"}) {
+      std::map<std::string, Sample> med;
+      for (const char* sys : {"pagoda-remote", "pagoda-ucx"}) {
+        std::vector<double> g, p50, p99;
+        for (const Sample& s : results[size][sys][op]) {
+          g.push_back(s.gib_s);
+          p50.push_back(s.p50_us);
+          p99.push_back(s.p99_us);
+        }
+        med[sys] = {Median(g), Median(p50), Median(p99)};
+      }
+      const Sample& r = med["pagoda-remote"];
+      const Sample& u = med["pagoda-ucx"];
+      std::printf("%-8s ucx vs remote %-4s %.2fx GiB/s, p50 %.1f vs %.1f us\n",
+                  absl::StrCat(size >> 10, "KiB").c_str(), op, u.gib_s / r.gib_s, u.p50_us,
+                  r.p50_us);
+      ucx_md += absl::StrFormat(
+          "| %d KiB | %s | %.2f | %.2f (%.2fx) | %.0f / %.0f | %.0f / %.0f |\n", size >> 10, op,
+          r.gib_s, u.gib_s, u.gib_s / r.gib_s, r.p50_us, r.p99_us, u.p50_us, u.p99_us);
+    }
+  }
+  if (markdown) std::printf("\n%s\n%s", md.c_str(), ucx_md.c_str());
   const int rc_p = StopChild(*pagodad);
   StopChild(*redis);
   std::error_code ec;

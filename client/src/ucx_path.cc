@@ -227,12 +227,19 @@ std::vector<GetResult> UcxPath::GetOnce(absl::Span<const GetPage> pages) {
       }
     }
   }
-  // 4. Release the leases (an expired one is already gone: nothing to do about it).
+  // 4. Release the leases without waiting for the answer (the bytes are already verified; a
+  // lease whose release is lost ends at its expiry anyway).
   if (release.leases_size() > 0) {
-    grpc::ClientContext ctx;
-    prepare_(&ctx);
-    v1::BatchResponse ignored;
-    (void)stub_->UcxRelease(&ctx, release, &ignored);
+    struct Call {
+      grpc::ClientContext ctx;
+      v1::UcxReleaseRequest request;
+      v1::BatchResponse response;
+    };
+    auto* call = new Call;
+    prepare_(&call->ctx);
+    call->request = std::move(release);
+    stub_->async()->UcxRelease(&call->ctx, &call->request, &call->response,
+                               [call](grpc::Status) { delete call; });
   }
   return out;
 }
