@@ -1,5 +1,6 @@
 // UcxPath where the client library is built without the transport component: never offered, so
 // remote clients move page bytes over gRPC.
+#include "pagoda/transport/transport.h"  // header only: complete types for the members
 #include "ucx_path.h"
 
 namespace pagoda::client_internal {

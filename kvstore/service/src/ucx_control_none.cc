@@ -1,4 +1,5 @@
 // UcxControl where pagodad is built without the transport component: no UCX data path.
+#include "pagoda/transport/transport.h"  // header only: complete types for the members
 #include "ucx_control.h"
 
 namespace pagoda::service {
