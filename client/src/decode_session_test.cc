@@ -334,6 +334,39 @@ TEST(DecodeSessionTest, BadInputIsRejectedAndChangesNothing) {
   ExpectClose(out, Reference(seq, q, session.last_rows(), prompt + 1), 0);
 }
 
+TEST(DecodeSessionTest, ShortPromptLongOutputReadsGeneratedPagesBackFromSsd) {
+  TempDir dir;
+  auto store = OpenStore(dir.path(), 4);  // generated pages soon leave the host tier
+  const int64_t prompt = 6, steps = 160;
+  Sequence seq(prompt + steps, 13);
+  DecodeSessionOptions o = QuestOptions();
+  o.boundary_trigger = false;  // select every step
+  o.pool_pages = 9;  // exactly one step: every selected page not used last step is fetched
+  auto s = DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE((*s)->Prefill(absl::MakeConstSpan(seq.ids).subspan(0, prompt),
+                            seq.Prompt(seq.k16, prompt), seq.Prompt(seq.v16, prompt))
+                  .ok());
+  std::mt19937 rng(21);
+  std::normal_distribution<float> n(0.f, 1.f);
+  std::vector<float> base(kQ * kDim);
+  uint64_t from_ssd = 0;
+  for (int64_t t = prompt; t < prompt + steps; ++t) {
+    for (float& b : base) b = 2.f * n(rng);  // a fresh query direction every step
+    std::vector<uint16_t> q = Query(rng, base, 0.f), out(kQ * kDim);
+    auto st =
+        (*s)->Step(seq.ids[t], q, seq.At(seq.k16, t), seq.At(seq.v16, t), absl::MakeSpan(out));
+    ASSERT_TRUE(st.ok()) << st.status();
+    from_ssd += st->bytes_from_tier[static_cast<int>(Tier::kSsd)];
+    ExpectClose(out, Reference(seq, q, (*s)->last_rows(), t + 1), static_cast<int>(t));
+  }
+  // Pages generated during decode were committed, left for SSD and were attended from there (the
+  // sink page 0 is attended every step, so it never leaves the pool).
+  EXPECT_GT(from_ssd, 10 * Layout().PageBytes());
+  EXPECT_EQ((*s)->page_keys().size(), static_cast<size_t>((prompt + steps) / kPage));
+  EXPECT_GT(store->Stats().tiers[static_cast<int>(Tier::kSsd)].hits, 10u);
+}
+
 TEST(DecodeSessionTest, ACorruptStoredPageFailsTheStepAndIsNeverAttended) {
   TempDir dir;
   auto store = OpenStore(dir.path(), 64);  // every page stays in the host arena
