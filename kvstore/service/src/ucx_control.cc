@@ -113,30 +113,37 @@ absl::Status UcxControl::Acquire(const v1::UcxAcquireRequest& request,
                                  v1::UcxAcquireResponse* response) {
   if (absl::Status s = CheckCount(request.keys_size(), "UcxAcquire"); !s.ok()) return s;
   const absl::Duration want =
-      request.lease_ms() == 0 ? options_.default_lease : absl::Milliseconds(request.lease_ms());
-  absl::MutexLock l(&mu_);
-  Sweep();
+      request.lease_ms() == 0
+          ? options_.default_lease
+          : std::min(options_.default_lease, absl::Milliseconds(request.lease_ms()));
+  {
+    absl::MutexLock l(&mu_);
+    Sweep();
+    if (leases_.size() + slots_.size() + request.keys_size() > options_.max_open) {
+      return absl::ResourceExhaustedError("UCX path: too many open leases and reservations");
+    }
+  }
+  // The store calls run outside mu_ (a page may come up from SSD); only the table is locked.
+  std::vector<std::pair<uint64_t, Lease>> taken;
   uint64_t bytes = 0;
   for (const v1::PageKey& k : request.keys()) {
     v1::UcxLease* out = response->add_leases();
-    absl::Status st;
-    if (leases_.size() + slots_.size() >= options_.max_open) {
-      st = absl::ResourceExhaustedError("UCX path: too many open leases and reservations");
-    } else {
-      absl::StatusOr<ReadLease> lease =
-          store_->AcquireRead(request.tenant(), PageKey{k.hi(), k.lo()}, want);
-      st = lease.status();
-      if (lease.ok()) {
-        leases_[lease->lease_id] = Lease{request.tenant(), lease->expiry};
-        out->set_lease(lease->lease_id);
-        out->set_offset(lease->arena_offset);
-        out->set_size(lease->size);
-        out->set_checksum(lease->checksum);
-        out->set_layout_id(lease->layout.Id());
-        bytes += lease->size;
-      }
+    absl::StatusOr<ReadLease> lease =
+        store_->AcquireRead(request.tenant(), PageKey{k.hi(), k.lo()}, want);
+    if (lease.ok()) {
+      taken.push_back({lease->lease_id, Lease{request.tenant(), lease->expiry}});
+      out->set_lease(lease->lease_id);
+      out->set_offset(lease->arena_offset);
+      out->set_size(lease->size);
+      out->set_checksum(lease->checksum);
+      out->set_layout_id(lease->layout.Id());
+      bytes += lease->size;
     }
-    SetStatus(st, out->mutable_status());
+    SetStatus(lease.status(), out->mutable_status());
+  }
+  {
+    absl::MutexLock l(&mu_);
+    for (auto& [id, lease] : taken) leases_[id] = std::move(lease);
   }
   metrics_->AddBytesOut("ucx", bytes);
   return absl::OkStatus();
@@ -152,6 +159,10 @@ absl::Status UcxControl::Release(const v1::UcxReleaseRequest& request,
     if (it == leases_.end() || it->second.tenant != request.tenant()) {
       st = absl::NotFoundError(
           absl::StrCat("no open lease ", id, " of this tenant (released or expired)"));
+    } else if (it->second.expiry <= absl::Now()) {
+      leases_.erase(it);
+      (void)store_->ReleaseRead(id);
+      st = absl::NotFoundError(absl::StrCat("lease ", id, " expired"));
     } else {
       leases_.erase(it);
       st = store_->ReleaseRead(id);
@@ -189,25 +200,31 @@ absl::Status UcxControl::Reserve(const v1::PutBegin& request, v1::UcxReserveResp
     }
     layouts[i] = *lay;
   }
-  absl::MutexLock l(&mu_);
-  Sweep();
-  if (leases_.size() + slots_.size() + n > options_.max_open) {
-    return absl::ResourceExhaustedError("UCX path: too many open leases and reservations");
+  {
+    absl::MutexLock l(&mu_);
+    Sweep();
+    if (leases_.size() + slots_.size() + n > options_.max_open) {
+      return absl::ResourceExhaustedError("UCX path: too many open leases and reservations");
+    }
   }
+  // The store calls run outside mu_ (a reservation may evict); only the table is locked.
   const absl::Time deadline = absl::Now() + options_.reservation_ttl;
+  std::vector<std::pair<uint64_t, Slot>> taken;
   for (int i = 0; i < n; ++i) {
     const v1::PutPage& p = request.pages(i);
     v1::UcxSlot* out = response->add_slots();
     absl::StatusOr<Reservation> r =
         store_->Reserve(request.tenant(), PageKey{p.key().hi(), p.key().lo()}, layouts[i]);
     if (r.ok()) {
-      slots_[r->id] =
-          Slot{request.tenant(), r->key, r->arena_offset, r->size, p.checksum(), deadline};
+      taken.push_back({r->id, Slot{request.tenant(), r->key, r->arena_offset, r->size, p.checksum(),
+                                   deadline}});
       out->set_handle(r->id);
       out->set_offset(r->arena_offset);
     }
     SetStatus(r.status(), out->mutable_status());
   }
+  absl::MutexLock l(&mu_);
+  for (auto& [id, slot] : taken) slots_[id] = std::move(slot);
   return absl::OkStatus();
 }
 
@@ -216,28 +233,40 @@ absl::Status UcxControl::Commit(const v1::UcxCommitRequest& request, v1::PutResp
       request.commit_size() + request.abort_size() > 8192) {
     return absl::InvalidArgumentError("UcxCommit: 1..8192 handles per call");
   }
-  absl::MutexLock l(&mu_);
-  Sweep();
-  // Take the tenant's own handles out of the table first, so none is used twice.
-  auto take = [&](uint64_t id, Slot* slot) -> absl::Status {
-    auto it = slots_.find(id);
-    if (it == slots_.end() || it->second.tenant != request.tenant()) {
-      return absl::NotFoundError(absl::StrCat("no open reservation ", id,
-                                              " of this tenant (committed, aborted or expired)"));
+  // Take the tenant's own handles out of the table first (so none is used twice), then verify and
+  // publish outside mu_ (checksumming MiB pages).
+  std::vector<absl::Status> found(request.commit_size());
+  std::vector<Slot> slots(request.commit_size());
+  std::vector<uint64_t> aborts;
+  {
+    absl::MutexLock l(&mu_);
+    Sweep();
+    for (uint64_t id : request.abort()) {
+      auto it = slots_.find(id);
+      if (it != slots_.end() && it->second.tenant == request.tenant()) {
+        slots_.erase(it);
+        aborts.push_back(id);
+      }
     }
-    *slot = it->second;
-    slots_.erase(it);
-    return absl::OkStatus();
-  };
-  for (uint64_t id : request.abort()) {
-    Slot slot;
-    if (take(id, &slot).ok()) (void)store_->Abort(id);
+    for (int i = 0; i < request.commit_size(); ++i) {
+      const uint64_t id = request.commit(i);
+      auto it = slots_.find(id);
+      if (it == slots_.end() || it->second.tenant != request.tenant()) {
+        found[i] = absl::NotFoundError(absl::StrCat(
+            "no open reservation ", id, " of this tenant (committed, aborted or expired)"));
+      } else {
+        slots[i] = it->second;
+        slots_.erase(it);
+      }
+    }
   }
+  for (uint64_t id : aborts) (void)store_->Abort(id);
   uint64_t bytes = 0;
-  for (uint64_t id : request.commit()) {
-    Slot slot;
-    absl::Status st = take(id, &slot);
+  for (int i = 0; i < request.commit_size(); ++i) {
+    const uint64_t id = request.commit(i);
+    absl::Status st = found[i];
     if (st.ok()) {
+      const Slot& slot = slots[i];
       // The client hashed what it meant to write; the slot must hold exactly that.
       if (PageChecksum(arena_.base + slot.offset, slot.size) != slot.checksum) {
         (void)store_->Abort(id);
