@@ -9,6 +9,11 @@
 // never leaves a slot held). Commit checksums the slot against the checksum given at reserve time
 // and aborts the page on mismatch, so bytes a client failed to write are never published.
 //
+// Trust: like the local path's memfd, the arena key reaches the whole arena. A client holding it
+// (any client whose token UcxHello accepted) can read or write any slot over UCX, other tenants'
+// included; leases and reservations order honest clients, they do not fence hostile ones. Turn the
+// path off (server.ucx: false / --ucx false) where remote clients are not trusted.
+//
 // Thread safety: all methods are safe for concurrent use.
 #pragma once
 
