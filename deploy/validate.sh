@@ -50,8 +50,8 @@ if [ -x "$pagodad" ]; then
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
-    if [ ! -s "$dir/ports.json" ] && grep -q "built without CUDA" "$dir/log"; then
-      echo "$cfg: parses; start skipped (its GPU tier needs a CUDA build)"
+    if [ ! -s "$dir/ports.json" ] && grep -qE "built without CUDA|no CUDA device" "$dir/log"; then
+      echo "$cfg: parses; start skipped (its GPU tier needs a CUDA build and a GPU)"
       continue
     fi
     if [ ! -s "$dir/ports.json" ]; then
