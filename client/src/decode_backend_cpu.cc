@@ -1,7 +1,7 @@
 // The CPU decode backend: a host page pool and the kernels' C++ references.
 #include <vector>
 
-#include "absl/strings/str_cat.h"
+#include "decode_backend_check.h"
 #include "pagoda/client/decode_backend.h"
 #include "pagoda/kernels/reference.h"
 
@@ -12,12 +12,7 @@ class CpuDecodeBackend final : public DecodeBackend {
  public:
   absl::Status Init(const PageLayout& layout, int q_heads, int32_t slots) override {
     if (!pool_.empty()) return absl::FailedPreconditionError("backend already initialized");
-    if (absl::Status s = layout.Validate(); !s.ok()) return s;
-    if (slots < 1) return absl::InvalidArgumentError("pool slots must be >= 1");
-    if (q_heads < 1 || q_heads % static_cast<int>(layout.kv_heads) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("q_heads ", q_heads, " is not a multiple of kv_heads ", layout.kv_heads));
-    }
+    if (absl::Status s = decode_internal::CheckInit(layout, q_heads, slots); !s.ok()) return s;
     layout_ = layout;
     q_heads_ = q_heads;
     slots_ = slots;
@@ -28,9 +23,10 @@ class CpuDecodeBackend final : public DecodeBackend {
   absl::Status Upload(absl::Span<const int32_t> slots, absl::Span<const uint8_t> staging) override {
     if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
     const uint64_t page_bytes = layout_.PageBytes();
-    if (staging.size() != slots.size() * page_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat("staging holds ", staging.size(),
-                                                     " bytes, expected ", slots.size(), " pages"));
+    if (absl::Status s =
+            decode_internal::CheckUpload(slots, staging.size(), page_bytes, slots_, &seen_);
+        !s.ok()) {
+      return s;
     }
     if (slots.empty()) return absl::OkStatus();
     kernels::PageCopyParams p;
@@ -47,9 +43,11 @@ class CpuDecodeBackend final : public DecodeBackend {
   absl::Status Attend(absl::Span<const uint16_t> q, const kernels::PageTable& table,
                       absl::Span<uint16_t> o) override {
     if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
-    const size_t n = static_cast<size_t>(q_heads_) * layout_.head_dim;
-    if (q.size() != n || o.size() != n) {
-      return absl::InvalidArgumentError(absl::StrCat("q / o must hold ", n, " elements"));
+    int64_t max_row_tokens = 0;
+    if (absl::Status s = decode_internal::CheckAttend(layout_, q_heads_, slots_, q.size(), o.size(),
+                                                      table, &max_row_tokens);
+        !s.ok()) {
+      return s;
     }
     kernels::DecodeParams p;
     p.kv = kernels::PackedPagedKV(KernelDType(layout_.dtype), slots_,
@@ -72,6 +70,7 @@ class CpuDecodeBackend final : public DecodeBackend {
   int q_heads_ = 0;
   int32_t slots_ = 0;
   std::vector<uint16_t> pool_;
+  std::vector<uint8_t> seen_;  // CheckUpload scratch
 };
 
 }  // namespace

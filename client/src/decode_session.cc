@@ -270,13 +270,20 @@ absl::Status DecodeSession::FetchRows(DecodeStepStats* stats) {
   missing.erase(std::unique(missing.begin(), missing.end()), missing.end());
   if (slot_of_page_[cur_page] >= 0) slot_used_[slot_of_page_[cur_page]] = step_;
   const size_t n_up = missing.size() + 1;  // + the open page
-  staging_.resize(n_up * page_bytes_);
+  // Stage straight into the backend's upload buffer (pinned memory on the GPU) where it has one.
+  auto staged = backend_->StagingBuffer(n_up * page_bytes_);
+  if (!staged.ok()) return staged.status();
+  uint8_t* staging = staged->data();
+  if (staged->empty()) {
+    staging_.resize(n_up * page_bytes_);
+    staging = staging_.data();
+  }
   std::vector<int32_t> slots;
   slots.reserve(n_up);
   for (size_t i = 0; i < missing.size(); ++i) {
     const int32_t p = missing[i];
     auto info = store_->Get(options_.tenant, page_keys_[p],
-                            absl::MakeSpan(staging_.data() + i * page_bytes_, page_bytes_));
+                            absl::MakeSpan(staging + i * page_bytes_, page_bytes_));
     if (!info.ok()) {
       return absl::Status(info.status().code(),
                           absl::StrCat("page ", p, ": ", info.status().message()));
@@ -298,8 +305,11 @@ absl::Status DecodeSession::FetchRows(DecodeStepStats* stats) {
     slot_used_[tail_slot] = step_;
   }
   slots.push_back(tail_slot);
-  std::memcpy(staging_.data() + missing.size() * page_bytes_, tail_.data(), page_bytes_);
-  if (absl::Status s = backend_->Upload(slots, staging_); !s.ok()) return s;
+  std::memcpy(staging + missing.size() * page_bytes_, tail_.data(), page_bytes_);
+  if (absl::Status s = backend_->Upload(slots, absl::MakeConstSpan(staging, n_up * page_bytes_));
+      !s.ok()) {
+    return s;
+  }
   stats->fetched_pages = static_cast<int32_t>(missing.size());
   stats->bytes_uploaded = n_up * page_bytes_;
 

@@ -8,7 +8,8 @@
 //      a fresh retrieval runs only when the query drifts, else the last retrieved pages are reused
 //      (plus the sliding local window);
 //   3. transfer: pages missing from the pool are read from the store (checksummed) into one
-//      staging buffer and copied into free / least-recently-used slots in ONE batched upload;
+//      staging buffer (the backend's pinned one where it offers it, so no extra host copy) and
+//      copied into free / least-recently-used slots in ONE batched upload;
 //      prefetch hints are promoted from SSD to host for the next steps;
 //   4. attention: the sparse decode kernel over the pool, one page row per KV head;
 //   5. when the open page is full it is committed to the store (two-phase write, checksummed).
@@ -158,7 +159,7 @@ class DecodeSession {
   std::vector<int32_t> page_of_slot_;
   std::vector<int64_t> slot_used_;
   int64_t step_ = 0;
-  std::vector<uint8_t> staging_;
+  std::vector<uint8_t> staging_;  // used when the backend offers no StagingBuffer
   std::vector<float> qf_;
 };
 
