@@ -8,6 +8,8 @@
 // is dense decode over the whole context with the same CPU kernel (SparseDecodeReference over
 // every page). Reported per layer: output error against dense (relative L2 per query head, mean
 // and p99 over steps x heads), bytes per step by tier, step time split and the ratio to dense.
+// --backend cuda runs the session on the CUDA backend (cuda-mapped: its mapped-memory upload) and
+// the dense baseline on a second CUDA backend holding the whole context (same kernel, resident).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -42,7 +44,16 @@ struct Args {
   int64_t steps = 0;  // 0: every traced query
   int window_pages = 1;
   int sink_pages = 1;
+  std::string backend = "cpu";  // cpu | cuda | cuda-mapped
 };
+
+absl::StatusOr<std::unique_ptr<DecodeBackend>> MakeBackend(const std::string& name) {
+  if (name == "cpu") return MakeCpuDecodeBackend();
+  CudaDecodeBackendOptions o;
+  o.mapped_upload = name == "cuda-mapped";
+  if (name == "cuda" || o.mapped_upload) return MakeCudaDecodeBackend(o);
+  return absl::InvalidArgumentError("--backend: cpu | cuda | cuda-mapped");
+}
 
 double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -121,7 +132,12 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
   }
   o.pool_pages =
       a.pool_pages > 0 ? a.pool_pages : static_cast<int32_t>(2 * kv * (a.budget_tokens / P) + 1);
-  auto session = DecodeSession::Create(store->get(), MakeCpuDecodeBackend(), o);
+  auto backend = MakeBackend(a.backend);
+  if (!backend.ok()) {
+    std::fprintf(stderr, "backend: %s\n", backend.status().ToString().c_str());
+    return 1;
+  }
+  auto session = DecodeSession::Create(store->get(), std::move(*backend), o);
   if (!session.ok()) {
     std::fprintf(stderr, "session: %s\n", session.status().ToString().c_str());
     return 1;
@@ -147,6 +163,25 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
       std::memcpy(page + (h * P + t % P) * hd, &tr->k[(h * T + t) * hd], hd * 2);
       std::memcpy(page + ((kv + h) * P + t % P) * hd, &tr->v[(h * T + t) * hd], hd * 2);
     }
+  }
+  // On a GPU backend the baseline is dense decode on the GPU: the whole context resident in a
+  // second backend's pool (page p in slot p), the same kernel, timed the same way as the step's
+  // attention (copies of q / table / o and a stream sync included).
+  std::unique_ptr<DecodeBackend> dense_gpu;
+  if (a.backend != "cpu") {
+    auto b = MakeBackend(a.backend);
+    std::vector<int32_t> all(pages);
+    for (int32_t p = 0; p < static_cast<int32_t>(pages); ++p) all[p] = p;
+    absl::Status s = b.ok() ? (*b)->Init(layout, qh, static_cast<int32_t>(pages)) : b.status();
+    if (s.ok()) {
+      s = (*b)->Upload(all, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(dense_pool.data()),
+                                                dense_pool.size() * 2));
+    }
+    if (!s.ok()) {
+      std::fprintf(stderr, "dense backend: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    dense_gpu = std::move(*b);
   }
   std::vector<double> err;
   double sel = 0, xfer = 0, attn = 0, app = 0, dense_s = 0;
@@ -196,7 +231,9 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
     dp.q = q.data();
     dp.o = ref.data();
     const auto d0 = Clock::now();
-    if (absl::Status s = kernels::SparseDecodeReference(dp); !s.ok()) {
+    if (absl::Status s = dense_gpu != nullptr ? dense_gpu->Attend(q, dp.table, absl::MakeSpan(ref))
+                                              : kernels::SparseDecodeReference(dp);
+        !s.ok()) {
       std::fprintf(stderr, "dense: %s\n", s.ToString().c_str());
       return 1;
     }
@@ -258,7 +295,11 @@ int main(int argc, char** argv) {
   app.add_option("--steps", a.steps, "decode steps per layer (0: all traced queries)");
   app.add_option("--sink-pages", a.sink_pages, "always-kept first pages");
   app.add_option("--window-pages", a.window_pages, "always-kept last pages");
+  app.add_option("--backend", a.backend,
+                 "cpu | cuda | cuda-mapped (session and dense baseline on that backend)");
   CLI11_PARSE(app, argc, argv);
+  std::printf("backend %s (dense baseline on the same backend, whole context resident)\n",
+              a.backend.c_str());
   auto files = pagoda::bench::FindTraces(a.traces);
   if (!files.ok()) {
     std::fprintf(stderr, "%s\n", files.status().ToString().c_str());
