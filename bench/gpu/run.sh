@@ -72,7 +72,32 @@ step_gpu_tier_test() { "$BUILD/pagoda_kvstore_gpu_tier_test"; }
 # --- end to end (issue 8): a synthetic 32K/128K decode step (select + batched fetch + sparse decode).
 step_e2e_gpu_step() { "$BUILD/bench/e2e/e2e_gpu_step_bench"; }
 
-STEPS=${STEPS:-"build kernels_test gpu_tier_test sdpa kernels_bench transport_test transport_bench e2e_gpu_step"}  # kernels_ref_test: CI runs it
+# --- end to end on the CUDA DecodeBackend (issue 8): DecodeSession over an embedded Store (RocksDB),
+# so built on the dev machine and carried with its libraries and two trace layers
+# (bench/e2e/carry_gpu.sh fills .devcarry/e2e); skipped when that carry is absent.
+E2E=$CARRY/e2e
+e2e_run() { LD_LIBRARY_PATH=$E2E/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} "$@"; }
+step_e2e_cuda_test() {
+  [ -x "$E2E/decode_backend_cuda_test" ] || { echo "skipped: no $E2E (bench/e2e/carry_gpu.sh)"; return 0; }
+  e2e_run "$E2E/decode_backend_cuda_test"
+}
+# Every step and trigger rows on both upload paths, E2E_RUNS times (medians: bench/RESULTS.md).
+step_e2e_cuda_bench() {
+  [ -x "$E2E/e2e_bench" ] || { echo "skipped: no $E2E (bench/e2e/carry_gpu.sh)"; return 0; }
+  local r b bench=$E2E/e2e_bench tr=$E2E/traces
+  for r in ${E2E_RUNS:-1 2 3}; do
+    for b in cuda cuda-mapped; do
+      echo "## run $r: --backend $b --trigger 0"
+      e2e_run "$bench" --traces "$tr" --backend "$b" --trigger 0 || return 1
+      echo "## run $r: --backend $b --louis-rate 0.2"
+      e2e_run "$bench" --traces "$tr" --backend "$b" --louis-rate 0.2 || return 1
+    done
+  done
+  echo "## streaming: --backend cuda --policy streaming --window-pages 31 --trigger 0"
+  e2e_run "$bench" --traces "$tr" --backend cuda --policy streaming --window-pages 31 --trigger 0
+}
+
+STEPS=${STEPS:-"build kernels_test gpu_tier_test sdpa kernels_bench transport_test transport_bench e2e_gpu_step e2e_cuda_test e2e_cuda_bench"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"
