@@ -10,6 +10,14 @@
 // and p99 over steps x heads), bytes per step by tier, step time split and the ratio to dense.
 // --backend cuda runs the session on the CUDA backend (cuda-mapped: its mapped-memory upload) and
 // the dense baseline on a second CUDA backend holding the whole context (same kernel, resident).
+//
+// --mode picks LouisKV's scenarios: long-short (the above: a long prompt, the traced queries as
+// decode steps), short-long (a 512-token prompt, then every later position decoded token by
+// token, so the pages committed while decoding are what later steps retrieve) and long-long (a
+// prompt of half the trace, the rest decoded). The traces hold queries for their last positions
+// only: a step before them uses the position's own key as a stand-in query (each query head takes
+// its KV head's key) and is not scored; error and the per-step columns cover the traced steps,
+// and a second line sums up the whole generation. --mode diffusion: diffusion_mode.cc.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -20,6 +28,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "diffusion_mode.h"
 #include "npy.h"
 #include "pagoda/client/decode_session.h"
 #include "pagoda/kernels/dtype.h"
@@ -44,7 +53,8 @@ struct Args {
   int64_t steps = 0;  // 0: every traced query
   int window_pages = 1;
   int sink_pages = 1;
-  std::string backend = "cpu";  // cpu | cuda | cuda-mapped
+  std::string backend = "cpu";      // cpu | cuda | cuda-mapped
+  std::string mode = "long-short";  // long-short | short-long | long-long | diffusion
 };
 
 absl::StatusOr<std::unique_ptr<DecodeBackend>> MakeBackend(const std::string& name) {
@@ -73,6 +83,10 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
   }
   const int kv = tr->kv_heads, qh = tr->q_heads, hd = tr->head_dim, P = 16;
   const int64_t T = tr->tokens, first = tr->first_query();
+  // The prompt: everything before the traced queries, a short one, or half the trace.
+  const int64_t prompt = a.mode == "short-long"  ? std::min<int64_t>(512, first)
+                         : a.mode == "long-long" ? std::min<int64_t>(T / 2, first)
+                                                 : first;
   const int64_t steps = a.steps > 0 ? std::min(a.steps, tr->queries) : tr->queries;
   std::vector<int32_t> ids(T);
   for (int64_t t = 0; t < T; ++t) ids[t] = static_cast<int32_t>(t);  // positions if no ids file
@@ -142,13 +156,13 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
     std::fprintf(stderr, "session: %s\n", session.status().ToString().c_str());
     return 1;
   }
-  // Prompt [kv, first, hd] from the trace's [kv, T, hd].
-  std::vector<uint16_t> pk(static_cast<size_t>(kv) * first * hd), pv(pk.size());
+  // Prompt [kv, prompt, hd] from the trace's [kv, T, hd].
+  std::vector<uint16_t> pk(static_cast<size_t>(kv) * prompt * hd), pv(pk.size());
   for (int h = 0; h < kv; ++h) {
-    std::memcpy(&pk[h * first * hd], &tr->k[h * T * hd], first * hd * 2);
-    std::memcpy(&pv[h * first * hd], &tr->v[h * T * hd], first * hd * 2);
+    std::memcpy(&pk[h * prompt * hd], &tr->k[h * T * hd], prompt * hd * 2);
+    std::memcpy(&pv[h * prompt * hd], &tr->v[h * T * hd], prompt * hd * 2);
   }
-  if (absl::Status s = (*session)->Prefill(absl::MakeConstSpan(ids).subspan(0, first), pk, pv);
+  if (absl::Status s = (*session)->Prefill(absl::MakeConstSpan(ids).subspan(0, prompt), pk, pv);
       !s.ok()) {
     std::fprintf(stderr, "prefill: %s\n", s.ToString().c_str());
     return 1;
@@ -189,10 +203,14 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
   int64_t retrieved = 0, attended_tokens = 0;
   std::vector<uint16_t> q(static_cast<size_t>(qh) * hd), k(kv * hd), v(kv * hd), out(q.size()),
       ref(q.size());
-  for (int64_t i = 0; i < steps; ++i) {
+  double gen_s = 0;  // every generated step, traced or not
+  uint64_t gen_tier[kNumTiers] = {0, 0, 0}, gen_uploaded = 0, gen_committed = 0;
+  for (int64_t i = prompt - first; i < steps; ++i) {
     const int64_t t = first + i;
     for (int h = 0; h < qh; ++h) {
-      std::memcpy(&q[h * hd], &tr->q[(h * tr->queries + i) * hd], hd * 2);
+      const uint16_t* src =
+          i >= 0 ? &tr->q[(h * tr->queries + i) * hd] : &tr->k[((h / (qh / kv)) * T + t) * hd];
+      std::memcpy(&q[h * hd], src, hd * 2);
     }
     for (int h = 0; h < kv; ++h) {
       std::memcpy(&k[h * hd], &tr->k[(h * T + t) * hd], hd * 2);
@@ -203,6 +221,11 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
       std::fprintf(stderr, "step %ld: %s\n", static_cast<long>(i), st.status().ToString().c_str());
       return 1;
     }
+    gen_s += st->select_s + st->transfer_s + st->attention_s + st->append_s;
+    for (int j = 0; j < kNumTiers; ++j) gen_tier[j] += st->bytes_from_tier[j];
+    gen_uploaded += st->bytes_uploaded;
+    gen_committed += st->bytes_committed;
+    if (i < 0) continue;  // no traced query: not scored
     sel += st->select_s;
     xfer += st->transfer_s;
     attn += st->attention_s;
@@ -268,6 +291,16 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
       bytes[static_cast<int>(Tier::kGpu)] / n / 1024, uploaded / n / 1024, committed / n / 1024,
       summary / n / 1024, sel / n * 1e6, xfer / n * 1e6, attn / n * 1e6, app / n * 1e6, step_us,
       dense_s / n * 1e6, step_us / (dense_s / n * 1e6));
+  if (prompt < first) {
+    const double g = static_cast<double>(steps + first - prompt);
+    std::printf(
+        "  %s: prompt %ld, generated %ld tokens | KiB/step ssd=%.1f host=%.1f upload=%.1f "
+        "commit=%.2f | us/step total=%.1f\n",
+        a.mode.c_str(), static_cast<long>(prompt), static_cast<long>(g),
+        gen_tier[static_cast<int>(Tier::kSsd)] / g / 1024,
+        gen_tier[static_cast<int>(Tier::kHost)] / g / 1024, gen_uploaded / g / 1024,
+        gen_committed / g / 1024, gen_s / g * 1e6);
+  }
   std::fflush(stdout);
   session->reset();
   store->reset();
@@ -284,7 +317,8 @@ int main(int argc, char** argv) {
   app.add_option("--traces", a.traces, "trace directory");
   app.add_option("--ssd-dir", a.ssd_dir, "scratch directory of the SSD tier (wiped per layer)");
   app.add_option("--policy", a.policy, "quest | hierarchical | ann | streaming | oracle");
-  app.add_option("--budget-tokens", a.budget_tokens, "tokens per KV head, kept pages included");
+  app.add_option("--budget-tokens", a.budget_tokens,
+                 "tokens per KV head, kept pages included (diffusion: 0 = dense)");
   app.add_option("--pool-pages", a.pool_pages, "pool slots (0: 2 x kv_heads x budget + 1)");
   app.add_option("--host-pages", a.host_pages, "host tier capacity in pages (rest on SSD)");
   app.add_option("--threshold", a.threshold, "boundary trigger threshold");
@@ -297,16 +331,41 @@ int main(int argc, char** argv) {
   app.add_option("--window-pages", a.window_pages, "always-kept last pages");
   app.add_option("--backend", a.backend,
                  "cpu | cuda | cuda-mapped (session and dense baseline on that backend)");
+  app.add_option("--mode", a.mode, "long-short | short-long | long-long | diffusion");
+  pagoda::bench::DiffusionArgs d;
+  app.add_option("--block-tokens", d.block_tokens, "diffusion: tokens per block");
+  app.add_option("--denoise-steps", d.denoise_steps, "diffusion: denoising steps per block");
+  app.add_option("--blocks", d.blocks, "diffusion: generated blocks");
+  app.add_option("--noise", d.noise, "diffusion: masked K/V noise (x rms), fading over the steps");
+  app.add_option("--unmask", d.unmask, "diffusion: order tokens become final: ltr | random");
   CLI11_PARSE(app, argc, argv);
   std::printf("backend %s (dense baseline on the same backend, whole context resident)\n",
               a.backend.c_str());
+  if (a.mode != "long-short" && a.mode != "short-long" && a.mode != "long-long" &&
+      a.mode != "diffusion") {
+    std::fprintf(stderr, "--mode: unknown mode %s\n", a.mode.c_str());
+    return 1;
+  }
+  if (a.mode == "diffusion" && a.backend != "cpu") {
+    std::fprintf(stderr, "--mode diffusion runs on the CPU backend only\n");
+    return 1;
+  }
+  d.ssd_dir = a.ssd_dir;
+  d.policy = a.policy;
+  d.budget_tokens = a.budget_tokens;
+  d.pool_pages = a.pool_pages;
+  d.host_pages = a.host_pages;
+  d.sink_pages = a.sink_pages;
+  d.window_pages = a.window_pages;
   auto files = pagoda::bench::FindTraces(a.traces);
   if (!files.ok()) {
     std::fprintf(stderr, "%s\n", files.status().ToString().c_str());
     return 1;
   }
   for (const auto& f : *files) {
-    if (int rc = pagoda::RunLayer(a, f); rc != 0) return rc;
+    const int rc =
+        a.mode == "diffusion" ? pagoda::bench::RunDiffusionLayer(d, f) : pagoda::RunLayer(a, f);
+    if (rc != 0) return rc;
   }
   return 0;
 }
