@@ -295,7 +295,15 @@ absl::StatusOr<DiffusionStepStats> DiffusionSession::Denoise(absl::Span<const ui
       changed.push_back(j);
     }
   }
-  staging_.resize((missing.size() + changed.size()) * page_bytes_);
+  const size_t up_bytes = (missing.size() + changed.size()) * page_bytes_;
+  // Stage straight into the backend's upload buffer (pinned memory on the GPU) where it has one.
+  auto staged = backend_->StagingBuffer(up_bytes);
+  if (!staged.ok()) return fail(staged.status());
+  uint8_t* staging = staged->data();
+  if (staged->empty()) {
+    staging_.resize(up_bytes);
+    staging = staging_.data();
+  }
   std::vector<int32_t> slots;
   slots.reserve(missing.size() + changed.size());
   auto place = [&](int32_t page) -> int32_t {
@@ -313,7 +321,7 @@ absl::StatusOr<DiffusionStepStats> DiffusionSession::Denoise(absl::Span<const ui
   for (size_t i = 0; i < missing.size(); ++i) {
     const int32_t p = missing[i];
     auto info = store_->Get(options_.tenant, page_keys_[p],
-                            absl::MakeSpan(staging_.data() + i * page_bytes_, page_bytes_));
+                            absl::MakeSpan(staging + i * page_bytes_, page_bytes_));
     if (!info.ok()) {
       return fail(absl::Status(info.status().code(),
                                absl::StrCat("page ", p, ": ", info.status().message())));
@@ -325,13 +333,15 @@ absl::StatusOr<DiffusionStepStats> DiffusionSession::Denoise(absl::Span<const ui
   }
   for (size_t i = 0; i < changed.size(); ++i) {
     const int32_t j = changed[i];
-    std::memcpy(staging_.data() + (missing.size() + i) * page_bytes_,
-                fresh_.data() + j * page_bytes_, page_bytes_);
+    std::memcpy(staging + (missing.size() + i) * page_bytes_, fresh_.data() + j * page_bytes_,
+                page_bytes_);
     const int32_t slot = place(cached + j);
     if (slot < 0) return fail(absl::InternalError("no free pool slot"));
     slots.push_back(slot);
   }
-  if (absl::Status s = backend_->Upload(slots, staging_); !s.ok()) return fail(s);
+  if (absl::Status s = backend_->Upload(slots, absl::MakeConstSpan(staging, up_bytes)); !s.ok()) {
+    return fail(s);
+  }
   block_.swap(fresh_);
   block_open_ = true;
   stats.fetched_pages = static_cast<int32_t>(missing.size());
