@@ -248,10 +248,8 @@ absl::StatusOr<DiffusionStepStats> DiffusionSession::Denoise(absl::Span<const ui
   stats.queries = static_cast<int32_t>(b);
   stats.cached_pages = cached_pages();
   const Clock::time_point t0 = Clock::now();
-  // Selection and the pool check change nothing when they fail.
-  std::vector<std::vector<int32_t>> old_rows = rows_;
+  // Selection and the pool check change nothing when they fail (rows_ is set on success only).
   if (absl::Status s = SelectRows(q, &stats); !s.ok()) {
-    rows_ = std::move(old_rows);
     if (absl::IsResourceExhausted(s) || absl::IsInvalidArgument(s)) return s;
     failed_ = true;
     return s;

@@ -112,8 +112,8 @@ class DiffusionSession {
   // not re-uploaded.
   // InvalidArgument for bad sizes / non-finite input, FailedPrecondition before Prefill,
   // ResourceExhausted when the step needs more pages than the pool holds: the session is unchanged
-  // then. Any other error (store, backend) leaves the session failed: later calls return
-  // FailedPrecondition.
+  // then (a policy with selection state, e.g. hierarchical's reuse count, may have advanced). Any
+  // other error (store, backend) leaves the session failed: later calls return FailedPrecondition.
   absl::StatusOr<DiffusionStepStats> Denoise(absl::Span<const uint16_t> q,
                                              absl::Span<const uint16_t> k,
                                              absl::Span<const uint16_t> v,
