@@ -51,6 +51,18 @@ class RegistrationTest : public ::testing::Test {
     return false;
   }
 
+  // Polls until `reg` counts at least `n` registrations. The node key becomes visible in etcd a
+  // moment before the registration thread updates its counter, so a test that saw the key waits
+  // here rather than reading the counter at once.
+  static bool WaitForRegistrations(const NodeRegistration& reg, int64_t n, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      if (reg.registrations() >= n) return true;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return reg.registrations() >= n;
+  }
+
   std::unique_ptr<EtcdProcess> etcd_;
   std::unique_ptr<EtcdClient> client_;
 };
@@ -96,7 +108,7 @@ TEST_F(RegistrationTest, ReRegistersAfterKeyIsDeleted) {
   ASSERT_TRUE(reg.ok());
   ASSERT_EQ(*client_->Delete((*reg)->key()), 1);
   ASSERT_TRUE(WaitForKey((*reg)->key(), true, absl::Seconds(5)));
-  EXPECT_GE((*reg)->registrations(), 2);
+  EXPECT_TRUE(WaitForRegistrations(**reg, 2, absl::Seconds(2)));
 }
 
 TEST_F(RegistrationTest, ReRegistersAfterEtcdRestartsEmpty) {
@@ -109,7 +121,7 @@ TEST_F(RegistrationTest, ReRegistersAfterEtcdRestartsEmpty) {
   EXPECT_FALSE((*reg)->registered());
   ASSERT_TRUE(etcd_->Restart().ok());
   ASSERT_TRUE(WaitForKey(key, true, absl::Seconds(10)));
-  EXPECT_GE((*reg)->registrations(), 2);
+  EXPECT_TRUE(WaitForRegistrations(**reg, 2, absl::Seconds(2)));
   absl::SleepFor(absl::Milliseconds(400));
   EXPECT_TRUE((*reg)->registered());
 }
@@ -175,6 +187,8 @@ TEST_F(RegistrationTest, CanStartUnregisteredAndRegisterOnceEtcdAnswers) {
   EXPECT_EQ((*reg)->registrations(), 0);
   ASSERT_TRUE(etcd_->Restart().ok());
   ASSERT_TRUE(WaitForKey((*reg)->key(), true, absl::Seconds(10)));
+  ASSERT_TRUE(WaitForRegistrations(**reg, 1, absl::Seconds(2)));
+  absl::SleepFor(absl::Milliseconds(300));  // a few keep-alive rounds: no second registration
   EXPECT_EQ((*reg)->registrations(), 1);
 }
 
