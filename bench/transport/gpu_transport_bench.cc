@@ -184,7 +184,7 @@ void Peer(size_t page, size_t n, size_t slots) {
   Row("GPU0->GPU1 scattered one cudaMemcpyPeerAsync per page", page, n,
       TimeMs(s, [&] { CHECK_OK(pagoda::CopyPagesOneByOne(c, page, s)); }), base, "peer");
   // The kernels' gather reading GPU0's pool over NVLink into GPU1 staging, then (optionally) the
-  // scatter into GPU1's pool slots.
+  // scatter into GPU1's pool slots; and the one-pass pool -> pool kernel.
   int32_t *src_idx, *dst_idx;
   uint8_t* staging;
   CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&src_idx), n * sizeof(int32_t)));
@@ -199,10 +199,17 @@ void Peer(size_t page, size_t n, size_t slots) {
                CHECK_OK(pagoda::CopyPoolPagesAsync(sp, src_idx, dp, nullptr, n, page, staging, s));
              }),
       base, "peer");
-  Row("GPU0->GPU1 scattered kernels gather + scatter (pool -> pool)", page, n,
+  Row("GPU0->GPU1 scattered pool -> pool, two passes (gather to staging + scatter)", page, n,
       TimeMs(s,
              [&] {
-               CHECK_OK(pagoda::CopyPoolPagesAsync(sp, src_idx, dp, dst_idx, n, page, staging, s));
+               CHECK_OK(pagoda::CopyPoolPagesAsync(sp, src_idx, dp, nullptr, n, page, staging, s));
+               CHECK_OK(pagoda::CopyPoolPagesAsync(sp, nullptr, dp, dst_idx, n, page, staging, s));
+             }),
+      base, "peer");
+  Row("GPU0->GPU1 scattered pool -> pool, one pass (CopyPoolToPool)", page, n,
+      TimeMs(s,
+             [&] {
+               CHECK_OK(pagoda::CopyPoolPagesAsync(sp, src_idx, dp, dst_idx, n, page, nullptr, s));
              }),
       base, "peer");
   // Bytes right: page ss[i] of GPU0 (filled with its index) must sit in slot ds[i] of GPU1.
@@ -214,7 +221,7 @@ void Peer(size_t page, size_t n, size_t slots) {
       CHECK_CUDA(cudaMemcpy(src + size_t(ss[i]) * page, fill.data(), page, cudaMemcpyHostToDevice));
     }
     CHECK_CUDA(cudaSetDevice(1));
-    CHECK_OK(pagoda::CopyPoolPagesAsync(sp, src_idx, dp, dst_idx, n, page, staging, s));
+    CHECK_OK(pagoda::CopyPoolPagesAsync(sp, src_idx, dp, dst_idx, n, page, nullptr, s));
     CHECK_CUDA(cudaStreamSynchronize(s));
     size_t bad = 0;
     for (size_t i = 0; i < n; ++i) {

@@ -154,6 +154,17 @@ TEST_P(GpuCopyTest, PoolToPoolThroughKernelsIsByteExact) {
       ASSERT_EQ(back[s * pb], 0x77) << "slot " << s << " was written";
     }
   }
+  // The same copy again without staging (pool to pool needs none) into fresh destination bytes.
+  CUDA_OK(cudaMemset(dev, 0x77, slots * pb));
+  ASSERT_TRUE(CopyPoolPagesAsync(hp, src_idx, dp, dst_idx, n, pb, nullptr, stream_).ok());
+  CUDA_OK(cudaStreamSynchronize(stream_));
+  CUDA_OK(cudaMemcpy(back.data(), dev, slots * pb, cudaMemcpyDeviceToHost));
+  for (int32_t k = 0; k < n; ++k) {
+    for (size_t i = 0; i < pb; ++i) ASSERT_EQ(back[to[k] * pb + i], Byte(from[k], i)) << k;
+  }
+  EXPECT_EQ(CopyPoolPagesAsync(hp, src_idx, dp, nullptr, n, pb, nullptr, stream_).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "a gather needs staging";
   EXPECT_EQ(CopyPoolPagesAsync(hp, src_idx, dp, dst_idx, 0, pb, staging, stream_).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(CopyPoolPagesAsync(hp, nullptr, dp, nullptr, n, pb, staging, stream_).code(),

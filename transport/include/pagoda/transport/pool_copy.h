@@ -24,13 +24,14 @@ struct PagePool {
   int64_t stride_bytes = 0;
 };
 
-// Copies slot src_slots[i] of `src` to slot dst_slots[i] of `dst`, page_bytes each, i < n: one
-// gather kernel into `staging`, one scatter kernel out of it, both on `stream`. Pass dst_slots =
-// nullptr to leave the pages contiguous in `staging` (a gather only); src_slots = nullptr to take
-// them contiguous from `staging` (a scatter only). `staging` holds n * page_bytes and is device or
-// pinned host memory; the slot arrays are int32 in device memory; destination slots must not
-// repeat. InvalidArgument for bad shapes (nothing enqueued); slot values are not range-checked on
-// the host (they live on the GPU): callers validate them when they build them.
+// Copies slot src_slots[i] of `src` to slot dst_slots[i] of `dst`, page_bytes each, i < n, on
+// `stream`. With both slot lists: ONE kernel reading each page once from `src` and writing it once
+// to `dst` (kernels::gpu::CopyPoolToPool; `staging` is not touched, the pages must not overlap).
+// Pass dst_slots = nullptr to gather the pages contiguous into `staging`; src_slots = nullptr to
+// scatter them from `staging` (n * page_bytes of device or pinned host memory, needed in those two
+// cases). The slot arrays are int32 in device memory; destination slots must not repeat.
+// InvalidArgument for bad shapes (nothing enqueued); slot values are not range-checked on the host
+// (they live on the GPU): callers validate them when they build them.
 absl::Status CopyPoolPagesAsync(const PagePool& src, const int32_t* src_slots, const PagePool& dst,
                                 const int32_t* dst_slots, int32_t n, size_t page_bytes,
                                 void* staging, cudaStream_t stream);
