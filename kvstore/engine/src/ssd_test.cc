@@ -1,11 +1,20 @@
-// The SSD tier under real RocksDB in a temp dir: restart recovery, corruption on disk, the fault
-// seam (failed writes and syncs, corrupting device).
+// The SSD tier on real files in a temp dir (segment files + RocksDB metadata): restart recovery,
+// corruption and truncation on disk, crashes between bytes and metadata, the fault seam (failed
+// writes and syncs, corrupting device), a full file system, segment unlink and compaction, and
+// refusing an older on-disk format.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "pagoda/kvstore/store.h"
+#include "rocksdb/db.h"
 #include "ssd_tier.h"
 #include "test_util.h"
 
@@ -88,11 +97,11 @@ TEST(SsdTest, PromotedPagesLeaveSsdAndRestartDoesNotResurrectRemovedPages) {
   for (int i = 2; i < 6; ++i) EXPECT_TRUE(CheckKey(*s, "t", i).ok()) << i;
 }
 
-// Flips bytes in the middle of every blob file under dir; returns how many files it touched.
-int CorruptBlobFiles(const std::string& dir) {
+// Flips bytes in the middle of every segment file under dir; returns how many files it touched.
+int CorruptSegmentFiles(const std::string& dir) {
   int n = 0;
-  for (const auto& f : std::filesystem::directory_iterator(dir)) {
-    if (f.path().extension() != ".blob") continue;
+  for (const auto& f : std::filesystem::recursive_directory_iterator(dir)) {
+    if (f.path().extension() != ".seg") continue;
     std::fstream io(f.path(), std::ios::in | std::ios::out | std::ios::binary);
     const auto size = std::filesystem::file_size(f.path());
     // Hit many records: every 1 KiB from 10% to 90% of the file.
@@ -119,7 +128,7 @@ TEST(SsdTest, CorruptRecordOnDiskIsDetectedDroppedAndNeverServed) {
     ASSERT_TRUE(DemoteAll(*s, "t", kPages).ok());
     ASSERT_TRUE(s->Flush().ok());
   }
-  ASSERT_GT(CorruptBlobFiles(dir.path()), 0);
+  ASSERT_GT(CorruptSegmentFiles(dir.path()), 0);
   auto s = OpenOrDie(o);
   ASSERT_EQ(s->Stats().tiers[2].pages, static_cast<uint64_t>(kPages));
   int bad = 0, good = 0;
@@ -276,6 +285,352 @@ TEST(SsdTest, SsdCapacityEvictsByDeletion) {
   EXPECT_EQ(st.tiers[2].pages, 2u);
   EXPECT_EQ(st.dropped, 3u);
   EXPECT_TRUE(CheckKey(*s, "t", 4).ok());
+}
+
+// ---- The segment files, through SsdTier directly -----------------------------------------------
+
+namespace fs = std::filesystem;
+constexpr uint32_t kPage = 4096;
+
+std::string TierBytes(uint64_t i) {
+  std::string s(kPage, '\0');
+  uint64_t x = i * 0x9E3779B97F4A7C15ULL + 1;
+  for (char& c : s) {
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    c = static_cast<char>(x >> 56);
+  }
+  return s;
+}
+
+absl::Status WriteKeys(SsdTier& t, uint64_t first, uint64_t count) {
+  std::vector<std::string> bytes;
+  std::vector<SsdPageWrite> writes;
+  for (uint64_t i = first; i < first + count; ++i) bytes.push_back(TierBytes(i));
+  for (uint64_t i = 0; i < count; ++i) {
+    SsdPageWrite w;
+    w.meta = {0, TestKey(first + i), SmallLayout().Id(), kPage, first + i};
+    w.bytes = reinterpret_cast<const uint8_t*>(bytes[i].data());
+    writes.push_back(w);
+  }
+  return t.WriteBatch(writes, {});
+}
+
+// OK only with exactly the right bytes; Internal for wrong bytes.
+absl::Status CheckTierKey(SsdTier& t, uint64_t i) {
+  std::string out;
+  if (absl::Status s = t.Read(0, TestKey(i), &out); !s.ok()) return s;
+  return out == TierBytes(i) ? absl::OkStatus() : absl::InternalError("WRONG BYTES");
+}
+
+absl::Status DeleteKeys(SsdTier& t, uint64_t first, uint64_t count) {
+  std::vector<std::pair<uint32_t, PageKey>> keys;
+  for (uint64_t i = first; i < first + count; ++i) keys.emplace_back(0, TestKey(i));
+  return t.Delete(keys);
+}
+
+std::vector<fs::path> SegmentFiles(const std::string& dir) {
+  std::vector<fs::path> out;
+  for (const auto& f : fs::directory_iterator(dir + "/segments")) {
+    if (f.path().extension() == ".seg") out.push_back(f.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+uint64_t TotalSegmentBytes(const std::string& dir) {
+  uint64_t n = 0;
+  for (const fs::path& p : SegmentFiles(dir)) n += fs::file_size(p);
+  return n;
+}
+
+std::unique_ptr<SsdTier> OpenTier(const std::string& dir, SsdTierOptions o = {}) {
+  auto t = SsdTier::Open(dir, o);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? std::move(*t) : nullptr;
+}
+
+TEST(SsdSegmentTest, RoundTripAndRestart) {
+  TempDir dir;
+  for (bool direct : {false, true}) {
+    const std::string d = dir.Sub(direct ? "direct" : "buffered");
+    SsdTierOptions o;
+    o.segment_bytes = 16 * kPage;
+    o.direct_writes = direct;
+    {
+      auto t = OpenTier(d, o);
+      for (uint64_t b = 0; b < 10; ++b) ASSERT_TRUE(WriteKeys(*t, b * 5, 5).ok());
+      for (uint64_t i = 0; i < 50; ++i) ASSERT_TRUE(CheckTierKey(*t, i).ok()) << i;
+      EXPECT_TRUE(absl::IsNotFound(CheckTierKey(*t, 50)));
+      const SsdTier::SpaceUsage u = t->Space();
+      EXPECT_EQ(u.live_bytes, 50u * kPage);
+      EXPECT_EQ(u.file_bytes, 50u * kPage);  // page-multiple batches need no padding
+      EXPECT_EQ(u.segments, 4u);             // 15 pages a segment: 3 batches of 5
+      // A batch is one append: its pages sit back to back in one file.
+      EXPECT_EQ(SegmentFiles(d).size(), 4u);
+    }
+    auto t = OpenTier(d, o);
+    for (uint64_t i = 0; i < 50; ++i) ASSERT_TRUE(CheckTierKey(*t, i).ok()) << i;
+    EXPECT_EQ(t->Space().live_bytes, 50u * kPage);
+    // A new active segment after the restart; old pages stay readable beside new ones.
+    ASSERT_TRUE(WriteKeys(*t, 100, 3).ok());
+    EXPECT_EQ(SegmentFiles(d).size(), 5u);
+    for (uint64_t i : {0, 49, 100, 102}) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  }
+}
+
+TEST(SsdSegmentTest, CrashBetweenBytesAndMetadataLeavesNothingVisibleAndSpaceComesBack) {
+  TempDir dir;
+  SsdTierOptions o;
+  o.compact_dead_fraction = 2;  // this test watches plain unlinking
+  {
+    auto t = OpenTier(dir.path(), o);
+    ASSERT_TRUE(WriteKeys(*t, 0, 4).ok());
+  }
+  // What a crash after the append and before the metadata commit leaves: bytes at the tail of a
+  // segment, and a whole segment of bytes that no record points to.
+  const std::vector<fs::path> files = SegmentFiles(dir.path());
+  ASSERT_EQ(files.size(), 1u);
+  {
+    std::ofstream tail(files[0], std::ios::app | std::ios::binary);
+    tail << TierBytes(4) << TierBytes(5);
+    std::ofstream stray(dir.Sub("segments/7.seg"), std::ios::binary);
+    stray << TierBytes(6);
+  }
+  auto t = OpenTier(dir.path(), o);
+  EXPECT_FALSE(fs::exists(dir.Sub("segments/7.seg")));  // unreferenced: deleted at open
+  for (uint64_t i = 0; i < 4; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  for (uint64_t i = 4; i < 7; ++i) EXPECT_TRUE(absl::IsNotFound(CheckTierKey(*t, i))) << i;
+  SsdTier::SpaceUsage u = t->Space();
+  EXPECT_EQ(u.live_bytes, 4u * kPage);
+  EXPECT_EQ(u.file_bytes, 6u * kPage);  // the torn tail is dead space...
+  ASSERT_TRUE(DeleteKeys(*t, 0, 4).ok());
+  EXPECT_TRUE(SegmentFiles(dir.path()).empty());  // ...returned with the segment
+  u = t->Space();
+  EXPECT_EQ(u.segments, 0u);
+  EXPECT_EQ(u.file_bytes, 0u);
+  // New ids never reuse the deleted stray's id.
+  ASSERT_TRUE(WriteKeys(*t, 10, 1).ok());
+  ASSERT_EQ(SegmentFiles(dir.path()).size(), 1u);
+  EXPECT_EQ(SegmentFiles(dir.path())[0].filename(), "8.seg");
+}
+
+TEST(SsdSegmentTest, TruncatedOrMissingSegmentIsDataLossNeverWrongBytes) {
+  TempDir dir;
+  SsdTierOptions o;
+  o.segment_bytes = 8 * kPage;
+  {
+    auto t = OpenTier(dir.path(), o);
+    for (uint64_t b = 0; b < 4; ++b) ASSERT_TRUE(WriteKeys(*t, b * 8, 8).ok());
+  }
+  const std::vector<fs::path> files = SegmentFiles(dir.path());
+  ASSERT_EQ(files.size(), 4u);
+  fs::resize_file(files[0], 3 * kPage + 100);  // pages 0-2 whole, 3 torn, 4-7 gone
+  fs::remove(files[1]);                        // pages 8-15 gone
+  auto t = OpenTier(dir.path(), o);
+  for (uint64_t i = 0; i < 32; ++i) {
+    absl::Status s = CheckTierKey(*t, i);
+    if (i < 3 || i >= 16) {
+      EXPECT_TRUE(s.ok()) << i << ": " << s;
+    } else {
+      EXPECT_TRUE(absl::IsDataLoss(s)) << i << ": " << s;
+    }
+  }
+}
+
+TEST(SsdSegmentTest, TruncatedSegmentUnderTheStoreIsDroppedNeverServed) {
+  TempDir dir;
+  const StoreOptions o = SmallStoreOptions(64, dir.path());
+  constexpr int kPages = 32;
+  {
+    auto s = OpenOrDie(o);
+    for (int i = 0; i < kPages; ++i) ASSERT_TRUE(PutKey(*s, "t", i).ok());
+    ASSERT_TRUE(DemoteAll(*s, "t", kPages).ok());
+  }
+  const std::vector<fs::path> files = SegmentFiles(dir.path());
+  ASSERT_EQ(files.size(), 1u);
+  fs::resize_file(files[0], fs::file_size(files[0]) / 2 + 1000);
+  auto s = OpenOrDie(o);
+  int good = 0;
+  for (int i = 0; i < kPages; ++i) {
+    absl::Status st = CheckKey(*s, "t", i);
+    ASSERT_FALSE(absl::IsInternal(st)) << i;
+    if (st.ok()) {
+      ++good;
+    } else {
+      EXPECT_TRUE(absl::IsDataLoss(st)) << i << ": " << st;
+      EXPECT_FALSE(s->Exists("t", TestKey(i)));
+    }
+  }
+  EXPECT_EQ(good, kPages / 2);
+}
+
+// A fault seam for the tier alone: fails the sync that comes between bytes and metadata.
+class FailSyncEnv : public SsdEnv {
+ public:
+  absl::Status Sync(const std::function<absl::Status()>& sync) override {
+    if (fail) return absl::UnavailableError("injected sync failure");
+    return sync();
+  }
+  bool fail = false;
+};
+
+TEST(SsdSegmentTest, FullDiskOrFailedSyncTruncatesBackAndChangesNothing) {
+  TempDir dir;
+  FailSyncEnv env;
+  SsdTierOptions o;
+  o.env = &env;
+  o.sync_writes = true;
+  auto t = OpenTier(dir.path(), o);
+  ASSERT_TRUE(WriteKeys(*t, 0, 4).ok());
+  const uint64_t before = TotalSegmentBytes(dir.path());
+  ASSERT_EQ(before, 4u * kPage);
+
+  // A real short write: the file-size limit lets 1.5 pages of the batch down, then EFBIG (what a
+  // full disk looks like to the writer: a short write, then an error).
+  struct rlimit old;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+  signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = before + kPage + kPage / 2;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &lim), 0);
+  absl::Status full = WriteKeys(*t, 10, 4);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+  EXPECT_TRUE(absl::IsResourceExhausted(full)) << full;
+  EXPECT_EQ(TotalSegmentBytes(dir.path()), before);  // truncated back
+
+  // The sync between bytes and metadata fails: the same.
+  env.fail = true;
+  EXPECT_FALSE(WriteKeys(*t, 20, 4).ok());
+  env.fail = false;
+  EXPECT_EQ(TotalSegmentBytes(dir.path()), before);
+
+  for (uint64_t i : {10, 13, 20, 23}) EXPECT_TRUE(absl::IsNotFound(CheckTierKey(*t, i))) << i;
+  for (uint64_t i = 0; i < 4; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  EXPECT_EQ(t->Space().live_bytes, 4u * kPage);
+  // The tail is usable again: the next batch lands where the failed ones would have.
+  ASSERT_TRUE(WriteKeys(*t, 30, 2).ok());
+  EXPECT_EQ(TotalSegmentBytes(dir.path()), 6u * kPage);
+  for (uint64_t i : {0, 3, 30, 31}) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  t.reset();
+  t = OpenTier(dir.path(), o);
+  for (uint64_t i : {10, 13, 20, 23}) EXPECT_TRUE(absl::IsNotFound(CheckTierKey(*t, i))) << i;
+  for (uint64_t i : {0, 3, 30, 31}) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+}
+
+TEST(SsdSegmentTest, SealedSegmentIsUnlinkedOnceItsPagesAreDeleted) {
+  TempDir dir;
+  SsdTierOptions o;
+  o.segment_bytes = 4 * kPage;
+  o.compact_dead_fraction = 2;  // no compaction: only unlinking
+  auto t = OpenTier(dir.path(), o);
+  for (uint64_t b = 0; b < 3; ++b) ASSERT_TRUE(WriteKeys(*t, b * 4, 4).ok());
+  ASSERT_EQ(SegmentFiles(dir.path()).size(), 3u);  // 1, 2 sealed; 3 active
+  ASSERT_TRUE(DeleteKeys(*t, 0, 3).ok());
+  EXPECT_EQ(SegmentFiles(dir.path()).size(), 3u);  // one page still lives in segment 1
+  ASSERT_TRUE(DeleteKeys(*t, 3, 1).ok());
+  EXPECT_EQ(SegmentFiles(dir.path()).size(), 2u);
+  EXPECT_FALSE(fs::exists(dir.Sub("segments/1.seg")));
+  ASSERT_TRUE(DeleteKeys(*t, 8, 4).ok());  // the active segment stays while it is active
+  EXPECT_TRUE(fs::exists(dir.Sub("segments/3.seg")));
+  for (uint64_t i = 4; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  EXPECT_EQ(t->Space().live_bytes, 4u * kPage);
+  t.reset();
+  t = OpenTier(dir.path(), o);  // segment 3 had no live page: gone at open
+  EXPECT_EQ(SegmentFiles(dir.path()).size(), 1u);
+  for (uint64_t i = 4; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+}
+
+TEST(SsdSegmentTest, CompactionKeepsEveryLivePageByteIdentical) {
+  TempDir dir;
+  SsdTierOptions o;
+  o.segment_bytes = 8 * kPage;
+  o.compact_dead_fraction = 0.5;
+  auto t = OpenTier(dir.path(), o);
+  for (uint64_t b = 0; b < 8; ++b) ASSERT_TRUE(WriteKeys(*t, b * 4, 4).ok());
+  // Segments 1-4 hold pages 0-7, 8-15, 16-23, 24-31; 4 is active.
+  ASSERT_EQ(SegmentFiles(dir.path()).size(), 4u);
+  // Deleting three pages of segment 1 leaves it 3/8 dead: kept.
+  ASSERT_TRUE(DeleteKeys(*t, 0, 3).ok());
+  EXPECT_TRUE(fs::exists(dir.Sub("segments/1.seg")));
+  // Readers run through compaction: every OK read has the right bytes.
+  std::atomic<bool> stop{false};
+  std::atomic<int> wrong{0}, reads{0};
+  std::thread reader([&] {
+    while (!stop.load()) {
+      for (uint64_t i = 4; i < 32; ++i) {
+        absl::Status s = CheckTierKey(*t, i);
+        if (absl::IsInternal(s) || (!s.ok() && i != 4)) wrong++;
+        reads++;
+      }
+    }
+  });
+  // The fourth crosses 1/2: its live pages 4-7 move to the active segment and 1.seg goes.
+  ASSERT_TRUE(DeleteKeys(*t, 3, 1).ok());
+  EXPECT_FALSE(fs::exists(dir.Sub("segments/1.seg")));
+  // An explicit compaction of a segment with one page deleted.
+  ASSERT_TRUE(DeleteKeys(*t, 4, 1).ok());
+  ASSERT_TRUE(t->CompactSegment(2).ok());
+  EXPECT_FALSE(fs::exists(dir.Sub("segments/2.seg")));
+  stop = true;
+  reader.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(reads.load(), 0);
+  for (uint64_t i = 0; i < 5; ++i) EXPECT_TRUE(absl::IsNotFound(CheckTierKey(*t, i))) << i;
+  for (uint64_t i = 5; i < 32; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  const SsdTier::SpaceUsage u = t->Space();
+  EXPECT_EQ(u.live_bytes, 27u * kPage);
+  // Nothing dead left in sealed segments; page 4 died in the active one after it moved there.
+  EXPECT_EQ(u.file_bytes, 28u * kPage);
+  t.reset();
+  t = OpenTier(dir.path(), o);
+  for (uint64_t i = 5; i < 32; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  EXPECT_EQ(t->Space().live_bytes, 27u * kPage);
+}
+
+TEST(SsdSegmentTest, OlderOrUnknownFormatIsRefusedWithAClearError) {
+  TempDir dir;
+  {
+    // A version 1 directory: page bytes in a "pages" column family of blob values.
+    rocksdb::Options opts;
+    opts.create_if_missing = true;
+    opts.create_missing_column_families = true;
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+        {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
+        {"pages", rocksdb::ColumnFamilyOptions()},
+        {"meta", rocksdb::ColumnFamilyOptions()}};
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(opts, dir.Sub("v1"), cfs, &handles, &db).ok());
+    for (auto* h : handles) ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
+    delete db;
+  }
+  auto v1 = SsdTier::Open(dir.Sub("v1"), SsdTierOptions());
+  ASSERT_TRUE(absl::IsFailedPrecondition(v1.status())) << v1.status();
+  EXPECT_THAT(std::string(v1.status().message()), ::testing::HasSubstr("format version 1"));
+  EXPECT_TRUE(fs::exists(dir.Sub("v1")));
+  // The store refuses it the same way.
+  auto store = Store::Open(SmallStoreOptions(8, dir.Sub("v1")));
+  EXPECT_TRUE(absl::IsFailedPrecondition(store.status())) << store.status();
+  {
+    // A newer version than this build knows.
+    ASSERT_NE(OpenTier(dir.Sub("v3")), nullptr);
+    rocksdb::DB* db = nullptr;
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+        {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
+        {"meta", rocksdb::ColumnFamilyOptions()},
+        {"locations", rocksdb::ColumnFamilyOptions()}};
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir.Sub("v3"), cfs, &handles, &db).ok());
+    const uint32_t v = 3;
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), "format_version",
+                        rocksdb::Slice(reinterpret_cast<const char*>(&v), 4))
+                    .ok());
+    for (auto* h : handles) ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
+    delete db;
+  }
+  auto v3 = SsdTier::Open(dir.Sub("v3"), SsdTierOptions());
+  ASSERT_TRUE(absl::IsFailedPrecondition(v3.status())) << v3.status();
+  EXPECT_THAT(std::string(v3.status().message()), ::testing::HasSubstr("format version 3"));
 }
 
 }  // namespace

@@ -1,17 +1,32 @@
 #include "ssd_tier.h"
 
-#include <cstring>
+#include <sys/uio.h>
 
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "rocksdb/db.h"
+#include "rocksdb/listener.h"
 #include "rocksdb/options.h"
 #include "rocksdb/table.h"
 #include "rocksdb/write_batch.h"
+#include "ssd_segments.h"
 
 namespace pagoda {
 namespace {
 
 constexpr size_t kPageKeyBytes = 20;
+constexpr uint32_t kFormatVersion = 2;
+constexpr char kFormatVersionKey[] = "format_version";
+constexpr size_t kMetaBytes = 24;
+constexpr size_t kLocKeyBytes = 9;
+constexpr size_t kLocValueBytes = kPageKeyBytes + 4;
+// Compaction moves live pages in appends of about this many bytes.
+constexpr uint64_t kCompactBatchBytes = 4ULL << 20;
 
 // The one place RocksDB statuses become absl::Status.
 absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
@@ -41,41 +56,97 @@ uint64_t GetBE64(const char* p) {
 }
 
 struct PageKeyBuf {
-  char b[1 + kPageKeyBytes];  // b[0] = 'P' for the meta key; the data key is b + 1
+  char b[1 + kPageKeyBytes];  // b[0] = 'P' for the meta key; the page key is b + 1
   PageKeyBuf(uint32_t tenant, const PageKey& key) {
     b[0] = 'P';
     PutBE32(b + 1, tenant);
     PutBE64(b + 5, key.hi);
     PutBE64(b + 13, key.lo);
   }
-  rocksdb::Slice data() const { return rocksdb::Slice(b + 1, kPageKeyBytes); }
+  rocksdb::Slice pk() const { return rocksdb::Slice(b + 1, kPageKeyBytes); }
   rocksdb::Slice meta() const { return rocksdb::Slice(b, sizeof(b)); }
 };
 
-void EncodeMeta(const SsdPageMeta& m, char out[16]) {
+void EncodeMeta(const SsdPageMeta& m, SegmentLocation at, char out[kMetaBytes]) {
   std::memcpy(out, &m.layout, 4);  // little-endian hosts only (x86-64, aarch64)
   std::memcpy(out + 4, &m.size, 4);
   std::memcpy(out + 8, &m.checksum, 8);
+  std::memcpy(out + 16, &at.segment, 4);
+  std::memcpy(out + 20, &at.offset, 4);
 }
+
+bool DecodeMeta(const rocksdb::Slice& v, SsdPageMeta* m, SegmentLocation* at) {
+  if (v.size() != kMetaBytes) return false;
+  std::memcpy(&m->layout, v.data(), 4);
+  std::memcpy(&m->size, v.data() + 4, 4);
+  std::memcpy(&m->checksum, v.data() + 8, 8);
+  std::memcpy(&at->segment, v.data() + 16, 4);
+  std::memcpy(&at->offset, v.data() + 20, 4);
+  return true;
+}
+
+struct LocKeyBuf {
+  char b[kLocKeyBytes];
+  explicit LocKeyBuf(SegmentLocation at) {
+    b[0] = 'L';
+    PutBE32(b + 1, at.segment);
+    PutBE32(b + 5, at.offset);
+  }
+  rocksdb::Slice slice() const { return rocksdb::Slice(b, sizeof(b)); }
+};
+
+// Syncs segment bytes before RocksDB flushes metadata that may point at them, so that a flushed
+// record never outlives its bytes (with the WAL off, memtable flushes are the only durability).
+class SyncSegmentsOnFlush : public rocksdb::EventListener {
+ public:
+  void OnFlushBegin(rocksdb::DB*, const rocksdb::FlushJobInfo&) override {
+    if (SegmentSet* s = segments.load(std::memory_order_acquire); s != nullptr) {
+      s->SyncAll().IgnoreError();  // a failed sync shows up as a checksum failure, never as bytes
+    }
+  }
+  std::atomic<SegmentSet*> segments{nullptr};
+};
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir, SsdEnv* env,
-                                                       bool sync_writes) {
+absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir,
+                                                       const SsdTierOptions& options) {
+  std::error_code ec;
+  const bool existed = std::filesystem::exists(dir + "/CURRENT", ec);
   rocksdb::DBOptions db_opts;
-  db_opts.create_if_missing = true;
-  db_opts.create_missing_column_families = true;
+  if (existed) {
+    // Refuse another format before opening: opening would add column families to it.
+    std::vector<std::string> names;
+    if (absl::Status s = FromRocks(rocksdb::DB::ListColumnFamilies(db_opts, dir, &names),
+                                   "list column families of " + dir);
+        !s.ok()) {
+      return s;
+    }
+    const absl::flat_hash_set<std::string> have(names.begin(), names.end());
+    if (have.contains("pages")) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("SSD tier: ", dir,
+                       " holds on-disk format version 1 (page bytes as RocksDB blobs); this build "
+                       "reads version ",
+                       kFormatVersion,
+                       " only. Move the directory away (its pages are a cache) or read it "
+                       "with an older build"));
+    }
+    if (!have.contains("meta") || !have.contains("locations")) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "SSD tier: ", dir, " is a RocksDB database of an unknown format (no \"meta\" and ",
+          "\"locations\" column families); this build reads SSD tier format version ",
+          kFormatVersion, " only"));
+    }
+  }
+  db_opts.create_if_missing = !existed;
+  db_opts.create_missing_column_families = !existed;
   db_opts.max_background_jobs = 2;
-  // Both column families flush together, so a page's bytes and its metadata reach disk together
-  // even when the WAL is off.
+  // Both column families flush together, so a page's 'P' and 'L' records reach disk together even
+  // when the WAL is off.
   db_opts.atomic_flush = true;
-  rocksdb::ColumnFamilyOptions pages_opts;
-  pages_opts.enable_blob_files = true;
-  pages_opts.min_blob_size = 0;  // every page's bytes go to blob files; the LSM holds references
-  pages_opts.blob_file_size = 256ULL << 20;
-  pages_opts.enable_blob_garbage_collection = true;
-  pages_opts.write_buffer_size = 64ULL << 20;
-  pages_opts.max_write_buffer_number = 3;
+  auto listener = std::make_shared<SyncSegmentsOnFlush>();
+  db_opts.listeners.push_back(listener);
   rocksdb::ColumnFamilyOptions meta_opts;
   meta_opts.write_buffer_size = 16ULL << 20;
   // Metadata records are small and random (keys are hashes): compression saves little and its
@@ -86,10 +157,11 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir, S
     table.block_size = 64 << 10;
     meta_opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   }
+  rocksdb::ColumnFamilyOptions loc_opts = meta_opts;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
       {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
-      {"pages", pages_opts},
-      {"meta", meta_opts}};
+      {"meta", meta_opts},
+      {"locations", loc_opts}};
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
   if (absl::Status s =
@@ -100,55 +172,156 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir, S
   std::unique_ptr<SsdTier> t(new SsdTier());
   t->db_ = db;
   t->default_cf_ = handles[0];
-  t->pages_cf_ = handles[1];
-  t->meta_cf_ = handles[2];
-  t->custom_env_ = env != nullptr;
-  t->env_ = env != nullptr ? env : &t->default_env_;
-  t->sync_writes_ = sync_writes;
+  t->meta_cf_ = handles[1];
+  t->loc_cf_ = handles[2];
+  t->options_ = options;
+  t->custom_env_ = options.env != nullptr;
+  t->env_ = options.env != nullptr ? options.env : &t->default_env_;
+  if (absl::Status s = t->CheckFormat(dir, existed); !s.ok()) return s;
+  if (absl::Status s = t->LoadSegments(dir); !s.ok()) return s;
+  listener->segments.store(t->segments_.get(), std::memory_order_release);
+  t->listener_ = std::move(listener);
   return t;
+}
+
+absl::Status SsdTier::CheckFormat(const std::string& dir, bool existed) {
+  if (!existed) {
+    char v[4];
+    std::memcpy(v, &kFormatVersion, 4);
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    return FromRocks(db_->Put(wo, default_cf_, kFormatVersionKey, rocksdb::Slice(v, 4)),
+                     "write format version");
+  }
+  std::string v;
+  rocksdb::Status rs = db_->Get(rocksdb::ReadOptions(), default_cf_, kFormatVersionKey, &v);
+  if (rs.IsNotFound()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("SSD tier: ", dir, " has no format version record; this build reads SSD ",
+                     "tier format version ", kFormatVersion, " only"));
+  }
+  if (absl::Status s = FromRocks(rs, "read format version"); !s.ok()) return s;
+  uint32_t version = 0;
+  if (v.size() == 4) std::memcpy(&version, v.data(), 4);
+  if (v.size() != 4 || version != kFormatVersion) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("SSD tier: ", dir, " has on-disk format version ",
+                     v.size() == 4 ? absl::StrCat(version) : "(malformed)",
+                     "; this build reads version ", kFormatVersion, " only"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SsdTier::LoadSegments(const std::string& dir) {
+  absl::flat_hash_map<uint32_t, uint64_t> live;
+  rocksdb::ReadOptions ro;
+  ro.fill_cache = false;
+  ro.readahead_size = 4 << 20;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, loc_cf_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const rocksdb::Slice k = it->key();
+    const rocksdb::Slice v = it->value();
+    if (k.size() != kLocKeyBytes || k[0] != 'L' || v.size() != kLocValueBytes) continue;
+    uint32_t size = 0;
+    std::memcpy(&size, v.data() + kPageKeyBytes, 4);
+    live[GetBE32(k.data() + 1)] += size;
+  }
+  if (absl::Status s = FromRocks(it->status(), "scan locations"); !s.ok()) return s;
+  auto set =
+      SegmentSet::Open(dir + "/segments", options_.segment_bytes, options_.direct_writes, live);
+  if (!set.ok()) return set.status();
+  segments_ = std::move(*set);
+  return absl::OkStatus();
 }
 
 SsdTier::~SsdTier() {
   if (db_ == nullptr) return;
+  if (segments_ != nullptr) segments_->SyncAll().IgnoreError();
   rocksdb::FlushOptions fo;
-  db_->Flush(fo, {pages_cf_, meta_cf_}).PermitUncheckedError();
-  db_->DestroyColumnFamilyHandle(pages_cf_).PermitUncheckedError();
+  db_->Flush(fo, {meta_cf_, loc_cf_}).PermitUncheckedError();
   db_->DestroyColumnFamilyHandle(meta_cf_).PermitUncheckedError();
+  db_->DestroyColumnFamilyHandle(loc_cf_).PermitUncheckedError();
   db_->DestroyColumnFamilyHandle(default_cf_).PermitUncheckedError();
   db_->Close().PermitUncheckedError();
   delete db_;
 }
 
+absl::Status SsdTier::WriteMeta(rocksdb::WriteBatch* batch, std::string_view what) {
+  rocksdb::WriteOptions wo;
+  // Without sync_writes the WAL is skipped: a crash then loses the records since the last flush
+  // (their bytes become dead space), which a cache may; with it, each commit is durable.
+  wo.disableWAL = !options_.sync_writes;
+  wo.sync = options_.sync_writes;
+  return FromRocks(db_->Write(wo, batch), what);
+}
+
+absl::Status SsdTier::AppendAndCommit(absl::Span<const SsdPageMeta> metas,
+                                      absl::Span<const char* const> bytes, bool via_env,
+                                      rocksdb::WriteBatch* batch) {
+  std::vector<iovec> iov(metas.size());
+  uint64_t total = 0;
+  for (size_t i = 0; i < metas.size(); ++i) {
+    iov[i].iov_base = const_cast<char*>(bytes[i]);
+    iov[i].iov_len = metas[i].size;
+    total += metas[i].size;
+  }
+  absl::StatusOr<SegmentLocation> at = segments_->Append(iov, total);
+  if (!at.ok()) return at.status();
+  auto sync = [&]() -> absl::Status {
+    return options_.sync_writes ? segments_->Sync(at->segment) : absl::OkStatus();
+  };
+  if (absl::Status s = via_env ? env_->Sync(sync) : sync(); !s.ok()) {
+    segments_->TakeBack(*at);
+    return s;
+  }
+  SegmentLocation loc = *at;
+  for (const SsdPageMeta& m : metas) {
+    PageKeyBuf k(m.tenant, m.key);
+    char meta[kMetaBytes];
+    EncodeMeta(m, loc, meta);
+    char lv[kLocValueBytes];
+    std::memcpy(lv, k.pk().data(), kPageKeyBytes);
+    std::memcpy(lv + kPageKeyBytes, &m.size, 4);
+    if (absl::Status s =
+            FromRocks(batch->Put(meta_cf_, k.meta(), rocksdb::Slice(meta, kMetaBytes)), "batch");
+        !s.ok()) {
+      segments_->TakeBack(*at);
+      return s;
+    }
+    if (absl::Status s = FromRocks(
+            batch->Put(loc_cf_, LocKeyBuf(loc).slice(), rocksdb::Slice(lv, kLocValueBytes)),
+            "batch");
+        !s.ok()) {
+      segments_->TakeBack(*at);
+      return s;
+    }
+    loc.offset += m.size;
+  }
+  if (absl::Status s = WriteMeta(batch, "write metadata"); !s.ok()) {
+    // The records may have half-landed (a WAL write that failed to sync): never reuse these
+    // offsets. A store batch's records are taken back where they landed, so that the store's view
+    // (not on SSD) holds; compaction's are left, as either version points at intact bytes.
+    segments_->SealActive();
+    if (via_env) {
+      rocksdb::WriteBatch undo;
+      loc = *at;
+      for (const SsdPageMeta& m : metas) {
+        undo.Delete(meta_cf_, PageKeyBuf(m.tenant, m.key).meta()).PermitUncheckedError();
+        undo.Delete(loc_cf_, LocKeyBuf(loc).slice()).PermitUncheckedError();
+        loc.offset += m.size;
+      }
+      WriteMeta(&undo, "undo").IgnoreError();
+    }
+    return s;
+  }
+  segments_->AddLive(at->segment, total);
+  return absl::OkStatus();
+}
+
 absl::Status SsdTier::WriteBatch(absl::Span<const SsdPageWrite> pages,
                                  absl::Span<const std::pair<uint32_t, std::string>> tenants) {
-  // With a custom fault seam the bytes are copied so the seam may alter them; without one the
-  // batch points straight at the caller's bytes (RocksDB copies them once into its write batch).
-  std::vector<std::string> copies;
-  if (custom_env_) {
-    copies.reserve(pages.size());
-    for (const SsdPageWrite& p : pages) {
-      copies.emplace_back(reinterpret_cast<const char*>(p.bytes), p.meta.size);
-    }
-    if (absl::Status s = env_->BeforeWrite(absl::MakeSpan(copies)); !s.ok()) return s;
-  }
+  absl::MutexLock l(&write_mu_);
   rocksdb::WriteBatch batch;
-  for (size_t i = 0; i < pages.size(); ++i) {
-    const SsdPageWrite& p = pages[i];
-    PageKeyBuf k(p.meta.tenant, p.meta.key);
-    rocksdb::Slice value =
-        custom_env_ ? rocksdb::Slice(copies[i])
-                    : rocksdb::Slice(reinterpret_cast<const char*>(p.bytes), p.meta.size);
-    char meta[16];
-    EncodeMeta(p.meta, meta);
-    if (absl::Status s = FromRocks(batch.Put(pages_cf_, k.data(), value), "batch"); !s.ok()) {
-      return s;
-    }
-    if (absl::Status s =
-            FromRocks(batch.Put(meta_cf_, k.meta(), rocksdb::Slice(meta, 16)), "batch");
-        !s.ok()) {
-      return s;
-    }
-  }
   for (const auto& [id, name] : tenants) {
     char k[5] = {'T'};
     PutBE32(k + 1, id);
@@ -157,51 +330,187 @@ absl::Status SsdTier::WriteBatch(absl::Span<const SsdPageWrite> pages,
       return s;
     }
   }
-  rocksdb::WriteOptions wo;
-  // Without sync_writes the WAL is skipped: page bytes would be written twice (WAL, then blob
-  // file) for a durability the cache does not need. A crash then loses the pages demoted since the
-  // last flush (and may bring back pages promoted or removed since then, with their right bytes);
-  // it never tears a page, because bytes and metadata flush atomically.
-  wo.disableWAL = !sync_writes_;
-  if (absl::Status s = FromRocks(db_->Write(wo, &batch), "write"); !s.ok()) return s;
-  absl::Status synced = env_->Sync([this]() -> absl::Status {
-    if (!sync_writes_) return absl::OkStatus();
-    return FromRocks(db_->SyncWAL(), "sync WAL");
-  });
-  if (!synced.ok()) {
-    // The batch may or may not be durable; take it back so the caller's view (not on SSD) holds.
-    std::vector<std::pair<uint32_t, PageKey>> keys;
-    for (const SsdPageWrite& p : pages) keys.emplace_back(p.meta.tenant, p.meta.key);
-    Delete(keys).IgnoreError();
-    return synced;
+  if (pages.empty()) return WriteMeta(&batch, "write tenants");
+  // With a custom fault seam the bytes are copied so the seam may alter them; without one the
+  // append points straight at the caller's bytes (one pwritev, no copy).
+  std::vector<std::string> copies;
+  if (custom_env_) {
+    copies.reserve(pages.size());
+    for (const SsdPageWrite& p : pages) {
+      copies.emplace_back(reinterpret_cast<const char*>(p.bytes), p.meta.size);
+    }
+    if (absl::Status s = env_->BeforeWrite(absl::MakeSpan(copies)); !s.ok()) return s;
   }
-  return absl::OkStatus();
+  std::vector<SsdPageMeta> metas;
+  std::vector<const char*> bytes;
+  metas.reserve(pages.size());
+  bytes.reserve(pages.size());
+  for (size_t i = 0; i < pages.size(); ++i) {
+    metas.push_back(pages[i].meta);
+    bytes.push_back(custom_env_ ? copies[i].data() : reinterpret_cast<const char*>(pages[i].bytes));
+  }
+  return AppendAndCommit(metas, bytes, /*via_env=*/true, &batch);
 }
 
 absl::Status SsdTier::Read(uint32_t tenant, const PageKey& key, std::string* out) {
   PageKeyBuf k(tenant, key);
-  rocksdb::ReadOptions ro;
-  ro.verify_checksums = true;
-  return FromRocks(db_->Get(ro, pages_cf_, k.data(), out), "read page " + key.Hex());
+  // Twice at most: compaction may move the page (and unlink its old segment) between reading its
+  // record and reading its bytes; the record read again then points at the new place.
+  for (int attempt = 0;; ++attempt) {
+    std::string v;
+    rocksdb::ReadOptions ro;
+    ro.verify_checksums = true;
+    if (absl::Status s = FromRocks(db_->Get(ro, meta_cf_, k.meta(), &v), "read page " + key.Hex());
+        !s.ok()) {
+      return s;
+    }
+    SsdPageMeta m;
+    SegmentLocation at;
+    if (!DecodeMeta(v, &m, &at)) {
+      return absl::DataLossError(
+          absl::StrCat("SSD tier: page ", key.Hex(), ": malformed metadata record"));
+    }
+    out->resize(m.size);
+    absl::Status s = segments_->Read(at, out->data(), m.size);
+    if (!absl::IsNotFound(s)) return s;
+    if (attempt == 1) {
+      return absl::DataLossError(absl::StrCat("SSD tier: page ", key.Hex(),
+                                              ": its record points into segment ", at.segment,
+                                              ", which is missing"));
+    }
+  }
 }
 
+void SsdTier::RemoveSegment(uint32_t segment) { segments_->Remove(segment); }
+
 absl::Status SsdTier::Delete(absl::Span<const std::pair<uint32_t, PageKey>> pages) {
+  absl::MutexLock l(&write_mu_);
+  std::vector<PageKeyBuf> keys;
+  keys.reserve(pages.size());
+  for (const auto& [tenant, key] : pages) keys.emplace_back(tenant, key);
+  std::vector<rocksdb::Slice> slices;
+  for (const PageKeyBuf& k : keys) slices.push_back(k.meta());
+  std::vector<std::string> values;
+  std::vector<rocksdb::Status> found = db_->MultiGet(
+      rocksdb::ReadOptions(), std::vector<rocksdb::ColumnFamilyHandle*>(keys.size(), meta_cf_),
+      slices, &values);
   rocksdb::WriteBatch batch;
-  for (const auto& [tenant, key] : pages) {
-    PageKeyBuf k(tenant, key);
-    batch.Delete(pages_cf_, k.data()).PermitUncheckedError();
-    batch.Delete(meta_cf_, k.meta()).PermitUncheckedError();
+  std::vector<std::pair<uint32_t, uint64_t>> freed;  // (segment, bytes)
+  for (size_t i = 0; i < keys.size(); ++i) {
+    batch.Delete(meta_cf_, keys[i].meta()).PermitUncheckedError();
+    SsdPageMeta m;
+    SegmentLocation at;
+    if (found[i].ok() && DecodeMeta(values[i], &m, &at) && at.segment != 0) {
+      batch.Delete(loc_cf_, LocKeyBuf(at).slice()).PermitUncheckedError();
+      freed.emplace_back(at.segment, m.size);
+    }
   }
-  rocksdb::WriteOptions wo;
-  wo.disableWAL = !sync_writes_;
-  return FromRocks(db_->Write(wo, &batch), "delete");
+  if (absl::Status s = WriteMeta(&batch, "delete"); !s.ok()) return s;
+  uint32_t compact = 0;
+  for (const auto& [segment, size] : freed) {
+    if (segments_->SubLive(segment, size)) {
+      RemoveSegment(segment);
+    } else if (compact == 0 && segments_->DeadFraction(segment) >= options_.compact_dead_fraction) {
+      compact = segment;
+    }
+  }
+  if (compact != 0 && segments_->Has(compact)) CompactLocked(compact).IgnoreError();
+  return absl::OkStatus();
+}
+
+absl::Status SsdTier::CompactSegment(uint32_t segment) {
+  absl::MutexLock l(&write_mu_);
+  return CompactLocked(segment);
+}
+
+absl::Status SsdTier::CompactLocked(uint32_t segment) {
+  if (segment == 0 || segment == segments_->active() || !segments_->Has(segment)) {
+    return absl::OkStatus();
+  }
+  // The segment's pages in file order, from its 'L' records.
+  struct Live {
+    uint32_t offset;
+    char pk[kPageKeyBytes];
+    uint32_t size;
+  };
+  std::vector<Live> lives;
+  {
+    char from[kLocKeyBytes];
+    LocKeyBuf start({segment, 0});
+    std::memcpy(from, start.b, kLocKeyBytes);
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), loc_cf_));
+    for (it->Seek(rocksdb::Slice(from, kLocKeyBytes)); it->Valid(); it->Next()) {
+      const rocksdb::Slice k = it->key();
+      if (k.size() != kLocKeyBytes || k[0] != 'L' || GetBE32(k.data() + 1) != segment) break;
+      const rocksdb::Slice v = it->value();
+      if (v.size() != kLocValueBytes) continue;
+      Live l;
+      l.offset = GetBE32(k.data() + 5);
+      std::memcpy(l.pk, v.data(), kPageKeyBytes);
+      std::memcpy(&l.size, v.data() + kPageKeyBytes, 4);
+      lives.push_back(l);
+    }
+    if (absl::Status s = FromRocks(it->status(), "scan segment"); !s.ok()) return s;
+  }
+  size_t i = 0;
+  while (i < lives.size()) {
+    rocksdb::WriteBatch batch;
+    std::vector<SsdPageMeta> metas;
+    std::vector<std::string> bufs;
+    uint64_t moved = 0, dropped = 0;
+    for (; i < lives.size() && moved < kCompactBatchBytes; ++i) {
+      const Live& l = lives[i];
+      const SegmentLocation old{segment, l.offset};
+      batch.Delete(loc_cf_, LocKeyBuf(old).slice()).PermitUncheckedError();
+      char mk[1 + kPageKeyBytes] = {'P'};
+      std::memcpy(mk + 1, l.pk, kPageKeyBytes);
+      std::string v;
+      SsdPageMeta m;
+      SegmentLocation at;
+      if (!db_->Get(rocksdb::ReadOptions(), meta_cf_, rocksdb::Slice(mk, sizeof(mk)), &v).ok() ||
+          !DecodeMeta(v, &m, &at) || at.segment != segment || at.offset != l.offset) {
+        dropped += l.size;  // a stale location record: its page lives elsewhere or nowhere
+        continue;
+      }
+      std::string bytes(m.size, '\0');
+      if (!segments_->Read(old, bytes.data(), m.size).ok()) {
+        // Unreadable here: left pointing at this segment, it reads as DataLoss once it is gone.
+        dropped += l.size;
+        continue;
+      }
+      m.tenant = GetBE32(l.pk);
+      m.key.hi = GetBE64(l.pk + 4);
+      m.key.lo = GetBE64(l.pk + 12);
+      metas.push_back(m);
+      bufs.push_back(std::move(bytes));
+      moved += m.size;
+    }
+    if (metas.empty()) {
+      if (absl::Status s = WriteMeta(&batch, "compact"); !s.ok()) return s;
+    } else {
+      std::vector<const char*> ptrs;
+      for (const std::string& b : bufs) ptrs.push_back(b.data());
+      if (absl::Status s = AppendAndCommit(metas, ptrs, /*via_env=*/false, &batch); !s.ok()) {
+        return s;
+      }
+    }
+    segments_->SubLive(segment, moved + dropped);
+  }
+  // The moved pages' new records and bytes are made durable before the old bytes go.
+  if (absl::Status s = segments_->SyncAll(); !s.ok()) return s;
+  if (absl::Status s = FromRocks(db_->Flush(rocksdb::FlushOptions(), {meta_cf_, loc_cf_}), "flush");
+      !s.ok()) {
+    return s;
+  }
+  RemoveSegment(segment);
+  return absl::OkStatus();
 }
 
 absl::Status SsdTier::DeleteRawMeta(std::string_view meta_key) {
-  rocksdb::WriteOptions wo;
-  wo.disableWAL = !sync_writes_;
-  return FromRocks(db_->Delete(wo, meta_cf_, rocksdb::Slice(meta_key.data(), meta_key.size())),
-                   "delete meta");
+  absl::MutexLock l(&write_mu_);
+  rocksdb::WriteBatch batch;
+  batch.Delete(meta_cf_, rocksdb::Slice(meta_key.data(), meta_key.size())).PermitUncheckedError();
+  return WriteMeta(&batch, "delete meta");
 }
 
 absl::Status SsdTier::ForEachPage(const std::function<void(const SsdPageMeta&)>& fn,
@@ -213,18 +522,15 @@ absl::Status SsdTier::ForEachPage(const std::function<void(const SsdPageMeta&)>&
   for (it->Seek("P"); it->Valid(); it->Next()) {
     const rocksdb::Slice k = it->key();
     if (k.size() < 1 || k[0] != 'P') break;
-    const rocksdb::Slice v = it->value();
-    if (k.size() != 1 + kPageKeyBytes || v.size() != 16) {
+    SsdPageMeta m;
+    SegmentLocation at;
+    if (k.size() != 1 + kPageKeyBytes || !DecodeMeta(it->value(), &m, &at)) {
       bad(std::string_view(k.data(), k.size()));
       continue;
     }
-    SsdPageMeta m;
     m.tenant = GetBE32(k.data() + 1);
     m.key.hi = GetBE64(k.data() + 5);
     m.key.lo = GetBE64(k.data() + 13);
-    std::memcpy(&m.layout, v.data(), 4);
-    std::memcpy(&m.size, v.data() + 4, 4);
-    std::memcpy(&m.checksum, v.data() + 8, 8);
     fn(m);
   }
   return FromRocks(it->status(), "scan metadata");
@@ -247,17 +553,25 @@ uint64_t SsdTier::EstimatePages() {
 }
 
 absl::Status SsdTier::Flush() {
+  absl::MutexLock l(&write_mu_);
+  // Bytes before the records that point at them.
+  if (absl::Status s = segments_->SyncAll(); !s.ok()) return s;
   rocksdb::FlushOptions fo;
-  return FromRocks(db_->Flush(fo, {pages_cf_, meta_cf_}), "flush");
+  return FromRocks(db_->Flush(fo, {meta_cf_, loc_cf_}), "flush");
+}
+
+SsdTier::SpaceUsage SsdTier::Space() const {
+  const SegmentSet::Usage u = segments_->GetUsage();
+  return SpaceUsage{u.segments, u.file_bytes, u.live_bytes};
 }
 
 absl::Status SsdTier::WriteMetaOnlyForBench(absl::Span<const SsdPageMeta> metas) {
   rocksdb::WriteBatch batch;
   for (const SsdPageMeta& m : metas) {
     PageKeyBuf k(m.tenant, m.key);
-    char meta[16];
-    EncodeMeta(m, meta);
-    batch.Put(meta_cf_, k.meta(), rocksdb::Slice(meta, 16)).PermitUncheckedError();
+    char meta[kMetaBytes];
+    EncodeMeta(m, SegmentLocation{}, meta);
+    batch.Put(meta_cf_, k.meta(), rocksdb::Slice(meta, kMetaBytes)).PermitUncheckedError();
   }
   rocksdb::WriteOptions wo;
   wo.disableWAL = true;

@@ -1,16 +1,40 @@
-// The SSD tier: page bytes as RocksDB blob values, page metadata in a separate column family so
-// that a restart rebuilds the page table by reading metadata only.
+// The SSD tier: page bytes in append-only segment files of our own, page metadata in RocksDB, so
+// that a page costs one pwrite on demotion and one pread on read, and a restart rebuilds the page
+// table by reading metadata only.
 //
-// On-disk format (version 1; all keys big-endian so they sort by tenant, then key):
-//   column family "pages" (blob files, min_blob_size 0): key = tenant u32 | key.hi u64 | key.lo
-//   u64,
-//     value = the page bytes.
-//   column family "meta": 'P' + the same 20 bytes -> layout id u32 | size u32 | checksum u64 (LE);
-//     'T' + tenant u32 -> tenant name.
-// A page's two records are written in one WriteBatch, so a page is either wholly there or not.
+// On-disk format, version 2 (version 1 kept page bytes as RocksDB blob values; Open refuses it and
+// any other version with FailedPrecondition rather than misread it):
+//   <dir>/segments/<id>.seg   page bytes, appended batch by batch and never rewritten in place;
+//                             each batch starts 4 KiB-aligned (zero padding is dead space); ids
+//                             grow and are never reused; a new active segment at every open.
+//   <dir> (RocksDB)           page keys are tenant u32 | key.hi u64 | key.lo u64, big-endian so
+//                             they sort by tenant, then key ("PK" below, 20 bytes).
+//     default CF: "format_version" -> u32 LE (2).
+//     CF "meta": 'P' + PK -> layout id u32 | size u32 | checksum u64 | segment u32 | offset u32
+//                (LE, 24 bytes); 'T' + tenant u32 -> tenant name.
+//     CF "locations": 'L' + segment u32 BE + offset u32 BE -> PK | size u32 LE: the pages of a
+//                segment in file order, for compaction and for rebuilding live bytes at open.
+// Writes are two-phase: a batch's bytes are appended (one pwritev) and, with sync_writes,
+// fdatasync'd; only then its 'P' and 'L' records commit in one RocksDB WriteBatch. A crash between
+// the two leaves bytes no record points to: dead space, reclaimed by compaction, or at open when a
+// whole segment is unreferenced. A failed append or sync truncates the segment back to its previous
+// tail. Without sync_writes RocksDB's WAL is off (as in version 1): a crash loses the records since
+// the last flush, and may bring back records deleted since then; those may point into a segment
+// unlinked meanwhile, and then read as DataLoss (the store drops the page), never as other bytes.
+// Segments are fdatasync'd before any RocksDB flush (Flush() and an event listener on background
+// flushes), so a durable record's bytes are durable too. Every read is checked by the caller
+// against the page's XXH3 checksum; a record pointing past a segment's end or into a missing
+// segment reads as DataLoss.
 //
-// Thread safety: RocksDB is thread-safe; Read() may run concurrently with everything. Writes,
-// deletes and Flush are called with the store's lock held (SsdEnv relies on that).
+// Space: each segment's live bytes (rebuilt from the 'L' records at open) are kept in memory, per
+// segment, not per page. A sealed segment with no live bytes is unlinked; one whose dead fraction
+// reaches SsdTierOptions::compact_dead_fraction is compacted (its live pages appended to the active
+// segment, their records repointed and flushed, then the old file unlinked) by the Delete that
+// crossed the line, synchronously: that Delete may take as long as rewriting
+// (1 - compact_dead_fraction) * segment_bytes. At open, segment files no record refers to go.
+//
+// Thread safety: Read() may run concurrently with everything. Writes, deletes and Flush are called
+// with the store's lock held (SsdEnv relies on that); the tier also serializes them itself.
 #ifndef PAGODA_KVSTORE_SSD_TIER_H_
 #define PAGODA_KVSTORE_SSD_TIER_H_
 
@@ -23,6 +47,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "pagoda/kvstore/page.h"
 #include "pagoda/kvstore/ssd_env.h"
@@ -30,6 +55,8 @@
 namespace rocksdb {
 class DB;
 class ColumnFamilyHandle;
+class WriteBatch;
+class EventListener;
 }  // namespace rocksdb
 
 namespace pagoda {
@@ -47,21 +74,53 @@ struct SsdPageWrite {
   const uint8_t* bytes = nullptr;  // meta.size bytes, valid during WriteBatch
 };
 
+class SegmentSet;
+struct SegmentLocation;
+
+struct SsdTierOptions {
+  // Fault seam (null: the default SsdEnv). Not owned; must outlive the tier.
+  SsdEnv* env = nullptr;
+  // fdatasync segment bytes before their metadata commits, and commit metadata with a synced WAL.
+  // Off: a crash may lose the pages written since the last Flush (never tear one).
+  bool sync_writes = false;
+  // A segment is sealed once the next batch would take it past this size. Larger: fewer files;
+  // smaller: space of deleted pages comes back in finer steps.
+  uint64_t segment_bytes = 256ULL << 20;
+  // A sealed segment whose dead (unreferenced) bytes reach this fraction of its size is compacted.
+  // Lower: less dead space on disk, more bytes rewritten.
+  double compact_dead_fraction = 0.5;
+  // Write 4 KiB-aligned batches with O_DIRECT: no page-cache copy of demoted pages (the host tier
+  // is the cache), at the price of reads that miss the page cache right after a demotion.
+  bool direct_writes = false;
+};
+
 class SsdTier {
  public:
-  // Opens or creates the database under `dir`. `env` must outlive the tier (null: default).
+  // Opens or creates the tier under `dir`. FailedPrecondition when `dir` holds another on-disk
+  // format version. Deletes segment files that no metadata refers to.
+  static absl::StatusOr<std::unique_ptr<SsdTier>> Open(const std::string& dir,
+                                                       const SsdTierOptions& options);
   static absl::StatusOr<std::unique_ptr<SsdTier>> Open(const std::string& dir, SsdEnv* env,
-                                                       bool sync_writes);
+                                                       bool sync_writes) {
+    SsdTierOptions o;
+    o.env = env;
+    o.sync_writes = sync_writes;
+    return Open(dir, o);
+  }
   ~SsdTier();
 
-  // Writes pages (and tenant names not yet on disk) atomically: all or nothing. On a failed sync
-  // the batch's records are deleted again.
+  // Writes pages (and tenant names not yet on disk) atomically: all or nothing. Page bytes are
+  // appended first, then the metadata commits; on any failure before the commit (SsdEnv, short
+  // write, ENOSPC, failed sync) the segment is truncated back and nothing changes.
   absl::Status WriteBatch(absl::Span<const SsdPageWrite> pages,
                           absl::Span<const std::pair<uint32_t, std::string>> tenants);
-  // Reads a page's bytes into *out. NotFound when absent; DataLoss when RocksDB reports the record
-  // corrupt. The caller verifies the checksum.
+  // Reads a page's bytes into *out with one pread. NotFound when absent; DataLoss when its record
+  // is corrupt or points into a missing segment or past a segment's end. The caller verifies the
+  // checksum.
   absl::Status Read(uint32_t tenant, const PageKey& key, std::string* out);
-  // Deletes pages' records (both column families) in one batch.
+  // Deletes pages' records in one batch; unlinks segments left with no live page, and compacts at
+  // most one segment whose dead fraction crossed the threshold (compaction errors are not the
+  // delete's: the segment is kept and retried on a later delete).
   absl::Status Delete(absl::Span<const std::pair<uint32_t, PageKey>> pages);
   // Calls fn for every page's metadata (no page bytes are read). A malformed metadata record is
   // passed to bad(key bytes) and skipped.
@@ -72,21 +131,46 @@ class SsdTier {
   absl::Status DeleteRawMeta(std::string_view meta_key);
   // Estimated number of page records (for reserving the page table on rebuild).
   uint64_t EstimatePages();
+  // Syncs the segments written since their last sync, then flushes RocksDB's memtables.
   absl::Status Flush();
-  // Writes metadata records only (no page bytes). For benchmarks of rebuild; never used by the
-  // store.
+  // Rewrites a sealed segment's live pages into the active segment and unlinks it.
+  absl::Status CompactSegment(uint32_t segment);
+  struct SpaceUsage {
+    uint64_t segments = 0;
+    uint64_t file_bytes = 0;  // sum of segment file sizes
+    uint64_t live_bytes = 0;  // bytes of pages whose metadata points at them
+  };
+  SpaceUsage Space() const;
+  // Writes metadata records only (no page bytes; they point into no segment). For benchmarks of
+  // rebuild and tests; never used by the store.
   absl::Status WriteMetaOnlyForBench(absl::Span<const SsdPageMeta> metas);
 
  private:
   SsdTier() = default;
+  absl::Status CheckFormat(const std::string& dir, bool existed);
+  absl::Status LoadSegments(const std::string& dir);
+  absl::Status WriteMeta(rocksdb::WriteBatch* batch, std::string_view what);
+  // Appends the bytes, syncs them (through env_ when `via_env`) and commits `batch` (to which the
+  // pages' records are added at their locations); takes the bytes back on failure.
+  absl::Status AppendAndCommit(absl::Span<const SsdPageMeta> metas,
+                               absl::Span<const char* const> bytes, bool via_env,
+                               rocksdb::WriteBatch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  void RemoveSegment(uint32_t segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  absl::Status CompactLocked(uint32_t segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+
   rocksdb::DB* db_ = nullptr;
-  rocksdb::ColumnFamilyHandle* pages_cf_ = nullptr;
   rocksdb::ColumnFamilyHandle* meta_cf_ = nullptr;
+  rocksdb::ColumnFamilyHandle* loc_cf_ = nullptr;
   rocksdb::ColumnFamilyHandle* default_cf_ = nullptr;
+  std::unique_ptr<SegmentSet> segments_;
+  std::shared_ptr<rocksdb::EventListener> listener_;
+  SsdTierOptions options_;
   SsdEnv* env_ = nullptr;
   SsdEnv default_env_;
   bool custom_env_ = false;
-  bool sync_writes_ = false;
+  // Serializes everything that appends, repoints or deletes (the store's lock already does; this
+  // keeps compaction and accounting correct on their own).
+  absl::Mutex write_mu_;
 };
 
 }  // namespace pagoda

@@ -91,7 +91,11 @@ absl::Status StoreImpl::Init() {
       return absl::InvalidArgumentError(absl::StrFormat(
           "store options: cannot create data_dir %s: %s", options_.data_dir, ec.message()));
     }
-    auto ssd = SsdTier::Open(options_.data_dir, options_.ssd_env, options_.ssd_sync_writes);
+    SsdTierOptions ssd_options;
+    ssd_options.env = options_.ssd_env;
+    ssd_options.sync_writes = options_.ssd_sync_writes;
+    ssd_options.direct_writes = options_.ssd_direct_writes;
+    auto ssd = SsdTier::Open(options_.data_dir, ssd_options);
     if (!ssd.ok()) return ssd.status();
     ssd_ = std::move(*ssd);
     if (absl::Status s = Rebuild(); !s.ok()) return s;

@@ -30,8 +30,10 @@ struct TenantQuota {
 };
 
 struct StoreOptions {
-  // Directory of the SSD tier (a RocksDB database with blob files). Empty: no SSD tier; pages
-  // evicted from the host tier are then dropped.
+  // Directory of the SSD tier (page bytes in append-only segment files under segments/, page
+  // metadata in a RocksDB database; see ssd_tier.h for the format). Empty: no SSD tier; pages
+  // evicted from the host tier are then dropped. A directory of another on-disk format version is
+  // refused (FailedPrecondition) rather than misread.
   std::string data_dir;
 
   // Capacity of each tier in bytes. The host tier is one memfd arena of exactly this size.
@@ -69,12 +71,17 @@ struct StoreOptions {
   // Per-tenant quotas by tenant id; tenants not listed have none (besides the pin quota).
   absl::flat_hash_map<std::string, TenantQuota> tenant_quotas;
 
-  // Write RocksDB's WAL and sync it after each batch of SSD writes. Off (the default): no WAL;
-  // pages reach disk when RocksDB flushes (Flush(), close, or a full memtable), so a crash loses
-  // the pages demoted since the last flush and may bring back pages promoted or removed since then
-  // (with their right bytes: a page's bytes and metadata flush atomically, and the checksum catches
-  // anything torn). On: every page is written twice (WAL + blob file) and each batch pays an fsync.
+  // Make every batch of SSD writes durable before it counts: fdatasync its segment bytes, then
+  // commit its metadata with RocksDB's WAL synced. Off (the default): no WAL; metadata reaches disk
+  // when RocksDB flushes (Flush(), close, or a full memtable; segment bytes are synced first), so a
+  // crash loses the pages demoted since the last flush and may bring back pages promoted or removed
+  // since then (their right bytes, or a DataLoss on read if their segment was reclaimed meanwhile:
+  // the checksum catches anything torn). On: each batch pays two syncs.
   bool ssd_sync_writes = false;
+  // Write SSD batches whose bytes are 4 KiB-aligned (host slots of common layouts are) with
+  // O_DIRECT: no page-cache copy of demoted pages, whose cache is the host tier. Off (the default):
+  // buffered writes, so pages read soon after demotion may still come from the page cache.
+  bool ssd_direct_writes = false;
   // Fault seam of the SSD tier (null: the default SsdEnv). Not owned; must outlive the store.
   SsdEnv* ssd_env = nullptr;
 };

@@ -23,15 +23,15 @@ class SsdEnv {
   virtual ~SsdEnv() = default;
 
   // Called with the page bytes of a batch about to be written, one string per page, after their
-  // checksums were taken. A non-OK status fails the whole batch before anything reaches RocksDB;
-  // the pages stay where they were. An implementation may alter the bytes to simulate a device
-  // that corrupts data (the store must then detect it on read).
+  // checksums were taken. A non-OK status fails the whole batch before anything reaches a segment
+  // file or RocksDB; the pages stay where they were. An implementation may alter the bytes to
+  // simulate a device that corrupts data (the store must then detect it on read).
   virtual absl::Status BeforeWrite(absl::Span<std::string> page_bytes) { return absl::OkStatus(); }
 
-  // Makes the batch just written durable by calling `sync` (which syncs RocksDB's WAL when
-  // StoreOptions::ssd_sync_writes is set, and does nothing otherwise). A non-OK status makes the
-  // tier treat the batch as failed: it deletes the batch's records and the pages stay where they
-  // were.
+  // Called between a batch's two phases: its bytes are appended to a segment file, its metadata
+  // not yet committed. `sync` fdatasyncs the segment when StoreOptions::ssd_sync_writes is set and
+  // does nothing otherwise. A non-OK status makes the tier treat the batch as failed: it truncates
+  // the segment back, commits no metadata, and the pages stay where they were.
   virtual absl::Status Sync(const std::function<absl::Status()>& sync) { return sync(); }
 };
 
