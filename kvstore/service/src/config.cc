@@ -34,6 +34,7 @@ store:
   ssd_bytes: 8GiB
   gpu_bytes: 0
   ssd_sync_writes: false
+  ssd_direct_writes: false  # O_DIRECT demotions: no page-cache copy of SSD pages
   persist_on_shutdown: true # acknowledged pages survive SIGTERM + restart (needs SSD)
   layouts:                  # page shapes accepted in writes
     - {dtype: fp16, kv_heads: 8, head_dim: 128, page_tokens: 16}
@@ -207,6 +208,7 @@ absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
     PAGODA_RETURN_IF_ERROR(r.Bytes("ssd_bytes", &c->ssd_bytes));
     PAGODA_RETURN_IF_ERROR(r.Bytes("gpu_bytes", &c->gpu_bytes));
     PAGODA_RETURN_IF_ERROR(r.Bool("ssd_sync_writes", &c->ssd_sync_writes));
+    PAGODA_RETURN_IF_ERROR(r.Bool("ssd_direct_writes", &c->ssd_direct_writes));
     PAGODA_RETURN_IF_ERROR(r.Bool("persist_on_shutdown", &c->persist_on_shutdown));
     YAML::Node layouts = r.Get("layouts");
     if (layouts) {

@@ -38,6 +38,7 @@ absl::StatusOr<StoreOptions> ToStoreOptions(const ServiceConfig& c) {
   o.ssd_capacity_bytes = c.ssd_bytes;
   o.gpu_capacity_bytes = c.gpu_bytes;
   o.ssd_sync_writes = c.ssd_sync_writes;
+  o.ssd_direct_writes = c.ssd_direct_writes;
   o.layouts.clear();
   for (const LayoutConfig& l : c.layouts) {
     PageLayout pl{l.dtype == "bf16" ? DType::kBf16 : DType::kFp16, l.kv_heads, l.head_dim,
