@@ -115,6 +115,30 @@ double OracleMass(const StepAttention& a, int hq, int page_tokens, int32_t pages
   return mass;
 }
 
+// Masses per query head of the group-consistent oracle: the best `pages` pages of KV head h by
+// the mass summed over its query heads (what one page set per KV head can reach at best).
+std::vector<double> GroupOracleMasses(const StepAttention& a, int h, int group, int page_tokens,
+                                      int32_t pages) {
+  const int64_t T = a.tokens;
+  const int64_t n = (T + page_tokens - 1) / page_tokens;
+  auto page_mass = [&](int hq, int64_t p) {
+    const double* cum = a.cum.data() + hq * (T + 1);
+    return cum[std::min(T, (p + 1) * page_tokens)] - cum[p * page_tokens];
+  };
+  std::vector<std::pair<double, int64_t>> sum(n);
+  for (int64_t p = 0; p < n; ++p) {
+    sum[p] = {0.0, p};
+    for (int g = 0; g < group; ++g) sum[p].first += page_mass(h * group + g, p);
+  }
+  const int64_t k = std::min<int64_t>(pages, n);
+  std::nth_element(sum.begin(), sum.begin() + (k - 1), sum.end(), std::greater<>());
+  std::vector<double> out(group, 0.0);
+  for (int64_t i = 0; i < k; ++i) {
+    for (int g = 0; g < group; ++g) out[g] += page_mass(h * group + g, sum[i].second);
+  }
+  return out;
+}
+
 void Measure(const TraceLayer& tr, const std::vector<float>& vf, const StepAttention& a,
              const Selection& sel, const std::vector<std::vector<double>>& oracle,
              ConfigStats* st) {
@@ -122,6 +146,7 @@ void Measure(const TraceLayer& tr, const std::vector<float>& vf, const StepAtten
   const int64_t T = a.tokens;
   const int64_t nunits = (T + kUnit - 1) / kUnit;
   std::vector<double> o(d);
+  double group_mass = 0, group_best = 0;
   for (int hq = 0; hq < tr.q_heads; ++hq) {
     const int h = hq / group;
     const double* cum = a.cum.data() + hq * (T + 1);
@@ -148,6 +173,12 @@ void Measure(const TraceLayer& tr, const std::vector<float>& vf, const StepAtten
     const double best = oracle[hq].front();
     st->recall.push_back(static_cast<float>(mass / best));
     st->oracle_mass.push_back(static_cast<float>(best));
+    group_mass += mass;
+    group_best += oracle[hq][1];
+    if (hq % group == group - 1) {
+      st->group_recall.push_back(static_cast<float>(group_mass / group_best));
+      group_mass = group_best = 0;
+    }
     if (!vf.empty() && mass > 0) {
       const float* full = a.out.data() + hq * d;
       double diff = 0, norm = 0;
@@ -278,7 +309,7 @@ absl::StatusOr<std::vector<ConfigStats>> EvaluateLayer(const TraceLayer& tr,
 
   StepAttention att;
   std::vector<double> scratch;
-  // oracle[(P, pages)][hq] -> mass; indexed per config through a small cache per step.
+  // oracle[(P, pages)][hq] -> {per-head oracle mass, group oracle mass}; a small cache per step.
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = start + s;
     const std::vector<uint16_t> k_t = keys(t, t + 1);
@@ -326,8 +357,13 @@ absl::StatusOr<std::vector<ConfigStats>> EvaluateLayer(const TraceLayer& tr,
       }
       if (oracle == nullptr) {
         std::vector<std::vector<double>> masses(tr.q_heads);
+        const int group = tr.q_heads / tr.kv_heads;
         for (int hq = 0; hq < tr.q_heads; ++hq) {
           masses[hq] = {OracleMass(att, hq, key.first, key.second, &scratch)};
+        }
+        for (int h = 0; h < tr.kv_heads; ++h) {
+          const std::vector<double> g = GroupOracleMasses(att, h, group, key.first, key.second);
+          for (int i = 0; i < group; ++i) masses[h * group + i].push_back(g[i]);
         }
         oracle_cache.emplace_back(key, std::move(masses));
         oracle = &oracle_cache.back().second;

@@ -1,5 +1,6 @@
 // Replays a trace layer decode step by decode step through retrieval policies and measures them
-// against the exact per-head top-k oracle computed from the true attention in the same run.
+// against the exact per-head top-k oracle and the exact group-consistent oracle (one page set per
+// KV head) computed from the true attention in the same run.
 #ifndef PAGODA_BENCH_RETRIEVER_EVAL_H_
 #define PAGODA_BENCH_RETRIEVER_EVAL_H_
 
@@ -46,7 +47,10 @@ struct ConfigStats {
   float threshold = 0;             // louiskv only
   std::vector<float> recall;       // per measured (step, query head): mass / oracle mass
   std::vector<float> oracle_mass;  // the oracle's share of attention, same order
-  double err_sum = 0;              // sum of |o_S - o| / |o|
+  // Per measured (step, KV head): the group's selected mass / the group-consistent oracle's (the
+  // best page set of that KV head by mass summed over its query heads); at most 1.
+  std::vector<float> group_recall;
+  double err_sum = 0;  // sum of |o_S - o| / |o|
   int64_t err_n = 0;
   int64_t steps = 0;
   int64_t retrievals = 0;

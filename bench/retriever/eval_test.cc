@@ -98,6 +98,15 @@ TEST(EvalTest, FindsLoadsAndMeasuresASyntheticTrace) {
       mean += r;
     }
     mean /= s.recall.size();
+    // One group-oracle ratio per (step, KV head); the group oracle is the best one page set per
+    // KV head can do, so only token-granular louiskv may pass it.
+    ASSERT_EQ(s.group_recall.size(), 48u * static_cast<size_t>(trace->kv_heads));
+    for (float r : s.group_recall) {
+      EXPECT_GT(r, 0.f);
+      if (s.policy != "louiskv") {
+        EXPECT_LE(r, 1.f + 1e-5f);
+      }
+    }
     EXPECT_EQ(s.err_n, 48 * 6);
     if (s.policy == "streaming") {
       EXPECT_LT(mean, 0.9);  // the facts are far from the window

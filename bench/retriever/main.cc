@@ -6,8 +6,11 @@
 //
 // Prints one markdown table over all (doc, layer) pairs: per policy, page size and budget (1/den
 // of the context), attention-mass recall vs the oracle (mean and 5th percentile over steps and
-// query heads), output error |o_S - o| / |o| (when V is present), retrievals per token, bytes per
-// step (KV attended, KV newly moved, summaries scanned) and selection time per step.
+// query heads), recall vs the group-consistent oracle (one page set per KV head, the best by the
+// group's summed mass: the ceiling of any selection the kernels consume; per step and KV head,
+// the group's selected mass / the group oracle's), output error |o_S - o| / |o| (when V is
+// present), retrievals per token, bytes per step (KV attended, KV newly moved, summaries scanned)
+// and selection time per step.
 #include <omp.h>
 
 #include <algorithm>
@@ -53,17 +56,18 @@ void PrintTable(const std::vector<ConfigStats>& all, const std::vector<std::stri
     std::string text;
   };
   std::printf(
-      "| traces | policy | page | budget | recall mean | recall p5 | oracle mass | out err | "
-      "retr/token | KV KiB/step | new KiB/step | summ KiB/step | total KiB/step | bytes vs quest "
-      "| select us/step |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "| traces | policy | page | budget | recall mean | recall p5 | group recall mean | group "
+      "recall p5 | oracle mass | out err | retr/token | KV KiB/step | new KiB/step | summ "
+      "KiB/step | total KiB/step | bytes vs quest | select us/step |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::vector<std::pair<Key, std::vector<double>>> rows;
   for (const auto& [key, runs] : groups) {
-    std::vector<float> recall, oracle;
+    std::vector<float> recall, oracle, group_recall;
     double err = 0, err_n = 0, steps = 0, retr = 0, kv = 0, fresh = 0, summ = 0, ns = 0;
     for (const ConfigStats* s : runs) {
       recall.insert(recall.end(), s->recall.begin(), s->recall.end());
       oracle.insert(oracle.end(), s->oracle_mass.begin(), s->oracle_mass.end());
+      group_recall.insert(group_recall.end(), s->group_recall.begin(), s->group_recall.end());
       err += s->err_sum;
       err_n += s->err_n;
       steps += s->steps;
@@ -73,29 +77,32 @@ void PrintTable(const std::vector<ConfigStats>& all, const std::vector<std::stri
       summ += s->summary_bytes;
       ns += s->select_ns;
     }
-    double mean = 0, omean = 0;
+    double mean = 0, omean = 0, gmean = 0;
     for (float r : recall) mean += r;
     for (float r : oracle) omean += r;
+    for (float r : group_recall) gmean += r;
     mean /= std::max<size_t>(1, recall.size());
     omean /= std::max<size_t>(1, oracle.size());
+    gmean /= std::max<size_t>(1, group_recall.size());
     const double total = (kv + summ) / steps;
     const std::string& policy = runs.front()->policy;
     if (policy == "quest")
       quest_bytes[{std::get<0>(key), std::get<1>(key), std::get<3>(key)}] = total;
-    rows.push_back({key,
-                    {mean, Percentile(recall, 0.05), omean, err_n > 0 ? err / err_n : -1,
-                     retr / steps, kv / steps / 1024, fresh / steps / 1024, summ / steps / 1024,
-                     total / 1024, total, ns / steps / 1000}});
+    rows.push_back(
+        {key,
+         {mean, Percentile(recall, 0.05), omean, err_n > 0 ? err / err_n : -1, retr / steps,
+          kv / steps / 1024, fresh / steps / 1024, summ / steps / 1024, total / 1024, total,
+          ns / steps / 1000, gmean, Percentile(group_recall, 0.05)}});
   }
   for (const auto& [key, v] : rows) {
     const auto q = quest_bytes.find({std::get<0>(key), std::get<1>(key), std::get<3>(key)});
     const std::string vs = q == quest_bytes.end() ? "-" : absl::StrFormat("%.2f", v[9] / q->second);
     absl::PrintF(
-        "| %s | %s | %d | 1/%d | %.3f | %.3f | %.3f | %s | %.3f | %.1f | %.1f | %.1f | %.1f | %s | "
-        "%.0f |\n",
+        "| %s | %s | %d | 1/%d | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %.3f | %.1f | %.1f | %.1f "
+        "| %.1f | %s | %.0f |\n",
         std::get<3>(key), order[std::get<2>(key)], std::get<0>(key), -std::get<1>(key), v[0], v[1],
-        v[2], v[3] < 0 ? std::string("-") : absl::StrFormat("%.3f", v[3]), v[4], v[5], v[6], v[7],
-        v[8], vs, v[10]);
+        v[11], v[12], v[2], v[3] < 0 ? std::string("-") : absl::StrFormat("%.3f", v[3]), v[4], v[5],
+        v[6], v[7], v[8], vs, v[10]);
   }
 }
 
@@ -134,6 +141,12 @@ int Main(int argc, char** argv) {
   app.add_option("--resident-factor", eo.base.resident_factor,
                  "louiskv: pages fetched per retrieval, as a multiple of the budget");
   app.add_option("--kmeans-iters", eo.base.kmeans_iters, "louiskv: Lloyd iterations");
+  app.add_option("--rescore-factor", eo.base.rescore_factor,
+                 "louiskv: pages rescored exactly each step, as a multiple of the free budget "
+                 "(<= 1: off)");
+  app.add_option("--coverage-threshold", eo.base.coverage_threshold,
+                 "louiskv: also retrieve when the resident pages' estimated mass share drops "
+                 "below this (0: off)");
   app.add_option("--ivf-nprobe", eo.base.ivf_nprobe, "ann-ivf: lists probed");
   app.add_option("--hnsw-ef", eo.base.hnsw_ef_search, "ann-hnsw: efSearch");
   app.add_option("--group-reduce", reduce, "max or sum over a GQA group's query heads");

@@ -136,21 +136,44 @@ absl::StatusOr<Selection> BoundarySelector::Choose(absl::Span<const uint16_t> q,
                                                    const Plan& plan) {
   auto fire = trigger_->Observe(q_float);
   if (!fire.ok()) return fire.status();
-  if (*fire) {
+  bool retrieve = *fire;
+  if (!retrieve && options_.coverage_threshold > 0.f && !resident_.empty()) {
+    double coverage = 1.0;
+    const int64_t scanned = Rank(q_float, plan, /*resident_only=*/false, &coverage);
+    if (coverage < options_.coverage_threshold) {
+      retrieve = true;
+      trigger_->Reset();  // q becomes the anchor of the boundary trigger too
+      if (auto anchored = trigger_->Observe(q_float); !anchored.ok()) return anchored.status();
+    } else {
+      // Serve from the resident pages, in the order of the full ranking.
+      for (int h = 0; h < options_.kv_heads && h < static_cast<int>(resident_.size()); ++h) {
+        std::vector<int32_t> sorted = resident_[h];
+        std::sort(sorted.begin(), sorted.end());
+        std::vector<int32_t>& ranked = ranked_[h];
+        ranked.erase(std::remove_if(ranked.begin(), ranked.end(),
+                                    [&](int32_t p) {
+                                      return !std::binary_search(sorted.begin(), sorted.end(), p);
+                                    }),
+                     ranked.end());
+      }
+      return Build(q_float, plan, false, scanned * options_.head_dim * 2);
+    }
+  }
+  if (retrieve) {
     const int64_t now = plan.tokens - 1;  // the query's own token opens the new segment
     if (now > boundaries_.back()) boundaries_.push_back(now);
     const int64_t scanned = Rank(q_float, plan, /*resident_only=*/false);
-    return Build(plan, true, scanned * options_.head_dim * 2);
+    return Build(q_float, plan, true, scanned * options_.head_dim * 2);
   }
   if (options_.resident_factor > 1.0 && !resident_.empty()) {
     const int64_t scanned = Rank(q_float, plan, /*resident_only=*/true);
-    return Build(plan, false, scanned * options_.head_dim * 2);
+    return Build(q_float, plan, false, scanned * options_.head_dim * 2);
   }
-  return Build(plan, false, 0);
+  return Build(q_float, plan, false, 0);
 }
 
 int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan,
-                               bool resident_only) {
+                               bool resident_only, double* coverage) {
   const int d = options_.head_dim;
   const int P = options_.page_tokens;
   const int group = group_size();
@@ -161,6 +184,8 @@ int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan
   std::vector<Unit> units;
   std::vector<float> logits, mean(d), page_mass(pages);
   int64_t scanned_units = 0;
+  double coverage_sum = 0;
+  int coverage_heads = 0;
   for (int h = 0; h < options_.kv_heads; ++h) {
     if (IsStreaming(h)) continue;
     // The retrieval units: prompt clusters (by centroid) and closed segments (by mean key).
@@ -242,11 +267,100 @@ int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan
     }
     std::stable_sort(ranked.begin(), ranked.end(),
                      [&](int32_t a, int32_t b) { return page_mass[a] > page_mass[b]; });
+    if (coverage != nullptr && !resident_only && h < static_cast<int>(resident_.size())) {
+      const size_t free_pages = static_cast<size_t>(std::max(1, plan.free_pages()));
+      std::vector<float> resident_mass;
+      for (int32_t p : resident_[h]) {
+        if (p < pages) resident_mass.push_back(page_mass[p]);
+      }
+      std::sort(resident_mass.begin(), resident_mass.end(), std::greater<>());
+      double best = 0, held = 0;
+      for (size_t i = 0; i < std::min(free_pages, ranked.size()); ++i) best += page_mass[ranked[i]];
+      for (size_t i = 0; i < std::min(free_pages, resident_mass.size()); ++i) {
+        held += resident_mass[i];
+      }
+      coverage_sum += best > 0 ? held / best : 1.0;
+      ++coverage_heads;
+    }
   }
+  if (coverage != nullptr) *coverage = coverage_heads > 0 ? coverage_sum / coverage_heads : 1.0;
   return scanned_units;
 }
 
-Selection BoundarySelector::Build(const Plan& plan, bool retrieved, int64_t summary_bytes) {
+std::vector<int32_t> BoundarySelector::Rescore(int h, absl::Span<const float> q_float,
+                                               int32_t tokens, const std::vector<char>& mark,
+                                               int32_t free_pages) {
+  const int d = options_.head_dim;
+  const int P = options_.page_tokens;
+  const int group = group_size();
+  const int32_t pages = (tokens + P - 1) / P;
+  const size_t want = static_cast<size_t>(std::ceil(options_.rescore_factor * free_pages));
+  std::vector<int32_t> cand;
+  for (int32_t p : ranked_[h]) {
+    if (cand.size() >= want) break;
+    if (p < pages && !mark[p]) cand.push_back(p);
+  }
+  if (cand.empty()) return cand;
+  // Exact logits of every token on the marked and the candidate pages (layout order), per query
+  // head of the group; a candidate's mass is its share of the softmax over all of them.
+  std::vector<int32_t> scored;  // the marked pages, then the candidates
+  for (int32_t p = 0; p < pages; ++p) {
+    if (mark[p]) scored.push_back(p);
+  }
+  const size_t first_cand = scored.size();
+  scored.insert(scored.end(), cand.begin(), cand.end());
+  std::vector<float> key(d), logits;
+  std::vector<int32_t> page_of;  // index into `scored` of each logit's page
+  logits.reserve(scored.size() * P * group);
+  for (size_t i = 0; i < scored.size(); ++i) {
+    for (int32_t l = scored[i] * P; l < std::min(tokens, (scored[i] + 1) * P); ++l) {
+      const uint16_t* k = pool_.key(h, LayoutToPosition(h, l));
+      for (int j = 0; j < d; ++j) key[j] = kernels::ToFloat(k[j], options_.dtype);
+      for (int g = 0; g < group; ++g) {
+        const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
+        float dot = 0;
+        for (int j = 0; j < d; ++j) dot += qg[j] * key[j];
+        logits.push_back(dot);
+      }
+      page_of.push_back(static_cast<int32_t>(i));
+    }
+  }
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  std::vector<float> mass(scored.size(), 0.f), head_mass(scored.size());
+  for (int g = 0; g < group; ++g) {
+    float top = -std::numeric_limits<float>::infinity();
+    for (size_t t = 0; t < page_of.size(); ++t) top = std::max(top, logits[t * group + g]);
+    double z = 0;
+    std::fill(head_mass.begin(), head_mass.end(), 0.f);
+    for (size_t t = 0; t < page_of.size(); ++t) {
+      const float e = std::exp((logits[t * group + g] - top) * scale);
+      head_mass[page_of[t]] += e;
+      z += e;
+    }
+    for (size_t i = first_cand; i < scored.size(); ++i) {
+      const float prob = static_cast<float>(head_mass[i] / z);
+      mass[i] =
+          options_.group_reduce == GroupReduce::kMax ? std::max(mass[i], prob) : mass[i] + prob;
+    }
+  }
+  std::vector<size_t> order(cand.size());
+  std::iota(order.begin(), order.end(), first_cand);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return mass[a] > mass[b]; });
+  std::vector<int32_t> ranked;
+  ranked.reserve(ranked_[h].size());
+  for (size_t i : order) ranked.push_back(scored[i]);
+  std::vector<char> is_cand(pages, 0);
+  for (int32_t p : cand) is_cand[p] = 1;
+  for (int32_t p : ranked_[h]) {
+    if (p >= pages || !is_cand[p]) ranked.push_back(p);
+  }
+  ranked_[h] = std::move(ranked);
+  return cand;
+}
+
+Selection BoundarySelector::Build(absl::Span<const float> q_float, const Plan& plan, bool retrieved,
+                                  int64_t summary_bytes) {
   const int P = options_.page_tokens;
   const int32_t T = static_cast<int32_t>(plan.tokens);
   const int32_t pages = (T + P - 1) / P;  // the layout is a permutation of [0, T)
@@ -279,6 +393,13 @@ Selection BoundarySelector::Build(const Plan& plan, bool retrieved, int64_t summ
     }
     first = std::max({first, sink_pages, natural_first_page});
     for (int32_t p = first; p < pages; ++p) mark_page(p);
+    std::vector<int32_t> rescored;
+    // Only resident pages are rescored: ranked_ holds them first at a retrieval (the fetch makes
+    // the best resident_factor x budget pages resident) and only them between retrievals.
+    if (!IsStreaming(h) && h < static_cast<int>(ranked_.size()) && options_.rescore_factor > 1.0 &&
+        options_.resident_factor > 1.0) {
+      rescored = Rescore(h, q_float, T, mark, budget - used);
+    }
     if (!IsStreaming(h) && h < static_cast<int>(ranked_.size())) {
       // A retrieval makes the best resident_factor x budget pages resident (the ones past the
       // budget go out as prefetch hints); later steps choose among them.
@@ -310,6 +431,11 @@ Selection BoundarySelector::Build(const Plan& plan, bool retrieved, int64_t summ
             resident_[h].end(), out.prefetch[h].begin(),
             out.prefetch[h].begin() + std::min<size_t>(extra, out.prefetch[h].size()));
       }
+    }
+    // The keys of rescored pages that are not attended are read for the rescoring only.
+    for (int32_t p : rescored) {
+      if (!mark[p])
+        summary_bytes += int64_t{std::min(T, (p + 1) * P) - p * P} * options_.head_dim * 2;
     }
     std::vector<int32_t> positions;
     for (int32_t p = 0; p < pages; ++p) {

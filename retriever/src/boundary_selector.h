@@ -10,8 +10,11 @@
 // Generated KV (and the prompt tail) is cut into segments at retrieval boundaries, each scored by
 // its mean key. The sinks and the window are always kept.
 //
-// Retrieval happens only when BoundaryTrigger fires; between retrievals the ranked units of the
-// last retrieval are served again around the moving window.
+// Retrieval happens only when BoundaryTrigger fires (or, with coverage_threshold, when the
+// summaries say the resident pages hold too little of the estimated mass); between retrievals the
+// resident pages of the last retrieval are ranked again for each query around the moving window.
+// With rescore_factor, the best resident candidates by that estimate are then ordered by their
+// exact q.k before the budget is filled.
 #ifndef PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_
 #define PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_
 
@@ -61,9 +64,18 @@ class BoundarySelector final : public SelectorBase {
   // Mean key of natural positions [a, b) of head h.
   void SegmentMean(int h, int64_t a, int64_t b, float* out) const;
   // Ranks layout pages by estimated attention mass for the query (all pages, or only the
-  // resident ones); returns the number of units scored.
-  int64_t Rank(absl::Span<const float> q_float, const Plan& plan, bool resident_only);
-  Selection Build(const Plan& plan, bool retrieved, int64_t summary_bytes);
+  // resident ones); returns the number of units scored. With `coverage` (a full ranking and a
+  // resident set), sets it to the mean over KV heads of the estimated mass of the best free
+  // pages among the resident ones over that of the best free pages overall.
+  int64_t Rank(absl::Span<const float> q_float, const Plan& plan, bool resident_only,
+               double* coverage = nullptr);
+  // Moves the best rescore_factor x free_pages unmarked pages of ranked_[h] to its front, ordered
+  // by exact attention mass for the group's queries (softmax over them and the marked pages).
+  // Returns the rescored pages.
+  std::vector<int32_t> Rescore(int h, absl::Span<const float> q_float, int32_t tokens,
+                               const std::vector<char>& mark, int32_t free_pages);
+  Selection Build(absl::Span<const float> q_float, const Plan& plan, bool retrieved,
+                  int64_t summary_bytes);
 
   std::shared_ptr<const PromptClusters> clusters_;
   int32_t sink_tokens_ = 0;                 // S

@@ -72,10 +72,12 @@ absl::Status ValidateOptions(const SelectorOptions& o) {
   if (!(o.boundary_threshold >= -1.f && o.boundary_threshold <= 1.f)) {
     return bad("selector options: boundary_threshold ", o.boundary_threshold, " outside [-1, 1]");
   }
-  if (o.cluster_tokens < 1 || o.kmeans_iters < 0 || !(o.resident_factor >= 1.0)) {
+  if (o.cluster_tokens < 1 || o.kmeans_iters < 0 || !(o.resident_factor >= 1.0) ||
+      !(o.rescore_factor >= 0.0 && o.rescore_factor <= 64.0) ||
+      !(o.coverage_threshold >= 0.f && o.coverage_threshold <= 1.f)) {
     return bad(
         "selector options: need cluster_tokens >= 1, kmeans_iters >= 0, "
-        "resident_factor >= 1");
+        "resident_factor >= 1, rescore_factor in [0, 64], coverage_threshold in [0, 1]");
   }
   if (o.ivf_nprobe < 1 || o.hnsw_m < 2 || o.hnsw_ef_search < 1) {
     return bad("selector options: need ivf_nprobe >= 1, hnsw_m >= 2, hnsw_ef_search >= 1");

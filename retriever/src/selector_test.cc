@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
+#include "boundary_selector.h"
 #include "gtest/gtest.h"
 #include "pagoda/retriever/prompt_clusters.h"
 #include "test_data.h"
@@ -264,6 +266,130 @@ TEST(SelectorTest, BoundaryRescoresResidentPagesBetweenRetrievals) {
   }
 }
 
+TEST(SelectorTest, BoundaryExactRescoringFixesACentroidTie) {
+  // Hand-made clusters: a weak decoy page (positions 320..335, keys 1 x the needle direction) and
+  // the strong needle (640..655, 4 x) share cluster 0, so their two layout pages (1: decoy, 2:
+  // needle) get the same centroid estimate and the tie goes to the decoy; every other 16 tokens
+  // form a cluster of their own. One free page: only exact rescoring gives it to the needle.
+  const int64_t n = 1024;
+  NeedleData data(n, 640, 16, 12);
+  for (int h = 0; h < data.kv_heads; ++h) {
+    for (int64_t t = 320; t < 336; ++t) {
+      for (int d = 0; d < data.dim; ++d) {
+        data.keys[(h * n + t) * data.dim + d] = data.directions[h * data.dim + d];
+      }
+    }
+  }
+  const std::vector<uint16_t> prompt = data.Keys(0, n);
+  SelectorOptions o = Options(16, 48);  // sink + window + 1 free page
+  auto clusters = std::make_shared<PromptClusters>();
+  clusters->prompt_tokens = n;
+  clusters->kv_heads = o.kv_heads;
+  clusters->head_dim = o.head_dim;
+  clusters->page_tokens = o.page_tokens;
+  clusters->sink_pages = o.sink_pages;
+  clusters->window_pages = o.window_pages;
+  clusters->cluster_tokens = o.cluster_tokens;
+  clusters->keys_fingerprint = internal::KeysFingerprint(prompt);
+  clusters->sink_tokens = 16;
+  clusters->natural_begin = n - 16;
+  std::vector<std::vector<int32_t>> groups = {{}};
+  for (int32_t t = 320; t < 336; ++t) groups[0].push_back(t);
+  for (int32_t t = 640; t < 656; ++t) groups[0].push_back(t);
+  for (int32_t b = 16; b < n - 16; b += 16) {
+    if (b == 320 || b == 640) continue;
+    groups.emplace_back();
+    for (int32_t t = b; t < b + 16; ++t) groups.back().push_back(t);
+  }
+  clusters->num_clusters = static_cast<int32_t>(groups.size());
+  clusters->centroids.assign(o.kv_heads, {});
+  clusters->cluster_off.assign(o.kv_heads, {0});
+  clusters->members.assign(o.kv_heads, {});
+  for (int h = 0; h < o.kv_heads; ++h) {
+    for (const std::vector<int32_t>& g : groups) {
+      for (int d = 0; d < o.head_dim; ++d) {
+        float sum = 0;
+        for (int32_t t : g) sum += data.keys[(h * n + t) * o.head_dim + d];
+        clusters->centroids[h].push_back(sum / static_cast<float>(g.size()));
+      }
+      clusters->members[h].insert(clusters->members[h].end(), g.begin(), g.end());
+      clusters->cluster_off[h].push_back(static_cast<int32_t>(clusters->members[h].size()));
+    }
+  }
+  int64_t summary[2] = {0, 0};
+  for (double rescore : {0.0, 2.0}) {
+    SCOPED_TRACE(::testing::PrintToString(rescore));
+    o.rescore_factor = rescore;
+    auto sel = MakeBoundarySelector(o, clusters);
+    ASSERT_TRUE(sel.ok()) << sel.status();
+    ASSERT_TRUE((*sel)->Prefill(prompt, n).ok());
+    auto s = (*sel)->Select(data.Query(3.f));
+    ASSERT_TRUE(s.ok()) << s.status();
+    CheckWellFormed(*s, o, n);
+    EXPECT_TRUE(s->retrieved);
+    for (int r = 0; r < o.kv_heads; ++r) {
+      EXPECT_EQ(Covers(s->spans[r], 640, 656), rescore > 1.0) << "row " << r;
+      EXPECT_EQ(Covers(s->spans[r], 320, 336), rescore <= 1.0) << "row " << r;
+    }
+    summary[rescore > 1.0] = s->summary_bytes;
+  }
+  // Two candidates for the one free page: the decoy's keys are read only to be rescored.
+  EXPECT_EQ(summary[1] - summary[0], int64_t{o.kv_heads} * 16 * o.head_dim * 2);
+}
+
+TEST(SelectorTest, BoundaryCoverageTriggerRetrievesWhenResidentMassDrops) {
+  // The query moves from needle A to needle B with the boundary trigger held off. The resident
+  // set (factor 1: the two free pages, both on A's cluster) misses B; the coverage trigger sees
+  // that in the summaries and retrieves, and does not while the query stays on A.
+  test_data::NeedleData a(2048, 480, 16, 4);
+  test_data::NeedleData b(2048, 1200, 16, 6);
+  for (int h = 0; h < 4; ++h) {
+    for (int64_t t = 1200; t < 1216; ++t) {
+      for (int d = 0; d < 64; ++d)
+        a.keys[(h * 2048 + t) * 64 + d] = b.keys[(h * 2048 + t) * 64 + d];
+    }
+  }
+  auto query = [&](float wa, float wb) {
+    std::vector<uint16_t> q;
+    for (int hq = 0; hq < 12; ++hq) {
+      for (int d = 0; d < 64; ++d) {
+        q.push_back(test_data::Half(wa * a.directions[(hq / 3) * 64 + d] +
+                                    wb * b.directions[(hq / 3) * 64 + d]));
+      }
+    }
+    return q;
+  };
+  for (float coverage : {0.f, 0.5f}) {
+    SCOPED_TRACE(::testing::PrintToString(coverage));
+    SelectorOptions o = Options(16, 64);  // sink, window and two free pages
+    o.boundary_threshold = -1.f;          // the boundary trigger fires only on the first step
+    o.resident_factor = 1.0;
+    o.coverage_threshold = coverage;
+    auto sel = MakeSelector(Policy::kBoundary, o);
+    ASSERT_TRUE(sel.ok());
+    ASSERT_TRUE((*sel)->Prefill(a.Keys(0, 2040), 2040).ok());
+    ASSERT_TRUE((*sel)->Append(a.Keys(2040, 2041), 1).ok());
+    auto first = (*sel)->Select(query(3.f, 0.f));
+    ASSERT_TRUE(first.ok());
+    EXPECT_TRUE(first->retrieved);
+    ASSERT_TRUE((*sel)->Append(a.Keys(2041, 2042), 1).ok());
+    auto same = (*sel)->Select(query(3.f, 0.f));
+    ASSERT_TRUE(same.ok());
+    EXPECT_FALSE(same->retrieved);
+    EXPECT_EQ(same->summary_bytes > 0, coverage > 0.f);  // the scan that checks coverage
+    ASSERT_TRUE((*sel)->Append(a.Keys(2042, 2043), 1).ok());
+    auto moved = (*sel)->Select(query(0.f, 3.f));
+    ASSERT_TRUE(moved.ok());
+    CheckWellFormed(*moved, o, 2043);
+    EXPECT_EQ(moved->retrieved, coverage > 0.f);
+    for (int r = 0; r < 4; ++r) {
+      EXPECT_TRUE(Covers(first->spans[r], 480, 496));
+      EXPECT_TRUE(Covers(same->spans[r], 480, 496));
+      EXPECT_EQ(Covers(moved->spans[r], 1200, 1216), coverage > 0.f) << "row " << r;
+    }
+  }
+}
+
 TEST(SelectorTest, OneFreePageGoesToTheNeedle) {
   // Budget for one page beyond sink and window: it must go to the needle, and hints elsewhere.
   NeedleData data(1024, 320, 16, 8);
@@ -296,6 +422,12 @@ TEST(SelectorTest, RejectsBadOptions) {
   o = SelectorOptions();
   o.budget_tokens = 8;
   EXPECT_EQ(MakeSelector(Policy::kQuest, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = SelectorOptions();
+  o.rescore_factor = -1.0;
+  EXPECT_EQ(MakeSelector(Policy::kBoundary, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o = SelectorOptions();
+  o.coverage_threshold = 1.5f;
+  EXPECT_EQ(MakeSelector(Policy::kBoundary, o).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(ParsePolicy("nope").ok());
   EXPECT_EQ(*ParsePolicy("louiskv"), Policy::kBoundary);
 }

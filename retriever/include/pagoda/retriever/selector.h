@@ -92,6 +92,20 @@ struct SelectorOptions {
   // More residency follows the query better at the cost of GPU memory (4 x a 1/16 budget = 1/4 of
   // the context).
   double resident_factor = 4.0;
+  // kBoundary: exact rescoring. Each step the best rescore_factor x (budget - always-kept) pages
+  // by the centroid estimate (resident pages only, between retrievals) are rescored with their
+  // exact q.k (softmax per query head over those pages and the always-kept ones, reduced over the
+  // GQA group) and the budget is filled by the exact score. Their keys are on the device; the
+  // keys of rescored pages that are not attended are counted in summary_bytes. <= 1 = off; needs
+  // resident_factor > 1 and at most resident_factor (only resident pages are rescored). 1.5 gave
+  // +0.019 mean recall at a 1/16 budget on real attention for +0.13x Quest's bytes
+  // (bench/RESULTS.md, "Retriever").
+  double rescore_factor = 1.5;
+  // kBoundary: coverage trigger. Between retrievals every step also scans all units' summaries
+  // (counted in summary_bytes) and retrieves when the estimated mass of the best free pages among
+  // the resident ones, over that of the best free pages overall (mean over KV heads), falls below
+  // this; the boundary trigger still fires too. 0 = off.
+  float coverage_threshold = 0.f;
 
   // kAnn: index kind and its knobs. HNSW efSearch below ~128 misses exact neighbours (DEPS.md).
   AnnKind ann_kind = AnnKind::kFlat;
