@@ -198,8 +198,28 @@ struct Decoder {
   void* ws = nullptr;
 };
 
+// The plan options every headline number uses: the fused merge, over a workspace zeroed once.
+gpu::DecodePlanOptions HeadlineOptions() {
+  gpu::DecodePlanOptions opt;
+  opt.zeroed_workspace = true;
+  return opt;
+}
+
+// Options that force `chunks` KV chunks per row (for the split sweep).
+gpu::DecodePlanOptions ForcedChunks(int chunks, bool fused, int stages) {
+  gpu::DecodePlanOptions opt = HeadlineOptions();
+  opt.fused_merge = fused;
+  opt.pipeline_stages = stages;
+  opt.max_chunks = chunks;
+  opt.min_chunk_tokens = 1;
+  opt.chunk_overhead_tokens = 0;
+  opt.blocks_per_sm = 1 << 20;  // one wave whatever c: the cost is tokens / c, least at c
+  return opt;
+}
+
 Decoder MakeDecoder(const pk::PagedKV& kv, const Table& t, int batch, bool per_head, uint16_t* q,
-                    uint16_t* o, float* lse) {
+                    uint16_t* o, float* lse, const gpu::DecodePlanOptions& opt = HeadlineOptions(),
+                    bool quiet = false) {
   Decoder d;
   d.p.kv = kv;
   d.p.table = {t.rows, t.indptr, t.indices, t.last};
@@ -209,12 +229,15 @@ Decoder MakeDecoder(const pk::PagedKV& kv, const Table& t, int batch, bool per_h
   d.p.q = q;
   d.p.o = o;
   d.p.lse = lse;
-  auto plan = gpu::PlanDecode(d.p, false, t.max_tokens);
+  auto plan = gpu::PlanDecode(d.p, false, t.max_tokens, opt);
   OK(plan.status());
   d.plan = *plan;
-  std::printf("  plan: batch %d, max %lld tokens/row -> %d chunks of %d tokens\n", batch,
-              static_cast<long long>(t.max_tokens), d.plan.num_chunks, d.plan.chunk_tokens);
+  if (!quiet) {
+    std::printf("  plan: batch %d, max %lld tokens/row -> %d chunks of %d tokens\n", batch,
+                static_cast<long long>(t.max_tokens), d.plan.num_chunks, d.plan.chunk_tokens);
+  }
   d.ws = DevAlloc<uint8_t>(d.plan.workspace_bytes);
+  CK(cudaMemset(d.ws, 0, std::max<size_t>(d.plan.workspace_bytes, 1)));
   return d;
 }
 
@@ -299,6 +322,89 @@ int main(int argc, char** argv) {
     const std::string b = "B=" + std::to_string(batch);
     Report("sparse 4K-budget decode time, " + b, ms * 1e3, "us", "-", 0,
            batch == 1 ? "<= 15 us" : "-");
+    // The same selections with the other merge paths (same split), then a sweep of the split:
+    // each row against the headline above.
+    {
+      std::vector<Table> tables;
+      for (const Decoder& d : sparse) {
+        tables.push_back({d.p.table.num_rows, const_cast<int32_t*>(d.p.table.indptr),
+                          const_cast<int32_t*>(d.p.table.indices),
+                          const_cast<int32_t*>(d.p.table.last_page_len), 4096});
+      }
+      struct Timed {
+        double first;  // ms per step
+        int second;    // chunks a row
+      };
+      auto time_with = [&](const gpu::DecodePlanOptions& opt) {
+        std::vector<Decoder> ds;
+        for (const Table& t : tables) {
+          ds.push_back(MakeDecoder(kv, t, batch, true, q, o, lse, opt, true));
+        }
+        const double t = TimeDecoders(ds);
+        const Timed r{t, ds[0].plan.num_chunks};
+        for (auto& d : ds) CK(cudaFree(d.ws));
+        return r;
+      };
+      gpu::DecodePlanOptions memset_opt;  // the defaults: fused merge, counters cleared per run
+      const auto with_memset = time_with(memset_opt);
+      Report("  fused merge + counter memset per run, " + b, with_memset.first * 1e3, "us",
+             "/ headline", with_memset.first / ms, "-");
+      gpu::DecodePlanOptions two = HeadlineOptions();  // the kernel before 2026-11-29
+      two.fused_merge = false;
+      two.pipeline_stages = 4;
+      two.min_chunk_tokens = 128;
+      const auto two_kernels = time_with(two);
+      Report(
+          "  before: 2 kernels, 4 stages, split " + std::to_string(two_kernels.second) + ", " + b,
+          two_kernels.first * 1e3, "us", "/ headline", two_kernels.first / ms, "-");
+      gpu::DecodePlanOptions four = HeadlineOptions();
+      four.pipeline_stages = 4;
+      const auto staged4 = time_with(four);
+      Report("  4-stage pipeline, planned split " + std::to_string(staged4.second) + ", " + b,
+             staged4.first * 1e3, "us", "/ headline", staged4.first / ms, "-");
+      {  // the fixed cost: the same plan over empty rows (no KV read; partials, merge, launch)
+        const int32_t rows = batch * kHeads;
+        Table empty =
+            Upload(std::vector<int32_t>(rows + 1, 0), {0}, std::vector<int32_t>(rows, page), page);
+        empty.max_tokens = 4096;  // plan as for the 4K budget
+        std::vector<Decoder> ds;
+        for (int r = 0; r < rot; ++r)
+          ds.push_back(MakeDecoder(kv, empty, batch, true, q, o, lse, HeadlineOptions(), true));
+        const double t = TimeDecoders(ds);
+        Report("  same plan over empty rows (fixed cost), " + b, t * 1e3, "us", "/ headline",
+               t / ms, "-");
+        for (auto& d : ds) CK(cudaFree(d.ws));
+      }
+      if (batch == 16) {  // twice the rows in one launch (64K-token contexts in the same pool):
+        // a fixed per-launch cost shows as a higher rate here, a per-byte one does not
+        uint16_t* q32 = RandomBf16(size_t{32} * kQoHeads * kDim, 7, 2.f);
+        uint16_t* o32 = DevAlloc<uint16_t>(size_t{32} * kQoHeads * kDim);
+        std::vector<Decoder> ds;
+        for (int r = 0; r < rot; ++r) {
+          ds.push_back(MakeDecoder(
+              kv, SparseTable(rng, 32, seq_pages / 2, seq_pages / 2, budget, window, page), 32,
+              true, q32, o32, nullptr));
+        }
+        const double t = TimeDecoders(ds);
+        const double tb = 2 * bytes / (t * 1e-3) / 1e12;
+        Report("  B=32 in one launch: KV bandwidth", tb, "TB/s", "d2d copy", tb / copy_tbps, "-");
+        for (auto& d : ds) CK(cudaFree(d.ws));
+        CK(cudaFree(q32));
+        CK(cudaFree(o32));
+      }
+      const std::vector<int> sweep = batch == 1 ? std::vector<int>{8, 12, 16, 24, 32, 48, 64}
+                                                : std::vector<int>{1, 2, 3, 4, 6, 8, 12};
+      for (int variant = 0; variant < 3; ++variant) {  // fused 4 stages, fused 3, 2-kernel 4
+        const bool fused = variant < 2;
+        const int stages = variant == 1 ? 3 : 4;
+        for (int c : sweep) {
+          const auto r = time_with(ForcedChunks(c, fused, stages));
+          Report("  split " + std::to_string(r.second) + (fused ? " fused" : " 2-kernel") +
+                     " stages " + std::to_string(stages) + ", " + b,
+                 r.first * 1e3, "us", "/ headline", r.first / ms, "-");
+        }
+      }
+    }
     Report("sparse decode KV bandwidth, " + b, tbps, "TB/s", "d2d copy", tbps / copy_tbps,
            ">= 0.85");
     // Dense at context = budget (4K), with our kernel, rotating over sequences' pools.
@@ -317,6 +423,24 @@ int main(int argc, char** argv) {
       }
       const double dms = TimeDecoders(dense);
       const std::string c = std::to_string(ctx / 1024) + "K";
+      if (ctx > 4096) {  // the pipeline depth and the kernel before, on the same dense rows
+        gpu::DecodePlanOptions before = HeadlineOptions();
+        before.fused_merge = false;
+        before.pipeline_stages = 4;
+        gpu::DecodePlanOptions s3 = HeadlineOptions(), s4 = HeadlineOptions();
+        s3.pipeline_stages = 3;
+        s4.pipeline_stages = 4;
+        const Table dt = DenseTable(batch, seq_pages, ctx_pages, page);
+        const std::vector<std::pair<std::string, gpu::DecodePlanOptions>> variants = {
+            {"3 stages", s3}, {"4 stages", s4}, {"before (2 kernels, 4 stages)", before}};
+        for (const auto& [name, opt] : variants) {
+          std::vector<Decoder> one = {MakeDecoder(kv, dt, batch, false, q, o, lse, opt, true)};
+          const double t = TimeDecoders(one);
+          Report("  dense ctx " + c + " " + name + ", " + b, t * 1e3, "us", "/ planned", t / dms,
+                 "-");
+          CK(cudaFree(one[0].ws));
+        }
+      }
       Report("dense decode (ours) ctx " + c + ", " + b, dms * 1e3, "us", "sparse/dense", ms / dms,
              ctx == 4096 ? "<= 1.1" : "-");
       Report("dense-" + c + "/sparse-4K speedup (ours), " + b, dms / ms, "x", "-", 0,

@@ -14,7 +14,8 @@
 # Adding a step (another part's CUDA test or benchmark): write a function step_<name> that runs
 # from the repository root with the build in $BUILD and returns non-zero on failure, and add
 # <name> to STEPS. Targets that need only CUDA + absl + GTest can join the standalone build in
-# bench/gpu/CMakeLists.txt. Environment: STEPS="build kernels_test" runs a subset.
+# bench/gpu/CMakeLists.txt. Environment: STEPS="build kernels_test" runs a subset;
+# BUILD_TARGETS="kernels_cuda_test kernels_bench" builds only those targets.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -42,7 +43,7 @@ step_build() {
   cmake -S bench/gpu -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" \
     -DCMAKE_PREFIX_PATH="$PREFIX" -Dabsl_DIR="$LIBDIR/cmake/absl" -DGTest_DIR="$LIBDIR/cmake/GTest" &&
-    cmake --build "$BUILD" -j "$(nproc)"
+    cmake --build "$BUILD" -j "$(nproc)" ${BUILD_TARGETS:+--target $BUILD_TARGETS}
 }
 step_kernels_ref_test() { "$BUILD/kernels/kernels_ref_test"; }
 step_kernels_test() { "$BUILD/kernels/kernels_cuda_test"; }

@@ -74,6 +74,18 @@ TEST(CudaArgs, DecodeRejectsBadShapesBeforeTouchingTheDevice) {
   bad_opt.min_chunk_tokens = 0;
   EXPECT_EQ(gpu::PlanDecode(good, false, 100, bad_opt).status().code(),
             StatusCode::kInvalidArgument);
+  bad_opt = {};
+  bad_opt.max_chunks = 1025;  // the fused merge's limit
+  EXPECT_EQ(gpu::PlanDecode(good, false, 100, bad_opt).status().code(),
+            StatusCode::kInvalidArgument);
+  bad_opt = {};
+  bad_opt.pipeline_stages = 2;
+  EXPECT_EQ(gpu::PlanDecode(good, false, 100, bad_opt).status().code(),
+            StatusCode::kInvalidArgument);
+  gpu::DecodePlan deep = plan;
+  deep.pipeline_stages = 5;
+  EXPECT_EQ(gpu::SparseDecode(deep, good, nullptr, nullptr).code(), StatusCode::kInvalidArgument)
+      << "a plan with an unsupported pipeline depth";
   EXPECT_EQ(gpu::PlanDecode(good, false, -1).status().code(), StatusCode::kInvalidArgument);
 }
 

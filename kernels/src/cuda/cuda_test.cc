@@ -172,6 +172,7 @@ TEST_P(GpuDecode, SparseMatchesReference) {
     opt.min_chunk_tokens = 64;  // many chunks and a merge
   else
     opt.max_chunks = 1;
+  opt.pipeline_stages = split ? 3 : 4;  // the streaming test below takes the other two pairs
   for (uint32_t rep = 0; rep < 2; ++rep) {
     c.per_kv_head = rep == 0;
     RunDecodeCase(c, rep * 7919 + dim + group * 13 + page_size, opt);
@@ -194,6 +195,7 @@ TEST_P(GpuDecode, StreamingMatchesReference) {
     opt.min_chunk_tokens = 64;
   else
     opt.max_chunks = 1;
+  opt.pipeline_stages = split ? 4 : 3;
   RunDecodeCase(c, 31 + dim + group + page_size, opt);
 }
 
@@ -202,6 +204,78 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuDecode,
                                             ::testing::Values(64, 128),
                                             ::testing::Values(1, 3, 4, 8),
                                             ::testing::Values(1, 16, 32, 64), ::testing::Bool()));
+
+// The split's merge paths at forced chunk counts: mode 0 fused with a per-run counter memset
+// (over a workspace full of garbage), 1 fused over a workspace zeroed once (three runs with new
+// data, the counters back at zero after each), 2 the two-kernel merge, 3 as 1 with the 4-stage
+// pipeline (the others: 3 stages, 2: 4). Odd row lengths, empty rows,
+// poisoned outputs; streaming heads (some blocks exit before counting) for the fused path too.
+class GpuDecodeMerge : public GpuTest,
+                       public ::testing::WithParamInterface<std::tuple<int, int, int, int>> {};
+
+TEST_P(GpuDecodeMerge, SplitsMatchReference) {
+  const auto [chunks, mode, group, dim] = GetParam();
+  for (const bool streaming : {false, true}) {
+    std::mt19937 rng(1000 * chunks + 10 * mode + group + dim + streaming);
+    DecodeCase c;
+    c.head_dim = dim;
+    c.group = group;
+    c.kv_heads = 3;
+    c.batch = 5;
+    c.max_pages = 160;  // up to 2560 tokens a row: up to 40 chunks of 64
+    c.pool_pages = 400;
+    c.streaming = streaming;
+    DecodeProblem pr = testing::MakeDecodeProblem(rng, c);
+    pr.sink = 37;
+    pr.window = 1900;
+    DevDecode dev(pr);
+    gpu::DecodePlanOptions opt;
+    opt.max_chunks = chunks;
+    opt.min_chunk_tokens = 1;
+    opt.chunk_overhead_tokens = 0;
+    opt.blocks_per_sm = 1 << 20;  // one wave whatever the count: PlanDecode takes `chunks`
+    opt.fused_merge = mode != 2;
+    opt.zeroed_workspace = mode == 1 || mode == 3;
+    opt.pipeline_stages = mode == 2 || mode == 3 ? 4 : 3;
+    const int64_t most = streaming ? pr.sink + pr.window : MaxRowTokens(pr);
+    auto plan = gpu::PlanDecode(dev.params, streaming, most, opt);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    ASSERT_GT(plan->num_chunks, 1);
+    ASSERT_EQ(plan->counter_bytes(), mode == 2 ? 0u : sizeof(int32_t) * c.batch * c.kv_heads);
+    ASSERT_EQ(plan->pipeline_stages, opt.pipeline_stages);
+    std::vector<uint8_t> garbage(plan->workspace_bytes, opt.zeroed_workspace ? 0 : 0xa5);
+    Dev<uint8_t> ws(garbage);
+    for (int run = 0; run < (opt.zeroed_workspace ? 3 : 1); ++run) {
+      if (run > 0) {  // new data in the same buffers, outputs poisoned again
+        pr.q = testing::RandomValues(rng, pr.q.size(), c.dtype, 0.5f);
+        std::fill(pr.o.begin(), pr.o.end(), kPoison);
+        std::fill(pr.lse.begin(), pr.lse.end(), std::nanf(""));
+        dev.q.Put(pr.q);
+        dev.o.Put(pr.o);
+        dev.lse.Put(pr.lse);
+      }
+      const absl::Status s = streaming ? gpu::StreamingDecode(*plan, dev.params, ws.get(), nullptr)
+                                       : gpu::SparseDecode(*plan, dev.params, ws.get(), nullptr);
+      ASSERT_TRUE(s.ok()) << s;
+      CUDA_OK(cudaDeviceSynchronize());
+      ASSERT_TRUE(streaming ? StreamingDecodeReference(pr.params()).ok()
+                            : SparseDecodeReference(pr.params()).ok());
+      SCOPED_TRACE(::testing::Message() << "chunks " << plan->num_chunks << " mode " << mode
+                                        << " streaming " << streaming << " run " << run);
+      ExpectClose(pr, dev.o.Host(), dev.lse.Host());
+      const std::vector<uint8_t> after = ws.Host();
+      for (size_t i = 0; i < plan->counter_bytes(); ++i) {
+        ASSERT_EQ(after[i], 0) << "arrival counters not left at zero, byte " << i;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Splits, GpuDecodeMerge,
+                         ::testing::Combine(::testing::Values(2, 3, 5, 17, 64),
+                                            ::testing::Values(0, 1, 2, 3),
+                                            ::testing::Values(1, 4, 8),
+                                            ::testing::Values(64, 128)));
 
 TEST_F(GpuTest, DecodeGraphReplaySeesNewData) {
   std::mt19937 rng(77);

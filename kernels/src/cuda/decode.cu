@@ -2,10 +2,12 @@
 //
 // One block handles one (sequence, KV head, KV chunk) and all query heads of the GQA group, so
 // every KV byte is read once per step. Each token row is read by kDim/8 threads with 16-byte
-// loads; the block walks its chunk kStep tokens at a time with a two-deep software pipeline (page
-// ids two steps ahead, K/V one step ahead). Thread groups keep private online-softmax states that
-// are merged through shared memory at the end; a split row writes partial (o, lse) states that
-// MergeKernel combines.
+// loads; the block walks its chunk kStep tokens at a time through a cp.async shared-memory
+// pipeline kStages deep (3 or 4, chosen by the plan; page ids one step further ahead). Thread
+// groups keep private online-softmax states that are merged through shared memory at the end. A
+// split row writes partial (o, lse) states; the last block of each (sequence, KV head) to finish
+// (a threadfence + atomic counter per row, reset by that block) combines them in the same launch,
+// so a step is one kernel. MergeKernel, a second launch, is kept for plans with fused_merge off.
 #include <algorithm>
 #include <cmath>
 
@@ -21,7 +23,9 @@ using internal::kLn2;
 using internal::kLog2e;
 
 constexpr int kThreads = 128;
-constexpr int kMaxStep = 64;  // largest tokens-per-step of any instantiation
+constexpr int kMaxStep = 64;      // largest tokens-per-step of any instantiation
+constexpr int kMaxChunks = 1024;  // the fused merge keeps group x chunks weights in shared memory
+constexpr int64_t kShortRowTokens = 16384;  // PlanDecode's automatic pipeline depth: 3 up to here
 
 struct DecodeArgs {
   const uint16_t* q;
@@ -36,23 +40,24 @@ struct DecodeArgs {
   const uint8_t* is_streaming;
   float* part_o;
   float* part_lse;
+  int32_t* counters;  // [rows] arrivals per (sequence, KV head); null: MergeKernel merges
   int32_t num_qo_heads, num_kv_heads, group;
   int32_t log2_page;
   int32_t num_chunks, chunk_tokens;
   int32_t sink, window;
   float scale_log2;
   bool streaming, per_kv_head;
+  int32_t stages;  // host-side dispatch only: the pipeline depth of the kernel to launch
 };
 
+// One work item: chunk `chunk` of (sequence, KV head) bh. Every thread of the block calls it.
 template <bool kBf16, int kDim, int kGMax, int kUnroll, int kStages>
-__global__ void __launch_bounds__(kThreads) DecodeKernel(const __grid_constant__ DecodeArgs a) {
+__device__ __forceinline__ void DecodeItem(const DecodeArgs& a, int chunk, int bh) {
   constexpr int kVec = 8;
   constexpr int kTpt = kDim / kVec;         // threads per token row
   constexpr int kGroups = kThreads / kTpt;  // token groups per block
   constexpr int kStep = kGroups * kUnroll;  // tokens per block step
   static_assert(kStep <= kMaxStep);
-  const int chunk = blockIdx.x;
-  const int bh = blockIdx.y;
   const int b = bh / a.num_kv_heads;
   const int h = bh - b * a.num_kv_heads;
   if (a.streaming && a.is_streaming[h] == 0) return;
@@ -264,6 +269,108 @@ __global__ void __launch_bounds__(kThreads) DecodeKernel(const __grid_constant__
       if (dim == 0) a.part_lse[part] = lse2;
     }
   }
+  if (a.num_chunks == 1 || a.counters == nullptr) return;
+
+  // Fused merge: each block publishes its partials (threadfence), then counts itself in; the
+  // block that arrives last reads every chunk's partial state back from L2 and writes o and lse.
+  __shared__ int merges;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    merges = atomicAdd(a.counters + bh, 1) == a.num_chunks - 1;
+    if (merges) a.counters[bh] = 0;  // every chunk has arrived: ready for the next run
+  }
+  __syncthreads();
+  if (!merges) return;
+  __threadfence();
+  const int nc = a.num_chunks;
+  const int64_t hq0 = static_cast<int64_t>(b) * a.num_qo_heads + h * a.group;
+  float* w = reinterpret_cast<float*>(smem);  // [group][nc] normalized chunk weights
+  const int warp = tid / 32, lane = tid % 32;
+  // Each thread sums 4 dims of one query head over the chunks. The partial outputs of its first
+  // quad's first kPre chunks are loaded now, while the weights are worked out (one L2 round trip
+  // fewer in this latency-bound tail).
+  constexpr int kQuads = kDim / 4;
+  constexpr int kPre = 8;
+  float4 pre[kPre];
+  {
+    const int g0 = min(tid / kQuads, a.group - 1);
+    const float4* po = reinterpret_cast<const float4*>(a.part_o + (hq0 + g0) * nc * kDim) +
+                       (tid - (tid / kQuads) * kQuads);
+    const bool mine = tid < a.group * kQuads;
+#pragma unroll
+    for (int i = 0; i < kPre; ++i) {
+      pre[i] = mine && i < nc ? __ldcg(po + i * kQuads) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  }
+  for (int g = warp; g < a.group; g += kThreads / 32) {
+    const float* pl = a.part_lse + (hq0 + g) * nc;
+    float* wg = w + g * nc;
+    float mx = -INFINITY;
+    for (int c = lane; c < nc; c += 32) {  // one pass over global memory: lse parked in wg
+      const float l = __ldcg(pl + c);
+      wg[c] = l;
+      mx = fmaxf(mx, l);
+    }
+#pragma unroll
+    for (int mask = 16; mask > 0; mask >>= 1) {
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, mask));
+    }
+    float den = 0.f;
+    for (int c = lane; c < nc; c += 32) {
+      const float e = mx == -INFINITY ? 0.f : FastExp2(wg[c] - mx);
+      wg[c] = e;
+      den += e;
+    }
+#pragma unroll
+    for (int mask = 16; mask > 0; mask >>= 1) den += __shfl_xor_sync(0xffffffffu, den, mask);
+    const float inv = den > 0.f ? 1.f / den : 0.f;
+    for (int c = lane; c < nc; c += 32) wg[c] *= inv;
+    if (lane == 0 && a.lse != nullptr) {
+      a.lse[hq0 + g] = den > 0.f ? (mx + log2f(den)) * kLn2 : -INFINITY;
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < a.group * kQuads; idx += kThreads) {
+    const int g = idx / kQuads;
+    const int d4 = idx - g * kQuads;
+    const float4* po = reinterpret_cast<const float4*>(a.part_o + (hq0 + g) * nc * kDim) + d4;
+    const float* wg = w + g * nc;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    auto add = [&](float wc, const float4& v) {
+      acc[0] = fmaf(wc, v.x, acc[0]);
+      acc[1] = fmaf(wc, v.y, acc[1]);
+      acc[2] = fmaf(wc, v.z, acc[2]);
+      acc[3] = fmaf(wc, v.w, acc[3]);
+    };
+    int c = 0;
+    if (idx == tid) {  // the prefetched chunks
+#pragma unroll
+      for (int i = 0; i < kPre; ++i) {
+        if (i < nc) add(wg[i], pre[i]);
+      }
+      c = min(nc, kPre);
+    }
+    for (; c + 8 <= nc; c += 8) {  // 8 chunks' 16-byte loads in flight
+      float4 v[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = __ldcg(po + (c + i) * kQuads);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) add(wg[c + i], v[i]);
+    }
+    for (; c < nc; ++c) add(wg[c], __ldcg(po + c * kQuads));
+    uint16_t* out = a.o + (hq0 + g) * kDim + d4 * 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = internal::Pack1<kBf16>(acc[i]);
+  }
+}
+
+// One block per (chunk, sequence x KV head). GQA groups up to 4 are held to 128 registers so a
+// fourth 3-stage block fits on a multiprocessor (no spills; the fused merge had pushed it to 155).
+template <bool kBf16, int kDim, int kGMax, int kUnroll, int kStages>
+__global__ void __launch_bounds__(kThreads, kGMax <= 4 ? 4 : 1)
+    DecodeKernel(const __grid_constant__ DecodeArgs a) {
+  DecodeItem<kBf16, kDim, kGMax, kUnroll, kStages>(a, blockIdx.x, blockIdx.y);
 }
 
 // Combines the chunks' partial states: one warp per (sequence, query head).
@@ -304,16 +411,17 @@ template <int kDim, int kGMax, int kUnroll, int kStages>
 constexpr size_t DecodeSmemBytes() {
   constexpr size_t pipeline = size_t{kStages} * 2 * kUnroll * kThreads * 16;
   constexpr size_t merge = size_t{kThreads / (kDim / 8)} * kGMax * (kDim + 2) * 4;
-  return pipeline > merge ? pipeline : merge;
+  constexpr size_t weights = size_t{kGMax} * kMaxChunks * 4;  // the fused merge's
+  constexpr size_t most = pipeline > merge ? pipeline : merge;
+  return most > weights ? most : weights;
 }
 
 // Launches decode (+ merge). With a.q == nullptr it only prepares the kernel for the current
 // device (shared-memory limit above 48 KB; a launch before that fails cleanly with an error) and
 // reports how many blocks fit on one multiprocessor in *resident.
-template <bool kBf16, int kDim, int kGMax>
-cudaError_t LaunchTyped(const DecodeArgs& a, int rows, cudaStream_t stream, int* resident) {
+template <bool kBf16, int kDim, int kGMax, int kStages>
+cudaError_t LaunchStaged(const DecodeArgs& a, int rows, cudaStream_t stream, int* resident) {
   constexpr int kUnroll = kGMax >= 8 ? 2 : 4;
-  constexpr int kStages = 4;
   constexpr size_t kSmem = DecodeSmemBytes<kDim, kGMax, kUnroll, kStages>();
   auto kernel = DecodeKernel<kBf16, kDim, kGMax, kUnroll, kStages>;
   if (a.q == nullptr) {  // PlanDecode: raise the shared-memory limit on the current device
@@ -322,14 +430,19 @@ cudaError_t LaunchTyped(const DecodeArgs& a, int rows, cudaStream_t stream, int*
     if (attr != cudaSuccess || resident == nullptr) return attr;
     return cudaOccupancyMaxActiveBlocksPerMultiprocessor(resident, kernel, kThreads, kSmem);
   }
-  const dim3 grid(a.num_chunks, rows);
-  kernel<<<grid, kThreads, kSmem, stream>>>(a);
+  kernel<<<dim3(a.num_chunks, rows), kThreads, kSmem, stream>>>(a);
   cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || a.num_chunks == 1) return err;
+  if (err != cudaSuccess || a.num_chunks == 1 || a.counters != nullptr) return err;
   const int total = rows * a.group;  // (sequence, query head) pairs
   MergeKernel<kBf16, kDim>
       <<<(total * 32 + kThreads - 1) / kThreads, kThreads, 0, stream>>>(a, total);
   return cudaGetLastError();
+}
+
+template <bool kBf16, int kDim, int kGMax>
+cudaError_t LaunchTyped(const DecodeArgs& a, int rows, cudaStream_t stream, int* resident) {
+  return a.stages == 3 ? LaunchStaged<kBf16, kDim, kGMax, 3>(a, rows, stream, resident)
+                       : LaunchStaged<kBf16, kDim, kGMax, 4>(a, rows, stream, resident);
 }
 
 template <bool kBf16, int kDim>
@@ -362,6 +475,22 @@ absl::Status CheckGpuShape(const DecodeParams& p) {
   return absl::OkStatus();
 }
 
+// The workspace of a split plan: per-row arrival counters first (so a workspace zeroed once keeps
+// them at one place), then the partial outputs and their log-sum-exps.
+struct WorkspaceLayout {
+  size_t counters = 0, part_o = 0, part_lse = 0, bytes = 0;
+};
+
+WorkspaceLayout LayoutOf(const DecodePlan& plan) {
+  WorkspaceLayout w;
+  if (plan.num_chunks <= 1) return w;
+  const size_t states = static_cast<size_t>(plan.batch) * plan.num_qo_heads * plan.num_chunks;
+  w.part_o = (plan.counter_bytes() + 255) / 256 * 256;
+  w.part_lse = w.part_o + states * plan.head_dim * 4;
+  w.bytes = w.part_lse + states * 4;
+  return w;
+}
+
 int Log2(int x) {
   int l = 0;
   while ((1 << l) < x) ++l;
@@ -380,6 +509,11 @@ absl::Status Run(const DecodePlan& plan, const DecodeParams& p, void* workspace,
   if (plan.num_chunks > 1 && workspace == nullptr) {
     return absl::InvalidArgumentError("gpu decode: the plan needs a workspace");
   }
+  if (plan.num_chunks < 1 || plan.num_chunks > kMaxChunks ||
+      (plan.pipeline_stages != 3 && plan.pipeline_stages != 4)) {
+    return absl::InvalidArgumentError(
+        "gpu decode: plan.num_chunks or pipeline_stages out of range");
+  }
   DecodeArgs a;
   a.q = p.q;
   a.o = p.o;
@@ -393,12 +527,14 @@ absl::Status Run(const DecodePlan& plan, const DecodeParams& p, void* workspace,
   a.indices = p.table.indices;
   a.last_page_len = p.table.last_page_len;
   a.is_streaming = p.is_streaming;
-  const size_t part_o_bytes =
-      static_cast<size_t>(p.batch) * p.num_qo_heads * plan.num_chunks * p.kv.head_dim * 4;
-  a.part_o = static_cast<float*>(workspace);
-  a.part_lse = workspace == nullptr
-                   ? nullptr
-                   : reinterpret_cast<float*>(static_cast<char*>(workspace) + part_o_bytes);
+  const int rows = p.batch * p.kv.num_kv_heads;
+  const WorkspaceLayout ws = LayoutOf(plan);
+  char* base = static_cast<char*>(workspace);
+  a.counters = plan.num_chunks > 1 && plan.fused_merge && base != nullptr
+                   ? reinterpret_cast<int32_t*>(base + ws.counters)
+                   : nullptr;
+  a.part_o = base == nullptr ? nullptr : reinterpret_cast<float*>(base + ws.part_o);
+  a.part_lse = base == nullptr ? nullptr : reinterpret_cast<float*>(base + ws.part_lse);
   a.num_qo_heads = p.num_qo_heads;
   a.num_kv_heads = p.kv.num_kv_heads;
   a.group = p.num_qo_heads / p.kv.num_kv_heads;
@@ -411,7 +547,14 @@ absl::Status Run(const DecodePlan& plan, const DecodeParams& p, void* workspace,
   a.scale_log2 = scale * kLog2e;
   a.streaming = streaming;
   a.per_kv_head = p.per_kv_head;
-  const int rows = p.batch * p.kv.num_kv_heads;
+  a.stages = plan.pipeline_stages;
+  if (a.counters != nullptr && !plan.zeroed_workspace) {
+    if (auto s = internal::CudaStatus(cudaMemsetAsync(a.counters, 0, plan.counter_bytes(), stream),
+                                      "decode counters");
+        !s.ok()) {
+      return s;
+    }
+  }
   const bool bf16 = p.kv.dtype == DType::kBFloat16;
   cudaError_t err;
   if (p.kv.head_dim == 64) {
@@ -445,7 +588,9 @@ absl::StatusOr<DecodePlan> PlanDecode(const DecodeParams& shape, bool streaming,
     return absl::InvalidArgumentError("plan decode: max_tokens_per_row out of range");
   }
   if (options.blocks_per_sm < 0 || options.min_chunk_tokens <= 0 || options.max_chunks <= 0 ||
-      options.chunk_overhead_tokens < 0) {
+      options.max_chunks > kMaxChunks || options.chunk_overhead_tokens < 0 ||
+      (options.pipeline_stages != 0 && options.pipeline_stages != 3 &&
+       options.pipeline_stages != 4)) {
     return absl::InvalidArgumentError("plan decode: options must be positive");
   }
   int sms = options.num_sms;
@@ -465,9 +610,17 @@ absl::StatusOr<DecodePlan> PlanDecode(const DecodeParams& shape, bool streaming,
   plan.num_kv_heads = kv.num_kv_heads;
   plan.head_dim = kv.head_dim;
   plan.dtype = kv.dtype;
+  plan.fused_merge = options.fused_merge;
+  plan.zeroed_workspace = options.zeroed_workspace;
+  // Short rows (one wave, every block's fill and drain in the step's critical path) ran faster
+  // with 3 stages, long rows (many waves, steady streaming) with 4: bench/RESULTS.md.
+  plan.pipeline_stages = options.pipeline_stages != 0            ? options.pipeline_stages
+                         : max_tokens_per_row <= kShortRowTokens ? 3
+                                                                 : 4;
   // Prepare the kernel now (outside any graph capture) and ask how many blocks fit per SM.
   DecodeArgs probe{};
   probe.group = shape.num_qo_heads / kv.num_kv_heads;
+  probe.stages = plan.pipeline_stages;
   int resident = 0;
   const cudaError_t attr =
       kv.head_dim == 64
@@ -501,10 +654,7 @@ absl::StatusOr<DecodePlan> PlanDecode(const DecodeParams& shape, bool streaming,
   chunks = std::max<int64_t>(1, (max_tokens_per_row + chunk_tokens - 1) / chunk_tokens);
   plan.num_chunks = static_cast<int32_t>(chunks);
   plan.chunk_tokens = static_cast<int32_t>(chunk_tokens);
-  if (chunks > 1) {
-    const size_t states = static_cast<size_t>(shape.batch) * shape.num_qo_heads * chunks;
-    plan.workspace_bytes = states * kv.head_dim * 4 + states * 4;
-  }
+  plan.workspace_bytes = LayoutOf(plan).bytes;
   return plan;
 }
 

@@ -5,8 +5,9 @@
 // with InvalidArgument (use the reference).
 //
 // Plan, then run: Plan* functions look only at shapes (host scalars), may query the device, and
-// return the launch configuration and the workspace size. Run functions only enqueue kernels on
-// `stream` (no allocation, no synchronization, no host reads of device data), so a run can be
+// return the launch configuration and the workspace size. Run functions only enqueue work on
+// `stream` (kernels; a split decode may add one small memset, see DecodePlanOptions; no
+// allocation, no synchronization, no host reads of device data), so a run can be
 // captured in a CUDA graph and replayed with new data in the same buffers. All pointers in the
 // params are device pointers; workspaces are caller-owned device buffers of at least
 // plan.workspace_bytes, 256-byte aligned, not shared by concurrent runs.
@@ -42,8 +43,21 @@ struct DecodePlanOptions {
   int32_t chunk_overhead_tokens = 128;
   // Smallest KV chunk one block handles when a row is split (tokens).
   int32_t min_chunk_tokens = 128;
-  // Upper bound on chunks per row (bounds the workspace and the merge).
+  // Upper bound on chunks per row (bounds the workspace and the merge; at most 1024).
   int32_t max_chunks = 64;
+  // Merge a split row's partial states inside the decode kernel (the last block of each
+  // (sequence, KV head) to finish does it) instead of in a second kernel: one launch per step.
+  bool fused_merge = true;
+  // The fused merge counts finished blocks in the first plan.counter_bytes() bytes of the
+  // workspace. false: every run clears them first (one small memset on the stream). true: the
+  // caller zeroes them once (e.g. cudaMemset of the whole workspace after allocating it) and runs
+  // skip the memset; each run of this plan leaves them zero again (a run that never finished, or
+  // a run of another plan over the same workspace, may not: zero them again then).
+  bool zeroed_workspace = false;
+  // K/V pipeline depth, 3 or 4 (steps in flight per block, plus the one being computed); 0 picks
+  // 3 for rows of at most 16K tokens and 4 above. 3 needs 3/4 of the shared memory, so a fourth
+  // block of a GQA-4 group fits on a multiprocessor.
+  int32_t pipeline_stages = 0;
 };
 
 struct DecodePlan {
@@ -53,6 +67,13 @@ struct DecodePlan {
   int32_t num_chunks = 1;      // KV chunks per (sequence, KV head); 1 = no split, no merge
   int32_t chunk_tokens = 0;    // tokens per chunk (the last chunk takes any excess)
   size_t workspace_bytes = 0;  // partial outputs and log-sum-exps of the split
+  bool fused_merge = true;     // from DecodePlanOptions
+  bool zeroed_workspace = false;
+  int32_t pipeline_stages = 4;  // 3 or 4
+  // Arrival counters at the start of a fused-merge workspace.
+  size_t counter_bytes() const {
+    return (num_chunks > 1 && fused_merge) ? static_cast<size_t>(batch) * num_kv_heads * 4 : 0;
+  }
 };
 
 // Plans sparse decode (streaming = false) or streaming-head attention (streaming = true) for the
