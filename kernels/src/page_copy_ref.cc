@@ -27,11 +27,8 @@ absl::Status ScatterPagesReference(const PageCopyParams& p) {
       !s.ok()) {
     return s;
   }
-  std::vector<int32_t> sorted(p.pages, p.pages + p.num_pages);
-  std::sort(sorted.begin(), sorted.end());
-  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
-    return absl::InvalidArgumentError("scatter: a pool page appears twice");
-  }
+  if (auto s = internal::ValidateDistinctIdsHost(p.pages, p.num_pages, "scatter"); !s.ok())
+    return s;
   for (int32_t i = 0; i < p.num_pages; ++i) {
     std::memcpy(p.pool + p.pages[i] * p.pool_stride_bytes, p.staging + i * p.page_bytes,
                 static_cast<size_t>(p.page_bytes));

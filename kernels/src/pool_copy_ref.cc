@@ -40,10 +40,9 @@ absl::Status CopyPoolToPoolReference(const PoolToPoolParams& p) {
       !s.ok()) {
     return s;
   }
-  std::vector<int32_t> dst(p.dst_pages, p.dst_pages + p.num_pages);
-  std::sort(dst.begin(), dst.end());
-  if (std::adjacent_find(dst.begin(), dst.end()) != dst.end()) {
-    return absl::InvalidArgumentError("pool copy: a destination slot appears twice");
+  if (auto s = internal::ValidateDistinctIdsHost(p.dst_pages, p.num_pages, "pool copy dst");
+      !s.ok()) {
+    return s;
   }
   // No byte both read and written: compare every written range with every read range, both
   // sorted by address (O(n log n)).

@@ -16,11 +16,8 @@ absl::Status UpdateSummariesReference(const SummaryUpdateParams& p) {
       !s.ok()) {
     return s;
   }
-  std::vector<int32_t> sorted(p.pages, p.pages + p.num_updates);
-  std::sort(sorted.begin(), sorted.end());
-  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
-    return absl::InvalidArgumentError("summary update: a page appears twice");
-  }
+  if (auto s = internal::ValidateDistinctIdsHost(p.pages, p.num_updates, "summary update"); !s.ok())
+    return s;
   for (int32_t i = 0; i < p.num_updates; ++i) {
     const int32_t old = sm.count[p.pages[i]];
     if (old < 0 || old > kv.page_size || p.new_count[i] < old || p.new_count[i] > kv.page_size) {

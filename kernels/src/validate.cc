@@ -1,5 +1,8 @@
 #include "validate.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 
 namespace pagoda::kernels::internal {
@@ -131,6 +134,16 @@ absl::Status ValidatePageIdsHost(const int32_t* ids, int64_t n, int64_t num_page
       return absl::OutOfRangeError(
           absl::StrCat(what, ": page id ", ids[i], " at ", i, " not in [0, ", num_pages, ")"));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateDistinctIdsHost(const int32_t* ids, int64_t n, const char* what) {
+  std::vector<int32_t> sorted(ids, ids + n);
+  std::sort(sorted.begin(), sorted.end());
+  auto twice = std::adjacent_find(sorted.begin(), sorted.end());
+  if (twice != sorted.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": page id ", *twice, " appears twice"));
   }
   return absl::OkStatus();
 }

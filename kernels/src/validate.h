@@ -22,6 +22,8 @@ absl::Status ValidatePageCopyShape(const PageCopyParams& p);
 // Page ids in [0, num_pages).
 absl::Status ValidatePageIdsHost(const int32_t* ids, int64_t n, int64_t num_pages,
                                  const char* what);
+// No id listed twice (InvalidArgument naming the first repeated id otherwise).
+absl::Status ValidateDistinctIdsHost(const int32_t* ids, int64_t n, const char* what);
 // indptr[0] == 0, non-decreasing; ids in range; last_page_len in [1, page_size] for non-empty
 // rows (when last_page_len is given).
 absl::Status ValidateCsrHost(const int32_t* indptr, const int32_t* indices,

@@ -381,8 +381,6 @@ absl::Status SsdTier::Read(uint32_t tenant, const PageKey& key, std::string* out
   }
 }
 
-void SsdTier::RemoveSegment(uint32_t segment) { segments_->Remove(segment); }
-
 absl::Status SsdTier::Delete(absl::Span<const std::pair<uint32_t, PageKey>> pages) {
   absl::MutexLock l(&write_mu_);
   std::vector<PageKeyBuf> keys;
@@ -409,7 +407,7 @@ absl::Status SsdTier::Delete(absl::Span<const std::pair<uint32_t, PageKey>> page
   uint32_t compact = 0;
   for (const auto& [segment, size] : freed) {
     if (segments_->SubLive(segment, size)) {
-      RemoveSegment(segment);
+      segments_->Remove(segment);
     } else if (compact == 0 && segments_->DeadFraction(segment) >= options_.compact_dead_fraction) {
       compact = segment;
     }
@@ -502,7 +500,7 @@ absl::Status SsdTier::CompactLocked(uint32_t segment) {
       !s.ok()) {
     return s;
   }
-  RemoveSegment(segment);
+  segments_->Remove(segment);
   return absl::OkStatus();
 }
 

@@ -155,7 +155,6 @@ class SsdTier {
   absl::Status AppendAndCommit(absl::Span<const SsdPageMeta> metas,
                                absl::Span<const char* const> bytes, bool via_env,
                                rocksdb::WriteBatch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
-  void RemoveSegment(uint32_t segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::Status CompactLocked(uint32_t segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   rocksdb::DB* db_ = nullptr;

@@ -175,8 +175,8 @@ void StoreImpl::RemoveEntry(uint32_t idx) {
   if (e.readers > 0) {
     // Copies of it run outside the lock: hide it now, free it when the last one ends. An SSD
     // record is keyed by (tenant, key) and a new page of the same key may be written before the
-    // readers end, so it goes now; a reader then sees NotFound (never partial bytes: RocksDB reads
-    // are atomic) and reports the page removed.
+    // readers end, so it goes now; a reader then sees NotFound (never partial bytes: segment bytes
+    // are never rewritten in place) and reports the page removed.
     if (e.tier == Tier::kSsd && ssd_ != nullptr) {
       const std::pair<uint32_t, PageKey> k(e.tenant, e.key);
       ssd_->Delete({&k, 1}).IgnoreError();
