@@ -127,6 +127,48 @@ absl::Status ValidatePageCopyShape(const PageCopyParams& p) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateHeadGatherShape(const HeadGatherParams& p) {
+  if (p.num_kv_heads <= 0 || p.pool_slots <= 0 || p.half_bytes <= 0 || p.half_bytes % 16 != 0) {
+    return Bad("head gather",
+               "need num_kv_heads > 0, pool_slots > 0, half_bytes > 0 and a multiple of 16");
+  }
+  if (p.num_copies < 0 || p.src_bytes < 0) {
+    return Bad("head gather", "num_copies and src_bytes must be >= 0");
+  }
+  if (p.num_copies > 0 && (p.src == nullptr || p.pool == nullptr || p.src_k == nullptr ||
+                           p.src_v == nullptr || p.dst_head == nullptr || p.dst_slot == nullptr ||
+                           p.expected == nullptr || p.bad == nullptr)) {
+    return Bad("head gather", "null source, pool or per-copy array");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateHeadGatherHost(const HeadGatherParams& p) {
+  std::vector<int64_t> dst;
+  dst.reserve(p.num_copies);
+  for (int32_t i = 0; i < p.num_copies; ++i) {
+    for (int64_t off : {p.src_k[i], p.src_v[i]}) {
+      if (off < 0 || off > p.src_bytes - p.half_bytes) {
+        return absl::OutOfRangeError(absl::StrCat("head gather: copy ", i, " reads offset ", off,
+                                                  " outside the source of ", p.src_bytes,
+                                                  " bytes"));
+      }
+    }
+    if (p.dst_head[i] < 0 || p.dst_head[i] >= p.num_kv_heads || p.dst_slot[i] < 0 ||
+        p.dst_slot[i] >= p.pool_slots) {
+      return absl::OutOfRangeError(absl::StrCat("head gather: copy ", i, " targets head ",
+                                                p.dst_head[i], " slot ", p.dst_slot[i],
+                                                " outside the pool"));
+    }
+    dst.push_back(int64_t{p.dst_head[i]} * p.pool_slots + p.dst_slot[i]);
+  }
+  std::sort(dst.begin(), dst.end());
+  if (std::adjacent_find(dst.begin(), dst.end()) != dst.end()) {
+    return Bad("head gather", "a (head, slot) destination is listed twice");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidatePageIdsHost(const int32_t* ids, int64_t n, int64_t num_pages,
                                  const char* what) {
   for (int64_t i = 0; i < n; ++i) {

@@ -18,6 +18,9 @@ absl::Status ValidateSummaryUpdateShape(const SummaryUpdateParams& p);
 absl::Status ValidateQuestShape(const QuestParams& p);
 absl::Status ValidateKMeansShape(const KMeansParams& p);
 absl::Status ValidatePageCopyShape(const PageCopyParams& p);
+absl::Status ValidateHeadGatherShape(const HeadGatherParams& p);
+// Offsets in [0, src_bytes - half_bytes], heads and slots in range, no (head, slot) twice.
+absl::Status ValidateHeadGatherHost(const HeadGatherParams& p);
 
 // Page ids in [0, num_pages).
 absl::Status ValidatePageIdsHost(const int32_t* ids, int64_t n, int64_t num_pages,

@@ -121,6 +121,11 @@ absl::Status KMeansUpdate(const KMeansParams& p, void* workspace, cudaStream_t s
 absl::Status GatherPages(const PageCopyParams& p, cudaStream_t stream);
 absl::Status ScatterPages(const PageCopyParams& p, cudaStream_t stream);
 
+// Verified head-page gather (see HeadGatherParams): src is device-accessible (a pinned host
+// arena mapped with cudaHostRegisterMapped, or device memory); the offsets (K/V of each copy, 16-
+// byte aligned like src and pool) must satisfy the reference's checks, which this does not repeat.
+absl::Status GatherHeadPages(const HeadGatherParams& p, cudaStream_t stream);
+
 }  // namespace pagoda::kernels::gpu
 
 #endif  // PAGODA_KERNELS_CUDA_H_

@@ -194,6 +194,32 @@ struct PageCopyParams {
   uint8_t* staging = nullptr;  // [num_pages * page_bytes]
 };
 
+// Gather of head-pages into a head-granular pool, verified while copying (the decode worker's
+// fetch). The pool holds num_kv_heads sub-pools of pool_slots slots each; slot s of head h sits at
+//   pool + (h * pool_slots + s) * 2 * half_bytes
+// and holds K [page_tokens, head_dim] then V (half_bytes each), which is PagedKV with
+// stride_page = 2 * half_bytes / 2 elements and stride_head = pool_slots * stride_page.
+// Copy i reads half_bytes at src + src_k[i] and half_bytes at src + src_v[i] (byte offsets into a
+// source of src_bytes bytes: the store's host arena, pinned and mapped on the GPU) into slot
+// dst_slot[i] of head dst_head[i], computes HeadPageChecksum (head_checksum.h) over what it wrote
+// and sets bad[i] = 1 when it differs from expected[i], else 0. A slot whose copy is bad holds
+// undefined bytes and must not be attended. Destinations (head, slot) must not repeat.
+struct HeadGatherParams {
+  const uint8_t* src = nullptr;
+  int64_t src_bytes = 0;
+  uint8_t* pool = nullptr;
+  int32_t num_kv_heads = 0;
+  int32_t pool_slots = 0;
+  int64_t half_bytes = 0;  // page_tokens * head_dim * 2, a multiple of 16
+  int32_t num_copies = 0;
+  const int64_t* src_k = nullptr;      // [num_copies]
+  const int64_t* src_v = nullptr;      // [num_copies]
+  const int32_t* dst_head = nullptr;   // [num_copies]
+  const int32_t* dst_slot = nullptr;   // [num_copies]
+  const uint64_t* expected = nullptr;  // [num_copies]
+  uint8_t* bad = nullptr;              // [num_copies], written
+};
+
 }  // namespace pagoda::kernels
 
 #endif  // PAGODA_KERNELS_PARAMS_H_

@@ -55,6 +55,14 @@ absl::Status KMeansReference(const KMeansParams& p, int iterations);
 absl::Status GatherPagesReference(const PageCopyParams& p);
 absl::Status ScatterPagesReference(const PageCopyParams& p);
 
+// Verified gather of head-pages from a host source into a head-granular pool (HeadGatherParams).
+// InvalidArgument / OutOfRange for bad shapes, offsets outside [0, src_bytes), slots or heads out
+// of range or repeated destinations; nothing is written then.
+absl::Status GatherHeadPagesReference(const HeadGatherParams& p);
+// GatherHeadPagesReference's input checks alone (they read the per-copy arrays on the host), for
+// callers that check host copies before launching the CUDA kernel.
+absl::Status ValidateHeadGather(const HeadGatherParams& p);
+
 }  // namespace pagoda::kernels
 
 #endif  // PAGODA_KERNELS_REFERENCE_H_

@@ -1,0 +1,214 @@
+// The decode worker: Pagoda's decode path, shaped like an attention backend inside an inference
+// engine's layer loop. One worker per GPU worker process; it serves every layer of a model for
+// many sequences at once over pages held in a pagoda::Store.
+//
+//   auto w = *DecodeWorker::Create(store, MakeCpuWorkerBackend(), options);
+//   auto seq = *w->Open(prompt_ids);                  // seq.cached_tokens come from the store
+//   for layer: w->Prefill(seq.id, layer, k, v);       // K/V [T, kv_heads, d] of the rest
+//   loop:
+//     auto plan = *w->Plan(ids, new_token_ids);       // once per step, for the batch
+//     for layer: w->Attend(plan, layer, q, k, v, o);  // q [B, q_heads, d], k/v [B, kv_heads, d]
+//     auto stats = *w->Finish(plan);                  // per-sequence status, phase times
+//
+// Pages. Every full page of a sequence (all KV heads of one layer, page_tokens tokens) is a store
+// page under its chained key (ChainPageKey over the token ids, model, layer, salt): equal
+// prefixes are equal keys, so sequences sharing a prefix share its pages, and Open finds the
+// longest prefix some worker (this process or another) already wrote. Full pages are committed to
+// the store (two-phase) by a background committer; the open page of each (sequence, layer) lives
+// only in the attention pool until it fills.
+//
+// The attention pool is the worker's GPU tier: head-granular slots (one KV head of one page,
+// kv_heads sub-pools of pool_slots_per_head slots), shared by every sequence and every layer of the
+// worker, reused across steps, LRU-evicted. A head-page two sequences share is one slot.
+//
+// A step, per layer and sequence: the new token's k/v join the open page (in the pool) and the
+// selector; the selector picks pages per KV head (every retriever policy, louiskv included: its
+// cluster ranking is mapped onto natural pages, the best-covered ones first, up to the budget);
+// missing head-pages are gathered straight from the store's host arena (a read lease per page)
+// into pool slots by one verified gather; a head-page whose bytes do not match the checksum taken
+// when the page was written is never attended: it is read again through the store (which verifies
+// the page and may read it from SSD) and, if that fails too, the sequence's step fails with
+// DataLoss while the rest of the batch proceeds. Then one sparse decode over the batch.
+//
+// Errors. Bad input (unknown sequence, wrong shapes / dtypes / devices / strides, a layer out of
+// range, a plan that does not match the batch, a layer attended twice in a step) is
+// InvalidArgument or FailedPrecondition and changes nothing. Plan refuses (ResourceExhausted) a
+// batch whose worst-case need for one layer exceeds the pool, before anything changes. A
+// sequence whose step failed (DataLoss, a store error) is marked failed: later plans refuse it;
+// Close it.
+//
+// Thread safety: a worker is not synchronized (one engine thread drives it). Several workers may
+// share one Store from different threads.
+#ifndef PAGODA_CLIENT_DECODE_WORKER_H_
+#define PAGODA_CLIENT_DECODE_WORKER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "pagoda/client/tensor.h"
+#include "pagoda/client/worker_backend.h"
+#include "pagoda/kvstore/options.h"
+#include "pagoda/kvstore/page.h"
+#include "pagoda/kvstore/store.h"
+#include "pagoda/retriever/selector.h"
+
+namespace pagoda {
+
+using SequenceId = uint64_t;
+
+struct DecodeWorkerOptions {
+  std::string tenant = "decode";
+  // What page keys commit to besides the tokens: model id, layer (per page) and the tenant's salt.
+  std::string model_id = "model";
+  std::string salt;
+  // Page shape of every layer; the store must accept it. q_heads a multiple of layout.kv_heads.
+  PageLayout layout{DType::kBf16, 8, 128, 16};
+  int q_heads = 32;
+  int num_layers = 1;
+  // Layer index page keys commit to for worker layer 0 (a worker serving a slice of a model's
+  // layers, e.g. one pipeline stage): worker layer l is model layer first_layer + l.
+  uint32_t first_layer = 0;
+
+  // Retriever policy and its knobs (shape fields are taken from layout / q_heads). A budget that
+  // covers the whole context attends it densely.
+  retriever::Policy policy = retriever::Policy::kBoundary;
+  retriever::SelectorOptions selector;
+  // LouisKV's boundary trigger for the page policies (quest, hierarchical, ann, oracle): re-select
+  // only when the query drifts, reusing the last selection (plus the moving window) otherwise.
+  // The louiskv policy has its own trigger (selector.boundary_threshold).
+  bool boundary_trigger = false;
+  float boundary_threshold = 0.9f;
+  // Per-layer thresholds (layers differ in how fast their queries drift; calibrate each with
+  // retriever::CalibrateBoundaryThreshold). Empty: boundary_threshold for the page policies'
+  // trigger and selector.boundary_threshold for louiskv, in every layer. Else one per layer, used
+  // by both.
+  std::vector<float> layer_thresholds;
+
+  // Pin the prompt's full pages in the store while the sequence is open (a shared system prompt:
+  // never evicted, counts against the tenant's pin quota) and attend them every step.
+  bool pin_prompt = false;
+  // Rolling-window streams (streaming generation): the pages of each (sequence, layer) go to a
+  // store stream with these options (id stream_base + sequence id * num_layers + layer), so pages
+  // that leave the window leave the store. Needs policy streaming with selector.sink_pages ==
+  // stream->sink_pages and selector.window_pages <= stream->window_pages, and no trigger.
+  std::optional<StreamOptions> stream;
+  uint64_t stream_base = uint64_t{1} << 32;
+  // Promote each retrieval's prefetch hints (the next-best pages) from SSD to the host tier off
+  // the step (on the committer thread), so a later retrieval finds them in the arena.
+  bool prefetch = true;
+
+  // Slots of each KV head's sub-pool (the GPU budget is kv_heads x this x head-page bytes). Must
+  // hold one step of the largest batch: Plan checks it.
+  int32_t pool_slots_per_head = 4096;
+  // Verify every gathered head-page against its checksum (off only to measure what it costs).
+  bool verify = true;
+  // Lease asked per fetched page (the gather copies well within it; expiry is caught by the
+  // checksum and answered by a verified re-read).
+  double lease_seconds = 1.0;
+};
+
+struct OpenedSequence {
+  SequenceId id = 0;
+  // Leading prompt tokens whose pages were found in the store for every layer (a multiple of
+  // page_tokens, at most prompt length - 1: the last token is always prefilled by the caller).
+  int64_t cached_tokens = 0;
+};
+
+// A step's batch, from Plan. Opaque to the caller.
+struct StepPlan {
+  uint64_t id = 0;
+  std::vector<SequenceId> sequences;
+};
+
+// What one step did, all layers. Bytes are head-page bytes.
+struct WorkerStepStats {
+  // Per sequence of the plan: OK, or why its step failed (DataLoss when no verified copy of a
+  // page it needed could be had; its outputs were zeroed, never computed from wrong bytes).
+  std::vector<absl::Status> sequence_status;
+  int64_t retrievals = 0;           // (sequence, layer) selections that ran afresh
+  int64_t attended_head_pages = 0;  // table entries, all rows
+  int64_t fetched_head_pages = 0;   // gathered into the pool this step
+  int64_t pool_hits = 0;            // head-pages already resident (shared ones included)
+  int64_t shared_head_pages = 0;    // slots read by more than one sequence in the same layer
+  int64_t verify_failures = 0;      // gathered head-pages whose checksum did not match
+  int64_t fallback_reads = 0;       // pages re-read through the store after a failure
+  uint64_t bytes_fetched = 0;
+  uint64_t bytes_committed = 0;  // full pages committed (all heads)
+  double append_s = 0, select_s = 0, fetch_s = 0, verify_s = 0, attend_s = 0, commit_s = 0;
+};
+
+struct WorkerStats {
+  int64_t sequences = 0;
+  int32_t pool_slots_per_head = 0;
+  int64_t pool_used = 0;  // head-pages resident (all heads), open pages included
+  int64_t pool_evictions = 0;
+  int64_t pages_committed = 0;
+  int64_t pages_reused = 0;  // commits that found the page already stored (a shared prefix)
+};
+
+class DecodeWorker {
+ public:
+  // Validates options (InvalidArgument naming the field), creates the pool on the backend and
+  // registers the store's host arena with it. `store` must outlive the worker.
+  static absl::StatusOr<std::unique_ptr<DecodeWorker>> Create(
+      Store* store, std::unique_ptr<WorkerBackend> backend, const DecodeWorkerOptions& options);
+  ~DecodeWorker();
+
+  // Opens a sequence for a prompt (>= 1 token ids). The longest prefix stored for every layer is
+  // found (one LongestCachedPrefix per layer) and loaded: its pages are read once, verified, and
+  // their keys summarized for the selector. The caller then prefills tokens [cached_tokens, n).
+  absl::StatusOr<OpenedSequence> Open(absl::Span<const int32_t> token_ids);
+
+  // Layer-wise prefill write: k, v [T, kv_heads, head_dim] (layout dtype, the backend's device) of
+  // the next T prompt tokens of `layer` (chunked prefill: call again with the next chunk). Full
+  // pages are committed asynchronously, so another worker can read layer l while l+1 is written.
+  // InvalidArgument for shapes, a layer out of range, more tokens than the prompt has left.
+  absl::Status Prefill(SequenceId id, int layer, const TensorView& k, const TensorView& v);
+
+  // A new sequence sharing everything `parent` holds (its full pages are the same store pages and
+  // pool slots; its open pages are copied). The parent must be fully prefilled and not failed.
+  absl::StatusOr<SequenceId> Fork(SequenceId parent);
+
+  // Closes a sequence: frees its open pages' slots; its committed pages stay in the store (and in
+  // the pool until evicted). NotFound for an unknown id; FailedPrecondition inside a step.
+  absl::Status Close(SequenceId id);
+
+  // Plans one decode step for `sequences` (distinct, open, fully prefilled, not failed), whose
+  // newest tokens are `token_ids` (one each, at position = current length). One plan at a time.
+  absl::StatusOr<StepPlan> Plan(absl::Span<const SequenceId> sequences,
+                                absl::Span<const int32_t> token_ids);
+
+  // One layer of the planned step: q [B, q_heads, d], k and v [B, kv_heads, d] of the new tokens,
+  // o [B, q_heads, d] (written). B is the plan's batch, in its order. Each layer once per step.
+  absl::Status Attend(const StepPlan& plan, int layer, const TensorView& q, const TensorView& k,
+                      const TensorView& v, const TensorView& o);
+
+  // Ends the step: every layer must have been attended. Waits for the step's commits.
+  absl::StatusOr<WorkerStepStats> Finish(const StepPlan& plan);
+
+  // Waits until every page committed so far is in the store (or reports the first commit error).
+  absl::Status Flush();
+
+  // Tokens of a sequence (prompt + generated) as seen by `layer`.
+  absl::StatusOr<int64_t> Length(SequenceId id, int layer = 0) const;
+  // The natural pages each KV head of (sequence, layer) attended in the last step (ascending).
+  absl::StatusOr<std::vector<std::vector<int32_t>>> LastRows(SequenceId id, int layer) const;
+  WorkerStats Stats() const;
+  const DecodeWorkerOptions& options() const;
+
+  class Impl;
+
+ private:
+  explicit DecodeWorker(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pagoda
+
+#endif  // PAGODA_CLIENT_DECODE_WORKER_H_

@@ -1,0 +1,111 @@
+// The compute side of the decode worker (decode_worker.h): the attention pool and the kernels
+// that fill it and read it. The worker decides which head-page sits in which slot; a backend only
+// moves bytes and runs attention, on its device.
+//
+// The pool is head-granular: num_kv_heads sub-pools of `slots` slots each; slot s of head h holds
+// the K [page_tokens, head_dim] and then the V of one KV head of one page (kernels::
+// HeadGatherParams gives the addressing). A page two sequences share is one slot per head.
+//
+// Backends: the CPU one (host pool, the kernels' C++ references: what CI runs) and, where Pagoda
+// is built with CUDA, the CUDA one (device pool, the kernels' CUDA twins on one stream).
+// Both validate inputs the same way, so a caller sees the same errors from either.
+//
+// Thread safety: a backend is not synchronized; one per worker.
+#ifndef PAGODA_CLIENT_WORKER_BACKEND_H_
+#define PAGODA_CLIENT_WORKER_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "pagoda/client/tensor.h"
+#include "pagoda/kernels/params.h"
+#include "pagoda/kvstore/page.h"
+
+namespace pagoda {
+
+// One head-page address in the pool.
+struct HeadSlot {
+  int32_t head = 0;
+  int32_t slot = 0;
+  friend bool operator==(const HeadSlot&, const HeadSlot&) = default;
+};
+
+// One head-page to fetch from the registered source (the store's host arena): K and V at these
+// byte offsets, expected head checksum (kernels/head_checksum.h).
+struct HeadFetch {
+  HeadSlot dst;
+  int64_t src_k = 0;
+  int64_t src_v = 0;
+  uint64_t checksum = 0;
+};
+
+class WorkerBackend {
+ public:
+  virtual ~WorkerBackend() = default;
+
+  // Allocates the pool: layout.kv_heads sub-pools of `slots` slots. Once, first. InvalidArgument
+  // for slots < 1, an invalid layout, q_heads not a multiple of kv_heads or a shape the backend's
+  // kernels do not support; ResourceExhausted when the memory cannot be had.
+  virtual absl::Status Init(const PageLayout& layout, int q_heads, int32_t slots) = 0;
+  virtual Device device() const = 0;
+  virtual const char* name() const = 0;
+
+  // Registers the host memory fetches read from (the store's host arena; the CUDA backend maps it
+  // for the device). Replaces an earlier registration.
+  virtual absl::Status RegisterSource(const uint8_t* base, int64_t bytes) = 0;
+
+  // Verified gather from the registered source into the pool (one kernel): bad[i] = 1 when the
+  // bytes that landed in fetches[i].dst do not match its checksum (the slot must then not be
+  // attended). Destinations must not repeat. Completes before returning on the CPU backend;
+  // ordered on the stream on CUDA (the flags are valid after Sync()).
+  virtual absl::Status Gather(absl::Span<const HeadFetch> fetches, absl::Span<uint8_t> bad) = 0;
+
+  // Writes token rows: row n of k and v ([n, kv_heads, head_dim], the backend's device, layout
+  // dtype) goes to position positions[n] of slot slots[n * kv_heads + h] of head h.
+  virtual absl::Status WriteTokens(const TensorView& k, const TensorView& v,
+                                   absl::Span<const int32_t> slots,
+                                   absl::Span<const int32_t> positions) = 0;
+
+  // Host <-> pool copies of whole head-pages (2 * page_tokens * head_dim elements each, K then V),
+  // for fallback reads, commits and forks. Synchronous.
+  virtual absl::Status WriteHeads(absl::Span<const HeadSlot> dst,
+                                  absl::Span<const uint8_t> bytes) = 0;
+  virtual absl::Status ReadHeads(absl::Span<const HeadSlot> src, absl::Span<uint8_t> bytes) = 0;
+  virtual absl::Status CopyHeads(absl::Span<const HeadSlot> src,
+                                 absl::Span<const HeadSlot> dst) = 0;
+
+  // Sparse decode: q [batch, q_heads, head_dim] -> o (same shape), over the head-granular pool:
+  // table row b * kv_heads + h lists slots of head h's sub-pool (host arrays).
+  virtual absl::Status Attend(const TensorView& q, const kernels::PageTable& table,
+                              const TensorView& o) = 0;
+
+  // A contiguous host copy of `t` (a [a, b, c] tensor of the backend's device and 16-bit dtype),
+  // for what the worker reads on the host (selection, input checks). Synchronous.
+  virtual absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) = 0;
+
+  // Waits for everything enqueued (no-op on the CPU backend).
+  virtual absl::Status Sync() = 0;
+};
+
+// The CPU backend: a host pool and the kernels' C++ references.
+std::unique_ptr<WorkerBackend> MakeCpuWorkerBackend();
+
+struct CudaWorkerBackendOptions {
+  int device = 0;
+  // The engine's stream (a cudaStream_t); the work of a layer is enqueued on it. Null: the legacy
+  // default stream.
+  void* stream = nullptr;
+};
+
+// The CUDA backend on `device` (fp16/bf16, head_dim 64 or 128, up to 8 query heads per KV head).
+// Unavailable when Pagoda was built without CUDA, or no such CUDA device is present.
+absl::StatusOr<std::unique_ptr<WorkerBackend>> MakeCudaWorkerBackend(
+    const CudaWorkerBackendOptions& options = {});
+
+}  // namespace pagoda
+
+#endif  // PAGODA_CLIENT_WORKER_BACKEND_H_

@@ -1,0 +1,867 @@
+// The decode worker (decode_worker.h): sequences, prefill writes, planned steps, the pool.
+#include "pagoda/client/decode_worker.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "head_pool.h"
+#include "page_committer.h"
+#include "pagoda/kernels/head_checksum.h"
+#include "pagoda/kvstore/prefix.h"
+#include "worker_select.h"
+#include "worker_state.h"
+
+namespace pagoda {
+
+using worker_internal::HeadPool;
+using worker_internal::LayerState;
+using worker_internal::PageCommitter;
+using worker_internal::Sequence;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Rows [first, first + count) of a [n, ...] view.
+TensorView Rows(const TensorView& t, int64_t first, int64_t count) {
+  TensorView r = t;
+  r.data = static_cast<uint16_t*>(t.data) + first * t.strides[0];
+  r.shape[0] = count;
+  return r;
+}
+
+}  // namespace
+
+class DecodeWorker::Impl {
+ public:
+  Impl(Store* store, std::unique_ptr<WorkerBackend> backend, const DecodeWorkerOptions& o)
+      : store_(store),
+        backend_(std::move(backend)),
+        o_(o),
+        kv_(static_cast<int>(o.layout.kv_heads)),
+        d_(static_cast<int>(o.layout.head_dim)),
+        P_(static_cast<int>(o.layout.page_tokens)),
+        half_(int64_t{o.layout.page_tokens} * o.layout.head_dim * 2),
+        pool_(kv_, o.pool_slots_per_head),
+        committer_(store, o.tenant, o.layout) {}
+
+  absl::Status Init();
+  absl::StatusOr<OpenedSequence> Open(absl::Span<const int32_t> token_ids);
+  absl::Status Prefill(SequenceId id, int layer, const TensorView& k, const TensorView& v);
+  absl::StatusOr<SequenceId> Fork(SequenceId parent);
+  absl::Status Close(SequenceId id);
+  absl::StatusOr<StepPlan> Plan(absl::Span<const SequenceId> ids,
+                                absl::Span<const int32_t> token_ids);
+  absl::Status Attend(const StepPlan& plan, int layer, const TensorView& q, const TensorView& k,
+                      const TensorView& v, const TensorView& o);
+  absl::StatusOr<WorkerStepStats> Finish(const StepPlan& plan);
+  absl::Status Flush();
+  absl::StatusOr<int64_t> Length(SequenceId id, int layer) const;
+  absl::StatusOr<std::vector<std::vector<int32_t>>> LastRows(SequenceId id, int layer) const;
+  WorkerStats Stats() const;
+  const DecodeWorkerOptions& options() const { return o_; }
+
+ private:
+  PageKeyExtra Extra(int layer) const {
+    return {o_.model_id, o_.first_layer + static_cast<uint32_t>(layer), o_.salt};
+  }
+  // Unpins a sequence's pinned pages and closes its streams (best effort: Close must not fail).
+  void Release(Sequence& seq);
+  absl::StatusOr<Sequence*> Find(SequenceId id);
+  const Sequence* Lookup(SequenceId id) const;
+  // Applies commit failures to their sequences.
+  void DrainCommits();
+  // Records a store page's heads: checksums and (prompt) keys.
+  void TakePage(LayerState& ls, const uint8_t* page, bool keep_keys);
+  // Owned slots for the open page of `ls` (allocated when missing).
+  absl::Status EnsureTail(LayerState& ls);
+  // The open page of (seq, layer) is full: its head-pages are read from the pool, checksummed,
+  // queued for the store, and its slots become the page's cached copy.
+  absl::Status CommitTail(SequenceId id, Sequence& seq, int layer, WorkerStepStats* stats);
+  // The layer's prompt is complete: hands its keys to a new selector.
+  absl::Status StartSelector(LayerState& ls, int layer);
+  absl::Status LoadCachedPages(Sequence& seq, int layer, int64_t pages);
+  // Verified head-pages for the fetch list; failures fall back to a store read. Marks the
+  // sequences that cannot be served.
+  void Fetch(int layer, const std::vector<int32_t>& seq_of_fetch,
+             const std::vector<PageKey>& key_of_fetch, std::vector<HeadFetch>& fetches,
+             std::vector<absl::Status>& step_status, WorkerStepStats& stats);
+  int64_t RowBound(const Sequence& seq) const;
+
+  Store* const store_;
+  std::unique_ptr<WorkerBackend> backend_;
+  const DecodeWorkerOptions o_;
+  const int kv_, d_, P_;
+  const int64_t half_;
+  HeadPool pool_;
+  PageCommitter committer_;
+  absl::flat_hash_map<SequenceId, Sequence> seqs_;
+  SequenceId next_id_ = 1;
+  uint64_t epoch_ = 0;
+
+  // The step in progress.
+  uint64_t next_plan_ = 1;
+  uint64_t plan_id_ = 0;
+  std::vector<SequenceId> plan_seqs_;
+  std::vector<bool> layer_done_;
+  std::vector<absl::Status> step_status_;
+  WorkerStepStats step_stats_;
+
+  // Scratch.
+  std::vector<int32_t> indptr_, indices_, last_len_;
+  std::vector<uint16_t> qh_, kh_, vh_;  // host copies of a layer's q, k, v
+};
+
+absl::Status DecodeWorker::Impl::Init() {
+  if (absl::Status s = backend_->Init(o_.layout, o_.q_heads, o_.pool_slots_per_head); !s.ok()) {
+    return s;
+  }
+  const HostArena arena = store_->HostArenaInfo();
+  return backend_->RegisterSource(arena.base, static_cast<int64_t>(arena.size));
+}
+
+absl::StatusOr<Sequence*> DecodeWorker::Impl::Find(SequenceId id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
+  return &it->second;
+}
+const Sequence* DecodeWorker::Impl::Lookup(SequenceId id) const {
+  auto it = seqs_.find(id);
+  return it == seqs_.end() ? nullptr : &it->second;
+}
+
+void DecodeWorker::Impl::DrainCommits() {
+  for (auto& [id, status] : committer_.Drain()) {
+    auto it = seqs_.find(id);
+    if (it != seqs_.end() && it->second.failed.ok()) {
+      it->second.failed = absl::Status(status.code(), absl::StrCat("commit: ", status.message()));
+    }
+  }
+}
+
+void DecodeWorker::Impl::TakePage(LayerState& ls, const uint8_t* page, bool keep_keys) {
+  for (int h = 0; h < kv_; ++h) {
+    const uint8_t* k = page + h * half_;
+    const uint8_t* v = page + (kv_ + h) * half_;
+    ls.sums.push_back(kernels::HeadPageChecksum(k, v, half_));
+    if (keep_keys) {
+      const uint16_t* kk = reinterpret_cast<const uint16_t*>(k);
+      ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
+    }
+  }
+}
+
+absl::Status DecodeWorker::Impl::EnsureTail(LayerState& ls) {
+  for (int h = 0; h < kv_; ++h) {
+    if (ls.tail[h] >= 0) continue;
+    ls.tail[h] = pool_.AllocOwned(h, epoch_);
+    if (ls.tail[h] < 0) {
+      return absl::ResourceExhaustedError(
+          "the attention pool has no slot for an open page (raise pool_slots_per_head)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeWorker::Impl::CommitTail(SequenceId id, Sequence& seq, int layer,
+                                            WorkerStepStats* stats) {
+  LayerState& ls = seq.layers[layer];
+  std::vector<HeadSlot> heads;
+  for (int h = 0; h < kv_; ++h) heads.push_back({h, ls.tail[h]});
+  std::vector<uint8_t> slots(kv_ * 2 * half_);
+  if (absl::Status s = backend_->ReadHeads(heads, absl::MakeSpan(slots)); !s.ok()) return s;
+  // Store layout: K of every head, then V of every head.
+  std::vector<uint8_t> page(o_.layout.PageBytes());
+  for (int h = 0; h < kv_; ++h) {
+    std::memcpy(page.data() + h * half_, slots.data() + h * 2 * half_, half_);
+    std::memcpy(page.data() + (kv_ + h) * half_, slots.data() + h * 2 * half_ + half_, half_);
+  }
+  const int64_t p = static_cast<int64_t>(ls.keys.size());
+  const PageKey key =
+      ChainPageKey(p == 0 ? PageKey{} : ls.keys[p - 1],
+                   absl::MakeConstSpan(seq.tokens).subspan(p * P_, P_), Extra(layer));
+  TakePage(ls, page.data(), /*keep_keys=*/ls.selector == nullptr);
+  ls.keys.push_back(key);
+  for (int h = 0; h < kv_; ++h) {
+    pool_.Adopt(h, ls.tail[h], key, epoch_);
+    ls.tail[h] = -1;
+  }
+  if (stats != nullptr) stats->bytes_committed += page.size();
+  WriteOptions wo;
+  wo.stream_id = ls.stream_id;
+  wo.pin = o_.pin_prompt && (p + 1) * P_ <= seq.prompt_len;
+  if (wo.pin) ls.pinned = static_cast<int32_t>(p + 1);
+  committer_.Enqueue(id, key, std::move(page), wo);
+  return absl::OkStatus();
+}
+
+absl::Status DecodeWorker::Impl::StartSelector(LayerState& ls, int layer) {
+  // The open page's keys are in the pool only: read them back.
+  const int64_t tail_tokens = ls.tokens - static_cast<int64_t>(ls.keys.size()) * P_;
+  if (tail_tokens > 0) {
+    std::vector<HeadSlot> heads;
+    for (int h = 0; h < kv_; ++h) heads.push_back({h, ls.tail[h]});
+    std::vector<uint8_t> bytes(kv_ * 2 * half_);
+    if (absl::Status s = backend_->ReadHeads(heads, absl::MakeSpan(bytes)); !s.ok()) return s;
+    for (int h = 0; h < kv_; ++h) {
+      const uint16_t* k = reinterpret_cast<const uint16_t*>(bytes.data() + h * 2 * half_);
+      ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), k, k + tail_tokens * d_);
+    }
+  }
+  std::vector<uint16_t> keys;
+  keys.reserve(static_cast<size_t>(kv_) * ls.tokens * d_);
+  for (int h = 0; h < kv_; ++h)
+    keys.insert(keys.end(), ls.prompt_keys[h].begin(), ls.prompt_keys[h].end());
+  retriever::SelectorOptions sel = worker_internal::SelectorShape(o_);
+  float trigger_threshold = o_.boundary_threshold;
+  if (!o_.layer_thresholds.empty()) {
+    sel.boundary_threshold = trigger_threshold = o_.layer_thresholds[layer];
+  }
+  auto selector = retriever::MakeSelector(o_.policy, sel);
+  if (!selector.ok()) return selector.status();
+  if (absl::Status s = (*selector)->Prefill(keys, ls.tokens); !s.ok()) return s;
+  ls.selector = std::move(*selector);
+  ls.prompt_keys.assign(kv_, {});
+  if (o_.boundary_trigger && o_.policy != retriever::Policy::kBoundary) {
+    auto trigger = retriever::BoundaryTrigger::Create(o_.q_heads, d_, trigger_threshold);
+    if (!trigger.ok()) return trigger.status();
+    ls.trigger.emplace(std::move(*trigger));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeWorker::Impl::LoadCachedPages(Sequence& seq, int layer, int64_t pages) {
+  LayerState& ls = seq.layers[layer];
+  const std::vector<PageKey> keys = ChainPageKeys(
+      absl::MakeConstSpan(seq.tokens).subspan(0, pages * P_), o_.layout.page_tokens, Extra(layer));
+  std::vector<uint8_t> page(o_.layout.PageBytes());
+  for (int64_t p = 0; p < pages; ++p) {
+    auto info = store_->Get(o_.tenant, keys[p], absl::MakeSpan(page));  // verified by the store
+    if (!info.ok()) return info.status();
+    if (info->layout != o_.layout) {
+      return absl::FailedPreconditionError("a cached page has another layout");
+    }
+    TakePage(ls, page.data(), /*keep_keys=*/true);
+    ls.keys.push_back(keys[p]);
+  }
+  ls.tokens = pages * P_;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<OpenedSequence> DecodeWorker::Impl::Open(absl::Span<const int32_t> token_ids) {
+  if (plan_id_ != 0) return absl::FailedPreconditionError("Open inside a step");
+  if (token_ids.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  DrainCommits();
+  const int64_t n = static_cast<int64_t>(token_ids.size());
+  int64_t pages = (n - 1) / P_;  // the last token is always the caller's to prefill
+  for (int l = 0; l < o_.num_layers && pages > 0; ++l) {
+    const std::vector<PageKey> keys =
+        ChainPageKeys(token_ids.subspan(0, pages * P_), o_.layout.page_tokens, Extra(l));
+    pages = std::min<int64_t>(pages, store_->LongestCachedPrefix(o_.tenant, keys));
+  }
+  Sequence seq;
+  seq.tokens.assign(token_ids.begin(), token_ids.end());
+  seq.prompt_len = n;
+  // A page may leave the store between the lookup and the read: retry with what could be read.
+  for (int attempt = 0;; ++attempt) {
+    seq.layers.clear();
+    seq.layers.resize(o_.num_layers);
+    for (LayerState& ls : seq.layers) {
+      ls.tail.assign(kv_, -1);
+      ls.prompt_keys.assign(kv_, {});
+    }
+    absl::Status failed;
+    int l = 0;
+    for (; l < o_.num_layers && failed.ok(); ++l) failed = LoadCachedPages(seq, l, pages);
+    if (failed.ok()) break;
+    if (!absl::IsNotFound(failed) && !absl::IsDataLoss(failed)) return failed;
+    if (attempt == 2)
+      pages = 0;
+    else
+      pages = std::min<int64_t>(pages, static_cast<int64_t>(seq.layers[l - 1].keys.size()));
+  }
+  const SequenceId id = next_id_++;
+  if (o_.pin_prompt) {  // the cached prompt pages stay while the sequence is open
+    for (int l = 0; l < o_.num_layers; ++l) {
+      LayerState& ls = seq.layers[l];
+      for (; ls.pinned < static_cast<int32_t>(ls.keys.size()); ++ls.pinned) {
+        if (absl::Status s = store_->Pin(o_.tenant, ls.keys[ls.pinned]); !s.ok()) {
+          Release(seq);
+          return s;
+        }
+      }
+    }
+  }
+  if (o_.stream.has_value()) {
+    for (int l = 0; l < o_.num_layers; ++l) {
+      const uint64_t stream = o_.stream_base + id * o_.num_layers + l;
+      if (absl::Status s = store_->OpenStream(o_.tenant, stream, *o_.stream); !s.ok()) {
+        Release(seq);
+        return s;
+      }
+      seq.layers[l].stream_id = stream;
+    }
+  }
+  seqs_.emplace(id, std::move(seq));
+  return OpenedSequence{id, pages * P_};
+}
+
+absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorView& k,
+                                         const TensorView& v) {
+  if (plan_id_ != 0) return absl::FailedPreconditionError("Prefill inside a step");
+  auto found = Find(id);
+  if (!found.ok()) return absl::InvalidArgumentError(found.status().message());
+  Sequence& seq = **found;
+  if (!seq.failed.ok()) return absl::FailedPreconditionError("the sequence failed earlier");
+  if (layer < 0 || layer >= o_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
+  }
+  LayerState& ls = seq.layers[layer];
+  const int64_t rows = k.ndim == 3 ? k.shape[0] : -1;
+  for (const auto& [t, what] : {std::pair{&k, "k"}, std::pair{&v, "v"}}) {
+    if (absl::Status s =
+            CheckTensor(*t, what, {rows, kv_, d_}, o_.layout.dtype, backend_->device());
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (rows < 1 || ls.tokens + rows > seq.prompt_len) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has ",
+                                                   seq.prompt_len - ls.tokens,
+                                                   " prompt tokens left to prefill, got ", rows));
+  }
+  // At most one open page per head at a time: one owned slot per head, checked before writing.
+  for (int h = 0; h < kv_; ++h) {
+    if (ls.tail[h] < 0 && pool_.Available(h) < 1) {
+      return absl::ResourceExhaustedError("the attention pool has no slot for an open page");
+    }
+  }
+  ++epoch_;
+  int64_t r = 0;
+  while (r < rows) {
+    if (absl::Status s = EnsureTail(ls); !s.ok()) return s;
+    const int64_t at = ls.tokens % P_;
+    const int64_t m = std::min<int64_t>(rows - r, P_ - at);
+    std::vector<int32_t> slots, positions;
+    for (int64_t i = 0; i < m; ++i) {
+      slots.insert(slots.end(), ls.tail.begin(), ls.tail.end());
+      positions.push_back(static_cast<int32_t>(at + i));
+    }
+    if (absl::Status s = backend_->WriteTokens(Rows(k, r, m), Rows(v, r, m), slots, positions);
+        !s.ok()) {
+      seq.failed = s;
+      return s;
+    }
+    ls.tokens += m;
+    r += m;
+    if (ls.tokens % P_ == 0) {
+      if (absl::Status s = CommitTail(id, seq, layer, nullptr); !s.ok()) {
+        seq.failed = s;
+        return s;
+      }
+    }
+  }
+  if (ls.tokens == seq.prompt_len) {
+    if (absl::Status s = StartSelector(ls, layer); !s.ok()) {
+      seq.failed = s;
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SequenceId> DecodeWorker::Impl::Fork(SequenceId parent_id) {
+  if (plan_id_ != 0) return absl::FailedPreconditionError("Fork inside a step");
+  auto found = Find(parent_id);
+  if (!found.ok()) return absl::InvalidArgumentError(found.status().message());
+  const Sequence& parent = **found;
+  if (!parent.failed.ok()) return absl::FailedPreconditionError("the parent failed earlier");
+  if (o_.stream.has_value()) {
+    return absl::FailedPreconditionError("a sequence on a rolling-window stream cannot fork");
+  }
+  for (const LayerState& ls : parent.layers) {
+    if (ls.selector == nullptr) return absl::FailedPreconditionError("the parent is not prefilled");
+  }
+  DrainCommits();
+  Sequence child;
+  child.tokens = parent.tokens;
+  child.prompt_len = parent.prompt_len;
+  child.layers.resize(o_.num_layers);
+  ++epoch_;
+  auto undo = [&](absl::Status s) {
+    for (LayerState& ls : child.layers) {
+      for (int h = 0; h < kv_ && !ls.tail.empty(); ++h) pool_.ReleaseOwned(h, ls.tail[h]);
+    }
+    Release(child);
+    return s;
+  };
+  for (int l = 0; l < o_.num_layers; ++l) {
+    const LayerState& from = parent.layers[l];
+    LayerState& to = child.layers[l];
+    to.tokens = from.tokens;
+    to.keys = from.keys;
+    to.sums = from.sums;
+    to.tail.assign(kv_, -1);
+    to.prompt_keys.assign(kv_, {});
+    const bool open_page = from.tokens % P_ != 0;
+    if (open_page) {
+      if (absl::Status s = EnsureTail(to); !s.ok()) return undo(s);
+      std::vector<HeadSlot> src, dst;
+      for (int h = 0; h < kv_; ++h) {
+        src.push_back({h, from.tail[h]});
+        dst.push_back({h, to.tail[h]});
+      }
+      if (absl::Status s = backend_->CopyHeads(src, dst); !s.ok()) return undo(s);
+    }
+    // The selector state has no copy: rebuild it from the pages (verified store reads).
+    std::vector<uint8_t> page(o_.layout.PageBytes());
+    for (const PageKey& key : to.keys) {
+      auto info = store_->Get(o_.tenant, key, absl::MakeSpan(page));
+      if (!info.ok()) return undo(info.status());
+      for (int h = 0; h < kv_; ++h) {
+        const uint16_t* kk = reinterpret_cast<const uint16_t*>(page.data() + h * half_);
+        to.prompt_keys[h].insert(to.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
+      }
+    }
+    if (absl::Status s = StartSelector(to, l); !s.ok()) return undo(s);
+    to.rows = from.rows;
+    for (; to.pinned < from.pinned; ++to.pinned) {  // the child holds its own pins
+      if (absl::Status s = store_->Pin(o_.tenant, to.keys[to.pinned]); !s.ok()) return undo(s);
+    }
+  }
+  const SequenceId id = next_id_++;
+  seqs_.emplace(id, std::move(child));
+  return id;
+}
+
+void DecodeWorker::Impl::Release(Sequence& seq) {
+  for (LayerState& ls : seq.layers) {
+    for (int32_t p = 0; p < ls.pinned; ++p) (void)store_->Unpin(o_.tenant, ls.keys[p]);
+    ls.pinned = 0;
+    if (ls.stream_id != 0) (void)store_->CloseStream(o_.tenant, ls.stream_id);
+    ls.stream_id = 0;
+  }
+}
+
+absl::Status DecodeWorker::Impl::Close(SequenceId id) {
+  if (plan_id_ != 0) return absl::FailedPreconditionError("Close inside a step");
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
+  DrainCommits();  // the pins of queued prompt pages must exist before they are undone
+  for (LayerState& ls : it->second.layers) {
+    for (int h = 0; h < kv_; ++h) pool_.ReleaseOwned(h, ls.tail[h]);
+  }
+  Release(it->second);
+  seqs_.erase(it);
+  return absl::OkStatus();
+}
+
+int64_t DecodeWorker::Impl::RowBound(const Sequence& seq) const {
+  const retriever::SelectorOptions& s = o_.selector;
+  const int64_t pages = (static_cast<int64_t>(seq.tokens.size()) + P_) / P_;  // after this token
+  int32_t pinned = 0;
+  for (const LayerState& ls : seq.layers) pinned = std::max(pinned, ls.pinned);
+  return std::min<int64_t>(pages, s.budget_tokens / P_ + s.window_pages + 1 + pinned);
+}
+
+absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> ids,
+                                                  absl::Span<const int32_t> token_ids) {
+  if (plan_id_ != 0) return absl::FailedPreconditionError("a step is already planned");
+  if (ids.empty()) return absl::InvalidArgumentError("empty batch");
+  if (ids.size() != token_ids.size()) {
+    return absl::InvalidArgumentError("one token id per sequence");
+  }
+  DrainCommits();
+  std::vector<SequenceId> sorted(ids.begin(), ids.end());
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    return absl::InvalidArgumentError("a sequence is listed twice");
+  }
+  // Worst case of one layer per head sub-pool: every row's pages plus the open pages.
+  int64_t need = 0;
+  for (SequenceId id : ids) {
+    const Sequence* seq = Lookup(id);
+    if (seq == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown sequence ", id));
+    if (!seq->failed.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sequence ", id, " failed earlier: ", seq->failed.message()));
+    }
+    for (const LayerState& ls : seq->layers) {
+      if (ls.selector == nullptr) {
+        return absl::FailedPreconditionError(absl::StrCat("sequence ", id, " is not prefilled"));
+      }
+    }
+    need += RowBound(*seq);
+  }
+  int64_t open_pages = 0;  // owned slots per head: one per (open sequence, layer), at most
+  for (const auto& [id, seq] : seqs_) open_pages += static_cast<int64_t>(seq.layers.size());
+  if (need + open_pages > o_.pool_slots_per_head) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "one step of this batch may need ", need, " head-page slots per KV head besides ",
+        open_pages, " open pages, but the pool has ", o_.pool_slots_per_head,
+        " (raise pool_slots_per_head or shrink the batch)"));
+  }
+  for (size_t b = 0; b < ids.size(); ++b) seqs_[ids[b]].tokens.push_back(token_ids[b]);
+  plan_id_ = next_plan_++;
+  plan_seqs_.assign(ids.begin(), ids.end());
+  layer_done_.assign(o_.num_layers, false);
+  step_status_.assign(ids.size(), absl::OkStatus());
+  step_stats_ = WorkerStepStats{};
+  return StepPlan{plan_id_, plan_seqs_};
+}
+
+void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fetch,
+                               const std::vector<PageKey>& key_of_fetch,
+                               std::vector<HeadFetch>& fetches, std::vector<absl::Status>& status,
+                               WorkerStepStats& stats) {
+  Clock::time_point t0 = Clock::now();
+  // One lease per page, however many heads and sequences read it.
+  absl::flat_hash_map<PageKey, absl::StatusOr<ReadLease>> leases;
+  const absl::Duration lease_for = absl::Seconds(o_.lease_seconds);
+  std::vector<HeadFetch> ready;
+  std::vector<size_t> ready_of;
+  for (size_t i = 0; i < fetches.size(); ++i) {
+    auto [it, inserted] = leases.try_emplace(key_of_fetch[i], absl::UnknownError(""));
+    if (inserted) it->second = store_->AcquireRead(o_.tenant, key_of_fetch[i], lease_for);
+    if (!it->second.ok()) continue;  // answered by the fallback below
+    const int h = fetches[i].dst.head;
+    fetches[i].src_k = static_cast<int64_t>(it->second->arena_offset) + h * half_;
+    fetches[i].src_v = static_cast<int64_t>(it->second->arena_offset) + (kv_ + h) * half_;
+    ready.push_back(fetches[i]);
+    ready_of.push_back(i);
+  }
+  std::vector<uint8_t> bad(fetches.size(), 1);  // not gathered counts as bad
+  std::vector<uint8_t> ready_bad(ready.size(), 0);
+  absl::Status gathered = backend_->Gather(ready, absl::MakeSpan(ready_bad));
+  if (gathered.ok()) gathered = backend_->Sync();
+  for (auto& [key, lease] : leases) {
+    if (lease.ok()) (void)store_->ReleaseRead(lease->lease_id);
+  }
+  // verify off (to measure its cost): the gather's verdicts are ignored.
+  for (size_t j = 0; j < ready.size() && gathered.ok(); ++j) {
+    bad[ready_of[j]] = o_.verify ? ready_bad[j] : 0;
+  }
+  stats.fetch_s += Since(t0);
+  stats.fetched_head_pages += static_cast<int64_t>(fetches.size());
+  stats.bytes_fetched += fetches.size() * 2 * half_;
+
+  // Anything not verified: one store read of the page (checksummed end to end by the store, from
+  // whichever tier holds it), the head checked against the checksum taken at commit.
+  Clock::time_point t1 = Clock::now();
+  struct Reread {
+    absl::Status status;
+    std::vector<uint8_t> page;
+  };
+  absl::flat_hash_map<PageKey, Reread> reread;
+  for (size_t i = 0; i < fetches.size(); ++i) {
+    if (!bad[i]) continue;
+    if (leases[key_of_fetch[i]].ok() && gathered.ok()) ++stats.verify_failures;
+    const int h = fetches[i].dst.head;
+    auto [it, inserted] = reread.try_emplace(key_of_fetch[i]);
+    Reread& r = it->second;
+    if (inserted) {
+      ++stats.fallback_reads;
+      r.page.resize(o_.layout.PageBytes());
+      r.status = store_->Get(o_.tenant, key_of_fetch[i], absl::MakeSpan(r.page)).status();
+    }
+    absl::Status s = r.status;
+    if (s.ok()) {
+      std::vector<uint8_t> head(2 * half_);
+      std::memcpy(head.data(), r.page.data() + h * half_, half_);
+      std::memcpy(head.data() + half_, r.page.data() + (kv_ + h) * half_, half_);
+      if (kernels::HeadPageChecksum(head.data(), head.data() + half_, half_) !=
+          fetches[i].checksum) {
+        s = absl::DataLossError("the stored page does not match the checksum taken at commit");
+      } else {
+        s = backend_->WriteHeads({&fetches[i].dst, 1}, head);
+      }
+    }
+    if (!s.ok()) {
+      pool_.Forget(key_of_fetch[i], h);
+      absl::Status& st = status[seq_of_fetch[i]];
+      if (st.ok()) {
+        st = absl::DataLossError(absl::StrCat("layer ", layer, ": no verified copy of page ",
+                                              key_of_fetch[i].Hex(), " head ", h, ": ",
+                                              s.message()));
+      }
+    }
+  }
+  stats.verify_s += Since(t1);
+}
+
+absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const TensorView& q,
+                                        const TensorView& k, const TensorView& v,
+                                        const TensorView& o) {
+  if (plan_id_ == 0 || plan.id != plan_id_ || plan.sequences != plan_seqs_) {
+    return absl::InvalidArgumentError("not the planned step");
+  }
+  if (layer < 0 || layer >= o_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
+  }
+  if (layer_done_[layer]) {
+    return absl::FailedPreconditionError(absl::StrCat("layer ", layer, " was attended this step"));
+  }
+  const int64_t B = static_cast<int64_t>(plan_seqs_.size());
+  const Device dev = backend_->device();
+  const DType dt = o_.layout.dtype;
+  if (absl::Status s = CheckTensor(q, "q", {B, o_.q_heads, d_}, dt, dev); !s.ok()) return s;
+  if (absl::Status s = CheckTensor(o, "o", {B, o_.q_heads, d_}, dt, dev); !s.ok()) return s;
+  if (absl::Status s = CheckTensor(k, "k", {B, kv_, d_}, dt, dev); !s.ok()) return s;
+  if (absl::Status s = CheckTensor(v, "v", {B, kv_, d_}, dt, dev); !s.ok()) return s;
+  // Selection and the input checks read q, k and v on the host (a copy from the device on CUDA).
+  qh_.resize(static_cast<size_t>(B) * o_.q_heads * d_);
+  kh_.resize(static_cast<size_t>(B) * kv_ * d_);
+  vh_.resize(kh_.size());
+  if (absl::Status s = backend_->CopyToHost(q, absl::MakeSpan(qh_)); !s.ok()) return s;
+  if (absl::Status s = backend_->CopyToHost(k, absl::MakeSpan(kh_)); !s.ok()) return s;
+  if (absl::Status s = backend_->CopyToHost(v, absl::MakeSpan(vh_)); !s.ok()) return s;
+  const TensorView hq = TensorView::Contiguous(qh_.data(), dt, {B, o_.q_heads, d_});
+  const TensorView hk = TensorView::Contiguous(kh_.data(), dt, {B, kv_, d_});
+  const TensorView hv = TensorView::Contiguous(vh_.data(), dt, {B, kv_, d_});
+  if (absl::Status s = worker_internal::CheckFinite(hq, dt, "q"); !s.ok()) return s;
+  if (absl::Status s = worker_internal::CheckFinite(hk, dt, "k"); !s.ok()) return s;
+  if (absl::Status s = worker_internal::CheckFinite(hv, dt, "v"); !s.ok()) return s;
+  layer_done_[layer] = true;
+  ++epoch_;
+  WorkerStepStats& stats = step_stats_;
+  std::vector<absl::Status>& status = step_status_;
+  auto fail_all = [&](const absl::Status& s) {
+    for (SequenceId id : plan_seqs_) {
+      if (seqs_[id].failed.ok()) seqs_[id].failed = s;
+    }
+    return s;
+  };
+
+  // 1. Append: the new tokens join their open pages (in the pool) and the selectors.
+  Clock::time_point t0 = Clock::now();
+  std::vector<int32_t> slots, positions;
+  for (int64_t b = 0; b < B; ++b) {
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    if (absl::Status s = EnsureTail(ls); !s.ok()) return fail_all(s);  // Plan reserved them
+    slots.insert(slots.end(), ls.tail.begin(), ls.tail.end());
+    positions.push_back(static_cast<int32_t>(ls.tokens % P_));
+  }
+  if (absl::Status s = backend_->WriteTokens(k, v, slots, positions); !s.ok()) return fail_all(s);
+  for (int64_t b = 0; b < B; ++b) {
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    ++ls.tokens;
+    const absl::Span<const uint16_t> kb(hk.At(b, 0, 0), static_cast<size_t>(kv_) * d_);
+    if (absl::Status s = ls.selector->Append(kb, 1); !s.ok() && status[b].ok()) status[b] = s;
+  }
+  stats.append_s += Since(t0);
+
+  // 2. Select: natural pages per (sequence, KV head), the open page last.
+  Clock::time_point t1 = Clock::now();
+  for (int64_t b = 0; b < B; ++b) {
+    if (!status[b].ok()) continue;
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
+    auto retrieved = worker_internal::SelectRows(o_, ls, qb);
+    if (!retrieved.ok()) {
+      status[b] = retrieved.status();
+      continue;
+    }
+    stats.retrievals += *retrieved ? 1 : 0;
+    if (o_.prefetch && !ls.prefetch.empty()) {  // SSD -> host ahead of the next retrievals
+      std::vector<PageKey> keys;
+      for (const auto& hints : ls.prefetch) {
+        for (int32_t p : hints) {
+          if (p >= 0 && p < static_cast<int32_t>(ls.keys.size())) keys.push_back(ls.keys[p]);
+        }
+      }
+      if (!keys.empty()) committer_.Prefetch(std::move(keys));
+    }
+  }
+  stats.select_s += Since(t1);
+
+  // 3. Resolve slots; what is not resident is fetched (one verified gather for the batch).
+  std::vector<HeadFetch> fetches;
+  std::vector<int32_t> seq_of_fetch;
+  std::vector<PageKey> key_of_fetch;
+  std::vector<std::vector<int32_t>> row_slots(B * kv_);
+  absl::flat_hash_map<int64_t, int32_t> readers;  // head * slots + slot -> sequences reading it
+  for (int64_t b = 0; b < B; ++b) {
+    if (!status[b].ok()) continue;
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
+    for (int h = 0; h < kv_; ++h) {
+      std::vector<int32_t>& out = row_slots[b * kv_ + h];
+      for (int32_t p : ls.rows[h]) {
+        int32_t slot;
+        if (p == cur) {
+          slot = ls.tail[h];
+        } else {
+          const PageKey& key = ls.keys[p];
+          slot = pool_.Find(key, h, epoch_);
+          if (slot >= 0) {
+            ++stats.pool_hits;
+          } else {
+            slot = pool_.Insert(key, h, epoch_);
+            if (slot < 0)
+              return fail_all(absl::InternalError("pool overcommitted despite the plan"));
+            fetches.push_back({{h, slot}, 0, 0, ls.sums[int64_t{p} * kv_ + h]});
+            seq_of_fetch.push_back(static_cast<int32_t>(b));
+            key_of_fetch.push_back(key);
+          }
+          ++readers[int64_t{h} * o_.pool_slots_per_head + slot];
+        }
+        out.push_back(slot);
+      }
+    }
+  }
+  if (!fetches.empty()) {
+    Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
+  }
+  for (const auto& [slot, n] : readers) stats.shared_head_pages += n > 1 ? 1 : 0;
+
+  // 4. Attend: one sparse decode over the batch; failed sequences get empty rows (zero output).
+  Clock::time_point t3 = Clock::now();
+  indptr_.assign(1, 0);
+  indices_.clear();
+  last_len_.clear();
+  for (int64_t b = 0; b < B; ++b) {
+    const LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    const int32_t tail_tokens = static_cast<int32_t>((ls.tokens - 1) % P_ + 1);
+    for (int h = 0; h < kv_; ++h) {
+      if (status[b].ok()) {
+        const auto& r = row_slots[b * kv_ + h];
+        indices_.insert(indices_.end(), r.begin(), r.end());
+        stats.attended_head_pages += static_cast<int64_t>(r.size());
+      }
+      indptr_.push_back(static_cast<int32_t>(indices_.size()));
+      last_len_.push_back(tail_tokens);
+    }
+  }
+  kernels::PageTable table;
+  table.num_rows = static_cast<int32_t>(B * kv_);
+  table.indptr = indptr_.data();
+  table.indices = indices_.data();
+  table.last_page_len = last_len_.data();
+  if (absl::Status s = backend_->Attend(q, table, o); !s.ok()) return fail_all(s);
+  stats.attend_s += Since(t3);
+
+  // 5. Commit the open pages this token filled (the committer puts them off this thread).
+  Clock::time_point t4 = Clock::now();
+  for (int64_t b = 0; b < B; ++b) {
+    Sequence& seq = seqs_[plan_seqs_[b]];
+    if (seq.layers[layer].tokens % P_ != 0) continue;
+    if (absl::Status s = CommitTail(plan_seqs_[b], seq, layer, &stats); !s.ok() && status[b].ok()) {
+      status[b] = s;
+    }
+  }
+  stats.commit_s += Since(t4);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::Finish(const StepPlan& plan) {
+  if (plan_id_ == 0 || plan.id != plan_id_)
+    return absl::InvalidArgumentError("not the planned step");
+  for (int l = 0; l < o_.num_layers; ++l) {
+    if (!layer_done_[l]) {
+      return absl::FailedPreconditionError(absl::StrCat("layer ", l, " was not attended"));
+    }
+  }
+  Clock::time_point t0 = Clock::now();
+  DrainCommits();
+  step_stats_.commit_s += Since(t0);
+  for (size_t b = 0; b < plan_seqs_.size(); ++b) {
+    Sequence& seq = seqs_[plan_seqs_[b]];
+    if (!step_status_[b].ok() && seq.failed.ok()) seq.failed = step_status_[b];
+    if (step_status_[b].ok() && !seq.failed.ok()) step_status_[b] = seq.failed;
+  }
+  step_stats_.sequence_status = step_status_;
+  plan_id_ = 0;
+  plan_seqs_.clear();
+  return std::move(step_stats_);
+}
+
+absl::Status DecodeWorker::Impl::Flush() {
+  auto failures = committer_.Drain();
+  absl::Status first = failures.empty() ? absl::OkStatus() : failures.front().second;
+  for (auto& [id, s] : failures) {
+    auto it = seqs_.find(id);
+    if (it != seqs_.end() && it->second.failed.ok()) it->second.failed = s;
+  }
+  return first;
+}
+
+absl::StatusOr<int64_t> DecodeWorker::Impl::Length(SequenceId id, int layer) const {
+  const Sequence* seq = Lookup(id);
+  if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
+  if (layer < 0 || layer >= o_.num_layers) return absl::InvalidArgumentError("layer out of range");
+  return seq->layers[layer].tokens;
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> DecodeWorker::Impl::LastRows(SequenceId id,
+                                                                               int layer) const {
+  const Sequence* seq = Lookup(id);
+  if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
+  if (layer < 0 || layer >= o_.num_layers) return absl::InvalidArgumentError("layer out of range");
+  return seq->layers[layer].rows;
+}
+
+WorkerStats DecodeWorker::Impl::Stats() const {
+  WorkerStats s;
+  s.sequences = static_cast<int64_t>(seqs_.size());
+  s.pool_slots_per_head = o_.pool_slots_per_head;
+  s.pool_used = pool_.used();
+  s.pool_evictions = pool_.evictions();
+  s.pages_committed = committer_.committed();
+  s.pages_reused = committer_.reused();
+  return s;
+}
+
+// ---- DecodeWorker: the public face -----------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<DecodeWorker>> DecodeWorker::Create(
+    Store* store, std::unique_ptr<WorkerBackend> backend, const DecodeWorkerOptions& options) {
+  if (store == nullptr) return absl::InvalidArgumentError("store is null");
+  if (backend == nullptr) return absl::InvalidArgumentError("backend is null");
+  if (absl::Status s = worker_internal::ValidateWorkerOptions(options); !s.ok()) return s;
+  auto impl = std::make_unique<Impl>(store, std::move(backend), options);
+  if (absl::Status s = impl->Init(); !s.ok()) return s;
+  return std::unique_ptr<DecodeWorker>(new DecodeWorker(std::move(impl)));
+}
+
+DecodeWorker::DecodeWorker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DecodeWorker::~DecodeWorker() = default;
+
+absl::StatusOr<OpenedSequence> DecodeWorker::Open(absl::Span<const int32_t> token_ids) {
+  return impl_->Open(token_ids);
+}
+absl::Status DecodeWorker::Prefill(SequenceId id, int layer, const TensorView& k,
+                                   const TensorView& v) {
+  return impl_->Prefill(id, layer, k, v);
+}
+absl::StatusOr<SequenceId> DecodeWorker::Fork(SequenceId parent) { return impl_->Fork(parent); }
+absl::Status DecodeWorker::Close(SequenceId id) { return impl_->Close(id); }
+absl::StatusOr<StepPlan> DecodeWorker::Plan(absl::Span<const SequenceId> sequences,
+                                            absl::Span<const int32_t> token_ids) {
+  return impl_->Plan(sequences, token_ids);
+}
+absl::Status DecodeWorker::Attend(const StepPlan& plan, int layer, const TensorView& q,
+                                  const TensorView& k, const TensorView& v, const TensorView& o) {
+  return impl_->Attend(plan, layer, q, k, v, o);
+}
+absl::StatusOr<WorkerStepStats> DecodeWorker::Finish(const StepPlan& plan) {
+  return impl_->Finish(plan);
+}
+absl::Status DecodeWorker::Flush() { return impl_->Flush(); }
+absl::StatusOr<int64_t> DecodeWorker::Length(SequenceId id, int layer) const {
+  return impl_->Length(id, layer);
+}
+absl::StatusOr<std::vector<std::vector<int32_t>>> DecodeWorker::LastRows(SequenceId id,
+                                                                         int layer) const {
+  return impl_->LastRows(id, layer);
+}
+WorkerStats DecodeWorker::Stats() const { return impl_->Stats(); }
+const DecodeWorkerOptions& DecodeWorker::options() const { return impl_->options(); }
+
+}  // namespace pagoda

@@ -1,0 +1,662 @@
+// DecodeWorker over a real embedded Store (host + SSD tiers, RocksDB) with the CPU backend.
+//
+// K, V and q are functions of (layer, position, token id), so equal prompts give equal pages and
+// a shadow model in the test computes the exact attention every output must match.
+#include "pagoda/client/decode_worker.h"
+
+#include <stdlib.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "pagoda/kernels/dtype.h"
+#include "pagoda/kvstore/prefix.h"
+
+namespace pagoda {
+namespace {
+
+constexpr int kKv = 2, kQ = 4, kDim = 16, kPage = 4, kLayers = 2;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string t = (std::filesystem::temp_directory_path() / "worker_test_XXXXXX").string();
+    path_ = mkdtemp(t.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+PageLayout Layout() { return PageLayout{DType::kFp16, kKv, kDim, kPage}; }
+
+std::unique_ptr<Store> OpenStore(const std::string& dir, uint64_t host_pages = 4096) {
+  StoreOptions o;
+  o.layouts = {Layout()};
+  o.host_capacity_bytes = host_pages * Layout().PageBytes();
+  o.segment_bytes = 16 * Layout().PageBytes();
+  o.data_dir = dir;
+  auto s = Store::Open(o);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return std::move(*s);
+}
+
+DecodeWorkerOptions Options(retriever::Policy policy, int64_t budget, int32_t slots) {
+  DecodeWorkerOptions o;
+  o.tenant = "t";
+  o.layout = Layout();
+  o.q_heads = kQ;
+  o.num_layers = kLayers;
+  o.policy = policy;
+  o.selector.budget_tokens = budget;
+  o.selector.sink_pages = 1;
+  o.selector.window_pages = 1;
+  o.selector.cluster_tokens = 4;
+  o.pool_slots_per_head = slots;
+  return o;
+}
+
+// A deterministic value in [-1, 1] of its arguments.
+float Value(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
+  uint64_t x = a * 0x9e3779b97f4a7c15ULL ^ (b + 0x632be59bd9b4e019ULL) * 0xc2b2ae3d27d4eb4fULL ^
+               (c + 7) * 0x165667b19e3779f9ULL ^ (d + 13) * 0xd6e8feb86659fd93ULL;
+  x ^= x >> 31;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 29;
+  return static_cast<float>(static_cast<double>(x >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+uint16_t Half(float f) { return kernels::FloatToHalf(f); }
+double D(uint16_t h) { return kernels::HalfToFloat(h); }
+
+// K or V (which = 0 / 1) of (layer, position, token) for KV head h, dim d.
+uint16_t KV(int which, int layer, int64_t pos, int32_t tok, int h, int d) {
+  return Half(Value(which * 1000 + layer, static_cast<uint64_t>(pos), static_cast<uint64_t>(tok),
+                    static_cast<uint64_t>(h * kDim + d)));
+}
+uint16_t Q(int layer, int64_t pos, int32_t tok, int h, int d) {
+  return Half(2.5f * Value(5000 + layer, static_cast<uint64_t>(pos), static_cast<uint64_t>(tok),
+                           static_cast<uint64_t>(h * kDim + d)));
+}
+
+// [n, kKv, kDim] of tokens [from, from + n).
+std::vector<uint16_t> Rows(int which, int layer, const std::vector<int32_t>& toks, int64_t from,
+                           int64_t n) {
+  std::vector<uint16_t> out;
+  for (int64_t t = from; t < from + n; ++t) {
+    for (int h = 0; h < kKv; ++h) {
+      for (int d = 0; d < kDim; ++d) out.push_back(KV(which, layer, t, toks[t], h, d));
+    }
+  }
+  return out;
+}
+
+// Exact attention of the last token's query over the listed positions of KV head kvh.
+std::vector<double> Attention(int layer, const std::vector<int32_t>& toks, int qh,
+                              const std::vector<int64_t>& positions) {
+  const int64_t n = static_cast<int64_t>(toks.size());
+  const int kvh = qh / (kQ / kKv);
+  std::vector<double> logits;
+  double m = -1e300;
+  for (int64_t t : positions) {
+    double dot = 0;
+    for (int d = 0; d < kDim; ++d) {
+      dot += D(Q(layer, n - 1, toks[n - 1], qh, d)) * D(KV(0, layer, t, toks[t], kvh, d));
+    }
+    logits.push_back(dot / std::sqrt(double{kDim}));
+    m = std::max(m, logits.back());
+  }
+  double sum = 0;
+  std::vector<double> o(kDim, 0);
+  for (size_t i = 0; i < positions.size(); ++i) {
+    const double w = std::exp(logits[i] - m);
+    sum += w;
+    for (int d = 0; d < kDim; ++d)
+      o[d] += w * D(KV(1, layer, positions[i], toks[positions[i]], kvh, d));
+  }
+  for (double& x : o) x /= sum;
+  return o;
+}
+
+std::vector<int64_t> AllPositions(int64_t n) {
+  std::vector<int64_t> p;
+  for (int64_t t = 0; t < n; ++t) p.push_back(t);
+  return p;
+}
+
+std::vector<int32_t> Prompt(int n, int32_t seed) {
+  std::vector<int32_t> t;
+  for (int i = 0; i < n; ++i) t.push_back(seed * 100 + i);
+  return t;
+}
+
+// Drives a worker and keeps every sequence's token ids (the shadow model's input).
+class Driver {
+ public:
+  explicit Driver(DecodeWorker* w) : w_(w) {}
+
+  // Opens and prefills (all layers, in `chunk`-token chunks).
+  SequenceId Open(const std::vector<int32_t>& prompt, int64_t* cached = nullptr, int chunk = 7) {
+    auto opened = w_->Open(prompt);
+    EXPECT_TRUE(opened.ok()) << opened.status();
+    if (cached != nullptr) *cached = opened->cached_tokens;
+    for (int l = 0; l < kLayers; ++l) {
+      for (int64_t t = opened->cached_tokens; t < static_cast<int64_t>(prompt.size()); t += chunk) {
+        const int64_t n = std::min<int64_t>(chunk, static_cast<int64_t>(prompt.size()) - t);
+        std::vector<uint16_t> k = Rows(0, l, prompt, t, n), v = Rows(1, l, prompt, t, n);
+        absl::Status s = w_->Prefill(
+            opened->id, l, TensorView::Contiguous(k.data(), DType::kFp16, {n, kKv, kDim}),
+            TensorView::Contiguous(v.data(), DType::kFp16, {n, kKv, kDim}));
+        EXPECT_TRUE(s.ok()) << s;
+      }
+    }
+    toks_[opened->id] = prompt;
+    return opened->id;
+  }
+  void Forked(SequenceId parent, SequenceId child) { toks_[child] = toks_[parent]; }
+
+  // One step for `ids` with new tokens `next`; outputs per layer [B, kQ, kDim].
+  absl::StatusOr<WorkerStepStats> Step(const std::vector<SequenceId>& ids,
+                                       const std::vector<int32_t>& next,
+                                       std::vector<std::vector<uint16_t>>* outs = nullptr) {
+    auto plan = w_->Plan(ids, next);
+    if (!plan.ok()) return plan.status();
+    const int64_t B = static_cast<int64_t>(ids.size());
+    for (size_t b = 0; b < ids.size(); ++b) toks_[ids[b]].push_back(next[b]);
+    if (outs != nullptr) outs->assign(kLayers, {});
+    for (int l = 0; l < kLayers; ++l) {
+      std::vector<uint16_t> q, k, v, o(B * kQ * kDim, 0xffff);
+      for (SequenceId id : ids) {
+        const auto& t = toks_[id];
+        const int64_t pos = static_cast<int64_t>(t.size()) - 1;
+        for (int h = 0; h < kQ; ++h) {
+          for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, t[pos], h, d));
+        }
+        std::vector<uint16_t> kr = Rows(0, l, t, pos, 1), vr = Rows(1, l, t, pos, 1);
+        k.insert(k.end(), kr.begin(), kr.end());
+        v.insert(v.end(), vr.begin(), vr.end());
+      }
+      absl::Status s =
+          w_->Attend(*plan, l, TensorView::Contiguous(q.data(), DType::kFp16, {B, kQ, kDim}),
+                     TensorView::Contiguous(k.data(), DType::kFp16, {B, kKv, kDim}),
+                     TensorView::Contiguous(v.data(), DType::kFp16, {B, kKv, kDim}),
+                     TensorView::Contiguous(o.data(), DType::kFp16, {B, kQ, kDim}));
+      if (!s.ok()) return s;
+      if (outs != nullptr) (*outs)[l] = o;
+    }
+    return w_->Finish(*plan);
+  }
+
+  // Max abs difference between the worker's output of sequence b and exact attention over the
+  // pages the worker attended (or every token when `dense`).
+  double Error(SequenceId id, int b, int layer, const std::vector<uint16_t>& o, bool dense) {
+    const auto& t = toks_[id];
+    const int64_t n = static_cast<int64_t>(t.size());
+    auto rows = w_->LastRows(id, layer);
+    EXPECT_TRUE(rows.ok());
+    double err = 0;
+    for (int qh = 0; qh < kQ; ++qh) {
+      std::vector<int64_t> pos;
+      if (dense) {
+        pos = AllPositions(n);
+      } else {
+        for (int32_t p : (*rows)[qh / (kQ / kKv)]) {
+          for (int64_t x = int64_t{p} * kPage; x < std::min<int64_t>(n, (p + 1) * kPage); ++x) {
+            pos.push_back(x);
+          }
+        }
+      }
+      const std::vector<double> ref = Attention(layer, t, qh, pos);
+      for (int d = 0; d < kDim; ++d) {
+        err = std::max(err, std::abs(D(o[(b * kQ + qh) * kDim + d]) - ref[d]));
+      }
+    }
+    return err;
+  }
+  const std::vector<int32_t>& tokens(SequenceId id) { return toks_[id]; }
+
+ private:
+  DecodeWorker* w_;
+  std::map<SequenceId, std::vector<int32_t>> toks_;
+};
+
+constexpr double kTol = 2e-3;  // fp16 output rounding of values in [-1, 1]
+
+TEST(DecodeWorker, WholeContextBudgetEqualsDenseAcrossEvictions) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  // 28 slots per head: one layer of the batch fits (<= 19 pages + 6 open pages), both layers do
+  // not, so pages are evicted from the pool and fetched back from the store (verified).
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kQuest, 4096, 28));
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  std::vector<SequenceId> ids = {drv.Open(Prompt(9, 1)), drv.Open(Prompt(17, 2)),
+                                 drv.Open(Prompt(4, 3))};
+  int64_t fetched = 0;
+  for (int step = 0; step < 14; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step(ids, {step, step + 1, step + 2}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
+    fetched += stats->fetched_head_pages;
+    EXPECT_EQ(stats->verify_failures, 0);
+    for (int l = 0; l < kLayers; ++l) {
+      for (int b = 0; b < 3; ++b) {
+        EXPECT_LT(drv.Error(ids[b], b, l, outs[l], /*dense=*/true), kTol) << step << " " << b;
+      }
+    }
+  }
+  EXPECT_GT(fetched, 0);
+  EXPECT_GT((*w)->Stats().pool_evictions, 0);
+  ASSERT_TRUE((*w)->Flush().ok());
+  EXPECT_GT((*w)->Stats().pages_committed, 0);
+}
+
+class PolicyTest : public ::testing::TestWithParam<retriever::Policy> {};
+
+TEST_P(PolicyTest, SparseOutputIsAttentionOverTheAttendedPages) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w =
+      DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), Options(GetParam(), 5 * kPage, 64));
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  std::vector<SequenceId> ids = {drv.Open(Prompt(61, 4)), drv.Open(Prompt(45, 5))};
+  for (int step = 0; step < 10; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step(ids, {7 * step, 7 * step + 3}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
+    for (int l = 0; l < kLayers; ++l) {
+      for (int b = 0; b < 2; ++b) {
+        auto rows = (*w)->LastRows(ids[b], l);
+        ASSERT_TRUE(rows.ok());
+        const int32_t cur = static_cast<int32_t>((drv.tokens(ids[b]).size() - 1) / kPage);
+        for (const auto& row : *rows) {
+          ASSERT_FALSE(row.empty());
+          EXPECT_EQ(row.back(), cur);                          // the open page is always attended
+          EXPECT_LE(static_cast<int64_t>(row.size()), 5 + 1);  // budget + moving window
+          EXPECT_TRUE(std::is_sorted(row.begin(), row.end()));
+        }
+        EXPECT_LT(drv.Error(ids[b], b, l, outs[l], /*dense=*/false), kTol);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, PolicyTest,
+                         ::testing::Values(retriever::Policy::kQuest, retriever::Policy::kBoundary,
+                                           retriever::Policy::kHierarchical,
+                                           retriever::Policy::kStreaming),
+                         [](const auto& info) {
+                           return std::string(retriever::PolicyName(info.param));
+                         });
+
+TEST(DecodeWorker, SharedPrefixIsFoundAndSharesSlots) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_TRUE(w.ok());
+  Driver drv(w->get());
+  std::vector<int32_t> prompt = Prompt(22, 6);
+  const SequenceId a = drv.Open(prompt);
+  ASSERT_TRUE((*w)->Flush().ok());
+  int64_t cached = -1;
+  const SequenceId b = drv.Open(prompt, &cached);
+  EXPECT_EQ(cached, 20);  // five full pages; the last token is always prefilled
+  // Both decode the same two tokens: page 5 (tokens 20..23) is then the same page for both.
+  for (int step = 0; step < 2; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step({a, b}, {step + 1, step + 1}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    // Both read the five shared pages of each layer and head from the same slots.
+    EXPECT_EQ(stats->shared_head_pages, 5 * kKv * kLayers);
+    for (int l = 0; l < kLayers; ++l) {
+      EXPECT_LT(drv.Error(a, 0, l, outs[l], true), kTol);
+      EXPECT_LT(drv.Error(b, 1, l, outs[l], true), kTol);
+    }
+  }
+  ASSERT_TRUE((*w)->Flush().ok());
+  // b's copy of page 5 found a's already stored (one page per layer), and the pool kept one slot.
+  EXPECT_EQ((*w)->Stats().pages_reused, kLayers);
+}
+
+TEST(DecodeWorker, SecondWorkerReadsThePrefixAnotherWorkerWrote) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w1 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                 Options(retriever::Policy::kQuest, 3 * kPage, 64));
+  auto w2 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                 Options(retriever::Policy::kQuest, 3 * kPage, 64));
+  ASSERT_TRUE(w1.ok() && w2.ok());
+  Driver d1(w1->get()), d2(w2->get());
+  std::vector<int32_t> prompt = Prompt(41, 7);
+  d1.Open(prompt);
+  ASSERT_TRUE((*w1)->Flush().ok());
+  int64_t cached = -1;
+  const SequenceId s = d2.Open(prompt, &cached);
+  EXPECT_EQ(cached, 40);
+  std::vector<std::vector<uint16_t>> outs;
+  auto stats = d2.Step({s}, {9}, &outs);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_GT(stats->fetched_head_pages, 0);  // every page came from the store's host arena
+  for (int l = 0; l < kLayers; ++l) EXPECT_LT(d2.Error(s, 0, l, outs[l], false), kTol);
+}
+
+TEST(DecodeWorker, PoolTooSmallForTheBatchIsRefusedAndChangesNothing) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  // 2 sequences x 2 layers of open pages + 2 x (3-page budget + window + 1) rows > 12 slots.
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kQuest, 3 * kPage, 12));
+  ASSERT_TRUE(w.ok());
+  Driver drv(w->get());
+  const SequenceId a = drv.Open(Prompt(40, 8)), b = drv.Open(Prompt(40, 9));
+  auto refused = drv.Step({a, b}, {1, 2});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(*(*w)->Length(a, 0), 40);
+  EXPECT_EQ(*(*w)->Length(b, 1), 40);
+  // One sequence at a time fits.
+  ASSERT_TRUE((*w)->Close(b).ok());
+  std::vector<std::vector<uint16_t>> outs;
+  auto stats = drv.Step({a}, {3}, &outs);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+}
+
+// Shifts the source of the first head-page of each gather (a stale copy, as when a read lease ran
+// out and the slot was reused), letting the gather's own verification find it.
+class StaleFirstCopy final : public WorkerBackend {
+ public:
+  explicit StaleFirstCopy(std::unique_ptr<WorkerBackend> inner) : inner_(std::move(inner)) {}
+  absl::Status Init(const PageLayout& l, int q, int32_t s) override {
+    return inner_->Init(l, q, s);
+  }
+  Device device() const override { return inner_->device(); }
+  const char* name() const override { return "stale"; }
+  absl::Status RegisterSource(const uint8_t* b, int64_t n) override {
+    return inner_->RegisterSource(b, n);
+  }
+  absl::Status Gather(absl::Span<const HeadFetch> f, absl::Span<uint8_t> bad) override {
+    std::vector<HeadFetch> copy(f.begin(), f.end());
+    if (!copy.empty() && armed) {
+      copy[0].src_k += 64;
+      ++stale;
+    }
+    return inner_->Gather(copy, bad);
+  }
+  absl::Status WriteTokens(const TensorView& k, const TensorView& v, absl::Span<const int32_t> s,
+                           absl::Span<const int32_t> p) override {
+    return inner_->WriteTokens(k, v, s, p);
+  }
+  absl::Status WriteHeads(absl::Span<const HeadSlot> d, absl::Span<const uint8_t> b) override {
+    return inner_->WriteHeads(d, b);
+  }
+  absl::Status ReadHeads(absl::Span<const HeadSlot> s, absl::Span<uint8_t> b) override {
+    return inner_->ReadHeads(s, b);
+  }
+  absl::Status CopyHeads(absl::Span<const HeadSlot> s, absl::Span<const HeadSlot> d) override {
+    return inner_->CopyHeads(s, d);
+  }
+  absl::Status Attend(const TensorView& q, const kernels::PageTable& t,
+                      const TensorView& o) override {
+    return inner_->Attend(q, t, o);
+  }
+  absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
+    return inner_->CopyToHost(t, out);
+  }
+  absl::Status Sync() override { return inner_->Sync(); }
+  bool armed = true;
+  int stale = 0;
+
+ private:
+  std::unique_ptr<WorkerBackend> inner_;
+};
+
+TEST(DecodeWorker, AStaleGatherIsCaughtAndReadAgainThroughTheStore) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto backend = std::make_unique<StaleFirstCopy>(MakeCpuWorkerBackend());
+  StaleFirstCopy* stale = backend.get();
+  auto w = DecodeWorker::Create(store.get(), std::move(backend),
+                                Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_TRUE(w.ok());
+  Driver d0(w->get());
+  stale->armed = false;
+  const std::vector<int32_t> prompt = Prompt(30, 10);
+  d0.Open(prompt);
+  ASSERT_TRUE((*w)->Flush().ok());
+  // A second worker-side sequence on the same prompt: its pages are resident already, so use a
+  // fresh worker to force gathers from the arena.
+  auto backend2 = std::make_unique<StaleFirstCopy>(MakeCpuWorkerBackend());
+  StaleFirstCopy* stale2 = backend2.get();
+  auto w2 = DecodeWorker::Create(store.get(), std::move(backend2),
+                                 Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_TRUE(w2.ok());
+  Driver d2(w2->get());
+  const SequenceId s = d2.Open(prompt);
+  std::vector<std::vector<uint16_t>> outs;
+  auto stats = d2.Step({s}, {5}, &outs);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stale2->stale, kLayers);
+  EXPECT_EQ(stats->verify_failures, kLayers);
+  EXPECT_EQ(stats->fallback_reads, kLayers);
+  ASSERT_TRUE(stats->sequence_status[0].ok()) << stats->sequence_status[0];
+  for (int l = 0; l < kLayers; ++l) EXPECT_LT(d2.Error(s, 0, l, outs[l], true), kTol);
+}
+
+TEST(DecodeWorker, ACorruptStoredPageIsNeverAttended) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  const DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096, 64);
+  auto w1 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w1.ok());
+  Driver d1(w1->get());
+  const std::vector<int32_t> bad_prompt = Prompt(13, 11), good_prompt = Prompt(13, 12);
+  d1.Open(bad_prompt);
+  d1.Open(good_prompt);
+  ASSERT_TRUE((*w1)->Flush().ok());
+  // Flip one byte of page 1 of layer 0 of the first prompt, in the store's host arena.
+  const PageKeyExtra extra{o.model_id, 0, o.salt};
+  const std::vector<PageKey> keys = ChainPageKeys(bad_prompt, kPage, extra);
+  auto lease = store->AcquireRead(o.tenant, keys[1]);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  store->HostArenaInfo().base[lease->arena_offset + 3] ^= 0x40;
+  ASSERT_TRUE(store->ReleaseRead(lease->lease_id).ok());
+
+  auto w2 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w2.ok());
+  Driver d2(w2->get());
+  // Open reads the cached prefix through the store, which finds the corruption and drops the
+  // page: the bad sequence gets a shorter cached prefix and prefills the rest itself.
+  int64_t cached_bad = -1;
+  const SequenceId bad = d2.Open(bad_prompt, &cached_bad);
+  EXPECT_EQ(cached_bad, 4);
+  const SequenceId good = d2.Open(good_prompt);
+  std::vector<std::vector<uint16_t>> outs;
+  auto stats = d2.Step({bad, good}, {1, 2}, &outs);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_TRUE(stats->sequence_status[0].ok());
+  for (int l = 0; l < kLayers; ++l) {
+    EXPECT_LT(d2.Error(bad, 0, l, outs[l], true), kTol);
+    EXPECT_LT(d2.Error(good, 1, l, outs[l], true), kTol);
+  }
+
+  // Now corrupt a page after the worker took its checksum: the gather flags it, the store read
+  // fails its own checksum, so the sequence fails with DataLoss and its output is zero.
+  auto w3 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w3.ok());
+  Driver d3(w3->get());
+  const SequenceId g3 = d3.Open(good_prompt), b3 = d3.Open(bad_prompt);
+  const std::vector<PageKey> gkeys = ChainPageKeys(good_prompt, kPage, extra);
+  auto glease = store->AcquireRead(o.tenant, gkeys[2]);
+  ASSERT_TRUE(glease.ok());
+  store->HostArenaInfo().base[glease->arena_offset + 100] ^= 0x01;
+  ASSERT_TRUE(store->ReleaseRead(glease->lease_id).ok());
+  outs.clear();
+  auto s3 = d3.Step({g3, b3}, {3, 4}, &outs);
+  ASSERT_TRUE(s3.ok()) << s3.status();
+  EXPECT_EQ(s3->sequence_status[0].code(), absl::StatusCode::kDataLoss) << s3->sequence_status[0];
+  EXPECT_TRUE(s3->sequence_status[1].ok());
+  for (int d = 0; d < kQ * kDim; ++d) EXPECT_EQ(outs[0][d], 0) << d;  // never wrong bytes
+  EXPECT_LT(d3.Error(b3, 1, 0, outs[0], true), kTol);
+  // The failed sequence is refused from now on; the other one goes on.
+  EXPECT_EQ((*w3)->Plan({g3}, {5}).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(d3.Step({b3}, {6}).ok());
+  EXPECT_TRUE((*w3)->Close(g3).ok());
+}
+
+TEST(DecodeWorker, CloseMidBatchAndForkThenDiverge) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_TRUE(w.ok());
+  Driver drv(w->get());
+  const SequenceId a = drv.Open(Prompt(10, 13)), b = drv.Open(Prompt(11, 14)),
+                   c = drv.Open(Prompt(6, 15));
+  ASSERT_TRUE(drv.Step({a, b, c}, {1, 2, 3}).ok());
+  ASSERT_TRUE((*w)->Close(b).ok());
+  EXPECT_EQ((*w)->Close(b).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*w)->Plan({a, b}, {1, 2}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto child = (*w)->Fork(a);
+  ASSERT_TRUE(child.ok()) << child.status();
+  drv.Forked(a, *child);
+  for (int step = 0; step < 6; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step({a, c, *child}, {40 + step, 50 + step, 60 + step}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    if (step == 0) {
+      EXPECT_GT(stats->shared_head_pages, 0);  // the fork reads a's full pages
+    }
+    for (int l = 0; l < kLayers; ++l) {
+      EXPECT_LT(drv.Error(a, 0, l, outs[l], true), kTol);
+      EXPECT_LT(drv.Error(c, 1, l, outs[l], true), kTol);
+      EXPECT_LT(drv.Error(*child, 2, l, outs[l], true), kTol);
+    }
+  }
+}
+
+TEST(DecodeWorker, BadInputIsRefusedAndChangesNothing) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_TRUE(w.ok());
+  DecodeWorker& wk = **w;
+  Driver drv(&wk);
+  const SequenceId a = drv.Open(Prompt(9, 16));
+  std::vector<uint16_t> q(kQ * kDim, Half(0.1f)), k(kKv * kDim, Half(0.2f)),
+      v(kKv * kDim, Half(0.3f)), o(kQ * kDim, 0);
+  auto Q1 = [&](DType dt = DType::kFp16) {
+    return TensorView::Contiguous(q.data(), dt, {1, kQ, kDim});
+  };
+  auto K1 = TensorView::Contiguous(k.data(), DType::kFp16, {1, kKv, kDim});
+  auto V1 = TensorView::Contiguous(v.data(), DType::kFp16, {1, kKv, kDim});
+  auto O1 = TensorView::Contiguous(o.data(), DType::kFp16, {1, kQ, kDim});
+
+  // Options and Open / Prefill.
+  DecodeWorkerOptions bad = Options(retriever::Policy::kQuest, 4096, 64);
+  bad.q_heads = 3;
+  EXPECT_EQ(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(wk.Open({}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(wk.Prefill(a, 0, K1, V1).code(), absl::StatusCode::kInvalidArgument);  // no tokens left
+  EXPECT_EQ(wk.Prefill(999, 0, K1, V1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(wk.Fork(999).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Plans.
+  EXPECT_EQ(wk.Plan({999}, {1}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(wk.Plan({a, a}, {1, 1}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(wk.Plan({a}, {1, 2}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto opened = wk.Open(Prompt(5, 17));  // not prefilled
+  ASSERT_TRUE(opened.ok());
+  EXPECT_EQ(wk.Plan({opened->id}, {1}).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(wk.Close(opened->id).ok());
+
+  auto plan = wk.Plan({a}, {77});
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(wk.Plan({a}, {1}).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(wk.Close(a).code(), absl::StatusCode::kFailedPrecondition);
+  StepPlan other = *plan;
+  other.id += 1;
+  const auto code = [](absl::Status s) { return s.code(); };
+  EXPECT_EQ(code(wk.Attend(other, 0, Q1(), K1, V1, O1)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(wk.Attend(*plan, kLayers, Q1(), K1, V1, O1)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(wk.Attend(*plan, -1, Q1(), K1, V1, O1)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(wk.Attend(*plan, 0, Q1(DType::kBf16), K1, V1, O1)),
+            absl::StatusCode::kInvalidArgument);
+  auto q2 = TensorView::Contiguous(q.data(), DType::kFp16, {1, kQ / 2, 2 * kDim});
+  EXPECT_EQ(code(wk.Attend(*plan, 0, q2, K1, V1, O1)), absl::StatusCode::kInvalidArgument);
+  auto batch2 = TensorView::Contiguous(q.data(), DType::kFp16, {2, kQ / 2, kDim});
+  EXPECT_EQ(code(wk.Attend(*plan, 0, batch2, K1, V1, O1)), absl::StatusCode::kInvalidArgument);
+  TensorView strided = Q1();
+  strided.strides[2] = 2;
+  EXPECT_EQ(code(wk.Attend(*plan, 0, strided, K1, V1, O1)), absl::StatusCode::kInvalidArgument);
+  TensorView on_gpu = Q1();
+  on_gpu.device = Device::kCuda;
+  EXPECT_EQ(code(wk.Attend(*plan, 0, on_gpu, K1, V1, O1)), absl::StatusCode::kInvalidArgument);
+  q[5] = 0x7c00;  // inf
+  EXPECT_EQ(code(wk.Attend(*plan, 0, Q1(), K1, V1, O1)), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(wk.Finish(*plan).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(*wk.Length(a, 0), 9);  // nothing was appended by the refused calls
+
+  // The same plan still runs afterwards, with real inputs for every layer.
+  auto toks = drv.tokens(a);
+  toks.push_back(77);
+  for (int l = 0; l < kLayers; ++l) {
+    std::vector<uint16_t> ql, kl = Rows(0, l, toks, 9, 1), vl = Rows(1, l, toks, 9, 1);
+    for (int h = 0; h < kQ; ++h) {
+      for (int d = 0; d < kDim; ++d) ql.push_back(Q(l, 9, 77, h, d));
+    }
+    std::vector<uint16_t> ol(kQ * kDim);
+    ASSERT_TRUE(wk.Attend(*plan, l, TensorView::Contiguous(ql.data(), DType::kFp16, {1, kQ, kDim}),
+                          TensorView::Contiguous(kl.data(), DType::kFp16, {1, kKv, kDim}),
+                          TensorView::Contiguous(vl.data(), DType::kFp16, {1, kKv, kDim}),
+                          TensorView::Contiguous(ol.data(), DType::kFp16, {1, kQ, kDim}))
+                    .ok());
+    EXPECT_EQ(code(wk.Attend(*plan, l, Q1(), K1, V1, O1)), absl::StatusCode::kFailedPrecondition);
+  }
+  ASSERT_TRUE(wk.Finish(*plan).ok());
+  EXPECT_EQ(*wk.Length(a, 1), 10);
+}
+
+TEST(DecodeWorker, TwoWorkersOnThreadsShareOneStore) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  std::vector<double> errors(2, 1.0);
+  auto run = [&](int i) {
+    auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                  Options(retriever::Policy::kQuest, 6 * kPage, 64));
+    ASSERT_TRUE(w.ok());
+    Driver drv(w->get());
+    const SequenceId a = drv.Open(Prompt(33, 18)), b = drv.Open(Prompt(29, 19 + i));
+    double err = 0;
+    for (int step = 0; step < 12; ++step) {
+      std::vector<std::vector<uint16_t>> outs;
+      auto stats = drv.Step({a, b}, {step, 100 * i + step}, &outs);
+      ASSERT_TRUE(stats.ok()) << stats.status();
+      for (int l = 0; l < kLayers; ++l) {
+        err = std::max(err, drv.Error(a, 0, l, outs[l], false));
+        err = std::max(err, drv.Error(b, 1, l, outs[l], false));
+      }
+    }
+    errors[i] = err;
+  };
+  std::thread t0(run, 0), t1(run, 1);
+  t0.join();
+  t1.join();
+  EXPECT_LT(errors[0], kTol);
+  EXPECT_LT(errors[1], kTol);
+}
+
+}  // namespace
+}  // namespace pagoda

@@ -1,0 +1,68 @@
+// Internal: commits full pages to the store off the decode worker's critical path.
+//
+// One background thread takes jobs in order: commits (Put, two-phase, checksummed by the store;
+// a page already stored under its key — a shared prefix another sequence or worker wrote — counts
+// as reused, and is pinned when the write asked for a pin) and prefetches (SSD -> host promotion
+// of hinted pages, best effort). Drain() waits for every job queued so far and returns the failures
+// (with the id of the sequence whose page failed), so a caller can mark those sequences failed.
+//
+// Thread safety: Enqueue / Drain from one thread (the worker's); the committer thread is internal.
+#ifndef PAGODA_CLIENT_WORKER_PAGE_COMMITTER_H_
+#define PAGODA_CLIENT_WORKER_PAGE_COMMITTER_H_
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "pagoda/kvstore/store.h"
+
+namespace pagoda::worker_internal {
+
+class PageCommitter {
+ public:
+  PageCommitter(Store* store, std::string tenant, PageLayout layout);
+  ~PageCommitter();  // drains
+
+  void Enqueue(uint64_t sequence, const PageKey& key, std::vector<uint8_t> bytes,
+               WriteOptions options = {});
+  void Prefetch(std::vector<PageKey> keys);
+  // Waits for the queue; returns (sequence, error) of each failed job since the last Drain.
+  std::vector<std::pair<uint64_t, absl::Status>> Drain();
+
+  int64_t committed() const;
+  int64_t reused() const;
+  uint64_t bytes() const;
+
+ private:
+  struct Job {
+    uint64_t sequence = 0;
+    PageKey key;
+    std::vector<uint8_t> bytes;
+    WriteOptions options;
+    std::vector<PageKey> prefetch;  // a prefetch job when not empty
+  };
+  void Run();
+
+  Store* const store_;
+  const std::string tenant_;
+  const PageLayout layout_;
+  mutable absl::Mutex mu_;
+  std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::pair<uint64_t, absl::Status>> failures_ ABSL_GUARDED_BY(mu_);
+  int64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t reused_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::thread thread_;
+};
+
+}  // namespace pagoda::worker_internal
+
+#endif  // PAGODA_CLIENT_WORKER_PAGE_COMMITTER_H_

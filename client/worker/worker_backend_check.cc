@@ -1,0 +1,134 @@
+#include "worker_backend_check.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "pagoda/client/decode_backend.h"
+
+namespace pagoda::worker_internal {
+
+PoolGeometry::PoolGeometry(const PageLayout& layout, int q, int32_t s)
+    : dtype(layout.dtype),
+      kv_heads(static_cast<int>(layout.kv_heads)),
+      q_heads(q),
+      head_dim(static_cast<int>(layout.head_dim)),
+      page_tokens(static_cast<int>(layout.page_tokens)),
+      slots(s),
+      half_bytes(int64_t{layout.page_tokens} * layout.head_dim * 2) {}
+
+kernels::PagedKV PoolGeometry::PagedKV(const uint16_t* pool) const {
+  kernels::PagedKV kv;
+  kv.dtype = KernelDType(dtype);
+  kv.num_pages = slots;
+  kv.page_size = page_tokens;
+  kv.num_kv_heads = kv_heads;
+  kv.head_dim = head_dim;
+  kv.stride_token = head_dim;
+  kv.stride_page = SlotBytes() / 2;
+  kv.stride_head = int64_t{slots} * kv.stride_page;
+  kv.k = pool;
+  kv.v = pool + half_bytes / 2;
+  return kv;
+}
+
+absl::Status CheckInit(const PageLayout& layout, int q_heads, int32_t slots) {
+  if (absl::Status s = layout.Validate(); !s.ok()) return s;
+  if (slots < 1) return absl::InvalidArgumentError("pool slots per head must be >= 1");
+  if (q_heads < 1 || q_heads % static_cast<int>(layout.kv_heads) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "q_heads ", q_heads, " is not a positive multiple of kv_heads ", layout.kv_heads));
+  }
+  if ((int64_t{layout.page_tokens} * layout.head_dim * 2) % 16 != 0) {
+    return absl::InvalidArgumentError("page_tokens x head_dim x 2 must be a multiple of 16");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckWriteTokens(const PoolGeometry& g, Device device, const TensorView& k,
+                              const TensorView& v, absl::Span<const int32_t> slots,
+                              absl::Span<const int32_t> positions) {
+  const int64_t n = static_cast<int64_t>(positions.size());
+  if (absl::Status s = CheckTensor(k, "k", {n, g.kv_heads, g.head_dim}, g.dtype, device); !s.ok())
+    return s;
+  if (absl::Status s = CheckTensor(v, "v", {n, g.kv_heads, g.head_dim}, g.dtype, device); !s.ok())
+    return s;
+  if (static_cast<int64_t>(slots.size()) != n * g.kv_heads) {
+    return absl::InvalidArgumentError("slots must hold rows x kv_heads entries");
+  }
+  for (int32_t s : slots) {
+    if (s < 0 || s >= g.slots)
+      return absl::OutOfRangeError(absl::StrCat("slot ", s, " out of range"));
+  }
+  for (int32_t p : positions) {
+    if (p < 0 || p >= g.page_tokens) {
+      return absl::OutOfRangeError(absl::StrCat("position ", p, " outside a page"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckHeadSlots(const PoolGeometry& g, absl::Span<const HeadSlot> heads, size_t bytes) {
+  if (bytes != heads.size() * static_cast<size_t>(g.SlotBytes())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("head-page bytes: want ", heads.size(), " x ", g.SlotBytes()));
+  }
+  for (const HeadSlot& h : heads) {
+    if (h.head < 0 || h.head >= g.kv_heads || h.slot < 0 || h.slot >= g.slots) {
+      return absl::OutOfRangeError(
+          absl::StrCat("head ", h.head, " slot ", h.slot, " out of range"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView& q,
+                         const kernels::PageTable& table, const TensorView& o) {
+  const int64_t batch = q.ndim == 3 ? q.shape[0] : -1;
+  if (absl::Status s = CheckTensor(q, "q", {batch, g.q_heads, g.head_dim}, g.dtype, device);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckTensor(o, "o", {batch, g.q_heads, g.head_dim}, g.dtype, device);
+      !s.ok()) {
+    return s;
+  }
+  if (table.num_rows != batch * g.kv_heads || table.indptr == nullptr ||
+      table.last_page_len == nullptr) {
+    return absl::InvalidArgumentError("the table must have batch x kv_heads rows");
+  }
+  if (table.indptr[0] != 0) return absl::InvalidArgumentError("indptr[0] must be 0");
+  for (int32_t r = 0; r < table.num_rows; ++r) {
+    if (table.indptr[r + 1] < table.indptr[r]) {
+      return absl::InvalidArgumentError("indptr must be non-decreasing");
+    }
+    if (table.indptr[r + 1] > table.indptr[r] &&
+        (table.last_page_len[r] < 1 || table.last_page_len[r] > g.page_tokens)) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", r, ": bad last_page_len"));
+    }
+  }
+  for (int32_t i = 0; i < table.indptr[table.num_rows]; ++i) {
+    if (table.indices[i] < 0 || table.indices[i] >= g.slots) {
+      return absl::OutOfRangeError(absl::StrCat("table slot ", table.indices[i], " out of range"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CopyHostTensor(const TensorView& t, absl::Span<uint16_t> out) {
+  if (t.ndim != 3 || t.device != Device::kCpu) {
+    return absl::InvalidArgumentError("a host [a, b, c] tensor is needed");
+  }
+  if (static_cast<int64_t>(out.size()) != t.shape[0] * t.shape[1] * t.shape[2]) {
+    return absl::InvalidArgumentError("output size does not match the tensor");
+  }
+  uint16_t* dst = out.data();
+  for (int64_t a = 0; a < t.shape[0]; ++a) {
+    for (int64_t b = 0; b < t.shape[1]; ++b) {
+      std::memcpy(dst, t.At(a, b, 0), static_cast<size_t>(t.shape[2]) * 2);
+      dst += t.shape[2];
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace pagoda::worker_internal

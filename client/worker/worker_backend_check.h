@@ -1,0 +1,46 @@
+// Internal: the pool geometry and the input checks every worker backend shares, so the CPU and
+// CUDA backends answer bad input with the same errors.
+#ifndef PAGODA_CLIENT_WORKER_WORKER_BACKEND_CHECK_H_
+#define PAGODA_CLIENT_WORKER_WORKER_BACKEND_CHECK_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "pagoda/client/tensor.h"
+#include "pagoda/client/worker_backend.h"
+#include "pagoda/kernels/params.h"
+#include "pagoda/kvstore/page.h"
+
+namespace pagoda::worker_internal {
+
+struct PoolGeometry {
+  PoolGeometry() = default;
+  PoolGeometry(const PageLayout& layout, int q_heads, int32_t slots);
+
+  DType dtype = DType::kFp16;
+  int kv_heads = 0, q_heads = 0, head_dim = 0, page_tokens = 0;
+  int32_t slots = 0;
+  int64_t half_bytes = 0;  // page_tokens * head_dim * 2
+
+  int64_t SlotBytes() const { return 2 * half_bytes; }
+  int64_t PoolBytes() const { return int64_t{kv_heads} * slots * SlotBytes(); }
+  // The pool as the decode kernels see it (head h's sub-pool through stride_head).
+  kernels::PagedKV PagedKV(const uint16_t* pool) const;
+};
+
+absl::Status CheckInit(const PageLayout& layout, int q_heads, int32_t slots);
+absl::Status CheckWriteTokens(const PoolGeometry& g, Device device, const TensorView& k,
+                              const TensorView& v, absl::Span<const int32_t> slots,
+                              absl::Span<const int32_t> positions);
+absl::Status CheckHeadSlots(const PoolGeometry& g, absl::Span<const HeadSlot> heads, size_t bytes);
+// Shapes of q / o and the table's CSR structure (host arrays), rows = batch * kv_heads.
+absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView& q,
+                         const kernels::PageTable& table, const TensorView& o);
+
+// Copies a host [a, b, c] view (any non-negative strides) into contiguous `out`.
+absl::Status CopyHostTensor(const TensorView& t, absl::Span<uint16_t> out);
+
+}  // namespace pagoda::worker_internal
+
+#endif  // PAGODA_CLIENT_WORKER_WORKER_BACKEND_CHECK_H_

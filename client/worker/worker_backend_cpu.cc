@@ -1,0 +1,175 @@
+// The CPU worker backend: a host pool and the kernels' C++ references.
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "pagoda/client/decode_backend.h"
+#include "pagoda/client/worker_backend.h"
+#include "pagoda/kernels/reference.h"
+#include "worker_backend_check.h"
+
+namespace pagoda {
+namespace {
+
+class CpuWorkerBackend final : public WorkerBackend {
+ public:
+  absl::Status Init(const PageLayout& layout, int q_heads, int32_t slots) override {
+    if (!pool_.empty()) return absl::FailedPreconditionError("backend already initialized");
+    if (absl::Status s = worker_internal::CheckInit(layout, q_heads, slots); !s.ok()) return s;
+    geo_ = worker_internal::PoolGeometry(layout, q_heads, slots);
+    pool_.assign(static_cast<size_t>(geo_.PoolBytes()), 0);
+    return absl::OkStatus();
+  }
+  Device device() const override { return Device::kCpu; }
+  const char* name() const override { return "cpu"; }
+
+  absl::Status RegisterSource(const uint8_t* base, int64_t bytes) override {
+    if (base == nullptr || bytes <= 0) return absl::InvalidArgumentError("empty source");
+    src_ = base;
+    src_bytes_ = bytes;
+    return absl::OkStatus();
+  }
+
+  absl::Status Gather(absl::Span<const HeadFetch> fetches, absl::Span<uint8_t> bad) override {
+    if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
+    if (bad.size() != fetches.size()) return absl::InvalidArgumentError("bad flags size");
+    if (fetches.empty()) return absl::OkStatus();
+    if (src_ == nullptr) return absl::FailedPreconditionError("no source registered");
+    k_.clear(), v_.clear(), heads_.clear(), slots_.clear(), sums_.clear();
+    for (const HeadFetch& f : fetches) {
+      k_.push_back(f.src_k);
+      v_.push_back(f.src_v);
+      heads_.push_back(f.dst.head);
+      slots_.push_back(f.dst.slot);
+      sums_.push_back(f.checksum);
+    }
+    kernels::HeadGatherParams p;
+    p.src = src_;
+    p.src_bytes = src_bytes_;
+    p.pool = pool_.data();
+    p.num_kv_heads = geo_.kv_heads;
+    p.pool_slots = geo_.slots;
+    p.half_bytes = geo_.half_bytes;
+    p.num_copies = static_cast<int32_t>(fetches.size());
+    p.src_k = k_.data();
+    p.src_v = v_.data();
+    p.dst_head = heads_.data();
+    p.dst_slot = slots_.data();
+    p.expected = sums_.data();
+    p.bad = bad.data();
+    return kernels::GatherHeadPagesReference(p);
+  }
+
+  absl::Status WriteTokens(const TensorView& k, const TensorView& v,
+                           absl::Span<const int32_t> slots,
+                           absl::Span<const int32_t> positions) override {
+    if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
+    if (absl::Status s =
+            worker_internal::CheckWriteTokens(geo_, Device::kCpu, k, v, slots, positions);
+        !s.ok()) {
+      return s;
+    }
+    const size_t row = static_cast<size_t>(geo_.head_dim) * 2;
+    for (size_t n = 0; n < positions.size(); ++n) {
+      for (int h = 0; h < geo_.kv_heads; ++h) {
+        uint8_t* slot = SlotPtr({h, slots[n * geo_.kv_heads + h]});
+        const int64_t at = int64_t{positions[n]} * geo_.head_dim * 2;
+        std::memcpy(slot + at, k.At(static_cast<int64_t>(n), h, 0), row);
+        std::memcpy(slot + geo_.half_bytes + at, v.At(static_cast<int64_t>(n), h, 0), row);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteHeads(absl::Span<const HeadSlot> dst,
+                          absl::Span<const uint8_t> bytes) override {
+    if (absl::Status s = CheckHeads(dst, bytes.size()); !s.ok()) return s;
+    for (size_t i = 0; i < dst.size(); ++i) {
+      std::memcpy(SlotPtr(dst[i]), bytes.data() + i * geo_.SlotBytes(), geo_.SlotBytes());
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadHeads(absl::Span<const HeadSlot> src, absl::Span<uint8_t> bytes) override {
+    if (absl::Status s = CheckHeads(src, bytes.size()); !s.ok()) return s;
+    for (size_t i = 0; i < src.size(); ++i) {
+      std::memcpy(bytes.data() + i * geo_.SlotBytes(), SlotPtr(src[i]), geo_.SlotBytes());
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CopyHeads(absl::Span<const HeadSlot> src, absl::Span<const HeadSlot> dst) override {
+    if (src.size() != dst.size()) return absl::InvalidArgumentError("src and dst sizes differ");
+    if (absl::Status s = CheckHeads(src, src.size() * geo_.SlotBytes()); !s.ok()) return s;
+    if (absl::Status s = CheckHeads(dst, dst.size() * geo_.SlotBytes()); !s.ok()) return s;
+    for (size_t i = 0; i < src.size(); ++i) {
+      std::memmove(SlotPtr(dst[i]), SlotPtr(src[i]), geo_.SlotBytes());
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Attend(const TensorView& q, const kernels::PageTable& table,
+                      const TensorView& o) override {
+    if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
+    if (absl::Status s = worker_internal::CheckAttend(geo_, Device::kCpu, q, table, o); !s.ok()) {
+      return s;
+    }
+    // The references take contiguous q / o; copy strided views through scratch.
+    const int64_t batch = q.shape[0];
+    const size_t n = static_cast<size_t>(batch) * geo_.q_heads * geo_.head_dim;
+    q_.resize(n);
+    o_.resize(n);
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int h = 0; h < geo_.q_heads; ++h) {
+        std::memcpy(&q_[(b * geo_.q_heads + h) * geo_.head_dim], q.At(b, h, 0), geo_.head_dim * 2);
+      }
+    }
+    kernels::DecodeParams p;
+    p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_.data()));
+    p.table = table;
+    p.batch = static_cast<int32_t>(batch);
+    p.num_qo_heads = geo_.q_heads;
+    p.per_kv_head = true;
+    p.q = q_.data();
+    p.o = o_.data();
+    if (absl::Status s = kernels::SparseDecodeReference(p); !s.ok()) return s;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int h = 0; h < geo_.q_heads; ++h) {
+        std::memcpy(o.At(b, h, 0), &o_[(b * geo_.q_heads + h) * geo_.head_dim], geo_.head_dim * 2);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
+    return worker_internal::CopyHostTensor(t, out);
+  }
+
+  absl::Status Sync() override { return absl::OkStatus(); }
+
+ private:
+  uint8_t* SlotPtr(HeadSlot s) {
+    return pool_.data() + (int64_t{s.head} * geo_.slots + s.slot) * geo_.SlotBytes();
+  }
+  absl::Status CheckHeads(absl::Span<const HeadSlot> heads, size_t bytes) const {
+    if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
+    return worker_internal::CheckHeadSlots(geo_, heads, bytes);
+  }
+
+  worker_internal::PoolGeometry geo_;
+  std::vector<uint8_t> pool_;
+  const uint8_t* src_ = nullptr;
+  int64_t src_bytes_ = 0;
+  std::vector<int64_t> k_, v_;
+  std::vector<int32_t> heads_, slots_;
+  std::vector<uint64_t> sums_;
+  std::vector<uint16_t> q_, o_;
+};
+
+}  // namespace
+
+std::unique_ptr<WorkerBackend> MakeCpuWorkerBackend() {
+  return std::make_unique<CpuWorkerBackend>();
+}
+
+}  // namespace pagoda

@@ -1,0 +1,359 @@
+// The CUDA worker backend: a device pool of head-granular slots, the store's host arena
+// registered and mapped for the device, and the kernels' CUDA twins on the caller's stream.
+// Compiled only where CMake found CUDA (worker_backend_cuda_none.cc elsewhere); plain C++ over
+// the runtime API.
+//
+// Per layer: Gather = one H2D copy of the fetch list (pinned) + one verified-gather kernel reading
+// the arena over PCIe + one D2H copy of the verdicts and a stream sync (the worker reads them
+// before attending); WriteTokens = one D2D copy per (row, KV head); Attend = one H2D copy of the
+// page table (pinned) + the sparse decode kernel, no sync. Head-page copies for commits, forks
+// and fallbacks are synchronous.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "pagoda/client/worker_backend.h"
+#include "pagoda/kernels/cuda.h"
+#include "pagoda/kernels/reference.h"
+#include "worker_backend_check.h"
+
+namespace pagoda {
+namespace {
+
+// The one place CUDA errors become absl::Status in this backend.
+absl::Status CudaStatus(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return absl::OkStatus();
+  const std::string msg =
+      absl::StrCat("CUDA worker backend: ", what, ": ", cudaGetErrorString(err));
+  if (err == cudaErrorNoDevice || err == cudaErrorInvalidDevice ||
+      err == cudaErrorInsufficientDriver) {
+    return absl::UnavailableError(msg);
+  }
+  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
+  return absl::InternalError(msg);
+}
+
+#define PAGODA_CUDA_RETURN(expr, what)                                     \
+  do {                                                                     \
+    if (absl::Status _s = CudaStatus((expr), (what)); !_s.ok()) return _s; \
+  } while (0)
+
+// A pinned host buffer and a device buffer of the same size, grown on demand. `ready` is recorded
+// after the last copy out of the pinned side, so a refill waits for it.
+struct Staged {
+  uint8_t* host = nullptr;
+  uint8_t* dev = nullptr;
+  size_t bytes = 0;
+  cudaEvent_t ready = nullptr;
+  absl::Status Reserve(size_t n) {
+    if (ready == nullptr) {
+      PAGODA_CUDA_RETURN(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "event");
+    }
+    PAGODA_CUDA_RETURN(cudaEventSynchronize(ready), "staging wait");
+    if (n <= bytes) return absl::OkStatus();
+    n = std::max(n, 2 * bytes);
+    Free();
+    void* h = nullptr;
+    void* d = nullptr;
+    PAGODA_CUDA_RETURN(cudaMallocHost(&h, n), "cudaMallocHost");
+    host = static_cast<uint8_t*>(h);
+    PAGODA_CUDA_RETURN(cudaMalloc(&d, n), "cudaMalloc");
+    dev = static_cast<uint8_t*>(d);
+    bytes = n;
+    return absl::OkStatus();
+  }
+  void Free() {
+    if (host != nullptr) cudaFreeHost(host);
+    if (dev != nullptr) cudaFree(dev);
+    host = dev = nullptr;
+    bytes = 0;
+  }
+  ~Staged() {
+    Free();
+    if (ready != nullptr) cudaEventDestroy(ready);
+  }
+};
+
+bool Contiguous(const TensorView& t) {
+  return t.strides[2] == 1 && t.strides[1] == t.shape[2] && t.strides[0] == t.shape[1] * t.shape[2];
+}
+
+class CudaWorkerBackend final : public WorkerBackend {
+ public:
+  explicit CudaWorkerBackend(const CudaWorkerBackendOptions& o) : o_(o) {
+    stream_ = static_cast<cudaStream_t>(o.stream);
+  }
+  ~CudaWorkerBackend() override {
+    cudaSetDevice(o_.device);
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    if (registered_ != nullptr) cudaHostUnregister(const_cast<uint8_t*>(registered_));
+    if (pool_ != nullptr) cudaFree(pool_);
+    if (workspace_ != nullptr) cudaFree(workspace_);
+  }
+
+  absl::Status Init(const PageLayout& layout, int q_heads, int32_t slots) override {
+    if (pool_ != nullptr) return absl::FailedPreconditionError("backend already initialized");
+    if (absl::Status s = worker_internal::CheckInit(layout, q_heads, slots); !s.ok()) return s;
+    if (layout.head_dim != 64 && layout.head_dim != 128) {
+      return absl::InvalidArgumentError("the CUDA decode kernel needs head_dim 64 or 128");
+    }
+    if (q_heads / static_cast<int>(layout.kv_heads) > 8) {
+      return absl::InvalidArgumentError("the CUDA decode kernel takes up to 8 q heads per KV head");
+    }
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    geo_ = worker_internal::PoolGeometry(layout, q_heads, slots);
+    void* p = nullptr;
+    PAGODA_CUDA_RETURN(cudaMalloc(&p, geo_.PoolBytes()), "pool cudaMalloc");
+    pool_ = static_cast<uint8_t*>(p);
+    PAGODA_CUDA_RETURN(cudaMemsetAsync(pool_, 0, geo_.PoolBytes(), stream_), "pool memset");
+    return CudaStatus(cudaStreamSynchronize(stream_), "init sync");
+  }
+  Device device() const override { return Device::kCuda; }
+  const char* name() const override { return "cuda"; }
+
+  absl::Status RegisterSource(const uint8_t* base, int64_t bytes) override {
+    if (base == nullptr || bytes <= 0) return absl::InvalidArgumentError("empty source");
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    if (registered_ != nullptr) {
+      PAGODA_CUDA_RETURN(cudaHostUnregister(const_cast<uint8_t*>(registered_)), "unregister");
+      registered_ = nullptr;
+    }
+    PAGODA_CUDA_RETURN(cudaHostRegister(const_cast<uint8_t*>(base), bytes,
+                                        cudaHostRegisterMapped | cudaHostRegisterPortable),
+                       "cudaHostRegister of the host arena");
+    registered_ = base;
+    void* d = nullptr;
+    PAGODA_CUDA_RETURN(cudaHostGetDevicePointer(&d, const_cast<uint8_t*>(base), 0),
+                       "cudaHostGetDevicePointer");
+    src_ = static_cast<const uint8_t*>(d);
+    src_bytes_ = bytes;
+    return absl::OkStatus();
+  }
+
+  absl::Status Gather(absl::Span<const HeadFetch> fetches, absl::Span<uint8_t> bad) override {
+    if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
+    if (bad.size() != fetches.size()) return absl::InvalidArgumentError("bad flags size");
+    if (fetches.empty()) return absl::OkStatus();
+    if (src_ == nullptr) return absl::FailedPreconditionError("no source registered");
+    const int64_t n = static_cast<int64_t>(fetches.size());
+    // The reference's host checks, then one upload: k, v offsets, heads, slots, sums, flags.
+    std::vector<int64_t> k(n), v(n);
+    std::vector<int32_t> heads(n), slots(n);
+    std::vector<uint64_t> sums(n);
+    for (int64_t i = 0; i < n; ++i) {
+      k[i] = fetches[i].src_k;
+      v[i] = fetches[i].src_v;
+      heads[i] = fetches[i].dst.head;
+      slots[i] = fetches[i].dst.slot;
+      sums[i] = fetches[i].checksum;
+    }
+    kernels::HeadGatherParams p;
+    p.src = src_;
+    p.src_bytes = src_bytes_;
+    p.pool = pool_;
+    p.num_kv_heads = geo_.kv_heads;
+    p.pool_slots = geo_.slots;
+    p.half_bytes = geo_.half_bytes;
+    p.num_copies = static_cast<int32_t>(n);
+    p.src_k = k.data();
+    p.src_v = v.data();
+    p.dst_head = heads.data();
+    p.dst_slot = slots.data();
+    p.expected = sums.data();
+    p.bad = bad.data();
+    if (absl::Status s = kernels::ValidateHeadGather(p); !s.ok()) return s;
+    const size_t bytes = n * (8 + 8 + 4 + 4 + 8 + 1);
+    if (absl::Status s = fetch_.Reserve(bytes); !s.ok()) return s;
+    uint8_t* h = fetch_.host;
+    size_t off = 0;
+    auto put = [&](const void* src, size_t len) {
+      std::memcpy(h + off, src, len);
+      const size_t at = off;
+      off += len;
+      return fetch_.dev + at;
+    };
+    p.src_k = reinterpret_cast<const int64_t*>(put(k.data(), n * 8));
+    p.src_v = reinterpret_cast<const int64_t*>(put(v.data(), n * 8));
+    p.expected = reinterpret_cast<const uint64_t*>(put(sums.data(), n * 8));
+    p.dst_head = reinterpret_cast<const int32_t*>(put(heads.data(), n * 4));
+    p.dst_slot = reinterpret_cast<const int32_t*>(put(slots.data(), n * 4));
+    p.bad = fetch_.dev + off;
+    PAGODA_CUDA_RETURN(cudaMemcpyAsync(fetch_.dev, h, off, cudaMemcpyHostToDevice, stream_),
+                       "fetch list upload");
+    if (absl::Status s = kernels::gpu::GatherHeadPages(p, stream_); !s.ok()) return s;
+    PAGODA_CUDA_RETURN(cudaMemcpyAsync(h + off, p.bad, n, cudaMemcpyDeviceToHost, stream_),
+                       "verdicts download");
+    PAGODA_CUDA_RETURN(cudaEventRecord(fetch_.ready, stream_), "event record");
+    PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "gather sync");
+    std::memcpy(bad.data(), h + off, n);
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteTokens(const TensorView& k, const TensorView& v,
+                           absl::Span<const int32_t> slots,
+                           absl::Span<const int32_t> positions) override {
+    if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
+    if (absl::Status s =
+            worker_internal::CheckWriteTokens(geo_, Device::kCuda, k, v, slots, positions);
+        !s.ok()) {
+      return s;
+    }
+    const size_t row = static_cast<size_t>(geo_.head_dim) * 2;
+    for (size_t n = 0; n < positions.size(); ++n) {
+      for (int h = 0; h < geo_.kv_heads; ++h) {
+        uint8_t* slot = SlotPtr({h, slots[n * geo_.kv_heads + h]});
+        const int64_t at = int64_t{positions[n]} * geo_.head_dim * 2;
+        PAGODA_CUDA_RETURN(cudaMemcpyAsync(slot + at, k.At(static_cast<int64_t>(n), h, 0), row,
+                                           cudaMemcpyDeviceToDevice, stream_),
+                           "token k copy");
+        PAGODA_CUDA_RETURN(
+            cudaMemcpyAsync(slot + geo_.half_bytes + at, v.At(static_cast<int64_t>(n), h, 0), row,
+                            cudaMemcpyDeviceToDevice, stream_),
+            "token v copy");
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteHeads(absl::Span<const HeadSlot> dst,
+                          absl::Span<const uint8_t> bytes) override {
+    if (absl::Status s = CheckHeads(dst, bytes.size()); !s.ok()) return s;
+    for (size_t i = 0; i < dst.size(); ++i) {
+      PAGODA_CUDA_RETURN(cudaMemcpyAsync(SlotPtr(dst[i]), bytes.data() + i * geo_.SlotBytes(),
+                                         geo_.SlotBytes(), cudaMemcpyHostToDevice, stream_),
+                         "head upload");
+    }
+    return CudaStatus(cudaStreamSynchronize(stream_), "head upload sync");
+  }
+
+  absl::Status ReadHeads(absl::Span<const HeadSlot> src, absl::Span<uint8_t> bytes) override {
+    if (absl::Status s = CheckHeads(src, bytes.size()); !s.ok()) return s;
+    for (size_t i = 0; i < src.size(); ++i) {
+      PAGODA_CUDA_RETURN(cudaMemcpyAsync(bytes.data() + i * geo_.SlotBytes(), SlotPtr(src[i]),
+                                         geo_.SlotBytes(), cudaMemcpyDeviceToHost, stream_),
+                         "head download");
+    }
+    return CudaStatus(cudaStreamSynchronize(stream_), "head download sync");
+  }
+
+  absl::Status CopyHeads(absl::Span<const HeadSlot> src, absl::Span<const HeadSlot> dst) override {
+    if (src.size() != dst.size()) return absl::InvalidArgumentError("src and dst sizes differ");
+    if (absl::Status s = CheckHeads(src, src.size() * geo_.SlotBytes()); !s.ok()) return s;
+    if (absl::Status s = CheckHeads(dst, dst.size() * geo_.SlotBytes()); !s.ok()) return s;
+    for (size_t i = 0; i < src.size(); ++i) {
+      PAGODA_CUDA_RETURN(cudaMemcpyAsync(SlotPtr(dst[i]), SlotPtr(src[i]), geo_.SlotBytes(),
+                                         cudaMemcpyDeviceToDevice, stream_),
+                         "head copy");
+    }
+    return CudaStatus(cudaStreamSynchronize(stream_), "head copy sync");
+  }
+
+  absl::Status Attend(const TensorView& q, const kernels::PageTable& table,
+                      const TensorView& o) override {
+    if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
+    if (absl::Status s = worker_internal::CheckAttend(geo_, Device::kCuda, q, table, o); !s.ok()) {
+      return s;
+    }
+    if (!Contiguous(q) || !Contiguous(o)) {
+      return absl::InvalidArgumentError("the CUDA backend needs contiguous q and o");
+    }
+    const int32_t rows = table.num_rows, entries = table.indptr[rows];
+    int64_t max_row = 0;
+    for (int32_t r = 0; r < rows; ++r) {
+      max_row = std::max<int64_t>(
+          max_row, int64_t{table.indptr[r + 1] - table.indptr[r]} * geo_.page_tokens);
+    }
+    const size_t bytes = (rows + 1 + entries + rows) * sizeof(int32_t);
+    if (absl::Status s = table_.Reserve(bytes); !s.ok()) return s;
+    int32_t* h = reinterpret_cast<int32_t*>(table_.host);
+    std::memcpy(h, table.indptr, (rows + 1) * 4);
+    std::memcpy(h + rows + 1, table.indices, entries * 4);
+    std::memcpy(h + rows + 1 + entries, table.last_page_len, rows * 4);
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(table_.dev, table_.host, bytes, cudaMemcpyHostToDevice, stream_),
+        "table upload");
+    PAGODA_CUDA_RETURN(cudaEventRecord(table_.ready, stream_), "event record");
+    const int32_t* d = reinterpret_cast<const int32_t*>(table_.dev);
+    kernels::DecodeParams p;
+    p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
+    p.table.num_rows = rows;
+    p.table.indptr = d;
+    p.table.indices = d + rows + 1;
+    p.table.last_page_len = d + rows + 1 + entries;
+    p.batch = static_cast<int32_t>(q.shape[0]);
+    p.num_qo_heads = geo_.q_heads;
+    p.per_kv_head = true;
+    p.q = static_cast<const uint16_t*>(q.data);
+    p.o = static_cast<uint16_t*>(o.data);
+    auto plan = kernels::gpu::PlanDecode(p, /*streaming=*/false, std::max<int64_t>(1, max_row));
+    if (!plan.ok()) return plan.status();
+    if (plan->workspace_bytes > workspace_bytes_) {
+      PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "workspace sync");
+      if (workspace_ != nullptr) cudaFree(workspace_);
+      workspace_ = nullptr;
+      PAGODA_CUDA_RETURN(cudaMalloc(&workspace_, plan->workspace_bytes), "workspace cudaMalloc");
+      workspace_bytes_ = plan->workspace_bytes;
+    }
+    return kernels::gpu::SparseDecode(*plan, p, workspace_, stream_);
+  }
+
+  absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
+    if (t.ndim != 3 || t.device != Device::kCuda) {
+      return absl::InvalidArgumentError("a CUDA [a, b, c] tensor is needed");
+    }
+    if (static_cast<int64_t>(out.size()) != t.shape[0] * t.shape[1] * t.shape[2]) {
+      return absl::InvalidArgumentError("output size does not match the tensor");
+    }
+    // Rows of c elements, pitched by the middle stride, one 2-D copy per outer index.
+    for (int64_t a = 0; a < t.shape[0]; ++a) {
+      PAGODA_CUDA_RETURN(
+          cudaMemcpy2DAsync(out.data() + a * t.shape[1] * t.shape[2], t.shape[2] * 2, t.At(a, 0, 0),
+                            std::max<int64_t>(t.strides[1], t.shape[2]) * 2, t.shape[2] * 2,
+                            t.shape[1], cudaMemcpyDeviceToHost, stream_),
+          "tensor download");
+    }
+    return CudaStatus(cudaStreamSynchronize(stream_), "tensor download sync");
+  }
+
+  absl::Status Sync() override { return CudaStatus(cudaStreamSynchronize(stream_), "sync"); }
+
+ private:
+  uint8_t* SlotPtr(HeadSlot s) const {
+    return pool_ + (int64_t{s.head} * geo_.slots + s.slot) * geo_.SlotBytes();
+  }
+  absl::Status CheckHeads(absl::Span<const HeadSlot> heads, size_t bytes) const {
+    if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
+    return worker_internal::CheckHeadSlots(geo_, heads, bytes);
+  }
+
+  CudaWorkerBackendOptions o_;
+  cudaStream_t stream_ = nullptr;
+  worker_internal::PoolGeometry geo_;
+  uint8_t* pool_ = nullptr;
+  const uint8_t* registered_ = nullptr;
+  const uint8_t* src_ = nullptr;
+  int64_t src_bytes_ = 0;
+  Staged fetch_, table_;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WorkerBackend>> MakeCudaWorkerBackend(
+    const CudaWorkerBackendOptions& options) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    return absl::UnavailableError("no CUDA device");
+  }
+  if (options.device < 0 || options.device >= n) {
+    return absl::UnavailableError(absl::StrCat("no CUDA device ", options.device));
+  }
+  return std::unique_ptr<WorkerBackend>(new CudaWorkerBackend(options));
+}
+
+}  // namespace pagoda

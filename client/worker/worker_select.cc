@@ -1,0 +1,183 @@
+#include "worker_select.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "pagoda/kernels/dtype.h"
+
+namespace pagoda::worker_internal {
+
+absl::Status ValidateWorkerOptions(const DecodeWorkerOptions& o) {
+  if (o.tenant.empty()) return absl::InvalidArgumentError("tenant is empty");
+  if (absl::Status s = o.layout.Validate(); !s.ok()) return s;
+  if (o.num_layers < 1 || o.num_layers > 1024) {
+    return absl::InvalidArgumentError("num_layers must be in [1, 1024]");
+  }
+  if (o.q_heads < 1 || o.q_heads % static_cast<int>(o.layout.kv_heads) != 0) {
+    return absl::InvalidArgumentError("q_heads must be a positive multiple of layout.kv_heads");
+  }
+  if (o.pool_slots_per_head < 1) {
+    return absl::InvalidArgumentError("pool_slots_per_head must be >= 1");
+  }
+  if (o.boundary_threshold < -1.f || o.boundary_threshold > 1.f) {
+    return absl::InvalidArgumentError("boundary_threshold must be in [-1, 1]");
+  }
+  if (o.stream.has_value()) {
+    const retriever::SelectorOptions& sel = o.selector;
+    if (o.policy != retriever::Policy::kStreaming || o.boundary_trigger ||
+        static_cast<uint32_t>(sel.sink_pages) != o.stream->sink_pages ||
+        static_cast<uint32_t>(sel.window_pages) > o.stream->window_pages) {
+      return absl::InvalidArgumentError(
+          "stream mode needs policy streaming, no boundary trigger, selector.sink_pages == "
+          "stream.sink_pages and selector.window_pages <= stream.window_pages");
+    }
+    if (o.stream->window_pages < 1) return absl::InvalidArgumentError("stream.window_pages >= 1");
+  }
+  if (!o.layer_thresholds.empty() && static_cast<int>(o.layer_thresholds.size()) != o.num_layers) {
+    return absl::InvalidArgumentError("layer_thresholds must be empty or hold num_layers values");
+  }
+  for (float t : o.layer_thresholds) {
+    if (!(t >= -1.f && t <= 1.f)) {
+      return absl::InvalidArgumentError("layer_thresholds must be in [-1, 1]");
+    }
+  }
+  if (!(o.lease_seconds > 0 && o.lease_seconds <= 60)) {
+    return absl::InvalidArgumentError("lease_seconds must be in (0, 60]");
+  }
+  return retriever::ValidateOptions(SelectorShape(o));
+}
+
+retriever::SelectorOptions SelectorShape(const DecodeWorkerOptions& o) {
+  retriever::SelectorOptions s = o.selector;
+  s.kv_heads = static_cast<int>(o.layout.kv_heads);
+  s.q_heads = o.q_heads;
+  s.head_dim = static_cast<int>(o.layout.head_dim);
+  s.page_tokens = static_cast<int>(o.layout.page_tokens);
+  s.dtype = o.layout.dtype == DType::kBf16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat16;
+  return s;
+}
+
+absl::Status CheckFinite(const TensorView& t, DType dtype, const char* what) {
+  const uint16_t mask = dtype == DType::kBf16 ? 0x7f80 : 0x7c00;
+  for (int64_t a = 0; a < t.shape[0]; ++a) {
+    for (int64_t b = 0; b < t.shape[1]; ++b) {
+      const uint16_t* row = t.At(a, b, 0);
+      for (int64_t c = 0; c < t.shape[2]; ++c) {
+        if ((row[c] & mask) == mask) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(what, " is not finite at [", a, ", ", b, ", ", c, "]"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+void SortUnique(std::vector<int32_t>& v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+}
+
+// louiskv's spans (true positions) onto natural pages, at most `budget` pages per row: the
+// always-kept ones (sinks, window) first, then by selected tokens held (ties: earlier page).
+std::vector<int32_t> NaturalPages(const std::vector<retriever::TokenSpan>& spans, int page_tokens,
+                                  int32_t cur, int sink_pages, int window_pages, int64_t budget) {
+  std::vector<int32_t> keep;
+  for (int32_t p = 0; p < sink_pages && p <= cur; ++p) keep.push_back(p);
+  for (int32_t p = std::max(0, cur - window_pages + 1); p <= cur; ++p) keep.push_back(p);
+  SortUnique(keep);
+  std::vector<std::pair<int32_t, int32_t>> held;  // (tokens, page)
+  for (const retriever::TokenSpan& s : spans) {
+    for (int32_t t = s.begin; t < s.end;) {
+      const int32_t p = t / page_tokens;
+      const int32_t end = std::min(s.end, (p + 1) * page_tokens);
+      if (!held.empty() && held.back().second == p) {
+        held.back().first += end - t;
+      } else {
+        held.push_back({end - t, p});
+      }
+      t = end;
+    }
+  }
+  std::stable_sort(held.begin(), held.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<int32_t> rows = keep;
+  for (const auto& [tokens, p] : held) {
+    if (static_cast<int64_t>(rows.size()) >= budget) break;
+    if (!std::binary_search(keep.begin(), keep.end(), p)) rows.push_back(p);
+  }
+  SortUnique(rows);
+  return rows;
+}
+
+}  // namespace
+
+absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, LayerState& ls,
+                                absl::Span<const uint16_t> q) {
+  const int kv = static_cast<int>(o.layout.kv_heads);
+  const int P = static_cast<int>(o.layout.page_tokens);
+  const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P);
+  const int64_t budget_pages = o.selector.budget_tokens / P;
+  ls.rows.assign(kv, {});
+  auto add_pinned = [&](std::vector<int32_t>& row) {
+    for (int32_t p = 0; p < ls.pinned && p < cur; ++p) row.push_back(p);
+    SortUnique(row);
+  };
+  ls.prefetch.clear();
+  if (budget_pages * P >= ls.tokens) {  // the budget covers the context: dense
+    for (auto& row : ls.rows) {
+      for (int32_t p = 0; p <= cur; ++p) row.push_back(p);
+    }
+    ls.retrieved.clear();
+    return true;
+  }
+  if (o.policy == retriever::Policy::kBoundary) {
+    auto sel = ls.selector->Select(q);
+    if (!sel.ok()) return sel.status();
+    for (int h = 0; h < kv; ++h) {
+      ls.rows[h] = NaturalPages(sel->spans[h], P, cur, o.selector.sink_pages,
+                                o.selector.window_pages, budget_pages);
+      add_pinned(ls.rows[h]);
+    }
+    if (sel->retrieved) ls.prefetch = sel->prefetch;
+    return sel->retrieved;
+  }
+  bool fire = ls.retrieved.empty() || !ls.trigger.has_value();
+  if (ls.trigger.has_value()) {
+    std::vector<float> qf(q.size());
+    for (size_t i = 0; i < q.size(); ++i) {
+      qf[i] =
+          o.layout.dtype == DType::kBf16 ? kernels::Bf16ToFloat(q[i]) : kernels::HalfToFloat(q[i]);
+    }
+    auto observed = ls.trigger->Observe(qf);
+    if (!observed.ok()) return observed.status();
+    fire = fire || *observed;
+  }
+  if (fire) {
+    auto sel = ls.selector->Select(q);
+    if (!sel.ok()) return sel.status();
+    ls.retrieved.assign(kv, {});
+    for (int h = 0; h < kv; ++h) {
+      ls.retrieved[h].assign(sel->pages.indices.begin() + sel->pages.indptr[h],
+                             sel->pages.indices.begin() + sel->pages.indptr[h + 1]);
+    }
+    ls.prefetch = sel->prefetch;
+  }
+  for (int h = 0; h < kv; ++h) {
+    std::vector<int32_t>& row = ls.rows[h];
+    row = ls.retrieved[h];
+    for (int32_t p = std::max(0, cur - o.selector.window_pages + 1); p <= cur; ++p) {
+      row.push_back(p);
+    }
+    add_pinned(row);
+    if (row.empty() || row.back() != cur || row.front() < 0) {
+      return absl::InternalError("a selection does not end at the open page");
+    }
+  }
+  return fire;
+}
+
+}  // namespace pagoda::worker_internal

@@ -1,0 +1,42 @@
+// Internal: what the decode worker keeps per sequence and per (sequence, layer).
+#ifndef PAGODA_CLIENT_WORKER_WORKER_STATE_H_
+#define PAGODA_CLIENT_WORKER_WORKER_STATE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "pagoda/kvstore/page.h"
+#include "pagoda/retriever/boundary_trigger.h"
+#include "pagoda/retriever/selector.h"
+
+namespace pagoda::worker_internal {
+
+struct LayerState {
+  int64_t tokens = 0;          // tokens written in this layer (prompt + generated)
+  std::vector<PageKey> keys;   // keys of the full pages, committed in order
+  std::vector<uint64_t> sums;  // head checksums, [pages * kv_heads]
+  std::vector<int32_t> tail;   // owned slot of the open page per KV head (-1: none yet)
+  std::unique_ptr<retriever::Selector> selector;  // created once the layer's prompt is complete
+  std::vector<std::vector<uint16_t>>
+      prompt_keys;  // per KV head [n, d], until the selector has them
+  std::optional<retriever::BoundaryTrigger> trigger;
+  std::vector<std::vector<int32_t>> retrieved;  // per KV head: natural pages of the last retrieval
+  std::vector<std::vector<int32_t>> rows;       // per KV head: natural pages attended last
+  std::vector<std::vector<int32_t>> prefetch;   // per KV head: hints of the last retrieval
+  int32_t pinned = 0;      // leading pages pinned in the store (pin_prompt), attended every step
+  uint64_t stream_id = 0;  // store stream of this (sequence, layer), 0: none
+};
+
+struct Sequence {
+  std::vector<int32_t> tokens;  // token ids: prompt, then every planned token
+  int64_t prompt_len = 0;
+  std::vector<LayerState> layers;
+  absl::Status failed;  // not OK once a step of this sequence failed
+};
+
+}  // namespace pagoda::worker_internal
+
+#endif  // PAGODA_CLIENT_WORKER_WORKER_STATE_H_
