@@ -221,6 +221,7 @@ absl::Status DecodeWorker::Impl::StartSelector(LayerState& ls, int layer) {
   for (int h = 0; h < kv_; ++h)
     keys.insert(keys.end(), ls.prompt_keys[h].begin(), ls.prompt_keys[h].end());
   retriever::SelectorOptions sel = worker_internal::SelectorShape(o_);
+  if (!o_.layer_streaming_heads.empty()) sel.streaming_kv_heads = o_.layer_streaming_heads[layer];
   float trigger_threshold = o_.boundary_threshold;
   if (!o_.layer_thresholds.empty()) {
     sel.boundary_threshold = trigger_threshold = o_.layer_thresholds[layer];
@@ -671,7 +672,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     if (!status[b].ok()) continue;
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
-    auto retrieved = worker_internal::SelectRows(o_, ls, qb);
+    auto retrieved = worker_internal::SelectRows(o_, layer, ls, qb);
     if (!retrieved.ok()) {
       status[b] = retrieved.status();
       continue;

@@ -89,6 +89,11 @@ struct DecodeWorkerOptions {
   // trigger and selector.boundary_threshold for louiskv, in every layer. Else one per layer, used
   // by both.
   std::vector<float> layer_thresholds;
+  // Streaming heads per layer (LServe / DuoAttention): the KV heads of layer l listed in
+  // layer_streaming_heads[l] attend only the sink and window pages, are never selected for and
+  // never fetch anything else, so their other pages age out of the pool. Empty: none; else one
+  // list per layer (e.g. from a streaming-head profile of the model).
+  std::vector<std::vector<int>> layer_streaming_heads;
 
   // Pin the prompt's full pages in the store while the sequence is open (a shared system prompt:
   // never evicted, counts against the tenant's pin quota) and attend them every step.
