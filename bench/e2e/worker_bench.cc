@@ -36,6 +36,7 @@
 #include "pagoda/client/decode_session.h"
 #include "pagoda/client/decode_worker.h"
 #include "pagoda/kernels/dtype.h"
+#include "pagoda/kernels/head_checksum.h"
 #include "pagoda/kernels/reference.h"
 #include "pagoda/retriever/boundary_trigger.h"
 #include "trace.h"
@@ -257,6 +258,52 @@ int CompareSession(const Args& a, const std::vector<Doc>& docs, const DecodeWork
   std::printf("| DecodeSession step median (%d docs x %d layers, one object each) | %.3f ms |\n", B,
               L, Median(step_s) * 1e3);
   return 0;
+}
+
+// What verification adds to a fetch, measured in the same run: the verified gather of 4096
+// head-pages (copy + checksum of what landed, the CPU reference) against plain copies of the same
+// bytes (memcpy), medians of 5.
+void VerifyCost(const PageLayout& layout) {
+  const int64_t half = int64_t{layout.page_tokens} * layout.head_dim * 2;
+  const int32_t n = 4096, heads = static_cast<int32_t>(layout.kv_heads);
+  const int32_t slots = n / heads + 1;
+  std::vector<uint8_t> src(static_cast<size_t>(2 * n * half), 7), pool(heads * slots * 2 * half);
+  std::vector<int64_t> k(n), v(n);
+  std::vector<int32_t> head(n), slot(n);
+  std::vector<uint64_t> sums(n);
+  std::vector<uint8_t> bad(n);
+  for (int32_t i = 0; i < n; ++i) {
+    k[i] = 2 * i * half;
+    v[i] = k[i] + half;
+    head[i] = i % heads;
+    slot[i] = i / heads;
+    sums[i] = kernels::HeadPageChecksum(&src[k[i]], &src[v[i]], half);
+  }
+  kernels::HeadGatherParams p{src.data(),  static_cast<int64_t>(src.size()),
+                              pool.data(), heads,
+                              slots,       half,
+                              n,           k.data(),
+                              v.data(),    head.data(),
+                              slot.data(), sums.data(),
+                              bad.data()};
+  std::vector<double> verified, plain;
+  for (int r = 0; r < 5; ++r) {
+    Clock::time_point t0 = Clock::now();
+    if (!kernels::GatherHeadPagesReference(p).ok()) return;
+    verified.push_back(Seconds(t0));
+    t0 = Clock::now();
+    for (int32_t i = 0; i < n; ++i) {
+      uint8_t* dst = &pool[(int64_t{head[i]} * slots + slot[i]) * 2 * half];
+      std::memcpy(dst, &src[k[i]], half);
+      std::memcpy(dst + half, &src[v[i]], half);
+    }
+    plain.push_back(Seconds(t0));
+  }
+  const double gib = 2.0 * n * half / (1 << 30);
+  std::printf(
+      "| verified gather vs plain copy (4096 head-pages, CPU) | %.2f vs %.2f GiB/s (%.2fx "
+      "the time) |\n",
+      gib / Median(verified), gib / Median(plain), Median(verified) / Median(plain));
 }
 
 int Run(const Args& a) {
@@ -534,6 +581,7 @@ int Run(const Args& a) {
   }
   std::printf("| dense step median (same kernel, whole context) | %.3f ms |\n", dense_med * 1e3);
   std::printf("| worker step / dense step | %.2fx |\n", step_med / std::max(dense_med, 1e-12));
+  VerifyCost(layout);
   if (a.compare_session) return CompareSession(a, docs, o, steps, calib, err);
   return 0;
 }
