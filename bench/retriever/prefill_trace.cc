@@ -62,9 +62,9 @@ void TracePrefill::Select(const PrefillMask& mask, int64_t a, int64_t b, int64_t
   const int64_t kvh = layer_.kv_heads, hq = layer_.q_heads, dim = layer_.head_dim;
   const int64_t group = hq / kvh;
   const int64_t ctx_pages = (context + page_size_ - 1) / page_size_;
-  const int64_t budget =
-      std::min<int64_t>(ctx_pages, static_cast<int64_t>(std::ceil(mask.select_fraction *
-                                                                   static_cast<double>(ctx_pages))));
+  const int64_t budget = std::min<int64_t>(
+      ctx_pages,
+      static_cast<int64_t>(std::ceil(mask.select_fraction * static_cast<double>(ctx_pages))));
   const int64_t full = context / page_size_;  // candidates: full context pages
   const float scale = 1.f / std::sqrt(static_cast<float>(dim));
   indptr->assign(1, 0);
@@ -148,9 +148,9 @@ absl::StatusOr<PrefillRun> TracePrefill::Run(const PrefillMask& mask, int64_t q_
     const int32_t q_indptr[2] = {0, static_cast<int32_t>(b - a)};
     o.assign((b - a) * hq * dim, 0);
     kernels::PrefillParams p;
-    p.kv = kernels::PackedPagedKV(DType::kFloat16, static_cast<int32_t>(pages_total), page_size_,
-                                  static_cast<int32_t>(kvh), static_cast<int32_t>(dim),
-                                  pool_.data());
+    p.kv =
+        kernels::PackedPagedKV(DType::kFloat16, static_cast<int32_t>(pages_total), page_size_,
+                               static_cast<int32_t>(kvh), static_cast<int32_t>(dim), pool_.data());
     p.table = {1, indptr, ids.data(), &last};
     p.batch = 1;
     p.num_qo_heads = static_cast<int32_t>(hq);

@@ -32,8 +32,8 @@ struct PrefillMask {
 struct PrefillRun {
   int64_t queries = 0;
   int32_t q_heads = 0, head_dim = 0;
-  std::vector<float> o;    // [queries, q_heads, head_dim]
-  std::vector<float> lse;  // [queries, q_heads]
+  std::vector<float> o;       // [queries, q_heads, head_dim]
+  std::vector<float> lse;     // [queries, q_heads]
   int64_t keys_attended = 0;  // sum over (query, query head) of keys its mask keeps
 };
 
@@ -57,8 +57,8 @@ class TracePrefill {
 
   TraceLayer layer_;
   int32_t page_size_ = 16;
-  std::vector<uint16_t> pool_;      // [pages][K then V][kv_heads][page_size][head_dim]
-  std::vector<uint16_t> q_rows_;    // [N, q_heads, head_dim]
+  std::vector<uint16_t> pool_;              // [pages][K then V][kv_heads][page_size][head_dim]
+  std::vector<uint16_t> q_rows_;            // [N, q_heads, head_dim]
   std::vector<float> page_min_, page_max_;  // [full pages][kv_heads][head_dim]
 };
 

@@ -60,7 +60,8 @@ void WriteDoc(const fs::path& dir, const std::string& doc, int seed) {
     }
   }
   const std::string stem = (dir / ("doc" + doc + "_L03")).string();
-  ASSERT_TRUE(WriteNpy(stem + "_q.npy", "<f2", {kKv * kGroup, kN, kDim}, q.data(), q.size() * 2).ok());
+  ASSERT_TRUE(
+      WriteNpy(stem + "_q.npy", "<f2", {kKv * kGroup, kN, kDim}, q.data(), q.size() * 2).ok());
   ASSERT_TRUE(WriteNpy(stem + "_k.npy", "<f2", {kKv, kT, kDim}, k.data(), k.size() * 2).ok());
   ASSERT_TRUE(WriteNpy(stem + "_v.npy", "<f2", {kKv, kT, kDim}, v.data(), v.size() * 2).ok());
 }
@@ -68,8 +69,8 @@ void WriteDoc(const fs::path& dir, const std::string& doc, int seed) {
 class PrefillTraceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new fs::path(fs::temp_directory_path() /
-                        ("prefill_trace_" + std::to_string(::getpid())));
+    dir_ =
+        new fs::path(fs::temp_directory_path() / ("prefill_trace_" + std::to_string(::getpid())));
     fs::create_directories(*dir_);
     WriteDoc(*dir_, "alpha", 1);
     WriteDoc(*dir_, "beta", 2);

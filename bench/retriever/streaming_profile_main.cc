@@ -126,7 +126,8 @@ int Main(int argc, char** argv) {
       int n = 0;
       for (size_t h = 0; h < flags.size(); ++h) {
         n += flags[h];
-        if (flags[h] && eval_stats.count(layer)) heads.push_back(eval_stats[layer][h].output_error());
+        if (flags[h] && eval_stats.count(layer))
+          heads.push_back(eval_stats[layer][h].output_error());
       }
       e.streaming[layer] = n;
       e.total_streaming += n;
@@ -147,8 +148,7 @@ int Main(int argc, char** argv) {
 
   absl::PrintF("## streaming_profile: sink %d, window %d, page %d\n\n", sink, window, page_size);
   absl::PrintF("- calibration (chooses heads): docs %s, queries [0, %s)\n",
-               absl::StrJoin(calib, ","),
-               calib_queries < 0 ? "N/2" : absl::StrCat(calib_queries));
+               absl::StrJoin(calib, ","), calib_queries < 0 ? "N/2" : absl::StrCat(calib_queries));
   absl::PrintF("- evaluation (reported): docs %s, queries [%s, N)%s\n\n", absl::StrJoin(eval, ","),
                calib_queries < 0 ? "N/2" : absl::StrCat(calib_queries),
                eval_same_docs ? " (no other document: same documents, later positions)" : "");
@@ -168,7 +168,8 @@ int Main(int argc, char** argv) {
       "\nStreaming heads chosen on the calibration data by head error <= target, and the "
       "evaluation layer output error (all query heads, vs dense) that gives:\n\n| target head "
       "err |");
-  for (const auto& [layer, s] : calib_stats) absl::PrintF(" L%02d streaming | L%02d err |", layer, layer);
+  for (const auto& [layer, s] : calib_stats)
+    absl::PrintF(" L%02d streaming | L%02d err |", layer, layer);
   absl::PrintF(" pooled streaming | pooled err | eval head err of streaming heads |\n|---|");
   for (size_t i = 0; i < calib_stats.size(); ++i) absl::PrintF("---|---|");
   absl::PrintF("---|---|---|\n");
@@ -187,9 +188,11 @@ int Main(int argc, char** argv) {
     if (!absl::SimpleAtod(t, &target)) continue;
     print_row(std::string(t), evaluate(target, -1));
   }
-  absl::PrintF("\nA fixed share of streaming heads per layer (lowest calibration error first):\n\n"
-               "| share |");
-  for (const auto& [layer, s] : calib_stats) absl::PrintF(" L%02d streaming | L%02d err |", layer, layer);
+  absl::PrintF(
+      "\nA fixed share of streaming heads per layer (lowest calibration error first):\n\n"
+      "| share |");
+  for (const auto& [layer, s] : calib_stats)
+    absl::PrintF(" L%02d streaming | L%02d err |", layer, layer);
   absl::PrintF(" pooled streaming | pooled err | eval head err of streaming heads |\n|---|");
   for (size_t i = 0; i < calib_stats.size(); ++i) absl::PrintF("---|---|");
   absl::PrintF("---|---|---|\n");

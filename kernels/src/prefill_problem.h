@@ -127,8 +127,8 @@ inline bool PrefillKeeps(const PrefillProblem& pr, int32_t b, int32_t h, int64_t
   const int32_t r = b * pr.c.kv_heads + h;
   const int32_t page = static_cast<int32_t>(j / pr.c.page_size);
   return std::find(pr.sel_pages.begin() + pr.sel_indptr[r],
-                   pr.sel_pages.begin() + pr.sel_indptr[r + 1], page) !=
-         pr.sel_pages.begin() + pr.sel_indptr[r + 1];
+                   pr.sel_pages.begin() + pr.sel_indptr[r + 1],
+                   page) != pr.sel_pages.begin() + pr.sel_indptr[r + 1];
 }
 
 // Float64 attention over exactly the kept keys: o then lse, per (query row, query head).

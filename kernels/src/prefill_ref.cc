@@ -100,8 +100,7 @@ absl::Status BlockSparsePrefillReference(const PrefillParams& p) {
           const float inv = sum > 0.f ? 1.f / sum : 0.f;
           for (int32_t d = 0; d < dim; ++d) p.o[out * dim + d] = FromFloat(acc[d] * inv, kv.dtype);
           if (p.lse != nullptr) {
-            p.lse[out] =
-                sum > 0.f ? max + std::log(sum) : -std::numeric_limits<float>::infinity();
+            p.lse[out] = sum > 0.f ? max + std::log(sum) : -std::numeric_limits<float>::infinity();
           }
         }
       }

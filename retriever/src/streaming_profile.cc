@@ -23,9 +23,9 @@ absl::Status BadLine(int line, absl::string_view why) {
 
 absl::Status CheckHead(const StreamingHeadInfo& h, int32_t num_layers, int32_t num_kv_heads) {
   if (h.layer < 0 || h.layer >= num_layers || h.kv_head < 0 || h.kv_head >= num_kv_heads) {
-    return absl::InvalidArgumentError(absl::StrCat("head (", h.layer, ", ", h.kv_head,
-                                                   ") outside ", num_layers, " layers x ",
-                                                   num_kv_heads, " KV heads"));
+    return absl::InvalidArgumentError(absl::StrCat("head (", h.layer, ", ", h.kv_head, ") outside ",
+                                                   num_layers, " layers x ", num_kv_heads,
+                                                   " KV heads"));
   }
   if (!(h.kept_mass >= 0.f && h.kept_mass <= 1.f) || !std::isfinite(h.output_error) ||
       h.output_error < 0.f) {
@@ -48,7 +48,8 @@ absl::StatusOr<StreamingProfile> MakeStreamingProfile(int32_t num_layers, int32_
                                                       int32_t sink_tokens, int32_t window_tokens,
                                                       std::vector<StreamingHeadInfo> heads) {
   if (num_layers < 1 || num_kv_heads < 1 || num_layers > (1 << 16) || num_kv_heads > (1 << 16)) {
-    return absl::InvalidArgumentError("streaming profile: num_layers and num_kv_heads in [1, 65536]");
+    return absl::InvalidArgumentError(
+        "streaming profile: num_layers and num_kv_heads in [1, 65536]");
   }
   if (sink_tokens < 0 || window_tokens < 1) {
     return absl::InvalidArgumentError(
@@ -146,7 +147,8 @@ absl::StatusOr<StreamingProfile> LoadStreamingProfile(const std::string& path) {
   buf << in.rdbuf();
   if (in.bad()) return absl::InternalError(absl::StrCat("cannot read ", path));
   auto p = ParseStreamingProfile(buf.str());
-  if (!p.ok()) return absl::Status(p.status().code(), absl::StrCat(path, ": ", p.status().message()));
+  if (!p.ok())
+    return absl::Status(p.status().code(), absl::StrCat(path, ": ", p.status().message()));
   return p;
 }
 

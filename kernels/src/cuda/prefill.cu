@@ -156,8 +156,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int vi = s * kBlockN + u;
       if (vi >= n0) return -1;
       if (!selected) return vi;
-      const int pos = __ldg(a.select_pages + sel_begin + (vi >> a.log2_page)) * page_size +
-                      (vi & page_mask);
+      const int pos =
+          __ldg(a.select_pages + sel_begin + (vi >> a.log2_page)) * page_size + (vi & page_mask);
       return pos < context ? pos : -1;
     }
     const int vi = (s - steps0) * kBlockN + u;
@@ -191,8 +191,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     uint4 val = make_uint4(0, 0, 0, 0);
     if (row0 + r < n) {
       val = *reinterpret_cast<const uint4*>(
-          a.q + (static_cast<int64_t>(q_begin + row0 + r) * a.num_qo_heads + hq) * kDim +
-          part * 8);
+          a.q + (static_cast<int64_t>(q_begin + row0 + r) * a.num_qo_heads + hq) * kDim + part * 8);
     }
     *reinterpret_cast<uint4*>(sq + r * kStride + part * 8) = val;
   }
@@ -409,8 +408,8 @@ absl::StatusOr<PrefillPlan> PlanPrefill(const PrefillParams& shape, int64_t max_
   plan.tile_q = options.tile_q;
   plan.max_q_tiles = static_cast<int32_t>((max_queries_per_seq + plan.tile_q - 1) / plan.tile_q);
   PrefillArgs probe{};
-  const cudaError_t err = Launch(plan.dtype == DType::kBFloat16, plan.head_dim, plan.tile_q, probe,
-                                 dim3(1), nullptr);
+  const cudaError_t err =
+      Launch(plan.dtype == DType::kBFloat16, plan.head_dim, plan.tile_q, probe, dim3(1), nullptr);
   if (auto s = internal::CudaStatus(err, "prefill kernel attribute"); !s.ok()) return s;
   return plan;
 }

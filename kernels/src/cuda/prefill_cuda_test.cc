@@ -2,8 +2,8 @@
 // 128 queries, streaming / dense / selected-page masks, awkward lengths, poisoned outputs.
 // Needs a GPU (bench/gpu/run.sh runs it there); skips where none is visible.
 #include <cmath>
-#include <string>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
