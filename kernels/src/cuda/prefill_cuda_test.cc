@@ -1,6 +1,7 @@
 // GPU block-sparse prefill against its CPU reference: fp16/bf16, head_dim 64/128, tiles of 64 and
 // 128 queries, streaming / dense / selected-page masks, awkward lengths, poisoned outputs.
 // Needs a GPU (bench/gpu/run.sh runs it there); skips where none is visible.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -20,53 +21,64 @@ using testing::kPoison;
 using testing::PrefillCase;
 using testing::PrefillProblem;
 
-// Runs the reference on the host and the kernel on the device, and compares: per (query, query
-// head) the normwise relative error of o within a few roundings of the storage type (P is
-// rounded to it before PV on the tensor cores), lse within 1e-3, nothing NaN or unwritten.
-void RunPrefillCase(PrefillProblem& pr, int32_t tile_q) {
-  Dev<uint16_t> pool(pr.pool.data), q(pr.q), o(pr.o);
-  Dev<int32_t> indptr(pr.indptr), indices(pr.indices), last(pr.last), q_indptr(pr.q_indptr);
-  Dev<int32_t> sel_indptr(pr.sel_indptr), sel_pages(pr.sel_pages);
-  Dev<float> lse(pr.lse);
-  Dev<uint8_t> streaming(pr.streaming_heads);
-  ASSERT_TRUE(BlockSparsePrefillReference(pr.params()).ok());
-  PrefillParams p = pr.params();
-  p.kv.k = pool.get();
-  p.kv.v = pool.get() + size_t{1} * pr.c.kv_heads * pr.c.page_size * pr.c.head_dim;
-  p.table.indptr = indptr.get();
-  p.table.indices = indices.get();
-  p.table.last_page_len = last.get();
-  p.q_indptr = q_indptr.get();
-  p.q = q.get();
-  p.o = o.get();
-  p.lse = lse.get();
-  p.is_streaming = streaming.get();
-  if (pr.c.select) {
-    p.select_indptr = sel_indptr.get();
-    p.select_pages = sel_pages.get();
+// Device mirror of a PrefillProblem.
+struct DevPrefill {
+  explicit DevPrefill(PrefillProblem& pr)
+      : pool(pr.pool.data),
+        q(pr.q),
+        o(pr.o),
+        indptr(pr.indptr),
+        indices(pr.indices),
+        last(pr.last),
+        q_indptr(pr.q_indptr),
+        sel_indptr(pr.sel_indptr),
+        sel_pages(pr.sel_pages),
+        lse(pr.lse),
+        streaming(pr.streaming_heads) {
+    params = pr.params();
+    params.kv.k = pool.get();
+    params.kv.v = pool.get() + size_t{1} * pr.c.kv_heads * pr.c.page_size * pr.c.head_dim;
+    params.table.indptr = indptr.get();
+    params.table.indices = indices.get();
+    params.table.last_page_len = last.get();
+    params.q_indptr = q_indptr.get();
+    params.q = q.get();
+    params.o = o.get();
+    params.lse = lse.get();
+    params.is_streaming = streaming.get();
+    if (pr.c.select) {
+      params.select_indptr = sel_indptr.get();
+      params.select_pages = sel_pages.get();
+    }
   }
+  Dev<uint16_t> pool, q, o;
+  Dev<int32_t> indptr, indices, last, q_indptr, sel_indptr, sel_pages;
+  Dev<float> lse;
+  Dev<uint8_t> streaming;
+  PrefillParams params;
+};
+
+int32_t MostQueries(const PrefillProblem& pr) {
   int32_t most = 0;
   for (int32_t b = 0; b < pr.c.batch; ++b) {
     most = std::max(most, pr.q_indptr[b + 1] - pr.q_indptr[b]);
   }
-  gpu::PrefillPlanOptions opt;
-  opt.tile_q = tile_q;
-  auto plan = gpu::PlanPrefill(p, most, opt);
-  ASSERT_TRUE(plan.ok()) << plan.status();
-  Dev<uint8_t> ws(plan->workspace_bytes);
-  const absl::Status s = gpu::BlockSparsePrefill(*plan, p, ws.get(), nullptr);
-  ASSERT_TRUE(s.ok()) << s;
-  CUDA_OK(cudaDeviceSynchronize());
-  const auto got = o.Host();
-  const auto got_lse = lse.Host();
-  const int32_t dim = pr.c.head_dim;
-  const double tol = pr.c.dtype == DType::kFloat16 ? 4e-3 : 2.5e-2;
+  return most;
+}
+
+// GPU outputs vs the reference's (already in ref.o / ref.lse): per (query, query head) the
+// normwise relative error of o within a few roundings of the storage type (P is rounded to it
+// before PV on the tensor cores), lse within 1e-3, nothing NaN or unwritten.
+void ExpectPrefillClose(const PrefillProblem& ref, const std::vector<uint16_t>& got,
+                        const std::vector<float>& got_lse) {
+  const int32_t dim = ref.c.head_dim;
+  const double tol = ref.c.dtype == DType::kFloat16 ? 4e-3 : 2.5e-2;
   double worst = 0;
-  for (size_t row = 0; row < size_t{1} * pr.total_q() * pr.qo_heads(); ++row) {
+  for (size_t row = 0; row < size_t{1} * ref.total_q() * ref.qo_heads(); ++row) {
     double num = 0, den = 0;
     for (int32_t d = 0; d < dim; ++d) {
-      const double r = testing::D(pr.o[row * dim + d], pr.c.dtype);
-      const double g = testing::D(got[row * dim + d], pr.c.dtype);
+      const double r = testing::D(ref.o[row * dim + d], ref.c.dtype);
+      const double g = testing::D(got[row * dim + d], ref.c.dtype);
       ASSERT_FALSE(std::isnan(g)) << "unwritten or NaN GPU output, row " << row << " d " << d;
       num += (g - r) * (g - r);
       den += r * r;
@@ -74,13 +86,66 @@ void RunPrefillCase(PrefillProblem& pr, int32_t tile_q) {
     const double err = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
     worst = std::max(worst, err);
     ASSERT_LE(err, tol) << "row " << row;
-    if (std::isinf(pr.lse[row])) {
+    if (std::isinf(ref.lse[row])) {
       EXPECT_TRUE(std::isinf(got_lse[row]) && got_lse[row] < 0) << row;
     } else {
-      ASSERT_NEAR(got_lse[row], pr.lse[row], 1e-3 * (1 + std::fabs(pr.lse[row]))) << row;
+      ASSERT_NEAR(got_lse[row], ref.lse[row], 1e-3 * (1 + std::fabs(ref.lse[row]))) << row;
     }
   }
   ::testing::Test::RecordProperty("worst_rel_err", std::to_string(worst));
+}
+
+void RunPrefillCase(PrefillProblem& pr, int32_t tile_q) {
+  DevPrefill dev(pr);
+  ASSERT_TRUE(BlockSparsePrefillReference(pr.params()).ok());
+  gpu::PrefillPlanOptions opt;
+  opt.tile_q = tile_q;
+  auto plan = gpu::PlanPrefill(dev.params, MostQueries(pr), opt);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  Dev<uint8_t> ws(plan->workspace_bytes);
+  const absl::Status s = gpu::BlockSparsePrefill(*plan, dev.params, ws.get(), nullptr);
+  ASSERT_TRUE(s.ok()) << s;
+  CUDA_OK(cudaDeviceSynchronize());
+  ExpectPrefillClose(pr, dev.o.Host(), dev.lse.Host());
+}
+
+// Plan once, capture the run in a CUDA graph, replay it over new queries and KV in the same
+// buffers: the run only launches, so every replay sees the new data.
+TEST_F(GpuTest, PrefillGraphReplaySeesNewData) {
+  std::mt19937 rng(91);
+  PrefillCase c;
+  c.select = true;
+  c.max_context = 500;
+  c.min_chunk = 1;
+  c.max_chunk = 200;
+  PrefillProblem pr = testing::MakePrefillProblem(rng, c);
+  DevPrefill dev(pr);
+  auto plan = gpu::PlanPrefill(dev.params, MostQueries(pr));
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  Dev<uint8_t> ws(plan->workspace_bytes);
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreate(&stream));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  ASSERT_TRUE(gpu::BlockSparsePrefill(*plan, dev.params, ws.get(), stream).ok());
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int rep = 0; rep < 3; ++rep) {
+    pr.q = testing::RandomValues(rng, pr.q.size(), c.dtype, 0.5f);
+    pr.pool.data = testing::RandomValues(rng, pr.pool.data.size(), c.dtype);
+    std::fill(pr.o.begin(), pr.o.end(), kPoison);
+    dev.q.Put(pr.q);
+    dev.pool.Put(pr.pool.data);
+    dev.o.Put(pr.o);
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    ASSERT_TRUE(BlockSparsePrefillReference(pr.params()).ok());
+    ExpectPrefillClose(pr, dev.o.Host(), dev.lse.Host());
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
 }
 
 class GpuPrefill : public GpuTest,

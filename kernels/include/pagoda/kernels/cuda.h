@@ -119,7 +119,9 @@ absl::StatusOr<PrefillPlan> PlanPrefill(const PrefillParams& shape, int64_t max_
 // head, sequence), QK^T and PV on tensor cores (mma.sync m16n8k16, fp32 accumulation, P rounded
 // to the storage type), K/V tiles of 64 keys double-buffered through cp.async. A block visits
 // only the key tiles its mask can keep (causal and Lambda-shaped skipping, selected pages
-// gathered), masking inside the boundary tiles. The shapes must match the plan.
+// gathered), masking inside the boundary tiles. Keys the mask drops that share a 64-key step with
+// kept ones are still read (with P = 0), so every token of a row must hold finite K and V (the
+// reference never reads dropped keys). The shapes must match the plan.
 absl::Status BlockSparsePrefill(const PrefillPlan& plan, const PrefillParams& p, void* workspace,
                                 cudaStream_t stream);
 
