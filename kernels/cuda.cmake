@@ -6,7 +6,8 @@ add_library(pagoda_kernels_cuda
   src/cuda/kmeans.cu
   src/cuda/page_copy.cu
   src/cuda/pool_copy.cu
-  src/cuda/head_gather.cu)
+  src/cuda/head_gather.cu
+  src/cuda/prefill.cu)
 target_include_directories(pagoda_kernels_cuda PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
 target_link_libraries(pagoda_kernels_cuda PUBLIC pagoda_kernels_ref absl::status absl::statusor
                       CUDA::cudart PRIVATE pagoda_warnings)
@@ -21,6 +22,13 @@ add_executable(kernels_cuda_test src/cuda/cuda_test.cc src/cuda/pool_copy_cuda_t
   src/cuda/head_gather_cuda_test.cc)
 target_include_directories(kernels_cuda_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
 target_link_libraries(kernels_cuda_test PRIVATE pagoda_kernels_cuda GTest::gtest
+                      GTest::gtest_main pagoda_warnings)
+
+# Block-sparse prefill on the GPU (GPU only, like kernels_cuda_test; bench/gpu/run.sh step
+# prefill_test).
+add_executable(kernels_prefill_cuda_test src/cuda/prefill_cuda_test.cc)
+target_include_directories(kernels_prefill_cuda_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
+target_link_libraries(kernels_prefill_cuda_test PRIVATE pagoda_kernels_cuda GTest::gtest
                       GTest::gtest_main pagoda_warnings)
 
 # Host-side argument checks of the CUDA entry points: no GPU needed, so CI runs them.

@@ -47,6 +47,8 @@ step_build() {
 }
 step_kernels_ref_test() { "$BUILD/kernels/kernels_ref_test"; }
 step_kernels_test() { "$BUILD/kernels/kernels_cuda_test"; }
+# Block-sparse prefill (issue 12): the tensor-core kernel against its CPU reference.
+step_prefill_test() { "$BUILD/kernels/kernels_prefill_cuda_test"; }
 step_sdpa() { python3 bench/gpu/sdpa_baseline.py | tee "$OUT/sdpa.txt"; }
 step_kernels_bench() {
   local bin=$BUILD/kernels_bench
@@ -98,7 +100,7 @@ step_e2e_cuda_bench() {
   e2e_run "$bench" --traces "$tr" --backend cuda --policy streaming --window-pages 31 --trigger 0
 }
 
-STEPS=${STEPS:-"build kernels_test gpu_tier_test sdpa kernels_bench transport_test transport_bench e2e_gpu_step e2e_cuda_test e2e_cuda_bench"}  # kernels_ref_test: CI runs it
+STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench transport_test transport_bench e2e_gpu_step e2e_cuda_test e2e_cuda_bench"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"

@@ -139,6 +139,25 @@ absl::Status ValidateHeadGatherShape(const HeadGatherParams& p) {
                            p.src_v == nullptr || p.dst_head == nullptr || p.dst_slot == nullptr ||
                            p.expected == nullptr || p.bad == nullptr)) {
     return Bad("head gather", "null source, pool or per-copy array");
+absl::Status ValidatePrefillShape(const PrefillParams& p) {
+  if (auto s = ValidatePagedKV(p.kv, /*need_v=*/true); !s.ok()) return s;
+  if (p.batch <= 0 || p.num_qo_heads <= 0) return Bad("prefill", "batch and heads must be > 0");
+  if (p.num_qo_heads % p.kv.num_kv_heads != 0) {
+    return Bad("prefill", "num_qo_heads must be a multiple of num_kv_heads");
+  }
+  if (p.q == nullptr || p.o == nullptr || p.q_indptr == nullptr) {
+    return Bad("prefill", "null q, o or q_indptr");
+  }
+  if (p.table.indptr == nullptr || p.table.indices == nullptr || p.table.last_page_len == nullptr) {
+    return Bad("prefill", "null page table array");
+  }
+  if (p.table.num_rows != p.batch) return Bad("prefill", "table.num_rows must equal batch");
+  if (!(p.sm_scale >= 0.f)) return Bad("prefill", "sm_scale must be >= 0 (0: 1/sqrt(head_dim))");
+  if (p.sink_tokens < 0 || p.window_tokens < 0) {
+    return Bad("prefill", "sink_tokens and window_tokens must be >= 0");
+  }
+  if ((p.select_indptr == nullptr) != (p.select_pages == nullptr)) {
+    return Bad("prefill", "select_indptr and select_pages must be both set or both null");
   }
   return absl::OkStatus();
 }
@@ -165,6 +184,43 @@ absl::Status ValidateHeadGatherHost(const HeadGatherParams& p) {
   std::sort(dst.begin(), dst.end());
   if (std::adjacent_find(dst.begin(), dst.end()) != dst.end()) {
     return Bad("head gather", "a (head, slot) destination is listed twice");
+absl::Status ValidatePrefillHost(const PrefillParams& p) {
+  if (auto s = ValidateCsrHost(p.table.indptr, p.table.indices, p.table.last_page_len,
+                               p.table.num_rows, p.kv.num_pages, p.kv.page_size, "page table");
+      !s.ok()) {
+    return s;
+  }
+  if (p.q_indptr[0] != 0) return Bad("prefill", "q_indptr[0] must be 0");
+  if (p.select_indptr != nullptr && p.select_indptr[0] != 0) {
+    return Bad("prefill selection", "select_indptr[0] must be 0");
+  }
+  for (int32_t b = 0; b < p.batch; ++b) {
+    const int64_t n = int64_t{p.q_indptr[b + 1]} - p.q_indptr[b];
+    const int32_t pages = p.table.indptr[b + 1] - p.table.indptr[b];
+    const int64_t len =
+        pages == 0 ? 0 : int64_t{pages - 1} * p.kv.page_size + p.table.last_page_len[b];
+    if (n < 0 || n > len) {
+      return absl::InvalidArgumentError(absl::StrCat("prefill: sequence ", b, " has ", n,
+                                                     " queries, not in [0, ", len, "] (its KV)"));
+    }
+    if (p.select_indptr == nullptr) continue;
+    const int64_t context = len - n;
+    for (int32_t h = 0; h < p.kv.num_kv_heads; ++h) {
+      const int64_t r = int64_t{b} * p.kv.num_kv_heads + h;
+      if (p.select_indptr[r + 1] < p.select_indptr[r]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("prefill selection: select_indptr decreases at row ", r));
+      }
+      for (int32_t i = p.select_indptr[r]; i < p.select_indptr[r + 1]; ++i) {
+        const int32_t k = p.select_pages[i];
+        if (k < 0 || int64_t{k} * p.kv.page_size >= context ||
+            (i > p.select_indptr[r] && k <= p.select_pages[i - 1])) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "prefill selection: row ", r, " page ", k,
+              " is not a strictly increasing context page number (context ", context, " tokens)"));
+        }
+      }
+    }
   }
   return absl::OkStatus();
 }

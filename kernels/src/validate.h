@@ -21,6 +21,7 @@ absl::Status ValidatePageCopyShape(const PageCopyParams& p);
 absl::Status ValidateHeadGatherShape(const HeadGatherParams& p);
 // Offsets in [0, src_bytes - half_bytes], heads and slots in range, no (head, slot) twice.
 absl::Status ValidateHeadGatherHost(const HeadGatherParams& p);
+absl::Status ValidatePrefillShape(const PrefillParams& p);
 
 // Page ids in [0, num_pages).
 absl::Status ValidatePageIdsHost(const int32_t* ids, int64_t n, int64_t num_pages,
@@ -32,6 +33,10 @@ absl::Status ValidateDistinctIdsHost(const int32_t* ids, int64_t n, const char* 
 absl::Status ValidateCsrHost(const int32_t* indptr, const int32_t* indices,
                              const int32_t* last_page_len, int32_t rows, int64_t num_pages,
                              int32_t page_size, const char* what);
+
+// Everything of PrefillParams the host can check on host copies of its arrays: the page table,
+// q_indptr against the rows' lengths, the selection rows (see params.h).
+absl::Status ValidatePrefillHost(const PrefillParams& p);
 
 }  // namespace pagoda::kernels::internal
 

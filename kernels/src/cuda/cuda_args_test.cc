@@ -89,6 +89,81 @@ TEST(CudaArgs, DecodeRejectsBadShapesBeforeTouchingTheDevice) {
   EXPECT_EQ(gpu::PlanDecode(good, false, -1).status().code(), StatusCode::kInvalidArgument);
 }
 
+PrefillParams Prefill() {
+  PrefillParams p;
+  p.kv = Kv();
+  p.table = {2, g_ints, g_ints, g_ints};
+  p.batch = 2;
+  p.num_qo_heads = 8;
+  p.q_indptr = g_ints;
+  p.q = g_elems;
+  p.o = g_elems;
+  return p;
+}
+
+TEST(CudaArgs, PrefillRejectsBadShapesAndTilesBeforeTouchingTheDevice) {
+  const PrefillParams good = Prefill();
+  gpu::PrefillPlan plan;  // what PlanPrefill would return, without a device
+  plan.batch = 2;
+  plan.num_qo_heads = 8;
+  plan.num_kv_heads = 2;
+  plan.head_dim = 128;
+  plan.dtype = DType::kBFloat16;
+  plan.max_q_tiles = 4;
+  gpu::PrefillPlanOptions opt;
+  for (int tile : {0, 32, 96, 256}) {
+    opt.tile_q = tile;
+    EXPECT_EQ(gpu::PlanPrefill(good, 100, opt).status().code(), StatusCode::kInvalidArgument)
+        << "tile " << tile;
+    gpu::PrefillPlan bad = plan;
+    bad.tile_q = tile;
+    EXPECT_EQ(gpu::BlockSparsePrefill(bad, good, nullptr, nullptr).code(),
+              StatusCode::kInvalidArgument)
+        << "tile " << tile;
+  }
+  EXPECT_EQ(gpu::PlanPrefill(good, -1).status().code(), StatusCode::kInvalidArgument);
+  PrefillParams p = good;
+  p.kv.head_dim = 96;
+  EXPECT_EQ(gpu::PlanPrefill(p, 100).status().code(), StatusCode::kInvalidArgument);
+  p = good;
+  p.num_qo_heads = 7;
+  EXPECT_EQ(gpu::PlanPrefill(p, 100).status().code(), StatusCode::kInvalidArgument);
+  p = good;
+  p.kv.dtype = static_cast<DType>(5);
+  EXPECT_EQ(gpu::PlanPrefill(p, 100).status().code(), StatusCode::kInvalidArgument);
+  auto run = [&](const PrefillParams& params) {
+    return gpu::BlockSparsePrefill(plan, params, nullptr, nullptr).code();
+  };
+  p = good;
+  p.kv.page_size = 24;
+  EXPECT_EQ(run(p), StatusCode::kInvalidArgument) << "page size not a power of two";
+  p = good;
+  p.q = g_elems + 1;
+  EXPECT_EQ(run(p), StatusCode::kInvalidArgument) << "q not 16-byte aligned";
+  p = good;
+  p.o = g_elems + 3;
+  EXPECT_EQ(run(p), StatusCode::kInvalidArgument) << "o not 16-byte aligned";
+  p = good;
+  p.kv.stride_token = 130;
+  EXPECT_EQ(run(p), StatusCode::kInvalidArgument) << "stride";
+  p = good;
+  p.q_indptr = nullptr;
+  EXPECT_EQ(run(p), StatusCode::kInvalidArgument) << "null q_indptr";
+  p = good;
+  p.table.num_rows = 3;
+  EXPECT_EQ(run(p), StatusCode::kInvalidArgument) << "rows != batch";
+  p = good;
+  p.window_tokens = -1;
+  EXPECT_EQ(run(p), StatusCode::kInvalidArgument) << "negative window";
+  p = good;
+  p.select_indptr = g_ints;
+  EXPECT_EQ(run(p), StatusCode::kInvalidArgument) << "select_indptr without select_pages";
+  p = good;
+  p.batch = 3;
+  p.table.num_rows = 3;
+  EXPECT_EQ(run(p), StatusCode::kInvalidArgument) << "shapes differ from the plan";
+}
+
 TEST(CudaArgs, SummariesQuestKMeansAndCopiesRejectBadShapes) {
   SummaryUpdateParams up;
   up.kv = Kv();

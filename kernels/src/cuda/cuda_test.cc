@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "decode_problem.h"
+#include "gpu_test_util.h"
 #include "gtest/gtest.h"
 #include "pagoda/kernels/reference.h"
 #include "quest_problem.h"
@@ -22,50 +23,6 @@ namespace {
 using testing::DecodeCase;
 using testing::DecodeProblem;
 using testing::kPoison;
-
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
-
-bool HaveGpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-// A device copy of a host vector (or n zero-initialized elements).
-template <typename T>
-class Dev {
- public:
-  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
-    Alloc();
-    cudaMemcpy(p_, h.data(), bytes(), cudaMemcpyHostToDevice);
-  }
-  explicit Dev(size_t n) : n_(n) {
-    Alloc();
-    cudaMemset(p_, 0, bytes());
-  }
-  ~Dev() { cudaFree(p_); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  T* get() const { return p_; }
-  size_t bytes() const { return std::max<size_t>(n_, 1) * sizeof(T); }
-  std::vector<T> Host() const {
-    std::vector<T> h(n_);
-    cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost);
-    return h;
-  }
-  void Put(const std::vector<T>& h) { cudaMemcpy(p_, h.data(), bytes(), cudaMemcpyHostToDevice); }
-
- private:
-  void Alloc() { cudaMalloc(reinterpret_cast<void**>(&p_), bytes()); }
-  size_t n_;
-  T* p_ = nullptr;
-};
-
-class GpuTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!HaveGpu()) GTEST_SKIP() << "no GPU";
-  }
-};
 
 // Device mirror of a DecodeProblem.
 struct DevDecode {

@@ -93,6 +93,38 @@ absl::Status SparseDecode(const DecodePlan& plan, const DecodeParams& p, void* w
 absl::Status StreamingDecode(const DecodePlan& plan, const DecodeParams& p, void* workspace,
                              cudaStream_t stream);
 
+struct PrefillPlanOptions {
+  // Query tokens per block: 64 (4 warps) or 128 (8 warps; fewer K/V reads per query for long
+  // chunks, half the blocks for short ones).
+  int32_t tile_q = 64;
+};
+
+struct PrefillPlan {
+  int32_t batch = 0, num_qo_heads = 0, num_kv_heads = 0, head_dim = 0;
+  DType dtype = DType::kBFloat16;
+  int32_t tile_q = 64;
+  int32_t max_q_tiles = 0;     // ceil(max queries per sequence / tile_q): the grid's first axis
+  size_t workspace_bytes = 0;  // none needed today; kept so callers allocate through the plan
+};
+
+// Plans block-sparse prefill (PrefillParams) for the shapes in `shape` (pointers unused) on the
+// current device (prepares the kernels there: plan before any graph capture).
+// max_queries_per_seq bounds q_indptr[b+1] - q_indptr[b] (queries past it are not computed: a
+// precondition violation). InvalidArgument for tile_q other than 64 / 128, head_dim other than
+// 64 / 128, or bad counts, before touching the device.
+absl::StatusOr<PrefillPlan> PlanPrefill(const PrefillParams& shape, int64_t max_queries_per_seq,
+                                        const PrefillPlanOptions& options = {});
+
+// Block-sparse causal prefill attention (see PrefillParams): one block per (query tile, query
+// head, sequence), QK^T and PV on tensor cores (mma.sync m16n8k16, fp32 accumulation, P rounded
+// to the storage type), K/V tiles of 64 keys double-buffered through cp.async. A block visits
+// only the key tiles its mask can keep (causal and Lambda-shaped skipping, selected pages
+// gathered), masking inside the boundary tiles. Keys the mask drops that share a 64-key step with
+// kept ones are still read (with P = 0), so every token of a row must hold finite K and V (the
+// reference never reads dropped keys). The shapes must match the plan.
+absl::Status BlockSparsePrefill(const PrefillPlan& plan, const PrefillParams& p, void* workspace,
+                                cudaStream_t stream);
+
 // Page summary update (see SummaryUpdateParams). No workspace.
 absl::Status UpdateSummaries(const SummaryUpdateParams& p, cudaStream_t stream);
 

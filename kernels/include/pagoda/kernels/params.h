@@ -88,6 +88,45 @@ struct DecodeParams {
   int32_t window_tokens = 0;
 };
 
+// Block-sparse causal prefill attention of a chunk of new query tokens (LServe-style: streaming
+// heads attend sinks + a local window, dense heads every token or selected context pages).
+//
+// Sequence b's KV is table row b: ALL its tokens, the cached context followed by the chunk (whose
+// K/V must already be written to its pages), len_b = the row's token count. Its chunk holds
+// n_b = q_indptr[b+1] - q_indptr[b] <= len_b query tokens, the last n_b tokens of the row: query
+// row q_indptr[b] + i sits at position t = len_b - n_b + i, and the context is positions
+// [0, c_b) with c_b = len_b - n_b. Chunked prefill is a sequence of such calls, each chunk's
+// table row one chunk longer.
+//
+// Query head hq of sequence b at position t attends, with h = hq / (num_qo_heads / num_kv_heads),
+// exactly the keys j <= t that h's mask keeps:
+//   streaming head (is_streaming[h] != 0):  j < sink_tokens  or  j > t - window_tokens
+//     (LServe's Lambda shape; at the row's last position it is StreamingDecode's token set);
+//   dense head, select_indptr == null:      every j (dense causal attention);
+//   dense head with a selection:            j >= c_b (the chunk, causally), or j < c_b in a
+//     selected context page: logical page numbers (page k = positions [k*page_size,
+//     (k+1)*page_size) of the row) select_pages[select_indptr[r] .. select_indptr[r+1]) of row
+//     r = b * num_kv_heads + h, strictly increasing, each holding context (k * page_size < c_b).
+//     Rows of streaming heads are ignored (they must still be well-formed CSR).
+// A query with no key (a streaming head with sink_tokens = window_tokens = 0) gets a zero output
+// and log-sum-exp -inf. The result equals dense softmax attention over exactly the kept keys.
+struct PrefillParams {
+  PagedKV kv;
+  PageTable table;  // num_rows == batch
+  int32_t batch = 0;
+  int32_t num_qo_heads = 0;
+  const int32_t* q_indptr = nullptr;  // [batch + 1], q_indptr[0] == 0, non-decreasing
+  const uint16_t* q = nullptr;        // [q_indptr[batch], num_qo_heads, head_dim], kv.dtype
+  uint16_t* o = nullptr;              // [q_indptr[batch], num_qo_heads, head_dim], kv.dtype
+  float* lse = nullptr;  // optional [q_indptr[batch], num_qo_heads], natural log (see DecodeParams)
+  float sm_scale = 0.f;  // softmax scale; 0 means 1 / sqrt(head_dim)
+  const uint8_t* is_streaming = nullptr;  // [num_kv_heads]; null: every head dense
+  int32_t sink_tokens = 0;
+  int32_t window_tokens = 0;
+  const int32_t* select_indptr = nullptr;  // [batch * num_kv_heads + 1] or null (no selection)
+  const int32_t* select_pages = nullptr;   // [select_indptr[batch * num_kv_heads]]
+};
+
 // Per-page, per-KV-head key summaries used for page selection. A physical page of page_size
 // tokens is split into sub_pages logical sub-pages of page_size / sub_pages tokens each (1 for
 // plain Quest; e.g. 4 for 64-token pages scored as 16-token sub-pages, as in LServe).

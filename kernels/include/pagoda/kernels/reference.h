@@ -28,6 +28,10 @@ absl::Status SparseDecodeReference(const DecodeParams& p);
 // attention over the row's first sink_tokens and last window_tokens tokens. Needs is_streaming.
 absl::Status StreamingDecodeReference(const DecodeParams& p);
 
+// Block-sparse causal prefill attention (PrefillParams): every query row of the chunk, every
+// query head, over the keys its KV head's mask keeps. Writes o (and lse if set).
+absl::Status BlockSparsePrefillReference(const PrefillParams& p);
+
 // Page summary update (SummaryUpdateParams): min / max merged over the new tokens, mean
 // recomputed over the touched sub-pages, count updated.
 absl::Status UpdateSummariesReference(const SummaryUpdateParams& p);
