@@ -96,7 +96,7 @@ struct LocKeyBuf {
 };
 
 // Syncs segment bytes before RocksDB flushes metadata that may point at them, so that a flushed
-// record never outlives its bytes (with the WAL off, memtable flushes are the only durability).
+// record never outlives its bytes (a flush makes records durable without a WAL sync).
 class SyncSegmentsOnFlush : public rocksdb::EventListener {
  public:
   void OnFlushBegin(rocksdb::DB*, const rocksdb::FlushJobInfo&) override {
@@ -142,8 +142,7 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir,
   db_opts.create_if_missing = !existed;
   db_opts.create_missing_column_families = !existed;
   db_opts.max_background_jobs = 2;
-  // Both column families flush together, so a page's 'P' and 'L' records reach disk together even
-  // when the WAL is off.
+  // Both column families flush together, so a page's 'P' and 'L' records reach disk together.
   db_opts.atomic_flush = true;
   auto listener = std::make_shared<SyncSegmentsOnFlush>();
   db_opts.listeners.push_back(listener);
@@ -248,9 +247,8 @@ SsdTier::~SsdTier() {
 
 absl::Status SsdTier::WriteMeta(rocksdb::WriteBatch* batch, std::string_view what) {
   rocksdb::WriteOptions wo;
-  // Without sync_writes the WAL is skipped: a crash then loses the records since the last flush
-  // (their bytes become dead space), which a cache may; with it, each commit is durable.
-  wo.disableWAL = !options_.sync_writes;
+  // The WAL is always on, so a crash replays records and deletes in order; with sync_writes each
+  // commit also syncs it, without it Sync() (a checkpoint), Flush() and close do.
   wo.sync = options_.sync_writes;
   return FromRocks(db_->Write(wo, batch), what);
 }
@@ -556,6 +554,13 @@ absl::Status SsdTier::Flush() {
   if (absl::Status s = segments_->SyncAll(); !s.ok()) return s;
   rocksdb::FlushOptions fo;
   return FromRocks(db_->Flush(fo, {meta_cf_, loc_cf_}), "flush");
+}
+
+absl::Status SsdTier::Sync() {
+  // Bytes before the records that point at them. Not under write_mu_: appends go on meanwhile
+  // (what they add is the next sync's).
+  if (absl::Status s = segments_->SyncAll(); !s.ok()) return s;
+  return FromRocks(db_->SyncWAL(), "sync WAL");
 }
 
 SsdTier::SpaceUsage SsdTier::Space() const {

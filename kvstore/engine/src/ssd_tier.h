@@ -18,9 +18,11 @@
 // fdatasync'd; only then its 'P' and 'L' records commit in one RocksDB WriteBatch. A crash between
 // the two leaves bytes no record points to: dead space, reclaimed by compaction, or at open when a
 // whole segment is unreferenced. A failed append or sync truncates the segment back to its previous
-// tail. Without sync_writes RocksDB's WAL is off (as in version 1): a crash loses the records since
-// the last flush, and may bring back records deleted since then; those may point into a segment
-// unlinked meanwhile, and then read as DataLoss (the store drops the page), never as other bytes.
+// tail. RocksDB's WAL is always on (replayed in order after a crash, so a delete is never undone
+// by an older record); without sync_writes it is synced by Sync(), Flush() and close, so a machine
+// crash may lose the records written since the last of those, and a record whose segment bytes
+// were not synced yet reads as DataLoss (the store drops the page), never as other bytes. A kill
+// of the process alone loses no record: the WAL and segment bytes are in the page cache.
 // Segments are fdatasync'd before any RocksDB flush (Flush() and an event listener on background
 // flushes), so a durable record's bytes are durable too. Every read is checked by the caller
 // against the page's XXH3 checksum; a record pointing past a segment's end or into a missing
@@ -81,7 +83,7 @@ struct SsdTierOptions {
   // Fault seam (null: the default SsdEnv). Not owned; must outlive the tier.
   SsdEnv* env = nullptr;
   // fdatasync segment bytes before their metadata commits, and commit metadata with a synced WAL.
-  // Off: a crash may lose the pages written since the last Flush (never tear one).
+  // Off: a machine crash may lose the pages written since the last Sync or Flush (never tear one).
   bool sync_writes = false;
   // A segment is sealed once the next batch would take it past this size. Larger: fewer files;
   // smaller: space of deleted pages comes back in finer steps.
@@ -133,6 +135,9 @@ class SsdTier {
   uint64_t EstimatePages();
   // Syncs the segments written since their last sync, then flushes RocksDB's memtables.
   absl::Status Flush();
+  // Syncs the segments written since their last sync, then RocksDB's WAL: every batch written
+  // before the call is then durable (cheaper than Flush: no memtable flush).
+  absl::Status Sync();
   // Rewrites a sealed segment's live pages into the active segment and unlinks it.
   absl::Status CompactSegment(uint32_t segment);
   struct SpaceUsage {

@@ -22,6 +22,13 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
 StoreImpl::StoreImpl(const StoreOptions& options) : options_(options), epoch_(absl::Now()) {}
 
 StoreImpl::~StoreImpl() {
+  if (checkpointer_.joinable()) {
+    {
+      absl::MutexLock l(&loop_mu_);
+      stopping_ = true;
+    }
+    checkpointer_.join();
+  }
   // The SSD tier flushes on close; memory tiers are a cache and go away.
   ssd_.reset();
   if (host_pinned_) UnpinHostMemoryForGpu(mem_[1]->host_base());
@@ -99,6 +106,9 @@ absl::Status StoreImpl::Init() {
     if (!ssd.ok()) return ssd.status();
     ssd_ = std::move(*ssd);
     if (absl::Status s = Rebuild(); !s.ok()) return s;
+    if (options_.checkpoint_interval > absl::ZeroDuration()) {
+      checkpointer_ = std::thread([this] { CheckpointLoop(); });
+    }
   }
   return absl::OkStatus();
 }
@@ -392,6 +402,10 @@ absl::Status StoreImpl::CommitLocked(uint32_t idx, const WriteOptions& options, 
   e.state = PageState::kReady;
   table_.LinkFront(idx);
   counters_.puts++;
+  if (ssd_ != nullptr) {
+    dirty_.push_back(EntryRef{idx, e.version});
+    PruneDirty();
+  }
   if (options.stream_id != 0) AddToStream(idx, options.stream_id);
   EnforceWatermarks(Tier::kHost);
   return absl::OkStatus();
@@ -439,7 +453,6 @@ absl::Status StoreImpl::Put(std::string_view tenant, const PageKey& key, const P
 absl::Status StoreImpl::ReadSsdUnlocked(uint32_t idx, std::string* bytes) {
   PageEntry& e = table_.at(idx);
   const uint32_t version = e.version;
-  const uint8_t moves = e.ssd_moves;
   const uint32_t tenant = e.tenant;
   const PageKey key = e.key;
   const uint64_t checksum = e.checksum;
@@ -456,9 +469,9 @@ absl::Status StoreImpl::ReadSsdUnlocked(uint32_t idx, std::string* bytes) {
   if (now.version != version || now.state != PageState::kReady) {
     return absl::NotFoundError(absl::StrFormat("page %s was removed while read", key.Hex()));
   }
-  if (now.tier != Tier::kSsd || now.ssd_moves != moves) {
-    // Another reader promoted the page (deleting its SSD record) while this one read it: not
-    // corruption. The caller looks the page up again.
+  if (now.tier != Tier::kSsd) {
+    // Another reader promoted the page meanwhile: its memory copy is good. The caller looks the
+    // page up again.
     return absl::AbortedError(absl::StrFormat("page %s moved while read", key.Hex()));
   }
   if (bad_bytes) {

@@ -1,0 +1,201 @@
+// Store: checkpoints, which give every memory-only page a copy on SSD and make the SSD tier
+// durable, so that neither a stop nor a crash loses a page committed before them.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "checksum.h"
+#include "store_impl.h"
+
+namespace pagoda {
+namespace {
+// One checkpoint batch carries at most this many page bytes: bounds the pages held unevictable
+// while it is written, and the memory of GPU pages copied out for it.
+constexpr uint64_t kCheckpointBatchBytes = 4ULL << 20;
+}  // namespace
+
+void StoreImpl::ChargeCopy(PageEntry& e) {
+  e.ssd_copy = true;
+  ssd_copy_bytes_ += PageBytes(e);
+  ssd_copy_pages_++;
+}
+
+void StoreImpl::UnchargeCopy(PageEntry& e) {
+  e.ssd_copy = false;
+  ssd_copy_bytes_ -= PageBytes(e);
+  ssd_copy_pages_--;
+}
+
+bool StoreImpl::MakeSsdRoom(uint64_t extra) {
+  const uint64_t capacity = options_.ssd_capacity_bytes;
+  if (capacity == 0) return true;
+  if (SsdBytes() + extra <= capacity) return true;
+  const uint64_t now = NowMs();
+  std::vector<uint32_t> victims;
+  uint64_t freeing = 0;
+  for (uint32_t v = table_.Tail(Tier::kSsd); v != kNil && SsdBytes() + extra > capacity + freeing;
+       v = table_.Prev(v)) {
+    const PageEntry& e = table_.at(v);
+    if (Evictable(e, now)) {
+      victims.push_back(v);
+      freeing += PageBytes(e);
+    }
+  }
+  EvictBatch(Tier::kSsd, victims).IgnoreError();  // dropping SSD pages cannot fail
+  return SsdBytes() + extra <= capacity;
+}
+
+void StoreImpl::PruneDirty() {
+  const uint64_t in_memory = pages_[0] + pages_[1];
+  if (dirty_.size() <= 2 * in_memory + 4096) return;
+  std::deque<EntryRef> kept;
+  for (const EntryRef& r : dirty_) {
+    const PageEntry& e = table_.at(r.idx);
+    if (e.version == r.version && MemoryOnly(e)) kept.push_back(r);
+  }
+  dirty_.swap(kept);
+}
+
+absl::StatusOr<bool> StoreImpl::CheckpointBatch(size_t* budget, CheckpointResult* result) {
+  struct Item {
+    uint32_t idx;
+    uint32_t version;
+    std::string gpu_bytes;  // GPU pages are copied out first (the SSD tier writes host memory)
+    uint64_t gpu_offset = 0;
+  };
+  std::vector<Item> items;
+  std::vector<SsdPageWrite> writes;
+  std::vector<std::pair<uint32_t, std::string>> new_tenants;
+  {
+    absl::MutexLock lock(&mu_);
+    if (*budget == 0 || dirty_.empty()) return false;
+    uint64_t bytes = 0;
+    while (*budget > 0 && !dirty_.empty() && bytes < kCheckpointBatchBytes) {
+      const EntryRef r = dirty_.front();
+      dirty_.pop_front();
+      --*budget;
+      PageEntry& e = table_.at(r.idx);
+      if (e.version != r.version || !MemoryOnly(e)) continue;
+      const uint64_t n = PageBytes(e);
+      if (!MakeSsdRoom(bytes + n)) {
+        result->pages_skipped++;
+        dirty_.push_back(r);  // the next checkpoint tries again
+        continue;
+      }
+      e.readers++;  // neither freed, evicted nor moved while its bytes are written
+      Item it{r.idx, r.version, {}, 0};
+      if (e.tier == Tier::kGpu) it.gpu_offset = SlotOffset(e);
+      SsdPageWrite w;
+      w.meta.tenant = e.tenant;
+      w.meta.key = e.key;
+      w.meta.layout = classes_[e.cls].layout.Id();
+      w.meta.size = static_cast<uint32_t>(n);
+      w.meta.checksum = e.checksum;
+      w.bytes = e.tier == Tier::kHost ? mem_[1]->host_base() + SlotOffset(e) : nullptr;
+      items.push_back(std::move(it));
+      writes.push_back(w);
+      bytes += n;
+      const TenantState& t = tenants_[e.tenant];
+      if (!t.on_ssd && std::none_of(new_tenants.begin(), new_tenants.end(),
+                                    [&](const auto& p) { return p.first == e.tenant; })) {
+        new_tenants.emplace_back(e.tenant, t.name);
+      }
+    }
+  }
+  if (items.empty()) return true;
+  // Outside the lock: copy GPU pages out, verify them (a lease may have moved one meanwhile), and
+  // write the batch.
+  std::vector<bool> skip(items.size(), false);
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (writes[i].bytes != nullptr) continue;
+    Item& it = items[i];
+    it.gpu_bytes.resize(writes[i].meta.size);
+    if (!mem_[0]->Read(it.gpu_offset, it.gpu_bytes.data(), it.gpu_bytes.size()).ok() ||
+        PageChecksum(it.gpu_bytes.data(), it.gpu_bytes.size()) != writes[i].meta.checksum) {
+      skip[i] = true;
+      continue;
+    }
+    writes[i].bytes = reinterpret_cast<const uint8_t*>(it.gpu_bytes.data());
+  }
+  std::vector<SsdPageWrite> to_write;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!skip[i]) to_write.push_back(writes[i]);
+  }
+  absl::Status written = ssd_->WriteBatch(to_write, new_tenants);
+  absl::MutexLock lock(&mu_);
+  if (written.ok()) {
+    for (const auto& p : new_tenants) tenants_[p.first].on_ssd = true;
+  } else {
+    counters_.ssd_write_failures++;
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    const uint32_t idx = items[i].idx;
+    PageEntry& e = table_.at(idx);
+    if (!written.ok() || skip[i]) {
+      if (e.state == PageState::kReady) dirty_.push_back(EntryRef{idx, e.version});
+    } else if (e.state == PageState::kReady) {
+      ChargeCopy(e);
+      result->pages_written++;
+    } else if (e.state == PageState::kDoomed) {
+      // Removed while written: the record just written must not bring it back after a restart,
+      // unless a new page of the key has a record of its own by now (whose bytes are then either
+      // its own or these, and reads check them against its checksum).
+      const uint32_t now = table_.Find(e.tenant, e.key);
+      if (now == kNil || (table_.at(now).tier != Tier::kSsd && !table_.at(now).ssd_copy)) {
+        const std::pair<uint32_t, PageKey> k(e.tenant, e.key);
+        ssd_->Delete({&k, 1}).IgnoreError();
+      }
+    }
+    EndRead(idx);
+  }
+  if (!written.ok()) return written;
+  return true;
+}
+
+absl::StatusOr<CheckpointResult> StoreImpl::Checkpoint() {
+  CheckpointResult result;
+  if (ssd_ == nullptr) return result;
+  absl::MutexLock cp(&checkpoint_mu_);
+  size_t budget = 0;
+  absl::Time start;
+  {
+    absl::MutexLock lock(&mu_);
+    start = absl::Now();
+    budget = dirty_.size();  // pages committed after this point are the next checkpoint's
+  }
+  absl::Status status;
+  for (;;) {
+    absl::StatusOr<bool> more = CheckpointBatch(&budget, &result);
+    if (!more.ok()) {
+      status = more.status();
+      break;
+    }
+    if (!*more) break;
+  }
+  // Also covers pages demoted since the last sync: their bytes, then the WAL with their records.
+  if (status.ok()) status = ssd_->Sync();
+  absl::MutexLock lock(&mu_);
+  if (!status.ok()) {
+    counters_.checkpoint_failures++;
+    return status;
+  }
+  counters_.checkpoints++;
+  if (result.pages_skipped == 0) last_checkpoint_start_ = start;
+  return result;
+}
+
+void StoreImpl::CheckpointLoop() {
+  absl::MutexLock l(&loop_mu_);
+  for (;;) {
+    const absl::Condition stop(
+        +[](bool* stopping) { return *stopping; }, &stopping_);
+    if (loop_mu_.AwaitWithTimeout(stop, options_.checkpoint_interval)) return;
+    loop_mu_.Unlock();
+    // A failure is counted (Stats().checkpoint_failures); its pages stay dirty for the next round.
+    Checkpoint().IgnoreError();
+    loop_mu_.Lock();
+  }
+}
+
+}  // namespace pagoda
