@@ -46,6 +46,29 @@ bool StoreImpl::MakeSsdRoom(uint64_t extra) {
   return SsdBytes() + extra <= capacity;
 }
 
+bool StoreImpl::MakeTenantRoom(uint32_t tenant, Tier t, uint64_t bytes) {
+  if (!OverQuota(tenant, t, bytes)) return true;
+  const int ti = static_cast<int>(t);
+  const uint64_t quota = tenants_[tenant].quota.tier_bytes[ti];
+  const uint64_t used = tenants_[tenant].used[ti];
+  if (bytes > quota) return false;
+  const uint64_t need = used + bytes - quota;
+  const uint64_t now = NowMs();
+  std::vector<uint32_t> victims;
+  uint64_t freeing = 0;
+  for (uint32_t v = table_.Tail(t); v != kNil && freeing < need; v = table_.Prev(v)) {
+    const PageEntry& e = table_.at(v);
+    if (e.tenant == tenant && Evictable(e, now)) {
+      victims.push_back(v);
+      freeing += PageBytes(e);
+    }
+  }
+  if (freeing < need) return false;
+  // A failed demotion (SSD error) leaves the pages where they are: then the quota says no.
+  EvictBatch(t, victims).IgnoreError();
+  return !OverQuota(tenant, t, bytes);
+}
+
 void StoreImpl::PruneDirty() {
   const uint64_t in_memory = pages_[0] + pages_[1];
   if (dirty_.size() <= 2 * in_memory + 4096) return;

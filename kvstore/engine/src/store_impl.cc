@@ -333,10 +333,12 @@ absl::StatusOr<uint32_t> StoreImpl::ReserveLocked(std::string_view tenant, const
     }
   }
   tid = InternTenant(tenant);
-  if (OverQuota(tid, Tier::kHost, n)) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("tenant %s is over its host quota (%d used + %d > %d bytes)", tenant,
-                        tenants_[tid].used[1], n, tenants_[tid].quota.tier_bytes[1]));
+  // At its quota, the tenant's own least-recently-used pages move down to make room.
+  if (!MakeTenantRoom(tid, Tier::kHost, n)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "tenant %s is over its host quota (%d used + %d > %d bytes; its other host pages are "
+        "pinned, leased, being read or being written)",
+        tenant, tenants_[tid].used[1], n, tenants_[tid].quota.tier_bytes[1]));
   }
   if (options.pin) {
     const TenantState& t = tenants_[tid];
@@ -524,7 +526,7 @@ absl::StatusOr<PageInfo> StoreImpl::GetLocked(std::string_view tenant, const Pag
     std::memcpy(out.data(), bytes.data(), n);
     PageEntry& now = table_.at(idx);
     if (options_.promote_on_hit && now.version == version && now.state == PageState::kReady &&
-        now.tier == Tier::kSsd && !OverQuota(now.tenant, Tier::kHost, n)) {
+        now.tier == Tier::kSsd) {
       // A failed promotion (host full of pinned pages) leaves the page on SSD; the read succeeded.
       if (PromoteFromSsd(idx, Tier::kHost, bytes).ok()) EnforceWatermarks(Tier::kHost);
     }
@@ -588,11 +590,10 @@ absl::StatusOr<ReadLease> StoreImpl::AcquireRead(std::string_view tenant, const 
       return absl::NotFoundError(absl::StrFormat("page %s was removed while read", key.Hex()));
     }
     if (e.tier == Tier::kSsd) {
-      if (OverQuota(e.tenant, Tier::kHost, PageBytes(e))) {
-        return absl::ResourceExhaustedError(absl::StrFormat(
-            "page %s: tenant %s is over its host quota; cannot lease", key.Hex(), tenant));
+      if (absl::Status s = PromoteFromSsd(idx, Tier::kHost, bytes); !s.ok()) {
+        return absl::Status(s.code(),
+                            absl::StrFormat("page %s: cannot lease: %s", key.Hex(), s.message()));
       }
-      if (absl::Status s = PromoteFromSsd(idx, Tier::kHost, bytes); !s.ok()) return s;
     }
     break;
   }

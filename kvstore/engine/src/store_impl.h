@@ -137,6 +137,10 @@ class StoreImpl final : public Store {
   // Accounting of an SSD copy of a memory-tier page (e.ssd_copy) appearing / going.
   void ChargeCopy(PageEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UnchargeCopy(PageEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes `bytes` more fit in the tenant's quota of tier t by evicting its own least-recently-used
+  // evictable pages of that tier (demoted, or dropped from the last tier). Returns whether they
+  // fit now (always true without a quota); evicts nothing when eviction cannot make them fit.
+  bool MakeTenantRoom(uint32_t tenant, Tier t, uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Bytes the SSD tier holds: its pages plus copies of memory-tier pages.
   uint64_t SsdBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return used_[static_cast<int>(Tier::kSsd)] + ssd_copy_bytes_;

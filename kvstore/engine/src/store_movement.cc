@@ -96,7 +96,10 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
       PageEntry& e = table_.at(v);
       const uint64_t n = PageBytes(e);
       uint64_t& tenant_pending = pending_by_tenant[e.tenant];
-      if (OverQuota(e.tenant, Tier::kSsd, tenant_pending + n)) {  // no room below: it leaves
+      // At its SSD quota, the tenant's own least-recently-used SSD pages make room; when they
+      // cannot (pinned, read), the page leaves the store.
+      if (OverQuota(e.tenant, Tier::kSsd, tenant_pending + n) &&
+          !MakeTenantRoom(e.tenant, Tier::kSsd, tenant_pending + n)) {
         counters_.evictions[fi]++;
         counters_.dropped++;
         FreeEntry(v);
@@ -234,11 +237,14 @@ absl::Status StoreImpl::MoveBetweenMemory(uint32_t idx, Tier to) {
   if (!Present(to)) {
     return absl::FailedPreconditionError(absl::StrFormat("no %s tier", TierName(to)));
   }
-  if (OverQuota(e->tenant, to, n)) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("tenant %s is over its %s quota", tenants_[e->tenant].name, TierName(to)));
+  e->readers++;  // keeps eviction (which quota room and AllocateSlot may run) away from this page
+  if (!MakeTenantRoom(e->tenant, to, n)) {
+    e = &table_.at(idx);
+    e->readers--;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "tenant %s is over its %s quota (its other pages there are pinned, leased or being read)",
+        tenants_[e->tenant].name, TierName(to)));
   }
-  e->readers++;  // keeps eviction (which AllocateSlot may run) away from this page
   absl::StatusOr<uint64_t> off = AllocateSlot(to, e->cls);
   e = &table_.at(idx);
   e->readers--;
@@ -270,11 +276,14 @@ absl::Status StoreImpl::PromoteFromSsd(uint32_t idx, Tier to, const std::string&
   if (!Present(to)) {
     return absl::FailedPreconditionError(absl::StrFormat("no %s tier", TierName(to)));
   }
-  if (OverQuota(e->tenant, to, n)) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("tenant %s is over its %s quota", tenants_[e->tenant].name, TierName(to)));
-  }
   e->readers++;  // keeps SSD eviction (which a cascade may run) away from this page
+  if (!MakeTenantRoom(e->tenant, to, n)) {
+    e = &table_.at(idx);
+    e->readers--;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "tenant %s is over its %s quota (its other pages there are pinned, leased or being read)",
+        tenants_[e->tenant].name, TierName(to)));
+  }
   absl::StatusOr<uint64_t> off = AllocateSlot(to, e->cls);
   e = &table_.at(idx);
   e->readers--;

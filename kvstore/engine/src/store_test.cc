@@ -407,13 +407,20 @@ TEST(StoreTest, TenantQuotasPerTierGiveClearErrors) {
   auto s = OpenOrDie(o);
   ASSERT_TRUE(PutKey(*s, "small", 0).ok());
   ASSERT_TRUE(PutKey(*s, "small", 1).ok());
+  // At the host quota with every own page pinned: refused, nothing changes.
+  ASSERT_TRUE(s->Pin("small", TestKey(0)).ok());
+  ASSERT_TRUE(s->Pin("small", TestKey(1)).ok());
   absl::Status st = PutKey(*s, "small", 2);
   EXPECT_TRUE(absl::IsResourceExhausted(st));
   EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr("quota"));
   EXPECT_FALSE(s->Exists("small", TestKey(2)));
+  EXPECT_EQ(TierOf(*s, "small", 0), Tier::kHost);
+  EXPECT_EQ(TierOf(*s, "small", 1), Tier::kHost);
   // Other tenants are unaffected.
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(PutKey(*s, "big", i).ok());
-  // The SSD quota: one page may go down, the second may not.
+  // The SSD quota refuses an explicit demotion past it.
+  ASSERT_TRUE(s->Unpin("small", TestKey(0)).ok());
+  ASSERT_TRUE(s->Unpin("small", TestKey(1)).ok());
   PageKey k0 = TestKey(0), k1 = TestKey(1);
   ASSERT_TRUE(s->Demote("small", {&k0, 1}, Tier::kSsd).ok());
   EXPECT_TRUE(absl::IsResourceExhausted(s->Demote("small", {&k1, 1}, Tier::kSsd).status()));
@@ -421,6 +428,34 @@ TEST(StoreTest, TenantQuotasPerTierGiveClearErrors) {
   // Room in host again: the write that failed now succeeds.
   ASSERT_TRUE(PutKey(*s, "small", 2).ok());
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(CheckKey(*s, "small", i).ok());
+}
+
+TEST(StoreTest, TenantAtItsQuotaEvictsItsOwnLeastRecentPagesBeforeRefusing) {
+  TempDir dir;
+  StoreOptions o = SmallStoreOptions(64, dir.path());
+  const uint64_t page = SmallLayout().PageBytes();
+  TenantQuota q;
+  q.tier_bytes[1] = 4 * page;
+  q.tier_bytes[2] = 6 * page;
+  o.tenant_quotas["small"] = q;
+  auto s = OpenOrDie(o);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(PutKey(*s, "other", i).ok());
+  // 20 writes through a 4-page host quota and a 6-page SSD quota: every write succeeds, the
+  // tenant's own oldest pages go down and then out; the other tenant keeps all of its pages.
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(PutKey(*s, "small", i).ok()) << i;
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(TierOf(*s, "other", i), Tier::kHost) << i;
+  for (int i = 16; i < 20; ++i) EXPECT_EQ(TierOf(*s, "small", i), Tier::kHost) << i;
+  for (int i = 10; i < 16; ++i) EXPECT_EQ(TierOf(*s, "small", i), Tier::kSsd) << i;
+  for (int i = 0; i < 10; ++i) EXPECT_FALSE(s->Exists("small", TestKey(i))) << i;
+  // Reads of SSD pages promote them within the quota, evicting the tenant's oldest host pages.
+  for (int i = 10; i < 20; ++i) EXPECT_TRUE(CheckKey(*s, "small", i).ok()) << i;
+  EXPECT_LE(s->Stats().tiers[1].used_bytes, (4 + 5) * page);
+  for (int i = 16; i < 20; ++i) EXPECT_EQ(TierOf(*s, "small", i), Tier::kHost) << i;
+  // Every own host page pinned: refused, nothing changes.
+  for (int i = 16; i < 20; ++i) ASSERT_TRUE(s->Pin("small", TestKey(i)).ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(PutKey(*s, "small", 20)));
+  EXPECT_FALSE(s->Exists("small", TestKey(20)));
+  for (int i = 16; i < 20; ++i) EXPECT_EQ(TierOf(*s, "small", i), Tier::kHost) << i;
 }
 
 TEST(StoreTest, RollingWindowKeepsSinksPinsAndTheLastWPages) {
