@@ -78,7 +78,9 @@ TEST_P(LargeWriteTest, OneRequestTenTimesTheHostTierRoundTrips) {
   absl::StatusOr<ServiceStats> stats = (*c)->Stats();
   ASSERT_TRUE(stats.ok());
   for (const TierUsage& t : stats->tiers) {
-    if (t.name == "host") EXPECT_LE(t.used_bytes, kHostBytes);
+    if (t.name == "host") {
+      EXPECT_LE(t.used_bytes, kHostBytes);
+    }
   }
 }
 

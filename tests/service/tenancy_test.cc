@@ -132,7 +132,9 @@ tenants:
   absl::StatusOr<ServiceStats> after = (*small)->Stats();
   ASSERT_TRUE(after.ok());
   for (const TierUsage& t : after->tiers) {
-    if (t.name == "host") EXPECT_LE(t.used_bytes, 2 * (1u << 20)) << "two tenants' pages";
+    if (t.name == "host") {
+      EXPECT_LE(t.used_bytes, 2 * (1u << 20)) << "two tenants' pages";
+    }
   }
   // With every own page pinned, the quota refuses and nothing changes.
   std::vector<PageKey> own;

@@ -33,6 +33,7 @@ absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   if (s.ok()) return absl::OkStatus();
   const std::string msg = absl::StrCat("SSD tier: ", std::string(what), ": ", s.ToString());
   if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
   if (s.IsCorruption()) return absl::DataLossError(msg);
   if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
   return absl::UnavailableError(msg);
@@ -142,6 +143,8 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir,
   db_opts.create_if_missing = !existed;
   db_opts.create_missing_column_families = !existed;
   db_opts.max_background_jobs = 2;
+  // No preallocated WAL space: on a small file system it would take tens of MiB up front.
+  db_opts.allow_fallocate = false;
   // Both column families flush together, so a page's 'P' and 'L' records reach disk together.
   db_opts.atomic_flush = true;
   auto listener = std::make_shared<SyncSegmentsOnFlush>();
@@ -180,6 +183,7 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir,
   if (absl::Status s = t->LoadSegments(dir); !s.ok()) return s;
   listener->segments.store(t->segments_.get(), std::memory_order_release);
   t->listener_ = std::move(listener);
+  t->compactor_ = std::thread([tier = t.get()] { tier->CompactionLoop(); });
   return t;
 }
 
@@ -234,6 +238,13 @@ absl::Status SsdTier::LoadSegments(const std::string& dir) {
 }
 
 SsdTier::~SsdTier() {
+  if (compactor_.joinable()) {
+    {
+      absl::MutexLock l(&compact_mu_);
+      stopping_ = true;
+    }
+    compactor_.join();
+  }
   if (db_ == nullptr) return;
   if (segments_ != nullptr) segments_->SyncAll().IgnoreError();
   rocksdb::FlushOptions fo;
@@ -410,20 +421,45 @@ absl::Status SsdTier::Delete(absl::Span<const std::pair<uint32_t, PageKey>> page
       compact = segment;
     }
   }
-  if (compact != 0 && segments_->Has(compact)) CompactLocked(compact).IgnoreError();
+  if (compact != 0) {
+    // In the background: a delete never waits for a segment to be rewritten.
+    absl::MutexLock c(&compact_mu_);
+    to_compact_.insert(compact);
+  }
   return absl::OkStatus();
 }
 
-absl::Status SsdTier::CompactSegment(uint32_t segment) {
-  absl::MutexLock l(&write_mu_);
-  return CompactLocked(segment);
+absl::Status SsdTier::CompactSegment(uint32_t segment) { return Compact(segment); }
+
+void SsdTier::WaitForCompactions() {
+  absl::MutexLock l(&compact_mu_);
+  compact_mu_.Await(absl::Condition(
+      +[](SsdTier* t) { return t->stopping_ || t->to_compact_.empty(); }, this));
 }
 
-absl::Status SsdTier::CompactLocked(uint32_t segment) {
+void SsdTier::CompactionLoop() {
+  absl::MutexLock l(&compact_mu_);
+  for (;;) {
+    compact_mu_.Await(absl::Condition(
+        +[](SsdTier* t) { return t->stopping_ || !t->to_compact_.empty(); }, this));
+    if (stopping_) return;
+    const uint32_t segment = *to_compact_.begin();
+    compact_mu_.Unlock();
+    // A failure leaves the segment as it was; a later delete queues it again.
+    Compact(segment).IgnoreError();
+    compact_mu_.Lock();
+    to_compact_.erase(segment);
+  }
+}
+
+absl::Status SsdTier::Compact(uint32_t segment) {
+  // Only one compaction at a time (the background one, or CompactSegment).
+  absl::MutexLock one(&compacting_mu_);
   if (segment == 0 || segment == segments_->active() || !segments_->Has(segment)) {
     return absl::OkStatus();
   }
-  // The segment's pages in file order, from its 'L' records.
+  // The segment's pages in file order, from its 'L' records. It is sealed: nothing new lands in
+  // it, and what is deleted from it meanwhile is caught below.
   struct Live {
     uint32_t offset;
     char pk[kPageKeyBytes];
@@ -450,45 +486,56 @@ absl::Status SsdTier::CompactLocked(uint32_t segment) {
   }
   size_t i = 0;
   while (i < lives.size()) {
+    // Read a batch of live pages without write_mu_ (the slow part: writers go on meanwhile)...
+    const size_t first = i;
+    std::vector<std::string> bufs;
+    uint64_t batch_bytes = 0;
+    for (; i < lives.size() && batch_bytes < kCompactBatchBytes; ++i) {
+      std::string bytes(lives[i].size, '\0');
+      if (!segments_->Read({segment, lives[i].offset}, bytes.data(), bytes.size()).ok()) {
+        bytes.clear();  // unreadable: left pointing here, it reads as DataLoss once it is gone
+      }
+      batch_bytes += lives[i].size;
+      bufs.push_back(std::move(bytes));
+    }
+    // ...then, under it, move those still recorded at their old place and append them.
+    absl::MutexLock l(&write_mu_);
     rocksdb::WriteBatch batch;
     std::vector<SsdPageMeta> metas;
-    std::vector<std::string> bufs;
+    std::vector<const char*> ptrs;
     uint64_t moved = 0, dropped = 0;
-    for (; i < lives.size() && moved < kCompactBatchBytes; ++i) {
-      const Live& l = lives[i];
-      const SegmentLocation old{segment, l.offset};
-      batch.Delete(loc_cf_, LocKeyBuf(old).slice()).PermitUncheckedError();
+    for (size_t j = first; j < i; ++j) {
+      const Live& lv = lives[j];
+      const std::string& bytes = bufs[j - first];
+      const SegmentLocation old{segment, lv.offset};
       char mk[1 + kPageKeyBytes] = {'P'};
-      std::memcpy(mk + 1, l.pk, kPageKeyBytes);
+      std::memcpy(mk + 1, lv.pk, kPageKeyBytes);
       std::string v;
       SsdPageMeta m;
       SegmentLocation at;
       if (!db_->Get(rocksdb::ReadOptions(), meta_cf_, rocksdb::Slice(mk, sizeof(mk)), &v).ok() ||
-          !DecodeMeta(v, &m, &at) || at.segment != segment || at.offset != l.offset) {
-        dropped += l.size;  // a stale location record: its page lives elsewhere or nowhere
+          !DecodeMeta(v, &m, &at) || at.segment != segment || at.offset != lv.offset) {
+        // Deleted or rewritten meanwhile (its delete already took its live bytes off), or a
+        // stale location record.
+        batch.Delete(loc_cf_, LocKeyBuf(old).slice()).PermitUncheckedError();
         continue;
       }
-      std::string bytes(m.size, '\0');
-      if (!segments_->Read(old, bytes.data(), m.size).ok()) {
-        // Unreadable here: left pointing at this segment, it reads as DataLoss once it is gone.
-        dropped += l.size;
+      if (bytes.size() != m.size) {
+        dropped += lv.size;
         continue;
       }
-      m.tenant = GetBE32(l.pk);
-      m.key.hi = GetBE64(l.pk + 4);
-      m.key.lo = GetBE64(l.pk + 12);
+      batch.Delete(loc_cf_, LocKeyBuf(old).slice()).PermitUncheckedError();
+      m.tenant = GetBE32(lv.pk);
+      m.key.hi = GetBE64(lv.pk + 4);
+      m.key.lo = GetBE64(lv.pk + 12);
       metas.push_back(m);
-      bufs.push_back(std::move(bytes));
+      ptrs.push_back(bytes.data());
       moved += m.size;
     }
     if (metas.empty()) {
       if (absl::Status s = WriteMeta(&batch, "compact"); !s.ok()) return s;
-    } else {
-      std::vector<const char*> ptrs;
-      for (const std::string& b : bufs) ptrs.push_back(b.data());
-      if (absl::Status s = AppendAndCommit(metas, ptrs, /*via_env=*/false, &batch); !s.ok()) {
-        return s;
-      }
+    } else if (absl::Status s = AppendAndCommit(metas, ptrs, /*via_env=*/false, &batch); !s.ok()) {
+      return s;
     }
     segments_->SubLive(segment, moved + dropped);
   }
@@ -498,6 +545,7 @@ absl::Status SsdTier::CompactLocked(uint32_t segment) {
       !s.ok()) {
     return s;
   }
+  absl::MutexLock l(&write_mu_);
   segments_->Remove(segment);
   return absl::OkStatus();
 }

@@ -27,23 +27,52 @@ void StoreImpl::UnchargeCopy(PageEntry& e) {
   ssd_copy_pages_--;
 }
 
+uint64_t StoreImpl::SsdDiskBytes() const {
+  return std::max(SsdBytes(), ssd_->Space().file_bytes);
+}
+
 bool StoreImpl::MakeSsdRoom(uint64_t extra) {
-  const uint64_t capacity = options_.ssd_capacity_bytes;
-  if (capacity == 0) return true;
-  if (SsdBytes() + extra <= capacity) return true;
-  const uint64_t now = NowMs();
-  std::vector<uint32_t> victims;
-  uint64_t freeing = 0;
-  for (uint32_t v = table_.Tail(Tier::kSsd); v != kNil && SsdBytes() + extra > capacity + freeing;
-       v = table_.Prev(v)) {
-    const PageEntry& e = table_.at(v);
-    if (Evictable(e, now)) {
-      victims.push_back(v);
-      freeing += PageBytes(e);
+  if (ssd_limit_ == 0) return true;
+  // When it must drop, it drops down to the low watermark: one batch of deletes, not one per write.
+  const uint64_t low = static_cast<uint64_t>(options_.watermarks[static_cast<int>(Tier::kSsd)].low *
+                                             static_cast<double>(ssd_limit_));
+  // Dropped pages give their space back when their segment empties (or is compacted), so a few
+  // rounds may be needed.
+  for (int round = 0; round < 8; ++round) {
+    const uint64_t disk = SsdDiskBytes();
+    if (disk + extra <= ssd_limit_) return true;
+    const uint64_t need = disk + extra - std::min(low, ssd_limit_ - std::min(extra, ssd_limit_));
+    const uint64_t now = NowMs();
+    std::vector<uint32_t> victims;
+    uint64_t freeing = 0;
+    for (uint32_t v = table_.Tail(Tier::kSsd); v != kNil && freeing < need; v = table_.Prev(v)) {
+      const PageEntry& e = table_.at(v);
+      if (Evictable(e, now)) {
+        victims.push_back(v);
+        freeing += PageBytes(e);
+      }
     }
+    if (victims.empty()) break;
+    EvictBatch(Tier::kSsd, victims).IgnoreError();  // dropping SSD pages cannot fail
   }
-  EvictBatch(Tier::kSsd, victims).IgnoreError();  // dropping SSD pages cannot fail
-  return SsdBytes() + extra <= capacity;
+  return SsdDiskBytes() + extra <= ssd_limit_;
+}
+
+void StoreImpl::LearnSsdFull() {
+  const uint64_t files = ssd_->Space().file_bytes;
+  const uint64_t fits = files - files / 16;
+  ssd_limit_ = ssd_limit_ == 0 ? fits : std::min(ssd_limit_, fits);
+  counters_.ssd_full++;
+}
+
+absl::Status StoreImpl::WriteSsdBatch(absl::Span<const SsdPageWrite> writes,
+                                      absl::Span<const std::pair<uint32_t, std::string>> tenants,
+                                      uint64_t bytes) {
+  absl::Status s = ssd_->WriteBatch(writes, tenants);
+  if (!absl::IsResourceExhausted(s)) return s;
+  LearnSsdFull();
+  if (!MakeSsdRoom(bytes)) return s;
+  return ssd_->WriteBatch(writes, tenants);
 }
 
 bool StoreImpl::MakeTenantRoom(uint32_t tenant, Tier t, uint64_t bytes) {
@@ -147,8 +176,15 @@ absl::StatusOr<bool> StoreImpl::CheckpointBatch(size_t* budget, CheckpointResult
   }
   absl::Status written = ssd_->WriteBatch(to_write, new_tenants);
   absl::MutexLock lock(&mu_);
+  const bool disk_full = absl::IsResourceExhausted(written);
   if (written.ok()) {
     for (const auto& p : new_tenants) tenants_[p.first].on_ssd = true;
+  } else if (disk_full) {
+    // The file system filled before the SSD capacity: lower the limit, make room, and leave these
+    // pages for the next batch or checkpoint.
+    LearnSsdFull();
+    MakeSsdRoom(0);
+    result->pages_skipped += items.size();
   } else {
     counters_.ssd_write_failures++;
   }
@@ -172,7 +208,7 @@ absl::StatusOr<bool> StoreImpl::CheckpointBatch(size_t* budget, CheckpointResult
     }
     EndRead(idx);
   }
-  if (!written.ok()) return written;
+  if (!written.ok() && !disk_full) return written;
   return true;
 }
 

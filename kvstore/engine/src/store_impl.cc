@@ -102,6 +102,13 @@ absl::Status StoreImpl::Init() {
     ssd_options.env = options_.ssd_env;
     ssd_options.sync_writes = options_.ssd_sync_writes;
     ssd_options.direct_writes = options_.ssd_direct_writes;
+    if (options_.ssd_capacity_bytes > 0) {
+      // Space comes back a segment at a time: segments small against the capacity keep the dead
+      // space that disk use counts (and a full file system strands) small.
+      ssd_options.segment_bytes =
+          std::clamp<uint64_t>(options_.ssd_capacity_bytes / 16, 4 << 10, 256ULL << 20);
+    }
+    ssd_limit_ = options_.ssd_capacity_bytes;
     auto ssd = SsdTier::Open(options_.data_dir, ssd_options);
     if (!ssd.ok()) return ssd.status();
     ssd_ = std::move(*ssd);

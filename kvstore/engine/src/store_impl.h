@@ -105,7 +105,7 @@ class StoreImpl final : public Store {
     uint64_t bytes_out[kNumTiers] = {0, 0, 0};
     uint64_t misses = 0, puts = 0, removes = 0, dropped = 0, window_dropped = 0;
     uint64_t checksum_failures = 0, ssd_write_failures = 0;
-    uint64_t checkpoints = 0, checkpoint_failures = 0;
+    uint64_t checkpoints = 0, checkpoint_failures = 0, ssd_full = 0;
   };
 
   static int MemIndex(Tier t) { return t == Tier::kGpu ? 0 : 1; }
@@ -145,9 +145,20 @@ class StoreImpl final : public Store {
   uint64_t SsdBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return used_[static_cast<int>(Tier::kSsd)] + ssd_copy_bytes_;
   }
-  // Drops least-recently-used SSD pages until `extra` more bytes fit in the SSD capacity. Returns
-  // whether they fit (always true for an unbounded SSD tier).
+  // Disk the SSD tier takes: its segment files (dead space and padding included), or its page
+  // bytes when more.
+  uint64_t SsdDiskBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops least-recently-used SSD pages until `extra` more bytes fit in the SSD limit (disk use
+  // counted as SsdDiskBytes). Returns whether they fit (always true for an unbounded SSD tier).
   bool MakeSsdRoom(uint64_t extra) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The file system ran out of space before the configured capacity: the SSD limit becomes a
+  // little less than what the segment files take now.
+  void LearnSsdFull() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ssd_->WriteBatch, and on a full file system (ResourceExhausted) one retry after dropping the
+  // oldest SSD pages to make room.
+  absl::Status WriteSsdBatch(absl::Span<const SsdPageWrite> writes,
+                             absl::Span<const std::pair<uint32_t, std::string>> tenants,
+                             uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a ready entry lives only in a memory tier.
   static bool MemoryOnly(const PageEntry& e) {
     return e.state == PageState::kReady && e.tier != Tier::kSsd && !e.ssd_copy;
@@ -230,6 +241,9 @@ class StoreImpl final : public Store {
   std::deque<EntryRef> dirty_ ABSL_GUARDED_BY(mu_);
   uint64_t ssd_copy_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t ssd_copy_pages_ ABSL_GUARDED_BY(mu_) = 0;
+  // Bytes the SSD tier may take on disk: ssd_capacity_bytes, lowered when the file system fills
+  // first (LearnSsdFull); 0 = unbounded.
+  uint64_t ssd_limit_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time last_checkpoint_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 
   absl::Mutex checkpoint_mu_ ABSL_ACQUIRED_BEFORE(mu_);

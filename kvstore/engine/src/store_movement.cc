@@ -123,7 +123,12 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
       }
     }
     if (writes.empty()) continue;
-    if (absl::Status s = ssd_->WriteBatch(writes, new_tenants); !s.ok()) {
+    if (!MakeSsdRoom(bytes)) {
+      counters_.ssd_write_failures++;
+      return absl::ResourceExhaustedError(
+          "SSD tier is full: every page on it is pinned or being read");
+    }
+    if (absl::Status s = WriteSsdBatch(writes, new_tenants, bytes); !s.ok()) {
       counters_.ssd_write_failures++;
       return s;  // the batch's pages stay in the host tier, unchanged
     }
@@ -150,12 +155,12 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
 void StoreImpl::EnforceWatermarks(Tier t) {
   if (!Present(t)) return;
   const int ti = static_cast<int>(t);
-  const uint64_t capacity =
-      t == Tier::kSsd ? options_.ssd_capacity_bytes : mem_[MemIndex(t)]->capacity_bytes();
+  const uint64_t capacity = t == Tier::kSsd ? ssd_limit_ : mem_[MemIndex(t)]->capacity_bytes();
   if (capacity == 0) return;  // unbounded SSD tier
   const Watermarks& w = options_.watermarks[ti];
-  // The SSD tier's space also holds copies of memory-tier pages; only its own pages are dropped.
-  const uint64_t used = t == Tier::kSsd ? SsdBytes() : used_[ti];
+  // The SSD tier's disk also holds copies of memory-tier pages and dead space of segments; only
+  // its own pages are dropped.
+  const uint64_t used = t == Tier::kSsd ? SsdDiskBytes() : used_[ti];
   if (static_cast<double>(used) <= w.high * static_cast<double>(capacity)) return;
   const double target = w.low * static_cast<double>(capacity);
   const uint64_t now = NowMs();

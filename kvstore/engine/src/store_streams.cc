@@ -138,6 +138,9 @@ StoreStats StoreImpl::Stats() {
   s.checkpoints = counters_.checkpoints;
   s.checkpoint_failures = counters_.checkpoint_failures;
   s.last_checkpoint_start = last_checkpoint_start_;
+  if (ssd_ != nullptr) s.ssd_disk_bytes = SsdDiskBytes();
+  s.ssd_limit_bytes = ssd_limit_;
+  s.ssd_full = counters_.ssd_full;
   s.active_leases = leases_.size();
   s.pinned_bytes = pinned_bytes_;
   uint64_t meta = table_.MetadataBytes();
