@@ -157,21 +157,22 @@ TEST(CheckpointTest, BackgroundCheckpointsCopyNewPages) {
 TEST(CheckpointTest, CopiesCountAgainstSsdCapacity) {
   TempDir dir;
   StoreOptions o = SmallStoreOptions(64, dir.path());
-  o.ssd_capacity_bytes = 16 * SmallLayout().PageBytes();
+  o.ssd_capacity_bytes = 32 * SmallLayout().PageBytes();  // segments of 2 pages
   auto s = OpenOrDie(o);
-  // 10 old pages on SSD, then 12 new ones in memory: the copies push the oldest SSD pages out.
-  for (uint64_t i = 0; i < 10; ++i) ASSERT_TRUE(PutKey(*s, i).ok());
-  ASSERT_TRUE(s->Demote("t", Keys(0, 10), Tier::kSsd).ok());
-  for (uint64_t i = 10; i < 22; ++i) ASSERT_TRUE(PutKey(*s, i).ok());
+  // 20 old pages on SSD (ten batches), then 24 new ones in memory: their copies push the oldest
+  // SSD pages out, and disk use stays within the capacity.
+  for (uint64_t i = 0; i < 20; ++i) ASSERT_TRUE(PutKey(*s, i).ok());
+  for (uint64_t i = 0; i < 20; i += 2) ASSERT_TRUE(s->Demote("t", Keys(i, i + 2), Tier::kSsd).ok());
+  for (uint64_t i = 20; i < 44; ++i) ASSERT_TRUE(PutKey(*s, i).ok());
   auto r = s->Checkpoint();
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->pages_written, 12u);
+  EXPECT_EQ(r->pages_written, 24u);
   const StoreStats st = s->Stats();
-  EXPECT_LE(st.tiers[2].used_bytes + st.ssd_copy_bytes, o.ssd_capacity_bytes);
-  EXPECT_GE(st.dropped, 6u);
-  for (uint64_t i = 10; i < 22; ++i) EXPECT_TRUE(CheckKey(*s, i).ok()) << i;
+  EXPECT_LE(st.ssd_disk_bytes, o.ssd_capacity_bytes);
+  EXPECT_GE(st.dropped, 12u);
+  for (uint64_t i = 20; i < 44; ++i) EXPECT_TRUE(CheckKey(*s, i).ok()) << i;
   // The surviving old pages are the most recently used ones, and read right.
-  for (uint64_t i = 0; i < 10; ++i) {
+  for (uint64_t i = 0; i < 20; ++i) {
     absl::Status c = CheckKey(*s, i);
     EXPECT_TRUE(c.ok() || absl::IsNotFound(c)) << i << ": " << c;
   }

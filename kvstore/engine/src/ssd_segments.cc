@@ -236,6 +236,19 @@ void SegmentSet::TakeBack(SegmentLocation at) {
   }
 }
 
+void SegmentSet::ShrinkSegments(uint64_t bytes) {
+  absl::MutexLock l(&mu_);
+  segment_bytes_ = std::min(segment_bytes_, std::max<uint64_t>(bytes, kAlign));
+  if (active_ == nullptr) return;
+  active_->sealed = true;
+  if (active_->live == 0) {
+    segments_.erase(active_->id);
+    unlink(PathOf(active_->id).c_str());
+    SyncDir(dir_).IgnoreError();
+  }
+  active_ = nullptr;
+}
+
 void SegmentSet::SealActive() {
   absl::MutexLock l(&mu_);
   if (active_ == nullptr) return;

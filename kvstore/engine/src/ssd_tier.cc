@@ -261,7 +261,13 @@ absl::Status SsdTier::WriteMeta(rocksdb::WriteBatch* batch, std::string_view wha
   // The WAL is always on, so a crash replays records and deletes in order; with sync_writes each
   // commit also syncs it, without it Sync() (a checkpoint), Flush() and close do.
   wo.sync = options_.sync_writes;
-  return FromRocks(db_->Write(wo, batch), what);
+  rocksdb::Status s = db_->Write(wo, batch);
+  if (s.IsNoSpace() || s.IsIOError()) {
+    // A full file system stops RocksDB until it is resumed; space may be back by now (the store
+    // drops old pages when it sees ENOSPC). One retry: the error stands if it fails again.
+    if (db_->Resume().ok()) s = db_->Write(wo, batch);
+  }
+  return FromRocks(s, what);
 }
 
 absl::Status SsdTier::AppendAndCommit(absl::Span<const SsdPageMeta> metas,
@@ -430,6 +436,11 @@ absl::Status SsdTier::Delete(absl::Span<const std::pair<uint32_t, PageKey>> page
 }
 
 absl::Status SsdTier::CompactSegment(uint32_t segment) { return Compact(segment); }
+
+void SsdTier::ShrinkSegments(uint64_t limit) {
+  absl::MutexLock l(&write_mu_);
+  segments_->ShrinkSegments(limit / 16);
+}
 
 void SsdTier::WaitForCompactions() {
   absl::MutexLock l(&compact_mu_);

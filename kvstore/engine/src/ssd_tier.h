@@ -142,6 +142,9 @@ class SsdTier {
   // Rewrites a sealed segment's live pages into the active segment and unlinks it, now (the
   // background compaction does the same for segments deletes queue).
   absl::Status CompactSegment(uint32_t segment);
+  // The file system holds only about `limit` bytes of segments: smaller segments from now on,
+  // and the active one sealed so that deleting its pages gives its space back.
+  void ShrinkSegments(uint64_t limit);
   // Waits until the background compaction has nothing queued (tests, benchmarks).
   void WaitForCompactions();
   struct SpaceUsage {

@@ -36,9 +36,9 @@ bool StoreImpl::MakeSsdRoom(uint64_t extra) {
   // When it must drop, it drops down to the low watermark: one batch of deletes, not one per write.
   const uint64_t low = static_cast<uint64_t>(options_.watermarks[static_cast<int>(Tier::kSsd)].low *
                                              static_cast<double>(ssd_limit_));
-  // Dropped pages give their space back when their segment empties (or is compacted), so a few
-  // rounds may be needed.
-  for (int round = 0; round < 8; ++round) {
+  // Dropped pages give their space back when their segment empties (or is compacted), so more
+  // rounds may be needed; the oldest pages go first, and they fill the oldest segments.
+  for (;;) {
     const uint64_t disk = SsdDiskBytes();
     if (disk + extra <= ssd_limit_) return true;
     const uint64_t need = disk + extra - std::min(low, ssd_limit_ - std::min(extra, ssd_limit_));
@@ -62,6 +62,7 @@ void StoreImpl::LearnSsdFull() {
   const uint64_t files = ssd_->Space().file_bytes;
   const uint64_t fits = files - files / 16;
   ssd_limit_ = ssd_limit_ == 0 ? fits : std::min(ssd_limit_, fits);
+  ssd_->ShrinkSegments(ssd_limit_);
   counters_.ssd_full++;
 }
 
