@@ -1,6 +1,8 @@
 #include "ssd_tier.h"
 
+#include <fcntl.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
@@ -183,6 +185,9 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir,
   if (absl::Status s = t->LoadSegments(dir); !s.ok()) return s;
   listener->segments.store(t->segments_.get(), std::memory_order_release);
   t->listener_ = std::move(listener);
+  t->ballast_path_ = dir + "/segments/ballast";
+  t->ballast_bytes_ = 4ULL << 20;
+  t->RestoreBallast();
   t->compactor_ = std::thread([tier = t.get()] { tier->CompactionLoop(); });
   return t;
 }
@@ -263,8 +268,9 @@ absl::Status SsdTier::WriteMeta(rocksdb::WriteBatch* batch, std::string_view wha
   wo.sync = options_.sync_writes;
   rocksdb::Status s = db_->Write(wo, batch);
   if (s.IsNoSpace() || s.IsIOError()) {
-    // A full file system stops RocksDB until it is resumed; space may be back by now (the store
-    // drops old pages when it sees ENOSPC). One retry: the error stands if it fails again.
+    // A full file system stops RocksDB until it is resumed. The ballast gives it room (so that
+    // the deletes that make room go through); one retry, the error stands if it fails again.
+    ReleaseBallast();
     if (db_->Resume().ok()) s = db_->Write(wo, batch);
   }
   return FromRocks(s, what);
@@ -437,6 +443,20 @@ absl::Status SsdTier::Delete(absl::Span<const std::pair<uint32_t, PageKey>> page
 
 absl::Status SsdTier::CompactSegment(uint32_t segment) { return Compact(segment); }
 
+void SsdTier::ReleaseBallast() { unlink(ballast_path_.c_str()); }
+
+void SsdTier::RestoreBallast() {
+  if (ballast_bytes_ == 0) return;
+  const int fd = open(ballast_path_.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  if (posix_fallocate(fd, 0, static_cast<off_t>(ballast_bytes_)) != 0) {
+    close(fd);
+    unlink(ballast_path_.c_str());  // no room yet: the next ENOSPC finds none to give up
+    return;
+  }
+  close(fd);
+}
+
 void SsdTier::ShrinkSegments(uint64_t limit) {
   absl::MutexLock l(&write_mu_);
   segments_->ShrinkSegments(limit / 16);
@@ -546,9 +566,12 @@ absl::Status SsdTier::Compact(uint32_t segment) {
     if (metas.empty()) {
       if (absl::Status s = WriteMeta(&batch, "compact"); !s.ok()) return s;
     } else if (absl::Status s = AppendAndCommit(metas, ptrs, /*via_env=*/false, &batch); !s.ok()) {
-      return s;
+      return s;  // what moved stays moved; the segment's last page deleted unlinks it
     }
-    segments_->SubLive(segment, moved + dropped);
+    if (segments_->SubLive(segment, moved + dropped)) {
+      // Nothing lives in it any more (its other pages were deleted meanwhile).
+      break;
+    }
   }
   // The moved pages' new records and bytes are made durable before the old bytes go.
   if (absl::Status s = segments_->SyncAll(); !s.ok()) return s;

@@ -145,6 +145,11 @@ class SsdTier {
   // The file system holds only about `limit` bytes of segments: smaller segments from now on,
   // and the active one sealed so that deleting its pages gives its space back.
   void ShrinkSegments(uint64_t limit);
+  // A full file system can stop RocksDB itself, and then no page can be deleted to make room. A
+  // ballast file (a few MiB allocated at open, <dir>/segments/ballast) is given up on ENOSPC so
+  // that deletes go through, and taken again once there is room.
+  void ReleaseBallast();
+  void RestoreBallast();
   // Waits until the background compaction has nothing queued (tests, benchmarks).
   void WaitForCompactions();
   struct SpaceUsage {
@@ -193,6 +198,8 @@ class SsdTier {
   absl::flat_hash_set<uint32_t> to_compact_ ABSL_GUARDED_BY(compact_mu_);
   bool stopping_ ABSL_GUARDED_BY(compact_mu_) = false;
   std::thread compactor_;
+  std::string ballast_path_;
+  uint64_t ballast_bytes_ = 0;
 };
 
 }  // namespace pagoda

@@ -10,8 +10,9 @@
 
 namespace pagoda {
 namespace {
-// One checkpoint batch carries at most this many page bytes: bounds the pages held unevictable
-// while it is written, and the memory of GPU pages copied out for it.
+// One checkpoint batch carries at most this many page bytes, and at most an eighth of the host
+// tier: bounds the pages held unevictable while it is written, and the memory of GPU pages copied
+// out for it.
 constexpr uint64_t kCheckpointBatchBytes = 4ULL << 20;
 }  // namespace
 
@@ -52,8 +53,28 @@ bool StoreImpl::MakeSsdRoom(uint64_t extra) {
         freeing += PageBytes(e);
       }
     }
-    if (victims.empty()) break;
-    EvictBatch(Tier::kSsd, victims).IgnoreError();  // dropping SSD pages cannot fail
+    if (!victims.empty()) {
+      EvictBatch(Tier::kSsd, victims).IgnoreError();  // dropping SSD pages cannot fail
+      continue;
+    }
+    // Only copies of memory pages are left to give up (they keep their segments alive): the
+    // least recently used first; their pages become memory-only again.
+    uint64_t dropped = 0;
+    for (Tier t : {Tier::kHost, Tier::kGpu}) {
+      for (uint32_t v = table_.Tail(t); v != kNil && dropped < need;) {
+        const uint32_t prev = table_.Prev(v);
+        PageEntry& e = table_.at(v);
+        if (e.ssd_copy && e.state == PageState::kReady) {
+          const std::pair<uint32_t, PageKey> k(e.tenant, e.key);
+          ssd_->Delete({&k, 1}).IgnoreError();
+          dropped += PageBytes(e);
+          UnchargeCopy(e);
+          dirty_.push_back(EntryRef{v, e.version});
+        }
+        v = prev;
+      }
+    }
+    if (dropped == 0) break;
   }
   return SsdDiskBytes() + extra <= ssd_limit_;
 }
@@ -70,10 +91,16 @@ absl::Status StoreImpl::WriteSsdBatch(absl::Span<const SsdPageWrite> writes,
                                       absl::Span<const std::pair<uint32_t, std::string>> tenants,
                                       uint64_t bytes) {
   absl::Status s = ssd_->WriteBatch(writes, tenants);
-  if (!absl::IsResourceExhausted(s)) return s;
-  LearnSsdFull();
-  if (!MakeSsdRoom(bytes)) return s;
-  return ssd_->WriteBatch(writes, tenants);
+  // A few rounds: space freed by dropped pages may still be held by a compaction or a reader.
+  for (int attempt = 0; attempt < 4 && absl::IsResourceExhausted(s); ++attempt) {
+    ssd_->ReleaseBallast();  // room for the deletes that make room
+    if (attempt == 0) LearnSsdFull();  // once per write: retries must not ratchet it down
+    const bool room = MakeSsdRoom(bytes);
+    ssd_->RestoreBallast();
+    if (!room) return s;
+    s = ssd_->WriteBatch(writes, tenants);
+  }
+  return s;
 }
 
 bool StoreImpl::MakeTenantRoom(uint32_t tenant, Tier t, uint64_t bytes) {
@@ -124,7 +151,8 @@ absl::StatusOr<bool> StoreImpl::CheckpointBatch(size_t* budget, CheckpointResult
     absl::MutexLock lock(&mu_);
     if (*budget == 0 || dirty_.empty()) return false;
     uint64_t bytes = 0;
-    while (*budget > 0 && !dirty_.empty() && bytes < kCheckpointBatchBytes) {
+    const uint64_t max_bytes = std::min(kCheckpointBatchBytes, mem_[1]->capacity_bytes() / 8);
+    while (*budget > 0 && !dirty_.empty() && (bytes == 0 || bytes < max_bytes)) {
       const EntryRef r = dirty_.front();
       dirty_.pop_front();
       --*budget;
@@ -183,8 +211,10 @@ absl::StatusOr<bool> StoreImpl::CheckpointBatch(size_t* budget, CheckpointResult
   } else if (disk_full) {
     // The file system filled before the SSD capacity: lower the limit, make room, and leave these
     // pages for the next batch or checkpoint.
+    ssd_->ReleaseBallast();
     LearnSsdFull();
     MakeSsdRoom(0);
+    ssd_->RestoreBallast();
     result->pages_skipped += items.size();
   } else {
     counters_.ssd_write_failures++;
