@@ -348,7 +348,7 @@ class ClientImpl final : public Client {
   }
 
   const ClientOptions options_;
-  uint64_t window_bytes_ = 64ULL << 20;      // bytes of one Put request (see Put)
+  uint64_t window_bytes_ = 64ULL << 20;    // bytes of one Put request (see Put)
   absl::flat_hash_set<LayoutId> layouts_;  // the server's layouts, from Health
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Pagoda::Stub> stub_;

@@ -97,8 +97,8 @@ TEST(FullDiskTest, KeepsServingAndNeverServesWrongBytesWhenTheFileSystemFills) {
   std::vector<std::thread> threads;
   for (int w = 0; w < 2; ++w) {
     threads.emplace_back([&, w] {
-      auto c = Client::Connect((*s)->ClientOpts("full", w ? DataPathKind::kRemote
-                                                          : DataPathKind::kLocal));
+      auto c = Client::Connect(
+          (*s)->ClientOpts("full", w ? DataPathKind::kRemote : DataPathKind::kLocal));
       ASSERT_TRUE(c.ok()) << c.status();
       for (uint64_t i = 0; i < kPerWriter; i += 8) {
         std::vector<std::vector<uint8_t>> data;
@@ -144,7 +144,8 @@ TEST(FullDiskTest, KeepsServingAndNeverServesWrongBytesWhenTheFileSystemFills) {
   threads[2].join();
   if (HasFailure()) {
     const std::string log = (*s)->Log();
-    std::printf("pagodad log (end):\n%s\n", log.substr(log.size() > 4000 ? log.size() - 4000 : 0).c_str());
+    std::printf("pagodad log (end):\n%s\n",
+                log.substr(log.size() > 4000 ? log.size() - 4000 : 0).c_str());
   }
   EXPECT_EQ(wrong.load(), 0) << "WRONG BYTES SERVED";
   EXPECT_EQ(odd_errors.load(), 0);

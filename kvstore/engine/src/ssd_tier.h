@@ -32,7 +32,8 @@
 // segment, not per page. A sealed segment with no live bytes is unlinked; one whose dead fraction
 // reaches SsdTierOptions::compact_dead_fraction is compacted (its live pages appended to the active
 // segment, their records repointed and flushed, then the old file unlinked) by a background thread
-// that a delete wakes; it reads old bytes without the write lock and appends a few MiB at a time. At open, segment files no record refers to go.
+// that a delete wakes; it reads old bytes without the write lock and appends a few MiB at a time.
+// At open, segment files no record refers to go.
 //
 // Thread safety: Read() may run concurrently with everything. Writes, deletes and Flush are called
 // with the store's lock held (SsdEnv relies on that); the tier also serializes them itself.

@@ -28,9 +28,7 @@ void StoreImpl::UnchargeCopy(PageEntry& e) {
   ssd_copy_pages_--;
 }
 
-uint64_t StoreImpl::SsdDiskBytes() const {
-  return std::max(SsdBytes(), ssd_->Space().file_bytes);
-}
+uint64_t StoreImpl::SsdDiskBytes() const { return std::max(SsdBytes(), ssd_->Space().file_bytes); }
 
 bool StoreImpl::MakeSsdRoom(uint64_t extra) {
   if (ssd_limit_ == 0) return true;
@@ -93,7 +91,7 @@ absl::Status StoreImpl::WriteSsdBatch(absl::Span<const SsdPageWrite> writes,
   absl::Status s = ssd_->WriteBatch(writes, tenants);
   // A few rounds: space freed by dropped pages may still be held by a compaction or a reader.
   for (int attempt = 0; attempt < 4 && absl::IsResourceExhausted(s); ++attempt) {
-    ssd_->ReleaseBallast();  // room for the deletes that make room
+    ssd_->ReleaseBallast();            // room for the deletes that make room
     if (attempt == 0) LearnSsdFull();  // once per write: retries must not ratchet it down
     const bool room = MakeSsdRoom(bytes);
     ssd_->RestoreBallast();
