@@ -3,8 +3,9 @@
 //
 //   file     pwrite of every page into one file, then fdatasync; reads: pread of every page
 //   rocksdb  DB::Put of every page into a DB with the same blob-file options as the store
-//            (enable_blob_files, min_blob_size 0), WAL off like the store's default, then Flush;
-//            reads: DB::Get. "rocksdb+wal" is the same with RocksDB's default WAL on.
+//            (enable_blob_files, min_blob_size 0), WAL off (the store's default before issue
+//            14), then Flush; reads: DB::Get. "rocksdb+wal" is the same with RocksDB's default WAL
+//            on.
 //   pagoda   Store::Demote of every page from the host tier to SSD (4 MiB batches: one pwritev of
 //            page bytes into a segment file, one RocksDB write of their metadata), then
 //            Store::Flush; reads: Store::Get with promote_on_hit off (metadata lookup, one pread,

@@ -7,6 +7,8 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "local_path.h"
@@ -95,6 +97,11 @@ class ClientImpl final : public Client {
           h.status().code(),
           absl::StrCat("cannot reach pagodad at ", options_.target, ": ", h.status().message()));
     }
+    if (h->arena_bytes > 0) window_bytes_ = h->arena_bytes / 4;
+    for (const std::string& l : h->layouts) {
+      LayoutId id = 0;
+      if (absl::SimpleAtoi(l.substr(0, l.find(':')), &id)) layouts_.insert(id);
+    }
     remote_ = std::make_unique<client_internal::RemotePath>(
         stub_.get(), options_.tenant, options_.chunk_bytes,
         [this](grpc::ClientContext* c) { Prepare(c); });
@@ -140,23 +147,61 @@ class ClientImpl final : public Client {
 
   std::string data_path() const override { return path_->name(); }
 
+  // A path reserves a whole batch before it commits any page of it, so a batch larger than the
+  // host tier could never be stored. Batches therefore go out in windows of at most
+  // window_bytes_ (a quarter of the host arena) and kMaxBatch pages: each window commits before the
+  // next reserves, and the host tier demotes the committed windows to SSD as the request streams
+  // through it. A malformed request goes out whole, so the server refuses all of it.
   std::vector<absl::Status> Put(absl::Span<const PutPage> pages) override {
     std::vector<absl::Status> out;
     out.reserve(pages.size());
-    for (size_t i = 0; i < pages.size(); i += kMaxBatch) {
-      std::vector<absl::Status> part =
-          path_->Put(pages.subspan(i, std::min(kMaxBatch, pages.size() - i)));
+    const bool windowed = WellFormed(pages);
+    size_t i = 0;
+    while (i < pages.size()) {
+      size_t n = 0;
+      uint64_t bytes = 0;
+      while (i + n < pages.size() && n < kMaxBatch &&
+             (!windowed || n == 0 || bytes + pages[i + n].bytes.size() <= window_bytes_)) {
+        bytes += pages[i + n].bytes.size();
+        ++n;
+      }
+      if (!windowed) n = pages.size() - i;  // one request: refused as a whole
+      std::vector<absl::Status> part = path_->Put(pages.subspan(i, n));
       for (absl::Status& s : part) out.push_back(std::move(s));
+      i += n;
     }
     return out;
   }
 
+  // Whether a Put could be split without changing its outcome: every layout known to the server,
+  // every page of its layout's size, no key twice.
+  bool WellFormed(absl::Span<const PutPage> pages) const {
+    absl::flat_hash_set<PageKey> keys;
+    for (const PutPage& p : pages) {
+      absl::StatusOr<PageLayout> l = PageLayout::FromId(p.layout);
+      if (!l.ok() || !layouts_.contains(p.layout) || p.bytes.size() != l->PageBytes() ||
+          !keys.insert(p.key).second) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // Reads lease their pages in the host tier for the whole batch: windows of at most
+  // window_bytes_ of output keep a read larger than the host tier possible (see Put).
   std::vector<GetResult> Get(absl::Span<const GetPage> pages) override {
     std::vector<GetResult> out;
     out.reserve(pages.size());
-    for (size_t i = 0; i < pages.size(); i += kMaxBatch) {
-      std::vector<GetResult> part =
-          path_->Get(pages.subspan(i, std::min(kMaxBatch, pages.size() - i)));
+    for (size_t i = 0; i < pages.size();) {
+      size_t n = 0;
+      uint64_t bytes = 0;
+      while (i + n < pages.size() && n < kMaxBatch &&
+             (n == 0 || bytes + pages[i + n].out.size() <= window_bytes_)) {
+        bytes += pages[i + n].out.size();
+        ++n;
+      }
+      std::vector<GetResult> part = path_->Get(pages.subspan(i, n));
+      i += n;
       for (GetResult& r : part) out.push_back(std::move(r));
     }
     return out;
@@ -303,6 +348,8 @@ class ClientImpl final : public Client {
   }
 
   const ClientOptions options_;
+  uint64_t window_bytes_ = 64ULL << 20;    // bytes of one Put request (see Put)
+  absl::flat_hash_set<LayoutId> layouts_;  // the server's layouts, from Health
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Pagoda::Stub> stub_;
   std::unique_ptr<client_internal::RemotePath> remote_;

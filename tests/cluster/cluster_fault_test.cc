@@ -462,7 +462,7 @@ server: {grpc_host: 127.0.0.1, grpc_port: 0, http_host: 127.0.0.1, http_port: 0}
 store:
   host_bytes: 8MiB
   ssd_bytes: 256MiB
-  ssd_sync_writes: true  # without it RocksDB runs without a WAL and a crash loses the memtable
+  ssd_sync_writes: true  # every demotion batch synced before it counts (not only at checkpoints)
   layouts:
     - {dtype: fp16, kv_heads: 8, head_dim: 128, page_tokens: 16}
 logging: {level: info}

@@ -20,10 +20,11 @@ PAGODAD, CLI = sys.argv[1], sys.argv[2]
 STATE = {}
 
 
-def setUpModule():
+def start_pagodad(config):
+    """Starts pagodad with `config` (YAML) in a fresh directory; returns (dir, process, target)."""
     d = tempfile.mkdtemp(prefix="pgdpy-", dir="/tmp")
     with open(os.path.join(d, "c.yaml"), "w") as f:
-        f.write("store: {host_bytes: 64MiB, ssd_bytes: 128MiB}\n")
+        f.write(config)
     with open(os.path.join(d, "log"), "w") as log:
         proc = subprocess.Popen(
             [PAGODAD, "--config", os.path.join(d, "c.yaml"), "--data-dir", d, "--grpc-port", "0",
@@ -39,15 +40,23 @@ def setUpModule():
             raise RuntimeError("pagodad did not start: " + log.read())
     with open(ports) as f:
         port = json.load(f)["grpc_port"]
-    STATE.update(dir=d, proc=proc, target="127.0.0.1:%d" % port)
+    return d, proc, "127.0.0.1:%d" % port
+
+
+def stop_pagodad(d, proc):
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60)
+    shutil.rmtree(d, ignore_errors=True)
+    assert rc == 0, "pagodad exited with %d" % rc
+
+
+def setUpModule():
+    d, proc, target = start_pagodad("store: {host_bytes: 64MiB, ssd_bytes: 128MiB}\n")
+    STATE.update(dir=d, proc=proc, target=target)
 
 
 def tearDownModule():
-    proc = STATE["proc"]
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=60)
-    shutil.rmtree(STATE["dir"], ignore_errors=True)
-    assert rc == 0, "pagodad exited with %d" % rc
+    stop_pagodad(STATE["dir"], STATE["proc"])
 
 
 class BindingTest(unittest.TestCase):
@@ -151,6 +160,47 @@ class CliTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("get", r.stdout)
         self.assertIn("100%", r.stderr)  # the progress bar finished
+
+
+class LargerThanHostTierTest(unittest.TestCase):
+    """One request ten times the host tier (4 MiB) streams through it, from Python and the CLI."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir, cls.proc, cls.target = start_pagodad(
+            "store: {host_bytes: 4MiB, ssd_bytes: 256MiB}\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        stop_pagodad(cls.dir, cls.proc)
+
+    def test_python_put_and_get_of_ten_host_tiers(self):
+        lay = pagoda.layout_id("fp16", 8, 128, 16)
+        n = 640  # 40 MiB of 64 KiB pages
+        rng = np.random.default_rng(14)
+        for path, base in (("local", 1 << 40), ("remote", 2 << 40)):
+            c = pagoda.Client(self.target, tenant="big", path=path)
+            keys = [base + i for i in range(n)]
+            pages = rng.integers(0, 256, size=(n, 65536), dtype=np.uint8)
+            self.assertEqual(c.put(keys, pages, lay), ["OK"] * n)
+            out, found = c.get(keys, lay)
+            self.assertTrue(all(found), path)
+            self.assertTrue(np.array_equal(out, pages), path)
+
+    def test_cli_put_and_get_of_ten_host_tiers(self):
+        src = os.path.join(self.dir, "big.bin")
+        dst = os.path.join(self.dir, "big.out")
+        data = os.urandom(40 << 20)
+        with open(src, "wb") as f:
+            f.write(data)
+        run = lambda *a: subprocess.run([CLI, "--target", self.target, *a], capture_output=True,
+                                        text=True, timeout=120)
+        r = run("put", src, "--name", "big")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run("--remote", "get", "big", "-o", dst)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(dst, "rb") as f:
+            self.assertTrue(f.read() == data)
 
 
 if __name__ == "__main__":

@@ -119,10 +119,31 @@ tenants:
   EXPECT_EQ(s->tenant_quota_bytes, 1u << 20);
   // The quota is the tenant's own: another tenant still writes the same keys.
   for (const absl::Status& x : (*other)->Put(puts)) EXPECT_TRUE(x.ok()) << x;
-  // Freeing one page makes room for exactly one more.
-  ASSERT_TRUE((*small)->Remove({PageKey{6, 0}})[0].ok());
+  // At its quota, a later write evicts the tenant's own least-recent page (down to SSD) instead
+  // of being refused; the evicted page still reads back right.
   EXPECT_TRUE((*small)->Put({puts[20]})[0].ok());
-  EXPECT_TRUE(absl::IsResourceExhausted((*small)->Put({puts[21]})[0]));
+  EXPECT_TRUE((*small)->Put({puts[21]})[0].ok());
+  std::vector<uint8_t> out(l.PageBytes());
+  for (uint64_t i : {0, 1, 20, 21}) {
+    GetResult r = (*small)->Get({{PageKey{6, i}, absl::MakeSpan(out)}})[0];
+    ASSERT_TRUE(r.status.ok()) << i << ": " << r.status;
+    EXPECT_EQ(out, data[i]) << i;
+  }
+  absl::StatusOr<ServiceStats> after = (*small)->Stats();
+  ASSERT_TRUE(after.ok());
+  for (const TierUsage& t : after->tiers) {
+    if (t.name == "host") {
+      // The small tenant's quota (16 pages) plus the other tenant's 24 pages.
+      EXPECT_LE(t.used_bytes, (16u + 24u) * l.PageBytes());
+    }
+  }
+  // With every own page pinned, the quota refuses and nothing changes.
+  std::vector<PageKey> own;
+  for (uint64_t i = 0; i < 24; ++i) own.push_back(PageKey{6, i});
+  (*small)->Pin(own);
+  PutPage extra{PageKey{6, 99}, l.Id(), data[0]};
+  EXPECT_TRUE(absl::IsResourceExhausted((*small)->Put({extra})[0]));
+  EXPECT_FALSE((*(*small)->Exists({extra.key}))[0]);
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, TenancyTest,

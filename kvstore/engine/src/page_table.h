@@ -42,8 +42,10 @@ struct PageEntry {
   uint16_t readers = 0;  // copies in flight outside the store lock
   Tier tier = Tier::kHost;
   PageState state = PageState::kFree;
-  bool linked = false;    // on its tier's LRU list
-  uint8_t ssd_moves = 0;  // bumped when its SSD record is deleted by a promotion (wraps)
+  bool linked : 1 = false;  // on its tier's LRU list
+  // A page in a memory tier whose SSD record holds the same bytes (written by a checkpoint, or
+  // kept by a promotion): evicting it costs no write, and a crash or stop does not lose it.
+  bool ssd_copy : 1 = false;
 };
 static_assert(sizeof(PageEntry) <= 64, "keep per-page metadata small");
 

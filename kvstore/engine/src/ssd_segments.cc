@@ -30,6 +30,18 @@ alignas(kAlign) const char kZeros[kAlign] = {};
 
 bool Aligned(uint64_t v) { return v % kAlign == 0; }
 
+// Makes the directory's entries durable: a segment file created (or unlinked) before a crash is
+// then there (or gone) after it, as the metadata pointing into it expects.
+absl::Status SyncDir(const std::string& dir) {
+  const int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return FromErrno(errno, absl::StrCat("open directory ", dir));
+  const int rc = fsync(fd);
+  const int err = errno;
+  close(fd);
+  if (rc != 0) return FromErrno(err, absl::StrCat("fsync directory ", dir));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 struct SegmentSet::Segment {
@@ -94,6 +106,7 @@ absl::StatusOr<std::unique_ptr<SegmentSet>> SegmentSet::Open(
   }
   if (ec)
     return absl::UnavailableError(absl::StrCat("SSD segments: list ", dir, ": ", ec.message()));
+  if (absl::Status s = SyncDir(dir); !s.ok()) return s;
   set->next_id_ = max_id + 1;
   return set;
 }
@@ -117,6 +130,10 @@ absl::Status SegmentSet::StartSegment() {
   // appended to.
   seg->fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (seg->fd < 0) return FromErrno(errno, absl::StrCat("create ", path));
+  if (absl::Status s = SyncDir(dir_); !s.ok()) {
+    unlink(path.c_str());
+    return s;  // seg closes its descriptor
+  }
   if (direct_writes_) seg->direct_fd = open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
   ++next_id_;
   segments_[seg->id] = seg;
@@ -219,6 +236,19 @@ void SegmentSet::TakeBack(SegmentLocation at) {
   }
 }
 
+void SegmentSet::ShrinkSegments(uint64_t bytes) {
+  absl::MutexLock l(&mu_);
+  segment_bytes_ = std::min(segment_bytes_, std::max<uint64_t>(bytes, kAlign));
+  if (active_ == nullptr) return;
+  active_->sealed = true;
+  if (active_->live == 0) {
+    segments_.erase(active_->id);
+    unlink(PathOf(active_->id).c_str());
+    SyncDir(dir_).IgnoreError();
+  }
+  active_ = nullptr;
+}
+
 void SegmentSet::SealActive() {
   absl::MutexLock l(&mu_);
   if (active_ == nullptr) return;
@@ -314,6 +344,8 @@ void SegmentSet::Remove(uint32_t segment) {
   if (active_ == it->second) active_ = nullptr;
   unlink(PathOf(segment).c_str());
   segments_.erase(it);  // open reads keep the descriptor until they finish
+  // A failure only risks the file coming back after a crash; unreferenced, it goes at open.
+  SyncDir(dir_).IgnoreError();
 }
 
 SegmentSet::Usage SegmentSet::GetUsage() const {

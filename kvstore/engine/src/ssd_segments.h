@@ -64,6 +64,9 @@ class SegmentSet {
   void TakeBack(SegmentLocation at);
   // Seals the active segment after a failure after which its tail cannot be trusted.
   void SealActive();
+  // Segments started from now on hold about `bytes`; seals the active segment (unlinking it when
+  // nothing lives in it), so that its space comes back once its pages are deleted.
+  void ShrinkSegments(uint64_t bytes);
   // fdatasync of one segment / of every segment written since its last sync.
   absl::Status Sync(uint32_t segment);
   absl::Status SyncAll();
@@ -93,7 +96,7 @@ class SegmentSet {
   std::shared_ptr<Segment> Find(uint32_t id) const;
 
   const std::string dir_;
-  const uint64_t segment_bytes_;
+  uint64_t segment_bytes_ ABSL_GUARDED_BY(mu_);
   const bool direct_writes_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<Segment>> segments_ ABSL_GUARDED_BY(mu_);

@@ -1,6 +1,8 @@
 #include "ssd_tier.h"
 
+#include <fcntl.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
@@ -33,6 +35,7 @@ absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   if (s.ok()) return absl::OkStatus();
   const std::string msg = absl::StrCat("SSD tier: ", std::string(what), ": ", s.ToString());
   if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
   if (s.IsCorruption()) return absl::DataLossError(msg);
   if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
   return absl::UnavailableError(msg);
@@ -96,7 +99,7 @@ struct LocKeyBuf {
 };
 
 // Syncs segment bytes before RocksDB flushes metadata that may point at them, so that a flushed
-// record never outlives its bytes (with the WAL off, memtable flushes are the only durability).
+// record never outlives its bytes (a flush makes records durable without a WAL sync).
 class SyncSegmentsOnFlush : public rocksdb::EventListener {
  public:
   void OnFlushBegin(rocksdb::DB*, const rocksdb::FlushJobInfo&) override {
@@ -142,8 +145,9 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir,
   db_opts.create_if_missing = !existed;
   db_opts.create_missing_column_families = !existed;
   db_opts.max_background_jobs = 2;
-  // Both column families flush together, so a page's 'P' and 'L' records reach disk together even
-  // when the WAL is off.
+  // No preallocated WAL space: on a small file system it would take tens of MiB up front.
+  db_opts.allow_fallocate = false;
+  // Both column families flush together, so a page's 'P' and 'L' records reach disk together.
   db_opts.atomic_flush = true;
   auto listener = std::make_shared<SyncSegmentsOnFlush>();
   db_opts.listeners.push_back(listener);
@@ -181,6 +185,10 @@ absl::StatusOr<std::unique_ptr<SsdTier>> SsdTier::Open(const std::string& dir,
   if (absl::Status s = t->LoadSegments(dir); !s.ok()) return s;
   listener->segments.store(t->segments_.get(), std::memory_order_release);
   t->listener_ = std::move(listener);
+  t->ballast_path_ = dir + "/segments/ballast";
+  t->ballast_bytes_ = 4ULL << 20;
+  t->RestoreBallast();
+  t->compactor_ = std::thread([tier = t.get()] { tier->CompactionLoop(); });
   return t;
 }
 
@@ -235,6 +243,13 @@ absl::Status SsdTier::LoadSegments(const std::string& dir) {
 }
 
 SsdTier::~SsdTier() {
+  if (compactor_.joinable()) {
+    {
+      absl::MutexLock l(&compact_mu_);
+      stopping_ = true;
+    }
+    compactor_.join();
+  }
   if (db_ == nullptr) return;
   if (segments_ != nullptr) segments_->SyncAll().IgnoreError();
   rocksdb::FlushOptions fo;
@@ -248,11 +263,17 @@ SsdTier::~SsdTier() {
 
 absl::Status SsdTier::WriteMeta(rocksdb::WriteBatch* batch, std::string_view what) {
   rocksdb::WriteOptions wo;
-  // Without sync_writes the WAL is skipped: a crash then loses the records since the last flush
-  // (their bytes become dead space), which a cache may; with it, each commit is durable.
-  wo.disableWAL = !options_.sync_writes;
+  // The WAL is always on, so a crash replays records and deletes in order; with sync_writes each
+  // commit also syncs it, without it Sync() (a checkpoint), Flush() and close do.
   wo.sync = options_.sync_writes;
-  return FromRocks(db_->Write(wo, batch), what);
+  rocksdb::Status s = db_->Write(wo, batch);
+  if (s.IsNoSpace() || s.IsIOError()) {
+    // A full file system stops RocksDB until it is resumed. The ballast gives it room (so that
+    // the deletes that make room go through); one retry, the error stands if it fails again.
+    ReleaseBallast();
+    if (db_->Resume().ok()) s = db_->Write(wo, batch);
+  }
+  return FromRocks(s, what);
 }
 
 absl::Status SsdTier::AppendAndCommit(absl::Span<const SsdPageMeta> metas,
@@ -412,20 +433,64 @@ absl::Status SsdTier::Delete(absl::Span<const std::pair<uint32_t, PageKey>> page
       compact = segment;
     }
   }
-  if (compact != 0 && segments_->Has(compact)) CompactLocked(compact).IgnoreError();
+  if (compact != 0) {
+    // In the background: a delete never waits for a segment to be rewritten.
+    absl::MutexLock c(&compact_mu_);
+    to_compact_.insert(compact);
+  }
   return absl::OkStatus();
 }
 
-absl::Status SsdTier::CompactSegment(uint32_t segment) {
-  absl::MutexLock l(&write_mu_);
-  return CompactLocked(segment);
+absl::Status SsdTier::CompactSegment(uint32_t segment) { return Compact(segment); }
+
+void SsdTier::ReleaseBallast() { unlink(ballast_path_.c_str()); }
+
+void SsdTier::RestoreBallast() {
+  if (ballast_bytes_ == 0) return;
+  const int fd = open(ballast_path_.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  if (posix_fallocate(fd, 0, static_cast<off_t>(ballast_bytes_)) != 0) {
+    close(fd);
+    unlink(ballast_path_.c_str());  // no room yet: the next ENOSPC finds none to give up
+    return;
+  }
+  close(fd);
 }
 
-absl::Status SsdTier::CompactLocked(uint32_t segment) {
+void SsdTier::ShrinkSegments(uint64_t limit) {
+  absl::MutexLock l(&write_mu_);
+  segments_->ShrinkSegments(limit / 16);
+}
+
+void SsdTier::WaitForCompactions() {
+  absl::MutexLock l(&compact_mu_);
+  compact_mu_.Await(absl::Condition(
+      +[](SsdTier* t) { return t->stopping_ || t->to_compact_.empty(); }, this));
+}
+
+void SsdTier::CompactionLoop() {
+  absl::MutexLock l(&compact_mu_);
+  for (;;) {
+    compact_mu_.Await(absl::Condition(
+        +[](SsdTier* t) { return t->stopping_ || !t->to_compact_.empty(); }, this));
+    if (stopping_) return;
+    const uint32_t segment = *to_compact_.begin();
+    compact_mu_.Unlock();
+    // A failure leaves the segment as it was; a later delete queues it again.
+    Compact(segment).IgnoreError();
+    compact_mu_.Lock();
+    to_compact_.erase(segment);
+  }
+}
+
+absl::Status SsdTier::Compact(uint32_t segment) {
+  // Only one compaction at a time (the background one, or CompactSegment).
+  absl::MutexLock one(&compacting_mu_);
   if (segment == 0 || segment == segments_->active() || !segments_->Has(segment)) {
     return absl::OkStatus();
   }
-  // The segment's pages in file order, from its 'L' records.
+  // The segment's pages in file order, from its 'L' records. It is sealed: nothing new lands in
+  // it, and what is deleted from it meanwhile is caught below.
   struct Live {
     uint32_t offset;
     char pk[kPageKeyBytes];
@@ -452,47 +517,61 @@ absl::Status SsdTier::CompactLocked(uint32_t segment) {
   }
   size_t i = 0;
   while (i < lives.size()) {
+    // Read a batch of live pages without write_mu_ (the slow part: writers go on meanwhile)...
+    const size_t first = i;
+    std::vector<std::string> bufs;
+    uint64_t batch_bytes = 0;
+    for (; i < lives.size() && batch_bytes < kCompactBatchBytes; ++i) {
+      std::string bytes(lives[i].size, '\0');
+      if (!segments_->Read({segment, lives[i].offset}, bytes.data(), bytes.size()).ok()) {
+        bytes.clear();  // unreadable: left pointing here, it reads as DataLoss once it is gone
+      }
+      batch_bytes += lives[i].size;
+      bufs.push_back(std::move(bytes));
+    }
+    // ...then, under it, move those still recorded at their old place and append them.
+    absl::MutexLock l(&write_mu_);
     rocksdb::WriteBatch batch;
     std::vector<SsdPageMeta> metas;
-    std::vector<std::string> bufs;
+    std::vector<const char*> ptrs;
     uint64_t moved = 0, dropped = 0;
-    for (; i < lives.size() && moved < kCompactBatchBytes; ++i) {
-      const Live& l = lives[i];
-      const SegmentLocation old{segment, l.offset};
-      batch.Delete(loc_cf_, LocKeyBuf(old).slice()).PermitUncheckedError();
+    for (size_t j = first; j < i; ++j) {
+      const Live& lv = lives[j];
+      const std::string& bytes = bufs[j - first];
+      const SegmentLocation old{segment, lv.offset};
       char mk[1 + kPageKeyBytes] = {'P'};
-      std::memcpy(mk + 1, l.pk, kPageKeyBytes);
+      std::memcpy(mk + 1, lv.pk, kPageKeyBytes);
       std::string v;
       SsdPageMeta m;
       SegmentLocation at;
       if (!db_->Get(rocksdb::ReadOptions(), meta_cf_, rocksdb::Slice(mk, sizeof(mk)), &v).ok() ||
-          !DecodeMeta(v, &m, &at) || at.segment != segment || at.offset != l.offset) {
-        dropped += l.size;  // a stale location record: its page lives elsewhere or nowhere
+          !DecodeMeta(v, &m, &at) || at.segment != segment || at.offset != lv.offset) {
+        // Deleted or rewritten meanwhile (its delete already took its live bytes off), or a
+        // stale location record.
+        batch.Delete(loc_cf_, LocKeyBuf(old).slice()).PermitUncheckedError();
         continue;
       }
-      std::string bytes(m.size, '\0');
-      if (!segments_->Read(old, bytes.data(), m.size).ok()) {
-        // Unreadable here: left pointing at this segment, it reads as DataLoss once it is gone.
-        dropped += l.size;
+      if (bytes.size() != m.size) {
+        dropped += lv.size;
         continue;
       }
-      m.tenant = GetBE32(l.pk);
-      m.key.hi = GetBE64(l.pk + 4);
-      m.key.lo = GetBE64(l.pk + 12);
+      batch.Delete(loc_cf_, LocKeyBuf(old).slice()).PermitUncheckedError();
+      m.tenant = GetBE32(lv.pk);
+      m.key.hi = GetBE64(lv.pk + 4);
+      m.key.lo = GetBE64(lv.pk + 12);
       metas.push_back(m);
-      bufs.push_back(std::move(bytes));
+      ptrs.push_back(bytes.data());
       moved += m.size;
     }
     if (metas.empty()) {
       if (absl::Status s = WriteMeta(&batch, "compact"); !s.ok()) return s;
-    } else {
-      std::vector<const char*> ptrs;
-      for (const std::string& b : bufs) ptrs.push_back(b.data());
-      if (absl::Status s = AppendAndCommit(metas, ptrs, /*via_env=*/false, &batch); !s.ok()) {
-        return s;
-      }
+    } else if (absl::Status s = AppendAndCommit(metas, ptrs, /*via_env=*/false, &batch); !s.ok()) {
+      return s;  // what moved stays moved; the segment's last page deleted unlinks it
     }
-    segments_->SubLive(segment, moved + dropped);
+    if (segments_->SubLive(segment, moved + dropped)) {
+      // Nothing lives in it any more (its other pages were deleted meanwhile).
+      break;
+    }
   }
   // The moved pages' new records and bytes are made durable before the old bytes go.
   if (absl::Status s = segments_->SyncAll(); !s.ok()) return s;
@@ -500,6 +579,7 @@ absl::Status SsdTier::CompactLocked(uint32_t segment) {
       !s.ok()) {
     return s;
   }
+  absl::MutexLock l(&write_mu_);
   segments_->Remove(segment);
   return absl::OkStatus();
 }
@@ -556,6 +636,13 @@ absl::Status SsdTier::Flush() {
   if (absl::Status s = segments_->SyncAll(); !s.ok()) return s;
   rocksdb::FlushOptions fo;
   return FromRocks(db_->Flush(fo, {meta_cf_, loc_cf_}), "flush");
+}
+
+absl::Status SsdTier::Sync() {
+  // Bytes before the records that point at them. Not under write_mu_: appends go on meanwhile
+  // (what they add is the next sync's).
+  if (absl::Status s = segments_->SyncAll(); !s.ok()) return s;
+  return FromRocks(db_->SyncWAL(), "sync WAL");
 }
 
 SsdTier::SpaceUsage SsdTier::Space() const {

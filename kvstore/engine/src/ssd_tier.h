@@ -18,9 +18,11 @@
 // fdatasync'd; only then its 'P' and 'L' records commit in one RocksDB WriteBatch. A crash between
 // the two leaves bytes no record points to: dead space, reclaimed by compaction, or at open when a
 // whole segment is unreferenced. A failed append or sync truncates the segment back to its previous
-// tail. Without sync_writes RocksDB's WAL is off (as in version 1): a crash loses the records since
-// the last flush, and may bring back records deleted since then; those may point into a segment
-// unlinked meanwhile, and then read as DataLoss (the store drops the page), never as other bytes.
+// tail. RocksDB's WAL is always on (replayed in order after a crash, so a delete is never undone
+// by an older record); without sync_writes it is synced by Sync(), Flush() and close, so a machine
+// crash may lose the records written since the last of those, and a record whose segment bytes
+// were not synced yet reads as DataLoss (the store drops the page), never as other bytes. A kill
+// of the process alone loses no record: the WAL and segment bytes are in the page cache.
 // Segments are fdatasync'd before any RocksDB flush (Flush() and an event listener on background
 // flushes), so a durable record's bytes are durable too. Every read is checked by the caller
 // against the page's XXH3 checksum; a record pointing past a segment's end or into a missing
@@ -29,9 +31,9 @@
 // Space: each segment's live bytes (rebuilt from the 'L' records at open) are kept in memory, per
 // segment, not per page. A sealed segment with no live bytes is unlinked; one whose dead fraction
 // reaches SsdTierOptions::compact_dead_fraction is compacted (its live pages appended to the active
-// segment, their records repointed and flushed, then the old file unlinked) by the Delete that
-// crossed the line, synchronously: that Delete may take as long as rewriting
-// (1 - compact_dead_fraction) * segment_bytes. At open, segment files no record refers to go.
+// segment, their records repointed and flushed, then the old file unlinked) by a background thread
+// that a delete wakes; it reads old bytes without the write lock and appends a few MiB at a time.
+// At open, segment files no record refers to go.
 //
 // Thread safety: Read() may run concurrently with everything. Writes, deletes and Flush are called
 // with the store's lock held (SsdEnv relies on that); the tier also serializes them itself.
@@ -43,8 +45,10 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -81,7 +85,7 @@ struct SsdTierOptions {
   // Fault seam (null: the default SsdEnv). Not owned; must outlive the tier.
   SsdEnv* env = nullptr;
   // fdatasync segment bytes before their metadata commits, and commit metadata with a synced WAL.
-  // Off: a crash may lose the pages written since the last Flush (never tear one).
+  // Off: a machine crash may lose the pages written since the last Sync or Flush (never tear one).
   bool sync_writes = false;
   // A segment is sealed once the next batch would take it past this size. Larger: fewer files;
   // smaller: space of deleted pages comes back in finer steps.
@@ -118,9 +122,9 @@ class SsdTier {
   // is corrupt or points into a missing segment or past a segment's end. The caller verifies the
   // checksum.
   absl::Status Read(uint32_t tenant, const PageKey& key, std::string* out);
-  // Deletes pages' records in one batch; unlinks segments left with no live page, and compacts at
-  // most one segment whose dead fraction crossed the threshold (compaction errors are not the
-  // delete's: the segment is kept and retried on a later delete).
+  // Deletes pages' records in one batch; unlinks segments left with no live page, and queues at
+  // most one segment whose dead fraction crossed the threshold for the background compaction
+  // (whose errors are not the delete's: the segment is kept and queued again by a later delete).
   absl::Status Delete(absl::Span<const std::pair<uint32_t, PageKey>> pages);
   // Calls fn for every page's metadata (no page bytes are read). A malformed metadata record is
   // passed to bad(key bytes) and skipped.
@@ -133,8 +137,22 @@ class SsdTier {
   uint64_t EstimatePages();
   // Syncs the segments written since their last sync, then flushes RocksDB's memtables.
   absl::Status Flush();
-  // Rewrites a sealed segment's live pages into the active segment and unlinks it.
+  // Syncs the segments written since their last sync, then RocksDB's WAL: every batch written
+  // before the call is then durable (cheaper than Flush: no memtable flush).
+  absl::Status Sync();
+  // Rewrites a sealed segment's live pages into the active segment and unlinks it, now (the
+  // background compaction does the same for segments deletes queue).
   absl::Status CompactSegment(uint32_t segment);
+  // The file system holds only about `limit` bytes of segments: smaller segments from now on,
+  // and the active one sealed so that deleting its pages gives its space back.
+  void ShrinkSegments(uint64_t limit);
+  // A full file system can stop RocksDB itself, and then no page can be deleted to make room. A
+  // ballast file (a few MiB allocated at open, <dir>/segments/ballast) is given up on ENOSPC so
+  // that deletes go through, and taken again once there is room.
+  void ReleaseBallast();
+  void RestoreBallast();
+  // Waits until the background compaction has nothing queued (tests, benchmarks).
+  void WaitForCompactions();
   struct SpaceUsage {
     uint64_t segments = 0;
     uint64_t file_bytes = 0;  // sum of segment file sizes
@@ -155,7 +173,11 @@ class SsdTier {
   absl::Status AppendAndCommit(absl::Span<const SsdPageMeta> metas,
                                absl::Span<const char* const> bytes, bool via_env,
                                rocksdb::WriteBatch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
-  absl::Status CompactLocked(uint32_t segment) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Rewrites a sealed segment's live pages into the active segment, then unlinks it. Reads the
+  // old bytes without write_mu_ and takes it per batch of a few MiB only, so writers and deletes
+  // wait for at most one batch's append.
+  absl::Status Compact(uint32_t segment);
+  void CompactionLoop();
 
   rocksdb::DB* db_ = nullptr;
   rocksdb::ColumnFamilyHandle* meta_cf_ = nullptr;
@@ -170,6 +192,15 @@ class SsdTier {
   // Serializes everything that appends, repoints or deletes (the store's lock already does; this
   // keeps compaction and accounting correct on their own).
   absl::Mutex write_mu_;
+  // Serializes compactions (the background one and CompactSegment).
+  absl::Mutex compacting_mu_ ABSL_ACQUIRED_BEFORE(write_mu_);
+  // Segments a delete found past compact_dead_fraction, for the compaction thread.
+  absl::Mutex compact_mu_;
+  absl::flat_hash_set<uint32_t> to_compact_ ABSL_GUARDED_BY(compact_mu_);
+  bool stopping_ ABSL_GUARDED_BY(compact_mu_) = false;
+  std::thread compactor_;
+  std::string ballast_path_;
+  uint64_t ballast_bytes_ = 0;
 };
 
 }  // namespace pagoda

@@ -22,6 +22,13 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
 StoreImpl::StoreImpl(const StoreOptions& options) : options_(options), epoch_(absl::Now()) {}
 
 StoreImpl::~StoreImpl() {
+  if (checkpointer_.joinable()) {
+    {
+      absl::MutexLock l(&loop_mu_);
+      stopping_ = true;
+    }
+    checkpointer_.join();
+  }
   // The SSD tier flushes on close; memory tiers are a cache and go away.
   ssd_.reset();
   if (host_pinned_) UnpinHostMemoryForGpu(mem_[1]->host_base());
@@ -95,10 +102,20 @@ absl::Status StoreImpl::Init() {
     ssd_options.env = options_.ssd_env;
     ssd_options.sync_writes = options_.ssd_sync_writes;
     ssd_options.direct_writes = options_.ssd_direct_writes;
+    if (options_.ssd_capacity_bytes > 0) {
+      // Space comes back a segment at a time: segments small against the capacity keep the dead
+      // space that disk use counts (and a full file system strands) small.
+      ssd_options.segment_bytes =
+          std::clamp<uint64_t>(options_.ssd_capacity_bytes / 16, 4 << 10, 256ULL << 20);
+    }
+    ssd_limit_ = options_.ssd_capacity_bytes;
     auto ssd = SsdTier::Open(options_.data_dir, ssd_options);
     if (!ssd.ok()) return ssd.status();
     ssd_ = std::move(*ssd);
     if (absl::Status s = Rebuild(); !s.ok()) return s;
+    if (options_.checkpoint_interval > absl::ZeroDuration()) {
+      checkpointer_ = std::thread([this] { CheckpointLoop(); });
+    }
   }
   return absl::OkStatus();
 }
@@ -323,10 +340,12 @@ absl::StatusOr<uint32_t> StoreImpl::ReserveLocked(std::string_view tenant, const
     }
   }
   tid = InternTenant(tenant);
-  if (OverQuota(tid, Tier::kHost, n)) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("tenant %s is over its host quota (%d used + %d > %d bytes)", tenant,
-                        tenants_[tid].used[1], n, tenants_[tid].quota.tier_bytes[1]));
+  // At its quota, the tenant's own least-recently-used pages move down to make room.
+  if (!MakeTenantRoom(tid, Tier::kHost, n)) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "tenant %s is over its host quota (%d used + %d > %d bytes; its other host pages are "
+        "pinned, leased, being read or being written)",
+        tenant, tenants_[tid].used[1], n, tenants_[tid].quota.tier_bytes[1]));
   }
   if (options.pin) {
     const TenantState& t = tenants_[tid];
@@ -392,6 +411,10 @@ absl::Status StoreImpl::CommitLocked(uint32_t idx, const WriteOptions& options, 
   e.state = PageState::kReady;
   table_.LinkFront(idx);
   counters_.puts++;
+  if (ssd_ != nullptr) {
+    dirty_.push_back(EntryRef{idx, e.version});
+    PruneDirty();
+  }
   if (options.stream_id != 0) AddToStream(idx, options.stream_id);
   EnforceWatermarks(Tier::kHost);
   return absl::OkStatus();
@@ -439,7 +462,6 @@ absl::Status StoreImpl::Put(std::string_view tenant, const PageKey& key, const P
 absl::Status StoreImpl::ReadSsdUnlocked(uint32_t idx, std::string* bytes) {
   PageEntry& e = table_.at(idx);
   const uint32_t version = e.version;
-  const uint8_t moves = e.ssd_moves;
   const uint32_t tenant = e.tenant;
   const PageKey key = e.key;
   const uint64_t checksum = e.checksum;
@@ -456,9 +478,9 @@ absl::Status StoreImpl::ReadSsdUnlocked(uint32_t idx, std::string* bytes) {
   if (now.version != version || now.state != PageState::kReady) {
     return absl::NotFoundError(absl::StrFormat("page %s was removed while read", key.Hex()));
   }
-  if (now.tier != Tier::kSsd || now.ssd_moves != moves) {
-    // Another reader promoted the page (deleting its SSD record) while this one read it: not
-    // corruption. The caller looks the page up again.
+  if (now.tier != Tier::kSsd) {
+    // Another reader promoted the page meanwhile: its memory copy is good. The caller looks the
+    // page up again.
     return absl::AbortedError(absl::StrFormat("page %s moved while read", key.Hex()));
   }
   if (bad_bytes) {
@@ -511,7 +533,7 @@ absl::StatusOr<PageInfo> StoreImpl::GetLocked(std::string_view tenant, const Pag
     std::memcpy(out.data(), bytes.data(), n);
     PageEntry& now = table_.at(idx);
     if (options_.promote_on_hit && now.version == version && now.state == PageState::kReady &&
-        now.tier == Tier::kSsd && !OverQuota(now.tenant, Tier::kHost, n)) {
+        now.tier == Tier::kSsd) {
       // A failed promotion (host full of pinned pages) leaves the page on SSD; the read succeeded.
       if (PromoteFromSsd(idx, Tier::kHost, bytes).ok()) EnforceWatermarks(Tier::kHost);
     }
@@ -575,11 +597,10 @@ absl::StatusOr<ReadLease> StoreImpl::AcquireRead(std::string_view tenant, const 
       return absl::NotFoundError(absl::StrFormat("page %s was removed while read", key.Hex()));
     }
     if (e.tier == Tier::kSsd) {
-      if (OverQuota(e.tenant, Tier::kHost, PageBytes(e))) {
-        return absl::ResourceExhaustedError(absl::StrFormat(
-            "page %s: tenant %s is over its host quota; cannot lease", key.Hex(), tenant));
+      if (absl::Status s = PromoteFromSsd(idx, Tier::kHost, bytes); !s.ok()) {
+        return absl::Status(s.code(),
+                            absl::StrFormat("page %s: cannot lease: %s", key.Hex(), s.message()));
       }
-      if (absl::Status s = PromoteFromSsd(idx, Tier::kHost, bytes); !s.ok()) return s;
     }
     break;
   }

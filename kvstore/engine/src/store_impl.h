@@ -1,15 +1,18 @@
 // The Store implementation: one page table under one lock, memory tiers, the SSD tier.
 //
 // Locking: mu_ guards the page table and every piece of bookkeeping. Bulk copies of host and GPU
-// pages (Put, Get) and SSD reads run outside mu_; while one runs, the entry's `readers` count keeps
-// its slot (or SSD record) from being freed, evicted or moved. SSD writes (demotion) and deletes
-// run under mu_ (a known serialization point: demotion batches amortize it).
+// pages (Put, Get), SSD reads and checkpoint writes run outside mu_; while one runs, the entry's
+// `readers` count keeps its slot (or SSD record) from being freed, evicted or moved. Demotion
+// writes and deletes run under mu_ (a known serialization point: demotion batches amortize it;
+// checkpoints make most demotions free, as a page with an SSD copy is demoted without a write).
+// checkpoint_mu_ serializes checkpoints and is taken before mu_, never while holding it.
 #ifndef PAGODA_KVSTORE_STORE_IMPL_H_
 #define PAGODA_KVSTORE_STORE_IMPL_H_
 
 #include <deque>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -56,6 +59,7 @@ class StoreImpl final : public Store {
                           const StreamOptions& options) override;
   absl::Status CloseStream(std::string_view tenant, uint64_t stream_id) override;
   absl::Status Flush() override;
+  absl::StatusOr<CheckpointResult> Checkpoint() override;
   StoreStats Stats() override;
   HostArena HostArenaInfo() const override;
   bool HasTier(Tier tier) const override;
@@ -101,6 +105,7 @@ class StoreImpl final : public Store {
     uint64_t bytes_out[kNumTiers] = {0, 0, 0};
     uint64_t misses = 0, puts = 0, removes = 0, dropped = 0, window_dropped = 0;
     uint64_t checksum_failures = 0, ssd_write_failures = 0;
+    uint64_t checkpoints = 0, checkpoint_failures = 0, ssd_full = 0;
   };
 
   static int MemIndex(Tier t) { return t == Tier::kGpu ? 0 : 1; }
@@ -129,6 +134,43 @@ class StoreImpl final : public Store {
   void Charge(const PageEntry& e, Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Uncharge(const PageEntry& e, Tier t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool OverQuota(uint32_t tenant, Tier t, uint64_t bytes) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Accounting of an SSD copy of a memory-tier page (e.ssd_copy) appearing / going.
+  void ChargeCopy(PageEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnchargeCopy(PageEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes `bytes` more fit in the tenant's quota of tier t by evicting its own least-recently-used
+  // evictable pages of that tier (demoted, or dropped from the last tier). Returns whether they
+  // fit now (always true without a quota); evicts nothing when eviction cannot make them fit.
+  bool MakeTenantRoom(uint32_t tenant, Tier t, uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Bytes the SSD tier holds: its pages plus copies of memory-tier pages.
+  uint64_t SsdBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return used_[static_cast<int>(Tier::kSsd)] + ssd_copy_bytes_;
+  }
+  // Disk the SSD tier takes: its segment files (dead space and padding included), or its page
+  // bytes when more.
+  uint64_t SsdDiskBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops least-recently-used SSD pages until `extra` more bytes fit in the SSD limit (disk use
+  // counted as SsdDiskBytes). Returns whether they fit (always true for an unbounded SSD tier).
+  bool MakeSsdRoom(uint64_t extra) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The file system ran out of space before the configured capacity: the SSD limit becomes a
+  // little less than what the segment files take now.
+  void LearnSsdFull() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ssd_->WriteBatch, and on a full file system (ResourceExhausted) one retry after dropping the
+  // oldest SSD pages to make room.
+  absl::Status WriteSsdBatch(absl::Span<const SsdPageWrite> writes,
+                             absl::Span<const std::pair<uint32_t, std::string>> tenants,
+                             uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a ready entry lives only in a memory tier.
+  static bool MemoryOnly(const PageEntry& e) {
+    return e.state == PageState::kReady && e.tier != Tier::kSsd && !e.ssd_copy;
+  }
+  // Drops entries of dirty_ that are no longer memory-only once it grows past twice the pages in
+  // memory tiers.
+  void PruneDirty() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes one batch of memory-only pages from the front of dirty_ (at most `*budget` entries of
+  // it are looked at; the count is decremented). Returns false when nothing was left to look at.
+  absl::StatusOr<bool> CheckpointBatch(size_t* budget, CheckpointResult* result)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void CheckpointLoop();
 
   // Whether eviction may move or drop the entry now.
   bool Evictable(const PageEntry& e, uint64_t now_ms) const;
@@ -194,6 +236,20 @@ class StoreImpl final : public Store {
   absl::flat_hash_map<std::pair<uint32_t, uint64_t>, StreamState> streams_ ABSL_GUARDED_BY(mu_);
   uint64_t pinned_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   Counters counters_ ABSL_GUARDED_BY(mu_);
+  // Pages committed and not yet known to have an SSD copy, oldest first (may hold stale refs:
+  // entries since evicted, removed or copied; Checkpoint and PruneDirty skip those).
+  std::deque<EntryRef> dirty_ ABSL_GUARDED_BY(mu_);
+  uint64_t ssd_copy_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t ssd_copy_pages_ ABSL_GUARDED_BY(mu_) = 0;
+  // Bytes the SSD tier may take on disk: ssd_capacity_bytes, lowered when the file system fills
+  // first (LearnSsdFull); 0 = unbounded.
+  uint64_t ssd_limit_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time last_checkpoint_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+
+  absl::Mutex checkpoint_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  absl::Mutex loop_mu_;
+  bool stopping_ ABSL_GUARDED_BY(loop_mu_) = false;
+  std::thread checkpointer_;  // runs CheckpointLoop when options_.checkpoint_interval > 0
 };
 
 }  // namespace pagoda

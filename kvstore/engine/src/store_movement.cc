@@ -64,21 +64,42 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
     }
     return absl::OkStatus();
   }
-  // Host -> SSD, in batches of bounded size, one RocksDB write (and at most one sync) each.
+  // Host -> SSD. A page with an SSD copy only gives up its slot; the rest are written in batches
+  // of bounded size, one RocksDB write (and at most one sync) each.
+  std::vector<uint32_t> dirty;
+  for (uint32_t v : victims) {
+    PageEntry& e = table_.at(v);
+    if (!e.ssd_copy) {
+      dirty.push_back(v);
+      continue;
+    }
+    alloc_[1]->Free(classes_[e.cls].alloc_class[1], SlotOffset(e));
+    table_.Unlink(v);
+    Uncharge(e, Tier::kHost);
+    UnchargeCopy(e);
+    e.tier = Tier::kSsd;
+    e.slot = 0;
+    Charge(e, Tier::kSsd);
+    table_.LinkFront(v);
+    counters_.evictions[fi]++;
+  }
   uint8_t* base = mem_[1]->host_base();
   size_t i = 0;
-  while (i < victims.size()) {
+  while (i < dirty.size()) {
     std::vector<SsdPageWrite> writes;
     std::vector<uint32_t> written;
     std::vector<std::pair<uint32_t, std::string>> new_tenants;
     absl::flat_hash_map<uint32_t, uint64_t> pending_by_tenant;
     uint64_t bytes = 0;
-    for (; i < victims.size() && bytes < kMaxBatchBytes; ++i) {
-      const uint32_t v = victims[i];
+    for (; i < dirty.size() && bytes < kMaxBatchBytes; ++i) {
+      const uint32_t v = dirty[i];
       PageEntry& e = table_.at(v);
       const uint64_t n = PageBytes(e);
       uint64_t& tenant_pending = pending_by_tenant[e.tenant];
-      if (OverQuota(e.tenant, Tier::kSsd, tenant_pending + n)) {  // no room below: it leaves
+      // At its SSD quota, the tenant's own least-recently-used SSD pages make room; when they
+      // cannot (pinned, read), the page leaves the store.
+      if (OverQuota(e.tenant, Tier::kSsd, tenant_pending + n) &&
+          !MakeTenantRoom(e.tenant, Tier::kSsd, tenant_pending + n)) {
         counters_.evictions[fi]++;
         counters_.dropped++;
         FreeEntry(v);
@@ -102,7 +123,12 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
       }
     }
     if (writes.empty()) continue;
-    if (absl::Status s = ssd_->WriteBatch(writes, new_tenants); !s.ok()) {
+    if (!MakeSsdRoom(bytes)) {
+      counters_.ssd_write_failures++;
+      return absl::ResourceExhaustedError(
+          "SSD tier is full: every page on it is pinned or being read");
+    }
+    if (absl::Status s = WriteSsdBatch(writes, new_tenants, bytes); !s.ok()) {
       counters_.ssd_write_failures++;
       return s;  // the batch's pages stay in the host tier, unchanged
     }
@@ -129,16 +155,18 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
 void StoreImpl::EnforceWatermarks(Tier t) {
   if (!Present(t)) return;
   const int ti = static_cast<int>(t);
-  const uint64_t capacity =
-      t == Tier::kSsd ? options_.ssd_capacity_bytes : mem_[MemIndex(t)]->capacity_bytes();
+  const uint64_t capacity = t == Tier::kSsd ? ssd_limit_ : mem_[MemIndex(t)]->capacity_bytes();
   if (capacity == 0) return;  // unbounded SSD tier
   const Watermarks& w = options_.watermarks[ti];
-  if (static_cast<double>(used_[ti]) <= w.high * static_cast<double>(capacity)) return;
+  // The SSD tier's disk also holds copies of memory-tier pages and dead space of segments; only
+  // its own pages are dropped.
+  const uint64_t used = t == Tier::kSsd ? SsdDiskBytes() : used_[ti];
+  if (static_cast<double>(used) <= w.high * static_cast<double>(capacity)) return;
   const double target = w.low * static_cast<double>(capacity);
   const uint64_t now = NowMs();
   std::vector<uint32_t> victims;
   uint64_t freeing = 0;
-  for (uint32_t v = table_.Tail(t); v != kNil && static_cast<double>(used_[ti] - freeing) > target;
+  for (uint32_t v = table_.Tail(t); v != kNil && static_cast<double>(used - freeing) > target;
        v = table_.Prev(v)) {
     const PageEntry& e = table_.at(v);
     if (Evictable(e, now)) {
@@ -161,6 +189,11 @@ void StoreImpl::FreeEntry(uint32_t idx) {
   } else {
     const int mi = MemIndex(e.tier);
     alloc_[mi]->Free(classes_[e.cls].alloc_class[mi], SlotOffset(e));
+    if (e.ssd_copy) {
+      const std::pair<uint32_t, PageKey> k(e.tenant, e.key);
+      ssd_->Delete({&k, 1}).IgnoreError();
+      UnchargeCopy(e);
+    }
   }
   Uncharge(e, e.tier);
   if (e.pins > 0) {
@@ -177,10 +210,11 @@ void StoreImpl::RemoveEntry(uint32_t idx) {
     // record is keyed by (tenant, key) and a new page of the same key may be written before the
     // readers end, so it goes now; a reader then sees NotFound (never partial bytes: segment bytes
     // are never rewritten in place) and reports the page removed.
-    if (e.tier == Tier::kSsd && ssd_ != nullptr) {
+    if ((e.tier == Tier::kSsd || e.ssd_copy) && ssd_ != nullptr) {
       const std::pair<uint32_t, PageKey> k(e.tenant, e.key);
       ssd_->Delete({&k, 1}).IgnoreError();
     }
+    if (e.ssd_copy) UnchargeCopy(e);
     table_.Unindex(idx);
     if (e.linked) table_.Unlink(idx);
     e.state = PageState::kDoomed;
@@ -208,11 +242,14 @@ absl::Status StoreImpl::MoveBetweenMemory(uint32_t idx, Tier to) {
   if (!Present(to)) {
     return absl::FailedPreconditionError(absl::StrFormat("no %s tier", TierName(to)));
   }
-  if (OverQuota(e->tenant, to, n)) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("tenant %s is over its %s quota", tenants_[e->tenant].name, TierName(to)));
+  e->readers++;  // keeps eviction (which quota room and AllocateSlot may run) away from this page
+  if (!MakeTenantRoom(e->tenant, to, n)) {
+    e = &table_.at(idx);
+    e->readers--;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "tenant %s is over its %s quota (its other pages there are pinned, leased or being read)",
+        tenants_[e->tenant].name, TierName(to)));
   }
-  e->readers++;  // keeps eviction (which AllocateSlot may run) away from this page
   absl::StatusOr<uint64_t> off = AllocateSlot(to, e->cls);
   e = &table_.at(idx);
   e->readers--;
@@ -244,11 +281,14 @@ absl::Status StoreImpl::PromoteFromSsd(uint32_t idx, Tier to, const std::string&
   if (!Present(to)) {
     return absl::FailedPreconditionError(absl::StrFormat("no %s tier", TierName(to)));
   }
-  if (OverQuota(e->tenant, to, n)) {
-    return absl::ResourceExhaustedError(
-        absl::StrFormat("tenant %s is over its %s quota", tenants_[e->tenant].name, TierName(to)));
-  }
   e->readers++;  // keeps SSD eviction (which a cascade may run) away from this page
+  if (!MakeTenantRoom(e->tenant, to, n)) {
+    e = &table_.at(idx);
+    e->readers--;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "tenant %s is over its %s quota (its other pages there are pinned, leased or being read)",
+        tenants_[e->tenant].name, TierName(to)));
+  }
   absl::StatusOr<uint64_t> off = AllocateSlot(to, e->cls);
   e = &table_.at(idx);
   e->readers--;
@@ -259,17 +299,14 @@ absl::Status StoreImpl::PromoteFromSsd(uint32_t idx, Tier to, const std::string&
     alloc_[ti]->Free(classes_[e->cls].alloc_class[ti], *off);
     return copied;
   }
-  const std::pair<uint32_t, PageKey> k(e->tenant, e->key);
-  if (absl::Status s = ssd_->Delete({&k, 1}); !s.ok()) {
-    alloc_[ti]->Free(classes_[e->cls].alloc_class[ti], *off);
-    return s;
-  }
+  // The SSD record stays: the page now has a copy there, so evicting it again costs no write
+  // and a crash or stop does not lose it.
   table_.Unlink(idx);
   Uncharge(*e, Tier::kSsd);
-  e->ssd_moves++;
   e->tier = to;
   e->slot = static_cast<uint32_t>(*off / SlabAllocator::kSlotAlign);
   Charge(*e, to);
+  ChargeCopy(*e);
   table_.LinkFront(idx);
   counters_.bytes_out[static_cast<int>(Tier::kSsd)] += n;
   counters_.bytes_in[static_cast<int>(to)] += n;

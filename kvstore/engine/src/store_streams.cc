@@ -133,6 +133,14 @@ StoreStats StoreImpl::Stats() {
   s.window_dropped = counters_.window_dropped;
   s.checksum_failures = counters_.checksum_failures;
   s.ssd_write_failures = counters_.ssd_write_failures;
+  s.memory_only_pages = pages_[0] + pages_[1] - ssd_copy_pages_;
+  s.ssd_copy_bytes = ssd_copy_bytes_;
+  s.checkpoints = counters_.checkpoints;
+  s.checkpoint_failures = counters_.checkpoint_failures;
+  s.last_checkpoint_start = last_checkpoint_start_;
+  if (ssd_ != nullptr) s.ssd_disk_bytes = SsdDiskBytes();
+  s.ssd_limit_bytes = ssd_limit_;
+  s.ssd_full = counters_.ssd_full;
   s.active_leases = leases_.size();
   s.pinned_bytes = pinned_bytes_;
   uint64_t meta = table_.MetadataBytes();

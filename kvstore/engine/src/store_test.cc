@@ -407,20 +407,71 @@ TEST(StoreTest, TenantQuotasPerTierGiveClearErrors) {
   auto s = OpenOrDie(o);
   ASSERT_TRUE(PutKey(*s, "small", 0).ok());
   ASSERT_TRUE(PutKey(*s, "small", 1).ok());
+  // At the host quota with every own page pinned: refused, nothing changes.
+  ASSERT_TRUE(s->Pin("small", TestKey(0)).ok());
+  ASSERT_TRUE(s->Pin("small", TestKey(1)).ok());
   absl::Status st = PutKey(*s, "small", 2);
   EXPECT_TRUE(absl::IsResourceExhausted(st));
   EXPECT_THAT(std::string(st.message()), ::testing::HasSubstr("quota"));
   EXPECT_FALSE(s->Exists("small", TestKey(2)));
+  EXPECT_EQ(TierOf(*s, "small", 0), Tier::kHost);
+  EXPECT_EQ(TierOf(*s, "small", 1), Tier::kHost);
   // Other tenants are unaffected.
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(PutKey(*s, "big", i).ok());
-  // The SSD quota: one page may go down, the second may not.
+  // The SSD quota refuses an explicit demotion past it.
+  ASSERT_TRUE(s->Unpin("small", TestKey(0)).ok());
+  ASSERT_TRUE(s->Unpin("small", TestKey(1)).ok());
   PageKey k0 = TestKey(0), k1 = TestKey(1);
   ASSERT_TRUE(s->Demote("small", {&k0, 1}, Tier::kSsd).ok());
   EXPECT_TRUE(absl::IsResourceExhausted(s->Demote("small", {&k1, 1}, Tier::kSsd).status()));
   EXPECT_EQ(TierOf(*s, "small", 1), Tier::kHost);
   // Room in host again: the write that failed now succeeds.
   ASSERT_TRUE(PutKey(*s, "small", 2).ok());
-  for (int i = 0; i < 3; ++i) EXPECT_TRUE(CheckKey(*s, "small", i).ok());
+  for (int i : {2, 1}) EXPECT_TRUE(CheckKey(*s, "small", i).ok()) << i;
+  // Reading page 0 promotes it into the full host quota: the least recent host page (2) goes
+  // down, and as the SSD quota is full too (page 0 is still charged there while it moves), leaves.
+  EXPECT_TRUE(CheckKey(*s, "small", 0).ok());
+  EXPECT_FALSE(s->Exists("small", TestKey(2)));
+  EXPECT_TRUE(CheckKey(*s, "small", 1).ok());
+}
+
+TEST(StoreTest, TenantAtItsQuotaEvictsItsOwnLeastRecentPagesBeforeRefusing) {
+  TempDir dir;
+  StoreOptions o = SmallStoreOptions(64, dir.path());
+  const uint64_t page = SmallLayout().PageBytes();
+  TenantQuota q;
+  q.tier_bytes[1] = 4 * page;
+  q.tier_bytes[2] = 6 * page;
+  o.tenant_quotas["small"] = q;
+  o.promote_on_hit = false;  // reads leave pages where they are; the prefetch below moves one
+  auto s = OpenOrDie(o);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(PutKey(*s, "other", i).ok());
+  // 20 writes through a 4-page host quota and a 6-page SSD quota: every write succeeds, the
+  // tenant's own oldest pages go down and then out; the other tenant keeps all of its pages.
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(PutKey(*s, "small", i).ok()) << i;
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(TierOf(*s, "other", i), Tier::kHost) << i;
+  for (int i = 16; i < 20; ++i) EXPECT_EQ(TierOf(*s, "small", i), Tier::kHost) << i;
+  for (int i = 10; i < 16; ++i) EXPECT_EQ(TierOf(*s, "small", i), Tier::kSsd) << i;
+  for (int i = 0; i < 10; ++i) EXPECT_FALSE(s->Exists("small", TestKey(i))) << i;
+  for (int i = 10; i < 20; ++i) EXPECT_TRUE(CheckKey(*s, "small", i).ok()) << i;
+  // A prefetch of an SSD page into the full host quota: the tenant's least recent host page (16)
+  // goes down, and its least recent SSD page (11; 10 is the one moving) leaves.
+  PageKey k10 = TestKey(10);
+  auto moved = s->Prefetch("small", {&k10, 1}, Tier::kHost);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ(*moved, 1u);
+  EXPECT_EQ(TierOf(*s, "small", 10), Tier::kHost);
+  EXPECT_EQ(TierOf(*s, "small", 16), Tier::kSsd);
+  EXPECT_FALSE(s->Exists("small", TestKey(11)));
+  EXPECT_LE(s->Stats().tiers[1].used_bytes, (4 + 5) * page);
+  for (int i : {10, 12, 13, 14, 15, 16, 17, 18, 19}) {
+    EXPECT_TRUE(CheckKey(*s, "small", i).ok()) << i;
+  }
+  // Every own host page pinned: refused, nothing changes.
+  for (int i : {10, 17, 18, 19}) ASSERT_TRUE(s->Pin("small", TestKey(i)).ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(PutKey(*s, "small", 20)));
+  EXPECT_FALSE(s->Exists("small", TestKey(20)));
+  for (int i : {10, 17, 18, 19}) EXPECT_EQ(TierOf(*s, "small", i), Tier::kHost) << i;
 }
 
 TEST(StoreTest, RollingWindowKeepsSinksPinsAndTheLastWPages) {

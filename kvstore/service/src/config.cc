@@ -36,6 +36,7 @@ store:
   ssd_sync_writes: false
   ssd_direct_writes: false  # O_DIRECT demotions: no page-cache copy of SSD pages
   persist_on_shutdown: true # acknowledged pages survive SIGTERM + restart (needs SSD)
+  checkpoint_ms: 1000       # pages older than this (+ one checkpoint) survive kill -9; 0 = off
   layouts:                  # page shapes accepted in writes
     - {dtype: fp16, kv_heads: 8, head_dim: 128, page_tokens: 16}
     - {dtype: bf16, kv_heads: 8, head_dim: 128, page_tokens: 16}
@@ -210,6 +211,7 @@ absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
     PAGODA_RETURN_IF_ERROR(r.Bool("ssd_sync_writes", &c->ssd_sync_writes));
     PAGODA_RETURN_IF_ERROR(r.Bool("ssd_direct_writes", &c->ssd_direct_writes));
     PAGODA_RETURN_IF_ERROR(r.Bool("persist_on_shutdown", &c->persist_on_shutdown));
+    PAGODA_RETURN_IF_ERROR(r.Int("checkpoint_ms", 0, 3600000, &c->checkpoint_ms));
     YAML::Node layouts = r.Get("layouts");
     if (layouts) {
       if (!layouts.IsSequence() || layouts.size() == 0) {

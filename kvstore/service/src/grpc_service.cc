@@ -71,13 +71,8 @@ class Observe {
 }  // namespace
 
 GrpcService::GrpcService(Store* store, const Authorizer* auth, ServiceMetrics* metrics,
-                         CommittedIndex* committed, const ServiceConfig& config, ServiceInfo info)
-    : store_(store),
-      auth_(auth),
-      metrics_(metrics),
-      committed_(committed),
-      config_(config),
-      info_(std::move(info)) {}
+                         const ServiceConfig& config, ServiceInfo info)
+    : store_(store), auth_(auth), metrics_(metrics), config_(config), info_(std::move(info)) {}
 
 absl::Status GrpcService::Authorize(grpc::ServerContext* ctx, const std::string& tenant) const {
   std::string_view token;
@@ -223,9 +218,6 @@ absl::Status GrpcService::PutBatch(grpc::ServerContext* ctx, const v1::PutBegin&
         p.status = absl::DataLossError("checksum mismatch; page aborted");
       } else {
         p.status = store_->Commit(p.id);
-        if (p.status.ok() && committed_ != nullptr) {
-          committed_->Add(begin.tenant(), FromProto(begin.pages(i).key()));
-        }
       }
     }
     SetStatus(p.status, response->add_results());
@@ -375,9 +367,7 @@ grpc::Status GrpcService::Remove(grpc::ServerContext* ctx, const v1::KeysRequest
   Observe obs(metrics_, "Remove", &in_flight_, &serving_);
   if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   return obs.Done(PerKey(ctx, request, response, [this](const std::string& t, const PageKey& k) {
-    absl::Status s = store_->Remove(t, k);
-    if (s.ok() && committed_ != nullptr) committed_->Erase(t, k);
-    return s;
+    return store_->Remove(t, k);
   }));
 }
 

@@ -11,7 +11,6 @@
 #include <string>
 
 #include "auth.h"
-#include "committed_index.h"
 #include "metrics.h"
 #include "pagoda.grpc.pb.h"
 #include "pagoda/kvstore/store.h"
@@ -32,9 +31,8 @@ struct ServiceInfo {
 
 class GrpcService final : public pagoda::v1::Pagoda::Service {
  public:
-  // `committed` (may be null) learns every page committed or removed through this API.
   GrpcService(Store* store, const Authorizer* auth, ServiceMetrics* metrics,
-              CommittedIndex* committed, const ServiceConfig& config, ServiceInfo info);
+              const ServiceConfig& config, ServiceInfo info);
 
   // While false, Health answers serving=false and every other call is rejected with
   // Unavailable (set at the start of a graceful stop).
@@ -99,7 +97,6 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   Store* const store_;
   const Authorizer* const auth_;
   ServiceMetrics* const metrics_;
-  CommittedIndex* const committed_;
   const ServiceConfig config_;
   ServiceInfo info_;
   std::function<int()> local_clients_;

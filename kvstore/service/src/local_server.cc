@@ -93,8 +93,8 @@ void SendError(int fd, const absl::Status& s) {
 }  // namespace
 
 LocalServer::LocalServer(Store* store, const Authorizer* auth, ServiceMetrics* metrics,
-                         CommittedIndex* committed, LocalServerOptions options)
-    : store_(store), auth_(auth), metrics_(metrics), committed_(committed), options_(options) {}
+                         LocalServerOptions options)
+    : store_(store), auth_(auth), metrics_(metrics), options_(options) {}
 
 LocalServer::~LocalServer() { Stop(); }
 
@@ -336,10 +336,7 @@ void LocalServer::Serve(std::shared_ptr<Connection> conn) {
                   "checksum of the slot does not match the client's; page aborted");
             } else {
               st = store_->Commit(req.handle);
-              if (st.ok()) {
-                bytes += slot.size;
-                if (committed_ != nullptr) committed_->Add(conn->tenant, slot.key);
-              }
+              if (st.ok()) bytes += slot.size;
             }
           }
           note(i, st);

@@ -20,7 +20,6 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "auth.h"
-#include "committed_index.h"
 #include "metrics.h"
 #include "pagoda/kvstore/store.h"
 
@@ -34,9 +33,8 @@ struct LocalServerOptions {
 
 class LocalServer {
  public:
-  // `committed` (may be null) learns every page committed through this path.
   LocalServer(Store* store, const Authorizer* auth, ServiceMetrics* metrics,
-              CommittedIndex* committed, LocalServerOptions options);
+              LocalServerOptions options);
   ~LocalServer();  // Stops.
 
   // Listens on `path` (replacing a stale socket file) and starts accepting.
@@ -55,7 +53,6 @@ class LocalServer {
   Store* const store_;
   const Authorizer* const auth_;
   ServiceMetrics* const metrics_;
-  CommittedIndex* const committed_;
   const LocalServerOptions options_;
   std::string path_;
   int listen_fd_ = -1;

@@ -50,7 +50,8 @@ void ServiceMetrics::AddBytesOut(std::string_view path, uint64_t bytes) {
   bytes_->Add({{"direction", "out"}, {"path", std::string(path)}}).Increment(double(bytes));
 }
 
-std::string ServiceMetrics::Render(const std::vector<TierSample>& tiers, uint64_t misses) const {
+std::string ServiceMetrics::Render(const std::vector<TierSample>& tiers, uint64_t misses,
+                                   const DurabilitySample& durability) const {
   std::string out = prometheus::TextSerializer().Serialize(registry_->Collect());
   auto family = [&](const char* name, const char* type, const char* help, auto get) {
     absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
@@ -74,6 +75,20 @@ std::string ServiceMetrics::Render(const std::vector<TierSample>& tiers, uint64_
                   "# HELP pagoda_misses_total Reads of pages the store does not hold\n"
                   "# TYPE pagoda_misses_total counter\npagoda_misses_total ",
                   misses, "\n");
+  auto scalar = [&](const char* name, const char* type, const char* help, auto value) {
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, " ",
+                    value, "\n");
+  };
+  scalar("pagoda_memory_only_pages", "gauge",
+         "Pages whose only copy is in memory (what a crash now could lose)",
+         durability.memory_only_pages);
+  scalar("pagoda_checkpoints_total", "counter", "Completed checkpoints of memory pages to SSD",
+         durability.checkpoints);
+  scalar("pagoda_checkpoint_failures_total", "counter", "Checkpoints that failed",
+         durability.checkpoint_failures);
+  scalar("pagoda_durable_before_unix_ms", "gauge",
+         "Every page acknowledged before this Unix time (ms) survives a crash (0: none yet)",
+         durability.durable_before_unix_ms);
   return out;
 }
 

@@ -33,6 +33,16 @@ struct TierSample {
   uint64_t promotions = 0;
 };
 
+// What a crash could lose now, and the last checkpoint (taken from the engine's stats).
+struct DurabilitySample {
+  uint64_t memory_only_pages = 0;
+  uint64_t checkpoints = 0;
+  uint64_t checkpoint_failures = 0;
+  // Unix time (ms) at which the last complete checkpoint began; 0 = none yet. Every page
+  // acknowledged before it survives kill -9 and power loss.
+  int64_t durable_before_unix_ms = 0;
+};
+
 class ServiceMetrics {
  public:
   ServiceMetrics();
@@ -46,8 +56,10 @@ class ServiceMetrics {
   void AddBytesIn(std::string_view path, uint64_t bytes);
   void AddBytesOut(std::string_view path, uint64_t bytes);
 
-  // Prometheus text exposition of the registry plus the tier samples and the store's misses.
-  std::string Render(const std::vector<TierSample>& tiers, uint64_t misses) const;
+  // Prometheus text exposition of the registry plus the tier samples, the store's misses and its
+  // durability figures.
+  std::string Render(const std::vector<TierSample>& tiers, uint64_t misses,
+                     const DurabilitySample& durability) const;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

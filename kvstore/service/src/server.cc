@@ -11,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "auth.h"
-#include "committed_index.h"
 #include "grpc_service.h"
 #include "http_server.h"
 #include "local_server.h"
@@ -39,6 +38,7 @@ absl::StatusOr<StoreOptions> ToStoreOptions(const ServiceConfig& c) {
   o.gpu_capacity_bytes = c.gpu_bytes;
   o.ssd_sync_writes = c.ssd_sync_writes;
   o.ssd_direct_writes = c.ssd_direct_writes;
+  o.checkpoint_interval = absl::Milliseconds(c.checkpoint_ms);
   o.layouts.clear();
   for (const LayoutConfig& l : c.layouts) {
     PageLayout pl{l.dtype == "bf16" ? DType::kBf16 : DType::kFp16, l.kv_heads, l.head_dim,
@@ -75,12 +75,6 @@ class ServerImpl final : public Server {
     absl::StatusOr<std::unique_ptr<Store>> store = Store::Open(*so);
     if (!store.ok()) return store.status();
     store_ = std::move(*store);
-    if (config_.persist_on_shutdown && store_->HasTier(Tier::kSsd)) {
-      uint64_t smallest = ~uint64_t{0};
-      for (const PageLayout& l : so->layouts) smallest = std::min(smallest, l.PageBytes());
-      committed_ = std::make_unique<CommittedIndex>(
-          store_.get(), static_cast<size_t>(config_.host_bytes / smallest + 1024));
-    }
 
     local_path_ = LocalSocketPath(config_);
     if (!local_path_.empty()) {
@@ -91,20 +85,20 @@ class ServerImpl final : public Server {
     }
     if (!local_path_.empty()) {
       local_ = std::make_unique<LocalServer>(
-          store_.get(), &auth_, &metrics_, committed_.get(),
+          store_.get(), &auth_, &metrics_,
           LocalServerOptions{.max_connections = config_.local_max_connections,
                              .instance_id = instance_id_});
       if (absl::Status s = local_->Start(local_path_); !s.ok()) return s;
     }
 
     service_ = std::make_unique<GrpcService>(
-        store_.get(), &auth_, &metrics_, committed_.get(), config_,
+        store_.get(), &auth_, &metrics_, config_,
         ServiceInfo{.local_socket = local_path_, .instance_id = instance_id_});
     if (local_) service_->SetLocalClientsSource([l = local_.get()] { return l->connections(); });
     if (config_.ucx) {
       // On by default where UCX works; a machine without it still serves gRPC bytes.
       absl::StatusOr<std::unique_ptr<UcxControl>> ucx = UcxControl::Create(
-          store_.get(), &metrics_, committed_.get(),
+          store_.get(), &metrics_,
           UcxControlOptions{.instance_id = instance_id_,
                             .default_lease = absl::Milliseconds(config_.ucx_lease_ms)});
       if (ucx.ok()) {
@@ -177,14 +171,18 @@ class ServerImpl final : public Server {
     if (local_) local_->Stop();
     spdlog::info("shutdown: local clients closed");
     if (http_) http_->Stop();
-    if (committed_) {
-      // Every acknowledged page survives a graceful stop: memory tiers go down to SSD.
-      const size_t n = committed_->size();
-      absl::StatusOr<size_t> moved = committed_->DemoteAllToSsd();
-      if (moved.ok()) {
-        spdlog::info("shutdown: moved {} of {} committed pages from memory to SSD", *moved, n);
+    if (store_ && config_.persist_on_shutdown && store_->HasTier(Tier::kSsd)) {
+      // Every acknowledged page survives a graceful stop: each page whose only copy is in memory
+      // (written, promoted or prefetched) gets one on SSD.
+      absl::StatusOr<CheckpointResult> r = store_->Checkpoint();
+      if (!r.ok()) {
+        spdlog::error("shutdown: copying memory-only pages to SSD failed: {}",
+                      r.status().ToString());
+      } else if (r->pages_skipped > 0) {
+        spdlog::error("shutdown: {} memory-only pages did not fit on SSD and are lost",
+                      r->pages_skipped);
       } else {
-        spdlog::error("shutdown: demoting pages to SSD failed: {}", moved.status().ToString());
+        spdlog::info("shutdown: copied {} memory-only pages to SSD", r->pages_written);
       }
     }
     if (store_) {
@@ -209,7 +207,15 @@ class ServerImpl final : public Server {
         tiers.push_back({std::string(TierName(static_cast<Tier>(t))), ts.capacity_bytes,
                          ts.used_bytes, ts.pages, ts.hits, ts.evictions, ts.promotions});
       }
-      return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_.Render(tiers, st.misses)};
+      DurabilitySample d;
+      d.memory_only_pages = st.memory_only_pages;
+      d.checkpoints = st.checkpoints;
+      d.checkpoint_failures = st.checkpoint_failures;
+      if (st.last_checkpoint_start != absl::InfinitePast()) {
+        d.durable_before_unix_ms = absl::ToUnixMillis(st.last_checkpoint_start);
+      }
+      return {200, "text/plain; version=0.0.4; charset=utf-8",
+              metrics_.Render(tiers, st.misses, d)};
     }
     return {404, "text/plain", "not found (try /metrics or /healthz)\n"};
   }
@@ -218,7 +224,6 @@ class ServerImpl final : public Server {
   Authorizer auth_;
   ServiceMetrics metrics_;
   std::unique_ptr<Store> store_;
-  std::unique_ptr<CommittedIndex> committed_;
   std::unique_ptr<UcxControl> ucx_;
   std::unique_ptr<LocalServer> local_;
   std::unique_ptr<GrpcService> service_;

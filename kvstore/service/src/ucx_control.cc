@@ -28,15 +28,13 @@ absl::Status CheckCount(int n, const char* what) {
 
 }  // namespace
 
-UcxControl::UcxControl(Store* store, ServiceMetrics* metrics, CommittedIndex* committed,
-                       UcxControlOptions options)
-    : store_(store), metrics_(metrics), committed_(committed), options_(options) {}
+UcxControl::UcxControl(Store* store, ServiceMetrics* metrics, UcxControlOptions options)
+    : store_(store), metrics_(metrics), options_(options) {}
 
 absl::StatusOr<std::unique_ptr<UcxControl>> UcxControl::Create(Store* store,
                                                                ServiceMetrics* metrics,
-                                                               CommittedIndex* committed,
                                                                UcxControlOptions options) {
-  std::unique_ptr<UcxControl> c(new UcxControl(store, metrics, committed, options));
+  std::unique_ptr<UcxControl> c(new UcxControl(store, metrics, options));
   c->arena_ = store->HostArenaInfo();
   if (c->arena_.base == nullptr || c->arena_.size == 0) {
     return absl::FailedPreconditionError("UCX path: the store has no host arena");
@@ -275,10 +273,7 @@ absl::Status UcxControl::Commit(const v1::UcxCommitRequest& request, v1::PutResp
             "write); page aborted");
       } else {
         st = store_->Commit(id);
-        if (st.ok()) {
-          bytes += slot.size;
-          if (committed_ != nullptr) committed_->Add(slot.tenant, slot.key);
-        }
+        if (st.ok()) bytes += slot.size;
       }
     }
     SetStatus(st, response->add_results());

@@ -26,7 +26,6 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "committed_index.h"
 #include "metrics.h"
 #include "pagoda.pb.h"
 #include "pagoda/kvstore/store.h"
@@ -54,7 +53,6 @@ class UcxControl {
   // Creates a UCX transport and registers the store's host arena with it. Errors (no usable UCX)
   // are returned; pagodad then runs without the UCX path.
   static absl::StatusOr<std::unique_ptr<UcxControl>> Create(Store* store, ServiceMetrics* metrics,
-                                                            CommittedIndex* committed,
                                                             UcxControlOptions options);
   ~UcxControl();  // aborts open reservations and releases open leases
 
@@ -82,14 +80,12 @@ class UcxControl {
     uint64_t checksum = 0;
     absl::Time deadline;
   };
-  UcxControl(Store* store, ServiceMetrics* metrics, CommittedIndex* committed,
-             UcxControlOptions options);
+  UcxControl(Store* store, ServiceMetrics* metrics, UcxControlOptions options);
   // Forgets expired leases and aborts expired reservations.
   void Sweep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Store* const store_;
   ServiceMetrics* const metrics_;
-  CommittedIndex* const committed_;
   const UcxControlOptions options_;
   HostArena arena_;
   std::unique_ptr<Transport> transport_;

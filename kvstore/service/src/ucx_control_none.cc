@@ -9,13 +9,12 @@ absl::Status NoUcx() {
 }
 }  // namespace
 
-UcxControl::UcxControl(Store* store, ServiceMetrics* metrics, CommittedIndex* committed,
-                       UcxControlOptions options)
-    : store_(store), metrics_(metrics), committed_(committed), options_(options) {}
+UcxControl::UcxControl(Store* store, ServiceMetrics* metrics, UcxControlOptions options)
+    : store_(store), metrics_(metrics), options_(options) {}
 UcxControl::~UcxControl() = default;
 
 absl::StatusOr<std::unique_ptr<UcxControl>> UcxControl::Create(Store*, ServiceMetrics*,
-                                                               CommittedIndex*, UcxControlOptions) {
+                                                               UcxControlOptions) {
   return NoUcx();
 }
 absl::Status UcxControl::Hello(v1::UcxHelloResponse*) const { return NoUcx(); }

@@ -96,10 +96,12 @@ class Client {
   virtual std::string data_path() const = 0;
 
   // ---- Batched page I/O (one status / result per page, in order) ------------------------------
-  // Writes pages two-phase: reserve all, copy, commit each whose bytes arrived intact. A key that
+  // Writes pages two-phase: reserve, copy, commit each whose bytes arrived intact. A key that
   // is already stored answers AlreadyExists (pages are immutable); a malformed batch (unknown
   // layout, wrong size, duplicate key) fails every page with InvalidArgument / Aborted and
-  // stores nothing.
+  // stores nothing. A batch of any size is accepted: it goes to the server in windows of at most
+  // a quarter of its host tier, each committed before the next is reserved, so a request larger
+  // than the host tier streams through it to SSD (a failure then fails only its window's pages).
   virtual std::vector<absl::Status> Put(absl::Span<const PutPage> pages) = 0;
   // Reads pages into the callers' buffers, verifying each checksum.
   virtual std::vector<GetResult> Get(absl::Span<const GetPage> pages) = 0;

@@ -71,17 +71,21 @@ struct StoreOptions {
   // Per-tenant quotas by tenant id; tenants not listed have none (besides the pin quota).
   absl::flat_hash_map<std::string, TenantQuota> tenant_quotas;
 
-  // Make every batch of SSD writes durable before it counts: fdatasync its segment bytes, then
-  // commit its metadata with RocksDB's WAL synced. Off (the default): no WAL; metadata reaches disk
-  // when RocksDB flushes (Flush(), close, or a full memtable; segment bytes are synced first), so a
-  // crash loses the pages demoted since the last flush and may bring back pages promoted or removed
-  // since then (their right bytes, or a DataLoss on read if their segment was reclaimed meanwhile:
-  // the checksum catches anything torn). On: each batch pays two syncs.
+  // Durability of the SSD tier. Metadata always goes through RocksDB's WAL (a crash replays it
+  // in order: a page's record never outlives a later delete of it). Off (the default): the WAL and
+  // segment bytes are synced by Checkpoint(), Flush() and close, so a crash (kill -9, power loss)
+  // loses at most what was written since the last of those; a record whose bytes did not reach the
+  // disk reads as DataLoss (dropped), never as other bytes. On: each SSD batch fdatasyncs its
+  // segment bytes and syncs the WAL before it counts (two syncs per demotion batch).
   bool ssd_sync_writes = false;
   // Write SSD batches whose bytes are 4 KiB-aligned (host slots of common layouts are) with
   // O_DIRECT: no page-cache copy of demoted pages, whose cache is the host tier. Off (the default):
   // buffered writes, so pages read soon after demotion may still come from the page cache.
   bool ssd_direct_writes = false;
+  // Run Checkpoint() this often in the background (0: never; call it yourself). With it, a page
+  // committed more than about checkpoint_interval plus one checkpoint's duration ago survives a
+  // crash. Needs an SSD tier (ignored without one).
+  absl::Duration checkpoint_interval = absl::ZeroDuration();
   // Fault seam of the SSD tier (null: the default SsdEnv). Not owned; must outlive the store.
   SsdEnv* ssd_env = nullptr;
 };

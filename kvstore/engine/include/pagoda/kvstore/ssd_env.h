@@ -4,8 +4,9 @@
 // durability barrier through Sync(). The default implementation does nothing extra; tests subclass
 // it to fail writes and syncs or to corrupt bytes on their way to the device.
 //
-// Thread safety: the SSD tier calls these methods with the store's lock held, one call at a time;
-// implementations need no locking of their own unless tests touch them from other threads.
+// Thread safety: the SSD tier calls these methods one call at a time (under its own write lock;
+// demotions also hold the store's lock, checkpoints do not); implementations need no locking of
+// their own unless tests touch them from other threads.
 #ifndef PAGODA_KVSTORE_SSD_ENV_H_
 #define PAGODA_KVSTORE_SSD_ENV_H_
 

@@ -96,6 +96,27 @@ struct StoreStats {
   uint64_t active_leases = 0;
   uint64_t pinned_bytes = 0;
   uint64_t metadata_bytes = 0;  // memory of the page table and its indexes (not page bytes)
+  // Pages in memory tiers (open reservations included) with no SSD copy: what a crash would lose.
+  uint64_t memory_only_pages = 0;
+  // Bytes on SSD that are copies of pages living in memory tiers (kept by a promotion or written
+  // by Checkpoint). They count against the SSD tier's capacity, not in tiers[kSsd].used_bytes.
+  uint64_t ssd_copy_bytes = 0;
+  // Disk the SSD tier takes (segment files, dead space included) and the most it may take:
+  // ssd_capacity_bytes, or less once the file system ran out of space first (ssd_full times).
+  uint64_t ssd_disk_bytes = 0;
+  uint64_t ssd_limit_bytes = 0;  // 0: unbounded
+  uint64_t ssd_full = 0;
+  uint64_t checkpoints = 0;          // completed Checkpoint() calls (background ones included)
+  uint64_t checkpoint_failures = 0;  // Checkpoint() calls that returned an error
+  // When the last Checkpoint() that succeeded and skipped nothing began: every page committed
+  // before then has a durable copy on SSD (unless removed or dropped since). InfinitePast: none.
+  absl::Time last_checkpoint_start = absl::InfinitePast();
+};
+
+// What one Checkpoint() did.
+struct CheckpointResult {
+  uint64_t pages_written = 0;  // memory-only pages whose bytes now also sit on SSD
+  uint64_t pages_skipped = 0;  // memory-only pages left unwritten: no room on SSD for them
 };
 
 class Store {
@@ -106,7 +127,8 @@ class Store {
   // read; a corrupt page is found when read). InvalidArgument for bad options.
   static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options);
 
-  // Flushes the SSD tier; pages in memory tiers are lost (they are a cache), pages on SSD survive.
+  // Stops the background checkpoints and flushes the SSD tier. Pages only in memory tiers are lost
+  // (call Checkpoint() first to keep them); pages on SSD survive.
   virtual ~Store() = default;
 
   // ---- Writes -------------------------------------------------------------------------------
@@ -173,6 +195,18 @@ class Store {
 
   // Makes everything written to the SSD tier durable (RocksDB flush). OK without an SSD tier.
   virtual absl::Status Flush() = 0;
+
+  // Writes every page committed before the call whose only copy is in a memory tier (however it
+  // got there: a commit, a promotion, a prefetch) to the SSD tier, leaving it where it is, then
+  // makes the SSD tier durable: segment bytes fdatasync'd, then RocksDB's WAL synced. After an OK
+  // return such a page survives a crash of the process or the machine (until it is removed or
+  // evicted from the last tier). Pages for which the SSD tier has no room, even after dropping its
+  // least-recently-used pages, are skipped and counted. Copies are written in batches of a few
+  // MiB outside the page-table lock; the pages of a batch are not evictable while it is written.
+  // Safe to call concurrently with everything (calls are serialized); StoreOptions::
+  // checkpoint_interval runs it in the background. OK (nothing written) without an SSD tier;
+  // the first SSD write or sync error is returned (what was written before stays written).
+  virtual absl::StatusOr<CheckpointResult> Checkpoint() = 0;
 
   virtual StoreStats Stats() = 0;
   virtual HostArena HostArenaInfo() const = 0;

@@ -48,11 +48,15 @@ struct ServiceConfig {
   uint64_t host_slot_bytes = 0;      // 0 = engine default
   uint64_t ssd_bytes = 8ull << 30;   // SSD tier capacity; 0 = no SSD tier
   uint64_t gpu_bytes = 0;            // GPU tier capacity; 0 = no GPU tier
-  bool ssd_sync_writes = false;      // fsync each SSD batch (slower demotions, no loss on crash)
+  bool ssd_sync_writes = false;      // sync each SSD batch (slower demotions; see checkpoint_ms)
   bool ssd_direct_writes = false;    // O_DIRECT demotions (StoreOptions::ssd_direct_writes)
   // On graceful stop, move pages still in memory tiers to SSD so a restart serves them (costs
   // shutdown time proportional to the host tier's content). Needs an SSD tier.
   bool persist_on_shutdown = true;
+  // Every this many milliseconds, pages only in memory get a copy on SSD and the SSD tier is
+  // synced (StoreOptions::checkpoint_interval): what kill -9 or a power loss can lose is bounded
+  // by it (see the README's durability contract). 0 = only at a graceful stop. Needs an SSD tier.
+  int checkpoint_ms = 1000;
   // Layouts accepted in writes (default: fp16 and bf16, 8 KV heads, head_dim 128, 16/32/64
   // tokens per page). A write of another layout fails with InvalidArgument.
   std::vector<LayoutConfig> layouts;
