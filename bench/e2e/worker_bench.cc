@@ -67,6 +67,7 @@ struct Args {
   float threshold = 0.9f;
   bool verify = true;
   bool compare_session = false;
+  std::string streaming_profile;  // a profile file (bench/retriever/streaming_profile)
 };
 
 double Median(std::vector<double> v) {
@@ -405,6 +406,21 @@ int Run(const Args& a) {
       o.layer_thresholds.push_back(*th);
     }
   }
+  if (!a.streaming_profile.empty()) {
+    auto profile = retriever::LoadStreamingProfile(a.streaming_profile);
+    if (!profile.ok()) {
+      std::fprintf(stderr, "profile: %s\n", profile.status().ToString().c_str());
+      return 1;
+    }
+    // Worker layer l is the l-th traced layer of the docs; the profile is by model layer.
+    o.layer_streaming_heads.assign(L, {});
+    for (int l = 0; l < L; ++l) {
+      o.layer_streaming_heads[l] =
+          StreamingHeadsFromProfile(*profile, static_cast<uint32_t>(docs[0].layers[l].layer), 1)[0];
+    }
+    o.streaming_sink_pages = (profile->sink_tokens + P - 1) / P;
+    o.streaming_window_pages = std::max(1, (profile->window_tokens + P - 1) / P);
+  }
   auto worker = DecodeWorker::Create(store->get(), MakeCpuWorkerBackend(), o);
   if (!worker.ok()) {
     std::fprintf(stderr, "worker: %s\n", worker.status().ToString().c_str());
@@ -612,6 +628,8 @@ int main(int argc, char** argv) {
   app.add_option("--threshold", a.threshold, "trigger threshold for page policies");
   app.add_option("--verify", a.verify, "verify gathered head-pages (1/0)");
   app.add_flag("--compare-session", a.compare_session, "also run DecodeSession (page policies)");
+  app.add_option("--streaming-profile", a.streaming_profile,
+                 "streaming-head profile: those heads attend sinks + window only");
   CLI11_PARSE(app, argc, argv);
   return pagoda::Run(a);
 }

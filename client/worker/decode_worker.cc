@@ -474,7 +474,9 @@ int64_t DecodeWorker::Impl::RowBound(const Sequence& seq) const {
   const int64_t pages = (static_cast<int64_t>(seq.tokens.size()) + P_) / P_;  // after this token
   int32_t pinned = 0;
   for (const LayerState& ls : seq.layers) pinned = std::max(pinned, ls.pinned);
-  return std::min<int64_t>(pages, s.budget_tokens / P_ + s.window_pages + 1 + pinned);
+  const int64_t selected = s.budget_tokens / P_ + s.window_pages + 1;
+  const int64_t streaming = o_.streaming_sink_pages + o_.streaming_window_pages;
+  return std::min<int64_t>(pages, std::max(selected, streaming) + pinned);
 }
 
 absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> ids,
@@ -833,6 +835,17 @@ WorkerStats DecodeWorker::Impl::Stats() const {
   s.pages_committed = committer_.committed();
   s.pages_reused = committer_.reused();
   return s;
+}
+
+std::vector<std::vector<int>> StreamingHeadsFromProfile(const retriever::StreamingProfile& profile,
+                                                        uint32_t first_layer, int num_layers) {
+  std::vector<std::vector<int>> heads(num_layers);
+  for (int l = 0; l < num_layers; ++l) {
+    for (int h = 0; h < profile.num_kv_heads; ++h) {
+      if (profile.is_streaming(static_cast<int32_t>(first_layer) + l, h)) heads[l].push_back(h);
+    }
+  }
+  return heads;
 }
 
 // ---- DecodeWorker: the public face -----------------------------------------------------------

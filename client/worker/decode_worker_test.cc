@@ -305,6 +305,8 @@ TEST(DecodeWorker, StreamingHeadsAttendOnlySinksAndWindow) {
   auto store = OpenStore(dir.path());
   DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096, 64);  // dense otherwise
   o.layer_streaming_heads = {{1}, {0}};
+  o.streaming_sink_pages = 1;
+  o.streaming_window_pages = 1;
   auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(w.ok()) << w.status();
   Driver drv(w->get());

@@ -42,6 +42,9 @@ absl::Status ValidateWorkerOptions(const DecodeWorkerOptions& o) {
       return absl::InvalidArgumentError("layer_thresholds must be in [-1, 1]");
     }
   }
+  if (o.streaming_sink_pages < 0 || o.streaming_window_pages < 1) {
+    return absl::InvalidArgumentError("streaming_sink_pages >= 0 and streaming_window_pages >= 1");
+  }
   if (!o.layer_streaming_heads.empty()) {
     if (static_cast<int>(o.layer_streaming_heads.size()) != o.num_layers) {
       return absl::InvalidArgumentError(
@@ -124,6 +127,23 @@ std::vector<int32_t> NaturalPages(const std::vector<retriever::TokenSpan>& spans
   return rows;
 }
 
+// Streaming heads attend their sink and window pages only (and the pinned prompt), whatever the
+// selector chose for them; their hints are dropped.
+void StreamingRows(const DecodeWorkerOptions& o, const std::vector<int>& heads, int32_t cur,
+                   LayerState& ls) {
+  for (int h : heads) {
+    std::vector<int32_t>& row = ls.rows[h];
+    row.clear();
+    for (int32_t p = 0; p < o.streaming_sink_pages && p <= cur; ++p) row.push_back(p);
+    for (int32_t p = std::max(0, cur - o.streaming_window_pages + 1); p <= cur; ++p) {
+      row.push_back(p);
+    }
+    for (int32_t p = 0; p < ls.pinned && p < cur; ++p) row.push_back(p);
+    SortUnique(row);
+    if (static_cast<size_t>(h) < ls.prefetch.size()) ls.prefetch[h].clear();
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
@@ -143,13 +163,9 @@ absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerSt
   ls.prefetch.clear();
   if (budget_pages * P >= ls.tokens) {  // the budget covers the context: dense
     for (int h = 0; h < kv; ++h) {
-      const bool streaming =
-          std::find(streaming_heads.begin(), streaming_heads.end(), h) != streaming_heads.end();
-      for (int32_t p = 0; p <= cur; ++p) {
-        const bool kept = p < o.selector.sink_pages || p > cur - o.selector.window_pages;
-        if (!streaming || kept) ls.rows[h].push_back(p);
-      }
+      for (int32_t p = 0; p <= cur; ++p) ls.rows[h].push_back(p);
     }
+    StreamingRows(o, streaming_heads, cur, ls);
     ls.retrieved.clear();
     return true;
   }
@@ -162,6 +178,7 @@ absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerSt
       add_pinned(ls.rows[h]);
     }
     if (sel->retrieved) ls.prefetch = sel->prefetch;
+    StreamingRows(o, streaming_heads, cur, ls);
     return sel->retrieved;
   }
   bool fire = ls.retrieved.empty() || !ls.trigger.has_value();
@@ -196,6 +213,7 @@ absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerSt
       return absl::InternalError("a selection does not end at the open page");
     }
   }
+  StreamingRows(o, streaming_heads, cur, ls);
   return fire;
 }
 

@@ -139,6 +139,10 @@ absl::Status ValidateHeadGatherShape(const HeadGatherParams& p) {
                            p.src_v == nullptr || p.dst_head == nullptr || p.dst_slot == nullptr ||
                            p.expected == nullptr || p.bad == nullptr)) {
     return Bad("head gather", "null source, pool or per-copy array");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidatePrefillShape(const PrefillParams& p) {
   if (auto s = ValidatePagedKV(p.kv, /*need_v=*/true); !s.ok()) return s;
   if (p.batch <= 0 || p.num_qo_heads <= 0) return Bad("prefill", "batch and heads must be > 0");
@@ -184,6 +188,10 @@ absl::Status ValidateHeadGatherHost(const HeadGatherParams& p) {
   std::sort(dst.begin(), dst.end());
   if (std::adjacent_find(dst.begin(), dst.end()) != dst.end()) {
     return Bad("head gather", "a (head, slot) destination is listed twice");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidatePrefillHost(const PrefillParams& p) {
   if (auto s = ValidateCsrHost(p.table.indptr, p.table.indices, p.table.last_page_len,
                                p.table.num_rows, p.kv.num_pages, p.kv.page_size, "page table");

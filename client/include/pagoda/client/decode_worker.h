@@ -57,6 +57,7 @@
 #include "pagoda/kvstore/page.h"
 #include "pagoda/kvstore/store.h"
 #include "pagoda/retriever/selector.h"
+#include "pagoda/retriever/streaming_profile.h"
 
 namespace pagoda {
 
@@ -94,6 +95,11 @@ struct DecodeWorkerOptions {
   // never fetch anything else, so their other pages age out of the pool. Empty: none; else one
   // list per layer (e.g. from a streaming-head profile of the model).
   std::vector<std::vector<int>> layer_streaming_heads;
+  // What a streaming head attends: its first streaming_sink_pages pages and its last
+  // streaming_window_pages pages (the open page included). A profile's sink / window tokens,
+  // rounded up to pages.
+  int streaming_sink_pages = 1;
+  int streaming_window_pages = 4;
 
   // Pin the prompt's full pages in the store while the sequence is open (a shared system prompt:
   // never evicted, counts against the tenant's pin quota) and attend them every step.
@@ -157,6 +163,14 @@ struct WorkerStats {
   int64_t pages_committed = 0;
   int64_t pages_reused = 0;  // commits that found the page already stored (a shared prefix)
 };
+
+// The streaming heads of model layers [first_layer, first_layer + num_layers) of a streaming-head
+// profile (retriever/streaming_profile.h), in the shape of layer_streaming_heads. Layers the
+// profile does not cover have none. (The worker's streaming heads keep
+// streaming_sink_pages and streaming_window_pages; set them to cover the profile's sink_tokens /
+// window_tokens.)
+std::vector<std::vector<int>> StreamingHeadsFromProfile(const retriever::StreamingProfile& profile,
+                                                        uint32_t first_layer, int num_layers);
 
 class DecodeWorker {
  public:
