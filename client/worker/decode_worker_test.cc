@@ -325,6 +325,18 @@ TEST(DecodeWorker, StreamingHeadsAttendOnlySinksAndWindow) {
       EXPECT_LT(drv.Error(s, 0, l, outs[l], /*dense=*/false), kTol);
     }
   }
+  // A model profile (layers 0..3, heads streaming at (2, 1) and (3, 0)) for a worker serving
+  // model layers 2 and 3 gives exactly the heads used above.
+  std::vector<retriever::StreamingHeadInfo> heads;
+  for (int l = 0; l < 4; ++l) {
+    for (int h = 0; h < kKv; ++h) {
+      heads.push_back({l, h, (l == 2 && h == 1) || (l == 3 && h == 0), 0.9f, 0.01f});
+    }
+  }
+  auto profile = retriever::MakeStreamingProfile(4, kKv, kPage, kPage, heads);
+  ASSERT_TRUE(profile.ok()) << profile.status();
+  EXPECT_EQ(StreamingHeadsFromProfile(*profile, 2, kLayers),
+            (std::vector<std::vector<int>>{{1}, {0}}));
   o.layer_streaming_heads = {{kKv}, {}};  // no such head
   EXPECT_EQ(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o).status().code(),
             absl::StatusCode::kInvalidArgument);
