@@ -168,23 +168,24 @@ LocalServer::LocalServer(Store* store, const Authorizer* auth, ServiceMetrics* m
 LocalServer::~LocalServer() { Stop(); }
 
 absl::Status LocalServer::Start(const std::string& path) {
-  gid_t group = static_cast<gid_t>(-1);
+  gid_t socket_gid = static_cast<gid_t>(-1);
   if (!options_.socket_group.empty()) {
     std::vector<char> buf(16384);
-    group g{};
-    group* found = nullptr;
+    struct group g {};
+    struct group* found = nullptr;
     if (getgrnam_r(options_.socket_group.c_str(), &g, buf.data(), buf.size(), &found) != 0 ||
         found == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("local socket group '", options_.socket_group, "' does not exist"));
     }
-    group = found->gr_gid;
+    socket_gid = found->gr_gid;
   }
   absl::StatusOr<int> fd = local::ListenUnix(path, 128);
   if (!fd.ok()) return fd.status();
   listen_fd_ = *fd;
   path_ = path;
-  if (group != static_cast<gid_t>(-1) && ::chown(path.c_str(), static_cast<uid_t>(-1), group) != 0) {
+  if (socket_gid != static_cast<gid_t>(-1) &&
+      ::chown(path.c_str(), static_cast<uid_t>(-1), socket_gid) != 0) {
     return absl::PermissionDeniedError(absl::StrCat("cannot give the local socket to group '",
                                                     options_.socket_group,
                                                     "': ", strerror(errno)));
@@ -304,8 +305,17 @@ void LocalServer::Accept() {
           "local path: uid ", cred.uid, " gid ", cred.gid, " is not allowed on this socket"));
     }
     if (!refused.ok()) {
-      spdlog::warn("local client pid {} uid {} gid {} refused: {}", cred.pid, cred.uid, cred.gid,
-                   refused.message());
+      // At most one line a second: a flood of connections must not flood the log too.
+      const absl::Time now = absl::Now();
+      if (now - last_refusal_log_ >= absl::Seconds(1)) {
+        spdlog::warn("local client pid {} uid {} gid {} refused: {} ({} more refused before)",
+                     cred.pid, cred.uid, cred.gid, std::string(refused.message()),
+                     refusals_unlogged_);
+        last_refusal_log_ = now;
+        refusals_unlogged_ = 0;
+      } else {
+        refusals_unlogged_++;
+      }
       SendError(fd, refused);
       ::close(fd);
       continue;

@@ -96,6 +96,8 @@ class LocalServer {
   std::atomic<bool> stopping_{false};
   std::atomic<int> active_{0};
   std::thread loop_;
+  absl::Time last_refusal_log_ = absl::InfinitePast();  // event loop thread only
+  uint64_t refusals_unlogged_ = 0;                       // event loop thread only
   std::vector<std::thread> workers_;
 
   absl::Mutex mu_;
