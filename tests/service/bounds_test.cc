@@ -227,7 +227,7 @@ std::vector<std::string> ListeningAddresses(pid_t pid) {
       std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipWhitespace());
       if (f.size() < 10 || f[3] != "0A" || !inodes.count(f[9])) continue;  // 0A = LISTEN
       const std::string hex = f[1].substr(0, f[1].find(':'));
-      if (hex == "0100007F") {
+      if (hex == "0100007F" || hex == "0000000000000000FFFF00000100007F") {  // also v4-mapped
         out.push_back("127.0.0.1");
       } else if (hex == "00000000000000000000000001000000") {
         out.push_back("::1");
