@@ -56,7 +56,7 @@ class LocalPath final : public DataPath {
   const absl::Duration timeout_;    // per socket read / write; a stuck server fails the call
   uint8_t* arena_ = nullptr;
   uint64_t arena_bytes_ = 0;
-  uint64_t segment_bytes_ = 0;                         // 0: the server did not say
+  uint64_t segment_bytes_ = 0;                       // 0: the server did not say
   std::unique_ptr<std::atomic<bool>[]> prefaulted_;  // one flag per segment
 
   absl::Mutex mu_;

@@ -241,8 +241,9 @@ std::vector<std::string> ListeningAddresses(pid_t pid) {
 
 TEST(BoundsTest, EmbeddedDefaultListensOnLoopbackOnlyUcxIncluded) {
   // The embedded default's network settings (loopback), with free ports and UCX turned on.
-  auto server = Start("server: {grpc_port: 0, http_port: 0, ucx: true}\n"
-                      "store: {host_bytes: 64MiB, ssd_bytes: 64MiB}\n");
+  auto server = Start(
+      "server: {grpc_port: 0, http_port: 0, ucx: true}\n"
+      "store: {host_bytes: 64MiB, ssd_bytes: 64MiB}\n");
   ASSERT_NE(server, nullptr);
   std::vector<std::string> addrs = ListeningAddresses(server->pid());
   EXPECT_GE(addrs.size(), 2u);  // gRPC, HTTP (and UCX's tcp listener where UCX works)

@@ -128,7 +128,8 @@ class RawLocal {
 // The test config with `server_keys` added to its server mapping, then `extra_yaml`.
 std::string Config(const std::string& server_keys, const std::string& extra_yaml = "") {
   std::string c = TestConfigYaml();
-  if (!server_keys.empty()) c = absl::StrReplaceAll(c, {{"http_port: 0}", "http_port: 0, " + server_keys + "}"}});
+  if (!server_keys.empty())
+    c = absl::StrReplaceAll(c, {{"http_port: 0}", "http_port: 0, " + server_keys + "}"}});
   return c + extra_yaml;
 }
 
@@ -281,7 +282,7 @@ TEST(IsolationTest, UcxKeyReachesOnlyItsTenantsPages) {
   v1::UcxHelloResponse hb = hello("bob", "bob-secret");
   if (ha.worker_address().empty()) GTEST_SKIP() << "no UCX on this machine";
   EXPECT_NE(ha.arena_key(), hb.arena_key());  // one registration per tenant
-  {  // alice's token does not get bob's key
+  {                                           // alice's token does not get bob's key
     grpc::ClientContext ctx;
     ctx.AddMetadata("authorization", "Bearer alice-secret");
     v1::UcxHelloRequest req;
@@ -349,7 +350,8 @@ TEST(IsolationTest, GrpcTokensBindTenants) {
   absl::StatusOr<std::unique_ptr<Client>> impostor = Client::Connect(o);
   if (impostor.ok()) {
     std::vector<uint8_t> out(SmallLayout().PageBytes());
-    EXPECT_TRUE(absl::IsUnauthenticated((*impostor)->Get({{KeyOf(1), absl::MakeSpan(out)}})[0].status));
+    EXPECT_TRUE(
+        absl::IsUnauthenticated((*impostor)->Get({{KeyOf(1), absl::MakeSpan(out)}})[0].status));
     EXPECT_TRUE(absl::IsUnauthenticated(
         (*impostor)->Put({{KeyOf(2), SmallLayout().Id(), BytesOf("bob", 2)}})[0]));
   } else {
@@ -364,11 +366,11 @@ TEST(IsolationTest, SocketModeGroupAndPeerAllowList) {
   struct group* g = getgrgid(my_gid);
   ASSERT_NE(g, nullptr);
   {
-    auto server = Start(Config(absl::StrCat("local_socket_group: ", g->gr_name),
-                               "security: {local_allowed_uids: [" + std::to_string(getuid()) +
-                                   "]}\n"));
+    auto server =
+        Start(Config(absl::StrCat("local_socket_group: ", g->gr_name),
+                     "security: {local_allowed_uids: [" + std::to_string(getuid()) + "]}\n"));
     ASSERT_NE(server, nullptr);
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(stat(server->local_socket().c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0660u);
     EXPECT_EQ(st.st_gid, my_gid);
@@ -380,8 +382,9 @@ TEST(IsolationTest, SocketModeGroupAndPeerAllowList) {
         << "peer credentials are logged";
   }
   {  // Neither our uid nor any of our groups is allowed: refused at connect, and logged.
-    auto server = Start(Config("", "security: {local_allowed_uids: [4000000001], "
-                                   "local_allowed_gids: [4000000002]}\n"));
+    auto server = Start(Config("",
+                               "security: {local_allowed_uids: [4000000001], "
+                               "local_allowed_gids: [4000000002]}\n"));
     ASSERT_NE(server, nullptr);
     RawLocal r;
     EXPECT_EQ(r.Open(server->local_socket(), "x", ""),
@@ -397,8 +400,7 @@ TEST(IsolationTest, SocketModeGroupAndPeerAllowList) {
   o.config_yaml = Config("local_socket_group: no-such-group-pagoda");
   absl::StatusOr<std::unique_ptr<PagodadProcess>> bad = PagodadProcess::Start(o);
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("no-such-group-pagoda"), std::string::npos)
-      << bad.status();
+  EXPECT_NE(bad.status().message().find("no-such-group-pagoda"), std::string::npos) << bad.status();
 }
 
 }  // namespace

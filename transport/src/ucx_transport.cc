@@ -644,8 +644,8 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransportOpt
     s = ucp_config_modify(config, "NET_DEVICES", options.net_devices.c_str());
     if (s != UCS_OK) {
       ucp_config_release(config);
-      return absl::InvalidArgumentError(absl::StrCat(
-          "UCX_NET_DEVICES \"", options.net_devices, "\" rejected: ", ucs_status_string(s)));
+      return absl::InvalidArgumentError(absl::StrCat("UCX_NET_DEVICES \"", options.net_devices,
+                                                     "\" rejected: ", ucs_status_string(s)));
     }
   }
   ucp_params_t params{};

@@ -72,8 +72,8 @@ class HostTier final : public MemoryTier {
          -1, 0);
     absl::MutexLock l(&mu_);
     if (owner < fds_.size() && fds_[owner] >= 0) {
-      fallocate(fds_[owner], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                static_cast<off_t>(offset), static_cast<off_t>(bytes));
+      fallocate(fds_[owner], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                static_cast<off_t>(bytes));
     }
   }
 
@@ -110,8 +110,8 @@ class HostTier final : public MemoryTier {
 
 absl::StatusOr<std::unique_ptr<MemoryTier>> CreateHostTier(uint64_t capacity_bytes) {
   if (capacity_bytes == 0) return absl::InvalidArgumentError("host tier: capacity is 0");
-  void* p = mmap(nullptr, capacity_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                 -1, 0);
+  void* p =
+      mmap(nullptr, capacity_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return Errno("mmap");
   return std::make_unique<HostTier>(static_cast<uint8_t*>(p), capacity_bytes);
 }

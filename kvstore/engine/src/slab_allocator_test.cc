@@ -9,7 +9,7 @@ namespace pagoda {
 namespace {
 
 TEST(SlabAllocatorTest, ClassesTakeWholeSegmentsAndSlotsDoNotOverlap) {
-  SlabAllocator a(4 * 4096, 4096);         // 4 segments
+  SlabAllocator a(4 * 4096, 4096);        // 4 segments
   const int small = a.ClassFor(0, 1000);  // rounded to 1024: 4 per segment
   const int big = a.ClassFor(0, 4096);
   EXPECT_EQ(a.ClassFor(0, 1024), small);  // same owner, same slot size: same class

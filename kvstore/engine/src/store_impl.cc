@@ -88,8 +88,8 @@ absl::Status StoreImpl::Init() {
         "store options: host capacity %d bytes holds no whole %d-byte segment of OS pages",
         options_.host_capacity_bytes, max_slot));
   }
-  alloc_[1] = std::make_unique<SlabAllocator>(options_.host_capacity_bytes, host_segment,
-                                              host_hooks);
+  alloc_[1] =
+      std::make_unique<SlabAllocator>(options_.host_capacity_bytes, host_segment, host_hooks);
   host_segment_bytes_ = host_segment;
   if (options_.gpu_capacity_bytes > 0) {
     if (options_.gpu_capacity_bytes < max_slot) {

@@ -173,8 +173,8 @@ class Reader {
     uint64_t v = *out;
     if (absl::Status s = Bytes(key, &v); !s.ok()) return s;
     if (v < min || v > max) {
-      return absl::InvalidArgumentError(absl::StrCat("config ", Join(key), ": ", v,
-                                                     " bytes is outside [", min, ", ", max, "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("config ", Join(key), ": ", v, " bytes is outside [", min, ", ", max, "]"));
     }
     *out = v;
     return absl::OkStatus();
@@ -281,8 +281,7 @@ absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
     }
     PAGODA_RETURN_IF_ERROR(r.Bytes("ssd_bytes", &c->ssd_bytes));
     if (c->ssd_bytes != 0 && c->ssd_bytes < (1u << 20)) {
-      return absl::InvalidArgumentError(
-          "config store.ssd_bytes: 0 (no SSD tier) or at least 1MiB");
+      return absl::InvalidArgumentError("config store.ssd_bytes: 0 (no SSD tier) or at least 1MiB");
     }
     PAGODA_RETURN_IF_ERROR(r.Bytes("gpu_bytes", &c->gpu_bytes));
     PAGODA_RETURN_IF_ERROR(r.Bool("ssd_sync_writes", &c->ssd_sync_writes));
@@ -428,12 +427,13 @@ absl::Status ValidateConfig(const ServiceConfig& c) {
   if (c.host_bytes == 0) return absl::InvalidArgumentError("config: store.host_bytes must be > 0");
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   if (pages > 0 && page > 0 && c.host_bytes > static_cast<uint64_t>(pages) * page) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config: store.host_bytes (", c.host_bytes,
-                     ") is larger than this machine's memory (", uint64_t(pages) * page, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("config: store.host_bytes (", c.host_bytes,
+                                                   ") is larger than this machine's memory (",
+                                                   uint64_t(pages) * page, ")"));
   }
   if (c.host_segment_bytes == 0 || c.host_segment_bytes % 4096 != 0) {
-    return absl::InvalidArgumentError("config: store.host_segment_bytes must be a multiple of 4KiB");
+    return absl::InvalidArgumentError(
+        "config: store.host_segment_bytes must be a multiple of 4KiB");
   }
   if (c.ucx && UcxNetDevices(c).empty()) {
     return absl::InvalidArgumentError(

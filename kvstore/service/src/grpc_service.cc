@@ -6,8 +6,8 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "spdlog/spdlog.h"
 #include "call_watchdog.h"
+#include "spdlog/spdlog.h"
 #include "ucx_control.h"
 
 namespace pagoda::service {

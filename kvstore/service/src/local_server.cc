@@ -187,8 +187,7 @@ absl::Status LocalServer::Start(const std::string& path) {
   if (socket_gid != static_cast<gid_t>(-1) &&
       ::chown(path.c_str(), static_cast<uid_t>(-1), socket_gid) != 0) {
     return absl::PermissionDeniedError(absl::StrCat("cannot give the local socket to group '",
-                                                    options_.socket_group,
-                                                    "': ", strerror(errno)));
+                                                    options_.socket_group, "': ", strerror(errno)));
   }
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -297,9 +296,9 @@ void LocalServer::Accept() {
     std::string groups;
     absl::Status refused;
     if (active_.load() >= options_.max_connections) {
-      refused = absl::ResourceExhaustedError(absl::StrCat(
-          "local path: too many connections (server.local_max_connections = ",
-          options_.max_connections, ")"));
+      refused = absl::ResourceExhaustedError(
+          absl::StrCat("local path: too many connections (server.local_max_connections = ",
+                       options_.max_connections, ")"));
     } else if (!PeerAllowed(options_, fd, cred, &groups)) {
       refused = absl::PermissionDeniedError(absl::StrCat(
           "local path: uid ", cred.uid, " gid ", cred.gid, " is not allowed on this socket"));
@@ -421,15 +420,14 @@ void LocalServer::SweepDeadlines() {
     for (auto& [fd, c] : conns_) {
       if (c->busy || c->closed) continue;
       if (!c->hello && now - c->accepted > options_.handshake_timeout) {
-        expired.push_back({c, absl::DeadlineExceededError(absl::StrCat(
-                                  "local path: no Hello within ",
-                                  absl::FormatDuration(options_.handshake_timeout)))});
+        expired.push_back({c, absl::DeadlineExceededError(
+                                  absl::StrCat("local path: no Hello within ",
+                                               absl::FormatDuration(options_.handshake_timeout)))});
       } else if (c->have > 0 && now - c->frame_started > options_.io_timeout) {
-        expired.push_back({c, absl::DeadlineExceededError(absl::StrCat(
-                                  "local path: frame not completed within ",
-                                  absl::FormatDuration(options_.io_timeout)))});
-      } else if (!c->reservations.empty() &&
-                 now - c->last_active > options_.reservation_timeout) {
+        expired.push_back({c, absl::DeadlineExceededError(
+                                  absl::StrCat("local path: frame not completed within ",
+                                               absl::FormatDuration(options_.io_timeout)))});
+      } else if (!c->reservations.empty() && now - c->last_active > options_.reservation_timeout) {
         expired.push_back(
             {c, absl::DeadlineExceededError(absl::StrCat(
                     "local path: reservations held idle for over ",
@@ -537,157 +535,157 @@ bool LocalServer::Handle(Connection& c) {
     return st.ok() && s.ok();
   }
 
-    const size_t open = conn->reservations.size() + conn->leases.size();
-    switch (op) {
-      case Op::kReserve: {
-        // Validate the whole batch first: a malformed batch reserves nothing.
-        std::vector<local::ReserveRequest> reqs(h.count);
-        memcpy(reqs.data(), p, h.payload_bytes);
-        std::vector<PageLayout> layouts(h.count);
-        absl::Status bad;
-        size_t bad_index = 0;
-        absl::flat_hash_set<PageKey> seen;
-        for (size_t i = 0; i < reqs.size() && bad.ok(); ++i) {
-          absl::StatusOr<PageLayout> l = PageLayout::FromId(reqs[i].layout_id);
-          bad_index = i;
-          if (!l.ok()) {
-            bad = absl::InvalidArgumentError(
-                absl::StrCat("unknown layout id ", reqs[i].layout_id, ": ", l.status().message()));
-          } else if (l->PageBytes() != reqs[i].size) {
-            bad = absl::InvalidArgumentError(absl::StrCat("page size ", reqs[i].size,
-                                                          " does not match layout ", l->ToString(),
-                                                          " (", l->PageBytes(), " bytes)"));
-          } else if (!seen.insert(PageKey{reqs[i].key_hi, reqs[i].key_lo}).second) {
-            bad = absl::InvalidArgumentError("duplicate key in one batch");
-          } else {
-            layouts[i] = *l;
-          }
+  const size_t open = conn->reservations.size() + conn->leases.size();
+  switch (op) {
+    case Op::kReserve: {
+      // Validate the whole batch first: a malformed batch reserves nothing.
+      std::vector<local::ReserveRequest> reqs(h.count);
+      memcpy(reqs.data(), p, h.payload_bytes);
+      std::vector<PageLayout> layouts(h.count);
+      absl::Status bad;
+      size_t bad_index = 0;
+      absl::flat_hash_set<PageKey> seen;
+      for (size_t i = 0; i < reqs.size() && bad.ok(); ++i) {
+        absl::StatusOr<PageLayout> l = PageLayout::FromId(reqs[i].layout_id);
+        bad_index = i;
+        if (!l.ok()) {
+          bad = absl::InvalidArgumentError(
+              absl::StrCat("unknown layout id ", reqs[i].layout_id, ": ", l.status().message()));
+        } else if (l->PageBytes() != reqs[i].size) {
+          bad = absl::InvalidArgumentError(absl::StrCat("page size ", reqs[i].size,
+                                                        " does not match layout ", l->ToString(),
+                                                        " (", l->PageBytes(), " bytes)"));
+        } else if (!seen.insert(PageKey{reqs[i].key_hi, reqs[i].key_lo}).second) {
+          bad = absl::InvalidArgumentError("duplicate key in one batch");
+        } else {
+          layouts[i] = *l;
         }
-        if (bad.ok() && open + reqs.size() > options_.max_open_per_connection) {
-          bad = absl::ResourceExhaustedError("too many open reservations and leases");
-        }
-        rh.payload_bytes = static_cast<uint32_t>(h.count * sizeof(local::ReserveReply));
-        Append(&out, rh);
-        for (size_t i = 0; i < reqs.size(); ++i) {
-          local::ReserveReply r;
-          absl::Status st;
-          if (!bad.ok()) {
-            st = i == bad_index ? bad
-                                : absl::AbortedError(absl::StrCat("batch rejected: page ",
-                                                                  bad_index, " is invalid"));
-          } else {
-            absl::StatusOr<Reservation> res =
-                store_->Reserve(conn->tenant, PageKey{reqs[i].key_hi, reqs[i].key_lo}, layouts[i]);
-            if (res.ok()) {
-              conn->reservations[res->id] = {res->arena_offset, res->size, res->key};
-              r.handle = res->id;
-              r.offset = res->arena_offset;
-            }
-            st = res.status();
-          }
-          r.code = static_cast<int32_t>(st.code());
-          note(i, st);
-          Append(&out, r);
-        }
-        if (!bad.ok())
-          first_error = absl::StrCat("page ", bad_index, ": ", std::string(bad.message()));
-        break;
       }
-      case Op::kCommit: {
-        rh.payload_bytes = static_cast<uint32_t>(h.count * sizeof(local::CodeReply));
-        Append(&out, rh);
-        uint64_t bytes = 0;
-        for (size_t i = 0; i < h.count; ++i) {
-          local::CommitRequest req;
-          memcpy(&req, p + i * sizeof(req), sizeof(req));
-          absl::Status st;
-          auto it = conn->reservations.find(req.handle);
-          if (it == conn->reservations.end()) {
-            st = absl::NotFoundError(
-                absl::StrCat("no open reservation ", req.handle, " on this connection"));
-          } else {
-            const Connection::Slot slot = it->second;
-            conn->reservations.erase(it);
-            // The client hashed what it meant to write; the slot must hold exactly that.
-            if (PageChecksum(arena.base + slot.offset, slot.size) != req.checksum) {
-              (void)store_->Abort(req.handle);
-              st = absl::DataLossError(
-                  "checksum of the slot does not match the client's; page aborted");
-            } else {
-              st = store_->Commit(req.handle);
-              if (st.ok()) {
-                bytes += slot.size;
-                if (committed_ != nullptr) committed_->Add(conn->tenant, slot.key);
-              }
-            }
+      if (bad.ok() && open + reqs.size() > options_.max_open_per_connection) {
+        bad = absl::ResourceExhaustedError("too many open reservations and leases");
+      }
+      rh.payload_bytes = static_cast<uint32_t>(h.count * sizeof(local::ReserveReply));
+      Append(&out, rh);
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        local::ReserveReply r;
+        absl::Status st;
+        if (!bad.ok()) {
+          st = i == bad_index ? bad
+                              : absl::AbortedError(absl::StrCat("batch rejected: page ", bad_index,
+                                                                " is invalid"));
+        } else {
+          absl::StatusOr<Reservation> res =
+              store_->Reserve(conn->tenant, PageKey{reqs[i].key_hi, reqs[i].key_lo}, layouts[i]);
+          if (res.ok()) {
+            conn->reservations[res->id] = {res->arena_offset, res->size, res->key};
+            r.handle = res->id;
+            r.offset = res->arena_offset;
           }
-          note(i, st);
-          Append(&out, local::CodeReply{static_cast<int32_t>(st.code()), 0});
+          st = res.status();
         }
-        metrics_->AddBytesIn("local", bytes);
-        break;
+        r.code = static_cast<int32_t>(st.code());
+        note(i, st);
+        Append(&out, r);
       }
-      case Op::kAbort: {
-        rh.payload_bytes = static_cast<uint32_t>(h.count * sizeof(local::CodeReply));
-        Append(&out, rh);
-        for (size_t i = 0; i < h.count; ++i) {
-          local::AbortRequest req;
-          memcpy(&req, p + i * sizeof(req), sizeof(req));
-          absl::Status st;
-          if (conn->reservations.erase(req.handle) == 0) {
-            st = absl::NotFoundError(
-                absl::StrCat("no open reservation ", req.handle, " on this connection"));
-          } else {
-            st = store_->Abort(req.handle);
-          }
-          note(i, st);
-          Append(&out, local::CodeReply{static_cast<int32_t>(st.code()), 0});
-        }
-        break;
-      }
-      case Op::kAcquire: {
-        rh.payload_bytes = static_cast<uint32_t>(h.count * sizeof(local::AcquireReply));
-        Append(&out, rh);
-        uint64_t bytes = 0;
-        for (size_t i = 0; i < h.count; ++i) {
-          local::AcquireRequest req;
-          memcpy(&req, p + i * sizeof(req), sizeof(req));
-          local::AcquireReply r;
-          absl::Status st;
-          if (open + i >= options_.max_open_per_connection) {
-            st = absl::ResourceExhaustedError("too many open reservations and leases");
-          } else {
-            absl::StatusOr<ReadLease> lease =
-                store_->AcquireRead(conn->tenant, PageKey{req.key_hi, req.key_lo});
-            st = lease.status();
-            if (lease.ok()) {
-              conn->leases.insert(lease->lease_id);
-              r.layout_id = lease->layout.Id();
-              r.lease = lease->lease_id;
-              r.offset = lease->arena_offset;
-              r.size = lease->size;
-              r.checksum = lease->checksum;
-              bytes += lease->size;
-            }
-          }
-          r.code = static_cast<int32_t>(st.code());
-          if (!absl::IsNotFound(st)) note(i, st);
-          Append(&out, r);
-        }
-        metrics_->AddBytesOut("local", bytes);
-        break;
-      }
-      case Op::kRelease: {
-        for (size_t i = 0; i < h.count; ++i) {
-          local::ReleaseRequest req;
-          memcpy(&req, p + i * sizeof(req), sizeof(req));
-          if (conn->leases.erase(req.lease)) (void)store_->ReleaseRead(req.lease);
-        }
-        break;
-      }
-      default:
-        break;
+      if (!bad.ok())
+        first_error = absl::StrCat("page ", bad_index, ": ", std::string(bad.message()));
+      break;
     }
+    case Op::kCommit: {
+      rh.payload_bytes = static_cast<uint32_t>(h.count * sizeof(local::CodeReply));
+      Append(&out, rh);
+      uint64_t bytes = 0;
+      for (size_t i = 0; i < h.count; ++i) {
+        local::CommitRequest req;
+        memcpy(&req, p + i * sizeof(req), sizeof(req));
+        absl::Status st;
+        auto it = conn->reservations.find(req.handle);
+        if (it == conn->reservations.end()) {
+          st = absl::NotFoundError(
+              absl::StrCat("no open reservation ", req.handle, " on this connection"));
+        } else {
+          const Connection::Slot slot = it->second;
+          conn->reservations.erase(it);
+          // The client hashed what it meant to write; the slot must hold exactly that.
+          if (PageChecksum(arena.base + slot.offset, slot.size) != req.checksum) {
+            (void)store_->Abort(req.handle);
+            st = absl::DataLossError(
+                "checksum of the slot does not match the client's; page aborted");
+          } else {
+            st = store_->Commit(req.handle);
+            if (st.ok()) {
+              bytes += slot.size;
+              if (committed_ != nullptr) committed_->Add(conn->tenant, slot.key);
+            }
+          }
+        }
+        note(i, st);
+        Append(&out, local::CodeReply{static_cast<int32_t>(st.code()), 0});
+      }
+      metrics_->AddBytesIn("local", bytes);
+      break;
+    }
+    case Op::kAbort: {
+      rh.payload_bytes = static_cast<uint32_t>(h.count * sizeof(local::CodeReply));
+      Append(&out, rh);
+      for (size_t i = 0; i < h.count; ++i) {
+        local::AbortRequest req;
+        memcpy(&req, p + i * sizeof(req), sizeof(req));
+        absl::Status st;
+        if (conn->reservations.erase(req.handle) == 0) {
+          st = absl::NotFoundError(
+              absl::StrCat("no open reservation ", req.handle, " on this connection"));
+        } else {
+          st = store_->Abort(req.handle);
+        }
+        note(i, st);
+        Append(&out, local::CodeReply{static_cast<int32_t>(st.code()), 0});
+      }
+      break;
+    }
+    case Op::kAcquire: {
+      rh.payload_bytes = static_cast<uint32_t>(h.count * sizeof(local::AcquireReply));
+      Append(&out, rh);
+      uint64_t bytes = 0;
+      for (size_t i = 0; i < h.count; ++i) {
+        local::AcquireRequest req;
+        memcpy(&req, p + i * sizeof(req), sizeof(req));
+        local::AcquireReply r;
+        absl::Status st;
+        if (open + i >= options_.max_open_per_connection) {
+          st = absl::ResourceExhaustedError("too many open reservations and leases");
+        } else {
+          absl::StatusOr<ReadLease> lease =
+              store_->AcquireRead(conn->tenant, PageKey{req.key_hi, req.key_lo});
+          st = lease.status();
+          if (lease.ok()) {
+            conn->leases.insert(lease->lease_id);
+            r.layout_id = lease->layout.Id();
+            r.lease = lease->lease_id;
+            r.offset = lease->arena_offset;
+            r.size = lease->size;
+            r.checksum = lease->checksum;
+            bytes += lease->size;
+          }
+        }
+        r.code = static_cast<int32_t>(st.code());
+        if (!absl::IsNotFound(st)) note(i, st);
+        Append(&out, r);
+      }
+      metrics_->AddBytesOut("local", bytes);
+      break;
+    }
+    case Op::kRelease: {
+      for (size_t i = 0; i < h.count; ++i) {
+        local::ReleaseRequest req;
+        memcpy(&req, p + i * sizeof(req), sizeof(req));
+        if (conn->leases.erase(req.lease)) (void)store_->ReleaseRead(req.lease);
+      }
+      break;
+    }
+    default:
+      break;
+  }
   if (op != Op::kRelease) {
     Append(&out, static_cast<uint32_t>(first_error.size()));
     out += first_error;

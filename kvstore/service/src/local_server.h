@@ -40,8 +40,8 @@
 namespace pagoda::service {
 
 struct LocalServerOptions {
-  int max_connections = 256;                 // open connections; more are refused at accept
-  int threads = 4;                           // workers serving requests
+  int max_connections = 256;  // open connections; more are refused at accept
+  int threads = 4;            // workers serving requests
   absl::Duration handshake_timeout = absl::Seconds(5);
   absl::Duration io_timeout = absl::Seconds(5);
   absl::Duration reservation_timeout = absl::Seconds(60);
@@ -97,7 +97,7 @@ class LocalServer {
   std::atomic<int> active_{0};
   std::thread loop_;
   absl::Time last_refusal_log_ = absl::InfinitePast();  // event loop thread only
-  uint64_t refusals_unlogged_ = 0;                       // event loop thread only
+  uint64_t refusals_unlogged_ = 0;                      // event loop thread only
   std::vector<std::thread> workers_;
 
   absl::Mutex mu_;

@@ -104,7 +104,9 @@ int main(int argc, char** argv) {
   app.add_option("--ssd-mib", ssd_mib, "SSD tier size in MiB (0 = no SSD tier)");
   app.add_option("--local-socket", local_socket, "unix socket of the zero-copy path, or 'off'");
   std::optional<bool> ucx;
-  app.add_option("--ucx", ucx, "serve remote page bytes over UCX (true/false; default false: trusts every UCX peer)");
+  app.add_option(
+      "--ucx", ucx,
+      "serve remote page bytes over UCX (true/false; default false: trusts every UCX peer)");
   app.add_option("--token", token, "bearer token required from clients");
   app.add_option("--tls-cert", tls_cert, "PEM server certificate (enables TLS)");
   app.add_option("--tls-key", tls_key, "PEM server key");

@@ -2,8 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/resource_quota.h>
-#include <sys/resource.h>
 #include <grpcpp/security/server_credentials.h>
+#include <sys/resource.h>
 
 #include <filesystem>
 #include <fstream>
@@ -76,9 +76,9 @@ absl::Status RaiseFileLimit(const ServiceConfig& c) {
   }
   const uint64_t need = static_cast<uint64_t>(c.local_max_connections) + 512;
   if (r.rlim_cur != RLIM_INFINITY && r.rlim_cur < need) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config: server.local_max_connections ", c.local_max_connections, " needs ", need,
-        " open files; this process may open ", r.rlim_cur, " (ulimit -n)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: server.local_max_connections ", c.local_max_connections, " needs ",
+                     need, " open files; this process may open ", r.rlim_cur, " (ulimit -n)"));
   }
   return absl::OkStatus();
 }
@@ -138,11 +138,10 @@ class ServerImpl final : public Server {
       // On by default where UCX works; a machine without it still serves gRPC bytes.
       absl::StatusOr<std::unique_ptr<UcxControl>> ucx = UcxControl::Create(
           store_.get(), &metrics_, committed_.get(),
-          UcxControlOptions{
-              .instance_id = instance_id_,
-              .default_lease = absl::Milliseconds(config_.ucx_lease_ms),
-              .reservation_ttl = absl::Milliseconds(config_.reservation_timeout_ms),
-              .net_devices = UcxNetDevices(config_)});
+          UcxControlOptions{.instance_id = instance_id_,
+                            .default_lease = absl::Milliseconds(config_.ucx_lease_ms),
+                            .reservation_ttl = absl::Milliseconds(config_.reservation_timeout_ms),
+                            .net_devices = UcxNetDevices(config_)});
       if (ucx.ok()) {
         ucx_ = std::move(*ucx);
         service_->SetUcx(ucx_.get());
@@ -152,11 +151,10 @@ class ServerImpl final : public Server {
       }
     }
 
-    watchdog_ = std::make_unique<CallWatchdog>(
-        absl::Milliseconds(config_.reservation_timeout_ms),
-        [u = ucx_.get()] {
-          if (u != nullptr) u->SweepNow();
-        });
+    watchdog_ = std::make_unique<CallWatchdog>(absl::Milliseconds(config_.reservation_timeout_ms),
+                                               [u = ucx_.get()] {
+                                                 if (u != nullptr) u->SweepNow();
+                                               });
     service_->SetWatchdog(watchdog_.get());
 
     std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();

@@ -2,10 +2,9 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-
-#include <algorithm>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"

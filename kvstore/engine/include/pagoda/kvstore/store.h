@@ -29,8 +29,9 @@ namespace pagoda {
 
 // A page being written (phase one of a two-phase write). The caller fills exactly `size` bytes at
 // `arena_offset` of the host arena (through HostArenaInfo().base in-process, or at the same offset
-// of a mapping of TenantArenaFd(tenant) in another process), then calls Commit() or Abort(). Until Commit() the page is
-// invisible: Get/Exists/AcquireRead report NotFound and a second Reserve of the key fails.
+// of a mapping of TenantArenaFd(tenant) in another process), then calls Commit() or Abort(). Until
+// Commit() the page is invisible: Get/Exists/AcquireRead report NotFound and a second Reserve of
+// the key fails.
 struct Reservation {
   uint64_t id = 0;  // identifies the reservation in Commit / Abort
   PageKey key;

@@ -61,10 +61,10 @@ struct ServiceConfig {
   std::string data_dir = "./pagoda-data";
   uint64_t host_bytes = 1ull << 30;          // host tier (shared-memory arena) capacity
   uint64_t host_segment_bytes = 4ull << 20;  // a tenant's host pages come in segments of this size
-  uint64_t ssd_bytes = 8ull << 30;   // SSD tier capacity; 0 = no SSD tier
-  uint64_t gpu_bytes = 0;            // GPU tier capacity; 0 = no GPU tier
-  bool ssd_sync_writes = false;      // fsync each SSD batch (slower demotions, no loss on crash)
-  bool ssd_direct_writes = false;    // O_DIRECT demotions (StoreOptions::ssd_direct_writes)
+  uint64_t ssd_bytes = 8ull << 30;           // SSD tier capacity; 0 = no SSD tier
+  uint64_t gpu_bytes = 0;                    // GPU tier capacity; 0 = no GPU tier
+  bool ssd_sync_writes = false;    // fsync each SSD batch (slower demotions, no loss on crash)
+  bool ssd_direct_writes = false;  // O_DIRECT demotions (StoreOptions::ssd_direct_writes)
   // On graceful stop, move pages still in memory tiers to SSD so a restart serves them (costs
   // shutdown time proportional to the host tier's content). Needs an SSD tier.
   bool persist_on_shutdown = true;

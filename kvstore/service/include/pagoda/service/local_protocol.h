@@ -2,10 +2,10 @@
 //
 // A local client connects to the socket, sends Hello (tenant + bearer token) and receives the
 // memfd of its tenant's host pages (SCM_RIGHTS) and its size: offsets in it are host arena offsets,
-// and it holds no other tenant's bytes. The memfd is sealed against shrink and grow. It maps the arena and from then on moves page
-// bytes itself: Reserve -> memcpy into the slot -> Commit for writes; Acquire -> memcpy out of the
-// slot -> verify the checksum -> Release for reads. Only these small fixed-size records cross
-// the socket. The tenant is bound to the connection at Hello.
+// and it holds no other tenant's bytes. The memfd is sealed against shrink and grow. It maps the
+// arena and from then on moves page bytes itself: Reserve -> memcpy into the slot -> Commit for
+// writes; Acquire -> memcpy out of the slot -> verify the checksum -> Release for reads. Only these
+// small fixed-size records cross the socket. The tenant is bound to the connection at Hello.
 //
 // Every request is a FrameHeader followed by `count` fixed-size entries of the op's request type.
 // Every request except Release is answered by a FrameHeader with the same op and count, `count`
