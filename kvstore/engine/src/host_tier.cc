@@ -23,12 +23,13 @@ absl::Status Errno(const char* what) {
 // nothing of anyone else's. Unassigned segments are PROT_NONE.
 class HostTier final : public MemoryTier {
  public:
-  HostTier(uint8_t* base, uint64_t capacity) : base_(base), capacity_(capacity) {}
+  HostTier(uint8_t* base, uint64_t capacity, uint64_t mapped)
+      : base_(base), capacity_(capacity), mapped_(mapped) {}
   ~HostTier() override {
     if (pin_device_ >= 0) {
       for (uint64_t off : pinned_) UnpinHostMemoryForGpu(base_ + off);
     }
-    munmap(base_, capacity_);
+    munmap(base_, mapped_);
     for (int fd : fds_) {
       if (fd >= 0) close(fd);
     }
@@ -84,7 +85,7 @@ class HostTier final : public MemoryTier {
     if (fd < 0) return Errno("memfd_create");
     // Sealed at its full size: a client holding it can neither shrink it (which would make the
     // store's next access SIGBUS) nor grow it; further seals cannot be added or removed.
-    if (ftruncate(fd, static_cast<off_t>(capacity_)) != 0 ||
+    if (ftruncate(fd, static_cast<off_t>(mapped_)) != 0 ||
         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
       absl::Status s = Errno("ftruncate / seal of a tenant memfd");
       close(fd);
@@ -100,6 +101,7 @@ class HostTier final : public MemoryTier {
  private:
   uint8_t* const base_;
   const uint64_t capacity_;
+  const uint64_t mapped_;  // capacity_ rounded up to whole OS pages
   int pin_device_ = -1;
   std::vector<uint64_t> pinned_;  // offsets of segments registered with CUDA (store lock held)
   absl::Mutex mu_;                // OwnerFd is also called outside the store lock
@@ -110,10 +112,11 @@ class HostTier final : public MemoryTier {
 
 absl::StatusOr<std::unique_ptr<MemoryTier>> CreateHostTier(uint64_t capacity_bytes) {
   if (capacity_bytes == 0) return absl::InvalidArgumentError("host tier: capacity is 0");
-  void* p =
-      mmap(nullptr, capacity_bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t mapped = (capacity_bytes + page - 1) / page * page;
+  void* p = mmap(nullptr, mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return Errno("mmap");
-  return std::make_unique<HostTier>(static_cast<uint8_t*>(p), capacity_bytes);
+  return std::make_unique<HostTier>(static_cast<uint8_t*>(p), capacity_bytes, mapped);
 }
 
 }  // namespace pagoda

@@ -1,13 +1,17 @@
 #include "slab_allocator.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace pagoda {
 
 SlabAllocator::SlabAllocator(uint64_t capacity_bytes, uint64_t segment_bytes, SegmentHooks hooks)
-    : segment_bytes_(segment_bytes / kSlotAlign * kSlotAlign), hooks_(std::move(hooks)) {
-  if (segment_bytes_ == 0) return;
-  const uint64_t n = capacity_bytes / segment_bytes_;
+    : segment_bytes_(segment_bytes / kSlotAlign * kSlotAlign),
+      slot_area_(std::min(segment_bytes_, capacity_bytes)),
+      hooks_(std::move(hooks)) {
+  if (segment_bytes_ == 0 || capacity_bytes == 0) return;
+  const uint64_t n = std::max<uint64_t>(1, capacity_bytes / segment_bytes_);
   segments_.resize(n);
   free_segments_.reserve(n);
   // Hand out low segments first (pop_back takes the last element).
@@ -61,7 +65,7 @@ absl::Status SlabAllocator::Assign(uint32_t seg, int cls) {
   Segment& s = segments_[seg];
   s.cls = cls;
   s.used = 0;
-  const uint64_t per_segment = segment_bytes_ / c.slot_bytes;
+  const uint64_t per_segment = slot_area_ / c.slot_bytes;
   s.free_slots.clear();
   s.free_slots.reserve(per_segment);
   // Push in reverse so that slots are handed out in address order.
@@ -85,7 +89,7 @@ void SlabAllocator::Reclaim(uint32_t seg) {
 
 absl::StatusOr<uint64_t> SlabAllocator::Allocate(int cls) {
   SlotClass& c = classes_[cls];
-  if (c.slot_bytes == 0 || c.slot_bytes > segment_bytes_) {
+  if (c.slot_bytes == 0 || c.slot_bytes > slot_area_) {
     return absl::ResourceExhaustedError("slot larger than a segment");
   }
   uint32_t seg;

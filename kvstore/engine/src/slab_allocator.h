@@ -36,7 +36,8 @@ class SlabAllocator {
     std::function<void(uint64_t offset, uint64_t bytes, uint32_t owner)> release;
   };
 
-  // `segment_bytes` is rounded down to kSlotAlign; capacity / segment_bytes segments exist.
+  // `segment_bytes` is rounded down to kSlotAlign; capacity / segment_bytes segments exist (one
+  // holding `capacity_bytes` of slots when the capacity is below one segment).
   SlabAllocator(uint64_t capacity_bytes, uint64_t segment_bytes, SegmentHooks hooks = {});
 
   // The class of `owner` whose slots hold `slot_bytes` (rounded up to kSlotAlign), added on first
@@ -89,6 +90,7 @@ class SlabAllocator {
   void Reclaim(uint32_t seg);
 
   uint64_t segment_bytes_;
+  uint64_t slot_area_;  // bytes of a segment cut into slots (< segment_bytes_ for a tiny tier)
   SegmentHooks hooks_;
   std::vector<Segment> segments_;
   std::vector<uint32_t> free_segments_;  // segment indexes

@@ -77,17 +77,11 @@ absl::Status StoreImpl::Init() {
   host_hooks.release = [tier = mem_[1].get()](uint64_t off, uint64_t bytes, uint32_t owner) {
     tier->ReleaseSegment(off, bytes, owner);
   };
-  // A host segment is mapped on its own (mmap of its owner's memfd): whole OS pages.
+  // A host segment is mapped on its own (mmap of its owner's memfd): whole OS pages. The host
+  // tier's mappings are rounded up to whole pages too, so a tier below one page still works.
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  uint64_t host_segment = (segment_for(options_.host_capacity_bytes) + page - 1) / page * page;
-  if (host_segment > options_.host_capacity_bytes) {
-    host_segment = options_.host_capacity_bytes / page * page;
-  }
-  if (host_segment < max_slot) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "store options: host capacity %d bytes holds no whole %d-byte segment of OS pages",
-        options_.host_capacity_bytes, max_slot));
-  }
+  const uint64_t host_segment =
+      (segment_for(options_.host_capacity_bytes) + page - 1) / page * page;
   alloc_[1] =
       std::make_unique<SlabAllocator>(options_.host_capacity_bytes, host_segment, host_hooks);
   host_segment_bytes_ = host_segment;
