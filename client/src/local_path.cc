@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -123,18 +124,34 @@ absl::StatusOr<std::unique_ptr<LocalPath::Conn>> LocalPath::Dial() {
         "local path: the socket belongs to another pagodad than the gRPC target");
   }
   if (arena_ == nullptr) {
-    void* m = ::mmap(nullptr, reply.arena_bytes, PROT_READ | PROT_WRITE,
-                     MAP_SHARED | (prefault_ ? MAP_POPULATE : 0), *arena_fd, 0);
+    // No MAP_POPULATE: most of the memfd is other tenants' segments, which must stay untouched
+    // (touching them would only allocate memory in this tenant's file). See Prefault.
+    void* m = ::mmap(nullptr, reply.arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, *arena_fd, 0);
     close_fd();
     if (m == MAP_FAILED) {
       return absl::InternalError(absl::StrCat("local path: mmap of the arena failed: ", errno));
     }
     arena_ = static_cast<uint8_t*>(m);
     arena_bytes_ = reply.arena_bytes;
+    segment_bytes_ = reply.segment_bytes;
+    if (segment_bytes_ > 0) {
+      const size_t n = static_cast<size_t>((arena_bytes_ + segment_bytes_ - 1) / segment_bytes_);
+      prefaulted_ = std::make_unique<std::atomic<bool>[]>(n);
+    }
   } else {
     close_fd();
   }
   return conn;
+}
+
+void LocalPath::Prefault(uint64_t offset) {
+  if (!prefault_ || segment_bytes_ == 0 || offset >= arena_bytes_) return;
+  const uint64_t seg = offset / segment_bytes_;
+  if (prefaulted_[seg].exchange(true)) return;
+  const uint64_t start = seg * segment_bytes_;
+  // Best effort (kernels before 5.14 lack it): a fault then happens on first copy instead.
+  (void)::madvise(arena_ + start, std::min(segment_bytes_, arena_bytes_ - start),
+                  MADV_POPULATE_WRITE);
 }
 
 absl::StatusOr<std::unique_ptr<LocalPath::Conn>> LocalPath::Borrow() {
@@ -252,6 +269,7 @@ std::vector<absl::Status> LocalPath::Put(absl::Span<const PutPage> pages) {
                      sizeof(r), &e2);
       continue;
     }
+    Prefault(rep[i].offset);
     memcpy(arena_ + rep[i].offset, pages[i].bytes.data(), pages[i].bytes.size());
     commits.push_back({rep[i].handle, PageChecksum(pages[i].bytes.data(), pages[i].bytes.size())});
     committed.push_back(i);
@@ -305,6 +323,7 @@ std::vector<GetResult> LocalPath::GetOnce(absl::Span<const GetPage> pages) {
       out[i].status = absl::InvalidArgumentError(absl::StrCat(
           "output buffer of ", pages[i].out.size(), " bytes for a ", r.size, "-byte page"));
     } else {
+      Prefault(r.offset);
       memcpy(pages[i].out.data(), arena_ + r.offset, r.size);
       // The lease may have run out mid-copy: only the checksum says the copy is the page.
       if (PageChecksum(pages[i].out.data(), r.size) != r.checksum) {

@@ -1,10 +1,12 @@
-// The local zero-copy data path: maps pagodad's host arena (memfd received over the unix socket)
-// and copies page bytes directly between caller buffers and page slots; only small Reserve /
+// The local zero-copy data path: maps its tenant's host pages (the memfd pagodad sends over the
+// unix socket; it holds no other tenant's bytes) and copies page bytes directly between caller
+// buffers and page slots; only small Reserve /
 // Commit / Acquire / Release records cross the socket (pagoda/service/local_protocol.h).
 //
 // Thread safety: safe for concurrent use; each batch borrows one of a pool of connections.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,6 +44,8 @@ class LocalPath final : public DataPath {
   absl::Status Exchange(Conn* c, uint16_t op, uint32_t count, const void* req, size_t req_bytes,
                         void* reply, size_t reply_bytes, std::string* first_error);
   std::vector<GetResult> GetOnce(absl::Span<const GetPage> pages);
+  // Prefaults the segment holding `offset` the first time (when prefault_ is on).
+  void Prefault(uint64_t offset);
 
   const std::string socket_;
   const std::string tenant_;
@@ -52,6 +56,8 @@ class LocalPath final : public DataPath {
   const absl::Duration timeout_;    // per socket read / write; a stuck server fails the call
   uint8_t* arena_ = nullptr;
   uint64_t arena_bytes_ = 0;
+  uint64_t segment_bytes_ = 0;                       // 0: the server did not say
+  std::unique_ptr<std::atomic<bool>[]> prefaulted_;  // one flag per segment
 
   absl::Mutex mu_;
   std::vector<std::unique_ptr<Conn>> idle_ ABSL_GUARDED_BY(mu_);

@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <thread>
@@ -19,6 +20,10 @@ namespace pagoda::testing {
 namespace {
 
 std::unique_ptr<PagodadProcess> StartServer(PagodadProcess::Options o = {}) {
+  // The UCX path is off by default (it trusts every peer that reaches it): these tests turn it on.
+  if (std::find(o.extra_args.begin(), o.extra_args.end(), "--ucx") == o.extra_args.end()) {
+    o.extra_args.insert(o.extra_args.end(), {"--ucx", "true"});
+  }
   absl::StatusOr<std::unique_ptr<PagodadProcess>> p = PagodadProcess::Start(o);
   EXPECT_TRUE(p.ok()) << p.status();
   return p.ok() ? std::move(*p) : nullptr;

@@ -640,6 +640,14 @@ absl::StatusOr<std::unique_ptr<Transport>> CreateUcxTransport(const TransportOpt
     return absl::InvalidArgumentError(
         absl::StrCat("UCX_TLS \"", tls, "\" rejected: ", ucs_status_string(s)));
   }
+  if (!options.net_devices.empty()) {
+    s = ucp_config_modify(config, "NET_DEVICES", options.net_devices.c_str());
+    if (s != UCS_OK) {
+      ucp_config_release(config);
+      return absl::InvalidArgumentError(absl::StrCat("UCX_NET_DEVICES \"", options.net_devices,
+                                                     "\" rejected: ", ucs_status_string(s)));
+    }
+  }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
   params.features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;

@@ -122,9 +122,10 @@ int main(int argc, char** argv) {
     const uint8_t* p = store->HostArenaInfo().base + lease->arena_offset;
     std::vector<uint8_t> copy(p, p + lease->size);
     const bool ok = PageChecksum(copy.data(), copy.size()) == lease->checksum;
-    std::printf("5. zero-copy lease %llu on page 0: arena offset %llu, memfd %d, checksum %s\n",
-                (unsigned long long)lease->lease_id, (unsigned long long)lease->arena_offset,
-                store->HostArenaFd(), ok ? "verified" : "MISMATCH");
+    std::printf(
+        "5. zero-copy lease %llu on page 0: arena offset %llu, tenant memfd %d, checksum %s\n",
+        (unsigned long long)lease->lease_id, (unsigned long long)lease->arena_offset,
+        store->TenantArenaFd(kTenant).value_or(-1), ok ? "verified" : "MISMATCH");
     bad += ok ? 0 : 1;
     store->ReleaseRead(lease->lease_id).IgnoreError();
   } else {

@@ -1,26 +1,42 @@
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "memory_tier.h"
 
 namespace pagoda {
 namespace {
 
+absl::Status Errno(const char* what) {
+  return absl::InternalError(absl::StrFormat("host tier: %s: %s", what, std::strerror(errno)));
+}
+
+// The store's view of the tier is one range of address space; each assigned segment of it is a
+// MAP_FIXED window onto the same range of its owner's memfd, so tier offsets are memfd offsets
+// and a client of tenant T (which maps T's memfd) sees T's pages where the store put them and
+// nothing of anyone else's. Unassigned segments are PROT_NONE.
 class HostTier final : public MemoryTier {
  public:
-  HostTier(int fd, uint8_t* base, uint64_t capacity) : fd_(fd), base_(base), capacity_(capacity) {}
+  HostTier(uint8_t* base, uint64_t capacity, uint64_t mapped)
+      : base_(base), capacity_(capacity), mapped_(mapped) {}
   ~HostTier() override {
-    munmap(base_, capacity_);
-    close(fd_);
+    if (pin_device_ >= 0) {
+      for (uint64_t off : pinned_) UnpinHostMemoryForGpu(base_ + off);
+    }
+    munmap(base_, mapped_);
+    for (int fd : fds_) {
+      if (fd >= 0) close(fd);
+    }
   }
   Tier tier() const override { return Tier::kHost; }
   uint64_t capacity_bytes() const override { return capacity_; }
   uint8_t* host_base() const override { return base_; }
-  int fd() const override { return fd_; }
   absl::Status Write(uint64_t offset, const void* src, size_t n) override {
     std::memcpy(base_ + offset, src, n);
     return absl::OkStatus();
@@ -30,35 +46,77 @@ class HostTier final : public MemoryTier {
     return absl::OkStatus();
   }
 
- private:
-  int fd_;
-  uint8_t* base_;
-  uint64_t capacity_;
-};
+  absl::Status AssignSegment(uint64_t offset, uint64_t bytes, uint32_t owner) override {
+    absl::StatusOr<int> fd = OwnerFd(owner);
+    if (!fd.ok()) return fd.status();
+    void* p = mmap(base_ + offset, bytes, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_FIXED | MAP_POPULATE, *fd, static_cast<off_t>(offset));
+    if (p == MAP_FAILED) return Errno("mmap of a segment");
+    if (pin_device_ >= 0 && PinHostMemoryForGpu(base_ + offset, bytes, pin_device_).ok()) {
+      pinned_.push_back(offset);
+    }
+    return absl::OkStatus();
+  }
 
-absl::Status Errno(const char* what) {
-  return absl::InternalError(absl::StrFormat("host tier: %s: %s", what, std::strerror(errno)));
-}
+  void ReleaseSegment(uint64_t offset, uint64_t bytes, uint32_t owner) override {
+    for (size_t i = 0; i < pinned_.size(); ++i) {
+      if (pinned_[i] == offset) {
+        UnpinHostMemoryForGpu(base_ + offset);
+        pinned_[i] = pinned_.back();
+        pinned_.pop_back();
+        break;
+      }
+    }
+    // Detach the range from the owner's file, then give its memory back: the next owner's bytes
+    // never share a page with these, and clients of `owner` that still map it read zeros there.
+    mmap(base_ + offset, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
+         -1, 0);
+    absl::MutexLock l(&mu_);
+    if (owner < fds_.size() && fds_[owner] >= 0) {
+      fallocate(fds_[owner], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                static_cast<off_t>(bytes));
+    }
+  }
+
+  absl::StatusOr<int> OwnerFd(uint32_t owner) override {
+    absl::MutexLock l(&mu_);
+    if (owner < fds_.size() && fds_[owner] >= 0) return fds_[owner];
+    const int fd = memfd_create("pagoda-host-tenant", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return Errno("memfd_create");
+    // Sealed at its full size: a client holding it can neither shrink it (which would make the
+    // store's next access SIGBUS) nor grow it; further seals cannot be added or removed.
+    if (ftruncate(fd, static_cast<off_t>(mapped_)) != 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+      absl::Status s = Errno("ftruncate / seal of a tenant memfd");
+      close(fd);
+      return s;
+    }
+    if (owner >= fds_.size()) fds_.resize(owner + 1, -1);
+    fds_[owner] = fd;
+    return fd;
+  }
+
+  void PinForGpu(int device) override { pin_device_ = device; }
+
+ private:
+  uint8_t* const base_;
+  const uint64_t capacity_;
+  const uint64_t mapped_;  // capacity_ rounded up to whole OS pages
+  int pin_device_ = -1;
+  std::vector<uint64_t> pinned_;  // offsets of segments registered with CUDA (store lock held)
+  absl::Mutex mu_;                // OwnerFd is also called outside the store lock
+  std::vector<int> fds_ ABSL_GUARDED_BY(mu_);  // memfd by owner, -1 = none yet
+};
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MemoryTier>> CreateHostTier(uint64_t capacity_bytes) {
   if (capacity_bytes == 0) return absl::InvalidArgumentError("host tier: capacity is 0");
-  const int fd = memfd_create("pagoda-host-arena", MFD_CLOEXEC);
-  if (fd < 0) return Errno("memfd_create");
-  if (ftruncate(fd, static_cast<off_t>(capacity_bytes)) != 0) {
-    absl::Status s = Errno("ftruncate");
-    close(fd);
-    return s;
-  }
-  // Pre-fault so that the first write of a slot does not pay for page faults.
-  void* p = mmap(nullptr, capacity_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-  if (p == MAP_FAILED) {
-    absl::Status s = Errno("mmap");
-    close(fd);
-    return s;
-  }
-  return std::make_unique<HostTier>(fd, static_cast<uint8_t*>(p), capacity_bytes);
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t mapped = (capacity_bytes + page - 1) / page * page;
+  void* p = mmap(nullptr, mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return Errno("mmap");
+  return std::make_unique<HostTier>(static_cast<uint8_t*>(p), capacity_bytes, mapped);
 }
 
 }  // namespace pagoda

@@ -23,16 +23,32 @@ class MemoryTier {
   virtual uint64_t capacity_bytes() const = 0;
   // Start of the tier's bytes when the CPU can address them directly (host), else null (GPU).
   virtual uint8_t* host_base() const = 0;
-  // File descriptor that maps the tier's bytes (the host memfd), or -1.
-  virtual int fd() const { return -1; }
+  // Segments of the tier change owner (see SlabAllocator::SegmentHooks): the host tier backs the
+  // bytes of [offset, offset + bytes) with the owner's own memfd, so a client that maps its
+  // tenant's memfd reaches no other tenant's page. The GPU tier has nothing to do.
+  virtual absl::Status AssignSegment(uint64_t offset, uint64_t bytes, uint32_t owner) {
+    return absl::OkStatus();
+  }
+  virtual void ReleaseSegment(uint64_t offset, uint64_t bytes, uint32_t owner) {}
+  // The memfd of `owner`'s bytes (created on first use, sealed against shrink and grow; offsets
+  // in it are tier offsets), or Unimplemented for a tier without one.
+  virtual absl::StatusOr<int> OwnerFd(uint32_t owner) {
+    return absl::UnimplementedError("this memory tier has no per-owner file");
+  }
+  // Page-lock each segment for DMA by `device` while it is assigned (the host tier, when a GPU
+  // tier exists). Call before the first allocation. A refusal only costs speed.
+  virtual void PinForGpu(int device) {}
   // Copies n bytes of host memory at `src` to tier offset `offset`.
   virtual absl::Status Write(uint64_t offset, const void* src, size_t n) = 0;
   // Copies n bytes at tier offset `offset` to host memory at `dst`.
   virtual absl::Status Read(uint64_t offset, void* dst, size_t n) = 0;
 };
 
-// The host tier: one memfd of `capacity_bytes`, mapped shared and pre-faulted, so local clients can
-// map the same pages (HostArena). Internal on failure of memfd_create / ftruncate / mmap.
+// The host tier: `capacity_bytes` of address space whose segments are backed, while assigned, by
+// the memfd of the tenant that owns them (one memfd per tenant, each `capacity_bytes` long and
+// sparse: only its assigned segments hold memory). Segments are mapped shared and pre-faulted when
+// assigned; a released segment's memory is given back (hole punched) and its range unmapped here.
+// Internal on failure of mmap.
 absl::StatusOr<std::unique_ptr<MemoryTier>> CreateHostTier(uint64_t capacity_bytes);
 
 // The GPU tier: a cudaMalloc'd pool on `device`. Unavailable when the library was built without

@@ -1,6 +1,7 @@
 #include "slab_allocator.h"
 
 #include <set>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -8,26 +9,27 @@ namespace pagoda {
 namespace {
 
 TEST(SlabAllocatorTest, ClassesTakeWholeSegmentsAndSlotsDoNotOverlap) {
-  SlabAllocator a(4 * 4096, 4096);     // 4 segments
-  const int small = a.AddClass(1000);  // rounded to 1024: 4 per segment
-  const int big = a.AddClass(4096);
+  SlabAllocator a(4 * 4096, 4096);        // 4 segments
+  const int small = a.ClassFor(0, 1000);  // rounded to 1024: 4 per segment
+  const int big = a.ClassFor(0, 4096);
+  EXPECT_EQ(a.ClassFor(0, 1024), small);  // same owner, same slot size: same class
   EXPECT_EQ(a.slot_bytes(small), 1024u);
   std::set<uint64_t> starts;
   for (int i = 0; i < 4; ++i) {
     auto off = a.Allocate(small);
-    ASSERT_TRUE(off.has_value());
+    ASSERT_TRUE(off.ok());
     EXPECT_EQ(*off % SlabAllocator::kSlotAlign, 0u);
     starts.insert(*off);
   }
   EXPECT_EQ(a.free_segments(), 3u);
   for (int i = 0; i < 3; ++i) {
     auto off = a.Allocate(big);
-    ASSERT_TRUE(off.has_value());
+    ASSERT_TRUE(off.ok());
     starts.insert(*off);
   }
   EXPECT_EQ(starts.size(), 7u);
-  EXPECT_FALSE(a.Allocate(big).has_value());
-  EXPECT_FALSE(a.Allocate(small).has_value());
+  EXPECT_TRUE(absl::IsResourceExhausted(a.Allocate(big).status()));
+  EXPECT_TRUE(absl::IsResourceExhausted(a.Allocate(small).status()));
   // Every slot lies inside the capacity and no two overlap.
   uint64_t end = 0;
   for (uint64_t s : starts) {
@@ -35,17 +37,63 @@ TEST(SlabAllocatorTest, ClassesTakeWholeSegmentsAndSlotsDoNotOverlap) {
     end = s + 1024;
   }
   EXPECT_LE(*starts.rbegin() + 4096, 4u * 4096);
-  a.Free(small, *starts.begin());
+  a.Free(*starts.begin());
   auto again = a.Allocate(small);
-  ASSERT_TRUE(again.has_value());
+  ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, *starts.begin());
 }
 
 TEST(SlabAllocatorTest, SlotLargerThanSegmentNeverAllocates) {
   SlabAllocator a(8192, 4096);
-  const int huge = a.AddClass(8192);
-  EXPECT_FALSE(a.Allocate(huge).has_value());
+  const int huge = a.ClassFor(0, 8192);
+  EXPECT_FALSE(a.Allocate(huge).ok());
   EXPECT_EQ(a.free_segments(), 2u);
+}
+
+// Segments hold one owner's slots; an emptied segment moves to another owner only when no free
+// segment is left, and the hooks see every change of owner.
+TEST(SlabAllocatorTest, SegmentsBelongToOneOwnerAndMoveWhenEmpty) {
+  std::vector<std::string> events;
+  SlabAllocator::SegmentHooks hooks;
+  hooks.assign = [&](uint64_t off, uint64_t bytes, uint32_t owner) {
+    events.push_back("assign " + std::to_string(off / bytes) + " to " + std::to_string(owner));
+    return absl::OkStatus();
+  };
+  hooks.release = [&](uint64_t off, uint64_t bytes, uint32_t owner) {
+    events.push_back("release " + std::to_string(off / bytes) + " from " + std::to_string(owner));
+  };
+  SlabAllocator a(2 * 4096, 4096, hooks);  // 2 segments of 4 slots
+  const int a1 = a.ClassFor(1, 1024);
+  const int b2 = a.ClassFor(2, 1024);
+  ASSERT_NE(a1, b2);
+  auto x = a.Allocate(a1);
+  auto y = a.Allocate(b2);
+  ASSERT_TRUE(x.ok() && y.ok());
+  EXPECT_NE(a.SegmentOf(*x), a.SegmentOf(*y));
+  EXPECT_EQ(a.ClassOf(*x), a1);
+  EXPECT_EQ(a.ClassOf(*y), b2);
+  EXPECT_EQ(a.SegmentUsed(a.SegmentOf(*x)), 1u);
+  // Owner 2 fills its segment; a fifth slot finds no segment (owner 1 holds the other).
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(a.Allocate(b2).ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(a.Allocate(b2).status()));
+  // Owner 1's segment empties: it stays owner 1's until owner 2 needs it.
+  a.Free(*x);
+  EXPECT_EQ(a.ClassOf(*x), a1);
+  auto z = a.Allocate(b2);
+  ASSERT_TRUE(z.ok());
+  EXPECT_EQ(a.SegmentOf(*z), a.SegmentOf(*x));
+  EXPECT_EQ(a.ClassOf(*z), b2);
+  EXPECT_EQ(events, (std::vector<std::string>{"assign 0 to 1", "assign 1 to 2", "release 0 from 1",
+                                              "assign 0 to 2"}));
+}
+
+TEST(SlabAllocatorTest, FailedAssignLeavesTheSegmentFree) {
+  SlabAllocator::SegmentHooks hooks;
+  hooks.assign = [](uint64_t, uint64_t, uint32_t) { return absl::UnavailableError("no memory"); };
+  SlabAllocator a(4096, 4096, hooks);
+  auto off = a.Allocate(a.ClassFor(7, 512));
+  EXPECT_TRUE(absl::IsInternal(off.status())) << off.status();
+  EXPECT_EQ(a.free_segments(), 1u);
 }
 
 }  // namespace

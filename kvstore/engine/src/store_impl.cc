@@ -1,6 +1,8 @@
 // Store: opening, tenants and layouts, two-phase writes, reads and leases.
 #include "store_impl.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <deque>
@@ -31,7 +33,7 @@ StoreImpl::~StoreImpl() {
   }
   // The SSD tier flushes on close; memory tiers are a cache and go away.
   ssd_.reset();
-  if (host_pinned_) UnpinHostMemoryForGpu(mem_[1]->host_base());
+  // The host tier unpins its segments itself (MemoryTier::PinForGpu).
 }
 
 absl::Status StoreImpl::Init() {
@@ -74,8 +76,22 @@ absl::Status StoreImpl::Init() {
   auto host = CreateHostTier(options_.host_capacity_bytes);
   if (!host.ok()) return host.status();
   mem_[1] = std::move(*host);
-  alloc_[1] = std::make_unique<SlabAllocator>(options_.host_capacity_bytes,
-                                              segment_for(options_.host_capacity_bytes));
+  // Host segments follow their tenant's memfd (see MemoryTier::AssignSegment).
+  SlabAllocator::SegmentHooks host_hooks;
+  host_hooks.assign = [tier = mem_[1].get()](uint64_t off, uint64_t bytes, uint32_t owner) {
+    return tier->AssignSegment(off, bytes, owner);
+  };
+  host_hooks.release = [tier = mem_[1].get()](uint64_t off, uint64_t bytes, uint32_t owner) {
+    tier->ReleaseSegment(off, bytes, owner);
+  };
+  // A host segment is mapped on its own (mmap of its owner's memfd): whole OS pages. The host
+  // tier's mappings are rounded up to whole pages too, so a tier below one page still works.
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t host_segment =
+      (segment_for(options_.host_capacity_bytes) + page - 1) / page * page;
+  alloc_[1] =
+      std::make_unique<SlabAllocator>(options_.host_capacity_bytes, host_segment, host_hooks);
+  host_segment_bytes_ = host_segment;
   if (options_.gpu_capacity_bytes > 0) {
     if (options_.gpu_capacity_bytes < max_slot) {
       return absl::InvalidArgumentError("store options: GPU capacity is smaller than one page");
@@ -83,11 +99,9 @@ absl::Status StoreImpl::Init() {
     auto gpu = CreateGpuTier(options_.gpu_capacity_bytes, options_.gpu_device);
     if (!gpu.ok()) return gpu.status();
     mem_[0] = std::move(*gpu);
-    // Page-lock the host arena so GPU <-> host copies (here and by local clients that map it) run
-    // as DMA at full speed. A refusal (memlock limits) only costs speed.
-    host_pinned_ =
-        PinHostMemoryForGpu(mem_[1]->host_base(), mem_[1]->capacity_bytes(), options_.gpu_device)
-            .ok();
+    // Page-lock host segments as they are assigned so GPU <-> host copies run as DMA at full
+    // speed. A refusal (memlock limits) only costs speed.
+    mem_[1]->PinForGpu(options_.gpu_device);
     alloc_[0] = std::make_unique<SlabAllocator>(options_.gpu_capacity_bytes,
                                                 segment_for(options_.gpu_capacity_bytes));
   }
@@ -356,7 +370,7 @@ absl::StatusOr<uint32_t> StoreImpl::ReserveLocked(std::string_view tenant, const
           absl::StrFormat("tenant %s is over its pin quota (%d bytes)", tenant, quota));
     }
   }
-  auto offset = AllocateSlot(Tier::kHost, cls);
+  auto offset = AllocateSlot(Tier::kHost, cls, tid);
   if (!offset.ok()) return offset.status();
   const uint32_t idx = table_.Insert(tid, key);
   PageEntry& e = table_.at(idx);
@@ -681,10 +695,20 @@ size_t StoreImpl::LongestCachedPrefix(std::string_view tenant, absl::Span<const 
   return n;
 }
 
+absl::StatusOr<int> StoreImpl::TenantArenaFd(std::string_view tenant) {
+  if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
+  uint32_t tid;
+  {
+    absl::MutexLock lock(&mu_);
+    tid = InternTenant(tenant);
+  }
+  return mem_[1]->OwnerFd(tid);
+}
+
 HostArena StoreImpl::HostArenaInfo() const {
   HostArena a;
-  a.fd = mem_[1]->fd();
   a.size = mem_[1]->capacity_bytes();
+  a.segment_bytes = host_segment_bytes_;
   a.base = mem_[1]->host_base();
   return a;
 }

@@ -62,14 +62,14 @@ class StoreImpl final : public Store {
   absl::StatusOr<CheckpointResult> Checkpoint() override;
   StoreStats Stats() override;
   HostArena HostArenaInfo() const override;
+  absl::StatusOr<int> TenantArenaFd(std::string_view tenant) override;
   bool HasTier(Tier tier) const override;
 
  private:
   struct LayoutClass {
     PageLayout layout;
     uint64_t bytes = 0;
-    bool accepted = false;          // listed in StoreOptions::layouts (else only found on SSD)
-    int alloc_class[2] = {-1, -1};  // class index in the GPU / host allocator
+    bool accepted = false;  // listed in StoreOptions::layouts (else only found on SSD)
   };
   struct TenantState {
     std::string name;
@@ -174,8 +174,14 @@ class StoreImpl final : public Store {
 
   // Whether eviction may move or drop the entry now.
   bool Evictable(const PageEntry& e, uint64_t now_ms) const;
-  // Allocates a slot of class `cls` in memory tier t, evicting LRU pages of that class when full.
-  absl::StatusOr<uint64_t> AllocateSlot(Tier t, int cls) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Allocates a slot of class `cls` for a page of `tenant` in memory tier t, evicting when full.
+  // Host slots of a tenant lie in segments of that tenant only (see SlabAllocator).
+  absl::StatusOr<uint64_t> AllocateSlot(Tier t, int cls, uint32_t tenant)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pages of tier t whose eviction frees a slot of allocator class `ac`: the least-recently-used
+  // evictable page of that class, or else all pages of the segment whose newest page is the
+  // oldest among fully evictable segments (the segment then goes to `ac`). Empty: none.
+  std::vector<uint32_t> SlotVictims(Tier t, int ac) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Demotes (or, from the last tier, drops) `victims` of tier `from`, batching SSD writes.
   absl::Status EvictBatch(Tier from, const std::vector<uint32_t>& victims)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -217,7 +223,7 @@ class StoreImpl final : public Store {
   const absl::Time epoch_;
   std::unique_ptr<MemoryTier> mem_[2];  // [0] GPU, [1] host; null when absent
   std::unique_ptr<SsdTier> ssd_;
-  bool host_pinned_ = false;  // the host arena is registered with CUDA (GPU tier present)
+  uint64_t host_segment_bytes_ = 0;  // set by Init
 
   mutable absl::Mutex mu_;
   std::unique_ptr<SlabAllocator> alloc_[2] ABSL_GUARDED_BY(mu_);

@@ -16,23 +16,14 @@ bool StoreImpl::Evictable(const PageEntry& e, uint64_t now_ms) const {
          (e.leases == 0 || e.lease_deadline_ms <= now_ms);
 }
 
-absl::StatusOr<uint64_t> StoreImpl::AllocateSlot(Tier t, int cls) {
-  const int mi = MemIndex(t);
-  SlabAllocator& alloc = *alloc_[mi];
-  int ac = classes_[cls].alloc_class[mi];
-  if (ac < 0) {
-    ac = alloc.AddClass(classes_[cls].bytes);
-    classes_[cls].alloc_class[mi] = ac;
-  }
+absl::StatusOr<uint64_t> StoreImpl::AllocateSlot(Tier t, int cls, uint32_t tenant) {
+  SlabAllocator& alloc = *alloc_[MemIndex(t)];
+  // The GPU tier is never mapped by clients: its slots need no owner.
+  const int ac = alloc.ClassFor(t == Tier::kHost ? tenant : 0, classes_[cls].bytes);
   for (;;) {
-    if (std::optional<uint64_t> off = alloc.Allocate(ac)) return *off;
-    // Full for this class: evict least-recently-used pages of the same class.
-    const uint64_t now = NowMs();
-    std::vector<uint32_t> victims;
-    for (uint32_t v = table_.Tail(t); v != kNil && victims.empty(); v = table_.Prev(v)) {
-      const PageEntry& e = table_.at(v);
-      if (e.cls == cls && Evictable(e, now)) victims.push_back(v);
-    }
+    absl::StatusOr<uint64_t> off = alloc.Allocate(ac);
+    if (off.ok() || !absl::IsResourceExhausted(off.status())) return off;
+    const std::vector<uint32_t> victims = SlotVictims(t, ac);
     if (victims.empty()) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "%s tier is full for layout %s: every page is pinned, leased or being read", TierName(t),
@@ -43,6 +34,25 @@ absl::StatusOr<uint64_t> StoreImpl::AllocateSlot(Tier t, int cls) {
                                                     TierName(t), s.message()));
     }
   }
+}
+
+std::vector<uint32_t> StoreImpl::SlotVictims(Tier t, int ac) {
+  const SlabAllocator& alloc = *alloc_[MemIndex(t)];
+  const uint64_t now = NowMs();
+  absl::flat_hash_map<uint32_t, std::vector<uint32_t>> by_segment;  // evictable pages seen
+  for (uint32_t v = table_.Tail(t); v != kNil; v = table_.Prev(v)) {
+    const PageEntry& e = table_.at(v);
+    if (!Evictable(e, now)) continue;
+    const uint64_t off = SlotOffset(e);
+    if (alloc.ClassOf(off) == ac) return {v};
+    // Pages being written, read or doomed are not on the list, so a segment is complete only
+    // when every page it holds can go.
+    const uint32_t seg = alloc.SegmentOf(off);
+    std::vector<uint32_t>& pages = by_segment[seg];
+    pages.push_back(v);
+    if (pages.size() == alloc.SegmentUsed(seg)) return std::move(pages);
+  }
+  return {};
 }
 
 absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victims) {
@@ -73,7 +83,7 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
       dirty.push_back(v);
       continue;
     }
-    alloc_[1]->Free(classes_[e.cls].alloc_class[1], SlotOffset(e));
+    alloc_[1]->Free(SlotOffset(e));
     table_.Unlink(v);
     Uncharge(e, Tier::kHost);
     UnchargeCopy(e);
@@ -136,7 +146,7 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
     for (uint32_t v : written) {
       PageEntry& e = table_.at(v);
       const uint64_t n = PageBytes(e);
-      alloc_[1]->Free(classes_[e.cls].alloc_class[1], SlotOffset(e));
+      alloc_[1]->Free(SlotOffset(e));
       table_.Unlink(v);
       Uncharge(e, Tier::kHost);
       e.tier = Tier::kSsd;
@@ -188,7 +198,7 @@ void StoreImpl::FreeEntry(uint32_t idx) {
     }
   } else {
     const int mi = MemIndex(e.tier);
-    alloc_[mi]->Free(classes_[e.cls].alloc_class[mi], SlotOffset(e));
+    alloc_[mi]->Free(SlotOffset(e));
     if (e.ssd_copy) {
       const std::pair<uint32_t, PageKey> k(e.tenant, e.key);
       ssd_->Delete({&k, 1}).IgnoreError();
@@ -250,7 +260,7 @@ absl::Status StoreImpl::MoveBetweenMemory(uint32_t idx, Tier to) {
         "tenant %s is over its %s quota (its other pages there are pinned, leased or being read)",
         tenants_[e->tenant].name, TierName(to)));
   }
-  absl::StatusOr<uint64_t> off = AllocateSlot(to, e->cls);
+  absl::StatusOr<uint64_t> off = AllocateSlot(to, e->cls, e->tenant);
   e = &table_.at(idx);
   e->readers--;
   if (!off.ok()) return off.status();
@@ -259,10 +269,10 @@ absl::Status StoreImpl::MoveBetweenMemory(uint32_t idx, Tier to) {
                             : mem_[0]->Read(SlotOffset(*e), mem_[1]->host_base() + *off, n);
   const int ti = MemIndex(to), fi = MemIndex(from);
   if (!copied.ok()) {
-    alloc_[ti]->Free(classes_[e->cls].alloc_class[ti], *off);
+    alloc_[ti]->Free(*off);
     return copied;
   }
-  alloc_[fi]->Free(classes_[e->cls].alloc_class[fi], SlotOffset(*e));
+  alloc_[fi]->Free(SlotOffset(*e));
   table_.Unlink(idx);
   Uncharge(*e, from);
   e->tier = to;
@@ -289,14 +299,14 @@ absl::Status StoreImpl::PromoteFromSsd(uint32_t idx, Tier to, const std::string&
         "tenant %s is over its %s quota (its other pages there are pinned, leased or being read)",
         tenants_[e->tenant].name, TierName(to)));
   }
-  absl::StatusOr<uint64_t> off = AllocateSlot(to, e->cls);
+  absl::StatusOr<uint64_t> off = AllocateSlot(to, e->cls, e->tenant);
   e = &table_.at(idx);
   e->readers--;
   if (!off.ok()) return off.status();
   const int ti = MemIndex(to);
   absl::Status copied = mem_[ti]->Write(*off, bytes.data(), n);
   if (!copied.ok()) {
-    alloc_[ti]->Free(classes_[e->cls].alloc_class[ti], *off);
+    alloc_[ti]->Free(*off);
     return copied;
   }
   // The SSD record stays: the page now has a copy there, so evicting it again costs no write

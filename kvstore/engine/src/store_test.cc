@@ -164,10 +164,11 @@ TEST(StoreTest, TenantsAreIsolatedUnderTheSameKey) {
 TEST(StoreTest, TwoPhaseWriteIsInvisibleUntilCommitUnderConcurrentReaders) {
   auto s = OpenOrDie(SmallStoreOptions(64, ""));
   const HostArena arena = s->HostArenaInfo();
-  ASSERT_GE(arena.fd, 0);
+  absl::StatusOr<int> fd = s->TenantArenaFd("t");
+  ASSERT_TRUE(fd.ok()) << fd.status();
   ASSERT_EQ(arena.size, 64 * SmallLayout().PageBytes());
-  // A "local client": its own shared mapping of the arena's memfd.
-  void* m = mmap(nullptr, arena.size, PROT_READ | PROT_WRITE, MAP_SHARED, arena.fd, 0);
+  // A "local client": its own shared mapping of its tenant's memfd.
+  void* m = mmap(nullptr, arena.size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
   ASSERT_NE(m, MAP_FAILED);
   uint8_t* client = static_cast<uint8_t*>(m);
 

@@ -1,5 +1,6 @@
 #include "pagoda/service/config.h"
 
+#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <fstream>
@@ -8,6 +9,7 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -15,22 +17,34 @@
 namespace pagoda::service {
 namespace {
 
+// gRPC keeps message sizes in an int.
+constexpr uint64_t kMinMessageBytes = 64u << 10;
+constexpr uint64_t kMaxMessageBytes = std::numeric_limits<int32_t>::max();
+
 constexpr char kDefaultYaml[] = R"(# pagodad embedded default: one node, host + SSD tiers, no auth.
 server:
-  grpc_host: 127.0.0.1
+  grpc_host: 127.0.0.1      # loopback only; a cluster node names its address
   grpc_port: 50051
   http_host: 127.0.0.1
   http_port: 9464
   local_socket: ""          # "" = <data_dir>/pagodad.sock, "off" = no zero-copy path
+  local_socket_group: ""    # group that may connect (socket mode 0660); "" = pagodad's group
   max_message_bytes: 8MiB
   get_chunk_bytes: 1MiB
   local_max_connections: 256
-  ucx: true                 # remote page bytes over UCX one-sided reads/writes when UCX works
+  local_threads: 4          # threads serving zero-copy requests (idle connections hold none)
+  local_handshake_ms: 5000  # a local connection says Hello within this or is closed
+  local_io_timeout_ms: 5000 # a started request frame / a reply must move within this
+  reservation_timeout_ms: 60000 # idle streams / connections holding reservations are aborted
+  grpc_keepalive_ms: 20000  # keepalive pings: calls of a dead peer are cancelled
+  grpc_max_threads: 256
+  ucx: false                # UCX one-sided bytes: trusts every peer that reaches it (README)
   ucx_lease_ms: 5000        # UCX read leases: default and longest duration
+  ucx_net_devices: ""       # "" = lo (loopback grpc_host); else name them: eth0, all, ...
 store:
   data_dir: ./pagoda-data
   host_bytes: 1GiB
-  host_slot_bytes: 0        # 0 = engine default
+  host_segment_bytes: 4MiB  # a tenant's host pages come in segments of this size
   ssd_bytes: 8GiB
   gpu_bytes: 0
   ssd_sync_writes: false
@@ -50,6 +64,8 @@ security:
   tls_key: ""
   tls_client_ca: ""
   allow_unknown_tenants: true
+  local_allowed_uids: []    # local peers allowed by uid / gid (SO_PEERCRED); empty = any
+  local_allowed_gids: []
 tenants: {}
 cluster:                    # registration in etcd (issue 7); no endpoints = standalone node
   etcd_endpoints: ""        # comma-separated host:port list of etcd's client API
@@ -154,6 +170,44 @@ class Reader {
     *out = *v;
     return absl::OkStatus();
   }
+  absl::Status BytesIn(const std::string& key, uint64_t min, uint64_t max, uint64_t* out) {
+    uint64_t v = *out;
+    if (absl::Status s = Bytes(key, &v); !s.ok()) return s;
+    if (v < min || v > max) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config ", Join(key), ": ", v, " bytes is outside [", min, ", ", max, "]"));
+    }
+    *out = v;
+    return absl::OkStatus();
+  }
+  // A list of ids: a YAML sequence of integers or a comma-separated string.
+  absl::Status Ids(const std::string& key, std::vector<uint32_t>* out) {
+    YAML::Node n = Get(key);
+    if (!n || n.IsNull()) return absl::OkStatus();
+    std::vector<std::string> items;
+    if (n.IsSequence()) {
+      for (const auto& e : n) {
+        if (!e.IsScalar()) return Wrong(key, "a list of integer ids");
+        items.push_back(e.Scalar());
+      }
+    } else if (n.IsScalar()) {
+      for (absl::string_view v : absl::StrSplit(n.Scalar(), ',', absl::SkipWhitespace())) {
+        items.emplace_back(absl::StripAsciiWhitespace(v));
+      }
+    } else {
+      return Wrong(key, "a list of integer ids");
+    }
+    out->clear();
+    for (const std::string& item : items) {
+      uint32_t id = 0;
+      if (!absl::SimpleAtoi(item, &id)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("config ", Join(key), ": '", item, "' is not an id (0..4294967295)"));
+      }
+      out->push_back(id);
+    }
+    return absl::OkStatus();
+  }
   YAML::Node Get(const std::string& key) {
     known_.insert(key);
     if (!node_ || !node_.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
@@ -189,24 +243,47 @@ absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
     PAGODA_RETURN_IF_ERROR(r.String("http_host", &c->http_host));
     PAGODA_RETURN_IF_ERROR(r.Int("http_port", -1, 65535, &c->http_port));
     PAGODA_RETURN_IF_ERROR(r.String("local_socket", &c->local_socket));
-    PAGODA_RETURN_IF_ERROR(r.Bytes("max_message_bytes", &c->max_message_bytes));
+    PAGODA_RETURN_IF_ERROR(r.String("local_socket_group", &c->local_socket_group));
+    PAGODA_RETURN_IF_ERROR(
+        r.BytesIn("max_message_bytes", kMinMessageBytes, kMaxMessageBytes, &c->max_message_bytes));
     uint64_t chunk = c->get_chunk_bytes;
-    PAGODA_RETURN_IF_ERROR(r.Bytes("get_chunk_bytes", &chunk));
-    if (chunk == 0 || chunk > (64u << 20)) {
-      return absl::InvalidArgumentError("config server.get_chunk_bytes: must be 1B..64MiB");
-    }
+    PAGODA_RETURN_IF_ERROR(r.BytesIn("get_chunk_bytes", 1, 64u << 20, &chunk));
     c->get_chunk_bytes = static_cast<uint32_t>(chunk);
     PAGODA_RETURN_IF_ERROR(r.Int("local_max_connections", 1, 65536, &c->local_max_connections));
+    PAGODA_RETURN_IF_ERROR(r.Int("local_threads", 1, 256, &c->local_threads));
+    PAGODA_RETURN_IF_ERROR(r.Int("local_handshake_ms", 10, 600000, &c->local_handshake_ms));
+    PAGODA_RETURN_IF_ERROR(r.Int("local_io_timeout_ms", 10, 600000, &c->local_io_timeout_ms));
+    PAGODA_RETURN_IF_ERROR(
+        r.Int("reservation_timeout_ms", 100, 3600000, &c->reservation_timeout_ms));
+    PAGODA_RETURN_IF_ERROR(r.Int("grpc_keepalive_ms", 1000, 3600000, &c->grpc_keepalive_ms));
+    PAGODA_RETURN_IF_ERROR(r.Int("grpc_max_threads", 4, 65536, &c->grpc_max_threads));
     PAGODA_RETURN_IF_ERROR(r.Bool("ucx", &c->ucx));
-    PAGODA_RETURN_IF_ERROR(r.Int("ucx_lease_ms", 1, 3600000, &c->ucx_lease_ms));
+    PAGODA_RETURN_IF_ERROR(r.Int("ucx_lease_ms", 1, 600000, &c->ucx_lease_ms));
+    PAGODA_RETURN_IF_ERROR(r.String("ucx_net_devices", &c->ucx_net_devices));
     PAGODA_RETURN_IF_ERROR(r.CheckNoUnknown());
   }
   {
     Reader r(top.Get("store"), "store");
     PAGODA_RETURN_IF_ERROR(r.String("data_dir", &c->data_dir));
-    PAGODA_RETURN_IF_ERROR(r.Bytes("host_bytes", &c->host_bytes));
-    PAGODA_RETURN_IF_ERROR(r.Bytes("host_slot_bytes", &c->host_slot_bytes));
+    PAGODA_RETURN_IF_ERROR(r.BytesIn("host_bytes", 1u << 20, 1ull << 46, &c->host_bytes));
+    PAGODA_RETURN_IF_ERROR(
+        r.BytesIn("host_segment_bytes", 64u << 10, 1ull << 30, &c->host_segment_bytes));
+    if (c->host_segment_bytes % 4096 != 0) {
+      return absl::InvalidArgumentError(
+          "config store.host_segment_bytes: must be a multiple of 4KiB (segments are mapped)");
+    }
+    // host_slot_bytes never had an effect; a config naming it gets a clear error unless it is 0.
+    uint64_t slot = 0;
+    PAGODA_RETURN_IF_ERROR(r.Bytes("host_slot_bytes", &slot));
+    if (slot != 0) {
+      return absl::InvalidArgumentError(
+          "config store.host_slot_bytes: has no effect (slot sizes follow store.layouts); remove "
+          "it, or set store.host_segment_bytes");
+    }
     PAGODA_RETURN_IF_ERROR(r.Bytes("ssd_bytes", &c->ssd_bytes));
+    if (c->ssd_bytes != 0 && c->ssd_bytes < (1u << 20)) {
+      return absl::InvalidArgumentError("config store.ssd_bytes: 0 (no SSD tier) or at least 1MiB");
+    }
     PAGODA_RETURN_IF_ERROR(r.Bytes("gpu_bytes", &c->gpu_bytes));
     PAGODA_RETURN_IF_ERROR(r.Bool("ssd_sync_writes", &c->ssd_sync_writes));
     PAGODA_RETURN_IF_ERROR(r.Bool("ssd_direct_writes", &c->ssd_direct_writes));
@@ -248,6 +325,8 @@ absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
     PAGODA_RETURN_IF_ERROR(r.String("tls_key", &c->tls_key));
     PAGODA_RETURN_IF_ERROR(r.String("tls_client_ca", &c->tls_client_ca));
     PAGODA_RETURN_IF_ERROR(r.Bool("allow_unknown_tenants", &c->allow_unknown_tenants));
+    PAGODA_RETURN_IF_ERROR(r.Ids("local_allowed_uids", &c->local_allowed_uids));
+    PAGODA_RETURN_IF_ERROR(r.Ids("local_allowed_gids", &c->local_allowed_gids));
     PAGODA_RETURN_IF_ERROR(r.CheckNoUnknown());
   }
   {
@@ -338,14 +417,38 @@ absl::Status ValidateConfig(const ServiceConfig& c) {
   if (c.http_port < -1 || c.http_port > 65535) {
     return absl::InvalidArgumentError("config: http_port must be -1..65535");
   }
-  if (c.max_message_bytes < (64u << 10) || c.max_message_bytes > (1ull << 31)) {
-    return absl::InvalidArgumentError("config: max_message_bytes must be 64KiB..2GiB");
+  if (c.max_message_bytes < kMinMessageBytes || c.max_message_bytes > kMaxMessageBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: server.max_message_bytes must be ", kMinMessageBytes, "..",
+                     kMaxMessageBytes, " bytes (64KiB..2GiB-1), got ", c.max_message_bytes));
   }
   if (c.get_chunk_bytes + 1024 > c.max_message_bytes) {
     return absl::InvalidArgumentError("config: get_chunk_bytes must be below max_message_bytes");
   }
   if (c.layouts.empty()) return absl::InvalidArgumentError("config: store.layouts is empty");
   if (c.host_bytes == 0) return absl::InvalidArgumentError("config: store.host_bytes must be > 0");
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0 && c.host_bytes > static_cast<uint64_t>(pages) * page) {
+    return absl::InvalidArgumentError(absl::StrCat("config: store.host_bytes (", c.host_bytes,
+                                                   ") is larger than this machine's memory (",
+                                                   uint64_t(pages) * page, ")"));
+  }
+  if (c.host_segment_bytes == 0 || c.host_segment_bytes % 4096 != 0) {
+    return absl::InvalidArgumentError(
+        "config: store.host_segment_bytes must be a multiple of 4KiB");
+  }
+  if (c.ucx && UcxNetDevices(c).empty()) {
+    return absl::InvalidArgumentError(
+        "config: server.ucx_net_devices must name the network devices UCX serves on (e.g. eth0, "
+        "or all) when server.grpc_host is not a loopback address");
+  }
+  if (!c.etcd_endpoints.empty() && c.advertise_address.empty() &&
+      (c.grpc_host.empty() || c.grpc_host == "0.0.0.0" || c.grpc_host == "::" ||
+       c.grpc_host == "[::]")) {
+    return absl::InvalidArgumentError(
+        "config: a cluster node names the address others dial: set cluster.advertise_address "
+        "(or a specific server.grpc_host)");
+  }
   if (c.data_dir.empty()) return absl::InvalidArgumentError("config: store.data_dir is empty");
   static const std::set<std::string> kLevels = {"trace", "debug", "info", "warn", "error"};
   if (!kLevels.count(c.log_level)) {
@@ -360,6 +463,15 @@ absl::Status ValidateConfig(const ServiceConfig& c) {
     return absl::InvalidArgumentError("config: allow_unknown_tenants=false with no tenants listed");
   }
   return absl::OkStatus();
+}
+
+bool IsLoopbackHost(const std::string& host) {
+  return host == "localhost" || host == "::1" || host == "[::1]" || absl::StartsWith(host, "127.");
+}
+
+std::string UcxNetDevices(const ServiceConfig& c) {
+  if (!c.ucx_net_devices.empty()) return c.ucx_net_devices;
+  return IsLoopbackHost(c.grpc_host) ? "lo" : "";
 }
 
 std::string LocalSocketPath(const ServiceConfig& c) {

@@ -79,6 +79,24 @@ TEST(ConfigTest, BadInputGetsAClearErrorNamingTheKey) {
       {"logging: {json: maybe}", "logging.json"},
       {"tenants: [a, b]", "tenants"},
       {"server: [", "YAML"},
+      // Every numeric key is checked against the range it really has (2GiB used to wrap to
+      // INT_MIN in gRPC's int).
+      {"server: {max_message_bytes: 2GiB}", "server.max_message_bytes"},
+      {"server: {max_message_bytes: 32KiB}", "server.max_message_bytes"},
+      {"server: {get_chunk_bytes: 0}", "server.get_chunk_bytes"},
+      {"server: {local_max_connections: 0}", "server.local_max_connections"},
+      {"server: {local_threads: 0}", "server.local_threads"},
+      {"server: {local_handshake_ms: 0}", "server.local_handshake_ms"},
+      {"server: {reservation_timeout_ms: 5}", "server.reservation_timeout_ms"},
+      {"server: {grpc_keepalive_ms: 10}", "server.grpc_keepalive_ms"},
+      {"server: {grpc_max_threads: 1}", "server.grpc_max_threads"},
+      {"server: {ucx_lease_ms: 0}", "server.ucx_lease_ms"},
+      {"store: {host_bytes: 100}", "store.host_bytes"},
+      {"store: {host_segment_bytes: 100000}", "store.host_segment_bytes"},
+      {"store: {host_slot_bytes: 64KiB}", "store.host_slot_bytes"},
+      {"store: {ssd_bytes: 1000}", "store.ssd_bytes"},
+      {"security: {local_allowed_uids: [1, x]}", "security.local_allowed_uids"},
+      {"security: {local_allowed_gids: [-1]}", "security.local_allowed_gids"},
       {"- 1\n- 2", "mapping"},
   };
   for (const Case& k : cases) {
@@ -103,6 +121,51 @@ TEST(ConfigTest, ValidateRejectsInconsistentSecurity) {
   c = ServiceConfig{};
   c.log_level = "loud";
   EXPECT_EQ(ValidateConfig(c).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ConfigTest, LoopbackByDefaultAndClustersNameTheirAddresses) {
+  absl::StatusOr<ServiceConfig> d = LoadConfig("");
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->grpc_host, "127.0.0.1");
+  EXPECT_EQ(d->http_host, "127.0.0.1");
+  EXPECT_FALSE(d->ucx);
+  EXPECT_EQ(UcxNetDevices(*d), "lo");
+  // UCX on a non-loopback gRPC address must be told its devices.
+  absl::StatusOr<ServiceConfig> c = ParseConfig("server: {grpc_host: 0.0.0.0, ucx: true}", *d);
+  ASSERT_TRUE(c.ok());
+  absl::Status v = ValidateConfig(*c);
+  EXPECT_EQ(v.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(v.message().find("ucx_net_devices"), std::string::npos) << v;
+  c = ParseConfig("server: {ucx_net_devices: eth0}", *c);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(ValidateConfig(*c).ok());
+  EXPECT_EQ(UcxNetDevices(*c), "eth0");
+  // A cluster node on a wildcard address names the address others dial.
+  c = ParseConfig("cluster: {etcd_endpoints: \"10.0.0.1:2379\"}", *c);
+  ASSERT_TRUE(c.ok());
+  v = ValidateConfig(*c);
+  EXPECT_NE(v.message().find("advertise_address"), std::string::npos) << v;
+  c = ParseConfig("cluster: {advertise_address: 10.0.0.2}", *c);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(ValidateConfig(*c).ok());
+}
+
+TEST(ConfigTest, RangesAcceptTheirEdgesAndIdLists) {
+  absl::StatusOr<ServiceConfig> d = LoadConfig("");
+  ASSERT_TRUE(d.ok());
+  absl::StatusOr<ServiceConfig> c = ParseConfig(
+      "server: {max_message_bytes: 2147483647}\n"
+      "security: {local_allowed_uids: \"1000, 1001\", local_allowed_gids: [5, 6]}",
+      *d);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->max_message_bytes, 2147483647u);
+  EXPECT_TRUE(ValidateConfig(*c).ok());
+  EXPECT_EQ(c->local_allowed_uids, (std::vector<uint32_t>{1000, 1001}));
+  EXPECT_EQ(c->local_allowed_gids, (std::vector<uint32_t>{5, 6}));
+  // A value set outside the parser (a flag) is still checked.
+  ServiceConfig big = *d;
+  big.max_message_bytes = 2ull << 30;
+  EXPECT_EQ(ValidateConfig(big).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ConfigTest, MissingFileIsNotFound) {

@@ -6,6 +6,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "call_watchdog.h"
 #include "spdlog/spdlog.h"
 #include "ucx_control.h"
 
@@ -167,7 +168,9 @@ absl::Status GrpcService::PutBatch(grpc::ServerContext* ctx, const v1::PutBegin&
     return why;
   };
 
-  // 3. Receive bytes straight into the reserved slots: first what came inline, then chunks.
+  // 3. Receive bytes straight into the reserved slots: first what came inline, then chunks. A
+  // stream that stalls while holding the reservations is cancelled by the watchdog.
+  CallWatchdog::Scope watch(watchdog_, ctx);
   uint8_t* const base = store_->HostArenaInfo().base;
   uint64_t bytes = 0;
   for (int i = 0; i < n; ++i) {
@@ -183,6 +186,7 @@ absl::Status GrpcService::PutBatch(grpc::ServerContext* ctx, const v1::PutBegin&
     bytes += inline_data.size();
   }
   while (next_chunk(&msg)) {
+    watch.Touch();
     if (absl::Status s = Cancelled(ctx); !s.ok()) return abort_all(s);
     if (!msg.has_chunk()) {
       return abort_all(absl::InvalidArgumentError("Put: a second begin message"));
@@ -479,7 +483,8 @@ grpc::Status GrpcService::Health(grpc::ServerContext* ctx, const v1::HealthReque
     return obs.Done(s);                                                                      \
   }
 
-PAGODA_UCX_HANDLER(UcxHello, v1::UcxHelloRequest, v1::UcxHelloResponse, ucx_->Hello(response))
+PAGODA_UCX_HANDLER(UcxHello, v1::UcxHelloRequest, v1::UcxHelloResponse,
+                   ucx_->Hello(request->tenant(), response))
 PAGODA_UCX_HANDLER(UcxAcquire, v1::UcxAcquireRequest, v1::UcxAcquireResponse,
                    ucx_->Acquire(*request, response))
 PAGODA_UCX_HANDLER(UcxRelease, v1::UcxReleaseRequest, v1::BatchResponse,

@@ -19,6 +19,7 @@
 namespace pagoda::service {
 
 class UcxControl;
+class CallWatchdog;
 
 // Largest number of pages in one batched request.
 inline constexpr int kMaxBatchPages = 4096;
@@ -43,6 +44,8 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   void SetLocalClientsSource(std::function<int()> f) { local_clients_ = std::move(f); }
   // The UCX data path (null = none: the Ucx* calls answer FailedPrecondition). Set before serving.
   void SetUcx(UcxControl* ucx) { ucx_ = ucx; }
+  // Cancels Put streams that hold reservations and stall (null = none). Set before serving.
+  void SetWatchdog(CallWatchdog* watchdog) { watchdog_ = watchdog; }
 
   grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                    v1::PutResponse* response) override;
@@ -101,6 +104,7 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   ServiceInfo info_;
   std::function<int()> local_clients_;
   UcxControl* ucx_ = nullptr;
+  CallWatchdog* watchdog_ = nullptr;
   std::atomic<bool> serving_{true};
   std::atomic<int> in_flight_{0};
   std::atomic<uint64_t> bytes_in_{0};

@@ -100,18 +100,23 @@ int main(int argc, char** argv) {
   app.add_option("--grpc-port", grpc_port, "gRPC port (0 = any free port)");
   app.add_option("--http-port", http_port, "/metrics + /healthz port (0 = any, -1 = off)");
   app.add_option("--data-dir", data_dir, "data directory (SSD tier, local socket)");
-  app.add_option("--host-mib", host_mib, "host tier (shared arena) size in MiB");
-  app.add_option("--ssd-mib", ssd_mib, "SSD tier size in MiB (0 = no SSD tier)");
+  app.add_option("--host-mib", host_mib, "host tier (shared arena) size in MiB")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 26));
+  app.add_option("--ssd-mib", ssd_mib, "SSD tier size in MiB (0 = no SSD tier)")
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 30));
   app.add_option("--local-socket", local_socket, "unix socket of the zero-copy path, or 'off'");
   std::optional<bool> ucx;
-  app.add_option("--ucx", ucx, "serve remote page bytes over UCX (true/false; default true)");
+  app.add_option(
+      "--ucx", ucx,
+      "serve remote page bytes over UCX (true/false; default false: trusts every UCX peer)");
   app.add_option("--token", token, "bearer token required from clients");
   app.add_option("--tls-cert", tls_cert, "PEM server certificate (enables TLS)");
   app.add_option("--tls-key", tls_key, "PEM server key");
   app.add_option("--tls-client-ca", tls_client_ca, "PEM CA of client certificates (mTLS)");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error");
   app.add_option("--port-file", port_file, "write the bound ports here as JSON once serving");
-  app.add_option("--shutdown-grace-s", grace_s, "seconds in-flight calls get on SIGTERM (10)");
+  app.add_option("--shutdown-grace-s", grace_s, "seconds in-flight calls get on SIGTERM (10)")
+      ->check(CLI::Range(0.0, 3600.0));
   app.add_option("--etcd", etcd_endpoints,
                  "comma-separated etcd host:port list; joins the cluster (\"\" = standalone)");
   app.add_option("--node-id", node_id, "this node's id in the cluster (default: host name)");

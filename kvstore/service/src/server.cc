@@ -1,7 +1,9 @@
 #include "pagoda/service/server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
+#include <sys/resource.h>
 
 #include <filesystem>
 #include <fstream>
@@ -11,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "auth.h"
+#include "call_watchdog.h"
 #include "grpc_service.h"
 #include "http_server.h"
 #include "local_server.h"
@@ -34,6 +37,9 @@ absl::StatusOr<StoreOptions> ToStoreOptions(const ServiceConfig& c) {
   StoreOptions o;
   o.data_dir = c.ssd_bytes > 0 ? c.data_dir + "/ssd" : "";
   o.host_capacity_bytes = c.host_bytes;
+  o.segment_bytes = c.host_segment_bytes;
+  // UCX leases may be as long as the config says (the store's default cap is 5 s).
+  o.max_lease_duration = std::max(o.max_lease_duration, absl::Milliseconds(c.ucx_lease_ms));
   o.ssd_capacity_bytes = c.ssd_bytes;
   o.gpu_capacity_bytes = c.gpu_bytes;
   o.ssd_sync_writes = c.ssd_sync_writes;
@@ -58,12 +64,32 @@ absl::StatusOr<StoreOptions> ToStoreOptions(const ServiceConfig& c) {
   return o;
 }
 
+// Raises the soft limit on open files to the hard one and checks that the configured local
+// connections fit in it (with room for gRPC, SSD segments and RocksDB).
+absl::Status RaiseFileLimit(const ServiceConfig& c) {
+  rlimit r{};
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0) return absl::OkStatus();
+  if (r.rlim_cur < r.rlim_max) {
+    r.rlim_cur = r.rlim_max;
+    (void)setrlimit(RLIMIT_NOFILE, &r);
+    (void)getrlimit(RLIMIT_NOFILE, &r);
+  }
+  const uint64_t need = static_cast<uint64_t>(c.local_max_connections) + 512;
+  if (r.rlim_cur != RLIM_INFINITY && r.rlim_cur < need) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config: server.local_max_connections ", c.local_max_connections, " needs ",
+                     need, " open files; this process may open ", r.rlim_cur, " (ulimit -n)"));
+  }
+  return absl::OkStatus();
+}
+
 class ServerImpl final : public Server {
  public:
   explicit ServerImpl(const ServiceConfig& c) : config_(c), auth_(c) {}
   ~ServerImpl() override { (void)Shutdown(absl::Seconds(2)); }
 
   absl::Status Init() {
+    if (absl::Status s = RaiseFileLimit(config_); !s.ok()) return s;
     std::error_code ec;
     std::filesystem::create_directories(config_.data_dir, ec);
     if (ec) {
@@ -84,10 +110,17 @@ class ServerImpl final : public Server {
       if (!aec && abs.size() < 108) local_path_ = abs;
     }
     if (!local_path_.empty()) {
-      local_ = std::make_unique<LocalServer>(
-          store_.get(), &auth_, &metrics_,
-          LocalServerOptions{.max_connections = config_.local_max_connections,
-                             .instance_id = instance_id_});
+      LocalServerOptions lo;
+      lo.max_connections = config_.local_max_connections;
+      lo.threads = config_.local_threads;
+      lo.handshake_timeout = absl::Milliseconds(config_.local_handshake_ms);
+      lo.io_timeout = absl::Milliseconds(config_.local_io_timeout_ms);
+      lo.reservation_timeout = absl::Milliseconds(config_.reservation_timeout_ms);
+      lo.instance_id = instance_id_;
+      lo.socket_group = config_.local_socket_group;
+      lo.allowed_uids = config_.local_allowed_uids;
+      lo.allowed_gids = config_.local_allowed_gids;
+      local_ = std::make_unique<LocalServer>(store_.get(), &auth_, &metrics_, lo);
       if (absl::Status s = local_->Start(local_path_); !s.ok()) return s;
     }
 
@@ -100,7 +133,9 @@ class ServerImpl final : public Server {
       absl::StatusOr<std::unique_ptr<UcxControl>> ucx = UcxControl::Create(
           store_.get(), &metrics_,
           UcxControlOptions{.instance_id = instance_id_,
-                            .default_lease = absl::Milliseconds(config_.ucx_lease_ms)});
+                            .default_lease = absl::Milliseconds(config_.ucx_lease_ms),
+                            .reservation_ttl = absl::Milliseconds(config_.reservation_timeout_ms),
+                            .net_devices = UcxNetDevices(config_)});
       if (ucx.ok()) {
         ucx_ = std::move(*ucx);
         service_->SetUcx(ucx_.get());
@@ -109,6 +144,12 @@ class ServerImpl final : public Server {
                      ucx.status().ToString());
       }
     }
+
+    watchdog_ = std::make_unique<CallWatchdog>(absl::Milliseconds(config_.reservation_timeout_ms),
+                                               [u = ucx_.get()] {
+                                                 if (u != nullptr) u->SweepNow();
+                                               });
+    service_->SetWatchdog(watchdog_.get());
 
     std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
     if (!config_.tls_cert.empty()) {
@@ -131,6 +172,15 @@ class ServerImpl final : public Server {
                              &grpc_port_);
     builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_message_bytes));
     builder.SetMaxSendMessageSize(static_cast<int>(config_.max_message_bytes));
+    // Dead peers: keepalive pings find them, and their calls (and reservations) end.
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, config_.grpc_keepalive_ms);
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                               std::min(config_.grpc_keepalive_ms, 10000));
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    grpc::ResourceQuota quota("pagodad");
+    quota.SetMaxThreads(config_.grpc_max_threads);
+    builder.SetResourceQuota(quota);
     builder.RegisterService(service_.get());
     grpc_ = builder.BuildAndStart();
     if (!grpc_ || grpc_port_ == 0) {
@@ -167,6 +217,7 @@ class ServerImpl final : public Server {
       grpc_->Wait();
     }
     spdlog::info("shutdown: gRPC drained");
+    watchdog_.reset();  // no call is watched any more; stops the UCX sweep tick
     ucx_.reset();  // no control call runs any more: drop its leases, reservations, registration
     if (local_) local_->Stop();
     spdlog::info("shutdown: local clients closed");
@@ -225,6 +276,7 @@ class ServerImpl final : public Server {
   ServiceMetrics metrics_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<UcxControl> ucx_;
+  std::unique_ptr<CallWatchdog> watchdog_;
   std::unique_ptr<LocalServer> local_;
   std::unique_ptr<GrpcService> service_;
   std::unique_ptr<grpc::Server> grpc_;

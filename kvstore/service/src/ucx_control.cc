@@ -1,6 +1,10 @@
 #include "ucx_control.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
@@ -31,6 +35,11 @@ absl::Status CheckCount(int n, const char* what) {
 UcxControl::UcxControl(Store* store, ServiceMetrics* metrics, UcxControlOptions options)
     : store_(store), metrics_(metrics), options_(options) {}
 
+UcxControl::TenantView::~TenantView() {
+  registration.reset();
+  if (base != nullptr) munmap(base, size);
+}
+
 absl::StatusOr<std::unique_ptr<UcxControl>> UcxControl::Create(Store* store,
                                                                ServiceMetrics* metrics,
                                                                UcxControlOptions options) {
@@ -39,18 +48,16 @@ absl::StatusOr<std::unique_ptr<UcxControl>> UcxControl::Create(Store* store,
   if (c->arena_.base == nullptr || c->arena_.size == 0) {
     return absl::FailedPreconditionError("UCX path: the store has no host arena");
   }
-  absl::StatusOr<std::unique_ptr<Transport>> t = Transport::Create();
+  TransportOptions to;
+  to.net_devices = options.net_devices;
+  absl::StatusOr<std::unique_ptr<Transport>> t = Transport::Create(to);
   if (!t.ok()) return t.status();
   c->transport_ = std::move(*t);
-  absl::StatusOr<std::unique_ptr<RegisteredMemory>> reg =
-      c->transport_->Register(c->arena_.base, c->arena_.size, MemoryKind::kHost);
-  if (!reg.ok()) return reg.status();
-  c->registration_ = std::move(*reg);
-  absl::StatusOr<std::string> packed = c->registration_->PackRemoteKey();
-  if (!packed.ok()) return packed.status();
-  c->key_ = *packed;
   c->address_ = EncodePeerAddress(c->transport_->address());
-  spdlog::info("UCX path: {} serves the {}-byte host arena", c->transport_->name(), c->arena_.size);
+  spdlog::warn(
+      "UCX path: {} on network devices '{}' serves tenants' host pages; UCX's software RMA does "
+      "not enforce remote keys, so every peer that can reach it is trusted",
+      c->transport_->name(), options.net_devices);
   return c;
 }
 
@@ -60,8 +67,7 @@ UcxControl::~UcxControl() {
   for (const auto& [id, lease] : leases_) (void)store_->ReleaseRead(id);
   slots_.clear();
   leases_.clear();
-  // The registration goes before the transport (members are destroyed in reverse order anyway).
-  registration_.reset();
+  views_.clear();  // registrations go before the transport
 }
 
 size_t UcxControl::open_leases() const {
@@ -74,9 +80,14 @@ size_t UcxControl::open_reservations() const {
   return slots_.size();
 }
 
-void UcxControl::Sweep() {
+void UcxControl::SweepNow() {
+  absl::MutexLock l(&mu_);
+  Sweep(/*now=*/true);
+}
+
+void UcxControl::Sweep(bool force) {
   const absl::Time now = absl::Now();
-  if (now < next_sweep_) return;
+  if (!force && now < next_sweep_) return;
   next_sweep_ = now + absl::Milliseconds(100);
   std::vector<uint64_t> gone;
   for (const auto& [id, lease] : leases_) {
@@ -98,9 +109,37 @@ void UcxControl::Sweep() {
   }
 }
 
-absl::Status UcxControl::Hello(v1::UcxHelloResponse* response) const {
+absl::Status UcxControl::Hello(const std::string& tenant, v1::UcxHelloResponse* response) {
+  absl::MutexLock l(&mu_);
+  std::unique_ptr<TenantView>& view = views_[tenant];
+  if (view == nullptr) {
+    absl::StatusOr<int> fd = store_->TenantArenaFd(tenant);
+    if (!fd.ok()) {
+      views_.erase(tenant);
+      return fd.status();
+    }
+    auto v = std::make_unique<TenantView>();
+    void* m = mmap(nullptr, arena_.size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    if (m == MAP_FAILED) {
+      views_.erase(tenant);
+      return absl::InternalError(absl::StrCat("UCX path: mmap of tenant pages: ", strerror(errno)));
+    }
+    v->base = static_cast<uint8_t*>(m);
+    v->size = arena_.size;
+    absl::StatusOr<std::unique_ptr<RegisteredMemory>> reg =
+        transport_->Register(v->base, v->size, MemoryKind::kHost);
+    absl::StatusOr<std::string> key =
+        reg.ok() ? (*reg)->PackRemoteKey() : absl::StatusOr<std::string>(reg.status());
+    if (!key.ok()) {
+      views_.erase(tenant);
+      return key.status();
+    }
+    v->registration = std::move(*reg);
+    v->key = *key;
+    view = std::move(v);
+  }
   response->set_worker_address(address_);
-  response->set_arena_key(key_);
+  response->set_arena_key(view->key);
   response->set_arena_bytes(arena_.size);
   response->set_instance_id(options_.instance_id);
   response->set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.default_lease)));

@@ -9,10 +9,16 @@
 // never leaves a slot held). Commit checksums the slot against the checksum given at reserve time
 // and aborts the page on mismatch, so bytes a client failed to write are never published.
 //
-// Trust: like the local path's memfd, the arena key reaches the whole arena. A client holding it
-// (any client whose token UcxHello accepted) can read or write any slot over UCX, other tenants'
-// included; leases and reservations order honest clients, they do not fence hostile ones. Turn the
-// path off (server.ucx: false / --ucx false) where remote clients are not trusted.
+// Tenants: each tenant's host pages are registered on their own (a mapping of the tenant's memfd,
+// see Store::TenantArenaFd) and UcxHello hands a tenant only its own key, so a client's reads and
+// writes through its key reach its own tenant's pages and nothing else.
+//
+// Trust: on RDMA transports the NIC enforces a key's bounds. UCX's software RMA (tcp, shared
+// memory: every transport of a machine without RDMA NICs) does not: its target copies to or from
+// whatever address a peer names, so any process that can reach the UCX port can read and write
+// pagodad's memory with a forged key. The path is therefore off by default (server.ucx); turn it
+// on only where every host and process that can reach it is trusted, or over RDMA with UCX_TLS
+// restricted to hardware RMA transports.
 //
 // Thread safety: all methods are safe for concurrent use.
 #pragma once
@@ -46,19 +52,25 @@ struct UcxControlOptions {
   absl::Duration reservation_ttl = absl::Seconds(60);
   // Open leases + reservations across all clients; more are refused with ResourceExhausted.
   size_t max_open = 1 << 20;
+  // UCX network devices the path serves on (UCX_NET_DEVICES, e.g. "lo", "eth0", "all").
+  std::string net_devices = "lo";
 };
 
 class UcxControl {
  public:
-  // Creates a UCX transport and registers the store's host arena with it. Errors (no usable UCX)
-  // are returned; pagodad then runs without the UCX path.
+  // Creates a UCX transport (tenants' pages are registered at their first UcxHello). Errors (no
+  // usable UCX) are returned; pagodad then runs without the UCX path.
   static absl::StatusOr<std::unique_ptr<UcxControl>> Create(Store* store, ServiceMetrics* metrics,
                                                             UcxControlOptions options);
   ~UcxControl();  // aborts open reservations and releases open leases
 
   // The handlers; the tenant in each request is already authorized. Batch-level errors are
   // returned; per-page results go into the response.
-  absl::Status Hello(v1::UcxHelloResponse* response) const;
+  // The worker address and `tenant`'s own key (registering its pages on first use).
+  absl::Status Hello(const std::string& tenant, v1::UcxHelloResponse* response);
+  // Forgets expired leases and aborts expired reservations now (pagodad calls it periodically,
+  // so a reservation expires even when no further UCX call comes).
+  void SweepNow();
   absl::Status Acquire(const v1::UcxAcquireRequest& request, v1::UcxAcquireResponse* response);
   absl::Status Release(const v1::UcxReleaseRequest& request, v1::BatchResponse* response);
   absl::Status Reserve(const v1::PutBegin& request, v1::UcxReserveResponse* response);
@@ -80,23 +92,31 @@ class UcxControl {
     uint64_t checksum = 0;
     absl::Time deadline;
   };
+  // One tenant's pages as UCX sees them: a shared mapping of its memfd, registered.
+  struct TenantView {
+    uint8_t* base = nullptr;
+    uint64_t size = 0;
+    std::unique_ptr<RegisteredMemory> registration;
+    std::string key;  // framed key of `registration`
+    ~TenantView();
+  };
   UcxControl(Store* store, ServiceMetrics* metrics, UcxControlOptions options);
-  // Forgets expired leases and aborts expired reservations.
-  void Sweep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets expired leases and aborts expired reservations (at most every 100 ms unless `now`).
+  void Sweep(bool now = false) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   Store* const store_;
   ServiceMetrics* const metrics_;
   const UcxControlOptions options_;
   HostArena arena_;
   std::unique_ptr<Transport> transport_;
-  std::unique_ptr<RegisteredMemory> registration_;
   std::string address_;  // framed worker address
-  std::string key_;      // framed arena key
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Slot> slots_ ABSL_GUARDED_BY(mu_);
   absl::Time next_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // Declared after transport_: destroyed (deregistered) before it.
+  absl::flat_hash_map<std::string, std::unique_ptr<TenantView>> views_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace pagoda::service

@@ -17,7 +17,7 @@ absl::StatusOr<std::unique_ptr<UcxControl>> UcxControl::Create(Store*, ServiceMe
                                                                UcxControlOptions) {
   return NoUcx();
 }
-absl::Status UcxControl::Hello(v1::UcxHelloResponse*) const { return NoUcx(); }
+absl::Status UcxControl::Hello(const std::string&, v1::UcxHelloResponse*) { return NoUcx(); }
 absl::Status UcxControl::Acquire(const v1::UcxAcquireRequest&, v1::UcxAcquireResponse*) {
   return NoUcx();
 }
@@ -28,6 +28,8 @@ absl::Status UcxControl::Reserve(const v1::PutBegin&, v1::UcxReserveResponse*) {
 absl::Status UcxControl::Commit(const v1::UcxCommitRequest&, v1::PutResponse*) { return NoUcx(); }
 size_t UcxControl::open_leases() const { return 0; }
 size_t UcxControl::open_reservations() const { return 0; }
-void UcxControl::Sweep() {}
+void UcxControl::Sweep(bool) {}
+void UcxControl::SweepNow() {}
+UcxControl::TenantView::~TenantView() = default;
 
 }  // namespace pagoda::service

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -121,8 +122,11 @@ absl::StatusOr<int> ListenUnix(const std::string& path, int backlog) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Errno("socket");
   ::unlink(path.c_str());
-  if (::bind(fd, reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0 ||
-      ::listen(fd, backlog) != 0) {
+  // The file bind creates takes the socket inode's mode (less the umask): set it first so that no
+  // moment exists when the socket is open wider than 0660, then exactly 0660 after.
+  if (::fchmod(fd, 0660) != 0 ||
+      ::bind(fd, reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_un)) != 0 ||
+      ::chmod(path.c_str(), 0660) != 0 || ::listen(fd, backlog) != 0) {
     absl::Status s = Errno(("bind/listen " + path).c_str());
     ::close(fd);
     return s;

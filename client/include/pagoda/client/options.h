@@ -32,10 +32,11 @@ struct ClientOptions {
   // Unix socket of the zero-copy path; "" = the one pagodad reports in Health.
   std::string local_socket;
   // Local-path connections kept open (one batch at a time uses one); more lets more threads
-  // move pages at once, each costs a server thread.
+  // move pages at once, each counts against the server's server.local_max_connections.
   int local_connections = 4;
-  // Map the whole arena up front (MAP_POPULATE): Connect takes longer (~0.1 s per GiB of arena)
-  // but no page copy ever waits on a page fault (steadier latency).
+  // Prefault each segment of this tenant's pages the first time a slot in it is used
+  // (MADV_POPULATE_WRITE), so later copies in that segment never wait on a page fault. The rest
+  // of the tenant's memfd (other tenants' segments) is never touched.
   bool prefault_arena = true;
 
   // TLS: off unless tls_ca is set (PEM of the CA that signed the server's cert). For mTLS also

@@ -83,6 +83,10 @@ struct TransportOptions {
   // UCX_TLS for this transport. Empty: the UCX_TLS environment variable when set; else "all" when
   // an RDMA device exists, else "tcp,sm,self" (sm = sysv/posix shared memory + cma).
   std::string ucx_tls;
+  // UCX_NET_DEVICES for this transport: the network devices it listens and connects on (e.g. "lo"
+  // for this machine only, "eth0", "all"). Empty: the UCX_NET_DEVICES environment variable, else
+  // every device.
+  std::string net_devices;
   // A batch still incomplete after this long fails with DeadlineExceeded and closes its endpoint.
   absl::Duration op_timeout = absl::Seconds(30);
   // Connect endpoints in UCX's peer-failure mode: a peer that dies fails its transfers with

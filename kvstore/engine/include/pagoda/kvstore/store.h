@@ -28,9 +28,10 @@
 namespace pagoda {
 
 // A page being written (phase one of a two-phase write). The caller fills exactly `size` bytes at
-// `arena_offset` of the host arena (through HostArena().base in-process, or a mapping of
-// HostArena().fd in another process), then calls Commit() or Abort(). Until Commit() the page is
-// invisible: Get/Exists/AcquireRead report NotFound and a second Reserve of the key fails.
+// `arena_offset` of the host arena (through HostArenaInfo().base in-process, or at the same offset
+// of a mapping of TenantArenaFd(tenant) in another process), then calls Commit() or Abort(). Until
+// Commit() the page is invisible: Get/Exists/AcquireRead report NotFound and a second Reserve of
+// the key fails.
 struct Reservation {
   uint64_t id = 0;  // identifies the reservation in Commit / Abort
   PageKey key;
@@ -63,11 +64,12 @@ struct PageInfo {
   uint32_t pins = 0;
 };
 
-// Where the host arena is, so pagodad can hand it to local clients (which mmap `fd` MAP_SHARED).
+// The store's own view of the host arena (for in-process zero-copy). Every tenant's pages lie in
+// it; another process maps only one tenant's part (TenantArenaFd).
 struct HostArena {
-  int fd = -1;              // memfd; owned by the store, valid until it is destroyed
-  uint64_t size = 0;        // bytes
-  uint8_t* base = nullptr;  // the store's own mapping (for in-process zero-copy)
+  uint64_t size = 0;           // bytes
+  uint64_t segment_bytes = 0;  // a tenant's pages lie in whole segments of this size
+  uint8_t* base = nullptr;     // the store's own mapping; ranges that hold no page are inaccessible
 };
 
 struct TierStats {
@@ -210,8 +212,13 @@ class Store {
 
   virtual StoreStats Stats() = 0;
   virtual HostArena HostArenaInfo() const = 0;
-  // The memfd of the host arena and its size (same as HostArenaInfo().fd / .size).
-  int HostArenaFd() const { return HostArenaInfo().fd; }
+  // The memfd of one tenant's host pages, for a process of that tenant to mmap MAP_SHARED (size
+  // HostArenaInfo().size; the page of a Reservation or ReadLease of this tenant is at its
+  // arena_offset). It holds this tenant's pages only: the store places each tenant's host pages in
+  // segments of their own, backed by this file. Sealed (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL):
+  // ftruncate by a holder fails. Owned by the store, valid until it is destroyed; created on first
+  // use. InvalidArgument for an empty tenant; Internal when memfd_create fails.
+  virtual absl::StatusOr<int> TenantArenaFd(std::string_view tenant) = 0;
   // Whether a tier is present (capacity configured and the machine has it).
   virtual bool HasTier(Tier tier) const = 0;
 };

@@ -36,20 +36,35 @@ struct ServiceConfig {
   std::string http_host = "127.0.0.1";
   int http_port = 9464;                     // /metrics and /healthz; 0 = any free port; -1 = off
   std::string local_socket;                 // zero-copy path; "" = <data_dir>/pagodad.sock; "off"
-  uint64_t max_message_bytes = 8ull << 20;  // gRPC message cap; larger messages are refused
+  std::string local_socket_group;           // group of the socket file (mode 0660); "" = ours
+  uint64_t max_message_bytes = 8ull << 20;  // gRPC message cap (64KiB..2GiB-1)
   uint32_t get_chunk_bytes = 1u << 20;      // default chunk of streamed Get replies
-  int local_max_connections = 256;          // concurrent zero-copy clients
-  bool ucx = true;  // serve remote page bytes over UCX (when UCX works here; gRPC bytes always)
-  int ucx_lease_ms = 5000;  // UCX read leases: default and longest (the store caps it too)
+  int local_max_connections = 256;          // open zero-copy connections; more are refused
+  int local_threads = 4;                    // threads serving zero-copy requests
+  int local_handshake_ms = 5000;            // a local connection must say Hello within this
+  int local_io_timeout_ms = 5000;  // a started frame must arrive / a reply be taken within this
+  // A request stream (gRPC Put), UCX reservation or local connection that holds reservations
+  // and makes no progress for this long is cancelled and its reservations aborted.
+  int reservation_timeout_ms = 60000;
+  int grpc_keepalive_ms = 20000;  // ping idle gRPC connections; a dead peer's calls are cancelled
+  int grpc_max_threads = 256;     // threads serving gRPC calls; more calls wait or are refused
+  // Serve remote page bytes over UCX one-sided reads/writes. Off by default: UCX's software RMA
+  // (tcp, shared memory) lets any peer that reaches the UCX port read and write pagodad's memory
+  // (see ucx_control.h); turn on only where every such peer is trusted. gRPC bytes always work.
+  bool ucx = false;
+  int ucx_lease_ms = 5000;  // UCX read leases: default and longest
+  // UCX network devices ("lo", "eth0,eth1", "all"). "" = "lo" when grpc_host is a loopback
+  // address; otherwise the config must name them.
+  std::string ucx_net_devices;
 
   // --- store (passed to the engine)
   std::string data_dir = "./pagoda-data";
-  uint64_t host_bytes = 1ull << 30;  // host tier (shared-memory arena) capacity
-  uint64_t host_slot_bytes = 0;      // 0 = engine default
-  uint64_t ssd_bytes = 8ull << 30;   // SSD tier capacity; 0 = no SSD tier
-  uint64_t gpu_bytes = 0;            // GPU tier capacity; 0 = no GPU tier
-  bool ssd_sync_writes = false;      // sync each SSD batch (slower demotions; see checkpoint_ms)
-  bool ssd_direct_writes = false;    // O_DIRECT demotions (StoreOptions::ssd_direct_writes)
+  uint64_t host_bytes = 1ull << 30;          // host tier (shared-memory arena) capacity
+  uint64_t host_segment_bytes = 4ull << 20;  // a tenant's host pages come in segments of this size
+  uint64_t ssd_bytes = 8ull << 30;           // SSD tier capacity; 0 = no SSD tier
+  uint64_t gpu_bytes = 0;                    // GPU tier capacity; 0 = no GPU tier
+  bool ssd_sync_writes = false;    // sync each SSD batch (slower demotions; see checkpoint_ms)
+  bool ssd_direct_writes = false;  // O_DIRECT demotions (StoreOptions::ssd_direct_writes)
   // On graceful stop, move pages still in memory tiers to SSD so a restart serves them (costs
   // shutdown time proportional to the host tier's content). Needs an SSD tier.
   bool persist_on_shutdown = true;
@@ -68,6 +83,10 @@ struct ServiceConfig {
   std::string tls_client_ca;  // PEM CA file; set = mTLS (clients must present a cert)
   std::map<std::string, TenantConfig> tenants;  // known tenants; empty = any tenant name
   bool allow_unknown_tenants = true;            // false: only tenants listed above are served
+  // Local (unix socket) peers allowed: uid listed, or primary/supplementary gid listed. Both empty:
+  // any peer that may open the socket file.
+  std::vector<uint32_t> local_allowed_uids;
+  std::vector<uint32_t> local_allowed_gids;
 
   // --- cluster (issue 7): registration in etcd; empty etcd_endpoints = a standalone node
   std::vector<std::string> etcd_endpoints;  // "host:port" of etcd's client API
@@ -96,5 +115,11 @@ absl::Status ValidateConfig(const ServiceConfig& config);
 
 // The unix socket path in effect ("" when the local path is off).
 std::string LocalSocketPath(const ServiceConfig& config);
+
+// The UCX network devices in effect (ucx_net_devices, or "lo" for a loopback grpc_host).
+std::string UcxNetDevices(const ServiceConfig& config);
+
+// Whether `host` is a loopback address or name (127.0.0.0/8, ::1, localhost).
+bool IsLoopbackHost(const std::string& host);
 
 }  // namespace pagoda::service

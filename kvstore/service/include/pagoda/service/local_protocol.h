@@ -1,10 +1,11 @@
 // The wire format of pagodad's local zero-copy path (a unix stream socket).
 //
 // A local client connects to the socket, sends Hello (tenant + bearer token) and receives the
-// host arena's memfd (SCM_RIGHTS) and its size. It maps the arena and from then on moves page
-// bytes itself: Reserve -> memcpy into the slot -> Commit for writes; Acquire -> memcpy out of the
-// slot -> verify the checksum -> Release for reads. Only these small fixed-size records cross
-// the socket. The tenant is bound to the connection at Hello.
+// memfd of its tenant's host pages (SCM_RIGHTS) and its size: offsets in it are host arena offsets,
+// and it holds no other tenant's bytes. The memfd is sealed against shrink and grow. It maps the
+// arena and from then on moves page bytes itself: Reserve -> memcpy into the slot -> Commit for
+// writes; Acquire -> memcpy out of the slot -> verify the checksum -> Release for reads. Only these
+// small fixed-size records cross the socket. The tenant is bound to the connection at Hello.
 //
 // Every request is a FrameHeader followed by `count` fixed-size entries of the op's request type.
 // Every request except Release is answered by a FrameHeader with the same op and count, `count`
@@ -52,7 +53,9 @@ struct HelloRequest {
 // Hello reply payload (the memfd rides along as SCM_RIGHTS ancillary data when code == 0).
 struct HelloReply {
   int32_t code = 0;  // absl::StatusCode
-  uint32_t reserved = 0;
+  // The tenant's pages lie in whole segments of this many bytes (a client may prefault a segment
+  // of its mapping once it got a slot in it; the rest of the memfd holds nothing of this tenant).
+  uint32_t segment_bytes = 0;
   uint64_t arena_bytes = 0;
   // Random id of this pagodad run, also in the gRPC Health answer: a client checks that the
   // socket it found belongs to the server it talks gRPC to (not another pagodad on this machine).

@@ -27,7 +27,8 @@ absl::Status ReadAll(int fd, void* data, size_t size);
 absl::StatusOr<int> ReadWithFd(int fd, void* data, size_t size);
 
 // Creates, binds and listens on a unix stream socket at `path` (an existing socket file is
-// replaced). The path must fit sockaddr_un (107 bytes).
+// replaced), whose file has mode 0660 (owner and group may connect) whatever the umask. The path
+// must fit sockaddr_un (107 bytes).
 absl::StatusOr<int> ListenUnix(const std::string& path, int backlog);
 
 // Connects to the unix stream socket at `path`.

@@ -1,0 +1,158 @@
+// One trust domain per tenant in the host tier: a tenant's memfd holds its own pages only, is
+// sealed against shrink and grow, and the tier's capacity still flows between tenants.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "gtest/gtest.h"
+#include "pagoda/kvstore/store.h"
+#include "test_util.h"
+
+namespace pagoda {
+namespace {
+
+using ::pagoda::testing::PageBytesFor;
+using ::pagoda::testing::SmallLayout;
+using ::pagoda::testing::SmallStoreOptions;
+using ::pagoda::testing::TestKey;
+
+std::unique_ptr<Store> OpenOrDie(const StoreOptions& o) {
+  auto s = Store::Open(o);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? std::move(*s) : nullptr;
+}
+
+absl::Status PutKey(Store& s, std::string_view tenant, uint64_t i) {
+  const PageKey k = TestKey(i);
+  return s.Put(tenant, k, SmallLayout(), PageBytesFor(SmallLayout(), tenant, k));
+}
+
+absl::Status CheckKey(Store& s, std::string_view tenant, uint64_t i) {
+  std::vector<uint8_t> out(SmallLayout().PageBytes());
+  auto info = s.Get(tenant, TestKey(i), absl::MakeSpan(out));
+  if (!info.ok()) return info.status();
+  if (out != PageBytesFor(SmallLayout(), tenant, TestKey(i))) {
+    return absl::InternalError("WRONG BYTES");
+  }
+  return absl::OkStatus();
+}
+
+// Where the store keeps a page: its offset in the host arena (and in its tenant's memfd).
+uint64_t OffsetOf(Store& s, std::string_view tenant, uint64_t i) {
+  auto lease = s.AcquireRead(tenant, TestKey(i));
+  EXPECT_TRUE(lease.ok()) << lease.status();
+  if (!lease.ok()) return 0;
+  (void)s.ReleaseRead(lease->lease_id);
+  return lease->arena_offset;
+}
+
+struct Mapping {
+  Mapping(int fd, uint64_t size) : size(size) {
+    void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    EXPECT_NE(m, MAP_FAILED);
+    p = m == MAP_FAILED ? nullptr : static_cast<uint8_t*>(m);
+  }
+  ~Mapping() {
+    if (p != nullptr) munmap(p, size);
+  }
+  uint8_t* p;
+  uint64_t size;
+};
+
+TEST(TenantArenaTest, AMemfdHoldsOnlyItsTenantsPages) {
+  StoreOptions o = SmallStoreOptions(32, "");
+  auto s = OpenOrDie(o);
+  for (uint64_t i = 0; i < 6; ++i) {
+    ASSERT_TRUE(PutKey(*s, "alice", i).ok());
+    ASSERT_TRUE(PutKey(*s, "bob", i).ok());  // same keys, interleaved: neighbouring slots
+  }
+  auto fa = s->TenantArenaFd("alice");
+  auto fb = s->TenantArenaFd("bob");
+  ASSERT_TRUE(fa.ok() && fb.ok());
+  EXPECT_NE(*fa, *fb);
+  EXPECT_EQ(*s->TenantArenaFd("alice"), *fa);  // one memfd per tenant
+  const uint64_t size = s->HostArenaInfo().size;
+  Mapping a(*fa, size), b(*fb, size);
+  ASSERT_TRUE(a.p != nullptr && b.p != nullptr);
+  const uint64_t n = SmallLayout().PageBytes();
+  for (uint64_t i = 0; i < 6; ++i) {
+    const uint64_t ao = OffsetOf(*s, "alice", i), bo = OffsetOf(*s, "bob", i);
+    const std::vector<uint8_t> abytes = PageBytesFor(SmallLayout(), "alice", TestKey(i));
+    const std::vector<uint8_t> bbytes = PageBytesFor(SmallLayout(), "bob", TestKey(i));
+    // Each tenant sees its own page where the store says it is...
+    EXPECT_EQ(0, memcmp(a.p + ao, abytes.data(), n));
+    EXPECT_EQ(0, memcmp(b.p + bo, bbytes.data(), n));
+    // ...and nothing of the other's at the other's offset.
+    EXPECT_NE(0, memcmp(a.p + bo, bbytes.data(), n)) << "alice reads bob's page " << i;
+    EXPECT_NE(0, memcmp(b.p + ao, abytes.data(), n)) << "bob reads alice's page " << i;
+  }
+  // Alice overwrites her whole memfd: bob's pages are untouched.
+  memset(a.p, 0x5A, size);
+  for (uint64_t i = 0; i < 6; ++i) {
+    EXPECT_TRUE(CheckKey(*s, "bob", i).ok()) << i;
+    // Her own pages she damaged: caught by their checksum, never served.
+    EXPECT_TRUE(absl::IsDataLoss(CheckKey(*s, "alice", i))) << i;
+  }
+}
+
+TEST(TenantArenaTest, MemfdIsSealedAgainstShrinkAndGrow) {
+  auto s = OpenOrDie(SmallStoreOptions(16, ""));
+  ASSERT_TRUE(PutKey(*s, "alice", 1).ok());
+  auto fd = s->TenantArenaFd("alice");
+  ASSERT_TRUE(fd.ok());
+  const off_t size = static_cast<off_t>(s->HostArenaInfo().size);
+  EXPECT_EQ(ftruncate(*fd, 0), -1);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(ftruncate(*fd, size * 2), -1);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(fcntl(*fd, F_GET_SEALS) & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
+            F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  EXPECT_EQ(fcntl(*fd, F_ADD_SEALS, F_SEAL_WRITE), -1);  // no more seals (would block the store)
+  // The store carries on (a shrunk file would have killed it with SIGBUS here).
+  EXPECT_TRUE(CheckKey(*s, "alice", 1).ok());
+  ASSERT_TRUE(PutKey(*s, "alice", 2).ok());
+  EXPECT_TRUE(CheckKey(*s, "alice", 2).ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(s->TenantArenaFd("").status()));
+}
+
+TEST(TenantArenaTest, PunchedHoleIsDataLossNeverWrongBytes) {
+  auto s = OpenOrDie(SmallStoreOptions(16, ""));
+  ASSERT_TRUE(PutKey(*s, "alice", 1).ok());
+  auto fd = s->TenantArenaFd("alice");
+  ASSERT_TRUE(fd.ok());
+  const uint64_t off = OffsetOf(*s, "alice", 1);
+  ASSERT_EQ(fallocate(*fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+                      static_cast<off_t>(SmallLayout().PageBytes())),
+            0);
+  EXPECT_TRUE(absl::IsDataLoss(CheckKey(*s, "alice", 1)));
+  EXPECT_FALSE(s->Exists("alice", TestKey(1)));  // dropped, never served
+  ASSERT_TRUE(PutKey(*s, "alice", 1).ok());
+  EXPECT_TRUE(CheckKey(*s, "alice", 1).ok());
+}
+
+// Segments of 4 pages, 4 segments: alice fills the tier, then bob's writes take whole segments of
+// her least-recently-used pages (her newer pages stay), and the used bytes never pass capacity.
+TEST(TenantArenaTest, CapacityFlowsBetweenTenantsBySegment) {
+  StoreOptions o = SmallStoreOptions(16, "");
+  o.segment_bytes = 4 * SmallLayout().PageBytes();
+  o.watermarks[static_cast<int>(Tier::kHost)] = Watermarks{1.0, 1.0};  // evict only when full
+  auto s = OpenOrDie(o);
+  for (uint64_t i = 0; i < 16; ++i) ASSERT_TRUE(PutKey(*s, "alice", i).ok()) << i;
+  for (uint64_t i = 0; i < 6; ++i) ASSERT_TRUE(PutKey(*s, "bob", i).ok()) << i;
+  // Two segments went to bob: alice's 8 oldest pages left (no SSD tier: dropped).
+  for (uint64_t i = 0; i < 8; ++i) EXPECT_FALSE(s->Exists("alice", TestKey(i))) << i;
+  // A pinned page keeps its whole segment from moving: bob's next segment is the one after.
+  ASSERT_TRUE(s->Pin("alice", TestKey(8)).ok());
+  for (uint64_t i = 6; i < 10; ++i) ASSERT_TRUE(PutKey(*s, "bob", i).ok()) << i;
+  for (uint64_t i = 0; i < 10; ++i) EXPECT_TRUE(CheckKey(*s, "bob", i).ok()) << i;
+  for (uint64_t i = 8; i < 12; ++i) EXPECT_TRUE(CheckKey(*s, "alice", i).ok()) << i;
+  for (uint64_t i = 12; i < 16; ++i) EXPECT_FALSE(s->Exists("alice", TestKey(i))) << i;
+  const StoreStats st = s->Stats();
+  EXPECT_EQ(st.tiers[static_cast<int>(Tier::kHost)].used_bytes, 14 * SmallLayout().PageBytes());
+}
+
+}  // namespace
+}  // namespace pagoda
