@@ -36,7 +36,7 @@ configure_package_config_file(cmake/PagodaConfig.cmake.in
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/PagodaConfig.cmake
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/Pagoda)
 
-# A separate project finds the installed package and runs a worker (tests/cmake_package/).
+# A separate project finds the installed package and runs a worker (cmake/package_test/).
 add_test(NAME pagoda_cmake_package_test
-         COMMAND ${PROJECT_SOURCE_DIR}/tests/cmake_package/run.sh ${CMAKE_BINARY_DIR})
+         COMMAND ${PROJECT_SOURCE_DIR}/cmake/package_test/run.sh ${CMAKE_BINARY_DIR})
 set_tests_properties(pagoda_cmake_package_test PROPERTIES TIMEOUT 600)
