@@ -18,7 +18,10 @@ stores prefill KV but has no prefill attention of its own yet): the prefix looku
 writes of the cached pages, not the prefill compute.
 
   python3 bench/e2e/llama_runner.py --config tiny                     # CPU, seconds
-  python3 bench/e2e/llama_runner.py --config llama3-8b --device cuda  # H200, random weights
+  python3 bench/e2e/llama_runner.py --config llama3-8b --device cuda \
+      --min-prompt 8192 --max-prompt 32768 --shared-prefix 4096 --budget 2048 --host-mib 16384
+      # H200, random weights; the host tier must hold every sequence's KV (128 KiB per token),
+      # the pool (--pool-slots per KV head) one layer's budget pages of the whole batch
 """
 
 import argparse
@@ -75,11 +78,10 @@ class Llama:
         self.cfg = cfg
         self.device = device
         self.dtype = dtype  # compute dtype of matmuls (float32 on the CPU)
-        g = torch.Generator(device="cpu").manual_seed(seed)
+        g = torch.Generator(device=device).manual_seed(seed)  # on the device: 8B weights
 
         def w(*shape, std):
-            t = torch.randn(*shape, generator=g, dtype=torch.float32) * std
-            return t.to(device=device, dtype=dtype)
+            return (torch.randn(*shape, generator=g, device=device, dtype=dtype) * std).to(dtype)
 
         d, qd, kd = cfg.dim, cfg.q_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
         self.embed = w(cfg.vocab, d, std=1.0)
