@@ -38,7 +38,13 @@ std::pair<Device, int> ParseDevice(const std::string& s) {
 uintptr_t StreamHandle(py::handle stream, int device) {
   py::object s = py::reinterpret_borrow<py::object>(stream);
   if (s.is_none()) {
-    s = py::module_::import("torch").attr("cuda").attr("current_stream")(device);
+    try {
+      s = py::module_::import("torch").attr("cuda").attr("current_stream")(device);
+    } catch (py::error_already_set& e) {
+      Raise(absl::UnavailableError(absl::StrCat("device cuda:", device,
+                                                ": no current CUDA stream from torch (", e.what(),
+                                                "); pass stream= or use device='cpu'")));
+    }
   }
   if (py::hasattr(s, "cuda_stream")) s = s.attr("cuda_stream");
   return s.cast<uintptr_t>();

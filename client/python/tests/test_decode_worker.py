@@ -222,6 +222,11 @@ class DecodeWorkerTensors(unittest.TestCase):
                                 page_tokens=P, device="tpu")  # fmt: skip
         with self.assertRaises(pagoda.InvalidArgumentError):
             pagoda.Store(layouts=[])
+        if not torch.cuda.is_available():  # CUDA asked for where torch or Pagoda has none
+            with self.assertRaises(pagoda.StatusError) as cm:
+                pagoda.DecodeWorker(self.store, num_layers=1, q_heads=Q, kv_heads=KV, head_dim=D,
+                                    page_tokens=P, device="cuda")  # fmt: skip
+            self.assertEqual(cm.exception.code, "UNAVAILABLE")
         self.assertTrue(issubclass(pagoda.StatusError, RuntimeError))
         tiers = {t["name"]: t for t in self.store.stats()["tiers"]}
         self.assertTrue(tiers["host"]["present"])
