@@ -3,13 +3,13 @@
 // For each (doc, layer) of a trace directory (format: ../shared/data/traces/README.md): the
 // prompt (positions before the first traced query) is prefilled into a Store (host tier of
 // --host-pages pages, the rest spilling to an SSD tier under --ssd-dir), then every traced query
-// is one DecodeSession::Step (selection with the LouisKV boundary trigger, batched fetch into the
+// is one DecodeSession::Step (selection with the LouisKV boundary trigger, verified fetch into the
 // pool, sparse decode, page commit) on the CPU backend. The baseline, measured in the same run,
 // is dense decode over the whole context with the same CPU kernel (SparseDecodeReference over
 // every page). Reported per layer: output error against dense (relative L2 per query head, mean
 // and p99 over steps x heads), bytes per step by tier, step time split and the ratio to dense.
-// --backend cuda runs the session on the CUDA backend (cuda-mapped: its mapped-memory upload) and
-// the dense baseline on a second CUDA backend holding the whole context (same kernel, resident).
+// DecodeSession runs the decode worker's path (decode_worker.h) with a batch of one on the CPU
+// backend; bench/e2e/worker_bench.cc runs the worker itself over a batch of documents.
 //
 // --mode picks LouisKV's scenarios: long-short (the above: a long prompt, the traced queries as
 // decode steps), short-long (a 512-token prompt, then every later position decoded token by
@@ -31,6 +31,7 @@
 #include "diffusion_mode.h"
 #include "npy.h"
 #include "pagoda/client/decode_session.h"
+#include "pagoda/client/worker_backend.h"
 #include "pagoda/kernels/dtype.h"
 #include "pagoda/kernels/reference.h"
 #include "trace.h"
@@ -57,12 +58,12 @@ struct Args {
   std::string mode = "long-short";  // long-short | short-long | long-long | diffusion
 };
 
-absl::StatusOr<std::unique_ptr<DecodeBackend>> MakeBackend(const std::string& name) {
-  if (name == "cpu") return MakeCpuDecodeBackend();
-  CudaDecodeBackendOptions o;
-  o.mapped_upload = name == "cuda-mapped";
-  if (name == "cuda" || o.mapped_upload) return MakeCudaDecodeBackend(o);
-  return absl::InvalidArgumentError("--backend: cpu | cuda | cuda-mapped");
+// DecodeSession takes host spans, so it runs on the CPU worker backend; the CUDA path (device
+// tensors through DecodeWorker) is measured by the GPU benches.
+absl::StatusOr<std::unique_ptr<WorkerBackend>> MakeBackend(const std::string& name) {
+  if (name == "cpu") return MakeCpuWorkerBackend();
+  return absl::InvalidArgumentError(
+      "--backend: cpu (CUDA runs DecodeWorker on device tensors: bench/gpu)");
 }
 
 double Percentile(std::vector<double> v, double p) {
@@ -145,7 +146,7 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
     o.boundary_threshold = *th;
   }
   o.pool_pages =
-      a.pool_pages > 0 ? a.pool_pages : static_cast<int32_t>(2 * kv * (a.budget_tokens / P) + 1);
+      a.pool_pages > 0 ? a.pool_pages : static_cast<int32_t>(2 * (a.budget_tokens / P) + 1);
   auto backend = MakeBackend(a.backend);
   if (!backend.ok()) {
     std::fprintf(stderr, "backend: %s\n", backend.status().ToString().c_str());
@@ -178,25 +179,6 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
       std::memcpy(page + ((kv + h) * P + t % P) * hd, &tr->v[(h * T + t) * hd], hd * 2);
     }
   }
-  // On a GPU backend the baseline is dense decode on the GPU: the whole context resident in a
-  // second backend's pool (page p in slot p), the same kernel, timed the same way as the step's
-  // attention (copies of q / table / o and a stream sync included).
-  std::unique_ptr<DecodeBackend> dense_gpu;
-  if (a.backend != "cpu") {
-    auto b = MakeBackend(a.backend);
-    std::vector<int32_t> all(pages);
-    for (int32_t p = 0; p < static_cast<int32_t>(pages); ++p) all[p] = p;
-    absl::Status s = b.ok() ? (*b)->Init(layout, qh, static_cast<int32_t>(pages)) : b.status();
-    if (s.ok()) {
-      s = (*b)->Upload(all, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(dense_pool.data()),
-                                                dense_pool.size() * 2));
-    }
-    if (!s.ok()) {
-      std::fprintf(stderr, "dense backend: %s\n", s.ToString().c_str());
-      return 1;
-    }
-    dense_gpu = std::move(*b);
-  }
   std::vector<double> err;
   double sel = 0, xfer = 0, attn = 0, app = 0, dense_s = 0;
   uint64_t bytes[kNumTiers] = {0, 0, 0}, uploaded = 0, committed = 0, summary = 0;
@@ -223,7 +205,7 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
     }
     gen_s += st->select_s + st->transfer_s + st->attention_s + st->append_s;
     for (int j = 0; j < kNumTiers; ++j) gen_tier[j] += st->bytes_from_tier[j];
-    gen_uploaded += st->bytes_uploaded;
+    gen_uploaded += static_cast<uint64_t>(st->fetched_pages) * layout.PageBytes() / kv;
     gen_committed += st->bytes_committed;
     if (i < 0) continue;  // no traced query: not scored
     sel += st->select_s;
@@ -231,9 +213,9 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
     attn += st->attention_s;
     app += st->append_s;
     for (int j = 0; j < kNumTiers; ++j) bytes[j] += st->bytes_from_tier[j];
-    uploaded += st->bytes_uploaded;
+    uploaded += static_cast<uint64_t>(st->fetched_pages) * layout.PageBytes() / kv;
     committed += st->bytes_committed;
-    summary += st->summary_bytes;
+    summary += static_cast<uint64_t>(st->verify_failures);
     retrieved += st->retrieved ? 1 : 0;
     attended_tokens += st->attended_tokens;
 
@@ -254,9 +236,7 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
     dp.q = q.data();
     dp.o = ref.data();
     const auto d0 = Clock::now();
-    if (absl::Status s = dense_gpu != nullptr ? dense_gpu->Attend(q, dp.table, absl::MakeSpan(ref))
-                                              : kernels::SparseDecodeReference(dp);
-        !s.ok()) {
+    if (absl::Status s = kernels::SparseDecodeReference(dp); !s.ok()) {
       std::fprintf(stderr, "dense: %s\n", s.ToString().c_str());
       return 1;
     }
@@ -280,7 +260,7 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
   std::printf(
       "%-9s L%02d steps=%ld ctx=%ld..%ld budget=%ld pool=%d thr=%.3f | err mean=%.4f p99=%.4f | "
       "retrieved=%.1f%% attended_tok/row=%.0f | KiB/step ssd=%.1f host=%.1f gpu=%.1f "
-      "upload=%.1f commit=%.2f summary=%.1f | us/step select=%.1f transfer=%.1f attn=%.1f "
+      "fetched=%.1f commit=%.2f verify_failures=%.0f | us/step select=%.1f transfer=%.1f attn=%.1f "
       "append=%.1f total=%.1f | dense attn=%.1f us | sparse/dense=%.3f\n",
       tr->doc.c_str(), tr->layer, static_cast<long>(steps), static_cast<long>(first + 1),
       static_cast<long>(first + steps), static_cast<long>(a.budget_tokens), o.pool_pages,
@@ -289,12 +269,12 @@ int RunLayer(const Args& a, const bench::TraceFiles& files) {
       bytes[static_cast<int>(Tier::kSsd)] / n / 1024,
       bytes[static_cast<int>(Tier::kHost)] / n / 1024,
       bytes[static_cast<int>(Tier::kGpu)] / n / 1024, uploaded / n / 1024, committed / n / 1024,
-      summary / n / 1024, sel / n * 1e6, xfer / n * 1e6, attn / n * 1e6, app / n * 1e6, step_us,
-      dense_s / n * 1e6, step_us / (dense_s / n * 1e6));
+      static_cast<double>(summary), sel / n * 1e6, xfer / n * 1e6, attn / n * 1e6, app / n * 1e6,
+      step_us, dense_s / n * 1e6, step_us / (dense_s / n * 1e6));
   if (prompt < first) {
     const double g = static_cast<double>(steps + first - prompt);
     std::printf(
-        "  %s: prompt %ld, generated %ld tokens | KiB/step ssd=%.1f host=%.1f upload=%.1f "
+        "  %s: prompt %ld, generated %ld tokens | KiB/step ssd=%.1f host=%.1f fetched=%.1f "
         "commit=%.2f | us/step total=%.1f\n",
         a.mode.c_str(), static_cast<long>(prompt), static_cast<long>(g),
         gen_tier[static_cast<int>(Tier::kSsd)] / g / 1024,
@@ -319,7 +299,7 @@ int main(int argc, char** argv) {
   app.add_option("--policy", a.policy, "quest | hierarchical | ann | streaming | oracle");
   app.add_option("--budget-tokens", a.budget_tokens,
                  "tokens per KV head, kept pages included (diffusion: 0 = dense)");
-  app.add_option("--pool-pages", a.pool_pages, "pool slots (0: 2 x kv_heads x budget + 1)");
+  app.add_option("--pool-pages", a.pool_pages, "pool slots per KV head (0: 2 x budget + 1)");
   app.add_option("--host-pages", a.host_pages, "host tier capacity in pages (rest on SSD)");
   app.add_option("--threshold", a.threshold, "boundary trigger threshold");
   app.add_option(
@@ -329,8 +309,7 @@ int main(int argc, char** argv) {
   app.add_option("--steps", a.steps, "decode steps per layer (0: all traced queries)");
   app.add_option("--sink-pages", a.sink_pages, "always-kept first pages");
   app.add_option("--window-pages", a.window_pages, "always-kept last pages");
-  app.add_option("--backend", a.backend,
-                 "cpu | cuda | cuda-mapped (session and dense baseline on that backend)");
+  app.add_option("--backend", a.backend, "cpu (DecodeSession takes host spans)");
   app.add_option("--mode", a.mode, "long-short | short-long | long-long | diffusion");
   pagoda::bench::DiffusionArgs d;
   app.add_option("--block-tokens", d.block_tokens, "diffusion: tokens per block");
@@ -339,7 +318,7 @@ int main(int argc, char** argv) {
   app.add_option("--noise", d.noise, "diffusion: masked K/V noise (x rms), fading over the steps");
   app.add_option("--unmask", d.unmask, "diffusion: order tokens become final: ltr | random");
   CLI11_PARSE(app, argc, argv);
-  std::printf("backend %s (dense baseline on the same backend, whole context resident)\n",
+  std::printf("backend %s (dense baseline: the same CPU kernel, whole context resident)\n",
               a.backend.c_str());
   if (a.mode != "long-short" && a.mode != "short-long" && a.mode != "long-long" &&
       a.mode != "diffusion") {

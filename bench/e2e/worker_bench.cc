@@ -183,7 +183,7 @@ int CompareSession(const Args& a, const std::vector<Doc>& docs, const DecodeWork
       o.boundary_trigger = wo.boundary_trigger;
       o.boundary_threshold = wo.boundary_threshold;
       o.pool_pages = static_cast<int32_t>(T / P + 2);
-      auto s = DecodeSession::Create(store->get(), MakeCpuDecodeBackend(), o);
+      auto s = DecodeSession::Create(store->get(), MakeCpuWorkerBackend(), o);
       if (!s.ok()) {
         std::fprintf(stderr, "session: %s\n", s.status().ToString().c_str());
         return 1;

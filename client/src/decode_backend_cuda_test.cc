@@ -1,6 +1,7 @@
-// The CUDA decode backend against the CPU one: the same DecodeSession steps over the same embedded
-// Store must select the same pages and give the same outputs within fp16 / bf16 rounding, and both
-// backends must refuse the same bad inputs without writing anything. Tests that need the CUDA
+// The CUDA decode backend (DiffusionSession's) against the CPU one: the same uploads and tables
+// must give the same outputs within fp16 / bf16 rounding, and both backends must refuse the same
+// bad inputs without writing anything. (The decode path's CUDA backend is the worker's:
+// client/worker/worker_backend_cuda_test.cc.) Tests that need the CUDA
 // backend skip when it is Unavailable (no CUDA build, no device: CI); the CPU half of the
 // validation tests always runs.
 #include <stdlib.h>
@@ -15,24 +16,10 @@
 
 #include "gtest/gtest.h"
 #include "pagoda/client/decode_backend.h"
-#include "pagoda/client/decode_session.h"
 #include "pagoda/kernels/dtype.h"
 
 namespace pagoda {
 namespace {
-
-class TempDir {
- public:
-  TempDir() {
-    std::string t = (std::filesystem::temp_directory_path() / "decode_cuda_XXXXXX").string();
-    path_ = mkdtemp(t.data());
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // The CUDA backend, or why there is none (the caller skips on Unavailable).
 absl::StatusOr<std::unique_ptr<DecodeBackend>> Cuda(bool mapped = false) {
@@ -50,9 +37,6 @@ absl::StatusOr<std::unique_ptr<DecodeBackend>> Cuda(bool mapped = false) {
 uint16_t ToBits(DType dt, float f) {
   return dt == DType::kBf16 ? kernels::FloatToBf16(f) : kernels::FloatToHalf(f);
 }
-float FromBits(DType dt, uint16_t b) {
-  return dt == DType::kBf16 ? kernels::Bf16ToFloat(b) : kernels::HalfToFloat(b);
-}
 std::vector<uint16_t> Random(DType dt, size_t n, std::mt19937& rng, float scale = 1.f) {
   std::normal_distribution<float> g(0.f, scale);
   std::vector<uint16_t> x(n);
@@ -60,126 +44,6 @@ std::vector<uint16_t> Random(DType dt, size_t n, std::mt19937& rng, float scale 
   return x;
 }
 
-struct Shape {
-  DType dtype;
-  int kv, q, dim;
-  int64_t prompt, steps, budget;
-};
-
-struct StepRecord {
-  std::vector<uint16_t> out;
-  std::vector<std::vector<int32_t>> rows;
-  int32_t fetched = 0;
-  bool retrieved = false;
-};
-
-// Runs prompt + steps decode steps of a synthetic sequence (queries around a "topic" that changes
-// every 16 steps) on `backend` over a fresh store whose host tier holds 8 pages (the rest on SSD).
-std::vector<StepRecord> RunSession(const Shape& sh, std::unique_ptr<DecodeBackend> backend) {
-  constexpr int kPage = 16;
-  const PageLayout layout{sh.dtype, static_cast<uint32_t>(sh.kv), static_cast<uint32_t>(sh.dim),
-                          kPage};
-  TempDir dir;
-  StoreOptions so;
-  so.layouts = {layout};
-  so.host_capacity_bytes = 8 * layout.PageBytes();
-  so.segment_bytes = 4 * layout.PageBytes();
-  so.data_dir = dir.path();
-  auto store = Store::Open(so);
-  EXPECT_TRUE(store.ok()) << store.status();
-  if (!store.ok()) return {};
-  DecodeSessionOptions o;
-  o.layout = layout;
-  o.q_heads = sh.q;
-  o.selector.budget_tokens = sh.budget;
-  o.pool_pages = static_cast<int32_t>(sh.kv * sh.budget / kPage + sh.kv * 4 + 1);
-  auto session = DecodeSession::Create(store->get(), std::move(backend), o);
-  EXPECT_TRUE(session.ok()) << session.status();
-  if (!session.ok()) return {};
-
-  std::mt19937 rng(11);
-  const int64_t total = sh.prompt + sh.steps;
-  const std::vector<uint16_t> k = Random(sh.dtype, size_t{1} * sh.kv * total * sh.dim, rng);
-  const std::vector<uint16_t> v = Random(sh.dtype, k.size(), rng);
-  std::vector<int32_t> ids(total);
-  for (auto& id : ids) id = static_cast<int32_t>(rng() % 5000);
-  auto slice = [&](const std::vector<uint16_t>& x, int64_t t0, int64_t n) {
-    std::vector<uint16_t> out(size_t{1} * sh.kv * n * sh.dim);
-    for (int h = 0; h < sh.kv; ++h) {
-      std::memcpy(&out[h * n * sh.dim], &x[(h * total + t0) * sh.dim], n * sh.dim * 2);
-    }
-    return out;
-  };
-  absl::Status s = (*session)->Prefill(absl::MakeConstSpan(ids).subspan(0, sh.prompt),
-                                       slice(k, 0, sh.prompt), slice(v, 0, sh.prompt));
-  EXPECT_TRUE(s.ok()) << s;
-  std::vector<StepRecord> records;
-  std::normal_distribution<float> g(0.f, 1.f);
-  std::vector<float> base(size_t{1} * sh.q * sh.dim);
-  for (int64_t i = 0; i < sh.steps; ++i) {
-    if (i % 16 == 0) {
-      for (float& b : base) b = 2.f * g(rng);
-    }
-    std::vector<uint16_t> q(base.size());
-    for (size_t j = 0; j < q.size(); ++j) q[j] = ToBits(sh.dtype, base[j] + 0.1f * g(rng));
-    const int64_t t = sh.prompt + i;
-    StepRecord r;
-    r.out.assign(q.size(), 0);
-    auto st = (*session)->Step(ids[t], q, slice(k, t, 1), slice(v, t, 1), absl::MakeSpan(r.out));
-    EXPECT_TRUE(st.ok()) << "step " << i << ": " << st.status();
-    if (!st.ok()) break;
-    r.rows = (*session)->last_rows();
-    r.fetched = st->fetched_pages;
-    r.retrieved = st->retrieved;
-    records.push_back(std::move(r));
-  }
-  return records;
-}
-
-void ExpectSessionsAgree(const Shape& sh, bool mapped) {
-  auto cuda = Cuda(mapped);
-  SKIP_WITHOUT_CUDA(cuda);
-  const std::vector<StepRecord> cpu = RunSession(sh, MakeCpuDecodeBackend());
-  const std::vector<StepRecord> gpu = RunSession(sh, std::move(*cuda));
-  ASSERT_EQ(cpu.size(), static_cast<size_t>(sh.steps));
-  ASSERT_EQ(gpu.size(), cpu.size());
-  // fp16 keeps 11 significant bits, bf16 8: outputs of the same math in a different order agree
-  // to a few units in the last place.
-  const double rel = sh.dtype == DType::kBf16 ? 2e-2 : 4e-3;
-  const double abs_tol = sh.dtype == DType::kBf16 ? 1e-2 : 2e-3;
-  int fetched = 0, reused = 0;
-  for (size_t i = 0; i < cpu.size(); ++i) {
-    // Selection runs on the host: both sessions must attend the very same pages.
-    ASSERT_EQ(gpu[i].rows, cpu[i].rows) << "step " << i;
-    ASSERT_EQ(gpu[i].fetched, cpu[i].fetched) << "step " << i;
-    fetched += cpu[i].fetched;
-    reused += cpu[i].retrieved ? 0 : 1;
-    for (int h = 0; h < sh.q; ++h) {
-      double num = 0, den = 0;
-      for (int d = 0; d < sh.dim; ++d) {
-        const double a = FromBits(sh.dtype, gpu[i].out[h * sh.dim + d]);
-        const double b = FromBits(sh.dtype, cpu[i].out[h * sh.dim + d]);
-        ASSERT_NEAR(a, b, abs_tol + rel * std::abs(b)) << "step " << i << " head " << h;
-        num += (a - b) * (a - b);
-        den += b * b;
-      }
-      EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), rel) << "step " << i << " head " << h;
-    }
-  }
-  EXPECT_GT(fetched, 0);  // pages came from the store tiers into the pool
-  EXPECT_GT(reused, 0);   // the trigger reused selections too
-}
-
-TEST(CudaDecodeBackendTest, SessionMatchesCpuFp16Head64) {
-  ExpectSessionsAgree({DType::kFp16, 4, 12, 64, 1000, 80, 128}, /*mapped=*/false);
-}
-
-TEST(CudaDecodeBackendTest, SessionMatchesCpuBf16Head128Group8MappedUpload) {
-  ExpectSessionsAgree({DType::kBf16, 2, 16, 128, 700, 48, 256}, /*mapped=*/true);
-}
-
-// Attend alone over random pools and awkward tables: rows of different lengths (an empty one, a
-// one-page one, one long enough to be split across blocks), repeated slots, last pages of 1..16.
 TEST(CudaDecodeBackendTest, AttendMatchesCpuOnRandomTables) {
   auto cuda = Cuda();
   SKIP_WITHOUT_CUDA(cuda);

@@ -164,13 +164,13 @@ TEST(DecodeSessionTest, StepsEqualDenseAttentionOverTheSelectedPagesAndReadSsd) 
   auto store = OpenStore(dir.path(), 6);  // most pages live on SSD
   const int64_t prompt = 50, steps = 40;
   Sequence seq(prompt + steps, 1);
-  auto s = DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), QuestOptions());
+  auto s = DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), QuestOptions());
   ASSERT_TRUE(s.ok()) << s.status();
   DecodeSession& session = **s;
-  ASSERT_TRUE(session
-                  .Prefill(absl::MakeConstSpan(seq.ids).subspan(0, prompt),
-                           seq.Prompt(seq.k16, prompt), seq.Prompt(seq.v16, prompt))
-                  .ok());
+  absl::Status prefilled =
+      session.Prefill(absl::MakeConstSpan(seq.ids).subspan(0, prompt), seq.Prompt(seq.k16, prompt),
+                      seq.Prompt(seq.v16, prompt));
+  ASSERT_TRUE(prefilled.ok()) << prefilled;
   std::mt19937 rng(7);
   std::normal_distribution<float> n(0.f, 1.f);
   std::vector<float> base(kQ * kDim);
@@ -210,7 +210,7 @@ TEST(DecodeSessionTest, CommittedPagesAreByteExactUnderChainedKeys) {
   auto store = OpenStore(dir.path(), 4);
   const int64_t prompt = 13, steps = 23;  // a partial prompt page; pages close during decode
   Sequence seq(prompt + steps, 2);
-  auto s = DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), QuestOptions());
+  auto s = DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), QuestOptions());
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_TRUE((*s)->Prefill(absl::MakeConstSpan(seq.ids).subspan(0, prompt),
                             seq.Prompt(seq.k16, prompt), seq.Prompt(seq.v16, prompt))
@@ -248,7 +248,7 @@ TEST(DecodeSessionTest, ABudgetCoveringTheContextIsDenseAttention) {
   DecodeSessionOptions o = QuestOptions();
   o.selector.budget_tokens = 8 * kPage;  // more than the context: every page is read
   o.pool_pages = 17;
-  auto s = DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), o);
+  auto s = DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_TRUE((*s)->Prefill(absl::MakeConstSpan(seq.ids).subspan(0, prompt),
                             seq.Prompt(seq.k16, prompt), seq.Prompt(seq.v16, prompt))
@@ -274,25 +274,24 @@ TEST(DecodeSessionTest, BadInputIsRejectedAndChangesNothing) {
   auto store = OpenStore(dir.path(), 64);
   // Options.
   DecodeSessionOptions o = QuestOptions();
-  o.pool_pages = 8;  // < 2 x 4 + 1
+  o.pool_pages = 6;  // < budget 4 + window 1 + 2
   EXPECT_TRUE(absl::IsInvalidArgument(
-      DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), o).status()));
+      DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), o).status()));
   o = QuestOptions();
-  o.policy = retriever::Policy::kBoundary;
-  EXPECT_TRUE(absl::IsInvalidArgument(
-      DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), o).status()));
+  o.policy = retriever::Policy::kBoundary;  // louiskv runs through the worker
+  EXPECT_TRUE(DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), o).ok());
   o = QuestOptions();
   o.stream = StreamOptions{4, 1};  // stream mode needs the streaming policy
   EXPECT_TRUE(absl::IsInvalidArgument(
-      DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), o).status()));
+      DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), o).status()));
   o = QuestOptions();
   o.q_heads = 3;
   EXPECT_TRUE(absl::IsInvalidArgument(
-      DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), o).status()));
+      DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), o).status()));
   EXPECT_TRUE(absl::IsInvalidArgument(
-      DecodeSession::Create(nullptr, MakeCpuDecodeBackend(), QuestOptions()).status()));
+      DecodeSession::Create(nullptr, MakeCpuWorkerBackend(), QuestOptions()).status()));
 
-  auto s = DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), QuestOptions());
+  auto s = DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), QuestOptions());
   ASSERT_TRUE(s.ok());
   DecodeSession& session = **s;
   const int64_t prompt = 20;
@@ -342,7 +341,7 @@ TEST(DecodeSessionTest, ShortPromptLongOutputReadsGeneratedPagesBackFromSsd) {
   DecodeSessionOptions o = QuestOptions();
   o.boundary_trigger = false;  // select every step
   o.pool_pages = 9;  // exactly one step: every selected page not used last step is fetched
-  auto s = DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), o);
+  auto s = DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_TRUE((*s)->Prefill(absl::MakeConstSpan(seq.ids).subspan(0, prompt),
                             seq.Prompt(seq.k16, prompt), seq.Prompt(seq.v16, prompt))
@@ -375,7 +374,15 @@ TEST(DecodeSessionTest, ACorruptStoredPageFailsTheStepAndIsNeverAttended) {
   o.pool_pages = 17;
   const int64_t prompt = 20;
   Sequence seq(prompt + 2, 12);
-  auto s = DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), o);
+  // A writes the prompt's pages; B finds them in the store (read once and verified at Prefill),
+  // so B's first step gathers them from the host arena.
+  auto writer = DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(writer.ok()) << writer.status();
+  ASSERT_TRUE((*writer)
+                  ->Prefill(absl::MakeConstSpan(seq.ids).subspan(0, prompt),
+                            seq.Prompt(seq.k16, prompt), seq.Prompt(seq.v16, prompt))
+                  .ok());
+  auto s = DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_TRUE((*s)->Prefill(absl::MakeConstSpan(seq.ids).subspan(0, prompt),
                             seq.Prompt(seq.k16, prompt), seq.Prompt(seq.v16, prompt))
@@ -410,7 +417,7 @@ TEST(DecodeSessionTest, RollingWindowStreamKeepsPinnedPrefixSinksAndWindow) {
   o.pin_prefix = true;
   const int64_t prompt = 3 * kPage, steps = 40;
   Sequence seq(prompt + steps, 8);
-  auto s = DecodeSession::Create(store.get(), MakeCpuDecodeBackend(), o);
+  auto s = DecodeSession::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_TRUE((*s)->Prefill(absl::MakeConstSpan(seq.ids).subspan(0, prompt),
                             seq.Prompt(seq.k16, prompt), seq.Prompt(seq.v16, prompt))

@@ -65,6 +65,7 @@ class DecodeWorker::Impl {
   absl::Status Flush();
   absl::StatusOr<int64_t> Length(SequenceId id, int layer) const;
   absl::StatusOr<std::vector<std::vector<int32_t>>> LastRows(SequenceId id, int layer) const;
+  absl::StatusOr<std::vector<PageKey>> PageKeys(SequenceId id, int layer) const;
   WorkerStats Stats() const;
   const DecodeWorkerOptions& options() const { return o_; }
 
@@ -220,6 +221,7 @@ absl::Status DecodeWorker::Impl::StartSelector(LayerState& ls, int layer) {
   for (int h = 0; h < kv_; ++h)
     keys.insert(keys.end(), ls.prompt_keys[h].begin(), ls.prompt_keys[h].end());
   retriever::SelectorOptions sel = worker_internal::SelectorShape(o_);
+  if (!o_.layer_streaming_heads.empty()) sel.streaming_kv_heads = o_.layer_streaming_heads[layer];
   float trigger_threshold = o_.boundary_threshold;
   if (!o_.layer_thresholds.empty()) {
     sel.boundary_threshold = trigger_threshold = o_.layer_thresholds[layer];
@@ -332,6 +334,10 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
       return s;
     }
   }
+  if (k.device == Device::kCpu) {  // device tensors are checked where the host reads them
+    if (absl::Status s = worker_internal::CheckFinite(k, o_.layout.dtype, "k"); !s.ok()) return s;
+    if (absl::Status s = worker_internal::CheckFinite(v, o_.layout.dtype, "v"); !s.ok()) return s;
+  }
   if (rows < 1 || ls.tokens + rows > seq.prompt_len) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " has ",
                                                    seq.prompt_len - ls.tokens,
@@ -343,9 +349,9 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
       return absl::ResourceExhaustedError("the attention pool has no slot for an open page");
     }
   }
-  ++epoch_;
   int64_t r = 0;
   while (r < rows) {
+    ++epoch_;  // pages this prefill committed earlier may be evicted for the next one
     if (absl::Status s = EnsureTail(ls); !s.ok()) return s;
     const int64_t at = ls.tokens % P_;
     const int64_t m = std::min<int64_t>(rows - r, P_ - at);
@@ -532,6 +538,7 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
     if (inserted) it->second = store_->AcquireRead(o_.tenant, key_of_fetch[i], lease_for);
     if (!it->second.ok()) continue;  // answered by the fallback below
     const int h = fetches[i].dst.head;
+    stats.bytes_from_tier[static_cast<int>(it->second->found_in)] += 2 * half_;
     fetches[i].src_k = static_cast<int64_t>(it->second->arena_offset) + h * half_;
     fetches[i].src_v = static_cast<int64_t>(it->second->arena_offset) + (kv_ + h) * half_;
     ready.push_back(fetches[i]);
@@ -569,7 +576,9 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
     if (inserted) {
       ++stats.fallback_reads;
       r.page.resize(o_.layout.PageBytes());
-      r.status = store_->Get(o_.tenant, key_of_fetch[i], absl::MakeSpan(r.page)).status();
+      auto info = store_->Get(o_.tenant, key_of_fetch[i], absl::MakeSpan(r.page));
+      r.status = info.status();
+      if (info.ok()) stats.bytes_from_tier[static_cast<int>(info->tier)] += 2 * half_;
     }
     absl::Status s = r.status;
     if (s.ok()) {
@@ -663,7 +672,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     if (!status[b].ok()) continue;
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
-    auto retrieved = worker_internal::SelectRows(o_, ls, qb);
+    auto retrieved = worker_internal::SelectRows(o_, layer, ls, qb);
     if (!retrieved.ok()) {
       status[b] = retrieved.status();
       continue;
@@ -725,6 +734,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   Clock::time_point t3 = Clock::now();
   indptr_.assign(1, 0);
   indices_.clear();
+  indices_.reserve(1);  // a table whose rows are all empty still has an array
   last_len_.clear();
   for (int64_t b = 0; b < B; ++b) {
     const LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
@@ -807,6 +817,13 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> DecodeWorker::Impl::LastRows(S
   return seq->layers[layer].rows;
 }
 
+absl::StatusOr<std::vector<PageKey>> DecodeWorker::Impl::PageKeys(SequenceId id, int layer) const {
+  const Sequence* seq = Lookup(id);
+  if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
+  if (layer < 0 || layer >= o_.num_layers) return absl::InvalidArgumentError("layer out of range");
+  return seq->layers[layer].keys;
+}
+
 WorkerStats DecodeWorker::Impl::Stats() const {
   WorkerStats s;
   s.sequences = static_cast<int64_t>(seqs_.size());
@@ -860,6 +877,9 @@ absl::StatusOr<int64_t> DecodeWorker::Length(SequenceId id, int layer) const {
 absl::StatusOr<std::vector<std::vector<int32_t>>> DecodeWorker::LastRows(SequenceId id,
                                                                          int layer) const {
   return impl_->LastRows(id, layer);
+}
+absl::StatusOr<std::vector<PageKey>> DecodeWorker::PageKeys(SequenceId id, int layer) const {
+  return impl_->PageKeys(id, layer);
 }
 WorkerStats DecodeWorker::Stats() const { return impl_->Stats(); }
 const DecodeWorkerOptions& DecodeWorker::options() const { return impl_->options(); }

@@ -300,6 +300,34 @@ INSTANTIATE_TEST_SUITE_P(Policies, PolicyTest,
                            return std::string(retriever::PolicyName(info.param));
                          });
 
+TEST(DecodeWorker, StreamingHeadsAttendOnlySinksAndWindow) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096, 64);  // dense otherwise
+  o.layer_streaming_heads = {{1}, {0}};
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId s = drv.Open(Prompt(37, 30));
+  for (int step = 0; step < 6; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step({s}, {step}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    const int32_t cur = static_cast<int32_t>((drv.tokens(s).size() - 1) / kPage);
+    for (int l = 0; l < kLayers; ++l) {
+      auto rows = (*w)->LastRows(s, l);
+      ASSERT_TRUE(rows.ok());
+      const int streaming = l == 0 ? 1 : 0;
+      EXPECT_EQ((*rows)[streaming], (std::vector<int32_t>{0, cur}));
+      EXPECT_EQ(static_cast<int32_t>((*rows)[1 - streaming].size()), cur + 1);
+      EXPECT_LT(drv.Error(s, 0, l, outs[l], /*dense=*/false), kTol);
+    }
+  }
+  o.layer_streaming_heads = {{kKv}, {}};  // no such head
+  EXPECT_EQ(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(DecodeWorker, SharedPrefixIsFoundAndSharesSlots) {
   TempDir dir;
   auto store = OpenStore(dir.path());

@@ -42,6 +42,17 @@ absl::Status ValidateWorkerOptions(const DecodeWorkerOptions& o) {
       return absl::InvalidArgumentError("layer_thresholds must be in [-1, 1]");
     }
   }
+  if (!o.layer_streaming_heads.empty()) {
+    if (static_cast<int>(o.layer_streaming_heads.size()) != o.num_layers) {
+      return absl::InvalidArgumentError(
+          "layer_streaming_heads must be empty or hold one list per layer");
+    }
+    for (const auto& heads : o.layer_streaming_heads) {
+      retriever::SelectorOptions sel = SelectorShape(o);
+      sel.streaming_kv_heads = heads;
+      if (absl::Status s = retriever::ValidateOptions(sel); !s.ok()) return s;
+    }
+  }
   if (!(o.lease_seconds > 0 && o.lease_seconds <= 60)) {
     return absl::InvalidArgumentError("lease_seconds must be in (0, 60]");
   }
@@ -115,8 +126,11 @@ std::vector<int32_t> NaturalPages(const std::vector<retriever::TokenSpan>& spans
 
 }  // namespace
 
-absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, LayerState& ls,
+absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
                                 absl::Span<const uint16_t> q) {
+  static const std::vector<int> kNone;
+  const std::vector<int>& streaming_heads =
+      o.layer_streaming_heads.empty() ? kNone : o.layer_streaming_heads[layer];
   const int kv = static_cast<int>(o.layout.kv_heads);
   const int P = static_cast<int>(o.layout.page_tokens);
   const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P);
@@ -128,8 +142,13 @@ absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, LayerState& ls,
   };
   ls.prefetch.clear();
   if (budget_pages * P >= ls.tokens) {  // the budget covers the context: dense
-    for (auto& row : ls.rows) {
-      for (int32_t p = 0; p <= cur; ++p) row.push_back(p);
+    for (int h = 0; h < kv; ++h) {
+      const bool streaming =
+          std::find(streaming_heads.begin(), streaming_heads.end(), h) != streaming_heads.end();
+      for (int32_t p = 0; p <= cur; ++p) {
+        const bool kept = p < o.selector.sink_pages || p > cur - o.selector.window_pages;
+        if (!streaming || kept) ls.rows[h].push_back(p);
+      }
     }
     ls.retrieved.clear();
     return true;

@@ -604,6 +604,7 @@ absl::StatusOr<ReadLease> StoreImpl::AcquireRead(std::string_view tenant, const 
   lease.arena_offset = SlotOffset(e);
   lease.size = PageBytes(e);
   lease.checksum = e.checksum;
+  lease.found_in = found;
   lease.expiry = epoch_ + absl::Milliseconds(deadline);
   if (leases_.size() >= lease_sweep_at_) SweepLeases(now);
   EnforceWatermarks(Tier::kHost);

@@ -89,6 +89,11 @@ struct DecodeWorkerOptions {
   // trigger and selector.boundary_threshold for louiskv, in every layer. Else one per layer, used
   // by both.
   std::vector<float> layer_thresholds;
+  // Streaming heads per layer (LServe / DuoAttention): the KV heads of layer l listed in
+  // layer_streaming_heads[l] attend only the sink and window pages, are never selected for and
+  // never fetch anything else, so their other pages age out of the pool. Empty: none; else one
+  // list per layer (e.g. from a streaming-head profile of the model).
+  std::vector<std::vector<int>> layer_streaming_heads;
 
   // Pin the prompt's full pages in the store while the sequence is open (a shared system prompt:
   // never evicted, counts against the tenant's pin quota) and attend them every step.
@@ -139,7 +144,8 @@ struct WorkerStepStats {
   int64_t verify_failures = 0;      // gathered head-pages whose checksum did not match
   int64_t fallback_reads = 0;       // pages re-read through the store after a failure
   uint64_t bytes_fetched = 0;
-  uint64_t bytes_committed = 0;  // full pages committed (all heads)
+  uint64_t bytes_from_tier[kNumTiers] = {0, 0, 0};  // fetched bytes by the tier the page was in
+  uint64_t bytes_committed = 0;                     // full pages committed (all heads)
   double append_s = 0, select_s = 0, fetch_s = 0, verify_s = 0, attend_s = 0, commit_s = 0;
 };
 
@@ -168,7 +174,8 @@ class DecodeWorker {
   // Layer-wise prefill write: k, v [T, kv_heads, head_dim] (layout dtype, the backend's device) of
   // the next T prompt tokens of `layer` (chunked prefill: call again with the next chunk). Full
   // pages are committed asynchronously, so another worker can read layer l while l+1 is written.
-  // InvalidArgument for shapes, a layer out of range, more tokens than the prompt has left.
+  // InvalidArgument for shapes, non-finite host values, a layer out of range, more tokens than
+  // the prompt has left; nothing is written then.
   absl::Status Prefill(SequenceId id, int layer, const TensorView& k, const TensorView& v);
 
   // A new sequence sharing everything `parent` holds (its full pages are the same store pages and
@@ -197,6 +204,8 @@ class DecodeWorker {
 
   // Tokens of a sequence (prompt + generated) as seen by `layer`.
   absl::StatusOr<int64_t> Length(SequenceId id, int layer = 0) const;
+  // Keys of the full pages of (sequence, layer), in order.
+  absl::StatusOr<std::vector<PageKey>> PageKeys(SequenceId id, int layer) const;
   // The natural pages each KV head of (sequence, layer) attended in the last step (ascending).
   absl::StatusOr<std::vector<std::vector<int32_t>>> LastRows(SequenceId id, int layer) const;
   WorkerStats Stats() const;

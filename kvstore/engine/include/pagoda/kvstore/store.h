@@ -51,6 +51,7 @@ struct ReadLease {
   uint64_t size = 0;
   uint64_t checksum = 0;  // PageChecksum of the page's bytes
   absl::Time expiry;
+  Tier found_in = Tier::kHost;  // where the page was before the read brought it to the host tier
 };
 
 // What the store knows of one committed page.

@@ -1,0 +1,187 @@
+// The CUDA worker backend against the CPU one: the same DecodeWorker steps over the same kind of
+// embedded Store (device tensors on CUDA, host tensors on the CPU) must attend the same pages and
+// give the same outputs within fp16 / bf16 rounding. Skips where the CUDA backend is Unavailable
+// (no CUDA build or no device: CI).
+#include <cuda_runtime_api.h>
+#include <stdlib.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "pagoda/client/decode_worker.h"
+#include "pagoda/kernels/dtype.h"
+
+namespace pagoda {
+namespace {
+
+struct Shape {
+  DType dtype;
+  int kv, q, dim, layers, batch;
+  int64_t prompt, steps, budget;
+};
+
+struct Record {
+  std::vector<uint16_t> out;               // [layers][batch, q, dim]
+  std::vector<std::vector<int32_t>> rows;  // every (layer, seq, head) row
+};
+
+uint16_t Bits(DType dt, float f) {
+  return dt == DType::kBf16 ? kernels::FloatToBf16(f) : kernels::FloatToHalf(f);
+}
+float Float(DType dt, uint16_t b) {
+  return dt == DType::kBf16 ? kernels::Bf16ToFloat(b) : kernels::HalfToFloat(b);
+}
+
+// A tensor on the backend's device holding `host` ([a, b, c]).
+class Tensor {
+ public:
+  Tensor(Device dev, DType dt, std::vector<uint16_t> host, int64_t a, int64_t b, int64_t c)
+      : dev_(dev), host_(std::move(host)) {
+    void* data = host_.data();
+    if (dev == Device::kCuda) {
+      EXPECT_EQ(cudaMalloc(&dev_ptr_, host_.size() * 2), cudaSuccess);
+      EXPECT_EQ(cudaMemcpy(dev_ptr_, host_.data(), host_.size() * 2, cudaMemcpyHostToDevice),
+                cudaSuccess);
+      data = dev_ptr_;
+    }
+    view_ = TensorView::Contiguous(data, dt, {a, b, c}, dev);
+  }
+  ~Tensor() {
+    if (dev_ptr_ != nullptr) cudaFree(dev_ptr_);
+  }
+  const TensorView& view() const { return view_; }
+  std::vector<uint16_t> Read() {
+    if (dev_ == Device::kCuda) {
+      cudaDeviceSynchronize();
+      EXPECT_EQ(cudaMemcpy(host_.data(), dev_ptr_, host_.size() * 2, cudaMemcpyDeviceToHost),
+                cudaSuccess);
+    }
+    return host_;
+  }
+
+ private:
+  Device dev_;
+  std::vector<uint16_t> host_;
+  void* dev_ptr_ = nullptr;
+  TensorView view_;
+};
+
+std::vector<Record> Run(const Shape& sh, std::unique_ptr<WorkerBackend> backend) {
+  const Device dev = backend->device();
+  const PageLayout layout{sh.dtype, static_cast<uint32_t>(sh.kv), static_cast<uint32_t>(sh.dim),
+                          16};
+  std::string t = (std::filesystem::temp_directory_path() / "worker_cuda_XXXXXX").string();
+  const std::string dir = mkdtemp(t.data());
+  StoreOptions so;
+  so.layouts = {layout};
+  so.host_capacity_bytes = 64 * layout.PageBytes();  // the rest on SSD
+  so.segment_bytes = 8 * layout.PageBytes();
+  so.data_dir = dir;
+  auto store = Store::Open(so);
+  EXPECT_TRUE(store.ok()) << store.status();
+  DecodeWorkerOptions o;
+  o.layout = layout;
+  o.q_heads = sh.q;
+  o.num_layers = sh.layers;
+  o.policy = retriever::Policy::kQuest;
+  o.boundary_trigger = true;
+  o.selector.budget_tokens = sh.budget;
+  o.pool_slots_per_head =
+      static_cast<int32_t>(sh.batch * (sh.budget / 16 + 8) + sh.layers * 2 * sh.batch);
+  auto w = DecodeWorker::Create(store->get(), std::move(backend), o);
+  EXPECT_TRUE(w.ok()) << w.status();
+  std::mt19937 rng(17);
+  std::normal_distribution<float> g(0.f, 1.f);
+  auto random = [&](size_t n, float scale) {
+    std::vector<uint16_t> x(n);
+    for (auto& e : x) e = Bits(sh.dtype, scale * g(rng));
+    return x;
+  };
+  std::vector<SequenceId> ids;
+  for (int b = 0; b < sh.batch; ++b) {
+    std::vector<int32_t> tokens(sh.prompt + b * 7);
+    for (auto& tok : tokens) tok = static_cast<int32_t>(rng() % 5000);
+    auto opened = (*w)->Open(tokens);
+    EXPECT_TRUE(opened.ok());
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    for (int l = 0; l < sh.layers; ++l) {
+      Tensor k(dev, sh.dtype, random(n * sh.kv * sh.dim, 1.f), n, sh.kv, sh.dim);
+      Tensor v(dev, sh.dtype, random(n * sh.kv * sh.dim, 1.f), n, sh.kv, sh.dim);
+      EXPECT_TRUE((*w)->Prefill(opened->id, l, k.view(), v.view()).ok());
+    }
+    ids.push_back(opened->id);
+  }
+  std::vector<Record> records;
+  std::vector<float> topic(sh.batch * sh.q * sh.dim);
+  for (int64_t s = 0; s < sh.steps; ++s) {
+    if (s % 16 == 0) {
+      for (float& x : topic) x = 2.f * g(rng);
+    }
+    std::vector<int32_t> next(sh.batch);
+    for (auto& tok : next) tok = static_cast<int32_t>(rng() % 5000);
+    auto plan = (*w)->Plan(ids, next);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    Record r;
+    for (int l = 0; l < sh.layers; ++l) {
+      std::vector<uint16_t> qh(topic.size());
+      for (size_t i = 0; i < qh.size(); ++i) qh[i] = Bits(sh.dtype, topic[i] + 0.1f * g(rng));
+      Tensor q(dev, sh.dtype, qh, sh.batch, sh.q, sh.dim);
+      Tensor k(dev, sh.dtype, random(sh.batch * sh.kv * sh.dim, 1.f), sh.batch, sh.kv, sh.dim);
+      Tensor v(dev, sh.dtype, random(sh.batch * sh.kv * sh.dim, 1.f), sh.batch, sh.kv, sh.dim);
+      Tensor out(dev, sh.dtype, std::vector<uint16_t>(qh.size(), 0), sh.batch, sh.q, sh.dim);
+      EXPECT_TRUE((*w)->Attend(*plan, l, q.view(), k.view(), v.view(), out.view()).ok());
+      const std::vector<uint16_t> o = out.Read();
+      r.out.insert(r.out.end(), o.begin(), o.end());
+      for (SequenceId id : ids) {
+        auto rows = (*w)->LastRows(id, l);
+        EXPECT_TRUE(rows.ok());
+        if (rows.ok()) r.rows.insert(r.rows.end(), rows->begin(), rows->end());
+      }
+    }
+    auto stats = (*w)->Finish(*plan);
+    EXPECT_TRUE(stats.ok());
+    for (const absl::Status& st : stats->sequence_status) EXPECT_TRUE(st.ok()) << st;
+    records.push_back(std::move(r));
+  }
+  w->reset();
+  store->reset();
+  std::filesystem::remove_all(dir);
+  return records;
+}
+
+void ExpectAgree(const Shape& sh) {
+  auto cuda = MakeCudaWorkerBackend();
+  if (!cuda.ok()) {
+    ASSERT_TRUE(absl::IsUnavailable(cuda.status())) << cuda.status();
+    GTEST_SKIP() << cuda.status();
+  }
+  const std::vector<Record> cpu = Run(sh, MakeCpuWorkerBackend());
+  const std::vector<Record> gpu = Run(sh, std::move(*cuda));
+  ASSERT_EQ(cpu.size(), static_cast<size_t>(sh.steps));
+  ASSERT_EQ(gpu.size(), cpu.size());
+  const double rel = sh.dtype == DType::kBf16 ? 2e-2 : 4e-3;
+  const double abs_tol = sh.dtype == DType::kBf16 ? 1e-2 : 2e-3;
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    ASSERT_EQ(gpu[i].rows, cpu[i].rows) << "step " << i;  // selection is the same host code
+    for (size_t j = 0; j < cpu[i].out.size(); ++j) {
+      const double a = Float(sh.dtype, gpu[i].out[j]), b = Float(sh.dtype, cpu[i].out[j]);
+      ASSERT_NEAR(a, b, abs_tol + rel * std::abs(b)) << "step " << i << " element " << j;
+    }
+  }
+}
+
+TEST(CudaWorkerBackendTest, MatchesCpuFp16Head64) {
+  ExpectAgree({DType::kFp16, 4, 12, 64, 2, 3, 500, 40, 128});
+}
+
+TEST(CudaWorkerBackendTest, MatchesCpuBf16Head128Llama) {
+  ExpectAgree({DType::kBf16, 8, 32, 128, 2, 4, 700, 40, 256});
+}
+
+}  // namespace
+}  // namespace pagoda
