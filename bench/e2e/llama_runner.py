@@ -237,6 +237,7 @@ class PagodaRun:
             "fetched_head_pages": 0, "attended_head_pages": 0, "pool_hits": 0, "shared_head_pages": 0,
             "verify_failures": 0, "retrievals": 0,
         }  # fmt: skip
+        self.fetched_from: Dict[str, int] = {}  # fetched bytes by the store tier they came from
 
     def add(self, tokens: List[int], kvs) -> None:
         """Opens a prompt (prefix lookup) and writes the KV of its uncached tokens, per layer."""
@@ -264,6 +265,8 @@ class PagodaRun:
             raise next(e for e in stats.sequence_status if e is not None)
         for key in self.stats:
             self.stats[key] += getattr(stats, key)
+        for tier, n in stats.bytes_from_tier.items():
+            self.fetched_from[tier] = self.fetched_from.get(tier, 0) + n
         self.length = [n + 1 for n in self.length]
         return m.logits(x)
 
@@ -394,6 +397,7 @@ def run(
         "worker_phases_s": {k: v for k, v in pg.stats.items() if k.endswith("_s")},
         "worker_counts": {k: v for k, v in pg.stats.items() if not k.endswith("_s")},
         "dense_resident_bytes": dense.resident_bytes(),
+        "fetched_from_tier": pg.fetched_from,
         "tiers": {t["name"]: {"used_bytes": t["used_bytes"], "pages": t["pages"]} for t in st["tiers"] if t["present"]},
         "pool": worker.stats(),
         "tokens": tokens,
@@ -422,6 +426,7 @@ def print_report(r: dict) -> None:
     print(f"worker phases (all steps): {phases}")
     print(f"worker counts: {r['worker_counts']}")
     tiers = ", ".join(f"{n} {t['used_bytes']} B ({t['pages']} pages)" for n, t in r["tiers"].items())
+    print(f"worker fetched bytes by tier: {r['fetched_from_tier']}")
     print(f"store tiers: {tiers}; attention pool {r['pool']}; dense resident KV {r['dense_resident_bytes']} B")
     print(f"agreement with dense: token match {r['token_match_rate']:.4f}, first divergence "
           f"{r['first_divergence']}, max logit diff {r['max_logit_diff']:.3g}")  # fmt: skip

@@ -197,6 +197,18 @@ class PyDecodeWorker {
     return *r;
   }
 
+  py::list PageKeys(SequenceId id, int layer) {
+    absl::StatusOr<std::vector<PageKey>> r;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      r = worker_->PageKeys(id, layer);
+    }
+    if (!r.ok()) Raise(r.status());
+    py::list out;
+    for (const PageKey& k : *r) out.append((py::int_(k.hi) << py::int_(64)) | py::int_(k.lo));
+    return out;
+  }
+
   std::vector<std::vector<int32_t>> LastRows(SequenceId id, int layer) {
     std::lock_guard<std::mutex> lock(mu_);
     auto r = worker_->LastRows(id, layer);
@@ -247,7 +259,8 @@ std::unique_ptr<PyDecodeWorker> MakeWorker(
     int sink_pages, int window_pages, int32_t pool_slots_per_head, const py::dict& selector,
     const std::string& tenant, const std::string& model_id, const std::string& salt,
     uint32_t first_layer, bool pin_prompt, bool prefetch, bool verify, bool boundary_trigger,
-    float boundary_threshold, const std::vector<float>& layer_thresholds, const std::string& device,
+    float boundary_threshold, const std::vector<float>& layer_thresholds,
+    const std::vector<std::vector<int>>& layer_streaming_heads, const std::string& device,
     py::handle stream) {
   DecodeWorkerOptions o;
   if (dtype != "fp16" && dtype != "bf16") RaiseInvalid("dtype: 'fp16' or 'bf16'");
@@ -277,6 +290,7 @@ std::unique_ptr<PyDecodeWorker> MakeWorker(
   o.boundary_trigger = boundary_trigger;
   o.boundary_threshold = boundary_threshold;
   o.layer_thresholds = layer_thresholds;
+  o.layer_streaming_heads = layer_streaming_heads;
   const auto [dev, index] = ParseDevice(device);
   const uintptr_t handle = dev == Device::kCuda ? StreamHandle(stream, index) : 0;
   return std::make_unique<PyDecodeWorker>(store, o, dev, index, handle);
@@ -322,6 +336,16 @@ void RegisterDecodeWorker(py::module_& m) {
       .def_readonly("verify_failures", &WorkerStepStats::verify_failures)
       .def_readonly("fallback_reads", &WorkerStepStats::fallback_reads)
       .def_readonly("bytes_fetched", &WorkerStepStats::bytes_fetched)
+      .def_property_readonly(
+          "bytes_from_tier",
+          [](const WorkerStepStats& s) {
+            py::dict d;
+            for (int t = 0; t < kNumTiers; ++t) {
+              d[py::str(std::string(TierName(static_cast<Tier>(t))))] = s.bytes_from_tier[t];
+            }
+            return d;
+          },
+          "Fetched bytes by the store tier the page was in: {'gpu', 'host', 'ssd'}.")
       .def_readonly("bytes_committed", &WorkerStepStats::bytes_committed)
       .def_readonly("append_s", &WorkerStepStats::append_s)
       .def_readonly("select_s", &WorkerStepStats::select_s)
@@ -348,6 +372,7 @@ void RegisterDecodeWorker(py::module_& m) {
            py::arg("first_layer") = 0, py::arg("pin_prompt") = false, py::arg("prefetch") = true,
            py::arg("verify") = true, py::arg("boundary_trigger") = false,
            py::arg("boundary_threshold") = 0.9f, py::arg("layer_thresholds") = std::vector<float>{},
+           py::arg("layer_streaming_heads") = std::vector<std::vector<int>>{},
            py::arg("device") = "cpu", py::arg("stream") = py::none(), py::keep_alive<1, 2>(),
            "Creates a worker over `store` (kept alive by the worker). policy: oracle, quest, "
            "lserve, louiskv, ann or streaming; budget_tokens per KV head (a budget covering the "
@@ -380,6 +405,9 @@ void RegisterDecodeWorker(py::module_& m) {
            "Waits until every page committed so far is in the store.")
       .def("length", &PyDecodeWorker::Length, py::arg("seq"), py::arg("layer") = 0,
            "Tokens of a sequence (prompt + generated) as seen by `layer`.")
+      .def("page_keys", &PyDecodeWorker::PageKeys, py::arg("seq"), py::arg("layer"),
+           "Store keys (128-bit ints, as pagoda.chain_keys gives) of the full pages of (seq, "
+           "layer), in order.")
       .def("last_rows", &PyDecodeWorker::LastRows, py::arg("seq"), py::arg("layer"),
            "The natural pages each KV head of (seq, layer) attended in the last step.")
       .def("stats", &PyDecodeWorker::Stats,

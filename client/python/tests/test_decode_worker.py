@@ -67,6 +67,7 @@ class RunnerAgreesWithDense(unittest.TestCase):
         self.assertGreater(r["worker_counts"]["bytes_committed"], 0)
         self.assertEqual(r["worker_counts"]["verify_failures"], 0)
         self.assertGreater(r["worker_counts"]["fetched_head_pages"], 0)
+        self.assertEqual(sum(r["fetched_from_tier"].values()), r["worker_counts"]["bytes_fetched"])
 
     def test_small_budget_completes_and_reports_agreement(self):
         full = llama_runner.run("tiny", sequences=4, steps=24, budget_tokens=1 << 20, verbose=False)
@@ -209,6 +210,10 @@ class DecodeWorkerTensors(unittest.TestCase):
                                     budget_tokens=4096, pool_slots_per_head=64)  # fmt: skip
         opened = other.open(prompt + [1, 2])
         self.assertEqual(opened.cached_tokens, 12)
+        # The worker's page keys are the chained keys Python computes for the same tokens.
+        for layer in range(LAYERS):
+            keys = pagoda.chain_keys(prompt[:12], P, model="model", layer=layer)
+            self.assertEqual(other.page_keys(opened.id, layer), keys)
         self.assertEqual(other.open([9] + prompt).cached_tokens, 0)
 
     def test_bad_options_and_store(self):
