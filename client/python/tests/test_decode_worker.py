@@ -69,6 +69,16 @@ class RunnerAgreesWithDense(unittest.TestCase):
         self.assertGreater(r["worker_counts"]["fetched_head_pages"], 0)
         self.assertEqual(sum(r["fetched_from_tier"].values()), r["worker_counts"]["bytes_fetched"])
 
+    def test_pages_from_ssd_still_equal_dense(self):
+        # A host tier of 24 pages cannot hold the 48 committed pages: the rest are demoted to
+        # SSD and every fetch of theirs goes SSD -> host arena -> pool, verified.
+        r = llama_runner.run("tiny", sequences=4, steps=32, budget_tokens=1 << 20,
+                             pool_slots_per_head=50, host_bytes=24 * 2048, verbose=False)  # fmt: skip
+        self.assertGreater(r["fetched_from_tier"]["ssd"], 0)
+        self.assertGreater(r["tiers"]["ssd"]["pages"], 0)
+        self.assertEqual(r["tokens"], r["dense_tokens"])
+        self.assertEqual(r["worker_counts"]["verify_failures"], 0)
+
     def test_small_budget_completes_and_reports_agreement(self):
         full = llama_runner.run("tiny", sequences=4, steps=24, budget_tokens=1 << 20, verbose=False)
         small = llama_runner.run("tiny", sequences=4, steps=24, budget_tokens=48, verbose=False)
