@@ -72,7 +72,7 @@ class RunnerAgreesWithDense(unittest.TestCase):
     def test_pages_from_ssd_still_equal_dense(self):
         # A host tier of 24 pages cannot hold the 48 committed pages: the rest are demoted to
         # SSD and every fetch of theirs goes SSD -> host arena -> pool, verified.
-        r = llama_runner.run("tiny", sequences=4, steps=32, budget_tokens=1 << 20,
+        r = llama_runner.run("tiny", sequences=4, steps=64, budget_tokens=1 << 20,
                              pool_slots_per_head=50, host_bytes=24 * 2048, verbose=False)  # fmt: skip
         self.assertGreater(r["fetched_from_tier"]["ssd"], 0)
         self.assertGreater(r["tiers"]["ssd"]["pages"], 0)
