@@ -9,6 +9,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev etcd-server etcd-client prometheus-cpp-dev
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev liburing-dev
   libxxhash-dev libnuma-dev pybind11-dev python3-dev redis-server iproute2
+  libdlpack-dev python3-torch python3-venv
 )
 missing=()
 for p in "${PKGS[@]}"; do

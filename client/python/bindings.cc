@@ -1,6 +1,8 @@
-// `import pagoda`: the Pagoda client for Python. Page buffers are numpy arrays (any dtype, the
-// bytes are what count) or CPU torch tensors (through .numpy(), which shares their memory, so a
-// get writes straight into the tensor). Keys are Python ints (128 bits).
+// `import pagoda` (native module pagoda._pagoda): the client of a pagodad service (Client), an
+// embedded store (Store, store_bindings.cc) and the decode worker over torch tensors
+// (DecodeWorker, worker_bindings.cc). Client page buffers are numpy arrays (any dtype, the bytes
+// are what count) or CPU torch tensors (through .numpy(), which shares their memory, so a get
+// writes straight into the tensor). Keys are Python ints (128 bits).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -8,6 +10,9 @@
 #include <cstring>
 
 #include "pagoda/client/client.h"
+#include "status_error.h"
+#include "store_bindings.h"
+#include "worker_bindings.h"
 
 namespace py = pybind11;
 
@@ -56,7 +61,7 @@ py::buffer_info Bytes(py::object obj, bool writable) {
 
 std::string CodeName(const absl::Status& s) { return absl::StatusCodeToString(s.code()); }
 
-[[noreturn]] void Raise(const absl::Status& s) { throw std::runtime_error(s.ToString()); }
+using python::Raise;
 
 class PyClient {
  public:
@@ -243,9 +248,10 @@ class PyClient {
 }  // namespace
 }  // namespace pagoda
 
-PYBIND11_MODULE(pagoda, m) {
+PYBIND11_MODULE(_pagoda, m) {
   using pagoda::PyClient;
-  m.doc() = "Pagoda KV-cache store client (pagodad).";
+  m.doc() = "Pagoda: the pagodad client, an embedded store and the decode worker.";
+  pagoda::python::RegisterStatusErrors(m);
   py::class_<PyClient>(m, "Client")
       .def(py::init<const std::string&, const std::string&, const std::string&, const std::string&,
                     const std::string&, double>(),
@@ -300,4 +306,6 @@ PYBIND11_MODULE(pagoda, m) {
       py::arg("tokens"), py::arg("page_tokens") = 16, py::arg("model") = "", py::arg("layer") = 0,
       py::arg("salt") = "",
       "Chained-hash page keys of the full pages of `tokens` (stable across processes).");
+  pagoda::python::RegisterStore(m);
+  pagoda::python::RegisterDecodeWorker(m);
 }

@@ -1,0 +1,251 @@
+"""pagoda.DecodeWorker from PyTorch (CPU): the reference runner against dense decoding, DLPack
+views, and bad tensors that must raise clear errors and change nothing.
+
+Run by ctest (python_decode_worker_test) with PYTHONPATH=<build>/client/python:bench/e2e; exits
+77 (skipped) where torch is not installed.
+"""
+
+import ctypes
+import tempfile
+import unittest
+
+try:
+    import torch
+except ImportError:  # CI installs python3-torch; elsewhere the test is skipped
+    raise SystemExit(77)
+
+import pagoda
+import llama_runner
+
+KV, Q, D, P, LAYERS = 2, 4, 16, 4, 2
+
+
+def make_worker(tmp, **kw):
+    store = pagoda.Store(
+        host_capacity_bytes=16 << 20,
+        data_dir=tmp,
+        layouts=[pagoda.layout_id("fp16", KV, D, P)],
+    )
+    opts = dict(num_layers=LAYERS, q_heads=Q, kv_heads=KV, head_dim=D, page_tokens=P,
+                policy="quest", budget_tokens=4096, pool_slots_per_head=256)  # fmt: skip
+    opts.update(kw)
+    return store, pagoda.DecodeWorker(store, **opts)
+
+
+def rows(n, heads, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, heads, D, generator=g) * 2 - 1).half()
+
+
+def prefilled(worker, prompt, seed=0):
+    opened = worker.open(prompt)
+    n = len(prompt) - opened.cached_tokens
+    for layer in range(LAYERS):
+        worker.prefill(opened.id, layer, rows(n, KV, seed + layer), rows(n, KV, seed + 10 + layer))
+    return opened.id
+
+
+def step_inputs(batch, seed):
+    return rows(batch, Q, seed), rows(batch, KV, seed + 1), rows(batch, KV, seed + 2)
+
+
+class RunnerAgreesWithDense(unittest.TestCase):
+    def test_whole_context_budget_equals_dense(self):
+        # 50 slots per KV head hold one layer of the batch, not both: pages leave the pool and
+        # are gathered back from the store's host arena (verified) every step.
+        r = llama_runner.run("tiny", sequences=4, steps=64, policy="quest", budget_tokens=1 << 20,
+                             pool_slots_per_head=50, verbose=False)  # fmt: skip
+        # The shared 32-token prefix was found in the store by the later prompts.
+        self.assertEqual(r["cached_tokens"][0], 0)
+        self.assertEqual(r["cached_tokens"][1:], [32, 32, 32])
+        self.assertEqual(len(set(r["prompt_lengths"])), 4)
+        self.assertEqual(r["tokens"], r["dense_tokens"])  # 64 greedy steps x 4 sequences
+        self.assertEqual(r["token_match_rate"], 1.0)
+        scale = max(lg.abs().max().item() for lg in r["dense_logits"])
+        for lg, dense in zip(r["logits"], r["dense_logits"]):  # fp16 rounding of attention outputs
+            self.assertLess((lg - dense).abs().max().item(), 1e-2 * scale)
+        self.assertGreater(r["worker_counts"]["bytes_committed"], 0)
+        self.assertEqual(r["worker_counts"]["verify_failures"], 0)
+        self.assertGreater(r["worker_counts"]["fetched_head_pages"], 0)
+        self.assertEqual(sum(r["fetched_from_tier"].values()), r["worker_counts"]["bytes_fetched"])
+
+    def test_pages_from_ssd_still_equal_dense(self):
+        # A host tier of 24 pages cannot hold the 48 committed pages: the rest are demoted to
+        # SSD and every fetch of theirs goes SSD -> host arena -> pool, verified.
+        r = llama_runner.run("tiny", sequences=4, steps=64, budget_tokens=1 << 20,
+                             pool_slots_per_head=50, host_bytes=24 * 2048, verbose=False)  # fmt: skip
+        self.assertGreater(r["fetched_from_tier"]["ssd"], 0)
+        self.assertGreater(r["tiers"]["ssd"]["pages"], 0)
+        self.assertEqual(r["tokens"], r["dense_tokens"])
+        self.assertEqual(r["worker_counts"]["verify_failures"], 0)
+
+    def test_small_budget_completes_and_reports_agreement(self):
+        full = llama_runner.run("tiny", sequences=4, steps=24, budget_tokens=1 << 20, verbose=False)
+        small = llama_runner.run("tiny", sequences=4, steps=24, budget_tokens=48, verbose=False)
+        self.assertEqual(len(small["tokens"]), 24)
+        self.assertTrue(0.0 <= small["token_match_rate"] <= 1.0)
+        self.assertEqual(len(small["first_divergence"]), 4)
+        self.assertGreaterEqual(small["max_logit_diff"], 0.0)
+        # The budget bounds what was attended: fewer head-pages than the dense run's.
+        self.assertLess(small["worker_counts"]["attended_head_pages"],
+                        full["worker_counts"]["attended_head_pages"])  # fmt: skip
+
+
+class DecodeWorkerTensors(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="pagoda_py_test_")
+        self.store, self.w = make_worker(self.tmp.name)
+
+    def tearDown(self):
+        del self.w, self.store
+        self.tmp.cleanup()
+
+    def one_step(self, worker, seqs, seed, out_fn=None):
+        plan = worker.plan(seqs, [7] * len(seqs))
+        outs = []
+        for layer in range(LAYERS):
+            q, k, v = step_inputs(len(seqs), seed + layer)
+            out = torch.empty_like(q) if out_fn is None else out_fn(q)
+            worker.attend(plan, layer, q, k, v, out)
+            outs.append(out.clone())
+        stats = worker.finish(plan)
+        self.assertTrue(stats.ok)
+        return outs
+
+    def test_strided_views_read_and_write_in_place(self):
+        a = prefilled(self.w, list(range(11)))
+        with tempfile.TemporaryDirectory() as tmp2:
+            store2, w2 = make_worker(tmp2)
+            b = prefilled(w2, list(range(11)))
+            ref = self.one_step(w2, [b], 100)
+            # q and out as views into wider buffers (byte_offset + non-packed strides).
+            big_out = torch.zeros(1, Q, 3 * D, dtype=torch.float16)
+            plan = self.w.plan([a], [7])
+            for layer in range(LAYERS):
+                q, k, v = step_inputs(1, 100 + layer)
+                wide_q = torch.zeros(1, Q, 2 * D, dtype=torch.float16)
+                wide_q[..., D:] = q
+                out = big_out[..., D : 2 * D]
+                self.w.attend(plan, layer, wide_q[..., D:], k, v, out)
+                self.assertTrue(torch.equal(big_out[..., D : 2 * D], ref[layer]))
+                self.assertEqual(big_out[..., :D].abs().sum().item(), 0)  # nothing outside
+            self.assertTrue(self.w.finish(plan).ok)
+            del w2, store2
+
+    def test_bad_tensors_raise_and_change_nothing(self):
+        a = prefilled(self.w, list(range(11)))
+        with tempfile.TemporaryDirectory() as tmp2:
+            store2, w2 = make_worker(tmp2)
+            b = prefilled(w2, list(range(11)))
+            ref = self.one_step(w2, [b], 200)
+
+            plan = self.w.plan([a], [7])
+            q, k, v = step_inputs(1, 200)
+            out = torch.empty_like(q)
+
+            def bad(what, **repl):
+                args = dict(q=q, k=k, v=v, out=out)
+                args.update(repl)
+                with self.assertRaises(pagoda.InvalidArgumentError) as cm:
+                    self.w.attend(plan, 0, args["q"], args["k"], args["v"], args["out"])
+                self.assertIsInstance(cm.exception, ValueError)
+                self.assertEqual(cm.exception.code, "INVALID_ARGUMENT")
+                self.assertIn(what, str(cm.exception))
+                return str(cm.exception)
+
+            self.assertIn("float16 or bfloat16", bad("q", q=q.float()))
+            self.assertIn("wrong dtype", bad("k", k=k.bfloat16()))
+            self.assertIn("wrong size", bad("v", v=rows(1, Q, 1)))  # [1, q_heads, d]
+            self.assertIn("axes", bad("q", q=q[0]))
+            self.assertIn("contiguous", bad("o:", out=torch.empty(1, D, Q).half().transpose(1, 2)))
+            self.assertIn("expected a torch tensor", bad("q", q=q.tolist()))
+            # A tensor on another device (a CPU tensor's DLPack capsule relabelled as CUDA: the
+            # check must refuse it before touching its memory).
+            cap = k.__dlpack__()
+            get = ctypes.pythonapi.PyCapsule_GetPointer
+            get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+            ctypes.c_int32.from_address(get(cap, b"dltensor") + 8).value = 2  # kDLCUDA
+            self.assertIn("wrong device", bad("k", k=cap))
+            with self.assertRaises(pagoda.InvalidArgumentError):
+                self.w.attend(plan, LAYERS, q, k, v, out)  # layer out of range
+            self.assertEqual(self.w.length(a, 0), 11)  # nothing appended by the failed calls
+
+            # The same step, now with good tensors, gives exactly the reference worker's outputs.
+            for layer in range(LAYERS):
+                q, k, v = step_inputs(1, 200 + layer)
+                o = torch.empty_like(q)
+                self.w.attend(plan, layer, q, k, v, o)
+                self.assertTrue(torch.equal(o, ref[layer]))
+            self.assertTrue(self.w.finish(plan).ok)
+            self.assertEqual(self.w.length(a, 1), 12)
+            del w2, store2
+
+    def test_prefill_and_unknown_sequences(self):
+        opened = self.w.open(list(range(9)))
+        with self.assertRaises(pagoda.InvalidArgumentError) as cm:
+            self.w.prefill(opened.id, 0, rows(9, KV, 1).float(), rows(9, KV, 2))
+        self.assertIn("k", str(cm.exception))
+        with self.assertRaises(pagoda.InvalidArgumentError):
+            self.w.prefill(opened.id, 0, rows(10, KV, 1), rows(10, KV, 2))  # more than the prompt
+        with self.assertRaises(pagoda.InvalidArgumentError):
+            self.w.prefill(opened.id, 0, rows(9, KV, 1), rows(8, KV, 2))  # k and v disagree
+        with self.assertRaises(pagoda.InvalidArgumentError):
+            self.w.prefill(12345, 0, rows(9, KV, 1), rows(9, KV, 2))  # never opened
+        self.assertEqual(self.w.length(opened.id, 0), 0)
+        with self.assertRaises(pagoda.InvalidArgumentError):
+            self.w.plan([12345], [1])
+        with self.assertRaises(pagoda.StatusError) as cm:
+            self.w.close(12345)
+        self.assertEqual(cm.exception.code, "NOT_FOUND")
+        self.assertNotIsInstance(cm.exception, ValueError)
+        with self.assertRaises(pagoda.StatusError) as cm:  # not prefilled yet
+            self.w.plan([opened.id], [1])
+        self.assertEqual(cm.exception.code, "FAILED_PRECONDITION")
+        # After the refusals, the sequence prefills and decodes normally.
+        for layer in range(LAYERS):
+            self.w.prefill(opened.id, layer, rows(9, KV, layer), rows(9, KV, 10 + layer))
+        self.one_step(self.w, [opened.id], 300)
+        self.assertEqual(self.w.length(opened.id), 10)
+        child = self.w.fork(opened.id)
+        self.one_step(self.w, [opened.id, child], 400)
+        self.w.close(child)
+        self.assertEqual(self.w.stats()["sequences"], 1)
+
+    def test_prefix_lookup_across_workers_of_one_store(self):
+        prompt = list(range(50, 64))  # 14 tokens: 3 full pages of 4
+        prefilled(self.w, prompt)
+        self.w.flush()
+        other = pagoda.DecodeWorker(self.store, num_layers=LAYERS, q_heads=Q, kv_heads=KV,
+                                    head_dim=D, page_tokens=P, policy="quest",
+                                    budget_tokens=4096, pool_slots_per_head=64)  # fmt: skip
+        opened = other.open(prompt + [1, 2])
+        self.assertEqual(opened.cached_tokens, 12)
+        # The worker's page keys are the chained keys Python computes for the same tokens.
+        for layer in range(LAYERS):
+            keys = pagoda.chain_keys(prompt[:12], P, model="model", layer=layer)
+            self.assertEqual(other.page_keys(opened.id, layer), keys)
+        self.assertEqual(other.open([9] + prompt).cached_tokens, 0)
+
+    def test_bad_options_and_store(self):
+        with self.assertRaises(pagoda.InvalidArgumentError):
+            make_worker(self.tmp.name + "/x", q_heads=3)
+        with self.assertRaises(pagoda.InvalidArgumentError):
+            pagoda.DecodeWorker(self.store, num_layers=1, q_heads=Q, kv_heads=KV, head_dim=D,
+                                page_tokens=P, policy="nope")  # fmt: skip
+        with self.assertRaises(pagoda.InvalidArgumentError):
+            pagoda.DecodeWorker(self.store, num_layers=1, q_heads=Q, kv_heads=KV, head_dim=D,
+                                page_tokens=P, device="tpu")  # fmt: skip
+        with self.assertRaises(pagoda.InvalidArgumentError):
+            pagoda.Store(layouts=[])
+        if not torch.cuda.is_available():  # CUDA asked for where torch or Pagoda has none
+            with self.assertRaises(pagoda.StatusError) as cm:
+                pagoda.DecodeWorker(self.store, num_layers=1, q_heads=Q, kv_heads=KV, head_dim=D,
+                                    page_tokens=P, device="cuda")  # fmt: skip
+            self.assertEqual(cm.exception.code, "UNAVAILABLE")
+        self.assertTrue(issubclass(pagoda.StatusError, RuntimeError))
+        tiers = {t["name"]: t for t in self.store.stats()["tiers"]}
+        self.assertTrue(tiers["host"]["present"])
+
+
+if __name__ == "__main__":
+    unittest.main()
