@@ -2,11 +2,11 @@
 
 #include <prometheus/counter.h>
 #include <prometheus/histogram.h>
+#include <prometheus/metric_family.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 
 namespace pagoda::service {
 
@@ -51,30 +51,41 @@ void ServiceMetrics::AddBytesOut(std::string_view path, uint64_t bytes) {
 }
 
 std::string ServiceMetrics::Render(const std::vector<TierSample>& tiers, uint64_t misses) const {
-  std::string out = prometheus::TextSerializer().Serialize(registry_->Collect());
-  auto family = [&](const char* name, const char* type, const char* help, auto get) {
-    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  auto family = [&](const char* name, prometheus::MetricType type, const char* help, auto get) {
+    prometheus::MetricFamily f{name, help, type, {}};
     for (const TierSample& t : tiers) {
-      absl::StrAppend(&out, name, "{tier=\"", t.name, "\"} ", get(t), "\n");
+      prometheus::ClientMetric m;
+      m.label.push_back({"tier", t.name});
+      const double v = static_cast<double>(get(t));
+      if (type == prometheus::MetricType::Counter) {
+        m.counter.value = v;
+      } else {
+        m.gauge.value = v;
+      }
+      f.metric.push_back(std::move(m));
     }
+    families.push_back(std::move(f));
   };
-  family("pagoda_tier_capacity_bytes", "gauge", "Capacity of each storage tier",
+  using prometheus::MetricType;
+  family("pagoda_tier_capacity_bytes", MetricType::Gauge, "Capacity of each storage tier",
          [](const TierSample& t) { return t.capacity_bytes; });
-  family("pagoda_tier_used_bytes", "gauge", "Bytes of pages held in each tier",
+  family("pagoda_tier_used_bytes", MetricType::Gauge, "Bytes of pages held in each tier",
          [](const TierSample& t) { return t.used_bytes; });
-  family("pagoda_tier_pages", "gauge", "Pages held in each tier",
+  family("pagoda_tier_pages", MetricType::Gauge, "Pages held in each tier",
          [](const TierSample& t) { return t.pages; });
-  family("pagoda_tier_hits_total", "counter", "Reads served by each tier",
+  family("pagoda_tier_hits_total", MetricType::Counter, "Reads served by each tier",
          [](const TierSample& t) { return t.hits; });
-  family("pagoda_tier_promotions_total", "counter", "Pages moved up into each tier",
+  family("pagoda_tier_promotions_total", MetricType::Counter, "Pages moved up into each tier",
          [](const TierSample& t) { return t.promotions; });
-  family("pagoda_tier_evictions_total", "counter", "Pages evicted (demoted or dropped) per tier",
+  family("pagoda_tier_evictions_total", MetricType::Counter,
+         "Pages evicted (demoted or dropped) per tier",
          [](const TierSample& t) { return t.evictions; });
-  absl::StrAppend(&out,
-                  "# HELP pagoda_misses_total Reads of pages the store does not hold\n"
-                  "# TYPE pagoda_misses_total counter\npagoda_misses_total ",
-                  misses, "\n");
-  return out;
+  prometheus::MetricFamily miss{
+      "pagoda_misses_total", "Reads of pages the store does not hold", MetricType::Counter, {}};
+  miss.metric.emplace_back().counter.value = static_cast<double>(misses);
+  families.push_back(std::move(miss));
+  return prometheus::TextSerializer().Serialize(families);
 }
 
 }  // namespace pagoda::service
