@@ -420,6 +420,12 @@ absl::StatusOr<std::unique_ptr<EtcdClient>> EtcdClient::Create(const EtcdOptions
       tls = grpc::SslCredentials(ssl);
     }
     any_https = any_https || https;
+    const size_t colon = ep.rfind(':');
+    if (ep.empty() || colon == std::string::npos || colon == 0 || colon + 1 == ep.size() ||
+        ep.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("etcd: endpoint must be host:port, got '", raw, "'"));
+    }
     grpc::ChannelArguments args;
     const int max_backoff_ms =
         static_cast<int>(absl::ToInt64Milliseconds(options.max_reconnect_backoff));
