@@ -37,8 +37,8 @@ absl::StatusOr<RespClient> RespClient::Connect(int port) {
 }
 
 absl::Status RespClient::Set(const std::string& key, absl::Span<const uint8_t> value) {
-  Reply r(static_cast<redisReply*>(redisCommand(ctx_.get(), "SET %b %b", key.data(), key.size(),
-                                                value.data(), value.size())));
+  Reply r(static_cast<redisReply*>(
+      redisCommand(ctx_.get(), "SET %b %b", key.data(), key.size(), value.data(), value.size())));
   if (!r) return ContextError(ctx_.get(), "SET");
   if (r->type != REDIS_REPLY_STATUS) {
     return absl::InternalError(absl::StrCat("redis SET: ", r->type == REDIS_REPLY_ERROR

@@ -25,8 +25,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "child_process.h"
-#include "pagoda/client/client.h"
 #include "nlohmann/json.hpp"
+#include "pagoda/client/client.h"
 #include "resp_client.h"
 
 namespace pagoda::bench {

@@ -9,9 +9,9 @@
 // and prints GB/s (median over repetitions), per-op p50/p99 latency, and the ratio store/memcpy.
 //
 //   store_host_bench [--arena_mib 512] [--reps 5]
-#include <CLI/CLI.hpp>
 #include <sys/mman.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>

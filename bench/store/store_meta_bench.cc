@@ -10,9 +10,9 @@
 // growth per page across Open (which also counts RocksDB's own memory).
 //
 //   store_meta_bench [--dir /tmp] [--pages 10000000] [--reps 3]
-#include <CLI/CLI.hpp>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>

@@ -13,10 +13,10 @@
 // (posix_fadvise DONTNEED, this benchmark's files only) so reads go to the device.
 //
 //   store_ssd_bench [--dir /tmp] [--page_kib 64] [--total_mib 256] [--reps 3]
-#include <CLI/CLI.hpp>
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>

@@ -5,12 +5,12 @@
 //   ucx_page_bench --tls tcp,sm,self --op get --page 65536 --batch 64 --pages 200000
 //   ucx_page_bench --tls tcp,sm,self --op lat --pages 20000
 // Prints one line: "<op> <MB/s or usec> ..." (MB = 2^20 bytes, as ucx_perftest).
-#include <CLI/CLI.hpp>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -87,7 +87,8 @@ int main(int argc, char** argv) {
   uint64_t region = 0;  // remote slots; 0: max(4 x batch, 256)
   CLI::App app{"UCX page reads/writes over loopback against ucx_perftest-style raw transfers"};
   app.add_option("--tls", tls, "UCX_TLS");
-  app.add_option("--op", op, "get, put or lat (latency)")->check(CLI::IsMember({"get", "put", "lat"}));
+  app.add_option("--op", op, "get, put or lat (latency)")
+      ->check(CLI::IsMember({"get", "put", "lat"}));
   app.add_option("--page", page, "page bytes")->check(CLI::PositiveNumber);
   app.add_option("--batch", batch, "pages per batch")->check(CLI::PositiveNumber);
   app.add_option("--pages", pages, "pages per run")->check(CLI::PositiveNumber);

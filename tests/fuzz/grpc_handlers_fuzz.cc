@@ -53,54 +53,44 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   --size;
   switch (method) {
     case 0:
-      Call<v1::PutBegin, v1::PutResponse>(data, size, [&](auto* c, auto* q, auto* r) {
-        return svc.PutInline(c, q, r);
-      });
+      Call<v1::PutBegin, v1::PutResponse>(
+          data, size, [&](auto* c, auto* q, auto* r) { return svc.PutInline(c, q, r); });
       break;
     case 1:
-      Call<v1::GetRequest, v1::GetInlineResponse>(data, size, [&](auto* c, auto* q, auto* r) {
-        return svc.GetInline(c, q, r);
-      });
+      Call<v1::GetRequest, v1::GetInlineResponse>(
+          data, size, [&](auto* c, auto* q, auto* r) { return svc.GetInline(c, q, r); });
       break;
     case 2:
-      Call<v1::KeysRequest, v1::ExistsResponse>(data, size, [&](auto* c, auto* q, auto* r) {
-        return svc.Exists(c, q, r);
-      });
+      Call<v1::KeysRequest, v1::ExistsResponse>(
+          data, size, [&](auto* c, auto* q, auto* r) { return svc.Exists(c, q, r); });
       break;
     case 3:
-      Call<v1::KeysRequest, v1::LongestPrefixResponse>(data, size, [&](auto* c, auto* q, auto* r) {
-        return svc.LongestPrefix(c, q, r);
-      });
+      Call<v1::KeysRequest, v1::LongestPrefixResponse>(
+          data, size, [&](auto* c, auto* q, auto* r) { return svc.LongestPrefix(c, q, r); });
       break;
     case 4:
-      Call<v1::KeysRequest, v1::BatchResponse>(data, size, [&](auto* c, auto* q, auto* r) {
-        return svc.Remove(c, q, r);
-      });
+      Call<v1::KeysRequest, v1::BatchResponse>(
+          data, size, [&](auto* c, auto* q, auto* r) { return svc.Remove(c, q, r); });
       break;
     case 5:
-      Call<v1::KeysRequest, v1::BatchResponse>(data, size, [&](auto* c, auto* q, auto* r) {
-        return svc.Pin(c, q, r);
-      });
+      Call<v1::KeysRequest, v1::BatchResponse>(
+          data, size, [&](auto* c, auto* q, auto* r) { return svc.Pin(c, q, r); });
       break;
     case 6:
-      Call<v1::KeysRequest, v1::BatchResponse>(data, size, [&](auto* c, auto* q, auto* r) {
-        return svc.Unpin(c, q, r);
-      });
+      Call<v1::KeysRequest, v1::BatchResponse>(
+          data, size, [&](auto* c, auto* q, auto* r) { return svc.Unpin(c, q, r); });
       break;
     case 7:
-      Call<v1::PrefetchRequest, v1::PrefetchResponse>(data, size, [&](auto* c, auto* q, auto* r) {
-        return svc.Prefetch(c, q, r);
-      });
+      Call<v1::PrefetchRequest, v1::PrefetchResponse>(
+          data, size, [&](auto* c, auto* q, auto* r) { return svc.Prefetch(c, q, r); });
       break;
     case 8:
-      Call<v1::StatsRequest, v1::StatsResponse>(data, size, [&](auto* c, auto* q, auto* r) {
-        return svc.Stats(c, q, r);
-      });
+      Call<v1::StatsRequest, v1::StatsResponse>(
+          data, size, [&](auto* c, auto* q, auto* r) { return svc.Stats(c, q, r); });
       break;
     default:
-      Call<v1::HealthRequest, v1::HealthResponse>(data, size, [&](auto* c, auto* q, auto* r) {
-        return svc.Health(c, q, r);
-      });
+      Call<v1::HealthRequest, v1::HealthResponse>(
+          data, size, [&](auto* c, auto* q, auto* r) { return svc.Health(c, q, r); });
       break;
   }
   return 0;

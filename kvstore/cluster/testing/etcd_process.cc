@@ -14,7 +14,8 @@ namespace pagoda::cluster::testing {
 absl::StatusOr<TestPki> MakeTestPki(const std::string& dir) {
   // EC P-256 keys: fast to make; etcd (Go) and gRPC (BoringSSL/OpenSSL) both take them.
   const std::string script = absl::StrCat(R"(set -e
-cd ")", dir, R"("
+cd ")",
+                                          dir, R"("
 key() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "$@"; }
 key -x509 -days 2 -subj /CN=pagoda-test-ca -keyout ca.key -out ca.pem
 key -x509 -days 2 -subj /CN=pagoda-other-ca -keyout other-ca.key -out other-ca.pem
@@ -102,9 +103,9 @@ absl::Status EtcdProcess::Launch() {
                                    "--logger=zap",
                                    "--log-level=warn"};
   if (tls_) {
-    argv.insert(argv.end(), {"--cert-file=" + tls_->server_cert_file,
-                             "--key-file=" + tls_->server_key_file, "--client-cert-auth",
-                             "--trusted-ca-file=" + tls_->ca_file});
+    argv.insert(argv.end(),
+                {"--cert-file=" + tls_->server_cert_file, "--key-file=" + tls_->server_key_file,
+                 "--client-cert-auth", "--trusted-ca-file=" + tls_->ca_file});
   }
   absl::StatusOr<std::unique_ptr<Subprocess>> proc =
       Subprocess::Start(argv, absl::StrCat(work_dir_, "/etcd.log"));

@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <civetweb.h>
-
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -10,8 +9,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
-#include <thread>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -51,21 +50,16 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
   const std::string threads = absl::StrCat(options.worker_threads);
   const std::string timeout = absl::StrCat(options.request_timeout_ms);
   // No document_root: civetweb serves no files, only the handler below.
-  const char* mg_options[] = {"listening_ports",
-                              listen.c_str(),
-                              "num_threads",
-                              threads.c_str(),
-                              "request_timeout_ms",
-                              timeout.c_str(),
-                              "enable_keep_alive",
-                              "no",
-                              nullptr};
+  const char* mg_options[] = {
+      "listening_ports", listen.c_str(),      "num_threads", threads.c_str(), "request_timeout_ms",
+      timeout.c_str(),   "enable_keep_alive", "no",          nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));
   callbacks.log_message = LogMessage;
   mg_context* ctx = mg_start(&callbacks, server.get(), mg_options);
   if (ctx == nullptr) {
-    return absl::UnavailableError(absl::StrCat("http: cannot listen on ", listen, " (port in use?)"));
+    return absl::UnavailableError(
+        absl::StrCat("http: cannot listen on ", listen, " (port in use?)"));
   }
   mg_set_request_handler(ctx, "/", &HttpServer::OnRequest, server.get());
   mg_server_port ports[1];
@@ -108,7 +102,8 @@ HttpServer::~HttpServer() {
 int HttpServer::OnRequest(mg_connection* conn, void* self) {
   const mg_request_info* info = mg_get_request_info(conn);
   HttpReply reply;
-  const bool head = info->request_method != nullptr && std::strcmp(info->request_method, "HEAD") == 0;
+  const bool head =
+      info->request_method != nullptr && std::strcmp(info->request_method, "HEAD") == 0;
   if (info->request_method == nullptr || (std::strcmp(info->request_method, "GET") != 0 && !head)) {
     reply = {405, "text/plain", "only GET\n"};
   } else if (info->local_uri == nullptr || info->local_uri[0] != '/') {
@@ -119,9 +114,8 @@ int HttpServer::OnRequest(mg_connection* conn, void* self) {
   mg_printf(conn,
             "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n%s"
             "\r\n",
-            reply.status, mg_get_response_code_text(conn, reply.status),
-            reply.content_type.c_str(), reply.body.size(),
-            reply.status == 405 ? "Allow: GET, HEAD\r\n" : "");
+            reply.status, mg_get_response_code_text(conn, reply.status), reply.content_type.c_str(),
+            reply.body.size(), reply.status == 405 ? "Allow: GET, HEAD\r\n" : "");
   if (!head) mg_write(conn, reply.body.data(), reply.body.size());
   return reply.status;  // non-zero: handled
 }

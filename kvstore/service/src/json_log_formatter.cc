@@ -11,8 +11,8 @@ namespace pagoda::service {
 
 void JsonLogFormatter::format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) {
   nlohmann::ordered_json line;
-  line["ts"] = absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", absl::FromChrono(msg.time),
-                                absl::UTCTimeZone());
+  line["ts"] =
+      absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", absl::FromChrono(msg.time), absl::UTCTimeZone());
   const spdlog::string_view_t level = spdlog::level::to_string_view(msg.level);
   line["level"] = std::string(level.data(), level.size());
   line["logger"] = std::string(msg.logger_name.data(), msg.logger_name.size());

@@ -29,10 +29,8 @@ TEST(JsonLogFormatterTest, EveryMessageStaysOneValidObject) {
   const std::vector<std::string> messages = {
       // The SSD tier's format error names a directory, which may hold any character.
       R"(SSD tier: /data/"x" has on-disk format version 1; this build reads version 2 only)",
-      R"(injected", "level": "info)",
-      "back\\slash, tab\t, newline\n, bell\x07, {braces} and {}",
-      std::string("not utf-8: \xff\xfe end"),
-      ""};
+      R"(injected", "level": "info)", "back\\slash, tab\t, newline\n, bell\x07, {braces} and {}",
+      std::string("not utf-8: \xff\xfe end"), ""};
   const std::vector<std::string> lines = LogLines(messages);
   ASSERT_EQ(lines.size(), messages.size()) << "a newline in a message must not split its line";
   for (size_t i = 0; i < lines.size(); ++i) {

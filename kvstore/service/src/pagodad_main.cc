@@ -94,8 +94,8 @@ int main(int argc, char** argv) {
   bool print_default = false;
   // Flag values land in optionals so that only flags actually given override the config.
   std::optional<int> grpc_port, http_port;
-  std::optional<std::string> grpc_host, http_host, data_dir, token, local_socket, log_level, tls_cert, tls_key,
-      tls_client_ca;
+  std::optional<std::string> grpc_host, http_host, data_dir, token, local_socket, log_level,
+      tls_cert, tls_key, tls_client_ca;
   std::optional<uint64_t> host_mib, ssd_mib;
   std::optional<double> grace_s;
   std::optional<std::string> etcd_endpoints, etcd_ca, etcd_cert, etcd_key, node_id,

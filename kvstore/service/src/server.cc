@@ -145,9 +145,9 @@ class ServerImpl final : public Server {
     }
 
     if (config_.http_port >= 0) {
-      absl::StatusOr<std::unique_ptr<HttpServer>> http = HttpServer::Start(
-          config_.http_host, config_.http_port,
-          [this](const std::string& path) { return Http(path); });
+      absl::StatusOr<std::unique_ptr<HttpServer>> http =
+          HttpServer::Start(config_.http_host, config_.http_port,
+                            [this](const std::string& path) { return Http(path); });
       if (!http.ok()) return http.status();
       http_ = std::move(*http);
       http_port_ = http_->port();
