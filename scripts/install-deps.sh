@@ -9,7 +9,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev etcd-server etcd-client prometheus-cpp-dev
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev liburing-dev
   libxxhash-dev libnuma-dev pybind11-dev python3-dev redis-server iproute2
-  libcivetweb-dev libhiredis-dev openssl clang
+  libcivetweb-dev libhiredis-dev openssl clang libclang-rt-14-dev
 )
 # deploy/validate.sh with PAGODA_IMAGE_CHECK=1 builds the container image without a Docker engine.
 if [ "${PAGODA_IMAGE_CHECK:-0}" = 1 ]; then PKGS+=(buildah debootstrap); fi
