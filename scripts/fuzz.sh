@@ -19,7 +19,9 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   CC=clang CXX=clang++ cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DPAGODA_FUZZ=ON -DPAGODA_ENABLE_CUDA=OFF -DPAGODA_COMPONENTS="kvstore;tests" >/dev/null
 fi
-cmake --build "$BUILD_DIR" -j "${PAGODA_JOBS:-2}" --target "${targets[@]/%/_fuzz}"
+if [ "${PAGODA_FUZZ_NO_BUILD:-0}" != 1 ]; then
+  cmake --build "$BUILD_DIR" -j "${PAGODA_JOBS:-2}" --target "${targets[@]/%/_fuzz}"
+fi
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 status=0
