@@ -33,7 +33,7 @@ case "$variant" in
   *) echo "usage: $0 [cpu|cuda]" >&2; exit 2 ;;
 esac
 start=$(date +%s)
-"${BUILDAH[@]}" bud --isolation chroot --pull-never --layers "${args[@]}" \
+"${BUILDAH[@]}" bud --isolation chroot --pull-never --layers --format docker "${args[@]}" \
   -f deploy/Dockerfile -t "$tag" . >&2
 echo "image: $tag built in $(( $(date +%s) - start )) s" >&2
 echo "$tag"

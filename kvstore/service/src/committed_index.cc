@@ -24,7 +24,9 @@ size_t CommittedIndex::size() const {
 void CommittedIndex::PruneLocked() {
   // Pages that already sit on SSD (or are gone) need no demotion at shutdown.
   count_ = 0;
-  for (auto& [tenant, set] : keys_) {
+  for (auto& entry : keys_) {
+    const auto& tenant = entry.first;  // (clang 14 cannot capture a structured binding)
+    auto& set = entry.second;
     absl::erase_if(set, [&](const PageKey& k) {
       absl::StatusOr<PageInfo> info = store_->Stat(tenant, k);
       return !info.ok() || info->tier == Tier::kSsd;
