@@ -2,7 +2,7 @@
 add_library(pagoda_warnings INTERFACE)
 target_compile_options(pagoda_warnings INTERFACE
   $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror -Wno-unused-parameter>
-  $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:Clang>>:-Wthread-safety>
+  $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:Clang>>:-Wthread-safety -Wno-unknown-warning-option>
   $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Wall>)
 
 # pagoda_test(NAME SOURCES... LIBS ...): one GoogleTest binary registered with CTest.

@@ -10,7 +10,10 @@ PKGS=(
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev liburing-dev
   libxxhash-dev libnuma-dev pybind11-dev python3-dev redis-server iproute2
   libdlpack-dev python3-torch python3-venv
+  libcivetweb-dev libhiredis-dev openssl clang libclang-rt-14-dev
 )
+# deploy/validate.sh with PAGODA_IMAGE_CHECK=1 builds the container image without a Docker engine.
+if [ "${PAGODA_IMAGE_CHECK:-0}" = 1 ]; then PKGS+=(buildah debootstrap); fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

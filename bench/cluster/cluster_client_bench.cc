@@ -4,6 +4,7 @@
 // 127.0.0.1 (remote gRPC path for both clients).
 //
 //   pagoda_cluster_client_bench [--pages N] [--batch B] [--reps R]
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -86,11 +87,11 @@ double Median(std::vector<double> v) {
 int main(int argc, char** argv) {
   size_t pages = 1024, batch = 64;
   int reps = 5;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--pages")) pages = std::strtoull(argv[i + 1], nullptr, 10);
-    if (!std::strcmp(argv[i], "--batch")) batch = std::strtoull(argv[i + 1], nullptr, 10);
-    if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
-  }
+  CLI::App app{"ClusterClient vs. a direct Client over real etcd + pagodad processes"};
+  app.add_option("--pages", pages, "pages per run")->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch, "pages per call")->check(CLI::PositiveNumber);
+  app.add_option("--reps", reps, "repetitions (medians)")->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
   auto etcd = pagoda::cluster::testing::EtcdProcess::Start();
   if (!etcd.ok()) {
     std::fprintf(stderr, "etcd: %s\n", etcd.status().ToString().c_str());

@@ -6,6 +6,7 @@
 // Per node count it prints ns per key to place (1 and 2 replicas, and the full Router::Route
 // that clients call per page), each as a ratio to modulo placement, and the share of keys that
 // move when one node joins: rendezvous moves ~1/(N+1) of the keys, modulo almost all of them.
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -63,10 +64,10 @@ double NsPerKey(const std::vector<absl::uint128>& keys, int reps, Fn&& fn) {
 int main(int argc, char** argv) {
   size_t num_keys = 200000;
   int reps = 5;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--keys") == 0) num_keys = std::strtoull(argv[i + 1], nullptr, 10);
-    if (std::strcmp(argv[i], "--reps") == 0) reps = std::atoi(argv[i + 1]);
-  }
+  CLI::App app{"Rendezvous placement vs. modulo hashing"};
+  app.add_option("--keys", num_keys, "keys placed")->check(CLI::PositiveNumber);
+  app.add_option("--reps", reps, "repetitions (medians)")->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
   std::mt19937_64 rng(42);
   std::vector<absl::uint128> keys(num_keys);
   for (absl::uint128& k : keys) k = absl::MakeUint128(rng(), rng());

@@ -37,6 +37,9 @@ absl::StatusOr<std::string> DictValue(absl::string_view header, absl::string_vie
 
 int64_t NpyArray::elements() const {
   int64_t n = 1;
+  for (int64_t s : shape) {
+    if (s == 0) return 0;  // before any product can overflow: (2^40, 2^40, 0) holds nothing
+  }
   for (int64_t s : shape) n *= s;
   return n;
 }
@@ -77,18 +80,28 @@ absl::StatusOr<NpyArray> ParseNpy(absl::string_view bytes) {
   if (*fortran != "False") return absl::InvalidArgumentError("npy: Fortran order not supported");
   auto shape = DictValue(header, "shape");
   if (!shape.ok()) return shape.status();
-  absl::string_view dims = *shape;
+  absl::string_view dims = absl::StripAsciiWhitespace(*shape);
+  // A tuple: "(...)". (Found by fuzzing: a shape of ")" or "" made the trimming below abort.)
+  if (dims.size() < 2 || dims.front() != '(' || dims.back() != ')') {
+    return absl::InvalidArgumentError(absl::StrCat("npy: shape is not a tuple: ", *shape));
+  }
   dims.remove_prefix(1);
   dims.remove_suffix(1);
+  const absl::string_view data = bytes.substr(offset + header_len);
+  uint64_t elements = 1;
   for (absl::string_view part : absl::StrSplit(dims, ',', absl::SkipWhitespace())) {
     int64_t v;
     if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &v) || v < 0) {
       return absl::InvalidArgumentError(absl::StrCat("npy: bad shape ", *shape));
     }
+    // No product can exceed the bytes present; refusing early keeps it from overflowing.
+    if (v != 0 && elements > data.size() / static_cast<uint64_t>(v))
+      elements = data.size() + 1;
+    else
+      elements *= static_cast<uint64_t>(v);
     out.shape.push_back(v);
   }
-  const size_t want = static_cast<size_t>(out.elements()) * out.itemsize();
-  const absl::string_view data = bytes.substr(offset + header_len);
+  const uint64_t want = elements * static_cast<uint64_t>(out.itemsize());
   if (data.size() != want) {
     return absl::InvalidArgumentError(absl::StrCat("npy: shape ", *shape, " needs ", want,
                                                    " data bytes, file has ", data.size()));

@@ -54,6 +54,19 @@ TEST(NpyTest, RejectsMalformedFiles) {
   EXPECT_FALSE(
       ParseNpy(make("{'descr': '<f2', 'fortran_order': False, 'shape': (-2,), }", 4)).ok());
   EXPECT_FALSE(ParseNpy(make("{'descr': '<f2', 'fortran_order': False}", 4)).ok());
+  // Found by fuzzing (tests/fuzz/corpus/npy/crash-*): shapes that are not tuples aborted.
+  for (const char* shape : {")", "(", "", "2", "  )"}) {
+    EXPECT_FALSE(ParseNpy(make(std::string("{'descr': '<f2', 'fortran_order': False, 'shape': ") +
+                                   shape + ", }",
+                               4))
+                     .ok())
+        << shape;
+  }
+  // A shape whose element count overflows 64 bits is refused, not wrapped around.
+  EXPECT_FALSE(ParseNpy(make("{'descr': '<f2', 'fortran_order': False, 'shape': "
+                             "(4294967296, 4294967296, 4), }",
+                             0))
+                   .ok());
   EXPECT_EQ(ReadNpy("/nonexistent/x.npy").status().code(), absl::StatusCode::kNotFound);
 }
 

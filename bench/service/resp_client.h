@@ -1,37 +1,38 @@
-// A minimal blocking Redis (RESP2) client for the baseline: SET and GET of binary values over
-// one TCP connection. Written for the benchmark; not a general Redis client.
+// The Redis baseline's client: hiredis (Debian's libhiredis) over one blocking TCP connection,
+// SET and GET of binary values. Move-only; not safe for concurrent use (one per thread).
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
+struct redisContext;
+
 namespace pagoda::bench {
 
 class RespClient {
  public:
+  // Connects to 127.0.0.1:port with TCP_NODELAY. Unavailable when no server answers.
   static absl::StatusOr<RespClient> Connect(int port);
-  RespClient(RespClient&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  RespClient& operator=(RespClient&&) = delete;
-  ~RespClient();
 
   absl::Status Set(const std::string& key, absl::Span<const uint8_t> value);
-  // Reads the value into `out`; returns its length (NotFound for a nil reply).
+  // Reads the value into `out`; returns its length (NotFound for a nil reply, OutOfRange when
+  // the value is larger than `out`).
   absl::StatusOr<size_t> Get(const std::string& key, absl::Span<uint8_t> out);
-  // Sends a command of plain arguments and returns the first reply line (e.g. "+PONG").
+  // Sends a command of plain arguments; returns a status or string reply ("PONG", "OK").
   absl::StatusOr<std::string> Command(std::initializer_list<std::string> args);
 
  private:
-  explicit RespClient(int fd) : fd_(fd) {}
-  absl::Status SendAll(const void* p, size_t n);
-  absl::StatusOr<std::string> ReadLine();
-  absl::Status ReadExact(void* p, size_t n);
+  struct Free {
+    void operator()(redisContext* c) const;
+  };
+  explicit RespClient(redisContext* c) : ctx_(c) {}
 
-  int fd_ = -1;
-  std::string buf_;  // bytes read but not yet consumed
-  size_t pos_ = 0;
+  std::unique_ptr<redisContext, Free> ctx_;
 };
 
 }  // namespace pagoda::bench

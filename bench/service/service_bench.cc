@@ -25,6 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "child_process.h"
+#include "nlohmann/json.hpp"
 #include "pagoda/client/client.h"
 #include "resp_client.h"
 
@@ -156,15 +157,15 @@ int main(int argc, char** argv) {
   if (!pagodad.ok() || !redis.ok()) return 1;
   int grpc_port = 0;
   for (int i = 0; i < 300 && grpc_port == 0; ++i) {
-    std::string j = ReadFile(dir + "/ports.json");
-    size_t p = j.find("\"grpc_port\": ");
-    if (p != std::string::npos) grpc_port = std::atoi(j.c_str() + p + 13);
+    const nlohmann::json j =
+        nlohmann::json::parse(ReadFile(dir + "/ports.json"), nullptr, /*allow_exceptions=*/false);
+    if (j.is_object()) grpc_port = j.value("grpc_port", 0);
     if (grpc_port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   bool redis_up = false;
   for (int i = 0; i < 100 && !redis_up; ++i) {
     absl::StatusOr<RespClient> r = RespClient::Connect(redis_port);
-    redis_up = r.ok() && r->Command({"PING"}).value_or("") == "+PONG";
+    redis_up = r.ok() && r->Command({"PING"}).value_or("") == "PONG";
     if (!redis_up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   if (grpc_port == 0 || !redis_up) {

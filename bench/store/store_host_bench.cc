@@ -11,6 +11,7 @@
 //   store_host_bench [--arena_mib 512] [--reps 5]
 #include <sys/mman.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -50,10 +51,10 @@ uint8_t* MapBuffer(size_t n) {
 int Main(int argc, char** argv) {
   uint64_t arena_mib = 512;
   int reps = 5;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::string(argv[i]) == "--arena_mib") arena_mib = std::strtoull(argv[i + 1], nullptr, 10);
-    if (std::string(argv[i]) == "--reps") reps = std::atoi(argv[i + 1]);
-  }
+  CLI::App app{"store_host_bench: host-tier put/get against memcpy"};
+  app.add_option("--arena_mib", arena_mib, "host arena size in MiB")->check(CLI::PositiveNumber);
+  app.add_option("--reps", reps, "repetitions (medians)")->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
   const uint64_t arena = arena_mib << 20;
   const uint64_t pool = 64ULL << 20;  // sources and outputs rotate through 64 MiB
   const std::vector<PageLayout> layouts = {

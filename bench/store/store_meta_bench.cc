@@ -12,6 +12,7 @@
 //   store_meta_bench [--dir /tmp] [--pages 10000000] [--reps 3]
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -42,12 +43,11 @@ int Main(int argc, char** argv) {
   std::string base = "/tmp";
   uint64_t pages = 10'000'000;
   int reps = 3;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string a = argv[i];
-    if (a == "--dir") base = argv[i + 1];
-    if (a == "--pages") pages = std::strtoull(argv[i + 1], nullptr, 10);
-    if (a == "--reps") reps = std::atoi(argv[i + 1]);
-  }
+  CLI::App app{"store_meta_bench: page-table memory per page and rebuild rate"};
+  app.add_option("--dir", base, "folder for the SSD tier")->check(CLI::ExistingDirectory);
+  app.add_option("--pages", pages, "metadata records")->check(CLI::PositiveNumber);
+  app.add_option("--reps", reps, "repetitions (medians)")->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
   const PageLayout layout{DType::kBf16, 8, 128, 16};
   std::string dir = base + "/pagoda-meta-bench-XXXXXX";
   if (mkdtemp(dir.data()) == nullptr) Die("mkdtemp");

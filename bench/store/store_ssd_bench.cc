@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -165,13 +166,13 @@ int Main(int argc, char** argv) {
   std::string base = "/tmp";
   uint64_t page_kib = 64, total_mib = 256;
   int reps = 3;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string a = argv[i];
-    if (a == "--dir") base = argv[i + 1];
-    if (a == "--page_kib") page_kib = std::strtoull(argv[i + 1], nullptr, 10);
-    if (a == "--total_mib") total_mib = std::strtoull(argv[i + 1], nullptr, 10);
-    if (a == "--reps") reps = std::atoi(argv[i + 1]);
-  }
+  CLI::App app{"store_ssd_bench: SSD-tier writes and reads against raw files"};
+  app.add_option("--dir", base, "folder for the SSD tier")->check(CLI::ExistingDirectory);
+  app.add_option("--page_kib", page_kib, "page size in KiB")->check(CLI::PositiveNumber);
+  app.add_option("--total_mib", total_mib, "bytes written per run, MiB")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--reps", reps, "repetitions (medians)")->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
   // A layout of the requested size: bf16, head_dim 128, 16 tokens, kv_heads = page / 8 KiB.
   const PageLayout layout{DType::kBf16, static_cast<uint32_t>(std::max<uint64_t>(1, page_kib / 8)),
                           128, 16};

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -84,35 +85,18 @@ int main(int argc, char** argv) {
   std::string tls = "tcp,sm,self", op = "get";
   uint64_t page = 64 << 10, batch = 64, pages = 100000, depth = 2, alloc = 1, detect = 1;
   uint64_t region = 0;  // remote slots; 0: max(4 x batch, 256)
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string f = argv[i];
-    bool ok = true;
-    if (f == "--tls") {
-      tls = argv[i + 1];
-    } else if (f == "--op") {
-      op = argv[i + 1];
-    } else if (f == "--page") {
-      ok = absl::SimpleAtoi(argv[i + 1], &page);
-    } else if (f == "--batch") {
-      ok = absl::SimpleAtoi(argv[i + 1], &batch);
-    } else if (f == "--pages") {
-      ok = absl::SimpleAtoi(argv[i + 1], &pages);
-    } else if (f == "--region-pages") {
-      ok = absl::SimpleAtoi(argv[i + 1], &region);
-    } else if (f == "--alloc") {
-      ok = absl::SimpleAtoi(argv[i + 1], &alloc);
-    } else if (f == "--detect") {
-      ok = absl::SimpleAtoi(argv[i + 1], &detect);
-    } else if (f == "--depth") {
-      ok = absl::SimpleAtoi(argv[i + 1], &depth);
-    } else {
-      ok = false;
-    }
-    if (!ok) {
-      std::fprintf(stderr, "bad flag %s\n", f.c_str());
-      return 2;
-    }
-  }
+  CLI::App app{"UCX page reads/writes over loopback against ucx_perftest-style raw transfers"};
+  app.add_option("--tls", tls, "UCX_TLS");
+  app.add_option("--op", op, "get, put or lat (latency)")
+      ->check(CLI::IsMember({"get", "put", "lat"}));
+  app.add_option("--page", page, "page bytes")->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch, "pages per batch")->check(CLI::PositiveNumber);
+  app.add_option("--pages", pages, "pages per run")->check(CLI::PositiveNumber);
+  app.add_option("--region-pages", region, "remote slots (0: max(4 x batch, 256))");
+  app.add_option("--alloc", alloc, "1: memory from the transport, 0: our own");
+  app.add_option("--detect", detect, "1: detect peer failure");
+  app.add_option("--depth", depth, "batches in flight")->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
   const bool lat = op == "lat";
   if (lat) {
     page = 8;

@@ -89,6 +89,9 @@ class ClusterClientImpl final : public ClusterClient {
     }
     cluster::EtcdOptions eo;
     eo.endpoints = options_.etcd_endpoints;
+    eo.tls_ca_file = options_.etcd_ca_file;
+    eo.tls_cert_file = options_.etcd_cert_file;
+    eo.tls_key_file = options_.etcd_key_file;
     absl::StatusOr<std::unique_ptr<cluster::EtcdClient>> etcd = cluster::EtcdClient::Create(eo);
     if (!etcd.ok()) return etcd.status();
     etcd_ = std::move(*etcd);

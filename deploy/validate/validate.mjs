@@ -5,7 +5,7 @@
 //   node validate.mjs rendered.yaml [more.yaml ...]   exit 0 when everything is valid
 //   node validate.mjs --self-test                     checks that broken objects are rejected
 import { readFileSync } from "node:fs";
-import { parseAllDocuments } from "yaml";
+import { parseAllDocuments, parseDocument } from "yaml";
 
 // apiVersion -> module of kubernetes-models ("apps/v1" -> "kubernetes-models/apps/v1").
 async function modelFor(apiVersion, kind) {
@@ -34,6 +34,58 @@ const WORKLOADS = new Set(["DaemonSet", "StatefulSet", "Deployment"]);
 
 function labelsMatch(selector, labels) {
   return Object.entries(selector || {}).every(([k, v]) => labels?.[k] === v);
+}
+
+// Pagoda's security defaults, on the rendered pagodad DaemonSet and its ConfigMap: no hostIPC
+// (the zero-copy path passes a memfd over the unix socket; no documented path needs the node's
+// IPC namespace), the bearer token from a Secret (never a literal, never in the ConfigMap), only
+// listed tenants served.
+function securityCheck(objects) {
+  const errors = [];
+  for (const o of objects) {
+    if (o.kind !== "DaemonSet" || o.metadata?.name !== "pagodad") continue;
+    const id = `${o.kind}/${o.metadata.name}`;
+    const spec = o.spec?.template?.spec || {};
+    if (spec.hostIPC) errors.push(`${id}: hostIPC is on; no Pagoda path needs it`);
+    const c = (spec.containers || []).find((x) => x.name === "pagodad");
+    if (!c) {
+      errors.push(`${id}: no container named pagodad`);
+      continue;
+    }
+    const token = (c.env || []).find((e) => e.name === "PAGODA_TOKEN");
+    if (!token?.valueFrom?.secretKeyRef?.name || token.valueFrom.secretKeyRef.optional) {
+      errors.push(`${id}: PAGODA_TOKEN must come from a (non-optional) Secret`);
+    }
+    if ((c.args || []).some((a) => a.startsWith("--token"))) {
+      errors.push(`${id}: the token must not be a command-line argument`);
+    }
+    const cmName = (spec.volumes || []).find((v) => v.name === "config")?.configMap?.name;
+    const cm = objects.find((x) => x.kind === "ConfigMap" && x.metadata?.name === cmName);
+    const text = cm?.data?.["pagodad.yaml"];
+    if (text === undefined) {
+      errors.push(`${id}: its config volume has no pagodad.yaml`);
+      continue;
+    }
+    const conf = parseDocument(text).toJS() || {};
+    if (conf.security?.allow_unknown_tenants !== false) {
+      errors.push(`${id}: pagodad.yaml must set security.allow_unknown_tenants: false`);
+    }
+    if (conf.security?.token) errors.push(`${id}: pagodad.yaml holds a token (use the Secret)`);
+    for (const [name, t] of Object.entries(conf.tenants || {})) {
+      if (t?.token) errors.push(`${id}: pagodad.yaml holds tenant ${name}'s token`);
+    }
+  }
+  return errors;
+}
+
+// What deploy/validate.sh starts for one rendered overlay: pagodad's image, args and config.
+function pagodadOf(objects) {
+  const ds = objects.find((o) => o.kind === "DaemonSet" && o.metadata?.name === "pagodad");
+  const spec = ds?.spec?.template?.spec || {};
+  const c = (spec.containers || []).find((x) => x.name === "pagodad") || {};
+  const cmName = (spec.volumes || []).find((v) => v.name === "config")?.configMap?.name;
+  const cm = objects.find((x) => x.kind === "ConfigMap" && x.metadata?.name === cmName);
+  return { image: c.image, args: c.args || [], config: cm?.data?.["pagodad.yaml"] };
 }
 
 // Checks across objects; returns a list of messages.
@@ -124,6 +176,7 @@ async function validateText(text, name) {
   }
   if (objects.length === 0) errors.push(`${name}: no objects`);
   for (const e of crossCheck(objects)) errors.push(`${name}: ${e}`);
+  for (const e of securityCheck(objects)) errors.push(`${name}: ${e}`);
   return { objects, errors };
 }
 
@@ -200,7 +253,49 @@ spec:
             resources: {requests: {cpu: 1}, limits: {memory: 1Gi}}}]}
 `,
   };
+  const pagodad = (podExtra, containerExtra, conf) => `
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg, namespace: n}
+data:
+  pagodad.yaml: |
+${conf.split("\n").map((l) => "    " + l).join("\n")}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: pagodad, namespace: n}
+spec:
+  selector: {matchLabels: {a: b}}
+  template:
+    metadata: {labels: {a: b}}
+    spec:
+      ${podExtra}
+      volumes: [{name: config, configMap: {name: cfg}}]
+      containers:
+        - name: pagodad
+          image: "i:1"
+          resources: {requests: {cpu: 1}, limits: {memory: 1Gi}}
+          volumeMounts: [{name: config, mountPath: /etc/pagoda}]
+          ${containerExtra}
+`;
+  const secretEnv = "env: [{name: PAGODA_TOKEN, valueFrom: {secretKeyRef: {name: s, key: token}}}]";
+  const locked = "security: {allow_unknown_tenants: false}\ntenants: {default: {}}";
+  const goodPagodad = pagodad("hostNetwork: false", secretEnv, locked);
+  Object.assign(cases, {
+    "hostIPC on": pagodad("hostIPC: true", secretEnv, locked),
+    "token as a literal": pagodad("hostNetwork: false", "env: [{name: PAGODA_TOKEN, value: abc}]", locked),
+    "no token": pagodad("hostNetwork: false", "args: [--config=/etc/pagoda/pagodad.yaml]", locked),
+    "token argument": pagodad("hostNetwork: false", `args: [--token=abc]\n          ${secretEnv}`, locked),
+    "unknown tenants allowed": pagodad("hostNetwork: false", secretEnv, "security: {allow_unknown_tenants: true}"),
+    "token in the ConfigMap": pagodad("hostNetwork: false", secretEnv,
+      "security: {allow_unknown_tenants: false, token: abc}\ntenants: {default: {}}"),
+  });
   let failed = 0;
+  if ((await validateText(goodPagodad, "good pagodad")).errors.length) {
+    console.error("self-test: a secure pagodad DaemonSet was rejected:",
+      (await validateText(goodPagodad, "good pagodad")).errors);
+    failed++;
+  }
   if ((await validateText(good, "good")).errors.length) {
     console.error("self-test: a valid ConfigMap was rejected");
     failed++;
@@ -212,13 +307,19 @@ spec:
       failed++;
     }
   }
-  console.log(`self-test: ${Object.keys(cases).length + 1 - failed} passed, ${failed} failed`);
+  console.log(`self-test: ${Object.keys(cases).length + 2 - failed} passed, ${failed} failed`);
   return failed === 0;
 }
 
 const args = process.argv.slice(2);
 if (args[0] === "--self-test") {
   process.exit((await selfTest()) ? 0 : 1);
+}
+if (args[0] === "--pagodad") {
+  // node validate.mjs --pagodad rendered.yaml: pagodad's image, args and config as JSON.
+  const objects = parseAllDocuments(readFileSync(args[1], "utf8")).map((d) => d.toJS()).filter(Boolean);
+  console.log(JSON.stringify(pagodadOf(objects)));
+  process.exit(0);
 }
 if (args.length === 0) {
   console.error("usage: node validate.mjs FILE.yaml [...] | --self-test");

@@ -16,8 +16,8 @@
 #include <sstream>
 #include <thread>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 
 namespace pagoda::testing {
 
@@ -45,20 +45,6 @@ std::string ReadAllFile(const std::string& path) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
-}
-
-// Pulls `"name": 123` or `"name": "text"` out of the small JSON port file.
-std::string JsonField(const std::string& json, const std::string& name) {
-  size_t p = json.find("\"" + name + "\"");
-  if (p == std::string::npos) return "";
-  p = json.find(':', p) + 1;
-  while (p < json.size() && json[p] == ' ') ++p;
-  if (json[p] == '"') {
-    size_t e = json.find('"', p + 1);
-    return json.substr(p + 1, e - p - 1);
-  }
-  size_t e = json.find_first_of(",}", p);
-  return json.substr(p, e - p);
 }
 
 }  // namespace
@@ -109,11 +95,15 @@ absl::StatusOr<std::unique_ptr<PagodadProcess>> PagodadProcess::Start(const Opti
     }
     std::string json = ReadAllFile(ports);
     if (!json.empty()) {
-      if (!absl::SimpleAtoi(JsonField(json, "grpc_port"), &p->grpc_port_) ||
-          !absl::SimpleAtoi(JsonField(json, "http_port"), &p->http_port_)) {
+      const nlohmann::json j = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+      if (!j.is_object() || !j.value("grpc_port", nlohmann::json()).is_number_integer() ||
+          !j.value("http_port", nlohmann::json()).is_number_integer() ||
+          !j.value("local_socket", nlohmann::json()).is_string()) {
         return absl::InternalError("bad port file: " + json);
       }
-      p->local_socket_ = JsonField(json, "local_socket");
+      p->grpc_port_ = j["grpc_port"].get<int>();
+      p->http_port_ = j["http_port"].get<int>();
+      p->local_socket_ = j["local_socket"].get<std::string>();
       return p;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));

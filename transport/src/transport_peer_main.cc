@@ -4,6 +4,7 @@
 //   KEY <hex of the packed remote key>
 // and then serves until killed or until stdin closes. Commands on stdin:
 //   CHECK <offset> <length> <seed>   -> "OK" or "BAD <first bad offset>"
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -21,29 +22,13 @@ int main(int argc, char** argv) {
   uint64_t seed = 1;
   std::string tls;
   bool alloc = false, detect = true;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i];
-    bool ok = true;
-    if (flag == "--bytes") {
-      ok = absl::SimpleAtoi(argv[i + 1], &bytes);
-    } else if (flag == "--seed") {
-      ok = absl::SimpleAtoi(argv[i + 1], &seed);
-    } else if (flag == "--alloc") {
-      alloc = std::string(argv[i + 1]) == "1";
-    } else if (flag == "--detect") {
-      detect = std::string(argv[i + 1]) == "1";
-    } else if (flag == "--tls") {
-      tls = argv[i + 1];
-    } else {
-      ok = false;
-    }
-    if (!ok) {
-      std::fprintf(
-          stderr, "usage: %s [--bytes N] [--seed S] [--tls UCX_TLS] [--alloc 0|1] [--detect 0|1]\n",
-          argv[0]);
-      return 2;
-    }
-  }
+  CLI::App app{"A transport peer in its own process (for tests that kill it mid-transfer)"};
+  app.add_option("--bytes", bytes, "registered bytes")->check(CLI::PositiveNumber);
+  app.add_option("--seed", seed, "seed of the test pattern");
+  app.add_option("--tls", tls, "UCX_TLS");
+  app.add_option("--alloc", alloc, "1: memory from the transport, 0: our own");
+  app.add_option("--detect", detect, "1: detect peer failure");
+  CLI11_PARSE(app, argc, argv);
   pagoda::TransportOptions opts;
   opts.ucx_tls = tls;
   opts.detect_peer_failure = detect;

@@ -3,6 +3,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <fstream>
+#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -368,6 +370,22 @@ std::string PrefixRangeEnd(std::string_view prefix) {
   return std::string(1, '\0');  // every key: etcd reads "\0" as "to the end"
 }
 
+namespace {
+
+// A PEM file for the TLS options; NotFound names the path, InvalidArgument an empty file.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("etcd: cannot read TLS file '", path, "'"));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (text.str().find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("etcd: '", path, "' holds no PEM block"));
+  }
+  return text.str();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<EtcdClient>> EtcdClient::Create(const EtcdOptions& options) {
   if (options.endpoints.empty()) {
     return absl::InvalidArgumentError("etcd: no endpoints given");
@@ -375,16 +393,33 @@ absl::StatusOr<std::unique_ptr<EtcdClient>> EtcdClient::Create(const EtcdOptions
   if (options.rpc_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("etcd: rpc_timeout must be positive");
   }
+  const bool have_cert = !options.tls_cert_file.empty();
+  if (have_cert != !options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("etcd: tls_cert_file and tls_key_file go together");
+  }
+  const bool any_tls_file = have_cert || !options.tls_ca_file.empty();
+  bool any_https = false;
+  std::shared_ptr<grpc::ChannelCredentials> tls;  // built once, at the first https:// endpoint
   std::vector<Endpoint> endpoints;
   for (const std::string& raw : options.endpoints) {
     std::string ep = raw;
+    const bool https = raw.rfind("https://", 0) == 0;
     for (std::string_view scheme : {"http://", "https://"}) {
       if (ep.rfind(scheme, 0) == 0) ep = ep.substr(scheme.size());
     }
-    if (raw.rfind("https://", 0) == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("etcd: TLS endpoints are not supported yet: '", raw, "'"));
+    if (https && tls == nullptr) {
+      grpc::SslCredentialsOptions ssl;
+      for (auto [path, out] : {std::pair{&options.tls_ca_file, &ssl.pem_root_certs},
+                               std::pair{&options.tls_cert_file, &ssl.pem_cert_chain},
+                               std::pair{&options.tls_key_file, &ssl.pem_private_key}}) {
+        if (path->empty()) continue;
+        absl::StatusOr<std::string> pem = ReadPemFile(*path);
+        if (!pem.ok()) return pem.status();
+        *out = std::move(*pem);
+      }
+      tls = grpc::SslCredentials(ssl);
     }
+    any_https = any_https || https;
     const size_t colon = ep.rfind(':');
     if (ep.empty() || colon == std::string::npos || colon == 0 || colon + 1 == ep.size() ||
         ep.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
@@ -397,11 +432,16 @@ absl::StatusOr<std::unique_ptr<EtcdClient>> EtcdClient::Create(const EtcdOptions
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
     Endpoint e;
-    e.channel = grpc::CreateCustomChannel(ep, grpc::InsecureChannelCredentials(), args);
+    e.channel =
+        grpc::CreateCustomChannel(ep, https ? tls : grpc::InsecureChannelCredentials(), args);
     e.kv = etcdserverpb::KV::NewStub(e.channel);
     e.lease = etcdserverpb::Lease::NewStub(e.channel);
     e.watch = etcdserverpb::Watch::NewStub(e.channel);
     endpoints.push_back(std::move(e));
+  }
+  if (any_tls_file && !any_https) {
+    return absl::InvalidArgumentError(
+        "etcd: TLS files are set but no endpoint is https:// (name the endpoints https://...)");
   }
   return std::unique_ptr<EtcdClient>(new GrpcEtcdClient(options, std::move(endpoints)));
 }

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kvstore/cluster/testing/etcd_process.h"
+#include "kvstore/cluster/testing/subprocess.h"
 
 namespace pagoda::cluster {
 namespace {
@@ -31,7 +32,7 @@ class EtcdClientTest : public ::testing::Test {
 
 TEST(EtcdClientCreate, RejectsBadOptions) {
   EXPECT_TRUE(absl::IsInvalidArgument(EtcdClient::Create({}).status()));
-  for (const char* bad : {"", "localhost", "localhost:", ":2379", "host:12x", "https://h:1"}) {
+  for (const char* bad : {"", "localhost", "localhost:", ":2379", "host:12x", "https://h:"}) {
     EtcdOptions o;
     o.endpoints = {bad};
     EXPECT_TRUE(absl::IsInvalidArgument(EtcdClient::Create(o).status())) << bad;
@@ -41,6 +42,95 @@ TEST(EtcdClientCreate, RejectsBadOptions) {
   EXPECT_TRUE(EtcdClient::Create(o).ok());
   o.rpc_timeout = absl::ZeroDuration();
   EXPECT_TRUE(absl::IsInvalidArgument(EtcdClient::Create(o).status()));
+}
+
+TEST(EtcdClientCreate, RejectsInconsistentTls) {
+  EtcdOptions o;
+  o.endpoints = {"https://127.0.0.1:2379"};
+  EXPECT_TRUE(EtcdClient::Create(o).ok()) << "https with the system roots";
+  o.tls_cert_file = "/nonexistent/client.pem";
+  EXPECT_TRUE(absl::IsInvalidArgument(EtcdClient::Create(o).status())) << "cert without key";
+  o.tls_key_file = "/nonexistent/client.key";
+  EXPECT_TRUE(absl::IsNotFound(EtcdClient::Create(o).status()));
+  // TLS files with only plaintext endpoints: refused, never silently plaintext.
+  EtcdOptions plain;
+  plain.endpoints = {"127.0.0.1:2379", "http://127.0.0.1:2380"};
+  plain.tls_ca_file = "/etc/ssl/certs/ca-certificates.crt";
+  EXPECT_TRUE(absl::IsInvalidArgument(EtcdClient::Create(plain).status()));
+}
+
+// A real etcd serving TLS only and requiring client certificates, with certificates made by the
+// test.
+class EtcdTlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::string> dir = testing::MakeTempDir("pagoda-pki");
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = *dir;
+    absl::StatusOr<testing::TestPki> pki = testing::MakeTestPki(dir_);
+    ASSERT_TRUE(pki.ok()) << pki.status();
+    pki_ = *pki;
+    auto etcd = EtcdProcess::StartTls(pki_);
+    ASSERT_TRUE(etcd.ok()) << etcd.status();
+    etcd_ = std::move(*etcd);
+  }
+  void TearDown() override {
+    etcd_.reset();
+    if (!dir_.empty()) testing::RemoveTree(dir_);
+  }
+
+  EtcdOptions Options() const {
+    EtcdOptions o;
+    o.endpoints = {etcd_->endpoint()};
+    o.tls_ca_file = pki_.ca_file;
+    o.tls_cert_file = pki_.client_cert_file;
+    o.tls_key_file = pki_.client_key_file;
+    o.rpc_timeout = absl::Seconds(2);
+    return o;
+  }
+
+  std::string dir_;
+  testing::TestPki pki_;
+  std::unique_ptr<EtcdProcess> etcd_;
+};
+
+TEST_F(EtcdTlsTest, RoundTripWithCaAndClientCertificate) {
+  ASSERT_EQ(etcd_->endpoint().rfind("https://", 0), 0u);
+  auto client = EtcdClient::Create(Options());
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Put("/tls/a", "secret").ok());
+  auto got = (*client)->Get("/tls/a");
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->kvs.size(), 1u);
+  EXPECT_EQ(got->kvs[0].value, "secret");
+  auto lease = (*client)->GrantLease(5);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+}
+
+TEST_F(EtcdTlsTest, RefusesWhatCannotAuthenticate) {
+  // No client certificate: etcd's --client-cert-auth rejects the handshake.
+  EtcdOptions no_cert = Options();
+  no_cert.tls_cert_file.clear();
+  no_cert.tls_key_file.clear();
+  // A CA that did not sign etcd's certificate: the client rejects the server.
+  EtcdOptions wrong_ca = Options();
+  wrong_ca.tls_ca_file = pki_.other_ca_file;
+  // Plaintext to a TLS port.
+  EtcdOptions plaintext;
+  plaintext.endpoints = {absl::StrCat("127.0.0.1:", etcd_->client_port())};
+  plaintext.rpc_timeout = absl::Seconds(2);
+  for (const EtcdOptions& o : {no_cert, wrong_ca, plaintext}) {
+    auto client = EtcdClient::Create(o);
+    ASSERT_TRUE(client.ok()) << client.status();
+    absl::StatusOr<int64_t> put = (*client)->Put("/tls/b", "x");
+    EXPECT_FALSE(put.ok());
+  }
+  // Nothing was written by the refused clients.
+  auto client = EtcdClient::Create(Options());
+  ASSERT_TRUE(client.ok());
+  auto got = (*client)->Get("/tls/b");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->kvs.empty());
 }
 
 TEST(PrefixRangeEnd, IncrementsLastByte) {

@@ -314,6 +314,21 @@ absl::Status SegmentSet::Read(SegmentLocation at, char* out, size_t size) const 
   return absl::OkStatus();
 }
 
+absl::Status SegmentSet::CheckRange(SegmentLocation at, uint64_t size) const {
+  std::shared_ptr<Segment> seg = Find(at.segment);
+  if (seg == nullptr) {
+    return absl::NotFoundError(absl::StrCat("SSD segments: segment ", at.segment, " is missing"));
+  }
+  struct stat st;
+  if (fstat(seg->fd, &st) != 0) return FromErrno(errno, absl::StrCat("stat segment ", at.segment));
+  if (uint64_t{at.offset} + size > static_cast<uint64_t>(st.st_size)) {
+    return absl::DataLossError(absl::StrCat("SSD segments: record at ", at.segment, ":", at.offset,
+                                            "+", size, " points past the end of its segment (",
+                                            st.st_size, " bytes)"));
+  }
+  return absl::OkStatus();
+}
+
 void SegmentSet::AddLive(uint32_t segment, uint64_t bytes) {
   absl::MutexLock l(&mu_);
   auto it = segments_.find(segment);

@@ -74,6 +74,9 @@ class SegmentSet {
   // Reads exactly out->size() bytes at `at`. NotFound when the segment is not in the set; DataLoss
   // when the file ends before the range does.
   absl::Status Read(SegmentLocation at, char* out, size_t size) const;
+  // The same answers as Read for a range, without reading: lets a caller refuse a corrupt record's
+  // size before allocating a buffer for it.
+  absl::Status CheckRange(SegmentLocation at, uint64_t size) const;
   bool Has(uint32_t segment) const;
 
   void AddLive(uint32_t segment, uint64_t bytes);

@@ -68,7 +68,10 @@ security:
   local_allowed_gids: []
 tenants: {}
 cluster:                    # registration in etcd (issue 7); no endpoints = standalone node
-  etcd_endpoints: ""        # comma-separated host:port list of etcd's client API
+  etcd_endpoints: ""        # comma-separated host:port list of etcd's client API (https:// = TLS)
+  etcd_ca: ""               # TLS to etcd: CA of its server certificate ("" = system roots)
+  etcd_cert: ""             # TLS to etcd: client certificate and key (etcd --client-cert-auth)
+  etcd_key: ""
   node_id: ""               # "" = the host name
   advertise_address: ""     # address clients dial; "" = grpc_host (host name if 0.0.0.0)
   prefix: /pagoda/v1/nodes/
@@ -360,6 +363,9 @@ absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
     for (absl::string_view e : absl::StrSplit(endpoints, ',', absl::SkipWhitespace())) {
       c->etcd_endpoints.emplace_back(absl::StripAsciiWhitespace(e));
     }
+    PAGODA_RETURN_IF_ERROR(r.String("etcd_ca", &c->etcd_ca));
+    PAGODA_RETURN_IF_ERROR(r.String("etcd_cert", &c->etcd_cert));
+    PAGODA_RETURN_IF_ERROR(r.String("etcd_key", &c->etcd_key));
     PAGODA_RETURN_IF_ERROR(r.String("node_id", &c->node_id));
     PAGODA_RETURN_IF_ERROR(r.String("advertise_address", &c->advertise_address));
     PAGODA_RETURN_IF_ERROR(r.String("prefix", &c->cluster_prefix));

@@ -1,100 +1,123 @@
 #include "http_server.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
+#include <civetweb.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include "spdlog/spdlog.h"
 
 namespace pagoda::service {
+namespace {
 
-HttpServer::HttpServer(Handler handler) : handler_(std::move(handler)) {}
+// civetweb reports connection-level trouble (timeouts, malformed requests) here; the client gets
+// its 4xx from civetweb, the operator a debug line rather than stderr noise.
+int LogMessage(const mg_connection*, const char* message) {
+  spdlog::debug("http: {}", message);
+  return 1;
+}
 
-HttpServer::~HttpServer() { Stop(); }
+}  // namespace
 
-absl::StatusOr<int> HttpServer::Start(const std::string& host, int port) {
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& host, int port,
+                                                              Handler handler,
+                                                              const HttpServerOptions& options) {
+  in_addr addr{};
+  if (inet_pton(AF_INET, host.c_str(), &addr) != 1) {
     return absl::InvalidArgumentError(absl::StrCat("http: not an IPv4 address: '", host, "'"));
   }
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("http socket: ", strerror(errno)));
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(fd, 64) != 0) {
-    absl::Status s =
-        absl::UnavailableError(absl::StrCat("http bind ", host, ":", port, ": ", strerror(errno)));
-    ::close(fd);
-    return s;
+  if (port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("http: port out of range: ", port));
   }
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  listen_fd_ = fd;
-  thread_ = std::thread([this] { Loop(); });
-  return static_cast<int>(ntohs(addr.sin_port));
+  if (options.worker_threads < 1 || options.request_timeout_ms < 1) {
+    return absl::InvalidArgumentError("http: worker_threads and request_timeout_ms must be >= 1");
+  }
+  static std::once_flag init;
+  std::call_once(init, [] { mg_init_library(0); });
+
+  std::unique_ptr<HttpServer> server(new HttpServer(std::move(handler)));
+  server->host_ = host;
+  const std::string listen = absl::StrCat(host, ":", port);
+  const std::string threads = absl::StrCat(options.worker_threads);
+  const std::string timeout = absl::StrCat(options.request_timeout_ms);
+  // No document_root: civetweb serves no files, only the handler below.
+  const char* mg_options[] = {
+      "listening_ports", listen.c_str(),      "num_threads", threads.c_str(), "request_timeout_ms",
+      timeout.c_str(),   "enable_keep_alive", "no",          nullptr};
+  mg_callbacks callbacks;
+  std::memset(&callbacks, 0, sizeof(callbacks));
+  callbacks.log_message = LogMessage;
+  mg_context* ctx = mg_start(&callbacks, server.get(), mg_options);
+  if (ctx == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("http: cannot listen on ", listen, " (port in use?)"));
+  }
+  mg_set_request_handler(ctx, "/", &HttpServer::OnRequest, server.get());
+  mg_server_port ports[1];
+  std::memset(ports, 0, sizeof(ports));
+  if (mg_get_server_ports(ctx, 1, ports) < 1 || ports[0].port <= 0) {
+    mg_stop(ctx);
+    return absl::InternalError(absl::StrCat("http: no bound port for ", listen));
+  }
+  server->port_ = ports[0].port;
+  server->ctx_ = ctx;
+  return server;
 }
 
-void HttpServer::Stop() {
-  stop_ = true;
-  if (thread_.joinable()) thread_.join();
-  if (listen_fd_ >= 0) ::close(listen_fd_);
-  listen_fd_ = -1;
+HttpServer::~HttpServer() {
+  if (ctx_ == nullptr) return;
+  // civetweb's accept loop polls in 2 s quanta and sees the stop flag only between polls; a
+  // connection wakes it, so a stop takes milliseconds instead of up to 2 s.
+  std::atomic<bool> stopped{false};
+  std::thread stopper([&] {
+    mg_stop(ctx_);
+    stopped = true;
+  });
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port_));
+  if (inet_pton(AF_INET, host_.c_str(), &addr.sin_addr) != 1 || addr.sin_addr.s_addr == 0) {
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);  // bound to 0.0.0.0
+  }
+  while (!stopped) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd >= 0) {
+      (void)::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+      ::close(fd);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  stopper.join();
 }
 
-void HttpServer::Loop() {
-  while (!stop_) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    int c = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (c < 0) continue;
-    Serve(c);
-    ::close(c);
-  }
-}
-
-void HttpServer::Serve(int fd) {
-  timeval tv{2, 0};  // a silent client cannot hold the thread for long
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  std::string req;
-  char buf[2048];
-  while (req.find("\r\n\r\n") == std::string::npos && req.size() < 16384) {
-    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) break;
-    req.append(buf, static_cast<size_t>(n));
-  }
+int HttpServer::OnRequest(mg_connection* conn, void* self) {
+  const mg_request_info* info = mg_get_request_info(conn);
   HttpReply reply;
-  std::vector<std::string> first = absl::StrSplit(req.substr(0, req.find("\r\n")), ' ');
-  if (first.size() < 2 || first[1].empty() || first[1][0] != '/') {
-    reply = {400, "text/plain", "bad request\n"};
-  } else if (first[0] != "GET") {
+  const bool head =
+      info->request_method != nullptr && std::strcmp(info->request_method, "HEAD") == 0;
+  if (info->request_method == nullptr || (std::strcmp(info->request_method, "GET") != 0 && !head)) {
     reply = {405, "text/plain", "only GET\n"};
+  } else if (info->local_uri == nullptr || info->local_uri[0] != '/') {
+    reply = {400, "text/plain", "bad request\n"};
   } else {
-    std::string path = first[1].substr(0, first[1].find('?'));
-    reply = handler_(path);
+    reply = static_cast<HttpServer*>(self)->handler_(info->local_uri);
   }
-  const char* reason = reply.status == 200   ? "OK"
-                       : reply.status == 404 ? "Not Found"
-                       : reply.status == 503 ? "Service Unavailable"
-                                             : "Error";
-  std::string head =
-      absl::StrCat("HTTP/1.0 ", reply.status, " ", reason, "\r\nContent-Type: ", reply.content_type,
-                   "\r\nContent-Length: ", reply.body.size(), "\r\nConnection: close\r\n\r\n");
-  head += reply.body;
-  const char* p = head.data();
-  size_t left = head.size();
-  while (left > 0) {
-    ssize_t n = ::send(fd, p, left, MSG_NOSIGNAL);
-    if (n <= 0) break;
-    p += n;
-    left -= static_cast<size_t>(n);
-  }
+  mg_printf(conn,
+            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n%s"
+            "\r\n",
+            reply.status, mg_get_response_code_text(conn, reply.status), reply.content_type.c_str(),
+            reply.body.size(), reply.status == 405 ? "Allow: GET, HEAD\r\n" : "");
+  if (!head) mg_write(conn, reply.body.data(), reply.body.size());
+  return reply.status;  // non-zero: handled
 }
 
 }  // namespace pagoda::service

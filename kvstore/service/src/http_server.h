@@ -1,16 +1,21 @@
-// A minimal HTTP/1.0 server for /metrics and /healthz: one thread, one request per connection,
-// GET only. It serves operators and Prometheus, not page bytes.
+// The operators' HTTP endpoint of pagodad (/metrics, /healthz), served by civetweb — the HTTP
+// server prometheus-cpp's pull exposer is built on — with a pool of worker threads, so a slow or
+// silent client holds one worker (until its request times out) while probes and scrapes go on.
+// GET (and HEAD) only; it serves operators and Prometheus, never page bytes.
 //
-// Thread safety: Start/Stop from one thread; the handler runs on the server thread.
+// Thread safety: the handler runs concurrently on the worker threads and must be thread-safe.
+// Construction and destruction from one thread; the destructor stops the server and waits for
+// the handlers in flight.
 #pragma once
 
-#include <atomic>
 #include <functional>
+#include <memory>
 #include <string>
-#include <thread>
 
-#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+
+struct mg_context;
+struct mg_connection;
 
 namespace pagoda::service {
 
@@ -20,26 +25,38 @@ struct HttpReply {
   std::string body;
 };
 
+struct HttpServerOptions {
+  // Connections served at once; one more client than this waits in the listen queue.
+  int worker_threads = 4;
+  // A client that has not sent its whole request (or read the reply) by then is dropped.
+  int request_timeout_ms = 5000;
+};
+
 class HttpServer {
  public:
   // `handler(path)` answers a GET of `path` (query string stripped).
   using Handler = std::function<HttpReply(const std::string& path)>;
 
-  explicit HttpServer(Handler handler);
-  ~HttpServer();  // Stops.
+  // Binds host:port (an IPv4 address; port 0 = any free port) and starts serving.
+  // Errors: InvalidArgument for a bad host or port, Unavailable when the port cannot be bound.
+  static absl::StatusOr<std::unique_ptr<HttpServer>> Start(const std::string& host, int port,
+                                                           Handler handler,
+                                                           const HttpServerOptions& options = {});
+  ~HttpServer();  // Stops: closes the listener, waits for the handlers in flight.
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
 
-  // Binds host:port (port 0 = any free port) and starts serving; returns the bound port.
-  absl::StatusOr<int> Start(const std::string& host, int port);
-  void Stop();
+  // The bound port.
+  int port() const { return port_; }
 
  private:
-  void Loop();
-  void Serve(int fd);
+  explicit HttpServer(Handler handler) : handler_(std::move(handler)) {}
+  static int OnRequest(mg_connection* conn, void* self);
 
   Handler handler_;
-  int listen_fd_ = -1;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
+  std::string host_;
+  mg_context* ctx_ = nullptr;
+  int port_ = 0;
 };
 
 }  // namespace pagoda::service

@@ -2,11 +2,11 @@
 
 #include <prometheus/counter.h>
 #include <prometheus/histogram.h>
+#include <prometheus/metric_family.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 
 namespace pagoda::service {
 
@@ -52,44 +52,61 @@ void ServiceMetrics::AddBytesOut(std::string_view path, uint64_t bytes) {
 
 std::string ServiceMetrics::Render(const std::vector<TierSample>& tiers, uint64_t misses,
                                    const DurabilitySample& durability) const {
-  std::string out = prometheus::TextSerializer().Serialize(registry_->Collect());
-  auto family = [&](const char* name, const char* type, const char* help, auto get) {
-    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  auto family = [&](const char* name, prometheus::MetricType type, const char* help, auto get) {
+    prometheus::MetricFamily f{name, help, type, {}};
     for (const TierSample& t : tiers) {
-      absl::StrAppend(&out, name, "{tier=\"", t.name, "\"} ", get(t), "\n");
+      prometheus::ClientMetric m;
+      m.label.push_back({"tier", t.name});
+      const double v = static_cast<double>(get(t));
+      if (type == prometheus::MetricType::Counter) {
+        m.counter.value = v;
+      } else {
+        m.gauge.value = v;
+      }
+      f.metric.push_back(std::move(m));
     }
+    families.push_back(std::move(f));
   };
-  family("pagoda_tier_capacity_bytes", "gauge", "Capacity of each storage tier",
+  using prometheus::MetricType;
+  family("pagoda_tier_capacity_bytes", MetricType::Gauge, "Capacity of each storage tier",
          [](const TierSample& t) { return t.capacity_bytes; });
-  family("pagoda_tier_used_bytes", "gauge", "Bytes of pages held in each tier",
+  family("pagoda_tier_used_bytes", MetricType::Gauge, "Bytes of pages held in each tier",
          [](const TierSample& t) { return t.used_bytes; });
-  family("pagoda_tier_pages", "gauge", "Pages held in each tier",
+  family("pagoda_tier_pages", MetricType::Gauge, "Pages held in each tier",
          [](const TierSample& t) { return t.pages; });
-  family("pagoda_tier_hits_total", "counter", "Reads served by each tier",
+  family("pagoda_tier_hits_total", MetricType::Counter, "Reads served by each tier",
          [](const TierSample& t) { return t.hits; });
-  family("pagoda_tier_promotions_total", "counter", "Pages moved up into each tier",
+  family("pagoda_tier_promotions_total", MetricType::Counter, "Pages moved up into each tier",
          [](const TierSample& t) { return t.promotions; });
-  family("pagoda_tier_evictions_total", "counter", "Pages evicted (demoted or dropped) per tier",
+  family("pagoda_tier_evictions_total", MetricType::Counter,
+         "Pages evicted (demoted or dropped) per tier",
          [](const TierSample& t) { return t.evictions; });
-  absl::StrAppend(&out,
-                  "# HELP pagoda_misses_total Reads of pages the store does not hold\n"
-                  "# TYPE pagoda_misses_total counter\npagoda_misses_total ",
-                  misses, "\n");
-  auto scalar = [&](const char* name, const char* type, const char* help, auto value) {
-    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, " ",
-                    value, "\n");
+  prometheus::MetricFamily miss{
+      "pagoda_misses_total", "Reads of pages the store does not hold", MetricType::Counter, {}};
+  miss.metric.emplace_back().counter.value = static_cast<double>(misses);
+  families.push_back(std::move(miss));
+  auto scalar = [&](const char* name, MetricType type, const char* help, uint64_t value) {
+    prometheus::MetricFamily f{name, help, type, {}};
+    prometheus::ClientMetric& m = f.metric.emplace_back();
+    if (type == MetricType::Counter) {
+      m.counter.value = static_cast<double>(value);
+    } else {
+      m.gauge.value = static_cast<double>(value);
+    }
+    families.push_back(std::move(f));
   };
-  scalar("pagoda_memory_only_pages", "gauge",
+  scalar("pagoda_memory_only_pages", MetricType::Gauge,
          "Pages whose only copy is in memory (what a crash now could lose)",
          durability.memory_only_pages);
-  scalar("pagoda_checkpoints_total", "counter", "Completed checkpoints of memory pages to SSD",
-         durability.checkpoints);
-  scalar("pagoda_checkpoint_failures_total", "counter", "Checkpoints that failed",
+  scalar("pagoda_checkpoints_total", MetricType::Counter,
+         "Completed checkpoints of memory pages to SSD", durability.checkpoints);
+  scalar("pagoda_checkpoint_failures_total", MetricType::Counter, "Checkpoints that failed",
          durability.checkpoint_failures);
-  scalar("pagoda_durable_before_unix_ms", "gauge",
+  scalar("pagoda_durable_before_unix_ms", MetricType::Gauge,
          "Every page acknowledged before this Unix time (ms) survives a crash (0: none yet)",
          durability.durable_before_unix_ms);
-  return out;
+  return prometheus::TextSerializer().Serialize(families);
 }
 
 }  // namespace pagoda::service

@@ -12,6 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "json_log_formatter.h"
+#include "nlohmann/json.hpp"
 #include "pagoda/cluster/etcd_client.h"
 #include "pagoda/cluster/registration.h"
 #include "pagoda/service/config.h"
@@ -43,6 +45,9 @@ absl::StatusOr<ClusterMembership> JoinCluster(const pagoda::service::ServiceConf
   ClusterMembership m;
   pagoda::cluster::EtcdOptions eo;
   eo.endpoints = c.etcd_endpoints;
+  eo.tls_ca_file = c.etcd_ca;
+  eo.tls_cert_file = c.etcd_cert;
+  eo.tls_key_file = c.etcd_key;
   absl::StatusOr<std::unique_ptr<pagoda::cluster::EtcdClient>> etcd =
       pagoda::cluster::EtcdClient::Create(eo);
   if (!etcd.ok()) return etcd.status();
@@ -89,15 +94,17 @@ int main(int argc, char** argv) {
   bool print_default = false;
   // Flag values land in optionals so that only flags actually given override the config.
   std::optional<int> grpc_port, http_port;
-  std::optional<std::string> grpc_host, data_dir, token, local_socket, log_level, tls_cert, tls_key,
-      tls_client_ca;
+  std::optional<std::string> grpc_host, http_host, data_dir, token, local_socket, log_level,
+      tls_cert, tls_key, tls_client_ca;
   std::optional<uint64_t> host_mib, ssd_mib;
   std::optional<double> grace_s;
-  std::optional<std::string> etcd_endpoints, node_id, advertise_address;
+  std::optional<std::string> etcd_endpoints, etcd_ca, etcd_cert, etcd_key, node_id,
+      advertise_address;
   app.add_option("--config", config_path, "YAML config file (default: embedded single-node)");
   app.add_flag("--print-default-config", print_default, "print the embedded default and exit");
   app.add_option("--grpc-host", grpc_host, "gRPC bind address");
   app.add_option("--grpc-port", grpc_port, "gRPC port (0 = any free port)");
+  app.add_option("--http-host", http_host, "/metrics + /healthz bind address");
   app.add_option("--http-port", http_port, "/metrics + /healthz port (0 = any, -1 = off)");
   app.add_option("--data-dir", data_dir, "data directory (SSD tier, local socket)");
   app.add_option("--host-mib", host_mib, "host tier (shared arena) size in MiB")
@@ -109,7 +116,8 @@ int main(int argc, char** argv) {
   app.add_option(
       "--ucx", ucx,
       "serve remote page bytes over UCX (true/false; default false: trusts every UCX peer)");
-  app.add_option("--token", token, "bearer token required from clients");
+  app.add_option("--token", token, "bearer token required from clients (or env PAGODA_TOKEN)")
+      ->envname("PAGODA_TOKEN");
   app.add_option("--tls-cert", tls_cert, "PEM server certificate (enables TLS)");
   app.add_option("--tls-key", tls_key, "PEM server key");
   app.add_option("--tls-client-ca", tls_client_ca, "PEM CA of client certificates (mTLS)");
@@ -119,6 +127,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 3600.0));
   app.add_option("--etcd", etcd_endpoints,
                  "comma-separated etcd host:port list; joins the cluster (\"\" = standalone)");
+  app.add_option("--etcd-ca", etcd_ca, "PEM CA of etcd's server certificate (https:// endpoints)");
+  app.add_option("--etcd-cert", etcd_cert, "PEM client certificate for etcd (with --etcd-key)");
+  app.add_option("--etcd-key", etcd_key, "PEM key of --etcd-cert");
   app.add_option("--node-id", node_id, "this node's id in the cluster (default: host name)");
   app.add_option("--advertise-address", advertise_address, "address other machines dial");
   CLI11_PARSE(app, argc, argv);
@@ -139,6 +150,7 @@ int main(int argc, char** argv) {
   ServiceConfig c = *loaded;
   if (grpc_host) c.grpc_host = *grpc_host;
   if (grpc_port) c.grpc_port = *grpc_port;
+  if (http_host) c.http_host = *http_host;
   if (http_port) c.http_port = *http_port;
   if (data_dir) c.data_dir = *data_dir;
   if (host_mib) c.host_bytes = *host_mib << 20;
@@ -156,15 +168,16 @@ int main(int argc, char** argv) {
       c.etcd_endpoints.emplace_back(e);
     }
   }
+  if (etcd_ca) c.etcd_ca = *etcd_ca;
+  if (etcd_cert) c.etcd_cert = *etcd_cert;
+  if (etcd_key) c.etcd_key = *etcd_key;
   if (node_id) c.node_id = *node_id;
   if (advertise_address) c.advertise_address = *advertise_address;
 
   auto logger = spdlog::stderr_logger_mt("pagodad");
   spdlog::set_default_logger(logger);
   if (c.log_json) {
-    spdlog::set_pattern(
-        R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","logger":"%n","pid":%P,"msg":"%v"})",
-        spdlog::pattern_time_type::utc);
+    spdlog::set_formatter(std::make_unique<pagoda::service::JsonLogFormatter>());
   } else {
     spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%fZ %l pagodad[%P] %v", spdlog::pattern_time_type::utc);
   }
@@ -185,13 +198,20 @@ int main(int argc, char** argv) {
               sock.empty() ? "off" : sock.c_str());
   std::fflush(stdout);
   if (!port_file.empty()) {
+    const nlohmann::json ports = {{"grpc_port", gport},
+                                  {"http_port", hport},
+                                  {"local_socket", sock},
+                                  {"pid", static_cast<int64_t>(getpid())}};
     std::string tmp = port_file + ".tmp";
     {
       std::ofstream out(tmp);
-      out << "{\"grpc_port\": " << gport << ", \"http_port\": " << hport << ", \"local_socket\": \""
-          << sock << "\", \"pid\": " << getpid() << "}\n";
+      out << ports.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      if (!out.flush()) return Fail(absl::UnavailableError("cannot write --port-file " + tmp));
     }
-    std::rename(tmp.c_str(), port_file.c_str());  // readers never see a half-written file
+    // Readers never see a half-written file.
+    if (std::rename(tmp.c_str(), port_file.c_str()) != 0) {
+      return Fail(absl::UnavailableError("cannot rename " + tmp + " to " + port_file));
+    }
   }
 
   std::optional<ClusterMembership> cluster;

@@ -189,10 +189,12 @@ class ServerImpl final : public Server {
     }
 
     if (config_.http_port >= 0) {
-      http_ = std::make_unique<HttpServer>([this](const std::string& path) { return Http(path); });
-      absl::StatusOr<int> port = http_->Start(config_.http_host, config_.http_port);
-      if (!port.ok()) return port.status();
-      http_port_ = *port;
+      absl::StatusOr<std::unique_ptr<HttpServer>> http =
+          HttpServer::Start(config_.http_host, config_.http_port,
+                            [this](const std::string& path) { return Http(path); });
+      if (!http.ok()) return http.status();
+      http_ = std::move(*http);
+      http_port_ = http_->port();
       service_->SetHttpPort(http_port_);
     }
     return absl::OkStatus();
@@ -221,7 +223,7 @@ class ServerImpl final : public Server {
     ucx_.reset();  // no control call runs any more: drop its leases, reservations, registration
     if (local_) local_->Stop();
     spdlog::info("shutdown: local clients closed");
-    if (http_) http_->Stop();
+    http_.reset();  // waits for the scrapes in flight
     if (store_ && config_.persist_on_shutdown && store_->HasTier(Tier::kSsd)) {
       // Every acknowledged page survives a graceful stop: each page whose only copy is in memory
       // (written, promoted or prefetched) gets one on SSD.

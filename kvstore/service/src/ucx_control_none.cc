@@ -10,7 +10,11 @@ absl::Status NoUcx() {
 }  // namespace
 
 UcxControl::UcxControl(Store* store, ServiceMetrics* metrics, UcxControlOptions options)
-    : store_(store), metrics_(metrics), options_(options) {}
+    : store_(store), metrics_(metrics), options_(options) {
+  // Unused without UCX; named here so clang's -Wunused-private-field holds in such builds.
+  (void)store_;
+  (void)metrics_;
+}
 UcxControl::~UcxControl() = default;
 
 absl::StatusOr<std::unique_ptr<UcxControl>> UcxControl::Create(Store*, ServiceMetrics*,

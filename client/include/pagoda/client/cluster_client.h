@@ -36,8 +36,13 @@ struct ClusterClientOptions {
   // DaemonSet every node's socket has the same path, so a socket found on this machine always
   // belongs to the local node, never to the remote one being dialed.
   std::string local_node_id;
-  // etcd client endpoints ("host:port"); required.
+  // etcd client endpoints ("host:port", or "https://host:port" for TLS); required.
   std::vector<std::string> etcd_endpoints;
+  // TLS to https:// etcd endpoints (PEM files): etcd's CA ("" = system roots), and this client's
+  // certificate + key when etcd requires client certificates. See cluster::EtcdOptions.
+  std::string etcd_ca_file;
+  std::string etcd_cert_file;
+  std::string etcd_key_file;
   // etcd key prefix of the cluster's nodes (pagodad's cluster.prefix).
   std::string prefix = "/pagoda/v1/nodes/";
   // Copies of each page (R >= 1). Puts fail with Unavailable while fewer than R nodes are up.

@@ -17,8 +17,17 @@
 namespace pagoda::cluster {
 
 struct EtcdOptions {
-  // "host:port" of etcd client endpoints (no scheme). A failed call moves to the next one.
+  // etcd client endpoints: "host:port" or "http://host:port" (plaintext), "https://host:port"
+  // (TLS). A failed call moves to the next one.
   std::vector<std::string> endpoints;
+  // TLS to https:// endpoints, PEM files read once by Create (paths as Kubernetes Secret mounts
+  // give them). `tls_ca_file`: the CA that signed etcd's server certificate ("" = the system
+  // roots). `tls_cert_file` + `tls_key_file`: this client's certificate for etcd's
+  // --client-cert-auth (both or neither). Setting any of them with no https:// endpoint is an
+  // error: TLS material must never be silently ignored in favour of plaintext.
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
   // Deadline of each unary call. Short, so a dead etcd is noticed quickly by keep-alive loops.
   absl::Duration rpc_timeout = absl::Seconds(2);
   // Upper bound of gRPC's reconnect backoff. gRPC's default (120 s) would hide an etcd that came
@@ -68,8 +77,9 @@ class EtcdWatch {
 // Thread safety: safe for concurrent use without external synchronization.
 class EtcdClient {
  public:
-  // Fails with InvalidArgument when no endpoint is given or one is malformed. Does not contact
-  // etcd (calls report Unavailable while it is down).
+  // Fails with InvalidArgument when no endpoint is given or one is malformed, or the TLS options
+  // are inconsistent (see EtcdOptions), NotFound when a TLS file cannot be read. Does not contact
+  // etcd (calls report Unavailable while it is down or its TLS handshake fails).
   static absl::StatusOr<std::unique_ptr<EtcdClient>> Create(const EtcdOptions& options);
   virtual ~EtcdClient() = default;
 

@@ -89,8 +89,11 @@ struct ServiceConfig {
   std::vector<uint32_t> local_allowed_gids;
 
   // --- cluster (issue 7): registration in etcd; empty etcd_endpoints = a standalone node
-  std::vector<std::string> etcd_endpoints;  // "host:port" of etcd's client API
-  std::string node_id;                      // "" = this machine's host name
+  std::vector<std::string> etcd_endpoints;  // "host:port", "http://..." or "https://..." (TLS)
+  std::string etcd_ca;    // PEM CA of etcd's server certificate ("" = system roots); https only
+  std::string etcd_cert;  // PEM client certificate for etcd's --client-cert-auth (with etcd_key)
+  std::string etcd_key;   // PEM key of etcd_cert
+  std::string node_id;    // "" = this machine's host name
   std::string advertise_address;  // address clients dial; "" = grpc_host, or the host name
   std::string cluster_prefix = "/pagoda/v1/nodes/";  // etcd key prefix of this cluster's nodes
   int lease_ttl_s = 5;  // a crashed node leaves the cluster this long after its last keep-alive
