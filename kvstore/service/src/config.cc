@@ -25,6 +25,7 @@ server:
   max_message_bytes: 8MiB
   get_chunk_bytes: 1MiB
   local_max_connections: 256
+  data_port: 0              # remote page bytes on TCP beside gRPC: 0 = a free port, -1 = off
   ucx: true                 # remote page bytes over UCX one-sided reads/writes when UCX works
   ucx_lease_ms: 5000        # UCX read leases: default and longest duration
 store:
@@ -196,6 +197,7 @@ absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
     }
     c->get_chunk_bytes = static_cast<uint32_t>(chunk);
     PAGODA_RETURN_IF_ERROR(r.Int("local_max_connections", 1, 65536, &c->local_max_connections));
+    PAGODA_RETURN_IF_ERROR(r.Int("data_port", -1, 65535, &c->data_port));
     PAGODA_RETURN_IF_ERROR(r.Bool("ucx", &c->ucx));
     PAGODA_RETURN_IF_ERROR(r.Int("ucx_lease_ms", 1, 3600000, &c->ucx_lease_ms));
     PAGODA_RETURN_IF_ERROR(r.CheckNoUnknown());

@@ -18,6 +18,7 @@
 #include "metrics.h"
 #include "pagoda/kvstore/store.h"
 #include "spdlog/spdlog.h"
+#include "data_stream.h"
 #include "ucx_control.h"
 
 namespace pagoda::service {
@@ -101,6 +102,18 @@ class ServerImpl final : public Server {
         store_.get(), &auth_, &metrics_, committed_.get(), config_,
         ServiceInfo{.local_socket = local_path_, .instance_id = instance_id_});
     if (local_) service_->SetLocalClientsSource([l = local_.get()] { return l->connections(); });
+    if (config_.data_port >= 0 && !config_.tls_cert.empty()) {
+      spdlog::info("stream data path off: gRPC uses TLS and the data connection would not");
+    } else if (config_.data_port >= 0) {
+      // Remote page bytes on plain TCP next to gRPC (issue 15); on the gRPC host.
+      stream_ = std::make_unique<DataStreamServer>(
+          DataStreamOptions{.max_connections = config_.local_max_connections,
+                            .instance_id = instance_id_});
+      if (absl::Status s = stream_->Start(config_.grpc_host, config_.data_port); !s.ok()) {
+        return s;
+      }
+      service_->SetDataStream(stream_.get());
+    }
     if (config_.ucx) {
       // On by default where UCX works; a machine without it still serves gRPC bytes.
       absl::StatusOr<std::unique_ptr<UcxControl>> ucx = UcxControl::Create(
@@ -174,6 +187,7 @@ class ServerImpl final : public Server {
     }
     spdlog::info("shutdown: gRPC drained");
     ucx_.reset();  // no control call runs any more: drop its leases, reservations, registration
+    if (stream_) stream_->Stop();
     if (local_) local_->Stop();
     spdlog::info("shutdown: local clients closed");
     if (http_) http_->Stop();
@@ -220,6 +234,7 @@ class ServerImpl final : public Server {
   std::unique_ptr<Store> store_;
   std::unique_ptr<CommittedIndex> committed_;
   std::unique_ptr<UcxControl> ucx_;
+  std::unique_ptr<DataStreamServer> stream_;
   std::unique_ptr<LocalServer> local_;
   std::unique_ptr<GrpcService> service_;
   std::unique_ptr<grpc::Server> grpc_;

@@ -40,6 +40,10 @@ struct ServiceConfig {
   uint32_t get_chunk_bytes = 1u << 20;      // default chunk of streamed Get replies
   int local_max_connections = 256;          // concurrent zero-copy clients
   bool ucx = true;  // serve remote page bytes over UCX (when UCX works here; gRPC bytes always)
+  // TCP port of the stream data path (remote page bytes beside gRPC, on grpc_host): 0 = any
+  // free port (clients learn it from Health), -1 = off (remote bytes over gRPC or UCX). Off
+  // whenever gRPC uses TLS: the data connection is not encrypted.
+  int data_port = 0;
   int ucx_lease_ms = 5000;  // UCX read leases: default and longest (the store caps it too)
 
   // --- store (passed to the engine)

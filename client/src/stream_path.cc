@@ -1,0 +1,256 @@
+#include "stream_path.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "pagoda/service/stream_wire.h"
+#include "remote_path.h"
+
+namespace pagoda::client_internal {
+
+namespace wire = ::pagoda::stream;
+
+namespace {
+constexpr size_t kMaxIdle = 16;  // pooled connections kept open between batches
+}  // namespace
+
+struct StreamPath::Conn {
+  int fd = -1;
+  std::string ticket;
+  ~Conn() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+StreamPath::StreamPath(v1::Pagoda::Stub* stub, std::string tenant,
+                       std::function<void(grpc::ClientContext*)> prepare, std::string host,
+                       int port, uint64_t instance_id, absl::Duration io_timeout)
+    : stub_(stub),
+      tenant_(std::move(tenant)),
+      prepare_(std::move(prepare)),
+      host_(std::move(host)),
+      port_(port),
+      instance_id_(instance_id),
+      io_timeout_(io_timeout) {}
+
+StreamPath::~StreamPath() = default;
+
+std::string StreamPath::TargetHost(const std::string& target) {
+  std::string t = target;
+  for (const char* scheme : {"dns:///", "ipv4:", "ipv6:"}) {
+    if (t.rfind(scheme, 0) == 0) t = t.substr(std::string(scheme).size());
+  }
+  if (!t.empty() && t[0] == '[') {
+    const size_t e = t.find(']');
+    return e == std::string::npos ? "" : t.substr(1, e - 1);
+  }
+  const size_t colon = t.rfind(':');
+  if (colon == std::string::npos || colon == 0) return "";
+  return t.substr(0, colon);
+}
+
+absl::StatusOr<std::unique_ptr<StreamPath>> StreamPath::Open(
+    v1::Pagoda::Stub* stub, std::string tenant, std::function<void(grpc::ClientContext*)> prepare,
+    std::string host, int port, uint64_t instance_id, absl::Duration io_timeout) {
+  if (host.empty() || port <= 0) {
+    return absl::FailedPreconditionError("stream path: no data port");
+  }
+  std::unique_ptr<StreamPath> p(new StreamPath(stub, std::move(tenant), std::move(prepare),
+                                               std::move(host), port, instance_id, io_timeout));
+  absl::StatusOr<std::unique_ptr<Conn>> c = p->Take();
+  if (!c.ok()) return c.status();
+  p->Give(std::move(*c));
+  return p;
+}
+
+absl::StatusOr<std::unique_ptr<StreamPath::Conn>> StreamPath::Take() {
+  {
+    absl::MutexLock l(&mu_);
+    if (!idle_.empty()) {
+      std::unique_ptr<Conn> c = std::move(idle_.back());
+      idle_.pop_back();
+      return c;
+    }
+  }
+  absl::StatusOr<int> fd = wire::ConnectTcp(host_, port_, io_timeout_);
+  if (!fd.ok()) return fd.status();
+  auto c = std::make_unique<Conn>();
+  c->fd = *fd;
+  if (absl::Status s = wire::ConfigureSocket(c->fd, io_timeout_); !s.ok()) return s;
+  wire::StreamHello hello;
+  if (absl::Status s = wire::ReadAll(c->fd, &hello, sizeof(hello)); !s.ok()) return s;
+  if (hello.magic != wire::kHelloMagic || hello.version != wire::kVersion) {
+    return absl::UnavailableError(absl::StrCat("stream path: ", host_, ":", port_,
+                                               " is not a pagodad data port (or another version)"));
+  }
+  if (instance_id_ != 0 && hello.instance_id != instance_id_) {
+    return absl::FailedPreconditionError(
+        "stream path: the data port belongs to another pagodad than the gRPC target");
+  }
+  c->ticket.assign(reinterpret_cast<const char*>(hello.ticket), wire::kTicketBytes);
+  return c;
+}
+
+void StreamPath::Give(std::unique_ptr<Conn> c) {
+  absl::MutexLock l(&mu_);
+  if (idle_.size() < kMaxIdle) idle_.push_back(std::move(c));
+}
+
+std::vector<absl::Status> StreamPath::Put(absl::Span<const PutPage> pages) {
+  if (pages.empty()) return {};
+  const size_t n = pages.size();
+  absl::StatusOr<std::unique_ptr<Conn>> conn = Take();
+  if (!conn.ok()) return std::vector<absl::Status>(n, conn.status());
+  const int fd = (*conn)->fd;
+
+  v1::StreamPutRequest req;
+  req.set_ticket((*conn)->ticket);
+  req.set_seq(seq_.fetch_add(1));
+  v1::PutBegin* begin = req.mutable_begin();
+  begin->set_tenant(tenant_);
+  wire::StreamFrameHeader frame;
+  frame.count = static_cast<uint32_t>(n);
+  frame.seq = req.seq();
+  std::vector<iovec> iov;
+  iov.reserve(n + 1);
+  iov.push_back({&frame, sizeof(frame)});
+  for (const PutPage& p : pages) {
+    v1::PutPage* pp = begin->add_pages();
+    pp->mutable_key()->set_hi(p.key.hi);
+    pp->mutable_key()->set_lo(p.key.lo);
+    pp->set_layout_id(p.layout);
+    pp->set_size(p.bytes.size());
+    pp->set_checksum(PageChecksum(p.bytes.data(), p.bytes.size()));
+    iov.push_back({const_cast<uint8_t*>(p.bytes.data()), p.bytes.size()});
+    frame.payload_bytes += p.bytes.size();
+  }
+
+  // The call and the bytes go out together: the server reads the frame once it has reserved.
+  grpc::ClientContext ctx;
+  prepare_(&ctx);
+  v1::PutResponse resp;
+  grpc::Status call_status;
+  absl::Notification done;
+  stub_->async()->StreamPut(&ctx, &req, &resp, [&](grpc::Status s) {
+    if (!s.ok()) shutdown(fd, SHUT_RDWR);  // a refused batch: stop writing
+    call_status = std::move(s);
+    done.Notify();
+  });
+  absl::Status sent = wire::WriteAllV(fd, iov);
+  if (!sent.ok()) ctx.TryCancel();
+  done.WaitForNotification();
+
+  absl::Status s = FromGrpc(call_status);
+  if (s.ok() && !sent.ok()) s = sent;
+  if (s.ok() && resp.results_size() != static_cast<int>(n)) {
+    s = absl::InternalError("Put: the server answered for a different number of pages");
+  }
+  if (!s.ok()) return std::vector<absl::Status>(n, s);  // the connection is dropped
+  Give(std::move(*conn));
+  std::vector<absl::Status> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = FromPageStatus(resp.results(static_cast<int>(i)));
+  return out;
+}
+
+std::vector<GetResult> StreamPath::GetOnce(absl::Span<const GetPage> pages) {
+  const size_t n = pages.size();
+  std::vector<GetResult> out(n);
+  absl::StatusOr<std::unique_ptr<Conn>> conn = Take();
+  if (!conn.ok()) {
+    for (GetResult& r : out) r.status = conn.status();
+    return out;
+  }
+  const int fd = (*conn)->fd;
+  v1::StreamGetRequest req;
+  req.set_tenant(tenant_);
+  req.set_ticket((*conn)->ticket);
+  req.set_seq(seq_.fetch_add(1));
+  for (const GetPage& p : pages) {
+    v1::PageKey* k = req.add_keys();
+    k->set_hi(p.key.hi);
+    k->set_lo(p.key.lo);
+    req.add_capacity(p.out.size());
+  }
+  grpc::ClientContext ctx;
+  prepare_(&ctx);
+  v1::BatchResponse resp;
+  grpc::Status call_status;
+  absl::Notification done;
+  stub_->async()->StreamGet(&ctx, &req, &resp, [&](grpc::Status s) {
+    if (!s.ok()) shutdown(fd, SHUT_RDWR);  // no frame will come: end the wait for it
+    call_status = std::move(s);
+    done.Notify();
+  });
+
+  // The frame: header, page headers, then each served page straight into its buffer.
+  std::vector<bool> refused(n, false);
+  absl::Status read = [&]() -> absl::Status {
+    wire::StreamFrameHeader frame;
+    if (absl::Status s = wire::ReadAll(fd, &frame, sizeof(frame)); !s.ok()) return s;
+    if (frame.magic != wire::kFrameMagic || frame.seq != req.seq() || frame.count != n) {
+      return absl::InternalError("Get: the data frame does not match the call");
+    }
+    std::vector<wire::StreamPageHeader> headers(n);
+    if (absl::Status s = wire::ReadAll(fd, headers.data(), n * sizeof(headers[0])); !s.ok()) {
+      return s;
+    }
+    uint64_t payload = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (headers[i].code != 0) continue;
+      if (headers[i].size > pages[i].out.size()) {
+        return absl::InternalError("Get: the server sent a page larger than its buffer");
+      }
+      payload += headers[i].size;
+    }
+    if (payload != frame.payload_bytes) {
+      return absl::InternalError("Get: the data frame's size does not match its pages");
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const wire::StreamPageHeader& h = headers[i];
+      if (h.code != 0) {
+        refused[i] = true;  // its message comes with the call's answer
+        out[i].status = absl::Status(static_cast<absl::StatusCode>(h.code), "");
+        continue;
+      }
+      if (absl::Status s = wire::ReadAll(fd, pages[i].out.data(), h.size); !s.ok()) return s;
+      if (PageChecksum(pages[i].out.data(), h.size) != h.checksum) {
+        out[i].status = absl::DataLossError("Get: checksum mismatch");
+      } else {
+        out[i].layout = h.layout_id;
+        out[i].size = h.size;
+      }
+    }
+    return absl::OkStatus();
+  }();
+  if (!read.ok()) ctx.TryCancel();
+  done.WaitForNotification();
+  absl::Status s = FromGrpc(call_status);
+  if (s.ok()) s = read;
+  if (!s.ok()) {
+    for (GetResult& r : out) r = GetResult{s, 0, 0};
+    return out;  // the connection is dropped
+  }
+  Give(std::move(*conn));
+  // Error pages: the call's answer carries their messages.
+  for (size_t i = 0; i < n && static_cast<int>(i) < resp.results_size(); ++i) {
+    if (refused[i]) {
+      out[i].status = FromPageStatus(resp.results(static_cast<int>(i)));
+    }
+  }
+  return out;
+}
+
+std::vector<GetResult> StreamPath::Get(absl::Span<const GetPage> pages) {
+  if (pages.empty()) return {};
+  std::vector<GetResult> out = GetOnce(pages);
+  for (size_t i = 0; i < pages.size(); ++i) {
+    if (absl::IsDataLoss(out[i].status)) out[i] = GetOnce(pages.subspan(i, 1))[0];
+  }
+  return out;
+}
+
+}  // namespace pagoda::client_internal
