@@ -5,6 +5,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <tuple>
 
 #include "absl/synchronization/mutex.h"
 
@@ -23,15 +24,15 @@ inline uint64_t PatternWord(const PageKey& key, uint64_t i) {
   return x ^ (x >> 31);
 }
 
-// Per-tier hit counters summed over the target's clients.
-std::pair<uint64_t, uint64_t> TierHits(ReplayTarget& target) {
+// Per-tier hit counters (or held pages) summed over the target's clients.
+std::pair<uint64_t, uint64_t> TierSums(ReplayTarget& target, bool pages) {
   uint64_t host = 0, ssd = 0;
   for (Client* c : target.clients()) {
     absl::StatusOr<ServiceStats> s = c->Stats();
     if (!s.ok()) continue;
     for (const TierUsage& t : s->tiers) {
-      if (t.name == "host") host += t.hits;
-      if (t.name == "ssd") ssd += t.hits;
+      if (t.name == "host") host += pages ? t.pages : t.hits;
+      if (t.name == "ssd") ssd += pages ? t.pages : t.hits;
     }
   }
   return {host, ssd};
@@ -247,7 +248,7 @@ ReplayReport Replay(const std::vector<TraceRequest>& requests,
   if (requests.empty()) return report;
   const double t_first = requests.front().timestamp_ms;
   report.trace_span_s = (requests.back().timestamp_ms - t_first) / 1000.0;
-  const auto [host0, ssd0] = TierHits(target);
+  const auto [host0, ssd0] = TierSums(target, false);
   std::atomic<size_t> next{0};
   std::vector<WorkerTally> tallies(std::max(1, o.inflight));
   const auto start = Clock::now();
@@ -274,9 +275,10 @@ ReplayReport Replay(const std::vector<TraceRequest>& requests,
   for (std::thread& t : workers) t.join();
   report.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
   for (WorkerTally& w : tallies) Merge(report, w);
-  const auto [host1, ssd1] = TierHits(target);
+  const auto [host1, ssd1] = TierSums(target, false);
   report.tier_hits_host = host1 - host0;
   report.tier_hits_ssd = ssd1 - ssd0;
+  std::tie(report.held_host, report.held_ssd) = TierSums(target, true);
   report.prefill_saved_s = report.hit_tokens * o.prefill_us_per_token / 1e6;
   return report;
 }

@@ -96,6 +96,7 @@ struct ReplayReport {
   double trace_span_s = 0;  // trace time covered (last - first timestamp)
   double prefill_saved_s = 0;  // hit tokens x prefill cost
   uint64_t tier_hits_host = 0, tier_hits_ssd = 0;  // store-side tier hit counters (delta)
+  uint64_t held_host = 0, held_ssd = 0;  // pages the tiers hold at the end (all clients' nodes)
   Latencies lookup, get, put, request;  // per request: its one lookup, all its gets, all its puts
   Latencies start_lag;  // how late each request started after its paced arrival time
   std::vector<std::string> first_errors;  // up to 5 distinct error texts

@@ -150,12 +150,13 @@ struct Row {
   ReplayReport r;
   double max_rate;  // unbounded cache's token hit rate
   double lru_rate;  // ideal LRU of the same total capacity
+  double held_lru_rate;  // ideal LRU of as many blocks as the tiers held at the end
 };
 
 void PrintHeader() {
   std::printf(
-      "%-10s %8s %7s %6s %6s %8s %8s %8s %7s %15s %15s %15s %9s %6s %6s %6s\n", "setup",
-      "cap_blk", "hit", "/max", "/lru", "hits_hst", "hits_ssd", "MiB/s", "pace_x",
+      "%-10s %8s %8s %7s %6s %6s %6s %8s %8s %8s %7s %15s %15s %15s %9s %6s %6s %6s\n", "setup",
+      "cap_blk", "held_blk", "hit", "/max", "/lru", "/lruh", "hits_hst", "hits_ssd", "MiB/s", "pace_x",
       "lookup p50/p99", "get p50/p99", "put p50/p99", "saved_s", "wrong", "lost", "errors");
 }
 
@@ -165,10 +166,14 @@ void PrintRow(const Row& w) {
   auto ms = [](const pagoda::trace::Latencies& l) {
     return absl::StrFormat("%.2f/%.2f", l.Percentile(0.5) / 1000, l.Percentile(0.99) / 1000);
   };
-  std::printf("%-10s %8lu %7.4f %6.3f %6.3f %8lu %8lu %8.0f %7.1f %15s %15s %15s %9.1f %6lu %6lu %6lu\n",
-              w.setup.c_str(), static_cast<unsigned long>(w.capacity_blocks), r.token_hit_rate(),
+  std::printf(
+      "%-10s %8lu %8lu %7.4f %6.3f %6.3f %6.3f %8lu %8lu %8.0f %7.1f %15s %15s %15s %9.1f %6lu %6lu "
+      "%6lu\n",
+              w.setup.c_str(), static_cast<unsigned long>(w.capacity_blocks),
+              static_cast<unsigned long>(r.held_host + r.held_ssd), r.token_hit_rate(),
               r.token_hit_rate() / std::max(1e-12, w.max_rate),
               r.token_hit_rate() / std::max(1e-12, w.lru_rate),
+              r.token_hit_rate() / std::max(1e-12, w.held_lru_rate),
               static_cast<unsigned long>(r.tier_hits_host), static_cast<unsigned long>(r.tier_hits_ssd),
               mib, r.pace(), ms(r.lookup).c_str(), ms(r.get).c_str(), ms(r.put).c_str(),
               r.prefill_saved_s, static_cast<unsigned long>(r.wrong_pages),
@@ -250,7 +255,8 @@ class Bench {
     } else {
       Die("setup", absl::InvalidArgumentError("unknown setup '" + setup + "'"));
     }
-    return Row{setup, cap, std::move(rep), max_rate_, LruRate(cap)};
+    const double held_rate = LruRate(std::max<uint64_t>(1, rep.held_host + rep.held_ssd));
+    return Row{setup, cap, std::move(rep), max_rate_, LruRate(cap), held_rate};
   }
 
   double max_rate() const { return max_rate_; }
@@ -302,7 +308,9 @@ int main(int argc, char** argv) {
               static_cast<unsigned long>(f.host_blocks), static_cast<unsigned long>(f.ssd_blocks),
               f.compress, f.inflight, f.prefill_us_per_token, f.batch);
   std::printf("hit = token hit rate served with verified bytes; /max vs the unbounded cache; /lru "
-              "vs one ideal LRU of cap_blk; latencies in ms per request (all its gets / puts)\n");
+              "vs one ideal LRU of cap_blk; /lruh vs one ideal LRU of held_blk (the pages the "
+              "tiers held at the end: watermarks keep tiers below capacity); latencies in ms per "
+              "request (all its gets / puts)\n");
   PrintHeader();
   for (const std::string& s : std::vector<std::string>(absl::StrSplit(f.setups, ',', absl::SkipEmpty()))) {
     const uint64_t ssd = s == "host-only" ? 0 : f.ssd_blocks;
@@ -333,23 +341,25 @@ int main(int argc, char** argv) {
     if (!cl.ok()) Die("curve layout", cl.status());
     std::printf("\nhit rate vs total host capacity (%lu B pages, unpaced, host tier only)\n",
                 static_cast<unsigned long>(cl->PageBytes()));
-    std::printf("%10s %10s %10s %10s %10s %12s\n", "cap_blk", "ideal_lru", "pooled", "per_node",
-                "unbounded", "pooled/lru");
+    std::printf("%10s %10s %10s %10s %10s %12s %10s %12s\n", "cap_blk", "ideal_lru", "pooled",
+                "per_node", "unbounded", "pooled/lru", "held_blk", "pooled/lruh");
     std::ostringstream csv;
-    csv << "capacity_blocks,ideal_lru,pooled,per_node,unbounded\n";
+    csv << "capacity_blocks,ideal_lru,pooled,per_node,unbounded,pooled_held_blocks,lru_at_held\n";
     for (const std::string& c : std::vector<std::string>(absl::StrSplit(f.curve, ',', absl::SkipEmpty()))) {
       const uint64_t cap = std::stoull(c);
       Row pooled = bench.Run("pooled", *cl, cap, 0, 0);
       Row per = bench.Run("per-node", *cl, cap, 0, 0);
       const double p = pooled.r.token_hit_rate(), n = per.r.token_hit_rate();
-      std::printf("%10lu %10.4f %10.4f %10.4f %10.4f %12.3f   (wrong %lu/%lu)\n",
+      const uint64_t held = pooled.r.held_host + pooled.r.held_ssd;
+      std::printf("%10lu %10.4f %10.4f %10.4f %10.4f %12.3f %10lu %12.3f   (wrong %lu/%lu)\n",
                   static_cast<unsigned long>(cap), pooled.lru_rate, p, n, bench.max_rate(),
-                  p / std::max(1e-12, pooled.lru_rate),
+                  p / std::max(1e-12, pooled.lru_rate), static_cast<unsigned long>(held),
+                  p / std::max(1e-12, pooled.held_lru_rate),
                   static_cast<unsigned long>(pooled.r.wrong_pages),
                   static_cast<unsigned long>(per.r.wrong_pages));
       std::fflush(stdout);
-      csv << cap << "," << pooled.lru_rate << "," << p << "," << n << "," << bench.max_rate()
-          << "\n";
+      csv << cap << "," << pooled.lru_rate << "," << p << "," << n << "," << bench.max_rate() << ","
+          << held << "," << pooled.held_lru_rate << "\n";
     }
     if (!f.curve_csv.empty()) {
       FILE* out = std::fopen(f.curve_csv.c_str(), "w");

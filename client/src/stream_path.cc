@@ -115,17 +115,12 @@ std::vector<absl::Status> StreamPath::Put(absl::Span<const PutPage> pages) {
   wire::StreamFrameHeader frame;
   frame.count = static_cast<uint32_t>(n);
   frame.seq = req.seq();
-  std::vector<iovec> iov;
-  iov.reserve(n + 1);
-  iov.push_back({&frame, sizeof(frame)});
   for (const PutPage& p : pages) {
     v1::PutPage* pp = begin->add_pages();
     pp->mutable_key()->set_hi(p.key.hi);
     pp->mutable_key()->set_lo(p.key.lo);
     pp->set_layout_id(p.layout);
     pp->set_size(p.bytes.size());
-    pp->set_checksum(PageChecksum(p.bytes.data(), p.bytes.size()));
-    iov.push_back({const_cast<uint8_t*>(p.bytes.data()), p.bytes.size()});
     frame.payload_bytes += p.bytes.size();
   }
 
@@ -140,12 +135,26 @@ std::vector<absl::Status> StreamPath::Put(absl::Span<const PutPage> pages) {
     call_status = std::move(s);
     done.Notify();
   });
-  absl::Status sent = wire::WriteAllV(fd, iov);
+  // Each page is checksummed just before it is sent (one read of its bytes from memory, the
+  // send copies them from cache); the checksums follow the pages.
+  std::vector<uint64_t> sums(n);
+  const iovec head{&frame, sizeof(frame)};
+  absl::Status sent = wire::WriteAllV(fd, {&head, 1});
+  for (size_t i = 0; i < n && sent.ok(); ++i) {
+    sums[i] = PageChecksum(pages[i].bytes.data(), pages[i].bytes.size());
+    const iovec page{const_cast<uint8_t*>(pages[i].bytes.data()), pages[i].bytes.size()};
+    sent = wire::WriteAllV(fd, {&page, 1});
+  }
+  if (sent.ok()) {
+    const iovec trailer{sums.data(), n * sizeof(uint64_t)};
+    sent = wire::WriteAllV(fd, {&trailer, 1});
+  }
   if (!sent.ok()) ctx.TryCancel();
   done.WaitForNotification();
 
   absl::Status s = FromGrpc(call_status);
-  if (s.ok() && !sent.ok()) s = sent;
+  // Our own cancel after a failed send: the connection's error is the answer (Unavailable).
+  if (!sent.ok() && (s.ok() || absl::IsCancelled(s))) s = sent;
   if (s.ok() && resp.results_size() != static_cast<int>(n)) {
     s = absl::InternalError("Put: the server answered for a different number of pages");
   }
@@ -229,7 +238,8 @@ std::vector<GetResult> StreamPath::GetOnce(absl::Span<const GetPage> pages) {
   if (!read.ok()) ctx.TryCancel();
   done.WaitForNotification();
   absl::Status s = FromGrpc(call_status);
-  if (s.ok()) s = read;
+  // Our own cancel after a failed read: the connection's error is the answer (Unavailable).
+  if (!read.ok() && (s.ok() || absl::IsCancelled(s))) s = read;
   if (!s.ok()) {
     for (GetResult& r : out) r = GetResult{s, 0, 0};
     return out;  // the connection is dropped

@@ -147,7 +147,8 @@ class RawStream {
     grpc::ClientContext ctx;
     return stub_->StreamGet(&ctx, req, resp);
   }
-  // A StreamPut of one page whose frame says `frame_seq` and whose bytes are `bytes`.
+  // A StreamPut of one page whose frame says `frame_seq`, whose bytes are `bytes` and whose
+  // trailer claims `checksum`.
   grpc::Status Put(const std::string& tenant, const std::string& ticket, uint64_t seq,
                    uint64_t frame_seq, const PageKey& key, const PageLayout& l,
                    const std::vector<uint8_t>& bytes, uint64_t checksum, v1::PutResponse* resp) {
@@ -160,13 +161,15 @@ class RawStream {
     p->mutable_key()->set_lo(key.lo);
     p->set_layout_id(l.Id());
     p->set_size(bytes.size());
-    p->set_checksum(checksum);
     stream::StreamFrameHeader frame;
     frame.count = 1;
     frame.seq = frame_seq;
     frame.payload_bytes = bytes.size();
-    iovec iov[2] = {{&frame, sizeof(frame)}, {const_cast<uint8_t*>(bytes.data()), bytes.size()}};
-    EXPECT_TRUE(stream::WriteAllV(fd_, {iov, 2}).ok());  // fits the socket buffers
+    // Header, page bytes, then the trailer with the page's checksum.
+    iovec iov[3] = {{&frame, sizeof(frame)},
+                    {const_cast<uint8_t*>(bytes.data()), bytes.size()},
+                    {&checksum, sizeof(checksum)}};
+    EXPECT_TRUE(stream::WriteAllV(fd_, {iov, 3}).ok());  // fits the socket buffers
     grpc::ClientContext ctx;
     return stub_->StreamPut(&ctx, req, resp);
   }

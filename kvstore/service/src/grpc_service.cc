@@ -222,7 +222,8 @@ absl::Status GrpcService::PutBatch(grpc::ServerContext* ctx, const v1::PutBegin&
         (void)store_->Abort(p.id);
         p.status = absl::DataLossError(
             absl::StrCat("received ", p.received, " of ", p.size, " bytes; page aborted"));
-      } else if (PageChecksum(base + p.offset, p.size) != begin.pages(i).checksum()) {
+      } else if ((p.checksummed ? p.checksum : PageChecksum(base + p.offset, p.size)) !=
+                 (p.has_expected ? p.expected : begin.pages(i).checksum())) {
         (void)store_->Abort(p.id);
         p.status = absl::DataLossError("checksum mismatch; page aborted");
       } else {
@@ -591,7 +592,21 @@ absl::Status GrpcService::StreamPutImpl(grpc::ServerContext* ctx,
           absl::Status r = p.status.ok() ? stream::ReadAll(fd, base + p.offset, p.size)
                                          : stream::Discard(fd, p.size);
           if (!r.ok()) return r;
-          if (p.status.ok()) p.received = p.size;
+          if (p.status.ok()) {
+            p.received = p.size;
+            p.checksum = PageChecksum(base + p.offset, p.size);  // while the bytes are in cache
+            p.checksummed = true;
+          }
+        }
+        // The trailer: each page's checksum, computed by the client as it sent the page.
+        std::vector<uint64_t> sums(pages.size());
+        if (absl::Status r = stream::ReadAll(fd, sums.data(), sums.size() * sizeof(uint64_t));
+            !r.ok()) {
+          return r;
+        }
+        for (size_t i = 0; i < pages.size(); ++i) {
+          pages[i].has_expected = true;
+          pages[i].expected = sums[i];
         }
         return Cancelled(ctx);
       },

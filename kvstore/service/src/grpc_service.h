@@ -101,6 +101,12 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
     uint64_t offset = 0;  // in the host arena
     uint64_t size = 0;    // the page's size (also when its reservation failed)
     uint64_t received = 0;
+    // Set by a receiver that checksummed the page as it arrived (while its bytes were in cache).
+    bool checksummed = false;
+    uint64_t checksum = 0;
+    // Set by a receiver whose expected checksum came with the bytes (not in `begin`).
+    bool has_expected = false;
+    uint64_t expected = 0;
   };
   // The two-phase batch write shared by Put, PutInline and StreamPut: validate, reserve,
   // `receive` the bytes into the slots (an error aborts every reservation), verify, commit.

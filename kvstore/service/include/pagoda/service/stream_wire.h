@@ -5,7 +5,9 @@
 //   connect      server -> client  StreamHello (magic, version, ticket, instance id)
 //   StreamGet    server -> client  StreamFrameHeader, count x StreamPageHeader, then the bytes of
 //                                  every page whose code is 0, in key order
-//   StreamPut    client -> server  StreamFrameHeader, then the bytes of every page, in order
+//   StreamPut    client -> server  StreamFrameHeader, the bytes of every page in order, then
+//                                  count x uint64 PageChecksum of each page (computed as each
+//                                  page is sent, while its bytes are in cache)
 //
 // All integers are little-endian (the structs are written as they lie in memory: x86-64 and
 // aarch64 are both little-endian; the static_asserts pin the layout).
@@ -44,7 +46,7 @@ struct StreamFrameHeader {
   uint32_t magic = kFrameMagic;
   uint32_t count = 0;          // pages in the batch
   uint64_t seq = 0;            // the call's seq
-  uint64_t payload_bytes = 0;  // page bytes after the headers
+  uint64_t payload_bytes = 0;  // page bytes after the headers (StreamPut: before the trailer)
 };
 static_assert(sizeof(StreamFrameHeader) == 24);
 
