@@ -18,8 +18,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <thread>
@@ -29,9 +29,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "child_process.h"
+#include "pagoda/client/client.h"
 #include "pagoda/service/stream_wire.h"
 #include "raw_command.h"
-#include "pagoda/client/client.h"
 #include "resp_client.h"
 
 namespace pagoda::bench {
@@ -227,7 +227,8 @@ int main(int argc, char** argv) {
              "--appendonly", "no", "--protected-mode", "no", "--dir", dir},
             dir + "/redis.log");
   const int raw_port = FreePort();
-  absl::StatusOr<pid_t> raw_peer = Spawn({RAW_PEER_BIN, std::to_string(raw_port)}, dir + "/raw.log");
+  absl::StatusOr<pid_t> raw_peer =
+      Spawn({RAW_PEER_BIN, std::to_string(raw_port)}, dir + "/raw.log");
   if (!pagodad.ok() || !redis.ok() || !raw_peer.ok()) return 1;
   int grpc_port = 0;
   for (int i = 0; i < 300 && grpc_port == 0; ++i) {
@@ -283,7 +284,8 @@ int main(int argc, char** argv) {
   };
 
   // results[clients][size][system][op] = samples over repeats
-  std::map<int, std::map<uint64_t, std::map<std::string, std::map<std::string, std::vector<Sample>>>>>
+  std::map<int,
+           std::map<uint64_t, std::map<std::string, std::map<std::string, std::vector<Sample>>>>>
       results;
   uint64_t key_base = 1;
   for (int clients : client_counts) {
@@ -402,7 +404,7 @@ int main(int argc, char** argv) {
       rate["raw"]["get"] =
           BatchRate(batch_reps, total, [&](int) { return raw->Get(absl::MakeSpan(dst)); });
       for (auto& [name, c] : std::map<std::string, Client*>{{"stream", stream_client.get()},
-                                                           {"grpc", grpc_client.get()}}) {
+                                                            {"grpc", grpc_client.get()}}) {
         const uint64_t base = key_base++;
         auto pages_of = [&](int rep) {
           std::vector<PutPage> puts;

@@ -26,7 +26,7 @@ class PrefixLru {
 
  private:
   void Touch(absl::uint128 k);
-  uint64_t capacity_;  // 0 = unbounded
+  uint64_t capacity_;               // 0 = unbounded
   std::list<absl::uint128> order_;  // front = most recent
   absl::flat_hash_map<absl::uint128, std::list<absl::uint128>::iterator> index_;
 };

@@ -1,7 +1,7 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Plots the hit-rate-vs-capacity curve written by pagoda_trace_replay --curve-csv.
 
-    python3 bench/trace/plot_curve.py curve.csv curve.png
+    /usr/bin/python3 bench/trace/plot_curve.py curve.csv curve.png
 
 Needs matplotlib (Debian: python3-matplotlib); not part of CI.
 """

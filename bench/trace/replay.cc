@@ -114,8 +114,8 @@ void RunRequest(const TraceRequest& req, const std::vector<PageKey>& keys, Repla
   // Prefill runs on the trace's clock: compressed like the arrivals.
   if (o.prefill_us_per_token > 0 && missed_tokens > 0) {
     const double scale = o.compress > 0 ? 1.0 / o.compress : 1.0;
-    std::this_thread::sleep_for(std::chrono::duration<double, std::micro>(
-        o.prefill_us_per_token * missed_tokens * scale));
+    std::this_thread::sleep_for(
+        std::chrono::duration<double, std::micro>(o.prefill_us_per_token * missed_tokens * scale));
   }
   // Store what was computed.
   if (served < keys.size()) {
@@ -167,7 +167,9 @@ void Merge(ReplayReport& into, WorkerTally& w) {
   into.get_errors += r.get_errors;
   into.put_errors += r.put_errors;
   into.failed_requests += r.failed_requests;
-  auto cat = [](Latencies& a, const Latencies& b) { a.us.insert(a.us.end(), b.us.begin(), b.us.end()); };
+  auto cat = [](Latencies& a, const Latencies& b) {
+    a.us.insert(a.us.end(), b.us.begin(), b.us.end());
+  };
   cat(into.lookup, r.lookup);
   cat(into.get, r.get);
   cat(into.put, r.put);
@@ -203,8 +205,7 @@ absl::StatusOr<ReplayTarget::Route> LongestPrefixRouter::Lookup(absl::Span<const
       last = n.status();
       continue;
     }
-    if (!any || *n > best_len ||
-        (*n == best_len && routed_[i].load() < routed_[best].load())) {
+    if (!any || *n > best_len || (*n == best_len && routed_[i].load() < routed_[best].load())) {
       best = i;
       best_len = *n;
     }

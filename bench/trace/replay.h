@@ -64,14 +64,14 @@ class LongestPrefixRouter : public ReplayTarget {
 
 struct ReplayOptions {
   uint32_t block_tokens = 512;
-  LayoutId layout = 0;     // the layout of every block page
+  LayoutId layout = 0;      // the layout of every block page
   uint64_t page_bytes = 0;  // PageLayout::FromId(layout)->PageBytes()
-  double compress = 10;    // trace time / replay time of arrivals; 0 = no pacing (as fast as it goes)
-  int inflight = 8;        // requests in flight at most (one worker thread each)
+  double compress = 10;  // trace time / replay time of arrivals; 0 = no pacing (as fast as it goes)
+  int inflight = 8;      // requests in flight at most (one worker thread each)
   // Simulated prefill cost of a missed token in trace time (the worker sleeps it, divided by
   // `compress` when paced); prefill_saved_s counts hit tokens at this cost.
   double prefill_us_per_token = 0;
-  size_t batch_pages = 16;          // pages per Get / Put call
+  size_t batch_pages = 16;  // pages per Get / Put call
   // Called once, by the worker that takes request `hook_at` (e.g. kill -9 a node halfway).
   size_t hook_at = SIZE_MAX;
   std::function<void()> hook;
@@ -86,18 +86,18 @@ struct ReplayReport {
   uint64_t requests = 0, blocks = 0, tokens = 0;
   uint64_t hit_blocks = 0, hit_tokens = 0;  // served from the store, bytes verified
   uint64_t lookup_hit_blocks = 0;           // what the lookups promised
-  uint64_t lost_hits = 0;        // blocks a lookup reported but the Get did not serve
-  uint64_t wrong_pages = 0;      // pages served with bytes other than those written: must be 0
+  uint64_t lost_hits = 0;                   // blocks a lookup reported but the Get did not serve
+  uint64_t wrong_pages = 0;  // pages served with bytes other than those written: must be 0
   uint64_t verified_bytes = 0;
   uint64_t put_pages = 0, put_bytes = 0, put_already = 0;
   uint64_t lookup_errors = 0, get_errors = 0, put_errors = 0;  // calls / pages that failed
-  uint64_t failed_requests = 0;  // requests that saw any error
+  uint64_t failed_requests = 0;                                // requests that saw any error
   double wall_s = 0;
-  double trace_span_s = 0;  // trace time covered (last - first timestamp)
-  double prefill_saved_s = 0;  // hit tokens x prefill cost
+  double trace_span_s = 0;                         // trace time covered (last - first timestamp)
+  double prefill_saved_s = 0;                      // hit tokens x prefill cost
   uint64_t tier_hits_host = 0, tier_hits_ssd = 0;  // store-side tier hit counters (delta)
   uint64_t held_host = 0, held_ssd = 0;  // pages the tiers hold at the end (all clients' nodes)
-  Latencies lookup, get, put, request;  // per request: its one lookup, all its gets, all its puts
+  Latencies lookup, get, put, request;   // per request: its one lookup, all its gets, all its puts
   Latencies start_lag;  // how late each request started after its paced arrival time
   std::vector<std::string> first_errors;  // up to 5 distinct error texts
   double token_hit_rate() const { return tokens ? static_cast<double>(hit_tokens) / tokens : 0; }

@@ -1,12 +1,13 @@
 // The trace replay's pieces: the trace parser, the LRU reference, the block byte pattern, and a
 // replay of a few dozen synthetic requests against a real pagodad whose hit rate must equal the
 // simulated one exactly (one request in flight, a cache that never evicts).
+#include "replay.h"
+
 #include <gtest/gtest.h>
 
 #include "lru_reference.h"
 #include "mooncake_trace.h"
 #include "pagodad_process.h"
-#include "replay.h"
 
 namespace pagoda::trace {
 namespace {
@@ -36,13 +37,13 @@ TEST(TraceParse, ReadsMooncakeLines) {
 }
 
 TEST(TraceParse, RejectsMalformedLinesByNumber) {
-  for (const char* bad : {"{\"timestamp\": 0, \"input_length\": 1}",
-                          "{\"timestamp\": -1, \"input_length\": 1, \"hash_ids\": []}",
-                          "{\"timestamp\": 0, \"input_length\": 1, \"hash_ids\": [-4]}",
-                          "{\"timestamp\": 0, \"input_length\": 1, \"hash_ids\": [1.5]}",
-                          "[1, 2]", "{not json"}) {
-    absl::StatusOr<std::vector<TraceRequest>> t =
-        ParseTrace(std::string("{\"timestamp\": 0, \"input_length\": 1, \"hash_ids\": []}\n") + bad);
+  for (const char* bad :
+       {"{\"timestamp\": 0, \"input_length\": 1}",
+        "{\"timestamp\": -1, \"input_length\": 1, \"hash_ids\": []}",
+        "{\"timestamp\": 0, \"input_length\": 1, \"hash_ids\": [-4]}",
+        "{\"timestamp\": 0, \"input_length\": 1, \"hash_ids\": [1.5]}", "[1, 2]", "{not json"}) {
+    absl::StatusOr<std::vector<TraceRequest>> t = ParseTrace(
+        std::string("{\"timestamp\": 0, \"input_length\": 1, \"hash_ids\": []}\n") + bad);
     ASSERT_FALSE(t.ok()) << bad;
     EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(t.status().message().find("line 2"), std::string::npos) << t.status();
@@ -65,7 +66,7 @@ TEST(PrefixLru, HitsLeadingRunAndEvictsLeastRecent) {
   EXPECT_EQ(lru.Access(keys({1, 2})), 0u);
   EXPECT_EQ(lru.Access(keys({1, 2, 3})), 2u);
   EXPECT_EQ(lru.size(), 3u);
-  EXPECT_EQ(lru.Access(keys({4})), 0u);  // evicts [1]
+  EXPECT_EQ(lru.Access(keys({4})), 0u);     // evicts [1]
   EXPECT_EQ(lru.Access(keys({1, 2})), 0u);  // its block 1 is gone: no prefix
   PrefixLru unbounded(0);
   unbounded.Access(keys({1, 2, 3}));

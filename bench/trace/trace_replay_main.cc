@@ -148,16 +148,16 @@ struct Row {
   std::string setup;
   uint64_t capacity_blocks;
   ReplayReport r;
-  double max_rate;  // unbounded cache's token hit rate
-  double lru_rate;  // ideal LRU of the same total capacity
+  double max_rate;       // unbounded cache's token hit rate
+  double lru_rate;       // ideal LRU of the same total capacity
   double held_lru_rate;  // ideal LRU of as many blocks as the tiers held at the end
 };
 
 void PrintHeader() {
-  std::printf(
-      "%-10s %8s %8s %7s %6s %6s %6s %8s %8s %8s %7s %15s %15s %15s %9s %6s %6s %6s\n", "setup",
-      "cap_blk", "held_blk", "hit", "/max", "/lru", "/lruh", "hits_hst", "hits_ssd", "MiB/s", "pace_x",
-      "lookup p50/p99", "get p50/p99", "put p50/p99", "saved_s", "wrong", "lost", "errors");
+  std::printf("%-10s %8s %8s %7s %6s %6s %6s %8s %8s %8s %7s %15s %15s %15s %9s %6s %6s %6s\n",
+              "setup", "cap_blk", "held_blk", "hit", "/max", "/lru", "/lruh", "hits_hst",
+              "hits_ssd", "MiB/s", "pace_x", "lookup p50/p99", "get p50/p99", "put p50/p99",
+              "saved_s", "wrong", "lost", "errors");
 }
 
 void PrintRow(const Row& w) {
@@ -167,18 +167,18 @@ void PrintRow(const Row& w) {
     return absl::StrFormat("%.2f/%.2f", l.Percentile(0.5) / 1000, l.Percentile(0.99) / 1000);
   };
   std::printf(
-      "%-10s %8lu %8lu %7.4f %6.3f %6.3f %6.3f %8lu %8lu %8.0f %7.1f %15s %15s %15s %9.1f %6lu %6lu "
+      "%-10s %8lu %8lu %7.4f %6.3f %6.3f %6.3f %8lu %8lu %8.0f %7.1f %15s %15s %15s %9.1f %6lu "
+      "%6lu "
       "%6lu\n",
-              w.setup.c_str(), static_cast<unsigned long>(w.capacity_blocks),
-              static_cast<unsigned long>(r.held_host + r.held_ssd), r.token_hit_rate(),
-              r.token_hit_rate() / std::max(1e-12, w.max_rate),
-              r.token_hit_rate() / std::max(1e-12, w.lru_rate),
-              r.token_hit_rate() / std::max(1e-12, w.held_lru_rate),
-              static_cast<unsigned long>(r.tier_hits_host), static_cast<unsigned long>(r.tier_hits_ssd),
-              mib, r.pace(), ms(r.lookup).c_str(), ms(r.get).c_str(), ms(r.put).c_str(),
-              r.prefill_saved_s, static_cast<unsigned long>(r.wrong_pages),
-              static_cast<unsigned long>(r.lost_hits),
-              static_cast<unsigned long>(r.lookup_errors + r.get_errors + r.put_errors));
+      w.setup.c_str(), static_cast<unsigned long>(w.capacity_blocks),
+      static_cast<unsigned long>(r.held_host + r.held_ssd), r.token_hit_rate(),
+      r.token_hit_rate() / std::max(1e-12, w.max_rate),
+      r.token_hit_rate() / std::max(1e-12, w.lru_rate),
+      r.token_hit_rate() / std::max(1e-12, w.held_lru_rate),
+      static_cast<unsigned long>(r.tier_hits_host), static_cast<unsigned long>(r.tier_hits_ssd),
+      mib, r.pace(), ms(r.lookup).c_str(), ms(r.get).c_str(), ms(r.put).c_str(), r.prefill_saved_s,
+      static_cast<unsigned long>(r.wrong_pages), static_cast<unsigned long>(r.lost_hits),
+      static_cast<unsigned long>(r.lookup_errors + r.get_errors + r.put_errors));
   for (const std::string& e : r.first_errors) std::printf("    error: %s\n", e.c_str());
   std::fflush(stdout);
 }
@@ -208,8 +208,8 @@ class Bench {
   }
 
   // One setup at `host_blocks` / `ssd_blocks` total over its nodes.
-  Row Run(const std::string& setup, const PageLayout& l, uint64_t host_blocks,
-          uint64_t ssd_blocks, double compress, int replication = 1, bool kill = false) {
+  Row Run(const std::string& setup, const PageLayout& l, uint64_t host_blocks, uint64_t ssd_blocks,
+          double compress, int replication = 1, bool kill = false) {
     ReplayOptions o = Opts(l, compress);
     ReplayReport rep;
     const uint64_t cap = host_blocks + ssd_blocks;
@@ -222,8 +222,8 @@ class Bench {
       auto etcd = pagoda::cluster::testing::EtcdProcess::Start();
       if (!etcd.ok()) Die("etcd", etcd.status());
       const std::string prefix = absl::StrCat("/trace/", ++runs_, "/");
-      auto nodes = StartNodes(3, NodeYaml(l, host_blocks / 3, ssd_blocks / 3, prefix),
-                              (*etcd)->endpoint());
+      auto nodes =
+          StartNodes(3, NodeYaml(l, host_blocks / 3, ssd_blocks / 3, prefix), (*etcd)->endpoint());
       auto c = ConnectCluster((*etcd)->endpoint(), prefix, replication, nodes.size());
       pagoda::trace::SingleStoreTarget t(c.get());
       if (kill) {
@@ -236,11 +236,11 @@ class Bench {
       rep = pagoda::trace::Replay(reqs_, keys_, t, o);
       if (kill) {
         pagoda::ClusterReadStats s = c->read_stats();
-        std::printf("    cluster reads: primary %lu, replica fallback %lu, misses %lu, "
-                    "unreachable calls %lu\n",
-                    static_cast<unsigned long>(s.primary_hits),
-                    static_cast<unsigned long>(s.replica_hits), static_cast<unsigned long>(s.misses),
-                    static_cast<unsigned long>(s.unreachable));
+        std::printf(
+            "    cluster reads: primary %lu, replica fallback %lu, misses %lu, "
+            "unreachable calls %lu\n",
+            static_cast<unsigned long>(s.primary_hits), static_cast<unsigned long>(s.replica_hits),
+            static_cast<unsigned long>(s.misses), static_cast<unsigned long>(s.unreachable));
       }
     } else if (setup == "per-node") {
       auto nodes = StartNodes(3, NodeYaml(l, host_blocks / 3, ssd_blocks / 3, ""), "");
@@ -299,30 +299,35 @@ int main(int argc, char** argv) {
   absl::StatusOr<PageLayout> layout = BlockLayout(f.kv_bytes_per_token, f.block_tokens);
   if (!layout.ok()) Die("layout", layout.status());
   Bench bench(f, std::move(*reqs));
-  std::printf("trace %s: %zu requests; block %u tokens x %u B/token = %lu B pages; unbounded "
-              "cache token hit rate %.4f\n",
-              f.trace.c_str(), bench.requests(), f.block_tokens, f.kv_bytes_per_token,
-              static_cast<unsigned long>(layout->PageBytes()), bench.max_rate());
-  std::printf("host %lu blocks, ssd %lu blocks (totals over the nodes), compress %.1fx, "
-              "inflight %d, prefill %.2f us/token, batch %zu\n",
-              static_cast<unsigned long>(f.host_blocks), static_cast<unsigned long>(f.ssd_blocks),
-              f.compress, f.inflight, f.prefill_us_per_token, f.batch);
-  std::printf("hit = token hit rate served with verified bytes; /max vs the unbounded cache; /lru "
-              "vs one ideal LRU of cap_blk; /lruh vs one ideal LRU of held_blk (the pages the "
-              "tiers held at the end: watermarks keep tiers below capacity); latencies in ms per "
-              "request (all its gets / puts)\n");
+  std::printf(
+      "trace %s: %zu requests; block %u tokens x %u B/token = %lu B pages; unbounded "
+      "cache token hit rate %.4f\n",
+      f.trace.c_str(), bench.requests(), f.block_tokens, f.kv_bytes_per_token,
+      static_cast<unsigned long>(layout->PageBytes()), bench.max_rate());
+  std::printf(
+      "host %lu blocks, ssd %lu blocks (totals over the nodes), compress %.1fx, "
+      "inflight %d, prefill %.2f us/token, batch %zu\n",
+      static_cast<unsigned long>(f.host_blocks), static_cast<unsigned long>(f.ssd_blocks),
+      f.compress, f.inflight, f.prefill_us_per_token, f.batch);
+  std::printf(
+      "hit = token hit rate served with verified bytes; /max vs the unbounded cache; /lru "
+      "vs one ideal LRU of cap_blk; /lruh vs one ideal LRU of held_blk (the pages the "
+      "tiers held at the end: watermarks keep tiers below capacity); latencies in ms per "
+      "request (all its gets / puts)\n");
   PrintHeader();
-  for (const std::string& s : std::vector<std::string>(absl::StrSplit(f.setups, ',', absl::SkipEmpty()))) {
+  for (const std::string& s :
+       std::vector<std::string>(absl::StrSplit(f.setups, ',', absl::SkipEmpty()))) {
     const uint64_t ssd = s == "host-only" ? 0 : f.ssd_blocks;
     Row row = bench.Run(s, *layout, f.host_blocks, ssd, f.compress);
     PrintRow(row);
-    std::printf("    lag p50/p99 %.1f/%.1f ms, requests %lu, failed %lu, verified %.2f GiB, "
-                "put %.2f GiB, lookup-promised %lu blocks, wall %.1f s\n",
-                row.r.start_lag.Percentile(0.5) / 1000, row.r.start_lag.Percentile(0.99) / 1000,
-                static_cast<unsigned long>(row.r.requests),
-                static_cast<unsigned long>(row.r.failed_requests),
-                row.r.verified_bytes / 1073741824.0, row.r.put_bytes / 1073741824.0,
-                static_cast<unsigned long>(row.r.lookup_hit_blocks), row.r.wall_s);
+    std::printf(
+        "    lag p50/p99 %.1f/%.1f ms, requests %lu, failed %lu, verified %.2f GiB, "
+        "put %.2f GiB, lookup-promised %lu blocks, wall %.1f s\n",
+        row.r.start_lag.Percentile(0.5) / 1000, row.r.start_lag.Percentile(0.99) / 1000,
+        static_cast<unsigned long>(row.r.requests),
+        static_cast<unsigned long>(row.r.failed_requests), row.r.verified_bytes / 1073741824.0,
+        row.r.put_bytes / 1073741824.0, static_cast<unsigned long>(row.r.lookup_hit_blocks),
+        row.r.wall_s);
   }
   if (f.kill) {
     std::printf("\nkill -9 run: pooled, R=2, node-2 killed when request %zu is issued\n",
@@ -345,7 +350,8 @@ int main(int argc, char** argv) {
                 "per_node", "unbounded", "pooled/lru", "held_blk", "pooled/lruh");
     std::ostringstream csv;
     csv << "capacity_blocks,ideal_lru,pooled,per_node,unbounded,pooled_held_blocks,lru_at_held\n";
-    for (const std::string& c : std::vector<std::string>(absl::StrSplit(f.curve, ',', absl::SkipEmpty()))) {
+    for (const std::string& c :
+         std::vector<std::string>(absl::StrSplit(f.curve, ',', absl::SkipEmpty()))) {
       const uint64_t cap = std::stoull(c);
       Row pooled = bench.Run("pooled", *cl, cap, 0, 0);
       Row per = bench.Run("per-node", *cl, cap, 0, 0);

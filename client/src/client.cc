@@ -145,8 +145,8 @@ class ClientImpl final : public Client {
       absl::StatusOr<std::unique_ptr<client_internal::StreamPath>> sp =
           client_internal::StreamPath::Open(
               stub_.get(), options_.tenant, prepare,
-              client_internal::StreamPath::TargetHost(options_.target), h.data_port,
-              h.instance_id, options_.timeout);
+              client_internal::StreamPath::TargetHost(options_.target), h.data_port, h.instance_id,
+              options_.timeout);
       if (sp.ok()) {
         stream_ = std::move(*sp);
         path_ = stream_.get();

@@ -47,7 +47,8 @@ TEST(StreamPathTest, BatchesRoundTripByteExact) {
     const PageLayout& l = layouts[i % 3];
     data.push_back(PageBytes(PageKey{5, uint64_t(i)}, l.PageBytes()));
   }
-  for (int i = 0; i < 66; ++i) puts.push_back({PageKey{5, uint64_t(i)}, layouts[i % 3].Id(), data[i]});
+  for (int i = 0; i < 66; ++i)
+    puts.push_back({PageKey{5, uint64_t(i)}, layouts[i % 3].Id(), data[i]});
   for (const absl::Status& s : c->Put(puts)) ASSERT_TRUE(s.ok()) << s;
   EXPECT_TRUE(absl::IsAlreadyExists(c->Put({puts[4]})[0]));
 

@@ -112,7 +112,8 @@ absl::StatusOr<std::unique_ptr<DataStreamServer::Claim>> DataStreamServer::Acqui
   }
   Connection& c = *it->second;
   if (!c.tenant.empty() && c.tenant != tenant) {
-    return absl::PermissionDeniedError("stream path: the data connection belongs to another tenant");
+    return absl::PermissionDeniedError(
+        "stream path: the data connection belongs to another tenant");
   }
   if (c.busy) return absl::FailedPreconditionError("stream path: the data connection is busy");
   c.tenant = tenant;

@@ -6,9 +6,9 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "spdlog/spdlog.h"
 #include "data_stream.h"
 #include "pagoda/service/stream_wire.h"
+#include "spdlog/spdlog.h"
 #include "ucx_control.h"
 
 namespace pagoda::service {
@@ -162,9 +162,10 @@ absl::Status GrpcService::ReceiveChunks(grpc::ServerContext* ctx, const v1::PutB
   return Cancelled(ctx);
 }
 
-absl::Status GrpcService::PutBatch(grpc::ServerContext* ctx, const v1::PutBegin& begin,
-                                   const std::function<absl::Status(std::vector<PutSlot>&)>& receive,
-                                   v1::PutResponse* response, const char* path) {
+absl::Status GrpcService::PutBatch(
+    grpc::ServerContext* ctx, const v1::PutBegin& begin,
+    const std::function<absl::Status(std::vector<PutSlot>&)>& receive, v1::PutResponse* response,
+    const char* path) {
   if (absl::Status s = Authorize(ctx, begin.tenant()); !s.ok()) return s;
   const int n = begin.pages_size();
   if (absl::Status s = CheckBatch(n); !s.ok()) return s;

@@ -12,13 +12,13 @@
 #include "absl/time/clock.h"
 #include "auth.h"
 #include "committed_index.h"
+#include "data_stream.h"
 #include "grpc_service.h"
 #include "http_server.h"
 #include "local_server.h"
 #include "metrics.h"
 #include "pagoda/kvstore/store.h"
 #include "spdlog/spdlog.h"
-#include "data_stream.h"
 #include "ucx_control.h"
 
 namespace pagoda::service {
@@ -106,9 +106,8 @@ class ServerImpl final : public Server {
       spdlog::info("stream data path off: gRPC uses TLS and the data connection would not");
     } else if (config_.data_port >= 0) {
       // Remote page bytes on plain TCP next to gRPC (issue 15); on the gRPC host.
-      stream_ = std::make_unique<DataStreamServer>(
-          DataStreamOptions{.max_connections = config_.local_max_connections,
-                            .instance_id = instance_id_});
+      stream_ = std::make_unique<DataStreamServer>(DataStreamOptions{
+          .max_connections = config_.local_max_connections, .instance_id = instance_id_});
       if (absl::Status s = stream_->Start(config_.grpc_host, config_.data_port); !s.ok()) {
         return s;
       }

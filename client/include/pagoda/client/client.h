@@ -83,7 +83,7 @@ struct ServiceHealth {
   uint64_t instance_id = 0;
   uint64_t arena_bytes = 0;
   int http_port = 0;
-  int data_port = 0;  // TCP port of the stream data path on the gRPC host; 0 = none
+  int data_port = 0;                 // TCP port of the stream data path on the gRPC host; 0 = none
   std::vector<std::string> layouts;  // "id:description"
 };
 
