@@ -137,13 +137,19 @@ std::vector<absl::Status> StreamPath::Put(absl::Span<const PutPage> pages) {
   });
   // Each page is checksummed just before it is sent (one read of its bytes from memory, the
   // send copies them from cache); the checksums follow the pages.
+  // Pages go in runs of about kRunBytes: one send per run, its checksums computed just before.
   std::vector<uint64_t> sums(n);
-  const iovec head{&frame, sizeof(frame)};
-  absl::Status sent = wire::WriteAllV(fd, {&head, 1});
-  for (size_t i = 0; i < n && sent.ok(); ++i) {
-    sums[i] = PageChecksum(pages[i].bytes.data(), pages[i].bytes.size());
-    const iovec page{const_cast<uint8_t*>(pages[i].bytes.data()), pages[i].bytes.size()};
-    sent = wire::WriteAllV(fd, {&page, 1});
+  std::vector<iovec> run = {{&frame, sizeof(frame)}};
+  absl::Status sent;
+  for (size_t i = 0; i < n && sent.ok();) {
+    size_t bytes = 0;
+    for (; i < n && (bytes == 0 || bytes + pages[i].bytes.size() <= wire::kRunBytes); ++i) {
+      sums[i] = PageChecksum(pages[i].bytes.data(), pages[i].bytes.size());
+      run.push_back({const_cast<uint8_t*>(pages[i].bytes.data()), pages[i].bytes.size()});
+      bytes += pages[i].bytes.size();
+    }
+    sent = wire::WriteAllV(fd, run);
+    run.clear();
   }
   if (sent.ok()) {
     const iovec trailer{sums.data(), n * sizeof(uint64_t)};
@@ -218,6 +224,27 @@ std::vector<GetResult> StreamPath::GetOnce(absl::Span<const GetPage> pages) {
     if (payload != frame.payload_bytes) {
       return absl::InternalError("Get: the data frame's size does not match its pages");
     }
+    // Served pages arrive in runs of about kRunBytes, one receive per run, each run's pages
+    // checksummed while in cache.
+    std::vector<iovec> run;
+    std::vector<size_t> in_run;
+    auto finish_run = [&]() -> absl::Status {
+      if (run.empty()) return absl::OkStatus();
+      if (absl::Status s = wire::ReadAllV(fd, run); !s.ok()) return s;
+      for (size_t i : in_run) {
+        const wire::StreamPageHeader& h = headers[i];
+        if (PageChecksum(pages[i].out.data(), h.size) != h.checksum) {
+          out[i].status = absl::DataLossError("Get: checksum mismatch");
+        } else {
+          out[i].layout = h.layout_id;
+          out[i].size = h.size;
+        }
+      }
+      run.clear();
+      in_run.clear();
+      return absl::OkStatus();
+    };
+    uint64_t run_bytes = 0;
     for (size_t i = 0; i < n; ++i) {
       const wire::StreamPageHeader& h = headers[i];
       if (h.code != 0) {
@@ -225,15 +252,15 @@ std::vector<GetResult> StreamPath::GetOnce(absl::Span<const GetPage> pages) {
         out[i].status = absl::Status(static_cast<absl::StatusCode>(h.code), "");
         continue;
       }
-      if (absl::Status s = wire::ReadAll(fd, pages[i].out.data(), h.size); !s.ok()) return s;
-      if (PageChecksum(pages[i].out.data(), h.size) != h.checksum) {
-        out[i].status = absl::DataLossError("Get: checksum mismatch");
-      } else {
-        out[i].layout = h.layout_id;
-        out[i].size = h.size;
+      if (!run.empty() && run_bytes + h.size > wire::kRunBytes) {
+        if (absl::Status s = finish_run(); !s.ok()) return s;
+        run_bytes = 0;
       }
+      run.push_back({pages[i].out.data(), h.size});
+      in_run.push_back(i);
+      run_bytes += h.size;
     }
-    return absl::OkStatus();
+    return finish_run();
   }();
   if (!read.ok()) ctx.TryCancel();
   done.WaitForNotification();

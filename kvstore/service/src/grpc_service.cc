@@ -587,15 +587,29 @@ absl::Status GrpcService::StreamPutImpl(grpc::ServerContext* ctx,
               "StreamPut: the data frame does not match the call (seq, count or size)");
         }
         uint8_t* const base = store_->HostArenaInfo().base;
-        for (PutSlot& p : pages) {
-          // Straight into the reserved slot; bytes of a page that could not be reserved are
-          // drained so the stream stays in step.
-          absl::Status r = p.status.ok() ? stream::ReadAll(fd, base + p.offset, p.size)
-                                         : stream::Discard(fd, p.size);
-          if (!r.ok()) return r;
-          if (p.status.ok()) {
+        // Straight into the reserved slots, a run of pages per call, each run checksummed while
+        // in cache; bytes of a page that could not be reserved are drained so the stream stays
+        // in step.
+        size_t i = 0;
+        while (i < pages.size()) {
+          if (!pages[i].status.ok()) {
+            if (absl::Status r = stream::Discard(fd, pages[i].size); !r.ok()) return r;
+            ++i;
+            continue;
+          }
+          std::vector<iovec> run;
+          size_t end = i, bytes = 0;
+          while (end < pages.size() && pages[end].status.ok() &&
+                 (run.empty() || bytes + pages[end].size <= stream::kRunBytes)) {
+            run.push_back({base + pages[end].offset, pages[end].size});
+            bytes += pages[end].size;
+            ++end;
+          }
+          if (absl::Status r = stream::ReadAllV(fd, run); !r.ok()) return r;
+          for (; i < end; ++i) {
+            PutSlot& p = pages[i];
             p.received = p.size;
-            p.checksum = PageChecksum(base + p.offset, p.size);  // while the bytes are in cache
+            p.checksum = PageChecksum(base + p.offset, p.size);
             p.checksummed = true;
           }
         }

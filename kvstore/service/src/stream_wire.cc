@@ -152,6 +152,35 @@ absl::Status ReadAll(int fd, void* data, size_t size) {
   return absl::OkStatus();
 }
 
+absl::Status ReadAllV(int fd, absl::Span<const iovec> iov_in) {
+  std::vector<iovec> iov(iov_in.begin(), iov_in.end());
+  size_t first = 0;
+  while (first < iov.size()) {
+    if (iov[first].iov_len == 0) {
+      ++first;
+      continue;
+    }
+    msghdr m{};
+    m.msg_iov = iov.data() + first;
+    m.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
+    const ssize_t n = recvmsg(fd, &m, MSG_WAITALL);
+    if (n == 0) return absl::UnavailableError("stream path: peer closed the connection");
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("recv");
+    }
+    size_t left = static_cast<size_t>(n);
+    while (left > 0 && first < iov.size()) {
+      const size_t take = std::min(left, iov[first].iov_len);
+      iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + take;
+      iov[first].iov_len -= take;
+      left -= take;
+      if (iov[first].iov_len == 0) ++first;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Discard(int fd, uint64_t size) {
   uint8_t buf[64 << 10];
   while (size > 0) {

@@ -33,6 +33,9 @@ inline constexpr uint32_t kHelloMagic = 0x53444750;  // "PGDS"
 inline constexpr uint32_t kFrameMagic = 0x46444750;  // "PGDF"
 inline constexpr uint32_t kVersion = 1;
 inline constexpr size_t kTicketBytes = 16;
+// Pages are sent and received in runs of about this many bytes: one system call per run, and a
+// run's bytes are checksummed while they are still in cache.
+inline constexpr size_t kRunBytes = 1 << 20;
 
 struct StreamHello {
   uint32_t magic = kHelloMagic;
@@ -69,6 +72,9 @@ absl::Status ConfigureSocket(int fd, absl::Duration io_timeout);
 absl::Status WriteAllV(int fd, absl::Span<const iovec> iov);
 // Reads exactly `size` bytes. Unavailable on a closed peer, an error or a timeout.
 absl::Status ReadAll(int fd, void* data, size_t size);
+// Reads exactly the bytes of `iov` (any number of entries), in order, with as few calls as the
+// kernel allows. Unavailable as ReadAll.
+absl::Status ReadAllV(int fd, absl::Span<const iovec> iov);
 // Reads and drops `size` bytes.
 absl::Status Discard(int fd, uint64_t size);
 
