@@ -85,8 +85,8 @@ Sample RunPhase(int clients, uint64_t ops, uint64_t page_bytes, Op op) {
   for (std::thread& t : threads) t.join();
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   if (errors > 0) {
-    std::fprintf(stderr, "bench: %d failed operations\n", errors.load());
-    std::exit(1);
+    // Reported, not fatal: the run goes on and the servers are stopped at the end.
+    std::fprintf(stderr, "bench: %d failed operations in this phase\n", errors.load());
   }
   std::vector<double> all;
   for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
@@ -321,11 +321,14 @@ int main(int argc, char** argv) {
           res["put"].push_back(RunPhase(clients, ops, size, [&](int c, uint64_t i) {
             memcpy(src[c].data(), &i, 8);
             PutPage p{key(c, i), layout.Id(), src[c]};
-            return pc[c]->Put({&p, 1})[0].ok();
+            absl::Status st = pc[c]->Put({&p, 1})[0];
+            if (!st.ok()) std::cerr << name << " put: " << st << "\n";
+            return st.ok();
           }));
           res["get"].push_back(RunPhase(clients, ops, size, [&](int c, uint64_t i) {
             GetPage g{key(c, i), absl::MakeSpan(dst[c])};
             GetResult gr = pc[c]->Get({&g, 1})[0];
+            if (!gr.status.ok()) std::cerr << name << " get: " << gr.status << "\n";
             uint64_t first = 0;
             memcpy(&first, dst[c].data(), 8);
             return gr.status.ok() && first == i;  // and the checksum was verified by the client

@@ -155,12 +155,12 @@ std::vector<absl::Status> StreamPath::Put(absl::Span<const PutPage> pages) {
     const iovec trailer{sums.data(), n * sizeof(uint64_t)};
     sent = wire::WriteAllV(fd, {&trailer, 1});
   }
-  if (!sent.ok()) ctx.TryCancel();
+  // A failed send means the server closed the connection (it refused the batch or failed);
+  // its answer says why and comes within the call's deadline, so wait for it, never cancel.
   done.WaitForNotification();
 
   absl::Status s = FromGrpc(call_status);
-  // Our own cancel after a failed send: the connection's error is the answer (Unavailable).
-  if (!sent.ok() && (s.ok() || absl::IsCancelled(s))) s = sent;
+  if (!sent.ok() && s.ok()) s = sent;
   if (s.ok() && resp.results_size() != static_cast<int>(n)) {
     s = absl::InternalError("Put: the server answered for a different number of pages");
   }
@@ -262,11 +262,12 @@ std::vector<GetResult> StreamPath::GetOnce(absl::Span<const GetPage> pages) {
     }
     return finish_run();
   }();
-  if (!read.ok()) ctx.TryCancel();
+  // A failed read: close our end so a server still writing the frame fails and answers; the
+  // server's answer (if it is an error) says more than the broken connection.
+  if (!read.ok()) shutdown(fd, SHUT_RDWR);
   done.WaitForNotification();
   absl::Status s = FromGrpc(call_status);
-  // Our own cancel after a failed read: the connection's error is the answer (Unavailable).
-  if (!read.ok() && (s.ok() || absl::IsCancelled(s))) s = read;
+  if (!read.ok() && s.ok()) s = read;
   if (!s.ok()) {
     for (GetResult& r : out) r = GetResult{s, 0, 0};
     return out;  // the connection is dropped

@@ -85,21 +85,20 @@ void DataStreamServer::AcceptLoop() {
     }
     hello.instance_id = options_.instance_id;
     c->ticket.assign(reinterpret_cast<const char*>(hello.ticket), stream::kTicketBytes);
+    if (!stream::ConfigureSocket(fd, options_.io_timeout).ok()) continue;  // c closes it
     {
+      // Registered before the hello goes out: a client may name the ticket in a call as soon as
+      // it has read it.
       absl::MutexLock l(&mu_);
       if (static_cast<int>(conns_.size()) >= options_.max_connections) SweepDead();
       if (static_cast<int>(conns_.size()) >= options_.max_connections) {
         spdlog::warn("stream path: {} connections open; refusing another", conns_.size());
         continue;  // c closes the socket
       }
+      conns_[c->ticket] = c;
     }
     const iovec iov{&hello, sizeof(hello)};
-    if (!stream::ConfigureSocket(fd, options_.io_timeout).ok() ||
-        !stream::WriteAllV(fd, {&iov, 1}).ok()) {
-      continue;
-    }
-    absl::MutexLock l(&mu_);
-    conns_[c->ticket] = std::move(c);
+    if (!stream::WriteAllV(fd, {&iov, 1}).ok()) Close(c->ticket);
   }
 }
 
