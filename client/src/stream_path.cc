@@ -76,7 +76,22 @@ absl::StatusOr<std::unique_ptr<StreamPath::Conn>> StreamPath::Take() {
       return c;
     }
   }
-  absl::StatusOr<int> fd = wire::ConnectTcp(host_, port_, io_timeout_);
+  absl::StatusOr<std::unique_ptr<Conn>> c = Dial();
+  if (c.ok() || absl::IsUnauthenticated(c.status())) return c;
+  Reset();  // the server may have restarted on another data port
+  return Dial();
+}
+
+absl::StatusOr<std::unique_ptr<StreamPath::Conn>> StreamPath::Dial() {
+  int port = 0;
+  uint64_t instance_id = 0;
+  {
+    absl::MutexLock l(&mu_);
+    port = port_;
+    instance_id = instance_id_;
+  }
+  if (port <= 0) return absl::UnavailableError("stream path: the server offers no data port");
+  absl::StatusOr<int> fd = wire::ConnectTcp(host_, port, io_timeout_);
   if (!fd.ok()) return fd.status();
   auto c = std::make_unique<Conn>();
   c->fd = *fd;
@@ -84,10 +99,10 @@ absl::StatusOr<std::unique_ptr<StreamPath::Conn>> StreamPath::Take() {
   wire::StreamHello hello;
   if (absl::Status s = wire::ReadAll(c->fd, &hello, sizeof(hello)); !s.ok()) return s;
   if (hello.magic != wire::kHelloMagic || hello.version != wire::kVersion) {
-    return absl::UnavailableError(absl::StrCat("stream path: ", host_, ":", port_,
+    return absl::UnavailableError(absl::StrCat("stream path: ", host_, ":", port,
                                                " is not a pagodad data port (or another version)"));
   }
-  if (instance_id_ != 0 && hello.instance_id != instance_id_) {
+  if (instance_id != 0 && hello.instance_id != instance_id) {
     return absl::FailedPreconditionError(
         "stream path: the data port belongs to another pagodad than the gRPC target");
   }
@@ -95,13 +110,44 @@ absl::StatusOr<std::unique_ptr<StreamPath::Conn>> StreamPath::Take() {
   return c;
 }
 
+void StreamPath::Reset() {
+  grpc::ClientContext ctx;
+  prepare_(&ctx);
+  v1::HealthResponse h;
+  const bool ok = stub_->Health(&ctx, v1::HealthRequest(), &h).ok();
+  absl::MutexLock l(&mu_);
+  idle_.clear();
+  if (ok) {
+    port_ = static_cast<int>(h.data_port());
+    instance_id_ = h.instance_id();
+  }
+}
+
+namespace {
+// A batch the server refused because it does not know the connection's ticket: nothing was done
+// (a restarted server, or a connection it closed), so the batch can go again on a fresh one.
+bool StaleTicket(const absl::Status& s) {
+  return absl::IsNotFound(s) &&
+         s.message().find("unknown or closed data connection") != std::string_view::npos;
+}
+}  // namespace
+
+std::vector<absl::Status> StreamPath::Put(absl::Span<const PutPage> pages) {
+  if (pages.empty()) return {};
+  std::vector<absl::Status> out = PutOnce(pages);
+  if (StaleTicket(out[0])) {
+    Reset();
+    out = PutOnce(pages);
+  }
+  return out;
+}
+
 void StreamPath::Give(std::unique_ptr<Conn> c) {
   absl::MutexLock l(&mu_);
   if (idle_.size() < kMaxIdle) idle_.push_back(std::move(c));
 }
 
-std::vector<absl::Status> StreamPath::Put(absl::Span<const PutPage> pages) {
-  if (pages.empty()) return {};
+std::vector<absl::Status> StreamPath::PutOnce(absl::Span<const PutPage> pages) {
   const size_t n = pages.size();
   absl::StatusOr<std::unique_ptr<Conn>> conn = Take();
   if (!conn.ok()) return std::vector<absl::Status>(n, conn.status());
@@ -209,58 +255,28 @@ std::vector<GetResult> StreamPath::GetOnce(absl::Span<const GetPage> pages) {
     if (frame.magic != wire::kFrameMagic || frame.seq != req.seq() || frame.count != n) {
       return absl::InternalError("Get: the data frame does not match the call");
     }
-    std::vector<wire::StreamPageHeader> headers(n);
-    if (absl::Status s = wire::ReadAll(fd, headers.data(), n * sizeof(headers[0])); !s.ok()) {
-      return s;
-    }
-    uint64_t payload = 0;
+    // Each page: its header, then (when served) its bytes straight into its buffer, checksummed
+    // right away while they are in cache.
     for (size_t i = 0; i < n; ++i) {
-      if (headers[i].code != 0) continue;
-      if (headers[i].size > pages[i].out.size()) {
-        return absl::InternalError("Get: the server sent a page larger than its buffer");
-      }
-      payload += headers[i].size;
-    }
-    if (payload != frame.payload_bytes) {
-      return absl::InternalError("Get: the data frame's size does not match its pages");
-    }
-    // Served pages arrive in runs of about kRunBytes, one receive per run, each run's pages
-    // checksummed while in cache.
-    std::vector<iovec> run;
-    std::vector<size_t> in_run;
-    auto finish_run = [&]() -> absl::Status {
-      if (run.empty()) return absl::OkStatus();
-      if (absl::Status s = wire::ReadAllV(fd, run); !s.ok()) return s;
-      for (size_t i : in_run) {
-        const wire::StreamPageHeader& h = headers[i];
-        if (PageChecksum(pages[i].out.data(), h.size) != h.checksum) {
-          out[i].status = absl::DataLossError("Get: checksum mismatch");
-        } else {
-          out[i].layout = h.layout_id;
-          out[i].size = h.size;
-        }
-      }
-      run.clear();
-      in_run.clear();
-      return absl::OkStatus();
-    };
-    uint64_t run_bytes = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const wire::StreamPageHeader& h = headers[i];
+      wire::StreamPageHeader h;
+      if (absl::Status s = wire::ReadAll(fd, &h, sizeof(h)); !s.ok()) return s;
       if (h.code != 0) {
         refused[i] = true;  // its message comes with the call's answer
         out[i].status = absl::Status(static_cast<absl::StatusCode>(h.code), "");
         continue;
       }
-      if (!run.empty() && run_bytes + h.size > wire::kRunBytes) {
-        if (absl::Status s = finish_run(); !s.ok()) return s;
-        run_bytes = 0;
+      if (h.size > pages[i].out.size()) {
+        return absl::InternalError("Get: the server sent a page larger than its buffer");
       }
-      run.push_back({pages[i].out.data(), h.size});
-      in_run.push_back(i);
-      run_bytes += h.size;
+      if (absl::Status s = wire::ReadAll(fd, pages[i].out.data(), h.size); !s.ok()) return s;
+      if (PageChecksum(pages[i].out.data(), h.size) != h.checksum) {
+        out[i].status = absl::DataLossError("Get: checksum mismatch");
+      } else {
+        out[i].layout = h.layout_id;
+        out[i].size = h.size;
+      }
     }
-    return finish_run();
+    return absl::OkStatus();
   }();
   // A failed read: close our end so a server still writing the frame fails and answers; the
   // server's answer (if it is an error) says more than the broken connection.
@@ -285,6 +301,10 @@ std::vector<GetResult> StreamPath::GetOnce(absl::Span<const GetPage> pages) {
 std::vector<GetResult> StreamPath::Get(absl::Span<const GetPage> pages) {
   if (pages.empty()) return {};
   std::vector<GetResult> out = GetOnce(pages);
+  if (StaleTicket(out[0].status)) {
+    Reset();
+    out = GetOnce(pages);
+  }
   for (size_t i = 0; i < pages.size(); ++i) {
     if (absl::IsDataLoss(out[i].status)) out[i] = GetOnce(pages.subspan(i, 1))[0];
   }

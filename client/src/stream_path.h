@@ -50,15 +50,20 @@ class StreamPath final : public DataPath {
              std::function<void(grpc::ClientContext*)> prepare, std::string host, int port,
              uint64_t instance_id, absl::Duration io_timeout);
   absl::StatusOr<std::unique_ptr<Conn>> Take();
+  absl::StatusOr<std::unique_ptr<Conn>> Dial();
   void Give(std::unique_ptr<Conn> c);
+  // After the server restarted (a ticket it does not know, a refused connect): drops the pooled
+  // connections and learns the data port and instance id again from Health.
+  void Reset();
+  std::vector<absl::Status> PutOnce(absl::Span<const PutPage> pages);
   std::vector<GetResult> GetOnce(absl::Span<const GetPage> pages);
 
   v1::Pagoda::Stub* const stub_;
   const std::string tenant_;
   const std::function<void(grpc::ClientContext*)> prepare_;
   const std::string host_;
-  const int port_;
-  const uint64_t instance_id_;
+  int port_ ABSL_GUARDED_BY(mu_);
+  uint64_t instance_id_ ABSL_GUARDED_BY(mu_);
   const absl::Duration io_timeout_;
   std::atomic<uint64_t> seq_{1};
   absl::Mutex mu_;

@@ -504,48 +504,57 @@ absl::Status GrpcService::StreamGetImpl(grpc::ServerContext* ctx,
   absl::StatusOr<std::unique_ptr<DataStreamServer::Claim>> claim =
       stream_->Acquire(request.ticket(), request.tenant());
   if (!claim.ok()) return claim.status();
-  // Lease every page (a lease keeps its slot from being reused while its bytes are sent; one
-  // that runs out anyway shows up as a checksum mismatch at the reader, never as silent bytes).
-  std::vector<stream::StreamPageHeader> headers(n);
-  std::vector<uint64_t> leases;
-  leases.reserve(n);
-  std::vector<iovec> iov;
-  iov.reserve(n + 2);
+  // Pages go out in runs of about kRunBytes: lease a run (a lease keeps its slot from being reused
+  // while its bytes are sent; one that runs out anyway shows up as a checksum mismatch at the
+  // reader, never as silent bytes), send each page's header and bytes, release the run. Only one
+  // run is leased at a time, so a batch larger than the host tier still streams from SSD.
   stream::StreamFrameHeader frame;
   frame.count = static_cast<uint32_t>(n);
   frame.seq = request.seq();
-  iov.push_back({&frame, sizeof(frame)});
-  iov.push_back({headers.data(), headers.size() * sizeof(stream::StreamPageHeader)});
+  std::vector<stream::StreamPageHeader> headers(n);
+  const int fd = (*claim)->fd();
+  const iovec head{&frame, sizeof(frame)};
+  absl::Status sent = stream::WriteAllV(fd, {&head, 1});
   const uint8_t* const base = store_->HostArenaInfo().base;
-  for (int i = 0; i < n; ++i) {
-    absl::StatusOr<ReadLease> lease =
-        store_->AcquireRead(request.tenant(), FromProto(request.keys(i)), absl::Seconds(30));
-    absl::Status s = lease.status();
-    if (s.ok()) {
-      leases.push_back(lease->lease_id);
-      if (lease->size > request.capacity(i)) {
-        s = absl::InvalidArgumentError(absl::StrCat("StreamGet: page ", i, " has ", lease->size,
-                                                    " bytes; the buffer holds ",
-                                                    request.capacity(i)));
+  uint64_t bytes_out = 0;
+  std::vector<uint64_t> leases;
+  std::vector<iovec> iov;
+  for (int i = 0; i < n && sent.ok();) {
+    leases.clear();
+    iov.clear();
+    uint64_t run_bytes = 0;
+    for (; i < n && (iov.empty() || run_bytes < stream::kRunBytes); ++i) {
+      absl::StatusOr<ReadLease> lease =
+          store_->AcquireRead(request.tenant(), FromProto(request.keys(i)), absl::Seconds(30));
+      absl::Status s = lease.status();
+      if (s.ok()) {
+        leases.push_back(lease->lease_id);
+        if (lease->size > request.capacity(i)) {
+          s = absl::InvalidArgumentError(absl::StrCat("StreamGet: page ", i, " has ", lease->size,
+                                                      " bytes; the buffer holds ",
+                                                      request.capacity(i)));
+        }
       }
+      SetStatus(s, response->add_results());
+      headers[i].code = static_cast<int32_t>(s.code());
+      iov.push_back({&headers[i], sizeof(headers[i])});
+      if (!s.ok()) continue;
+      headers[i].layout_id = lease->layout.Id();
+      headers[i].size = lease->size;
+      headers[i].checksum = lease->checksum;
+      iov.push_back({const_cast<uint8_t*>(base + lease->arena_offset), lease->size});
+      run_bytes += lease->size;
     }
-    SetStatus(s, response->add_results());
-    headers[i].code = static_cast<int32_t>(s.code());
-    if (!s.ok()) continue;
-    headers[i].layout_id = lease->layout.Id();
-    headers[i].size = lease->size;
-    headers[i].checksum = lease->checksum;
-    iov.push_back({const_cast<uint8_t*>(base + lease->arena_offset), lease->size});
-    frame.payload_bytes += lease->size;
+    sent = stream::WriteAllV(fd, iov);
+    for (uint64_t id : leases) (void)store_->ReleaseRead(id);
+    bytes_out += run_bytes;
   }
-  absl::Status sent = stream::WriteAllV((*claim)->fd(), iov);
-  for (uint64_t id : leases) (void)store_->ReleaseRead(id);
   if (!sent.ok()) {
     (*claim)->Fail();
     return sent;
   }
-  bytes_out_ += frame.payload_bytes;
-  metrics_->AddBytesOut("stream", frame.payload_bytes);
+  bytes_out_ += bytes_out;
+  metrics_->AddBytesOut("stream", bytes_out);
   return absl::OkStatus();
 }
 

@@ -3,8 +3,8 @@
 // travel on a plain TCP connection to pagodad's data port, in one frame per batch:
 //
 //   connect      server -> client  StreamHello (magic, version, ticket, instance id)
-//   StreamGet    server -> client  StreamFrameHeader, count x StreamPageHeader, then the bytes of
-//                                  every page whose code is 0, in key order
+//   StreamGet    server -> client  StreamFrameHeader, then per key in order: its StreamPageHeader
+//                                  followed, when its code is 0, by its bytes
 //   StreamPut    client -> server  StreamFrameHeader, the bytes of every page in order, then
 //                                  count x uint64 PageChecksum of each page (computed as each
 //                                  page is sent, while its bytes are in cache)
@@ -49,7 +49,7 @@ struct StreamFrameHeader {
   uint32_t magic = kFrameMagic;
   uint32_t count = 0;          // pages in the batch
   uint64_t seq = 0;            // the call's seq
-  uint64_t payload_bytes = 0;  // page bytes after the headers (StreamPut: before the trailer)
+  uint64_t payload_bytes = 0;  // StreamPut: page bytes before the trailer; StreamGet: 0
 };
 static_assert(sizeof(StreamFrameHeader) == 24);
 
