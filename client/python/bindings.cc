@@ -76,9 +76,12 @@ class PyClient {
     if (path == "local") {
       o.data_path = DataPathKind::kLocal;
     } else if (path == "remote") {
-      o.data_path = DataPathKind::kRemote;
+      o.data_path = DataPathKind::kRemote;  // the stream data path when offered, else gRPC
+    } else if (path == "grpc") {
+      o.data_path = DataPathKind::kRemote;  // page bytes over gRPC (the fallback path)
+      o.remote_stream = false;
     } else if (path != "auto") {
-      throw py::value_error("path must be 'auto', 'local' or 'remote'");
+      throw py::value_error("path must be 'auto', 'local', 'remote' or 'grpc'");
     }
     absl::StatusOr<std::unique_ptr<Client>> c;
     {
@@ -259,7 +262,8 @@ PYBIND11_MODULE(_pagoda, m) {
            py::arg("token") = "", py::arg("path") = "auto", py::arg("local_socket") = "",
            py::arg("timeout_s") = 30.0)
       .def_property_readonly("data_path", &PyClient::data_path,
-                             "'local' (shared-memory zero-copy) or 'remote' (gRPC)")
+                             "'local' (shared-memory zero-copy), 'stream' (page bytes on the TCP "
+                             "data path, control on gRPC) or 'remote' (page bytes over gRPC)")
       .def("put", &PyClient::Put, py::arg("keys"), py::arg("pages"), py::arg("layout"),
            py::arg("raise_on_error") = true,
            "Store pages (array [n, page_bytes] or list of arrays / CPU tensors). Returns one "

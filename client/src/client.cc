@@ -14,6 +14,7 @@
 #include "local_path.h"
 #include "pagoda.grpc.pb.h"
 #include "remote_path.h"
+#include "stream_path.h"
 #include "ucx_path.h"
 
 namespace pagoda {
@@ -105,7 +106,7 @@ class ClientImpl final : public Client {
     remote_ = std::make_unique<client_internal::RemotePath>(
         stub_.get(), options_.tenant, options_.chunk_bytes,
         [this](grpc::ClientContext* c) { Prepare(c); });
-    if (options_.data_path == DataPathKind::kRemote) return UseRemote();
+    if (options_.data_path == DataPathKind::kRemote) return UseRemote(*h);
     std::string socket = options_.local_socket.empty() ? h->local_socket : options_.local_socket;
     absl::Status local_status = absl::FailedPreconditionError("the server has no local path");
     if (!socket.empty()) {
@@ -126,21 +127,38 @@ class ClientImpl final : public Client {
       }
     }
     if (options_.data_path == DataPathKind::kLocal) return local_status;
-    return UseRemote();
+    return UseRemote(*h);
   }
 
-  // Bytes over UCX when asked for and offered, else over gRPC.
-  absl::Status UseRemote() {
+  // Bytes over UCX when asked for and offered, else on the stream path when the server offers
+  // it, else over gRPC.
+  absl::Status UseRemote(const ServiceHealth& h) {
     path_ = remote_.get();
-    if (!options_.ucx) return absl::OkStatus();
-    absl::StatusOr<std::unique_ptr<client_internal::UcxPath>> u = client_internal::UcxPath::Open(
-        stub_.get(), options_.tenant, [this](grpc::ClientContext* c) { Prepare(c); },
-        options_.timeout);
-    if (u.ok()) {
-      ucx_ = std::move(*u);
-      path_ = ucx_.get();
-    } else if (absl::IsUnauthenticated(u.status()) || absl::IsPermissionDenied(u.status())) {
-      return u.status();
+    auto prepare = [this](grpc::ClientContext* c) { Prepare(c); };
+    if (options_.ucx) {
+      absl::StatusOr<std::unique_ptr<client_internal::UcxPath>> u =
+          client_internal::UcxPath::Open(stub_.get(), options_.tenant, prepare, options_.timeout);
+      if (u.ok()) {
+        ucx_ = std::move(*u);
+        path_ = ucx_.get();
+        return absl::OkStatus();
+      }
+      if (absl::IsUnauthenticated(u.status()) || absl::IsPermissionDenied(u.status())) {
+        return u.status();
+      }
+    }
+    // Never under TLS: the data connection is plain TCP.
+    if (options_.remote_stream && h.data_port > 0 && options_.tls_ca.empty()) {
+      absl::StatusOr<std::unique_ptr<client_internal::StreamPath>> sp =
+          client_internal::StreamPath::Open(
+              stub_.get(), options_.tenant, prepare,
+              client_internal::StreamPath::TargetHost(options_.target), h.data_port, h.instance_id,
+              options_.timeout);
+      if (sp.ok()) {
+        stream_ = std::move(*sp);
+        path_ = stream_.get();
+      }
+      // Not reachable (a firewall, another host name): page bytes stay on gRPC.
     }
     return absl::OkStatus();
   }
@@ -333,6 +351,7 @@ class ClientImpl final : public Client {
     h.instance_id = r.instance_id();
     h.arena_bytes = r.arena_bytes();
     h.http_port = static_cast<int>(r.http_port());
+    h.data_port = static_cast<int>(r.data_port());
     for (const std::string& l : r.layouts()) h.layouts.push_back(l);
     return h;
   }
@@ -355,6 +374,7 @@ class ClientImpl final : public Client {
   std::unique_ptr<client_internal::RemotePath> remote_;
   std::unique_ptr<client_internal::LocalPath> local_;
   std::unique_ptr<client_internal::UcxPath> ucx_;
+  std::unique_ptr<client_internal::StreamPath> stream_;
   DataPath* path_ = nullptr;
   std::unique_ptr<TaskPool> pool_;
 };

@@ -67,9 +67,9 @@ class BindingTest(unittest.TestCase):
         lay = pagoda.layout_id("fp16", 8, 128, 16)
         n = pagoda.page_bytes(lay)
         self.assertEqual(n, 65536)
-        for path in ("local", "remote"):
+        for path, moved_by in (("local", "local"), ("remote", "stream"), ("grpc", "remote")):
             c = self.client(path)
-            self.assertEqual(c.data_path, path)
+            self.assertEqual(c.data_path, moved_by)
             keys = pagoda.chain_keys(list(range(100, 164)), 16, "model-" + path, 3, "salt")
             self.assertEqual(len(keys), 4)
             pages = np.random.default_rng(7).integers(0, 256, size=(4, n), dtype=np.uint8)

@@ -151,8 +151,9 @@ TEST(UcxPathTest, PutGetByteExactAcrossLayoutsAndPaths) {
   EXPECT_TRUE(absl::IsInvalidArgument(got[13].status)) << got[13].status;
 
   // Pages written over UCX read the same over gRPC bytes, and the other way round.
-  absl::StatusOr<std::unique_ptr<Client>> grpc_client =
-      Client::Connect(server->ClientOpts("tenant-u", DataPathKind::kRemote));
+  ClientOptions grpc_opts = server->ClientOpts("tenant-u", DataPathKind::kRemote);
+  grpc_opts.remote_stream = false;
+  absl::StatusOr<std::unique_ptr<Client>> grpc_client = Client::Connect(grpc_opts);
   ASSERT_TRUE(grpc_client.ok());
   EXPECT_EQ((*grpc_client)->data_path(), "remote");
   std::vector<uint8_t> via_grpc(LargeLayout().PageBytes());
@@ -372,7 +373,7 @@ TEST(UcxPathTest, ShortLeasesUnderChurnNeverYieldWrongBytes) {
   std::printf("churn: %d verified reads, %d refused as DataLoss\n", ok_reads.load(), lost.load());
 }
 
-// A server without UCX: the client asked for it but moves bytes over gRPC, byte-exact.
+// A server without UCX: the client asked for it but moves bytes on the stream path, byte-exact.
 TEST(UcxPathTest, ServerWithoutUcxFallsBackToGrpcBytes) {
   PagodadProcess::Options o;
   o.extra_args = {"--ucx", "false"};
@@ -382,7 +383,7 @@ TEST(UcxPathTest, ServerWithoutUcxFallsBackToGrpcBytes) {
   EXPECT_TRUE(absl::IsFailedPrecondition(raw.Open()));
   std::unique_ptr<Client> c = UcxClient(*server, "t");
   ASSERT_NE(c, nullptr);
-  EXPECT_EQ(c->data_path(), "remote");
+  EXPECT_EQ(c->data_path(), "stream");
   const PageLayout l = LargeLayout();
   std::vector<uint8_t> data = PageBytes(PageKey{4, 4}, l.PageBytes());
   ASSERT_TRUE(c->Put({{PageKey{4, 4}, l.Id(), data}})[0].ok());

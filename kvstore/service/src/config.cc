@@ -38,6 +38,7 @@ server:
   reservation_timeout_ms: 60000 # idle streams / connections holding reservations are aborted
   grpc_keepalive_ms: 20000  # keepalive pings: calls of a dead peer are cancelled
   grpc_max_threads: 256
+  data_port: 0              # remote page bytes on TCP beside gRPC: 0 = a free port, -1 = off
   ucx: false                # UCX one-sided bytes: trusts every peer that reaches it (README)
   ucx_lease_ms: 5000        # UCX read leases: default and longest duration
   ucx_net_devices: ""       # "" = lo (loopback grpc_host); else name them: eth0, all, ...
@@ -260,6 +261,7 @@ absl::Status ParseInto(const YAML::Node& root, ServiceConfig* c) {
         r.Int("reservation_timeout_ms", 100, 3600000, &c->reservation_timeout_ms));
     PAGODA_RETURN_IF_ERROR(r.Int("grpc_keepalive_ms", 1000, 3600000, &c->grpc_keepalive_ms));
     PAGODA_RETURN_IF_ERROR(r.Int("grpc_max_threads", 4, 65536, &c->grpc_max_threads));
+    PAGODA_RETURN_IF_ERROR(r.Int("data_port", -1, 65535, &c->data_port));
     PAGODA_RETURN_IF_ERROR(r.Bool("ucx", &c->ucx));
     PAGODA_RETURN_IF_ERROR(r.Int("ucx_lease_ms", 1, 600000, &c->ucx_lease_ms));
     PAGODA_RETURN_IF_ERROR(r.String("ucx_net_devices", &c->ucx_net_devices));

@@ -7,6 +7,8 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "call_watchdog.h"
+#include "data_stream.h"
+#include "pagoda/service/stream_wire.h"
 #include "spdlog/spdlog.h"
 #include "ucx_control.h"
 
@@ -102,7 +104,9 @@ absl::Status GrpcService::PutImpl(grpc::ServerContext* ctx,
   if (!msg.has_begin()) return absl::InvalidArgumentError("Put: the first message must be begin");
   const v1::PutBegin begin = std::move(*msg.mutable_begin());
   return PutBatch(
-      ctx, begin, [reader](v1::PutRequest* m) { return reader->Read(m); }, response);
+      ctx, begin,
+      [&](std::vector<PutSlot>& slots) { return ReceiveChunks(ctx, begin, reader, slots); },
+      response);
 }
 
 grpc::Status GrpcService::PutInline(grpc::ServerContext* ctx, const v1::PutBegin* request,
@@ -110,13 +114,57 @@ grpc::Status GrpcService::PutInline(grpc::ServerContext* ctx, const v1::PutBegin
   Observe obs(metrics_, "PutInline", &in_flight_, &serving_);
   if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
   return obs.Done(PutBatch(
-      ctx, *request, [](v1::PutRequest*) { return false; }, response));
+      ctx, *request,
+      [&](std::vector<PutSlot>& slots) { return ReceiveChunks(ctx, *request, nullptr, slots); },
+      response));
 }
 
-absl::Status GrpcService::PutBatch(grpc::ServerContext* ctx, const v1::PutBegin& begin,
-                                   const std::function<bool(v1::PutRequest*)>& next_chunk,
-                                   v1::PutResponse* response) {
+absl::Status GrpcService::ReceiveChunks(grpc::ServerContext* ctx, const v1::PutBegin& begin,
+                                        grpc::ServerReader<v1::PutRequest>* reader,
+                                        std::vector<PutSlot>& pages) {
+  // What came inline first, then the chunks of the stream (none for PutInline). A stream that
+  // stalls while holding the reservations is cancelled by the watchdog.
+  CallWatchdog::Scope watch(watchdog_, ctx);
+  const int n = begin.pages_size();
+  uint8_t* const base = store_->HostArenaInfo().base;
+  for (int i = 0; i < n; ++i) {
+    const std::string& inline_data = begin.pages(i).data();
+    PutSlot& p = pages[i];
+    if (inline_data.empty() || !p.status.ok()) continue;
+    if (inline_data.size() > p.size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Put: page ", i, ": inline data longer than the page"));
+    }
+    memcpy(base + p.offset, inline_data.data(), inline_data.size());
+    p.received = inline_data.size();
+  }
   v1::PutRequest msg;
+  while (reader != nullptr && reader->Read(&msg)) {
+    watch.Touch();
+    if (absl::Status s = Cancelled(ctx); !s.ok()) return s;
+    if (!msg.has_chunk()) return absl::InvalidArgumentError("Put: a second begin message");
+    const v1::PutChunk& c = msg.chunk();
+    if (c.page_index() >= static_cast<uint32_t>(n)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Put: chunk for page ", c.page_index(), " of a batch of ", n));
+    }
+    PutSlot& p = pages[c.page_index()];
+    if (!p.status.ok()) continue;  // the client could not know the reserve failed
+    if (c.offset() != p.received || c.data().size() > p.size - p.received) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Put: page ", c.page_index(), ": chunk [", c.offset(), ", +",
+                       c.data().size(), ") is not the next range of a ", p.size, "-byte page"));
+    }
+    memcpy(base + p.offset + p.received, c.data().data(), c.data().size());
+    p.received += c.data().size();
+  }
+  return Cancelled(ctx);
+}
+
+absl::Status GrpcService::PutBatch(
+    grpc::ServerContext* ctx, const v1::PutBegin& begin,
+    const std::function<absl::Status(std::vector<PutSlot>&)>& receive, v1::PutResponse* response,
+    const char* path) {
   if (absl::Status s = Authorize(ctx, begin.tenant()); !s.ok()) return s;
   const int n = begin.pages_size();
   if (absl::Status s = CheckBatch(n); !s.ok()) return s;
@@ -143,81 +191,39 @@ absl::Status GrpcService::PutBatch(grpc::ServerContext* ctx, const v1::PutBegin&
   }
 
   // 2. Reserve (per page: a key already stored or a tenant over quota fails only that page).
-  struct Pending {
-    absl::Status status;
-    uint64_t id = 0;
-    uint64_t offset = 0;
-    uint64_t size = 0;
-    uint64_t received = 0;
-  };
-  std::vector<Pending> pages(n);
+  std::vector<PutSlot> pages(n);
   for (int i = 0; i < n; ++i) {
     absl::StatusOr<Reservation> r =
         store_->Reserve(begin.tenant(), FromProto(begin.pages(i).key()), layouts[i]);
     pages[i].status = r.status();
+    pages[i].size = begin.pages(i).size();
     if (r.ok()) {
       pages[i].id = r->id;
       pages[i].offset = r->arena_offset;
-      pages[i].size = r->size;
     }
   }
-  auto abort_all = [&](const absl::Status& why) {
-    for (Pending& p : pages) {
+
+  // 3. Receive the bytes straight into the reserved slots.
+  if (absl::Status s = receive(pages); !s.ok()) {
+    for (PutSlot& p : pages) {
       if (p.status.ok()) (void)store_->Abort(p.id);
     }
-    return why;
-  };
+    return s;
+  }
 
-  // 3. Receive bytes straight into the reserved slots: first what came inline, then chunks. A
-  // stream that stalls while holding the reservations is cancelled by the watchdog.
-  CallWatchdog::Scope watch(watchdog_, ctx);
+  // 4. Verify and commit each complete page; abort the rest.
   uint8_t* const base = store_->HostArenaInfo().base;
   uint64_t bytes = 0;
   for (int i = 0; i < n; ++i) {
-    const std::string& inline_data = begin.pages(i).data();
-    Pending& p = pages[i];
-    if (inline_data.empty() || !p.status.ok()) continue;
-    if (inline_data.size() > p.size) {
-      return abort_all(absl::InvalidArgumentError(
-          absl::StrCat("Put: page ", i, ": inline data longer than the page")));
-    }
-    memcpy(base + p.offset, inline_data.data(), inline_data.size());
-    p.received = inline_data.size();
-    bytes += inline_data.size();
-  }
-  while (next_chunk(&msg)) {
-    watch.Touch();
-    if (absl::Status s = Cancelled(ctx); !s.ok()) return abort_all(s);
-    if (!msg.has_chunk()) {
-      return abort_all(absl::InvalidArgumentError("Put: a second begin message"));
-    }
-    const v1::PutChunk& c = msg.chunk();
-    if (c.page_index() >= static_cast<uint32_t>(n)) {
-      return abort_all(absl::InvalidArgumentError(
-          absl::StrCat("Put: chunk for page ", c.page_index(), " of a batch of ", n)));
-    }
-    Pending& p = pages[c.page_index()];
-    if (!p.status.ok()) continue;  // the client could not know the reserve failed
-    if (c.offset() != p.received || c.data().size() > p.size - p.received) {
-      return abort_all(absl::InvalidArgumentError(
-          absl::StrCat("Put: page ", c.page_index(), ": chunk [", c.offset(), ", +",
-                       c.data().size(), ") is not the next range of a ", p.size, "-byte page")));
-    }
-    memcpy(base + p.offset + p.received, c.data().data(), c.data().size());
-    p.received += c.data().size();
-    bytes += c.data().size();
-  }
-  if (absl::Status s = Cancelled(ctx); !s.ok()) return abort_all(s);
-
-  // 4. Verify and commit each complete page; abort the rest.
-  for (int i = 0; i < n; ++i) {
-    Pending& p = pages[i];
+    PutSlot& p = pages[i];
     if (p.status.ok()) {
+      bytes += p.received;
       if (p.received != p.size) {
         (void)store_->Abort(p.id);
         p.status = absl::DataLossError(
             absl::StrCat("received ", p.received, " of ", p.size, " bytes; page aborted"));
-      } else if (PageChecksum(base + p.offset, p.size) != begin.pages(i).checksum()) {
+      } else if ((p.checksummed ? p.checksum : PageChecksum(base + p.offset, p.size)) !=
+                 (p.has_expected ? p.expected : begin.pages(i).checksum())) {
         (void)store_->Abort(p.id);
         p.status = absl::DataLossError("checksum mismatch; page aborted");
       } else {
@@ -227,7 +233,7 @@ absl::Status GrpcService::PutBatch(grpc::ServerContext* ctx, const v1::PutBegin&
     SetStatus(p.status, response->add_results());
   }
   bytes_in_ += bytes;
-  metrics_->AddBytesIn("grpc", bytes);
+  metrics_->AddBytesIn(path, bytes);
   return absl::OkStatus();
 }
 
@@ -459,12 +465,173 @@ grpc::Status GrpcService::Health(grpc::ServerContext* ctx, const v1::HealthReque
   response->set_instance_id(info_.instance_id);
   response->set_arena_bytes(store_->HostArenaInfo().size);
   response->set_http_port(info_.http_port < 0 ? 0 : static_cast<uint32_t>(info_.http_port));
+  response->set_data_port(stream_ != nullptr ? static_cast<uint32_t>(stream_->port()) : 0);
   for (const LayoutConfig& l : config_.layouts) {
     PageLayout pl{l.dtype == "bf16" ? DType::kBf16 : DType::kFp16, l.kv_heads, l.head_dim,
                   l.page_tokens};
     response->add_layouts(absl::StrCat(pl.Id(), ":", pl.ToString()));
   }
   return grpc::Status::OK;
+}
+
+// ---- Stream data path: control here, bytes on the claimed TCP connection (data_stream.h) ------
+
+grpc::Status GrpcService::StreamGet(grpc::ServerContext* ctx, const v1::StreamGetRequest* request,
+                                    v1::BatchResponse* response) {
+  Observe obs(metrics_, "StreamGet", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
+  return obs.Done(StreamGetImpl(ctx, *request, response));
+}
+
+absl::Status GrpcService::StreamGetImpl(grpc::ServerContext* ctx,
+                                        const v1::StreamGetRequest& request,
+                                        v1::BatchResponse* response) {
+  if (absl::Status s = Authorize(ctx, request.tenant()); !s.ok()) return s;
+  if (stream_ == nullptr) {
+    return absl::FailedPreconditionError("this pagodad serves no stream data path");
+  }
+  const int n = request.keys_size();
+  if (absl::Status s = CheckBatch(n); !s.ok()) return s;
+  if (request.capacity_size() != n) {
+    return absl::InvalidArgumentError("StreamGet: one capacity per key is required");
+  }
+  absl::StatusOr<std::unique_ptr<DataStreamServer::Claim>> claim =
+      stream_->Acquire(request.ticket(), request.tenant());
+  if (!claim.ok()) return claim.status();
+  // Pages go out in runs of about kRunBytes: lease a run (a lease keeps its slot from being reused
+  // while its bytes are sent; one that runs out anyway shows up as a checksum mismatch at the
+  // reader, never as silent bytes), send each page's header and bytes, release the run. Only one
+  // run is leased at a time, so a batch larger than the host tier still streams from SSD.
+  stream::StreamFrameHeader frame;
+  frame.count = static_cast<uint32_t>(n);
+  frame.seq = request.seq();
+  std::vector<stream::StreamPageHeader> headers(n);
+  const int fd = (*claim)->fd();
+  const iovec head{&frame, sizeof(frame)};
+  absl::Status sent = stream::WriteAllV(fd, {&head, 1});
+  const uint8_t* const base = store_->HostArenaInfo().base;
+  uint64_t bytes_out = 0;
+  std::vector<uint64_t> leases;
+  std::vector<iovec> iov;
+  for (int i = 0; i < n && sent.ok();) {
+    leases.clear();
+    iov.clear();
+    uint64_t run_bytes = 0;
+    for (; i < n && (iov.empty() || run_bytes < stream::kRunBytes); ++i) {
+      absl::StatusOr<ReadLease> lease =
+          store_->AcquireRead(request.tenant(), FromProto(request.keys(i)), absl::Seconds(30));
+      absl::Status s = lease.status();
+      if (s.ok()) {
+        leases.push_back(lease->lease_id);
+        if (lease->size > request.capacity(i)) {
+          s = absl::InvalidArgumentError(absl::StrCat("StreamGet: page ", i, " has ", lease->size,
+                                                      " bytes; the buffer holds ",
+                                                      request.capacity(i)));
+        }
+      }
+      SetStatus(s, response->add_results());
+      headers[i].code = static_cast<int32_t>(s.code());
+      iov.push_back({&headers[i], sizeof(headers[i])});
+      if (!s.ok()) continue;
+      headers[i].layout_id = lease->layout.Id();
+      headers[i].size = lease->size;
+      headers[i].checksum = lease->checksum;
+      iov.push_back({const_cast<uint8_t*>(base + lease->arena_offset), lease->size});
+      run_bytes += lease->size;
+    }
+    sent = stream::WriteAllV(fd, iov);
+    for (uint64_t id : leases) (void)store_->ReleaseRead(id);
+    bytes_out += run_bytes;
+  }
+  if (!sent.ok()) {
+    (*claim)->Fail();
+    return sent;
+  }
+  bytes_out_ += bytes_out;
+  metrics_->AddBytesOut("stream", bytes_out);
+  return absl::OkStatus();
+}
+
+grpc::Status GrpcService::StreamPut(grpc::ServerContext* ctx, const v1::StreamPutRequest* request,
+                                    v1::PutResponse* response) {
+  Observe obs(metrics_, "StreamPut", &in_flight_, &serving_);
+  if (obs.rejected()) return obs.Done(absl::UnavailableError("pagodad is shutting down"));
+  return obs.Done(StreamPutImpl(ctx, *request, response));
+}
+
+absl::Status GrpcService::StreamPutImpl(grpc::ServerContext* ctx,
+                                        const v1::StreamPutRequest& request,
+                                        v1::PutResponse* response) {
+  const v1::PutBegin& begin = request.begin();
+  if (absl::Status s = Authorize(ctx, begin.tenant()); !s.ok()) return s;
+  if (stream_ == nullptr) {
+    return absl::FailedPreconditionError("this pagodad serves no stream data path");
+  }
+  absl::StatusOr<std::unique_ptr<DataStreamServer::Claim>> claim =
+      stream_->Acquire(request.ticket(), begin.tenant());
+  if (!claim.ok()) return claim.status();
+  const int fd = (*claim)->fd();
+  for (const v1::PutPage& p : begin.pages()) {
+    if (!p.data().empty()) {
+      (*claim)->Fail();
+      return absl::InvalidArgumentError("StreamPut: page bytes go on the data connection");
+    }
+  }
+  absl::Status s = PutBatch(
+      ctx, begin,
+      [&](std::vector<PutSlot>& pages) -> absl::Status {
+        stream::StreamFrameHeader frame;
+        if (absl::Status r = stream::ReadAll(fd, &frame, sizeof(frame)); !r.ok()) return r;
+        uint64_t total = 0;
+        for (const PutSlot& p : pages) total += p.size;
+        if (frame.magic != stream::kFrameMagic || frame.seq != request.seq() ||
+            frame.count != pages.size() || frame.payload_bytes != total) {
+          return absl::InvalidArgumentError(
+              "StreamPut: the data frame does not match the call (seq, count or size)");
+        }
+        uint8_t* const base = store_->HostArenaInfo().base;
+        // Straight into the reserved slots, a run of pages per call, each run checksummed while
+        // in cache; bytes of a page that could not be reserved are drained so the stream stays
+        // in step.
+        size_t i = 0;
+        while (i < pages.size()) {
+          if (!pages[i].status.ok()) {
+            if (absl::Status r = stream::Discard(fd, pages[i].size); !r.ok()) return r;
+            ++i;
+            continue;
+          }
+          std::vector<iovec> run;
+          size_t end = i, bytes = 0;
+          while (end < pages.size() && pages[end].status.ok() &&
+                 (run.empty() || bytes + pages[end].size <= stream::kRunBytes)) {
+            run.push_back({base + pages[end].offset, pages[end].size});
+            bytes += pages[end].size;
+            ++end;
+          }
+          if (absl::Status r = stream::ReadAllV(fd, run); !r.ok()) return r;
+          for (; i < end; ++i) {
+            PutSlot& p = pages[i];
+            p.received = p.size;
+            p.checksum = PageChecksum(base + p.offset, p.size);
+            p.checksummed = true;
+          }
+        }
+        // The trailer: each page's checksum, computed by the client as it sent the page.
+        std::vector<uint64_t> sums(pages.size());
+        if (absl::Status r = stream::ReadAll(fd, sums.data(), sums.size() * sizeof(uint64_t));
+            !r.ok()) {
+          return r;
+        }
+        for (size_t i = 0; i < pages.size(); ++i) {
+          pages[i].has_expected = true;
+          pages[i].expected = sums[i];
+        }
+        return Cancelled(ctx);
+      },
+      response, "stream");
+  // A batch refused before or while its frame was read leaves the stream out of step.
+  if (!s.ok()) (*claim)->Fail();
+  return s;
 }
 
 // ---- UCX data path: control only (see ucx_control.h)

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "auth.h"
 #include "metrics.h"
@@ -20,6 +21,7 @@ namespace pagoda::service {
 
 class UcxControl;
 class CallWatchdog;
+class DataStreamServer;
 
 // Largest number of pages in one batched request.
 inline constexpr int kMaxBatchPages = 4096;
@@ -46,6 +48,9 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   void SetUcx(UcxControl* ucx) { ucx_ = ucx; }
   // Cancels Put streams that hold reservations and stall (null = none). Set before serving.
   void SetWatchdog(CallWatchdog* watchdog) { watchdog_ = watchdog; }
+  // The stream data path (null = none: the Stream* calls answer FailedPrecondition and Health
+  // reports no data port). Set before serving.
+  void SetDataStream(DataStreamServer* stream) { stream_ = stream; }
 
   grpc::Status Put(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                    v1::PutResponse* response) override;
@@ -81,15 +86,42 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
                           v1::UcxReserveResponse* response) override;
   grpc::Status UcxCommit(grpc::ServerContext* ctx, const v1::UcxCommitRequest* request,
                          v1::PutResponse* response) override;
+  grpc::Status StreamGet(grpc::ServerContext* ctx, const v1::StreamGetRequest* request,
+                         v1::BatchResponse* response) override;
+  grpc::Status StreamPut(grpc::ServerContext* ctx, const v1::StreamPutRequest* request,
+                         v1::PutResponse* response) override;
 
  private:
   absl::Status Authorize(grpc::ServerContext* ctx, const std::string& tenant) const;
   absl::Status PutImpl(grpc::ServerContext* ctx, grpc::ServerReader<v1::PutRequest>* reader,
                        v1::PutResponse* response);
-  // The two-phase batch write shared by Put (chunks from the stream) and PutInline (none).
+  // A page of a batch write: its reservation and how many of its bytes arrived.
+  struct PutSlot {
+    absl::Status status;  // of the reservation (then of the page)
+    uint64_t id = 0;
+    uint64_t offset = 0;  // in the host arena
+    uint64_t size = 0;    // the page's size (also when its reservation failed)
+    uint64_t received = 0;
+    // Set by a receiver that checksummed the page as it arrived (while its bytes were in cache).
+    bool checksummed = false;
+    uint64_t checksum = 0;
+    // Set by a receiver whose expected checksum came with the bytes (not in `begin`).
+    bool has_expected = false;
+    uint64_t expected = 0;
+  };
+  // The two-phase batch write shared by Put, PutInline and StreamPut: validate, reserve,
+  // `receive` the bytes into the slots (an error aborts every reservation), verify, commit.
   absl::Status PutBatch(grpc::ServerContext* ctx, const v1::PutBegin& begin,
-                        const std::function<bool(v1::PutRequest*)>& next_chunk,
-                        v1::PutResponse* response);
+                        const std::function<absl::Status(std::vector<PutSlot>&)>& receive,
+                        v1::PutResponse* response, const char* path = "grpc");
+  // Bytes inline in `begin`, then the chunks of `reader` (null: none).
+  absl::Status ReceiveChunks(grpc::ServerContext* ctx, const v1::PutBegin& begin,
+                             grpc::ServerReader<v1::PutRequest>* reader,
+                             std::vector<PutSlot>& pages);
+  absl::Status StreamGetImpl(grpc::ServerContext* ctx, const v1::StreamGetRequest& request,
+                             v1::BatchResponse* response);
+  absl::Status StreamPutImpl(grpc::ServerContext* ctx, const v1::StreamPutRequest& request,
+                             v1::PutResponse* response);
   absl::Status GetImpl(grpc::ServerContext* ctx, const v1::GetRequest* request,
                        grpc::ServerWriter<v1::GetResponse>* writer);
   // Per-key operation returning one status per key (Remove, Pin, Unpin).
@@ -105,6 +137,7 @@ class GrpcService final : public pagoda::v1::Pagoda::Service {
   std::function<int()> local_clients_;
   UcxControl* ucx_ = nullptr;
   CallWatchdog* watchdog_ = nullptr;
+  DataStreamServer* stream_ = nullptr;
   std::atomic<bool> serving_{true};
   std::atomic<int> in_flight_{0};
   std::atomic<uint64_t> bytes_in_{0};

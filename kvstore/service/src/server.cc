@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "auth.h"
 #include "call_watchdog.h"
+#include "data_stream.h"
 #include "grpc_service.h"
 #include "http_server.h"
 #include "local_server.h"
@@ -128,6 +129,17 @@ class ServerImpl final : public Server {
         store_.get(), &auth_, &metrics_, config_,
         ServiceInfo{.local_socket = local_path_, .instance_id = instance_id_});
     if (local_) service_->SetLocalClientsSource([l = local_.get()] { return l->connections(); });
+    if (config_.data_port >= 0 && !config_.tls_cert.empty()) {
+      spdlog::info("stream data path off: gRPC uses TLS and the data connection would not");
+    } else if (config_.data_port >= 0) {
+      // Remote page bytes on plain TCP next to gRPC (issue 15); on the gRPC host.
+      stream_ = std::make_unique<DataStreamServer>(DataStreamOptions{
+          .max_connections = config_.local_max_connections, .instance_id = instance_id_});
+      if (absl::Status s = stream_->Start(config_.grpc_host, config_.data_port); !s.ok()) {
+        return s;
+      }
+      service_->SetDataStream(stream_.get());
+    }
     if (config_.ucx) {
       // On by default where UCX works; a machine without it still serves gRPC bytes.
       absl::StatusOr<std::unique_ptr<UcxControl>> ucx = UcxControl::Create(
@@ -221,6 +233,7 @@ class ServerImpl final : public Server {
     spdlog::info("shutdown: gRPC drained");
     watchdog_.reset();  // no call is watched any more; stops the UCX sweep tick
     ucx_.reset();  // no control call runs any more: drop its leases, reservations, registration
+    if (stream_) stream_->Stop();
     if (local_) local_->Stop();
     spdlog::info("shutdown: local clients closed");
     http_.reset();  // waits for the scrapes in flight
@@ -279,6 +292,7 @@ class ServerImpl final : public Server {
   std::unique_ptr<Store> store_;
   std::unique_ptr<UcxControl> ucx_;
   std::unique_ptr<CallWatchdog> watchdog_;
+  std::unique_ptr<DataStreamServer> stream_;
   std::unique_ptr<LocalServer> local_;
   std::unique_ptr<GrpcService> service_;
   std::unique_ptr<grpc::Server> grpc_;

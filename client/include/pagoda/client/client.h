@@ -1,6 +1,8 @@
 // The Pagoda client: batched, two-phase, checksum-verified page puts and gets against pagodad,
 // through the shared-memory arena when the server is on this machine (zero-copy: the client
-// copies straight between its buffers and the server's page slots) and gRPC streaming otherwise.
+// copies straight between its buffers and the server's page slots) and otherwise over the network:
+// the stream data path (one gRPC control call per batch, page bytes on a TCP connection to the
+// server's data port) where the server offers it, else gRPC streaming.
 //
 //   pagoda::ClientOptions o;  o.tenant = "team-a";
 //   auto client = pagoda::Client::Connect(o);                  // StatusOr
@@ -81,6 +83,7 @@ struct ServiceHealth {
   uint64_t instance_id = 0;
   uint64_t arena_bytes = 0;
   int http_port = 0;
+  int data_port = 0;                 // TCP port of the stream data path on the gRPC host; 0 = none
   std::vector<std::string> layouts;  // "id:description"
 };
 
@@ -92,7 +95,7 @@ class Client {
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
   virtual ~Client() = default;
 
-  // "local" or "remote".
+  // "local", "stream" (remote, bytes on the data port), "remote" (bytes over gRPC) or "ucx".
   virtual std::string data_path() const = 0;
 
   // ---- Batched page I/O (one status / result per page, in order) ------------------------------

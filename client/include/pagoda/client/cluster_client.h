@@ -29,7 +29,8 @@ namespace pagoda {
 struct ClusterClientOptions {
   // Options of each per-node connection (tenant, token, TLS, timeouts, ...); `target` is
   // ignored, each node's address comes from etcd. `data_path` applies to the local node only
-  // (see local_node_id); every other node is reached over gRPC.
+  // (see local_node_id); every other node is reached remotely: the stream data path where the
+  // node offers it (ClientOptions::remote_stream), else page bytes over gRPC.
   ClientOptions node;
   // Id of the pagodad on this machine, whose zero-copy shared-memory path may be used (e.g. the
   // Kubernetes node name). "" = every node over gRPC. Only the local node may use it: in a

@@ -12,7 +12,7 @@ namespace pagoda {
 enum class DataPathKind {
   kAuto,    // local zero-copy when the server's unix socket is reachable, else remote
   kLocal,   // shared-memory arena only; Connect fails when it is not reachable
-  kRemote,  // bytes over gRPC streaming (works across machines)
+  kRemote,  // bytes over the network (works across machines): see remote_stream and ucx
 };
 
 struct ClientOptions {
@@ -29,6 +29,13 @@ struct ClientOptions {
   // written with one-sided UCX operations on pagodad's arena and gRPC carries only control
   // (data_path() reports "ucx"). A server without UCX: bytes over gRPC as before.
   bool ucx = false;
+  // Remote page bytes on the server's stream data path (issue 15): each batch is one gRPC call
+  // while its bytes cross a TCP connection to pagodad's data port, straight between the socket
+  // and the caller's buffers (data_path() reports "stream"). Used when the client would move
+  // bytes remotely, the server offers it and it can be reached; otherwise (or false) page bytes
+  // go over gRPC streaming (data_path() "remote"). Never used with TLS (tls_ca set): the data
+  // connection is not encrypted.
+  bool remote_stream = true;
   // Unix socket of the zero-copy path; "" = the one pagodad reports in Health.
   std::string local_socket;
   // Local-path connections kept open (one batch at a time uses one); more lets more threads

@@ -56,6 +56,10 @@ struct ServiceConfig {
   // UCX network devices ("lo", "eth0,eth1", "all"). "" = "lo" when grpc_host is a loopback
   // address; otherwise the config must name them.
   std::string ucx_net_devices;
+  // TCP port of the stream data path (remote page bytes beside gRPC, on grpc_host): 0 = any
+  // free port (clients learn it from Health), -1 = off (remote bytes over gRPC or UCX). Off
+  // whenever gRPC uses TLS: the data connection is not encrypted.
+  int data_port = 0;
 
   // --- store (passed to the engine)
   std::string data_dir = "./pagoda-data";
