@@ -166,27 +166,28 @@ TEST(ConfigTest, RangesAcceptTheirEdgesAndIdLists) {
   ServiceConfig big = *d;
   big.max_message_bytes = 2ull << 30;
   EXPECT_EQ(ValidateConfig(big).code(), absl::StatusCode::kInvalidArgument);
+}
 
-  TEST(ConfigTest, EtcdTlsFilesAreRead) {
-    absl::StatusOr<ServiceConfig> base = LoadConfig("");
-    ASSERT_TRUE(base.ok());
-    EXPECT_TRUE(base->etcd_ca.empty() && base->etcd_cert.empty() && base->etcd_key.empty());
-    absl::StatusOr<ServiceConfig> c = ParseConfig(
-        "cluster: {etcd_endpoints: 'https://e1:2379, https://e2:2379', etcd_ca: /tls/ca.crt, "
-        "etcd_cert: /tls/tls.crt, etcd_key: /tls/tls.key}",
-        *base);
-    ASSERT_TRUE(c.ok()) << c.status();
-    ASSERT_EQ(c->etcd_endpoints.size(), 2u);
-    EXPECT_EQ(c->etcd_endpoints[1], "https://e2:2379");
-    EXPECT_EQ(c->etcd_ca, "/tls/ca.crt");
-    EXPECT_EQ(c->etcd_cert, "/tls/tls.crt");
-    EXPECT_EQ(c->etcd_key, "/tls/tls.key");
-    EXPECT_FALSE(ParseConfig("cluster: {etcd_tls: x}", *base).ok());
-  }
+TEST(ConfigTest, EtcdTlsFilesAreRead) {
+  absl::StatusOr<ServiceConfig> base = LoadConfig("");
+  ASSERT_TRUE(base.ok());
+  EXPECT_TRUE(base->etcd_ca.empty() && base->etcd_cert.empty() && base->etcd_key.empty());
+  absl::StatusOr<ServiceConfig> c = ParseConfig(
+      "cluster: {etcd_endpoints: 'https://e1:2379, https://e2:2379', etcd_ca: /tls/ca.crt, "
+      "etcd_cert: /tls/tls.crt, etcd_key: /tls/tls.key}",
+      *base);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->etcd_endpoints.size(), 2u);
+  EXPECT_EQ(c->etcd_endpoints[1], "https://e2:2379");
+  EXPECT_EQ(c->etcd_ca, "/tls/ca.crt");
+  EXPECT_EQ(c->etcd_cert, "/tls/tls.crt");
+  EXPECT_EQ(c->etcd_key, "/tls/tls.key");
+  EXPECT_FALSE(ParseConfig("cluster: {etcd_tls: x}", *base).ok());
+}
 
-  TEST(ConfigTest, MissingFileIsNotFound) {
-    EXPECT_EQ(LoadConfig("/nonexistent/pagoda.yaml").status().code(), absl::StatusCode::kNotFound);
-  }
+TEST(ConfigTest, MissingFileIsNotFound) {
+  EXPECT_EQ(LoadConfig("/nonexistent/pagoda.yaml").status().code(), absl::StatusCode::kNotFound);
+}
 
 }  // namespace
 }  // namespace pagoda::service
