@@ -19,8 +19,8 @@ namespace {
 pagoda::service::GrpcService& Service() {
   static pagoda::service::GrpcService* s = [] {
     pagoda::fuzz::ServiceFixture& f = pagoda::fuzz::ServiceFixture::Get();
-    return new pagoda::service::GrpcService(f.store.get(), f.auth.get(), f.metrics.get(), nullptr,
-                                            f.config, pagoda::service::ServiceInfo{});
+    return new pagoda::service::GrpcService(f.store.get(), f.auth.get(), f.metrics.get(), f.config,
+                                            pagoda::service::ServiceInfo{});
   }();
   return *s;
 }

@@ -32,7 +32,7 @@ pagoda::service::LocalServer& Server(std::string* path) {
       std::filesystem::remove_all(root, ec);
     });
     auto* s = new pagoda::service::LocalServer(f.store.get(), f.auth.get(), f.metrics.get(),
-                                               nullptr, pagoda::service::LocalServerOptions{});
+                                               pagoda::service::LocalServerOptions{});
     if (!s->Start(socket_path).ok()) std::abort();
     return s;
   }();
