@@ -34,6 +34,7 @@ class LargeWriteTest : public ::testing::TestWithParam<PathCase> {};
 TEST_P(LargeWriteTest, OneRequestTenTimesTheHostTierRoundTrips) {
   PagodadProcess::Options o;
   o.config_yaml = Config();
+  if (GetParam().ucx) o.extra_args = {"--ucx", "true"};  // off by default (see README)
   absl::StatusOr<std::unique_ptr<PagodadProcess>> s = PagodadProcess::Start(o);
   ASSERT_TRUE(s.ok()) << s.status();
   ClientOptions co = (*s)->ClientOpts("big", GetParam().kind);

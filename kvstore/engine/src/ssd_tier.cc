@@ -568,6 +568,10 @@ absl::Status SsdTier::Compact(uint32_t segment) {
       ptrs.push_back(bytes.data());
       moved += m.size;
     }
+    const uint64_t limit = disk_limit_.load();
+    if (!metas.empty() && limit != 0 && segments_->GetUsage().file_bytes + moved > limit) {
+      return absl::OkStatus();  // no room for a second copy: the segment stays as it is
+    }
     if (metas.empty()) {
       if (absl::Status s = WriteMeta(&batch, "compact"); !s.ok()) return s;
     } else if (absl::Status s = AppendAndCommit(metas, ptrs, /*via_env=*/false, &batch); !s.ok()) {

@@ -40,6 +40,7 @@
 #ifndef PAGODA_KVSTORE_SSD_TIER_H_
 #define PAGODA_KVSTORE_SSD_TIER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -159,6 +160,11 @@ class SsdTier {
     uint64_t live_bytes = 0;  // bytes of pages whose metadata points at them
   };
   SpaceUsage Space() const;
+  // The store's bound on segment file bytes (0: none). Compaction copies a sealed segment's live
+  // pages into the active one before it deletes the old file, so for a moment both hold them: it
+  // moves a batch only while that fits under the bound and otherwise leaves the segment as it is
+  // (its dead space still counts, and the store makes room by dropping its oldest pages).
+  void SetDiskLimit(uint64_t bytes) { disk_limit_.store(bytes); }
   // Writes metadata records only (no page bytes; they point into no segment). For benchmarks of
   // rebuild and tests; never used by the store.
   absl::Status WriteMetaOnlyForBench(absl::Span<const SsdPageMeta> metas);
@@ -201,6 +207,7 @@ class SsdTier {
   std::thread compactor_;
   std::string ballast_path_;
   uint64_t ballast_bytes_ = 0;
+  std::atomic<uint64_t> disk_limit_{0};
 };
 
 }  // namespace pagoda

@@ -82,6 +82,7 @@ void StoreImpl::LearnSsdFull() {
   const uint64_t fits = files - files / 16;
   ssd_limit_ = ssd_limit_ == 0 ? fits : std::min(ssd_limit_, fits);
   ssd_->ShrinkSegments(ssd_limit_);
+  ssd_->SetDiskLimit(ssd_limit_);
   counters_.ssd_full++;
 }
 

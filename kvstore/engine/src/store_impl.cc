@@ -126,6 +126,7 @@ absl::Status StoreImpl::Init() {
     auto ssd = SsdTier::Open(options_.data_dir, ssd_options);
     if (!ssd.ok()) return ssd.status();
     ssd_ = std::move(*ssd);
+    ssd_->SetDiskLimit(ssd_limit_);
     if (absl::Status s = Rebuild(); !s.ok()) return s;
     if (options_.checkpoint_interval > absl::ZeroDuration()) {
       checkpointer_ = std::thread([this] { CheckpointLoop(); });
