@@ -32,7 +32,7 @@ for _ in $(seq 600); do
   fi
   sleep 0.1
 done
-PORT=$(sed -n 's/.*"grpc_port": \([0-9]*\).*/\1/p' "$DATA_DIR/ports.json")
+PORT=$(sed -n 's/.*"grpc_port": *\([0-9]*\).*/\1/p' "$DATA_DIR/ports.json")
 echo "pagoda: pagodad logs in $DATA_DIR/pagodad.log"
 rc=0
 "$BUILD_DIR/client/cli/pagoda" --target "127.0.0.1:$PORT" demo "$@" || rc=$?
