@@ -60,6 +60,7 @@ struct Args {
   int64_t steps = 0;       // 0: every traced query
   int recall_stride = 4;
   int64_t calib_steps = 256;
+  int64_t report_from = 0;  // steps before this are run but not reported (e.g. a profile's calib)
   double louis_rate = 0.2;
   double resident_factor = 4.0;
   double rescore_factor = 1.5;
@@ -340,7 +341,9 @@ int Run(const Args& a) {
   const int P = a.page_tokens, kvh = t0.kv_heads, qh = t0.q_heads, hd = t0.head_dim;
   const int64_t T = t0.tokens, first = t0.first_query();
   const int64_t steps = a.steps > 0 ? std::min(a.steps, t0.queries) : t0.queries;
-  const int64_t calib = a.policy == "louiskv" ? std::min(a.calib_steps, steps - 1) : 0;
+  const int64_t calib =
+      std::max<int64_t>(a.policy == "louiskv" ? std::min(a.calib_steps, steps - 1) : 0,
+                        std::min(a.report_from, steps - 1));
   const int B = static_cast<int>(docs.size());
   for (Doc& doc : docs) {
     doc.ids.resize(T);
@@ -621,6 +624,7 @@ int main(int argc, char** argv) {
   app.add_option("--recall-stride", a.recall_stride, "measure recall every n-th step")
       ->check(CLI::Range(1, 1 << 20));
   app.add_option("--calib-steps", a.calib_steps, "louiskv calibration queries (not reported)");
+  app.add_option("--report-from", a.report_from, "report only steps from this one on");
   app.add_option("--louis-rate", a.louis_rate, "louiskv target retrievals per token");
   app.add_option("--resident-factor", a.resident_factor, "louiskv resident factor");
   app.add_option("--rescore-factor", a.rescore_factor, "louiskv rescore factor");
