@@ -16,6 +16,11 @@ PageCommitter::~PageCommitter() {
 void PageCommitter::Enqueue(uint64_t sequence, const PageKey& key, std::vector<uint8_t> bytes,
                             WriteOptions options) {
   absl::MutexLock l(&mu_);
+  mu_.Await(absl::Condition(
+      +[](PageCommitter* c)
+           ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->queued_bytes_ < kMaxQueuedBytes; },
+      this));
+  queued_bytes_ += bytes.size();
   queue_.push_back(Job{sequence, key, std::move(bytes), options, {}});
   ++in_flight_;
 }
@@ -47,6 +52,7 @@ void PageCommitter::Run() {
       if (queue_.empty()) return;  // stopping and drained
       job = std::move(queue_.front());
       queue_.pop_front();
+      queued_bytes_ -= job.bytes.size();
     }
     if (!job.prefetch.empty()) {
       // Best effort: a full host tier only means the hint is not followed.

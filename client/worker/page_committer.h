@@ -6,6 +6,9 @@
 // of hinted pages, best effort). Drain() waits for every job queued so far and returns the failures
 // (with the id of the sequence whose page failed), so a caller can mark those sequences failed.
 //
+// Page bytes waiting in the queue are bounded (kMaxQueuedBytes): Enqueue waits for the committer
+// when a long prefill writes faster than the store takes pages, so memory stays bounded.
+//
 // Thread safety: Enqueue / Drain from one thread (the worker's); the committer thread is internal.
 #ifndef PAGODA_CLIENT_WORKER_PAGE_COMMITTER_H_
 #define PAGODA_CLIENT_WORKER_PAGE_COMMITTER_H_
@@ -28,6 +31,8 @@ class PageCommitter {
  public:
   PageCommitter(Store* store, std::string tenant, PageLayout layout);
   ~PageCommitter();  // drains
+
+  static constexpr uint64_t kMaxQueuedBytes = 256ULL << 20;
 
   void Enqueue(uint64_t sequence, const PageKey& key, std::vector<uint8_t> bytes,
                WriteOptions options = {});
@@ -55,6 +60,7 @@ class PageCommitter {
   mutable absl::Mutex mu_;
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
   int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::pair<uint64_t, absl::Status>> failures_ ABSL_GUARDED_BY(mu_);
   int64_t committed_ ABSL_GUARDED_BY(mu_) = 0;

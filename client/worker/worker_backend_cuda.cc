@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "cuda_status.h"
 #include "pagoda/client/worker_backend.h"
 #include "pagoda/kernels/cuda.h"
 #include "pagoda/kernels/reference.h"
@@ -23,17 +24,8 @@
 namespace pagoda {
 namespace {
 
-// The one place CUDA errors become absl::Status in this backend.
 absl::Status CudaStatus(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return absl::OkStatus();
-  const std::string msg =
-      absl::StrCat("CUDA worker backend: ", what, ": ", cudaGetErrorString(err));
-  if (err == cudaErrorNoDevice || err == cudaErrorInvalidDevice ||
-      err == cudaErrorInsufficientDriver) {
-    return absl::UnavailableError(msg);
-  }
-  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
-  return absl::InternalError(msg);
+  return cuda_internal::CudaStatus(err, "CUDA worker backend", what);
 }
 
 #define PAGODA_CUDA_RETURN(expr, what)                                     \
