@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Prepares .devcarry/e2e for the GPU machine (which has no Debian -dev packages): the CUDA decode
-# backend's test and e2e_bench, built here (nvcc, sm_90) against Debian's RocksDB / absl / gRPC,
-# with every shared library they need, plus a subset of the attention traces. bench/gpu/run.sh's
-# steps e2e_cuda_test and e2e_cuda_bench run them from there.
-#   here:   cmake --build <build> --target decode_backend_cuda_test e2e_bench
+# backend's and the decode worker's CUDA tests and worker_bench, built here (nvcc, sm_90) against
+# Debian's RocksDB / absl / gRPC, with every shared library they need, plus a subset of the
+# attention traces. bench/gpu/run.sh's e2e_cuda_test, worker_cuda_test and worker_cuda_bench steps
+# run them from there; `bench/gpu/run.sh --pack` compresses every carry into one file.
+#   here:   cmake --build <build> --target decode_backend_cuda_test worker_backend_cuda_test \
+#                   pagoda_kvstore_gpu_test worker_bench worker_layer_bench
 #           bench/e2e/carry_gpu.sh <build> [trace dir]
-#   device: run(command="STEPS='e2e_cuda_test e2e_cuda_bench' bench/gpu/run.sh",
-#               carry=[".devcarry/e2e"])
+#           bench/gpu/run.sh --pack
+#   device: run(command="bench/gpu/run.sh", carry=[".devcarry/pack.tar.xz"])
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${1:-build-cuda}
 TRACES=${2:-../shared/data/traces}
 DST=.devcarry/e2e
 rm -rf "$DST" && mkdir -p "$DST/lib" "$DST/traces"
-for bin in "$BUILD/client/decode_backend_cuda_test" "$BUILD/bench/e2e/e2e_bench"; do
-  strip --strip-debug -o "$DST/$(basename "$bin")" "$bin"
+for bin in "$BUILD/client/decode_backend_cuda_test" "$BUILD/client/worker_backend_cuda_test" \
+           "$BUILD/kvstore/engine/pagoda_kvstore_gpu_test" "$BUILD/bench/e2e/worker_bench" \
+           "$BUILD/bench/e2e/worker_layer_bench"; do
+  strip --strip-all -o "$DST/$(basename "$bin")" "$bin"
   # Every shared library it needs except the C runtime, the C++ runtime and CUDA's own (the GPU
   # machine has a matching driver and runtime).
   ldd "$bin" | awk '/=> \//{print $3}' |

@@ -5,7 +5,8 @@
 // Its prompt (every position before the first traced query) is prefilled layer by layer through
 // DecodeWorker::Prefill (pages committed to an embedded Store: host tier of --host-pages pages
 // spilling to an SSD tier), then every traced query is one batched step: Plan, then per layer
-// Attend (append, select, verified fetch, sparse decode, commit), then Finish, on the CPU backend.
+// Attend (append, select, verified fetch, sparse decode, commit), then Finish, on the CPU backend
+// (--backend cuda: the CUDA backend with device tensors; the error columns must match the CPU's).
 //
 // Measured in the same run:
 //  - dense: exact attention over the whole causal context with the same CPU kernel (the baseline
@@ -39,6 +40,7 @@
 #include "pagoda/kernels/head_checksum.h"
 #include "pagoda/kernels/reference.h"
 #include "pagoda/retriever/boundary_trigger.h"
+#include "tensor_stage.h"
 #include "trace.h"
 
 namespace pagoda {
@@ -53,6 +55,7 @@ struct Args {
   std::string traces = "../shared/data/traces";
   std::string ssd_dir = "/tmp/pagoda_worker_bench";
   std::string policy = "louiskv";
+  std::string backend = "cpu";  // cpu | cuda
   int budget_den = 16;  // budget = context / den tokens (whole pages)
   int page_tokens = 16;
   int host_pages = 4096;
@@ -424,7 +427,25 @@ int Run(const Args& a) {
     o.streaming_sink_pages = (profile->sink_tokens + P - 1) / P;
     o.streaming_window_pages = std::max(1, (profile->window_tokens + P - 1) / P);
   }
-  auto worker = DecodeWorker::Create(store->get(), MakeCpuWorkerBackend(), o);
+  std::unique_ptr<WorkerBackend> backend;
+  if (a.backend == "cuda") {
+    auto cuda = MakeCudaWorkerBackend();
+    if (!cuda.ok()) {
+      std::fprintf(stderr, "backend: %s\n", cuda.status().ToString().c_str());
+      return 1;
+    }
+    backend = std::move(*cuda);
+  } else {
+    backend = MakeCpuWorkerBackend();
+  }
+  const Device device = backend->device();
+  auto stage = bench::MakeTensorStage(device);
+  if (!stage.ok()) {
+    std::fprintf(stderr, "tensors: %s\n", stage.status().ToString().c_str());
+    return 1;
+  }
+  bench::TensorStage& st = **stage;
+  auto worker = DecodeWorker::Create(store->get(), std::move(backend), o);
   if (!worker.ok()) {
     std::fprintf(stderr, "worker: %s\n", worker.status().ToString().c_str());
     return 1;
@@ -452,9 +473,11 @@ int Run(const Args& a) {
           std::memcpy(&v[(t * kvh + h) * hd], &tr.v[src], hd * 2);
         }
       }
-      absl::Status s =
-          w.Prefill(opened->id, l, TensorView::Contiguous(k.data(), DType::kFp16, {n, kvh, hd}),
-                    TensorView::Contiguous(v.data(), DType::kFp16, {n, kvh, hd}));
+      auto kd = st.In(0, k.data(), DType::kFp16, n, kvh, hd);
+      auto vd = st.In(1, v.data(), DType::kFp16, n, kvh, hd);
+      absl::Status s = !kd.ok() ? kd.status()
+                       : !vd.ok() ? vd.status()
+                                  : w.Prefill(opened->id, l, *kd, *vd);
       if (!s.ok()) {
         std::fprintf(stderr, "prefill: %s\n", s.ToString().c_str());
         return 1;
@@ -495,13 +518,18 @@ int Run(const Args& a) {
           std::memcpy(&v[(b * kvh + h) * hd], &tr.v[(int64_t{h} * T + t) * hd], hd * 2);
         }
       }
-      absl::Status st =
-          w.Attend(*plan, l, TensorView::Contiguous(q.data(), DType::kFp16, {B, qh, hd}),
-                   TensorView::Contiguous(k.data(), DType::kFp16, {B, kvh, hd}),
-                   TensorView::Contiguous(v.data(), DType::kFp16, {B, kvh, hd}),
-                   TensorView::Contiguous(o_w.data(), DType::kFp16, {B, qh, hd}));
-      if (!st.ok()) {
-        std::fprintf(stderr, "attend: %s\n", st.ToString().c_str());
+      auto qd = st.In(2, q.data(), DType::kFp16, B, qh, hd);
+      auto kd = st.In(3, k.data(), DType::kFp16, B, kvh, hd);
+      auto vd = st.In(4, v.data(), DType::kFp16, B, kvh, hd);
+      auto od = st.Out(5, o_w.data(), DType::kFp16, B, qh, hd);
+      absl::Status as = !qd.ok()   ? qd.status()
+                        : !kd.ok() ? kd.status()
+                        : !vd.ok() ? vd.status()
+                        : !od.ok() ? od.status()
+                                   : w.Attend(*plan, l, *qd, *kd, *vd, *od);
+      if (as.ok()) as = st.Back(*od, o_w.data());
+      if (!as.ok()) {
+        std::fprintf(stderr, "attend: %s\n", as.ToString().c_str());
         return 1;
       }
       outs[l] = o_w;
@@ -562,10 +590,10 @@ int Run(const Args& a) {
   const double tokens = static_cast<double>(measured) * B;  // decoded tokens (each all layers)
   const double head_page_kib = 2.0 * P * hd * 2 / 1024;
   std::printf(
-      "decode worker, CPU backend: %d docs x %d layers, context %lld, %lld steps "
+      "decode worker, %s backend: %d docs x %d layers, context %lld, %lld steps "
       "reported (of %lld; %lld calibration), policy %s, budget %lld tokens (1/%d), "
       "pool %d slots/head, verify %s\n",
-      B, L, static_cast<long long>(T), static_cast<long long>(measured),
+      a.backend.c_str(), B, L, static_cast<long long>(T), static_cast<long long>(measured),
       static_cast<long long>(steps), static_cast<long long>(calib), a.policy.c_str(),
       static_cast<long long>(budget), a.budget_den, o.pool_slots_per_head, a.verify ? "on" : "off");
   if (!o.layer_thresholds.empty()) {
@@ -607,7 +635,9 @@ int Run(const Args& a) {
 
 int main(int argc, char** argv) {
   pagoda::Args a;
-  CLI::App app{"decode worker over attention traces (CPU backend)"};
+  CLI::App app{"decode worker over attention traces"};
+  app.add_option("--backend", a.backend, "cpu | cuda (device tensors)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--traces", a.traces, "trace directory");
   app.add_option("--ssd-dir", a.ssd_dir, "SSD tier directory (wiped)");
   app.add_option("--policy", a.policy, "quest | lserve | louiskv | streaming | oracle | ann");

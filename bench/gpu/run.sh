@@ -6,8 +6,11 @@
 # kernels/; see bench/gpu/CMakeLists.txt) against absl and GTest taken from Debian 12's own .debs
 # (libabsl-dev, libabsl20220623, libgtest-dev, libgmock-dev), unpacked into .devcarry/ (ignored by
 # git) on the dev machine and carried along:
-#   here:   bench/gpu/run.sh --prepare
-#   device: run(command="bench/gpu/run.sh", carry=[".devcarry"])
+#   here:   bench/gpu/run.sh --prepare   (then bench/e2e/carry_gpu.sh, bench/transport/
+#                                          carry_staged_test.sh for the steps that need them)
+#           bench/gpu/run.sh --pack      (one compressed file: the carries together exceed the
+#                                          device tool's 64 MiB)
+#   device: run(command="bench/gpu/run.sh", carry=[".devcarry/pack.tar.xz"])
 # Results: each step's log goes to $OUT/<step>.log ($OUT defaults to ./gpu-out); the table printed
 # last is also written to $OUT/summary.md.
 #
@@ -29,6 +32,19 @@ if [ "${1:-}" = "--prepare" ]; then
   rm -rf "$CARRY/debs" "$CARRY"/root/usr/lib/x86_64-linux-gnu/libabsl*.a "$CARRY/root/usr/share"
   du -sh "$CARRY"
   exit 0
+fi
+
+if [ "${1:-}" = "--pack" ]; then
+  set -e
+  parts=$(cd "$CARRY" && ls -d root e2e transport 2>/dev/null)
+  tar -C "$CARRY" -cf - $parts | xz -T2 -6 >"$CARRY/pack.tar.xz"
+  ls -la "$CARRY/pack.tar.xz"
+  exit 0
+fi
+if [ -f "$CARRY/pack.tar.xz" ] && [ ! -d "$CARRY/root" ]; then
+  tar -C "$CARRY" -xJf "$CARRY/pack.tar.xz" ||
+    python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+      "$CARRY/pack.tar.xz" "$CARRY"
 fi
 
 OUT=${OUT:-$ROOT/gpu-out}
@@ -75,7 +91,7 @@ step_gpu_tier_test() { "$BUILD/pagoda_kvstore_gpu_tier_test"; }
 # --- end to end (issue 8): a synthetic 32K/128K decode step (select + batched fetch + sparse decode).
 step_e2e_gpu_step() { "$BUILD/bench/e2e/e2e_gpu_step_bench"; }
 
-# --- end to end on the CUDA DecodeBackend (issue 8): DecodeSession over an embedded Store (RocksDB),
+# --- the CUDA DecodeBackend (issue 8; DiffusionSession's backend) over an embedded Store (RocksDB),
 # so built on the dev machine and carried with its libraries and two trace layers
 # (bench/e2e/carry_gpu.sh fills .devcarry/e2e); skipped when that carry is absent.
 E2E=$CARRY/e2e
@@ -84,23 +100,38 @@ step_e2e_cuda_test() {
   [ -x "$E2E/decode_backend_cuda_test" ] || { echo "skipped: no $E2E (bench/e2e/carry_gpu.sh)"; return 0; }
   e2e_run "$E2E/decode_backend_cuda_test"
 }
-# Every step and trigger rows on both upload paths, E2E_RUNS times (medians: bench/RESULTS.md).
-step_e2e_cuda_bench() {
-  [ -x "$E2E/e2e_bench" ] || { echo "skipped: no $E2E (bench/e2e/carry_gpu.sh)"; return 0; }
-  local r b bench=$E2E/e2e_bench tr=$E2E/traces
-  for r in ${E2E_RUNS:-1 2 3}; do
-    for b in cuda cuda-mapped; do
-      echo "## run $r: --backend $b --trigger 0"
-      e2e_run "$bench" --traces "$tr" --backend "$b" --trigger 0 || return 1
-      echo "## run $r: --backend $b --louis-rate 0.2"
-      e2e_run "$bench" --traces "$tr" --backend "$b" --louis-rate 0.2 || return 1
-    done
+# --- the decode worker (issue 16): its CUDA backend against its CPU backend through the same
+# worker steps, then worker_bench over the carried traces on both backends (same error expected).
+step_worker_cuda_test() {
+  [ -x "$E2E/worker_backend_cuda_test" ] || { echo "no $E2E (bench/e2e/carry_gpu.sh)"; return 1; }
+  e2e_run "$E2E/worker_backend_cuda_test"
+}
+step_worker_cuda_bench() {
+  [ -x "$E2E/worker_bench" ] || { echo "no $E2E (bench/e2e/carry_gpu.sh)"; return 1; }
+  local b
+  for b in cpu cuda; do
+    echo "## --backend $b --policy quest --budget-den 16"
+    e2e_run "$E2E/worker_bench" --traces "$E2E/traces" --backend $b --policy quest \
+      --budget-den 16 --steps 200 || return 1
   done
-  echo "## streaming: --backend cuda --policy streaming --window-pages 31 --trigger 0"
-  e2e_run "$bench" --traces "$tr" --backend cuda --policy streaming --window-pages 31 --trigger 0
 }
 
-STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench transport_test transport_bench e2e_gpu_step e2e_cuda_test e2e_cuda_bench"}  # kernels_ref_test: CI runs it
+# The worker per layer at Llama-3-8B shapes (after sdpa: its baselines), every step's selection
+# fresh and with the boundary trigger.
+step_worker_layer() {
+  [ -x "$E2E/worker_layer_bench" ] || { echo "no $E2E (bench/e2e/carry_gpu.sh)"; return 1; }
+  e2e_run "$E2E/worker_layer_bench" --backend cuda --sdpa "$OUT/sdpa.txt" \
+    --cases "${LAYER_CASES:-32768x1,32768x8,32768x32,131072x1,131072x8}" || return 1
+  e2e_run "$E2E/worker_layer_bench" --backend cuda --sdpa "$OUT/sdpa.txt" --trigger \
+    --cases "${LAYER_CASES:-32768x1,32768x8,32768x32,131072x1,131072x8}"
+}
+# The store with its host tier mapped for the GPU (what the worker's gather reads), and the GPU tier.
+step_kvstore_gpu_test() {
+  [ -x "$E2E/pagoda_kvstore_gpu_test" ] || { echo "no $E2E (bench/e2e/carry_gpu.sh)"; return 1; }
+  e2e_run "$E2E/pagoda_kvstore_gpu_test"
+}
+
+STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench transport_test transport_staged transport_bench e2e_gpu_step e2e_cuda_test kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"

@@ -1,7 +1,7 @@
 """Dense decode baseline: torch scaled_dot_product_attention with Llama-3-8B-like shapes.
 
 Prints one line per case, "sdpa BATCH CONTEXT MS", MS the median per call of CUDA-graph replays
-(event-timed). Inputs rotate over several K/V sets when one set would fit in L2. Part of
+(event-timed), and "gather_sdpa BATCH CONTEXT MS" for gather-then-SDPA over a 4096-token budget. Inputs rotate over several K/V sets when one set would fit in L2. Part of
 bench/gpu/run.sh (kernels_bench reads these lines to print its ratios).
 """
 import math
@@ -40,7 +40,8 @@ def median_ms(fn, per_graph, reps=15):
 def main():
     torch.manual_seed(0)
     dev = "cuda"
-    for batch in (16, 1):
+    budget = 4096  # tokens per KV head: the sparse decode's and the worker's budget
+    for batch in (16, 1, 8, 32):
         for ctx in (4096, 32768, 131072):
             kv_bytes = 2 * batch * 8 * ctx * 128 * 2
             nsets = max(1, math.ceil(240e6 / kv_bytes))  # > 4x the 60 MB L2 in total
@@ -57,6 +58,22 @@ def main():
 
             ms = median_ms(run, nsets)
             print(f"sdpa {batch} {ctx} {ms:.6f}", flush=True)
+            if ctx > budget:
+                # Gather-then-SDPA: the budget's tokens of each (sequence, KV head) picked with
+                # index tensors from the resident context, then dense SDPA over them.
+                idx = torch.stack([torch.randperm(ctx, device=dev)[:budget].sort().values
+                                   for _ in range(batch * 8)]).view(batch, 8, budget, 1)
+                idx = idx.expand(batch, 8, budget, 128)
+
+                def run_gather():
+                    for k, v in sets:
+                        kg = torch.gather(k, 2, idx)
+                        vg = torch.gather(v, 2, idx)
+                        outs.append(F.scaled_dot_product_attention(q, kg, vg, enable_gqa=True))
+                        outs.pop()
+
+                ms = median_ms(run_gather, nsets)
+                print(f"gather_sdpa {batch} {ctx} {ms:.6f}", flush=True)
             del sets
             torch.cuda.empty_cache()
 

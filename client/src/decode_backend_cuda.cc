@@ -120,9 +120,9 @@ class CudaDecodeBackend final : public DecodeBackend {
     PAGODA_CUDA_RETURN(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                        "cudaStreamCreate");
     const size_t o_bytes = static_cast<size_t>(q_heads) * layout.head_dim * 2;
-    // Split-KV partials: at most max_chunks states (head_dim floats + one lse) per query head.
-    const size_t ws = static_cast<size_t>(q_heads) * plan_options_.max_chunks *
-                      (static_cast<size_t>(layout.head_dim) * 4 + 4);
+    // Split-KV partials, as the plan for the whole pool sizes them (Plan() grows the buffer if a
+    // smaller row's plan splits further).
+    const size_t ws = plan->workspace_bytes;
     for (auto [buf, n] : {std::pair{&pool_, static_cast<size_t>(slots) * layout.PageBytes()},
                           std::pair{&o_dev_, o_bytes}, std::pair{&workspace_, ws}}) {
       if (absl::Status s = buf->Reserve(n); !s.ok()) return s;
@@ -252,8 +252,11 @@ class CudaDecodeBackend final : public DecodeBackend {
     if (!plan.has_value()) {
       auto p = kernels::gpu::PlanDecode(Shape(nullptr), false, int64_t{1} << bucket, plan_options_);
       if (!p.ok()) return p.status();
+      // The plan says how much split-KV workspace it needs; grow to it once the stream is idle
+      // (an earlier step may still be reading the old buffer).
       if (p->workspace_bytes > workspace_.bytes) {
-        return absl::InternalError("CUDA decode backend: decode workspace too small");
+        PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "workspace sync");
+        if (absl::Status s = workspace_.Reserve(p->workspace_bytes); !s.ok()) return s;
       }
       plan = *p;
     }

@@ -124,6 +124,10 @@ absl::Status DecodeWorker::Impl::Init() {
   if (absl::Status s = backend_->Init(o_.layout, o_.q_heads, o_.pool_slots_per_head); !s.ok()) {
     return s;
   }
+  if (backend_->device() == Device::kCuda) {
+    // The verified gather reads the store's host pages from the device.
+    if (absl::Status s = store_->MapHostTierForGpu(backend_->device_index()); !s.ok()) return s;
+  }
   const HostArena arena = store_->HostArenaInfo();
   return backend_->RegisterSource(arena.base, static_cast<int64_t>(arena.size));
 }

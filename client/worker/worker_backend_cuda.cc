@@ -81,7 +81,6 @@ class CudaWorkerBackend final : public WorkerBackend {
   ~CudaWorkerBackend() override {
     cudaSetDevice(o_.device);
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
-    if (registered_ != nullptr) cudaHostUnregister(const_cast<uint8_t*>(registered_));
     if (pool_ != nullptr) cudaFree(pool_);
     if (workspace_ != nullptr) cudaFree(workspace_);
   }
@@ -104,23 +103,14 @@ class CudaWorkerBackend final : public WorkerBackend {
     return CudaStatus(cudaStreamSynchronize(stream_), "init sync");
   }
   Device device() const override { return Device::kCuda; }
+  int device_index() const override { return o_.device; }
   const char* name() const override { return "cuda"; }
 
   absl::Status RegisterSource(const uint8_t* base, int64_t bytes) override {
     if (base == nullptr || bytes <= 0) return absl::InvalidArgumentError("empty source");
-    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
-    if (registered_ != nullptr) {
-      PAGODA_CUDA_RETURN(cudaHostUnregister(const_cast<uint8_t*>(registered_)), "unregister");
-      registered_ = nullptr;
-    }
-    PAGODA_CUDA_RETURN(cudaHostRegister(const_cast<uint8_t*>(base), bytes,
-                                        cudaHostRegisterMapped | cudaHostRegisterPortable),
-                       "cudaHostRegister of the host arena");
-    registered_ = base;
-    void* d = nullptr;
-    PAGODA_CUDA_RETURN(cudaHostGetDevicePointer(&d, const_cast<uint8_t*>(base), 0),
-                       "cudaHostGetDevicePointer");
-    src_ = static_cast<const uint8_t*>(d);
+    // The owner of the range pins and maps what holds pages (the store's arena is a sparse
+    // reservation: only assigned segments are memory, so it cannot be registered as a whole).
+    src_ = base;
     src_bytes_ = bytes;
     return absl::OkStatus();
   }
@@ -325,7 +315,6 @@ class CudaWorkerBackend final : public WorkerBackend {
   cudaStream_t stream_ = nullptr;
   worker_internal::PoolGeometry geo_;
   uint8_t* pool_ = nullptr;
-  const uint8_t* registered_ = nullptr;
   const uint8_t* src_ = nullptr;
   int64_t src_bytes_ = 0;
   Staged fetch_, table_;

@@ -65,9 +65,38 @@ absl::StatusOr<std::unique_ptr<MemoryTier>> CreateGpuTier(uint64_t capacity_byte
 
 absl::Status PinHostMemoryForGpu(void* base, uint64_t size, int device) {
   if (absl::Status s = CudaStatus(cudaSetDevice(device), "cudaSetDevice"); !s.ok()) return s;
-  return CudaStatus(cudaHostRegister(base, size, cudaHostRegisterPortable), "cudaHostRegister");
+  if (absl::Status s = CudaStatus(
+          cudaHostRegister(base, size, cudaHostRegisterPortable | cudaHostRegisterMapped),
+          "cudaHostRegister");
+      !s.ok()) {
+    return s;
+  }
+  void* dev = nullptr;
+  if (cudaHostGetDevicePointer(&dev, base, 0) != cudaSuccess || dev != base) {
+    cudaGetLastError();
+    cudaHostUnregister(base);
+    return absl::UnimplementedError(
+        "host tier: this device cannot read registered host memory at its host address");
+  }
+  return absl::OkStatus();
 }
 
 void UnpinHostMemoryForGpu(void* base) { cudaHostUnregister(base); }
+
+absl::Status CheckGpuReadsHostMemory(int device) {
+  if (absl::Status s = CudaStatus(cudaSetDevice(device), "cudaSetDevice"); !s.ok()) return s;
+  int can = 0;
+  if (absl::Status s = CudaStatus(
+          cudaDeviceGetAttribute(&can, cudaDevAttrCanUseHostPointerForRegisteredMem, device),
+          "cudaDeviceGetAttribute");
+      !s.ok()) {
+    return s;
+  }
+  if (can == 0) {
+    return absl::UnimplementedError(absl::StrFormat(
+        "host tier: GPU %d cannot read registered host memory at its host address", device));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace pagoda

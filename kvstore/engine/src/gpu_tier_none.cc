@@ -13,4 +13,8 @@ absl::Status PinHostMemoryForGpu(void* base, uint64_t size, int device) {
 
 void UnpinHostMemoryForGpu(void* base) {}
 
+absl::Status CheckGpuReadsHostMemory(int device) {
+  return absl::UnavailableError("GPU tier: Pagoda was built without CUDA");
+}
+
 }  // namespace pagoda

@@ -63,5 +63,49 @@ TEST(GpuTierTest, MissingDeviceIsUnavailableNotACrash) {
   EXPECT_TRUE(absl::IsUnavailable(opened.status())) << opened.status();
 }
 
+TEST(GpuTierTest, MappingTheHostTierForAMissingDeviceChangesNothing) {
+  auto opened = Store::Open(SmallStoreOptions(8, ""));
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  Store& s = **opened;
+  ASSERT_TRUE(
+      s.Put("t", TestKey(1), SmallLayout(), PageBytesFor(SmallLayout(), "t", TestKey(1))).ok());
+  EXPECT_TRUE(absl::IsUnavailable(s.MapHostTierForGpu(1000))) << s.MapHostTierForGpu(1000);
+  EXPECT_TRUE(absl::IsInvalidArgument(s.MapHostTierForGpu(-1)));
+  EXPECT_EQ(s.HostArenaInfo().gpu_device, -1);
+  // Host segments are still handed out as before.
+  for (int i = 2; i < 8; ++i) {
+    ASSERT_TRUE(
+        s.Put("u", TestKey(i), SmallLayout(), PageBytesFor(SmallLayout(), "u", TestKey(i))).ok());
+  }
+  std::vector<uint8_t> out(SmallLayout().PageBytes());
+  ASSERT_TRUE(s.Get("t", TestKey(1), absl::MakeSpan(out)).ok());
+  EXPECT_EQ(out, PageBytesFor(SmallLayout(), "t", TestKey(1)));
+}
+
+TEST(GpuTierTest, MappedHostTierPinsSegmentsBeforeAndAfter) {
+  auto opened = Store::Open(SmallStoreOptions(16, ""));
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  Store& s = **opened;
+  ASSERT_TRUE(
+      s.Put("t", TestKey(1), SmallLayout(), PageBytesFor(SmallLayout(), "t", TestKey(1))).ok());
+  absl::Status mapped = s.MapHostTierForGpu(0);
+  if (absl::IsUnavailable(mapped)) GTEST_SKIP() << "no GPU here: " << mapped;
+  ASSERT_TRUE(mapped.ok()) << mapped;
+  EXPECT_EQ(s.HostArenaInfo().gpu_device, 0);
+  EXPECT_TRUE(s.MapHostTierForGpu(0).ok());  // idempotent
+  EXPECT_TRUE(absl::IsFailedPrecondition(s.MapHostTierForGpu(1)));
+  // Segments assigned afterwards (another tenant: its own segments) are pinned too; the pages
+  // read back exactly.
+  for (int i = 2; i < 10; ++i) {
+    ASSERT_TRUE(
+        s.Put("u", TestKey(i), SmallLayout(), PageBytesFor(SmallLayout(), "u", TestKey(i))).ok());
+  }
+  std::vector<uint8_t> out(SmallLayout().PageBytes());
+  for (int i = 2; i < 10; ++i) {
+    ASSERT_TRUE(s.Get("u", TestKey(i), absl::MakeSpan(out)).ok());
+    EXPECT_EQ(out, PageBytesFor(SmallLayout(), "u", TestKey(i)));
+  }
+}
+
 }  // namespace
 }  // namespace pagoda

@@ -2,8 +2,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -52,9 +54,38 @@ class HostTier final : public MemoryTier {
     void* p = mmap(base_ + offset, bytes, PROT_READ | PROT_WRITE,
                    MAP_SHARED | MAP_FIXED | MAP_POPULATE, *fd, static_cast<off_t>(offset));
     if (p == MAP_FAILED) return Errno("mmap of a segment");
-    if (pin_device_ >= 0 && PinHostMemoryForGpu(base_ + offset, bytes, pin_device_).ok()) {
+    if (pin_device_ >= 0) {
+      absl::Status pin = PinHostMemoryForGpu(base_ + offset, bytes, pin_device_);
+      if (pin.ok()) {
+        pinned_.push_back(offset);
+      } else if (pin_required_) {  // a device reads this tier: never hand out an unpinned segment
+        Unmap(offset, bytes);
+        return pin;
+      }
+    }
+    assigned_[offset] = bytes;
+    return absl::OkStatus();
+  }
+
+  absl::Status MapForGpu(int device) override {
+    if (pin_required_) {
+      return device == pin_device_
+                 ? absl::OkStatus()
+                 : absl::FailedPreconditionError(absl::StrFormat(
+                       "host tier: already mapped for GPU %d, not %d", pin_device_, device));
+    }
+    if (pin_device_ >= 0 && pin_device_ != device) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("host tier: pinned for GPU %d, not %d", pin_device_, device));
+    }
+    if (absl::Status s = CheckGpuReadsHostMemory(device); !s.ok()) return s;
+    for (const auto& [offset, bytes] : assigned_) {
+      if (std::find(pinned_.begin(), pinned_.end(), offset) != pinned_.end()) continue;
+      if (absl::Status s = PinHostMemoryForGpu(base_ + offset, bytes, device); !s.ok()) return s;
       pinned_.push_back(offset);
     }
+    pin_device_ = device;
+    pin_required_ = true;
     return absl::OkStatus();
   }
 
@@ -67,10 +98,10 @@ class HostTier final : public MemoryTier {
         break;
       }
     }
+    assigned_.erase(offset);
     // Detach the range from the owner's file, then give its memory back: the next owner's bytes
     // never share a page with these, and clients of `owner` that still map it read zeros there.
-    mmap(base_ + offset, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
-         -1, 0);
+    Unmap(offset, bytes);
     absl::MutexLock l(&mu_);
     if (owner < fds_.size() && fds_[owner] >= 0) {
       fallocate(fds_[owner], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
@@ -96,15 +127,24 @@ class HostTier final : public MemoryTier {
     return fd;
   }
 
-  void PinForGpu(int device) override { pin_device_ = device; }
+  void PinForGpu(int device) override {
+    if (!pin_required_) pin_device_ = device;
+  }
 
  private:
+  void Unmap(uint64_t offset, uint64_t bytes) {
+    mmap(base_ + offset, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE,
+         -1, 0);
+  }
+
   uint8_t* const base_;
   const uint64_t capacity_;
   const uint64_t mapped_;  // capacity_ rounded up to whole OS pages
   int pin_device_ = -1;
+  bool pin_required_ = false;     // MapForGpu: a segment that cannot be pinned is not assigned
   std::vector<uint64_t> pinned_;  // offsets of segments registered with CUDA (store lock held)
-  absl::Mutex mu_;                // OwnerFd is also called outside the store lock
+  std::map<uint64_t, uint64_t> assigned_;      // offset -> bytes of assigned segments (store lock)
+  absl::Mutex mu_;                             // OwnerFd is also called outside the store lock
   std::vector<int> fds_ ABSL_GUARDED_BY(mu_);  // memfd by owner, -1 = none yet
 };
 

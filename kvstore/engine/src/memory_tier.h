@@ -38,6 +38,14 @@ class MemoryTier {
   // Page-lock each segment for DMA by `device` while it is assigned (the host tier, when a GPU
   // tier exists). Call before the first allocation. A refusal only costs speed.
   virtual void PinForGpu(int device) {}
+  // From now on every assigned segment is page-locked and mapped for `device` at its own address
+  // (kernels on the device read it through host pointers): the ones assigned already are pinned
+  // now, and a segment that cannot be pinned is not assigned (AssignSegment fails). Idempotent
+  // for one device; FailedPrecondition for a second device; Unimplemented for a tier that is not
+  // host memory; the pin's error (Unavailable without CUDA) otherwise.
+  virtual absl::Status MapForGpu(int device) {
+    return absl::UnimplementedError("this memory tier cannot be mapped for a GPU");
+  }
   // Copies n bytes of host memory at `src` to tier offset `offset`.
   virtual absl::Status Write(uint64_t offset, const void* src, size_t n) = 0;
   // Copies n bytes at tier offset `offset` to host memory at `dst`.
@@ -55,12 +63,16 @@ absl::StatusOr<std::unique_ptr<MemoryTier>> CreateHostTier(uint64_t capacity_byt
 // CUDA or the machine has no such device; Internal for other CUDA errors.
 absl::StatusOr<std::unique_ptr<MemoryTier>> CreateGpuTier(uint64_t capacity_bytes, int device);
 
-// Page-locks [base, base + size) for DMA by `device` (cudaHostRegister, portable), so host <-> GPU
-// copies of the host arena run at full PCIe speed; the registration lasts until
-// UnpinHostMemoryForGpu. Unavailable without CUDA; Internal when the driver refuses (e.g.
-// RLIMIT_MEMLOCK).
+// Page-locks [base, base + size) for DMA by `device` (cudaHostRegister, portable and mapped), so
+// host <-> GPU copies of the host arena run at full PCIe speed and kernels on `device` can read it
+// at the same addresses; the registration lasts until UnpinHostMemoryForGpu. Unavailable without
+// CUDA; Internal when the driver refuses (e.g. RLIMIT_MEMLOCK); Unimplemented (and nothing
+// registered) where the device cannot use host pointers to registered memory.
 absl::Status PinHostMemoryForGpu(void* base, uint64_t size, int device);
 void UnpinHostMemoryForGpu(void* base);
+// OK when `device` exists and its kernels can read registered host memory through host pointers;
+// Unavailable without CUDA or the device; Unimplemented where it cannot.
+absl::Status CheckGpuReadsHostMemory(int device);
 
 }  // namespace pagoda
 

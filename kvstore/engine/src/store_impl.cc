@@ -711,7 +711,16 @@ HostArena StoreImpl::HostArenaInfo() const {
   a.size = mem_[1]->capacity_bytes();
   a.segment_bytes = host_segment_bytes_;
   a.base = mem_[1]->host_base();
+  a.gpu_device = host_gpu_device_.load();
   return a;
+}
+
+absl::Status StoreImpl::MapHostTierForGpu(int device) {
+  if (device < 0) return absl::InvalidArgumentError("MapHostTierForGpu: negative device");
+  absl::MutexLock l(&mu_);  // segments are assigned and released under it
+  if (absl::Status s = mem_[1]->MapForGpu(device); !s.ok()) return s;
+  host_gpu_device_ = device;
+  return absl::OkStatus();
 }
 
 bool StoreImpl::HasTier(Tier tier) const { return Present(tier); }

@@ -9,6 +9,7 @@
 #ifndef PAGODA_KVSTORE_STORE_IMPL_H_
 #define PAGODA_KVSTORE_STORE_IMPL_H_
 
+#include <atomic>
 #include <deque>
 #include <memory>
 #include <string>
@@ -62,6 +63,7 @@ class StoreImpl final : public Store {
   absl::StatusOr<CheckpointResult> Checkpoint() override;
   StoreStats Stats() override;
   HostArena HostArenaInfo() const override;
+  absl::Status MapHostTierForGpu(int device) override;
   absl::StatusOr<int> TenantArenaFd(std::string_view tenant) override;
   bool HasTier(Tier tier) const override;
 
@@ -227,6 +229,7 @@ class StoreImpl final : public Store {
 
   mutable absl::Mutex mu_;
   std::unique_ptr<SlabAllocator> alloc_[2] ABSL_GUARDED_BY(mu_);
+  std::atomic<int> host_gpu_device_{-1};  // MapHostTierForGpu (set under mu_)
   PageTable table_ ABSL_GUARDED_BY(mu_);
   std::vector<LayoutClass> classes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<LayoutId, int> class_by_id_ ABSL_GUARDED_BY(mu_);

@@ -52,10 +52,14 @@ class WorkerBackend {
   // kernels do not support; ResourceExhausted when the memory cannot be had.
   virtual absl::Status Init(const PageLayout& layout, int q_heads, int32_t slots) = 0;
   virtual Device device() const = 0;
+  // The CUDA device ordinal of a CUDA backend; -1 for a host backend.
+  virtual int device_index() const { return -1; }
   virtual const char* name() const = 0;
 
-  // Registers the host memory fetches read from (the store's host arena; the CUDA backend maps it
-  // for the device). Replaces an earlier registration.
+  // Registers the host memory fetches read from (the store's host arena). The CUDA backend reads
+  // it from the device through its host addresses, so every range a fetch names must already be
+  // page-locked and mapped for device_index() at its own address (Store::MapHostTierForGpu, which
+  // DecodeWorker calls). Replaces an earlier registration.
   virtual absl::Status RegisterSource(const uint8_t* base, int64_t bytes) = 0;
 
   // Verified gather from the registered source into the pool (one kernel): bad[i] = 1 when the

@@ -70,6 +70,9 @@ struct HostArena {
   uint64_t size = 0;           // bytes
   uint64_t segment_bytes = 0;  // a tenant's pages lie in whole segments of this size
   uint8_t* base = nullptr;     // the store's own mapping; ranges that hold no page are inaccessible
+  // -1, or the CUDA device for which every assigned segment is page-locked and mapped at its own
+  // address (MapHostTierForGpu): kernels there may read pages through base + arena_offset.
+  int gpu_device = -1;
 };
 
 struct TierStats {
@@ -212,6 +215,15 @@ class Store {
 
   virtual StoreStats Stats() = 0;
   virtual HostArena HostArenaInfo() const = 0;
+  // Makes the host arena readable by kernels on CUDA `device` (a decode worker's gather reads
+  // pages there straight from host memory): every segment that holds pages now is page-locked and
+  // mapped at its own address, and from then on a segment that cannot be is never used (the write
+  // that needed it fails), so a page's arena_offset is always readable from the device.
+  // Idempotent; FailedPrecondition once mapped for another device; Unavailable without CUDA or
+  // the device; Unimplemented where the device cannot read host memory at host addresses;
+  // Internal when the driver refuses (e.g. RLIMIT_MEMLOCK). Nothing changes on error beyond
+  // segments pinned before the failing one.
+  virtual absl::Status MapHostTierForGpu(int device) = 0;
   // The memfd of one tenant's host pages, for a process of that tenant to mmap MAP_SHARED (size
   // HostArenaInfo().size; the page of a Reservation or ReadLease of this tenant is at its
   // arena_offset). It holds this tenant's pages only: the store places each tenant's host pages in

@@ -1,0 +1,298 @@
+// The decode worker per layer at Llama-3-8B layer shapes (32 query / 8 KV heads, head_dim 128,
+// bf16, 16-token pages), synthetic K/V, the whole context in the store's host tier and a pool a
+// few times one step's need, so selection changes fetch pages every step. For each (context,
+// batch) case: prefill every sequence through DecodeWorker::Prefill (device tensors on CUDA),
+// then decode steps (Plan, Attend one layer, Finish) with queries that drift slowly (a random
+// walk, so consecutive selections overlap as on real text) and report the step's median time
+// and its phases. Baselines, measured in the same bench/gpu/run.sh call: torch SDPA with the
+// whole context resident in HBM and torch gather-then-SDPA over the same budget
+// (bench/gpu/sdpa_baseline.py lines "sdpa B CTX MS" / "gather_sdpa B CTX MS", passed as --sdpa).
+//
+//   worker_layer_bench --backend cuda --cases 32768x1,131072x8 --sdpa sdpa.txt
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "pagoda/client/decode_worker.h"
+#include "pagoda/kernels/dtype.h"
+#include "tensor_stage.h"
+
+namespace pagoda {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Args {
+  std::string backend = "cuda";
+  std::string cases = "32768x1,32768x8,32768x32,131072x1,131072x8";
+  std::string policy = "quest";
+  std::string sdpa;  // sdpa_baseline.py output
+  int64_t budget = 4096;
+  int steps = 20;
+  int warmup = 3;
+  bool trigger = false;
+  float threshold = 0.9f;
+  float drift = 0.05f;  // query random-walk step, relative to the query's norm
+  int64_t chunk = 8192;
+};
+
+constexpr int kQ = 32, kKv = 8, kD = 128, kP = 16;
+
+// "sdpa B CTX MS" lines by (kind, B, CTX).
+std::map<std::tuple<std::string, int, int64_t>, double> ReadBaselines(const std::string& path) {
+  std::map<std::tuple<std::string, int, int64_t>, double> out;
+  std::ifstream f(path);
+  std::string kind;
+  int b;
+  int64_t ctx;
+  double ms;
+  std::string line;
+  while (std::getline(f, line)) {
+    std::istringstream is(line);
+    if (is >> kind >> b >> ctx >> ms) out[{kind, b, ctx}] = ms;
+  }
+  return out;
+}
+
+std::vector<uint16_t> Random(std::mt19937& rng, int64_t n, float scale) {
+  std::normal_distribution<float> nd(0.f, scale);
+  std::vector<uint16_t> v(n);
+  for (auto& x : v) x = kernels::FloatToBf16(nd(rng));
+  return v;
+}
+
+int RunCase(const Args& a, int64_t ctx, int B,
+            const std::map<std::tuple<std::string, int, int64_t>, double>& base) {
+  const PageLayout layout{DType::kBf16, kKv, kD, kP};
+  StoreOptions so;
+  so.layouts = {layout};
+  const int64_t pages = B * (ctx / kP + 2);
+  so.host_capacity_bytes = static_cast<uint64_t>(pages + 64 * (B + 1)) * layout.PageBytes();
+  so.segment_bytes = layout.PageBytes() * 64;
+  so.watermarks[static_cast<int>(Tier::kHost)] = Watermarks{1.0, 1.0};  // no SSD: keep every page
+  auto store = Store::Open(so);
+  if (!store.ok()) {
+    std::fprintf(stderr, "store: %s\n", store.status().ToString().c_str());
+    return 1;
+  }
+  auto policy = retriever::ParsePolicy(a.policy);
+  if (!policy.ok()) {
+    std::fprintf(stderr, "%s\n", policy.status().ToString().c_str());
+    return 1;
+  }
+  DecodeWorkerOptions o;
+  o.tenant = "bench";
+  o.layout = layout;
+  o.q_heads = kQ;
+  o.num_layers = 1;
+  o.policy = *policy;
+  o.selector.budget_tokens = a.budget;
+  o.boundary_trigger = a.trigger;
+  o.boundary_threshold = a.threshold;
+  o.prefetch = false;  // everything is in the host tier
+  // Twice one step's worst case, so most of a context is not resident and selections fetch.
+  o.pool_slots_per_head = static_cast<int32_t>(2 * B * (a.budget / kP + 8) + 2 * B + 64);
+  std::unique_ptr<WorkerBackend> backend;
+  if (a.backend == "cuda") {
+    auto cuda = MakeCudaWorkerBackend();
+    if (!cuda.ok()) {
+      std::fprintf(stderr, "backend: %s\n", cuda.status().ToString().c_str());
+      return 1;
+    }
+    backend = std::move(*cuda);
+  } else {
+    backend = MakeCpuWorkerBackend();
+  }
+  auto stage = bench::MakeTensorStage(backend->device());
+  if (!stage.ok()) {
+    std::fprintf(stderr, "tensors: %s\n", stage.status().ToString().c_str());
+    return 1;
+  }
+  bench::TensorStage& st = **stage;
+  auto worker = DecodeWorker::Create(store->get(), std::move(backend), o);
+  if (!worker.ok()) {
+    std::fprintf(stderr, "worker: %s\n", worker.status().ToString().c_str());
+    return 1;
+  }
+  DecodeWorker& w = **worker;
+
+  // Prefill: distinct token ids per sequence (no shared prefix), K/V windows of one random block.
+  std::mt19937 rng(1234);
+  const int64_t block = std::min<int64_t>(ctx, 65536);
+  const std::vector<uint16_t> kblock = Random(rng, (block + a.chunk) * kKv * kD, 1.0f);
+  const std::vector<uint16_t> vblock = Random(rng, (block + a.chunk) * kKv * kD, 1.0f);
+  Clock::time_point tp = Clock::now();
+  std::vector<SequenceId> seqs;
+  for (int b = 0; b < B; ++b) {
+    std::vector<int32_t> ids(ctx);
+    for (int64_t t = 0; t < ctx; ++t) ids[t] = static_cast<int32_t>(b * 1000003 + t);
+    auto opened = w.Open(ids);
+    if (!opened.ok()) {
+      std::fprintf(stderr, "open: %s\n", opened.status().ToString().c_str());
+      return 1;
+    }
+    seqs.push_back(opened->id);
+    for (int64_t t0 = 0; t0 < ctx; t0 += a.chunk) {
+      const int64_t n = std::min(a.chunk, ctx - t0);
+      const int64_t off = ((t0 + b * 4099) % block) * kKv * kD;
+      auto kd = st.In(0, &kblock[off], DType::kBf16, n, kKv, kD);
+      auto vd = st.In(1, &vblock[off], DType::kBf16, n, kKv, kD);
+      absl::Status s = !kd.ok()   ? kd.status()
+                       : !vd.ok() ? vd.status()
+                                  : w.Prefill(opened->id, 0, *kd, *vd);
+      if (!s.ok()) {
+        std::fprintf(stderr, "prefill: %s\n", s.ToString().c_str());
+        return 1;
+      }
+    }
+  }
+  if (absl::Status s = w.Flush(); !s.ok()) {
+    std::fprintf(stderr, "flush: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  const double prefill_s = Seconds(tp);
+
+  // Decode steps.
+  std::vector<float> qf(static_cast<size_t>(B) * kQ * kD);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (float& x : qf) x = nd(rng);
+  std::vector<uint16_t> q(qf.size()), o_h(qf.size());
+  std::vector<double> step_s, ph[6];
+  double fetched = 0, attended = 0, retrievals = 0;
+  int failures = 0;
+  for (int s = 0; s < a.warmup + a.steps; ++s) {
+    for (size_t i = 0; i < qf.size(); ++i) {
+      qf[i] = qf[i] * std::sqrt(1 - a.drift * a.drift) + a.drift * nd(rng);
+      q[i] = kernels::FloatToBf16(qf[i]);
+    }
+    const std::vector<uint16_t> kn = Random(rng, int64_t{B} * kKv * kD, 1.0f);
+    const std::vector<uint16_t> vn = Random(rng, int64_t{B} * kKv * kD, 1.0f);
+    std::vector<int32_t> next(B, 7);
+    Clock::time_point t1 = Clock::now();
+    auto plan = w.Plan(seqs, next);
+    if (!plan.ok()) {
+      std::fprintf(stderr, "plan: %s\n", plan.status().ToString().c_str());
+      return 1;
+    }
+    auto qd = st.In(2, q.data(), DType::kBf16, B, kQ, kD);
+    auto kd = st.In(3, kn.data(), DType::kBf16, B, kKv, kD);
+    auto vd = st.In(4, vn.data(), DType::kBf16, B, kKv, kD);
+    auto od = st.Out(5, o_h.data(), DType::kBf16, B, kQ, kD);
+    absl::Status as = !qd.ok()   ? qd.status()
+                      : !kd.ok() ? kd.status()
+                      : !vd.ok() ? vd.status()
+                      : !od.ok() ? od.status()
+                                 : w.Attend(*plan, 0, *qd, *kd, *vd, *od);
+    if (!as.ok()) {
+      std::fprintf(stderr, "attend: %s\n", as.ToString().c_str());
+      return 1;
+    }
+    auto stats = w.Finish(*plan);
+    if (!stats.ok()) {
+      std::fprintf(stderr, "finish: %s\n", stats.status().ToString().c_str());
+      return 1;
+    }
+    if (absl::Status bs = st.Back(*od, o_h.data()); !bs.ok()) return 1;
+    const double took = Seconds(t1);
+    for (const absl::Status& x : stats->sequence_status) failures += x.ok() ? 0 : 1;
+    if (s < a.warmup) continue;
+    step_s.push_back(took);
+    const double p[6] = {stats->append_s, stats->select_s, stats->fetch_s,
+                         stats->verify_s, stats->attend_s, stats->commit_s};
+    for (int i = 0; i < 6; ++i) ph[i].push_back(p[i]);
+    fetched += stats->fetched_head_pages;
+    attended += stats->attended_head_pages;
+    retrievals += stats->retrievals;
+  }
+  const double step_ms = Median(step_s) * 1e3;
+  auto find = [&](const char* kind) {
+    auto it = base.find({kind, B, ctx});
+    return it == base.end() ? 0.0 : it->second;
+  };
+  const double sdpa = find("sdpa"), gather = find("gather_sdpa");
+  std::printf("| %lld | %d | %s%s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %.2f | ",
+              static_cast<long long>(ctx), B, a.policy.c_str(), a.trigger ? "+trigger" : "",
+              step_ms, Median(ph[1]) * 1e3, Median(ph[2]) * 1e3, Median(ph[3]) * 1e3,
+              Median(ph[4]) * 1e3, Median(ph[0]) * 1e3 + Median(ph[5]) * 1e3,
+              fetched / (a.steps * B * kKv), retrievals / (a.steps * B));
+  if (sdpa > 0) {
+    std::printf("%.3f | %.2fx | ", sdpa, step_ms / sdpa);
+  } else {
+    std::printf("- | - | ");
+  }
+  if (gather > 0) {
+    std::printf("%.3f | %.2fx |", gather, step_ms / gather);
+  } else {
+    std::printf("- | - |");
+  }
+  std::printf(" %.1f s | %d |\n", prefill_s, failures);
+  std::fflush(stdout);
+  return 0;
+}
+
+int Run(const Args& a) {
+  const auto base = ReadBaselines(a.sdpa);
+  std::printf(
+      "decode worker, one layer (Llama-3-8B shapes: %d q / %d kv heads, d %d, bf16, page %d), "
+      "%s backend, budget %lld tokens/KV head, %d steps after %d warm-up, query drift %.2f\n",
+      kQ, kKv, kD, kP, a.backend.c_str(), static_cast<long long>(a.budget), a.steps, a.warmup,
+      a.drift);
+  std::printf(
+      "| context | batch | policy | step ms | select | fetch | verify | attend | append+commit | "
+      "head-pages fetched / seq-head | retrievals / seq | SDPA dense ms | step / SDPA | "
+      "gather+SDPA ms | step / gather+SDPA | prefill | failed |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  const std::vector<std::string> cases = absl::StrSplit(a.cases, ',');
+  for (const std::string& c : cases) {
+    std::vector<std::string> parts = absl::StrSplit(c, 'x');
+    int64_t ctx = 0;
+    int b = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &ctx) || !absl::SimpleAtoi(parts[1], &b) ||
+        ctx < kP || b < 1) {
+      std::fprintf(stderr, "bad case '%s' (want CONTEXTxBATCH)\n", c.c_str());
+      return 2;
+    }
+    if (int rc = RunCase(a, ctx, b, base); rc != 0) return rc;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace pagoda
+
+int main(int argc, char** argv) {
+  pagoda::Args a;
+  CLI::App app{"decode worker per layer at Llama-3-8B shapes"};
+  app.add_option("--backend", a.backend, "cuda | cpu")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--cases", a.cases, "CONTEXTxBATCH,...");
+  app.add_option("--policy", a.policy, "quest | lserve | streaming | oracle");
+  app.add_option("--sdpa", a.sdpa, "sdpa_baseline.py output (baselines)");
+  app.add_option("--budget", a.budget, "tokens per KV head")->check(CLI::Range(16, 1 << 20));
+  app.add_option("--steps", a.steps, "measured steps")->check(CLI::Range(1, 100000));
+  app.add_option("--warmup", a.warmup, "unmeasured first steps")->check(CLI::Range(0, 1000));
+  app.add_flag("--trigger", a.trigger, "boundary trigger (selections reused while it holds)");
+  app.add_option("--threshold", a.threshold, "trigger threshold");
+  app.add_option("--drift", a.drift, "query random-walk step")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--chunk", a.chunk, "prefill chunk tokens")->check(CLI::Range(16, 1 << 20));
+  CLI11_PARSE(app, argc, argv);
+  return pagoda::Run(a);
+}
