@@ -56,7 +56,7 @@ struct Args {
   std::string ssd_dir = "/tmp/pagoda_worker_bench";
   std::string policy = "louiskv";
   std::string backend = "cpu";  // cpu | cuda
-  int budget_den = 16;  // budget = context / den tokens (whole pages)
+  int budget_den = 16;          // budget = context / den tokens (whole pages)
   int page_tokens = 16;
   int host_pages = 4096;
   int32_t pool_slots = 0;  // 0: enough for every page of every sequence and layer
@@ -475,7 +475,7 @@ int Run(const Args& a) {
       }
       auto kd = st.In(0, k.data(), DType::kFp16, n, kvh, hd);
       auto vd = st.In(1, v.data(), DType::kFp16, n, kvh, hd);
-      absl::Status s = !kd.ok() ? kd.status()
+      absl::Status s = !kd.ok()   ? kd.status()
                        : !vd.ok() ? vd.status()
                                   : w.Prefill(opened->id, l, *kd, *vd);
       if (!s.ok()) {

@@ -50,7 +50,8 @@ class DecodeWorker::Impl {
         P_(static_cast<int>(o.layout.page_tokens)),
         half_(int64_t{o.layout.page_tokens} * o.layout.head_dim * 2),
         pool_(kv_, o.pool_slots_per_head),
-        committer_(store, o.tenant, o.layout) {}
+        committer_(store, o.tenant, o.layout),
+        device_select_(o.policy == retriever::Policy::kQuest) {}
 
   absl::Status Init();
   absl::StatusOr<OpenedSequence> Open(absl::Span<const int32_t> token_ids);
@@ -79,6 +80,13 @@ class DecodeWorker::Impl {
   const Sequence* Lookup(SequenceId id) const;
   // Applies commit failures to their sequences.
   void DrainCommits();
+  // Device selection (policy quest): gives every page of each layer state a summary slot and
+  // writes the summaries of its pages that changed since the last call (the open page; the full
+  // ones once). ResourceExhausted when the table is full.
+  absl::Status SyncSummaries(absl::Span<LayerState* const> states);
+  // Device selection for the batch's sequences whose status is OK: rows for every one.
+  void SelectOnBackend(int layer, const TensorView& q, const TensorView& hq,
+                       std::vector<absl::Status>& status, WorkerStepStats& stats);
   // Records a store page's heads: checksums and (prompt) keys.
   void TakePage(LayerState& ls, const uint8_t* page, bool keep_keys);
   // Owned slots for the open page of `ls` (allocated when missing).
@@ -115,6 +123,11 @@ class DecodeWorker::Impl {
   std::vector<absl::Status> step_status_;
   WorkerStepStats step_stats_;
 
+  // Device selection (policy quest): the summary table's free slots and, per slot, its page.
+  const bool device_select_;
+  std::vector<int32_t> free_sum_;
+  std::vector<int32_t> slot_page_;
+
   // Scratch.
   std::vector<int32_t> indptr_, indices_, last_len_;
   std::vector<uint16_t> qh_, kh_, vh_;  // host copies of a layer's q, k, v
@@ -123,6 +136,17 @@ class DecodeWorker::Impl {
 absl::Status DecodeWorker::Impl::Init() {
   if (absl::Status s = backend_->Init(o_.layout, o_.q_heads, o_.pool_slots_per_head); !s.ok()) {
     return s;
+  }
+  if (device_select_) {
+    if (o_.summary_slots < 1 || o_.summary_slots > (int64_t{1} << 31) - 1) {
+      return absl::InvalidArgumentError("summary_slots must be in [1, 2^31)");
+    }
+    if (absl::Status s = backend_->InitSummaries(o_.summary_slots); !s.ok()) return s;
+    free_sum_.resize(o_.summary_slots);
+    for (int64_t i = 0; i < o_.summary_slots; ++i) {
+      free_sum_[i] = static_cast<int32_t>(o_.summary_slots - 1 - i);
+    }
+    slot_page_.assign(o_.summary_slots, -1);
   }
   if (backend_->device() == Device::kCuda) {
     // The verified gather reads the store's host pages from the device.
@@ -239,6 +263,10 @@ absl::Status DecodeWorker::Impl::StartSelector(LayerState& ls, int layer) {
     auto trigger = retriever::BoundaryTrigger::Create(o_.q_heads, d_, trigger_threshold);
     if (!trigger.ok()) return trigger.status();
     ls.trigger.emplace(std::move(*trigger));
+  }
+  if (device_select_) {
+    LayerState* one[1] = {&ls};
+    return SyncSummaries(one);
   }
   return absl::OkStatus();
 }
@@ -453,6 +481,12 @@ absl::StatusOr<SequenceId> DecodeWorker::Impl::Fork(SequenceId parent_id) {
 
 void DecodeWorker::Impl::Release(Sequence& seq) {
   for (LayerState& ls : seq.layers) {
+    for (int32_t slot : ls.sum_slots) {
+      slot_page_[slot] = -1;
+      free_sum_.push_back(slot);
+    }
+    ls.sum_slots.clear();
+    ls.sum_final = 0;
     for (int32_t p = 0; p < ls.pinned; ++p) (void)store_->Unpin(o_.tenant, ls.keys[p]);
     ls.pinned = 0;
     if (ls.stream_id != 0) (void)store_->CloseStream(o_.tenant, ls.stream_id);
@@ -519,6 +553,13 @@ absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> i
         "one step of this batch may need ", need, " head-page slots per KV head besides ",
         open_pages, " open pages, but the pool has ", o_.pool_slots_per_head,
         " (raise pool_slots_per_head or shrink the batch)"));
+  }
+  // Device selection: a step may open one new page per (sequence, layer).
+  if (device_select_ &&
+      static_cast<int64_t>(free_sum_.size()) < static_cast<int64_t>(ids.size()) * o_.num_layers) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the selection summary table has ", free_sum_.size(), " free slots, this step may need ",
+        ids.size() * o_.num_layers, " (raise DecodeWorkerOptions::summary_slots)"));
   }
   for (size_t b = 0; b < ids.size(); ++b) seqs_[ids[b]].tokens.push_back(token_ids[b]);
   plan_id_ = next_plan_++;
@@ -611,6 +652,121 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
   stats.verify_s += Since(t1);
 }
 
+absl::Status DecodeWorker::Impl::SyncSummaries(absl::Span<LayerState* const> states) {
+  std::vector<int32_t> slots, counts;
+  std::vector<uint16_t> mins, maxs;
+  const size_t row = static_cast<size_t>(kv_) * d_;
+  for (LayerState* ls : states) {
+    auto sm = ls->selector->Summaries();
+    if (!sm.ok()) return sm.status();
+    if (sm->sub_pages != 1)
+      return absl::InternalError("device selection needs whole-page summaries");
+    const int32_t pages = sm->num_pages;
+    if (pages - static_cast<int32_t>(ls->sum_slots.size()) >
+        static_cast<int32_t>(free_sum_.size())) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the selection summary table is full (", o_.summary_slots,
+                       " slots; raise DecodeWorkerOptions::summary_slots or close sequences)"));
+    }
+    while (static_cast<int32_t>(ls->sum_slots.size()) < pages) {
+      const int32_t slot = free_sum_.back();
+      free_sum_.pop_back();
+      slot_page_[slot] = static_cast<int32_t>(ls->sum_slots.size());
+      ls->sum_slots.push_back(slot);
+    }
+    for (int32_t p = ls->sum_final; p < pages; ++p) {
+      slots.push_back(ls->sum_slots[p]);
+      counts.push_back(sm->count[p]);
+      mins.insert(mins.end(), sm->min + p * row, sm->min + (p + 1) * row);
+      maxs.insert(maxs.end(), sm->max + p * row, sm->max + (p + 1) * row);
+    }
+    ls->sum_final = static_cast<int32_t>(ls->tokens / P_);  // full pages never change again
+  }
+  return backend_->WriteSummaries(slots, mins, maxs, counts);
+}
+
+void DecodeWorker::Impl::SelectOnBackend(int layer, const TensorView& q, const TensorView& hq,
+                                         std::vector<absl::Status>& status,
+                                         WorkerStepStats& stats) {
+  const int64_t B = static_cast<int64_t>(plan_seqs_.size());
+  // Rows that retrieve afresh, by top_k (one backend call per distinct value; normally one).
+  std::vector<int32_t> top_k(B, -1);
+  std::vector<worker_internal::QuestBudget> budget(B);
+  std::vector<bool> dense(B, false);
+  for (int64_t b = 0; b < B; ++b) {
+    if (!status[b].ok()) continue;
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    if (worker_internal::DenseRows(o_, layer, ls)) {
+      dense[b] = true;
+      ++stats.retrievals;
+      continue;
+    }
+    const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
+    auto due = worker_internal::RetrievalDue(o_, ls, qb);
+    auto plan = worker_internal::PlanQuestBudget(o_, ls);
+    if (!due.ok() || !plan.ok()) {
+      status[b] = !due.ok() ? due.status() : plan.status();
+      continue;
+    }
+    ls.prefetch.clear();
+    if (*due) {
+      budget[b] = *plan;
+      top_k[b] = plan->top_k;
+    }
+  }
+  std::vector<int32_t> pending = top_k;
+  for (;;) {
+    int32_t k = -1;
+    for (int32_t t : pending) k = std::max(k, t);
+    if (k < 0) break;
+    QuestRequest req;
+    req.top_k = k;
+    req.reduce = o_.selector.group_reduce;
+    req.cand_indptr.assign(1, 0);
+    req.keep_indptr.assign(1, 0);
+    for (int64_t b = 0; b < B; ++b) {
+      if (pending[b] == k) {
+        const LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+        const worker_internal::QuestBudget& pb = budget[b];
+        req.cand.insert(req.cand.end(), ls.sum_slots.begin() + pb.sink_end,
+                        ls.sum_slots.begin() + pb.window_begin);
+        req.keep.insert(req.keep.end(), ls.sum_slots.begin(), ls.sum_slots.begin() + pb.sink_end);
+        req.keep.insert(req.keep.end(), ls.sum_slots.begin() + pb.window_begin,
+                        ls.sum_slots.begin() + pb.pages);
+        req.last_len.push_back(pb.last_len);
+      } else {
+        req.last_len.push_back(P_);
+      }
+      req.cand_indptr.push_back(static_cast<int32_t>(req.cand.size()));
+      req.keep_indptr.push_back(static_cast<int32_t>(req.keep.size()));
+    }
+    std::vector<int32_t> out_indptr, out_indices;
+    absl::Status s = backend_->SelectQuest(q, req, out_indptr, out_indices);
+    for (int64_t b = 0; b < B; ++b) {
+      if (pending[b] != k) continue;
+      pending[b] = -1;
+      if (!s.ok()) {
+        status[b] = s;
+        continue;
+      }
+      LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+      ls.retrieved.assign(kv_, {});
+      for (int h = 0; h < kv_; ++h) {
+        for (int32_t i = out_indptr[b * kv_ + h]; i < out_indptr[b * kv_ + h + 1]; ++i) {
+          ls.retrieved[h].push_back(slot_page_[out_indices[i]]);
+        }
+        std::sort(ls.retrieved[h].begin(), ls.retrieved[h].end());
+      }
+      ++stats.retrievals;
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    if (!status[b].ok() || dense[b]) continue;
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    if (absl::Status s = worker_internal::PageRows(o_, layer, ls); !s.ok()) status[b] = s;
+  }
+}
+
 absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const TensorView& q,
                                         const TensorView& k, const TensorView& v,
                                         const TensorView& o) {
@@ -670,11 +826,19 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     const absl::Span<const uint16_t> kb(hk.At(b, 0, 0), static_cast<size_t>(kv_) * d_);
     if (absl::Status s = ls.selector->Append(kb, 1); !s.ok() && status[b].ok()) status[b] = s;
   }
+  if (device_select_) {
+    std::vector<LayerState*> synced;
+    for (int64_t b = 0; b < B; ++b) {
+      if (status[b].ok()) synced.push_back(&seqs_[plan_seqs_[b]].layers[layer]);
+    }
+    if (absl::Status s = SyncSummaries(synced); !s.ok()) return fail_all(s);
+  }
   stats.append_s += Since(t0);
 
   // 2. Select: natural pages per (sequence, KV head), the open page last.
   Clock::time_point t1 = Clock::now();
-  for (int64_t b = 0; b < B; ++b) {
+  if (device_select_) SelectOnBackend(layer, q, hq, status, stats);
+  for (int64_t b = 0; b < B && !device_select_; ++b) {
     if (!status[b].ok()) continue;
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);

@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -17,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "pagoda/kernels/dtype.h"
 #include "pagoda/kvstore/prefix.h"
+#include "pagoda/retriever/selector.h"
 
 namespace pagoda {
 namespace {
@@ -300,6 +302,102 @@ INSTANTIATE_TEST_SUITE_P(Policies, PolicyTest,
                            return std::string(retriever::PolicyName(info.param));
                          });
 
+// Policy quest selects on the backend (batched, over the summaries the worker mirrors there); the
+// retriever's CPU Quest selector, fed the same keys and queries, is the reference it must match.
+TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  const DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 5 * kPage, 64);
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const std::vector<std::vector<int32_t>> prompts = {Prompt(61, 4), Prompt(45, 5)};
+  std::vector<SequenceId> ids;
+  for (const auto& p : prompts) ids.push_back(drv.Open(p));
+  retriever::SelectorOptions so = o.selector;
+  so.kv_heads = kKv;
+  so.q_heads = kQ;
+  so.head_dim = kDim;
+  so.page_tokens = kPage;
+  so.dtype = kernels::DType::kFloat16;
+  // Keys [kv, n, dim] of tokens [from, from + n) of `toks` in layer l.
+  auto keys = [](int l, const std::vector<int32_t>& toks, int64_t from, int64_t n) {
+    std::vector<uint16_t> out;
+    for (int h = 0; h < kKv; ++h) {
+      for (int64_t t = from; t < from + n; ++t) {
+        for (int d = 0; d < kDim; ++d) out.push_back(KV(0, l, t, toks[t], h, d));
+      }
+    }
+    return out;
+  };
+  std::vector<std::vector<std::unique_ptr<retriever::Selector>>> ref(2);
+  for (int b = 0; b < 2; ++b) {
+    for (int l = 0; l < kLayers; ++l) {
+      auto sel = retriever::MakeSelector(retriever::Policy::kQuest, so);
+      ASSERT_TRUE(sel.ok()) << sel.status();
+      const int64_t n = static_cast<int64_t>(prompts[b].size());
+      ASSERT_TRUE((*sel)->Prefill(keys(l, prompts[b], 0, n), n).ok());
+      ref[b].push_back(std::move(*sel));
+    }
+  }
+  for (int step = 0; step < 12; ++step) {
+    auto stats = drv.Step(ids, {11 * step, 11 * step + 5});
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
+    EXPECT_EQ(stats->retrievals, 2 * kLayers);
+    for (int b = 0; b < 2; ++b) {
+      const std::vector<int32_t>& t = drv.tokens(ids[b]);
+      const int64_t pos = static_cast<int64_t>(t.size()) - 1;
+      for (int l = 0; l < kLayers; ++l) {
+        ASSERT_TRUE(ref[b][l]->Append(keys(l, t, pos, 1), 1).ok());
+        std::vector<uint16_t> q;
+        for (int h = 0; h < kQ; ++h) {
+          for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, t[pos], h, d));
+        }
+        auto want = ref[b][l]->Select(q);
+        ASSERT_TRUE(want.ok()) << want.status();
+        auto rows = (*w)->LastRows(ids[b], l);
+        ASSERT_TRUE(rows.ok());
+        for (int h = 0; h < kKv; ++h) {
+          std::vector<int32_t> expect(want->pages.indices.begin() + want->pages.indptr[h],
+                                      want->pages.indices.begin() + want->pages.indptr[h + 1]);
+          std::sort(expect.begin(), expect.end());
+          EXPECT_EQ((*rows)[h], expect) << "step " << step << " seq " << b << " layer " << l;
+        }
+      }
+    }
+  }
+}
+
+TEST(DecodeWorker, AFullSummaryTableIsRefused) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 5 * kPage, 64);
+  o.summary_slots = 20;  // a 61-token prompt needs 16 per layer
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  const std::vector<int32_t> prompt = Prompt(61, 9);
+  auto opened = (*w)->Open(prompt);
+  ASSERT_TRUE(opened.ok());
+  std::vector<absl::Status> got;
+  for (int l = 0; l < kLayers; ++l) {
+    std::vector<uint16_t> k = Rows(0, l, prompt, 0, 61), v = Rows(1, l, prompt, 0, 61);
+    got.push_back((*w)->Prefill(opened->id, l,
+                                TensorView::Contiguous(k.data(), DType::kFp16, {61, kKv, kDim}),
+                                TensorView::Contiguous(v.data(), DType::kFp16, {61, kKv, kDim})));
+  }
+  EXPECT_TRUE(got[0].ok()) << got[0];
+  EXPECT_TRUE(absl::IsResourceExhausted(got[1])) << got[1];
+  // Closing the sequence gives its slots back: the same prompt fits again.
+  ASSERT_TRUE((*w)->Close(opened->id).ok());
+  Driver drv(w->get());
+  const SequenceId again = drv.Open(Prompt(21, 10));
+  EXPECT_TRUE(drv.Step({again}, {1}).ok());
+  o.summary_slots = 0;
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o).status()));
+}
+
 TEST(DecodeWorker, StreamingHeadsAttendOnlySinksAndWindow) {
   TempDir dir;
   auto store = OpenStore(dir.path());
@@ -454,6 +552,15 @@ class StaleFirstCopy final : public WorkerBackend {
   }
   absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
     return inner_->CopyToHost(t, out);
+  }
+  absl::Status InitSummaries(int64_t n) override { return inner_->InitSummaries(n); }
+  absl::Status WriteSummaries(absl::Span<const int32_t> s, absl::Span<const uint16_t> mn,
+                              absl::Span<const uint16_t> mx, absl::Span<const int32_t> c) override {
+    return inner_->WriteSummaries(s, mn, mx, c);
+  }
+  absl::Status SelectQuest(const TensorView& q, const QuestRequest& r, std::vector<int32_t>& ip,
+                           std::vector<int32_t>& ix) override {
+    return inner_->SelectQuest(q, r, ip, ix);
   }
   absl::Status Sync() override { return inner_->Sync(); }
   bool armed = true;

@@ -131,4 +131,66 @@ absl::Status CopyHostTensor(const TensorView& t, absl::Span<uint16_t> out) {
   return absl::OkStatus();
 }
 
+absl::Status CheckWriteSummaries(const PoolGeometry& g, int64_t table_slots,
+                                 absl::Span<const int32_t> slots, absl::Span<const uint16_t> min,
+                                 absl::Span<const uint16_t> max, absl::Span<const int32_t> count) {
+  if (table_slots < 1) return absl::FailedPreconditionError("no summary table (InitSummaries)");
+  const size_t row = static_cast<size_t>(g.kv_heads) * g.head_dim;
+  if (min.size() != slots.size() * row || max.size() != slots.size() * row ||
+      count.size() != slots.size()) {
+    return absl::InvalidArgumentError("summaries: min / max / count sizes disagree with slots");
+  }
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (slots[i] < 0 || slots[i] >= table_slots) {
+      return absl::InvalidArgumentError(absl::StrCat("summary slot ", slots[i], " out of range"));
+    }
+    if (count[i] < 0 || count[i] > g.page_tokens) {
+      return absl::InvalidArgumentError("summary count out of [0, page_tokens]");
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+absl::Status CheckCsr(const std::vector<int32_t>& indptr, const std::vector<int32_t>& ids,
+                      int64_t rows, int64_t table_slots, const char* what) {
+  if (static_cast<int64_t>(indptr.size()) != rows + 1 || indptr[0] != 0 ||
+      indptr.back() != static_cast<int32_t>(ids.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("quest request: malformed ", what, " CSR"));
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    if (indptr[r + 1] < indptr[r]) {
+      return absl::InvalidArgumentError(absl::StrCat("quest request: ", what, " indptr decreases"));
+    }
+  }
+  for (int32_t id : ids) {
+    if (id < 0 || id >= table_slots) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("quest request: ", what, " slot ", id, " out of range"));
+    }
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status CheckQuestRequest(const PoolGeometry& g, int64_t table_slots, Device device,
+                               const TensorView& q, const QuestRequest& req) {
+  if (table_slots < 1) return absl::FailedPreconditionError("no summary table (InitSummaries)");
+  const int64_t batch = q.ndim == 3 ? q.shape[0] : 0;
+  if (absl::Status s = CheckTensor(q, "q", {batch, g.q_heads, g.head_dim}, g.dtype, device);
+      !s.ok()) {
+    return s;
+  }
+  if (batch < 1) return absl::InvalidArgumentError("quest request: empty batch");
+  if (req.top_k < 0) return absl::InvalidArgumentError("quest request: negative top_k");
+  if (static_cast<int64_t>(req.last_len.size()) != batch) {
+    return absl::InvalidArgumentError("quest request: one last_len per row");
+  }
+  if (absl::Status s = CheckCsr(req.cand_indptr, req.cand, batch, table_slots, "candidate");
+      !s.ok()) {
+    return s;
+  }
+  return CheckCsr(req.keep_indptr, req.keep, batch, table_slots, "kept");
+}
+
 }  // namespace pagoda::worker_internal

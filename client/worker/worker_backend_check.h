@@ -38,6 +38,13 @@ absl::Status CheckHeadSlots(const PoolGeometry& g, absl::Span<const HeadSlot> he
 absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView& q,
                          const kernels::PageTable& table, const TensorView& o);
 
+// Summary table writes and Quest requests against a table of `table_slots` slots.
+absl::Status CheckWriteSummaries(const PoolGeometry& g, int64_t table_slots,
+                                 absl::Span<const int32_t> slots, absl::Span<const uint16_t> min,
+                                 absl::Span<const uint16_t> max, absl::Span<const int32_t> count);
+absl::Status CheckQuestRequest(const PoolGeometry& g, int64_t table_slots, Device device,
+                               const TensorView& q, const QuestRequest& req);
+
 // Copies a host [a, b, c] view (any non-negative strides) into contiguous `out`.
 absl::Status CopyHostTensor(const TensorView& t, absl::Span<uint16_t> out);
 

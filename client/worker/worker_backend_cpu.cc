@@ -1,4 +1,5 @@
 // The CPU worker backend: a host pool and the kernels' C++ references.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -145,6 +146,83 @@ class CpuWorkerBackend final : public WorkerBackend {
     return worker_internal::CopyHostTensor(t, out);
   }
 
+  absl::Status InitSummaries(int64_t slots) override {
+    if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
+    if (slots < 1 || slots > (int64_t{1} << 31) - 1) {
+      return absl::InvalidArgumentError("summary slots must be in [1, 2^31)");
+    }
+    const size_t row = static_cast<size_t>(geo_.kv_heads) * geo_.head_dim;
+    sum_min_.assign(slots * row, 0);
+    sum_max_.assign(slots * row, 0);
+    sum_count_.assign(slots, 0);
+    sum_slots_ = slots;
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteSummaries(absl::Span<const int32_t> slots, absl::Span<const uint16_t> min,
+                              absl::Span<const uint16_t> max,
+                              absl::Span<const int32_t> count) override {
+    if (absl::Status s =
+            worker_internal::CheckWriteSummaries(geo_, sum_slots_, slots, min, max, count);
+        !s.ok()) {
+      return s;
+    }
+    const size_t row = static_cast<size_t>(geo_.kv_heads) * geo_.head_dim;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      std::memcpy(&sum_min_[slots[i] * row], &min[i * row], row * 2);
+      std::memcpy(&sum_max_[slots[i] * row], &max[i * row], row * 2);
+      sum_count_[slots[i]] = count[i];
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status SelectQuest(const TensorView& q, const QuestRequest& req,
+                           std::vector<int32_t>& out_indptr,
+                           std::vector<int32_t>& out_indices) override {
+    if (absl::Status s = worker_internal::CheckQuestRequest(geo_, sum_slots_, Device::kCpu, q, req);
+        !s.ok()) {
+      return s;
+    }
+    const int32_t batch = static_cast<int32_t>(q.shape[0]);
+    q_.resize(static_cast<size_t>(batch) * geo_.q_heads * geo_.head_dim);
+    if (absl::Status s = worker_internal::CopyHostTensor(q, absl::MakeSpan(q_)); !s.ok()) return s;
+    kernels::QuestParams p;
+    p.batch = batch;
+    p.num_qo_heads = geo_.q_heads;
+    p.q = q_.data();
+    p.summaries.dtype =
+        geo_.dtype == DType::kBf16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat16;
+    p.summaries.num_pages = static_cast<int32_t>(sum_slots_);
+    p.summaries.sub_pages = 1;
+    p.summaries.num_kv_heads = geo_.kv_heads;
+    p.summaries.head_dim = geo_.head_dim;
+    p.summaries.min = sum_min_.data();
+    p.summaries.max = sum_max_.data();
+    p.summaries.count = sum_count_.data();
+    p.page_size = geo_.page_tokens;
+    p.cand_indptr = req.cand_indptr.data();
+    p.cand_pages = req.cand.data();
+    p.keep_indptr = req.keep_indptr.data();
+    p.keep_pages = req.keep.data();
+    p.seq_last_page_len = req.last_len.data();
+    p.top_k = req.top_k;
+    p.reduce = req.reduce;
+    scores_.resize(std::max<size_t>(1, static_cast<size_t>(geo_.kv_heads) * req.cand.size()));
+    out_indptr.assign(static_cast<size_t>(batch) * geo_.kv_heads + 1, 0);
+    out_indices.assign(std::max<int64_t>(1, kernels::QuestOutputSize(
+                                                batch, geo_.kv_heads, req.top_k,
+                                                req.cand_indptr.data(), req.keep_indptr.data())),
+                       0);
+    std::vector<int32_t> last(static_cast<size_t>(batch) * geo_.kv_heads);
+    p.scores = scores_.data();
+    p.out_indptr = out_indptr.data();
+    p.out_indices = out_indices.data();
+    p.out_last_page_len = last.data();
+    if (absl::Status s = kernels::QuestSelectReference(p); !s.ok()) return s;
+    out_indices.resize(out_indptr.back());
+    return absl::OkStatus();
+  }
+
   absl::Status Sync() override { return absl::OkStatus(); }
 
  private:
@@ -164,6 +242,10 @@ class CpuWorkerBackend final : public WorkerBackend {
   std::vector<int32_t> heads_, slots_;
   std::vector<uint64_t> sums_;
   std::vector<uint16_t> q_, o_;
+  int64_t sum_slots_ = 0;  // summary table (InitSummaries)
+  std::vector<uint16_t> sum_min_, sum_max_;
+  std::vector<int32_t> sum_count_;
+  std::vector<float> scores_;
 };
 
 }  // namespace

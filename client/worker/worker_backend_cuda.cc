@@ -83,6 +83,7 @@ class CudaWorkerBackend final : public WorkerBackend {
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     if (pool_ != nullptr) cudaFree(pool_);
     if (workspace_ != nullptr) cudaFree(workspace_);
+    if (summaries_ != nullptr) cudaFree(summaries_);
   }
 
   absl::Status Init(const PageLayout& layout, int q_heads, int32_t slots) override {
@@ -300,6 +301,160 @@ class CudaWorkerBackend final : public WorkerBackend {
     return CudaStatus(cudaStreamSynchronize(stream_), "tensor download sync");
   }
 
+  absl::Status InitSummaries(int64_t slots) override {
+    if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
+    if (sum_slots_ > 0) return absl::FailedPreconditionError("summaries already initialized");
+    if (slots < 1 || slots > (int64_t{1} << 31) - 1) {
+      return absl::InvalidArgumentError("summary slots must be in [1, 2^31)");
+    }
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const size_t row = static_cast<size_t>(geo_.kv_heads) * geo_.head_dim * 2;
+    const size_t bytes = 2 * slots * row + slots * 4;
+    void* p = nullptr;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(
+          absl::StrCat("CUDA worker backend: no device memory for ", slots, " summary slots"));
+    }
+    summaries_ = static_cast<uint8_t*>(p);
+    PAGODA_CUDA_RETURN(cudaMemsetAsync(summaries_, 0, bytes, stream_), "summaries memset");
+    sum_slots_ = slots;
+    return CudaStatus(cudaStreamSynchronize(stream_), "summaries init sync");
+  }
+
+  // One pinned upload of [min rows | max rows | counts | slots], then three scatters (the page-copy
+  // kernel) of min rows, max rows and counts into their slots.
+  absl::Status WriteSummaries(absl::Span<const int32_t> slots, absl::Span<const uint16_t> min,
+                              absl::Span<const uint16_t> max,
+                              absl::Span<const int32_t> count) override {
+    if (absl::Status s =
+            worker_internal::CheckWriteSummaries(geo_, sum_slots_, slots, min, max, count);
+        !s.ok()) {
+      return s;
+    }
+    if (slots.empty()) return absl::OkStatus();
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const size_t row = static_cast<size_t>(geo_.kv_heads) * geo_.head_dim * 2;
+    const size_t n = slots.size();
+    const size_t bytes = 2 * n * row + 2 * n * 4;
+    if (absl::Status s = sum_up_.Reserve(bytes); !s.ok()) return s;
+    std::memcpy(sum_up_.host, min.data(), n * row);
+    std::memcpy(sum_up_.host + n * row, max.data(), n * row);
+    std::memcpy(sum_up_.host + 2 * n * row, count.data(), n * 4);
+    std::memcpy(sum_up_.host + 2 * n * row + n * 4, slots.data(), n * 4);
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(sum_up_.dev, sum_up_.host, bytes, cudaMemcpyHostToDevice, stream_),
+        "summary upload");
+    PAGODA_CUDA_RETURN(cudaEventRecord(sum_up_.ready, stream_), "event record");
+    const int32_t* dslots = reinterpret_cast<const int32_t*>(sum_up_.dev + 2 * n * row + n * 4);
+    struct Part {
+      uint8_t* table;
+      size_t row_bytes;
+      uint8_t* from;
+    } parts[3] = {{summaries_, row, sum_up_.dev},
+                  {summaries_ + sum_slots_ * row, row, sum_up_.dev + n * row},
+                  {summaries_ + 2 * sum_slots_ * row, 4, sum_up_.dev + 2 * n * row}};
+    for (const Part& part : parts) {
+      kernels::PageCopyParams c;
+      c.pool = part.table;
+      c.pool_pages = sum_slots_;
+      c.pool_stride_bytes = static_cast<int64_t>(part.row_bytes);
+      c.page_bytes = static_cast<int64_t>(part.row_bytes);
+      c.pages = dslots;
+      c.num_pages = static_cast<int32_t>(n);
+      c.staging = part.from;
+      if (absl::Status s = kernels::gpu::ScatterPages(c, stream_); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status SelectQuest(const TensorView& q, const QuestRequest& req,
+                           std::vector<int32_t>& out_indptr,
+                           std::vector<int32_t>& out_indices) override {
+    if (absl::Status s =
+            worker_internal::CheckQuestRequest(geo_, sum_slots_, Device::kCuda, q, req);
+        !s.ok()) {
+      return s;
+    }
+    if (!Contiguous(q)) return absl::InvalidArgumentError("q must be contiguous for selection");
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const int32_t batch = static_cast<int32_t>(q.shape[0]);
+    const int64_t rows = int64_t{batch} * geo_.kv_heads;
+    const int64_t n_cand = static_cast<int64_t>(req.cand.size());
+    const int64_t n_keep = static_cast<int64_t>(req.keep.size());
+    const int64_t n_out = kernels::QuestOutputSize(batch, geo_.kv_heads, req.top_k,
+                                                   req.cand_indptr.data(), req.keep_indptr.data());
+    int32_t max_cand = 0;
+    for (int32_t b = 0; b < batch; ++b) {
+      max_cand = std::max(max_cand, req.cand_indptr[b + 1] - req.cand_indptr[b]);
+    }
+    // Upload: cand_indptr, cand, keep_indptr, keep, last_len (int32 each), padded to 16 bytes.
+    const int64_t in_words = (batch + 1) + n_cand + (batch + 1) + n_keep + batch;
+    const int64_t out_words = (rows + 1) + std::max<int64_t>(1, n_out) + rows;
+    const size_t in_bytes = (in_words * 4 + 15) / 16 * 16;
+    const size_t scores_bytes = std::max<int64_t>(1, geo_.kv_heads * n_cand) * 4;
+    if (absl::Status s = quest_.Reserve(in_bytes + scores_bytes + out_words * 4); !s.ok()) return s;
+    int32_t* h = reinterpret_cast<int32_t*>(quest_.host);
+    int64_t at = 0;
+    auto put = [&](const std::vector<int32_t>& v) {
+      if (!v.empty()) std::memcpy(h + at, v.data(), v.size() * 4);
+      const int64_t begin = at;
+      at += static_cast<int64_t>(v.size());
+      return begin;
+    };
+    const int64_t o_cand_indptr = put(req.cand_indptr), o_cand = put(req.cand);
+    const int64_t o_keep_indptr = put(req.keep_indptr), o_keep = put(req.keep);
+    const int64_t o_last = put(req.last_len);
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(quest_.dev, quest_.host, in_words * 4, cudaMemcpyHostToDevice, stream_),
+        "quest upload");
+    const int32_t* d = reinterpret_cast<const int32_t*>(quest_.dev);
+    float* scores = reinterpret_cast<float*>(quest_.dev + in_bytes);
+    int32_t* out = reinterpret_cast<int32_t*>(quest_.dev + in_bytes + scores_bytes);
+    const size_t row = static_cast<size_t>(geo_.kv_heads) * geo_.head_dim * 2;
+    kernels::QuestParams p;
+    p.batch = batch;
+    p.num_qo_heads = geo_.q_heads;
+    p.q = static_cast<const uint16_t*>(q.data);
+    p.summaries.dtype =
+        geo_.dtype == DType::kBf16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat16;
+    p.summaries.num_pages = static_cast<int32_t>(sum_slots_);
+    p.summaries.sub_pages = 1;
+    p.summaries.num_kv_heads = geo_.kv_heads;
+    p.summaries.head_dim = geo_.head_dim;
+    p.summaries.min = reinterpret_cast<uint16_t*>(summaries_);
+    p.summaries.max = reinterpret_cast<uint16_t*>(summaries_ + sum_slots_ * row);
+    p.summaries.count = reinterpret_cast<int32_t*>(summaries_ + 2 * sum_slots_ * row);
+    p.page_size = geo_.page_tokens;
+    p.cand_indptr = d + o_cand_indptr;
+    p.cand_pages = d + o_cand;
+    p.keep_indptr = d + o_keep_indptr;
+    p.keep_pages = d + o_keep;
+    p.seq_last_page_len = d + o_last;
+    p.top_k = req.top_k;
+    p.reduce = req.reduce;
+    p.scores = scores;
+    p.out_indptr = out;
+    p.out_indices = out + rows + 1;
+    p.out_last_page_len = out + rows + 1 + std::max<int64_t>(1, n_out);
+    auto plan = kernels::gpu::PlanQuest(p, max_cand);
+    if (!plan.ok()) return plan.status();
+    if (absl::Status s = kernels::gpu::QuestSelect(*plan, p, nullptr, stream_); !s.ok()) return s;
+    // The verdict comes back through the pinned side (after the upload it no longer needs).
+    int32_t* back = reinterpret_cast<int32_t*>(quest_.host + in_bytes + scores_bytes);
+    PAGODA_CUDA_RETURN(cudaMemcpyAsync(back, out, ((rows + 1) + std::max<int64_t>(1, n_out)) * 4,
+                                       cudaMemcpyDeviceToHost, stream_),
+                       "quest download");
+    PAGODA_CUDA_RETURN(cudaEventRecord(quest_.ready, stream_), "event record");
+    PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "quest sync");
+    out_indptr.assign(back, back + rows + 1);
+    if (out_indptr.back() != n_out) {
+      return absl::InternalError("CUDA worker backend: quest output size disagrees");
+    }
+    out_indices.assign(back + rows + 1, back + rows + 1 + n_out);
+    return absl::OkStatus();
+  }
+
   absl::Status Sync() override { return CudaStatus(cudaStreamSynchronize(stream_), "sync"); }
 
  private:
@@ -320,6 +475,9 @@ class CudaWorkerBackend final : public WorkerBackend {
   Staged fetch_, table_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots
+  int64_t sum_slots_ = 0;
+  Staged sum_up_, quest_;
 };
 
 }  // namespace

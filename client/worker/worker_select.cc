@@ -146,41 +146,33 @@ void StreamingRows(const DecodeWorkerOptions& o, const std::vector<int>& heads, 
 
 }  // namespace
 
-absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
-                                absl::Span<const uint16_t> q) {
+namespace {
+const std::vector<int>& StreamingHeads(const DecodeWorkerOptions& o, int layer) {
   static const std::vector<int> kNone;
-  const std::vector<int>& streaming_heads =
-      o.layer_streaming_heads.empty() ? kNone : o.layer_streaming_heads[layer];
-  const int kv = static_cast<int>(o.layout.kv_heads);
+  return o.layer_streaming_heads.empty() ? kNone : o.layer_streaming_heads[layer];
+}
+void AddPinned(const LayerState& ls, int32_t cur, std::vector<int32_t>& row) {
+  for (int32_t p = 0; p < ls.pinned && p < cur; ++p) row.push_back(p);
+  SortUnique(row);
+}
+}  // namespace
+
+bool DenseRows(const DecodeWorkerOptions& o, int layer, LayerState& ls) {
   const int P = static_cast<int>(o.layout.page_tokens);
+  if ((o.selector.budget_tokens / P) * P < ls.tokens) return false;
   const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P);
-  const int64_t budget_pages = o.selector.budget_tokens / P;
-  ls.rows.assign(kv, {});
-  auto add_pinned = [&](std::vector<int32_t>& row) {
-    for (int32_t p = 0; p < ls.pinned && p < cur; ++p) row.push_back(p);
-    SortUnique(row);
-  };
+  ls.rows.assign(o.layout.kv_heads, {});
   ls.prefetch.clear();
-  if (budget_pages * P >= ls.tokens) {  // the budget covers the context: dense
-    for (int h = 0; h < kv; ++h) {
-      for (int32_t p = 0; p <= cur; ++p) ls.rows[h].push_back(p);
-    }
-    StreamingRows(o, streaming_heads, cur, ls);
-    ls.retrieved.clear();
-    return true;
+  for (auto& row : ls.rows) {
+    for (int32_t p = 0; p <= cur; ++p) row.push_back(p);
   }
-  if (o.policy == retriever::Policy::kBoundary) {
-    auto sel = ls.selector->Select(q);
-    if (!sel.ok()) return sel.status();
-    for (int h = 0; h < kv; ++h) {
-      ls.rows[h] = NaturalPages(sel->spans[h], P, cur, o.selector.sink_pages,
-                                o.selector.window_pages, budget_pages);
-      add_pinned(ls.rows[h]);
-    }
-    if (sel->retrieved) ls.prefetch = sel->prefetch;
-    StreamingRows(o, streaming_heads, cur, ls);
-    return sel->retrieved;
-  }
+  StreamingRows(o, StreamingHeads(o, layer), cur, ls);
+  ls.retrieved.clear();
+  return true;
+}
+
+absl::StatusOr<bool> RetrievalDue(const DecodeWorkerOptions& o, LayerState& ls,
+                                  absl::Span<const uint16_t> q) {
   bool fire = ls.retrieved.empty() || !ls.trigger.has_value();
   if (ls.trigger.has_value()) {
     std::vector<float> qf(q.size());
@@ -192,7 +184,74 @@ absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerSt
     if (!observed.ok()) return observed.status();
     fire = fire || *observed;
   }
-  if (fire) {
+  return fire;
+}
+
+absl::Status PageRows(const DecodeWorkerOptions& o, int layer, LayerState& ls) {
+  const int kv = static_cast<int>(o.layout.kv_heads);
+  const int P = static_cast<int>(o.layout.page_tokens);
+  const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P);
+  if (static_cast<int>(ls.retrieved.size()) != kv) {
+    return absl::InternalError("page rows without a retrieval");
+  }
+  ls.rows.assign(kv, {});
+  for (int h = 0; h < kv; ++h) {
+    std::vector<int32_t>& row = ls.rows[h];
+    row = ls.retrieved[h];
+    for (int32_t p = std::max(0, cur - o.selector.window_pages + 1); p <= cur; ++p) {
+      row.push_back(p);
+    }
+    AddPinned(ls, cur, row);
+    if (row.empty() || row.back() != cur || row.front() < 0) {
+      return absl::InternalError("a selection does not end at the open page");
+    }
+  }
+  StreamingRows(o, StreamingHeads(o, layer), cur, ls);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<QuestBudget> PlanQuestBudget(const DecodeWorkerOptions& o, const LayerState& ls) {
+  const int P = static_cast<int>(o.layout.page_tokens);
+  QuestBudget b;
+  b.pages = static_cast<int32_t>((ls.tokens + P - 1) / P);
+  b.sink_end = std::min(o.selector.sink_pages, b.pages);
+  b.window_begin = std::max(b.sink_end, b.pages - o.selector.window_pages);
+  b.last_len = static_cast<int32_t>(ls.tokens - int64_t{b.pages - 1} * P);
+  const int32_t budget_pages = static_cast<int32_t>(o.selector.budget_tokens / P);
+  const int32_t kept = b.sink_end + (b.pages - b.window_begin);
+  if (kept > budget_pages) {
+    return absl::InvalidArgumentError(absl::StrCat("selector: budget of ", budget_pages,
+                                                   " pages is smaller than the ", kept,
+                                                   " always-kept pages (sinks + window)"));
+  }
+  b.top_k = budget_pages - kept;
+  return b;
+}
+
+absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
+                                absl::Span<const uint16_t> q) {
+  const int kv = static_cast<int>(o.layout.kv_heads);
+  const int P = static_cast<int>(o.layout.page_tokens);
+  const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P);
+  const int64_t budget_pages = o.selector.budget_tokens / P;
+  if (DenseRows(o, layer, ls)) return true;
+  ls.prefetch.clear();
+  if (o.policy == retriever::Policy::kBoundary) {
+    auto sel = ls.selector->Select(q);
+    if (!sel.ok()) return sel.status();
+    ls.rows.assign(kv, {});
+    for (int h = 0; h < kv; ++h) {
+      ls.rows[h] = NaturalPages(sel->spans[h], P, cur, o.selector.sink_pages,
+                                o.selector.window_pages, budget_pages);
+      AddPinned(ls, cur, ls.rows[h]);
+    }
+    if (sel->retrieved) ls.prefetch = sel->prefetch;
+    StreamingRows(o, StreamingHeads(o, layer), cur, ls);
+    return sel->retrieved;
+  }
+  auto fire = RetrievalDue(o, ls, q);
+  if (!fire.ok()) return fire.status();
+  if (*fire) {
     auto sel = ls.selector->Select(q);
     if (!sel.ok()) return sel.status();
     ls.retrieved.assign(kv, {});
@@ -202,19 +261,8 @@ absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerSt
     }
     ls.prefetch = sel->prefetch;
   }
-  for (int h = 0; h < kv; ++h) {
-    std::vector<int32_t>& row = ls.rows[h];
-    row = ls.retrieved[h];
-    for (int32_t p = std::max(0, cur - o.selector.window_pages + 1); p <= cur; ++p) {
-      row.push_back(p);
-    }
-    add_pinned(row);
-    if (row.empty() || row.back() != cur || row.front() < 0) {
-      return absl::InternalError("a selection does not end at the open page");
-    }
-  }
-  StreamingRows(o, streaming_heads, cur, ls);
-  return fire;
+  if (absl::Status s = PageRows(o, layer, ls); !s.ok()) return s;
+  return *fire;
 }
 
 }  // namespace pagoda::worker_internal

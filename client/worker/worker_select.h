@@ -28,6 +28,23 @@ absl::Status CheckFinite(const TensorView& t, DType dtype, const char* what);
 absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
                                 absl::Span<const uint16_t> q);
 
+// The pieces of SelectRows that the worker's batched device selection (policy quest) shares:
+// DenseRows sets dense rows and returns true when the budget covers the context; RetrievalDue
+// says whether a page policy retrieves afresh for q (no selection yet, no trigger, or the trigger
+// fires); PageRows turns ls.retrieved into this step's rows (moving window, pinned pages,
+// streaming heads).
+bool DenseRows(const DecodeWorkerOptions& o, int layer, LayerState& ls);
+absl::StatusOr<bool> RetrievalDue(const DecodeWorkerOptions& o, LayerState& ls,
+                                  absl::Span<const uint16_t> q);
+absl::Status PageRows(const DecodeWorkerOptions& o, int layer, LayerState& ls);
+
+// The budget of one Quest retrieval in natural pages, as the retriever's selectors plan it:
+// candidates are pages [sink_end, window_begin), kept are the sinks and [window_begin, pages).
+struct QuestBudget {
+  int32_t pages = 0, sink_end = 0, window_begin = 0, last_len = 0, top_k = 0;
+};
+absl::StatusOr<QuestBudget> PlanQuestBudget(const DecodeWorkerOptions& o, const LayerState& ls);
+
 }  // namespace pagoda::worker_internal
 
 #endif  // PAGODA_CLIENT_WORKER_WORKER_SELECT_H_

@@ -34,6 +34,10 @@ class SelectorBase : public Selector {
   absl::Status Append(absl::Span<const uint16_t> keys, int64_t num_tokens) final;
   absl::StatusOr<Selection> Select(absl::Span<const uint16_t> q) final;
   int64_t num_tokens() const final { return pool_.tokens(); }
+  absl::StatusOr<kernels::PageSummaries> Summaries() const final {
+    if (!prefilled_) return absl::FailedPreconditionError("selector: Summaries before Prefill");
+    return pool_.summaries();
+  }
   const SelectorOptions& options() const final { return options_; }
 
  protected:

@@ -117,6 +117,11 @@ struct DecodeWorkerOptions {
   // Slots of each KV head's sub-pool (the GPU budget is kv_heads x this x head-page bytes). Must
   // hold one step of the largest batch: Plan checks it.
   int32_t pool_slots_per_head = 4096;
+  // Policy quest selects on the backend (the CUDA backend scores on the device against summaries
+  // it keeps there; the CPU backend runs the kernels' reference): a summary table of this many
+  // slots, one per page of every (sequence, layer) open in the worker (4 KiB each at Llama-3-8B
+  // shapes). Prefill and Plan answer ResourceExhausted when it is full.
+  int64_t summary_slots = 65536;
   // Verify every gathered head-page against its checksum (off only to measure what it costs).
   bool verify = true;
   // Lease asked per fetched page (the gather copies well within it; expiry is caught by the

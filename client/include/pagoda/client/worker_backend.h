@@ -34,6 +34,19 @@ struct HeadSlot {
   friend bool operator==(const HeadSlot&, const HeadSlot&) = default;
 };
 
+// One batched Quest selection (kernels::QuestParams semantics) over the backend's summary table:
+// page ids are summary slots. Host arrays; row b of the CSRs belongs to q's row b (a row with no
+// candidates and nothing kept selects nothing).
+struct QuestRequest {
+  int32_t top_k = 0;
+  kernels::GroupReduce reduce = kernels::GroupReduce::kSum;  // the GQA group's score
+  std::vector<int32_t> cand_indptr;  // [batch + 1]
+  std::vector<int32_t> cand;         // summary slots, per row the candidates in page order
+  std::vector<int32_t> keep_indptr;  // [batch + 1]
+  std::vector<int32_t> keep;         // summary slots always kept (sinks, window)
+  std::vector<int32_t> last_len;     // [batch] tokens of the row's last kept page
+};
+
 // One head-page to fetch from the registered source (the store's host arena): K and V at these
 // byte offsets, expected head checksum (kernels/head_checksum.h).
 struct HeadFetch {
@@ -90,6 +103,25 @@ class WorkerBackend {
   // A contiguous host copy of `t` (a [a, b, c] tensor of the backend's device and 16-bit dtype),
   // for what the worker reads on the host (selection, input checks). Synchronous.
   virtual absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) = 0;
+
+  // Page selection where the backend computes (Quest). A summary table of `slots` slots, each
+  // the min and max key ([kv_heads, head_dim] each, layout dtype) of one page and its token count.
+  // Once, after Init; InvalidArgument for slots < 1; ResourceExhausted without the memory.
+  virtual absl::Status InitSummaries(int64_t slots) = 0;
+  // Writes n summaries: slot slots[i] gets min / max rows i ([n, kv_heads, head_dim] each) and
+  // count[i]. InvalidArgument for a slot out of range or sizes that disagree.
+  virtual absl::Status WriteSummaries(absl::Span<const int32_t> slots,
+                                      absl::Span<const uint16_t> min,
+                                      absl::Span<const uint16_t> max,
+                                      absl::Span<const int32_t> count) = 0;
+  // Scores the candidates of every row of `req` against q [batch, q_heads, head_dim] (the
+  // backend's device) and selects the top_k per (row, KV head), group scores as req.reduce says:
+  // out_indptr [batch * kv_heads + 1] and out_indices (summary slots: the chosen candidates in
+  // candidate order, then the row's kept slots), on the host when this returns (it synchronizes
+  // the CUDA stream). InvalidArgument for malformed CSRs or slots out of range.
+  virtual absl::Status SelectQuest(const TensorView& q, const QuestRequest& req,
+                                   std::vector<int32_t>& out_indptr,
+                                   std::vector<int32_t>& out_indices) = 0;
 
   // Waits for everything enqueued (no-op on the CPU backend).
   virtual absl::Status Sync() = 0;

@@ -136,6 +136,14 @@ class Selector {
   // unchanged.
   virtual absl::StatusOr<Selection> Select(absl::Span<const uint16_t> q) = 0;
 
+  // The key summaries this selector scores pages with, by natural page (kernels::PageSummaries
+  // layout; host memory, valid until the next Prefill / Append), so a caller can mirror them
+  // where it scores (the decode worker's device selection). Unimplemented for a policy without
+  // page summaries; FailedPrecondition before Prefill.
+  virtual absl::StatusOr<kernels::PageSummaries> Summaries() const {
+    return absl::UnimplementedError("this selector keeps no page summaries");
+  }
+
   // Tokens appended so far.
   virtual int64_t num_tokens() const = 0;
   virtual const SelectorOptions& options() const = 0;
