@@ -129,6 +129,11 @@ class DecodeWorker::Impl {
   std::vector<int32_t> slot_page_;
 
   // Scratch.
+  struct Reader {
+    uint64_t epoch;
+    int64_t seq;  // the batch row that read the slot first in `epoch`; -1 once another did too
+  };
+  std::vector<Reader> reader_;  // per (head, slot)
   std::vector<int32_t> indptr_, indices_, last_len_;
   std::vector<uint16_t> qh_, kh_, vh_;  // host copies of a layer's q, k, v
 };
@@ -865,20 +870,26 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   std::vector<int32_t> seq_of_fetch;
   std::vector<PageKey> key_of_fetch;
   std::vector<std::vector<int32_t>> row_slots(B * kv_);
-  absl::flat_hash_map<int64_t, int32_t> readers;  // head * slots + slot -> sequences reading it
+  Clock::time_point t2 = Clock::now();
+  // Slots read by more than one sequence in this layer: a per-slot stamp of the last reader.
+  reader_.resize(static_cast<size_t>(kv_) * o_.pool_slots_per_head, {0, 0});
   for (int64_t b = 0; b < B; ++b) {
     if (!status[b].ok()) continue;
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
+    ls.slot_hint.resize(kv_);
     for (int h = 0; h < kv_; ++h) {
       std::vector<int32_t>& out = row_slots[b * kv_ + h];
+      std::vector<int32_t>& hint = ls.slot_hint[h];
+      if (hint.size() < ls.keys.size()) hint.resize(ls.keys.size(), -1);
       for (int32_t p : ls.rows[h]) {
         int32_t slot;
         if (p == cur) {
           slot = ls.tail[h];
         } else {
           const PageKey& key = ls.keys[p];
-          slot = pool_.Find(key, h, epoch_);
+          slot = pool_.Touch(key, h, hint[p], epoch_);
+          if (slot < 0) slot = pool_.Find(key, h, epoch_);
           if (slot >= 0) {
             ++stats.pool_hits;
           } else {
@@ -889,16 +900,23 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
             seq_of_fetch.push_back(static_cast<int32_t>(b));
             key_of_fetch.push_back(key);
           }
-          ++readers[int64_t{h} * o_.pool_slots_per_head + slot];
+          hint[p] = slot;
+          Reader& r = reader_[int64_t{h} * o_.pool_slots_per_head + slot];
+          if (r.epoch != epoch_) {
+            r = {epoch_, static_cast<int64_t>(b)};
+          } else if (r.seq >= 0 && r.seq != b) {
+            ++stats.shared_head_pages;  // counted once per slot: the second reader marks it
+            r.seq = -1;
+          }
         }
         out.push_back(slot);
       }
     }
   }
+  stats.fetch_s += Since(t2);  // resolving slots counts as fetch work
   if (!fetches.empty()) {
     Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
   }
-  for (const auto& [slot, n] : readers) stats.shared_head_pages += n > 1 ? 1 : 0;
 
   // 4. Attend: one sparse decode over the batch; failed sequences get empty rows (zero output).
   Clock::time_point t3 = Clock::now();

@@ -37,6 +37,19 @@ int32_t HeadPool::Find(const PageKey& key, int head, uint64_t epoch) {
   return s;
 }
 
+int32_t HeadPool::Touch(const PageKey& key, int head, int32_t slot, uint64_t epoch) {
+  Sub& sub = subs_[head];
+  if (slot < 0 || slot >= slots_) return -1;
+  Slot& x = sub.slots[slot];
+  if (x.state != State::kCached || !(x.key == key)) return -1;
+  if (x.epoch != epoch) {
+    x.epoch = epoch;
+    Unlink(sub, slot);
+    PushMru(sub, slot);
+  }
+  return slot;
+}
+
 int32_t HeadPool::TakeFree(Sub& sub, uint64_t epoch) {
   if (!sub.free.empty()) {
     const int32_t s = sub.free.back();

@@ -23,6 +23,9 @@ class HeadPool {
 
   // The cached slot of (key, head), marked used in `epoch`; -1 when not resident.
   int32_t Find(const PageKey& key, int head, uint64_t epoch);
+  // Find for a slot the caller remembers: `slot` when it still caches (key, head) (marked used
+  // in `epoch`), else -1. No hashing: the worker's per-page hint makes a step's lookups cheap.
+  int32_t Touch(const PageKey& key, int head, int32_t slot, uint64_t epoch);
   // A slot for (key, head), not resident yet (the caller fills it): a free slot, else the least
   // recently used cached slot not used in `epoch` (its page is forgotten). -1 when none.
   int32_t Insert(const PageKey& key, int head, uint64_t epoch);

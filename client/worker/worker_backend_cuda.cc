@@ -5,9 +5,9 @@
 //
 // Per layer: Gather = one H2D copy of the fetch list (pinned) + one verified-gather kernel reading
 // the arena over PCIe + one D2H copy of the verdicts and a stream sync (the worker reads them
-// before attending); WriteTokens = one D2D copy per (row, KV head); Attend = one H2D copy of the
-// page table (pinned) + the sparse decode kernel, no sync. Head-page copies for commits, forks
-// and fallbacks are synchronous.
+// before attending); WriteTokens = one H2D copy of row ids + two scatter kernels; Attend = one H2D
+// copy of the page table (pinned) + the sparse decode kernel, no sync. Head-page copies for
+// commits, forks and fallbacks are synchronous.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -185,6 +185,41 @@ class CudaWorkerBackend final : public WorkerBackend {
       return s;
     }
     const size_t row = static_cast<size_t>(geo_.head_dim) * 2;
+    const bool ids_fit =
+        int64_t{geo_.kv_heads} * geo_.slots * 2 * geo_.page_tokens < (int64_t{1} << 31);
+    if (Contiguous(k) && Contiguous(v) && ids_fit) {
+      // The pool as rows of head_dim elements: K of (head h, slot s, position t) is row
+      // ((h * slots + s) * 2 + 0) * page_tokens + t, V the same with + 1. One upload of the row
+      // ids, then two scatters (the page-copy kernel) of k's and v's rows.
+      const size_t n_rows = positions.size() * geo_.kv_heads;
+      if (absl::Status s = tok_.Reserve(2 * n_rows * 4); !s.ok()) return s;
+      int32_t* ids = reinterpret_cast<int32_t*>(tok_.host);
+      const int64_t P = geo_.page_tokens;
+      for (size_t n = 0; n < positions.size(); ++n) {
+        for (int h = 0; h < geo_.kv_heads; ++h) {
+          const int64_t base = (int64_t{h} * geo_.slots + slots[n * geo_.kv_heads + h]) * 2 * P;
+          ids[n * geo_.kv_heads + h] = static_cast<int32_t>(base + positions[n]);
+          ids[n_rows + n * geo_.kv_heads + h] = static_cast<int32_t>(base + P + positions[n]);
+        }
+      }
+      PAGODA_CUDA_RETURN(
+          cudaMemcpyAsync(tok_.dev, tok_.host, 2 * n_rows * 4, cudaMemcpyHostToDevice, stream_),
+          "token row ids upload");
+      PAGODA_CUDA_RETURN(cudaEventRecord(tok_.ready, stream_), "event record");
+      for (int which = 0; which < 2; ++which) {
+        kernels::PageCopyParams c;
+        c.pool = pool_;
+        c.pool_pages = int64_t{geo_.kv_heads} * geo_.slots * 2 * P;
+        c.pool_stride_bytes = static_cast<int64_t>(row);
+        c.page_bytes = static_cast<int64_t>(row);
+        c.pages = reinterpret_cast<const int32_t*>(tok_.dev) + which * n_rows;
+        c.num_pages = static_cast<int32_t>(n_rows);
+        c.staging = static_cast<uint8_t*>(which == 0 ? k.data : v.data);
+        if (absl::Status s = kernels::gpu::ScatterPages(c, stream_); !s.ok()) return s;
+      }
+      return absl::OkStatus();
+    }
+    // Strided views (or a pool too large for 32-bit row ids): one copy per (row, KV head).
     for (size_t n = 0; n < positions.size(); ++n) {
       for (int h = 0; h < geo_.kv_heads; ++h) {
         uint8_t* slot = SlotPtr({h, slots[n * geo_.kv_heads + h]});
@@ -289,6 +324,12 @@ class CudaWorkerBackend final : public WorkerBackend {
     }
     if (static_cast<int64_t>(out.size()) != t.shape[0] * t.shape[1] * t.shape[2]) {
       return absl::InvalidArgumentError("output size does not match the tensor");
+    }
+    if (Contiguous(t)) {
+      PAGODA_CUDA_RETURN(
+          cudaMemcpyAsync(out.data(), t.data, out.size() * 2, cudaMemcpyDeviceToHost, stream_),
+          "tensor download");
+      return CudaStatus(cudaStreamSynchronize(stream_), "tensor download sync");
     }
     // Rows of c elements, pitched by the middle stride, one 2-D copy per outer index.
     for (int64_t a = 0; a < t.shape[0]; ++a) {
@@ -477,7 +518,7 @@ class CudaWorkerBackend final : public WorkerBackend {
   size_t workspace_bytes_ = 0;
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots
   int64_t sum_slots_ = 0;
-  Staged sum_up_, quest_;
+  Staged sum_up_, quest_, tok_;
 };
 
 }  // namespace

@@ -26,6 +26,7 @@ struct LayerState {
   std::vector<std::vector<int32_t>> retrieved;  // per KV head: natural pages of the last retrieval
   std::vector<std::vector<int32_t>> rows;       // per KV head: natural pages attended last
   std::vector<std::vector<int32_t>> prefetch;   // per KV head: hints of the last retrieval
+  std::vector<std::vector<int32_t>> slot_hint;  // per KV head, per page: its pool slot last seen
   std::vector<int32_t> sum_slots;  // device-selection summary slot per natural page (quest)
   int32_t sum_final = 0;           // pages [0, sum_final) are full and their summaries written
   int32_t pinned = 0;      // leading pages pinned in the store (pin_prompt), attended every step
