@@ -498,7 +498,13 @@ int main(int argc, char** argv) {
       Prompt pr = MakePrompt(32768, ps, rng, false);
       for (int tq : {64, 128}) {
         Run run = MakeRun(pr, Mode::kDense, pr.T, tq, kBudgetTokens, rng);
+        pr.PoisonO();
         const double ms = MedianMs(run, 2, 7);
+        if (const unsigned long long bad = NonFinite(pr); bad != 0) {
+          std::printf("FAILED: page %d, tile_q %d: %llu non-finite or unwritten outputs\n", ps, tq,
+                      bad);
+          return 1;
+        }
         std::printf("  page %3d, tile_q %3d: %8.3f ms  %6.1f TFLOP/s\n", ps, tq, ms,
                     CausalFlops(pr.T) / (ms * 1e-3) / 1e12);
         if (best == 0 || ms < best) {

@@ -18,7 +18,8 @@
 # from the repository root with the build in $BUILD and returns non-zero on failure, and add
 # <name> to STEPS. Targets that need only CUDA + absl + GTest can join the standalone build in
 # bench/gpu/CMakeLists.txt. Environment: STEPS="build kernels_test" runs a subset;
-# BUILD_TARGETS="kernels_cuda_test kernels_bench" builds only those targets.
+# BUILD_TARGETS="kernels_cuda_test kernels_bench" builds only those targets. The prefill benchmark
+# alone: STEPS="build sdpa_prefill prefill_bench" BUILD_TARGETS=prefill_bench bench/gpu/run.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
