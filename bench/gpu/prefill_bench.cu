@@ -185,9 +185,9 @@ void FreePrompt(Prompt& p) {
 }
 
 // A dense head's selection of context pages for a chunk: the first page (sinks), the last
-// window / page pages before the chunk (local), the rest drawn at random (what a Quest top-k
-// picks is data-dependent; its cost here is the same), strictly increasing. All context pages
-// when they fit the budget.
+// window / page pages before the chunk (local, at most half the budget), the rest drawn at random
+// (what a Quest top-k picks is data-dependent; its cost here is the same), strictly increasing. All
+// context pages when they fit the budget.
 std::vector<int32_t> SelectPages(std::mt19937& rng, int ctx_pages, int budget_pages,
                                  int local_pages) {
   std::vector<int32_t> sel;
@@ -196,7 +196,7 @@ std::vector<int32_t> SelectPages(std::mt19937& rng, int ctx_pages, int budget_pa
     std::iota(sel.begin(), sel.end(), 0);
     return sel;
   }
-  local_pages = std::min(local_pages, budget_pages - 1);
+  local_pages = std::min(local_pages, budget_pages / 2);  // at least half drawn at random
   std::vector<int32_t> middle(ctx_pages - local_pages - 1);
   std::iota(middle.begin(), middle.end(), 1);
   std::shuffle(middle.begin(), middle.end(), rng);
