@@ -18,7 +18,8 @@
 # from the repository root with the build in $BUILD and returns non-zero on failure, and add
 # <name> to STEPS. Targets that need only CUDA + absl + GTest can join the standalone build in
 # bench/gpu/CMakeLists.txt. Environment: STEPS="build kernels_test" runs a subset;
-# BUILD_TARGETS="kernels_cuda_test kernels_bench" builds only those targets.
+# BUILD_TARGETS="kernels_cuda_test kernels_bench" builds only those targets. The prefill benchmark
+# alone: STEPS="build sdpa_prefill prefill_bench" BUILD_TARGETS=prefill_bench bench/gpu/run.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -70,6 +71,14 @@ step_kernels_bench() {
   local bin=$BUILD/kernels_bench
   [ -x "$bin" ] || bin=$BUILD/bench/gpu/kernels_bench  # inside the project build
   "$bin" "$OUT/sdpa.txt"
+}
+# Block-sparse prefill (issue 12) vs torch SDPA causal attention: 32K / 128K prompts, 0% / 50%
+# streaming heads, with and without page selection (sdpa_prefill first: its baselines).
+step_sdpa_prefill() { python3 bench/gpu/sdpa_prefill.py | tee "$OUT/sdpa_prefill.txt"; }
+step_prefill_bench() {
+  local bin=$BUILD/prefill_bench
+  [ -x "$bin" ] || bin=$BUILD/bench/gpu/prefill_bench  # inside the project build
+  "$bin" "$OUT/sdpa_prefill.txt"
 }
 
 # --- transport (issue 6): GPU tests of transport's CUDA paths, then its benchmark (host<->GPU page
@@ -131,7 +140,7 @@ step_kvstore_gpu_test() {
   e2e_run "$E2E/pagoda_kvstore_gpu_test"
 }
 
-STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench transport_test transport_staged transport_bench e2e_gpu_step e2e_cuda_test kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer"}  # kernels_ref_test: CI runs it
+STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench sdpa_prefill prefill_bench transport_test transport_staged transport_bench e2e_gpu_step e2e_cuda_test kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"
@@ -151,6 +160,7 @@ done
   for s in $STEPS; do echo "| $s | ${STATUS[$s]:-not run} | ${SECS[$s]:-} |"; done
   echo
   [ -f "$OUT/kernels_bench.log" ] && sed -n '/^| measurement/,$p' "$OUT/kernels_bench.log"
+  [ -f "$OUT/prefill_bench.log" ] && { echo; sed -n '/^| T |/,$p' "$OUT/prefill_bench.log"; }
   [ -f "$OUT/transport_bench.log" ] && { echo; grep '^[|#]' "$OUT/transport_bench.log"; }
 } | tee "$OUT/summary.md"
 for s in $STEPS; do [ "${STATUS[$s]:-}" = ok ] || exit 1; done
