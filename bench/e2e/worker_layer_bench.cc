@@ -108,7 +108,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
   o.selector.budget_tokens = a.budget;
   o.boundary_trigger = a.trigger;
   o.boundary_threshold = a.threshold;
-  o.prefetch = false;  // everything is in the host tier
+  o.prefetch = false;                     // everything is in the host tier
   o.summary_slots = B * (ctx / kP + 64);  // quest selects on the device over these
   // Twice one step's worst case, so most of a context is not resident and selections fetch.
   o.pool_slots_per_head = static_cast<int32_t>(2 * B * (a.budget / kP + 8) + 2 * B + 64);

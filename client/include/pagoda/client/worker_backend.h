@@ -40,7 +40,7 @@ struct HeadSlot {
 struct QuestRequest {
   int32_t top_k = 0;
   kernels::GroupReduce reduce = kernels::GroupReduce::kSum;  // the GQA group's score
-  std::vector<int32_t> cand_indptr;  // [batch + 1]
+  std::vector<int32_t> cand_indptr;                          // [batch + 1]
   std::vector<int32_t> cand;         // summary slots, per row the candidates in page order
   std::vector<int32_t> keep_indptr;  // [batch + 1]
   std::vector<int32_t> keep;         // summary slots always kept (sinks, window)
