@@ -40,7 +40,7 @@ struct HeadSlot {
 struct QuestRequest {
   int32_t top_k = 0;
   kernels::GroupReduce reduce = kernels::GroupReduce::kSum;  // the GQA group's score
-  std::vector<int32_t> cand_indptr;  // [batch + 1]
+  std::vector<int32_t> cand_indptr;                          // [batch + 1]
   std::vector<int32_t> cand;         // summary slots, per row the candidates in page order
   std::vector<int32_t> keep_indptr;  // [batch + 1]
   std::vector<int32_t> keep;         // summary slots always kept (sinks, window)
@@ -126,6 +126,11 @@ class WorkerBackend {
   // Waits for everything enqueued (no-op on the CPU backend).
   virtual absl::Status Sync() = 0;
 };
+
+// kernels::DType of a store dtype.
+inline kernels::DType KernelDType(DType dtype) {
+  return dtype == DType::kBf16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat16;
+}
 
 // The CPU backend: a host pool and the kernels' C++ references.
 std::unique_ptr<WorkerBackend> MakeCpuWorkerBackend();
