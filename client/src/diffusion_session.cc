@@ -35,9 +35,8 @@ absl::StatusOr<std::unique_ptr<DiffusionSession>> DiffusionSession::Create(
   if (store == nullptr) return absl::InvalidArgumentError("store is null");
   if (backend == nullptr) return absl::InvalidArgumentError("backend is null");
   if (backend->device() != Device::kCpu) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("DiffusionSession takes host spans and needs a host backend, not ",
-                     backend->name(), " (drive DecodeWorker with device tensors on a GPU)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DiffusionSession takes host spans and needs a host backend, not ", backend->name()));
   }
   if (options.tenant.empty()) return absl::InvalidArgumentError("tenant is empty");
   if (absl::Status s = options.layout.Validate(); !s.ok()) return s;

@@ -30,8 +30,9 @@
 // row listing the same slots (whole pages), i.e. bidirectional attention over exactly those pages.
 //
 // Host memory: the session's spans are host memory, so it needs a host backend
-// (MakeCpuWorkerBackend()); Create refuses a device backend (the CUDA one takes device tensors: an
-// engine on the GPU drives DecodeWorker directly).
+// (MakeCpuWorkerBackend()); Create refuses a device backend (the CUDA one takes device tensors).
+// Diffusion steps on device tensors (a Denoise over TensorViews: WriteHeads of the block would
+// become WriteTokens, the change check a device compare) are not served yet.
 //
 // Thread safety: not synchronized; one session per (sequence, layer) per thread. The Store may be
 // shared with other sessions and threads.
