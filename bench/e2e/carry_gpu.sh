@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Prepares .devcarry/e2e for the GPU machine (which has no Debian -dev packages): the CUDA decode
-# backend's and the decode worker's CUDA tests and worker_bench, built here (nvcc, sm_90) against
+# Prepares .devcarry/e2e for the GPU machine (which has no Debian -dev packages): the decode
+# worker's CUDA test, the GPU tier test and the worker benches, built here (nvcc, sm_90) against
 # Debian's RocksDB / absl / gRPC, with every shared library they need, plus a subset of the
-# attention traces. bench/gpu/run.sh's e2e_cuda_test, worker_cuda_test and worker_cuda_bench steps
+# attention traces. bench/gpu/run.sh's worker_cuda_test, worker_cuda_bench and worker_layer steps
 # run them from there; `bench/gpu/run.sh --pack` compresses every carry into one file.
-#   here:   cmake --build <build> --target decode_backend_cuda_test worker_backend_cuda_test \
+#   here:   cmake --build <build> --target worker_backend_cuda_test \
 #                   pagoda_kvstore_gpu_test worker_bench worker_layer_bench
 #           bench/e2e/carry_gpu.sh <build> [trace dir]
 #           bench/gpu/run.sh --pack
@@ -15,7 +15,7 @@ BUILD=${1:-build-cuda}
 TRACES=${2:-../shared/data/traces}
 DST=.devcarry/e2e
 rm -rf "$DST" && mkdir -p "$DST/lib" "$DST/traces"
-for bin in "$BUILD/client/decode_backend_cuda_test" "$BUILD/client/worker_backend_cuda_test" \
+for bin in "$BUILD/client/worker_backend_cuda_test" \
            "$BUILD/kvstore/engine/pagoda_kvstore_gpu_test" "$BUILD/bench/e2e/worker_bench" \
            "$BUILD/bench/e2e/worker_layer_bench"; do
   strip --strip-all -o "$DST/$(basename "$bin")" "$bin"

@@ -113,7 +113,7 @@ int RunDiffusionLayer(const DiffusionArgs& a, const TraceFiles& files) {
   o.pool_pages = a.pool_pages > 0 ? a.pool_pages
                  : o.sparse       ? static_cast<int32_t>(2 * (kv * (a.budget_tokens / P) + B / P))
                                   : all_pages;
-  auto session = DiffusionSession::Create(store->get(), MakeCpuDecodeBackend(), o);
+  auto session = DiffusionSession::Create(store->get(), MakeCpuWorkerBackend(), o);
   if (!session.ok()) {
     std::fprintf(stderr, "session: %s\n", session.status().ToString().c_str());
     return 1;

@@ -100,15 +100,10 @@ step_gpu_tier_test() { "$BUILD/pagoda_kvstore_gpu_tier_test"; }
 # --- end to end (issue 8): a synthetic 32K/128K decode step (select + batched fetch + sparse decode).
 step_e2e_gpu_step() { "$BUILD/bench/e2e/e2e_gpu_step_bench"; }
 
-# --- the CUDA DecodeBackend (issue 8; DiffusionSession's backend) over an embedded Store (RocksDB),
-# so built on the dev machine and carried with its libraries and two trace layers
-# (bench/e2e/carry_gpu.sh fills .devcarry/e2e); skipped when that carry is absent.
+# --- binaries built on the dev machine against its Debian libraries and carried with them and two
+# trace layers (bench/e2e/carry_gpu.sh fills .devcarry/e2e).
 E2E=$CARRY/e2e
 e2e_run() { LD_LIBRARY_PATH=$E2E/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-} "$@"; }
-step_e2e_cuda_test() {
-  [ -x "$E2E/decode_backend_cuda_test" ] || { echo "skipped: no $E2E (bench/e2e/carry_gpu.sh)"; return 0; }
-  e2e_run "$E2E/decode_backend_cuda_test"
-}
 # --- the decode worker (issue 16): its CUDA backend against its CPU backend through the same
 # worker steps, then worker_bench over the carried traces on both backends (same error expected).
 step_worker_cuda_test() {
@@ -140,7 +135,7 @@ step_kvstore_gpu_test() {
   e2e_run "$E2E/pagoda_kvstore_gpu_test"
 }
 
-STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench sdpa_prefill prefill_bench transport_test transport_staged transport_bench e2e_gpu_step e2e_cuda_test kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer"}  # kernels_ref_test: CI runs it
+STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench sdpa_prefill prefill_bench transport_test transport_staged transport_bench e2e_gpu_step kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"

@@ -6,29 +6,38 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "pagoda/kernels/dtype.h"
+#include "pagoda/kernels/head_checksum.h"
 #include "pagoda/kvstore/prefix.h"
 
 namespace pagoda {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+// How long a fetch holds its read leases (the gather is synchronous; expiry only matters to a
+// stalled process, and the head checksums catch bytes recycled under an expired lease).
+constexpr absl::Duration kLease = absl::Seconds(1);
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
 }  // namespace
 
-DiffusionSession::DiffusionSession(Store* store, std::unique_ptr<DecodeBackend> backend,
+DiffusionSession::DiffusionSession(Store* store, std::unique_ptr<WorkerBackend> backend,
                                    const DiffusionSessionOptions& options)
     : store_(store), backend_(std::move(backend)), options_(options) {}
 
 DiffusionSession::~DiffusionSession() = default;
 
 absl::StatusOr<std::unique_ptr<DiffusionSession>> DiffusionSession::Create(
-    Store* store, std::unique_ptr<DecodeBackend> backend, const DiffusionSessionOptions& options) {
+    Store* store, std::unique_ptr<WorkerBackend> backend, const DiffusionSessionOptions& options) {
   if (store == nullptr) return absl::InvalidArgumentError("store is null");
   if (backend == nullptr) return absl::InvalidArgumentError("backend is null");
+  if (backend->device() != Device::kCpu) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DiffusionSession takes host spans and needs a host backend, not ", backend->name()));
+  }
   if (options.tenant.empty()) return absl::InvalidArgumentError("tenant is empty");
   if (absl::Status s = options.layout.Validate(); !s.ok()) return s;
   const int32_t page_tokens = static_cast<int32_t>(options.layout.page_tokens);
@@ -73,11 +82,22 @@ absl::StatusOr<std::unique_ptr<DiffusionSession>> DiffusionSession::Create(
   session->page_tokens_ = page_tokens;
   session->block_pages_ = block_pages;
   session->page_bytes_ = options.layout.PageBytes();
+  session->half_bytes_ = int64_t{page_tokens} * sel.head_dim * 2;
   session->page_of_slot_.assign(options.pool_pages, -1);
   session->slot_used_.assign(options.pool_pages, -1);
   if (absl::Status s = session->backend_->Init(options.layout, options.q_heads, options.pool_pages);
       !s.ok()) {
     return s;
+  }
+  // The gather's source. A store without a host tier has none: every fetch is then a store read.
+  const HostArena arena = store->HostArenaInfo();
+  if (arena.base != nullptr && arena.size > 0) {
+    if (absl::Status s =
+            session->backend_->RegisterSource(arena.base, static_cast<int64_t>(arena.size));
+        !s.ok()) {
+      return s;
+    }
+    session->registered_ = true;
   }
   return session;
 }
@@ -104,10 +124,103 @@ void DiffusionSession::PackPages(absl::Span<const uint16_t> k, absl::Span<const 
 }
 
 absl::Status DiffusionSession::PutPage(const PageKey& key, absl::Span<const uint8_t> bytes,
-                                       bool* reused) {
+                                       bool* reused, std::vector<uint64_t>* sums) {
   absl::Status s = store_->Put(options_.tenant, key, options_.layout, bytes);
   *reused = absl::IsAlreadyExists(s);  // the same prefix is stored already: chained keys commit
-  return *reused ? absl::OkStatus() : s;
+  if (!*reused && !s.ok()) return s;
+  const uint8_t* page = bytes.data();
+  std::vector<uint8_t> stored;
+  if (*reused) {  // later fetches read the stored copy: check against its bytes
+    stored.resize(page_bytes_);
+    auto info = store_->Get(options_.tenant, key, absl::MakeSpan(stored));
+    if (!info.ok()) return info.status();
+    if (info->layout != options_.layout) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("page ", key.Hex(), " is stored with another layout"));
+    }
+    page = stored.data();
+  }
+  for (int h = 0; h < kv_heads_; ++h) {
+    sums->push_back(kernels::HeadPageChecksum(page + h * half_bytes_,
+                                              page + (kv_heads_ + h) * half_bytes_, half_bytes_));
+  }
+  return absl::OkStatus();
+}
+
+void DiffusionSession::HeadBytes(const uint8_t* page, uint8_t* dst) const {
+  for (int h = 0; h < kv_heads_; ++h) {
+    std::memcpy(dst + 2 * h * half_bytes_, page + h * half_bytes_, half_bytes_);
+    std::memcpy(dst + (2 * h + 1) * half_bytes_, page + (kv_heads_ + h) * half_bytes_, half_bytes_);
+  }
+}
+
+absl::Status DiffusionSession::FetchPages(absl::Span<const int32_t> pages,
+                                          absl::Span<const int32_t> slots,
+                                          DiffusionStepStats* stats) {
+  // The gather: every page that can be leased in the host tier (an SSD page is promoted by the
+  // lease), each head checked against its checksum as it lands in the pool.
+  std::vector<HeadFetch> fetches;
+  std::vector<int64_t> lease_ids;
+  std::vector<int> leased_from(pages.size(), -1);  // tier of the leased page; -1: not leased
+  for (size_t i = 0; i < pages.size(); ++i) {
+    if (!registered_) break;
+    auto lease = store_->AcquireRead(options_.tenant, page_keys_[pages[i]], kLease);
+    if (!lease.ok()) continue;  // the store read below answers (or reports) it
+    lease_ids.push_back(static_cast<int64_t>(lease->lease_id));
+    if (lease->layout != options_.layout) continue;
+    leased_from[i] = static_cast<int>(lease->found_in);
+    const int64_t base = static_cast<int64_t>(lease->arena_offset);
+    for (int h = 0; h < kv_heads_; ++h) {
+      fetches.push_back(HeadFetch{HeadSlot{h, slots[i]}, base + h * half_bytes_,
+                                  base + (kv_heads_ + h) * half_bytes_,
+                                  sums_[static_cast<size_t>(pages[i]) * kv_heads_ + h]});
+    }
+  }
+  std::vector<uint8_t> bad(fetches.size(), 0);
+  absl::Status gathered = backend_->Gather(fetches, absl::MakeSpan(bad));
+  if (gathered.ok()) gathered = backend_->Sync();
+  for (int64_t id : lease_ids) (void)store_->ReleaseRead(static_cast<uint64_t>(id));
+  if (!gathered.ok()) return gathered;
+  std::vector<bool> done(pages.size(), false);
+  for (size_t i = 0, f = 0; i < pages.size(); ++i) {
+    if (leased_from[i] < 0) continue;
+    bool ok = true;
+    for (int h = 0; h < kv_heads_; ++h) ok = ok && bad[f++] == 0;
+    if (!ok) continue;
+    done[i] = true;
+    stats->bytes_from_tier[leased_from[i]] += page_bytes_;
+  }
+  // The rest: a store read (checksummed by the store, from whichever tier holds the page), each
+  // head checked as above, written with WriteHeads.
+  std::vector<uint8_t> page(page_bytes_);
+  for (size_t i = 0; i < pages.size(); ++i) {
+    if (done[i]) continue;
+    const int32_t p = pages[i];
+    auto info = store_->Get(options_.tenant, page_keys_[p], absl::MakeSpan(page));
+    if (!info.ok()) {
+      return absl::Status(info.status().code(),
+                          absl::StrCat("page ", p, ": ", info.status().message()));
+    }
+    if (info->layout != options_.layout) {
+      return absl::FailedPreconditionError(absl::StrCat("page ", p, " has another layout"));
+    }
+    std::vector<HeadSlot> dst;
+    for (int h = 0; h < kv_heads_; ++h) {
+      const uint64_t want = sums_[static_cast<size_t>(p) * kv_heads_ + h];
+      if (kernels::HeadPageChecksum(page.data() + h * half_bytes_,
+                                    page.data() + (kv_heads_ + h) * half_bytes_,
+                                    half_bytes_) != want) {
+        return absl::DataLossError(absl::StrCat("page ", p, " head ", h,
+                                                ": no copy matches the checksum taken at commit"));
+      }
+      dst.push_back(HeadSlot{h, slots[i]});
+    }
+    heads_.resize(page_bytes_);
+    HeadBytes(page.data(), heads_.data());
+    if (absl::Status s = backend_->WriteHeads(dst, heads_); !s.ok()) return s;
+    stats->bytes_from_tier[static_cast<int>(info->tier)] += page_bytes_;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status DiffusionSession::Prefill(absl::Span<const int32_t> token_ids,
@@ -139,8 +252,8 @@ absl::Status DiffusionSession::Prefill(absl::Span<const int32_t> token_ids,
     const PageKey key = ChainPageKey(p == 0 ? PageKey{} : page_keys_.back(),
                                      token_ids.subspan(p * page_tokens_, page_tokens_), extra);
     bool reused = false;
-    if (absl::Status s =
-            PutPage(key, absl::MakeConstSpan(bytes.data() + p * page_bytes_, page_bytes_), &reused);
+    if (absl::Status s = PutPage(
+            key, absl::MakeConstSpan(bytes.data() + p * page_bytes_, page_bytes_), &reused, &sums_);
         !s.ok()) {
       failed_ = true;
       return s;
@@ -260,8 +373,8 @@ absl::StatusOr<DiffusionStepStats> DiffusionSession::Denoise(absl::Span<const ui
     return s;
   };
 
-  // Transfer: cached pages missing from the pool come from the store; block pages whose bytes
-  // changed since the last upload are rewritten. One batched upload.
+  // Transfer: cached pages missing from the pool come from the store (FetchPages); block pages
+  // whose bytes changed since the last step are rewritten (one WriteHeads).
   ++step_;
   const int32_t cached = cached_pages();
   const int32_t total = cached + block_pages_;
@@ -293,17 +406,6 @@ absl::StatusOr<DiffusionStepStats> DiffusionSession::Denoise(absl::Span<const ui
       changed.push_back(j);
     }
   }
-  const size_t up_bytes = (missing.size() + changed.size()) * page_bytes_;
-  // Stage straight into the backend's upload buffer (pinned memory on the GPU) where it has one.
-  auto staged = backend_->StagingBuffer(up_bytes);
-  if (!staged.ok()) return fail(staged.status());
-  uint8_t* staging = staged->data();
-  if (staged->empty()) {
-    staging_.resize(up_bytes);
-    staging = staging_.data();
-  }
-  std::vector<int32_t> slots;
-  slots.reserve(missing.size() + changed.size());
   auto place = [&](int32_t page) -> int32_t {
     int32_t slot = slot_of_page_[page];
     if (slot < 0) {
@@ -316,58 +418,53 @@ absl::StatusOr<DiffusionStepStats> DiffusionSession::Denoise(absl::Span<const ui
     slot_used_[slot] = step_;
     return slot;
   };
-  for (size_t i = 0; i < missing.size(); ++i) {
-    const int32_t p = missing[i];
-    auto info = store_->Get(options_.tenant, page_keys_[p],
-                            absl::MakeSpan(staging + i * page_bytes_, page_bytes_));
-    if (!info.ok()) {
-      return fail(absl::Status(info.status().code(),
-                               absl::StrCat("page ", p, ": ", info.status().message())));
-    }
-    stats.bytes_from_tier[static_cast<int>(info->tier)] += page_bytes_;
-    const int32_t slot = place(p);
-    if (slot < 0) return fail(absl::InternalError("no free pool slot"));
-    slots.push_back(slot);
+  std::vector<int32_t> fetch_slots;
+  for (int32_t p : missing) {
+    fetch_slots.push_back(place(p));
+    if (fetch_slots.back() < 0) return fail(absl::InternalError("no free pool slot"));
   }
+  if (absl::Status s = FetchPages(missing, fetch_slots, &stats); !s.ok()) return fail(s);
+  // Changed block pages: one WriteHeads of every head of each.
+  std::vector<HeadSlot> dst;
+  heads_.resize(changed.size() * page_bytes_);
   for (size_t i = 0; i < changed.size(); ++i) {
     const int32_t j = changed[i];
-    std::memcpy(staging + (missing.size() + i) * page_bytes_, fresh_.data() + j * page_bytes_,
-                page_bytes_);
     const int32_t slot = place(cached + j);
     if (slot < 0) return fail(absl::InternalError("no free pool slot"));
-    slots.push_back(slot);
+    for (int h = 0; h < kv_heads_; ++h) dst.push_back(HeadSlot{h, slot});
+    HeadBytes(fresh_.data() + j * page_bytes_, heads_.data() + i * page_bytes_);
   }
-  if (absl::Status s = backend_->Upload(slots, absl::MakeConstSpan(staging, up_bytes)); !s.ok()) {
-    return fail(s);
+  if (!dst.empty()) {
+    if (absl::Status s = backend_->WriteHeads(dst, heads_); !s.ok()) return fail(s);
   }
   block_.swap(fresh_);
   block_open_ = true;
   stats.fetched_pages = static_cast<int32_t>(missing.size());
   stats.rewritten_pages = static_cast<int32_t>(changed.size());
   stats.bytes_rewritten = changed.size() * page_bytes_;
-  stats.bytes_uploaded = slots.size() * page_bytes_;
+  stats.bytes_uploaded = (missing.size() + changed.size()) * page_bytes_;
   const Clock::time_point t2 = Clock::now();
 
-  // Attention: every query of the block over the same table (bidirectional: no causal mask).
+  // Attention, one backend call: the block's queries are the batch and every query's row of head h
+  // lists the same slots (whole pages: bidirectional, no causal mask).
   std::vector<int32_t> indptr{0}, indices, last_len;
-  for (const auto& row : rows_) {
-    for (int32_t p : row) indices.push_back(slot_of_page_[p]);
-    indptr.push_back(static_cast<int32_t>(indices.size()));
-    last_len.push_back(page_tokens_);
+  for (int64_t i = 0; i < b; ++i) {
+    for (const auto& row : rows_) {
+      for (int32_t p : row) indices.push_back(slot_of_page_[p]);
+      indptr.push_back(static_cast<int32_t>(indices.size()));
+      last_len.push_back(page_tokens_);
+    }
   }
   kernels::PageTable table;
-  table.num_rows = kv_heads_;
+  table.num_rows = static_cast<int32_t>(b) * kv_heads_;
   table.indptr = indptr.data();
   table.indices = indices.data();
   table.last_page_len = last_len.data();
-  const size_t per_token = static_cast<size_t>(options_.q_heads) * head_dim_;
-  for (int64_t i = 0; i < b; ++i) {
-    if (absl::Status s = backend_->Attend(q.subspan(i * per_token, per_token), table,
-                                          out.subspan(i * per_token, per_token));
-        !s.ok()) {
-      return fail(s);
-    }
-  }
+  const DType dt = options_.layout.dtype;
+  const TensorView qv =
+      TensorView::Contiguous(const_cast<uint16_t*>(q.data()), dt, {b, options_.q_heads, head_dim_});
+  const TensorView ov = TensorView::Contiguous(out.data(), dt, {b, options_.q_heads, head_dim_});
+  if (absl::Status s = backend_->Attend(qv, table, ov); !s.ok()) return fail(s);
   const Clock::time_point t3 = Clock::now();
   stats.select_s = Seconds(t0, t1);
   stats.transfer_s = Seconds(t1, t2);
@@ -391,12 +488,13 @@ absl::StatusOr<DiffusionCommitStats> DiffusionSession::CommitBlock(
   const PageKeyExtra extra{options_.model_id, options_.layer, {}};
   std::vector<PageKey> keys;
   std::vector<bool> owned;
+  std::vector<uint64_t> sums;
   for (int32_t j = 0; j < block_pages_; ++j) {
     const PageKey key = ChainPageKey(keys.empty() ? page_keys_.back() : keys.back(),
                                      token_ids.subspan(j * page_tokens_, page_tokens_), extra);
     bool reused = false;
     if (absl::Status s = PutPage(
-            key, absl::MakeConstSpan(block_.data() + j * page_bytes_, page_bytes_), &reused);
+            key, absl::MakeConstSpan(block_.data() + j * page_bytes_, page_bytes_), &reused, &sums);
         !s.ok()) {
       failed_ = true;
       return s;
@@ -430,6 +528,7 @@ absl::StatusOr<DiffusionCommitStats> DiffusionSession::CommitBlock(
   }
   page_keys_.insert(page_keys_.end(), keys.begin(), keys.end());
   owned_.insert(owned_.end(), owned.begin(), owned.end());
+  sums_.insert(sums_.end(), sums.begin(), sums.end());
   block_sizes_.push_back(block_pages_);
   block_open_ = false;
   return stats;
@@ -469,6 +568,7 @@ absl::Status DiffusionSession::ReopenBlock() {
   }
   page_keys_.resize(first);
   owned_.resize(first);
+  sums_.resize(first * kv_heads_);
   block_sizes_.pop_back();
   block_open_ = true;  // block_ still holds the block's bytes: unchanged pages stay resident
   if (selector_ != nullptr) {

@@ -1,4 +1,5 @@
-// DiffusionSession over a real embedded Store (host + SSD tiers, RocksDB) with the CPU backend.
+// DiffusionSession over a real embedded Store (host + SSD tiers, RocksDB) with the CPU worker
+// backend.
 #include "pagoda/client/diffusion_session.h"
 
 #include <stdlib.h>
@@ -197,7 +198,7 @@ TEST(DiffusionSessionTest, DenoisingStepsEqualDenseBidirectionalAttention) {
   const int64_t prompt = 12, blocks = 3;
   const int steps = 4;
   Sequence seq(prompt + blocks * kBlock, 1);
-  auto s = DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), DenseOptions());
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), DenseOptions());
   ASSERT_TRUE(s.ok()) << s.status();
   DiffusionSession& session = **s;
   ASSERT_TRUE(Prefill(session, seq, prompt).ok());
@@ -236,7 +237,7 @@ TEST(DiffusionSessionTest, PromptAndCleanBlocksAreWrittenOnceAcrossDenoisingStep
   const int64_t prompt = 16, blocks = 4;
   const int steps = 5;
   Sequence seq(prompt + blocks * kBlock, 2);
-  auto s = DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), DenseOptions());
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), DenseOptions());
   ASSERT_TRUE(s.ok()) << s.status();
   DiffusionSession& session = **s;
   ASSERT_TRUE(Prefill(session, seq, prompt).ok());
@@ -283,7 +284,7 @@ TEST(DiffusionSessionTest, OnlyChangedBlockPagesAreReuploaded) {
   auto store = OpenStore(dir.path(), 256);
   const int64_t prompt = 8;
   Sequence seq(prompt + kBlock, 3);
-  auto s = DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), DenseOptions());
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), DenseOptions());
   ASSERT_TRUE(s.ok()) << s.status();
   DiffusionSession& session = **s;
   ASSERT_TRUE(Prefill(session, seq, prompt).ok());
@@ -332,7 +333,7 @@ TEST(DiffusionSessionTest, PagesSpilledToSsdReadBackByteExactAndServeAnotherSess
   const int64_t prompt = 32, blocks = 3;
   Sequence seq(prompt + blocks * kBlock, 4);
   {
-    auto s = DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), DenseOptions());
+    auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), DenseOptions());
     ASSERT_TRUE(s.ok()) << s.status();
     ASSERT_TRUE(Prefill(**s, seq, prompt).ok());
     for (int b = 0; b < blocks; ++b) {
@@ -360,7 +361,7 @@ TEST(DiffusionSessionTest, PagesSpilledToSsdReadBackByteExactAndServeAnotherSess
   // rewritten) and its first step reads them from SSD; its output is still exact.
   ASSERT_EQ(store->Demote("diffusion", keys, Tier::kSsd).status(), absl::OkStatus());
   const uint64_t puts = store->Stats().puts;
-  auto s = DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), DenseOptions());
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), DenseOptions());
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_TRUE(Prefill(**s, seq, prompt).ok());
   for (int b = 0; b + 1 < blocks; ++b) {
@@ -394,7 +395,7 @@ TEST(DiffusionSessionTest, SmallPoolRefetchesFromSsdAndStaysExact) {
   const int64_t prompt = 40;
   Sequence seq(prompt + kBlock, 5);
   DiffusionSessionOptions opt = DenseOptions(prompt / kPage + kBlockPages);  // exactly one step
-  auto s = DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), opt);
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), opt);
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_TRUE(Prefill(**s, seq, prompt).ok());
   std::vector<uint16_t> bk, bv, o(kBlock * kQ * kDim);
@@ -422,7 +423,7 @@ TEST(DiffusionSessionTest, SparseStepsAttendTheSelectedPagesAndTheWholeBlock) {
   opt.selector.budget_tokens = 4 * kPage;
   opt.selector.sink_pages = 1;
   opt.selector.window_pages = 1;
-  auto s = DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), opt);
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), opt);
   ASSERT_TRUE(s.ok()) << s.status();
   DiffusionSession& session = **s;
   ASSERT_TRUE(Prefill(session, seq, prompt).ok());
@@ -475,7 +476,7 @@ TEST(DiffusionSessionTest, ReopenedBlockInvalidatesOnlyItsOwnPages) {
   auto store = OpenStore(dir.path(), 256);
   const int64_t prompt = 8;
   Sequence seq(prompt + 2 * kBlock, 7);
-  auto s = DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), DenseOptions());
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), DenseOptions());
   ASSERT_TRUE(s.ok()) << s.status();
   DiffusionSession& session = **s;
   ASSERT_TRUE(Prefill(session, seq, prompt).ok());
@@ -539,21 +540,21 @@ TEST(DiffusionSessionTest, BadOptionsAreRefused) {
   auto store = OpenStore(dir.path(), 16);
   DiffusionSessionOptions o = DenseOptions();
   o.block_tokens = 6;  // not a multiple of the 4-token page
-  EXPECT_EQ(DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), o).status().code(),
+  EXPECT_EQ(DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), o).status().code(),
             absl::StatusCode::kInvalidArgument);
   o.block_tokens = 0;
-  EXPECT_EQ(DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), o).status().code(),
+  EXPECT_EQ(DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), o).status().code(),
             absl::StatusCode::kInvalidArgument);
   o = DenseOptions(kBlockPages);  // no room for a cached page
-  EXPECT_EQ(DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), o).status().code(),
+  EXPECT_EQ(DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), o).status().code(),
             absl::StatusCode::kInvalidArgument);
   o = DenseOptions(6);
   o.sparse = true;
   o.selector.budget_tokens = 4 * kPage;  // 2 heads x 4 pages + a 2-page block > 6
-  EXPECT_EQ(DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), o).status().code(),
+  EXPECT_EQ(DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), o).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(
-      DiffusionSession::Create(nullptr, MakeCpuDecodeBackend(), DenseOptions()).status().code(),
+      DiffusionSession::Create(nullptr, MakeCpuWorkerBackend(), DenseOptions()).status().code(),
       absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(store->Stats().puts, 0u);
 }
@@ -563,7 +564,7 @@ TEST(DiffusionSessionTest, BadInputGetsAClearErrorAndChangesNothing) {
   auto store = OpenStore(dir.path(), 256);
   const int64_t prompt = 8;
   Sequence seq(prompt + kBlock, 8);
-  auto s = DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(), DenseOptions());
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), DenseOptions());
   ASSERT_TRUE(s.ok()) << s.status();
   DiffusionSession& session = **s;
   std::vector<uint16_t> bk, bv, o(kBlock * kQ * kDim, 0x1234);
@@ -654,7 +655,7 @@ TEST(DiffusionSessionTest, AStepLargerThanThePoolIsRefusedAndChangesNothing) {
   const int64_t prompt = 8;
   Sequence seq(prompt + 2 * kBlock, 9);
   // Room for the prompt and one block: the second block's step needs 6 pages.
-  auto s = DiffusionSession::Create(store.get(), MakeCpuDecodeBackend(),
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(),
                                     DenseOptions(prompt / kPage + kBlockPages));
   ASSERT_TRUE(s.ok()) << s.status();
   DiffusionSession& session = **s;
@@ -678,6 +679,65 @@ TEST(DiffusionSessionTest, AStepLargerThanThePoolIsRefusedAndChangesNothing) {
   EXPECT_EQ(st->bytes_uploaded, 0u);
   // cur_k / cur_v hold the second block's K/V too, but the reference reads only pages 0..3.
   ExpectClose(o, Reference(seq, q, AllPages(prompt / kPage + kBlockPages)), "after refusal");
+}
+
+TEST(DiffusionSessionTest, ACorruptedHostPageIsNeverAttended) {
+  TempDir dir;
+  auto store = OpenStore(dir.path(), 256);
+  const int64_t prompt = 16;
+  Sequence seq(prompt + kBlock, 13);
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), DenseOptions());
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(Prefill(**s, seq, prompt).ok());
+  // Flip one byte of page 2's V (head 1) where it sits in the host arena: the verified gather
+  // flags that head, and the store read behind it finds the page's checksum broken.
+  auto lease = store->AcquireRead("diffusion", (*s)->page_keys()[2]);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_TRUE(store->ReleaseRead(lease->lease_id).ok());
+  const uint64_t v1 = (kKv + 1) * kPage * kDim * 2;
+  store->HostArenaInfo().base[lease->arena_offset + v1 + 10] ^= 0x40;
+
+  std::vector<uint16_t> bk, bv, o(kBlock * kQ * kDim, 0xBEEF);
+  seq.Noisy(prompt, 0, 2, &bk, &bv);
+  const std::vector<uint16_t> q = seq.Queries();
+  auto st = (*s)->Denoise(q, bk, bv, absl::MakeSpan(o));
+  EXPECT_TRUE(absl::IsDataLoss(st.status())) << st.status();
+  for (uint16_t x : o) ASSERT_EQ(x, 0xBEEF);  // nothing computed from wrong bytes
+  EXPECT_EQ(store->Stats().checksum_failures, 1u);
+  // The session stays failed rather than attend a sequence with a hole in it.
+  EXPECT_TRUE(absl::IsFailedPrecondition((*s)->Denoise(q, bk, bv, absl::MakeSpan(o)).status()));
+}
+
+TEST(DiffusionSessionTest, HostPagesAreGatheredAndCountedOnce) {
+  TempDir dir;
+  auto store = OpenStore(dir.path(), 256);
+  const int64_t prompt = 24;
+  Sequence seq(prompt + kBlock, 14);
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), DenseOptions());
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(Prefill(**s, seq, prompt).ok());
+  const uint64_t hits = store->Stats().tiers[static_cast<int>(Tier::kHost)].hits;
+  std::vector<uint16_t> bk, bv, o(kBlock * kQ * kDim);
+  seq.Noisy(prompt, 0, 1, &bk, &bv);
+  const std::vector<uint16_t> q = seq.Queries();
+  auto st = (*s)->Denoise(q, bk, bv, absl::MakeSpan(o));
+  ASSERT_TRUE(st.ok()) << st.status();
+  // Every prompt page came through the gather from the host arena: one leased read each, no
+  // store read behind it.
+  EXPECT_EQ(st->fetched_pages, prompt / kPage);
+  EXPECT_EQ(st->bytes_from_tier[static_cast<int>(Tier::kHost)], prompt / kPage * PageBytes());
+  EXPECT_EQ(st->bytes_from_tier[static_cast<int>(Tier::kSsd)], 0u);
+  EXPECT_EQ(store->Stats().tiers[static_cast<int>(Tier::kHost)].hits, hits + prompt / kPage);
+  ExpectClose(o, Reference(seq, q, AllPages(prompt / kPage + kBlockPages)), "gathered");
+}
+
+TEST(DiffusionSessionTest, ADeviceBackendIsRefused) {
+  auto cuda = MakeCudaWorkerBackend();
+  if (!cuda.ok()) GTEST_SKIP() << "no CUDA worker backend here: " << cuda.status();
+  TempDir dir;
+  auto store = OpenStore(dir.path(), 16);
+  EXPECT_EQ(DiffusionSession::Create(store.get(), std::move(*cuda), DenseOptions()).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

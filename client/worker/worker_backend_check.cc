@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "pagoda/client/decode_backend.h"
+#include "pagoda/client/worker_backend.h"
 
 namespace pagoda::worker_internal {
 

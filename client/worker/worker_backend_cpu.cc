@@ -4,7 +4,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "pagoda/client/decode_backend.h"
 #include "pagoda/client/worker_backend.h"
 #include "pagoda/kernels/reference.h"
 #include "worker_backend_check.h"

@@ -13,10 +13,26 @@
 // Pages: the prompt and every block cover whole pages (prompt length and block_tokens are
 // multiples of page_tokens), so a block never shares a page with cached tokens. Page i of the
 // sequence holds positions [i*P, (i+1)*P). Cached pages live in the store (host tier, spilling to
-// SSD) and are fetched into the pool (checksummed Get, LRU slots, one batched upload per step).
+// SSD) and are fetched into the pool with LRU slots.
 // With a retriever budget, each step attends only the cached pages the selector picks for the
 // block's mean query (one page set per KV head shared by all the block's queries, so each page is
 // read once) plus the whole noisy block; without (sparse off) it attends every cached page.
+//
+// Compute: the decode worker's backend (worker_backend.h), the one pool and kernel set every
+// attention path of Pagoda uses. Its pool is head-granular; the session keeps it page-granular on
+// top: slot s of every KV head's sub-pool holds that head of the same page. A cached page comes in
+// through the backend's verified gather from the store's host arena (a read lease; every head
+// checked against the head checksum taken when the page was stored), and where that cannot serve
+// it (the page is not leasable, a head fails its check) through a store Get (checksummed by the
+// store) written with WriteHeads after the same head check; a page no verified copy of which
+// exists fails the step with DataLoss and is never attended. Changed block pages are written with
+// WriteHeads. A step's attention is one backend call: the block's queries are the batch, every
+// row listing the same slots (whole pages), i.e. bidirectional attention over exactly those pages.
+//
+// Host memory: the session's spans are host memory, so it needs a host backend
+// (MakeCpuWorkerBackend()); Create refuses a device backend (the CUDA one takes device tensors).
+// Diffusion steps on device tensors (a Denoise over TensorViews: WriteHeads of the block would
+// become WriteTokens, the change check a device compare) are not served yet.
 //
 // Thread safety: not synchronized; one session per (sequence, layer) per thread. The Store may be
 // shared with other sessions and threads.
@@ -31,7 +47,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "pagoda/client/decode_backend.h"
+#include "pagoda/client/worker_backend.h"
 #include "pagoda/kvstore/options.h"
 #include "pagoda/kvstore/page.h"
 #include "pagoda/kvstore/store.h"
@@ -58,8 +74,9 @@ struct DiffusionSessionOptions {
   retriever::Policy policy = retriever::Policy::kQuest;
   retriever::SelectorOptions selector;
 
-  // Page slots of the backend pool (the GPU budget). Must hold one step: block pages + the cached
-  // pages a step attends (all of them when dense); a step needing more fails with
+  // Page slots of the backend pool (slots per KV head's sub-pool; slot s of every head holds the
+  // same page, so the pool holds pool_pages whole pages). Must hold one step: block pages + the
+  // cached pages a step attends (all of them when dense); a step needing more fails with
   // ResourceExhausted and changes nothing. More slots keep more cached pages resident.
   int32_t pool_pages = 512;
 };
@@ -91,9 +108,11 @@ struct DiffusionCommitStats {
 class DiffusionSession {
  public:
   // Validates options (InvalidArgument naming the field), creates the selector (when
-  // sparse) and initializes the backend pool. `store` must outlive the session.
+  // sparse), initializes the backend pool and registers the store's host arena as its gather
+  // source. `backend` is a fresh host backend (InvalidArgument for a device backend, see above).
+  // `store` must outlive the session.
   static absl::StatusOr<std::unique_ptr<DiffusionSession>> Create(
-      Store* store, std::unique_ptr<DecodeBackend> backend, const DiffusionSessionOptions& options);
+      Store* store, std::unique_ptr<WorkerBackend> backend, const DiffusionSessionOptions& options);
   ~DiffusionSession();
 
   // Adds the prompt: token ids [n], keys and values [kv_heads, n, head_dim] (layout dtype bits,
@@ -113,7 +132,8 @@ class DiffusionSession {
   // InvalidArgument for bad sizes / non-finite input, FailedPrecondition before Prefill,
   // ResourceExhausted when the step needs more pages than the pool holds: the session is unchanged
   // then (a policy with selection state, e.g. hierarchical's reuse count, may have advanced). Any
-  // other error (store, backend) leaves the session failed: later calls return FailedPrecondition.
+  // other error (store, backend; DataLoss when a cached page has no verified copy) leaves the
+  // session failed: later calls return FailedPrecondition.
   absl::StatusOr<DiffusionStepStats> Denoise(absl::Span<const uint16_t> q,
                                              absl::Span<const uint16_t> k,
                                              absl::Span<const uint16_t> v,
@@ -144,30 +164,41 @@ class DiffusionSession {
   const DiffusionSessionOptions& options() const { return options_; }
 
  private:
-  DiffusionSession(Store* store, std::unique_ptr<DecodeBackend> backend,
+  DiffusionSession(Store* store, std::unique_ptr<WorkerBackend> backend,
                    const DiffusionSessionOptions& options);
 
   absl::Status CheckFinite(absl::Span<const uint16_t> x, const char* what) const;
   // Packs `n` tokens of K/V [kv_heads, n, head_dim] from token `first` into store pages.
   void PackPages(absl::Span<const uint16_t> k, absl::Span<const uint16_t> v, int64_t n,
                  int64_t first, int64_t pages, uint8_t* dst) const;
-  absl::Status PutPage(const PageKey& key, absl::Span<const uint8_t> bytes, bool* reused);
+  // Puts a page and appends its kv_heads head checksums to `sums` (of the stored bytes when the
+  // key was stored already: those are what later fetches read).
+  absl::Status PutPage(const PageKey& key, absl::Span<const uint8_t> bytes, bool* reused,
+                       std::vector<uint64_t>* sums);
+  // The head-pages of store page `page` in WriteHeads order (per head K then V).
+  void HeadBytes(const uint8_t* page, uint8_t* dst) const;
+  // Fetches cached pages[i] into slot slots[i] of every head (verified; see the file comment).
+  absl::Status FetchPages(absl::Span<const int32_t> pages, absl::Span<const int32_t> slots,
+                          DiffusionStepStats* stats);
   absl::Status SelectRows(absl::Span<const uint16_t> q, DiffusionStepStats* stats);
   int32_t TakeSlot(const std::vector<bool>& busy);
   absl::Status RebuildSelector();
 
   Store* store_;
-  std::unique_ptr<DecodeBackend> backend_;
+  std::unique_ptr<WorkerBackend> backend_;
   DiffusionSessionOptions options_;
   std::unique_ptr<retriever::Selector> selector_;  // null when dense
   uint64_t page_bytes_ = 0;
+  int64_t half_bytes_ = 0;  // one head's K (or V) of one page
   int kv_heads_ = 0, head_dim_ = 0, page_tokens_ = 0, block_pages_ = 0;
 
+  bool registered_ = false;  // the store's host arena is the backend's gather source
   bool prefilled_ = false;
   bool failed_ = false;
   bool block_open_ = false;
   std::vector<PageKey> page_keys_;    // cached pages
   std::vector<bool> owned_;           // per cached page: written by this session (not reused)
+  std::vector<uint64_t> sums_;        // per cached page and KV head: HeadPageChecksum
   std::vector<int32_t> block_sizes_;  // pages of each committed block (prompt excluded)
   std::vector<uint8_t> block_;        // the open block's pages, as uploaded by the last step
   std::vector<uint16_t> cached_k_;    // cached keys [page][kv_heads][P][d] (sparse mode only)
@@ -179,7 +210,7 @@ class DiffusionSession {
   std::vector<int32_t> page_of_slot_;
   std::vector<int64_t> slot_used_;
   int64_t step_ = 0;
-  std::vector<uint8_t> staging_;
+  std::vector<uint8_t> heads_;  // WriteHeads staging
   std::vector<uint8_t> fresh_;  // this step's block pages
 };
 

@@ -127,6 +127,11 @@ class WorkerBackend {
   virtual absl::Status Sync() = 0;
 };
 
+// kernels::DType of a store dtype.
+inline kernels::DType KernelDType(DType dtype) {
+  return dtype == DType::kBf16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat16;
+}
+
 // The CPU backend: a host pool and the kernels' C++ references.
 std::unique_ptr<WorkerBackend> MakeCpuWorkerBackend();
 
