@@ -568,6 +568,8 @@ TEST(SsdSegmentTest, CompactionKeepsEveryLivePageByteIdentical) {
       }
     }
   });
+  // The reader must be running before compaction starts (a loaded machine may not schedule it).
+  while (reads.load() < 28) std::this_thread::yield();
   // The fourth crosses 1/2: its live pages 4-7 move to the active segment (in the background)
   // and 1.seg goes.
   ASSERT_TRUE(DeleteKeys(*t, 3, 1).ok());
@@ -577,6 +579,8 @@ TEST(SsdSegmentTest, CompactionKeepsEveryLivePageByteIdentical) {
   ASSERT_TRUE(DeleteKeys(*t, 4, 1).ok());
   ASSERT_TRUE(t->CompactSegment(2).ok());
   EXPECT_FALSE(fs::exists(dir.Sub("segments/2.seg")));
+  const int after = reads.load();  // and one full pass after both compactions
+  while (reads.load() < after + 28) std::this_thread::yield();
   stop = true;
   reader.join();
   EXPECT_EQ(wrong.load(), 0);
