@@ -111,8 +111,8 @@ bool _ZN4absl7debian35Mutex7TryLockEv(void* mu) {
   PAGODA_REAL(Bool, _ZN4absl7debian35Mutex7TryLockEv);
   __tsan_mutex_pre_lock(mu, __tsan_mutex_try_lock);
   const bool locked = real(mu);
-  __tsan_mutex_post_lock(
-      mu, __tsan_mutex_try_lock | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
+  __tsan_mutex_post_lock(mu, __tsan_mutex_try_lock | (locked ? 0 : __tsan_mutex_try_lock_failed),
+                         0);
   return locked;
 }
 
@@ -152,8 +152,8 @@ bool _ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE
   return Locking(mu, 0, [&] { return real(mu, cond, timeout); });
 }
 
-bool _ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE(
-    void* mu, Cond cond, absl::Time deadline) {
+bool _ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE(void* mu, Cond cond,
+                                                                              absl::Time deadline) {
   PAGODA_REAL(CondTime, _ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE);
   return Locking(mu, 0, [&] { return real(mu, cond, deadline); });
 }
@@ -185,7 +185,7 @@ bool _ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE(
 }
 
 bool _ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE(void* mu, Cond cond,
-                                                                          absl::Time deadline) {
+                                                                           absl::Time deadline) {
   PAGODA_REAL(CondTime, _ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE);
   return WaitReleasing(mu, [&] { return real(mu, cond, deadline); });
 }
@@ -211,8 +211,8 @@ void _ZN4absl7debian37CondVar4WaitEPNS0_5MutexE(void* cv, void* mu) {
   WaitReleasing(mu, [&] { return (real(cv, mu), 0); });
 }
 
-bool _ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE(
-    void* cv, void* mu, absl::Duration timeout) {
+bool _ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE(void* cv, void* mu,
+                                                                          absl::Duration timeout) {
   using Fn = bool (*)(void*, void*, absl::Duration);
   PAGODA_REAL(Fn, _ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE);
   return WaitReleasing(mu, [&] { return real(cv, mu, timeout); });
