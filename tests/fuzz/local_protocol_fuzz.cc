@@ -36,6 +36,11 @@ pagoda::service::LocalServer& Server(std::string* path) {
     if (!s->Start(socket_path).ok()) std::abort();
     return s;
   }();
+  // Stopped at exit before the fixture's store is destroyed (atexit handlers and static
+  // destructors run in reverse order of registration): a worker still serving the last input
+  // read freed memory (TSan).
+  static const bool stop_at_exit = [] { return std::atexit([] { server->Stop(); }) == 0; }();
+  (void)stop_at_exit;
   *path = socket_path;
   return *server;
 }
