@@ -1,5 +1,8 @@
 # Instrumented builds (scripts/fuzz.sh, scripts/sanitize.sh); nothing changes when both are unset.
 #   PAGODA_SANITIZE=address,undefined | thread   the whole tree compiled and linked with it
+#                                                (thread: every executable also gets
+#                                                scripts/sanitizers/tsan_absl_sync.cc, which
+#                                                shows TSan abseil's locks; see that file)
 #   PAGODA_FUZZ=ON                               clang only: libFuzzer coverage + ASan + UBSan on
 #                                                the tree; tests/fuzz targets link libFuzzer
 set(PAGODA_SANITIZE "" CACHE STRING "Sanitizers for the whole build (e.g. address,undefined)")
@@ -20,3 +23,28 @@ if(PAGODA_SANITIZE)
                       $<$<COMPILE_LANGUAGE:C,CXX>:-fno-sanitize-recover=undefined>)
   add_link_options(-fsanitize=${PAGODA_SANITIZE})
 endif()
+
+# Debian's abseil is not TSan-instrumented: every executable of a TSan build carries the
+# annotations of abseil's Mutex / CondVar / Notification (interposed, see the file).
+# pagoda_sanitizer_executables() runs once all components are added.
+if(PAGODA_SANITIZE MATCHES "thread")
+  add_library(pagoda_tsan_absl_sync OBJECT ${PROJECT_SOURCE_DIR}/scripts/sanitizers/tsan_absl_sync.cc)
+  target_link_libraries(pagoda_tsan_absl_sync PRIVATE absl::time)
+endif()
+
+function(pagoda_sanitizer_executables dir)
+  if(NOT TARGET pagoda_tsan_absl_sync)
+    return()
+  endif()
+  get_property(targets DIRECTORY ${dir} PROPERTY BUILDSYSTEM_TARGETS)
+  foreach(target ${targets})
+    get_target_property(type ${target} TYPE)
+    if(type STREQUAL "EXECUTABLE")
+      target_sources(${target} PRIVATE $<TARGET_OBJECTS:pagoda_tsan_absl_sync>)
+    endif()
+  endforeach()
+  get_property(subdirs DIRECTORY ${dir} PROPERTY SUBDIRECTORIES)
+  foreach(subdir ${subdirs})
+    pagoda_sanitizer_executables(${subdir})
+  endforeach()
+endfunction()

@@ -116,7 +116,8 @@ class ClusterClientImpl final : public ClusterClient {
 
   std::vector<std::string> LiveNodes() const override {
     std::vector<std::string> ids;
-    for (const NodeInfo& n : membership_->placement()->nodes()) ids.push_back(n.id);
+    const std::shared_ptr<const cluster::Placement> placement = membership_->placement();
+    for (const NodeInfo& n : placement->nodes()) ids.push_back(n.id);
     return ids;
   }
 
@@ -295,7 +296,10 @@ class ClusterClientImpl final : public ClusterClient {
     std::map<std::string, size_t> tier_index;
     int answered = 0;
     absl::Status last = absl::UnavailableError("cluster: no live node");
-    for (const NodeInfo& n : membership_->placement()->nodes()) {
+    // Held for the loop: a range-for over placement()->nodes() keeps only the vector reference,
+    // and the membership thread frees that placement when the node set changes (TSan saw it).
+    const std::shared_ptr<const cluster::Placement> placement = membership_->placement();
+    for (const NodeInfo& n : placement->nodes()) {
       absl::StatusOr<std::shared_ptr<Client>> c = NodeClient(n);
       if (!c.ok()) continue;
       absl::StatusOr<ServiceStats> s = (*c)->Stats();
@@ -333,7 +337,8 @@ class ClusterClientImpl final : public ClusterClient {
   // Serving when at least one live node serves; the other fields come from that node.
   absl::StatusOr<ServiceHealth> Health() override {
     absl::Status last = absl::UnavailableError("cluster: no live node");
-    for (const NodeInfo& n : membership_->placement()->nodes()) {
+    const std::shared_ptr<const cluster::Placement> placement = membership_->placement();
+    for (const NodeInfo& n : placement->nodes()) {
       absl::StatusOr<std::shared_ptr<Client>> c = NodeClient(n);
       if (!c.ok()) {
         last = c.status();

@@ -19,6 +19,8 @@
 
 namespace {
 
+pagoda::service::LocalServer* started = nullptr;
+
 pagoda::service::LocalServer& Server(std::string* path) {
   static std::string socket_path;
   static pagoda::service::LocalServer* server = [] {
@@ -34,6 +36,7 @@ pagoda::service::LocalServer& Server(std::string* path) {
     auto* s = new pagoda::service::LocalServer(f.store.get(), f.auth.get(), f.metrics.get(),
                                                pagoda::service::LocalServerOptions{});
     if (!s->Start(socket_path).ok()) std::abort();
+    started = s;
     return s;
   }();
   *path = socket_path;
@@ -54,6 +57,12 @@ std::string Hello() {
 }
 
 }  // namespace
+
+// Replay runs (replay_main.cc): the server's threads stop before exit destroys the store they
+// serve from (TSan saw a worker still serving the last input read freed memory).
+extern "C" void PagodaFuzzReplayDone() {
+  if (started != nullptr) started->Stop();
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string path;

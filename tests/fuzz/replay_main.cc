@@ -10,6 +10,8 @@
 #include <vector>
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+// Optional: a target that starts threads stops them here, before exit destroys its statics.
+extern "C" void PagodaFuzzReplayDone() __attribute__((weak));
 
 int main(int argc, char** argv) {
   namespace fs = std::filesystem;
@@ -36,6 +38,7 @@ int main(int argc, char** argv) {
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
   }
+  if (PagodaFuzzReplayDone != nullptr) PagodaFuzzReplayDone();
   std::printf("%zu inputs ran\n", files.size());
   return 0;
 }

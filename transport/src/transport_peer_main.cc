@@ -4,7 +4,11 @@
 //   KEY <hex of the packed remote key>
 // and then serves until killed or until stdin closes. Commands on stdin:
 //   CHECK <offset> <length> <seed>   -> "OK" or "BAD <first bad offset>"
+#include <sys/prctl.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +22,10 @@
 #include "transport/src/test_pattern.h"
 
 int main(int argc, char** argv) {
+  // Dies with the test that spawned it, even one that never reaches its destructors (a sanitizer
+  // halting it, a crash): an orphaned peer, stopped or not, keeps ctest waiting on its output.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() == 1) return 1;  // the test was gone before prctl took effect
   uint64_t bytes = 64 << 20;
   uint64_t seed = 1;
   std::string tls;

@@ -121,7 +121,8 @@ void Membership::Loop(int64_t revision) {
     }
     // Apply events to a copy of the current set; publish after each batch.
     std::map<std::string, NodeInfo> current;
-    for (const NodeInfo& n : placement()->nodes()) current.emplace(n.id, n);
+    const std::shared_ptr<const Placement> start = placement();  // held: the loop reads it
+    for (const NodeInfo& n : start->nodes()) current.emplace(n.id, n);
     while (true) {
       absl::StatusOr<std::vector<EtcdEvent>> events = (*watch)->Next();
       if (!events.ok()) {

@@ -9,8 +9,30 @@
 #include "pagoda/kvstore/store.h"
 #include "test_util.h"
 
+#ifdef __SANITIZE_THREAD__
+// libtsan's dynamic annotations (no header ships them).
+extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
+#endif
+
 namespace pagoda {
 namespace {
+
+// The zero-copy reader's copy of leased bytes (store.h, ReadLease): a removed page's slot may be
+// reused while a lease is still out, so the reader copies, then checks the lease's checksum and
+// drops a stale copy. The race with the writer is the protocol, between processes in real use; in
+// this test the reader is a thread of the store's process, so TSan would see it. Only this copy
+// is hidden from TSan; the store's own accesses stay checked.
+std::vector<uint8_t> CopyLeasedBytes(const uint8_t* bytes, size_t size) {
+#ifdef __SANITIZE_THREAD__
+  AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+#endif
+  std::vector<uint8_t> copy(bytes, bytes + size);
+#ifdef __SANITIZE_THREAD__
+  AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+#endif
+  return copy;
+}
 
 using ::pagoda::testing::PageBytesFor;
 using ::pagoda::testing::SmallLayout;
@@ -59,8 +81,8 @@ TEST(StressTest, ConcurrentPutGetEvictNeverServesWrongBytes) {
         auto lease = s.AcquireRead(tenant, key);
         st = lease.status();
         if (lease.ok()) {
-          std::vector<uint8_t> copy(arena.base + lease->arena_offset,
-                                    arena.base + lease->arena_offset + lease->size);
+          std::vector<uint8_t> copy =
+              CopyLeasedBytes(arena.base + lease->arena_offset, lease->size);
           // The reader's protocol: verify the copy against the lease's checksum.
           if (PageChecksum(copy.data(), copy.size()) == lease->checksum) {
             if (copy != PageBytesFor(SmallLayout(), tenant, key)) wrong++;

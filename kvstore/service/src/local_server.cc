@@ -380,11 +380,13 @@ bool LocalServer::ReadFrame(Connection& c, absl::Status* error) {
 }
 
 void LocalServer::Rearm(const std::shared_ptr<Connection>& c) {
-  {
-    absl::MutexLock l(&mu_);
-    if (c->closed) return;
-    c->busy = false;
-  }
+  // Re-armed under mu_, as Close marks the connection closed under mu_ before it closes the fd:
+  // re-armed outside it, the event loop (the sweep, or an event of this very fd) could close the
+  // fd in between and a new connection reuse its number, which this MOD would then arm while the
+  // loop serves it (two threads on one connection). TSan found the unordered epoll_ctl / close.
+  absl::MutexLock l(&mu_);
+  if (c->closed) return;
+  c->busy = false;
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
   ev.data.fd = c->fd;
