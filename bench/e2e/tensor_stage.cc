@@ -27,6 +27,12 @@ class HostStage final : public TensorStage {
 
 absl::StatusOr<std::unique_ptr<TensorStage>> MakeCudaTensorStage(int device_index);
 
+absl::StatusOr<std::unique_ptr<WorkerBackend>> MakeWorkerBackend(const std::string& name) {
+  if (name == "cpu") return MakeCpuWorkerBackend();
+  if (name == "cuda") return MakeCudaWorkerBackend();
+  return absl::InvalidArgumentError("backend must be cpu or cuda, not " + name);
+}
+
 absl::StatusOr<std::unique_ptr<TensorStage>> MakeTensorStage(Device device, int device_index) {
   if (device == Device::kCpu) return std::make_unique<HostStage>();
   return MakeCudaTensorStage(device_index);

@@ -8,10 +8,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "pagoda/client/tensor.h"
+#include "pagoda/client/worker_backend.h"
 
 namespace pagoda::bench {
 
@@ -26,6 +28,10 @@ class TensorStage {
                                          int64_t b, int64_t c) = 0;
   virtual absl::Status Back(const TensorView& view, uint16_t* host) = 0;
 };
+
+// The worker backend a benchmark's --backend names: "cpu", or "cuda" (device 0; Unavailable
+// without CUDA or a device). InvalidArgument for another name.
+absl::StatusOr<std::unique_ptr<WorkerBackend>> MakeWorkerBackend(const std::string& name);
 
 // Device::kCpu always works; kCuda is Unavailable without CUDA in the build.
 absl::StatusOr<std::unique_ptr<TensorStage>> MakeTensorStage(Device device, int device_index = 0);

@@ -427,17 +427,12 @@ int Run(const Args& a) {
     o.streaming_sink_pages = (profile->sink_tokens + P - 1) / P;
     o.streaming_window_pages = std::max(1, (profile->window_tokens + P - 1) / P);
   }
-  std::unique_ptr<WorkerBackend> backend;
-  if (a.backend == "cuda") {
-    auto cuda = MakeCudaWorkerBackend();
-    if (!cuda.ok()) {
-      std::fprintf(stderr, "backend: %s\n", cuda.status().ToString().c_str());
-      return 1;
-    }
-    backend = std::move(*cuda);
-  } else {
-    backend = MakeCpuWorkerBackend();
+  auto made = bench::MakeWorkerBackend(a.backend);
+  if (!made.ok()) {
+    std::fprintf(stderr, "backend: %s\n", made.status().ToString().c_str());
+    return 1;
   }
+  std::unique_ptr<WorkerBackend> backend = std::move(*made);
   const Device device = backend->device();
   auto stage = bench::MakeTensorStage(device);
   if (!stage.ok()) {

@@ -112,17 +112,12 @@ int RunCase(const Args& a, int64_t ctx, int B,
   o.summary_slots = B * (ctx / kP + 64);  // quest selects on the device over these
   // Twice one step's worst case, so most of a context is not resident and selections fetch.
   o.pool_slots_per_head = static_cast<int32_t>(2 * B * (a.budget / kP + 8) + 2 * B + 64);
-  std::unique_ptr<WorkerBackend> backend;
-  if (a.backend == "cuda") {
-    auto cuda = MakeCudaWorkerBackend();
-    if (!cuda.ok()) {
-      std::fprintf(stderr, "backend: %s\n", cuda.status().ToString().c_str());
-      return 1;
-    }
-    backend = std::move(*cuda);
-  } else {
-    backend = MakeCpuWorkerBackend();
+  auto made = bench::MakeWorkerBackend(a.backend);
+  if (!made.ok()) {
+    std::fprintf(stderr, "backend: %s\n", made.status().ToString().c_str());
+    return 1;
   }
+  std::unique_ptr<WorkerBackend> backend = std::move(*made);
   auto stage = bench::MakeTensorStage(backend->device());
   if (!stage.ok()) {
     std::fprintf(stderr, "tensors: %s\n", stage.status().ToString().c_str());

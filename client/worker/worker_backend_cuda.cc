@@ -1,5 +1,6 @@
-// The CUDA worker backend: a device pool of head-granular slots, the store's host arena
-// registered and mapped for the device, and the kernels' CUDA twins on the caller's stream.
+// The CUDA worker backend: a device pool of head-granular slots, the store's host arena read in
+// place (the store pins and maps it: Store::MapHostTierForGpu), a device table of page summaries
+// for Quest selection, and the kernels' CUDA twins on the caller's stream.
 // Compiled only where CMake found CUDA (worker_backend_cuda_none.cc elsewhere); plain C++ over
 // the runtime API.
 //
