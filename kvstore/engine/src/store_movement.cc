@@ -133,14 +133,23 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
       }
     }
     if (writes.empty()) continue;
-    if (!MakeSsdRoom(bytes)) {
+    absl::Status s = MakeSsdRoom(bytes)
+                         ? WriteSsdBatch(writes, new_tenants, bytes)
+                         : absl::ResourceExhaustedError(
+                               "SSD tier is full: every page on it is pinned or being read");
+    if (!s.ok()) {
       counters_.ssd_write_failures++;
-      return absl::ResourceExhaustedError(
-          "SSD tier is full: every page on it is pinned or being read");
-    }
-    if (absl::Status s = WriteSsdBatch(writes, new_tenants, bytes); !s.ok()) {
-      counters_.ssd_write_failures++;
-      return s;  // the batch's pages stay in the host tier, unchanged
+      // An I/O error: the batch's pages stay in the host tier, unchanged, and the caller hears it.
+      if (!absl::IsResourceExhausted(s)) return s;
+      // The disk is full and nothing on it can go (pinned, read, or the file system filled under
+      // the tier's own limit): the host tier is a cache, so its victims leave the store, as they
+      // do at an SSD quota, instead of failing the write or read that needed their slots.
+      for (uint32_t v : written) {
+        counters_.evictions[fi]++;
+        counters_.dropped++;
+        FreeEntry(v);
+      }
+      continue;
     }
     for (const auto& p : new_tenants) tenants_[p.first].on_ssd = true;
     for (uint32_t v : written) {
