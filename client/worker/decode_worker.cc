@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "head_pool.h"
 #include "page_committer.h"
+#include "pagoda/kernels/dtype.h"
 #include "pagoda/kernels/head_checksum.h"
 #include "pagoda/kvstore/prefix.h"
 #include "worker_select.h"
@@ -80,10 +81,22 @@ class DecodeWorker::Impl {
   const Sequence* Lookup(SequenceId id) const;
   // Applies commit failures to their sequences.
   void DrainCommits();
-  // Device selection (policy quest): gives every page of each layer state a summary slot and
-  // writes the summaries of its pages that changed since the last call (the open page; the full
-  // ones once). ResourceExhausted when the table is full.
-  absl::Status SyncSummaries(absl::Span<LayerState* const> states);
+  // Device selection (policy quest): the summary slot of the next natural page of `ls` (the
+  // caller checked that one is free).
+  int32_t NewSummarySlot(LayerState& ls);
+  // Device selection: the min / max keys of a full store page (the store's layout) per KV head,
+  // appended to mins / maxs ([kv_heads, head_dim] rows).
+  void PageMinMax(const uint8_t* page, std::vector<uint16_t>& mins,
+                  std::vector<uint16_t>& maxs) const;
+  // Device selection: the next natural pages of `ls` (full pages, one per row of mins / maxs)
+  // get summary slots and their summaries, in one backend call. ResourceExhausted when the table
+  // has no room.
+  absl::Status AddSummaries(LayerState& ls, const std::vector<uint16_t>& mins,
+                            const std::vector<uint16_t>& maxs);
+  // Device selection: folds tokens [from, to) of the open page of each listed state (in its pool
+  // slots ls.tail) into the page's summary, giving the page a summary slot when from == 0.
+  absl::Status FoldOpenPages(absl::Span<LayerState* const> states, absl::Span<const int32_t> from,
+                             absl::Span<const int32_t> to);
   // Device selection for the batch's sequences whose status is OK: rows for every one.
   void SelectOnBackend(int layer, const TensorView& q, const TensorView& hq,
                        std::vector<absl::Status>& status, WorkerStepStats& stats);
@@ -94,7 +107,8 @@ class DecodeWorker::Impl {
   // The open page of (seq, layer) is full: its head-pages are read from the pool, checksummed,
   // queued for the store, and its slots become the page's cached copy.
   absl::Status CommitTail(SequenceId id, Sequence& seq, int layer, WorkerStepStats* stats);
-  // The layer's prompt is complete: hands its keys to a new selector.
+  // The layer's prompt is complete: host selection hands its keys to a new selector (device
+  // selection has its summaries already); the boundary trigger starts.
   absl::Status StartSelector(LayerState& ls, int layer);
   absl::Status LoadCachedPages(Sequence& seq, int layer, int64_t pages);
   // Verified head-pages for the fetch list; failures fall back to a store read. Marks the
@@ -221,7 +235,7 @@ absl::Status DecodeWorker::Impl::CommitTail(SequenceId id, Sequence& seq, int la
   const PageKey key =
       ChainPageKey(p == 0 ? PageKey{} : ls.keys[p - 1],
                    absl::MakeConstSpan(seq.tokens).subspan(p * P_, P_), Extra(layer));
-  TakePage(ls, page.data(), /*keep_keys=*/ls.selector == nullptr);
+  TakePage(ls, page.data(), /*keep_keys=*/!ls.ready && !device_select_);
   ls.keys.push_back(key);
   for (int h = 0; h < kv_; ++h) {
     pool_.Adopt(h, ls.tail[h], key, epoch_);
@@ -237,42 +251,40 @@ absl::Status DecodeWorker::Impl::CommitTail(SequenceId id, Sequence& seq, int la
 }
 
 absl::Status DecodeWorker::Impl::StartSelector(LayerState& ls, int layer) {
-  // The open page's keys are in the pool only: read them back.
-  const int64_t tail_tokens = ls.tokens - static_cast<int64_t>(ls.keys.size()) * P_;
-  if (tail_tokens > 0) {
-    std::vector<HeadSlot> heads;
-    for (int h = 0; h < kv_; ++h) heads.push_back({h, ls.tail[h]});
-    std::vector<uint8_t> bytes(kv_ * 2 * half_);
-    if (absl::Status s = backend_->ReadHeads(heads, absl::MakeSpan(bytes)); !s.ok()) return s;
-    for (int h = 0; h < kv_; ++h) {
-      const uint16_t* k = reinterpret_cast<const uint16_t*>(bytes.data() + h * 2 * half_);
-      ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), k, k + tail_tokens * d_);
-    }
-  }
-  std::vector<uint16_t> keys;
-  keys.reserve(static_cast<size_t>(kv_) * ls.tokens * d_);
-  for (int h = 0; h < kv_; ++h)
-    keys.insert(keys.end(), ls.prompt_keys[h].begin(), ls.prompt_keys[h].end());
-  retriever::SelectorOptions sel = worker_internal::SelectorShape(o_);
-  if (!o_.layer_streaming_heads.empty()) sel.streaming_kv_heads = o_.layer_streaming_heads[layer];
   float trigger_threshold = o_.boundary_threshold;
-  if (!o_.layer_thresholds.empty()) {
-    sel.boundary_threshold = trigger_threshold = o_.layer_thresholds[layer];
+  if (!o_.layer_thresholds.empty()) trigger_threshold = o_.layer_thresholds[layer];
+  if (!device_select_) {
+    // The open page's keys are in the pool only: read them back.
+    const int64_t tail_tokens = ls.tokens - static_cast<int64_t>(ls.keys.size()) * P_;
+    if (tail_tokens > 0) {
+      std::vector<HeadSlot> heads;
+      for (int h = 0; h < kv_; ++h) heads.push_back({h, ls.tail[h]});
+      std::vector<uint8_t> bytes(kv_ * 2 * half_);
+      if (absl::Status s = backend_->ReadHeads(heads, absl::MakeSpan(bytes)); !s.ok()) return s;
+      for (int h = 0; h < kv_; ++h) {
+        const uint16_t* k = reinterpret_cast<const uint16_t*>(bytes.data() + h * 2 * half_);
+        ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), k, k + tail_tokens * d_);
+      }
+    }
+    std::vector<uint16_t> keys;
+    keys.reserve(static_cast<size_t>(kv_) * ls.tokens * d_);
+    for (int h = 0; h < kv_; ++h)
+      keys.insert(keys.end(), ls.prompt_keys[h].begin(), ls.prompt_keys[h].end());
+    retriever::SelectorOptions sel = worker_internal::SelectorShape(o_);
+    if (!o_.layer_streaming_heads.empty()) sel.streaming_kv_heads = o_.layer_streaming_heads[layer];
+    if (!o_.layer_thresholds.empty()) sel.boundary_threshold = trigger_threshold;
+    auto selector = retriever::MakeSelector(o_.policy, sel);
+    if (!selector.ok()) return selector.status();
+    if (absl::Status s = (*selector)->Prefill(keys, ls.tokens); !s.ok()) return s;
+    ls.selector = std::move(*selector);
   }
-  auto selector = retriever::MakeSelector(o_.policy, sel);
-  if (!selector.ok()) return selector.status();
-  if (absl::Status s = (*selector)->Prefill(keys, ls.tokens); !s.ok()) return s;
-  ls.selector = std::move(*selector);
   ls.prompt_keys.assign(kv_, {});
   if (o_.boundary_trigger && o_.policy != retriever::Policy::kBoundary) {
     auto trigger = retriever::BoundaryTrigger::Create(o_.q_heads, d_, trigger_threshold);
     if (!trigger.ok()) return trigger.status();
     ls.trigger.emplace(std::move(*trigger));
   }
-  if (device_select_) {
-    LayerState* one[1] = {&ls};
-    return SyncSummaries(one);
-  }
+  ls.ready = true;
   return absl::OkStatus();
 }
 
@@ -281,17 +293,19 @@ absl::Status DecodeWorker::Impl::LoadCachedPages(Sequence& seq, int layer, int64
   const std::vector<PageKey> keys = ChainPageKeys(
       absl::MakeConstSpan(seq.tokens).subspan(0, pages * P_), o_.layout.page_tokens, Extra(layer));
   std::vector<uint8_t> page(o_.layout.PageBytes());
+  std::vector<uint16_t> mins, maxs;
   for (int64_t p = 0; p < pages; ++p) {
     auto info = store_->Get(o_.tenant, keys[p], absl::MakeSpan(page));  // verified by the store
     if (!info.ok()) return info.status();
     if (info->layout != o_.layout) {
       return absl::FailedPreconditionError("a cached page has another layout");
     }
-    TakePage(ls, page.data(), /*keep_keys=*/true);
+    TakePage(ls, page.data(), /*keep_keys=*/!device_select_);
+    if (device_select_) PageMinMax(page.data(), mins, maxs);
     ls.keys.push_back(keys[p]);
   }
   ls.tokens = pages * P_;
-  return absl::OkStatus();
+  return device_select_ ? AddSummaries(ls, mins, maxs) : absl::OkStatus();
 }
 
 absl::StatusOr<OpenedSequence> DecodeWorker::Impl::Open(absl::Span<const int32_t> token_ids) {
@@ -310,6 +324,7 @@ absl::StatusOr<OpenedSequence> DecodeWorker::Impl::Open(absl::Span<const int32_t
   seq.prompt_len = n;
   // A page may leave the store between the lookup and the read: retry with what could be read.
   for (int attempt = 0;; ++attempt) {
+    Release(seq);  // summary slots of an earlier attempt
     seq.layers.clear();
     seq.layers.resize(o_.num_layers);
     for (LayerState& ls : seq.layers) {
@@ -320,7 +335,10 @@ absl::StatusOr<OpenedSequence> DecodeWorker::Impl::Open(absl::Span<const int32_t
     int l = 0;
     for (; l < o_.num_layers && failed.ok(); ++l) failed = LoadCachedPages(seq, l, pages);
     if (failed.ok()) break;
-    if (!absl::IsNotFound(failed) && !absl::IsDataLoss(failed)) return failed;
+    if (!absl::IsNotFound(failed) && !absl::IsDataLoss(failed)) {
+      Release(seq);
+      return failed;
+    }
     if (attempt == 2)
       pages = 0;
     else
@@ -386,6 +404,15 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
       return absl::ResourceExhaustedError("the attention pool has no slot for an open page");
     }
   }
+  if (device_select_) {  // every page the rows open needs a summary slot
+    const int64_t opened =
+        (ls.tokens + rows + P_ - 1) / P_ - static_cast<int64_t>(ls.sum_slots.size());
+    if (opened > static_cast<int64_t>(free_sum_.size())) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the selection summary table has ", free_sum_.size(), " free slots, this prefill needs ",
+          opened, " (raise DecodeWorkerOptions::summary_slots or close sequences)"));
+    }
+  }
   int64_t r = 0;
   while (r < rows) {
     ++epoch_;  // pages this prefill committed earlier may be evicted for the next one
@@ -401,6 +428,14 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
         !s.ok()) {
       seq.failed = s;
       return s;
+    }
+    if (device_select_) {  // the page's summary, from the rows just written, on the backend
+      LayerState* one[1] = {&ls};
+      const int32_t from[1] = {static_cast<int32_t>(at)}, to[1] = {static_cast<int32_t>(at + m)};
+      if (absl::Status s = FoldOpenPages(one, from, to); !s.ok()) {
+        seq.failed = s;
+        return s;
+      }
     }
     ls.tokens += m;
     r += m;
@@ -430,7 +465,7 @@ absl::StatusOr<SequenceId> DecodeWorker::Impl::Fork(SequenceId parent_id) {
     return absl::FailedPreconditionError("a sequence on a rolling-window stream cannot fork");
   }
   for (const LayerState& ls : parent.layers) {
-    if (ls.selector == nullptr) return absl::FailedPreconditionError("the parent is not prefilled");
+    if (!ls.ready) return absl::FailedPreconditionError("the parent is not prefilled");
   }
   DrainCommits();
   Sequence child;
@@ -463,14 +498,28 @@ absl::StatusOr<SequenceId> DecodeWorker::Impl::Fork(SequenceId parent_id) {
       }
       if (absl::Status s = backend_->CopyHeads(src, dst); !s.ok()) return undo(s);
     }
-    // The selector state has no copy: rebuild it from the pages (verified store reads).
+    // The selection state has no copy: rebuild it from the pages (verified store reads), the
+    // open page's summary from its copied slots.
     std::vector<uint8_t> page(o_.layout.PageBytes());
+    std::vector<uint16_t> mins, maxs;
     for (const PageKey& key : to.keys) {
       auto info = store_->Get(o_.tenant, key, absl::MakeSpan(page));
       if (!info.ok()) return undo(info.status());
+      if (device_select_) {
+        PageMinMax(page.data(), mins, maxs);
+        continue;
+      }
       for (int h = 0; h < kv_; ++h) {
         const uint16_t* kk = reinterpret_cast<const uint16_t*>(page.data() + h * half_);
         to.prompt_keys[h].insert(to.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
+      }
+    }
+    if (device_select_) {
+      if (absl::Status s = AddSummaries(to, mins, maxs); !s.ok()) return undo(s);
+      if (open_page) {
+        LayerState* one[1] = {&to};
+        const int32_t first[1] = {0}, upto[1] = {static_cast<int32_t>(to.tokens % P_)};
+        if (absl::Status s = FoldOpenPages(one, first, upto); !s.ok()) return undo(s);
       }
     }
     if (absl::Status s = StartSelector(to, l); !s.ok()) return undo(s);
@@ -491,7 +540,6 @@ void DecodeWorker::Impl::Release(Sequence& seq) {
       free_sum_.push_back(slot);
     }
     ls.sum_slots.clear();
-    ls.sum_final = 0;
     for (int32_t p = 0; p < ls.pinned; ++p) (void)store_->Unpin(o_.tenant, ls.keys[p]);
     ls.pinned = 0;
     if (ls.stream_id != 0) (void)store_->CloseStream(o_.tenant, ls.stream_id);
@@ -545,7 +593,7 @@ absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> i
           absl::StrCat("sequence ", id, " failed earlier: ", seq->failed.message()));
     }
     for (const LayerState& ls : seq->layers) {
-      if (ls.selector == nullptr) {
+      if (!ls.ready) {
         return absl::FailedPreconditionError(absl::StrCat("sequence ", id, " is not prefilled"));
       }
     }
@@ -657,37 +705,67 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
   stats.verify_s += Since(t1);
 }
 
-absl::Status DecodeWorker::Impl::SyncSummaries(absl::Span<LayerState* const> states) {
-  std::vector<int32_t> slots, counts;
-  std::vector<uint16_t> mins, maxs;
-  const size_t row = static_cast<size_t>(kv_) * d_;
-  for (LayerState* ls : states) {
-    auto sm = ls->selector->Summaries();
-    if (!sm.ok()) return sm.status();
-    if (sm->sub_pages != 1)
-      return absl::InternalError("device selection needs whole-page summaries");
-    const int32_t pages = sm->num_pages;
-    if (pages - static_cast<int32_t>(ls->sum_slots.size()) >
-        static_cast<int32_t>(free_sum_.size())) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the selection summary table is full (", o_.summary_slots,
-                       " slots; raise DecodeWorkerOptions::summary_slots or close sequences)"));
+int32_t DecodeWorker::Impl::NewSummarySlot(LayerState& ls) {
+  const int32_t slot = free_sum_.back();
+  free_sum_.pop_back();
+  slot_page_[slot] = static_cast<int32_t>(ls.sum_slots.size());
+  ls.sum_slots.push_back(slot);
+  return slot;
+}
+
+void DecodeWorker::Impl::PageMinMax(const uint8_t* page, std::vector<uint16_t>& mins,
+                                    std::vector<uint16_t>& maxs) const {
+  const bool bf16 = o_.layout.dtype == DType::kBf16;
+  auto value = [bf16](uint16_t x) {
+    return bf16 ? kernels::Bf16ToFloat(x) : kernels::HalfToFloat(x);
+  };
+  for (int h = 0; h < kv_; ++h) {
+    const uint16_t* k = reinterpret_cast<const uint16_t*>(page + h * half_);
+    const size_t at = mins.size();
+    mins.insert(mins.end(), k, k + d_);  // token 0
+    maxs.insert(maxs.end(), k, k + d_);
+    for (int t = 1; t < P_; ++t) {
+      for (int d = 0; d < d_; ++d) {
+        const uint16_t x = k[t * d_ + d];
+        if (value(x) < value(mins[at + d])) mins[at + d] = x;
+        if (value(x) > value(maxs[at + d])) maxs[at + d] = x;
+      }
     }
-    while (static_cast<int32_t>(ls->sum_slots.size()) < pages) {
-      const int32_t slot = free_sum_.back();
-      free_sum_.pop_back();
-      slot_page_[slot] = static_cast<int32_t>(ls->sum_slots.size());
-      ls->sum_slots.push_back(slot);
-    }
-    for (int32_t p = ls->sum_final; p < pages; ++p) {
-      slots.push_back(ls->sum_slots[p]);
-      counts.push_back(sm->count[p]);
-      mins.insert(mins.end(), sm->min + p * row, sm->min + (p + 1) * row);
-      maxs.insert(maxs.end(), sm->max + p * row, sm->max + (p + 1) * row);
-    }
-    ls->sum_final = static_cast<int32_t>(ls->tokens / P_);  // full pages never change again
   }
+}
+
+absl::Status DecodeWorker::Impl::AddSummaries(LayerState& ls, const std::vector<uint16_t>& mins,
+                                              const std::vector<uint16_t>& maxs) {
+  const size_t row = static_cast<size_t>(kv_) * d_;
+  const size_t n = mins.size() / row;
+  if (n == 0) return absl::OkStatus();
+  if (n > free_sum_.size()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the selection summary table is full (", o_.summary_slots,
+                     " slots; raise DecodeWorkerOptions::summary_slots or close sequences)"));
+  }
+  std::vector<int32_t> slots(n), counts(n, P_);
+  for (size_t i = 0; i < n; ++i) slots[i] = NewSummarySlot(ls);
   return backend_->WriteSummaries(slots, mins, maxs, counts);
+}
+
+absl::Status DecodeWorker::Impl::FoldOpenPages(absl::Span<LayerState* const> states,
+                                               absl::Span<const int32_t> from,
+                                               absl::Span<const int32_t> to) {
+  int64_t fresh = 0;
+  for (size_t i = 0; i < states.size(); ++i) fresh += from[i] == 0 ? 1 : 0;
+  if (fresh > static_cast<int64_t>(free_sum_.size())) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the selection summary table is full (", o_.summary_slots,
+                     " slots; raise DecodeWorkerOptions::summary_slots or close sequences)"));
+  }
+  std::vector<int32_t> sum_slots, pool_slots;
+  for (size_t i = 0; i < states.size(); ++i) {
+    LayerState& ls = *states[i];
+    sum_slots.push_back(from[i] == 0 ? NewSummarySlot(ls) : ls.sum_slots.back());
+    pool_slots.insert(pool_slots.end(), ls.tail.begin(), ls.tail.end());
+  }
+  return backend_->UpdateSummaries(sum_slots, pool_slots, from, to);
 }
 
 void DecodeWorker::Impl::SelectOnBackend(int layer, const TensorView& q, const TensorView& hq,
@@ -706,7 +784,11 @@ void DecodeWorker::Impl::SelectOnBackend(int layer, const TensorView& q, const T
       ++stats.retrievals;
       continue;
     }
-    const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
+    // q on the host only where the trigger reads it.
+    const absl::Span<const uint16_t> qb =
+        hq.data == nullptr
+            ? absl::Span<const uint16_t>()
+            : absl::Span<const uint16_t>(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
     auto due = worker_internal::RetrievalDue(o_, ls, qb);
     auto plan = worker_internal::PlanQuestBudget(o_, ls);
     if (!due.ok() || !plan.ok()) {
@@ -791,19 +873,24 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   if (absl::Status s = CheckTensor(o, "o", {B, o_.q_heads, d_}, dt, dev); !s.ok()) return s;
   if (absl::Status s = CheckTensor(k, "k", {B, kv_, d_}, dt, dev); !s.ok()) return s;
   if (absl::Status s = CheckTensor(v, "v", {B, kv_, d_}, dt, dev); !s.ok()) return s;
-  // Selection and the input checks read q, k and v on the host (a copy from the device on CUDA).
-  qh_.resize(static_cast<size_t>(B) * o_.q_heads * d_);
-  kh_.resize(static_cast<size_t>(B) * kv_ * d_);
-  vh_.resize(kh_.size());
-  if (absl::Status s = backend_->CopyToHost(q, absl::MakeSpan(qh_)); !s.ok()) return s;
-  if (absl::Status s = backend_->CopyToHost(k, absl::MakeSpan(kh_)); !s.ok()) return s;
-  if (absl::Status s = backend_->CopyToHost(v, absl::MakeSpan(vh_)); !s.ok()) return s;
-  const TensorView hq = TensorView::Contiguous(qh_.data(), dt, {B, o_.q_heads, d_});
-  const TensorView hk = TensorView::Contiguous(kh_.data(), dt, {B, kv_, d_});
-  const TensorView hv = TensorView::Contiguous(vh_.data(), dt, {B, kv_, d_});
-  if (absl::Status s = worker_internal::CheckFinite(hq, dt, "q"); !s.ok()) return s;
-  if (absl::Status s = worker_internal::CheckFinite(hk, dt, "k"); !s.ok()) return s;
-  if (absl::Status s = worker_internal::CheckFinite(hv, dt, "v"); !s.ok()) return s;
+  // What the host reads: q for host selection and the boundary trigger, k for the host
+  // selector's key pool, and on the CPU backend all three for the inf / NaN checks. Device
+  // selection on a device backend reads none of them (q only with the trigger): no copy, no sync.
+  const bool on_host = dev == Device::kCpu;
+  const bool need_q = on_host || !device_select_ || o_.boundary_trigger;
+  const bool need_k = on_host || !device_select_;
+  TensorView hq, hk;
+  for (auto [t, buf, need, rows, what] :
+       {std::tuple{&q, &qh_, need_q, o_.q_heads, "q"}, std::tuple{&k, &kh_, need_k, kv_, "k"},
+        std::tuple{&v, &vh_, on_host, kv_, "v"}}) {
+    if (!need) continue;
+    buf->resize(static_cast<size_t>(B) * rows * d_);
+    if (absl::Status s = backend_->CopyToHost(*t, absl::MakeSpan(*buf)); !s.ok()) return s;
+    const TensorView h = TensorView::Contiguous(buf->data(), dt, {B, rows, d_});
+    if (absl::Status s = worker_internal::CheckFinite(h, dt, what); !s.ok()) return s;
+    if (t == &q) hq = h;
+    if (t == &k) hk = h;
+  }
   layer_done_[layer] = true;
   ++epoch_;
   WorkerStepStats& stats = step_stats_;
@@ -825,18 +912,22 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     positions.push_back(static_cast<int32_t>(ls.tokens % P_));
   }
   if (absl::Status s = backend_->WriteTokens(k, v, slots, positions); !s.ok()) return fail_all(s);
+  if (device_select_) {  // the open pages' summaries fold the new keys on the backend
+    std::vector<LayerState*> states(B);
+    std::vector<int32_t> from(B), to(B);
+    for (int64_t b = 0; b < B; ++b) {
+      states[b] = &seqs_[plan_seqs_[b]].layers[layer];
+      from[b] = positions[b];
+      to[b] = positions[b] + 1;
+    }
+    if (absl::Status s = FoldOpenPages(states, from, to); !s.ok()) return fail_all(s);  // Plan
+  }
   for (int64_t b = 0; b < B; ++b) {
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     ++ls.tokens;
+    if (device_select_) continue;
     const absl::Span<const uint16_t> kb(hk.At(b, 0, 0), static_cast<size_t>(kv_) * d_);
     if (absl::Status s = ls.selector->Append(kb, 1); !s.ok() && status[b].ok()) status[b] = s;
-  }
-  if (device_select_) {
-    std::vector<LayerState*> synced;
-    for (int64_t b = 0; b < B; ++b) {
-      if (status[b].ok()) synced.push_back(&seqs_[plan_seqs_[b]].layers[layer]);
-    }
-    if (absl::Status s = SyncSummaries(synced); !s.ok()) return fail_all(s);
   }
   stats.append_s += Since(t0);
 

@@ -558,6 +558,10 @@ class StaleFirstCopy final : public WorkerBackend {
                               absl::Span<const uint16_t> mx, absl::Span<const int32_t> c) override {
     return inner_->WriteSummaries(s, mn, mx, c);
   }
+  absl::Status UpdateSummaries(absl::Span<const int32_t> s, absl::Span<const int32_t> p,
+                               absl::Span<const int32_t> o, absl::Span<const int32_t> n) override {
+    return inner_->UpdateSummaries(s, p, o, n);
+  }
   absl::Status SelectQuest(const TensorView& q, const QuestRequest& r, std::vector<int32_t>& ip,
                            std::vector<int32_t>& ix) override {
     return inner_->SelectQuest(q, r, ip, ix);

@@ -1,6 +1,8 @@
 #include "worker_backend_check.h"
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "pagoda/client/worker_backend.h"
@@ -147,6 +149,42 @@ absl::Status CheckWriteSummaries(const PoolGeometry& g, int64_t table_slots,
     if (count[i] < 0 || count[i] > g.page_tokens) {
       return absl::InvalidArgumentError("summary count out of [0, page_tokens]");
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckUpdateSummaries(const PoolGeometry& g, int64_t table_slots,
+                                  absl::Span<const int32_t> sum_slots,
+                                  absl::Span<const int32_t> pool_slots,
+                                  absl::Span<const int32_t> old_count,
+                                  absl::Span<const int32_t> new_count) {
+  if (table_slots < 1) return absl::FailedPreconditionError("no summary table (InitSummaries)");
+  const size_t n = sum_slots.size();
+  if (pool_slots.size() != n * g.kv_heads || old_count.size() != n || new_count.size() != n) {
+    return absl::InvalidArgumentError(
+        "summary update: pool slots / counts sizes disagree with the summary slots");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (sum_slots[i] < 0 || sum_slots[i] >= table_slots) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("summary update: summary slot ", sum_slots[i], " out of range"));
+    }
+    if (old_count[i] < 0 || new_count[i] <= old_count[i] || new_count[i] > g.page_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("summary update: counts ", old_count[i],
+                                                     " -> ", new_count[i],
+                                                     " are not 0 <= old < new <= ", g.page_tokens));
+    }
+  }
+  for (int32_t slot : pool_slots) {
+    if (slot < 0 || slot >= g.slots) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("summary update: pool slot ", slot, " out of range"));
+    }
+  }
+  std::vector<int32_t> sorted(sum_slots.begin(), sum_slots.end());
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    return absl::InvalidArgumentError("summary update: a summary slot is listed twice");
   }
   return absl::OkStatus();
 }

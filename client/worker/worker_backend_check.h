@@ -42,6 +42,11 @@ absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView&
 absl::Status CheckWriteSummaries(const PoolGeometry& g, int64_t table_slots,
                                  absl::Span<const int32_t> slots, absl::Span<const uint16_t> min,
                                  absl::Span<const uint16_t> max, absl::Span<const int32_t> count);
+absl::Status CheckUpdateSummaries(const PoolGeometry& g, int64_t table_slots,
+                                  absl::Span<const int32_t> sum_slots,
+                                  absl::Span<const int32_t> pool_slots,
+                                  absl::Span<const int32_t> old_count,
+                                  absl::Span<const int32_t> new_count);
 absl::Status CheckQuestRequest(const PoolGeometry& g, int64_t table_slots, Device device,
                                const TensorView& q, const QuestRequest& req);
 

@@ -175,6 +175,28 @@ class CpuWorkerBackend final : public WorkerBackend {
     return absl::OkStatus();
   }
 
+  absl::Status UpdateSummaries(absl::Span<const int32_t> sum_slots,
+                               absl::Span<const int32_t> pool_slots,
+                               absl::Span<const int32_t> old_count,
+                               absl::Span<const int32_t> new_count) override {
+    if (absl::Status s = worker_internal::CheckUpdateSummaries(geo_, sum_slots_, sum_slots,
+                                                               pool_slots, old_count, new_count);
+        !s.ok()) {
+      return s;
+    }
+    if (sum_slots.empty()) return absl::OkStatus();
+    kernels::SummaryUpdateParams p;
+    p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_.data()));
+    p.summaries = Summaries();
+    p.num_updates = static_cast<int32_t>(sum_slots.size());
+    p.pages = sum_slots.data();
+    p.summary_pages = sum_slots.data();
+    p.head_pages = pool_slots.data();
+    p.old_count = old_count.data();
+    p.new_count = new_count.data();
+    return kernels::UpdateSummariesReference(p);
+  }
+
   absl::Status SelectQuest(const TensorView& q, const QuestRequest& req,
                            std::vector<int32_t>& out_indptr,
                            std::vector<int32_t>& out_indices) override {
@@ -189,15 +211,7 @@ class CpuWorkerBackend final : public WorkerBackend {
     p.batch = batch;
     p.num_qo_heads = geo_.q_heads;
     p.q = q_.data();
-    p.summaries.dtype =
-        geo_.dtype == DType::kBf16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat16;
-    p.summaries.num_pages = static_cast<int32_t>(sum_slots_);
-    p.summaries.sub_pages = 1;
-    p.summaries.num_kv_heads = geo_.kv_heads;
-    p.summaries.head_dim = geo_.head_dim;
-    p.summaries.min = sum_min_.data();
-    p.summaries.max = sum_max_.data();
-    p.summaries.count = sum_count_.data();
+    p.summaries = Summaries();
     p.page_size = geo_.page_tokens;
     p.cand_indptr = req.cand_indptr.data();
     p.cand_pages = req.cand.data();
@@ -227,6 +241,19 @@ class CpuWorkerBackend final : public WorkerBackend {
  private:
   uint8_t* SlotPtr(HeadSlot s) {
     return pool_.data() + (int64_t{s.head} * geo_.slots + s.slot) * geo_.SlotBytes();
+  }
+  // The summary table as the kernels see it (min / max / count; no means).
+  kernels::PageSummaries Summaries() {
+    kernels::PageSummaries sm;
+    sm.dtype = KernelDType(geo_.dtype);
+    sm.num_pages = static_cast<int32_t>(sum_slots_);
+    sm.sub_pages = 1;
+    sm.num_kv_heads = geo_.kv_heads;
+    sm.head_dim = geo_.head_dim;
+    sm.min = sum_min_.data();
+    sm.max = sum_max_.data();
+    sm.count = sum_count_.data();
+    return sm;
   }
   absl::Status CheckHeads(absl::Span<const HeadSlot> heads, size_t bytes) const {
     if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");

@@ -410,6 +410,44 @@ class CudaWorkerBackend final : public WorkerBackend {
     return absl::OkStatus();
   }
 
+  // One pinned upload of [summary slots | old counts | new counts | pool slots], then the summary
+  // kernel reading the new tokens from the pool.
+  absl::Status UpdateSummaries(absl::Span<const int32_t> sum_slots,
+                               absl::Span<const int32_t> pool_slots,
+                               absl::Span<const int32_t> old_count,
+                               absl::Span<const int32_t> new_count) override {
+    if (absl::Status s = worker_internal::CheckUpdateSummaries(geo_, sum_slots_, sum_slots,
+                                                               pool_slots, old_count, new_count);
+        !s.ok()) {
+      return s;
+    }
+    if (sum_slots.empty()) return absl::OkStatus();
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const size_t n = sum_slots.size();
+    const size_t bytes = (3 * n + pool_slots.size()) * 4;
+    if (absl::Status s = sum_fold_.Reserve(bytes); !s.ok()) return s;
+    int32_t* h = reinterpret_cast<int32_t*>(sum_fold_.host);
+    std::memcpy(h, sum_slots.data(), n * 4);
+    std::memcpy(h + n, old_count.data(), n * 4);
+    std::memcpy(h + 2 * n, new_count.data(), n * 4);
+    std::memcpy(h + 3 * n, pool_slots.data(), pool_slots.size() * 4);
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(sum_fold_.dev, sum_fold_.host, bytes, cudaMemcpyHostToDevice, stream_),
+        "summary update upload");
+    PAGODA_CUDA_RETURN(cudaEventRecord(sum_fold_.ready, stream_), "event record");
+    const int32_t* d = reinterpret_cast<const int32_t*>(sum_fold_.dev);
+    kernels::SummaryUpdateParams p;
+    p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
+    p.summaries = Summaries();
+    p.num_updates = static_cast<int32_t>(n);
+    p.pages = d;
+    p.summary_pages = d;
+    p.old_count = d + n;
+    p.new_count = d + 2 * n;
+    p.head_pages = d + 3 * n;
+    return kernels::gpu::UpdateSummaries(p, stream_);
+  }
+
   absl::Status SelectQuest(const TensorView& q, const QuestRequest& req,
                            std::vector<int32_t>& out_indptr,
                            std::vector<int32_t>& out_indices) override {
@@ -453,20 +491,11 @@ class CudaWorkerBackend final : public WorkerBackend {
     const int32_t* d = reinterpret_cast<const int32_t*>(quest_.dev);
     float* scores = reinterpret_cast<float*>(quest_.dev + in_bytes);
     int32_t* out = reinterpret_cast<int32_t*>(quest_.dev + in_bytes + scores_bytes);
-    const size_t row = static_cast<size_t>(geo_.kv_heads) * geo_.head_dim * 2;
     kernels::QuestParams p;
     p.batch = batch;
     p.num_qo_heads = geo_.q_heads;
     p.q = static_cast<const uint16_t*>(q.data);
-    p.summaries.dtype =
-        geo_.dtype == DType::kBf16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat16;
-    p.summaries.num_pages = static_cast<int32_t>(sum_slots_);
-    p.summaries.sub_pages = 1;
-    p.summaries.num_kv_heads = geo_.kv_heads;
-    p.summaries.head_dim = geo_.head_dim;
-    p.summaries.min = reinterpret_cast<uint16_t*>(summaries_);
-    p.summaries.max = reinterpret_cast<uint16_t*>(summaries_ + sum_slots_ * row);
-    p.summaries.count = reinterpret_cast<int32_t*>(summaries_ + 2 * sum_slots_ * row);
+    p.summaries = Summaries();
     p.page_size = geo_.page_tokens;
     p.cand_indptr = d + o_cand_indptr;
     p.cand_pages = d + o_cand;
@@ -503,6 +532,20 @@ class CudaWorkerBackend final : public WorkerBackend {
   uint8_t* SlotPtr(HeadSlot s) const {
     return pool_ + (int64_t{s.head} * geo_.slots + s.slot) * geo_.SlotBytes();
   }
+  // The device summary table as the kernels see it (min / max / count; no means).
+  kernels::PageSummaries Summaries() const {
+    const size_t row = static_cast<size_t>(geo_.kv_heads) * geo_.head_dim * 2;
+    kernels::PageSummaries sm;
+    sm.dtype = KernelDType(geo_.dtype);
+    sm.num_pages = static_cast<int32_t>(sum_slots_);
+    sm.sub_pages = 1;
+    sm.num_kv_heads = geo_.kv_heads;
+    sm.head_dim = geo_.head_dim;
+    sm.min = reinterpret_cast<uint16_t*>(summaries_);
+    sm.max = reinterpret_cast<uint16_t*>(summaries_ + sum_slots_ * row);
+    sm.count = reinterpret_cast<int32_t*>(summaries_ + 2 * sum_slots_ * row);
+    return sm;
+  }
   absl::Status CheckHeads(absl::Span<const HeadSlot> heads, size_t bytes) const {
     if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
     return worker_internal::CheckHeadSlots(geo_, heads, bytes);
@@ -519,7 +562,7 @@ class CudaWorkerBackend final : public WorkerBackend {
   size_t workspace_bytes_ = 0;
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots
   int64_t sum_slots_ = 0;
-  Staged sum_up_, quest_, tok_;
+  Staged sum_up_, quest_, tok_, sum_fold_;
 };
 
 }  // namespace

@@ -19,16 +19,19 @@ struct LayerState {
   std::vector<PageKey> keys;   // keys of the full pages, committed in order
   std::vector<uint64_t> sums;  // head checksums, [pages * kv_heads]
   std::vector<int32_t> tail;   // owned slot of the open page per KV head (-1: none yet)
-  std::unique_ptr<retriever::Selector> selector;  // created once the layer's prompt is complete
+  bool ready = false;  // the layer's prompt is complete: it can be selected from and stepped
+  // The host selector (policies selected on the host), created once the prompt is complete.
+  std::unique_ptr<retriever::Selector> selector;
   std::vector<std::vector<uint16_t>>
-      prompt_keys;  // per KV head [n, d], until the selector has them
+      prompt_keys;  // per KV head [n, d], until the selector has them (host selection only)
   std::optional<retriever::BoundaryTrigger> trigger;
   std::vector<std::vector<int32_t>> retrieved;  // per KV head: natural pages of the last retrieval
   std::vector<std::vector<int32_t>> rows;       // per KV head: natural pages attended last
   std::vector<std::vector<int32_t>> prefetch;   // per KV head: hints of the last retrieval
   std::vector<std::vector<int32_t>> slot_hint;  // per KV head, per page: its pool slot last seen
-  std::vector<int32_t> sum_slots;  // device-selection summary slot per natural page (quest)
-  int32_t sum_final = 0;           // pages [0, sum_final) are full and their summaries written
+  // Device selection (quest): the summary slot of each natural page, open page included; the
+  // summaries live on the backend only and are folded there as tokens are written.
+  std::vector<int32_t> sum_slots;
   int32_t pinned = 0;      // leading pages pinned in the store (pin_prompt), attended every step
   uint64_t stream_id = 0;  // store stream of this (sequence, layer), 0: none
 };

@@ -137,10 +137,84 @@ TEST(SummaryRefBadInput, RejectedWithoutWriting) {
   up = params();
   up.summaries.sub_pages = 3;
   expect_bad(up, "sub_pages does not divide page_size");
+  std::vector<int32_t> head_pages = {0, 1, 2, 3, 4, 8}, sum_pages = {5, 6, 7}, old = {0, 5, 0};
   up = params();
-  up.summaries.mean = nullptr;
-  expect_bad(up, "null mean");
+  up.head_pages = head_pages.data();
+  expect_bad(up, "head page out of range");
+  head_pages[5] = 5;
+  up.summary_pages = sum_pages.data();
+  sum_pages[2] = 8;
+  expect_bad(up, "summary page out of range");
+  sum_pages = {5, 6, 5};
+  expect_bad(up, "summary page twice");
+  sum_pages = {5, 6, 7};
+  up.old_count = old.data();
+  old[1] = 7;
+  expect_bad(up, "count shrinks from the caller's old count");
+  old[1] = 5;
+  EXPECT_TRUE(UpdateSummariesReference(up).ok());
   EXPECT_TRUE(UpdateSummariesReference(params()).ok());
+}
+
+// The decode worker's shape: each KV head of a page in a slot of its own (head_pages), summaries
+// in a table of other ids (summary_pages) whose stale counts the caller overrides (old_count), no
+// means. Tokens arrive one or a few at a time; after every call a page's min / max are those of
+// exactly its tokens so far (a recycled summary page keeps nothing of its last owner).
+TEST(SummaryRefHeadGranular, FoldsExactlyTheWrittenTokens) {
+  std::mt19937 rng(7);
+  const int32_t slots = 12, heads = 3, dim = 64, ps = 16, table = 5;
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    const testing::Pool pool = testing::RandomPool(rng, dtype, slots, ps, heads, dim);
+    Summaries s = MakeSummaries(table, 1, heads, dim);
+    s.count.assign(table, 9);  // stale: a previous owner's
+    // Two logical pages: page A in summary slot 3, page B in summary slot 0; per head slots.
+    const std::vector<int32_t> slots_a = {7, 2, 11}, slots_b = {0, 9, 4};
+    const std::vector<int32_t> sum_ids = {3, 0};
+    int32_t count_a = 0, count_b = 0;
+    std::uniform_int_distribution<int32_t> step(1, 3);
+    while (count_a < ps || count_b < ps) {
+      const int32_t next_a = std::min(ps, count_a + step(rng));
+      const int32_t next_b = std::min(ps, count_b + step(rng));
+      std::vector<int32_t> head_pages = slots_a, olds = {count_a, count_b}, news = {next_a, next_b};
+      head_pages.insert(head_pages.end(), slots_b.begin(), slots_b.end());
+      SummaryUpdateParams up;
+      up.kv = pool.kv();
+      up.summaries = s.view(dtype, table, 1, heads, dim);
+      up.summaries.mean = nullptr;
+      up.num_updates = 2;
+      up.pages = sum_ids.data();
+      up.new_count = news.data();
+      up.head_pages = head_pages.data();
+      up.summary_pages = sum_ids.data();
+      up.old_count = olds.data();
+      ASSERT_TRUE(UpdateSummariesReference(up).ok());
+      count_a = next_a;
+      count_b = next_b;
+      const PagedKV kv = pool.kv();
+      for (int which = 0; which < 2; ++which) {
+        const int32_t n = which == 0 ? count_a : count_b;
+        const int32_t sp = sum_ids[which];
+        ASSERT_EQ(s.count[sp], n);
+        for (int32_t h = 0; h < heads; ++h) {
+          const int32_t slot = (which == 0 ? slots_a : slots_b)[h];
+          for (int32_t d = 0; d < dim; ++d) {
+            double mn = INFINITY, mx = -INFINITY;
+            for (int32_t t = 0; t < n; ++t) {
+              const double x =
+                  D(kv.k[slot * kv.stride_page + h * kv.stride_head + t * kv.stride_token + d],
+                    dtype);
+              mn = std::min(mn, x);
+              mx = std::max(mx, x);
+            }
+            const size_t at = (size_t{1} * sp * heads + h) * dim + d;
+            ASSERT_EQ(D(s.min[at], dtype), mn) << "page " << which << " head " << h;
+            ASSERT_EQ(D(s.max[at], dtype), mx) << "page " << which << " head " << h;
+          }
+        }
+      }
+    }
+    EXPECT_EQ(s.mean, MakeSummaries(table, 1, heads, dim).mean) << "no means were written";
+  }
 }
 
 }  // namespace

@@ -68,9 +68,8 @@ absl::Status ValidateSummaryUpdateShape(const SummaryUpdateParams& p) {
   if (auto s = ValidatePagedKV(p.kv, /*need_v=*/false); !s.ok()) return s;
   if (auto s = ValidateSummariesShape(p.summaries); !s.ok()) return s;
   const PageSummaries& m = p.summaries;
-  if (m.mean == nullptr) return Bad("summaries", "null mean");
   if (m.dtype != p.kv.dtype || m.num_kv_heads != p.kv.num_kv_heads || m.head_dim != p.kv.head_dim ||
-      m.num_pages != p.kv.num_pages) {
+      (p.summary_pages == nullptr && m.num_pages != p.kv.num_pages)) {
     return Bad("summary update", "summaries and kv disagree on dtype, heads, head_dim or pages");
   }
   if (p.kv.page_size % m.sub_pages != 0) {

@@ -356,6 +356,54 @@ TEST_P(GpuSummary, IncrementalUpdatesMatchReference) {
   }
 }
 
+// The decode worker's shape (per-head slots, a summary table of its own, caller counts, no means).
+TEST_F(GpuTest, HeadGranularSummariesMatchReference) {
+  std::mt19937 rng(11);
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    const int32_t slots = 64, heads = 8, dim = 128, ps = 16, table = 40, n = 12;
+    testing::Pool pool = testing::RandomPool(rng, dtype, slots, ps, heads, dim);
+    const size_t elems = size_t{1} * table * heads * dim;
+    std::vector<uint16_t> mn(elems, kPoison), mx(elems, kPoison);
+    std::vector<int32_t> count(table, 3);
+    std::vector<int32_t> head_pages, sum_pages, olds, news;
+    std::uniform_int_distribution<int32_t> slot(0, slots - 1), len(0, ps - 1);
+    for (int32_t i = 0; i < n; ++i) {
+      for (int32_t h = 0; h < heads; ++h) head_pages.push_back(slot(rng));
+      sum_pages.push_back(3 * i);
+      olds.push_back(i % 3 == 0 ? 0 : len(rng));
+      news.push_back(std::min(ps, olds.back() + 1 + i % 4));
+    }
+    SummaryUpdateParams up;
+    up.kv = pool.kv();
+    up.summaries = {dtype, table, 1, heads, dim, mn.data(), mx.data(), nullptr, count.data()};
+    up.num_updates = n;
+    up.pages = sum_pages.data();
+    up.new_count = news.data();
+    up.head_pages = head_pages.data();
+    up.summary_pages = sum_pages.data();
+    up.old_count = olds.data();
+    Dev<uint16_t> dpool(pool.data), dmn(mn), dmx(mx);
+    Dev<int32_t> dcount(count), dhp(head_pages), dsp(sum_pages), dold(olds), dnew(news);
+    ASSERT_TRUE(UpdateSummariesReference(up).ok());
+    SummaryUpdateParams dup = up;
+    dup.kv.k = dpool.get();
+    dup.kv.v = nullptr;
+    dup.summaries.min = dmn.get();
+    dup.summaries.max = dmx.get();
+    dup.summaries.count = dcount.get();
+    dup.pages = dsp.get();
+    dup.new_count = dnew.get();
+    dup.head_pages = dhp.get();
+    dup.summary_pages = dsp.get();
+    dup.old_count = dold.get();
+    ASSERT_TRUE(gpu::UpdateSummaries(dup, nullptr).ok());
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(dcount.Host(), count);
+    EXPECT_EQ(dmn.Host(), mn);
+    EXPECT_EQ(dmx.Host(), mx);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, GpuSummary,
                          ::testing::Combine(::testing::Values(DType::kFloat16, DType::kBFloat16),
                                             ::testing::Values(64, 128), ::testing::Values(16, 64),

@@ -114,6 +114,17 @@ class WorkerBackend {
                                       absl::Span<const uint16_t> min,
                                       absl::Span<const uint16_t> max,
                                       absl::Span<const int32_t> count) = 0;
+  // Folds tokens already written to the pool (WriteTokens) into the summary table: update i is the
+  // page held by pool slots pool_slots[i * kv_heads + h] (one per KV head) whose summary is slot
+  // sum_slots[i]; its tokens [old_count[i], new_count[i]) join the min / max (old_count 0 starts
+  // the summary afresh, whatever the slot held) and its count becomes new_count[i]. One kernel,
+  // ordered after the writes on the stream; nothing is read back. InvalidArgument (nothing
+  // changed) for ids out of range, a summary slot twice, sizes that disagree, or counts outside
+  // 0 <= old < new <= page_tokens.
+  virtual absl::Status UpdateSummaries(absl::Span<const int32_t> sum_slots,
+                                       absl::Span<const int32_t> pool_slots,
+                                       absl::Span<const int32_t> old_count,
+                                       absl::Span<const int32_t> new_count) = 0;
   // Scores the candidates of every row of `req` against q [batch, q_heads, head_dim] (the
   // backend's device) and selects the top_k per (row, KV head), group scores as req.reduce says:
   // out_indptr [batch * kv_heads + 1] and out_indices (summary slots: the chosen candidates in

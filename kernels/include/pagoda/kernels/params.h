@@ -150,13 +150,26 @@ struct PageSummaries {
 // (summaries.count[page] <= new_count[i] <= page_size). min/max merge the new tokens
 // [count, new_count) into the stored summary (reset when count == 0); the mean is recomputed over
 // all tokens [0, new_count) of each touched sub-page so it never drifts by repeated rounding.
-// Pages must not repeat in one call.
+// Pages must not repeat in one call. summaries.mean may be null (no means kept; min / max then
+// read only the new tokens).
+//
+// A head-granular pool (the decode worker's: each KV head of a page in its own slot, summaries in
+// a table of their own) sets the three optional arrays; each defaults to `pages`' meaning.
 struct SummaryUpdateParams {
   PagedKV kv;  // keys are read; kv.page_size is the physical page size
   PageSummaries summaries;
   int32_t num_updates = 0;
   const int32_t* pages = nullptr;      // [num_updates]
   const int32_t* new_count = nullptr;  // [num_updates]
+  // [num_updates * num_kv_heads] or null: head h of update i reads its keys from KV page
+  // head_pages[i * num_kv_heads + h] instead of pages[i].
+  const int32_t* head_pages = nullptr;
+  // [num_updates] or null: update i writes summary page summary_pages[i] (in
+  // [0, summaries.num_pages), which then need not equal kv.num_pages) instead of pages[i].
+  const int32_t* summary_pages = nullptr;
+  // [num_updates] or null: the tokens update i's summary holds before the call (0 resets it), in
+  // place of summaries.count (for a caller that recycles summary pages and knows their counts).
+  const int32_t* old_count = nullptr;
 };
 
 // How the per-query-head Quest bounds of one GQA group are combined into the group's page score.
