@@ -7,6 +7,9 @@
 // and its phases. Baselines, measured in the same bench/gpu/run.sh call: torch SDPA with the
 // whole context resident in HBM and torch gather-then-SDPA over the same budget
 // (bench/gpu/sdpa_baseline.py lines "sdpa B CTX MS" / "gather_sdpa B CTX MS", passed as --sdpa).
+// "worker host" is the step less the time inside backend calls (kernels, copies, syncs: a
+// TimedBackend) and the bench's own tensor staging: the worker's host work, the floor of a step
+// on any device.
 //
 //   worker_layer_bench --backend cuda --cases 32768x1,131072x8 --sdpa sdpa.txt
 #include <algorithm>
@@ -27,6 +30,7 @@
 #include "pagoda/client/decode_worker.h"
 #include "pagoda/kernels/dtype.h"
 #include "tensor_stage.h"
+#include "timed_backend.h"
 
 namespace pagoda {
 namespace {
@@ -117,7 +121,8 @@ int RunCase(const Args& a, int64_t ctx, int B,
     std::fprintf(stderr, "backend: %s\n", made.status().ToString().c_str());
     return 1;
   }
-  std::unique_ptr<WorkerBackend> backend = std::move(*made);
+  bench::TimedBackend* timer = nullptr;
+  std::unique_ptr<WorkerBackend> backend = bench::MakeTimedBackend(std::move(*made), &timer);
   auto stage = bench::MakeTensorStage(backend->device());
   if (!stage.ok()) {
     std::fprintf(stderr, "tensors: %s\n", stage.status().ToString().c_str());
@@ -172,7 +177,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
   std::normal_distribution<float> nd(0.f, 1.f);
   for (float& x : qf) x = nd(rng);
   std::vector<uint16_t> q(qf.size()), o_h(qf.size());
-  std::vector<double> step_s, ph[6];
+  std::vector<double> step_s, host_s, ph[6];
   double fetched = 0, attended = 0, retrievals = 0;
   int failures = 0;
   for (int s = 0; s < a.warmup + a.steps; ++s) {
@@ -184,15 +189,19 @@ int RunCase(const Args& a, int64_t ctx, int B,
     const std::vector<uint16_t> vn = Random(rng, int64_t{B} * kKv * kD, 1.0f);
     std::vector<int32_t> next(B, 7);
     Clock::time_point t1 = Clock::now();
+    double staged = 0;  // time in the stage's own copies (not the worker's)
+    bench::ResetBackendSeconds(*timer);
     auto plan = w.Plan(seqs, next);
     if (!plan.ok()) {
       std::fprintf(stderr, "plan: %s\n", plan.status().ToString().c_str());
       return 1;
     }
+    Clock::time_point ts = Clock::now();
     auto qd = st.In(2, q.data(), DType::kBf16, B, kQ, kD);
     auto kd = st.In(3, kn.data(), DType::kBf16, B, kKv, kD);
     auto vd = st.In(4, vn.data(), DType::kBf16, B, kKv, kD);
     auto od = st.Out(5, o_h.data(), DType::kBf16, B, kQ, kD);
+    staged += Seconds(ts);
     absl::Status as = !qd.ok()   ? qd.status()
                       : !kd.ok() ? kd.status()
                       : !vd.ok() ? vd.status()
@@ -207,11 +216,15 @@ int RunCase(const Args& a, int64_t ctx, int B,
       std::fprintf(stderr, "finish: %s\n", stats.status().ToString().c_str());
       return 1;
     }
+    ts = Clock::now();
     if (absl::Status bs = st.Back(*od, o_h.data()); !bs.ok()) return 1;
+    staged += Seconds(ts);
     const double took = Seconds(t1);
+    const double in_backend = bench::BackendSeconds(*timer);
     for (const absl::Status& x : stats->sequence_status) failures += x.ok() ? 0 : 1;
     if (s < a.warmup) continue;
     step_s.push_back(took);
+    host_s.push_back(took - staged - in_backend);
     const double p[6] = {stats->append_s, stats->select_s, stats->fetch_s,
                          stats->verify_s, stats->attend_s, stats->commit_s};
     for (int i = 0; i < 6; ++i) ph[i].push_back(p[i]);
@@ -225,11 +238,12 @@ int RunCase(const Args& a, int64_t ctx, int B,
     return it == base.end() ? 0.0 : it->second;
   };
   const double sdpa = find("sdpa"), gather = find("gather_sdpa");
-  std::printf("| %lld | %d | %s%s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %.2f | ",
-              static_cast<long long>(ctx), B, a.policy.c_str(), a.trigger ? "+trigger" : "",
-              step_ms, Median(ph[1]) * 1e3, Median(ph[2]) * 1e3, Median(ph[3]) * 1e3,
-              Median(ph[4]) * 1e3, Median(ph[0]) * 1e3 + Median(ph[5]) * 1e3,
-              fetched / (a.steps * B * kKv), retrievals / (a.steps * B));
+  std::printf(
+      "| %lld | %d | %s%s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %.2f | ",
+      static_cast<long long>(ctx), B, a.policy.c_str(), a.trigger ? "+trigger" : "", step_ms,
+      Median(host_s) * 1e3, Median(ph[1]) * 1e3, Median(ph[2]) * 1e3, Median(ph[3]) * 1e3,
+      Median(ph[4]) * 1e3, Median(ph[0]) * 1e3 + Median(ph[5]) * 1e3, fetched / (a.steps * B * kKv),
+      retrievals / (a.steps * B));
   if (sdpa > 0) {
     std::printf("%.3f | %.2fx | ", sdpa, step_ms / sdpa);
   } else {
@@ -253,10 +267,11 @@ int Run(const Args& a) {
       kQ, kKv, kD, kP, a.backend.c_str(), static_cast<long long>(a.budget), a.steps, a.warmup,
       a.drift);
   std::printf(
-      "| context | batch | policy | step ms | select | fetch | verify | attend | append+commit | "
+      "| context | batch | policy | step ms | worker host | select | fetch | verify | attend | "
+      "append+commit | "
       "head-pages fetched / seq-head | retrievals / seq | SDPA dense ms | step / SDPA | "
       "gather+SDPA ms | step / gather+SDPA | prefill | failed |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   const std::vector<std::string> cases = absl::StrSplit(a.cases, ',');
   for (const std::string& c : cases) {
     std::vector<std::string> parts = absl::StrSplit(c, 'x');

@@ -1,0 +1,88 @@
+#include "timed_backend.h"
+
+#include <chrono>
+#include <utility>
+#include <vector>
+
+namespace pagoda::bench {
+
+class TimedBackend final : public WorkerBackend {
+ public:
+  explicit TimedBackend(std::unique_ptr<WorkerBackend> inner) : inner_(std::move(inner)) {}
+
+  absl::Status Init(const PageLayout& l, int q, int32_t s) override {
+    return Timed([&] { return inner_->Init(l, q, s); });
+  }
+  Device device() const override { return inner_->device(); }
+  int device_index() const override { return inner_->device_index(); }
+  const char* name() const override { return inner_->name(); }
+  absl::Status RegisterSource(const uint8_t* b, int64_t n) override {
+    return Timed([&] { return inner_->RegisterSource(b, n); });
+  }
+  absl::Status Gather(absl::Span<const HeadFetch> f, absl::Span<uint8_t> bad) override {
+    return Timed([&] { return inner_->Gather(f, bad); });
+  }
+  absl::Status WriteTokens(const TensorView& k, const TensorView& v, absl::Span<const int32_t> s,
+                           absl::Span<const int32_t> p) override {
+    return Timed([&] { return inner_->WriteTokens(k, v, s, p); });
+  }
+  absl::Status WriteHeads(absl::Span<const HeadSlot> d, absl::Span<const uint8_t> b) override {
+    return Timed([&] { return inner_->WriteHeads(d, b); });
+  }
+  absl::Status ReadHeads(absl::Span<const HeadSlot> s, absl::Span<uint8_t> b) override {
+    return Timed([&] { return inner_->ReadHeads(s, b); });
+  }
+  absl::Status CopyHeads(absl::Span<const HeadSlot> s, absl::Span<const HeadSlot> d) override {
+    return Timed([&] { return inner_->CopyHeads(s, d); });
+  }
+  absl::Status Attend(const TensorView& q, const kernels::PageTable& t,
+                      const TensorView& o) override {
+    return Timed([&] { return inner_->Attend(q, t, o); });
+  }
+  absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
+    return Timed([&] { return inner_->CopyToHost(t, out); });
+  }
+  absl::Status InitSummaries(int64_t n) override {
+    return Timed([&] { return inner_->InitSummaries(n); });
+  }
+  absl::Status WriteSummaries(absl::Span<const int32_t> s, absl::Span<const uint16_t> mn,
+                              absl::Span<const uint16_t> mx, absl::Span<const int32_t> c) override {
+    return Timed([&] { return inner_->WriteSummaries(s, mn, mx, c); });
+  }
+  absl::Status UpdateSummaries(absl::Span<const int32_t> s, absl::Span<const int32_t> p,
+                               absl::Span<const int32_t> o, absl::Span<const int32_t> n) override {
+    return Timed([&] { return inner_->UpdateSummaries(s, p, o, n); });
+  }
+  absl::Status SelectQuest(const TensorView& q, const QuestRequest& r, std::vector<int32_t>& ip,
+                           std::vector<int32_t>& ix) override {
+    return Timed([&] { return inner_->SelectQuest(q, r, ip, ix); });
+  }
+  absl::Status Sync() override {
+    return Timed([&] { return inner_->Sync(); });
+  }
+
+  double seconds = 0;
+
+ private:
+  template <typename F>
+  absl::Status Timed(F&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    absl::Status s = f();
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return s;
+  }
+
+  std::unique_ptr<WorkerBackend> inner_;
+};
+
+std::unique_ptr<WorkerBackend> MakeTimedBackend(std::unique_ptr<WorkerBackend> inner,
+                                                TimedBackend** timer) {
+  auto b = std::make_unique<TimedBackend>(std::move(inner));
+  *timer = b.get();
+  return b;
+}
+
+double BackendSeconds(const TimedBackend& timer) { return timer.seconds; }
+void ResetBackendSeconds(TimedBackend& timer) { timer.seconds = 0; }
+
+}  // namespace pagoda::bench
