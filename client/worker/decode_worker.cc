@@ -628,19 +628,26 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
                                std::vector<HeadFetch>& fetches, std::vector<absl::Status>& status,
                                WorkerStepStats& stats) {
   Clock::time_point t0 = Clock::now();
-  // One lease per page, however many heads and sequences read it.
-  absl::flat_hash_map<PageKey, absl::StatusOr<ReadLease>> leases;
-  const absl::Duration lease_for = absl::Seconds(o_.lease_seconds);
+  // One lease per page, however many heads and sequences read it; all in one store call.
+  absl::flat_hash_map<PageKey, int32_t> lease_of;  // page -> index into `keys`
+  std::vector<PageKey> keys;
+  std::vector<int32_t> lease_of_fetch(fetches.size());
+  for (size_t i = 0; i < fetches.size(); ++i) {
+    auto [it, inserted] = lease_of.try_emplace(key_of_fetch[i], static_cast<int32_t>(keys.size()));
+    if (inserted) keys.push_back(key_of_fetch[i]);
+    lease_of_fetch[i] = it->second;
+  }
+  std::vector<absl::StatusOr<ReadLease>> leases =
+      store_->AcquireReads(o_.tenant, keys, absl::Seconds(o_.lease_seconds));
   std::vector<HeadFetch> ready;
   std::vector<size_t> ready_of;
   for (size_t i = 0; i < fetches.size(); ++i) {
-    auto [it, inserted] = leases.try_emplace(key_of_fetch[i], absl::UnknownError(""));
-    if (inserted) it->second = store_->AcquireRead(o_.tenant, key_of_fetch[i], lease_for);
-    if (!it->second.ok()) continue;  // answered by the fallback below
+    const absl::StatusOr<ReadLease>& lease = leases[lease_of_fetch[i]];
+    if (!lease.ok()) continue;  // answered by the fallback below
     const int h = fetches[i].dst.head;
-    stats.bytes_from_tier[static_cast<int>(it->second->found_in)] += 2 * half_;
-    fetches[i].src_k = static_cast<int64_t>(it->second->arena_offset) + h * half_;
-    fetches[i].src_v = static_cast<int64_t>(it->second->arena_offset) + (kv_ + h) * half_;
+    stats.bytes_from_tier[static_cast<int>(lease->found_in)] += 2 * half_;
+    fetches[i].src_k = static_cast<int64_t>(lease->arena_offset) + h * half_;
+    fetches[i].src_v = static_cast<int64_t>(lease->arena_offset) + (kv_ + h) * half_;
     ready.push_back(fetches[i]);
     ready_of.push_back(i);
   }
@@ -648,9 +655,11 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
   std::vector<uint8_t> ready_bad(ready.size(), 0);
   absl::Status gathered = backend_->Gather(ready, absl::MakeSpan(ready_bad));
   if (gathered.ok()) gathered = backend_->Sync();
-  for (auto& [key, lease] : leases) {
-    if (lease.ok()) (void)store_->ReleaseRead(lease->lease_id);
+  std::vector<uint64_t> ids;
+  for (const auto& lease : leases) {
+    if (lease.ok()) ids.push_back(lease->lease_id);
   }
+  (void)store_->ReleaseReads(ids);
   // verify off (to measure its cost): the gather's verdicts are ignored.
   for (size_t j = 0; j < ready.size() && gathered.ok(); ++j) {
     bad[ready_of[j]] = o_.verify ? ready_bad[j] : 0;
@@ -669,7 +678,7 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
   absl::flat_hash_map<PageKey, Reread> reread;
   for (size_t i = 0; i < fetches.size(); ++i) {
     if (!bad[i]) continue;
-    if (leases[key_of_fetch[i]].ok() && gathered.ok()) ++stats.verify_failures;
+    if (leases[lease_of_fetch[i]].ok() && gathered.ok()) ++stats.verify_failures;
     const int h = fetches[i].dst.head;
     auto [it, inserted] = reread.try_emplace(key_of_fetch[i]);
     Reread& r = it->second;

@@ -588,10 +588,30 @@ absl::StatusOr<PageInfo> StoreImpl::GetLocked(std::string_view tenant, const Pag
 
 absl::StatusOr<ReadLease> StoreImpl::AcquireRead(std::string_view tenant, const PageKey& key,
                                                  absl::Duration duration) {
-  if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
+  return std::move(AcquireReads(tenant, {&key, 1}, duration)[0]);
+}
+
+std::vector<absl::StatusOr<ReadLease>> StoreImpl::AcquireReads(std::string_view tenant,
+                                                               absl::Span<const PageKey> keys,
+                                                               absl::Duration duration) {
+  std::vector<absl::StatusOr<ReadLease>> out;
+  out.reserve(keys.size());
+  if (absl::Status s = CheckTenant(tenant); !s.ok()) {
+    out.assign(keys.size(), s);
+    return out;
+  }
   if (duration <= absl::ZeroDuration()) duration = options_.default_lease_duration;
   duration = std::min(duration, options_.max_lease_duration);
+  const uint64_t lease_ms =
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(absl::Ceil(duration, absl::Milliseconds(1))));
   absl::MutexLock lock(&mu_);
+  for (const PageKey& key : keys) out.push_back(LeaseLocked(tenant, key, lease_ms));
+  EnforceWatermarks(Tier::kHost);
+  return out;
+}
+
+absl::StatusOr<ReadLease> StoreImpl::LeaseLocked(std::string_view tenant, const PageKey& key,
+                                                 uint64_t lease_ms) {
   uint32_t idx = kNil;
   Tier found = Tier::kHost;
   for (;;) {
@@ -625,9 +645,7 @@ absl::StatusOr<ReadLease> StoreImpl::AcquireRead(std::string_view tenant, const 
   }
   PageEntry& e = table_.at(idx);
   const uint64_t now = NowMs();
-  const uint64_t deadline =
-      now +
-      static_cast<uint64_t>(absl::ToInt64Milliseconds(absl::Ceil(duration, absl::Milliseconds(1))));
+  const uint64_t deadline = now + lease_ms;
   e.leases++;
   e.lease_deadline_ms = std::max(e.lease_deadline_ms, deadline);
   table_.Touch(idx);
@@ -643,22 +661,29 @@ absl::StatusOr<ReadLease> StoreImpl::AcquireRead(std::string_view tenant, const 
   lease.found_in = found;
   lease.expiry = epoch_ + absl::Milliseconds(deadline);
   if (leases_.size() >= lease_sweep_at_) SweepLeases(now);
-  EnforceWatermarks(Tier::kHost);
   return lease;
 }
 
-absl::Status StoreImpl::ReleaseRead(uint64_t lease_id) {
+absl::Status StoreImpl::ReleaseRead(uint64_t lease_id) { return ReleaseReads({&lease_id, 1}); }
+
+absl::Status StoreImpl::ReleaseReads(absl::Span<const uint64_t> lease_ids) {
+  absl::Status first;
   absl::MutexLock lock(&mu_);
-  if (lease_id == 0 || lease_id >= next_lease_) {
-    return absl::NotFoundError(absl::StrFormat("lease %d was never issued", lease_id));
+  for (uint64_t lease_id : lease_ids) {
+    if (lease_id == 0 || lease_id >= next_lease_) {
+      if (first.ok()) {
+        first = absl::NotFoundError(absl::StrFormat("lease %d was never issued", lease_id));
+      }
+      continue;
+    }
+    auto it = leases_.find(lease_id);
+    if (it == leases_.end()) continue;  // released before or swept after expiry
+    const LeaseRecord rec = it->second;
+    leases_.erase(it);
+    PageEntry& e = table_.at(rec.idx);
+    if (e.version == rec.version && e.leases > 0) e.leases--;
   }
-  auto it = leases_.find(lease_id);
-  if (it == leases_.end()) return absl::OkStatus();  // released before or swept after expiry
-  const LeaseRecord rec = it->second;
-  leases_.erase(it);
-  PageEntry& e = table_.at(rec.idx);
-  if (e.version == rec.version && e.leases > 0) e.leases--;
-  return absl::OkStatus();
+  return first;
 }
 
 void StoreImpl::SweepLeases(uint64_t now_ms) {

@@ -45,7 +45,11 @@ class StoreImpl final : public Store {
                                absl::Span<uint8_t> out) override;
   absl::StatusOr<ReadLease> AcquireRead(std::string_view tenant, const PageKey& key,
                                         absl::Duration duration) override;
+  std::vector<absl::StatusOr<ReadLease>> AcquireReads(std::string_view tenant,
+                                                      absl::Span<const PageKey> keys,
+                                                      absl::Duration duration) override;
   absl::Status ReleaseRead(uint64_t lease_id) override;
+  absl::Status ReleaseReads(absl::Span<const uint64_t> lease_ids) override;
   bool Exists(std::string_view tenant, const PageKey& key) override;
   absl::StatusOr<PageInfo> Stat(std::string_view tenant, const PageKey& key) override;
   size_t LongestCachedPrefix(std::string_view tenant, absl::Span<const PageKey> keys) override;
@@ -219,6 +223,9 @@ class StoreImpl final : public Store {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddToStream(uint32_t idx, uint64_t stream_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SweepLeases(uint64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One lease of AcquireReads (may drop mu_ while it reads the page from SSD).
+  absl::StatusOr<ReadLease> LeaseLocked(std::string_view tenant, const PageKey& key,
+                                        uint64_t lease_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Rebuild() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StoreOptions options_;

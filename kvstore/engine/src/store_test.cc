@@ -534,6 +534,39 @@ TEST(StoreTest, RemoveWhileLeasedFreesAndLeaseStaysReleasable) {
   EXPECT_EQ(s->Stats().removes, 1u);
 }
 
+// A batch of leases answers each key on its own: a missing key fails alone, the others lease the
+// same bytes a single AcquireRead would; a batch release frees every lease it knows and reports an
+// id the store never issued.
+TEST(StoreTest, BatchedLeasesAnswerEachKey) {
+  auto s = OpenOrDie(SmallStoreOptions(8, ""));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(PutKey(*s, "t", i).ok());
+  const std::vector<PageKey> keys = {TestKey(0), TestKey(7), TestKey(2), TestKey(1)};
+  auto leases = s->AcquireReads("t", keys);
+  ASSERT_EQ(leases.size(), keys.size());
+  EXPECT_TRUE(absl::IsNotFound(leases[1].status())) << leases[1].status();
+  std::vector<uint64_t> ids;
+  for (int i : {0, 2, 3}) {
+    ASSERT_TRUE(leases[i].ok()) << leases[i].status();
+    EXPECT_EQ(leases[i]->key, keys[i]);
+    const uint8_t* p = s->HostArenaInfo().base + leases[i]->arena_offset;
+    EXPECT_EQ(PageChecksum(p, leases[i]->size), leases[i]->checksum);
+    auto one = s->AcquireRead("t", keys[i]);
+    ASSERT_TRUE(one.ok());
+    EXPECT_EQ(one->arena_offset, leases[i]->arena_offset);
+    ids.push_back(leases[i]->lease_id);
+    ids.push_back(one->lease_id);
+  }
+  EXPECT_EQ(s->Stats().active_leases, 6u);
+  ids.push_back(uint64_t{1} << 60);  // never issued
+  EXPECT_TRUE(absl::IsNotFound(s->ReleaseReads(ids)));
+  EXPECT_EQ(s->Stats().active_leases, 0u);
+  ids.pop_back();
+  EXPECT_TRUE(s->ReleaseReads(ids).ok()) << "releasing twice is fine";
+  for (const auto& l : s->AcquireReads("nobody", keys)) {
+    EXPECT_FALSE(l.ok()) << "an unknown tenant leases nothing";
+  }
+}
+
 TEST(StoreTest, LayoutClassesHaveTheirOwnSlots) {
   StoreOptions o = SmallStoreOptions(8, "");
   o.layouts = {SmallLayout(), testing::OtherLayout()};

@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -164,9 +165,16 @@ class Store {
   // min(duration, max_lease_duration) (duration <= 0: the default). See ReadLease.
   virtual absl::StatusOr<ReadLease> AcquireRead(std::string_view tenant, const PageKey& key,
                                                 absl::Duration duration = absl::ZeroDuration()) = 0;
+  // AcquireRead of every key under one lock (a decode step's fetch list): result i answers keys[i]
+  // as AcquireRead would, each key on its own (one missing key does not fail the others).
+  virtual std::vector<absl::StatusOr<ReadLease>> AcquireReads(
+      std::string_view tenant, absl::Span<const PageKey> keys,
+      absl::Duration duration = absl::ZeroDuration()) = 0;
   // Ends a lease. Idempotent: OK for any id the store issued, also when the lease was released
   // before, already expired, or its page is gone. NotFound for an id the store never issued.
   virtual absl::Status ReleaseRead(uint64_t lease_id) = 0;
+  // ReleaseRead of every id under one lock; every id is released, the first error is returned.
+  virtual absl::Status ReleaseReads(absl::Span<const uint64_t> lease_ids) = 0;
 
   virtual bool Exists(std::string_view tenant, const PageKey& key) = 0;
   virtual absl::StatusOr<PageInfo> Stat(std::string_view tenant, const PageKey& key) = 0;
