@@ -42,6 +42,17 @@ class TimedBackend final : public WorkerBackend {
   absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
     return Timed([&] { return inner_->CopyToHost(t, out); });
   }
+  absl::Status StartCopyToHost(const TensorView& t, int tag) override {
+    return Timed([&] { return inner_->StartCopyToHost(t, tag); });
+  }
+  absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
+    absl::StatusOr<absl::Span<const uint16_t>> out;
+    (void)Timed([&] {
+      out = inner_->FinishCopyToHost(tag);
+      return absl::OkStatus();
+    });
+    return out;
+  }
   absl::Status InitSummaries(int64_t n) override {
     return Timed([&] { return inner_->InitSummaries(n); });
   }

@@ -184,7 +184,9 @@ TEST(DecodeSessionTest, StepsEqualDenseAttentionOverTheSelectedPagesAndReadSsd) 
     auto st =
         session.Step(seq.ids[t], q, seq.At(seq.k16, t), seq.At(seq.v16, t), absl::MakeSpan(o));
     ASSERT_TRUE(st.ok()) << st.status();
-    EXPECT_EQ(st->retrieved, i % 10 == 0) << i;
+    // Quest selects on the backend, whose trigger reads each query a step late (no sync): the
+    // first step retrieves, and a new topic at step i retrieves at step i + 1.
+    EXPECT_EQ(st->retrieved, i == 0 || (i > 1 && i % 10 == 1)) << i;
     reused += st->retrieved ? 0 : 1;
     from_ssd += st->bytes_from_tier[static_cast<int>(Tier::kSsd)];
     fetched += st->fetched_pages;

@@ -52,7 +52,8 @@ class DecodeWorker::Impl {
         half_(int64_t{o.layout.page_tokens} * o.layout.head_dim * 2),
         pool_(kv_, o.pool_slots_per_head),
         committer_(store, o.tenant, o.layout),
-        device_select_(o.policy == retriever::Policy::kQuest) {}
+        device_select_(o.policy == retriever::Policy::kQuest),
+        q_pending_(o.num_layers) {}
 
   absl::Status Init();
   absl::StatusOr<OpenedSequence> Open(absl::Span<const int32_t> token_ids);
@@ -97,9 +98,15 @@ class DecodeWorker::Impl {
   // slots ls.tail) into the page's summary, giving the page a summary slot when from == 0.
   absl::Status FoldOpenPages(absl::Span<LayerState* const> states, absl::Span<const int32_t> from,
                              absl::Span<const int32_t> to);
-  // Device selection for the batch's sequences whose status is OK: rows for every one.
-  void SelectOnBackend(int layer, const TensorView& q, const TensorView& hq,
-                       std::vector<absl::Status>& status, WorkerStepStats& stats);
+  // Device selection for the batch's sequences whose status is OK: rows for every one;
+  // fresh[b] says whether row b retrieved afresh.
+  void SelectOnBackend(int layer, const TensorView& q, std::vector<absl::Status>& status,
+                       WorkerStepStats& stats, std::vector<bool>& fresh);
+  // Device selection with the boundary trigger: feeds the trigger of each sequence the query its
+  // previous step of `layer` left in the backend's copy (read without a sync a step later), and
+  // starts the copy of this step's. A trigger that fires marks its layer state boundary_seen; a
+  // sequence whose query the trigger refuses fails its step.
+  void ObserveQueries(int layer, const TensorView& q, std::vector<absl::Status>& status);
   // Records a store page's heads: checksums and (prompt) keys.
   void TakePage(LayerState& ls, const uint8_t* page, bool keep_keys);
   // Owned slots for the open page of `ls` (allocated when missing).
@@ -139,6 +146,9 @@ class DecodeWorker::Impl {
 
   // Device selection (policy quest): the summary table's free slots and, per slot, its page.
   const bool device_select_;
+  // Per layer: the batch whose queries were last copied back (ObserveQueries) and, per row,
+  // whether that step retrieved (its query becomes the trigger's anchor).
+  std::vector<std::vector<std::pair<SequenceId, bool>>> q_pending_;
   std::vector<int32_t> free_sum_;
   std::vector<int32_t> slot_page_;
 
@@ -777,10 +787,46 @@ absl::Status DecodeWorker::Impl::FoldOpenPages(absl::Span<LayerState* const> sta
   return backend_->UpdateSummaries(sum_slots, pool_slots, from, to);
 }
 
-void DecodeWorker::Impl::SelectOnBackend(int layer, const TensorView& q, const TensorView& hq,
-                                         std::vector<absl::Status>& status,
-                                         WorkerStepStats& stats) {
+void DecodeWorker::Impl::ObserveQueries(int layer, const TensorView& q,
+                                        std::vector<absl::Status>& status) {
+  std::vector<std::pair<SequenceId, bool>>& pending = q_pending_[layer];
+  if (!pending.empty()) {
+    auto copied = backend_->FinishCopyToHost(layer);
+    const size_t row = static_cast<size_t>(o_.q_heads) * d_;
+    std::vector<float> qf(row);
+    for (size_t r = 0; r < pending.size(); ++r) {
+      auto it = seqs_.find(pending[r].first);
+      if (it == seqs_.end() || !it->second.failed.ok()) continue;  // closed or failed since
+      LayerState& ls = it->second.layers[layer];
+      if (!ls.trigger.has_value()) continue;
+      absl::Status s = copied.status();
+      if (s.ok()) {
+        for (size_t i = 0; i < row; ++i) {
+          const uint16_t x = (*copied)[r * row + i];
+          qf[i] =
+              o_.layout.dtype == DType::kBf16 ? kernels::Bf16ToFloat(x) : kernels::HalfToFloat(x);
+        }
+        // The query a retrieval used becomes the anchor; any other one is a drift observation.
+        if (pending[r].second) ls.trigger->Reset();
+        auto fired = ls.trigger->Observe(qf);
+        s = fired.status();
+        if (fired.ok() && *fired && !pending[r].second) ls.boundary_seen = true;
+      }
+      if (!s.ok()) it->second.failed = s;
+    }
+    pending.clear();
+  }
+  for (size_t b = 0; b < plan_seqs_.size(); ++b) {
+    const Sequence& seq = seqs_[plan_seqs_[b]];
+    if (!seq.failed.ok() && status[b].ok()) status[b] = seq.failed;
+  }
+}
+
+void DecodeWorker::Impl::SelectOnBackend(int layer, const TensorView& q,
+                                         std::vector<absl::Status>& status, WorkerStepStats& stats,
+                                         std::vector<bool>& fresh) {
   const int64_t B = static_cast<int64_t>(plan_seqs_.size());
+  fresh.assign(B, false);
   // Rows that retrieve afresh, by top_k (one backend call per distinct value; normally one).
   std::vector<int32_t> top_k(B, -1);
   std::vector<worker_internal::QuestBudget> budget(B);
@@ -793,19 +839,15 @@ void DecodeWorker::Impl::SelectOnBackend(int layer, const TensorView& q, const T
       ++stats.retrievals;
       continue;
     }
-    // q on the host only where the trigger reads it.
-    const absl::Span<const uint16_t> qb =
-        hq.data == nullptr
-            ? absl::Span<const uint16_t>()
-            : absl::Span<const uint16_t>(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
-    auto due = worker_internal::RetrievalDue(o_, ls, qb);
+    // Without the trigger every step retrieves; with it, the first one and those after it fired.
+    const bool due = ls.retrieved.empty() || !ls.trigger.has_value() || ls.boundary_seen;
     auto plan = worker_internal::PlanQuestBudget(o_, ls);
-    if (!due.ok() || !plan.ok()) {
-      status[b] = !due.ok() ? due.status() : plan.status();
+    if (!plan.ok()) {
+      status[b] = plan.status();
       continue;
     }
     ls.prefetch.clear();
-    if (*due) {
+    if (due) {
       budget[b] = *plan;
       top_k[b] = plan->top_k;
     }
@@ -847,6 +889,8 @@ void DecodeWorker::Impl::SelectOnBackend(int layer, const TensorView& q, const T
       }
       LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
       ls.retrieved.assign(kv_, {});
+      ls.boundary_seen = false;
+      fresh[b] = true;
       for (int h = 0; h < kv_; ++h) {
         for (int32_t i = out_indptr[b * kv_ + h]; i < out_indptr[b * kv_ + h + 1]; ++i) {
           ls.retrieved[h].push_back(slot_page_[out_indices[i]]);
@@ -884,9 +928,10 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   if (absl::Status s = CheckTensor(v, "v", {B, kv_, d_}, dt, dev); !s.ok()) return s;
   // What the host reads: q for host selection and the boundary trigger, k for the host
   // selector's key pool, and on the CPU backend all three for the inf / NaN checks. Device
-  // selection on a device backend reads none of them (q only with the trigger): no copy, no sync.
+  // selection on a device backend reads none of them now: its trigger reads q a step later
+  // (ObserveQueries), from a copy started without a sync.
   const bool on_host = dev == Device::kCpu;
-  const bool need_q = on_host || !device_select_ || o_.boundary_trigger;
+  const bool need_q = on_host || !device_select_;
   const bool need_k = on_host || !device_select_;
   TensorView hq, hk;
   for (auto [t, buf, need, rows, what] :
@@ -942,7 +987,15 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
 
   // 2. Select: natural pages per (sequence, KV head), the open page last.
   Clock::time_point t1 = Clock::now();
-  if (device_select_) SelectOnBackend(layer, q, hq, status, stats);
+  if (device_select_) {
+    std::vector<bool> fresh;
+    ObserveQueries(layer, q, status);
+    SelectOnBackend(layer, q, status, stats, fresh);
+    if (o_.boundary_trigger) {  // this step's queries, for the trigger at the next step
+      if (absl::Status s = backend_->StartCopyToHost(q, layer); !s.ok()) return fail_all(s);
+      for (int64_t b = 0; b < B; ++b) q_pending_[layer].push_back({plan_seqs_[b], fresh[b]});
+    }
+  }
   for (int64_t b = 0; b < B && !device_select_; ++b) {
     if (!status[b].ok()) continue;
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];

@@ -553,6 +553,12 @@ class StaleFirstCopy final : public WorkerBackend {
   absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
     return inner_->CopyToHost(t, out);
   }
+  absl::Status StartCopyToHost(const TensorView& t, int tag) override {
+    return inner_->StartCopyToHost(t, tag);
+  }
+  absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
+    return inner_->FinishCopyToHost(tag);
+  }
   absl::Status InitSummaries(int64_t n) override { return inner_->InitSummaries(n); }
   absl::Status WriteSummaries(absl::Span<const int32_t> s, absl::Span<const uint16_t> mn,
                               absl::Span<const uint16_t> mx, absl::Span<const int32_t> c) override {

@@ -1,6 +1,7 @@
 // The CPU worker backend: a host pool and the kernels' C++ references.
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -145,6 +146,23 @@ class CpuWorkerBackend final : public WorkerBackend {
     return worker_internal::CopyHostTensor(t, out);
   }
 
+  absl::Status StartCopyToHost(const TensorView& t, int tag) override {
+    if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("copy tag out of [0, 65536)");
+    if (t.ndim != 3) return absl::InvalidArgumentError("a [a, b, c] tensor is needed");
+    if (static_cast<size_t>(tag) >= copies_.size()) copies_.resize(tag + 1);
+    std::vector<uint16_t> buf(t.shape[0] * t.shape[1] * t.shape[2]);
+    if (absl::Status s = worker_internal::CopyHostTensor(t, absl::MakeSpan(buf)); !s.ok()) return s;
+    copies_[tag] = std::move(buf);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
+    if (tag < 0 || static_cast<size_t>(tag) >= copies_.size() || !copies_[tag].has_value()) {
+      return absl::FailedPreconditionError("no copy was started under this tag");
+    }
+    return absl::MakeConstSpan(*copies_[tag]);
+  }
+
   absl::Status InitSummaries(int64_t slots) override {
     if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
     if (slots < 1 || slots > (int64_t{1} << 31) - 1) {
@@ -272,6 +290,7 @@ class CpuWorkerBackend final : public WorkerBackend {
   std::vector<uint16_t> sum_min_, sum_max_;
   std::vector<int32_t> sum_count_;
   std::vector<float> scores_;
+  std::vector<std::optional<std::vector<uint16_t>>> copies_;  // StartCopyToHost, by tag
 };
 
 }  // namespace

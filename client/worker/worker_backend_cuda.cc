@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -40,6 +41,7 @@ struct Staged {
   uint8_t* host = nullptr;
   uint8_t* dev = nullptr;
   size_t bytes = 0;
+  size_t used = 0;  // elements of the last StartCopyToHost
   cudaEvent_t ready = nullptr;
   absl::Status Reserve(size_t n) {
     if (ready == nullptr) {
@@ -343,6 +345,42 @@ class CudaWorkerBackend final : public WorkerBackend {
     return CudaStatus(cudaStreamSynchronize(stream_), "tensor download sync");
   }
 
+  absl::Status StartCopyToHost(const TensorView& t, int tag) override {
+    if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("copy tag out of [0, 65536)");
+    if (t.ndim != 3 || t.device != Device::kCuda) {
+      return absl::InvalidArgumentError("a CUDA [a, b, c] tensor is needed");
+    }
+    if (static_cast<size_t>(tag) >= copies_.size()) copies_.resize(tag + 1);
+    if (copies_[tag] == nullptr) copies_[tag] = std::make_unique<Staged>();
+    Staged& c = *copies_[tag];
+    const size_t n = t.shape[0] * t.shape[1] * t.shape[2];
+    if (absl::Status s = c.Reserve(n * 2); !s.ok()) return s;  // waits for the earlier copy
+    c.used = n;
+    uint16_t* host = reinterpret_cast<uint16_t*>(c.host);
+    if (Contiguous(t)) {
+      PAGODA_CUDA_RETURN(cudaMemcpyAsync(host, t.data, n * 2, cudaMemcpyDeviceToHost, stream_),
+                         "tensor download");
+    } else {
+      for (int64_t a = 0; a < t.shape[0]; ++a) {
+        PAGODA_CUDA_RETURN(
+            cudaMemcpy2DAsync(host + a * t.shape[1] * t.shape[2], t.shape[2] * 2, t.At(a, 0, 0),
+                              std::max<int64_t>(t.strides[1], t.shape[2]) * 2, t.shape[2] * 2,
+                              t.shape[1], cudaMemcpyDeviceToHost, stream_),
+            "tensor download");
+      }
+    }
+    return CudaStatus(cudaEventRecord(c.ready, stream_), "event record");
+  }
+
+  absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
+    if (tag < 0 || static_cast<size_t>(tag) >= copies_.size() || copies_[tag] == nullptr) {
+      return absl::FailedPreconditionError("no copy was started under this tag");
+    }
+    Staged& c = *copies_[tag];
+    PAGODA_CUDA_RETURN(cudaEventSynchronize(c.ready), "download wait");
+    return absl::Span<const uint16_t>(reinterpret_cast<const uint16_t*>(c.host), c.used);
+  }
+
   absl::Status InitSummaries(int64_t slots) override {
     if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
     if (sum_slots_ > 0) return absl::FailedPreconditionError("summaries already initialized");
@@ -563,6 +601,7 @@ class CudaWorkerBackend final : public WorkerBackend {
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots
   int64_t sum_slots_ = 0;
   Staged sum_up_, quest_, tok_, sum_fold_;
+  std::vector<std::unique_ptr<Staged>> copies_;  // StartCopyToHost, by tag
 };
 
 }  // namespace

@@ -25,6 +25,9 @@ struct LayerState {
   std::vector<std::vector<uint16_t>>
       prompt_keys;  // per KV head [n, d], until the selector has them (host selection only)
   std::optional<retriever::BoundaryTrigger> trigger;
+  // Device selection: the trigger fired on a query it observed (a step late: the worker reads a
+  // layer's queries back without waiting, at the layer's next step), so this step retrieves.
+  bool boundary_seen = false;
   std::vector<std::vector<int32_t>> retrieved;  // per KV head: natural pages of the last retrieval
   std::vector<std::vector<int32_t>> rows;       // per KV head: natural pages attended last
   std::vector<std::vector<int32_t>> prefetch;   // per KV head: hints of the last retrieval

@@ -82,7 +82,9 @@ struct DecodeWorkerOptions {
   retriever::SelectorOptions selector;
   // LouisKV's boundary trigger for the page policies (quest, hierarchical, ann, oracle): re-select
   // only when the query drifts, reusing the last selection (plus the moving window) otherwise.
-  // The louiskv policy has its own trigger (selector.boundary_threshold).
+  // The louiskv policy has its own trigger (selector.boundary_threshold). With quest (selected on
+  // the backend) the trigger sees each query a step late, read back without a stream sync: a
+  // drift seen in step t's query makes step t + 1 retrieve (with its own query).
   bool boundary_trigger = false;
   float boundary_threshold = 0.9f;
   // Per-layer thresholds (layers differ in how fast their queries drift; calibrate each with

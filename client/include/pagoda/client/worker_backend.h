@@ -104,6 +104,16 @@ class WorkerBackend {
   // for what the worker reads on the host (selection, input checks). Synchronous.
   virtual absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) = 0;
 
+  // The same copy without waiting: starts a host copy of `t` into the backend's own buffer `tag`
+  // (0 <= tag < 65536, one per purpose, e.g. per layer) and returns; on CUDA it is ordered on the
+  // stream into pinned memory, no sync. A later start under the same tag replaces it (waiting for
+  // the earlier one first).
+  virtual absl::Status StartCopyToHost(const TensorView& t, int tag) = 0;
+  // The copy last started under `tag` (the tensor's elements, contiguous), waiting for it if it is
+  // still in flight. Valid until the next StartCopyToHost of `tag`. FailedPrecondition when no
+  // copy was started under it.
+  virtual absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) = 0;
+
   // Page selection where the backend computes (Quest). A summary table of `slots` slots, each
   // the min and max key ([kv_heads, head_dim] each, layout dtype) of one page and its token count.
   // Once, after Init; InvalidArgument for slots < 1; ResourceExhausted without the memory.
