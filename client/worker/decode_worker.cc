@@ -153,11 +153,8 @@ class DecodeWorker::Impl {
   std::vector<int32_t> slot_page_;
 
   // Scratch.
-  struct Reader {
-    uint64_t epoch;
-    int64_t seq;  // the batch row that read the slot first in `epoch`; -1 once another did too
-  };
-  std::vector<Reader> reader_;  // per (head, slot)
+  std::vector<int32_t> res_, res_ptr_;  // a layer's resolved slots, CSR over (row, KV head)
+  std::vector<LayerState::Resolved> next_;
   std::vector<int32_t> indptr_, indices_, last_len_;
   std::vector<uint16_t> qh_, kh_, vh_;  // host copies of a layer's q, k, v
 };
@@ -1018,54 +1015,55 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   }
   stats.select_s += Since(t1);
 
-  // 3. Resolve slots; what is not resident is fetched (one verified gather for the batch).
+  // 3. Resolve slots; what is not resident is fetched (one verified gather for the batch). Pages
+  // the row attended last step too are checked against the residency remembered then (a merge
+  // of two ascending lists); new ones are looked up by key.
   std::vector<HeadFetch> fetches;
   std::vector<int32_t> seq_of_fetch;
   std::vector<PageKey> key_of_fetch;
-  std::vector<std::vector<int32_t>> row_slots(B * kv_);
   Clock::time_point t2 = Clock::now();
-  // Slots read by more than one sequence in this layer: a per-slot stamp of the last reader.
-  reader_.resize(static_cast<size_t>(kv_) * o_.pool_slots_per_head, {0, 0});
+  const int64_t shared_before = pool_.shared();
+  res_.clear();
+  res_ptr_.assign(1, 0);
   for (int64_t b = 0; b < B; ++b) {
-    if (!status[b].ok()) continue;
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    const bool ok = status[b].ok();
     const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-    ls.slot_hint.resize(kv_);
-    for (int h = 0; h < kv_; ++h) {
-      std::vector<int32_t>& out = row_slots[b * kv_ + h];
-      std::vector<int32_t>& hint = ls.slot_hint[h];
-      if (hint.size() < ls.keys.size()) hint.resize(ls.keys.size(), -1);
+    const int32_t row = static_cast<int32_t>(b);
+    if (ok) ls.resolved.resize(kv_);
+    for (int h = 0; h < kv_ && ok; ++h) {
+      const std::vector<LayerState::Resolved>& last = ls.resolved[h];
+      next_.clear();
+      size_t j = 0;
       for (int32_t p : ls.rows[h]) {
-        int32_t slot;
         if (p == cur) {
-          slot = ls.tail[h];
-        } else {
-          const PageKey& key = ls.keys[p];
-          slot = pool_.Touch(key, h, hint[p], epoch_);
-          if (slot < 0) slot = pool_.Find(key, h, epoch_);
-          if (slot >= 0) {
-            ++stats.pool_hits;
-          } else {
-            slot = pool_.Insert(key, h, epoch_);
-            if (slot < 0)
-              return fail_all(absl::InternalError("pool overcommitted despite the plan"));
-            fetches.push_back({{h, slot}, 0, 0, ls.sums[int64_t{p} * kv_ + h]});
-            seq_of_fetch.push_back(static_cast<int32_t>(b));
-            key_of_fetch.push_back(key);
-          }
-          hint[p] = slot;
-          Reader& r = reader_[int64_t{h} * o_.pool_slots_per_head + slot];
-          if (r.epoch != epoch_) {
-            r = {epoch_, static_cast<int64_t>(b)};
-          } else if (r.seq >= 0 && r.seq != b) {
-            ++stats.shared_head_pages;  // counted once per slot: the second reader marks it
-            r.seq = -1;
-          }
+          res_.push_back(ls.tail[h]);
+          continue;
         }
-        out.push_back(slot);
+        while (j < last.size() && last[j].page < p) ++j;
+        int32_t slot = -1;
+        if (j < last.size() && last[j].page == p) {
+          slot = pool_.Touch(h, last[j].slot, last[j].gen, epoch_, row);
+        }
+        if (slot < 0) slot = pool_.Find(ls.keys[p], h, epoch_, row);
+        if (slot >= 0) {
+          ++stats.pool_hits;
+        } else {
+          slot = pool_.Insert(ls.keys[p], h, epoch_, row);
+          if (slot < 0) return fail_all(absl::InternalError("pool overcommitted despite the plan"));
+          fetches.push_back({{h, slot}, 0, 0, ls.sums[int64_t{p} * kv_ + h]});
+          seq_of_fetch.push_back(row);
+          key_of_fetch.push_back(ls.keys[p]);
+        }
+        next_.push_back({p, slot, pool_.Generation(h, slot)});
+        res_.push_back(slot);
       }
+      ls.resolved[h].swap(next_);
+      res_ptr_.push_back(static_cast<int32_t>(res_.size()));
     }
+    for (int h = 0; h < kv_ && !ok; ++h) res_ptr_.push_back(static_cast<int32_t>(res_.size()));
   }
+  stats.shared_head_pages += pool_.shared() - shared_before;
   stats.fetch_s += Since(t2);  // resolving slots counts as fetch work
   if (!fetches.empty()) {
     Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
@@ -1075,16 +1073,16 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   Clock::time_point t3 = Clock::now();
   indptr_.assign(1, 0);
   indices_.clear();
-  indices_.reserve(1);  // a table whose rows are all empty still has an array
+  indices_.reserve(std::max<size_t>(1, res_.size()));  // an all-empty table still has an array
   last_len_.clear();
   for (int64_t b = 0; b < B; ++b) {
     const LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     const int32_t tail_tokens = static_cast<int32_t>((ls.tokens - 1) % P_ + 1);
     for (int h = 0; h < kv_; ++h) {
       if (status[b].ok()) {
-        const auto& r = row_slots[b * kv_ + h];
-        indices_.insert(indices_.end(), r.begin(), r.end());
-        stats.attended_head_pages += static_cast<int64_t>(r.size());
+        const int64_t r = b * kv_ + h;
+        indices_.insert(indices_.end(), res_.begin() + res_ptr_[r], res_.begin() + res_ptr_[r + 1]);
+        stats.attended_head_pages += res_ptr_[r + 1] - res_ptr_[r];
       }
       indptr_.push_back(static_cast<int32_t>(indices_.size()));
       last_len_.push_back(tail_tokens);

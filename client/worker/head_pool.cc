@@ -5,49 +5,20 @@ namespace pagoda::worker_internal {
 HeadPool::HeadPool(int kv_heads, int32_t slots)
     : slots_(slots), subs_(kv_heads), owned_(kv_heads, 0) {
   for (Sub& sub : subs_) {
-    sub.slots.resize(slots);
+    sub.hot.resize(slots);
+    sub.cold.resize(slots);
+    sub.referenced.assign(slots, 0);
     sub.free.reserve(slots);
     for (int32_t s = slots - 1; s >= 0; --s) sub.free.push_back(s);
   }
 }
 
-void HeadPool::Unlink(Sub& sub, int32_t s) {
-  Slot& x = sub.slots[s];
-  (x.prev >= 0 ? sub.slots[x.prev].next : sub.lru) = x.next;
-  (x.next >= 0 ? sub.slots[x.next].prev : sub.mru) = x.prev;
-  x.prev = x.next = -1;
-}
-
-void HeadPool::PushMru(Sub& sub, int32_t s) {
-  Slot& x = sub.slots[s];
-  x.prev = sub.mru;
-  x.next = -1;
-  (sub.mru >= 0 ? sub.slots[sub.mru].next : sub.lru) = s;
-  sub.mru = s;
-}
-
-int32_t HeadPool::Find(const PageKey& key, int head, uint64_t epoch) {
+int32_t HeadPool::Find(const PageKey& key, int head, uint64_t epoch, int32_t row) {
   Sub& sub = subs_[head];
   auto it = sub.cached.find(key);
   if (it == sub.cached.end()) return -1;
-  const int32_t s = it->second;
-  sub.slots[s].epoch = epoch;
-  Unlink(sub, s);
-  PushMru(sub, s);
-  return s;
-}
-
-int32_t HeadPool::Touch(const PageKey& key, int head, int32_t slot, uint64_t epoch) {
-  Sub& sub = subs_[head];
-  if (slot < 0 || slot >= slots_) return -1;
-  Slot& x = sub.slots[slot];
-  if (x.state != State::kCached || !(x.key == key)) return -1;
-  if (x.epoch != epoch) {
-    x.epoch = epoch;
-    Unlink(sub, slot);
-    PushMru(sub, slot);
-  }
-  return slot;
+  Use(head, it->second, epoch, row);
+  return it->second;
 }
 
 int32_t HeadPool::TakeFree(Sub& sub, uint64_t epoch) {
@@ -56,26 +27,36 @@ int32_t HeadPool::TakeFree(Sub& sub, uint64_t epoch) {
     sub.free.pop_back();
     return s;
   }
-  // Touched slots move to the MRU end, so if the LRU one was used in this epoch, all were.
-  const int32_t victim = sub.lru;
-  if (victim < 0 || sub.slots[victim].epoch == epoch) return -1;
-  Unlink(sub, victim);
-  sub.cached.erase(sub.slots[victim].key);
-  sub.slots[victim].state = State::kFree;
-  ++evictions_;
-  return victim;
+  // CLOCK: the hand passes over owned slots and those used in this epoch, gives referenced ones
+  // a second chance, and takes the first cached slot not used since it last passed. Two turns
+  // clear every reference bit, so finding none then means every cached slot is in use.
+  for (int64_t n = 0; n < 2 * int64_t{slots_}; ++n) {
+    const int32_t s = sub.hand;
+    sub.hand = sub.hand + 1 == slots_ ? 0 : sub.hand + 1;
+    if (sub.cold[s].state != State::kCached || sub.hot[s].epoch == epoch) continue;
+    if (sub.referenced[s]) {
+      sub.referenced[s] = 0;
+      continue;
+    }
+    sub.cached.erase(sub.cold[s].key);
+    sub.cold[s].state = State::kFree;
+    Renew(sub, s);
+    ++evictions_;
+    return s;
+  }
+  return -1;
 }
 
-int32_t HeadPool::Insert(const PageKey& key, int head, uint64_t epoch) {
+int32_t HeadPool::Insert(const PageKey& key, int head, uint64_t epoch, int32_t row) {
   Sub& sub = subs_[head];
   const int32_t s = TakeFree(sub, epoch);
   if (s < 0) return -1;
-  Slot& x = sub.slots[s];
-  x.state = State::kCached;
-  x.key = key;
-  x.epoch = epoch;
+  sub.cold[s] = {State::kCached, key};
+  Renew(sub, s);
+  sub.hot[s].epoch = epoch;
+  sub.hot[s].first_row = row;
+  sub.referenced[s] = 0;
   sub.cached[key] = s;
-  PushMru(sub, s);
   return s;
 }
 
@@ -85,8 +66,8 @@ void HeadPool::Forget(const PageKey& key, int head) {
   if (it == sub.cached.end()) return;
   const int32_t s = it->second;
   sub.cached.erase(it);
-  Unlink(sub, s);
-  sub.slots[s].state = State::kFree;
+  sub.cold[s].state = State::kFree;
+  Renew(sub, s);
   sub.free.push_back(s);
 }
 
@@ -94,15 +75,17 @@ int32_t HeadPool::AllocOwned(int head, uint64_t epoch) {
   Sub& sub = subs_[head];
   const int32_t s = TakeFree(sub, epoch);
   if (s < 0) return -1;
-  sub.slots[s].state = State::kOwned;
+  sub.cold[s].state = State::kOwned;
+  Renew(sub, s);
   ++owned_[head];
   return s;
 }
 
 void HeadPool::ReleaseOwned(int head, int32_t slot) {
   Sub& sub = subs_[head];
-  if (slot < 0 || sub.slots[slot].state != State::kOwned) return;
-  sub.slots[slot].state = State::kFree;
+  if (slot < 0 || sub.cold[slot].state != State::kOwned) return;
+  sub.cold[slot].state = State::kFree;
+  Renew(sub, slot);
   sub.free.push_back(slot);
   --owned_[head];
 }
@@ -114,13 +97,13 @@ int32_t HeadPool::Adopt(int head, int32_t slot, const PageKey& key, uint64_t epo
     ReleaseOwned(head, slot);
     return Find(key, head, epoch);
   }
-  Slot& x = sub.slots[slot];
-  x.state = State::kCached;
-  x.key = key;
-  x.epoch = epoch;
+  sub.cold[slot] = {State::kCached, key};
+  Renew(sub, slot);
+  sub.hot[slot].epoch = epoch;
+  sub.hot[slot].first_row = -1;
+  sub.referenced[slot] = 1;
   --owned_[head];
   sub.cached[key] = slot;
-  PushMru(sub, slot);
   return slot;
 }
 

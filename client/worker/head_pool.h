@@ -1,9 +1,10 @@
 // Internal: slot bookkeeping of the decode worker's head-granular attention pool.
 //
 // kv_heads sub-pools of `slots` slots. A slot is free, cached (the copy of head h of a store page,
-// found by its key, evictable in LRU order) or owned (an open page of one sequence: never evicted,
-// freed or adopted by its owner). Slots used in the current epoch (one layer of one step) are
-// never chosen as victims, so everything one attention call reads stays put.
+// found by its key, evicted in CLOCK order: an approximation of LRU whose hit costs one write,
+// which matters at thousands of lookups per layer) or owned (an open page of one sequence: never
+// evicted, freed or adopted by its owner). Slots used in the current epoch (one layer of one step)
+// are never chosen as victims, so everything one attention call reads stays put.
 //
 // Thread safety: not synchronized (the worker's thread).
 #ifndef PAGODA_CLIENT_WORKER_HEAD_POOL_H_
@@ -21,14 +22,40 @@ class HeadPool {
  public:
   HeadPool(int kv_heads, int32_t slots);
 
-  // The cached slot of (key, head), marked used in `epoch`; -1 when not resident.
-  int32_t Find(const PageKey& key, int head, uint64_t epoch);
-  // Find for a slot the caller remembers: `slot` when it still caches (key, head) (marked used
-  // in `epoch`), else -1. No hashing: the worker's per-page hint makes a step's lookups cheap.
-  int32_t Touch(const PageKey& key, int head, int32_t slot, uint64_t epoch);
-  // A slot for (key, head), not resident yet (the caller fills it): a free slot, else the least
-  // recently used cached slot not used in `epoch` (its page is forgotten). -1 when none.
-  int32_t Insert(const PageKey& key, int head, uint64_t epoch);
+  // A slot's identity: it changes whenever the slot is freed, evicted or given another page, so
+  // (slot, generation) names one residency of one head-page.
+  uint32_t Generation(int head, int32_t slot) const { return subs_[head].hot[slot].gen; }
+
+  // Using a slot in `epoch` (one layer of one step) from batch row `row` (-1: no row). A second
+  // distinct row in the same epoch counts once in shared().
+  void Use(int head, int32_t slot, uint64_t epoch, int32_t row) {
+    Sub& sub = subs_[head];
+    Hot& x = sub.hot[slot];
+    sub.referenced[slot] = 1;
+    if (x.epoch != epoch) {
+      x.epoch = epoch;
+      x.first_row = row;
+    } else if (x.first_row >= 0 && row >= 0 && x.first_row != row) {
+      x.first_row = -1;
+      ++shared_;
+    }
+  }
+
+  // The cached slot of (key, head), used in `epoch` by `row`; -1 when not resident.
+  int32_t Find(const PageKey& key, int head, uint64_t epoch, int32_t row = -1);
+  // Find for a slot the caller remembers with its generation: `slot` when it still holds that
+  // residency (used in `epoch` by `row`), else -1. No hashing and no key compare: one compact
+  // record per slot, so a layer's thousands of lookups stay in cache.
+  int32_t Touch(int head, int32_t slot, uint32_t gen, uint64_t epoch, int32_t row = -1) {
+    // Every change of a slot's state renews its generation, so a match is the same cached page.
+    if (slot < 0 || slot >= slots_ || subs_[head].hot[slot].gen != gen) return -1;
+    Use(head, slot, epoch, row);
+    return slot;
+  }
+  // A slot for (key, head), not resident yet (the caller fills it): a free slot, else a cached
+  // slot not used in `epoch` and not referenced since the CLOCK hand last passed it (its page is
+  // forgotten). -1 when none.
+  int32_t Insert(const PageKey& key, int head, uint64_t epoch, int32_t row = -1);
   // Forgets a cached (key, head) (its bytes could not be verified); the slot becomes free.
   void Forget(const PageKey& key, int head);
   // A private slot for an open page; -1 when none can be had.
@@ -43,29 +70,39 @@ class HeadPool {
   int32_t Available(int head) const { return slots_ - owned_[head]; }
   int64_t used() const;  // cached + owned, all heads
   int64_t evictions() const { return evictions_; }
+  // Slot-epochs in which a second batch row used the slot (head-pages shared by sequences).
+  int64_t shared() const { return shared_; }
 
  private:
   enum class State : uint8_t { kFree, kCached, kOwned };
-  struct Slot {
+  // What every lookup reads, 16 bytes per slot.
+  struct Hot {
+    uint64_t epoch = 0;
+    uint32_t gen = 0;
+    int32_t first_row = -1;  // the batch row that used the slot first in `epoch`; -1: several
+  };
+  // What only misses, evictions and adoptions read.
+  struct Cold {
     State state = State::kFree;
     PageKey key;
-    uint64_t epoch = 0;
-    int32_t prev = -1, next = -1;  // LRU list of cached slots (head: least recent)
   };
   struct Sub {
-    std::vector<Slot> slots;
+    std::vector<Hot> hot;
+    std::vector<Cold> cold;
+    std::vector<uint8_t> referenced;  // used since the CLOCK hand last passed
     std::vector<int32_t> free;
     absl::flat_hash_map<PageKey, int32_t> cached;
-    int32_t lru = -1, mru = -1;
+    int32_t hand = 0;  // CLOCK position
   };
-  void Unlink(Sub& sub, int32_t s);
-  void PushMru(Sub& sub, int32_t s);
   int32_t TakeFree(Sub& sub, uint64_t epoch);
+  // A new residency of `s` (freed, evicted, filled, adopted, owned).
+  static void Renew(Sub& sub, int32_t s) { ++sub.hot[s].gen; }
 
   int32_t slots_;
   std::vector<Sub> subs_;
   std::vector<int32_t> owned_;
   int64_t evictions_ = 0;
+  int64_t shared_ = 0;
 };
 
 }  // namespace pagoda::worker_internal

@@ -1,4 +1,4 @@
-// The attention pool's slot bookkeeping: LRU eviction, owned slots, adoption, epochs.
+// The attention pool's slot bookkeeping: CLOCK eviction, owned slots, adoption, epochs.
 #include "head_pool.h"
 
 #include "gtest/gtest.h"
@@ -8,19 +8,40 @@ namespace {
 
 PageKey Key(uint64_t i) { return PageKey{i, i * 3}; }
 
-TEST(HeadPool, EvictsLeastRecentlyUsedButNothingUsedThisEpoch) {
+TEST(HeadPool, EvictsWhatWasNotUsedSinceButNothingUsedThisEpoch) {
   HeadPool pool(2, 3);
   EXPECT_GE(pool.Insert(Key(1), 0, 1), 0);
   EXPECT_GE(pool.Insert(Key(2), 0, 1), 0);
   EXPECT_GE(pool.Insert(Key(3), 0, 1), 0);
   EXPECT_EQ(pool.Insert(Key(4), 0, 1), -1);  // all used in epoch 1
-  EXPECT_GE(pool.Find(Key(1), 0, 2), 0);     // key 1 is now the most recent
+  EXPECT_GE(pool.Find(Key(1), 0, 2), 0);     // key 1 is used again
   const int32_t s = pool.Insert(Key(4), 0, 2);
   EXPECT_GE(s, 0);
   EXPECT_EQ(pool.Find(Key(2), 0, 2), -1);  // the victim
   EXPECT_GE(pool.Find(Key(1), 0, 2), 0);
   EXPECT_EQ(pool.Find(Key(1), 1, 2), -1);  // heads are separate sub-pools
   EXPECT_EQ(pool.evictions(), 1);
+}
+
+TEST(HeadPool, AUsedSlotOutlivesAnUnusedOneByOneTurnOfTheClock) {
+  HeadPool pool(1, 3);
+  for (uint64_t k = 1; k <= 3; ++k) ASSERT_GE(pool.Insert(Key(k), 0, 1), 0);
+  const int32_t one = pool.Find(Key(1), 0, 2);  // key 1 used at epoch 2
+  ASSERT_GE(one, 0);
+  const uint32_t gen = pool.Generation(0, one);
+  ASSERT_GE(pool.Insert(Key(4), 0, 3), 0);
+  EXPECT_EQ(pool.Find(Key(2), 0, 3), -1) << "the unused key goes first";
+  EXPECT_GE(pool.Find(Key(1), 0, 3), 0);
+  ASSERT_GE(pool.Insert(Key(5), 0, 4), 0);
+  EXPECT_EQ(pool.Find(Key(3), 0, 4), -1);
+  EXPECT_EQ(pool.Touch(0, one, gen, 4), one) << "key 1's residency is the one remembered";
+  ASSERT_GE(pool.Insert(Key(6), 0, 5), 0);  // key 1 was used at epoch 4: key 4 goes
+  EXPECT_EQ(pool.Find(Key(4), 0, 5), -1);
+  ASSERT_GE(pool.Insert(Key(7), 0, 6), 0);  // key 5 goes, then key 1's second chance is spent
+  ASSERT_GE(pool.Insert(Key(8), 0, 7), 0);
+  EXPECT_EQ(pool.Find(Key(1), 0, 7), -1);
+  EXPECT_EQ(pool.Touch(0, one, gen, 7), -1) << "a remembered residency that ended finds nothing";
+  EXPECT_EQ(pool.evictions(), 5);
 }
 
 TEST(HeadPool, OwnedSlotsAreNeverEvictedAndAdoptionDeduplicates) {

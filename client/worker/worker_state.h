@@ -31,7 +31,14 @@ struct LayerState {
   std::vector<std::vector<int32_t>> retrieved;  // per KV head: natural pages of the last retrieval
   std::vector<std::vector<int32_t>> rows;       // per KV head: natural pages attended last
   std::vector<std::vector<int32_t>> prefetch;   // per KV head: hints of the last retrieval
-  std::vector<std::vector<int32_t>> slot_hint;  // per KV head, per page: its pool slot last seen
+  // Per KV head: the pool residency of each page of the row attended last (ascending pages, the
+  // open page left out), so a step resolves the pages it keeps by one compact check each.
+  struct Resolved {
+    int32_t page;
+    int32_t slot;
+    uint32_t gen;
+  };
+  std::vector<std::vector<Resolved>> resolved;
   // Device selection (quest): the summary slot of each natural page, open page included; the
   // summaries live on the backend only and are folded there as tokens are written.
   std::vector<int32_t> sum_slots;
