@@ -888,11 +888,18 @@ void DecodeWorker::Impl::SelectOnBackend(int layer, const TensorView& q,
       ls.retrieved.assign(kv_, {});
       ls.boundary_seen = false;
       fresh[b] = true;
+      // Out come the chosen candidates in page order, then the sinks and the window (ascending
+      // each): the sinks go first and the row is ascending without a sort.
+      const int32_t sinks = budget[b].sink_end;
       for (int h = 0; h < kv_; ++h) {
+        std::vector<int32_t>& r = ls.retrieved[h];
         for (int32_t i = out_indptr[b * kv_ + h]; i < out_indptr[b * kv_ + h + 1]; ++i) {
-          ls.retrieved[h].push_back(slot_page_[out_indices[i]]);
+          r.push_back(slot_page_[out_indices[i]]);
         }
-        std::sort(ls.retrieved[h].begin(), ls.retrieved[h].end());
+        const int64_t kept = budget[b].sink_end + (budget[b].pages - budget[b].window_begin);
+        const int64_t chosen = static_cast<int64_t>(r.size()) - kept;
+        if (chosen >= 0) std::rotate(r.begin(), r.begin() + chosen, r.begin() + chosen + sinks);
+        if (!std::is_sorted(r.begin(), r.end())) std::sort(r.begin(), r.end());
       }
       ++stats.retrievals;
     }

@@ -151,9 +151,17 @@ const std::vector<int>& StreamingHeads(const DecodeWorkerOptions& o, int layer) 
   static const std::vector<int> kNone;
   return o.layer_streaming_heads.empty() ? kNone : o.layer_streaming_heads[layer];
 }
+// Merges the ascending run [mid, end) of `row` into its ascending [begin, mid) and drops
+// duplicates, in linear time (rows hold thousands of pages; a sort per row per layer shows up).
+void MergeUnique(std::vector<int32_t>& row, size_t mid) {
+  std::inplace_merge(row.begin(), row.begin() + static_cast<std::ptrdiff_t>(mid), row.end());
+  row.erase(std::unique(row.begin(), row.end()), row.end());
+}
+// Adds the pinned prompt pages below the open page to an ascending row.
 void AddPinned(const LayerState& ls, int32_t cur, std::vector<int32_t>& row) {
+  const size_t mid = row.size();
   for (int32_t p = 0; p < ls.pinned && p < cur; ++p) row.push_back(p);
-  SortUnique(row);
+  if (row.size() > mid) MergeUnique(row, mid);
 }
 }  // namespace
 
@@ -197,10 +205,13 @@ absl::Status PageRows(const DecodeWorkerOptions& o, int layer, LayerState& ls) {
   ls.rows.assign(kv, {});
   for (int h = 0; h < kv; ++h) {
     std::vector<int32_t>& row = ls.rows[h];
-    row = ls.retrieved[h];
+    row = ls.retrieved[h];  // ascending
+    if (!std::is_sorted(row.begin(), row.end())) SortUnique(row);
+    const size_t mid = row.size();
     for (int32_t p = std::max(0, cur - o.selector.window_pages + 1); p <= cur; ++p) {
       row.push_back(p);
     }
+    MergeUnique(row, mid);
     AddPinned(ls, cur, row);
     if (row.empty() || row.back() != cur || row.front() < 0) {
       return absl::InternalError("a selection does not end at the open page");
