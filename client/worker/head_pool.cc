@@ -7,7 +7,6 @@ HeadPool::HeadPool(int kv_heads, int32_t slots)
   for (Sub& sub : subs_) {
     sub.hot.resize(slots);
     sub.cold.resize(slots);
-    sub.referenced.assign(slots, 0);
     sub.free.reserve(slots);
     for (int32_t s = slots - 1; s >= 0; --s) sub.free.push_back(s);
   }
@@ -34,8 +33,8 @@ int32_t HeadPool::TakeFree(Sub& sub, uint64_t epoch) {
     const int32_t s = sub.hand;
     sub.hand = sub.hand + 1 == slots_ ? 0 : sub.hand + 1;
     if (sub.cold[s].state != State::kCached || sub.hot[s].epoch == epoch) continue;
-    if (sub.referenced[s]) {
-      sub.referenced[s] = 0;
+    if (sub.hot[s].referenced) {
+      sub.hot[s].referenced = 0;
       continue;
     }
     sub.cached.erase(sub.cold[s].key);
@@ -54,8 +53,8 @@ int32_t HeadPool::Insert(const PageKey& key, int head, uint64_t epoch, int32_t r
   sub.cold[s] = {State::kCached, key};
   Renew(sub, s);
   sub.hot[s].epoch = epoch;
-  sub.hot[s].first_row = row;
-  sub.referenced[s] = 0;
+  sub.hot[s].first_row = static_cast<int16_t>(row > kMaxRow ? -1 : row);
+  sub.hot[s].referenced = 0;
   sub.cached[key] = s;
   return s;
 }
@@ -101,7 +100,7 @@ int32_t HeadPool::Adopt(int head, int32_t slot, const PageKey& key, uint64_t epo
   Renew(sub, slot);
   sub.hot[slot].epoch = epoch;
   sub.hot[slot].first_row = -1;
-  sub.referenced[slot] = 1;
+  sub.hot[slot].referenced = 1;
   --owned_[head];
   sub.cached[key] = slot;
   return slot;

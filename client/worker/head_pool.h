@@ -29,12 +29,12 @@ class HeadPool {
   // Using a slot in `epoch` (one layer of one step) from batch row `row` (-1: no row). A second
   // distinct row in the same epoch counts once in shared().
   void Use(int head, int32_t slot, uint64_t epoch, int32_t row) {
-    Sub& sub = subs_[head];
-    Hot& x = sub.hot[slot];
-    sub.referenced[slot] = 1;
+    Hot& x = subs_[head].hot[slot];
+    x.referenced = 1;
+    if (row > kMaxRow) row = -1;  // rows past kMaxRow are not told apart (no sharing counted)
     if (x.epoch != epoch) {
       x.epoch = epoch;
-      x.first_row = row;
+      x.first_row = static_cast<int16_t>(row);
     } else if (x.first_row >= 0 && row >= 0 && x.first_row != row) {
       x.first_row = -1;
       ++shared_;
@@ -75,11 +75,13 @@ class HeadPool {
 
  private:
   enum class State : uint8_t { kFree, kCached, kOwned };
-  // What every lookup reads, 16 bytes per slot.
+  // What every lookup reads and writes: 16 bytes per slot, one cache access per lookup.
+  static constexpr int32_t kMaxRow = 32767;
   struct Hot {
     uint64_t epoch = 0;
     uint32_t gen = 0;
-    int32_t first_row = -1;  // the batch row that used the slot first in `epoch`; -1: several
+    int16_t first_row = -1;  // the batch row that used the slot first in `epoch`; -1: several
+    uint8_t referenced = 0;  // used since the CLOCK hand last passed
   };
   // What only misses, evictions and adoptions read.
   struct Cold {
@@ -89,7 +91,6 @@ class HeadPool {
   struct Sub {
     std::vector<Hot> hot;
     std::vector<Cold> cold;
-    std::vector<uint8_t> referenced;  // used since the CLOCK hand last passed
     std::vector<int32_t> free;
     absl::flat_hash_map<PageKey, int32_t> cached;
     int32_t hand = 0;  // CLOCK position
