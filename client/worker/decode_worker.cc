@@ -114,6 +114,14 @@ class DecodeWorker::Impl {
   // The open page of (seq, layer) is full: its head-pages are read from the pool, checksummed,
   // queued for the store, and its slots become the page's cached copy.
   absl::Status CommitTail(SequenceId id, Sequence& seq, int layer, WorkerStepStats* stats);
+  // Chains the next page of (seq, layer) to the layer's keys, records its checksums (and prompt
+  // keys for host selection) and queues it for the store. Returns its key.
+  PageKey QueuePage(SequenceId id, Sequence& seq, int layer, std::vector<uint8_t> page);
+  // Prefill rows that fill whole pages (k, v: [pages * page_tokens, kv_heads, head_dim], starting
+  // at a page boundary): one download each, pages assembled on the host and queued for the store,
+  // summaries (device selection) computed on the backend from the rows.
+  absl::Status StagePages(SequenceId id, Sequence& seq, int layer, const TensorView& k,
+                          const TensorView& v);
   // The layer's prompt is complete: host selection hands its keys to a new selector (device
   // selection has its summaries already); the boundary trigger starts.
   absl::Status StartSelector(LayerState& ls, int layer);
@@ -156,6 +164,7 @@ class DecodeWorker::Impl {
   std::vector<int32_t> res_, res_ptr_;  // a layer's resolved slots, CSR over (row, KV head)
   std::vector<LayerState::Resolved> next_;
   std::vector<int32_t> indptr_, indices_, last_len_;
+  std::vector<uint16_t> kst_, vst_;     // a prefill chunk's rows on the host (StagePages)
   std::vector<uint16_t> qh_, kh_, vh_;  // host copies of a layer's q, k, v
 };
 
@@ -238,22 +247,71 @@ absl::Status DecodeWorker::Impl::CommitTail(SequenceId id, Sequence& seq, int la
     std::memcpy(page.data() + h * half_, slots.data() + h * 2 * half_, half_);
     std::memcpy(page.data() + (kv_ + h) * half_, slots.data() + h * 2 * half_ + half_, half_);
   }
+  if (stats != nullptr) stats->bytes_committed += page.size();
+  const PageKey key = QueuePage(id, seq, layer, std::move(page));
+  for (int h = 0; h < kv_; ++h) {
+    pool_.Adopt(h, ls.tail[h], key, epoch_);
+    ls.tail[h] = -1;
+  }
+  return absl::OkStatus();
+}
+
+PageKey DecodeWorker::Impl::QueuePage(SequenceId id, Sequence& seq, int layer,
+                                      std::vector<uint8_t> page) {
+  LayerState& ls = seq.layers[layer];
   const int64_t p = static_cast<int64_t>(ls.keys.size());
   const PageKey key =
       ChainPageKey(p == 0 ? PageKey{} : ls.keys[p - 1],
                    absl::MakeConstSpan(seq.tokens).subspan(p * P_, P_), Extra(layer));
   TakePage(ls, page.data(), /*keep_keys=*/!ls.ready && !device_select_);
   ls.keys.push_back(key);
-  for (int h = 0; h < kv_; ++h) {
-    pool_.Adopt(h, ls.tail[h], key, epoch_);
-    ls.tail[h] = -1;
-  }
-  if (stats != nullptr) stats->bytes_committed += page.size();
   WriteOptions wo;
   wo.stream_id = ls.stream_id;
   wo.pin = o_.pin_prompt && (p + 1) * P_ <= seq.prompt_len;
   if (wo.pin) ls.pinned = static_cast<int32_t>(p + 1);
   committer_.Enqueue(id, key, std::move(page), wo);
+  return key;
+}
+
+absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int layer,
+                                            const TensorView& k, const TensorView& v) {
+  LayerState& ls = seq.layers[layer];
+  const int64_t n = k.shape[0];
+  const int32_t pages = static_cast<int32_t>(n / P_);
+  const size_t elems = static_cast<size_t>(n) * kv_ * d_;
+  kst_.resize(elems);
+  vst_.resize(elems);
+  if (absl::Status s = backend_->CopyToHost(k, absl::MakeSpan(kst_)); !s.ok()) return s;
+  if (absl::Status s = backend_->CopyToHost(v, absl::MakeSpan(vst_)); !s.ok()) return s;
+  // Device selection: the pages' summaries from the rows where they are (the caller checked the
+  // table has room); a strided k is summarized here from the assembled pages instead.
+  std::vector<int32_t> sum_slots;
+  std::vector<uint16_t> mins, maxs;
+  const bool contiguous = k.strides[2] == 1 && k.strides[1] == d_ && k.strides[0] == kv_ * d_;
+  if (device_select_) {
+    for (int32_t i = 0; i < pages; ++i) sum_slots.push_back(NewSummarySlot(ls));
+    if (contiguous) {
+      if (absl::Status s = backend_->SummarizeTokens(k, sum_slots); !s.ok()) return s;
+    }
+  }
+  const size_t row = static_cast<size_t>(d_) * 2;
+  for (int32_t i = 0; i < pages; ++i) {
+    // Store layout: K of every head ([page_tokens, head_dim] each), then V of every head.
+    std::vector<uint8_t> page(o_.layout.PageBytes());
+    for (int h = 0; h < kv_; ++h) {
+      for (int t = 0; t < P_; ++t) {
+        const size_t at = ((static_cast<size_t>(i) * P_ + t) * kv_ + h) * d_;
+        std::memcpy(page.data() + h * half_ + t * row, &kst_[at], row);
+        std::memcpy(page.data() + (kv_ + h) * half_ + t * row, &vst_[at], row);
+      }
+    }
+    if (device_select_ && !contiguous) PageMinMax(page.data(), mins, maxs);
+    QueuePage(id, seq, layer, std::move(page));
+    ls.tokens += P_;
+  }
+  if (device_select_ && !contiguous) {
+    return backend_->WriteSummaries(sum_slots, mins, maxs, std::vector<int32_t>(pages, P_));
+  }
   return absl::OkStatus();
 }
 
@@ -420,12 +478,13 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
           opened, " (raise DecodeWorkerOptions::summary_slots or close sequences)"));
     }
   }
-  int64_t r = 0;
-  while (r < rows) {
+  // Rows of the open page go through the pool (which holds its first tokens, and where decode
+  // appends); whole pages in between are staged to the host once per call, assembled there and
+  // queued for the store, never occupying the pool.
+  auto pool_rows = [&](int64_t r, int64_t m) -> absl::Status {
     ++epoch_;  // pages this prefill committed earlier may be evicted for the next one
     if (absl::Status s = EnsureTail(ls); !s.ok()) return s;
     const int64_t at = ls.tokens % P_;
-    const int64_t m = std::min<int64_t>(rows - r, P_ - at);
     std::vector<int32_t> slots, positions;
     for (int64_t i = 0; i < m; ++i) {
       slots.insert(slots.end(), ls.tail.begin(), ls.tail.end());
@@ -433,25 +492,32 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
     }
     if (absl::Status s = backend_->WriteTokens(Rows(k, r, m), Rows(v, r, m), slots, positions);
         !s.ok()) {
-      seq.failed = s;
       return s;
     }
     if (device_select_) {  // the page's summary, from the rows just written, on the backend
       LayerState* one[1] = {&ls};
       const int32_t from[1] = {static_cast<int32_t>(at)}, to[1] = {static_cast<int32_t>(at + m)};
-      if (absl::Status s = FoldOpenPages(one, from, to); !s.ok()) {
-        seq.failed = s;
-        return s;
-      }
+      if (absl::Status s = FoldOpenPages(one, from, to); !s.ok()) return s;
     }
     ls.tokens += m;
-    r += m;
-    if (ls.tokens % P_ == 0) {
-      if (absl::Status s = CommitTail(id, seq, layer, nullptr); !s.ok()) {
-        seq.failed = s;
-        return s;
-      }
-    }
+    return ls.tokens % P_ == 0 ? CommitTail(id, seq, layer, nullptr) : absl::OkStatus();
+  };
+  int64_t r = 0;
+  absl::Status written;
+  if (ls.tokens % P_ != 0) {  // complete the open page
+    const int64_t m = std::min<int64_t>(rows, P_ - ls.tokens % P_);
+    written = pool_rows(0, m);
+    r = m;
+  }
+  const int64_t whole = (rows - r) / P_ * P_;
+  if (written.ok() && whole > 0) {
+    written = StagePages(id, seq, layer, Rows(k, r, whole), Rows(v, r, whole));
+    r += whole;
+  }
+  if (written.ok() && r < rows) written = pool_rows(r, rows - r);
+  if (!written.ok()) {
+    seq.failed = written;
+    return written;
   }
   if (ls.tokens == seq.prompt_len) {
     if (absl::Status s = StartSelector(ls, layer); !s.ok()) {

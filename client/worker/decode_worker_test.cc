@@ -568,6 +568,9 @@ class StaleFirstCopy final : public WorkerBackend {
                                absl::Span<const int32_t> o, absl::Span<const int32_t> n) override {
     return inner_->UpdateSummaries(s, p, o, n);
   }
+  absl::Status SummarizeTokens(const TensorView& k, absl::Span<const int32_t> s) override {
+    return inner_->SummarizeTokens(k, s);
+  }
   absl::Status SelectQuest(const TensorView& q, const QuestRequest& r, std::vector<int32_t>& ip,
                            std::vector<int32_t>& ix) override {
     return inner_->SelectQuest(q, r, ip, ix);

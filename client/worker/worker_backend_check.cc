@@ -33,6 +33,20 @@ kernels::PagedKV PoolGeometry::PagedKV(const uint16_t* pool) const {
   return kv;
 }
 
+kernels::PagedKV PoolGeometry::RowPages(const uint16_t* rows, int32_t pages) const {
+  kernels::PagedKV kv;
+  kv.dtype = KernelDType(dtype);
+  kv.num_pages = pages;
+  kv.page_size = page_tokens;
+  kv.num_kv_heads = kv_heads;
+  kv.head_dim = head_dim;
+  kv.stride_token = int64_t{kv_heads} * head_dim;
+  kv.stride_head = head_dim;
+  kv.stride_page = int64_t{page_tokens} * kv_heads * head_dim;
+  kv.k = rows;
+  return kv;
+}
+
 absl::Status CheckInit(const PageLayout& layout, int q_heads, int32_t slots) {
   if (absl::Status s = layout.Validate(); !s.ok()) return s;
   if (slots < 1) return absl::InvalidArgumentError("pool slots per head must be >= 1");
@@ -185,6 +199,30 @@ absl::Status CheckUpdateSummaries(const PoolGeometry& g, int64_t table_slots,
   std::sort(sorted.begin(), sorted.end());
   if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
     return absl::InvalidArgumentError("summary update: a summary slot is listed twice");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSummarizeTokens(const PoolGeometry& g, int64_t table_slots, Device device,
+                                  const TensorView& k, absl::Span<const int32_t> sum_slots) {
+  if (table_slots < 1) return absl::FailedPreconditionError("no summary table (InitSummaries)");
+  const int64_t rows = static_cast<int64_t>(sum_slots.size()) * g.page_tokens;
+  if (k.ndim != 3 || k.device != device || k.shape[0] != rows || k.shape[1] != g.kv_heads ||
+      k.shape[2] != g.head_dim || k.dtype != g.dtype) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("summarize tokens: k is ", k.ToString(), ", want [", rows, ", ", g.kv_heads,
+                     ", ", g.head_dim, "] on the backend's device in the layout's dtype"));
+  }
+  if (k.strides[2] != 1 || k.strides[1] != g.head_dim || k.strides[0] != g.kv_heads * g.head_dim) {
+    return absl::InvalidArgumentError("summarize tokens: k must be contiguous");
+  }
+  std::vector<int32_t> sorted(sum_slots.begin(), sum_slots.end());
+  std::sort(sorted.begin(), sorted.end());
+  if (!sorted.empty() && (sorted.front() < 0 || sorted.back() >= table_slots)) {
+    return absl::InvalidArgumentError("summarize tokens: a summary slot is out of range");
+  }
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    return absl::InvalidArgumentError("summarize tokens: a summary slot is listed twice");
   }
   return absl::OkStatus();
 }

@@ -27,6 +27,9 @@ struct PoolGeometry {
   int64_t PoolBytes() const { return int64_t{kv_heads} * slots * SlotBytes(); }
   // The pool as the decode kernels see it (head h's sub-pool through stride_head).
   kernels::PagedKV PagedKV(const uint16_t* pool) const;
+  // Contiguous token rows [pages * page_tokens, kv_heads, head_dim] seen as `pages` pages (keys
+  // only), for summaries computed straight from a prefill chunk.
+  kernels::PagedKV RowPages(const uint16_t* rows, int32_t pages) const;
 };
 
 absl::Status CheckInit(const PageLayout& layout, int q_heads, int32_t slots);
@@ -47,6 +50,8 @@ absl::Status CheckUpdateSummaries(const PoolGeometry& g, int64_t table_slots,
                                   absl::Span<const int32_t> pool_slots,
                                   absl::Span<const int32_t> old_count,
                                   absl::Span<const int32_t> new_count);
+absl::Status CheckSummarizeTokens(const PoolGeometry& g, int64_t table_slots, Device device,
+                                  const TensorView& k, absl::Span<const int32_t> sum_slots);
 absl::Status CheckQuestRequest(const PoolGeometry& g, int64_t table_slots, Device device,
                                const TensorView& q, const QuestRequest& req);
 

@@ -215,6 +215,27 @@ class CpuWorkerBackend final : public WorkerBackend {
     return kernels::UpdateSummariesReference(p);
   }
 
+  absl::Status SummarizeTokens(const TensorView& k, absl::Span<const int32_t> sum_slots) override {
+    if (absl::Status s =
+            worker_internal::CheckSummarizeTokens(geo_, sum_slots_, Device::kCpu, k, sum_slots);
+        !s.ok()) {
+      return s;
+    }
+    if (sum_slots.empty()) return absl::OkStatus();
+    const int32_t n = static_cast<int32_t>(sum_slots.size());
+    std::vector<int32_t> pages(n), zero(n, 0), full(n, geo_.page_tokens);
+    for (int32_t i = 0; i < n; ++i) pages[i] = i;
+    kernels::SummaryUpdateParams p;
+    p.kv = geo_.RowPages(static_cast<const uint16_t*>(k.data), n);
+    p.summaries = Summaries();
+    p.num_updates = n;
+    p.pages = pages.data();
+    p.summary_pages = sum_slots.data();
+    p.old_count = zero.data();
+    p.new_count = full.data();
+    return kernels::UpdateSummariesReference(p);
+  }
+
   absl::Status SelectQuest(const TensorView& q, const QuestRequest& req,
                            std::vector<int32_t>& out_indptr,
                            std::vector<int32_t>& out_indices) override {

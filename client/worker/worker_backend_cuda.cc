@@ -486,6 +486,41 @@ class CudaWorkerBackend final : public WorkerBackend {
     return kernels::gpu::UpdateSummaries(p, stream_);
   }
 
+  // One pinned upload of [page ids | summary slots | zeros | page_tokens], then the summary
+  // kernel reading the chunk's rows where they are.
+  absl::Status SummarizeTokens(const TensorView& k, absl::Span<const int32_t> sum_slots) override {
+    if (absl::Status s =
+            worker_internal::CheckSummarizeTokens(geo_, sum_slots_, Device::kCuda, k, sum_slots);
+        !s.ok()) {
+      return s;
+    }
+    if (sum_slots.empty()) return absl::OkStatus();
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const size_t n = sum_slots.size();
+    if (absl::Status s = sum_fold_.Reserve(4 * n * 4); !s.ok()) return s;
+    int32_t* h = reinterpret_cast<int32_t*>(sum_fold_.host);
+    for (size_t i = 0; i < n; ++i) {
+      h[i] = static_cast<int32_t>(i);
+      h[n + i] = sum_slots[i];
+      h[2 * n + i] = 0;
+      h[3 * n + i] = geo_.page_tokens;
+    }
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(sum_fold_.dev, sum_fold_.host, 4 * n * 4, cudaMemcpyHostToDevice, stream_),
+        "summarize upload");
+    PAGODA_CUDA_RETURN(cudaEventRecord(sum_fold_.ready, stream_), "event record");
+    const int32_t* d = reinterpret_cast<const int32_t*>(sum_fold_.dev);
+    kernels::SummaryUpdateParams p;
+    p.kv = geo_.RowPages(static_cast<const uint16_t*>(k.data), static_cast<int32_t>(n));
+    p.summaries = Summaries();
+    p.num_updates = static_cast<int32_t>(n);
+    p.pages = d;
+    p.summary_pages = d + n;
+    p.old_count = d + 2 * n;
+    p.new_count = d + 3 * n;
+    return kernels::gpu::UpdateSummaries(p, stream_);
+  }
+
   absl::Status SelectQuest(const TensorView& q, const QuestRequest& req,
                            std::vector<int32_t>& out_indptr,
                            std::vector<int32_t>& out_indices) override {

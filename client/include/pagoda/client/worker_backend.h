@@ -135,6 +135,13 @@ class WorkerBackend {
                                        absl::Span<const int32_t> pool_slots,
                                        absl::Span<const int32_t> old_count,
                                        absl::Span<const int32_t> new_count) = 0;
+  // Summaries of whole pages straight from token rows (a prefill chunk): page i is rows
+  // [i * page_tokens, (i + 1) * page_tokens) of k ([n, kv_heads, head_dim], contiguous, the
+  // backend's device, n = sum_slots.size() * page_tokens) and goes to summary slot sum_slots[i]
+  // with count page_tokens. One kernel, ordered on the stream. InvalidArgument (nothing changed)
+  // for a strided k, a row count that disagrees, or slots out of range or repeated.
+  virtual absl::Status SummarizeTokens(const TensorView& k,
+                                       absl::Span<const int32_t> sum_slots) = 0;
   // Scores the candidates of every row of `req` against q [batch, q_heads, head_dim] (the
   // backend's device) and selects the top_k per (row, KV head), group scores as req.reduce says:
   // out_indptr [batch * kv_heads + 1] and out_indices (summary slots: the chosen candidates in
