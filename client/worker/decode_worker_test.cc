@@ -822,3 +822,68 @@ TEST(DecodeWorker, TwoWorkersOnThreadsShareOneStore) {
 
 }  // namespace
 }  // namespace pagoda
+
+namespace pagoda {
+namespace {
+
+// The backend's summary writes refuse malformed calls before touching the table: a Quest
+// selection over it is the same before and after them.
+TEST(WorkerBackendSummaries, BadCallsAreRefusedAndChangeNothing) {
+  auto backend = MakeCpuWorkerBackend();
+  ASSERT_TRUE(backend->Init(Layout(), kQ, 8).ok());
+  ASSERT_TRUE(backend->InitSummaries(4).ok());
+  // Two pages of rows: page 0 small keys, page 1 large ones.
+  std::vector<uint16_t> k(2 * kPage * kKv * kDim);
+  for (size_t i = 0; i < k.size(); ++i) {
+    k[i] = kernels::FloatToHalf(i < k.size() / 2 ? 0.01f : 1.0f);
+  }
+  const TensorView rows = TensorView::Contiguous(k.data(), DType::kFp16, {2 * kPage, kKv, kDim});
+  ASSERT_TRUE(backend->SummarizeTokens(rows, std::vector<int32_t>{2, 0}).ok());
+  std::vector<uint16_t> qv(kQ * kDim, kernels::FloatToHalf(1.f));
+  const TensorView q = TensorView::Contiguous(qv.data(), DType::kFp16, {1, kQ, kDim});
+  QuestRequest req;
+  req.top_k = 1;
+  req.cand_indptr = {0, 2};
+  req.cand = {2, 0};
+  req.keep_indptr = {0, 0};
+  req.last_len = {kPage};
+  std::vector<int32_t> indptr, chosen;
+  ASSERT_TRUE(backend->SelectQuest(q, req, indptr, chosen).ok());
+  ASSERT_EQ(chosen.size(), static_cast<size_t>(kKv));
+  EXPECT_EQ(chosen[0], 0) << "slot 0 holds the page of large keys";
+
+  TensorView strided = rows;
+  strided.shape[0] = kPage;
+  strided.strides[0] *= 2;
+  const std::vector<std::pair<absl::Status, const char*>> refused = {
+      {backend->SummarizeTokens(strided, std::vector<int32_t>{1}), "strided rows"},
+      {backend->SummarizeTokens(rows, std::vector<int32_t>{1}), "rows for two pages, one slot"},
+      {backend->SummarizeTokens(rows, std::vector<int32_t>{1, 4}), "slot out of range"},
+      {backend->SummarizeTokens(rows, std::vector<int32_t>{1, 1}), "slot twice"},
+      {backend->UpdateSummaries(std::vector<int32_t>{2}, std::vector<int32_t>{0, 1},
+                                std::vector<int32_t>{3}, std::vector<int32_t>{3}),
+       "no new token"},
+      {backend->UpdateSummaries(std::vector<int32_t>{2}, std::vector<int32_t>{0, 1},
+                                std::vector<int32_t>{0}, std::vector<int32_t>{kPage + 1}),
+       "past the page"},
+      {backend->UpdateSummaries(std::vector<int32_t>{2}, std::vector<int32_t>{0, 8},
+                                std::vector<int32_t>{0}, std::vector<int32_t>{1}),
+       "pool slot out of range"},
+      {backend->UpdateSummaries(std::vector<int32_t>{2, 2}, std::vector<int32_t>{0, 1, 2, 3},
+                                std::vector<int32_t>{0, 0}, std::vector<int32_t>{1, 1}),
+       "summary slot twice"},
+      {backend->UpdateSummaries(std::vector<int32_t>{2}, std::vector<int32_t>{0},
+                                std::vector<int32_t>{0}, std::vector<int32_t>{1}),
+       "one pool slot for two heads"},
+  };
+  for (const auto& [s, what] : refused) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << what << ": " << s;
+  }
+  std::vector<int32_t> indptr2, chosen2;
+  ASSERT_TRUE(backend->SelectQuest(q, req, indptr2, chosen2).ok());
+  EXPECT_EQ(chosen2, chosen);
+  EXPECT_EQ(indptr2, indptr);
+}
+
+}  // namespace
+}  // namespace pagoda
