@@ -707,6 +707,48 @@ TEST(DecodeWorker, CloseMidBatchAndForkThenDiverge) {
   }
 }
 
+// Quest on the backend with the boundary trigger keeps each batch's queries for the next step's
+// trigger: a sequence closed in between, or forked, must neither break nor confuse that.
+TEST(DecodeWorker, LaggedTriggerSurvivesCloseAndFork) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, 64);
+  o.boundary_trigger = true;
+  o.boundary_threshold = 0.5f;
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId a = drv.Open(Prompt(30, 13)), b = drv.Open(Prompt(33, 14)),
+                   c = drv.Open(Prompt(26, 15));
+  auto first = drv.Step({a, b, c}, {1, 2, 3});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->retrievals, 3 * kLayers) << "every sequence retrieves at its first step";
+  ASSERT_TRUE((*w)->Close(b).ok());
+  auto child = (*w)->Fork(a);
+  ASSERT_TRUE(child.ok()) << child.status();
+  drv.Forked(a, *child);
+  int64_t retrievals = 0;
+  for (int step = 0; step < 8; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    // The batch order changes between steps: the trigger follows sequences, not batch rows.
+    const std::vector<SequenceId> batch =
+        step % 2 == 0 ? std::vector<SequenceId>{c, *child, a} : std::vector<SequenceId>{a, c};
+    std::vector<int32_t> next;
+    for (size_t i = 0; i < batch.size(); ++i) next.push_back(40 + step + static_cast<int>(i));
+    auto stats = drv.Step(batch, next, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const absl::Status& st : stats->sequence_status) ASSERT_TRUE(st.ok()) << st;
+    retrievals += stats->retrievals;
+    for (int l = 0; l < kLayers; ++l) {
+      for (size_t i = 0; i < batch.size(); ++i) {
+        EXPECT_LT(drv.Error(batch[i], static_cast<int>(i), l, outs[l], false), kTol);
+      }
+    }
+  }
+  // The forked child retrieves at its first step; the others only when their trigger fired.
+  EXPECT_GE(retrievals, kLayers);
+}
+
 TEST(DecodeWorker, BadInputIsRefusedAndChangesNothing) {
   TempDir dir;
   auto store = OpenStore(dir.path());
