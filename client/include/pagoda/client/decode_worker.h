@@ -19,11 +19,16 @@
 //
 // The attention pool is the worker's GPU tier: head-granular slots (one KV head of one page,
 // kv_heads sub-pools of pool_slots_per_head slots), shared by every sequence and every layer of the
-// worker, reused across steps, LRU-evicted. A head-page two sequences share is one slot.
+// worker, reused across steps, evicted in CLOCK order. A head-page two sequences share is one slot.
+// Prefill writes whole pages through a host staging straight to the store (one download per call);
+// only the open page's rows enter the pool.
 //
 // A step, per layer and sequence: the new token's k/v join the open page (in the pool) and the
-// selector; the selector picks pages per KV head (every retriever policy, louiskv included: its
-// cluster ranking is mapped onto natural pages, the best-covered ones first, up to the budget);
+// selector; the selector picks pages per KV head. Quest selects on the backend: its page summaries
+// live there and are folded as tokens are written, one kernel scores and ranks the batch, and
+// nothing of q / k / v is read on the host (with the boundary trigger, q is read back a step late
+// without a sync). The other policies select on the host (every retriever policy, louiskv included:
+// its cluster ranking is mapped onto natural pages, the best-covered ones first, up to the budget);
 // missing head-pages are gathered straight from the store's host arena (a read lease per page)
 // into pool slots by one verified gather; a head-page whose bytes do not match the checksum taken
 // when the page was written is never attended: it is read again through the store (which verifies
