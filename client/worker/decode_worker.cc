@@ -463,9 +463,11 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
                                                    seq.prompt_len - ls.tokens,
                                                    " prompt tokens left to prefill, got ", rows));
   }
-  // At most one open page per head at a time: one owned slot per head, checked before writing.
+  // At most one open page per head at a time: one owned slot per head, checked before writing
+  // (needed only when the rows leave a page open; whole pages never enter the pool).
+  const bool leaves_open_page = (ls.tokens + rows) % P_ != 0;
   for (int h = 0; h < kv_; ++h) {
-    if (ls.tail[h] < 0 && pool_.Available(h) < 1) {
+    if (ls.tail[h] < 0 && leaves_open_page && pool_.Available(h) < 1) {
       return absl::ResourceExhaustedError("the attention pool has no slot for an open page");
     }
   }
