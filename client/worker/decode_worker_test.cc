@@ -144,18 +144,28 @@ class Driver {
  public:
   explicit Driver(DecodeWorker* w) : w_(w) {}
 
-  // Opens and prefills (all layers, in `chunk`-token chunks).
-  SequenceId Open(const std::vector<int32_t>& prompt, int64_t* cached = nullptr, int chunk = 7) {
+  // Opens and prefills (all layers, in `chunk`-token chunks; `strided`: rows padded apart, as a
+  // slice of a wider tensor would be).
+  SequenceId Open(const std::vector<int32_t>& prompt, int64_t* cached = nullptr, int chunk = 7,
+                  bool strided = false) {
     auto opened = w_->Open(prompt);
     EXPECT_TRUE(opened.ok()) << opened.status();
     if (cached != nullptr) *cached = opened->cached_tokens;
+    const int64_t row = kKv * kDim, pad = strided ? 8 : 0;
+    auto view = [&](std::vector<uint16_t>& rows, std::vector<uint16_t>& buf, int64_t n) {
+      buf.assign(n * (row + pad), 0x7e00);  // NaN in the padding: it must never be read
+      for (int64_t i = 0; i < n; ++i) {
+        std::copy_n(rows.begin() + i * row, row, buf.begin() + i * (row + pad));
+      }
+      TensorView t = TensorView::Contiguous(buf.data(), DType::kFp16, {n, kKv, kDim});
+      t.strides[0] = row + pad;
+      return t;
+    };
     for (int l = 0; l < kLayers; ++l) {
       for (int64_t t = opened->cached_tokens; t < static_cast<int64_t>(prompt.size()); t += chunk) {
         const int64_t n = std::min<int64_t>(chunk, static_cast<int64_t>(prompt.size()) - t);
-        std::vector<uint16_t> k = Rows(0, l, prompt, t, n), v = Rows(1, l, prompt, t, n);
-        absl::Status s = w_->Prefill(
-            opened->id, l, TensorView::Contiguous(k.data(), DType::kFp16, {n, kKv, kDim}),
-            TensorView::Contiguous(v.data(), DType::kFp16, {n, kKv, kDim}));
+        std::vector<uint16_t> k = Rows(0, l, prompt, t, n), v = Rows(1, l, prompt, t, n), kb, vb;
+        absl::Status s = w_->Prefill(opened->id, l, view(k, kb, n), view(v, vb, n));
         EXPECT_TRUE(s.ok()) << s;
       }
     }
@@ -313,7 +323,10 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
   Driver drv(w->get());
   const std::vector<std::vector<int32_t>> prompts = {Prompt(61, 4), Prompt(45, 5)};
   std::vector<SequenceId> ids;
-  for (const auto& p : prompts) ids.push_back(drv.Open(p));
+  // The second prompt comes as strided views: its staged pages are summarized on the host.
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ids.push_back(drv.Open(prompts[i], nullptr, i == 0 ? 7 : 13, /*strided=*/i == 1));
+  }
   retriever::SelectorOptions so = o.selector;
   so.kv_heads = kKv;
   so.q_heads = kQ;
