@@ -45,6 +45,9 @@ class TimedBackend final : public WorkerBackend {
   absl::Status StartCopyToHost(const TensorView& t, int tag) override {
     return Timed([&] { return inner_->StartCopyToHost(t, tag); });
   }
+  absl::Status StartReadHeads(absl::Span<const HeadSlot> s, int tag) override {
+    return Timed([&] { return inner_->StartReadHeads(s, tag); });
+  }
   absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
     absl::StatusOr<absl::Span<const uint16_t>> out;
     (void)Timed([&] {

@@ -113,7 +113,12 @@ class DecodeWorker::Impl {
   absl::Status EnsureTail(LayerState& ls);
   // The open page of (seq, layer) is full: its head-pages are read from the pool, checksummed,
   // queued for the store, and its slots become the page's cached copy.
-  absl::Status CommitTail(SequenceId id, Sequence& seq, int layer, WorkerStepStats* stats);
+  absl::Status CommitTail(SequenceId id, Sequence& seq, int layer);
+  // The decode step's CommitTail: the page's key, pins and pool adoption now; its bytes come back
+  // from the pool without a sync (StartReadHeads) and are checksummed and queued in Finish.
+  absl::Status CommitTailLater(SequenceId id, Sequence& seq, int layer, WorkerStepStats& stats);
+  // Finish's half of CommitTailLater for every page of the step; failures fail their sequences.
+  void CompleteCommits();
   // Chains the next page of (seq, layer) to the layer's keys, records its checksums (and prompt
   // keys for host selection) and queues it for the store. Returns its key.
   PageKey QueuePage(SequenceId id, Sequence& seq, int layer, std::vector<uint8_t> page);
@@ -164,8 +169,17 @@ class DecodeWorker::Impl {
   std::vector<int32_t> res_, res_ptr_;  // a layer's resolved slots, CSR over (row, KV head)
   std::vector<LayerState::Resolved> next_;
   std::vector<int32_t> indptr_, indices_, last_len_;
-  std::vector<uint16_t> kst_, vst_;     // a prefill chunk's rows on the host (StagePages)
-  std::vector<uint16_t> qh_, kh_, vh_;  // host copies of a layer's q, k, v
+  std::vector<uint16_t> kst_, vst_;  // a prefill chunk's rows on the host (StagePages)
+  struct PendingCommit {
+    SequenceId id;
+    int layer;
+    int64_t page;
+    int tag;
+    PageKey key;
+    WriteOptions options;
+  };
+  std::vector<PendingCommit> pending_commits_;  // this step's CommitTailLater
+  std::vector<uint16_t> qh_, kh_, vh_;          // host copies of a layer's q, k, v
 };
 
 absl::Status DecodeWorker::Impl::Init() {
@@ -234,8 +248,7 @@ absl::Status DecodeWorker::Impl::EnsureTail(LayerState& ls) {
   return absl::OkStatus();
 }
 
-absl::Status DecodeWorker::Impl::CommitTail(SequenceId id, Sequence& seq, int layer,
-                                            WorkerStepStats* stats) {
+absl::Status DecodeWorker::Impl::CommitTail(SequenceId id, Sequence& seq, int layer) {
   LayerState& ls = seq.layers[layer];
   std::vector<HeadSlot> heads;
   for (int h = 0; h < kv_; ++h) heads.push_back({h, ls.tail[h]});
@@ -247,13 +260,67 @@ absl::Status DecodeWorker::Impl::CommitTail(SequenceId id, Sequence& seq, int la
     std::memcpy(page.data() + h * half_, slots.data() + h * 2 * half_, half_);
     std::memcpy(page.data() + (kv_ + h) * half_, slots.data() + h * 2 * half_ + half_, half_);
   }
-  if (stats != nullptr) stats->bytes_committed += page.size();
   const PageKey key = QueuePage(id, seq, layer, std::move(page));
   for (int h = 0; h < kv_; ++h) {
     pool_.Adopt(h, ls.tail[h], key, epoch_);
     ls.tail[h] = -1;
   }
   return absl::OkStatus();
+}
+
+absl::Status DecodeWorker::Impl::CommitTailLater(SequenceId id, Sequence& seq, int layer,
+                                                 WorkerStepStats& stats) {
+  LayerState& ls = seq.layers[layer];
+  std::vector<HeadSlot> heads;
+  for (int h = 0; h < kv_; ++h) heads.push_back({h, ls.tail[h]});
+  // Tags past the layers' (ObserveQueries uses one per layer).
+  const int tag = o_.num_layers + static_cast<int>(pending_commits_.size());
+  if (absl::Status s = backend_->StartReadHeads(heads, tag); !s.ok()) return s;
+  const int64_t p = static_cast<int64_t>(ls.keys.size());
+  const PageKey key =
+      ChainPageKey(p == 0 ? PageKey{} : ls.keys[p - 1],
+                   absl::MakeConstSpan(seq.tokens).subspan(p * P_, P_), Extra(layer));
+  ls.keys.push_back(key);
+  ls.sums.resize(static_cast<size_t>(p + 1) * kv_, 0);  // filled in CompleteCommits
+  WriteOptions wo;
+  wo.stream_id = ls.stream_id;
+  wo.pin = o_.pin_prompt && (p + 1) * P_ <= seq.prompt_len;
+  if (wo.pin) ls.pinned = static_cast<int32_t>(p + 1);
+  // The slots keep the page's bytes until evicted, and any later write to them is ordered after
+  // the download on the stream.
+  for (int h = 0; h < kv_; ++h) {
+    pool_.Adopt(h, ls.tail[h], key, epoch_);
+    ls.tail[h] = -1;
+  }
+  stats.bytes_committed += o_.layout.PageBytes();
+  pending_commits_.push_back({id, layer, p, tag, key, wo});
+  return absl::OkStatus();
+}
+
+void DecodeWorker::Impl::CompleteCommits() {
+  for (PendingCommit& c : pending_commits_) {
+    auto it = seqs_.find(c.id);
+    auto bytes = backend_->FinishCopyToHost(c.tag);
+    if (it == seqs_.end()) continue;
+    if (!bytes.ok()) {
+      if (it->second.failed.ok()) it->second.failed = bytes.status();
+      continue;
+    }
+    // Pool slots hold K then V per head; the store page is K of every head, then V of every head.
+    const uint8_t* slots = reinterpret_cast<const uint8_t*>(bytes->data());
+    std::vector<uint8_t> page(o_.layout.PageBytes());
+    for (int h = 0; h < kv_; ++h) {
+      std::memcpy(page.data() + h * half_, slots + h * 2 * half_, half_);
+      std::memcpy(page.data() + (kv_ + h) * half_, slots + h * 2 * half_ + half_, half_);
+    }
+    LayerState& ls = it->second.layers[c.layer];
+    for (int h = 0; h < kv_; ++h) {
+      ls.sums[c.page * kv_ + h] = kernels::HeadPageChecksum(page.data() + h * half_,
+                                                            page.data() + (kv_ + h) * half_, half_);
+    }
+    committer_.Enqueue(c.id, c.key, std::move(page), c.options);
+  }
+  pending_commits_.clear();
 }
 
 PageKey DecodeWorker::Impl::QueuePage(SequenceId id, Sequence& seq, int layer,
@@ -502,7 +569,7 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
       if (absl::Status s = FoldOpenPages(one, from, to); !s.ok()) return s;
     }
     ls.tokens += m;
-    return ls.tokens % P_ == 0 ? CommitTail(id, seq, layer, nullptr) : absl::OkStatus();
+    return ls.tokens % P_ == 0 ? CommitTail(id, seq, layer) : absl::OkStatus();
   };
   int64_t r = 0;
   absl::Status written;
@@ -1176,7 +1243,8 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   for (int64_t b = 0; b < B; ++b) {
     Sequence& seq = seqs_[plan_seqs_[b]];
     if (seq.layers[layer].tokens % P_ != 0) continue;
-    if (absl::Status s = CommitTail(plan_seqs_[b], seq, layer, &stats); !s.ok() && status[b].ok()) {
+    if (absl::Status s = CommitTailLater(plan_seqs_[b], seq, layer, stats);
+        !s.ok() && status[b].ok()) {
       status[b] = s;
     }
   }
@@ -1193,6 +1261,7 @@ absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::Finish(const StepPlan& plan)
     }
   }
   Clock::time_point t0 = Clock::now();
+  CompleteCommits();
   DrainCommits();
   step_stats_.commit_s += Since(t0);
   for (size_t b = 0; b < plan_seqs_.size(); ++b) {

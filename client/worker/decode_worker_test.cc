@@ -572,6 +572,9 @@ class StaleFirstCopy final : public WorkerBackend {
   absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
     return inner_->FinishCopyToHost(tag);
   }
+  absl::Status StartReadHeads(absl::Span<const HeadSlot> s, int tag) override {
+    return inner_->StartReadHeads(s, tag);
+  }
   absl::Status InitSummaries(int64_t n) override { return inner_->InitSummaries(n); }
   absl::Status WriteSummaries(absl::Span<const int32_t> s, absl::Span<const uint16_t> mn,
                               absl::Span<const uint16_t> mx, absl::Span<const int32_t> c) override {

@@ -156,6 +156,17 @@ class CpuWorkerBackend final : public WorkerBackend {
     return absl::OkStatus();
   }
 
+  absl::Status StartReadHeads(absl::Span<const HeadSlot> src, int tag) override {
+    if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("copy tag out of [0, 65536)");
+    std::vector<uint8_t> bytes(src.size() * geo_.SlotBytes());
+    if (absl::Status s = ReadHeads(src, absl::MakeSpan(bytes)); !s.ok()) return s;
+    if (static_cast<size_t>(tag) >= copies_.size()) copies_.resize(tag + 1);
+    std::vector<uint16_t> elems(bytes.size() / 2);
+    std::memcpy(elems.data(), bytes.data(), bytes.size());
+    copies_[tag] = std::move(elems);
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
     if (tag < 0 || static_cast<size_t>(tag) >= copies_.size() || !copies_[tag].has_value()) {
       return absl::FailedPreconditionError("no copy was started under this tag");

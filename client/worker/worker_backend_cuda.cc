@@ -372,6 +372,22 @@ class CudaWorkerBackend final : public WorkerBackend {
     return CudaStatus(cudaEventRecord(c.ready, stream_), "event record");
   }
 
+  absl::Status StartReadHeads(absl::Span<const HeadSlot> src, int tag) override {
+    if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("copy tag out of [0, 65536)");
+    if (absl::Status s = CheckHeads(src, src.size() * geo_.SlotBytes()); !s.ok()) return s;
+    if (static_cast<size_t>(tag) >= copies_.size()) copies_.resize(tag + 1);
+    if (copies_[tag] == nullptr) copies_[tag] = std::make_unique<Staged>();
+    Staged& c = *copies_[tag];
+    if (absl::Status s = c.Reserve(src.size() * geo_.SlotBytes()); !s.ok()) return s;
+    c.used = src.size() * geo_.SlotBytes() / 2;
+    for (size_t i = 0; i < src.size(); ++i) {
+      PAGODA_CUDA_RETURN(cudaMemcpyAsync(c.host + i * geo_.SlotBytes(), SlotPtr(src[i]),
+                                         geo_.SlotBytes(), cudaMemcpyDeviceToHost, stream_),
+                         "head download");
+    }
+    return CudaStatus(cudaEventRecord(c.ready, stream_), "event record");
+  }
+
   absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
     if (tag < 0 || static_cast<size_t>(tag) >= copies_.size() || copies_[tag] == nullptr) {
       return absl::FailedPreconditionError("no copy was started under this tag");

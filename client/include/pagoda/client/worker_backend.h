@@ -109,6 +109,9 @@ class WorkerBackend {
   // stream into pinned memory, no sync. A later start under the same tag replaces it (waiting for
   // the earlier one first).
   virtual absl::Status StartCopyToHost(const TensorView& t, int tag) = 0;
+  // The same for head-pages (as ReadHeads): their bytes, K then V of each in order, come back
+  // through FinishCopyToHost(tag) as 16-bit elements. Tags are shared with StartCopyToHost.
+  virtual absl::Status StartReadHeads(absl::Span<const HeadSlot> src, int tag) = 0;
   // The copy last started under `tag` (the tensor's elements, contiguous), waiting for it if it is
   // still in flight. Valid until the next StartCopyToHost of `tag`. FailedPrecondition when no
   // copy was started under it.
