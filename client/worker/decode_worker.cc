@@ -255,7 +255,7 @@ absl::Status DecodeWorker::Impl::CommitTail(SequenceId id, Sequence& seq, int la
   std::vector<uint8_t> slots(kv_ * 2 * half_);
   if (absl::Status s = backend_->ReadHeads(heads, absl::MakeSpan(slots)); !s.ok()) return s;
   // Store layout: K of every head, then V of every head.
-  std::vector<uint8_t> page(o_.layout.PageBytes());
+  std::vector<uint8_t> page = committer_.TakeBuffer();
   for (int h = 0; h < kv_; ++h) {
     std::memcpy(page.data() + h * half_, slots.data() + h * 2 * half_, half_);
     std::memcpy(page.data() + (kv_ + h) * half_, slots.data() + h * 2 * half_ + half_, half_);
@@ -308,7 +308,7 @@ void DecodeWorker::Impl::CompleteCommits() {
     }
     // Pool slots hold K then V per head; the store page is K of every head, then V of every head.
     const uint8_t* slots = reinterpret_cast<const uint8_t*>(bytes->data());
-    std::vector<uint8_t> page(o_.layout.PageBytes());
+    std::vector<uint8_t> page = committer_.TakeBuffer();
     for (int h = 0; h < kv_; ++h) {
       std::memcpy(page.data() + h * half_, slots + h * 2 * half_, half_);
       std::memcpy(page.data() + (kv_ + h) * half_, slots + h * 2 * half_ + half_, half_);
@@ -364,7 +364,7 @@ absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int la
   const size_t row = static_cast<size_t>(d_) * 2;
   for (int32_t i = 0; i < pages; ++i) {
     // Store layout: K of every head ([page_tokens, head_dim] each), then V of every head.
-    std::vector<uint8_t> page(o_.layout.PageBytes());
+    std::vector<uint8_t> page = committer_.TakeBuffer();  // every byte written below
     for (int h = 0; h < kv_; ++h) {
       for (int t = 0; t < P_; ++t) {
         const size_t at = ((static_cast<size_t>(i) * P_ + t) * kv_ + h) * d_;

@@ -33,6 +33,18 @@ void PageCommitter::Prefetch(std::vector<PageKey> keys) {
   ++in_flight_;
 }
 
+std::vector<uint8_t> PageCommitter::TakeBuffer() {
+  {
+    absl::MutexLock l(&mu_);
+    if (!spare_.empty()) {
+      std::vector<uint8_t> b = std::move(spare_.back());
+      spare_.pop_back();
+      return b;
+    }
+  }
+  return std::vector<uint8_t>(layout_.PageBytes());
+}
+
 std::vector<std::pair<uint64_t, absl::Status>> PageCommitter::Drain() {
   absl::MutexLock l(&mu_);
   mu_.Await(absl::Condition(
@@ -66,6 +78,9 @@ void PageCommitter::Run() {
     const bool reused = absl::IsAlreadyExists(s);
     if (reused) s = job.options.pin ? store_->Pin(tenant_, job.key) : absl::OkStatus();
     absl::MutexLock l(&mu_);
+    if (spare_.size() < kMaxSpareBuffers && job.bytes.size() == layout_.PageBytes()) {
+      spare_.push_back(std::move(job.bytes));
+    }
     if (!s.ok()) {
       failures_.emplace_back(job.sequence, s);
     } else if (reused) {

@@ -33,10 +33,15 @@ class PageCommitter {
   ~PageCommitter();  // drains
 
   static constexpr uint64_t kMaxQueuedBytes = 256ULL << 20;
+  static constexpr size_t kMaxSpareBuffers = 64;
 
   void Enqueue(uint64_t sequence, const PageKey& key, std::vector<uint8_t> bytes,
                WriteOptions options = {});
   void Prefetch(std::vector<PageKey> keys);
+  // A page buffer of layout.PageBytes() bytes to fill and Enqueue: one the committer is done with
+  // (contents stale: the caller overwrites every byte), else a new one. Saves an allocation, its
+  // page faults and its zero-fill per page (64 KiB each at Llama-3-8B shapes).
+  std::vector<uint8_t> TakeBuffer();
   // Waits for the queue; returns (sequence, error) of each failed job since the last Drain.
   std::vector<std::pair<uint64_t, absl::Status>> Drain();
 
@@ -63,6 +68,7 @@ class PageCommitter {
   uint64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::pair<uint64_t, absl::Status>> failures_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::vector<uint8_t>> spare_ ABSL_GUARDED_BY(mu_);  // done with, for TakeBuffer
   int64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t reused_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
