@@ -67,6 +67,9 @@ class TimedBackend final : public WorkerBackend {
                                absl::Span<const int32_t> o, absl::Span<const int32_t> n) override {
     return Timed([&] { return inner_->UpdateSummaries(s, p, o, n); });
   }
+  absl::Status CopySummaries(absl::Span<const int32_t> s, absl::Span<const int32_t> d) override {
+    return Timed([&] { return inner_->CopySummaries(s, d); });
+  }
   absl::Status SummarizeTokens(const TensorView& k, absl::Span<const int32_t> s) override {
     return Timed([&] { return inner_->SummarizeTokens(k, s); });
   }

@@ -640,28 +640,33 @@ absl::StatusOr<SequenceId> DecodeWorker::Impl::Fork(SequenceId parent_id) {
       }
       if (absl::Status s = backend_->CopyHeads(src, dst); !s.ok()) return undo(s);
     }
-    // The selection state has no copy: rebuild it from the pages (verified store reads), the
-    // open page's summary from its copied slots.
-    std::vector<uint8_t> page(o_.layout.PageBytes());
-    std::vector<uint16_t> mins, maxs;
-    for (const PageKey& key : to.keys) {
-      auto info = store_->Get(o_.tenant, key, absl::MakeSpan(page));
-      if (!info.ok()) return undo(info.status());
-      if (device_select_) {
-        PageMinMax(page.data(), mins, maxs);
-        continue;
-      }
-      for (int h = 0; h < kv_; ++h) {
-        const uint16_t* kk = reinterpret_cast<const uint16_t*>(page.data() + h * half_);
-        to.prompt_keys[h].insert(to.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
-      }
-    }
     if (device_select_) {
-      if (absl::Status s = AddSummaries(to, mins, maxs); !s.ok()) return undo(s);
+      // The full pages' summaries are the parent's (copied on the backend); the open page's is
+      // folded from its copied slots.
+      const size_t full = to.keys.size();
+      if (full + (open_page ? 1 : 0) > free_sum_.size()) {
+        return undo(absl::ResourceExhaustedError(
+            absl::StrCat("the selection summary table is full (", o_.summary_slots,
+                         " slots; raise DecodeWorkerOptions::summary_slots or close sequences)")));
+      }
+      std::vector<int32_t> src(from.sum_slots.begin(), from.sum_slots.begin() + full), dst;
+      for (size_t i = 0; i < full; ++i) dst.push_back(NewSummarySlot(to));
+      if (absl::Status s = backend_->CopySummaries(src, dst); !s.ok()) return undo(s);
       if (open_page) {
         LayerState* one[1] = {&to};
         const int32_t first[1] = {0}, upto[1] = {static_cast<int32_t>(to.tokens % P_)};
         if (absl::Status s = FoldOpenPages(one, first, upto); !s.ok()) return undo(s);
+      }
+    } else {
+      // The host selector has no copy: rebuild it from the pages (verified store reads).
+      std::vector<uint8_t> page(o_.layout.PageBytes());
+      for (const PageKey& key : to.keys) {
+        auto info = store_->Get(o_.tenant, key, absl::MakeSpan(page));
+        if (!info.ok()) return undo(info.status());
+        for (int h = 0; h < kv_; ++h) {
+          const uint16_t* kk = reinterpret_cast<const uint16_t*>(page.data() + h * half_);
+          to.prompt_keys[h].insert(to.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
+        }
       }
     }
     if (absl::Status s = StartSelector(to, l); !s.ok()) return undo(s);

@@ -380,6 +380,49 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
       }
     }
   }
+  // A fork's summaries are copied on the backend from its parent's: it selects what a selector
+  // built from its whole context selects, and so does its parent after it.
+  auto child = (*w)->Fork(ids[0]);
+  ASSERT_TRUE(child.ok()) << child.status();
+  drv.Forked(ids[0], *child);
+  {
+    const std::vector<int32_t> t = drv.tokens(*child);
+    ref.emplace_back();
+    for (int l = 0; l < kLayers; ++l) {
+      auto sel = retriever::MakeSelector(retriever::Policy::kQuest, so);
+      ASSERT_TRUE(sel.ok());
+      const int64_t n = static_cast<int64_t>(t.size());
+      ASSERT_TRUE((*sel)->Prefill(keys(l, t, 0, n), n).ok());
+      ref.back().push_back(std::move(*sel));
+    }
+  }
+  const std::vector<SequenceId> pair = {ids[0], *child};
+  for (int step = 0; step < 6; ++step) {
+    auto stats = drv.Step(pair, {900 + step, 700 + 3 * step});
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (int b : {0, 2}) {
+      const SequenceId id = b == 0 ? ids[0] : *child;
+      const std::vector<int32_t>& t = drv.tokens(id);
+      const int64_t pos = static_cast<int64_t>(t.size()) - 1;
+      for (int l = 0; l < kLayers; ++l) {
+        ASSERT_TRUE(ref[b][l]->Append(keys(l, t, pos, 1), 1).ok());
+        std::vector<uint16_t> q;
+        for (int h = 0; h < kQ; ++h) {
+          for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, t[pos], h, d));
+        }
+        auto want = ref[b][l]->Select(q);
+        ASSERT_TRUE(want.ok());
+        auto rows = (*w)->LastRows(id, l);
+        ASSERT_TRUE(rows.ok());
+        for (int h = 0; h < kKv; ++h) {
+          std::vector<int32_t> expect(want->pages.indices.begin() + want->pages.indptr[h],
+                                      want->pages.indices.begin() + want->pages.indptr[h + 1]);
+          std::sort(expect.begin(), expect.end());
+          EXPECT_EQ((*rows)[h], expect) << "after fork, step " << step << " seq " << b;
+        }
+      }
+    }
+  }
 }
 
 TEST(DecodeWorker, AFullSummaryTableIsRefused) {
@@ -583,6 +626,9 @@ class StaleFirstCopy final : public WorkerBackend {
   absl::Status UpdateSummaries(absl::Span<const int32_t> s, absl::Span<const int32_t> p,
                                absl::Span<const int32_t> o, absl::Span<const int32_t> n) override {
     return inner_->UpdateSummaries(s, p, o, n);
+  }
+  absl::Status CopySummaries(absl::Span<const int32_t> s, absl::Span<const int32_t> d) override {
+    return inner_->CopySummaries(s, d);
   }
   absl::Status SummarizeTokens(const TensorView& k, absl::Span<const int32_t> s) override {
     return inner_->SummarizeTokens(k, s);
@@ -933,6 +979,14 @@ TEST(WorkerBackendSummaries, BadCallsAreRefusedAndChangeNothing) {
       {backend->UpdateSummaries(std::vector<int32_t>{2}, std::vector<int32_t>{0},
                                 std::vector<int32_t>{0}, std::vector<int32_t>{1}),
        "one pool slot for two heads"},
+      {backend->CopySummaries(std::vector<int32_t>{2}, std::vector<int32_t>{1, 3}),
+       "copy sizes differ"},
+      {backend->CopySummaries(std::vector<int32_t>{2}, std::vector<int32_t>{4}),
+       "copy to a slot out of range"},
+      {backend->CopySummaries(std::vector<int32_t>{2, 0}, std::vector<int32_t>{1, 1}),
+       "copy to a slot twice"},
+      {backend->CopySummaries(std::vector<int32_t>{2, 1}, std::vector<int32_t>{1, 3}),
+       "copy over a source"},
   };
   for (const auto& [s, what] : refused) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << what << ": " << s;
@@ -941,6 +995,11 @@ TEST(WorkerBackendSummaries, BadCallsAreRefusedAndChangeNothing) {
   ASSERT_TRUE(backend->SelectQuest(q, req, indptr2, chosen2).ok());
   EXPECT_EQ(chosen2, chosen);
   EXPECT_EQ(indptr2, indptr);
+  // A copy moves a summary: slot 3 gets the large keys, and the selection follows it.
+  ASSERT_TRUE(backend->CopySummaries(std::vector<int32_t>{0}, std::vector<int32_t>{3}).ok());
+  req.cand = {2, 3};
+  ASSERT_TRUE(backend->SelectQuest(q, req, indptr2, chosen2).ok());
+  EXPECT_EQ(chosen2[0], 3);
 }
 
 }  // namespace

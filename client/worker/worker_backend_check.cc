@@ -203,6 +203,33 @@ absl::Status CheckUpdateSummaries(const PoolGeometry& g, int64_t table_slots,
   return absl::OkStatus();
 }
 
+absl::Status CheckCopySummaries(int64_t table_slots, absl::Span<const int32_t> src,
+                                absl::Span<const int32_t> dst) {
+  if (table_slots < 1) return absl::FailedPreconditionError("no summary table (InitSummaries)");
+  if (src.size() != dst.size()) {
+    return absl::InvalidArgumentError("copy summaries: source and destination sizes differ");
+  }
+  for (absl::Span<const int32_t> ids : {src, dst}) {
+    for (int32_t s : ids) {
+      if (s < 0 || s >= table_slots) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("copy summaries: summary slot ", s, " out of range"));
+      }
+    }
+  }
+  std::vector<int32_t> d(dst.begin(), dst.end());
+  std::sort(d.begin(), d.end());
+  if (std::adjacent_find(d.begin(), d.end()) != d.end()) {
+    return absl::InvalidArgumentError("copy summaries: a destination is listed twice");
+  }
+  for (int32_t s : src) {
+    if (std::binary_search(d.begin(), d.end(), s)) {
+      return absl::InvalidArgumentError("copy summaries: a destination is also a source");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckSummarizeTokens(const PoolGeometry& g, int64_t table_slots, Device device,
                                   const TensorView& k, absl::Span<const int32_t> sum_slots) {
   if (table_slots < 1) return absl::FailedPreconditionError("no summary table (InitSummaries)");

@@ -52,6 +52,8 @@ absl::Status CheckUpdateSummaries(const PoolGeometry& g, int64_t table_slots,
                                   absl::Span<const int32_t> new_count);
 absl::Status CheckSummarizeTokens(const PoolGeometry& g, int64_t table_slots, Device device,
                                   const TensorView& k, absl::Span<const int32_t> sum_slots);
+absl::Status CheckCopySummaries(int64_t table_slots, absl::Span<const int32_t> src,
+                                absl::Span<const int32_t> dst);
 absl::Status CheckQuestRequest(const PoolGeometry& g, int64_t table_slots, Device device,
                                const TensorView& q, const QuestRequest& req);
 

@@ -226,6 +226,20 @@ class CpuWorkerBackend final : public WorkerBackend {
     return kernels::UpdateSummariesReference(p);
   }
 
+  absl::Status CopySummaries(absl::Span<const int32_t> src,
+                             absl::Span<const int32_t> dst) override {
+    if (absl::Status s = worker_internal::CheckCopySummaries(sum_slots_, src, dst); !s.ok()) {
+      return s;
+    }
+    const size_t row = static_cast<size_t>(geo_.kv_heads) * geo_.head_dim;
+    for (size_t i = 0; i < src.size(); ++i) {
+      std::memcpy(&sum_min_[dst[i] * row], &sum_min_[src[i] * row], row * 2);
+      std::memcpy(&sum_max_[dst[i] * row], &sum_max_[src[i] * row], row * 2);
+      sum_count_[dst[i]] = sum_count_[src[i]];
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status SummarizeTokens(const TensorView& k, absl::Span<const int32_t> sum_slots) override {
     if (absl::Status s =
             worker_internal::CheckSummarizeTokens(geo_, sum_slots_, Device::kCpu, k, sum_slots);

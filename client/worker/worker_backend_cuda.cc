@@ -502,6 +502,48 @@ class CudaWorkerBackend final : public WorkerBackend {
     return kernels::gpu::UpdateSummaries(p, stream_);
   }
 
+  // One pinned upload of [src | dst], then per part (min rows, max rows, counts) a gather of the
+  // source rows into device staging and a scatter of them to the destinations.
+  absl::Status CopySummaries(absl::Span<const int32_t> src,
+                             absl::Span<const int32_t> dst) override {
+    if (absl::Status s = worker_internal::CheckCopySummaries(sum_slots_, src, dst); !s.ok()) {
+      return s;
+    }
+    if (src.empty()) return absl::OkStatus();
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const size_t n = src.size();
+    const size_t row = static_cast<size_t>(geo_.kv_heads) * geo_.head_dim * 2;
+    const size_t ids = (2 * n * 4 + 15) / 16 * 16;
+    if (absl::Status s = sum_copy_.Reserve(ids + n * row); !s.ok()) return s;
+    std::memcpy(sum_copy_.host, src.data(), n * 4);
+    std::memcpy(sum_copy_.host + n * 4, dst.data(), n * 4);
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(sum_copy_.dev, sum_copy_.host, 2 * n * 4, cudaMemcpyHostToDevice, stream_),
+        "summary copy upload");
+    PAGODA_CUDA_RETURN(cudaEventRecord(sum_copy_.ready, stream_), "event record");
+    const int32_t* d = reinterpret_cast<const int32_t*>(sum_copy_.dev);
+    struct Part {
+      uint8_t* table;
+      size_t bytes;
+    } parts[3] = {{summaries_, row},
+                  {summaries_ + sum_slots_ * row, row},
+                  {summaries_ + 2 * sum_slots_ * row, 4}};
+    for (const Part& part : parts) {
+      kernels::PageCopyParams c;
+      c.pool = part.table;
+      c.pool_pages = sum_slots_;
+      c.pool_stride_bytes = static_cast<int64_t>(part.bytes);
+      c.page_bytes = static_cast<int64_t>(part.bytes);
+      c.num_pages = static_cast<int32_t>(n);
+      c.staging = sum_copy_.dev + ids;
+      c.pages = d;
+      if (absl::Status s = kernels::gpu::GatherPages(c, stream_); !s.ok()) return s;
+      c.pages = d + n;
+      if (absl::Status s = kernels::gpu::ScatterPages(c, stream_); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
   // One pinned upload of [page ids | summary slots | zeros | page_tokens], then the summary
   // kernel reading the chunk's rows where they are.
   absl::Status SummarizeTokens(const TensorView& k, absl::Span<const int32_t> sum_slots) override {
@@ -651,7 +693,7 @@ class CudaWorkerBackend final : public WorkerBackend {
   size_t workspace_bytes_ = 0;
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots
   int64_t sum_slots_ = 0;
-  Staged sum_up_, quest_, tok_, sum_fold_;
+  Staged sum_up_, quest_, tok_, sum_fold_, sum_copy_;
   std::vector<std::unique_ptr<Staged>> copies_;  // StartCopyToHost, by tag
 };
 

@@ -138,6 +138,11 @@ class WorkerBackend {
                                        absl::Span<const int32_t> pool_slots,
                                        absl::Span<const int32_t> old_count,
                                        absl::Span<const int32_t> new_count) = 0;
+  // Copies summaries within the table: slot dst[i] gets slot src[i]'s min, max and count (a
+  // forked sequence's pages). Ordered on the stream. InvalidArgument (nothing changed) for sizes
+  // that differ, slots out of range, a destination twice or one that is also a source.
+  virtual absl::Status CopySummaries(absl::Span<const int32_t> src,
+                                     absl::Span<const int32_t> dst) = 0;
   // Summaries of whole pages straight from token rows (a prefill chunk): page i is rows
   // [i * page_tokens, (i + 1) * page_tokens) of k ([n, kv_heads, head_dim], contiguous, the
   // backend's device, n = sum_slots.size() * page_tokens) and goes to summary slot sum_slots[i]
