@@ -353,31 +353,37 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
       ref[b].push_back(std::move(*sel));
     }
   }
+  // The newest token of `id` joins the reference selectors `sels` (one per layer); the worker's
+  // rows of every layer must be what they select for that token's query.
+  auto expect_selects = [&](SequenceId id, std::vector<std::unique_ptr<retriever::Selector>>& sels,
+                            const std::string& where) {
+    const std::vector<int32_t>& t = drv.tokens(id);
+    const int64_t pos = static_cast<int64_t>(t.size()) - 1;
+    for (int l = 0; l < kLayers; ++l) {
+      ASSERT_TRUE(sels[l]->Append(keys(l, t, pos, 1), 1).ok());
+      std::vector<uint16_t> q;
+      for (int h = 0; h < kQ; ++h) {
+        for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, t[pos], h, d));
+      }
+      auto want = sels[l]->Select(q);
+      ASSERT_TRUE(want.ok()) << want.status();
+      auto rows = (*w)->LastRows(id, l);
+      ASSERT_TRUE(rows.ok());
+      for (int h = 0; h < kKv; ++h) {
+        std::vector<int32_t> expect(want->pages.indices.begin() + want->pages.indptr[h],
+                                    want->pages.indices.begin() + want->pages.indptr[h + 1]);
+        std::sort(expect.begin(), expect.end());
+        EXPECT_EQ((*rows)[h], expect) << where << ", layer " << l << ", head " << h;
+      }
+    }
+  };
   for (int step = 0; step < 12; ++step) {
     auto stats = drv.Step(ids, {11 * step, 11 * step + 5});
     ASSERT_TRUE(stats.ok()) << stats.status();
     for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
     EXPECT_EQ(stats->retrievals, 2 * kLayers);
     for (int b = 0; b < 2; ++b) {
-      const std::vector<int32_t>& t = drv.tokens(ids[b]);
-      const int64_t pos = static_cast<int64_t>(t.size()) - 1;
-      for (int l = 0; l < kLayers; ++l) {
-        ASSERT_TRUE(ref[b][l]->Append(keys(l, t, pos, 1), 1).ok());
-        std::vector<uint16_t> q;
-        for (int h = 0; h < kQ; ++h) {
-          for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, t[pos], h, d));
-        }
-        auto want = ref[b][l]->Select(q);
-        ASSERT_TRUE(want.ok()) << want.status();
-        auto rows = (*w)->LastRows(ids[b], l);
-        ASSERT_TRUE(rows.ok());
-        for (int h = 0; h < kKv; ++h) {
-          std::vector<int32_t> expect(want->pages.indices.begin() + want->pages.indptr[h],
-                                      want->pages.indices.begin() + want->pages.indptr[h + 1]);
-          std::sort(expect.begin(), expect.end());
-          EXPECT_EQ((*rows)[h], expect) << "step " << step << " seq " << b << " layer " << l;
-        }
-      }
+      expect_selects(ids[b], ref[b], "step " + std::to_string(step) + " seq " + std::to_string(b));
     }
   }
   // A fork's summaries are copied on the backend from its parent's: it selects what a selector
@@ -396,32 +402,11 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
       ref.back().push_back(std::move(*sel));
     }
   }
-  const std::vector<SequenceId> pair = {ids[0], *child};
   for (int step = 0; step < 6; ++step) {
-    auto stats = drv.Step(pair, {900 + step, 700 + 3 * step});
+    auto stats = drv.Step({ids[0], *child}, {900 + step, 700 + 3 * step});
     ASSERT_TRUE(stats.ok()) << stats.status();
-    for (int b : {0, 2}) {
-      const SequenceId id = b == 0 ? ids[0] : *child;
-      const std::vector<int32_t>& t = drv.tokens(id);
-      const int64_t pos = static_cast<int64_t>(t.size()) - 1;
-      for (int l = 0; l < kLayers; ++l) {
-        ASSERT_TRUE(ref[b][l]->Append(keys(l, t, pos, 1), 1).ok());
-        std::vector<uint16_t> q;
-        for (int h = 0; h < kQ; ++h) {
-          for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, t[pos], h, d));
-        }
-        auto want = ref[b][l]->Select(q);
-        ASSERT_TRUE(want.ok());
-        auto rows = (*w)->LastRows(id, l);
-        ASSERT_TRUE(rows.ok());
-        for (int h = 0; h < kKv; ++h) {
-          std::vector<int32_t> expect(want->pages.indices.begin() + want->pages.indptr[h],
-                                      want->pages.indices.begin() + want->pages.indptr[h + 1]);
-          std::sort(expect.begin(), expect.end());
-          EXPECT_EQ((*rows)[h], expect) << "after fork, step " << step << " seq " << b;
-        }
-      }
-    }
+    expect_selects(ids[0], ref[0], "after fork, parent, step " + std::to_string(step));
+    expect_selects(*child, ref[2], "after fork, child, step " + std::to_string(step));
   }
 }
 
