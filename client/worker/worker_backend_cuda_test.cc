@@ -91,8 +91,9 @@ std::vector<Record> Run(const Shape& sh, std::unique_ptr<WorkerBackend> backend)
   o.policy = retriever::Policy::kQuest;
   o.boundary_trigger = true;
   o.selector.budget_tokens = sh.budget;
+  // Room for one more sequence: halfway, the first sequence is forked.
   o.pool_slots_per_head =
-      static_cast<int32_t>(sh.batch * (sh.budget / 16 + 8) + sh.layers * 2 * sh.batch);
+      static_cast<int32_t>((sh.batch + 1) * (sh.budget / 16 + 8) + sh.layers * 2 * (sh.batch + 1));
   auto w = DecodeWorker::Create(store->get(), std::move(backend), o);
   EXPECT_TRUE(w.ok()) << w.status();
   std::mt19937 rng(17);
@@ -117,23 +118,29 @@ std::vector<Record> Run(const Shape& sh, std::unique_ptr<WorkerBackend> backend)
     ids.push_back(opened->id);
   }
   std::vector<Record> records;
-  std::vector<float> topic(sh.batch * sh.q * sh.dim);
+  std::vector<float> topic((sh.batch + 1) * sh.q * sh.dim);
   for (int64_t s = 0; s < sh.steps; ++s) {
+    if (s == sh.steps / 2) {  // a fork: its summaries are copied on the backend
+      auto child = (*w)->Fork(ids[0]);
+      EXPECT_TRUE(child.ok()) << child.status();
+      if (child.ok()) ids.push_back(*child);
+    }
+    const int64_t B = static_cast<int64_t>(ids.size());
     if (s % 16 == 0) {
       for (float& x : topic) x = 2.f * g(rng);
     }
-    std::vector<int32_t> next(sh.batch);
+    std::vector<int32_t> next(B);
     for (auto& tok : next) tok = static_cast<int32_t>(rng() % 5000);
     auto plan = (*w)->Plan(ids, next);
     EXPECT_TRUE(plan.ok()) << plan.status();
     Record r;
     for (int l = 0; l < sh.layers; ++l) {
-      std::vector<uint16_t> qh(topic.size());
+      std::vector<uint16_t> qh(B * sh.q * sh.dim);
       for (size_t i = 0; i < qh.size(); ++i) qh[i] = Bits(sh.dtype, topic[i] + 0.1f * g(rng));
-      Tensor q(dev, sh.dtype, qh, sh.batch, sh.q, sh.dim);
-      Tensor k(dev, sh.dtype, random(sh.batch * sh.kv * sh.dim, 1.f), sh.batch, sh.kv, sh.dim);
-      Tensor v(dev, sh.dtype, random(sh.batch * sh.kv * sh.dim, 1.f), sh.batch, sh.kv, sh.dim);
-      Tensor out(dev, sh.dtype, std::vector<uint16_t>(qh.size(), 0), sh.batch, sh.q, sh.dim);
+      Tensor q(dev, sh.dtype, qh, B, sh.q, sh.dim);
+      Tensor k(dev, sh.dtype, random(B * sh.kv * sh.dim, 1.f), B, sh.kv, sh.dim);
+      Tensor v(dev, sh.dtype, random(B * sh.kv * sh.dim, 1.f), B, sh.kv, sh.dim);
+      Tensor out(dev, sh.dtype, std::vector<uint16_t>(qh.size(), 0), B, sh.q, sh.dim);
       EXPECT_TRUE((*w)->Attend(*plan, l, q.view(), k.view(), v.view(), out.view()).ok());
       const std::vector<uint16_t> o = out.Read();
       r.out.insert(r.out.end(), o.begin(), o.end());
