@@ -12,6 +12,7 @@
 #include "page_committer.h"
 #include "pagoda/kernels/dtype.h"
 #include "pagoda/kernels/head_checksum.h"
+#include "pagoda/kernels/reference.h"
 #include "pagoda/kvstore/prefix.h"
 #include "worker_select.h"
 #include "worker_state.h"
@@ -109,6 +110,10 @@ class DecodeWorker::Impl {
   void ObserveQueries(int layer, const TensorView& q, std::vector<absl::Status>& status);
   // Records a store page's heads: checksums and (prompt) keys.
   void TakePage(LayerState& ls, const uint8_t* page, bool keep_keys);
+  // The head checksums of a store page: sums[h] for KV head h.
+  void HeadSums(const uint8_t* page, uint64_t* sums) const;
+  // A store page (a committer buffer) from kv_heads pool slots' bytes (K then V per head).
+  std::vector<uint8_t> PageFromSlots(const uint8_t* slots);
   // Owned slots for the open page of `ls` (allocated when missing).
   absl::Status EnsureTail(LayerState& ls);
   // The open page of (seq, layer) is full: its head-pages are read from the pool, checksummed,
@@ -224,15 +229,29 @@ void DecodeWorker::Impl::DrainCommits() {
   }
 }
 
-void DecodeWorker::Impl::TakePage(LayerState& ls, const uint8_t* page, bool keep_keys) {
+void DecodeWorker::Impl::HeadSums(const uint8_t* page, uint64_t* sums) const {
   for (int h = 0; h < kv_; ++h) {
-    const uint8_t* k = page + h * half_;
-    const uint8_t* v = page + (kv_ + h) * half_;
-    ls.sums.push_back(kernels::HeadPageChecksum(k, v, half_));
-    if (keep_keys) {
-      const uint16_t* kk = reinterpret_cast<const uint16_t*>(k);
-      ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
-    }
+    sums[h] = kernels::HeadPageChecksum(page + h * half_, page + (kv_ + h) * half_, half_);
+  }
+}
+
+std::vector<uint8_t> DecodeWorker::Impl::PageFromSlots(const uint8_t* slots) {
+  // Pool slots hold K then V per head; the store page is K of every head, then V of every head.
+  std::vector<uint8_t> page = committer_.TakeBuffer();
+  for (int h = 0; h < kv_; ++h) {
+    std::memcpy(page.data() + h * half_, slots + h * 2 * half_, half_);
+    std::memcpy(page.data() + (kv_ + h) * half_, slots + h * 2 * half_ + half_, half_);
+  }
+  return page;
+}
+
+void DecodeWorker::Impl::TakePage(LayerState& ls, const uint8_t* page, bool keep_keys) {
+  const size_t at = ls.sums.size();
+  ls.sums.resize(at + kv_);
+  HeadSums(page, &ls.sums[at]);
+  for (int h = 0; h < kv_ && keep_keys; ++h) {
+    const uint16_t* kk = reinterpret_cast<const uint16_t*>(page + h * half_);
+    ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
   }
 }
 
@@ -254,13 +273,7 @@ absl::Status DecodeWorker::Impl::CommitTail(SequenceId id, Sequence& seq, int la
   for (int h = 0; h < kv_; ++h) heads.push_back({h, ls.tail[h]});
   std::vector<uint8_t> slots(kv_ * 2 * half_);
   if (absl::Status s = backend_->ReadHeads(heads, absl::MakeSpan(slots)); !s.ok()) return s;
-  // Store layout: K of every head, then V of every head.
-  std::vector<uint8_t> page = committer_.TakeBuffer();
-  for (int h = 0; h < kv_; ++h) {
-    std::memcpy(page.data() + h * half_, slots.data() + h * 2 * half_, half_);
-    std::memcpy(page.data() + (kv_ + h) * half_, slots.data() + h * 2 * half_ + half_, half_);
-  }
-  const PageKey key = QueuePage(id, seq, layer, std::move(page));
+  const PageKey key = QueuePage(id, seq, layer, PageFromSlots(slots.data()));
   for (int h = 0; h < kv_; ++h) {
     pool_.Adopt(h, ls.tail[h], key, epoch_);
     ls.tail[h] = -1;
@@ -306,18 +319,8 @@ void DecodeWorker::Impl::CompleteCommits() {
       if (it->second.failed.ok()) it->second.failed = bytes.status();
       continue;
     }
-    // Pool slots hold K then V per head; the store page is K of every head, then V of every head.
-    const uint8_t* slots = reinterpret_cast<const uint8_t*>(bytes->data());
-    std::vector<uint8_t> page = committer_.TakeBuffer();
-    for (int h = 0; h < kv_; ++h) {
-      std::memcpy(page.data() + h * half_, slots + h * 2 * half_, half_);
-      std::memcpy(page.data() + (kv_ + h) * half_, slots + h * 2 * half_ + half_, half_);
-    }
-    LayerState& ls = it->second.layers[c.layer];
-    for (int h = 0; h < kv_; ++h) {
-      ls.sums[c.page * kv_ + h] = kernels::HeadPageChecksum(page.data() + h * half_,
-                                                            page.data() + (kv_ + h) * half_, half_);
-    }
+    std::vector<uint8_t> page = PageFromSlots(reinterpret_cast<const uint8_t*>(bytes->data()));
+    HeadSums(page.data(), &it->second.layers[c.layer].sums[c.page * kv_]);
     committer_.Enqueue(c.id, c.key, std::move(page), c.options);
   }
   pending_commits_.clear();
@@ -871,23 +874,23 @@ int32_t DecodeWorker::Impl::NewSummarySlot(LayerState& ls) {
 
 void DecodeWorker::Impl::PageMinMax(const uint8_t* page, std::vector<uint16_t>& mins,
                                     std::vector<uint16_t>& maxs) const {
-  const bool bf16 = o_.layout.dtype == DType::kBf16;
-  auto value = [bf16](uint16_t x) {
-    return bf16 ? kernels::Bf16ToFloat(x) : kernels::HalfToFloat(x);
-  };
-  for (int h = 0; h < kv_; ++h) {
-    const uint16_t* k = reinterpret_cast<const uint16_t*>(page + h * half_);
-    const size_t at = mins.size();
-    mins.insert(mins.end(), k, k + d_);  // token 0
-    maxs.insert(maxs.end(), k, k + d_);
-    for (int t = 1; t < P_; ++t) {
-      for (int d = 0; d < d_; ++d) {
-        const uint16_t x = k[t * d_ + d];
-        if (value(x) < value(mins[at + d])) mins[at + d] = x;
-        if (value(x) > value(maxs[at + d])) maxs[at + d] = x;
-      }
-    }
-  }
+  // The kernels' summary reference over this one page (store layout), so host-made summaries are
+  // the ones the device computes.
+  const size_t row = static_cast<size_t>(kv_) * d_;
+  const size_t at = mins.size();
+  mins.resize(at + row);
+  maxs.resize(at + row);
+  int32_t count = 0;
+  const int32_t zero = 0, full = P_;
+  kernels::SummaryUpdateParams p;
+  p.kv = kernels::PackedPagedKV(KernelDType(o_.layout.dtype), 1, P_, kv_, d_,
+                                reinterpret_cast<const uint16_t*>(page));
+  p.summaries = {
+      KernelDType(o_.layout.dtype), 1, 1, kv_, d_, &mins[at], &maxs[at], nullptr, &count};
+  p.num_updates = 1;
+  p.pages = &zero;
+  p.new_count = &full;
+  (void)kernels::UpdateSummariesReference(p);  // valid by construction
 }
 
 absl::Status DecodeWorker::Impl::AddSummaries(LayerState& ls, const std::vector<uint16_t>& mins,

@@ -328,64 +328,33 @@ class CudaWorkerBackend final : public WorkerBackend {
     if (static_cast<int64_t>(out.size()) != t.shape[0] * t.shape[1] * t.shape[2]) {
       return absl::InvalidArgumentError("output size does not match the tensor");
     }
-    if (Contiguous(t)) {
-      PAGODA_CUDA_RETURN(
-          cudaMemcpyAsync(out.data(), t.data, out.size() * 2, cudaMemcpyDeviceToHost, stream_),
-          "tensor download");
-      return CudaStatus(cudaStreamSynchronize(stream_), "tensor download sync");
-    }
-    // Rows of c elements, pitched by the middle stride, one 2-D copy per outer index.
-    for (int64_t a = 0; a < t.shape[0]; ++a) {
-      PAGODA_CUDA_RETURN(
-          cudaMemcpy2DAsync(out.data() + a * t.shape[1] * t.shape[2], t.shape[2] * 2, t.At(a, 0, 0),
-                            std::max<int64_t>(t.strides[1], t.shape[2]) * 2, t.shape[2] * 2,
-                            t.shape[1], cudaMemcpyDeviceToHost, stream_),
-          "tensor download");
-    }
+    if (absl::Status s = EnqueueDownload(t, out.data()); !s.ok()) return s;
     return CudaStatus(cudaStreamSynchronize(stream_), "tensor download sync");
   }
 
   absl::Status StartCopyToHost(const TensorView& t, int tag) override {
-    if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("copy tag out of [0, 65536)");
     if (t.ndim != 3 || t.device != Device::kCuda) {
       return absl::InvalidArgumentError("a CUDA [a, b, c] tensor is needed");
     }
-    if (static_cast<size_t>(tag) >= copies_.size()) copies_.resize(tag + 1);
-    if (copies_[tag] == nullptr) copies_[tag] = std::make_unique<Staged>();
-    Staged& c = *copies_[tag];
     const size_t n = t.shape[0] * t.shape[1] * t.shape[2];
-    if (absl::Status s = c.Reserve(n * 2); !s.ok()) return s;  // waits for the earlier copy
-    c.used = n;
-    uint16_t* host = reinterpret_cast<uint16_t*>(c.host);
-    if (Contiguous(t)) {
-      PAGODA_CUDA_RETURN(cudaMemcpyAsync(host, t.data, n * 2, cudaMemcpyDeviceToHost, stream_),
-                         "tensor download");
-    } else {
-      for (int64_t a = 0; a < t.shape[0]; ++a) {
-        PAGODA_CUDA_RETURN(
-            cudaMemcpy2DAsync(host + a * t.shape[1] * t.shape[2], t.shape[2] * 2, t.At(a, 0, 0),
-                              std::max<int64_t>(t.strides[1], t.shape[2]) * 2, t.shape[2] * 2,
-                              t.shape[1], cudaMemcpyDeviceToHost, stream_),
-            "tensor download");
-      }
+    auto c = TaggedBuffer(tag, n * 2);
+    if (!c.ok()) return c.status();
+    if (absl::Status s = EnqueueDownload(t, reinterpret_cast<uint16_t*>((*c)->host)); !s.ok()) {
+      return s;
     }
-    return CudaStatus(cudaEventRecord(c.ready, stream_), "event record");
+    return CudaStatus(cudaEventRecord((*c)->ready, stream_), "event record");
   }
 
   absl::Status StartReadHeads(absl::Span<const HeadSlot> src, int tag) override {
-    if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("copy tag out of [0, 65536)");
     if (absl::Status s = CheckHeads(src, src.size() * geo_.SlotBytes()); !s.ok()) return s;
-    if (static_cast<size_t>(tag) >= copies_.size()) copies_.resize(tag + 1);
-    if (copies_[tag] == nullptr) copies_[tag] = std::make_unique<Staged>();
-    Staged& c = *copies_[tag];
-    if (absl::Status s = c.Reserve(src.size() * geo_.SlotBytes()); !s.ok()) return s;
-    c.used = src.size() * geo_.SlotBytes() / 2;
+    auto c = TaggedBuffer(tag, src.size() * geo_.SlotBytes());
+    if (!c.ok()) return c.status();
     for (size_t i = 0; i < src.size(); ++i) {
-      PAGODA_CUDA_RETURN(cudaMemcpyAsync(c.host + i * geo_.SlotBytes(), SlotPtr(src[i]),
+      PAGODA_CUDA_RETURN(cudaMemcpyAsync((*c)->host + i * geo_.SlotBytes(), SlotPtr(src[i]),
                                          geo_.SlotBytes(), cudaMemcpyDeviceToHost, stream_),
                          "head download");
     }
-    return CudaStatus(cudaEventRecord(c.ready, stream_), "event record");
+    return CudaStatus(cudaEventRecord((*c)->ready, stream_), "event record");
   }
 
   absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
@@ -676,6 +645,33 @@ class CudaWorkerBackend final : public WorkerBackend {
     sm.max = reinterpret_cast<uint16_t*>(summaries_ + sum_slots_ * row);
     sm.count = reinterpret_cast<int32_t*>(summaries_ + 2 * sum_slots_ * row);
     return sm;
+  }
+  // Enqueues the download of a CUDA [a, b, c] tensor into `out` (contiguous): one copy, or rows of
+  // c elements pitched by the middle stride, one 2-D copy per outer index. No sync.
+  absl::Status EnqueueDownload(const TensorView& t, uint16_t* out) {
+    if (Contiguous(t)) {
+      return CudaStatus(cudaMemcpyAsync(out, t.data, t.shape[0] * t.shape[1] * t.shape[2] * 2,
+                                        cudaMemcpyDeviceToHost, stream_),
+                        "tensor download");
+    }
+    for (int64_t a = 0; a < t.shape[0]; ++a) {
+      PAGODA_CUDA_RETURN(
+          cudaMemcpy2DAsync(out + a * t.shape[1] * t.shape[2], t.shape[2] * 2, t.At(a, 0, 0),
+                            std::max<int64_t>(t.strides[1], t.shape[2]) * 2, t.shape[2] * 2,
+                            t.shape[1], cudaMemcpyDeviceToHost, stream_),
+          "tensor download");
+    }
+    return absl::OkStatus();
+  }
+  // The pinned buffer of copy tag `tag`, holding `bytes` (after the earlier copy under it is done).
+  absl::StatusOr<Staged*> TaggedBuffer(int tag, size_t bytes) {
+    if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("copy tag out of [0, 65536)");
+    if (static_cast<size_t>(tag) >= copies_.size()) copies_.resize(tag + 1);
+    if (copies_[tag] == nullptr) copies_[tag] = std::make_unique<Staged>();
+    Staged& c = *copies_[tag];
+    if (absl::Status s = c.Reserve(bytes); !s.ok()) return s;
+    c.used = bytes / 2;
+    return &c;
   }
   absl::Status CheckHeads(absl::Span<const HeadSlot> heads, size_t bytes) const {
     if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
