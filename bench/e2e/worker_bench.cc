@@ -125,12 +125,13 @@ absl::Status Dense(const bench::TraceLayer& tr, int P, int64_t t, const uint16_t
   return kernels::SparseDecodeReference(dp);
 }
 
-// Group recall of one (step, KV head): attended mass / best-budget-pages mass of the group.
+// Group recall of one (step, KV head): attended mass / best-budget-pages mass of the group
+// (natural pages; `attended` are token positions, as louiskv's layout pages hold any tokens).
 double GroupRecall(const bench::TraceLayer& tr, int P, int64_t t, int64_t s, int h,
-                   const std::vector<int32_t>& attended, int64_t budget_pages) {
+                   const std::vector<int64_t>& attended, int64_t budget_pages) {
   const int group = tr.q_heads / tr.kv_heads, d = tr.head_dim;
   const int64_t pages = t / P + 1;
-  std::vector<double> mass(pages, 0.0), logits(t + 1);
+  std::vector<double> mass(pages, 0.0), logits(t + 1), token_mass(t + 1, 0.0);
   for (int g = 0; g < group; ++g) {
     const int qh = h * group + g;
     double m = -1e300;
@@ -144,10 +145,13 @@ double GroupRecall(const bench::TraceLayer& tr, int P, int64_t t, int64_t s, int
     }
     double sum = 0;
     for (int64_t x = 0; x <= t; ++x) sum += (logits[x] = std::exp(logits[x] - m));
-    for (int64_t x = 0; x <= t; ++x) mass[x / P] += logits[x] / sum;
+    for (int64_t x = 0; x <= t; ++x) {
+      mass[x / P] += logits[x] / sum;
+      token_mass[x] += logits[x] / sum;
+    }
   }
   double got = 0;
-  for (int32_t p : attended) got += mass[p];
+  for (int64_t x : attended) got += token_mass[x];
   std::sort(mass.begin(), mass.end(), std::greater<>());
   double best = 0;
   for (int64_t i = 0; i < std::min<int64_t>(budget_pages, pages); ++i) best += mass[i];
@@ -574,7 +578,7 @@ int Run(const Args& a) {
           err.push_back(std::sqrt(num / std::max(den, 1e-30)));
         }
         if ((s - calib) % a.recall_stride == 0) {
-          auto rows = w.LastRows(seqs[b], l);
+          auto rows = w.AttendedPositions(seqs[b], l);
           for (int h = 0; h < kvh; ++h) {
             recall.push_back(GroupRecall(tr, P, t, s, h, (*rows)[h], budget / P));
           }
@@ -612,6 +616,13 @@ int Run(const Args& a) {
   std::printf("| head-pages fetched per token-layer-head | %.2f (%.2f KiB) |\n",
               fetched / (tokens * L * kvh), fetched / (tokens * L * kvh) * head_page_kib);
   std::printf("| failed sequence-steps | %lld |\n", static_cast<long long>(failures));
+  const WorkerStats ws = w.Stats();
+  const double page_mib = static_cast<double>(layout.PageBytes()) / (1 << 20);
+  const int64_t natural = ws.pages_committed + ws.pages_reused - ws.layout_pages;
+  std::printf("| store pages: natural / layout (louiskv) | %lld / %lld (%.1f / %.1f MiB) |\n",
+              static_cast<long long>(natural), static_cast<long long>(ws.layout_pages),
+              static_cast<double>(natural) * page_mib,
+              static_cast<double>(ws.layout_pages) * page_mib);
   const char* names[6] = {"append", "select", "fetch", "verify", "attend", "commit"};
   const double step_med = Median(step_s), dense_med = Median(dense_s);
   std::printf("| step median (batch %d, %d layers) | %.3f ms |\n", B, L, step_med * 1e3);

@@ -216,6 +216,13 @@ class PyDecodeWorker {
     return *r;
   }
 
+  std::vector<std::vector<int64_t>> AttendedPositions(SequenceId id, int layer) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto r = worker_->AttendedPositions(id, layer);
+    if (!r.ok()) Raise(r.status());
+    return *r;
+  }
+
   py::dict Stats() {
     std::lock_guard<std::mutex> lock(mu_);
     const WorkerStats s = worker_->Stats();
@@ -226,6 +233,7 @@ class PyDecodeWorker {
     d["pool_evictions"] = s.pool_evictions;
     d["pages_committed"] = s.pages_committed;
     d["pages_reused"] = s.pages_reused;
+    d["layout_pages"] = s.layout_pages;
     return d;
   }
 
@@ -409,10 +417,14 @@ void RegisterDecodeWorker(py::module_& m) {
            "Store keys (128-bit ints, as pagoda.chain_keys gives) of the full pages of (seq, "
            "layer), in order.")
       .def("last_rows", &PyDecodeWorker::LastRows, py::arg("seq"), py::arg("layer"),
-           "The natural pages each KV head of (seq, layer) attended in the last step.")
+           "The pages each KV head of (seq, layer) attended in the last step (natural page ids; "
+           "louiskv: its cluster-ordered layout's between its sinks and the prompt's tail).")
+      .def("attended_positions", &PyDecodeWorker::AttendedPositions, py::arg("seq"),
+           py::arg("layer"),
+           "The token positions each KV head of (seq, layer) attended in the last step.")
       .def("stats", &PyDecodeWorker::Stats,
            "{'sequences', 'pool_slots_per_head', 'pool_used', 'pool_evictions', "
-           "'pages_committed', 'pages_reused'}.")
+           "'pages_committed', 'pages_reused', 'layout_pages'}.")
       .def_property_readonly("device", &PyDecodeWorker::device)
       .def_property_readonly("stream", &PyDecodeWorker::stream,
                              "The cudaStream_t the worker runs on (0 on the CPU).")

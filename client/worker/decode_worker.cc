@@ -16,6 +16,7 @@
 #include "pagoda/kvstore/prefix.h"
 #include "worker_select.h"
 #include "worker_state.h"
+#include "xxhash.h"
 
 namespace pagoda {
 
@@ -27,6 +28,12 @@ using worker_internal::Sequence;
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Layout pages (policy louiskv): their keys' hash seed (apart from natural pages' keys) and
+// format version (bump it when the clustering or the page assembly changes: a stored layout page
+// must hold exactly what this code would write under its key).
+constexpr uint64_t kLayoutPageKeySeed = 0x6c6f7569736b7631ULL;  // "louiskv1"
+constexpr int32_t kLayoutFormat = 1;
 double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
@@ -54,6 +61,7 @@ class DecodeWorker::Impl {
         pool_(kv_, o.pool_slots_per_head),
         committer_(store, o.tenant, o.layout),
         device_select_(o.policy == retriever::Policy::kQuest),
+        layout_pages_(o.policy == retriever::Policy::kBoundary),
         q_pending_(o.num_layers) {}
 
   absl::Status Init();
@@ -70,6 +78,9 @@ class DecodeWorker::Impl {
   absl::StatusOr<int64_t> Length(SequenceId id, int layer) const;
   absl::StatusOr<std::vector<std::vector<int32_t>>> LastRows(SequenceId id, int layer) const;
   absl::StatusOr<std::vector<PageKey>> PageKeys(SequenceId id, int layer) const;
+  absl::StatusOr<std::vector<std::vector<int64_t>>> AttendedPositions(SequenceId id,
+                                                                      int layer) const;
+  absl::StatusOr<std::vector<PageKey>> LayoutPageKeys(SequenceId id, int layer) const;
   WorkerStats Stats() const;
   const DecodeWorkerOptions& options() const { return o_; }
 
@@ -108,7 +119,7 @@ class DecodeWorker::Impl {
   // starts the copy of this step's. A trigger that fires marks its layer state boundary_seen; a
   // sequence whose query the trigger refuses fails its step.
   void ObserveQueries(int layer, const TensorView& q, std::vector<absl::Status>& status);
-  // Records a store page's heads: checksums and (prompt) keys.
+  // Records a store page's heads: checksums and (prompt) keys, and values for louiskv.
   void TakePage(LayerState& ls, const uint8_t* page, bool keep_keys);
   // The head checksums of a store page: sums[h] for KV head h.
   void HeadSums(const uint8_t* page, uint64_t* sums) const;
@@ -134,7 +145,11 @@ class DecodeWorker::Impl {
                           const TensorView& v);
   // The layer's prompt is complete: host selection hands its keys to a new selector (device
   // selection has its summaries already); the boundary trigger starts.
-  absl::Status StartSelector(LayerState& ls, int layer);
+  absl::Status StartSelector(SequenceId id, LayerState& ls, int layer);
+  // louiskv: the cluster-ordered layout pages of the prompt whose keys ([kv_heads, tokens, d]),
+  // clusters and values ls holds: assembled, checksummed and queued for the store.
+  absl::Status WriteLayoutPages(SequenceId id, LayerState& ls, int layer,
+                                absl::Span<const uint16_t> keys);
   absl::Status LoadCachedPages(Sequence& seq, int layer, int64_t pages);
   // Verified head-pages for the fetch list; failures fall back to a store read. Marks the
   // sequences that cannot be served.
@@ -164,6 +179,9 @@ class DecodeWorker::Impl {
 
   // Device selection (policy quest): the summary table's free slots and, per slot, its page.
   const bool device_select_;
+  // Policy louiskv: each (sequence, layer) writes its prompt's cluster-ordered layout pages.
+  const bool layout_pages_;
+  int64_t layout_pages_written_ = 0;
   // Per layer: the batch whose queries were last copied back (ObserveQueries) and, per row,
   // whether that step retrieved (its query becomes the trigger's anchor).
   std::vector<std::vector<std::pair<SequenceId, bool>>> q_pending_;
@@ -252,6 +270,9 @@ void DecodeWorker::Impl::TakePage(LayerState& ls, const uint8_t* page, bool keep
   for (int h = 0; h < kv_ && keep_keys; ++h) {
     const uint16_t* kk = reinterpret_cast<const uint16_t*>(page + h * half_);
     ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
+    if (!layout_pages_) continue;
+    const uint16_t* vv = reinterpret_cast<const uint16_t*>(page + (kv_ + h) * half_);
+    ls.prompt_values[h].insert(ls.prompt_values[h].end(), vv, vv + int64_t{P_} * d_);
   }
 }
 
@@ -385,11 +406,11 @@ absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int la
   return absl::OkStatus();
 }
 
-absl::Status DecodeWorker::Impl::StartSelector(LayerState& ls, int layer) {
+absl::Status DecodeWorker::Impl::StartSelector(SequenceId id, LayerState& ls, int layer) {
   float trigger_threshold = o_.boundary_threshold;
   if (!o_.layer_thresholds.empty()) trigger_threshold = o_.layer_thresholds[layer];
   if (!device_select_) {
-    // The open page's keys are in the pool only: read them back.
+    // The open page's keys (and values for louiskv's layout) are in the pool only: read them.
     const int64_t tail_tokens = ls.tokens - static_cast<int64_t>(ls.keys.size()) * P_;
     if (tail_tokens > 0) {
       std::vector<HeadSlot> heads;
@@ -399,6 +420,9 @@ absl::Status DecodeWorker::Impl::StartSelector(LayerState& ls, int layer) {
       for (int h = 0; h < kv_; ++h) {
         const uint16_t* k = reinterpret_cast<const uint16_t*>(bytes.data() + h * 2 * half_);
         ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), k, k + tail_tokens * d_);
+        if (!layout_pages_) continue;
+        const uint16_t* v = k + half_ / 2;
+        ls.prompt_values[h].insert(ls.prompt_values[h].end(), v, v + tail_tokens * d_);
       }
     }
     std::vector<uint16_t> keys;
@@ -408,18 +432,82 @@ absl::Status DecodeWorker::Impl::StartSelector(LayerState& ls, int layer) {
     retriever::SelectorOptions sel = worker_internal::SelectorShape(o_);
     if (!o_.layer_streaming_heads.empty()) sel.streaming_kv_heads = o_.layer_streaming_heads[layer];
     if (!o_.layer_thresholds.empty()) sel.boundary_threshold = trigger_threshold;
-    auto selector = retriever::MakeSelector(o_.policy, sel);
+    absl::StatusOr<std::unique_ptr<retriever::Selector>> selector;
+    if (layout_pages_) {
+      auto clusters = retriever::ClusterPrompt(sel, keys, ls.tokens);
+      if (!clusters.ok()) return clusters.status();
+      ls.clusters = *std::move(clusters);
+      if (absl::Status s = WriteLayoutPages(id, ls, layer, keys); !s.ok()) return s;
+      selector = retriever::MakeBoundarySelector(sel, ls.clusters);
+    } else {
+      selector = retriever::MakeSelector(o_.policy, sel);
+    }
     if (!selector.ok()) return selector.status();
     if (absl::Status s = (*selector)->Prefill(keys, ls.tokens); !s.ok()) return s;
     ls.selector = std::move(*selector);
   }
   ls.prompt_keys.assign(kv_, {});
+  ls.prompt_values.assign(kv_, {});
   if (o_.boundary_trigger && o_.policy != retriever::Policy::kBoundary) {
     auto trigger = retriever::BoundaryTrigger::Create(o_.q_heads, d_, trigger_threshold);
     if (!trigger.ok()) return trigger.status();
     ls.trigger.emplace(std::move(*trigger));
   }
   ls.ready = true;
+  return absl::OkStatus();
+}
+
+absl::Status DecodeWorker::Impl::WriteLayoutPages(SequenceId id, LayerState& ls, int layer,
+                                                  absl::Span<const uint16_t> keys) {
+  const retriever::PromptClusters& c = *ls.clusters;
+  ls.layout_first = c.sink_tokens / P_;
+  ls.layout_end = static_cast<int32_t>(c.natural_begin / P_);
+  ls.layout_keys.clear();
+  ls.layout_sums.clear();
+  if (ls.layout_end <= ls.layout_first) {
+    ls.layout_first = ls.layout_end = 0;
+    return absl::OkStatus();
+  }
+  if (c.sink_tokens % P_ != 0) return absl::InternalError("clusters start inside a page");
+  // The key commits to everything the page's bytes derive from: the natural pages it permutes
+  // (the chain key of the last one covers their tokens, model, layer and salt), the bits of their
+  // keys (k-means reads them), the clustering options and the layout's format version; its own
+  // seed keeps it apart from natural page keys. Equal prompts therefore share layout pages too.
+  uint64_t fingerprint = 0;
+  const size_t head_elems = static_cast<size_t>(ls.tokens) * d_;
+  for (int h = 0; h < kv_; ++h) {  // keys of positions [0, natural_begin) of each head
+    fingerprint = XXH3_64bits_withSeed(keys.data() + h * head_elems,
+                                       static_cast<size_t>(c.natural_begin) * d_ * 2, fingerprint);
+  }
+  const PageKey parent = ls.keys[ls.layout_end - 1];
+  const retriever::SelectorOptions& so = o_.selector;
+  for (int32_t p = ls.layout_first; p < ls.layout_end; ++p) {
+    const int32_t meta[] = {kLayoutFormat,
+                            p,
+                            so.cluster_tokens,
+                            so.kmeans_iters,
+                            so.sink_pages,
+                            so.window_pages,
+                            static_cast<int32_t>(fingerprint),
+                            static_cast<int32_t>(fingerprint >> 32)};
+    const PageKey key = ChainPageKey(parent, meta, Extra(layer), kLayoutPageKeySeed);
+    std::vector<uint8_t> page = committer_.TakeBuffer();  // every byte written below
+    const size_t row = static_cast<size_t>(d_) * 2;
+    for (int h = 0; h < kv_; ++h) {
+      const int32_t* pos = &c.members[h][static_cast<size_t>(p) * P_ - c.sink_tokens];
+      for (int t = 0; t < P_; ++t) {
+        const size_t at = static_cast<size_t>(pos[t]) * d_;
+        std::memcpy(page.data() + h * half_ + t * row, &ls.prompt_keys[h][at], row);
+        std::memcpy(page.data() + (kv_ + h) * half_ + t * row, &ls.prompt_values[h][at], row);
+      }
+    }
+    const size_t at = ls.layout_sums.size();
+    ls.layout_sums.resize(at + kv_);
+    HeadSums(page.data(), &ls.layout_sums[at]);
+    ls.layout_keys.push_back(key);
+    committer_.Enqueue(id, key, std::move(page));
+    ++layout_pages_written_;
+  }
   return absl::OkStatus();
 }
 
@@ -465,6 +553,7 @@ absl::StatusOr<OpenedSequence> DecodeWorker::Impl::Open(absl::Span<const int32_t
     for (LayerState& ls : seq.layers) {
       ls.tail.assign(kv_, -1);
       ls.prompt_keys.assign(kv_, {});
+      ls.prompt_values.assign(kv_, {});
     }
     absl::Status failed;
     int l = 0;
@@ -592,7 +681,7 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
     return written;
   }
   if (ls.tokens == seq.prompt_len) {
-    if (absl::Status s = StartSelector(ls, layer); !s.ok()) {
+    if (absl::Status s = StartSelector(id, ls, layer); !s.ok()) {
       seq.failed = s;
       return s;
     }
@@ -613,6 +702,8 @@ absl::StatusOr<SequenceId> DecodeWorker::Impl::Fork(SequenceId parent_id) {
     if (!ls.ready) return absl::FailedPreconditionError("the parent is not prefilled");
   }
   DrainCommits();
+  // The id now, so pages the child queues (louiskv's layout) fail this id, never a later one's.
+  const SequenceId id = next_id_++;
   Sequence child;
   child.tokens = parent.tokens;
   child.prompt_len = parent.prompt_len;
@@ -633,6 +724,7 @@ absl::StatusOr<SequenceId> DecodeWorker::Impl::Fork(SequenceId parent_id) {
     to.sums = from.sums;
     to.tail.assign(kv_, -1);
     to.prompt_keys.assign(kv_, {});
+    to.prompt_values.assign(kv_, {});
     const bool open_page = from.tokens % P_ != 0;
     if (open_page) {
       if (absl::Status s = EnsureTail(to); !s.ok()) return undo(s);
@@ -669,16 +761,19 @@ absl::StatusOr<SequenceId> DecodeWorker::Impl::Fork(SequenceId parent_id) {
         for (int h = 0; h < kv_; ++h) {
           const uint16_t* kk = reinterpret_cast<const uint16_t*>(page.data() + h * half_);
           to.prompt_keys[h].insert(to.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
+          if (!layout_pages_) continue;
+          const uint16_t* vv = reinterpret_cast<const uint16_t*>(page.data() + (kv_ + h) * half_);
+          to.prompt_values[h].insert(to.prompt_values[h].end(), vv, vv + int64_t{P_} * d_);
         }
       }
     }
-    if (absl::Status s = StartSelector(to, l); !s.ok()) return undo(s);
-    to.rows = from.rows;
+    // louiskv: the child clusters its whole context as its prompt (its own layout pages).
+    if (absl::Status s = StartSelector(id, to, l); !s.ok()) return undo(s);
+    if (!layout_pages_) to.rows = from.rows;        // the parent's rows address the parent's layout
     for (; to.pinned < from.pinned; ++to.pinned) {  // the child holds its own pins
       if (absl::Status s = store_->Pin(o_.tenant, to.keys[to.pinned]); !s.ok()) return undo(s);
     }
   }
-  const SequenceId id = next_id_++;
   seqs_.emplace(id, std::move(child));
   return id;
 }
@@ -1157,7 +1252,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
       std::vector<PageKey> keys;
       for (const auto& hints : ls.prefetch) {
         for (int32_t p : hints) {
-          if (p >= 0 && p < static_cast<int32_t>(ls.keys.size())) keys.push_back(ls.keys[p]);
+          if (p >= 0 && p < static_cast<int32_t>(ls.keys.size())) keys.push_back(ls.KeyOf(p));
         }
       }
       if (!keys.empty()) committer_.Prefetch(std::move(keys));
@@ -1195,15 +1290,15 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
         if (j < last.size() && last[j].page == p) {
           slot = pool_.Touch(h, last[j].slot, last[j].gen, epoch_, row);
         }
-        if (slot < 0) slot = pool_.Find(ls.keys[p], h, epoch_, row);
+        if (slot < 0) slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
         if (slot >= 0) {
           ++stats.pool_hits;
         } else {
-          slot = pool_.Insert(ls.keys[p], h, epoch_, row);
+          slot = pool_.Insert(ls.KeyOf(p), h, epoch_, row);
           if (slot < 0) return fail_all(absl::InternalError("pool overcommitted despite the plan"));
-          fetches.push_back({{h, slot}, 0, 0, ls.sums[int64_t{p} * kv_ + h]});
+          fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
           seq_of_fetch.push_back(row);
-          key_of_fetch.push_back(ls.keys[p]);
+          key_of_fetch.push_back(ls.KeyOf(p));
         }
         next_.push_back({p, slot, pool_.Generation(h, slot)});
         res_.push_back(slot);
@@ -1308,6 +1403,34 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> DecodeWorker::Impl::LastRows(S
   return seq->layers[layer].rows;
 }
 
+absl::StatusOr<std::vector<PageKey>> DecodeWorker::Impl::LayoutPageKeys(SequenceId id,
+                                                                        int layer) const {
+  const Sequence* seq = Lookup(id);
+  if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
+  if (layer < 0 || layer >= o_.num_layers) return absl::InvalidArgumentError("layer out of range");
+  return seq->layers[layer].layout_keys;
+}
+
+absl::StatusOr<std::vector<std::vector<int64_t>>> DecodeWorker::Impl::AttendedPositions(
+    SequenceId id, int layer) const {
+  const Sequence* seq = Lookup(id);
+  if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
+  if (layer < 0 || layer >= o_.num_layers) return absl::InvalidArgumentError("layer out of range");
+  const LayerState& ls = seq->layers[layer];
+  std::vector<std::vector<int64_t>> out(ls.rows.size());
+  for (size_t h = 0; h < ls.rows.size(); ++h) {
+    for (int32_t p : ls.rows[h]) {
+      for (int64_t i = int64_t{p} * P_; i < std::min<int64_t>(ls.tokens, int64_t{p + 1} * P_);
+           ++i) {
+        out[h].push_back(
+            ls.InLayout(p) ? retriever::LayoutPosition(*ls.clusters, static_cast<int>(h), i) : i);
+      }
+    }
+    std::sort(out[h].begin(), out[h].end());
+  }
+  return out;
+}
+
 absl::StatusOr<std::vector<PageKey>> DecodeWorker::Impl::PageKeys(SequenceId id, int layer) const {
   const Sequence* seq = Lookup(id);
   if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
@@ -1323,6 +1446,7 @@ WorkerStats DecodeWorker::Impl::Stats() const {
   s.pool_evictions = pool_.evictions();
   s.pages_committed = committer_.committed();
   s.pages_reused = committer_.reused();
+  s.layout_pages = layout_pages_written_;
   return s;
 }
 
@@ -1382,6 +1506,13 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> DecodeWorker::LastRows(Sequenc
 }
 absl::StatusOr<std::vector<PageKey>> DecodeWorker::PageKeys(SequenceId id, int layer) const {
   return impl_->PageKeys(id, layer);
+}
+absl::StatusOr<std::vector<PageKey>> DecodeWorker::LayoutPageKeys(SequenceId id, int layer) const {
+  return impl_->LayoutPageKeys(id, layer);
+}
+absl::StatusOr<std::vector<std::vector<int64_t>>> DecodeWorker::AttendedPositions(SequenceId id,
+                                                                                  int layer) const {
+  return impl_->AttendedPositions(id, layer);
 }
 WorkerStats DecodeWorker::Stats() const { return impl_->Stats(); }
 const DecodeWorkerOptions& DecodeWorker::options() const { return impl_->options(); }

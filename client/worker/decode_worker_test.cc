@@ -207,24 +207,16 @@ class Driver {
   }
 
   // Max abs difference between the worker's output of sequence b and exact attention over the
-  // pages the worker attended (or every token when `dense`).
+  // positions the worker says it attended (or every token when `dense`): the shadow model's K / V
+  // at those positions, so a page holding other tokens than its row claims cannot pass.
   double Error(SequenceId id, int b, int layer, const std::vector<uint16_t>& o, bool dense) {
     const auto& t = toks_[id];
     const int64_t n = static_cast<int64_t>(t.size());
-    auto rows = w_->LastRows(id, layer);
-    EXPECT_TRUE(rows.ok());
+    auto attended = w_->AttendedPositions(id, layer);
+    EXPECT_TRUE(attended.ok());
     double err = 0;
     for (int qh = 0; qh < kQ; ++qh) {
-      std::vector<int64_t> pos;
-      if (dense) {
-        pos = AllPositions(n);
-      } else {
-        for (int32_t p : (*rows)[qh / (kQ / kKv)]) {
-          for (int64_t x = int64_t{p} * kPage; x < std::min<int64_t>(n, (p + 1) * kPage); ++x) {
-            pos.push_back(x);
-          }
-        }
-      }
+      const std::vector<int64_t> pos = dense ? AllPositions(n) : (*attended)[qh / (kQ / kKv)];
       const std::vector<double> ref = Attention(layer, t, qh, pos);
       for (int d = 0; d < kDim; ++d) {
         err = std::max(err, std::abs(D(o[(b * kQ + qh) * kDim + d]) - ref[d]));
@@ -408,6 +400,156 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
     expect_selects(ids[0], ref[0], "after fork, parent, step " + std::to_string(step));
     expect_selects(*child, ref[2], "after fork, child, step " + std::to_string(step));
   }
+}
+
+// louiskv selects in a cluster-ordered layout, whose clustered pages the worker writes as store
+// pages of their own: it attends exactly the positions the retriever's boundary selector (fed the
+// same keys and queries) selects, equal prompts share those pages (one pool slot), a fork clusters
+// its own context, and a damaged layout page is never attended.
+TEST(DecodeWorker, LouiskvAttendsWhatTheRetrieverSelects) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kBoundary, 5 * kPage, 96);
+  o.selector.boundary_threshold = -0.1f;  // random queries: retrieve now and then
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  // Two sequences with one prompt (written once, shared) and one with another.
+  const std::vector<std::vector<int32_t>> prompts = {Prompt(61, 4), Prompt(61, 4), Prompt(45, 5)};
+  std::vector<SequenceId> ids;
+  for (const auto& p : prompts) ids.push_back(drv.Open(p, nullptr, 13));
+  ASSERT_TRUE((*w)->Flush().ok());
+  // 61 tokens: clustered pages [1, 14) (sinks 1 page, the tail from 56 natural); 45: [1, 10).
+  EXPECT_EQ((*w)->Stats().layout_pages, kLayers * (13 + 13 + 9));
+  const int64_t reused_before = (*w)->Stats().pages_reused;
+  EXPECT_GE(reused_before, kLayers * 13);  // the second prompt's layout pages were stored
+
+  retriever::SelectorOptions so = o.selector;
+  so.kv_heads = kKv;
+  so.q_heads = kQ;
+  so.head_dim = kDim;
+  so.page_tokens = kPage;
+  so.dtype = kernels::DType::kFloat16;
+  auto keys = [](int l, const std::vector<int32_t>& toks, int64_t from, int64_t n) {
+    std::vector<uint16_t> out;
+    for (int h = 0; h < kKv; ++h) {
+      for (int64_t t = from; t < from + n; ++t) {
+        for (int d = 0; d < kDim; ++d) out.push_back(KV(0, l, t, toks[t], h, d));
+      }
+    }
+    return out;
+  };
+  auto reference = [&](const std::vector<int32_t>& t) {
+    std::vector<std::unique_ptr<retriever::Selector>> sels;
+    for (int l = 0; l < kLayers; ++l) {
+      auto sel = retriever::MakeSelector(retriever::Policy::kBoundary, so);
+      EXPECT_TRUE(sel.ok()) << sel.status();
+      const int64_t n = static_cast<int64_t>(t.size());
+      EXPECT_TRUE((*sel)->Prefill(keys(l, t, 0, n), n).ok());
+      sels.push_back(std::move(*sel));
+    }
+    return sels;
+  };
+  std::vector<std::vector<std::unique_ptr<retriever::Selector>>> ref;
+  for (const auto& p : prompts) ref.push_back(reference(p));
+  auto expect_selects = [&](SequenceId id, std::vector<std::unique_ptr<retriever::Selector>>& sels,
+                            const std::string& where) {
+    const std::vector<int32_t>& t = drv.tokens(id);
+    const int64_t pos = static_cast<int64_t>(t.size()) - 1;
+    for (int l = 0; l < kLayers; ++l) {
+      ASSERT_TRUE(sels[l]->Append(keys(l, t, pos, 1), 1).ok());
+      std::vector<uint16_t> q;
+      for (int h = 0; h < kQ; ++h) {
+        for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, t[pos], h, d));
+      }
+      auto want = sels[l]->Select(q);
+      ASSERT_TRUE(want.ok()) << want.status();
+      auto got = (*w)->AttendedPositions(id, l);
+      ASSERT_TRUE(got.ok());
+      for (int h = 0; h < kKv; ++h) {
+        std::vector<int64_t> expect;
+        for (const retriever::TokenSpan& span : want->spans[h]) {
+          for (int64_t x = span.begin; x < span.end; ++x) expect.push_back(x);
+        }
+        EXPECT_EQ((*got)[h], expect) << where << ", layer " << l << ", head " << h;
+      }
+    }
+  };
+  int64_t retrievals = 0, shared = 0;
+  for (int step = 0; step < 16; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step(ids, {11 * step, 11 * step, 11 * step + 5}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
+    retrievals += stats->retrievals;
+    shared += stats->shared_head_pages;
+    for (size_t b = 0; b < ids.size(); ++b) {
+      expect_selects(ids[b], ref[b], "step " + std::to_string(step) + " seq " + std::to_string(b));
+      for (int l = 0; l < kLayers; ++l) {
+        EXPECT_LT(drv.Error(ids[b], static_cast<int>(b), l, outs[l], /*dense=*/false), kTol);
+      }
+    }
+  }
+  EXPECT_GT(retrievals, 3 * kLayers);  // the first step's, and later ones
+  EXPECT_LT(retrievals, 16 * 3 * kLayers);
+  EXPECT_GT(shared, 0);  // the equal prompts read one slot per shared head-page
+  // A fork clusters its whole context as its prompt, as a selector built from it does.
+  auto child = (*w)->Fork(ids[2]);
+  ASSERT_TRUE(child.ok()) << child.status();
+  drv.Forked(ids[2], *child);
+  ref.push_back(reference(drv.tokens(*child)));
+  for (int step = 0; step < 6; ++step) {
+    auto stats = drv.Step({ids[2], *child}, {900 + step, 700 + 3 * step});
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
+    expect_selects(ids[2], ref[2], "after fork, parent, step " + std::to_string(step));
+    expect_selects(*child, ref[3], "after fork, child, step " + std::to_string(step));
+  }
+}
+
+// A layout page whose stored bytes are damaged is never attended: the worker's checksum (taken
+// from the bytes it assembled) catches the gather, the store's own checksum the re-read, so the
+// sequence that needs it fails with DataLoss and the rest of the batch goes on.
+TEST(DecodeWorker, ADamagedLayoutPageIsNeverAttended) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  const DecodeWorkerOptions o = Options(retriever::Policy::kBoundary, 5 * kPage, 96);
+  const std::vector<int32_t> bad_prompt = Prompt(61, 4), good_prompt = Prompt(45, 5);
+  {
+    auto w1 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+    ASSERT_TRUE(w1.ok()) << w1.status();
+    Driver d1(w1->get());
+    const SequenceId a = d1.Open(bad_prompt);
+    ASSERT_TRUE((*w1)->Flush().ok());
+    auto layout = (*w1)->LayoutPageKeys(a, 0);
+    ASSERT_TRUE(layout.ok());
+    ASSERT_EQ(layout->size(), 13u);
+    EXPECT_TRUE((*w1)->LayoutPageKeys(a, 1).ok());
+    EXPECT_TRUE(absl::IsNotFound((*w1)->LayoutPageKeys(a + 1, 0).status()));
+    for (const PageKey& key : *layout) {  // one byte of every layout page of layer 0
+      auto lease = store->AcquireRead(o.tenant, key);
+      ASSERT_TRUE(lease.ok()) << lease.status();
+      store->HostArenaInfo().base[lease->arena_offset + 5] ^= 0x20;
+      ASSERT_TRUE(store->ReleaseRead(lease->lease_id).ok());
+    }
+  }
+  // A fresh worker (nothing resident): the bad prompt's layout pages are found stored under
+  // their keys and not written again, so its step reads the damaged bytes.
+  auto w2 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w2.ok());
+  Driver d2(w2->get());
+  const SequenceId good = d2.Open(good_prompt), bad = d2.Open(bad_prompt);
+  ASSERT_TRUE((*w2)->Flush().ok());
+  std::vector<std::vector<uint16_t>> outs;
+  auto stats = d2.Step({good, bad}, {1, 2}, &outs);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_TRUE(stats->sequence_status[0].ok()) << stats->sequence_status[0];
+  EXPECT_EQ(stats->sequence_status[1].code(), absl::StatusCode::kDataLoss)
+      << stats->sequence_status[1];
+  EXPECT_GT(stats->verify_failures, 0);
+  for (int d = 0; d < kQ * kDim; ++d) EXPECT_EQ(outs[0][kQ * kDim + d], 0) << d;  // zeroed
+  for (int l = 0; l < kLayers; ++l) EXPECT_LT(d2.Error(good, 0, l, outs[l], false), kTol);
+  EXPECT_TRUE(d2.Step({good}, {3}).ok());
 }
 
 TEST(DecodeWorker, AFullSummaryTableIsRefused) {
@@ -819,6 +961,19 @@ TEST(DecodeWorker, BadInputIsRefusedAndChangesNothing) {
   bad.q_heads = 3;
   EXPECT_EQ(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), bad).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // louiskv's rows address its cluster-ordered layout: natural pinned or sink pages past its own
+  // sinks cannot be expressed there.
+  bad = Options(retriever::Policy::kBoundary, 4096, 64);
+  bad.pin_prompt = true;
+  EXPECT_EQ(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = Options(retriever::Policy::kBoundary, 4096, 64);
+  bad.layer_streaming_heads = {{1}, {}};
+  bad.streaming_sink_pages = 2;
+  EXPECT_EQ(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad.streaming_sink_pages = 1;
+  EXPECT_TRUE(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), bad).ok());
   EXPECT_EQ(wk.Open({}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(wk.Prefill(a, 0, K1, V1).code(), absl::StatusCode::kInvalidArgument);  // no tokens left
   EXPECT_EQ(wk.Prefill(999, 0, K1, V1).code(), absl::StatusCode::kInvalidArgument);

@@ -56,6 +56,19 @@ absl::Status ValidateWorkerOptions(const DecodeWorkerOptions& o) {
       if (absl::Status s = retriever::ValidateOptions(sel); !s.ok()) return s;
     }
   }
+  if (o.policy == retriever::Policy::kBoundary) {
+    // Its rows address a cluster-ordered layout: a natural prompt page is not a row entry there.
+    if (o.pin_prompt) {
+      return absl::InvalidArgumentError(
+          "pin_prompt attends natural prompt pages every step; policy louiskv attends pages of "
+          "its cluster-ordered layout (use a page policy with pin_prompt)");
+    }
+    if (!o.layer_streaming_heads.empty() && o.streaming_sink_pages > o.selector.sink_pages) {
+      return absl::InvalidArgumentError(
+          "with policy louiskv, streaming_sink_pages must be <= selector.sink_pages (pages past "
+          "the sinks are cluster-ordered)");
+    }
+  }
   if (!(o.lease_seconds > 0 && o.lease_seconds <= 60)) {
     return absl::InvalidArgumentError("lease_seconds must be in (0, 60]");
   }
@@ -93,38 +106,6 @@ namespace {
 void SortUnique(std::vector<int32_t>& v) {
   std::sort(v.begin(), v.end());
   v.erase(std::unique(v.begin(), v.end()), v.end());
-}
-
-// louiskv's spans (true positions) onto natural pages, at most `budget` pages per row: the
-// always-kept ones (sinks, window) first, then by selected tokens held (ties: earlier page).
-std::vector<int32_t> NaturalPages(const std::vector<retriever::TokenSpan>& spans, int page_tokens,
-                                  int32_t cur, int sink_pages, int window_pages, int64_t budget) {
-  std::vector<int32_t> keep;
-  for (int32_t p = 0; p < sink_pages && p <= cur; ++p) keep.push_back(p);
-  for (int32_t p = std::max(0, cur - window_pages + 1); p <= cur; ++p) keep.push_back(p);
-  SortUnique(keep);
-  std::vector<std::pair<int32_t, int32_t>> held;  // (tokens, page)
-  for (const retriever::TokenSpan& s : spans) {
-    for (int32_t t = s.begin; t < s.end;) {
-      const int32_t p = t / page_tokens;
-      const int32_t end = std::min(s.end, (p + 1) * page_tokens);
-      if (!held.empty() && held.back().second == p) {
-        held.back().first += end - t;
-      } else {
-        held.push_back({end - t, p});
-      }
-      t = end;
-    }
-  }
-  std::stable_sort(held.begin(), held.end(),
-                   [](const auto& a, const auto& b) { return a.first > b.first; });
-  std::vector<int32_t> rows = keep;
-  for (const auto& [tokens, p] : held) {
-    if (static_cast<int64_t>(rows.size()) >= budget) break;
-    if (!std::binary_search(keep.begin(), keep.end(), p)) rows.push_back(p);
-  }
-  SortUnique(rows);
-  return rows;
 }
 
 // Streaming heads attend their sink and window pages only (and the pinned prompt), whatever the
@@ -248,13 +229,19 @@ absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerSt
   if (DenseRows(o, layer, ls)) return true;
   ls.prefetch.clear();
   if (o.policy == retriever::Policy::kBoundary) {
+    // Page ids of its cluster-ordered layout (ascending, the open page last): the worker keeps
+    // the layout's clustered pages as store pages of their own (LayerState::layout_keys).
     auto sel = ls.selector->Select(q);
     if (!sel.ok()) return sel.status();
     ls.rows.assign(kv, {});
     for (int h = 0; h < kv; ++h) {
-      ls.rows[h] = NaturalPages(sel->spans[h], P, cur, o.selector.sink_pages,
-                                o.selector.window_pages, budget_pages);
-      AddPinned(ls, cur, ls.rows[h]);
+      ls.rows[h].assign(sel->pages.indices.begin() + sel->pages.indptr[h],
+                        sel->pages.indices.begin() + sel->pages.indptr[h + 1]);
+      const std::vector<int32_t>& row = ls.rows[h];
+      if (row.empty() || row.back() != cur || !std::is_sorted(row.begin(), row.end()) ||
+          static_cast<int64_t>(row.size()) > budget_pages + o.selector.window_pages + 1) {
+        return absl::InternalError("louiskv selected a row the worker cannot attend");
+      }
     }
     if (sel->retrieved) ls.prefetch = sel->prefetch;
     StreamingRows(o, StreamingHeads(o, layer), cur, ls);

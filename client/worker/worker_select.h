@@ -20,11 +20,11 @@ retriever::SelectorOptions SelectorShape(const DecodeWorkerOptions& o);
 absl::Status CheckFinite(const TensorView& t, DType dtype, const char* what);
 
 // Sets ls.rows for the query q [q_heads, head_dim] of the newest token (already appended):
-// natural page ids per KV head, ascending, the open page last. Dense when the budget covers the
-// context (streaming heads of `layer`: sinks and window only, always). Page policies: the
-// selector's pages (reused between retrievals under the boundary trigger) plus the moving window.
-// louiskv: its spans (true positions) mapped onto natural pages: sinks and window first, then the
-// pages holding most selected tokens, up to the budget. Returns whether a fresh retrieval ran.
+// page ids per KV head, ascending, the open page last. Dense when the budget covers the
+// context (streaming heads of `layer`: sinks and window only, always). Page policies: natural
+// pages, the selector's (reused between retrievals under the boundary trigger) plus the moving
+// window. louiskv: pages of its cluster-ordered layout, exactly the selector's (see
+// LayerState::layout_keys). Returns whether a fresh retrieval ran.
 absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
                                 absl::Span<const uint16_t> q);
 

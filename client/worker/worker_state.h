@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "pagoda/kvstore/page.h"
 #include "pagoda/retriever/boundary_trigger.h"
+#include "pagoda/retriever/prompt_clusters.h"
 #include "pagoda/retriever/selector.h"
 
 namespace pagoda::worker_internal {
@@ -24,12 +25,22 @@ struct LayerState {
   std::unique_ptr<retriever::Selector> selector;
   std::vector<std::vector<uint16_t>>
       prompt_keys;  // per KV head [n, d], until the selector has them (host selection only)
+  std::vector<std::vector<uint16_t>>
+      prompt_values;  // per KV head [n, d], until the layout pages are written (louiskv only)
+  // louiskv: the prompt's clusters and the cluster-ordered layout pages [layout_first,
+  // layout_end) that replace natural pages [layout_first, layout_end) in rows (page id p there
+  // is layout page p: per KV head, the tokens clusters.members[h][p * P - sink_tokens ...]).
+  // They are store pages of their own (layout_keys, head checksums layout_sums).
+  std::shared_ptr<const retriever::PromptClusters> clusters;
+  int32_t layout_first = 0, layout_end = 0;
+  std::vector<PageKey> layout_keys;
+  std::vector<uint64_t> layout_sums;  // [(p - layout_first) * kv_heads + h]
   std::optional<retriever::BoundaryTrigger> trigger;
   // Device selection: the trigger fired on a query it observed (a step late: the worker reads a
   // layer's queries back without waiting, at the layer's next step), so this step retrieves.
   bool boundary_seen = false;
   std::vector<std::vector<int32_t>> retrieved;  // per KV head: natural pages of the last retrieval
-  std::vector<std::vector<int32_t>> rows;       // per KV head: natural pages attended last
+  std::vector<std::vector<int32_t>> rows;       // per KV head: page ids attended last
   std::vector<std::vector<int32_t>> prefetch;   // per KV head: hints of the last retrieval
   // Per KV head: the pool residency of each page of the row attended last (ascending pages, the
   // open page left out), so a step resolves the pages it keeps by one compact check each.
@@ -42,6 +53,16 @@ struct LayerState {
   // Device selection (quest): the summary slot of each natural page, open page included; the
   // summaries live on the backend only and are folded there as tokens are written.
   std::vector<int32_t> sum_slots;
+  bool InLayout(int32_t p) const { return p >= layout_first && p < layout_end; }
+  // The store key and the head checksum of page id p of a row.
+  const PageKey& KeyOf(int32_t p) const {
+    return InLayout(p) ? layout_keys[p - layout_first] : keys[p];
+  }
+  uint64_t SumOf(int32_t p, int h, int kv_heads) const {
+    return InLayout(p) ? layout_sums[int64_t{p - layout_first} * kv_heads + h]
+                       : sums[int64_t{p} * kv_heads + h];
+  }
+
   int32_t pinned = 0;      // leading pages pinned in the store (pin_prompt), attended every step
   uint64_t stream_id = 0;  // store stream of this (sequence, layer), 0: none
 };

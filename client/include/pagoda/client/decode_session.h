@@ -46,8 +46,9 @@ struct DecodeSessionOptions {
   std::string model_id = "model";
   uint32_t layer = 0;
 
-  // Retriever policy and its knobs (every policy; louiskv's clusters are ranked and the natural
-  // pages holding most of their tokens are fetched, see decode_worker.h).
+  // Retriever policy and its knobs (every policy; louiskv attends pages of its cluster-ordered
+  // layout, which the worker writes to the store beside the natural pages, see decode_worker.h;
+  // it refuses pin_prefix).
   retriever::Policy policy = retriever::Policy::kQuest;
   retriever::SelectorOptions selector;
   // LouisKV boundary trigger: re-run the retrieval only when the mean cosine between the query of
@@ -113,8 +114,9 @@ class DecodeSession {
   int64_t num_tokens() const;
   // Keys of the full pages (page i holds positions [i*P, (i+1)*P)).
   std::vector<PageKey> page_keys() const;
-  // The natural page ids each KV head attended in the last step, ascending; the last one is the
-  // open page and holds last_page_tokens() tokens, every other one a full page.
+  // The page ids each KV head attended in the last step, ascending; the last one is the open page
+  // and holds last_page_tokens() tokens, every other one a full page. Natural pages (page i holds
+  // positions [i*P, (i+1)*P)), except with policy louiskv (DecodeWorker::LastRows).
   std::vector<std::vector<int32_t>> last_rows() const;
   int32_t last_page_tokens() const;
   const DecodeSessionOptions& options() const { return options_; }

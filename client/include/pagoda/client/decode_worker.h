@@ -28,7 +28,9 @@
 // live there and are folded as tokens are written, one kernel scores and ranks the batch, and
 // nothing of q / k / v is read on the host (with the boundary trigger, q is read back a step late
 // without a sync). The other policies select on the host (every retriever policy, louiskv included:
-// its cluster ranking is mapped onto natural pages, the best-covered ones first, up to the budget);
+// at the end of each layer's prefill it clusters the prompt's keys per KV head and writes the
+// cluster-ordered layout pages it selects from as store pages of their own — keyed by the natural
+// pages they permute, so equal prompts share them; about one extra page per prompt page);
 // missing head-pages are gathered straight from the store's host arena (a read lease per page)
 // into pool slots by one verified gather; a head-page whose bytes do not match the checksum taken
 // when the page was written is never attended: it is read again through the store (which verifies
@@ -174,6 +176,9 @@ struct WorkerStats {
   int64_t pool_evictions = 0;
   int64_t pages_committed = 0;
   int64_t pages_reused = 0;  // commits that found the page already stored (a shared prefix)
+  // louiskv: cluster-ordered layout pages written (store pages besides the natural ones; counted
+  // in pages_committed / pages_reused too).
+  int64_t layout_pages = 0;
 };
 
 // The streaming heads of model layers [first_layer, first_layer + num_layers) of a streaming-head
@@ -232,8 +237,16 @@ class DecodeWorker {
   absl::StatusOr<int64_t> Length(SequenceId id, int layer = 0) const;
   // Keys of the full pages of (sequence, layer), in order.
   absl::StatusOr<std::vector<PageKey>> PageKeys(SequenceId id, int layer) const;
-  // The natural pages each KV head of (sequence, layer) attended in the last step (ascending).
+  // The pages each KV head of (sequence, layer) attended in the last step (ascending): natural
+  // page ids, except that with policy louiskv the ids between its sink pages and the prompt's
+  // tail are pages of its cluster-ordered layout (AttendedPositions maps them to positions).
   absl::StatusOr<std::vector<std::vector<int32_t>>> LastRows(SequenceId id, int layer) const;
+  // louiskv: keys of the cluster-ordered layout pages of (sequence, layer) (empty for the other
+  // policies, and for prompts too short to cluster).
+  absl::StatusOr<std::vector<PageKey>> LayoutPageKeys(SequenceId id, int layer) const;
+  // The token positions each KV head of (sequence, layer) attended in the last step, ascending.
+  absl::StatusOr<std::vector<std::vector<int64_t>>> AttendedPositions(SequenceId id,
+                                                                      int layer) const;
   WorkerStats Stats() const;
   const DecodeWorkerOptions& options() const;
 
