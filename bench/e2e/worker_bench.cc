@@ -66,6 +66,7 @@ struct Args {
   int64_t report_from = 0;  // steps before this are run but not reported (e.g. a profile's calib)
   double louis_rate = 0.2;
   double resident_factor = 4.0;
+  int cluster_window = -1;  // -1: the selector's default
   double rescore_factor = 1.5;
   bool trigger = false;  // boundary trigger for page policies
   float threshold = 0.9f;
@@ -389,6 +390,7 @@ int Run(const Args& a) {
   o.policy = *policy;
   o.selector.budget_tokens = budget;
   o.selector.resident_factor = a.resident_factor;
+  if (a.cluster_window >= 0) o.selector.cluster_window_tokens = a.cluster_window;
   o.selector.rescore_factor = a.rescore_factor;
   o.boundary_trigger = a.trigger;
   o.boundary_threshold = a.threshold;
@@ -660,6 +662,8 @@ int main(int argc, char** argv) {
   app.add_option("--report-from", a.report_from, "report only steps from this one on");
   app.add_option("--louis-rate", a.louis_rate, "louiskv target retrievals per token");
   app.add_option("--resident-factor", a.resident_factor, "louiskv resident factor");
+  app.add_option("--cluster-window", a.cluster_window,
+                 "louiskv clustering window in tokens (0: whole prompt; default: the selector's)");
   app.add_option("--rescore-factor", a.rescore_factor, "louiskv rescore factor");
   app.add_flag("--trigger", a.trigger, "boundary trigger for page policies");
   app.add_option("--threshold", a.threshold, "trigger threshold for page policies");

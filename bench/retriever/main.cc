@@ -138,6 +138,8 @@ int Main(int argc, char** argv) {
                  "louiskv: fixed threshold (skips calibration)");
   app.add_option("--calib-steps", eo.calib_steps, "louiskv: queries used for calibration");
   app.add_option("--cluster-tokens", eo.base.cluster_tokens, "louiskv: mean tokens per cluster");
+  app.add_option("--cluster-window", eo.base.cluster_window_tokens,
+                 "louiskv: cluster the prompt in windows of this many tokens (0: whole prompt)");
   app.add_option("--resident-factor", eo.base.resident_factor,
                  "louiskv: pages fetched per retrieval, as a multiple of the budget");
   app.add_option("--kmeans-iters", eo.base.kmeans_iters, "louiskv: Lloyd iterations");

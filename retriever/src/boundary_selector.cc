@@ -29,6 +29,7 @@ absl::StatusOr<std::shared_ptr<const PromptClusters>> BuildPromptClusters(
   c->sink_pages = options.sink_pages;
   c->window_pages = options.window_pages;
   c->cluster_tokens = options.cluster_tokens;
+  c->cluster_window_tokens = options.cluster_window_tokens;
   c->keys_fingerprint = fingerprint;
   c->sink_tokens = static_cast<int32_t>(std::min<int64_t>(int64_t{options.sink_pages} * P, n));
   const int64_t tail = n - int64_t{options.window_pages} * P;
@@ -38,31 +39,50 @@ absl::StatusOr<std::shared_ptr<const PromptClusters>> BuildPromptClusters(
   c->cluster_off.assign(heads, std::vector<int32_t>(1, 0));
   c->members.assign(heads, {});
   if (clustered == 0) return c;
-  // The cluster region starts and ends on page boundaries, so it is whole pages of the pool.
-  c->num_clusters = std::max(1, clustered / options.cluster_tokens);
-  std::vector<int32_t> pages(clustered / P);
-  std::iota(pages.begin(), pages.end(), c->sink_tokens / P);
-  std::vector<float> centroids(static_cast<size_t>(heads) * c->num_clusters * d);
-  std::vector<int32_t> assignment(static_cast<size_t>(heads) * clustered);
-  std::vector<int32_t> sizes(static_cast<size_t>(heads) * c->num_clusters);
-  kernels::KMeansParams km;
-  km.kv = pool.kv();
-  km.pages = pages.data();
-  km.num_tokens = clustered;
-  km.num_clusters = c->num_clusters;
-  km.centroids = centroids.data();
-  km.assignment = assignment.data();
-  km.cluster_size = sizes.data();
-  if (absl::Status s = kernels::KMeansInitReference(km); !s.ok()) return s;
-  if (absl::Status s = kernels::KMeansReference(km, options.kmeans_iters); !s.ok()) return s;
+  // The cluster region starts and ends on page boundaries, so it is whole pages of the pool; so
+  // does every window of it (cluster_window_tokens is a multiple of the page).
+  const int32_t window = options.cluster_window_tokens > 0
+                             ? std::min(clustered, options.cluster_window_tokens)
+                             : clustered;
+  std::vector<int32_t> assignment(static_cast<size_t>(heads) * clustered);  // global cluster ids
+  std::vector<float> centroids;  // [h][cluster][d], filled window by window
+  std::vector<std::vector<float>> head_centroids(heads);
+  for (int32_t w0 = 0; w0 < clustered; w0 += window) {
+    const int32_t len = std::min(window, clustered - w0);
+    const int32_t k = std::max(1, len / options.cluster_tokens);
+    std::vector<int32_t> pages(len / P);
+    std::iota(pages.begin(), pages.end(), (c->sink_tokens + w0) / P);
+    centroids.assign(static_cast<size_t>(heads) * k * d, 0.f);
+    std::vector<int32_t> local(static_cast<size_t>(heads) * len);
+    std::vector<int32_t> sizes(static_cast<size_t>(heads) * k);
+    kernels::KMeansParams km;
+    km.kv = pool.kv();
+    km.pages = pages.data();
+    km.num_tokens = len;
+    km.num_clusters = k;
+    km.centroids = centroids.data();
+    km.assignment = local.data();
+    km.cluster_size = sizes.data();
+    if (absl::Status s = kernels::KMeansInitReference(km); !s.ok()) return s;
+    if (absl::Status s = kernels::KMeansReference(km, options.kmeans_iters); !s.ok()) return s;
+    for (int h = 0; h < heads; ++h) {
+      const size_t cd = static_cast<size_t>(k) * d;
+      head_centroids[h].insert(head_centroids[h].end(), centroids.begin() + h * cd,
+                               centroids.begin() + (h + 1) * cd);
+      for (int32_t i = 0; i < len; ++i) {
+        assignment[static_cast<size_t>(h) * clustered + w0 + i] =
+            c->num_clusters + local[static_cast<size_t>(h) * len + i];
+      }
+    }
+    c->num_clusters += k;
+  }
   for (int h = 0; h < heads; ++h) {
-    const size_t cd = static_cast<size_t>(c->num_clusters) * d;
-    c->centroids[h].assign(centroids.begin() + h * cd, centroids.begin() + (h + 1) * cd);
+    c->centroids[h] = std::move(head_centroids[h]);
     std::vector<int32_t>& off = c->cluster_off[h];
     off.assign(c->num_clusters + 1, 0);
     const int32_t* a = assignment.data() + static_cast<size_t>(h) * clustered;
     for (int32_t i = 0; i < clustered; ++i) ++off[a[i] + 1];
-    for (int32_t k = 0; k < c->num_clusters; ++k) off[k + 1] += off[k];
+    for (int32_t q = 0; q < c->num_clusters; ++q) off[q + 1] += off[q];
     std::vector<int32_t> fill(off.begin(), off.end() - 1);
     c->members[h].resize(clustered);
     for (int32_t i = 0; i < clustered; ++i) c->members[h][fill[a[i]]++] = c->sink_tokens + i;
@@ -84,7 +104,8 @@ absl::Status BoundarySelector::OnPrefill(absl::Span<const uint16_t> keys, int64_
     if (c.prompt_tokens != num_tokens || c.keys_fingerprint != fingerprint ||
         c.kv_heads != options_.kv_heads || c.head_dim != options_.head_dim ||
         c.page_tokens != options_.page_tokens || c.sink_pages != options_.sink_pages ||
-        c.window_pages != options_.window_pages || c.cluster_tokens != options_.cluster_tokens) {
+        c.window_pages != options_.window_pages || c.cluster_tokens != options_.cluster_tokens ||
+        c.cluster_window_tokens != options_.cluster_window_tokens) {
       return absl::InvalidArgumentError(
           "boundary selector: the supplied prompt clusters were built from another prompt or "
           "with other options");

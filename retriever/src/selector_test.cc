@@ -247,6 +247,9 @@ TEST(SelectorTest, BoundaryRescoresResidentPagesBetweenRetrievals) {
     SelectorOptions o = Options(16, 80);  // sink, window and three free pages
     o.boundary_threshold = -1.f;          // retrieve only on the first step
     o.resident_factor = factor;
+    // Whole-prompt clusters: three free pages hold both needles only where their clusters fall on
+    // page boundaries of the layout, which this test's data was laid out for.
+    o.cluster_window_tokens = 0;
     auto sel = MakeSelector(Policy::kBoundary, o);
     ASSERT_TRUE(sel.ok());
     ASSERT_TRUE((*sel)->Prefill(a.Keys(0, 2040), 2040).ok());
@@ -290,6 +293,7 @@ TEST(SelectorTest, BoundaryExactRescoringFixesACentroidTie) {
   clusters->sink_pages = o.sink_pages;
   clusters->window_pages = o.window_pages;
   clusters->cluster_tokens = o.cluster_tokens;
+  clusters->cluster_window_tokens = o.cluster_window_tokens;
   clusters->keys_fingerprint = internal::KeysFingerprint(prompt);
   clusters->sink_tokens = 16;
   clusters->natural_begin = n - 16;
@@ -536,6 +540,62 @@ TEST(PromptClustersTest, SharedClustersGiveTheSameSelections) {
   ASSERT_TRUE(mismatched.ok());
   EXPECT_EQ((*mismatched)->Prefill(data.Keys(0, 2000), 2000).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Windowed clustering: every cluster holds tokens of one window only, each window has its own
+// window / cluster_tokens clusters, the layout still covers every clustered position once, and
+// the selector still finds the needle. Clusters of another window size are refused.
+TEST(PromptClustersTest, WindowedClustersStayInsideTheirWindows) {
+  test_data::NeedleData data(2048, 900, 16, 4);
+  SelectorOptions o;
+  o.page_tokens = 32;
+  o.budget_tokens = 256;
+  o.cluster_window_tokens = 512;
+  auto clusters = ClusterPrompt(o, data.Keys(0, 2000), 2000);
+  ASSERT_TRUE(clusters.ok()) << clusters.status();
+  const PromptClusters& c = **clusters;
+  const int32_t clustered = static_cast<int32_t>(c.natural_begin - c.sink_tokens);
+  ASSERT_EQ(clustered, 1920);  // [32, 1952): the tail from 1952 (2000 - a window page, aligned)
+  // Windows of 512, 512, 512 and 384 tokens.
+  EXPECT_EQ(c.num_clusters, 3 * (512 / o.cluster_tokens) + 384 / o.cluster_tokens);
+  for (int h = 0; h < o.kv_heads; ++h) {
+    std::vector<int32_t> all;
+    for (int32_t k = 0; k < c.num_clusters; ++k) {
+      const int32_t b = c.cluster_off[h][k], e = c.cluster_off[h][k + 1];
+      for (int32_t i = b; i < e; ++i) {
+        EXPECT_EQ((c.members[h][i] - c.sink_tokens) / 512, (c.members[h][b] - c.sink_tokens) / 512)
+            << "cluster " << k << " of head " << h << " spans two windows";
+        all.push_back(c.members[h][i]);
+      }
+    }
+    std::sort(all.begin(), all.end());
+    ASSERT_EQ(all.size(), static_cast<size_t>(clustered));
+    for (size_t i = 0; i < all.size(); ++i) ASSERT_EQ(all[i], static_cast<int32_t>(32 + i));
+  }
+  auto sel = MakeBoundarySelector(o, *clusters);
+  ASSERT_TRUE(sel.ok());
+  ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 2000), 2000).ok());
+  ASSERT_TRUE((*sel)->Append(data.Keys(2000, 2001), 1).ok());
+  auto got = (*sel)->Select(data.Query(3.f, 0.f));
+  ASSERT_TRUE(got.ok());
+  bool needle = false;
+  for (int h = 0; h < o.kv_heads; ++h) {
+    for (const TokenSpan& s : got->spans[h]) needle = needle || (s.begin <= 900 && 900 < s.end);
+  }
+  EXPECT_TRUE(needle);
+  SelectorOptions whole = o;
+  whole.cluster_window_tokens = 0;
+  auto mismatched = MakeBoundarySelector(whole, *clusters);
+  ASSERT_TRUE(mismatched.ok());
+  EXPECT_EQ((*mismatched)->Prefill(data.Keys(0, 2000), 2000).code(),
+            absl::StatusCode::kInvalidArgument);
+  for (int bad : {-32, 48, 16}) {  // negative, not a multiple of the page, under one page
+    SelectorOptions b = o;
+    b.cluster_window_tokens = bad;
+    EXPECT_EQ(ClusterPrompt(b, data.Keys(0, 2000), 2000).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ struct PromptClusters {
   int sink_pages = 0;
   int window_pages = 0;
   int cluster_tokens = 0;
+  int cluster_window_tokens = 0;
   uint64_t keys_fingerprint = 0;  // XXH3-64 of the prompt's key bits
 
   int32_t sink_tokens = 0;

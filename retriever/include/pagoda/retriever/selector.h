@@ -86,6 +86,12 @@ struct SelectorOptions {
   // iterations. Smaller clusters select more precisely but cost more centroid scans.
   int cluster_tokens = 16;
   int kmeans_iters = 8;
+  // kBoundary: cluster the prompt in windows of this many tokens (a multiple of page_tokens), each
+  // on its own (window_tokens / cluster_tokens clusters of its tokens), so clustering costs time
+  // linear in the prompt (whole-prompt k-means is quadratic: at 128K tokens, 8K clusters, it is
+  // hours per layer on a CPU core). 0 = one window (the whole prompt). 1024 lost no recall on the
+  // traces (bench/RESULTS.md, "Retriever").
+  int cluster_window_tokens = 1024;
   // kBoundary: a retrieval fetches the best resident_factor x budget pages; every step then
   // attends the best budget pages among them for its own query (rescored from the centroids, no
   // store traffic). 1 = plain LouisKV (the retrieved set is reused as is).
