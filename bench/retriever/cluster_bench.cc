@@ -55,9 +55,10 @@ int main(int argc, char** argv) {
   o.head_dim = head_dim;
   o.page_tokens = 16;
   o.dtype = pagoda::kernels::DType::kFloat16;
-  std::printf("louiskv clustering, %d KV head(s), head_dim %d, %d tokens/cluster, %d iterations, "
-              "one thread; median of %d\n",
-              kv_heads, head_dim, o.cluster_tokens, o.kmeans_iters, reps);
+  std::printf(
+      "louiskv clustering, %d KV head(s), head_dim %d, %d tokens/cluster, %d iterations, "
+      "one thread; median of %d\n",
+      kv_heads, head_dim, o.cluster_tokens, o.kmeans_iters, reps);
   std::printf("| prompt tokens | whole prompt | windows of %d | whole / windowed |\n", window);
   std::printf("| --- | --- | --- | --- |\n");
   for (int64_t n : tokens) {

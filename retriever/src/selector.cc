@@ -82,8 +82,9 @@ absl::Status ValidateOptions(const SelectorOptions& o) {
   if (o.cluster_window_tokens < 0 ||
       (o.cluster_window_tokens > 0 &&
        (o.page_tokens < 1 || o.cluster_window_tokens % o.page_tokens != 0))) {
-    return bad("selector options: cluster_window_tokens must be 0 or a positive multiple of "
-               "page_tokens");
+    return bad(
+        "selector options: cluster_window_tokens must be 0 or a positive multiple of "
+        "page_tokens");
   }
   if (o.ivf_nprobe < 1 || o.hnsw_m < 2 || o.hnsw_ef_search < 1) {
     return bad("selector options: need ivf_nprobe >= 1, hnsw_m >= 2, hnsw_ef_search >= 1");
