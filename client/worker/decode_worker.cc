@@ -16,7 +16,6 @@
 #include "pagoda/kvstore/prefix.h"
 #include "worker_select.h"
 #include "worker_state.h"
-#include "xxhash.h"
 
 namespace pagoda {
 
@@ -30,8 +29,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Layout pages (policy louiskv): their keys' hash seed (apart from natural pages' keys) and
-// format version (bump it when the clustering or the page assembly changes: a stored layout page
-// must hold exactly what this code would write under its key).
+// format version (bump it when the page assembly changes: a stored layout page must hold exactly
+// what this code would write under its key).
 constexpr uint64_t kLayoutPageKeySeed = 0x6c6f7569736b7631ULL;  // "louiskv1"
 constexpr int32_t kLayoutFormat = 1;
 double Since(Clock::time_point t) {
@@ -146,10 +145,9 @@ class DecodeWorker::Impl {
   // The layer's prompt is complete: host selection hands its keys to a new selector (device
   // selection has its summaries already); the boundary trigger starts.
   absl::Status StartSelector(SequenceId id, LayerState& ls, int layer);
-  // louiskv: the cluster-ordered layout pages of the prompt whose keys ([kv_heads, tokens, d]),
-  // clusters and values ls holds: assembled, checksummed and queued for the store.
-  absl::Status WriteLayoutPages(SequenceId id, LayerState& ls, int layer,
-                                absl::Span<const uint16_t> keys);
+  // louiskv: the cluster-ordered layout pages of the prompt whose clusters, keys and values ls
+  // holds: assembled, checksummed and queued for the store.
+  absl::Status WriteLayoutPages(SequenceId id, LayerState& ls, int layer);
   absl::Status LoadCachedPages(Sequence& seq, int layer, int64_t pages);
   // Verified head-pages for the fetch list; failures fall back to a store read. Marks the
   // sequences that cannot be served.
@@ -437,7 +435,7 @@ absl::Status DecodeWorker::Impl::StartSelector(SequenceId id, LayerState& ls, in
       auto clusters = retriever::ClusterPrompt(sel, keys, ls.tokens);
       if (!clusters.ok()) return clusters.status();
       ls.clusters = *std::move(clusters);
-      if (absl::Status s = WriteLayoutPages(id, ls, layer, keys); !s.ok()) return s;
+      if (absl::Status s = WriteLayoutPages(id, ls, layer); !s.ok()) return s;
       selector = retriever::MakeBoundarySelector(sel, ls.clusters);
     } else {
       selector = retriever::MakeSelector(o_.policy, sel);
@@ -457,8 +455,7 @@ absl::Status DecodeWorker::Impl::StartSelector(SequenceId id, LayerState& ls, in
   return absl::OkStatus();
 }
 
-absl::Status DecodeWorker::Impl::WriteLayoutPages(SequenceId id, LayerState& ls, int layer,
-                                                  absl::Span<const uint16_t> keys) {
+absl::Status DecodeWorker::Impl::WriteLayoutPages(SequenceId id, LayerState& ls, int layer) {
   const retriever::PromptClusters& c = *ls.clusters;
   ls.layout_first = c.sink_tokens / P_;
   ls.layout_end = static_cast<int32_t>(c.natural_begin / P_);
@@ -469,28 +466,20 @@ absl::Status DecodeWorker::Impl::WriteLayoutPages(SequenceId id, LayerState& ls,
     return absl::OkStatus();
   }
   if (c.sink_tokens % P_ != 0) return absl::InternalError("clusters start inside a page");
-  // The key commits to everything the page's bytes derive from: the natural pages it permutes
-  // (the chain key of the last one covers their tokens, model, layer and salt), the bits of their
-  // keys (k-means reads them), the clustering options and the layout's format version; its own
-  // seed keeps it apart from natural page keys. Equal prompts therefore share layout pages too.
-  uint64_t fingerprint = 0;
-  const size_t head_elems = static_cast<size_t>(ls.tokens) * d_;
-  for (int h = 0; h < kv_; ++h) {  // keys of positions [0, natural_begin) of each head
-    fingerprint = XXH3_64bits_withSeed(keys.data() + h * head_elems,
-                                       static_cast<size_t>(c.natural_begin) * d_ * 2, fingerprint);
-  }
+  // The key commits to exactly what the page's bytes are: which positions each KV head holds
+  // (its own "tokens") of which natural pages (the chain key of the last clustered one covers
+  // their tokens, model, layer and salt), in this format; its own seed keeps it apart from natural
+  // keys. Equal prompts clustered alike share layout pages, and two workers that cluster a prompt
+  // differently (another backend's rounding, other options) write different keys, never one key
+  // with two contents.
   const PageKey parent = ls.keys[ls.layout_end - 1];
-  const retriever::SelectorOptions& so = o_.selector;
+  std::vector<int32_t> meta;
   for (int32_t p = ls.layout_first; p < ls.layout_end; ++p) {
-    const int32_t meta[] = {kLayoutFormat,
-                            p,
-                            so.cluster_tokens,
-                            so.kmeans_iters,
-                            so.cluster_window_tokens,
-                            so.sink_pages,
-                            so.window_pages,
-                            static_cast<int32_t>(fingerprint),
-                            static_cast<int32_t>(fingerprint >> 32)};
+    meta.assign(1, kLayoutFormat);
+    for (int h = 0; h < kv_; ++h) {
+      const int32_t* pos = &c.members[h][static_cast<size_t>(p) * P_ - c.sink_tokens];
+      meta.insert(meta.end(), pos, pos + P_);
+    }
     const PageKey key = ChainPageKey(parent, meta, Extra(layer), kLayoutPageKeySeed);
     std::vector<uint8_t> page = committer_.TakeBuffer();  // every byte written below
     const size_t row = static_cast<size_t>(d_) * 2;
