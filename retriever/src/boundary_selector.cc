@@ -11,6 +11,18 @@
 
 namespace pagoda::retriever::internal {
 
+namespace {
+// fp16 bits -> float for all 65536 values (kernels::HalfToFloat's, looked up instead of decoded).
+const float* HalfTable() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t b = 0; b < 65536; ++b) t[b] = kernels::HalfToFloat(static_cast<uint16_t>(b));
+    return t;
+  }();
+  return table.data();
+}
+}  // namespace
+
 uint64_t KeysFingerprint(absl::Span<const uint16_t> keys) {
   return XXH3_64bits(keys.data(), keys.size() * sizeof(uint16_t));
 }
@@ -330,19 +342,45 @@ std::vector<int32_t> BoundarySelector::Rescore(int h, absl::Span<const float> q_
   }
   const size_t first_cand = scored.size();
   scored.insert(scored.end(), cand.begin(), cand.end());
-  std::vector<float> key(d), logits;
+  // A page at a time: its keys transposed ([d][Pp] floats, Pp = P rounded up to whole lanes), so
+  // each query head's dots for all the page's tokens run side by side (one SIMD lane per token).
+  // Every dot still sums over d in order, so the logits are the ones a token-at-a-time loop
+  // computes, bit for bit.
+  constexpr int kLanes = 8;
+  const int Pp = (P + kLanes - 1) / kLanes * kLanes;
+  std::vector<float> key_t(static_cast<size_t>(d) * Pp), acc(static_cast<size_t>(group) * Pp);
+  std::vector<float> logits;
   std::vector<int32_t> page_of;  // index into `scored` of each logit's page
   logits.reserve(scored.size() * P * group);
+  const float* half = options_.dtype == kernels::DType::kFloat16 ? HalfTable() : nullptr;
   for (size_t i = 0; i < scored.size(); ++i) {
-    for (int32_t l = scored[i] * P; l < std::min(tokens, (scored[i] + 1) * P); ++l) {
-      const uint16_t* k = pool_.key(h, LayoutToPosition(h, l));
-      for (int j = 0; j < d; ++j) key[j] = kernels::ToFloat(k[j], options_.dtype);
-      for (int g = 0; g < group; ++g) {
-        const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
-        float dot = 0;
-        for (int j = 0; j < d; ++j) dot += qg[j] * key[j];
-        logits.push_back(dot);
+    const int32_t first = scored[i] * P;
+    const int32_t n = std::min(tokens, first + P) - first;
+    std::fill(key_t.begin(), key_t.end(), 0.f);
+    for (int32_t t = 0; t < n; ++t) {
+      const uint16_t* k = pool_.key(h, LayoutToPosition(h, first + t));
+      float* col = key_t.data() + t;
+      if (half != nullptr) {
+        for (int j = 0; j < d; ++j) col[static_cast<size_t>(j) * Pp] = half[k[j]];
+      } else {
+        for (int j = 0; j < d; ++j) col[static_cast<size_t>(j) * Pp] = kernels::Bf16ToFloat(k[j]);
       }
+    }
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int g = 0; g < group; ++g) {
+      const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
+      for (int t0 = 0; t0 < Pp; t0 += kLanes) {
+        float lane[kLanes] = {};
+        for (int j = 0; j < d; ++j) {
+          const float qj = qg[j];
+          const float* kj = key_t.data() + static_cast<size_t>(j) * Pp + t0;
+          for (int t = 0; t < kLanes; ++t) lane[t] += qj * kj[t];
+        }
+        std::copy_n(lane, kLanes, acc.data() + static_cast<size_t>(g) * Pp + t0);
+      }
+    }
+    for (int32_t t = 0; t < n; ++t) {
+      for (int g = 0; g < group; ++g) logits.push_back(acc[static_cast<size_t>(g) * Pp + t]);
       page_of.push_back(static_cast<int32_t>(i));
     }
   }
