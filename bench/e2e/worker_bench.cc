@@ -67,6 +67,7 @@ struct Args {
   double louis_rate = 0.2;
   double resident_factor = 4.0;
   int cluster_window = -1;  // -1: the selector's default
+  int select_threads = 0;
   double rescore_factor = 1.5;
   bool trigger = false;  // boundary trigger for page policies
   float threshold = 0.9f;
@@ -391,6 +392,7 @@ int Run(const Args& a) {
   o.selector.budget_tokens = budget;
   o.selector.resident_factor = a.resident_factor;
   if (a.cluster_window >= 0) o.selector.cluster_window_tokens = a.cluster_window;
+  o.select_threads = a.select_threads;
   o.selector.rescore_factor = a.rescore_factor;
   o.boundary_trigger = a.trigger;
   o.boundary_threshold = a.threshold;
@@ -662,6 +664,8 @@ int main(int argc, char** argv) {
   app.add_option("--report-from", a.report_from, "report only steps from this one on");
   app.add_option("--louis-rate", a.louis_rate, "louiskv target retrievals per token");
   app.add_option("--resident-factor", a.resident_factor, "louiskv resident factor");
+  app.add_option("--select-threads", a.select_threads,
+                 "host selection threads (0: the machine's cores, at most 8)");
   app.add_option("--cluster-window", a.cluster_window,
                  "louiskv clustering window in tokens (0: whole prompt; default: the selector's)");
   app.add_option("--rescore-factor", a.rescore_factor, "louiskv rescore factor");

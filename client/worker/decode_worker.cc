@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -14,6 +15,7 @@
 #include "pagoda/kernels/head_checksum.h"
 #include "pagoda/kernels/reference.h"
 #include "pagoda/kvstore/prefix.h"
+#include "task_pool.h"
 #include "worker_select.h"
 #include "worker_state.h"
 
@@ -27,6 +29,11 @@ using worker_internal::Sequence;
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+int SelectThreads(int asked) {
+  if (asked > 0) return asked;
+  return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+}
 
 // Layout pages (policy louiskv): their keys' hash seed (apart from natural pages' keys) and
 // format version (bump it when the page assembly changes: a stored layout page must hold exactly
@@ -61,6 +68,7 @@ class DecodeWorker::Impl {
         committer_(store, o.tenant, o.layout),
         device_select_(o.policy == retriever::Policy::kQuest),
         layout_pages_(o.policy == retriever::Policy::kBoundary),
+        select_pool_(device_select_ ? 1 : SelectThreads(o.select_threads)),
         q_pending_(o.num_layers) {}
 
   absl::Status Init();
@@ -180,6 +188,8 @@ class DecodeWorker::Impl {
   // Policy louiskv: each (sequence, layer) writes its prompt's cluster-ordered layout pages.
   const bool layout_pages_;
   int64_t layout_pages_written_ = 0;
+  // Host selection: one task per sequence of a layer's batch.
+  worker_internal::TaskPool select_pool_;
   // Per layer: the batch whose queries were last copied back (ObserveQueries) and, per row,
   // whether that step retrieved (its query becomes the trigger's anchor).
   std::vector<std::vector<std::pair<SequenceId, bool>>> q_pending_;
@@ -1228,24 +1238,34 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
       for (int64_t b = 0; b < B; ++b) q_pending_[layer].push_back({plan_seqs_[b], fresh[b]});
     }
   }
-  for (int64_t b = 0; b < B && !device_select_; ++b) {
-    if (!status[b].ok()) continue;
-    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-    const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
-    auto retrieved = worker_internal::SelectRows(o_, layer, ls, qb);
-    if (!retrieved.ok()) {
-      status[b] = retrieved.status();
-      continue;
-    }
-    stats.retrievals += *retrieved ? 1 : 0;
-    if (o_.prefetch && !ls.prefetch.empty()) {  // SSD -> host ahead of the next retrievals
-      std::vector<PageKey> keys;
-      for (const auto& hints : ls.prefetch) {
-        for (int32_t p : hints) {
-          if (p >= 0 && p < static_cast<int32_t>(ls.keys.size())) keys.push_back(ls.KeyOf(p));
-        }
+  if (!device_select_) {
+    // Host selection: each sequence's selector on its own, spread over the select threads.
+    std::vector<LayerState*> states(B);
+    for (int64_t b = 0; b < B; ++b) states[b] = &seqs_[plan_seqs_[b]].layers[layer];
+    std::vector<char> retrieved(B, 0);
+    select_pool_.Run(B, [&](int64_t b) {
+      if (!status[b].ok()) return;
+      const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
+      auto fresh = worker_internal::SelectRows(o_, layer, *states[b], qb);
+      if (!fresh.ok()) {
+        status[b] = fresh.status();
+        return;
       }
-      if (!keys.empty()) committer_.Prefetch(std::move(keys));
+      retrieved[b] = *fresh ? 1 : 0;
+    });
+    for (int64_t b = 0; b < B; ++b) {
+      if (!status[b].ok()) continue;
+      stats.retrievals += retrieved[b];
+      const LayerState& ls = *states[b];
+      if (o_.prefetch && !ls.prefetch.empty()) {  // SSD -> host ahead of the next retrievals
+        std::vector<PageKey> keys;
+        for (const auto& hints : ls.prefetch) {
+          for (int32_t p : hints) {
+            if (p >= 0 && p < static_cast<int32_t>(ls.keys.size())) keys.push_back(ls.KeyOf(p));
+          }
+        }
+        if (!keys.empty()) committer_.Prefetch(std::move(keys));
+      }
     }
   }
   stats.select_s += Since(t1);

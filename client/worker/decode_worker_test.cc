@@ -974,6 +974,10 @@ TEST(DecodeWorker, BadInputIsRefusedAndChangesNothing) {
             absl::StatusCode::kInvalidArgument);
   bad.streaming_sink_pages = 1;
   EXPECT_TRUE(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), bad).ok());
+  bad = Options(retriever::Policy::kBoundary, 4096, 64);
+  bad.select_threads = -1;
+  EXPECT_EQ(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(wk.Open({}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(wk.Prefill(a, 0, K1, V1).code(), absl::StatusCode::kInvalidArgument);  // no tokens left
   EXPECT_EQ(wk.Prefill(999, 0, K1, V1).code(), absl::StatusCode::kInvalidArgument);

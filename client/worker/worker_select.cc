@@ -69,6 +69,9 @@ absl::Status ValidateWorkerOptions(const DecodeWorkerOptions& o) {
           "the sinks are cluster-ordered)");
     }
   }
+  if (o.select_threads < 0 || o.select_threads > 256) {
+    return absl::InvalidArgumentError("select_threads must be in [0, 256]");
+  }
   if (!(o.lease_seconds > 0 && o.lease_seconds <= 60)) {
     return absl::InvalidArgumentError("lease_seconds must be in (0, 60]");
   }

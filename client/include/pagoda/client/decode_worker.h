@@ -131,6 +131,11 @@ struct DecodeWorkerOptions {
   // slots, one per page of every (sequence, layer) open in the worker (4 KiB each at Llama-3-8B
   // shapes). Prefill and Plan answer ResourceExhausted when it is full.
   int64_t summary_slots = 65536;
+  // Threads that run host selection (every policy but quest) for a layer's batch, one sequence per
+  // task, the engine's thread among them: selection per sequence is independent, and louiskv's
+  // costs about a millisecond per (sequence, layer) on a CPU core at 8K context. 0 = the
+  // machine's cores, at most 8; 1 = the engine's thread only.
+  int select_threads = 0;
   // Verify every gathered head-page against its checksum (off only to measure what it costs).
   bool verify = true;
   // Lease asked per fetched page (the gather copies well within it; expiry is caught by the
