@@ -27,10 +27,11 @@
 // selector; the selector picks pages per KV head. Quest selects on the backend: its page summaries
 // live there and are folded as tokens are written, one kernel scores and ranks the batch, and
 // nothing of q / k / v is read on the host (with the boundary trigger, q is read back a step late
-// without a sync). The other policies select on the host (every retriever policy, louiskv included:
-// at the end of each layer's prefill it clusters the prompt's keys per KV head and writes the
-// cluster-ordered layout pages it selects from as store pages of their own — keyed by the natural
-// pages they permute, so equal prompts share them; about one extra page per prompt page);
+// without a sync). The other policies select on the host, one task per sequence on select_threads
+// threads (every retriever policy, louiskv included: at the end of each layer's prefill it
+// clusters the prompt's keys per KV head and writes the cluster-ordered layout pages it selects
+// from as store pages of their own — keyed by the positions they hold of the natural pages, so
+// equal prompts share them; about one extra page per prompt page);
 // missing head-pages are gathered straight from the store's host arena (a read lease per page)
 // into pool slots by one verified gather; a head-page whose bytes do not match the checksum taken
 // when the page was written is never attended: it is read again through the store (which verifies
