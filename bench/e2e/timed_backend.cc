@@ -77,6 +77,9 @@ class TimedBackend final : public WorkerBackend {
                            std::vector<int32_t>& ix) override {
     return Timed([&] { return inner_->SelectQuest(q, r, ip, ix); });
   }
+  absl::Status KMeans(const kernels::KMeansParams& p, int iterations) override {
+    return Timed([&] { return inner_->KMeans(p, iterations); });
+  }
   absl::Status Sync() override {
     return Timed([&] { return inner_->Sync(); });
   }

@@ -442,7 +442,10 @@ absl::Status DecodeWorker::Impl::StartSelector(SequenceId id, LayerState& ls, in
     if (!o_.layer_thresholds.empty()) sel.boundary_threshold = trigger_threshold;
     absl::StatusOr<std::unique_ptr<retriever::Selector>> selector;
     if (layout_pages_) {
-      auto clusters = retriever::ClusterPrompt(sel, keys, ls.tokens);
+      // k-means on the backend (the device's kernels on CUDA; the reference on the CPU).
+      auto clusters = retriever::ClusterPrompt(
+          sel, keys, ls.tokens,
+          [this](const kernels::KMeansParams& p, int iters) { return backend_->KMeans(p, iters); });
       if (!clusters.ok()) return clusters.status();
       ls.clusters = *std::move(clusters);
       if (absl::Status s = WriteLayoutPages(id, ls, layer); !s.ok()) return s;

@@ -17,6 +17,7 @@
 
 #include "gtest/gtest.h"
 #include "pagoda/kernels/dtype.h"
+#include "pagoda/kernels/reference.h"
 #include "pagoda/kvstore/prefix.h"
 #include "pagoda/retriever/selector.h"
 
@@ -764,6 +765,9 @@ class StaleFirstCopy final : public WorkerBackend {
                            std::vector<int32_t>& ix) override {
     return inner_->SelectQuest(q, r, ip, ix);
   }
+  absl::Status KMeans(const kernels::KMeansParams& p, int iterations) override {
+    return inner_->KMeans(p, iterations);
+  }
   absl::Status Sync() override { return inner_->Sync(); }
   bool armed = true;
   int stale = 0;
@@ -1135,6 +1139,54 @@ TEST(WorkerBackendSummaries, BadCallsAreRefusedAndChangeNothing) {
   for (const auto& [s, what] : refused) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << what << ": " << s;
   }
+
+  // KMeans (louiskv's clustering on the backend): the reference's result for good params; bad
+  // shapes and page ids are refused before anything is read or written.
+  std::vector<uint16_t> page_keys(2 * kKv * kPage * kDim);  // two pages, keys only
+  for (size_t i = 0; i < page_keys.size(); ++i) {
+    page_keys[i] = kernels::FloatToHalf(static_cast<float>((i * 7919) % 23) / 23.f);
+  }
+  kernels::PagedKV kv =
+      kernels::PackedPagedKV(kernels::DType::kFloat16, 2, kPage, kKv, kDim, page_keys.data());
+  kv.v = nullptr;
+  kv.stride_page = int64_t{kKv} * kPage * kDim;
+  const int32_t pages[2] = {1, 0};
+  std::vector<float> cent(kKv * 2 * kDim), cent_ref;
+  std::vector<int32_t> asg(kKv * 2 * kPage, -1), sizes(kKv * 2), asg_ref, sizes_ref;
+  kernels::KMeansParams km;
+  km.kv = kv;
+  km.pages = pages;
+  km.num_tokens = 2 * kPage;
+  km.num_clusters = 2;
+  km.centroids = cent.data();
+  km.assignment = asg.data();
+  km.cluster_size = sizes.data();
+  ASSERT_TRUE(kernels::KMeansInitReference(km).ok());
+  const std::vector<float> init = cent;
+  ASSERT_TRUE(backend->KMeans(km, 3).ok());
+  cent_ref = init;
+  asg_ref = asg;
+  sizes_ref = sizes;
+  kernels::KMeansParams ref = km;
+  ref.centroids = cent_ref.data();
+  ref.assignment = asg_ref.data();
+  ref.cluster_size = sizes_ref.data();
+  ASSERT_TRUE(kernels::KMeansReference(ref, 3).ok());
+  EXPECT_EQ(cent, cent_ref);
+  EXPECT_EQ(asg, asg_ref);
+  EXPECT_EQ(sizes, sizes_ref);
+  const std::vector<int32_t> before = asg;
+  kernels::KMeansParams wrong_dim = km, wrong_page = km, no_keys = km;
+  wrong_dim.kv.head_dim = kDim * 2;
+  const int32_t far[2] = {0, 2};
+  wrong_page.pages = far;
+  no_keys.kv.k = nullptr;
+  for (const auto& [p, what] : {std::pair{wrong_dim, "head_dim"}, std::pair{wrong_page, "page id"},
+                                std::pair{no_keys, "no keys"}}) {
+    EXPECT_EQ(backend->KMeans(p, 3).code(), absl::StatusCode::kInvalidArgument) << what;
+  }
+  EXPECT_EQ(backend->KMeans(km, -1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(asg, before);
   std::vector<int32_t> indptr2, chosen2;
   ASSERT_TRUE(backend->SelectQuest(q, req, indptr2, chosen2).ok());
   EXPECT_EQ(chosen2, chosen);

@@ -276,6 +276,28 @@ absl::Status CheckCsr(const std::vector<int32_t>& indptr, const std::vector<int3
 }
 }  // namespace
 
+absl::Status CheckKMeans(const PoolGeometry& g, const kernels::KMeansParams& p, int iterations) {
+  if (iterations < 0) return absl::InvalidArgumentError("kmeans: iterations must be >= 0");
+  if (p.kv.head_dim != g.head_dim || p.kv.num_kv_heads != g.kv_heads ||
+      p.kv.dtype != KernelDType(g.dtype)) {
+    return absl::InvalidArgumentError(
+        "kmeans: the keys' head_dim, KV heads or dtype are not the pool's");
+  }
+  if (p.kv.k == nullptr || p.pages == nullptr || p.centroids == nullptr ||
+      p.assignment == nullptr || p.cluster_size == nullptr || p.num_tokens < 1 ||
+      p.num_clusters < 1 || p.num_clusters > p.num_tokens) {
+    return absl::InvalidArgumentError("kmeans: missing buffers or bad token / cluster counts");
+  }
+  if (p.kv.page_size < 1) return absl::InvalidArgumentError("kmeans: page_size < 1");
+  for (int32_t i = 0; i < (p.num_tokens + p.kv.page_size - 1) / p.kv.page_size; ++i) {
+    if (p.pages[i] < 0 || p.pages[i] >= p.kv.num_pages) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("kmeans: page id ", p.pages[i], " out of range"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckQuestRequest(const PoolGeometry& g, int64_t table_slots, Device device,
                                const TensorView& q, const QuestRequest& req) {
   if (table_slots < 1) return absl::FailedPreconditionError("no summary table (InitSummaries)");

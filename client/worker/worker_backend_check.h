@@ -54,6 +54,8 @@ absl::Status CheckSummarizeTokens(const PoolGeometry& g, int64_t table_slots, De
                                   const TensorView& k, absl::Span<const int32_t> sum_slots);
 absl::Status CheckCopySummaries(int64_t table_slots, absl::Span<const int32_t> src,
                                 absl::Span<const int32_t> dst);
+// A KMeans call's params against the pool's shape (the reference validates the rest).
+absl::Status CheckKMeans(const PoolGeometry& g, const kernels::KMeansParams& p, int iterations);
 absl::Status CheckQuestRequest(const PoolGeometry& g, int64_t table_slots, Device device,
                                const TensorView& q, const QuestRequest& req);
 

@@ -300,6 +300,11 @@ class CpuWorkerBackend final : public WorkerBackend {
     return absl::OkStatus();
   }
 
+  absl::Status KMeans(const kernels::KMeansParams& p, int iterations) override {
+    if (absl::Status s = worker_internal::CheckKMeans(geo_, p, iterations); !s.ok()) return s;
+    return kernels::KMeansReference(p, iterations);
+  }
+
   absl::Status Sync() override { return absl::OkStatus(); }
 
  private:

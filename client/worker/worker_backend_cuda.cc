@@ -626,6 +626,73 @@ class CudaWorkerBackend final : public WorkerBackend {
     return absl::OkStatus();
   }
 
+  absl::Status KMeans(const kernels::KMeansParams& p, int iterations) override {
+    if (absl::Status s = worker_internal::CheckKMeans(geo_, p, iterations); !s.ok()) return s;
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const int32_t P = p.kv.page_size, heads = p.kv.num_kv_heads, d = p.kv.head_dim;
+    const int32_t K = p.num_clusters, n = p.num_tokens;
+    const int32_t pages = (n + P - 1) / P;
+    const int64_t page_elems = int64_t{heads} * P * d;  // keys only, packed per page
+    auto up16 = [](size_t b) { return (b + 15) / 16 * 16; };
+    // One buffer, each part 16-byte aligned: keys | page ids | centroids | assignment | sizes |
+    // the update's workspace (device only; the host side of it is unused).
+    const size_t o_ids = up16(static_cast<size_t>(pages) * page_elems * 2);
+    const size_t o_cent = o_ids + up16(static_cast<size_t>(pages) * 4);
+    const size_t cent_bytes = static_cast<size_t>(heads) * K * d * 4;
+    const size_t o_asg = o_cent + up16(cent_bytes);
+    const size_t asg_bytes = static_cast<size_t>(heads) * n * 4;
+    const size_t o_size = o_asg + up16(asg_bytes);
+    const size_t size_bytes = static_cast<size_t>(heads) * K * 4;
+    const size_t o_work = o_size + up16(size_bytes);
+    kernels::KMeansParams g;
+    g.kv = kernels::PackedPagedKV(p.kv.dtype, pages, P, heads, d, nullptr);
+    g.kv.stride_page = page_elems;  // keys only
+    g.num_tokens = n;
+    g.num_clusters = K;
+    if (absl::Status s = kmeans_.Reserve(o_work + kernels::gpu::KMeansWorkspaceBytes(g)); !s.ok()) {
+      return s;
+    }
+    uint16_t* keys = reinterpret_cast<uint16_t*>(kmeans_.host);
+    for (int32_t i = 0; i < pages; ++i) {
+      const int32_t valid = std::min(P, n - i * P);
+      for (int h = 0; h < heads; ++h) {
+        uint16_t* out = keys + i * page_elems + int64_t{h} * P * d;
+        const uint16_t* in =
+            p.kv.k + int64_t{p.pages[i]} * p.kv.stride_page + int64_t{h} * p.kv.stride_head;
+        for (int32_t t = 0; t < valid; ++t) {
+          std::memcpy(out + int64_t{t} * d, in + t * p.kv.stride_token, d * 2);
+        }
+        std::memset(out + int64_t{valid} * d, 0, static_cast<size_t>(P - valid) * d * 2);
+      }
+    }
+    int32_t* ids = reinterpret_cast<int32_t*>(kmeans_.host + o_ids);
+    for (int32_t i = 0; i < pages; ++i) ids[i] = i;
+    std::memcpy(kmeans_.host + o_cent, p.centroids, cent_bytes);
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(kmeans_.dev, kmeans_.host, o_asg, cudaMemcpyHostToDevice, stream_),
+        "kmeans upload");
+    g.kv.k = reinterpret_cast<const uint16_t*>(kmeans_.dev);
+    g.pages = reinterpret_cast<const int32_t*>(kmeans_.dev + o_ids);
+    g.centroids = reinterpret_cast<float*>(kmeans_.dev + o_cent);
+    g.assignment = reinterpret_cast<int32_t*>(kmeans_.dev + o_asg);
+    g.cluster_size = reinterpret_cast<int32_t*>(kmeans_.dev + o_size);
+    void* work = kmeans_.dev + o_work;
+    for (int it = 0; it < iterations; ++it) {
+      if (absl::Status s = kernels::gpu::KMeansAssign(g, stream_); !s.ok()) return s;
+      if (absl::Status s = kernels::gpu::KMeansUpdate(g, work, stream_); !s.ok()) return s;
+    }
+    if (absl::Status s = kernels::gpu::KMeansAssign(g, stream_); !s.ok()) return s;
+    PAGODA_CUDA_RETURN(cudaMemcpyAsync(kmeans_.host + o_cent, kmeans_.dev + o_cent, o_work - o_cent,
+                                       cudaMemcpyDeviceToHost, stream_),
+                       "kmeans download");
+    PAGODA_CUDA_RETURN(cudaEventRecord(kmeans_.ready, stream_), "event record");
+    PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "kmeans sync");
+    std::memcpy(p.centroids, kmeans_.host + o_cent, cent_bytes);
+    std::memcpy(p.assignment, kmeans_.host + o_asg, asg_bytes);
+    std::memcpy(p.cluster_size, kmeans_.host + o_size, size_bytes);
+    return absl::OkStatus();
+  }
+
   absl::Status Sync() override { return CudaStatus(cudaStreamSynchronize(stream_), "sync"); }
 
  private:
@@ -689,7 +756,7 @@ class CudaWorkerBackend final : public WorkerBackend {
   size_t workspace_bytes_ = 0;
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots
   int64_t sum_slots_ = 0;
-  Staged sum_up_, quest_, tok_, sum_fold_, sum_copy_;
+  Staged sum_up_, quest_, tok_, sum_fold_, sum_copy_, kmeans_;
   std::vector<std::unique_ptr<Staged>> copies_;  // StartCopyToHost, by tag
 };
 

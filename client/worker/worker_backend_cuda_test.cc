@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "pagoda/client/decode_worker.h"
 #include "pagoda/kernels/dtype.h"
+#include "pagoda/kernels/reference.h"
 
 namespace pagoda {
 namespace {
@@ -188,6 +189,65 @@ TEST(CudaWorkerBackendTest, MatchesCpuFp16Head64) {
 
 TEST(CudaWorkerBackendTest, MatchesCpuBf16Head128Llama) {
   ExpectAgree({DType::kBf16, 8, 32, 128, 2, 4, 700, 40, 256});
+}
+
+// louiskv's clustering on the device: the k-means kernels through the backend against the CPU
+// backend's reference, on keys with clear clusters (16 well-separated directions): the same
+// assignment and cluster sizes, centroids within rounding.
+TEST(CudaWorkerBackendTest, KMeansMatchesTheReference) {
+  auto cuda = MakeCudaWorkerBackend({});
+  if (absl::IsUnavailable(cuda.status())) GTEST_SKIP() << cuda.status();
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  auto cpu = MakeCpuWorkerBackend();
+  const PageLayout layout{DType::kBf16, 8, 128, 16};
+  ASSERT_TRUE((*cuda)->Init(layout, 32, 64).ok());
+  ASSERT_TRUE(cpu->Init(layout, 32, 64).ok());
+  const int kv = 8, d = 128, P = 16, pages = 64, n = pages * P, K = 16;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<float> dirs(static_cast<size_t>(K) * d);
+  for (float& x : dirs) x = 3.f * g(rng);
+  std::vector<uint16_t> keys(static_cast<size_t>(pages) * kv * P * d);  // keys-only pages
+  for (int p = 0; p < pages; ++p) {
+    for (int h = 0; h < kv; ++h) {
+      for (int t = 0; t < P; ++t) {
+        const int c = static_cast<int>(rng() % K);
+        for (int i = 0; i < d; ++i) {
+          keys[((static_cast<size_t>(p) * kv + h) * P + t) * d + i] =
+              kernels::FloatToBf16(dirs[c * d + i] + 0.1f * g(rng));
+        }
+      }
+    }
+  }
+  std::vector<int32_t> ids(pages);
+  for (int p = 0; p < pages; ++p) ids[p] = pages - 1 - p;  // not in order
+  struct Out {
+    std::vector<float> cent;
+    std::vector<int32_t> asg, size;
+  };
+  auto run = [&](WorkerBackend& b, Out& o) {
+    o.cent.assign(static_cast<size_t>(kv) * K * d, 0.f);
+    o.asg.assign(static_cast<size_t>(kv) * n, -1);
+    o.size.assign(static_cast<size_t>(kv) * K, -1);
+    kernels::KMeansParams km;
+    km.kv = kernels::PackedPagedKV(kernels::DType::kBFloat16, pages, P, kv, d, keys.data());
+    km.kv.v = nullptr;
+    km.kv.stride_page = int64_t{kv} * P * d;
+    km.pages = ids.data();
+    km.num_tokens = n;
+    km.num_clusters = K;
+    km.centroids = o.cent.data();
+    km.assignment = o.asg.data();
+    km.cluster_size = o.size.data();
+    ASSERT_TRUE(kernels::KMeansInitReference(km).ok());
+    ASSERT_TRUE(b.KMeans(km, 8).ok());
+  };
+  Out a, b;
+  run(**cuda, a);
+  run(*cpu, b);
+  EXPECT_EQ(a.asg, b.asg);
+  EXPECT_EQ(a.size, b.size);
+  for (size_t i = 0; i < a.cent.size(); ++i) ASSERT_NEAR(a.cent[i], b.cent[i], 1e-3) << i;
 }
 
 }  // namespace

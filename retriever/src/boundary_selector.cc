@@ -28,7 +28,8 @@ uint64_t KeysFingerprint(absl::Span<const uint16_t> keys) {
 }
 
 absl::StatusOr<std::shared_ptr<const PromptClusters>> BuildPromptClusters(
-    const KeyPool& pool, const SelectorOptions& options, uint64_t fingerprint) {
+    const KeyPool& pool, const SelectorOptions& options, uint64_t fingerprint,
+    const KMeansRunner& run) {
   const int P = options.page_tokens;
   const int d = options.head_dim;
   const int heads = options.kv_heads;
@@ -76,7 +77,11 @@ absl::StatusOr<std::shared_ptr<const PromptClusters>> BuildPromptClusters(
     km.assignment = local.data();
     km.cluster_size = sizes.data();
     if (absl::Status s = kernels::KMeansInitReference(km); !s.ok()) return s;
-    if (absl::Status s = kernels::KMeansReference(km, options.kmeans_iters); !s.ok()) return s;
+    if (absl::Status s = run ? run(km, options.kmeans_iters)
+                             : kernels::KMeansReference(km, options.kmeans_iters);
+        !s.ok()) {
+      return s;
+    }
     for (int h = 0; h < heads; ++h) {
       const size_t cd = static_cast<size_t>(k) * d;
       head_centroids[h].insert(head_centroids[h].end(), centroids.begin() + h * cd,
@@ -108,7 +113,7 @@ absl::Status BoundarySelector::OnPrefill(absl::Span<const uint16_t> keys, int64_
   if (!trigger.ok()) return trigger.status();
   const uint64_t fingerprint = KeysFingerprint(keys);
   if (clusters_ == nullptr) {
-    auto built = BuildPromptClusters(pool_, options_, fingerprint);
+    auto built = BuildPromptClusters(pool_, options_, fingerprint, run_);
     if (!built.ok()) return built.status();
     clusters_ = *std::move(built);
   } else {

@@ -29,16 +29,19 @@
 
 namespace pagoda::retriever::internal {
 
-// Builds the clusters of the prompt held by `pool` (its first `prompt_tokens` tokens).
+// Builds the clusters of the prompt held by `pool` (its first `prompt_tokens` tokens), running
+// k-means through `run` (empty: the kernels' reference).
 absl::StatusOr<std::shared_ptr<const PromptClusters>> BuildPromptClusters(
-    const KeyPool& pool, const SelectorOptions& options, uint64_t fingerprint);
+    const KeyPool& pool, const SelectorOptions& options, uint64_t fingerprint,
+    const KMeansRunner& run = {});
 uint64_t KeysFingerprint(absl::Span<const uint16_t> keys);
 
 class BoundarySelector final : public SelectorBase {
  public:
   // With clusters == nullptr, Prefill clusters the prompt itself.
-  BoundarySelector(const SelectorOptions& options, std::shared_ptr<const PromptClusters> clusters)
-      : SelectorBase(options, 1), clusters_(std::move(clusters)) {}
+  BoundarySelector(const SelectorOptions& options, std::shared_ptr<const PromptClusters> clusters,
+                   KMeansRunner run = {})
+      : SelectorBase(options, 1), clusters_(std::move(clusters)), run_(std::move(run)) {}
   // The prompt's clusters (null before Prefill when none were supplied).
   std::shared_ptr<const PromptClusters> clusters() const { return clusters_; }
 
@@ -78,9 +81,10 @@ class BoundarySelector final : public SelectorBase {
                   int64_t summary_bytes);
 
   std::shared_ptr<const PromptClusters> clusters_;
-  int32_t sink_tokens_ = 0;                 // S
-  int64_t natural_begin_ = 0;               // N
-  int32_t natural_layout_ = 0;              // layout index of position N (S + clustered tokens)
+  KMeansRunner run_;            // k-means for Prefill's clustering (empty: the reference)
+  int32_t sink_tokens_ = 0;     // S
+  int64_t natural_begin_ = 0;   // N
+  int32_t natural_layout_ = 0;  // layout index of position N (S + clustered tokens)
   std::vector<std::vector<float>> prefix_;  // [h][(t - N) * d] prefix sums of keys
   std::vector<int64_t> boundaries_;         // segment starts in the natural region
   std::optional<BoundaryTrigger> trigger_;

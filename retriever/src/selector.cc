@@ -120,9 +120,10 @@ absl::StatusOr<std::unique_ptr<Selector>> MakeSelector(Policy policy,
 
 absl::StatusOr<std::shared_ptr<const PromptClusters>> ClusterPrompt(const SelectorOptions& options,
                                                                     absl::Span<const uint16_t> keys,
-                                                                    int64_t num_tokens) {
+                                                                    int64_t num_tokens,
+                                                                    const KMeansRunner& run) {
   if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
-  internal::BoundarySelector selector(options, nullptr);
+  internal::BoundarySelector selector(options, nullptr, run);
   if (absl::Status s = selector.Prefill(keys, num_tokens); !s.ok()) return s;
   return selector.clusters();
 }

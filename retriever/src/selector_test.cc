@@ -7,6 +7,7 @@
 
 #include "boundary_selector.h"
 #include "gtest/gtest.h"
+#include "pagoda/kernels/reference.h"
 #include "pagoda/retriever/prompt_clusters.h"
 #include "test_data.h"
 
@@ -589,6 +590,22 @@ TEST(PromptClustersTest, WindowedClustersStayInsideTheirWindows) {
   ASSERT_TRUE(mismatched.ok());
   EXPECT_EQ((*mismatched)->Prefill(data.Keys(0, 2000), 2000).code(),
             absl::StatusCode::kInvalidArgument);
+  // A k-means runner (a device's) is called once per window; one that runs the reference gives
+  // the same clusters, and its error is ClusterPrompt's.
+  int calls = 0;
+  auto via =
+      ClusterPrompt(o, data.Keys(0, 2000), 2000, [&](const kernels::KMeansParams& p, int iters) {
+        ++calls;
+        return kernels::KMeansReference(p, iters);
+      });
+  ASSERT_TRUE(via.ok()) << via.status();
+  EXPECT_EQ(calls, 4);
+  EXPECT_EQ((*via)->members, c.members);
+  EXPECT_EQ((*via)->cluster_off, c.cluster_off);
+  auto failed = ClusterPrompt(o, data.Keys(0, 2000), 2000, [](const kernels::KMeansParams&, int) {
+    return absl::ResourceExhaustedError("device full");
+  });
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kResourceExhausted);
   for (int bad : {-32, 48, 16}) {  // negative, not a multiple of the page, under one page
     SelectorOptions b = o;
     b.cluster_window_tokens = bad;

@@ -159,6 +159,14 @@ class WorkerBackend {
                                    std::vector<int32_t>& out_indptr,
                                    std::vector<int32_t>& out_indices) = 0;
 
+  // louiskv's prompt clustering where the backend computes: as kernels::KMeansReference(params,
+  // iterations) — `iterations` Lloyd steps from params' centroids, then a final assignment —
+  // with every pointer of params in host memory (keys: params.kv.k, no values), results written
+  // back there when this returns (it synchronizes the CUDA stream). The CPU backend runs the
+  // reference; the CUDA backend the k-means kernels (results may differ from the reference's by
+  // rounding). InvalidArgument for params the reference refuses or another head_dim / dtype.
+  virtual absl::Status KMeans(const kernels::KMeansParams& params, int iterations) = 0;
+
   // Waits for everything enqueued (no-op on the CPU backend).
   virtual absl::Status Sync() = 0;
 };

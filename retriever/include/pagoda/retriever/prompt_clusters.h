@@ -11,12 +11,14 @@
 #define PAGODA_RETRIEVER_PROMPT_CLUSTERS_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "pagoda/kernels/params.h"
 #include "pagoda/retriever/selector.h"
 
 namespace pagoda::retriever {
@@ -56,12 +58,20 @@ inline int64_t LayoutPosition(const PromptClusters& c, int kv_head, int64_t layo
   return layout_index;  // the natural region keeps its positions
 }
 
+// Runs k-means as kernels::KMeansReference(params, iterations) does: `iterations` Lloyd steps
+// from the centroids params holds, then a final assignment, writing params' centroids,
+// assignment and cluster_size. params address host memory. Lets a caller run the clustering on
+// a device (the decode worker's backend); results may differ from the reference's by rounding.
+using KMeansRunner = std::function<absl::Status(const kernels::KMeansParams&, int iterations)>;
+
 // Clusters prompt keys [kv_heads, num_tokens, head_dim] (options.dtype bits) for the boundary
-// policy with `options` (page_tokens, sink/window pages, cluster_tokens, kmeans_iters matter).
-// InvalidArgument for bad options or keys (as Selector::Prefill).
+// policy with `options` (page_tokens, sink/window pages, cluster_tokens, cluster_window_tokens,
+// kmeans_iters matter), one k-means per window through `run` (empty: the kernels' reference).
+// InvalidArgument for bad options or keys (as Selector::Prefill); a runner's error as it is.
 absl::StatusOr<std::shared_ptr<const PromptClusters>> ClusterPrompt(const SelectorOptions& options,
                                                                     absl::Span<const uint16_t> keys,
-                                                                    int64_t num_tokens);
+                                                                    int64_t num_tokens,
+                                                                    const KMeansRunner& run = {});
 
 // A boundary-policy selector that takes its prompt clusters from `clusters` instead of running
 // k-means at Prefill. Prefill then fails with InvalidArgument unless its prompt is the one the
