@@ -3,7 +3,8 @@
 #   scripts/sanitize.sh asan   ASan + UBSan build of the whole tree but bench/ (build-asan/), and
 #                              every test in it
 #   scripts/sanitize.sh tsan   TSan build (build-tsan/) of transport, kvstore (store, cluster,
-#                              service), client and tests/, and every test in it
+#                              service), kernels, retriever, client (the decode worker's select
+#                              threads) and tests/, and every test in it
 #   scripts/sanitize.sh        both
 # PAGODA_SANITIZE_ASAN_TARGETS / PAGODA_SANITIZE_TSAN_TARGETS="t1 t2 ..." build only those test
 # binaries (CMake targets) and run only their tests (each test is labelled with its binary; .ci/run
@@ -24,7 +25,7 @@ for mode in "${modes[@]}"; do
   case "$mode" in
     asan) dir=build-asan san=address,undefined components="kernels;transport;kvstore;retriever;client;tests"
           targets=${PAGODA_SANITIZE_ASAN_TARGETS:-} ;;
-    tsan) dir=build-tsan san=thread components="transport;kvstore;client;tests"
+    tsan) dir=build-tsan san=thread components="transport;kvstore;kernels;retriever;client;tests"
           targets=${PAGODA_SANITIZE_TSAN_TARGETS:-} ;;
     *) echo "usage: $0 [asan|tsan]..." >&2; exit 2 ;;
   esac
