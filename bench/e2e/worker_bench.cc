@@ -165,10 +165,6 @@ double GroupRecall(const bench::TraceLayer& tr, int P, int64_t t, int64_t s, int
 // largest difference between its outputs' errors and the worker's.
 int CompareSession(const Args& a, const std::vector<Doc>& docs, const DecodeWorkerOptions& wo,
                    int64_t steps, int64_t calib, const std::vector<double>& worker_err) {
-  if (wo.policy == retriever::Policy::kBoundary) {
-    std::printf("DecodeSession refuses louiskv: no comparison\n");
-    return 0;
-  }
   const int B = static_cast<int>(docs.size()), L = wo.num_layers;
   const int qh = wo.q_heads, kvh = static_cast<int>(wo.layout.kv_heads);
   const int hd = static_cast<int>(wo.layout.head_dim), P = static_cast<int>(wo.layout.page_tokens);
@@ -193,7 +189,11 @@ int CompareSession(const Args& a, const std::vector<Doc>& docs, const DecodeWork
       o.policy = wo.policy;
       o.selector = wo.selector;
       o.boundary_trigger = wo.boundary_trigger;
-      o.boundary_threshold = wo.boundary_threshold;
+      // louiskv's threshold is its selector's; per-layer thresholds (calibrated) win.
+      o.boundary_threshold = wo.policy == retriever::Policy::kBoundary
+                                 ? wo.selector.boundary_threshold
+                                 : wo.boundary_threshold;
+      if (!wo.layer_thresholds.empty()) o.boundary_threshold = wo.layer_thresholds[l];
       o.pool_pages = static_cast<int32_t>(T / P + 2);
       auto s = DecodeSession::Create(store->get(), MakeCpuWorkerBackend(), o);
       if (!s.ok()) {
