@@ -89,7 +89,9 @@ int RunCase(const Args& a, int64_t ctx, int B,
   const PageLayout layout{DType::kBf16, kKv, kD, kP};
   StoreOptions so;
   so.layouts = {layout};
-  const int64_t pages = B * (ctx / kP + 2);
+  // louiskv writes a cluster-ordered layout page per clustered prompt page besides the natural
+  // ones: room for both (there is no SSD tier to demote to).
+  const int64_t pages = B * (ctx / kP + 2) * (a.policy == "louiskv" ? 2 : 1);
   so.host_capacity_bytes = static_cast<uint64_t>(pages + 64 * (B + 1)) * layout.PageBytes();
   so.segment_bytes = layout.PageBytes() * 64;
   so.watermarks[static_cast<int>(Tier::kHost)] = Watermarks{1.0, 1.0};  // no SSD: keep every page
@@ -112,6 +114,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
   o.selector.budget_tokens = a.budget;
   o.boundary_trigger = a.trigger;
   o.boundary_threshold = a.threshold;
+  o.selector.boundary_threshold = a.threshold;  // louiskv's own trigger
   o.prefetch = false;                     // everything is in the host tier
   o.summary_slots = B * (ctx / kP + 64);  // quest selects on the device over these
   // Twice one step's worst case, so most of a context is not resident and selections fetch.
@@ -295,7 +298,7 @@ int main(int argc, char** argv) {
   CLI::App app{"decode worker per layer at Llama-3-8B shapes"};
   app.add_option("--backend", a.backend, "cuda | cpu")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--cases", a.cases, "CONTEXTxBATCH,...");
-  app.add_option("--policy", a.policy, "quest | lserve | streaming | oracle");
+  app.add_option("--policy", a.policy, "quest | louiskv | lserve | streaming | oracle");
   app.add_option("--sdpa", a.sdpa, "sdpa_baseline.py output (baselines)");
   app.add_option("--budget", a.budget, "tokens per KV head")->check(CLI::Range(16, 1 << 20));
   app.add_option("--steps", a.steps, "measured steps")->check(CLI::Range(1, 100000));
