@@ -115,8 +115,8 @@ int RunCase(const Args& a, int64_t ctx, int B,
   o.boundary_trigger = a.trigger;
   o.boundary_threshold = a.threshold;
   o.selector.boundary_threshold = a.threshold;  // louiskv's own trigger
-  o.prefetch = false;                     // everything is in the host tier
-  o.summary_slots = B * (ctx / kP + 64);  // quest selects on the device over these
+  o.prefetch = false;                           // everything is in the host tier
+  o.summary_slots = B * (ctx / kP + 64);        // quest selects on the device over these
   // Twice one step's worst case, so most of a context is not resident and selections fetch.
   o.pool_slots_per_head = static_cast<int32_t>(2 * B * (a.budget / kP + 8) + 2 * B + 64);
   auto made = bench::MakeWorkerBackend(a.backend);

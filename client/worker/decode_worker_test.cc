@@ -508,6 +508,36 @@ TEST(DecodeWorker, LouiskvAttendsWhatTheRetrieverSelects) {
   }
 }
 
+// Prompts too short to cluster (nothing between the sink page and the window) have no layout
+// pages: louiskv attends natural pages only, through the pages' fill and beyond.
+TEST(DecodeWorker, LouiskvShortPromptsHaveNoLayoutPages) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kBoundary, 3 * kPage, 64));
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const std::vector<SequenceId> ids = {drv.Open(Prompt(1, 30)), drv.Open(Prompt(5, 31)),
+                                       drv.Open(Prompt(9, 32))};
+  for (SequenceId id : ids) {
+    auto layout = (*w)->LayoutPageKeys(id, 0);
+    ASSERT_TRUE(layout.ok());
+    EXPECT_TRUE(layout->empty());
+  }
+  for (int step = 0; step < 14; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step(ids, {step, step + 1, step + 2}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
+    for (int l = 0; l < kLayers; ++l) {
+      for (int b = 0; b < 3; ++b) {
+        EXPECT_LT(drv.Error(ids[b], b, l, outs[l], /*dense=*/false), kTol) << step << " " << b;
+      }
+    }
+  }
+  EXPECT_EQ((*w)->Stats().layout_pages, 0);
+}
+
 // A layout page whose stored bytes are damaged is never attended: the worker's checksum (taken
 // from the bytes it assembled) catches the gather, the store's own checksum the re-read, so the
 // sequence that needs it fails with DataLoss and the rest of the batch goes on.
