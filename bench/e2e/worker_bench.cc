@@ -622,6 +622,13 @@ int Run(const Args& a) {
   std::printf("| failed sequence-steps | %lld |\n", static_cast<long long>(failures));
   const WorkerStats ws = w.Stats();
   const double page_mib = static_cast<double>(layout.PageBytes()) / (1 << 20);
+  std::printf(
+      "| resident at the end: pool / summary table / host selectors | %.1f / %.1f / %.1f MiB "
+      "(context KV %.1f MiB) |\n",
+      static_cast<double>(ws.pool_bytes) / (1 << 20),
+      static_cast<double>(ws.summary_table_bytes) / (1 << 20),
+      static_cast<double>(ws.selector_host_bytes) / (1 << 20),
+      static_cast<double>(B) * L * (T)*kvh * hd * 2 * 2 / (1 << 20));
   const int64_t natural = ws.pages_committed + ws.pages_reused - ws.layout_pages;
   std::printf("| store pages: natural / layout (louiskv) | %lld / %lld (%.1f / %.1f MiB) |\n",
               static_cast<long long>(natural), static_cast<long long>(ws.layout_pages),

@@ -1460,6 +1460,16 @@ WorkerStats DecodeWorker::Impl::Stats() const {
   s.pages_committed = committer_.committed();
   s.pages_reused = committer_.reused();
   s.layout_pages = layout_pages_written_;
+  s.pool_bytes = pool_.used() * 2 * half_;
+  if (device_select_) {
+    const int64_t row = int64_t{kv_} * d_ * 2 * 2 + 4;  // min and max rows, count
+    s.summary_table_bytes = (o_.summary_slots - static_cast<int64_t>(free_sum_.size())) * row;
+  }
+  for (const auto& [id, seq] : seqs_) {
+    for (const LayerState& ls : seq.layers) {
+      if (ls.selector != nullptr) s.selector_host_bytes += ls.selector->HostBytes();
+    }
+  }
   return s;
 }
 

@@ -401,6 +401,10 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
     expect_selects(ids[0], ref[0], "after fork, parent, step " + std::to_string(step));
     expect_selects(*child, ref[2], "after fork, child, step " + std::to_string(step));
   }
+  // Quest keeps its summaries on the backend (one table row per page), no host selector.
+  const WorkerStats st = (*w)->Stats();
+  EXPECT_EQ(st.selector_host_bytes, 0);
+  EXPECT_GE(st.summary_table_bytes, int64_t{kLayers} * (61 + 45 + 61) / kPage * kKv * kDim * 4);
 }
 
 // louiskv selects in a cluster-ordered layout, whose clustered pages the worker writes as store
@@ -536,6 +540,13 @@ TEST(DecodeWorker, LouiskvShortPromptsHaveNoLayoutPages) {
     }
   }
   EXPECT_EQ((*w)->Stats().layout_pages, 0);
+  // Resident accounting: host selectors hold the open sequences' keys; closing frees them.
+  const WorkerStats open = (*w)->Stats();
+  EXPECT_GE(open.selector_host_bytes, int64_t{3} * kLayers * (1 + 5 + 9) * kKv * kDim * 2);
+  EXPECT_GT(open.pool_bytes, 0);
+  EXPECT_EQ(open.summary_table_bytes, 0);  // no device selection
+  for (SequenceId id : ids) ASSERT_TRUE((*w)->Close(id).ok());
+  EXPECT_EQ((*w)->Stats().selector_host_bytes, 0);
 }
 
 // A layout page whose stored bytes are damaged is never attended: the worker's checksum (taken

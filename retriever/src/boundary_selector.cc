@@ -143,6 +143,21 @@ absl::Status BoundarySelector::OnAppend(int64_t first, int64_t num_tokens) {
   return absl::OkStatus();
 }
 
+int64_t BoundarySelector::ExtraBytes() const {
+  int64_t b = 0;
+  for (const auto& p : prefix_) b += static_cast<int64_t>(p.capacity()) * 4;
+  for (const auto& r : resident_) b += static_cast<int64_t>(r.capacity()) * 4;
+  for (const auto& r : ranked_) b += static_cast<int64_t>(r.capacity()) * 4;
+  if (clusters_ != nullptr) {  // shared between selectors of one prompt: counted by each
+    for (int h = 0; h < clusters_->kv_heads; ++h) {
+      b +=
+          static_cast<int64_t>(clusters_->centroids[h].size()) * 4 +
+          static_cast<int64_t>(clusters_->members[h].size() + clusters_->cluster_off[h].size()) * 4;
+    }
+  }
+  return b;
+}
+
 void BoundarySelector::ExtendPrefix(int64_t first, int64_t num_tokens) {
   const int d = options_.head_dim;
   for (int h = 0; h < options_.kv_heads; ++h) {

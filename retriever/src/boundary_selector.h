@@ -48,6 +48,7 @@ class BoundarySelector final : public SelectorBase {
  protected:
   absl::Status OnPrefill(absl::Span<const uint16_t> keys, int64_t num_tokens) override;
   absl::Status OnAppend(int64_t first, int64_t num_tokens) override;
+  int64_t ExtraBytes() const override;
   absl::StatusOr<Selection> Choose(absl::Span<const uint16_t> q, absl::Span<const float> q_float,
                                    const Plan& plan) override;
 

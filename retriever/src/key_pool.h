@@ -47,6 +47,13 @@ class KeyPool {
   // Mean key of (page, head) as summarized (sub-page 0 .. sub_pages - 1 averaged by tokens).
   void PageMean(int32_t page, int head, float* out) const;
   int32_t page_count(int32_t page) const { return count_[page]; }
+  // Bytes held (keys and summaries, allocated capacity).
+  int64_t bytes() const {
+    return static_cast<int64_t>(keys_.capacity() + min_.capacity() + max_.capacity() +
+                                mean_.capacity()) *
+               2 +
+           static_cast<int64_t>(count_.capacity()) * 4;
+  }
 
  private:
   int64_t page_stride() const { return static_cast<int64_t>(kv_heads_) * page_tokens_ * head_dim_; }

@@ -34,6 +34,7 @@ class SelectorBase : public Selector {
   absl::Status Append(absl::Span<const uint16_t> keys, int64_t num_tokens) final;
   absl::StatusOr<Selection> Select(absl::Span<const uint16_t> q) final;
   int64_t num_tokens() const final { return pool_.tokens(); }
+  int64_t HostBytes() const final { return pool_.bytes() + ExtraBytes(); }
   absl::StatusOr<kernels::PageSummaries> Summaries() const final {
     if (!prefilled_) return absl::FailedPreconditionError("selector: Summaries before Prefill");
     return pool_.summaries();
@@ -46,6 +47,8 @@ class SelectorBase : public Selector {
     return absl::OkStatus();
   }
   virtual absl::Status OnAppend(int64_t first, int64_t num_tokens) { return absl::OkStatus(); }
+  // Host bytes a policy holds besides the pool.
+  virtual int64_t ExtraBytes() const { return 0; }
   // Chooses this step's KV; q_float is q converted to float. Must not change state on error.
   virtual absl::StatusOr<Selection> Choose(absl::Span<const uint16_t> q,
                                            absl::Span<const float> q_float, const Plan& plan) = 0;

@@ -185,6 +185,13 @@ struct WorkerStats {
   // louiskv: cluster-ordered layout pages written (store pages besides the natural ones; counted
   // in pages_committed / pages_reused too).
   int64_t layout_pages = 0;
+  // What the worker keeps resident, in bytes: pool slots in use (GPU tier: head-pages, open pages
+  // included), the device summary table's used slots (quest), and the host selectors' memory
+  // (their copies of the keys, summaries, louiskv's clusters and segment sums; every policy but
+  // quest).
+  int64_t pool_bytes = 0;
+  int64_t summary_table_bytes = 0;
+  int64_t selector_host_bytes = 0;
 };
 
 // The streaming heads of model layers [first_layer, first_layer + num_layers) of a streaming-head

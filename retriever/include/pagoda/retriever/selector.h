@@ -150,6 +150,11 @@ class Selector {
     return absl::UnimplementedError("this selector keeps no page summaries");
   }
 
+  // Host memory the selector holds for its sequence (its copy of the keys, summaries, clusters,
+  // segment sums; an ANN index's own memory is not counted), for accounting what a policy keeps
+  // resident.
+  virtual int64_t HostBytes() const = 0;
+
   // Tokens appended so far.
   virtual int64_t num_tokens() const = 0;
   virtual const SelectorOptions& options() const = 0;
