@@ -234,6 +234,9 @@ class PyDecodeWorker {
     d["pages_committed"] = s.pages_committed;
     d["pages_reused"] = s.pages_reused;
     d["layout_pages"] = s.layout_pages;
+    d["pool_bytes"] = s.pool_bytes;
+    d["summary_table_bytes"] = s.summary_table_bytes;
+    d["selector_host_bytes"] = s.selector_host_bytes;
     return d;
   }
 
@@ -424,7 +427,8 @@ void RegisterDecodeWorker(py::module_& m) {
            "The token positions each KV head of (seq, layer) attended in the last step.")
       .def("stats", &PyDecodeWorker::Stats,
            "{'sequences', 'pool_slots_per_head', 'pool_used', 'pool_evictions', "
-           "'pages_committed', 'pages_reused', 'layout_pages'}.")
+           "'pages_committed', 'pages_reused', 'layout_pages', 'pool_bytes', "
+           "'summary_table_bytes', 'selector_host_bytes'}.")
       .def_property_readonly("device", &PyDecodeWorker::device)
       .def_property_readonly("stream", &PyDecodeWorker::stream,
                              "The cudaStream_t the worker runs on (0 on the CPU).")
