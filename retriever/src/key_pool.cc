@@ -47,6 +47,14 @@ absl::Status KeyPool::Append(absl::Span<const uint16_t> keys, int64_t n) {
   const int64_t last = tokens_ + n;  // exclusive
   const int32_t old_pages = pages();
   const int32_t new_pages = static_cast<int32_t>((last + page_tokens_ - 1) / page_tokens_);
+  // Grow by an eighth (at least 16 pages) instead of the vectors' doubling: a decode step adds one
+  // token to a pool sized for its prompt, and doubling would hold up to twice the context.
+  if (static_cast<size_t>(new_pages) * page_stride() > keys_.capacity()) {
+    const size_t room = static_cast<size_t>(new_pages) + std::max(new_pages / 8, 16);
+    keys_.reserve(room * page_stride());
+    for (auto* v : {&min_, &max_, &mean_}) v->reserve(room * summary_stride());
+    count_.reserve(room);
+  }
   keys_.resize(static_cast<size_t>(new_pages) * page_stride());
   min_.resize(static_cast<size_t>(new_pages) * summary_stride());
   max_.resize(min_.size());
