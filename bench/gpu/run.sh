@@ -121,13 +121,17 @@ step_worker_cuda_bench() {
 }
 
 # The worker per layer at Llama-3-8B shapes (after sdpa: its baselines), every step's selection
-# fresh and with the boundary trigger.
+# fresh, with the boundary trigger, and louiskv.
 step_worker_layer() {
   [ -x "$E2E/worker_layer_bench" ] || { echo "no $E2E (bench/e2e/carry_gpu.sh)"; return 1; }
   e2e_run "$E2E/worker_layer_bench" --backend cuda --sdpa "$OUT/sdpa.txt" \
     --cases "${LAYER_CASES:-32768x1,32768x8,32768x32,131072x1,131072x8}" || return 1
   e2e_run "$E2E/worker_layer_bench" --backend cuda --sdpa "$OUT/sdpa.txt" --trigger --drift 0.2 \
-    --cases "${TRIGGER_CASES:-131072x1,131072x8}"
+    --cases "${TRIGGER_CASES:-131072x1,131072x8}" || return 1
+  # louiskv: k-means on the device at prefill, selection on the host (LOUIS_CASES= skips it).
+  [ -z "${LOUIS_CASES-32768x1,32768x4}" ] && return 0
+  e2e_run "$E2E/worker_layer_bench" --backend cuda --sdpa "$OUT/sdpa.txt" --policy louiskv \
+    --cases "${LOUIS_CASES-32768x1,32768x4}"
 }
 # The store with its host tier mapped for the GPU (what the worker's gather reads), and the GPU tier.
 step_kvstore_gpu_test() {
