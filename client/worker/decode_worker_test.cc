@@ -275,10 +275,12 @@ TEST_P(PolicyTest, SparseOutputIsAttentionOverTheAttendedPages) {
   ASSERT_TRUE(w.ok()) << w.status();
   Driver drv(w->get());
   std::vector<SequenceId> ids = {drv.Open(Prompt(61, 4)), drv.Open(Prompt(45, 5))};
+  int64_t retrievals = 0;
   for (int step = 0; step < 10; ++step) {
     std::vector<std::vector<uint16_t>> outs;
     auto stats = drv.Step(ids, {7 * step, 7 * step + 3}, &outs);
     ASSERT_TRUE(stats.ok()) << stats.status();
+    retrievals += stats->retrievals;
     for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
     for (int l = 0; l < kLayers; ++l) {
       for (int b = 0; b < 2; ++b) {
@@ -294,6 +296,15 @@ TEST_P(PolicyTest, SparseOutputIsAttentionOverTheAttendedPages) {
         EXPECT_LT(drv.Error(ids[b], b, l, outs[l], /*dense=*/false), kTol);
       }
     }
+  }
+  // Selections that ran afresh: quest every step; lserve every reuse_steps-th (4) — a step that
+  // serves the last choice again is not a retrieval; louiskv when its trigger fires.
+  if (GetParam() == retriever::Policy::kQuest) {
+    EXPECT_EQ(retrievals, 10 * kLayers * 2);
+  } else if (GetParam() == retriever::Policy::kHierarchical) {
+    EXPECT_EQ(retrievals, 3 * kLayers * 2);
+  } else if (GetParam() == retriever::Policy::kBoundary) {
+    EXPECT_GT(retrievals, 0);
   }
 }
 

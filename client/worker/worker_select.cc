@@ -252,9 +252,11 @@ absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerSt
   }
   auto fire = RetrievalDue(o, ls, q);
   if (!fire.ok()) return fire.status();
+  bool fresh = false;  // a selector may serve its last choice again (lserve's reuse steps)
   if (*fire) {
     auto sel = ls.selector->Select(q);
     if (!sel.ok()) return sel.status();
+    fresh = sel->retrieved;
     ls.retrieved.assign(kv, {});
     for (int h = 0; h < kv; ++h) {
       ls.retrieved[h].assign(sel->pages.indices.begin() + sel->pages.indptr[h],
@@ -263,7 +265,7 @@ absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerSt
     ls.prefetch = sel->prefetch;
   }
   if (absl::Status s = PageRows(o, layer, ls); !s.ok()) return s;
-  return *fire;
+  return fresh;
 }
 
 }  // namespace pagoda::worker_internal
