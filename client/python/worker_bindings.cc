@@ -376,8 +376,8 @@ void RegisterDecodeWorker(py::module_& m) {
       "several threads are serialized.")
       .def(py::init(&MakeWorker), py::arg("store"), py::kw_only(), py::arg("num_layers"),
            py::arg("q_heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("dtype") = "fp16",
-           py::arg("page_tokens") = 16, py::arg("policy") = "louiskv",
-           py::arg("budget_tokens") = 512, py::arg("sink_pages") = 1, py::arg("window_pages") = 1,
+           py::arg("page_tokens") = 16, py::arg("policy") = "quest", py::arg("budget_tokens") = 512,
+           py::arg("sink_pages") = 1, py::arg("window_pages") = 1,
            py::arg("pool_slots_per_head") = 4096, py::arg("selector") = py::dict(),
            py::arg("tenant") = "decode", py::arg("model_id") = "model", py::arg("salt") = "",
            py::arg("first_layer") = 0, py::arg("pin_prompt") = false, py::arg("prefetch") = true,

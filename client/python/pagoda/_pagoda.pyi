@@ -108,7 +108,7 @@ class DecodeWorker:
         head_dim: int,
         dtype: str = "fp16",
         page_tokens: int = 16,
-        policy: str = "louiskv",
+        policy: str = "quest",
         budget_tokens: int = 512,
         sink_pages: int = 1,
         window_pages: int = 1,

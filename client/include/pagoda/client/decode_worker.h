@@ -85,8 +85,10 @@ struct DecodeWorkerOptions {
   uint32_t first_layer = 0;
 
   // Retriever policy and its knobs (shape fields are taken from layout / q_heads). A budget that
-  // covers the whole context attends it densely.
-  retriever::Policy policy = retriever::Policy::kBoundary;
+  // covers the whole context attends it densely. Quest (the default) selects on the backend;
+  // every other policy on the host — louiskv recalls more (bench/RESULTS.md) but its host
+  // selection costs ~17-20 ms per (sequence, layer) at Llama-3-8B shapes on a CPU core.
+  retriever::Policy policy = retriever::Policy::kQuest;
   retriever::SelectorOptions selector;
   // LouisKV's boundary trigger for the page policies (quest, hierarchical, ann, oracle): re-select
   // only when the query drifts, reusing the last selection (plus the moving window) otherwise.
