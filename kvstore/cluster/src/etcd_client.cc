@@ -95,10 +95,16 @@ class GrpcEtcdWatch final : public EtcdWatch {
     }
   }
 
+  // A response read before the watch was handed out (its creation reply), served first by Next.
+  void Stash(etcdserverpb::WatchResponse resp) {
+    stash_ = std::move(resp);
+    stashed_ = true;
+  }
+
   absl::StatusOr<std::vector<EtcdEvent>> Next() override {
     if (finished_) return absl::FailedPreconditionError("etcd watch already finished");
     etcdserverpb::WatchResponse resp;
-    while (stream_->Read(&resp)) {
+    while (TakeStash(&resp) || stream_->Read(&resp)) {
       if (resp.canceled()) {
         if (resp.compact_revision() > 0) {
           return Finish(absl::OutOfRangeError(
@@ -146,8 +152,17 @@ class GrpcEtcdWatch final : public EtcdWatch {
   std::unique_ptr<grpc::ClientContext> ctx_;
   std::unique_ptr<grpc::ClientReaderWriter<etcdserverpb::WatchRequest, etcdserverpb::WatchResponse>>
       stream_;
+  bool TakeStash(etcdserverpb::WatchResponse* resp) {
+    if (!stashed_) return false;
+    stashed_ = false;
+    *resp = std::move(stash_);
+    return true;
+  }
+
   std::atomic<bool> cancelled_{false};
   bool finished_ = false;  // touched only by the thread calling Next() (and the destructor)
+  bool stashed_ = false;
+  etcdserverpb::WatchResponse stash_;
 };
 
 class GrpcEtcdClient final : public EtcdClient {
@@ -284,8 +299,13 @@ class GrpcEtcdClient final : public EtcdClient {
       create->set_start_revision(start_revision);
       // Only the create request is sent here; its confirmation is read by Next(). Waiting for it
       // here could block without end on a hung etcd, out of reach of EtcdWatch::Cancel().
-      if (stream->Write(req)) {
-        return std::unique_ptr<EtcdWatch>(new GrpcEtcdWatch(std::move(ctx), std::move(stream)));
+      // Wait for etcd's first reply (normally "created"), so that with start_revision 0 every
+      // change after this returns is seen; a refusal (a compacted revision) comes from Next().
+      etcdserverpb::WatchResponse first;
+      if (stream->Write(req) && stream->Read(&first)) {
+        auto watch = std::make_unique<GrpcEtcdWatch>(std::move(ctx), std::move(stream));
+        watch->Stash(std::move(first));
+        return std::unique_ptr<EtcdWatch>(std::move(watch));
       }
       ctx->TryCancel();
       etcdserverpb::WatchResponse resp;

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -257,6 +258,30 @@ TEST_F(EtcdClientTest, WatchCancelUnblocksNext) {
   auto r = (*watch)->Next();
   canceller.join();
   EXPECT_TRUE(absl::IsCancelled(r.status())) << r.status();
+}
+
+// A watch from "now" (revision 0) sees a change made right after WatchPrefix returns: the call
+// waits for etcd to create the watch. It used to return after sending the request, and a Put that
+// reached etcd first was never delivered (Next() waited forever: seen once in a full test run on
+// a loaded machine). The race needs etcd to be slow to create the watch, so this catches a
+// regression only sometimes; the watchdog turns a miss into a failure instead of a hang.
+TEST_F(EtcdClientTest, AWatchFromNowSeesTheNextChange) {
+  for (int i = 0; i < 30; ++i) {
+    auto watch = client_->WatchPrefix("/now/", 0);
+    ASSERT_TRUE(watch.ok()) << watch.status();
+    ASSERT_TRUE(client_->Put(absl::StrCat("/now/", i), "v").ok());
+    std::atomic<bool> done{false};
+    std::thread watchdog([&] {  // a missed event must fail the test, not hang it
+      for (int t = 0; t < 100 && !done.load(); ++t) absl::SleepFor(absl::Milliseconds(100));
+      if (!done.load()) (*watch)->Cancel();
+    });
+    auto events = (*watch)->Next();
+    done.store(true);
+    watchdog.join();
+    ASSERT_TRUE(events.ok()) << "iteration " << i << ": " << events.status();
+    ASSERT_EQ(events->size(), 1u);
+    EXPECT_EQ((*events)[0].kv.key, absl::StrCat("/now/", i));
+  }
 }
 
 TEST_F(EtcdClientTest, WatchEndsWhenEtcdDiesAndClientRecoversAfterRestart) {
