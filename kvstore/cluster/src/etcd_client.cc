@@ -95,16 +95,10 @@ class GrpcEtcdWatch final : public EtcdWatch {
     }
   }
 
-  // A response read before the watch was handed out (its creation reply), served first by Next.
-  void Stash(etcdserverpb::WatchResponse resp) {
-    stash_ = std::move(resp);
-    stashed_ = true;
-  }
-
   absl::StatusOr<std::vector<EtcdEvent>> Next() override {
     if (finished_) return absl::FailedPreconditionError("etcd watch already finished");
     etcdserverpb::WatchResponse resp;
-    while (TakeStash(&resp) || stream_->Read(&resp)) {
+    while (stream_->Read(&resp)) {
       if (resp.canceled()) {
         if (resp.compact_revision() > 0) {
           return Finish(absl::OutOfRangeError(
@@ -152,17 +146,8 @@ class GrpcEtcdWatch final : public EtcdWatch {
   std::unique_ptr<grpc::ClientContext> ctx_;
   std::unique_ptr<grpc::ClientReaderWriter<etcdserverpb::WatchRequest, etcdserverpb::WatchResponse>>
       stream_;
-  bool TakeStash(etcdserverpb::WatchResponse* resp) {
-    if (!stashed_) return false;
-    stashed_ = false;
-    *resp = std::move(stash_);
-    return true;
-  }
-
   std::atomic<bool> cancelled_{false};
   bool finished_ = false;  // touched only by the thread calling Next() (and the destructor)
-  bool stashed_ = false;
-  etcdserverpb::WatchResponse stash_;
 };
 
 class GrpcEtcdClient final : public EtcdClient {
@@ -286,6 +271,15 @@ class GrpcEtcdClient final : public EtcdClient {
                                                          int64_t start_revision) override {
     if (prefix.empty()) return absl::InvalidArgumentError("etcd watch: empty prefix");
     if (start_revision < 0) return absl::InvalidArgumentError("etcd watch: negative revision");
+    if (start_revision == 0) {
+      // "From now" is pinned to a revision before the watch exists: etcd creates a watch after
+      // the request arrives, so a change made meanwhile (right after this returns) would be
+      // missed. The revision comes from a count-only range, bounded by the per-call deadline
+      // (a hung etcd fails it; waiting for the watch's own creation reply would not be bounded).
+      auto now = CurrentRevision(prefix);
+      if (!now.ok()) return now.status();
+      start_revision = *now + 1;
+    }
     absl::Status last = absl::UnavailableError("etcd watch: no endpoint");
     for (size_t attempt = 0; attempt < endpoints_.size(); ++attempt) {
       size_t idx = current_.load() % endpoints_.size();
@@ -299,13 +293,8 @@ class GrpcEtcdClient final : public EtcdClient {
       create->set_start_revision(start_revision);
       // Only the create request is sent here; its confirmation is read by Next(). Waiting for it
       // here could block without end on a hung etcd, out of reach of EtcdWatch::Cancel().
-      // Wait for etcd's first reply (normally "created"), so that with start_revision 0 every
-      // change after this returns is seen; a refusal (a compacted revision) comes from Next().
-      etcdserverpb::WatchResponse first;
-      if (stream->Write(req) && stream->Read(&first)) {
-        auto watch = std::make_unique<GrpcEtcdWatch>(std::move(ctx), std::move(stream));
-        watch->Stash(std::move(first));
-        return std::unique_ptr<EtcdWatch>(std::move(watch));
+      if (stream->Write(req)) {
+        return std::unique_ptr<EtcdWatch>(new GrpcEtcdWatch(std::move(ctx), std::move(stream)));
       }
       ctx->TryCancel();
       etcdserverpb::WatchResponse resp;
@@ -336,6 +325,20 @@ class GrpcEtcdClient final : public EtcdClient {
     out.kvs.reserve(resp.kvs_size());
     for (const mvccpb::KeyValue& kv : resp.kvs()) out.kvs.push_back(FromProto(kv));
     return out;
+  }
+
+  // The store's revision now (a count-only range over `prefix`: no values travel).
+  absl::StatusOr<int64_t> CurrentRevision(std::string_view prefix) {
+    etcdserverpb::RangeRequest req;
+    req.set_key(std::string(prefix));
+    req.set_range_end(PrefixRangeEnd(prefix));
+    req.set_count_only(true);
+    etcdserverpb::RangeResponse resp;
+    absl::Status st = Call("range", [&](Endpoint& ep, grpc::ClientContext* ctx) {
+      return ep.kv->Range(ctx, req, &resp);
+    });
+    if (!st.ok()) return st;
+    return resp.header().revision();
   }
 
   absl::StatusOr<int64_t> DeleteRange(std::string_view key, std::string_view range_end) {

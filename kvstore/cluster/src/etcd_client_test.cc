@@ -260,11 +260,12 @@ TEST_F(EtcdClientTest, WatchCancelUnblocksNext) {
   EXPECT_TRUE(absl::IsCancelled(r.status())) << r.status();
 }
 
-// A watch from "now" (revision 0) sees a change made right after WatchPrefix returns: the call
-// waits for etcd to create the watch. It used to return after sending the request, and a Put that
-// reached etcd first was never delivered (Next() waited forever: seen once in a full test run on
-// a loaded machine). The race needs etcd to be slow to create the watch, so this catches a
-// regression only sometimes; the watchdog turns a miss into a failure instead of a hang.
+// A watch from "now" (revision 0) sees a change made right after WatchPrefix returns: "now" is
+// pinned to the store's revision before the watch is requested. It used to mean "when etcd
+// creates the watch", so a Put that reached etcd first was never delivered (Next() waited
+// forever: seen once in a full test run on a loaded machine). The race needs etcd to be slow to
+// create the watch, so this catches a regression only sometimes; the watchdog turns a miss into a
+// failure instead of a hang.
 TEST_F(EtcdClientTest, AWatchFromNowSeesTheNextChange) {
   for (int i = 0; i < 30; ++i) {
     auto watch = client_->WatchPrefix("/now/", 0);

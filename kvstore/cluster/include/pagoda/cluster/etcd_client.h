@@ -107,10 +107,11 @@ class EtcdClient {
   // Revokes the lease, deleting every key attached to it. NotFound if it does not exist.
   virtual absl::Status RevokeLease(int64_t lease_id) = 0;
 
-  // Watches every key under `prefix` (non-empty) from `start_revision` (0 = from now: returns once
-  // etcd has answered the create request, so every change after this returns is delivered).
-  // Fails with Unavailable when the request cannot be sent or the stream ends before etcd
-  // answers; a watch etcd refuses (e.g. a compacted start revision) reports that from Next().
+  // Watches every key under `prefix` (non-empty) from `start_revision` (0 = from now: the store's
+  // current revision is read first — one count-only range, under the per-call deadline — so every
+  // change after this returns is delivered). Fails with Unavailable when that read or the request
+  // cannot be done; a watch etcd refuses (e.g. a compacted start revision) reports that from
+  // Next().
   virtual absl::StatusOr<std::unique_ptr<EtcdWatch>> WatchPrefix(std::string_view prefix,
                                                                  int64_t start_revision) = 0;
 };
