@@ -140,6 +140,53 @@ std::vector<int32_t> Prompt(int n, int32_t seed) {
   return t;
 }
 
+using RefSelectors = std::vector<std::unique_ptr<retriever::Selector>>;
+
+// Keys [kv, n, dim] of tokens [from, from + n) of `toks` in layer l, as a selector takes them.
+std::vector<uint16_t> KeyRows(int l, const std::vector<int32_t>& toks, int64_t from, int64_t n) {
+  std::vector<uint16_t> out;
+  for (int h = 0; h < kKv; ++h) {
+    for (int64_t t = from; t < from + n; ++t) {
+      for (int d = 0; d < kDim; ++d) out.push_back(KV(0, l, t, toks[t], h, d));
+    }
+  }
+  return out;
+}
+
+// The retriever's own selectors for `policy` (one per layer, the worker's options), fed all of
+// `toks` as their prompt: the reference the worker's selections are checked against.
+RefSelectors ReferenceSelectors(retriever::Policy policy, const DecodeWorkerOptions& o,
+                                const std::vector<int32_t>& toks) {
+  retriever::SelectorOptions so = o.selector;
+  so.kv_heads = kKv;
+  so.q_heads = kQ;
+  so.head_dim = kDim;
+  so.page_tokens = kPage;
+  so.dtype = kernels::DType::kFloat16;
+  RefSelectors sels;
+  for (int l = 0; l < kLayers; ++l) {
+    auto sel = retriever::MakeSelector(policy, so);
+    EXPECT_TRUE(sel.ok()) << sel.status();
+    const int64_t n = static_cast<int64_t>(toks.size());
+    EXPECT_TRUE((*sel)->Prefill(KeyRows(l, toks, 0, n), n).ok());
+    sels.push_back(std::move(*sel));
+  }
+  return sels;
+}
+
+// The newest token of `toks` joins reference selector `sel` of layer l, which selects for its
+// query.
+absl::StatusOr<retriever::Selection> ReferenceStep(retriever::Selector& sel, int l,
+                                                   const std::vector<int32_t>& toks) {
+  const int64_t pos = static_cast<int64_t>(toks.size()) - 1;
+  if (absl::Status s = sel.Append(KeyRows(l, toks, pos, 1), 1); !s.ok()) return s;
+  std::vector<uint16_t> q;
+  for (int h = 0; h < kQ; ++h) {
+    for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, toks[pos], h, d));
+  }
+  return sel.Select(q);
+}
+
 // Drives a worker and keeps every sequence's token ids (the shadow model's input).
 class Driver {
  public:
@@ -331,45 +378,13 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
   for (size_t i = 0; i < prompts.size(); ++i) {
     ids.push_back(drv.Open(prompts[i], nullptr, i == 0 ? 7 : 13, /*strided=*/i == 1));
   }
-  retriever::SelectorOptions so = o.selector;
-  so.kv_heads = kKv;
-  so.q_heads = kQ;
-  so.head_dim = kDim;
-  so.page_tokens = kPage;
-  so.dtype = kernels::DType::kFloat16;
-  // Keys [kv, n, dim] of tokens [from, from + n) of `toks` in layer l.
-  auto keys = [](int l, const std::vector<int32_t>& toks, int64_t from, int64_t n) {
-    std::vector<uint16_t> out;
-    for (int h = 0; h < kKv; ++h) {
-      for (int64_t t = from; t < from + n; ++t) {
-        for (int d = 0; d < kDim; ++d) out.push_back(KV(0, l, t, toks[t], h, d));
-      }
-    }
-    return out;
-  };
-  std::vector<std::vector<std::unique_ptr<retriever::Selector>>> ref(2);
-  for (int b = 0; b < 2; ++b) {
-    for (int l = 0; l < kLayers; ++l) {
-      auto sel = retriever::MakeSelector(retriever::Policy::kQuest, so);
-      ASSERT_TRUE(sel.ok()) << sel.status();
-      const int64_t n = static_cast<int64_t>(prompts[b].size());
-      ASSERT_TRUE((*sel)->Prefill(keys(l, prompts[b], 0, n), n).ok());
-      ref[b].push_back(std::move(*sel));
-    }
-  }
+  std::vector<RefSelectors> ref;
+  for (const auto& p : prompts) ref.push_back(ReferenceSelectors(retriever::Policy::kQuest, o, p));
   // The newest token of `id` joins the reference selectors `sels` (one per layer); the worker's
   // rows of every layer must be what they select for that token's query.
-  auto expect_selects = [&](SequenceId id, std::vector<std::unique_ptr<retriever::Selector>>& sels,
-                            const std::string& where) {
-    const std::vector<int32_t>& t = drv.tokens(id);
-    const int64_t pos = static_cast<int64_t>(t.size()) - 1;
+  auto expect_selects = [&](SequenceId id, RefSelectors& sels, const std::string& where) {
     for (int l = 0; l < kLayers; ++l) {
-      ASSERT_TRUE(sels[l]->Append(keys(l, t, pos, 1), 1).ok());
-      std::vector<uint16_t> q;
-      for (int h = 0; h < kQ; ++h) {
-        for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, t[pos], h, d));
-      }
-      auto want = sels[l]->Select(q);
+      auto want = ReferenceStep(*sels[l], l, drv.tokens(id));
       ASSERT_TRUE(want.ok()) << want.status();
       auto rows = (*w)->LastRows(id, l);
       ASSERT_TRUE(rows.ok());
@@ -395,17 +410,7 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
   auto child = (*w)->Fork(ids[0]);
   ASSERT_TRUE(child.ok()) << child.status();
   drv.Forked(ids[0], *child);
-  {
-    const std::vector<int32_t> t = drv.tokens(*child);
-    ref.emplace_back();
-    for (int l = 0; l < kLayers; ++l) {
-      auto sel = retriever::MakeSelector(retriever::Policy::kQuest, so);
-      ASSERT_TRUE(sel.ok());
-      const int64_t n = static_cast<int64_t>(t.size());
-      ASSERT_TRUE((*sel)->Prefill(keys(l, t, 0, n), n).ok());
-      ref.back().push_back(std::move(*sel));
-    }
-  }
+  ref.push_back(ReferenceSelectors(retriever::Policy::kQuest, o, drv.tokens(*child)));
   for (int step = 0; step < 6; ++step) {
     auto stats = drv.Step({ids[0], *child}, {900 + step, 700 + 3 * step});
     ASSERT_TRUE(stats.ok()) << stats.status();
@@ -440,45 +445,13 @@ TEST(DecodeWorker, LouiskvAttendsWhatTheRetrieverSelects) {
   const int64_t reused_before = (*w)->Stats().pages_reused;
   EXPECT_GE(reused_before, kLayers * 13);  // the second prompt's layout pages were stored
 
-  retriever::SelectorOptions so = o.selector;
-  so.kv_heads = kKv;
-  so.q_heads = kQ;
-  so.head_dim = kDim;
-  so.page_tokens = kPage;
-  so.dtype = kernels::DType::kFloat16;
-  auto keys = [](int l, const std::vector<int32_t>& toks, int64_t from, int64_t n) {
-    std::vector<uint16_t> out;
-    for (int h = 0; h < kKv; ++h) {
-      for (int64_t t = from; t < from + n; ++t) {
-        for (int d = 0; d < kDim; ++d) out.push_back(KV(0, l, t, toks[t], h, d));
-      }
-    }
-    return out;
-  };
-  auto reference = [&](const std::vector<int32_t>& t) {
-    std::vector<std::unique_ptr<retriever::Selector>> sels;
+  std::vector<RefSelectors> ref;
+  for (const auto& p : prompts) {
+    ref.push_back(ReferenceSelectors(retriever::Policy::kBoundary, o, p));
+  }
+  auto expect_selects = [&](SequenceId id, RefSelectors& sels, const std::string& where) {
     for (int l = 0; l < kLayers; ++l) {
-      auto sel = retriever::MakeSelector(retriever::Policy::kBoundary, so);
-      EXPECT_TRUE(sel.ok()) << sel.status();
-      const int64_t n = static_cast<int64_t>(t.size());
-      EXPECT_TRUE((*sel)->Prefill(keys(l, t, 0, n), n).ok());
-      sels.push_back(std::move(*sel));
-    }
-    return sels;
-  };
-  std::vector<std::vector<std::unique_ptr<retriever::Selector>>> ref;
-  for (const auto& p : prompts) ref.push_back(reference(p));
-  auto expect_selects = [&](SequenceId id, std::vector<std::unique_ptr<retriever::Selector>>& sels,
-                            const std::string& where) {
-    const std::vector<int32_t>& t = drv.tokens(id);
-    const int64_t pos = static_cast<int64_t>(t.size()) - 1;
-    for (int l = 0; l < kLayers; ++l) {
-      ASSERT_TRUE(sels[l]->Append(keys(l, t, pos, 1), 1).ok());
-      std::vector<uint16_t> q;
-      for (int h = 0; h < kQ; ++h) {
-        for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, t[pos], h, d));
-      }
-      auto want = sels[l]->Select(q);
+      auto want = ReferenceStep(*sels[l], l, drv.tokens(id));
       ASSERT_TRUE(want.ok()) << want.status();
       auto got = (*w)->AttendedPositions(id, l);
       ASSERT_TRUE(got.ok());
@@ -513,7 +486,7 @@ TEST(DecodeWorker, LouiskvAttendsWhatTheRetrieverSelects) {
   auto child = (*w)->Fork(ids[2]);
   ASSERT_TRUE(child.ok()) << child.status();
   drv.Forked(ids[2], *child);
-  ref.push_back(reference(drv.tokens(*child)));
+  ref.push_back(ReferenceSelectors(retriever::Policy::kBoundary, o, drv.tokens(*child)));
   for (int step = 0; step < 6; ++step) {
     auto stats = drv.Step({ids[2], *child}, {900 + step, 700 + 3 * step});
     ASSERT_TRUE(stats.ok()) << stats.status();
