@@ -41,7 +41,9 @@ class BoundarySelector final : public SelectorBase {
   // With clusters == nullptr, Prefill clusters the prompt itself.
   BoundarySelector(const SelectorOptions& options, std::shared_ptr<const PromptClusters> clusters,
                    KMeansRunner run = {})
-      : SelectorBase(options, 1), clusters_(std::move(clusters)), run_(std::move(run)) {}
+      : SelectorBase(options, /*sub_pages=*/0),  // ranks by centroids and segment means
+        clusters_(std::move(clusters)),
+        run_(std::move(run)) {}
   // The prompt's clusters (null before Prefill when none were supplied).
   std::shared_ptr<const PromptClusters> clusters() const { return clusters_; }
 

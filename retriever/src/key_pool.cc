@@ -73,6 +73,10 @@ absl::Status KeyPool::Append(absl::Span<const uint16_t> keys, int64_t n) {
         std::min<int64_t>(page_tokens_, last - static_cast<int64_t>(p) * page_tokens_)));
   }
   tokens_ = last;
+  if (sub_pages_ == 0) {  // keys only
+    for (size_t i = 0; i < touched.size(); ++i) count_[touched[i]] = new_count[i];
+    return absl::OkStatus();
+  }
   kernels::SummaryUpdateParams params;
   params.kv = kv();
   params.summaries = summaries();

@@ -17,7 +17,8 @@ namespace pagoda::retriever::internal {
 
 class KeyPool {
  public:
-  // sub_pages divides page_tokens (summaries per logical sub-page; 1 = one per page).
+  // sub_pages divides page_tokens (summaries per logical sub-page; 1 = one per page; 0 = keys
+  // only, no summaries: summaries() is then empty and must not be read).
   KeyPool(kernels::DType dtype, int kv_heads, int head_dim, int page_tokens, int sub_pages);
 
   // Appends keys [kv_heads, n, head_dim] (already validated) and updates the summaries of the

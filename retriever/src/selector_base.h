@@ -37,6 +37,7 @@ class SelectorBase : public Selector {
   int64_t HostBytes() const final { return pool_.bytes() + ExtraBytes(); }
   absl::StatusOr<kernels::PageSummaries> Summaries() const final {
     if (!prefilled_) return absl::FailedPreconditionError("selector: Summaries before Prefill");
+    if (pool_.sub_pages() == 0) return absl::UnimplementedError("this selector keeps no summaries");
     return pool_.summaries();
   }
   const SelectorOptions& options() const final { return options_; }
