@@ -61,8 +61,9 @@ struct Args {
   int host_pages = 4096;
   int32_t pool_slots = 0;  // 0: enough for every page of every sequence and layer
   int64_t steps = 0;       // 0: every traced query
-  int recall_stride =
-      1;  // a stride that divides a reuse period (lserve: 4) would only see fresh selections
+  // Recall every n-th step; a stride that divides a reuse period (lserve: 4) would only see fresh
+  // selections.
+  int recall_stride = 1;
   int64_t calib_steps = 256;
   int64_t report_from = 0;  // steps before this are run but not reported (e.g. a profile's calib)
   double louis_rate = 0.2;

@@ -29,6 +29,9 @@ using worker_internal::Sequence;
 namespace {
 
 using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 int SelectThreads(int asked) {
   if (asked > 0) return asked;
@@ -40,9 +43,6 @@ int SelectThreads(int asked) {
 // what this code would write under its key).
 constexpr uint64_t kLayoutPageKeySeed = 0x6c6f7569736b7631ULL;  // "louiskv1"
 constexpr int32_t kLayoutFormat = 1;
-double Since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
 
 // Rows [first, first + count) of a [n, ...] view.
 TensorView Rows(const TensorView& t, int64_t first, int64_t count) {
@@ -128,6 +128,9 @@ class DecodeWorker::Impl {
   void ObserveQueries(int layer, const TensorView& q, std::vector<absl::Status>& status);
   // Records a store page's heads: checksums and (prompt) keys, and values for louiskv.
   void TakePage(LayerState& ls, const uint8_t* page, bool keep_keys);
+  // Appends `tokens` rows of KV head h's keys (and, for louiskv's layout pages, values) to the
+  // prompt rows ls keeps until its selector starts.
+  void KeepPromptRows(LayerState& ls, int h, const uint8_t* k, const uint8_t* v, int64_t tokens);
   // The head checksums of a store page: sums[h] for KV head h.
   void HeadSums(const uint8_t* page, uint64_t* sums) const;
   // A store page (a committer buffer) from kv_heads pool slots' bytes (K then V per head).
@@ -271,16 +274,21 @@ std::vector<uint8_t> DecodeWorker::Impl::PageFromSlots(const uint8_t* slots) {
   return page;
 }
 
+void DecodeWorker::Impl::KeepPromptRows(LayerState& ls, int h, const uint8_t* k, const uint8_t* v,
+                                        int64_t tokens) {
+  const uint16_t* kk = reinterpret_cast<const uint16_t*>(k);
+  ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), kk, kk + tokens * d_);
+  if (!layout_pages_) return;
+  const uint16_t* vv = reinterpret_cast<const uint16_t*>(v);
+  ls.prompt_values[h].insert(ls.prompt_values[h].end(), vv, vv + tokens * d_);
+}
+
 void DecodeWorker::Impl::TakePage(LayerState& ls, const uint8_t* page, bool keep_keys) {
   const size_t at = ls.sums.size();
   ls.sums.resize(at + kv_);
   HeadSums(page, &ls.sums[at]);
   for (int h = 0; h < kv_ && keep_keys; ++h) {
-    const uint16_t* kk = reinterpret_cast<const uint16_t*>(page + h * half_);
-    ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
-    if (!layout_pages_) continue;
-    const uint16_t* vv = reinterpret_cast<const uint16_t*>(page + (kv_ + h) * half_);
-    ls.prompt_values[h].insert(ls.prompt_values[h].end(), vv, vv + int64_t{P_} * d_);
+    KeepPromptRows(ls, h, page + h * half_, page + (kv_ + h) * half_, P_);
   }
 }
 
@@ -425,12 +433,9 @@ absl::Status DecodeWorker::Impl::StartSelector(SequenceId id, LayerState& ls, in
       for (int h = 0; h < kv_; ++h) heads.push_back({h, ls.tail[h]});
       std::vector<uint8_t> bytes(kv_ * 2 * half_);
       if (absl::Status s = backend_->ReadHeads(heads, absl::MakeSpan(bytes)); !s.ok()) return s;
-      for (int h = 0; h < kv_; ++h) {
-        const uint16_t* k = reinterpret_cast<const uint16_t*>(bytes.data() + h * 2 * half_);
-        ls.prompt_keys[h].insert(ls.prompt_keys[h].end(), k, k + tail_tokens * d_);
-        if (!layout_pages_) continue;
-        const uint16_t* v = k + half_ / 2;
-        ls.prompt_values[h].insert(ls.prompt_values[h].end(), v, v + tail_tokens * d_);
+      for (int h = 0; h < kv_; ++h) {  // slot bytes: K then V per head
+        const uint8_t* slot = bytes.data() + h * 2 * half_;
+        KeepPromptRows(ls, h, slot, slot + half_, tail_tokens);
       }
     }
     std::vector<uint16_t> keys;
@@ -487,23 +492,20 @@ absl::Status DecodeWorker::Impl::WriteLayoutPages(SequenceId id, LayerState& ls,
   // with two contents.
   const PageKey parent = ls.keys[ls.layout_end - 1];
   std::vector<int32_t> meta;
+  const size_t row = static_cast<size_t>(d_) * 2;
   for (int32_t p = ls.layout_first; p < ls.layout_end; ++p) {
     meta.assign(1, kLayoutFormat);
+    std::vector<uint8_t> page = committer_.TakeBuffer();  // every byte written below
     for (int h = 0; h < kv_; ++h) {
       const int32_t* pos = &c.members[h][static_cast<size_t>(p) * P_ - c.sink_tokens];
       meta.insert(meta.end(), pos, pos + P_);
-    }
-    const PageKey key = ChainPageKey(parent, meta, Extra(layer), kLayoutPageKeySeed);
-    std::vector<uint8_t> page = committer_.TakeBuffer();  // every byte written below
-    const size_t row = static_cast<size_t>(d_) * 2;
-    for (int h = 0; h < kv_; ++h) {
-      const int32_t* pos = &c.members[h][static_cast<size_t>(p) * P_ - c.sink_tokens];
       for (int t = 0; t < P_; ++t) {
         const size_t at = static_cast<size_t>(pos[t]) * d_;
         std::memcpy(page.data() + h * half_ + t * row, &ls.prompt_keys[h][at], row);
         std::memcpy(page.data() + (kv_ + h) * half_ + t * row, &ls.prompt_values[h][at], row);
       }
     }
+    const PageKey key = ChainPageKey(parent, meta, Extra(layer), kLayoutPageKeySeed);
     const size_t at = ls.layout_sums.size();
     ls.layout_sums.resize(at + kv_);
     HeadSums(page.data(), &ls.layout_sums[at]);
@@ -762,11 +764,7 @@ absl::StatusOr<SequenceId> DecodeWorker::Impl::Fork(SequenceId parent_id) {
         auto info = store_->Get(o_.tenant, key, absl::MakeSpan(page));
         if (!info.ok()) return undo(info.status());
         for (int h = 0; h < kv_; ++h) {
-          const uint16_t* kk = reinterpret_cast<const uint16_t*>(page.data() + h * half_);
-          to.prompt_keys[h].insert(to.prompt_keys[h].end(), kk, kk + int64_t{P_} * d_);
-          if (!layout_pages_) continue;
-          const uint16_t* vv = reinterpret_cast<const uint16_t*>(page.data() + (kv_ + h) * half_);
-          to.prompt_values[h].insert(to.prompt_values[h].end(), vv, vv + int64_t{P_} * d_);
+          KeepPromptRows(to, h, page.data() + h * half_, page.data() + (kv_ + h) * half_, P_);
         }
       }
     }

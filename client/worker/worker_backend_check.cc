@@ -9,6 +9,18 @@
 
 namespace pagoda::worker_internal {
 
+namespace {
+// `ids` sorted, and whether one repeats.
+std::vector<int32_t> Sorted(absl::Span<const int32_t> ids) {
+  std::vector<int32_t> v(ids.begin(), ids.end());
+  std::sort(v.begin(), v.end());
+  return v;
+}
+bool Repeats(const std::vector<int32_t>& sorted) {
+  return std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end();
+}
+}  // namespace
+
 PoolGeometry::PoolGeometry(const PageLayout& layout, int q, int32_t s)
     : dtype(layout.dtype),
       kv_heads(static_cast<int>(layout.kv_heads)),
@@ -195,9 +207,7 @@ absl::Status CheckUpdateSummaries(const PoolGeometry& g, int64_t table_slots,
           absl::StrCat("summary update: pool slot ", slot, " out of range"));
     }
   }
-  std::vector<int32_t> sorted(sum_slots.begin(), sum_slots.end());
-  std::sort(sorted.begin(), sorted.end());
-  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+  if (Repeats(Sorted(sum_slots))) {
     return absl::InvalidArgumentError("summary update: a summary slot is listed twice");
   }
   return absl::OkStatus();
@@ -217,9 +227,8 @@ absl::Status CheckCopySummaries(int64_t table_slots, absl::Span<const int32_t> s
       }
     }
   }
-  std::vector<int32_t> d(dst.begin(), dst.end());
-  std::sort(d.begin(), d.end());
-  if (std::adjacent_find(d.begin(), d.end()) != d.end()) {
+  const std::vector<int32_t> d = Sorted(dst);
+  if (Repeats(d)) {
     return absl::InvalidArgumentError("copy summaries: a destination is listed twice");
   }
   for (int32_t s : src) {
@@ -243,12 +252,11 @@ absl::Status CheckSummarizeTokens(const PoolGeometry& g, int64_t table_slots, De
   if (k.strides[2] != 1 || k.strides[1] != g.head_dim || k.strides[0] != g.kv_heads * g.head_dim) {
     return absl::InvalidArgumentError("summarize tokens: k must be contiguous");
   }
-  std::vector<int32_t> sorted(sum_slots.begin(), sum_slots.end());
-  std::sort(sorted.begin(), sorted.end());
+  const std::vector<int32_t> sorted = Sorted(sum_slots);
   if (!sorted.empty() && (sorted.front() < 0 || sorted.back() >= table_slots)) {
     return absl::InvalidArgumentError("summarize tokens: a summary slot is out of range");
   }
-  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+  if (Repeats(sorted)) {
     return absl::InvalidArgumentError("summarize tokens: a summary slot is listed twice");
   }
   return absl::OkStatus();

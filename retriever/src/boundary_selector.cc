@@ -365,7 +365,8 @@ std::vector<int32_t> BoundarySelector::Rescore(int h, absl::Span<const float> q_
   // A page at a time: its keys transposed ([d][Pp] floats, Pp = P rounded up to whole lanes), so
   // each query head's dots for all the page's tokens run side by side (one SIMD lane per token).
   // Every dot still sums over d in order, so the logits are the ones a token-at-a-time loop
-  // computes, bit for bit.
+  // computes, bit for bit. Lanes past a partial page's tokens hold a previous page's keys; their
+  // sums are never read.
   constexpr int kLanes = 8;
   const int Pp = (P + kLanes - 1) / kLanes * kLanes;
   std::vector<float> key_t(static_cast<size_t>(d) * Pp), acc(static_cast<size_t>(group) * Pp);
@@ -376,7 +377,6 @@ std::vector<int32_t> BoundarySelector::Rescore(int h, absl::Span<const float> q_
   for (size_t i = 0; i < scored.size(); ++i) {
     const int32_t first = scored[i] * P;
     const int32_t n = std::min(tokens, first + P) - first;
-    std::fill(key_t.begin(), key_t.end(), 0.f);
     for (int32_t t = 0; t < n; ++t) {
       const uint16_t* k = pool_.key(h, LayoutToPosition(h, first + t));
       float* col = key_t.data() + t;
@@ -386,8 +386,7 @@ std::vector<int32_t> BoundarySelector::Rescore(int h, absl::Span<const float> q_
         for (int j = 0; j < d; ++j) col[static_cast<size_t>(j) * Pp] = kernels::Bf16ToFloat(k[j]);
       }
     }
-    std::fill(acc.begin(), acc.end(), 0.f);
-    for (int g = 0; g < group; ++g) {
+    for (int g = 0; g < group; ++g) {  // every element of acc is written
       const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
       for (int t0 = 0; t0 < Pp; t0 += kLanes) {
         float lane[kLanes] = {};
