@@ -261,7 +261,11 @@ class Driver {
     const auto& t = toks_[id];
     const int64_t n = static_cast<int64_t>(t.size());
     auto attended = w_->AttendedPositions(id, layer);
-    EXPECT_TRUE(attended.ok());
+    if (!attended.ok() || attended->size() != static_cast<size_t>(kKv)) {
+      ADD_FAILURE() << "no rows for sequence " << id << " layer " << layer
+                    << " (did its step fail?)";
+      return 1e9;
+    }
     double err = 0;
     for (int qh = 0; qh < kQ; ++qh) {
       const std::vector<int64_t> pos = dense ? AllPositions(n) : (*attended)[qh / (kQ / kKv)];
@@ -1083,6 +1087,9 @@ TEST(DecodeWorker, TwoWorkersOnThreadsShareOneStore) {
       std::vector<std::vector<uint16_t>> outs;
       auto stats = drv.Step({a, b}, {step, 100 * i + step}, &outs);
       ASSERT_TRUE(stats.ok()) << stats.status();
+      for (const absl::Status& s : stats->sequence_status) {
+        ASSERT_TRUE(s.ok()) << "worker " << i << " step " << step << ": " << s;
+      }
       for (int l = 0; l < kLayers; ++l) {
         err = std::max(err, drv.Error(a, 0, l, outs[l], false));
         err = std::max(err, drv.Error(b, 1, l, outs[l], false));
