@@ -759,6 +759,10 @@ class StaleFirstCopy final : public WorkerBackend {
   absl::Status CopyHeads(absl::Span<const HeadSlot> s, absl::Span<const HeadSlot> d) override {
     return inner_->CopyHeads(s, d);
   }
+  absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& t, const PrefillMask& m,
+                             const TensorView& o) override {
+    return inner_->AttendPrefill(q, t, m, o);
+  }
   absl::Status Attend(const TensorView& q, const kernels::PageTable& t,
                       const TensorView& o) override {
     return inner_->Attend(q, t, o);

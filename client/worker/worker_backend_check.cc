@@ -142,6 +142,44 @@ absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView&
   return absl::OkStatus();
 }
 
+absl::Status CheckAttendPrefill(const PoolGeometry& g, Device device, const TensorView& q,
+                                const kernels::PageTable& table, const PrefillMask& mask,
+                                const TensorView& o) {
+  const int64_t n = q.ndim == 3 ? q.shape[0] : -1;
+  if (n < 1) return absl::InvalidArgumentError("prefill q must be [T >= 1, q_heads, head_dim]");
+  if (table.num_rows != g.kv_heads || table.indptr == nullptr || table.indices == nullptr ||
+      table.last_page_len == nullptr) {
+    return absl::InvalidArgumentError("the prefill table must have one row per KV head");
+  }
+  if (absl::Status s = CheckTensor(o, "o", {n, g.q_heads, g.head_dim}, g.dtype, device); !s.ok()) {
+    return s;
+  }
+  // q, o and the table as one decode row per KV head: the same shape, CSR and slot checks.
+  TensorView one_q = q, one_o = o;
+  one_q.shape[0] = one_o.shape[0] = 1;
+  if (absl::Status s = CheckAttend(g, device, one_q, table, one_o); !s.ok()) return s;
+  int64_t len = -1;
+  for (int32_t r = 0; r < table.num_rows; ++r) {
+    const int32_t pages = table.indptr[r + 1] - table.indptr[r];
+    const int64_t l = pages == 0 ? 0 : int64_t{pages - 1} * g.page_tokens + table.last_page_len[r];
+    if (len >= 0 && l != len) {
+      return absl::InvalidArgumentError("the prefill table's rows hold different token counts");
+    }
+    len = l;
+  }
+  if (len < n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the prefill table holds ", len, " tokens, fewer than the ", n, " queries"));
+  }
+  if (!mask.streaming.empty() && static_cast<int>(mask.streaming.size()) != g.kv_heads) {
+    return absl::InvalidArgumentError("the streaming mask must have one entry per KV head");
+  }
+  if (mask.sink_tokens < 0 || mask.window_tokens < 0) {
+    return absl::InvalidArgumentError("sink_tokens and window_tokens must be >= 0");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CopyHostTensor(const TensorView& t, absl::Span<uint16_t> out) {
   if (t.ndim != 3 || t.device != Device::kCpu) {
     return absl::InvalidArgumentError("a host [a, b, c] tensor is needed");

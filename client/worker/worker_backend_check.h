@@ -40,6 +40,10 @@ absl::Status CheckHeadSlots(const PoolGeometry& g, absl::Span<const HeadSlot> he
 // Shapes of q / o and the table's CSR structure (host arrays), rows = batch * kv_heads.
 absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView& q,
                          const kernels::PageTable& table, const TensorView& o);
+// q / o [T, q_heads, head_dim], a kv_heads-row table of equal token counts >= T, the mask.
+absl::Status CheckAttendPrefill(const PoolGeometry& g, Device device, const TensorView& q,
+                                const kernels::PageTable& table, const PrefillMask& mask,
+                                const TensorView& o);
 
 // Summary table writes and Quest requests against a table of `table_slots` slots.
 absl::Status CheckWriteSummaries(const PoolGeometry& g, int64_t table_slots,

@@ -142,6 +142,44 @@ class CpuWorkerBackend final : public WorkerBackend {
     return absl::OkStatus();
   }
 
+  absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& table,
+                             const PrefillMask& mask, const TensorView& o) override {
+    if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
+    if (absl::Status s = worker_internal::CheckAttendPrefill(geo_, Device::kCpu, q, table, mask, o);
+        !s.ok()) {
+      return s;
+    }
+    const int64_t n = q.shape[0];
+    const size_t elems = static_cast<size_t>(n) * geo_.q_heads * geo_.head_dim;
+    q_.resize(elems);
+    o_.resize(elems);
+    for (int64_t t = 0; t < n; ++t) {
+      for (int h = 0; h < geo_.q_heads; ++h) {
+        std::memcpy(&q_[(t * geo_.q_heads + h) * geo_.head_dim], q.At(t, h, 0), geo_.head_dim * 2);
+      }
+    }
+    const int32_t q_indptr[2] = {0, static_cast<int32_t>(n)};
+    kernels::PrefillParams p;
+    p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_.data()));
+    p.table = table;
+    p.per_kv_head = true;
+    p.batch = 1;
+    p.num_qo_heads = geo_.q_heads;
+    p.q_indptr = q_indptr;
+    p.q = q_.data();
+    p.o = o_.data();
+    p.is_streaming = mask.streaming.empty() ? nullptr : mask.streaming.data();
+    p.sink_tokens = mask.sink_tokens;
+    p.window_tokens = mask.window_tokens;
+    if (absl::Status s = kernels::BlockSparsePrefillReference(p); !s.ok()) return s;
+    for (int64_t t = 0; t < n; ++t) {
+      for (int h = 0; h < geo_.q_heads; ++h) {
+        std::memcpy(o.At(t, h, 0), &o_[(t * geo_.q_heads + h) * geo_.head_dim], geo_.head_dim * 2);
+      }
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
     return worker_internal::CopyHostTensor(t, out);
   }

@@ -311,14 +311,55 @@ class CudaWorkerBackend final : public WorkerBackend {
     p.o = static_cast<uint16_t*>(o.data);
     auto plan = kernels::gpu::PlanDecode(p, /*streaming=*/false, std::max<int64_t>(1, max_row));
     if (!plan.ok()) return plan.status();
-    if (plan->workspace_bytes > workspace_bytes_) {
-      PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "workspace sync");
-      if (workspace_ != nullptr) cudaFree(workspace_);
-      workspace_ = nullptr;
-      PAGODA_CUDA_RETURN(cudaMalloc(&workspace_, plan->workspace_bytes), "workspace cudaMalloc");
-      workspace_bytes_ = plan->workspace_bytes;
-    }
+    if (absl::Status s = ReserveWorkspace(plan->workspace_bytes); !s.ok()) return s;
     return kernels::gpu::SparseDecode(*plan, p, workspace_, stream_);
+  }
+
+  absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& table,
+                             const PrefillMask& mask, const TensorView& o) override {
+    if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
+    if (absl::Status s =
+            worker_internal::CheckAttendPrefill(geo_, Device::kCuda, q, table, mask, o);
+        !s.ok()) {
+      return s;
+    }
+    if (!Contiguous(q) || !Contiguous(o)) {
+      return absl::InvalidArgumentError("the CUDA backend needs contiguous q and o");
+    }
+    // One upload: indptr, indices, last_page_len, q_indptr (int32), then the streaming flags.
+    const int32_t rows = table.num_rows, entries = table.indptr[rows];
+    const size_t words = (rows + 1) + entries + rows + 2;
+    const size_t bytes = words * 4 + rows;
+    if (absl::Status s = prefill_.Reserve(bytes); !s.ok()) return s;
+    int32_t* h = reinterpret_cast<int32_t*>(prefill_.host);
+    std::memcpy(h, table.indptr, (rows + 1) * 4);
+    std::memcpy(h + rows + 1, table.indices, entries * 4);
+    std::memcpy(h + rows + 1 + entries, table.last_page_len, rows * 4);
+    h[words - 2] = 0;
+    h[words - 1] = static_cast<int32_t>(q.shape[0]);
+    uint8_t* flags = prefill_.host + words * 4;
+    for (int32_t r = 0; r < rows; ++r) flags[r] = mask.streaming.empty() ? 0 : mask.streaming[r];
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(prefill_.dev, prefill_.host, bytes, cudaMemcpyHostToDevice, stream_),
+        "prefill table upload");
+    PAGODA_CUDA_RETURN(cudaEventRecord(prefill_.ready, stream_), "event record");
+    const int32_t* d = reinterpret_cast<const int32_t*>(prefill_.dev);
+    kernels::PrefillParams p;
+    p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
+    p.table = {rows, d, d + rows + 1, d + rows + 1 + entries};
+    p.per_kv_head = true;
+    p.batch = 1;
+    p.num_qo_heads = geo_.q_heads;
+    p.q_indptr = d + words - 2;
+    p.q = static_cast<const uint16_t*>(q.data);
+    p.o = static_cast<uint16_t*>(o.data);
+    p.is_streaming = prefill_.dev + words * 4;
+    p.sink_tokens = mask.sink_tokens;
+    p.window_tokens = mask.window_tokens;
+    auto plan = kernels::gpu::PlanPrefill(p, q.shape[0]);
+    if (!plan.ok()) return plan.status();
+    if (absl::Status s = ReserveWorkspace(plan->workspace_bytes); !s.ok()) return s;
+    return kernels::gpu::BlockSparsePrefill(*plan, p, workspace_, stream_);
   }
 
   absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
@@ -740,6 +781,17 @@ class CudaWorkerBackend final : public WorkerBackend {
     c.used = bytes / 2;
     return &c;
   }
+  // workspace_ of at least `bytes` (grown after the stream drained: a kernel may still use it).
+  absl::Status ReserveWorkspace(size_t bytes) {
+    if (bytes <= workspace_bytes_) return absl::OkStatus();
+    PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "workspace sync");
+    if (workspace_ != nullptr) cudaFree(workspace_);
+    workspace_ = nullptr;
+    workspace_bytes_ = 0;
+    PAGODA_CUDA_RETURN(cudaMalloc(&workspace_, bytes), "workspace cudaMalloc");
+    workspace_bytes_ = bytes;
+    return absl::OkStatus();
+  }
   absl::Status CheckHeads(absl::Span<const HeadSlot> heads, size_t bytes) const {
     if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
     return worker_internal::CheckHeadSlots(geo_, heads, bytes);
@@ -751,7 +803,7 @@ class CudaWorkerBackend final : public WorkerBackend {
   uint8_t* pool_ = nullptr;
   const uint8_t* src_ = nullptr;
   int64_t src_bytes_ = 0;
-  Staged fetch_, table_;
+  Staged fetch_, table_, prefill_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots

@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -92,6 +93,8 @@ std::vector<Record> Run(const Shape& sh, std::unique_ptr<WorkerBackend> backend)
   o.policy = retriever::Policy::kQuest;
   o.boundary_trigger = true;
   o.selector.budget_tokens = sh.budget;
+  o.layer_streaming_heads.assign(sh.layers, {});
+  o.layer_streaming_heads[0] = {1};  // prefill attention's Lambda mask on the device too
   // Room for one more sequence: halfway, the first sequence is forked.
   o.pool_slots_per_head =
       static_cast<int32_t>((sh.batch + 1) * (sh.budget / 16 + 8) + sh.layers * 2 * (sh.batch + 1));
@@ -105,6 +108,7 @@ std::vector<Record> Run(const Shape& sh, std::unique_ptr<WorkerBackend> backend)
     return x;
   };
   std::vector<SequenceId> ids;
+  Record prefill;  // the first sequence's prefill attention outputs, returned last
   for (int b = 0; b < sh.batch; ++b) {
     std::vector<int32_t> tokens(sh.prompt + b * 7);
     for (auto& tok : tokens) tok = static_cast<int32_t>(rng() % 5000);
@@ -112,6 +116,21 @@ std::vector<Record> Run(const Shape& sh, std::unique_ptr<WorkerBackend> backend)
     EXPECT_TRUE(opened.ok());
     const int64_t n = static_cast<int64_t>(tokens.size());
     for (int l = 0; l < sh.layers; ++l) {
+      if (b == 0) {  // with prefill attention, in chunks (AttendPrefill on the backend)
+        for (int64_t t = 0; t < n; t += 200) {
+          const int64_t m = std::min<int64_t>(200, n - t);
+          Tensor q(dev, sh.dtype, random(m * sh.q * sh.dim, 2.f), m, sh.q, sh.dim);
+          Tensor k(dev, sh.dtype, random(m * sh.kv * sh.dim, 1.f), m, sh.kv, sh.dim);
+          Tensor v(dev, sh.dtype, random(m * sh.kv * sh.dim, 1.f), m, sh.kv, sh.dim);
+          Tensor out(dev, sh.dtype, std::vector<uint16_t>(m * sh.q * sh.dim, 0), m, sh.q, sh.dim);
+          const absl::Status st =
+              (*w)->PrefillAttend(opened->id, l, q.view(), k.view(), v.view(), out.view());
+          EXPECT_TRUE(st.ok()) << st;
+          const std::vector<uint16_t> o = out.Read();
+          prefill.out.insert(prefill.out.end(), o.begin(), o.end());
+        }
+        continue;
+      }
       Tensor k(dev, sh.dtype, random(n * sh.kv * sh.dim, 1.f), n, sh.kv, sh.dim);
       Tensor v(dev, sh.dtype, random(n * sh.kv * sh.dim, 1.f), n, sh.kv, sh.dim);
       EXPECT_TRUE((*w)->Prefill(opened->id, l, k.view(), v.view()).ok());
@@ -156,6 +175,7 @@ std::vector<Record> Run(const Shape& sh, std::unique_ptr<WorkerBackend> backend)
     for (const absl::Status& st : stats->sequence_status) EXPECT_TRUE(st.ok()) << st;
     records.push_back(std::move(r));
   }
+  records.push_back(std::move(prefill));
   w->reset();
   store->reset();
   std::filesystem::remove_all(dir);
@@ -170,12 +190,13 @@ void ExpectAgree(const Shape& sh) {
   }
   const std::vector<Record> cpu = Run(sh, MakeCpuWorkerBackend());
   const std::vector<Record> gpu = Run(sh, std::move(*cuda));
-  ASSERT_EQ(cpu.size(), static_cast<size_t>(sh.steps));
+  ASSERT_EQ(cpu.size(), static_cast<size_t>(sh.steps) + 1);  // the steps, then the prefill
   ASSERT_EQ(gpu.size(), cpu.size());
   const double rel = sh.dtype == DType::kBf16 ? 2e-2 : 4e-3;
   const double abs_tol = sh.dtype == DType::kBf16 ? 1e-2 : 2e-3;
   for (size_t i = 0; i < cpu.size(); ++i) {
     ASSERT_EQ(gpu[i].rows, cpu[i].rows) << "step " << i;  // selection is the same host code
+    ASSERT_EQ(gpu[i].out.size(), cpu[i].out.size()) << "step " << i;
     for (size_t j = 0; j < cpu[i].out.size(); ++j) {
       const double a = Float(sh.dtype, gpu[i].out[j]), b = Float(sh.dtype, cpu[i].out[j]);
       ASSERT_NEAR(a, b, abs_tol + rel * std::abs(b)) << "step " << i << " element " << j;

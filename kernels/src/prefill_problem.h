@@ -131,6 +131,62 @@ inline bool PrefillKeeps(const PrefillProblem& pr, int32_t b, int32_t h, int64_t
                    page) != pr.sel_pages.begin() + pr.sel_indptr[r + 1];
 }
 
+// The problem's K/V moved into a head-granular pool (the decode worker's layout: head h of every
+// page in its own slot of head h's sub-pool, `spare` extra slots per head) with a per-KV-head
+// table: each (sequence, head) row lists its own slots, in a different shuffled order per head,
+// so a kernel reading head h through another head's row reads other bytes. params() of the
+// result is the same attention as the problem's.
+struct HeadGranular {
+  std::vector<uint16_t> pool;  // [heads][slots][K page_size x dim | V page_size x dim]
+  int32_t slots = 0;
+  std::vector<int32_t> indptr, indices, last;
+
+  PrefillParams params(PrefillProblem& pr) const {
+    PrefillParams p = pr.params();
+    const int64_t half = int64_t{pr.c.page_size} * pr.c.head_dim;
+    p.kv.num_pages = slots;
+    p.kv.k = pool.data();
+    p.kv.v = pool.data() + half;
+    p.kv.stride_token = pr.c.head_dim;
+    p.kv.stride_page = 2 * half;
+    p.kv.stride_head = int64_t{slots} * 2 * half;
+    p.table = {pr.c.batch * pr.c.kv_heads, indptr.data(), indices.data(), last.data()};
+    p.per_kv_head = true;
+    return p;
+  }
+};
+
+inline HeadGranular MakeHeadGranular(std::mt19937& rng, const PrefillProblem& pr,
+                                     int32_t spare = 3) {
+  const PrefillCase& c = pr.c;
+  HeadGranular g;
+  g.slots = pr.pool.pages + spare;
+  const int64_t half = int64_t{c.page_size} * c.head_dim;
+  g.pool.assign(static_cast<size_t>(c.kv_heads) * g.slots * 2 * half, 0x7e00);  // NaN poison
+  std::vector<std::vector<int32_t>> perm(c.kv_heads, std::vector<int32_t>(g.slots));
+  for (auto& p : perm) {
+    for (int32_t i = 0; i < g.slots; ++i) p[i] = i;
+    std::shuffle(p.begin(), p.end(), rng);
+  }
+  const PagedKV src = pr.pool.kv();
+  g.indptr.push_back(0);
+  for (int32_t b = 0; b < c.batch; ++b) {
+    for (int32_t h = 0; h < c.kv_heads; ++h) {
+      for (int32_t i = pr.indptr[b]; i < pr.indptr[b + 1]; ++i) {
+        const int32_t page = pr.indices[i], slot = perm[h][page];
+        uint16_t* dst = g.pool.data() + (int64_t{h} * g.slots + slot) * 2 * half;
+        std::copy_n(src.k + page * src.stride_page + h * src.stride_head, half, dst);
+        std::copy_n(src.v + page * src.stride_page + h * src.stride_head, half, dst + half);
+        g.indices.push_back(slot);
+      }
+      g.indptr.push_back(static_cast<int32_t>(g.indices.size()));
+      g.last.push_back(pr.last[b]);
+    }
+  }
+  g.indices.push_back(0);  // keeps data() non-null
+  return g;
+}
+
 // Float64 attention over exactly the kept keys: o then lse, per (query row, query head).
 inline BruteResult BrutePrefill(const PrefillProblem& pr) {
   const PrefillCase& c = pr.c;

@@ -58,14 +58,15 @@ absl::Status BlockSparsePrefillReference(const PrefillParams& p) {
   std::vector<float> k, v, q(dim), acc(dim), logits;
   std::vector<Span> spans;
   for (int32_t b = 0; b < p.batch; ++b) {
-    const int64_t len = RowTokens(p.table, b, kv.page_size);
+    const int32_t heads = p.per_kv_head ? kv.num_kv_heads : 1;
+    const int64_t len = RowTokens(p.table, b * heads, kv.page_size);
     const int64_t n = p.q_indptr[b + 1] - p.q_indptr[b];
     if (n == 0) continue;
     const int64_t context = len - n;
-    const int32_t* pages = p.table.indices + p.table.indptr[b];
     logits.resize(len);
     for (int32_t h = 0; h < kv.num_kv_heads; ++h) {
       // The row's K and V in float, once per (sequence, KV head).
+      const int32_t* pages = p.table.indices + p.table.indptr[p.per_kv_head ? b * heads + h : b];
       k.resize(len * dim);
       v.resize(len * dim);
       for (int64_t j = 0; j < len; ++j) {

@@ -10,7 +10,9 @@ namespace pagoda::kernels {
 namespace {
 
 using testing::BrutePrefill;
+using testing::HeadGranular;
 using testing::kPoison;
+using testing::MakeHeadGranular;
 using testing::MakePrefillProblem;
 using testing::PrefillCase;
 using testing::PrefillProblem;
@@ -283,6 +285,42 @@ TEST(PrefillRefTest, UnkeptKeysNeverReachTheOutput) {
   std::fill(pr.o.begin(), pr.o.end(), kPoison);
   ASSERT_TRUE(BlockSparsePrefillReference(pr.params()).ok());
   EXPECT_EQ(pr.o, before);
+}
+
+// A head-granular pool read through per-KV-head rows (the decode worker's pool) gives the same
+// attention as the packed pool, bit for bit: streaming and dense heads, with and without
+// selected context pages.
+TEST(PrefillRefTest, PerKvHeadRowsEqualThePackedTable) {
+  for (bool select : {false, true}) {
+    std::mt19937 rng(select ? 41 : 40);
+    PrefillCase c;
+    c.kv_heads = 3;
+    c.select = select;
+    PrefillProblem pr = MakePrefillProblem(rng, c);
+    ASSERT_TRUE(BlockSparsePrefillReference(pr.params()).ok());
+    const auto o = pr.o;
+    const auto lse = pr.lse;
+    std::fill(pr.o.begin(), pr.o.end(), kPoison);
+    const HeadGranular g = MakeHeadGranular(rng, pr);
+    ASSERT_TRUE(BlockSparsePrefillReference(g.params(pr)).ok());
+    EXPECT_EQ(pr.o, o) << "select " << select;
+    EXPECT_EQ(pr.lse, lse) << "select " << select;
+  }
+}
+
+TEST(PrefillRefBadInput, PerKvHeadRowsOfOneSequenceMustHoldEqualTokens) {
+  std::mt19937 rng(43);
+  PrefillCase c;
+  c.min_chunk = 5;
+  PrefillProblem pr = MakePrefillProblem(rng, c);
+  HeadGranular g = MakeHeadGranular(rng, pr);
+  const auto o0 = pr.o;
+  PrefillParams p = g.params(pr);
+  p.table.num_rows = c.batch;  // one row per sequence: not per KV head
+  EXPECT_EQ(BlockSparsePrefillReference(p).code(), absl::StatusCode::kInvalidArgument);
+  g.last[1] = g.last[1] == 1 ? 2 : g.last[1] - 1;  // sequence 0's head 1 one token shorter
+  EXPECT_EQ(BlockSparsePrefillReference(g.params(pr)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pr.o, o0);
 }
 
 // Every bad input returns an error and leaves the outputs as they were.

@@ -154,7 +154,9 @@ absl::Status ValidatePrefillShape(const PrefillParams& p) {
   if (p.table.indptr == nullptr || p.table.indices == nullptr || p.table.last_page_len == nullptr) {
     return Bad("prefill", "null page table array");
   }
-  if (p.table.num_rows != p.batch) return Bad("prefill", "table.num_rows must equal batch");
+  if (p.table.num_rows != (p.per_kv_head ? int64_t{p.batch} * p.kv.num_kv_heads : p.batch)) {
+    return Bad("prefill", "table.num_rows must be batch (batch * num_kv_heads when per_kv_head)");
+  }
   if (!(p.sm_scale >= 0.f)) return Bad("prefill", "sm_scale must be >= 0 (0: 1/sqrt(head_dim))");
   if (p.sink_tokens < 0 || p.window_tokens < 0) {
     return Bad("prefill", "sink_tokens and window_tokens must be >= 0");
@@ -201,11 +203,20 @@ absl::Status ValidatePrefillHost(const PrefillParams& p) {
   if (p.select_indptr != nullptr && p.select_indptr[0] != 0) {
     return Bad("prefill selection", "select_indptr[0] must be 0");
   }
+  const int32_t heads = p.per_kv_head ? p.kv.num_kv_heads : 1;
+  auto row_len = [&](int32_t r) {
+    const int32_t pages = p.table.indptr[r + 1] - p.table.indptr[r];
+    return pages == 0 ? 0 : int64_t{pages - 1} * p.kv.page_size + p.table.last_page_len[r];
+  };
   for (int32_t b = 0; b < p.batch; ++b) {
     const int64_t n = int64_t{p.q_indptr[b + 1]} - p.q_indptr[b];
-    const int32_t pages = p.table.indptr[b + 1] - p.table.indptr[b];
-    const int64_t len =
-        pages == 0 ? 0 : int64_t{pages - 1} * p.kv.page_size + p.table.last_page_len[b];
+    const int64_t len = row_len(b * heads);
+    for (int32_t h = 1; h < heads; ++h) {
+      if (row_len(b * heads + h) != len) {
+        return absl::InvalidArgumentError(absl::StrCat("prefill: the per-KV-head rows of sequence ",
+                                                       b, " hold different token counts"));
+      }
+    }
     if (n < 0 || n > len) {
       return absl::InvalidArgumentError(absl::StrCat("prefill: sequence ", b, " has ", n,
                                                      " queries, not in [0, ", len, "] (its KV)"));

@@ -43,6 +43,7 @@ struct PrefillArgs {
   int32_t log2_page;
   int32_t sink, window;
   float scale_log2;
+  bool per_kv_head;  // table rows per (sequence, KV head)
 };
 
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
@@ -111,9 +112,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int n = a.q_indptr[b + 1] - q_begin;
   const int row0 = tile * kTileQ;
   if (row0 >= n) return;
-  const int page_begin = a.indptr[b];
-  const int npages = a.indptr[b + 1] - page_begin;
-  const int len = npages == 0 ? 0 : ((npages - 1) << a.log2_page) + a.last_page_len[b];
+  const int trow = a.per_kv_head ? b * a.num_kv_heads + h : b;  // the table row
+  const int page_begin = a.indptr[trow];
+  const int npages = a.indptr[trow + 1] - page_begin;
+  const int len = npages == 0 ? 0 : ((npages - 1) << a.log2_page) + a.last_page_len[trow];
   const int context = len - n;
   const int t0 = context + row0;                           // first query position of the tile
   const int t_last = context + min(n, row0 + kTileQ) - 1;  // last one
@@ -450,6 +452,7 @@ absl::Status BlockSparsePrefill(const PrefillPlan& plan, const PrefillParams& p,
   a.indptr = p.table.indptr;
   a.indices = p.table.indices;
   a.last_page_len = p.table.last_page_len;
+  a.per_kv_head = p.per_kv_head;
   a.q_indptr = p.q_indptr;
   a.is_streaming = p.is_streaming;
   a.select_indptr = p.select_indptr;

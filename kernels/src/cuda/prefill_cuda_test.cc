@@ -207,5 +207,47 @@ INSTANTIATE_TEST_SUITE_P(Masks, GpuPrefillMasks,
                          ::testing::Values(std::tuple{1, 4, 33}, std::tuple{64, 0, 0},
                                            std::tuple{16, 300, 1}, std::tuple{16, 64, 64}));
 
+// A head-granular pool (the decode worker's) read through per-KV-head rows: the GPU against the
+// reference, streaming and dense heads, with and without selected context pages.
+TEST_F(GpuTest, PrefillPerKvHeadRowsMatchReference) {
+  for (bool select : {false, true}) {
+    std::mt19937 rng(select ? 51 : 50);
+    PrefillCase c;
+    c.head_dim = 128;
+    c.group = 4;
+    c.kv_heads = 3;
+    c.max_context = 500;
+    c.min_chunk = 1;
+    c.max_chunk = 200;
+    c.window = 64;
+    c.select = select;
+    PrefillProblem pr = testing::MakePrefillProblem(rng, c);
+    const testing::HeadGranular g = testing::MakeHeadGranular(rng, pr);
+    ASSERT_TRUE(BlockSparsePrefillReference(g.params(pr)).ok());
+    DevPrefill dev(pr);
+    Dev<uint16_t> pool(g.pool);
+    Dev<int32_t> indptr(g.indptr), indices(g.indices), last(g.last);
+    PrefillParams p = g.params(pr);
+    p.kv.k = pool.get();
+    p.kv.v = pool.get() + size_t{1} * c.page_size * c.head_dim;
+    p.table.indptr = indptr.get();
+    p.table.indices = indices.get();
+    p.table.last_page_len = last.get();
+    p.q_indptr = dev.params.q_indptr;
+    p.q = dev.params.q;
+    p.o = dev.params.o;
+    p.lse = dev.params.lse;
+    p.is_streaming = dev.params.is_streaming;
+    p.select_indptr = dev.params.select_indptr;
+    p.select_pages = dev.params.select_pages;
+    auto plan = gpu::PlanPrefill(p, MostQueries(pr), {});
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    Dev<uint8_t> ws(plan->workspace_bytes);
+    ASSERT_TRUE(gpu::BlockSparsePrefill(*plan, p, ws.get(), nullptr).ok());
+    CUDA_OK(cudaDeviceSynchronize());
+    ExpectPrefillClose(pr, dev.o.Host(), dev.lse.Host());
+  }
+}
+
 }  // namespace
 }  // namespace pagoda::kernels

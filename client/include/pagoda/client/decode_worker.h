@@ -5,6 +5,8 @@
 //   auto w = *DecodeWorker::Create(store, MakeCpuWorkerBackend(), options);
 //   auto seq = *w->Open(prompt_ids);                  // seq.cached_tokens come from the store
 //   for layer: w->Prefill(seq.id, layer, k, v);       // K/V [T, kv_heads, d] of the rest
+//              (or PrefillAttend(seq.id, layer, q, k, v, o): the same write and the chunk's
+//              causal attention over the cached prefix and itself, o [T, q_heads, d])
 //   loop:
 //     auto plan = *w->Plan(ids, new_token_ids);       // once per step, for the batch
 //     for layer: w->Attend(plan, layer, q, k, v, o);  // q [B, q_heads, d], k/v [B, kv_heads, d]
@@ -223,6 +225,25 @@ class DecodeWorker {
   // InvalidArgument for shapes, non-finite host values, a layer out of range, more tokens than
   // the prompt has left; nothing is written then.
   absl::Status Prefill(SequenceId id, int layer, const TensorView& k, const TensorView& v);
+
+  // Prefill with attention: writes k, v as Prefill does, then sets o [T, q_heads, head_dim] to the
+  // causal attention of q [T, q_heads, head_dim] (the chunk's queries, at positions
+  // Length(id, layer) ..  + T - 1) over every earlier token of the sequence in this layer — the
+  // prefix Open found in the store, earlier chunks, and the chunk itself — so a prefix hit saves
+  // the cached tokens' prefill compute, not only their writes. Streaming heads of the layer
+  // (layer_streaming_heads) attend the first streaming_sink_pages * page_tokens positions and the
+  // last streaming_window_pages * page_tokens positions up to their own (LServe's Lambda mask,
+  // token-granular here), never fetching the pages in between; other heads attend everything.
+  // The attended head-pages are pool slots for the call: pages already in the pool are used in
+  // place, the chunk's pages enter the pool from k / v (so decode finds them), earlier pages are
+  // gathered from the store's host tier and verified like a decode step's (a page that cannot be
+  // verified fails the sequence with DataLoss, and o is then not written). One kernel call:
+  // block-sparse prefill (CUDA) or its reference (CPU).
+  // Errors as Prefill's, plus InvalidArgument for q / o shapes, dtypes, devices or non-finite host
+  // q, and ResourceExhausted when a dense head's pages outnumber the pool's slots for that head
+  // (pool_slots_per_head; or make it a streaming head): all checked before anything is written.
+  absl::Status PrefillAttend(SequenceId id, int layer, const TensorView& q, const TensorView& k,
+                             const TensorView& v, const TensorView& o);
 
   // A new sequence sharing everything `parent` holds (its full pages are the same store pages and
   // pool slots; its open pages are copied). The parent must be fully prefilled and not failed.

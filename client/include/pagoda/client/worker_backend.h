@@ -56,6 +56,13 @@ struct HeadFetch {
   uint64_t checksum = 0;
 };
 
+// Which KV heads of a prefill chunk are streaming heads (LServe's Lambda mask) and their shape.
+struct PrefillMask {
+  absl::Span<const uint8_t> streaming;  // [kv_heads]; empty: every head dense
+  int32_t sink_tokens = 0;
+  int32_t window_tokens = 0;
+};
+
 class WorkerBackend {
  public:
   virtual ~WorkerBackend() = default;
@@ -99,6 +106,15 @@ class WorkerBackend {
   // table row b * kv_heads + h lists slots of head h's sub-pool (host arrays).
   virtual absl::Status Attend(const TensorView& q, const kernels::PageTable& table,
                               const TensorView& o) = 0;
+  // Block-sparse causal prefill attention of one sequence's chunk (kernels::PrefillParams over
+  // the pool, per_kv_head): q / o [T, q_heads, head_dim]; the table has kv_heads rows, row h the
+  // head-h slots of ALL the sequence's tokens so far (the context, then the T chunk tokens, already
+  // written), every row the same token count >= T. Query i (position context + i) of a streaming
+  // head (mask.streaming[h] != 0) attends the first sink_tokens and the last window_tokens
+  // positions up to its own, other heads every position up to its own. Slots of pages a head's
+  // mask never reads may be any valid slot.
+  virtual absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& table,
+                                     const PrefillMask& mask, const TensorView& o) = 0;
 
   // A contiguous host copy of `t` (a [a, b, c] tensor of the backend's device and 16-bit dtype),
   // for what the worker reads on the host (selection, input checks). Synchronous.

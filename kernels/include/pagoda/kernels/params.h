@@ -110,9 +110,16 @@ struct DecodeParams {
 //     Rows of streaming heads are ignored (they must still be well-formed CSR).
 // A query with no key (a streaming head with sink_tokens = window_tokens = 0) gets a zero output
 // and log-sum-exp -inf. The result equals dense softmax attention over exactly the kept keys.
+//
+// per_kv_head (a head-granular pool, the decode worker's: each KV head of a page in its own slot
+// of head h's sub-pool): the table has batch * num_kv_heads rows and KV head h of sequence b
+// reads its pages from row b * num_kv_heads + h (still offset by h * stride_head, as in
+// DecodeParams); the rows of one sequence must hold the same number of tokens. Pages a head's
+// mask never reads (a streaming head's outside its sinks and window) may be any valid id.
 struct PrefillParams {
   PagedKV kv;
-  PageTable table;  // num_rows == batch
+  PageTable table;  // num_rows == batch (batch * num_kv_heads when per_kv_head)
+  bool per_kv_head = false;
   int32_t batch = 0;
   int32_t num_qo_heads = 0;
   const int32_t* q_indptr = nullptr;  // [batch + 1], q_indptr[0] == 0, non-decreasing

@@ -1,0 +1,218 @@
+// Internal: the decode worker's implementation class, shared by the files that define its parts
+// (decode_worker.cc: sequences, prefill writes, steps; prefill_attend.cc: prefill attention).
+#ifndef PAGODA_CLIENT_WORKER_DECODE_WORKER_IMPL_H_
+#define PAGODA_CLIENT_WORKER_DECODE_WORKER_IMPL_H_
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "head_pool.h"
+#include "page_committer.h"
+#include "pagoda/client/decode_worker.h"
+#include "pagoda/kvstore/prefix.h"
+#include "task_pool.h"
+#include "worker_state.h"
+
+namespace pagoda {
+
+namespace worker_internal {
+
+using Clock = std::chrono::steady_clock;
+inline double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+inline int SelectThreads(int asked) {
+  if (asked > 0) return asked;
+  return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+}
+
+// Layout pages (policy louiskv): their keys' hash seed (apart from natural pages' keys) and
+// format version (bump it when the page assembly changes: a stored layout page must hold exactly
+// what this code would write under its key).
+constexpr uint64_t kLayoutPageKeySeed = 0x6c6f7569736b7631ULL;  // "louiskv1"
+constexpr int32_t kLayoutFormat = 1;
+
+// Rows [first, first + count) of a [n, ...] view.
+inline TensorView Rows(const TensorView& t, int64_t first, int64_t count) {
+  TensorView r = t;
+  r.data = static_cast<uint16_t*>(t.data) + first * t.strides[0];
+  r.shape[0] = count;
+  return r;
+}
+
+}  // namespace worker_internal
+
+class DecodeWorker::Impl {
+ public:
+  Impl(Store* store, std::unique_ptr<WorkerBackend> backend, const DecodeWorkerOptions& o)
+      : store_(store),
+        backend_(std::move(backend)),
+        o_(o),
+        kv_(static_cast<int>(o.layout.kv_heads)),
+        d_(static_cast<int>(o.layout.head_dim)),
+        P_(static_cast<int>(o.layout.page_tokens)),
+        half_(int64_t{o.layout.page_tokens} * o.layout.head_dim * 2),
+        pool_(kv_, o.pool_slots_per_head),
+        committer_(store, o.tenant, o.layout),
+        device_select_(o.policy == retriever::Policy::kQuest),
+        layout_pages_(o.policy == retriever::Policy::kBoundary),
+        select_pool_(device_select_ ? 1 : worker_internal::SelectThreads(o.select_threads)),
+        q_pending_(o.num_layers) {}
+
+  absl::Status Init();
+  absl::StatusOr<OpenedSequence> Open(absl::Span<const int32_t> token_ids);
+  absl::Status Prefill(SequenceId id, int layer, const TensorView& k, const TensorView& v);
+  absl::Status PrefillAttend(SequenceId id, int layer, const TensorView& q, const TensorView& k,
+                             const TensorView& v, const TensorView& o);
+  absl::StatusOr<SequenceId> Fork(SequenceId parent);
+  absl::Status Close(SequenceId id);
+  absl::StatusOr<StepPlan> Plan(absl::Span<const SequenceId> ids,
+                                absl::Span<const int32_t> token_ids);
+  absl::Status Attend(const StepPlan& plan, int layer, const TensorView& q, const TensorView& k,
+                      const TensorView& v, const TensorView& o);
+  absl::StatusOr<WorkerStepStats> Finish(const StepPlan& plan);
+  absl::Status Flush();
+  absl::StatusOr<int64_t> Length(SequenceId id, int layer) const;
+  absl::StatusOr<std::vector<std::vector<int32_t>>> LastRows(SequenceId id, int layer) const;
+  absl::StatusOr<std::vector<PageKey>> PageKeys(SequenceId id, int layer) const;
+  absl::StatusOr<std::vector<std::vector<int64_t>>> AttendedPositions(SequenceId id,
+                                                                      int layer) const;
+  absl::StatusOr<std::vector<PageKey>> LayoutPageKeys(SequenceId id, int layer) const;
+  WorkerStats Stats() const;
+  const DecodeWorkerOptions& options() const { return o_; }
+
+ private:
+  PageKeyExtra Extra(int layer) const {
+    return {o_.model_id, o_.first_layer + static_cast<uint32_t>(layer), o_.salt};
+  }
+  // Unpins a sequence's pinned pages and closes its streams (best effort: Close must not fail).
+  void Release(worker_internal::Sequence& seq);
+  absl::StatusOr<worker_internal::Sequence*> Find(SequenceId id);
+  const worker_internal::Sequence* Lookup(SequenceId id) const;
+  // Applies commit failures to their sequences.
+  void DrainCommits();
+  // Device selection (policy quest): the summary slot of the next natural page of `ls` (the
+  // caller checked that one is free).
+  int32_t NewSummarySlot(worker_internal::LayerState& ls);
+  // Device selection: the min / max keys of a full store page (the store's layout) per KV head,
+  // appended to mins / maxs ([kv_heads, head_dim] rows).
+  void PageMinMax(const uint8_t* page, std::vector<uint16_t>& mins,
+                  std::vector<uint16_t>& maxs) const;
+  // Device selection: the next natural pages of `ls` (full pages, one per row of mins / maxs)
+  // get summary slots and their summaries, in one backend call. ResourceExhausted when the table
+  // has no room.
+  absl::Status AddSummaries(worker_internal::LayerState& ls, const std::vector<uint16_t>& mins,
+                            const std::vector<uint16_t>& maxs);
+  // Device selection: folds tokens [from, to) of the open page of each listed state (in its pool
+  // slots ls.tail) into the page's summary, giving the page a summary slot when from == 0.
+  absl::Status FoldOpenPages(absl::Span<worker_internal::LayerState* const> states, absl::Span<const int32_t> from,
+                             absl::Span<const int32_t> to);
+  // Device selection for the batch's sequences whose status is OK: rows for every one;
+  // fresh[b] says whether row b retrieved afresh.
+  void SelectOnBackend(int layer, const TensorView& q, std::vector<absl::Status>& status,
+                       WorkerStepStats& stats, std::vector<bool>& fresh);
+  // Device selection with the boundary trigger: feeds the trigger of each sequence the query its
+  // previous step of `layer` left in the backend's copy (read without a sync a step later), and
+  // starts the copy of this step's. A trigger that fires marks its layer state boundary_seen; a
+  // sequence whose query the trigger refuses fails its step.
+  void ObserveQueries(int layer, const TensorView& q, std::vector<absl::Status>& status);
+  // Records a store page's heads: checksums and (prompt) keys, and values for louiskv.
+  void TakePage(worker_internal::LayerState& ls, const uint8_t* page, bool keep_keys);
+  // Appends `tokens` rows of KV head h's keys (and, for louiskv's layout pages, values) to the
+  // prompt rows ls keeps until its selector starts.
+  void KeepPromptRows(worker_internal::LayerState& ls, int h, const uint8_t* k, const uint8_t* v, int64_t tokens);
+  // The head checksums of a store page: sums[h] for KV head h.
+  void HeadSums(const uint8_t* page, uint64_t* sums) const;
+  // A store page (a committer buffer) from kv_heads pool slots' bytes (K then V per head).
+  std::vector<uint8_t> PageFromSlots(const uint8_t* slots);
+  // Owned slots for the open page of `ls` (allocated when missing).
+  absl::Status EnsureTail(worker_internal::LayerState& ls);
+  // The open page of (seq, layer) is full: its head-pages are read from the pool, checksummed,
+  // queued for the store, and its slots become the page's cached copy.
+  absl::Status CommitTail(SequenceId id, worker_internal::Sequence& seq, int layer);
+  // The decode step's CommitTail: the page's key, pins and pool adoption now; its bytes come back
+  // from the pool without a sync (StartReadHeads) and are checksummed and queued in Finish.
+  absl::Status CommitTailLater(SequenceId id, worker_internal::Sequence& seq, int layer, WorkerStepStats& stats);
+  // Finish's half of CommitTailLater for every page of the step; failures fail their sequences.
+  void CompleteCommits();
+  // Chains the next page of (seq, layer) to the layer's keys, records its checksums (and prompt
+  // keys for host selection) and queues it for the store. Returns its key.
+  PageKey QueuePage(SequenceId id, worker_internal::Sequence& seq, int layer, std::vector<uint8_t> page);
+  // Prefill rows that fill whole pages (k, v: [pages * page_tokens, kv_heads, head_dim], starting
+  // at a page boundary): one download each, pages assembled on the host and queued for the store,
+  // summaries (device selection) computed on the backend from the rows.
+  absl::Status StagePages(SequenceId id, worker_internal::Sequence& seq, int layer, const TensorView& k,
+                          const TensorView& v);
+  // The layer's prompt is complete: host selection hands its keys to a new selector (device
+  // selection has its summaries already); the boundary trigger starts.
+  absl::Status StartSelector(SequenceId id, worker_internal::LayerState& ls, int layer);
+  // louiskv: the cluster-ordered layout pages of the prompt whose clusters, keys and values ls
+  // holds: assembled, checksummed and queued for the store.
+  absl::Status WriteLayoutPages(SequenceId id, worker_internal::LayerState& ls, int layer);
+  absl::Status LoadCachedPages(worker_internal::Sequence& seq, int layer, int64_t pages);
+  // Verified head-pages for the fetch list; failures fall back to a store read. Marks the
+  // sequences that cannot be served.
+  void Fetch(int layer, const std::vector<int32_t>& seq_of_fetch,
+             const std::vector<PageKey>& key_of_fetch, std::vector<HeadFetch>& fetches,
+             std::vector<absl::Status>& step_status, WorkerStepStats& stats);
+  int64_t RowBound(const worker_internal::Sequence& seq) const;
+
+  Store* const store_;
+  std::unique_ptr<WorkerBackend> backend_;
+  const DecodeWorkerOptions o_;
+  const int kv_, d_, P_;
+  const int64_t half_;
+  worker_internal::HeadPool pool_;
+  worker_internal::PageCommitter committer_;
+  absl::flat_hash_map<SequenceId, worker_internal::Sequence> seqs_;
+  SequenceId next_id_ = 1;
+  uint64_t epoch_ = 0;
+
+  // The step in progress.
+  uint64_t next_plan_ = 1;
+  uint64_t plan_id_ = 0;
+  std::vector<SequenceId> plan_seqs_;
+  std::vector<bool> layer_done_;
+  std::vector<absl::Status> step_status_;
+  WorkerStepStats step_stats_;
+
+  // Device selection (policy quest): the summary table's free slots and, per slot, its page.
+  const bool device_select_;
+  // Policy louiskv: each (sequence, layer) writes its prompt's cluster-ordered layout pages.
+  const bool layout_pages_;
+  int64_t layout_pages_written_ = 0;
+  // Host selection: one task per sequence of a layer's batch.
+  worker_internal::TaskPool select_pool_;
+  // Per layer: the batch whose queries were last copied back (ObserveQueries) and, per row,
+  // whether that step retrieved (its query becomes the trigger's anchor).
+  std::vector<std::vector<std::pair<SequenceId, bool>>> q_pending_;
+  std::vector<int32_t> free_sum_;
+  std::vector<int32_t> slot_page_;
+
+  // Scratch.
+  std::vector<int32_t> res_, res_ptr_;  // a layer's resolved slots, CSR over (row, KV head)
+  std::vector<worker_internal::LayerState::Resolved> next_;
+  std::vector<int32_t> indptr_, indices_, last_len_;
+  std::vector<uint16_t> kst_, vst_;  // a prefill chunk's rows on the host (StagePages)
+  struct PendingCommit {
+    SequenceId id;
+    int layer;
+    int64_t page;
+    int tag;
+    PageKey key;
+    WriteOptions options;
+  };
+  std::vector<PendingCommit> pending_commits_;  // this step's CommitTailLater
+  std::vector<uint16_t> qh_, kh_, vh_;          // host copies of a layer's q, k, v
+};
+
+}  // namespace pagoda
+
+#endif  // PAGODA_CLIENT_WORKER_DECODE_WORKER_IMPL_H_
