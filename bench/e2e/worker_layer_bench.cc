@@ -57,6 +57,12 @@ struct Args {
   float threshold = 0.9f;
   float drift = 0.05f;  // query random-walk step, relative to the query's norm
   int64_t chunk = 8192;
+  // Prefill through DecodeWorker::PrefillAttend (the chunk's attention over the context and
+  // itself, random queries) instead of Prefill (writes only); streaming_heads of the 8 KV heads
+  // (0, 2, 4, ... first) use sink 64 + window 1024 tokens, as bench/gpu/prefill_bench.
+  bool prefill_attend = false;
+  int streaming_heads = 0;
+  std::string sdpa_prefill;  // sdpa_prefill.py output ("sdpa_causal T MS" lines)
 };
 
 constexpr int kQ = 32, kKv = 8, kD = 128, kP = 16;
@@ -119,6 +125,15 @@ int RunCase(const Args& a, int64_t ctx, int B,
   o.summary_slots = B * (ctx / kP + 64);        // quest selects on the device over these
   // Twice one step's worst case, so most of a context is not resident and selections fetch.
   o.pool_slots_per_head = static_cast<int32_t>(2 * B * (a.budget / kP + 8) + 2 * B + 64);
+  if (a.prefill_attend) {  // a dense head reads every page of its sequence's layer at once
+    o.pool_slots_per_head = std::max<int32_t>(o.pool_slots_per_head,
+                                              static_cast<int32_t>(ctx / kP + 2 * B + 64));
+    std::vector<int> streaming;
+    for (int i = 0; i < a.streaming_heads; ++i) streaming.push_back((2 * i) % kKv + (2 * i) / kKv);
+    o.layer_streaming_heads = {streaming};
+    o.streaming_sink_pages = 64 / kP;
+    o.streaming_window_pages = 1024 / kP;
+  }
   auto made = bench::MakeWorkerBackend(a.backend);
   if (!made.ok()) {
     std::fprintf(stderr, "backend: %s\n", made.status().ToString().c_str());
@@ -144,6 +159,9 @@ int RunCase(const Args& a, int64_t ctx, int B,
   const int64_t block = std::min<int64_t>(ctx, 65536);
   const std::vector<uint16_t> kblock = Random(rng, (block + a.chunk) * kKv * kD, 1.0f);
   const std::vector<uint16_t> vblock = Random(rng, (block + a.chunk) * kKv * kD, 1.0f);
+  const std::vector<uint16_t> qblock =
+      a.prefill_attend ? Random(rng, a.chunk * kQ * kD, 1.0f) : std::vector<uint16_t>{};
+  std::vector<uint16_t> o_prefill(a.prefill_attend ? a.chunk * kQ * kD : 0);
   Clock::time_point tp = Clock::now();
   std::vector<SequenceId> seqs;
   for (int b = 0; b < B; ++b) {
@@ -160,9 +178,17 @@ int RunCase(const Args& a, int64_t ctx, int B,
       const int64_t off = ((t0 + b * 4099) % block) * kKv * kD;
       auto kd = st.In(0, &kblock[off], DType::kBf16, n, kKv, kD);
       auto vd = st.In(1, &vblock[off], DType::kBf16, n, kKv, kD);
-      absl::Status s = !kd.ok()   ? kd.status()
-                       : !vd.ok() ? vd.status()
-                                  : w.Prefill(opened->id, 0, *kd, *vd);
+      absl::Status s = !kd.ok() ? kd.status() : !vd.ok() ? vd.status() : absl::OkStatus();
+      if (s.ok() && a.prefill_attend) {
+        auto qd = st.In(6, qblock.data(), DType::kBf16, n, kQ, kD);
+        auto od = st.Out(7, o_prefill.data(), DType::kBf16, n, kQ, kD);
+        s = !qd.ok()   ? qd.status()
+            : !od.ok() ? od.status()
+                       : w.PrefillAttend(opened->id, 0, *qd, *kd, *vd, *od);
+        if (s.ok() && t0 + n == ctx) s = st.Back(*od, o_prefill.data());  // the sequence's last
+      } else if (s.ok()) {
+        s = w.Prefill(opened->id, 0, *kd, *vd);
+      }
       if (!s.ok()) {
         std::fprintf(stderr, "prefill: %s\n", s.ToString().c_str());
         return 1;
@@ -258,6 +284,24 @@ int RunCase(const Args& a, int64_t ctx, int B,
     std::printf("- | - |");
   }
   std::printf(" %.1f s | %d |\n", prefill_s, failures);
+  if (a.prefill_attend) {
+    double causal = 0;
+    std::ifstream f(a.sdpa_prefill);
+    std::string kind, line;
+    int64_t t = 0;
+    double ms = 0;
+    while (std::getline(f, line)) {
+      std::istringstream is(line);
+      if (is >> kind >> t >> ms && kind == "sdpa_causal" && t == ctx) causal = ms;
+    }
+    const double per = prefill_s * 1e3 / B;
+    std::printf("prefill through PrefillAttend: context %lld, chunks of %lld, %d/%d streaming KV heads: "
+                "%.1f ms per sequence-layer (K/V writes, commits and attention)",
+                static_cast<long long>(ctx), static_cast<long long>(a.chunk), a.streaming_heads, kKv,
+                per);
+    if (causal > 0) std::printf("; torch SDPA causal %.1f ms: SDPA / ours %.2fx", causal, causal / per);
+    std::printf("\n");
+  }
   std::fflush(stdout);
   return 0;
 }
@@ -307,6 +351,10 @@ int main(int argc, char** argv) {
   app.add_option("--threshold", a.threshold, "trigger threshold");
   app.add_option("--drift", a.drift, "query random-walk step")->check(CLI::Range(0.0, 1.0));
   app.add_option("--chunk", a.chunk, "prefill chunk tokens")->check(CLI::Range(16, 1 << 20));
+  app.add_flag("--prefill-attend", a.prefill_attend, "prefill with attention (PrefillAttend)");
+  app.add_option("--streaming-heads", a.streaming_heads, "streaming KV heads in prefill")
+      ->check(CLI::Range(0, pagoda::kKv));
+  app.add_option("--sdpa-prefill", a.sdpa_prefill, "sdpa_prefill.py output (baselines)");
   CLI11_PARSE(app, argc, argv);
   return pagoda::Run(a);
 }

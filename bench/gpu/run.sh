@@ -133,13 +133,25 @@ step_worker_layer() {
   e2e_run "$E2E/worker_layer_bench" --backend cuda --sdpa "$OUT/sdpa.txt" --policy louiskv \
     --cases "${LOUIS_CASES-32768x1,32768x4}"
 }
+# Prefill with attention through the worker (PrefillAttend: K/V writes, commits and the chunk's
+# block-sparse attention over the pool) at Llama-3-8B shapes, 0% and 50% streaming heads, against
+# torch SDPA causal (after sdpa_prefill: its baselines).
+step_worker_prefill() {
+  [ -x "$E2E/worker_layer_bench" ] || { echo "no $E2E (bench/e2e/carry_gpu.sh)"; return 1; }
+  local h
+  for h in 0 4; do
+    e2e_run "$E2E/worker_layer_bench" --backend cuda --sdpa "$OUT/sdpa.txt" --prefill-attend \
+      --streaming-heads $h --sdpa-prefill "$OUT/sdpa_prefill.txt" --steps 5 --warmup 1 \
+      --cases "${PREFILL_CASES:-32768x1,131072x1}" || return 1
+  done
+}
 # The store with its host tier mapped for the GPU (what the worker's gather reads), and the GPU tier.
 step_kvstore_gpu_test() {
   [ -x "$E2E/pagoda_kvstore_gpu_test" ] || { echo "no $E2E (bench/e2e/carry_gpu.sh)"; return 1; }
   e2e_run "$E2E/pagoda_kvstore_gpu_test"
 }
 
-STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench sdpa_prefill prefill_bench transport_test transport_staged transport_bench e2e_gpu_step kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer"}  # kernels_ref_test: CI runs it
+STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench sdpa_prefill prefill_bench transport_test transport_staged transport_bench e2e_gpu_step kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer worker_prefill"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"
@@ -161,5 +173,6 @@ done
   [ -f "$OUT/kernels_bench.log" ] && sed -n '/^| measurement/,$p' "$OUT/kernels_bench.log"
   [ -f "$OUT/prefill_bench.log" ] && { echo; sed -n '/^| T |/,$p' "$OUT/prefill_bench.log"; }
   [ -f "$OUT/transport_bench.log" ] && { echo; grep '^[|#]' "$OUT/transport_bench.log"; }
+  [ -f "$OUT/worker_prefill.log" ] && { echo; grep '^prefill through' "$OUT/worker_prefill.log"; }
 } | tee "$OUT/summary.md"
 for s in $STEPS; do [ "${STATUS[$s]:-}" = ok ] || exit 1; done

@@ -125,6 +125,18 @@ class PyDecodeWorker {
     if (!s.ok()) Raise(s);
   }
 
+  void PrefillAttend(SequenceId id, int layer, py::handle q, py::handle k, py::handle v,
+                     py::handle out) {
+    HeldTensor hq = View(q, "q"), hk = View(k, "k"), hv = View(v, "v"), ho = View(out, "out");
+    absl::Status s;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lock(mu_);
+      s = worker_->PrefillAttend(id, layer, hq.view, hk.view, hv.view, ho.view);
+    }
+    if (!s.ok()) Raise(s);
+  }
+
   SequenceId Fork(SequenceId parent) {
     absl::StatusOr<SequenceId> r;
     {
@@ -396,6 +408,12 @@ void RegisterDecodeWorker(py::module_& m) {
            py::arg("v"),
            "Writes k, v [T, kv_heads, head_dim] of the next T prompt tokens of `layer` (chunks "
            "allowed). Full pages are committed to the store asynchronously.")
+      .def("prefill_attend", &PyDecodeWorker::PrefillAttend, py::arg("seq"), py::arg("layer"),
+           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+           "prefill() of k, v [T, kv_heads, head_dim], then writes out [T, q_heads, head_dim] in "
+           "place: the causal attention of q [T, q_heads, head_dim] over every earlier token of "
+           "the sequence in this layer (the cached prefix, earlier chunks) and the chunk itself; "
+           "streaming heads attend sinks + window only.")
       .def("fork", &PyDecodeWorker::Fork, py::arg("parent"),
            "A new sequence sharing everything a fully prefilled `parent` holds; returns its id.")
       .def("close", &PyDecodeWorker::Close, py::arg("seq"),

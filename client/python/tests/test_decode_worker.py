@@ -59,6 +59,11 @@ class RunnerAgreesWithDense(unittest.TestCase):
         self.assertEqual(r["cached_tokens"][0], 0)
         self.assertEqual(r["cached_tokens"][1:], [32, 32, 32])
         self.assertEqual(len(set(r["prompt_lengths"])), 4)
+        # Their prefill computed only the uncached tokens (prefill_attend over the cached prefix,
+        # read from the store) and gives the dense prefill's first tokens.
+        self.assertEqual(r["prefill_tokens_computed"], r["prefill_tokens"] - 3 * 32)
+        self.assertEqual(r["first_token_match"], 1.0)
+        self.assertLess(r["prefill_max_logit_diff"], 1e-2 * max(lg.abs().max().item() for lg in r["dense_logits"]))
         self.assertEqual(r["tokens"], r["dense_tokens"])  # 64 greedy steps x 4 sequences
         self.assertEqual(r["token_match_rate"], 1.0)
         scale = max(lg.abs().max().item() for lg in r["dense_logits"])
