@@ -126,8 +126,8 @@ int RunCase(const Args& a, int64_t ctx, int B,
   // Twice one step's worst case, so most of a context is not resident and selections fetch.
   o.pool_slots_per_head = static_cast<int32_t>(2 * B * (a.budget / kP + 8) + 2 * B + 64);
   if (a.prefill_attend) {  // a dense head reads every page of its sequence's layer at once
-    o.pool_slots_per_head = std::max<int32_t>(o.pool_slots_per_head,
-                                              static_cast<int32_t>(ctx / kP + 2 * B + 64));
+    o.pool_slots_per_head =
+        std::max<int32_t>(o.pool_slots_per_head, static_cast<int32_t>(ctx / kP + 2 * B + 64));
     std::vector<int> streaming;
     for (int i = 0; i < a.streaming_heads; ++i) streaming.push_back((2 * i) % kKv + (2 * i) / kKv);
     o.layer_streaming_heads = {streaming};
@@ -295,11 +295,12 @@ int RunCase(const Args& a, int64_t ctx, int B,
       if (is >> kind >> t >> ms && kind == "sdpa_causal" && t == ctx) causal = ms;
     }
     const double per = prefill_s * 1e3 / B;
-    std::printf("prefill through PrefillAttend: context %lld, chunks of %lld, %d/%d streaming KV heads: "
-                "%.1f ms per sequence-layer (K/V writes, commits and attention)",
-                static_cast<long long>(ctx), static_cast<long long>(a.chunk), a.streaming_heads, kKv,
-                per);
-    if (causal > 0) std::printf("; torch SDPA causal %.1f ms: SDPA / ours %.2fx", causal, causal / per);
+    std::printf(
+        "prefill through PrefillAttend: context %lld, chunks of %lld, %d/%d streaming KV heads: "
+        "%.1f ms per sequence-layer (K/V writes, commits and attention)",
+        static_cast<long long>(ctx), static_cast<long long>(a.chunk), a.streaming_heads, kKv, per);
+    if (causal > 0)
+      std::printf("; torch SDPA causal %.1f ms: SDPA / ours %.2fx", causal, causal / per);
     std::printf("\n");
   }
   std::fflush(stdout);

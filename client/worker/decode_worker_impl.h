@@ -112,8 +112,8 @@ class DecodeWorker::Impl {
                             const std::vector<uint16_t>& maxs);
   // Device selection: folds tokens [from, to) of the open page of each listed state (in its pool
   // slots ls.tail) into the page's summary, giving the page a summary slot when from == 0.
-  absl::Status FoldOpenPages(absl::Span<worker_internal::LayerState* const> states, absl::Span<const int32_t> from,
-                             absl::Span<const int32_t> to);
+  absl::Status FoldOpenPages(absl::Span<worker_internal::LayerState* const> states,
+                             absl::Span<const int32_t> from, absl::Span<const int32_t> to);
   // Device selection for the batch's sequences whose status is OK: rows for every one;
   // fresh[b] says whether row b retrieved afresh.
   void SelectOnBackend(int layer, const TensorView& q, std::vector<absl::Status>& status,
@@ -127,7 +127,8 @@ class DecodeWorker::Impl {
   void TakePage(worker_internal::LayerState& ls, const uint8_t* page, bool keep_keys);
   // Appends `tokens` rows of KV head h's keys (and, for louiskv's layout pages, values) to the
   // prompt rows ls keeps until its selector starts.
-  void KeepPromptRows(worker_internal::LayerState& ls, int h, const uint8_t* k, const uint8_t* v, int64_t tokens);
+  void KeepPromptRows(worker_internal::LayerState& ls, int h, const uint8_t* k, const uint8_t* v,
+                      int64_t tokens);
   // The head checksums of a store page: sums[h] for KV head h.
   void HeadSums(const uint8_t* page, uint64_t* sums) const;
   // A store page (a committer buffer) from kv_heads pool slots' bytes (K then V per head).
@@ -139,17 +140,19 @@ class DecodeWorker::Impl {
   absl::Status CommitTail(SequenceId id, worker_internal::Sequence& seq, int layer);
   // The decode step's CommitTail: the page's key, pins and pool adoption now; its bytes come back
   // from the pool without a sync (StartReadHeads) and are checksummed and queued in Finish.
-  absl::Status CommitTailLater(SequenceId id, worker_internal::Sequence& seq, int layer, WorkerStepStats& stats);
+  absl::Status CommitTailLater(SequenceId id, worker_internal::Sequence& seq, int layer,
+                               WorkerStepStats& stats);
   // Finish's half of CommitTailLater for every page of the step; failures fail their sequences.
   void CompleteCommits();
   // Chains the next page of (seq, layer) to the layer's keys, records its checksums (and prompt
   // keys for host selection) and queues it for the store. Returns its key.
-  PageKey QueuePage(SequenceId id, worker_internal::Sequence& seq, int layer, std::vector<uint8_t> page);
+  PageKey QueuePage(SequenceId id, worker_internal::Sequence& seq, int layer,
+                    std::vector<uint8_t> page);
   // Prefill rows that fill whole pages (k, v: [pages * page_tokens, kv_heads, head_dim], starting
   // at a page boundary): one download each, pages assembled on the host and queued for the store,
   // summaries (device selection) computed on the backend from the rows.
-  absl::Status StagePages(SequenceId id, worker_internal::Sequence& seq, int layer, const TensorView& k,
-                          const TensorView& v);
+  absl::Status StagePages(SequenceId id, worker_internal::Sequence& seq, int layer,
+                          const TensorView& k, const TensorView& v);
   // The layer's prompt is complete: host selection hands its keys to a new selector (device
   // selection has its summaries already); the boundary trigger starts.
   absl::Status StartSelector(SequenceId id, worker_internal::LayerState& ls, int layer);

@@ -38,9 +38,9 @@ absl::Status DecodeWorker::Impl::PrefillAttend(SequenceId id, int layer, const T
   const Device dev = backend_->device();
   const DType dt = o_.layout.dtype;
   const int64_t n = k.ndim == 3 ? k.shape[0] : -1;
-  for (const auto& [t, what, heads] : {std::tuple{&k, "k", kv_}, std::tuple{&v, "v", kv_},
-                                       std::tuple{&q, "q", o_.q_heads},
-                                       std::tuple{&o, "o", o_.q_heads}}) {
+  for (const auto& [t, what, heads] :
+       {std::tuple{&k, "k", kv_}, std::tuple{&v, "v", kv_}, std::tuple{&q, "q", o_.q_heads},
+        std::tuple{&o, "o", o_.q_heads}}) {
     if (absl::Status s = CheckTensor(*t, what, {n, heads, d_}, dt, dev); !s.ok()) return s;
   }
   if (q.device == Device::kCpu) {
@@ -54,7 +54,7 @@ absl::Status DecodeWorker::Impl::PrefillAttend(SequenceId id, int layer, const T
                                                    " prompt tokens left to prefill, got ", n));
   }
   const int64_t pages = (len + P_ - 1) / P_;
-  const bool open_last = len % P_ != 0;               // the last page stays open (owned slot)
+  const bool open_last = len % P_ != 0;                 // the last page stays open (owned slot)
   const int64_t first_whole = (context + P_ - 1) / P_;  // chunk pages: [first_whole, whole_end)
   const int64_t whole_end = len / P_;
   const int64_t sink_tokens = int64_t{o_.streaming_sink_pages} * P_;

@@ -133,8 +133,10 @@ struct Chunk {
 };
 
 Chunk MakeChunk(int layer, const std::vector<int32_t>& toks, int64_t from, int64_t n) {
-  Chunk c{pagoda::Rows(2, layer, toks, from, n), pagoda::Rows(0, layer, toks, from, n),
-          pagoda::Rows(1, layer, toks, from, n), {}};
+  Chunk c{pagoda::Rows(2, layer, toks, from, n),
+          pagoda::Rows(0, layer, toks, from, n),
+          pagoda::Rows(1, layer, toks, from, n),
+          {}};
   c.o.assign(c.q.size(), 0xffff);  // NaN: every element must be written
   return c;
 }
@@ -229,7 +231,9 @@ TEST(PrefillAttend, StreamingHeadsAttendSinksAndWindowOnly) {
   const std::vector<int32_t> prompt = Prompt(41, 8);
   auto opened = (*w)->Open(prompt);
   ASSERT_TRUE(opened.ok());
-  auto streaming = [](int layer, int h) { return (layer == 0 && h == 1) || (layer == 1 && h == 0); };
+  auto streaming = [](int layer, int h) {
+    return (layer == 0 && h == 1) || (layer == 1 && h == 0);
+  };
   double err = 0, dense_err = 0;
   for (int l = 0; l < kLayers; ++l) {
     for (int64_t t = 0; t < 41; t += 9) {
@@ -237,7 +241,8 @@ TEST(PrefillAttend, StreamingHeadsAttendSinksAndWindowOnly) {
       Chunk c = MakeChunk(l, prompt, t, n);
       ASSERT_TRUE((*w)->PrefillAttend(opened->id, l, c.Q(), c.K(), c.V(), c.O()).ok());
       err = std::max(err, ChunkError(l, prompt, t, c, streaming, kPage, 2 * kPage));
-      if (t > 2 * kPage + kPage) dense_err = std::max(dense_err, ChunkError(l, prompt, t, c, NoStreaming));
+      if (t > 2 * kPage + kPage)
+        dense_err = std::max(dense_err, ChunkError(l, prompt, t, c, NoStreaming));
     }
   }
   EXPECT_LT(err, kTol);
