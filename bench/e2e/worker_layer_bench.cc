@@ -163,6 +163,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
       a.prefill_attend ? Random(rng, a.chunk * kQ * kD, 1.0f) : std::vector<uint16_t>{};
   std::vector<uint16_t> o_prefill(a.prefill_attend ? a.chunk * kQ * kD : 0);
   Clock::time_point tp = Clock::now();
+  bench::ResetBackendSeconds(*timer);
   std::vector<SequenceId> seqs;
   for (int b = 0; b < B; ++b) {
     std::vector<int32_t> ids(ctx);
@@ -195,10 +196,14 @@ int RunCase(const Args& a, int64_t ctx, int B,
       }
     }
   }
+  // Where prefill time goes: inside backend calls, waiting for the committer, the worker's own.
+  const double prefill_backend_s = bench::BackendSeconds(*timer);
+  Clock::time_point tf = Clock::now();
   if (absl::Status s = w.Flush(); !s.ok()) {
     std::fprintf(stderr, "flush: %s\n", s.ToString().c_str());
     return 1;
   }
+  const double prefill_flush_s = Seconds(tf);
   const double prefill_s = Seconds(tp);
 
   // Decode steps.
@@ -284,7 +289,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
     std::printf("- | - |");
   }
   std::printf(" %.1f s | %d |\n", prefill_s, failures);
-  if (a.prefill_attend) {
+  {
     double causal = 0;
     std::ifstream f(a.sdpa_prefill);
     std::string kind, line;
@@ -296,10 +301,14 @@ int RunCase(const Args& a, int64_t ctx, int B,
     }
     const double per = prefill_s * 1e3 / B;
     std::printf(
-        "prefill through PrefillAttend: context %lld, chunks of %lld, %d/%d streaming KV heads: "
-        "%.1f ms per sequence-layer (K/V writes, commits and attention)",
-        static_cast<long long>(ctx), static_cast<long long>(a.chunk), a.streaming_heads, kKv, per);
-    if (causal > 0)
+        "prefill through %s: context %lld, chunks of %lld, %d/%d streaming KV heads: "
+        "%.1f ms per sequence-layer (K/V writes, commits%s: backend calls %.1f, "
+        "waiting for commits %.1f, the worker's own %.1f)",
+        a.prefill_attend ? "PrefillAttend" : "Prefill", static_cast<long long>(ctx),
+        static_cast<long long>(a.chunk), a.prefill_attend ? a.streaming_heads : 0, kKv, per,
+        a.prefill_attend ? " and attention" : "", prefill_backend_s * 1e3 / B,
+        prefill_flush_s * 1e3 / B, (prefill_s - prefill_backend_s - prefill_flush_s) * 1e3 / B);
+    if (causal > 0 && a.prefill_attend)
       std::printf("; torch SDPA causal %.1f ms: SDPA / ours %.2fx", causal, causal / per);
     std::printf("\n");
   }

@@ -215,19 +215,45 @@ absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int la
       if (absl::Status s = backend_->SummarizeTokens(k, sum_slots); !s.ok()) return s;
     }
   }
+  // Each page is assembled straight into the host-tier slot the store reserves for it (phase one
+  // of its two-phase write) and committed by the committer thread; a page the store already
+  // holds under its chained key (a shared prefix) holds these bytes and is only checksummed.
+  uint8_t* const arena = store_->HostArenaInfo().base;
   const size_t row = static_cast<size_t>(d_) * 2;
   for (int32_t i = 0; i < pages; ++i) {
+    const int64_t p = static_cast<int64_t>(ls.keys.size());
+    const PageKey key =
+        ChainPageKey(p == 0 ? PageKey{} : ls.keys[p - 1],
+                     absl::MakeConstSpan(seq.tokens).subspan(p * P_, P_), Extra(layer));
+    WriteOptions wo;
+    wo.stream_id = ls.stream_id;
+    wo.pin = o_.pin_prompt && (p + 1) * P_ <= seq.prompt_len;
+    absl::StatusOr<Reservation> r = store_->Reserve(o_.tenant, key, o_.layout, wo);
+    uint8_t* page = nullptr;
+    if (r.ok()) {
+      page = arena + r->arena_offset;
+    } else if (absl::IsAlreadyExists(r.status())) {
+      if (wo.pin) {
+        if (absl::Status s = store_->Pin(o_.tenant, key); !s.ok()) return s;
+      }
+      page_scratch_.resize(o_.layout.PageBytes());
+      page = page_scratch_.data();
+    } else {
+      return r.status();
+    }
     // Store layout: K of every head ([page_tokens, head_dim] each), then V of every head.
-    std::vector<uint8_t> page = committer_.TakeBuffer();  // every byte written below
     for (int h = 0; h < kv_; ++h) {
       for (int t = 0; t < P_; ++t) {
         const size_t at = ((static_cast<size_t>(i) * P_ + t) * kv_ + h) * d_;
-        std::memcpy(page.data() + h * half_ + t * row, &kst_[at], row);
-        std::memcpy(page.data() + (kv_ + h) * half_ + t * row, &vst_[at], row);
+        std::memcpy(page + h * half_ + t * row, &kst_[at], row);
+        std::memcpy(page + (kv_ + h) * half_ + t * row, &vst_[at], row);
       }
     }
-    if (device_select_ && !contiguous) PageMinMax(page.data(), mins, maxs);
-    QueuePage(id, seq, layer, std::move(page));
+    if (device_select_ && !contiguous) PageMinMax(page, mins, maxs);
+    TakePage(ls, page, /*keep_keys=*/!ls.ready && !device_select_);
+    ls.keys.push_back(key);
+    if (wo.pin) ls.pinned = static_cast<int32_t>(p + 1);
+    if (r.ok()) committer_.EnqueueCommit(id, r->id, o_.layout.PageBytes());
     ls.tokens += P_;
   }
   if (device_select_ && !contiguous) {

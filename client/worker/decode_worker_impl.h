@@ -149,8 +149,9 @@ class DecodeWorker::Impl {
   PageKey QueuePage(SequenceId id, worker_internal::Sequence& seq, int layer,
                     std::vector<uint8_t> page);
   // Prefill rows that fill whole pages (k, v: [pages * page_tokens, kv_heads, head_dim], starting
-  // at a page boundary): one download each, pages assembled on the host and queued for the store,
-  // summaries (device selection) computed on the backend from the rows.
+  // at a page boundary): one download each, each page assembled straight into the host-tier slot
+  // the store reserves for it and committed off this thread; summaries (device selection)
+  // computed on the backend from the rows. A Reserve error (a full host tier) is returned.
   absl::Status StagePages(SequenceId id, worker_internal::Sequence& seq, int layer,
                           const TensorView& k, const TensorView& v);
   // The layer's prompt is complete: host selection hands its keys to a new selector (device
@@ -203,7 +204,8 @@ class DecodeWorker::Impl {
   std::vector<int32_t> res_, res_ptr_;  // a layer's resolved slots, CSR over (row, KV head)
   std::vector<worker_internal::LayerState::Resolved> next_;
   std::vector<int32_t> indptr_, indices_, last_len_;
-  std::vector<uint16_t> kst_, vst_;  // a prefill chunk's rows on the host (StagePages)
+  std::vector<uint16_t> kst_, vst_;    // a prefill chunk's rows on the host (StagePages)
+  std::vector<uint8_t> page_scratch_;  // a page the store already holds (StagePages)
   struct PendingCommit {
     SequenceId id;
     int layer;

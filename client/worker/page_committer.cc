@@ -25,6 +25,21 @@ void PageCommitter::Enqueue(uint64_t sequence, const PageKey& key, std::vector<u
   ++in_flight_;
 }
 
+void PageCommitter::EnqueueCommit(uint64_t sequence, uint64_t reservation_id, uint64_t bytes) {
+  absl::MutexLock l(&mu_);
+  mu_.Await(absl::Condition(
+      +[](PageCommitter* c)
+           ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->queued_bytes_ < kMaxQueuedBytes; },
+      this));
+  queued_bytes_ += bytes;
+  Job job;
+  job.sequence = sequence;
+  job.reservation = reservation_id;
+  job.reserved_bytes = bytes;
+  queue_.push_back(std::move(job));
+  ++in_flight_;
+}
+
 void PageCommitter::Prefetch(std::vector<PageKey> keys) {
   absl::MutexLock l(&mu_);
   Job job;
@@ -64,7 +79,19 @@ void PageCommitter::Run() {
       if (queue_.empty()) return;  // stopping and drained
       job = std::move(queue_.front());
       queue_.pop_front();
-      queued_bytes_ -= job.bytes.size();
+      queued_bytes_ -= job.bytes.size() + job.reserved_bytes;
+    }
+    if (job.reservation != 0) {
+      const absl::Status s = store_->Commit(job.reservation);
+      absl::MutexLock l(&mu_);
+      if (!s.ok()) {
+        failures_.emplace_back(job.sequence, s);
+      } else {
+        ++committed_;
+        bytes_ += job.reserved_bytes;
+      }
+      --in_flight_;
+      continue;
     }
     if (!job.prefetch.empty()) {
       // Best effort: a full host tier only means the hint is not followed.
@@ -78,7 +105,8 @@ void PageCommitter::Run() {
     const bool reused = absl::IsAlreadyExists(s);
     if (reused) s = job.options.pin ? store_->Pin(tenant_, job.key) : absl::OkStatus();
     absl::MutexLock l(&mu_);
-    if (spare_.size() < kMaxSpareBuffers && job.bytes.size() == layout_.PageBytes()) {
+    if ((spare_.size() + 1) * layout_.PageBytes() <= kMaxSpareBytes &&
+        job.bytes.size() == layout_.PageBytes()) {
       spare_.push_back(std::move(job.bytes));
     }
     if (!s.ok()) {

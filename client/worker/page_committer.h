@@ -33,10 +33,16 @@ class PageCommitter {
   ~PageCommitter();  // drains
 
   static constexpr uint64_t kMaxQueuedBytes = 256ULL << 20;
-  static constexpr size_t kMaxSpareBuffers = 64;
+  // Page buffers kept for TakeBuffer once committed: a prefill chunk's worth (8192 tokens at
+  // Llama-3-8B shapes, 512 pages of 64 KiB), so a steady stream of chunks reuses warm memory
+  // instead of allocating and faulting in a fresh buffer per page.
+  static constexpr uint64_t kMaxSpareBytes = 32ULL << 20;
 
   void Enqueue(uint64_t sequence, const PageKey& key, std::vector<uint8_t> bytes,
                WriteOptions options = {});
+  // Commits a reservation whose slot the caller filled (Store::Reserve, phase two off the caller's
+  // thread); `bytes` (the page's size) counts against kMaxQueuedBytes until it is committed.
+  void EnqueueCommit(uint64_t sequence, uint64_t reservation_id, uint64_t bytes);
   void Prefetch(std::vector<PageKey> keys);
   // A page buffer of layout.PageBytes() bytes to fill and Enqueue: one the committer is done with
   // (contents stale: the caller overwrites every byte), else a new one. Saves an allocation, its
@@ -56,6 +62,8 @@ class PageCommitter {
     std::vector<uint8_t> bytes;
     WriteOptions options;
     std::vector<PageKey> prefetch;  // a prefetch job when not empty
+    uint64_t reservation = 0;       // a commit job when not 0
+    uint64_t reserved_bytes = 0;
   };
   void Run();
 
