@@ -353,5 +353,60 @@ TEST(PrefillAttend, ACorruptCachedPageIsNeverAttended) {
   EXPECT_LT(ChunkError(1, longer, other->cached_tokens, c1, NoStreaming), kTol);
 }
 
+// Two sequences of one prompt opened before either wrote it: the second's pages are already in
+// the store when it prefills (the store refuses a second reservation of a key), so they are only
+// checksummed, never written twice; both attend exactly.
+TEST(PrefillAttend, APageAlreadyStoredIsNotWrittenAgain) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), Options(64));
+  ASSERT_TRUE(w.ok());
+  const std::vector<int32_t> prompt = Prompt(26, 14);
+  auto a = (*w)->Open(prompt), b = (*w)->Open(prompt);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(b->cached_tokens, 0);
+  for (int l = 0; l < kLayers; ++l) {
+    for (SequenceId id : {a->id, b->id}) {
+      Chunk c = MakeChunk(l, prompt, 0, 26);
+      ASSERT_TRUE((*w)->PrefillAttend(id, l, c.Q(), c.K(), c.V(), c.O()).ok());
+      EXPECT_LT(ChunkError(l, prompt, 0, c, NoStreaming), kTol);
+    }
+  }
+  ASSERT_TRUE((*w)->Flush().ok());
+  const WorkerStats st = (*w)->Stats();
+  EXPECT_EQ(st.pages_committed, kLayers * 6);  // 6 whole pages per layer, once
+  auto plan = (*w)->Plan({a->id, b->id}, {1, 2});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+}
+
+// A host tier that cannot take the chunk's pages (every slot pinned: pin_prompt over a tier of 8
+// pages) refuses the write with ResourceExhausted and fails the sequence; nothing is attended.
+TEST(PrefillAttend, AFullHostTierIsAClearError) {
+  TempDir dir;
+  StoreOptions so;
+  so.layouts = {Layout()};
+  so.host_capacity_bytes = 8 * Layout().PageBytes();
+  so.segment_bytes = 4 * Layout().PageBytes();
+  so.data_dir = dir.path();
+  auto store = Store::Open(so);
+  ASSERT_TRUE(store.ok()) << store.status();
+  DecodeWorkerOptions o = Options(64);
+  o.pin_prompt = true;
+  auto w = DecodeWorker::Create(store->get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok());
+  const std::vector<int32_t> prompt = Prompt(48, 15);
+  auto opened = (*w)->Open(prompt);
+  ASSERT_TRUE(opened.ok());
+  Chunk c = MakeChunk(0, prompt, 0, 48);  // 12 pages
+  const std::vector<uint16_t> o_before = c.o;
+  const absl::Status s = (*w)->PrefillAttend(opened->id, 0, c.Q(), c.K(), c.V(), c.O());
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(c.o, o_before);
+  // The sequence is failed; a new one that fits is served.
+  EXPECT_EQ((*w)->PrefillAttend(opened->id, 0, c.Q(), c.K(), c.V(), c.O()).code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE((*w)->Close(opened->id).ok());
+}
+
 }  // namespace
 }  // namespace pagoda
