@@ -35,6 +35,11 @@ class TimedBackend final : public WorkerBackend {
   absl::Status CopyHeads(absl::Span<const HeadSlot> s, absl::Span<const HeadSlot> d) override {
     return Timed([&] { return inner_->CopyHeads(s, d); });
   }
+  absl::Status AssemblePages(const TensorView& k, const TensorView& v,
+                             absl::Span<const int64_t> offsets,
+                             absl::Span<uint64_t> sums) override {
+    return Timed([&] { return inner_->AssemblePages(k, v, offsets, sums); });
+  }
   absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& t, const PrefillMask& m,
                              const TensorView& o) override {
     return Timed([&] { return inner_->AttendPrefill(q, t, m, o); });

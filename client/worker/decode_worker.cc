@@ -197,15 +197,9 @@ PageKey DecodeWorker::Impl::QueuePage(SequenceId id, Sequence& seq, int layer,
 absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int layer,
                                             const TensorView& k, const TensorView& v) {
   LayerState& ls = seq.layers[layer];
-  const int64_t n = k.shape[0];
-  const int32_t pages = static_cast<int32_t>(n / P_);
-  const size_t elems = static_cast<size_t>(n) * kv_ * d_;
-  kst_.resize(elems);
-  vst_.resize(elems);
-  if (absl::Status s = backend_->CopyToHost(k, absl::MakeSpan(kst_)); !s.ok()) return s;
-  if (absl::Status s = backend_->CopyToHost(v, absl::MakeSpan(vst_)); !s.ok()) return s;
+  const int32_t pages = static_cast<int32_t>(k.shape[0] / P_);
   // Device selection: the pages' summaries from the rows where they are (the caller checked the
-  // table has room); a strided k is summarized here from the assembled pages instead.
+  // table has room); a strided k is summarized here from the written pages instead.
   std::vector<int32_t> sum_slots;
   std::vector<uint16_t> mins, maxs;
   const bool contiguous = k.strides[2] == 1 && k.strides[1] == d_ && k.strides[0] == kv_ * d_;
@@ -215,45 +209,68 @@ absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int la
       if (absl::Status s = backend_->SummarizeTokens(k, sum_slots); !s.ok()) return s;
     }
   }
-  // Each page is assembled straight into the host-tier slot the store reserves for it (phase one
-  // of its two-phase write) and committed by the committer thread; a page the store already
-  // holds under its chained key (a shared prefix) holds these bytes and is only checksummed.
-  uint8_t* const arena = store_->HostArenaInfo().base;
-  const size_t row = static_cast<size_t>(d_) * 2;
+  // 1. Phase one of each page's two-phase write: a host-tier slot reserved under its chained key.
+  // A page the store holds already (a shared prefix) holds these bytes: it is checksummed only.
+  std::vector<PageKey> keys(pages);
+  std::vector<WriteOptions> wos(pages);
+  std::vector<int64_t> offsets(pages, -1);
+  std::vector<uint64_t> reserved(pages, 0);
+  auto abort_rest = [&](absl::Status s) {
+    for (uint64_t r : reserved) {
+      if (r != 0) (void)store_->Abort(r);
+    }
+    return s;
+  };
+  const int64_t first = static_cast<int64_t>(ls.keys.size());
   for (int32_t i = 0; i < pages; ++i) {
-    const int64_t p = static_cast<int64_t>(ls.keys.size());
-    const PageKey key =
-        ChainPageKey(p == 0 ? PageKey{} : ls.keys[p - 1],
-                     absl::MakeConstSpan(seq.tokens).subspan(p * P_, P_), Extra(layer));
-    WriteOptions wo;
-    wo.stream_id = ls.stream_id;
-    wo.pin = o_.pin_prompt && (p + 1) * P_ <= seq.prompt_len;
-    absl::StatusOr<Reservation> r = store_->Reserve(o_.tenant, key, o_.layout, wo);
-    uint8_t* page = nullptr;
+    const int64_t p = first + i;
+    keys[i] = ChainPageKey(p == 0 ? PageKey{} : (i == 0 ? ls.keys[p - 1] : keys[i - 1]),
+                           absl::MakeConstSpan(seq.tokens).subspan(p * P_, P_), Extra(layer));
+    wos[i].stream_id = ls.stream_id;
+    wos[i].pin = o_.pin_prompt && (p + 1) * P_ <= seq.prompt_len;
+    absl::StatusOr<Reservation> r = store_->Reserve(o_.tenant, keys[i], o_.layout, wos[i]);
     if (r.ok()) {
-      page = arena + r->arena_offset;
-    } else if (absl::IsAlreadyExists(r.status())) {
-      if (wo.pin) {
-        if (absl::Status s = store_->Pin(o_.tenant, key); !s.ok()) return s;
-      }
-      page_scratch_.resize(o_.layout.PageBytes());
-      page = page_scratch_.data();
-    } else {
-      return r.status();
+      offsets[i] = static_cast<int64_t>(r->arena_offset);
+      reserved[i] = r->id;
+    } else if (!absl::IsAlreadyExists(r.status())) {
+      return abort_rest(r.status());
+    } else if (wos[i].pin) {
+      if (absl::Status s = store_->Pin(o_.tenant, keys[i]); !s.ok()) return abort_rest(s);
     }
-    // Store layout: K of every head ([page_tokens, head_dim] each), then V of every head.
-    for (int h = 0; h < kv_; ++h) {
-      for (int t = 0; t < P_; ++t) {
-        const size_t at = ((static_cast<size_t>(i) * P_ + t) * kv_ + h) * d_;
-        std::memcpy(page + h * half_ + t * row, &kst_[at], row);
-        std::memcpy(page + (kv_ + h) * half_ + t * row, &vst_[at], row);
+  }
+  // 2. The backend writes the pages into their slots in the store's layout (on CUDA straight from
+  // device memory into the mapped arena) and returns their head checksums.
+  std::vector<uint64_t> sums(static_cast<size_t>(pages) * kv_);
+  if (absl::Status s = backend_->AssemblePages(k, v, offsets, absl::MakeSpan(sums)); !s.ok()) {
+    return abort_rest(s);
+  }
+  // 3. What the host reads of the pages (host selection keeps the prompt's keys; a strided k's
+  // summaries), then phase two by the committer.
+  const bool keep_keys = !ls.ready && !device_select_;
+  const bool host_pages = keep_keys || (device_select_ && !contiguous);
+  uint8_t* const arena = store_->HostArenaInfo().base;
+  for (int32_t i = 0; i < pages; ++i) {
+    if (host_pages) {
+      const uint8_t* page = arena + offsets[i];
+      if (offsets[i] < 0) {  // a stored page: read back (verified) from the store
+        page_scratch_.resize(o_.layout.PageBytes());
+        auto info = store_->Get(o_.tenant, keys[i], absl::MakeSpan(page_scratch_));
+        if (!info.ok()) return abort_rest(info.status());
+        page = page_scratch_.data();
+      }
+      if (device_select_ && !contiguous) PageMinMax(page, mins, maxs);
+      for (int h = 0; h < kv_ && keep_keys; ++h) {
+        KeepPromptRows(ls, h, page + h * half_, page + (kv_ + h) * half_, P_);
       }
     }
-    if (device_select_ && !contiguous) PageMinMax(page, mins, maxs);
-    TakePage(ls, page, /*keep_keys=*/!ls.ready && !device_select_);
-    ls.keys.push_back(key);
-    if (wo.pin) ls.pinned = static_cast<int32_t>(p + 1);
-    if (r.ok()) committer_.EnqueueCommit(id, r->id, o_.layout.PageBytes());
+    ls.sums.insert(ls.sums.end(), sums.begin() + int64_t{i} * kv_,
+                   sums.begin() + int64_t{i + 1} * kv_);
+    ls.keys.push_back(keys[i]);
+    if (wos[i].pin) ls.pinned = static_cast<int32_t>(first + i + 1);
+    if (reserved[i] != 0) {
+      committer_.EnqueueCommit(id, reserved[i], o_.layout.PageBytes());
+      reserved[i] = 0;
+    }
     ls.tokens += P_;
   }
   if (device_select_ && !contiguous) {

@@ -149,9 +149,10 @@ class DecodeWorker::Impl {
   PageKey QueuePage(SequenceId id, worker_internal::Sequence& seq, int layer,
                     std::vector<uint8_t> page);
   // Prefill rows that fill whole pages (k, v: [pages * page_tokens, kv_heads, head_dim], starting
-  // at a page boundary): one download each, each page assembled straight into the host-tier slot
-  // the store reserves for it and committed off this thread; summaries (device selection)
-  // computed on the backend from the rows. A Reserve error (a full host tier) is returned.
+  // at a page boundary): the store reserves a host-tier slot per page, the backend writes the pages
+  // there with their head checksums (on CUDA straight from the device), the committer commits
+  // them off this thread; summaries (device selection) are computed on the backend from the rows.
+  // A Reserve error (a full host tier) is returned; slots not yet handed over are aborted.
   absl::Status StagePages(SequenceId id, worker_internal::Sequence& seq, int layer,
                           const TensorView& k, const TensorView& v);
   // The layer's prompt is complete: host selection hands its keys to a new selector (device
@@ -204,7 +205,6 @@ class DecodeWorker::Impl {
   std::vector<int32_t> res_, res_ptr_;  // a layer's resolved slots, CSR over (row, KV head)
   std::vector<worker_internal::LayerState::Resolved> next_;
   std::vector<int32_t> indptr_, indices_, last_len_;
-  std::vector<uint16_t> kst_, vst_;    // a prefill chunk's rows on the host (StagePages)
   std::vector<uint8_t> page_scratch_;  // a page the store already holds (StagePages)
   struct PendingCommit {
     SequenceId id;

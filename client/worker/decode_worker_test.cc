@@ -759,6 +759,11 @@ class StaleFirstCopy final : public WorkerBackend {
   absl::Status CopyHeads(absl::Span<const HeadSlot> s, absl::Span<const HeadSlot> d) override {
     return inner_->CopyHeads(s, d);
   }
+  absl::Status AssemblePages(const TensorView& k, const TensorView& v,
+                             absl::Span<const int64_t> offsets,
+                             absl::Span<uint64_t> sums) override {
+    return inner_->AssemblePages(k, v, offsets, sums);
+  }
   absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& t, const PrefillMask& m,
                              const TensorView& o) override {
     return inner_->AttendPrefill(q, t, m, o);

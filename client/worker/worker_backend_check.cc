@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "pagoda/client/worker_backend.h"
+#include "pagoda/kernels/reference.h"
 
 namespace pagoda::worker_internal {
 
@@ -93,6 +94,46 @@ absl::Status CheckWriteTokens(const PoolGeometry& g, Device device, const Tensor
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<kernels::PageAssemblyParams> AssemblyParams(const PoolGeometry& g, Device device,
+                                                           const TensorView& k, const TensorView& v,
+                                                           uint8_t* dst, int64_t dst_bytes,
+                                                           absl::Span<const int64_t> dst_offsets,
+                                                           absl::Span<uint64_t> head_sums) {
+  const int64_t pages = static_cast<int64_t>(dst_offsets.size());
+  const int64_t rows = pages * g.page_tokens;
+  for (const auto& [t, what] : {std::pair{&k, "k"}, std::pair{&v, "v"}}) {
+    if (absl::Status s = CheckTensor(*t, what, {rows, g.kv_heads, g.head_dim}, g.dtype, device);
+        !s.ok()) {
+      return s;
+    }
+    if (t->strides[2] != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": the last axis must be contiguous"));
+    }
+  }
+  if (static_cast<int64_t>(head_sums.size()) != pages * g.kv_heads) {
+    return absl::InvalidArgumentError("head_sums must hold pages x kv_heads entries");
+  }
+  if (dst == nullptr) return absl::FailedPreconditionError("no source registered");
+  kernels::PageAssemblyParams p;
+  p.dtype = KernelDType(g.dtype);
+  p.num_pages = static_cast<int32_t>(pages);
+  p.page_size = g.page_tokens;
+  p.num_kv_heads = g.kv_heads;
+  p.head_dim = g.head_dim;
+  p.k = static_cast<const uint16_t*>(k.data);
+  p.v = static_cast<const uint16_t*>(v.data);
+  p.k_stride_token = k.strides[0];
+  p.k_stride_head = k.strides[1];
+  p.v_stride_token = v.strides[0];
+  p.v_stride_head = v.strides[1];
+  p.dst = dst;
+  p.dst_bytes = dst_bytes;
+  p.dst_offset = dst_offsets.data();
+  p.head_sums = head_sums.data();
+  if (absl::Status s = kernels::ValidatePageAssembly(p); !s.ok()) return s;
+  return p;
 }
 
 absl::Status CheckHeadSlots(const PoolGeometry& g, absl::Span<const HeadSlot> heads, size_t bytes) {

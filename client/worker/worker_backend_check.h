@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "pagoda/client/tensor.h"
 #include "pagoda/client/worker_backend.h"
@@ -36,6 +37,12 @@ absl::Status CheckInit(const PageLayout& layout, int q_heads, int32_t slots);
 absl::Status CheckWriteTokens(const PoolGeometry& g, Device device, const TensorView& k,
                               const TensorView& v, absl::Span<const int32_t> slots,
                               absl::Span<const int32_t> positions);
+// AssemblePages' arguments as kernels::PageAssemblyParams over `dst` (host offsets and sums).
+absl::StatusOr<kernels::PageAssemblyParams> AssemblyParams(const PoolGeometry& g, Device device,
+                                                           const TensorView& k, const TensorView& v,
+                                                           uint8_t* dst, int64_t dst_bytes,
+                                                           absl::Span<const int64_t> dst_offsets,
+                                                           absl::Span<uint64_t> head_sums);
 absl::Status CheckHeadSlots(const PoolGeometry& g, absl::Span<const HeadSlot> heads, size_t bytes);
 // Shapes of q / o and the table's CSR structure (host arrays), rows = batch * kv_heads.
 absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView& q,

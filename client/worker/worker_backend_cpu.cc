@@ -142,6 +142,16 @@ class CpuWorkerBackend final : public WorkerBackend {
     return absl::OkStatus();
   }
 
+  absl::Status AssemblePages(const TensorView& k, const TensorView& v,
+                             absl::Span<const int64_t> dst_offsets,
+                             absl::Span<uint64_t> head_sums) override {
+    if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
+    auto p = worker_internal::AssemblyParams(geo_, Device::kCpu, k, v, const_cast<uint8_t*>(src_),
+                                             src_bytes_, dst_offsets, head_sums);
+    if (!p.ok()) return p.status();
+    return kernels::AssemblePagesReference(*p);
+  }
+
   absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& table,
                              const PrefillMask& mask, const TensorView& o) override {
     if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");

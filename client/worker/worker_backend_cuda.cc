@@ -315,6 +315,36 @@ class CudaWorkerBackend final : public WorkerBackend {
     return kernels::gpu::SparseDecode(*plan, p, workspace_, stream_);
   }
 
+  absl::Status AssemblePages(const TensorView& k, const TensorView& v,
+                             absl::Span<const int64_t> dst_offsets,
+                             absl::Span<uint64_t> head_sums) override {
+    if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
+    // The reference's checks on the host offsets, then one upload of the offsets, the kernel
+    // writing into the mapped arena, and the sums back.
+    auto p = worker_internal::AssemblyParams(geo_, Device::kCuda, k, v, const_cast<uint8_t*>(src_),
+                                             src_bytes_, dst_offsets, head_sums);
+    if (!p.ok()) return p.status();
+    const size_t n = dst_offsets.size();
+    if (n == 0) return absl::OkStatus();
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const size_t off_bytes = n * 8, sum_bytes = head_sums.size() * 8;
+    if (absl::Status s = assemble_.Reserve(off_bytes + sum_bytes); !s.ok()) return s;
+    std::memcpy(assemble_.host, dst_offsets.data(), off_bytes);
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(assemble_.dev, assemble_.host, off_bytes, cudaMemcpyHostToDevice, stream_),
+        "assembly upload");
+    p->dst_offset = reinterpret_cast<const int64_t*>(assemble_.dev);
+    p->head_sums = reinterpret_cast<uint64_t*>(assemble_.dev + off_bytes);
+    if (absl::Status s = kernels::gpu::AssemblePages(*p, stream_); !s.ok()) return s;
+    PAGODA_CUDA_RETURN(cudaMemcpyAsync(assemble_.host + off_bytes, assemble_.dev + off_bytes,
+                                       sum_bytes, cudaMemcpyDeviceToHost, stream_),
+                       "assembly sums download");
+    PAGODA_CUDA_RETURN(cudaEventRecord(assemble_.ready, stream_), "event record");
+    PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "assembly sync");
+    std::memcpy(head_sums.data(), assemble_.host + off_bytes, sum_bytes);
+    return absl::OkStatus();
+  }
+
   absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& table,
                              const PrefillMask& mask, const TensorView& o) override {
     if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
@@ -803,7 +833,7 @@ class CudaWorkerBackend final : public WorkerBackend {
   uint8_t* pool_ = nullptr;
   const uint8_t* src_ = nullptr;
   int64_t src_bytes_ = 0;
-  Staged fetch_, table_, prefill_;
+  Staged fetch_, table_, prefill_, assemble_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots

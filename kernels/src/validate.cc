@@ -142,6 +142,49 @@ absl::Status ValidateHeadGatherShape(const HeadGatherParams& p) {
   return absl::OkStatus();
 }
 
+absl::Status ValidatePageAssemblyShape(const PageAssemblyParams& p) {
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) {
+    return Bad("page assembly", "dtype must be float16 or bfloat16");
+  }
+  if (p.num_pages < 0 || p.page_size <= 0 || p.num_kv_heads <= 0 || p.head_dim <= 0 ||
+      p.dst_bytes < 0) {
+    return Bad("page assembly", "need num_pages >= 0, page_size, num_kv_heads, head_dim > 0");
+  }
+  if ((int64_t{p.page_size} * p.head_dim * 2) % 16 != 0) {
+    return Bad("page assembly", "page_size * head_dim * 2 must be a multiple of 16");
+  }
+  if (p.k_stride_token < 0 || p.k_stride_head < 0 || p.v_stride_token < 0 || p.v_stride_head < 0) {
+    return Bad("page assembly", "strides must be >= 0");
+  }
+  if (p.num_pages > 0 &&
+      (p.k == nullptr || p.v == nullptr || p.dst_offset == nullptr || p.head_sums == nullptr)) {
+    return Bad("page assembly", "null k, v, dst_offset or head_sums");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePageAssemblyHost(const PageAssemblyParams& p) {
+  const int64_t page_bytes = 4 * int64_t{p.num_kv_heads} * p.page_size * p.head_dim;
+  std::vector<int64_t> written;
+  for (int32_t i = 0; i < p.num_pages; ++i) {
+    const int64_t off = p.dst_offset[i];
+    if (off < 0) continue;
+    if (p.dst == nullptr || off > p.dst_bytes - page_bytes) {
+      return absl::OutOfRangeError(absl::StrCat("page assembly: page ", i, " writes offset ", off,
+                                                " outside the destination of ", p.dst_bytes,
+                                                " bytes"));
+    }
+    written.push_back(off);
+  }
+  std::sort(written.begin(), written.end());
+  for (size_t i = 1; i < written.size(); ++i) {
+    if (written[i] - written[i - 1] < page_bytes) {
+      return Bad("page assembly", "two written pages overlap");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidatePrefillShape(const PrefillParams& p) {
   if (auto s = ValidatePagedKV(p.kv, /*need_v=*/true); !s.ok()) return s;
   if (p.batch <= 0 || p.num_qo_heads <= 0) return Bad("prefill", "batch and heads must be > 0");

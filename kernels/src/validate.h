@@ -22,6 +22,9 @@ absl::Status ValidateHeadGatherShape(const HeadGatherParams& p);
 // Offsets in [0, src_bytes - half_bytes], heads and slots in range, no (head, slot) twice.
 absl::Status ValidateHeadGatherHost(const HeadGatherParams& p);
 absl::Status ValidatePrefillShape(const PrefillParams& p);
+absl::Status ValidatePageAssemblyShape(const PageAssemblyParams& p);
+// Offsets inside dst and written pages apart (reads dst_offset on the host).
+absl::Status ValidatePageAssemblyHost(const PageAssemblyParams& p);
 
 // Page ids in [0, num_pages).
 absl::Status ValidatePageIdsHost(const int32_t* ids, int64_t n, int64_t num_pages,

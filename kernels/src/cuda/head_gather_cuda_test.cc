@@ -105,5 +105,80 @@ TEST(GatherHeadPagesGpu, MatchesReference) {
   CheckGather(64 * 128 * 2, 8, 64, 200, 4);
 }
 
+// The prefill page assembly on the GPU against its reference: device token rows (padded token
+// stride) into a pinned host destination at shuffled offsets, one checksum-only page; the bytes
+// and the head checksums must be identical.
+void CheckAssembly(int pages, int page_size, int heads, int dim, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t stride = int64_t{heads} * dim + 8, rows = int64_t{pages} * page_size;
+  const int64_t page_bytes = 4 * int64_t{heads} * page_size * dim;
+  std::vector<uint16_t> k(rows * stride), v(rows * stride);
+  for (auto& x : k) x = static_cast<uint16_t>(rng());
+  for (auto& x : v) x = static_cast<uint16_t>(rng());
+  std::vector<int64_t> slot(pages + 2);
+  std::iota(slot.begin(), slot.end(), 0);
+  std::shuffle(slot.begin(), slot.end(), rng);
+  std::vector<int64_t> offsets(pages);
+  for (int i = 0; i < pages; ++i) offsets[i] = slot[i] * page_bytes;
+  offsets[pages / 2] = -1;  // held by the store already: checksums only
+  const int64_t dst_bytes = (pages + 2) * page_bytes;
+  std::vector<uint8_t> want(dst_bytes, 0x5A);
+  std::vector<uint64_t> want_sums(pages * heads);
+  PageAssemblyParams ref;
+  ref.dtype = DType::kBFloat16;
+  ref.num_pages = pages;
+  ref.page_size = page_size;
+  ref.num_kv_heads = heads;
+  ref.head_dim = dim;
+  ref.k = k.data();
+  ref.v = v.data();
+  ref.k_stride_token = ref.v_stride_token = stride;
+  ref.k_stride_head = ref.v_stride_head = dim;
+  ref.dst = want.data();
+  ref.dst_bytes = dst_bytes;
+  ref.dst_offset = offsets.data();
+  ref.head_sums = want_sums.data();
+  ASSERT_TRUE(AssemblePagesReference(ref).ok());
+
+  uint16_t* dk = nullptr;
+  uint16_t* dv = nullptr;
+  uint8_t* dst = nullptr;
+  int64_t* doff = nullptr;
+  uint64_t* dsums = nullptr;
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&dk), k.size() * 2));
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&dv), v.size() * 2));
+  CUDA_OK(cudaMemcpy(dk, k.data(), k.size() * 2, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dv, v.data(), v.size() * 2, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMallocHost(reinterpret_cast<void**>(&dst), dst_bytes));
+  std::fill(dst, dst + dst_bytes, 0x5A);
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&doff), pages * 8));
+  CUDA_OK(cudaMemcpy(doff, offsets.data(), pages * 8, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&dsums), pages * heads * 8));
+  PageAssemblyParams p = ref;
+  p.k = dk;
+  p.v = dv;
+  p.dst = dst;
+  p.dst_offset = doff;
+  p.head_sums = dsums;
+  ASSERT_TRUE(gpu::AssemblePages(p, nullptr).ok());
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<uint64_t> sums(pages * heads);
+  CUDA_OK(cudaMemcpy(sums.data(), dsums, sums.size() * 8, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(sums, want_sums);
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), dst)) << "pages " << pages;
+  CUDA_OK(cudaFreeHost(dst));
+  for (void* x : {static_cast<void*>(dk), static_cast<void*>(dv), static_cast<void*>(doff),
+                  static_cast<void*>(dsums)}) {
+    CUDA_OK(cudaFree(x));
+  }
+}
+
+TEST(AssemblePagesGpu, MatchesReference) {
+  if (!HaveGpu()) GTEST_SKIP() << "no GPU";
+  CheckAssembly(37, 16, 8, 128, 5);  // Llama-3-8B pages
+  CheckAssembly(5, 16, 4, 64, 6);
+  CheckAssembly(3, 1, 2, 64, 7);  // one-token pages
+}
+
 }  // namespace
 }  // namespace pagoda::kernels

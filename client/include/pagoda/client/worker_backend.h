@@ -94,6 +94,17 @@ class WorkerBackend {
                                    absl::Span<const int32_t> slots,
                                    absl::Span<const int32_t> positions) = 0;
 
+  // Prefill rows into store pages (kernels::PageAssemblyParams): k, v [pages * page_tokens,
+  // kv_heads, head_dim] (the backend's device, unit last stride); page i is written in the store's
+  // page layout at byte dst_offsets[i] of the registered source (the store's host arena, whose
+  // reserved slots the caller owns) unless dst_offsets[i] < 0, and head_sums[i * kv_heads + h]
+  // gets its head checksums. Synchronous: pages and sums are there when it returns. The CUDA
+  // backend writes straight from device memory into the mapped arena (no host copy; k and v
+  // 16-byte aligned with strides in multiples of 8 elements).
+  virtual absl::Status AssemblePages(const TensorView& k, const TensorView& v,
+                                     absl::Span<const int64_t> dst_offsets,
+                                     absl::Span<uint64_t> head_sums) = 0;
+
   // Host <-> pool copies of whole head-pages (2 * page_tokens * head_dim elements each, K then V),
   // for fallback reads, commits and forks. Synchronous.
   virtual absl::Status WriteHeads(absl::Span<const HeadSlot> dst,

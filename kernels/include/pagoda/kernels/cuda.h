@@ -158,6 +158,11 @@ absl::Status ScatterPages(const PageCopyParams& p, cudaStream_t stream);
 // byte aligned like src and pool) must satisfy the reference's checks, which this does not repeat.
 absl::Status GatherHeadPages(const HeadGatherParams& p, cudaStream_t stream);
 
+// Prefill page assembly (see PageAssemblyParams): k / v in device memory, dst device-accessible
+// (the pinned host arena mapped with cudaHostRegisterMapped), 16-byte aligned like the strides
+// and every dst_offset; the offsets must satisfy ValidatePageAssembly (not repeated here).
+absl::Status AssemblePages(const PageAssemblyParams& p, cudaStream_t stream);
+
 }  // namespace pagoda::kernels::gpu
 
 #endif  // PAGODA_KERNELS_CUDA_H_

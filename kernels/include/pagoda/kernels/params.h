@@ -279,6 +279,31 @@ struct HeadGatherParams {
   uint8_t* bad = nullptr;              // [num_copies], written
 };
 
+// Token rows into store pages (the decode worker's prefill write). Page i holds tokens
+// [i * page_size, (i + 1) * page_size) of the rows and is written in the store's page layout (K
+// [page_size, head_dim] of every KV head, then V of every head: 2 * num_kv_heads * page_size *
+// head_dim elements) at dst + dst_offset[i] bytes — the store's host arena, pinned and mapped on
+// the GPU — unless dst_offset[i] < 0 (the store holds the page already: only its checksums are
+// wanted). head_sums[i * num_kv_heads + h] is set to the HeadPageChecksum (head_checksum.h) of
+// head h of page i: what the worker's verified gather later expects. Element (token t, KV head h,
+// dim d) of K is k[t * k_stride_token + h * k_stride_head + d], likewise V. Written pages must
+// not overlap.
+struct PageAssemblyParams {
+  DType dtype = DType::kBFloat16;
+  int32_t num_pages = 0;
+  int32_t page_size = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  const uint16_t* k = nullptr;  // rows [num_pages * page_size, num_kv_heads, head_dim]
+  const uint16_t* v = nullptr;
+  int64_t k_stride_token = 0, k_stride_head = 0;
+  int64_t v_stride_token = 0, v_stride_head = 0;
+  uint8_t* dst = nullptr;
+  int64_t dst_bytes = 0;
+  const int64_t* dst_offset = nullptr;  // [num_pages]
+  uint64_t* head_sums = nullptr;        // [num_pages * num_kv_heads], written
+};
+
 }  // namespace pagoda::kernels
 
 #endif  // PAGODA_KERNELS_PARAMS_H_

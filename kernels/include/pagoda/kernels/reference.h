@@ -67,6 +67,12 @@ absl::Status GatherHeadPagesReference(const HeadGatherParams& p);
 // callers that check host copies before launching the CUDA kernel.
 absl::Status ValidateHeadGather(const HeadGatherParams& p);
 
+// Token rows into store pages with their head checksums (PageAssemblyParams). InvalidArgument /
+// OutOfRange for bad shapes, offsets outside dst or overlapping pages; nothing is written then.
+absl::Status AssemblePagesReference(const PageAssemblyParams& p);
+// AssemblePagesReference's input checks alone (for callers about to launch the CUDA kernel).
+absl::Status ValidatePageAssembly(const PageAssemblyParams& p);
+
 }  // namespace pagoda::kernels
 
 #endif  // PAGODA_KERNELS_REFERENCE_H_
