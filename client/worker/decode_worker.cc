@@ -209,8 +209,13 @@ absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int la
       if (absl::Status s = backend_->SummarizeTokens(k, sum_slots); !s.ok()) return s;
     }
   }
-  // 1. Phase one of each page's two-phase write: a host-tier slot reserved under its chained key.
-  // A page the store holds already (a shared prefix) holds these bytes: it is checksummed only.
+  // Pages go in groups: phase one of each page's two-phase write (a host-tier slot reserved under
+  // its chained key) until the tier has no slot left or the chunk is done, then the backend writes
+  // the group's pages into their slots (on CUDA straight from device memory into the mapped
+  // arena) with their head checksums, then the committer commits them (phase two, off this
+  // thread), after which the tier may move them to SSD. A tier full of uncommitted pages waits
+  // for the committer once before giving up. A page the store holds already (a shared prefix)
+  // holds these bytes: it is checksummed only.
   std::vector<PageKey> keys(pages);
   std::vector<WriteOptions> wos(pages);
   std::vector<int64_t> offsets(pages, -1);
@@ -222,56 +227,75 @@ absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int la
     return s;
   };
   const int64_t first = static_cast<int64_t>(ls.keys.size());
-  for (int32_t i = 0; i < pages; ++i) {
-    const int64_t p = first + i;
-    keys[i] = ChainPageKey(p == 0 ? PageKey{} : (i == 0 ? ls.keys[p - 1] : keys[i - 1]),
-                           absl::MakeConstSpan(seq.tokens).subspan(p * P_, P_), Extra(layer));
-    wos[i].stream_id = ls.stream_id;
-    wos[i].pin = o_.pin_prompt && (p + 1) * P_ <= seq.prompt_len;
-    absl::StatusOr<Reservation> r = store_->Reserve(o_.tenant, keys[i], o_.layout, wos[i]);
-    if (r.ok()) {
-      offsets[i] = static_cast<int64_t>(r->arena_offset);
-      reserved[i] = r->id;
-    } else if (!absl::IsAlreadyExists(r.status())) {
-      return abort_rest(r.status());
-    } else if (wos[i].pin) {
-      if (absl::Status s = store_->Pin(o_.tenant, keys[i]); !s.ok()) return abort_rest(s);
-    }
-  }
-  // 2. The backend writes the pages into their slots in the store's layout (on CUDA straight from
-  // device memory into the mapped arena) and returns their head checksums.
-  std::vector<uint64_t> sums(static_cast<size_t>(pages) * kv_);
-  if (absl::Status s = backend_->AssemblePages(k, v, offsets, absl::MakeSpan(sums)); !s.ok()) {
-    return abort_rest(s);
-  }
-  // 3. What the host reads of the pages (host selection keeps the prompt's keys; a strided k's
-  // summaries), then phase two by the committer.
   const bool keep_keys = !ls.ready && !device_select_;
   const bool host_pages = keep_keys || (device_select_ && !contiguous);
   uint8_t* const arena = store_->HostArenaInfo().base;
-  for (int32_t i = 0; i < pages; ++i) {
-    if (host_pages) {
-      const uint8_t* page = arena + offsets[i];
-      if (offsets[i] < 0) {  // a stored page: read back (verified) from the store
-        page_scratch_.resize(o_.layout.PageBytes());
-        auto info = store_->Get(o_.tenant, keys[i], absl::MakeSpan(page_scratch_));
-        if (!info.ok()) return abort_rest(info.status());
-        page = page_scratch_.data();
-      }
-      if (device_select_ && !contiguous) PageMinMax(page, mins, maxs);
-      for (int h = 0; h < kv_ && keep_keys; ++h) {
-        KeepPromptRows(ls, h, page + h * half_, page + (kv_ + h) * half_, P_);
+  std::vector<uint64_t> sums(static_cast<size_t>(pages) * kv_);
+  int32_t i0 = 0;
+  bool drained = false;
+  while (i0 < pages) {
+    int32_t i1 = i0;
+    for (; i1 < pages; ++i1) {
+      const int64_t p = first + i1;
+      keys[i1] = ChainPageKey(p == 0 ? PageKey{} : (i1 == 0 ? ls.keys[p - 1] : keys[i1 - 1]),
+                              absl::MakeConstSpan(seq.tokens).subspan(p * P_, P_), Extra(layer));
+      wos[i1].stream_id = ls.stream_id;
+      wos[i1].pin = o_.pin_prompt && (p + 1) * P_ <= seq.prompt_len;
+      absl::StatusOr<Reservation> r = store_->Reserve(o_.tenant, keys[i1], o_.layout, wos[i1]);
+      if (r.ok()) {
+        offsets[i1] = static_cast<int64_t>(r->arena_offset);
+        reserved[i1] = r->id;
+      } else if (absl::IsAlreadyExists(r.status())) {
+        if (wos[i1].pin) {
+          if (absl::Status s = store_->Pin(o_.tenant, keys[i1]); !s.ok()) return abort_rest(s);
+        }
+      } else if (absl::IsResourceExhausted(r.status()) && i1 > i0) {
+        break;  // write and commit what is reserved, then go on
+      } else if (absl::IsResourceExhausted(r.status()) && !drained) {
+        DrainCommits();  // earlier pages committed can leave the tier
+        drained = true;
+        --i1;
+      } else {
+        return abort_rest(r.status());
       }
     }
-    ls.sums.insert(ls.sums.end(), sums.begin() + int64_t{i} * kv_,
-                   sums.begin() + int64_t{i + 1} * kv_);
-    ls.keys.push_back(keys[i]);
-    if (wos[i].pin) ls.pinned = static_cast<int32_t>(first + i + 1);
-    if (reserved[i] != 0) {
-      committer_.EnqueueCommit(id, reserved[i], o_.layout.PageBytes());
-      reserved[i] = 0;
+    drained = false;
+    const int32_t m = i1 - i0;
+    if (absl::Status s = backend_->AssemblePages(
+            Rows(k, int64_t{i0} * P_, int64_t{m} * P_), Rows(v, int64_t{i0} * P_, int64_t{m} * P_),
+            absl::MakeConstSpan(offsets).subspan(i0, m),
+            absl::MakeSpan(sums).subspan(static_cast<size_t>(i0) * kv_,
+                                         static_cast<size_t>(m) * kv_));
+        !s.ok()) {
+      return abort_rest(s);
     }
-    ls.tokens += P_;
+    // What the host reads of the pages (host selection keeps the prompt's keys; a strided k's
+    // summaries), then phase two by the committer.
+    for (int32_t i = i0; i < i1; ++i) {
+      if (host_pages) {
+        const uint8_t* page = arena + offsets[i];
+        if (offsets[i] < 0) {  // a stored page: read back (verified) from the store
+          page_scratch_.resize(o_.layout.PageBytes());
+          auto info = store_->Get(o_.tenant, keys[i], absl::MakeSpan(page_scratch_));
+          if (!info.ok()) return abort_rest(info.status());
+          page = page_scratch_.data();
+        }
+        if (device_select_ && !contiguous) PageMinMax(page, mins, maxs);
+        for (int h = 0; h < kv_ && keep_keys; ++h) {
+          KeepPromptRows(ls, h, page + h * half_, page + (kv_ + h) * half_, P_);
+        }
+      }
+      ls.sums.insert(ls.sums.end(), sums.begin() + int64_t{i} * kv_,
+                     sums.begin() + int64_t{i + 1} * kv_);
+      ls.keys.push_back(keys[i]);
+      if (wos[i].pin) ls.pinned = static_cast<int32_t>(first + i + 1);
+      if (reserved[i] != 0) {
+        committer_.EnqueueCommit(id, reserved[i], o_.layout.PageBytes());
+        reserved[i] = 0;
+      }
+      ls.tokens += P_;
+    }
+    i0 = i1;
   }
   if (device_select_ && !contiguous) {
     return backend_->WriteSummaries(sum_slots, mins, maxs, std::vector<int32_t>(pages, P_));
