@@ -1,5 +1,6 @@
 // Device helpers shared by the CUDA kernels: 16-byte loads of 8 fp16/bf16 values, fast exp2,
-// warp reductions, and the one place CUDA errors become absl::Status.
+// warp and block reductions, head-page checksum terms, and the one place CUDA errors become
+// absl::Status.
 #ifndef PAGODA_KERNELS_SRC_CUDA_COMMON_CUH_
 #define PAGODA_KERNELS_SRC_CUDA_COMMON_CUH_
 
@@ -12,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "pagoda/kernels/dtype.h"
+#include "pagoda/kernels/head_checksum.h"
 
 namespace pagoda::kernels::gpu::internal {
 
@@ -88,6 +90,28 @@ constexpr float kLn2 = 0.6931471805599453f;
 __device__ __forceinline__ uint32_t OrderedKey(float f) {
   const uint32_t u = __float_as_uint(f);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The HeadPageChecksum terms (head_checksum.h) of one 16-byte word at 16-byte index w of a
+// head-page: its two 8-byte words, indices 2w and 2w + 1.
+__device__ __forceinline__ uint64_t ChecksumTerms16(const uint4& x, int64_t w) {
+  const uint64_t lo = (uint64_t{x.y} << 32) | x.x, hi = (uint64_t{x.w} << 32) | x.z;
+  return HeadChecksumTerm(lo, static_cast<uint64_t>(2 * w)) +
+         HeadChecksumTerm(hi, static_cast<uint64_t>(2 * w + 1));
+}
+
+// The sum of every thread's `v` over a block of kThreads (a multiple of 32); valid in thread 0.
+template <int kThreads>
+__device__ __forceinline__ uint64_t BlockSum(uint64_t v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  __shared__ uint64_t warp_sums[kThreads / 32];
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = v;
+  __syncthreads();
+  uint64_t total = 0;
+  if (threadIdx.x == 0) {
+    for (int k = 0; k < kThreads / 32; ++k) total += warp_sums[k];
+  }
+  return total;
 }
 
 }  // namespace pagoda::kernels::gpu::internal

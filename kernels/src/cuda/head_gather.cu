@@ -25,20 +25,10 @@ __global__ void __launch_bounds__(kThreads)
     const uint4 x =
         *reinterpret_cast<const uint4*>(p.src + (is_v ? p.src_v[i] : p.src_k[i]) + in_half * 16);
     *reinterpret_cast<uint4*>(slot + w * 16) = x;
-    // Two 8-byte words; their index across the head-page (K words, then V words).
-    const uint64_t lo = (uint64_t{x.y} << 32) | x.x, hi = (uint64_t{x.w} << 32) | x.z;
-    sum += HeadChecksumTerm(lo, static_cast<uint64_t>(2 * w)) +
-           HeadChecksumTerm(hi, static_cast<uint64_t>(2 * w + 1));
+    sum += internal::ChecksumTerms16(x, w);  // index across the head-page: K words, then V
   }
-  for (int off = 16; off > 0; off >>= 1) sum += __shfl_down_sync(0xffffffffu, sum, off);
-  __shared__ uint64_t warp_sums[kThreads / 32];
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = sum;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    uint64_t total = 0;
-    for (int k = 0; k < kThreads / 32; ++k) total += warp_sums[k];
-    p.bad[i] = total == p.expected[i] ? 0 : 1;
-  }
+  const uint64_t total = internal::BlockSum<kThreads>(sum);
+  if (threadIdx.x == 0) p.bad[i] = total == p.expected[i] ? 0 : 1;
 }
 
 }  // namespace

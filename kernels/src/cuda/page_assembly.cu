@@ -34,20 +34,10 @@ __global__ void __launch_bounds__(kThreads)
       uint8_t* d = page + (is_v ? int64_t{p.num_kv_heads} + h : int64_t{h}) * half_bytes;
       *reinterpret_cast<uint4*>(d + in_half * 16) = x;
     }
-    // Two 8-byte words; their index across the head-page (K words, then V words).
-    const uint64_t lo = (uint64_t{x.y} << 32) | x.x, hi = (uint64_t{x.w} << 32) | x.z;
-    sum += HeadChecksumTerm(lo, static_cast<uint64_t>(2 * w)) +
-           HeadChecksumTerm(hi, static_cast<uint64_t>(2 * w + 1));
+    sum += internal::ChecksumTerms16(x, w);  // index across the head-page: K words, then V
   }
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_down_sync(0xffffffffu, sum, o);
-  __shared__ uint64_t warp_sums[kThreads / 32];
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = sum;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    uint64_t total = 0;
-    for (int k = 0; k < kThreads / 32; ++k) total += warp_sums[k];
-    p.head_sums[int64_t{i} * p.num_kv_heads + h] = total;
-  }
+  const uint64_t total = internal::BlockSum<kThreads>(sum);
+  if (threadIdx.x == 0) p.head_sums[int64_t{i} * p.num_kv_heads + h] = total;
 }
 
 }  // namespace
