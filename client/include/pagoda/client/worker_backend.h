@@ -79,7 +79,9 @@ class WorkerBackend {
   // Registers the host memory fetches read from (the store's host arena). The CUDA backend reads
   // it from the device through its host addresses, so every range a fetch names must already be
   // page-locked and mapped for device_index() at its own address (Store::MapHostTierForGpu, which
-  // DecodeWorker calls). Replaces an earlier registration.
+  // DecodeWorker calls). AssemblePages writes prefill pages into slots of the same range that the
+  // caller reserved in the store (the range stays the store's; the backend only writes where it
+  // is told). Replaces an earlier registration.
   virtual absl::Status RegisterSource(const uint8_t* base, int64_t bytes) = 0;
 
   // Verified gather from the registered source into the pool (one kernel): bad[i] = 1 when the
