@@ -33,9 +33,10 @@ class PageCommitter {
   ~PageCommitter();  // drains
 
   static constexpr uint64_t kMaxQueuedBytes = 256ULL << 20;
-  // Page buffers kept for TakeBuffer once committed: a prefill chunk's worth (8192 tokens at
-  // Llama-3-8B shapes, 512 pages of 64 KiB), so a steady stream of chunks reuses warm memory
-  // instead of allocating and faulting in a fresh buffer per page.
+  // Page buffers kept for TakeBuffer once committed (decode steps' filled pages, louiskv's layout
+  // pages: up to one per prompt page at the end of a layer's prefill; whole prefill pages are
+  // written into reserved store slots and never use them): 512 pages of 64 KiB at Llama-3-8B
+  // shapes, so a burst reuses warm memory instead of faulting in a fresh buffer per page.
   static constexpr uint64_t kMaxSpareBytes = 32ULL << 20;
 
   void Enqueue(uint64_t sequence, const PageKey& key, std::vector<uint8_t> bytes,

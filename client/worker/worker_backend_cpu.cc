@@ -115,16 +115,8 @@ class CpuWorkerBackend final : public WorkerBackend {
     if (absl::Status s = worker_internal::CheckAttend(geo_, Device::kCpu, q, table, o); !s.ok()) {
       return s;
     }
-    // The references take contiguous q / o; copy strided views through scratch.
+    if (absl::Status s = StageQ(q); !s.ok()) return s;
     const int64_t batch = q.shape[0];
-    const size_t n = static_cast<size_t>(batch) * geo_.q_heads * geo_.head_dim;
-    q_.resize(n);
-    o_.resize(n);
-    for (int64_t b = 0; b < batch; ++b) {
-      for (int h = 0; h < geo_.q_heads; ++h) {
-        std::memcpy(&q_[(b * geo_.q_heads + h) * geo_.head_dim], q.At(b, h, 0), geo_.head_dim * 2);
-      }
-    }
     kernels::DecodeParams p;
     p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_.data()));
     p.table = table;
@@ -134,11 +126,7 @@ class CpuWorkerBackend final : public WorkerBackend {
     p.q = q_.data();
     p.o = o_.data();
     if (absl::Status s = kernels::SparseDecodeReference(p); !s.ok()) return s;
-    for (int64_t b = 0; b < batch; ++b) {
-      for (int h = 0; h < geo_.q_heads; ++h) {
-        std::memcpy(o.At(b, h, 0), &o_[(b * geo_.q_heads + h) * geo_.head_dim], geo_.head_dim * 2);
-      }
-    }
+    WriteBackO(o);
     return absl::OkStatus();
   }
 
@@ -159,15 +147,8 @@ class CpuWorkerBackend final : public WorkerBackend {
         !s.ok()) {
       return s;
     }
+    if (absl::Status s = StageQ(q); !s.ok()) return s;
     const int64_t n = q.shape[0];
-    const size_t elems = static_cast<size_t>(n) * geo_.q_heads * geo_.head_dim;
-    q_.resize(elems);
-    o_.resize(elems);
-    for (int64_t t = 0; t < n; ++t) {
-      for (int h = 0; h < geo_.q_heads; ++h) {
-        std::memcpy(&q_[(t * geo_.q_heads + h) * geo_.head_dim], q.At(t, h, 0), geo_.head_dim * 2);
-      }
-    }
     const int32_t q_indptr[2] = {0, static_cast<int32_t>(n)};
     kernels::PrefillParams p;
     p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_.data()));
@@ -182,11 +163,7 @@ class CpuWorkerBackend final : public WorkerBackend {
     p.sink_tokens = mask.sink_tokens;
     p.window_tokens = mask.window_tokens;
     if (absl::Status s = kernels::BlockSparsePrefillReference(p); !s.ok()) return s;
-    for (int64_t t = 0; t < n; ++t) {
-      for (int h = 0; h < geo_.q_heads; ++h) {
-        std::memcpy(o.At(t, h, 0), &o_[(t * geo_.q_heads + h) * geo_.head_dim], geo_.head_dim * 2);
-      }
-    }
+    WriteBackO(o);
     return absl::OkStatus();
   }
 
@@ -356,6 +333,22 @@ class CpuWorkerBackend final : public WorkerBackend {
   absl::Status Sync() override { return absl::OkStatus(); }
 
  private:
+  // The references take contiguous q / o: q ([rows, q_heads, head_dim], any strides) into q_, and
+  // o_ sized to match; WriteBackO copies o_ into the caller's (possibly strided) o.
+  absl::Status StageQ(const TensorView& q) {
+    const size_t n = static_cast<size_t>(q.shape[0]) * q.shape[1] * q.shape[2];
+    q_.resize(n);
+    o_.resize(n);
+    return worker_internal::CopyHostTensor(q, absl::MakeSpan(q_));
+  }
+  void WriteBackO(const TensorView& o) {
+    for (int64_t r = 0; r < o.shape[0]; ++r) {
+      for (int h = 0; h < geo_.q_heads; ++h) {
+        std::memcpy(o.At(r, h, 0), &o_[(r * geo_.q_heads + h) * geo_.head_dim], geo_.head_dim * 2);
+      }
+    }
+  }
+
   uint8_t* SlotPtr(HeadSlot s) {
     return pool_.data() + (int64_t{s.head} * geo_.slots + s.slot) * geo_.SlotBytes();
   }

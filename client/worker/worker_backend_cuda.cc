@@ -72,6 +72,20 @@ struct Staged {
   }
 };
 
+// Int32 words of a CSR page table packed as indptr, indices, last_page_len.
+size_t TableWords(const kernels::PageTable& t) {
+  return 2 * static_cast<size_t>(t.num_rows) + 1 + t.indptr[t.num_rows];
+}
+// Packs `t` into `host` (TableWords(t) words) and returns the same table over `dev`, the device
+// copy of that buffer.
+kernels::PageTable PackTable(const kernels::PageTable& t, int32_t* host, const int32_t* dev) {
+  const int32_t rows = t.num_rows, entries = t.indptr[rows];
+  std::memcpy(host, t.indptr, (rows + 1) * 4);
+  std::memcpy(host + rows + 1, t.indices, entries * 4);
+  std::memcpy(host + rows + 1 + entries, t.last_page_len, rows * 4);
+  return {rows, dev, dev + rows + 1, dev + rows + 1 + entries};
+}
+
 bool Contiguous(const TensorView& t) {
   return t.strides[2] == 1 && t.strides[1] == t.shape[2] && t.strides[0] == t.shape[1] * t.shape[2];
 }
@@ -281,29 +295,23 @@ class CudaWorkerBackend final : public WorkerBackend {
     if (!Contiguous(q) || !Contiguous(o)) {
       return absl::InvalidArgumentError("the CUDA backend needs contiguous q and o");
     }
-    const int32_t rows = table.num_rows, entries = table.indptr[rows];
+    const int32_t rows = table.num_rows;
     int64_t max_row = 0;
     for (int32_t r = 0; r < rows; ++r) {
       max_row = std::max<int64_t>(
           max_row, int64_t{table.indptr[r + 1] - table.indptr[r]} * geo_.page_tokens);
     }
-    const size_t bytes = (rows + 1 + entries + rows) * sizeof(int32_t);
+    const size_t bytes = TableWords(table) * sizeof(int32_t);
     if (absl::Status s = table_.Reserve(bytes); !s.ok()) return s;
-    int32_t* h = reinterpret_cast<int32_t*>(table_.host);
-    std::memcpy(h, table.indptr, (rows + 1) * 4);
-    std::memcpy(h + rows + 1, table.indices, entries * 4);
-    std::memcpy(h + rows + 1 + entries, table.last_page_len, rows * 4);
+    const kernels::PageTable dt = PackTable(table, reinterpret_cast<int32_t*>(table_.host),
+                                            reinterpret_cast<const int32_t*>(table_.dev));
     PAGODA_CUDA_RETURN(
         cudaMemcpyAsync(table_.dev, table_.host, bytes, cudaMemcpyHostToDevice, stream_),
         "table upload");
     PAGODA_CUDA_RETURN(cudaEventRecord(table_.ready, stream_), "event record");
-    const int32_t* d = reinterpret_cast<const int32_t*>(table_.dev);
     kernels::DecodeParams p;
     p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
-    p.table.num_rows = rows;
-    p.table.indptr = d;
-    p.table.indices = d + rows + 1;
-    p.table.last_page_len = d + rows + 1 + entries;
+    p.table = dt;
     p.batch = static_cast<int32_t>(q.shape[0]);
     p.num_qo_heads = geo_.q_heads;
     p.per_kv_head = true;
@@ -357,14 +365,13 @@ class CudaWorkerBackend final : public WorkerBackend {
       return absl::InvalidArgumentError("the CUDA backend needs contiguous q and o");
     }
     // One upload: indptr, indices, last_page_len, q_indptr (int32), then the streaming flags.
-    const int32_t rows = table.num_rows, entries = table.indptr[rows];
-    const size_t words = (rows + 1) + entries + rows + 2;
+    const int32_t rows = table.num_rows;
+    const size_t words = TableWords(table) + 2;
     const size_t bytes = words * 4 + rows;
     if (absl::Status s = prefill_.Reserve(bytes); !s.ok()) return s;
     int32_t* h = reinterpret_cast<int32_t*>(prefill_.host);
-    std::memcpy(h, table.indptr, (rows + 1) * 4);
-    std::memcpy(h + rows + 1, table.indices, entries * 4);
-    std::memcpy(h + rows + 1 + entries, table.last_page_len, rows * 4);
+    const int32_t* d = reinterpret_cast<const int32_t*>(prefill_.dev);
+    const kernels::PageTable dt = PackTable(table, h, d);
     h[words - 2] = 0;
     h[words - 1] = static_cast<int32_t>(q.shape[0]);
     uint8_t* flags = prefill_.host + words * 4;
@@ -373,10 +380,9 @@ class CudaWorkerBackend final : public WorkerBackend {
         cudaMemcpyAsync(prefill_.dev, prefill_.host, bytes, cudaMemcpyHostToDevice, stream_),
         "prefill table upload");
     PAGODA_CUDA_RETURN(cudaEventRecord(prefill_.ready, stream_), "event record");
-    const int32_t* d = reinterpret_cast<const int32_t*>(prefill_.dev);
     kernels::PrefillParams p;
     p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
-    p.table = {rows, d, d + rows + 1, d + rows + 1 + entries};
+    p.table = dt;
     p.per_kv_head = true;
     p.batch = 1;
     p.num_qo_heads = geo_.q_heads;
