@@ -142,6 +142,43 @@ absl::Status ValidateHeadGatherShape(const HeadGatherParams& p) {
   return absl::OkStatus();
 }
 
+absl::Status ValidatePageMassShape(const PageMassParams& p) {
+  if (auto s = ValidatePagedKV(p.kv, /*need_v=*/false); !s.ok()) return s;
+  if (p.batch <= 0 || p.num_qo_heads <= 0) return Bad("page mass", "batch and heads must be > 0");
+  if (p.num_qo_heads % p.kv.num_kv_heads != 0) {
+    return Bad("page mass", "num_qo_heads must be a multiple of num_kv_heads");
+  }
+  if (p.q == nullptr || p.indptr == nullptr || p.indices == nullptr || p.page_len == nullptr ||
+      p.mass == nullptr) {
+    return Bad("page mass", "null q, indptr, indices, page_len or mass");
+  }
+  if (p.reduce != GroupReduce::kMax && p.reduce != GroupReduce::kSum) {
+    return Bad("page mass", "unknown group reduce");
+  }
+  if (!(p.sm_scale >= 0.f)) return Bad("page mass", "sm_scale must be >= 0 (0: 1/sqrt(head_dim))");
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePageMassHost(const PageMassParams& p) {
+  const int32_t rows = p.batch * p.kv.num_kv_heads;
+  if (p.indptr[0] != 0) return Bad("page mass", "indptr[0] must be 0");
+  for (int32_t r = 0; r < rows; ++r) {
+    if (p.indptr[r + 1] < p.indptr[r]) {
+      return absl::InvalidArgumentError(absl::StrCat("page mass: indptr decreases at row ", r));
+    }
+  }
+  const int64_t n = p.indptr[rows];
+  if (auto s = ValidatePageIdsHost(p.indices, n, p.kv.num_pages, "page mass"); !s.ok()) return s;
+  for (int64_t e = 0; e < n; ++e) {
+    if (p.page_len[e] < 1 || p.page_len[e] > p.kv.page_size) {
+      return absl::InvalidArgumentError(absl::StrCat("page mass: entry ", e, " holds ",
+                                                     p.page_len[e], " tokens, not in [1, ",
+                                                     p.kv.page_size, "]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidatePageAssemblyShape(const PageAssemblyParams& p) {
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) {
     return Bad("page assembly", "dtype must be float16 or bfloat16");

@@ -26,6 +26,10 @@ absl::Status ValidatePageAssemblyShape(const PageAssemblyParams& p);
 // Offsets inside dst and written pages apart (reads dst_offset on the host).
 absl::Status ValidatePageAssemblyHost(const PageAssemblyParams& p);
 
+absl::Status ValidatePageMassShape(const PageMassParams& p);
+// indptr non-decreasing from 0, page ids in range, page_len in [1, page_size] (host arrays).
+absl::Status ValidatePageMassHost(const PageMassParams& p);
+
 // Page ids in [0, num_pages).
 absl::Status ValidatePageIdsHost(const int32_t* ids, int64_t n, int64_t num_pages,
                                  const char* what);

@@ -11,18 +11,6 @@
 
 namespace pagoda::retriever::internal {
 
-namespace {
-// fp16 bits -> float for all 65536 values (kernels::HalfToFloat's, looked up instead of decoded).
-const float* HalfTable() {
-  static const std::vector<float> table = [] {
-    std::vector<float> t(65536);
-    for (uint32_t b = 0; b < 65536; ++b) t[b] = kernels::HalfToFloat(static_cast<uint16_t>(b));
-    return t;
-  }();
-  return table.data();
-}
-}  // namespace
-
 uint64_t KeysFingerprint(absl::Span<const uint16_t> keys) {
   return XXH3_64bits(keys.data(), keys.size() * sizeof(uint16_t));
 }
@@ -184,9 +172,9 @@ int32_t BoundarySelector::LayoutToPosition(int h, int32_t l) const {
   return static_cast<int32_t>(LayoutPosition(*clusters_, h, l));
 }
 
-absl::StatusOr<Selection> BoundarySelector::Choose(absl::Span<const uint16_t> q,
-                                                   absl::Span<const float> q_float,
-                                                   const Plan& plan) {
+absl::StatusOr<ScoreRequest> BoundarySelector::BeginChoose(absl::Span<const uint16_t> q,
+                                                           absl::Span<const float> q_float,
+                                                           const Plan& plan) {
   auto fire = trigger_->Observe(q_float);
   if (!fire.ok()) return fire.status();
   bool retrieve = *fire;
@@ -209,20 +197,20 @@ absl::StatusOr<Selection> BoundarySelector::Choose(absl::Span<const uint16_t> q,
                                     }),
                      ranked.end());
       }
-      return Build(q_float, plan, false, scanned * options_.head_dim * 2);
+      return Begin(plan, false, scanned * options_.head_dim * 2);
     }
   }
   if (retrieve) {
     const int64_t now = plan.tokens - 1;  // the query's own token opens the new segment
     if (now > boundaries_.back()) boundaries_.push_back(now);
     const int64_t scanned = Rank(q_float, plan, /*resident_only=*/false);
-    return Build(q_float, plan, true, scanned * options_.head_dim * 2);
+    return Begin(plan, true, scanned * options_.head_dim * 2);
   }
   if (options_.resident_factor > 1.0 && !resident_.empty()) {
     const int64_t scanned = Rank(q_float, plan, /*resident_only=*/true);
-    return Build(q_float, plan, false, scanned * options_.head_dim * 2);
+    return Begin(plan, false, scanned * options_.head_dim * 2);
   }
-  return Build(q_float, plan, false, 0);
+  return Begin(plan, false, 0);
 }
 
 int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan,
@@ -340,117 +328,25 @@ int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan
   return scanned_units;
 }
 
-std::vector<int32_t> BoundarySelector::Rescore(int h, absl::Span<const float> q_float,
-                                               int32_t tokens, const std::vector<char>& mark,
-                                               int32_t free_pages) {
-  const int d = options_.head_dim;
+ScoreRequest BoundarySelector::Begin(const Plan& plan, bool retrieved, int64_t summary_bytes) {
   const int P = options_.page_tokens;
-  const int group = group_size();
-  const int32_t pages = (tokens + P - 1) / P;
-  const size_t want = static_cast<size_t>(std::ceil(options_.rescore_factor * free_pages));
-  std::vector<int32_t> cand;
-  for (int32_t p : ranked_[h]) {
-    if (cand.size() >= want) break;
-    if (p < pages && !mark[p]) cand.push_back(p);
-  }
-  if (cand.empty()) return cand;
-  // Exact logits of every token on the marked and the candidate pages (layout order), per query
-  // head of the group; a candidate's mass is its share of the softmax over all of them.
-  std::vector<int32_t> scored;  // the marked pages, then the candidates
-  for (int32_t p = 0; p < pages; ++p) {
-    if (mark[p]) scored.push_back(p);
-  }
-  const size_t first_cand = scored.size();
-  scored.insert(scored.end(), cand.begin(), cand.end());
-  // A page at a time: its keys transposed ([d][Pp] floats, Pp = P rounded up to whole lanes), so
-  // each query head's dots for all the page's tokens run side by side (one SIMD lane per token).
-  // Every dot still sums over d in order, so the logits are the ones a token-at-a-time loop
-  // computes, bit for bit. Lanes past a partial page's tokens hold a previous page's keys; their
-  // sums are never read.
-  constexpr int kLanes = 8;
-  const int Pp = (P + kLanes - 1) / kLanes * kLanes;
-  std::vector<float> key_t(static_cast<size_t>(d) * Pp), acc(static_cast<size_t>(group) * Pp);
-  std::vector<float> logits;
-  std::vector<int32_t> page_of;  // index into `scored` of each logit's page
-  logits.reserve(scored.size() * P * group);
-  const float* half = options_.dtype == kernels::DType::kFloat16 ? HalfTable() : nullptr;
-  for (size_t i = 0; i < scored.size(); ++i) {
-    const int32_t first = scored[i] * P;
-    const int32_t n = std::min(tokens, first + P) - first;
-    for (int32_t t = 0; t < n; ++t) {
-      const uint16_t* k = pool_.key(h, LayoutToPosition(h, first + t));
-      float* col = key_t.data() + t;
-      if (half != nullptr) {
-        for (int j = 0; j < d; ++j) col[static_cast<size_t>(j) * Pp] = half[k[j]];
-      } else {
-        for (int j = 0; j < d; ++j) col[static_cast<size_t>(j) * Pp] = kernels::Bf16ToFloat(k[j]);
-      }
-    }
-    for (int g = 0; g < group; ++g) {  // every element of acc is written
-      const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
-      for (int t0 = 0; t0 < Pp; t0 += kLanes) {
-        float lane[kLanes] = {};
-        for (int j = 0; j < d; ++j) {
-          const float qj = qg[j];
-          const float* kj = key_t.data() + static_cast<size_t>(j) * Pp + t0;
-          for (int t = 0; t < kLanes; ++t) lane[t] += qj * kj[t];
-        }
-        std::copy_n(lane, kLanes, acc.data() + static_cast<size_t>(g) * Pp + t0);
-      }
-    }
-    for (int32_t t = 0; t < n; ++t) {
-      for (int g = 0; g < group; ++g) logits.push_back(acc[static_cast<size_t>(g) * Pp + t]);
-      page_of.push_back(static_cast<int32_t>(i));
-    }
-  }
-  const float scale = 1.f / std::sqrt(static_cast<float>(d));
-  std::vector<float> mass(scored.size(), 0.f), head_mass(scored.size());
-  for (int g = 0; g < group; ++g) {
-    float top = -std::numeric_limits<float>::infinity();
-    for (size_t t = 0; t < page_of.size(); ++t) top = std::max(top, logits[t * group + g]);
-    double z = 0;
-    std::fill(head_mass.begin(), head_mass.end(), 0.f);
-    for (size_t t = 0; t < page_of.size(); ++t) {
-      const float e = std::exp((logits[t * group + g] - top) * scale);
-      head_mass[page_of[t]] += e;
-      z += e;
-    }
-    for (size_t i = first_cand; i < scored.size(); ++i) {
-      const float prob = static_cast<float>(head_mass[i] / z);
-      mass[i] =
-          options_.group_reduce == GroupReduce::kMax ? std::max(mass[i], prob) : mass[i] + prob;
-    }
-  }
-  std::vector<size_t> order(cand.size());
-  std::iota(order.begin(), order.end(), first_cand);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return mass[a] > mass[b]; });
-  std::vector<int32_t> ranked;
-  ranked.reserve(ranked_[h].size());
-  for (size_t i : order) ranked.push_back(scored[i]);
-  std::vector<char> is_cand(pages, 0);
-  for (int32_t p : cand) is_cand[p] = 1;
-  for (int32_t p : ranked_[h]) {
-    if (p >= pages || !is_cand[p]) ranked.push_back(p);
-  }
-  ranked_[h] = std::move(ranked);
-  return cand;
-}
-
-Selection BoundarySelector::Build(absl::Span<const float> q_float, const Plan& plan, bool retrieved,
-                                  int64_t summary_bytes) {
-  const int P = options_.page_tokens;
+  const int H = options_.kv_heads;
   const int32_t T = static_cast<int32_t>(plan.tokens);
   const int32_t pages = (T + P - 1) / P;  // the layout is a permutation of [0, T)
   const int32_t budget = plan.budget_pages;
-  Selection out;
-  out.spans.resize(options_.kv_heads);
-  out.prefetch.resize(options_.kv_heads);
-  int64_t tokens_read = 0;
-  std::vector<char> mark(pages);
-  for (int h = 0; h < options_.kv_heads; ++h) {
-    std::fill(mark.begin(), mark.end(), 0);
-    int32_t used = 0;
+  pending_.plan = plan;
+  pending_.retrieved = retrieved;
+  pending_.summary_bytes = summary_bytes;
+  pending_.mark.assign(H, std::vector<char>(pages, 0));
+  pending_.used.assign(H, 0);
+  pending_.cand.assign(H, {});
+  ScoreRequest request;
+  request.tokens = T;
+  request.pages.assign(H, {});
+  request.first_candidate.assign(H, 0);
+  for (int h = 0; h < H; ++h) {
+    std::vector<char>& mark = pending_.mark[h];
+    int32_t& used = pending_.used[h];
     auto mark_page = [&](int32_t p) {
       if (!mark[p]) {
         mark[p] = 1;
@@ -471,12 +367,74 @@ Selection BoundarySelector::Build(absl::Span<const float> q_float, const Plan& p
     }
     first = std::max({first, sink_pages, natural_first_page});
     for (int32_t p = first; p < pages; ++p) mark_page(p);
-    std::vector<int32_t> rescored;
-    // Only resident pages are rescored: ranked_ holds them first at a retrieval (the fetch makes
-    // the best resident_factor x budget pages resident) and only them between retrievals.
-    if (!IsStreaming(h) && h < static_cast<int>(ranked_.size()) && options_.rescore_factor > 1.0 &&
-        options_.resident_factor > 1.0) {
-      rescored = Rescore(h, q_float, T, mark, budget - used);
+    // Exact rescoring: the best rescore_factor x free pages of ranked_ not kept already. Only
+    // resident pages are rescored: ranked_ holds them first at a retrieval (the fetch makes the
+    // best resident_factor x budget pages resident) and only them between retrievals.
+    if (IsStreaming(h) || h >= static_cast<int>(ranked_.size()) || options_.rescore_factor <= 1.0 ||
+        options_.resident_factor <= 1.0) {
+      continue;
+    }
+    const size_t want = static_cast<size_t>(std::ceil(options_.rescore_factor * (budget - used)));
+    std::vector<int32_t>& cand = pending_.cand[h];
+    for (int32_t p : ranked_[h]) {
+      if (cand.size() >= want) break;
+      if (p < pages && !mark[p]) cand.push_back(p);
+    }
+    if (cand.empty()) continue;
+    // One softmax over the kept pages' tokens and the candidates' (layout order, kept first).
+    for (int32_t p = 0; p < pages; ++p) {
+      if (mark[p]) request.pages[h].push_back(p);
+    }
+    request.first_candidate[h] = static_cast<int32_t>(request.pages[h].size());
+    request.pages[h].insert(request.pages[h].end(), cand.begin(), cand.end());
+  }
+  return request;
+}
+
+void BoundarySelector::Reorder(int h, absl::Span<const float> cand_mass) {
+  const std::vector<int32_t>& cand = pending_.cand[h];
+  std::vector<size_t> order(cand.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return cand_mass[a] > cand_mass[b]; });
+  const int32_t pages = static_cast<int32_t>(pending_.mark[h].size());
+  std::vector<int32_t> ranked;
+  ranked.reserve(ranked_[h].size());
+  for (size_t i : order) ranked.push_back(cand[i]);
+  std::vector<char> is_cand(pages, 0);
+  for (int32_t p : cand) is_cand[p] = 1;
+  for (int32_t p : ranked_[h]) {
+    if (p >= pages || !is_cand[p]) ranked.push_back(p);
+  }
+  ranked_[h] = std::move(ranked);
+}
+
+absl::StatusOr<Selection> BoundarySelector::FinishChoose(
+    absl::Span<const std::vector<float>> mass) {
+  const Plan& plan = pending_.plan;
+  const bool retrieved = pending_.retrieved;
+  int64_t summary_bytes = pending_.summary_bytes;
+  const int P = options_.page_tokens;
+  const int32_t T = static_cast<int32_t>(plan.tokens);
+  const int32_t pages = (T + P - 1) / P;
+  const int32_t budget = plan.budget_pages;
+  Selection out;
+  out.spans.resize(options_.kv_heads);
+  out.prefetch.resize(options_.kv_heads);
+  int64_t tokens_read = 0;
+  for (int h = 0; h < options_.kv_heads; ++h) {
+    std::vector<char>& mark = pending_.mark[h];
+    int32_t& used = pending_.used[h];
+    auto mark_page = [&](int32_t p) {
+      if (!mark[p]) {
+        mark[p] = 1;
+        ++used;
+      }
+    };
+    const std::vector<int32_t>& rescored = pending_.cand[h];
+    if (!rescored.empty()) {
+      const size_t first_cand = mass[h].size() - rescored.size();
+      Reorder(h, absl::MakeConstSpan(mass[h]).subspan(first_cand));
     }
     if (!IsStreaming(h) && h < static_cast<int>(ranked_.size())) {
       // A retrieval makes the best resident_factor x budget pages resident (the ones past the

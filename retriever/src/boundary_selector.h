@@ -51,8 +51,13 @@ class BoundarySelector final : public SelectorBase {
   absl::Status OnPrefill(absl::Span<const uint16_t> keys, int64_t num_tokens) override;
   absl::Status OnAppend(int64_t first, int64_t num_tokens) override;
   int64_t ExtraBytes() const override;
-  absl::StatusOr<Selection> Choose(absl::Span<const uint16_t> q, absl::Span<const float> q_float,
-                                   const Plan& plan) override;
+  absl::StatusOr<ScoreRequest> BeginChoose(absl::Span<const uint16_t> q,
+                                           absl::Span<const float> q_float,
+                                           const Plan& plan) override;
+  absl::StatusOr<Selection> FinishChoose(absl::Span<const std::vector<float>> mass) override;
+  const uint16_t* PageToken(int h, int32_t page, int32_t t) const override {
+    return pool_.key(h, LayoutToPosition(h, page * options_.page_tokens + t));
+  }
 
  private:
   struct Unit {
@@ -75,14 +80,23 @@ class BoundarySelector final : public SelectorBase {
   // pages among the resident ones over that of the best free pages overall.
   int64_t Rank(absl::Span<const float> q_float, const Plan& plan, bool resident_only,
                double* coverage = nullptr);
-  // Moves the best rescore_factor x free_pages unmarked pages of ranked_[h] to its front, ordered
-  // by exact attention mass for the group's queries (softmax over them and the marked pages).
-  // Returns the rescored pages.
-  std::vector<int32_t> Rescore(int h, absl::Span<const float> q_float, int32_t tokens,
-                               const std::vector<char>& mark, int32_t free_pages);
-  Selection Build(absl::Span<const float> q_float, const Plan& plan, bool retrieved,
-                  int64_t summary_bytes);
+  // The step after the ranking: marks each head's sinks and window and picks its rescoring
+  // candidates, the best rescore_factor x free unmarked pages of ranked_ (into pending_); returns
+  // what to score.
+  ScoreRequest Begin(const Plan& plan, bool retrieved, int64_t summary_bytes);
+  // Moves head h's candidates to the front of ranked_[h], ordered by their exact masses.
+  void Reorder(int h, absl::Span<const float> cand_mass);
 
+  // The selection between BeginChoose and FinishChoose.
+  struct Pending {
+    Plan plan;
+    bool retrieved = false;
+    int64_t summary_bytes = 0;
+    std::vector<std::vector<char>> mark;     // per head: kept pages (sinks, window)
+    std::vector<int32_t> used;               // per head: pages marked
+    std::vector<std::vector<int32_t>> cand;  // per head: rescoring candidates
+  };
+  Pending pending_;
   std::shared_ptr<const PromptClusters> clusters_;
   KMeansRunner run_;            // k-means for Prefill's clustering (empty: the reference)
   int32_t sink_tokens_ = 0;     // S

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "pagoda/kernels/reference.h"
 
 namespace pagoda::retriever::internal {
 
@@ -67,6 +68,18 @@ absl::Status SelectorBase::Append(absl::Span<const uint16_t> keys, int64_t num_t
 }
 
 absl::StatusOr<Selection> SelectorBase::Select(absl::Span<const uint16_t> q) {
+  auto request = BeginSelect(q);
+  if (!request.ok()) return request.status();
+  std::vector<std::vector<float>> mass;
+  if (!request->empty()) {
+    auto scored = ScoreOnHost(*request, q);
+    if (!scored.ok()) return scored.status();
+    mass = *std::move(scored);
+  }
+  return FinishSelect(mass);
+}
+
+absl::StatusOr<ScoreRequest> SelectorBase::BeginSelect(absl::Span<const uint16_t> q) {
   if (!prefilled_) return absl::FailedPreconditionError("selector: Select before Prefill");
   const size_t want = static_cast<size_t>(options_.q_heads) * options_.head_dim;
   if (q.size() != want) {
@@ -98,7 +111,90 @@ absl::StatusOr<Selection> SelectorBase::Select(absl::Span<const uint16_t> q) {
                                                    " pages is smaller than the ", plan.kept(),
                                                    " always-kept pages (sinks + window)"));
   }
-  return Choose(q, qf, plan);
+  begun_ = false;
+  auto request = BeginChoose(q, qf, plan);
+  if (!request.ok()) return request.status();
+  begun_ = true;
+  request_ = *request;
+  return request;
+}
+
+absl::StatusOr<Selection> SelectorBase::FinishSelect(absl::Span<const std::vector<float>> mass) {
+  if (!begun_) return absl::FailedPreconditionError("selector: FinishSelect without BeginSelect");
+  const bool none = request_.empty();
+  if (none ? !mass.empty() : mass.size() != request_.pages.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("selector: masses for ", mass.size(), " KV heads, the request has ",
+                     none ? 0 : request_.pages.size(), " (none when it is empty)"));
+  }
+  for (size_t h = 0; h < mass.size(); ++h) {
+    if (mass[h].size() != request_.pages[h].size()) {
+      return absl::InvalidArgumentError(absl::StrCat("selector: ", mass[h].size(),
+                                                     " masses for KV head ", h, ", requested ",
+                                                     request_.pages[h].size()));
+    }
+    for (float m : mass[h]) {
+      if (!std::isfinite(m)) return absl::InvalidArgumentError("selector: non-finite mass");
+    }
+  }
+  begun_ = false;
+  return FinishChoose(mass);
+}
+
+absl::StatusOr<ScoreRequest> SelectorBase::BeginChoose(absl::Span<const uint16_t> q,
+                                                       absl::Span<const float> q_float,
+                                                       const Plan& plan) {
+  auto chosen = Choose(q, q_float, plan);
+  if (!chosen.ok()) return chosen.status();
+  chosen_ = *std::move(chosen);
+  return ScoreRequest{};
+}
+
+absl::StatusOr<Selection> SelectorBase::FinishChoose(absl::Span<const std::vector<float>> mass) {
+  return std::move(chosen_);
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> SelectorBase::ScoreOnHost(
+    const ScoreRequest& request, absl::Span<const uint16_t> q) const {
+  const int P = options_.page_tokens;
+  const int d = options_.head_dim;
+  const int group = group_size();
+  std::vector<std::vector<float>> mass(request.pages.size());
+  std::vector<uint16_t> keys;  // the row's pages' keys: [page][P][d]
+  std::vector<int32_t> indptr = {0, 0}, indices, page_len;
+  for (size_t h = 0; h < request.pages.size(); ++h) {
+    const std::vector<int32_t>& pages = request.pages[h];
+    if (pages.empty()) continue;
+    keys.assign(pages.size() * P * d, 0);
+    indices.resize(pages.size());
+    page_len.resize(pages.size());
+    for (size_t i = 0; i < pages.size(); ++i) {
+      const int64_t first = int64_t{pages[i]} * P;
+      page_len[i] = static_cast<int32_t>(std::min<int64_t>(request.tokens, first + P) - first);
+      indices[i] = static_cast<int32_t>(i);
+      for (int32_t t = 0; t < page_len[i]; ++t) {
+        const uint16_t* k = PageToken(static_cast<int>(h), pages[i], t);
+        std::copy_n(k, d, keys.data() + (i * P + t) * d);
+      }
+    }
+    indptr[1] = static_cast<int32_t>(pages.size());
+    mass[h].resize(pages.size());
+    kernels::PageMassParams p;
+    p.kv = kernels::PackedPagedKV(options_.dtype, static_cast<int32_t>(pages.size()), P, 1, d,
+                                  keys.data());
+    p.kv.stride_page = int64_t{P} * d;  // keys only
+    p.kv.v = nullptr;
+    p.batch = 1;
+    p.num_qo_heads = group;
+    p.q = q.data() + h * group * d;
+    p.indptr = indptr.data();
+    p.indices = indices.data();
+    p.page_len = page_len.data();
+    p.reduce = options_.group_reduce;
+    p.mass = mass[h].data();
+    if (absl::Status s = kernels::PageMassReference(p); !s.ok()) return s;
+  }
+  return mass;
 }
 
 Selection SelectorBase::FromNaturalPages(std::vector<std::vector<int32_t>> rows,

@@ -33,6 +33,8 @@ class SelectorBase : public Selector {
   absl::Status Prefill(absl::Span<const uint16_t> keys, int64_t num_tokens) final;
   absl::Status Append(absl::Span<const uint16_t> keys, int64_t num_tokens) final;
   absl::StatusOr<Selection> Select(absl::Span<const uint16_t> q) final;
+  absl::StatusOr<ScoreRequest> BeginSelect(absl::Span<const uint16_t> q) final;
+  absl::StatusOr<Selection> FinishSelect(absl::Span<const std::vector<float>> mass) final;
   int64_t num_tokens() const final { return pool_.tokens(); }
   int64_t HostBytes() const final { return pool_.bytes() + ExtraBytes(); }
   absl::StatusOr<kernels::PageSummaries> Summaries() const final {
@@ -51,8 +53,25 @@ class SelectorBase : public Selector {
   // Host bytes a policy holds besides the pool.
   virtual int64_t ExtraBytes() const { return 0; }
   // Chooses this step's KV; q_float is q converted to float. Must not change state on error.
+  // A policy that rescores overrides BeginChoose / FinishChoose instead.
   virtual absl::StatusOr<Selection> Choose(absl::Span<const uint16_t> q,
-                                           absl::Span<const float> q_float, const Plan& plan) = 0;
+                                           absl::Span<const float> q_float, const Plan& plan) {
+    return absl::UnimplementedError("selector: no Choose");
+  }
+  // The halves of BeginSelect / FinishSelect after their checks (the masses match the request).
+  // By default BeginChoose runs Choose and asks for nothing; FinishChoose returns its Selection.
+  virtual absl::StatusOr<ScoreRequest> BeginChoose(absl::Span<const uint16_t> q,
+                                                   absl::Span<const float> q_float,
+                                                   const Plan& plan);
+  virtual absl::StatusOr<Selection> FinishChoose(absl::Span<const std::vector<float>> mass);
+  // The key of token t of page `page` of KV head h in the selector's page space (natural pages
+  // by default: position page * page_tokens + t).
+  virtual const uint16_t* PageToken(int h, int32_t page, int32_t t) const {
+    return pool_.key(h, int64_t{page} * options_.page_tokens + t);
+  }
+  // The masses of a request over the selector's own keys (PageMassReference, one row per head).
+  absl::StatusOr<std::vector<std::vector<float>>> ScoreOnHost(const ScoreRequest& request,
+                                                              absl::Span<const uint16_t> q) const;
 
   // A Selection of natural pages: rows[h] lists pages of KV head h (any order, no repeats).
   Selection FromNaturalPages(std::vector<std::vector<int32_t>> rows, const Plan& plan) const;
@@ -68,6 +87,9 @@ class SelectorBase : public Selector {
   std::vector<uint8_t> streaming_;  // [kv_heads]
 
  private:
+  bool begun_ = false;    // BeginSelect succeeded and FinishSelect has not
+  ScoreRequest request_;  // what the begun selection asked for
+  Selection chosen_;      // the default BeginChoose's Selection
   absl::Status CheckKeys(absl::Span<const uint16_t> keys, int64_t num_tokens) const;
 };
 

@@ -342,6 +342,135 @@ TEST(SelectorTest, BoundaryExactRescoringFixesACentroidTie) {
   EXPECT_EQ(summary[1] - summary[0], int64_t{o.kv_heads} * 16 * o.head_dim * 2);
 }
 
+// The masses of a ScoreRequest from first principles: keys by position ([kv_heads, n, d] bits),
+// layout page p of head h holding positions LayoutPosition(c, h, l) for its layout indices l.
+std::vector<std::vector<float>> MassesFor(const ScoreRequest& req, const PromptClusters& c,
+                                          const SelectorOptions& o,
+                                          const std::vector<uint16_t>& keys, int64_t n,
+                                          const std::vector<uint16_t>& q) {
+  const int P = o.page_tokens, d = o.head_dim, group = o.q_heads / o.kv_heads;
+  std::vector<std::vector<float>> mass(req.pages.size());
+  for (size_t h = 0; h < req.pages.size(); ++h) {
+    const std::vector<int32_t>& pages = req.pages[h];
+    if (pages.empty()) continue;
+    std::vector<uint16_t> packed(pages.size() * P * d);
+    std::vector<int32_t> indptr = {0, static_cast<int32_t>(pages.size())}, ids, len;
+    for (size_t i = 0; i < pages.size(); ++i) {
+      ids.push_back(static_cast<int32_t>(i));
+      len.push_back(static_cast<int32_t>(std::min<int64_t>(req.tokens, int64_t{pages[i] + 1} * P) -
+                                         int64_t{pages[i]} * P));
+      for (int32_t t = 0; t < len.back(); ++t) {
+        const int64_t pos = LayoutPosition(c, static_cast<int>(h), int64_t{pages[i]} * P + t);
+        std::copy_n(keys.data() + (h * n + pos) * d, d, packed.data() + (i * P + t) * d);
+      }
+    }
+    mass[h].resize(pages.size());
+    kernels::PageMassParams p;
+    p.kv =
+        kernels::PackedPagedKV(o.dtype, static_cast<int32_t>(pages.size()), P, 1, d, packed.data());
+    p.kv.stride_page = int64_t{P} * d;
+    p.batch = 1;
+    p.num_qo_heads = group;
+    p.q = q.data() + h * group * d;
+    p.indptr = indptr.data();
+    p.indices = ids.data();
+    p.page_len = len.data();
+    p.reduce = o.group_reduce;
+    p.mass = mass[h].data();
+    EXPECT_TRUE(kernels::PageMassReference(p).ok());
+  }
+  return mass;
+}
+
+TEST(SelectorTest, BoundaryTwoPhaseSelectEqualsSelectAndFollowsTheMasses) {
+  // Twin louiskv selectors; one selects in one call, the other in two halves with the masses
+  // computed outside (as the decode worker does on its device). Same data as the centroid tie:
+  // the candidates' masses decide between the decoy and the needle.
+  const int64_t n = 2048;
+  NeedleData data(n, 1200, 16, 12);
+  for (int h = 0; h < data.kv_heads; ++h) {
+    for (int64_t t = 480; t < 496; ++t) {
+      for (int d = 0; d < data.dim; ++d) {
+        data.keys[(h * n + t) * data.dim + d] = data.directions[h * data.dim + d];
+      }
+    }
+  }
+  const std::vector<uint16_t> prompt = data.Keys(0, n);
+  SelectorOptions o = Options(16, 128);
+  o.boundary_threshold = -1.f;  // one retrieval; later steps rank the resident set
+  auto one = MakeSelector(Policy::kBoundary, o);
+  auto two = MakeSelector(Policy::kBoundary, o);
+  ASSERT_TRUE(one.ok() && two.ok());
+  ASSERT_TRUE((*one)->Prefill(prompt, n).ok());
+  ASSERT_TRUE((*two)->Prefill(prompt, n).ok());
+  EXPECT_EQ((*two)->FinishSelect({}).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto clusters = static_cast<internal::BoundarySelector*>(two->get())->clusters();
+  ASSERT_NE(clusters, nullptr);
+  for (int step = 0; step < 3; ++step) {
+    SCOPED_TRACE(step);
+    const std::vector<uint16_t> q = data.Query(2.f + step, 0.1f * step);
+    auto want = (*one)->Select(q);
+    ASSERT_TRUE(want.ok()) << want.status();
+    auto req = (*two)->BeginSelect(q);
+    ASSERT_TRUE(req.ok()) << req.status();
+    ASSERT_FALSE(req->empty());
+    EXPECT_EQ(req->tokens, n);
+    for (size_t h = 0; h < req->pages.size(); ++h) {
+      EXPECT_LT(req->first_candidate[h], static_cast<int32_t>(req->pages[h].size()));
+    }
+    std::vector<std::vector<float>> mass = MassesFor(*req, *clusters, o, prompt, n, q);
+    // Bad masses are refused and leave the selection begun.
+    std::vector<std::vector<float>> short_mass = mass;
+    short_mass[0].pop_back();
+    EXPECT_EQ((*two)->FinishSelect(short_mass).status().code(), absl::StatusCode::kInvalidArgument);
+    std::vector<std::vector<float>> nan_mass = mass;
+    nan_mass[1][0] = NAN;
+    EXPECT_EQ((*two)->FinishSelect(nan_mass).status().code(), absl::StatusCode::kInvalidArgument);
+    auto got = (*two)->FinishSelect(mass);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->pages.indptr, want->pages.indptr);
+    EXPECT_EQ(got->pages.indices, want->pages.indices);
+    EXPECT_EQ(got->prefetch, want->prefetch);
+    EXPECT_EQ(got->summary_bytes, want->summary_bytes);
+    EXPECT_EQ(got->retrieved, want->retrieved);
+    EXPECT_EQ((*two)->FinishSelect(mass).status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  // Masses that say the opposite of the keys (every candidate's mass reversed in rank) change
+  // the choice: the step follows what the caller scored.
+  const std::vector<uint16_t> q = data.Query(3.f);
+  auto want = (*one)->Select(q);
+  auto req = (*two)->BeginSelect(q);
+  ASSERT_TRUE(want.ok() && req.ok());
+  std::vector<std::vector<float>> mass = MassesFor(*req, *clusters, o, prompt, n, q);
+  for (auto& m : mass) {
+    for (float& x : m) x = 1.f - x;
+  }
+  auto flipped = (*two)->FinishSelect(mass);
+  ASSERT_TRUE(flipped.ok());
+  EXPECT_NE(flipped->pages.indices, want->pages.indices);
+}
+
+TEST(SelectorTest, PoliciesWithoutRescoringAskForNoMasses) {
+  const int64_t n = 1024;
+  NeedleData data(n, 400, 16, 12);
+  for (Policy policy : {Policy::kQuest, Policy::kStreaming}) {
+    SelectorOptions o = Options(16, 128);
+    auto one = MakeSelector(policy, o);
+    auto two = MakeSelector(policy, o);
+    ASSERT_TRUE(one.ok() && two.ok());
+    ASSERT_TRUE((*one)->Prefill(data.Keys(0, n), n).ok());
+    ASSERT_TRUE((*two)->Prefill(data.Keys(0, n), n).ok());
+    auto want = (*one)->Select(data.Query(3.f));
+    auto req = (*two)->BeginSelect(data.Query(3.f));
+    ASSERT_TRUE(want.ok() && req.ok());
+    EXPECT_TRUE(req->empty());
+    EXPECT_EQ((*two)->FinishSelect({{1.f}}).status().code(), absl::StatusCode::kInvalidArgument);
+    auto got = (*two)->FinishSelect({});
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ(got->pages.indices, want->pages.indices);
+  }
+}
+
 TEST(SelectorTest, BoundaryCoverageTriggerRetrievesWhenResidentMassDrops) {
   // The query moves from needle A to needle B with the boundary trigger held off. The resident
   // set (factor 1: the two free pages, both on A's cluster) misses B; the coverage trigger sees

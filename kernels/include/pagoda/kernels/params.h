@@ -225,6 +225,32 @@ struct QuestParams {
   int32_t* out_last_page_len = nullptr;  // [batch * num_kv_heads]
 };
 
+// Exact attention mass of listed pages for one query token per (sequence, KV head): louiskv's
+// rescoring, which orders candidate pages by the softmax mass their tokens hold.
+//
+// Row r = b * num_kv_heads + h lists entries indptr[r] .. indptr[r+1]; entry e is page
+// indices[e] holding page_len[e] tokens (its first ones, 1 <= page_len[e] <= page_size), KV head
+// h of it read as in DecodeParams with per_kv_head. With group = num_qo_heads / num_kv_heads,
+// query head hq = h * group + g, s = sm_scale and l_gj = q_hq . k_j over the row's listed tokens j:
+//   z_g      = sum_j exp((l_gj - max_j l_gj) * s)
+//   m_g(e)   = sum_{j in e} exp((l_gj - max_j l_gj) * s) / z_g
+//   mass[e]  = m_0(e) (+ or max, GroupReduce) m_1(e) ... m_{group-1}(e)
+// so with kSum a row's masses sum to group (each head's to 1). Pages may repeat. The reference
+// sums each dot in float over d in order, z_g in double and m_g(e) in float in list order; the
+// CUDA kernel equals it up to rounding.
+struct PageMassParams {
+  PagedKV kv;  // keys are read
+  int32_t batch = 0;
+  int32_t num_qo_heads = 0;
+  const uint16_t* q = nullptr;        // [batch, num_qo_heads, head_dim], kv.dtype
+  const int32_t* indptr = nullptr;    // [batch * num_kv_heads + 1], indptr[0] == 0
+  const int32_t* indices = nullptr;   // [indptr[batch * num_kv_heads]] page ids
+  const int32_t* page_len = nullptr;  // [indptr[batch * num_kv_heads]]
+  GroupReduce reduce = GroupReduce::kSum;
+  float sm_scale = 0.f;   // 0 means 1 / sqrt(head_dim)
+  float* mass = nullptr;  // [indptr[batch * num_kv_heads]], written
+};
+
 // k-means over the keys of one sequence, independently per KV head, with squared L2 distance.
 // The sequence's tokens are pages[0 .. ceil(num_tokens / page_size)) in order.
 // Assignment: assignment[h * num_tokens + t] = argmin_c |k_t - centroid_c|^2 (ties: lowest c).

@@ -45,6 +45,10 @@ absl::Status QuestSelectReference(const QuestParams& p);
 int64_t QuestOutputSize(int32_t batch, int32_t num_kv_heads, int32_t top_k,
                         const int32_t* cand_indptr, const int32_t* keep_indptr);
 
+// Exact page masses (PageMassParams). InvalidArgument for bad shapes, page ids, page lengths or a
+// non-finite query (nothing is written then).
+absl::Status PageMassReference(const PageMassParams& p);
+
 // k-means pieces (KMeansParams). Init sets centroid c of every head to the key of token
 // floor(c * num_tokens / num_clusters) (needs num_clusters <= num_tokens). Assign writes
 // assignment; Update writes centroids and cluster_size from the current assignment. KMeans runs

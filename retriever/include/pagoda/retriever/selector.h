@@ -123,6 +123,24 @@ struct SelectorOptions {
 // Checks shapes and knobs; InvalidArgument with the offending field otherwise.
 absl::Status ValidateOptions(const SelectorOptions& options);
 
+// The pages a selector asks its caller to score exactly (Selector::BeginSelect).
+struct ScoreRequest {
+  // Page p of the selector's page space (a Selection's page ids) holds tokens [p * page_tokens,
+  // min(tokens, (p + 1) * page_tokens)).
+  int64_t tokens = 0;
+  // Per KV head: the pages whose masses are wanted (one softmax over all their tokens): pages
+  // [0, first_candidate[h]) share the softmax only, the rest are the candidates being ranked.
+  // Empty for a head with nothing to rescore.
+  std::vector<std::vector<int32_t>> pages;
+  std::vector<int32_t> first_candidate;
+  bool empty() const {
+    for (const auto& p : pages) {
+      if (!p.empty()) return false;
+    }
+    return true;
+  }
+};
+
 class Selector {
  public:
   virtual ~Selector() = default;
@@ -141,6 +159,22 @@ class Selector {
   // visible context or smaller than the always-kept pages. On error the selector's state is
   // unchanged.
   virtual absl::StatusOr<Selection> Select(absl::Span<const uint16_t> q) = 0;
+
+  // Select in two halves, for a caller that computes the exact page scores where the keys are
+  // (the decode worker scores on its device): BeginSelect does Select's work up to the exact
+  // rescoring (same checks and errors) and returns the pages to score; FinishSelect takes their
+  // masses and returns the Selection. Select is BeginSelect, the masses computed on the host over
+  // the selector's own keys (kernels::PageMassReference), then FinishSelect: with masses computed
+  // the same way both give the same Selection. A policy that rescores nothing (all but kBoundary
+  // with rescore_factor > 1) returns an empty request; FinishSelect then takes no masses.
+  // A begun selection has taken its step (trigger, retrieval bookkeeping) even if it is never
+  // finished; the next BeginSelect abandons it.
+  virtual absl::StatusOr<ScoreRequest> BeginSelect(absl::Span<const uint16_t> q) = 0;
+  // mass[h][i] is the mass (kernels::PageMassParams, the query of BeginSelect, one row per KV
+  // head, options().group_reduce) of request.pages[h][i]; every entry of every non-empty head
+  // must be given. FailedPrecondition without a begun selection; InvalidArgument for masses that
+  // do not match the request or are not finite (the selection stays begun).
+  virtual absl::StatusOr<Selection> FinishSelect(absl::Span<const std::vector<float>> mass) = 0;
 
   // The key summaries this selector scores pages with, by natural page (kernels::PageSummaries
   // layout; host memory, valid until the next Prefill / Append), so a caller can mirror them

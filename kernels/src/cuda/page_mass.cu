@@ -1,0 +1,156 @@
+// Exact page masses (PageMassParams): one block per (sequence, KV head) row. Each warp takes the
+// row's entries in turn; a lane holds head_dim / 32 dimensions of every query head of the group,
+// so a token's dot per query head is a warp reduction, folded into the entry's running max and
+// exp-sum (online softmax). After a block barrier the row's per-head maximum and normalizer are
+// reduced over the entries and each entry's mass is written.
+#include <algorithm>
+#include <cmath>
+
+#include "common.cuh"
+#include "pagoda/kernels/cuda.h"
+#include "validate.h"
+
+namespace pagoda::kernels::gpu {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxGroup = 8;
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Block-wide max (kMax) or sum of `v`; every thread gets the result.
+template <bool kMax>
+__device__ __forceinline__ float BlockReduce(float v, float* scratch) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = kMax ? fmaxf(v, o) : v + o;
+  }
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float r = scratch[0];
+  for (int w = 1; w < kWarps; ++w) r = kMax ? fmaxf(r, scratch[w]) : r + scratch[w];
+  __syncthreads();  // scratch is reused by the next reduction
+  return r;
+}
+
+// ws holds (max, exp-sum) per (entry, query head of the group): ws[(e * group + g) * 2 + 0/1].
+template <int kDim, bool kBf16>
+__global__ void __launch_bounds__(kThreads)
+    PageMassKernel(const __grid_constant__ PageMassParams p, float scale, float* ws) {
+  constexpr int kPer = kDim / 32;
+  const int H = p.kv.num_kv_heads;
+  const int r = blockIdx.x, b = r / H, h = r % H;
+  const int group = p.num_qo_heads / H;
+  const int first = p.indptr[r], count = p.indptr[r + 1] - first;
+  if (count == 0) return;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float q[kMaxGroup][kPer];
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) {
+    const uint16_t* qg = p.q + (int64_t{b} * p.num_qo_heads + h * group + g) * kDim + lane * kPer;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i)
+      q[g][i] = g < group ? internal::Unpack1<kBf16>(qg[i]) * scale : 0.f;
+  }
+  for (int e = warp; e < count; e += kWarps) {
+    const int n = p.page_len[first + e];
+    const uint16_t* page = p.kv.k + p.indices[first + e] * p.kv.stride_page + h * p.kv.stride_head;
+    float m[kMaxGroup], s[kMaxGroup];
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) m[g] = -INFINITY, s[g] = 0.f;
+    for (int t = 0; t < n; ++t) {
+      const uint16_t* kt = page + t * p.kv.stride_token + lane * kPer;
+      float k[kPer];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) k[i] = internal::Unpack1<kBf16>(kt[i]);
+#pragma unroll
+      for (int g = 0; g < kMaxGroup; ++g) {
+        if (g >= group) break;
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) dot = fmaf(q[g][i], k[i], dot);
+        dot = WarpSum(dot);
+        if (dot > m[g]) {
+          s[g] = s[g] * __expf(m[g] - dot) + 1.f;
+          m[g] = dot;
+        } else {
+          s[g] += __expf(dot - m[g]);
+        }
+      }
+    }
+    if (lane < group) {
+      float mine_m = m[0], mine_s = s[0];
+#pragma unroll
+      for (int g = 1; g < kMaxGroup; ++g) {
+        if (g == lane) mine_m = m[g], mine_s = s[g];
+      }
+      float* w = ws + (int64_t{first + e} * group + lane) * 2;
+      w[0] = mine_m;
+      w[1] = mine_s;
+    }
+  }
+  __syncthreads();
+  __shared__ float scratch[kWarps];
+  __shared__ float row_max[kMaxGroup], row_z[kMaxGroup];
+  for (int g = 0; g < group; ++g) {
+    float mx = -INFINITY;
+    for (int e = threadIdx.x; e < count; e += kThreads) {
+      mx = fmaxf(mx, ws[(int64_t{first + e} * group + g) * 2]);
+    }
+    mx = BlockReduce<true>(mx, scratch);
+    float z = 0.f;
+    for (int e = threadIdx.x; e < count; e += kThreads) {
+      const float* w = ws + (int64_t{first + e} * group + g) * 2;
+      z += w[1] * __expf(w[0] - mx);
+    }
+    z = BlockReduce<false>(z, scratch);
+    if (threadIdx.x == 0) row_max[g] = mx, row_z[g] = z;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < count; e += kThreads) {
+    float mass = 0.f;
+    for (int g = 0; g < group; ++g) {
+      const float* w = ws + (int64_t{first + e} * group + g) * 2;
+      const float prob = w[1] * __expf(w[0] - row_max[g]) / row_z[g];
+      mass = p.reduce == GroupReduce::kMax ? fmaxf(mass, prob) : mass + prob;
+    }
+    p.mass[first + e] = mass;
+  }
+}
+
+template <int kDim, bool kBf16>
+void Launch(const PageMassParams& p, float scale, float* ws, cudaStream_t stream) {
+  PageMassKernel<kDim, kBf16><<<p.batch * p.kv.num_kv_heads, kThreads, 0, stream>>>(p, scale, ws);
+}
+
+}  // namespace
+
+size_t PageMassWorkspaceBytes(int64_t num_entries, int32_t group) {
+  return static_cast<size_t>(std::max<int64_t>(num_entries, 1)) * group * 2 * sizeof(float);
+}
+
+absl::Status PageMass(const PageMassParams& p, void* workspace, cudaStream_t stream) {
+  if (auto s = kernels::internal::ValidatePageMassShape(p); !s.ok()) return s;
+  const int32_t group = p.num_qo_heads / p.kv.num_kv_heads;
+  if ((p.kv.head_dim != 64 && p.kv.head_dim != 128) || group > kMaxGroup) {
+    return absl::InvalidArgumentError(
+        "gpu page mass: head_dim 64 or 128 and at most 8 query heads per KV head are supported");
+  }
+  if (workspace == nullptr) return absl::InvalidArgumentError("gpu page mass: null workspace");
+  const float scale =
+      p.sm_scale > 0.f ? p.sm_scale : 1.f / std::sqrt(static_cast<float>(p.kv.head_dim));
+  float* ws = static_cast<float*>(workspace);
+  const bool bf16 = p.kv.dtype == DType::kBFloat16;
+  if (p.kv.head_dim == 64) {
+    bf16 ? Launch<64, true>(p, scale, ws, stream) : Launch<64, false>(p, scale, ws, stream);
+  } else {
+    bf16 ? Launch<128, true>(p, scale, ws, stream) : Launch<128, false>(p, scale, ws, stream);
+  }
+  return internal::LaunchStatus("page mass launch");
+}
+
+}  // namespace pagoda::kernels::gpu
