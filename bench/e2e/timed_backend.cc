@@ -48,6 +48,11 @@ class TimedBackend final : public WorkerBackend {
                       const TensorView& o) override {
     return Timed([&] { return inner_->Attend(q, t, o); });
   }
+  absl::Status ScorePages(const TensorView& q, absl::Span<const int32_t> ip,
+                          absl::Span<const int32_t> sl, absl::Span<const int32_t> len,
+                          kernels::GroupReduce r, absl::Span<float> mass) override {
+    return Timed([&] { return inner_->ScorePages(q, ip, sl, len, r, mass); });
+  }
   absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
     return Timed([&] { return inner_->CopyToHost(t, out); });
   }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <thread>
 #include <utility>
@@ -692,7 +693,14 @@ int64_t DecodeWorker::Impl::RowBound(const Sequence& seq) const {
   const int64_t pages = (static_cast<int64_t>(seq.tokens.size()) + P_) / P_;  // after this token
   int32_t pinned = 0;
   for (const LayerState& ls : seq.layers) pinned = std::max(pinned, ls.pinned);
-  const int64_t selected = s.budget_tokens / P_ + s.window_pages + 1;
+  int64_t budget_pages = s.budget_tokens / P_;
+  if (o_.policy == retriever::Policy::kBoundary && s.rescore_factor > 1.0 &&
+      s.resident_factor > 1.0) {
+    // louiskv scores up to rescore_factor x the budget (kept pages and candidates) in the pool;
+    // what it then attends is among them.
+    budget_pages = static_cast<int64_t>(std::ceil(s.rescore_factor * budget_pages));
+  }
+  const int64_t selected = budget_pages + s.window_pages + 1;
   const int64_t streaming = o_.streaming_sink_pages + o_.streaming_window_pages;
   return std::min<int64_t>(pages, std::max(selected, streaming) + pinned);
 }
@@ -748,6 +756,90 @@ absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> i
   step_status_.assign(ids.size(), absl::OkStatus());
   step_stats_ = WorkerStepStats{};
   return StepPlan{plan_id_, plan_seqs_};
+}
+
+void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
+                                       const std::vector<retriever::ScoreRequest>& requests,
+                                       std::vector<absl::Status>& status,
+                                       std::vector<std::vector<std::vector<float>>>& masses,
+                                       WorkerStepStats& stats) {
+  const int64_t B = static_cast<int64_t>(requests.size());
+  // 1. Slots: the open page's own, cached ones, or new ones filled by one verified gather.
+  Clock::time_point t0 = Clock::now();
+  std::vector<HeadFetch> fetches;
+  std::vector<int32_t> seq_of_fetch;
+  std::vector<PageKey> key_of_fetch;
+  std::vector<int32_t> slots;
+  std::vector<size_t> slot_begin(B, 0);  // sequence b's slots start at slots[slot_begin[b]]
+  for (int64_t b = 0; b < B; ++b) {
+    const retriever::ScoreRequest& req = requests[b];
+    slot_begin[b] = slots.size();
+    if (!status[b].ok() || req.empty()) continue;
+    const LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
+    const int32_t row = static_cast<int32_t>(b);
+    for (int h = 0; h < kv_; ++h) {
+      for (int32_t p : req.pages[h]) {
+        if (p == cur) {
+          slots.push_back(ls.tail[h]);
+          continue;
+        }
+        int32_t slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
+        if (slot >= 0) {
+          ++stats.pool_hits;
+        } else {
+          slot = pool_.Insert(ls.KeyOf(p), h, epoch_, row);
+          if (slot < 0) {
+            status[b] = absl::InternalError("pool overcommitted despite the plan (rescoring)");
+            break;
+          }
+          fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
+          seq_of_fetch.push_back(row);
+          key_of_fetch.push_back(ls.KeyOf(p));
+        }
+        slots.push_back(slot);
+      }
+      if (!status[b].ok()) break;
+    }
+  }
+  stats.fetch_s += Since(t0);
+  if (!fetches.empty()) Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
+
+  // 2. One scoring call over the sequences still standing (rows of failed ones left empty).
+  Clock::time_point t1 = Clock::now();
+  std::vector<int32_t> indptr = {0}, entry_slots, page_len;
+  for (int64_t b = 0; b < B; ++b) {
+    const retriever::ScoreRequest& req = requests[b];
+    size_t next = slot_begin[b];
+    for (int h = 0; h < kv_; ++h) {
+      if (status[b].ok() && !req.empty()) {
+        for (int32_t p : req.pages[h]) {
+          const int64_t first = int64_t{p} * P_;
+          entry_slots.push_back(slots[next++]);
+          page_len.push_back(
+              static_cast<int32_t>(std::min<int64_t>(req.tokens, first + P_) - first));
+        }
+      }
+      indptr.push_back(static_cast<int32_t>(entry_slots.size()));
+    }
+  }
+  std::vector<float> flat(entry_slots.size());
+  absl::Status scored = backend_->ScorePages(q, indptr, entry_slots, page_len,
+                                             o_.selector.group_reduce, absl::MakeSpan(flat));
+  stats.select_s += Since(t1);
+  for (int64_t b = 0; b < B; ++b) {
+    const retriever::ScoreRequest& req = requests[b];
+    if (!status[b].ok() || req.empty()) continue;
+    if (!scored.ok()) {
+      status[b] = scored;
+      continue;
+    }
+    masses[b].resize(kv_);
+    for (int h = 0; h < kv_; ++h) {
+      const int64_t r = b * kv_ + h;
+      masses[b][h].assign(flat.begin() + indptr[r], flat.begin() + indptr[r + 1]);
+    }
+  }
 }
 
 void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fetch,
@@ -1111,6 +1203,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
 
   // 2. Select: natural pages per (sequence, KV head), the open page last.
   Clock::time_point t1 = Clock::now();
+  const int64_t shared_before = pool_.shared();  // rescoring may use the shared slots first
   if (device_select_) {
     std::vector<bool> fresh;
     ObserveQueries(layer, q, status);
@@ -1121,14 +1214,34 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     }
   }
   if (!device_select_) {
-    // Host selection: each sequence's selector on its own, spread over the select threads.
+    // Host selection: each sequence's selector on its own, spread over the select threads, in
+    // two halves around louiskv's exact rescoring, which runs on the backend for the batch (the
+    // requested pages are gathered into the pool like attended ones, then scored in one call).
     std::vector<LayerState*> states(B);
     for (int64_t b = 0; b < B; ++b) states[b] = &seqs_[plan_seqs_[b]].layers[layer];
-    std::vector<char> retrieved(B, 0);
+    std::vector<char> retrieved(B, 0), begun(B, 0);
+    std::vector<retriever::ScoreRequest> requests(B);
     select_pool_.Run(B, [&](int64_t b) {
       if (!status[b].ok()) return;
       const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
-      auto fresh = worker_internal::SelectRows(o_, layer, *states[b], qb);
+      auto rows = worker_internal::BeginRows(o_, layer, *states[b], qb, requests[b]);
+      if (!rows.ok()) {
+        status[b] = rows.status();
+      } else if (rows->has_value()) {
+        retrieved[b] = **rows ? 1 : 0;
+      } else {
+        begun[b] = 1;
+      }
+    });
+    std::vector<std::vector<std::vector<float>>> masses(B);
+    if (std::find(begun.begin(), begun.end(), 1) != begun.end()) {
+      stats.select_s += Since(t1);
+      ScoreRequests(layer, q, requests, status, masses, stats);
+      t1 = Clock::now();
+    }
+    select_pool_.Run(B, [&](int64_t b) {
+      if (!status[b].ok() || !begun[b]) return;
+      auto fresh = worker_internal::FinishRows(o_, layer, *states[b], masses[b]);
       if (!fresh.ok()) {
         status[b] = fresh.status();
         return;
@@ -1159,7 +1272,6 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   std::vector<int32_t> seq_of_fetch;
   std::vector<PageKey> key_of_fetch;
   Clock::time_point t2 = Clock::now();
-  const int64_t shared_before = pool_.shared();
   res_.clear();
   res_ptr_.assign(1, 0);
   for (int64_t b = 0; b < B; ++b) {

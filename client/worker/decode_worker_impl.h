@@ -162,6 +162,14 @@ class DecodeWorker::Impl {
   // holds: assembled, checksummed and queued for the store.
   absl::Status WriteLayoutPages(SequenceId id, worker_internal::LayerState& ls, int layer);
   absl::Status LoadCachedPages(worker_internal::Sequence& seq, int layer, int64_t pages);
+  // louiskv's exact rescoring for a layer's batch: the pages each begun selection asks to score
+  // (requests[b], empty for rows not begun) get pool slots (gathered and verified when missing,
+  // used in this layer's epoch), one backend call scores them for q, and masses[b] gets row b's
+  // masses per KV head. Sequences that cannot be served are marked in status.
+  void ScoreRequests(int layer, const TensorView& q,
+                     const std::vector<retriever::ScoreRequest>& requests,
+                     std::vector<absl::Status>& status,
+                     std::vector<std::vector<std::vector<float>>>& masses, WorkerStepStats& stats);
   // Verified head-pages for the fetch list; failures fall back to a store read. Marks the
   // sequences that cannot be served.
   void Fetch(int layer, const std::vector<int32_t>& seq_of_fetch,

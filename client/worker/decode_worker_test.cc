@@ -772,6 +772,11 @@ class StaleFirstCopy final : public WorkerBackend {
                       const TensorView& o) override {
     return inner_->Attend(q, t, o);
   }
+  absl::Status ScorePages(const TensorView& q, absl::Span<const int32_t> ip,
+                          absl::Span<const int32_t> sl, absl::Span<const int32_t> len,
+                          kernels::GroupReduce r, absl::Span<float> mass) override {
+    return inner_->ScorePages(q, ip, sl, len, r, mass);
+  }
   absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
     return inner_->CopyToHost(t, out);
   }
@@ -1237,6 +1242,82 @@ TEST(WorkerBackendSummaries, BadCallsAreRefusedAndChangeNothing) {
   req.cand = {2, 3};
   ASSERT_TRUE(backend->SelectQuest(q, req, indptr2, chosen2).ok());
   EXPECT_EQ(chosen2[0], 3);
+}
+
+}  // namespace
+}  // namespace pagoda
+
+namespace pagoda {
+namespace {
+
+// louiskv's rescoring on the backend: masses of the pool's head-pages for a query (one softmax
+// per row, so each KV head's row sums to its group size with kSum), and bad calls refused with
+// nothing written.
+TEST(WorkerBackendScorePages, MassesFollowTheKeysAndBadCallsChangeNothing) {
+  auto backend = MakeCpuWorkerBackend();
+  ASSERT_TRUE(backend->Init(Layout(), kQ, 8).ok());
+  // Slot s of every head holds keys of magnitude s (values zero): the query (all ones) puts the
+  // most mass on the highest slot.
+  std::vector<HeadSlot> dst;
+  std::vector<uint8_t> bytes;
+  for (int h = 0; h < kKv; ++h) {
+    for (int s = 0; s < 8; ++s) {
+      dst.push_back({h, s});
+      for (int i = 0; i < 2 * kPage * kDim; ++i) {
+        const uint16_t x = kernels::FloatToHalf(i < kPage * kDim ? 0.05f * s : 0.f);
+        bytes.push_back(static_cast<uint8_t>(x & 0xff));
+        bytes.push_back(static_cast<uint8_t>(x >> 8));
+      }
+    }
+  }
+  ASSERT_TRUE(backend->WriteHeads(dst, bytes).ok());
+  std::vector<uint16_t> qv(kQ * kDim, kernels::FloatToHalf(1.f));
+  const TensorView q = TensorView::Contiguous(qv.data(), DType::kFp16, {1, kQ, kDim});
+  std::vector<int32_t> indptr = {0}, slots, len;
+  for (int h = 0; h < kKv; ++h) {
+    for (int s : {1, 5, 3}) {
+      slots.push_back(s);
+      len.push_back(s == 3 ? 2 : kPage);  // a partial page
+    }
+    indptr.push_back(static_cast<int32_t>(slots.size()));
+  }
+  std::vector<float> mass(slots.size(), -1.f);
+  ASSERT_TRUE(
+      backend->ScorePages(q, indptr, slots, len, kernels::GroupReduce::kSum, absl::MakeSpan(mass))
+          .ok());
+  const int group = kQ / kKv;
+  for (int h = 0; h < kKv; ++h) {
+    const float* m = mass.data() + 3 * h;
+    EXPECT_GT(m[1], m[0]);
+    EXPECT_GT(m[1], m[2]);
+    EXPECT_NEAR(m[0] + m[1] + m[2], group, 1e-4);
+  }
+  const std::vector<float> before = mass;
+  std::vector<int32_t> bad_slot = slots, bad_len = len,
+                       short_indptr(indptr.begin(), indptr.end() - 1);
+  bad_slot[2] = 8;
+  bad_len[0] = kPage + 1;
+  std::vector<uint16_t> q2v(2 * kQ * kDim);
+  const TensorView q2 = TensorView::Contiguous(q2v.data(), DType::kFp16, {2, kQ, kDim});
+  const auto sum = kernels::GroupReduce::kSum;
+  const std::vector<std::pair<absl::Status, const char*>> refused = {
+      {backend->ScorePages(q, short_indptr, slots, len, sum, absl::MakeSpan(mass)),
+       "indptr short of a row"},
+      {backend->ScorePages(q2, indptr, slots, len, sum, absl::MakeSpan(mass)),
+       "a batch of two for one row per head"},
+      {backend->ScorePages(q, indptr, bad_slot, len, sum, absl::MakeSpan(mass)),
+       "slot out of range"},
+      {backend->ScorePages(q, indptr, slots, bad_len, sum, absl::MakeSpan(mass)),
+       "page longer than a page"},
+      {backend->ScorePages(q, indptr, slots, len, sum, absl::MakeSpan(mass).subspan(1)),
+       "one mass short"},
+  };
+  for (const auto& [s, what] : refused) {
+    EXPECT_TRUE(s.code() == absl::StatusCode::kInvalidArgument ||
+                s.code() == absl::StatusCode::kOutOfRange)
+        << what << ": " << s;
+  }
+  EXPECT_EQ(mass, before);
 }
 
 }  // namespace

@@ -183,6 +183,39 @@ absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView&
   return absl::OkStatus();
 }
 
+absl::StatusOr<int32_t> CheckScorePages(const PoolGeometry& g, Device device, const TensorView& q,
+                                        absl::Span<const int32_t> indptr,
+                                        absl::Span<const int32_t> slots,
+                                        absl::Span<const int32_t> page_len, size_t masses) {
+  const int64_t batch = q.ndim == 3 ? q.shape[0] : -1;
+  if (batch < 1) return absl::InvalidArgumentError("q must be [batch >= 1, q_heads, head_dim]");
+  if (absl::Status s = CheckTensor(q, "q", {batch, g.q_heads, g.head_dim}, g.dtype, device);
+      !s.ok()) {
+    return s;
+  }
+  if (static_cast<int64_t>(indptr.size()) != batch * g.kv_heads + 1 || indptr[0] != 0) {
+    return absl::InvalidArgumentError("indptr must hold batch x kv_heads + 1 entries from 0");
+  }
+  for (size_t r = 0; r + 1 < indptr.size(); ++r) {
+    if (indptr[r + 1] < indptr[r]) return absl::InvalidArgumentError("indptr must not decrease");
+  }
+  const size_t n = static_cast<size_t>(indptr.back());
+  if (slots.size() != n || page_len.size() != n || masses != n) {
+    return absl::InvalidArgumentError(absl::StrCat("indptr lists ", n, " entries, but there are ",
+                                                   slots.size(), " slots, ", page_len.size(),
+                                                   " page lengths and ", masses, " masses"));
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (slots[i] < 0 || slots[i] >= g.slots) {
+      return absl::OutOfRangeError(absl::StrCat("slot ", slots[i], " out of range"));
+    }
+    if (page_len[i] < 1 || page_len[i] > g.page_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("entry ", i, ": bad page_len"));
+    }
+  }
+  return static_cast<int32_t>(batch);
+}
+
 absl::Status CheckAttendPrefill(const PoolGeometry& g, Device device, const TensorView& q,
                                 const kernels::PageTable& table, const PrefillMask& mask,
                                 const TensorView& o) {

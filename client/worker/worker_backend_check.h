@@ -48,6 +48,13 @@ absl::Status CheckHeadSlots(const PoolGeometry& g, absl::Span<const HeadSlot> he
 absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView& q,
                          const kernels::PageTable& table, const TensorView& o);
 // q / o [T, q_heads, head_dim], a kv_heads-row table of equal token counts >= T, the mask.
+// ScorePages' arguments: q [batch, q_heads, head_dim] on `device`, indptr of batch * kv_heads + 1
+// non-decreasing entries from 0, one slot (in range) and page_len (in [1, page_tokens]) per entry,
+// one mass per entry. Returns the batch.
+absl::StatusOr<int32_t> CheckScorePages(const PoolGeometry& g, Device device, const TensorView& q,
+                                        absl::Span<const int32_t> indptr,
+                                        absl::Span<const int32_t> slots,
+                                        absl::Span<const int32_t> page_len, size_t masses);
 absl::Status CheckAttendPrefill(const PoolGeometry& g, Device device, const TensorView& q,
                                 const kernels::PageTable& table, const PrefillMask& mask,
                                 const TensorView& o);

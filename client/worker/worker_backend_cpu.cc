@@ -130,6 +130,28 @@ class CpuWorkerBackend final : public WorkerBackend {
     return absl::OkStatus();
   }
 
+  absl::Status ScorePages(const TensorView& q, absl::Span<const int32_t> indptr,
+                          absl::Span<const int32_t> slots, absl::Span<const int32_t> page_len,
+                          kernels::GroupReduce reduce, absl::Span<float> mass) override {
+    if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
+    auto batch = worker_internal::CheckScorePages(geo_, Device::kCpu, q, indptr, slots, page_len,
+                                                  mass.size());
+    if (!batch.ok()) return batch.status();
+    if (slots.empty()) return absl::OkStatus();
+    if (absl::Status s = StageQ(q); !s.ok()) return s;
+    kernels::PageMassParams p;
+    p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_.data()));
+    p.batch = *batch;
+    p.num_qo_heads = geo_.q_heads;
+    p.q = q_.data();
+    p.indptr = indptr.data();
+    p.indices = slots.data();
+    p.page_len = page_len.data();
+    p.reduce = reduce;
+    p.mass = mass.data();
+    return kernels::PageMassReference(p);
+  }
+
   absl::Status AssemblePages(const TensorView& k, const TensorView& v,
                              absl::Span<const int64_t> dst_offsets,
                              absl::Span<uint64_t> head_sums) override {

@@ -323,6 +323,52 @@ class CudaWorkerBackend final : public WorkerBackend {
     return kernels::gpu::SparseDecode(*plan, p, workspace_, stream_);
   }
 
+  absl::Status ScorePages(const TensorView& q, absl::Span<const int32_t> indptr,
+                          absl::Span<const int32_t> slots, absl::Span<const int32_t> page_len,
+                          kernels::GroupReduce reduce, absl::Span<float> mass) override {
+    if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
+    auto batch = worker_internal::CheckScorePages(geo_, Device::kCuda, q, indptr, slots, page_len,
+                                                  mass.size());
+    if (!batch.ok()) return batch.status();
+    if (!Contiguous(q)) return absl::InvalidArgumentError("the CUDA backend needs a contiguous q");
+    const size_t n = slots.size();
+    if (n == 0) return absl::OkStatus();
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    // One upload of indptr, slots and lengths; the masses come back behind the kernel.
+    const size_t in_bytes = (indptr.size() + 2 * n) * sizeof(int32_t);
+    const size_t in_aligned = (in_bytes + 15) / 16 * 16;
+    if (absl::Status s = score_.Reserve(in_aligned + n * sizeof(float)); !s.ok()) return s;
+    int32_t* h = reinterpret_cast<int32_t*>(score_.host);
+    std::copy(indptr.begin(), indptr.end(), h);
+    std::copy(slots.begin(), slots.end(), h + indptr.size());
+    std::copy(page_len.begin(), page_len.end(), h + indptr.size() + n);
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(score_.dev, score_.host, in_bytes, cudaMemcpyHostToDevice, stream_),
+        "score upload");
+    const int32_t* d = reinterpret_cast<const int32_t*>(score_.dev);
+    kernels::PageMassParams p;
+    p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
+    p.batch = *batch;
+    p.num_qo_heads = geo_.q_heads;
+    p.q = static_cast<const uint16_t*>(q.data);
+    p.indptr = d;
+    p.indices = d + indptr.size();
+    p.page_len = d + indptr.size() + n;
+    p.reduce = reduce;
+    p.mass = reinterpret_cast<float*>(score_.dev + in_aligned);
+    const size_t ws =
+        kernels::gpu::PageMassWorkspaceBytes(static_cast<int64_t>(n), geo_.q_heads / geo_.kv_heads);
+    if (absl::Status s = ReserveWorkspace(ws); !s.ok()) return s;
+    if (absl::Status s = kernels::gpu::PageMass(p, workspace_, stream_); !s.ok()) return s;
+    PAGODA_CUDA_RETURN(cudaMemcpyAsync(score_.host + in_aligned, p.mass, n * sizeof(float),
+                                       cudaMemcpyDeviceToHost, stream_),
+                       "mass download");
+    PAGODA_CUDA_RETURN(cudaEventRecord(score_.ready, stream_), "event record");
+    PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "score sync");
+    std::memcpy(mass.data(), score_.host + in_aligned, n * sizeof(float));
+    return absl::OkStatus();
+  }
+
   absl::Status AssemblePages(const TensorView& k, const TensorView& v,
                              absl::Span<const int64_t> dst_offsets,
                              absl::Span<uint64_t> head_sums) override {
@@ -839,7 +885,7 @@ class CudaWorkerBackend final : public WorkerBackend {
   uint8_t* pool_ = nullptr;
   const uint8_t* src_ = nullptr;
   int64_t src_bytes_ = 0;
-  Staged fetch_, table_, prefill_, assemble_;
+  Staged fetch_, table_, prefill_, assemble_, score_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots

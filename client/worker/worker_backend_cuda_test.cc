@@ -271,5 +271,54 @@ TEST(CudaWorkerBackendTest, KMeansMatchesTheReference) {
   for (size_t i = 0; i < a.cent.size(); ++i) ASSERT_NEAR(a.cent[i], b.cent[i], 1e-3) << i;
 }
 
+// louiskv's exact rescoring on the device: ScorePages over the same pool bytes and query on both
+// backends (Llama-3-8B shapes, a batch of 2, rows of up to ~600 slots as at a 4K budget) gives
+// the same masses within float rounding.
+TEST(CudaWorkerBackendTest, ScorePagesMatchesTheReference) {
+  auto cuda = MakeCudaWorkerBackend({});
+  if (absl::IsUnavailable(cuda.status())) GTEST_SKIP() << cuda.status();
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  auto cpu = MakeCpuWorkerBackend();
+  const PageLayout layout{DType::kBf16, 8, 128, 16};
+  const int kv = 8, q_heads = 32, d = 128, P = 16, slots = 700, B = 2;
+  ASSERT_TRUE((*cuda)->Init(layout, q_heads, slots).ok());
+  ASSERT_TRUE(cpu->Init(layout, q_heads, slots).ok());
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<HeadSlot> dst;
+  for (int h = 0; h < kv; ++h) {
+    for (int s = 0; s < slots; ++s) dst.push_back({h, s});
+  }
+  std::vector<uint8_t> bytes(dst.size() * 2 * P * d * 2);
+  for (size_t i = 0; i < bytes.size(); i += 2) {
+    const uint16_t x = kernels::FloatToBf16(g(rng));
+    std::memcpy(bytes.data() + i, &x, 2);
+  }
+  ASSERT_TRUE((*cuda)->WriteHeads(dst, bytes).ok());
+  ASSERT_TRUE(cpu->WriteHeads(dst, bytes).ok());
+  std::vector<uint16_t> qh(static_cast<size_t>(B) * q_heads * d);
+  for (auto& x : qh) x = kernels::FloatToBf16(2.f * g(rng));
+  Tensor q_gpu(Device::kCuda, DType::kBf16, qh, B, q_heads, d);
+  Tensor q_cpu(Device::kCpu, DType::kBf16, qh, B, q_heads, d);
+  std::vector<int32_t> indptr = {0}, ids, len;
+  for (int r = 0; r < B * kv; ++r) {
+    const int n = r == 3 ? 0 : 100 + static_cast<int>(rng() % 500);
+    for (int i = 0; i < n; ++i) {
+      ids.push_back(static_cast<int32_t>(rng() % slots));
+      len.push_back(i == n / 2 ? 1 + static_cast<int32_t>(rng() % P) : P);
+    }
+    indptr.push_back(static_cast<int32_t>(ids.size()));
+  }
+  for (auto reduce : {kernels::GroupReduce::kSum, kernels::GroupReduce::kMax}) {
+    std::vector<float> got(ids.size(), -1.f), want(ids.size(), -2.f);
+    ASSERT_TRUE(
+        (*cuda)->ScorePages(q_gpu.view(), indptr, ids, len, reduce, absl::MakeSpan(got)).ok());
+    ASSERT_TRUE(cpu->ScorePages(q_cpu.view(), indptr, ids, len, reduce, absl::MakeSpan(want)).ok());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      ASSERT_NEAR(got[i], want[i], 1e-6 + 1e-3 * want[i]) << "entry " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace pagoda

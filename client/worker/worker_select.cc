@@ -1,6 +1,7 @@
 #include "worker_select.h"
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -223,32 +224,19 @@ absl::StatusOr<QuestBudget> PlanQuestBudget(const DecodeWorkerOptions& o, const 
   return b;
 }
 
-absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
-                                absl::Span<const uint16_t> q) {
+absl::StatusOr<std::optional<bool>> BeginRows(const DecodeWorkerOptions& o, int layer,
+                                              LayerState& ls, absl::Span<const uint16_t> q,
+                                              retriever::ScoreRequest& request) {
   const int kv = static_cast<int>(o.layout.kv_heads);
-  const int P = static_cast<int>(o.layout.page_tokens);
-  const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P);
-  const int64_t budget_pages = o.selector.budget_tokens / P;
+  request = retriever::ScoreRequest{};
   if (DenseRows(o, layer, ls)) return true;
   ls.prefetch.clear();
   if (o.policy == retriever::Policy::kBoundary) {
-    // Page ids of its cluster-ordered layout (ascending, the open page last): the worker keeps
-    // the layout's clustered pages as store pages of their own (LayerState::layout_keys).
-    auto sel = ls.selector->Select(q);
-    if (!sel.ok()) return sel.status();
-    ls.rows.assign(kv, {});
-    for (int h = 0; h < kv; ++h) {
-      ls.rows[h].assign(sel->pages.indices.begin() + sel->pages.indptr[h],
-                        sel->pages.indices.begin() + sel->pages.indptr[h + 1]);
-      const std::vector<int32_t>& row = ls.rows[h];
-      if (row.empty() || row.back() != cur || !std::is_sorted(row.begin(), row.end()) ||
-          static_cast<int64_t>(row.size()) > budget_pages + o.selector.window_pages + 1) {
-        return absl::InternalError("louiskv selected a row the worker cannot attend");
-      }
-    }
-    if (sel->retrieved) ls.prefetch = sel->prefetch;
-    StreamingRows(o, StreamingHeads(o, layer), cur, ls);
-    return sel->retrieved;
+    // Its step stops at the exact rescoring; FinishRows completes it with the masses.
+    auto begun = ls.selector->BeginSelect(q);
+    if (!begun.ok()) return begun.status();
+    request = *std::move(begun);
+    return std::optional<bool>();
   }
   auto fire = RetrievalDue(o, ls, q);
   if (!fire.ok()) return fire.status();
@@ -265,7 +253,32 @@ absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerSt
     ls.prefetch = sel->prefetch;
   }
   if (absl::Status s = PageRows(o, layer, ls); !s.ok()) return s;
-  return fresh;
+  return std::optional<bool>(fresh);
+}
+
+absl::StatusOr<bool> FinishRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
+                                absl::Span<const std::vector<float>> mass) {
+  const int kv = static_cast<int>(o.layout.kv_heads);
+  const int P = static_cast<int>(o.layout.page_tokens);
+  const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P);
+  // Page ids of louiskv's cluster-ordered layout (ascending, the open page last): the worker
+  // keeps the layout's clustered pages as store pages of their own (LayerState::layout_keys).
+  auto sel = ls.selector->FinishSelect(mass);
+  if (!sel.ok()) return sel.status();
+  ls.rows.assign(kv, {});
+  for (int h = 0; h < kv; ++h) {
+    ls.rows[h].assign(sel->pages.indices.begin() + sel->pages.indptr[h],
+                      sel->pages.indices.begin() + sel->pages.indptr[h + 1]);
+    const std::vector<int32_t>& row = ls.rows[h];
+    if (row.empty() || row.back() != cur || !std::is_sorted(row.begin(), row.end()) ||
+        static_cast<int64_t>(row.size()) >
+            o.selector.budget_tokens / P + o.selector.window_pages + 1) {
+      return absl::InternalError("louiskv selected a row the worker cannot attend");
+    }
+  }
+  if (sel->retrieved) ls.prefetch = sel->prefetch;
+  StreamingRows(o, StreamingHeads(o, layer), cur, ls);
+  return sel->retrieved;
 }
 
 }  // namespace pagoda::worker_internal

@@ -3,6 +3,8 @@
 #define PAGODA_CLIENT_WORKER_WORKER_SELECT_H_
 
 #include <cstdint>
+#include <optional>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -19,16 +21,22 @@ retriever::SelectorOptions SelectorShape(const DecodeWorkerOptions& o);
 // InvalidArgument when a (host) tensor holds inf or NaN.
 absl::Status CheckFinite(const TensorView& t, DType dtype, const char* what);
 
-// Sets ls.rows for the query q [q_heads, head_dim] of the newest token (already appended):
-// page ids per KV head, ascending, the open page last. Dense when the budget covers the
-// context (streaming heads of `layer`: sinks and window only, always). Page policies: natural
-// pages, the selector's (reused between retrievals under the boundary trigger) plus the moving
-// window. louiskv: pages of its cluster-ordered layout, exactly the selector's (see
-// LayerState::layout_keys). Returns whether a fresh retrieval ran.
-absl::StatusOr<bool> SelectRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
-                                absl::Span<const uint16_t> q);
+// Host selection of ls.rows for the query q [q_heads, head_dim] of the newest token (already
+// appended), in two halves around louiskv's exact rescoring: page ids per KV head, ascending, the
+// open page last. Dense when the budget covers the context (streaming heads of `layer`: sinks and
+// window only, always). Page policies: natural pages, the selector's (reused between retrievals
+// under the boundary trigger) plus the moving window; BeginRows sets their rows and returns
+// whether a fresh retrieval ran. louiskv: pages of its cluster-ordered layout, exactly the
+// selector's (see LayerState::layout_keys): BeginRows begins the selector's step, sets `request`
+// (the layout pages whose exact masses it wants; may be empty) and returns nullopt; FinishRows,
+// given the masses, sets the rows and returns whether a fresh retrieval ran.
+absl::StatusOr<std::optional<bool>> BeginRows(const DecodeWorkerOptions& o, int layer,
+                                              LayerState& ls, absl::Span<const uint16_t> q,
+                                              retriever::ScoreRequest& request);
+absl::StatusOr<bool> FinishRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
+                                absl::Span<const std::vector<float>> mass);
 
-// The pieces of SelectRows that the worker's batched device selection (policy quest) shares:
+// The pieces of BeginRows that the worker's batched device selection (policy quest) shares:
 // DenseRows sets dense rows and returns true when the budget covers the context; RetrievalDue
 // says whether a page policy retrieves afresh for q (no selection yet, no trigger, or the trigger
 // fires); PageRows turns ls.retrieved into this step's rows (moving window, pinned pages,

@@ -129,6 +129,16 @@ class WorkerBackend {
   virtual absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& table,
                                      const PrefillMask& mask, const TensorView& o) = 0;
 
+  // Exact page masses over the pool (kernels::PageMassParams; louiskv's rescoring): q [batch,
+  // q_heads, head_dim] (the layer's query, as Attend reads it); row b * kv_heads + h of the CSR
+  // (indptr, host) lists entries of head h's sub-pool: slot slots[i] holding page_len[i] tokens.
+  // The group's query heads combine as `reduce` says. mass[i] (host) gets entry i's mass. Waits
+  // for the result (one host sync on CUDA).
+  virtual absl::Status ScorePages(const TensorView& q, absl::Span<const int32_t> indptr,
+                                  absl::Span<const int32_t> slots,
+                                  absl::Span<const int32_t> page_len, kernels::GroupReduce reduce,
+                                  absl::Span<float> mass) = 0;
+
   // A contiguous host copy of `t` (a [a, b, c] tensor of the backend's device and 16-bit dtype),
   // for what the worker reads on the host (selection, input checks). Synchronous.
   virtual absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) = 0;
