@@ -223,7 +223,11 @@ int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan
   const PromptClusters& pc = *clusters_;
   ranked_.assign(options_.kv_heads, {});
   std::vector<Unit> units;
-  std::vector<float> logits, mean(d), page_mass(pages);
+  std::vector<float> logits, page_mass(pages), seg_means;
+  std::vector<double> expo;
+  std::vector<const float*> vecs;
+  constexpr size_t kLanes = 8;
+  const std::vector<float> zeros(d, 0.f);
   int64_t scanned_units = 0;
   double coverage_sum = 0;
   int coverage_heads = 0;
@@ -262,28 +266,54 @@ int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan
     // before summing over the group (group_reduce) keeps one sharp head from drowning the rest.
     std::vector<float> density(units.size(), 0.f);
     logits.resize(units.size());
+    // Each unit's vector: its centroid, or its segment's mean (computed once here).
+    vecs.resize(units.size());
+    seg_means.resize(units.size() * d);
+    for (size_t u = 0; u < units.size(); ++u) {
+      if (units[u].cluster >= 0) {
+        vecs[u] = &pc.centroids[h][static_cast<size_t>(units[u].cluster) * d];
+      } else {
+        SegmentMean(h, boundaries_[units[u].segment], boundaries_[units[u].segment + 1],
+                    seg_means.data() + u * d);
+        vecs[u] = seg_means.data() + u * d;
+      }
+    }
     for (int g = 0; g < group; ++g) {
       const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
       float top = -std::numeric_limits<float>::infinity();
-      for (size_t u = 0; u < units.size(); ++u) {
-        const float* v = mean.data();
-        if (units[u].cluster >= 0) {
-          v = &pc.centroids[h][static_cast<size_t>(units[u].cluster) * d];
-        } else {
-          SegmentMean(h, boundaries_[units[u].segment], boundaries_[units[u].segment + 1],
-                      mean.data());
+      // kLanes units at a time: their dots are independent chains in flight together, each
+      // still summed over d in order (the same logits as one unit at a time).
+      for (size_t u0 = 0; u0 < units.size(); u0 += kLanes) {
+        const size_t n = std::min(kLanes, units.size() - u0);
+        const float* v[kLanes];  // lanes past the last unit read zeros (never stored)
+        for (size_t l = 0; l < kLanes; ++l) v[l] = l < n ? vecs[u0 + l] : zeros.data();
+        // Eight named accumulators: kept in registers (an array here went through memory).
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+        for (int i = 0; i < d; ++i) {
+          const float qi = qg[i];
+          a0 += qi * v[0][i];
+          a1 += qi * v[1][i];
+          a2 += qi * v[2][i];
+          a3 += qi * v[3][i];
+          a4 += qi * v[4][i];
+          a5 += qi * v[5][i];
+          a6 += qi * v[6][i];
+          a7 += qi * v[7][i];
         }
-        float dot = 0;
-        for (int i = 0; i < d; ++i) dot += qg[i] * v[i];
-        logits[u] = dot * scale;
-        top = std::max(top, logits[u]);
+        const float acc[kLanes] = {a0, a1, a2, a3, a4, a5, a6, a7};
+        for (size_t l = 0; l < n; ++l) {
+          logits[u0 + l] = acc[l] * scale;
+          top = std::max(top, logits[u0 + l]);
+        }
       }
       double z = 0;
+      expo.resize(units.size());
       for (size_t u = 0; u < units.size(); ++u) {
-        z += (units[u].layout_end - units[u].layout_begin) * std::exp(double{logits[u]} - top);
+        expo[u] = std::exp(double{logits[u]} - top);
+        z += (units[u].layout_end - units[u].layout_begin) * expo[u];
       }
       for (size_t u = 0; u < units.size(); ++u) {
-        const float prob = static_cast<float>(std::exp(double{logits[u]} - top) / z);
+        const float prob = static_cast<float>(expo[u] / z);
         density[u] = options_.group_reduce == GroupReduce::kMax ? std::max(density[u], prob)
                                                                 : density[u] + prob;
       }
