@@ -86,6 +86,7 @@ retriever::SelectorOptions SelectorShape(const DecodeWorkerOptions& o) {
   s.head_dim = static_cast<int>(o.layout.head_dim);
   s.page_tokens = static_cast<int>(o.layout.page_tokens);
   s.dtype = o.layout.dtype == DType::kBf16 ? kernels::DType::kBFloat16 : kernels::DType::kFloat16;
+  s.token_spans = false;  // the worker attends page ids; louiskv need not map tokens back
   return s;
 }
 

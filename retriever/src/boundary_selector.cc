@@ -507,6 +507,8 @@ absl::StatusOr<Selection> BoundarySelector::FinishChoose(
     for (int32_t p = 0; p < pages; ++p) {
       if (!mark[p]) continue;
       out.pages.indices.push_back(p);
+      tokens_read += std::min(T, (p + 1) * P) - p * P;
+      if (!options_.token_spans) continue;
       for (int32_t l = p * P; l < std::min(T, (p + 1) * P); ++l) {
         positions.push_back(LayoutToPosition(h, l));
       }
@@ -514,7 +516,6 @@ absl::StatusOr<Selection> BoundarySelector::FinishChoose(
     out.pages.indptr.push_back(static_cast<int32_t>(out.pages.indices.size()));
     out.pages.last_page_len.push_back(mark[pages - 1] ? T - (pages - 1) * P : P);
     std::sort(positions.begin(), positions.end());
-    tokens_read += static_cast<int64_t>(positions.size());
     std::vector<TokenSpan>& spans = out.spans[h];
     for (int32_t t : positions) {
       if (!spans.empty() && spans.back().end == t) {

@@ -450,6 +450,32 @@ TEST(SelectorTest, BoundaryTwoPhaseSelectEqualsSelectAndFollowsTheMasses) {
   EXPECT_NE(flipped->pages.indices, want->pages.indices);
 }
 
+TEST(SelectorTest, BoundaryWithoutTokenSpansSelectsTheSamePages) {
+  const int64_t n = 2048;
+  NeedleData data(n, 1200, 16, 12);
+  SelectorOptions o = Options(16, 128);
+  o.boundary_threshold = 0.5f;
+  SelectorOptions lean = o;
+  lean.token_spans = false;
+  auto full = MakeSelector(Policy::kBoundary, o);
+  auto pages_only = MakeSelector(Policy::kBoundary, lean);
+  ASSERT_TRUE(full.ok() && pages_only.ok());
+  ASSERT_TRUE((*full)->Prefill(data.Keys(0, n), n).ok());
+  ASSERT_TRUE((*pages_only)->Prefill(data.Keys(0, n), n).ok());
+  for (int step = 0; step < 4; ++step) {
+    const std::vector<uint16_t> q = data.Query(1.f + step, 0.3f * step);
+    auto a = (*full)->Select(q);
+    auto b = (*pages_only)->Select(q);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(b->pages.indices, a->pages.indices);
+    EXPECT_EQ(b->pages.indptr, a->pages.indptr);
+    EXPECT_EQ(b->kv_bytes, a->kv_bytes);
+    EXPECT_EQ(b->summary_bytes, a->summary_bytes);
+    for (const auto& spans : b->spans) EXPECT_TRUE(spans.empty());
+    for (const auto& spans : a->spans) EXPECT_FALSE(spans.empty());
+  }
+}
+
 TEST(SelectorTest, PoliciesWithoutRescoringAskForNoMasses) {
   const int64_t n = 1024;
   NeedleData data(n, 400, 16, 12);

@@ -113,6 +113,11 @@ struct SelectorOptions {
   // this; the boundary trigger still fires too. 0 = off.
   float coverage_threshold = 0.f;
 
+  // kBoundary: fill Selection::spans with the true positions of the attended tokens (what recall
+  // is measured on). false leaves them empty and skips mapping every attended layout token back
+  // to its position: for a caller that reads page ids only (the decode worker).
+  bool token_spans = true;
+
   // kAnn: index kind and its knobs. HNSW efSearch below ~128 misses exact neighbours (DEPS.md).
   AnnKind ann_kind = AnnKind::kFlat;
   int ivf_nprobe = 8;
