@@ -223,7 +223,7 @@ int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan
   const PromptClusters& pc = *clusters_;
   ranked_.assign(options_.kv_heads, {});
   std::vector<Unit> units;
-  std::vector<float> logits, page_mass(pages), seg_means;
+  std::vector<float> logits, page_mass(pages), seg_means, block_t;
   std::vector<double> expo;
   std::vector<const float*> vecs;
   constexpr size_t kLanes = 8;
@@ -265,7 +265,6 @@ int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan
     // around mean m gets about n * exp(q.m * scale) of the softmax mass. Normalizing per head
     // before summing over the group (group_reduce) keeps one sharp head from drowning the rest.
     std::vector<float> density(units.size(), 0.f);
-    logits.resize(units.size());
     // Each unit's vector: its centroid, or its segment's mean (computed once here).
     vecs.resize(units.size());
     seg_means.resize(units.size() * d);
@@ -278,38 +277,37 @@ int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan
         vecs[u] = seg_means.data() + u * d;
       }
     }
-    for (int g = 0; g < group; ++g) {
-      const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
-      float top = -std::numeric_limits<float>::infinity();
-      // kLanes units at a time: their dots are independent chains in flight together, each
-      // still summed over d in order (the same logits as one unit at a time).
-      for (size_t u0 = 0; u0 < units.size(); u0 += kLanes) {
-        const size_t n = std::min(kLanes, units.size() - u0);
-        const float* v[kLanes];  // lanes past the last unit read zeros (never stored)
-        for (size_t l = 0; l < kLanes; ++l) v[l] = l < n ? vecs[u0 + l] : zeros.data();
-        // Eight named accumulators: kept in registers (an array here went through memory).
-        float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+    // The logits of every query head of the group, kLanes units at a time: the block's vectors
+    // are transposed ([d][kLanes]) once for the group, so each head's dots run in SIMD lanes, one
+    // unit per lane, each still summed over d in order (the logits of one unit at a time).
+    const size_t U = units.size();
+    logits.resize(static_cast<size_t>(group) * U);
+    block_t.resize(static_cast<size_t>(d) * kLanes);
+    for (size_t u0 = 0; u0 < U; u0 += kLanes) {
+      const size_t n = std::min(kLanes, U - u0);
+      for (size_t l = 0; l < kLanes; ++l) {  // lanes past the last unit hold zeros (never read)
+        const float* v = l < n ? vecs[u0 + l] : zeros.data();
+        for (int i = 0; i < d; ++i) block_t[static_cast<size_t>(i) * kLanes + l] = v[i];
+      }
+      for (int g = 0; g < group; ++g) {
+        const float* qg = q_float.data() + static_cast<size_t>(h * group + g) * d;
+        float lane[kLanes] = {};
         for (int i = 0; i < d; ++i) {
           const float qi = qg[i];
-          a0 += qi * v[0][i];
-          a1 += qi * v[1][i];
-          a2 += qi * v[2][i];
-          a3 += qi * v[3][i];
-          a4 += qi * v[4][i];
-          a5 += qi * v[5][i];
-          a6 += qi * v[6][i];
-          a7 += qi * v[7][i];
+          const float* bi = block_t.data() + static_cast<size_t>(i) * kLanes;
+          for (size_t l = 0; l < kLanes; ++l) lane[l] += qi * bi[l];
         }
-        const float acc[kLanes] = {a0, a1, a2, a3, a4, a5, a6, a7};
-        for (size_t l = 0; l < n; ++l) {
-          logits[u0 + l] = acc[l] * scale;
-          top = std::max(top, logits[u0 + l]);
-        }
+        for (size_t l = 0; l < n; ++l) logits[g * U + u0 + l] = lane[l] * scale;
       }
+    }
+    for (int g = 0; g < group; ++g) {
+      const float* lg = logits.data() + g * U;
+      float top = -std::numeric_limits<float>::infinity();
+      for (size_t u = 0; u < U; ++u) top = std::max(top, lg[u]);
       double z = 0;
       expo.resize(units.size());
       for (size_t u = 0; u < units.size(); ++u) {
-        expo[u] = std::exp(double{logits[u]} - top);
+        expo[u] = std::exp(double{lg[u]} - top);
         z += (units[u].layout_end - units[u].layout_begin) * expo[u];
       }
       for (size_t u = 0; u < units.size(); ++u) {

@@ -33,7 +33,10 @@
 // threads (every retriever policy, louiskv included: at the end of each layer's prefill it
 // clusters the prompt's keys per KV head and writes the cluster-ordered layout pages it selects
 // from as store pages of their own — keyed by the positions they hold of the natural pages, so
-// equal prompts share them; about one extra page per prompt page);
+// equal prompts share them; about one extra page per prompt page; its exact rescoring runs on
+// the backend: the selectors stop at their score requests, the requested layout pages are
+// gathered into the pool like attended ones and one ScorePages call scores the batch, then the
+// selectors finish with the masses);
 // missing head-pages are gathered straight from the store's host arena (a read lease per page)
 // into pool slots by one verified gather; a head-page whose bytes do not match the checksum taken
 // when the page was written is never attended: it is read again through the store (which verifies
@@ -88,8 +91,11 @@ struct DecodeWorkerOptions {
 
   // Retriever policy and its knobs (shape fields are taken from layout / q_heads). A budget that
   // covers the whole context attends it densely. Quest (the default) selects on the backend;
-  // every other policy on the host — louiskv recalls more (bench/RESULTS.md) but its host
-  // selection costs ~17-20 ms per (sequence, layer) at Llama-3-8B shapes on a CPU core.
+  // every other policy on the host — louiskv recalls more (bench/RESULTS.md); its exact
+  // rescoring runs on the backend, the rest of its selection (trigger, centroid ranking of the
+  // resident units) costs ~3.4 ms per (sequence, layer) at 32K, Llama-3-8B shapes, on a CPU core
+  // of the dev VM. With louiskv the pool must also hold the rescored candidates: Plan reserves
+  // ceil(rescore_factor x budget) pages per (sequence, layer) instead of the budget.
   retriever::Policy policy = retriever::Policy::kQuest;
   retriever::SelectorOptions selector;
   // LouisKV's boundary trigger for the page policies (quest, hierarchical, ann, oracle): re-select
