@@ -375,12 +375,7 @@ ScoreRequest BoundarySelector::Begin(const Plan& plan, bool retrieved, int64_t s
   for (int h = 0; h < H; ++h) {
     std::vector<char>& mark = pending_.mark[h];
     int32_t& used = pending_.used[h];
-    auto mark_page = [&](int32_t p) {
-      if (!mark[p]) {
-        mark[p] = 1;
-        ++used;
-      }
-    };
+    auto mark_page = [&](int32_t p) { pending_.Mark(h, p); };
     const int32_t sink_pages = (sink_tokens_ + P - 1) / P;
     for (int32_t p = 0; p < sink_pages; ++p) mark_page(p);
     // The local window: the last window_pages pages (the natural region is page-aligned in the
@@ -453,12 +448,7 @@ absl::StatusOr<Selection> BoundarySelector::FinishChoose(
   for (int h = 0; h < options_.kv_heads; ++h) {
     std::vector<char>& mark = pending_.mark[h];
     int32_t& used = pending_.used[h];
-    auto mark_page = [&](int32_t p) {
-      if (!mark[p]) {
-        mark[p] = 1;
-        ++used;
-      }
-    };
+    auto mark_page = [&](int32_t p) { pending_.Mark(h, p); };
     const std::vector<int32_t>& rescored = pending_.cand[h];
     if (!rescored.empty()) {
       const size_t first_cand = mass[h].size() - rescored.size();

@@ -95,6 +95,13 @@ class BoundarySelector final : public SelectorBase {
     std::vector<std::vector<char>> mark;     // per head: kept pages (sinks, window)
     std::vector<int32_t> used;               // per head: pages marked
     std::vector<std::vector<int32_t>> cand;  // per head: rescoring candidates
+    // Head h keeps page p (counted in used[h] once).
+    void Mark(int h, int32_t p) {
+      if (!mark[h][p]) {
+        mark[h][p] = 1;
+        ++used[h];
+      }
+    }
   };
   Pending pending_;
   std::shared_ptr<const PromptClusters> clusters_;
