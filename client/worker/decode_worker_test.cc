@@ -540,6 +540,39 @@ TEST(DecodeWorker, LouiskvShortPromptsHaveNoLayoutPages) {
 // A layout page whose stored bytes are damaged is never attended: the worker's checksum (taken
 // from the bytes it assembled) catches the gather, the store's own checksum the re-read, so the
 // sequence that needs it fails with DataLoss and the rest of the batch goes on.
+// louiskv's rescored candidates sit in the pool with the attended pages: a step may need ceil(1.5
+// x the budget) slots per (sequence, layer) (5 budget pages -> 8, + window + open page = 10, + 2
+// open pages) where quest needs 7 (+ 2). A pool of 11 is refused for louiskv before anything
+// changes, with a clear error, and serves quest; 12 serves louiskv.
+TEST(DecodeWorker, LouiskvPlansPoolRoomForItsRescoredCandidates) {
+  for (int32_t slots : {11, 12}) {
+    for (auto policy : {retriever::Policy::kQuest, retriever::Policy::kBoundary}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "slots " << slots << " policy " << retriever::PolicyName(policy));
+      TempDir dir;
+      auto store = OpenStore(dir.path());
+      DecodeWorkerOptions o = Options(policy, 5 * kPage, slots);
+      o.selector.boundary_threshold = -0.1f;
+      auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+      ASSERT_TRUE(w.ok()) << w.status();
+      Driver drv(w->get());
+      const SequenceId id = drv.Open(Prompt(61, 8));
+      const bool fits = slots >= 12 || policy == retriever::Policy::kQuest;
+      for (int step = 0; step < 6; ++step) {
+        auto stats = drv.Step({id}, {7 + step});
+        if (!fits) {
+          EXPECT_EQ(stats.status().code(), absl::StatusCode::kResourceExhausted);
+          EXPECT_NE(stats.status().message().find("pool_slots_per_head"), std::string::npos);
+          EXPECT_EQ(*(*w)->Length(id, 0), 61);  // nothing changed
+          break;
+        }
+        ASSERT_TRUE(stats.ok()) << stats.status();
+        for (const absl::Status& st : stats->sequence_status) EXPECT_TRUE(st.ok()) << st;
+      }
+    }
+  }
+}
+
 TEST(DecodeWorker, ADamagedLayoutPageIsNeverAttended) {
   TempDir dir;
   auto store = OpenStore(dir.path());
