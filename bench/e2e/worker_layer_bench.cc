@@ -63,6 +63,9 @@ struct Args {
   bool prefill_attend = false;
   int streaming_heads = 0;
   std::string sdpa_prefill;  // sdpa_prefill.py output ("sdpa_causal T MS" lines)
+  // Prepare the host tier's segments at Create (DecodeWorkerOptions::prepare_host_bytes = -1)
+  // instead of inside the prefill's first writes to each segment.
+  bool prepare_host = true;
 };
 
 constexpr int kQ = 32, kKv = 8, kD = 128, kP = 16;
@@ -147,11 +150,15 @@ int RunCase(const Args& a, int64_t ctx, int B,
     return 1;
   }
   bench::TensorStage& st = **stage;
+  o.prepare_host_bytes = a.prepare_host ? -1 : 0;
+  const auto created = std::chrono::steady_clock::now();
   auto worker = DecodeWorker::Create(store->get(), std::move(backend), o);
   if (!worker.ok()) {
     std::fprintf(stderr, "worker: %s\n", worker.status().ToString().c_str());
     return 1;
   }
+  const double create_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - created).count();
   DecodeWorker& w = **worker;
 
   // Prefill: distinct token ids per sequence (no shared prefix), K/V windows of one random block.
@@ -310,6 +317,8 @@ int RunCase(const Args& a, int64_t ctx, int B,
         prefill_flush_s * 1e3 / B, (prefill_s - prefill_backend_s - prefill_flush_s) * 1e3 / B);
     if (causal > 0 && a.prefill_attend)
       std::printf("; torch SDPA causal %.1f ms: SDPA / ours %.2fx", causal, causal / per);
+    std::printf("; worker Create %.1f ms (%s)", create_s * 1e3,
+                a.prepare_host ? "host tier prepared there" : "host tier prepared on demand");
     std::printf("\n");
   }
   std::fflush(stdout);
@@ -362,6 +371,8 @@ int main(int argc, char** argv) {
   app.add_option("--drift", a.drift, "query random-walk step")->check(CLI::Range(0.0, 1.0));
   app.add_option("--chunk", a.chunk, "prefill chunk tokens")->check(CLI::Range(16, 1 << 20));
   app.add_flag("--prefill-attend", a.prefill_attend, "prefill with attention (PrefillAttend)");
+  app.add_option("--prepare-host", a.prepare_host,
+                 "prepare the host tier's segments at Create (1) or on demand (0)");
   app.add_option("--streaming-heads", a.streaming_heads, "streaming KV heads in prefill")
       ->check(CLI::Range(0, pagoda::kKv));
   app.add_option("--sdpa-prefill", a.sdpa_prefill, "sdpa_prefill.py output (baselines)");

@@ -21,6 +21,7 @@
 namespace pagoda {
 
 using worker_internal::HeadPool;
+using worker_internal::kInFlightWait;
 using worker_internal::kLayoutFormat;
 using worker_internal::kLayoutPageKeySeed;
 using worker_internal::LayerState;
@@ -49,6 +50,13 @@ absl::Status DecodeWorker::Impl::Init() {
   if (backend_->device() == Device::kCuda) {
     // The verified gather reads the store's host pages from the device.
     if (absl::Status s = store_->MapHostTierForGpu(backend_->device_index()); !s.ok()) return s;
+  }
+  if (o_.prepare_host_bytes != 0) {  // after the GPU mapping, so prepared segments are pinned
+    const uint64_t want =
+        o_.prepare_host_bytes < 0 ? UINT64_MAX : static_cast<uint64_t>(o_.prepare_host_bytes);
+    if (auto got = store_->PrepareHostTier(o_.tenant, o_.layout, want); !got.ok()) {
+      return got.status();
+    }
   }
   const HostArena arena = store_->HostArenaInfo();
   return backend_->RegisterSource(arena.base, static_cast<int64_t>(arena.size));
@@ -895,6 +903,7 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
     std::vector<uint8_t> page;
   };
   absl::flat_hash_map<PageKey, Reread> reread;
+  const absl::Time in_flight_deadline = absl::Now() + kInFlightWait;
   for (size_t i = 0; i < fetches.size(); ++i) {
     if (!bad[i]) continue;
     if (leases[lease_of_fetch[i]].ok() && gathered.ok()) ++stats.verify_failures;
@@ -905,6 +914,13 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
       ++stats.fallback_reads;
       r.page.resize(o_.layout.PageBytes());
       auto info = store_->Get(o_.tenant, key_of_fetch[i], absl::MakeSpan(r.page));
+      // A page of the chain that another writer reserved first (two workers prefilling one
+      // prefix at once: this one only checksummed it) cannot be read until that writer commits.
+      // Wait for it, a bounded time per call, before calling it lost.
+      while (absl::IsNotFound(info.status()) && absl::Now() < in_flight_deadline) {
+        absl::SleepFor(absl::Milliseconds(1));
+        info = store_->Get(o_.tenant, key_of_fetch[i], absl::MakeSpan(r.page));
+      }
       r.status = info.status();
       if (info.ok()) stats.bytes_from_tier[static_cast<int>(info->tier)] += 2 * half_;
     }

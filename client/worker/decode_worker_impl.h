@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "head_pool.h"
 #include "page_committer.h"
 #include "pagoda/client/decode_worker.h"
@@ -38,6 +40,10 @@ inline int SelectThreads(int asked) {
 // what this code would write under its key).
 constexpr uint64_t kLayoutPageKeySeed = 0x6c6f7569736b7631ULL;  // "louiskv1"
 constexpr int32_t kLayoutFormat = 1;
+
+// How long one fetch waits, in all, for pages another writer has reserved but not committed yet
+// (a prefix two workers prefill at once) before a page that stays unreadable counts as lost.
+constexpr absl::Duration kInFlightWait = absl::Seconds(2);
 
 // Rows [first, first + count) of a [n, ...] view.
 inline TensorView Rows(const TensorView& t, int64_t first, int64_t count) {

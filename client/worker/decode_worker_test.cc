@@ -286,34 +286,39 @@ class Driver {
 constexpr double kTol = 2e-3;  // fp16 output rounding of values in [-1, 1]
 
 TEST(DecodeWorker, WholeContextBudgetEqualsDenseAcrossEvictions) {
-  TempDir dir;
-  auto store = OpenStore(dir.path());
-  // 28 slots per head: one layer of the batch fits (<= 19 pages + 6 open pages), both layers do
-  // not, so pages are evicted from the pool and fetched back from the store (verified).
-  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
-                                Options(retriever::Policy::kQuest, 4096, 28));
-  ASSERT_TRUE(w.ok()) << w.status();
-  Driver drv(w->get());
-  std::vector<SequenceId> ids = {drv.Open(Prompt(9, 1)), drv.Open(Prompt(17, 2)),
-                                 drv.Open(Prompt(4, 3))};
-  int64_t fetched = 0;
-  for (int step = 0; step < 14; ++step) {
-    std::vector<std::vector<uint16_t>> outs;
-    auto stats = drv.Step(ids, {step, step + 1, step + 2}, &outs);
-    ASSERT_TRUE(stats.ok()) << stats.status();
-    for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
-    fetched += stats->fetched_head_pages;
-    EXPECT_EQ(stats->verify_failures, 0);
-    for (int l = 0; l < kLayers; ++l) {
-      for (int b = 0; b < 3; ++b) {
-        EXPECT_LT(drv.Error(ids[b], b, l, outs[l], /*dense=*/true), kTol) << step << " " << b;
+  // Host-tier segments prepared on demand and all prepared at Create: the same outputs.
+  for (int64_t prepare : {0, -1}) {
+    SCOPED_TRACE(prepare);
+    TempDir dir;
+    auto store = OpenStore(dir.path());
+    // 28 slots per head: one layer of the batch fits (<= 19 pages + 6 open pages), both layers do
+    // not, so pages are evicted from the pool and fetched back from the store (verified).
+    DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096, 28);
+    o.prepare_host_bytes = prepare;
+    auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    Driver drv(w->get());
+    std::vector<SequenceId> ids = {drv.Open(Prompt(9, 1)), drv.Open(Prompt(17, 2)),
+                                   drv.Open(Prompt(4, 3))};
+    int64_t fetched = 0;
+    for (int step = 0; step < 14; ++step) {
+      std::vector<std::vector<uint16_t>> outs;
+      auto stats = drv.Step(ids, {step, step + 1, step + 2}, &outs);
+      ASSERT_TRUE(stats.ok()) << stats.status();
+      for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
+      fetched += stats->fetched_head_pages;
+      EXPECT_EQ(stats->verify_failures, 0);
+      for (int l = 0; l < kLayers; ++l) {
+        for (int b = 0; b < 3; ++b) {
+          EXPECT_LT(drv.Error(ids[b], b, l, outs[l], /*dense=*/true), kTol) << step << " " << b;
+        }
       }
     }
+    EXPECT_GT(fetched, 0);
+    EXPECT_GT((*w)->Stats().pool_evictions, 0);
+    ASSERT_TRUE((*w)->Flush().ok());
+    EXPECT_GT((*w)->Stats().pages_committed, 0);
   }
-  EXPECT_GT(fetched, 0);
-  EXPECT_GT((*w)->Stats().pool_evictions, 0);
-  ASSERT_TRUE((*w)->Flush().ok());
-  EXPECT_GT((*w)->Stats().pages_committed, 0);
 }
 
 class PolicyTest : public ::testing::TestWithParam<retriever::Policy> {};
@@ -1056,6 +1061,10 @@ TEST(DecodeWorker, BadInputIsRefusedAndChangesNothing) {
   EXPECT_TRUE(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), bad).ok());
   bad = Options(retriever::Policy::kBoundary, 4096, 64);
   bad.select_threads = -1;
+  EXPECT_EQ(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = Options(retriever::Policy::kQuest, 4096, 64);
+  bad.prepare_host_bytes = -2;
   EXPECT_EQ(DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), bad).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(wk.Open({}).status().code(), absl::StatusCode::kInvalidArgument);

@@ -73,6 +73,9 @@ absl::Status ValidateWorkerOptions(const DecodeWorkerOptions& o) {
   if (o.select_threads < 0 || o.select_threads > 256) {
     return absl::InvalidArgumentError("select_threads must be in [0, 256]");
   }
+  if (o.prepare_host_bytes < -1) {
+    return absl::InvalidArgumentError("prepare_host_bytes must be -1 (all), 0 (none) or a size");
+  }
   if (!(o.lease_seconds > 0 && o.lease_seconds <= 60)) {
     return absl::InvalidArgumentError("lease_seconds must be in (0, 60]");
   }

@@ -124,6 +124,18 @@ absl::StatusOr<uint64_t> SlabAllocator::Allocate(int cls) {
   return slot * kSlotAlign;
 }
 
+absl::StatusOr<bool> SlabAllocator::Prepare(int cls) {
+  const SlotClass& c = classes_[cls];
+  if (c.slot_bytes == 0 || c.slot_bytes > slot_area_ || free_segments_.empty()) return false;
+  const uint32_t seg = free_segments_.back();
+  free_segments_.pop_back();
+  if (absl::Status s = Assign(seg, cls); !s.ok()) {
+    free_segments_.push_back(seg);
+    return s;
+  }
+  return true;
+}
+
 void SlabAllocator::Free(uint64_t offset) {
   const uint32_t seg = SegmentOf(offset);
   Unlist(seg);

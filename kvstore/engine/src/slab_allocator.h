@@ -48,6 +48,10 @@ class SlabAllocator {
   // else an empty segment of another class. ResourceExhausted when none exists (the caller
   // evicts and retries); Internal when the assign hook failed.
   absl::StatusOr<uint64_t> Allocate(int cls);
+  // Gives one free segment to `cls` ahead of demand: the assign hook runs now instead of inside
+  // a later Allocate, and the segment's slots wait in the class. False when no segment is free
+  // (segments other classes hold are never taken here); Internal when the assign hook failed.
+  absl::StatusOr<bool> Prepare(int cls);
   // Returns a slot obtained from Allocate.
   void Free(uint64_t offset);
 

@@ -1,6 +1,7 @@
 #include "slab_allocator.h"
 
 #include <set>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -94,6 +95,44 @@ TEST(SlabAllocatorTest, FailedAssignLeavesTheSegmentFree) {
   auto off = a.Allocate(a.ClassFor(7, 512));
   EXPECT_TRUE(absl::IsInternal(off.status())) << off.status();
   EXPECT_EQ(a.free_segments(), 1u);
+}
+
+// Prepare assigns free segments ahead of demand: the hook runs then, the class's next Allocate
+// does not call it, and a prepared segment that stays empty still moves to another owner.
+TEST(SlabAllocatorTest, PreparedSegmentsAreAssignedAheadAndStillMove) {
+  std::vector<std::string> events;
+  SlabAllocator::SegmentHooks hooks;
+  hooks.assign = [&](uint64_t off, uint64_t bytes, uint32_t owner) {
+    events.push_back("assign " + std::to_string(off / bytes) + " to " + std::to_string(owner));
+    return absl::OkStatus();
+  };
+  hooks.release = [&](uint64_t off, uint64_t bytes, uint32_t owner) {
+    events.push_back("release " + std::to_string(off / bytes) + " from " + std::to_string(owner));
+  };
+  SlabAllocator a(2 * 4096, 4096, hooks);  // 2 segments of 4 slots
+  const int a1 = a.ClassFor(1, 1024);
+  const int b2 = a.ClassFor(2, 1024);
+  ASSERT_EQ(*a.Prepare(a1), true);
+  ASSERT_EQ(*a.Prepare(a1), true);
+  EXPECT_EQ(*a.Prepare(a1), false);  // nothing free: held segments are never taken here
+  EXPECT_EQ(a.free_segments(), 0u);
+  EXPECT_EQ(events.size(), 2u);
+  auto x = a.Allocate(a1);  // no hook: the segment is owner 1's already
+  ASSERT_TRUE(x.ok());
+  EXPECT_EQ(events.size(), 2u);
+  auto y = a.Allocate(b2);  // owner 1's empty prepared segment moves to owner 2
+  ASSERT_TRUE(y.ok());
+  EXPECT_NE(a.SegmentOf(*x), a.SegmentOf(*y));
+  EXPECT_EQ(a.ClassOf(*y), b2);
+  EXPECT_EQ(events.size(), 4u);
+  EXPECT_EQ(events[2].rfind("release", 0), 0u);
+  EXPECT_EQ(events[3].substr(events[3].size() - 4), "to 2");
+  // A failing hook leaves the segment free.
+  SlabAllocator::SegmentHooks bad;
+  bad.assign = [](uint64_t, uint64_t, uint32_t) { return absl::UnavailableError("no memory"); };
+  SlabAllocator c(4096, 4096, bad);
+  EXPECT_TRUE(absl::IsInternal(c.Prepare(c.ClassFor(3, 512)).status()));
+  EXPECT_EQ(c.free_segments(), 1u);
 }
 
 }  // namespace

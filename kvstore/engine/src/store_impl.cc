@@ -748,6 +748,31 @@ absl::Status StoreImpl::MapHostTierForGpu(int device) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<uint64_t> StoreImpl::PrepareHostTier(std::string_view tenant,
+                                                    const PageLayout& layout, uint64_t bytes) {
+  if (absl::Status s = CheckTenant(tenant); !s.ok()) return s;
+  if (absl::Status s = layout.Validate(); !s.ok()) return s;
+  uint64_t prepared = 0;
+  while (prepared < bytes) {
+    absl::MutexLock lock(&mu_);  // one segment per hold: other calls interleave
+    const int cls = ClassOf(layout.Id(), /*add=*/false);
+    if (cls < 0 || !classes_[cls].accepted) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("layout %s is not registered with this store", layout.ToString()));
+    }
+    const uint32_t tid = InternTenant(tenant);
+    const uint64_t quota = tenants_[tid].quota.tier_bytes[static_cast<int>(Tier::kHost)];
+    if (quota != 0 && prepared >= quota) break;  // the tenant could not fill more
+    SlabAllocator& alloc = *alloc_[MemIndex(Tier::kHost)];
+    const int ac = alloc.ClassFor(tid, classes_[cls].bytes);
+    absl::StatusOr<bool> got = alloc.Prepare(ac);
+    if (!got.ok()) return got.status();
+    if (!*got) break;
+    prepared += alloc.segment_bytes() / alloc.slot_bytes(ac) * alloc.slot_bytes(ac);
+  }
+  return prepared;
+}
+
 bool StoreImpl::HasTier(Tier tier) const { return Present(tier); }
 
 absl::Status StoreImpl::Flush() {

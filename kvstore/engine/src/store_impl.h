@@ -67,6 +67,8 @@ class StoreImpl final : public Store {
   absl::StatusOr<CheckpointResult> Checkpoint() override;
   StoreStats Stats() override;
   HostArena HostArenaInfo() const override;
+  absl::StatusOr<uint64_t> PrepareHostTier(std::string_view tenant, const PageLayout& layout,
+                                           uint64_t bytes) override;
   absl::Status MapHostTierForGpu(int device) override;
   absl::StatusOr<int> TenantArenaFd(std::string_view tenant) override;
   bool HasTier(Tier tier) const override;

@@ -154,5 +154,31 @@ TEST(TenantArenaTest, CapacityFlowsBetweenTenantsBySegment) {
   EXPECT_EQ(st.tiers[static_cast<int>(Tier::kHost)].used_bytes, 14 * SmallLayout().PageBytes());
 }
 
+// PrepareHostTier gives free segments to one tenant ahead of its writes: its pages land in them,
+// and another tenant still gets room (prepared segments that stay empty move). Bad calls refused.
+TEST(TenantArenaTest, PreparedSegmentsServeTheirTenantAndStillFlow) {
+  StoreOptions o = SmallStoreOptions(16, "");
+  o.segment_bytes = 4 * SmallLayout().PageBytes();
+  o.watermarks[static_cast<int>(Tier::kHost)] = Watermarks{1.0, 1.0};  // evict only when full
+  auto s = OpenOrDie(o);
+  const uint64_t seg = 4 * SmallLayout().PageBytes();
+  auto prepared = s->PrepareHostTier("alice", SmallLayout(), 2 * seg);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_EQ(*prepared, 2 * seg);
+  auto all = s->PrepareHostTier("alice", SmallLayout(), UINT64_MAX);  // the rest of the tier
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(*all, 2 * seg);
+  EXPECT_EQ(*s->PrepareHostTier("alice", SmallLayout(), seg), 0u);  // nothing free
+  for (uint64_t i = 0; i < 8; ++i) ASSERT_TRUE(PutKey(*s, "alice", i).ok()) << i;
+  // Bob finds no free segment: an empty one of alice's moves to him; alice's pages stay intact.
+  for (uint64_t i = 0; i < 8; ++i) ASSERT_TRUE(PutKey(*s, "bob", i).ok()) << i;
+  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(CheckKey(*s, "alice", i).ok()) << i;
+  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(CheckKey(*s, "bob", i).ok()) << i;
+  EXPECT_TRUE(absl::IsInvalidArgument(s->PrepareHostTier("", SmallLayout(), seg).status()));
+  PageLayout other = SmallLayout();
+  other.head_dim *= 2;
+  EXPECT_TRUE(absl::IsInvalidArgument(s->PrepareHostTier("alice", other, seg).status()));
+}
+
 }  // namespace
 }  // namespace pagoda

@@ -152,6 +152,12 @@ struct DecodeWorkerOptions {
   // Lease asked per fetched page (the gather copies well within it; expiry is caught by the
   // checksum and answered by a verified re-read).
   double lease_seconds = 1.0;
+  // Host-tier bytes Create prepares for this worker's tenant and layout (Store::PrepareHostTier):
+  // a segment's first use maps (and, on CUDA, page-locks) its memory, most of a prefill's host
+  // time on a cold store; prepared at Create, the prefills skip it. -1: every free segment; 0:
+  // none (segments are prepared on demand). Prepared segments that stay empty still go to other
+  // tenants when the tier runs out.
+  int64_t prepare_host_bytes = 0;
 };
 
 struct OpenedSequence {

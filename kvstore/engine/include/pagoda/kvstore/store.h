@@ -232,6 +232,17 @@ class Store {
   // Internal when the driver refuses (e.g. RLIMIT_MEMLOCK). Nothing changes on error beyond
   // segments pinned before the failing one.
   virtual absl::Status MapHostTierForGpu(int device) = 0;
+  // Gives free host-tier segments to `tenant`'s pages of `layout` ahead of its writes, until
+  // `bytes` of slots are prepared or no segment is free (segments holding pages are never
+  // taken). A segment's first use maps the tenant's memory there (faulted in) and, once the tier
+  // is mapped for a GPU, page-locks it; prepared now, a later Reserve or Put does not pay that
+  // (measured on a cold store: most of a prefill's host time). Takes the store's lock once per
+  // segment, so other calls interleave. Prepared segments that stay empty still go to other
+  // tenants and layouts when the tier has no free segment left. Returns the slot bytes prepared
+  // (at most the tenant's host quota); InvalidArgument for a bad tenant id or a layout the store
+  // does not accept; Internal when a segment could not be mapped (or pinned).
+  virtual absl::StatusOr<uint64_t> PrepareHostTier(std::string_view tenant,
+                                                   const PageLayout& layout, uint64_t bytes) = 0;
   // The memfd of one tenant's host pages, for a process of that tenant to mmap MAP_SHARED (size
   // HostArenaInfo().size; the page of a Reservation or ReadLease of this tenant is at its
   // arena_offset). It holds this tenant's pages only: the store places each tenant's host pages in
