@@ -115,23 +115,24 @@ absl::StatusOr<ScoreRequest> SelectorBase::BeginSelect(absl::Span<const uint16_t
   auto request = BeginChoose(q, qf, plan);
   if (!request.ok()) return request.status();
   begun_ = true;
-  request_ = *request;
+  requested_.clear();  // per head, how many masses FinishSelect takes (none: empty request)
+  if (!request->empty()) {
+    for (const auto& pages : request->pages) requested_.push_back(pages.size());
+  }
   return request;
 }
 
 absl::StatusOr<Selection> SelectorBase::FinishSelect(absl::Span<const std::vector<float>> mass) {
   if (!begun_) return absl::FailedPreconditionError("selector: FinishSelect without BeginSelect");
-  const bool none = request_.empty();
-  if (none ? !mass.empty() : mass.size() != request_.pages.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("selector: masses for ", mass.size(), " KV heads, the request has ",
-                     none ? 0 : request_.pages.size(), " (none when it is empty)"));
+  if (mass.size() != requested_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("selector: masses for ", mass.size(),
+                                                   " KV heads, the request has ", requested_.size(),
+                                                   " (none when it is empty)"));
   }
   for (size_t h = 0; h < mass.size(); ++h) {
-    if (mass[h].size() != request_.pages[h].size()) {
-      return absl::InvalidArgumentError(absl::StrCat("selector: ", mass[h].size(),
-                                                     " masses for KV head ", h, ", requested ",
-                                                     request_.pages[h].size()));
+    if (mass[h].size() != requested_[h]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "selector: ", mass[h].size(), " masses for KV head ", h, ", requested ", requested_[h]));
     }
     for (float m : mass[h]) {
       if (!std::isfinite(m)) return absl::InvalidArgumentError("selector: non-finite mass");

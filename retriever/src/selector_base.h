@@ -87,9 +87,9 @@ class SelectorBase : public Selector {
   std::vector<uint8_t> streaming_;  // [kv_heads]
 
  private:
-  bool begun_ = false;    // BeginSelect succeeded and FinishSelect has not
-  ScoreRequest request_;  // what the begun selection asked for
-  Selection chosen_;      // the default BeginChoose's Selection
+  bool begun_ = false;             // BeginSelect succeeded and FinishSelect has not
+  std::vector<size_t> requested_;  // per KV head, the masses the begun selection asked for
+  Selection chosen_;               // the default BeginChoose's Selection
   absl::Status CheckKeys(absl::Span<const uint16_t> keys, int64_t num_tokens) const;
 };
 

@@ -9,6 +9,19 @@
 namespace pagoda {
 namespace {
 
+// Hooks that log "assign S to O" / "release S from O" (S: segment index) into `events`.
+SlabAllocator::SegmentHooks Recording(std::vector<std::string>& events) {
+  SlabAllocator::SegmentHooks hooks;
+  hooks.assign = [&events](uint64_t off, uint64_t bytes, uint32_t owner) {
+    events.push_back("assign " + std::to_string(off / bytes) + " to " + std::to_string(owner));
+    return absl::OkStatus();
+  };
+  hooks.release = [&events](uint64_t off, uint64_t bytes, uint32_t owner) {
+    events.push_back("release " + std::to_string(off / bytes) + " from " + std::to_string(owner));
+  };
+  return hooks;
+}
+
 TEST(SlabAllocatorTest, ClassesTakeWholeSegmentsAndSlotsDoNotOverlap) {
   SlabAllocator a(4 * 4096, 4096);        // 4 segments
   const int small = a.ClassFor(0, 1000);  // rounded to 1024: 4 per segment
@@ -55,14 +68,7 @@ TEST(SlabAllocatorTest, SlotLargerThanSegmentNeverAllocates) {
 // segment is left, and the hooks see every change of owner.
 TEST(SlabAllocatorTest, SegmentsBelongToOneOwnerAndMoveWhenEmpty) {
   std::vector<std::string> events;
-  SlabAllocator::SegmentHooks hooks;
-  hooks.assign = [&](uint64_t off, uint64_t bytes, uint32_t owner) {
-    events.push_back("assign " + std::to_string(off / bytes) + " to " + std::to_string(owner));
-    return absl::OkStatus();
-  };
-  hooks.release = [&](uint64_t off, uint64_t bytes, uint32_t owner) {
-    events.push_back("release " + std::to_string(off / bytes) + " from " + std::to_string(owner));
-  };
+  const SlabAllocator::SegmentHooks hooks = Recording(events);
   SlabAllocator a(2 * 4096, 4096, hooks);  // 2 segments of 4 slots
   const int a1 = a.ClassFor(1, 1024);
   const int b2 = a.ClassFor(2, 1024);
@@ -101,14 +107,7 @@ TEST(SlabAllocatorTest, FailedAssignLeavesTheSegmentFree) {
 // does not call it, and a prepared segment that stays empty still moves to another owner.
 TEST(SlabAllocatorTest, PreparedSegmentsAreAssignedAheadAndStillMove) {
   std::vector<std::string> events;
-  SlabAllocator::SegmentHooks hooks;
-  hooks.assign = [&](uint64_t off, uint64_t bytes, uint32_t owner) {
-    events.push_back("assign " + std::to_string(off / bytes) + " to " + std::to_string(owner));
-    return absl::OkStatus();
-  };
-  hooks.release = [&](uint64_t off, uint64_t bytes, uint32_t owner) {
-    events.push_back("release " + std::to_string(off / bytes) + " from " + std::to_string(owner));
-  };
+  const SlabAllocator::SegmentHooks hooks = Recording(events);
   SlabAllocator a(2 * 4096, 4096, hooks);  // 2 segments of 4 slots
   const int a1 = a.ClassFor(1, 1024);
   const int b2 = a.ClassFor(2, 1024);
