@@ -70,8 +70,8 @@ struct Args {
   double resident_factor = 4.0;
   int cluster_window = -1;  // -1: the selector's default
   int select_threads = 0;
-  double rescore_factor = 1.5;
-  bool trigger = false;  // boundary trigger for page policies
+  double rescore_factor = 4.0;  // the selector's default: every resident page
+  bool trigger = false;         // boundary trigger for page policies
   float threshold = 0.9f;
   bool verify = true;
   bool compare_session = false;

@@ -55,7 +55,8 @@ struct Args {
   int warmup = 3;
   bool trigger = false;
   float threshold = 0.9f;
-  float drift = 0.05f;  // query random-walk step, relative to the query's norm
+  double rescore_factor = 4.0;  // louiskv (the selector's default: every resident page)
+  float drift = 0.05f;          // query random-walk step, relative to the query's norm
   int64_t chunk = 8192;
   // Prefill through DecodeWorker::PrefillAttend (the chunk's attention over the context and
   // itself, random queries) instead of Prefill (writes only); streaming_heads of the 8 KV heads
@@ -126,8 +127,11 @@ int RunCase(const Args& a, int64_t ctx, int B,
   o.selector.boundary_threshold = a.threshold;  // louiskv's own trigger
   o.prefetch = false;                           // everything is in the host tier
   o.summary_slots = B * (ctx / kP + 64);        // quest selects on the device over these
+  o.selector.rescore_factor = a.rescore_factor;
   // Twice one step's worst case, so most of a context is not resident and selections fetch.
-  o.pool_slots_per_head = static_cast<int32_t>(2 * B * (a.budget / kP + 8) + 2 * B + 64);
+  const int64_t row_pages = std::max<int64_t>(
+      a.budget / kP, retriever::MaxScoredPages(*policy, o.selector, a.budget / kP));
+  o.pool_slots_per_head = static_cast<int32_t>(2 * B * (row_pages + 8) + 2 * B + 64);
   if (a.prefill_attend) {  // a dense head reads every page of its sequence's layer at once
     o.pool_slots_per_head =
         std::max<int32_t>(o.pool_slots_per_head, static_cast<int32_t>(ctx / kP + 2 * B + 64));
@@ -368,6 +372,9 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", a.warmup, "unmeasured first steps")->check(CLI::Range(0, 1000));
   app.add_flag("--trigger", a.trigger, "boundary trigger (selections reused while it holds)");
   app.add_option("--threshold", a.threshold, "trigger threshold");
+  app.add_option("--rescore-factor", a.rescore_factor,
+                 "louiskv rescore factor (>= its resident factor 4: every resident page)")
+      ->check(CLI::Range(0.0, 64.0));
   app.add_option("--drift", a.drift, "query random-walk step")->check(CLI::Range(0.0, 1.0));
   app.add_option("--chunk", a.chunk, "prefill chunk tokens")->check(CLI::Range(16, 1 << 20));
   app.add_flag("--prefill-attend", a.prefill_attend, "prefill with attention (PrefillAttend)");

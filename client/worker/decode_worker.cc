@@ -701,13 +701,9 @@ int64_t DecodeWorker::Impl::RowBound(const Sequence& seq) const {
   const int64_t pages = (static_cast<int64_t>(seq.tokens.size()) + P_) / P_;  // after this token
   int32_t pinned = 0;
   for (const LayerState& ls : seq.layers) pinned = std::max(pinned, ls.pinned);
-  int64_t budget_pages = s.budget_tokens / P_;
-  if (o_.policy == retriever::Policy::kBoundary && s.rescore_factor > 1.0 &&
-      s.resident_factor > 1.0) {
-    // louiskv scores up to rescore_factor x the budget (kept pages and candidates) in the pool;
-    // what it then attends is among them.
-    budget_pages = static_cast<int64_t>(std::ceil(s.rescore_factor * budget_pages));
-  }
+  // louiskv scores its kept pages and candidates in the pool; what it then attends is among them.
+  const int64_t budget_pages =
+      std::max(s.budget_tokens / P_, retriever::MaxScoredPages(o_.policy, s, s.budget_tokens / P_));
   const int64_t selected = budget_pages + s.window_pages + 1;
   const int64_t streaming = o_.streaming_sink_pages + o_.streaming_window_pages;
   return std::min<int64_t>(pages, std::max(selected, streaming) + pinned);

@@ -436,11 +436,14 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
 // pages of their own: it attends exactly the positions the retriever's boundary selector (fed the
 // same keys and queries) selects, equal prompts share those pages (one pool slot), a fork clusters
 // its own context, and a damaged layout page is never attended.
-TEST(DecodeWorker, LouiskvAttendsWhatTheRetrieverSelects) {
+// With the given rescore factor (below the resident factor 4: the best candidates by the
+// estimate; at it: every resident page).
+void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
   TempDir dir;
   auto store = OpenStore(dir.path());
   DecodeWorkerOptions o = Options(retriever::Policy::kBoundary, 5 * kPage, 96);
   o.selector.boundary_threshold = -0.1f;  // random queries: retrieve now and then
+  o.selector.rescore_factor = rescore_factor;
   auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(w.ok()) << w.status();
   Driver drv(w->get());
@@ -505,6 +508,14 @@ TEST(DecodeWorker, LouiskvAttendsWhatTheRetrieverSelects) {
   }
 }
 
+TEST(DecodeWorker, LouiskvAttendsWhatTheRetrieverSelects) {
+  ExpectLouiskvAttendsWhatTheRetrieverSelects(1.5);
+}
+
+TEST(DecodeWorker, LouiskvRescoringEveryResidentPageAttendsWhatTheRetrieverSelects) {
+  ExpectLouiskvAttendsWhatTheRetrieverSelects(4.0);
+}
+
 // Prompts too short to cluster (nothing between the sink page and the window) have no layout
 // pages: louiskv attends natural pages only, through the pages' fill and beyond.
 TEST(DecodeWorker, LouiskvShortPromptsHaveNoLayoutPages) {
@@ -558,6 +569,7 @@ TEST(DecodeWorker, LouiskvPlansPoolRoomForItsRescoredCandidates) {
       auto store = OpenStore(dir.path());
       DecodeWorkerOptions o = Options(policy, 5 * kPage, slots);
       o.selector.boundary_threshold = -0.1f;
+      o.selector.rescore_factor = 1.5;
       auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
       ASSERT_TRUE(w.ok()) << w.status();
       Driver drv(w->get());

@@ -207,6 +207,11 @@ absl::StatusOr<ScoreRequest> BoundarySelector::BeginChoose(absl::Span<const uint
     return Begin(plan, true, scanned * options_.head_dim * 2);
   }
   if (options_.resident_factor > 1.0 && !resident_.empty()) {
+    if (RescoresAllResident()) {
+      // Every resident page gets its exact mass: no estimate to rank them by first.
+      ranked_ = resident_;
+      return Begin(plan, false, 0);
+    }
     const int64_t scanned = Rank(q_float, plan, /*resident_only=*/true);
     return Begin(plan, false, scanned * options_.head_dim * 2);
   }
@@ -397,7 +402,13 @@ ScoreRequest BoundarySelector::Begin(const Plan& plan, bool retrieved, int64_t s
         options_.resident_factor <= 1.0) {
       continue;
     }
-    const size_t want = static_cast<size_t>(std::ceil(options_.rescore_factor * (budget - used)));
+    // At a retrieval the candidates are the best of the whole ranking (those about to become
+    // resident); between retrievals, with RescoresAllResident, every resident page.
+    const size_t want =
+        !retrieved && RescoresAllResident()
+            ? ranked_[h].size()
+            : static_cast<size_t>(std::ceil(
+                  std::min(options_.rescore_factor, options_.resident_factor) * (budget - used)));
     std::vector<int32_t>& cand = pending_.cand[h];
     for (int32_t p : ranked_[h]) {
       if (cand.size() >= want) break;

@@ -14,7 +14,8 @@
 // summaries say the resident pages hold too little of the estimated mass); between retrievals the
 // resident pages of the last retrieval are ranked again for each query around the moving window.
 // With rescore_factor, the best resident candidates by that estimate are then ordered by their
-// exact q.k before the budget is filled.
+// exact q.k before the budget is filled; a rescore_factor covering every resident page skips the
+// estimate between retrievals.
 #ifndef PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_
 #define PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_
 
@@ -66,6 +67,10 @@ class BoundarySelector final : public SelectorBase {
     int32_t cluster = -1;  // its cluster, or -1 for segment `segment`
     int32_t segment = -1;
   };
+  // Rescoring covers every resident page (rescore_factor >= resident_factor > 1).
+  bool RescoresAllResident() const {
+    return options_.resident_factor > 1.0 && options_.rescore_factor >= options_.resident_factor;
+  }
   // Layout index of natural-region position t.
   int32_t NaturalToLayout(int64_t t) const {
     return natural_layout_ + static_cast<int32_t>(t - natural_begin_);

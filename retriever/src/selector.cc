@@ -2,6 +2,7 @@
 #include "pagoda/retriever/selector.h"
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -39,6 +40,19 @@ absl::StatusOr<Policy> ParsePolicy(absl::string_view name) {
   return absl::InvalidArgumentError(absl::StrCat("unknown retrieval policy '", name,
                                                  "' (oracle, quest, lserve, louiskv, ann, "
                                                  "streaming)"));
+}
+
+int64_t MaxScoredPages(Policy policy, const SelectorOptions& o, int64_t budget_pages) {
+  if (policy != Policy::kBoundary || o.rescore_factor <= 1.0 || o.resident_factor <= 1.0) return 0;
+  if (o.rescore_factor < o.resident_factor) {
+    // Kept pages plus rescore_factor x the rest of the budget.
+    return static_cast<int64_t>(std::ceil(o.rescore_factor * static_cast<double>(budget_pages)));
+  }
+  // Every resident page (at most resident_factor x the budget, fixed at the last retrieval) and
+  // the pages kept since: the sinks and the window widened over the open segment.
+  const int64_t open = std::max<int64_t>(o.window_pages, budget_pages / 4);
+  return static_cast<int64_t>(std::ceil(o.resident_factor * static_cast<double>(budget_pages))) +
+         o.sink_pages + open;
 }
 
 absl::Status ValidateOptions(const SelectorOptions& o) {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include "boundary_selector.h"
@@ -448,6 +450,94 @@ TEST(SelectorTest, BoundaryTwoPhaseSelectEqualsSelectAndFollowsTheMasses) {
   auto flipped = (*two)->FinishSelect(mass);
   ASSERT_TRUE(flipped.ok());
   EXPECT_NE(flipped->pages.indices, want->pages.indices);
+}
+
+TEST(SelectorTest, BoundaryRescoringEveryResidentPageLetsTheExactMassesChoose) {
+  // rescore_factor >= resident_factor: between retrievals every resident page not kept is a
+  // candidate, whatever the estimate says, and the free budget goes to the best of them by the
+  // masses the caller computed; no request is larger than MaxScoredPages.
+  const int64_t n = 2048;
+  NeedleData data(n, 1200, 16, 12);
+  SelectorOptions o = Options(16, 128);  // 8 pages of budget
+  o.boundary_threshold = -1.f;           // one retrieval; later steps choose among the resident
+  o.resident_factor = 4.0;
+  o.rescore_factor = 4.0;
+  const int32_t budget = 8;
+  const int64_t bound = MaxScoredPages(Policy::kBoundary, o, budget);
+  EXPECT_EQ(MaxScoredPages(Policy::kQuest, o, budget), 0);
+  SelectorOptions partial = o;
+  partial.rescore_factor = 1.5;
+  EXPECT_EQ(MaxScoredPages(Policy::kBoundary, partial, budget), 12);
+  auto sel = MakeSelector(Policy::kBoundary, o);
+  auto part = MakeSelector(Policy::kBoundary, partial);
+  ASSERT_TRUE(sel.ok() && part.ok());
+  ASSERT_TRUE((*sel)->Prefill(data.Keys(0, n), n).ok());
+  ASSERT_TRUE((*part)->Prefill(data.Keys(0, n), n).ok());
+  auto clusters = static_cast<internal::BoundarySelector*>(sel->get())->clusters();
+  ASSERT_NE(clusters, nullptr);
+  const std::vector<uint16_t> prompt = data.Keys(0, n);
+  std::vector<std::vector<int32_t>> resident(o.kv_heads);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> noise(0.f, 1.f);
+  for (int step = 0; step < 4; ++step) {
+    SCOPED_TRACE(step);
+    // Step 0 aims at the needle; later ones are random, so the estimate and the masses differ.
+    std::vector<uint16_t> q = data.Query(3.f);
+    if (step > 0) {
+      for (uint16_t& x : q) x = test_data::Half(noise(rng));
+    }
+    auto req = (*sel)->BeginSelect(q);
+    auto preq = (*part)->BeginSelect(q);
+    ASSERT_TRUE(req.ok() && preq.ok()) << req.status();
+    std::vector<std::vector<float>> mass = MassesFor(*req, *clusters, o, prompt, n, q);
+    for (int h = 0; h < o.kv_heads; ++h) {
+      const std::vector<int32_t>& pages = req->pages[h];
+      EXPECT_LE(static_cast<int64_t>(pages.size()), bound);
+      if (step == 0) continue;
+      // The candidates are the resident pages not kept this step, all of them.
+      std::vector<int32_t> cand(pages.begin() + req->first_candidate[h], pages.end());
+      std::vector<int32_t> kept(pages.begin(), pages.begin() + req->first_candidate[h]);
+      std::vector<int32_t> want;
+      for (int32_t p : resident[h]) {
+        if (std::find(kept.begin(), kept.end(), p) == kept.end()) want.push_back(p);
+      }
+      std::sort(cand.begin(), cand.end());
+      std::sort(want.begin(), want.end());
+      EXPECT_EQ(cand, want) << "head " << h;
+      EXPECT_GT(cand.size(), preq->pages[h].size() - preq->first_candidate[h]) << "head " << h;
+    }
+    auto got = (*sel)->FinishSelect(mass);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->retrieved, step == 0);
+    for (int h = 0; h < o.kv_heads; ++h) {
+      const std::vector<int32_t>& pages = req->pages[h];
+      const int32_t first = req->first_candidate[h];
+      std::vector<int32_t> attended(got->pages.indices.begin() + got->pages.indptr[h],
+                                    got->pages.indices.begin() + got->pages.indptr[h + 1]);
+      if (step == 0) {
+        // What the retrieval makes resident: the attended pages and the first hints past them.
+        resident[h] = attended;
+        const int32_t extra = static_cast<int32_t>((o.resident_factor - 1.0) * budget);
+        for (int32_t i = 0; i < extra && i < static_cast<int32_t>(got->prefetch[h].size()); ++i) {
+          resident[h].push_back(got->prefetch[h][i]);
+        }
+        continue;
+      }
+      // The free budget holds the candidates of the largest masses.
+      std::vector<size_t> order(pages.size() - first);
+      std::iota(order.begin(), order.end(), size_t{0});
+      std::stable_sort(order.begin(), order.end(),
+                       [&](size_t a, size_t b) { return mass[h][first + a] > mass[h][first + b]; });
+      std::vector<int32_t> want(pages.begin(), pages.begin() + first);
+      for (size_t i = 0; i < order.size() && static_cast<int32_t>(want.size()) < budget; ++i) {
+        want.push_back(pages[first + order[i]]);
+      }
+      std::sort(want.begin(), want.end());
+      EXPECT_EQ(attended, want) << "head " << h;
+    }
+    std::vector<std::vector<float>> pmass = MassesFor(*preq, *clusters, partial, prompt, n, q);
+    ASSERT_TRUE((*part)->FinishSelect(pmass).ok());
+  }
 }
 
 TEST(SelectorTest, BoundaryWithoutTokenSpansSelectsTheSamePages) {

@@ -92,10 +92,12 @@ struct DecodeWorkerOptions {
   // Retriever policy and its knobs (shape fields are taken from layout / q_heads). A budget that
   // covers the whole context attends it densely. Quest (the default) selects on the backend;
   // every other policy on the host — louiskv recalls more (bench/RESULTS.md); its exact
-  // rescoring runs on the backend, the rest of its selection (trigger, centroid ranking of the
-  // resident units) costs ~3.4 ms per (sequence, layer) at 32K, Llama-3-8B shapes, on a CPU core
-  // of the dev VM. With louiskv the pool must also hold the rescored candidates: Plan reserves
-  // ceil(rescore_factor x budget) pages per (sequence, layer) instead of the budget.
+  // rescoring runs on the backend. By default (rescore_factor = resident_factor) it rescores
+  // every resident page, so between retrievals its host part is the trigger and the bookkeeping
+  // (~1.4 ms per (sequence, layer) at 32K, Llama-3-8B shapes, on a CPU core of the dev VM; a
+  // retrieval also ranks every cluster on the host). With louiskv the pool must also hold what is
+  // rescored: Plan reserves retriever::MaxScoredPages per (sequence, layer) instead of the
+  // budget (about resident_factor x the budget by default).
   retriever::Policy policy = retriever::Policy::kQuest;
   retriever::SelectorOptions selector;
   // LouisKV's boundary trigger for the page policies (quest, hierarchical, ann, oracle): re-select
