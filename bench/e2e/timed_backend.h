@@ -5,6 +5,7 @@
 #define PAGODA_BENCH_E2E_TIMED_BACKEND_H_
 
 #include <memory>
+#include <string>
 
 #include "pagoda/client/worker_backend.h"
 
@@ -19,6 +20,10 @@ std::unique_ptr<WorkerBackend> MakeTimedBackend(std::unique_ptr<WorkerBackend> i
 // Seconds spent in backend calls since the last Reset().
 double BackendSeconds(const TimedBackend& timer);
 void ResetBackendSeconds(TimedBackend& timer);
+// The time per backend method since the last ResetBackendBreakdown, largest first:
+// "ScorePages 1.234, Attend 0.567" in ms after dividing by `divisor` (e.g. the steps measured).
+std::string BackendBreakdown(const TimedBackend& timer, double divisor);
+void ResetBackendBreakdown(TimedBackend& timer);
 
 }  // namespace pagoda::bench
 

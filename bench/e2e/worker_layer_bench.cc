@@ -236,6 +236,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
     Clock::time_point t1 = Clock::now();
     double staged = 0;  // time in the stage's own copies (not the worker's)
     bench::ResetBackendSeconds(*timer);
+    if (s == a.warmup) bench::ResetBackendBreakdown(*timer);
     auto plan = w.Plan(seqs, next);
     if (!plan.ok()) {
       std::fprintf(stderr, "plan: %s\n", plan.status().ToString().c_str());
@@ -300,6 +301,8 @@ int RunCase(const Args& a, int64_t ctx, int B,
     std::printf("- | - |");
   }
   std::printf(" %.1f s | %d |\n", prefill_s, failures);
+  std::printf("backend calls per step, ms (wall time in each, syncs included): %s\n",
+              bench::BackendBreakdown(*timer, a.steps).c_str());
   {
     double causal = 0;
     std::ifstream f(a.sdpa_prefill);

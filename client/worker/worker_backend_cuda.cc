@@ -359,7 +359,9 @@ class CudaWorkerBackend final : public WorkerBackend {
     const size_t ws =
         kernels::gpu::PageMassWorkspaceBytes(static_cast<int64_t>(n), geo_.q_heads / geo_.kv_heads);
     if (absl::Status s = ReserveWorkspace(ws); !s.ok()) return s;
-    if (absl::Status s = kernels::gpu::PageMass(p, workspace_, stream_); !s.ok()) return s;
+    if (absl::Status s = kernels::gpu::PageMass(p, static_cast<int64_t>(n), workspace_, stream_);
+        !s.ok())
+      return s;
     PAGODA_CUDA_RETURN(cudaMemcpyAsync(score_.host + in_aligned, p.mass, n * sizeof(float),
                                        cudaMemcpyDeviceToHost, stream_),
                        "mass download");

@@ -1,8 +1,9 @@
-// Exact page masses (PageMassParams): one block per (sequence, KV head) row. Each warp takes the
-// row's entries in turn; a lane holds head_dim / 32 dimensions of every query head of the group,
-// so a token's dot per query head is a warp reduction, folded into the entry's running max and
-// exp-sum (online softmax). After a block barrier the row's per-head maximum and normalizer are
-// reduced over the entries and each entry's mass is written.
+// Exact page masses (PageMassParams), in two passes. Pass 1 spreads each (sequence, KV head)
+// row's entries over several blocks, a warp per entry: a lane holds head_dim / 32 dimensions of
+// every query head of the group, so a token's dot per query head is a warp reduction (four
+// tokens' reductions interleaved), folded into the entry's running max and exp-sum (online
+// softmax) in the workspace. Pass 2, a block per row, reduces the row's per-head maximum and
+// normalizer over its entries and writes each entry's mass.
 #include <algorithm>
 #include <cmath>
 
@@ -16,11 +17,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGroup = 8;
-
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
 
 // Block-wide max (kMax) or sum of `v`; every thread gets the result.
 template <bool kMax>
@@ -38,16 +34,20 @@ __device__ __forceinline__ float BlockReduce(float v, float* scratch) {
 }
 
 // ws holds (max, exp-sum) per (entry, query head of the group): ws[(e * group + g) * 2 + 0/1].
+// Pass 1: blocks (row, split); warp w of block y takes entries y * kWarps + w, then every
+// gridDim.y * kWarps-th one, kTok tokens at a time (their dots' warp reductions interleave).
 template <int kDim, bool kBf16>
 __global__ void __launch_bounds__(kThreads)
-    PageMassKernel(const __grid_constant__ PageMassParams p, float scale, float* ws) {
+    PageMassPartialKernel(const __grid_constant__ PageMassParams p, float scale, float* ws) {
   constexpr int kPer = kDim / 32;
+  constexpr int kTok = 4;
   const int H = p.kv.num_kv_heads;
   const int r = blockIdx.x, b = r / H, h = r % H;
   const int group = p.num_qo_heads / H;
   const int first = p.indptr[r], count = p.indptr[r + 1] - first;
-  if (count == 0) return;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int e0 = blockIdx.y * kWarps + warp;
+  if (e0 >= count) return;
   float q[kMaxGroup][kPer];
 #pragma unroll
   for (int g = 0; g < kMaxGroup; ++g) {
@@ -56,29 +56,52 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < kPer; ++i)
       q[g][i] = g < group ? internal::Unpack1<kBf16>(qg[i]) * scale : 0.f;
   }
-  for (int e = warp; e < count; e += kWarps) {
+  for (int e = e0; e < count; e += gridDim.y * kWarps) {
     const int n = p.page_len[first + e];
     const uint16_t* page = p.kv.k + p.indices[first + e] * p.kv.stride_page + h * p.kv.stride_head;
     float m[kMaxGroup], s[kMaxGroup];
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) m[g] = -INFINITY, s[g] = 0.f;
-    for (int t = 0; t < n; ++t) {
-      const uint16_t* kt = page + t * p.kv.stride_token + lane * kPer;
-      float k[kPer];
+    for (int t0 = 0; t0 < n; t0 += kTok) {
+      float dot[kTok][kMaxGroup];
 #pragma unroll
-      for (int i = 0; i < kPer; ++i) k[i] = internal::Unpack1<kBf16>(kt[i]);
+      for (int u = 0; u < kTok; ++u) {
+        float k[kPer];
+        const int t = min(t0 + u, n - 1);  // past the page's end: a repeat, skipped below
+        const uint16_t* kt = page + t * p.kv.stride_token + lane * kPer;
 #pragma unroll
-      for (int g = 0; g < kMaxGroup; ++g) {
-        if (g >= group) break;
-        float dot = 0.f;
+        for (int i = 0; i < kPer; ++i) k[i] = internal::Unpack1<kBf16>(kt[i]);
 #pragma unroll
-        for (int i = 0; i < kPer; ++i) dot = fmaf(q[g][i], k[i], dot);
-        dot = WarpSum(dot);
-        if (dot > m[g]) {
-          s[g] = s[g] * __expf(m[g] - dot) + 1.f;
-          m[g] = dot;
-        } else {
-          s[g] += __expf(dot - m[g]);
+        for (int g = 0; g < kMaxGroup; ++g) {
+          float d = 0.f;
+#pragma unroll
+          for (int i = 0; i < kPer; ++i) d = fmaf(q[g][i], k[i], d);
+          dot[u][g] = d;
+        }
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+#pragma unroll
+        for (int u = 0; u < kTok; ++u) {
+#pragma unroll
+          for (int g = 0; g < kMaxGroup; ++g) {
+            if (g < group) dot[u][g] += __shfl_xor_sync(0xffffffffu, dot[u][g], off);
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kTok; ++u) {
+        if (t0 + u >= n) break;
+#pragma unroll
+        for (int g = 0; g < kMaxGroup; ++g) {
+          if (g >= group) break;
+          const float x = dot[u][g];
+          if (x > m[g]) {
+            s[g] = s[g] * __expf(m[g] - x) + 1.f;
+            m[g] = x;
+          } else {
+            s[g] += __expf(x - m[g]);
+          }
         }
       }
     }
@@ -93,7 +116,17 @@ __global__ void __launch_bounds__(kThreads)
       w[1] = mine_s;
     }
   }
-  __syncthreads();
+}
+
+// Pass 2: one block per row reduces the row's per-head maximum and normalizer over its entries
+// and writes each entry's mass.
+__global__ void __launch_bounds__(kThreads)
+    PageMassFinishKernel(const __grid_constant__ PageMassParams p, const float* ws) {
+  const int H = p.kv.num_kv_heads;
+  const int r = blockIdx.x;
+  const int group = p.num_qo_heads / H;
+  const int first = p.indptr[r], count = p.indptr[r + 1] - first;
+  if (count == 0) return;
   __shared__ float scratch[kWarps];
   __shared__ float row_max[kMaxGroup], row_z[kMaxGroup];
   for (int g = 0; g < group; ++g) {
@@ -122,9 +155,21 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Blocks per row in pass 1: about two entries per warp for the mean row, at most kMaxSplit.
+int Split(int64_t num_entries, int rows) {
+  constexpr int64_t kMaxSplit = 128;
+  const int64_t per_row = (num_entries + rows - 1) / std::max(rows, 1);
+  return static_cast<int>(
+      std::clamp<int64_t>((per_row + 2 * kWarps - 1) / (2 * kWarps), 1, kMaxSplit));
+}
+
 template <int kDim, bool kBf16>
-void Launch(const PageMassParams& p, float scale, float* ws, cudaStream_t stream) {
-  PageMassKernel<kDim, kBf16><<<p.batch * p.kv.num_kv_heads, kThreads, 0, stream>>>(p, scale, ws);
+void Launch(const PageMassParams& p, int64_t num_entries, float scale, float* ws,
+            cudaStream_t stream) {
+  const int rows = p.batch * p.kv.num_kv_heads;
+  const dim3 grid(rows, Split(num_entries, rows));
+  PageMassPartialKernel<kDim, kBf16><<<grid, kThreads, 0, stream>>>(p, scale, ws);
+  PageMassFinishKernel<<<rows, kThreads, 0, stream>>>(p, ws);
 }
 
 }  // namespace
@@ -133,7 +178,8 @@ size_t PageMassWorkspaceBytes(int64_t num_entries, int32_t group) {
   return static_cast<size_t>(std::max<int64_t>(num_entries, 1)) * group * 2 * sizeof(float);
 }
 
-absl::Status PageMass(const PageMassParams& p, void* workspace, cudaStream_t stream) {
+absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* workspace,
+                      cudaStream_t stream) {
   if (auto s = kernels::internal::ValidatePageMassShape(p); !s.ok()) return s;
   const int32_t group = p.num_qo_heads / p.kv.num_kv_heads;
   if ((p.kv.head_dim != 64 && p.kv.head_dim != 128) || group > kMaxGroup) {
@@ -141,14 +187,17 @@ absl::Status PageMass(const PageMassParams& p, void* workspace, cudaStream_t str
         "gpu page mass: head_dim 64 or 128 and at most 8 query heads per KV head are supported");
   }
   if (workspace == nullptr) return absl::InvalidArgumentError("gpu page mass: null workspace");
+  if (num_entries < 0) return absl::InvalidArgumentError("gpu page mass: negative num_entries");
   const float scale =
       p.sm_scale > 0.f ? p.sm_scale : 1.f / std::sqrt(static_cast<float>(p.kv.head_dim));
   float* ws = static_cast<float*>(workspace);
   const bool bf16 = p.kv.dtype == DType::kBFloat16;
   if (p.kv.head_dim == 64) {
-    bf16 ? Launch<64, true>(p, scale, ws, stream) : Launch<64, false>(p, scale, ws, stream);
+    bf16 ? Launch<64, true>(p, num_entries, scale, ws, stream)
+         : Launch<64, false>(p, num_entries, scale, ws, stream);
   } else {
-    bf16 ? Launch<128, true>(p, scale, ws, stream) : Launch<128, false>(p, scale, ws, stream);
+    bf16 ? Launch<128, true>(p, num_entries, scale, ws, stream)
+         : Launch<128, false>(p, num_entries, scale, ws, stream);
   }
   return internal::LaunchStatus("page mass launch");
 }

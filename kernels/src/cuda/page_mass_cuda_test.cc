@@ -31,7 +31,7 @@ void CheckPageMass(const PageMassCase& c, uint32_t seed) {
   p.indices = indices.get();
   p.page_len = page_len.get();
   p.mass = mass.get();
-  ASSERT_TRUE(gpu::PageMass(p, ws.get(), nullptr).ok());
+  ASSERT_TRUE(gpu::PageMass(p, entries, ws.get(), nullptr).ok());
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> got = mass.Host();
   for (int64_t e = 0; e < entries; ++e) {
@@ -67,6 +67,13 @@ TEST(PageMassGpu, MatchesReference) {
   big.pool_pages = 900;
   big.max_entries = 700;
   CheckPageMass(big, 77);
+  // One sequence at 128K with louiskv's default rescoring (every resident page, ~1100 per row):
+  // each row spread over many blocks.
+  PageMassCase wide = big;
+  wide.batch = 1;
+  wide.pool_pages = 4096;
+  wide.max_entries = 1100;
+  CheckPageMass(wide, 78);
 }
 
 TEST(PageMassGpu, RejectsUnsupportedShapes) {
@@ -74,11 +81,11 @@ TEST(PageMassGpu, RejectsUnsupportedShapes) {
   c.head_dim = 96;
   PageMassProblem pr = MakePageMassProblem(c, 1);
   uint8_t ws[16];
-  EXPECT_EQ(gpu::PageMass(pr.params(), ws, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu::PageMass(pr.params(), 1, ws, nullptr).code(), absl::StatusCode::kInvalidArgument);
   PageMassCase wide;
   wide.group = 16;
   PageMassProblem pw = MakePageMassProblem(wide, 1);
-  EXPECT_EQ(gpu::PageMass(pw.params(), ws, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu::PageMass(pw.params(), 1, ws, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

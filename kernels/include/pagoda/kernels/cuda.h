@@ -163,13 +163,15 @@ absl::Status GatherHeadPages(const HeadGatherParams& p, cudaStream_t stream);
 // and every dst_offset; the offsets must satisfy ValidatePageAssembly (not repeated here).
 absl::Status AssemblePages(const PageAssemblyParams& p, cudaStream_t stream);
 
-// Exact page masses (see PageMassParams): the workspace holds PageMassWorkspaceBytes(entries,
-// group) bytes for the entries of the call (indptr[batch * num_kv_heads], known to the host) and
-// group = num_qo_heads / num_kv_heads (at most 8). Page ids and lengths must satisfy the
-// reference's checks (not repeated here). Dots and exponentials in float on the device: equal to
-// the reference up to rounding.
+// Exact page masses (see PageMassParams): num_entries is the call's indptr[batch *
+// num_kv_heads] (known to the host; it spreads each row over enough blocks), the workspace holds
+// PageMassWorkspaceBytes(num_entries, group) bytes with group = num_qo_heads / num_kv_heads (at
+// most 8). Page ids and lengths must satisfy the reference's checks (not repeated here). Dots and
+// exponentials in float on the device: equal to the reference up to rounding. Two kernels on
+// `stream`.
 size_t PageMassWorkspaceBytes(int64_t num_entries, int32_t group);
-absl::Status PageMass(const PageMassParams& p, void* workspace, cudaStream_t stream);
+absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* workspace,
+                      cudaStream_t stream);
 
 }  // namespace pagoda::kernels::gpu
 
