@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <thread>
 #include <utility>
 
@@ -775,20 +776,36 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
   std::vector<PageKey> key_of_fetch;
   std::vector<int32_t> slots;
   std::vector<size_t> slot_begin(B, 0);  // sequence b's slots start at slots[slot_begin[b]]
+  std::vector<LayerState::Resolved> kept, cand;
   for (int64_t b = 0; b < B; ++b) {
     const retriever::ScoreRequest& req = requests[b];
     slot_begin[b] = slots.size();
     if (!status[b].ok() || req.empty()) continue;
-    const LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
     const int32_t row = static_cast<int32_t>(b);
+    ls.scored.resize(kv_);
     for (int h = 0; h < kv_; ++h) {
-      for (int32_t p : req.pages[h]) {
+      // Pages scored last step too are checked against the residency remembered then: each
+      // section of the request is ascending when it repeats (louiskv between retrievals), so one
+      // forward walk over the remembered list per section finds them.
+      const std::vector<LayerState::Resolved>& last = ls.scored[h];
+      kept.clear();
+      cand.clear();
+      size_t j = 0;
+      for (size_t i = 0; i < req.pages[h].size(); ++i) {
+        const int32_t p = req.pages[h][i];
+        if (static_cast<int32_t>(i) == req.first_candidate[h]) j = 0;
         if (p == cur) {
           slots.push_back(ls.tail[h]);
           continue;
         }
-        int32_t slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
+        while (j < last.size() && last[j].page < p) ++j;
+        int32_t slot = -1;
+        if (j < last.size() && last[j].page == p) {
+          slot = pool_.Touch(h, last[j].slot, last[j].gen, epoch_, row);
+        }
+        if (slot < 0) slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
         if (slot >= 0) {
           ++stats.pool_hits;
         } else {
@@ -802,8 +819,21 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
           key_of_fetch.push_back(ls.KeyOf(p));
         }
         slots.push_back(slot);
+        (static_cast<int32_t>(i) < req.first_candidate[h] ? kept : cand)
+            .push_back({p, slot, pool_.Generation(h, slot)});
       }
       if (!status[b].ok()) break;
+      // Remembered ascending: the sections merged when each is ascending, else sorted.
+      std::vector<LayerState::Resolved>& next = ls.scored[h];
+      next.clear();
+      const auto by_page = [](const LayerState::Resolved& x, const LayerState::Resolved& y) {
+        return x.page < y.page;
+      };
+      std::merge(kept.begin(), kept.end(), cand.begin(), cand.end(), std::back_inserter(next),
+                 by_page);
+      if (!std::is_sorted(next.begin(), next.end(), by_page)) {
+        std::sort(next.begin(), next.end(), by_page);
+      }
     }
   }
   stats.fetch_s += Since(t0);
@@ -1295,7 +1325,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     for (int h = 0; h < kv_ && ok; ++h) {
       const std::vector<LayerState::Resolved>& last = ls.resolved[h];
       next_.clear();
-      size_t j = 0;
+      size_t j = 0, k = 0;
       for (int32_t p : ls.rows[h]) {
         if (p == cur) {
           res_.push_back(ls.tail[h]);
@@ -1305,6 +1335,13 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
         int32_t slot = -1;
         if (j < last.size() && last[j].page == p) {
           slot = pool_.Touch(h, last[j].slot, last[j].gen, epoch_, row);
+        }
+        if (slot < 0 && h < static_cast<int>(ls.scored.size())) {  // scored (louiskv) this step
+          const std::vector<LayerState::Resolved>& sc = ls.scored[h];
+          while (k < sc.size() && sc[k].page < p) ++k;
+          if (k < sc.size() && sc[k].page == p) {
+            slot = pool_.Touch(h, sc[k].slot, sc[k].gen, epoch_, row);
+          }
         }
         if (slot < 0) slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
         if (slot >= 0) {

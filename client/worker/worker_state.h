@@ -50,6 +50,8 @@ struct LayerState {
     uint32_t gen;
   };
   std::vector<std::vector<Resolved>> resolved;
+  // Per KV head: the same for the pages louiskv scored last (ascending, the open page left out).
+  std::vector<std::vector<Resolved>> scored;
   // Device selection (quest): the summary slot of each natural page, open page included; the
   // summaries live on the backend only and are folded there as tokens are written.
   std::vector<int32_t> sum_slots;

@@ -425,16 +425,26 @@ ScoreRequest BoundarySelector::Begin(const Plan& plan, bool retrieved, int64_t s
   return request;
 }
 
-void BoundarySelector::Reorder(int h, absl::Span<const float> cand_mass) {
+void BoundarySelector::Reorder(int h, absl::Span<const float> cand_mass, size_t need) {
   const std::vector<int32_t>& cand = pending_.cand[h];
-  std::vector<size_t> order(cand.size());
-  std::iota(order.begin(), order.end(), size_t{0});
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return cand_mass[a] > cand_mass[b]; });
+  // Larger mass first, ties in candidate order: what a stable sort by mass gives.
+  std::vector<std::pair<float, int32_t>> order(cand.size());
+  for (size_t i = 0; i < cand.size(); ++i) order[i] = {cand_mass[i], static_cast<int32_t>(i)};
+  const auto better = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  need = std::min(need, order.size());
+  if (need < order.size()) {
+    std::nth_element(order.begin(), order.begin() + need, order.end(), better);
+    // The rest in candidate order.
+    std::sort(order.begin() + need, order.end(),
+              [](const auto& a, const auto& b) { return a.second < b.second; });
+  }
+  std::sort(order.begin(), order.begin() + need, better);
   const int32_t pages = static_cast<int32_t>(pending_.mark[h].size());
   std::vector<int32_t> ranked;
   ranked.reserve(ranked_[h].size());
-  for (size_t i : order) ranked.push_back(cand[i]);
+  for (const auto& [mass, i] : order) ranked.push_back(cand[i]);
   std::vector<char> is_cand(pages, 0);
   for (int32_t p : cand) is_cand[p] = 1;
   for (int32_t p : ranked_[h]) {
@@ -463,7 +473,10 @@ absl::StatusOr<Selection> BoundarySelector::FinishChoose(
     const std::vector<int32_t>& rescored = pending_.cand[h];
     if (!rescored.empty()) {
       const size_t first_cand = mass[h].size() - rescored.size();
-      Reorder(h, absl::MakeConstSpan(mass[h]).subspan(first_cand));
+      // A retrieval ranks what becomes resident too; otherwise only the budget's fill matters.
+      const size_t need =
+          retrieved ? rescored.size() : static_cast<size_t>(std::max(0, budget - used));
+      Reorder(h, absl::MakeConstSpan(mass[h]).subspan(first_cand), need);
     }
     if (!IsStreaming(h) && h < static_cast<int>(ranked_.size())) {
       // A retrieval makes the best resident_factor x budget pages resident (the ones past the
@@ -495,6 +508,9 @@ absl::StatusOr<Selection> BoundarySelector::FinishChoose(
         resident_[h].insert(
             resident_[h].end(), out.prefetch[h].begin(),
             out.prefetch[h].begin() + std::min<size_t>(extra, out.prefetch[h].size()));
+        // Rescored whole, the resident set needs no order: ascending, so every later step's
+        // candidates are (a caller can resolve them against its last step's by one merge).
+        if (RescoresAllResident()) std::sort(resident_[h].begin(), resident_[h].end());
       }
     }
     // The keys of rescored pages that are not attended are read for the rescoring only.

@@ -142,7 +142,9 @@ struct ScoreRequest {
   int64_t tokens = 0;
   // Per KV head: the pages whose masses are wanted (one softmax over all their tokens): pages
   // [0, first_candidate[h]) share the softmax only, the rest are the candidates being ranked.
-  // Empty for a head with nothing to rescore.
+  // Empty for a head with nothing to rescore. The kept pages are ascending; so are the
+  // candidates between retrievals when every resident page is rescored (a caller can resolve a
+  // step's pages against the last step's by merging).
   std::vector<std::vector<int32_t>> pages;
   std::vector<int32_t> first_candidate;
   bool empty() const {
