@@ -433,18 +433,25 @@ void BoundarySelector::Reorder(int h, absl::Span<const float> cand_mass, size_t 
   const auto better = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
-  need = std::min(need, order.size());
-  if (need < order.size()) {
-    std::nth_element(order.begin(), order.begin() + need, order.end(), better);
-    // The rest in candidate order.
-    std::sort(order.begin() + need, order.end(),
-              [](const auto& a, const auto& b) { return a.second < b.second; });
-  }
-  std::sort(order.begin(), order.begin() + need, better);
   const int32_t pages = static_cast<int32_t>(pending_.mark[h].size());
   std::vector<int32_t> ranked;
   ranked.reserve(ranked_[h].size());
-  for (const auto& [mass, i] : order) ranked.push_back(cand[i]);
+  if (need >= order.size()) {
+    std::sort(order.begin(), order.end(), better);
+    for (const auto& [mass, i] : order) ranked.push_back(cand[i]);
+  } else {
+    // Only which candidates are the best `need` matters: that set first, then the others, each
+    // in candidate order.
+    std::nth_element(order.begin(), order.begin() + need, order.end(), better);
+    std::vector<char> best(cand.size(), 0);
+    for (size_t k = 0; k < need; ++k) best[order[k].second] = 1;
+    for (size_t i = 0; i < cand.size(); ++i) {
+      if (best[i]) ranked.push_back(cand[i]);
+    }
+    for (size_t i = 0; i < cand.size(); ++i) {
+      if (!best[i]) ranked.push_back(cand[i]);
+    }
+  }
   std::vector<char> is_cand(pages, 0);
   for (int32_t p : cand) is_cand[p] = 1;
   for (int32_t p : ranked_[h]) {

@@ -89,8 +89,9 @@ class BoundarySelector final : public SelectorBase {
   // candidates, the best rescore_factor x free unmarked pages of ranked_ (into pending_); returns
   // what to score.
   ScoreRequest Begin(const Plan& plan, bool retrieved, int64_t summary_bytes);
-  // Moves head h's candidates to the front of ranked_[h]: the `need` of largest exact mass first
-  // in that order (ties in candidate order), then the other candidates in candidate order.
+  // Moves head h's candidates to the front of ranked_[h], by exact mass (ties in candidate
+  // order). With need < their count only the best `need` are told apart: they come first, then
+  // the others, each in candidate order.
   void Reorder(int h, absl::Span<const float> cand_mass, size_t need);
 
   // The selection between BeginChoose and FinishChoose.
