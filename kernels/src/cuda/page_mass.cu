@@ -6,6 +6,7 @@
 // normalizer over its entries and writes each entry's mass.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "common.cuh"
 #include "pagoda/kernels/cuda.h"
@@ -35,11 +36,15 @@ __device__ __forceinline__ float BlockReduce(float v, float* scratch) {
 
 // ws holds (max, exp-sum) per (entry, query head of the group): ws[(e * group + g) * 2 + 0/1].
 // Pass 1: blocks (row, split); warp w of block y takes entries y * kWarps + w, then every
-// gridDim.y * kWarps-th one, kTok tokens at a time (their dots' warp reductions interleave).
-template <int kDim, bool kBf16>
-__global__ void __launch_bounds__(kThreads)
+// gridDim.y * kWarps-th one. A warp loads kChunk tokens of its page at once (each lane its
+// kPer dimensions of each: the loads in flight are what the HBM needs), then folds them kTok at
+// a time (their dots' warp reductions interleave). kG >= the group bounds the per-head arrays.
+template <int kDim, bool kBf16, int kG>
+__global__ void __launch_bounds__(kThreads, 1)
     PageMassPartialKernel(const __grid_constant__ PageMassParams p, float scale, float* ws) {
-  constexpr int kPer = kDim / 32;
+  constexpr int kPer = kDim / 32;   // dimensions per lane: 2 or 4 halves
+  constexpr int kWords = kPer / 2;  // 32-bit words per lane and token
+  constexpr int kChunk = 16;
   constexpr int kTok = 4;
   const int H = p.kv.num_kv_heads;
   const int r = blockIdx.x, b = r / H, h = r % H;
@@ -48,9 +53,9 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int e0 = blockIdx.y * kWarps + warp;
   if (e0 >= count) return;
-  float q[kMaxGroup][kPer];
+  float q[kG][kPer];
 #pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g) {
+  for (int g = 0; g < kG; ++g) {
     const uint16_t* qg = p.q + (int64_t{b} * p.num_qo_heads + h * group + g) * kDim + lane * kPer;
 #pragma unroll
     for (int i = 0; i < kPer; ++i)
@@ -58,49 +63,65 @@ __global__ void __launch_bounds__(kThreads)
   }
   for (int e = e0; e < count; e += gridDim.y * kWarps) {
     const int n = p.page_len[first + e];
-    const uint16_t* page = p.kv.k + p.indices[first + e] * p.kv.stride_page + h * p.kv.stride_head;
-    float m[kMaxGroup], s[kMaxGroup];
+    const uint16_t* page =
+        p.kv.k + p.indices[first + e] * p.kv.stride_page + h * p.kv.stride_head + lane * kPer;
+    float m[kG], s[kG];
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) m[g] = -INFINITY, s[g] = 0.f;
-    for (int t0 = 0; t0 < n; t0 += kTok) {
-      float dot[kTok][kMaxGroup];
+    for (int g = 0; g < kG; ++g) m[g] = -INFINITY, s[g] = 0.f;
+    for (int t0 = 0; t0 < n; t0 += kChunk) {
+      uint32_t raw[kChunk][kWords];
 #pragma unroll
-      for (int u = 0; u < kTok; ++u) {
-        float k[kPer];
+      for (int u = 0; u < kChunk; ++u) {
         const int t = min(t0 + u, n - 1);  // past the page's end: a repeat, skipped below
-        const uint16_t* kt = page + t * p.kv.stride_token + lane * kPer;
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) k[i] = internal::Unpack1<kBf16>(kt[i]);
-#pragma unroll
-        for (int g = 0; g < kMaxGroup; ++g) {
-          float d = 0.f;
-#pragma unroll
-          for (int i = 0; i < kPer; ++i) d = fmaf(q[g][i], k[i], d);
-          dot[u][g] = d;
+        const uint16_t* src = page + t * p.kv.stride_token;
+        if constexpr (kWords == 2) {
+          const uint2 w = *reinterpret_cast<const uint2*>(src);
+          raw[u][0] = w.x;
+          raw[u][1] = w.y;
+        } else {
+          raw[u][0] = *reinterpret_cast<const uint32_t*>(src);
         }
       }
 #pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
+      for (int u0 = 0; u0 < kChunk; u0 += kTok) {
+        if (t0 + u0 >= n) continue;  // (not break: the loop stays unrolled)
+        float dot[kTok][kG];
 #pragma unroll
-        for (int u = 0; u < kTok; ++u) {
+        for (int v = 0; v < kTok; ++v) {
+          float k[kPer];
 #pragma unroll
-          for (int g = 0; g < kMaxGroup; ++g) {
-            if (g < group) dot[u][g] += __shfl_xor_sync(0xffffffffu, dot[u][g], off);
+          for (int w = 0; w < kWords; ++w) {
+            k[2 * w] = internal::Unpack1<kBf16>(static_cast<uint16_t>(raw[u0 + v][w] & 0xffffu));
+            k[2 * w + 1] = internal::Unpack1<kBf16>(static_cast<uint16_t>(raw[u0 + v][w] >> 16));
+          }
+#pragma unroll
+          for (int g = 0; g < kG; ++g) {
+            float d = 0.f;
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) d = fmaf(q[g][i], k[i], d);
+            dot[v][g] = d;
           }
         }
-      }
 #pragma unroll
-      for (int u = 0; u < kTok; ++u) {
-        if (t0 + u >= n) break;
+        for (int off = 16; off > 0; off >>= 1) {
 #pragma unroll
-        for (int g = 0; g < kMaxGroup; ++g) {
-          if (g >= group) break;
-          const float x = dot[u][g];
-          if (x > m[g]) {
-            s[g] = s[g] * __expf(m[g] - x) + 1.f;
-            m[g] = x;
-          } else {
-            s[g] += __expf(x - m[g]);
+          for (int v = 0; v < kTok; ++v) {
+#pragma unroll
+            for (int g = 0; g < kG; ++g) dot[v][g] += __shfl_xor_sync(0xffffffffu, dot[v][g], off);
+          }
+        }
+#pragma unroll
+        for (int v = 0; v < kTok; ++v) {
+#pragma unroll
+          for (int g = 0; g < kG; ++g) {
+            if (t0 + u0 + v >= n || g >= group) continue;
+            const float x = dot[v][g];
+            if (x > m[g]) {
+              s[g] = s[g] * __expf(m[g] - x) + 1.f;
+              m[g] = x;
+            } else {
+              s[g] += __expf(x - m[g]);
+            }
           }
         }
       }
@@ -108,7 +129,7 @@ __global__ void __launch_bounds__(kThreads)
     if (lane < group) {
       float mine_m = m[0], mine_s = s[0];
 #pragma unroll
-      for (int g = 1; g < kMaxGroup; ++g) {
+      for (int g = 1; g < kG; ++g) {
         if (g == lane) mine_m = m[g], mine_s = s[g];
       }
       float* w = ws + (int64_t{first + e} * group + lane) * 2;
@@ -163,13 +184,24 @@ int Split(int64_t num_entries, int rows) {
       std::clamp<int64_t>((per_row + 2 * kWarps - 1) / (2 * kWarps), 1, kMaxSplit));
 }
 
-template <int kDim, bool kBf16>
+template <int kDim, bool kBf16, int kG>
 void Launch(const PageMassParams& p, int64_t num_entries, float scale, float* ws,
             cudaStream_t stream) {
   const int rows = p.batch * p.kv.num_kv_heads;
   const dim3 grid(rows, Split(num_entries, rows));
-  PageMassPartialKernel<kDim, kBf16><<<grid, kThreads, 0, stream>>>(p, scale, ws);
+  PageMassPartialKernel<kDim, kBf16, kG><<<grid, kThreads, 0, stream>>>(p, scale, ws);
   PageMassFinishKernel<<<rows, kThreads, 0, stream>>>(p, ws);
+}
+
+// The smallest compiled group bound (1, 2, 4 or 8) that holds `group`.
+template <int kDim, bool kBf16>
+void LaunchGroup(const PageMassParams& p, int64_t num_entries, float scale, float* ws,
+                 cudaStream_t stream) {
+  const int group = p.num_qo_heads / p.kv.num_kv_heads;
+  if (group == 1) return Launch<kDim, kBf16, 1>(p, num_entries, scale, ws, stream);
+  if (group == 2) return Launch<kDim, kBf16, 2>(p, num_entries, scale, ws, stream);
+  if (group <= 4) return Launch<kDim, kBf16, 4>(p, num_entries, scale, ws, stream);
+  Launch<kDim, kBf16, kMaxGroup>(p, num_entries, scale, ws, stream);
 }
 
 }  // namespace
@@ -188,16 +220,23 @@ absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* worksp
   }
   if (workspace == nullptr) return absl::InvalidArgumentError("gpu page mass: null workspace");
   if (num_entries < 0) return absl::InvalidArgumentError("gpu page mass: negative num_entries");
+  // Each lane loads its head_dim / 32 halves of a token in one access.
+  const int64_t align = p.kv.head_dim / 32;  // elements
+  if (reinterpret_cast<uintptr_t>(p.kv.k) % (align * 2) != 0 || p.kv.stride_page % align != 0 ||
+      p.kv.stride_head % align != 0 || p.kv.stride_token % align != 0) {
+    return absl::InvalidArgumentError(
+        "gpu page mass: keys must be aligned to head_dim / 16 bytes (strides too)");
+  }
   const float scale =
       p.sm_scale > 0.f ? p.sm_scale : 1.f / std::sqrt(static_cast<float>(p.kv.head_dim));
   float* ws = static_cast<float*>(workspace);
   const bool bf16 = p.kv.dtype == DType::kBFloat16;
   if (p.kv.head_dim == 64) {
-    bf16 ? Launch<64, true>(p, num_entries, scale, ws, stream)
-         : Launch<64, false>(p, num_entries, scale, ws, stream);
+    bf16 ? LaunchGroup<64, true>(p, num_entries, scale, ws, stream)
+         : LaunchGroup<64, false>(p, num_entries, scale, ws, stream);
   } else {
-    bf16 ? Launch<128, true>(p, num_entries, scale, ws, stream)
-         : Launch<128, false>(p, num_entries, scale, ws, stream);
+    bf16 ? LaunchGroup<128, true>(p, num_entries, scale, ws, stream)
+         : LaunchGroup<128, false>(p, num_entries, scale, ws, stream);
   }
   return internal::LaunchStatus("page mass launch");
 }
