@@ -769,29 +769,45 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
                                        std::vector<std::vector<std::vector<float>>>& masses,
                                        WorkerStepStats& stats) {
   const int64_t B = static_cast<int64_t>(requests.size());
-  // 1. Slots: the open page's own, cached ones, or new ones filled by one verified gather.
+  // 1. Slots: the open page's own, cached ones, or new ones filled by one verified gather. The KV
+  // heads' sub-pools are independent, so each head is resolved on its own select thread for the
+  // whole batch; the results are joined in head order.
   Clock::time_point t0 = Clock::now();
-  std::vector<HeadFetch> fetches;
-  std::vector<int32_t> seq_of_fetch;
-  std::vector<PageKey> key_of_fetch;
-  std::vector<int32_t> slots;
-  std::vector<size_t> slot_begin(B, 0);  // sequence b's slots start at slots[slot_begin[b]]
-  std::vector<LayerState::Resolved> kept, cand;
+  struct HeadWork {
+    std::vector<std::vector<int32_t>> slots;  // [b]: the slot of each requested page
+    std::vector<char> failed;                 // [b]: the pool could not give a slot
+    std::vector<HeadFetch> fetches;
+    std::vector<int32_t> seq_of_fetch;
+    std::vector<PageKey> key_of_fetch;
+    int64_t hits = 0;
+    std::vector<LayerState::Resolved> kept, cand;
+  };
+  std::vector<HeadWork> work(kv_);
+  int64_t head_pages = 0;
   for (int64_t b = 0; b < B; ++b) {
-    const retriever::ScoreRequest& req = requests[b];
-    slot_begin[b] = slots.size();
-    if (!status[b].ok() || req.empty()) continue;
-    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-    const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-    const int32_t row = static_cast<int32_t>(b);
-    ls.scored.resize(kv_);
-    for (int h = 0; h < kv_; ++h) {
+    if (!status[b].ok() || requests[b].empty()) continue;
+    seqs_[plan_seqs_[b]].layers[layer].scored.resize(kv_);
+    for (const auto& pages : requests[b].pages) head_pages += static_cast<int64_t>(pages.size());
+  }
+  RunHeads(head_pages, [&](int64_t hh) {
+    const int h = static_cast<int>(hh);
+    HeadWork& w = work[h];
+    w.slots.assign(B, {});
+    w.failed.assign(B, 0);
+    for (int64_t b = 0; b < B; ++b) {
+      const retriever::ScoreRequest& req = requests[b];
+      if (!status[b].ok() || req.empty()) continue;
+      LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+      const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
+      const int32_t row = static_cast<int32_t>(b);
       // Pages scored last step too are checked against the residency remembered then: each
       // section of the request is ascending when it repeats (louiskv between retrievals), so one
       // forward walk over the remembered list per section finds them.
       const std::vector<LayerState::Resolved>& last = ls.scored[h];
-      kept.clear();
-      cand.clear();
+      std::vector<int32_t>& slots = w.slots[b];
+      slots.reserve(req.pages[h].size());
+      w.kept.clear();
+      w.cand.clear();
       size_t j = 0;
       for (size_t i = 0; i < req.pages[h].size(); ++i) {
         const int32_t p = req.pages[h][i];
@@ -807,32 +823,46 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
         }
         if (slot < 0) slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
         if (slot >= 0) {
-          ++stats.pool_hits;
+          ++w.hits;
         } else {
           slot = pool_.Insert(ls.KeyOf(p), h, epoch_, row);
           if (slot < 0) {
-            status[b] = absl::InternalError("pool overcommitted despite the plan (rescoring)");
+            w.failed[b] = 1;
             break;
           }
-          fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
-          seq_of_fetch.push_back(row);
-          key_of_fetch.push_back(ls.KeyOf(p));
+          w.fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
+          w.seq_of_fetch.push_back(row);
+          w.key_of_fetch.push_back(ls.KeyOf(p));
         }
         slots.push_back(slot);
-        (static_cast<int32_t>(i) < req.first_candidate[h] ? kept : cand)
+        (static_cast<int32_t>(i) < req.first_candidate[h] ? w.kept : w.cand)
             .push_back({p, slot, pool_.Generation(h, slot)});
       }
-      if (!status[b].ok()) break;
+      if (w.failed[b]) continue;
       // Remembered ascending: the sections merged when each is ascending, else sorted.
       std::vector<LayerState::Resolved>& next = ls.scored[h];
       next.clear();
       const auto by_page = [](const LayerState::Resolved& x, const LayerState::Resolved& y) {
         return x.page < y.page;
       };
-      std::merge(kept.begin(), kept.end(), cand.begin(), cand.end(), std::back_inserter(next),
-                 by_page);
+      std::merge(w.kept.begin(), w.kept.end(), w.cand.begin(), w.cand.end(),
+                 std::back_inserter(next), by_page);
       if (!std::is_sorted(next.begin(), next.end(), by_page)) {
         std::sort(next.begin(), next.end(), by_page);
+      }
+    }
+  });
+  std::vector<HeadFetch> fetches;
+  std::vector<int32_t> seq_of_fetch;
+  std::vector<PageKey> key_of_fetch;
+  for (HeadWork& w : work) {
+    stats.pool_hits += w.hits;
+    fetches.insert(fetches.end(), w.fetches.begin(), w.fetches.end());
+    seq_of_fetch.insert(seq_of_fetch.end(), w.seq_of_fetch.begin(), w.seq_of_fetch.end());
+    key_of_fetch.insert(key_of_fetch.end(), w.key_of_fetch.begin(), w.key_of_fetch.end());
+    for (int64_t b = 0; b < B; ++b) {
+      if (w.failed[b] && status[b].ok()) {
+        status[b] = absl::InternalError("pool overcommitted despite the plan (rescoring)");
       }
     }
   }
@@ -844,12 +874,12 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
   std::vector<int32_t> indptr = {0}, entry_slots, page_len;
   for (int64_t b = 0; b < B; ++b) {
     const retriever::ScoreRequest& req = requests[b];
-    size_t next = slot_begin[b];
     for (int h = 0; h < kv_; ++h) {
       if (status[b].ok() && !req.empty()) {
+        const std::vector<int32_t>& slots = work[h].slots[b];
+        entry_slots.insert(entry_slots.end(), slots.begin(), slots.end());
         for (int32_t p : req.pages[h]) {
           const int64_t first = int64_t{p} * P_;
-          entry_slots.push_back(slots[next++]);
           page_len.push_back(
               static_cast<int32_t>(std::min<int64_t>(req.tokens, first + P_) - first));
         }
@@ -1310,25 +1340,37 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   // 3. Resolve slots; what is not resident is fetched (one verified gather for the batch). Pages
   // the row attended last step too are checked against the residency remembered then (a merge
   // of two ascending lists); new ones are looked up by key.
-  std::vector<HeadFetch> fetches;
-  std::vector<int32_t> seq_of_fetch;
-  std::vector<PageKey> key_of_fetch;
   Clock::time_point t2 = Clock::now();
-  res_.clear();
-  res_ptr_.assign(1, 0);
+  int64_t head_pages = 0;
   for (int64_t b = 0; b < B; ++b) {
+    if (!status[b].ok()) continue;
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-    const bool ok = status[b].ok();
-    const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-    const int32_t row = static_cast<int32_t>(b);
-    if (ok) ls.resolved.resize(kv_);
-    for (int h = 0; h < kv_ && ok; ++h) {
+    ls.resolved.resize(kv_);
+    for (const auto& row : ls.rows) head_pages += static_cast<int64_t>(row.size());
+  }
+  head_res_.resize(kv_);
+  RunHeads(head_pages, [&](int64_t hh) {  // the heads' sub-pools are independent
+    const int h = static_cast<int>(hh);
+    HeadResolve& w = head_res_[h];
+    w.slots.resize(B);
+    w.fetches.clear();
+    w.seq_of_fetch.clear();
+    w.key_of_fetch.clear();
+    w.hits = 0;
+    w.overcommitted = false;
+    for (int64_t b = 0; b < B && !w.overcommitted; ++b) {
+      std::vector<int32_t>& res = w.slots[b];
+      res.clear();
+      if (!status[b].ok()) continue;
+      LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+      const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
+      const int32_t row = static_cast<int32_t>(b);
       const std::vector<LayerState::Resolved>& last = ls.resolved[h];
-      next_.clear();
+      w.next.clear();
       size_t j = 0, k = 0;
       for (int32_t p : ls.rows[h]) {
         if (p == cur) {
-          res_.push_back(ls.tail[h]);
+          res.push_back(ls.tail[h]);
           continue;
         }
         while (j < last.size() && last[j].page < p) ++j;
@@ -1345,21 +1387,33 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
         }
         if (slot < 0) slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
         if (slot >= 0) {
-          ++stats.pool_hits;
+          ++w.hits;
         } else {
           slot = pool_.Insert(ls.KeyOf(p), h, epoch_, row);
-          if (slot < 0) return fail_all(absl::InternalError("pool overcommitted despite the plan"));
-          fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
-          seq_of_fetch.push_back(row);
-          key_of_fetch.push_back(ls.KeyOf(p));
+          if (slot < 0) {
+            w.overcommitted = true;
+            break;
+          }
+          w.fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
+          w.seq_of_fetch.push_back(row);
+          w.key_of_fetch.push_back(ls.KeyOf(p));
         }
-        next_.push_back({p, slot, pool_.Generation(h, slot)});
-        res_.push_back(slot);
+        w.next.push_back({p, slot, pool_.Generation(h, slot)});
+        res.push_back(slot);
       }
-      ls.resolved[h].swap(next_);
-      res_ptr_.push_back(static_cast<int32_t>(res_.size()));
+      if (!w.overcommitted) ls.resolved[h].swap(w.next);
     }
-    for (int h = 0; h < kv_ && !ok; ++h) res_ptr_.push_back(static_cast<int32_t>(res_.size()));
+  });
+  std::vector<HeadFetch> fetches;
+  std::vector<int32_t> seq_of_fetch;
+  std::vector<PageKey> key_of_fetch;
+  for (const HeadResolve& w : head_res_) {
+    if (w.overcommitted)
+      return fail_all(absl::InternalError("pool overcommitted despite the plan"));
+    stats.pool_hits += w.hits;
+    fetches.insert(fetches.end(), w.fetches.begin(), w.fetches.end());
+    seq_of_fetch.insert(seq_of_fetch.end(), w.seq_of_fetch.begin(), w.seq_of_fetch.end());
+    key_of_fetch.insert(key_of_fetch.end(), w.key_of_fetch.begin(), w.key_of_fetch.end());
   }
   stats.shared_head_pages += pool_.shared() - shared_before;
   stats.fetch_s += Since(t2);  // resolving slots counts as fetch work
@@ -1371,16 +1425,20 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   Clock::time_point t3 = Clock::now();
   indptr_.assign(1, 0);
   indices_.clear();
-  indices_.reserve(std::max<size_t>(1, res_.size()));  // an all-empty table still has an array
+  size_t total = 0;
+  for (const HeadResolve& w : head_res_) {
+    for (const std::vector<int32_t>& res : w.slots) total += res.size();
+  }
+  indices_.reserve(std::max<size_t>(1, total));  // an all-empty table still has an array
   last_len_.clear();
   for (int64_t b = 0; b < B; ++b) {
     const LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     const int32_t tail_tokens = static_cast<int32_t>((ls.tokens - 1) % P_ + 1);
     for (int h = 0; h < kv_; ++h) {
       if (status[b].ok()) {
-        const int64_t r = b * kv_ + h;
-        indices_.insert(indices_.end(), res_.begin() + res_ptr_[r], res_.begin() + res_ptr_[r + 1]);
-        stats.attended_head_pages += res_ptr_[r + 1] - res_ptr_[r];
+        const std::vector<int32_t>& res = head_res_[h].slots[b];
+        indices_.insert(indices_.end(), res.begin(), res.end());
+        stats.attended_head_pages += static_cast<int64_t>(res.size());
       }
       indptr_.push_back(static_cast<int32_t>(indices_.size()));
       last_len_.push_back(tail_tokens);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -216,8 +217,28 @@ class DecodeWorker::Impl {
   std::vector<int32_t> slot_page_;
 
   // Scratch.
-  std::vector<int32_t> res_, res_ptr_;  // a layer's resolved slots, CSR over (row, KV head)
-  std::vector<worker_internal::LayerState::Resolved> next_;
+  // fn(h) for every KV head: on the select threads when the layer resolves at least
+  // kParallelPages head-pages (a thread hand-off costs more than a few thousand lookups save),
+  // else on the caller.
+  static constexpr int64_t kParallelPages = 4096;
+  void RunHeads(int64_t head_pages, const std::function<void(int64_t)>& fn) {
+    if (head_pages >= kParallelPages) {
+      select_pool_.Run(kv_, fn);
+    } else {
+      for (int64_t h = 0; h < kv_; ++h) fn(h);
+    }
+  }
+  // A layer's resolution, per KV head (each head resolved on its own select thread).
+  struct HeadResolve {
+    std::vector<std::vector<int32_t>> slots;  // [row]: the slots the row attends
+    std::vector<HeadFetch> fetches;
+    std::vector<int32_t> seq_of_fetch;
+    std::vector<PageKey> key_of_fetch;
+    std::vector<worker_internal::LayerState::Resolved> next;
+    int64_t hits = 0;
+    bool overcommitted = false;
+  };
+  std::vector<HeadResolve> head_res_;
   std::vector<int32_t> indptr_, indices_, last_len_;
   std::vector<uint8_t> page_scratch_;  // a page the store already holds (StagePages)
   struct PendingCommit {

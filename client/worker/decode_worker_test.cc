@@ -508,6 +508,57 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
   }
 }
 
+// A layer resolving thousands of head-pages (at least DecodeWorker's threshold of 4096) resolves
+// each KV head's on its own select thread: louiskv rescoring every resident page, 6 sequences x 2
+// heads x ~525 scored and 384 attended pages per layer. The result equals the one-thread
+// worker's bit for bit, output and counters.
+TEST(DecodeWorker, LargeLayersResolveHeadsOnTheSelectThreadsLikeOneThread) {
+  std::vector<std::vector<std::vector<uint16_t>>> outs(2);
+  std::vector<std::vector<WorkerStepStats>> stats(2);
+  std::vector<std::vector<std::vector<std::vector<int64_t>>>> attended(2);
+  for (int threads : {1, 4}) {
+    const int t = threads == 1 ? 0 : 1;
+    TempDir dir;
+    auto store = OpenStore(dir.path());
+    DecodeWorkerOptions o = Options(retriever::Policy::kBoundary, 384 * kPage, 4000);
+    o.selector.boundary_threshold = 0.2f;
+    o.select_threads = threads;
+    auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    Driver drv(w->get());
+    std::vector<SequenceId> ids;
+    for (int s = 0; s < 6; ++s) ids.push_back(drv.Open(Prompt(2101, 40 + s), nullptr, 512));
+    ASSERT_TRUE((*w)->Flush().ok());
+    for (int step = 0; step < 3; ++step) {
+      std::vector<std::vector<uint16_t>> o_step;
+      std::vector<int32_t> next;
+      for (int s = 0; s < 6; ++s) next.push_back(6 * step + s);
+      auto st = drv.Step(ids, next, &o_step);
+      ASSERT_TRUE(st.ok()) << st.status();
+      for (const absl::Status& x : st->sequence_status) ASSERT_TRUE(x.ok()) << x;
+      for (int l = 0; l < kLayers; ++l) {
+        outs[t].push_back(o_step[l]);
+        for (size_t b = 0; b < ids.size(); ++b) {
+          EXPECT_LT(drv.Error(ids[b], static_cast<int>(b), l, o_step[l], false), kTol);
+          auto a = (*w)->AttendedPositions(ids[b], l);
+          ASSERT_TRUE(a.ok());
+          attended[t].push_back(*a);
+        }
+      }
+      stats[t].push_back(*st);
+    }
+    EXPECT_GE(stats[t][0].attended_head_pages, kLayers * 4096);  // the attend path's too
+  }
+  EXPECT_EQ(outs[0], outs[1]);
+  EXPECT_EQ(attended[0], attended[1]);
+  for (size_t i = 0; i < stats[0].size(); ++i) {
+    EXPECT_EQ(stats[0][i].fetched_head_pages, stats[1][i].fetched_head_pages);
+    EXPECT_EQ(stats[0][i].attended_head_pages, stats[1][i].attended_head_pages);
+    EXPECT_EQ(stats[0][i].pool_hits, stats[1][i].pool_hits);
+    EXPECT_EQ(stats[0][i].retrievals, stats[1][i].retrievals);
+  }
+}
+
 TEST(DecodeWorker, LouiskvAttendsWhatTheRetrieverSelects) {
   ExpectLouiskvAttendsWhatTheRetrieverSelects(1.5);
 }

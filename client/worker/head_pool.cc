@@ -40,7 +40,7 @@ int32_t HeadPool::TakeFree(Sub& sub, uint64_t epoch) {
     sub.cached.erase(sub.cold[s].key);
     sub.cold[s].state = State::kFree;
     Renew(sub, s);
-    ++evictions_;
+    ++sub.evictions;
     return s;
   }
   return -1;
@@ -104,6 +104,18 @@ int32_t HeadPool::Adopt(int head, int32_t slot, const PageKey& key, uint64_t epo
   --owned_[head];
   sub.cached[key] = slot;
   return slot;
+}
+
+int64_t HeadPool::evictions() const {
+  int64_t n = 0;
+  for (const Sub& sub : subs_) n += sub.evictions;
+  return n;
+}
+
+int64_t HeadPool::shared() const {
+  int64_t n = 0;
+  for (const Sub& sub : subs_) n += sub.shared;
+  return n;
 }
 
 int64_t HeadPool::used() const {

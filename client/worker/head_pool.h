@@ -6,7 +6,9 @@
 // evicted, freed or adopted by its owner). Slots used in the current epoch (one layer of one step)
 // are never chosen as victims, so everything one attention call reads stays put.
 //
-// Thread safety: not synchronized (the worker's thread).
+// Thread safety: not synchronized, but the KV heads' sub-pools share nothing: calls naming
+// distinct heads may run on distinct threads at once (the worker resolves a layer's heads in
+// parallel); used(), evictions() and shared() need every head's calls finished.
 #ifndef PAGODA_CLIENT_WORKER_HEAD_POOL_H_
 #define PAGODA_CLIENT_WORKER_HEAD_POOL_H_
 
@@ -37,7 +39,7 @@ class HeadPool {
       x.first_row = static_cast<int16_t>(row);
     } else if (x.first_row >= 0 && row >= 0 && x.first_row != row) {
       x.first_row = -1;
-      ++shared_;
+      ++subs_[head].shared;
     }
   }
 
@@ -69,9 +71,9 @@ class HeadPool {
   // Slots of head `head` that are not owned (free or cached: what one step can use).
   int32_t Available(int head) const { return slots_ - owned_[head]; }
   int64_t used() const;  // cached + owned, all heads
-  int64_t evictions() const { return evictions_; }
+  int64_t evictions() const;
   // Slot-epochs in which a second batch row used the slot (head-pages shared by sequences).
-  int64_t shared() const { return shared_; }
+  int64_t shared() const;
 
  private:
   enum class State : uint8_t { kFree, kCached, kOwned };
@@ -94,6 +96,8 @@ class HeadPool {
     std::vector<int32_t> free;
     absl::flat_hash_map<PageKey, int32_t> cached;
     int32_t hand = 0;  // CLOCK position
+    int64_t evictions = 0;
+    int64_t shared = 0;
   };
   int32_t TakeFree(Sub& sub, uint64_t epoch);
   // A new residency of `s` (freed, evicted, filled, adopted, owned).
@@ -102,8 +106,6 @@ class HeadPool {
   int32_t slots_;
   std::vector<Sub> subs_;
   std::vector<int32_t> owned_;
-  int64_t evictions_ = 0;
-  int64_t shared_ = 0;
 };
 
 }  // namespace pagoda::worker_internal
