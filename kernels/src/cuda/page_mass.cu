@@ -38,7 +38,7 @@ __device__ __forceinline__ float BlockReduce(float v, float* scratch) {
 // Pass 1: blocks (row, split); warp w of block y takes entries y * kWarps + w, then every
 // gridDim.y * kWarps-th one. A warp loads kChunk tokens of its page at once (each lane its
 // kPer dimensions of each: the loads in flight are what the HBM needs), then folds them kTok at
-// a time (their dots' warp reductions interleave). kG >= the group bounds the per-head arrays.
+// a time. kG >= the group bounds the per-head arrays.
 template <int kDim, bool kBf16, int kG>
 __global__ void __launch_bounds__(kThreads, 1)
     PageMassPartialKernel(const __grid_constant__ PageMassParams p, float scale, float* ws) {
@@ -61,13 +61,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < kPer; ++i)
       q[g][i] = g < group ? internal::Unpack1<kBf16>(qg[i]) * scale : 0.f;
   }
+  // The fold: a lane ends each group of kTok tokens holding one reduced dot, that of value
+  // (token u, head g) with u * kG + g = lane % kV, and keeps a running (max, exp-sum) for its
+  // head over its tokens; the kTok lanes of a head merge theirs at the entry's end.
+  constexpr int kV = kTok * kG;  // values per token group: 4, 8, 16 or 32
+  const int my_u = (lane % kV) / kG;
   for (int e = e0; e < count; e += gridDim.y * kWarps) {
     const int n = p.page_len[first + e];
     const uint16_t* page =
         p.kv.k + p.indices[first + e] * p.kv.stride_page + h * p.kv.stride_head + lane * kPer;
-    float m[kG], s[kG];
-#pragma unroll
-    for (int g = 0; g < kG; ++g) m[g] = -INFINITY, s[g] = 0.f;
+    float m = -INFINITY, s = 0.f;
     for (int t0 = 0; t0 < n; t0 += kChunk) {
       uint32_t raw[kChunk][kWords];
 #pragma unroll
@@ -85,7 +88,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int u0 = 0; u0 < kChunk; u0 += kTok) {
         if (t0 + u0 >= n) continue;  // (not break: the loop stays unrolled)
-        float dot[kTok][kG];
+        float x[kV];                 // lane-partial dots, value u * kG + g
 #pragma unroll
         for (int v = 0; v < kTok; ++v) {
           float k[kPer];
@@ -99,42 +102,49 @@ __global__ void __launch_bounds__(kThreads, 1)
             float d = 0.f;
 #pragma unroll
             for (int i = 0; i < kPer; ++i) d = fmaf(q[g][i], k[i], d);
-            dot[v][g] = d;
+            x[v * kG + g] = d;
           }
         }
+        // Transposed butterfly: at offset o each lane keeps half of its 2o values (the upper
+        // half where lane & o) and adds its partner's copy of them, so after offsets kV/2 .. 1 it
+        // holds value lane % kV summed over 2 * ... * kV/2 lanes; offsets kV .. 16 finish the sum.
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
+        for (int o = kV / 2; o >= 1; o /= 2) {
+          const bool upper = (lane & o) != 0;
 #pragma unroll
-          for (int v = 0; v < kTok; ++v) {
-#pragma unroll
-            for (int g = 0; g < kG; ++g) dot[v][g] += __shfl_xor_sync(0xffffffffu, dot[v][g], off);
+          for (int i = 0; i < o; ++i) {
+            const float keep = upper ? x[i + o] : x[i];
+            const float send = upper ? x[i] : x[i + o];
+            x[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
           }
         }
+        float dot = x[0];
 #pragma unroll
-        for (int v = 0; v < kTok; ++v) {
-#pragma unroll
-          for (int g = 0; g < kG; ++g) {
-            if (t0 + u0 + v >= n || g >= group) continue;
-            const float x = dot[v][g];
-            if (x > m[g]) {
-              s[g] = s[g] * __expf(m[g] - x) + 1.f;
-              m[g] = x;
-            } else {
-              s[g] += __expf(x - m[g]);
-            }
+        for (int o = kV; o < 32; o *= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (t0 + u0 + my_u < n) {
+          if (dot > m) {
+            s = s * __expf(m - dot) + 1.f;
+            m = dot;
+          } else {
+            s += __expf(dot - m);
           }
         }
       }
     }
-    if (lane < group) {
-      float mine_m = m[0], mine_s = s[0];
+    // Merge the kTok lanes of each head (lanes my_g + kG * u): every lane gets its head's total.
 #pragma unroll
-      for (int g = 1; g < kG; ++g) {
-        if (g == lane) mine_m = m[g], mine_s = s[g];
-      }
+    for (int o = kG; o < kV; o *= 2) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+      const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+      const float mx = fmaxf(m, m2);
+      s = (m == -INFINITY ? 0.f : s * __expf(m - mx)) +
+          (m2 == -INFINITY ? 0.f : s2 * __expf(m2 - mx));
+      m = mx;
+    }
+    if (lane < kG && lane < group) {
       float* w = ws + (int64_t{first + e} * group + lane) * 2;
-      w[0] = mine_m;
-      w[1] = mine_s;
+      w[0] = m;
+      w[1] = s;
     }
   }
 }
