@@ -370,8 +370,10 @@ ScoreRequest BoundarySelector::Begin(const Plan& plan, bool retrieved, int64_t s
   pending_.plan = plan;
   pending_.retrieved = retrieved;
   pending_.summary_bytes = summary_bytes;
-  pending_.mark.assign(H, std::vector<char>(pages, 0));
-  pending_.used.assign(H, 0);
+  pending_.mark.resize(H);
+  pending_.marked.resize(H);
+  pending_.used.resize(H);
+  for (int h = 0; h < H; ++h) pending_.Reset(h, pages);
   pending_.cand.assign(H, {});
   ScoreRequest request;
   request.tokens = T;
@@ -416,9 +418,7 @@ ScoreRequest BoundarySelector::Begin(const Plan& plan, bool retrieved, int64_t s
     }
     if (cand.empty()) continue;
     // One softmax over the kept pages' tokens and the candidates' (layout order, kept first).
-    for (int32_t p = 0; p < pages; ++p) {
-      if (mark[p]) request.pages[h].push_back(p);
-    }
+    request.pages[h] = pending_.marked[h];  // sinks then the window: ascending
     request.first_candidate[h] = static_cast<int32_t>(request.pages[h].size());
     request.pages[h].insert(request.pages[h].end(), cand.begin(), cand.end());
   }
@@ -508,10 +508,7 @@ absl::StatusOr<Selection> BoundarySelector::FinishChoose(
       }
       if (retrieved) {
         resident_.resize(options_.kv_heads);
-        resident_[h].clear();
-        for (int32_t p = 0; p < pages; ++p) {
-          if (mark[p]) resident_[h].push_back(p);
-        }
+        resident_[h] = pending_.Kept(h);
         resident_[h].insert(
             resident_[h].end(), out.prefetch[h].begin(),
             out.prefetch[h].begin() + std::min<size_t>(extra, out.prefetch[h].size()));
@@ -526,8 +523,7 @@ absl::StatusOr<Selection> BoundarySelector::FinishChoose(
         summary_bytes += int64_t{std::min(T, (p + 1) * P) - p * P} * options_.head_dim * 2;
     }
     std::vector<int32_t> positions;
-    for (int32_t p = 0; p < pages; ++p) {
-      if (!mark[p]) continue;
+    for (int32_t p : pending_.Kept(h)) {
       out.pages.indices.push_back(p);
       tokens_read += std::min(T, (p + 1) * P) - p * P;
       if (!options_.token_spans) continue;

@@ -19,6 +19,7 @@
 #ifndef PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_
 #define PAGODA_RETRIEVER_SRC_BOUNDARY_SELECTOR_H_
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -99,15 +100,32 @@ class BoundarySelector final : public SelectorBase {
     Plan plan;
     bool retrieved = false;
     int64_t summary_bytes = 0;
-    std::vector<std::vector<char>> mark;     // per head: kept pages (sinks, window)
+    // Per head: kept pages as flags over the layout's pages (kept from step to step; only the
+    // flags set are cleared, so a step costs what it keeps, not the context) and as a list.
+    std::vector<std::vector<char>> mark;
+    std::vector<std::vector<int32_t>> marked;
     std::vector<int32_t> used;               // per head: pages marked
     std::vector<std::vector<int32_t>> cand;  // per head: rescoring candidates
     // Head h keeps page p (counted in used[h] once).
     void Mark(int h, int32_t p) {
       if (!mark[h][p]) {
         mark[h][p] = 1;
+        marked[h].push_back(p);
         ++used[h];
       }
+    }
+    // Clears head h's marks and sizes its flags for `pages` pages.
+    void Reset(int h, int32_t pages) {
+      for (int32_t p : marked[h]) mark[h][p] = 0;
+      marked[h].clear();
+      mark[h].resize(pages, 0);
+      used[h] = 0;
+    }
+    // Head h's kept pages, ascending.
+    std::vector<int32_t> Kept(int h) const {
+      std::vector<int32_t> k = marked[h];
+      std::sort(k.begin(), k.end());
+      return k;
     }
   };
   Pending pending_;
