@@ -452,10 +452,16 @@ void BoundarySelector::Reorder(int h, absl::Span<const float> cand_mass, size_t 
       if (!best[i]) ranked.push_back(cand[i]);
     }
   }
-  std::vector<char> is_cand(pages, 0);
-  for (int32_t p : cand) is_cand[p] = 1;
+  // Then the rest of ranked_: the candidates were its first cand.size() pages that are in range
+  // and not kept (Begin's rule; nothing is marked between Begin and here).
+  const std::vector<char>& mark = pending_.mark[h];
+  size_t taken = 0;
   for (int32_t p : ranked_[h]) {
-    if (p >= pages || !is_cand[p]) ranked.push_back(p);
+    if (p < pages && !mark[p] && taken < cand.size()) {
+      ++taken;
+    } else {
+      ranked.push_back(p);
+    }
   }
   ranked_[h] = std::move(ranked);
 }
