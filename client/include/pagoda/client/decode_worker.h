@@ -94,7 +94,7 @@ struct DecodeWorkerOptions {
   // every other policy on the host — louiskv recalls more (bench/RESULTS.md); its exact
   // rescoring runs on the backend. By default (rescore_factor = resident_factor) it rescores
   // every resident page, so between retrievals its host part is the trigger and the bookkeeping
-  // (~1.4 ms per (sequence, layer) at 32K, Llama-3-8B shapes, on a CPU core of the dev VM; a
+  // (0.5-0.8 ms per (sequence, layer) at 32K-128K, Llama-3-8B shapes, on an H100 host; a
   // retrieval also ranks every cluster on the host). With louiskv the pool must also hold what is
   // rescored: Plan reserves retriever::MaxScoredPages per (sequence, layer) instead of the
   // budget (about resident_factor x the budget by default).
@@ -145,8 +145,8 @@ struct DecodeWorkerOptions {
   // shapes). Prefill and Plan answer ResourceExhausted when it is full.
   int64_t summary_slots = 65536;
   // Threads that run host selection (every policy but quest) for a layer's batch, one sequence per
-  // task, the engine's thread among them: selection per sequence is independent, and louiskv's
-  // costs about a millisecond per (sequence, layer) on a CPU core at 8K context. 0 = the
+  // task, the engine's thread among them: selection per sequence is independent. They also
+  // resolve a large layer's pool slots (>= 4096 head-pages), one KV head per task. 0 = the
   // machine's cores, at most 8; 1 = the engine's thread only.
   int select_threads = 0;
   // Verify every gathered head-page against its checksum (off only to measure what it costs).
