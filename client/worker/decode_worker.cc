@@ -763,6 +763,44 @@ absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> i
   return StepPlan{plan_id_, plan_seqs_};
 }
 
+void DecodeWorker::Impl::HeadResolve::Reset(int64_t rows) {
+  slots.resize(rows);
+  for (std::vector<int32_t>& s : slots) s.clear();
+  failed.assign(rows, 0);
+  fetches.clear();
+  seq_of_fetch.clear();
+  key_of_fetch.clear();
+  hits = 0;
+}
+
+int32_t DecodeWorker::Impl::ResolvePage(HeadResolve& w, int h, const LayerState& ls, int32_t p,
+                                        int32_t row, const LayerState::Resolved* remembered) {
+  int32_t slot = -1;
+  if (remembered != nullptr) slot = pool_.Touch(h, remembered->slot, remembered->gen, epoch_, row);
+  if (slot < 0) slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
+  if (slot >= 0) {
+    ++w.hits;
+    return slot;
+  }
+  slot = pool_.Insert(ls.KeyOf(p), h, epoch_, row);
+  if (slot < 0) return -1;
+  w.fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
+  w.seq_of_fetch.push_back(row);
+  w.key_of_fetch.push_back(ls.KeyOf(p));
+  return slot;
+}
+
+void DecodeWorker::Impl::JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
+                                   std::vector<int32_t>& seq_of_fetch,
+                                   std::vector<PageKey>& key_of_fetch) const {
+  for (const HeadResolve& w : head_res_) {
+    stats.pool_hits += w.hits;
+    fetches.insert(fetches.end(), w.fetches.begin(), w.fetches.end());
+    seq_of_fetch.insert(seq_of_fetch.end(), w.seq_of_fetch.begin(), w.seq_of_fetch.end());
+    key_of_fetch.insert(key_of_fetch.end(), w.key_of_fetch.begin(), w.key_of_fetch.end());
+  }
+}
+
 void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
                                        const std::vector<retriever::ScoreRequest>& requests,
                                        std::vector<absl::Status>& status,
@@ -773,70 +811,47 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
   // heads' sub-pools are independent, so each head is resolved on its own select thread for the
   // whole batch; the results are joined in head order.
   Clock::time_point t0 = Clock::now();
-  struct HeadWork {
-    std::vector<std::vector<int32_t>> slots;  // [b]: the slot of each requested page
-    std::vector<char> failed;                 // [b]: the pool could not give a slot
-    std::vector<HeadFetch> fetches;
-    std::vector<int32_t> seq_of_fetch;
-    std::vector<PageKey> key_of_fetch;
-    int64_t hits = 0;
-    std::vector<LayerState::Resolved> kept, cand;
-  };
-  std::vector<HeadWork> work(kv_);
   int64_t head_pages = 0;
   for (int64_t b = 0; b < B; ++b) {
     if (!status[b].ok() || requests[b].empty()) continue;
     seqs_[plan_seqs_[b]].layers[layer].scored.resize(kv_);
     for (const auto& pages : requests[b].pages) head_pages += static_cast<int64_t>(pages.size());
   }
+  head_res_.resize(kv_);
   RunHeads(head_pages, [&](int64_t hh) {
     const int h = static_cast<int>(hh);
-    HeadWork& w = work[h];
-    w.slots.assign(B, {});
-    w.failed.assign(B, 0);
+    HeadResolve& w = head_res_[h];
+    w.Reset(B);
     for (int64_t b = 0; b < B; ++b) {
       const retriever::ScoreRequest& req = requests[b];
       if (!status[b].ok() || req.empty()) continue;
       LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
       const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-      const int32_t row = static_cast<int32_t>(b);
       // Pages scored last step too are checked against the residency remembered then: each
       // section of the request is ascending when it repeats (louiskv between retrievals), so one
       // forward walk over the remembered list per section finds them.
       const std::vector<LayerState::Resolved>& last = ls.scored[h];
       std::vector<int32_t>& slots = w.slots[b];
       slots.reserve(req.pages[h].size());
-      w.kept.clear();
-      w.cand.clear();
+      w.next.clear();  // the kept pages' residencies
+      w.cand.clear();  // the candidates'
       size_t j = 0;
       for (size_t i = 0; i < req.pages[h].size(); ++i) {
         const int32_t p = req.pages[h][i];
+        const bool kept = static_cast<int32_t>(i) < req.first_candidate[h];
         if (static_cast<int32_t>(i) == req.first_candidate[h]) j = 0;
         if (p == cur) {
           slots.push_back(ls.tail[h]);
           continue;
         }
-        while (j < last.size() && last[j].page < p) ++j;
-        int32_t slot = -1;
-        if (j < last.size() && last[j].page == p) {
-          slot = pool_.Touch(h, last[j].slot, last[j].gen, epoch_, row);
-        }
-        if (slot < 0) slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
-        if (slot >= 0) {
-          ++w.hits;
-        } else {
-          slot = pool_.Insert(ls.KeyOf(p), h, epoch_, row);
-          if (slot < 0) {
-            w.failed[b] = 1;
-            break;
-          }
-          w.fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
-          w.seq_of_fetch.push_back(row);
-          w.key_of_fetch.push_back(ls.KeyOf(p));
+        const int32_t slot =
+            ResolvePage(w, h, ls, p, static_cast<int32_t>(b), LayerState::Find(last, j, p));
+        if (slot < 0) {
+          w.failed[b] = 1;
+          break;
         }
         slots.push_back(slot);
-        (static_cast<int32_t>(i) < req.first_candidate[h] ? w.kept : w.cand)
-            .push_back({p, slot, pool_.Generation(h, slot)});
+        (kept ? w.next : w.cand).push_back({p, slot, pool_.Generation(h, slot)});
       }
       if (w.failed[b]) continue;
       // Remembered ascending: the sections merged when each is ascending, else sorted.
@@ -845,7 +860,7 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
       const auto by_page = [](const LayerState::Resolved& x, const LayerState::Resolved& y) {
         return x.page < y.page;
       };
-      std::merge(w.kept.begin(), w.kept.end(), w.cand.begin(), w.cand.end(),
+      std::merge(w.next.begin(), w.next.end(), w.cand.begin(), w.cand.end(),
                  std::back_inserter(next), by_page);
       if (!std::is_sorted(next.begin(), next.end(), by_page)) {
         std::sort(next.begin(), next.end(), by_page);
@@ -855,11 +870,8 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
   std::vector<HeadFetch> fetches;
   std::vector<int32_t> seq_of_fetch;
   std::vector<PageKey> key_of_fetch;
-  for (HeadWork& w : work) {
-    stats.pool_hits += w.hits;
-    fetches.insert(fetches.end(), w.fetches.begin(), w.fetches.end());
-    seq_of_fetch.insert(seq_of_fetch.end(), w.seq_of_fetch.begin(), w.seq_of_fetch.end());
-    key_of_fetch.insert(key_of_fetch.end(), w.key_of_fetch.begin(), w.key_of_fetch.end());
+  JoinHeads(stats, fetches, seq_of_fetch, key_of_fetch);
+  for (const HeadResolve& w : head_res_) {
     for (int64_t b = 0; b < B; ++b) {
       if (w.failed[b] && status[b].ok()) {
         status[b] = absl::InternalError("pool overcommitted despite the plan (rescoring)");
@@ -876,7 +888,7 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
     const retriever::ScoreRequest& req = requests[b];
     for (int h = 0; h < kv_; ++h) {
       if (status[b].ok() && !req.empty()) {
-        const std::vector<int32_t>& slots = work[h].slots[b];
+        const std::vector<int32_t>& slots = head_res_[h].slots[b];
         entry_slots.insert(entry_slots.end(), slots.begin(), slots.end());
         for (int32_t p : req.pages[h]) {
           const int64_t first = int64_t{p} * P_;
@@ -1352,20 +1364,16 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   RunHeads(head_pages, [&](int64_t hh) {  // the heads' sub-pools are independent
     const int h = static_cast<int>(hh);
     HeadResolve& w = head_res_[h];
-    w.slots.resize(B);
-    w.fetches.clear();
-    w.seq_of_fetch.clear();
-    w.key_of_fetch.clear();
-    w.hits = 0;
-    w.overcommitted = false;
-    for (int64_t b = 0; b < B && !w.overcommitted; ++b) {
-      std::vector<int32_t>& res = w.slots[b];
-      res.clear();
+    w.Reset(B);
+    for (int64_t b = 0; b < B; ++b) {
       if (!status[b].ok()) continue;
+      std::vector<int32_t>& res = w.slots[b];
       LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
       const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-      const int32_t row = static_cast<int32_t>(b);
       const std::vector<LayerState::Resolved>& last = ls.resolved[h];
+      static const std::vector<LayerState::Resolved> kNone;
+      const std::vector<LayerState::Resolved>& scored =  // louiskv's, this step
+          h < static_cast<int>(ls.scored.size()) ? ls.scored[h] : kNone;
       w.next.clear();
       size_t j = 0, k = 0;
       for (int32_t p : ls.rows[h]) {
@@ -1373,48 +1381,31 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
           res.push_back(ls.tail[h]);
           continue;
         }
-        while (j < last.size() && last[j].page < p) ++j;
-        int32_t slot = -1;
-        if (j < last.size() && last[j].page == p) {
-          slot = pool_.Touch(h, last[j].slot, last[j].gen, epoch_, row);
+        const LayerState::Resolved* known = LayerState::Find(last, j, p);
+        if (known == nullptr || pool_.Generation(h, known->slot) != known->gen) {
+          known = LayerState::Find(scored, k, p);
         }
-        if (slot < 0 && h < static_cast<int>(ls.scored.size())) {  // scored (louiskv) this step
-          const std::vector<LayerState::Resolved>& sc = ls.scored[h];
-          while (k < sc.size() && sc[k].page < p) ++k;
-          if (k < sc.size() && sc[k].page == p) {
-            slot = pool_.Touch(h, sc[k].slot, sc[k].gen, epoch_, row);
-          }
-        }
-        if (slot < 0) slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
-        if (slot >= 0) {
-          ++w.hits;
-        } else {
-          slot = pool_.Insert(ls.KeyOf(p), h, epoch_, row);
-          if (slot < 0) {
-            w.overcommitted = true;
-            break;
-          }
-          w.fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
-          w.seq_of_fetch.push_back(row);
-          w.key_of_fetch.push_back(ls.KeyOf(p));
+        const int32_t slot = ResolvePage(w, h, ls, p, static_cast<int32_t>(b), known);
+        if (slot < 0) {
+          w.failed[b] = 1;
+          break;
         }
         w.next.push_back({p, slot, pool_.Generation(h, slot)});
         res.push_back(slot);
       }
-      if (!w.overcommitted) ls.resolved[h].swap(w.next);
+      if (w.failed[b]) break;  // the step fails whole
+      ls.resolved[h].swap(w.next);
     }
   });
+  for (const HeadResolve& w : head_res_) {
+    if (std::find(w.failed.begin(), w.failed.end(), 1) != w.failed.end()) {
+      return fail_all(absl::InternalError("pool overcommitted despite the plan"));
+    }
+  }
   std::vector<HeadFetch> fetches;
   std::vector<int32_t> seq_of_fetch;
   std::vector<PageKey> key_of_fetch;
-  for (const HeadResolve& w : head_res_) {
-    if (w.overcommitted)
-      return fail_all(absl::InternalError("pool overcommitted despite the plan"));
-    stats.pool_hits += w.hits;
-    fetches.insert(fetches.end(), w.fetches.begin(), w.fetches.end());
-    seq_of_fetch.insert(seq_of_fetch.end(), w.seq_of_fetch.begin(), w.seq_of_fetch.end());
-    key_of_fetch.insert(key_of_fetch.end(), w.key_of_fetch.begin(), w.key_of_fetch.end());
-  }
+  JoinHeads(stats, fetches, seq_of_fetch, key_of_fetch);
   stats.shared_head_pages += pool_.shared() - shared_before;
   stats.fetch_s += Since(t2);  // resolving slots counts as fetch work
   if (!fetches.empty()) {

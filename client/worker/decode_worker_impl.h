@@ -228,17 +228,29 @@ class DecodeWorker::Impl {
       for (int64_t h = 0; h < kv_; ++h) fn(h);
     }
   }
-  // A layer's resolution, per KV head (each head resolved on its own select thread).
+  // One KV head's share of resolving a layer's pages to pool slots (louiskv's scored pages, then
+  // the attended rows), done on its own select thread: what it found and what the batch's gather
+  // must fill.
   struct HeadResolve {
-    std::vector<std::vector<int32_t>> slots;  // [row]: the slots the row attends
+    std::vector<std::vector<int32_t>> slots;  // [row]: the slot of each page resolved
+    std::vector<char> failed;                 // [row]: the pool had no slot left
     std::vector<HeadFetch> fetches;
     std::vector<int32_t> seq_of_fetch;
     std::vector<PageKey> key_of_fetch;
-    std::vector<worker_internal::LayerState::Resolved> next;
     int64_t hits = 0;
-    bool overcommitted = false;
+    // Scratch: the residencies found, in the order LayerState remembers them.
+    std::vector<worker_internal::LayerState::Resolved> next, cand;
+    void Reset(int64_t rows);
   };
   std::vector<HeadResolve> head_res_;
+  // Head h of page p (not the open page) of `ls` for batch row `row`: the remembered residency
+  // when it still holds, else the pool's cached copy, else a new slot queued in w for the gather;
+  // -1 when the pool has no slot left.
+  int32_t ResolvePage(HeadResolve& w, int h, const worker_internal::LayerState& ls, int32_t p,
+                      int32_t row, const worker_internal::LayerState::Resolved* remembered);
+  // Joins the heads' hits and fetches, in head order.
+  void JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
+                 std::vector<int32_t>& seq_of_fetch, std::vector<PageKey>& key_of_fetch) const;
   std::vector<int32_t> indptr_, indices_, last_len_;
   std::vector<uint8_t> page_scratch_;  // a page the store already holds (StagePages)
   struct PendingCommit {

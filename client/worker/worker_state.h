@@ -50,6 +50,12 @@ struct LayerState {
     uint32_t gen;
   };
   std::vector<std::vector<Resolved>> resolved;
+  // Page p's entry of an ascending list, walking forward from cursor j (which it advances);
+  // nullptr when absent. Lookups in ascending p cost one pass over the list in all.
+  static const Resolved* Find(const std::vector<Resolved>& list, size_t& j, int32_t p) {
+    while (j < list.size() && list[j].page < p) ++j;
+    return j < list.size() && list[j].page == p ? &list[j] : nullptr;
+  }
   // Per KV head: the same for the pages louiskv scored last (ascending, the open page left out).
   std::vector<std::vector<Resolved>> scored;
   // Device selection (quest): the summary slot of each natural page, open page included; the
