@@ -30,6 +30,10 @@ absl::Status ValidatePageMassShape(const PageMassParams& p);
 // indptr non-decreasing from 0, page ids in range, page_len in [1, page_size] (host arrays).
 absl::Status ValidatePageMassHost(const PageMassParams& p);
 
+
+// MassSelectParams with host arrays: the CSRs, counts and output sizes (masses not read).
+absl::Status ValidateMassSelectHost(const MassSelectParams& p);
+
 // Page ids in [0, num_pages).
 absl::Status ValidatePageIdsHost(const int32_t* ids, int64_t n, int64_t num_pages,
                                  const char* what);

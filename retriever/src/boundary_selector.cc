@@ -209,6 +209,7 @@ absl::StatusOr<ScoreRequest> BoundarySelector::BeginChoose(absl::Span<const uint
   if (options_.resident_factor > 1.0 && !resident_.empty()) {
     if (RescoresAllResident()) {
       // Every resident page gets its exact mass: no estimate to rank them by first.
+      if (closed_form_) return Steady(plan);
       ranked_ = resident_;
       return Begin(plan, false, 0);
     }
@@ -361,6 +362,46 @@ int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan
   return scanned_units;
 }
 
+int32_t BoundarySelector::WindowBegin(int h, int32_t pages, int32_t budget) const {
+  // The local window: the last window_pages pages (the natural region is page-aligned in the
+  // layout, so these are the pages the page policies keep), widened over the tokens generated
+  // since the last retrieval (they have no score yet) up to a quarter of the budget.
+  const int P = options_.page_tokens;
+  const int32_t natural_first_page = natural_layout_ / P;
+  int32_t first = pages - options_.window_pages;
+  if (!IsStreaming(h)) {
+    const int32_t open_first = NaturalToLayout(boundaries_.back()) / P;
+    const int32_t open_cap = std::max(options_.window_pages, budget / 4);
+    first = std::min(first, std::max(open_first, pages - open_cap));
+  }
+  return std::max({first, SinkPages(), natural_first_page});
+}
+
+ScoreRequest BoundarySelector::Steady(const Plan& plan) const {
+  const int P = options_.page_tokens;
+  const int32_t pages = static_cast<int32_t>((plan.tokens + P - 1) / P);
+  ScoreRequest request;
+  request.tokens = plan.tokens;
+  request.steady.resize(options_.kv_heads);
+  for (int h = 0; h < options_.kv_heads; ++h) {
+    SteadyRow& row = request.steady[h];
+    row.sink_end = SinkPages();
+    row.window_begin = WindowBegin(h, pages, plan.budget_pages);
+    row.pages = pages;
+    // Begin's candidates: the resident pages (ascending) not kept, i.e. between the sinks and
+    // the window; the budget left after the kept pages goes to the best of them.
+    if (IsStreaming(h) || h >= static_cast<int>(resident_.size())) continue;
+    const std::vector<int32_t>& res = resident_[h];
+    row.cand_begin = static_cast<int32_t>(
+        std::lower_bound(res.begin(), res.end(), row.sink_end) - res.begin());
+    row.cand_end = static_cast<int32_t>(
+        std::lower_bound(res.begin(), res.end(), row.window_begin) - res.begin());
+    row.cand_end = std::max(row.cand_end, row.cand_begin);
+    row.need = std::max(0, plan.budget_pages - row.kept());
+  }
+  return request;
+}
+
 ScoreRequest BoundarySelector::Begin(const Plan& plan, bool retrieved, int64_t summary_bytes) {
   const int P = options_.page_tokens;
   const int H = options_.kv_heads;
@@ -383,20 +424,9 @@ ScoreRequest BoundarySelector::Begin(const Plan& plan, bool retrieved, int64_t s
     std::vector<char>& mark = pending_.mark[h];
     int32_t& used = pending_.used[h];
     auto mark_page = [&](int32_t p) { pending_.Mark(h, p); };
-    const int32_t sink_pages = (sink_tokens_ + P - 1) / P;
+    const int32_t sink_pages = SinkPages();
     for (int32_t p = 0; p < sink_pages; ++p) mark_page(p);
-    // The local window: the last window_pages pages (the natural region is page-aligned in the
-    // layout, so these are the pages the page policies keep), widened over the tokens generated
-    // since the last retrieval (they have no score yet) up to a quarter of the budget.
-    const int32_t natural_first_page = natural_layout_ / P;
-    int32_t first = pages - options_.window_pages;
-    if (!IsStreaming(h)) {
-      const int32_t open_first = NaturalToLayout(boundaries_.back()) / P;
-      const int32_t open_cap = std::max(options_.window_pages, budget / 4);
-      first = std::min(first, std::max(open_first, pages - open_cap));
-    }
-    first = std::max({first, sink_pages, natural_first_page});
-    for (int32_t p = first; p < pages; ++p) mark_page(p);
+    for (int32_t p = WindowBegin(h, pages, budget); p < pages; ++p) mark_page(p);
     // Exact rescoring: the best rescore_factor x free pages of ranked_ not kept already. Only
     // resident pages are rescored: ranked_ holds them first at a retrieval (the fetch makes the
     // best resident_factor x budget pages resident) and only them between retrievals.

@@ -48,6 +48,10 @@ class BoundarySelector final : public SelectorBase {
         run_(std::move(run)) {}
   // The prompt's clusters (null before Prefill when none were supplied).
   std::shared_ptr<const PromptClusters> clusters() const { return clusters_; }
+  absl::Span<const int32_t> ResidentPages(int h) const override {
+    if (!RescoresAllResident() || h < 0 || h >= static_cast<int>(resident_.size())) return {};
+    return resident_[h];
+  }
 
  protected:
   absl::Status OnPrefill(absl::Span<const uint16_t> keys, int64_t num_tokens) override;
@@ -80,6 +84,13 @@ class BoundarySelector final : public SelectorBase {
   void ExtendPrefix(int64_t first, int64_t num_tokens);
   // Mean key of natural positions [a, b) of head h.
   void SegmentMean(int h, int64_t a, int64_t b, float* out) const;
+  // Pages [0, SinkPages()) hold the sink tokens (kept every step).
+  int32_t SinkPages() const { return (sink_tokens_ + options_.page_tokens - 1) / options_.page_tokens; }
+  // The first page of head h's kept window in a step over `pages` layout pages.
+  int32_t WindowBegin(int h, int32_t pages, int32_t budget) const;
+  // A step between retrievals that rescores every resident page, in closed form
+  // (ScoreRequest::steady): Begin's kept pages and candidates without listing them.
+  ScoreRequest Steady(const Plan& plan) const;
   // Ranks layout pages by estimated attention mass for the query (all pages, or only the
   // resident ones); returns the number of units scored. With `coverage` (a full ranking and a
   // resident set), sets it to the mean over KV heads of the estimated mass of the best free

@@ -2,6 +2,7 @@
 #include "pagoda/retriever/selector.h"
 
 #include <algorithm>
+#include <numeric>
 #include <cmath>
 #include <memory>
 
@@ -53,6 +54,23 @@ int64_t MaxScoredPages(Policy policy, const SelectorOptions& o, int64_t budget_p
   const int64_t open = std::max<int64_t>(o.window_pages, budget_pages / 4);
   return static_cast<int64_t>(std::ceil(o.resident_factor * static_cast<double>(budget_pages))) +
          o.sink_pages + open;
+}
+
+std::vector<int32_t> BestByMass(absl::Span<const float> mass, int32_t need) {
+  const size_t n = mass.size();
+  std::vector<int32_t> chosen;
+  if (need <= 0) return chosen;
+  chosen.resize(n);
+  std::iota(chosen.begin(), chosen.end(), 0);
+  if (static_cast<size_t>(need) < n) {
+    // Larger mass first, ties to the lower index: a strict order, so the best `need` are one set.
+    std::nth_element(chosen.begin(), chosen.begin() + need, chosen.end(), [&](int32_t a, int32_t b) {
+      return mass[a] > mass[b] || (mass[a] == mass[b] && a < b);
+    });
+    chosen.resize(need);
+    std::sort(chosen.begin(), chosen.end());
+  }
+  return chosen;
 }
 
 absl::Status ValidateOptions(const SelectorOptions& o) {

@@ -79,7 +79,8 @@ absl::StatusOr<Selection> SelectorBase::Select(absl::Span<const uint16_t> q) {
   return FinishSelect(mass);
 }
 
-absl::StatusOr<ScoreRequest> SelectorBase::BeginSelect(absl::Span<const uint16_t> q) {
+absl::StatusOr<ScoreRequest> SelectorBase::BeginSelect(absl::Span<const uint16_t> q,
+                                                       bool closed_form) {
   if (!prefilled_) return absl::FailedPreconditionError("selector: Select before Prefill");
   const size_t want = static_cast<size_t>(options_.q_heads) * options_.head_dim;
   if (q.size() != want) {
@@ -112,8 +113,11 @@ absl::StatusOr<ScoreRequest> SelectorBase::BeginSelect(absl::Span<const uint16_t
                                                    " always-kept pages (sinks + window)"));
   }
   begun_ = false;
+  closed_form_ = closed_form;
   auto request = BeginChoose(q, qf, plan);
+  closed_form_ = false;
   if (!request.ok()) return request.status();
+  if (!request->steady.empty()) return request;  // complete: nothing to finish
   begun_ = true;
   requested_.clear();  // per head, how many masses FinishSelect takes (none: empty request)
   if (!request->empty()) {

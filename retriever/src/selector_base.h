@@ -33,7 +33,8 @@ class SelectorBase : public Selector {
   absl::Status Prefill(absl::Span<const uint16_t> keys, int64_t num_tokens) final;
   absl::Status Append(absl::Span<const uint16_t> keys, int64_t num_tokens) final;
   absl::StatusOr<Selection> Select(absl::Span<const uint16_t> q) final;
-  absl::StatusOr<ScoreRequest> BeginSelect(absl::Span<const uint16_t> q) final;
+  using Selector::BeginSelect;
+  absl::StatusOr<ScoreRequest> BeginSelect(absl::Span<const uint16_t> q, bool closed_form) final;
   absl::StatusOr<Selection> FinishSelect(absl::Span<const std::vector<float>> mass) final;
   int64_t num_tokens() const final { return pool_.tokens(); }
   int64_t HostBytes() const final { return pool_.bytes() + ExtraBytes(); }
@@ -64,6 +65,9 @@ class SelectorBase : public Selector {
                                                    absl::Span<const float> q_float,
                                                    const Plan& plan);
   virtual absl::StatusOr<Selection> FinishChoose(absl::Span<const std::vector<float>> mass);
+  // BeginChoose may answer with a closed-form steady step (ScoreRequest::steady): set for the
+  // duration of a BeginSelect whose caller accepts one.
+  bool closed_form_ = false;
   // The key of token t of page `page` of KV head h in the selector's page space (natural pages
   // by default: position page * page_tokens + t).
   virtual const uint16_t* PageToken(int h, int32_t page, int32_t t) const {

@@ -540,6 +540,104 @@ TEST(SelectorTest, BoundaryRescoringEveryResidentPageLetsTheExactMassesChoose) {
   }
 }
 
+TEST(SelectorTest, BoundaryClosedFormSteadyStepsSelectWhatFinishSelectSelects) {
+  // Twin louiskv selectors rescoring every resident page, fed the same tokens and queries: one
+  // lists its pages (BeginSelect, FinishSelect), the other takes closed-form steady steps. Between
+  // retrievals the closed form names the same pages to score, and the kept pages plus
+  // BestByMass of the candidates' masses are what FinishSelect attends.
+  const int64_t n = 2048, total = n + 48;
+  NeedleData data(total, 1200, 16, 12);
+  SelectorOptions o = Options(16, 256);  // 16 pages of budget
+  o.boundary_threshold = 0.6f;           // some retrievals among the random queries
+  o.window_pages = 2;
+  auto listed = MakeSelector(Policy::kBoundary, o);
+  auto closed = MakeSelector(Policy::kBoundary, o);
+  ASSERT_TRUE(listed.ok() && closed.ok());
+  ASSERT_TRUE((*listed)->Prefill(data.Keys(0, n), n).ok());
+  ASSERT_TRUE((*closed)->Prefill(data.Keys(0, n), n).ok());
+  auto clusters = static_cast<internal::BoundarySelector*>(closed->get())->clusters();
+  ASSERT_NE(clusters, nullptr);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> noise(0.f, 1.f);
+  std::vector<uint16_t> q = data.Query(3.f);
+  int steady_steps = 0, retrievals = 0;
+  for (int64_t t = n; t < total; ++t) {
+    SCOPED_TRACE(t);
+    ASSERT_TRUE((*listed)->Append(data.Keys(t, t + 1), 1).ok());
+    ASSERT_TRUE((*closed)->Append(data.Keys(t, t + 1), 1).ok());
+    // A query that drifts slowly, with a jump now and then (the trigger fires on those).
+    for (uint16_t& x : q) {
+      x = test_data::Half(kernels::ToFloat(x, kernels::DType::kFloat16) * (t % 16 == 0 ? 0.f : 0.9f) + 0.3f * noise(rng));
+    }
+    const std::vector<uint16_t> keys = data.Keys(0, t + 1);
+    auto req = (*listed)->BeginSelect(q);
+    auto creq = (*closed)->BeginSelect(q, /*closed_form=*/true);
+    ASSERT_TRUE(req.ok() && creq.ok()) << req.status() << creq.status();
+    auto want = (*listed)->FinishSelect(MassesFor(*req, *clusters, o, keys, t + 1, q));
+    ASSERT_TRUE(want.ok()) << want.status();
+    if (creq->steady.empty()) {  // a retrieval (or a step with nothing resident yet): as listed
+      EXPECT_TRUE(want->retrieved);
+      ++retrievals;
+      auto got = (*closed)->FinishSelect(MassesFor(*creq, *clusters, o, keys, t + 1, q));
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(got->pages.indices, want->pages.indices);
+      continue;
+    }
+    ++steady_steps;
+    EXPECT_FALSE(want->retrieved);
+    EXPECT_TRUE(creq->pages.empty());
+    EXPECT_EQ((*closed)->FinishSelect({}).status().code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_EQ(static_cast<int>(creq->steady.size()), o.kv_heads);
+    // The closed form, listed: kept pages ascending, then the candidates.
+    ScoreRequest expanded;
+    expanded.tokens = creq->tokens;
+    expanded.pages.resize(o.kv_heads);
+    expanded.first_candidate.resize(o.kv_heads);
+    for (int h = 0; h < o.kv_heads; ++h) {
+      const SteadyRow& row = creq->steady[h];
+      EXPECT_EQ(row.pages, (t + 1 + 15) / 16);
+      std::vector<int32_t>& pages = expanded.pages[h];
+      for (int32_t p = 0; p < row.sink_end; ++p) pages.push_back(p);
+      for (int32_t p = row.window_begin; p < row.pages; ++p) pages.push_back(p);
+      expanded.first_candidate[h] = static_cast<int32_t>(pages.size());
+      const absl::Span<const int32_t> res = (*closed)->ResidentPages(h);
+      ASSERT_LE(row.cand_end, static_cast<int32_t>(res.size()));
+      pages.insert(pages.end(), res.begin() + row.cand_begin, res.begin() + row.cand_end);
+      if (req->pages[h].empty()) {  // the listed form asks nothing when there is no candidate
+        EXPECT_EQ(row.cand_begin, row.cand_end);
+      } else {
+        EXPECT_EQ(pages, req->pages[h]) << "head " << h;
+        EXPECT_EQ(expanded.first_candidate[h], req->first_candidate[h]);
+      }
+    }
+    const std::vector<std::vector<float>> mass = MassesFor(expanded, *clusters, o, keys, t + 1, q);
+    for (int h = 0; h < o.kv_heads; ++h) {
+      const SteadyRow& row = creq->steady[h];
+      const int32_t first = expanded.first_candidate[h];
+      std::vector<int32_t> attended(expanded.pages[h].begin(), expanded.pages[h].begin() + first);
+      for (int32_t i :
+           BestByMass(absl::MakeConstSpan(mass[h]).subspan(first), row.need)) {
+        attended.push_back(expanded.pages[h][first + i]);
+      }
+      std::sort(attended.begin(), attended.end());
+      const std::vector<int32_t> selected(want->pages.indices.begin() + want->pages.indptr[h],
+                                          want->pages.indices.begin() + want->pages.indptr[h + 1]);
+      EXPECT_EQ(attended, selected) << "head " << h;
+    }
+  }
+  EXPECT_GT(steady_steps, 10);
+  EXPECT_GT(retrievals, 1);
+}
+
+TEST(SelectorTest, BestByMassTakesTheLargestTiesToTheEarlier) {
+  const std::vector<float> mass = {0.5f, 2.f, 1.f, 2.f, 0.f, 1.f};
+  EXPECT_EQ(BestByMass(mass, 0), std::vector<int32_t>{});
+  EXPECT_EQ(BestByMass(mass, 1), std::vector<int32_t>({1}));
+  EXPECT_EQ(BestByMass(mass, 3), std::vector<int32_t>({1, 2, 3}));  // 2 before 5 (equal masses)
+  EXPECT_EQ(BestByMass(mass, 4), std::vector<int32_t>({1, 2, 3, 5}));
+  EXPECT_EQ(BestByMass(mass, 9), std::vector<int32_t>({0, 1, 2, 3, 4, 5}));
+}
+
 TEST(SelectorTest, BoundaryWithoutTokenSpansSelectsTheSamePages) {
   const int64_t n = 2048;
   NeedleData data(n, 1200, 16, 12);

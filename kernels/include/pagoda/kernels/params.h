@@ -251,6 +251,27 @@ struct PageMassParams {
   float* mass = nullptr;  // [indptr[batch * num_kv_heads]], written
 };
 
+// The choice of a step from exact masses (louiskv between retrievals, retriever::SteadyRow):
+// row r holds entries indptr[r] .. indptr[r+1] (a PageMassParams call's, with their masses),
+// keep[r] kept entries first, then the row's candidates. The row's output
+// out[out_indptr[r] .. out_indptr[r+1]) lists kept entries [0, split[r]), then the
+// min(need[r], candidates) candidates of greatest mass in candidate order (ties: the earlier
+// candidate wins), then kept entries [split[r], keep[r]); each output is its entry's values[e]
+// (e.g. a pool slot) and, when out_entry is set, its index in the row (e - indptr[r]) there.
+// out_indptr must be the prefix sums of keep[r] + min(need[r], candidates) from 0.
+struct MassSelectParams {
+  int32_t rows = 0;
+  const int32_t* indptr = nullptr;      // [rows + 1], indptr[0] == 0
+  const int32_t* keep = nullptr;        // [rows], 0 <= keep <= the row's entries
+  const int32_t* split = nullptr;       // [rows], 0 <= split <= keep
+  const int32_t* need = nullptr;        // [rows], >= 0
+  const float* mass = nullptr;          // [indptr[rows]]
+  const int32_t* values = nullptr;      // [indptr[rows]]
+  const int32_t* out_indptr = nullptr;  // [rows + 1]
+  int32_t* out = nullptr;               // [out_indptr[rows]], written
+  int32_t* out_entry = nullptr;         // [out_indptr[rows]] or null, written
+};
+
 // k-means over the keys of one sequence, independently per KV head, with squared L2 distance.
 // The sequence's tokens are pages[0 .. ceil(num_tokens / page_size)) in order.
 // Assignment: assignment[h * num_tokens + t] = argmin_c |k_t - centroid_c|^2 (ties: lowest c).

@@ -49,6 +49,11 @@ int64_t QuestOutputSize(int32_t batch, int32_t num_kv_heads, int32_t top_k,
 // non-finite query (nothing is written then).
 absl::Status PageMassReference(const PageMassParams& p);
 
+// The choice of a step from exact masses (MassSelectParams). InvalidArgument for a malformed CSR,
+// counts out of range, an out_indptr that is not the rows' output sizes, or a non-finite mass
+// (nothing is written then).
+absl::Status MassSelectReference(const MassSelectParams& p);
+
 // k-means pieces (KMeansParams). Init sets centroid c of every head to the key of token
 // floor(c * num_tokens / num_clusters) (needs num_clusters <= num_tokens). Assign writes
 // assignment; Update writes centroids and cluster_size from the current assignment. KMeans runs

@@ -135,6 +135,24 @@ absl::Status ValidateOptions(const SelectorOptions& options);
 // the keys are must hold at once.
 int64_t MaxScoredPages(Policy policy, const SelectorOptions& options, int64_t budget_pages);
 
+// One KV head of a step between retrievals in closed form (louiskv rescoring every resident
+// page). Its kept pages are [0, sink_end) and [window_begin, pages), the last of them holding
+// tokens - (pages - 1) * page_tokens tokens; its candidates are the full pages
+// Selector::ResidentPages(h)[cand_begin, cand_end) (ascending, inside [sink_end, window_begin)).
+// The masses are a ScoreRequest's for the pages kept-then-candidates (one softmax over all their
+// tokens, kept pages ascending first); the step attends the kept pages and the `need` candidates
+// of greatest mass, ties to the earlier candidate (BestByMass). This is exactly what BeginSelect
+// without closed_form followed by FinishSelect selects.
+struct SteadyRow {
+  int32_t sink_end = 0;
+  int32_t window_begin = 0;
+  int32_t pages = 0;
+  int32_t cand_begin = 0;
+  int32_t cand_end = 0;
+  int32_t need = 0;
+  int32_t kept() const { return sink_end + (pages - window_begin); }
+};
+
 // The pages a selector asks its caller to score exactly (Selector::BeginSelect).
 struct ScoreRequest {
   // Page p of the selector's page space (a Selection's page ids) holds tokens [p * page_tokens,
@@ -147,13 +165,23 @@ struct ScoreRequest {
   // step's pages against the last step's by merging).
   std::vector<std::vector<int32_t>> pages;
   std::vector<int32_t> first_candidate;
+  // Set instead of pages (BeginSelect with closed_form) for a step between retrievals of a
+  // selector that rescores every resident page: per KV head, the step in closed form. No
+  // FinishSelect follows; the caller computes the masses and the choice (SteadyRow).
+  std::vector<SteadyRow> steady;
   bool empty() const {
     for (const auto& p : pages) {
       if (!p.empty()) return false;
     }
-    return true;
+    return steady.empty();
   }
 };
+
+
+// The indices (ascending) of the min(need, mass.size()) entries of greatest mass, ties to the
+// lower index: the choice of a steady step (the decode worker's backends compute it the same
+// way).
+std::vector<int32_t> BestByMass(absl::Span<const float> mass, int32_t need);
 
 class Selector {
  public:
@@ -183,7 +211,14 @@ class Selector {
   // with rescore_factor > 1) returns an empty request; FinishSelect then takes no masses.
   // A begun selection has taken its step (trigger, retrieval bookkeeping) even if it is never
   // finished; the next BeginSelect abandons it.
-  virtual absl::StatusOr<ScoreRequest> BeginSelect(absl::Span<const uint16_t> q) = 0;
+  absl::StatusOr<ScoreRequest> BeginSelect(absl::Span<const uint16_t> q) {
+    return BeginSelect(q, /*closed_form=*/false);
+  }
+  // With closed_form, a step that a SteadyRow per KV head describes (louiskv between retrievals
+  // when every resident page is rescored) comes back as request.steady, with no pages and no
+  // selection left begun: the step is taken (trigger observed). Other steps are as without it.
+  virtual absl::StatusOr<ScoreRequest> BeginSelect(absl::Span<const uint16_t> q,
+                                                   bool closed_form) = 0;
   // mass[h][i] is the mass (kernels::PageMassParams, the query of BeginSelect, one row per KV
   // head, options().group_reduce) of request.pages[h][i]; every entry of every non-empty head
   // must be given. FailedPrecondition without a begun selection; InvalidArgument for masses that
@@ -198,6 +233,10 @@ class Selector {
     return absl::UnimplementedError("this selector keeps no page summaries");
   }
 
+  // The pages the last retrieval made resident for KV head h, ascending, when the policy keeps a
+  // resident set that steady steps choose from (louiskv rescoring every resident page); empty
+  // otherwise. Valid until the next BeginSelect.
+  virtual absl::Span<const int32_t> ResidentPages(int h) const { return {}; }
   // Host memory the selector holds for its sequence (its copy of the keys, summaries, clusters,
   // segment sums; an ANN index's own memory is not counted), for accounting what a policy keeps
   // resident.
