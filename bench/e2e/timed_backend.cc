@@ -59,6 +59,18 @@ class TimedBackend final : public WorkerBackend {
                           kernels::GroupReduce r, absl::Span<float> mass) override {
     return Timed("ScorePages", [&] { return inner_->ScorePages(q, ip, sl, len, r, mass); });
   }
+  absl::Status AttendBestByMass(const TensorView& q, const MassAttendRequest& req, int tag,
+                                const TensorView& o) override {
+    return Timed("AttendBestByMass", [&] { return inner_->AttendBestByMass(q, req, tag, o); });
+  }
+  absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) override {
+    absl::StatusOr<absl::Span<const int32_t>> out;
+    (void)Timed("FinishChoices", [&] {
+      out = inner_->FinishChoices(tag);
+      return absl::OkStatus();
+    });
+    return out;
+  }
   absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
     return Timed("CopyToHost", [&] { return inner_->CopyToHost(t, out); });
   }

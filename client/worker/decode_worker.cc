@@ -878,16 +878,24 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
       }
     }
   }
+  // Closed-form rows keep their slots for AttendChosen (head_res_ is reused by the rows' step).
+  steady_slots_.resize(B * kv_);
+  for (int64_t b = 0; b < B; ++b) {
+    if (!steady_[b]) continue;
+    for (int h = 0; h < kv_; ++h) steady_slots_[b * kv_ + h].swap(head_res_[h].slots[b]);
+  }
   stats.fetch_s += Since(t0);
   if (!fetches.empty()) Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
 
   // 2. One scoring call over the sequences still standing (rows of failed ones left empty).
   Clock::time_point t1 = Clock::now();
   std::vector<int32_t> indptr = {0}, entry_slots, page_len;
+  bool any = false;
   for (int64_t b = 0; b < B; ++b) {
     const retriever::ScoreRequest& req = requests[b];
     for (int h = 0; h < kv_; ++h) {
-      if (status[b].ok() && !req.empty()) {
+      if (status[b].ok() && !req.empty() && !steady_[b]) {
+        any = true;
         const std::vector<int32_t>& slots = head_res_[h].slots[b];
         entry_slots.insert(entry_slots.end(), slots.begin(), slots.end());
         for (int32_t p : req.pages[h]) {
@@ -899,13 +907,14 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
       indptr.push_back(static_cast<int32_t>(entry_slots.size()));
     }
   }
+  if (!any) return;
   std::vector<float> flat(entry_slots.size());
   absl::Status scored = backend_->ScorePages(q, indptr, entry_slots, page_len,
                                              o_.selector.group_reduce, absl::MakeSpan(flat));
   stats.select_s += Since(t1);
   for (int64_t b = 0; b < B; ++b) {
     const retriever::ScoreRequest& req = requests[b];
-    if (!status[b].ok() || req.empty()) continue;
+    if (!status[b].ok() || req.empty() || steady_[b]) continue;
     if (!scored.ok()) {
       status[b] = scored;
       continue;
@@ -1288,6 +1297,9 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   // 2. Select: natural pages per (sequence, KV head), the open page last.
   Clock::time_point t1 = Clock::now();
   const int64_t shared_before = pool_.shared();  // rescoring may use the shared slots first
+  // louiskv: the rows whose step comes in closed form (the backend chooses; see ListSteady).
+  std::vector<retriever::ScoreRequest> requests(B);
+  steady_.assign(B, 0);
   if (device_select_) {
     std::vector<bool> fresh;
     ObserveQueries(layer, q, status);
@@ -1304,8 +1316,8 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     std::vector<LayerState*> states(B);
     for (int64_t b = 0; b < B; ++b) states[b] = &seqs_[plan_seqs_[b]].layers[layer];
     std::vector<char> retrieved(B, 0), begun(B, 0);
-    std::vector<retriever::ScoreRequest> requests(B);
     select_pool_.Run(B, [&](int64_t b) {
+      states[b]->choice_pending = false;  // this step's rows replace any choice not read back
       if (!status[b].ok()) return;
       const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
       auto rows = worker_internal::BeginRows(o_, layer, *states[b], qb, requests[b]);
@@ -1315,6 +1327,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
         retrieved[b] = **rows ? 1 : 0;
       } else {
         begun[b] = 1;
+        steady_[b] = requests[b].steady.empty() ? 0 : 1;
       }
     });
     std::vector<std::vector<std::vector<float>>> masses(B);
@@ -1324,7 +1337,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
       t1 = Clock::now();
     }
     select_pool_.Run(B, [&](int64_t b) {
-      if (!status[b].ok() || !begun[b]) return;
+      if (!status[b].ok() || !begun[b] || steady_[b]) return;
       auto fresh = worker_internal::FinishRows(o_, layer, *states[b], masses[b]);
       if (!fresh.ok()) {
         status[b] = fresh.status();
@@ -1355,7 +1368,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   Clock::time_point t2 = Clock::now();
   int64_t head_pages = 0;
   for (int64_t b = 0; b < B; ++b) {
-    if (!status[b].ok()) continue;
+    if (!status[b].ok() || steady_[b]) continue;  // closed-form rows resolved as scored pages
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     ls.resolved.resize(kv_);
     for (const auto& row : ls.rows) head_pages += static_cast<int64_t>(row.size());
@@ -1366,7 +1379,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     HeadResolve& w = head_res_[h];
     w.Reset(B);
     for (int64_t b = 0; b < B; ++b) {
-      if (!status[b].ok()) continue;
+      if (!status[b].ok() || steady_[b]) continue;
       std::vector<int32_t>& res = w.slots[b];
       LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
       const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
@@ -1414,6 +1427,11 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
 
   // 4. Attend: one sparse decode over the batch; failed sequences get empty rows (zero output).
   Clock::time_point t3 = Clock::now();
+  if (std::find(steady_.begin(), steady_.end(), 1) != steady_.end()) {
+    if (absl::Status s = AttendChosen(layer, q, requests, o); !s.ok()) return fail_all(s);
+    stats.attend_s += Since(t3);
+    return CommitFilled(layer, stats);
+  }
   indptr_.assign(1, 0);
   indices_.clear();
   size_t total = 0;
@@ -1442,19 +1460,118 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   table.last_page_len = last_len_.data();
   if (absl::Status s = backend_->Attend(q, table, o); !s.ok()) return fail_all(s);
   stats.attend_s += Since(t3);
+  return CommitFilled(layer, stats);
+}
 
+absl::Status DecodeWorker::Impl::CommitFilled(int layer, WorkerStepStats& stats) {
   // 5. Commit the open pages this token filled (the committer puts them off this thread).
   Clock::time_point t4 = Clock::now();
-  for (int64_t b = 0; b < B; ++b) {
+  for (size_t b = 0; b < plan_seqs_.size(); ++b) {
     Sequence& seq = seqs_[plan_seqs_[b]];
     if (seq.layers[layer].tokens % P_ != 0) continue;
     if (absl::Status s = CommitTailLater(plan_seqs_[b], seq, layer, stats);
-        !s.ok() && status[b].ok()) {
-      status[b] = s;
+        !s.ok() && step_status_[b].ok()) {
+      step_status_[b] = s;
     }
   }
   stats.commit_s += Since(t4);
   return absl::OkStatus();
+}
+
+absl::Status DecodeWorker::Impl::AttendChosen(int layer, const TensorView& q,
+                                              std::vector<retriever::ScoreRequest>& requests,
+                                              const TensorView& o) {
+  // One call scores, chooses and attends: closed-form rows list their kept pages then their
+  // candidates (slots resolved with the scored pages), the others their rows as kept entries.
+  const int64_t B = static_cast<int64_t>(plan_seqs_.size());
+  std::vector<absl::Status>& status = step_status_;
+  SettleChoices(layer);
+  MassAttendRequest& m = mass_req_;
+  m.reduce = o_.selector.group_reduce;
+  m.indptr.assign(1, 0);
+  m.out_indptr.assign(1, 0);
+  for (std::vector<int32_t>* v : {&m.slots, &m.page_len, &m.keep, &m.split, &m.need,
+                                  &m.last_page_len}) {
+    v->clear();
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
+    const int32_t tail_tokens = static_cast<int32_t>((ls.tokens - 1) % P_ + 1);
+    if (steady_[b] && status[b].ok()) {
+      ls.choice_off.resize(kv_);
+      ls.choice_len.resize(kv_);
+    }
+    for (int h = 0; h < kv_; ++h) {
+      int32_t keep = 0, split = 0, need = 0, size = 0;
+      if (status[b].ok()) {
+        const bool chosen = steady_[b] != 0;
+        const std::vector<int32_t>& pages = chosen ? requests[b].pages[h] : ls.rows[h];
+        const std::vector<int32_t>& slots =
+            chosen ? steady_slots_[b * kv_ + h] : head_res_[h].slots[b];
+        m.slots.insert(m.slots.end(), slots.begin(), slots.end());
+        for (int32_t p : pages) m.page_len.push_back(p == cur ? tail_tokens : P_);
+        keep = static_cast<int32_t>(pages.size());
+        split = keep;
+        if (chosen) {
+          const retriever::SteadyRow& row = requests[b].steady[h];
+          keep = requests[b].first_candidate[h];
+          split = row.sink_end;
+          need = row.need;
+          ls.choice_off[h] = m.out_indptr.back();
+        }
+        size = keep + std::min(need, static_cast<int32_t>(pages.size()) - keep);
+        if (chosen) ls.choice_len[h] = size;
+        step_stats_.attended_head_pages += size;
+      }
+      m.keep.push_back(keep);
+      m.split.push_back(split);
+      m.need.push_back(need);
+      m.indptr.push_back(static_cast<int32_t>(m.slots.size()));
+      m.out_indptr.push_back(m.out_indptr.back() + size);
+      m.last_page_len.push_back(tail_tokens);
+    }
+    if (steady_[b] && status[b].ok()) {
+      ls.steady_pages = std::move(requests[b].pages);
+      ls.choice_pending = true;
+      ++step_stats_.chosen_on_backend;
+    }
+  }
+  steady_batch_[layer].clear();
+  for (int64_t b = 0; b < B; ++b) {
+    if (steady_[b] && status[b].ok()) steady_batch_[layer].push_back(plan_seqs_[b]);
+  }
+  return backend_->AttendBestByMass(q, m, layer, o);
+}
+
+void DecodeWorker::Impl::SettleChoices(int layer) {
+  // The layer's last choice is about to be replaced: rows of sequences that chose there and are
+  // not in this batch (whose rows this step replaces) are read back now.
+  for (SequenceId id : steady_batch_[layer]) {
+    if (std::find(plan_seqs_.begin(), plan_seqs_.end(), id) != plan_seqs_.end()) continue;
+    auto it = seqs_.find(id);
+    if (it == seqs_.end()) continue;
+    LayerState& ls = it->second.layers[layer];
+    if (!ls.choice_pending) continue;
+    auto rows = ChosenRows(ls, layer);
+    if (rows.ok()) ls.rows = *std::move(rows);
+    ls.choice_pending = false;
+  }
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> DecodeWorker::Impl::ChosenRows(
+    const LayerState& ls, int layer) const {
+  if (!ls.choice_pending) return ls.rows;
+  auto chosen = backend_->FinishChoices(layer);
+  if (!chosen.ok()) return chosen.status();
+  std::vector<std::vector<int32_t>> rows(kv_);
+  for (int h = 0; h < kv_; ++h) {
+    // Kept pages before the candidates, the chosen ones (ascending), the rest kept: ascending.
+    for (int32_t i = ls.choice_off[h]; i < ls.choice_off[h] + ls.choice_len[h]; ++i) {
+      rows[h].push_back(ls.steady_pages[h][(*chosen)[i]]);
+    }
+  }
+  return rows;
 }
 
 absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::Finish(const StepPlan& plan) {
@@ -1502,7 +1619,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> DecodeWorker::Impl::LastRows(S
   const Sequence* seq = Lookup(id);
   if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
   if (layer < 0 || layer >= o_.num_layers) return absl::InvalidArgumentError("layer out of range");
-  return seq->layers[layer].rows;
+  return ChosenRows(seq->layers[layer], layer);
 }
 
 absl::StatusOr<std::vector<PageKey>> DecodeWorker::Impl::LayoutPageKeys(SequenceId id,
@@ -1519,9 +1636,11 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> DecodeWorker::Impl::AttendedPo
   if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
   if (layer < 0 || layer >= o_.num_layers) return absl::InvalidArgumentError("layer out of range");
   const LayerState& ls = seq->layers[layer];
-  std::vector<std::vector<int64_t>> out(ls.rows.size());
-  for (size_t h = 0; h < ls.rows.size(); ++h) {
-    for (int32_t p : ls.rows[h]) {
+  auto rows = ChosenRows(ls, layer);
+  if (!rows.ok()) return rows.status();
+  std::vector<std::vector<int64_t>> out(rows->size());
+  for (size_t h = 0; h < rows->size(); ++h) {
+    for (int32_t p : (*rows)[h]) {
       for (int64_t i = int64_t{p} * P_; i < std::min<int64_t>(ls.tokens, int64_t{p + 1} * P_);
            ++i) {
         out[h].push_back(

@@ -71,7 +71,8 @@ class DecodeWorker::Impl {
         device_select_(o.policy == retriever::Policy::kQuest),
         layout_pages_(o.policy == retriever::Policy::kBoundary),
         select_pool_(device_select_ ? 1 : worker_internal::SelectThreads(o.select_threads)),
-        q_pending_(o.num_layers) {}
+        q_pending_(o.num_layers),
+        steady_batch_(o.num_layers) {}
 
   absl::Status Init();
   absl::StatusOr<OpenedSequence> Open(absl::Span<const int32_t> token_ids);
@@ -173,10 +174,25 @@ class DecodeWorker::Impl {
   // (requests[b], empty for rows not begun) get pool slots (gathered and verified when missing,
   // used in this layer's epoch), one backend call scores them for q, and masses[b] gets row b's
   // masses per KV head. Sequences that cannot be served are marked in status.
+  // Closed-form rows (steady_) are resolved only: their slots go to steady_slots_ and the
+  // backend scores them with the attention (AttendChosen).
   void ScoreRequests(int layer, const TensorView& q,
                      const std::vector<retriever::ScoreRequest>& requests,
                      std::vector<absl::Status>& status,
                      std::vector<std::vector<std::vector<float>>>& masses, WorkerStepStats& stats);
+  // Step 4 for a batch with closed-form louiskv rows (steady_): one AttendBestByMass over every
+  // row (the others as kept entries), the closed-form rows' choices left pending (under the
+  // layer's choice tag) for ChosenRows.
+  absl::Status AttendChosen(int layer, const TensorView& q,
+                            std::vector<retriever::ScoreRequest>& requests, const TensorView& o);
+  // Reads back the pending choices of the layer's last AttendChosen for sequences outside the
+  // current batch (before the layer's next choice replaces them).
+  void SettleChoices(int layer);
+  // ls.rows, or the pending choice of its last closed-form step when not read back yet.
+  absl::StatusOr<std::vector<std::vector<int32_t>>> ChosenRows(
+      const worker_internal::LayerState& ls, int layer) const;
+  // Step 5: commits the open pages this token filled (the committer puts them off this thread).
+  absl::Status CommitFilled(int layer, WorkerStepStats& stats);
   // Verified head-pages for the fetch list; failures fall back to a store read. Marks the
   // sequences that cannot be served.
   void Fetch(int layer, const std::vector<int32_t>& seq_of_fetch,
@@ -252,6 +268,13 @@ class DecodeWorker::Impl {
   void JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
                  std::vector<int32_t>& seq_of_fetch, std::vector<PageKey>& key_of_fetch) const;
   std::vector<int32_t> indptr_, indices_, last_len_;
+  // louiskv's closed-form rows of the layer step in progress (steady_[b]), their scored pages'
+  // slots ([b * kv_heads + h]), the request AttendChosen sends, and per layer the sequences whose
+  // choice is pending under the layer's tag.
+  std::vector<char> steady_;
+  std::vector<std::vector<int32_t>> steady_slots_;
+  MassAttendRequest mass_req_;
+  std::vector<std::vector<SequenceId>> steady_batch_;
   std::vector<uint8_t> page_scratch_;  // a page the store already holds (StagePages)
   struct PendingCommit {
     SequenceId id;

@@ -476,7 +476,7 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
       }
     }
   };
-  int64_t retrievals = 0, shared = 0;
+  int64_t retrievals = 0, shared = 0, chosen = 0;
   for (int step = 0; step < 16; ++step) {
     std::vector<std::vector<uint16_t>> outs;
     auto stats = drv.Step(ids, {11 * step, 11 * step, 11 * step + 5}, &outs);
@@ -484,6 +484,8 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
     for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
     retrievals += stats->retrievals;
     shared += stats->shared_head_pages;
+    chosen += stats->chosen_on_backend;
+    EXPECT_LE(stats->retrievals + stats->chosen_on_backend, 3 * kLayers);
     for (size_t b = 0; b < ids.size(); ++b) {
       expect_selects(ids[b], ref[b], "step " + std::to_string(step) + " seq " + std::to_string(b));
       for (int l = 0; l < kLayers; ++l) {
@@ -493,7 +495,22 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
   }
   EXPECT_GT(retrievals, 3 * kLayers);  // the first step's, and later ones
   EXPECT_LT(retrievals, 16 * 3 * kLayers);
+  // Rescoring every resident page, the steps between retrievals choose on the backend (closed
+  // form); a partial rescoring lists its candidates and finishes on the host.
+  if (rescore_factor >= o.selector.resident_factor) {
+    EXPECT_GT(chosen, 16 * kLayers);
+  } else {
+    EXPECT_EQ(chosen, 0);
+  }
   EXPECT_GT(shared, 0);  // the equal prompts read one slot per shared head-page
+  // What ids[0] attended last stays readable while other sequences step the same layers (a
+  // choice left on the backend is read back before the layer's next choice replaces it).
+  std::vector<std::vector<std::vector<int64_t>>> last0;
+  for (int l = 0; l < kLayers; ++l) {
+    auto a = (*w)->AttendedPositions(ids[0], l);
+    ASSERT_TRUE(a.ok()) << a.status();
+    last0.push_back(*a);
+  }
   // A fork clusters its whole context as its prompt, as a selector built from it does.
   auto child = (*w)->Fork(ids[2]);
   ASSERT_TRUE(child.ok()) << child.status();
@@ -505,6 +522,11 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
     for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
     expect_selects(ids[2], ref[2], "after fork, parent, step " + std::to_string(step));
     expect_selects(*child, ref[3], "after fork, child, step " + std::to_string(step));
+  }
+  for (int l = 0; l < kLayers; ++l) {
+    auto a = (*w)->AttendedPositions(ids[0], l);
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ(*a, last0[l]) << "layer " << l;
   }
 }
 
@@ -877,6 +899,13 @@ class StaleFirstCopy final : public WorkerBackend {
                           absl::Span<const int32_t> sl, absl::Span<const int32_t> len,
                           kernels::GroupReduce r, absl::Span<float> mass) override {
     return inner_->ScorePages(q, ip, sl, len, r, mass);
+  }
+  absl::Status AttendBestByMass(const TensorView& q, const MassAttendRequest& req, int tag,
+                                const TensorView& o) override {
+    return inner_->AttendBestByMass(q, req, tag, o);
+  }
+  absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) override {
+    return inner_->FinishChoices(tag);
   }
   absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
     return inner_->CopyToHost(t, out);
@@ -1358,6 +1387,90 @@ namespace {
 // louiskv's rescoring on the backend: masses of the pool's head-pages for a query (one softmax
 // per row, so each KV head's row sums to its group size with kSum), and bad calls refused with
 // nothing written.
+// The CPU backend's closed-form step: the candidates of largest mass are attended between the
+// kept entries, the choice reads back, and requests that do not add up change nothing.
+TEST(WorkerBackendAttendBestByMass, AttendsTheBestCandidatesAndRefusesBadRequests) {
+  auto backend = MakeCpuWorkerBackend();
+  ASSERT_TRUE(backend->Init(Layout(), kQ, 8).ok());
+  // Slot s of every head: keys of magnitude s, values all s (so an output tells what it read).
+  std::vector<HeadSlot> dst;
+  std::vector<uint8_t> bytes;
+  for (int h = 0; h < kKv; ++h) {
+    for (int s = 0; s < 8; ++s) {
+      dst.push_back({h, s});
+      for (int i = 0; i < 2 * kPage * kDim; ++i) {
+        const uint16_t x = kernels::FloatToHalf(i < kPage * kDim ? 0.05f * s : 1.f * s);
+        bytes.push_back(static_cast<uint8_t>(x & 0xff));
+        bytes.push_back(static_cast<uint8_t>(x >> 8));
+      }
+    }
+  }
+  ASSERT_TRUE(backend->WriteHeads(dst, bytes).ok());
+  std::vector<uint16_t> qv(kQ * kDim, kernels::FloatToHalf(1.f));
+  const TensorView q = TensorView::Contiguous(qv.data(), DType::kFp16, {1, kQ, kDim});
+  std::vector<uint16_t> ov(kQ * kDim, 0);
+  const TensorView o = TensorView::Contiguous(ov.data(), DType::kFp16, {1, kQ, kDim});
+  EXPECT_EQ(backend->FinishChoices(0).status().code(), absl::StatusCode::kFailedPrecondition);
+  // Every head: kept slots 0 and 1 (split 1), candidates 2, 6, 4, 7, 3; the two best are 6, 7.
+  MassAttendRequest req;
+  req.indptr = {0};
+  req.out_indptr = {0};
+  for (int h = 0; h < kKv; ++h) {
+    for (int s : {0, 1, 2, 6, 4, 7, 3}) {
+      req.slots.push_back(s);
+      req.page_len.push_back(s == 1 ? 3 : kPage);
+    }
+    req.indptr.push_back(static_cast<int32_t>(req.slots.size()));
+    req.keep.push_back(2);
+    req.split.push_back(1);
+    req.need.push_back(2);
+    req.out_indptr.push_back(req.out_indptr.back() + 4);
+    req.last_page_len.push_back(3);  // the row's last attended entry: kept slot 1, 3 tokens
+  }
+  ASSERT_TRUE(backend->AttendBestByMass(q, req, 5, o).ok());
+  auto chosen = backend->FinishChoices(5);
+  ASSERT_TRUE(chosen.ok());
+  for (int h = 0; h < kKv; ++h) {
+    // Entries 0 (kept), 3 and 5 (slots 6 and 7, in candidate order), 1 (kept).
+    EXPECT_EQ(std::vector<int32_t>(chosen->begin() + 4 * h, chosen->begin() + 4 * h + 4),
+              std::vector<int32_t>({0, 3, 5, 1}));
+  }
+  // The same as attending that table directly.
+  std::vector<int32_t> indptr = {0}, indices, last;
+  for (int h = 0; h < kKv; ++h) {
+    indices.insert(indices.end(), {0, 6, 7, 1});
+    indptr.push_back(static_cast<int32_t>(indices.size()));
+    last.push_back(3);
+  }
+  std::vector<uint16_t> want_v(kQ * kDim, 0);
+  const TensorView want = TensorView::Contiguous(want_v.data(), DType::kFp16, {1, kQ, kDim});
+  ASSERT_TRUE(backend->Attend(q, {kKv, indptr.data(), indices.data(), last.data()}, want).ok());
+  EXPECT_EQ(ov, want_v);
+  // Bad requests: InvalidArgument / OutOfRange, the output and the last choice untouched.
+  const std::vector<uint16_t> before = ov;
+  auto bad = [&](auto edit, const char* what) {
+    MassAttendRequest r = req;
+    edit(r);
+    const absl::Status s = backend->AttendBestByMass(q, r, 5, o);
+    EXPECT_TRUE(s.code() == absl::StatusCode::kInvalidArgument ||
+                s.code() == absl::StatusCode::kOutOfRange)
+        << what << ": " << s;
+  };
+  bad([](MassAttendRequest& r) { r.out_indptr.back() += 1; }, "out_indptr not the sizes");
+  bad([](MassAttendRequest& r) { r.keep[0] = 8; }, "keep past the row");
+  bad([](MassAttendRequest& r) { r.split[1] = 3; }, "split past keep");
+  bad([](MassAttendRequest& r) { r.need[1] = -1; }, "negative need");
+  bad([](MassAttendRequest& r) { r.slots[3] = 8; }, "slot out of range");
+  bad([](MassAttendRequest& r) { r.last_page_len[0] = 0; }, "empty last page");
+  bad([](MassAttendRequest& r) { r.keep.pop_back(); }, "a row short");
+  EXPECT_EQ(backend->AttendBestByMass(q, req, 65536, o).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ov, before);
+  auto again = backend->FinishChoices(5);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->size(), size_t{4} * kKv);
+}
+
 TEST(WorkerBackendScorePages, MassesFollowTheKeysAndBadCallsChangeNothing) {
   auto backend = MakeCpuWorkerBackend();
   ASSERT_TRUE(backend->Init(Layout(), kQ, 8).ok());

@@ -216,6 +216,40 @@ absl::StatusOr<int32_t> CheckScorePages(const PoolGeometry& g, Device device, co
   return static_cast<int32_t>(batch);
 }
 
+absl::Status CheckMassAttend(const PoolGeometry& g, Device device, const TensorView& q,
+                             const MassAttendRequest& req, const TensorView& o) {
+  auto batch = CheckScorePages(g, device, q, req.indptr, req.slots, req.page_len, req.slots.size());
+  if (!batch.ok()) return batch.status();
+  if (absl::Status s = CheckTensor(o, "o", {*batch, g.q_heads, g.head_dim}, g.dtype, device);
+      !s.ok()) {
+    return s;
+  }
+  const size_t rows = req.indptr.size() - 1;
+  if (req.keep.size() != rows || req.split.size() != rows || req.need.size() != rows ||
+      req.last_page_len.size() != rows || req.out_indptr.size() != rows + 1 ||
+      req.out_indptr[0] != 0) {
+    return absl::InvalidArgumentError(
+        "keep, split, need and last_page_len need one value per row, out_indptr rows + 1 from 0");
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    const int32_t n = req.indptr[r + 1] - req.indptr[r];
+    if (req.keep[r] < 0 || req.keep[r] > n || req.split[r] < 0 || req.split[r] > req.keep[r] ||
+        req.need[r] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", r, ": keep / split / need out of range"));
+    }
+    const int32_t size = req.keep[r] + std::min(req.need[r], n - req.keep[r]);
+    if (req.out_indptr[r + 1] - req.out_indptr[r] != size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("row ", r, ": out_indptr gives ", req.out_indptr[r + 1] - req.out_indptr[r],
+                       " entries, the row attends ", size));
+    }
+    if (req.last_page_len[r] < 1 || req.last_page_len[r] > g.page_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", r, ": bad last_page_len"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckAttendPrefill(const PoolGeometry& g, Device device, const TensorView& q,
                                 const kernels::PageTable& table, const PrefillMask& mask,
                                 const TensorView& o) {

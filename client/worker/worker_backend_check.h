@@ -55,6 +55,10 @@ absl::StatusOr<int32_t> CheckScorePages(const PoolGeometry& g, Device device, co
                                         absl::Span<const int32_t> indptr,
                                         absl::Span<const int32_t> slots,
                                         absl::Span<const int32_t> page_len, size_t masses);
+// AttendBestByMass' arguments: ScorePages' checks over the entries, o like q, and per row keep,
+// split, need, out_indptr (the output sizes' prefix sums) and last_page_len consistent.
+absl::Status CheckMassAttend(const PoolGeometry& g, Device device, const TensorView& q,
+                             const MassAttendRequest& req, const TensorView& o);
 absl::Status CheckAttendPrefill(const PoolGeometry& g, Device device, const TensorView& q,
                                 const kernels::PageTable& table, const PrefillMask& mask,
                                 const TensorView& o);

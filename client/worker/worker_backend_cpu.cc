@@ -152,6 +152,53 @@ class CpuWorkerBackend final : public WorkerBackend {
     return kernels::PageMassReference(p);
   }
 
+  absl::Status AttendBestByMass(const TensorView& q, const MassAttendRequest& req, int tag,
+                                const TensorView& o) override {
+    if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
+    if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("choice tag out of [0, 65536)");
+    if (absl::Status s = worker_internal::CheckMassAttend(geo_, Device::kCpu, q, req, o); !s.ok()) {
+      return s;
+    }
+    // The masses (ScorePages), the choice (kernels' reference), then the decode over it.
+    std::vector<float> mass(req.slots.size());
+    if (absl::Status s = ScorePages(q, req.indptr, req.slots, req.page_len, req.reduce,
+                                    absl::MakeSpan(mass));
+        !s.ok()) {
+      return s;
+    }
+    const int32_t rows = static_cast<int32_t>(req.keep.size());
+    std::vector<int32_t> indices(std::max(1, req.out_indptr.back())), entries(indices.size());
+    kernels::MassSelectParams m;
+    m.rows = rows;
+    m.indptr = req.indptr.data();
+    m.keep = req.keep.data();
+    m.split = req.split.data();
+    m.need = req.need.data();
+    m.mass = mass.data();
+    m.values = req.slots.data();
+    m.out_indptr = req.out_indptr.data();
+    m.out = indices.data();
+    m.out_entry = entries.data();
+    if (absl::Status s = kernels::MassSelectReference(m); !s.ok()) return s;
+    kernels::PageTable table;
+    table.num_rows = rows;
+    table.indptr = req.out_indptr.data();
+    table.indices = indices.data();
+    table.last_page_len = req.last_page_len.data();
+    if (absl::Status s = Attend(q, table, o); !s.ok()) return s;
+    if (static_cast<size_t>(tag) >= choices_.size()) choices_.resize(tag + 1);
+    entries.resize(req.out_indptr.back());
+    choices_[tag] = std::move(entries);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) override {
+    if (tag < 0 || static_cast<size_t>(tag) >= choices_.size() || !choices_[tag].has_value()) {
+      return absl::FailedPreconditionError("no choice was made under this tag");
+    }
+    return absl::MakeConstSpan(*choices_[tag]);
+  }
+
   absl::Status AssemblePages(const TensorView& k, const TensorView& v,
                              absl::Span<const int64_t> dst_offsets,
                              absl::Span<uint64_t> head_sums) override {
@@ -405,6 +452,7 @@ class CpuWorkerBackend final : public WorkerBackend {
   std::vector<int32_t> sum_count_;
   std::vector<float> scores_;
   std::vector<std::optional<std::vector<uint16_t>>> copies_;  // StartCopyToHost, by tag
+  std::vector<std::optional<std::vector<int32_t>>> choices_;  // AttendBestByMass, by tag
 };
 
 }  // namespace

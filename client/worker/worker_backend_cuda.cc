@@ -371,6 +371,123 @@ class CudaWorkerBackend final : public WorkerBackend {
     return absl::OkStatus();
   }
 
+  absl::Status AttendBestByMass(const TensorView& q, const MassAttendRequest& req, int tag,
+                                const TensorView& o) override {
+    if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
+    if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("choice tag out of [0, 65536)");
+    if (absl::Status s = worker_internal::CheckMassAttend(geo_, Device::kCuda, q, req, o); !s.ok()) {
+      return s;
+    }
+    if (!Contiguous(q) || !Contiguous(o)) {
+      return absl::InvalidArgumentError("the CUDA backend needs contiguous q and o");
+    }
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const int32_t rows = static_cast<int32_t>(req.keep.size());
+    const size_t n = req.slots.size();
+    const size_t out_n = static_cast<size_t>(req.out_indptr.back());
+    int64_t max_row = 1;
+    for (int32_t r = 0; r < rows; ++r) {
+      max_row = std::max<int64_t>(
+          max_row, int64_t{req.out_indptr[r + 1] - req.out_indptr[r]} * geo_.page_tokens);
+    }
+    // One upload: indptr, slots, page_len, keep, split, need, out_indptr, last_page_len; then
+    // device-only room for the masses, the attended slots and their entries.
+    const size_t in_words = 2 * (rows + 1) + 2 * n + 4 * rows;
+    const size_t in_bytes = (in_words * 4 + 15) / 16 * 16;
+    const size_t total = in_bytes + (n + 2 * std::max<size_t>(out_n, 1)) * 4;
+    if (absl::Status s = mass_.Reserve(total); !s.ok()) return s;
+    int32_t* h = reinterpret_cast<int32_t*>(mass_.host);
+    const int32_t* d = reinterpret_cast<const int32_t*>(mass_.dev);
+    size_t at = 0;
+    auto put = [&](const std::vector<int32_t>& v) {
+      std::memcpy(h + at, v.data(), v.size() * 4);
+      const int32_t* where = d + at;
+      at += v.size();
+      return where;
+    };
+    const int32_t* d_indptr = put(req.indptr);
+    const int32_t* d_slots = put(req.slots);
+    const int32_t* d_len = put(req.page_len);
+    const int32_t* d_keep = put(req.keep);
+    const int32_t* d_split = put(req.split);
+    const int32_t* d_need = put(req.need);
+    const int32_t* d_out_indptr = put(req.out_indptr);
+    const int32_t* d_last = put(req.last_page_len);
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(mass_.dev, mass_.host, at * 4, cudaMemcpyHostToDevice, stream_),
+        "mass attend upload");
+    PAGODA_CUDA_RETURN(cudaEventRecord(mass_.ready, stream_), "event record");
+    float* d_mass = reinterpret_cast<float*>(mass_.dev + in_bytes);
+    int32_t* d_out = reinterpret_cast<int32_t*>(d_mass + n);
+    int32_t* d_entry = d_out + std::max<size_t>(out_n, 1);
+
+    kernels::DecodeParams dp;
+    dp.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
+    dp.table = {rows, d_out_indptr, d_out, d_last};
+    dp.batch = static_cast<int32_t>(q.shape[0]);
+    dp.num_qo_heads = geo_.q_heads;
+    dp.per_kv_head = true;
+    dp.q = static_cast<const uint16_t*>(q.data);
+    dp.o = static_cast<uint16_t*>(o.data);
+    auto plan = kernels::gpu::PlanDecode(dp, /*streaming=*/false, max_row);
+    if (!plan.ok()) return plan.status();
+    const size_t mass_ws =
+        kernels::gpu::PageMassWorkspaceBytes(static_cast<int64_t>(n), geo_.q_heads / geo_.kv_heads);
+    if (absl::Status s = ReserveWorkspace(std::max(mass_ws, plan->workspace_bytes)); !s.ok()) {
+      return s;
+    }
+    if (n > 0) {
+      kernels::PageMassParams mp;
+      mp.kv = dp.kv;
+      mp.batch = dp.batch;
+      mp.num_qo_heads = geo_.q_heads;
+      mp.q = dp.q;
+      mp.indptr = d_indptr;
+      mp.indices = d_slots;
+      mp.page_len = d_len;
+      mp.reduce = req.reduce;
+      mp.mass = d_mass;
+      if (absl::Status s =
+              kernels::gpu::PageMass(mp, static_cast<int64_t>(n), workspace_, stream_);
+          !s.ok()) {
+        return s;
+      }
+    }
+    kernels::MassSelectParams sp;
+    sp.rows = rows;
+    sp.indptr = d_indptr;
+    sp.keep = d_keep;
+    sp.split = d_split;
+    sp.need = d_need;
+    sp.mass = d_mass;
+    sp.values = d_slots;
+    sp.out_indptr = d_out_indptr;
+    sp.out = d_out;
+    sp.out_entry = d_entry;
+    if (absl::Status s = kernels::gpu::MassSelect(sp, stream_); !s.ok()) return s;
+    if (absl::Status s = kernels::gpu::SparseDecode(*plan, dp, workspace_, stream_); !s.ok()) {
+      return s;
+    }
+    // The choice comes back behind the decode, for whoever asks (FinishChoices); no wait here.
+    if (static_cast<size_t>(tag) >= choices_.size()) choices_.resize(tag + 1);
+    if (choices_[tag] == nullptr) choices_[tag] = std::make_unique<Staged>();
+    Staged& c = *choices_[tag];
+    if (absl::Status s = c.Reserve(std::max<size_t>(out_n, 1) * 4); !s.ok()) return s;
+    c.used = out_n;
+    PAGODA_CUDA_RETURN(cudaMemcpyAsync(c.host, d_entry, out_n * 4, cudaMemcpyDeviceToHost, stream_),
+                       "choice download");
+    return CudaStatus(cudaEventRecord(c.ready, stream_), "event record");
+  }
+
+  absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) override {
+    if (tag < 0 || static_cast<size_t>(tag) >= choices_.size() || choices_[tag] == nullptr) {
+      return absl::FailedPreconditionError("no choice was made under this tag");
+    }
+    Staged& c = *choices_[tag];
+    PAGODA_CUDA_RETURN(cudaEventSynchronize(c.ready), "choice wait");
+    return absl::MakeConstSpan(reinterpret_cast<const int32_t*>(c.host), c.used);
+  }
+
   absl::Status AssemblePages(const TensorView& k, const TensorView& v,
                              absl::Span<const int64_t> dst_offsets,
                              absl::Span<uint64_t> head_sums) override {
@@ -894,6 +1011,8 @@ class CudaWorkerBackend final : public WorkerBackend {
   int64_t sum_slots_ = 0;
   Staged sum_up_, quest_, tok_, sum_fold_, sum_copy_, kmeans_;
   std::vector<std::unique_ptr<Staged>> copies_;  // StartCopyToHost, by tag
+  std::vector<std::unique_ptr<Staged>> choices_;  // AttendBestByMass, by tag
+  Staged mass_;                                   // AttendBestByMass' upload and scratch
 };
 
 }  // namespace

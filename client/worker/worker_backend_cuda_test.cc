@@ -320,5 +320,107 @@ TEST(CudaWorkerBackendTest, ScorePagesMatchesTheReference) {
   }
 }
 
+// louiskv's closed-form step on the device: masses, the choice and the decode in one call, no
+// host sync, against the CPU backend (the kernels' references). Each row hides `need` candidates
+// whose keys follow its queries among random ones, so rounding cannot change the choice.
+TEST(CudaWorkerBackendTest, AttendBestByMassMatchesTheCpuBackend) {
+  auto cuda = MakeCudaWorkerBackend({});
+  if (absl::IsUnavailable(cuda.status())) GTEST_SKIP() << cuda.status();
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  auto cpu = MakeCpuWorkerBackend();
+  const PageLayout layout{DType::kBf16, 8, 128, 16};
+  const int kv = 8, q_heads = 32, d = 128, P = 16, slots = 900, B = 3, group = q_heads / kv;
+  ASSERT_TRUE((*cuda)->Init(layout, q_heads, slots).ok());
+  ASSERT_TRUE(cpu->Init(layout, q_heads, slots).ok());
+  std::mt19937 rng(9);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<uint16_t> qh(static_cast<size_t>(B) * q_heads * d);
+  for (auto& x : qh) x = kernels::FloatToBf16(g(rng));
+  // Slots 0..599 random; slot 600 + b * 24 + i of head h: row (b, h)'s strong candidate i, its
+  // keys twice the mean of the group's queries.
+  std::vector<HeadSlot> dst;
+  std::vector<uint8_t> bytes;
+  auto put = [&](float x) {
+    const uint16_t v = kernels::FloatToBf16(x);
+    bytes.push_back(static_cast<uint8_t>(v & 0xff));
+    bytes.push_back(static_cast<uint8_t>(v >> 8));
+  };
+  for (int h = 0; h < kv; ++h) {
+    for (int s = 0; s < slots; ++s) {
+      dst.push_back({h, s});
+      const int b = (s - 600) / 24;
+      for (int t = 0; t < 2 * P; ++t) {  // K rows, then V rows
+        for (int i = 0; i < d; ++i) {
+          if (s >= 600 && b < B && t < P) {
+            float mean = 0;
+            for (int gq = 0; gq < group; ++gq) {
+              mean += kernels::Bf16ToFloat(qh[(static_cast<size_t>(b) * q_heads + h * group + gq) * d + i]);
+            }
+            put(2.f * mean / group + 0.1f * g(rng));
+          } else {
+            put(g(rng));
+          }
+        }
+      }
+    }
+  }
+  ASSERT_TRUE((*cuda)->WriteHeads(dst, bytes).ok());
+  ASSERT_TRUE(cpu->WriteHeads(dst, bytes).ok());
+  MassAttendRequest req;
+  req.indptr = {0};
+  req.out_indptr = {0};
+  for (int b = 0; b < B; ++b) {
+    for (int h = 0; h < kv; ++h) {
+      const int r = b * kv + h;
+      int32_t keep = 5, need = 10 + r % 8, n_cand = 300;
+      if (r == 4) keep = 0;                   // nothing kept
+      if (r == 7) n_cand = 0, need = 0;       // a row that chooses nothing (a retrieval's row)
+      if (r == 9) need = 0;                   // candidates scored, none taken
+      for (int i = 0; i < keep; ++i) {
+        req.slots.push_back(static_cast<int32_t>(rng() % 600));
+        req.page_len.push_back(i == keep - 1 ? 1 + static_cast<int32_t>(rng() % P) : P);
+      }
+      std::vector<int32_t> cand;
+      for (int i = 0; i < n_cand; ++i) cand.push_back(static_cast<int32_t>(rng() % 600));
+      for (int i = 0; i < need && n_cand > 0; ++i) {
+        cand[rng() % cand.size()] = 600 + b * 24 + i;  // may overwrite an earlier strong one
+      }
+      int32_t strong = 0;
+      for (int32_t c : cand) strong += c >= 600 ? 1 : 0;
+      need = std::min(need, strong);  // exactly the strong ones are the best
+      req.slots.insert(req.slots.end(), cand.begin(), cand.end());
+      req.page_len.insert(req.page_len.end(), cand.size(), P);
+      req.indptr.push_back(static_cast<int32_t>(req.slots.size()));
+      req.keep.push_back(keep);
+      req.split.push_back(keep / 2);
+      req.need.push_back(need);
+      req.out_indptr.push_back(req.out_indptr.back() + keep + std::min(need, n_cand));
+      req.last_page_len.push_back(keep > 0 ? req.page_len[req.indptr[r] + keep - 1] : P);
+    }
+  }
+  Tensor q_gpu(Device::kCuda, DType::kBf16, qh, B, q_heads, d);
+  Tensor q_cpu(Device::kCpu, DType::kBf16, qh, B, q_heads, d);
+  Tensor o_gpu(Device::kCuda, DType::kBf16, std::vector<uint16_t>(qh.size(), 0), B, q_heads, d);
+  Tensor o_cpu(Device::kCpu, DType::kBf16, std::vector<uint16_t>(qh.size(), 0), B, q_heads, d);
+  ASSERT_TRUE((*cuda)->AttendBestByMass(q_gpu.view(), req, 3, o_gpu.view()).ok());
+  ASSERT_TRUE(cpu->AttendBestByMass(q_cpu.view(), req, 3, o_cpu.view()).ok());
+  auto got = (*cuda)->FinishChoices(3);
+  auto want = cpu->FinishChoices(3);
+  ASSERT_TRUE(got.ok() && want.ok());
+  EXPECT_EQ(std::vector<int32_t>(got->begin(), got->end()),
+            std::vector<int32_t>(want->begin(), want->end()));
+  const std::vector<uint16_t> a = o_gpu.Read(), b = o_cpu.Read();
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double x = kernels::Bf16ToFloat(a[i]), y = kernels::Bf16ToFloat(b[i]);
+    ASSERT_NEAR(x, y, 1e-2 + 2e-2 * std::abs(y)) << "element " << i;
+  }
+  // A request that does not add up is refused before anything runs.
+  MassAttendRequest bad = req;
+  bad.out_indptr.back() += 1;
+  EXPECT_EQ((*cuda)->AttendBestByMass(q_gpu.view(), bad, 3, o_gpu.view()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*cuda)->FinishChoices(4).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 }  // namespace
 }  // namespace pagoda

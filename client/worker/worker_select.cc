@@ -118,17 +118,22 @@ void SortUnique(std::vector<int32_t>& v) {
 
 // Streaming heads attend their sink and window pages only (and the pinned prompt), whatever the
 // selector chose for them; their hints are dropped.
+// A streaming head's pages (ascending) in a row whose open page is cur.
+void StreamingRow(const DecodeWorkerOptions& o, int32_t cur, int32_t pinned,
+                  std::vector<int32_t>& row) {
+  row.clear();
+  for (int32_t p = 0; p < o.streaming_sink_pages && p <= cur; ++p) row.push_back(p);
+  for (int32_t p = std::max(0, cur - o.streaming_window_pages + 1); p <= cur; ++p) {
+    row.push_back(p);
+  }
+  for (int32_t p = 0; p < pinned && p < cur; ++p) row.push_back(p);
+  SortUnique(row);
+}
+
 void StreamingRows(const DecodeWorkerOptions& o, const std::vector<int>& heads, int32_t cur,
                    LayerState& ls) {
   for (int h : heads) {
-    std::vector<int32_t>& row = ls.rows[h];
-    row.clear();
-    for (int32_t p = 0; p < o.streaming_sink_pages && p <= cur; ++p) row.push_back(p);
-    for (int32_t p = std::max(0, cur - o.streaming_window_pages + 1); p <= cur; ++p) {
-      row.push_back(p);
-    }
-    for (int32_t p = 0; p < ls.pinned && p < cur; ++p) row.push_back(p);
-    SortUnique(row);
+    StreamingRow(o, cur, ls.pinned, ls.rows[h]);
     if (static_cast<size_t>(h) < ls.prefetch.size()) ls.prefetch[h].clear();
   }
 }
@@ -228,6 +233,30 @@ absl::StatusOr<QuestBudget> PlanQuestBudget(const DecodeWorkerOptions& o, const 
   return b;
 }
 
+void ListSteady(const DecodeWorkerOptions& o, int layer, const LayerState& ls,
+                retriever::ScoreRequest& request) {
+  const int kv = static_cast<int>(o.layout.kv_heads);
+  request.pages.assign(kv, {});
+  request.first_candidate.assign(kv, 0);
+  for (int h = 0; h < kv; ++h) {
+    retriever::SteadyRow& row = request.steady[h];
+    std::vector<int32_t>& pages = request.pages[h];
+    for (int32_t p = 0; p < row.sink_end; ++p) pages.push_back(p);
+    for (int32_t p = row.window_begin; p < row.pages; ++p) pages.push_back(p);
+    request.first_candidate[h] = static_cast<int32_t>(pages.size());
+    const absl::Span<const int32_t> res = ls.selector->ResidentPages(h);
+    pages.insert(pages.end(), res.begin() + row.cand_begin, res.begin() + row.cand_end);
+  }
+  // The layer's streaming heads attend their own pages, all kept, nothing chosen.
+  for (int h : StreamingHeads(o, layer)) {
+    std::vector<int32_t>& pages = request.pages[h];
+    retriever::SteadyRow& row = request.steady[h];
+    StreamingRow(o, row.pages - 1, ls.pinned, pages);
+    request.first_candidate[h] = static_cast<int32_t>(pages.size());
+    row = {static_cast<int32_t>(pages.size()), row.pages, row.pages, 0, 0, 0};
+  }
+}
+
 absl::StatusOr<std::optional<bool>> BeginRows(const DecodeWorkerOptions& o, int layer,
                                               LayerState& ls, absl::Span<const uint16_t> q,
                                               retriever::ScoreRequest& request) {
@@ -236,10 +265,12 @@ absl::StatusOr<std::optional<bool>> BeginRows(const DecodeWorkerOptions& o, int 
   if (DenseRows(o, layer, ls)) return true;
   ls.prefetch.clear();
   if (o.policy == retriever::Policy::kBoundary) {
-    // Its step stops at the exact rescoring; FinishRows completes it with the masses.
-    auto begun = ls.selector->BeginSelect(q);
+    // Its step stops at the exact rescoring; FinishRows completes it with the masses, or, for a
+    // step in closed form, the backend chooses (see BeginRows' contract).
+    auto begun = ls.selector->BeginSelect(q, /*closed_form=*/true);
     if (!begun.ok()) return begun.status();
     request = *std::move(begun);
+    if (!request.steady.empty()) ListSteady(o, layer, ls, request);
     return std::optional<bool>();
   }
   auto fire = RetrievalDue(o, ls, q);

@@ -29,10 +29,19 @@ absl::Status CheckFinite(const TensorView& t, DType dtype, const char* what);
 // whether a fresh retrieval ran. louiskv: pages of its cluster-ordered layout, exactly the
 // selector's (see LayerState::layout_keys): BeginRows begins the selector's step, sets `request`
 // (the layout pages whose exact masses it wants; may be empty) and returns nullopt; FinishRows,
-// given the masses, sets the rows and returns whether a fresh retrieval ran.
+// given the masses, sets the rows and returns whether a fresh retrieval ran. A step between
+// retrievals comes in closed form (request.steady set, listed by ListSteady): no FinishRows; the
+// backend scores and chooses (WorkerBackend::AttendBestByMass) and ls.rows is that choice.
 absl::StatusOr<std::optional<bool>> BeginRows(const DecodeWorkerOptions& o, int layer,
                                               LayerState& ls, absl::Span<const uint16_t> q,
                                               retriever::ScoreRequest& request);
+// A closed-form louiskv step (request.steady set) listed for the backend: request.pages[h] gets
+// head h's kept pages (ascending) then its candidates, first_candidate[h] their split. Streaming
+// heads of `layer` keep their sinks and window and choose nothing: their SteadyRow becomes
+// {sink_end = kept, window_begin = pages = the row's pages, no candidates}, so that for every head
+// the attended entries are kept [0, sink_end), the chosen candidates, then kept [sink_end, kept).
+void ListSteady(const DecodeWorkerOptions& o, int layer, const LayerState& ls,
+                retriever::ScoreRequest& request);
 absl::StatusOr<bool> FinishRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
                                 absl::Span<const std::vector<float>> mass);
 

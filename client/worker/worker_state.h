@@ -58,6 +58,13 @@ struct LayerState {
   }
   // Per KV head: the same for the pages louiskv scored last (ascending, the open page left out).
   std::vector<std::vector<Resolved>> scored;
+  // louiskv's closed-form steps choose on the backend (AttendBestByMass under the layer's choice
+  // tag): until read back, head h attended the entries [choice_off[h], choice_off[h] +
+  // choice_len[h]) of that choice, entry i naming page steady_pages[h][i] (kept pages, then the
+  // candidates), and `rows` is stale.
+  bool choice_pending = false;
+  std::vector<int32_t> choice_off, choice_len;
+  std::vector<std::vector<int32_t>> steady_pages;
   // Device selection (quest): the summary slot of each natural page, open page included; the
   // summaries live on the backend only and are folded there as tokens are written.
   std::vector<int32_t> sum_slots;

@@ -2,12 +2,11 @@
 //
 // ScoreKernel: grid (candidate tiles, sequence, KV head); each candidate page is scored by
 // kDim/8 threads with 16-byte loads of its min/max summaries, for all query heads of the group.
-// TopKKernel: one block per (sequence, KV head); a 4-pass radix select (8 bits a pass) finds the
-// k-th largest score, then one block scan per tile compacts the winners in candidate order (ties
-// at the threshold go to the earliest candidates), and the kept pages are appended.
+// TopKKernel: one block per (sequence, KV head) selects the top k (BlockTopK: winners in
+// candidate order, ties at the threshold to the earliest), then appends the kept pages.
 #include <algorithm>
-#include <cub/block/block_scan.cuh>
 
+#include "block_topk.cuh"
 #include "common.cuh"
 #include "pagoda/kernels/cuda.h"
 #include "validate.h"
@@ -81,10 +80,7 @@ __global__ void __launch_bounds__(kScoreThreads)
 }
 
 __global__ void __launch_bounds__(kTopKThreads) TopKKernel(const __grid_constant__ QuestParams p) {
-  using Scan = cub::BlockScan<uint32_t, kTopKThreads>;
-  __shared__ typename Scan::TempStorage scan_tmp;
-  __shared__ int hist[256];
-  __shared__ int s_start, s_bin, s_above;
+  __shared__ int s_start;
   const int heads = p.summaries.num_kv_heads;
   const int row = blockIdx.x;
   const int b = row / heads;
@@ -109,84 +105,10 @@ __global__ void __launch_bounds__(kTopKThreads) TopKKernel(const __grid_constant
     p.out_last_page_len[row] = nkeep > 0 ? p.seq_last_page_len[b] : p.page_size;
   }
   __syncthreads();
-  const int start = s_start;
   const float* sc = p.scores + static_cast<int64_t>(h) * total + c0;
-  int32_t* out = p.out_indices + start;
-  uint32_t thresh = 0;
-  int take_eq = n;  // how many candidates equal to thresh to take (first by position)
-  if (k > 0 && k < n) {
-    uint32_t prefix = 0, prefix_mask = 0;
-    int remaining = k;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      for (int i = tid; i < 256; i += kTopKThreads) hist[i] = 0;
-      __syncthreads();
-      for (int i = tid; i < n; i += kTopKThreads) {
-        const uint32_t key = internal::OrderedKey(sc[i]);
-        if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
-      }
-      __syncthreads();
-      if (tid < 32) {  // find the bin holding the remaining-th largest key, from the top
-        int local[8];
-        int sum = 0;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          local[i] = hist[255 - (tid * 8 + i)];
-          sum += local[i];
-        }
-        int incl = sum;  // inclusive prefix over lanes (lane 0 = highest bins)
-#pragma unroll
-        for (int off = 1; off < 32; off <<= 1) {
-          const int o = __shfl_up_sync(0xffffffffu, incl, off);
-          if (tid >= off) incl += o;
-        }
-        const int excl = incl - sum;
-        if (excl < remaining && remaining <= incl) {
-          int acc = excl;
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            if (acc < remaining && remaining <= acc + local[i]) {
-              s_bin = 255 - (tid * 8 + i);
-              s_above = acc;
-            }
-            acc += local[i];
-          }
-        }
-      }
-      __syncthreads();
-      prefix |= static_cast<uint32_t>(s_bin) << shift;
-      prefix_mask |= 255u << shift;
-      remaining -= s_above;
-      __syncthreads();
-    }
-    thresh = prefix;
-    take_eq = remaining;
-  }
-  if (k > 0) {
-    uint32_t gt_base = 0, eq_base = 0;
-    for (int t0 = 0; t0 < n; t0 += kTopKThreads) {
-      const int i = t0 + tid;
-      uint32_t gt = 0, eq = 0;
-      if (i < n) {
-        if (k == n) {
-          gt = 1;
-        } else {
-          const uint32_t key = internal::OrderedKey(sc[i]);
-          gt = key > thresh;
-          eq = key == thresh;
-        }
-      }
-      uint32_t packed = (gt << 16) | eq, rank, agg;
-      Scan(scan_tmp).ExclusiveSum(packed, rank, agg);
-      const uint32_t gt_rank = gt_base + (rank >> 16);
-      const uint32_t eq_rank = eq_base + (rank & 0xffffu);
-      if (gt || (eq && eq_rank < static_cast<uint32_t>(take_eq))) {
-        out[gt_rank + min(eq_rank, static_cast<uint32_t>(take_eq))] = p.cand_pages[c0 + i];
-      }
-      gt_base += agg >> 16;
-      eq_base += agg & 0xffffu;
-      __syncthreads();  // scan_tmp is reused
-    }
-  }
+  int32_t* out = p.out_indices + s_start;
+  internal::BlockTopK<kTopKThreads>([&](int i) { return sc[i]; }, n, k,
+                                    [&](int rank, int i) { out[rank] = p.cand_pages[c0 + i]; });
   for (int i = tid; i < nkeep; i += kTopKThreads) out[k + i] = p.keep_pages[keep0 + i];
 }
 

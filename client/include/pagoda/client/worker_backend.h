@@ -56,6 +56,21 @@ struct HeadFetch {
   uint64_t checksum = 0;
 };
 
+// One batched step that chooses from exact masses and attends the choice (louiskv between
+// retrievals; kernels::MassSelectParams over ScorePages' masses). Host arrays; row
+// r = b * kv_heads + h (q's row b, KV head h) lists entries [indptr[r], indptr[r + 1]) of head
+// h's sub-pool: slot slots[e] holding page_len[e] tokens, keep[r] kept entries first, then the
+// row's candidates. The row attends kept entries [0, split[r]), the min(need[r], candidates)
+// candidates of greatest mass in candidate order (ties: the earlier), then kept entries
+// [split[r], keep[r]); out_indptr gives those sizes' prefix sums and last_page_len[r] the tokens
+// of the row's last attended entry (the others are full).
+struct MassAttendRequest {
+  kernels::GroupReduce reduce = kernels::GroupReduce::kSum;
+  std::vector<int32_t> indptr, slots, page_len;         // [rows + 1], [entries], [entries]
+  std::vector<int32_t> keep, split, need;               // [rows]
+  std::vector<int32_t> out_indptr, last_page_len;       // [rows + 1], [rows]
+};
+
 // Which KV heads of a prefill chunk are streaming heads (LServe's Lambda mask) and their shape.
 struct PrefillMask {
   absl::Span<const uint8_t> streaming;  // [kv_heads]; empty: every head dense
@@ -138,6 +153,17 @@ class WorkerBackend {
                                   absl::Span<const int32_t> slots,
                                   absl::Span<const int32_t> page_len, kernels::GroupReduce reduce,
                                   absl::Span<float> mass) = 0;
+
+  // Scores, chooses and attends one MassAttendRequest: q [batch, q_heads, head_dim] -> o, with
+  // no host sync on CUDA (the masses and the choice stay on the device). The chosen entries (for
+  // each attended entry in order, its index in its row) are kept under copy tag `tag` (shared
+  // with StartCopyToHost) for FinishChoices. InvalidArgument / OutOfRange (nothing enqueued) for
+  // shapes, CSRs, slots, counts or sizes that do not agree.
+  virtual absl::Status AttendBestByMass(const TensorView& q, const MassAttendRequest& req, int tag,
+                                        const TensorView& o) = 0;
+  // The chosen entries of the last AttendBestByMass under `tag` ([out_indptr[rows]]), waiting
+  // for them; valid until the tag's next use. FailedPrecondition when none was made under it.
+  virtual absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) = 0;
 
   // A contiguous host copy of `t` (a [a, b, c] tensor of the backend's device and 16-bit dtype),
   // for what the worker reads on the host (selection, input checks). Synchronous.

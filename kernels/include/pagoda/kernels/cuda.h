@@ -173,6 +173,11 @@ size_t PageMassWorkspaceBytes(int64_t num_entries, int32_t group);
 absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* workspace,
                       cudaStream_t stream);
 
+// The choice of a step from exact masses (see MassSelectParams): every array in device memory,
+// satisfying the reference's host checks (not repeated here: the caller validates its host
+// copies). One kernel on `stream`, a block per row.
+absl::Status MassSelect(const MassSelectParams& p, cudaStream_t stream);
+
 }  // namespace pagoda::kernels::gpu
 
 #endif  // PAGODA_KERNELS_CUDA_H_
