@@ -672,6 +672,7 @@ absl::StatusOr<SequenceId> DecodeWorker::Impl::Fork(SequenceId parent_id) {
 
 void DecodeWorker::Impl::Release(Sequence& seq) {
   for (LayerState& ls : seq.layers) {
+    Unhold(ls);
     for (int32_t slot : ls.sum_slots) {
       slot_page_[slot] = -1;
       free_sum_.push_back(slot);
@@ -747,6 +748,10 @@ absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> i
         open_pages, " open pages, but the pool has ", o_.pool_slots_per_head,
         " (raise pool_slots_per_head or shrink the batch)"));
   }
+  // Slots louiskv's resident sets hold stay out of this step's reach: holds beyond what the worst
+  // case leaves are released (their next steps resolve those pages again).
+  hold_room_ = o_.pool_slots_per_head - need - open_pages;
+  ReleaseHolds(hold_room_, ids);
   // Device selection: a step may open one new page per (sequence, layer).
   if (device_select_ &&
       static_cast<int64_t>(free_sum_.size()) < static_cast<int64_t>(ids.size()) * o_.num_layers) {
@@ -835,8 +840,21 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
       slots.reserve(req.pages[h].size());
       w.next.clear();  // the kept pages' residencies
       w.cand.clear();  // the candidates'
+      // A closed-form step whose candidates are held resolves its kept pages only.
+      size_t stop = req.pages[h].size();
+      int32_t held_from = -1;
+      if (steady_[b] && ls.held) {
+        const retriever::SteadyRow& row = req.steady[h];
+        held_from = row.cand_begin - ls.held_lo[h];
+        if (held_from >= 0 &&
+            row.cand_end - ls.held_lo[h] <= static_cast<int32_t>(ls.held_slots[h].size())) {
+          stop = static_cast<size_t>(req.first_candidate[h]);
+        } else {
+          held_from = -1;
+        }
+      }
       size_t j = 0;
-      for (size_t i = 0; i < req.pages[h].size(); ++i) {
+      for (size_t i = 0; i < stop; ++i) {
         const int32_t p = req.pages[h][i];
         const bool kept = static_cast<int32_t>(i) < req.first_candidate[h];
         if (static_cast<int32_t>(i) == req.first_candidate[h]) j = 0;
@@ -854,6 +872,12 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
         (kept ? w.next : w.cand).push_back({p, slot, pool_.Generation(h, slot)});
       }
       if (w.failed[b]) continue;
+      if (held_from >= 0) {
+        const std::vector<int32_t>& held = ls.held_slots[h];
+        const retriever::SteadyRow& row = req.steady[h];
+        slots.insert(slots.end(), held.begin() + held_from,
+                     held.begin() + held_from + (row.cand_end - row.cand_begin));
+      }
       // Remembered ascending: the sections merged when each is ascending, else sorted.
       std::vector<LayerState::Resolved>& next = ls.scored[h];
       next.clear();
@@ -886,6 +910,9 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
   }
   stats.fetch_s += Since(t0);
   if (!fetches.empty()) Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
+  for (int64_t b = 0; b < B; ++b) {
+    if (steady_[b] && status[b].ok()) HoldCandidates(b, layer, requests[b]);
+  }
 
   // 2. One scoring call over the sequences still standing (rows of failed ones left empty).
   Clock::time_point t1 = Clock::now();
@@ -1330,6 +1357,9 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
         steady_[b] = requests[b].steady.empty() ? 0 : 1;
       }
     });
+    for (int64_t b = 0; b < B; ++b) {  // a retrieval replaces the resident set
+      if (!steady_[b] && states[b]->held) Unhold(*states[b]);
+    }
     std::vector<std::vector<std::vector<float>>> masses(B);
     if (std::find(begun.begin(), begun.end(), 1) != begun.end()) {
       stats.select_s += Since(t1);
@@ -1544,6 +1574,64 @@ absl::Status DecodeWorker::Impl::AttendChosen(int layer, const TensorView& q,
   return backend_->AttendBestByMass(q, m, layer, o);
 }
 
+void DecodeWorker::Impl::HoldCandidates(int64_t b, int layer, const retriever::ScoreRequest& req) {
+  LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+  if (ls.held) return;
+  for (int h = 0; h < kv_; ++h) {
+    const int64_t n = req.steady[h].cand_end - req.steady[h].cand_begin;
+    if (pool_.held(h) + n > hold_room_) return;  // no room: resolved again next step
+  }
+  ls.held_slots.assign(kv_, {});
+  ls.held_lo.assign(kv_, 0);
+  ls.held = true;
+  for (int h = 0; h < kv_; ++h) {
+    const std::vector<int32_t>& slots = steady_slots_[b * kv_ + h];
+    ls.held_lo[h] = req.steady[h].cand_begin;
+    for (auto it = slots.begin() + req.first_candidate[h]; it != slots.end(); ++it) {
+      ls.held_slots[h].push_back(*it);
+      if (!pool_.Hold(h, *it)) {  // cannot happen for resolved candidates; stay correct anyway
+        Unhold(ls);
+        return;
+      }
+    }
+  }
+  held_states_.push_back({plan_seqs_[b], layer});
+}
+
+void DecodeWorker::Impl::Unhold(LayerState& ls) {
+  for (size_t h = 0; h < ls.held_slots.size(); ++h) {
+    for (int32_t slot : ls.held_slots[h]) pool_.Unhold(static_cast<int>(h), slot);
+  }
+  ls.held_slots.clear();
+  ls.held_lo.clear();
+  ls.held = false;
+}
+
+void DecodeWorker::Impl::ReleaseHolds(int64_t room, absl::Span<const SequenceId> keep) {
+  auto over = [&] {
+    for (int h = 0; h < kv_; ++h) {
+      if (pool_.held(h) > room) return true;
+    }
+    return false;
+  };
+  for (int pass = 0; pass < 2 && over(); ++pass) {
+    for (const auto& [id, layer] : held_states_) {
+      if (!over()) break;
+      if (pass == 0 && std::find(keep.begin(), keep.end(), id) != keep.end()) continue;
+      auto it = seqs_.find(id);
+      if (it != seqs_.end()) Unhold(it->second.layers[layer]);
+    }
+  }
+  // Forget the entries whose state no longer holds.
+  held_states_.erase(std::remove_if(held_states_.begin(), held_states_.end(),
+                                    [&](const std::pair<SequenceId, int>& e) {
+                                      auto it = seqs_.find(e.first);
+                                      return it == seqs_.end() ||
+                                             !it->second.layers[e.second].held;
+                                    }),
+                     held_states_.end());
+}
+
 void DecodeWorker::Impl::SettleChoices(int layer) {
   // The layer's last choice is about to be replaced: rows of sequences that chose there and are
   // not in this batch (whose rows this step replaces) are read back now.
@@ -1669,6 +1757,7 @@ WorkerStats DecodeWorker::Impl::Stats() const {
   s.pages_reused = committer_.reused();
   s.layout_pages = layout_pages_written_;
   s.pool_bytes = pool_.used() * 2 * half_;
+  for (int h = 0; h < kv_; ++h) s.held_head_pages += pool_.held(h);
   if (device_select_) {
     const int64_t row = int64_t{kv_} * d_ * 2 * 2 + 4;  // min and max rows, count
     s.summary_table_bytes = (o_.summary_slots - static_cast<int64_t>(free_sum_.size())) * row;

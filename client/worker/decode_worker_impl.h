@@ -275,6 +275,15 @@ class DecodeWorker::Impl {
   std::vector<std::vector<int32_t>> steady_slots_;
   MassAttendRequest mass_req_;
   std::vector<std::vector<SequenceId>> steady_batch_;
+  // (sequence, layer) states holding slots, and how many slots per head holds may take in the
+  // step in progress (what Plan's worst case leaves).
+  std::vector<std::pair<SequenceId, int>> held_states_;
+  int64_t hold_room_ = 0;
+  // Holds row b's resident candidates (closed-form step, slots resolved) when the room allows.
+  void HoldCandidates(int64_t b, int layer, const retriever::ScoreRequest& req);
+  void Unhold(worker_internal::LayerState& ls);
+  // Releases holds (sequences outside `keep` first) until every head holds at most `room`.
+  void ReleaseHolds(int64_t room, absl::Span<const SequenceId> keep);
   std::vector<uint8_t> page_scratch_;  // a page the store already holds (StagePages)
   struct PendingCommit {
     SequenceId id;

@@ -499,8 +499,10 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
   // form); a partial rescoring lists its candidates and finishes on the host.
   if (rescore_factor >= o.selector.resident_factor) {
     EXPECT_GT(chosen, 16 * kLayers);
+    EXPECT_GT((*w)->Stats().held_head_pages, 0);  // their resident candidates stay in the pool
   } else {
     EXPECT_EQ(chosen, 0);
+    EXPECT_EQ((*w)->Stats().held_head_pages, 0);
   }
   EXPECT_GT(shared, 0);  // the equal prompts read one slot per shared head-page
   // What ids[0] attended last stays readable while other sequences step the same layers (a
@@ -633,6 +635,48 @@ TEST(DecodeWorker, LouiskvShortPromptsHaveNoLayoutPages) {
 // x the budget) slots per (sequence, layer) (5 budget pages -> 8, + window + open page = 10, + 2
 // open pages) where quest needs 7 (+ 2). A pool of 11 is refused for louiskv before anything
 // changes, with a clear error, and serves quest; 12 serves louiskv.
+// louiskv holds each (sequence, layer)'s resident candidates between retrievals, within what
+// Plan's worst case leaves of the pool: a larger batch releases holds (outside the batch first,
+// then its own), whose pages are then resolved again. Outputs stay right and no step fails.
+TEST(DecodeWorker, LouiskvReleasesHeldSlotsThePlanNeeds) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kBoundary, 5 * kPage, 40);
+  o.selector.boundary_threshold = -1.f;  // one retrieval, then closed-form steps only
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const std::vector<SequenceId> ids = {drv.Open(Prompt(61, 21)), drv.Open(Prompt(61, 22))};
+  for (int step = 0; step < 12; ++step) {
+    // Four steps of the first sequence, four of both (each needs 17 slots per head at worst,
+    // with 4 open pages: 2 of 40 left to hold), four of the second.
+    const std::vector<SequenceId> batch =
+        step < 4 ? std::vector<SequenceId>{ids[0]}
+                 : (step < 8 ? ids : std::vector<SequenceId>{ids[1]});
+    std::vector<int32_t> next(batch.size(), 5 + step);
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step(batch, next, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const absl::Status& st : stats->sequence_status) ASSERT_TRUE(st.ok()) << st;
+    for (size_t b = 0; b < batch.size(); ++b) {
+      for (int l = 0; l < kLayers; ++l) {
+        EXPECT_LT(drv.Error(batch[b], static_cast<int>(b), l, outs[l], /*dense=*/false), kTol)
+            << "step " << step;
+      }
+    }
+    const int64_t held = (*w)->Stats().held_head_pages;
+    if (step == 3 || step == 11) {
+      EXPECT_GT(held, 4 * kKv) << "step " << step;  // one sequence's
+    }
+    if (step >= 4 && step < 8) {
+      EXPECT_LE(held, 2 * kKv) << "step " << step;  // at most what both leave
+    }
+  }
+  ASSERT_TRUE((*w)->Close(ids[0]).ok());
+  ASSERT_TRUE((*w)->Close(ids[1]).ok());
+  EXPECT_EQ((*w)->Stats().held_head_pages, 0);  // closing releases what a sequence held
+}
+
 TEST(DecodeWorker, LouiskvPlansPoolRoomForItsRescoredCandidates) {
   for (int32_t slots : {11, 12}) {
     for (auto policy : {retriever::Policy::kQuest, retriever::Policy::kBoundary}) {

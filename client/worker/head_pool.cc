@@ -3,7 +3,7 @@
 namespace pagoda::worker_internal {
 
 HeadPool::HeadPool(int kv_heads, int32_t slots)
-    : slots_(slots), subs_(kv_heads), owned_(kv_heads, 0) {
+    : slots_(slots), subs_(kv_heads), owned_(kv_heads, 0), held_(kv_heads, 0) {
   for (Sub& sub : subs_) {
     sub.hot.resize(slots);
     sub.cold.resize(slots);
@@ -32,7 +32,9 @@ int32_t HeadPool::TakeFree(Sub& sub, uint64_t epoch) {
   for (int64_t n = 0; n < 2 * int64_t{slots_}; ++n) {
     const int32_t s = sub.hand;
     sub.hand = sub.hand + 1 == slots_ ? 0 : sub.hand + 1;
-    if (sub.cold[s].state != State::kCached || sub.hot[s].epoch == epoch) continue;
+    if (sub.cold[s].state != State::kCached || sub.hot[s].epoch == epoch || sub.cold[s].holds > 0) {
+      continue;
+    }
     if (sub.hot[s].referenced) {
       sub.hot[s].referenced = 0;
       continue;
@@ -64,10 +66,24 @@ void HeadPool::Forget(const PageKey& key, int head) {
   auto it = sub.cached.find(key);
   if (it == sub.cached.end()) return;
   const int32_t s = it->second;
+  if (sub.cold[s].holds > 0) return;  // held copies were verified when they came in
   sub.cached.erase(it);
   sub.cold[s].state = State::kFree;
   Renew(sub, s);
   sub.free.push_back(s);
+}
+
+bool HeadPool::Hold(int head, int32_t slot) {
+  Sub& sub = subs_[head];
+  if (slot < 0 || slot >= slots_ || sub.cold[slot].state != State::kCached) return false;
+  if (sub.cold[slot].holds++ == 0) ++held_[head];
+  return true;
+}
+
+void HeadPool::Unhold(int head, int32_t slot) {
+  Sub& sub = subs_[head];
+  if (slot < 0 || slot >= slots_ || sub.cold[slot].holds == 0) return;
+  if (--sub.cold[slot].holds == 0) --held_[head];
 }
 
 int32_t HeadPool::AllocOwned(int head, uint64_t epoch) {

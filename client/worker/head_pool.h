@@ -2,8 +2,8 @@
 //
 // kv_heads sub-pools of `slots` slots. A slot is free, cached (the copy of head h of a store page,
 // found by its key, evicted in CLOCK order: an approximation of LRU whose hit costs one write,
-// which matters at thousands of lookups per layer) or owned (an open page of one sequence: never
-// evicted, freed or adopted by its owner). Slots used in the current epoch (one layer of one step)
+// which matters at thousands of lookups per layer; a held cached slot is never evicted) or owned
+// (an open page of one sequence: never evicted, freed or adopted by its owner). Slots used in the current epoch (one layer of one step)
 // are never chosen as victims, so everything one attention call reads stays put.
 //
 // Thread safety: not synchronized, but the KV heads' sub-pools share nothing: calls naming
@@ -58,7 +58,8 @@ class HeadPool {
   // slot not used in `epoch` and not referenced since the CLOCK hand last passed it (its page is
   // forgotten). -1 when none.
   int32_t Insert(const PageKey& key, int head, uint64_t epoch, int32_t row = -1);
-  // Forgets a cached (key, head) (its bytes could not be verified); the slot becomes free.
+  // Forgets a cached (key, head) (its bytes could not be verified); the slot becomes free. A held
+  // slot (verified when it came in) is kept.
   void Forget(const PageKey& key, int head);
   // A private slot for an open page; -1 when none can be had.
   int32_t AllocOwned(int head, uint64_t epoch);
@@ -68,6 +69,12 @@ class HeadPool {
   // copy. When (key, head) is already cached (another sequence committed the same page) the owned
   // slot is freed and the existing one kept. Returns the page's slot.
   int32_t Adopt(int head, int32_t slot, const PageKey& key, uint64_t epoch);
+  // Holds a cached slot (a resident set kept between steps): it is never evicted until every
+  // hold on it is released. Holds count per slot; a slot that is not cached is not held (false).
+  bool Hold(int head, int32_t slot);
+  void Unhold(int head, int32_t slot);
+  // Slots of head `head` held at least once.
+  int32_t held(int head) const { return held_[head]; }
   // Slots of head `head` that are not owned (free or cached: what one step can use).
   int32_t Available(int head) const { return slots_ - owned_[head]; }
   int64_t used() const;  // cached + owned, all heads
@@ -89,6 +96,7 @@ class HeadPool {
   struct Cold {
     State state = State::kFree;
     PageKey key;
+    uint32_t holds = 0;  // only a cached slot is held (a slot becomes cached with none)
   };
   struct Sub {
     std::vector<Hot> hot;
@@ -106,6 +114,7 @@ class HeadPool {
   int32_t slots_;
   std::vector<Sub> subs_;
   std::vector<int32_t> owned_;
+  std::vector<int32_t> held_;
 };
 
 }  // namespace pagoda::worker_internal

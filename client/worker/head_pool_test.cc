@@ -70,5 +70,37 @@ TEST(HeadPool, OwnedSlotsAreNeverEvictedAndAdoptionDeduplicates) {
   EXPECT_EQ(pool.used(), 1);
 }
 
+TEST(HeadPool, HeldSlotsAreNeverEvictedUntilReleased) {
+  HeadPool pool(1, 2);
+  const int32_t a = pool.Insert(Key(1), 0, 1);
+  const int32_t b = pool.Insert(Key(2), 0, 1);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  EXPECT_TRUE(pool.Hold(0, a));
+  EXPECT_TRUE(pool.Hold(0, a));  // two holders
+  EXPECT_EQ(pool.held(0), 1);
+  const uint32_t gen = pool.Generation(0, a);
+  // Epochs later, with a never used again: the unheld slot is the only victim.
+  EXPECT_EQ(pool.Insert(Key(3), 0, 5), b);
+  EXPECT_EQ(pool.Insert(Key(4), 0, 6), b);
+  EXPECT_EQ(pool.Insert(Key(5), 0, 6), -1);  // b is used in epoch 6, a is held
+  pool.Forget(Key(1), 0);                    // a held copy is kept
+  EXPECT_EQ(pool.Find(Key(1), 0, 7), a);
+  EXPECT_EQ(pool.Generation(0, a), gen);
+  pool.Unhold(0, a);
+  EXPECT_EQ(pool.held(0), 1);  // one holder left
+  EXPECT_EQ(pool.Insert(Key(6), 0, 8), b);
+  pool.Unhold(0, a);
+  EXPECT_EQ(pool.held(0), 0);
+  EXPECT_EQ(pool.Find(Key(6), 0, 9), b);    // b in use this epoch
+  EXPECT_EQ(pool.Insert(Key(7), 0, 9), a);  // released, a goes like any other
+  // Free and owned slots are not held.
+  const int32_t owned = pool.AllocOwned(0, 10);
+  EXPECT_FALSE(pool.Hold(0, owned));
+  EXPECT_FALSE(pool.Hold(0, 7));
+  pool.Unhold(0, b);  // not held: nothing happens
+  EXPECT_EQ(pool.held(0), 0);
+}
+
 }  // namespace
 }  // namespace pagoda::worker_internal

@@ -63,6 +63,12 @@ struct LayerState {
   // choice_len[h]) of that choice, entry i naming page steady_pages[h][i] (kept pages, then the
   // candidates), and `rows` is stale.
   bool choice_pending = false;
+  // louiskv: the resident candidates' pool slots, held (HeadPool::Hold) from the first
+  // closed-form step after a retrieval to the next retrieval, so a closed-form step resolves only
+  // its kept pages: held_slots[h][i] holds page ResidentPages(h)[held_lo[h] + i].
+  bool held = false;
+  std::vector<std::vector<int32_t>> held_slots;
+  std::vector<int32_t> held_lo;
   std::vector<int32_t> choice_off, choice_len;
   std::vector<std::vector<int32_t>> steady_pages;
   // Device selection (quest): the summary slot of each natural page, open page included; the

@@ -211,6 +211,9 @@ struct WorkerStats {
   // (their copies of the keys, summaries, louiskv's clusters and segment sums; every policy but
   // quest).
   int64_t pool_bytes = 0;
+  // louiskv: pool slots its resident sets hold between retrievals (never evicted while held;
+  // counted in pool_used). Plan releases holds the next step's worst case needs.
+  int64_t held_head_pages = 0;
   int64_t summary_table_bytes = 0;
   int64_t selector_host_bytes = 0;
 };
