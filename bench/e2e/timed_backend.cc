@@ -63,6 +63,7 @@ class TimedBackend final : public WorkerBackend {
                                 const TensorView& o) override {
     return Timed("AttendBestByMass", [&] { return inner_->AttendBestByMass(q, req, tag, o); });
   }
+  void DropSlotList(int64_t id) override { inner_->DropSlotList(id); }
   absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) override {
     absl::StatusOr<absl::Span<const int32_t>> out;
     (void)Timed("FinishChoices", [&] {

@@ -840,21 +840,8 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
       slots.reserve(req.pages[h].size());
       w.next.clear();  // the kept pages' residencies
       w.cand.clear();  // the candidates'
-      // A closed-form step whose candidates are held resolves its kept pages only.
-      size_t stop = req.pages[h].size();
-      int32_t held_from = -1;
-      if (steady_[b] && ls.held) {
-        const retriever::SteadyRow& row = req.steady[h];
-        held_from = row.cand_begin - ls.held_lo[h];
-        if (held_from >= 0 &&
-            row.cand_end - ls.held_lo[h] <= static_cast<int32_t>(ls.held_slots[h].size())) {
-          stop = static_cast<size_t>(req.first_candidate[h]);
-        } else {
-          held_from = -1;
-        }
-      }
       size_t j = 0;
-      for (size_t i = 0; i < stop; ++i) {
+      for (size_t i = 0; i < req.pages[h].size(); ++i) {
         const int32_t p = req.pages[h][i];
         const bool kept = static_cast<int32_t>(i) < req.first_candidate[h];
         if (static_cast<int32_t>(i) == req.first_candidate[h]) j = 0;
@@ -872,12 +859,6 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
         (kept ? w.next : w.cand).push_back({p, slot, pool_.Generation(h, slot)});
       }
       if (w.failed[b]) continue;
-      if (held_from >= 0) {
-        const std::vector<int32_t>& held = ls.held_slots[h];
-        const retriever::SteadyRow& row = req.steady[h];
-        slots.insert(slots.end(), held.begin() + held_from,
-                     held.begin() + held_from + (row.cand_end - row.cand_begin));
-      }
       // Remembered ascending: the sections merged when each is ascending, else sorted.
       std::vector<LayerState::Resolved>& next = ls.scored[h];
       next.clear();
@@ -1521,9 +1502,11 @@ absl::Status DecodeWorker::Impl::AttendChosen(int layer, const TensorView& q,
   m.indptr.assign(1, 0);
   m.out_indptr.assign(1, 0);
   for (std::vector<int32_t>* v : {&m.slots, &m.page_len, &m.keep, &m.split, &m.need,
-                                  &m.last_page_len}) {
+                                  &m.last_page_len, &m.list_off, &m.list_count}) {
     v->clear();
   }
+  m.save.clear();
+  m.list.clear();
   for (int64_t b = 0; b < B; ++b) {
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
@@ -1533,7 +1516,8 @@ absl::Status DecodeWorker::Impl::AttendChosen(int layer, const TensorView& q,
       ls.choice_len.resize(kv_);
     }
     for (int h = 0; h < kv_; ++h) {
-      int32_t keep = 0, split = 0, need = 0, size = 0;
+      int32_t keep = 0, split = 0, need = 0, size = 0, list_off = 0, list_count = 0;
+      int64_t save = -1, list = -1;
       if (status[b].ok()) {
         const bool chosen = steady_[b] != 0;
         const std::vector<int32_t>& pages = chosen ? requests[b].pages[h] : ls.rows[h];
@@ -1543,20 +1527,33 @@ absl::Status DecodeWorker::Impl::AttendChosen(int layer, const TensorView& q,
         for (int32_t p : pages) m.page_len.push_back(p == cur ? tail_tokens : P_);
         keep = static_cast<int32_t>(pages.size());
         split = keep;
+        int32_t entries = static_cast<int32_t>(pages.size());
         if (chosen) {
           const retriever::SteadyRow& row = requests[b].steady[h];
           keep = requests[b].first_candidate[h];
           split = row.sink_end;
           need = row.need;
           ls.choice_off[h] = m.out_indptr.back();
+          if (ls.from_list[h]) {  // the held candidates, stored on the backend
+            list = ls.held_list * kv_ + h;  // one stored list per KV head
+            list_off = row.cand_begin - ls.held_lo[h];
+            list_count = row.cand_end - row.cand_begin;
+            entries += list_count;
+          } else if (ls.held && !ls.list_saved) {  // held this step: store them
+            save = ls.held_list * kv_ + h;
+          }
         }
-        size = keep + std::min(need, static_cast<int32_t>(pages.size()) - keep);
+        size = keep + std::min(need, entries - keep);
         if (chosen) ls.choice_len[h] = size;
         step_stats_.attended_head_pages += size;
       }
       m.keep.push_back(keep);
       m.split.push_back(split);
       m.need.push_back(need);
+      m.save.push_back(save);
+      m.list.push_back(list);
+      m.list_off.push_back(list_off);
+      m.list_count.push_back(list_count);
       m.indptr.push_back(static_cast<int32_t>(m.slots.size()));
       m.out_indptr.push_back(m.out_indptr.back() + size);
       m.last_page_len.push_back(tail_tokens);
@@ -1571,7 +1568,12 @@ absl::Status DecodeWorker::Impl::AttendChosen(int layer, const TensorView& q,
   for (int64_t b = 0; b < B; ++b) {
     if (steady_[b] && status[b].ok()) steady_batch_[layer].push_back(plan_seqs_[b]);
   }
-  return backend_->AttendBestByMass(q, m, layer, o);
+  if (absl::Status s = backend_->AttendBestByMass(q, m, layer, o); !s.ok()) return s;
+  for (int64_t b = 0; b < B; ++b) {
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    if (steady_[b] && status[b].ok() && ls.held) ls.list_saved = true;
+  }
+  return absl::OkStatus();
 }
 
 void DecodeWorker::Impl::HoldCandidates(int64_t b, int layer, const retriever::ScoreRequest& req) {
@@ -1584,6 +1586,8 @@ void DecodeWorker::Impl::HoldCandidates(int64_t b, int layer, const retriever::S
   ls.held_slots.assign(kv_, {});
   ls.held_lo.assign(kv_, 0);
   ls.held = true;
+  ls.held_list = next_list_++;  // stored by this step's AttendChosen
+  ls.list_saved = false;
   for (int h = 0; h < kv_; ++h) {
     const std::vector<int32_t>& slots = steady_slots_[b * kv_ + h];
     ls.held_lo[h] = req.steady[h].cand_begin;
@@ -1602,9 +1606,12 @@ void DecodeWorker::Impl::Unhold(LayerState& ls) {
   for (size_t h = 0; h < ls.held_slots.size(); ++h) {
     for (int32_t slot : ls.held_slots[h]) pool_.Unhold(static_cast<int>(h), slot);
   }
+  for (int h = 0; h < kv_ && ls.list_saved; ++h) backend_->DropSlotList(ls.held_list * kv_ + h);
   ls.held_slots.clear();
   ls.held_lo.clear();
   ls.held = false;
+  ls.held_list = -1;
+  ls.list_saved = false;
 }
 
 void DecodeWorker::Impl::ReleaseHolds(int64_t room, absl::Span<const SequenceId> keep) {
@@ -1655,8 +1662,13 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> DecodeWorker::Impl::ChosenRows
   std::vector<std::vector<int32_t>> rows(kv_);
   for (int h = 0; h < kv_; ++h) {
     // Kept pages before the candidates, the chosen ones (ascending), the rest kept: ascending.
+    const std::vector<int32_t>& listed = ls.steady_pages[h];
+    const absl::Span<const int32_t> res = ls.selector->ResidentPages(h);
     for (int32_t i = ls.choice_off[h]; i < ls.choice_off[h] + ls.choice_len[h]; ++i) {
-      rows[h].push_back(ls.steady_pages[h][(*chosen)[i]]);
+      const int32_t e = (*chosen)[i];
+      rows[h].push_back(e < static_cast<int32_t>(listed.size())
+                            ? listed[e]
+                            : res[ls.steady_cb[h] + e - static_cast<int32_t>(listed.size())]);
     }
   }
   return rows;

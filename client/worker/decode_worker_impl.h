@@ -279,6 +279,7 @@ class DecodeWorker::Impl {
   // step in progress (what Plan's worst case leaves).
   std::vector<std::pair<SequenceId, int>> held_states_;
   int64_t hold_room_ = 0;
+  int64_t next_list_ = 0;  // ids of the backend's stored slot lists
   // Holds row b's resident candidates (closed-form step, slots resolved) when the room allows.
   void HoldCandidates(int64_t b, int layer, const retriever::ScoreRequest& req);
   void Unhold(worker_internal::LayerState& ls);

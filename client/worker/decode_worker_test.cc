@@ -948,6 +948,7 @@ class StaleFirstCopy final : public WorkerBackend {
                                 const TensorView& o) override {
     return inner_->AttendBestByMass(q, req, tag, o);
   }
+  void DropSlotList(int64_t id) override { inner_->DropSlotList(id); }
   absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) override {
     return inner_->FinishChoices(tag);
   }
@@ -1513,6 +1514,59 @@ TEST(WorkerBackendAttendBestByMass, AttendsTheBestCandidatesAndRefusesBadRequest
   auto again = backend->FinishChoices(5);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->size(), size_t{4} * kKv);
+
+  // Stored candidates: the first call saves each head's (slots 2, 6, 4, 7, 3 as list 10 + h);
+  // the second lists only the kept slots and names the list's entries [1, 4): 6, 4, 7.
+  MassAttendRequest saving = req;
+  saving.save = {10, 11};
+  saving.list = {-1, -1};
+  saving.list_off = {0, 0};
+  saving.list_count = {0, 0};
+  ASSERT_TRUE(backend->AttendBestByMass(q, saving, 5, o).ok());
+  EXPECT_EQ(ov, want_v);
+  MassAttendRequest named;
+  named.indptr = {0};
+  named.out_indptr = {0};
+  for (int h = 0; h < kKv; ++h) {
+    for (int s : {0, 1}) {
+      named.slots.push_back(s);
+      named.page_len.push_back(s == 1 ? 3 : kPage);
+    }
+    named.indptr.push_back(static_cast<int32_t>(named.slots.size()));
+    named.keep.push_back(2);
+    named.split.push_back(1);
+    named.need.push_back(2);
+    named.out_indptr.push_back(named.out_indptr.back() + 4);
+    named.last_page_len.push_back(3);
+    named.save.push_back(-1);
+    named.list.push_back(10 + h);
+    named.list_off.push_back(1);
+    named.list_count.push_back(3);
+  }
+  std::fill(ov.begin(), ov.end(), 0);
+  ASSERT_TRUE(backend->AttendBestByMass(q, named, 6, o).ok());
+  EXPECT_EQ(ov, want_v);  // the same table: 0, 6, 7, 1
+  auto from_list = backend->FinishChoices(6);
+  ASSERT_TRUE(from_list.ok());
+  for (int h = 0; h < kKv; ++h) {  // entries 2 and 4: the list's 6 and 7 after the 2 listed
+    EXPECT_EQ(std::vector<int32_t>(from_list->begin() + 4 * h, from_list->begin() + 4 * h + 4),
+              std::vector<int32_t>({0, 2, 4, 1}));
+  }
+  const std::vector<uint16_t> kept_out = ov;
+  auto bad_list = [&](auto edit, const char* what) {
+    MassAttendRequest r = named;
+    edit(r);
+    EXPECT_EQ(backend->AttendBestByMass(q, r, 6, o).code(), absl::StatusCode::kInvalidArgument)
+        << what;
+  };
+  bad_list([](MassAttendRequest& r) { r.list[0] = 99; }, "unknown list");
+  bad_list([](MassAttendRequest& r) { r.list_count[1] = 5; }, "past the list's end");
+  bad_list([](MassAttendRequest& r) { r.save[0] = 12; }, "a row that saves and reads");
+  bad_list([](MassAttendRequest& r) { r.list_off.pop_back(); }, "a list field short");
+  backend->DropSlotList(10);
+  backend->DropSlotList(77);  // unknown: ignored
+  bad_list([](MassAttendRequest& r) {}, "a dropped list");
+  EXPECT_EQ(ov, kept_out);
 }
 
 TEST(WorkerBackendScorePages, MassesFollowTheKeysAndBadCallsChangeNothing) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -217,7 +218,8 @@ absl::StatusOr<int32_t> CheckScorePages(const PoolGeometry& g, Device device, co
 }
 
 absl::Status CheckMassAttend(const PoolGeometry& g, Device device, const TensorView& q,
-                             const MassAttendRequest& req, const TensorView& o) {
+                             const MassAttendRequest& req, const TensorView& o,
+                             const std::function<int64_t(int64_t)>& list_size) {
   auto batch = CheckScorePages(g, device, q, req.indptr, req.slots, req.page_len, req.slots.size());
   if (!batch.ok()) return batch.status();
   if (absl::Status s = CheckTensor(o, "o", {*batch, g.q_heads, g.head_dim}, g.dtype, device);
@@ -231,11 +233,30 @@ absl::Status CheckMassAttend(const PoolGeometry& g, Device device, const TensorV
     return absl::InvalidArgumentError(
         "keep, split, need and last_page_len need one value per row, out_indptr rows + 1 from 0");
   }
+  const bool lists = !req.save.empty() || !req.list.empty();
+  if (lists && (req.save.size() != rows || req.list.size() != rows ||
+                req.list_off.size() != rows || req.list_count.size() != rows)) {
+    return absl::InvalidArgumentError("save, list, list_off and list_count need one value per row");
+  }
   for (size_t r = 0; r < rows; ++r) {
-    const int32_t n = req.indptr[r + 1] - req.indptr[r];
+    int32_t n = req.indptr[r + 1] - req.indptr[r];
     if (req.keep[r] < 0 || req.keep[r] > n || req.split[r] < 0 || req.split[r] > req.keep[r] ||
         req.need[r] < 0) {
       return absl::InvalidArgumentError(absl::StrCat("row ", r, ": keep / split / need out of range"));
+    }
+    if (lists && req.list[r] >= 0) {
+      const int64_t have = list_size(req.list[r]);
+      if (have < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("row ", r, ": no slot list ", req.list[r], " is stored"));
+      }
+      if (req.save[r] >= 0 || req.list_off[r] < 0 || req.list_count[r] < 0 ||
+          int64_t{req.list_off[r]} + req.list_count[r] > have) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "row ", r, ": entries [", req.list_off[r], ", +", req.list_count[r], ") of list ",
+            req.list[r], " (", have, " slots), or a row that both saves and reads a list"));
+      }
+      n += req.list_count[r];
     }
     const int32_t size = req.keep[r] + std::min(req.need[r], n - req.keep[r]);
     if (req.out_indptr[r + 1] - req.out_indptr[r] != size) {

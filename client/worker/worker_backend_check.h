@@ -4,6 +4,7 @@
 #define PAGODA_CLIENT_WORKER_WORKER_BACKEND_CHECK_H_
 
 #include <cstdint>
+#include <functional>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -57,8 +58,10 @@ absl::StatusOr<int32_t> CheckScorePages(const PoolGeometry& g, Device device, co
                                         absl::Span<const int32_t> page_len, size_t masses);
 // AttendBestByMass' arguments: ScorePages' checks over the entries, o like q, and per row keep,
 // split, need, out_indptr (the output sizes' prefix sums) and last_page_len consistent.
+// list_size(id): the slots stored list `id` holds, -1 when none is stored.
 absl::Status CheckMassAttend(const PoolGeometry& g, Device device, const TensorView& q,
-                             const MassAttendRequest& req, const TensorView& o);
+                             const MassAttendRequest& req, const TensorView& o,
+                             const std::function<int64_t(int64_t)>& list_size);
 absl::Status CheckAttendPrefill(const PoolGeometry& g, Device device, const TensorView& q,
                                 const kernels::PageTable& table, const PrefillMask& mask,
                                 const TensorView& o);

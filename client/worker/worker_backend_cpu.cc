@@ -4,6 +4,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "pagoda/client/worker_backend.h"
 #include "pagoda/kernels/reference.h"
@@ -156,9 +157,55 @@ class CpuWorkerBackend final : public WorkerBackend {
                                 const TensorView& o) override {
     if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
     if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("choice tag out of [0, 65536)");
-    if (absl::Status s = worker_internal::CheckMassAttend(geo_, Device::kCpu, q, req, o); !s.ok()) {
+    auto list_size = [&](int64_t id) -> int64_t {
+      auto it = lists_.find(id);
+      return it == lists_.end() ? -1 : static_cast<int64_t>(it->second.size());
+    };
+    if (absl::Status s = worker_internal::CheckMassAttend(geo_, Device::kCpu, q, req, o, list_size);
+        !s.ok()) {
       return s;
     }
+    // Every row's entries in one list: the listed ones, then those of its stored list.
+    MassAttendRequest flat;
+    const MassAttendRequest& full = req.list.empty() ? req : Flatten(req, flat);
+    if (absl::Status s = Choose(q, full, tag, o); !s.ok()) return s;
+    for (size_t r = 0; r < req.save.size(); ++r) {
+      if (req.save[r] < 0) continue;
+      lists_[req.save[r]].assign(req.slots.begin() + req.indptr[r] + req.keep[r],
+                                 req.slots.begin() + req.indptr[r + 1]);
+    }
+    return absl::OkStatus();
+  }
+
+  void DropSlotList(int64_t id) override { lists_.erase(id); }
+
+  // req with each row's stored-list entries appended to its listed ones (full pages).
+  const MassAttendRequest& Flatten(const MassAttendRequest& req, MassAttendRequest& flat) const {
+    flat = req;
+    flat.slots.clear();
+    flat.page_len.clear();
+    flat.indptr.assign(1, 0);
+    for (size_t r = 0; r + 1 < req.indptr.size(); ++r) {
+      flat.slots.insert(flat.slots.end(), req.slots.begin() + req.indptr[r],
+                        req.slots.begin() + req.indptr[r + 1]);
+      flat.page_len.insert(flat.page_len.end(), req.page_len.begin() + req.indptr[r],
+                           req.page_len.begin() + req.indptr[r + 1]);
+      if (req.list[r] >= 0) {
+        const std::vector<int32_t>& l = lists_.at(req.list[r]);
+        flat.slots.insert(flat.slots.end(), l.begin() + req.list_off[r],
+                          l.begin() + req.list_off[r] + req.list_count[r]);
+        flat.page_len.insert(flat.page_len.end(), req.list_count[r], geo_.page_tokens);
+      }
+      flat.indptr.push_back(static_cast<int32_t>(flat.slots.size()));
+    }
+    flat.save.clear();
+    flat.list.clear();
+    return flat;
+  }
+
+  // AttendBestByMass over a checked request with every entry listed.
+  absl::Status Choose(const TensorView& q, const MassAttendRequest& req, int tag,
+                      const TensorView& o) {
     // The masses (ScorePages), the choice (kernels' reference), then the decode over it.
     std::vector<float> mass(req.slots.size());
     if (absl::Status s = ScorePages(q, req.indptr, req.slots, req.page_len, req.reduce,
@@ -453,6 +500,7 @@ class CpuWorkerBackend final : public WorkerBackend {
   std::vector<float> scores_;
   std::vector<std::optional<std::vector<uint16_t>>> copies_;  // StartCopyToHost, by tag
   std::vector<std::optional<std::vector<int32_t>>> choices_;  // AttendBestByMass, by tag
+  absl::flat_hash_map<int64_t, std::vector<int32_t>> lists_;   // stored slot lists, by id
 };
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "cuda_status.h"
 #include "pagoda/client/worker_backend.h"
@@ -101,6 +102,8 @@ class CudaWorkerBackend final : public WorkerBackend {
     if (pool_ != nullptr) cudaFree(pool_);
     if (workspace_ != nullptr) cudaFree(workspace_);
     if (summaries_ != nullptr) cudaFree(summaries_);
+    for (auto& [id, l] : lists_) cudaFree(l.ptr);
+    for (DeviceList& l : spare_lists_) cudaFree(l.ptr);
   }
 
   absl::Status Init(const PageLayout& layout, int q_heads, int32_t slots) override {
@@ -375,7 +378,13 @@ class CudaWorkerBackend final : public WorkerBackend {
                                 const TensorView& o) override {
     if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
     if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("choice tag out of [0, 65536)");
-    if (absl::Status s = worker_internal::CheckMassAttend(geo_, Device::kCuda, q, req, o); !s.ok()) {
+    auto list_size = [&](int64_t id) -> int64_t {
+      auto it = lists_.find(id);
+      return it == lists_.end() ? -1 : it->second.size;
+    };
+    if (absl::Status s =
+            worker_internal::CheckMassAttend(geo_, Device::kCuda, q, req, o, list_size);
+        !s.ok()) {
       return s;
     }
     if (!Contiguous(q) || !Contiguous(o)) {
@@ -383,18 +392,29 @@ class CudaWorkerBackend final : public WorkerBackend {
     }
     PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
     const int32_t rows = static_cast<int32_t>(req.keep.size());
-    const size_t n = req.slots.size();
+    const bool lists = !req.list.empty();
+    // Every row's entries: the listed ones, then those of its stored list.
+    std::vector<int32_t>& full_indptr = full_indptr_;
+    full_indptr.assign(1, 0);
+    for (int32_t r = 0; r < rows; ++r) {
+      const int32_t extra = lists && req.list[r] >= 0 ? req.list_count[r] : 0;
+      full_indptr.push_back(full_indptr.back() + req.indptr[r + 1] - req.indptr[r] + extra);
+    }
+    const size_t listed = req.slots.size();
+    const size_t n = static_cast<size_t>(full_indptr.back());
     const size_t out_n = static_cast<size_t>(req.out_indptr.back());
     int64_t max_row = 1;
     for (int32_t r = 0; r < rows; ++r) {
       max_row = std::max<int64_t>(
           max_row, int64_t{req.out_indptr[r + 1] - req.out_indptr[r]} * geo_.page_tokens);
     }
-    // One upload: indptr, slots, page_len, keep, split, need, out_indptr, last_page_len; then
-    // device-only room for the masses, the attended slots and their entries.
-    const size_t in_words = 2 * (rows + 1) + 2 * n + 4 * rows;
+    // One upload: indptr, slots, page_len, keep, split, need, out_indptr, last_page_len, then
+    // (with stored lists) the full indptr and each row's list address; then device-only room for
+    // the full entries, the masses, the attended slots and their entries.
+    const size_t in_words = 2 * (rows + 1) + 2 * listed + 4 * rows +
+                            (lists ? (rows + 1) + 2 * static_cast<size_t>(rows) + 1 : 0);
     const size_t in_bytes = (in_words * 4 + 15) / 16 * 16;
-    const size_t total = in_bytes + (n + 2 * std::max<size_t>(out_n, 1)) * 4;
+    const size_t total = in_bytes + (3 * n + 2 * std::max<size_t>(out_n, 1)) * 4;
     if (absl::Status s = mass_.Reserve(total); !s.ok()) return s;
     int32_t* h = reinterpret_cast<int32_t*>(mass_.host);
     const int32_t* d = reinterpret_cast<const int32_t*>(mass_.dev);
@@ -413,13 +433,44 @@ class CudaWorkerBackend final : public WorkerBackend {
     const int32_t* d_need = put(req.need);
     const int32_t* d_out_indptr = put(req.out_indptr);
     const int32_t* d_last = put(req.last_page_len);
+    const int32_t* d_full_indptr = d_indptr;
+    const int32_t* const* d_src = nullptr;
+    if (lists) {
+      d_full_indptr = put(full_indptr);
+      at += at & 1;  // 8-byte alignment for the addresses
+      d_src = reinterpret_cast<const int32_t* const*>(d + at);
+      for (int32_t r = 0; r < rows; ++r) {
+        const int32_t* src = req.list[r] >= 0 ? lists_[req.list[r]].ptr + req.list_off[r] : nullptr;
+        std::memcpy(h + at, &src, sizeof(src));
+        at += 2;
+      }
+    }
     PAGODA_CUDA_RETURN(
         cudaMemcpyAsync(mass_.dev, mass_.host, at * 4, cudaMemcpyHostToDevice, stream_),
         "mass attend upload");
     PAGODA_CUDA_RETURN(cudaEventRecord(mass_.ready, stream_), "event record");
-    float* d_mass = reinterpret_cast<float*>(mass_.dev + in_bytes);
+    int32_t* d_full_slots = reinterpret_cast<int32_t*>(mass_.dev + in_bytes);
+    int32_t* d_full_len = d_full_slots + n;
+    float* d_mass = reinterpret_cast<float*>(d_full_len + n);
     int32_t* d_out = reinterpret_cast<int32_t*>(d_mass + n);
     int32_t* d_entry = d_out + std::max<size_t>(out_n, 1);
+    const int32_t* slots = d_slots;
+    const int32_t* lens = d_len;
+    if (lists) {
+      kernels::gpu::ConcatRowsParams cp;
+      cp.rows = rows;
+      cp.a_indptr = d_indptr;
+      cp.a_slots = d_slots;
+      cp.a_len = d_len;
+      cp.out_indptr = d_full_indptr;
+      cp.b_src = d_src;
+      cp.fill_len = geo_.page_tokens;
+      cp.out_slots = d_full_slots;
+      cp.out_len = d_full_len;
+      if (absl::Status s = kernels::gpu::ConcatRows(cp, stream_); !s.ok()) return s;
+      slots = d_full_slots;
+      lens = d_full_len;
+    }
 
     kernels::DecodeParams dp;
     dp.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
@@ -442,9 +493,9 @@ class CudaWorkerBackend final : public WorkerBackend {
       mp.batch = dp.batch;
       mp.num_qo_heads = geo_.q_heads;
       mp.q = dp.q;
-      mp.indptr = d_indptr;
-      mp.indices = d_slots;
-      mp.page_len = d_len;
+      mp.indptr = d_full_indptr;
+      mp.indices = slots;
+      mp.page_len = lens;
       mp.reduce = req.reduce;
       mp.mass = d_mass;
       if (absl::Status s =
@@ -455,18 +506,28 @@ class CudaWorkerBackend final : public WorkerBackend {
     }
     kernels::MassSelectParams sp;
     sp.rows = rows;
-    sp.indptr = d_indptr;
+    sp.indptr = d_full_indptr;
     sp.keep = d_keep;
     sp.split = d_split;
     sp.need = d_need;
     sp.mass = d_mass;
-    sp.values = d_slots;
+    sp.values = slots;
     sp.out_indptr = d_out_indptr;
     sp.out = d_out;
     sp.out_entry = d_entry;
     if (absl::Status s = kernels::gpu::MassSelect(sp, stream_); !s.ok()) return s;
     if (absl::Status s = kernels::gpu::SparseDecode(*plan, dp, workspace_, stream_); !s.ok()) {
       return s;
+    }
+    // Saved candidates go to their lists on the device (copies ordered after the upload).
+    for (int32_t r = 0; r < rows && !req.save.empty(); ++r) {
+      if (req.save[r] < 0) continue;
+      const int64_t count = req.indptr[r + 1] - req.indptr[r] - req.keep[r];
+      auto list = StoreList(req.save[r], count);
+      if (!list.ok()) return list.status();
+      PAGODA_CUDA_RETURN(cudaMemcpyAsync(*list, d_slots + req.indptr[r] + req.keep[r], count * 4,
+                                         cudaMemcpyDeviceToDevice, stream_),
+                         "slot list save");
     }
     // The choice comes back behind the decode, for whoever asks (FinishChoices); no wait here.
     if (static_cast<size_t>(tag) >= choices_.size()) choices_.resize(tag + 1);
@@ -477,6 +538,14 @@ class CudaWorkerBackend final : public WorkerBackend {
     PAGODA_CUDA_RETURN(cudaMemcpyAsync(c.host, d_entry, out_n * 4, cudaMemcpyDeviceToHost, stream_),
                        "choice download");
     return CudaStatus(cudaEventRecord(c.ready, stream_), "event record");
+  }
+
+  void DropSlotList(int64_t id) override {
+    auto it = lists_.find(id);
+    if (it == lists_.end()) return;
+    // Its block is reused by a later list; stream order puts that list's copy after every read.
+    spare_lists_.push_back(it->second);
+    lists_.erase(it);
   }
 
   absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) override {
@@ -1013,6 +1082,45 @@ class CudaWorkerBackend final : public WorkerBackend {
   std::vector<std::unique_ptr<Staged>> copies_;  // StartCopyToHost, by tag
   std::vector<std::unique_ptr<Staged>> choices_;  // AttendBestByMass, by tag
   Staged mass_;                                   // AttendBestByMass' upload and scratch
+  std::vector<int32_t> full_indptr_;
+  // Stored slot lists (MassAttendRequest::save) in device blocks; dropped blocks are reused.
+  struct DeviceList {
+    int32_t* ptr = nullptr;
+    int64_t capacity = 0;
+    int64_t size = 0;
+  };
+  absl::flat_hash_map<int64_t, DeviceList> lists_;
+  std::vector<DeviceList> spare_lists_;
+  // The device block of list `id`, holding `size` slots (reused, taken from the spares or new).
+  absl::StatusOr<int32_t*> StoreList(int64_t id, int64_t size) {
+    auto it = lists_.find(id);
+    if (it != lists_.end() && it->second.capacity >= size) {
+      it->second.size = size;
+      return it->second.ptr;
+    }
+    if (it != lists_.end()) {
+      spare_lists_.push_back(it->second);
+      lists_.erase(it);
+    }
+    DeviceList l;
+    for (size_t i = 0; i < spare_lists_.size(); ++i) {
+      if (spare_lists_[i].capacity >= size) {
+        l = spare_lists_[i];
+        spare_lists_[i] = spare_lists_.back();
+        spare_lists_.pop_back();
+        break;
+      }
+    }
+    if (l.ptr == nullptr) {
+      l.capacity = std::max<int64_t>(1024, (size + 1023) / 1024 * 1024);
+      void* p = nullptr;
+      PAGODA_CUDA_RETURN(cudaMalloc(&p, l.capacity * 4), "slot list cudaMalloc");
+      l.ptr = static_cast<int32_t*>(p);
+    }
+    l.size = size;
+    lists_[id] = l;
+    return l.ptr;
+  }
 };
 
 }  // namespace

@@ -407,11 +407,55 @@ TEST(CudaWorkerBackendTest, AttendBestByMassMatchesTheCpuBackend) {
   auto got = (*cuda)->FinishChoices(3);
   auto want = cpu->FinishChoices(3);
   ASSERT_TRUE(got.ok() && want.ok());
-  EXPECT_EQ(std::vector<int32_t>(got->begin(), got->end()),
-            std::vector<int32_t>(want->begin(), want->end()));
+  const std::vector<int32_t> first_choice(got->begin(), got->end());
+  EXPECT_EQ(first_choice, std::vector<int32_t>(want->begin(), want->end()));
   const std::vector<uint16_t> a = o_gpu.Read(), b = o_cpu.Read();
   for (size_t i = 0; i < a.size(); ++i) {
     const double x = kernels::Bf16ToFloat(a[i]), y = kernels::Bf16ToFloat(b[i]);
+    ASSERT_NEAR(x, y, 1e-2 + 2e-2 * std::abs(y)) << "element " << i;
+  }
+  // The candidates stored on both backends, then named instead of listed: the same choice.
+  MassAttendRequest saving = req, named = req;
+  const int rows = B * kv;
+  saving.save.assign(rows, -1);
+  saving.list.assign(rows, -1);
+  saving.list_off.assign(rows, 0);
+  saving.list_count.assign(rows, 0);
+  named.slots.clear();
+  named.page_len.clear();
+  named.indptr = {0};
+  named.save.assign(rows, -1);
+  named.list.assign(rows, -1);
+  named.list_off.assign(rows, 0);
+  named.list_count.assign(rows, 0);
+  for (int r = 0; r < rows; ++r) {
+    const int32_t first = req.indptr[r], keep = req.keep[r], n = req.indptr[r + 1] - first;
+    named.slots.insert(named.slots.end(), req.slots.begin() + first,
+                       req.slots.begin() + first + keep);
+    named.page_len.insert(named.page_len.end(), req.page_len.begin() + first,
+                          req.page_len.begin() + first + keep);
+    named.indptr.push_back(static_cast<int32_t>(named.slots.size()));
+    if (n > keep) {
+      saving.save[r] = 100 + r;
+      named.list[r] = 100 + r;
+      named.list_count[r] = n - keep;
+    }
+  }
+  ASSERT_TRUE((*cuda)->AttendBestByMass(q_gpu.view(), saving, 3, o_gpu.view()).ok());
+  ASSERT_TRUE(cpu->AttendBestByMass(q_cpu.view(), saving, 3, o_cpu.view()).ok());
+  ASSERT_TRUE((*cuda)->AttendBestByMass(q_gpu.view(), named, 5, o_gpu.view()).ok());
+  ASSERT_TRUE(cpu->AttendBestByMass(q_cpu.view(), named, 5, o_cpu.view()).ok());
+  auto got_named = (*cuda)->FinishChoices(5);
+  auto want_named = cpu->FinishChoices(5);
+  ASSERT_TRUE(got_named.ok() && want_named.ok());
+  EXPECT_EQ(std::vector<int32_t>(got_named->begin(), got_named->end()),
+            std::vector<int32_t>(want_named->begin(), want_named->end()));
+  EXPECT_EQ(std::vector<int32_t>(got_named->begin(), got_named->end()),
+            first_choice);  // a row's entries are numbered alike, listed or named
+  const std::vector<uint16_t> a2 = o_gpu.Read(), b2 = o_cpu.Read();
+  EXPECT_EQ(a2, a);  // the same table as the listed request on the device
+  for (size_t i = 0; i < a2.size(); ++i) {
+    const double x = kernels::Bf16ToFloat(a2[i]), y = kernels::Bf16ToFloat(b2[i]);
     ASSERT_NEAR(x, y, 1e-2 + 2e-2 * std::abs(y)) << "element " << i;
   }
   // A request that does not add up is refused before anything runs.

@@ -233,17 +233,26 @@ absl::StatusOr<QuestBudget> PlanQuestBudget(const DecodeWorkerOptions& o, const 
   return b;
 }
 
-void ListSteady(const DecodeWorkerOptions& o, int layer, const LayerState& ls,
+void ListSteady(const DecodeWorkerOptions& o, int layer, LayerState& ls,
                 retriever::ScoreRequest& request) {
   const int kv = static_cast<int>(o.layout.kv_heads);
   request.pages.assign(kv, {});
   request.first_candidate.assign(kv, 0);
+  ls.from_list.assign(kv, 0);
+  ls.steady_cb.assign(kv, 0);
   for (int h = 0; h < kv; ++h) {
     retriever::SteadyRow& row = request.steady[h];
     std::vector<int32_t>& pages = request.pages[h];
     for (int32_t p = 0; p < row.sink_end; ++p) pages.push_back(p);
     for (int32_t p = row.window_begin; p < row.pages; ++p) pages.push_back(p);
     request.first_candidate[h] = static_cast<int32_t>(pages.size());
+    ls.steady_cb[h] = row.cand_begin;
+    // Held and stored on the backend since the last retrieval: named there, not listed.
+    if (ls.held && ls.list_saved && row.cand_begin >= ls.held_lo[h] &&
+        row.cand_end - ls.held_lo[h] <= static_cast<int32_t>(ls.held_slots[h].size())) {
+      ls.from_list[h] = 1;
+      continue;
+    }
     const absl::Span<const int32_t> res = ls.selector->ResidentPages(h);
     pages.insert(pages.end(), res.begin() + row.cand_begin, res.begin() + row.cand_end);
   }
@@ -251,6 +260,7 @@ void ListSteady(const DecodeWorkerOptions& o, int layer, const LayerState& ls,
   for (int h : StreamingHeads(o, layer)) {
     std::vector<int32_t>& pages = request.pages[h];
     retriever::SteadyRow& row = request.steady[h];
+    ls.from_list[h] = 0;
     StreamingRow(o, row.pages - 1, ls.pinned, pages);
     request.first_candidate[h] = static_cast<int32_t>(pages.size());
     row = {static_cast<int32_t>(pages.size()), row.pages, row.pages, 0, 0, 0};

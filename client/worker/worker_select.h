@@ -36,11 +36,12 @@ absl::StatusOr<std::optional<bool>> BeginRows(const DecodeWorkerOptions& o, int 
                                               LayerState& ls, absl::Span<const uint16_t> q,
                                               retriever::ScoreRequest& request);
 // A closed-form louiskv step (request.steady set) listed for the backend: request.pages[h] gets
-// head h's kept pages (ascending) then its candidates, first_candidate[h] their split. Streaming
+// head h's kept pages (ascending) then its candidates, first_candidate[h] their split; candidates
+// the backend holds as ls.held_list are not listed (ls.from_list[h] set). Streaming
 // heads of `layer` keep their sinks and window and choose nothing: their SteadyRow becomes
 // {sink_end = kept, window_begin = pages = the row's pages, no candidates}, so that for every head
 // the attended entries are kept [0, sink_end), the chosen candidates, then kept [sink_end, kept).
-void ListSteady(const DecodeWorkerOptions& o, int layer, const LayerState& ls,
+void ListSteady(const DecodeWorkerOptions& o, int layer, LayerState& ls,
                 retriever::ScoreRequest& request);
 absl::StatusOr<bool> FinishRows(const DecodeWorkerOptions& o, int layer, LayerState& ls,
                                 absl::Span<const std::vector<float>> mass);

@@ -61,14 +61,22 @@ struct LayerState {
   // louiskv's closed-form steps choose on the backend (AttendBestByMass under the layer's choice
   // tag): until read back, head h attended the entries [choice_off[h], choice_off[h] +
   // choice_len[h]) of that choice, entry i naming page steady_pages[h][i] (kept pages, then the
-  // candidates), and `rows` is stale.
+  // candidates; past those listed, ResidentPages(h)[steady_cb[h] + ...]), and `rows` is stale.
   bool choice_pending = false;
   // louiskv: the resident candidates' pool slots, held (HeadPool::Hold) from the first
   // closed-form step after a retrieval to the next retrieval, so a closed-form step resolves only
   // its kept pages: held_slots[h][i] holds page ResidentPages(h)[held_lo[h] + i].
+  // The backend stores head h's as slot list held_list * kv_heads + h (saved by the first closed-form step that
+  // attends with them), so later steps name them instead of sending them: from_list[h] says head
+  // h's candidates of this step come from there (ListSteady then lists its kept pages only), and
+  // steady_cb[h] is the index in ResidentPages(h) of the step's first candidate.
   bool held = false;
   std::vector<std::vector<int32_t>> held_slots;
   std::vector<int32_t> held_lo;
+  int64_t held_list = -1;
+  bool list_saved = false;
+  std::vector<char> from_list;
+  std::vector<int32_t> steady_cb;
   std::vector<int32_t> choice_off, choice_len;
   std::vector<std::vector<int32_t>> steady_pages;
   // Device selection (quest): the summary slot of each natural page, open page included; the

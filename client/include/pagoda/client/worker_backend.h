@@ -64,11 +64,19 @@ struct HeadFetch {
 // candidates of greatest mass in candidate order (ties: the earlier), then kept entries
 // [split[r], keep[r]); out_indptr gives those sizes' prefix sums and last_page_len[r] the tokens
 // of the row's last attended entry (the others are full).
+//
+// Candidates a row keeps from step to step (louiskv's resident set) need not be sent each time:
+// save[r] >= 0 stores the row's listed candidates (its entries past keep[r]) on the backend as
+// slot list save[r]; list[r] >= 0 appends list_count[r] entries of stored list list[r], from
+// list_off[r], to the row's listed ones (full pages, candidates after the listed candidates).
+// A list lives until DropSlotList; saving under a live id replaces it.
 struct MassAttendRequest {
   kernels::GroupReduce reduce = kernels::GroupReduce::kSum;
-  std::vector<int32_t> indptr, slots, page_len;         // [rows + 1], [entries], [entries]
-  std::vector<int32_t> keep, split, need;               // [rows]
-  std::vector<int32_t> out_indptr, last_page_len;       // [rows + 1], [rows]
+  std::vector<int32_t> indptr, slots, page_len;    // [rows + 1], [listed entries] x 2
+  std::vector<int32_t> keep, split, need;          // [rows]
+  std::vector<int32_t> out_indptr, last_page_len;  // [rows + 1], [rows]
+  std::vector<int64_t> save, list;                 // [rows] each, -1: none
+  std::vector<int32_t> list_off, list_count;       // [rows] each
 };
 
 // Which KV heads of a prefill chunk are streaming heads (LServe's Lambda mask) and their shape.
@@ -161,6 +169,8 @@ class WorkerBackend {
   // shapes, CSRs, slots, counts or sizes that do not agree.
   virtual absl::Status AttendBestByMass(const TensorView& q, const MassAttendRequest& req, int tag,
                                         const TensorView& o) = 0;
+  // Forgets stored slot list `id` (MassAttendRequest::save); unknown ids are ignored.
+  virtual void DropSlotList(int64_t id) = 0;
   // The chosen entries of the last AttendBestByMass under `tag` ([out_indptr[rows]]), waiting
   // for them; valid until the tag's next use. FailedPrecondition when none was made under it.
   virtual absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) = 0;

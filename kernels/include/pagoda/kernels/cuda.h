@@ -178,6 +178,24 @@ absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* worksp
 // copies). One kernel on `stream`, a block per row.
 absl::Status MassSelect(const MassSelectParams& p, cudaStream_t stream);
 
+// Per-row concatenation of entry lists (the decode worker's candidates stored on the device
+// appended to the ones a step lists): row r of the output, [out_indptr[r], out_indptr[r + 1]),
+// is a_slots[a_indptr[r] ..] (with a_len) followed by the rest from b_src[r] (a device pointer,
+// null when the row has nothing after a's entries) with length fill_len each. All arrays in
+// device memory; the caller guarantees the sizes. One kernel on `stream`, a block per row.
+struct ConcatRowsParams {
+  int32_t rows = 0;
+  const int32_t* a_indptr = nullptr;  // [rows + 1]
+  const int32_t* a_slots = nullptr;
+  const int32_t* a_len = nullptr;
+  const int32_t* out_indptr = nullptr;     // [rows + 1]
+  const int32_t* const* b_src = nullptr;   // [rows]
+  int32_t fill_len = 0;
+  int32_t* out_slots = nullptr;
+  int32_t* out_len = nullptr;
+};
+absl::Status ConcatRows(const ConcatRowsParams& p, cudaStream_t stream);
+
 }  // namespace pagoda::kernels::gpu
 
 #endif  // PAGODA_KERNELS_CUDA_H_
