@@ -93,11 +93,17 @@ struct DecodeWorkerOptions {
   // covers the whole context attends it densely. Quest (the default) selects on the backend;
   // every other policy on the host — louiskv recalls more (bench/RESULTS.md); its exact
   // rescoring runs on the backend. By default (rescore_factor = resident_factor) it rescores
-  // every resident page, so between retrievals its host part is the trigger and the bookkeeping
-  // (0.5-0.8 ms per (sequence, layer) at 32K-128K, Llama-3-8B shapes, on an H100 host; a
-  // retrieval also ranks every cluster on the host). With louiskv the pool must also hold what is
-  // rescored: Plan reserves retriever::MaxScoredPages per (sequence, layer) instead of the
-  // budget (about resident_factor x the budget by default).
+  // every resident page, so a step between retrievals is in closed form
+  // (retriever::SteadyRow): the host resolves its kept pages (sinks, window) and the trigger, and
+  // one backend call scores the resident candidates, chooses the budget's best and attends them
+  // (WorkerBackend::AttendBestByMass: no host sync on CUDA); the resident candidates stay held in
+  // the pool and stored on the backend until the next retrieval. A retrieval ranks the clusters
+  // on the host and scores its candidates with one synchronized backend call. Pool sizing for
+  // louiskv: Plan reserves retriever::MaxScoredPages per (sequence, layer) of a step (about
+  // resident_factor x the budget by default), and each (sequence, layer) holds about
+  // resident_factor x the budget between steps when the pool has room beyond that (Plan releases
+  // holds it needs; a released set is resolved again at its next step, WorkerStats::
+  // held_head_pages says how much is held).
   retriever::Policy policy = retriever::Policy::kQuest;
   retriever::SelectorOptions selector;
   // LouisKV's boundary trigger for the page policies (quest, hierarchical, ann, oracle): re-select
