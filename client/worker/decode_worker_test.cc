@@ -1429,28 +1429,30 @@ TEST(WorkerBackendSummaries, BadCallsAreRefusedAndChangeNothing) {
 namespace pagoda {
 namespace {
 
-// louiskv's rescoring on the backend: masses of the pool's head-pages for a query (one softmax
-// per row, so each KV head's row sums to its group size with kSum), and bad calls refused with
-// nothing written.
-// The CPU backend's closed-form step: the candidates of largest mass are attended between the
-// kept entries, the choice reads back, and requests that do not add up change nothing.
-TEST(WorkerBackendAttendBestByMass, AttendsTheBestCandidatesAndRefusesBadRequests) {
-  auto backend = MakeCpuWorkerBackend();
-  ASSERT_TRUE(backend->Init(Layout(), kQ, 8).ok());
-  // Slot s of every head: keys of magnitude s, values all s (so an output tells what it read).
+// Fills 8 slots of every head of a CPU backend's pool: slot s holds keys of magnitude 0.05 s and
+// values `value` x s.
+void FillSlotsByMagnitude(WorkerBackend& backend, float value) {
   std::vector<HeadSlot> dst;
   std::vector<uint8_t> bytes;
   for (int h = 0; h < kKv; ++h) {
     for (int s = 0; s < 8; ++s) {
       dst.push_back({h, s});
       for (int i = 0; i < 2 * kPage * kDim; ++i) {
-        const uint16_t x = kernels::FloatToHalf(i < kPage * kDim ? 0.05f * s : 1.f * s);
+        const uint16_t x = kernels::FloatToHalf(i < kPage * kDim ? 0.05f * s : value * s);
         bytes.push_back(static_cast<uint8_t>(x & 0xff));
         bytes.push_back(static_cast<uint8_t>(x >> 8));
       }
     }
   }
-  ASSERT_TRUE(backend->WriteHeads(dst, bytes).ok());
+  ASSERT_TRUE(backend.WriteHeads(dst, bytes).ok());
+}
+
+// The CPU backend's closed-form step: the candidates of largest mass are attended between the
+// kept entries, the choice reads back, and requests that do not add up change nothing.
+TEST(WorkerBackendAttendBestByMass, AttendsTheBestCandidatesAndRefusesBadRequests) {
+  auto backend = MakeCpuWorkerBackend();
+  ASSERT_TRUE(backend->Init(Layout(), kQ, 8).ok());
+  FillSlotsByMagnitude(*backend, 1.f);  // values s: an output tells what it read
   std::vector<uint16_t> qv(kQ * kDim, kernels::FloatToHalf(1.f));
   const TensorView q = TensorView::Contiguous(qv.data(), DType::kFp16, {1, kQ, kDim});
   std::vector<uint16_t> ov(kQ * kDim, 0);
@@ -1569,24 +1571,14 @@ TEST(WorkerBackendAttendBestByMass, AttendsTheBestCandidatesAndRefusesBadRequest
   EXPECT_EQ(ov, kept_out);
 }
 
+// louiskv's rescoring on the backend: masses of the pool's head-pages for a query (one softmax
+// per row, so each KV head's row sums to its group size with kSum), and bad calls refused with
+// nothing written.
 TEST(WorkerBackendScorePages, MassesFollowTheKeysAndBadCallsChangeNothing) {
   auto backend = MakeCpuWorkerBackend();
   ASSERT_TRUE(backend->Init(Layout(), kQ, 8).ok());
-  // Slot s of every head holds keys of magnitude s (values zero): the query (all ones) puts the
-  // most mass on the highest slot.
-  std::vector<HeadSlot> dst;
-  std::vector<uint8_t> bytes;
-  for (int h = 0; h < kKv; ++h) {
-    for (int s = 0; s < 8; ++s) {
-      dst.push_back({h, s});
-      for (int i = 0; i < 2 * kPage * kDim; ++i) {
-        const uint16_t x = kernels::FloatToHalf(i < kPage * kDim ? 0.05f * s : 0.f);
-        bytes.push_back(static_cast<uint8_t>(x & 0xff));
-        bytes.push_back(static_cast<uint8_t>(x >> 8));
-      }
-    }
-  }
-  ASSERT_TRUE(backend->WriteHeads(dst, bytes).ok());
+  // Values zero; the query (all ones) puts the most mass on the highest slot.
+  FillSlotsByMagnitude(*backend, 0.f);
   std::vector<uint16_t> qv(kQ * kDim, kernels::FloatToHalf(1.f));
   const TensorView q = TensorView::Contiguous(qv.data(), DType::kFp16, {1, kQ, kDim});
   std::vector<int32_t> indptr = {0}, slots, len;
