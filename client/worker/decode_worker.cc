@@ -1534,7 +1534,7 @@ absl::Status DecodeWorker::Impl::AttendChosen(int layer, const TensorView& q,
           split = row.sink_end;
           need = row.need;
           ls.choice_off[h] = m.out_indptr.back();
-          if (ls.from_list[h]) {  // the held candidates, stored on the backend
+          if (ls.from_list[h]) {            // the held candidates, stored on the backend
             list = ls.held_list * kv_ + h;  // one stored list per KV head
             list_off = row.cand_begin - ls.held_lo[h];
             list_count = row.cand_end - row.cand_begin;
@@ -1633,8 +1633,7 @@ void DecodeWorker::Impl::ReleaseHolds(int64_t room, absl::Span<const SequenceId>
   held_states_.erase(std::remove_if(held_states_.begin(), held_states_.end(),
                                     [&](const std::pair<SequenceId, int>& e) {
                                       auto it = seqs_.find(e.first);
-                                      return it == seqs_.end() ||
-                                             !it->second.layers[e.second].held;
+                                      return it == seqs_.end() || !it->second.layers[e.second].held;
                                     }),
                      held_states_.end());
 }

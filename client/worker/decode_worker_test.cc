@@ -650,9 +650,9 @@ TEST(DecodeWorker, LouiskvReleasesHeldSlotsThePlanNeeds) {
   for (int step = 0; step < 12; ++step) {
     // Four steps of the first sequence, four of both (each needs 17 slots per head at worst,
     // with 4 open pages: 2 of 40 left to hold), four of the second.
-    const std::vector<SequenceId> batch =
-        step < 4 ? std::vector<SequenceId>{ids[0]}
-                 : (step < 8 ? ids : std::vector<SequenceId>{ids[1]});
+    const std::vector<SequenceId> batch = step < 4
+                                              ? std::vector<SequenceId>{ids[0]}
+                                              : (step < 8 ? ids : std::vector<SequenceId>{ids[1]});
     std::vector<int32_t> next(batch.size(), 5 + step);
     std::vector<std::vector<uint16_t>> outs;
     auto stats = drv.Step(batch, next, &outs);
@@ -1510,8 +1510,7 @@ TEST(WorkerBackendAttendBestByMass, AttendsTheBestCandidatesAndRefusesBadRequest
   bad([](MassAttendRequest& r) { r.slots[3] = 8; }, "slot out of range");
   bad([](MassAttendRequest& r) { r.last_page_len[0] = 0; }, "empty last page");
   bad([](MassAttendRequest& r) { r.keep.pop_back(); }, "a row short");
-  EXPECT_EQ(backend->AttendBestByMass(q, req, 65536, o).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend->AttendBestByMass(q, req, 65536, o).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ov, before);
   auto again = backend->FinishChoices(5);
   ASSERT_TRUE(again.ok());

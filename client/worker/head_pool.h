@@ -3,8 +3,9 @@
 // kv_heads sub-pools of `slots` slots. A slot is free, cached (the copy of head h of a store page,
 // found by its key, evicted in CLOCK order: an approximation of LRU whose hit costs one write,
 // which matters at thousands of lookups per layer; a held cached slot is never evicted) or owned
-// (an open page of one sequence: never evicted, freed or adopted by its owner). Slots used in the current epoch (one layer of one step)
-// are never chosen as victims, so everything one attention call reads stays put.
+// (an open page of one sequence: never evicted, freed or adopted by its owner). Slots used in the
+// current epoch (one layer of one step) are never chosen as victims, so everything one attention
+// call reads stays put.
 //
 // Thread safety: not synchronized, but the KV heads' sub-pools share nothing: calls naming
 // distinct heads may run on distinct threads at once (the worker resolves a layer's heads in

@@ -234,15 +234,16 @@ absl::Status CheckMassAttend(const PoolGeometry& g, Device device, const TensorV
         "keep, split, need and last_page_len need one value per row, out_indptr rows + 1 from 0");
   }
   const bool lists = !req.save.empty() || !req.list.empty();
-  if (lists && (req.save.size() != rows || req.list.size() != rows ||
-                req.list_off.size() != rows || req.list_count.size() != rows)) {
+  if (lists && (req.save.size() != rows || req.list.size() != rows || req.list_off.size() != rows ||
+                req.list_count.size() != rows)) {
     return absl::InvalidArgumentError("save, list, list_off and list_count need one value per row");
   }
   for (size_t r = 0; r < rows; ++r) {
     int32_t n = req.indptr[r + 1] - req.indptr[r];
     if (req.keep[r] < 0 || req.keep[r] > n || req.split[r] < 0 || req.split[r] > req.keep[r] ||
         req.need[r] < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("row ", r, ": keep / split / need out of range"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("row ", r, ": keep / split / need out of range"));
     }
     if (lists && req.list[r] >= 0) {
       const int64_t have = list_size(req.list[r]);
@@ -260,9 +261,9 @@ absl::Status CheckMassAttend(const PoolGeometry& g, Device device, const TensorV
     }
     const int32_t size = req.keep[r] + std::min(req.need[r], n - req.keep[r]);
     if (req.out_indptr[r + 1] - req.out_indptr[r] != size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("row ", r, ": out_indptr gives ", req.out_indptr[r + 1] - req.out_indptr[r],
-                       " entries, the row attends ", size));
+      return absl::InvalidArgumentError(absl::StrCat("row ", r, ": out_indptr gives ",
+                                                     req.out_indptr[r + 1] - req.out_indptr[r],
+                                                     " entries, the row attends ", size));
     }
     if (req.last_page_len[r] < 1 || req.last_page_len[r] > g.page_tokens) {
       return absl::InvalidArgumentError(absl::StrCat("row ", r, ": bad last_page_len"));

@@ -208,8 +208,8 @@ class CpuWorkerBackend final : public WorkerBackend {
                       const TensorView& o) {
     // The masses (ScorePages), the choice (kernels' reference), then the decode over it.
     std::vector<float> mass(req.slots.size());
-    if (absl::Status s = ScorePages(q, req.indptr, req.slots, req.page_len, req.reduce,
-                                    absl::MakeSpan(mass));
+    if (absl::Status s =
+            ScorePages(q, req.indptr, req.slots, req.page_len, req.reduce, absl::MakeSpan(mass));
         !s.ok()) {
       return s;
     }
@@ -500,7 +500,7 @@ class CpuWorkerBackend final : public WorkerBackend {
   std::vector<float> scores_;
   std::vector<std::optional<std::vector<uint16_t>>> copies_;  // StartCopyToHost, by tag
   std::vector<std::optional<std::vector<int32_t>>> choices_;  // AttendBestByMass, by tag
-  absl::flat_hash_map<int64_t, std::vector<int32_t>> lists_;   // stored slot lists, by id
+  absl::flat_hash_map<int64_t, std::vector<int32_t>> lists_;  // stored slot lists, by id
 };
 
 }  // namespace

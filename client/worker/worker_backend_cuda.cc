@@ -498,8 +498,7 @@ class CudaWorkerBackend final : public WorkerBackend {
       mp.page_len = lens;
       mp.reduce = req.reduce;
       mp.mass = d_mass;
-      if (absl::Status s =
-              kernels::gpu::PageMass(mp, static_cast<int64_t>(n), workspace_, stream_);
+      if (absl::Status s = kernels::gpu::PageMass(mp, static_cast<int64_t>(n), workspace_, stream_);
           !s.ok()) {
         return s;
       }
@@ -1079,7 +1078,7 @@ class CudaWorkerBackend final : public WorkerBackend {
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots
   int64_t sum_slots_ = 0;
   Staged sum_up_, quest_, tok_, sum_fold_, sum_copy_, kmeans_;
-  std::vector<std::unique_ptr<Staged>> copies_;  // StartCopyToHost, by tag
+  std::vector<std::unique_ptr<Staged>> copies_;   // StartCopyToHost, by tag
   std::vector<std::unique_ptr<Staged>> choices_;  // AttendBestByMass, by tag
   Staged mass_;                                   // AttendBestByMass' upload and scratch
   std::vector<int32_t> full_indptr_;

@@ -354,7 +354,8 @@ TEST(CudaWorkerBackendTest, AttendBestByMassMatchesTheCpuBackend) {
           if (s >= 600 && b < B && t < P) {
             float mean = 0;
             for (int gq = 0; gq < group; ++gq) {
-              mean += kernels::Bf16ToFloat(qh[(static_cast<size_t>(b) * q_heads + h * group + gq) * d + i]);
+              mean += kernels::Bf16ToFloat(
+                  qh[(static_cast<size_t>(b) * q_heads + h * group + gq) * d + i]);
             }
             put(2.f * mean / group + 0.1f * g(rng));
           } else {
@@ -373,9 +374,9 @@ TEST(CudaWorkerBackendTest, AttendBestByMassMatchesTheCpuBackend) {
     for (int h = 0; h < kv; ++h) {
       const int r = b * kv + h;
       int32_t keep = 5, need = 10 + r % 8, n_cand = 300;
-      if (r == 4) keep = 0;                   // nothing kept
-      if (r == 7) n_cand = 0, need = 0;       // a row that chooses nothing (a retrieval's row)
-      if (r == 9) need = 0;                   // candidates scored, none taken
+      if (r == 4) keep = 0;              // nothing kept
+      if (r == 7) n_cand = 0, need = 0;  // a row that chooses nothing (a retrieval's row)
+      if (r == 9) need = 0;              // candidates scored, none taken
       for (int i = 0; i < keep; ++i) {
         req.slots.push_back(static_cast<int32_t>(rng() % 600));
         req.page_len.push_back(i == keep - 1 ? 1 + static_cast<int32_t>(rng() % P) : P);

@@ -66,10 +66,11 @@ struct LayerState {
   // louiskv: the resident candidates' pool slots, held (HeadPool::Hold) from the first
   // closed-form step after a retrieval to the next retrieval, so a closed-form step resolves only
   // its kept pages: held_slots[h][i] holds page ResidentPages(h)[held_lo[h] + i].
-  // The backend stores head h's as slot list held_list * kv_heads + h (saved by the first closed-form step that
-  // attends with them), so later steps name them instead of sending them: from_list[h] says head
-  // h's candidates of this step come from there (ListSteady then lists its kept pages only), and
-  // steady_cb[h] is the index in ResidentPages(h) of the step's first candidate.
+  // The backend stores head h's as slot list held_list * kv_heads + h (saved by the first
+  // closed-form step that attends with them), so later steps name them instead of sending them:
+  // from_list[h] says head h's candidates of this step come from there (ListSteady then lists its
+  // kept pages only), and steady_cb[h] is the index in ResidentPages(h) of the step's first
+  // candidate.
   bool held = false;
   std::vector<std::vector<int32_t>> held_slots;
   std::vector<int32_t> held_lo;

@@ -34,9 +34,9 @@ absl::Status ValidateMassSelectHost(const MassSelectParams& p) {
     }
     const int32_t size = p.keep[r] + std::min(p.need[r], n - p.keep[r]);
     if (p.out_indptr[r + 1] - p.out_indptr[r] != size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("mass select: out_indptr gives row ", r, " ",
-                       p.out_indptr[r + 1] - p.out_indptr[r], " entries, it selects ", size));
+      return absl::InvalidArgumentError(absl::StrCat("mass select: out_indptr gives row ", r, " ",
+                                                     p.out_indptr[r + 1] - p.out_indptr[r],
+                                                     " entries, it selects ", size));
     }
   }
   return absl::OkStatus();
@@ -47,7 +47,8 @@ absl::Status ValidateMassSelectHost(const MassSelectParams& p) {
 absl::Status MassSelectReference(const MassSelectParams& p) {
   if (auto s = internal::ValidateMassSelectHost(p); !s.ok()) return s;
   for (int64_t e = 0; e < p.indptr[p.rows]; ++e) {
-    if (!std::isfinite(p.mass[e])) return absl::InvalidArgumentError("mass select: non-finite mass");
+    if (!std::isfinite(p.mass[e]))
+      return absl::InvalidArgumentError("mass select: non-finite mass");
   }
   std::vector<int32_t> order;
   for (int32_t r = 0; r < p.rows; ++r) {

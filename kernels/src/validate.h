@@ -30,7 +30,6 @@ absl::Status ValidatePageMassShape(const PageMassParams& p);
 // indptr non-decreasing from 0, page ids in range, page_len in [1, page_size] (host arrays).
 absl::Status ValidatePageMassHost(const PageMassParams& p);
 
-
 // MassSelectParams with host arrays: the CSRs, counts and output sizes (masses not read).
 absl::Status ValidateMassSelectHost(const MassSelectParams& p);
 

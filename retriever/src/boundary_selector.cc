@@ -392,10 +392,10 @@ ScoreRequest BoundarySelector::Steady(const Plan& plan) const {
     // the window; the budget left after the kept pages goes to the best of them.
     if (IsStreaming(h) || h >= static_cast<int>(resident_.size())) continue;
     const std::vector<int32_t>& res = resident_[h];
-    row.cand_begin = static_cast<int32_t>(
-        std::lower_bound(res.begin(), res.end(), row.sink_end) - res.begin());
-    row.cand_end = static_cast<int32_t>(
-        std::lower_bound(res.begin(), res.end(), row.window_begin) - res.begin());
+    row.cand_begin =
+        static_cast<int32_t>(std::lower_bound(res.begin(), res.end(), row.sink_end) - res.begin());
+    row.cand_end = static_cast<int32_t>(std::lower_bound(res.begin(), res.end(), row.window_begin) -
+                                        res.begin());
     row.cand_end = std::max(row.cand_end, row.cand_begin);
     row.need = std::max(0, plan.budget_pages - row.kept());
   }

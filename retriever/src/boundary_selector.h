@@ -85,7 +85,9 @@ class BoundarySelector final : public SelectorBase {
   // Mean key of natural positions [a, b) of head h.
   void SegmentMean(int h, int64_t a, int64_t b, float* out) const;
   // Pages [0, SinkPages()) hold the sink tokens (kept every step).
-  int32_t SinkPages() const { return (sink_tokens_ + options_.page_tokens - 1) / options_.page_tokens; }
+  int32_t SinkPages() const {
+    return (sink_tokens_ + options_.page_tokens - 1) / options_.page_tokens;
+  }
   // The first page of head h's kept window in a step over `pages` layout pages.
   int32_t WindowBegin(int h, int32_t pages, int32_t budget) const;
   // A step between retrievals that rescores every resident page, in closed form

@@ -2,9 +2,9 @@
 #include "pagoda/retriever/selector.h"
 
 #include <algorithm>
-#include <numeric>
 #include <cmath>
 #include <memory>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "boundary_selector.h"
@@ -64,9 +64,9 @@ std::vector<int32_t> BestByMass(absl::Span<const float> mass, int32_t need) {
   std::iota(chosen.begin(), chosen.end(), 0);
   if (static_cast<size_t>(need) < n) {
     // Larger mass first, ties to the lower index: a strict order, so the best `need` are one set.
-    std::nth_element(chosen.begin(), chosen.begin() + need, chosen.end(), [&](int32_t a, int32_t b) {
-      return mass[a] > mass[b] || (mass[a] == mass[b] && a < b);
-    });
+    std::nth_element(
+        chosen.begin(), chosen.begin() + need, chosen.end(),
+        [&](int32_t a, int32_t b) { return mass[a] > mass[b] || (mass[a] == mass[b] && a < b); });
     chosen.resize(need);
     std::sort(chosen.begin(), chosen.end());
   }

@@ -567,7 +567,9 @@ TEST(SelectorTest, BoundaryClosedFormSteadyStepsSelectWhatFinishSelectSelects) {
     ASSERT_TRUE((*closed)->Append(data.Keys(t, t + 1), 1).ok());
     // A query that drifts slowly, with a jump now and then (the trigger fires on those).
     for (uint16_t& x : q) {
-      x = test_data::Half(kernels::ToFloat(x, kernels::DType::kFloat16) * (t % 16 == 0 ? 0.f : 0.9f) + 0.3f * noise(rng));
+      x = test_data::Half(kernels::ToFloat(x, kernels::DType::kFloat16) *
+                              (t % 16 == 0 ? 0.f : 0.9f) +
+                          0.3f * noise(rng));
     }
     const std::vector<uint16_t> keys = data.Keys(0, t + 1);
     auto req = (*listed)->BeginSelect(q);
@@ -615,8 +617,7 @@ TEST(SelectorTest, BoundaryClosedFormSteadyStepsSelectWhatFinishSelectSelects) {
       const SteadyRow& row = creq->steady[h];
       const int32_t first = expanded.first_candidate[h];
       std::vector<int32_t> attended(expanded.pages[h].begin(), expanded.pages[h].begin() + first);
-      for (int32_t i :
-           BestByMass(absl::MakeConstSpan(mass[h]).subspan(first), row.need)) {
+      for (int32_t i : BestByMass(absl::MakeConstSpan(mass[h]).subspan(first), row.need)) {
         attended.push_back(expanded.pages[h][first + i]);
       }
       std::sort(attended.begin(), attended.end());

@@ -7,7 +7,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void __launch_bounds__(kThreads) ConcatRowsKernel(const __grid_constant__ ConcatRowsParams p) {
+__global__ void __launch_bounds__(kThreads)
+    ConcatRowsKernel(const __grid_constant__ ConcatRowsParams p) {
   const int r = blockIdx.x;
   const int a0 = p.a_indptr[r], na = p.a_indptr[r + 1] - a0;
   const int o = p.out_indptr[r], n = p.out_indptr[r + 1] - o;

@@ -9,7 +9,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void __launch_bounds__(kThreads) MassSelectKernel(const __grid_constant__ MassSelectParams p) {
+__global__ void __launch_bounds__(kThreads)
+    MassSelectKernel(const __grid_constant__ MassSelectParams p) {
   const int r = blockIdx.x;
   const int first = p.indptr[r], keep = p.keep[r], split = p.split[r];
   const int cand = p.indptr[r + 1] - first - keep;

@@ -186,7 +186,7 @@ struct WorkerStepStats {
   // Per sequence of the plan: OK, or why its step failed (DataLoss when no verified copy of a
   // page it needed could be had; its outputs were zeroed, never computed from wrong bytes).
   std::vector<absl::Status> sequence_status;
-  int64_t retrievals = 0;           // (sequence, layer) selections that ran afresh
+  int64_t retrievals = 0;  // (sequence, layer) selections that ran afresh
   // (sequence, layer) steps chosen on the backend in closed form (louiskv between retrievals:
   // scored, chosen and attended with no host sync, WorkerBackend::AttendBestByMass).
   int64_t chosen_on_backend = 0;

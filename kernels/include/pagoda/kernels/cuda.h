@@ -188,8 +188,8 @@ struct ConcatRowsParams {
   const int32_t* a_indptr = nullptr;  // [rows + 1]
   const int32_t* a_slots = nullptr;
   const int32_t* a_len = nullptr;
-  const int32_t* out_indptr = nullptr;     // [rows + 1]
-  const int32_t* const* b_src = nullptr;   // [rows]
+  const int32_t* out_indptr = nullptr;    // [rows + 1]
+  const int32_t* const* b_src = nullptr;  // [rows]
   int32_t fill_len = 0;
   int32_t* out_slots = nullptr;
   int32_t* out_len = nullptr;

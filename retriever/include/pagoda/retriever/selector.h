@@ -177,7 +177,6 @@ struct ScoreRequest {
   }
 };
 
-
 // The indices (ascending) of the min(need, mass.size()) entries of greatest mass, ties to the
 // lower index: the choice of a steady step (the decode worker's backends compute it the same
 // way).
