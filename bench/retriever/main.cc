@@ -143,6 +143,8 @@ int Main(int argc, char** argv) {
   app.add_option("--resident-factor", eo.base.resident_factor,
                  "louiskv: pages fetched per retrieval, as a multiple of the budget");
   app.add_option("--kmeans-iters", eo.base.kmeans_iters, "louiskv: Lloyd iterations");
+  app.add_flag("--trigger-late", eo.base.trigger_late,
+               "louiskv: the trigger sees each query a step late (as a device caller reads it)");
   app.add_option("--rescore-factor", eo.base.rescore_factor,
                  "louiskv: pages rescored exactly each step, as a multiple of the free budget "
                  "(<= 1: off)");

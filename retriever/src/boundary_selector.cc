@@ -175,8 +175,10 @@ int32_t BoundarySelector::LayoutToPosition(int h, int32_t l) const {
 absl::StatusOr<ScoreRequest> BoundarySelector::BeginChoose(absl::Span<const uint16_t> q,
                                                            absl::Span<const float> q_float,
                                                            const Plan& plan) {
-  auto fire = trigger_->Observe(q_float);
+  const bool late = options_.trigger_late && !last_q_.empty();
+  auto fire = trigger_->Observe(late ? absl::MakeConstSpan(last_q_) : q_float);
   if (!fire.ok()) return fire.status();
+  if (options_.trigger_late) last_q_.assign(q_float.begin(), q_float.end());
   bool retrieve = *fire;
   if (!retrieve && options_.coverage_threshold > 0.f && !resident_.empty()) {
     double coverage = 1.0;

@@ -150,6 +150,7 @@ class BoundarySelector final : public SelectorBase {
   std::vector<std::vector<float>> prefix_;  // [h][(t - N) * d] prefix sums of keys
   std::vector<int64_t> boundaries_;         // segment starts in the natural region
   std::optional<BoundaryTrigger> trigger_;
+  std::vector<float> last_q_;                   // trigger_late: the previous step's query
   std::vector<std::vector<int32_t>> resident_;  // per row: pages fetched by the last retrieval
   std::vector<std::vector<int32_t>> ranked_;    // per row: layout pages of the last retrieval,
                                                 // best first by estimated attention mass

@@ -222,6 +222,30 @@ TEST(SelectorTest, BoundaryRetrievesOnlyWhenTheQueryDrifts) {
   EXPECT_TRUE(s->retrieved);
 }
 
+// trigger_late: the drift in step t's query makes step t + 1 retrieve (with its own query).
+TEST(SelectorTest, BoundaryLateTriggerRetrievesTheStepAfterTheDrift) {
+  NeedleData data(2048, 900, 16, 4);
+  SelectorOptions o = Options(16, 256);
+  o.boundary_threshold = 0.8f;
+  o.trigger_late = true;
+  auto sel = MakeSelector(Policy::kBoundary, o);
+  ASSERT_TRUE(sel.ok());
+  ASSERT_TRUE((*sel)->Prefill(data.Keys(0, 2000), 2000).ok());
+  const std::vector<float> scale = {3.f, 3.f, 3.f, -3.f, -3.f, -3.f, -3.f};
+  std::vector<bool> retrieved;
+  for (size_t i = 0; i < scale.size(); ++i) {
+    const int64_t t = 2000 + static_cast<int64_t>(i);
+    ASSERT_TRUE((*sel)->Append(data.Keys(t, t + 1), 1).ok());
+    auto s = (*sel)->Select(data.Query(scale[i]));
+    ASSERT_TRUE(s.ok()) << s.status();
+    CheckWellFormed(*s, o, t + 1);
+    retrieved.push_back(s->retrieved);
+  }
+  // The first step retrieves (nothing earlier to observe); the query turns at step 3; step 4
+  // retrieves, then the new query is the anchor.
+  EXPECT_EQ(retrieved, std::vector<bool>({true, false, false, false, true, false, false}));
+}
+
 TEST(SelectorTest, BoundaryRescoresResidentPagesBetweenRetrievals) {
   // Two needles; the query moves from one to the other with the trigger held off. Each needle
   // cluster straddles two layout pages; the three free pages hold needle A whole and part of B.

@@ -109,6 +109,11 @@ struct SelectorOptions {
   // gave group recall 0.964 (1.5: 0.950; off: 0.932) for more key reads of resident pages
   // (bench/RESULTS.md, "Retriever").
   double rescore_factor = 4.0;
+  // kBoundary: the trigger decides step t from the query of step t - 1 (the previous Select's;
+  // the first step after Prefill observes its own), as a caller that reads queries back from its
+  // device a step late without waiting would; a retrieval still ranks with its own query. Off:
+  // the trigger sees each step's own query.
+  bool trigger_late = false;
   // kBoundary: coverage trigger. Between retrievals every step also scans all units' summaries
   // (counted in summary_bytes) and retrieves when the estimated mass of the best free pages among
   // the resident ones, over that of the best free pages overall (mean over KV heads), falls below
