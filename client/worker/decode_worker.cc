@@ -1339,7 +1339,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
       }
     });
     for (int64_t b = 0; b < B; ++b) {  // a retrieval replaces the resident set
-      if (!steady_[b] && states[b]->held) Unhold(*states[b]);
+      if ((!steady_[b] || states[b]->rehold) && states[b]->held) Unhold(*states[b]);
     }
     std::vector<std::vector<std::vector<float>>> masses(B);
     if (std::find(begun.begin(), begun.end(), 1) != begun.end()) {

@@ -778,6 +778,47 @@ TEST(DecodeWorker, AFullSummaryTableIsRefused) {
       DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o).status()));
 }
 
+// louiskv's closed-form steps with a streaming head per layer: the streaming head attends its
+// sinks and window only, the other head the closed form's choice, with its resident candidates
+// held (and named on the backend).
+TEST(DecodeWorker, LouiskvClosedFormStepsKeepStreamingHeadsToTheirWindow) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kBoundary, 5 * kPage, 96);
+  o.selector.boundary_threshold = -1.f;  // one retrieval, then closed-form steps only
+  o.layer_streaming_heads = {{1}, {0}};
+  o.streaming_sink_pages = 1;
+  o.streaming_window_pages = 1;
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId s = drv.Open(Prompt(61, 31));
+  int64_t chosen = 0, held = 0;
+  for (int step = 0; step < 8; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step({s}, {step}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const absl::Status& st : stats->sequence_status) ASSERT_TRUE(st.ok()) << st;
+    chosen += stats->chosen_on_backend;
+    const int32_t cur = static_cast<int32_t>((drv.tokens(s).size() - 1) / kPage);
+    for (int l = 0; l < kLayers; ++l) {
+      auto rows = (*w)->LastRows(s, l);
+      ASSERT_TRUE(rows.ok()) << rows.status();
+      const int streaming = l == 0 ? 1 : 0;
+      EXPECT_EQ((*rows)[streaming], (std::vector<int32_t>{0, cur})) << "step " << step;
+      EXPECT_EQ((*rows)[1 - streaming].back(), cur);
+      EXPECT_LT(drv.Error(s, 0, l, outs[l], /*dense=*/false), kTol) << "step " << step;
+    }
+    // Held from the first closed-form step on (renewed when the window moves past resident
+    // pages: here every page, the budget leaving a one-page window).
+    held = (*w)->Stats().held_head_pages;
+    if (step >= 1) {
+      EXPECT_GT(held, 0) << "step " << step;
+    }
+  }
+  EXPECT_EQ(chosen, 7 * kLayers);  // every step after the first retrieval
+}
+
 TEST(DecodeWorker, StreamingHeadsAttendOnlySinksAndWindow) {
   TempDir dir;
   auto store = OpenStore(dir.path());

@@ -240,6 +240,21 @@ void ListSteady(const DecodeWorkerOptions& o, int layer, LayerState& ls,
   request.first_candidate.assign(kv, 0);
   ls.from_list.assign(kv, 0);
   ls.steady_cb.assign(kv, 0);
+  // Held and stored on the backend since the last retrieval: named there, not listed — unless the
+  // window moved past held pages for some head (they compete again): then every head lists its
+  // candidates and they are held afresh (ls.rehold).
+  bool named = ls.held && ls.list_saved;
+  ls.rehold = false;
+  const std::vector<int>& streaming = StreamingHeads(o, layer);  // they keep no candidates
+  for (int h = 0; h < kv && named; ++h) {
+    if (std::find(streaming.begin(), streaming.end(), h) != streaming.end()) continue;
+    const retriever::SteadyRow& row = request.steady[h];
+    if (row.cand_begin < ls.held_lo[h] ||
+        row.cand_end - ls.held_lo[h] > static_cast<int32_t>(ls.held_slots[h].size())) {
+      named = false;
+      ls.rehold = true;
+    }
+  }
   for (int h = 0; h < kv; ++h) {
     retriever::SteadyRow& row = request.steady[h];
     std::vector<int32_t>& pages = request.pages[h];
@@ -247,9 +262,7 @@ void ListSteady(const DecodeWorkerOptions& o, int layer, LayerState& ls,
     for (int32_t p = row.window_begin; p < row.pages; ++p) pages.push_back(p);
     request.first_candidate[h] = static_cast<int32_t>(pages.size());
     ls.steady_cb[h] = row.cand_begin;
-    // Held and stored on the backend since the last retrieval: named there, not listed.
-    if (ls.held && ls.list_saved && row.cand_begin >= ls.held_lo[h] &&
-        row.cand_end - ls.held_lo[h] <= static_cast<int32_t>(ls.held_slots[h].size())) {
+    if (named) {
       ls.from_list[h] = 1;
       continue;
     }

@@ -78,6 +78,9 @@ struct LayerState {
   bool list_saved = false;
   std::vector<char> from_list;
   std::vector<int32_t> steady_cb;
+  // A step's candidates left the held range (the window moved up past resident pages, which
+  // then compete again): the holds are released and this step's candidates held instead.
+  bool rehold = false;
   std::vector<int32_t> choice_off, choice_len;
   std::vector<std::vector<int32_t>> steady_pages;
   // Device selection (quest): the summary slot of each natural page, open page included; the
