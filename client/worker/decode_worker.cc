@@ -748,10 +748,6 @@ absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> i
         open_pages, " open pages, but the pool has ", o_.pool_slots_per_head,
         " (raise pool_slots_per_head or shrink the batch)"));
   }
-  // Slots louiskv's resident sets hold stay out of this step's reach: holds beyond what the worst
-  // case leaves are released (their next steps resolve those pages again).
-  hold_room_ = o_.pool_slots_per_head - need - open_pages;
-  ReleaseHolds(hold_room_, ids);
   // Device selection: a step may open one new page per (sequence, layer).
   if (device_select_ &&
       static_cast<int64_t>(free_sum_.size()) < static_cast<int64_t>(ids.size()) * o_.num_layers) {
@@ -759,6 +755,10 @@ absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> i
         "the selection summary table has ", free_sum_.size(), " free slots, this step may need ",
         ids.size() * o_.num_layers, " (raise DecodeWorkerOptions::summary_slots)"));
   }
+  // Slots louiskv's resident sets hold stay out of this step's reach: holds beyond what the worst
+  // case leaves are released (their next steps resolve those pages again).
+  hold_room_ = o_.pool_slots_per_head - need - open_pages;
+  ReleaseHolds(hold_room_, ids);
   for (size_t b = 0; b < ids.size(); ++b) seqs_[ids[b]].tokens.push_back(token_ids[b]);
   plan_id_ = next_plan_++;
   plan_seqs_.assign(ids.begin(), ids.end());
@@ -1629,7 +1629,10 @@ void DecodeWorker::Impl::ReleaseHolds(int64_t room, absl::Span<const SequenceId>
       if (it != seqs_.end()) Unhold(it->second.layers[layer]);
     }
   }
-  // Forget the entries whose state no longer holds.
+  // Forget the entries whose state no longer holds, and the repeats a state released and held
+  // again within one step leaves (one entry per state: the list stays as long as the holds).
+  std::sort(held_states_.begin(), held_states_.end());
+  held_states_.erase(std::unique(held_states_.begin(), held_states_.end()), held_states_.end());
   held_states_.erase(std::remove_if(held_states_.begin(), held_states_.end(),
                                     [&](const std::pair<SequenceId, int>& e) {
                                       auto it = seqs_.find(e.first);
