@@ -206,6 +206,17 @@ absl::StatusOr<ScoreRequest> BoundarySelector::BeginChoose(absl::Span<const uint
     const int64_t now = plan.tokens - 1;  // the query's own token opens the new segment
     if (now > boundaries_.back()) boundaries_.push_back(now);
     const int64_t scanned = Rank(q_float, plan, /*resident_only=*/false);
+    if (RescoresAllResident()) {
+      // The ranking picks the resident set; the step then chooses among it by exact mass like
+      // every step until the next retrieval.
+      SetResident(plan);
+      if (closed_form_) {
+        ScoreRequest steady = Steady(plan);
+        steady.retrieved = true;
+        return steady;
+      }
+      ranked_ = resident_;
+    }
     return Begin(plan, true, scanned * options_.head_dim * 2);
   }
   if (options_.resident_factor > 1.0 && !resident_.empty()) {
@@ -404,6 +415,36 @@ ScoreRequest BoundarySelector::Steady(const Plan& plan) const {
   return request;
 }
 
+void BoundarySelector::SetResident(const Plan& plan) {
+  const int P = options_.page_tokens;
+  const int32_t pages = static_cast<int32_t>((plan.tokens + P - 1) / P);
+  const int32_t budget = plan.budget_pages;
+  const int32_t total = budget + static_cast<int32_t>((options_.resident_factor - 1.0) * budget);
+  resident_.resize(options_.kv_heads);
+  std::vector<char> kept;
+  for (int h = 0; h < options_.kv_heads; ++h) {
+    std::vector<int32_t>& res = resident_[h];
+    res.clear();
+    if (IsStreaming(h) || h >= static_cast<int>(ranked_.size())) continue;
+    kept.assign(pages, 0);
+    for (int32_t p = 0; p < SinkPages() && p < pages; ++p) kept[p] = 1;
+    for (int32_t p = WindowBegin(h, pages, budget); p < pages; ++p) kept[p] = 1;
+    for (int32_t p = 0; p < pages; ++p) {
+      if (kept[p]) res.push_back(p);
+    }
+    for (int32_t p : ranked_[h]) {
+      if (static_cast<int32_t>(res.size()) >= total) break;
+      if (p < pages && !kept[p]) {
+        kept[p] = 1;
+        res.push_back(p);
+      }
+    }
+    // Ascending: every later step's candidates are then (a caller can resolve them against its
+    // last step's by one merge).
+    std::sort(res.begin(), res.end());
+  }
+}
+
 ScoreRequest BoundarySelector::Begin(const Plan& plan, bool retrieved, int64_t summary_bytes) {
   const int P = options_.page_tokens;
   const int H = options_.kv_heads;
@@ -436,10 +477,10 @@ ScoreRequest BoundarySelector::Begin(const Plan& plan, bool retrieved, int64_t s
         options_.resident_factor <= 1.0) {
       continue;
     }
-    // At a retrieval the candidates are the best of the whole ranking (those about to become
-    // resident); between retrievals, with RescoresAllResident, every resident page.
+    // With RescoresAllResident, every resident page (the retrieval set them already); otherwise
+    // at a retrieval the best of the whole ranking (those about to become resident).
     const size_t want =
-        !retrieved && RescoresAllResident()
+        RescoresAllResident()
             ? ranked_[h].size()
             : static_cast<size_t>(std::ceil(
                   std::min(options_.rescore_factor, options_.resident_factor) * (budget - used)));
@@ -502,6 +543,9 @@ absl::StatusOr<Selection> BoundarySelector::FinishChoose(
     absl::Span<const std::vector<float>> mass) {
   const Plan& plan = pending_.plan;
   const bool retrieved = pending_.retrieved;
+  // A retrieval whose exact masses pick what becomes resident (not with RescoresAllResident: its
+  // resident set came from the ranking, at BeginChoose).
+  const bool reranks = retrieved && !RescoresAllResident();
   int64_t summary_bytes = pending_.summary_bytes;
   const int P = options_.page_tokens;
   const int32_t T = static_cast<int32_t>(plan.tokens);
@@ -520,39 +564,36 @@ absl::StatusOr<Selection> BoundarySelector::FinishChoose(
       const size_t first_cand = mass[h].size() - rescored.size();
       // A retrieval ranks what becomes resident too; otherwise only the budget's fill matters.
       const size_t need =
-          retrieved ? rescored.size() : static_cast<size_t>(std::max(0, budget - used));
+          reranks ? rescored.size() : static_cast<size_t>(std::max(0, budget - used));
       Reorder(h, absl::MakeConstSpan(mass[h]).subspan(first_cand), need);
     }
     if (!IsStreaming(h) && h < static_cast<int>(ranked_.size())) {
       // A retrieval makes the best resident_factor x budget pages resident (the ones past the
       // budget go out as prefetch hints); later steps choose among them.
       const int32_t extra =
-          retrieved ? static_cast<int32_t>((options_.resident_factor - 1.0) * budget) : 0;
+          reranks ? static_cast<int32_t>((options_.resident_factor - 1.0) * budget) : 0;
       int32_t hinted = 0;
       for (int32_t p : ranked_[h]) {
         if (p >= pages || mark[p]) continue;
         if (used < budget) {
           mark_page(p);
-        } else if (retrieved && hinted < std::max(extra, options_.prefetch_pages)) {
+        } else if (reranks && hinted < std::max(extra, options_.prefetch_pages)) {
           out.prefetch[h].push_back(p);
           ++hinted;
-        } else if (!retrieved && options_.resident_factor > 1.0) {
-          out.prefetch[h].push_back(p);  // still resident, not attended this step
-        } else if (!retrieved) {
+        } else if (!reranks && options_.resident_factor > 1.0) {
+          out.prefetch[h].push_back(p);  // resident, not attended this step
+        } else if (!reranks) {
           continue;
         } else {
           break;
         }
       }
-      if (retrieved) {
+      if (reranks) {
         resident_.resize(options_.kv_heads);
         resident_[h] = pending_.Kept(h);
         resident_[h].insert(
             resident_[h].end(), out.prefetch[h].begin(),
             out.prefetch[h].begin() + std::min<size_t>(extra, out.prefetch[h].size()));
-        // Rescored whole, the resident set needs no order: ascending, so every later step's
-        // candidates are (a caller can resolve them against its last step's by one merge).
-        if (RescoresAllResident()) std::sort(resident_[h].begin(), resident_[h].end());
       }
     }
     // The keys of rescored pages that are not attended are read for the rescoring only.

@@ -90,7 +90,10 @@ class BoundarySelector final : public SelectorBase {
   }
   // The first page of head h's kept window in a step over `pages` layout pages.
   int32_t WindowBegin(int h, int32_t pages, int32_t budget) const;
-  // A step between retrievals that rescores every resident page, in closed form
+  // At a retrieval rescoring every resident page: the resident set of each head becomes its kept
+  // pages and the best pages of ranked_ after them, resident_factor x budget pages in all.
+  void SetResident(const Plan& plan);
+  // A step that rescores every resident page, in closed form
   // (ScoreRequest::steady): Begin's kept pages and candidates without listing them.
   ScoreRequest Steady(const Plan& plan) const;
   // Ranks layout pages by estimated attention mass for the query (all pages, or only the

@@ -564,16 +564,20 @@ TEST(SelectorTest, BoundaryRescoringEveryResidentPageLetsTheExactMassesChoose) {
   }
 }
 
-TEST(SelectorTest, BoundaryClosedFormSteadyStepsSelectWhatFinishSelectSelects) {
+class BoundaryClosedForm : public ::testing::TestWithParam<bool> {};
+
+TEST_P(BoundaryClosedForm, StepsSelectWhatFinishSelectSelects) {
   // Twin louiskv selectors rescoring every resident page, fed the same tokens and queries: one
-  // lists its pages (BeginSelect, FinishSelect), the other takes closed-form steady steps. Between
-  // retrievals the closed form names the same pages to score, and the kept pages plus
-  // BestByMass of the candidates' masses are what FinishSelect attends.
+  // lists its pages (BeginSelect, FinishSelect), the other takes closed-form steps. After the
+  // first step (retrievals included) the closed form names the same pages to score, and the kept
+  // pages plus BestByMass of the candidates' masses are what FinishSelect attends. With and
+  // without trigger_late.
   const int64_t n = 2048, total = n + 48;
   NeedleData data(total, 1200, 16, 12);
   SelectorOptions o = Options(16, 256);  // 16 pages of budget
   o.boundary_threshold = 0.6f;           // some retrievals among the random queries
   o.window_pages = 2;
+  o.trigger_late = GetParam();
   auto listed = MakeSelector(Policy::kBoundary, o);
   auto closed = MakeSelector(Policy::kBoundary, o);
   ASSERT_TRUE(listed.ok() && closed.ok());
@@ -601,16 +605,17 @@ TEST(SelectorTest, BoundaryClosedFormSteadyStepsSelectWhatFinishSelectSelects) {
     ASSERT_TRUE(req.ok() && creq.ok()) << req.status() << creq.status();
     auto want = (*listed)->FinishSelect(MassesFor(*req, *clusters, o, keys, t + 1, q));
     ASSERT_TRUE(want.ok()) << want.status();
-    if (creq->steady.empty()) {  // a retrieval (or a step with nothing resident yet): as listed
+    if (creq->steady.empty()) {  // the first step (nothing resident yet): as listed
       EXPECT_TRUE(want->retrieved);
-      ++retrievals;
+      EXPECT_EQ(t, n);
       auto got = (*closed)->FinishSelect(MassesFor(*creq, *clusters, o, keys, t + 1, q));
       ASSERT_TRUE(got.ok()) << got.status();
       EXPECT_EQ(got->pages.indices, want->pages.indices);
       continue;
     }
-    ++steady_steps;
-    EXPECT_FALSE(want->retrieved);
+    // Retrievals come in closed form too: the ranking sets the resident set, the masses choose.
+    ++(creq->retrieved ? retrievals : steady_steps);
+    EXPECT_EQ(creq->retrieved, want->retrieved);
     EXPECT_TRUE(creq->pages.empty());
     EXPECT_EQ((*closed)->FinishSelect({}).status().code(), absl::StatusCode::kFailedPrecondition);
     ASSERT_EQ(static_cast<int>(creq->steady.size()), o.kv_heads);
@@ -653,6 +658,8 @@ TEST(SelectorTest, BoundaryClosedFormSteadyStepsSelectWhatFinishSelectSelects) {
   EXPECT_GT(steady_steps, 10);
   EXPECT_GT(retrievals, 1);
 }
+
+INSTANTIATE_TEST_SUITE_P(SelectorTest, BoundaryClosedForm, ::testing::Bool());
 
 TEST(SelectorTest, BestByMassTakesTheLargestTiesToTheEarlier) {
   const std::vector<float> mass = {0.5f, 2.f, 1.f, 2.f, 0.f, 1.f};

@@ -104,15 +104,19 @@ struct SelectorOptions {
   // GQA group) and the budget is filled by the exact score. Their keys are on the device; the
   // keys of rescored pages that are not attended are counted in summary_bytes. <= 1 = off; needs
   // resident_factor > 1 (only resident pages are rescored). >= resident_factor (the default)
-  // rescores every resident page: between retrievals the estimate ranks nothing (no centroid
-  // scan on the host), the exact masses alone choose. On real attention at a 1/16 budget that
-  // gave group recall 0.964 (1.5: 0.950; off: 0.932) for more key reads of resident pages
-  // (bench/RESULTS.md, "Retriever").
+  // rescores every resident page: a retrieval makes the best resident_factor x budget pages by
+  // the estimate resident, and that step, like every step until the next retrieval, attends the
+  // kept pages and the resident ones of greatest exact mass (the estimate ranks nothing between
+  // retrievals: no centroid scan on the host). On real attention at a 1/16 budget that gave group
+  // recall 0.964 (1.5: 0.950; off: 0.932) for more key reads of resident pages (bench/RESULTS.md,
+  // "Retriever").
   double rescore_factor = 4.0;
-  // kBoundary: the trigger decides step t from the query of step t - 1 (the previous Select's;
-  // the first step after Prefill observes its own), as a caller that reads queries back from its
-  // device a step late without waiting would; a retrieval still ranks with its own query. Off:
-  // the trigger sees each step's own query.
+  // kBoundary: the trigger decides step t from the query of step t - 1 (the previous step's; the
+  // first step after Prefill observes its own), as a caller that reads queries back from its
+  // device a step late without waiting would: such a caller knows before a step whether it
+  // retrieves, and needs the step's own query and keys on the host only then (the ranking uses
+  // the step's own query: ranking with the previous one too lost 0.019 of group recall on the
+  // traces, bench/RESULTS.md). Off: the trigger sees each step's own query.
   bool trigger_late = false;
   // kBoundary: coverage trigger. Between retrievals every step also scans all units' summaries
   // (counted in summary_bytes) and retrieves when the estimated mass of the best free pages among
@@ -140,14 +144,14 @@ absl::Status ValidateOptions(const SelectorOptions& options);
 // the keys are must hold at once.
 int64_t MaxScoredPages(Policy policy, const SelectorOptions& options, int64_t budget_pages);
 
-// One KV head of a step between retrievals in closed form (louiskv rescoring every resident
-// page). Its kept pages are [0, sink_end) and [window_begin, pages), the last of them holding
-// tokens - (pages - 1) * page_tokens tokens; its candidates are the full pages
-// Selector::ResidentPages(h)[cand_begin, cand_end) (ascending, inside [sink_end, window_begin)).
-// The masses are a ScoreRequest's for the pages kept-then-candidates (one softmax over all their
-// tokens, kept pages ascending first); the step attends the kept pages and the `need` candidates
-// of greatest mass, ties to the earlier candidate (BestByMass). This is exactly what BeginSelect
-// without closed_form followed by FinishSelect selects.
+// One KV head of a step in closed form (louiskv rescoring every resident page: every step once
+// something is resident, retrievals included). Its kept pages are [0, sink_end) and [window_begin,
+// pages), the last of them holding tokens - (pages - 1) * page_tokens tokens; its candidates are
+// the full pages Selector::ResidentPages(h)[cand_begin, cand_end) (ascending, inside [sink_end,
+// window_begin)). The masses are a ScoreRequest's for the pages kept-then-candidates (one softmax
+// over all their tokens, kept pages ascending first); the step attends the kept pages and the
+// `need` candidates of greatest mass, ties to the earlier candidate (BestByMass). This is exactly
+// what BeginSelect without closed_form followed by FinishSelect selects.
 struct SteadyRow {
   int32_t sink_end = 0;
   int32_t window_begin = 0;
@@ -174,6 +178,9 @@ struct ScoreRequest {
   // selector that rescores every resident page: per KV head, the step in closed form. No
   // FinishSelect follows; the caller computes the masses and the choice (SteadyRow).
   std::vector<SteadyRow> steady;
+  // With steady: the step retrieved (ResidentPages changed; the trigger fired). A listed step's
+  // Selection says so itself.
+  bool retrieved = false;
   bool empty() const {
     for (const auto& p : pages) {
       if (!p.empty()) return false;
