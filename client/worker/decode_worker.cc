@@ -1336,6 +1336,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
       } else {
         begun[b] = 1;
         steady_[b] = requests[b].steady.empty() ? 0 : 1;
+        retrieved[b] = requests[b].retrieved ? 1 : 0;  // a closed-form retrieval
       }
     });
     for (int64_t b = 0; b < B; ++b) {  // a retrieval replaces the resident set

@@ -240,11 +240,12 @@ void ListSteady(const DecodeWorkerOptions& o, int layer, LayerState& ls,
   request.first_candidate.assign(kv, 0);
   ls.from_list.assign(kv, 0);
   ls.steady_cb.assign(kv, 0);
-  // Held and stored on the backend since the last retrieval: named there, not listed — unless the
-  // window moved past held pages for some head (they compete again): then every head lists its
-  // candidates and they are held afresh (ls.rehold).
-  bool named = ls.held && ls.list_saved;
-  ls.rehold = false;
+  // Held and stored on the backend since the last retrieval: named there, not listed — unless
+  // this step retrieved (a new resident set) or the window moved past held pages for some head
+  // (they compete again): then every head lists its candidates and they are held afresh
+  // (ls.rehold).
+  bool named = ls.held && ls.list_saved && !request.retrieved;
+  ls.rehold = ls.held && request.retrieved;
   const std::vector<int>& streaming = StreamingHeads(o, layer);  // they keep no candidates
   for (int h = 0; h < kv && named; ++h) {
     if (std::find(streaming.begin(), streaming.end(), h) != streaming.end()) continue;

@@ -57,6 +57,18 @@ class BoundarySelector final : public SelectorBase {
   absl::Status OnPrefill(absl::Span<const uint16_t> keys, int64_t num_tokens) override;
   absl::Status OnAppend(int64_t first, int64_t num_tokens) override;
   int64_t ExtraBytes() const override;
+  bool LateCapable() const override {
+    return options_.trigger_late && RescoresAllResident() && options_.coverage_threshold <= 0.f;
+  }
+  // The trigger will not fire on the last query and something is resident: a closed-form step
+  // over the resident set, which needs no query and no new key on the host.
+  bool StepsLate() const override {
+    return LateCapable() && !last_q_.empty() && !resident_.empty() && trigger_.has_value() &&
+           !trigger_->WouldFire(last_q_);
+  }
+  void OnLateQuery(absl::Span<const float> q_float) override {
+    last_q_.assign(q_float.begin(), q_float.end());
+  }
   absl::StatusOr<ScoreRequest> BeginChoose(absl::Span<const uint16_t> q,
                                            absl::Span<const float> q_float,
                                            const Plan& plan) override;

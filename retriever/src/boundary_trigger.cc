@@ -63,6 +63,10 @@ absl::StatusOr<BoundaryTrigger> BoundaryTrigger::Create(int q_heads, int head_di
   return BoundaryTrigger(q_heads, head_dim, threshold);
 }
 
+bool BoundaryTrigger::WouldFire(absl::Span<const float> q) const {
+  return !has_anchor_ || MeanHeadCosine(anchor_, q, q_heads_, head_dim_) < threshold_;
+}
+
 absl::StatusOr<bool> BoundaryTrigger::Observe(absl::Span<const float> q) {
   const size_t want = static_cast<size_t>(q_heads_) * head_dim_;
   if (q.size() != want) {

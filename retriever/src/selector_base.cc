@@ -61,10 +61,66 @@ absl::Status SelectorBase::Prefill(absl::Span<const uint16_t> keys, int64_t num_
 
 absl::Status SelectorBase::Append(absl::Span<const uint16_t> keys, int64_t num_tokens) {
   if (!prefilled_) return absl::FailedPreconditionError("selector: Append before Prefill");
+  if (deferred_ > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "selector: the keys of ", deferred_, " earlier tokens are deferred (SupplyKeys first)"));
+  }
   if (absl::Status s = CheckKeys(keys, num_tokens); !s.ok()) return s;
   const int64_t first = pool_.tokens();
   if (absl::Status s = pool_.Append(keys, num_tokens); !s.ok()) return s;
   return OnAppend(first, num_tokens);
+}
+
+absl::Status SelectorBase::AppendDeferred(int64_t num_tokens) {
+  if (!prefilled_) return absl::FailedPreconditionError("selector: AppendDeferred before Prefill");
+  if (!LateCapable()) {
+    return absl::FailedPreconditionError(
+        "selector: this policy takes no late reads (louiskv with trigger_late, rescoring every "
+        "resident page, without the coverage trigger does)");
+  }
+  if (num_tokens < 1 || this->num_tokens() + num_tokens > INT32_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("selector: cannot defer ", num_tokens, " tokens after ", this->num_tokens()));
+  }
+  deferred_ += num_tokens;
+  return absl::OkStatus();
+}
+
+absl::Status SelectorBase::SupplyKeys(absl::Span<const uint16_t> keys, int64_t num_tokens) {
+  if (deferred_ == 0) return absl::FailedPreconditionError("selector: no keys are deferred");
+  if (num_tokens > deferred_) {
+    return absl::InvalidArgumentError(absl::StrCat("selector: keys for ", num_tokens,
+                                                   " tokens, only ", deferred_, " are deferred"));
+  }
+  if (absl::Status s = CheckKeys(keys, num_tokens); !s.ok()) return s;
+  const int64_t first = pool_.tokens();
+  if (absl::Status s = pool_.Append(keys, num_tokens); !s.ok()) return s;
+  deferred_ -= num_tokens;
+  return OnAppend(first, num_tokens);
+}
+
+absl::Status SelectorBase::LateQuery(absl::Span<const uint16_t> q) {
+  if (!query_owed_) return absl::FailedPreconditionError("selector: no query is owed");
+  auto qf = QueryToFloat(q);
+  if (!qf.ok()) return qf.status();
+  OnLateQuery(*qf);
+  query_owed_ = false;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> SelectorBase::QueryToFloat(absl::Span<const uint16_t> q) const {
+  const size_t want = static_cast<size_t>(options_.q_heads) * options_.head_dim;
+  if (q.size() != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("selector: query must be [q_heads=", options_.q_heads,
+                     ", head_dim=", options_.head_dim, "] = ", want, " values, got ", q.size()));
+  }
+  std::vector<float> qf(want);
+  for (size_t i = 0; i < want; ++i) {
+    qf[i] = kernels::ToFloat(q[i], options_.dtype);
+    if (!std::isfinite(qf[i])) return absl::InvalidArgumentError("selector: non-finite query");
+  }
+  return qf;
 }
 
 absl::StatusOr<Selection> SelectorBase::Select(absl::Span<const uint16_t> q) {
@@ -82,19 +138,23 @@ absl::StatusOr<Selection> SelectorBase::Select(absl::Span<const uint16_t> q) {
 absl::StatusOr<ScoreRequest> SelectorBase::BeginSelect(absl::Span<const uint16_t> q,
                                                        bool closed_form) {
   if (!prefilled_) return absl::FailedPreconditionError("selector: Select before Prefill");
-  const size_t want = static_cast<size_t>(options_.q_heads) * options_.head_dim;
-  if (q.size() != want) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("selector: query must be [q_heads=", options_.q_heads,
-                     ", head_dim=", options_.head_dim, "] = ", want, " values, got ", q.size()));
+  if (query_owed_) {
+    return absl::FailedPreconditionError("selector: the last step's query is owed (LateQuery)");
   }
-  std::vector<float> qf(want);
-  for (size_t i = 0; i < want; ++i) {
-    qf[i] = kernels::ToFloat(q[i], options_.dtype);
-    if (!std::isfinite(qf[i])) return absl::InvalidArgumentError("selector: non-finite query");
+  const bool no_query = q.empty() && closed_form;
+  const bool late = no_query || deferred_ > 0;
+  if (late && !(closed_form && StepsLate())) {
+    return absl::FailedPreconditionError(
+        "selector: this step needs its query and every key (CanStepLate is false)");
+  }
+  std::vector<float> qf;
+  if (!no_query) {
+    auto converted = QueryToFloat(q);
+    if (!converted.ok()) return converted.status();
+    qf = *std::move(converted);
   }
   Plan plan;
-  plan.tokens = pool_.tokens();
+  plan.tokens = num_tokens();
   const int P = options_.page_tokens;
   if (options_.budget_tokens > plan.tokens) {
     return absl::InvalidArgumentError(absl::StrCat("selector: budget of ", options_.budget_tokens,
@@ -102,7 +162,7 @@ absl::StatusOr<ScoreRequest> SelectorBase::BeginSelect(absl::Span<const uint16_t
                                                    plan.tokens,
                                                    " tokens (read the whole context instead)"));
   }
-  plan.pages = pool_.pages();
+  plan.pages = static_cast<int32_t>((plan.tokens + P - 1) / P);
   plan.budget_pages = static_cast<int32_t>(options_.budget_tokens / P);
   plan.sink_end = std::min(options_.sink_pages, plan.pages);
   plan.window_begin = std::max(plan.sink_end, plan.pages - options_.window_pages);
@@ -117,6 +177,10 @@ absl::StatusOr<ScoreRequest> SelectorBase::BeginSelect(absl::Span<const uint16_t
   auto request = BeginChoose(q, qf, plan);
   closed_form_ = false;
   if (!request.ok()) return request.status();
+  if (late && request->steady.empty()) {
+    return absl::InternalError("selector: a late step did not come in closed form");
+  }
+  if (no_query) query_owed_ = true;
   if (!request->steady.empty()) return request;  // complete: nothing to finish
   begun_ = true;
   requested_.clear();  // per head, how many masses FinishSelect takes (none: empty request)

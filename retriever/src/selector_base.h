@@ -36,7 +36,12 @@ class SelectorBase : public Selector {
   using Selector::BeginSelect;
   absl::StatusOr<ScoreRequest> BeginSelect(absl::Span<const uint16_t> q, bool closed_form) final;
   absl::StatusOr<Selection> FinishSelect(absl::Span<const std::vector<float>> mass) final;
-  int64_t num_tokens() const final { return pool_.tokens(); }
+  bool TakesLateReads() const final { return prefilled_ && LateCapable(); }
+  bool CanStepLate() const final { return prefilled_ && !query_owed_ && StepsLate(); }
+  absl::Status AppendDeferred(int64_t num_tokens) final;
+  absl::Status SupplyKeys(absl::Span<const uint16_t> keys, int64_t num_tokens) final;
+  absl::Status LateQuery(absl::Span<const uint16_t> q) final;
+  int64_t num_tokens() const final { return pool_.tokens() + deferred_; }
   int64_t HostBytes() const final { return pool_.bytes() + ExtraBytes(); }
   absl::StatusOr<kernels::PageSummaries> Summaries() const final {
     if (!prefilled_) return absl::FailedPreconditionError("selector: Summaries before Prefill");
@@ -51,6 +56,12 @@ class SelectorBase : public Selector {
     return absl::OkStatus();
   }
   virtual absl::Status OnAppend(int64_t first, int64_t num_tokens) { return absl::OkStatus(); }
+  // Late reads (Selector::TakesLateReads): whether the policy's options allow them, whether its
+  // next step will be in closed form needing neither its query nor the deferred keys (a query is
+  // not owed when this is asked), and the query of a step begun without one, handed over.
+  virtual bool LateCapable() const { return false; }
+  virtual bool StepsLate() const { return false; }
+  virtual void OnLateQuery(absl::Span<const float> q_float) {}
   // Host bytes a policy holds besides the pool.
   virtual int64_t ExtraBytes() const { return 0; }
   // Chooses this step's KV; q_float is q converted to float. Must not change state on error.
@@ -92,9 +103,13 @@ class SelectorBase : public Selector {
 
  private:
   bool begun_ = false;             // BeginSelect succeeded and FinishSelect has not
+  int64_t deferred_ = 0;           // tokens appended whose keys are not supplied yet
+  bool query_owed_ = false;        // the last step ran without its query (LateQuery next)
   std::vector<size_t> requested_;  // per KV head, the masses the begun selection asked for
   Selection chosen_;               // the default BeginChoose's Selection
   absl::Status CheckKeys(absl::Span<const uint16_t> keys, int64_t num_tokens) const;
+  // q in float; InvalidArgument for a wrong size or a non-finite value.
+  absl::StatusOr<std::vector<float>> QueryToFloat(absl::Span<const uint16_t> q) const;
 };
 
 }  // namespace pagoda::retriever::internal

@@ -568,8 +568,8 @@ class BoundaryClosedForm : public ::testing::TestWithParam<bool> {};
 
 TEST_P(BoundaryClosedForm, StepsSelectWhatFinishSelectSelects) {
   // Twin louiskv selectors rescoring every resident page, fed the same tokens and queries: one
-  // lists its pages (BeginSelect, FinishSelect), the other takes closed-form steps. After the
-  // first step (retrievals included) the closed form names the same pages to score, and the kept
+  // lists its pages (BeginSelect, FinishSelect), the other takes closed-form steps. At every
+  // step (retrievals included) the closed form names the same pages to score, and the kept
   // pages plus BestByMass of the candidates' masses are what FinishSelect attends. With and
   // without trigger_late.
   const int64_t n = 2048, total = n + 48;
@@ -605,15 +605,9 @@ TEST_P(BoundaryClosedForm, StepsSelectWhatFinishSelectSelects) {
     ASSERT_TRUE(req.ok() && creq.ok()) << req.status() << creq.status();
     auto want = (*listed)->FinishSelect(MassesFor(*req, *clusters, o, keys, t + 1, q));
     ASSERT_TRUE(want.ok()) << want.status();
-    if (creq->steady.empty()) {  // the first step (nothing resident yet): as listed
-      EXPECT_TRUE(want->retrieved);
-      EXPECT_EQ(t, n);
-      auto got = (*closed)->FinishSelect(MassesFor(*creq, *clusters, o, keys, t + 1, q));
-      ASSERT_TRUE(got.ok()) << got.status();
-      EXPECT_EQ(got->pages.indices, want->pages.indices);
-      continue;
-    }
-    // Retrievals come in closed form too: the ranking sets the resident set, the masses choose.
+    // Every step is in closed form, retrievals (the first one included) too: the ranking sets
+    // the resident set, the masses choose.
+    ASSERT_FALSE(creq->steady.empty());
     ++(creq->retrieved ? retrievals : steady_steps);
     EXPECT_EQ(creq->retrieved, want->retrieved);
     EXPECT_TRUE(creq->pages.empty());
@@ -660,6 +654,147 @@ TEST_P(BoundaryClosedForm, StepsSelectWhatFinishSelectSelects) {
 }
 
 INSTANTIATE_TEST_SUITE_P(SelectorTest, BoundaryClosedForm, ::testing::Bool());
+
+// Late reads: a selector that gets each step's query and key a step late whenever it can
+// (CanStepLate) takes the same steps as one that gets them on time.
+TEST(SelectorTest, BoundaryLateReadsTakeTheStepsOfOnTimeReads) {
+  const int64_t n = 2048, total = n + 64;
+  NeedleData data(total, 1200, 16, 12);
+  SelectorOptions o = Options(16, 256);
+  o.boundary_threshold = 0.6f;
+  o.window_pages = 2;
+  o.trigger_late = true;
+  auto on_time = MakeSelector(Policy::kBoundary, o);
+  auto late = MakeSelector(Policy::kBoundary, o);
+  ASSERT_TRUE(on_time.ok() && late.ok());
+  ASSERT_TRUE((*on_time)->Prefill(data.Keys(0, n), n).ok());
+  ASSERT_TRUE((*late)->Prefill(data.Keys(0, n), n).ok());
+  EXPECT_TRUE((*late)->TakesLateReads());
+  std::mt19937 rng(5);
+  std::normal_distribution<float> noise(0.f, 1.f);
+  std::vector<uint16_t> q = data.Query(3.f), owed_q;
+  int64_t owed_k = -1;  // the token whose key the late selector waits for
+  int late_steps = 0, retrievals = 0;
+  for (int64_t t = n; t < total; ++t) {
+    SCOPED_TRACE(t);
+    for (uint16_t& x : q) {
+      x = test_data::Half(kernels::ToFloat(x, kernels::DType::kFloat16) *
+                              (t % 16 == 0 ? 0.f : 0.9f) +
+                          0.3f * noise(rng));
+    }
+    ASSERT_TRUE((*on_time)->Append(data.Keys(t, t + 1), 1).ok());
+    auto want = (*on_time)->BeginSelect(q, /*closed_form=*/true);
+    ASSERT_TRUE(want.ok()) << want.status();
+    // What the late caller reads back now: the last step's query and key.
+    if (!owed_q.empty()) {
+      ASSERT_TRUE((*late)->LateQuery(owed_q).ok());
+    }
+    if (owed_k >= 0) {
+      ASSERT_TRUE((*late)->SupplyKeys(data.Keys(owed_k, owed_k + 1), 1).ok());
+    }
+    owed_q.clear();
+    owed_k = -1;
+    absl::StatusOr<ScoreRequest> got;
+    if ((*late)->CanStepLate()) {
+      ++late_steps;
+      ASSERT_TRUE((*late)->AppendDeferred(1).ok());
+      EXPECT_EQ((*late)->num_tokens(), t + 1);
+      got = (*late)->BeginSelect({}, /*closed_form=*/true);
+      owed_q = q;
+      owed_k = t;
+    } else {
+      ASSERT_TRUE((*late)->Append(data.Keys(t, t + 1), 1).ok());
+      got = (*late)->BeginSelect(q, /*closed_form=*/true);
+    }
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->steady.size(), want->steady.size());
+    EXPECT_EQ(got->retrieved, want->retrieved);
+    retrievals += want->retrieved ? 1 : 0;
+    for (size_t h = 0; h < want->steady.size(); ++h) {
+      const SteadyRow &a = got->steady[h], &b = want->steady[h];
+      EXPECT_EQ(std::tie(a.sink_end, a.window_begin, a.pages, a.cand_begin, a.cand_end, a.need),
+                std::tie(b.sink_end, b.window_begin, b.pages, b.cand_begin, b.cand_end, b.need));
+      const auto ra = (*late)->ResidentPages(static_cast<int>(h));
+      const auto rb = (*on_time)->ResidentPages(static_cast<int>(h));
+      EXPECT_EQ(std::vector<int32_t>(ra.begin(), ra.end()),
+                std::vector<int32_t>(rb.begin(), rb.end()));
+    }
+  }
+  EXPECT_GT(retrievals, 1);
+  EXPECT_GT(late_steps, 20);  // the steps the trigger does not retrieve at, after the first
+  EXPECT_LT(late_steps, total - n);
+}
+
+TEST(SelectorTest, LateReadsRefuseWhatTheyCannotServe) {
+  const int64_t n = 1024;
+  NeedleData data(n + 8, 400, 16, 4);
+  SelectorOptions o = Options(16, 128);
+  const std::vector<uint16_t> q = data.Query(3.f);
+  // Without trigger_late (and for policies other than louiskv) keys are never deferred.
+  for (Policy p : {Policy::kBoundary, Policy::kQuest}) {
+    auto sel = MakeSelector(p, o);
+    ASSERT_TRUE(sel.ok());
+    ASSERT_TRUE((*sel)->Prefill(data.Keys(0, n), n).ok());
+    EXPECT_FALSE((*sel)->TakesLateReads());
+    EXPECT_EQ((*sel)->AppendDeferred(1).code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ((*sel)->num_tokens(), n);
+  }
+  o.trigger_late = true;
+  auto sel = MakeSelector(Policy::kBoundary, o);
+  ASSERT_TRUE(sel.ok());
+  EXPECT_EQ((*sel)->AppendDeferred(1).code(), absl::StatusCode::kFailedPrecondition);  // no prompt
+  ASSERT_TRUE((*sel)->Prefill(data.Keys(0, n), n).ok());
+  EXPECT_TRUE((*sel)->TakesLateReads());
+  // The first step has no earlier query for the trigger: it needs its own.
+  EXPECT_FALSE((*sel)->CanStepLate());
+  ASSERT_TRUE((*sel)->AppendDeferred(1).ok());
+  EXPECT_EQ((*sel)->BeginSelect({}, true).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*sel)->BeginSelect(q, true).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*sel)->Select(q).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*sel)->Append(data.Keys(n, n + 1), 1).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*sel)->SupplyKeys(data.Keys(n, n + 2), 2).code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<uint16_t> key = data.Keys(n, n + 1);
+  EXPECT_EQ((*sel)->SupplyKeys(absl::MakeConstSpan(key).subspan(1), 1).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*sel)->LateQuery(q).code(), absl::StatusCode::kFailedPrecondition);  // none owed
+  EXPECT_EQ((*sel)->num_tokens(), n + 1);
+  ASSERT_TRUE((*sel)->SupplyKeys(data.Keys(n, n + 1), 1).ok());
+  EXPECT_EQ((*sel)->SupplyKeys(data.Keys(n, n + 1), 1).code(),
+            absl::StatusCode::kFailedPrecondition);  // nothing deferred any more
+  auto first = (*sel)->BeginSelect(q, true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->retrieved);
+  // The same query again: the trigger will not fire, so the next step may run late.
+  ASSERT_TRUE((*sel)->CanStepLate());
+  ASSERT_TRUE((*sel)->AppendDeferred(1).ok());
+  EXPECT_EQ((*sel)->BeginSelect(q, false).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto second = (*sel)->BeginSelect({}, true);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(second->retrieved);
+  EXPECT_FALSE(second->steady.empty());
+  // Its query is owed now: no step until it is handed over (a bad one changes nothing).
+  EXPECT_FALSE((*sel)->CanStepLate());
+  EXPECT_EQ((*sel)->BeginSelect(q, true).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*sel)->LateQuery(absl::MakeConstSpan(q).subspan(1)).code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<uint16_t> inf = q;
+  inf[3] = 0x7c00;
+  EXPECT_EQ((*sel)->LateQuery(inf).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*sel)->LateQuery(q).ok());
+  ASSERT_TRUE((*sel)->SupplyKeys(data.Keys(n + 1, n + 2), 1).ok());
+  EXPECT_TRUE((*sel)->CanStepLate());
+  // A query pointing elsewhere: the next step retrieves, so it needs its query and key.
+  ASSERT_TRUE((*sel)->AppendDeferred(1).ok());
+  ASSERT_TRUE((*sel)->BeginSelect({}, true).ok());
+  ASSERT_TRUE((*sel)->LateQuery(data.Query(-3.f)).ok());
+  ASSERT_TRUE((*sel)->SupplyKeys(data.Keys(n + 2, n + 3), 1).ok());
+  EXPECT_FALSE((*sel)->CanStepLate());
+  ASSERT_TRUE((*sel)->Append(data.Keys(n + 3, n + 4), 1).ok());
+  auto third = (*sel)->BeginSelect(data.Query(-3.f), true);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_TRUE(third->retrieved);
+  EXPECT_EQ((*sel)->num_tokens(), n + 4);
+}
 
 TEST(SelectorTest, BestByMassTakesTheLargestTiesToTheEarlier) {
   const std::vector<float> mass = {0.5f, 2.f, 1.f, 2.f, 0.f, 1.f};

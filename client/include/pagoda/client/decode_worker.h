@@ -187,8 +187,9 @@ struct WorkerStepStats {
   // page it needed could be had; its outputs were zeroed, never computed from wrong bytes).
   std::vector<absl::Status> sequence_status;
   int64_t retrievals = 0;  // (sequence, layer) selections that ran afresh
-  // (sequence, layer) steps chosen on the backend in closed form (louiskv between retrievals:
-  // scored, chosen and attended with no host sync, WorkerBackend::AttendBestByMass).
+  // (sequence, layer) steps chosen on the backend in closed form (louiskv rescoring every resident
+  // page, retrievals included: scored, chosen and attended with no host sync,
+  // WorkerBackend::AttendBestByMass). A retrieval in closed form counts in retrievals too.
   int64_t chosen_on_backend = 0;
   int64_t attended_head_pages = 0;  // table entries, all rows
   int64_t fetched_head_pages = 0;   // gathered into the pool this step

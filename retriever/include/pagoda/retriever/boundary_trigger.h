@@ -28,6 +28,9 @@ class BoundaryTrigger {
   // A zero query head counts as cosine 0.
   absl::StatusOr<bool> Observe(absl::Span<const float> q);
 
+  // Whether Observe(q) would fire, changing nothing (q as Observe takes it, already checked).
+  bool WouldFire(absl::Span<const float> q) const;
+
   // Mean cosine computed by the last Observe (1 after the first call).
   float last_similarity() const { return last_similarity_; }
   // Forgets the anchor: the next Observe fires.

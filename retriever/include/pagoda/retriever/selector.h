@@ -202,8 +202,35 @@ class Selector {
   // be the first call and happen once; num_tokens >= 1; keys finite. On error nothing changes.
   virtual absl::Status Prefill(absl::Span<const uint16_t> keys, int64_t num_tokens) = 0;
 
-  // Adds generated tokens (same layout as Prefill). Requires Prefill. On error nothing changes.
+  // Adds generated tokens (same layout as Prefill). Requires Prefill and no deferred keys
+  // (FailedPrecondition). On error nothing changes.
   virtual absl::Status Append(absl::Span<const uint16_t> keys, int64_t num_tokens) = 0;
+
+  // Late reads, for a caller that reads each step's query and keys back from its device a step
+  // late without waiting (the decode worker on a GPU). With TakesLateReads (louiskv with
+  // trigger_late, rescoring every resident page, no coverage trigger), a step the trigger does
+  // not retrieve at needs neither its query nor its key on the host:
+  //   - AppendDeferred adds tokens whose keys come later, oldest first, through SupplyKeys;
+  //   - when CanStepLate, BeginSelect(q = {}, closed_form = true) takes the step without its
+  //     query (it comes back in closed form) and LateQuery hands that query over before the
+  //     next step (the trigger observes it there).
+  // Any other step needs its query and every key (SupplyKeys, then Append): a caller asks
+  // CanStepLate before each step and reads back what it says. Errors change nothing:
+  // FailedPrecondition before Prefill, for AppendDeferred without TakesLateReads, for LateQuery
+  // with no query owed, and for a BeginSelect while a query is owed or, without its query or
+  // with keys deferred, when CanStepLate is false; InvalidArgument for more keys than deferred,
+  // wrong sizes and non-finite values.
+  virtual bool TakesLateReads() const { return false; }
+  virtual bool CanStepLate() const { return false; }
+  virtual absl::Status AppendDeferred(int64_t num_tokens) {
+    return absl::FailedPreconditionError("selector: this policy takes no late reads");
+  }
+  virtual absl::Status SupplyKeys(absl::Span<const uint16_t> keys, int64_t num_tokens) {
+    return absl::FailedPreconditionError("selector: no keys are deferred");
+  }
+  virtual absl::Status LateQuery(absl::Span<const uint16_t> q) {
+    return absl::FailedPreconditionError("selector: no query is owed");
+  }
 
   // Selects KV for the query of the newest token: q [q_heads, head_dim] in options().dtype (the
   // bits the kernels see). All tokens appended so
@@ -253,7 +280,7 @@ class Selector {
   // resident.
   virtual int64_t HostBytes() const = 0;
 
-  // Tokens appended so far.
+  // Tokens appended so far (those with deferred keys included).
   virtual int64_t num_tokens() const = 0;
   virtual const SelectorOptions& options() const = 0;
 };
