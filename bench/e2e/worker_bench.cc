@@ -71,6 +71,7 @@ struct Args {
   int cluster_window = -1;  // -1: the selector's default
   int select_threads = 0;
   double rescore_factor = 4.0;  // the selector's default: every resident page
+  bool trigger_late = false;    // louiskv: selector.trigger_late
   bool trigger = false;         // boundary trigger for page policies
   float threshold = 0.9f;
   bool verify = true;
@@ -396,6 +397,7 @@ int Run(const Args& a) {
   if (a.cluster_window >= 0) o.selector.cluster_window_tokens = a.cluster_window;
   o.select_threads = a.select_threads;
   o.selector.rescore_factor = a.rescore_factor;
+  o.selector.trigger_late = a.trigger_late;
   o.boundary_trigger = a.trigger;
   o.boundary_threshold = a.threshold;
   o.verify = a.verify;
@@ -497,7 +499,7 @@ int Run(const Args& a) {
 
   // Decode.
   std::vector<double> step_s, dense_s, err, recall, phase[6];
-  int64_t retrievals = 0, attended = 0, fetched = 0, measured = 0, failures = 0;
+  int64_t retrievals = 0, attended = 0, fetched = 0, measured = 0, failures = 0, late = 0;
   std::vector<uint16_t> q(B * qh * hd), k(B * kvh * hd), v(B * kvh * hd), o_w(B * qh * hd),
       o_d(static_cast<size_t>(L) * B * qh * hd);
   std::vector<int32_t> indptr, idx, last;
@@ -553,6 +555,7 @@ int Run(const Args& a) {
                           stats->verify_s, stats->attend_s, stats->commit_s};
     for (int i = 0; i < 6; ++i) phase[i].push_back(ph[i]);
     retrievals += stats->retrievals;
+    late += stats->late_reads;
     attended += stats->attended_head_pages;
     fetched += stats->fetched_head_pages;
     // The dense baseline and the errors.
@@ -617,6 +620,7 @@ int Run(const Args& a) {
       std::accumulate(recall.begin(), recall.end(), 0.0) / std::max<size_t>(1, recall.size()),
       Percentile(recall, 0.05));
   std::printf("| retrievals per token (per layer) | %.3f |\n", retrievals / (tokens * L));
+  std::printf("| steps reading q / k late (per layer-token) | %.3f |\n", late / (tokens * L));
   std::printf("| head-pages attended per token-layer-head | %.1f (%.1f KiB) |\n",
               attended / (tokens * L * kvh), attended / (tokens * L * kvh) * head_page_kib);
   std::printf("| head-pages fetched per token-layer-head | %.2f (%.2f KiB) |\n",
@@ -678,6 +682,8 @@ int main(int argc, char** argv) {
   app.add_option("--cluster-window", a.cluster_window,
                  "louiskv clustering window in tokens (0: whole prompt; default: the selector's)");
   app.add_option("--rescore-factor", a.rescore_factor, "louiskv rescore factor");
+  app.add_flag("--trigger-late", a.trigger_late,
+               "louiskv: the trigger sees each query a step late (q / k read back late)");
   app.add_flag("--trigger", a.trigger, "boundary trigger for page policies");
   app.add_option("--threshold", a.threshold, "trigger threshold for page policies");
   app.add_option("--verify", a.verify, "verify gathered head-pages (1/0)");

@@ -21,6 +21,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -55,6 +56,10 @@ struct Args {
   int warmup = 3;
   bool trigger = false;
   float threshold = 0.9f;
+  bool trigger_late = false;  // louiskv: selector.trigger_late (q / k read back a step late)
+  // Layers of the worker: each step runs them in turn (Plan, Attend per layer, Finish), so the
+  // host can run ahead of the device across layers; times are per layer-step.
+  int layers = 1;
   double rescore_factor = 4.0;  // louiskv (the selector's default: every resident page)
   float drift = 0.05f;          // query random-walk step, relative to the query's norm
   int64_t chunk = 8192;
@@ -101,8 +106,9 @@ int RunCase(const Args& a, int64_t ctx, int B,
   so.layouts = {layout};
   // louiskv writes a cluster-ordered layout page per clustered prompt page besides the natural
   // ones: room for both (there is no SSD tier to demote to).
-  const int64_t pages = B * (ctx / kP + 2) * (a.policy == "louiskv" ? 2 : 1);
-  so.host_capacity_bytes = static_cast<uint64_t>(pages + 64 * (B + 1)) * layout.PageBytes();
+  const int L = a.layers;
+  const int64_t pages = int64_t{L} * B * (ctx / kP + 2) * (a.policy == "louiskv" ? 2 : 1);
+  so.host_capacity_bytes = static_cast<uint64_t>(pages + 64 * L * (B + 1)) * layout.PageBytes();
   so.segment_bytes = layout.PageBytes() * 64;
   so.watermarks[static_cast<int>(Tier::kHost)] = Watermarks{1.0, 1.0};  // no SSD: keep every page
   auto store = Store::Open(so);
@@ -119,19 +125,20 @@ int RunCase(const Args& a, int64_t ctx, int B,
   o.tenant = "bench";
   o.layout = layout;
   o.q_heads = kQ;
-  o.num_layers = 1;
+  o.num_layers = L;
   o.policy = *policy;
   o.selector.budget_tokens = a.budget;
   o.boundary_trigger = a.trigger;
   o.boundary_threshold = a.threshold;
   o.selector.boundary_threshold = a.threshold;  // louiskv's own trigger
-  o.prefetch = false;                           // everything is in the host tier
-  o.summary_slots = B * (ctx / kP + 64);        // quest selects on the device over these
+  o.selector.trigger_late = a.trigger_late;
+  o.prefetch = false;                         // everything is in the host tier
+  o.summary_slots = L * B * (ctx / kP + 64);  // quest selects on the device over these
   o.selector.rescore_factor = a.rescore_factor;
   // Twice one step's worst case, so most of a context is not resident and selections fetch.
   const int64_t row_pages = std::max<int64_t>(
       a.budget / kP, retriever::MaxScoredPages(*policy, o.selector, a.budget / kP));
-  o.pool_slots_per_head = static_cast<int32_t>(2 * B * (row_pages + 8) + 2 * B + 64);
+  o.pool_slots_per_head = static_cast<int32_t>(L * (2 * B * (row_pages + 8) + 2 * B) + 64);
   if (a.prefill_attend) {  // a dense head reads every page of its sequence's layer at once
     o.pool_slots_per_head =
         std::max<int32_t>(o.pool_slots_per_head, static_cast<int32_t>(ctx / kP + 2 * B + 64));
@@ -185,9 +192,11 @@ int RunCase(const Args& a, int64_t ctx, int B,
       return 1;
     }
     seqs.push_back(opened->id);
-    for (int64_t t0 = 0; t0 < ctx; t0 += a.chunk) {
+    for (int64_t i = 0; i < L * ctx; i += a.chunk) {
+      const int layer = static_cast<int>(i / ctx);
+      const int64_t t0 = i % ctx;
       const int64_t n = std::min(a.chunk, ctx - t0);
-      const int64_t off = ((t0 + b * 4099) % block) * kKv * kD;
+      const int64_t off = ((t0 + b * 4099 + layer * 7919) % block) * kKv * kD;
       auto kd = st.In(0, &kblock[off], DType::kBf16, n, kKv, kD);
       auto vd = st.In(1, &vblock[off], DType::kBf16, n, kKv, kD);
       absl::Status s = !kd.ok() ? kd.status() : !vd.ok() ? vd.status() : absl::OkStatus();
@@ -196,10 +205,10 @@ int RunCase(const Args& a, int64_t ctx, int B,
         auto od = st.Out(7, o_prefill.data(), DType::kBf16, n, kQ, kD);
         s = !qd.ok()   ? qd.status()
             : !od.ok() ? od.status()
-                       : w.PrefillAttend(opened->id, 0, *qd, *kd, *vd, *od);
+                       : w.PrefillAttend(opened->id, layer, *qd, *kd, *vd, *od);
         if (s.ok() && t0 + n == ctx) s = st.Back(*od, o_prefill.data());  // the sequence's last
       } else if (s.ok()) {
-        s = w.Prefill(opened->id, 0, *kd, *vd);
+        s = w.Prefill(opened->id, layer, *kd, *vd);
       }
       if (!s.ok()) {
         std::fprintf(stderr, "prefill: %s\n", s.ToString().c_str());
@@ -221,17 +230,21 @@ int RunCase(const Args& a, int64_t ctx, int B,
   std::vector<float> qf(static_cast<size_t>(B) * kQ * kD);
   std::normal_distribution<float> nd(0.f, 1.f);
   for (float& x : qf) x = nd(rng);
-  std::vector<uint16_t> q(qf.size()), o_h(qf.size());
+  std::vector<uint16_t> q(qf.size());
+  std::vector<std::vector<uint16_t>> o_h(L, std::vector<uint16_t>(qf.size()));
   std::vector<double> step_s, host_s, ph[6];
-  double fetched = 0, attended = 0, retrievals = 0;
+  double fetched = 0, attended = 0, retrievals = 0, late = 0;
   int failures = 0;
   for (int s = 0; s < a.warmup + a.steps; ++s) {
     for (size_t i = 0; i < qf.size(); ++i) {
       qf[i] = qf[i] * std::sqrt(1 - a.drift * a.drift) + a.drift * nd(rng);
       q[i] = kernels::FloatToBf16(qf[i]);
     }
-    const std::vector<uint16_t> kn = Random(rng, int64_t{B} * kKv * kD, 1.0f);
-    const std::vector<uint16_t> vn = Random(rng, int64_t{B} * kKv * kD, 1.0f);
+    std::vector<std::vector<uint16_t>> kn(L), vn(L);
+    for (int l = 0; l < L; ++l) {
+      kn[l] = Random(rng, int64_t{B} * kKv * kD, 1.0f);
+      vn[l] = Random(rng, int64_t{B} * kKv * kD, 1.0f);
+    }
     std::vector<int32_t> next(B, 7);
     Clock::time_point t1 = Clock::now();
     double staged = 0;  // time in the stage's own copies (not the worker's)
@@ -242,17 +255,25 @@ int RunCase(const Args& a, int64_t ctx, int B,
       std::fprintf(stderr, "plan: %s\n", plan.status().ToString().c_str());
       return 1;
     }
+    // Every layer's inputs and outputs staged first (one slot each), so the layers then run back
+    // to back as in a model's forward pass (the query is the same in every layer).
     Clock::time_point ts = Clock::now();
-    auto qd = st.In(2, q.data(), DType::kBf16, B, kQ, kD);
-    auto kd = st.In(3, kn.data(), DType::kBf16, B, kKv, kD);
-    auto vd = st.In(4, vn.data(), DType::kBf16, B, kKv, kD);
-    auto od = st.Out(5, o_h.data(), DType::kBf16, B, kQ, kD);
+    std::vector<TensorView> qd(L), kd(L), vd(L), od(L);
+    absl::Status as;
+    for (int l = 0; l < L && as.ok(); ++l) {
+      auto qs = st.In(10 + 4 * l, q.data(), DType::kBf16, B, kQ, kD);
+      auto ks = st.In(11 + 4 * l, kn[l].data(), DType::kBf16, B, kKv, kD);
+      auto vs = st.In(12 + 4 * l, vn[l].data(), DType::kBf16, B, kKv, kD);
+      auto os = st.Out(13 + 4 * l, o_h[l].data(), DType::kBf16, B, kQ, kD);
+      as = !qs.ok()   ? qs.status()
+           : !ks.ok() ? ks.status()
+           : !vs.ok() ? vs.status()
+           : !os.ok() ? os.status()
+                      : absl::OkStatus();
+      if (as.ok()) std::tie(qd[l], kd[l], vd[l], od[l]) = std::tie(*qs, *ks, *vs, *os);
+    }
     staged += Seconds(ts);
-    absl::Status as = !qd.ok()   ? qd.status()
-                      : !kd.ok() ? kd.status()
-                      : !vd.ok() ? vd.status()
-                      : !od.ok() ? od.status()
-                                 : w.Attend(*plan, 0, *qd, *kd, *vd, *od);
+    for (int l = 0; l < L && as.ok(); ++l) as = w.Attend(*plan, l, qd[l], kd[l], vd[l], od[l]);
     if (!as.ok()) {
       std::fprintf(stderr, "attend: %s\n", as.ToString().c_str());
       return 1;
@@ -263,20 +284,23 @@ int RunCase(const Args& a, int64_t ctx, int B,
       return 1;
     }
     ts = Clock::now();
-    if (absl::Status bs = st.Back(*od, o_h.data()); !bs.ok()) return 1;
+    for (int l = 0; l < L; ++l) {
+      if (absl::Status bs = st.Back(od[l], o_h[l].data()); !bs.ok()) return 1;
+    }
     staged += Seconds(ts);
     const double took = Seconds(t1);
     const double in_backend = bench::BackendSeconds(*timer);
     for (const absl::Status& x : stats->sequence_status) failures += x.ok() ? 0 : 1;
     if (s < a.warmup) continue;
-    step_s.push_back(took);
-    host_s.push_back(took - staged - in_backend);
+    step_s.push_back(took / L);
+    host_s.push_back((took - staged - in_backend) / L);
     const double p[6] = {stats->append_s, stats->select_s, stats->fetch_s,
                          stats->verify_s, stats->attend_s, stats->commit_s};
-    for (int i = 0; i < 6; ++i) ph[i].push_back(p[i]);
+    for (int i = 0; i < 6; ++i) ph[i].push_back(p[i] / L);
     fetched += stats->fetched_head_pages;
     attended += stats->attended_head_pages;
     retrievals += stats->retrievals;
+    late += stats->late_reads;
   }
   const double step_ms = Median(step_s) * 1e3;
   auto find = [&](const char* kind) {
@@ -288,8 +312,8 @@ int RunCase(const Args& a, int64_t ctx, int B,
       "| %lld | %d | %s%s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f | %.2f | ",
       static_cast<long long>(ctx), B, a.policy.c_str(), a.trigger ? "+trigger" : "", step_ms,
       Median(host_s) * 1e3, Median(ph[1]) * 1e3, Median(ph[2]) * 1e3, Median(ph[3]) * 1e3,
-      Median(ph[4]) * 1e3, Median(ph[0]) * 1e3 + Median(ph[5]) * 1e3, fetched / (a.steps * B * kKv),
-      retrievals / (a.steps * B));
+      Median(ph[4]) * 1e3, Median(ph[0]) * 1e3 + Median(ph[5]) * 1e3,
+      fetched / (a.steps * L * B * kKv), retrievals / (a.steps * L * B));
   if (sdpa > 0) {
     std::printf("%.3f | %.2fx | ", sdpa, step_ms / sdpa);
   } else {
@@ -300,7 +324,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
   } else {
     std::printf("- | - |");
   }
-  std::printf(" %.1f s | %d |\n", prefill_s, failures);
+  std::printf(" %.1f s | %d | %.2f |\n", prefill_s, failures, late / (a.steps * L * B));
   std::printf("backend calls per step, ms (wall time in each, syncs included): %s\n",
               bench::BackendBreakdown(*timer, a.steps).c_str());
   {
@@ -335,16 +359,17 @@ int RunCase(const Args& a, int64_t ctx, int B,
 int Run(const Args& a) {
   const auto base = ReadBaselines(a.sdpa);
   std::printf(
-      "decode worker, one layer (Llama-3-8B shapes: %d q / %d kv heads, d %d, bf16, page %d), "
-      "%s backend, budget %lld tokens/KV head, %d steps after %d warm-up, query drift %.2f\n",
-      kQ, kKv, kD, kP, a.backend.c_str(), static_cast<long long>(a.budget), a.steps, a.warmup,
-      a.drift);
+      "decode worker per layer (Llama-3-8B shapes: %d q / %d kv heads, d %d, bf16, page %d), "
+      "%s backend, budget %lld tokens/KV head, %d steps of %d layer(s) after %d warm-up, query "
+      "drift %.2f%s; times per layer-step\n",
+      kQ, kKv, kD, kP, a.backend.c_str(), static_cast<long long>(a.budget), a.steps, a.layers,
+      a.warmup, a.drift, a.trigger_late ? ", louiskv's trigger a step late" : "");
   std::printf(
       "| context | batch | policy | step ms | worker host | select | fetch | verify | attend | "
       "append+commit | "
       "head-pages fetched / seq-head | retrievals / seq | SDPA dense ms | step / SDPA | "
-      "gather+SDPA ms | step / gather+SDPA | prefill | failed |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "gather+SDPA ms | step / gather+SDPA | prefill | failed | read late / seq |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   const std::vector<std::string> cases = absl::StrSplit(a.cases, ',');
   for (const std::string& c : cases) {
     std::vector<std::string> parts = absl::StrSplit(c, 'x');
@@ -375,6 +400,10 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", a.warmup, "unmeasured first steps")->check(CLI::Range(0, 1000));
   app.add_flag("--trigger", a.trigger, "boundary trigger (selections reused while it holds)");
   app.add_option("--threshold", a.threshold, "trigger threshold");
+  app.add_flag("--trigger-late", a.trigger_late,
+               "louiskv: the trigger sees each query a step late (q / k read back without a sync)");
+  app.add_option("--layers", a.layers, "layers per step (run back to back)")
+      ->check(CLI::Range(1, 64));
   app.add_option("--rescore-factor", a.rescore_factor,
                  "louiskv rescore factor (>= its resident factor 4: every resident page)")
       ->check(CLI::Range(0.0, 64.0));

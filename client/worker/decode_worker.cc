@@ -147,8 +147,8 @@ absl::Status DecodeWorker::Impl::CommitTailLater(SequenceId id, Sequence& seq, i
   LayerState& ls = seq.layers[layer];
   std::vector<HeadSlot> heads;
   for (int h = 0; h < kv_; ++h) heads.push_back({h, ls.tail[h]});
-  // Tags past the layers' (ObserveQueries uses one per layer).
-  const int tag = o_.num_layers + static_cast<int>(pending_commits_.size());
+  // Tags past the layers' (ObserveQueries / choices, late queries, late keys: one each per layer).
+  const int tag = 3 * o_.num_layers + static_cast<int>(pending_commits_.size());
   if (absl::Status s = backend_->StartReadHeads(heads, tag); !s.ok()) return s;
   const int64_t p = static_cast<int64_t>(ls.keys.size());
   const PageKey key =
@@ -1132,6 +1132,34 @@ void DecodeWorker::Impl::ObserveQueries(int layer, const TensorView& q,
   }
 }
 
+void DecodeWorker::Impl::SettleLateReads(int layer) {
+  std::vector<LateRead>& pending = late_pending_[layer];
+  if (pending.empty()) return;
+  auto qs = backend_->FinishCopyToHost(QueryTag(layer));
+  auto ks = backend_->FinishCopyToHost(KeyTag(layer));
+  const size_t q_row = static_cast<size_t>(o_.q_heads) * d_;
+  const size_t k_row = static_cast<size_t>(kv_) * d_;
+  for (const LateRead& r : pending) {
+    auto it = seqs_.find(r.id);
+    if (it == seqs_.end() || !it->second.failed.ok()) continue;  // closed or failed since
+    retriever::Selector& sel = *it->second.layers[layer].selector;
+    absl::Status s = !qs.ok() ? qs.status() : ks.status();
+    if (s.ok()) s = sel.SupplyKeys(ks->subspan(r.row * k_row, k_row), 1);
+    if (s.ok() && r.query) s = sel.LateQuery(qs->subspan(r.row * q_row, q_row));
+    if (!s.ok()) {
+      it->second.failed =
+          absl::Status(s.code(), absl::StrCat("reading the last step's q / k back: ", s.message()));
+    }
+  }
+  pending.clear();
+}
+
+bool DecodeWorker::Impl::ReadsLate(const LayerState& ls) const {
+  if (ls.selector == nullptr || !ls.selector->TakesLateReads()) return false;
+  const bool dense = (o_.selector.budget_tokens / P_) * P_ >= ls.tokens + 1;  // DenseRows' test
+  return dense || ls.selector->CanStepLate();
+}
+
 void DecodeWorker::Impl::SelectOnBackend(int layer, const TensorView& q,
                                          std::vector<absl::Status>& status, WorkerStepStats& stats,
                                          std::vector<bool>& fresh) {
@@ -1246,10 +1274,20 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   // What the host reads: q for host selection and the boundary trigger, k for the host
   // selector's key pool, and on the CPU backend all three for the inf / NaN checks. Device
   // selection on a device backend reads none of them now: its trigger reads q a step later
-  // (ObserveQueries), from a copy started without a sync.
+  // (ObserveQueries), from a copy started without a sync; nor do the host selectors' rows that
+  // read late (louiskv with trigger_late between retrievals, ReadsLate): their selectors get q
+  // and k at the layer's next step, copied back without a sync.
   const bool on_host = dev == Device::kCpu;
-  const bool need_q = on_host || !device_select_;
-  const bool need_k = on_host || !device_select_;
+  SettleLateReads(layer);
+  late_.assign(B, 0);
+  bool all_late = !device_select_;
+  for (int64_t b = 0; b < B; ++b) {
+    const Sequence& seq = seqs_[plan_seqs_[b]];
+    late_[b] = seq.failed.ok() && ReadsLate(seq.layers[layer]) ? 1 : 0;
+    all_late = all_late && late_[b];
+  }
+  const bool need_q = on_host || (!device_select_ && !all_late);
+  const bool need_k = need_q;
   TensorView hq, hk;
   for (auto [t, buf, need, rows, what] :
        {std::tuple{&q, &qh_, need_q, o_.q_heads, "q"}, std::tuple{&k, &kh_, need_k, kv_, "k"},
@@ -1267,6 +1305,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   WorkerStepStats& stats = step_stats_;
   std::vector<absl::Status>& status = step_status_;
   auto fail_all = [&](const absl::Status& s) {
+    late_pending_[layer].clear();  // no copy to read back
     for (SequenceId id : plan_seqs_) {
       if (seqs_[id].failed.ok()) seqs_[id].failed = s;
     }
@@ -1297,8 +1336,14 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     ++ls.tokens;
     if (device_select_) continue;
-    const absl::Span<const uint16_t> kb(hk.At(b, 0, 0), static_cast<size_t>(kv_) * d_);
-    if (absl::Status s = ls.selector->Append(kb, 1); !s.ok() && status[b].ok()) status[b] = s;
+    absl::Status s;
+    if (late_[b]) {
+      s = ls.selector->AppendDeferred(1);  // its key comes back with the next step
+    } else {
+      s = ls.selector->Append(absl::MakeConstSpan(hk.At(b, 0, 0), static_cast<size_t>(kv_) * d_),
+                              1);
+    }
+    if (!s.ok() && status[b].ok()) status[b] = s;
   }
   stats.append_s += Since(t0);
 
@@ -1327,7 +1372,9 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     select_pool_.Run(B, [&](int64_t b) {
       states[b]->choice_pending = false;  // this step's rows replace any choice not read back
       if (!status[b].ok()) return;
-      const absl::Span<const uint16_t> qb(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
+      const absl::Span<const uint16_t> qb =
+          late_[b] ? absl::Span<const uint16_t>()
+                   : absl::MakeConstSpan(hq.At(b, 0, 0), static_cast<size_t>(o_.q_heads) * d_);
       auto rows = worker_internal::BeginRows(o_, layer, *states[b], qb, requests[b]);
       if (!rows.ok()) {
         status[b] = rows.status();
@@ -1358,6 +1405,11 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
       retrieved[b] = *fresh ? 1 : 0;
     });
     for (int64_t b = 0; b < B; ++b) {
+      // Late rows owe their key, and their query when their selector stepped without it.
+      if (late_[b] && status[b].ok()) {
+        late_pending_[layer].push_back({plan_seqs_[b], b, begun[b] != 0});
+        ++stats.late_reads;
+      }
       if (!status[b].ok()) continue;
       stats.retrievals += retrieved[b];
       const LayerState& ls = *states[b];
@@ -1442,6 +1494,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   if (std::find(steady_.begin(), steady_.end(), 1) != steady_.end()) {
     if (absl::Status s = AttendChosen(layer, q, requests, o); !s.ok()) return fail_all(s);
     stats.attend_s += Since(t3);
+    if (absl::Status s = StartLateReads(layer, q, k); !s.ok()) return fail_all(s);
     return CommitFilled(layer, stats);
   }
   indptr_.assign(1, 0);
@@ -1472,7 +1525,16 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   table.last_page_len = last_len_.data();
   if (absl::Status s = backend_->Attend(q, table, o); !s.ok()) return fail_all(s);
   stats.attend_s += Since(t3);
+  if (absl::Status s = StartLateReads(layer, q, k); !s.ok()) return fail_all(s);
   return CommitFilled(layer, stats);
+}
+
+absl::Status DecodeWorker::Impl::StartLateReads(int layer, const TensorView& q,
+                                                const TensorView& k) {
+  // After the layer's attention on the stream: the copies never delay it.
+  if (late_pending_[layer].empty()) return absl::OkStatus();
+  if (absl::Status s = backend_->StartCopyToHost(q, QueryTag(layer)); !s.ok()) return s;
+  return backend_->StartCopyToHost(k, KeyTag(layer));
 }
 
 absl::Status DecodeWorker::Impl::CommitFilled(int layer, WorkerStepStats& stats) {

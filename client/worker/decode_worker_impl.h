@@ -72,6 +72,7 @@ class DecodeWorker::Impl {
         layout_pages_(o.policy == retriever::Policy::kBoundary),
         select_pool_(device_select_ ? 1 : worker_internal::SelectThreads(o.select_threads)),
         q_pending_(o.num_layers),
+        late_pending_(o.num_layers),
         steady_batch_(o.num_layers) {}
 
   absl::Status Init();
@@ -229,6 +230,25 @@ class DecodeWorker::Impl {
   // Per layer: the batch whose queries were last copied back (ObserveQueries) and, per row,
   // whether that step retrieved (its query becomes the trigger's anchor).
   std::vector<std::vector<std::pair<SequenceId, bool>>> q_pending_;
+  // Late reads (louiskv with trigger_late, retriever::Selector::CanStepLate): per layer, the rows
+  // of the last step whose key (and, when a step ran without it, query) their selector still
+  // waits for, copied back without a sync under the layer's tags; read at the layer's next step.
+  struct LateRead {
+    SequenceId id;
+    int64_t row;
+    bool query;
+  };
+  std::vector<std::vector<LateRead>> late_pending_;
+  std::vector<char> late_;  // this layer's rows: read late
+  int QueryTag(int layer) const { return o_.num_layers + layer; }
+  int KeyTag(int layer) const { return 2 * o_.num_layers + layer; }
+  // Hands the layer's late reads of the last step to their selectors; a failure (a non-finite
+  // value, a copy error) fails that sequence.
+  void SettleLateReads(int layer);
+  // Starts the copies the layer's late rows need (after the layer's work on the stream).
+  absl::Status StartLateReads(int layer, const TensorView& q, const TensorView& k);
+  // Whether the row of `ls` reads its query and key late this step.
+  bool ReadsLate(const worker_internal::LayerState& ls) const;
   std::vector<int32_t> free_sum_;
   std::vector<int32_t> slot_page_;
 

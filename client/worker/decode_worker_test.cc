@@ -438,12 +438,15 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
 // its own context, and a damaged layout page is never attended.
 // With the given rescore factor (below the resident factor 4: the best candidates by the
 // estimate; at it: every resident page).
-void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
+void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor, bool trigger_late) {
   TempDir dir;
   auto store = OpenStore(dir.path());
   DecodeWorkerOptions o = Options(retriever::Policy::kBoundary, 5 * kPage, 96);
   o.selector.boundary_threshold = -0.1f;  // random queries: retrieve now and then
   o.selector.rescore_factor = rescore_factor;
+  // The reference selectors read every query and key on time; the worker's read them a step late
+  // whenever they can: the same steps.
+  o.selector.trigger_late = trigger_late;
   auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(w.ok()) << w.status();
   Driver drv(w->get());
@@ -476,7 +479,7 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
       }
     }
   };
-  int64_t retrievals = 0, shared = 0, chosen = 0;
+  int64_t retrievals = 0, shared = 0, chosen = 0, late = 0;
   for (int step = 0; step < 16; ++step) {
     std::vector<std::vector<uint16_t>> outs;
     auto stats = drv.Step(ids, {11 * step, 11 * step, 11 * step + 5}, &outs);
@@ -485,6 +488,8 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
     retrievals += stats->retrievals;
     shared += stats->shared_head_pages;
     chosen += stats->chosen_on_backend;
+    late += stats->late_reads;
+    EXPECT_LE(stats->retrievals + stats->late_reads, 3 * kLayers);  // a late step never retrieves
     EXPECT_LE(stats->retrievals, 3 * kLayers);
     EXPECT_LE(stats->chosen_on_backend, 3 * kLayers);
     for (size_t b = 0; b < ids.size(); ++b) {
@@ -506,6 +511,11 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor) {
     EXPECT_EQ((*w)->Stats().held_head_pages, 0);
   }
   EXPECT_GT(shared, 0);  // the equal prompts read one slot per shared head-page
+  if (trigger_late && rescore_factor >= o.selector.resident_factor) {
+    EXPECT_EQ(late, 16 * 3 * kLayers - retrievals);  // every step but the retrievals
+  } else {
+    EXPECT_EQ(late, 0);
+  }
   // What ids[0] attended last stays readable while other sequences step the same layers (a
   // choice left on the backend is read back before the layer's next choice replaces it).
   std::vector<std::vector<std::vector<int64_t>>> last0;
@@ -585,11 +595,16 @@ TEST(DecodeWorker, LargeLayersResolveHeadsOnTheSelectThreadsLikeOneThread) {
 }
 
 TEST(DecodeWorker, LouiskvAttendsWhatTheRetrieverSelects) {
-  ExpectLouiskvAttendsWhatTheRetrieverSelects(1.5);
+  ExpectLouiskvAttendsWhatTheRetrieverSelects(1.5, /*trigger_late=*/false);
+  ExpectLouiskvAttendsWhatTheRetrieverSelects(1.5, /*trigger_late=*/true);  // no late reads
 }
 
 TEST(DecodeWorker, LouiskvRescoringEveryResidentPageAttendsWhatTheRetrieverSelects) {
-  ExpectLouiskvAttendsWhatTheRetrieverSelects(4.0);
+  ExpectLouiskvAttendsWhatTheRetrieverSelects(4.0, /*trigger_late=*/false);
+}
+
+TEST(DecodeWorker, LouiskvReadingQueriesAndKeysLateAttendsWhatTheRetrieverSelects) {
+  ExpectLouiskvAttendsWhatTheRetrieverSelects(4.0, /*trigger_late=*/true);
 }
 
 // Prompts too short to cluster (nothing between the sink page and the window) have no layout
@@ -639,11 +654,16 @@ TEST(DecodeWorker, LouiskvShortPromptsHaveNoLayoutPages) {
 // louiskv holds each (sequence, layer)'s resident candidates between retrievals, within what
 // Plan's worst case leaves of the pool: a larger batch releases holds (outside the batch first,
 // then its own), whose pages are then resolved again. Outputs stay right and no step fails.
-TEST(DecodeWorker, LouiskvReleasesHeldSlotsThePlanNeeds) {
+class LouiskvReads : public ::testing::TestWithParam<bool> {};
+
+// With trigger_late the steps after the first read q and k late; the first sequence is closed
+// with its last step's reads still pending.
+TEST_P(LouiskvReads, ReleasesHeldSlotsThePlanNeeds) {
   TempDir dir;
   auto store = OpenStore(dir.path());
   DecodeWorkerOptions o = Options(retriever::Policy::kBoundary, 5 * kPage, 40);
   o.selector.boundary_threshold = -1.f;  // one retrieval, then closed-form steps only
+  o.selector.trigger_late = GetParam();
   auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(w.ok()) << w.status();
   Driver drv(w->get());
@@ -659,6 +679,10 @@ TEST(DecodeWorker, LouiskvReleasesHeldSlotsThePlanNeeds) {
     auto stats = drv.Step(batch, next, &outs);
     ASSERT_TRUE(stats.ok()) << stats.status();
     for (const absl::Status& st : stats->sequence_status) ASSERT_TRUE(st.ok()) << st;
+    // Every step after a sequence's first reads late (the first is its one retrieval).
+    const int64_t firsts = step == 0 || step == 4 ? 1 : 0;
+    EXPECT_EQ(stats->late_reads,
+              GetParam() ? (static_cast<int64_t>(batch.size()) - firsts) * kLayers : 0);
     for (size_t b = 0; b < batch.size(); ++b) {
       for (int l = 0; l < kLayers; ++l) {
         EXPECT_LT(drv.Error(batch[b], static_cast<int>(b), l, outs[l], /*dense=*/false), kTol)
@@ -672,11 +696,18 @@ TEST(DecodeWorker, LouiskvReleasesHeldSlotsThePlanNeeds) {
     if (step >= 4 && step < 8) {
       EXPECT_LE(held, 2 * kKv) << "step " << step;  // at most what both leave
     }
+    if (step == 7) {
+      ASSERT_TRUE((*w)->Close(ids[0]).ok());
+    }
   }
-  ASSERT_TRUE((*w)->Close(ids[0]).ok());
   ASSERT_TRUE((*w)->Close(ids[1]).ok());
   EXPECT_EQ((*w)->Stats().held_head_pages, 0);  // closing releases what a sequence held
 }
+
+INSTANTIATE_TEST_SUITE_P(DecodeWorker, LouiskvReads, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "Late" : "OnTime";
+                         });
 
 TEST(DecodeWorker, LouiskvPlansPoolRoomForItsRescoredCandidates) {
   for (int32_t slots : {11, 12}) {

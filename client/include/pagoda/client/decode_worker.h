@@ -190,6 +190,10 @@ struct WorkerStepStats {
   // (sequence, layer) steps chosen on the backend in closed form (louiskv rescoring every resident
   // page, retrievals included: scored, chosen and attended with no host sync,
   // WorkerBackend::AttendBestByMass). A retrieval in closed form counts in retrievals too.
+  // (sequence, layer) steps whose q and k the host read back a step late (louiskv with
+  // selector.trigger_late, a step the trigger does not retrieve at): a layer whose rows all read
+  // late has no host sync for them.
+  int64_t late_reads = 0;
   int64_t chosen_on_backend = 0;
   int64_t attended_head_pages = 0;  // table entries, all rows
   int64_t fetched_head_pages = 0;   // gathered into the pool this step
