@@ -93,12 +93,17 @@ struct DecodeWorkerOptions {
   // covers the whole context attends it densely. Quest (the default) selects on the backend;
   // every other policy on the host — louiskv recalls more (bench/RESULTS.md); its exact
   // rescoring runs on the backend. By default (rescore_factor = resident_factor) it rescores
-  // every resident page, so a step between retrievals is in closed form
-  // (retriever::SteadyRow): the host resolves its kept pages (sinks, window) and the trigger, and
-  // one backend call scores the resident candidates, chooses the budget's best and attends them
-  // (WorkerBackend::AttendBestByMass: no host sync on CUDA); the resident candidates stay held in
-  // the pool and stored on the backend until the next retrieval. A retrieval ranks the clusters
-  // on the host and scores its candidates with one synchronized backend call. Pool sizing for
+  // every resident page, so every step is in closed form (retriever::SteadyRow): the host
+  // resolves its kept pages (sinks, window) and the trigger, and one backend call scores the
+  // resident candidates, chooses the budget's best and attends them (WorkerBackend::
+  // AttendBestByMass: no host sync on CUDA); the resident candidates stay held in the pool and
+  // stored on the backend until the next retrieval. A retrieval ranks the clusters on the host
+  // (with the step's own query) to pick the new resident set, gathers what of it is missing, and
+  // chooses the same way. With selector.trigger_late the trigger decides a step from the query
+  // of the step before, so the host knows ahead which steps retrieve: the others read their q and
+  // k back a step late without a sync (WorkerStepStats::late_reads; on a device backend their
+  // values are then checked a step late too: a non-finite one fails the sequence at its next
+  // step); on the traces that costs 0.003 of group recall (bench/RESULTS.md). Pool sizing for
   // louiskv: Plan reserves retriever::MaxScoredPages per (sequence, layer) of a step (about
   // resident_factor x the budget by default), and each (sequence, layer) holds about
   // resident_factor x the budget between steps when the pool has room beyond that (Plan releases
