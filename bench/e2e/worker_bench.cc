@@ -71,7 +71,7 @@ struct Args {
   int cluster_window = -1;  // -1: the selector's default
   int select_threads = 0;
   double rescore_factor = 4.0;  // the selector's default: every resident page
-  bool trigger_late = false;    // louiskv: selector.trigger_late
+  bool trigger_late = true;     // louiskv: selector.trigger_late (the worker's default)
   bool trigger = false;         // boundary trigger for page policies
   float threshold = 0.9f;
   bool verify = true;
@@ -682,8 +682,9 @@ int main(int argc, char** argv) {
   app.add_option("--cluster-window", a.cluster_window,
                  "louiskv clustering window in tokens (0: whole prompt; default: the selector's)");
   app.add_option("--rescore-factor", a.rescore_factor, "louiskv rescore factor");
-  app.add_flag("--trigger-late", a.trigger_late,
-               "louiskv: the trigger sees each query a step late (q / k read back late)");
+  app.add_option("--trigger-late", a.trigger_late,
+                 "louiskv: the trigger sees each query a step late, q / k read back late (1, the "
+                 "worker's default) or on time (0)");
   app.add_flag("--trigger", a.trigger, "boundary trigger for page policies");
   app.add_option("--threshold", a.threshold, "trigger threshold for page policies");
   app.add_option("--verify", a.verify, "verify gathered head-pages (1/0)");

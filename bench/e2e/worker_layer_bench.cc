@@ -56,7 +56,7 @@ struct Args {
   int warmup = 3;
   bool trigger = false;
   float threshold = 0.9f;
-  bool trigger_late = false;  // louiskv: selector.trigger_late (q / k read back a step late)
+  bool trigger_late = true;  // louiskv: selector.trigger_late (q / k read back a step late)
   // Layers of the worker: each step runs them in turn (Plan, Attend per layer, Finish), so the
   // host can run ahead of the device across layers; times are per layer-step.
   int layers = 1;
@@ -404,8 +404,9 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", a.warmup, "unmeasured first steps")->check(CLI::Range(0, 1000));
   app.add_flag("--trigger", a.trigger, "boundary trigger (selections reused while it holds)");
   app.add_option("--threshold", a.threshold, "trigger threshold");
-  app.add_flag("--trigger-late", a.trigger_late,
-               "louiskv: the trigger sees each query a step late (q / k read back without a sync)");
+  app.add_option("--trigger-late", a.trigger_late,
+                 "louiskv: the trigger sees each query a step late, q / k read back without a sync "
+                 "(1, the worker's default) or on time (0)");
   app.add_option("--layers", a.layers, "layers per step (run back to back)")
       ->check(CLI::Range(1, 64));
   app.add_option("--rescore-factor", a.rescore_factor,

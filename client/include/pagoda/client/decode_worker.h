@@ -99,18 +99,26 @@ struct DecodeWorkerOptions {
   // AttendBestByMass: no host sync on CUDA); the resident candidates stay held in the pool and
   // stored on the backend until the next retrieval. A retrieval ranks the clusters on the host
   // (with the step's own query) to pick the new resident set, gathers what of it is missing, and
-  // chooses the same way. With selector.trigger_late the trigger decides a step from the query
-  // of the step before, so the host knows ahead which steps retrieve: the others read their q and
-  // k back a step late without a sync (WorkerStepStats::late_reads; on a device backend their
-  // values are then checked a step late too: a non-finite one fails the sequence at its next
-  // step); on the traces that costs 0.003 of group recall (bench/RESULTS.md). Pool sizing for
+  // chooses the same way. With selector.trigger_late (the worker's default) the trigger decides
+  // a step from the query of the step before, so the host knows ahead which steps retrieve: the
+  // others read their q and k back a step late without a sync (WorkerStepStats::late_reads; on a
+  // device backend their values are then checked a step late too: a non-finite one fails the
+  // sequence at its next step); on the traces that costs 0.003 of group recall
+  // (bench/RESULTS.md). Pool sizing for
   // louiskv: Plan reserves retriever::MaxScoredPages per (sequence, layer) of a step (about
   // resident_factor x the budget by default), and each (sequence, layer) holds about
   // resident_factor x the budget between steps when the pool has room beyond that (Plan releases
   // holds it needs; a released set is resolved again at its next step, WorkerStats::
   // held_head_pages says how much is held).
   retriever::Policy policy = retriever::Policy::kQuest;
-  retriever::SelectorOptions selector;
+  // The retriever's defaults, but louiskv's trigger a step late (selector.trigger_late; see
+  // above): on an H100 at 128K it took a louiskv layer-step from 0.95x to 0.79x torch SDPA at
+  // B=1 and 0.47x to 0.42x at B=8, for 0.003 of group recall (bench/RESULTS.md).
+  retriever::SelectorOptions selector = [] {
+    retriever::SelectorOptions s;
+    s.trigger_late = true;
+    return s;
+  }();
   // LouisKV's boundary trigger for the page policies (quest, hierarchical, ann, oracle): re-select
   // only when the query drifts, reusing the last selection (plus the moving window) otherwise.
   // The louiskv policy has its own trigger (selector.boundary_threshold). With quest (selected on
