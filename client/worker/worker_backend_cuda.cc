@@ -73,6 +73,18 @@ struct Staged {
   }
 };
 
+// Two staging buffers used in turn, for the uploads of calls made once per layer: a call waits
+// only for the upload two calls back, so the host can run a layer further ahead of the device.
+struct StagedPair {
+  Staged slot[2];
+  int next = 0;
+  Staged& Next() {
+    Staged& s = slot[next];
+    next ^= 1;
+    return s;
+  }
+};
+
 // Int32 words of a CSR page table packed as indptr, indices, last_page_len.
 size_t TableWords(const kernels::PageTable& t) {
   return 2 * static_cast<size_t>(t.num_rows) + 1 + t.indptr[t.num_rows];
@@ -212,8 +224,9 @@ class CudaWorkerBackend final : public WorkerBackend {
       // ((h * slots + s) * 2 + 0) * page_tokens + t, V the same with + 1. One upload of the row
       // ids, then two scatters (the page-copy kernel) of k's and v's rows.
       const size_t n_rows = positions.size() * geo_.kv_heads;
-      if (absl::Status s = tok_.Reserve(2 * n_rows * 4); !s.ok()) return s;
-      int32_t* ids = reinterpret_cast<int32_t*>(tok_.host);
+      Staged& tok = tok_.Next();
+      if (absl::Status s = tok.Reserve(2 * n_rows * 4); !s.ok()) return s;
+      int32_t* ids = reinterpret_cast<int32_t*>(tok.host);
       const int64_t P = geo_.page_tokens;
       for (size_t n = 0; n < positions.size(); ++n) {
         for (int h = 0; h < geo_.kv_heads; ++h) {
@@ -223,16 +236,16 @@ class CudaWorkerBackend final : public WorkerBackend {
         }
       }
       PAGODA_CUDA_RETURN(
-          cudaMemcpyAsync(tok_.dev, tok_.host, 2 * n_rows * 4, cudaMemcpyHostToDevice, stream_),
+          cudaMemcpyAsync(tok.dev, tok.host, 2 * n_rows * 4, cudaMemcpyHostToDevice, stream_),
           "token row ids upload");
-      PAGODA_CUDA_RETURN(cudaEventRecord(tok_.ready, stream_), "event record");
+      PAGODA_CUDA_RETURN(cudaEventRecord(tok.ready, stream_), "event record");
       for (int which = 0; which < 2; ++which) {
         kernels::PageCopyParams c;
         c.pool = pool_;
         c.pool_pages = int64_t{geo_.kv_heads} * geo_.slots * 2 * P;
         c.pool_stride_bytes = static_cast<int64_t>(row);
         c.page_bytes = static_cast<int64_t>(row);
-        c.pages = reinterpret_cast<const int32_t*>(tok_.dev) + which * n_rows;
+        c.pages = reinterpret_cast<const int32_t*>(tok.dev) + which * n_rows;
         c.num_pages = static_cast<int32_t>(n_rows);
         c.staging = static_cast<uint8_t*>(which == 0 ? k.data : v.data);
         if (absl::Status s = kernels::gpu::ScatterPages(c, stream_); !s.ok()) return s;
@@ -415,9 +428,10 @@ class CudaWorkerBackend final : public WorkerBackend {
                             (lists ? (rows + 1) + 2 * static_cast<size_t>(rows) + 1 : 0);
     const size_t in_bytes = (in_words * 4 + 15) / 16 * 16;
     const size_t total = in_bytes + (3 * n + 2 * std::max<size_t>(out_n, 1)) * 4;
-    if (absl::Status s = mass_.Reserve(total); !s.ok()) return s;
-    int32_t* h = reinterpret_cast<int32_t*>(mass_.host);
-    const int32_t* d = reinterpret_cast<const int32_t*>(mass_.dev);
+    Staged& mass = mass_.Next();
+    if (absl::Status s = mass.Reserve(total); !s.ok()) return s;
+    int32_t* h = reinterpret_cast<int32_t*>(mass.host);
+    const int32_t* d = reinterpret_cast<const int32_t*>(mass.dev);
     size_t at = 0;
     auto put = [&](const std::vector<int32_t>& v) {
       std::memcpy(h + at, v.data(), v.size() * 4);
@@ -446,10 +460,10 @@ class CudaWorkerBackend final : public WorkerBackend {
       }
     }
     PAGODA_CUDA_RETURN(
-        cudaMemcpyAsync(mass_.dev, mass_.host, at * 4, cudaMemcpyHostToDevice, stream_),
+        cudaMemcpyAsync(mass.dev, mass.host, at * 4, cudaMemcpyHostToDevice, stream_),
         "mass attend upload");
-    PAGODA_CUDA_RETURN(cudaEventRecord(mass_.ready, stream_), "event record");
-    int32_t* d_full_slots = reinterpret_cast<int32_t*>(mass_.dev + in_bytes);
+    PAGODA_CUDA_RETURN(cudaEventRecord(mass.ready, stream_), "event record");
+    int32_t* d_full_slots = reinterpret_cast<int32_t*>(mass.dev + in_bytes);
     int32_t* d_full_len = d_full_slots + n;
     float* d_mass = reinterpret_cast<float*>(d_full_len + n);
     int32_t* d_out = reinterpret_cast<int32_t*>(d_mass + n);
@@ -1077,10 +1091,11 @@ class CudaWorkerBackend final : public WorkerBackend {
   size_t workspace_bytes_ = 0;
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots
   int64_t sum_slots_ = 0;
-  Staged sum_up_, quest_, tok_, sum_fold_, sum_copy_, kmeans_;
+  Staged sum_up_, quest_, sum_fold_, sum_copy_, kmeans_;
+  StagedPair tok_;                                // WriteTokens' row ids
   std::vector<std::unique_ptr<Staged>> copies_;   // StartCopyToHost, by tag
   std::vector<std::unique_ptr<Staged>> choices_;  // AttendBestByMass, by tag
-  Staged mass_;                                   // AttendBestByMass' upload and scratch
+  StagedPair mass_;                               // AttendBestByMass' upload and scratch
   std::vector<int32_t> full_indptr_;
   // Stored slot lists (MassAttendRequest::save) in device blocks; dropped blocks are reused.
   struct DeviceList {
