@@ -112,8 +112,8 @@ struct DecodeWorkerOptions {
   // held_head_pages says how much is held).
   retriever::Policy policy = retriever::Policy::kQuest;
   // The retriever's defaults, but louiskv's trigger a step late (selector.trigger_late; see
-  // above): on an H100 at 128K it took a louiskv layer-step from 0.95x to 0.79x torch SDPA at
-  // B=1 and 0.47x to 0.42x at B=8, for 0.003 of group recall (bench/RESULTS.md).
+  // above): on an H100 at 128K it took a louiskv layer-step from 0.82x to 0.64x torch SDPA at
+  // B=1 and 0.44x to 0.39x at B=8, for 0.003 of group recall (bench/RESULTS.md, run 18).
   retriever::SelectorOptions selector = [] {
     retriever::SelectorOptions s;
     s.trigger_late = true;
