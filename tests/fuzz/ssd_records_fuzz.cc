@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -97,8 +98,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string work = fs::path(tmpl).parent_path().string() + "/work";
   std::error_code ec;
   fs::remove_all(work, ec);
-  fs::copy(tmpl, work, fs::copy_options::recursive, ec);
-  if (ec) std::abort();
+  if (!ec) fs::copy(tmpl, work, fs::copy_options::recursive, ec);
+  if (ec) {  // the harness's own copy, not the code under test: say why before stopping
+    std::fprintf(stderr, "ssd_records_fuzz: preparing %s: %s\n", work.c_str(),
+                 ec.message().c_str());
+    std::abort();
+  }
   ApplyEdits(work, data, size);
   auto tier = pagoda::SsdTier::Open(work, nullptr, false);
   if (!tier.ok()) return 0;  // refused (format record damaged): a clear error, nothing read
