@@ -1156,8 +1156,8 @@ void DecodeWorker::Impl::SettleLateReads(int layer) {
 
 bool DecodeWorker::Impl::ReadsLate(const LayerState& ls) const {
   if (ls.selector == nullptr || !ls.selector->TakesLateReads()) return false;
-  const bool dense = (o_.selector.budget_tokens / P_) * P_ >= ls.tokens + 1;  // DenseRows' test
-  return dense || ls.selector->CanStepLate();
+  // This step's token is not appended yet: DenseRows will see ls.tokens + 1.
+  return worker_internal::BudgetCovers(o_, ls.tokens + 1) || ls.selector->CanStepLate();
 }
 
 void DecodeWorker::Impl::SelectOnBackend(int layer, const TensorView& q,

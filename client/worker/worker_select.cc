@@ -159,9 +159,14 @@ void AddPinned(const LayerState& ls, int32_t cur, std::vector<int32_t>& row) {
 }
 }  // namespace
 
+bool BudgetCovers(const DecodeWorkerOptions& o, int64_t tokens) {
+  const int P = static_cast<int>(o.layout.page_tokens);
+  return (o.selector.budget_tokens / P) * P >= tokens;
+}
+
 bool DenseRows(const DecodeWorkerOptions& o, int layer, LayerState& ls) {
   const int P = static_cast<int>(o.layout.page_tokens);
-  if ((o.selector.budget_tokens / P) * P < ls.tokens) return false;
+  if (!BudgetCovers(o, ls.tokens)) return false;
   const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P);
   ls.rows.assign(o.layout.kv_heads, {});
   ls.prefetch.clear();

@@ -52,6 +52,8 @@ absl::StatusOr<bool> FinishRows(const DecodeWorkerOptions& o, int layer, LayerSt
 // fires); PageRows turns ls.retrieved into this step's rows (moving window, pinned pages,
 // streaming heads).
 bool DenseRows(const DecodeWorkerOptions& o, int layer, LayerState& ls);
+// Whether the budget covers a context of `tokens` tokens (DenseRows' test).
+bool BudgetCovers(const DecodeWorkerOptions& o, int64_t tokens);
 absl::StatusOr<bool> RetrievalDue(const DecodeWorkerOptions& o, LayerState& ls,
                                   absl::Span<const uint16_t> q);
 absl::Status PageRows(const DecodeWorkerOptions& o, int layer, LayerState& ls);
