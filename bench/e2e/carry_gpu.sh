@@ -5,7 +5,8 @@
 # attention traces. bench/gpu/run.sh's worker_cuda_test, worker_cuda_bench and worker_layer steps
 # run them from there; `bench/gpu/run.sh --pack` compresses every carry into one file.
 #   here:   cmake --build <build> --target worker_backend_cuda_test \
-#                   pagoda_kvstore_gpu_test worker_bench worker_layer_bench
+#                   pagoda_kvstore_gpu_test worker_bench worker_layer_bench \
+#                   pagoda_kernel_trace
 #           bench/e2e/carry_gpu.sh <build> [trace dir]
 #           bench/gpu/run.sh --pack
 #   device: run(command="bench/gpu/run.sh", carry=[".devcarry/pack.tar.xz"])
@@ -25,6 +26,11 @@ for bin in "$BUILD/client/worker_backend_cuda_test" \
     grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart)\.so' |
     xargs -r -I{} cp -Ln {} "$DST/lib/"
 done
+# The device-timeline recorder (bench/gpu/kernel_trace.cc) and the CUPTI it needs.
+if [ -f "$BUILD/bench/gpu/libpagoda_kernel_trace.so" ]; then
+  cp "$BUILD/bench/gpu/libpagoda_kernel_trace.so" "$DST/lib/"
+  cp -L "$(ldd "$BUILD/bench/gpu/libpagoda_kernel_trace.so" | awk '/libcupti/{print $3}')" "$DST/lib/"
+fi
 # BLAS / LAPACK (needed by FAISS, linked through the retriever): Debian's reference builds instead
 # of OpenBLAS (36 MiB would not fit the 64 MiB carry; the test and the bench never call BLAS).
 rm -f "$DST"/lib/libopenblas.so.* "$DST/lib/libblas.so.3" "$DST/lib/liblapack.so.3"
