@@ -24,10 +24,12 @@ def demangle(names):
 
 
 def short(name):
-    # "void pagoda::kernels::gpu::(anonymous namespace)::Foo<...>(Params)" -> "Foo<...>"
-    base = name.split("(")[0] if "(" in name else name
-    base = base.replace("void ", "").replace("(anonymous namespace)::", "")
-    return base.split("::")[-1][:70]
+    # "void pagoda::kernels::gpu::(anonymous namespace)::Foo<64, false>(Params)" -> "Foo<64, false>"
+    base = name.replace("(anonymous namespace)::", "").replace("void ", "")
+    base = base.split("(")[0]
+    lt = base.find("<")
+    head, tmpl = (base, "") if lt < 0 else (base[:lt], base[lt:])
+    return (head.split("::")[-1] + tmpl)[:70]
 
 
 def main():
@@ -35,6 +37,9 @@ def main():
     ap.add_argument("trace")
     ap.add_argument("--from", dest="start", default="PageMass")
     ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--timeline", type=int, default=0,
+                    help="also list the window's last N device operations with the idle gap "
+                    "before each")
     a = ap.parse_args()
     recs = []
     with open(a.trace) as f:
@@ -78,6 +83,14 @@ def main():
         for key, (cnt, t) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
             print(f"| {key} | {cnt / n:.1f} | {t / n / 1e3:.1f} | {t / cnt / 1e3:.2f} | "
                   f"{100 * t / max(total, 1):.0f}% |")
+    if a.timeline:
+        ops = [r for r in win if r[0] != "R"][-a.timeline:]
+        print(f"\nlast {len(ops)} device operations (us): gap before | duration | name")
+        prev = None
+        for _, s, e, _, name in ops:
+            gap = 0 if prev is None else max(0, s - prev)
+            print(f"{gap / 1e3:8.1f} | {(e - s) / 1e3:8.1f} | {name}")
+            prev = e if prev is None else max(prev, e)
 
 
 if __name__ == "__main__":
