@@ -272,14 +272,6 @@ TEST(RestartsTest, EveryPageSurvivesManyRestartsWithReadsPrefetchesAndWrites) {
   std::filesystem::remove_all(dir, ec);
 }
 
-// The value of a metric line "name value" in a /metrics page; -1 when absent.
-int64_t MetricValue(const std::string& page, const std::string& name) {
-  const std::string needle = "\n" + name + " ";
-  const size_t at = page.find(needle);
-  if (at == std::string::npos) return -1;
-  return std::strtoll(page.c_str() + at + needle.size(), nullptr, 10);
-}
-
 int64_t UnixMsNow() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -351,7 +343,7 @@ TEST(CrashUnderLoadTest, KillNineKeepsEveryCheckpointedPageAndServesNothingWrong
       ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "no checkpoint covered 200 pages";
       absl::StatusOr<std::string> m = HttpGet(s->http_port(), "/metrics");
       ASSERT_TRUE(m.ok());
-      const int64_t d = MetricValue(*m, "pagoda_durable_before_unix_ms");
+      const auto d = static_cast<int64_t>(MetricValue(*m, "pagoda_durable_before_unix_ms"));
       ASSERT_GE(d, 0) << "no durability metric in " << *m;
       size_t covered = 0;
       {

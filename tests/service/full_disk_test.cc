@@ -176,8 +176,20 @@ TEST(FullDiskTest, KeepsServingAndNeverServesWrongBytesWhenTheFileSystemFills) {
   std::printf("pages kept of %llu written on a 40 MiB file system: %zu\n",
               static_cast<unsigned long long>(2 * kPerWriter), kept);
   EXPECT_GT(kept, 100u) << "the store dropped nearly everything";
+  // The operator sees the disk filling: counted, and the bound the store keeps to below the file
+  // system's size (dead space included in what it takes).
   absl::StatusOr<std::string> m = HttpGet((*s)->http_port(), "/metrics");
   ASSERT_TRUE(m.ok());
+  const double full = MetricValue(*m, "pagoda_ssd_full_total");
+  const double limit = MetricValue(*m, "pagoda_ssd_limit_bytes");
+  const double disk = MetricValue(*m, "pagoda_ssd_disk_bytes");
+  std::printf("file system full %g times; SSD tier limit %g MiB, disk taken %g MiB\n", full,
+              limit / (1 << 20), disk / (1 << 20));
+  EXPECT_GE(full, 1);
+  EXPECT_GT(limit, 0);
+  EXPECT_LT(limit, 40.0 * (1 << 20));
+  EXPECT_GT(disk, 0);
+  EXPECT_LE(disk, 40.0 * (1 << 20));
   c->reset();
   absl::StatusOr<int> rc = (*s)->Stop(SIGTERM);
   ASSERT_TRUE(rc.ok());

@@ -162,6 +162,13 @@ std::vector<uint8_t> PageBytes(const PageKey& key, size_t size, uint64_t seed) {
   return b;
 }
 
+double MetricValue(const std::string& page, const std::string& name) {
+  const std::string needle = "\n" + name + " ";
+  const size_t at = page.find(needle);
+  if (at == std::string::npos) return -1;
+  return std::strtod(page.c_str() + at + needle.size(), nullptr);
+}
+
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};

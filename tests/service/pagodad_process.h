@@ -60,5 +60,7 @@ class PagodadProcess {
 std::vector<uint8_t> PageBytes(const PageKey& key, size_t size, uint64_t seed = 0);
 // A raw HTTP GET of 127.0.0.1:port/path; returns status line + body.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
+// The value of a metric line "name value" in a /metrics page; -1 when absent.
+double MetricValue(const std::string& page, const std::string& name);
 
 }  // namespace pagoda::testing

@@ -106,6 +106,14 @@ std::string ServiceMetrics::Render(const std::vector<TierSample>& tiers, uint64_
   scalar("pagoda_durable_before_unix_ms", MetricType::Gauge,
          "Every page acknowledged before this Unix time (ms) survives a crash (0: none yet)",
          durability.durable_before_unix_ms);
+  scalar("pagoda_ssd_disk_bytes", MetricType::Gauge,
+         "Disk the SSD tier's segment files take, dead space included", durability.ssd_disk_bytes);
+  scalar("pagoda_ssd_limit_bytes", MetricType::Gauge,
+         "The most disk the SSD tier may take: ssd_bytes, or less once the file system filled "
+         "first (0: unbounded)",
+         durability.ssd_limit_bytes);
+  scalar("pagoda_ssd_full_total", MetricType::Counter,
+         "Times the file system ran out of space under the SSD tier", durability.ssd_full);
   return prometheus::TextSerializer().Serialize(families);
 }
 

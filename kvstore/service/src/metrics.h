@@ -41,6 +41,12 @@ struct DurabilitySample {
   // Unix time (ms) at which the last complete checkpoint began; 0 = none yet. Every page
   // acknowledged before it survives kill -9 and power loss.
   int64_t durable_before_unix_ms = 0;
+  // The SSD tier's disk: what its segment files take (dead space included), the most it may take
+  // (the configured ssd_bytes, or less once the file system filled first; 0 = unbounded) and how
+  // often the file system ran out of space under it.
+  uint64_t ssd_disk_bytes = 0;
+  uint64_t ssd_limit_bytes = 0;
+  uint64_t ssd_full = 0;
 };
 
 class ServiceMetrics {

@@ -277,6 +277,9 @@ class ServerImpl final : public Server {
       d.memory_only_pages = st.memory_only_pages;
       d.checkpoints = st.checkpoints;
       d.checkpoint_failures = st.checkpoint_failures;
+      d.ssd_disk_bytes = st.ssd_disk_bytes;
+      d.ssd_limit_bytes = st.ssd_limit_bytes;
+      d.ssd_full = st.ssd_full;
       if (st.last_checkpoint_start != absl::InfinitePast()) {
         d.durable_before_unix_ms = absl::ToUnixMillis(st.last_checkpoint_start);
       }
