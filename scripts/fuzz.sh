@@ -8,6 +8,8 @@
 # build-fuzz/crashes/<target>/ and fails the script. Copy a crashing input into
 # tests/fuzz/corpus/<target>/ once fixed: the normal build replays it in ctest (fuzz_*_corpus).
 # Prints one summary line per target (execs, execs/s, coverage edges, features, corpus size).
+# PAGODA_FUZZ_ARGS adds libFuzzer flags (e.g. "-max_len=512 -len_control=0": long inputs from the
+# start, for a slow target whose records need them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
@@ -31,7 +33,7 @@ for t in "${targets[@]}"; do
   log="$BUILD_DIR/fuzz-$t.log"
   # -rss_limit_mb: a decoder that allocates on an input's say-so is a bug too.
   if ! "$BUILD_DIR/tests/fuzz/${t}_fuzz" -max_total_time="$seconds" -rss_limit_mb=2048 \
-      -timeout=20 -artifact_prefix="$crashes/" -print_final_stats=1 \
+      -timeout=20 -artifact_prefix="$crashes/" -print_final_stats=1 ${PAGODA_FUZZ_ARGS:-} \
       "$corpus" "tests/fuzz/corpus/$t" >"$log" 2>&1; then
     echo "fuzz: $t FAILED; input in $crashes/, log $log" >&2
     grep -m1 -E "ERROR|SUMMARY|deadly signal|timeout" "$log" >&2 || tail -5 "$log" >&2

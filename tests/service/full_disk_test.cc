@@ -1,7 +1,8 @@
 // Issue 14: a full disk. pagodad on a small tmpfs that really fills (ssd_bytes larger than the file
 // system) keeps serving writes and reads under load, dropping its oldest SSD pages, and never
 // serves wrong bytes; with ssd_bytes below the file system's size, disk use (dead segment space
-// included) stays within ssd_bytes. Mounting needs root: skipped with a message otherwise.
+// included) stays within ssd_bytes; space another process frees again is taken back. Mounting needs
+// root: skipped with a message otherwise.
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -9,6 +10,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -229,6 +231,85 @@ TEST(FullDiskTest, DiskUseIncludingDeadSpaceStaysWithinSsdBytes) {
               kSsdBytes / 1048576.0);
   EXPECT_LE(max_disk, kSsdBytes);
   EXPECT_GT(max_disk, kSsdBytes / 2) << "the test did not fill the SSD tier";
+  c->reset();
+  absl::StatusOr<int> rc = (*s)->Stop(SIGTERM);
+  ASSERT_TRUE(rc.ok());
+  EXPECT_EQ(*rc, 0) << (*s)->Log();
+}
+
+// Another process fills the file system, then frees its space again: the SSD tier's limit, learned
+// when the disk filled, grows back, so the store keeps more pages than while the disk was short.
+TEST(FullDiskTest, TheSsdLimitGrowsBackWhenTheFileSystemHasRoomAgain) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  SmallFs fs(48);
+  if (!fs.ok()) GTEST_SKIP() << "cannot mount a tmpfs here: " << fs.error();
+  const std::string hog = fs.Sub("other") + "/hog";
+  {
+    std::vector<char> mib(1 << 20, 'h');
+    std::FILE* f = std::fopen(hog.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    for (int i = 0; i < 20; ++i) ASSERT_EQ(std::fwrite(mib.data(), 1, mib.size(), f), mib.size());
+    ASSERT_EQ(std::fclose(f), 0);
+  }
+  PagodadProcess::Options o;
+  o.config_yaml = Config("1GiB");
+  o.data_dir = fs.Sub("data");
+  absl::StatusOr<std::unique_ptr<PagodadProcess>> s = PagodadProcess::Start(o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto c = Client::Connect((*s)->ClientOpts("regrow", DataPathKind::kLocal));
+  ASSERT_TRUE(c.ok());
+  const PageLayout l{};
+  constexpr uint64_t kPages = 800;  // 50 MiB per round: more than the file system holds
+  auto write = [&](uint64_t space) {
+    for (uint64_t i = 0; i < kPages; i += 8) {
+      std::vector<std::vector<uint8_t>> data;
+      std::vector<PutPage> puts;
+      for (uint64_t j = i; j < i + 8; ++j) {
+        data.push_back(PageBytes(PageKey{space, j}, l.PageBytes()));
+      }
+      for (uint64_t j = 0; j < 8; ++j) puts.push_back({PageKey{space, i + j}, l.Id(), data[j]});
+      for (const absl::Status& st : (*c)->Put(puts)) ASSERT_TRUE(st.ok()) << st;
+    }
+  };
+  // Pages of both rounds that read back (each with its own bytes; a miss is a dropped page).
+  auto kept = [&]() {
+    size_t n = 0;
+    std::vector<uint8_t> out(l.PageBytes());
+    for (uint64_t space : {600, 601}) {
+      for (uint64_t i = 0; i < kPages; ++i) {
+        const PageKey k{space, i};
+        GetResult r = (*c)->Get({{k, absl::MakeSpan(out)}})[0];
+        if (absl::IsNotFound(r.status)) continue;
+        EXPECT_TRUE(r.status.ok()) << k.Hex() << ": " << r.status;
+        EXPECT_EQ(out, PageBytes(k, l.PageBytes())) << "WRONG BYTES for " << k.Hex();
+        ++n;
+      }
+    }
+    return n;
+  };
+  auto metric = [&](const char* name) {
+    absl::StatusOr<std::string> m = HttpGet((*s)->http_port(), "/metrics");
+    EXPECT_TRUE(m.ok());
+    return m.ok() ? MetricValue(*m, name) : -1.0;
+  };
+  write(600);
+  const double limit_short = metric("pagoda_ssd_limit_bytes");
+  const size_t kept_short = kept();
+  EXPECT_GE(metric("pagoda_ssd_full_total"), 1);
+  EXPECT_EQ(metric("pagoda_ssd_limit_regrown_total"), 0);
+  std::printf("file system full %g times while the other process held 20 MiB\n",
+              metric("pagoda_ssd_full_total"));
+  ASSERT_LT(limit_short, 28.0 * (1 << 20)) << "the other process' 20 MiB did not count";
+  ASSERT_EQ(std::remove(hog.c_str()), 0);
+  write(601);
+  const double limit_after = metric("pagoda_ssd_limit_bytes");
+  const size_t kept_after = kept();
+  std::printf("SSD limit %.1f MiB (%zu pages kept) while 20 MiB were taken, %.1f MiB (%zu) after\n",
+              limit_short / (1 << 20), kept_short, limit_after / (1 << 20), kept_after);
+  EXPECT_GE(metric("pagoda_ssd_limit_regrown_total"), 1);
+  EXPECT_GT(limit_after, limit_short + 12.0 * (1 << 20));
+  EXPECT_LT(limit_after, 48.0 * (1 << 20));
+  EXPECT_GT(kept_after, kept_short + 150);
   c->reset();
   absl::StatusOr<int> rc = (*s)->Stop(SIGTERM);
   ASSERT_TRUE(rc.ok());

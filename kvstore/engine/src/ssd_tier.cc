@@ -1,6 +1,7 @@
 #include "ssd_tier.h"
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -657,6 +658,12 @@ absl::Status SsdTier::Sync() {
 SsdTier::SpaceUsage SsdTier::Space() const {
   const SegmentSet::Usage u = segments_->GetUsage();
   return SpaceUsage{u.segments, u.file_bytes, u.live_bytes};
+}
+
+uint64_t SsdTier::FileSystemFreeBytes() const {
+  struct statvfs st;
+  if (statvfs(ballast_path_.substr(0, ballast_path_.rfind('/')).c_str(), &st) != 0) return 0;
+  return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
 }
 
 absl::Status SsdTier::WriteMetaOnlyForBench(absl::Span<const SsdPageMeta> metas) {

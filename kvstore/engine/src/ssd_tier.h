@@ -160,6 +160,9 @@ class SsdTier {
     uint64_t live_bytes = 0;  // bytes of pages whose metadata points at them
   };
   SpaceUsage Space() const;
+  // Bytes an unprivileged writer can still allocate on the file system the segments live on
+  // (statvfs; 0 when it cannot be asked).
+  uint64_t FileSystemFreeBytes() const;
   // The store's bound on segment file bytes (0: none). Compaction copies a sealed segment's live
   // pages into the active one before it deletes the old file, so for a moment both hold them: it
   // moves a batch only while that fits under the bound and otherwise leaves the segment as it is

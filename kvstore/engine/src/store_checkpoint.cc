@@ -37,6 +37,7 @@ bool StoreImpl::MakeSsdRoom(uint64_t extra) {
                                              static_cast<double>(ssd_limit_));
   // Dropped pages give their space back when their segment empties (or is compacted), so more
   // rounds may be needed; the oldest pages go first, and they fill the oldest segments.
+  if (counters_.ssd_full > 0 && SsdDiskBytes() + extra > ssd_limit_) RegrowSsdLimit();
   for (;;) {
     const uint64_t disk = SsdDiskBytes();
     if (disk + extra <= ssd_limit_) return true;
@@ -80,10 +81,27 @@ bool StoreImpl::MakeSsdRoom(uint64_t extra) {
 void StoreImpl::LearnSsdFull() {
   const uint64_t files = ssd_->Space().file_bytes;
   const uint64_t fits = files - files / 16;
+  ssd_room_at_full_ = files + ssd_->FileSystemFreeBytes();
   ssd_limit_ = ssd_limit_ == 0 ? fits : std::min(ssd_limit_, fits);
   ssd_->ShrinkSegments(ssd_limit_);
   ssd_->SetDiskLimit(ssd_limit_);
   counters_.ssd_full++;
+}
+
+void StoreImpl::RegrowSsdLimit() {
+  const uint64_t configured = options_.ssd_capacity_bytes;  // 0: unbounded
+  if (configured != 0 && ssd_limit_ >= configured) return;
+  // What the segments could take now: their files plus the free space. The store's own drops and
+  // compactions only move bytes between the two; other users of the file system change the sum.
+  const uint64_t could = ssd_->Space().file_bytes + ssd_->FileSystemFreeBytes();
+  if (could < ssd_room_at_full_ + ssd_room_at_full_ / 8) return;
+  ssd_room_at_full_ = could;
+  uint64_t grown = could - could / 16;
+  if (configured != 0) grown = std::min(grown, configured);
+  if (grown <= ssd_limit_) return;
+  ssd_limit_ = grown;
+  ssd_->SetDiskLimit(ssd_limit_);
+  counters_.ssd_regrown++;
 }
 
 absl::Status StoreImpl::WriteSsdBatch(absl::Span<const SsdPageWrite> writes,

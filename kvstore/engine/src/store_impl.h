@@ -113,7 +113,7 @@ class StoreImpl final : public Store {
     uint64_t bytes_out[kNumTiers] = {0, 0, 0};
     uint64_t misses = 0, puts = 0, removes = 0, dropped = 0, window_dropped = 0;
     uint64_t checksum_failures = 0, ssd_write_failures = 0;
-    uint64_t checkpoints = 0, checkpoint_failures = 0, ssd_full = 0;
+    uint64_t checkpoints = 0, checkpoint_failures = 0, ssd_full = 0, ssd_regrown = 0;
   };
 
   static int MemIndex(Tier t) { return t == Tier::kGpu ? 0 : 1; }
@@ -162,6 +162,11 @@ class StoreImpl final : public Store {
   // The file system ran out of space before the configured capacity: the SSD limit becomes a
   // little less than what the segment files take now.
   void LearnSsdFull() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The other way: after LearnSsdFull, when the store is at its limit and what the segments could
+  // take (their files + the file system's free bytes) grew by an eighth since (another process
+  // freed space), the limit grows back towards the configured capacity, leaving LearnSsdFull's
+  // margin. A full file system thus costs capacity only while it lasts.
+  void RegrowSsdLimit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // ssd_->WriteBatch, and on a full file system (ResourceExhausted) one retry after dropping the
   // oldest SSD pages to make room.
   absl::Status WriteSsdBatch(absl::Span<const SsdPageWrite> writes,
@@ -262,6 +267,9 @@ class StoreImpl final : public Store {
   // Bytes the SSD tier may take on disk: ssd_capacity_bytes, lowered when the file system fills
   // first (LearnSsdFull); 0 = unbounded.
   uint64_t ssd_limit_ ABSL_GUARDED_BY(mu_) = 0;
+  // Segment files + free file system bytes when the file system last filled (LearnSsdFull) or the
+  // limit last grew back (RegrowSsdLimit).
+  uint64_t ssd_room_at_full_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time last_checkpoint_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 
   absl::Mutex checkpoint_mu_ ABSL_ACQUIRED_BEFORE(mu_);

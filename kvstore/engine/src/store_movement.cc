@@ -174,13 +174,18 @@ absl::Status StoreImpl::EvictBatch(Tier from, const std::vector<uint32_t>& victi
 void StoreImpl::EnforceWatermarks(Tier t) {
   if (!Present(t)) return;
   const int ti = static_cast<int>(t);
-  const uint64_t capacity = t == Tier::kSsd ? ssd_limit_ : mem_[MemIndex(t)]->capacity_bytes();
+  uint64_t capacity = t == Tier::kSsd ? ssd_limit_ : mem_[MemIndex(t)]->capacity_bytes();
   if (capacity == 0) return;  // unbounded SSD tier
   const Watermarks& w = options_.watermarks[ti];
   // The SSD tier's disk also holds copies of memory-tier pages and dead space of segments; only
   // its own pages are dropped.
   const uint64_t used = t == Tier::kSsd ? SsdDiskBytes() : used_[ti];
   if (static_cast<double>(used) <= w.high * static_cast<double>(capacity)) return;
+  if (t == Tier::kSsd && counters_.ssd_full > 0) {
+    RegrowSsdLimit();  // a limit the file system set may have room to grow again
+    capacity = ssd_limit_;
+    if (static_cast<double>(used) <= w.high * static_cast<double>(capacity)) return;
+  }
   const double target = w.low * static_cast<double>(capacity);
   const uint64_t now = NowMs();
   std::vector<uint32_t> victims;

@@ -141,6 +141,7 @@ StoreStats StoreImpl::Stats() {
   if (ssd_ != nullptr) s.ssd_disk_bytes = SsdDiskBytes();
   s.ssd_limit_bytes = ssd_limit_;
   s.ssd_full = counters_.ssd_full;
+  s.ssd_regrown = counters_.ssd_regrown;
   s.active_leases = leases_.size();
   s.pinned_bytes = pinned_bytes_;
   uint64_t meta = table_.MetadataBytes();

@@ -114,6 +114,9 @@ std::string ServiceMetrics::Render(const std::vector<TierSample>& tiers, uint64_
          durability.ssd_limit_bytes);
   scalar("pagoda_ssd_full_total", MetricType::Counter,
          "Times the file system ran out of space under the SSD tier", durability.ssd_full);
+  scalar("pagoda_ssd_limit_regrown_total", MetricType::Counter,
+         "Times the SSD tier's limit grew back after the file system had room again",
+         durability.ssd_regrown);
   return prometheus::TextSerializer().Serialize(families);
 }
 

@@ -47,6 +47,7 @@ struct DurabilitySample {
   uint64_t ssd_disk_bytes = 0;
   uint64_t ssd_limit_bytes = 0;
   uint64_t ssd_full = 0;
+  uint64_t ssd_regrown = 0;
 };
 
 class ServiceMetrics {

@@ -280,6 +280,7 @@ class ServerImpl final : public Server {
       d.ssd_disk_bytes = st.ssd_disk_bytes;
       d.ssd_limit_bytes = st.ssd_limit_bytes;
       d.ssd_full = st.ssd_full;
+      d.ssd_regrown = st.ssd_regrown;
       if (st.last_checkpoint_start != absl::InfinitePast()) {
         d.durable_before_unix_ms = absl::ToUnixMillis(st.last_checkpoint_start);
       }

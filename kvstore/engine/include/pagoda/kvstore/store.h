@@ -108,10 +108,12 @@ struct StoreStats {
   // by Checkpoint). They count against the SSD tier's capacity, not in tiers[kSsd].used_bytes.
   uint64_t ssd_copy_bytes = 0;
   // Disk the SSD tier takes (segment files, dead space included) and the most it may take:
-  // ssd_capacity_bytes, or less once the file system ran out of space first (ssd_full times).
+  // ssd_capacity_bytes, or less once the file system ran out of space first (ssd_full times);
+  // it grows back when the file system has room again (ssd_regrown times).
   uint64_t ssd_disk_bytes = 0;
   uint64_t ssd_limit_bytes = 0;  // 0: unbounded
   uint64_t ssd_full = 0;
+  uint64_t ssd_regrown = 0;
   uint64_t checkpoints = 0;          // completed Checkpoint() calls (background ones included)
   uint64_t checkpoint_failures = 0;  // Checkpoint() calls that returned an error
   // When the last Checkpoint() that succeeded and skipped nothing began: every page committed
