@@ -72,6 +72,7 @@ struct Args {
   int select_threads = 0;
   double rescore_factor = 4.0;  // the selector's default: every resident page
   bool trigger_late = true;     // louiskv: selector.trigger_late (the worker's default)
+  bool retrieve_late = false;   // louiskv: selector.retrieve_late
   bool trigger = false;         // boundary trigger for page policies
   float threshold = 0.9f;
   bool verify = true;
@@ -398,6 +399,7 @@ int Run(const Args& a) {
   o.select_threads = a.select_threads;
   o.selector.rescore_factor = a.rescore_factor;
   o.selector.trigger_late = a.trigger_late;
+  o.selector.retrieve_late = a.retrieve_late;
   o.boundary_trigger = a.trigger;
   o.boundary_threshold = a.threshold;
   o.verify = a.verify;
@@ -682,6 +684,9 @@ int main(int argc, char** argv) {
   app.add_option("--cluster-window", a.cluster_window,
                  "louiskv clustering window in tokens (0: whole prompt; default: the selector's)");
   app.add_option("--rescore-factor", a.rescore_factor, "louiskv rescore factor");
+  app.add_option("--retrieve-late", a.retrieve_late,
+                 "louiskv with --trigger-late 1: retrievals take effect a step after the trigger "
+                 "fires, so every step after the first reads q / k late (1) or not (0, default)");
   app.add_option("--trigger-late", a.trigger_late,
                  "louiskv: the trigger sees each query a step late, q / k read back late (1, the "
                  "worker's default) or on time (0)");

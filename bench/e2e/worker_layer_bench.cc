@@ -56,7 +56,8 @@ struct Args {
   int warmup = 3;
   bool trigger = false;
   float threshold = 0.9f;
-  bool trigger_late = true;  // louiskv: selector.trigger_late (q / k read back a step late)
+  bool trigger_late = true;    // louiskv: selector.trigger_late (q / k read back a step late)
+  bool retrieve_late = false;  // louiskv: selector.retrieve_late (every step after the first late)
   // Layers of the worker: each step runs them in turn (Plan, Attend per layer, Finish), so the
   // host can run ahead of the device across layers; times are per layer-step.
   int layers = 1;
@@ -132,6 +133,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
   o.boundary_threshold = a.threshold;
   o.selector.boundary_threshold = a.threshold;  // louiskv's own trigger
   o.selector.trigger_late = a.trigger_late;
+  o.selector.retrieve_late = a.retrieve_late;
   o.prefetch = false;                         // everything is in the host tier
   o.summary_slots = L * B * (ctx / kP + 64);  // quest selects on the device over these
   o.selector.rescore_factor = a.rescore_factor;
@@ -367,7 +369,10 @@ int Run(const Args& a) {
       "%s backend, budget %lld tokens/KV head, %d steps of %d layer(s) after %d warm-up, query "
       "drift %.2f%s; times per layer-step\n",
       kQ, kKv, kD, kP, a.backend.c_str(), static_cast<long long>(a.budget), a.steps, a.layers,
-      a.warmup, a.drift, a.trigger_late ? ", louiskv's trigger a step late" : "");
+      a.warmup, a.drift,
+      a.trigger_late ? (a.retrieve_late ? ", louiskv's trigger and retrievals a step late"
+                                        : ", louiskv's trigger a step late")
+                     : "");
   std::printf(
       "| context | batch | policy | step ms | worker host | select | fetch | verify | attend | "
       "append+commit | "
@@ -404,6 +409,9 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", a.warmup, "unmeasured first steps")->check(CLI::Range(0, 1000));
   app.add_flag("--trigger", a.trigger, "boundary trigger (selections reused while it holds)");
   app.add_option("--threshold", a.threshold, "trigger threshold");
+  app.add_option("--retrieve-late", a.retrieve_late,
+                 "louiskv with --trigger-late 1: retrievals take effect a step after the trigger "
+                 "fires, so every step after the first reads q / k late (1) or not (0, default)");
   app.add_option("--trigger-late", a.trigger_late,
                  "louiskv: the trigger sees each query a step late, q / k read back without a sync "
                  "(1, the worker's default) or on time (0)");

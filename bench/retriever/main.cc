@@ -145,6 +145,10 @@ int Main(int argc, char** argv) {
   app.add_option("--kmeans-iters", eo.base.kmeans_iters, "louiskv: Lloyd iterations");
   app.add_flag("--trigger-late", eo.base.trigger_late,
                "louiskv: the trigger sees each query a step late (as a device caller reads it)");
+  app.add_flag("--retrieve-late", eo.base.retrieve_late,
+               "louiskv with --trigger-late: a retrieval takes effect a step after the trigger "
+               "fires (ranked with that step's query), so no step after the first needs its "
+               "query on time");
   app.add_option("--rescore-factor", eo.base.rescore_factor,
                  "louiskv: pages rescored exactly each step, as a multiple of the free budget "
                  "(<= 1: off)");

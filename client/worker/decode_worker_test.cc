@@ -438,7 +438,8 @@ TEST(DecodeWorker, QuestOnTheBackendSelectsWhatTheRetrieverSelects) {
 // its own context, and a damaged layout page is never attended.
 // With the given rescore factor (below the resident factor 4: the best candidates by the
 // estimate; at it: every resident page).
-void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor, bool trigger_late) {
+void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor, bool trigger_late,
+                                                 bool retrieve_late = false) {
   TempDir dir;
   auto store = OpenStore(dir.path());
   DecodeWorkerOptions o = Options(retriever::Policy::kBoundary, 5 * kPage, 96);
@@ -447,6 +448,7 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor, bool tri
   // The reference selectors read every query and key on time; the worker's read them a step late
   // whenever they can: the same steps.
   o.selector.trigger_late = trigger_late;
+  o.selector.retrieve_late = retrieve_late;
   auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(w.ok()) << w.status();
   Driver drv(w->get());
@@ -489,7 +491,9 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor, bool tri
     shared += stats->shared_head_pages;
     chosen += stats->chosen_on_backend;
     late += stats->late_reads;
-    EXPECT_LE(stats->retrievals + stats->late_reads, 3 * kLayers);  // a late step never retrieves
+    if (!retrieve_late) {
+      EXPECT_LE(stats->retrievals + stats->late_reads, 3 * kLayers);  // a late step never retrieves
+    }
     EXPECT_LE(stats->retrievals, 3 * kLayers);
     EXPECT_LE(stats->chosen_on_backend, 3 * kLayers);
     for (size_t b = 0; b < ids.size(); ++b) {
@@ -511,7 +515,9 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor, bool tri
     EXPECT_EQ((*w)->Stats().held_head_pages, 0);
   }
   EXPECT_GT(shared, 0);  // the equal prompts read one slot per shared head-page
-  if (trigger_late && rescore_factor >= o.selector.resident_factor) {
+  if (retrieve_late) {
+    EXPECT_EQ(late, 15 * 3 * kLayers);  // every step but the first
+  } else if (trigger_late && rescore_factor >= o.selector.resident_factor) {
     EXPECT_EQ(late, 16 * 3 * kLayers - retrievals);  // every step but the retrievals
   } else {
     EXPECT_EQ(late, 0);
@@ -605,6 +611,13 @@ TEST(DecodeWorker, LouiskvRescoringEveryResidentPageAttendsWhatTheRetrieverSelec
 
 TEST(DecodeWorker, LouiskvReadingQueriesAndKeysLateAttendsWhatTheRetrieverSelects) {
   ExpectLouiskvAttendsWhatTheRetrieverSelects(4.0, /*trigger_late=*/true);
+}
+
+// selector.retrieve_late: every step after a sequence's first reads q and k late, retrievals
+// included (they take effect a step after the trigger fires), and still attends what on-time
+// reference selectors with the same options select.
+TEST(DecodeWorker, LouiskvRetrievingLateReadsEveryStepAfterTheFirstLate) {
+  ExpectLouiskvAttendsWhatTheRetrieverSelects(4.0, /*trigger_late=*/true, /*retrieve_late=*/true);
 }
 
 // Prompts too short to cluster (nothing between the sink page and the window) have no layout

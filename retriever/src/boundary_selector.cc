@@ -180,6 +180,29 @@ absl::StatusOr<ScoreRequest> BoundarySelector::BeginChoose(absl::Span<const uint
   if (!fire.ok()) return fire.status();
   if (options_.trigger_late) last_q_.assign(q_float.begin(), q_float.end());
   bool retrieve = *fire;
+  // retrieve_late: the retrieval owed since the last step is ranked with that step's query and
+  // plan, and takes effect now; one the trigger fires for now waits for the next step (with a
+  // resident set to serve this one from).
+  std::optional<Owed> rank_late;
+  rank_late.swap(owed_);
+  if (options_.retrieve_late && retrieve && !resident_.empty()) {
+    owed_ = Owed{plan, std::vector<float>(q_float.begin(), q_float.end())};
+    retrieve = false;
+  }
+  if (rank_late.has_value()) {
+    const int64_t now = rank_late->plan.tokens - 1;
+    if (now > boundaries_.back()) boundaries_.push_back(now);
+    const int64_t scanned = Rank(rank_late->q, rank_late->plan, /*resident_only=*/false);
+    if (!RescoresAllResident()) return Begin(plan, true, scanned * options_.head_dim * 2);
+    SetResident(rank_late->plan);
+    if (closed_form_) {
+      ScoreRequest steady = Steady(plan);
+      steady.retrieved = true;
+      return steady;
+    }
+    ranked_ = resident_;
+    return Begin(plan, true, scanned * options_.head_dim * 2);
+  }
   if (!retrieve && options_.coverage_threshold > 0.f && !resident_.empty()) {
     double coverage = 1.0;
     const int64_t scanned = Rank(q_float, plan, /*resident_only=*/false, &coverage);

@@ -60,14 +60,16 @@ class BoundarySelector final : public SelectorBase {
   bool LateCapable() const override {
     return options_.trigger_late && RescoresAllResident() && options_.coverage_threshold <= 0.f;
   }
-  // The trigger will not fire on the last query and something is resident: a closed-form step
-  // over the resident set, which needs no query and no new key on the host.
+  // The trigger will not fire on the last query (or its retrieval waits a step: retrieve_late)
+  // and something is resident: a closed-form step over the resident set, which needs no query
+  // and no new key on the host.
   bool StepsLate() const override {
     return LateCapable() && !last_q_.empty() && !resident_.empty() && trigger_.has_value() &&
-           !trigger_->WouldFire(last_q_);
+           (options_.retrieve_late || !trigger_->WouldFire(last_q_));
   }
   void OnLateQuery(absl::Span<const float> q_float) override {
     last_q_.assign(q_float.begin(), q_float.end());
+    if (owed_.has_value() && owed_->q.empty()) owed_->q = last_q_;
   }
   absl::StatusOr<ScoreRequest> BeginChoose(absl::Span<const uint16_t> q,
                                            absl::Span<const float> q_float,
@@ -165,7 +167,14 @@ class BoundarySelector final : public SelectorBase {
   std::vector<std::vector<float>> prefix_;  // [h][(t - N) * d] prefix sums of keys
   std::vector<int64_t> boundaries_;         // segment starts in the natural region
   std::optional<BoundaryTrigger> trigger_;
-  std::vector<float> last_q_;                   // trigger_late: the previous step's query
+  std::vector<float> last_q_;  // trigger_late: the previous step's query
+  // retrieve_late: the retrieval the trigger fired for at an earlier step, applied at the next
+  // one: that step's plan and query (the query comes with LateQuery when it stepped late).
+  struct Owed {
+    Plan plan;
+    std::vector<float> q;
+  };
+  std::optional<Owed> owed_;
   std::vector<std::vector<int32_t>> resident_;  // per row: pages fetched by the last retrieval
   std::vector<std::vector<int32_t>> ranked_;    // per row: layout pages of the last retrieval,
                                                 // best first by estimated attention mass

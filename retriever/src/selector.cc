@@ -111,6 +111,9 @@ absl::Status ValidateOptions(const SelectorOptions& o) {
         "selector options: need cluster_tokens >= 1, kmeans_iters >= 0, "
         "resident_factor >= 1, rescore_factor in [0, 64], coverage_threshold in [0, 1]");
   }
+  if (o.retrieve_late && (!o.trigger_late || o.coverage_threshold > 0.f)) {
+    return bad("selector options: retrieve_late needs trigger_late and no coverage trigger");
+  }
   if (o.cluster_window_tokens < 0 ||
       (o.cluster_window_tokens > 0 &&
        (o.page_tokens < 1 || o.cluster_window_tokens % o.page_tokens != 0))) {

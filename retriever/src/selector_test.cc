@@ -657,13 +657,18 @@ INSTANTIATE_TEST_SUITE_P(SelectorTest, BoundaryClosedForm, ::testing::Bool());
 
 // Late reads: a selector that gets each step's query and key a step late whenever it can
 // (CanStepLate) takes the same steps as one that gets them on time.
-TEST(SelectorTest, BoundaryLateReadsTakeTheStepsOfOnTimeReads) {
+// With retrieve_late every step after the first can run late (its retrievals wait a step).
+class BoundaryLateReads : public ::testing::TestWithParam<bool> {};
+
+TEST_P(BoundaryLateReads, TakeTheStepsOfOnTimeReads) {
+  const bool retrieve_late = GetParam();
   const int64_t n = 2048, total = n + 64;
   NeedleData data(total, 1200, 16, 12);
   SelectorOptions o = Options(16, 256);
   o.boundary_threshold = 0.6f;
   o.window_pages = 2;
   o.trigger_late = true;
+  o.retrieve_late = retrieve_late;
   auto on_time = MakeSelector(Policy::kBoundary, o);
   auto late = MakeSelector(Policy::kBoundary, o);
   ASSERT_TRUE(on_time.ok() && late.ok());
@@ -721,8 +726,82 @@ TEST(SelectorTest, BoundaryLateReadsTakeTheStepsOfOnTimeReads) {
     }
   }
   EXPECT_GT(retrievals, 1);
-  EXPECT_GT(late_steps, 20);  // the steps the trigger does not retrieve at, after the first
-  EXPECT_LT(late_steps, total - n);
+  if (retrieve_late) {
+    EXPECT_EQ(late_steps, total - n - 1);  // every step after the first
+  } else {
+    EXPECT_GT(late_steps, 20);  // the steps the trigger does not retrieve at, after the first
+    EXPECT_LT(late_steps, total - n);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(SelectorTest, BoundaryLateReads, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) {
+                           return i.param ? "RetrieveLate" : "RetrieveOnTime";
+                         });
+
+// retrieve_late moves each retrieval after the first one step later: the trigger fires at the
+// same steps (it sees the same queries), the retrieval is ranked with the same query and plan,
+// and the resident set it makes is the one the on-time selector made a step earlier; the step
+// the trigger fires at chooses from the resident set it already had.
+TEST(SelectorTest, BoundaryRetrieveLateTakesEachRetrievalAStepLater) {
+  const int64_t n = 2048, total = n + 96;
+  NeedleData data(total, 1200, 16, 12);
+  SelectorOptions o = Options(16, 256);
+  o.boundary_threshold = 0.6f;
+  o.window_pages = 2;
+  o.trigger_late = true;
+  auto on_time = MakeSelector(Policy::kBoundary, o);
+  o.retrieve_late = true;
+  auto late = MakeSelector(Policy::kBoundary, o);
+  ASSERT_TRUE(on_time.ok() && late.ok());
+  ASSERT_TRUE((*on_time)->Prefill(data.Keys(0, n), n).ok());
+  ASSERT_TRUE((*late)->Prefill(data.Keys(0, n), n).ok());
+  auto resident = [&](const Selector& s) {
+    std::vector<std::vector<int32_t>> r;
+    for (int h = 0; h < o.kv_heads; ++h) {
+      const auto p = s.ResidentPages(h);
+      r.emplace_back(p.begin(), p.end());
+    }
+    return r;
+  };
+  std::mt19937 rng(9);
+  std::normal_distribution<float> noise(0.f, 1.f);
+  std::vector<uint16_t> q = data.Query(3.f);
+  bool was_retrieved = false;  // the on-time selector retrieved at the last step
+  std::vector<std::vector<int32_t>> was_resident;
+  int retrievals = 0, moved = 0;
+  for (int64_t t = n; t < total; ++t) {
+    SCOPED_TRACE(t);
+    for (uint16_t& x : q) {
+      x = test_data::Half(kernels::ToFloat(x, kernels::DType::kFloat16) *
+                              (t % 16 == 0 ? 0.f : 0.9f) +
+                          0.3f * noise(rng));
+    }
+    const auto late_before = resident(**late);
+    ASSERT_TRUE((*on_time)->Append(data.Keys(t, t + 1), 1).ok());
+    ASSERT_TRUE((*late)->Append(data.Keys(t, t + 1), 1).ok());
+    auto a = (*on_time)->Select(q);
+    auto b = (*late)->Select(q);
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+    const bool first = t == n;
+    if (first) {
+      EXPECT_TRUE(a->retrieved && b->retrieved);  // nothing resident yet: on time in both
+      EXPECT_EQ(resident(**late), resident(**on_time));
+    } else {
+      EXPECT_EQ(b->retrieved, was_retrieved);
+      if (was_retrieved) {
+        EXPECT_EQ(resident(**late), was_resident);
+        ++moved;
+      } else {
+        EXPECT_EQ(resident(**late), late_before);
+      }
+    }
+    was_retrieved = a->retrieved && !first;
+    retrievals += was_retrieved ? 1 : 0;
+    was_resident = resident(**on_time);
+  }
+  EXPECT_GT(retrievals, 2);
+  EXPECT_EQ(moved, retrievals - (was_retrieved ? 1 : 0));
 }
 
 TEST(SelectorTest, LateReadsRefuseWhatTheyCannotServe) {
@@ -730,6 +809,17 @@ TEST(SelectorTest, LateReadsRefuseWhatTheyCannotServe) {
   NeedleData data(n + 8, 400, 16, 4);
   SelectorOptions o = Options(16, 128);
   const std::vector<uint16_t> q = data.Query(3.f);
+  // retrieve_late needs trigger_late and no coverage trigger.
+  {
+    SelectorOptions bad = o;
+    bad.retrieve_late = true;
+    EXPECT_EQ(MakeSelector(Policy::kBoundary, bad).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    bad.trigger_late = true;
+    bad.coverage_threshold = 0.5f;
+    EXPECT_EQ(MakeSelector(Policy::kBoundary, bad).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
   // Without trigger_late (and for policies other than louiskv) keys are never deferred.
   for (Policy p : {Policy::kBoundary, Policy::kQuest}) {
     auto sel = MakeSelector(p, o);

@@ -118,6 +118,12 @@ struct SelectorOptions {
   // the step's own query: ranking with the previous one too lost 0.019 of group recall on the
   // traces, bench/RESULTS.md). Off: the trigger sees each step's own query.
   bool trigger_late = false;
+  // kBoundary with trigger_late: a step the trigger fires at is taken like the steps between
+  // retrievals (the best of the current resident set by exact mass) and its retrieval, ranked with
+  // that step's own query, takes effect from the next step on (its ScoreRequest says retrieved).
+  // A caller reading queries late then never needs a query on time after the first step: every
+  // step but the first can step late (CanStepLate). Needs trigger_late and no coverage trigger.
+  bool retrieve_late = false;
   // kBoundary: coverage trigger. Between retrievals every step also scans all units' summaries
   // (counted in summary_bytes) and retrieves when the estimated mass of the best free pages among
   // the resident ones, over that of the best free pages overall (mean over KV heads), falls below
