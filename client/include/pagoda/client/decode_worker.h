@@ -104,7 +104,9 @@ struct DecodeWorkerOptions {
   // others read their q and k back a step late without a sync (WorkerStepStats::late_reads; on a
   // device backend their values are then checked a step late too: a non-finite one fails the
   // sequence at its next step); on the traces that costs 0.003 of group recall
-  // (bench/RESULTS.md). Pool sizing for
+  // (bench/RESULTS.md). selector.retrieve_late (off by default) moves each retrieval after the
+  // first a step later too, so every step after a sequence's first reads late and no layer syncs
+  // at any batch size, for 0.015 of group recall on the traces. Pool sizing for
   // louiskv: Plan reserves retriever::MaxScoredPages per (sequence, layer) of a step (about
   // resident_factor x the budget by default), and each (sequence, layer) holds about
   // resident_factor x the budget between steps when the pool has room beyond that (Plan releases
@@ -204,8 +206,9 @@ struct WorkerStepStats {
   // page, retrievals included: scored, chosen and attended with no host sync,
   // WorkerBackend::AttendBestByMass). A retrieval in closed form counts in retrievals too.
   // (sequence, layer) steps whose q and k the host read back a step late (louiskv with
-  // selector.trigger_late, a step the trigger does not retrieve at): a layer whose rows all read
-  // late has no host sync for them.
+  // selector.trigger_late, a step the trigger does not retrieve at; with selector.retrieve_late
+  // every step after the first, late retrievals included): a layer whose rows all read late has
+  // no host sync for them.
   int64_t late_reads = 0;
   int64_t chosen_on_backend = 0;
   int64_t attended_head_pages = 0;  // table entries, all rows
