@@ -189,20 +189,7 @@ absl::StatusOr<ScoreRequest> BoundarySelector::BeginChoose(absl::Span<const uint
     owed_ = Owed{plan, std::vector<float>(q_float.begin(), q_float.end())};
     retrieve = false;
   }
-  if (rank_late.has_value()) {
-    const int64_t now = rank_late->plan.tokens - 1;
-    if (now > boundaries_.back()) boundaries_.push_back(now);
-    const int64_t scanned = Rank(rank_late->q, rank_late->plan, /*resident_only=*/false);
-    if (!RescoresAllResident()) return Begin(plan, true, scanned * options_.head_dim * 2);
-    SetResident(rank_late->plan);
-    if (closed_form_) {
-      ScoreRequest steady = Steady(plan);
-      steady.retrieved = true;
-      return steady;
-    }
-    ranked_ = resident_;
-    return Begin(plan, true, scanned * options_.head_dim * 2);
-  }
+  if (rank_late.has_value()) return Retrieve(rank_late->q, rank_late->plan, plan);
   if (!retrieve && options_.coverage_threshold > 0.f && !resident_.empty()) {
     double coverage = 1.0;
     const int64_t scanned = Rank(q_float, plan, /*resident_only=*/false, &coverage);
@@ -225,23 +212,7 @@ absl::StatusOr<ScoreRequest> BoundarySelector::BeginChoose(absl::Span<const uint
       return Begin(plan, false, scanned * options_.head_dim * 2);
     }
   }
-  if (retrieve) {
-    const int64_t now = plan.tokens - 1;  // the query's own token opens the new segment
-    if (now > boundaries_.back()) boundaries_.push_back(now);
-    const int64_t scanned = Rank(q_float, plan, /*resident_only=*/false);
-    if (RescoresAllResident()) {
-      // The ranking picks the resident set; the step then chooses among it by exact mass like
-      // every step until the next retrieval.
-      SetResident(plan);
-      if (closed_form_) {
-        ScoreRequest steady = Steady(plan);
-        steady.retrieved = true;
-        return steady;
-      }
-      ranked_ = resident_;
-    }
-    return Begin(plan, true, scanned * options_.head_dim * 2);
-  }
+  if (retrieve) return Retrieve(q_float, plan, plan);
   if (options_.resident_factor > 1.0 && !resident_.empty()) {
     if (RescoresAllResident()) {
       // Every resident page gets its exact mass: no estimate to rank them by first.
@@ -253,6 +224,25 @@ absl::StatusOr<ScoreRequest> BoundarySelector::BeginChoose(absl::Span<const uint
     return Begin(plan, false, scanned * options_.head_dim * 2);
   }
   return Begin(plan, false, 0);
+}
+
+ScoreRequest BoundarySelector::Retrieve(absl::Span<const float> q_float, const Plan& at,
+                                        const Plan& plan) {
+  const int64_t now = at.tokens - 1;  // the query's own token opens the new segment
+  if (now > boundaries_.back()) boundaries_.push_back(now);
+  const int64_t scanned = Rank(q_float, at, /*resident_only=*/false);
+  if (RescoresAllResident()) {
+    // The ranking picks the resident set; the step then chooses among it by exact mass like
+    // every step until the next retrieval.
+    SetResident(at);
+    if (closed_form_) {
+      ScoreRequest steady = Steady(plan);
+      steady.retrieved = true;
+      return steady;
+    }
+    ranked_ = resident_;
+  }
+  return Begin(plan, true, scanned * options_.head_dim * 2);
 }
 
 int64_t BoundarySelector::Rank(absl::Span<const float> q_float, const Plan& plan,

@@ -104,6 +104,10 @@ class BoundarySelector final : public SelectorBase {
   }
   // The first page of head h's kept window in a step over `pages` layout pages.
   int32_t WindowBegin(int h, int32_t pages, int32_t budget) const;
+  // A retrieval ranked with q_float at step `at` (the one the trigger fired for), taking effect at
+  // `plan`'s step (the same step, or the next one with retrieve_late): opens a segment at `at`'s
+  // token, ranks, makes the new resident set and begins `plan`'s step over it.
+  ScoreRequest Retrieve(absl::Span<const float> q_float, const Plan& at, const Plan& plan);
   // At a retrieval rescoring every resident page: the resident set of each head becomes its kept
   // pages and the best pages of ranked_ after them, resident_factor x budget pages in all.
   void SetResident(const Plan& plan);
