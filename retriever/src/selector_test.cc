@@ -33,6 +33,16 @@ int64_t Tokens(const std::vector<TokenSpan>& spans) {
   return n;
 }
 
+// The query of step t for the boundary-trigger tests: the last one decayed a little plus noise,
+// reset every 16th step (the trigger fires on those jumps).
+void DriftQuery(std::vector<uint16_t>& q, int64_t t, std::mt19937& rng,
+                std::normal_distribution<float>& noise) {
+  for (uint16_t& x : q) {
+    x = test_data::Half(kernels::ToFloat(x, kernels::DType::kFloat16) * (t % 16 == 0 ? 0.f : 0.9f) +
+                        0.3f * noise(rng));
+  }
+}
+
 // Every selection must be a valid CSR page table whose spans agree with its size.
 void CheckWellFormed(const Selection& s, const SelectorOptions& o, int64_t tokens) {
   ASSERT_EQ(s.pages.num_rows(), o.kv_heads);
@@ -593,12 +603,7 @@ TEST_P(BoundaryClosedForm, StepsSelectWhatFinishSelectSelects) {
     SCOPED_TRACE(t);
     ASSERT_TRUE((*listed)->Append(data.Keys(t, t + 1), 1).ok());
     ASSERT_TRUE((*closed)->Append(data.Keys(t, t + 1), 1).ok());
-    // A query that drifts slowly, with a jump now and then (the trigger fires on those).
-    for (uint16_t& x : q) {
-      x = test_data::Half(kernels::ToFloat(x, kernels::DType::kFloat16) *
-                              (t % 16 == 0 ? 0.f : 0.9f) +
-                          0.3f * noise(rng));
-    }
+    DriftQuery(q, t, rng, noise);  // drifts slowly, with a jump now and then
     const std::vector<uint16_t> keys = data.Keys(0, t + 1);
     auto req = (*listed)->BeginSelect(q);
     auto creq = (*closed)->BeginSelect(q, /*closed_form=*/true);
@@ -682,11 +687,7 @@ TEST_P(BoundaryLateReads, TakeTheStepsOfOnTimeReads) {
   int late_steps = 0, retrievals = 0;
   for (int64_t t = n; t < total; ++t) {
     SCOPED_TRACE(t);
-    for (uint16_t& x : q) {
-      x = test_data::Half(kernels::ToFloat(x, kernels::DType::kFloat16) *
-                              (t % 16 == 0 ? 0.f : 0.9f) +
-                          0.3f * noise(rng));
-    }
+    DriftQuery(q, t, rng, noise);
     ASSERT_TRUE((*on_time)->Append(data.Keys(t, t + 1), 1).ok());
     auto want = (*on_time)->BeginSelect(q, /*closed_form=*/true);
     ASSERT_TRUE(want.ok()) << want.status();
@@ -772,11 +773,7 @@ TEST(SelectorTest, BoundaryRetrieveLateTakesEachRetrievalAStepLater) {
   int retrievals = 0, moved = 0;
   for (int64_t t = n; t < total; ++t) {
     SCOPED_TRACE(t);
-    for (uint16_t& x : q) {
-      x = test_data::Half(kernels::ToFloat(x, kernels::DType::kFloat16) *
-                              (t % 16 == 0 ? 0.f : 0.9f) +
-                          0.3f * noise(rng));
-    }
+    DriftQuery(q, t, rng, noise);
     const auto late_before = resident(**late);
     ASSERT_TRUE((*on_time)->Append(data.Keys(t, t + 1), 1).ok());
     ASSERT_TRUE((*late)->Append(data.Keys(t, t + 1), 1).ok());
