@@ -148,7 +148,7 @@ int RunDiffusionLayer(const DiffusionArgs& a, const TraceFiles& files) {
   std::normal_distribution<float> normal(0.f, 1.f);
   std::vector<double> err;
   double sel = 0, xfer = 0, attn = 0, dense_s = 0;
-  uint64_t reused = 0, rewritten = 0, uploaded = 0, committed = 0, nocache = 0, summary = 0;
+  uint64_t reused = 0, rewritten = 0, uploaded = 0, committed = 0, nocache = 0;
   uint64_t from_tier[kNumTiers] = {0, 0, 0};
   int64_t steps = 0;
   const size_t nq = static_cast<size_t>(qh) * hd;
@@ -193,7 +193,6 @@ int RunDiffusionLayer(const DiffusionArgs& a, const TraceFiles& files) {
       reused += st->bytes_reused;
       rewritten += st->bytes_rewritten;
       uploaded += st->bytes_uploaded;
-      summary += st->summary_bytes;
       for (int j = 0; j < kNumTiers; ++j) from_tier[j] += st->bytes_from_tier[j];
       nocache += static_cast<uint64_t>(st->cached_pages + B / P) * page_bytes;
 
@@ -248,7 +247,7 @@ int RunDiffusionLayer(const DiffusionArgs& a, const TraceFiles& files) {
   std::printf(
       "%-9s L%02d diffusion blocks=%ld x %ld tok, %d steps/block, unmask=%s ctx=%ld..%ld "
       "budget=%ld pool=%d | err mean=%.4f p99=%.4f | KiB/step reused=%.1f ssd=%.1f host=%.1f "
-      "rewritten=%.1f upload=%.1f summary=%.1f no-cache rewrite=%.1f | commit KiB/block=%.1f | "
+      "rewritten=%.1f upload=%.1f no-cache rewrite=%.1f | commit KiB/block=%.1f | "
       "us/step select=%.1f transfer=%.1f attn=%.1f total=%.1f | dense attn=%.1f us | "
       "sparse/dense=%.3f\n",
       tr->doc.c_str(), tr->layer, static_cast<long>(blocks), static_cast<long>(B), S,
@@ -256,9 +255,9 @@ int RunDiffusionLayer(const DiffusionArgs& a, const TraceFiles& files) {
       static_cast<long>(o.sparse ? a.budget_tokens : 0), o.pool_pages, mean_err,
       Percentile(err, 0.99), reused / n / 1024, from_tier[static_cast<int>(Tier::kSsd)] / n / 1024,
       from_tier[static_cast<int>(Tier::kHost)] / n / 1024, rewritten / n / 1024,
-      uploaded / n / 1024, summary / n / 1024, nocache / n / 1024,
-      committed / static_cast<double>(blocks) / 1024, sel / n * 1e6, xfer / n * 1e6, attn / n * 1e6,
-      step_us, dense_s / n * 1e6, step_us / (dense_s / n * 1e6));
+      uploaded / n / 1024, nocache / n / 1024, committed / static_cast<double>(blocks) / 1024,
+      sel / n * 1e6, xfer / n * 1e6, attn / n * 1e6, step_us, dense_s / n * 1e6,
+      step_us / (dense_s / n * 1e6));
   std::fflush(stdout);
   session->reset();
   store->reset();

@@ -36,6 +36,7 @@ class TempDir {
 
 PageLayout Layout() { return PageLayout{DType::kFp16, kKv, kDim, kPage}; }
 uint64_t PageBytes() { return Layout().PageBytes(); }
+uint64_t HeadPageBytes() { return PageBytes() / kKv; }
 
 std::unique_ptr<Store> OpenStore(const std::string& dir, uint64_t host_pages) {
   StoreOptions o;
@@ -213,8 +214,8 @@ TEST(DiffusionSessionTest, DenoisingStepsEqualDenseBidirectionalAttention) {
       ASSERT_TRUE(st.ok()) << st.status();
       EXPECT_EQ(st->queries, kBlock);
       EXPECT_EQ(st->cached_pages, first / kPage);
-      EXPECT_EQ(st->reused_pages, first / kPage);
-      EXPECT_EQ(st->attended_pages, first / kPage + kBlockPages);
+      EXPECT_EQ(st->reused_head_pages, first / kPage * kKv);
+      EXPECT_EQ(st->attended_head_pages, (first / kPage + kBlockPages) * kKv);
       EXPECT_FALSE(st->selected);
       // Every query sees the prompt, the clean blocks and the WHOLE noisy block (bidirectional).
       const auto rows = AllPages(first / kPage + kBlockPages);
@@ -257,8 +258,8 @@ TEST(DiffusionSessionTest, PromptAndCleanBlocksAreWrittenOnceAcrossDenoisingStep
       EXPECT_EQ(st->rewritten_pages, kBlockPages);
       EXPECT_EQ(st->bytes_rewritten, kBlockPages * PageBytes());
       EXPECT_EQ(st->bytes_reused, static_cast<uint64_t>(first / kPage) * PageBytes());
-      EXPECT_EQ(st->bytes_uploaded, st->bytes_rewritten + st->fetched_pages * PageBytes());
-      fetched += st->fetched_pages;
+      EXPECT_EQ(st->bytes_uploaded, st->bytes_rewritten + st->fetched_head_pages * HeadPageBytes());
+      fetched += st->fetched_head_pages;
     }
     auto c = session.CommitBlock(BlockIds(seq, first));
     ASSERT_TRUE(c.ok()) << c.status();
@@ -271,7 +272,7 @@ TEST(DiffusionSessionTest, PromptAndCleanBlocksAreWrittenOnceAcrossDenoisingStep
   // only the prompt was ever fetched (committed blocks stay resident in their slots).
   EXPECT_EQ(store->Stats().puts, static_cast<uint64_t>(prompt / kPage + blocks * kBlockPages));
   EXPECT_EQ(committed, blocks * kBlockPages * PageBytes());
-  EXPECT_EQ(fetched, static_cast<uint64_t>(prompt / kPage));
+  EXPECT_EQ(fetched, static_cast<uint64_t>(prompt / kPage * kKv));
   for (int64_t p = 0; p < seq.tokens / kPage; ++p) {
     std::vector<uint8_t> got(PageBytes());
     ASSERT_TRUE(store->Get("diffusion", session.page_keys()[p], absl::MakeSpan(got)).ok());
@@ -295,14 +296,14 @@ TEST(DiffusionSessionTest, OnlyChangedBlockPagesAreReuploaded) {
   auto st = session.Denoise(seq.Queries(), bk, bv, absl::MakeSpan(o));
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->rewritten_pages, kBlockPages);
-  EXPECT_EQ(st->fetched_pages, prompt / kPage);
+  EXPECT_EQ(st->fetched_head_pages, prompt / kPage * kKv);
 
   // Same K/V again: nothing moves.
   std::vector<uint16_t> q = seq.Queries();
   st = session.Denoise(q, bk, bv, absl::MakeSpan(o));
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->rewritten_pages, 0);
-  EXPECT_EQ(st->fetched_pages, 0);
+  EXPECT_EQ(st->fetched_head_pages, 0);
   EXPECT_EQ(st->bytes_uploaded, 0u);
   ExpectClose(o, Reference(seq, q, rows), "unchanged");
 
@@ -385,7 +386,7 @@ TEST(DiffusionSessionTest, PagesSpilledToSsdReadBackByteExactAndServeAnotherSess
   const std::vector<uint16_t> q = seq.Queries();
   auto st = (*s)->Denoise(q, bk, bv, absl::MakeSpan(o));
   ASSERT_TRUE(st.ok()) << st.status();
-  EXPECT_EQ(st->fetched_pages, 0);  // all resident since the earlier steps
+  EXPECT_EQ(st->fetched_head_pages, 0);  // all resident since the earlier steps
   ExpectClose(o, Reference(seq, q, AllPages(first / kPage + kBlockPages)), "second session");
 }
 
@@ -403,7 +404,7 @@ TEST(DiffusionSessionTest, SmallPoolRefetchesFromSsdAndStaysExact) {
   const std::vector<uint16_t> q = seq.Queries();
   auto st = (*s)->Denoise(q, bk, bv, absl::MakeSpan(o));
   ASSERT_TRUE(st.ok()) << st.status();
-  EXPECT_EQ(st->fetched_pages, prompt / kPage);
+  EXPECT_EQ(st->fetched_head_pages, prompt / kPage * kKv);
   EXPECT_GT(st->bytes_from_tier[static_cast<int>(Tier::kSsd)], 0u);
   EXPECT_EQ(st->bytes_from_tier[static_cast<int>(Tier::kSsd)] +
                 st->bytes_from_tier[static_cast<int>(Tier::kHost)],
@@ -437,7 +438,6 @@ TEST(DiffusionSessionTest, SparseStepsAttendTheSelectedPagesAndTheWholeBlock) {
       auto st = session.Denoise(q, bk, bv, absl::MakeSpan(o));
       ASSERT_TRUE(st.ok()) << st.status();
       EXPECT_TRUE(st->selected);
-      EXPECT_GT(st->summary_bytes, 0u);
       const auto& rows = session.last_rows();
       ASSERT_EQ(rows.size(), static_cast<size_t>(kKv));
       for (const auto& row : rows) {
@@ -450,7 +450,7 @@ TEST(DiffusionSessionTest, SparseStepsAttendTheSelectedPagesAndTheWholeBlock) {
         EXPECT_EQ(row.front(), 0);                                 // the sink page
         EXPECT_EQ(row[row.size() - kBlockPages - 1], cached - 1);  // the window page
       }
-      EXPECT_LT(st->reused_pages, cached);
+      EXPECT_LT(st->reused_head_pages, cached * kKv);
       ExpectClose(o, Reference(seq, q, rows),
                   "block " + std::to_string(b) + " step " + std::to_string(i));
     }
@@ -498,11 +498,16 @@ TEST(DiffusionSessionTest, ReopenedBlockInvalidatesOnlyItsOwnPages) {
   }
   EXPECT_EQ(absl::FailedPreconditionError("").code(), session.ReopenBlock().code());
 
-  // The block's bytes are still in the pool: re-denoising with the same K/V moves nothing.
+  // The reopened block has no K/V in the worker until a step writes them.
+  EXPECT_EQ(session.CommitBlock(BlockIds(seq, prompt + kBlock)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Its first step writes every block page; the kept pages are still resident (nothing fetched).
   std::vector<uint16_t> q = seq.Queries();
   auto st = session.Denoise(q, bk, bv, absl::MakeSpan(o));
   ASSERT_TRUE(st.ok()) << st.status();
-  EXPECT_EQ(st->bytes_uploaded, 0u);
+  EXPECT_EQ(st->rewritten_pages, kBlockPages);
+  EXPECT_EQ(st->fetched_head_pages, 0);
+  EXPECT_EQ(st->bytes_uploaded, kBlockPages * PageBytes());
   // Remasked: the first page of the block changes, the second does not.
   const int64_t first = prompt + kBlock;
   for (int h = 0; h < kKv; ++h) {
@@ -535,6 +540,52 @@ TEST(DiffusionSessionTest, ReopenedBlockInvalidatesOnlyItsOwnPages) {
   }
 }
 
+TEST(DiffusionSessionTest, ABlockRecommittedUnderItsOldKeysIsAttendedWithItsNewBytes) {
+  // Remasking may change a block's K/V but not its final token ids: the same chained keys then
+  // name new bytes. The old copies must be gone from the store and the pool, never attended.
+  TempDir dir;
+  auto store = OpenStore(dir.path(), 256);
+  const int64_t prompt = 8, first = prompt;
+  Sequence seq(prompt + 2 * kBlock, 11);
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), DenseOptions());
+  ASSERT_TRUE(s.ok()) << s.status();
+  DiffusionSession& session = **s;
+  ASSERT_TRUE(Prefill(session, seq, prompt).ok());
+  std::vector<uint16_t> bk, bv, o(kBlock * kQ * kDim);
+  seq.Noisy(first, 0, 1, &bk, &bv);
+  ASSERT_TRUE(session.Denoise(seq.Queries(), bk, bv, absl::MakeSpan(o)).ok());
+  ASSERT_TRUE(session.CommitBlock(BlockIds(seq, first)).ok());
+  const std::vector<PageKey> old_keys = session.page_keys();
+  ASSERT_TRUE(session.ReopenBlock().ok());
+  for (int h = 0; h < kKv; ++h) {  // the block's final K/V change; its token ids do not
+    for (int64_t t = first; t < first + kBlock; ++t) {
+      for (int d = 0; d < kDim; ++d) {
+        const int64_t i = (h * seq.tokens + t) * kDim + d;
+        seq.k[i] = seq.cur_k[i] = Half(kernels::HalfToFloat(seq.k[i]) - 0.5f);
+        seq.v[i] = seq.cur_v[i] = Half(kernels::HalfToFloat(seq.v[i]) + 0.5f);
+      }
+    }
+  }
+  bk = seq.Slice(seq.cur_k, first, kBlock);
+  bv = seq.Slice(seq.cur_v, first, kBlock);
+  ASSERT_TRUE(session.Denoise(seq.Queries(), bk, bv, absl::MakeSpan(o)).ok());
+  auto c = session.CommitBlock(BlockIds(seq, first));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->reused_pages, 0);  // the old pages were removed: these are written afresh
+  ASSERT_EQ(session.page_keys(), old_keys);
+  for (size_t p = 0; p < old_keys.size(); ++p) {
+    std::vector<uint8_t> got(PageBytes());
+    ASSERT_TRUE(store->Get("diffusion", old_keys[p], absl::MakeSpan(got)).ok());
+    EXPECT_EQ(got, seq.PageBytesOf(static_cast<int64_t>(p))) << "page " << p;
+  }
+  // The next block attends the recommitted pages with their new bytes.
+  seq.Noisy(first + kBlock, 0, 2, &bk, &bv);
+  const std::vector<uint16_t> q = seq.Queries();
+  auto st = session.Denoise(q, bk, bv, absl::MakeSpan(o));
+  ASSERT_TRUE(st.ok()) << st.status();
+  ExpectClose(o, Reference(seq, q, AllPages((first + 2 * kBlock) / kPage)), "recommitted");
+}
+
 TEST(DiffusionSessionTest, BadOptionsAreRefused) {
   TempDir dir;
   auto store = OpenStore(dir.path(), 16);
@@ -548,9 +599,9 @@ TEST(DiffusionSessionTest, BadOptionsAreRefused) {
   o = DenseOptions(kBlockPages);  // no room for a cached page
   EXPECT_EQ(DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), o).status().code(),
             absl::StatusCode::kInvalidArgument);
-  o = DenseOptions(6);
+  o = DenseOptions(5);
   o.sparse = true;
-  o.selector.budget_tokens = 4 * kPage;  // 2 heads x 4 pages + a 2-page block > 6
+  o.selector.budget_tokens = 4 * kPage;  // 4 budget pages + a 2-page block > 5 slots per head
   EXPECT_EQ(DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), o).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(
@@ -671,12 +722,13 @@ TEST(DiffusionSessionTest, AStepLargerThanThePoolIsRefusedAndChangesNothing) {
             absl::StatusCode::kResourceExhausted);
   EXPECT_FALSE(session.block_open());
   EXPECT_EQ(session.last_rows(), rows);
-  // Still usable: the committed block can be reopened and re-denoised.
+  // Still usable: the committed block can be reopened and re-denoised (its pages written again,
+  // the prompt's still resident).
   ASSERT_TRUE(session.ReopenBlock().ok());
   seq.Noisy(prompt, 0, 1, &bk, &bv);
   auto st = session.Denoise(q, bk, bv, absl::MakeSpan(o));
   ASSERT_TRUE(st.ok()) << st.status();
-  EXPECT_EQ(st->bytes_uploaded, 0u);
+  EXPECT_EQ(st->bytes_uploaded, kBlockPages * PageBytes());
   // cur_k / cur_v hold the second block's K/V too, but the reference reads only pages 0..3.
   ExpectClose(o, Reference(seq, q, AllPages(prompt / kPage + kBlockPages)), "after refusal");
 }
@@ -724,7 +776,7 @@ TEST(DiffusionSessionTest, HostPagesAreGatheredAndCountedOnce) {
   ASSERT_TRUE(st.ok()) << st.status();
   // Every prompt page came through the gather from the host arena: one leased read each, no
   // store read behind it.
-  EXPECT_EQ(st->fetched_pages, prompt / kPage);
+  EXPECT_EQ(st->fetched_head_pages, prompt / kPage * kKv);
   EXPECT_EQ(st->bytes_from_tier[static_cast<int>(Tier::kHost)], prompt / kPage * PageBytes());
   EXPECT_EQ(st->bytes_from_tier[static_cast<int>(Tier::kSsd)], 0u);
   EXPECT_EQ(store->Stats().tiers[static_cast<int>(Tier::kHost)].hits, hits + prompt / kPage);

@@ -330,9 +330,18 @@ absl::Status DecodeWorker::Impl::StartSelector(SequenceId id, LayerState& ls, in
       }
     }
     std::vector<uint16_t> keys;
-    keys.reserve(static_cast<size_t>(kv_) * ls.tokens * d_);
+    keys.reserve(static_cast<size_t>(kv_) * ls.prompt_keys[0].size());
     for (int h = 0; h < kv_; ++h)
       keys.insert(keys.end(), ls.prompt_keys[h].begin(), ls.prompt_keys[h].end());
+    if (ls.selector != nullptr) {  // an extended sequence (Extend): the new rows join its selector
+      const int64_t rows = static_cast<int64_t>(ls.prompt_keys[0].size()) / d_;
+      if (rows > 0) {
+        if (absl::Status s = ls.selector->Append(keys, rows); !s.ok()) return s;
+      }
+      ls.prompt_keys.assign(kv_, {});
+      ls.ready = true;
+      return absl::OkStatus();
+    }
     retriever::SelectorOptions sel = worker_internal::SelectorShape(o_);
     if (!o_.layer_streaming_heads.empty()) sel.streaming_kv_heads = o_.layer_streaming_heads[layer];
     if (!o_.layer_thresholds.empty()) sel.boundary_threshold = trigger_threshold;
@@ -355,7 +364,7 @@ absl::Status DecodeWorker::Impl::StartSelector(SequenceId id, LayerState& ls, in
   }
   ls.prompt_keys.assign(kv_, {});
   ls.prompt_values.assign(kv_, {});
-  if (o_.boundary_trigger && o_.policy != retriever::Policy::kBoundary) {
+  if (o_.boundary_trigger && o_.policy != retriever::Policy::kBoundary && !ls.trigger) {
     auto trigger = retriever::BoundaryTrigger::Create(o_.q_heads, d_, trigger_threshold);
     if (!trigger.ok()) return trigger.status();
     ls.trigger.emplace(std::move(*trigger));
@@ -692,6 +701,7 @@ absl::Status DecodeWorker::Impl::Close(SequenceId id) {
   DrainCommits();  // the pins of queued prompt pages must exist before they are undone
   for (LayerState& ls : it->second.layers) {
     for (int h = 0; h < kv_; ++h) pool_.ReleaseOwned(h, ls.tail[h]);
+    ReleaseBlock(ls);
   }
   Release(it->second);
   seqs_.erase(it);
@@ -740,8 +750,13 @@ absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> i
     }
     need += RowBound(*seq);
   }
-  int64_t open_pages = 0;  // owned slots per head: one per (open sequence, layer), at most
-  for (const auto& [id, seq] : seqs_) open_pages += static_cast<int64_t>(seq.layers.size());
+  // Owned slots per head: one per (open sequence, layer) at most, and the blocks' (AttendBlock).
+  int64_t open_pages = 0;
+  for (const auto& [id, seq] : seqs_) {
+    open_pages += static_cast<int64_t>(seq.layers.size());
+    for (const LayerState& ls : seq.layers)
+      open_pages += static_cast<int64_t>(ls.block.size()) / kv_;
+  }
   if (need + open_pages > o_.pool_slots_per_head) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "one step of this batch may need ", need, " head-page slots per KV head besides ",
@@ -1007,7 +1022,8 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
         info = store_->Get(o_.tenant, key_of_fetch[i], absl::MakeSpan(r.page));
       }
       r.status = info.status();
-      if (info.ok()) stats.bytes_from_tier[static_cast<int>(info->tier)] += 2 * half_;
+      // The store reads the whole page (every head), once.
+      if (info.ok()) stats.bytes_from_tier[static_cast<int>(info->tier)] += o_.layout.PageBytes();
     }
     absl::Status s = r.status;
     if (s.ok()) {
@@ -1806,8 +1822,9 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> DecodeWorker::Impl::AttendedPo
   std::vector<std::vector<int64_t>> out(rows->size());
   for (size_t h = 0; h < rows->size(); ++h) {
     for (int32_t p : (*rows)[h]) {
-      for (int64_t i = int64_t{p} * P_; i < std::min<int64_t>(ls.tokens, int64_t{p + 1} * P_);
-           ++i) {
+      // (A block's pages follow the layer's tokens: AttendBlock.)
+      const int64_t end = std::min<int64_t>(ls.tokens + ls.block_tokens, int64_t{p + 1} * P_);
+      for (int64_t i = int64_t{p} * P_; i < end; ++i) {
         out[h].push_back(
             ls.InLayout(p) ? retriever::LayoutPosition(*ls.clusters, static_cast<int>(h), i) : i);
       }
@@ -1899,6 +1916,21 @@ absl::StatusOr<WorkerStepStats> DecodeWorker::Finish(const StepPlan& plan) {
   return impl_->Finish(plan);
 }
 absl::Status DecodeWorker::Flush() { return impl_->Flush(); }
+absl::Status DecodeWorker::Extend(SequenceId id, absl::Span<const int32_t> token_ids) {
+  return impl_->Extend(id, token_ids);
+}
+absl::Status DecodeWorker::Truncate(SequenceId id, int64_t tokens) {
+  return impl_->Truncate(id, tokens);
+}
+absl::StatusOr<WorkerStepStats> DecodeWorker::AttendBlock(SequenceId id, int layer,
+                                                          const TensorView& q, const TensorView& k,
+                                                          const TensorView& v, const TensorView& o,
+                                                          absl::Span<const uint8_t> keep_pages) {
+  return impl_->AttendBlock(id, layer, q, k, v, o, keep_pages);
+}
+absl::Status DecodeWorker::CommitBlock(SequenceId id, int layer) {
+  return impl_->CommitBlock(id, layer);
+}
 absl::StatusOr<int64_t> DecodeWorker::Length(SequenceId id, int layer) const {
   return impl_->Length(id, layer);
 }

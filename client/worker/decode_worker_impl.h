@@ -88,6 +88,13 @@ class DecodeWorker::Impl {
                       const TensorView& v, const TensorView& o);
   absl::StatusOr<WorkerStepStats> Finish(const StepPlan& plan);
   absl::Status Flush();
+  absl::Status Extend(SequenceId id, absl::Span<const int32_t> token_ids);
+  absl::Status Truncate(SequenceId id, int64_t tokens);
+  absl::StatusOr<WorkerStepStats> AttendBlock(SequenceId id, int layer, const TensorView& q,
+                                              const TensorView& k, const TensorView& v,
+                                              const TensorView& o,
+                                              absl::Span<const uint8_t> keep_pages);
+  absl::Status CommitBlock(SequenceId id, int layer);
   absl::StatusOr<int64_t> Length(SequenceId id, int layer) const;
   absl::StatusOr<std::vector<std::vector<int32_t>>> LastRows(SequenceId id, int layer) const;
   absl::StatusOr<std::vector<PageKey>> PageKeys(SequenceId id, int layer) const;
@@ -103,6 +110,14 @@ class DecodeWorker::Impl {
   }
   // Unpins a sequence's pinned pages and closes its streams (best effort: Close must not fail).
   void Release(worker_internal::Sequence& seq);
+  // The sequence `id` for Extend / Truncate: InvalidArgument / FailedPrecondition / Unimplemented
+  // for what they do not serve (see decode_worker.h).
+  absl::StatusOr<worker_internal::Sequence*> Editable(SequenceId id, const char* what);
+  // Frees the owned slots of the layer's block (AttendBlock).
+  void ReleaseBlock(worker_internal::LayerState& ls);
+  // The mean over a block's queries q [N, q_heads, d] (any device), as [q_heads * d] elements of
+  // the layout dtype.
+  absl::StatusOr<std::vector<uint16_t>> MeanQuery(const TensorView& q);
   absl::StatusOr<worker_internal::Sequence*> Find(SequenceId id);
   const worker_internal::Sequence* Lookup(SequenceId id) const;
   // Applies commit failures to their sequences.

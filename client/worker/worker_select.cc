@@ -220,6 +220,24 @@ absl::Status PageRows(const DecodeWorkerOptions& o, int layer, LayerState& ls) {
   return absl::OkStatus();
 }
 
+std::vector<std::vector<int32_t>> BlockRows(const DecodeWorkerOptions& o, int layer,
+                                            const LayerState& ls, bool dense,
+                                            std::vector<std::vector<int32_t>> chosen) {
+  const int P = static_cast<int>(o.layout.page_tokens);
+  const int32_t pages = static_cast<int32_t>(ls.tokens / P);
+  chosen.resize(o.layout.kv_heads);
+  for (auto& row : chosen) {
+    if (dense) {
+      row.resize(pages);
+      for (int32_t p = 0; p < pages; ++p) row[p] = p;
+    } else {
+      AddPinned(ls, pages, row);
+    }
+  }
+  for (int h : StreamingHeads(o, layer)) StreamingRow(o, pages - 1, ls.pinned, chosen[h]);
+  return chosen;
+}
+
 absl::StatusOr<QuestBudget> PlanQuestBudget(const DecodeWorkerOptions& o, const LayerState& ls) {
   const int P = static_cast<int>(o.layout.page_tokens);
   QuestBudget b;

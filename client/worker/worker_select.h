@@ -58,6 +58,14 @@ absl::StatusOr<bool> RetrievalDue(const DecodeWorkerOptions& o, LayerState& ls,
                                   absl::Span<const uint16_t> q);
 absl::Status PageRows(const DecodeWorkerOptions& o, int layer, LayerState& ls);
 
+// A bidirectional block's context rows (DecodeWorker::AttendBlock) over the whole pages of ls
+// (ls.tokens a multiple of page_tokens): every page when `dense`, else chosen[h] (ascending page
+// ids of the layer) with the pinned pages added; streaming heads of `layer` their sink and window
+// pages. The block's own pages are not listed.
+std::vector<std::vector<int32_t>> BlockRows(const DecodeWorkerOptions& o, int layer,
+                                            const LayerState& ls, bool dense,
+                                            std::vector<std::vector<int32_t>> chosen);
+
 // The budget of one Quest retrieval in natural pages, as the retriever's selectors plan it:
 // candidates are pages [sink_end, window_begin), kept are the sinks and [window_begin, pages).
 struct QuestBudget {

@@ -96,6 +96,10 @@ struct LayerState {
                        : sums[int64_t{p} * kv_heads + h];
   }
 
+  // A bidirectional block after the layer's end (DecodeWorker::AttendBlock): the owned pool
+  // slots holding its K/V, [page * kv_heads + h], and its tokens (0: no block).
+  std::vector<int32_t> block;
+  int64_t block_tokens = 0;
   int32_t pinned = 0;      // leading pages pinned in the store (pin_prompt), attended every step
   uint64_t stream_id = 0;  // store stream of this (sequence, layer), 0: none
 };

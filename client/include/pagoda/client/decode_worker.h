@@ -316,6 +316,58 @@ class DecodeWorker {
   // Waits until every page committed so far is in the store (or reports the first commit error).
   absl::Status Flush();
 
+  // ---- Editing a sequence, and blocks (a diffusion LM's decoding; DiffusionSession) -----------
+  // Served for every policy but louiskv (Unimplemented: its cluster layout is built from the whole
+  // prompt once), on sequences that are fully prefilled, not failed, not on a rolling-window
+  // stream, outside a step; each refusal changes nothing.
+  //
+  // Appends tokens to the sequence: its every layer then takes their K/V through Prefill /
+  // PrefillAttend or CommitBlock, like a prompt's (the sequence cannot be planned until all layers
+  // have). A finalized diffusion block, or text spliced into the context. FailedPrecondition when
+  // a layer's length is not a multiple of page_tokens (an open page: decode tokens past a page
+  // boundary); InvalidArgument for no tokens.
+  absl::Status Extend(SequenceId id, absl::Span<const int32_t> token_ids);
+
+  // Cuts the sequence back to its first `tokens` tokens (a remasked diffusion block, rejected
+  // draft tokens): later pages leave the sequence and the attention pool (they stay in the store
+  // under their chained keys, valid for the tokens they hold, until evicted or removed), and each
+  // layer's selection state is rebuilt from the pages kept, read back from the store (verified):
+  // a cost linear in the sequence. tokens a multiple of page_tokens, page_tokens <= tokens <= the
+  // length of every layer (InvalidArgument otherwise). A page that cannot be read back fails the
+  // sequence.
+  absl::Status Truncate(SequenceId id, int64_t tokens);
+
+  // A bidirectional block after the end of the sequence's `layer` (a diffusion LM's noisy block,
+  // denoised over several steps): q [N, q_heads, d] its queries, k / v [N, kv_heads, d] its
+  // current K/V; o [N, q_heads, d] (written) is each query's attention over the context pages
+  // the selector picks for the block (one selection per call for the block's mean query, shared
+  // by its queries; every page when the budget covers the context; streaming heads their sinks
+  // and window) and over the whole block, with no causal mask. The block is not part of the
+  // sequence: its K/V sit in pool slots the (sequence, layer) owns until CommitBlock, Extend's
+  // prefill, Truncate or Close, and a later call reuses them. keep_pages (empty, or one flag per
+  // block page, ceil(N / page_tokens)): 1 = that page's K/V are the last call's (not rewritten;
+  // the caller knows which tokens it changed). Context pages are resolved like a decode step's
+  // (pool, else a verified gather from the store's host tier, else a verified store read).
+  // The layer must end on a page boundary (FailedPrecondition). InvalidArgument (nothing changed)
+  // for shapes / dtypes / devices, non-finite host inputs, a layer out of range, keep_pages of
+  // the wrong size or keeping pages no earlier call of this N wrote; ResourceExhausted (nothing
+  // changed) when the context pages a head reads and the block's pages exceed its sub-pool. Quest
+  // selects from the block's mean query on the backend: on a device backend that is Unimplemented
+  // for now (budgets that cover the context, and every other policy, run on both). A page with no
+  // verified copy fails the sequence with DataLoss (o is then not written). Stats: the block's
+  // head-pages, each counted once however many queries read it.
+  absl::StatusOr<WorkerStepStats> AttendBlock(SequenceId id, int layer, const TensorView& q,
+                                              const TensorView& k, const TensorView& v,
+                                              const TensorView& o,
+                                              absl::Span<const uint8_t> keep_pages = {});
+
+  // The layer's block (its K/V as the last AttendBlock wrote them) becomes the layer's next
+  // tokens, the ones Extend added (exactly as many: FailedPrecondition otherwise, or when the
+  // layer has no block): full pages are committed to the store (checksummed, asynchronously; Flush
+  // waits) and their pool slots become the pages' cached copies, so the next block's steps find
+  // them resident; a partial last page becomes the layer's open page.
+  absl::Status CommitBlock(SequenceId id, int layer);
+
   // Tokens of a sequence (prompt + generated) as seen by `layer`.
   absl::StatusOr<int64_t> Length(SequenceId id, int layer = 0) const;
   // Keys of the full pages of (sequence, layer), in order.
@@ -327,7 +379,8 @@ class DecodeWorker {
   // louiskv: keys of the cluster-ordered layout pages of (sequence, layer) (empty for the other
   // policies, and for prompts too short to cluster).
   absl::StatusOr<std::vector<PageKey>> LayoutPageKeys(SequenceId id, int layer) const;
-  // The token positions each KV head of (sequence, layer) attended in the last step, ascending.
+  // The token positions each KV head of (sequence, layer) attended in the last step (or
+  // AttendBlock: the block's positions follow the layer's tokens), ascending.
   absl::StatusOr<std::vector<std::vector<int64_t>>> AttendedPositions(SequenceId id,
                                                                       int layer) const;
   WorkerStats Stats() const;

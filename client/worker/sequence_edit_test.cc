@@ -1,0 +1,399 @@
+// DecodeWorker's sequence edits and bidirectional blocks (Extend, Truncate, AttendBlock,
+// CommitBlock) over a real embedded Store with the CPU backend, checked against the shadow model
+// of worker_test_util.h.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "pagoda/client/decode_worker.h"
+#include "pagoda/kernels/dtype.h"
+#include "pagoda/kvstore/prefix.h"
+#include "pagoda/retriever/selector.h"
+#include "worker_test_util.h"
+
+namespace pagoda {
+namespace {
+
+using namespace worker_test;  // NOLINT: the shared test helpers
+
+// A block of tokens `ids` at positions [at, at + n) of layer l: its queries [n, kQ, kDim] and K/V
+// [n, kKv, kDim], from the shadow model over `toks` (which holds the block's ids at `at`).
+struct Block {
+  std::vector<uint16_t> q, k, v, o;
+  Block(int l, const std::vector<int32_t>& toks, int64_t at, int64_t n) {
+    for (int64_t t = at; t < at + n; ++t) {
+      for (int h = 0; h < kQ; ++h) {
+        for (int d = 0; d < kDim; ++d) q.push_back(Q(l, t, toks[t], h, d));
+      }
+    }
+    k = Rows(0, l, toks, at, n);
+    v = Rows(1, l, toks, at, n);
+    o.assign(q.size(), 0xffff);
+  }
+  int64_t n() const { return static_cast<int64_t>(k.size()) / (kKv * kDim); }
+  TensorView Q_() { return TensorView::Contiguous(q.data(), DType::kFp16, {n(), kQ, kDim}); }
+  TensorView K() { return TensorView::Contiguous(k.data(), DType::kFp16, {n(), kKv, kDim}); }
+  TensorView V() { return TensorView::Contiguous(v.data(), DType::kFp16, {n(), kKv, kDim}); }
+  TensorView O() { return TensorView::Contiguous(o.data(), DType::kFp16, {n(), kQ, kDim}); }
+};
+
+// Exact attention of the query at position qpos (query head qh) over `positions` of layer l.
+std::vector<double> QueryAttention(int l, const std::vector<int32_t>& toks, int64_t qpos, int qh,
+                                   const std::vector<int64_t>& positions) {
+  const int kvh = qh / (kQ / kKv);
+  std::vector<double> logits;
+  double m = -1e300;
+  for (int64_t t : positions) {
+    double dot = 0;
+    for (int d = 0; d < kDim; ++d) {
+      dot += D(Q(l, qpos, toks[qpos], qh, d)) * D(KV(0, l, t, toks[t], kvh, d));
+    }
+    logits.push_back(dot / std::sqrt(double{kDim}));
+    m = std::max(m, logits.back());
+  }
+  double sum = 0;
+  std::vector<double> o(kDim, 0);
+  for (size_t i = 0; i < positions.size(); ++i) {
+    const double w = std::exp(logits[i] - m);
+    sum += w;
+    for (int d = 0; d < kDim; ++d)
+      o[d] += w * D(KV(1, l, positions[i], toks[positions[i]], kvh, d));
+  }
+  for (double& x : o) x /= sum;
+  return o;
+}
+
+// Max error of a block's outputs against exact attention over the positions the worker says each
+// KV head attended (every query of the block the same positions: bidirectional).
+double BlockError(DecodeWorker& w, SequenceId id, int l, const std::vector<int32_t>& toks,
+                  int64_t at, const Block& b) {
+  auto attended = w.AttendedPositions(id, l);
+  EXPECT_TRUE(attended.ok()) << attended.status();
+  if (!attended.ok()) return 1e9;
+  double err = 0;
+  for (int64_t i = 0; i < b.n(); ++i) {
+    for (int qh = 0; qh < kQ; ++qh) {
+      const auto ref = QueryAttention(l, toks, at + i, qh, (*attended)[qh / (kQ / kKv)]);
+      for (int d = 0; d < kDim; ++d) {
+        err = std::max(err, std::abs(D(b.o[(i * kQ + qh) * kDim + d]) - ref[d]));
+      }
+    }
+  }
+  return err;
+}
+
+std::vector<int32_t> Ids(int n, int32_t seed) {
+  std::vector<int32_t> t;
+  for (int i = 0; i < n; ++i) t.push_back(seed * 1000 + 7 * i);
+  return t;
+}
+
+TEST(WorkerBlocks, ABlockAttendsTheContextAndItselfThenCommitsAndDecodeGoesOn) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId id = drv.Open(Prompt(12, 1));
+  const std::vector<int32_t> ids = Ids(6, 2);  // 6 tokens: a page and a half
+  std::vector<int32_t> toks = drv.tokens(id);
+  toks.insert(toks.end(), ids.begin(), ids.end());
+  for (int l = 0; l < kLayers; ++l) {
+    Block b(l, toks, 12, 6);
+    auto st = (*w)->AttendBlock(id, l, b.Q_(), b.K(), b.V(), b.O());
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(st->retrievals, 0);                       // the budget covers the context
+    EXPECT_EQ(st->attended_head_pages, (3 + 2) * kKv);  // 3 context pages, 2 block pages
+    EXPECT_EQ(st->fetched_head_pages + st->pool_hits, 3 * kKv);
+    auto attended = (*w)->AttendedPositions(id, l);
+    ASSERT_TRUE(attended.ok());
+    for (const auto& row : *attended) EXPECT_EQ(row, AllPositions(18));  // no causal mask
+    EXPECT_LT(BlockError(**w, id, l, toks, 12, b), kTol) << l;
+  }
+  // The block is not part of the sequence until it is committed.
+  EXPECT_EQ(*(*w)->Length(id, 0), 12);
+  ASSERT_TRUE((*w)->Extend(id, ids).ok());
+  EXPECT_EQ((*w)->Plan({id}, {1}).status().code(), absl::StatusCode::kFailedPrecondition);
+  for (int l = 0; l < kLayers; ++l) ASSERT_TRUE((*w)->CommitBlock(id, l).ok()) << l;
+  drv.Extended(id, ids);
+  ASSERT_TRUE((*w)->Flush().ok());
+  for (int l = 0; l < kLayers; ++l) {
+    EXPECT_EQ(*(*w)->Length(id, l), 18);
+    const PageKeyExtra extra{"model", static_cast<uint32_t>(l), {}};
+    auto keys = (*w)->PageKeys(id, l);
+    ASSERT_TRUE(keys.ok());
+    EXPECT_EQ(*keys, ChainPageKeys(absl::MakeConstSpan(toks).subspan(0, 16), kPage, extra));
+    for (const PageKey& key : *keys) EXPECT_TRUE(store->Exists("t", key));
+  }
+  // Decode continues from the block's open page, exactly.
+  for (int step = 0; step < 5; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step({id}, {step + 50}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (int l = 0; l < kLayers; ++l) {
+      EXPECT_LT(drv.Error(id, 0, l, outs[l], /*dense=*/true), kTol) << step;
+    }
+  }
+}
+
+class BlockPolicyTest : public ::testing::TestWithParam<retriever::Policy> {};
+
+TEST_P(BlockPolicyTest, SparseBlocksAttendWhatTheRetrieverSelectsForTheMeanQuery) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  const DecodeWorkerOptions o = Options(GetParam(), 4 * kPage, 64);
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId id = drv.Open(Prompt(40, 3));
+  RefSelectors ref = ReferenceSelectors(GetParam(), o, drv.tokens(id));
+  std::vector<int32_t> toks = drv.tokens(id);
+  const std::vector<int32_t> ids = Ids(8, 4);
+  toks.insert(toks.end(), ids.begin(), ids.end());
+  for (int l = 0; l < kLayers; ++l) {
+    Block b(l, toks, 40, 8);
+    auto st = (*w)->AttendBlock(id, l, b.Q_(), b.K(), b.V(), b.O());
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(st->retrievals, 1);
+    // The block's mean query, as the worker forms it (float mean, rounded to the dtype).
+    std::vector<uint16_t> mean(kQ * kDim);
+    for (int j = 0; j < kQ * kDim; ++j) {
+      float sum = 0;
+      for (int64_t i = 0; i < 8; ++i) sum += kernels::HalfToFloat(b.q[i * kQ * kDim + j]);
+      mean[j] = Half(sum / 8.f);
+    }
+    auto want = ref[l]->Select(mean);
+    ASSERT_TRUE(want.ok()) << want.status();
+    auto rows = (*w)->LastRows(id, l);
+    ASSERT_TRUE(rows.ok());
+    for (int h = 0; h < kKv; ++h) {
+      std::vector<int32_t> expect(want->pages.indices.begin() + want->pages.indptr[h],
+                                  want->pages.indices.begin() + want->pages.indptr[h + 1]);
+      std::sort(expect.begin(), expect.end());
+      expect.push_back(10);  // the block's pages
+      expect.push_back(11);
+      EXPECT_EQ((*rows)[h], expect) << "layer " << l << " head " << h;
+    }
+    EXPECT_LT(BlockError(**w, id, l, toks, 40, b), kTol) << l;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, BlockPolicyTest,
+                         ::testing::Values(retriever::Policy::kQuest,
+                                           retriever::Policy::kHierarchical),
+                         [](const auto& info) {
+                           return std::string(retriever::PolicyName(info.param));
+                         });
+
+TEST(WorkerBlocks, KeptPagesAreNotRewritten) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId id = drv.Open(Prompt(8, 5));
+  std::vector<int32_t> toks = drv.tokens(id);
+  const std::vector<int32_t> ids = Ids(8, 6);
+  toks.insert(toks.end(), ids.begin(), ids.end());
+  Block b(0, toks, 8, 8);
+  ASSERT_TRUE((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).ok());
+  const std::vector<uint16_t> first = b.o;
+  // The same K/V kept in place: the same output.
+  const std::vector<uint8_t> keep_all = {1, 1};
+  std::fill(b.o.begin(), b.o.end(), 0xffff);
+  ASSERT_TRUE((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O(), keep_all).ok());
+  EXPECT_EQ(b.o, first);
+  // Page 1 kept while the caller passes other values for it: the worker attends what it holds.
+  Block other = b;
+  for (size_t i = other.k.size() / 2; i < other.k.size(); ++i) other.k[i] = Half(0.9f);
+  const std::vector<uint8_t> keep_second = {0, 1};
+  ASSERT_TRUE(
+      (*w)->AttendBlock(id, 0, other.Q_(), other.K(), other.V(), other.O(), keep_second).ok());
+  EXPECT_EQ(other.o, first);
+  // Written again: the new values count.
+  ASSERT_TRUE((*w)->AttendBlock(id, 0, other.Q_(), other.K(), other.V(), other.O()).ok());
+  EXPECT_NE(other.o, first);
+  // Keeping pages of a block of another size, or with the wrong number of flags: refused.
+  Block shorter(0, toks, 8, 4);
+  const std::vector<uint8_t> keep_one = {1};
+  EXPECT_EQ((*w)->AttendBlock(id, 0, shorter.Q_(), shorter.K(), shorter.V(), shorter.O(), keep_one)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O(), keep_one).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(WorkerBlocks, TruncateCutsThePagesAndDecodeGoesOnExactly) {
+  for (retriever::Policy policy : {retriever::Policy::kQuest, retriever::Policy::kHierarchical}) {
+    SCOPED_TRACE(retriever::PolicyName(policy));
+    TempDir dir;
+    auto store = OpenStore(dir.path());
+    auto w =
+        DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), Options(policy, 4 * kPage, 64));
+    ASSERT_TRUE(w.ok()) << w.status();
+    Driver drv(w->get());
+    const SequenceId id = drv.Open(Prompt(30, 7));
+    for (int step = 0; step < 2; ++step) ASSERT_TRUE(drv.Step({id}, {step}).ok());  // 32 tokens
+    const std::vector<PageKey> before = *(*w)->PageKeys(id, 1);
+    // Refused, nothing changed: not a page multiple, zero, past the end, an unknown sequence.
+    for (int64_t bad : {13, 0, 36}) {
+      EXPECT_EQ((*w)->Truncate(id, bad).code(), absl::StatusCode::kInvalidArgument) << bad;
+    }
+    EXPECT_EQ((*w)->Truncate(id + 100, 12).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(*(*w)->Length(id, 0), 32);
+    ASSERT_TRUE((*w)->Truncate(id, 12).ok());
+    drv.Truncated(id, 12);
+    for (int l = 0; l < kLayers; ++l) EXPECT_EQ(*(*w)->Length(id, l), 12);
+    EXPECT_EQ(*(*w)->PageKeys(id, 1), std::vector<PageKey>(before.begin(), before.begin() + 3));
+    // Decode over the cut sequence: other tokens now, attention over exactly its positions.
+    for (int step = 0; step < 12; ++step) {
+      std::vector<std::vector<uint16_t>> outs;
+      auto stats = drv.Step({id}, {900 + step}, &outs);
+      ASSERT_TRUE(stats.ok()) << stats.status();
+      for (int l = 0; l < kLayers; ++l) {
+        auto attended = (*w)->AttendedPositions(id, l);
+        ASSERT_TRUE(attended.ok());
+        for (const auto& row : *attended) {
+          ASSERT_FALSE(row.empty());
+          EXPECT_LT(row.back(), 13 + step);
+        }
+        EXPECT_LT(drv.Error(id, 0, l, outs[l], /*dense=*/false), kTol) << step;
+      }
+    }
+  }
+}
+
+TEST(WorkerBlocks, ExtendThenPrefillSplicesTokensIntoTheContext) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kHierarchical, 4096, 64));
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId id = drv.Open(Prompt(7, 8));
+  ASSERT_TRUE(drv.Step({id}, {1}).ok());  // 8 tokens
+  const std::vector<int32_t> more = Ids(9, 9);
+  ASSERT_TRUE((*w)->Extend(id, more).ok());
+  drv.Extended(id, more);
+  const std::vector<int32_t>& toks = drv.tokens(id);
+  for (int l = 0; l < kLayers; ++l) {
+    std::vector<uint16_t> k = Rows(0, l, toks, 8, 9), v = Rows(1, l, toks, 8, 9);
+    ASSERT_TRUE((*w)->Prefill(id, l, TensorView::Contiguous(k.data(), DType::kFp16, {9, kKv, kDim}),
+                              TensorView::Contiguous(v.data(), DType::kFp16, {9, kKv, kDim}))
+                    .ok());
+  }
+  for (int step = 0; step < 6; ++step) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = drv.Step({id}, {70 + step}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (int l = 0; l < kLayers; ++l) {
+      EXPECT_LT(drv.Error(id, 0, l, outs[l], /*dense=*/true), kTol) << step;
+    }
+  }
+  // 23 tokens: an open page, so no Extend until it fills.
+  EXPECT_EQ((*w)->Extend(id, more).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(*(*w)->Length(id, 0), 23);
+  ASSERT_TRUE((*w)->Flush().ok());
+  const PageKeyExtra extra{"model", 0, {}};
+  EXPECT_EQ(*(*w)->PageKeys(id, 0),
+            ChainPageKeys(absl::MakeConstSpan(drv.tokens(id)).subspan(0, 20), kPage, extra));
+}
+
+TEST(WorkerBlocks, BadBlockCallsAreRefusedAndChangeNothing) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  // Room for 4 context pages and a 2-page block per head, no more.
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kQuest, 4096, 8));
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId id = drv.Open(Prompt(16, 10));
+  std::vector<int32_t> toks = drv.tokens(id);
+  const std::vector<int32_t> ids = Ids(8, 11);
+  toks.insert(toks.end(), ids.begin(), ids.end());
+  Block b(0, toks, 16, 8);
+  auto code = [&](const absl::StatusOr<WorkerStepStats>& s) { return s.status().code(); };
+  using absl::StatusCode;
+  // Shapes, dtypes, layers, unknown sequences.
+  TensorView wrong = b.K();
+  wrong.shape[1] = kKv + 1;
+  EXPECT_EQ(code((*w)->AttendBlock(id, 0, b.Q_(), wrong, b.V(), b.O())),
+            StatusCode::kInvalidArgument);
+  TensorView bf = b.Q_();
+  bf.dtype = DType::kBf16;
+  EXPECT_EQ(code((*w)->AttendBlock(id, 0, bf, b.K(), b.V(), b.O())), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code((*w)->AttendBlock(id, kLayers, b.Q_(), b.K(), b.V(), b.O())),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(code((*w)->AttendBlock(id + 9, 0, b.Q_(), b.K(), b.V(), b.O())),
+            StatusCode::kInvalidArgument);
+  Block inf = b;
+  inf.k[5] = 0x7c00;
+  EXPECT_EQ(code((*w)->AttendBlock(id, 0, inf.Q_(), inf.K(), inf.V(), inf.O())),
+            StatusCode::kInvalidArgument);
+  // No block yet, no Extend yet.
+  EXPECT_EQ((*w)->CommitBlock(id, 0).code(), StatusCode::kFailedPrecondition);
+  ASSERT_TRUE((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).ok());
+  EXPECT_EQ((*w)->CommitBlock(id, 0).code(), StatusCode::kFailedPrecondition);
+  // A block that does not fit beside the context: 4 + 3 pages > 8 - 2 (the first block's).
+  Block big(1, toks, 16, 8);
+  std::vector<int32_t> longer = toks;
+  longer.insert(longer.end(), ids.begin(), ids.begin() + 4);
+  Block three(1, longer, 16, 12);
+  const auto rows = *(*w)->LastRows(id, 1);
+  EXPECT_EQ(code((*w)->AttendBlock(id, 1, three.Q_(), three.K(), three.V(), three.O())),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(*(*w)->LastRows(id, 1), rows);
+  ASSERT_TRUE((*w)->AttendBlock(id, 1, big.Q_(), big.K(), big.V(), big.O()).ok());
+  // Extend by another count than the block's: CommitBlock refuses.
+  ASSERT_TRUE((*w)->Extend(id, absl::MakeConstSpan(ids).subspan(0, 4)).ok());
+  EXPECT_EQ((*w)->CommitBlock(id, 0).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(*(*w)->Length(id, 0), 16);
+  // Inside a step: refused.
+  auto w2 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                 Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_TRUE(w2.ok());
+  Driver drv2(w2->get());
+  const SequenceId id2 = drv2.Open(Prompt(16, 12));
+  auto plan = (*w2)->Plan({id2}, {5});
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(code((*w2)->AttendBlock(id2, 0, b.Q_(), b.K(), b.V(), b.O())),
+            StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*w2)->Extend(id2, ids).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*w2)->Truncate(id2, 8).code(), StatusCode::kFailedPrecondition);
+  // A layer that ends inside a page cannot start a block.
+  std::vector<int32_t> after = drv2.tokens(id2);
+  after.push_back(5);
+  for (int l = 0; l < kLayers; ++l) {
+    Block one(l, after, 16, 1);
+    ASSERT_TRUE((*w2)->Attend(*plan, l, one.Q_(), one.K(), one.V(), one.O()).ok());
+  }
+  ASSERT_TRUE((*w2)->Finish(*plan).ok());
+  EXPECT_EQ(code((*w2)->AttendBlock(id2, 0, b.Q_(), b.K(), b.V(), b.O())),
+            StatusCode::kFailedPrecondition);
+}
+
+TEST(WorkerBlocks, LouiskvRefusesEdits) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kBoundary, 4 * kPage, 64));
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId id = drv.Open(Prompt(32, 13));
+  std::vector<int32_t> toks = drv.tokens(id);
+  const std::vector<int32_t> ids = Ids(4, 14);
+  toks.insert(toks.end(), ids.begin(), ids.end());
+  Block b(0, toks, 32, 4);
+  EXPECT_EQ((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).status().code(),
+            absl::StatusCode::kUnimplemented);
+  EXPECT_EQ((*w)->Extend(id, ids).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ((*w)->Truncate(id, 16).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(*(*w)->Length(id, 0), 32);
+}
+
+}  // namespace
+}  // namespace pagoda
