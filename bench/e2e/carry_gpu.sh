@@ -16,7 +16,7 @@ BUILD=${1:-build-cuda}
 TRACES=${2:-../shared/data/traces}
 DST=.devcarry/e2e
 rm -rf "$DST" && mkdir -p "$DST/lib" "$DST/traces"
-for bin in "$BUILD/client/worker_backend_cuda_test" \
+for bin in "$BUILD/client/worker_backend_cuda_test" "$BUILD/kernels/kernels_cuda_test" \
            "$BUILD/kvstore/engine/pagoda_kvstore_gpu_test" "$BUILD/bench/e2e/worker_bench" \
            "$BUILD/bench/e2e/worker_layer_bench"; do
   strip --strip-all -o "$DST/$(basename "$bin")" "$bin"

@@ -11,6 +11,11 @@
 //     auto plan = *w->Plan(ids, new_token_ids);       // once per step, for the batch
 //     for layer: w->Attend(plan, layer, q, k, v, o);  // q [B, q_heads, d], k/v [B, kv_heads, d]
 //     auto stats = *w->Finish(plan);                  // per-sequence status, phase times
+//   a diffusion LM's block (DiffusionSession is this, for host spans):
+//     w->AttendBlock(seq.id, layer, q, k, v, o);      // N queries: the context + the block
+//     w->Extend(seq.id, block_ids);                   // then per layer:
+//     w->CommitBlock(seq.id, layer);                  // the block joins the sequence
+//     w->Truncate(seq.id, tokens);                    // e.g. a remasked block leaves it again
 //
 // Pages. Every full page of a sequence (all KV heads of one layer, page_tokens tokens) is a store
 // page under its chained key (ChainPageKey over the token ids, model, layer, salt): equal
