@@ -54,19 +54,13 @@ __device__ __forceinline__ void Butterfly(float (&x)[N], int lane) {
   }
 }
 
-// Blocks per SM pass 1 asks registers for: three at groups <= 4 (85 registers, no spills; at
-// two, 102 registers held occupancy to 25% and DRAM throughput to 44%: ncu, H100, run 20), one at
-// 8 (three would spill).
-template <int kG>
-constexpr int kMinBlocks = kG <= 4 ? 3 : 1;
-
 // ws holds (max, exp-sum) per (entry, query head of the group): ws[(e * group + g) * 2 + 0/1].
 // Pass 1: blocks (row, split); warp w of block y takes entries y * kWarps + w, then every
 // gridDim.y * kWarps-th one. A warp loads kChunk tokens of its page at once (each lane its
 // kPer dimensions of each: the loads in flight are what the HBM needs), then folds them kTok at
 // a time. kG >= the group bounds the per-head arrays.
 template <int kDim, bool kBf16, int kG>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<kG>)
+__global__ void __launch_bounds__(kThreads, 1)
     PageMassPartialKernel(const __grid_constant__ PageMassParams p, float scale, float* ws) {
   constexpr int kPer = kDim / 32;   // dimensions per lane: 2 or 4 halves
   constexpr int kWords = kPer / 2;  // 32-bit words per lane and token
