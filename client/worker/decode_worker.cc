@@ -73,6 +73,22 @@ const Sequence* DecodeWorker::Impl::Lookup(SequenceId id) const {
   return it == seqs_.end() ? nullptr : &it->second;
 }
 
+absl::StatusOr<Sequence*> DecodeWorker::Impl::Usable(SequenceId id, const char* what) {
+  if (plan_id_ != 0) return absl::FailedPreconditionError(absl::StrCat(what, " inside a step"));
+  auto found = Find(id);
+  if (!found.ok()) return absl::InvalidArgumentError(found.status().message());
+  if (!(*found)->failed.ok()) return absl::FailedPreconditionError("the sequence failed earlier");
+  return *found;
+}
+
+absl::StatusOr<Sequence*> DecodeWorker::Impl::Usable(SequenceId id, int layer, const char* what) {
+  auto found = Usable(id, what);
+  if (found.ok() && (layer < 0 || layer >= o_.num_layers)) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
+  }
+  return found;
+}
+
 void DecodeWorker::Impl::DrainCommits() {
   for (auto& [id, status] : committer_.Drain()) {
     auto it = seqs_.find(id);
@@ -501,14 +517,9 @@ absl::StatusOr<OpenedSequence> DecodeWorker::Impl::Open(absl::Span<const int32_t
 
 absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorView& k,
                                          const TensorView& v) {
-  if (plan_id_ != 0) return absl::FailedPreconditionError("Prefill inside a step");
-  auto found = Find(id);
-  if (!found.ok()) return absl::InvalidArgumentError(found.status().message());
+  auto found = Usable(id, layer, "Prefill");
+  if (!found.ok()) return found.status();
   Sequence& seq = **found;
-  if (!seq.failed.ok()) return absl::FailedPreconditionError("the sequence failed earlier");
-  if (layer < 0 || layer >= o_.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
-  }
   LayerState& ls = seq.layers[layer];
   const int64_t rows = k.ndim == 3 ? k.shape[0] : -1;
   for (const auto& [t, what] : {std::pair{&k, "k"}, std::pair{&v, "v"}}) {

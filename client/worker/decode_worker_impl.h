@@ -110,6 +110,11 @@ class DecodeWorker::Impl {
   }
   // Unpins a sequence's pinned pages and closes its streams (best effort: Close must not fail).
   void Release(worker_internal::Sequence& seq);
+  // The sequence `id` for a call `what` on `layer` outside a step: FailedPrecondition inside a step
+  // or for a failed sequence, InvalidArgument for an unknown id or a layer out of range.
+  absl::StatusOr<worker_internal::Sequence*> Usable(SequenceId id, int layer, const char* what);
+  // The same without a layer.
+  absl::StatusOr<worker_internal::Sequence*> Usable(SequenceId id, const char* what);
   // The sequence `id` for Extend / Truncate: InvalidArgument / FailedPrecondition / Unimplemented
   // for what they do not serve (see decode_worker.h).
   absl::StatusOr<worker_internal::Sequence*> Editable(SequenceId id, const char* what);

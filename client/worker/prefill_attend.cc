@@ -27,14 +27,9 @@ absl::Status DecodeWorker::Impl::PrefillAttend(SequenceId id, int layer, const T
                                                const TensorView& k, const TensorView& v,
                                                const TensorView& o) {
   // Everything that can be refused is checked before Prefill writes anything.
-  if (plan_id_ != 0) return absl::FailedPreconditionError("PrefillAttend inside a step");
-  auto found = Find(id);
-  if (!found.ok()) return absl::InvalidArgumentError(found.status().message());
+  auto found = Usable(id, layer, "PrefillAttend");
+  if (!found.ok()) return found.status();
   worker_internal::Sequence& seq = **found;
-  if (!seq.failed.ok()) return absl::FailedPreconditionError("the sequence failed earlier");
-  if (layer < 0 || layer >= o_.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
-  }
   const Device dev = backend_->device();
   const DType dt = o_.layout.dtype;
   const int64_t n = k.ndim == 3 ? k.shape[0] : -1;

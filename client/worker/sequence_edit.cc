@@ -20,11 +20,9 @@ using worker_internal::Sequence;
 using worker_internal::Since;
 
 absl::StatusOr<Sequence*> DecodeWorker::Impl::Editable(SequenceId id, const char* what) {
-  if (plan_id_ != 0) return absl::FailedPreconditionError(absl::StrCat(what, " inside a step"));
-  auto found = Find(id);
-  if (!found.ok()) return absl::InvalidArgumentError(found.status().message());
+  auto found = Usable(id, what);
+  if (!found.ok()) return found.status();
   Sequence& seq = **found;
-  if (!seq.failed.ok()) return absl::FailedPreconditionError("the sequence failed earlier");
   if (layout_pages_) {
     return absl::UnimplementedError(
         absl::StrCat("policy louiskv: ", what,
@@ -154,14 +152,9 @@ absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::AttendBlock(
     SequenceId id, int layer, const TensorView& q, const TensorView& k, const TensorView& v,
     const TensorView& o, absl::Span<const uint8_t> keep_pages) {
   // Everything that can be refused is checked before anything changes.
-  if (plan_id_ != 0) return absl::FailedPreconditionError("AttendBlock inside a step");
-  auto found = Find(id);
-  if (!found.ok()) return absl::InvalidArgumentError(found.status().message());
+  auto found = Usable(id, layer, "AttendBlock");
+  if (!found.ok()) return found.status();
   Sequence& seq = **found;
-  if (!seq.failed.ok()) return absl::FailedPreconditionError("the sequence failed earlier");
-  if (layer < 0 || layer >= o_.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
-  }
   if (layout_pages_) {
     return absl::UnimplementedError(
         "policy louiskv: AttendBlock is not served (its cluster layout is built once, from the "
@@ -375,14 +368,9 @@ absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::AttendBlock(
 }
 
 absl::Status DecodeWorker::Impl::CommitBlock(SequenceId id, int layer) {
-  if (plan_id_ != 0) return absl::FailedPreconditionError("CommitBlock inside a step");
-  auto found = Find(id);
-  if (!found.ok()) return absl::InvalidArgumentError(found.status().message());
+  auto found = Usable(id, layer, "CommitBlock");
+  if (!found.ok()) return found.status();
   Sequence& seq = **found;
-  if (!seq.failed.ok()) return absl::FailedPreconditionError("the sequence failed earlier");
-  if (layer < 0 || layer >= o_.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
-  }
   LayerState& ls = seq.layers[layer];
   if (ls.block_tokens == 0) {
     return absl::FailedPreconditionError(

@@ -38,32 +38,6 @@ struct Block {
   TensorView O() { return TensorView::Contiguous(o.data(), DType::kFp16, {n(), kQ, kDim}); }
 };
 
-// Exact attention of the query at position qpos (query head qh) over `positions` of layer l.
-std::vector<double> QueryAttention(int l, const std::vector<int32_t>& toks, int64_t qpos, int qh,
-                                   const std::vector<int64_t>& positions) {
-  const int kvh = qh / (kQ / kKv);
-  std::vector<double> logits;
-  double m = -1e300;
-  for (int64_t t : positions) {
-    double dot = 0;
-    for (int d = 0; d < kDim; ++d) {
-      dot += D(Q(l, qpos, toks[qpos], qh, d)) * D(KV(0, l, t, toks[t], kvh, d));
-    }
-    logits.push_back(dot / std::sqrt(double{kDim}));
-    m = std::max(m, logits.back());
-  }
-  double sum = 0;
-  std::vector<double> o(kDim, 0);
-  for (size_t i = 0; i < positions.size(); ++i) {
-    const double w = std::exp(logits[i] - m);
-    sum += w;
-    for (int d = 0; d < kDim; ++d)
-      o[d] += w * D(KV(1, l, positions[i], toks[positions[i]], kvh, d));
-  }
-  for (double& x : o) x /= sum;
-  return o;
-}
-
 // Max error of a block's outputs against exact attention over the positions the worker says each
 // KV head attended (every query of the block the same positions: bidirectional).
 double BlockError(DecodeWorker& w, SequenceId id, int l, const std::vector<int32_t>& toks,

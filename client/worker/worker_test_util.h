@@ -100,17 +100,17 @@ inline std::vector<uint16_t> Rows(int which, int layer, const std::vector<int32_
   return out;
 }
 
-// Exact attention of the last token's query over the listed positions of KV head kvh.
-inline std::vector<double> Attention(int layer, const std::vector<int32_t>& toks, int qh,
-                                     const std::vector<int64_t>& positions) {
-  const int64_t n = static_cast<int64_t>(toks.size());
+// Exact attention of the query at position qpos (query head qh) over the listed positions of
+// its KV head (a block's queries attend positions past their own).
+inline std::vector<double> QueryAttention(int layer, const std::vector<int32_t>& toks, int64_t qpos,
+                                          int qh, const std::vector<int64_t>& positions) {
   const int kvh = qh / (kQ / kKv);
   std::vector<double> logits;
   double m = -1e300;
   for (int64_t t : positions) {
     double dot = 0;
     for (int d = 0; d < kDim; ++d) {
-      dot += D(Q(layer, n - 1, toks[n - 1], qh, d)) * D(KV(0, layer, t, toks[t], kvh, d));
+      dot += D(Q(layer, qpos, toks[qpos], qh, d)) * D(KV(0, layer, t, toks[t], kvh, d));
     }
     logits.push_back(dot / std::sqrt(double{kDim}));
     m = std::max(m, logits.back());
@@ -125,6 +125,12 @@ inline std::vector<double> Attention(int layer, const std::vector<int32_t>& toks
   }
   for (double& x : o) x /= sum;
   return o;
+}
+
+// The same for the last token's query.
+inline std::vector<double> Attention(int layer, const std::vector<int32_t>& toks, int qh,
+                                     const std::vector<int64_t>& positions) {
+  return QueryAttention(layer, toks, static_cast<int64_t>(toks.size()) - 1, qh, positions);
 }
 
 inline std::vector<int64_t> AllPositions(int64_t n) {
