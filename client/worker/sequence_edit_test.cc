@@ -350,6 +350,41 @@ TEST(WorkerBlocks, BadBlockCallsAreRefusedAndChangeNothing) {
             StatusCode::kFailedPrecondition);
 }
 
+TEST(WorkerBlocks, ABlockIsItsSequencesAloneAndLeavesThePoolWithIt) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+                                Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId id = drv.Open(Prompt(16, 15));
+  std::vector<int32_t> toks = drv.tokens(id);
+  const std::vector<int32_t> ids = Ids(8, 16);
+  toks.insert(toks.end(), ids.begin(), ids.end());
+  Block b(0, toks, 16, 8);
+  const int64_t before = (*w)->Stats().pool_used;
+  ASSERT_TRUE((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).ok());
+  const int64_t with_block = (*w)->Stats().pool_used;
+  EXPECT_GE(with_block, before + 2 * kKv);  // the block's two pages, every head
+  // A fork shares the context, not the block: it has none to keep or commit.
+  auto child = (*w)->Fork(id);
+  ASSERT_TRUE(child.ok()) << child.status();
+  const std::vector<uint8_t> keep_all = {1, 1};
+  EXPECT_EQ((*w)->AttendBlock(*child, 0, b.Q_(), b.K(), b.V(), b.O(), keep_all).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*w)->Extend(*child, ids).ok());
+  EXPECT_EQ((*w)->CommitBlock(*child, 0).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE((*w)->Close(*child).ok());
+  // The parent's block is intact (kept pages, same output), and leaves the pool on Close.
+  const std::vector<uint16_t> first = b.o;
+  ASSERT_TRUE((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O(), keep_all).ok());
+  EXPECT_EQ(b.o, first);
+  EXPECT_EQ((*w)->Stats().pool_used, with_block);  // nothing new: the same block, resident pages
+  ASSERT_TRUE((*w)->Close(id).ok());
+  // Its context pages stay cached; the block's owned slots are free again.
+  EXPECT_EQ((*w)->Stats().pool_used, with_block - 2 * kKv);
+}
+
 TEST(WorkerBlocks, LouiskvRefusesEdits) {
   TempDir dir;
   auto store = OpenStore(dir.path());
