@@ -3,6 +3,7 @@
 // of worker_test_util.h.
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -383,6 +384,96 @@ TEST(WorkerBlocks, ABlockIsItsSequencesAloneAndLeavesThePoolWithIt) {
   ASSERT_TRUE((*w)->Close(id).ok());
   // Its context pages stay cached; the block's owned slots are free again.
   EXPECT_EQ((*w)->Stats().pool_used, with_block - 2 * kKv);
+}
+
+// Random interleavings of decode steps, blocks (committed or dropped), Extend + Prefill and
+// Truncate on two sequences sharing a prefix, with a pool small enough to evict: every output is
+// exact attention over the shadow model's K/V, and every layer's pages are the chained keys of the
+// sequence's tokens, after every operation.
+TEST(WorkerBlocks, RandomEditsKeepEveryOutputExactAndEveryKeyChained) {
+  for (retriever::Policy policy : {retriever::Policy::kQuest, retriever::Policy::kHierarchical}) {
+    SCOPED_TRACE(retriever::PolicyName(policy));
+    TempDir dir;
+    auto store = OpenStore(dir.path());
+    auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), Options(policy, 4096, 40));
+    ASSERT_TRUE(w.ok()) << w.status();
+    Driver drv(w->get());
+    const SequenceId a = drv.Open(Prompt(13, 20));
+    ASSERT_TRUE(drv.Step({a}, {1}).ok());
+    ASSERT_TRUE(drv.Step({a}, {2}).ok());
+    ASSERT_TRUE(drv.Step({a}, {3}).ok());  // 16 tokens
+    auto forked = (*w)->Fork(a);
+    ASSERT_TRUE(forked.ok()) << forked.status();
+    const SequenceId b = *forked;
+    drv.Forked(a, b);
+    std::mt19937 rng(7);
+    int32_t next_id = 500;
+    auto check_keys = [&](SequenceId id) {
+      const std::vector<int32_t>& t = drv.tokens(id);
+      ASSERT_TRUE((*w)->Flush().ok());
+      for (int l = 0; l < kLayers; ++l) {
+        ASSERT_EQ(*(*w)->Length(id, l), static_cast<int64_t>(t.size()));
+        const PageKeyExtra extra{"model", static_cast<uint32_t>(l), {}};
+        const size_t full = t.size() / kPage * kPage;
+        ASSERT_EQ(*(*w)->PageKeys(id, l),
+                  ChainPageKeys(absl::MakeConstSpan(t).subspan(0, full), kPage, extra));
+      }
+    };
+    for (int op = 0; op < 60; ++op) {
+      const SequenceId id = rng() % 2 == 0 ? a : b;
+      SCOPED_TRACE(testing::Message() << "op " << op << " sequence " << id);
+      const int64_t len = static_cast<int64_t>(drv.tokens(id).size());
+      const int kind = static_cast<int>(rng() % 4);
+      if (kind == 0 || len % kPage != 0) {  // a decode step (both sequences when aligned)
+        std::vector<std::vector<uint16_t>> outs;
+        auto st = drv.Step({id}, {next_id++}, &outs);
+        ASSERT_TRUE(st.ok()) << st.status();
+        for (int l = 0; l < kLayers; ++l) {
+          ASSERT_LT(drv.Error(id, 0, l, outs[l], /*dense=*/true), kTol) << "layer " << l;
+        }
+      } else if (kind == 1 && len < 96) {  // a block, denoised twice, committed or dropped
+        const int64_t n = 3 + rng() % 8;
+        std::vector<int32_t> ids(n);
+        for (int32_t& x : ids) x = next_id++;
+        std::vector<int32_t> toks = drv.tokens(id);
+        toks.insert(toks.end(), ids.begin(), ids.end());
+        for (int l = 0; l < kLayers; ++l) {
+          for (int rep = 0; rep < 2; ++rep) {
+            Block blk(l, toks, len, n);
+            auto st = (*w)->AttendBlock(id, l, blk.Q_(), blk.K(), blk.V(), blk.O());
+            ASSERT_TRUE(st.ok()) << st.status();
+            ASSERT_LT(BlockError(**w, id, l, toks, len, blk), kTol) << "layer " << l;
+          }
+        }
+        if (rng() % 3 != 0) {
+          ASSERT_TRUE((*w)->Extend(id, ids).ok());
+          for (int l = 0; l < kLayers; ++l) ASSERT_TRUE((*w)->CommitBlock(id, l).ok());
+          drv.Extended(id, ids);
+        }
+      } else if (kind == 2 && len > kPage) {  // cut back to a random page boundary
+        const int64_t to = kPage * (1 + static_cast<int64_t>(rng() % (len / kPage)));
+        ASSERT_TRUE((*w)->Truncate(id, std::min(to, len / kPage * kPage)).ok());
+        drv.Truncated(id, std::min(to, len / kPage * kPage));
+      } else if (len < 96) {  // splice tokens in through Prefill
+        const int64_t n = 1 + rng() % 9;
+        std::vector<int32_t> ids(n);
+        for (int32_t& x : ids) x = next_id++;
+        ASSERT_TRUE((*w)->Extend(id, ids).ok());
+        drv.Extended(id, ids);
+        const std::vector<int32_t>& t = drv.tokens(id);
+        for (int l = 0; l < kLayers; ++l) {
+          std::vector<uint16_t> k = Rows(0, l, t, len, n), v = Rows(1, l, t, len, n);
+          ASSERT_TRUE((*w)->Prefill(id, l,
+                                    TensorView::Contiguous(k.data(), DType::kFp16, {n, kKv, kDim}),
+                                    TensorView::Contiguous(v.data(), DType::kFp16, {n, kKv, kDim}))
+                          .ok());
+        }
+      }
+      check_keys(a);
+      check_keys(b);
+    }
+    EXPECT_GT((*w)->Stats().pool_evictions, 0);
+  }
 }
 
 TEST(WorkerBlocks, LouiskvRefusesEdits) {
