@@ -3,6 +3,7 @@
 // of worker_test_util.h.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -64,51 +65,70 @@ std::vector<int32_t> Ids(int n, int32_t seed) {
   return t;
 }
 
-TEST(WorkerBlocks, ABlockAttendsTheContextAndItselfThenCommitsAndDecodeGoesOn) {
+// A worker over a fresh store (`w` and `drv` null, with a test failure, when it cannot be made).
+struct Fixture {
+  explicit Fixture(const DecodeWorkerOptions& o) : store(OpenStore(dir.path())) {
+    auto made = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+    EXPECT_TRUE(made.ok()) << made.status();
+    if (!made.ok()) return;
+    w = std::move(*made);
+    drv = std::make_unique<Driver>(w.get());
+  }
+  // A prefilled sequence of `prompt` tokens, and `n` block token ids after it: toks is the
+  // sequence's tokens followed by them.
+  SequenceId OpenWithBlock(int prompt, int32_t seed, int n, std::vector<int32_t>& ids,
+                           std::vector<int32_t>& toks) {
+    const SequenceId id = drv->Open(Prompt(prompt, seed));
+    ids = Ids(n, seed + 1);
+    toks = drv->tokens(id);
+    toks.insert(toks.end(), ids.begin(), ids.end());
+    return id;
+  }
   TempDir dir;
-  auto store = OpenStore(dir.path());
-  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
-                                Options(retriever::Policy::kQuest, 4096, 64));
-  ASSERT_TRUE(w.ok()) << w.status();
-  Driver drv(w->get());
-  const SequenceId id = drv.Open(Prompt(12, 1));
-  const std::vector<int32_t> ids = Ids(6, 2);  // 6 tokens: a page and a half
-  std::vector<int32_t> toks = drv.tokens(id);
-  toks.insert(toks.end(), ids.begin(), ids.end());
+  std::unique_ptr<Store> store;
+  std::unique_ptr<DecodeWorker> w;
+  std::unique_ptr<Driver> drv;
+};
+
+TEST(WorkerBlocks, ABlockAttendsTheContextAndItselfThenCommitsAndDecodeGoesOn) {
+  Fixture f(Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_NE(f.w, nullptr);
+  std::vector<int32_t> ids, toks;
+  const SequenceId id = f.OpenWithBlock(12, 1, 6, ids, toks);
   for (int l = 0; l < kLayers; ++l) {
     Block b(l, toks, 12, 6);
-    auto st = (*w)->AttendBlock(id, l, b.Q_(), b.K(), b.V(), b.O());
+    auto st = f.w->AttendBlock(id, l, b.Q_(), b.K(), b.V(), b.O());
     ASSERT_TRUE(st.ok()) << st.status();
     EXPECT_EQ(st->retrievals, 0);                       // the budget covers the context
     EXPECT_EQ(st->attended_head_pages, (3 + 2) * kKv);  // 3 context pages, 2 block pages
     EXPECT_EQ(st->fetched_head_pages + st->pool_hits, 3 * kKv);
-    auto attended = (*w)->AttendedPositions(id, l);
+    auto attended = f.w->AttendedPositions(id, l);
     ASSERT_TRUE(attended.ok());
     for (const auto& row : *attended) EXPECT_EQ(row, AllPositions(18));  // no causal mask
-    EXPECT_LT(BlockError(**w, id, l, toks, 12, b), kTol) << l;
+    EXPECT_LT(BlockError(*f.w, id, l, toks, 12, b), kTol) << l;
   }
   // The block is not part of the sequence until it is committed.
-  EXPECT_EQ(*(*w)->Length(id, 0), 12);
-  ASSERT_TRUE((*w)->Extend(id, ids).ok());
-  EXPECT_EQ((*w)->Plan({id}, {1}).status().code(), absl::StatusCode::kFailedPrecondition);
-  for (int l = 0; l < kLayers; ++l) ASSERT_TRUE((*w)->CommitBlock(id, l).ok()) << l;
-  drv.Extended(id, ids);
-  ASSERT_TRUE((*w)->Flush().ok());
+  EXPECT_EQ(*f.w->Length(id, 0), 12);
+  ASSERT_TRUE(f.w->Extend(id, ids).ok());
+  EXPECT_EQ(f.w->Plan({id}, {1}).status().code(), absl::StatusCode::kFailedPrecondition);
+  for (int l = 0; l < kLayers; ++l) ASSERT_TRUE(f.w->CommitBlock(id, l).ok()) << l;
+  f.drv->Extended(id, ids);
+  ASSERT_TRUE(f.w->Flush().ok());
   for (int l = 0; l < kLayers; ++l) {
-    EXPECT_EQ(*(*w)->Length(id, l), 18);
+    EXPECT_EQ(*f.w->Length(id, l), 18);
     const PageKeyExtra extra{"model", static_cast<uint32_t>(l), {}};
-    auto keys = (*w)->PageKeys(id, l);
+    auto keys = f.w->PageKeys(id, l);
     ASSERT_TRUE(keys.ok());
     EXPECT_EQ(*keys, ChainPageKeys(absl::MakeConstSpan(toks).subspan(0, 16), kPage, extra));
-    for (const PageKey& key : *keys) EXPECT_TRUE(store->Exists("t", key));
+    for (const PageKey& key : *keys) EXPECT_TRUE(f.store->Exists("t", key));
   }
   // Decode continues from the block's open page, exactly.
   for (int step = 0; step < 5; ++step) {
     std::vector<std::vector<uint16_t>> outs;
-    auto stats = drv.Step({id}, {step + 50}, &outs);
+    auto stats = f.drv->Step({id}, {step + 50}, &outs);
     ASSERT_TRUE(stats.ok()) << stats.status();
     for (int l = 0; l < kLayers; ++l) {
-      EXPECT_LT(drv.Error(id, 0, l, outs[l], /*dense=*/true), kTol) << step;
+      EXPECT_LT(f.drv->Error(id, 0, l, outs[l], /*dense=*/true), kTol) << step;
     }
   }
 }
@@ -163,42 +183,36 @@ INSTANTIATE_TEST_SUITE_P(Policies, BlockPolicyTest,
                          });
 
 TEST(WorkerBlocks, KeptPagesAreNotRewritten) {
-  TempDir dir;
-  auto store = OpenStore(dir.path());
-  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
-                                Options(retriever::Policy::kQuest, 4096, 64));
-  ASSERT_TRUE(w.ok()) << w.status();
-  Driver drv(w->get());
-  const SequenceId id = drv.Open(Prompt(8, 5));
-  std::vector<int32_t> toks = drv.tokens(id);
-  const std::vector<int32_t> ids = Ids(8, 6);
-  toks.insert(toks.end(), ids.begin(), ids.end());
+  Fixture f(Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_NE(f.w, nullptr);
+  std::vector<int32_t> ids, toks;
+  const SequenceId id = f.OpenWithBlock(8, 5, 8, ids, toks);
   Block b(0, toks, 8, 8);
-  ASSERT_TRUE((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).ok());
+  ASSERT_TRUE(f.w->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).ok());
   const std::vector<uint16_t> first = b.o;
   // The same K/V kept in place: the same output.
   const std::vector<uint8_t> keep_all = {1, 1};
   std::fill(b.o.begin(), b.o.end(), 0xffff);
-  ASSERT_TRUE((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O(), keep_all).ok());
+  ASSERT_TRUE(f.w->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O(), keep_all).ok());
   EXPECT_EQ(b.o, first);
   // Page 1 kept while the caller passes other values for it: the worker attends what it holds.
   Block other = b;
   for (size_t i = other.k.size() / 2; i < other.k.size(); ++i) other.k[i] = Half(0.9f);
   const std::vector<uint8_t> keep_second = {0, 1};
   ASSERT_TRUE(
-      (*w)->AttendBlock(id, 0, other.Q_(), other.K(), other.V(), other.O(), keep_second).ok());
+      f.w->AttendBlock(id, 0, other.Q_(), other.K(), other.V(), other.O(), keep_second).ok());
   EXPECT_EQ(other.o, first);
   // Written again: the new values count.
-  ASSERT_TRUE((*w)->AttendBlock(id, 0, other.Q_(), other.K(), other.V(), other.O()).ok());
+  ASSERT_TRUE(f.w->AttendBlock(id, 0, other.Q_(), other.K(), other.V(), other.O()).ok());
   EXPECT_NE(other.o, first);
   // Keeping pages of a block of another size, or with the wrong number of flags: refused.
   Block shorter(0, toks, 8, 4);
   const std::vector<uint8_t> keep_one = {1};
-  EXPECT_EQ((*w)->AttendBlock(id, 0, shorter.Q_(), shorter.K(), shorter.V(), shorter.O(), keep_one)
+  EXPECT_EQ(f.w->AttendBlock(id, 0, shorter.Q_(), shorter.K(), shorter.V(), shorter.O(), keep_one)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O(), keep_one).status().code(),
+  EXPECT_EQ(f.w->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O(), keep_one).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -279,56 +293,50 @@ TEST(WorkerBlocks, ExtendThenPrefillSplicesTokensIntoTheContext) {
 }
 
 TEST(WorkerBlocks, BadBlockCallsAreRefusedAndChangeNothing) {
-  TempDir dir;
-  auto store = OpenStore(dir.path());
   // Room for 4 context pages and a 2-page block per head, no more.
-  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
-                                Options(retriever::Policy::kQuest, 4096, 8));
-  ASSERT_TRUE(w.ok()) << w.status();
-  Driver drv(w->get());
-  const SequenceId id = drv.Open(Prompt(16, 10));
-  std::vector<int32_t> toks = drv.tokens(id);
-  const std::vector<int32_t> ids = Ids(8, 11);
-  toks.insert(toks.end(), ids.begin(), ids.end());
+  Fixture f(Options(retriever::Policy::kQuest, 4096, 8));
+  ASSERT_NE(f.w, nullptr);
+  std::vector<int32_t> ids, toks;
+  const SequenceId id = f.OpenWithBlock(16, 10, 8, ids, toks);
   Block b(0, toks, 16, 8);
   auto code = [&](const absl::StatusOr<WorkerStepStats>& s) { return s.status().code(); };
   using absl::StatusCode;
   // Shapes, dtypes, layers, unknown sequences.
   TensorView wrong = b.K();
   wrong.shape[1] = kKv + 1;
-  EXPECT_EQ(code((*w)->AttendBlock(id, 0, b.Q_(), wrong, b.V(), b.O())),
+  EXPECT_EQ(code(f.w->AttendBlock(id, 0, b.Q_(), wrong, b.V(), b.O())),
             StatusCode::kInvalidArgument);
   TensorView bf = b.Q_();
   bf.dtype = DType::kBf16;
-  EXPECT_EQ(code((*w)->AttendBlock(id, 0, bf, b.K(), b.V(), b.O())), StatusCode::kInvalidArgument);
-  EXPECT_EQ(code((*w)->AttendBlock(id, kLayers, b.Q_(), b.K(), b.V(), b.O())),
+  EXPECT_EQ(code(f.w->AttendBlock(id, 0, bf, b.K(), b.V(), b.O())), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(f.w->AttendBlock(id, kLayers, b.Q_(), b.K(), b.V(), b.O())),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(code((*w)->AttendBlock(id + 9, 0, b.Q_(), b.K(), b.V(), b.O())),
+  EXPECT_EQ(code(f.w->AttendBlock(id + 9, 0, b.Q_(), b.K(), b.V(), b.O())),
             StatusCode::kInvalidArgument);
   Block inf = b;
   inf.k[5] = 0x7c00;
-  EXPECT_EQ(code((*w)->AttendBlock(id, 0, inf.Q_(), inf.K(), inf.V(), inf.O())),
+  EXPECT_EQ(code(f.w->AttendBlock(id, 0, inf.Q_(), inf.K(), inf.V(), inf.O())),
             StatusCode::kInvalidArgument);
   // No block yet, no Extend yet.
-  EXPECT_EQ((*w)->CommitBlock(id, 0).code(), StatusCode::kFailedPrecondition);
-  ASSERT_TRUE((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).ok());
-  EXPECT_EQ((*w)->CommitBlock(id, 0).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(f.w->CommitBlock(id, 0).code(), StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(f.w->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).ok());
+  EXPECT_EQ(f.w->CommitBlock(id, 0).code(), StatusCode::kFailedPrecondition);
   // A block that does not fit beside the context: 4 + 3 pages > 8 - 2 (the first block's).
   Block big(1, toks, 16, 8);
   std::vector<int32_t> longer = toks;
   longer.insert(longer.end(), ids.begin(), ids.begin() + 4);
   Block three(1, longer, 16, 12);
-  const auto rows = *(*w)->LastRows(id, 1);
-  EXPECT_EQ(code((*w)->AttendBlock(id, 1, three.Q_(), three.K(), three.V(), three.O())),
+  const auto rows = *f.w->LastRows(id, 1);
+  EXPECT_EQ(code(f.w->AttendBlock(id, 1, three.Q_(), three.K(), three.V(), three.O())),
             StatusCode::kResourceExhausted);
-  EXPECT_EQ(*(*w)->LastRows(id, 1), rows);
-  ASSERT_TRUE((*w)->AttendBlock(id, 1, big.Q_(), big.K(), big.V(), big.O()).ok());
+  EXPECT_EQ(*f.w->LastRows(id, 1), rows);
+  ASSERT_TRUE(f.w->AttendBlock(id, 1, big.Q_(), big.K(), big.V(), big.O()).ok());
   // Extend by another count than the block's: CommitBlock refuses.
-  ASSERT_TRUE((*w)->Extend(id, absl::MakeConstSpan(ids).subspan(0, 4)).ok());
-  EXPECT_EQ((*w)->CommitBlock(id, 0).code(), StatusCode::kFailedPrecondition);
-  EXPECT_EQ(*(*w)->Length(id, 0), 16);
+  ASSERT_TRUE(f.w->Extend(id, absl::MakeConstSpan(ids).subspan(0, 4)).ok());
+  EXPECT_EQ(f.w->CommitBlock(id, 0).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(*f.w->Length(id, 0), 16);
   // Inside a step: refused.
-  auto w2 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
+  auto w2 = DecodeWorker::Create(f.store.get(), MakeCpuWorkerBackend(),
                                  Options(retriever::Policy::kQuest, 4096, 64));
   ASSERT_TRUE(w2.ok());
   Driver drv2(w2->get());
@@ -352,38 +360,32 @@ TEST(WorkerBlocks, BadBlockCallsAreRefusedAndChangeNothing) {
 }
 
 TEST(WorkerBlocks, ABlockIsItsSequencesAloneAndLeavesThePoolWithIt) {
-  TempDir dir;
-  auto store = OpenStore(dir.path());
-  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
-                                Options(retriever::Policy::kQuest, 4096, 64));
-  ASSERT_TRUE(w.ok()) << w.status();
-  Driver drv(w->get());
-  const SequenceId id = drv.Open(Prompt(16, 15));
-  std::vector<int32_t> toks = drv.tokens(id);
-  const std::vector<int32_t> ids = Ids(8, 16);
-  toks.insert(toks.end(), ids.begin(), ids.end());
+  Fixture f(Options(retriever::Policy::kQuest, 4096, 64));
+  ASSERT_NE(f.w, nullptr);
+  std::vector<int32_t> ids, toks;
+  const SequenceId id = f.OpenWithBlock(16, 15, 8, ids, toks);
   Block b(0, toks, 16, 8);
-  const int64_t before = (*w)->Stats().pool_used;
-  ASSERT_TRUE((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).ok());
-  const int64_t with_block = (*w)->Stats().pool_used;
+  const int64_t before = f.w->Stats().pool_used;
+  ASSERT_TRUE(f.w->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).ok());
+  const int64_t with_block = f.w->Stats().pool_used;
   EXPECT_GE(with_block, before + 2 * kKv);  // the block's two pages, every head
   // A fork shares the context, not the block: it has none to keep or commit.
-  auto child = (*w)->Fork(id);
+  auto child = f.w->Fork(id);
   ASSERT_TRUE(child.ok()) << child.status();
   const std::vector<uint8_t> keep_all = {1, 1};
-  EXPECT_EQ((*w)->AttendBlock(*child, 0, b.Q_(), b.K(), b.V(), b.O(), keep_all).status().code(),
+  EXPECT_EQ(f.w->AttendBlock(*child, 0, b.Q_(), b.K(), b.V(), b.O(), keep_all).status().code(),
             absl::StatusCode::kInvalidArgument);
-  ASSERT_TRUE((*w)->Extend(*child, ids).ok());
-  EXPECT_EQ((*w)->CommitBlock(*child, 0).code(), absl::StatusCode::kFailedPrecondition);
-  ASSERT_TRUE((*w)->Close(*child).ok());
+  ASSERT_TRUE(f.w->Extend(*child, ids).ok());
+  EXPECT_EQ(f.w->CommitBlock(*child, 0).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(f.w->Close(*child).ok());
   // The parent's block is intact (kept pages, same output), and leaves the pool on Close.
   const std::vector<uint16_t> first = b.o;
-  ASSERT_TRUE((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O(), keep_all).ok());
+  ASSERT_TRUE(f.w->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O(), keep_all).ok());
   EXPECT_EQ(b.o, first);
-  EXPECT_EQ((*w)->Stats().pool_used, with_block);  // nothing new: the same block, resident pages
-  ASSERT_TRUE((*w)->Close(id).ok());
+  EXPECT_EQ(f.w->Stats().pool_used, with_block);  // nothing new: the same block, resident pages
+  ASSERT_TRUE(f.w->Close(id).ok());
   // Its context pages stay cached; the block's owned slots are free again.
-  EXPECT_EQ((*w)->Stats().pool_used, with_block - 2 * kKv);
+  EXPECT_EQ(f.w->Stats().pool_used, with_block - 2 * kKv);
 }
 
 // Random interleavings of decode steps, blocks (committed or dropped), Extend + Prefill and
@@ -477,22 +479,16 @@ TEST(WorkerBlocks, RandomEditsKeepEveryOutputExactAndEveryKeyChained) {
 }
 
 TEST(WorkerBlocks, LouiskvRefusesEdits) {
-  TempDir dir;
-  auto store = OpenStore(dir.path());
-  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(),
-                                Options(retriever::Policy::kBoundary, 4 * kPage, 64));
-  ASSERT_TRUE(w.ok()) << w.status();
-  Driver drv(w->get());
-  const SequenceId id = drv.Open(Prompt(32, 13));
-  std::vector<int32_t> toks = drv.tokens(id);
-  const std::vector<int32_t> ids = Ids(4, 14);
-  toks.insert(toks.end(), ids.begin(), ids.end());
+  Fixture f(Options(retriever::Policy::kBoundary, 4 * kPage, 64));
+  ASSERT_NE(f.w, nullptr);
+  std::vector<int32_t> ids, toks;
+  const SequenceId id = f.OpenWithBlock(32, 13, 4, ids, toks);
   Block b(0, toks, 32, 4);
-  EXPECT_EQ((*w)->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).status().code(),
+  EXPECT_EQ(f.w->AttendBlock(id, 0, b.Q_(), b.K(), b.V(), b.O()).status().code(),
             absl::StatusCode::kUnimplemented);
-  EXPECT_EQ((*w)->Extend(id, ids).code(), absl::StatusCode::kUnimplemented);
-  EXPECT_EQ((*w)->Truncate(id, 16).code(), absl::StatusCode::kUnimplemented);
-  EXPECT_EQ(*(*w)->Length(id, 0), 32);
+  EXPECT_EQ(f.w->Extend(id, ids).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(f.w->Truncate(id, 16).code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(*f.w->Length(id, 0), 32);
 }
 
 }  // namespace
