@@ -202,6 +202,49 @@ class PyDecodeWorker {
     if (!s.ok()) Raise(s);
   }
 
+  void Extend(SequenceId id, const std::vector<int32_t>& token_ids) {
+    absl::Status s;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lock(mu_);
+      s = worker_->Extend(id, token_ids);
+    }
+    if (!s.ok()) Raise(s);
+  }
+
+  void Truncate(SequenceId id, int64_t tokens) {
+    absl::Status s;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lock(mu_);
+      s = worker_->Truncate(id, tokens);
+    }
+    if (!s.ok()) Raise(s);
+  }
+
+  WorkerStepStats AttendBlock(SequenceId id, int layer, py::handle q, py::handle k, py::handle v,
+                              py::handle out, const std::vector<uint8_t>& keep_pages) {
+    HeldTensor hq = View(q, "q"), hk = View(k, "k"), hv = View(v, "v"), ho = View(out, "out");
+    absl::StatusOr<WorkerStepStats> r;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lock(mu_);
+      r = worker_->AttendBlock(id, layer, hq.view, hk.view, hv.view, ho.view, keep_pages);
+    }
+    if (!r.ok()) Raise(r.status());
+    return std::move(*r);
+  }
+
+  void CommitBlock(SequenceId id, int layer) {
+    absl::Status s;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lock(mu_);
+      s = worker_->CommitBlock(id, layer);
+    }
+    if (!s.ok()) Raise(s);
+  }
+
   int64_t Length(SequenceId id, int layer) {
     std::lock_guard<std::mutex> lock(mu_);
     absl::StatusOr<int64_t> r = worker_->Length(id, layer);
@@ -432,6 +475,23 @@ void RegisterDecodeWorker(py::module_& m) {
            "Ends the step (every layer attended); returns StepStats.")
       .def("flush", &PyDecodeWorker::Flush,
            "Waits until every page committed so far is in the store.")
+      .def("extend", &PyDecodeWorker::Extend, py::arg("seq"), py::arg("token_ids"),
+           "Appends tokens to a fully prefilled sequence that ends on a page boundary; every "
+           "layer then takes their K/V through prefill / prefill_attend or commit_block.")
+      .def("truncate", &PyDecodeWorker::Truncate, py::arg("seq"), py::arg("tokens"),
+           "Cuts the sequence back to its first `tokens` tokens (a multiple of page_tokens): the "
+           "later pages leave it and the pool (they stay in the store under their keys).")
+      .def("attend_block", &PyDecodeWorker::AttendBlock, py::arg("seq"), py::arg("layer"),
+           py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+           py::arg("keep_pages") = std::vector<uint8_t>{},
+           "A bidirectional block after the sequence's end (a diffusion LM's noisy block): q "
+           "[N, q_heads, head_dim] attends the context pages selected for the block's mean "
+           "query and the whole block k, v [N, kv_heads, head_dim], no causal mask; writes out "
+           "[N, q_heads, head_dim] in place. keep_pages: one flag per block page, 1 = keep the "
+           "K/V the last call wrote there. Returns StepStats. The block joins the sequence "
+           "through extend + commit_block.")
+      .def("commit_block", &PyDecodeWorker::CommitBlock, py::arg("seq"), py::arg("layer"),
+           "The layer's block (as attend_block last wrote it) becomes the tokens extend added.")
       .def("length", &PyDecodeWorker::Length, py::arg("seq"), py::arg("layer") = 0,
            "Tokens of a sequence (prompt + generated) as seen by `layer`.")
       .def("page_keys", &PyDecodeWorker::PageKeys, py::arg("seq"), py::arg("layer"),

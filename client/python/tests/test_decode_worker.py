@@ -252,5 +252,61 @@ class DecodeWorkerTensors(unittest.TestCase):
         self.assertTrue(tiers["host"]["present"])
 
 
+
+class BlocksAndEdits(unittest.TestCase):
+    """attend_block / extend / commit_block / truncate (a diffusion LM's block decoding)."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="pagoda_py_test_")
+        self.store, self.w = make_worker(self.tmp.name)
+
+    def tearDown(self):
+        del self.w, self.store
+        self.tmp.cleanup()
+
+    def test_a_block_attends_bidirectionally_then_joins_the_sequence(self):
+        # Layer l's context: k = rows(12, KV, l), v = rows(12, KV, 10 + l) (prefilled()).
+        seq = prefilled(self.w, list(range(12)))
+        n = 6  # a page and a half
+        for layer in range(LAYERS):
+            q, k, v = rows(n, Q, 50 + layer), rows(n, KV, 60 + layer), rows(n, KV, 70 + layer)
+            out = torch.empty_like(q)
+            stats = self.w.attend_block(seq, layer, q, k, v, out)
+            self.assertEqual(stats.attended_head_pages, (3 + 2) * KV)
+            keys = torch.cat([rows(12, KV, layer), k]).float()
+            values = torch.cat([rows(12, KV, 10 + layer), v]).float()
+            for h in range(Q):  # every query over every position: no causal mask
+                kvh = h // (Q // KV)
+                p = torch.softmax(q[:, h].float() @ keys[:, kvh].T / D**0.5, dim=-1)
+                ref = p @ values[:, kvh]
+                self.assertLess((out[:, h].float() - ref).abs().max().item(), 2e-3)
+            # The same block kept in place: the same output.
+            again = torch.empty_like(q)
+            self.w.attend_block(seq, layer, q, k, v, again, keep_pages=[1, 1])
+            self.assertTrue(torch.equal(again, out))
+        with self.assertRaises(pagoda.InvalidArgumentError):
+            self.w.attend_block(seq, 0, q, k, v, out, keep_pages=[1])  # 2 pages, 1 flag
+        self.assertEqual(self.w.length(seq, 0), 12)
+        self.w.extend(seq, list(range(100, 106)))
+        for layer in range(LAYERS):
+            self.w.commit_block(seq, layer)
+        self.assertEqual(self.w.length(seq, 1), 18)
+        self.w.flush()
+        tokens = list(range(12)) + list(range(100, 104))  # the full pages' tokens
+        self.assertEqual(self.w.page_keys(seq, 0), pagoda.chain_keys(tokens, P, "model", 0))
+        # Decode goes on from the block's open page, then a cut back to a page boundary.
+        plan = self.w.plan([seq], [7])
+        for layer in range(LAYERS):
+            q1, k1, v1 = step_inputs(1, 300 + layer)
+            self.w.attend(plan, layer, q1, k1, v1, torch.empty_like(q1))
+        self.assertTrue(self.w.finish(plan).ok)
+        with self.assertRaises(pagoda.InvalidArgumentError):
+            self.w.truncate(seq, 7)  # not a page boundary
+        self.assertEqual(self.w.length(seq, 0), 19)
+        self.w.truncate(seq, 8)
+        self.assertEqual(self.w.length(seq, 0), 8)
+        self.assertEqual(len(self.w.page_keys(seq, 1)), 2)
+
+
 if __name__ == "__main__":
     unittest.main()
