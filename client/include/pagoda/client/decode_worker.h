@@ -223,8 +223,10 @@ struct WorkerStepStats {
   int64_t verify_failures = 0;      // gathered head-pages whose checksum did not match
   int64_t fallback_reads = 0;       // pages re-read through the store after a failure
   uint64_t bytes_fetched = 0;
-  uint64_t bytes_from_tier[kNumTiers] = {0, 0, 0};  // fetched bytes by the tier the page was in
-  uint64_t bytes_committed = 0;                     // full pages committed (all heads)
+  // Bytes read per tier the page was in: a gathered head-page's bytes, and the whole page for a
+  // re-read through the store (which reads every head).
+  uint64_t bytes_from_tier[kNumTiers] = {0, 0, 0};
+  uint64_t bytes_committed = 0;  // full pages committed (all heads)
   double append_s = 0, select_s = 0, fetch_s = 0, verify_s = 0, attend_s = 0, commit_s = 0;
 };
 
