@@ -248,9 +248,9 @@ absl::StatusOr<DiffusionCommitStats> DiffusionSession::CommitBlock(
         absl::StrCat("CommitBlock needs block_tokens = ", options_.block_tokens, " token ids, got ",
                      token_ids.size()));
   }
-  if (cached_pages() + 2 * block_pages_ > options_.max_pages) {
-    return absl::ResourceExhaustedError(absl::StrCat("the sequence would exceed max_pages ",
-                                                     options_.max_pages, " with its next block"));
+  if (cached_pages() + block_pages_ > options_.max_pages) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "committing the block would take the sequence past max_pages ", options_.max_pages));
   }
   // Which of the block's keys the store holds already (someone else's: never removed by
   // ReopenBlock), before the worker commits.

@@ -586,6 +586,36 @@ TEST(DiffusionSessionTest, ABlockRecommittedUnderItsOldKeysIsAttendedWithItsNewB
   ExpectClose(o, Reference(seq, q, AllPages((first + 2 * kBlock) / kPage)), "recommitted");
 }
 
+TEST(DiffusionSessionTest, ACommitPastMaxPagesIsRefusedAndChangesNothing) {
+  TempDir dir;
+  auto store = OpenStore(dir.path(), 256);
+  const int64_t prompt = 8;
+  Sequence seq(prompt + 2 * kBlock, 12);
+  DiffusionSessionOptions o = DenseOptions();
+  o.max_pages = prompt / kPage + kBlockPages;  // the prompt and one block
+  auto s = DiffusionSession::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(s.ok()) << s.status();
+  DiffusionSession& session = **s;
+  ASSERT_TRUE(Prefill(session, seq, prompt).ok());
+  std::vector<uint16_t> bk, bv, o1(kBlock * kQ * kDim);
+  seq.Noisy(prompt, 0, 1, &bk, &bv);
+  ASSERT_TRUE(session.Denoise(seq.Queries(), bk, bv, absl::MakeSpan(o1)).ok());
+  ASSERT_TRUE(session.CommitBlock(BlockIds(seq, prompt)).ok());
+  seq.Noisy(prompt + kBlock, 0, 1, &bk, &bv);
+  const std::vector<uint16_t> q = seq.Queries();
+  ASSERT_TRUE(session.Denoise(q, bk, bv, absl::MakeSpan(o1)).ok());
+  const uint64_t puts = store->Stats().puts;
+  EXPECT_EQ(session.CommitBlock(BlockIds(seq, prompt + kBlock)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(session.block_open());
+  EXPECT_EQ(session.cached_tokens(), prompt + kBlock);
+  EXPECT_EQ(store->Stats().puts, puts);
+  // Still dense over every cached page and the block, still usable.
+  std::vector<uint16_t> o2(o1.size());
+  ASSERT_TRUE(session.Denoise(q, bk, bv, absl::MakeSpan(o2)).ok());
+  ExpectClose(o2, Reference(seq, q, AllPages(prompt / kPage + 2 * kBlockPages)), "at max_pages");
+}
+
 TEST(DiffusionSessionTest, BadOptionsAreRefused) {
   TempDir dir;
   auto store = OpenStore(dir.path(), 16);

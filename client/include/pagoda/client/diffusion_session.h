@@ -76,7 +76,9 @@ struct DiffusionSessionOptions {
   // block's pages + the cached pages a head attends (all of them when dense); a step needing more
   // fails with ResourceExhausted and changes nothing. More slots keep more cached pages resident.
   int32_t pool_pages = 512;
-  // Pages the sequence may hold (prompt + blocks): the quest summary table's size.
+  // Pages the sequence may hold (prompt + committed blocks): the quest summary table's size, and
+  // what a dense session attends. A Prefill or CommitBlock past it is refused (InvalidArgument /
+  // ResourceExhausted, nothing changed).
   int32_t max_pages = 8192;
 };
 
