@@ -91,7 +91,7 @@ else
     mkdir -p "$dir"
     # Ports, sizes and paths are overridden so the check runs anywhere; the rest is the file's.
     timeout 20 "$pagodad" --config "$cfg" --grpc-host 127.0.0.1 --grpc-port 0 \
-      --http-host 127.0.0.1 --http-port 0 --data-dir "$dir" --local-socket "$dir/s" \
+      --http-host 127.0.0.1 --http-port 0 --data-port 0 --data-dir "$dir" --local-socket "$dir/s" \
       --host-mib 16 --ssd-mib 16 --port-file "$dir/ports.json" >"$dir/log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do

@@ -275,5 +275,34 @@ TEST(StreamPathTest, ServerWithoutDataPortServesBytesOverGrpc) {
   EXPECT_EQ(out, data);
 }
 
+TEST(StreamPathTest, TheDataPortFlagOverridesTheConfig) {
+  std::string yaml = TestConfigYaml();
+  const std::string from = "http_port: 0}";
+  yaml.replace(yaml.find(from), from.size(), "http_port: 0, data_port: -1}");
+  for (const char* port : {"0", "-1"}) {
+    SCOPED_TRACE(port);
+    PagodadProcess::Options o;
+    o.config_yaml = std::string(port) == "0" ? yaml : TestConfigYaml();
+    o.extra_args = {"--data-port", port};
+    absl::StatusOr<std::unique_ptr<PagodadProcess>> server = PagodadProcess::Start(o);
+    ASSERT_TRUE(server.ok()) << server.status();
+    std::unique_ptr<Client> c = RemoteClient(**server, "t");
+    ASSERT_NE(c, nullptr);
+    absl::StatusOr<ServiceHealth> h = c->Health();
+    ASSERT_TRUE(h.ok());
+    if (std::string(port) == "0") {  // the config turned the path off, the flag on a free port
+      EXPECT_GT(h->data_port, 0);
+      EXPECT_EQ(c->data_path(), "stream");
+    } else {  // the config's free port, the flag off
+      EXPECT_EQ(h->data_port, 0);
+      EXPECT_EQ(c->data_path(), "remote");
+    }
+  }
+  // Out of range: pagodad refuses to start.
+  PagodadProcess::Options bad;
+  bad.extra_args = {"--data-port", "70000"};
+  EXPECT_FALSE(PagodadProcess::Start(bad).ok());
+}
+
 }  // namespace
 }  // namespace pagoda::testing

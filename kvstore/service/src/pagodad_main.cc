@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
   std::string config_path, port_file;
   bool print_default = false;
   // Flag values land in optionals so that only flags actually given override the config.
-  std::optional<int> grpc_port, http_port;
+  std::optional<int> grpc_port, http_port, data_port;
   std::optional<std::string> grpc_host, http_host, data_dir, token, local_socket, log_level,
       tls_cert, tls_key, tls_client_ca;
   std::optional<uint64_t> host_mib, ssd_mib;
@@ -106,6 +106,9 @@ int main(int argc, char** argv) {
   app.add_option("--grpc-port", grpc_port, "gRPC port (0 = any free port)");
   app.add_option("--http-host", http_host, "/metrics + /healthz bind address");
   app.add_option("--http-port", http_port, "/metrics + /healthz port (0 = any, -1 = off)");
+  app.add_option("--data-port", data_port,
+                 "TCP port of the stream data path beside gRPC (0 = any free port, -1 = off)")
+      ->check(CLI::Range(-1, 65535));
   app.add_option("--data-dir", data_dir, "data directory (SSD tier, local socket)");
   app.add_option("--host-mib", host_mib, "host tier (shared arena) size in MiB")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 26));
@@ -152,6 +155,7 @@ int main(int argc, char** argv) {
   if (grpc_port) c.grpc_port = *grpc_port;
   if (http_host) c.http_host = *http_host;
   if (http_port) c.http_port = *http_port;
+  if (data_port) c.data_port = *data_port;
   if (data_dir) c.data_dir = *data_dir;
   if (host_mib) c.host_bytes = *host_mib << 20;
   if (ssd_mib) c.ssd_bytes = *ssd_mib << 20;
