@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -210,8 +209,6 @@ absl::StatusOr<DiffusionStepStats> DiffusionSession::Denoise(absl::Span<const ui
   if (!rows.ok()) return Fail(rows.status());
   rows_ = *std::move(rows);
   block_.swap(fresh_);
-  block_k_.assign(k.begin(), k.end());
-  block_v_.assign(v.begin(), v.end());
   block_open_ = true;
 
   const uint64_t head_bytes = page_bytes_ / kv_heads_;

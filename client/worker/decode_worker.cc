@@ -7,6 +7,7 @@
 #include <cstring>
 #include <iterator>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -87,6 +88,21 @@ absl::StatusOr<Sequence*> DecodeWorker::Impl::Usable(SequenceId id, int layer, c
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
   }
   return found;
+}
+
+absl::StatusOr<int64_t> DecodeWorker::Impl::ChunkRows(const TensorView& q, const TensorView& k,
+                                                      const TensorView& v,
+                                                      const TensorView& o) const {
+  const int64_t n = k.ndim == 3 ? k.shape[0] : -1;
+  for (const auto& [t, what, heads] :
+       {std::tuple{&k, "k", kv_}, std::tuple{&v, "v", kv_}, std::tuple{&q, "q", o_.q_heads},
+        std::tuple{&o, "o", o_.q_heads}}) {
+    if (absl::Status s = CheckTensor(*t, what, {n, heads, d_}, o_.layout.dtype, backend_->device());
+        !s.ok()) {
+      return s;
+    }
+  }
+  return n;
 }
 
 void DecodeWorker::Impl::DrainCommits() {
@@ -763,11 +779,8 @@ absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> i
   }
   // Owned slots per head: one per (open sequence, layer) at most, and the blocks' (AttendBlock).
   int64_t open_pages = 0;
-  for (const auto& [id, seq] : seqs_) {
-    open_pages += static_cast<int64_t>(seq.layers.size());
-    for (const LayerState& ls : seq.layers)
-      open_pages += static_cast<int64_t>(ls.block.size()) / kv_;
-  }
+  for (const auto& [id, seq] : seqs_) open_pages += static_cast<int64_t>(seq.layers.size());
+  open_pages += block_pages_;
   if (need + open_pages > o_.pool_slots_per_head) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "one step of this batch may need ", need, " head-page slots per KV head besides ",

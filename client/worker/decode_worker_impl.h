@@ -115,6 +115,10 @@ class DecodeWorker::Impl {
   absl::StatusOr<worker_internal::Sequence*> Usable(SequenceId id, int layer, const char* what);
   // The same without a layer.
   absl::StatusOr<worker_internal::Sequence*> Usable(SequenceId id, const char* what);
+  // The rows T of a chunk's q / o [T, q_heads, d] and k / v [T, kv_heads, d] (PrefillAttend,
+  // AttendBlock): InvalidArgument naming the tensor for a shape, dtype or device that disagrees.
+  absl::StatusOr<int64_t> ChunkRows(const TensorView& q, const TensorView& k, const TensorView& v,
+                                    const TensorView& o) const;
   // The sequence `id` for Extend / Truncate: InvalidArgument / FailedPrecondition / Unimplemented
   // for what they do not serve (see decode_worker.h).
   absl::StatusOr<worker_internal::Sequence*> Editable(SequenceId id, const char* what);
@@ -245,6 +249,8 @@ class DecodeWorker::Impl {
   // Policy louiskv: each (sequence, layer) writes its prompt's cluster-ordered layout pages.
   const bool layout_pages_;
   int64_t layout_pages_written_ = 0;
+  // Pages of every (sequence, layer)'s block (AttendBlock): owned slots per KV head.
+  int64_t block_pages_ = 0;
   // Host selection: one task per sequence of a layer's batch.
   worker_internal::TaskPool select_pool_;
   // Per layer: the batch whose queries were last copied back (ObserveQueries) and, per row,

@@ -2,7 +2,6 @@
 // causal attention over the sequence's pages, read from the attention pool.
 #include <algorithm>
 #include <cstdint>
-#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,14 +29,10 @@ absl::Status DecodeWorker::Impl::PrefillAttend(SequenceId id, int layer, const T
   auto found = Usable(id, layer, "PrefillAttend");
   if (!found.ok()) return found.status();
   worker_internal::Sequence& seq = **found;
-  const Device dev = backend_->device();
   const DType dt = o_.layout.dtype;
-  const int64_t n = k.ndim == 3 ? k.shape[0] : -1;
-  for (const auto& [t, what, heads] :
-       {std::tuple{&k, "k", kv_}, std::tuple{&v, "v", kv_}, std::tuple{&q, "q", o_.q_heads},
-        std::tuple{&o, "o", o_.q_heads}}) {
-    if (absl::Status s = CheckTensor(*t, what, {n, heads, d_}, dt, dev); !s.ok()) return s;
-  }
+  const absl::StatusOr<int64_t> chunk = ChunkRows(q, k, v, o);
+  if (!chunk.ok()) return chunk.status();
+  const int64_t n = *chunk;
   if (q.device == Device::kCpu) {
     if (absl::Status s = worker_internal::CheckFinite(q, dt, "q"); !s.ok()) return s;
   }

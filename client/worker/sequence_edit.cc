@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -43,6 +42,7 @@ void DecodeWorker::Impl::ReleaseBlock(LayerState& ls) {
   for (size_t i = 0; i < ls.block.size(); ++i) {
     if (ls.block[i] >= 0) pool_.ReleaseOwned(static_cast<int>(i % kv_), ls.block[i]);
   }
+  block_pages_ -= static_cast<int64_t>(ls.block.size()) / kv_;
   ls.block.clear();
   ls.block_tokens = 0;
 }
@@ -162,12 +162,9 @@ absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::AttendBlock(
   }
   const Device dev = backend_->device();
   const DType dt = o_.layout.dtype;
-  const int64_t n = k.ndim == 3 ? k.shape[0] : -1;
-  for (const auto& [t, what, heads] :
-       {std::tuple{&k, "k", kv_}, std::tuple{&v, "v", kv_}, std::tuple{&q, "q", o_.q_heads},
-        std::tuple{&o, "o", o_.q_heads}}) {
-    if (absl::Status s = CheckTensor(*t, what, {n, heads, d_}, dt, dev); !s.ok()) return s;
-  }
+  const absl::StatusOr<int64_t> chunk = ChunkRows(q, k, v, o);
+  if (!chunk.ok()) return chunk.status();
+  const int64_t n = *chunk;
   if (n < 1) return absl::InvalidArgumentError("AttendBlock: an empty block");
   if (dev == Device::kCpu) {
     for (const auto& [t, what] : {std::pair{&q, "q"}, std::pair{&k, "k"}, std::pair{&v, "v"}}) {
@@ -268,6 +265,7 @@ absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::AttendBlock(
   if (!same_block) {
     ReleaseBlock(ls);
     ls.block.assign(static_cast<size_t>(bp) * kv_, -1);
+    block_pages_ += bp;
     for (int64_t j = 0; j < bp; ++j) {
       for (int h = 0; h < kv_; ++h) {
         ls.block[j * kv_ + h] = pool_.AllocOwned(h, epoch_);
@@ -426,6 +424,7 @@ absl::Status DecodeWorker::Impl::CommitBlock(SequenceId id, int layer) {
     for (int h = 0; h < kv_; ++h) ls.tail[h] = ls.block[full * kv_ + h];
     ls.tokens += n - full * P_;
   }
+  block_pages_ -= bp;
   ls.block.clear();
   ls.block_tokens = 0;
   if (ls.tokens == seq.prompt_len) {

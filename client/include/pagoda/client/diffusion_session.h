@@ -192,7 +192,6 @@ class DiffusionSession {
   std::vector<int32_t> block_sizes_;  // pages of each committed block (prompt excluded)
   std::vector<uint8_t> block_;        // the open block's pages as the worker holds them (empty:
                                       // none there)
-  std::vector<uint16_t> block_k_, block_v_;  // the last Denoise's K/V (CommitBlock's rows)
   std::vector<std::vector<int32_t>> rows_;
   std::vector<uint8_t> fresh_;  // this step's block pages
 };
