@@ -9,7 +9,6 @@ add_library(pagoda_kernels_cuda
   src/cuda/head_gather.cu
   src/cuda/page_assembly.cu
   src/cuda/page_mass.cu
-  src/cuda/mass_select.cu
   src/cuda/concat_rows.cu
   src/cuda/prefill.cu)
 target_include_directories(pagoda_kernels_cuda PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
@@ -23,7 +22,7 @@ set_target_properties(pagoda_kernels_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION 
 # they are built everywhere (CI compiles them) but registered with no CTest entry; bench/gpu/run.sh
 # runs them on the GPU machine.
 add_executable(kernels_cuda_test src/cuda/cuda_test.cc src/cuda/pool_copy_cuda_test.cc
-  src/cuda/head_gather_cuda_test.cc src/cuda/page_mass_cuda_test.cc src/cuda/mass_select_cuda_test.cc)
+  src/cuda/head_gather_cuda_test.cc src/cuda/page_mass_cuda_test.cc)
 target_include_directories(kernels_cuda_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
 target_link_libraries(kernels_cuda_test PRIVATE pagoda_kernels_cuda GTest::gtest
                       GTest::gtest_main pagoda_warnings)

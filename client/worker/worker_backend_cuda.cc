@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -36,8 +37,9 @@ absl::Status CudaStatus(cudaError_t err, const char* what) {
     if (absl::Status _s = CudaStatus((expr), (what)); !_s.ok()) return _s; \
   } while (0)
 
-// A pinned host buffer and a device buffer of the same size, grown on demand. `ready` is recorded
-// after the last copy out of the pinned side, so a refill waits for it.
+// A pinned host buffer (mapped: kernels may write it, cudaHostGetDevicePointer) and a device
+// buffer of the same size, grown on demand. `ready` is recorded after the last copy or kernel
+// that uses the pinned side, so a refill waits for it.
 struct Staged {
   uint8_t* host = nullptr;
   uint8_t* dev = nullptr;
@@ -112,7 +114,9 @@ class CudaWorkerBackend final : public WorkerBackend {
     cudaSetDevice(o_.device);
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     if (pool_ != nullptr) cudaFree(pool_);
-    if (workspace_ != nullptr) cudaFree(workspace_);
+    for (DeviceScratch* w : {&workspace_, &decode_ws_}) {
+      if (w->ptr != nullptr) cudaFree(w->ptr);
+    }
     if (summaries_ != nullptr) cudaFree(summaries_);
     for (auto& [id, l] : lists_) cudaFree(l.ptr);
     for (DeviceList& l : spare_lists_) cudaFree(l.ptr);
@@ -221,34 +225,25 @@ class CudaWorkerBackend final : public WorkerBackend {
         int64_t{geo_.kv_heads} * geo_.slots * 2 * geo_.page_tokens < (int64_t{1} << 31);
     if (Contiguous(k) && Contiguous(v) && ids_fit) {
       // The pool as rows of head_dim elements: K of (head h, slot s, position t) is row
-      // ((h * slots + s) * 2 + 0) * page_tokens + t, V the same with + 1. One upload of the row
-      // ids, then two scatters (the page-copy kernel) of k's and v's rows.
-      const size_t n_rows = positions.size() * geo_.kv_heads;
-      Staged& tok = tok_.Next();
-      if (absl::Status s = tok.Reserve(2 * n_rows * 4); !s.ok()) return s;
-      int32_t* ids = reinterpret_cast<int32_t*>(tok.host);
+      // ((h * slots + s) * 2 + 0) * page_tokens + t, V the same with + 1. k's and v's rows go
+      // there by one kernel per kMaxTokenRows rows, the row ids in its parameters.
+      const int64_t n_rows = static_cast<int64_t>(positions.size()) * geo_.kv_heads;
       const int64_t P = geo_.page_tokens;
-      for (size_t n = 0; n < positions.size(); ++n) {
-        for (int h = 0; h < geo_.kv_heads; ++h) {
-          const int64_t base = (int64_t{h} * geo_.slots + slots[n * geo_.kv_heads + h]) * 2 * P;
-          ids[n * geo_.kv_heads + h] = static_cast<int32_t>(base + positions[n]);
-          ids[n_rows + n * geo_.kv_heads + h] = static_cast<int32_t>(base + P + positions[n]);
+      kernels::TokenRowsParams c;
+      c.pool = pool_;
+      c.pool_rows = int64_t{geo_.kv_heads} * geo_.slots * 2 * P;
+      c.row_bytes = static_cast<int64_t>(row);
+      for (int64_t r0 = 0; r0 < n_rows; r0 += kernels::kMaxTokenRows) {
+        c.num_rows = static_cast<int32_t>(std::min<int64_t>(kernels::kMaxTokenRows, n_rows - r0));
+        c.k = static_cast<const uint8_t*>(k.data) + r0 * c.row_bytes;
+        c.v = static_cast<const uint8_t*>(v.data) + r0 * c.row_bytes;
+        for (int32_t i = 0; i < c.num_rows; ++i) {
+          const int64_t r = r0 + i, n = r / geo_.kv_heads, h = r % geo_.kv_heads;
+          const int64_t base = (h * geo_.slots + slots[r]) * 2 * P + positions[n];
+          c.k_rows[i] = static_cast<int32_t>(base);
+          c.v_rows[i] = static_cast<int32_t>(base + P);
         }
-      }
-      PAGODA_CUDA_RETURN(
-          cudaMemcpyAsync(tok.dev, tok.host, 2 * n_rows * 4, cudaMemcpyHostToDevice, stream_),
-          "token row ids upload");
-      PAGODA_CUDA_RETURN(cudaEventRecord(tok.ready, stream_), "event record");
-      for (int which = 0; which < 2; ++which) {
-        kernels::PageCopyParams c;
-        c.pool = pool_;
-        c.pool_pages = int64_t{geo_.kv_heads} * geo_.slots * 2 * P;
-        c.pool_stride_bytes = static_cast<int64_t>(row);
-        c.page_bytes = static_cast<int64_t>(row);
-        c.pages = reinterpret_cast<const int32_t*>(tok.dev) + which * n_rows;
-        c.num_pages = static_cast<int32_t>(n_rows);
-        c.staging = static_cast<uint8_t*>(which == 0 ? k.data : v.data);
-        if (absl::Status s = kernels::gpu::ScatterPages(c, stream_); !s.ok()) return s;
+        if (absl::Status s = kernels::gpu::WriteTokenRows(c, stream_); !s.ok()) return s;
       }
       return absl::OkStatus();
     }
@@ -333,10 +328,10 @@ class CudaWorkerBackend final : public WorkerBackend {
     p.per_kv_head = true;
     p.q = static_cast<const uint16_t*>(q.data);
     p.o = static_cast<uint16_t*>(o.data);
-    auto plan = kernels::gpu::PlanDecode(p, /*streaming=*/false, std::max<int64_t>(1, max_row));
+    auto plan = DecodePlanFor(p, std::max<int64_t>(1, max_row));
     if (!plan.ok()) return plan.status();
-    if (absl::Status s = ReserveWorkspace(plan->workspace_bytes); !s.ok()) return s;
-    return kernels::gpu::SparseDecode(*plan, p, workspace_, stream_);
+    if (absl::Status s = Reserve(decode_ws_, plan->workspace_bytes); !s.ok()) return s;
+    return kernels::gpu::SparseDecode(*plan, p, decode_ws_.ptr, stream_);
   }
 
   absl::Status ScorePages(const TensorView& q, absl::Span<const int32_t> indptr,
@@ -374,10 +369,12 @@ class CudaWorkerBackend final : public WorkerBackend {
     p.mass = reinterpret_cast<float*>(score_.dev + in_aligned);
     const size_t ws =
         kernels::gpu::PageMassWorkspaceBytes(static_cast<int64_t>(n), geo_.q_heads / geo_.kv_heads);
-    if (absl::Status s = ReserveWorkspace(ws); !s.ok()) return s;
-    if (absl::Status s = kernels::gpu::PageMass(p, static_cast<int64_t>(n), workspace_, stream_);
-        !s.ok())
+    if (absl::Status s = Reserve(workspace_, ws); !s.ok()) return s;
+    if (absl::Status s =
+            kernels::gpu::PageMass(p, static_cast<int64_t>(n), workspace_.ptr, {}, stream_);
+        !s.ok()) {
       return s;
+    }
     PAGODA_CUDA_RETURN(cudaMemcpyAsync(score_.host + in_aligned, p.mass, n * sizeof(float),
                                        cudaMemcpyDeviceToHost, stream_),
                        "mass download");
@@ -423,11 +420,11 @@ class CudaWorkerBackend final : public WorkerBackend {
     }
     // One upload: indptr, slots, page_len, keep, split, need, out_indptr, last_page_len, then
     // (with stored lists) the full indptr and each row's list address; then device-only room for
-    // the full entries, the masses, the attended slots and their entries.
+    // the full entries, the masses and the attended slots.
     const size_t in_words = 2 * (rows + 1) + 2 * listed + 4 * rows +
                             (lists ? (rows + 1) + 2 * static_cast<size_t>(rows) + 1 : 0);
     const size_t in_bytes = (in_words * 4 + 15) / 16 * 16;
-    const size_t total = in_bytes + (3 * n + 2 * std::max<size_t>(out_n, 1)) * 4;
+    const size_t total = in_bytes + (3 * n + std::max<size_t>(out_n, 1)) * 4;
     Staged& mass = mass_.Next();
     if (absl::Status s = mass.Reserve(total); !s.ok()) return s;
     int32_t* h = reinterpret_cast<int32_t*>(mass.host);
@@ -467,7 +464,6 @@ class CudaWorkerBackend final : public WorkerBackend {
     int32_t* d_full_len = d_full_slots + n;
     float* d_mass = reinterpret_cast<float*>(d_full_len + n);
     int32_t* d_out = reinterpret_cast<int32_t*>(d_mass + n);
-    int32_t* d_entry = d_out + std::max<size_t>(out_n, 1);
     const int32_t* slots = d_slots;
     const int32_t* lens = d_len;
     if (lists) {
@@ -494,14 +490,19 @@ class CudaWorkerBackend final : public WorkerBackend {
     dp.per_kv_head = true;
     dp.q = static_cast<const uint16_t*>(q.data);
     dp.o = static_cast<uint16_t*>(o.data);
-    auto plan = kernels::gpu::PlanDecode(dp, /*streaming=*/false, max_row);
+    auto plan = DecodePlanFor(dp, max_row);
     if (!plan.ok()) return plan.status();
-    const size_t mass_ws =
-        kernels::gpu::PageMassWorkspaceBytes(static_cast<int64_t>(n), geo_.q_heads / geo_.kv_heads);
-    if (absl::Status s = ReserveWorkspace(std::max(mass_ws, plan->workspace_bytes)); !s.ok()) {
-      return s;
-    }
-    if (n > 0) {
+    if (absl::Status s = Reserve(decode_ws_, plan->workspace_bytes); !s.ok()) return s;
+    // The choice (each attended slot's entry) is written by the kernel straight into a pinned,
+    // mapped host buffer for whoever asks (FinishChoices): no copy on the stream, no wait here.
+    if (static_cast<size_t>(tag) >= choices_.size()) choices_.resize(tag + 1);
+    if (choices_[tag] == nullptr) choices_[tag] = std::make_unique<Staged>();
+    Staged& c = *choices_[tag];
+    if (absl::Status s = c.Reserve(std::max<size_t>(out_n, 1) * 4); !s.ok()) return s;
+    c.used = out_n;
+    void* choice = nullptr;
+    PAGODA_CUDA_RETURN(cudaHostGetDevicePointer(&choice, c.host, 0), "choice buffer mapping");
+    if (n > 0) {  // (no entries: every row is empty, nothing to choose)
       kernels::PageMassParams mp;
       mp.kv = dp.kv;
       mp.batch = dp.batch;
@@ -512,24 +513,28 @@ class CudaWorkerBackend final : public WorkerBackend {
       mp.page_len = lens;
       mp.reduce = req.reduce;
       mp.mass = d_mass;
-      if (absl::Status s = kernels::gpu::PageMass(mp, static_cast<int64_t>(n), workspace_, stream_);
+      kernels::MassSelectParams sp;
+      sp.rows = rows;
+      sp.indptr = d_full_indptr;
+      sp.keep = d_keep;
+      sp.split = d_split;
+      sp.need = d_need;
+      sp.mass = d_mass;
+      sp.values = slots;
+      sp.out_indptr = d_out_indptr;
+      sp.out = d_out;
+      sp.out_entry = static_cast<int32_t*>(choice);
+      const size_t mass_ws = kernels::gpu::PageMassWorkspaceBytes(static_cast<int64_t>(n),
+                                                                  geo_.q_heads / geo_.kv_heads);
+      if (absl::Status s = Reserve(workspace_, mass_ws); !s.ok()) return s;
+      if (absl::Status s =
+              kernels::gpu::PageMass(mp, static_cast<int64_t>(n), workspace_.ptr, {&sp}, stream_);
           !s.ok()) {
         return s;
       }
     }
-    kernels::MassSelectParams sp;
-    sp.rows = rows;
-    sp.indptr = d_full_indptr;
-    sp.keep = d_keep;
-    sp.split = d_split;
-    sp.need = d_need;
-    sp.mass = d_mass;
-    sp.values = slots;
-    sp.out_indptr = d_out_indptr;
-    sp.out = d_out;
-    sp.out_entry = d_entry;
-    if (absl::Status s = kernels::gpu::MassSelect(sp, stream_); !s.ok()) return s;
-    if (absl::Status s = kernels::gpu::SparseDecode(*plan, dp, workspace_, stream_); !s.ok()) {
+    PAGODA_CUDA_RETURN(cudaEventRecord(c.ready, stream_), "event record");
+    if (absl::Status s = kernels::gpu::SparseDecode(*plan, dp, decode_ws_.ptr, stream_); !s.ok()) {
       return s;
     }
     // Saved candidates go to their lists on the device (copies ordered after the upload).
@@ -542,15 +547,7 @@ class CudaWorkerBackend final : public WorkerBackend {
                                          cudaMemcpyDeviceToDevice, stream_),
                          "slot list save");
     }
-    // The choice comes back behind the decode, for whoever asks (FinishChoices); no wait here.
-    if (static_cast<size_t>(tag) >= choices_.size()) choices_.resize(tag + 1);
-    if (choices_[tag] == nullptr) choices_[tag] = std::make_unique<Staged>();
-    Staged& c = *choices_[tag];
-    if (absl::Status s = c.Reserve(std::max<size_t>(out_n, 1) * 4); !s.ok()) return s;
-    c.used = out_n;
-    PAGODA_CUDA_RETURN(cudaMemcpyAsync(c.host, d_entry, out_n * 4, cudaMemcpyDeviceToHost, stream_),
-                       "choice download");
-    return CudaStatus(cudaEventRecord(c.ready, stream_), "event record");
+    return absl::OkStatus();
   }
 
   void DropSlotList(int64_t id) override {
@@ -641,8 +638,8 @@ class CudaWorkerBackend final : public WorkerBackend {
     p.window_tokens = mask.window_tokens;
     auto plan = kernels::gpu::PlanPrefill(p, q.shape[0]);
     if (!plan.ok()) return plan.status();
-    if (absl::Status s = ReserveWorkspace(plan->workspace_bytes); !s.ok()) return s;
-    return kernels::gpu::BlockSparsePrefill(*plan, p, workspace_, stream_);
+    if (absl::Status s = Reserve(workspace_, plan->workspace_bytes); !s.ok()) return s;
+    return kernels::gpu::BlockSparsePrefill(*plan, p, workspace_.ptr, stream_);
   }
 
   absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
@@ -1064,16 +1061,38 @@ class CudaWorkerBackend final : public WorkerBackend {
     c.used = bytes / 2;
     return &c;
   }
-  // workspace_ of at least `bytes` (grown after the stream drained: a kernel may still use it).
-  absl::Status ReserveWorkspace(size_t bytes) {
-    if (bytes <= workspace_bytes_) return absl::OkStatus();
+  // Device scratch grown on demand (after the stream drained: a kernel may still use it) and
+  // zeroed when (re)allocated: the decode's arrival counters live at its start, and every
+  // finished decode leaves them zero (its plans skip the per-call memset: DecodePlanFor).
+  struct DeviceScratch {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+  };
+  absl::Status Reserve(DeviceScratch& w, size_t bytes) {
+    if (bytes <= w.bytes) return absl::OkStatus();
     PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "workspace sync");
-    if (workspace_ != nullptr) cudaFree(workspace_);
-    workspace_ = nullptr;
-    workspace_bytes_ = 0;
-    PAGODA_CUDA_RETURN(cudaMalloc(&workspace_, bytes), "workspace cudaMalloc");
-    workspace_bytes_ = bytes;
+    if (w.ptr != nullptr) cudaFree(w.ptr);
+    w.ptr = nullptr;
+    w.bytes = 0;
+    PAGODA_CUDA_RETURN(cudaMalloc(&w.ptr, bytes), "workspace cudaMalloc");
+    PAGODA_CUDA_RETURN(cudaMemset(w.ptr, 0, bytes), "workspace zero");
+    w.bytes = bytes;
     return absl::OkStatus();
+  }
+  // The decode plan of a batch and longest row (the geometry is fixed at Init), planned once: a
+  // plan asks the device for the kernel's occupancy (four runtime calls), every layer of every
+  // step needs one, and a step's rows keep their budget.
+  absl::StatusOr<kernels::gpu::DecodePlan> DecodePlanFor(const kernels::DecodeParams& p,
+                                                         int64_t max_row) {
+    const std::pair<int32_t, int64_t> key{p.batch, max_row};
+    if (auto it = plans_.find(key); it != plans_.end()) return it->second;
+    kernels::gpu::DecodePlanOptions o;
+    o.zeroed_workspace = true;  // decode_ws_ is used by nothing else
+    auto plan = kernels::gpu::PlanDecode(p, /*streaming=*/false, max_row, o);
+    if (!plan.ok()) return plan.status();
+    if (plans_.size() >= 1024) plans_.clear();  // (batch, row length) pairs seen: bounded
+    plans_.emplace(key, *plan);
+    return *plan;
   }
   absl::Status CheckHeads(absl::Span<const HeadSlot> heads, size_t bytes) const {
     if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
@@ -1087,12 +1106,12 @@ class CudaWorkerBackend final : public WorkerBackend {
   const uint8_t* src_ = nullptr;
   int64_t src_bytes_ = 0;
   Staged fetch_, table_, prefill_, assemble_, score_;
-  void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;
+  // workspace_: the prefill's and the masses'; decode_ws_: the decode's only (its counters).
+  DeviceScratch workspace_, decode_ws_;
+  absl::flat_hash_map<std::pair<int32_t, int64_t>, kernels::gpu::DecodePlan> plans_;
   uint8_t* summaries_ = nullptr;  // [min rows | max rows | counts] of sum_slots_ slots
   int64_t sum_slots_ = 0;
   Staged sum_up_, quest_, sum_fold_, sum_copy_, kmeans_;
-  StagedPair tok_;                                // WriteTokens' row ids
   std::vector<std::unique_ptr<Staged>> copies_;   // StartCopyToHost, by tag
   std::vector<std::unique_ptr<Staged>> choices_;  // AttendBestByMass, by tag
   StagedPair mass_;                               // AttendBestByMass' upload and scratch

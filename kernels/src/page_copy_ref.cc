@@ -36,4 +36,26 @@ absl::Status ScatterPagesReference(const PageCopyParams& p) {
   return absl::OkStatus();
 }
 
+absl::Status WriteTokenRowsReference(const TokenRowsParams& p) {
+  if (auto s = internal::ValidateTokenRowsShape(p); !s.ok()) return s;
+  std::vector<int32_t> rows(p.k_rows, p.k_rows + p.num_rows);
+  rows.insert(rows.end(), p.v_rows, p.v_rows + p.num_rows);
+  if (auto s = internal::ValidatePageIdsHost(rows.data(), static_cast<int64_t>(rows.size()),
+                                             p.pool_rows, "token rows");
+      !s.ok()) {
+    return s;
+  }
+  if (auto s = internal::ValidateDistinctIdsHost(rows.data(), static_cast<int64_t>(rows.size()),
+                                                 "token rows");
+      !s.ok()) {
+    return s;
+  }
+  const size_t n = static_cast<size_t>(p.row_bytes);
+  for (int32_t i = 0; i < p.num_rows; ++i) {
+    std::memcpy(p.pool + p.k_rows[i] * p.row_bytes, p.k + i * p.row_bytes, n);
+    std::memcpy(p.pool + p.v_rows[i] * p.row_bytes, p.v + i * p.row_bytes, n);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace pagoda::kernels

@@ -65,5 +65,75 @@ TEST(PageCopyRefBadInput, RejectedWithoutWriting) {
   EXPECT_EQ(staging, staging0);
 }
 
+// A TokenRowsParams of n random rows (distinct destinations) over a pool of `rows` rows.
+TokenRowsParams RandomTokenRows(std::mt19937& rng, int32_t n, int64_t rows, int64_t row_bytes,
+                                uint8_t* pool, const uint8_t* k, const uint8_t* v) {
+  std::vector<int32_t> ids(rows);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  TokenRowsParams p;
+  p.pool = pool;
+  p.pool_rows = rows;
+  p.row_bytes = row_bytes;
+  p.k = k;
+  p.v = v;
+  p.num_rows = n;
+  for (int32_t i = 0; i < n; ++i) {
+    p.k_rows[i] = ids[2 * i];
+    p.v_rows[i] = ids[2 * i + 1];
+  }
+  return p;
+}
+
+TEST(TokenRowsRef, WritesEachRowToItsPlaceAndTouchesNothingElse) {
+  std::mt19937 rng(3);
+  for (int32_t n : {1, 37, kMaxTokenRows}) {
+    const int64_t row_bytes = 256, rows = 300;
+    std::vector<uint8_t> pool = RandomBytes(rng, rows * row_bytes);
+    const std::vector<uint8_t> k = RandomBytes(rng, n * row_bytes),
+                               v = RandomBytes(rng, n * row_bytes);
+    std::vector<uint8_t> want = pool;
+    const TokenRowsParams p =
+        RandomTokenRows(rng, n, rows, row_bytes, pool.data(), k.data(), v.data());
+    for (int32_t i = 0; i < n; ++i) {
+      std::copy(k.begin() + i * row_bytes, k.begin() + (i + 1) * row_bytes,
+                want.begin() + p.k_rows[i] * row_bytes);
+      std::copy(v.begin() + i * row_bytes, v.begin() + (i + 1) * row_bytes,
+                want.begin() + p.v_rows[i] * row_bytes);
+    }
+    ASSERT_TRUE(WriteTokenRowsReference(p).ok());
+    EXPECT_EQ(pool, want) << n;
+  }
+}
+
+TEST(TokenRowsRef, RejectsBadRowsAndWritesNothing) {
+  std::mt19937 rng(4);
+  const int64_t row_bytes = 16, rows = 64;
+  std::vector<uint8_t> pool = RandomBytes(rng, rows * row_bytes);
+  const std::vector<uint8_t> pool0 = pool;
+  const std::vector<uint8_t> k = RandomBytes(rng, 8 * row_bytes),
+                             v = RandomBytes(rng, 8 * row_bytes);
+  const TokenRowsParams good =
+      RandomTokenRows(rng, 8, rows, row_bytes, pool.data(), k.data(), v.data());
+  std::vector<TokenRowsParams> bad(7, good);
+  bad[0].k_rows[3] = static_cast<int32_t>(rows);  // out of range
+  bad[1].v_rows[0] = -1;
+  bad[2].v_rows[5] = bad[2].k_rows[2];  // a K and a V row onto one pool row
+  bad[3].k_rows[1] = bad[3].k_rows[0];  // two K rows onto one
+  bad[4].num_rows = kMaxTokenRows + 1;
+  bad[5].v = nullptr;
+  bad[6].row_bytes = 0;
+  for (size_t i = 0; i < bad.size(); ++i) {
+    EXPECT_EQ(WriteTokenRowsReference(bad[i]).code(),
+              i < 2 ? absl::StatusCode::kOutOfRange : absl::StatusCode::kInvalidArgument)
+        << i;
+    EXPECT_EQ(pool, pool0) << i;
+  }
+  TokenRowsParams none = good;
+  none.num_rows = 0;
+  EXPECT_TRUE(WriteTokenRowsReference(none).ok());
+  EXPECT_EQ(pool, pool0);
+}
+
 }  // namespace
 }  // namespace pagoda::kernels

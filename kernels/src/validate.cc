@@ -126,6 +126,19 @@ absl::Status ValidatePageCopyShape(const PageCopyParams& p) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateTokenRowsShape(const TokenRowsParams& p) {
+  if (p.pool_rows <= 0 || p.row_bytes <= 0) {
+    return Bad("token rows", "need pool_rows > 0 and row_bytes > 0");
+  }
+  if (p.num_rows < 0 || p.num_rows > kMaxTokenRows) {
+    return Bad("token rows", "num_rows must be in [0, kMaxTokenRows]");
+  }
+  if (p.num_rows > 0 && (p.pool == nullptr || p.k == nullptr || p.v == nullptr)) {
+    return Bad("token rows", "null pool, k or v");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateHeadGatherShape(const HeadGatherParams& p) {
   if (p.num_kv_heads <= 0 || p.pool_slots <= 0 || p.half_bytes <= 0 || p.half_bytes % 16 != 0) {
     return Bad("head gather",

@@ -18,6 +18,7 @@ absl::Status ValidateSummaryUpdateShape(const SummaryUpdateParams& p);
 absl::Status ValidateQuestShape(const QuestParams& p);
 absl::Status ValidateKMeansShape(const KMeansParams& p);
 absl::Status ValidatePageCopyShape(const PageCopyParams& p);
+absl::Status ValidateTokenRowsShape(const TokenRowsParams& p);
 absl::Status ValidateHeadGatherShape(const HeadGatherParams& p);
 // Offsets in [0, src_bytes - half_bytes], heads and slots in range, no (head, slot) twice.
 absl::Status ValidateHeadGatherHost(const HeadGatherParams& p);

@@ -229,6 +229,18 @@ TEST(CudaArgs, SummariesQuestKMeansAndCopiesRejectBadShapes) {
   EXPECT_EQ(gpu::ScatterPages(cp, nullptr).code(), StatusCode::kInvalidArgument);
   cp.num_pages = 0;
   EXPECT_TRUE(gpu::GatherPages(cp, nullptr).ok()) << "nothing to copy is not an error";
+  TokenRowsParams tr;
+  tr.pool = reinterpret_cast<uint8_t*>(g_elems);
+  tr.pool_rows = 16;
+  tr.row_bytes = 256;
+  tr.k = tr.v = reinterpret_cast<const uint8_t*>(g_elems);
+  tr.num_rows = kMaxTokenRows + 1;
+  EXPECT_EQ(gpu::WriteTokenRows(tr, nullptr).code(), StatusCode::kInvalidArgument) << "rows";
+  tr.num_rows = 2;
+  tr.v = nullptr;
+  EXPECT_EQ(gpu::WriteTokenRows(tr, nullptr).code(), StatusCode::kInvalidArgument) << "null v";
+  tr.num_rows = 0;
+  EXPECT_TRUE(gpu::WriteTokenRows(tr, nullptr).ok()) << "nothing to write is not an error";
 }
 
 }  // namespace

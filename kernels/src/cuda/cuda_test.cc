@@ -628,5 +628,37 @@ TEST_F(GpuTest, GatherScatterMatchReference) {
   }
 }
 
+TEST_F(GpuTest, TokenRowsMatchReference) {
+  std::mt19937 rng(6);
+  for (int64_t row_bytes : {256, 100}) {  // 16-byte path and byte path
+    for (int32_t n : {1, 64, kMaxTokenRows}) {
+      const int64_t rows = 1000;
+      std::vector<uint8_t> pool(rows * row_bytes), k(n * row_bytes), v(n * row_bytes);
+      for (auto* b : {&pool, &k, &v}) {
+        for (auto& x : *b) x = static_cast<uint8_t>(rng());
+      }
+      std::vector<int32_t> ids(rows);
+      for (int32_t i = 0; i < rows; ++i) ids[i] = i;
+      std::shuffle(ids.begin(), ids.end(), rng);
+      Dev<uint8_t> dpool(pool), dk(k), dv(v);
+      TokenRowsParams hp;
+      hp.pool = pool.data();
+      hp.pool_rows = rows;
+      hp.row_bytes = row_bytes;
+      hp.k = k.data();
+      hp.v = v.data();
+      hp.num_rows = n;
+      for (int32_t i = 0; i < n; ++i) hp.k_rows[i] = ids[2 * i], hp.v_rows[i] = ids[2 * i + 1];
+      TokenRowsParams dp = hp;
+      dp.pool = dpool.get();
+      dp.k = dk.get();
+      dp.v = dv.get();
+      ASSERT_TRUE(gpu::WriteTokenRows(dp, nullptr).ok());
+      ASSERT_TRUE(WriteTokenRowsReference(hp).ok());
+      ASSERT_EQ(dpool.Host(), pool) << row_bytes << " " << n;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace pagoda::kernels

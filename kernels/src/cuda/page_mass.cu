@@ -1,13 +1,18 @@
-// Exact page masses (PageMassParams), in two passes. Pass 1 spreads each (sequence, KV head)
-// row's entries over several blocks, a warp per entry: a lane holds head_dim / 32 dimensions of
-// every query head of the group, so a token's dot per query head is a warp reduction (four
-// tokens' reductions interleaved), folded into the entry's running max and exp-sum (online
-// softmax) in the workspace. Pass 2, a block per row, reduces the row's per-head maximum and
-// normalizer over its entries and writes each entry's mass.
+// Exact page masses (PageMassParams) and, optionally, the step's choice from them
+// (MassSelectParams), in two kernels. Pass 1 spreads each (sequence, KV head) row's entries over
+// several blocks, a warp per entry: a lane holds head_dim / 32 dimensions of every query head of
+// the group, so a token's dot per query head is a warp reduction (four tokens' reductions
+// interleaved), folded into the entry's running max and exp-sum (online softmax) in the
+// workspace. Pass 2, a block per row, merges the row's per-head maximum and normalizer, writes
+// each entry's mass and, with a choice asked for, picks the row's best candidates (BlockTopK) and
+// places the kept entries around them (the choice was a third kernel before, ~7 us at B=1 on an
+// H100 with its launch gap; run 22 folded the whole pass 2 into pass 1's last block per row and
+// measured it slower: one block's latency-bound tail after the grid instead of a kernel).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 
+#include "block_topk.cuh"
 #include "common.cuh"
 #include "pagoda/kernels/cuda.h"
 #include "validate.h"
@@ -18,21 +23,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGroup = 8;
-
-// Block-wide max (kMax) or sum of `v`; every thread gets the result.
-template <bool kMax>
-__device__ __forceinline__ float BlockReduce(float v, float* scratch) {
-  for (int off = 16; off > 0; off >>= 1) {
-    const float o = __shfl_xor_sync(0xffffffffu, v, off);
-    v = kMax ? fmaxf(v, o) : v + o;
-  }
-  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-  __syncthreads();
-  float r = scratch[0];
-  for (int w = 1; w < kWarps; ++w) r = kMax ? fmaxf(r, scratch[w]) : r + scratch[w];
-  __syncthreads();  // scratch is reused by the next reduction
-  return r;
-}
+constexpr int kMassCache = 2048;  // a row's masses kept in shared memory for the choice
 
 // The transposed butterfly from offset O down to 1 over x[0, 2 * O) (see its use below). Levels
 // are template arguments so that every index is a constant: with `upper ? x[i + o] : x[i]` in a
@@ -54,25 +45,14 @@ __device__ __forceinline__ void Butterfly(float (&x)[N], int lane) {
   }
 }
 
-// ws holds (max, exp-sum) per (entry, query head of the group): ws[(e * group + g) * 2 + 0/1].
-// Pass 1: blocks (row, split); warp w of block y takes entries y * kWarps + w, then every
-// gridDim.y * kWarps-th one. A warp loads kChunk tokens of its page at once (each lane its
-// kPer dimensions of each: the loads in flight are what the HBM needs), then folds them kTok at
-// a time. kG >= the group bounds the per-head arrays.
+// One warp's share of a row: the entries e0, e0 + gridDim.y * kWarps, ... of row (b, h).
 template <int kDim, bool kBf16, int kG>
-__global__ void __launch_bounds__(kThreads, 1)
-    PageMassPartialKernel(const __grid_constant__ PageMassParams p, float scale, float* ws) {
+__device__ __forceinline__ void Fold(const PageMassParams& p, float scale, float* ws, int b, int h,
+                                     int group, int first, int count, int lane, int e0) {
   constexpr int kPer = kDim / 32;   // dimensions per lane: 2 or 4 halves
   constexpr int kWords = kPer / 2;  // 32-bit words per lane and token
   constexpr int kChunk = 16;
   constexpr int kTok = 4;
-  const int H = p.kv.num_kv_heads;
-  const int r = blockIdx.x, b = r / H, h = r % H;
-  const int group = p.num_qo_heads / H;
-  const int first = p.indptr[r], count = p.indptr[r + 1] - first;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int e0 = blockIdx.y * kWarps + warp;
-  if (e0 >= count) return;
   float q[kG][kPer];
 #pragma unroll
   for (int g = 0; g < kG; ++g) {
@@ -160,44 +140,122 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// Pass 2: one block per row reduces the row's per-head maximum and normalizer over its entries
-// and writes each entry's mass.
-__global__ void __launch_bounds__(kThreads)
-    PageMassFinishKernel(const __grid_constant__ PageMassParams p, const float* ws) {
-  const int H = p.kv.num_kv_heads;
-  const int r = blockIdx.x;
-  const int group = p.num_qo_heads / H;
-  const int first = p.indptr[r], count = p.indptr[r + 1] - first;
-  if (count == 0) return;
-  __shared__ float scratch[kWarps];
-  __shared__ float row_max[kMaxGroup], row_z[kMaxGroup];
-  for (int g = 0; g < group; ++g) {
-    float mx = -INFINITY;
-    for (int e = threadIdx.x; e < count; e += kThreads) {
-      mx = fmaxf(mx, ws[(int64_t{first + e} * group + g) * 2]);
+// The last block of row r: the row's per-head maximum and normalizer over its entries, each
+// entry's mass (global, and the first kMassCache in shared memory), then with sel.rows > 0 the
+// row's choice (MassSelectParams' placement: kept [0, split), the best candidates, kept [split,
+// keep)).
+template <int kG>
+__device__ void Finish(const PageMassParams& p, const float* ws, const MassSelectParams& sel, int r,
+                       int group, int first, int count) {
+  __shared__ float2 pairs[kWarps][kG];
+  __shared__ float2 fin[kG];  // per head: the row's maximum and 1 / normalizer
+  __shared__ float cache[kMassCache];
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const float2* row = reinterpret_cast<const float2*>(ws) + int64_t{first} * group;
+  auto merge = [](float& m, float& s, float m2, float s2) {
+    const float top = fmaxf(m, m2);
+    if (top == -INFINITY) return;
+    s = s * __expf(m - top) + s2 * __expf(m2 - top);
+    m = top;
+  };
+  // Each head's (max, exp-sum) pairs merged (online softmax) in passes of up to four heads, four
+  // entries' loads in flight per thread; each warp's merge, then across warps through shared
+  // memory. (Eight heads in one pass took the kernel to 145 registers at a group of 8.)
+  constexpr int kH = kG < 4 ? kG : 4;
+#pragma unroll
+  for (int g0 = 0; g0 < kG; g0 += kH) {
+    float mx[kH], z[kH];
+#pragma unroll
+    for (int j = 0; j < kH; ++j) mx[j] = -INFINITY, z[j] = 0.f;
+#pragma unroll 4
+    for (int e = tid; e < count; e += kThreads) {
+#pragma unroll
+      for (int j = 0; j < kH; ++j) {
+        if (g0 + j < group) {
+          const float2 w = __ldcg(row + int64_t{e} * group + g0 + j);
+          merge(mx[j], z[j], w.x, w.y);
+        }
+      }
     }
-    mx = BlockReduce<true>(mx, scratch);
-    float z = 0.f;
-    for (int e = threadIdx.x; e < count; e += kThreads) {
-      const float* w = ws + (int64_t{first + e} * group + g) * 2;
-      z += w[1] * __expf(w[0] - mx);
+#pragma unroll
+    for (int j = 0; j < kH; ++j) {
+      for (int off = 16; off > 0; off >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, mx[j], off);
+        const float s2 = __shfl_xor_sync(0xffffffffu, z[j], off);
+        merge(mx[j], z[j], m2, s2);
+      }
+      if ((tid & 31) == 0) pairs[warp][g0 + j] = make_float2(mx[j], z[j]);
     }
-    z = BlockReduce<false>(z, scratch);
-    if (threadIdx.x == 0) row_max[g] = mx, row_z[g] = z;
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < count; e += kThreads) {
+  if (tid < group) {
+    float m = pairs[0][tid].x, z = pairs[0][tid].y;
+    for (int w = 1; w < kWarps; ++w) merge(m, z, pairs[w][tid].x, pairs[w][tid].y);
+    fin[tid] = make_float2(m, 1.f / z);
+  }
+  __syncthreads();
+  // Each entry's mass: its heads' probabilities, summed or maxed.
+#pragma unroll 4
+  for (int e = tid; e < count; e += kThreads) {
     float mass = 0.f;
-    for (int g = 0; g < group; ++g) {
-      const float* w = ws + (int64_t{first + e} * group + g) * 2;
-      const float prob = w[1] * __expf(w[0] - row_max[g]) / row_z[g];
-      mass = p.reduce == GroupReduce::kMax ? fmaxf(mass, prob) : mass + prob;
+#pragma unroll
+    for (int g = 0; g < kG; ++g) {
+      if (g < group) {
+        const float2 w = __ldcg(row + int64_t{e} * group + g);
+        const float prob = w.y * __expf(w.x - fin[g].x) * fin[g].y;
+        mass = p.reduce == GroupReduce::kMax ? fmaxf(mass, prob) : mass + prob;
+      }
     }
     p.mass[first + e] = mass;
+    if (e < kMassCache) cache[e] = mass;
   }
+  if (sel.rows == 0) return;
+  __syncthreads();  // the masses (shared and global) are visible to the whole block
+  const int keep = sel.keep[r], split = sel.split[r];
+  const int cand = count - keep;
+  const int k = min(sel.need[r], cand);
+  const int o = sel.out_indptr[r];
+  auto put = [&](int at, int entry) {
+    sel.out[o + at] = sel.values[first + entry];
+    if (sel.out_entry != nullptr) sel.out_entry[o + at] = entry;
+  };
+  for (int i = tid; i < keep; i += kThreads) put(i < split ? i : k + i, i);
+  const float* mass = p.mass + first;
+  internal::BlockTopK<kThreads>(
+      [&](int i) { return keep + i < kMassCache ? cache[keep + i] : mass[keep + i]; }, cand, k,
+      [&](int rank, int i) { put(split + rank, keep + i); });
 }
 
-// Blocks per row in pass 1: about two entries per warp for the mean row, at most kMaxSplit.
+// ws holds (max, exp-sum) per (entry, query head of the group): ws[(e * group + g) * 2 + 0/1].
+// Pass 1: blocks (row, split); warp w of block y takes entries y * kWarps + w, then every
+// gridDim.y * kWarps-th one. A warp loads kChunk tokens of its page at once (each lane its
+// kPer dimensions of each: the loads in flight are what the HBM needs), then folds them kTok at
+// a time (Fold). kG >= the group bounds the per-head arrays.
+template <int kDim, bool kBf16, int kG>
+__global__ void __launch_bounds__(kThreads, 1)
+    PageMassPartialKernel(const __grid_constant__ PageMassParams p, float scale, float* ws) {
+  const int H = p.kv.num_kv_heads;
+  const int r = blockIdx.x, b = r / H, h = r % H;
+  const int group = p.num_qo_heads / H;
+  const int first = p.indptr[r], count = p.indptr[r + 1] - first;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int e0 = blockIdx.y * kWarps + warp;
+  if (e0 >= count) return;
+  Fold<kDim, kBf16, kG>(p, scale, ws, b, h, group, first, count, lane, e0);
+}
+
+// Pass 2: a block per row finishes it (and chooses, with sel.rows > 0).
+template <int kG>
+__global__ void __launch_bounds__(kThreads)
+    PageMassFinishKernel(const __grid_constant__ PageMassParams p, const float* ws,
+                         const __grid_constant__ MassSelectParams sel) {
+  const int r = blockIdx.x;
+  const int first = p.indptr[r], count = p.indptr[r + 1] - first;
+  if (count == 0) return;
+  Finish<kG>(p, ws, sel, r, p.num_qo_heads / p.kv.num_kv_heads, first, count);
+}
+
+// Blocks per row: about two entries per warp for the mean row, at most kMaxSplit.
 int Split(int64_t num_entries, int rows) {
   constexpr int64_t kMaxSplit = 128;
   const int64_t per_row = (num_entries + rows - 1) / std::max(rows, 1);
@@ -207,22 +265,22 @@ int Split(int64_t num_entries, int rows) {
 
 template <int kDim, bool kBf16, int kG>
 void Launch(const PageMassParams& p, int64_t num_entries, float scale, float* ws,
-            cudaStream_t stream) {
+            const MassSelectParams& sel, cudaStream_t stream) {
   const int rows = p.batch * p.kv.num_kv_heads;
   const dim3 grid(rows, Split(num_entries, rows));
   PageMassPartialKernel<kDim, kBf16, kG><<<grid, kThreads, 0, stream>>>(p, scale, ws);
-  PageMassFinishKernel<<<rows, kThreads, 0, stream>>>(p, ws);
+  PageMassFinishKernel<kG><<<rows, kThreads, 0, stream>>>(p, ws, sel);
 }
 
 // The smallest compiled group bound (1, 2, 4 or 8) that holds `group`.
 template <int kDim, bool kBf16>
 void LaunchGroup(const PageMassParams& p, int64_t num_entries, float scale, float* ws,
-                 cudaStream_t stream) {
+                 const MassSelectParams& sel, cudaStream_t stream) {
   const int group = p.num_qo_heads / p.kv.num_kv_heads;
-  if (group == 1) return Launch<kDim, kBf16, 1>(p, num_entries, scale, ws, stream);
-  if (group == 2) return Launch<kDim, kBf16, 2>(p, num_entries, scale, ws, stream);
-  if (group <= 4) return Launch<kDim, kBf16, 4>(p, num_entries, scale, ws, stream);
-  Launch<kDim, kBf16, kMaxGroup>(p, num_entries, scale, ws, stream);
+  if (group == 1) return Launch<kDim, kBf16, 1>(p, num_entries, scale, ws, sel, stream);
+  if (group == 2) return Launch<kDim, kBf16, 2>(p, num_entries, scale, ws, sel, stream);
+  if (group <= 4) return Launch<kDim, kBf16, 4>(p, num_entries, scale, ws, sel, stream);
+  Launch<kDim, kBf16, kMaxGroup>(p, num_entries, scale, ws, sel, stream);
 }
 
 }  // namespace
@@ -232,7 +290,7 @@ size_t PageMassWorkspaceBytes(int64_t num_entries, int32_t group) {
 }
 
 absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* workspace,
-                      cudaStream_t stream) {
+                      const PageMassOptions& options, cudaStream_t stream) {
   if (auto s = kernels::internal::ValidatePageMassShape(p); !s.ok()) return s;
   const int32_t group = p.num_qo_heads / p.kv.num_kv_heads;
   if ((p.kv.head_dim != 64 && p.kv.head_dim != 128) || group > kMaxGroup) {
@@ -241,6 +299,19 @@ absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* worksp
   }
   if (workspace == nullptr) return absl::InvalidArgumentError("gpu page mass: null workspace");
   if (num_entries < 0) return absl::InvalidArgumentError("gpu page mass: negative num_entries");
+  const int32_t rows = p.batch * p.kv.num_kv_heads;
+  MassSelectParams sel;  // rows == 0: no choice
+  if (options.select != nullptr) {
+    sel = *options.select;
+    if (sel.rows != rows || sel.indptr != p.indptr || sel.mass != p.mass) {
+      return absl::InvalidArgumentError(
+          "gpu page mass: the choice must cover the call's rows, with its indptr and masses");
+    }
+    if (sel.keep == nullptr || sel.split == nullptr || sel.need == nullptr ||
+        sel.values == nullptr || sel.out_indptr == nullptr || sel.out == nullptr) {
+      return absl::InvalidArgumentError("gpu page mass: the choice misses an array");
+    }
+  }
   // Each lane loads its head_dim / 32 halves of a token in one access.
   const int64_t align = p.kv.head_dim / 32;  // elements
   if (reinterpret_cast<uintptr_t>(p.kv.k) % (align * 2) != 0 || p.kv.stride_page % align != 0 ||
@@ -248,16 +319,17 @@ absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* worksp
     return absl::InvalidArgumentError(
         "gpu page mass: keys must be aligned to head_dim / 16 bytes (strides too)");
   }
+  if (rows == 0) return absl::OkStatus();
   const float scale =
       p.sm_scale > 0.f ? p.sm_scale : 1.f / std::sqrt(static_cast<float>(p.kv.head_dim));
   float* ws = static_cast<float*>(workspace);
   const bool bf16 = p.kv.dtype == DType::kBFloat16;
   if (p.kv.head_dim == 64) {
-    bf16 ? LaunchGroup<64, true>(p, num_entries, scale, ws, stream)
-         : LaunchGroup<64, false>(p, num_entries, scale, ws, stream);
+    bf16 ? LaunchGroup<64, true>(p, num_entries, scale, ws, sel, stream)
+         : LaunchGroup<64, false>(p, num_entries, scale, ws, sel, stream);
   } else {
-    bf16 ? LaunchGroup<128, true>(p, num_entries, scale, ws, stream)
-         : LaunchGroup<128, false>(p, num_entries, scale, ws, stream);
+    bf16 ? LaunchGroup<128, true>(p, num_entries, scale, ws, sel, stream)
+         : LaunchGroup<128, false>(p, num_entries, scale, ws, sel, stream);
   }
   return internal::LaunchStatus("page mass launch");
 }

@@ -1,5 +1,7 @@
 // The CUDA exact page masses against the CPU reference on random problems.
+#include <algorithm>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 #include "gpu_test_util.h"
@@ -15,7 +17,31 @@ using testing::MakePageMassProblem;
 using testing::PageMassCase;
 using testing::PageMassProblem;
 
-void CheckPageMass(const PageMassCase& c, uint32_t seed) {
+// A choice over the problem's rows: random kept counts, split and need (need may exceed the
+// candidates), random values.
+struct Choice {
+  std::vector<int32_t> keep, split, need, values, out_indptr = {0};
+};
+Choice RandomChoice(const PageMassProblem& pr, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Choice c;
+  for (size_t r = 0; r + 1 < pr.indptr.size(); ++r) {
+    const int32_t n = pr.indptr[r + 1] - pr.indptr[r];
+    const int32_t keep = std::uniform_int_distribution<int32_t>(0, std::min(n, 80))(rng);
+    c.keep.push_back(keep);
+    c.split.push_back(std::uniform_int_distribution<int32_t>(0, keep)(rng));
+    c.need.push_back(std::uniform_int_distribution<int32_t>(0, n - keep + 3)(rng));
+    c.out_indptr.push_back(c.out_indptr.back() + keep + std::min(c.need.back(), n - keep));
+  }
+  for (size_t e = 0; e < pr.indices.size(); ++e) c.values.push_back(rng() % 100000);
+  if (c.values.empty()) c.values.push_back(0);
+  return c;
+}
+
+// The masses against the reference (up to rounding) and, with `choose`, the choice against
+// MassSelectReference over the masses the device computed (exactly), `calls` times over one
+// workspace.
+void CheckPageMass(const PageMassCase& c, uint32_t seed, bool choose, int calls = 1) {
   PageMassProblem pr = MakePageMassProblem(c, seed);
   ASSERT_TRUE(PageMassReference(pr.params()).ok());
   const std::vector<float> want = pr.mass;
@@ -23,7 +49,9 @@ void CheckPageMass(const PageMassCase& c, uint32_t seed) {
   Dev<int32_t> indptr(pr.indptr), indices(pr.indices), page_len(pr.page_len);
   Dev<float> mass(pr.mass.size());
   const int64_t entries = pr.indptr.back();
+  const int32_t rows = c.batch * c.kv_heads;
   Dev<uint8_t> ws(gpu::PageMassWorkspaceBytes(entries, c.group));
+  CUDA_OK(cudaMemset(ws.get(), 0, gpu::PageMassWorkspaceBytes(entries, c.group)));
   PageMassParams p = pr.params();
   p.kv = PackedPagedKV(c.dtype, c.pool_pages, c.page_size, c.kv_heads, c.head_dim, pool.get());
   p.q = q.get();
@@ -31,11 +59,54 @@ void CheckPageMass(const PageMassCase& c, uint32_t seed) {
   p.indices = indices.get();
   p.page_len = page_len.get();
   p.mass = mass.get();
-  ASSERT_TRUE(gpu::PageMass(p, entries, ws.get(), nullptr).ok());
-  CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<float> got = mass.Host();
-  for (int64_t e = 0; e < entries; ++e) {
-    EXPECT_NEAR(got[e], want[e], 2e-5 * c.group + 1e-3 * want[e]) << "entry " << e;
+  Choice ch = RandomChoice(pr, seed + 1000);
+  Dev<int32_t> keep(ch.keep), split(ch.split), need(ch.need), values(ch.values);
+  Dev<int32_t> out_indptr(ch.out_indptr);
+  const size_t outs = std::max<size_t>(1, ch.out_indptr.back());
+  Dev<int32_t> out(outs), out_entry(outs);
+  MassSelectParams sel;
+  sel.rows = rows;
+  sel.indptr = indptr.get();
+  sel.keep = keep.get();
+  sel.split = split.get();
+  sel.need = need.get();
+  sel.mass = mass.get();
+  sel.values = values.get();
+  sel.out_indptr = out_indptr.get();
+  sel.out = out.get();
+  sel.out_entry = out_entry.get();
+  gpu::PageMassOptions options;
+  options.select = choose ? &sel : nullptr;
+  for (int call = 0; call < calls; ++call) {
+    CUDA_OK(cudaMemset(mass.get(), 0xff, pr.mass.size() * sizeof(float)));
+    CUDA_OK(cudaMemset(out.get(), 0xff, outs * 4));
+    ASSERT_TRUE(gpu::PageMass(p, entries, ws.get(), options, nullptr).ok());
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> got = mass.Host();
+    for (int64_t e = 0; e < entries; ++e) {
+      ASSERT_NEAR(got[e], want[e], 2e-5 * c.group + 1e-3 * want[e])
+          << "call " << call << " entry " << e;
+    }
+    if (!choose) continue;
+    // The choice the reference makes from the device's masses.
+    std::vector<float> got_mass = got;
+    std::vector<int32_t> want_out(ch.out_indptr.back()), want_entry(ch.out_indptr.back());
+    MassSelectParams ref = sel;
+    ref.indptr = pr.indptr.data();
+    ref.keep = ch.keep.data();
+    ref.split = ch.split.data();
+    ref.need = ch.need.data();
+    ref.mass = got_mass.data();
+    ref.values = ch.values.data();
+    ref.out_indptr = ch.out_indptr.data();
+    ref.out = want_out.data();
+    ref.out_entry = want_entry.data();
+    ASSERT_TRUE(MassSelectReference(ref).ok());
+    std::vector<int32_t> got_out = out.Host(), got_entry = out_entry.Host();
+    got_out.resize(want_out.size());
+    got_entry.resize(want_entry.size());
+    EXPECT_EQ(got_out, want_out) << "call " << call;
+    EXPECT_EQ(got_entry, want_entry) << "call " << call;
   }
 }
 
@@ -53,7 +124,8 @@ TEST(PageMassGpu, MatchesReference) {
           c.reduce = reduce;
           c.q_scale = seed % 2 ? 0.5f : 2.f;
           SCOPED_TRACE(::testing::Message() << "d " << d << " group " << group << " seed " << seed);
-          CheckPageMass(c, seed++);
+          CheckPageMass(c, seed, /*choose=*/seed % 2 == 0);
+          ++seed;
         }
       }
     }
@@ -66,14 +138,35 @@ TEST(PageMassGpu, MatchesReference) {
   big.head_dim = 128;
   big.pool_pages = 900;
   big.max_entries = 700;
-  CheckPageMass(big, 77);
+  CheckPageMass(big, 77, /*choose=*/true);
   // One sequence at 128K with louiskv's default rescoring (every resident page, ~1100 per row):
   // each row spread over many blocks.
   PageMassCase wide = big;
   wide.batch = 1;
   wide.pool_pages = 4096;
   wide.max_entries = 1100;
-  CheckPageMass(wide, 78);
+  CheckPageMass(wide, 78, /*choose=*/true);
+  // A row longer than the masses kept in shared memory for the choice (2048).
+  PageMassCase longer = wide;
+  longer.kv_heads = 2;
+  longer.max_entries = 3000;
+  CheckPageMass(longer, 79, /*choose=*/true);
+}
+
+// Many ties (a pool of 6 pages, up to 60 entries a row: repeated pages have equal masses, the
+// earlier candidate wins at the threshold), three calls over one workspace.
+TEST(PageMassGpu, ChoosesWhatTheReferenceChoosesFromTheSameMasses) {
+  if (!HaveGpu()) GTEST_SKIP() << "no GPU";
+  for (uint32_t seed = 1; seed <= 6; ++seed) {
+    PageMassCase c;
+    c.batch = 5;
+    c.kv_heads = 4;
+    c.pool_pages = 6;
+    c.max_entries = 60;
+    c.group = seed % 2 ? 4 : 2;
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    CheckPageMass(c, seed, /*choose=*/true, /*calls=*/3);
+  }
 }
 
 TEST(PageMassGpu, RejectsUnsupportedShapes) {
@@ -81,11 +174,36 @@ TEST(PageMassGpu, RejectsUnsupportedShapes) {
   c.head_dim = 96;
   PageMassProblem pr = MakePageMassProblem(c, 1);
   uint8_t ws[16];
-  EXPECT_EQ(gpu::PageMass(pr.params(), 1, ws, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu::PageMass(pr.params(), 1, ws, {}, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
   PageMassCase wide;
   wide.group = 16;
   PageMassProblem pw = MakePageMassProblem(wide, 1);
-  EXPECT_EQ(gpu::PageMass(pw.params(), 1, ws, nullptr).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu::PageMass(pw.params(), 1, ws, {}, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  // A choice that is not over the call's rows, indptr and masses.
+  PageMassCase ok;
+  PageMassProblem po = MakePageMassProblem(ok, 1);
+  MassSelectParams sel;
+  sel.rows = ok.batch * ok.kv_heads;
+  sel.indptr = po.indptr.data();
+  sel.mass = po.mass.data();
+  sel.keep = sel.split = sel.need = sel.values = sel.out_indptr = po.indptr.data();
+  int32_t out[4];
+  sel.out = out;
+  gpu::PageMassOptions options;
+  options.select = &sel;
+  for (int bad = 0; bad < 4; ++bad) {
+    MassSelectParams b = sel;
+    if (bad == 0) b.rows += 1;
+    if (bad == 1) b.indptr = po.indices.data();
+    if (bad == 2) b.mass = nullptr;
+    if (bad == 3) b.out = nullptr;
+    options.select = &b;
+    EXPECT_EQ(gpu::PageMass(po.params(), 1, ws, options, nullptr).code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
 }
 
 }  // namespace

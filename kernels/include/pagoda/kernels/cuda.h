@@ -153,6 +153,12 @@ absl::Status KMeansUpdate(const KMeansParams& p, void* workspace, cudaStream_t s
 absl::Status GatherPages(const PageCopyParams& p, cudaStream_t stream);
 absl::Status ScatterPages(const PageCopyParams& p, cudaStream_t stream);
 
+// New tokens' K / V rows into their pool rows (see TokenRowsParams): one kernel, the row ids in
+// its parameters (nothing uploaded first). Shapes are checked here; ids must satisfy the
+// reference's checks (in range, distinct), which this does not repeat. 16-byte copies when the
+// pool, k, v and row_bytes are 16-byte aligned, byte copies otherwise.
+absl::Status WriteTokenRows(const TokenRowsParams& p, cudaStream_t stream);
+
 // Verified head-page gather (see HeadGatherParams): src is device-accessible (a pinned host
 // arena mapped with cudaHostRegisterMapped, or device memory); the offsets (K/V of each copy, 16-
 // byte aligned like src and pool) must satisfy the reference's checks, which this does not repeat.
@@ -163,20 +169,20 @@ absl::Status GatherHeadPages(const HeadGatherParams& p, cudaStream_t stream);
 // and every dst_offset; the offsets must satisfy ValidatePageAssembly (not repeated here).
 absl::Status AssemblePages(const PageAssemblyParams& p, cudaStream_t stream);
 
-// Exact page masses (see PageMassParams): num_entries is the call's indptr[batch *
+// Exact page masses (see PageMassParams) and, when options.select is set, the step's choice from
+// them (see MassSelectParams; its rows, indptr and mass must be this call's: rows = batch *
+// num_kv_heads, the same indptr and mass pointers). num_entries is the call's indptr[batch *
 // num_kv_heads] (known to the host; it spreads each row over enough blocks), the workspace holds
 // PageMassWorkspaceBytes(num_entries, group) bytes with group = num_qo_heads / num_kv_heads (at
-// most 8). Page ids and lengths must satisfy the reference's checks (not repeated here). Dots and
-// exponentials in float on the device: equal to the reference up to rounding. Two kernels on
-// `stream`.
+// most 8). Page ids, lengths and the choice's arrays must satisfy the references' checks (not
+// repeated here). Dots and exponentials in float on the device: masses equal to the reference up
+// to rounding; the choice is MassSelectReference's over these masses. Two kernels on `stream`.
+struct PageMassOptions {
+  const MassSelectParams* select = nullptr;
+};
 size_t PageMassWorkspaceBytes(int64_t num_entries, int32_t group);
 absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* workspace,
-                      cudaStream_t stream);
-
-// The choice of a step from exact masses (see MassSelectParams): every array in device memory,
-// satisfying the reference's host checks (not repeated here: the caller validates its host
-// copies). One kernel on `stream`, a block per row.
-absl::Status MassSelect(const MassSelectParams& p, cudaStream_t stream);
+                      const PageMassOptions& options, cudaStream_t stream);
 
 // Per-row concatenation of entry lists (the decode worker's candidates stored on the device
 // appended to the ones a step lists): row r of the output, [out_indptr[r], out_indptr[r + 1]),

@@ -300,6 +300,23 @@ struct PageCopyParams {
   uint8_t* staging = nullptr;  // [num_pages * page_bytes]
 };
 
+// The decode worker's append of new tokens: row i of k goes to pool row k_rows[i] and row i of v
+// to pool row v_rows[i], for i < num_rows (the pool as pool_rows rows of row_bytes each; k and v
+// hold num_rows rows of row_bytes each, contiguous). Destinations are in range and all distinct
+// (k's and v's together). The row ids travel inside the parameters (no upload before the copy),
+// so a call takes at most kMaxTokenRows rows; a caller with more splits them over calls.
+inline constexpr int32_t kMaxTokenRows = 128;
+struct TokenRowsParams {
+  uint8_t* pool = nullptr;
+  int64_t pool_rows = 0;
+  int64_t row_bytes = 0;
+  const uint8_t* k = nullptr;
+  const uint8_t* v = nullptr;
+  int32_t num_rows = 0;  // 0 .. kMaxTokenRows
+  int32_t k_rows[kMaxTokenRows] = {};
+  int32_t v_rows[kMaxTokenRows] = {};
+};
+
 // Gather of head-pages into a head-granular pool, verified while copying (the decode worker's
 // fetch). The pool holds num_kv_heads sub-pools of pool_slots slots each; slot s of head h sits at
 //   pool + (h * pool_slots + s) * 2 * half_bytes

@@ -68,6 +68,10 @@ absl::Status KMeansReference(const KMeansParams& p, int iterations);
 absl::Status GatherPagesReference(const PageCopyParams& p);
 absl::Status ScatterPagesReference(const PageCopyParams& p);
 
+// New tokens' K / V rows into their pool rows (TokenRowsParams). InvalidArgument for a bad shape
+// or a row written twice, OutOfRange for a row id out of range; nothing is written then.
+absl::Status WriteTokenRowsReference(const TokenRowsParams& p);
+
 // Verified gather of head-pages from a host source into a head-granular pool (HeadGatherParams).
 // InvalidArgument / OutOfRange for bad shapes, offsets outside [0, src_bytes), slots or heads out
 // of range or repeated destinations; nothing is written then.
