@@ -31,17 +31,9 @@ __device__ void BlockTopK(const Score& score, int n, int k, const Emit& emit) {
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int i = tid; i < 256; i += kThreads) hist[i] = 0;
       __syncthreads();
-      // Lanes that share a bin add once (their leader): scores of one magnitude share their top
-      // byte, and 32 lanes' atomics on one shared address would serialize. The loop runs to the
-      // warp's last index so every lane of a warp takes part in each match.
-      const int lane = tid & 31;
-      for (int i0 = tid - lane; i0 < n; i0 += kThreads) {
-        const int i = i0 + lane;
-        const uint32_t key = i < n ? OrderedKey(score(i)) : 0u;
-        const bool counted = i < n && (key & prefix_mask) == prefix;
-        const uint32_t bin = counted ? (key >> shift) & 255u : 256u;  // 256: not counted
-        const uint32_t same = __match_any_sync(0xffffffffu, bin);
-        if (counted && lane == __ffs(same) - 1) atomicAdd(&hist[bin], __popc(same));
+      for (int i = tid; i < n; i += kThreads) {
+        const uint32_t key = OrderedKey(score(i));
+        if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
       }
       __syncthreads();
       if (tid < 32) {  // find the bin holding the remaining-th largest key, from the top

@@ -3,11 +3,13 @@
 // several blocks, a warp per entry: a lane holds head_dim / 32 dimensions of every query head of
 // the group, so a token's dot per query head is a warp reduction (four tokens' reductions
 // interleaved), folded into the entry's running max and exp-sum (online softmax) in the
-// workspace. Pass 2, a block per row, merges the row's per-head maximum and normalizer, writes
+// workspace. Pass 2, a block per row, reduces the row's per-head maximum and normalizer, writes
 // each entry's mass and, with a choice asked for, picks the row's best candidates (BlockTopK) and
-// places the kept entries around them (the choice was a third kernel before, ~7 us at B=1 on an
-// H100 with its launch gap; run 22 folded the whole pass 2 into pass 1's last block per row and
-// measured it slower: one block's latency-bound tail after the grid instead of a kernel).
+// places the kept entries around them. The choice was a third kernel before (7.5 us traced at B=1
+// on an H100, with its own launch gap). Measured and not kept (bench/RESULTS.md, runs 22-24):
+// pass 2 folded into pass 1's last block per row (one block's latency-bound tail after the grid:
+// slower), a one-pass online merge of the per-head pairs (17.8 us against this pass's 14.3) and a
+// warp-aggregated BlockTopK histogram (15.6).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -140,71 +142,50 @@ __device__ __forceinline__ void Fold(const PageMassParams& p, float scale, float
   }
 }
 
-// The last block of row r: the row's per-head maximum and normalizer over its entries, each
-// entry's mass (global, and the first kMassCache in shared memory), then with sel.rows > 0 the
-// row's choice (MassSelectParams' placement: kept [0, split), the best candidates, kept [split,
-// keep)).
+// Row r's pass 2: the row's per-head maximum, then normalizer, over its entries (a block
+// reduction each), each entry's mass (global, and the first kMassCache in shared memory), then
+// with sel.rows > 0 the row's choice (MassSelectParams' placement: kept [0, split), the best
+// candidates, kept [split, keep)).
 template <int kG>
 __device__ void Finish(const PageMassParams& p, const float* ws, const MassSelectParams& sel, int r,
                        int group, int first, int count) {
-  __shared__ float2 pairs[kWarps][kG];
-  __shared__ float2 fin[kG];  // per head: the row's maximum and 1 / normalizer
+  __shared__ float scratch[kWarps];
+  __shared__ float row_max[kMaxGroup], row_z[kMaxGroup];
   __shared__ float cache[kMassCache];
-  const int tid = threadIdx.x, warp = tid >> 5;
-  const float2* row = reinterpret_cast<const float2*>(ws) + int64_t{first} * group;
-  auto merge = [](float& m, float& s, float m2, float s2) {
-    const float top = fmaxf(m, m2);
-    if (top == -INFINITY) return;
-    s = s * __expf(m - top) + s2 * __expf(m2 - top);
-    m = top;
+  const int tid = threadIdx.x;
+  auto reduce = [&](float v, bool is_max) {
+    for (int off = 16; off > 0; off >>= 1) {
+      const float o = __shfl_xor_sync(0xffffffffu, v, off);
+      v = is_max ? fmaxf(v, o) : v + o;
+    }
+    if ((tid & 31) == 0) scratch[tid >> 5] = v;
+    __syncthreads();
+    float r = scratch[0];
+    for (int w = 1; w < kWarps; ++w) r = is_max ? fmaxf(r, scratch[w]) : r + scratch[w];
+    __syncthreads();
+    return r;
   };
-  // Each head's (max, exp-sum) pairs merged (online softmax) in passes of up to four heads, four
-  // entries' loads in flight per thread; each warp's merge, then across warps through shared
-  // memory. (Eight heads in one pass took the kernel to 145 registers at a group of 8.)
-  constexpr int kH = kG < 4 ? kG : 4;
-#pragma unroll
-  for (int g0 = 0; g0 < kG; g0 += kH) {
-    float mx[kH], z[kH];
-#pragma unroll
-    for (int j = 0; j < kH; ++j) mx[j] = -INFINITY, z[j] = 0.f;
-#pragma unroll 4
+  for (int g = 0; g < group; ++g) {
+    float mx = -INFINITY;
     for (int e = tid; e < count; e += kThreads) {
-#pragma unroll
-      for (int j = 0; j < kH; ++j) {
-        if (g0 + j < group) {
-          const float2 w = __ldcg(row + int64_t{e} * group + g0 + j);
-          merge(mx[j], z[j], w.x, w.y);
-        }
-      }
+      mx = fmaxf(mx, ws[(int64_t{first + e} * group + g) * 2]);
     }
-#pragma unroll
-    for (int j = 0; j < kH; ++j) {
-      for (int off = 16; off > 0; off >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, mx[j], off);
-        const float s2 = __shfl_xor_sync(0xffffffffu, z[j], off);
-        merge(mx[j], z[j], m2, s2);
-      }
-      if ((tid & 31) == 0) pairs[warp][g0 + j] = make_float2(mx[j], z[j]);
+    mx = reduce(mx, true);
+    float z = 0.f;
+    for (int e = tid; e < count; e += kThreads) {
+      const float* w = ws + (int64_t{first + e} * group + g) * 2;
+      z += w[1] * __expf(w[0] - mx);
     }
+    z = reduce(z, false);
+    if (tid == 0) row_max[g] = mx, row_z[g] = z;
   }
   __syncthreads();
-  if (tid < group) {
-    float m = pairs[0][tid].x, z = pairs[0][tid].y;
-    for (int w = 1; w < kWarps; ++w) merge(m, z, pairs[w][tid].x, pairs[w][tid].y);
-    fin[tid] = make_float2(m, 1.f / z);
-  }
-  __syncthreads();
-  // Each entry's mass: its heads' probabilities, summed or maxed.
-#pragma unroll 4
   for (int e = tid; e < count; e += kThreads) {
     float mass = 0.f;
-#pragma unroll
-    for (int g = 0; g < kG; ++g) {
-      if (g < group) {
-        const float2 w = __ldcg(row + int64_t{e} * group + g);
-        const float prob = w.y * __expf(w.x - fin[g].x) * fin[g].y;
-        mass = p.reduce == GroupReduce::kMax ? fmaxf(mass, prob) : mass + prob;
-      }
+    for (int g = 0; g < group; ++g) {
+      const float* w = ws + (int64_t{first + e} * group + g) * 2;
+      const float prob = w[1] * __expf(w[0] - row_max[g]) / row_z[g];
+      mass = p.reduce == GroupReduce::kMax ? fmaxf(mass, prob) : mass + prob;
     }
     p.mass[first + e] = mass;
     if (e < kMassCache) cache[e] = mass;
