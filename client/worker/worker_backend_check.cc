@@ -97,6 +97,39 @@ absl::Status CheckWriteTokens(const PoolGeometry& g, Device device, const Tensor
   return absl::OkStatus();
 }
 
+bool Contiguous(const TensorView& t) {
+  return t.strides[2] == 1 && t.strides[1] == t.shape[2] && t.strides[0] == t.shape[1] * t.shape[2];
+}
+
+bool TokenRowsFit(const PoolGeometry& g) {
+  return int64_t{g.kv_heads} * g.slots * 2 * g.page_tokens < (int64_t{1} << 31);
+}
+
+absl::Status ForEachTokenRowsCall(
+    const PoolGeometry& g, uint8_t* pool, const TensorView& k, const TensorView& v,
+    absl::Span<const int32_t> slots, absl::Span<const int32_t> positions,
+    const std::function<absl::Status(const kernels::TokenRowsParams&)>& fn) {
+  const int64_t n_rows = static_cast<int64_t>(positions.size()) * g.kv_heads;
+  const int64_t P = g.page_tokens;
+  kernels::TokenRowsParams c;
+  c.pool = pool;
+  c.pool_rows = int64_t{g.kv_heads} * g.slots * 2 * P;
+  c.row_bytes = int64_t{g.head_dim} * 2;
+  for (int64_t r0 = 0; r0 < n_rows; r0 += kernels::kMaxTokenRows) {
+    c.num_rows = static_cast<int32_t>(std::min<int64_t>(kernels::kMaxTokenRows, n_rows - r0));
+    c.k = static_cast<const uint8_t*>(k.data) + r0 * c.row_bytes;
+    c.v = static_cast<const uint8_t*>(v.data) + r0 * c.row_bytes;
+    for (int32_t i = 0; i < c.num_rows; ++i) {
+      const int64_t r = r0 + i, n = r / g.kv_heads, h = r % g.kv_heads;
+      const int64_t base = (h * g.slots + slots[r]) * 2 * P + positions[n];
+      c.k_rows[i] = static_cast<int32_t>(base);
+      c.v_rows[i] = static_cast<int32_t>(base + P);
+    }
+    if (absl::Status s = fn(c); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<kernels::PageAssemblyParams> AssemblyParams(const PoolGeometry& g, Device device,
                                                            const TensorView& k, const TensorView& v,
                                                            uint8_t* dst, int64_t dst_bytes,

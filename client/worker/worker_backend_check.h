@@ -38,6 +38,18 @@ absl::Status CheckInit(const PageLayout& layout, int q_heads, int32_t slots);
 absl::Status CheckWriteTokens(const PoolGeometry& g, Device device, const TensorView& k,
                               const TensorView& v, absl::Span<const int32_t> slots,
                               absl::Span<const int32_t> positions);
+// A [a, b, c] view whose rows follow each other with no gap.
+bool Contiguous(const TensorView& t);
+// WriteTokens' checked arguments as kernels::TokenRowsParams over `pool`, kMaxTokenRows rows a
+// call (fn is called for each; its error stops the loop): the pool as rows of head_dim elements,
+// K of (KV head h, slot s, position t) at row ((h * slots + s) * 2) * page_tokens + t, V at that
+// + page_tokens. For contiguous k and v only, and a pool whose rows fit int32 row ids
+// (TokenRowsFit); callers copy row by row otherwise.
+bool TokenRowsFit(const PoolGeometry& g);
+absl::Status ForEachTokenRowsCall(
+    const PoolGeometry& g, uint8_t* pool, const TensorView& k, const TensorView& v,
+    absl::Span<const int32_t> slots, absl::Span<const int32_t> positions,
+    const std::function<absl::Status(const kernels::TokenRowsParams&)>& fn);
 // AssemblePages' arguments as kernels::PageAssemblyParams over `dst` (host offsets and sums).
 absl::StatusOr<kernels::PageAssemblyParams> AssemblyParams(const PoolGeometry& g, Device device,
                                                            const TensorView& k, const TensorView& v,

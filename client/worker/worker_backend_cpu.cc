@@ -71,7 +71,13 @@ class CpuWorkerBackend final : public WorkerBackend {
         !s.ok()) {
       return s;
     }
-    const size_t row = static_cast<size_t>(geo_.head_dim) * 2;
+    if (worker_internal::Contiguous(k) && worker_internal::Contiguous(v) &&
+        worker_internal::TokenRowsFit(geo_)) {  // the CUDA backend's kernel, by its reference
+      return worker_internal::ForEachTokenRowsCall(
+          geo_, pool_.data(), k, v, slots, positions,
+          [](const kernels::TokenRowsParams& c) { return kernels::WriteTokenRowsReference(c); });
+    }
+    const size_t row = static_cast<size_t>(geo_.head_dim) * 2;  // strided views: row by row
     for (size_t n = 0; n < positions.size(); ++n) {
       for (int h = 0; h < geo_.kv_heads; ++h) {
         uint8_t* slot = SlotPtr({h, slots[n * geo_.kv_heads + h]});

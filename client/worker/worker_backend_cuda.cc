@@ -101,10 +101,6 @@ kernels::PageTable PackTable(const kernels::PageTable& t, int32_t* host, const i
   return {rows, dev, dev + rows + 1, dev + rows + 1 + entries};
 }
 
-bool Contiguous(const TensorView& t) {
-  return t.strides[2] == 1 && t.strides[1] == t.shape[2] && t.strides[0] == t.shape[1] * t.shape[2];
-}
-
 class CudaWorkerBackend final : public WorkerBackend {
  public:
   explicit CudaWorkerBackend(const CudaWorkerBackendOptions& o) : o_(o) {
@@ -221,31 +217,13 @@ class CudaWorkerBackend final : public WorkerBackend {
       return s;
     }
     const size_t row = static_cast<size_t>(geo_.head_dim) * 2;
-    const bool ids_fit =
-        int64_t{geo_.kv_heads} * geo_.slots * 2 * geo_.page_tokens < (int64_t{1} << 31);
-    if (Contiguous(k) && Contiguous(v) && ids_fit) {
-      // The pool as rows of head_dim elements: K of (head h, slot s, position t) is row
-      // ((h * slots + s) * 2 + 0) * page_tokens + t, V the same with + 1. k's and v's rows go
-      // there by one kernel per kMaxTokenRows rows, the row ids in its parameters.
-      const int64_t n_rows = static_cast<int64_t>(positions.size()) * geo_.kv_heads;
-      const int64_t P = geo_.page_tokens;
-      kernels::TokenRowsParams c;
-      c.pool = pool_;
-      c.pool_rows = int64_t{geo_.kv_heads} * geo_.slots * 2 * P;
-      c.row_bytes = static_cast<int64_t>(row);
-      for (int64_t r0 = 0; r0 < n_rows; r0 += kernels::kMaxTokenRows) {
-        c.num_rows = static_cast<int32_t>(std::min<int64_t>(kernels::kMaxTokenRows, n_rows - r0));
-        c.k = static_cast<const uint8_t*>(k.data) + r0 * c.row_bytes;
-        c.v = static_cast<const uint8_t*>(v.data) + r0 * c.row_bytes;
-        for (int32_t i = 0; i < c.num_rows; ++i) {
-          const int64_t r = r0 + i, n = r / geo_.kv_heads, h = r % geo_.kv_heads;
-          const int64_t base = (h * geo_.slots + slots[r]) * 2 * P + positions[n];
-          c.k_rows[i] = static_cast<int32_t>(base);
-          c.v_rows[i] = static_cast<int32_t>(base + P);
-        }
-        if (absl::Status s = kernels::gpu::WriteTokenRows(c, stream_); !s.ok()) return s;
-      }
-      return absl::OkStatus();
+    if (worker_internal::Contiguous(k) && worker_internal::Contiguous(v) &&
+        worker_internal::TokenRowsFit(geo_)) {
+      // One kernel per kMaxTokenRows rows, the row ids in its parameters (no upload).
+      return worker_internal::ForEachTokenRowsCall(
+          geo_, pool_, k, v, slots, positions, [&](const kernels::TokenRowsParams& c) {
+            return kernels::gpu::WriteTokenRows(c, stream_);
+          });
     }
     // Strided views (or a pool too large for 32-bit row ids): one copy per (row, KV head).
     for (size_t n = 0; n < positions.size(); ++n) {
@@ -303,7 +281,7 @@ class CudaWorkerBackend final : public WorkerBackend {
     if (absl::Status s = worker_internal::CheckAttend(geo_, Device::kCuda, q, table, o); !s.ok()) {
       return s;
     }
-    if (!Contiguous(q) || !Contiguous(o)) {
+    if (!worker_internal::Contiguous(q) || !worker_internal::Contiguous(o)) {
       return absl::InvalidArgumentError("the CUDA backend needs contiguous q and o");
     }
     const int32_t rows = table.num_rows;
@@ -341,7 +319,8 @@ class CudaWorkerBackend final : public WorkerBackend {
     auto batch = worker_internal::CheckScorePages(geo_, Device::kCuda, q, indptr, slots, page_len,
                                                   mass.size());
     if (!batch.ok()) return batch.status();
-    if (!Contiguous(q)) return absl::InvalidArgumentError("the CUDA backend needs a contiguous q");
+    if (!worker_internal::Contiguous(q))
+      return absl::InvalidArgumentError("the CUDA backend needs a contiguous q");
     const size_t n = slots.size();
     if (n == 0) return absl::OkStatus();
     PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
@@ -397,7 +376,7 @@ class CudaWorkerBackend final : public WorkerBackend {
         !s.ok()) {
       return s;
     }
-    if (!Contiguous(q) || !Contiguous(o)) {
+    if (!worker_internal::Contiguous(q) || !worker_internal::Contiguous(o)) {
       return absl::InvalidArgumentError("the CUDA backend needs contiguous q and o");
     }
     PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
@@ -605,7 +584,7 @@ class CudaWorkerBackend final : public WorkerBackend {
         !s.ok()) {
       return s;
     }
-    if (!Contiguous(q) || !Contiguous(o)) {
+    if (!worker_internal::Contiguous(q) || !worker_internal::Contiguous(o)) {
       return absl::InvalidArgumentError("the CUDA backend needs contiguous q and o");
     }
     // One upload: indptr, indices, last_page_len, q_indptr (int32), then the streaming flags.
@@ -877,7 +856,8 @@ class CudaWorkerBackend final : public WorkerBackend {
         !s.ok()) {
       return s;
     }
-    if (!Contiguous(q)) return absl::InvalidArgumentError("q must be contiguous for selection");
+    if (!worker_internal::Contiguous(q))
+      return absl::InvalidArgumentError("q must be contiguous for selection");
     PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
     const int32_t batch = static_cast<int32_t>(q.shape[0]);
     const int64_t rows = int64_t{batch} * geo_.kv_heads;
@@ -1037,7 +1017,7 @@ class CudaWorkerBackend final : public WorkerBackend {
   // Enqueues the download of a CUDA [a, b, c] tensor into `out` (contiguous): one copy, or rows of
   // c elements pitched by the middle stride, one 2-D copy per outer index. No sync.
   absl::Status EnqueueDownload(const TensorView& t, uint16_t* out) {
-    if (Contiguous(t)) {
+    if (worker_internal::Contiguous(t)) {
       return CudaStatus(cudaMemcpyAsync(out, t.data, t.shape[0] * t.shape[1] * t.shape[2] * 2,
                                         cudaMemcpyDeviceToHost, stream_),
                         "tensor download");
