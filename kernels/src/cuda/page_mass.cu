@@ -6,7 +6,7 @@
 // workspace. Pass 2, a block per row, reduces the row's per-head maximum and normalizer, writes
 // each entry's mass and, with a choice asked for, picks the row's best candidates (BlockTopK) and
 // places the kept entries around them. The choice was a third kernel before (7.5 us traced at B=1
-// on an H100, with its own launch gap). Measured and not kept (bench/RESULTS.md, runs 22-24):
+// on an H100, with its own launch gap). Measured and not kept (bench/RESULTS.md, runs 22-25):
 // pass 2 folded into pass 1's last block per row (one block's latency-bound tail after the grid:
 // slower), a one-pass online merge of the per-head pairs (17.8 us against this pass's 14.3) and a
 // warp-aggregated BlockTopK histogram (15.6).
