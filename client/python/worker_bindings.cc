@@ -8,6 +8,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -103,146 +105,84 @@ class PyDecodeWorker {
     worker_ = std::move(*w);
   }
 
-  OpenedSequence Open(const std::vector<int32_t>& token_ids) {
-    absl::StatusOr<OpenedSequence> r;
-    {
+ private:
+  // Runs fn, one worker call, without the GIL and under the worker's lock; an error status
+  // raises, a StatusOr's value is returned.
+  template <typename Fn>
+  auto Call(Fn&& fn) {
+    auto r = [&] {
       py::gil_scoped_release nogil;
       std::lock_guard<std::mutex> lock(mu_);
-      r = worker_->Open(token_ids);
+      return fn();
+    }();
+    if constexpr (std::is_same_v<decltype(r), absl::Status>) {
+      if (!r.ok()) Raise(r);
+    } else {
+      if (!r.ok()) Raise(r.status());
+      return std::move(*r);
     }
-    if (!r.ok()) Raise(r.status());
-    return *r;
+  }
+
+ public:
+  OpenedSequence Open(const std::vector<int32_t>& token_ids) {
+    return Call([&] { return worker_->Open(token_ids); });
   }
 
   void Prefill(SequenceId id, int layer, py::handle k, py::handle v) {
     HeldTensor hk = View(k, "k"), hv = View(v, "v");
-    absl::Status s;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      s = worker_->Prefill(id, layer, hk.view, hv.view);
-    }
-    if (!s.ok()) Raise(s);
+    Call([&] { return worker_->Prefill(id, layer, hk.view, hv.view); });
   }
 
   void PrefillAttend(SequenceId id, int layer, py::handle q, py::handle k, py::handle v,
                      py::handle out) {
     HeldTensor hq = View(q, "q"), hk = View(k, "k"), hv = View(v, "v"), ho = View(out, "out");
-    absl::Status s;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      s = worker_->PrefillAttend(id, layer, hq.view, hk.view, hv.view, ho.view);
-    }
-    if (!s.ok()) Raise(s);
+    Call([&] { return worker_->PrefillAttend(id, layer, hq.view, hk.view, hv.view, ho.view); });
   }
 
   SequenceId Fork(SequenceId parent) {
-    absl::StatusOr<SequenceId> r;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      r = worker_->Fork(parent);
-    }
-    if (!r.ok()) Raise(r.status());
-    return *r;
+    return Call([&] { return worker_->Fork(parent); });
   }
 
   void Close(SequenceId id) {
-    absl::Status s;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      s = worker_->Close(id);
-    }
-    if (!s.ok()) Raise(s);
+    Call([&] { return worker_->Close(id); });
   }
 
   StepPlan Plan(const std::vector<SequenceId>& ids, const std::vector<int32_t>& token_ids) {
-    absl::StatusOr<StepPlan> r;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      r = worker_->Plan(ids, token_ids);
-    }
-    if (!r.ok()) Raise(r.status());
-    return *r;
+    return Call([&] { return worker_->Plan(ids, token_ids); });
   }
 
   void Attend(const StepPlan& plan, int layer, py::handle q, py::handle k, py::handle v,
               py::handle out) {
     HeldTensor hq = View(q, "q"), hk = View(k, "k"), hv = View(v, "v"), ho = View(out, "out");
-    absl::Status s;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      s = worker_->Attend(plan, layer, hq.view, hk.view, hv.view, ho.view);
-    }
-    if (!s.ok()) Raise(s);
+    Call([&] { return worker_->Attend(plan, layer, hq.view, hk.view, hv.view, ho.view); });
   }
 
   WorkerStepStats Finish(const StepPlan& plan) {
-    absl::StatusOr<WorkerStepStats> r;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      r = worker_->Finish(plan);
-    }
-    if (!r.ok()) Raise(r.status());
-    return std::move(*r);
+    return Call([&] { return worker_->Finish(plan); });
   }
 
   void Flush() {
-    absl::Status s;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      s = worker_->Flush();
-    }
-    if (!s.ok()) Raise(s);
+    Call([&] { return worker_->Flush(); });
   }
 
   void Extend(SequenceId id, const std::vector<int32_t>& token_ids) {
-    absl::Status s;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      s = worker_->Extend(id, token_ids);
-    }
-    if (!s.ok()) Raise(s);
+    Call([&] { return worker_->Extend(id, token_ids); });
   }
 
   void Truncate(SequenceId id, int64_t tokens) {
-    absl::Status s;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      s = worker_->Truncate(id, tokens);
-    }
-    if (!s.ok()) Raise(s);
+    Call([&] { return worker_->Truncate(id, tokens); });
   }
 
   WorkerStepStats AttendBlock(SequenceId id, int layer, py::handle q, py::handle k, py::handle v,
                               py::handle out, const std::vector<uint8_t>& keep_pages) {
     HeldTensor hq = View(q, "q"), hk = View(k, "k"), hv = View(v, "v"), ho = View(out, "out");
-    absl::StatusOr<WorkerStepStats> r;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      r = worker_->AttendBlock(id, layer, hq.view, hk.view, hv.view, ho.view, keep_pages);
-    }
-    if (!r.ok()) Raise(r.status());
-    return std::move(*r);
+    return Call([&] {
+      return worker_->AttendBlock(id, layer, hq.view, hk.view, hv.view, ho.view, keep_pages);
+    });
   }
 
   void CommitBlock(SequenceId id, int layer) {
-    absl::Status s;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lock(mu_);
-      s = worker_->CommitBlock(id, layer);
-    }
-    if (!s.ok()) Raise(s);
+    Call([&] { return worker_->CommitBlock(id, layer); });
   }
 
   int64_t Length(SequenceId id, int layer) {
