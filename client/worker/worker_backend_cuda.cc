@@ -42,6 +42,7 @@ absl::Status CudaStatus(cudaError_t err, const char* what) {
 // that uses the pinned side, so a refill waits for it.
 struct Staged {
   uint8_t* host = nullptr;
+  uint8_t* mapped = nullptr;  // `host` as kernels address it
   uint8_t* dev = nullptr;
   size_t bytes = 0;
   size_t used = 0;  // elements of the last StartCopyToHost
@@ -58,6 +59,8 @@ struct Staged {
     void* d = nullptr;
     PAGODA_CUDA_RETURN(cudaMallocHost(&h, n), "cudaMallocHost");
     host = static_cast<uint8_t*>(h);
+    PAGODA_CUDA_RETURN(cudaHostGetDevicePointer(&h, host, 0), "pinned buffer mapping");
+    mapped = static_cast<uint8_t*>(h);
     PAGODA_CUDA_RETURN(cudaMalloc(&d, n), "cudaMalloc");
     dev = static_cast<uint8_t*>(d);
     bytes = n;
@@ -66,7 +69,7 @@ struct Staged {
   void Free() {
     if (host != nullptr) cudaFreeHost(host);
     if (dev != nullptr) cudaFree(dev);
-    host = dev = nullptr;
+    host = mapped = dev = nullptr;
     bytes = 0;
   }
   ~Staged() {
@@ -479,8 +482,6 @@ class CudaWorkerBackend final : public WorkerBackend {
     Staged& c = *choices_[tag];
     if (absl::Status s = c.Reserve(std::max<size_t>(out_n, 1) * 4); !s.ok()) return s;
     c.used = out_n;
-    void* choice = nullptr;
-    PAGODA_CUDA_RETURN(cudaHostGetDevicePointer(&choice, c.host, 0), "choice buffer mapping");
     if (n > 0) {  // (no entries: every row is empty, nothing to choose)
       kernels::PageMassParams mp;
       mp.kv = dp.kv;
@@ -502,7 +503,7 @@ class CudaWorkerBackend final : public WorkerBackend {
       sp.values = slots;
       sp.out_indptr = d_out_indptr;
       sp.out = d_out;
-      sp.out_entry = static_cast<int32_t*>(choice);
+      sp.out_entry = reinterpret_cast<int32_t*>(c.mapped);
       const size_t mass_ws = kernels::gpu::PageMassWorkspaceBytes(static_cast<int64_t>(n),
                                                                   geo_.q_heads / geo_.kv_heads);
       if (absl::Status s = Reserve(workspace_, mass_ws); !s.ok()) return s;
