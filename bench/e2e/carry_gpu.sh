@@ -7,13 +7,18 @@
 #   here:   cmake --build <build> --target worker_backend_cuda_test \
 #                   pagoda_kvstore_gpu_test worker_bench worker_layer_bench \
 #                   pagoda_kernel_trace
-#           bench/e2e/carry_gpu.sh <build> [trace dir]
+#           bench/e2e/carry_gpu.sh <build> [trace dir] [python build]
+#   [python build]: a build configured for the GPU machine's Python (3.12 there:
+#   -DPython3_EXECUTABLE=<a python3.12 with its headers>) whose target pagoda_python is built:
+#   its package `pagoda` goes to .devcarry/e2e/python for the PyTorch steps (python_cuda_test,
+#   llama_throughput).
 #           bench/gpu/run.sh --pack
 #   device: run(command="bench/gpu/run.sh", carry=[".devcarry/pack.tar.xz"])
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${1:-build-cuda}
 TRACES=${2:-../shared/data/traces}
+PY_BUILD=${3:-}
 DST=.devcarry/e2e
 rm -rf "$DST" && mkdir -p "$DST/lib" "$DST/traces"
 for bin in "$BUILD/client/worker_backend_cuda_test" "$BUILD/kernels/kernels_cuda_test" \
@@ -26,6 +31,17 @@ for bin in "$BUILD/client/worker_backend_cuda_test" "$BUILD/kernels/kernels_cuda
     grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart)\.so' |
     xargs -r -I{} cp -Ln {} "$DST/lib/"
 done
+if [ -n "$PY_BUILD" ]; then
+  mkdir -p "$DST/python/pagoda"
+  src=$PY_BUILD/client/python/pagoda
+  cp "$src"/*.py "$src"/*.pyi "$DST/python/pagoda/"
+  for so in "$src"/_pagoda*.so; do
+    strip --strip-all -o "$DST/python/pagoda/$(basename "$so")" "$so"
+    ldd "$so" | awk '/=> \//{print $3}' |
+      grep -vE '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart|libpython[^/]*)\.so' |
+      xargs -r -I{} cp -Ln {} "$DST/lib/"
+  done
+fi
 # The device-timeline recorder (bench/gpu/kernel_trace.cc) and the CUPTI it needs.
 if [ -f "$BUILD/bench/gpu/libpagoda_kernel_trace.so" ]; then
   cp "$BUILD/bench/gpu/libpagoda_kernel_trace.so" "$DST/lib/"

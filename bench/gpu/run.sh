@@ -151,7 +151,23 @@ step_kvstore_gpu_test() {
   e2e_run "$E2E/pagoda_kvstore_gpu_test"
 }
 
-STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench sdpa_prefill prefill_bench transport_test transport_staged transport_bench e2e_gpu_step kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer worker_prefill"}  # kernels_ref_test: CI runs it
+# The PyTorch face on the device (carried `pagoda` package for the machine's Python): the Python
+# CUDA tests, then model decode throughput at 128K against dense (bench/e2e/llama_throughput.py).
+py_run() {
+  PYTHONPATH=$E2E/python:$ROOT/bench/e2e LD_LIBRARY_PATH=$E2E/lib:${LD_LIBRARY_PATH:-} \
+    PYTHONUNBUFFERED=1 python3 "$@"
+}
+step_python_cuda_test() {
+  [ -d "$E2E/python/pagoda" ] || { echo "no $E2E/python (bench/e2e/carry_gpu.sh with a python build)"; return 1; }
+  (cd client/python/tests && py_run -m unittest -v test_decode_worker)
+}
+step_llama_throughput() {
+  [ -d "$E2E/python/pagoda" ] || { echo "no $E2E/python (bench/e2e/carry_gpu.sh with a python build)"; return 1; }
+  py_run bench/e2e/llama_throughput.py --context "${TP_CONTEXT:-131072}" \
+    --runs "${TP_RUNS:-quest:3,quest+trigger:3,louiskv:2}"
+}
+
+STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench sdpa_prefill prefill_bench transport_test transport_staged transport_bench e2e_gpu_step kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer worker_prefill python_cuda_test llama_throughput"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"

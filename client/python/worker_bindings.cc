@@ -262,10 +262,11 @@ class PyDecodeWorker {
 std::unique_ptr<PyDecodeWorker> MakeWorker(
     PyStore& store, int num_layers, int q_heads, int kv_heads, int head_dim,
     const std::string& dtype, int page_tokens, const std::string& policy, int64_t budget_tokens,
-    int sink_pages, int window_pages, int32_t pool_slots_per_head, const py::dict& selector,
-    const std::string& tenant, const std::string& model_id, const std::string& salt,
-    uint32_t first_layer, bool pin_prompt, bool prefetch, bool verify, bool boundary_trigger,
-    float boundary_threshold, const std::vector<float>& layer_thresholds,
+    int sink_pages, int window_pages, int32_t pool_slots_per_head, int64_t summary_slots,
+    int64_t prepare_host_bytes, const py::dict& selector, const std::string& tenant,
+    const std::string& model_id, const std::string& salt, uint32_t first_layer, bool pin_prompt,
+    bool prefetch, bool verify, bool boundary_trigger, float boundary_threshold,
+    const std::vector<float>& layer_thresholds,
     const std::vector<std::vector<int>>& layer_streaming_heads, const std::string& device,
     py::handle stream) {
   DecodeWorkerOptions o;
@@ -286,6 +287,8 @@ std::unique_ptr<PyDecodeWorker> MakeWorker(
   o.selector.window_pages = window_pages;
   for (auto [key, value] : selector) SetSelectorField(o.selector, py::str(key), value);
   o.pool_slots_per_head = pool_slots_per_head;
+  o.summary_slots = summary_slots;
+  o.prepare_host_bytes = prepare_host_bytes;
   o.tenant = tenant;
   o.model_id = model_id;
   o.salt = salt;
@@ -373,7 +376,8 @@ void RegisterDecodeWorker(py::module_& m) {
            py::arg("q_heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("dtype") = "fp16",
            py::arg("page_tokens") = 16, py::arg("policy") = "quest", py::arg("budget_tokens") = 512,
            py::arg("sink_pages") = 1, py::arg("window_pages") = 1,
-           py::arg("pool_slots_per_head") = 4096, py::arg("selector") = py::dict(),
+           py::arg("pool_slots_per_head") = 4096, py::arg("summary_slots") = int64_t{65536},
+           py::arg("prepare_host_bytes") = int64_t{0}, py::arg("selector") = py::dict(),
            py::arg("tenant") = "decode", py::arg("model_id") = "model", py::arg("salt") = "",
            py::arg("first_layer") = 0, py::arg("pin_prompt") = false, py::arg("prefetch") = true,
            py::arg("verify") = true, py::arg("boundary_trigger") = false,
@@ -383,7 +387,9 @@ void RegisterDecodeWorker(py::module_& m) {
            "Creates a worker over `store` (kept alive by the worker). policy: oracle, quest, "
            "lserve, louiskv, ann or streaming; budget_tokens per KV head (a budget covering the "
            "context attends it densely). device 'cpu' (the reference backend) or 'cuda[:N]' "
-           "(stream: a torch.cuda.Stream or cudaStream_t int; None: torch's current stream).")
+           "(stream: a torch.cuda.Stream or cudaStream_t int; None: torch's current stream). "
+           "summary_slots: quest's page summaries (one per page of every open (sequence, layer)); "
+           "prepare_host_bytes: host-tier bytes mapped (and page-locked) at creation, -1 all.")
       .def("open", &PyDecodeWorker::Open, py::arg("token_ids"),
            "Opens a sequence for a prompt (>= 1 token ids), loading the longest prefix the store "
            "holds for every layer. Returns OpenedSequence; prefill tokens [cached_tokens, n).")

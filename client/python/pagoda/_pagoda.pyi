@@ -113,6 +113,8 @@ class DecodeWorker:
         sink_pages: int = 1,
         window_pages: int = 1,
         pool_slots_per_head: int = 4096,
+        summary_slots: int = 65536,
+        prepare_host_bytes: int = 0,
         selector: Dict[str, Any] = ...,
         tenant: str = "decode",
         model_id: str = "model",

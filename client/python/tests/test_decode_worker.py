@@ -24,7 +24,7 @@ def make_worker(tmp, **kw):
     store = pagoda.Store(
         host_capacity_bytes=16 << 20,
         data_dir=tmp,
-        layouts=[pagoda.layout_id("fp16", KV, D, P)],
+        layouts=[pagoda.layout_id("fp16", KV, kw.get("head_dim", D), P)],
     )
     opts = dict(num_layers=LAYERS, q_heads=Q, kv_heads=KV, head_dim=D, page_tokens=P,
                 policy="quest", budget_tokens=4096, pool_slots_per_head=256)  # fmt: skip
@@ -32,9 +32,9 @@ def make_worker(tmp, **kw):
     return store, pagoda.DecodeWorker(store, **opts)
 
 
-def rows(n, heads, seed):
+def rows(n, heads, seed, dim=D):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, heads, D, generator=g) * 2 - 1).half()
+    return (torch.rand(n, heads, dim, generator=g) * 2 - 1).half()
 
 
 def prefilled(worker, prompt, seed=0):
@@ -45,8 +45,8 @@ def prefilled(worker, prompt, seed=0):
     return opened.id
 
 
-def step_inputs(batch, seed):
-    return rows(batch, Q, seed), rows(batch, KV, seed + 1), rows(batch, KV, seed + 2)
+def step_inputs(batch, seed, dim=D):
+    return rows(batch, Q, seed, dim), rows(batch, KV, seed + 1, dim), rows(batch, KV, seed + 2, dim)
 
 
 class RunnerAgreesWithDense(unittest.TestCase):
@@ -306,6 +306,51 @@ class BlocksAndEdits(unittest.TestCase):
         self.w.truncate(seq, 8)
         self.assertEqual(self.w.length(seq, 0), 8)
         self.assertEqual(len(self.w.page_keys(seq, 1)), 2)
+
+
+@unittest.skipUnless(torch.cuda.is_available(), "needs a CUDA device (bench/gpu/run.sh runs it)")
+class OnCuda(unittest.TestCase):
+    """The CUDA backend through torch tensors on the device (DLPack, torch's current stream).
+    Its decode kernel takes head_dim 64 or 128: these tests use 64."""
+
+    def test_whole_context_budget_equals_dense_on_the_device(self):
+        r = llama_runner.run("small", device="cuda", kv_dtype="fp16", sequences=4, steps=32,
+                             budget_tokens=1 << 20, pool_slots_per_head=50, verbose=False)  # fmt: skip
+        self.assertEqual(r["tokens"], r["dense_tokens"])
+        self.assertEqual(r["first_token_match"], 1.0)
+        self.assertEqual(r["worker_counts"]["verify_failures"], 0)
+        self.assertGreater(r["worker_counts"]["attended_head_pages"], 0)
+
+    def test_device_worker_attends_what_the_cpu_worker_attends(self):
+        # quest at a 3-page budget: selection on the device against the CPU reference's.
+        with tempfile.TemporaryDirectory() as t1, tempfile.TemporaryDirectory() as t2:
+            s_cpu, cpu = make_worker(t1, budget_tokens=12, head_dim=64)
+            s_gpu, gpu = make_worker(t2, budget_tokens=12, head_dim=64, device="cuda")
+            prompt = list(range(37))
+            a, opened = cpu.open(prompt).id, gpu.open(prompt)
+            for layer in range(LAYERS):
+                k, v = rows(37, KV, layer, 64), rows(37, KV, 10 + layer, 64)
+                cpu.prefill(a, layer, k, v)
+                gpu.prefill(opened.id, layer, k.cuda(), v.cuda())
+            for step in range(4):
+                pc, pg = cpu.plan([a], [7]), gpu.plan([opened.id], [7])
+                for layer in range(LAYERS):
+                    q, k, v = step_inputs(1, 50 * step + layer, 64)
+                    oc, og = torch.empty_like(q), torch.empty_like(q).cuda()
+                    cpu.attend(pc, layer, q, k, v, oc)
+                    gpu.attend(pg, layer, q.cuda(), k.cuda(), v.cuda(), og)
+                    torch.testing.assert_close(og.cpu().float(), oc.float(), atol=2e-3, rtol=2e-3)
+                self.assertTrue(cpu.finish(pc).ok)
+                self.assertTrue(gpu.finish(pg).ok)
+            # A host tensor given to the device worker: a clear error, nothing changed.
+            plan = gpu.plan([opened.id], [7])
+            q, k, v = step_inputs(1, 999, 64)
+            with self.assertRaises(pagoda.InvalidArgumentError):
+                gpu.attend(plan, 0, q, k.cuda(), v.cuda(), torch.empty_like(q).cuda())
+            for layer in range(LAYERS):  # the plan is still whole
+                gpu.attend(plan, layer, q.cuda(), k.cuda(), v.cuda(), torch.empty_like(q).cuda())
+            self.assertTrue(gpu.finish(plan).ok)
+            del cpu, gpu, s_cpu, s_gpu
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
 
 #include "gtest/gtest.h"
 #include "pagoda/kvstore/store.h"
@@ -178,6 +181,57 @@ TEST(TenantArenaTest, PreparedSegmentsServeTheirTenantAndStillFlow) {
   PageLayout other = SmallLayout();
   other.head_dim *= 2;
   EXPECT_TRUE(absl::IsInvalidArgument(s->PrepareHostTier("alice", other, seg).status()));
+}
+
+// The shmem THP mode of this kernel: "advise" / "always" let the arena take huge pages.
+std::string ShmemThpMode() {
+  std::ifstream f("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  std::string all;
+  std::getline(f, all);
+  const size_t open = all.find('['), close = all.find(']');
+  return open == std::string::npos || close == std::string::npos
+             ? ""
+             : all.substr(open + 1, close - open - 1);
+}
+
+// ShmemPmdMapped (kB) of the mapping that contains `p` in /proc/self/smaps.
+int64_t ShmemPmdMappedKb(const void* p) {
+  std::ifstream f("/proc/self/smaps");
+  std::string line;
+  bool inside = false;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  while (std::getline(f, line)) {
+    uintptr_t lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> lo >> dash >> hi && dash == '-') {
+      inside = lo <= a && a < hi;
+      continue;
+    }
+    if (inside && line.rfind("ShmemPmdMapped:", 0) == 0) {
+      return std::stoll(line.substr(15));
+    }
+  }
+  return -1;
+}
+
+TEST(TenantArenaTest, TheArenaIsHugePageAlignedAndTakesHugePagesWhereTheKernelAllows) {
+  // 4 MiB segments: two whole 2 MiB pages each.
+  constexpr uint64_t kSeg = uint64_t{4} << 20;
+  StoreOptions o = SmallStoreOptions(1, "");
+  o.segment_bytes = kSeg;
+  o.host_capacity_bytes = 4 * kSeg;
+  auto s = OpenOrDie(o);
+  const HostArena arena = s->HostArenaInfo();
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(arena.base) % (uint64_t{2} << 20), 0u);
+  ASSERT_TRUE(PutKey(*s, "alice", 1).ok());
+  ASSERT_TRUE(CheckKey(*s, "alice", 1).ok());  // bytes as written, whatever the pages
+  const std::string mode = ShmemThpMode();
+  if (mode != "advise" && mode != "always") {
+    GTEST_SKIP() << "shmem THP is '" << mode << "' here: small pages (checked bytes only)";
+  }
+  // The segment was faulted in at assignment, with huge pages.
+  EXPECT_GT(ShmemPmdMappedKb(arena.base + OffsetOf(*s, "alice", 1)), 0);
 }
 
 }  // namespace
