@@ -240,6 +240,8 @@ class DecodeWorkerTensors(unittest.TestCase):
         with self.assertRaises(pagoda.InvalidArgumentError):
             pagoda.DecodeWorker(self.store, num_layers=1, q_heads=Q, kv_heads=KV, head_dim=D,
                                 page_tokens=P, device="tpu")  # fmt: skip
+        with self.assertRaises(pagoda.InvalidArgumentError):  # quest keeps a summary per page
+            make_worker(self.tmp.name + "/y", summary_slots=0)
         with self.assertRaises(pagoda.InvalidArgumentError):
             pagoda.Store(layouts=[])
         if not torch.cuda.is_available():  # CUDA asked for where torch or Pagoda has none
