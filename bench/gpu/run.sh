@@ -81,6 +81,14 @@ step_prefill_bench() {
   "$bin" "$OUT/sdpa_prefill.txt"
 }
 
+# The decode worker's fetch paths (issue 16): the verified gather kernel against a contiguous copy
+# and cudaMemcpyBatchAsync, over arenas allocated as the store does and otherwise.
+step_gather_paths() {
+  local bin=$BUILD/gather_paths_bench
+  [ -x "$bin" ] || bin=$BUILD/bench/gpu/gather_paths_bench
+  "$bin" "${GATHER_ARENA_GIB:-12}"
+}
+
 # --- transport (issue 6): GPU tests of transport's CUDA paths, then its benchmark (host<->GPU page
 # batches, peer copies, prefill -> decode over CUDA IPC; two GPUs for the last two).
 step_transport_test() { "$BUILD/pagoda_transport_cuda_test"; }
@@ -167,7 +175,7 @@ step_llama_throughput() {
     --runs "${TP_RUNS:-quest:3,quest+trigger:3,louiskv:2}"
 }
 
-STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench sdpa_prefill prefill_bench transport_test transport_staged transport_bench e2e_gpu_step kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer worker_prefill python_cuda_test llama_throughput"}  # kernels_ref_test: CI runs it
+STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench gather_paths sdpa_prefill prefill_bench transport_test transport_staged transport_bench e2e_gpu_step kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer worker_prefill python_cuda_test llama_throughput"}  # kernels_ref_test: CI runs it
 declare -A STATUS SECS
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 |
   tee "$OUT/device.txt"
@@ -188,6 +196,7 @@ done
   echo
   [ -f "$OUT/kernels_bench.log" ] && sed -n '/^| measurement/,$p' "$OUT/kernels_bench.log"
   [ -f "$OUT/prefill_bench.log" ] && { echo; sed -n '/^| T |/,$p' "$OUT/prefill_bench.log"; }
+  [ -f "$OUT/gather_paths.log" ] && { echo; grep '^[|g]' "$OUT/gather_paths.log"; }
   [ -f "$OUT/transport_bench.log" ] && { echo; grep '^[|#]' "$OUT/transport_bench.log"; }
   [ -f "$OUT/worker_prefill.log" ] && { echo; grep '^prefill through' "$OUT/worker_prefill.log"; }
 } | tee "$OUT/summary.md"
