@@ -605,17 +605,23 @@ std::vector<absl::StatusOr<ReadLease>> StoreImpl::AcquireReads(std::string_view 
   const uint64_t lease_ms =
       static_cast<uint64_t>(absl::ToInt64Milliseconds(absl::Ceil(duration, absl::Milliseconds(1))));
   absl::MutexLock lock(&mu_);
-  for (const PageKey& key : keys) out.push_back(LeaseLocked(tenant, key, lease_ms));
+  // Per batch, not per key: the tenant's id (tenants are never removed), the clock (read again
+  // after a lease that dropped the lock for an SSD read) and room for the new leases.
+  const uint32_t tid = FindTenant(tenant);
+  uint64_t now = NowMs();
+  leases_.reserve(leases_.size() + keys.size());
+  for (const PageKey& key : keys) out.push_back(LeaseLocked(tid, key, lease_ms, now));
   EnforceWatermarks(Tier::kHost);
   return out;
 }
 
-absl::StatusOr<ReadLease> StoreImpl::LeaseLocked(std::string_view tenant, const PageKey& key,
-                                                 uint64_t lease_ms) {
+absl::StatusOr<ReadLease> StoreImpl::LeaseLocked(uint32_t tid, const PageKey& key,
+                                                 uint64_t lease_ms, uint64_t& now) {
   uint32_t idx = kNil;
   Tier found = Tier::kHost;
   for (;;) {
-    idx = FindReady(tenant, key);
+    idx = tid == kNil ? kNil : table_.Find(tid, key);
+    if (idx != kNil && table_.at(idx).state != PageState::kReady) idx = kNil;
     if (idx == kNil) {
       counters_.misses++;
       return absl::NotFoundError(absl::StrFormat("page %s not found", key.Hex()));
@@ -637,6 +643,7 @@ absl::StatusOr<ReadLease> StoreImpl::LeaseLocked(std::string_view tenant, const 
                             absl::StrFormat("page %s: cannot lease: %s", key.Hex(), s.message()));
       }
     }
+    now = NowMs();  // the read took time
     break;
   }
   counters_.hits[static_cast<int>(found)]++;
@@ -644,7 +651,6 @@ absl::StatusOr<ReadLease> StoreImpl::LeaseLocked(std::string_view tenant, const 
     if (absl::Status s = MoveBetweenMemory(idx, Tier::kHost); !s.ok()) return s;
   }
   PageEntry& e = table_.at(idx);
-  const uint64_t now = NowMs();
   const uint64_t deadline = now + lease_ms;
   e.leases++;
   e.lease_deadline_ms = std::max(e.lease_deadline_ms, deadline);

@@ -230,9 +230,10 @@ class StoreImpl final : public Store {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddToStream(uint32_t idx, uint64_t stream_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SweepLeases(uint64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // One lease of AcquireReads (may drop mu_ while it reads the page from SSD).
-  absl::StatusOr<ReadLease> LeaseLocked(std::string_view tenant, const PageKey& key,
-                                        uint64_t lease_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One lease of AcquireReads for tenant id `tid` (kNil: unknown, NotFound) at clock `now` (ms
+  // since epoch_; updated when it drops mu_ to read the page from SSD).
+  absl::StatusOr<ReadLease> LeaseLocked(uint32_t tid, const PageKey& key, uint64_t lease_ms,
+                                        uint64_t& now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Rebuild() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StoreOptions options_;
