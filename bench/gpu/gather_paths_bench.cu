@@ -30,19 +30,19 @@
 
 #include "pagoda/kernels/head_checksum.h"
 
-#define CHECK(x)                                                                          \
-  do {                                                                                    \
-    cudaError_t e = (x);                                                                  \
-    if (e != cudaSuccess) {                                                               \
+#define CHECK(x)                                                                             \
+  do {                                                                                       \
+    cudaError_t e = (x);                                                                     \
+    if (e != cudaSuccess) {                                                                  \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-      std::exit(1);                                                                       \
-    }                                                                                     \
+      std::exit(1);                                                                          \
+    }                                                                                        \
   } while (0)
 
 namespace {
 
-constexpr int64_t kHalf = 4096;           // one KV head's K (or V) of a 16-token page
-constexpr int kHeads = 8;                 // KV heads of a page
+constexpr int64_t kHalf = 4096;                // one KV head's K (or V) of a 16-token page
+constexpr int kHeads = 8;                      // KV heads of a page
 constexpr int64_t kPage = 2 * kHeads * kHalf;  // 64 KiB: K of every head, then V
 
 // Copy i: `bytes` at src + src_off[i] -> dst + dst_off[i], in 16-byte words, one block per copy.
@@ -104,8 +104,8 @@ Arena MakeArena(int kind, int64_t bytes) {
     if (kind == 4) madvise(a.p, bytes, MADV_HUGEPAGE);
     CHECK(cudaHostRegister(a.p, bytes, cudaHostRegisterMapped | cudaHostRegisterPortable));
   } else {
-    a.p = static_cast<uint8_t*>(mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    a.p = static_cast<uint8_t*>(
+        mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
     if (a.p == MAP_FAILED) std::exit(2);
     if (kind == 1) madvise(a.p, bytes, MADV_HUGEPAGE);
     CHECK(cudaHostRegister(a.p, bytes, cudaHostRegisterMapped | cudaHostRegisterPortable));
@@ -194,8 +194,9 @@ int main(int argc, char** argv) {
   CHECK(cudaMalloc(&d_expected, n * 8));
   CHECK(cudaMemset(d_expected, 0, n * 8));
   CHECK(cudaMalloc(&d_bad, n));
-  std::printf("| arena | contiguous GB/s | kernel (4 KiB halves) | verified (the worker's) | "
-              "cudaMemcpyBatchAsync (4 KiB) | kernel (64 KiB pages) |\n|---|---|---|---|---|---|\n");
+  std::printf(
+      "| arena | contiguous GB/s | kernel (4 KiB halves) | verified (the worker's) | "
+      "cudaMemcpyBatchAsync (4 KiB) | kernel (64 KiB pages) |\n|---|---|---|---|---|---|\n");
   const char* names[] = {"anonymous + cudaHostRegister", "same + MADV_HUGEPAGE", "cudaHostAlloc",
                          "memfd shared + cudaHostRegister (the store's)", "same + MADV_HUGEPAGE"};
   for (int kind = 0; kind < 5; ++kind) {
@@ -224,8 +225,8 @@ int main(int argc, char** argv) {
     attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
     size_t attr_idx = 0;
     double batch = -1;
-    cudaError_t probe = cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), 2 * n, &attr,
-                                             &attr_idx, 1, s);
+    cudaError_t probe =
+        cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), 2 * n, &attr, &attr_idx, 1, s);
     if (probe == cudaSuccess) {
       CHECK(cudaStreamSynchronize(s));
       batch = MedianMs(
