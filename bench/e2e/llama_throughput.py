@@ -119,7 +119,7 @@ def run_pagoda(model: Llama, a, kvd, kv_name: str, policy: str, trigger: bool, b
     pages = batch * c.layers * ((a.context + a.warmup + a.steps) // P + 2) * copies
     # Below the host tier's low watermark (0.85): no page is demoted or dropped mid-run.
     host = int(pages * page_bytes / 0.8) + (256 << 20)
-    budget_pages = a.budget // P
+    budget_pages = min(a.budget, a.context + a.warmup + a.steps) // P + 1  # a covering budget: all
     pool = a.pool_factor * c.layers * batch * (4 * budget_pages + 8) + 64
     summaries = batch * c.layers * (a.context // P + 64)
     with tempfile.TemporaryDirectory(prefix="pagoda_tp_") as tmp:
@@ -161,7 +161,9 @@ def run_pagoda(model: Llama, a, kvd, kv_name: str, policy: str, trigger: bool, b
     return r
 
 
-def main(argv=None) -> int:
+def measure(argv=None) -> dict:
+    """Parses argv as the command line does and runs it: {"dense": ..., "pagoda": [...]} (also
+    printed). Raises ValueError on a bad command line or where the device is missing."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="llama3-8b")
     p.add_argument("--context", type=int, default=131072)
@@ -181,12 +183,18 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     dev = torch.device(a.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        print("llama_throughput: no CUDA device", file=sys.stderr)
-        return 2
+        raise ValueError("no CUDA device")
     if dev.type == "cpu" and not a.dense_batch and not a.skip_dense:
-        print("llama_throughput: on the CPU, give --dense-batch", file=sys.stderr)
-        return 2
+        raise ValueError("on the CPU, give --dense-batch")
+    runs = []
+    for spec in [x for x in a.runs.split(",") if x]:
+        name, _, batch = spec.rpartition(":")
+        policy = name.split("+")[0]
+        if not name or not batch.isdigit() or int(batch) < 1 or name not in (policy, policy + "+trigger"):
+            raise ValueError(f"--runs: '{spec}' is not POLICY[+trigger]:BATCH")
+        runs.append((name, policy, name.endswith("+trigger"), int(batch)))
     kvd = DTYPES[a.dtype]
+    out = {"dense": None, "pagoda": []}
     with torch.no_grad():
         model = Llama(CONFIGS[a.config], dev, kvd if dev.type == "cuda" else torch.float32, a.seed)
         sync(dev)
@@ -202,17 +210,18 @@ def main(argv=None) -> int:
             print(f"dense B={B}: {dense['tokens_per_s']:.1f} tok/s ({dense['seconds'] / a.steps * 1e3:.2f} ms/step), "
                   f"resident KV {dense['resident_bytes'] / 2**30:.1f} GiB, peak HBM "
                   f"{dense['peak_hbm_bytes'] / 2**30:.1f} GiB", flush=True)  # fmt: skip
-            dense_tokens = dense.pop("tokens")
+            dense_tokens = dense["tokens"]
+            out["dense"] = dense
             floor = warm_then_time(NoAttention(model, kvd, B, a.context), [0] * B, a.warmup, a.steps, dev)
             print(f"  the same model without attention, B={B}: {floor['seconds'] / a.steps * 1e3:.2f} ms/step "
                   "(weights, norms, MLP, logits, Python: what neither run can save)", flush=True)  # fmt: skip
             gc.collect()
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-        for spec in [x for x in a.runs.split(",") if x]:
-            name, B = spec.rsplit(":", 1)
-            policy, trigger, B = name.split("+")[0], name.endswith("+trigger"), int(B)
+        for name, policy, trigger, B in runs:
             r = run_pagoda(model, a, kvd, a.dtype, policy, trigger, B)
+            r.update(name=name, batch=B)
+            out["pagoda"].append(r)
             ratio = f", {r['tokens_per_s'] / dense['tokens_per_s']:.2f}x dense B={dense['batch']}" if dense else ""
             ph = r["phases"]
             print(f"pagoda {name} budget {a.budget} B={B}: {r['tokens_per_s']:.1f} tok/s "
@@ -226,8 +235,18 @@ def main(argv=None) -> int:
             if dense:
                 n = min(B, dense["batch"])
                 same = sum(x[:n] == y[:n] for x, y in zip(r["tokens"], dense_tokens))
+                r["steps_agreeing"] = same
                 print(f"  token agreement with dense on the first {n} sequences: {same}/{len(r['tokens'])} steps "
                       "(equal batches of tokens; sparse attention over random K/V need not agree)", flush=True)  # fmt: skip
+    return out
+
+
+def main(argv=None) -> int:
+    try:
+        measure(argv)
+    except ValueError as e:
+        print(f"llama_throughput: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

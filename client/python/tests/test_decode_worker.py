@@ -16,6 +16,7 @@ except ImportError:  # CI installs python3-torch; elsewhere the test is skipped
 
 import pagoda
 import llama_runner
+import llama_throughput
 
 KV, Q, D, P, LAYERS = 2, 4, 16, 4, 2
 
@@ -94,6 +95,31 @@ class RunnerAgreesWithDense(unittest.TestCase):
         # The budget bounds what was attended: fewer head-pages than the dense run's.
         self.assertLess(small["worker_counts"]["attended_head_pages"],
                         full["worker_counts"]["attended_head_pages"])  # fmt: skip
+
+
+class ThroughputBench(unittest.TestCase):
+    """bench/e2e/llama_throughput.py on the CPU (its measurement is on a GPU): the two runs see the
+    same synthetic K/V, so a budget covering the context decodes dense's tokens."""
+
+    def test_whole_context_budget_decodes_dense_tokens(self):
+        args = ["--device", "cpu", "--config", "tiny", "--dtype", "fp16", "--context", "200",
+                "--dense-batch", "2", "--runs", "quest:2,quest+trigger:3", "--steps", "3",
+                "--warmup", "1", "--budget", str(1 << 20)]  # fmt: skip
+        r = llama_throughput.measure(args)
+        self.assertEqual(r["dense"]["batch"], 2)
+        self.assertEqual([p["batch"] for p in r["pagoda"]], [2, 3])
+        for p in r["pagoda"]:
+            self.assertEqual(p["steps_agreeing"], 3)
+            self.assertEqual(p["phases"]["verify_failures"], 0)
+            self.assertGreater(p["phases"]["attended_head_pages"], 0)
+            self.assertEqual(len(p["tokens"]), 3)
+
+    def test_bad_command_lines_are_refused(self):
+        for runs in ["quest", "quest:0", ":3", "quest+nope:2", "quest:x"]:
+            with self.assertRaises(ValueError):
+                llama_throughput.measure(["--device", "cpu", "--dense-batch", "1", "--runs", runs])
+        with self.assertRaises(ValueError):  # the CPU needs an explicit dense batch
+            llama_throughput.measure(["--device", "cpu", "--config", "tiny"])
 
 
 class DecodeWorkerTensors(unittest.TestCase):
