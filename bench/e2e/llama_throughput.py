@@ -20,7 +20,7 @@ decode steps are timed (after --warmup untimed steps).
 Prints tokens/s of each run, pagoda / dense (the dense batch's rate), the worker's phases and the
 bytes it fetched, and the agreement of the first sequences' tokens where both ran them.
 
-  python3 bench/e2e/llama_throughput.py --context 131072 --runs quest:3,quest+trigger:3,louiskv:2
+  python3 bench/e2e/llama_throughput.py --context 131072 --runs quest:3,quest+trigger:3
 """
 
 import argparse

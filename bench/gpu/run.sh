@@ -172,7 +172,7 @@ step_python_cuda_test() {
 step_llama_throughput() {
   [ -d "$E2E/python/pagoda" ] || { echo "no $E2E/python (bench/e2e/carry_gpu.sh with a python build)"; return 1; }
   py_run bench/e2e/llama_throughput.py --context "${TP_CONTEXT:-131072}" \
-    --runs "${TP_RUNS:-quest:3,quest+trigger:3,louiskv:2}"
+    --runs "${TP_RUNS:-quest:3,quest+trigger:3}"
 }
 
 STEPS=${STEPS:-"build kernels_test prefill_test gpu_tier_test sdpa kernels_bench gather_paths sdpa_prefill prefill_bench transport_test transport_staged transport_bench e2e_gpu_step kvstore_gpu_test worker_cuda_test worker_cuda_bench worker_layer worker_prefill python_cuda_test llama_throughput"}  # kernels_ref_test: CI runs it
