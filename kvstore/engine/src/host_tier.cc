@@ -140,9 +140,10 @@ class HostTier final : public MemoryTier {
 
   // Transparent huge pages where the kernel allows them for shared memory
   // (/sys/kernel/mm/transparent_hugepage/shmem_enabled "advise" or "always"; the range is 2 MiB
-  // aligned): a GPU gathering scattered head-pages from the pinned arena then walks 512x fewer
-  // page-table entries. Then the segment's pages are faulted in now rather than on first write
-  // (what MAP_POPULATE did, which would fault them before the advice).
+  // aligned): faulting in and page-locking a large arena took 2-3x less time on a GPU host
+  // (bench/RESULTS.md, model decode throughput; the GPU's gather from it was as fast either way).
+  // Then the segment's pages are faulted in now rather than on first write (what MAP_POPULATE
+  // did, which would fault them before the advice).
   static void AdviseAndPopulate(uint8_t* p, uint64_t bytes) {
     (void)madvise(p, bytes, MADV_HUGEPAGE);  // EINVAL without THP: small pages, as before
     if (madvise(p, bytes, kMadvPopulateWrite) == 0) return;
