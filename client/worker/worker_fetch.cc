@@ -1,0 +1,294 @@
+// The decode worker's pool-slot resolution and verified fetch (DecodeWorker::Impl): every page a
+// layer's rows attend (or louiskv scores) is resolved to a slot of its KV head's sub-pool, one
+// select thread per head; what is not resident is leased from the store (one lease per page,
+// one store call) and gathered into its slot by one verified backend gather per layer. A
+// head-page that fails its checksum is re-read from the store once, else its sequence's step
+// fails with DataLoss: it is never attended.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "decode_worker_impl.h"
+#include "pagoda/kernels/head_checksum.h"
+#include "worker_state.h"
+
+namespace pagoda {
+
+using worker_internal::Clock;
+using worker_internal::kInFlightWait;
+using worker_internal::LayerState;
+using worker_internal::Since;
+
+void DecodeWorker::Impl::HeadResolve::Reset(int64_t rows) {
+  slots.resize(rows);
+  for (std::vector<int32_t>& s : slots) s.clear();
+  failed.assign(rows, 0);
+  fetches.clear();
+  seq_of_fetch.clear();
+  key_of_fetch.clear();
+  hits = 0;
+}
+
+int32_t DecodeWorker::Impl::ResolvePage(HeadResolve& w, int h, const LayerState& ls, int32_t p,
+                                        int32_t row, const LayerState::Resolved* remembered) {
+  int32_t slot = -1;
+  if (remembered != nullptr) slot = pool_.Touch(h, remembered->slot, remembered->gen, epoch_, row);
+  if (slot < 0) slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
+  if (slot >= 0) {
+    ++w.hits;
+    return slot;
+  }
+  slot = pool_.Insert(ls.KeyOf(p), h, epoch_, row);
+  if (slot < 0) return -1;
+  w.fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
+  w.seq_of_fetch.push_back(row);
+  w.key_of_fetch.push_back(ls.KeyOf(p));
+  return slot;
+}
+
+void DecodeWorker::Impl::JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
+                                   std::vector<int32_t>& seq_of_fetch,
+                                   std::vector<PageKey>& key_of_fetch) const {
+  for (const HeadResolve& w : head_res_) {
+    stats.pool_hits += w.hits;
+    fetches.insert(fetches.end(), w.fetches.begin(), w.fetches.end());
+    seq_of_fetch.insert(seq_of_fetch.end(), w.seq_of_fetch.begin(), w.seq_of_fetch.end());
+    key_of_fetch.insert(key_of_fetch.end(), w.key_of_fetch.begin(), w.key_of_fetch.end());
+  }
+}
+
+void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
+                                       const std::vector<retriever::ScoreRequest>& requests,
+                                       std::vector<absl::Status>& status,
+                                       std::vector<std::vector<std::vector<float>>>& masses,
+                                       WorkerStepStats& stats) {
+  const int64_t B = static_cast<int64_t>(requests.size());
+  // 1. Slots: the open page's own, cached ones, or new ones filled by one verified gather. The KV
+  // heads' sub-pools are independent, so each head is resolved on its own select thread for the
+  // whole batch; the results are joined in head order.
+  Clock::time_point t0 = Clock::now();
+  int64_t head_pages = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!status[b].ok() || requests[b].empty()) continue;
+    seqs_[plan_seqs_[b]].layers[layer].scored.resize(kv_);
+    for (const auto& pages : requests[b].pages) head_pages += static_cast<int64_t>(pages.size());
+  }
+  head_res_.resize(kv_);
+  RunHeads(head_pages, [&](int64_t hh) {
+    const int h = static_cast<int>(hh);
+    HeadResolve& w = head_res_[h];
+    w.Reset(B);
+    for (int64_t b = 0; b < B; ++b) {
+      const retriever::ScoreRequest& req = requests[b];
+      if (!status[b].ok() || req.empty()) continue;
+      LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+      const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
+      // Pages scored last step too are checked against the residency remembered then: each
+      // section of the request is ascending when it repeats (louiskv between retrievals), so one
+      // forward walk over the remembered list per section finds them.
+      const std::vector<LayerState::Resolved>& last = ls.scored[h];
+      std::vector<int32_t>& slots = w.slots[b];
+      slots.reserve(req.pages[h].size());
+      w.next.clear();  // the kept pages' residencies
+      w.cand.clear();  // the candidates'
+      size_t j = 0;
+      for (size_t i = 0; i < req.pages[h].size(); ++i) {
+        const int32_t p = req.pages[h][i];
+        const bool kept = static_cast<int32_t>(i) < req.first_candidate[h];
+        if (static_cast<int32_t>(i) == req.first_candidate[h]) j = 0;
+        if (p == cur) {
+          slots.push_back(ls.tail[h]);
+          continue;
+        }
+        const int32_t slot =
+            ResolvePage(w, h, ls, p, static_cast<int32_t>(b), LayerState::Find(last, j, p));
+        if (slot < 0) {
+          w.failed[b] = 1;
+          break;
+        }
+        slots.push_back(slot);
+        (kept ? w.next : w.cand).push_back({p, slot, pool_.Generation(h, slot)});
+      }
+      if (w.failed[b]) continue;
+      // Remembered ascending: the sections merged when each is ascending, else sorted.
+      std::vector<LayerState::Resolved>& next = ls.scored[h];
+      next.clear();
+      const auto by_page = [](const LayerState::Resolved& x, const LayerState::Resolved& y) {
+        return x.page < y.page;
+      };
+      std::merge(w.next.begin(), w.next.end(), w.cand.begin(), w.cand.end(),
+                 std::back_inserter(next), by_page);
+      if (!std::is_sorted(next.begin(), next.end(), by_page)) {
+        std::sort(next.begin(), next.end(), by_page);
+      }
+    }
+  });
+  std::vector<HeadFetch> fetches;
+  std::vector<int32_t> seq_of_fetch;
+  std::vector<PageKey> key_of_fetch;
+  JoinHeads(stats, fetches, seq_of_fetch, key_of_fetch);
+  for (const HeadResolve& w : head_res_) {
+    for (int64_t b = 0; b < B; ++b) {
+      if (w.failed[b] && status[b].ok()) {
+        status[b] = absl::InternalError("pool overcommitted despite the plan (rescoring)");
+      }
+    }
+  }
+  // Closed-form rows keep their slots for AttendChosen (head_res_ is reused by the rows' step).
+  steady_slots_.resize(B * kv_);
+  for (int64_t b = 0; b < B; ++b) {
+    if (!steady_[b]) continue;
+    for (int h = 0; h < kv_; ++h) steady_slots_[b * kv_ + h].swap(head_res_[h].slots[b]);
+  }
+  stats.fetch_s += Since(t0);
+  if (!fetches.empty()) Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
+  for (int64_t b = 0; b < B; ++b) {
+    if (steady_[b] && status[b].ok()) HoldCandidates(b, layer, requests[b]);
+  }
+
+  // 2. One scoring call over the sequences still standing (rows of failed ones left empty).
+  Clock::time_point t1 = Clock::now();
+  std::vector<int32_t> indptr = {0}, entry_slots, page_len;
+  bool any = false;
+  for (int64_t b = 0; b < B; ++b) {
+    const retriever::ScoreRequest& req = requests[b];
+    for (int h = 0; h < kv_; ++h) {
+      if (status[b].ok() && !req.empty() && !steady_[b]) {
+        any = true;
+        const std::vector<int32_t>& slots = head_res_[h].slots[b];
+        entry_slots.insert(entry_slots.end(), slots.begin(), slots.end());
+        for (int32_t p : req.pages[h]) {
+          const int64_t first = int64_t{p} * P_;
+          page_len.push_back(
+              static_cast<int32_t>(std::min<int64_t>(req.tokens, first + P_) - first));
+        }
+      }
+      indptr.push_back(static_cast<int32_t>(entry_slots.size()));
+    }
+  }
+  if (!any) return;
+  std::vector<float> flat(entry_slots.size());
+  absl::Status scored = backend_->ScorePages(q, indptr, entry_slots, page_len,
+                                             o_.selector.group_reduce, absl::MakeSpan(flat));
+  stats.select_s += Since(t1);
+  for (int64_t b = 0; b < B; ++b) {
+    const retriever::ScoreRequest& req = requests[b];
+    if (!status[b].ok() || req.empty() || steady_[b]) continue;
+    if (!scored.ok()) {
+      status[b] = scored;
+      continue;
+    }
+    masses[b].resize(kv_);
+    for (int h = 0; h < kv_; ++h) {
+      const int64_t r = b * kv_ + h;
+      masses[b][h].assign(flat.begin() + indptr[r], flat.begin() + indptr[r + 1]);
+    }
+  }
+}
+
+void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fetch,
+                               const std::vector<PageKey>& key_of_fetch,
+                               std::vector<HeadFetch>& fetches, std::vector<absl::Status>& status,
+                               WorkerStepStats& stats) {
+  Clock::time_point t0 = Clock::now();
+  // One lease per page, however many heads and sequences read it; all in one store call.
+  absl::flat_hash_map<PageKey, int32_t> lease_of;  // page -> index into `keys`
+  std::vector<PageKey> keys;
+  std::vector<int32_t> lease_of_fetch(fetches.size());
+  for (size_t i = 0; i < fetches.size(); ++i) {
+    auto [it, inserted] = lease_of.try_emplace(key_of_fetch[i], static_cast<int32_t>(keys.size()));
+    if (inserted) keys.push_back(key_of_fetch[i]);
+    lease_of_fetch[i] = it->second;
+  }
+  std::vector<absl::StatusOr<ReadLease>> leases =
+      store_->AcquireReads(o_.tenant, keys, absl::Seconds(o_.lease_seconds));
+  std::vector<HeadFetch> ready;
+  std::vector<size_t> ready_of;
+  for (size_t i = 0; i < fetches.size(); ++i) {
+    const absl::StatusOr<ReadLease>& lease = leases[lease_of_fetch[i]];
+    if (!lease.ok()) continue;  // answered by the fallback below
+    const int h = fetches[i].dst.head;
+    stats.bytes_from_tier[static_cast<int>(lease->found_in)] += 2 * half_;
+    fetches[i].src_k = static_cast<int64_t>(lease->arena_offset) + h * half_;
+    fetches[i].src_v = static_cast<int64_t>(lease->arena_offset) + (kv_ + h) * half_;
+    ready.push_back(fetches[i]);
+    ready_of.push_back(i);
+  }
+  std::vector<uint8_t> bad(fetches.size(), 1);  // not gathered counts as bad
+  std::vector<uint8_t> ready_bad(ready.size(), 0);
+  absl::Status gathered = backend_->Gather(ready, absl::MakeSpan(ready_bad));
+  if (gathered.ok()) gathered = backend_->Sync();
+  std::vector<uint64_t> ids;
+  for (const auto& lease : leases) {
+    if (lease.ok()) ids.push_back(lease->lease_id);
+  }
+  (void)store_->ReleaseReads(ids);
+  // verify off (to measure its cost): the gather's verdicts are ignored.
+  for (size_t j = 0; j < ready.size() && gathered.ok(); ++j) {
+    bad[ready_of[j]] = o_.verify ? ready_bad[j] : 0;
+  }
+  stats.fetch_s += Since(t0);
+  stats.fetched_head_pages += static_cast<int64_t>(fetches.size());
+  stats.bytes_fetched += fetches.size() * 2 * half_;
+
+  // Anything not verified: one store read of the page (checksummed end to end by the store, from
+  // whichever tier holds it), the head checked against the checksum taken at commit.
+  Clock::time_point t1 = Clock::now();
+  struct Reread {
+    absl::Status status;
+    std::vector<uint8_t> page;
+  };
+  absl::flat_hash_map<PageKey, Reread> reread;
+  const absl::Time in_flight_deadline = absl::Now() + kInFlightWait;
+  for (size_t i = 0; i < fetches.size(); ++i) {
+    if (!bad[i]) continue;
+    if (leases[lease_of_fetch[i]].ok() && gathered.ok()) ++stats.verify_failures;
+    const int h = fetches[i].dst.head;
+    auto [it, inserted] = reread.try_emplace(key_of_fetch[i]);
+    Reread& r = it->second;
+    if (inserted) {
+      ++stats.fallback_reads;
+      r.page.resize(o_.layout.PageBytes());
+      auto info = store_->Get(o_.tenant, key_of_fetch[i], absl::MakeSpan(r.page));
+      // A page of the chain that another writer reserved first (two workers prefilling one
+      // prefix at once: this one only checksummed it) cannot be read until that writer commits.
+      // Wait for it, a bounded time per call, before calling it lost.
+      while (absl::IsNotFound(info.status()) && absl::Now() < in_flight_deadline) {
+        absl::SleepFor(absl::Milliseconds(1));
+        info = store_->Get(o_.tenant, key_of_fetch[i], absl::MakeSpan(r.page));
+      }
+      r.status = info.status();
+      // The store reads the whole page (every head), once.
+      if (info.ok()) stats.bytes_from_tier[static_cast<int>(info->tier)] += o_.layout.PageBytes();
+    }
+    absl::Status s = r.status;
+    if (s.ok()) {
+      std::vector<uint8_t> head(2 * half_);
+      std::memcpy(head.data(), r.page.data() + h * half_, half_);
+      std::memcpy(head.data() + half_, r.page.data() + (kv_ + h) * half_, half_);
+      if (kernels::HeadPageChecksum(head.data(), head.data() + half_, half_) !=
+          fetches[i].checksum) {
+        s = absl::DataLossError("the stored page does not match the checksum taken at commit");
+      } else {
+        s = backend_->WriteHeads({&fetches[i].dst, 1}, head);
+      }
+    }
+    if (!s.ok()) {
+      pool_.Forget(key_of_fetch[i], h);
+      absl::Status& st = status[seq_of_fetch[i]];
+      if (st.ok()) {
+        st = absl::DataLossError(absl::StrCat("layer ", layer, ": no verified copy of page ",
+                                              key_of_fetch[i].Hex(), " head ", h, ": ",
+                                              s.message()));
+      }
+    }
+  }
+  stats.verify_s += Since(t1);
+}
+
+}  // namespace pagoda
