@@ -58,6 +58,17 @@ class PageTable {
 
   // Entry number of (tenant, key) in the index, or kNil.
   uint32_t Find(uint32_t tenant, const PageKey& key) const;
+  // Hints for a batch of lookups (no effect on results): start loading the index bucket of
+  // (tenant, key), or entry idx with its LRU neighbours, into the cache.
+  void PrefetchIndex(uint32_t tenant, const PageKey& key) const {
+    index_.prefetch(Lookup{tenant, key});
+  }
+  void PrefetchEntry(uint32_t idx) const {
+    const PageEntry& e = slab_[idx];
+    __builtin_prefetch(&e);
+    if (e.prev != kNil) __builtin_prefetch(&slab_[e.prev]);
+    if (e.next != kNil) __builtin_prefetch(&slab_[e.next]);
+  }
   // Adds a new entry for (tenant, key) (which must not be in the index) and returns its number.
   uint32_t Insert(uint32_t tenant, const PageKey& key);
   // Removes an entry from the index (it stays allocated; see Release).

@@ -610,7 +610,22 @@ std::vector<absl::StatusOr<ReadLease>> StoreImpl::AcquireReads(std::string_view 
   const uint32_t tid = FindTenant(tenant);
   uint64_t now = NowMs();
   leases_.reserve(leases_.size() + keys.size());
-  for (const PageKey& key : keys) out.push_back(LeaseLocked(tid, key, lease_ms, now));
+  // The page table is far larger than the caches: each key's index bucket is requested kAhead
+  // keys ahead, its entry (and LRU neighbours, which the lease's Touch rewrites) half as far.
+  constexpr size_t kAhead = 8;
+  const size_t n = keys.size();
+  for (size_t i = 0; tid != kNil && i < std::min(n, kAhead); ++i) {
+    table_.PrefetchIndex(tid, keys[i]);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (tid != kNil && i + kAhead < n) table_.PrefetchIndex(tid, keys[i + kAhead]);
+    if (tid != kNil && i + kAhead / 2 < n) {
+      if (const uint32_t ahead = table_.Find(tid, keys[i + kAhead / 2]); ahead != kNil) {
+        table_.PrefetchEntry(ahead);
+      }
+    }
+    out.push_back(LeaseLocked(tid, keys[i], lease_ms, now));
+  }
   EnforceWatermarks(Tier::kHost);
   return out;
 }
