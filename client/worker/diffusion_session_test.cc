@@ -15,38 +15,25 @@
 #include "gtest/gtest.h"
 #include "pagoda/kernels/dtype.h"
 #include "pagoda/kvstore/prefix.h"
+#include "worker_test_util.h"
 
 namespace pagoda {
 namespace {
 
-constexpr int kKv = 2, kQ = 4, kDim = 16, kPage = 4, kBlock = 8, kBlockPages = kBlock / kPage;
+using worker_test::kDim;
+using worker_test::kKv;
+using worker_test::kPage;
+using worker_test::kQ;
+using worker_test::Layout;
+using worker_test::TempDir;
+constexpr int kBlock = 8, kBlockPages = kBlock / kPage;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string t = (std::filesystem::temp_directory_path() / "diffusion_test_XXXXXX").string();
-    path_ = mkdtemp(t.data());
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-PageLayout Layout() { return PageLayout{DType::kFp16, kKv, kDim, kPage}; }
 uint64_t PageBytes() { return Layout().PageBytes(); }
 uint64_t HeadPageBytes() { return PageBytes() / kKv; }
 
+// One page per segment: small host tiers (4-16 pages) move pages to SSD one at a time.
 std::unique_ptr<Store> OpenStore(const std::string& dir, uint64_t host_pages) {
-  StoreOptions o;
-  o.layouts = {Layout()};
-  o.host_capacity_bytes = host_pages * PageBytes();
-  o.segment_bytes = PageBytes();
-  o.data_dir = dir;
-  auto s = Store::Open(o);
-  EXPECT_TRUE(s.ok()) << s.status();
-  return std::move(*s);
+  return worker_test::OpenStore(dir, host_pages, /*segment_pages=*/1);
 }
 
 DiffusionSessionOptions DenseOptions(int32_t pool_pages = 64) {

@@ -14,38 +14,23 @@
 #include "pagoda/client/decode_worker.h"
 #include "pagoda/kernels/dtype.h"
 #include "pagoda/kvstore/prefix.h"
+#include "worker_test_util.h"
 
 namespace pagoda {
 namespace {
 
-constexpr int kKv = 2, kQ = 4, kDim = 16, kPage = 4, kLayers = 2;
-constexpr double kTol = 2e-3;  // fp16 output rounding of values in [-1, 1]
-
-class TempDir {
- public:
-  TempDir() {
-    std::string t = (std::filesystem::temp_directory_path() / "prefill_attend_XXXXXX").string();
-    path_ = mkdtemp(t.data());
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-PageLayout Layout() { return PageLayout{DType::kFp16, kKv, kDim, kPage}; }
-
-std::unique_ptr<Store> OpenStore(const std::string& dir) {
-  StoreOptions o;
-  o.layouts = {Layout()};
-  o.host_capacity_bytes = 4096 * Layout().PageBytes();
-  o.segment_bytes = 16 * Layout().PageBytes();
-  o.data_dir = dir;
-  auto s = Store::Open(o);
-  EXPECT_TRUE(s.ok()) << s.status();
-  return std::move(*s);
-}
+using worker_test::D;
+using worker_test::kDim;
+using worker_test::kKv;
+using worker_test::kLayers;
+using worker_test::kPage;
+using worker_test::kQ;
+using worker_test::kTol;
+using worker_test::Layout;
+using worker_test::OpenStore;
+using worker_test::Prompt;
+using worker_test::TempDir;
+using worker_test::Value;
 
 DecodeWorkerOptions Options(int32_t slots) {
   DecodeWorkerOptions o;
@@ -59,27 +44,12 @@ DecodeWorkerOptions Options(int32_t slots) {
   return o;
 }
 
-float Value(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
-  uint64_t x = a * 0x9e3779b97f4a7c15ULL ^ (b + 0x632be59bd9b4e019ULL) * 0xc2b2ae3d27d4eb4fULL ^
-               (c + 7) * 0x165667b19e3779f9ULL ^ (d + 13) * 0xd6e8feb86659fd93ULL;
-  x ^= x >> 31;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 29;
-  return static_cast<float>(static_cast<double>(x >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-double D(uint16_t h) { return kernels::HalfToFloat(h); }
 // K or V (which = 0 / 1) or q (which = 2) of (layer, position, token) for head h, dim d.
 uint16_t X(int which, int layer, int64_t pos, int32_t tok, int h, int d) {
   const float scale = which == 2 ? 2.5f : 1.f;
   return kernels::FloatToHalf(scale * Value(which * 1000 + layer, static_cast<uint64_t>(pos),
                                             static_cast<uint64_t>(tok),
                                             static_cast<uint64_t>(h * kDim + d)));
-}
-
-std::vector<int32_t> Prompt(int n, int32_t seed) {
-  std::vector<int32_t> t;
-  for (int i = 0; i < n; ++i) t.push_back(seed * 100 + i);
-  return t;
 }
 
 // [n, heads, kDim] of positions [from, from + n).

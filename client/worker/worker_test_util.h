@@ -1,4 +1,5 @@
-// Test helpers of the decode worker's tests (decode_worker_test.cc, sequence_edit_test.cc): a
+// Test helpers of the decode worker's tests (decode_worker_test.cc, sequence_edit_test.cc, and
+// the scaffolding of prefill_attend_test.cc and the sessions' tests): a
 // real embedded Store, a shadow model whose K, V and q are functions of (layer, position, token
 // id), so equal prompts give equal pages and the exact attention every output must match can be
 // computed, and a Driver that runs a worker and keeps each sequence's token ids.
@@ -40,11 +41,14 @@ class TempDir {
 
 inline PageLayout Layout() { return PageLayout{DType::kFp16, kKv, kDim, kPage}; }
 
-inline std::unique_ptr<Store> OpenStore(const std::string& dir, uint64_t host_pages = 4096) {
+// A store under `dir` (its SSD tier there) whose host tier holds host_pages pages in segments of
+// segment_pages pages.
+inline std::unique_ptr<Store> OpenStore(const std::string& dir, uint64_t host_pages = 4096,
+                                        uint64_t segment_pages = 16) {
   StoreOptions o;
   o.layouts = {Layout()};
   o.host_capacity_bytes = host_pages * Layout().PageBytes();
-  o.segment_bytes = 16 * Layout().PageBytes();
+  o.segment_bytes = segment_pages * Layout().PageBytes();
   o.data_dir = dir;
   auto s = Store::Open(o);
   EXPECT_TRUE(s.ok()) << s.status();
