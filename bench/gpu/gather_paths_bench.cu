@@ -5,8 +5,9 @@
 //   contiguous   one cudaMemcpyAsync of all the bytes (the PCIe ceiling);
 //   kernel       the worker's path: one block per head-page reading the mapped arena (zero-copy);
 //   batch        cudaMemcpyBatchAsync: one copy-engine descriptor per 4 KiB half;
-//   verified     the kernel as the worker runs it (256 threads, HeadPageChecksum of what it wrote,
-//                a verdict per head-page);
+//   verified     the worker's own kernel (kernels::gpu::GatherHeadPages: HeadPageChecksum of what
+//                it wrote, a verdict per head-page; the expected sums here are zeros, so every
+//                verdict is "bad", which costs the kernel nothing);
 //   kernel-page  the kernel reading whole 64 KiB pages (all heads) instead: same bytes, fewer,
 //                larger pieces;
 // over arenas allocated five ways: anonymous mmap + cudaHostRegister, the same advised for
@@ -14,7 +15,7 @@
 // store's host tier does), with and without huge-page advice. Prints GB/s (bytes moved / median
 // time).
 //
-//   nvcc -O2 -arch=sm_90 -I kernels/include -o gather_paths_bench bench/gpu/gather_paths_bench.cu
+//   cmake --build <build> --target gather_paths_bench   (links pagoda_kernels_cuda)
 //   ./gather_paths_bench [arena GiB = 16] [head-pages per gather = 3206]
 #include <cuda_runtime.h>
 #include <sys/mman.h>
@@ -28,7 +29,8 @@
 #include <random>
 #include <vector>
 
-#include "pagoda/kernels/head_checksum.h"
+#include "pagoda/kernels/cuda.h"
+#include "pagoda/kernels/params.h"
 
 #define CHECK(x)                                                                             \
   do {                                                                                       \
@@ -51,36 +53,6 @@ __global__ void GatherKernel(const uint8_t* src, const int64_t* src_off, uint8_t
   const uint4* s = reinterpret_cast<const uint4*>(src + src_off[blockIdx.x]);
   uint4* d = reinterpret_cast<uint4*>(dst + dst_off[blockIdx.x]);
   for (int64_t w = threadIdx.x; w < bytes / 16; w += blockDim.x) d[w] = s[w];
-}
-
-// The worker's verified gather (kernels/src/cuda/head_gather.cu), on this bench's offsets: copy
-// i's K half at src_off[2i], V half at src_off[2i + 1], into 8 KiB at dst_off[2i]; the checksum
-// of what it wrote against expected[i].
-__global__ void __launch_bounds__(256)
-    VerifiedGatherKernel(const uint8_t* src, const int64_t* src_off, uint8_t* dst,
-                         const int64_t* dst_off, const uint64_t* expected, uint8_t* bad) {
-  const int i = blockIdx.x;
-  constexpr int64_t kWords = kHalf / 16;
-  uint4* slot = reinterpret_cast<uint4*>(dst + dst_off[2 * i]);
-  uint64_t sum = 0;
-  for (int64_t w = threadIdx.x; w < 2 * kWords; w += 256) {
-    const bool is_v = w >= kWords;
-    const uint4 x = *reinterpret_cast<const uint4*>(src + src_off[2 * i + (is_v ? 1 : 0)] +
-                                                    (is_v ? w - kWords : w) * 16);
-    slot[w] = x;
-    const uint64_t lo = (uint64_t{x.y} << 32) | x.x, hi = (uint64_t{x.w} << 32) | x.z;
-    sum += pagoda::kernels::HeadChecksumTerm(lo, 2 * w) +
-           pagoda::kernels::HeadChecksumTerm(hi, 2 * w + 1);
-  }
-  for (int off = 16; off > 0; off >>= 1) sum += __shfl_down_sync(0xffffffffu, sum, off);
-  __shared__ uint64_t warp_sums[8];
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = sum;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    uint64_t total = 0;
-    for (int j = 0; j < 8; ++j) total += warp_sums[j];
-    bad[i] = total == expected[i] ? 0 : 1;
-  }
 }
 
 struct Arena {
@@ -189,11 +161,29 @@ int main(int argc, char** argv) {
 
   std::printf("gather paths: %d head-pages (%d halves of 4 KiB, %.1f MiB) from a %lld GiB arena\n",
               n, 2 * n, moved / 1048576.0, static_cast<long long>(arena_bytes >> 30));
+  // The worker's gather over the same head-pages: one KV head of n slots, slot i <- head-page i.
+  std::vector<int64_t> src_k(n), src_v(n);
+  std::vector<int32_t> dst_head(n, 0), dst_slot(n);
+  for (int i = 0; i < n; ++i) {
+    src_k[i] = src_half[2 * i];
+    src_v[i] = src_half[2 * i + 1];
+    dst_slot[i] = i;
+  }
+  int64_t *d_src_k, *d_src_v;
+  int32_t *d_dst_head, *d_dst_slot;
   uint64_t* d_expected;
   uint8_t* d_bad;
+  CHECK(cudaMalloc(&d_src_k, n * 8));
+  CHECK(cudaMalloc(&d_src_v, n * 8));
+  CHECK(cudaMalloc(&d_dst_head, n * 4));
+  CHECK(cudaMalloc(&d_dst_slot, n * 4));
   CHECK(cudaMalloc(&d_expected, n * 8));
-  CHECK(cudaMemset(d_expected, 0, n * 8));
   CHECK(cudaMalloc(&d_bad, n));
+  CHECK(cudaMemcpy(d_src_k, src_k.data(), n * 8, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(d_src_v, src_v.data(), n * 8, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(d_dst_head, dst_head.data(), n * 4, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(d_dst_slot, dst_slot.data(), n * 4, cudaMemcpyHostToDevice));
+  CHECK(cudaMemset(d_expected, 0, n * 8));
   std::printf(
       "| arena | contiguous GB/s | kernel (4 KiB halves) | verified (the worker's) | "
       "cudaMemcpyBatchAsync (4 KiB) | kernel (64 KiB pages) |\n|---|---|---|---|---|---|\n");
@@ -208,10 +198,27 @@ int main(int argc, char** argv) {
     const double kernel = MedianMs(
         [&] { GatherKernel<<<2 * n, 128, 0, s>>>(dev_arena, d_src_half, pool, d_dst_half, kHalf); },
         s);
+    pagoda::kernels::HeadGatherParams hp;
+    hp.src = dev_arena;
+    hp.src_bytes = a.bytes;
+    hp.pool = pool;
+    hp.num_kv_heads = 1;
+    hp.pool_slots = n;
+    hp.half_bytes = kHalf;
+    hp.num_copies = n;
+    hp.src_k = d_src_k;
+    hp.src_v = d_src_v;
+    hp.dst_head = d_dst_head;
+    hp.dst_slot = d_dst_slot;
+    hp.expected = d_expected;
+    hp.bad = d_bad;
     const double verified = MedianMs(
         [&] {
-          VerifiedGatherKernel<<<n, 256, 0, s>>>(dev_arena, d_src_half, pool, d_dst_half,
-                                                 d_expected, d_bad);
+          const absl::Status st = pagoda::kernels::gpu::GatherHeadPages(hp, s);
+          if (!st.ok()) {
+            std::fprintf(stderr, "GatherHeadPages: %s\n", st.ToString().c_str());
+            std::exit(1);
+          }
         },
         s);
     std::vector<void*> dsts(2 * n);

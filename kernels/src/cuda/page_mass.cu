@@ -146,7 +146,6 @@ __device__ __forceinline__ void Fold(const PageMassParams& p, float scale, float
 // reduction each), each entry's mass (global, and the first kMassCache in shared memory), then
 // with sel.rows > 0 the row's choice (MassSelectParams' placement: kept [0, split), the best
 // candidates, kept [split, keep)).
-template <int kG>
 __device__ void Finish(const PageMassParams& p, const float* ws, const MassSelectParams& sel, int r,
                        int group, int first, int count) {
   __shared__ float scratch[kWarps];
@@ -225,15 +224,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   Fold<kDim, kBf16, kG>(p, scale, ws, b, h, group, first, count, lane, e0);
 }
 
-// Pass 2: a block per row finishes it (and chooses, with sel.rows > 0).
-template <int kG>
+// Pass 2: a block per row finishes it (and chooses, with sel.rows > 0). One kernel for every
+// group size: it loops over the group at run time.
 __global__ void __launch_bounds__(kThreads)
     PageMassFinishKernel(const __grid_constant__ PageMassParams p, const float* ws,
                          const __grid_constant__ MassSelectParams sel) {
   const int r = blockIdx.x;
   const int first = p.indptr[r], count = p.indptr[r + 1] - first;
   if (count == 0) return;
-  Finish<kG>(p, ws, sel, r, p.num_qo_heads / p.kv.num_kv_heads, first, count);
+  Finish(p, ws, sel, r, p.num_qo_heads / p.kv.num_kv_heads, first, count);
 }
 
 // Blocks per row: about two entries per warp for the mean row, at most kMaxSplit.
@@ -250,7 +249,7 @@ void Launch(const PageMassParams& p, int64_t num_entries, float scale, float* ws
   const int rows = p.batch * p.kv.num_kv_heads;
   const dim3 grid(rows, Split(num_entries, rows));
   PageMassPartialKernel<kDim, kBf16, kG><<<grid, kThreads, 0, stream>>>(p, scale, ws);
-  PageMassFinishKernel<kG><<<rows, kThreads, 0, stream>>>(p, ws, sel);
+  PageMassFinishKernel<<<rows, kThreads, 0, stream>>>(p, ws, sel);
 }
 
 // The smallest compiled group bound (1, 2, 4 or 8) that holds `group`.
