@@ -273,6 +273,7 @@ class PagodaRun:
         self.stats = {
             "append_s": 0.0, "select_s": 0.0, "fetch_s": 0.0, "verify_s": 0.0,
             "attend_s": 0.0, "commit_s": 0.0, "bytes_fetched": 0, "bytes_committed": 0,
+            "resolve_s": 0.0, "lease_s": 0.0, "gather_s": 0.0,  # fetch_s in parts
             "fetched_head_pages": 0, "attended_head_pages": 0, "pool_hits": 0, "shared_head_pages": 0,
             "verify_failures": 0, "retrievals": 0,
         }  # fmt: skip

@@ -129,7 +129,7 @@ def run_pagoda(model: Llama, a, kvd, kv_name: str, policy: str, trigger: bool, b
         worker = pagoda.DecodeWorker(
             store, num_layers=c.layers, q_heads=c.q_heads, kv_heads=c.kv_heads, head_dim=c.head_dim,
             dtype=kv_name, page_tokens=P, policy=policy, budget_tokens=a.budget, boundary_trigger=trigger,
-            pool_slots_per_head=pool, summary_slots=summaries, prepare_host_bytes=-1,
+            pool_slots_per_head=pool, summary_slots=summaries, prepare_host_bytes=-1, select_threads=a.select_threads,
             model_id=f"llama-throughput-{a.config}", device=str(dev),
         )  # fmt: skip
         create_s = time.perf_counter() - t0
@@ -178,6 +178,7 @@ def measure(argv=None) -> dict:
     p.add_argument("--page-tokens", type=int, default=16)
     p.add_argument("--pool-factor", type=int, default=2, help="GPU pool: this many steps' worst case")
     p.add_argument("--skip-dense", action="store_true")
+    p.add_argument("--select-threads", type=int, default=0, help="the worker's (0: cores, at most 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a check of the script)")
     a = p.parse_args(argv)

@@ -73,6 +73,7 @@ struct Args {
   // Prepare the host tier's segments at Create (DecodeWorkerOptions::prepare_host_bytes = -1)
   // instead of inside the prefill's first writes to each segment.
   bool prepare_host = true;
+  int select_threads = 0;  // DecodeWorkerOptions::select_threads
 };
 
 constexpr int kQ = 32, kKv = 8, kD = 128, kP = 16;
@@ -165,6 +166,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
   }
   bench::TensorStage& st = **stage;
   o.prepare_host_bytes = a.prepare_host ? -1 : 0;
+  o.select_threads = a.select_threads;
   const auto created = std::chrono::steady_clock::now();
   auto worker = DecodeWorker::Create(store->get(), std::move(backend), o);
   if (!worker.ok()) {
@@ -235,7 +237,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
   for (float& x : qf) x = nd(rng);
   std::vector<uint16_t> q(qf.size());
   std::vector<std::vector<uint16_t>> o_h(L, std::vector<uint16_t>(qf.size()));
-  std::vector<double> step_s, host_s, ph[6];
+  std::vector<double> step_s, host_s, ph[6], split[3];
   double fetched = 0, attended = 0, retrievals = 0, late = 0;
   int failures = 0;
   for (int s = 0; s < a.warmup + a.steps; ++s) {
@@ -303,6 +305,8 @@ int RunCase(const Args& a, int64_t ctx, int B,
     const double p[6] = {stats->append_s, stats->select_s, stats->fetch_s,
                          stats->verify_s, stats->attend_s, stats->commit_s};
     for (int i = 0; i < 6; ++i) ph[i].push_back(p[i] / L);
+    const double f[3] = {stats->resolve_s, stats->lease_s, stats->gather_s};
+    for (int i = 0; i < 3; ++i) split[i].push_back(f[i] / L);
     fetched += stats->fetched_head_pages;
     attended += stats->attended_head_pages;
     retrievals += stats->retrievals;
@@ -331,6 +335,9 @@ int RunCase(const Args& a, int64_t ctx, int B,
     std::printf("- | - |");
   }
   std::printf(" %.1f s | %d | %.2f |\n", prefill_s, failures, late / (a.steps * L * B));
+  std::printf(
+      "fetch per layer-step, ms: resolve slots %.3f, store leases %.3f, gather + wait %.3f\n",
+      Median(split[0]) * 1e3, Median(split[1]) * 1e3, Median(split[2]) * 1e3);
   std::printf("backend calls per step, ms (wall time in each, syncs included): %s\n",
               bench::BackendBreakdown(*timer, a.steps).c_str());
   {
@@ -425,6 +432,9 @@ int main(int argc, char** argv) {
   app.add_flag("--prefill-attend", a.prefill_attend, "prefill with attention (PrefillAttend)");
   app.add_option("--prepare-host", a.prepare_host,
                  "prepare the host tier's segments at Create (1) or on demand (0)");
+  app.add_option("--select-threads", a.select_threads,
+                 "threads that select and resolve pool slots (0: the machine's cores, at most 8)")
+      ->check(CLI::Range(0, 256));
   app.add_option("--streaming-heads", a.streaming_heads, "streaming KV heads in prefill")
       ->check(CLI::Range(0, pagoda::kKv));
   app.add_option("--sdpa-prefill", a.sdpa_prefill, "sdpa_prefill.py output (baselines)");

@@ -750,7 +750,9 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   std::vector<PageKey> key_of_fetch;
   JoinHeads(stats, fetches, seq_of_fetch, key_of_fetch);
   stats.shared_head_pages += pool_.shared() - shared_before;
-  stats.fetch_s += Since(t2);  // resolving slots counts as fetch work
+  const double resolved_in = Since(t2);
+  stats.fetch_s += resolved_in;  // resolving slots counts as fetch work
+  stats.resolve_s += resolved_in;
   if (!fetches.empty()) {
     Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
   }

@@ -70,7 +70,7 @@ class DecodeWorker::Impl {
         committer_(store, o.tenant, o.layout),
         device_select_(o.policy == retriever::Policy::kQuest),
         layout_pages_(o.policy == retriever::Policy::kBoundary),
-        select_pool_(device_select_ ? 1 : worker_internal::SelectThreads(o.select_threads)),
+        select_pool_(worker_internal::SelectThreads(o.select_threads)),
         q_pending_(o.num_layers),
         late_pending_(o.num_layers),
         steady_batch_(o.num_layers) {}

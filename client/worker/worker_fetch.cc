@@ -145,7 +145,9 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
     if (!steady_[b]) continue;
     for (int h = 0; h < kv_; ++h) steady_slots_[b * kv_ + h].swap(head_res_[h].slots[b]);
   }
-  stats.fetch_s += Since(t0);
+  const double resolved_in = Since(t0);
+  stats.fetch_s += resolved_in;
+  stats.resolve_s += resolved_in;
   if (!fetches.empty()) Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
   for (int64_t b = 0; b < B; ++b) {
     if (steady_[b] && status[b].ok()) HoldCandidates(b, layer, requests[b]);
@@ -205,8 +207,10 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
     if (inserted) keys.push_back(key_of_fetch[i]);
     lease_of_fetch[i] = it->second;
   }
+  Clock::time_point tl = Clock::now();
   std::vector<absl::StatusOr<ReadLease>> leases =
       store_->AcquireReads(o_.tenant, keys, absl::Seconds(o_.lease_seconds));
+  stats.lease_s += Since(tl);
   std::vector<HeadFetch> ready;
   std::vector<size_t> ready_of;
   for (size_t i = 0; i < fetches.size(); ++i) {
@@ -221,13 +225,17 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
   }
   std::vector<uint8_t> bad(fetches.size(), 1);  // not gathered counts as bad
   std::vector<uint8_t> ready_bad(ready.size(), 0);
+  Clock::time_point tg = Clock::now();
   absl::Status gathered = backend_->Gather(ready, absl::MakeSpan(ready_bad));
   if (gathered.ok()) gathered = backend_->Sync();
+  stats.gather_s += Since(tg);
+  tl = Clock::now();
   std::vector<uint64_t> ids;
   for (const auto& lease : leases) {
     if (lease.ok()) ids.push_back(lease->lease_id);
   }
   (void)store_->ReleaseReads(ids);
+  stats.lease_s += Since(tl);
   // verify off (to measure its cost): the gather's verdicts are ignored.
   for (size_t j = 0; j < ready.size() && gathered.ok(); ++j) {
     bad[ready_of[j]] = o_.verify ? ready_bad[j] : 0;

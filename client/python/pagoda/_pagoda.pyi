@@ -87,6 +87,9 @@ class StepStats:
     select_s: float
     fetch_s: float
     verify_s: float
+    resolve_s: float
+    lease_s: float
+    gather_s: float
     attend_s: float
     commit_s: float
 
@@ -115,6 +118,7 @@ class DecodeWorker:
         pool_slots_per_head: int = 4096,
         summary_slots: int = 65536,
         prepare_host_bytes: int = 0,
+        select_threads: int = 0,
         selector: Dict[str, Any] = ...,
         tenant: str = "decode",
         model_id: str = "model",

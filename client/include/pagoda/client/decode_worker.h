@@ -228,6 +228,9 @@ struct WorkerStepStats {
   uint64_t bytes_from_tier[kNumTiers] = {0, 0, 0};
   uint64_t bytes_committed = 0;  // full pages committed (all heads)
   double append_s = 0, select_s = 0, fetch_s = 0, verify_s = 0, attend_s = 0, commit_s = 0;
+  // fetch_s in parts: resolving pool slots (host), the store's leases taken and released (host),
+  // and the gather (enqueued, then waited for: its verdicts are read before anything is attended).
+  double resolve_s = 0, lease_s = 0, gather_s = 0;
 };
 
 struct WorkerStats {
