@@ -46,6 +46,11 @@ constexpr int32_t kLayoutFormat = 1;
 // (a prefix two workers prefill at once) before a page that stays unreadable counts as lost.
 constexpr absl::Duration kInFlightWait = absl::Seconds(2);
 
+// A layer's fetch list is leased and gathered in up to kGatherChunks chunks of at least
+// kGatherChunk head-pages (the store leases one chunk while the device gathers the one before).
+constexpr size_t kGatherChunk = 512;
+constexpr size_t kGatherChunks = 4;
+
 // Rows [first, first + count) of a [n, ...] view.
 inline TensorView Rows(const TensorView& t, int64_t first, int64_t count) {
   TensorView r = t;

@@ -854,6 +854,36 @@ TEST(DecodeWorker, AStaleGatherIsCaughtAndReadAgainThroughTheStore) {
   for (int l = 0; l < kLayers; ++l) EXPECT_LT(d2.Error(s, 0, l, outs[l], true), kTol);
 }
 
+// A layer fetching more than one chunk (leased and gathered a chunk at a time, verdicts read once
+// for all): a stale copy in every chunk, the last included, is caught and read again.
+TEST(DecodeWorker, AStaleCopyInAnyChunkOfALargeFetchIsCaught) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  const DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096 * kPage, 1200);
+  auto w1 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w1.ok());
+  Driver d1(w1->get());
+  const std::vector<int32_t> prompt = Prompt(2101, 21);
+  d1.Open(prompt, nullptr, 512);
+  ASSERT_TRUE((*w1)->Flush().ok());
+  auto backend = std::make_unique<StaleFirstCopy>(MakeCpuWorkerBackend());
+  StaleFirstCopy* stale = backend.get();
+  auto w2 = DecodeWorker::Create(store.get(), std::move(backend), o);
+  ASSERT_TRUE(w2.ok());
+  Driver d2(w2->get());
+  const SequenceId s = d2.Open(prompt);
+  std::vector<std::vector<uint16_t>> outs;
+  auto stats = d2.Step({s}, {5}, &outs);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_TRUE(stats->sequence_status[0].ok()) << stats->sequence_status[0];
+  // 525 closed pages x 2 heads per layer: chunks of 512, 512 and 26 head-pages.
+  EXPECT_EQ(stats->fetched_head_pages, kLayers * 525 * kKv);
+  EXPECT_EQ(stale->stale, kLayers * 3);
+  EXPECT_EQ(stats->verify_failures, stale->stale);
+  EXPECT_GE(stats->fallback_reads, kLayers * 2);  // a chunk's first head-page may share a page
+  for (int l = 0; l < kLayers; ++l) EXPECT_LT(d2.Error(s, 0, l, outs[l], true), kTol);
+}
+
 TEST(DecodeWorker, ACorruptStoredPageIsNeverAttended) {
   TempDir dir;
   auto store = OpenStore(dir.path());

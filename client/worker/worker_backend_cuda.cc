@@ -5,9 +5,9 @@
 // the runtime API.
 //
 // Per layer: Gather = one H2D copy of the fetch list (pinned) + one verified-gather kernel reading
-// the arena over PCIe + one D2H copy of the verdicts and a stream sync (the worker reads them
-// before attending); WriteTokens = one H2D copy of row ids + two scatter kernels; Attend = one H2D
-// copy of the page table (pinned) + the sparse decode kernel, no sync. Head-page copies for
+// the arena over PCIe + one D2H copy of the verdicts, read at the next Sync() (the worker reads
+// them before attending); WriteTokens = one H2D copy of row ids + two scatter kernels; Attend = one
+// H2D copy of the page table (pinned) + the sparse decode kernel, no sync. Head-page copies for
 // commits, forks and fallbacks are synchronous.
 #include <cuda_runtime_api.h>
 
@@ -183,30 +183,37 @@ class CudaWorkerBackend final : public WorkerBackend {
     p.expected = sums.data();
     p.bad = bad.data();
     if (absl::Status s = kernels::ValidateHeadGather(p); !s.ok()) return s;
-    const size_t bytes = n * (8 + 8 + 4 + 4 + 8 + 1);
-    if (absl::Status s = fetch_.Reserve(bytes); !s.ok()) return s;
-    uint8_t* h = fetch_.host;
+    // Gathers until the next Sync() share the staging buffer, each in its own region (its upload
+    // and verdicts are in flight until then); one that does not fit waits for those first.
+    const size_t bytes = (n * (8 + 8 + 4 + 4 + 8 + 1) + 255) & ~size_t{255};
+    if (gather_off_ + bytes > fetch_.bytes) {
+      if (absl::Status s = Sync(); !s.ok()) return s;
+      if (absl::Status s = fetch_.Reserve(bytes); !s.ok()) return s;
+    }
+    const size_t base = gather_off_;
+    uint8_t* h = fetch_.host + base;
+    uint8_t* d = fetch_.dev + base;
     size_t off = 0;
     auto put = [&](const void* src, size_t len) {
       std::memcpy(h + off, src, len);
       const size_t at = off;
       off += len;
-      return fetch_.dev + at;
+      return d + at;
     };
     p.src_k = reinterpret_cast<const int64_t*>(put(k.data(), n * 8));
     p.src_v = reinterpret_cast<const int64_t*>(put(v.data(), n * 8));
     p.expected = reinterpret_cast<const uint64_t*>(put(sums.data(), n * 8));
     p.dst_head = reinterpret_cast<const int32_t*>(put(heads.data(), n * 4));
     p.dst_slot = reinterpret_cast<const int32_t*>(put(slots.data(), n * 4));
-    p.bad = fetch_.dev + off;
-    PAGODA_CUDA_RETURN(cudaMemcpyAsync(fetch_.dev, h, off, cudaMemcpyHostToDevice, stream_),
+    p.bad = d + off;
+    PAGODA_CUDA_RETURN(cudaMemcpyAsync(d, h, off, cudaMemcpyHostToDevice, stream_),
                        "fetch list upload");
     if (absl::Status s = kernels::gpu::GatherHeadPages(p, stream_); !s.ok()) return s;
     PAGODA_CUDA_RETURN(cudaMemcpyAsync(h + off, p.bad, n, cudaMemcpyDeviceToHost, stream_),
                        "verdicts download");
     PAGODA_CUDA_RETURN(cudaEventRecord(fetch_.ready, stream_), "event record");
-    PAGODA_CUDA_RETURN(cudaStreamSynchronize(stream_), "gather sync");
-    std::memcpy(bad.data(), h + off, n);
+    gather_off_ = base + bytes;
+    verdicts_.push_back({bad.data(), base + off, static_cast<size_t>(n)});
     return absl::OkStatus();
   }
 
@@ -995,7 +1002,21 @@ class CudaWorkerBackend final : public WorkerBackend {
     return absl::OkStatus();
   }
 
-  absl::Status Sync() override { return CudaStatus(cudaStreamSynchronize(stream_), "sync"); }
+  absl::Status Sync() override {
+    absl::Status s = CudaStatus(cudaStreamSynchronize(stream_), "sync");
+    // The gathers' verdicts land in their callers' flags (all 1, not verified, when the stream
+    // failed: nothing it gathered may be attended).
+    for (const Verdicts& v : verdicts_) {
+      if (s.ok()) {
+        std::memcpy(v.bad, fetch_.host + v.at, v.n);
+      } else {
+        std::memset(v.bad, 1, v.n);
+      }
+    }
+    verdicts_.clear();
+    gather_off_ = 0;
+    return s;
+  }
 
  private:
   uint8_t* SlotPtr(HeadSlot s) const {
@@ -1087,6 +1108,15 @@ class CudaWorkerBackend final : public WorkerBackend {
   const uint8_t* src_ = nullptr;
   int64_t src_bytes_ = 0;
   Staged fetch_, table_, prefill_, assemble_, score_;
+  // Gathers enqueued since the last Sync(): where in fetch_ each one's verdicts arrive and whose
+  // flags they are; gather_off_ is where the next one's region begins.
+  struct Verdicts {
+    uint8_t* bad;
+    size_t at;
+    size_t n;
+  };
+  std::vector<Verdicts> verdicts_;
+  size_t gather_off_ = 0;
   // workspace_: the prefill's and the masses'; decode_ws_: the decode's only (its counters).
   DeviceScratch workspace_, decode_ws_;
   absl::flat_hash_map<std::pair<int32_t, int64_t>, kernels::gpu::DecodePlan> plans_;

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "pagoda/client/decode_worker.h"
 #include "pagoda/kernels/dtype.h"
 #include "pagoda/kernels/reference.h"
+#include "pagoda/kvstore/prefix.h"
 
 namespace pagoda {
 namespace {
@@ -465,6 +467,134 @@ TEST(CudaWorkerBackendTest, AttendBestByMassMatchesTheCpuBackend) {
   EXPECT_EQ((*cuda)->AttendBestByMass(q_gpu.view(), bad, 3, o_gpu.view()).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*cuda)->FinishChoices(4).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// One layer's fetch of two whole 9,600-token contexts (2 x 600 pages x 2 KV heads) goes to the
+// device in four chunks, each leased and gathered while the next is leased, the verdicts read once
+// after the last. A head-page corrupted in the arena after the worker took its checksums, in the
+// last chunk, is never attended: its sequence fails with DataLoss and gets zeros, the other gets
+// exactly what it gets with nothing corrupted.
+struct CorruptRun {
+  std::vector<uint16_t> out;
+  WorkerStepStats stats;
+};
+
+CorruptRun RunWithCorruption(bool corrupt, std::unique_ptr<WorkerBackend> backend) {
+  const PageLayout layout{DType::kBf16, 2, 64, 16};
+  const int kv = 2, q_heads = 4, dim = 64;
+  const int64_t prompt = 16 * 600 + 1;  // 600 closed pages and an open one
+  std::string t = (std::filesystem::temp_directory_path() / "worker_cuda_XXXXXX").string();
+  const std::string dir = mkdtemp(t.data());
+  StoreOptions so;
+  so.layouts = {layout};
+  so.host_capacity_bytes = 1400 * layout.PageBytes();
+  so.segment_bytes = 64 * layout.PageBytes();
+  so.data_dir = dir;
+  auto store = Store::Open(so);
+  EXPECT_TRUE(store.ok()) << store.status();
+  DecodeWorkerOptions o;
+  o.layout = layout;
+  o.q_heads = q_heads;
+  o.num_layers = 1;
+  o.policy = retriever::Policy::kQuest;
+  o.selector.budget_tokens = 2 * prompt;  // the whole context
+  o.pool_slots_per_head = 1400;
+  const Device dev = backend->device();
+  auto writer = DecodeWorker::Create(store->get(), MakeCpuWorkerBackend(), o);
+  EXPECT_TRUE(writer.ok()) << writer.status();
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g(0.f, 1.f);
+  auto random = [&](size_t n) {
+    std::vector<uint16_t> x(n);
+    for (auto& e : x) e = kernels::FloatToBf16(g(rng));
+    return x;
+  };
+  std::vector<std::vector<int32_t>> prompts(2, std::vector<int32_t>(prompt));
+  for (int b = 0; b < 2; ++b) {
+    for (auto& tok : prompts[b]) tok = static_cast<int32_t>(rng() % 5000);
+    auto opened = (*writer)->Open(prompts[b]);
+    EXPECT_TRUE(opened.ok());
+    Tensor k(Device::kCpu, DType::kBf16, random(prompt * kv * dim), prompt, kv, dim);
+    Tensor v(Device::kCpu, DType::kBf16, random(prompt * kv * dim), prompt, kv, dim);
+    EXPECT_TRUE((*writer)->Prefill(opened->id, 0, k.view(), v.view()).ok());
+  }
+  EXPECT_TRUE((*writer)->Flush().ok());
+  // A fresh worker on the backend finds both contexts in the store (checksums taken at Open).
+  auto w = DecodeWorker::Create(store->get(), std::move(backend), o);
+  EXPECT_TRUE(w.ok()) << w.status();
+  std::vector<SequenceId> ids;
+  for (int b = 0; b < 2; ++b) {
+    auto opened = (*w)->Open(prompts[b]);
+    EXPECT_TRUE(opened.ok());
+    EXPECT_EQ(opened->cached_tokens, prompt - 1);  // the last token is the caller's
+    Tensor k(dev, DType::kBf16, random(kv * dim), 1, kv, dim);
+    Tensor v(dev, DType::kBf16, random(kv * dim), 1, kv, dim);
+    EXPECT_TRUE((*w)->Prefill(opened->id, 0, k.view(), v.view()).ok());
+    ids.push_back(opened->id);
+  }
+  if (corrupt) {  // head 1 of page 598 of the second sequence: in the last chunk
+    const std::vector<PageKey> keys = ChainPageKeys(prompts[1], 16, {o.model_id, 0, o.salt});
+    auto lease = (*store)->AcquireRead(o.tenant, keys[598]);
+    EXPECT_TRUE(lease.ok()) << lease.status();
+    (*store)->HostArenaInfo().base[lease->arena_offset + layout.PageBytes() / 4 + 3] ^= 0x10;
+    EXPECT_TRUE((*store)->ReleaseRead(lease->lease_id).ok());
+  }
+  auto plan = (*w)->Plan(ids, {7, 8});
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  Tensor q(dev, DType::kBf16, random(2 * q_heads * dim), 2, q_heads, dim);
+  Tensor k(dev, DType::kBf16, random(2 * kv * dim), 2, kv, dim);
+  Tensor v(dev, DType::kBf16, random(2 * kv * dim), 2, kv, dim);
+  Tensor out(dev, DType::kBf16, std::vector<uint16_t>(2 * q_heads * dim, 1), 2, q_heads, dim);
+  EXPECT_TRUE((*w)->Attend(*plan, 0, q.view(), k.view(), v.view(), out.view()).ok());
+  CorruptRun r;
+  r.out = out.Read();
+  auto stats = (*w)->Finish(*plan);
+  EXPECT_TRUE(stats.ok()) << stats.status();
+  if (stats.ok()) r.stats = *stats;
+  w->reset();
+  writer->reset();
+  store->reset();
+  std::filesystem::remove_all(dir);
+  return r;
+}
+
+void ExpectCorruptionCaught(const std::function<std::unique_ptr<WorkerBackend>()>& make) {
+  const CorruptRun clean = RunWithCorruption(false, make());
+  const CorruptRun bad = RunWithCorruption(true, make());
+  ASSERT_EQ(clean.stats.sequence_status.size(), 2u);
+  ASSERT_EQ(bad.stats.sequence_status.size(), 2u);
+  EXPECT_EQ(clean.stats.fetched_head_pages, 2 * 600 * 2);
+  EXPECT_EQ(bad.stats.fetched_head_pages, 2 * 600 * 2);
+  EXPECT_TRUE(clean.stats.sequence_status[1].ok()) << clean.stats.sequence_status[1];
+  EXPECT_EQ(clean.stats.verify_failures, 0);
+  EXPECT_EQ(bad.stats.verify_failures, 1);
+  EXPECT_TRUE(bad.stats.sequence_status[0].ok()) << bad.stats.sequence_status[0];
+  EXPECT_EQ(bad.stats.sequence_status[1].code(), absl::StatusCode::kDataLoss)
+      << bad.stats.sequence_status[1];
+  const size_t row = 4 * 64;
+  ASSERT_EQ(bad.out.size(), 2 * row);
+  for (size_t i = 0; i < row; ++i) {
+    ASSERT_EQ(bad.out[i], clean.out[i]) << i;  // the other sequence: unchanged
+    ASSERT_EQ(bad.out[row + i], 0) << i;       // the failed one: zeros, never wrong bytes
+  }
+  bool nonzero = false;
+  for (size_t i = 0; i < row; ++i) nonzero = nonzero || clean.out[row + i] != 0;
+  EXPECT_TRUE(nonzero);
+}
+
+TEST(CudaWorkerBackendTest, ACorruptHeadPageInTheLastChunkOfAFetchIsNeverAttended) {
+  auto probe = MakeCudaWorkerBackend();
+  if (!probe.ok()) {
+    ASSERT_TRUE(absl::IsUnavailable(probe.status())) << probe.status();
+    GTEST_SKIP() << probe.status();
+  }
+  probe->reset();
+  ExpectCorruptionCaught([] { return std::move(*MakeCudaWorkerBackend()); });
+}
+
+// The same on the CPU backend (CI): the worker's chunked fetch, verdicts and fallback.
+TEST(CpuWorkerBackendTest, ACorruptHeadPageInTheLastChunkOfAFetchIsNeverAttended) {
+  ExpectCorruptionCaught([] { return MakeCpuWorkerBackend(); });
 }
 
 }  // namespace

@@ -20,6 +20,8 @@
 namespace pagoda {
 
 using worker_internal::Clock;
+using worker_internal::kGatherChunk;
+using worker_internal::kGatherChunks;
 using worker_internal::kInFlightWait;
 using worker_internal::LayerState;
 using worker_internal::Since;
@@ -198,7 +200,10 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
                                std::vector<HeadFetch>& fetches, std::vector<absl::Status>& status,
                                WorkerStepStats& stats) {
   Clock::time_point t0 = Clock::now();
-  // One lease per page, however many heads and sequences read it; all in one store call.
+  // One lease per page, however many heads and sequences read it. The list goes in chunks: a
+  // chunk's new pages are leased (one store call) and its head-pages gathered (enqueued), then
+  // the next chunk's, so the store's work on a chunk overlaps the gather of the one before; one
+  // Sync at the end brings every verdict back before anything is attended.
   absl::flat_hash_map<PageKey, int32_t> lease_of;  // page -> index into `keys`
   std::vector<PageKey> keys;
   std::vector<int32_t> lease_of_fetch(fetches.size());
@@ -207,37 +212,64 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
     if (inserted) keys.push_back(key_of_fetch[i]);
     lease_of_fetch[i] = it->second;
   }
-  Clock::time_point tl = Clock::now();
-  std::vector<absl::StatusOr<ReadLease>> leases =
-      store_->AcquireReads(o_.tenant, keys, absl::Seconds(o_.lease_seconds));
-  stats.lease_s += Since(tl);
+  std::vector<absl::StatusOr<ReadLease>> leases;
+  leases.reserve(keys.size());
+  std::vector<size_t> ready_of;  // fetch of each gathered entry, in gather order
+  std::vector<uint8_t> ready_bad(fetches.size(), 1);
+  absl::Status gathered;
+  const size_t chunk =
+      std::max<size_t>(kGatherChunk, (fetches.size() + kGatherChunks - 1) / kGatherChunks);
   std::vector<HeadFetch> ready;
-  std::vector<size_t> ready_of;
-  for (size_t i = 0; i < fetches.size(); ++i) {
-    const absl::StatusOr<ReadLease>& lease = leases[lease_of_fetch[i]];
-    if (!lease.ok()) continue;  // answered by the fallback below
-    const int h = fetches[i].dst.head;
-    stats.bytes_from_tier[static_cast<int>(lease->found_in)] += 2 * half_;
-    fetches[i].src_k = static_cast<int64_t>(lease->arena_offset) + h * half_;
-    fetches[i].src_v = static_cast<int64_t>(lease->arena_offset) + (kv_ + h) * half_;
-    ready.push_back(fetches[i]);
-    ready_of.push_back(i);
+  for (size_t begin = 0; begin < fetches.size() && gathered.ok(); begin += chunk) {
+    const size_t end = std::min(fetches.size(), begin + chunk);
+    // Keys are numbered in order of first use, so the chunk's new ones are the next run of keys.
+    size_t keys_end = leases.size();
+    for (size_t i = begin; i < end; ++i) {
+      keys_end = std::max(keys_end, static_cast<size_t>(lease_of_fetch[i]) + 1);
+    }
+    if (keys_end > leases.size()) {
+      Clock::time_point tl = Clock::now();
+      std::vector<absl::StatusOr<ReadLease>> more = store_->AcquireReads(
+          o_.tenant, absl::MakeConstSpan(keys).subspan(leases.size(), keys_end - leases.size()),
+          absl::Seconds(o_.lease_seconds));
+      stats.lease_s += Since(tl);
+      std::move(more.begin(), more.end(), std::back_inserter(leases));
+    }
+    ready.clear();
+    const size_t first = ready_of.size();
+    for (size_t i = begin; i < end; ++i) {
+      const absl::StatusOr<ReadLease>& lease = leases[lease_of_fetch[i]];
+      if (!lease.ok()) continue;  // answered by the fallback below
+      const int h = fetches[i].dst.head;
+      stats.bytes_from_tier[static_cast<int>(lease->found_in)] += 2 * half_;
+      fetches[i].src_k = static_cast<int64_t>(lease->arena_offset) + h * half_;
+      fetches[i].src_v = static_cast<int64_t>(lease->arena_offset) + (kv_ + h) * half_;
+      ready.push_back(fetches[i]);
+      ready_of.push_back(i);
+    }
+    Clock::time_point tg = Clock::now();
+    gathered = backend_->Gather(ready, absl::MakeSpan(ready_bad).subspan(first, ready.size()));
+    stats.gather_s += Since(tg);
+    if (!gathered.ok()) ready_of.resize(first);  // this chunk and the rest are not gathered
   }
-  std::vector<uint8_t> bad(fetches.size(), 1);  // not gathered counts as bad
-  std::vector<uint8_t> ready_bad(ready.size(), 0);
   Clock::time_point tg = Clock::now();
-  absl::Status gathered = backend_->Gather(ready, absl::MakeSpan(ready_bad));
-  if (gathered.ok()) gathered = backend_->Sync();
+  if (absl::Status s = backend_->Sync(); !s.ok()) {
+    gathered = s;
+    ready_of.clear();  // no verdict came back: nothing counts as gathered
+  }
   stats.gather_s += Since(tg);
-  tl = Clock::now();
+  Clock::time_point tl = Clock::now();
   std::vector<uint64_t> ids;
   for (const auto& lease : leases) {
     if (lease.ok()) ids.push_back(lease->lease_id);
   }
   (void)store_->ReleaseReads(ids);
   stats.lease_s += Since(tl);
-  // verify off (to measure its cost): the gather's verdicts are ignored.
-  for (size_t j = 0; j < ready.size() && gathered.ok(); ++j) {
+  // Not gathered, not verified or (verify off, to measure its cost) verdict ignored.
+  std::vector<uint8_t> bad(fetches.size(), 1);
+  std::vector<uint8_t> was_gathered(fetches.size(), 0);
+  for (size_t j = 0; j < ready_of.size(); ++j) {
+    was_gathered[ready_of[j]] = 1;
     bad[ready_of[j]] = o_.verify ? ready_bad[j] : 0;
   }
   stats.fetch_s += Since(t0);
@@ -255,7 +287,7 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
   const absl::Time in_flight_deadline = absl::Now() + kInFlightWait;
   for (size_t i = 0; i < fetches.size(); ++i) {
     if (!bad[i]) continue;
-    if (leases[lease_of_fetch[i]].ok() && gathered.ok()) ++stats.verify_failures;
+    if (was_gathered[i]) ++stats.verify_failures;
     const int h = fetches[i].dst.head;
     auto [it, inserted] = reread.try_emplace(key_of_fetch[i]);
     Reread& r = it->second;

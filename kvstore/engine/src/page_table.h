@@ -63,6 +63,11 @@ class PageTable {
   void PrefetchIndex(uint32_t tenant, const PageKey& key) const {
     index_.prefetch(Lookup{tenant, key});
   }
+  // The next stage: probes the (prefetched) bucket and starts loading the entries it holds whose
+  // hash tag matches (normally just the one sought), without waiting for any of them.
+  void PrefetchCandidates(uint32_t tenant, const PageKey& key) const {
+    (void)index_.find(Probe{tenant, key});
+  }
   void PrefetchEntry(uint32_t idx) const {
     const PageEntry& e = slab_[idx];
     __builtin_prefetch(&e);
@@ -96,6 +101,11 @@ class PageTable {
     uint32_t tenant;
     PageKey key;
   };
+  // A lookup that never matches: each candidate the probe compares it with is prefetched instead.
+  struct Probe {
+    uint32_t tenant;
+    PageKey key;
+  };
   struct Hash {
     using is_transparent = void;
     const std::vector<PageEntry>* slab;
@@ -104,6 +114,7 @@ class PageTable {
       return (*this)(Lookup{e.tenant, e.key});
     }
     size_t operator()(const Lookup& l) const { return absl::HashOf(l.tenant, l.key.hi, l.key.lo); }
+    size_t operator()(const Probe& p) const { return absl::HashOf(p.tenant, p.key.hi, p.key.lo); }
   };
   struct Eq {
     using is_transparent = void;
@@ -114,6 +125,11 @@ class PageTable {
       return e.tenant == l.tenant && e.key == l.key;
     }
     bool operator()(const Lookup& l, uint32_t a) const { return (*this)(a, l); }
+    bool operator()(uint32_t a, const Probe&) const {
+      __builtin_prefetch(&(*slab)[a]);
+      return false;
+    }
+    bool operator()(const Probe& p, uint32_t a) const { return (*this)(a, p); }
   };
 
   std::vector<PageEntry> slab_;

@@ -610,21 +610,25 @@ std::vector<absl::StatusOr<ReadLease>> StoreImpl::AcquireReads(std::string_view 
   const uint32_t tid = FindTenant(tenant);
   uint64_t now = NowMs();
   leases_.reserve(leases_.size() + keys.size());
-  // The page table is far larger than the caches: each key's index bucket is requested kAhead
-  // keys ahead, its entry (and LRU neighbours, which the lease's Touch rewrites) half as far.
-  constexpr size_t kAhead = 8;
+  // The page table is far larger than the caches, so every key is looked up in a pipeline of
+  // loads that never wait on one another: its index bucket is requested kBucket keys ahead, the
+  // entries the bucket points at kEntry ahead, its entry's LRU neighbours (which the lease's Touch
+  // rewrites) kNeighbours ahead; by its turn everything the lease touches is in the cache.
+  constexpr size_t kBucket = 12, kEntry = 8, kNeighbours = 4;
   const size_t n = keys.size();
-  for (size_t i = 0; tid != kNil && i < std::min(n, kAhead); ++i) {
-    table_.PrefetchIndex(tid, keys[i]);
-  }
-  for (size_t i = 0; i < n; ++i) {
-    if (tid != kNil && i + kAhead < n) table_.PrefetchIndex(tid, keys[i + kAhead]);
-    if (tid != kNil && i + kAhead / 2 < n) {
-      if (const uint32_t ahead = table_.Find(tid, keys[i + kAhead / 2]); ahead != kNil) {
-        table_.PrefetchEntry(ahead);
-      }
+  for (size_t i = 0; tid != kNil && i < n + kBucket; ++i) {
+    if (i < n) table_.PrefetchIndex(tid, keys[i]);
+    if (i >= kBucket - kEntry && i - (kBucket - kEntry) < n) {
+      table_.PrefetchCandidates(tid, keys[i - (kBucket - kEntry)]);
     }
-    out.push_back(LeaseLocked(tid, keys[i], lease_ms, now));
+    if (i >= kBucket - kNeighbours && i - (kBucket - kNeighbours) < n) {
+      const uint32_t ahead = table_.Find(tid, keys[i - (kBucket - kNeighbours)]);
+      if (ahead != kNil) table_.PrefetchEntry(ahead);
+    }
+    if (i >= kBucket) out.push_back(LeaseLocked(tid, keys[i - kBucket], lease_ms, now));
+  }
+  if (tid == kNil) {
+    for (size_t i = 0; i < n; ++i) out.push_back(LeaseLocked(tid, keys[i], lease_ms, now));
   }
   EnforceWatermarks(Tier::kHost);
   return out;

@@ -567,6 +567,34 @@ TEST(StoreTest, BatchedLeasesAnswerEachKey) {
   }
 }
 
+// A batch far longer than the lookups AcquireReads runs ahead of itself (and shorter ones): result
+// i still answers key i, missing and repeated keys included.
+TEST(StoreTest, LongLeaseBatchesAnswerEachKeyInOrder) {
+  auto s = OpenOrDie(SmallStoreOptions(64, ""));
+  for (int i = 0; i < 40; ++i) ASSERT_TRUE(PutKey(*s, "t", i).ok());
+  for (int n : {1, 3, 13, 50}) {
+    std::vector<PageKey> keys;
+    for (int i = 0; i < n; ++i) keys.push_back(TestKey(i % 3 == 2 ? 1000 + i : (i * 7) % 40));
+    auto leases = s->AcquireReads("t", keys);
+    ASSERT_EQ(leases.size(), keys.size());
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < n; ++i) {
+      if (i % 3 == 2) {
+        EXPECT_TRUE(absl::IsNotFound(leases[i].status())) << i;
+        continue;
+      }
+      ASSERT_TRUE(leases[i].ok()) << i << ": " << leases[i].status();
+      EXPECT_EQ(leases[i]->key, keys[i]);
+      const uint8_t* p = s->HostArenaInfo().base + leases[i]->arena_offset;
+      EXPECT_EQ(PageChecksum(p, leases[i]->size), leases[i]->checksum);
+      ids.push_back(leases[i]->lease_id);
+    }
+    EXPECT_EQ(s->Stats().active_leases, ids.size());
+    EXPECT_TRUE(s->ReleaseReads(ids).ok());
+    EXPECT_EQ(s->Stats().active_leases, 0u);
+  }
+}
+
 TEST(StoreTest, LayoutClassesHaveTheirOwnSlots) {
   StoreOptions o = SmallStoreOptions(8, "");
   o.layouts = {SmallLayout(), testing::OtherLayout()};
