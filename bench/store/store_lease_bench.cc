@@ -119,7 +119,8 @@ int Main(int argc, char** argv) {
       "store_lease_bench: %llu pages, batches of %d distinct keys, %d reps, %d MiB streamed "
       "before each batch (medians, ns per key)\n",
       static_cast<unsigned long long>(pages), batch, reps, pollute_mib);
-  std::printf("| AcquireReads | ReleaseReads | lease total | floor (hash lookup + record) | ratio |\n");
+  std::printf(
+      "| AcquireReads | ReleaseReads | lease total | floor (hash lookup + record) | ratio |\n");
   std::printf("|---|---|---|---|---|\n");
   std::printf("| %.1f | %.1f | %.1f | %.1f | %.2fx |\n", acq, rel, acq + rel, fl, (acq + rel) / fl);
   return sink == 42 ? 2 : 0;  // keeps the floor's reads
