@@ -822,66 +822,51 @@ class StaleFirstCopy final : public WorkerBackend {
   std::unique_ptr<WorkerBackend> inner_;
 };
 
-TEST(DecodeWorker, AStaleGatherIsCaughtAndReadAgainThroughTheStore) {
+// Writes `prompt` through one worker, then steps it in a fresh one (every page gathered from the
+// arena) whose backend serves the first head-page of each gather stale. The outputs must equal
+// dense attention; returns the step's stats and how many stale copies were served.
+std::pair<WorkerStepStats, int> StepOverStaleCopies(const std::vector<int32_t>& prompt,
+                                                    const DecodeWorkerOptions& o, int chunk) {
   TempDir dir;
   auto store = OpenStore(dir.path());
+  auto w1 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  EXPECT_TRUE(w1.ok());
+  Driver d1(w1->get());
+  d1.Open(prompt, nullptr, chunk);
+  EXPECT_TRUE((*w1)->Flush().ok());
   auto backend = std::make_unique<StaleFirstCopy>(MakeCpuWorkerBackend());
   StaleFirstCopy* stale = backend.get();
-  auto w = DecodeWorker::Create(store.get(), std::move(backend),
-                                Options(retriever::Policy::kQuest, 4096, 64));
-  ASSERT_TRUE(w.ok());
-  Driver d0(w->get());
-  stale->armed = false;
-  const std::vector<int32_t> prompt = Prompt(30, 10);
-  d0.Open(prompt);
-  ASSERT_TRUE((*w)->Flush().ok());
-  // A second worker-side sequence on the same prompt: its pages are resident already, so use a
-  // fresh worker to force gathers from the arena.
-  auto backend2 = std::make_unique<StaleFirstCopy>(MakeCpuWorkerBackend());
-  StaleFirstCopy* stale2 = backend2.get();
-  auto w2 = DecodeWorker::Create(store.get(), std::move(backend2),
-                                 Options(retriever::Policy::kQuest, 4096, 64));
-  ASSERT_TRUE(w2.ok());
+  auto w2 = DecodeWorker::Create(store.get(), std::move(backend), o);
+  EXPECT_TRUE(w2.ok());
   Driver d2(w2->get());
   const SequenceId s = d2.Open(prompt);
   std::vector<std::vector<uint16_t>> outs;
   auto stats = d2.Step({s}, {5}, &outs);
-  ASSERT_TRUE(stats.ok()) << stats.status();
-  EXPECT_EQ(stale2->stale, kLayers);
-  EXPECT_EQ(stats->verify_failures, kLayers);
-  EXPECT_EQ(stats->fallback_reads, kLayers);
-  ASSERT_TRUE(stats->sequence_status[0].ok()) << stats->sequence_status[0];
+  EXPECT_TRUE(stats.ok()) << stats.status();
+  if (!stats.ok()) return {WorkerStepStats{}, stale->stale};
+  EXPECT_TRUE(stats->sequence_status[0].ok()) << stats->sequence_status[0];
   for (int l = 0; l < kLayers; ++l) EXPECT_LT(d2.Error(s, 0, l, outs[l], true), kTol);
+  return {*stats, stale->stale};
+}
+
+TEST(DecodeWorker, AStaleGatherIsCaughtAndReadAgainThroughTheStore) {
+  auto [stats, stale] =
+      StepOverStaleCopies(Prompt(30, 10), Options(retriever::Policy::kQuest, 4096, 64), 7);
+  EXPECT_EQ(stale, kLayers);
+  EXPECT_EQ(stats.verify_failures, kLayers);
+  EXPECT_EQ(stats.fallback_reads, kLayers);
 }
 
 // A layer fetching more than one chunk (leased and gathered a chunk at a time, verdicts read once
 // for all): a stale copy in every chunk, the last included, is caught and read again.
 TEST(DecodeWorker, AStaleCopyInAnyChunkOfALargeFetchIsCaught) {
-  TempDir dir;
-  auto store = OpenStore(dir.path());
-  const DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096 * kPage, 1200);
-  auto w1 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
-  ASSERT_TRUE(w1.ok());
-  Driver d1(w1->get());
-  const std::vector<int32_t> prompt = Prompt(2101, 21);
-  d1.Open(prompt, nullptr, 512);
-  ASSERT_TRUE((*w1)->Flush().ok());
-  auto backend = std::make_unique<StaleFirstCopy>(MakeCpuWorkerBackend());
-  StaleFirstCopy* stale = backend.get();
-  auto w2 = DecodeWorker::Create(store.get(), std::move(backend), o);
-  ASSERT_TRUE(w2.ok());
-  Driver d2(w2->get());
-  const SequenceId s = d2.Open(prompt);
-  std::vector<std::vector<uint16_t>> outs;
-  auto stats = d2.Step({s}, {5}, &outs);
-  ASSERT_TRUE(stats.ok()) << stats.status();
-  ASSERT_TRUE(stats->sequence_status[0].ok()) << stats->sequence_status[0];
+  auto [stats, stale] = StepOverStaleCopies(
+      Prompt(2101, 21), Options(retriever::Policy::kQuest, 4096 * kPage, 1200), 512);
   // 525 closed pages x 2 heads per layer: chunks of 512, 512 and 26 head-pages.
-  EXPECT_EQ(stats->fetched_head_pages, kLayers * 525 * kKv);
-  EXPECT_EQ(stale->stale, kLayers * 3);
-  EXPECT_EQ(stats->verify_failures, stale->stale);
-  EXPECT_GE(stats->fallback_reads, kLayers * 2);  // a chunk's first head-page may share a page
-  for (int l = 0; l < kLayers; ++l) EXPECT_LT(d2.Error(s, 0, l, outs[l], true), kTol);
+  EXPECT_EQ(stats.fetched_head_pages, kLayers * 525 * kKv);
+  EXPECT_EQ(stale, kLayers * 3);
+  EXPECT_EQ(stats.verify_failures, stale);
+  EXPECT_GE(stats.fallback_reads, kLayers * 2);  // a chunk's first head-page may share a page
 }
 
 TEST(DecodeWorker, ACorruptStoredPageIsNeverAttended) {

@@ -75,19 +75,28 @@ class Tensor {
   TensorView view_;
 };
 
+// A store in a fresh temporary directory (`dir`, removed by the caller): one layout, `host_pages`
+// pages of host tier in segments of `segment_pages`, the rest on SSD.
+std::unique_ptr<Store> OpenTempStore(const PageLayout& layout, uint64_t host_pages,
+                                     uint64_t segment_pages, std::string& dir) {
+  std::string t = (std::filesystem::temp_directory_path() / "worker_cuda_XXXXXX").string();
+  dir = mkdtemp(t.data());
+  StoreOptions so;
+  so.layouts = {layout};
+  so.host_capacity_bytes = host_pages * layout.PageBytes();
+  so.segment_bytes = segment_pages * layout.PageBytes();
+  so.data_dir = dir;
+  auto store = Store::Open(so);
+  EXPECT_TRUE(store.ok()) << store.status();
+  return store.ok() ? std::move(*store) : nullptr;
+}
+
 std::vector<Record> Run(const Shape& sh, std::unique_ptr<WorkerBackend> backend) {
   const Device dev = backend->device();
   const PageLayout layout{sh.dtype, static_cast<uint32_t>(sh.kv), static_cast<uint32_t>(sh.dim),
                           16};
-  std::string t = (std::filesystem::temp_directory_path() / "worker_cuda_XXXXXX").string();
-  const std::string dir = mkdtemp(t.data());
-  StoreOptions so;
-  so.layouts = {layout};
-  so.host_capacity_bytes = 64 * layout.PageBytes();  // the rest on SSD
-  so.segment_bytes = 8 * layout.PageBytes();
-  so.data_dir = dir;
-  auto store = Store::Open(so);
-  EXPECT_TRUE(store.ok()) << store.status();
+  std::string dir;
+  std::unique_ptr<Store> store = OpenTempStore(layout, 64, 8, dir);  // the rest on SSD
   DecodeWorkerOptions o;
   o.layout = layout;
   o.q_heads = sh.q;
@@ -100,7 +109,7 @@ std::vector<Record> Run(const Shape& sh, std::unique_ptr<WorkerBackend> backend)
   // Room for one more sequence: halfway, the first sequence is forked.
   o.pool_slots_per_head =
       static_cast<int32_t>((sh.batch + 1) * (sh.budget / 16 + 8) + sh.layers * 2 * (sh.batch + 1));
-  auto w = DecodeWorker::Create(store->get(), std::move(backend), o);
+  auto w = DecodeWorker::Create(store.get(), std::move(backend), o);
   EXPECT_TRUE(w.ok()) << w.status();
   std::mt19937 rng(17);
   std::normal_distribution<float> g(0.f, 1.f);
@@ -179,7 +188,7 @@ std::vector<Record> Run(const Shape& sh, std::unique_ptr<WorkerBackend> backend)
   }
   records.push_back(std::move(prefill));
   w->reset();
-  store->reset();
+  store.reset();
   std::filesystem::remove_all(dir);
   return records;
 }
@@ -483,15 +492,8 @@ CorruptRun RunWithCorruption(bool corrupt, std::unique_ptr<WorkerBackend> backen
   const PageLayout layout{DType::kBf16, 2, 64, 16};
   const int kv = 2, q_heads = 4, dim = 64;
   const int64_t prompt = 16 * 600 + 1;  // 600 closed pages and an open one
-  std::string t = (std::filesystem::temp_directory_path() / "worker_cuda_XXXXXX").string();
-  const std::string dir = mkdtemp(t.data());
-  StoreOptions so;
-  so.layouts = {layout};
-  so.host_capacity_bytes = 1400 * layout.PageBytes();
-  so.segment_bytes = 64 * layout.PageBytes();
-  so.data_dir = dir;
-  auto store = Store::Open(so);
-  EXPECT_TRUE(store.ok()) << store.status();
+  std::string dir;
+  std::unique_ptr<Store> store = OpenTempStore(layout, 1400, 64, dir);
   DecodeWorkerOptions o;
   o.layout = layout;
   o.q_heads = q_heads;
@@ -500,7 +502,7 @@ CorruptRun RunWithCorruption(bool corrupt, std::unique_ptr<WorkerBackend> backen
   o.selector.budget_tokens = 2 * prompt;  // the whole context
   o.pool_slots_per_head = 1400;
   const Device dev = backend->device();
-  auto writer = DecodeWorker::Create(store->get(), MakeCpuWorkerBackend(), o);
+  auto writer = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
   EXPECT_TRUE(writer.ok()) << writer.status();
   std::mt19937 rng(5);
   std::normal_distribution<float> g(0.f, 1.f);
@@ -520,7 +522,7 @@ CorruptRun RunWithCorruption(bool corrupt, std::unique_ptr<WorkerBackend> backen
   }
   EXPECT_TRUE((*writer)->Flush().ok());
   // A fresh worker on the backend finds both contexts in the store (checksums taken at Open).
-  auto w = DecodeWorker::Create(store->get(), std::move(backend), o);
+  auto w = DecodeWorker::Create(store.get(), std::move(backend), o);
   EXPECT_TRUE(w.ok()) << w.status();
   std::vector<SequenceId> ids;
   for (int b = 0; b < 2; ++b) {
@@ -534,10 +536,10 @@ CorruptRun RunWithCorruption(bool corrupt, std::unique_ptr<WorkerBackend> backen
   }
   if (corrupt) {  // head 1 of page 598 of the second sequence: in the last chunk
     const std::vector<PageKey> keys = ChainPageKeys(prompts[1], 16, {o.model_id, 0, o.salt});
-    auto lease = (*store)->AcquireRead(o.tenant, keys[598]);
+    auto lease = store->AcquireRead(o.tenant, keys[598]);
     EXPECT_TRUE(lease.ok()) << lease.status();
-    (*store)->HostArenaInfo().base[lease->arena_offset + layout.PageBytes() / 4 + 3] ^= 0x10;
-    EXPECT_TRUE((*store)->ReleaseRead(lease->lease_id).ok());
+    store->HostArenaInfo().base[lease->arena_offset + layout.PageBytes() / 4 + 3] ^= 0x10;
+    EXPECT_TRUE(store->ReleaseRead(lease->lease_id).ok());
   }
   auto plan = (*w)->Plan(ids, {7, 8});
   EXPECT_TRUE(plan.ok()) << plan.status();
@@ -553,7 +555,7 @@ CorruptRun RunWithCorruption(bool corrupt, std::unique_ptr<WorkerBackend> backen
   if (stats.ok()) r.stats = *stats;
   w->reset();
   writer->reset();
-  store->reset();
+  store.reset();
   std::filesystem::remove_all(dir);
   return r;
 }
