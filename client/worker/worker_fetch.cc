@@ -1,9 +1,10 @@
 // The decode worker's pool-slot resolution and verified fetch (DecodeWorker::Impl): every page a
 // layer's rows attend (or louiskv scores) is resolved to a slot of its KV head's sub-pool, one
-// select thread per head; what is not resident is leased from the store (one lease per page,
-// one store call) and gathered into its slot by one verified backend gather per layer. A
-// head-page that fails its checksum is re-read from the store once, else its sequence's step
-// fails with DataLoss: it is never attended.
+// select thread per head; what is not resident is leased from the store (one lease per page) and
+// gathered into its slot by verified backend gathers, in a few chunks per layer (one store call
+// and one gather each, a chunk's leases overlapping the gather before), whose verdicts are all
+// read before the layer attends. A head-page that fails its checksum is re-read from the store
+// once, else its sequence's step fails with DataLoss: it is never attended.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
