@@ -2,7 +2,8 @@
 // (format record, two tenants, three pages in a segment) is made once; each input is a list of
 // raw RocksDB edits (puts and deletes of arbitrary keys and values in the default, "meta" and
 // "locations" column families: the format version, 'T' tenant, 'P' page and 'L' location
-// records) applied to a copy of it. Then the real SsdTier opens the copy (format check,
+// records) applied to the template's database (kept open for the run), checkpointed into a copy
+// and undone. Then the real SsdTier opens the copy (format check,
 // live-byte rebuild from 'L'), lists tenants and pages ('P' decode; malformed records go to
 // `bad` and are deleted) and reads every page. Nothing may crash; a page read OK has the size
 // its record names.
@@ -10,12 +11,14 @@
 // Input: repeated [op u8][key len u8][key][value len u16 LE][value]; op % 3 = column family,
 // op & 0x80 = delete.
 #include <rocksdb/db.h>
+#include <rocksdb/utilities/checkpoint.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -58,58 +61,129 @@ const std::string& Template() {
   return dir;
 }
 
-// Applies the edits; false when the input ends mid-record (the rest is ignored).
-void ApplyEdits(const std::string& dir, const uint8_t* p, size_t n) {
-  // Small memtables: an edit list is a few records, and each memtable's first arena block
-  // (write_buffer_size / 8: 8 MiB by default) was allocated and zeroed at every open.
-  rocksdb::ColumnFamilyOptions cf;
-  cf.write_buffer_size = 1 << 20;
-  std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
-      {rocksdb::kDefaultColumnFamilyName, cf}, {"meta", cf}, {"locations", cf}};
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* db = nullptr;
-  rocksdb::DBOptions o;
-  // No WAL preallocation: on tmpfs fallocate zeroes ~70 MB per open, which was most of each exec
-  // (the tier under test opens with it off too).
-  o.allow_fallocate = false;
-  if (!rocksdb::DB::Open(o, dir, cfs, &handles, &db).ok()) std::abort();
-  size_t i = 0;
-  while (i + 2 <= n) {
-    const uint8_t op = p[i], klen = p[i + 1];
-    i += 2;
-    if (i + klen + 2 > n) break;
-    const rocksdb::Slice key(reinterpret_cast<const char*>(p + i), klen);
-    i += klen;
-    const size_t vlen = p[i] | (size_t{p[i + 1]} << 8);
-    i += 2;
-    if (i + vlen > n) break;
-    const rocksdb::Slice value(reinterpret_cast<const char*>(p + i), vlen);
-    i += vlen;
-    rocksdb::ColumnFamilyHandle* cf = handles[(op & 0x7f) % 3];
-    if (op & 0x80) {
-      (void)db->Delete(rocksdb::WriteOptions(), cf, key);
-    } else {
-      (void)db->Put(rocksdb::WriteOptions(), cf, key, value);
+// The template's database, open once for the whole run: each input's edits are applied to it, a
+// checkpoint of it becomes the tier the input opens, and the edits are then undone (no database
+// open per input besides the tier's own). Reopened from the template every kReopenEvery inputs
+// so its write-ahead log and memtables stay small.
+class EditDb {
+ public:
+  static constexpr int kReopenEvery = 512;
+
+  explicit EditDb(const std::string& tmpl)
+      : tmpl_(tmpl), base_(fs::path(tmpl).parent_path().string() + "/base") {}
+  ~EditDb() { Close(); }
+
+  // Applies the input's edits, checkpoints the database into `work` (with the template's segment
+  // files beside it) and undoes the edits. Aborts on a harness failure (not the code under test).
+  void CheckpointWithEdits(const uint8_t* p, size_t n, const std::string& work) {
+    if (db_ == nullptr || ++uses_ > kReopenEvery) Reopen();
+    struct Edit {
+      rocksdb::ColumnFamilyHandle* cf;
+      std::string key, value;
+      bool del;
+    };
+    std::vector<Edit> edits;
+    size_t i = 0;
+    while (i + 2 <= n) {  // a record cut short ends the list
+      const uint8_t op = p[i], klen = p[i + 1];
+      i += 2;
+      if (i + klen + 2 > n) break;
+      std::string key(reinterpret_cast<const char*>(p + i), klen);
+      i += klen;
+      const size_t vlen = p[i] | (size_t{p[i + 1]} << 8);
+      i += 2;
+      if (i + vlen > n) break;
+      edits.push_back({handles_[(op & 0x7f) % 3], std::move(key),
+                       std::string(reinterpret_cast<const char*>(p + i), vlen), (op & 0x80) != 0});
+      i += vlen;
+    }
+    // What each edited key held before, to put back afterwards (first edit of a key only).
+    struct Saved {
+      rocksdb::ColumnFamilyHandle* cf;
+      std::string key, value;
+      bool present;
+    };
+    std::vector<Saved> saved;
+    for (const Edit& e : edits) {
+      bool seen = false;
+      for (const Saved& s : saved) seen = seen || (s.cf == e.cf && s.key == e.key);
+      if (seen) continue;
+      Saved s{e.cf, e.key, {}, false};
+      s.present = db_->Get(rocksdb::ReadOptions(), e.cf, e.key, &s.value).ok();
+      saved.push_back(std::move(s));
+    }
+    for (const Edit& e : edits) {
+      if (e.del) {
+        (void)db_->Delete(rocksdb::WriteOptions(), e.cf, e.key);
+      } else {
+        (void)db_->Put(rocksdb::WriteOptions(), e.cf, e.key, e.value);
+      }
+    }
+    rocksdb::Checkpoint* cp = nullptr;
+    // log_size_for_flush at its maximum: the live log is copied, never a flush per input.
+    rocksdb::Status st = rocksdb::Checkpoint::Create(db_, &cp);
+    if (st.ok()) st = cp->CreateCheckpoint(work, std::numeric_limits<uint64_t>::max());
+    delete cp;
+    std::error_code ec;
+    if (st.ok()) fs::copy(tmpl_ + "/segments", work + "/segments", fs::copy_options::recursive, ec);
+    if (!st.ok() || ec) {
+      std::fprintf(stderr, "ssd_records_fuzz: checkpoint into %s: %s %s\n", work.c_str(),
+                   st.ToString().c_str(), ec.message().c_str());
+      std::abort();
+    }
+    for (const Saved& s : saved) {
+      const rocksdb::Status undo = s.present
+                                       ? db_->Put(rocksdb::WriteOptions(), s.cf, s.key, s.value)
+                                       : db_->Delete(rocksdb::WriteOptions(), s.cf, s.key);
+      if (!undo.ok()) std::abort();
     }
   }
-  for (auto* h : handles) (void)db->DestroyColumnFamilyHandle(h);
-  delete db;
-}
+
+ private:
+  void Close() {
+    for (auto* h : handles_) (void)db_->DestroyColumnFamilyHandle(h);
+    handles_.clear();
+    delete db_;
+    db_ = nullptr;
+  }
+  void Reopen() {
+    if (db_ != nullptr) Close();
+    std::error_code ec;
+    fs::remove_all(base_, ec);
+    if (!ec) fs::copy(tmpl_, base_, fs::copy_options::recursive, ec);
+    if (ec) std::abort();
+    // Small memtables: an edit list is a few records.
+    rocksdb::ColumnFamilyOptions cf;
+    cf.write_buffer_size = 1 << 20;
+    std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+        {rocksdb::kDefaultColumnFamilyName, cf}, {"meta", cf}, {"locations", cf}};
+    rocksdb::DBOptions o;
+    // No WAL preallocation (on tmpfs fallocate zeroes ~70 MB; the tier under test opens with it
+    // off too).
+    o.allow_fallocate = false;
+    if (!rocksdb::DB::Open(o, base_, cfs, &handles_, &db_).ok()) std::abort();
+    uses_ = 1;
+  }
+
+  const std::string tmpl_, base_;
+  rocksdb::DB* db_ = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  int uses_ = 0;
+};
 
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string& tmpl = Template();
+  static EditDb* edits = new EditDb(tmpl);  // never destroyed: libFuzzer exits from anywhere
   const std::string work = fs::path(tmpl).parent_path().string() + "/work";
   std::error_code ec;
   fs::remove_all(work, ec);
-  if (!ec) fs::copy(tmpl, work, fs::copy_options::recursive, ec);
-  if (ec) {  // the harness's own copy, not the code under test: say why before stopping
-    std::fprintf(stderr, "ssd_records_fuzz: preparing %s: %s\n", work.c_str(),
-                 ec.message().c_str());
+  if (ec) {  // the harness's own directory, not the code under test: say why before stopping
+    std::fprintf(stderr, "ssd_records_fuzz: clearing %s: %s\n", work.c_str(), ec.message().c_str());
     std::abort();
   }
-  ApplyEdits(work, data, size);
+  edits->CheckpointWithEdits(data, size, work);
   auto tier = pagoda::SsdTier::Open(work, nullptr, false);
   if (!tier.ok()) return 0;  // refused (format record damaged): a clear error, nothing read
   (void)(*tier)->ForEachTenant([](uint32_t, std::string_view) {});
