@@ -614,21 +614,20 @@ std::vector<absl::StatusOr<ReadLease>> StoreImpl::AcquireReads(std::string_view 
   // loads that never wait on one another: its index bucket is requested kBucket keys ahead, the
   // entries the bucket points at kEntry ahead, its entry's LRU neighbours (which the lease's Touch
   // rewrites) kNeighbours ahead; by its turn everything the lease touches is in the cache.
-  constexpr size_t kBucket = 12, kEntry = 8, kNeighbours = 4;
-  const size_t n = keys.size();
-  for (size_t i = 0; tid != kNil && i < n + kBucket; ++i) {
-    if (i < n) table_.PrefetchIndex(tid, keys[i]);
-    if (i >= kBucket - kEntry && i - (kBucket - kEntry) < n) {
-      table_.PrefetchCandidates(tid, keys[i - (kBucket - kEntry)]);
+  constexpr int64_t kBucket = 12, kEntry = 8, kNeighbours = 4;
+  const int64_t n = static_cast<int64_t>(keys.size());
+  auto in_batch = [n](int64_t j) { return j >= 0 && j < n; };
+  for (int64_t i = -kBucket; i < n; ++i) {  // key i is leased; keys ahead of it are loaded
+    if (tid != kNil) {
+      if (in_batch(i + kBucket)) table_.PrefetchIndex(tid, keys[i + kBucket]);
+      if (in_batch(i + kEntry)) table_.PrefetchCandidates(tid, keys[i + kEntry]);
+      if (in_batch(i + kNeighbours)) {
+        if (const uint32_t ahead = table_.Find(tid, keys[i + kNeighbours]); ahead != kNil) {
+          table_.PrefetchEntry(ahead);
+        }
+      }
     }
-    if (i >= kBucket - kNeighbours && i - (kBucket - kNeighbours) < n) {
-      const uint32_t ahead = table_.Find(tid, keys[i - (kBucket - kNeighbours)]);
-      if (ahead != kNil) table_.PrefetchEntry(ahead);
-    }
-    if (i >= kBucket) out.push_back(LeaseLocked(tid, keys[i - kBucket], lease_ms, now));
-  }
-  if (tid == kNil) {
-    for (size_t i = 0; i < n; ++i) out.push_back(LeaseLocked(tid, keys[i], lease_ms, now));
+    if (i >= 0) out.push_back(LeaseLocked(tid, keys[i], lease_ms, now));
   }
   EnforceWatermarks(Tier::kHost);
   return out;
