@@ -274,8 +274,9 @@ class PagodaRun:
             "append_s": 0.0, "select_s": 0.0, "fetch_s": 0.0, "verify_s": 0.0,
             "attend_s": 0.0, "commit_s": 0.0, "bytes_fetched": 0, "bytes_committed": 0,
             "resolve_s": 0.0, "lease_s": 0.0, "gather_s": 0.0,  # fetch_s in parts
-            "fetched_head_pages": 0, "attended_head_pages": 0, "pool_hits": 0, "shared_head_pages": 0,
-            "verify_failures": 0, "retrievals": 0,
+            "fetched_head_pages": 0, "unleased_head_pages": 0, "attended_head_pages": 0, "pool_hits": 0,
+            "shared_head_pages": 0,
+            "verify_failures": 0, "stale_hints": 0, "retrievals": 0,
         }  # fmt: skip
         self.fetched_from: Dict[str, int] = {}  # fetched bytes by the store tier they came from
 

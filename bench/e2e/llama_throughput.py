@@ -120,8 +120,15 @@ def run_pagoda(model: Llama, a, kvd, kv_name: str, policy: str, trigger: bool, b
     # Below the host tier's low watermark (0.85): no page is demoted or dropped mid-run.
     host = int(pages * page_bytes / 0.8) + (256 << 20)
     budget_pages = min(a.budget, a.context + a.warmup + a.steps) // P + 1  # a covering budget: all
-    pool = a.pool_factor * c.layers * batch * (4 * budget_pages + 8) + 64
     summaries = batch * c.layers * (a.context // P + 64)
+    pool = a.pool_factor * c.layers * batch * (4 * budget_pages + 8) + 64
+    if a.pool_gib >= 0:  # a size in HBM instead: the store's GPU tier as a deployment sizes it
+        slot_bytes = c.kv_heads * 2 * P * c.head_dim * torch.finfo(kvd).bits // 8  # K+V, all heads
+        room = a.pool_gib * (1 << 30)
+        if a.pool_gib == 0:  # every byte of HBM the weights leave, less headroom and summaries
+            free, _ = torch.cuda.mem_get_info(dev)
+            room = free - a.headroom_gib * (1 << 30) - summaries * c.kv_heads * c.head_dim * 2 * 2
+        pool = max(pool // a.pool_factor, int(room // slot_bytes))
     with tempfile.TemporaryDirectory(prefix="pagoda_tp_") as tmp:
         store = pagoda.Store(host_capacity_bytes=host, data_dir=tmp, layouts=[layout],
                              segment_bytes=64 << 20)  # fmt: skip
@@ -154,6 +161,7 @@ def run_pagoda(model: Llama, a, kvd, kv_name: str, policy: str, trigger: bool, b
         r["phases"] = {k: pg.stats[k] - before[k] for k in pg.stats}
         r["pool"] = worker.stats()
         r["host_bytes"] = host
+        r["pool_bytes"] = pool * c.kv_heads * 2 * P * c.head_dim * torch.finfo(kvd).bits // 8
         del pg, worker, store
     gc.collect()
     if dev.type == "cuda":
@@ -177,6 +185,9 @@ def measure(argv=None) -> dict:
     p.add_argument("--budget", type=int, default=8192, help="tokens per KV head (1/16 of 128K)")
     p.add_argument("--page-tokens", type=int, default=16)
     p.add_argument("--pool-factor", type=int, default=2, help="GPU pool: this many steps' worst case")
+    p.add_argument("--pool-gib", type=float, default=-1,
+                   help="GPU pool of this size instead (0: all HBM free after the weights, less --headroom-gib "
+                        "and the summaries; never below one step's worst case)")
     p.add_argument("--skip-dense", action="store_true")
     p.add_argument("--select-threads", type=int, default=0, help="the worker's (0: cores, at most 8)")
     p.add_argument("--seed", type=int, default=0)
@@ -227,12 +238,14 @@ def measure(argv=None) -> dict:
             ph = r["phases"]
             print(f"pagoda {name} budget {a.budget} B={B}: {r['tokens_per_s']:.1f} tok/s "
                   f"({r['seconds'] / a.steps * 1e3:.2f} ms/step){ratio}; create {r['create_s']:.1f} s, "
-                  f"write {r['write_s']:.1f} s, host tier {r['host_bytes'] / 2**30:.1f} GiB", flush=True)  # fmt: skip
+                  f"write {r['write_s']:.1f} s, host tier {r['host_bytes'] / 2**30:.1f} GiB, GPU pool "
+                  f"{r['pool_bytes'] / 2**30:.1f} GiB", flush=True)  # fmt: skip
             steps = a.steps
             print("  per step: " + ", ".join(f"{k[:-2]} {ph[k] / steps * 1e3:.2f} ms" for k in ph if k.endswith("_s"))
                   + f"; fetched {ph['bytes_fetched'] / steps / 2**20:.1f} MiB, head-pages fetched "
-                  f"{ph['fetched_head_pages'] / steps:.0f} / attended {ph['attended_head_pages'] / steps:.0f}, "
-                  f"retrievals {ph['retrievals'] / steps:.1f}, verify failures {ph['verify_failures']}", flush=True)  # fmt: skip
+                  f"{ph['fetched_head_pages'] / steps:.0f} ({ph['unleased_head_pages'] / steps:.0f} unleased) / attended "
+                  f"{ph['attended_head_pages'] / steps:.0f}, "
+                  f"retrievals {ph['retrievals'] / steps:.1f}, verify failures {ph['verify_failures']}, stale hints {ph['stale_hints']}", flush=True)  # fmt: skip
             if dense:
                 n = min(B, dense["batch"])
                 same = sum(x[:n] == y[:n] for x, y in zip(r["tokens"], dense_tokens))

@@ -341,9 +341,11 @@ void RegisterDecodeWorker(py::module_& m) {
       .def_readonly("retrievals", &WorkerStepStats::retrievals)
       .def_readonly("attended_head_pages", &WorkerStepStats::attended_head_pages)
       .def_readonly("fetched_head_pages", &WorkerStepStats::fetched_head_pages)
+      .def_readonly("unleased_head_pages", &WorkerStepStats::unleased_head_pages)
       .def_readonly("pool_hits", &WorkerStepStats::pool_hits)
       .def_readonly("shared_head_pages", &WorkerStepStats::shared_head_pages)
       .def_readonly("verify_failures", &WorkerStepStats::verify_failures)
+      .def_readonly("stale_hints", &WorkerStepStats::stale_hints)
       .def_readonly("fallback_reads", &WorkerStepStats::fallback_reads)
       .def_readonly("bytes_fetched", &WorkerStepStats::bytes_fetched)
       .def_property_readonly(

@@ -746,15 +746,14 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     }
   }
   std::vector<HeadFetch> fetches;
-  std::vector<int32_t> seq_of_fetch;
-  std::vector<PageKey> key_of_fetch;
-  JoinHeads(stats, fetches, seq_of_fetch, key_of_fetch);
+  std::vector<FetchOrigin> origins;
+  JoinHeads(stats, fetches, origins);
   stats.shared_head_pages += pool_.shared() - shared_before;
   const double resolved_in = Since(t2);
   stats.fetch_s += resolved_in;  // resolving slots counts as fetch work
   stats.resolve_s += resolved_in;
   if (!fetches.empty()) {
-    Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
+    Fetch(layer, origins, fetches, status, stats);
   }
 
   // 4. Attend: one sparse decode over the batch; failed sequences get empty rows (zero output).

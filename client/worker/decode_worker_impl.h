@@ -223,10 +223,18 @@ class DecodeWorker::Impl {
       const worker_internal::LayerState& ls, int layer) const;
   // Step 5: commits the open pages this token filled (the committer puts them off this thread).
   absl::Status CommitFilled(int layer, WorkerStepStats& stats);
-  // Verified head-pages for the fetch list; failures fall back to a store read. Marks the
-  // sequences that cannot be served.
-  void Fetch(int layer, const std::vector<int32_t>& seq_of_fetch,
-             const std::vector<PageKey>& key_of_fetch, std::vector<HeadFetch>& fetches,
+  // Where a fetched head-page comes from: the batch row whose step fails when it cannot be
+  // verified, its store key, and page `page` of `ls`, whose arena hint the fetch reads and
+  // renews (ls null: no hint, the page is leased).
+  struct FetchOrigin {
+    int32_t row;
+    PageKey key;
+    worker_internal::LayerState* ls;
+    int32_t page;
+  };
+  // Verified head-pages for the fetch list (origins[i] says where fetches[i] comes from);
+  // failures fall back to a store read. Marks the rows that cannot be served.
+  void Fetch(int layer, const std::vector<FetchOrigin>& origins, std::vector<HeadFetch>& fetches,
              std::vector<absl::Status>& step_status, WorkerStepStats& stats);
   int64_t RowBound(const worker_internal::Sequence& seq) const;
 
@@ -302,8 +310,7 @@ class DecodeWorker::Impl {
     std::vector<std::vector<int32_t>> slots;  // [row]: the slot of each page resolved
     std::vector<char> failed;                 // [row]: the pool had no slot left
     std::vector<HeadFetch> fetches;
-    std::vector<int32_t> seq_of_fetch;
-    std::vector<PageKey> key_of_fetch;
+    std::vector<FetchOrigin> origins;
     int64_t hits = 0;
     // Scratch: the residencies found, in the order LayerState remembers them.
     std::vector<worker_internal::LayerState::Resolved> next, cand;
@@ -313,11 +320,11 @@ class DecodeWorker::Impl {
   // Head h of page p (not the open page) of `ls` for batch row `row`: the remembered residency
   // when it still holds, else the pool's cached copy, else a new slot queued in w for the gather;
   // -1 when the pool has no slot left.
-  int32_t ResolvePage(HeadResolve& w, int h, const worker_internal::LayerState& ls, int32_t p,
+  int32_t ResolvePage(HeadResolve& w, int h, worker_internal::LayerState& ls, int32_t p,
                       int32_t row, const worker_internal::LayerState::Resolved* remembered);
   // Joins the heads' hits and fetches, in head order.
   void JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
-                 std::vector<int32_t>& seq_of_fetch, std::vector<PageKey>& key_of_fetch) const;
+                 std::vector<FetchOrigin>& origins) const;
   std::vector<int32_t> indptr_, indices_, last_len_;
   // louiskv's closed-form rows of the layer step in progress (steady_[b]), their scored pages'
   // slots ([b * kv_heads + h]), the request AttendChosen sends, and per layer the sequences whose

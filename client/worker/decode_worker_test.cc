@@ -869,6 +869,104 @@ TEST(DecodeWorker, AStaleCopyInAnyChunkOfALargeFetchIsCaught) {
   EXPECT_GE(stats.fallback_reads, kLayers * 2);  // a chunk's first head-page may share a page
 }
 
+// The worker reads pages it wrote where it reserved them, without leases. When the store moves
+// such a page (demoted to SSD) and another page takes its host slot, the gather's checksum catches
+// it: the page is leased (brought up from SSD, its hint renewed) and gathered again, and the
+// output is right; moved pages whose slot was not reused still hold their bytes.
+TEST(DecodeWorker, APageMovedFromUnderItsArenaHintIsCaughtAndReadWhereItIsNow) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  // Room for one sequence's closed pages per head: stepping a then b then a fetches a again.
+  // Prefilled in whole pages (8-token chunks): every page reserved by the worker itself.
+  const DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096, 24);
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver d(w->get());
+  const std::vector<int32_t> prompt_a = Prompt(62, 31), prompt_b = Prompt(62, 32);
+  const SequenceId a = d.Open(prompt_a, nullptr, 8), b = d.Open(prompt_b, nullptr, 8);
+  ASSERT_TRUE((*w)->Flush().ok());
+  constexpr int64_t kClosed = 15;  // pages of 4 tokens before the open one (62 + 1 tokens)
+  auto step = [&](SequenceId id, int32_t token) {
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = d.Step({id}, {token}, &outs);
+    EXPECT_TRUE(stats.ok()) << stats.status();
+    if (!stats.ok()) return WorkerStepStats{};
+    EXPECT_TRUE(stats->sequence_status[0].ok()) << stats->sequence_status[0];
+    for (int l = 0; l < kLayers; ++l) EXPECT_LT(d.Error(id, 0, l, outs[l], true), kTol) << l;
+    return *stats;
+  };
+  WorkerStepStats first = step(a, 1);
+  EXPECT_EQ(first.fetched_head_pages, kLayers * kClosed * kKv);
+  EXPECT_EQ(first.unleased_head_pages, first.fetched_head_pages);  // all where it wrote them
+  EXPECT_EQ(first.verify_failures + first.stale_hints, 0);
+  step(b, 2);  // a's pages leave the pool
+
+  // a's layer-0 pages go to SSD; new pages of the tenant then take free host slots.
+  const std::vector<PageKey> keys =
+      ChainPageKeys(absl::MakeConstSpan(prompt_a).subspan(0, kClosed * kPage), kPage,
+                    PageKeyExtra{o.model_id, 0, o.salt});
+  std::vector<uint64_t> old_at;
+  for (const PageKey& k : keys) {
+    auto lease = store->AcquireRead(o.tenant, k);
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    old_at.push_back(lease->arena_offset);
+    ASSERT_TRUE(store->ReleaseRead(lease->lease_id).ok());
+  }
+  auto moved = store->Demote(o.tenant, keys, Tier::kSsd);
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  ASSERT_EQ(*moved, keys.size());
+  int reused = 0;
+  for (int i = 0; i < 64; ++i) {
+    const PageKey k = ChainPageKey(PageKey{}, std::vector<int32_t>{i, 777}, PageKeyExtra{});
+    std::vector<uint8_t> bytes(Layout().PageBytes(), static_cast<uint8_t>(i + 1));
+    ASSERT_TRUE(store->Put(o.tenant, k, Layout(), bytes).ok());
+    auto lease = store->AcquireRead(o.tenant, k);
+    ASSERT_TRUE(lease.ok());
+    reused += std::count(old_at.begin(), old_at.end(), lease->arena_offset);
+    ASSERT_TRUE(store->ReleaseRead(lease->lease_id).ok());
+  }
+  ASSERT_GE(reused, 1);
+
+  // Moved and overwritten: caught, then leased in one batch (up from SSD) and gathered again.
+  WorkerStepStats caught = step(a, 3);
+  EXPECT_EQ(caught.fetched_head_pages, kLayers * kClosed * kKv);
+  EXPECT_EQ(caught.stale_hints, reused * kKv);
+  EXPECT_EQ(caught.unleased_head_pages, caught.fetched_head_pages - reused * kKv);
+  EXPECT_EQ(caught.verify_failures, 0);
+  EXPECT_EQ(caught.fallback_reads, 0);
+  EXPECT_EQ(caught.bytes_from_tier[static_cast<int>(Tier::kSsd)],
+            static_cast<uint64_t>(reused) * Layout().PageBytes());
+  step(b, 4);
+  // The caught pages' hints were renewed by their leases; the page step 3 filled was committed
+  // by a Put, which tells no offset: leased once.
+  WorkerStepStats renewed = step(a, 5);
+  EXPECT_EQ(renewed.fetched_head_pages, kLayers * (kClosed + 1) * kKv);
+  EXPECT_EQ(renewed.verify_failures + renewed.stale_hints, 0);
+  EXPECT_EQ(renewed.unleased_head_pages, renewed.fetched_head_pages - kLayers * kKv);
+  step(b, 6);
+  WorkerStepStats again = step(a, 7);
+  EXPECT_EQ(again.verify_failures + again.stale_hints, 0);
+  EXPECT_EQ(again.unleased_head_pages, again.fetched_head_pages);
+}
+
+// Verification off (to measure what it costs) reads nothing without a lease: a hint is only as
+// safe as the checksum that checks it.
+TEST(DecodeWorker, WithoutVerificationEveryPageIsLeased) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096, 64);
+  o.verify = false;
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver d(w->get());
+  const SequenceId a = d.Open(Prompt(30, 33));
+  ASSERT_TRUE((*w)->Flush().ok());
+  auto stats = d.Step({a}, {1});
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_GT(stats->fetched_head_pages, 0);
+  EXPECT_EQ(stats->unleased_head_pages, 0);
+}
+
 TEST(DecodeWorker, ACorruptStoredPageIsNeverAttended) {
   TempDir dir;
   auto store = OpenStore(dir.path());

@@ -83,7 +83,7 @@ absl::Status DecodeWorker::Impl::PrefillAttend(SequenceId id, int layer, const T
   std::vector<int32_t> slot(static_cast<size_t>(pages) * kv_, -1);  // [page][head]
   std::vector<int32_t> write_slots, write_positions;
   std::vector<HeadFetch> fetches;
-  std::vector<PageKey> fetch_keys;
+  std::vector<FetchOrigin> origins;
   for (int64_t p = 0; p < pages; ++p) {
     const bool chunk = p >= first_whole && p < whole_end;
     for (int h = 0; h < kv_; ++h) {
@@ -103,7 +103,8 @@ absl::Status DecodeWorker::Impl::PrefillAttend(SequenceId id, int layer, const T
       }
       if (!chunk) {
         fetches.push_back({{h, s}, 0, 0, ls.SumOf(static_cast<int32_t>(p), h, kv_)});
-        fetch_keys.push_back(key);
+        const int32_t page = static_cast<int32_t>(p);
+        origins.push_back({0, key, ls.InLayout(page) ? nullptr : &ls, page});
       }
     }
   }
@@ -131,7 +132,7 @@ absl::Status DecodeWorker::Impl::PrefillAttend(SequenceId id, int layer, const T
     if (!seq.failed.ok()) return seq.failed;
     std::vector<absl::Status> status(1);
     WorkerStepStats stats;
-    Fetch(layer, std::vector<int32_t>(fetches.size(), 0), fetch_keys, fetches, status, stats);
+    Fetch(layer, origins, fetches, status, stats);
     if (!status[0].ok()) {
       seq.failed = status[0];
       return seq.failed;

@@ -306,7 +306,7 @@ absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::AttendBlock(
   // 3. Context slots: resident, else one verified gather (and store reads for what fails it).
   std::vector<std::vector<int32_t>> slots(kv_);
   std::vector<HeadFetch> fetches;
-  std::vector<PageKey> fetch_keys;
+  std::vector<FetchOrigin> origins;
   for (int h = 0; h < kv_; ++h) {
     for (int32_t p : rows[h]) {
       int32_t s = pool_.Find(ls.keys[p], h, epoch_);
@@ -319,7 +319,7 @@ absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::AttendBlock(
           return seq.failed;
         }
         fetches.push_back({{h, s}, 0, 0, ls.SumOf(p, h, kv_)});
-        fetch_keys.push_back(ls.keys[p]);
+        origins.push_back({0, ls.keys[p], ls.InLayout(p) ? nullptr : &ls, p});
       }
       slots[h].push_back(s);
     }
@@ -328,7 +328,7 @@ absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::AttendBlock(
     DrainCommits();  // pages this sequence committed may still be on their way to the store
     if (!seq.failed.ok()) return seq.failed;
     std::vector<absl::Status> status(1);
-    Fetch(layer, std::vector<int32_t>(fetches.size(), 0), fetch_keys, fetches, status, stats);
+    Fetch(layer, origins, fetches, status, stats);
     if (!status[0].ok()) {
       seq.failed = status[0];
       return seq.failed;

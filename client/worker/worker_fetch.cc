@@ -1,10 +1,13 @@
 // The decode worker's pool-slot resolution and verified fetch (DecodeWorker::Impl): every page a
 // layer's rows attend (or louiskv scores) is resolved to a slot of its KV head's sub-pool, one
-// select thread per head; what is not resident is leased from the store (one lease per page) and
-// gathered into its slot by verified backend gathers, in a few chunks per layer (one store call
-// and one gather each, a chunk's leases overlapping the gather before), whose verdicts are all
-// read before the layer attends. A head-page that fails its checksum is re-read from the store
-// once, else its sequence's step fails with DataLoss: it is never attended.
+// select thread per head; what is not resident is gathered into its slot by verified backend
+// gathers whose verdicts are all read before the layer attends. A page is read where the worker
+// last saw it in the store's host arena (its own reservation or an earlier lease) without a lease,
+// under one hold of the arena per fetch, when that segment has not changed owner since; the rest
+// are leased (one lease per page, in a few chunks per layer: a chunk's leases overlap the gather
+// before). A head-page that fails its checksum (a page moved or evicted under a hint, a torn or
+// corrupt copy) is re-read from the store once, else its sequence's step fails with DataLoss: it
+// is never attended.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -32,12 +35,11 @@ void DecodeWorker::Impl::HeadResolve::Reset(int64_t rows) {
   for (std::vector<int32_t>& s : slots) s.clear();
   failed.assign(rows, 0);
   fetches.clear();
-  seq_of_fetch.clear();
-  key_of_fetch.clear();
+  origins.clear();
   hits = 0;
 }
 
-int32_t DecodeWorker::Impl::ResolvePage(HeadResolve& w, int h, const LayerState& ls, int32_t p,
+int32_t DecodeWorker::Impl::ResolvePage(HeadResolve& w, int h, LayerState& ls, int32_t p,
                                         int32_t row, const LayerState::Resolved* remembered) {
   int32_t slot = -1;
   if (remembered != nullptr) slot = pool_.Touch(h, remembered->slot, remembered->gen, epoch_, row);
@@ -49,19 +51,16 @@ int32_t DecodeWorker::Impl::ResolvePage(HeadResolve& w, int h, const LayerState&
   slot = pool_.Insert(ls.KeyOf(p), h, epoch_, row);
   if (slot < 0) return -1;
   w.fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
-  w.seq_of_fetch.push_back(row);
-  w.key_of_fetch.push_back(ls.KeyOf(p));
+  w.origins.push_back({row, ls.KeyOf(p), &ls, p});
   return slot;
 }
 
 void DecodeWorker::Impl::JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
-                                   std::vector<int32_t>& seq_of_fetch,
-                                   std::vector<PageKey>& key_of_fetch) const {
+                                   std::vector<FetchOrigin>& origins) const {
   for (const HeadResolve& w : head_res_) {
     stats.pool_hits += w.hits;
     fetches.insert(fetches.end(), w.fetches.begin(), w.fetches.end());
-    seq_of_fetch.insert(seq_of_fetch.end(), w.seq_of_fetch.begin(), w.seq_of_fetch.end());
-    key_of_fetch.insert(key_of_fetch.end(), w.key_of_fetch.begin(), w.key_of_fetch.end());
+    origins.insert(origins.end(), w.origins.begin(), w.origins.end());
   }
 }
 
@@ -132,9 +131,8 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
     }
   });
   std::vector<HeadFetch> fetches;
-  std::vector<int32_t> seq_of_fetch;
-  std::vector<PageKey> key_of_fetch;
-  JoinHeads(stats, fetches, seq_of_fetch, key_of_fetch);
+  std::vector<FetchOrigin> origins;
+  JoinHeads(stats, fetches, origins);
   for (const HeadResolve& w : head_res_) {
     for (int64_t b = 0; b < B; ++b) {
       if (w.failed[b] && status[b].ok()) {
@@ -151,7 +149,7 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
   const double resolved_in = Since(t0);
   stats.fetch_s += resolved_in;
   stats.resolve_s += resolved_in;
-  if (!fetches.empty()) Fetch(layer, seq_of_fetch, key_of_fetch, fetches, status, stats);
+  if (!fetches.empty()) Fetch(layer, origins, fetches, status, stats);
   for (int64_t b = 0; b < B; ++b) {
     if (steady_[b] && status[b].ok()) HoldCandidates(b, layer, requests[b]);
   }
@@ -196,83 +194,172 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
   }
 }
 
-void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fetch,
-                               const std::vector<PageKey>& key_of_fetch,
+void DecodeWorker::Impl::Fetch(int layer, const std::vector<FetchOrigin>& origins,
                                std::vector<HeadFetch>& fetches, std::vector<absl::Status>& status,
                                WorkerStepStats& stats) {
   Clock::time_point t0 = Clock::now();
-  // One lease per page, however many heads and sequences read it. The list goes in chunks: a
-  // chunk's new pages are leased (one store call) and its head-pages gathered (enqueued), then
-  // the next chunk's, so the store's work on a chunk overlaps the gather of the one before; one
-  // Sync at the end brings every verdict back before anything is attended.
-  absl::flat_hash_map<PageKey, int32_t> lease_of;  // page -> index into `keys`
-  std::vector<PageKey> keys;
-  std::vector<int32_t> lease_of_fetch(fetches.size());
-  for (size_t i = 0; i < fetches.size(); ++i) {
-    auto [it, inserted] = lease_of.try_emplace(key_of_fetch[i], static_cast<int32_t>(keys.size()));
-    if (inserted) keys.push_back(key_of_fetch[i]);
-    lease_of_fetch[i] = it->second;
-  }
-  std::vector<absl::StatusOr<ReadLease>> leases;
-  leases.reserve(keys.size());
-  std::vector<size_t> ready_of;  // fetch of each gathered entry, in gather order
-  std::vector<uint8_t> ready_bad(fetches.size(), 1);
-  absl::Status gathered;
-  const size_t chunk =
-      std::max<size_t>(kGatherChunk, (fetches.size() + kGatherChunks - 1) / kGatherChunks);
+  const size_t n = fetches.size();
+  // Gathers enqueued, in order: entry j filled fetch ready_of[j], its verdict in ready_bad[j] (a
+  // head-page is gathered at most twice: under a stale hint, then leased).
+  std::vector<size_t> ready_of;
+  constexpr size_t kStale = SIZE_MAX;  // in ready_of: a copy gathered under a stale hint
+  std::vector<uint8_t> ready_bad(2 * n, 1);
+  std::vector<uint64_t> lease_ids;  // taken, released after the last verdict
   std::vector<HeadFetch> ready;
-  for (size_t begin = 0; begin < fetches.size() && gathered.ok(); begin += chunk) {
-    const size_t end = std::min(fetches.size(), begin + chunk);
-    // Keys are numbered in order of first use, so the chunk's new ones are the next run of keys.
-    size_t keys_end = leases.size();
-    for (size_t i = begin; i < end; ++i) {
-      keys_end = std::max(keys_end, static_cast<size_t>(lease_of_fetch[i]) + 1);
-    }
-    if (keys_end > leases.size()) {
-      Clock::time_point tl = Clock::now();
-      std::vector<absl::StatusOr<ReadLease>> more = store_->AcquireReads(
-          o_.tenant, absl::MakeConstSpan(keys).subspan(leases.size(), keys_end - leases.size()),
-          absl::Seconds(o_.lease_seconds));
-      stats.lease_s += Since(tl);
-      std::move(more.begin(), more.end(), std::back_inserter(leases));
-    }
-    ready.clear();
-    const size_t first = ready_of.size();
-    for (size_t i = begin; i < end; ++i) {
-      const absl::StatusOr<ReadLease>& lease = leases[lease_of_fetch[i]];
-      if (!lease.ok()) continue;  // answered by the fallback below
-      const int h = fetches[i].dst.head;
-      stats.bytes_from_tier[static_cast<int>(lease->found_in)] += 2 * half_;
-      fetches[i].src_k = static_cast<int64_t>(lease->arena_offset) + h * half_;
-      fetches[i].src_v = static_cast<int64_t>(lease->arena_offset) + (kv_ + h) * half_;
-      ready.push_back(fetches[i]);
-      ready_of.push_back(i);
-    }
+  absl::Status gathered;
+  // Enqueues one verified gather of `ready` (fetches ready_of[first...]); a failed enqueue
+  // leaves them ungathered, and the fetch enqueues nothing more.
+  const auto gather = [&](size_t first) {
     Clock::time_point tg = Clock::now();
     gathered = backend_->Gather(ready, absl::MakeSpan(ready_bad).subspan(first, ready.size()));
     stats.gather_s += Since(tg);
-    if (!gathered.ok()) ready_of.resize(first);  // this chunk and the rest are not gathered
+    if (!gathered.ok()) ready_of.resize(first);
+  };
+  // Leased pages: one lease per page, however many heads and rows read it, in chunks: a chunk's
+  // new pages are leased (one store call, which also brings pages up from SSD), then its
+  // head-pages gathered (enqueued), so the store's work on a chunk overlaps the gather of the
+  // one before. Each lease renews its page's hint.
+  const auto lease_and_gather = [&](const std::vector<size_t>& idx) {
+    absl::flat_hash_map<PageKey, int32_t> lease_of;  // page -> index into `keys`
+    std::vector<PageKey> keys;
+    std::vector<int32_t> lease_of_fetch(idx.size());
+    for (size_t j = 0; j < idx.size(); ++j) {
+      const PageKey& key = origins[idx[j]].key;
+      auto [it, inserted] = lease_of.try_emplace(key, static_cast<int32_t>(keys.size()));
+      if (inserted) keys.push_back(key);
+      lease_of_fetch[j] = it->second;
+    }
+    std::vector<absl::StatusOr<ReadLease>> leases;
+    leases.reserve(keys.size());
+    const size_t chunk =
+        std::max<size_t>(kGatherChunk, (idx.size() + kGatherChunks - 1) / kGatherChunks);
+    for (size_t begin = 0; begin < idx.size() && gathered.ok(); begin += chunk) {
+      const size_t end = std::min(idx.size(), begin + chunk);
+      // Keys are numbered in order of first use, so the chunk's new ones are the next run.
+      size_t keys_end = leases.size();
+      for (size_t j = begin; j < end; ++j) {
+        keys_end = std::max(keys_end, static_cast<size_t>(lease_of_fetch[j]) + 1);
+      }
+      if (keys_end > leases.size()) {
+        Clock::time_point tl = Clock::now();
+        std::vector<absl::StatusOr<ReadLease>> more = store_->AcquireReads(
+            o_.tenant, absl::MakeConstSpan(keys).subspan(leases.size(), keys_end - leases.size()),
+            absl::Seconds(o_.lease_seconds));
+        stats.lease_s += Since(tl);
+        for (const absl::StatusOr<ReadLease>& lease : more) {
+          if (lease.ok()) lease_ids.push_back(lease->lease_id);
+        }
+        std::move(more.begin(), more.end(), std::back_inserter(leases));
+      }
+      ready.clear();
+      const size_t first = ready_of.size();
+      for (size_t j = begin; j < end; ++j) {
+        const absl::StatusOr<ReadLease>& lease = leases[lease_of_fetch[j]];
+        if (!lease.ok()) continue;  // answered by the fallback below
+        const size_t i = idx[j];
+        const int h = fetches[i].dst.head;
+        stats.bytes_from_tier[static_cast<int>(lease->found_in)] += 2 * half_;
+        fetches[i].src_k = static_cast<int64_t>(lease->arena_offset) + h * half_;
+        fetches[i].src_v = static_cast<int64_t>(lease->arena_offset) + (kv_ + h) * half_;
+        ready.push_back(fetches[i]);
+        ready_of.push_back(i);
+        // Leased: the segment cannot change owner now, so its generation is the page's.
+        if (const FetchOrigin& at = origins[i]; at.ls != nullptr) {
+          at.ls->SetHint(at.page,
+                         {lease->arena_offset, store_->HostSegmentGeneration(lease->arena_offset)});
+        }
+      }
+      gather(first);
+    }
+  };
+  // Every verdict back (the gathers' reads of the arena are done), then the hold and the leases
+  // end. False when no verdict came back: then nothing counts as gathered.
+  const auto settle = [&](bool held) {
+    Clock::time_point tg = Clock::now();
+    const bool synced = backend_->Sync().ok();
+    stats.gather_s += Since(tg);
+    Clock::time_point tl = Clock::now();
+    if (held) store_->ReleaseHostArena();
+    if (!lease_ids.empty()) (void)store_->ReleaseReads(lease_ids);
+    lease_ids.clear();
+    stats.lease_s += Since(tl);
+    return synced;
+  };
+
+  // 1. Pages whose hint still names a segment of the same owner go without a lease (only when
+  // verifying: the verdicts are what make that safe); the rest are leased.
+  std::vector<size_t> by_lease, by_hint;
+  for (size_t i = 0; i < n; ++i) {
+    const FetchOrigin& at = origins[i];
+    const LayerState::ArenaHint hint =
+        at.ls != nullptr ? at.ls->HintOf(at.page) : LayerState::ArenaHint{};
+    const bool usable =
+        o_.verify && hint.gen != 0 && store_->HostSegmentGeneration(hint.offset) == hint.gen;
+    (usable ? by_hint : by_lease).push_back(i);
   }
-  Clock::time_point tg = Clock::now();
-  if (!backend_->Sync().ok()) ready_of.clear();  // no verdict came back: nothing was gathered
-  stats.gather_s += Since(tg);
-  Clock::time_point tl = Clock::now();
-  std::vector<uint64_t> ids;
-  for (const auto& lease : leases) {
-    if (lease.ok()) ids.push_back(lease->lease_id);
+  if (!by_lease.empty()) lease_and_gather(by_lease);
+  // 2. Hinted pages: under one hold of the arena (no store call until it ends), each read where
+  // its hint says if its segment still has the hint's generation. Without the hold (a segment is
+  // changing owner) they are leased too.
+  bool held = false;
+  std::vector<uint8_t> unleased(n, 0);  // read (or meant to be read) under a hint
+  if (!by_hint.empty() && gathered.ok()) {
+    Clock::time_point tl = Clock::now();
+    held = store_->HoldHostArena().ok();
+    stats.lease_s += Since(tl);
+    if (!held) {
+      lease_and_gather(by_hint);
+    } else {
+      ready.clear();
+      const size_t first = ready_of.size();
+      for (size_t i : by_hint) {
+        unleased[i] = 1;
+        const LayerState::ArenaHint hint = origins[i].ls->HintOf(origins[i].page);
+        if (store_->HostSegmentGeneration(hint.offset) != hint.gen) continue;  // stale already
+        const int h = fetches[i].dst.head;
+        fetches[i].src_k = static_cast<int64_t>(hint.offset) + h * half_;
+        fetches[i].src_v = static_cast<int64_t>(hint.offset) + (kv_ + h) * half_;
+        ready.push_back(fetches[i]);
+        ready_of.push_back(i);
+      }
+      gather(first);
+    }
   }
-  (void)store_->ReleaseReads(ids);
-  stats.lease_s += Since(tl);
-  // Not gathered, not verified or (verify off, to measure its cost) verdict ignored.
-  std::vector<uint8_t> bad(fetches.size(), 1);
-  std::vector<uint8_t> was_gathered(fetches.size(), 0);
-  for (size_t j = 0; j < ready_of.size(); ++j) {
-    was_gathered[ready_of[j]] = 1;
-    bad[ready_of[j]] = o_.verify ? ready_bad[j] : 0;
+  const auto verdicts = [&](bool synced, std::vector<uint8_t>& bad, std::vector<uint8_t>& got) {
+    bad.assign(n, 1);  // not gathered, not verified, or (verify off) its verdict ignored
+    got.assign(n, 0);
+    if (!synced) return;
+    for (size_t j = 0; j < ready_of.size(); ++j) {
+      if (ready_of[j] == kStale) continue;
+      got[ready_of[j]] = 1;
+      bad[ready_of[j]] = o_.verify ? ready_bad[j] : 0;
+    }
+  };
+  std::vector<uint8_t> bad, was_gathered;
+  verdicts(settle(held), bad, was_gathered);
+  // 3. Hints gone stale (the page was evicted, demoted or moved since): leased now, in one batch
+  // (SSD pages come up together), and gathered again; their hints renewed.
+  std::vector<size_t> stale;
+  for (size_t& i : ready_of) {  // a stale copy's verdict is not the fetch's
+    if (unleased[i] && bad[i]) i = kStale;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (unleased[i] && bad[i]) {
+      stale.push_back(i);
+      origins[i].ls->SetHint(origins[i].page, {});
+    } else if (unleased[i]) {
+      stats.bytes_from_tier[static_cast<int>(Tier::kHost)] += 2 * half_;
+      ++stats.unleased_head_pages;
+    }
+  }
+  if (!stale.empty() && gathered.ok()) {
+    stats.stale_hints += static_cast<int64_t>(stale.size());
+    lease_and_gather(stale);
+    verdicts(settle(false), bad, was_gathered);
   }
   stats.fetch_s += Since(t0);
-  stats.fetched_head_pages += static_cast<int64_t>(fetches.size());
-  stats.bytes_fetched += fetches.size() * 2 * half_;
+  stats.fetched_head_pages += static_cast<int64_t>(n);
+  stats.bytes_fetched += n * 2 * half_;
 
   // Anything not verified: one store read of the page (checksummed end to end by the store, from
   // whichever tier holds it), the head checked against the checksum taken at commit.
@@ -287,18 +374,20 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
     if (!bad[i]) continue;
     if (was_gathered[i]) ++stats.verify_failures;
     const int h = fetches[i].dst.head;
-    auto [it, inserted] = reread.try_emplace(key_of_fetch[i]);
+    const FetchOrigin& at = origins[i];
+    if (at.ls != nullptr) at.ls->SetHint(at.page, {});  // wherever the page is, not there
+    auto [it, inserted] = reread.try_emplace(at.key);
     Reread& r = it->second;
     if (inserted) {
       ++stats.fallback_reads;
       r.page.resize(o_.layout.PageBytes());
-      auto info = store_->Get(o_.tenant, key_of_fetch[i], absl::MakeSpan(r.page));
+      auto info = store_->Get(o_.tenant, at.key, absl::MakeSpan(r.page));
       // A page of the chain that another writer reserved first (two workers prefilling one
       // prefix at once: this one only checksummed it) cannot be read until that writer commits.
       // Wait for it, a bounded time per call, before calling it lost.
       while (absl::IsNotFound(info.status()) && absl::Now() < in_flight_deadline) {
         absl::SleepFor(absl::Milliseconds(1));
-        info = store_->Get(o_.tenant, key_of_fetch[i], absl::MakeSpan(r.page));
+        info = store_->Get(o_.tenant, at.key, absl::MakeSpan(r.page));
       }
       r.status = info.status();
       // The store reads the whole page (every head), once.
@@ -317,12 +406,11 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<int32_t>& seq_of_fet
       }
     }
     if (!s.ok()) {
-      pool_.Forget(key_of_fetch[i], h);
-      absl::Status& st = status[seq_of_fetch[i]];
+      pool_.Forget(at.key, h);
+      absl::Status& st = status[at.row];
       if (st.ok()) {
         st = absl::DataLossError(absl::StrCat("layer ", layer, ": no verified copy of page ",
-                                              key_of_fetch[i].Hex(), " head ", h, ": ",
-                                              s.message()));
+                                              at.key.Hex(), " head ", h, ": ", s.message()));
       }
     }
   }

@@ -120,6 +120,9 @@ absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int la
       ls.keys.push_back(keys[i]);
       if (wos[i].pin) ls.pinned = static_cast<int32_t>(first + i + 1);
       if (reserved[i] != 0) {
+        // Reserved, its segment cannot change owner: the generation read now is the page's.
+        const uint64_t at = static_cast<uint64_t>(offsets[i]);
+        ls.SetHint(static_cast<int32_t>(first + i), {at, store_->HostSegmentGeneration(at)});
         committer_.EnqueueCommit(id, reserved[i], o_.layout.PageBytes());
         reserved[i] = 0;
       }
@@ -199,6 +202,7 @@ absl::Status DecodeWorker::Impl::WriteLayoutPages(SequenceId id, LayerState& ls,
   ls.layout_end = static_cast<int32_t>(c.natural_begin / P_);
   ls.layout_keys.clear();
   ls.layout_sums.clear();
+  ls.layout_hints.clear();
   if (ls.layout_end <= ls.layout_first) {
     ls.layout_first = ls.layout_end = 0;
     return absl::OkStatus();

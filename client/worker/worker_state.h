@@ -86,6 +86,27 @@ struct LayerState {
   // Device selection (quest): the summary slot of each natural page, open page included; the
   // summaries live on the backend only and are folded there as tokens are written.
   std::vector<int32_t> sum_slots;
+  // Where this worker last saw each page in the store's host arena (its own reservation, or a
+  // lease): the offset and the segment's generation then (Store::HostSegmentGeneration; 0: not
+  // known), [natural page] and [layout page - layout_first]. A known hint lets the verified
+  // gather read the page without a lease (Store::HoldHostArena); a stale one costs a fallback
+  // read, never wrong bytes. Written by one thread at a time (prefill, Fetch), read by many.
+  struct ArenaHint {
+    uint64_t offset = 0;
+    uint32_t gen = 0;
+  };
+  std::vector<ArenaHint> hints, layout_hints;
+  ArenaHint HintOf(int32_t p) const {
+    const std::vector<ArenaHint>& v = InLayout(p) ? layout_hints : hints;
+    const size_t i = static_cast<size_t>(InLayout(p) ? p - layout_first : p);
+    return i < v.size() ? v[i] : ArenaHint{};
+  }
+  void SetHint(int32_t p, ArenaHint h) {
+    std::vector<ArenaHint>& v = InLayout(p) ? layout_hints : hints;
+    const size_t i = static_cast<size_t>(InLayout(p) ? p - layout_first : p);
+    if (i >= v.size()) v.resize(i + 1);
+    v[i] = h;
+  }
   bool InLayout(int32_t p) const { return p >= layout_first && p < layout_end; }
   // The store key and the head checksum of page id p of a row.
   const PageKey& KeyOf(int32_t p) const {

@@ -101,10 +101,12 @@ absl::StatusOr<uint64_t> SlabAllocator::Allocate(int cls) {
     if (free_segments_.empty()) {
       // Take an empty segment of another class (any owner, any page size).
       for (SlotClass& other : classes_) {
-        if (!other.empty.empty()) {
-          Reclaim(other.empty.back());
-          break;
+        if (other.empty.empty()) continue;
+        if (hooks_.may_reclaim && !hooks_.may_reclaim()) {
+          return absl::UnavailableError("no free segment; the empty ones may not change owner now");
         }
+        Reclaim(other.empty.back());
+        break;
       }
     }
     if (free_segments_.empty()) return absl::ResourceExhaustedError("no free segment");

@@ -34,6 +34,10 @@ class SlabAllocator {
     std::function<absl::Status(uint64_t offset, uint64_t bytes, uint32_t owner)> assign;
     // Runs when an empty segment leaves `owner` (before `assign` gives it to the next one).
     std::function<void(uint64_t offset, uint64_t bytes, uint32_t owner)> release;
+    // Asked before an empty segment of another class is taken; false keeps every segment with
+    // its owner for now (the Allocate that needed one fails with Unavailable). When it returns
+    // true, `release` runs next for the segment taken.
+    std::function<bool()> may_reclaim;
   };
 
   // `segment_bytes` is rounded down to kSlotAlign; capacity / segment_bytes segments exist (one
@@ -46,7 +50,8 @@ class SlabAllocator {
 
   // Offset in bytes of a free slot of `cls`: from a segment of the class, else a free segment,
   // else an empty segment of another class. ResourceExhausted when none exists (the caller
-  // evicts and retries); Internal when the assign hook failed.
+  // evicts and retries); Unavailable when may_reclaim kept the empty ones where they are (only
+  // evicting the class's own pages can help); Internal when the assign hook failed.
   absl::StatusOr<uint64_t> Allocate(int cls);
   // Gives one free segment to `cls` ahead of demand: the assign hook runs now instead of inside
   // a later Allocate, and the segment's slots wait in the class. False when no segment is free

@@ -94,6 +94,28 @@ TEST(SlabAllocatorTest, SegmentsBelongToOneOwnerAndMoveWhenEmpty) {
                                               "assign 0 to 2"}));
 }
 
+// may_reclaim keeps an empty segment with its owner: the Allocate that needed it is Unavailable
+// and nothing moved; once it says yes, the segment moves as before.
+TEST(SlabAllocatorTest, AnEmptySegmentStaysWhileReclaimIsRefused) {
+  std::vector<std::string> events;
+  SlabAllocator::SegmentHooks hooks = Recording(events);
+  bool may = false;
+  hooks.may_reclaim = [&may] { return may; };
+  SlabAllocator a(2 * 4096, 4096, hooks);
+  const int a1 = a.ClassFor(1, 4096), b2 = a.ClassFor(2, 4096);  // one slot per segment
+  auto x = a.Allocate(a1);
+  ASSERT_TRUE(x.ok() && a.Allocate(b2).ok());
+  a.Free(*x);
+  EXPECT_TRUE(absl::IsUnavailable(a.Allocate(b2).status()));
+  EXPECT_EQ(a.ClassOf(*x), a1);
+  may = true;
+  auto z = a.Allocate(b2);
+  ASSERT_TRUE(z.ok()) << z.status();
+  EXPECT_EQ(a.SegmentOf(*z), a.SegmentOf(*x));
+  EXPECT_EQ(events, (std::vector<std::string>{"assign 0 to 1", "assign 1 to 2", "release 0 from 1",
+                                              "assign 0 to 2"}));
+}
+
 TEST(SlabAllocatorTest, FailedAssignLeavesTheSegmentFree) {
   SlabAllocator::SegmentHooks hooks;
   hooks.assign = [](uint64_t, uint64_t, uint32_t) { return absl::UnavailableError("no memory"); };

@@ -78,11 +78,29 @@ absl::Status StoreImpl::Init() {
   mem_[1] = std::move(*host);
   // Host segments follow their tenant's memfd (see MemoryTier::AssignSegment).
   SlabAllocator::SegmentHooks host_hooks;
-  host_hooks.assign = [tier = mem_[1].get()](uint64_t off, uint64_t bytes, uint32_t owner) {
-    return tier->AssignSegment(off, bytes, owner);
+  // Generations (HostSegmentGeneration) move at every change of owner; a segment leaves its
+  // owner only while no lease-free reader holds the arena.
+  host_hooks.assign = [this, tier = mem_[1].get()](uint64_t off, uint64_t bytes, uint32_t owner) {
+    absl::Status s = tier->AssignSegment(off, bytes, owner);
+    if (s.ok()) host_segment_gen_[off / host_segment_bytes_].fetch_add(1);  // now odd
+    return s;
   };
-  host_hooks.release = [tier = mem_[1].get()](uint64_t off, uint64_t bytes, uint32_t owner) {
+  host_hooks.release = [this, tier = mem_[1].get()](uint64_t off, uint64_t bytes, uint32_t owner) {
+    host_segment_gen_[off / host_segment_bytes_].fetch_add(1);  // now even
     tier->ReleaseSegment(off, bytes, owner);
+    arena_reclaim_.store(false);  // raised by may_reclaim
+  };
+  host_hooks.may_reclaim = [this] {
+    arena_reclaim_.store(true);
+    const absl::Time deadline = absl::Now() + kMaxArenaHoldWait;
+    while (arena_holds_.load() > 0) {
+      if (absl::Now() > deadline) {
+        arena_reclaim_.store(false);
+        return false;
+      }
+      absl::SleepFor(absl::Microseconds(20));
+    }
+    return true;
   };
   // A host segment is mapped on its own (mmap of its owner's memfd): whole OS pages. The host
   // tier's mappings are rounded up to whole pages too, so a tier below one page still works.
@@ -92,6 +110,8 @@ absl::Status StoreImpl::Init() {
   alloc_[1] =
       std::make_unique<SlabAllocator>(options_.host_capacity_bytes, host_segment, host_hooks);
   host_segment_bytes_ = host_segment;
+  host_segments_ = (options_.host_capacity_bytes + host_segment - 1) / host_segment;
+  host_segment_gen_ = std::make_unique<std::atomic<uint32_t>[]>(host_segments_);
   if (options_.gpu_capacity_bytes > 0) {
     if (options_.gpu_capacity_bytes < max_slot) {
       return absl::InvalidArgumentError("store options: GPU capacity is smaller than one page");
@@ -798,6 +818,22 @@ absl::StatusOr<uint64_t> StoreImpl::PrepareHostTier(std::string_view tenant,
 }
 
 bool StoreImpl::HasTier(Tier tier) const { return Present(tier); }
+
+absl::Status StoreImpl::HoldHostArena() {
+  arena_holds_.fetch_add(1);
+  if (arena_reclaim_.load()) {
+    arena_holds_.fetch_sub(1);
+    return absl::UnavailableError("a host segment is changing owner; lease the pages instead");
+  }
+  return absl::OkStatus();
+}
+
+void StoreImpl::ReleaseHostArena() { arena_holds_.fetch_sub(1); }
+
+uint32_t StoreImpl::HostSegmentGeneration(uint64_t arena_offset) const {
+  if (host_segment_bytes_ == 0 || arena_offset / host_segment_bytes_ >= host_segments_) return 0;
+  return host_segment_gen_[arena_offset / host_segment_bytes_].load(std::memory_order_acquire);
+}
 
 absl::Status StoreImpl::Flush() {
   absl::MutexLock lock(&mu_);

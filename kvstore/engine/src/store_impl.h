@@ -50,6 +50,9 @@ class StoreImpl final : public Store {
                                                       absl::Duration duration) override;
   absl::Status ReleaseRead(uint64_t lease_id) override;
   absl::Status ReleaseReads(absl::Span<const uint64_t> lease_ids) override;
+  absl::Status HoldHostArena() override;
+  void ReleaseHostArena() override;
+  uint32_t HostSegmentGeneration(uint64_t arena_offset) const override;
   bool Exists(std::string_view tenant, const PageKey& key) override;
   absl::StatusOr<PageInfo> Stat(std::string_view tenant, const PageKey& key) override;
   size_t LongestCachedPrefix(std::string_view tenant, absl::Span<const PageKey> keys) override;
@@ -193,8 +196,10 @@ class StoreImpl final : public Store {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pages of tier t whose eviction frees a slot of allocator class `ac`: the least-recently-used
   // evictable page of that class, or else all pages of the segment whose newest page is the
-  // oldest among fully evictable segments (the segment then goes to `ac`). Empty: none.
-  std::vector<uint32_t> SlotVictims(Tier t, int ac) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // oldest among fully evictable segments (the segment then goes to `ac`; not when
+  // own_class_only). Empty: none.
+  std::vector<uint32_t> SlotVictims(Tier t, int ac, bool own_class_only)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Demotes (or, from the last tier, drops) `victims` of tier `from`, batching SSD writes.
   absl::Status EvictBatch(Tier from, const std::vector<uint32_t>& victims)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -241,6 +246,13 @@ class StoreImpl final : public Store {
   std::unique_ptr<MemoryTier> mem_[2];  // [0] GPU, [1] host; null when absent
   std::unique_ptr<SsdTier> ssd_;
   uint64_t host_segment_bytes_ = 0;  // set by Init
+  // Lease-free readers of the host arena (HoldHostArena) and the segments' generations. A
+  // segment changes owner only with no holds: the reclaim raises arena_reclaim_, then waits for
+  // arena_holds_ to drain; a hold counts itself, then backs out if the flag is up.
+  std::atomic<int64_t> arena_holds_{0};
+  std::atomic<bool> arena_reclaim_{false};
+  std::unique_ptr<std::atomic<uint32_t>[]> host_segment_gen_;  // set by Init
+  uint64_t host_segments_ = 0;
 
   mutable absl::Mutex mu_;
   std::unique_ptr<SlabAllocator> alloc_[2] ABSL_GUARDED_BY(mu_);

@@ -22,12 +22,16 @@ absl::StatusOr<uint64_t> StoreImpl::AllocateSlot(Tier t, int cls, uint32_t tenan
   const int ac = alloc.ClassFor(t == Tier::kHost ? tenant : 0, classes_[cls].bytes);
   for (;;) {
     absl::StatusOr<uint64_t> off = alloc.Allocate(ac);
-    if (off.ok() || !absl::IsResourceExhausted(off.status())) return off;
-    const std::vector<uint32_t> victims = SlotVictims(t, ac);
+    // Unavailable: segments may not change owner now (a lease-free reader holds the arena), so
+    // only the class's own pages can make room.
+    const bool own_only = absl::IsUnavailable(off.status());
+    if (off.ok() || !(absl::IsResourceExhausted(off.status()) || own_only)) return off;
+    const std::vector<uint32_t> victims = SlotVictims(t, ac, own_only);
     if (victims.empty()) {
       return absl::ResourceExhaustedError(absl::StrFormat(
-          "%s tier is full for layout %s: every page is pinned, leased or being read", TierName(t),
-          classes_[cls].layout.ToString()));
+          "%s tier is full for layout %s: every page is pinned, leased or being read%s",
+          TierName(t), classes_[cls].layout.ToString(),
+          own_only ? " (and a reader holds the arena: no segment may change owner now)" : ""));
     }
     if (absl::Status s = EvictBatch(t, victims); !s.ok()) {
       return absl::Status(s.code(), absl::StrFormat("%s tier is full and eviction failed: %s",
@@ -36,7 +40,7 @@ absl::StatusOr<uint64_t> StoreImpl::AllocateSlot(Tier t, int cls, uint32_t tenan
   }
 }
 
-std::vector<uint32_t> StoreImpl::SlotVictims(Tier t, int ac) {
+std::vector<uint32_t> StoreImpl::SlotVictims(Tier t, int ac, bool own_class_only) {
   const SlabAllocator& alloc = *alloc_[MemIndex(t)];
   const uint64_t now = NowMs();
   absl::flat_hash_map<uint32_t, std::vector<uint32_t>> by_segment;  // evictable pages seen
@@ -45,6 +49,7 @@ std::vector<uint32_t> StoreImpl::SlotVictims(Tier t, int ac) {
     if (!Evictable(e, now)) continue;
     const uint64_t off = SlotOffset(e);
     if (alloc.ClassOf(off) == ac) return {v};
+    if (own_class_only) continue;
     // Pages being written, read or doomed are not on the list, so a segment is complete only
     // when every page it holds can go.
     const uint32_t seg = alloc.SegmentOf(off);

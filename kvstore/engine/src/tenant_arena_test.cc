@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "pagoda/kvstore/store.h"
@@ -181,6 +182,59 @@ TEST(TenantArenaTest, PreparedSegmentsServeTheirTenantAndStillFlow) {
   PageLayout other = SmallLayout();
   other.head_dim *= 2;
   EXPECT_TRUE(absl::IsInvalidArgument(s->PrepareHostTier("alice", other, seg).status()));
+}
+
+// A lease-free reader's hold on the arena: while held, no segment changes owner (a write that
+// needs another tenant's empty segment waits for the hold, then fails and changes nothing); a
+// write that waits turns new holds away; once the hold ends it goes on, and the segment it took
+// has a new generation.
+TEST(TenantArenaTest, AHeldArenaKeepsEverySegmentWithItsOwner) {
+  StoreOptions o = SmallStoreOptions(8, "");
+  o.segment_bytes = 4 * SmallLayout().PageBytes();
+  o.watermarks[static_cast<int>(Tier::kHost)] = Watermarks{1.0, 1.0};  // evict only when full
+  auto s = OpenOrDie(o);
+  const uint64_t seg = 4 * SmallLayout().PageBytes();
+  ASSERT_EQ(*s->PrepareHostTier("alice", SmallLayout(), UINT64_MAX), 2 * seg);  // both segments
+  ASSERT_TRUE(PutKey(*s, "alice", 1).ok());
+  const uint64_t at = OffsetOf(*s, "alice", 1);
+  const uint32_t gen[2] = {s->HostSegmentGeneration(0), s->HostSegmentGeneration(seg)};
+  EXPECT_EQ(gen[0] % 2, 1u);
+  EXPECT_EQ(gen[1] % 2, 1u);
+  EXPECT_EQ(s->HostSegmentGeneration(at), gen[at / seg]);
+  EXPECT_EQ(s->HostSegmentGeneration(s->HostArenaInfo().size), 0u);  // outside the arena
+
+  // Bob needs alice's empty segment: not while the arena is held.
+  ASSERT_TRUE(s->HoldHostArena().ok());
+  absl::Status refused = PutKey(*s, "bob", 1);
+  EXPECT_TRUE(absl::IsResourceExhausted(refused)) << refused;
+  EXPECT_FALSE(s->Exists("bob", TestKey(1)));
+  EXPECT_EQ(s->HostSegmentGeneration(0), gen[0]);
+  EXPECT_EQ(s->HostSegmentGeneration(seg), gen[1]);
+  EXPECT_TRUE(CheckKey(*s, "alice", 1).ok());
+
+  // A write that waits turns new holds away; when the hold ends, it takes the segment.
+  absl::Status written = absl::UnknownError("not run");
+  std::thread writer([&] { written = PutKey(*s, "bob", 1); });
+  absl::Status turned_away;
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < give_up) {
+    turned_away = s->HoldHostArena();
+    if (!turned_away.ok()) break;
+    s->ReleaseHostArena();
+    absl::SleepFor(absl::Microseconds(200));
+  }
+  EXPECT_TRUE(absl::IsUnavailable(turned_away)) << turned_away;
+  s->ReleaseHostArena();  // the first hold
+  writer.join();
+  ASSERT_TRUE(written.ok()) << written;
+  EXPECT_TRUE(CheckKey(*s, "bob", 1).ok());
+  EXPECT_TRUE(CheckKey(*s, "alice", 1).ok());
+  const uint64_t bob_at = OffsetOf(*s, "bob", 1);
+  EXPECT_NE(bob_at / seg, at / seg);
+  EXPECT_EQ(s->HostSegmentGeneration(bob_at), gen[bob_at / seg] + 2);  // released, then assigned
+  EXPECT_EQ(s->HostSegmentGeneration(at), gen[at / seg]);
+  ASSERT_TRUE(s->HoldHostArena().ok());  // nothing waits now
+  s->ReleaseHostArena();
 }
 
 // The shmem THP mode of this kernel: "advise" / "always" let the arena take huge pages.

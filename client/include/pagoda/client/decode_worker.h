@@ -218,18 +218,25 @@ struct WorkerStepStats {
   int64_t chosen_on_backend = 0;
   int64_t attended_head_pages = 0;  // table entries, all rows
   int64_t fetched_head_pages = 0;   // gathered into the pool this step
-  int64_t pool_hits = 0;            // head-pages already resident (shared ones included)
-  int64_t shared_head_pages = 0;    // slots read by more than one sequence in the same layer
-  int64_t verify_failures = 0;      // gathered head-pages whose checksum did not match
-  int64_t fallback_reads = 0;       // pages re-read through the store after a failure
+  // Of those, read where the worker last saw their page in the host arena, without a lease
+  // (Store::HoldHostArena; verification catches a page that moved).
+  int64_t unleased_head_pages = 0;
+  int64_t pool_hits = 0;          // head-pages already resident (shared ones included)
+  int64_t shared_head_pages = 0;  // slots read by more than one sequence in the same layer
+  int64_t verify_failures = 0;    // leased head-pages gathered whose checksum did not match
+  // Unleased head-pages whose checksum did not match: their page had moved (evicted, demoted, its
+  // slot reused) since the worker saw it there. Re-read like verify failures.
+  int64_t stale_hints = 0;
+  int64_t fallback_reads = 0;  // pages re-read through the store after a failure
   uint64_t bytes_fetched = 0;
   // Bytes read per tier the page was in: a gathered head-page's bytes, and the whole page for a
   // re-read through the store (which reads every head).
   uint64_t bytes_from_tier[kNumTiers] = {0, 0, 0};
   uint64_t bytes_committed = 0;  // full pages committed (all heads)
   double append_s = 0, select_s = 0, fetch_s = 0, verify_s = 0, attend_s = 0, commit_s = 0;
-  // fetch_s in parts: resolving pool slots (host), the store's leases taken and released (host),
-  // and the gather (enqueued, then waited for: its verdicts are read before anything is attended).
+  // fetch_s in parts: resolving pool slots (host), the store's leases taken and released and its
+  // arena held (host), and the gather (enqueued, then waited for: its verdicts are read before
+  // anything is attended).
   double resolve_s = 0, lease_s = 0, gather_s = 0;
 };
 

@@ -178,6 +178,29 @@ class Store {
   // ReleaseRead of every id under one lock; every id is released, the first error is returned.
   virtual absl::Status ReleaseReads(absl::Span<const uint64_t> lease_ids) = 0;
 
+  // ---- Reads without a lease, by a reader that verifies every byte --------------------------
+  // A reader that checks what it reads against checksums of its own (the decode worker's
+  // verified gather) may read a host-tier page where it last saw it (the arena_offset of its
+  // Reservation or ReadLease) without leasing it again. While it holds the arena, no host
+  // segment leaves its owner (none is unmapped, unpinned for the GPU or given to another tenant),
+  // so reading HostArenaInfo().base + offset, from the host or the device, is memory-safe for
+  // every offset whose segment still has the generation the reader saw with the page. The page's
+  // bytes are NOT held: it may be evicted, moved or its slot reused meanwhile; the reader's
+  // checksums catch that and it falls back to AcquireRead or Get. Holds are for one fetch: the
+  // holder makes no other call to this store until it releases (a write that needs another
+  // owner's empty segment waits for the holds to end, at most kMaxArenaHoldWait, and then fails
+  // with ResourceExhausted). Holds nest across threads. Unavailable while such a write waits (the
+  // reader leases instead); then nothing is held.
+  static constexpr absl::Duration kMaxArenaHoldWait = absl::Milliseconds(200);
+  virtual absl::Status HoldHostArena() = 0;
+  // Ends one successful HoldHostArena.
+  virtual void ReleaseHostArena() = 0;
+  // The generation of the host segment holding byte `arena_offset`: odd while the segment is
+  // given to an owner, changed each time it is given or taken back; 0 outside the arena. Read it
+  // while the page at arena_offset is reserved or leased (its segment cannot change owner then).
+  // Lock-free.
+  virtual uint32_t HostSegmentGeneration(uint64_t arena_offset) const = 0;
+
   virtual bool Exists(std::string_view tenant, const PageKey& key) = 0;
   virtual absl::StatusOr<PageInfo> Stat(std::string_view tenant, const PageKey& key) = 0;
   // Number of leading keys of `keys` the store holds for `tenant` (any tier), in one call.
