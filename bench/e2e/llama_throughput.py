@@ -137,6 +137,7 @@ def run_pagoda(model: Llama, a, kvd, kv_name: str, policy: str, trigger: bool, b
             store, num_layers=c.layers, q_heads=c.q_heads, kv_heads=c.kv_heads, head_dim=c.head_dim,
             dtype=kv_name, page_tokens=P, policy=policy, budget_tokens=a.budget, boundary_trigger=trigger,
             pool_slots_per_head=pool, summary_slots=summaries, prepare_host_bytes=-1, select_threads=a.select_threads,
+            prefill_to_pool=a.prefill_to_pool,
             model_id=f"llama-throughput-{a.config}", device=str(dev),
         )  # fmt: skip
         create_s = time.perf_counter() - t0
@@ -189,6 +190,8 @@ def measure(argv=None) -> dict:
                    help="GPU pool of this size instead (0: all HBM free after the weights, less --headroom-gib "
                         "and the summaries; never below one step's worst case)")
     p.add_argument("--skip-dense", action="store_true")
+    p.add_argument("--prefill-to-pool", action="store_true",
+                   help="the worker's prefill also fills the GPU pool's free slots (DecodeWorker prefill_to_pool)")
     p.add_argument("--select-threads", type=int, default=0, help="the worker's (0: cores, at most 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a check of the script)")

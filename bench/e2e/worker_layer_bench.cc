@@ -74,6 +74,8 @@ struct Args {
   // instead of inside the prefill's first writes to each segment.
   bool prepare_host = true;
   int select_threads = 0;  // DecodeWorkerOptions::select_threads
+  int64_t pool_slots = 0;  // per KV head; 0: twice one step's worst case
+  bool prefill_to_pool = false;
 };
 
 constexpr int kQ = 32, kKv = 8, kD = 128, kP = 16;
@@ -167,6 +169,11 @@ int RunCase(const Args& a, int64_t ctx, int B,
   bench::TensorStage& st = **stage;
   o.prepare_host_bytes = a.prepare_host ? -1 : 0;
   o.select_threads = a.select_threads;
+  if (a.pool_slots > 0) {
+    o.pool_slots_per_head = std::max(
+        o.pool_slots_per_head, static_cast<int32_t>(std::min<int64_t>(a.pool_slots, INT32_MAX)));
+  }
+  o.prefill_to_pool = a.prefill_to_pool;
   const auto created = std::chrono::steady_clock::now();
   auto worker = DecodeWorker::Create(store->get(), std::move(backend), o);
   if (!worker.ok()) {
@@ -432,6 +439,10 @@ int main(int argc, char** argv) {
   app.add_flag("--prefill-attend", a.prefill_attend, "prefill with attention (PrefillAttend)");
   app.add_option("--prepare-host", a.prepare_host,
                  "prepare the host tier's segments at Create (1) or on demand (0)");
+  app.add_option("--pool-slots", a.pool_slots,
+                 "GPU pool slots per KV head (0: twice one step's worst case; never less)");
+  app.add_flag("--prefill-to-pool", a.prefill_to_pool,
+               "the worker's prefill fills the pool's free slots (prefill_to_pool)");
   app.add_option("--select-threads", a.select_threads,
                  "threads that select and resolve pool slots (0: the machine's cores, at most 8)")
       ->check(CLI::Range(0, 256));

@@ -718,8 +718,23 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
       const std::vector<LayerState::Resolved>& scored =  // louiskv's, this step
           h < static_cast<int>(ls.scored.size()) ? ls.scored[h] : kNone;
       w.next.clear();
+      // What page i + kResolveAhead will read is loaded while page i is resolved.
+      const std::vector<int32_t>& row = ls.rows[h];
+      size_t ja = 0;  // the look-ahead's cursor into `last`
+      const auto ahead = [&](size_t i) {
+        if (i >= row.size() || row[i] == cur) return;
+        const LayerState::Resolved* r = LayerState::Find(last, ja, row[i]);
+        if (r != nullptr) {
+          pool_.PrefetchSlot(h, r->slot);
+        } else {
+          pool_.PrefetchKey(ls.KeyOf(row[i]), h);
+        }
+      };
+      for (size_t i = 0; i < worker_internal::kResolveAhead; ++i) ahead(i);
       size_t j = 0, k = 0;
-      for (int32_t p : ls.rows[h]) {
+      for (size_t i = 0; i < row.size(); ++i) {
+        ahead(i + worker_internal::kResolveAhead);
+        const int32_t p = row[i];
         if (p == cur) {
           res.push_back(ls.tail[h]);
           continue;

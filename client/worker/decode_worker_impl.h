@@ -49,6 +49,8 @@ constexpr absl::Duration kInFlightWait = absl::Seconds(2);
 // A layer's fetch list is leased and gathered in up to kGatherChunks chunks of at least
 // kGatherChunk head-pages (the store leases one chunk while the device gathers the one before).
 constexpr size_t kGatherChunk = 512;
+// Slot resolution loads a page's pool record (or index bucket) this many pages ahead.
+constexpr size_t kResolveAhead = 12;
 constexpr size_t kGatherChunks = 4;
 
 // Rows [first, first + count) of a [n, ...] view.
@@ -193,6 +195,11 @@ class DecodeWorker::Impl {
   // A Reserve error (a full host tier) is returned; slots not yet handed over are aborted.
   absl::Status StagePages(SequenceId id, worker_internal::Sequence& seq, int layer,
                           const TensorView& k, const TensorView& v);
+  // prefill_to_pool: pages [i0, i1) of k / v (rows i * page_tokens ...) under `keys` go into free
+  // pool slots (one WriteTokens), as many leading ones as every head has a free slot for; a page
+  // already cached keeps its slot (rewritten with the same bytes).
+  absl::Status PagesToPool(const TensorView& k, const TensorView& v, int32_t i0, int32_t i1,
+                           const std::vector<PageKey>& keys);
   // The layer's prompt is complete: host selection hands its keys to a new selector (device
   // selection has its summaries already); the boundary trigger starts.
   absl::Status StartSelector(SequenceId id, worker_internal::LayerState& ls, int layer);

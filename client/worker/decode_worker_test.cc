@@ -949,6 +949,36 @@ TEST(DecodeWorker, APageMovedFromUnderItsArenaHintIsCaughtAndReadWhereItIsNow) {
   EXPECT_EQ(again.unleased_head_pages, again.fetched_head_pages);
 }
 
+// prefill_to_pool: prefill copies whole pages into free pool slots, never evicting, and a step
+// that selects them finds them resident (nothing gathered); without it they are gathered back.
+TEST(DecodeWorker, PrefillToPoolFillsFreeSlotsOnlyAndStepsFindThemResident) {
+  for (const bool to_pool : {true, false}) {
+    SCOPED_TRACE(to_pool ? "prefill_to_pool" : "decode reads only");
+    TempDir dir;
+    auto store = OpenStore(dir.path());
+    DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096, 80);
+    o.prefill_to_pool = to_pool;
+    auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    Driver d(w->get());
+    // a: 15 closed pages + an open one per layer (32 slots per head); b and c: 16 closed pages
+    // per layer each, of which only 16 in all fit the 80 slots.
+    const SequenceId a = d.Open(Prompt(62, 41), nullptr, 8);
+    d.Open(Prompt(64, 42), nullptr, 8);
+    d.Open(Prompt(64, 43), nullptr, 8);
+    ASSERT_TRUE((*w)->Flush().ok());
+    const WorkerStats before = (*w)->Stats();
+    EXPECT_EQ(before.pool_evictions, 0);
+    EXPECT_EQ(before.pool_used, to_pool ? 80 * kKv : kLayers * kKv);  // else: a's open pages
+    std::vector<std::vector<uint16_t>> outs;
+    auto stats = d.Step({a}, {1}, &outs);
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    ASSERT_TRUE(stats->sequence_status[0].ok());
+    EXPECT_EQ(stats->fetched_head_pages, to_pool ? 0 : kLayers * 15 * kKv);
+    for (int l = 0; l < kLayers; ++l) EXPECT_LT(d.Error(a, 0, l, outs[l], true), kTol) << l;
+  }
+}
+
 // Verification off (to measure what it costs) reads nothing without a lease: a hint is only as
 // safe as the checksum that checks it.
 TEST(DecodeWorker, WithoutVerificationEveryPageIsLeased) {

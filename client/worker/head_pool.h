@@ -55,6 +55,12 @@ class HeadPool {
     Use(head, slot, epoch, row);
     return slot;
   }
+  // Loads what resolving a page will read, ahead of it (resolution is bound by memory latency
+  // once the pool outgrows the caches): a remembered slot's record, or a key's index bucket.
+  void PrefetchSlot(int head, int32_t slot) const {
+    if (slot >= 0 && slot < slots_) __builtin_prefetch(&subs_[head].hot[slot]);
+  }
+  void PrefetchKey(const PageKey& key, int head) const { subs_[head].cached.prefetch(key); }
   // A slot for (key, head), not resident yet (the caller fills it): a free slot, else a cached
   // slot not used in `epoch` and not referenced since the CLOCK hand last passed it (its page is
   // forgotten). -1 when none.
@@ -78,6 +84,8 @@ class HeadPool {
   int32_t held(int head) const { return held_[head]; }
   // Slots of head `head` that are not owned (free or cached: what one step can use).
   int32_t Available(int head) const { return slots_ - owned_[head]; }
+  // Slots of head `head` that hold nothing (Insert takes one of these before evicting).
+  int32_t Free(int head) const { return static_cast<int32_t>(subs_[head].free.size()); }
   int64_t used() const;  // cached + owned, all heads
   int64_t evictions() const;
   // Slot-epochs in which a second batch row used the slot (head-pages shared by sequences).

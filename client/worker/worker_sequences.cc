@@ -99,6 +99,9 @@ absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int la
         !s.ok()) {
       return abort_rest(s);
     }
+    if (o_.prefill_to_pool) {
+      if (absl::Status s = PagesToPool(k, v, i0, i1, keys); !s.ok()) return abort_rest(s);
+    }
     // What the host reads of the pages (host selection keeps the prompt's keys; a strided k's
     // summaries), then phase two by the committer.
     for (int32_t i = i0; i < i1; ++i) {
@@ -194,6 +197,30 @@ absl::Status DecodeWorker::Impl::StartSelector(SequenceId id, LayerState& ls, in
   }
   ls.ready = true;
   return absl::OkStatus();
+}
+
+absl::Status DecodeWorker::Impl::PagesToPool(const TensorView& k, const TensorView& v, int32_t i0,
+                                             int32_t i1, const std::vector<PageKey>& keys) {
+  std::vector<int32_t> slots, positions;
+  int32_t i = i0;
+  for (; i < i1; ++i) {
+    bool room = true;
+    for (int h = 0; h < kv_ && room; ++h) room = pool_.Free(h) > 0;
+    if (!room) break;
+    std::vector<int32_t> page(kv_);
+    for (int h = 0; h < kv_; ++h) {
+      page[h] = pool_.Find(keys[i], h, epoch_);
+      if (page[h] < 0) page[h] = pool_.Insert(keys[i], h, epoch_);  // free: nothing is evicted
+    }
+    for (int t = 0; t < P_; ++t) {  // every row of the page names the page's slots
+      slots.insert(slots.end(), page.begin(), page.end());
+      positions.push_back(t);
+    }
+  }
+  if (positions.empty()) return absl::OkStatus();
+  const int64_t rows = int64_t{i - i0} * P_;
+  return backend_->WriteTokens(Rows(k, int64_t{i0} * P_, rows), Rows(v, int64_t{i0} * P_, rows),
+                               slots, positions);
 }
 
 absl::Status DecodeWorker::Impl::WriteLayoutPages(SequenceId id, LayerState& ls, int layer) {
@@ -347,7 +374,8 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
                                                    " prompt tokens left to prefill, got ", rows));
   }
   // At most one open page per head at a time: one owned slot per head, checked before writing
-  // (needed only when the rows leave a page open; whole pages never enter the pool).
+  // (needed only when the rows leave a page open; whole pages enter the pool only with
+  // prefill_to_pool, and only its free slots).
   const bool leaves_open_page = (ls.tokens + rows) % P_ != 0;
   for (int h = 0; h < kv_; ++h) {
     if (ls.tail[h] < 0 && leaves_open_page && pool_.Available(h) < 1) {
@@ -365,7 +393,7 @@ absl::Status DecodeWorker::Impl::Prefill(SequenceId id, int layer, const TensorV
   }
   // Rows of the open page go through the pool (which holds its first tokens, and where decode
   // appends); whole pages in between are staged to the host once per call, assembled there and
-  // queued for the store, never occupying the pool.
+  // queued for the store (and with prefill_to_pool, copied into free pool slots).
   auto pool_rows = [&](int64_t r, int64_t m) -> absl::Status {
     ++epoch_;  // pages this prefill committed earlier may be evicted for the next one
     if (absl::Status s = EnsureTail(ls); !s.ok()) return s;

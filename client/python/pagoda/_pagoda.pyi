@@ -119,6 +119,7 @@ class DecodeWorker:
         summary_slots: int = 65536,
         prepare_host_bytes: int = 0,
         select_threads: int = 0,
+        prefill_to_pool: bool = False,
         selector: Dict[str, Any] = ...,
         tenant: str = "decode",
         model_id: str = "model",

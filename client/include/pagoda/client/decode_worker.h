@@ -165,6 +165,11 @@ struct DecodeWorkerOptions {
   // Slots of each KV head's sub-pool (the GPU budget is kv_heads x this x head-page bytes). Must
   // hold one step of the largest batch: Plan checks it.
   int32_t pool_slots_per_head = 4096;
+  // Prefill also copies whole pages into the pool's free slots (never evicting what is cached),
+  // straight from the caller's K/V: a decode step that selects them finds them resident instead
+  // of gathering them back from the host tier. For a worker that prefills the sequences it
+  // decodes with a pool larger than one step's need; off, only decode reads fill the pool.
+  bool prefill_to_pool = false;
   // Policy quest selects on the backend (the CUDA backend scores on the device against summaries
   // it keeps there; the CPU backend runs the kernels' reference): a summary table of this many
   // slots, one per page of every (sequence, layer) open in the worker (4 KiB each at Llama-3-8B
