@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -235,6 +236,73 @@ TEST(TenantArenaTest, AHeldArenaKeepsEverySegmentWithItsOwner) {
   EXPECT_EQ(s->HostSegmentGeneration(at), gen[at / seg]);
   ASSERT_TRUE(s->HoldHostArena().ok());  // nothing waits now
   s->ReleaseHostArena();
+}
+
+// A lease-free reader holds the arena over and over while two tenants trade segments (a write
+// that finds no room takes the other's empty segment): every write gets its segment (the holds are
+// short, the reclaim waits them out), and the reader reads only pages whose segment still has the
+// generation it saw with them, which is memory-safe (CI runs this under ASan and TSan).
+TEST(TenantArenaTest, ShortHoldsNeverStarveWritesThatMoveSegments) {
+  StoreOptions o = SmallStoreOptions(8, "");
+  o.segment_bytes = 4 * SmallLayout().PageBytes();  // 2 segments of 4 pages
+  o.watermarks[static_cast<int>(Tier::kHost)] = Watermarks{1.0, 1.0};
+  auto s = OpenOrDie(o);
+  std::vector<uint64_t> alice = {0, 1, 2, 3}, bob = {100, 101, 102, 103};
+  for (uint64_t i : alice) ASSERT_TRUE(PutKey(*s, "alice", i).ok());
+  for (uint64_t i : bob) ASSERT_TRUE(PutKey(*s, "bob", i).ok());
+  struct Seen {
+    uint64_t offset;
+    uint32_t gen;
+  };
+  std::vector<Seen> seen;
+  for (uint64_t i : alice) {
+    const uint64_t at = OffsetOf(*s, "alice", i);
+    seen.push_back({at, s->HostSegmentGeneration(at)});
+  }
+  const uint8_t* base = s->HostArenaInfo().base;
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> passes{0}, reads{0}, moved{0};
+  std::thread reader([&] {
+    std::vector<uint8_t> copy(SmallLayout().PageBytes());
+    while (!done.load()) {
+      if (!s->HoldHostArena().ok()) continue;  // a segment is changing owner
+      for (const Seen& x : seen) {
+        if (s->HostSegmentGeneration(x.offset) != x.gen) {
+          moved.fetch_add(1);
+          continue;
+        }
+        std::memcpy(copy.data(), base + x.offset, copy.size());  // its segment kept its owner
+        reads.fetch_add(1);
+      }
+      s->ReleaseHostArena();
+      passes.fetch_add(1);
+    }
+  });
+  // Each round one tenant's pages all leave and the other writes 4 new ones, taking the emptied
+  // segment when its own are full.
+  uint64_t next = 1000;
+  for (int round = 0; round < 20; ++round) {
+    std::vector<uint64_t>& leaving = round % 2 == 0 ? alice : bob;
+    std::vector<uint64_t>& writing = round % 2 == 0 ? bob : alice;
+    const char* from = round % 2 == 0 ? "alice" : "bob";
+    const char* to = round % 2 == 0 ? "bob" : "alice";
+    for (uint64_t i : leaving) ASSERT_TRUE(s->Remove(from, TestKey(i)).ok());
+    leaving.clear();
+    for (int j = 0; j < 4; ++j, ++next) {
+      absl::Status put = PutKey(*s, to, next);
+      ASSERT_TRUE(put.ok()) << "round " << round << ": " << put;
+      writing.push_back(next);
+    }
+  }
+  const int64_t after = passes.load();
+  while (passes.load() < after + 2) absl::SleepFor(absl::Microseconds(50));
+  done.store(true);
+  reader.join();
+  for (uint64_t i : alice) EXPECT_TRUE(CheckKey(*s, "alice", i).ok()) << i;
+  for (uint64_t i : bob) EXPECT_TRUE(CheckKey(*s, "bob", i).ok()) << i;
+  // The segment alice's first pages were in changed owner, and the reader saw it.
+  EXPECT_NE(s->HostSegmentGeneration(seen[0].offset), seen[0].gen);
+  EXPECT_GT(moved.load(), 0);
 }
 
 // The shmem THP mode of this kernel: "advise" / "always" let the arena take huge pages.
