@@ -75,9 +75,11 @@ class StepStats:
     retrievals: int
     attended_head_pages: int
     fetched_head_pages: int
+    unleased_head_pages: int
     pool_hits: int
     shared_head_pages: int
     verify_failures: int
+    stale_hints: int
     fallback_reads: int
     bytes_fetched: int
     @property
