@@ -997,6 +997,39 @@ TEST(DecodeWorker, WithoutVerificationEveryPageIsLeased) {
   EXPECT_EQ(stats->unleased_head_pages, 0);
 }
 
+// One fetch that mixes reads: the first sequence's pages were written by this worker (read
+// unleased, under a hold of the arena), the second's by another worker (leased, before the hold:
+// no store call runs while it is held). Both exact.
+TEST(DecodeWorker, LeasedAndUnleasedPagesInOneFetchAreBothServed) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  const DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096 * kPage, 2400);
+  const std::vector<int32_t> pa = Prompt(2101, 23), pb = Prompt(2101, 24);
+  {
+    auto other = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+    ASSERT_TRUE(other.ok()) << other.status();
+    Driver d0(other->get());
+    d0.Open(pb, nullptr, 512);
+    ASSERT_TRUE((*other)->Flush().ok());
+  }
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver d(w->get());
+  const SequenceId a = d.Open(pa, nullptr, 512), b = d.Open(pb);
+  ASSERT_TRUE((*w)->Flush().ok());
+  std::vector<std::vector<uint16_t>> outs;
+  auto stats = d.Step({a, b}, {5, 6}, &outs);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  for (const absl::Status& st : stats->sequence_status) EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(stats->fetched_head_pages, kLayers * 2 * 525 * kKv);
+  EXPECT_EQ(stats->unleased_head_pages, kLayers * 525 * kKv);
+  EXPECT_EQ(stats->verify_failures + stats->stale_hints, 0);
+  for (int l = 0; l < kLayers; ++l) {
+    EXPECT_LT(d.Error(a, 0, l, outs[l], true), kTol) << l;
+    EXPECT_LT(d.Error(b, 1, l, outs[l], true), kTol) << l;
+  }
+}
+
 TEST(DecodeWorker, ACorruptStoredPageIsNeverAttended) {
   TempDir dir;
   auto store = OpenStore(dir.path());
