@@ -207,6 +207,14 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<FetchOrigin>& origin
   std::vector<uint64_t> lease_ids;  // taken, released after the last verdict
   std::vector<HeadFetch> ready;
   absl::Status gathered;
+  // Points fetch i at head h of the page at arena offset `at` and queues it for the next gather.
+  const auto ready_from = [&](size_t i, uint64_t at) {
+    const int h = fetches[i].dst.head;
+    fetches[i].src_k = static_cast<int64_t>(at) + h * half_;
+    fetches[i].src_v = static_cast<int64_t>(at) + (kv_ + h) * half_;
+    ready.push_back(fetches[i]);
+    ready_of.push_back(i);
+  };
   // Enqueues one verified gather of `ready` (fetches ready_of[first...]); a failed enqueue
   // leaves them ungathered, and the fetch enqueues nothing more.
   const auto gather = [&](size_t first) {
@@ -257,12 +265,8 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<FetchOrigin>& origin
         const absl::StatusOr<ReadLease>& lease = leases[lease_of_fetch[j]];
         if (!lease.ok()) continue;  // answered by the fallback below
         const size_t i = idx[j];
-        const int h = fetches[i].dst.head;
         stats.bytes_from_tier[static_cast<int>(lease->found_in)] += 2 * half_;
-        fetches[i].src_k = static_cast<int64_t>(lease->arena_offset) + h * half_;
-        fetches[i].src_v = static_cast<int64_t>(lease->arena_offset) + (kv_ + h) * half_;
-        ready.push_back(fetches[i]);
-        ready_of.push_back(i);
+        ready_from(i, lease->arena_offset);
         // Leased: the segment cannot change owner now, so its generation is the page's.
         if (const FetchOrigin& at = origins[i]; at.ls != nullptr) {
           at.ls->SetHint(at.page,
@@ -316,11 +320,7 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<FetchOrigin>& origin
         unleased[i] = 1;
         const LayerState::ArenaHint hint = origins[i].ls->HintOf(origins[i].page);
         if (store_->HostSegmentGeneration(hint.offset) != hint.gen) continue;  // stale already
-        const int h = fetches[i].dst.head;
-        fetches[i].src_k = static_cast<int64_t>(hint.offset) + h * half_;
-        fetches[i].src_v = static_cast<int64_t>(hint.offset) + (kv_ + h) * half_;
-        ready.push_back(fetches[i]);
-        ready_of.push_back(i);
+        ready_from(i, hint.offset);
       }
       gather(first);
     }

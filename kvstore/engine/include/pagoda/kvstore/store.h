@@ -189,8 +189,9 @@ class Store {
   // checksums catch that and it falls back to AcquireRead or Get. Holds are for one fetch: the
   // holder makes no other call to this store until it releases (a write that needs another
   // owner's empty segment waits for the holds to end, at most kMaxArenaHoldWait, and then fails
-  // with ResourceExhausted). Holds nest across threads. Unavailable while such a write waits (the
-  // reader leases instead); then nothing is held.
+  // with ResourceExhausted; it waits holding the store's lock, so a hold kept past one fetch
+  // stalls every store call that long per such write). Holds nest across threads. Unavailable while
+  // such a write waits (the reader leases instead); then nothing is held.
   static constexpr absl::Duration kMaxArenaHoldWait = absl::Milliseconds(200);
   virtual absl::Status HoldHostArena() = 0;
   // Ends one successful HoldHostArena.
