@@ -1,9 +1,11 @@
 #include "task_pool.h"
 
 #include <atomic>
+#include <chrono>
 #include <thread>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 
 namespace pagoda::worker_internal {
@@ -37,6 +39,57 @@ TEST(TaskPool, IterationsRunOnSeveralThreads) {
     inside.fetch_sub(1);
   });
   EXPECT_GE(most.load(), 2);
+}
+
+TEST(TaskPool, ThreadsAsleepWakeForTheNextLoop) {
+  TaskPool pool(3);
+  for (int round = 0; round < 3; ++round) {
+    // Past the spin: the threads sleep, and the next loop must still reach them.
+    std::this_thread::sleep_for(absl::ToChronoMilliseconds(TaskPool::kSpin * 3));
+    std::atomic<int> inside{0}, most{0};
+    std::vector<std::atomic<int>> calls(8);
+    pool.Run(8, [&](int64_t i) {
+      calls[i].fetch_add(1);
+      const int now = inside.fetch_add(1) + 1;
+      int seen = most.load();
+      while (seen < now && !most.compare_exchange_weak(seen, now)) {
+      }
+      for (int spin = 0; spin < 20000 && inside.load() < 2; ++spin) std::this_thread::yield();
+      inside.fetch_sub(1);
+    });
+    for (int i = 0; i < 8; ++i) ASSERT_EQ(calls[i].load(), 1) << round;
+    EXPECT_GE(most.load(), 2) << "a sleeping thread never woke, round " << round;
+  }
+}
+
+TEST(TaskPool, NoIterationRunsAfterItsLoopReturned) {
+  // Many short loops back to back: a thread late from one loop must not take an iteration of the
+  // next with the last loop's count, nor run anything once Run returned.
+  TaskPool pool(4);
+  std::atomic<bool> open{false};
+  std::atomic<int> strays{0};
+  for (int loop = 0; loop < 3000; ++loop) {
+    const int64_t n = 1 + loop % 7;
+    std::vector<std::atomic<int>> calls(n);
+    open.store(true);
+    pool.Run(n, [&](int64_t i) {
+      if (!open.load()) strays.fetch_add(1);
+      calls[i].fetch_add(1);
+    });
+    open.store(false);
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(calls[i].load(), 1) << loop;
+  }
+  EXPECT_EQ(strays.load(), 0);
+}
+
+TEST(TaskPool, DestroyedWhileThreadsSpinOrSleep) {
+  for (int wait_ms : {0, 10}) {
+    TaskPool pool(3);
+    std::atomic<int> sum{0};
+    pool.Run(5, [&](int64_t i) { sum.fetch_add(static_cast<int>(i)); });
+    EXPECT_EQ(sum.load(), 10);
+    std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
+  }  // joins: the destructor wakes spinning and sleeping threads alike
 }
 
 }  // namespace
