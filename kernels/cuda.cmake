@@ -9,7 +9,6 @@ add_library(pagoda_kernels_cuda
   src/cuda/head_gather.cu
   src/cuda/page_assembly.cu
   src/cuda/page_mass.cu
-  src/cuda/concat_rows.cu
   src/cuda/prefill.cu)
 target_include_directories(pagoda_kernels_cuda PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
 target_link_libraries(pagoda_kernels_cuda PUBLIC pagoda_kernels_ref absl::status absl::statusor

@@ -409,11 +409,11 @@ class CudaWorkerBackend final : public WorkerBackend {
     }
     // One upload: indptr, slots, page_len, keep, split, need, out_indptr, last_page_len, then
     // (with stored lists) the full indptr and each row's list address; then device-only room for
-    // the full entries, the masses and the attended slots.
+    // the masses and the attended slots. The mass kernels read the stored lists in place.
     const size_t in_words = 2 * (rows + 1) + 2 * listed + 4 * rows +
                             (lists ? (rows + 1) + 2 * static_cast<size_t>(rows) + 1 : 0);
     const size_t in_bytes = (in_words * 4 + 15) / 16 * 16;
-    const size_t total = in_bytes + (3 * n + std::max<size_t>(out_n, 1)) * 4;
+    const size_t total = in_bytes + (n + std::max<size_t>(out_n, 1)) * 4;
     Staged& mass = mass_.Next();
     if (absl::Status s = mass.Reserve(total); !s.ok()) return s;
     int32_t* h = reinterpret_cast<int32_t*>(mass.host);
@@ -449,27 +449,8 @@ class CudaWorkerBackend final : public WorkerBackend {
         cudaMemcpyAsync(mass.dev, mass.host, at * 4, cudaMemcpyHostToDevice, stream_),
         "mass attend upload");
     PAGODA_CUDA_RETURN(cudaEventRecord(mass.ready, stream_), "event record");
-    int32_t* d_full_slots = reinterpret_cast<int32_t*>(mass.dev + in_bytes);
-    int32_t* d_full_len = d_full_slots + n;
-    float* d_mass = reinterpret_cast<float*>(d_full_len + n);
+    float* d_mass = reinterpret_cast<float*>(mass.dev + in_bytes);
     int32_t* d_out = reinterpret_cast<int32_t*>(d_mass + n);
-    const int32_t* slots = d_slots;
-    const int32_t* lens = d_len;
-    if (lists) {
-      kernels::gpu::ConcatRowsParams cp;
-      cp.rows = rows;
-      cp.a_indptr = d_indptr;
-      cp.a_slots = d_slots;
-      cp.a_len = d_len;
-      cp.out_indptr = d_full_indptr;
-      cp.b_src = d_src;
-      cp.fill_len = geo_.page_tokens;
-      cp.out_slots = d_full_slots;
-      cp.out_len = d_full_len;
-      if (absl::Status s = kernels::gpu::ConcatRows(cp, stream_); !s.ok()) return s;
-      slots = d_full_slots;
-      lens = d_full_len;
-    }
 
     kernels::DecodeParams dp;
     dp.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
@@ -496,8 +477,13 @@ class CudaWorkerBackend final : public WorkerBackend {
       mp.num_qo_heads = geo_.q_heads;
       mp.q = dp.q;
       mp.indptr = d_full_indptr;
-      mp.indices = slots;
-      mp.page_len = lens;
+      mp.indices = d_slots;
+      mp.page_len = d_len;
+      if (lists) {
+        mp.listed = d_indptr;
+        mp.tails = d_src;
+        mp.tail_len = geo_.page_tokens;
+      }
       mp.reduce = req.reduce;
       mp.mass = d_mass;
       kernels::MassSelectParams sp;
@@ -507,7 +493,7 @@ class CudaWorkerBackend final : public WorkerBackend {
       sp.split = d_split;
       sp.need = d_need;
       sp.mass = d_mass;
-      sp.values = slots;
+      sp.values = nullptr;  // each choice is its entry's slot, listed or stored
       sp.out_indptr = d_out_indptr;
       sp.out = d_out;
       sp.out_entry = reinterpret_cast<int32_t*>(c.mapped);

@@ -68,6 +68,49 @@ inline PageMassProblem MakePageMassProblem(const PageMassCase& c, uint32_t seed)
   return pr;
 }
 
+// The problem's rows as the decode worker keeps them (PageMassParams::tails): each row's first
+// entries listed, the rest (a random count) in a list of the row's own, full pages (their page_len
+// in `pr` becomes page_size too, so the plain and the split forms are one problem).
+struct SplitRows {
+  std::vector<int32_t> listed = {0}, ids, len;
+  std::vector<std::vector<int32_t>> tails;  // per row
+  std::vector<const int32_t*> tail_ptrs;    // per row, null when it has no tail
+  // pr.params() with the split form (pointers into this and pr).
+  PageMassParams params(PageMassProblem& pr) {
+    PageMassParams p = pr.params();
+    p.indices = ids.data();
+    p.page_len = len.data();
+    p.listed = listed.data();
+    p.tails = tail_ptrs.data();
+    p.tail_len = pr.c.page_size;
+    return p;
+  }
+};
+inline SplitRows SplitIntoTails(PageMassProblem& pr, uint32_t seed) {
+  std::mt19937 rng(seed);
+  SplitRows s;
+  const int32_t rows = static_cast<int32_t>(pr.indptr.size()) - 1;
+  for (int32_t r = 0; r < rows; ++r) {
+    const int32_t n = pr.indptr[r + 1] - pr.indptr[r];
+    const int32_t listed = std::uniform_int_distribution<int32_t>(0, n)(rng);
+    std::vector<int32_t>& tail = s.tails.emplace_back();
+    for (int32_t e = pr.indptr[r]; e < pr.indptr[r + 1]; ++e) {
+      if (e - pr.indptr[r] < listed) {
+        s.ids.push_back(pr.indices[e]);
+        s.len.push_back(pr.page_len[e]);
+      } else {
+        pr.page_len[e] = pr.c.page_size;
+        tail.push_back(pr.indices[e]);
+      }
+    }
+    s.listed.push_back(static_cast<int32_t>(s.ids.size()));
+  }
+  for (const std::vector<int32_t>& t : s.tails)
+    s.tail_ptrs.push_back(t.empty() ? nullptr : t.data());
+  if (s.ids.empty()) s.ids.push_back(0), s.len.push_back(1);  // non-null arrays, never read
+  return s;
+}
+
 // The masses in float64 (sm_scale 1 / sqrt(head_dim)).
 inline std::vector<double> BrutePageMass(const PageMassProblem& pr) {
   const PageMassCase& c = pr.c;

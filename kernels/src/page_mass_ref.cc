@@ -53,9 +53,13 @@ absl::Status PageMassReference(const PageMassParams& p) {
       if (count == 0) continue;
       logits.clear();
       entry_of.clear();
+      // Entry e's page and length: listed, then (with tails) the row's stored list.
+      const int32_t listed_at = p.tails != nullptr ? p.listed[r] : first;
+      const int32_t listed = p.tails != nullptr ? p.listed[r + 1] - listed_at : count;
       for (int32_t e = 0; e < count; ++e) {
-        const int32_t n = p.page_len[first + e];
-        const uint16_t* page = kv.k + p.indices[first + e] * kv.stride_page + h * kv.stride_head;
+        const int32_t n = e < listed ? p.page_len[listed_at + e] : p.tail_len;
+        const int32_t id = e < listed ? p.indices[listed_at + e] : p.tails[r][e - listed];
+        const uint16_t* page = kv.k + id * kv.stride_page + h * kv.stride_head;
         for (int32_t t = 0; t < n; ++t) {
           const uint16_t* k = page + t * kv.stride_token;
           float* col = key_t.data() + t;

@@ -73,6 +73,75 @@ TEST(PageMassRef, SharperPageWinsAndRepeatsCountTwice) {
   EXPECT_NEAR(pr.mass[0] + pr.mass[1] + pr.mass[2] + pr.mass[3], 1.0, 1e-5);
 }
 
+TEST(PageMassRef, RowsEndingInStoredListsEqualTheSameRowsListed) {
+  for (uint32_t seed = 1; seed <= 6; ++seed) {
+    PageMassCase c;
+    c.batch = 3;
+    c.max_entries = 20;
+    c.group = seed % 2 ? 4 : 1;
+    PageMassProblem pr = MakePageMassProblem(c, seed);
+    testing::SplitRows split = testing::SplitIntoTails(pr, seed + 100);
+    ASSERT_TRUE(PageMassReference(pr.params()).ok());
+    const std::vector<float> listed = pr.mass;
+    pr.mass.assign(pr.mass.size(), -1.f);
+    ASSERT_TRUE(PageMassReference(split.params(pr)).ok());
+    EXPECT_EQ(pr.mass, listed) << "seed " << seed;  // the same sums in the same order
+  }
+}
+
+TEST(PageMassRef, BadTailsChangeNothing) {
+  PageMassCase c;
+  c.max_entries = 20;
+  PageMassProblem pr = MakePageMassProblem(c, 5);
+  testing::SplitRows split = testing::SplitIntoTails(pr, 6);
+  int32_t with_tail = -1;  // a row with a tail
+  for (size_t r = 0; r < split.tails.size(); ++r) {
+    if (!split.tails[r].empty()) with_tail = static_cast<int32_t>(r);
+  }
+  ASSERT_GE(with_tail, 0);
+  const std::vector<float> before = pr.mass;
+  auto expect_bad = [&](PageMassParams p, const char* what,
+                        absl::StatusCode code = absl::StatusCode::kInvalidArgument) {
+    const absl::Status s = PageMassReference(p);
+    EXPECT_EQ(s.code(), code) << what << ": " << s;
+    EXPECT_EQ(pr.mass, before) << what;
+  };
+  {
+    std::vector<const int32_t*> ptrs = split.tail_ptrs;
+    ptrs[with_tail] = nullptr;
+    PageMassParams p = split.params(pr);
+    p.tails = ptrs.data();
+    expect_bad(p, "a row with a rest and no tail");
+  }
+  {
+    std::vector<int32_t> tail = split.tails[with_tail];
+    tail.back() = c.pool_pages;
+    std::vector<const int32_t*> ptrs = split.tail_ptrs;
+    ptrs[with_tail] = tail.data();
+    PageMassParams p = split.params(pr);
+    p.tails = ptrs.data();
+    expect_bad(p, "a tail page out of range", absl::StatusCode::kOutOfRange);
+  }
+  {
+    std::vector<int32_t> listed = split.listed;
+    listed[with_tail + 1] += static_cast<int32_t>(split.tails[with_tail].size()) + 1;
+    for (size_t r = with_tail + 2; r < listed.size(); ++r) listed[r] = listed[with_tail + 1];
+    PageMassParams p = split.params(pr);
+    p.listed = listed.data();
+    expect_bad(p, "more listed than the row holds");
+  }
+  for (int32_t len : {0, c.page_size + 1}) {
+    PageMassParams p = split.params(pr);
+    p.tail_len = len;
+    expect_bad(p, "tail_len out of [1, page_size]");
+  }
+  {
+    PageMassParams p = split.params(pr);
+    p.listed = nullptr;
+    expect_bad(p, "tails without listed");
+  }
+}
+
 TEST(PageMassRef, BadInputChangesNothing) {
   PageMassCase c;
   PageMassProblem pr = MakePageMassProblem(c, 3);

@@ -169,6 +169,10 @@ absl::Status ValidatePageMassShape(const PageMassParams& p) {
     return Bad("page mass", "unknown group reduce");
   }
   if (!(p.sm_scale >= 0.f)) return Bad("page mass", "sm_scale must be >= 0 (0: 1/sqrt(head_dim))");
+  if (p.tails != nullptr &&
+      (p.listed == nullptr || p.tail_len < 1 || p.tail_len > p.kv.page_size)) {
+    return Bad("page mass", "tails need listed and a tail_len in [1, page_size]");
+  }
   return absl::OkStatus();
 }
 
@@ -180,7 +184,26 @@ absl::Status ValidatePageMassHost(const PageMassParams& p) {
       return absl::InvalidArgumentError(absl::StrCat("page mass: indptr decreases at row ", r));
     }
   }
-  const int64_t n = p.indptr[rows];
+  if (p.tails != nullptr) {
+    if (p.listed[0] != 0) return Bad("page mass", "listed[0] must be 0");
+    for (int32_t r = 0; r < rows; ++r) {
+      const int32_t listed = p.listed[r + 1] - p.listed[r];
+      const int32_t rest = p.indptr[r + 1] - p.indptr[r] - listed;
+      if (listed < 0 || rest < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("page mass: row ", r, " lists more entries than it holds"));
+      }
+      if (rest == 0) continue;
+      if (p.tails[r] == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat("page mass: row ", r, " has no tail"));
+      }
+      if (auto s = ValidatePageIdsHost(p.tails[r], rest, p.kv.num_pages, "page mass tail");
+          !s.ok()) {
+        return s;
+      }
+    }
+  }
+  const int64_t n = p.tails != nullptr ? p.listed[rows] : p.indptr[rows];
   if (auto s = ValidatePageIdsHost(p.indices, n, p.kv.num_pages, "page mass"); !s.ok()) return s;
   for (int64_t e = 0; e < n; ++e) {
     if (p.page_len[e] < 1 || p.page_len[e] > p.kv.page_size) {

@@ -1,15 +1,15 @@
-// Exact page masses (PageMassParams) and, optionally, the step's choice from them
-// (MassSelectParams), in two kernels. Pass 1 spreads each (sequence, KV head) row's entries over
-// several blocks, a warp per entry: a lane holds head_dim / 32 dimensions of every query head of
-// the group, so a token's dot per query head is a warp reduction (four tokens' reductions
-// interleaved), folded into the entry's running max and exp-sum (online softmax) in the
-// workspace. Pass 2, a block per row, reduces the row's per-head maximum and normalizer, writes
-// each entry's mass and, with a choice asked for, picks the row's best candidates (BlockTopK) and
-// places the kept entries around them. The choice was a third kernel before (7.5 us traced at B=1
-// on an H100, with its own launch gap). Measured and not kept (bench/RESULTS.md, runs 22-25):
-// pass 2 folded into pass 1's last block per row (one block's latency-bound tail after the grid:
-// slower), a one-pass online merge of the per-head pairs (17.8 us against this pass's 14.3) and a
-// warp-aggregated BlockTopK histogram (15.6).
+// Exact page masses (PageMassParams, rows optionally ending in stored lists) and, optionally,
+// the step's choice from them (MassSelectParams), in two kernels. Pass 1 spreads each (sequence, KV
+// head) row's entries over several blocks, a warp per entry: a lane holds head_dim / 32 dimensions
+// of every query head of the group, so a token's dot per query head is a warp reduction (four
+// tokens' reductions interleaved), folded into the entry's running max and exp-sum (online softmax)
+// in the workspace. Pass 2, a block per row, reduces the row's per-head maximum and normalizer,
+// writes each entry's mass and, with a choice asked for, picks the row's best candidates
+// (BlockTopK) and places the kept entries around them. The choice was a third kernel before (7.5 us
+// traced at B=1 on an H100, with its own launch gap). Measured and not kept (bench/RESULTS.md, runs
+// 22-25): pass 2 folded into pass 1's last block per row (one block's latency-bound tail after the
+// grid: slower), a one-pass online merge of the per-head pairs (17.8 us against this pass's 14.3)
+// and a warp-aggregated BlockTopK histogram (15.6).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -47,10 +47,31 @@ __device__ __forceinline__ void Butterfly(float (&x)[N], int lane) {
   }
 }
 
+// Where row r's entries are: the listed ones, then (with p.tails) the row's stored list. Reading
+// a stored list in place saves the copy into one array that a kernel of its own made before
+// (3.7 us and a launch per louiskv layer-step at B=1 on an H100, bench/RESULTS.md).
+struct RowEntries {
+  const int32_t* ids;  // the listed entries' page ids and lengths
+  const int32_t* len;
+  const int32_t* tail;  // the rest's page ids (tail_len tokens each)
+  int listed;
+  int tail_len;
+  __device__ __forceinline__ int Id(int e) const { return e < listed ? ids[e] : tail[e - listed]; }
+  __device__ __forceinline__ int Len(int e) const { return e < listed ? len[e] : tail_len; }
+};
+
+__device__ __forceinline__ RowEntries EntriesOf(const PageMassParams& p, int r, int first,
+                                                int count) {
+  if (p.tails == nullptr) return {p.indices + first, p.page_len + first, nullptr, count, 0};
+  const int at = p.listed[r];
+  return {p.indices + at, p.page_len + at, p.tails[r], p.listed[r + 1] - at, p.tail_len};
+}
+
 // One warp's share of a row: the entries e0, e0 + gridDim.y * kWarps, ... of row (b, h).
 template <int kDim, bool kBf16, int kG>
 __device__ __forceinline__ void Fold(const PageMassParams& p, float scale, float* ws, int b, int h,
-                                     int group, int first, int count, int lane, int e0) {
+                                     int group, int first, int count, const RowEntries& row,
+                                     int lane, int e0) {
   constexpr int kPer = kDim / 32;   // dimensions per lane: 2 or 4 halves
   constexpr int kWords = kPer / 2;  // 32-bit words per lane and token
   constexpr int kChunk = 16;
@@ -69,9 +90,9 @@ __device__ __forceinline__ void Fold(const PageMassParams& p, float scale, float
   constexpr int kV = kTok * kG;  // values per token group: 4, 8, 16 or 32
   const int my_u = (lane % kV) / kG;
   for (int e = e0; e < count; e += gridDim.y * kWarps) {
-    const int n = p.page_len[first + e];
+    const int n = row.Len(e);
     const uint16_t* page =
-        p.kv.k + p.indices[first + e] * p.kv.stride_page + h * p.kv.stride_head + lane * kPer;
+        p.kv.k + row.Id(e) * p.kv.stride_page + h * p.kv.stride_head + lane * kPer;
     float m = -INFINITY, s = 0.f;
     for (int t0 = 0; t0 < n; t0 += kChunk) {
       uint32_t raw[kChunk][kWords];
@@ -145,9 +166,10 @@ __device__ __forceinline__ void Fold(const PageMassParams& p, float scale, float
 // Row r's pass 2: the row's per-head maximum, then normalizer, over its entries (a block
 // reduction each), each entry's mass (global, and the first kMassCache in shared memory), then
 // with sel.rows > 0 the row's choice (MassSelectParams' placement: kept [0, split), the best
-// candidates, kept [split, keep)).
+// candidates, kept [split, keep)); each output is sel.values[entry], or without values the
+// entry's page id.
 __device__ void Finish(const PageMassParams& p, const float* ws, const MassSelectParams& sel, int r,
-                       int group, int first, int count) {
+                       int group, int first, int count, const RowEntries& row) {
   __shared__ float scratch[kWarps];
   __shared__ float row_max[kMaxGroup], row_z[kMaxGroup];
   __shared__ float cache[kMassCache];
@@ -196,7 +218,7 @@ __device__ void Finish(const PageMassParams& p, const float* ws, const MassSelec
   const int k = min(sel.need[r], cand);
   const int o = sel.out_indptr[r];
   auto put = [&](int at, int entry) {
-    sel.out[o + at] = sel.values[first + entry];
+    sel.out[o + at] = sel.values != nullptr ? sel.values[first + entry] : row.Id(entry);
     if (sel.out_entry != nullptr) sel.out_entry[o + at] = entry;
   };
   for (int i = tid; i < keep; i += kThreads) put(i < split ? i : k + i, i);
@@ -221,7 +243,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int e0 = blockIdx.y * kWarps + warp;
   if (e0 >= count) return;
-  Fold<kDim, kBf16, kG>(p, scale, ws, b, h, group, first, count, lane, e0);
+  Fold<kDim, kBf16, kG>(p, scale, ws, b, h, group, first, count, EntriesOf(p, r, first, count),
+                        lane, e0);
 }
 
 // Pass 2: a block per row finishes it (and chooses, with sel.rows > 0). One kernel for every
@@ -232,7 +255,8 @@ __global__ void __launch_bounds__(kThreads)
   const int r = blockIdx.x;
   const int first = p.indptr[r], count = p.indptr[r + 1] - first;
   if (count == 0) return;
-  Finish(p, ws, sel, r, p.num_qo_heads / p.kv.num_kv_heads, first, count);
+  Finish(p, ws, sel, r, p.num_qo_heads / p.kv.num_kv_heads, first, count,
+         EntriesOf(p, r, first, count));
 }
 
 // Blocks per row: about two entries per warp for the mean row, at most kMaxSplit.
@@ -288,7 +312,7 @@ absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* worksp
           "gpu page mass: the choice must cover the call's rows, with its indptr and masses");
     }
     if (sel.keep == nullptr || sel.split == nullptr || sel.need == nullptr ||
-        sel.values == nullptr || sel.out_indptr == nullptr || sel.out == nullptr) {
+        sel.out_indptr == nullptr || sel.out == nullptr) {
       return absl::InvalidArgumentError("gpu page mass: the choice misses an array");
     }
   }

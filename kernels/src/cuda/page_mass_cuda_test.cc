@@ -1,6 +1,7 @@
 // The CUDA exact page masses against the CPU reference on random problems.
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -40,9 +41,13 @@ Choice RandomChoice(const PageMassProblem& pr, uint32_t seed) {
 
 // The masses against the reference (up to rounding) and, with `choose`, the choice against
 // MassSelectReference over the masses the device computed (exactly), `calls` times over one
-// workspace.
-void CheckPageMass(const PageMassCase& c, uint32_t seed, bool choose, int calls = 1) {
+// workspace. With `tails`, the device reads each row's last entries from a list of the row's own
+// (PageMassParams::tails) and the choice names page ids (no values array).
+void CheckPageMass(const PageMassCase& c, uint32_t seed, bool choose, int calls = 1,
+                   bool tails = false) {
   PageMassProblem pr = MakePageMassProblem(c, seed);
+  testing::SplitRows in_tails;
+  if (tails) in_tails = testing::SplitIntoTails(pr, seed + 500);
   ASSERT_TRUE(PageMassReference(pr.params()).ok());
   const std::vector<float> want = pr.mass;
   Dev<uint16_t> pool(pr.pool.data), q(pr.q);
@@ -59,7 +64,26 @@ void CheckPageMass(const PageMassCase& c, uint32_t seed, bool choose, int calls 
   p.indices = indices.get();
   p.page_len = page_len.get();
   p.mass = mass.get();
+  // The split form on the device: listed entries, and each row's tail in an allocation of its own.
+  std::vector<std::unique_ptr<Dev<int32_t>>> split_bufs;
+  std::unique_ptr<Dev<const int32_t*>> d_tails;
+  if (tails) {
+    auto put = [&](const std::vector<int32_t>& v) {
+      return split_bufs.emplace_back(std::make_unique<Dev<int32_t>>(v))->get();
+    };
+    p.indices = put(in_tails.ids);
+    p.page_len = put(in_tails.len);
+    p.listed = put(in_tails.listed);
+    std::vector<const int32_t*> tail_ptrs;
+    for (const std::vector<int32_t>& t : in_tails.tails) {
+      tail_ptrs.push_back(t.empty() ? nullptr : put(t));
+    }
+    d_tails = std::make_unique<Dev<const int32_t*>>(tail_ptrs);
+    p.tails = d_tails->get();
+    p.tail_len = c.page_size;
+  }
   Choice ch = RandomChoice(pr, seed + 1000);
+  if (tails) ch.values.assign(pr.indices.begin(), pr.indices.end());  // what the choice names
   Dev<int32_t> keep(ch.keep), split(ch.split), need(ch.need), values(ch.values);
   Dev<int32_t> out_indptr(ch.out_indptr);
   const size_t outs = std::max<size_t>(1, ch.out_indptr.back());
@@ -71,7 +95,7 @@ void CheckPageMass(const PageMassCase& c, uint32_t seed, bool choose, int calls 
   sel.split = split.get();
   sel.need = need.get();
   sel.mass = mass.get();
-  sel.values = values.get();
+  sel.values = tails ? nullptr : values.get();
   sel.out_indptr = out_indptr.get();
   sel.out = out.get();
   sel.out_entry = out_entry.get();
@@ -151,6 +175,29 @@ TEST(PageMassGpu, MatchesReference) {
   longer.kv_heads = 2;
   longer.max_entries = 3000;
   CheckPageMass(longer, 79, /*choose=*/true);
+}
+
+// Rows ending in stored lists (the decode worker's louiskv candidates): read in place, the same
+// masses and choice as the rows listed whole.
+TEST(PageMassGpu, RowsEndingInStoredListsMatchTheReference) {
+  if (!HaveGpu()) GTEST_SKIP() << "no GPU";
+  for (uint32_t seed = 1; seed <= 4; ++seed) {
+    PageMassCase c;
+    c.batch = 3;
+    c.kv_heads = 4;
+    c.max_entries = 200;
+    c.group = seed % 2 ? 4 : 8;
+    c.head_dim = seed <= 2 ? 128 : 64;
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    CheckPageMass(c, seed, /*choose=*/true, /*calls=*/2, /*tails=*/true);
+  }
+  PageMassCase big;  // Llama-3-8B shapes, louiskv's scored set at 128K
+  big.batch = 1;
+  big.kv_heads = 8;
+  big.head_dim = 128;
+  big.pool_pages = 4096;
+  big.max_entries = 1100;
+  CheckPageMass(big, 90, /*choose=*/true, /*calls=*/1, /*tails=*/true);
 }
 
 // Many ties (a pool of 6 pages, up to 60 entries a row: repeated pages have equal masses, the

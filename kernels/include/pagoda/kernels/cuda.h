@@ -175,32 +175,16 @@ absl::Status AssemblePages(const PageAssemblyParams& p, cudaStream_t stream);
 // num_kv_heads] (known to the host; it spreads each row over enough blocks), the workspace holds
 // PageMassWorkspaceBytes(num_entries, group) bytes with group = num_qo_heads / num_kv_heads (at
 // most 8). Page ids, lengths and the choice's arrays must satisfy the references' checks (not
-// repeated here). Dots and exponentials in float on the device: masses equal to the reference up
-// to rounding; the choice is MassSelectReference's over these masses. Two kernels on `stream`.
+// repeated here). The choice's values may be null: each output is then its entry's page id (as
+// PageMassParams reads it, listed or from a tail). Dots and exponentials in float on the device:
+// masses equal to the reference up to rounding; the choice is MassSelectReference's over these
+// masses. Two kernels on `stream`.
 struct PageMassOptions {
   const MassSelectParams* select = nullptr;
 };
 size_t PageMassWorkspaceBytes(int64_t num_entries, int32_t group);
 absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* workspace,
                       const PageMassOptions& options, cudaStream_t stream);
-
-// Per-row concatenation of entry lists (the decode worker's candidates stored on the device
-// appended to the ones a step lists): row r of the output, [out_indptr[r], out_indptr[r + 1]),
-// is a_slots[a_indptr[r] ..] (with a_len) followed by the rest from b_src[r] (a device pointer,
-// null when the row has nothing after a's entries) with length fill_len each. All arrays in
-// device memory; the caller guarantees the sizes. One kernel on `stream`, a block per row.
-struct ConcatRowsParams {
-  int32_t rows = 0;
-  const int32_t* a_indptr = nullptr;  // [rows + 1]
-  const int32_t* a_slots = nullptr;
-  const int32_t* a_len = nullptr;
-  const int32_t* out_indptr = nullptr;    // [rows + 1]
-  const int32_t* const* b_src = nullptr;  // [rows]
-  int32_t fill_len = 0;
-  int32_t* out_slots = nullptr;
-  int32_t* out_len = nullptr;
-};
-absl::Status ConcatRows(const ConcatRowsParams& p, cudaStream_t stream);
 
 }  // namespace pagoda::kernels::gpu
 

@@ -249,6 +249,14 @@ struct PageMassParams {
   GroupReduce reduce = GroupReduce::kSum;
   float sm_scale = 0.f;   // 0 means 1 / sqrt(head_dim)
   float* mass = nullptr;  // [indptr[batch * num_kv_heads]], written
+  // Rows that end in a stored list (the decode worker keeps each row's candidate slots on the
+  // device between steps): with `tails` set, row r's first listed[r + 1] - listed[r] entries are
+  // indices / page_len[listed[r] ..] and the rest are tails[r][0 ..] (null when the row has no
+  // rest), tail_len tokens each; indptr still numbers every entry (mass). Without tails, listed
+  // is unused and entry e is indices / page_len[e].
+  const int32_t* listed = nullptr;        // [batch * num_kv_heads + 1], listed[0] == 0
+  const int32_t* const* tails = nullptr;  // [batch * num_kv_heads]
+  int32_t tail_len = 0;                   // in [1, page_size] with tails
 };
 
 // The choice of a step from exact masses (louiskv between retrievals, retriever::SteadyRow):
