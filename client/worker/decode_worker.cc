@@ -774,9 +774,9 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   // 4. Attend: one sparse decode over the batch; failed sequences get empty rows (zero output).
   Clock::time_point t3 = Clock::now();
   if (std::find(steady_.begin(), steady_.end(), 1) != steady_.end()) {
-    if (absl::Status s = AttendChosen(layer, q, requests, o); !s.ok()) return fail_all(s);
+    // (its request carries the late reads' copies of q and k)
+    if (absl::Status s = AttendChosen(layer, q, k, requests, o); !s.ok()) return fail_all(s);
     stats.attend_s += Since(t3);
-    if (absl::Status s = StartLateReads(layer, q, k); !s.ok()) return fail_all(s);
     return CommitFilled(layer, stats);
   }
   indptr_.assign(1, 0);
@@ -834,7 +834,7 @@ absl::Status DecodeWorker::Impl::CommitFilled(int layer, WorkerStepStats& stats)
   return absl::OkStatus();
 }
 
-absl::Status DecodeWorker::Impl::AttendChosen(int layer, const TensorView& q,
+absl::Status DecodeWorker::Impl::AttendChosen(int layer, const TensorView& q, const TensorView& k,
                                               std::vector<retriever::ScoreRequest>& requests,
                                               const TensorView& o) {
   // One call scores, chooses and attends: closed-form rows list their kept pages then their
@@ -852,6 +852,9 @@ absl::Status DecodeWorker::Impl::AttendChosen(int layer, const TensorView& q,
   }
   m.save.clear();
   m.list.clear();
+  // The late reads ride along (on CUDA inside the mass kernel: no copies of their own).
+  m.host_copies.clear();
+  if (!late_pending_[layer].empty()) m.host_copies = {{q, QueryTag(layer)}, {k, KeyTag(layer)}};
   for (int64_t b = 0; b < B; ++b) {
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);

@@ -219,8 +219,8 @@ class DecodeWorker::Impl {
                      std::vector<std::vector<std::vector<float>>>& masses, WorkerStepStats& stats);
   // Step 4 for a batch with closed-form louiskv rows (steady_): one AttendBestByMass over every
   // row (the others as kept entries), the closed-form rows' choices left pending (under the
-  // layer's choice tag) for ChosenRows.
-  absl::Status AttendChosen(int layer, const TensorView& q,
+  // layer's choice tag) for ChosenRows; it also starts the layer's late reads of q and k.
+  absl::Status AttendChosen(int layer, const TensorView& q, const TensorView& k,
                             std::vector<retriever::ScoreRequest>& requests, const TensorView& o);
   // Reads back the pending choices of the layer's last AttendChosen for sequences outside the
   // current batch (before the layer's next choice replaces them).

@@ -1514,11 +1514,34 @@ TEST(WorkerBackendAttendBestByMass, AttendsTheBestCandidatesAndRefusesBadRequest
   bad([](MassAttendRequest& r) { r.slots[3] = 8; }, "slot out of range");
   bad([](MassAttendRequest& r) { r.last_page_len[0] = 0; }, "empty last page");
   bad([](MassAttendRequest& r) { r.keep.pop_back(); }, "a row short");
+  bad([&](MassAttendRequest& r) { r.host_copies = {{q, 65536}}; }, "copy tag out of range");
+  bad([&](MassAttendRequest& r) { r.host_copies = {{TensorView{}, 9}}; }, "copy of no tensor");
+  bad(
+      [&](MassAttendRequest& r) {
+        TensorView bf16 = q;
+        bf16.dtype = DType::kBf16;
+        r.host_copies = {{bf16, 9}};
+      },
+      "copy of another dtype");
+  EXPECT_EQ(backend->FinishCopyToHost(9).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(backend->AttendBestByMass(q, req, 65536, o).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ov, before);
   auto again = backend->FinishChoices(5);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->size(), size_t{4} * kKv);
+  // Host copies along with a step (the worker's late reads): read under their tags.
+  MassAttendRequest copying = req;
+  std::vector<uint16_t> other(kQ * kDim);
+  for (size_t i = 0; i < other.size(); ++i) other[i] = static_cast<uint16_t>(i * 3);
+  const TensorView other_t = TensorView::Contiguous(other.data(), DType::kFp16, {1, kQ, kDim});
+  copying.host_copies = {{q, 7}, {other_t, 8}};
+  ASSERT_TRUE(backend->AttendBestByMass(q, copying, 5, o).ok());
+  EXPECT_EQ(ov, want_v);
+  auto q_back = backend->FinishCopyToHost(7);
+  auto other_back = backend->FinishCopyToHost(8);
+  ASSERT_TRUE(q_back.ok() && other_back.ok());
+  EXPECT_EQ(std::vector<uint16_t>(q_back->begin(), q_back->end()), qv);
+  EXPECT_EQ(std::vector<uint16_t>(other_back->begin(), other_back->end()), other);
 
   // Stored candidates: the first call saves each head's (slots 2, 6, 4, 7, 3 as list 10 + h);
   // the second lists only the kept slots and names the list's entries [1, 4): 6, 4, 7.

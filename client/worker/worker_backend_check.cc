@@ -302,6 +302,13 @@ absl::Status CheckMassAttend(const PoolGeometry& g, Device device, const TensorV
       return absl::InvalidArgumentError(absl::StrCat("row ", r, ": bad last_page_len"));
     }
   }
+  for (const auto& [t, tag] : req.host_copies) {
+    if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("copy tag out of [0, 65536)");
+    if (t.ndim != 3 || t.device != device || t.dtype != g.dtype || t.data == nullptr) {
+      return absl::InvalidArgumentError(
+          "a host copy needs a [a, b, c] tensor of the backend's device and dtype");
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -180,6 +180,9 @@ class CpuWorkerBackend final : public WorkerBackend {
       lists_[req.save[r]].assign(req.slots.begin() + req.indptr[r] + req.keep[r],
                                  req.slots.begin() + req.indptr[r + 1]);
     }
+    for (const auto& [t, copy_tag] : req.host_copies) {
+      if (absl::Status s = StartCopyToHost(t, copy_tag); !s.ok()) return s;
+    }
     return absl::OkStatus();
   }
 

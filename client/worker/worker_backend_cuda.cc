@@ -470,6 +470,7 @@ class CudaWorkerBackend final : public WorkerBackend {
     Staged& c = *choices_[tag];
     if (absl::Status s = c.Reserve(std::max<size_t>(out_n, 1) * 4); !s.ok()) return s;
     c.used = out_n;
+    std::vector<char> side_done(req.host_copies.size(), 0);  // copied in the mass kernel
     if (n > 0) {  // (no entries: every row is empty, nothing to choose)
       kernels::PageMassParams mp;
       mp.kv = dp.kv;
@@ -500,15 +501,43 @@ class CudaWorkerBackend final : public WorkerBackend {
       const size_t mass_ws = kernels::gpu::PageMassWorkspaceBytes(static_cast<int64_t>(n),
                                                                   geo_.q_heads / geo_.kv_heads);
       if (absl::Status s = Reserve(workspace_, mass_ws); !s.ok()) return s;
+      kernels::gpu::PageMassOptions options;
+      options.select = &sp;
+      // The host copies that can ride in the mass kernel (into the tags' mapped buffers).
+      for (size_t i = 0; i < req.host_copies.size(); ++i) {
+        const auto& [t, copy_tag] = req.host_copies[i];
+        const size_t bytes = t.shape[0] * t.shape[1] * t.shape[2] * 2;
+        if (options.copies.n == kernels::gpu::SideCopies::kMax || !worker_internal::Contiguous(t) ||
+            ((reinterpret_cast<uintptr_t>(t.data) | bytes) & 15u) != 0) {
+          continue;
+        }
+        auto c = TaggedBuffer(copy_tag, bytes);
+        if (!c.ok()) return c.status();
+        const int k = options.copies.n++;
+        options.copies.src[k] = t.data;
+        options.copies.dst[k] = (*c)->mapped;
+        options.copies.bytes[k] = static_cast<int64_t>(bytes);
+        side_done[i] = 1;
+      }
       if (absl::Status s =
-              kernels::gpu::PageMass(mp, static_cast<int64_t>(n), workspace_.ptr, {&sp}, stream_);
+              kernels::gpu::PageMass(mp, static_cast<int64_t>(n), workspace_.ptr, options, stream_);
           !s.ok()) {
         return s;
+      }
+      for (size_t i = 0; i < req.host_copies.size(); ++i) {
+        if (!side_done[i]) continue;
+        PAGODA_CUDA_RETURN(cudaEventRecord(copies_[req.host_copies[i].second]->ready, stream_),
+                           "event record");
       }
     }
     PAGODA_CUDA_RETURN(cudaEventRecord(c.ready, stream_), "event record");
     if (absl::Status s = kernels::gpu::SparseDecode(*plan, dp, decode_ws_.ptr, stream_); !s.ok()) {
       return s;
+    }
+    for (size_t i = 0; i < req.host_copies.size(); ++i) {  // the rest: copies on the stream
+      if (side_done[i]) continue;
+      const auto& [t, copy_tag] = req.host_copies[i];
+      if (absl::Status s = StartCopyToHost(t, copy_tag); !s.ok()) return s;
     }
     // Saved candidates go to their lists on the device (copies ordered after the upload).
     for (int32_t r = 0; r < rows && !req.save.empty(); ++r) {

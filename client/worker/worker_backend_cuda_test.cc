@@ -414,8 +414,25 @@ TEST(CudaWorkerBackendTest, AttendBestByMassMatchesTheCpuBackend) {
   Tensor q_cpu(Device::kCpu, DType::kBf16, qh, B, q_heads, d);
   Tensor o_gpu(Device::kCuda, DType::kBf16, std::vector<uint16_t>(qh.size(), 0), B, q_heads, d);
   Tensor o_cpu(Device::kCpu, DType::kBf16, std::vector<uint16_t>(qh.size(), 0), B, q_heads, d);
-  ASSERT_TRUE((*cuda)->AttendBestByMass(q_gpu.view(), req, 3, o_gpu.view()).ok());
+  // With the late reads' host copies: q (contiguous: inside the mass kernel) and a strided view
+  // of q's first half of heads (not contiguous: copied on the stream after the step).
+  MassAttendRequest copying = req;
+  TensorView half = q_gpu.view();
+  half.shape[1] = q_heads / 2;
+  copying.host_copies = {{q_gpu.view(), 20}, {half, 21}};
+  ASSERT_TRUE((*cuda)->AttendBestByMass(q_gpu.view(), copying, 3, o_gpu.view()).ok());
   ASSERT_TRUE(cpu->AttendBestByMass(q_cpu.view(), req, 3, o_cpu.view()).ok());
+  auto q_back = (*cuda)->FinishCopyToHost(20);
+  ASSERT_TRUE(q_back.ok());
+  EXPECT_EQ(std::vector<uint16_t>(q_back->begin(), q_back->end()), qh);
+  auto half_back = (*cuda)->FinishCopyToHost(21);
+  ASSERT_TRUE(half_back.ok());
+  std::vector<uint16_t> want_half;
+  for (int64_t b = 0; b < B; ++b) {
+    want_half.insert(want_half.end(), qh.begin() + b * q_heads * d,
+                     qh.begin() + b * q_heads * d + q_heads / 2 * d);
+  }
+  EXPECT_EQ(std::vector<uint16_t>(half_back->begin(), half_back->end()), want_half);
   auto got = (*cuda)->FinishChoices(3);
   auto want = cpu->FinishChoices(3);
   ASSERT_TRUE(got.ok() && want.ok());

@@ -251,7 +251,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 // group size: it loops over the group at run time.
 __global__ void __launch_bounds__(kThreads)
     PageMassFinishKernel(const __grid_constant__ PageMassParams p, const float* ws,
-                         const __grid_constant__ MassSelectParams sel) {
+                         const __grid_constant__ MassSelectParams sel,
+                         const __grid_constant__ SideCopies copies) {
+  for (int c = 0; c < copies.n; ++c) {  // the side copies, spread over every block
+    const uint4* src = static_cast<const uint4*>(copies.src[c]);
+    uint4* dst = static_cast<uint4*>(copies.dst[c]);
+    for (int64_t w = int64_t{blockIdx.x} * kThreads + threadIdx.x; w < copies.bytes[c] / 16;
+         w += int64_t{gridDim.x} * kThreads) {
+      dst[w] = src[w];
+    }
+  }
   const int r = blockIdx.x;
   const int first = p.indptr[r], count = p.indptr[r + 1] - first;
   if (count == 0) return;
@@ -269,22 +278,22 @@ int Split(int64_t num_entries, int rows) {
 
 template <int kDim, bool kBf16, int kG>
 void Launch(const PageMassParams& p, int64_t num_entries, float scale, float* ws,
-            const MassSelectParams& sel, cudaStream_t stream) {
+            const MassSelectParams& sel, const SideCopies& copies, cudaStream_t stream) {
   const int rows = p.batch * p.kv.num_kv_heads;
   const dim3 grid(rows, Split(num_entries, rows));
   PageMassPartialKernel<kDim, kBf16, kG><<<grid, kThreads, 0, stream>>>(p, scale, ws);
-  PageMassFinishKernel<<<rows, kThreads, 0, stream>>>(p, ws, sel);
+  PageMassFinishKernel<<<rows, kThreads, 0, stream>>>(p, ws, sel, copies);
 }
 
 // The smallest compiled group bound (1, 2, 4 or 8) that holds `group`.
 template <int kDim, bool kBf16>
 void LaunchGroup(const PageMassParams& p, int64_t num_entries, float scale, float* ws,
-                 const MassSelectParams& sel, cudaStream_t stream) {
+                 const MassSelectParams& sel, const SideCopies& copies, cudaStream_t stream) {
   const int group = p.num_qo_heads / p.kv.num_kv_heads;
-  if (group == 1) return Launch<kDim, kBf16, 1>(p, num_entries, scale, ws, sel, stream);
-  if (group == 2) return Launch<kDim, kBf16, 2>(p, num_entries, scale, ws, sel, stream);
-  if (group <= 4) return Launch<kDim, kBf16, 4>(p, num_entries, scale, ws, sel, stream);
-  Launch<kDim, kBf16, kMaxGroup>(p, num_entries, scale, ws, sel, stream);
+  if (group == 1) return Launch<kDim, kBf16, 1>(p, num_entries, scale, ws, sel, copies, stream);
+  if (group == 2) return Launch<kDim, kBf16, 2>(p, num_entries, scale, ws, sel, copies, stream);
+  if (group <= 4) return Launch<kDim, kBf16, 4>(p, num_entries, scale, ws, sel, copies, stream);
+  Launch<kDim, kBf16, kMaxGroup>(p, num_entries, scale, ws, sel, copies, stream);
 }
 
 }  // namespace
@@ -316,6 +325,19 @@ absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* worksp
       return absl::InvalidArgumentError("gpu page mass: the choice misses an array");
     }
   }
+  const SideCopies& copies = options.copies;
+  if (copies.n < 0 || copies.n > SideCopies::kMax) {
+    return absl::InvalidArgumentError("gpu page mass: side copies out of [0, SideCopies::kMax]");
+  }
+  for (int c = 0; c < copies.n; ++c) {
+    if (copies.src[c] == nullptr || copies.dst[c] == nullptr || copies.bytes[c] < 0 ||
+        ((reinterpret_cast<uintptr_t>(copies.src[c]) | reinterpret_cast<uintptr_t>(copies.dst[c]) |
+          static_cast<uintptr_t>(copies.bytes[c])) &
+         15u) != 0) {
+      return absl::InvalidArgumentError(
+          "gpu page mass: a side copy needs non-null, 16-byte aligned addresses and size");
+    }
+  }
   // Each lane loads its head_dim / 32 halves of a token in one access.
   const int64_t align = p.kv.head_dim / 32;  // elements
   if (reinterpret_cast<uintptr_t>(p.kv.k) % (align * 2) != 0 || p.kv.stride_page % align != 0 ||
@@ -329,11 +351,11 @@ absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* worksp
   float* ws = static_cast<float*>(workspace);
   const bool bf16 = p.kv.dtype == DType::kBFloat16;
   if (p.kv.head_dim == 64) {
-    bf16 ? LaunchGroup<64, true>(p, num_entries, scale, ws, sel, stream)
-         : LaunchGroup<64, false>(p, num_entries, scale, ws, sel, stream);
+    bf16 ? LaunchGroup<64, true>(p, num_entries, scale, ws, sel, copies, stream)
+         : LaunchGroup<64, false>(p, num_entries, scale, ws, sel, copies, stream);
   } else {
-    bf16 ? LaunchGroup<128, true>(p, num_entries, scale, ws, sel, stream)
-         : LaunchGroup<128, false>(p, num_entries, scale, ws, sel, stream);
+    bf16 ? LaunchGroup<128, true>(p, num_entries, scale, ws, sel, copies, stream)
+         : LaunchGroup<128, false>(p, num_entries, scale, ws, sel, copies, stream);
   }
   return internal::LaunchStatus("page mass launch");
 }

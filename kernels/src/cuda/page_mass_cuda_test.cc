@@ -1,6 +1,7 @@
 // The CUDA exact page masses against the CPU reference on random problems.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
@@ -198,6 +199,73 @@ TEST(PageMassGpu, RowsEndingInStoredListsMatchTheReference) {
   big.pool_pages = 4096;
   big.max_entries = 1100;
   CheckPageMass(big, 90, /*choose=*/true, /*calls=*/1, /*tails=*/true);
+}
+
+// Side copies (the decode worker's late reads of q and k): made by the finishing kernel into
+// pinned, mapped host memory, exact, with the masses unchanged; misaligned ones refused.
+TEST(PageMassGpu, SideCopiesLandOnTheHost) {
+  if (!HaveGpu()) GTEST_SKIP() << "no GPU";
+  PageMassCase c;
+  c.batch = 1;
+  c.kv_heads = 8;
+  c.head_dim = 128;
+  c.max_entries = 40;
+  PageMassProblem pr = MakePageMassProblem(c, 11);
+  ASSERT_TRUE(PageMassReference(pr.params()).ok());
+  const std::vector<float> want = pr.mass;
+  Dev<uint16_t> pool(pr.pool.data), q(pr.q);
+  Dev<int32_t> indptr(pr.indptr), indices(pr.indices), page_len(pr.page_len);
+  Dev<float> mass(pr.mass.size());
+  const int64_t entries = pr.indptr.back();
+  Dev<uint8_t> ws(gpu::PageMassWorkspaceBytes(entries, c.group));
+  PageMassParams p = pr.params();
+  p.kv = PackedPagedKV(c.dtype, c.pool_pages, c.page_size, c.kv_heads, c.head_dim, pool.get());
+  p.q = q.get();
+  p.indptr = indptr.get();
+  p.indices = indices.get();
+  p.page_len = page_len.get();
+  p.mass = mass.get();
+  // Two sources: the query itself, and 100,000 bytes of a pattern (more than one pass of the
+  // grid's threads).
+  std::vector<uint8_t> pattern(100000);
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<uint8_t>(i * 7 + 3);
+  Dev<uint8_t> big(pattern);
+  const size_t q_bytes = pr.q.size() * 2;
+  void* host = nullptr;
+  CUDA_OK(cudaHostAlloc(&host, q_bytes + pattern.size(), cudaHostAllocMapped));
+  std::memset(host, 0, q_bytes + pattern.size());
+  void* mapped = nullptr;
+  CUDA_OK(cudaHostGetDevicePointer(&mapped, host, 0));
+  gpu::PageMassOptions options;
+  options.copies.n = 2;
+  options.copies.src[0] = q.get();
+  options.copies.dst[0] = mapped;
+  options.copies.bytes[0] = static_cast<int64_t>(q_bytes);
+  options.copies.src[1] = big.get();
+  options.copies.dst[1] = static_cast<uint8_t*>(mapped) + q_bytes;
+  options.copies.bytes[1] = static_cast<int64_t>(pattern.size());
+  ASSERT_TRUE(gpu::PageMass(p, entries, ws.get(), options, nullptr).ok());
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(std::memcmp(host, pr.q.data(), q_bytes), 0);
+  EXPECT_EQ(std::memcmp(static_cast<uint8_t*>(host) + q_bytes, pattern.data(), pattern.size()), 0);
+  const std::vector<float> got = mass.Host();
+  for (int64_t e = 0; e < entries; ++e)
+    ASSERT_NEAR(got[e], want[e], 2e-5 * c.group + 1e-3 * want[e]);
+  // Misaligned or too many: refused, nothing launched.
+  std::memset(host, 0, q_bytes);
+  for (int bad = 0; bad < 4; ++bad) {
+    gpu::PageMassOptions o = options;
+    if (bad == 0) o.copies.bytes[0] -= 2;
+    if (bad == 1) o.copies.dst[0] = static_cast<uint8_t*>(mapped) + 8;
+    if (bad == 2) o.copies.src[1] = nullptr;
+    if (bad == 3) o.copies.n = gpu::SideCopies::kMax + 1;
+    EXPECT_EQ(gpu::PageMass(p, entries, ws.get(), o, nullptr).code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(static_cast<uint8_t*>(host)[0], 0);
+  CUDA_OK(cudaFreeHost(host));
 }
 
 // Many ties (a pool of 6 pages, up to 60 entries a row: repeated pages have equal masses, the

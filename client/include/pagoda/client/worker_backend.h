@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -70,6 +71,12 @@ struct HeadFetch {
 // slot list save[r]; list[r] >= 0 appends list_count[r] entries of stored list list[r], from
 // list_off[r], to the row's listed ones (full pages, candidates after the listed candidates).
 // A list lives until DropSlotList; saving under a live id replaces it.
+//
+// host_copies: tensors ([a, b, c], the backend's device and dtype) to copy for the host along with
+// the step, each under its copy tag (as StartCopyToHost; read with FinishCopyToHost); not o or
+// anything else the step writes (when a copy is taken is the backend's choice). The CUDA backend
+// makes them inside the mass kernel when they are contiguous and 16-byte aligned (no operation
+// of their own on the stream), else as copies after the step.
 struct MassAttendRequest {
   kernels::GroupReduce reduce = kernels::GroupReduce::kSum;
   std::vector<int32_t> indptr, slots, page_len;    // [rows + 1], [listed entries] x 2
@@ -77,6 +84,7 @@ struct MassAttendRequest {
   std::vector<int32_t> out_indptr, last_page_len;  // [rows + 1], [rows]
   std::vector<int64_t> save, list;                 // [rows] each, -1: none
   std::vector<int32_t> list_off, list_count;       // [rows] each
+  std::vector<std::pair<TensorView, int>> host_copies;
 };
 
 // Which KV heads of a prefill chunk are streaming heads (LServe's Lambda mask) and their shape.

@@ -179,8 +179,21 @@ absl::Status AssemblePages(const PageAssemblyParams& p, cudaStream_t stream);
 // PageMassParams reads it, listed or from a tail). Dots and exponentials in float on the device:
 // masses equal to the reference up to rounding; the choice is MassSelectReference's over these
 // masses. Two kernels on `stream`.
+// options.copies: small copies the finishing kernel makes on the side (e.g. tensors the host
+// reads later, into pinned mapped memory), each its bytes from src to dst: none is an operation
+// of its own on the stream (at one sequence a launch gap and a copy cost ~2-3 us apiece on an
+// H100, more than their bytes). Addresses and sizes 16-byte aligned, ranges not overlapping the
+// call's other arrays; done when the call's work is.
+struct SideCopies {
+  static constexpr int kMax = 4;
+  int32_t n = 0;
+  const void* src[kMax] = {};
+  void* dst[kMax] = {};
+  int64_t bytes[kMax] = {};
+};
 struct PageMassOptions {
   const MassSelectParams* select = nullptr;
+  SideCopies copies;
 };
 size_t PageMassWorkspaceBytes(int64_t num_entries, int32_t group);
 absl::Status PageMass(const PageMassParams& p, int64_t num_entries, void* workspace,
