@@ -1091,6 +1091,50 @@ TEST(DecodeWorker, ACorruptStoredPageIsNeverAttended) {
   EXPECT_TRUE((*w3)->Close(g3).ok());
 }
 
+// A layer of more than kParallelPages head-pages (3 rows x 2 heads x 701 pages) is resolved in
+// parts, each part's gather enqueued before the next part is resolved and all verdicts read
+// together: every part's pages arrive verified, a page corrupted in the last part fails only its
+// sequence (DataLoss, zero output), and the others equal dense attention.
+TEST(DecodeWorker, ALargeLayerFetchedInPartsIsVerifiedWhole) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  const DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096 * kPage, 2400);
+  const std::vector<std::vector<int32_t>> prompts = {Prompt(2801, 31), Prompt(2801, 32),
+                                                     Prompt(2801, 33)};
+  {
+    auto w1 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+    ASSERT_TRUE(w1.ok());
+    Driver d1(w1->get());
+    for (const auto& p : prompts) d1.Open(p);
+    ASSERT_TRUE((*w1)->Flush().ok());
+  }
+  auto w2 = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w2.ok());
+  Driver d2(w2->get());
+  std::vector<SequenceId> ids;
+  for (const auto& p : prompts) ids.push_back(d2.Open(p));
+  // After the worker took the checksums: one byte of page 600 of layer 0 of the third prompt.
+  const PageKeyExtra extra{o.model_id, 0, o.salt};
+  auto lease = store->AcquireRead(o.tenant, ChainPageKeys(prompts[2], kPage, extra)[600]);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  store->HostArenaInfo().base[lease->arena_offset + 5] ^= 0x10;
+  ASSERT_TRUE(store->ReleaseRead(lease->lease_id).ok());
+  std::vector<std::vector<uint16_t>> outs;
+  auto stats = d2.Step(ids, {7, 8, 9}, &outs);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  // Every closed page of every row, per head: 3 rows at layer 0, 2 at layer 1 (the third row's
+  // step ended at layer 0).
+  EXPECT_EQ(stats->fetched_head_pages, int64_t{700} * kKv * (3 + 2));
+  EXPECT_EQ(stats->verify_failures, 1);
+  EXPECT_TRUE(stats->sequence_status[0].ok()) << stats->sequence_status[0];
+  EXPECT_TRUE(stats->sequence_status[1].ok()) << stats->sequence_status[1];
+  EXPECT_EQ(stats->sequence_status[2].code(), absl::StatusCode::kDataLoss);
+  for (int l = 0; l < kLayers; ++l) {
+    for (int b = 0; b < 2; ++b) EXPECT_LT(d2.Error(ids[b], b, l, outs[l], true), kTol) << l;
+  }
+  for (int d = 0; d < kQ * kDim; ++d) EXPECT_EQ(outs[0][2 * kQ * kDim + d], 0) << d;
+}
+
 TEST(DecodeWorker, CloseMidBatchAndForkThenDiverge) {
   TempDir dir;
   auto store = OpenStore(dir.path());
