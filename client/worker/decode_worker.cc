@@ -694,114 +694,83 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
 
   // 3. Resolve slots; what is not resident is fetched (one verified gather for the batch). Pages
   // the row attended last step too are checked against the residency remembered then (a merge
-  // of two ascending lists); new ones are looked up by key. A large layer is resolved in parts
-  // (rows of up to kResolveParts groups of sequences): each part's gather is enqueued before the
-  // next part is resolved, so the link works while the host resolves.
+  // of two ascending lists); new ones are looked up by key.
   Clock::time_point t2 = Clock::now();
   int64_t head_pages = 0;
-  std::vector<int64_t> row_pages(B, 0);
   for (int64_t b = 0; b < B; ++b) {
     if (!status[b].ok() || steady_[b]) continue;  // closed-form rows resolved as scored pages
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     ls.resolved.resize(kv_);
-    for (const auto& row : ls.rows) row_pages[b] += static_cast<int64_t>(row.size());
-    head_pages += row_pages[b];
+    for (const auto& row : ls.rows) head_pages += static_cast<int64_t>(row.size());
   }
   head_res_.resize(kv_);
-  for (HeadResolve& w : head_res_) w.Reset(B);
-  // Resolves rows [b0, b1) (each KV head on its own thread) and joins their fetches.
-  const auto resolve_rows = [&](int64_t b0, int64_t b1, std::vector<HeadFetch>& fetches,
-                                std::vector<FetchOrigin>& origins) {
-    int64_t part_pages = 0;
-    for (int64_t b = b0; b < b1; ++b) part_pages += row_pages[b];
-    RunHeads(part_pages, [&](int64_t hh) {  // the heads' sub-pools are independent
-      const int h = static_cast<int>(hh);
-      HeadResolve& w = head_res_[h];
-      for (int64_t b = b0; b < b1; ++b) {
-        if (!status[b].ok() || steady_[b]) continue;
-        std::vector<int32_t>& res = w.slots[b];
-        LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-        const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-        const std::vector<LayerState::Resolved>& last = ls.resolved[h];
-        static const std::vector<LayerState::Resolved> kNone;
-        const std::vector<LayerState::Resolved>& scored =  // louiskv's, this step
-            h < static_cast<int>(ls.scored.size()) ? ls.scored[h] : kNone;
-        w.next.clear();
-        // What page i + kResolveAhead will read is loaded while page i is resolved.
-        const std::vector<int32_t>& row = ls.rows[h];
-        size_t ja = 0;  // the look-ahead's cursor into `last`
-        const auto ahead = [&](size_t i) {
-          if (i >= row.size() || row[i] == cur) return;
-          const LayerState::Resolved* r = LayerState::Find(last, ja, row[i]);
-          if (r != nullptr) {
-            pool_.PrefetchSlot(h, r->slot);
-          } else {
-            pool_.PrefetchKey(ls.KeyOf(row[i]), h);
-          }
-        };
-        for (size_t i = 0; i < worker_internal::kResolveAhead; ++i) ahead(i);
-        size_t j = 0, k = 0;
-        for (size_t i = 0; i < row.size(); ++i) {
-          ahead(i + worker_internal::kResolveAhead);
-          const int32_t p = row[i];
-          if (p == cur) {
-            res.push_back(ls.tail[h]);
-            continue;
-          }
-          const LayerState::Resolved* known = LayerState::Find(last, j, p);
-          if (known == nullptr || pool_.Generation(h, known->slot) != known->gen) {
-            known = LayerState::Find(scored, k, p);
-          }
-          const int32_t slot = ResolvePage(w, h, ls, p, static_cast<int32_t>(b), known);
-          if (slot < 0) {
-            w.failed[b] = 1;
-            break;
-          }
-          w.next.push_back({p, slot, pool_.Generation(h, slot)});
-          res.push_back(slot);
+  RunHeads(head_pages, [&](int64_t hh) {  // the heads' sub-pools are independent
+    const int h = static_cast<int>(hh);
+    HeadResolve& w = head_res_[h];
+    w.Reset(B);
+    for (int64_t b = 0; b < B; ++b) {
+      if (!status[b].ok() || steady_[b]) continue;
+      std::vector<int32_t>& res = w.slots[b];
+      LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+      const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
+      const std::vector<LayerState::Resolved>& last = ls.resolved[h];
+      static const std::vector<LayerState::Resolved> kNone;
+      const std::vector<LayerState::Resolved>& scored =  // louiskv's, this step
+          h < static_cast<int>(ls.scored.size()) ? ls.scored[h] : kNone;
+      w.next.clear();
+      // What page i + kResolveAhead will read is loaded while page i is resolved.
+      const std::vector<int32_t>& row = ls.rows[h];
+      size_t ja = 0;  // the look-ahead's cursor into `last`
+      const auto ahead = [&](size_t i) {
+        if (i >= row.size() || row[i] == cur) return;
+        const LayerState::Resolved* r = LayerState::Find(last, ja, row[i]);
+        if (r != nullptr) {
+          pool_.PrefetchSlot(h, r->slot);
+        } else {
+          pool_.PrefetchKey(ls.KeyOf(row[i]), h);
         }
-        if (w.failed[b]) break;  // the step fails whole
-        ls.resolved[h].swap(w.next);
+      };
+      for (size_t i = 0; i < worker_internal::kResolveAhead; ++i) ahead(i);
+      size_t j = 0, k = 0;
+      for (size_t i = 0; i < row.size(); ++i) {
+        ahead(i + worker_internal::kResolveAhead);
+        const int32_t p = row[i];
+        if (p == cur) {
+          res.push_back(ls.tail[h]);
+          continue;
+        }
+        const LayerState::Resolved* known = LayerState::Find(last, j, p);
+        if (known == nullptr || pool_.Generation(h, known->slot) != known->gen) {
+          known = LayerState::Find(scored, k, p);
+        }
+        const int32_t slot = ResolvePage(w, h, ls, p, static_cast<int32_t>(b), known);
+        if (slot < 0) {
+          w.failed[b] = 1;
+          break;
+        }
+        w.next.push_back({p, slot, pool_.Generation(h, slot)});
+        res.push_back(slot);
       }
-    });
-    for (const HeadResolve& w : head_res_) {
-      if (std::find(w.failed.begin(), w.failed.end(), 1) != w.failed.end()) return false;
+      if (w.failed[b]) break;  // the step fails whole
+      ls.resolved[h].swap(w.next);
     }
-    JoinHeads(stats, fetches, origins);
-    return true;
-  };
-  // The parts: consecutive rows, about equal in head-pages; one part for a small layer.
-  const int64_t parts =
-      head_pages >= kParallelPages ? std::min<int64_t>(worker_internal::kResolveParts, B) : 1;
-  std::vector<int64_t> part_end;
-  for (int64_t b = 0, seen = 0; b < B; ++b) {
-    seen += row_pages[b];
-    if (b + 1 == B || seen * parts >= head_pages * static_cast<int64_t>(part_end.size() + 1)) {
-      part_end.push_back(b + 1);
+  });
+  for (const HeadResolve& w : head_res_) {
+    if (std::find(w.failed.begin(), w.failed.end(), 1) != w.failed.end()) {
+      return fail_all(absl::InternalError("pool overcommitted despite the plan"));
     }
   }
-  if (part_end.empty()) part_end.push_back(B);
   std::vector<HeadFetch> fetches;
   std::vector<FetchOrigin> origins;
-  bool resolved = resolve_rows(0, part_end[0], fetches, origins);
-  double resolved_in = Since(t2);  // resolving slots counts as fetch work
-  size_t next_part = 1;
-  // The next part, resolved while the parts before it are gathered (Fetch calls it until false).
-  const auto more = [&]() {
-    if (!resolved || next_part == part_end.size()) return false;
-    Clock::time_point tp = Clock::now();
-    resolved = resolve_rows(part_end[next_part - 1], part_end[next_part], fetches, origins);
-    ++next_part;
-    resolved_in += Since(tp);
-    return resolved;
-  };
-  if (resolved && (!fetches.empty() || part_end.size() > 1)) {
-    Fetch(layer, origins, fetches, status, stats, more, static_cast<size_t>(head_pages));
-  }
-  stats.fetch_s += resolved_in;
-  stats.resolve_s += resolved_in;
-  if (!resolved) return fail_all(absl::InternalError("pool overcommitted despite the plan"));
+  JoinHeads(stats, fetches, origins);
   stats.shared_head_pages += pool_.shared() - shared_before;
+  const double resolved_in = Since(t2);
+  stats.fetch_s += resolved_in;  // resolving slots counts as fetch work
+  stats.resolve_s += resolved_in;
+  if (!fetches.empty()) {
+    Fetch(layer, origins, fetches, status, stats);
+  }
+
   // 4. Attend: one sparse decode over the batch; failed sequences get empty rows (zero output).
   Clock::time_point t3 = Clock::now();
   if (std::find(steady_.begin(), steady_.end(), 1) != steady_.end()) {

@@ -51,9 +51,6 @@ constexpr absl::Duration kInFlightWait = absl::Seconds(2);
 constexpr size_t kGatherChunk = 512;
 // Slot resolution loads a page's pool record (or index bucket) this many pages ahead.
 constexpr size_t kResolveAhead = 12;
-// A large layer's slots are resolved in at most this many parts, each part's gather enqueued
-// before the next part is resolved.
-constexpr int64_t kResolveParts = 4;
 constexpr size_t kGatherChunks = 4;
 
 // Rows [first, first + count) of a [n, ...] view.
@@ -244,12 +241,8 @@ class DecodeWorker::Impl {
   };
   // Verified head-pages for the fetch list (origins[i] says where fetches[i] comes from);
   // failures fall back to a store read. Marks the rows that cannot be served.
-  // With `more`: once the fetches given are enqueued, more() is called until it returns false;
-  // each call may append a part's fetches and origins (resolved meanwhile), enqueued in turn, and
-  // everything is settled together. `most` bounds the fetches of all parts together.
   void Fetch(int layer, const std::vector<FetchOrigin>& origins, std::vector<HeadFetch>& fetches,
-             std::vector<absl::Status>& step_status, WorkerStepStats& stats,
-             const std::function<bool()>& more = nullptr, size_t most = 0);
+             std::vector<absl::Status>& step_status, WorkerStepStats& stats);
   int64_t RowBound(const worker_internal::Sequence& seq) const;
 
   Store* const store_;
@@ -336,10 +329,9 @@ class DecodeWorker::Impl {
   // -1 when the pool has no slot left.
   int32_t ResolvePage(HeadResolve& w, int h, worker_internal::LayerState& ls, int32_t p,
                       int32_t row, const worker_internal::LayerState::Resolved* remembered);
-  // Joins the heads' hits and fetches, in head order, and clears them (a later part joins only
-  // its own).
+  // Joins the heads' hits and fetches, in head order.
   void JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
-                 std::vector<FetchOrigin>& origins);
+                 std::vector<FetchOrigin>& origins) const;
   std::vector<int32_t> indptr_, indices_, last_len_;
   // louiskv's closed-form rows of the layer step in progress (steady_[b]), their scored pages'
   // slots ([b * kv_heads + h]), the request AttendChosen sends, and per layer the sequences whose

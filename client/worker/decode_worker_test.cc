@@ -1091,11 +1091,10 @@ TEST(DecodeWorker, ACorruptStoredPageIsNeverAttended) {
   EXPECT_TRUE((*w3)->Close(g3).ok());
 }
 
-// A layer of more than kParallelPages head-pages (3 rows x 2 heads x 701 pages) is resolved in
-// parts, each part's gather enqueued before the next part is resolved and all verdicts read
-// together: every part's pages arrive verified, a page corrupted in the last part fails only its
-// sequence (DataLoss, zero output), and the others equal dense attention.
-TEST(DecodeWorker, ALargeLayerFetchedInPartsIsVerifiedWhole) {
+// A large layer (3 rows x 2 heads x 701 pages, resolved on the select threads) fetched whole, one
+// page corrupted after the worker took its checksum: every other page arrives verified, the
+// corrupt one fails only its sequence (DataLoss, zero output), the others equal dense attention.
+TEST(DecodeWorker, ACorruptPageInALargeFetchFailsOnlyItsSequence) {
   TempDir dir;
   auto store = OpenStore(dir.path());
   const DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096 * kPage, 2400);

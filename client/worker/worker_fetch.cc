@@ -56,14 +56,11 @@ int32_t DecodeWorker::Impl::ResolvePage(HeadResolve& w, int h, LayerState& ls, i
 }
 
 void DecodeWorker::Impl::JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
-                                   std::vector<FetchOrigin>& origins) {
-  for (HeadResolve& w : head_res_) {
+                                   std::vector<FetchOrigin>& origins) const {
+  for (const HeadResolve& w : head_res_) {
     stats.pool_hits += w.hits;
     fetches.insert(fetches.end(), w.fetches.begin(), w.fetches.end());
     origins.insert(origins.end(), w.origins.begin(), w.origins.end());
-    w.hits = 0;  // joined: a later part joins only its own
-    w.fetches.clear();
-    w.origins.clear();
   }
 }
 
@@ -199,16 +196,14 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
 
 void DecodeWorker::Impl::Fetch(int layer, const std::vector<FetchOrigin>& origins,
                                std::vector<HeadFetch>& fetches, std::vector<absl::Status>& status,
-                               WorkerStepStats& stats, const std::function<bool()>& more,
-                               size_t most) {
+                               WorkerStepStats& stats) {
   Clock::time_point t0 = Clock::now();
-  double more_s = 0;  // spent in `more` (resolution, not fetch)
+  const size_t n = fetches.size();
   // Gathers enqueued, in order: entry j filled fetch ready_of[j], its verdict in ready_bad[j] (a
-  // head-page is gathered at most twice: under a stale hint, then leased). The verdicts' array is
-  // sized once for every part (the device writes into it until the settle).
+  // head-page is gathered at most twice: under a stale hint, then leased).
   std::vector<size_t> ready_of;
   constexpr size_t kStale = SIZE_MAX;  // in ready_of: a copy gathered under a stale hint
-  std::vector<uint8_t> ready_bad(2 * std::max(most, fetches.size()), 1);
+  std::vector<uint8_t> ready_bad(2 * n, 1);
   std::vector<uint64_t> lease_ids;  // taken, released after the last verdict
   std::vector<HeadFetch> ready;
   absl::Status gathered;
@@ -295,62 +290,40 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<FetchOrigin>& origin
     return synced;
   };
 
-  // Each part (the fetches there now, then each part `more` adds), enqueued before the next is
-  // asked for:
   // 1. Pages whose hint still names a segment of the same owner go without a lease (only when
   // verifying: the verdicts are what make that safe); the rest are leased.
-  // 2. Hinted pages: under one hold of the arena (taken once, kept to the settle; no store call
-  // meanwhile but the leases), each read where its hint says if its segment still has the hint's
-  // generation. Without the hold (a segment is changing owner) they are leased too.
-  bool held = false, hold_asked = false;
-  std::vector<uint8_t> unleased;  // read (or meant to be read) under a hint
-  size_t enqueued = 0;            // fetches [0, enqueued) are done with steps 1-2
-  for (;;) {
-    const size_t now = fetches.size();
-    unleased.resize(now, 0);
-    std::vector<size_t> by_lease, by_hint;
-    for (size_t i = enqueued; i < now && 2 * now <= ready_bad.size(); ++i) {
-      const FetchOrigin& at = origins[i];
-      const LayerState::ArenaHint hint =
-          at.ls != nullptr ? at.ls->HintOf(at.page) : LayerState::ArenaHint{};
-      const bool usable =
-          o_.verify && hint.gen != 0 && store_->HostSegmentGeneration(hint.offset) == hint.gen;
-      (usable ? by_hint : by_lease).push_back(i);
-    }
-    // (Past `most` nothing more is enqueued: those fetches fall back to store reads below.)
-    if (!by_lease.empty() && gathered.ok()) lease_and_gather(by_lease);
-    if (!by_hint.empty() && gathered.ok()) {
-      if (!hold_asked) {
-        Clock::time_point tl = Clock::now();
-        held = store_->HoldHostArena().ok();
-        hold_asked = true;
-        stats.lease_s += Since(tl);
-      }
-      if (!held) {
-        lease_and_gather(by_hint);
-      } else {
-        ready.clear();
-        const size_t first = ready_of.size();
-        for (size_t i : by_hint) {
-          unleased[i] = 1;
-          const LayerState::ArenaHint hint = origins[i].ls->HintOf(origins[i].page);
-          if (store_->HostSegmentGeneration(hint.offset) != hint.gen) continue;  // stale already
-          ready_from(i, hint.offset);
-        }
-        gather(first);
-      }
-    }
-    enqueued = now;
-    if (!more) break;
-    Clock::time_point tm = Clock::now();
-    const bool another = more();
-    more_s += Since(tm);
-    if (!another) break;
+  std::vector<size_t> by_lease, by_hint;
+  for (size_t i = 0; i < n; ++i) {
+    const FetchOrigin& at = origins[i];
+    const LayerState::ArenaHint hint =
+        at.ls != nullptr ? at.ls->HintOf(at.page) : LayerState::ArenaHint{};
+    const bool usable =
+        o_.verify && hint.gen != 0 && store_->HostSegmentGeneration(hint.offset) == hint.gen;
+    (usable ? by_hint : by_lease).push_back(i);
   }
-  const size_t n = fetches.size();
-  if (n == 0) {  // no part had anything to fetch
-    if (held) store_->ReleaseHostArena();
-    return;
+  if (!by_lease.empty()) lease_and_gather(by_lease);
+  // 2. Hinted pages: under one hold of the arena (no store call until it ends), each read where
+  // its hint says if its segment still has the hint's generation. Without the hold (a segment is
+  // changing owner) they are leased too.
+  bool held = false;
+  std::vector<uint8_t> unleased(n, 0);  // read (or meant to be read) under a hint
+  if (!by_hint.empty() && gathered.ok()) {
+    Clock::time_point tl = Clock::now();
+    held = store_->HoldHostArena().ok();
+    stats.lease_s += Since(tl);
+    if (!held) {
+      lease_and_gather(by_hint);
+    } else {
+      ready.clear();
+      const size_t first = ready_of.size();
+      for (size_t i : by_hint) {
+        unleased[i] = 1;
+        const LayerState::ArenaHint hint = origins[i].ls->HintOf(origins[i].page);
+        if (store_->HostSegmentGeneration(hint.offset) != hint.gen) continue;  // stale already
+        ready_from(i, hint.offset);
+      }
+      gather(first);
+    }
   }
   const auto verdicts = [&](bool synced, std::vector<uint8_t>& bad, std::vector<uint8_t>& got) {
     bad.assign(n, 1);  // not gathered, not verified, or (verify off) its verdict ignored
@@ -384,7 +357,7 @@ void DecodeWorker::Impl::Fetch(int layer, const std::vector<FetchOrigin>& origin
     lease_and_gather(stale);
     verdicts(settle(false), bad, was_gathered);
   }
-  stats.fetch_s += Since(t0) - more_s;
+  stats.fetch_s += Since(t0);
   stats.fetched_head_pages += static_cast<int64_t>(n);
   stats.bytes_fetched += n * 2 * half_;
 
