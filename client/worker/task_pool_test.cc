@@ -35,7 +35,11 @@ TEST(TaskPool, IterationsRunOnSeveralThreads) {
     int seen = most.load();
     while (seen < now && !most.compare_exchange_weak(seen, now)) {
     }
-    for (int spin = 0; spin < 2000 && inside.load() < 2; ++spin) std::this_thread::yield();
+    // (Bounded by time, not spins: a thread just started may take a while under a sanitizer.)
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (inside.load() < 2 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::yield();
+    }
     inside.fetch_sub(1);
   });
   EXPECT_GE(most.load(), 2);
@@ -54,7 +58,10 @@ TEST(TaskPool, ThreadsAsleepWakeForTheNextLoop) {
       int seen = most.load();
       while (seen < now && !most.compare_exchange_weak(seen, now)) {
       }
-      for (int spin = 0; spin < 20000 && inside.load() < 2; ++spin) std::this_thread::yield();
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (inside.load() < 2 && std::chrono::steady_clock::now() < until) {
+        std::this_thread::yield();
+      }
       inside.fetch_sub(1);
     });
     for (int i = 0; i < 8; ++i) ASSERT_EQ(calls[i].load(), 1) << round;
