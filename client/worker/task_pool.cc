@@ -42,10 +42,12 @@ void TaskPool::Run(int64_t n, const std::function<void(int64_t)>& fn) {
     }
     return;
   }
-  // Close the word under the new loop's number first: a thread still holding the last loop's
-  // word fails its compare-and-swap, so it never pairs that word with this loop's count.
-  const uint32_t loop = LoopOf(word_.load()) + 1;
-  word_.store((static_cast<uint64_t>(loop) << 32) | kClosed);
+  // The word is closed under the last loop's number (since that loop ended, or at start): a
+  // thread still holding an earlier value fails its compare-and-swap, so it never pairs that
+  // value with this loop's count. Threads see the new number only once the loop is open (a
+  // thread that saw it closed would count the loop as seen and wait for the next one).
+  const uint64_t last = word_.load();
+  const uint32_t loop = LoopOf(last) + 1;
   end_.store(n);
   done_.store(0);
   fn_.store(&fn);

@@ -45,7 +45,8 @@ class TaskPool {
 
  private:
   // The published word: the loop's number in the high 32 bits, its next iteration in the low 32.
-  // kClosed as "next" means no iteration can be taken (between loops, while one is set up).
+  // kClosed as "next" means no iteration can be taken: between loops the word holds the last
+  // loop's number, closed (a new number is only ever published open).
   static constexpr uint64_t kClosed = 0xffffffffULL;
   static uint32_t LoopOf(uint64_t word) { return static_cast<uint32_t>(word >> 32); }
 

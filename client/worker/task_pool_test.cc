@@ -35,14 +35,37 @@ TEST(TaskPool, IterationsRunOnSeveralThreads) {
     int seen = most.load();
     while (seen < now && !most.compare_exchange_weak(seen, now)) {
     }
-    // (Bounded by time, not spins: a thread just started may take a while under a sanitizer.)
+    // Until two were seen inside at once (bounded by time, not spins: a thread just started may
+    // take a while under a sanitizer).
     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (inside.load() < 2 && std::chrono::steady_clock::now() < until) {
+    while (most.load() < 2 && inside.load() < 2 && std::chrono::steady_clock::now() < until) {
       std::this_thread::yield();
     }
     inside.fetch_sub(1);
   });
   EXPECT_GE(most.load(), 2);
+}
+
+// Loop after loop, each of two iterations waits for the other to be running: every loop must
+// reach the pool's thread (a thread that took a new loop's number for a loop it had seen, e.g.
+// while the loop was being set up, would sit out that loop and leave the caller alone).
+TEST(TaskPool, EveryLoopReachesTheOtherThread) {
+  TaskPool pool(2);
+  int alone = 0;
+  for (int loop = 0; loop < 300; ++loop) {
+    std::atomic<int> inside{0};
+    std::atomic<bool> met{false};
+    pool.Run(2, [&](int64_t) {
+      inside.fetch_add(1);
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+      while (inside.load() < 2 && std::chrono::steady_clock::now() < until) {
+        std::this_thread::yield();
+      }
+      if (inside.load() == 2) met.store(true);
+    });
+    if (!met.load()) ++alone;
+  }
+  EXPECT_EQ(alone, 0);
 }
 
 TEST(TaskPool, ThreadsAsleepWakeForTheNextLoop) {
@@ -59,7 +82,7 @@ TEST(TaskPool, ThreadsAsleepWakeForTheNextLoop) {
       while (seen < now && !most.compare_exchange_weak(seen, now)) {
       }
       const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      while (inside.load() < 2 && std::chrono::steady_clock::now() < until) {
+      while (most.load() < 2 && inside.load() < 2 && std::chrono::steady_clock::now() < until) {
         std::this_thread::yield();
       }
       inside.fetch_sub(1);
