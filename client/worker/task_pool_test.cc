@@ -11,6 +11,24 @@
 namespace pagoda::worker_internal {
 namespace {
 
+// Iterations that record how many of them ran at once (`most`), each waiting until two were
+// seen inside together (bounded by time, not spins: a thread just started may take a while under
+// a sanitizer).
+struct Overlap {
+  std::atomic<int> inside{0}, most{0};
+  void Iteration() {
+    const int now = inside.fetch_add(1) + 1;
+    int seen = most.load();
+    while (seen < now && !most.compare_exchange_weak(seen, now)) {
+    }
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (most.load() < 2 && inside.load() < 2 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::yield();
+    }
+    inside.fetch_sub(1);
+  }
+};
+
 TEST(TaskPool, EveryIterationRunsOnceLoopAfterLoop) {
   for (int threads : {1, 2, 4}) {
     TaskPool pool(threads);
@@ -28,22 +46,9 @@ TEST(TaskPool, EveryIterationRunsOnceLoopAfterLoop) {
 
 TEST(TaskPool, IterationsRunOnSeveralThreads) {
   TaskPool pool(3);
-  std::atomic<int> inside{0}, most{0};
-  // Each iteration waits (bounded) for a second one to be inside: with 3 threads two are.
-  pool.Run(6, [&](int64_t) {
-    const int now = inside.fetch_add(1) + 1;
-    int seen = most.load();
-    while (seen < now && !most.compare_exchange_weak(seen, now)) {
-    }
-    // Until two were seen inside at once (bounded by time, not spins: a thread just started may
-    // take a while under a sanitizer).
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (most.load() < 2 && inside.load() < 2 && std::chrono::steady_clock::now() < until) {
-      std::this_thread::yield();
-    }
-    inside.fetch_sub(1);
-  });
-  EXPECT_GE(most.load(), 2);
+  Overlap overlap;  // with 3 threads, two iterations run at once
+  pool.Run(6, [&](int64_t) { overlap.Iteration(); });
+  EXPECT_GE(overlap.most.load(), 2);
 }
 
 // Loop after loop, each of two iterations waits for the other to be running: every loop must
@@ -73,22 +78,14 @@ TEST(TaskPool, ThreadsAsleepWakeForTheNextLoop) {
   for (int round = 0; round < 3; ++round) {
     // Past the spin: the threads sleep, and the next loop must still reach them.
     std::this_thread::sleep_for(absl::ToChronoMilliseconds(TaskPool::kSpin * 3));
-    std::atomic<int> inside{0}, most{0};
+    Overlap overlap;
     std::vector<std::atomic<int>> calls(8);
     pool.Run(8, [&](int64_t i) {
       calls[i].fetch_add(1);
-      const int now = inside.fetch_add(1) + 1;
-      int seen = most.load();
-      while (seen < now && !most.compare_exchange_weak(seen, now)) {
-      }
-      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      while (most.load() < 2 && inside.load() < 2 && std::chrono::steady_clock::now() < until) {
-        std::this_thread::yield();
-      }
-      inside.fetch_sub(1);
+      overlap.Iteration();
     });
     for (int i = 0; i < 8; ++i) ASSERT_EQ(calls[i].load(), 1) << round;
-    EXPECT_GE(most.load(), 2) << "a sleeping thread never woke, round " << round;
+    EXPECT_GE(overlap.most.load(), 2) << "a sleeping thread never woke, round " << round;
   }
 }
 
