@@ -1559,6 +1559,7 @@ TEST(WorkerBackendAttendBestByMass, AttendsTheBestCandidatesAndRefusesBadRequest
   bad([](MassAttendRequest& r) { r.keep.pop_back(); }, "a row short");
   bad([&](MassAttendRequest& r) { r.host_copies = {{q, 65536}}; }, "copy tag out of range");
   bad([&](MassAttendRequest& r) { r.host_copies = {{TensorView{}, 9}}; }, "copy of no tensor");
+  bad([&](MassAttendRequest& r) { r.host_copies = {{q, 9}, {q, 9}}; }, "one tag twice");
   bad(
       [&](MassAttendRequest& r) {
         TensorView bf16 = q;

@@ -302,8 +302,15 @@ absl::Status CheckMassAttend(const PoolGeometry& g, Device device, const TensorV
       return absl::InvalidArgumentError(absl::StrCat("row ", r, ": bad last_page_len"));
     }
   }
-  for (const auto& [t, tag] : req.host_copies) {
+  for (size_t i = 0; i < req.host_copies.size(); ++i) {
+    const auto& [t, tag] = req.host_copies[i];
     if (tag < 0 || tag >= 65536) return absl::InvalidArgumentError("copy tag out of [0, 65536)");
+    // One buffer per tag: two copies under one tag would write (and size) the same buffer.
+    for (size_t j = 0; j < i; ++j) {
+      if (req.host_copies[j].second == tag) {
+        return absl::InvalidArgumentError(absl::StrCat("copy tag ", tag, " given twice"));
+      }
+    }
     if (t.ndim != 3 || t.device != device || t.dtype != g.dtype || t.data == nullptr) {
       return absl::InvalidArgumentError(
           "a host copy needs a [a, b, c] tensor of the backend's device and dtype");

@@ -73,7 +73,7 @@ struct HeadFetch {
 // A list lives until DropSlotList; saving under a live id replaces it.
 //
 // host_copies: tensors ([a, b, c], the backend's device and dtype) to copy for the host along with
-// the step, each under its copy tag (as StartCopyToHost; read with FinishCopyToHost); not o or
+// the step, each under its own copy tag (as StartCopyToHost; read with FinishCopyToHost); not o or
 // anything else the step writes (when a copy is taken is the backend's choice). The CUDA backend
 // makes them inside the mass kernel when they are contiguous and 16-byte aligned (no operation
 // of their own on the stream), else as copies after the step.
