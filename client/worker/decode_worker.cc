@@ -152,17 +152,24 @@ absl::Status DecodeWorker::Impl::EnsureTail(LayerState& ls) {
   return absl::OkStatus();
 }
 
+void DecodeWorker::Impl::AdoptTail(LayerState& ls, int32_t p, const PageKey& key) {
+  ls.seen.resize(kv_);
+  for (int h = 0; h < kv_; ++h) {
+    const int32_t slot = pool_.Adopt(h, ls.tail[h], key, epoch_);
+    if (slot >= 0) ls.Remember(h, p, slot, pool_.Generation(h, slot));
+    ls.tail[h] = -1;
+  }
+}
+
 absl::Status DecodeWorker::Impl::CommitTail(SequenceId id, Sequence& seq, int layer) {
   LayerState& ls = seq.layers[layer];
   std::vector<HeadSlot> heads;
   for (int h = 0; h < kv_; ++h) heads.push_back({h, ls.tail[h]});
   std::vector<uint8_t> slots(kv_ * 2 * half_);
   if (absl::Status s = backend_->ReadHeads(heads, absl::MakeSpan(slots)); !s.ok()) return s;
+  const int32_t p = static_cast<int32_t>(ls.keys.size());  // the page QueuePage adds
   const PageKey key = QueuePage(id, seq, layer, PageFromSlots(slots.data()));
-  for (int h = 0; h < kv_; ++h) {
-    pool_.Adopt(h, ls.tail[h], key, epoch_);
-    ls.tail[h] = -1;
-  }
+  AdoptTail(ls, p, key);
   return absl::OkStatus();
 }
 
@@ -186,10 +193,7 @@ absl::Status DecodeWorker::Impl::CommitTailLater(SequenceId id, Sequence& seq, i
   if (wo.pin) ls.pinned = static_cast<int32_t>(p + 1);
   // The slots keep the page's bytes until evicted, and any later write to them is ordered after
   // the download on the stream.
-  for (int h = 0; h < kv_; ++h) {
-    pool_.Adopt(h, ls.tail[h], key, epoch_);
-    ls.tail[h] = -1;
-  }
+  AdoptTail(ls, static_cast<int32_t>(p), key);
   stats.bytes_committed += o_.layout.PageBytes();
   pending_commits_.push_back({id, layer, p, tag, key, wo});
   return absl::OkStatus();
@@ -692,15 +696,15 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   }
   stats.select_s += Since(t1);
 
-  // 3. Resolve slots; what is not resident is fetched (one verified gather for the batch). Pages
-  // the row attended last step too are checked against the residency remembered then (a merge
-  // of two ascending lists); new ones are looked up by key.
+  // 3. Resolve slots; what is not resident is fetched (one verified gather for the batch). A page
+  // the row has seen in the pool before is checked against that residency (LayerState::seen);
+  // others are looked up by key.
   Clock::time_point t2 = Clock::now();
   int64_t head_pages = 0;
   for (int64_t b = 0; b < B; ++b) {
     if (!status[b].ok() || steady_[b]) continue;  // closed-form rows resolved as scored pages
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-    ls.resolved.resize(kv_);
+    ls.seen.resize(kv_);
     for (const auto& row : ls.rows) head_pages += static_cast<int64_t>(row.size());
   }
   head_res_.resize(kv_);
@@ -713,46 +717,24 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
       std::vector<int32_t>& res = w.slots[b];
       LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
       const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-      const std::vector<LayerState::Resolved>& last = ls.resolved[h];
-      static const std::vector<LayerState::Resolved> kNone;
-      const std::vector<LayerState::Resolved>& scored =  // louiskv's, this step
-          h < static_cast<int>(ls.scored.size()) ? ls.scored[h] : kNone;
-      w.next.clear();
-      // What page i + kResolveAhead will read is loaded while page i is resolved.
       const std::vector<int32_t>& row = ls.rows[h];
-      size_t ja = 0;  // the look-ahead's cursor into `last`
-      const auto ahead = [&](size_t i) {
-        if (i >= row.size() || row[i] == cur) return;
-        const LayerState::Resolved* r = LayerState::Find(last, ja, row[i]);
-        if (r != nullptr) {
-          pool_.PrefetchSlot(h, r->slot);
-        } else {
-          pool_.PrefetchKey(ls.KeyOf(row[i]), h);
-        }
-      };
-      for (size_t i = 0; i < worker_internal::kResolveAhead; ++i) ahead(i);
-      size_t j = 0, k = 0;
+      worker_internal::ResolveAhead ahead(pool_, ls, h, row, cur);
       for (size_t i = 0; i < row.size(); ++i) {
-        ahead(i + worker_internal::kResolveAhead);
+        ahead.Load(i);
         const int32_t p = row[i];
         if (p == cur) {
           res.push_back(ls.tail[h]);
           continue;
         }
-        const LayerState::Resolved* known = LayerState::Find(last, j, p);
-        if (known == nullptr || pool_.Generation(h, known->slot) != known->gen) {
-          known = LayerState::Find(scored, k, p);
-        }
-        const int32_t slot = ResolvePage(w, h, ls, p, static_cast<int32_t>(b), known);
+        const int32_t slot = ResolvePage(w, h, ls, p, static_cast<int32_t>(b), ls.SeenAt(h, p));
         if (slot < 0) {
           w.failed[b] = 1;
           break;
         }
-        w.next.push_back({p, slot, pool_.Generation(h, slot)});
+        ls.Remember(h, p, slot, pool_.Generation(h, slot));
         res.push_back(slot);
       }
       if (w.failed[b]) break;  // the step fails whole
-      ls.resolved[h].swap(w.next);
     }
   });
   for (const HeadResolve& w : head_res_) {

@@ -49,9 +49,48 @@ constexpr absl::Duration kInFlightWait = absl::Seconds(2);
 // A layer's fetch list is leased and gathered in up to kGatherChunks chunks of at least
 // kGatherChunk head-pages (the store leases one chunk while the device gathers the one before).
 constexpr size_t kGatherChunk = 512;
-// Slot resolution loads a page's pool record (or index bucket) this many pages ahead.
-constexpr size_t kResolveAhead = 12;
 constexpr size_t kGatherChunks = 4;
+// Slot resolution loads a page's pool record (or index bucket) this many pages ahead, and its
+// LayerState::seen entry twice as far ahead.
+constexpr size_t kResolveAhead = 12;
+
+// Loads, while page i of one KV head's row is resolved, what resolving later pages will read
+// (resolution is bound by memory latency once the pool outgrows the caches): the seen entry of
+// page i + 2 kResolveAhead, and for page i + kResolveAhead its slot record when seen before, else
+// its key's index bucket. The open page `cur` is skipped (its slot is the row's own).
+class ResolveAhead {
+ public:
+  ResolveAhead(const HeadPool& pool, const LayerState& ls, int h, const std::vector<int32_t>& row,
+               int32_t cur)
+      : pool_(pool), ls_(ls), h_(h), row_(row), cur_(cur) {
+    for (size_t i = 0; i < 2 * kResolveAhead; ++i) Far(i);
+    for (size_t i = 0; i < kResolveAhead; ++i) Near(i);
+  }
+  void Load(size_t i) {
+    Far(i + 2 * kResolveAhead);
+    Near(i + kResolveAhead);
+  }
+
+ private:
+  void Far(size_t i) const {
+    if (i >= row_.size() || static_cast<size_t>(h_) >= ls_.seen.size()) return;
+    const std::vector<LayerState::Residency>& v = ls_.seen[h_];
+    if (static_cast<size_t>(row_[i]) < v.size()) __builtin_prefetch(&v[row_[i]]);
+  }
+  void Near(size_t i) const {
+    if (i >= row_.size() || row_[i] == cur_) return;
+    if (const LayerState::Residency* r = ls_.SeenAt(h_, row_[i]); r != nullptr) {
+      pool_.PrefetchSlot(h_, r->slot);
+    } else {
+      pool_.PrefetchKey(ls_.KeyOf(row_[i]), h_);
+    }
+  }
+  const HeadPool& pool_;
+  const LayerState& ls_;
+  const int h_;
+  const std::vector<int32_t>& row_;
+  const int32_t cur_;
+};
 
 // Rows [first, first + count) of a [n, ...] view.
 inline TensorView Rows(const TensorView& t, int64_t first, int64_t count) {
@@ -178,6 +217,9 @@ class DecodeWorker::Impl {
   // The open page of (seq, layer) is full: its head-pages are read from the pool, checksummed,
   // queued for the store, and its slots become the page's cached copy.
   absl::Status CommitTail(SequenceId id, worker_internal::Sequence& seq, int layer);
+  // The open page's owned slots become the cached copy of page p of `ls` under `key` (remembered
+  // in ls.seen); the row has no open page after.
+  void AdoptTail(worker_internal::LayerState& ls, int32_t p, const PageKey& key);
   // The decode step's CommitTail: the page's key, pins and pool adoption now; its bytes come back
   // from the pool without a sync (StartReadHeads) and are checksummed and queued in Finish.
   absl::Status CommitTailLater(SequenceId id, worker_internal::Sequence& seq, int layer,
@@ -197,9 +239,11 @@ class DecodeWorker::Impl {
                           const TensorView& k, const TensorView& v);
   // prefill_to_pool: pages [i0, i1) of k / v (rows i * page_tokens ...) under `keys` go into free
   // pool slots (one WriteTokens), as many leading ones as every head has a free slot for; a page
-  // already cached keeps its slot (rewritten with the same bytes).
+  // already cached keeps its slot (rewritten with the same bytes). Page i is page first + i of
+  // `ls`, which remembers where it went (LayerState::seen).
   absl::Status PagesToPool(const TensorView& k, const TensorView& v, int32_t i0, int32_t i1,
-                           const std::vector<PageKey>& keys);
+                           const std::vector<PageKey>& keys, worker_internal::LayerState& ls,
+                           int64_t first);
   // The layer's prompt is complete: host selection hands its keys to a new selector (device
   // selection has its summaries already); the boundary trigger starts.
   absl::Status StartSelector(SequenceId id, worker_internal::LayerState& ls, int layer);
@@ -319,16 +363,14 @@ class DecodeWorker::Impl {
     std::vector<HeadFetch> fetches;
     std::vector<FetchOrigin> origins;
     int64_t hits = 0;
-    // Scratch: the residencies found, in the order LayerState remembers them.
-    std::vector<worker_internal::LayerState::Resolved> next, cand;
     void Reset(int64_t rows);
   };
   std::vector<HeadResolve> head_res_;
-  // Head h of page p (not the open page) of `ls` for batch row `row`: the remembered residency
-  // when it still holds, else the pool's cached copy, else a new slot queued in w for the gather;
-  // -1 when the pool has no slot left.
+  // Head h of page p (not the open page) of `ls` for batch row `row`: the residency `seen` last
+  // (may be null) when it still holds, else the pool's cached copy, else a new slot queued in w
+  // for the gather; -1 when the pool has no slot left.
   int32_t ResolvePage(HeadResolve& w, int h, worker_internal::LayerState& ls, int32_t p,
-                      int32_t row, const worker_internal::LayerState::Resolved* remembered);
+                      int32_t row, const worker_internal::LayerState::Residency* seen);
   // Joins the heads' hits and fetches, in head order.
   void JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
                  std::vector<FetchOrigin>& origins) const;

@@ -979,6 +979,37 @@ TEST(DecodeWorker, PrefillToPoolFillsFreeSlotsOnlyAndStepsFindThemResident) {
   }
 }
 
+// The slots prefill put pages in are remembered as the rows' hints (LayerState::seen); once other
+// sequences' steps evict those pages, the hints are stale: the next step of their sequence fetches
+// them again and attends exactly what dense attention would.
+TEST(DecodeWorker, HintsLeftStaleByEvictionsAreFetchedAgain) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 4096, 80);
+  o.prefill_to_pool = true;
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver d(w->get());
+  const SequenceId a = d.Open(Prompt(62, 41), nullptr, 8);
+  const SequenceId b = d.Open(Prompt(64, 42), nullptr, 8);
+  const SequenceId c = d.Open(Prompt(64, 43), nullptr, 8);
+  ASSERT_TRUE((*w)->Flush().ok());
+  ASSERT_EQ((*w)->Stats().pool_evictions, 0);
+  for (int step = 0; step < 3; ++step) {  // b and c attend every page: a's are evicted
+    auto stats = d.Step({b, c}, {step, step + 1});
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
+  }
+  EXPECT_GT((*w)->Stats().pool_evictions, 0);
+  std::vector<std::vector<uint16_t>> outs;
+  auto stats = d.Step({a}, {1}, &outs);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_TRUE(stats->sequence_status[0].ok()) << stats->sequence_status[0];
+  EXPECT_GT(stats->fetched_head_pages, 0);
+  EXPECT_EQ(stats->verify_failures, 0);
+  for (int l = 0; l < kLayers; ++l) EXPECT_LT(d.Error(a, 0, l, outs[l], true), kTol) << l;
+}
+
 // Verification off (to measure what it costs) reads nothing without a lease: a hint is only as
 // safe as the checksum that checks it.
 TEST(DecodeWorker, WithoutVerificationEveryPageIsLeased) {

@@ -40,9 +40,9 @@ void DecodeWorker::Impl::HeadResolve::Reset(int64_t rows) {
 }
 
 int32_t DecodeWorker::Impl::ResolvePage(HeadResolve& w, int h, LayerState& ls, int32_t p,
-                                        int32_t row, const LayerState::Resolved* remembered) {
+                                        int32_t row, const LayerState::Residency* seen) {
   int32_t slot = -1;
-  if (remembered != nullptr) slot = pool_.Touch(h, remembered->slot, remembered->gen, epoch_, row);
+  if (seen != nullptr) slot = pool_.Touch(h, seen->slot, seen->gen, epoch_, row);
   if (slot < 0) slot = pool_.Find(ls.KeyOf(p), h, epoch_, row);
   if (slot >= 0) {
     ++w.hits;
@@ -77,7 +77,7 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
   int64_t head_pages = 0;
   for (int64_t b = 0; b < B; ++b) {
     if (!status[b].ok() || requests[b].empty()) continue;
-    seqs_[plan_seqs_[b]].layers[layer].scored.resize(kv_);
+    seqs_[plan_seqs_[b]].layers[layer].seen.resize(kv_);
     for (const auto& pages : requests[b].pages) head_pages += static_cast<int64_t>(pages.size());
   }
   head_res_.resize(kv_);
@@ -90,43 +90,24 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
       if (!status[b].ok() || req.empty()) continue;
       LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
       const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-      // Pages scored last step too are checked against the residency remembered then: each
-      // section of the request is ascending when it repeats (louiskv between retrievals), so one
-      // forward walk over the remembered list per section finds them.
-      const std::vector<LayerState::Resolved>& last = ls.scored[h];
       std::vector<int32_t>& slots = w.slots[b];
-      slots.reserve(req.pages[h].size());
-      w.next.clear();  // the kept pages' residencies
-      w.cand.clear();  // the candidates'
-      size_t j = 0;
-      for (size_t i = 0; i < req.pages[h].size(); ++i) {
-        const int32_t p = req.pages[h][i];
-        const bool kept = static_cast<int32_t>(i) < req.first_candidate[h];
-        if (static_cast<int32_t>(i) == req.first_candidate[h]) j = 0;
+      const std::vector<int32_t>& pages = req.pages[h];
+      slots.reserve(pages.size());
+      worker_internal::ResolveAhead ahead(pool_, ls, h, pages, cur);
+      for (size_t i = 0; i < pages.size(); ++i) {
+        ahead.Load(i);
+        const int32_t p = pages[i];
         if (p == cur) {
           slots.push_back(ls.tail[h]);
           continue;
         }
-        const int32_t slot =
-            ResolvePage(w, h, ls, p, static_cast<int32_t>(b), LayerState::Find(last, j, p));
+        const int32_t slot = ResolvePage(w, h, ls, p, static_cast<int32_t>(b), ls.SeenAt(h, p));
         if (slot < 0) {
           w.failed[b] = 1;
           break;
         }
         slots.push_back(slot);
-        (kept ? w.next : w.cand).push_back({p, slot, pool_.Generation(h, slot)});
-      }
-      if (w.failed[b]) continue;
-      // Remembered ascending: the sections merged when each is ascending, else sorted.
-      std::vector<LayerState::Resolved>& next = ls.scored[h];
-      next.clear();
-      const auto by_page = [](const LayerState::Resolved& x, const LayerState::Resolved& y) {
-        return x.page < y.page;
-      };
-      std::merge(w.next.begin(), w.next.end(), w.cand.begin(), w.cand.end(),
-                 std::back_inserter(next), by_page);
-      if (!std::is_sorted(next.begin(), next.end(), by_page)) {
-        std::sort(next.begin(), next.end(), by_page);
+        ls.Remember(h, p, slot, pool_.Generation(h, slot));
       }
     }
   });

@@ -100,7 +100,8 @@ absl::Status DecodeWorker::Impl::StagePages(SequenceId id, Sequence& seq, int la
       return abort_rest(s);
     }
     if (o_.prefill_to_pool) {
-      if (absl::Status s = PagesToPool(k, v, i0, i1, keys); !s.ok()) return abort_rest(s);
+      if (absl::Status s = PagesToPool(k, v, i0, i1, keys, ls, first); !s.ok())
+        return abort_rest(s);
     }
     // What the host reads of the pages (host selection keeps the prompt's keys; a strided k's
     // summaries), then phase two by the committer.
@@ -200,8 +201,10 @@ absl::Status DecodeWorker::Impl::StartSelector(SequenceId id, LayerState& ls, in
 }
 
 absl::Status DecodeWorker::Impl::PagesToPool(const TensorView& k, const TensorView& v, int32_t i0,
-                                             int32_t i1, const std::vector<PageKey>& keys) {
+                                             int32_t i1, const std::vector<PageKey>& keys,
+                                             LayerState& ls, int64_t first) {
   std::vector<int32_t> slots, positions;
+  ls.seen.resize(kv_);
   int32_t i = i0;
   for (; i < i1; ++i) {
     bool room = true;
@@ -211,6 +214,9 @@ absl::Status DecodeWorker::Impl::PagesToPool(const TensorView& k, const TensorVi
     for (int h = 0; h < kv_; ++h) {
       page[h] = pool_.Find(keys[i], h, epoch_);
       if (page[h] < 0) page[h] = pool_.Insert(keys[i], h, epoch_);  // free: nothing is evicted
+      if (page[h] >= 0) {
+        ls.Remember(h, static_cast<int32_t>(first + i), page[h], pool_.Generation(h, page[h]));
+      }
     }
     for (int t = 0; t < P_; ++t) {  // every row of the page names the page's slots
       slots.insert(slots.end(), page.begin(), page.end());
@@ -230,6 +236,7 @@ absl::Status DecodeWorker::Impl::WriteLayoutPages(SequenceId id, LayerState& ls,
   ls.layout_keys.clear();
   ls.layout_sums.clear();
   ls.layout_hints.clear();
+  ls.seen.clear();  // page ids in the layout's range name its pages from now on
   if (ls.layout_end <= ls.layout_first) {
     ls.layout_first = ls.layout_end = 0;
     return absl::OkStatus();

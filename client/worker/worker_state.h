@@ -42,22 +42,30 @@ struct LayerState {
   std::vector<std::vector<int32_t>> retrieved;  // per KV head: natural pages of the last retrieval
   std::vector<std::vector<int32_t>> rows;       // per KV head: page ids attended last
   std::vector<std::vector<int32_t>> prefetch;   // per KV head: hints of the last retrieval
-  // Per KV head: the pool residency of each page of the row attended last (ascending pages, the
-  // open page left out), so a step resolves the pages it keeps by one compact check each.
-  struct Resolved {
-    int32_t page;
-    int32_t slot;
-    uint32_t gen;
+  // Per KV head, by page id (natural pages, and louiskv's layout pages in their range): where the
+  // worker last saw head h of page p in the pool, as the slot and that residency's generation
+  // (slot -1: not seen). A hint checked by HeadPool::Touch, so a stale one costs a lookup by key,
+  // never wrong bytes, and a page seen before (attended, scored, committed from this row's open
+  // page, or written to the pool by prefill) is resolved by one compact check instead of a probe
+  // of the pool's key index (about 20 vs 130 ns each, 870,000 slots per head, on the dev VM).
+  // Cleared with the row's pages (Truncate) and when louiskv's layout is (re)written. Head h's list
+  // is written by one thread at a time (its select thread in a step).
+  struct Residency {
+    int32_t slot = -1;
+    uint32_t gen = 0;
   };
-  std::vector<std::vector<Resolved>> resolved;
-  // Page p's entry of an ascending list, walking forward from cursor j (which it advances);
-  // nullptr when absent. Lookups in ascending p cost one pass over the list in all.
-  static const Resolved* Find(const std::vector<Resolved>& list, size_t& j, int32_t p) {
-    while (j < list.size() && list[j].page < p) ++j;
-    return j < list.size() && list[j].page == p ? &list[j] : nullptr;
+  std::vector<std::vector<Residency>> seen;
+  const Residency* SeenAt(int h, int32_t p) const {
+    if (static_cast<size_t>(h) >= seen.size()) return nullptr;
+    const std::vector<Residency>& v = seen[h];
+    return static_cast<size_t>(p) < v.size() && v[p].slot >= 0 ? &v[p] : nullptr;
   }
-  // Per KV head: the same for the pages louiskv scored last (ascending, the open page left out).
-  std::vector<std::vector<Resolved>> scored;
+  // Needs seen.size() > h (sized before the heads' threads start).
+  void Remember(int h, int32_t p, int32_t slot, uint32_t gen) {
+    std::vector<Residency>& v = seen[h];
+    if (static_cast<size_t>(p) >= v.size()) v.resize(static_cast<size_t>(p) + 1);
+    v[p] = {slot, gen};
+  }
   // louiskv's closed-form steps choose on the backend (AttendBestByMass under the layer's choice
   // tag): until read back, head h attended the entries [choice_off[h], choice_off[h] +
   // choice_len[h]) of that choice, entry i naming page steady_pages[h][i] (kept pages, then the
