@@ -714,27 +714,11 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     w.Reset(B);
     for (int64_t b = 0; b < B; ++b) {
       if (!status[b].ok() || steady_[b]) continue;
-      std::vector<int32_t>& res = w.slots[b];
       LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-      const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-      const std::vector<int32_t>& row = ls.rows[h];
-      worker_internal::ResolveAhead ahead(pool_, ls, h, row, cur);
-      for (size_t i = 0; i < row.size(); ++i) {
-        ahead.Load(i);
-        const int32_t p = row[i];
-        if (p == cur) {
-          res.push_back(ls.tail[h]);
-          continue;
-        }
-        const int32_t slot = ResolvePage(w, h, ls, p, static_cast<int32_t>(b), ls.SeenAt(h, p));
-        if (slot < 0) {
-          w.failed[b] = 1;
-          break;
-        }
-        ls.Remember(h, p, slot, pool_.Generation(h, slot));
-        res.push_back(slot);
+      if (!ResolveRow(w, h, ls, ls.rows[h], static_cast<int32_t>(b), w.slots[b])) {
+        w.failed[b] = 1;
+        break;  // the step fails whole
       }
-      if (w.failed[b]) break;  // the step fails whole
     }
   });
   for (const HeadResolve& w : head_res_) {

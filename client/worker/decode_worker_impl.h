@@ -50,47 +50,6 @@ constexpr absl::Duration kInFlightWait = absl::Seconds(2);
 // kGatherChunk head-pages (the store leases one chunk while the device gathers the one before).
 constexpr size_t kGatherChunk = 512;
 constexpr size_t kGatherChunks = 4;
-// Slot resolution loads a page's pool record (or index bucket) this many pages ahead, and its
-// LayerState::seen entry twice as far ahead.
-constexpr size_t kResolveAhead = 12;
-
-// Loads, while page i of one KV head's row is resolved, what resolving later pages will read
-// (resolution is bound by memory latency once the pool outgrows the caches): the seen entry of
-// page i + 2 kResolveAhead, and for page i + kResolveAhead its slot record when seen before, else
-// its key's index bucket. The open page `cur` is skipped (its slot is the row's own).
-class ResolveAhead {
- public:
-  ResolveAhead(const HeadPool& pool, const LayerState& ls, int h, const std::vector<int32_t>& row,
-               int32_t cur)
-      : pool_(pool), ls_(ls), h_(h), row_(row), cur_(cur) {
-    for (size_t i = 0; i < 2 * kResolveAhead; ++i) Far(i);
-    for (size_t i = 0; i < kResolveAhead; ++i) Near(i);
-  }
-  void Load(size_t i) {
-    Far(i + 2 * kResolveAhead);
-    Near(i + kResolveAhead);
-  }
-
- private:
-  void Far(size_t i) const {
-    if (i >= row_.size() || static_cast<size_t>(h_) >= ls_.seen.size()) return;
-    const std::vector<LayerState::Residency>& v = ls_.seen[h_];
-    if (static_cast<size_t>(row_[i]) < v.size()) __builtin_prefetch(&v[row_[i]]);
-  }
-  void Near(size_t i) const {
-    if (i >= row_.size() || row_[i] == cur_) return;
-    if (const LayerState::Residency* r = ls_.SeenAt(h_, row_[i]); r != nullptr) {
-      pool_.PrefetchSlot(h_, r->slot);
-    } else {
-      pool_.PrefetchKey(ls_.KeyOf(row_[i]), h_);
-    }
-  }
-  const HeadPool& pool_;
-  const LayerState& ls_;
-  const int h_;
-  const std::vector<int32_t>& row_;
-  const int32_t cur_;
-};
 
 // Rows [first, first + count) of a [n, ...] view.
 inline TensorView Rows(const TensorView& t, int64_t first, int64_t count) {
@@ -371,6 +330,11 @@ class DecodeWorker::Impl {
   // for the gather; -1 when the pool has no slot left.
   int32_t ResolvePage(HeadResolve& w, int h, worker_internal::LayerState& ls, int32_t p,
                       int32_t row, const worker_internal::LayerState::Residency* seen);
+  // Head h of each page of `pages` (page ids of `ls`; the open page is the row's own slot) for
+  // batch row `row`, appended to `slots` in order, each residency remembered in ls.seen; false
+  // when the pool has no slot left (`slots` then partial). Runs on head h's select thread.
+  bool ResolveRow(HeadResolve& w, int h, worker_internal::LayerState& ls,
+                  const std::vector<int32_t>& pages, int32_t row, std::vector<int32_t>& slots);
   // Joins the heads' hits and fetches, in head order.
   void JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
                  std::vector<FetchOrigin>& origins) const;

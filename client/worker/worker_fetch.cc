@@ -24,11 +24,58 @@
 namespace pagoda {
 
 using worker_internal::Clock;
+using worker_internal::HeadPool;
 using worker_internal::kGatherChunk;
 using worker_internal::kGatherChunks;
 using worker_internal::kInFlightWait;
 using worker_internal::LayerState;
 using worker_internal::Since;
+
+namespace {
+
+// Slot resolution loads a page's pool record (or index bucket) this many pages ahead, and its
+// LayerState::seen entry twice as far ahead.
+constexpr size_t kResolveAhead = 12;
+
+// Loads, while page i of one KV head's row is resolved, what resolving later pages will read
+// (resolution is bound by memory latency once the pool outgrows the caches): the seen entry of
+// page i + 2 kResolveAhead, and for page i + kResolveAhead its slot record when seen before, else
+// its key's index bucket. The open page `cur` is skipped (its slot is the row's own).
+class ResolveAhead {
+ public:
+  ResolveAhead(const HeadPool& pool, const LayerState& ls, int h, const std::vector<int32_t>& row,
+               int32_t cur)
+      : pool_(pool), ls_(ls), h_(h), row_(row), cur_(cur) {
+    for (size_t i = 0; i < 2 * kResolveAhead; ++i) Far(i);
+    for (size_t i = 0; i < kResolveAhead; ++i) Near(i);
+  }
+  void Load(size_t i) {
+    Far(i + 2 * kResolveAhead);
+    Near(i + kResolveAhead);
+  }
+
+ private:
+  void Far(size_t i) const {
+    if (i >= row_.size() || static_cast<size_t>(h_) >= ls_.seen.size()) return;
+    const std::vector<LayerState::Residency>& v = ls_.seen[h_];
+    if (static_cast<size_t>(row_[i]) < v.size()) __builtin_prefetch(&v[row_[i]]);
+  }
+  void Near(size_t i) const {
+    if (i >= row_.size() || row_[i] == cur_) return;
+    if (const LayerState::Residency* r = ls_.SeenAt(h_, row_[i]); r != nullptr) {
+      pool_.PrefetchSlot(h_, r->slot);
+    } else {
+      pool_.PrefetchKey(ls_.KeyOf(row_[i]), h_);
+    }
+  }
+  const HeadPool& pool_;
+  const LayerState& ls_;
+  const int h_;
+  const std::vector<int32_t>& row_;
+  const int32_t cur_;
+};
+
+}  // namespace
 
 void DecodeWorker::Impl::HeadResolve::Reset(int64_t rows) {
   slots.resize(rows);
@@ -53,6 +100,27 @@ int32_t DecodeWorker::Impl::ResolvePage(HeadResolve& w, int h, LayerState& ls, i
   w.fetches.push_back({{h, slot}, 0, 0, ls.SumOf(p, h, kv_)});
   w.origins.push_back({row, ls.KeyOf(p), &ls, p});
   return slot;
+}
+
+bool DecodeWorker::Impl::ResolveRow(HeadResolve& w, int h, LayerState& ls,
+                                    const std::vector<int32_t>& pages, int32_t row,
+                                    std::vector<int32_t>& slots) {
+  const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
+  slots.reserve(slots.size() + pages.size());
+  ResolveAhead ahead(pool_, ls, h, pages, cur);
+  for (size_t i = 0; i < pages.size(); ++i) {
+    ahead.Load(i);
+    const int32_t p = pages[i];
+    if (p == cur) {
+      slots.push_back(ls.tail[h]);
+      continue;
+    }
+    const int32_t slot = ResolvePage(w, h, ls, p, row, ls.SeenAt(h, p));
+    if (slot < 0) return false;
+    ls.Remember(h, p, slot, pool_.Generation(h, slot));
+    slots.push_back(slot);
+  }
+  return true;
 }
 
 void DecodeWorker::Impl::JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
@@ -89,25 +157,8 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
       const retriever::ScoreRequest& req = requests[b];
       if (!status[b].ok() || req.empty()) continue;
       LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-      const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-      std::vector<int32_t>& slots = w.slots[b];
-      const std::vector<int32_t>& pages = req.pages[h];
-      slots.reserve(pages.size());
-      worker_internal::ResolveAhead ahead(pool_, ls, h, pages, cur);
-      for (size_t i = 0; i < pages.size(); ++i) {
-        ahead.Load(i);
-        const int32_t p = pages[i];
-        if (p == cur) {
-          slots.push_back(ls.tail[h]);
-          continue;
-        }
-        const int32_t slot = ResolvePage(w, h, ls, p, static_cast<int32_t>(b), ls.SeenAt(h, p));
-        if (slot < 0) {
-          w.failed[b] = 1;
-          break;
-        }
-        slots.push_back(slot);
-        ls.Remember(h, p, slot, pool_.Generation(h, slot));
+      if (!ResolveRow(w, h, ls, req.pages[h], static_cast<int32_t>(b), w.slots[b])) {
+        w.failed[b] = 1;
       }
     }
   });

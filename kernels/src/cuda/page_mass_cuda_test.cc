@@ -19,6 +19,30 @@ using testing::MakePageMassProblem;
 using testing::PageMassCase;
 using testing::PageMassProblem;
 
+// A problem's inputs and masses copied to the device, and its parameters pointing at them.
+struct DeviceProblem {
+  DeviceProblem(const PageMassCase& c, PageMassProblem& pr)
+      : pool(pr.pool.data),
+        q(pr.q),
+        indptr(pr.indptr),
+        indices(pr.indices),
+        page_len(pr.page_len),
+        mass(pr.mass.size()),
+        params(pr.params()) {
+    params.kv =
+        PackedPagedKV(c.dtype, c.pool_pages, c.page_size, c.kv_heads, c.head_dim, pool.get());
+    params.q = q.get();
+    params.indptr = indptr.get();
+    params.indices = indices.get();
+    params.page_len = page_len.get();
+    params.mass = mass.get();
+  }
+  Dev<uint16_t> pool, q;
+  Dev<int32_t> indptr, indices, page_len;
+  Dev<float> mass;
+  PageMassParams params;
+};
+
 // A choice over the problem's rows: random kept counts, split and need (need may exceed the
 // candidates), random values.
 struct Choice {
@@ -51,20 +75,12 @@ void CheckPageMass(const PageMassCase& c, uint32_t seed, bool choose, int calls 
   if (tails) in_tails = testing::SplitIntoTails(pr, seed + 500);
   ASSERT_TRUE(PageMassReference(pr.params()).ok());
   const std::vector<float> want = pr.mass;
-  Dev<uint16_t> pool(pr.pool.data), q(pr.q);
-  Dev<int32_t> indptr(pr.indptr), indices(pr.indices), page_len(pr.page_len);
-  Dev<float> mass(pr.mass.size());
+  DeviceProblem d(c, pr);
   const int64_t entries = pr.indptr.back();
   const int32_t rows = c.batch * c.kv_heads;
   Dev<uint8_t> ws(gpu::PageMassWorkspaceBytes(entries, c.group));
   CUDA_OK(cudaMemset(ws.get(), 0, gpu::PageMassWorkspaceBytes(entries, c.group)));
-  PageMassParams p = pr.params();
-  p.kv = PackedPagedKV(c.dtype, c.pool_pages, c.page_size, c.kv_heads, c.head_dim, pool.get());
-  p.q = q.get();
-  p.indptr = indptr.get();
-  p.indices = indices.get();
-  p.page_len = page_len.get();
-  p.mass = mass.get();
+  PageMassParams p = d.params;
   // The split form on the device: listed entries, and each row's tail in an allocation of its own.
   std::vector<std::unique_ptr<Dev<int32_t>>> split_bufs;
   std::unique_ptr<Dev<const int32_t*>> d_tails;
@@ -91,11 +107,11 @@ void CheckPageMass(const PageMassCase& c, uint32_t seed, bool choose, int calls 
   Dev<int32_t> out(outs), out_entry(outs);
   MassSelectParams sel;
   sel.rows = rows;
-  sel.indptr = indptr.get();
+  sel.indptr = d.indptr.get();
   sel.keep = keep.get();
   sel.split = split.get();
   sel.need = need.get();
-  sel.mass = mass.get();
+  sel.mass = d.mass.get();
   sel.values = tails ? nullptr : values.get();
   sel.out_indptr = out_indptr.get();
   sel.out = out.get();
@@ -103,11 +119,11 @@ void CheckPageMass(const PageMassCase& c, uint32_t seed, bool choose, int calls 
   gpu::PageMassOptions options;
   options.select = choose ? &sel : nullptr;
   for (int call = 0; call < calls; ++call) {
-    CUDA_OK(cudaMemset(mass.get(), 0xff, pr.mass.size() * sizeof(float)));
+    CUDA_OK(cudaMemset(d.mass.get(), 0xff, pr.mass.size() * sizeof(float)));
     CUDA_OK(cudaMemset(out.get(), 0xff, outs * 4));
     ASSERT_TRUE(gpu::PageMass(p, entries, ws.get(), options, nullptr).ok());
     CUDA_OK(cudaDeviceSynchronize());
-    const std::vector<float> got = mass.Host();
+    const std::vector<float> got = d.mass.Host();
     for (int64_t e = 0; e < entries; ++e) {
       ASSERT_NEAR(got[e], want[e], 2e-5 * c.group + 1e-3 * want[e])
           << "call " << call << " entry " << e;
@@ -213,18 +229,10 @@ TEST(PageMassGpu, SideCopiesLandOnTheHost) {
   PageMassProblem pr = MakePageMassProblem(c, 11);
   ASSERT_TRUE(PageMassReference(pr.params()).ok());
   const std::vector<float> want = pr.mass;
-  Dev<uint16_t> pool(pr.pool.data), q(pr.q);
-  Dev<int32_t> indptr(pr.indptr), indices(pr.indices), page_len(pr.page_len);
-  Dev<float> mass(pr.mass.size());
+  DeviceProblem d(c, pr);
   const int64_t entries = pr.indptr.back();
   Dev<uint8_t> ws(gpu::PageMassWorkspaceBytes(entries, c.group));
-  PageMassParams p = pr.params();
-  p.kv = PackedPagedKV(c.dtype, c.pool_pages, c.page_size, c.kv_heads, c.head_dim, pool.get());
-  p.q = q.get();
-  p.indptr = indptr.get();
-  p.indices = indices.get();
-  p.page_len = page_len.get();
-  p.mass = mass.get();
+  PageMassParams p = d.params;
   // Two sources: the query itself, and 100,000 bytes of a pattern (more than one pass of the
   // grid's threads).
   std::vector<uint8_t> pattern(100000);
@@ -238,7 +246,7 @@ TEST(PageMassGpu, SideCopiesLandOnTheHost) {
   CUDA_OK(cudaHostGetDevicePointer(&mapped, host, 0));
   gpu::PageMassOptions options;
   options.copies.n = 2;
-  options.copies.src[0] = q.get();
+  options.copies.src[0] = d.q.get();
   options.copies.dst[0] = mapped;
   options.copies.bytes[0] = static_cast<int64_t>(q_bytes);
   options.copies.src[1] = big.get();
@@ -248,7 +256,7 @@ TEST(PageMassGpu, SideCopiesLandOnTheHost) {
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_EQ(std::memcmp(host, pr.q.data(), q_bytes), 0);
   EXPECT_EQ(std::memcmp(static_cast<uint8_t*>(host) + q_bytes, pattern.data(), pattern.size()), 0);
-  const std::vector<float> got = mass.Host();
+  const std::vector<float> got = d.mass.Host();
   for (int64_t e = 0; e < entries; ++e)
     ASSERT_NEAR(got[e], want[e], 2e-5 * c.group + 1e-3 * want[e]);
   // Misaligned or too many: refused, nothing launched.
