@@ -113,6 +113,18 @@ class TimedBackend final : public WorkerBackend {
   absl::Status KMeans(const kernels::KMeansParams& p, int iterations) override {
     return Timed("KMeans", [&] { return inner_->KMeans(p, iterations); });
   }
+  absl::StatusOr<uint64_t> StageLayers(absl::Span<const StagedLayer> layers) override {
+    absl::StatusOr<uint64_t> out;
+    (void)Timed("StageLayers", [&] {
+      out = inner_->StageLayers(layers);
+      return absl::OkStatus();
+    });
+    return out;
+  }
+  absl::Status AttendStaged(int layer, const TensorView& q, const TensorView& k,
+                            const TensorView& v, const TensorView& o) override {
+    return Timed("AttendStaged", [&] { return inner_->AttendStaged(layer, q, k, v, o); });
+  }
   absl::Status Sync() override {
     return Timed("Sync", [&] { return inner_->Sync(); });
   }

@@ -295,13 +295,37 @@ absl::StatusOr<StepPlan> DecodeWorker::Impl::Plan(absl::Span<const SequenceId> i
   // case leaves are released (their next steps resolve those pages again).
   hold_room_ = o_.pool_slots_per_head - need - open_pages;
   ReleaseHolds(hold_room_, ids);
+  // The last step's queries, for the boundary triggers (a staged step's copies carry no event a
+  // graph replay would record: the stream is drained first; the engine's sampling already was).
+  if (staged_last_) {
+    if (absl::Status s = backend_->Sync(); !s.ok()) return s;
+    staged_last_ = false;
+  }
+  for (int l = 0; l < o_.num_layers; ++l) ObserveQueries(l);
   for (size_t b = 0; b < ids.size(); ++b) seqs_[ids[b]].tokens.push_back(token_ids[b]);
   plan_id_ = next_plan_++;
   plan_seqs_.assign(ids.begin(), ids.end());
   layer_done_.assign(o_.num_layers, false);
   step_status_.assign(ids.size(), absl::OkStatus());
+  for (size_t b = 0; b < ids.size(); ++b) step_status_[b] = seqs_[ids[b]].failed;
   step_stats_ = WorkerStepStats{};
-  return StepPlan{plan_id_, plan_seqs_};
+  StepPlan plan{plan_id_, plan_seqs_};
+  staged_ = CanStage(ids, need, open_pages);
+  if (staged_) {
+    auto generation = StageStep();
+    if (!generation.ok()) {  // the pool or the backend failed under a checked plan
+      for (SequenceId id : plan_seqs_) {
+        if (seqs_[id].failed.ok()) seqs_[id].failed = generation.status();
+      }
+      plan_id_ = 0;
+      plan_seqs_.clear();
+      staged_ = false;
+      return generation.status();
+    }
+    plan.capturable = true;
+    plan.graph_key = *generation;
+  }
+  return plan;
 }
 
 int32_t DecodeWorker::Impl::NewSummarySlot(LayerState& ls) {
@@ -359,47 +383,48 @@ absl::Status DecodeWorker::Impl::FoldOpenPages(absl::Span<LayerState* const> sta
                      " slots; raise DecodeWorkerOptions::summary_slots or close sequences)"));
   }
   std::vector<int32_t> sum_slots, pool_slots;
+  FoldSlots(states, from, sum_slots, pool_slots);
+  return backend_->UpdateSummaries(sum_slots, pool_slots, from, to);
+}
+
+void DecodeWorker::Impl::FoldSlots(absl::Span<LayerState* const> states,
+                                   absl::Span<const int32_t> from, std::vector<int32_t>& sum_slots,
+                                   std::vector<int32_t>& pool_slots) {
+  sum_slots.clear();
+  pool_slots.clear();
   for (size_t i = 0; i < states.size(); ++i) {
     LayerState& ls = *states[i];
     sum_slots.push_back(from[i] == 0 ? NewSummarySlot(ls) : ls.sum_slots.back());
     pool_slots.insert(pool_slots.end(), ls.tail.begin(), ls.tail.end());
   }
-  return backend_->UpdateSummaries(sum_slots, pool_slots, from, to);
 }
 
-void DecodeWorker::Impl::ObserveQueries(int layer, const TensorView& q,
-                                        std::vector<absl::Status>& status) {
+void DecodeWorker::Impl::ObserveQueries(int layer) {
   std::vector<std::pair<SequenceId, bool>>& pending = q_pending_[layer];
-  if (!pending.empty()) {
-    auto copied = backend_->FinishCopyToHost(layer);
-    const size_t row = static_cast<size_t>(o_.q_heads) * d_;
-    std::vector<float> qf(row);
-    for (size_t r = 0; r < pending.size(); ++r) {
-      auto it = seqs_.find(pending[r].first);
-      if (it == seqs_.end() || !it->second.failed.ok()) continue;  // closed or failed since
-      LayerState& ls = it->second.layers[layer];
-      if (!ls.trigger.has_value()) continue;
-      absl::Status s = copied.status();
-      if (s.ok()) {
-        for (size_t i = 0; i < row; ++i) {
-          const uint16_t x = (*copied)[r * row + i];
-          qf[i] =
-              o_.layout.dtype == DType::kBf16 ? kernels::Bf16ToFloat(x) : kernels::HalfToFloat(x);
-        }
-        // The query a retrieval used becomes the anchor; any other one is a drift observation.
-        if (pending[r].second) ls.trigger->Reset();
-        auto fired = ls.trigger->Observe(qf);
-        s = fired.status();
-        if (fired.ok() && *fired && !pending[r].second) ls.boundary_seen = true;
+  if (pending.empty()) return;
+  auto copied = backend_->FinishCopyToHost(layer);
+  const size_t row = static_cast<size_t>(o_.q_heads) * d_;
+  std::vector<float> qf(row);
+  for (size_t r = 0; r < pending.size(); ++r) {
+    auto it = seqs_.find(pending[r].first);
+    if (it == seqs_.end() || !it->second.failed.ok()) continue;  // closed or failed since
+    LayerState& ls = it->second.layers[layer];
+    if (!ls.trigger.has_value()) continue;
+    absl::Status s = copied.status();
+    if (s.ok()) {
+      for (size_t i = 0; i < row; ++i) {
+        const uint16_t x = (*copied)[r * row + i];
+        qf[i] = o_.layout.dtype == DType::kBf16 ? kernels::Bf16ToFloat(x) : kernels::HalfToFloat(x);
       }
-      if (!s.ok()) it->second.failed = s;
+      // The query a retrieval used becomes the anchor; any other one is a drift observation.
+      if (pending[r].second) ls.trigger->Reset();
+      auto fired = ls.trigger->Observe(qf);
+      s = fired.status();
+      if (fired.ok() && *fired && !pending[r].second) ls.boundary_seen = true;
     }
-    pending.clear();
+    if (!s.ok()) it->second.failed = s;
   }
-  for (size_t b = 0; b < plan_seqs_.size(); ++b) {
-    const Sequence& seq = seqs_[plan_seqs_[b]];
-    if (!seq.failed.ok() && status[b].ok()) status[b] = seq.failed;
-  }
+  pending.clear();
 }
 
 void DecodeWorker::Impl::SettleLateReads(int layer) {
@@ -541,6 +566,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   if (absl::Status s = CheckTensor(o, "o", {B, o_.q_heads, d_}, dt, dev); !s.ok()) return s;
   if (absl::Status s = CheckTensor(k, "k", {B, kv_, d_}, dt, dev); !s.ok()) return s;
   if (absl::Status s = CheckTensor(v, "v", {B, kv_, d_}, dt, dev); !s.ok()) return s;
+  if (staged_) return AttendStagedLayer(layer, q, k, v, o);  // Plan did the host's part
   // What the host reads: q for host selection and the boundary trigger, k for the host
   // selector's key pool, and on the CPU backend all three for the inf / NaN checks. Device
   // selection on a device backend reads none of them now: its trigger reads q a step later
@@ -584,27 +610,20 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
 
   // 1. Append: the new tokens join their open pages (in the pool) and the selectors.
   Clock::time_point t0 = Clock::now();
-  std::vector<int32_t> slots, positions;
-  for (int64_t b = 0; b < B; ++b) {
-    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-    if (absl::Status s = EnsureTail(ls); !s.ok()) return fail_all(s);  // Plan reserved them
-    slots.insert(slots.end(), ls.tail.begin(), ls.tail.end());
-    positions.push_back(static_cast<int32_t>(ls.tokens % P_));
+  StagedLayer app;
+  if (absl::Status s = AppendArgs(layer, app); !s.ok()) return fail_all(s);
+  if (absl::Status s = backend_->WriteTokens(k, v, app.token_slots, app.token_pos); !s.ok()) {
+    return fail_all(s);
   }
-  if (absl::Status s = backend_->WriteTokens(k, v, slots, positions); !s.ok()) return fail_all(s);
   if (device_select_) {  // the open pages' summaries fold the new keys on the backend
-    std::vector<LayerState*> states(B);
-    std::vector<int32_t> from(B), to(B);
-    for (int64_t b = 0; b < B; ++b) {
-      states[b] = &seqs_[plan_seqs_[b]].layers[layer];
-      from[b] = positions[b];
-      to[b] = positions[b] + 1;
+    if (absl::Status s =
+            backend_->UpdateSummaries(app.sum_slots, app.token_slots, app.fold_from, app.fold_to);
+        !s.ok()) {
+      return fail_all(s);
     }
-    if (absl::Status s = FoldOpenPages(states, from, to); !s.ok()) return fail_all(s);  // Plan
   }
   for (int64_t b = 0; b < B; ++b) {
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-    ++ls.tokens;
     if (device_select_) continue;
     absl::Status s;
     if (late_[b]) {
@@ -625,7 +644,6 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   steady_.assign(B, 0);
   if (device_select_) {
     std::vector<bool> fresh;
-    ObserveQueries(layer, q, status);
     SelectOnBackend(layer, q, status, stats, fresh);
     if (o_.boundary_trigger) {  // this step's queries, for the trigger at the next step
       if (absl::Status s = backend_->StartCopyToHost(q, layer); !s.ok()) return fail_all(s);
@@ -700,35 +718,11 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   // the row has seen in the pool before is checked against that residency (LayerState::seen);
   // others are looked up by key.
   Clock::time_point t2 = Clock::now();
-  int64_t head_pages = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    if (!status[b].ok() || steady_[b]) continue;  // closed-form rows resolved as scored pages
-    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-    ls.seen.resize(kv_);
-    for (const auto& row : ls.rows) head_pages += static_cast<int64_t>(row.size());
-  }
-  head_res_.resize(kv_);
-  RunHeads(head_pages, [&](int64_t hh) {  // the heads' sub-pools are independent
-    const int h = static_cast<int>(hh);
-    HeadResolve& w = head_res_[h];
-    w.Reset(B);
-    for (int64_t b = 0; b < B; ++b) {
-      if (!status[b].ok() || steady_[b]) continue;
-      LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-      if (!ResolveRow(w, h, ls, ls.rows[h], static_cast<int32_t>(b), w.slots[b])) {
-        w.failed[b] = 1;
-        break;  // the step fails whole
-      }
-    }
-  });
-  for (const HeadResolve& w : head_res_) {
-    if (std::find(w.failed.begin(), w.failed.end(), 1) != w.failed.end()) {
-      return fail_all(absl::InternalError("pool overcommitted despite the plan"));
-    }
-  }
   std::vector<HeadFetch> fetches;
   std::vector<FetchOrigin> origins;
-  JoinHeads(stats, fetches, origins);
+  if (absl::Status s = ResolveLayer(layer, status, stats, fetches, origins); !s.ok()) {
+    return fail_all(s);
+  }
   stats.shared_head_pages += pool_.shared() - shared_before;
   const double resolved_in = Since(t2);
   stats.fetch_s += resolved_in;  // resolving slots counts as fetch work
@@ -745,27 +739,7 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
     stats.attend_s += Since(t3);
     return CommitFilled(layer, stats);
   }
-  indptr_.assign(1, 0);
-  indices_.clear();
-  size_t total = 0;
-  for (const HeadResolve& w : head_res_) {
-    for (const std::vector<int32_t>& res : w.slots) total += res.size();
-  }
-  indices_.reserve(std::max<size_t>(1, total));  // an all-empty table still has an array
-  last_len_.clear();
-  for (int64_t b = 0; b < B; ++b) {
-    const LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-    const int32_t tail_tokens = static_cast<int32_t>((ls.tokens - 1) % P_ + 1);
-    for (int h = 0; h < kv_; ++h) {
-      if (status[b].ok()) {
-        const std::vector<int32_t>& res = head_res_[h].slots[b];
-        indices_.insert(indices_.end(), res.begin(), res.end());
-        stats.attended_head_pages += static_cast<int64_t>(res.size());
-      }
-      indptr_.push_back(static_cast<int32_t>(indices_.size()));
-      last_len_.push_back(tail_tokens);
-    }
-  }
+  BuildTable(layer, stats, indptr_, indices_, last_len_);
   kernels::PageTable table;
   table.num_rows = static_cast<int32_t>(B * kv_);
   table.indptr = indptr_.data();
@@ -775,6 +749,56 @@ absl::Status DecodeWorker::Impl::Attend(const StepPlan& plan, int layer, const T
   stats.attend_s += Since(t3);
   if (absl::Status s = StartLateReads(layer, q, k); !s.ok()) return fail_all(s);
   return CommitFilled(layer, stats);
+}
+
+absl::Status DecodeWorker::Impl::AppendArgs(int layer, StagedLayer& out) {
+  const int64_t B = static_cast<int64_t>(plan_seqs_.size());
+  out.token_slots.clear();
+  out.token_pos.clear();
+  std::vector<LayerState*> states(B);
+  for (int64_t b = 0; b < B; ++b) {
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    if (absl::Status s = EnsureTail(ls); !s.ok()) return s;  // Plan reserved them
+    states[b] = &ls;
+    out.token_slots.insert(out.token_slots.end(), ls.tail.begin(), ls.tail.end());
+    out.token_pos.push_back(static_cast<int32_t>(ls.tokens % P_));
+  }
+  if (device_select_) {  // the open pages' summaries fold the new keys (Plan checked the room)
+    out.fold_from = out.token_pos;
+    out.fold_to = out.token_pos;
+    for (int32_t& t : out.fold_to) ++t;
+    std::vector<int32_t> pool_slots;
+    FoldSlots(states, out.fold_from, out.sum_slots, pool_slots);
+  }
+  for (LayerState* ls : states) ++ls->tokens;
+  return absl::OkStatus();
+}
+
+void DecodeWorker::Impl::BuildTable(int layer, WorkerStepStats& stats, std::vector<int32_t>& indptr,
+                                    std::vector<int32_t>& indices,
+                                    std::vector<int32_t>& last_len) const {
+  const int64_t B = static_cast<int64_t>(plan_seqs_.size());
+  indptr.assign(1, 0);
+  indices.clear();
+  size_t total = 0;
+  for (const HeadResolve& w : head_res_) {
+    for (const std::vector<int32_t>& res : w.slots) total += res.size();
+  }
+  indices.reserve(std::max<size_t>(1, total));  // an all-empty table still has an array
+  last_len.clear();
+  for (int64_t b = 0; b < B; ++b) {
+    const LayerState& ls = seqs_.at(plan_seqs_[b]).layers[layer];
+    const int32_t tail_tokens = static_cast<int32_t>((ls.tokens - 1) % P_ + 1);
+    for (int h = 0; h < kv_; ++h) {
+      if (step_status_[b].ok()) {
+        const std::vector<int32_t>& res = head_res_[h].slots[b];
+        indices.insert(indices.end(), res.begin(), res.end());
+        stats.attended_head_pages += static_cast<int64_t>(res.size());
+      }
+      indptr.push_back(static_cast<int32_t>(indices.size()));
+      last_len.push_back(tail_tokens);
+    }
+  }
 }
 
 absl::Status DecodeWorker::Impl::StartLateReads(int layer, const TensorView& q,
@@ -999,6 +1023,13 @@ absl::StatusOr<WorkerStepStats> DecodeWorker::Impl::Finish(const StepPlan& plan)
     }
   }
   Clock::time_point t0 = Clock::now();
+  if (staged_) {  // the pages this step filled, after every layer's work on the stream
+    for (int l = 0; l < o_.num_layers; ++l) {
+      if (absl::Status s = CommitFilled(l, step_stats_); !s.ok()) return s;
+    }
+    staged_ = false;
+    staged_last_ = true;
+  }
   CompleteCommits();
   DrainCommits();
   step_stats_.commit_s += Since(t0);
@@ -1027,7 +1058,10 @@ absl::StatusOr<int64_t> DecodeWorker::Impl::Length(SequenceId id, int layer) con
   const Sequence* seq = Lookup(id);
   if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", id));
   if (layer < 0 || layer >= o_.num_layers) return absl::InvalidArgumentError("layer out of range");
-  return seq->layers[layer].tokens;
+  // A staged step counted its tokens at Plan; a layer takes its token when attended.
+  const bool pending = staged_ && !layer_done_[layer] &&
+                       std::find(plan_seqs_.begin(), plan_seqs_.end(), id) != plan_seqs_.end();
+  return seq->layers[layer].tokens - (pending ? 1 : 0);
 }
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> DecodeWorker::Impl::LastRows(SequenceId id,
@@ -1147,6 +1181,7 @@ absl::Status DecodeWorker::Attend(const StepPlan& plan, int layer, const TensorV
                                   const TensorView& k, const TensorView& v, const TensorView& o) {
   return impl_->Attend(plan, layer, q, k, v, o);
 }
+absl::Status DecodeWorker::Replayed(const StepPlan& plan) { return impl_->Replayed(plan); }
 absl::StatusOr<WorkerStepStats> DecodeWorker::Finish(const StepPlan& plan) {
   return impl_->Finish(plan);
 }

@@ -91,6 +91,7 @@ class DecodeWorker::Impl {
                                 absl::Span<const int32_t> token_ids);
   absl::Status Attend(const StepPlan& plan, int layer, const TensorView& q, const TensorView& k,
                       const TensorView& v, const TensorView& o);
+  absl::Status Replayed(const StepPlan& plan);
   absl::StatusOr<WorkerStepStats> Finish(const StepPlan& plan);
   absl::Status Flush();
   absl::Status Extend(SequenceId id, absl::Span<const int32_t> token_ids);
@@ -160,7 +161,21 @@ class DecodeWorker::Impl {
   // previous step of `layer` left in the backend's copy (read without a sync a step later), and
   // starts the copy of this step's. A trigger that fires marks its layer state boundary_seen; a
   // sequence whose query the trigger refuses fails its step.
-  void ObserveQueries(int layer, const TensorView& q, std::vector<absl::Status>& status);
+  // Reads the last step's queries of `layer` back (their copies, started without a sync) into
+  // the boundary triggers of the rows that took them (Plan, before anything is decided).
+  void ObserveQueries(int layer);
+  // The open pages' summary slots for folds starting at `from` (a fresh slot where from is 0)
+  // and the pages' pool slots, kv_heads per state.
+  void FoldSlots(absl::Span<worker_internal::LayerState* const> states,
+                 absl::Span<const int32_t> from, std::vector<int32_t>& sum_slots,
+                 std::vector<int32_t>& pool_slots);
+  // The append of the plan's new tokens to `layer`: their open pages' slots and positions and,
+  // with device selection, the summary folds, into out's token / fold fields; the layers' token
+  // counts move on. Nothing is enqueued.
+  absl::Status AppendArgs(int layer, StagedLayer& out);
+  // The page table of `layer` from head_res_ (ResolveLayer's slots; failed rows empty).
+  void BuildTable(int layer, WorkerStepStats& stats, std::vector<int32_t>& indptr,
+                  std::vector<int32_t>& indices, std::vector<int32_t>& last_len) const;
   // Records a store page's heads: checksums and (prompt) keys, and values for louiskv.
   void TakePage(worker_internal::LayerState& ls, const uint8_t* page, bool keep_keys);
   // Appends `tokens` rows of KV head h's keys (and, for louiskv's layout pages, values) to the
@@ -247,6 +262,16 @@ class DecodeWorker::Impl {
   void Fetch(int layer, const std::vector<FetchOrigin>& origins, std::vector<HeadFetch>& fetches,
              std::vector<absl::Status>& step_status, WorkerStepStats& stats);
   int64_t RowBound(const worker_internal::Sequence& seq) const;
+  // Staged steps (staged_step.cc): whether the batch's step can be planned whole (quest, no
+  // retrieval in any (sequence, layer), room in the pool for every layer's pages at once: `need`
+  // per layer besides `open_pages`); the whole step's host work, staged on the backend (returns
+  // the staging generation); and a staged step's layer.
+  bool CanStage(absl::Span<const SequenceId> ids, int64_t need, int64_t open_pages) const;
+  absl::StatusOr<uint64_t> StageStep();
+  absl::Status AttendStagedLayer(int layer, const TensorView& q, const TensorView& k,
+                                 const TensorView& v, const TensorView& o);
+  bool staged_ = false;       // the planned step is staged
+  bool staged_last_ = false;  // the last step was (its q copies: read after a stream sync)
 
   Store* const store_;
   std::unique_ptr<WorkerBackend> backend_;
@@ -338,6 +363,11 @@ class DecodeWorker::Impl {
   // Joins the heads' hits and fetches, in head order.
   void JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
                  std::vector<FetchOrigin>& origins) const;
+  // Slots of every row of `layer` (ls.rows; rows failed or steady_ skipped) into head_res_, and
+  // what is not resident as fetches. InternalError when the pool ran out (Plan checked it).
+  absl::Status ResolveLayer(int layer, const std::vector<absl::Status>& status,
+                            WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
+                            std::vector<FetchOrigin>& origins);
   std::vector<int32_t> indptr_, indices_, last_len_;
   // louiskv's closed-form rows of the layer step in progress (steady_[b]), their scored pages'
   // slots ([b * kv_heads + h]), the request AttendChosen sends, and per layer the sequences whose

@@ -736,17 +736,10 @@ TEST(DecodeWorker, PoolTooSmallForTheBatchIsRefusedAndChangesNothing) {
 
 // Shifts the source of the first head-page of each gather (a stale copy, as when a read lease ran
 // out and the slot was reused), letting the gather's own verification find it.
-class StaleFirstCopy final : public WorkerBackend {
+class StaleFirstCopy final : public ForwardingBackend {
  public:
-  explicit StaleFirstCopy(std::unique_ptr<WorkerBackend> inner) : inner_(std::move(inner)) {}
-  absl::Status Init(const PageLayout& l, int q, int32_t s) override {
-    return inner_->Init(l, q, s);
-  }
-  Device device() const override { return inner_->device(); }
+  using ForwardingBackend::ForwardingBackend;
   const char* name() const override { return "stale"; }
-  absl::Status RegisterSource(const uint8_t* b, int64_t n) override {
-    return inner_->RegisterSource(b, n);
-  }
   absl::Status Gather(absl::Span<const HeadFetch> f, absl::Span<uint8_t> bad) override {
     std::vector<HeadFetch> copy(f.begin(), f.end());
     if (!copy.empty() && armed) {
@@ -755,85 +748,8 @@ class StaleFirstCopy final : public WorkerBackend {
     }
     return inner_->Gather(copy, bad);
   }
-  absl::Status WriteTokens(const TensorView& k, const TensorView& v, absl::Span<const int32_t> s,
-                           absl::Span<const int32_t> p) override {
-    return inner_->WriteTokens(k, v, s, p);
-  }
-  absl::Status WriteHeads(absl::Span<const HeadSlot> d, absl::Span<const uint8_t> b) override {
-    return inner_->WriteHeads(d, b);
-  }
-  absl::Status ReadHeads(absl::Span<const HeadSlot> s, absl::Span<uint8_t> b) override {
-    return inner_->ReadHeads(s, b);
-  }
-  absl::Status CopyHeads(absl::Span<const HeadSlot> s, absl::Span<const HeadSlot> d) override {
-    return inner_->CopyHeads(s, d);
-  }
-  absl::Status AssemblePages(const TensorView& k, const TensorView& v,
-                             absl::Span<const int64_t> offsets,
-                             absl::Span<uint64_t> sums) override {
-    return inner_->AssemblePages(k, v, offsets, sums);
-  }
-  absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& t, const PrefillMask& m,
-                             const TensorView& o) override {
-    return inner_->AttendPrefill(q, t, m, o);
-  }
-  absl::Status Attend(const TensorView& q, const kernels::PageTable& t,
-                      const TensorView& o) override {
-    return inner_->Attend(q, t, o);
-  }
-  absl::Status ScorePages(const TensorView& q, absl::Span<const int32_t> ip,
-                          absl::Span<const int32_t> sl, absl::Span<const int32_t> len,
-                          kernels::GroupReduce r, absl::Span<float> mass) override {
-    return inner_->ScorePages(q, ip, sl, len, r, mass);
-  }
-  absl::Status AttendBestByMass(const TensorView& q, const MassAttendRequest& req, int tag,
-                                const TensorView& o) override {
-    return inner_->AttendBestByMass(q, req, tag, o);
-  }
-  void DropSlotList(int64_t id) override { inner_->DropSlotList(id); }
-  absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) override {
-    return inner_->FinishChoices(tag);
-  }
-  absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
-    return inner_->CopyToHost(t, out);
-  }
-  absl::Status StartCopyToHost(const TensorView& t, int tag) override {
-    return inner_->StartCopyToHost(t, tag);
-  }
-  absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
-    return inner_->FinishCopyToHost(tag);
-  }
-  absl::Status StartReadHeads(absl::Span<const HeadSlot> s, int tag) override {
-    return inner_->StartReadHeads(s, tag);
-  }
-  absl::Status InitSummaries(int64_t n) override { return inner_->InitSummaries(n); }
-  absl::Status WriteSummaries(absl::Span<const int32_t> s, absl::Span<const uint16_t> mn,
-                              absl::Span<const uint16_t> mx, absl::Span<const int32_t> c) override {
-    return inner_->WriteSummaries(s, mn, mx, c);
-  }
-  absl::Status UpdateSummaries(absl::Span<const int32_t> s, absl::Span<const int32_t> p,
-                               absl::Span<const int32_t> o, absl::Span<const int32_t> n) override {
-    return inner_->UpdateSummaries(s, p, o, n);
-  }
-  absl::Status CopySummaries(absl::Span<const int32_t> s, absl::Span<const int32_t> d) override {
-    return inner_->CopySummaries(s, d);
-  }
-  absl::Status SummarizeTokens(const TensorView& k, absl::Span<const int32_t> s) override {
-    return inner_->SummarizeTokens(k, s);
-  }
-  absl::Status SelectQuest(const TensorView& q, const QuestRequest& r, std::vector<int32_t>& ip,
-                           std::vector<int32_t>& ix) override {
-    return inner_->SelectQuest(q, r, ip, ix);
-  }
-  absl::Status KMeans(const kernels::KMeansParams& p, int iterations) override {
-    return inner_->KMeans(p, iterations);
-  }
-  absl::Status Sync() override { return inner_->Sync(); }
   bool armed = true;
   int stale = 0;
-
- private:
-  std::unique_ptr<WorkerBackend> inner_;
 };
 
 // Writes `prompt` through one worker, then steps it in a fresh one (every page gathered from the
@@ -1250,6 +1166,110 @@ TEST(DecodeWorker, LaggedTriggerSurvivesCloseAndFork) {
   }
   // The forked child retrieves at its first step; the others only when their trigger fired.
   EXPECT_GE(retrievals, kLayers);
+}
+
+// Quest between retrievals: Plan stages the whole step and Attend only enqueues, so an engine
+// can capture the layer loop in a CUDA graph and replay it. A worker driven that way (captures
+// and replays emulated on the CPU: ReplayBackend) must give the same outputs, bit for bit, as one
+// driven with Attend at every step — through page fills, batch changes and retrievals in between
+// — and those outputs are attention over the pages it says it attended.
+TEST(DecodeWorker, CapturedStepsReplayLikeAttendedOnes) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, 256);
+  o.boundary_trigger = true;
+  o.boundary_threshold = -0.3f;  // random queries: some steps retrieve, most do not
+  auto eager = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(eager.ok()) << eager.status();
+  auto graphs = std::make_unique<ReplayBackend>(MakeCpuWorkerBackend());
+  ReplayBackend* replay = graphs.get();
+  auto graphed = DecodeWorker::Create(store.get(), std::move(graphs), o);
+  ASSERT_TRUE(graphed.ok()) << graphed.status();
+  Driver de(eager->get()), dg(graphed->get());
+  dg.UseGraphs(replay);
+  std::vector<SequenceId> se, sg;
+  for (int i = 0; i < 3; ++i) {
+    se.push_back(de.Open(Prompt(29 + 3 * i, 70 + i)));
+    sg.push_back(dg.Open(Prompt(29 + 3 * i, 70 + i)));
+  }
+  int capturable = 0;
+  for (int step = 0; step < 40; ++step) {
+    // Two sequences for a while, then all three: the graph is captured again.
+    const size_t n = step < 20 ? 2 : 3;
+    std::vector<SequenceId> be(se.begin(), se.begin() + n), bg(sg.begin(), sg.begin() + n);
+    std::vector<int32_t> next;
+    for (size_t i = 0; i < n; ++i) next.push_back(500 + 7 * step + static_cast<int>(i));
+    std::vector<std::vector<uint16_t>> oe, og;
+    auto a = de.Step(be, next, &oe);
+    auto b = dg.Step(bg, next, &og);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(a->retrievals, b->retrievals) << "step " << step;
+    capturable += a->retrievals == 0 ? 1 : 0;
+    for (int l = 0; l < kLayers; ++l) {
+      ASSERT_EQ(oe[l], og[l]) << "step " << step << " layer " << l;
+      for (size_t i = 0; i < n; ++i) {
+        EXPECT_LT(de.Error(be[i], static_cast<int>(i), l, oe[l], false), kTol);
+        for (const absl::Status& st : b->sequence_status) ASSERT_TRUE(st.ok()) << st;
+      }
+    }
+  }
+  EXPECT_GE(capturable, 8);
+  EXPECT_GE(dg.captures(), 2) << "a new batch size is a new graph";
+  EXPECT_GE(dg.replays(), 4);
+  EXPECT_EQ(dg.captures() + dg.replays(), capturable);
+}
+
+// Replayed is for a capturable step none of whose layers ran; a capturable step's Attend refuses
+// bad input like any step's, changing nothing, and then takes good input.
+TEST(DecodeWorker, ReplayedAndStagedAttendRefuseMisuse) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, 128);
+  o.boundary_trigger = true;
+  o.boundary_threshold = -1.0f;  // never fires: every step after the first is capturable
+  auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(w.ok()) << w.status();
+  Driver drv(w->get());
+  const SequenceId a = drv.Open(Prompt(37, 81));
+  auto first = (*w)->Plan({a}, {9});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->capturable) << "the first step retrieves";
+  EXPECT_EQ((*w)->Replayed(*first).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE((*w)->Close(a).ok() == false);  // inside a step
+  std::vector<uint16_t> q(kQ * kDim, Half(0.25f)), k(kKv * kDim, Half(0.5f)),
+      v(kKv * kDim, Half(-0.5f)), out(kQ * kDim);
+  auto Q1 = TensorView::Contiguous(q.data(), DType::kFp16, {1, kQ, kDim});
+  auto K1 = TensorView::Contiguous(k.data(), DType::kFp16, {1, kKv, kDim});
+  auto V1 = TensorView::Contiguous(v.data(), DType::kFp16, {1, kKv, kDim});
+  auto O1 = TensorView::Contiguous(out.data(), DType::kFp16, {1, kQ, kDim});
+  for (int l = 0; l < kLayers; ++l) ASSERT_TRUE((*w)->Attend(*first, l, Q1, K1, V1, O1).ok());
+  ASSERT_TRUE((*w)->Finish(*first).ok());
+
+  auto plan = (*w)->Plan({a}, {10});
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_TRUE(plan->capturable);
+  StepPlan other = *plan;
+  other.id += 1;
+  EXPECT_EQ((*w)->Replayed(other).code(), absl::StatusCode::kInvalidArgument);
+  auto K2 = TensorView::Contiguous(k.data(), DType::kFp16, {1, kQ, kDim / 2});
+  EXPECT_EQ((*w)->Attend(*plan, 0, Q1, K2, V1, O1).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<uint16_t> bad = k;
+  bad[3] = 0x7e00;  // NaN
+  auto KBad = TensorView::Contiguous(bad.data(), DType::kFp16, {1, kKv, kDim});
+  EXPECT_EQ((*w)->Attend(*plan, 0, Q1, KBad, V1, O1).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*w)->Attend(*plan, kLayers, Q1, K1, V1, O1).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*w)->Attend(*plan, 0, Q1, K1, V1, O1).ok());
+  EXPECT_EQ((*w)->Replayed(*plan).code(), absl::StatusCode::kFailedPrecondition)
+      << "a layer of it was attended";
+  EXPECT_EQ((*w)->Finish(*plan).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE((*w)->Attend(*plan, 1, Q1, K1, V1, O1).ok());
+  auto stats = (*w)->Finish(*plan);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->retrievals, 0);
+  ASSERT_EQ(*(*w)->Length(a, 0), 39);
+  ASSERT_EQ(*(*w)->Length(a, 1), 39);
 }
 
 TEST(DecodeWorker, BadInputIsRefusedAndChangesNothing) {

@@ -105,12 +105,27 @@ bool TokenRowsFit(const PoolGeometry& g) {
   return int64_t{g.kv_heads} * g.slots * 2 * g.page_tokens < (int64_t{1} << 31);
 }
 
+std::vector<int32_t> TokenRowIds(const PoolGeometry& g, absl::Span<const int32_t> slots,
+                                 absl::Span<const int32_t> positions) {
+  const int64_t n_rows = static_cast<int64_t>(positions.size()) * g.kv_heads;
+  const int64_t P = g.page_tokens;
+  std::vector<int32_t> rows(2 * n_rows);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const int64_t n = r / g.kv_heads, h = r % g.kv_heads;
+    const int64_t base = (h * g.slots + slots[r]) * 2 * P + positions[n];
+    rows[r] = static_cast<int32_t>(base);
+    rows[n_rows + r] = static_cast<int32_t>(base + P);
+  }
+  return rows;
+}
+
 absl::Status ForEachTokenRowsCall(
     const PoolGeometry& g, uint8_t* pool, const TensorView& k, const TensorView& v,
     absl::Span<const int32_t> slots, absl::Span<const int32_t> positions,
     const std::function<absl::Status(const kernels::TokenRowsParams&)>& fn) {
   const int64_t n_rows = static_cast<int64_t>(positions.size()) * g.kv_heads;
   const int64_t P = g.page_tokens;
+  const std::vector<int32_t> rows = TokenRowIds(g, slots, positions);
   kernels::TokenRowsParams c;
   c.pool = pool;
   c.pool_rows = int64_t{g.kv_heads} * g.slots * 2 * P;
@@ -120,10 +135,8 @@ absl::Status ForEachTokenRowsCall(
     c.k = static_cast<const uint8_t*>(k.data) + r0 * c.row_bytes;
     c.v = static_cast<const uint8_t*>(v.data) + r0 * c.row_bytes;
     for (int32_t i = 0; i < c.num_rows; ++i) {
-      const int64_t r = r0 + i, n = r / g.kv_heads, h = r % g.kv_heads;
-      const int64_t base = (h * g.slots + slots[r]) * 2 * P + positions[n];
-      c.k_rows[i] = static_cast<int32_t>(base);
-      c.v_rows[i] = static_cast<int32_t>(base + P);
+      c.k_rows[i] = rows[r0 + i];
+      c.v_rows[i] = rows[n_rows + r0 + i];
     }
     if (absl::Status s = fn(c); !s.ok()) return s;
   }
@@ -195,6 +208,10 @@ absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView&
       !s.ok()) {
     return s;
   }
+  return CheckTable(g, batch, table);
+}
+
+absl::Status CheckTable(const PoolGeometry& g, int64_t batch, const kernels::PageTable& table) {
   if (table.num_rows != batch * g.kv_heads || table.indptr == nullptr ||
       table.last_page_len == nullptr) {
     return absl::InvalidArgumentError("the table must have batch x kv_heads rows");
@@ -213,6 +230,59 @@ absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView&
     if (table.indices[i] < 0 || table.indices[i] >= g.slots) {
       return absl::OutOfRangeError(absl::StrCat("table slot ", table.indices[i], " out of range"));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckStaged(const PoolGeometry& g, int64_t table_slots,
+                         absl::Span<const StagedLayer> layers) {
+  if (layers.empty()) return absl::InvalidArgumentError("no layers to stage");
+  const int64_t batch = static_cast<int64_t>(layers[0].token_pos.size());
+  if (batch < 1) return absl::InvalidArgumentError("a staged layer needs a batch");
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const StagedLayer& x = layers[l];
+    auto bad = [&](const absl::Status& s) {
+      return absl::Status(s.code(), absl::StrCat("staged layer ", l, ": ", s.message()));
+    };
+    if (static_cast<int64_t>(x.token_pos.size()) != batch) {
+      return bad(absl::InvalidArgumentError("every layer must have the same batch"));
+    }
+    if (static_cast<int64_t>(x.token_slots.size()) != batch * g.kv_heads) {
+      return bad(absl::InvalidArgumentError("token_slots must hold batch x kv_heads entries"));
+    }
+    for (int32_t s : x.token_slots) {
+      if (s < 0 || s >= g.slots) {
+        return bad(absl::OutOfRangeError(absl::StrCat("slot ", s, " out of range")));
+      }
+    }
+    for (int32_t p : x.token_pos) {
+      if (p < 0 || p >= g.page_tokens) {
+        return bad(absl::OutOfRangeError(absl::StrCat("position ", p, " outside a page")));
+      }
+    }
+    if (!x.sum_slots.empty() || !x.fold_from.empty() || !x.fold_to.empty()) {
+      if (static_cast<int64_t>(x.sum_slots.size()) != batch) {
+        return bad(absl::InvalidArgumentError("one summary update per row, or none"));
+      }
+      if (absl::Status s = CheckUpdateSummaries(g, table_slots, x.sum_slots, x.token_slots,
+                                                x.fold_from, x.fold_to);
+          !s.ok()) {
+        return bad(s);
+      }
+    }
+    const int64_t rows = batch * g.kv_heads;
+    if (static_cast<int64_t>(x.indptr.size()) != rows + 1 ||
+        static_cast<int64_t>(x.last_page_len.size()) != rows ||
+        static_cast<int64_t>(x.indices.size()) != x.indptr.back()) {
+      return bad(absl::InvalidArgumentError("the table must have batch x kv_heads rows"));
+    }
+    kernels::PageTable t;
+    t.num_rows = static_cast<int32_t>(rows);
+    t.indptr = x.indptr.data();
+    t.indices = x.indices.data();
+    t.last_page_len = x.last_page_len.data();
+    if (absl::Status s = CheckTable(g, batch, t); !s.ok()) return bad(s);
+    if (x.q_tag >= 65536) return bad(absl::InvalidArgumentError("copy tag out of [0, 65536)"));
   }
   return absl::OkStatus();
 }

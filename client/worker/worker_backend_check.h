@@ -46,6 +46,10 @@ bool Contiguous(const TensorView& t);
 // + page_tokens. For contiguous k and v only, and a pool whose rows fit int32 row ids
 // (TokenRowsFit); callers copy row by row otherwise.
 bool TokenRowsFit(const PoolGeometry& g);
+// The pool row ids of WriteTokens' arguments (as ForEachTokenRowsCall numbers them): the rows x
+// kv_heads K rows, then as many V rows (kernels::TokenRowsParams::rows).
+std::vector<int32_t> TokenRowIds(const PoolGeometry& g, absl::Span<const int32_t> slots,
+                                 absl::Span<const int32_t> positions);
 absl::Status ForEachTokenRowsCall(
     const PoolGeometry& g, uint8_t* pool, const TensorView& k, const TensorView& v,
     absl::Span<const int32_t> slots, absl::Span<const int32_t> positions,
@@ -61,6 +65,13 @@ absl::Status CheckHeadSlots(const PoolGeometry& g, absl::Span<const HeadSlot> he
 absl::Status CheckAttend(const PoolGeometry& g, Device device, const TensorView& q,
                          const kernels::PageTable& table, const TensorView& o);
 // q / o [T, q_heads, head_dim], a kv_heads-row table of equal token counts >= T, the mask.
+// A table's CSR structure (host arrays): batch x kv_heads rows, slots in range.
+absl::Status CheckTable(const PoolGeometry& g, int64_t batch, const kernels::PageTable& table);
+// StageLayers' arrays (StagedLayer): one batch for every layer, token slots and positions as
+// WriteTokens', the fold (if any) as UpdateSummaries' over the token slots against a summary table
+// of `table_slots` slots, the table as Attend's.
+absl::Status CheckStaged(const PoolGeometry& g, int64_t table_slots,
+                         absl::Span<const StagedLayer> layers);
 // ScorePages' arguments: q [batch, q_heads, head_dim] on `device`, indptr of batch * kv_heads + 1
 // non-decreasing entries from 0, one slot (in range) and page_len (in [1, page_tokens]) per entry,
 // one mass per entry. Returns the batch.

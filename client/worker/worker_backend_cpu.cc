@@ -455,9 +455,74 @@ class CpuWorkerBackend final : public WorkerBackend {
     return kernels::KMeansReference(p, iterations);
   }
 
+  absl::StatusOr<uint64_t> StageLayers(absl::Span<const StagedLayer> layers) override {
+    if (pool_.empty()) return absl::FailedPreconditionError("backend not initialized");
+    if (absl::Status s = worker_internal::CheckStaged(geo_, sum_slots_, layers); !s.ok()) return s;
+    // What a graph over AttendStaged would bake in: the batch and the layers (no buffers here).
+    if (staged_.size() != layers.size() ||
+        staged_[0].token_pos.size() != layers[0].token_pos.size()) {
+      ++generation_;
+    }
+    staged_.assign(layers.begin(), layers.end());
+    token_rows_.resize(staged_.size());
+    for (size_t l = 0; l < staged_.size(); ++l) {
+      token_rows_[l] =
+          worker_internal::TokenRowIds(geo_, staged_[l].token_slots, staged_[l].token_pos);
+    }
+    return generation_;
+  }
+
+  absl::Status AttendStaged(int layer, const TensorView& q, const TensorView& k,
+                            const TensorView& v, const TensorView& o) override {
+    if (layer < 0 || static_cast<size_t>(layer) >= staged_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not staged"));
+    }
+    const StagedLayer& x = staged_[layer];
+    if (absl::Status s =
+            worker_internal::CheckWriteTokens(geo_, Device::kCpu, k, v, x.token_slots, x.token_pos);
+        !s.ok()) {
+      return s;
+    }
+    const kernels::PageTable table = StagedTable(x);
+    if (absl::Status s = worker_internal::CheckAttend(geo_, Device::kCpu, q, table, o); !s.ok()) {
+      return s;
+    }
+    if (worker_internal::Contiguous(k) && worker_internal::Contiguous(v) &&
+        worker_internal::TokenRowsFit(geo_)) {  // the CUDA backend's kernel over staged row ids
+      kernels::TokenRowsParams c;
+      c.pool = pool_.data();
+      c.pool_rows = int64_t{geo_.kv_heads} * geo_.slots * 2 * geo_.page_tokens;
+      c.row_bytes = int64_t{geo_.head_dim} * 2;
+      c.k = static_cast<const uint8_t*>(k.data);
+      c.v = static_cast<const uint8_t*>(v.data);
+      c.num_rows = static_cast<int32_t>(x.token_slots.size());
+      c.rows = token_rows_[layer].data();
+      if (absl::Status s = kernels::WriteTokenRowsReference(c); !s.ok()) return s;
+    } else if (absl::Status s = WriteTokens(k, v, x.token_slots, x.token_pos); !s.ok()) {
+      return s;
+    }
+    if (!x.sum_slots.empty()) {
+      if (absl::Status s = UpdateSummaries(x.sum_slots, x.token_slots, x.fold_from, x.fold_to);
+          !s.ok()) {
+        return s;
+      }
+    }
+    if (absl::Status s = Attend(q, table, o); !s.ok()) return s;
+    return x.q_tag >= 0 ? StartCopyToHost(q, x.q_tag) : absl::OkStatus();
+  }
+
   absl::Status Sync() override { return absl::OkStatus(); }
 
  private:
+  static kernels::PageTable StagedTable(const StagedLayer& x) {
+    kernels::PageTable t;
+    t.num_rows = static_cast<int32_t>(x.last_page_len.size());
+    t.indptr = x.indptr.data();
+    t.indices = x.indices.data();
+    t.last_page_len = x.last_page_len.data();
+    return t;
+  }
+
   // The references take contiguous q / o: q ([rows, q_heads, head_dim], any strides) into q_, and
   // o_ sized to match; WriteBackO copies o_ into the caller's (possibly strided) o.
   absl::Status StageQ(const TensorView& q) {
@@ -510,6 +575,9 @@ class CpuWorkerBackend final : public WorkerBackend {
   std::vector<std::optional<std::vector<uint16_t>>> copies_;  // StartCopyToHost, by tag
   std::vector<std::optional<std::vector<int32_t>>> choices_;  // AttendBestByMass, by tag
   absl::flat_hash_map<int64_t, std::vector<int32_t>> lists_;  // stored slot lists, by id
+  std::vector<StagedLayer> staged_;                           // StageLayers
+  std::vector<std::vector<int32_t>> token_rows_;              // their token row ids, by layer
+  uint64_t generation_ = 0;
 };
 
 }  // namespace

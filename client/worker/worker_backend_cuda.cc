@@ -322,6 +322,155 @@ class CudaWorkerBackend final : public WorkerBackend {
     return kernels::gpu::SparseDecode(*plan, p, decode_ws_.ptr, stream_);
   }
 
+  // Staged steps: every layer's arrays in one pinned buffer, uploaded once into device regions of
+  // stage_words_ words per layer at fixed offsets (for the batch), the table's slots last:
+  //   [token rows 2R | token slots R | summary slots B | from B | to B | indptr R+1 | last_len R |
+  //    table slots], R = B * kv_heads.
+  absl::StatusOr<uint64_t> StageLayers(absl::Span<const StagedLayer> layers) override {
+    if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
+    if (absl::Status s = worker_internal::CheckStaged(geo_, sum_slots_, layers); !s.ok()) return s;
+    if (!worker_internal::TokenRowsFit(geo_)) {
+      return absl::InvalidArgumentError("a pool this large needs 64-bit token rows: not staged");
+    }
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const int32_t B = static_cast<int32_t>(layers[0].token_pos.size());
+    const size_t R = static_cast<size_t>(B) * geo_.kv_heads;
+    const size_t fixed = 3 * R + 3 * static_cast<size_t>(B) + (R + 1) + R;
+    size_t words = 0;
+    int64_t max_row = 1;
+    for (const StagedLayer& x : layers) {
+      words = std::max(words, fixed + x.indices.size());
+      for (size_t r = 0; r < R; ++r) {
+        max_row =
+            std::max<int64_t>(max_row, int64_t{x.indptr[r + 1] - x.indptr[r]} * geo_.page_tokens);
+      }
+    }
+    // What a captured AttendStaged launch reads or how it launches: a change is a new generation.
+    bool fresh = B != stage_batch_ || layers.size() != stage_.size() || words > stage_words_ ||
+                 max_row > 2 * stage_max_row_;
+    for (size_t l = 0; !fresh && l < layers.size(); ++l) {
+      fresh = (layers[l].sum_slots.empty() != stage_[l].sum_slots.empty()) ||
+              layers[l].q_tag != stage_[l].q_tag;
+    }
+    if (fresh) {
+      words = std::max(words, stage_words_);
+      if (words > stage_words_) words += words / 2;  // room to grow before the next generation
+      stage_words_ = words;
+      stage_batch_ = B;
+      stage_max_row_ = max_row;
+    }
+    const size_t bytes = stage_words_ * layers.size() * 4;
+    if (absl::Status s = stage_buf_.Reserve(bytes); !s.ok()) return s;  // waits for the last upload
+    stage_.assign(layers.begin(), layers.end());
+    stage_plans_.resize(layers.size());
+    int32_t* host = reinterpret_cast<int32_t*>(stage_buf_.host);
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const StagedLayer& x = layers[l];
+      int32_t* h = host + l * stage_words_;
+      const std::vector<int32_t> rows =
+          worker_internal::TokenRowIds(geo_, x.token_slots, x.token_pos);
+      h = std::copy(rows.begin(), rows.end(), h);
+      h = std::copy(x.token_slots.begin(), x.token_slots.end(), h);
+      for (const std::vector<int32_t>* a : {&x.sum_slots, &x.fold_from, &x.fold_to}) {
+        std::copy(a->begin(), a->end(), h);
+        h += B;
+      }
+      h = std::copy(x.indptr.begin(), x.indptr.end(), h);
+      h = std::copy(x.last_page_len.begin(), x.last_page_len.end(), h);
+      std::copy(x.indices.begin(), x.indices.end(), h);
+    }
+    if (fresh) {
+      for (size_t l = 0; l < layers.size(); ++l) {
+        auto plan = DecodePlanFor(StagedDecode(l, nullptr, nullptr), stage_max_row_);
+        if (!plan.ok()) return plan.status();
+        stage_plans_[l] = *plan;
+      }
+    }
+    // Buffers a launch reads besides the staged ones: the decode workspace and q's pinned copies
+    // (an eager step may have regrown them since the last staging).
+    std::vector<const void*> bufs{stage_buf_.dev};
+    for (size_t l = 0; l < layers.size(); ++l) {
+      if (absl::Status s = Reserve(decode_ws_, stage_plans_[l].workspace_bytes); !s.ok()) return s;
+    }
+    bufs.push_back(decode_ws_.ptr);
+    for (const StagedLayer& x : layers) {
+      if (x.q_tag < 0) continue;
+      auto c = TaggedBuffer(x.q_tag, R / geo_.kv_heads * geo_.q_heads * geo_.head_dim * 2);
+      if (!c.ok()) return c.status();
+      bufs.push_back((*c)->host);
+    }
+    if (fresh || bufs != stage_bufs_) ++stage_gen_;
+    stage_bufs_ = std::move(bufs);
+    PAGODA_CUDA_RETURN(
+        cudaMemcpyAsync(stage_buf_.dev, stage_buf_.host, bytes, cudaMemcpyHostToDevice, stream_),
+        "staged upload");
+    PAGODA_CUDA_RETURN(cudaEventRecord(stage_buf_.ready, stream_), "event record");
+    return stage_gen_;
+  }
+
+  absl::Status AttendStaged(int layer, const TensorView& q, const TensorView& k,
+                            const TensorView& v, const TensorView& o) override {
+    if (layer < 0 || static_cast<size_t>(layer) >= stage_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not staged"));
+    }
+    const StagedLayer& x = stage_[layer];
+    const int64_t B = stage_batch_;
+    for (auto [t, name, heads] :
+         {std::tuple{&q, "q", geo_.q_heads}, std::tuple{&o, "o", geo_.q_heads},
+          std::tuple{&k, "k", geo_.kv_heads}, std::tuple{&v, "v", geo_.kv_heads}}) {
+      if (absl::Status s =
+              CheckTensor(*t, name, {B, heads, geo_.head_dim}, geo_.dtype, Device::kCuda);
+          !s.ok()) {
+        return s;
+      }
+      if (!worker_internal::Contiguous(*t)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("a staged step on the CUDA backend needs a contiguous ", name));
+      }
+    }
+    PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
+    const size_t R = static_cast<size_t>(B) * geo_.kv_heads;
+    const int32_t* d = reinterpret_cast<const int32_t*>(stage_buf_.dev) + layer * stage_words_;
+    kernels::TokenRowsParams c;
+    c.pool = pool_;
+    c.pool_rows = int64_t{geo_.kv_heads} * geo_.slots * 2 * geo_.page_tokens;
+    c.row_bytes = int64_t{geo_.head_dim} * 2;
+    c.k = static_cast<const uint8_t*>(k.data);
+    c.v = static_cast<const uint8_t*>(v.data);
+    c.num_rows = static_cast<int32_t>(R);
+    c.rows = d;
+    if (absl::Status s = kernels::gpu::WriteTokenRows(c, stream_); !s.ok()) return s;
+    if (!x.sum_slots.empty()) {
+      kernels::SummaryUpdateParams p;
+      p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
+      p.summaries = Summaries();
+      p.num_updates = static_cast<int32_t>(B);
+      p.pages = d + 3 * R;
+      p.summary_pages = d + 3 * R;
+      p.old_count = d + 3 * R + B;
+      p.new_count = d + 3 * R + 2 * B;
+      p.head_pages = d + 2 * R;
+      if (absl::Status s = kernels::gpu::UpdateSummaries(p, stream_); !s.ok()) return s;
+    }
+    kernels::DecodeParams p = StagedDecode(layer, q.data, o.data);
+    if (absl::Status s =
+            kernels::gpu::SparseDecode(stage_plans_[layer], p, decode_ws_.ptr, stream_);
+        !s.ok()) {
+      return s;
+    }
+    if (x.q_tag < 0) return absl::OkStatus();
+    Staged& qc = *copies_[x.q_tag];
+    qc.used = static_cast<size_t>(B) * geo_.q_heads * geo_.head_dim;
+    if (absl::Status s = EnqueueDownload(q, reinterpret_cast<uint16_t*>(qc.host)); !s.ok())
+      return s;
+    // Inside a stream capture the event stays as it was (a captured record would leave it
+    // unusable for the host): after a replay the caller syncs the stream before reading the copy.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    PAGODA_CUDA_RETURN(cudaStreamIsCapturing(stream_, &capture), "capture status");
+    if (capture != cudaStreamCaptureStatusNone) return absl::OkStatus();
+    return CudaStatus(cudaEventRecord(qc.ready, stream_), "event record");
+  }
+
   absl::Status ScorePages(const TensorView& q, absl::Span<const int32_t> indptr,
                           absl::Span<const int32_t> slots, absl::Span<const int32_t> page_len,
                           kernels::GroupReduce reduce, absl::Span<float> mass) override {
@@ -1111,6 +1260,21 @@ class CudaWorkerBackend final : public WorkerBackend {
     plans_.emplace(key, *plan);
     return *plan;
   }
+  // The staged table of `layer` as decode parameters (device pointers into its region).
+  kernels::DecodeParams StagedDecode(size_t layer, const void* q, void* o) const {
+    const size_t R = static_cast<size_t>(stage_batch_) * geo_.kv_heads;
+    const int32_t* d = reinterpret_cast<const int32_t*>(stage_buf_.dev) + layer * stage_words_;
+    const int32_t* indptr = d + 3 * R + 3 * static_cast<size_t>(stage_batch_);
+    kernels::DecodeParams p;
+    p.kv = geo_.PagedKV(reinterpret_cast<const uint16_t*>(pool_));
+    p.table = {static_cast<int32_t>(R), indptr, indptr + 2 * R + 1, indptr + R + 1};
+    p.batch = stage_batch_;
+    p.num_qo_heads = geo_.q_heads;
+    p.per_kv_head = true;
+    p.q = static_cast<const uint16_t*>(q);
+    p.o = static_cast<uint16_t*>(o);
+    return p;
+  }
   absl::Status CheckHeads(absl::Span<const HeadSlot> heads, size_t bytes) const {
     if (pool_ == nullptr) return absl::FailedPreconditionError("backend not initialized");
     return worker_internal::CheckHeadSlots(geo_, heads, bytes);
@@ -1142,6 +1306,15 @@ class CudaWorkerBackend final : public WorkerBackend {
   std::vector<std::unique_ptr<Staged>> choices_;  // AttendBestByMass, by tag
   StagedPair mass_;                               // AttendBestByMass' upload and scratch
   std::vector<int32_t> full_indptr_;
+  // StageLayers: the staged layers, their upload, regions and decode plans, and the generation.
+  std::vector<StagedLayer> stage_;
+  Staged stage_buf_;
+  size_t stage_words_ = 0;
+  int32_t stage_batch_ = 0;
+  int64_t stage_max_row_ = 0;
+  std::vector<kernels::gpu::DecodePlan> stage_plans_;
+  std::vector<const void*> stage_bufs_;  // what the generation's launches read
+  uint64_t stage_gen_ = 0;
   // Stored slot lists (MassAttendRequest::save) in device blocks; dropped blocks are reused.
   struct DeviceList {
     int32_t* ptr = nullptr;

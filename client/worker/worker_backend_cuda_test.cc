@@ -223,6 +223,160 @@ TEST(CudaWorkerBackendTest, MatchesCpuBf16Head128Llama) {
   ExpectAgree({DType::kBf16, 8, 32, 128, 2, 4, 700, 40, 256});
 }
 
+// Quest steps between retrievals are capturable (StepPlan::capturable): two CUDA workers over the
+// same inputs, one calling Attend at every step, the other capturing the first capturable step
+// of each graph_key in a real CUDA graph (stream capture over its Attend calls, launched after)
+// and replaying it at the later ones (Replayed instead of Attend). Outputs must be bit-identical:
+// the same kernels read the same staged tables. The engine's tensors live in fixed device buffers.
+TEST(CudaWorkerBackendTest, CapturedStepsReplayLikeAttendedOnes) {
+  constexpr int kKvH = 8, kQH = 32, kD = 128, kL = 3, kB = 2;
+  const PageLayout layout{DType::kBf16, kKvH, kD, 16};
+  cudaStream_t streams[2] = {nullptr, nullptr};
+  std::unique_ptr<WorkerBackend> backends[2];
+  for (int i = 0; i < 2; ++i) {
+    if (cudaStreamCreateWithFlags(&streams[i], cudaStreamNonBlocking) != cudaSuccess) {
+      GTEST_SKIP() << "no CUDA device";
+    }
+    auto b = MakeCudaWorkerBackend({0, streams[i]});
+    if (!b.ok()) GTEST_SKIP() << b.status();
+    backends[i] = std::move(*b);
+  }
+  std::string dirs[2];
+  std::unique_ptr<Store> stores[2];
+  std::unique_ptr<DecodeWorker> workers[2];
+  for (int i = 0; i < 2; ++i) {
+    stores[i] = OpenTempStore(layout, 1024, 8, dirs[i]);
+    ASSERT_NE(stores[i], nullptr);
+    DecodeWorkerOptions o;
+    o.layout = layout;
+    o.q_heads = kQH;
+    o.num_layers = kL;
+    o.policy = retriever::Policy::kQuest;
+    o.boundary_trigger = true;
+    o.selector.budget_tokens = 256;
+    o.pool_slots_per_head = 1024;
+    auto w = DecodeWorker::Create(stores[i].get(), std::move(backends[i]), o);
+    ASSERT_TRUE(w.ok()) << w.status();
+    workers[i] = std::move(*w);
+  }
+  std::mt19937 rng(23);
+  std::normal_distribution<float> g(0.f, 1.f);
+  auto random = [&](size_t n, float scale) {
+    std::vector<uint16_t> x(n);
+    for (auto& e : x) e = Bits(DType::kBf16, scale * g(rng));
+    return x;
+  };
+  std::vector<SequenceId> ids[2];
+  for (int b = 0; b < kB; ++b) {
+    std::vector<int32_t> tokens(900 + 37 * b);
+    for (auto& tok : tokens) tok = static_cast<int32_t>(rng() % 5000);
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    std::vector<std::vector<uint16_t>> ks, vs;
+    for (int l = 0; l < kL; ++l) {
+      ks.push_back(random(n * kKvH * kD, 1.f));
+      vs.push_back(random(n * kKvH * kD, 1.f));
+    }
+    for (int i = 0; i < 2; ++i) {
+      auto opened = workers[i]->Open(tokens);
+      ASSERT_TRUE(opened.ok()) << opened.status();
+      for (int l = 0; l < kL; ++l) {
+        Tensor k(Device::kCuda, DType::kBf16, ks[l], n, kKvH, kD);
+        Tensor v(Device::kCuda, DType::kBf16, vs[l], n, kKvH, kD);
+        ASSERT_TRUE(workers[i]->Prefill(opened->id, l, k.view(), v.view()).ok());
+      }
+      ids[i].push_back(opened->id);
+    }
+  }
+  // The engine's per-layer tensors, at fixed addresses (what a captured graph reads).
+  std::vector<std::unique_ptr<Tensor>> q[2], k[2], v[2], out[2];
+  for (int i = 0; i < 2; ++i) {
+    for (int l = 0; l < kL; ++l) {
+      q[i].push_back(std::make_unique<Tensor>(Device::kCuda, DType::kBf16,
+                                              std::vector<uint16_t>(kB * kQH * kD), kB, kQH, kD));
+      k[i].push_back(std::make_unique<Tensor>(Device::kCuda, DType::kBf16,
+                                              std::vector<uint16_t>(kB * kKvH * kD), kB, kKvH, kD));
+      v[i].push_back(std::make_unique<Tensor>(Device::kCuda, DType::kBf16,
+                                              std::vector<uint16_t>(kB * kKvH * kD), kB, kKvH, kD));
+      out[i].push_back(std::make_unique<Tensor>(Device::kCuda, DType::kBf16,
+                                                std::vector<uint16_t>(kB * kQH * kD), kB, kQH, kD));
+    }
+  }
+  cudaGraphExec_t exec = nullptr;
+  uint64_t key = 0;
+  int captures = 0, replays = 0;
+  std::vector<float> topic(kB * kQH * kD);
+  for (int step = 0; step < 48; ++step) {
+    if (step % 16 == 0) {
+      for (float& x : topic) x = 2.f * g(rng);
+    }
+    std::vector<int32_t> next(kB);
+    for (auto& tok : next) tok = static_cast<int32_t>(rng() % 5000);
+    for (int l = 0; l < kL; ++l) {
+      std::vector<uint16_t> qh(kB * kQH * kD);
+      for (size_t e = 0; e < qh.size(); ++e) qh[e] = Bits(DType::kBf16, topic[e] + 0.1f * g(rng));
+      const std::vector<uint16_t> kh = random(kB * kKvH * kD, 1.f),
+                                  vh = random(kB * kKvH * kD, 1.f);
+      for (int i = 0; i < 2; ++i) {
+        ASSERT_EQ(
+            cudaMemcpy(q[i][l]->view().data, qh.data(), qh.size() * 2, cudaMemcpyHostToDevice),
+            cudaSuccess);
+        ASSERT_EQ(
+            cudaMemcpy(k[i][l]->view().data, kh.data(), kh.size() * 2, cudaMemcpyHostToDevice),
+            cudaSuccess);
+        ASSERT_EQ(
+            cudaMemcpy(v[i][l]->view().data, vh.data(), vh.size() * 2, cudaMemcpyHostToDevice),
+            cudaSuccess);
+      }
+    }
+    for (int i = 0; i < 2; ++i) {
+      auto plan = workers[i]->Plan(ids[i], next);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      const bool graph = i == 1 && plan->capturable;
+      auto attend_all = [&] {
+        for (int l = 0; l < kL; ++l) {
+          const absl::Status st = workers[i]->Attend(*plan, l, q[i][l]->view(), k[i][l]->view(),
+                                                     v[i][l]->view(), out[i][l]->view());
+          ASSERT_TRUE(st.ok()) << st;
+        }
+      };
+      if (graph && exec != nullptr && plan->graph_key == key) {
+        ASSERT_EQ(cudaGraphLaunch(exec, streams[i]), cudaSuccess);
+        ASSERT_TRUE(workers[i]->Replayed(*plan).ok());
+        ++replays;
+      } else if (graph) {
+        if (exec != nullptr) cudaGraphExecDestroy(exec);
+        cudaGraph_t captured = nullptr;
+        ASSERT_EQ(cudaStreamBeginCapture(streams[i], cudaStreamCaptureModeThreadLocal), cudaSuccess);
+        attend_all();
+        ASSERT_EQ(cudaStreamEndCapture(streams[i], &captured), cudaSuccess);
+        ASSERT_EQ(cudaGraphInstantiate(&exec, captured, 0), cudaSuccess);
+        cudaGraphDestroy(captured);
+        ASSERT_EQ(cudaGraphLaunch(exec, streams[i]), cudaSuccess);
+        key = plan->graph_key;
+        ++captures;
+      } else {
+        attend_all();
+      }
+      auto stats = workers[i]->Finish(*plan);
+      ASSERT_TRUE(stats.ok()) << stats.status();
+      for (const absl::Status& st : stats->sequence_status) ASSERT_TRUE(st.ok()) << st;
+      ASSERT_EQ(cudaStreamSynchronize(streams[i]), cudaSuccess);
+    }
+    for (int l = 0; l < kL; ++l) {
+      ASSERT_EQ(out[0][l]->Read(), out[1][l]->Read()) << "step " << step << " layer " << l;
+    }
+  }
+  EXPECT_GE(captures, 1);
+  EXPECT_GE(replays, 20);
+  if (exec != nullptr) cudaGraphExecDestroy(exec);
+  for (int i = 0; i < 2; ++i) {
+    workers[i].reset();
+    stores[i].reset();
+    std::filesystem::remove_all(dirs[i]);
+    cudaStreamDestroy(streams[i]);
+  }
+}
+
 // louiskv's clustering on the device: the k-means kernels through the backend against the CPU
 // backend's reference, on keys with clear clusters (16 well-separated directions): the same
 // assignment and cluster sizes, centroids within rounding.

@@ -132,6 +132,43 @@ void DecodeWorker::Impl::JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch
   }
 }
 
+absl::Status DecodeWorker::Impl::ResolveLayer(int layer, const std::vector<absl::Status>& status,
+                                              WorkerStepStats& stats,
+                                              std::vector<HeadFetch>& fetches,
+                                              std::vector<FetchOrigin>& origins) {
+  const int64_t B = static_cast<int64_t>(plan_seqs_.size());
+  int64_t head_pages = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!status[b].ok() || steady_[b]) continue;  // closed-form rows resolved as scored pages
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    ls.seen.resize(kv_);
+    for (const auto& row : ls.rows) head_pages += static_cast<int64_t>(row.size());
+  }
+  head_res_.resize(kv_);
+  RunHeads(head_pages, [&](int64_t hh) {  // the heads' sub-pools are independent
+    const int h = static_cast<int>(hh);
+    HeadResolve& w = head_res_[h];
+    w.Reset(B);
+    for (int64_t b = 0; b < B; ++b) {
+      if (!status[b].ok() || steady_[b]) continue;
+      LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+      if (!ResolveRow(w, h, ls, ls.rows[h], static_cast<int32_t>(b), w.slots[b])) {
+        w.failed[b] = 1;
+        break;  // the step fails whole
+      }
+    }
+  });
+  for (const HeadResolve& w : head_res_) {
+    if (std::find(w.failed.begin(), w.failed.end(), 1) != w.failed.end()) {
+      return absl::InternalError("pool overcommitted despite the plan");
+    }
+  }
+  fetches.clear();
+  origins.clear();
+  JoinHeads(stats, fetches, origins);
+  return absl::OkStatus();
+}
+
 void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
                                        const std::vector<retriever::ScoreRequest>& requests,
                                        std::vector<absl::Status>& status,

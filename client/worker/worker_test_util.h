@@ -19,6 +19,7 @@
 
 #include "gtest/gtest.h"
 #include "pagoda/client/decode_worker.h"
+#include "pagoda/client/worker_backend.h"
 #include "pagoda/kernels/dtype.h"
 #include "pagoda/retriever/selector.h"
 
@@ -197,6 +198,140 @@ inline absl::StatusOr<retriever::Selection> ReferenceStep(retriever::Selector& s
   return sel.Select(q);
 }
 
+// A backend that passes every call to another (tests derive from it to change one call).
+class ForwardingBackend : public WorkerBackend {
+ public:
+  explicit ForwardingBackend(std::unique_ptr<WorkerBackend> inner) : inner_(std::move(inner)) {}
+  const char* name() const override { return inner_->name(); }
+  absl::Status Init(const PageLayout& l, int q, int32_t s) override {
+    return inner_->Init(l, q, s);
+  }
+  Device device() const override { return inner_->device(); }
+  absl::Status RegisterSource(const uint8_t* b, int64_t n) override {
+    return inner_->RegisterSource(b, n);
+  }
+  absl::Status Gather(absl::Span<const HeadFetch> f, absl::Span<uint8_t> bad) override {
+    return inner_->Gather(f, bad);
+  }
+  absl::Status WriteTokens(const TensorView& k, const TensorView& v, absl::Span<const int32_t> s,
+                           absl::Span<const int32_t> p) override {
+    return inner_->WriteTokens(k, v, s, p);
+  }
+  absl::Status WriteHeads(absl::Span<const HeadSlot> d, absl::Span<const uint8_t> b) override {
+    return inner_->WriteHeads(d, b);
+  }
+  absl::Status ReadHeads(absl::Span<const HeadSlot> s, absl::Span<uint8_t> b) override {
+    return inner_->ReadHeads(s, b);
+  }
+  absl::Status CopyHeads(absl::Span<const HeadSlot> s, absl::Span<const HeadSlot> d) override {
+    return inner_->CopyHeads(s, d);
+  }
+  absl::Status AssemblePages(const TensorView& k, const TensorView& v,
+                             absl::Span<const int64_t> offsets,
+                             absl::Span<uint64_t> sums) override {
+    return inner_->AssemblePages(k, v, offsets, sums);
+  }
+  absl::Status AttendPrefill(const TensorView& q, const kernels::PageTable& t, const PrefillMask& m,
+                             const TensorView& o) override {
+    return inner_->AttendPrefill(q, t, m, o);
+  }
+  absl::Status Attend(const TensorView& q, const kernels::PageTable& t,
+                      const TensorView& o) override {
+    return inner_->Attend(q, t, o);
+  }
+  absl::Status ScorePages(const TensorView& q, absl::Span<const int32_t> ip,
+                          absl::Span<const int32_t> sl, absl::Span<const int32_t> len,
+                          kernels::GroupReduce r, absl::Span<float> mass) override {
+    return inner_->ScorePages(q, ip, sl, len, r, mass);
+  }
+  absl::Status AttendBestByMass(const TensorView& q, const MassAttendRequest& req, int tag,
+                                const TensorView& o) override {
+    return inner_->AttendBestByMass(q, req, tag, o);
+  }
+  void DropSlotList(int64_t id) override { inner_->DropSlotList(id); }
+  absl::StatusOr<absl::Span<const int32_t>> FinishChoices(int tag) override {
+    return inner_->FinishChoices(tag);
+  }
+  absl::Status CopyToHost(const TensorView& t, absl::Span<uint16_t> out) override {
+    return inner_->CopyToHost(t, out);
+  }
+  absl::Status StartCopyToHost(const TensorView& t, int tag) override {
+    return inner_->StartCopyToHost(t, tag);
+  }
+  absl::StatusOr<absl::Span<const uint16_t>> FinishCopyToHost(int tag) override {
+    return inner_->FinishCopyToHost(tag);
+  }
+  absl::Status StartReadHeads(absl::Span<const HeadSlot> s, int tag) override {
+    return inner_->StartReadHeads(s, tag);
+  }
+  absl::Status InitSummaries(int64_t n) override { return inner_->InitSummaries(n); }
+  absl::Status WriteSummaries(absl::Span<const int32_t> s, absl::Span<const uint16_t> mn,
+                              absl::Span<const uint16_t> mx, absl::Span<const int32_t> c) override {
+    return inner_->WriteSummaries(s, mn, mx, c);
+  }
+  absl::Status UpdateSummaries(absl::Span<const int32_t> s, absl::Span<const int32_t> p,
+                               absl::Span<const int32_t> o, absl::Span<const int32_t> n) override {
+    return inner_->UpdateSummaries(s, p, o, n);
+  }
+  absl::Status CopySummaries(absl::Span<const int32_t> s, absl::Span<const int32_t> d) override {
+    return inner_->CopySummaries(s, d);
+  }
+  absl::Status SummarizeTokens(const TensorView& k, absl::Span<const int32_t> s) override {
+    return inner_->SummarizeTokens(k, s);
+  }
+  absl::Status SelectQuest(const TensorView& q, const QuestRequest& r, std::vector<int32_t>& ip,
+                           std::vector<int32_t>& ix) override {
+    return inner_->SelectQuest(q, r, ip, ix);
+  }
+  absl::Status KMeans(const kernels::KMeansParams& p, int iterations) override {
+    return inner_->KMeans(p, iterations);
+  }
+  absl::StatusOr<uint64_t> StageLayers(absl::Span<const StagedLayer> layers) override {
+    return inner_->StageLayers(layers);
+  }
+  absl::Status AttendStaged(int layer, const TensorView& q, const TensorView& k,
+                            const TensorView& v, const TensorView& o) override {
+    return inner_->AttendStaged(layer, q, k, v, o);
+  }
+  absl::Status Sync() override { return inner_->Sync(); }
+
+ protected:
+  std::unique_ptr<WorkerBackend> inner_;
+};
+
+// What a CUDA graph does, on the CPU: while `capturing`, AttendStaged calls are recorded, not run
+// (a stream capture runs nothing); Launch runs the recorded calls again, with the same tensors
+// and whatever the backend has staged by then. A worker whose staged Attend left host work
+// undone, or whose staging missed something a layer needs, gives other outputs under replay.
+class ReplayBackend final : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  absl::Status AttendStaged(int layer, const TensorView& q, const TensorView& k,
+                            const TensorView& v, const TensorView& o) override {
+    if (!capturing) return inner_->AttendStaged(layer, q, k, v, o);
+    graph_.push_back({layer, q, k, v, o});
+    return absl::OkStatus();
+  }
+  void BeginCapture() {
+    graph_.clear();
+    capturing = true;
+  }
+  absl::Status Launch() {
+    for (const Call& c : graph_) {
+      if (absl::Status s = inner_->AttendStaged(c.layer, c.q, c.k, c.v, c.o); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  bool capturing = false;
+
+ private:
+  struct Call {
+    int layer;
+    TensorView q, k, v, o;
+  };
+  std::vector<Call> graph_;
+};
+
 // Drives a worker and keeps every sequence's token ids (the shadow model's input).
 class Driver {
  public:
@@ -237,6 +372,13 @@ class Driver {
   }
   void Truncated(SequenceId id, int64_t n) { toks_[id].resize(n); }
 
+  // Runs capturable steps as an engine with CUDA graphs would (over ReplayBackend): the first
+  // one of a graph_key is captured (its Attend calls recorded) and launched, later ones replayed
+  // (Replayed instead of Attend). The layers' tensors then live in fixed buffers.
+  void UseGraphs(ReplayBackend* graphs) { graphs_ = graphs; }
+  int captures() const { return captures_; }
+  int replays() const { return replays_; }
+
   // One step for `ids` with new tokens `next`; outputs per layer [B, kQ, kDim].
   absl::StatusOr<WorkerStepStats> Step(const std::vector<SequenceId>& ids,
                                        const std::vector<int32_t>& next,
@@ -246,25 +388,50 @@ class Driver {
     const int64_t B = static_cast<int64_t>(ids.size());
     for (size_t b = 0; b < ids.size(); ++b) toks_[ids[b]].push_back(next[b]);
     if (outs != nullptr) outs->assign(kLayers, {});
-    for (int l = 0; l < kLayers; ++l) {
-      std::vector<uint16_t> q, k, v, o(B * kQ * kDim, 0xffff);
-      for (SequenceId id : ids) {
-        const auto& t = toks_[id];
+    bufs_.resize(kLayers);
+    for (int l = 0; l < kLayers; ++l) {  // the engine's tensors of every layer, in place
+      Tensors& x = bufs_[l];
+      x.q.resize(B * kQ * kDim);
+      x.k.resize(B * kKv * kDim);
+      x.v.resize(B * kKv * kDim);
+      x.o.assign(B * kQ * kDim, 0xffff);
+      for (int64_t b = 0; b < B; ++b) {
+        const auto& t = toks_[ids[b]];
         const int64_t pos = static_cast<int64_t>(t.size()) - 1;
         for (int h = 0; h < kQ; ++h) {
-          for (int d = 0; d < kDim; ++d) q.push_back(Q(l, pos, t[pos], h, d));
+          for (int d = 0; d < kDim; ++d) x.q[(b * kQ + h) * kDim + d] = Q(l, pos, t[pos], h, d);
         }
         std::vector<uint16_t> kr = Rows(0, l, t, pos, 1), vr = Rows(1, l, t, pos, 1);
-        k.insert(k.end(), kr.begin(), kr.end());
-        v.insert(v.end(), vr.begin(), vr.end());
+        std::copy(kr.begin(), kr.end(), x.k.begin() + b * kKv * kDim);
+        std::copy(vr.begin(), vr.end(), x.v.begin() + b * kKv * kDim);
       }
-      absl::Status s =
-          w_->Attend(*plan, l, TensorView::Contiguous(q.data(), DType::kFp16, {B, kQ, kDim}),
-                     TensorView::Contiguous(k.data(), DType::kFp16, {B, kKv, kDim}),
-                     TensorView::Contiguous(v.data(), DType::kFp16, {B, kKv, kDim}),
-                     TensorView::Contiguous(o.data(), DType::kFp16, {B, kQ, kDim}));
-      if (!s.ok()) return s;
-      if (outs != nullptr) (*outs)[l] = o;
+    }
+    const bool graph = graphs_ != nullptr && plan->capturable;
+    if (graph && captured_ && plan->graph_key == graph_key_) {
+      if (absl::Status s = graphs_->Launch(); !s.ok()) return s;
+      if (absl::Status s = w_->Replayed(*plan); !s.ok()) return s;
+      ++replays_;
+    } else {
+      if (graph) graphs_->BeginCapture();
+      for (int l = 0; l < kLayers; ++l) {
+        Tensors& x = bufs_[l];
+        absl::Status s =
+            w_->Attend(*plan, l, TensorView::Contiguous(x.q.data(), DType::kFp16, {B, kQ, kDim}),
+                       TensorView::Contiguous(x.k.data(), DType::kFp16, {B, kKv, kDim}),
+                       TensorView::Contiguous(x.v.data(), DType::kFp16, {B, kKv, kDim}),
+                       TensorView::Contiguous(x.o.data(), DType::kFp16, {B, kQ, kDim}));
+        if (!s.ok()) return s;
+      }
+      if (graph) {
+        graphs_->capturing = false;
+        captured_ = true;
+        graph_key_ = plan->graph_key;
+        ++captures_;
+        if (absl::Status s = graphs_->Launch(); !s.ok()) return s;
+      }
+    }
+    if (outs != nullptr) {
+      for (int l = 0; l < kLayers; ++l) (*outs)[l] = bufs_[l].o;
     }
     return w_->Finish(*plan);
   }
@@ -296,6 +463,14 @@ class Driver {
  private:
   DecodeWorker* w_;
   std::map<SequenceId, std::vector<int32_t>> toks_;
+  struct Tensors {
+    std::vector<uint16_t> q, k, v, o;
+  };
+  std::vector<Tensors> bufs_;  // per layer (a replay reads the captured ones' addresses)
+  ReplayBackend* graphs_ = nullptr;
+  bool captured_ = false;
+  uint64_t graph_key_ = 0;
+  int captures_ = 0, replays_ = 0;
 };
 
 inline constexpr double kTol = 2e-3;  // fp16 output rounding of values in [-1, 1]

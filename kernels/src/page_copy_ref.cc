@@ -38,8 +38,13 @@ absl::Status ScatterPagesReference(const PageCopyParams& p) {
 
 absl::Status WriteTokenRowsReference(const TokenRowsParams& p) {
   if (auto s = internal::ValidateTokenRowsShape(p); !s.ok()) return s;
-  std::vector<int32_t> rows(p.k_rows, p.k_rows + p.num_rows);
-  rows.insert(rows.end(), p.v_rows, p.v_rows + p.num_rows);
+  std::vector<int32_t> rows;
+  if (p.rows != nullptr) {
+    rows.assign(p.rows, p.rows + 2 * static_cast<int64_t>(p.num_rows));
+  } else {
+    rows.assign(p.k_rows, p.k_rows + p.num_rows);
+    rows.insert(rows.end(), p.v_rows, p.v_rows + p.num_rows);
+  }
   if (auto s = internal::ValidatePageIdsHost(rows.data(), static_cast<int64_t>(rows.size()),
                                              p.pool_rows, "token rows");
       !s.ok()) {
@@ -52,8 +57,8 @@ absl::Status WriteTokenRowsReference(const TokenRowsParams& p) {
   }
   const size_t n = static_cast<size_t>(p.row_bytes);
   for (int32_t i = 0; i < p.num_rows; ++i) {
-    std::memcpy(p.pool + p.k_rows[i] * p.row_bytes, p.k + i * p.row_bytes, n);
-    std::memcpy(p.pool + p.v_rows[i] * p.row_bytes, p.v + i * p.row_bytes, n);
+    std::memcpy(p.pool + int64_t{rows[i]} * p.row_bytes, p.k + i * p.row_bytes, n);
+    std::memcpy(p.pool + int64_t{rows[p.num_rows + i]} * p.row_bytes, p.v + i * p.row_bytes, n);
   }
   return absl::OkStatus();
 }

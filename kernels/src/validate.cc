@@ -130,8 +130,8 @@ absl::Status ValidateTokenRowsShape(const TokenRowsParams& p) {
   if (p.pool_rows <= 0 || p.row_bytes <= 0) {
     return Bad("token rows", "need pool_rows > 0 and row_bytes > 0");
   }
-  if (p.num_rows < 0 || p.num_rows > kMaxTokenRows) {
-    return Bad("token rows", "num_rows must be in [0, kMaxTokenRows]");
+  if (p.num_rows < 0 || (p.rows == nullptr && p.num_rows > kMaxTokenRows)) {
+    return Bad("token rows", "num_rows must be in [0, kMaxTokenRows] without a rows array");
   }
   if (p.num_rows > 0 && (p.pool == nullptr || p.k == nullptr || p.v == nullptr)) {
     return Bad("token rows", "null pool, k or v");

@@ -1,6 +1,6 @@
 // Page gather / scatter between a slot pool and a contiguous staging buffer: one block per page,
 // 16-byte copies when everything is 16-byte aligned; and the decode worker's token rows (K and V
-// of new tokens into their pool rows, the row ids in the launch's parameters).
+// of new tokens into their pool rows, the row ids in the launch's parameters or device memory).
 #include "common.cuh"
 #include "pagoda/kernels/cuda.h"
 #include "validate.h"
@@ -49,7 +49,9 @@ __global__ void __launch_bounds__(kRowThreads)
   const bool is_v = threadIdx.x >= kRowThreads / 2;
   const int64_t words = p.row_bytes / static_cast<int64_t>(sizeof(Word));
   const Word* src = reinterpret_cast<const Word*>((is_v ? p.v : p.k) + i * p.row_bytes);
-  Word* dst = reinterpret_cast<Word*>(p.pool + (is_v ? p.v_rows[i] : p.k_rows[i]) * p.row_bytes);
+  const int32_t row =
+      p.rows != nullptr ? p.rows[is_v ? p.num_rows + i : i] : (is_v ? p.v_rows[i] : p.k_rows[i]);
+  Word* dst = reinterpret_cast<Word*>(p.pool + int64_t{row} * p.row_bytes);
   for (int64_t w = threadIdx.x % (kRowThreads / 2); w < words; w += kRowThreads / 2) {
     dst[w] = src[w];
   }

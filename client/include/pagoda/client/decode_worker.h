@@ -11,6 +11,7 @@
 //     auto plan = *w->Plan(ids, new_token_ids);       // once per step, for the batch
 //     for layer: w->Attend(plan, layer, q, k, v, o);  // q [B, q_heads, d], k/v [B, kv_heads, d]
 //     auto stats = *w->Finish(plan);                  // per-sequence status, phase times
+//   (a step between retrievals may be captured in a CUDA graph and replayed: StepPlan::capturable)
 //   a diffusion LM's block (DiffusionSession is this, for host spans):
 //     w->AttendBlock(seq.id, layer, q, k, v, o);      // N queries: the context + the block
 //     w->Extend(seq.id, block_ids);                   // then per layer:
@@ -200,10 +201,23 @@ struct OpenedSequence {
   int64_t cached_tokens = 0;
 };
 
-// A step's batch, from Plan. Opaque to the caller.
+// A step's batch, from Plan.
 struct StepPlan {
   uint64_t id = 0;
   std::vector<SequenceId> sequences;
+  // The step was planned whole (a staged step): no (sequence, layer) of it retrieves, and Plan
+  // already did every layer's host work (appends, rows, pool slots, fetches, page tables). Each
+  // Attend then only enqueues the layer's work on the backend's stream, reading buffers the
+  // backend keeps (WorkerBackend::AttendStaged): no host sync, no host work. So the engine may
+  // capture its layer loop in a CUDA graph while calling Attend (capturing runs nothing: launch
+  // the graph after) and, at a later capturable step with the same graph_key, replay that graph
+  // instead of calling Attend, then call Replayed. The graph bakes in the tensors' addresses
+  // (q / k / v / o of every layer must be the same buffers, contiguous) and the batch size; a new
+  // graph_key means buffers moved or the batch changed: capture again. Quest only (its selection
+  // runs on the backend), with the boundary trigger (otherwise every step retrieves) or a budget
+  // covering the context, and a pool that holds every layer's pages of the step at once.
+  bool capturable = false;
+  uint64_t graph_key = 0;
 };
 
 // What one step did, all layers. Bytes are head-page bytes.
@@ -331,6 +345,12 @@ class DecodeWorker {
   // o [B, q_heads, d] (written). B is the plan's batch, in its order. Each layer once per step.
   absl::Status Attend(const StepPlan& plan, int layer, const TensorView& q, const TensorView& k,
                       const TensorView& v, const TensorView& o);
+
+  // A capturable step (StepPlan::capturable) whose layers ran by a replay of a graph captured
+  // from the Attend calls of an earlier capturable step with the same graph_key: every layer
+  // counts as attended. FailedPrecondition for a step that is not capturable or whose layers
+  // were attended; InvalidArgument for another plan.
+  absl::Status Replayed(const StepPlan& plan);
 
   // Ends the step: every layer must have been attended. Waits for the step's commits.
   absl::StatusOr<WorkerStepStats> Finish(const StepPlan& plan);

@@ -87,6 +87,26 @@ struct MassAttendRequest {
   std::vector<std::pair<TensorView, int>> host_copies;
 };
 
+// One layer of a staged step (DecodeWorker's capturable steps): everything the layer's work needs
+// besides its tensors, known before the layer loop. StageLayers uploads a step's layers into
+// buffers the backend owns; AttendStaged then enqueues the layer's work reading only those, so a
+// CUDA graph captured from AttendStaged calls replays correctly after a later StageLayers of the
+// same staging generation. Host arrays; batch B = token_pos.size():
+//  - the new tokens (as WriteTokens): row b of k / v goes to slot token_slots[b * kv_heads + h] of
+//    head h, position token_pos[b];
+//  - summaries (as UpdateSummaries, over those slots; empty: none): update b folds positions
+//    [fold_from[b], fold_to[b]) into summary slot sum_slots[b];
+//  - attention (as Attend): the table's B * kv_heads rows (indptr, indices, last_page_len);
+//  - q_tag >= 0: q is copied for the host under that copy tag after the attention (as
+//    StartCopyToHost; FinishCopyToHost(q_tag) reads it once the stream got there — after a graph
+//    replay, the caller syncs first).
+struct StagedLayer {
+  std::vector<int32_t> token_slots, token_pos;
+  std::vector<int32_t> sum_slots, fold_from, fold_to;
+  std::vector<int32_t> indptr, indices, last_page_len;
+  int q_tag = -1;
+};
+
 // Which KV heads of a prefill chunk are streaming heads (LServe's Lambda mask) and their shape.
 struct PrefillMask {
   absl::Span<const uint8_t> streaming;  // [kv_heads]; empty: every head dense
@@ -249,6 +269,23 @@ class WorkerBackend {
   // reference; the CUDA backend the k-means kernels (results may differ from the reference's by
   // rounding). InvalidArgument for params the reference refuses or another head_dim / dtype.
   virtual absl::Status KMeans(const kernels::KMeansParams& params, int iterations) = 0;
+
+  // Stages one step's layers (StagedLayer; layers[l] is what AttendStaged(l, ...) runs), replacing
+  // the last staging. Returns the staging generation: it changes whenever what AttendStaged
+  // enqueues would read other buffers or launch differently (another batch size or layer count,
+  // buffers grown) — a graph captured under an earlier generation must be captured again; one
+  // captured under this generation stays valid for every later staging that returns it.
+  // InvalidArgument / OutOfRange (nothing staged) for arrays that disagree with each other or
+  // the pool (as WriteTokens', UpdateSummaries' and Attend's checks). On CUDA it waits for the
+  // last staging's upload, then enqueues one upload on the stream.
+  virtual absl::StatusOr<uint64_t> StageLayers(absl::Span<const StagedLayer> layers) = 0;
+  // Layer `layer` of the staged step: q [B, q_heads, d] -> o, k / v [B, kv_heads, d] of the new
+  // tokens (the backend's device and dtype; contiguous on CUDA). Enqueues the token write, the
+  // summary fold, the attention and q's copy, in that order, and nothing else: no host sync, no
+  // host work a replay would miss. InvalidArgument (nothing enqueued) for shapes, a layer not
+  // staged, or nothing staged.
+  virtual absl::Status AttendStaged(int layer, const TensorView& q, const TensorView& k,
+                                    const TensorView& v, const TensorView& o) = 0;
 
   // Waits for everything enqueued (no-op on the CPU backend).
   virtual absl::Status Sync() = 0;

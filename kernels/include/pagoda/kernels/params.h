@@ -312,7 +312,9 @@ struct PageCopyParams {
 // to pool row v_rows[i], for i < num_rows (the pool as pool_rows rows of row_bytes each; k and v
 // hold num_rows rows of row_bytes each, contiguous). Destinations are in range and all distinct
 // (k's and v's together). The row ids travel inside the parameters (no upload before the copy),
-// so a call takes at most kMaxTokenRows rows; a caller with more splits them over calls.
+// so a call takes at most kMaxTokenRows rows; a caller with more splits them over calls. Or they
+// are read from `rows` (the kernel's memory: k's num_rows rows, then v's), any number of them: a
+// launch whose parameters stay the same while the ids change (a captured CUDA graph).
 inline constexpr int32_t kMaxTokenRows = 128;
 struct TokenRowsParams {
   uint8_t* pool = nullptr;
@@ -320,9 +322,10 @@ struct TokenRowsParams {
   int64_t row_bytes = 0;
   const uint8_t* k = nullptr;
   const uint8_t* v = nullptr;
-  int32_t num_rows = 0;  // 0 .. kMaxTokenRows
+  int32_t num_rows = 0;  // 0 .. kMaxTokenRows, any >= 0 with `rows`
   int32_t k_rows[kMaxTokenRows] = {};
   int32_t v_rows[kMaxTokenRows] = {};
+  const int32_t* rows = nullptr;  // [2 * num_rows] when set; then k_rows / v_rows are unused
 };
 
 // Gather of head-pages into a head-granular pool, verified while copying (the decode worker's
