@@ -346,7 +346,8 @@ TEST(CudaWorkerBackendTest, CapturedStepsReplayLikeAttendedOnes) {
       } else if (graph) {
         if (exec != nullptr) cudaGraphExecDestroy(exec);
         cudaGraph_t captured = nullptr;
-        ASSERT_EQ(cudaStreamBeginCapture(streams[i], cudaStreamCaptureModeThreadLocal), cudaSuccess);
+        ASSERT_EQ(cudaStreamBeginCapture(streams[i], cudaStreamCaptureModeThreadLocal),
+                  cudaSuccess);
         attend_all();
         ASSERT_EQ(cudaStreamEndCapture(streams[i], &captured), cudaSuccess);
         ASSERT_EQ(cudaGraphInstantiate(&exec, captured, 0), cudaSuccess);
