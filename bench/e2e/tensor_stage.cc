@@ -27,9 +27,10 @@ class HostStage final : public TensorStage {
 
 absl::StatusOr<std::unique_ptr<TensorStage>> MakeCudaTensorStage(int device_index);
 
-absl::StatusOr<std::unique_ptr<WorkerBackend>> MakeWorkerBackend(const std::string& name) {
+absl::StatusOr<std::unique_ptr<WorkerBackend>> MakeWorkerBackend(const std::string& name,
+                                                                 void* stream) {
   if (name == "cpu") return MakeCpuWorkerBackend();
-  if (name == "cuda") return MakeCudaWorkerBackend();
+  if (name == "cuda") return MakeCudaWorkerBackend({0, stream});
   return absl::InvalidArgumentError("backend must be cpu or cuda, not " + name);
 }
 

@@ -7,6 +7,7 @@
 #define PAGODA_BENCH_E2E_TENSOR_STAGE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -29,9 +30,24 @@ class TensorStage {
   virtual absl::Status Back(const TensorView& view, uint16_t* host) = 0;
 };
 
-// The worker backend a benchmark's --backend names: "cpu", or "cuda" (device 0; Unavailable
-// without CUDA or a device). InvalidArgument for another name.
-absl::StatusOr<std::unique_ptr<WorkerBackend>> MakeWorkerBackend(const std::string& name);
+// The worker backend a benchmark's --backend names: "cpu", or "cuda" (device 0, on `stream`, a
+// cudaStream_t; null: the legacy default stream; Unavailable without CUDA or a device).
+// InvalidArgument for another name.
+absl::StatusOr<std::unique_ptr<WorkerBackend>> MakeWorkerBackend(const std::string& name,
+                                                                 void* stream = nullptr);
+
+// A CUDA graph of one decode step's layer loop (StepPlan::capturable), on its own stream (give
+// stream() to the backend): Capture runs `layers` (the step's Attend calls) under a stream
+// capture, instantiates what they enqueued and launches it; Launch replays it. Unavailable
+// without CUDA.
+class StepGraph {
+ public:
+  virtual ~StepGraph() = default;
+  virtual void* stream() const = 0;
+  virtual absl::Status Capture(const std::function<absl::Status()>& layers) = 0;
+  virtual absl::Status Launch() = 0;
+};
+absl::StatusOr<std::unique_ptr<StepGraph>> MakeStepGraph();
 
 // Device::kCpu always works; kCuda is Unavailable without CUDA in the build.
 absl::StatusOr<std::unique_ptr<TensorStage>> MakeTensorStage(Device device, int device_index = 0);

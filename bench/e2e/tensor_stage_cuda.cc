@@ -73,4 +73,49 @@ absl::StatusOr<std::unique_ptr<TensorStage>> MakeCudaTensorStage(int device_inde
   return std::make_unique<CudaStage>(device_index);
 }
 
+namespace {
+
+class CudaStepGraph final : public StepGraph {
+ public:
+  ~CudaStepGraph() override {
+    if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+  absl::Status Init() {
+    return Cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream");
+  }
+  void* stream() const override { return stream_; }
+  absl::Status Capture(const std::function<absl::Status()>& layers) override {
+    if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+    exec_ = nullptr;
+    if (absl::Status s =
+            Cuda(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "capture");
+        !s.ok()) {
+      return s;
+    }
+    const absl::Status ran = layers();
+    cudaGraph_t graph = nullptr;
+    const absl::Status ended = Cuda(cudaStreamEndCapture(stream_, &graph), "end capture");
+    if (!ran.ok()) return ran;
+    if (!ended.ok()) return ended;
+    const absl::Status made = Cuda(cudaGraphInstantiate(&exec_, graph, 0), "instantiate");
+    cudaGraphDestroy(graph);
+    if (!made.ok()) return made;
+    return Launch();
+  }
+  absl::Status Launch() override { return Cuda(cudaGraphLaunch(exec_, stream_), "launch"); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<StepGraph>> MakeStepGraph() {
+  auto g = std::make_unique<CudaStepGraph>();
+  if (absl::Status s = g->Init(); !s.ok()) return s;
+  return g;
+}
+
 }  // namespace pagoda::bench

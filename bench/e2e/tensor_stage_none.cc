@@ -7,4 +7,8 @@ absl::StatusOr<std::unique_ptr<TensorStage>> MakeCudaTensorStage(int device_inde
   return absl::UnavailableError("tensor stage: built without CUDA");
 }
 
+absl::StatusOr<std::unique_ptr<StepGraph>> MakeStepGraph() {
+  return absl::UnavailableError("CUDA graphs: built without CUDA");
+}
+
 }  // namespace pagoda::bench

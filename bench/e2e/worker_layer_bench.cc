@@ -55,6 +55,8 @@ struct Args {
   int steps = 20;
   int warmup = 3;
   bool trigger = false;
+  // Capturable steps (quest between retrievals) captured in a CUDA graph and replayed.
+  bool graphs = false;
   float threshold = 0.9f;
   bool trigger_late = true;    // louiskv: selector.trigger_late (q / k read back a step late)
   bool retrieve_late = false;  // louiskv: selector.retrieve_late (every step after the first late)
@@ -153,7 +155,16 @@ int RunCase(const Args& a, int64_t ctx, int B,
     o.streaming_sink_pages = 64 / kP;
     o.streaming_window_pages = 1024 / kP;
   }
-  auto made = bench::MakeWorkerBackend(a.backend);
+  std::unique_ptr<bench::StepGraph> graph;
+  if (a.graphs) {
+    auto g = bench::MakeStepGraph();
+    if (!g.ok()) {
+      std::fprintf(stderr, "graphs: %s\n", g.status().ToString().c_str());
+      return 1;
+    }
+    graph = std::move(*g);
+  }
+  auto made = bench::MakeWorkerBackend(a.backend, graph != nullptr ? graph->stream() : nullptr);
   if (!made.ok()) {
     std::fprintf(stderr, "backend: %s\n", made.status().ToString().c_str());
     return 1;
@@ -246,7 +257,9 @@ int RunCase(const Args& a, int64_t ctx, int B,
   std::vector<std::vector<uint16_t>> o_h(L, std::vector<uint16_t>(qf.size()));
   std::vector<double> step_s, host_s, ph[6], split[3];
   double fetched = 0, attended = 0, retrievals = 0, late = 0;
-  int failures = 0;
+  int failures = 0, captures = 0, replays = 0;
+  bool captured = false;
+  uint64_t graph_key = 0;
   for (int s = 0; s < a.warmup + a.steps; ++s) {
     for (size_t i = 0; i < qf.size(); ++i) {
       qf[i] = qf[i] * std::sqrt(1 - a.drift * a.drift) + a.drift * nd(rng);
@@ -288,7 +301,23 @@ int RunCase(const Args& a, int64_t ctx, int B,
       std::fprintf(stderr, "plan: %s\n", plan.status().ToString().c_str());
       return 1;
     }
-    for (int l = 0; l < L && as.ok(); ++l) as = w.Attend(*plan, l, qd[l], kd[l], vd[l], od[l]);
+    auto layers = [&] {
+      absl::Status r;
+      for (int l = 0; l < L && r.ok(); ++l) r = w.Attend(*plan, l, qd[l], kd[l], vd[l], od[l]);
+      return r;
+    };
+    if (graph != nullptr && plan->capturable && captured && plan->graph_key == graph_key) {
+      as = graph->Launch();  // the step's layers: one launch, no host work
+      if (as.ok()) as = w.Replayed(*plan);
+      ++replays;
+    } else if (graph != nullptr && plan->capturable) {
+      as = graph->Capture(layers);
+      captured = as.ok();
+      graph_key = plan->graph_key;
+      ++captures;
+    } else {
+      as = layers();
+    }
     if (!as.ok()) {
       std::fprintf(stderr, "attend: %s\n", as.ToString().c_str());
       return 1;
@@ -342,6 +371,10 @@ int RunCase(const Args& a, int64_t ctx, int B,
     std::printf("- | - |");
   }
   std::printf(" %.1f s | %d | %.2f |\n", prefill_s, failures, late / (a.steps * L * B));
+  if (graph != nullptr) {
+    std::printf("CUDA graphs: %d captured, %d replayed (of %d steps)\n", captures, replays,
+                a.warmup + a.steps);
+  }
   std::printf(
       "fetch per layer-step, ms: resolve slots %.3f, store leases %.3f, gather + wait %.3f\n",
       Median(split[0]) * 1e3, Median(split[1]) * 1e3, Median(split[2]) * 1e3);
@@ -422,6 +455,8 @@ int main(int argc, char** argv) {
   app.add_option("--steps", a.steps, "measured steps")->check(CLI::Range(1, 100000));
   app.add_option("--warmup", a.warmup, "unmeasured first steps")->check(CLI::Range(0, 1000));
   app.add_flag("--trigger", a.trigger, "boundary trigger (selections reused while it holds)");
+  app.add_flag("--graphs", a.graphs,
+               "capture capturable steps (quest between retrievals) in a CUDA graph, replay them");
   app.add_option("--threshold", a.threshold, "trigger threshold");
   app.add_option("--retrieve-late", a.retrieve_late,
                  "louiskv with --trigger-late 1: retrievals take effect a step after the trigger "

@@ -515,10 +515,11 @@ class CpuWorkerBackend final : public WorkerBackend {
 
  private:
   static kernels::PageTable StagedTable(const StagedLayer& x) {
+    static constexpr int32_t kNone = 0;  // an all-empty table still has an array
     kernels::PageTable t;
     t.num_rows = static_cast<int32_t>(x.last_page_len.size());
     t.indptr = x.indptr.data();
-    t.indices = x.indices.data();
+    t.indices = x.indices.empty() ? &kNone : x.indices.data();
     t.last_page_len = x.last_page_len.data();
     return t;
   }
