@@ -157,6 +157,10 @@ class PyDecodeWorker {
     Call([&] { return worker_->Attend(plan, layer, hq.view, hk.view, hv.view, ho.view); });
   }
 
+  void Replayed(const StepPlan& plan) {
+    Call([&] { return worker_->Replayed(plan); });
+  }
+
   WorkerStepStats Finish(const StepPlan& plan) {
     return Call([&] { return worker_->Finish(plan); });
   }
@@ -320,7 +324,15 @@ void RegisterDecodeWorker(py::module_& m) {
       });
   py::class_<StepPlan>(m, "StepPlan", "One planned decode step (DecodeWorker.plan). Opaque.")
       .def_readonly("id", &StepPlan::id)
-      .def_readonly("sequences", &StepPlan::sequences, "The batch, in row order.");
+      .def_readonly("sequences", &StepPlan::sequences, "The batch, in row order.")
+      .def_readonly("capturable", &StepPlan::capturable,
+                    "Planned whole: attend only enqueues device work, so the layer loop may be "
+                    "captured in a CUDA graph (torch.cuda.graph) and, at a later capturable step "
+                    "with the same graph_key, replayed (then call replayed). Same tensors each "
+                    "time, contiguous.")
+      .def_readonly("graph_key", &StepPlan::graph_key,
+                    "Which captured graph a capturable step may replay: a new key means capture "
+                    "again.");
   py::class_<WorkerStepStats>(m, "StepStats",
                               "What one step did, all layers (DecodeWorker.finish).")
       .def_property_readonly(
@@ -428,6 +440,11 @@ void RegisterDecodeWorker(py::module_& m) {
            "head_dim] of the new tokens; writes out [B, q_heads, head_dim] in place. B is the "
            "plan's batch in its order; each layer once per step. The last axis must be "
            "contiguous.")
+      .def("replayed", &PyDecodeWorker::Replayed, py::arg("plan"),
+           "A capturable step whose layers ran by replaying a graph captured from an earlier "
+           "capturable step's attend calls (same graph_key): every layer counts as attended. "
+           "StatusError FAILED_PRECONDITION for a step that is not capturable or whose layers "
+           "were attended.")
       .def("finish", &PyDecodeWorker::Finish, py::arg("plan"),
            "Ends the step (every layer attended); returns StepStats.")
       .def("flush", &PyDecodeWorker::Flush,

@@ -280,6 +280,31 @@ class DecodeWorkerTensors(unittest.TestCase):
         self.assertTrue(tiers["host"]["present"])
 
 
+    def test_steps_between_retrievals_are_capturable(self):
+        # Quest with a trigger that never fires: after the first step every step is planned
+        # whole; replayed() is for those only, and only before any of their layers ran.
+        _, w = make_worker(self.tmp.name + "/g", budget_tokens=8, boundary_trigger=True,
+                           boundary_threshold=-1.0)  # fmt: skip
+        seq = prefilled(w, list(range(300, 330)))
+        out = torch.zeros(1, Q, D, dtype=torch.half)
+        keys = set()
+        for step in range(6):
+            plan = w.plan([seq], [step])
+            self.assertEqual(plan.capturable, step > 0)
+            if not plan.capturable:
+                with self.assertRaises(pagoda.StatusError) as cm:
+                    w.replayed(plan)
+                self.assertEqual(cm.exception.code, "FAILED_PRECONDITION")
+            else:
+                keys.add(plan.graph_key)
+            for layer in range(LAYERS):
+                q, k, v = step_inputs(1, 40 + step)
+                w.attend(plan, layer, q, k, v, out)
+            with self.assertRaises(pagoda.StatusError):
+                w.replayed(plan)  # its layers ran
+            self.assertTrue(all(s is None for s in w.finish(plan).sequence_status))
+        self.assertEqual(len(keys), 1)  # one batch, one graph
+
 
 class BlocksAndEdits(unittest.TestCase):
     """attend_block / extend / commit_block / truncate (a diffusion LM's block decoding)."""
