@@ -1220,6 +1220,64 @@ TEST(DecodeWorker, CapturedStepsReplayLikeAttendedOnes) {
   EXPECT_EQ(dg.captures() + dg.replays(), capturable);
 }
 
+// An engine's k and v are often slices of one fused QKV projection (tokens further apart than
+// their heads): a capturable step writes them from there as it does from contiguous tensors.
+TEST(DecodeWorker, StagedStepsTakeKAndVSlicedFromAFusedProjection) {
+  TempDir dir;
+  auto store = OpenStore(dir.path());
+  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, 128);
+  o.boundary_trigger = true;
+  o.boundary_threshold = -1.0f;  // never fires: every step after the first is capturable
+  auto wa = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  auto wb = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+  ASSERT_TRUE(wa.ok() && wb.ok());
+  Driver da(wa->get()), db(wb->get());
+  const std::vector<SequenceId> a = {da.Open(Prompt(41, 91)), da.Open(Prompt(35, 92))};
+  const std::vector<SequenceId> b = {db.Open(Prompt(41, 91)), db.Open(Prompt(35, 92))};
+  const int64_t B = 2, W = kQ + 2 * kKv;  // fused rows: q heads, then k, then v
+  int capturable = 0;
+  for (int step = 0; step < 6; ++step) {
+    auto pa = (*wa)->Plan(a, {step, step + 1});
+    auto pb = (*wb)->Plan(b, {step, step + 1});
+    ASSERT_TRUE(pa.ok() && pb.ok());
+    ASSERT_EQ(pa->capturable, pb->capturable);
+    capturable += pb->capturable ? 1 : 0;
+    for (int l = 0; l < kLayers; ++l) {
+      std::vector<uint16_t> fused(B * W * kDim), q, k, v, oa(B * kQ * kDim), ob(oa.size());
+      for (size_t i = 0; i < fused.size(); ++i) {
+        fused[i] = Half(Value(700 + l, step, i, 3));
+      }
+      for (int64_t r = 0; r < B; ++r) {
+        const uint16_t* row = fused.data() + r * W * kDim;
+        q.insert(q.end(), row, row + kQ * kDim);
+        k.insert(k.end(), row + kQ * kDim, row + (kQ + kKv) * kDim);
+        v.insert(v.end(), row + (kQ + kKv) * kDim, row + W * kDim);
+      }
+      auto slice = [&](int first, int heads) {
+        TensorView t =
+            TensorView::Contiguous(fused.data() + first * kDim, DType::kFp16, {B, heads, kDim});
+        t.strides[0] = W * kDim;
+        return t;
+      };
+      ASSERT_TRUE((*wa)
+                      ->Attend(*pa, l,
+                               TensorView::Contiguous(q.data(), DType::kFp16, {B, kQ, kDim}),
+                               TensorView::Contiguous(k.data(), DType::kFp16, {B, kKv, kDim}),
+                               TensorView::Contiguous(v.data(), DType::kFp16, {B, kKv, kDim}),
+                               TensorView::Contiguous(oa.data(), DType::kFp16, {B, kQ, kDim}))
+                      .ok());
+      ASSERT_TRUE((*wb)
+                      ->Attend(*pb, l, slice(0, kQ), slice(kQ, kKv), slice(kQ + kKv, kKv),
+                               TensorView::Contiguous(ob.data(), DType::kFp16, {B, kQ, kDim}))
+                      .ok());
+      ASSERT_EQ(oa, ob) << "step " << step << " layer " << l;
+    }
+    ASSERT_TRUE((*wa)->Finish(*pa).ok());
+    ASSERT_TRUE((*wb)->Finish(*pb).ok());
+  }
+  EXPECT_EQ(capturable, 5);
+}
+
 // Replayed is for a capturable step none of whose layers ran; a capturable step's Attend refuses
 // bad input like any step's, changing nothing, and then takes good input.
 TEST(DecodeWorker, ReplayedAndStagedAttendRefuseMisuse) {

@@ -105,6 +105,27 @@ bool TokenRowsFit(const PoolGeometry& g) {
   return int64_t{g.kv_heads} * g.slots * 2 * g.page_tokens < (int64_t{1} << 31);
 }
 
+bool TokenRowsViewable(const TensorView& t) {
+  return t.ndim == 3 && t.strides[2] == 1 && t.strides[1] == t.shape[2] &&
+         t.strides[0] >= t.shape[1] * t.shape[2];
+}
+
+kernels::TokenRowsParams StagedTokenRows(const PoolGeometry& g, uint8_t* pool, const TensorView& k,
+                                         const TensorView& v, const int32_t* rows) {
+  kernels::TokenRowsParams c;
+  c.pool = pool;
+  c.pool_rows = int64_t{g.kv_heads} * g.slots * 2 * g.page_tokens;
+  c.row_bytes = int64_t{g.head_dim} * 2;
+  c.k = static_cast<const uint8_t*>(k.data);
+  c.v = static_cast<const uint8_t*>(v.data);
+  c.num_rows = static_cast<int32_t>(k.shape[0] * g.kv_heads);
+  c.rows = rows;
+  c.heads_per_token = g.kv_heads;
+  c.k_token_bytes = k.strides[0] * 2;
+  c.v_token_bytes = v.strides[0] * 2;
+  return c;
+}
+
 std::vector<int32_t> TokenRowIds(const PoolGeometry& g, absl::Span<const int32_t> slots,
                                  absl::Span<const int32_t> positions) {
   const int64_t n_rows = static_cast<int64_t>(positions.size()) * g.kv_heads;

@@ -46,6 +46,13 @@ bool Contiguous(const TensorView& t);
 // + page_tokens. For contiguous k and v only, and a pool whose rows fit int32 row ids
 // (TokenRowsFit); callers copy row by row otherwise.
 bool TokenRowsFit(const PoolGeometry& g);
+// k / v [n, kv_heads, head_dim] whose heads' rows are unit-stride and follow each other within a
+// token, tokens any stride apart (slices of a fused QKV projection included).
+bool TokenRowsViewable(const TensorView& t);
+// A token-row write of k / v (TokenRowsViewable) to staged pool row ids `rows` (TokenRowIds'
+// numbering, the kernel's memory): one call for all n x kv_heads rows.
+kernels::TokenRowsParams StagedTokenRows(const PoolGeometry& g, uint8_t* pool, const TensorView& k,
+                                         const TensorView& v, const int32_t* rows);
 // The pool row ids of WriteTokens' arguments (as ForEachTokenRowsCall numbers them): the rows x
 // kv_heads K rows, then as many V rows (kernels::TokenRowsParams::rows).
 std::vector<int32_t> TokenRowIds(const PoolGeometry& g, absl::Span<const int32_t> slots,

@@ -487,17 +487,13 @@ class CpuWorkerBackend final : public WorkerBackend {
     if (absl::Status s = worker_internal::CheckAttend(geo_, Device::kCpu, q, table, o); !s.ok()) {
       return s;
     }
-    if (worker_internal::Contiguous(k) && worker_internal::Contiguous(v) &&
+    if (worker_internal::TokenRowsViewable(k) && worker_internal::TokenRowsViewable(v) &&
         worker_internal::TokenRowsFit(geo_)) {  // the CUDA backend's kernel over staged row ids
-      kernels::TokenRowsParams c;
-      c.pool = pool_.data();
-      c.pool_rows = int64_t{geo_.kv_heads} * geo_.slots * 2 * geo_.page_tokens;
-      c.row_bytes = int64_t{geo_.head_dim} * 2;
-      c.k = static_cast<const uint8_t*>(k.data);
-      c.v = static_cast<const uint8_t*>(v.data);
-      c.num_rows = static_cast<int32_t>(x.token_slots.size());
-      c.rows = token_rows_[layer].data();
-      if (absl::Status s = kernels::WriteTokenRowsReference(c); !s.ok()) return s;
+      if (absl::Status s = kernels::WriteTokenRowsReference(worker_internal::StagedTokenRows(
+              geo_, pool_.data(), k, v, token_rows_[layer].data()));
+          !s.ok()) {
+        return s;
+      }
     } else if (absl::Status s = WriteTokens(k, v, x.token_slots, x.token_pos); !s.ok()) {
       return s;
     }

@@ -415,30 +415,25 @@ class CudaWorkerBackend final : public WorkerBackend {
     }
     const StagedLayer& x = stage_[layer];
     const int64_t B = stage_batch_;
-    for (auto [t, name, heads] :
-         {std::tuple{&q, "q", geo_.q_heads}, std::tuple{&o, "o", geo_.q_heads},
-          std::tuple{&k, "k", geo_.kv_heads}, std::tuple{&v, "v", geo_.kv_heads}}) {
+    // k / v: token rows (any token stride); q / o: contiguous.
+    for (auto [t, name, heads, rows] :
+         {std::tuple{&q, "q", geo_.q_heads, false}, std::tuple{&o, "o", geo_.q_heads, false},
+          std::tuple{&k, "k", geo_.kv_heads, true}, std::tuple{&v, "v", geo_.kv_heads, true}}) {
       if (absl::Status s =
               CheckTensor(*t, name, {B, heads, geo_.head_dim}, geo_.dtype, Device::kCuda);
           !s.ok()) {
         return s;
       }
-      if (!worker_internal::Contiguous(*t)) {
+      if (rows ? !worker_internal::TokenRowsViewable(*t) : !worker_internal::Contiguous(*t)) {
         return absl::InvalidArgumentError(
-            absl::StrCat("a staged step on the CUDA backend needs a contiguous ", name));
+            absl::StrCat("a staged step on the CUDA backend needs ",
+                         rows ? "unit-stride head rows in " : "a contiguous ", name));
       }
     }
     PAGODA_CUDA_RETURN(cudaSetDevice(o_.device), "cudaSetDevice");
     const size_t R = static_cast<size_t>(B) * geo_.kv_heads;
     const int32_t* d = reinterpret_cast<const int32_t*>(stage_buf_.dev) + layer * stage_words_;
-    kernels::TokenRowsParams c;
-    c.pool = pool_;
-    c.pool_rows = int64_t{geo_.kv_heads} * geo_.slots * 2 * geo_.page_tokens;
-    c.row_bytes = int64_t{geo_.head_dim} * 2;
-    c.k = static_cast<const uint8_t*>(k.data);
-    c.v = static_cast<const uint8_t*>(v.data);
-    c.num_rows = static_cast<int32_t>(R);
-    c.rows = d;
+    const kernels::TokenRowsParams c = worker_internal::StagedTokenRows(geo_, pool_, k, v, d);
     if (absl::Status s = kernels::gpu::WriteTokenRows(c, stream_); !s.ok()) return s;
     if (!x.sum_slots.empty()) {
       kernels::SummaryUpdateParams p;

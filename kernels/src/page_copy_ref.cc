@@ -57,8 +57,10 @@ absl::Status WriteTokenRowsReference(const TokenRowsParams& p) {
   }
   const size_t n = static_cast<size_t>(p.row_bytes);
   for (int32_t i = 0; i < p.num_rows; ++i) {
-    std::memcpy(p.pool + int64_t{rows[i]} * p.row_bytes, p.k + i * p.row_bytes, n);
-    std::memcpy(p.pool + int64_t{rows[p.num_rows + i]} * p.row_bytes, p.v + i * p.row_bytes, n);
+    std::memcpy(p.pool + int64_t{rows[i]} * p.row_bytes, p.k + internal::TokenRowOffset(p, i, true),
+                n);
+    std::memcpy(p.pool + int64_t{rows[p.num_rows + i]} * p.row_bytes,
+                p.v + internal::TokenRowOffset(p, i, false), n);
   }
   return absl::OkStatus();
 }

@@ -106,6 +106,49 @@ TEST(TokenRowsRef, WritesEachRowToItsPlaceAndTouchesNothingElse) {
   }
 }
 
+// Row ids from an array (any number of rows: a captured launch's ids live in memory) and sources
+// whose tokens are further apart than their heads' rows (k and v sliced from a fused projection).
+TEST(TokenRowsRef, RowIdArraysAndStridedTokensLandLikeInlineIds) {
+  std::mt19937 rng(5);
+  const int64_t row_bytes = 64, rows = 2000, heads = 4, tokens = 100;  // 400 rows > kMaxTokenRows
+  const int64_t token_bytes = 3 * heads * row_bytes;                   // q, k, v of each token
+  const std::vector<uint8_t> fused = RandomBytes(rng, tokens * token_bytes);
+  std::vector<int32_t> ids(rows);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  const int32_t n = static_cast<int32_t>(tokens * heads);
+  std::vector<int32_t> dst(ids.begin(), ids.begin() + 2 * n);  // k's rows, then v's
+  std::vector<uint8_t> pool = RandomBytes(rng, rows * row_bytes), want = pool;
+  for (int32_t i = 0; i < n; ++i) {
+    const int64_t t = i / heads, h = i % heads;
+    const uint8_t* k = fused.data() + t * token_bytes + (heads + h) * row_bytes;
+    const uint8_t* v = fused.data() + t * token_bytes + (2 * heads + h) * row_bytes;
+    std::copy(k, k + row_bytes, want.begin() + dst[i] * row_bytes);
+    std::copy(v, v + row_bytes, want.begin() + dst[n + i] * row_bytes);
+  }
+  TokenRowsParams p;
+  p.pool = pool.data();
+  p.pool_rows = rows;
+  p.row_bytes = row_bytes;
+  p.k = fused.data() + heads * row_bytes;
+  p.v = fused.data() + 2 * heads * row_bytes;
+  p.num_rows = n;
+  p.rows = dst.data();
+  p.heads_per_token = static_cast<int32_t>(heads);
+  p.k_token_bytes = p.v_token_bytes = token_bytes;
+  TokenRowsParams bad = p;
+  bad.heads_per_token = 3;  // does not divide the rows
+  EXPECT_EQ(WriteTokenRowsReference(bad).code(), absl::StatusCode::kInvalidArgument);
+  bad = p;
+  bad.k_token_bytes = heads * row_bytes - 1;  // tokens overlapping
+  EXPECT_EQ(WriteTokenRowsReference(bad).code(), absl::StatusCode::kInvalidArgument);
+  bad = p;
+  bad.rows = nullptr;  // inline ids hold at most kMaxTokenRows
+  EXPECT_EQ(WriteTokenRowsReference(bad).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(WriteTokenRowsReference(p).ok());
+  EXPECT_EQ(pool, want);
+}
+
 TEST(TokenRowsRef, RejectsBadRowsAndWritesNothing) {
   std::mt19937 rng(4);
   const int64_t row_bytes = 16, rows = 64;

@@ -136,6 +136,13 @@ absl::Status ValidateTokenRowsShape(const TokenRowsParams& p) {
   if (p.num_rows > 0 && (p.pool == nullptr || p.k == nullptr || p.v == nullptr)) {
     return Bad("token rows", "null pool, k or v");
   }
+  if (p.heads_per_token < 0 ||
+      (p.heads_per_token > 0 &&
+       (p.num_rows % p.heads_per_token != 0 || p.k_token_bytes < p.heads_per_token * p.row_bytes ||
+        p.v_token_bytes < p.heads_per_token * p.row_bytes))) {
+    return Bad("token rows",
+               "heads_per_token must divide num_rows, tokens at least heads x row_bytes apart");
+  }
   return absl::OkStatus();
 }
 

@@ -19,6 +19,19 @@ absl::Status ValidateQuestShape(const QuestParams& p);
 absl::Status ValidateKMeansShape(const KMeansParams& p);
 absl::Status ValidatePageCopyShape(const PageCopyParams& p);
 absl::Status ValidateTokenRowsShape(const TokenRowsParams& p);
+// Where row i of k (or v) starts in its source, in bytes (TokenRowsParams::heads_per_token);
+// host and device code.
+#if defined(__CUDACC__)
+#define PAGODA_ROWS_HD __host__ __device__ __forceinline__
+#else
+#define PAGODA_ROWS_HD inline
+#endif
+PAGODA_ROWS_HD int64_t TokenRowOffset(const TokenRowsParams& p, int64_t i, bool k) {
+  if (p.heads_per_token <= 0) return i * p.row_bytes;
+  return (i / p.heads_per_token) * (k ? p.k_token_bytes : p.v_token_bytes) +
+         (i % p.heads_per_token) * p.row_bytes;
+}
+#undef PAGODA_ROWS_HD
 absl::Status ValidateHeadGatherShape(const HeadGatherParams& p);
 // Offsets in [0, src_bytes - half_bytes], heads and slots in range, no (head, slot) twice.
 absl::Status ValidateHeadGatherHost(const HeadGatherParams& p);

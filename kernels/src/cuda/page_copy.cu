@@ -48,7 +48,8 @@ __global__ void __launch_bounds__(kRowThreads)
   const int i = blockIdx.x;
   const bool is_v = threadIdx.x >= kRowThreads / 2;
   const int64_t words = p.row_bytes / static_cast<int64_t>(sizeof(Word));
-  const Word* src = reinterpret_cast<const Word*>((is_v ? p.v : p.k) + i * p.row_bytes);
+  const Word* src = reinterpret_cast<const Word*>((is_v ? p.v : p.k) +
+                                                  kernels::internal::TokenRowOffset(p, i, !is_v));
   const int32_t row =
       p.rows != nullptr ? p.rows[is_v ? p.num_rows + i : i] : (is_v ? p.v_rows[i] : p.k_rows[i]);
   Word* dst = reinterpret_cast<Word*>(p.pool + int64_t{row} * p.row_bytes);
@@ -62,9 +63,11 @@ __global__ void __launch_bounds__(kRowThreads)
 absl::Status WriteTokenRows(const TokenRowsParams& p, cudaStream_t stream) {
   if (auto s = kernels::internal::ValidateTokenRowsShape(p); !s.ok()) return s;
   if (p.num_rows == 0) return absl::OkStatus();
-  const bool wide = ((reinterpret_cast<uintptr_t>(p.pool) | reinterpret_cast<uintptr_t>(p.k) |
-                      reinterpret_cast<uintptr_t>(p.v) | static_cast<uintptr_t>(p.row_bytes)) &
-                     15u) == 0;
+  const bool wide =
+      ((reinterpret_cast<uintptr_t>(p.pool) | reinterpret_cast<uintptr_t>(p.k) |
+        reinterpret_cast<uintptr_t>(p.v) | static_cast<uintptr_t>(p.row_bytes) |
+        static_cast<uintptr_t>(p.k_token_bytes) | static_cast<uintptr_t>(p.v_token_bytes)) &
+       15u) == 0;
   wide ? TokenRowsKernel<uint4><<<p.num_rows, kRowThreads, 0, stream>>>(p)
        : TokenRowsKernel<uint8_t><<<p.num_rows, kRowThreads, 0, stream>>>(p);
   return internal::LaunchStatus("token rows launch");

@@ -326,6 +326,11 @@ struct TokenRowsParams {
   int32_t k_rows[kMaxTokenRows] = {};
   int32_t v_rows[kMaxTokenRows] = {};
   const int32_t* rows = nullptr;  // [2 * num_rows] when set; then k_rows / v_rows are unused
+  // k and v as [tokens, heads_per_token, row] with tokens k_token_bytes / v_token_bytes apart
+  // (slices of a wider tensor, e.g. a fused QKV projection): row i is row i % heads_per_token of
+  // token i / heads_per_token. 0: rows follow each other.
+  int32_t heads_per_token = 0;
+  int64_t k_token_bytes = 0, v_token_bytes = 0;
 };
 
 // Gather of head-pages into a head-granular pool, verified while copying (the decode worker's
