@@ -368,6 +368,14 @@ class DecodeWorker::Impl {
   absl::Status ResolveLayer(int layer, const std::vector<absl::Status>& status,
                             WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
                             std::vector<FetchOrigin>& origins);
+  // Its parts: the head-pages the layer's rows list (their `seen` tables sized), one KV head's
+  // slots into w (safe on distinct heads at once), and the join of head_res_ (InternalError
+  // when a head ran out of slots).
+  int64_t RowHeadPages(int layer, const std::vector<absl::Status>& status);
+  void ResolveRows(int layer, int h, const std::vector<absl::Status>& status, HeadResolve& w);
+  absl::Status JoinLayer(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
+                         std::vector<FetchOrigin>& origins);
+  std::vector<std::vector<HeadResolve>> staged_res_;  // [layer][head]: a staged step's slots
   std::vector<int32_t> indptr_, indices_, last_len_;
   // louiskv's closed-form rows of the layer step in progress (steady_[b]), their scored pages'
   // slots ([b * kv_heads + h]), the request AttendChosen sends, and per layer the sequences whose

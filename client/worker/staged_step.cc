@@ -38,14 +38,19 @@ absl::StatusOr<uint64_t> DecodeWorker::Impl::StageStep() {
   WorkerStepStats& stats = step_stats_;
   std::vector<absl::Status>& status = step_status_;
   ++epoch_;  // one epoch for the step: nothing one layer attends is evicted for another
-  std::vector<StagedLayer> layers(o_.num_layers);
+  const int L = o_.num_layers;
+  std::vector<StagedLayer> layers(L);
   steady_.assign(B, 0);
-  for (int l = 0; l < o_.num_layers; ++l) {
-    StagedLayer& x = layers[l];
-    Clock::time_point t0 = Clock::now();
-    if (absl::Status s = AppendArgs(l, x); !s.ok()) return s;
-    Clock::time_point t1 = Clock::now();
-    stats.append_s += std::chrono::duration<double>(t1 - t0).count();
+  // Appends and rows of every layer, then every layer's slots at once (one task per KV head over
+  // all layers: the heads' sub-pools are independent), then per layer fetches and its table.
+  Clock::time_point t0 = Clock::now();
+  for (int l = 0; l < L; ++l) {
+    if (absl::Status s = AppendArgs(l, layers[l]); !s.ok()) return s;
+  }
+  Clock::time_point t1 = Clock::now();
+  stats.append_s += std::chrono::duration<double>(t1 - t0).count();
+  int64_t head_pages = 0;
+  for (int l = 0; l < L; ++l) {
     for (int64_t b = 0; b < B; ++b) {
       if (!status[b].ok()) continue;
       LayerState& ls = seqs_[plan_seqs_[b]].layers[l];
@@ -56,18 +61,30 @@ absl::StatusOr<uint64_t> DecodeWorker::Impl::StageStep() {
         status[b] = s;
       }
     }
-    Clock::time_point t2 = Clock::now();
-    stats.select_s += std::chrono::duration<double>(t2 - t1).count();
-    const int64_t shared_before = pool_.shared();
+  }
+  for (int l = 0; l < L; ++l) head_pages += RowHeadPages(l, status);
+  Clock::time_point t2 = Clock::now();
+  stats.select_s += std::chrono::duration<double>(t2 - t1).count();
+  staged_res_.resize(L);
+  for (auto& res : staged_res_) res.resize(kv_);
+  const int64_t shared_before = pool_.shared();
+  RunHeads(head_pages, [&](int64_t h) {
+    for (int l = 0; l < L; ++l) ResolveRows(l, static_cast<int>(h), status, staged_res_[l][h]);
+  });
+  stats.shared_head_pages += pool_.shared() - shared_before;
+  for (int l = 0; l < L; ++l) {
+    StagedLayer& x = layers[l];
+    Clock::time_point t3 = Clock::now();
+    head_res_.swap(staged_res_[l]);  // the layer's slots where JoinLayer and BuildTable read them
     std::vector<HeadFetch> fetches;
     std::vector<FetchOrigin> origins;
-    if (absl::Status s = ResolveLayer(l, status, stats, fetches, origins); !s.ok()) return s;
-    stats.shared_head_pages += pool_.shared() - shared_before;
-    const double resolved_in = Since(t2);
+    if (absl::Status s = JoinLayer(stats, fetches, origins); !s.ok()) return s;
+    const double resolved_in = (l == 0 ? Since(t2) : Since(t3));
     stats.fetch_s += resolved_in;
     stats.resolve_s += resolved_in;
     if (!fetches.empty()) Fetch(l, origins, fetches, status, stats);
     BuildTable(l, stats, x.indptr, x.indices, x.last_page_len);
+    head_res_.swap(staged_res_[l]);
     if (o_.boundary_trigger) {  // this step's queries, for the trigger at the next Plan
       x.q_tag = l;
       for (int64_t b = 0; b < B; ++b) q_pending_[l].push_back({plan_seqs_[b], false});

@@ -132,32 +132,33 @@ void DecodeWorker::Impl::JoinHeads(WorkerStepStats& stats, std::vector<HeadFetch
   }
 }
 
-absl::Status DecodeWorker::Impl::ResolveLayer(int layer, const std::vector<absl::Status>& status,
-                                              WorkerStepStats& stats,
-                                              std::vector<HeadFetch>& fetches,
-                                              std::vector<FetchOrigin>& origins) {
-  const int64_t B = static_cast<int64_t>(plan_seqs_.size());
+int64_t DecodeWorker::Impl::RowHeadPages(int layer, const std::vector<absl::Status>& status) {
   int64_t head_pages = 0;
-  for (int64_t b = 0; b < B; ++b) {
+  for (size_t b = 0; b < plan_seqs_.size(); ++b) {
     if (!status[b].ok() || steady_[b]) continue;  // closed-form rows resolved as scored pages
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
     ls.seen.resize(kv_);
     for (const auto& row : ls.rows) head_pages += static_cast<int64_t>(row.size());
   }
-  head_res_.resize(kv_);
-  RunHeads(head_pages, [&](int64_t hh) {  // the heads' sub-pools are independent
-    const int h = static_cast<int>(hh);
-    HeadResolve& w = head_res_[h];
-    w.Reset(B);
-    for (int64_t b = 0; b < B; ++b) {
-      if (!status[b].ok() || steady_[b]) continue;
-      LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-      if (!ResolveRow(w, h, ls, ls.rows[h], static_cast<int32_t>(b), w.slots[b])) {
-        w.failed[b] = 1;
-        break;  // the step fails whole
-      }
+  return head_pages;
+}
+
+void DecodeWorker::Impl::ResolveRows(int layer, int h, const std::vector<absl::Status>& status,
+                                     HeadResolve& w) {
+  const int64_t B = static_cast<int64_t>(plan_seqs_.size());
+  w.Reset(B);
+  for (int64_t b = 0; b < B; ++b) {
+    if (!status[b].ok() || steady_[b]) continue;
+    LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
+    if (!ResolveRow(w, h, ls, ls.rows[h], static_cast<int32_t>(b), w.slots[b])) {
+      w.failed[b] = 1;
+      return;  // the step fails whole
     }
-  });
+  }
+}
+
+absl::Status DecodeWorker::Impl::JoinLayer(WorkerStepStats& stats, std::vector<HeadFetch>& fetches,
+                                           std::vector<FetchOrigin>& origins) {
   for (const HeadResolve& w : head_res_) {
     if (std::find(w.failed.begin(), w.failed.end(), 1) != w.failed.end()) {
       return absl::InternalError("pool overcommitted despite the plan");
@@ -167,6 +168,18 @@ absl::Status DecodeWorker::Impl::ResolveLayer(int layer, const std::vector<absl:
   origins.clear();
   JoinHeads(stats, fetches, origins);
   return absl::OkStatus();
+}
+
+absl::Status DecodeWorker::Impl::ResolveLayer(int layer, const std::vector<absl::Status>& status,
+                                              WorkerStepStats& stats,
+                                              std::vector<HeadFetch>& fetches,
+                                              std::vector<FetchOrigin>& origins) {
+  const int64_t head_pages = RowHeadPages(layer, status);
+  head_res_.resize(kv_);
+  RunHeads(head_pages, [&](int64_t h) {  // the heads' sub-pools are independent
+    ResolveRows(layer, static_cast<int>(h), status, head_res_[h]);
+  });
+  return JoinLayer(stats, fetches, origins);
 }
 
 void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
