@@ -135,6 +135,7 @@ int RunCase(const Args& a, int64_t ctx, int B,
   o.policy = *policy;
   o.selector.budget_tokens = a.budget;
   o.boundary_trigger = a.trigger;
+  o.capturable_steps = a.graphs;
   o.boundary_threshold = a.threshold;
   o.selector.boundary_threshold = a.threshold;  // louiskv's own trigger
   o.selector.trigger_late = a.trigger_late;

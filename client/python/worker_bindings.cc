@@ -267,10 +267,10 @@ std::unique_ptr<PyDecodeWorker> MakeWorker(
     PyStore& store, int num_layers, int q_heads, int kv_heads, int head_dim,
     const std::string& dtype, int page_tokens, const std::string& policy, int64_t budget_tokens,
     int sink_pages, int window_pages, int32_t pool_slots_per_head, int64_t summary_slots,
-    int64_t prepare_host_bytes, int select_threads, bool prefill_to_pool, const py::dict& selector,
-    const std::string& tenant, const std::string& model_id, const std::string& salt,
-    uint32_t first_layer, bool pin_prompt, bool prefetch, bool verify, bool boundary_trigger,
-    float boundary_threshold, const std::vector<float>& layer_thresholds,
+    int64_t prepare_host_bytes, int select_threads, bool prefill_to_pool, bool capturable_steps,
+    const py::dict& selector, const std::string& tenant, const std::string& model_id,
+    const std::string& salt, uint32_t first_layer, bool pin_prompt, bool prefetch, bool verify,
+    bool boundary_trigger, float boundary_threshold, const std::vector<float>& layer_thresholds,
     const std::vector<std::vector<int>>& layer_streaming_heads, const std::string& device,
     py::handle stream) {
   DecodeWorkerOptions o;
@@ -295,6 +295,7 @@ std::unique_ptr<PyDecodeWorker> MakeWorker(
   o.prepare_host_bytes = prepare_host_bytes;
   o.select_threads = select_threads;
   o.prefill_to_pool = prefill_to_pool;
+  o.capturable_steps = capturable_steps;
   o.tenant = tenant;
   o.model_id = model_id;
   o.salt = salt;
@@ -397,11 +398,12 @@ void RegisterDecodeWorker(py::module_& m) {
            py::arg("sink_pages") = 1, py::arg("window_pages") = 1,
            py::arg("pool_slots_per_head") = 4096, py::arg("summary_slots") = int64_t{65536},
            py::arg("prepare_host_bytes") = int64_t{0}, py::arg("select_threads") = 0,
-           py::arg("prefill_to_pool") = false, py::arg("selector") = py::dict(),
-           py::arg("tenant") = "decode", py::arg("model_id") = "model", py::arg("salt") = "",
-           py::arg("first_layer") = 0, py::arg("pin_prompt") = false, py::arg("prefetch") = true,
-           py::arg("verify") = true, py::arg("boundary_trigger") = false,
-           py::arg("boundary_threshold") = 0.9f, py::arg("layer_thresholds") = std::vector<float>{},
+           py::arg("prefill_to_pool") = false, py::arg("capturable_steps") = false,
+           py::arg("selector") = py::dict(), py::arg("tenant") = "decode",
+           py::arg("model_id") = "model", py::arg("salt") = "", py::arg("first_layer") = 0,
+           py::arg("pin_prompt") = false, py::arg("prefetch") = true, py::arg("verify") = true,
+           py::arg("boundary_trigger") = false, py::arg("boundary_threshold") = 0.9f,
+           py::arg("layer_thresholds") = std::vector<float>{},
            py::arg("layer_streaming_heads") = std::vector<std::vector<int>>{},
            py::arg("device") = "cpu", py::arg("stream") = py::none(), py::keep_alive<1, 2>(),
            "Creates a worker over `store` (kept alive by the worker). policy: oracle, quest, "
@@ -412,7 +414,9 @@ void RegisterDecodeWorker(py::module_& m) {
            "prepare_host_bytes: host-tier bytes mapped (and page-locked) at creation, -1 all; "
            "select_threads: threads that select (host policies) and resolve pool slots, the "
            "caller's among them (0: the machine's cores, at most 8); prefill_to_pool: prefill "
-           "also copies whole pages into the pool's free slots (never evicting).")
+           "also copies whole pages into the pool's free slots (never evicting); "
+           "capturable_steps: steps between retrievals are planned whole, for CUDA graphs "
+           "(StepPlan.capturable).")
       .def("open", &PyDecodeWorker::Open, py::arg("token_ids"),
            "Opens a sequence for a prompt (>= 1 token ids), loading the longest prefix the store "
            "holds for every layer. Returns OpenedSequence; prefill tokens [cached_tokens, n).")

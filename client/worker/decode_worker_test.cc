@@ -1177,6 +1177,7 @@ TEST(DecodeWorker, CapturedStepsReplayLikeAttendedOnes) {
   TempDir dir;
   auto store = OpenStore(dir.path());
   DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, 256);
+  o.capturable_steps = true;
   o.boundary_trigger = true;
   o.boundary_threshold = -0.3f;  // random queries: some steps retrieve, most do not
   auto eager = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
@@ -1226,6 +1227,7 @@ TEST(DecodeWorker, StagedStepsTakeKAndVSlicedFromAFusedProjection) {
   TempDir dir;
   auto store = OpenStore(dir.path());
   DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, 128);
+  o.capturable_steps = true;
   o.boundary_trigger = true;
   o.boundary_threshold = -1.0f;  // never fires: every step after the first is capturable
   auto wa = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
@@ -1284,6 +1286,7 @@ TEST(DecodeWorker, ReplayedAndStagedAttendRefuseMisuse) {
   TempDir dir;
   auto store = OpenStore(dir.path());
   DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, 128);
+  o.capturable_steps = true;
   o.boundary_trigger = true;
   o.boundary_threshold = -1.0f;  // never fires: every step after the first is capturable
   auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);

@@ -18,9 +18,10 @@ using worker_internal::Since;
 
 bool DecodeWorker::Impl::CanStage(absl::Span<const SequenceId> ids, int64_t need,
                                   int64_t open_pages) const {
-  // Quest selects on the backend; a step of it between retrievals needs nothing from this step's
-  // queries. The host policies' selectors read each step's query or key (late or not).
-  if (!device_select_) return false;
+  // Asked for (it gives up the overlap of each layer's host work with the device's). Quest selects
+  // on the backend; a step of it between retrievals needs nothing from this step's queries. The
+  // host policies' selectors read each step's query or key (late or not).
+  if (!o_.capturable_steps || !device_select_) return false;
   // Every layer's pages stay put for the whole step (one epoch), not one layer's.
   if (need * o_.num_layers + open_pages > o_.pool_slots_per_head) return false;
   for (SequenceId id : ids) {

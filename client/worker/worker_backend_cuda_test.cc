@@ -253,6 +253,7 @@ TEST(CudaWorkerBackendTest, CapturedStepsReplayLikeAttendedOnes) {
     o.num_layers = kL;
     o.policy = retriever::Policy::kQuest;
     o.boundary_trigger = true;
+    o.capturable_steps = true;
     o.selector.budget_tokens = 256;
     o.pool_slots_per_head = 1024;
     auto w = DecodeWorker::Create(stores[i].get(), std::move(backends[i]), o);

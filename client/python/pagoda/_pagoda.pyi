@@ -126,6 +126,7 @@ class DecodeWorker:
         prepare_host_bytes: int = 0,
         select_threads: int = 0,
         prefill_to_pool: bool = False,
+        capturable_steps: bool = False,
         selector: Dict[str, Any] = ...,
         tenant: str = "decode",
         model_id: str = "model",

@@ -284,7 +284,15 @@ class DecodeWorkerTensors(unittest.TestCase):
         # Quest with a trigger that never fires: after the first step every step is planned
         # whole; replayed() is for those only, and only before any of their layers ran.
         _, w = make_worker(self.tmp.name + "/g", budget_tokens=8, boundary_trigger=True,
-                           boundary_threshold=-1.0)  # fmt: skip
+                           boundary_threshold=-1.0, capturable_steps=True)  # fmt: skip
+        _, eager = make_worker(self.tmp.name + "/e", budget_tokens=8, boundary_trigger=True,
+                               boundary_threshold=-1.0)  # fmt: skip
+        eager_seq = prefilled(eager, list(range(300, 330)))
+        plan = eager.plan([eager_seq], [0])
+        for layer in range(LAYERS):
+            eager.attend(plan, layer, *step_inputs(1, 40), torch.zeros(1, Q, D, dtype=torch.half))
+        eager.finish(plan)
+        self.assertFalse(eager.plan([eager_seq], [1]).capturable)  # not asked for
         seq = prefilled(w, list(range(300, 330)))
         out = torch.zeros(1, Q, D, dtype=torch.half)
         keys = set()

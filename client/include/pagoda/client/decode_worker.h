@@ -171,6 +171,14 @@ struct DecodeWorkerOptions {
   // of gathering them back from the host tier. For a worker that prefills the sequences it
   // decodes with a pool larger than one step's need; off, only decode reads fill the pool.
   bool prefill_to_pool = false;
+  // For an engine that runs its decode layer loop as a CUDA graph: a step in which nothing
+  // retrieves is planned whole so that it can be captured and replayed (StepPlan::capturable).
+  // Off, each layer's host work runs in its Attend, overlapping the device's work on the layers
+  // before it; planned whole, Plan does all of it before any layer's device work starts: on an
+  // H100, quest at 32K x B=4 with 16 layers and no graph took 0.159 ms per layer-step against
+  // 0.117 (bench/RESULTS.md "Capturable steps"), a cost a graph must win back in the engine's own
+  // per-layer launches.
+  bool capturable_steps = false;
   // Policy quest selects on the backend (the CUDA backend scores on the device against summaries
   // it keeps there; the CPU backend runs the kernels' reference): a summary table of this many
   // slots, one per page of every (sequence, layer) open in the worker (4 KiB each at Llama-3-8B
@@ -213,9 +221,10 @@ struct StepPlan {
   // the graph after) and, at a later capturable step with the same graph_key, replay that graph
   // instead of calling Attend, then call Replayed. The graph bakes in the tensors' addresses
   // (q / k / v / o of every layer must be the same buffers, contiguous) and the batch size; a new
-  // graph_key means buffers moved or the batch changed: capture again. Quest only (its selection
-  // runs on the backend), with the boundary trigger (otherwise every step retrieves) or a budget
-  // covering the context, and a pool that holds every layer's pages of the step at once.
+  // graph_key means buffers moved or the batch changed: capture again. Only with
+  // DecodeWorkerOptions::capturable_steps; quest only (its selection runs on the backend), with the
+  // boundary trigger (otherwise every step retrieves) or a budget covering the context, and a pool
+  // that holds every layer's pages of the step at once.
   bool capturable = false;
   uint64_t graph_key = 0;
 };
