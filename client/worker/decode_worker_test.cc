@@ -1168,6 +1168,15 @@ TEST(DecodeWorker, LaggedTriggerSurvivesCloseAndFork) {
   EXPECT_GE(retrievals, kLayers);
 }
 
+// Quest with the boundary trigger at `threshold` (-1: never fires) and capturable steps.
+DecodeWorkerOptions CapturableQuest(int32_t pool_slots, float threshold) {
+  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, pool_slots);
+  o.capturable_steps = true;
+  o.boundary_trigger = true;
+  o.boundary_threshold = threshold;
+  return o;
+}
+
 // Quest between retrievals: Plan stages the whole step and Attend only enqueues, so an engine
 // can capture the layer loop in a CUDA graph and replay it. A worker driven that way (captures
 // and replays emulated on the CPU: ReplayBackend) must give the same outputs, bit for bit, as one
@@ -1176,10 +1185,8 @@ TEST(DecodeWorker, LaggedTriggerSurvivesCloseAndFork) {
 TEST(DecodeWorker, CapturedStepsReplayLikeAttendedOnes) {
   TempDir dir;
   auto store = OpenStore(dir.path());
-  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, 256);
-  o.capturable_steps = true;
-  o.boundary_trigger = true;
-  o.boundary_threshold = -0.3f;  // random queries: some steps retrieve, most do not
+  // random queries: some steps retrieve, most do not
+  const DecodeWorkerOptions o = CapturableQuest(256, -0.3f);
   auto eager = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(eager.ok()) << eager.status();
   auto graphs = std::make_unique<ReplayBackend>(MakeCpuWorkerBackend());
@@ -1226,10 +1233,8 @@ TEST(DecodeWorker, CapturedStepsReplayLikeAttendedOnes) {
 TEST(DecodeWorker, StagedStepsTakeKAndVSlicedFromAFusedProjection) {
   TempDir dir;
   auto store = OpenStore(dir.path());
-  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, 128);
-  o.capturable_steps = true;
-  o.boundary_trigger = true;
-  o.boundary_threshold = -1.0f;  // never fires: every step after the first is capturable
+  // never fires: every step after the first is capturable
+  const DecodeWorkerOptions o = CapturableQuest(128, -1.0f);
   auto wa = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
   auto wb = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(wa.ok() && wb.ok());
@@ -1285,10 +1290,8 @@ TEST(DecodeWorker, StagedStepsTakeKAndVSlicedFromAFusedProjection) {
 TEST(DecodeWorker, ReplayedAndStagedAttendRefuseMisuse) {
   TempDir dir;
   auto store = OpenStore(dir.path());
-  DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 3 * kPage, 128);
-  o.capturable_steps = true;
-  o.boundary_trigger = true;
-  o.boundary_threshold = -1.0f;  // never fires: every step after the first is capturable
+  // never fires: every step after the first is capturable
+  const DecodeWorkerOptions o = CapturableQuest(128, -1.0f);
   auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
   ASSERT_TRUE(w.ok()) << w.status();
   Driver drv(w->get());
