@@ -383,19 +383,19 @@ absl::Status DecodeWorker::Impl::FoldOpenPages(absl::Span<LayerState* const> sta
                      " slots; raise DecodeWorkerOptions::summary_slots or close sequences)"));
   }
   std::vector<int32_t> sum_slots, pool_slots;
-  FoldSlots(states, from, sum_slots, pool_slots);
+  FoldSlots(states, from, sum_slots);
+  for (LayerState* ls : states)
+    pool_slots.insert(pool_slots.end(), ls->tail.begin(), ls->tail.end());
   return backend_->UpdateSummaries(sum_slots, pool_slots, from, to);
 }
 
 void DecodeWorker::Impl::FoldSlots(absl::Span<LayerState* const> states,
-                                   absl::Span<const int32_t> from, std::vector<int32_t>& sum_slots,
-                                   std::vector<int32_t>& pool_slots) {
+                                   absl::Span<const int32_t> from,
+                                   std::vector<int32_t>& sum_slots) {
   sum_slots.clear();
-  pool_slots.clear();
   for (size_t i = 0; i < states.size(); ++i) {
     LayerState& ls = *states[i];
     sum_slots.push_back(from[i] == 0 ? NewSummarySlot(ls) : ls.sum_slots.back());
-    pool_slots.insert(pool_slots.end(), ls.tail.begin(), ls.tail.end());
   }
 }
 
@@ -767,8 +767,7 @@ absl::Status DecodeWorker::Impl::AppendArgs(int layer, StagedLayer& out) {
     out.fold_from = out.token_pos;
     out.fold_to = out.token_pos;
     for (int32_t& t : out.fold_to) ++t;
-    std::vector<int32_t> pool_slots;
-    FoldSlots(states, out.fold_from, out.sum_slots, pool_slots);
+    FoldSlots(states, out.fold_from, out.sum_slots);  // over the token slots (the tails)
   }
   for (LayerState* ls : states) ++ls->tokens;
   return absl::OkStatus();

@@ -164,11 +164,9 @@ class DecodeWorker::Impl {
   // Reads the last step's queries of `layer` back (their copies, started without a sync) into
   // the boundary triggers of the rows that took them (Plan, before anything is decided).
   void ObserveQueries(int layer);
-  // The open pages' summary slots for folds starting at `from` (a fresh slot where from is 0)
-  // and the pages' pool slots, kv_heads per state.
+  // The open pages' summary slots for folds starting at `from` (a fresh slot where from is 0).
   void FoldSlots(absl::Span<worker_internal::LayerState* const> states,
-                 absl::Span<const int32_t> from, std::vector<int32_t>& sum_slots,
-                 std::vector<int32_t>& pool_slots);
+                 absl::Span<const int32_t> from, std::vector<int32_t>& sum_slots);
   // The append of the plan's new tokens to `layer`: their open pages' slots and positions and,
   // with device selection, the summary folds, into out's token / fold fields; the layers' token
   // counts move on. Nothing is enqueued.
