@@ -502,6 +502,7 @@ int Run(const Args& a) {
   // Decode.
   std::vector<double> step_s, dense_s, err, recall, phase[6];
   int64_t retrievals = 0, attended = 0, fetched = 0, measured = 0, failures = 0, late = 0;
+  int64_t quiet = 0;  // steps in which no (sequence, layer) retrieved
   std::vector<uint16_t> q(B * qh * hd), k(B * kvh * hd), v(B * kvh * hd), o_w(B * qh * hd),
       o_d(static_cast<size_t>(L) * B * qh * hd);
   std::vector<int32_t> indptr, idx, last;
@@ -557,6 +558,7 @@ int Run(const Args& a) {
                           stats->verify_s, stats->attend_s, stats->commit_s};
     for (int i = 0; i < 6; ++i) phase[i].push_back(ph[i]);
     retrievals += stats->retrievals;
+    quiet += stats->retrievals == 0 ? 1 : 0;
     late += stats->late_reads;
     attended += stats->attended_head_pages;
     fetched += stats->fetched_head_pages;
@@ -622,6 +624,13 @@ int Run(const Args& a) {
       std::accumulate(recall.begin(), recall.end(), 0.0) / std::max<size_t>(1, recall.size()),
       Percentile(recall, 0.05));
   std::printf("| retrievals per token (per layer) | %.3f |\n", retrievals / (tokens * L));
+  // A step can be planned whole (DecodeWorkerOptions::capturable_steps, quest) only when none of
+  // its B x L (sequence, layer) rows retrieves; were the rows' retrievals independent, that
+  // would be the product of their rates.
+  const double rate = retrievals / (tokens * L);
+  std::printf(
+      "| steps without a retrieval in any (sequence, layer) | %.3f (independent rows: %.3f) |\n",
+      quiet / std::max(1.0, static_cast<double>(measured)), std::pow(1.0 - rate, B * L));
   std::printf("| steps reading q / k late (per layer-token) | %.3f |\n", late / (tokens * L));
   std::printf("| head-pages attended per token-layer-head | %.1f (%.1f KiB) |\n",
               attended / (tokens * L * kvh), attended / (tokens * L * kvh) * head_page_kib);

@@ -123,7 +123,7 @@ void PolicyTest::SparseOutputIsAttentionOverTheAttendedPages(retriever::Policy p
 INSTANTIATE_TEST_SUITE_P(Policies, PolicyTest,
                          ::testing::Values(retriever::Policy::kQuest, retriever::Policy::kBoundary,
                                            retriever::Policy::kHierarchical,
-                                           retriever::Policy::kStreaming),
+                                           retriever::Policy::kStreaming, retriever::Policy::kAnn),
                          [](const auto& info) {
                            return std::string(retriever::PolicyName(info.param));
                          });
