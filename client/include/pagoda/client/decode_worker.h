@@ -177,7 +177,9 @@ struct DecodeWorkerOptions {
   // before it; planned whole, Plan does all of it before any layer's device work starts: on an
   // H100, quest at 32K x B=4 with 16 layers and no graph took 0.159 ms per layer-step against
   // 0.117 (bench/RESULTS.md "Capturable steps"), a cost a graph must win back in the engine's own
-  // per-layer launches.
+  // per-layer launches. Triggers fire nearly independently per (sequence, layer), so a step of
+  // many layers is rarely free of retrievals unless the budget covers the context or the trigger
+  // rarely fires; policy quest only (CanStage).
   bool capturable_steps = false;
   // Policy quest selects on the backend (the CUDA backend scores on the device against summaries
   // it keeps there; the CPU backend runs the kernels' reference): a summary table of this many
