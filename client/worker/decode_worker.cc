@@ -153,7 +153,7 @@ absl::Status DecodeWorker::Impl::EnsureTail(LayerState& ls) {
 }
 
 void DecodeWorker::Impl::AdoptTail(LayerState& ls, int32_t p, const PageKey& key) {
-  ls.seen.resize(kv_);
+  ls.SizeResidency(kv_);
   for (int h = 0; h < kv_; ++h) {
     const int32_t slot = pool_.Adopt(h, ls.tail[h], key, epoch_);
     if (slot >= 0) ls.Remember(h, p, slot, pool_.Generation(h, slot));

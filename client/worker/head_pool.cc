@@ -43,6 +43,7 @@ int32_t HeadPool::TakeFree(Sub& sub, uint64_t epoch) {
     sub.cold[s].state = State::kFree;
     Renew(sub, s);
     ++sub.evictions;
+    ++sub.lost;
     return s;
   }
   return -1;
@@ -63,6 +64,7 @@ int32_t HeadPool::Insert(const PageKey& key, int head, uint64_t epoch, int32_t r
 
 void HeadPool::Forget(const PageKey& key, int head) {
   Sub& sub = subs_[head];
+  ++sub.lost;  // even when nothing goes: a row's memo of the page must not outlive this call
   auto it = sub.cached.find(key);
   if (it == sub.cached.end()) return;
   const int32_t s = it->second;

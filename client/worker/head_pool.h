@@ -88,6 +88,10 @@ class HeadPool {
   int32_t Free(int head) const { return static_cast<int32_t>(subs_[head].free.size()); }
   int64_t used() const;  // cached + owned, all heads
   int64_t evictions() const;
+  // Counts the times a cached head-page of head `head` lost its slot (evicted, forgotten; a call
+  // to Forget counts even when it keeps the slot): while it is unchanged, every cached slot of
+  // the head still holds the page it held. Safe on head `head`'s thread.
+  int64_t lost(int head) const { return subs_[head].lost; }
   // Slot-epochs in which a second batch row used the slot (head-pages shared by sequences).
   int64_t shared() const;
 
@@ -114,6 +118,7 @@ class HeadPool {
     absl::flat_hash_map<PageKey, int32_t> cached;
     int32_t hand = 0;  // CLOCK position
     int64_t evictions = 0;
+    int64_t lost = 0;
     int64_t shared = 0;
   };
   int32_t TakeFree(Sub& sub, uint64_t epoch);

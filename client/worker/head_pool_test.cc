@@ -102,5 +102,33 @@ TEST(HeadPool, HeldSlotsAreNeverEvictedUntilReleased) {
   EXPECT_EQ(pool.held(0), 0);
 }
 
+// lost() moves whenever a cached page of the head may have left its slot, and only then: what a
+// row's memo of its slots (LayerState::RowMemo) relies on.
+TEST(HeadPool, LostCountsEvictionsAndForgetsOfItsHeadOnly) {
+  HeadPool pool(2, 2);
+  const int32_t a = pool.Insert(Key(1), 0, 1);
+  const int32_t b = pool.Insert(Key(2), 0, 1);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  EXPECT_EQ(pool.lost(0), 0);  // free slots filled: nothing lost
+  const int32_t owned = pool.AllocOwned(1, 1);
+  ASSERT_GE(owned, 0);
+  EXPECT_EQ(pool.Adopt(1, owned, Key(3), 1), owned);  // owned -> cached: nothing lost
+  EXPECT_EQ(pool.Find(Key(1), 0, 2), a);              // hits and uses: nothing lost
+  EXPECT_EQ(pool.Touch(0, b, pool.Generation(0, b), 2), b);
+  EXPECT_EQ(pool.lost(0), 0);
+  EXPECT_EQ(pool.Insert(Key(4), 0, 3), a);  // key 1 evicted
+  EXPECT_EQ(pool.lost(0), 1);
+  EXPECT_EQ(pool.lost(1), 0);  // the other head's sub-pool
+  ASSERT_TRUE(pool.Hold(0, b));
+  // Held: the slot keeps the page, but the call counts (whoever drops the page must not trust a
+  // memo of it).
+  pool.Forget(Key(2), 0);
+  EXPECT_EQ(pool.lost(0), 2);
+  EXPECT_EQ(pool.Find(Key(2), 0, 4), b);
+  pool.Forget(Key(9), 1);  // not cached: counted all the same
+  EXPECT_EQ(pool.lost(1), 1);
+}
+
 }  // namespace
 }  // namespace pagoda::worker_internal

@@ -9,6 +9,7 @@
 // corrupt copy) is re-read from the store once, else its sequence's step fails with DataLoss: it
 // is never attended.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <iterator>
@@ -106,7 +107,22 @@ bool DecodeWorker::Impl::ResolveRow(HeadResolve& w, int h, LayerState& ls,
                                     const std::vector<int32_t>& pages, int32_t row,
                                     std::vector<int32_t>& slots) {
   const int32_t cur = static_cast<int32_t>((ls.tokens - 1) / P_);
-  slots.reserve(slots.size() + pages.size());
+  const size_t first = slots.size();
+  slots.reserve(first + pages.size());
+  LayerState::RowMemo& memo = ls.memo[h];
+  if (memo.lost == pool_.lost(h) && memo.tail == ls.tail[h] && memo.pages == pages) {
+    // No cached head-page of this head lost its slot since the row last resolved this list: the
+    // same slots, each used in this epoch (never a victim while the layer reads it) as a lookup
+    // would.
+    for (size_t i = 0; i < pages.size(); ++i) {
+      if (i + kResolveAhead < pages.size()) pool_.PrefetchSlot(h, memo.slots[i + kResolveAhead]);
+      if (pages[i] == cur) continue;
+      pool_.Use(h, memo.slots[i], epoch_, row);
+      ++w.hits;
+    }
+    slots.insert(slots.end(), memo.slots.begin(), memo.slots.end());
+    return true;
+  }
   ResolveAhead ahead(pool_, ls, h, pages, cur);
   for (size_t i = 0; i < pages.size(); ++i) {
     ahead.Load(i);
@@ -120,6 +136,11 @@ bool DecodeWorker::Impl::ResolveRow(HeadResolve& w, int h, LayerState& ls,
     ls.Remember(h, p, slot, pool_.Generation(h, slot));
     slots.push_back(slot);
   }
+  // Every slot of the list is used in this epoch: none was lost while the rest resolved.
+  memo.pages = pages;
+  memo.slots.assign(slots.begin() + static_cast<std::ptrdiff_t>(first), slots.end());
+  memo.tail = ls.tail[h];
+  memo.lost = pool_.lost(h);
   return true;
 }
 
@@ -137,7 +158,7 @@ int64_t DecodeWorker::Impl::RowHeadPages(int layer, const std::vector<absl::Stat
   for (size_t b = 0; b < plan_seqs_.size(); ++b) {
     if (!status[b].ok() || steady_[b]) continue;  // closed-form rows resolved as scored pages
     LayerState& ls = seqs_[plan_seqs_[b]].layers[layer];
-    ls.seen.resize(kv_);
+    ls.SizeResidency(kv_);
     for (const auto& row : ls.rows) head_pages += static_cast<int64_t>(row.size());
   }
   return head_pages;
@@ -195,7 +216,7 @@ void DecodeWorker::Impl::ScoreRequests(int layer, const TensorView& q,
   int64_t head_pages = 0;
   for (int64_t b = 0; b < B; ++b) {
     if (!status[b].ok() || requests[b].empty()) continue;
-    seqs_[plan_seqs_[b]].layers[layer].seen.resize(kv_);
+    seqs_[plan_seqs_[b]].layers[layer].SizeResidency(kv_);
     for (const auto& pages : requests[b].pages) head_pages += static_cast<int64_t>(pages.size());
   }
   head_res_.resize(kv_);

@@ -204,7 +204,7 @@ absl::Status DecodeWorker::Impl::PagesToPool(const TensorView& k, const TensorVi
                                              int32_t i1, const std::vector<PageKey>& keys,
                                              LayerState& ls, int64_t first) {
   std::vector<int32_t> slots, positions;
-  ls.seen.resize(kv_);
+  ls.SizeResidency(kv_);
   int32_t i = i0;
   for (; i < i1; ++i) {
     bool room = true;
@@ -236,7 +236,7 @@ absl::Status DecodeWorker::Impl::WriteLayoutPages(SequenceId id, LayerState& ls,
   ls.layout_keys.clear();
   ls.layout_sums.clear();
   ls.layout_hints.clear();
-  ls.seen.clear();  // page ids in the layout's range name its pages from now on
+  ls.ForgetResidency();  // page ids in the layout's range name its pages from now on
   if (ls.layout_end <= ls.layout_first) {
     ls.layout_first = ls.layout_end = 0;
     return absl::OkStatus();

@@ -66,6 +66,26 @@ struct LayerState {
     if (static_cast<size_t>(p) >= v.size()) v.resize(static_cast<size_t>(p) + 1);
     v[p] = {slot, gen};
   }
+  // Per KV head, the last page list resolved for this row and its slots, with the open page's
+  // slot then and the head sub-pool's HeadPool::lost() after it. While no cached head-page of
+  // that sub-pool has lost its slot since (and the open page's slot is the same), the same list
+  // resolves to the same slots without a lookup per page. Cleared with `seen`.
+  struct RowMemo {
+    std::vector<int32_t> pages, slots;
+    int32_t tail = -1;
+    int64_t lost = -1;
+  };
+  std::vector<RowMemo> memo;
+  // Sizes seen and memo for kv_heads heads (before the heads' threads start).
+  void SizeResidency(int kv_heads) {
+    seen.resize(kv_heads);
+    memo.resize(kv_heads);
+  }
+  // Page ids name other pages from now on (louiskv's layout written).
+  void ForgetResidency() {
+    seen.clear();
+    memo.clear();
+  }
   // louiskv's closed-form steps choose on the backend (AttendBestByMass under the layer's choice
   // tag): until read back, head h attended the entries [choice_off[h], choice_off[h] +
   // choice_len[h]) of that choice, entry i naming page steady_pages[h][i] (kept pages, then the
