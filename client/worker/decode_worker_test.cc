@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "pagoda/kernels/dtype.h"
 #include "pagoda/kernels/reference.h"
@@ -309,6 +310,49 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor, bool tri
 // each KV head's on its own select thread: louiskv rescoring every resident page, 6 sequences x 2
 // heads x ~525 scored and 384 attended pages per layer. The result equals the one-thread
 // worker's bit for bit, output and counters.
+// Rows re-select (quest every step, or when its trigger fires) in pools from one layer's need
+// upwards, the prompts' pages in the pool from the start or not: a row that lists the same pages
+// again takes its memo of their slots while nothing of its KV head was evicted since, and any
+// other row's new pages may evict what a memo named. Every output must stay exact attention over
+// what the row attended.
+TEST(DecodeWorker, RowsReselectingInAFullPoolAttendExactly) {
+  int64_t evictions = 0, steps = 0;
+  for (float threshold : {2.f, 0.5f, 0.1f}) {  // 2: no trigger
+    for (bool to_pool : {false, true}) {
+      for (int32_t slots : {20, 22, 24, 27, 30, 34, 40, 48}) {
+        SCOPED_TRACE(absl::StrCat(threshold, " ", to_pool, " ", slots));
+        TempDir dir;
+        auto store = OpenStore(dir.path());
+        DecodeWorkerOptions o = Options(retriever::Policy::kQuest, 8 * kPage, slots);
+        o.boundary_trigger = threshold <= 1.f;
+        o.boundary_threshold = std::min(threshold, 1.f);
+        o.prefill_to_pool = to_pool;
+        auto w = DecodeWorker::Create(store.get(), MakeCpuWorkerBackend(), o);
+        ASSERT_TRUE(w.ok()) << w.status();
+        Driver drv(w->get());
+        std::vector<SequenceId> ids = {drv.Open(Prompt(151, 31)), drv.Open(Prompt(126, 32))};
+        for (int step = 0; step < 24; ++step) {
+          std::vector<std::vector<uint16_t>> outs;
+          auto stats = drv.Step(ids, {3 * step + 1, 5 * step + 2}, &outs);
+          if (absl::IsResourceExhausted(stats.status())) break;  // below one layer's need
+          ASSERT_TRUE(stats.ok()) << stats.status();
+          ++steps;
+          for (const absl::Status& s : stats->sequence_status) ASSERT_TRUE(s.ok()) << s;
+          for (int l = 0; l < kLayers; ++l) {
+            for (int b = 0; b < 2; ++b) {
+              EXPECT_LT(drv.Error(ids[b], b, l, outs[l], /*dense=*/false), kTol)
+                  << step << " " << b << " " << l;
+            }
+          }
+        }
+        evictions += (*w)->Stats().pool_evictions;
+      }
+    }
+  }
+  EXPECT_GT(steps, 24 * 24);  // most configurations ran every step
+  EXPECT_GT(evictions, 0);
+}
+
 TEST(DecodeWorker, LargeLayersResolveHeadsOnTheSelectThreadsLikeOneThread) {
   std::vector<std::vector<std::vector<uint16_t>>> outs(2);
   std::vector<std::vector<WorkerStepStats>> stats(2);
