@@ -306,10 +306,6 @@ void ExpectLouiskvAttendsWhatTheRetrieverSelects(double rescore_factor, bool tri
   }
 }
 
-// A layer resolving thousands of head-pages (at least DecodeWorker's threshold of 4096) resolves
-// each KV head's on its own select thread: louiskv rescoring every resident page, 6 sequences x 2
-// heads x ~525 scored and 384 attended pages per layer. The result equals the one-thread
-// worker's bit for bit, output and counters.
 // Rows re-select (quest every step, or when its trigger fires) in pools from one layer's need
 // upwards, the prompts' pages in the pool from the start or not: a row that lists the same pages
 // again takes its memo of their slots while nothing of its KV head was evicted since, and any
@@ -353,6 +349,10 @@ TEST(DecodeWorker, RowsReselectingInAFullPoolAttendExactly) {
   EXPECT_GT(evictions, 0);
 }
 
+// A layer resolving thousands of head-pages (at least DecodeWorker's threshold of 4096) resolves
+// each KV head's on its own select thread: louiskv rescoring every resident page, 6 sequences x 2
+// heads x ~525 scored and 384 attended pages per layer. The result equals the one-thread
+// worker's bit for bit, output and counters.
 TEST(DecodeWorker, LargeLayersResolveHeadsOnTheSelectThreadsLikeOneThread) {
   std::vector<std::vector<std::vector<uint16_t>>> outs(2);
   std::vector<std::vector<WorkerStepStats>> stats(2);
