@@ -5,6 +5,9 @@
 #                                                shows TSan abseil's locks; see that file)
 #   PAGODA_FUZZ=ON                               clang only: libFuzzer coverage + ASan + UBSan on
 #                                                the tree; tests/fuzz targets link libFuzzer
+#   PAGODA_FUZZ_COVERAGE=ON                      clang only: source-based coverage (llvm-cov) on
+#                                                the tree; tests/fuzz targets replay files
+#                                                (scripts/fuzz-coverage.sh)
 set(PAGODA_SANITIZE "" CACHE STRING "Sanitizers for the whole build (e.g. address,undefined)")
 option(PAGODA_FUZZ "Build tests/fuzz as libFuzzer targets (clang)" OFF)
 if(PAGODA_FUZZ)
@@ -16,6 +19,16 @@ if(PAGODA_FUZZ)
                       # clang's lock analysis flags engine code that gcc never checks (reported,
                       # not fixed here): keep it a warning so the fuzz build goes on.
                       $<$<COMPILE_LANGUAGE:CXX>:-Wno-error=thread-safety-analysis>)
+endif()
+option(PAGODA_FUZZ_COVERAGE "Source-based coverage for tests/fuzz corpus replays (clang)" OFF)
+if(PAGODA_FUZZ_COVERAGE)
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang" OR PAGODA_FUZZ)
+    message(FATAL_ERROR "PAGODA_FUZZ_COVERAGE needs clang (CXX=clang++) and PAGODA_FUZZ off")
+  endif()
+  add_compile_options($<$<COMPILE_LANGUAGE:C,CXX>:-fprofile-instr-generate>
+                      $<$<COMPILE_LANGUAGE:C,CXX>:-fcoverage-mapping>
+                      $<$<COMPILE_LANGUAGE:CXX>:-Wno-error=thread-safety-analysis>)
+  add_link_options(-fprofile-instr-generate)
 endif()
 if(PAGODA_SANITIZE)
   add_compile_options($<$<COMPILE_LANGUAGE:C,CXX>:-fsanitize=${PAGODA_SANITIZE}>

@@ -40,11 +40,19 @@ for t in "${targets[@]}"; do
       "$corpus" "tests/fuzz/corpus/$t" >"$log" 2>&1; then
     echo "fuzz: $t FAILED; input in $crashes/, log $log" >&2
     grep -m1 -E "ERROR|SUMMARY|deadly signal|timeout" "$log" >&2 || tail -5 "$log" >&2
+    grep -A24 -m1 -E "^==[0-9]+==ERROR|runtime error|deadly signal" "$log" | grep -E "^ +#" >&2 || true
+    # The input itself, so a log from a machine that is gone (CI) still reproduces it:
+    # base64 -d > crash; build-fuzz/tests/fuzz/<target>_fuzz crash.
+    unit=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
+    if [ -n "$unit" ] && [ -f "$unit" ] && [ "$(stat -c %s "$unit")" -le 65536 ]; then
+      echo "fuzz: $t input $unit (base64):" >&2
+      base64 -w 100 "$unit" >&2
+    fi
     status=1
   fi
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
-  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$log" | tail -1)
+  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$log" | tail -1 || true)
   echo "fuzz: $t ${seconds}s: ${execs:-?} execs (${rate:-?}/s), ${cov:-no coverage line}"
 done
 exit $status

@@ -116,3 +116,13 @@ put("ssd_records", "bad_location", edit(2, b"L" + struct.pack(">II", 0, 4096), p
 put("ssd_records", "format_v1", edit(0, b"format_version", struct.pack("<I", 1)))
 put("ssd_records", "format_deleted", edit(0x80, b"format_version"))
 put("ssd_records", "tenant_name", edit(1, b"T" + struct.pack(">I", 5), b"\xff\xfe tenant"))
+# The template's pages: (tenant, key.hi, key.lo, size) = (0, 1, ~0, 1024), (1, 2, ~1, 2048),
+# (0, 3, ~2, 3072), one batch in segment 1 at offsets 0, 1024, 3072.
+pk1 = struct.pack(">IQQ", 1, 2, ~1 & 0xFFFFFFFFFFFFFFFF)
+pk2 = struct.pack(">IQQ", 0, 3, ~2 & 0xFFFFFFFFFFFFFFFF)
+# Page 1's record pointing at page 2's bytes: deleting page 1 (the target always does) must not
+# cost page 2 its bytes (regression).
+put("ssd_records", "regression-record-points-at-other-page", edit(1, b"P" + pk1, struct.pack("<IIQII", 7, 3072, 0x1236, 1, 3072)))
+# Compaction must not size a buffer by a location record's 4 GiB (regression).
+put("ssd_records", "regression-oversized-location", edit(2, b"L" + struct.pack(">II", 1, 256), pk2 + struct.pack("<I", 0xFFFFF000)))
+put("ssd_records", "stale_location", edit(2, b"L" + struct.pack(">II", 1, 512), pk + struct.pack("<I", 1024)))

@@ -1,7 +1,7 @@
 // The SSD tier on real files in a temp dir (segment files + RocksDB metadata): restart recovery,
 // corruption and truncation on disk, crashes between bytes and metadata, the fault seam (failed
-// writes and syncs, corrupting device), a full file system, segment unlink and compaction, and
-// refusing an older on-disk format.
+// writes and syncs, corrupting device), a full file system, segment unlink and compaction (with
+// damaged metadata records too), and refusing an older on-disk format.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -9,6 +9,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -639,6 +640,97 @@ TEST(SsdSegmentTest, CompactionKeepsEveryLivePageByteIdentical) {
   t = OpenTier(dir.path(), o);
   for (uint64_t i = 5; i < 32; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
   EXPECT_EQ(t->Space().live_bytes, 27u * kPage);
+}
+
+// Raw edits of a closed tier's metadata (the on-disk format of ssd_tier.h), as a damaged disk or a
+// stray writer would leave it.
+void EditRecords(const std::string& dir,
+                 const std::function<void(rocksdb::DB*, rocksdb::ColumnFamilyHandle* meta,
+                                          rocksdb::ColumnFamilyHandle* locations)>& edit) {
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+      {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
+      {"meta", rocksdb::ColumnFamilyOptions()},
+      {"locations", rocksdb::ColumnFamilyOptions()}};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* db = nullptr;
+  ASSERT_TRUE(rocksdb::DB::Open(rocksdb::DBOptions(), dir, cfs, &handles, &db).ok());
+  edit(db, handles[1], handles[2]);
+  for (auto* h : handles) ASSERT_TRUE(db->DestroyColumnFamilyHandle(h).ok());
+  delete db;
+}
+
+// 'P' + tenant u32 BE + key.hi u64 BE + key.lo u64 BE.
+std::string MetaKey(uint32_t tenant, const PageKey& k) {
+  std::string s = "P";
+  for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>(tenant >> (8 * i)));
+  for (int i = 7; i >= 0; --i) s.push_back(static_cast<char>(k.hi >> (8 * i)));
+  for (int i = 7; i >= 0; --i) s.push_back(static_cast<char>(k.lo >> (8 * i)));
+  return s;
+}
+
+// Page 0's record damaged into a copy of page 1's (same segment, offset, size): deleting page 0
+// must not take page 1's location record, so page 1 survives compaction and a restart.
+TEST(SsdSegmentTest, DeletingAPageWhoseRecordPointsAtAnotherPageKeepsThatPage) {
+  TempDir dir;
+  SsdTierOptions o;
+  o.segment_bytes = 4 * kPage;
+  auto t = OpenTier(dir.path(), o);
+  ASSERT_TRUE(WriteKeys(*t, 0, 4).ok());  // segment 1
+  ASSERT_TRUE(WriteKeys(*t, 4, 4).ok());  // segment 2
+  t.reset();
+  EditRecords(dir.path(),
+              [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* meta, rocksdb::ColumnFamilyHandle*) {
+                std::string v;
+                ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), meta, MetaKey(0, TestKey(1)), &v).ok());
+                ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), meta, MetaKey(0, TestKey(0)), v).ok());
+              });
+  t = OpenTier(dir.path(), o);
+  EXPECT_TRUE(absl::IsInternal(CheckTierKey(*t, 0)));  // page 1's bytes: the caller's checksum
+                                                       // catches it, the tier cannot
+  ASSERT_TRUE(DeleteKeys(*t, 0, 1).ok());
+  EXPECT_TRUE(absl::IsNotFound(CheckTierKey(*t, 0)));
+  ASSERT_TRUE(t->CompactSegment(1).ok());
+  EXPECT_FALSE(fs::exists(dir.Sub("segments/1.seg")));
+  for (uint64_t i = 1; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  // Page 0's own location record still counts until compaction finds no page behind it.
+  EXPECT_EQ(t->Space().live_bytes, 7u * kPage);
+  t.reset();
+  t = OpenTier(dir.path(), o);
+  for (uint64_t i = 1; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  EXPECT_EQ(t->Space().live_bytes, 7u * kPage);
+}
+
+// A location record naming a live page with a size of almost 4 GiB: compaction refuses the range
+// before sizing a buffer by it (no gigabytes allocated on a record's say-so), drops that record
+// and moves the page by its real one.
+TEST(SsdSegmentTest, CompactionDoesNotAllocateByADamagedLocationRecordsSize) {
+  TempDir dir;
+  SsdTierOptions o;
+  o.segment_bytes = 4 * kPage;
+  auto t = OpenTier(dir.path(), o);
+  ASSERT_TRUE(WriteKeys(*t, 0, 4).ok());
+  ASSERT_TRUE(WriteKeys(*t, 4, 4).ok());
+  t.reset();
+  EditRecords(dir.path(), [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle*,
+                             rocksdb::ColumnFamilyHandle* locations) {
+    const std::string key("L\0\0\0\x01\0\0\x01\x00", 9);  // segment 1, offset 256
+    std::string v = MetaKey(0, TestKey(2)).substr(1);
+    const uint32_t size = 0xFFFFF000u;
+    v.append(reinterpret_cast<const char*>(&size), 4);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), locations, key, v).ok());
+  });
+  t = OpenTier(dir.path(), o);
+  struct rusage before, after;
+  getrusage(RUSAGE_SELF, &before);
+  ASSERT_TRUE(t->CompactSegment(1).ok());
+  getrusage(RUSAGE_SELF, &after);
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 1L << 20) << "KiB";  // under 1 GiB more
+  EXPECT_FALSE(fs::exists(dir.Sub("segments/1.seg")));
+  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  t.reset();
+  t = OpenTier(dir.path(), o);
+  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  EXPECT_EQ(t->Space().live_bytes, 8u * kPage);
 }
 
 TEST(SsdSegmentTest, OlderOrUnknownFormatIsRefusedWithAClearError) {

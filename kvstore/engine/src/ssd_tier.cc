@@ -419,16 +419,47 @@ absl::Status SsdTier::Delete(absl::Span<const std::pair<uint32_t, PageKey>> page
   std::vector<rocksdb::Status> found = db_->MultiGet(
       rocksdb::ReadOptions(), std::vector<rocksdb::ColumnFamilyHandle*>(keys.size(), meta_cf_),
       slices, &values);
-  rocksdb::WriteBatch batch;
-  std::vector<std::pair<uint32_t, uint64_t>> freed;  // (segment, bytes)
+  // The location record each page record points to goes with it only when it names that page: a
+  // corrupt page record pointing at another page's bytes must not take that page's location (and
+  // so its bytes, at the next compaction) or its live bytes with it. Live bytes come off by the
+  // location record's size, the number its segment's count was built from at open.
+  std::vector<LocKeyBuf> locs;
+  std::vector<size_t> loc_of;  // index into keys of each entry of locs
   for (size_t i = 0; i < keys.size(); ++i) {
-    batch.Delete(meta_cf_, keys[i].meta()).PermitUncheckedError();
     SsdPageMeta m;
     SegmentLocation at;
     if (found[i].ok() && DecodeMeta(values[i], &m, &at) && at.segment != 0) {
-      batch.Delete(loc_cf_, LocKeyBuf(at).slice()).PermitUncheckedError();
-      freed.emplace_back(at.segment, m.size);
+      locs.emplace_back(at);
+      loc_of.push_back(i);
     }
+  }
+  std::vector<rocksdb::Slice> loc_slices;
+  for (const LocKeyBuf& k : locs) loc_slices.push_back(k.slice());
+  std::vector<std::string> loc_values;
+  std::vector<rocksdb::Status> loc_found;
+  if (!locs.empty()) {
+    loc_found = db_->MultiGet(rocksdb::ReadOptions(),
+                              std::vector<rocksdb::ColumnFamilyHandle*>(locs.size(), loc_cf_),
+                              loc_slices, &loc_values);
+  }
+  rocksdb::WriteBatch batch;
+  for (const PageKeyBuf& k : keys) batch.Delete(meta_cf_, k.meta()).PermitUncheckedError();
+  std::vector<std::pair<uint32_t, uint64_t>> freed;  // (segment, bytes)
+  absl::flat_hash_set<std::string_view> gone;        // a page listed twice frees its place once
+  for (size_t j = 0; j < locs.size(); ++j) {
+    if (!loc_found[j].ok() || gone.contains(loc_slices[j].ToStringView())) continue;
+    const std::string& v = loc_values[j];
+    if (v.size() != kLocValueBytes) {  // malformed: counted nowhere, named no page
+      batch.Delete(loc_cf_, loc_slices[j]).PermitUncheckedError();
+      gone.insert(loc_slices[j].ToStringView());
+      continue;
+    }
+    if (std::memcmp(v.data(), keys[loc_of[j]].pk().data(), kPageKeyBytes) != 0) continue;
+    uint32_t size = 0;
+    std::memcpy(&size, v.data() + kPageKeyBytes, 4);
+    batch.Delete(loc_cf_, loc_slices[j]).PermitUncheckedError();
+    gone.insert(loc_slices[j].ToStringView());
+    freed.emplace_back(GetBE32(loc_slices[j].data() + 1), size);
   }
   if (absl::Status s = WriteMeta(&batch, "delete"); !s.ok()) return s;
   uint32_t compact = 0;
@@ -528,9 +559,13 @@ absl::Status SsdTier::Compact(uint32_t segment) {
     std::vector<std::string> bufs;
     uint64_t batch_bytes = 0;
     for (; i < lives.size() && batch_bytes < kCompactBatchBytes; ++i) {
-      std::string bytes(lives[i].size, '\0');
-      if (!segments_->Read({segment, lives[i].offset}, bytes.data(), bytes.size()).ok()) {
-        bytes.clear();  // unreadable: left pointing here, it reads as DataLoss once it is gone
+      // The range is checked before a buffer is sized by the record (a corrupt size must not
+      // allocate gigabytes); unreadable: left pointing here, it reads as DataLoss once it is gone.
+      std::string bytes;
+      const SegmentLocation at{segment, lives[i].offset};
+      if (segments_->CheckRange(at, lives[i].size).ok()) {
+        bytes.resize(lives[i].size);
+        if (!segments_->Read(at, bytes.data(), bytes.size()).ok()) bytes.clear();
       }
       batch_bytes += lives[i].size;
       bufs.push_back(std::move(bytes));
