@@ -4,12 +4,14 @@
 //   file     pwrite of every page into one file, then fdatasync; reads: pread of every page
 //   rocksdb  DB::Put of every page into a DB with the same blob-file options as the store
 //            (enable_blob_files, min_blob_size 0), WAL off (the store's default before issue
-//            14), then Flush; reads: DB::Get. "rocksdb+wal" is the same with RocksDB's default WAL
-//            on.
+//            14), then Flush; reads: DB::Get; deletes: DB::Delete of every key, one at a time.
+//            "rocksdb+wal" is the same with RocksDB's default WAL on.
 //   pagoda   Store::Demote of every page from the host tier to SSD (4 MiB batches: one pwritev of
 //            page bytes into a segment file, one RocksDB write of their metadata), then
 //            Store::Flush; reads: Store::Get with promote_on_hit off (metadata lookup, one pread,
-//            checksum verify). "pagoda+direct" is the same with ssd_direct_writes (O_DIRECT).
+//            checksum verify); deletes: Store::Remove of every page, one at a time (page table,
+//            then the SSD tier's page record, the location record it names and live bytes).
+//            "pagoda+direct" is the same with ssd_direct_writes (O_DIRECT).
 // After each write phase every file of the case is fdatasync'd and dropped from the page cache
 // (posix_fadvise DONTNEED, this benchmark's files only) so reads go to the device.
 //
@@ -53,6 +55,7 @@ void Die(const std::string& what) {
 
 struct Result {
   double write_gbps = 0, read_gbps = 0;
+  double delete_us = 0;  // per page
 };
 
 Result RawFile(const std::string& dir, const std::vector<uint8_t>& src, uint64_t size, uint64_t n) {
@@ -118,6 +121,12 @@ Result RawRocksDb(const std::string& dir, const std::vector<uint8_t>& src, uint6
         db->Get(rocksdb::ReadOptions(), rocksdb::Slice(reinterpret_cast<const char*>(k), 16), &out);
     if (!s.ok() || out.size() != size) Die("get");
   }
+  t0 = NowSec();
+  for (uint64_t i = 0; i < n; ++i) {
+    const uint64_t k[2] = {i, i};
+    if (!db->Delete(wo, rocksdb::Slice(reinterpret_cast<const char*>(k), 16)).ok()) Die("delete");
+  }
+  r.delete_us = (NowSec() - t0) / n * 1e6;
   r.read_gbps = n * size / (NowSec() - t0) / 1e9;
   delete db;
   return r;
@@ -159,6 +168,11 @@ Result Pagoda(const std::string& dir, const std::vector<uint8_t>& src, const Pag
     if (!info.ok()) Die(info.status().ToString());
   }
   r.read_gbps = n * size / (NowSec() - t0) / 1e9;
+  t0 = NowSec();
+  for (uint64_t i = 0; i < n; ++i) {
+    if (absl::Status st = s.Remove("bench", keys[i]); !st.ok()) Die(st.ToString());
+  }
+  r.delete_us = (NowSec() - t0) / n * 1e6;
   return r;
 }
 
@@ -184,6 +198,7 @@ int Main(int argc, char** argv) {
               (unsigned long long)n, (unsigned long long)size >> 10,
               (unsigned long long)(n * size) >> 20, base.c_str(), reps);
   std::vector<double> fw, fr, rw, rr, ww, wr, pw, pr, pw_f, pr_f, pw_r, pr_r, dw, dr, dw_f, dr_f;
+  std::vector<double> wdel, pdel, pdel_w;
   for (int rep = 0; rep < reps; ++rep) {
     std::string tmpl = base + "/pagoda-ssd-bench-XXXXXX";
     if (mkdtemp(tmpl.data()) == nullptr) Die("mkdtemp");
@@ -201,12 +216,14 @@ int Main(int argc, char** argv) {
     pw_r.push_back(p.write_gbps / r.write_gbps), pr_r.push_back(p.read_gbps / r.read_gbps);
     dw.push_back(d.write_gbps), dr.push_back(d.read_gbps);
     dw_f.push_back(d.write_gbps / f.write_gbps), dr_f.push_back(d.read_gbps / f.read_gbps);
+    wdel.push_back(rwal.delete_us), pdel.push_back(p.delete_us);
+    pdel_w.push_back(p.delete_us / rwal.delete_us);
     std::printf(
         "  rep %d: write GB/s file %.2f rocksdb %.2f rocksdb+wal %.2f pagoda %.2f pagoda+direct "
         "%.2f | read GB/s file %.2f rocksdb %.2f rocksdb+wal %.2f pagoda %.2f pagoda+direct "
-        "%.2f\n",
+        "%.2f | delete us/page rocksdb+wal %.2f pagoda %.2f\n",
         rep, f.write_gbps, r.write_gbps, rwal.write_gbps, p.write_gbps, d.write_gbps, f.read_gbps,
-        r.read_gbps, rwal.read_gbps, p.read_gbps, d.read_gbps);
+        r.read_gbps, rwal.read_gbps, p.read_gbps, d.read_gbps, rwal.delete_us, p.delete_us);
   }
   std::printf(
       "median write GB/s: file %.2f  rocksdb %.2f  rocksdb+wal %.2f  pagoda %.2f  pagoda+direct "
@@ -218,6 +235,8 @@ int Main(int argc, char** argv) {
       "%.2f | pagoda/file %.2f  pagoda/rocksdb %.2f  pagoda+direct/file %.2f\n",
       Median(fr), Median(rr), Median(wr), Median(pr), Median(dr), Median(pr_f), Median(pr_r),
       Median(dr_f));
+  std::printf("median delete us/page: rocksdb+wal %.2f  pagoda %.2f | pagoda/rocksdb+wal %.2f\n",
+              Median(wdel), Median(pdel), Median(pdel_w));
   return 0;
 }
 

@@ -410,56 +410,36 @@ absl::Status SsdTier::Read(uint32_t tenant, const PageKey& key, std::string* out
 
 absl::Status SsdTier::Delete(absl::Span<const std::pair<uint32_t, PageKey>> pages) {
   absl::MutexLock l(&write_mu_);
-  std::vector<PageKeyBuf> keys;
-  keys.reserve(pages.size());
-  for (const auto& [tenant, key] : pages) keys.emplace_back(tenant, key);
-  std::vector<rocksdb::Slice> slices;
-  for (const PageKeyBuf& k : keys) slices.push_back(k.meta());
-  std::vector<std::string> values;
-  std::vector<rocksdb::Status> found = db_->MultiGet(
-      rocksdb::ReadOptions(), std::vector<rocksdb::ColumnFamilyHandle*>(keys.size(), meta_cf_),
-      slices, &values);
-  // The location record each page record points to goes with it only when it names that page: a
+  // The location record a page record points to goes with it only when it names that page: a
   // corrupt page record pointing at another page's bytes must not take that page's location (and
   // so its bytes, at the next compaction) or its live bytes with it. Live bytes come off by the
   // location record's size, the number its segment's count was built from at open.
-  std::vector<LocKeyBuf> locs;
-  std::vector<size_t> loc_of;  // index into keys of each entry of locs
-  for (size_t i = 0; i < keys.size(); ++i) {
+  rocksdb::WriteBatch batch;
+  std::vector<std::pair<uint32_t, uint64_t>> freed;  // (segment, bytes)
+  absl::flat_hash_set<uint64_t> gone;                // a page listed twice frees its place once
+  rocksdb::PinnableSlice v;
+  for (const auto& [tenant, key] : pages) {
+    const PageKeyBuf k(tenant, key);
+    batch.Delete(meta_cf_, k.meta()).PermitUncheckedError();
+    v.Reset();
     SsdPageMeta m;
     SegmentLocation at;
-    if (found[i].ok() && DecodeMeta(values[i], &m, &at) && at.segment != 0) {
-      locs.emplace_back(at);
-      loc_of.push_back(i);
-    }
-  }
-  std::vector<rocksdb::Slice> loc_slices;
-  for (const LocKeyBuf& k : locs) loc_slices.push_back(k.slice());
-  std::vector<std::string> loc_values;
-  std::vector<rocksdb::Status> loc_found;
-  if (!locs.empty()) {
-    loc_found = db_->MultiGet(rocksdb::ReadOptions(),
-                              std::vector<rocksdb::ColumnFamilyHandle*>(locs.size(), loc_cf_),
-                              loc_slices, &loc_values);
-  }
-  rocksdb::WriteBatch batch;
-  for (const PageKeyBuf& k : keys) batch.Delete(meta_cf_, k.meta()).PermitUncheckedError();
-  std::vector<std::pair<uint32_t, uint64_t>> freed;  // (segment, bytes)
-  absl::flat_hash_set<std::string_view> gone;        // a page listed twice frees its place once
-  for (size_t j = 0; j < locs.size(); ++j) {
-    if (!loc_found[j].ok() || gone.contains(loc_slices[j].ToStringView())) continue;
-    const std::string& v = loc_values[j];
-    if (v.size() != kLocValueBytes) {  // malformed: counted nowhere, named no page
-      batch.Delete(loc_cf_, loc_slices[j]).PermitUncheckedError();
-      gone.insert(loc_slices[j].ToStringView());
+    if (!db_->Get(rocksdb::ReadOptions(), meta_cf_, k.meta(), &v).ok() || !DecodeMeta(v, &m, &at) ||
+        at.segment == 0 || gone.contains(uint64_t{at.segment} << 32 | at.offset)) {
       continue;
     }
-    if (std::memcmp(v.data(), keys[loc_of[j]].pk().data(), kPageKeyBytes) != 0) continue;
+    const LocKeyBuf loc(at);
+    v.Reset();
+    if (!db_->Get(rocksdb::ReadOptions(), loc_cf_, loc.slice(), &v).ok()) continue;
+    if (v.size() == kLocValueBytes && std::memcmp(v.data(), k.pk().data(), kPageKeyBytes) != 0) {
+      continue;  // another page's
+    }
+    batch.Delete(loc_cf_, loc.slice()).PermitUncheckedError();
+    gone.insert(uint64_t{at.segment} << 32 | at.offset);
+    if (v.size() != kLocValueBytes) continue;  // malformed: counted nowhere, named no page
     uint32_t size = 0;
     std::memcpy(&size, v.data() + kPageKeyBytes, 4);
-    batch.Delete(loc_cf_, loc_slices[j]).PermitUncheckedError();
-    gone.insert(loc_slices[j].ToStringView());
-    freed.emplace_back(GetBE32(loc_slices[j].data() + 1), size);
+    freed.emplace_back(at.segment, size);
   }
   if (absl::Status s = WriteMeta(&batch, "delete"); !s.ok()) return s;
   uint32_t compact = 0;
