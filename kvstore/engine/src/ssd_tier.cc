@@ -481,15 +481,13 @@ void SsdTier::ShrinkSegments(uint64_t limit) {
 
 void SsdTier::WaitForCompactions() {
   absl::MutexLock l(&compact_mu_);
-  compact_mu_.Await(absl::Condition(
-      +[](SsdTier* t) { return t->stopping_ || t->to_compact_.empty(); }, this));
+  compact_mu_.Await(absl::Condition(this, &SsdTier::NoCompactionQueued));
 }
 
 void SsdTier::CompactionLoop() {
   absl::MutexLock l(&compact_mu_);
   for (;;) {
-    compact_mu_.Await(absl::Condition(
-        +[](SsdTier* t) { return t->stopping_ || !t->to_compact_.empty(); }, this));
+    compact_mu_.Await(absl::Condition(this, &SsdTier::CompactionQueued));
     if (stopping_) return;
     const uint32_t segment = *to_compact_.begin();
     compact_mu_.Unlock();

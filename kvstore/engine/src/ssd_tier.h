@@ -207,6 +207,13 @@ class SsdTier {
   absl::Mutex compact_mu_;
   absl::flat_hash_set<uint32_t> to_compact_ ABSL_GUARDED_BY(compact_mu_);
   bool stopping_ ABSL_GUARDED_BY(compact_mu_) = false;
+  // Await conditions on compact_mu_ (members, so the lock analysis sees what they read).
+  bool NoCompactionQueued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(compact_mu_) {
+    return stopping_ || to_compact_.empty();
+  }
+  bool CompactionQueued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(compact_mu_) {
+    return stopping_ || !to_compact_.empty();
+  }
   std::thread compactor_;
   std::string ballast_path_;
   uint64_t ballast_bytes_ = 0;

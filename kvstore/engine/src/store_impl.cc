@@ -157,6 +157,7 @@ absl::Status StoreImpl::Init() {
 
 absl::Status StoreImpl::Rebuild() {
   absl::Status s = ssd_->ForEachTenant([this](uint32_t id, std::string_view name) {
+    mu_.AssertHeld();  // called back on this thread, inside Rebuild
     if (id >= tenants_.size()) tenants_.resize(id + 1);
     TenantState& t = tenants_[id];
     t.name = std::string(name);
