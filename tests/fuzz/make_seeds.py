@@ -125,4 +125,8 @@ pk2 = struct.pack(">IQQ", 0, 3, ~2 & 0xFFFFFFFFFFFFFFFF)
 put("ssd_records", "regression-record-points-at-other-page", edit(1, b"P" + pk1, struct.pack("<IIQII", 7, 3072, 0x1236, 1, 3072)))
 # Compaction must not size a buffer by a location record's 4 GiB (regression).
 put("ssd_records", "regression-oversized-location", edit(2, b"L" + struct.pack(">II", 1, 256), pk2 + struct.pack("<I", 0xFFFFF000)))
+# No location record left: the segment file goes at open, every page reads as lost.
+put("ssd_records", "no_locations", b"".join(edit(0x82, b"L" + struct.pack(">II", 1, off)) for off in (0, 1024, 3072)))
+# Pages 0 and 2 without location records: deleting page 1 frees the segment's last live byte.
+put("ssd_records", "last_live_page_deleted", edit(0x82, b"L" + struct.pack(">II", 1, 0)) + edit(0x82, b"L" + struct.pack(">II", 1, 3072)))
 put("ssd_records", "stale_location", edit(2, b"L" + struct.pack(">II", 1, 512), pk + struct.pack("<I", 1024)))
