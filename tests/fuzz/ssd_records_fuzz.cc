@@ -158,8 +158,9 @@ class EditDb {
     std::vector<std::pair<std::string, std::string>> out;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), handles_[2]));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      if (it->value().size() >= 20)
+      if (it->value().size() >= 20) {
         out.emplace_back(it->value().ToString().substr(0, 20), it->key().ToString());
+      }
     }
     return out;
   }
@@ -196,7 +197,8 @@ class EditDb {
   int uses_ = 0;
 };
 
-// 'P' + page key, as the tier writes it (tenant u32 BE, key.hi u64 BE, key.lo u64 BE).
+// A page key as the tier writes it in its records (20 bytes: tenant u32, key.hi u64, key.lo u64,
+// big-endian).
 std::string PageKeyBytes(uint32_t tenant, const pagoda::PageKey& k) {
   std::string s;
   for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>(tenant >> (8 * i)));
