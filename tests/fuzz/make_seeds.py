@@ -129,4 +129,7 @@ put("ssd_records", "regression-oversized-location", edit(2, b"L" + struct.pack("
 put("ssd_records", "no_locations", b"".join(edit(0x82, b"L" + struct.pack(">II", 1, off)) for off in (0, 1024, 3072)))
 # Pages 0 and 2 without location records: deleting page 1 frees the segment's last live byte.
 put("ssd_records", "last_live_page_deleted", edit(0x82, b"L" + struct.pack(">II", 1, 0)) + edit(0x82, b"L" + struct.pack(">II", 1, 3072)))
+# Pages 0 and 2 recorded elsewhere in segment 1: compacting it (after page 1's delete) finds only
+# stale location records, moves nothing and deletes them.
+put("ssd_records", "all_locations_stale", edit(1, b"P" + pk, struct.pack("<IIQII", 7, 1024, 0x1234, 1, 8)) + edit(1, b"P" + pk2, struct.pack("<IIQII", 7, 3072, 0x1236, 1, 16)))
 put("ssd_records", "stale_location", edit(2, b"L" + struct.pack(">II", 1, 512), pk + struct.pack("<I", 1024)))
