@@ -3,6 +3,8 @@
 #include <chrono>
 #include <thread>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "pagoda/kvstore/store.h"
 #include "test_util.h"
@@ -152,6 +154,84 @@ TEST(CheckpointTest, BackgroundCheckpointsCopyNewPages) {
   EXPECT_EQ(st.checkpoint_failures, 0u);
   EXPECT_NE(st.last_checkpoint_start, absl::InfinitePast());
   for (uint64_t i = 0; i < 20; ++i) EXPECT_TRUE(CheckKey(*s, i).ok()) << i;
+}
+
+// Holds SSD batch writes while closed (a checkpoint's pages stay held by its batch meanwhile).
+class GateSsdEnv : public SsdEnv {
+ public:
+  absl::Status BeforeWrite(absl::Span<std::string>) override {
+    absl::MutexLock l(&mu_);
+    entered_ = true;
+    mu_.Await(absl::Condition(this, &GateSsdEnv::IsOpen));
+    return absl::OkStatus();
+  }
+  void Close() {
+    absl::MutexLock l(&mu_);
+    closed_ = true;
+    entered_ = false;
+  }
+  void AwaitEntered() {
+    absl::MutexLock l(&mu_);
+    mu_.Await(absl::Condition(&entered_));
+  }
+  // Opens the gate `after` from now, on a thread of its own (join it).
+  std::thread OpenAfter(absl::Duration after) {
+    return std::thread([this, after] {
+      absl::SleepFor(after);
+      absl::MutexLock l(&mu_);
+      closed_ = false;
+    });
+  }
+
+ private:
+  bool IsOpen() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !closed_; }
+  absl::Mutex mu_;
+  bool entered_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// A tenant at its host quota whose every host page a checkpoint batch is writing: a put (which
+// must evict one of them) and a zero-copy read of its SSD page (which must promote it) wait for
+// the batch instead of being refused with "over its host quota".
+TEST(CheckpointTest, RoomHeldByACheckpointIsWaitedForNotRefused) {
+  TempDir dir;
+  GateSsdEnv gate;
+  StoreOptions o = SmallStoreOptions(64, dir.path());
+  o.ssd_env = &gate;
+  o.tenant_quotas["t"].tier_bytes[static_cast<int>(Tier::kHost)] = 4 * SmallLayout().PageBytes();
+  auto s = OpenOrDie(o);
+  for (uint64_t i = 0; i < 5; ++i) ASSERT_TRUE(PutKey(*s, i).ok());  // page 0 evicted to SSD
+  ASSERT_EQ(s->Stats().memory_only_pages, 4u);
+
+  // A put at the quota while the checkpoint holds pages 1-4.
+  gate.Close();
+  std::thread checkpoint([&] { EXPECT_TRUE(s->Checkpoint().ok()); });
+  gate.AwaitEntered();
+  std::thread opener = gate.OpenAfter(absl::Milliseconds(300));
+  EXPECT_TRUE(PutKey(*s, 5).ok());
+  opener.join();
+  checkpoint.join();
+
+  // A zero-copy read of page 0 (on SSD) while a checkpoint holds every host page of the tenant
+  // (only pages without an SSD copy are in a batch: pages 2-4 are written again first).
+  for (uint64_t i = 2; i < 5; ++i) {
+    ASSERT_TRUE(s->Remove("t", TestKey(i)).ok());
+    ASSERT_TRUE(PutKey(*s, i).ok());
+  }
+  ASSERT_EQ(s->Stats().memory_only_pages, 4u);
+  gate.Close();
+  checkpoint = std::thread([&] { EXPECT_TRUE(s->Checkpoint().ok()); });
+  gate.AwaitEntered();
+  opener = gate.OpenAfter(absl::Milliseconds(300));
+  absl::StatusOr<ReadLease> lease = s->AcquireRead("t", TestKey(0));
+  EXPECT_TRUE(lease.ok()) << lease.status();
+  opener.join();
+  checkpoint.join();
+  if (lease.ok()) {
+    EXPECT_EQ(lease->found_in, Tier::kSsd);
+    EXPECT_TRUE(s->ReleaseRead(lease->lease_id).ok());
+  }
+  for (uint64_t i = 0; i < 6; ++i) EXPECT_TRUE(CheckKey(*s, i).ok()) << i;
 }
 
 TEST(CheckpointTest, CopiesCountAgainstSsdCapacity) {

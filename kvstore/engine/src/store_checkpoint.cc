@@ -14,6 +14,9 @@ namespace {
 // tier: bounds the pages held unevictable while it is written, and the memory of GPU pages copied
 // out for it.
 constexpr uint64_t kCheckpointBatchBytes = 4ULL << 20;
+// How long room refused because a checkpoint batch holds the pages waits for the batch (4 MiB
+// to a device: milliseconds; this bounds a stalled disk's hold on callers).
+constexpr absl::Duration kCheckpointWait = absl::Seconds(5);
 }  // namespace
 
 void StoreImpl::ChargeCopy(PageEntry& e) {
@@ -120,6 +123,12 @@ absl::Status StoreImpl::WriteSsdBatch(absl::Span<const SsdPageWrite> writes,
   return s;
 }
 
+bool StoreImpl::AwaitCheckpointBatches() {
+  if (checkpoint_batches_ == 0) return false;
+  mu_.AwaitWithTimeout(absl::Condition(this, &StoreImpl::NoCheckpointBatch), kCheckpointWait);
+  return true;
+}
+
 bool StoreImpl::MakeTenantRoom(uint32_t tenant, Tier t, uint64_t bytes) {
   if (!OverQuota(tenant, t, bytes)) return true;
   const int ti = static_cast<int>(t);
@@ -200,6 +209,7 @@ absl::StatusOr<bool> StoreImpl::CheckpointBatch(size_t* budget, CheckpointResult
         new_tenants.emplace_back(e.tenant, t.name);
       }
     }
+    if (!items.empty()) ++checkpoint_batches_;
   }
   if (items.empty()) return true;
   // Outside the lock: copy GPU pages out, verify them (a lease may have moved one meanwhile), and
@@ -256,6 +266,7 @@ absl::StatusOr<bool> StoreImpl::CheckpointBatch(size_t* budget, CheckpointResult
     }
     EndRead(idx);
   }
+  --checkpoint_batches_;
   if (!written.ok() && !disk_full) return written;
   return true;
 }

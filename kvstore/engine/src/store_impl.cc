@@ -356,6 +356,17 @@ absl::StatusOr<Reservation> StoreImpl::Reserve(std::string_view tenant, const Pa
 absl::StatusOr<uint32_t> StoreImpl::ReserveLocked(std::string_view tenant, const PageKey& key,
                                                   const PageLayout& layout,
                                                   const WriteOptions& options) {
+  absl::StatusOr<uint32_t> r = ReserveOnceLocked(tenant, key, layout, options);
+  // Refused for room while a checkpoint held pages: once more after it (everything checked again).
+  if (absl::IsResourceExhausted(r.status()) && AwaitCheckpointBatches()) {
+    r = ReserveOnceLocked(tenant, key, layout, options);
+  }
+  return r;
+}
+
+absl::StatusOr<uint32_t> StoreImpl::ReserveOnceLocked(std::string_view tenant, const PageKey& key,
+                                                      const PageLayout& layout,
+                                                      const WriteOptions& options) {
   const int cls = ClassOf(layout.Id(), /*add=*/false);
   if (cls < 0 || !classes_[cls].accepted) {
     return absl::InvalidArgumentError(
@@ -658,6 +669,7 @@ absl::StatusOr<ReadLease> StoreImpl::LeaseLocked(uint32_t tid, const PageKey& ke
                                                  uint64_t lease_ms, uint64_t& now) {
   uint32_t idx = kNil;
   Tier found = Tier::kHost;
+  bool waited = false;
   for (;;) {
     idx = tid == kNil ? kNil : table_.Find(tid, key);
     if (idx != kNil && table_.at(idx).state != PageState::kReady) idx = kNil;
@@ -678,6 +690,11 @@ absl::StatusOr<ReadLease> StoreImpl::LeaseLocked(uint32_t tid, const PageKey& ke
     }
     if (e.tier == Tier::kSsd) {
       if (absl::Status s = PromoteFromSsd(idx, Tier::kHost, bytes); !s.ok()) {
+        // No room while a checkpoint held pages: once more after it, from the start.
+        if (absl::IsResourceExhausted(s) && !waited && AwaitCheckpointBatches()) {
+          waited = true;
+          continue;
+        }
         return absl::Status(s.code(),
                             absl::StrFormat("page %s: cannot lease: %s", key.Hex(), s.message()));
       }

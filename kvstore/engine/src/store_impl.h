@@ -152,6 +152,14 @@ class StoreImpl final : public Store {
   // evictable pages of that tier (demoted, or dropped from the last tier). Returns whether they
   // fit now (always true without a quota); evicts nothing when eviction cannot make them fit.
   bool MakeTenantRoom(uint32_t tenant, Tier t, uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // While a checkpoint batch writes pages to SSD it holds them (readers): they can be neither
+  // evicted nor moved, so room refused then may be there a moment later. When a batch is in
+  // flight, waits until none is (mu_ released meanwhile: the caller checks its state again), at
+  // most kCheckpointWait, and returns true; returns false at once when none is.
+  bool AwaitCheckpointBatches() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool NoCheckpointBatch() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return checkpoint_batches_ == 0;
+  }
   // Bytes the SSD tier holds: its pages plus copies of memory-tier pages.
   uint64_t SsdBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return used_[static_cast<int>(Tier::kSsd)] + ssd_copy_bytes_;
@@ -227,8 +235,13 @@ class StoreImpl final : public Store {
   absl::StatusOr<PageInfo> GetLocked(std::string_view tenant, const PageKey& key,
                                      absl::Span<uint8_t> out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Phase one under the lock: validates, allocates a host slot and inserts a kWriting entry.
+  // Refused for room while a checkpoint batch holds pages, it waits for the batch (releasing mu_)
+  // and tries once more.
   absl::StatusOr<uint32_t> ReserveLocked(std::string_view tenant, const PageKey& key,
                                          const PageLayout& layout, const WriteOptions& options)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint32_t> ReserveOnceLocked(std::string_view tenant, const PageKey& key,
+                                             const PageLayout& layout, const WriteOptions& options)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Phase two under the lock: publishes a kWriting entry whose bytes have `checksum`.
   absl::Status CommitLocked(uint32_t idx, const WriteOptions& options, uint64_t checksum)
@@ -284,6 +297,7 @@ class StoreImpl final : public Store {
   // limit last grew back (RegrowSsdLimit).
   uint64_t ssd_room_at_full_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time last_checkpoint_start_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  int checkpoint_batches_ ABSL_GUARDED_BY(mu_) = 0;  // batches holding pages while they write
 
   absl::Mutex checkpoint_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   absl::Mutex loop_mu_;
