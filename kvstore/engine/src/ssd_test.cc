@@ -733,6 +733,32 @@ TEST(SsdSegmentTest, CompactionDoesNotAllocateByADamagedLocationRecordsSize) {
   EXPECT_EQ(t->Space().live_bytes, 8u * kPage);
 }
 
+// A location key of the wrong length among a segment's keys (found by fuzzing ssd_records):
+// compaction skips it and still moves every page recorded after it.
+TEST(SsdSegmentTest, CompactionMovesThePagesAfterAMalformedLocationKey) {
+  TempDir dir;
+  SsdTierOptions o;
+  o.segment_bytes = 4 * kPage;
+  auto t = OpenTier(dir.path(), o);
+  ASSERT_TRUE(WriteKeys(*t, 0, 4).ok());
+  ASSERT_TRUE(WriteKeys(*t, 4, 4).ok());
+  t.reset();
+  EditRecords(dir.path(), [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle*,
+                             rocksdb::ColumnFamilyHandle* locations) {
+    // 'L', segment 1, offset 256, then 4 stray bytes: sorts between pages 0 and 1.
+    const std::string key("L\0\0\0\x01\0\0\x01\x00\x18\0\0\0", 13);
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), locations, key, "").ok());
+  });
+  t = OpenTier(dir.path(), o);
+  ASSERT_TRUE(t->CompactSegment(1).ok());
+  EXPECT_FALSE(fs::exists(dir.Sub("segments/1.seg")));
+  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  t.reset();
+  t = OpenTier(dir.path(), o);
+  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  EXPECT_EQ(t->Space().live_bytes, 8u * kPage);
+}
+
 TEST(SsdSegmentTest, OlderOrUnknownFormatIsRefusedWithAClearError) {
   TempDir dir;
   {

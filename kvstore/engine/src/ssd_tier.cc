@@ -519,9 +519,11 @@ absl::Status SsdTier::Compact(uint32_t segment) {
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), loc_cf_));
     for (it->Seek(rocksdb::Slice(from, kLocKeyBytes)); it->Valid(); it->Next()) {
       const rocksdb::Slice k = it->key();
-      if (k.size() != kLocKeyBytes || k[0] != 'L' || GetBE32(k.data() + 1) != segment) break;
+      // Past this segment's keys ('L' + its id) ends the scan; a malformed key among them is
+      // skipped, never taken for the end (the pages after it would be left behind and lost).
+      if (!k.starts_with(rocksdb::Slice(from, 5))) break;
       const rocksdb::Slice v = it->value();
-      if (v.size() != kLocValueBytes) continue;
+      if (k.size() != kLocKeyBytes || v.size() != kLocValueBytes) continue;
       Live l;
       l.offset = GetBE32(k.data() + 5);
       std::memcpy(l.pk, v.data(), kPageKeyBytes);
