@@ -668,36 +668,52 @@ std::string MetaKey(uint32_t tenant, const PageKey& k) {
   return s;
 }
 
+// Segments 1 (pages 0-3, sealed) and 2 (pages 4-7) written, the tier closed, its records edited,
+// the tier reopened.
+std::unique_ptr<SsdTier> DamagedTier(
+    const std::string& dir, const SsdTierOptions& o,
+    const std::function<void(rocksdb::DB*, rocksdb::ColumnFamilyHandle* meta,
+                             rocksdb::ColumnFamilyHandle* locations)>& edit) {
+  auto t = OpenTier(dir, o);
+  EXPECT_TRUE(WriteKeys(*t, 0, 4).ok());
+  EXPECT_TRUE(WriteKeys(*t, 4, 4).ok());
+  t.reset();
+  EditRecords(dir, edit);
+  return OpenTier(dir, o);
+}
+
+// Pages [first, 8) read right now and after a restart, which finds `live_pages` pages' bytes live.
+void ExpectPagesAcrossARestart(std::unique_ptr<SsdTier>& t, const std::string& dir,
+                               const SsdTierOptions& o, uint64_t first, uint64_t live_pages) {
+  for (uint64_t i = first; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  t.reset();
+  t = OpenTier(dir, o);
+  for (uint64_t i = first; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
+  EXPECT_EQ(t->Space().live_bytes, live_pages * kPage);
+}
+
 // Page 0's record damaged into a copy of page 1's (same segment, offset, size): deleting page 0
 // must not take page 1's location record, so page 1 survives compaction and a restart.
 TEST(SsdSegmentTest, DeletingAPageWhoseRecordPointsAtAnotherPageKeepsThatPage) {
   TempDir dir;
   SsdTierOptions o;
   o.segment_bytes = 4 * kPage;
-  auto t = OpenTier(dir.path(), o);
-  ASSERT_TRUE(WriteKeys(*t, 0, 4).ok());  // segment 1
-  ASSERT_TRUE(WriteKeys(*t, 4, 4).ok());  // segment 2
-  t.reset();
-  EditRecords(dir.path(),
-              [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* meta, rocksdb::ColumnFamilyHandle*) {
-                std::string v;
-                ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), meta, MetaKey(0, TestKey(1)), &v).ok());
-                ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), meta, MetaKey(0, TestKey(0)), v).ok());
-              });
-  t = OpenTier(dir.path(), o);
+  auto t = DamagedTier(
+      dir.path(), o,
+      [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle* meta, rocksdb::ColumnFamilyHandle*) {
+        std::string v;
+        ASSERT_TRUE(db->Get(rocksdb::ReadOptions(), meta, MetaKey(0, TestKey(1)), &v).ok());
+        ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), meta, MetaKey(0, TestKey(0)), v).ok());
+      });
   EXPECT_TRUE(absl::IsInternal(CheckTierKey(*t, 0)));  // page 1's bytes: the caller's checksum
                                                        // catches it, the tier cannot
   ASSERT_TRUE(DeleteKeys(*t, 0, 1).ok());
   EXPECT_TRUE(absl::IsNotFound(CheckTierKey(*t, 0)));
   ASSERT_TRUE(t->CompactSegment(1).ok());
   EXPECT_FALSE(fs::exists(dir.Sub("segments/1.seg")));
-  for (uint64_t i = 1; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
-  // Page 0's own location record still counts until compaction finds no page behind it.
+  // Page 0's own location record counted until compaction found no page behind it.
   EXPECT_EQ(t->Space().live_bytes, 7u * kPage);
-  t.reset();
-  t = OpenTier(dir.path(), o);
-  for (uint64_t i = 1; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
-  EXPECT_EQ(t->Space().live_bytes, 7u * kPage);
+  ExpectPagesAcrossARestart(t, dir.path(), o, 1, 7);
 }
 
 // A location record naming a live page with a size of almost 4 GiB: compaction refuses the range
@@ -707,30 +723,22 @@ TEST(SsdSegmentTest, CompactionDoesNotAllocateByADamagedLocationRecordsSize) {
   TempDir dir;
   SsdTierOptions o;
   o.segment_bytes = 4 * kPage;
-  auto t = OpenTier(dir.path(), o);
-  ASSERT_TRUE(WriteKeys(*t, 0, 4).ok());
-  ASSERT_TRUE(WriteKeys(*t, 4, 4).ok());
-  t.reset();
-  EditRecords(dir.path(), [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle*,
-                             rocksdb::ColumnFamilyHandle* locations) {
-    const std::string key("L\0\0\0\x01\0\0\x01\x00", 9);  // segment 1, offset 256
-    std::string v = MetaKey(0, TestKey(2)).substr(1);
-    const uint32_t size = 0xFFFFF000u;
-    v.append(reinterpret_cast<const char*>(&size), 4);
-    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), locations, key, v).ok());
-  });
-  t = OpenTier(dir.path(), o);
+  auto t = DamagedTier(
+      dir.path(), o,
+      [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle*, rocksdb::ColumnFamilyHandle* locations) {
+        const std::string key("L\0\0\0\x01\0\0\x01\x00", 9);  // segment 1, offset 256
+        std::string v = MetaKey(0, TestKey(2)).substr(1);
+        const uint32_t size = 0xFFFFF000u;
+        v.append(reinterpret_cast<const char*>(&size), 4);
+        ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), locations, key, v).ok());
+      });
   struct rusage before, after;
   getrusage(RUSAGE_SELF, &before);
   ASSERT_TRUE(t->CompactSegment(1).ok());
   getrusage(RUSAGE_SELF, &after);
   EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 1L << 20) << "KiB";  // under 1 GiB more
   EXPECT_FALSE(fs::exists(dir.Sub("segments/1.seg")));
-  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
-  t.reset();
-  t = OpenTier(dir.path(), o);
-  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
-  EXPECT_EQ(t->Space().live_bytes, 8u * kPage);
+  ExpectPagesAcrossARestart(t, dir.path(), o, 0, 8);
 }
 
 // A location key of the wrong length among a segment's keys (found by fuzzing ssd_records):
@@ -739,24 +747,16 @@ TEST(SsdSegmentTest, CompactionMovesThePagesAfterAMalformedLocationKey) {
   TempDir dir;
   SsdTierOptions o;
   o.segment_bytes = 4 * kPage;
-  auto t = OpenTier(dir.path(), o);
-  ASSERT_TRUE(WriteKeys(*t, 0, 4).ok());
-  ASSERT_TRUE(WriteKeys(*t, 4, 4).ok());
-  t.reset();
-  EditRecords(dir.path(), [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle*,
-                             rocksdb::ColumnFamilyHandle* locations) {
-    // 'L', segment 1, offset 256, then 4 stray bytes: sorts between pages 0 and 1.
-    const std::string key("L\0\0\0\x01\0\0\x01\x00\x18\0\0\0", 13);
-    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), locations, key, "").ok());
-  });
-  t = OpenTier(dir.path(), o);
+  auto t = DamagedTier(
+      dir.path(), o,
+      [](rocksdb::DB* db, rocksdb::ColumnFamilyHandle*, rocksdb::ColumnFamilyHandle* locations) {
+        // 'L', segment 1, offset 256, 4 stray bytes: between pages 0 and 1.
+        const std::string key("L\0\0\0\x01\0\0\x01\x00\x18\0\0\0", 13);
+        ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), locations, key, "").ok());
+      });
   ASSERT_TRUE(t->CompactSegment(1).ok());
   EXPECT_FALSE(fs::exists(dir.Sub("segments/1.seg")));
-  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
-  t.reset();
-  t = OpenTier(dir.path(), o);
-  for (uint64_t i = 0; i < 8; ++i) EXPECT_TRUE(CheckTierKey(*t, i).ok()) << i;
-  EXPECT_EQ(t->Space().live_bytes, 8u * kPage);
+  ExpectPagesAcrossARestart(t, dir.path(), o, 0, 8);
 }
 
 TEST(SsdSegmentTest, OlderOrUnknownFormatIsRefusedWithAClearError) {
